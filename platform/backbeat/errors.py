@@ -1,0 +1,110 @@
+"""One exception hierarchy for backbeat, and the structured :class:`Problem`.
+
+Validation never raises for bad declarations: it *collects* :class:`Problem` records
+(asset, file, JSON pointer, message).  Exceptions are for conditions that stop an
+operation (a name outside the grammar, an asset that does not exist, a corrupted cache
+file, a failed block).  Every exception here derives from :class:`BackbeatError`, which
+the CLI turns into a clear message and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error found in a declaration.
+
+    ``pointer`` is an RFC 6901 JSON pointer into the declaration (``""`` = whole
+    document); ``asset`` is ``"<kind>/<name>"``; ``file`` the file it was read from.
+    """
+
+    message: str
+    pointer: str = ""
+    file: str | None = None
+    asset: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file or self.asset or "?"
+        return f"{where}: {self.pointer or '/'}: {self.message}"
+
+    def to_json(self) -> dict:
+        return {"asset": self.asset, "file": self.file, "pointer": self.pointer, "message": self.message}
+
+
+def pointer(*parts: object) -> str:
+    """Build an RFC 6901 JSON pointer from path parts.
+
+    >>> pointer("blocks", 0, "a/b~c")
+    '/blocks/0/a~1b~0c'
+    >>> pointer()
+    ''
+    """
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+class BackbeatError(Exception):
+    """Base of every error backbeat raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BackbeatError):
+    """The command line or an API call was used wrongly."""
+
+    exit_code = 2
+
+
+class InvalidNameError(BackbeatError):
+    """An asset name does not match its kind's grammar (checked before any file access)."""
+
+    exit_code = 2
+
+
+class AssetNotFoundError(BackbeatError):
+    """A named asset does not exist in the prefix."""
+
+
+@dataclass
+class InvalidAssetError(BackbeatError):
+    """An asset was needed but is invalid; carries every problem found."""
+
+    asset: str
+    problems: list[Problem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.asset} is invalid:"] + [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class DataError(BackbeatError):
+    """A value does not fit its dataformat, or data on disk or wire is malformed."""
+
+
+class IntegrityError(DataError):
+    """A cache file's content digest does not match, or a file is incomplete."""
+
+
+class WireError(DataError):
+    """A ZeroMQ message is malformed, truncated or of the wrong dataformat."""
+
+
+class ExecutionError(BackbeatError):
+    """An experiment could not be planned or run."""
+
+
+@dataclass
+class BlockError(ExecutionError):
+    """A block failed; ``kind`` is e.g. ``"user"``, ``"exit"``, ``"signal"``, ``"timeout"``."""
+
+    block: str
+    kind: str
+    message: str
+    traceback: str | None = None
+
+    def __str__(self) -> str:
+        text = f"block `{self.block}' failed ({self.kind}): {self.message}"
+        if self.traceback:
+            text += "\n" + self.traceback
+        return text

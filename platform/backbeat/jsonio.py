@@ -1,0 +1,72 @@
+"""Strict JSON reading: duplicate keys, syntax errors and binary input become Problems.
+
+BEAT parses declarations with simplejson and an ``object_pairs_hook`` that refuses
+duplicate keys; we do the same and report the line and column of every failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import simplejson
+
+from .errors import Problem
+
+
+class JSONProblem(Exception):
+    """Raised internally by :func:`parse`; carries a human message."""
+
+
+def _no_duplicates(pairs: Iterable[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise JSONProblem(f"invalid JSON: key `{key}' found several times")
+        out[key] = value
+    return out
+
+
+def parse(data: bytes | str) -> Any:
+    """Parse JSON text strictly; raise :class:`JSONProblem` with a readable message.
+
+    >>> parse(b'{"a": 1}')
+    {'a': 1}
+    >>> parse('{"a": 1, "a": 2}')
+    Traceback (most recent call last):
+    ...
+    backbeat.jsonio.JSONProblem: invalid JSON: key `a' found several times
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JSONProblem(f"invalid JSON: not UTF-8 text (byte {exc.start})") from None
+    else:
+        text = data
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return simplejson.loads(text, object_pairs_hook=_no_duplicates)
+    except simplejson.JSONDecodeError as exc:
+        raise JSONProblem(f"invalid JSON code: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise JSONProblem("invalid JSON: nested too deeply") from None
+
+
+def load(path: Path, asset: str | None = None) -> tuple[Any, list[Problem]]:
+    """Read and parse ``path``; return ``(document, problems)`` (document None on failure)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [Problem(f"cannot read file: {exc.strerror}", "", str(path), asset)]
+    try:
+        return parse(raw), []
+    except JSONProblem as exc:
+        return None, [Problem(str(exc), "", str(path), asset)]
+
+
+def dumps(obj: Any) -> str:
+    """Pretty JSON for people (stable key order as declared)."""
+    return simplejson.dumps(obj, indent=2, ensure_ascii=False)
