@@ -118,3 +118,54 @@ def to_user_path(user: str) -> str:
     """Hashed-user folder: ``sha(user)[0:2]/sha(user)[2:4]/user``."""
     h = sha(user)
     return f"{h[0:2]}/{h[2:4]}/{user}"
+
+
+# --------------------------------------------------------------------------------------
+# backbeat cache keys (docs/hashing.md, "Cache keys").  Unlike BEAT's block hashes these
+# cover everything that can change an output, with a canonical, typed, domain-separated
+# pre-image.
+
+KEY_SCHEME = "backbeat-key-1"
+
+
+def canonical(obj: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, no whitespace, UTF-8, no NaN/Infinity.
+
+    >>> canonical({"b": [1, "é"], "a": None})
+    b'{"a":null,"b":[1,"\\xc3\\xa9"]}'
+    """
+    return simplejson.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def typed_value(type_name: str, value: Any) -> list:
+    """A parameter value as ``[type, text]`` so that ``1``, ``1.0``, ``"1"`` and ``True`` differ.
+
+    Floats are written with ``repr`` of the value *after* casting to the declared type
+    (``float32`` values are widened exactly to a Python float first).
+
+    >>> typed_value("float64", 1)
+    ['float64', '1.0']
+    >>> typed_value("int32", 1)
+    ['int32', '1']
+    >>> typed_value("string", "1")
+    ['string', '1']
+    >>> typed_value("bool", True)
+    ['bool', 'true']
+    """
+    if type_name == "bool":
+        return [type_name, "true" if bool(value) else "false"]
+    if type_name == "string":
+        return [type_name, str(value)]
+    if type_name.startswith("float"):
+        return [type_name, repr(float(value))]
+    if type_name.startswith("complex"):
+        c = complex(value)
+        return [type_name, f"{c.real!r},{c.imag!r}"]
+    return [type_name, str(int(value))]
+
+
+def key(domain: str, content: Any) -> str:
+    """Domain-separated key: ``sha256(KEY_SCHEME "/" domain NUL canonical(content))``."""
+    return hashlib.sha256(f"{KEY_SCHEME}/{domain}".encode() + b"\0" + canonical(content)).hexdigest()
