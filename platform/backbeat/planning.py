@@ -22,6 +22,7 @@ from . import hashing
 from .catalog import Catalog
 from .errors import DataError, ExecutionError, InvalidAssetError
 from .names import experiment_toolchain, parse_name
+from .values import analysis_format
 
 #: Version of the data encoding in cache files; part of every key.
 DATA_ENCODING = "backbeat-hdf5-1"
@@ -141,14 +142,42 @@ def _library_chain(catalog: Catalog, uses: dict[str, str]) -> list[list[str]]:
     return [[n, h] for n, h in seen.items()]
 
 
-def _analysis_format(algorithm) -> dict:
-    return {name: spec for name, spec in algorithm.results.items()}
+
+def dataset(catalog: Catalog, name: str, database: str, protocol: str, set_name: str,
+            formats: dict | None = None, expanded: dict | None = None) -> Dataset:
+    """Resolve one (database, protocol, set) view; its index key is set, its digest is not."""
+    from .database import sets as database_sets
+
+    formats = {} if formats is None else formats
+    expanded = {} if expanded is None else expanded
+    db_asset = catalog.get("database", database).require_valid()
+    all_sets = database_sets(catalog, db_asset)
+    if protocol not in all_sets:
+        raise ExecutionError(f"database `{database}' has no protocol `{protocol}' - valid protocols are "
+                             f"{', '.join(sorted(all_sets))}")
+    if set_name not in all_sets[protocol]:
+        raise ExecutionError(f"protocol `{protocol}' of database `{database}' has no set `{set_name}' - "
+                             f"valid sets are {', '.join(sorted(all_sets[protocol]))}")
+    info = all_sets[protocol][set_name]
+    for df in info["outputs"].values():
+        _dataformat_digest(catalog, df, formats, expanded)
+    d = Dataset(
+        name=name, database=database, protocol=protocol, set=set_name,
+        view=info["view"], view_parameters=dict(info.get("parameters") or {}),
+        outputs=dict(info["outputs"]), database_hash=db_asset.hash or "",
+        root_folder=db_asset.declaration.get("root_folder", ""),
+        beat_hash=hashing.dataset_hash(database, protocol, set_name),
+    )
+    d.index_key = hashing.key("dataset-index", {
+        "database": d.database, "database_hash": d.database_hash, "protocol": d.protocol,
+        "set": d.set, "view": d.view, "parameters": d.view_parameters, "root_folder": d.root_folder,
+    })
+    return d
 
 
 def plan(catalog: Catalog, name: str) -> Plan:
     """Resolve a valid experiment into jobs in BEAT's execution order (keys not yet set)."""
     from .algorithm import Algorithm
-    from .database import sets as database_sets
     from .toolchain import connections, execution_order
 
     _kind, name = parse_name("experiment", name)
@@ -168,25 +197,10 @@ def plan(catalog: Catalog, name: str) -> Plan:
     globals_ = exp.get("globals", {})
     default_env = globals_.get("environment") or {}
 
-    # datasets
-    datasets: dict[str, Dataset] = {}
-    for ds_name, ds in exp["datasets"].items():
-        db_asset = catalog.get("database", ds["database"]).require_valid()
-        info = database_sets(catalog, db_asset)[ds["protocol"]][ds["set"]]
-        for df in info["outputs"].values():
-            _dataformat_digest(catalog, df, formats, expanded)
-        d = Dataset(
-            name=ds_name, database=ds["database"], protocol=ds["protocol"], set=ds["set"],
-            view=info["view"], view_parameters=dict(info.get("parameters") or {}),
-            outputs=dict(info["outputs"]), database_hash=db_asset.hash or "",
-            root_folder=db_asset.declaration.get("root_folder", ""),
-            beat_hash=hashing.dataset_hash(ds["database"], ds["protocol"], ds["set"]),
-        )
-        d.index_key = hashing.key("dataset-index", {
-            "database": d.database, "database_hash": d.database_hash, "protocol": d.protocol,
-            "set": d.set, "view": d.view, "parameters": d.view_parameters,
-        })
-        datasets[ds_name] = d
+    datasets = {
+        ds_name: dataset(catalog, ds_name, ds["database"], ds["protocol"], ds["set"], formats, expanded)
+        for ds_name, ds in exp["datasets"].items()
+    }
 
     # where each toolchain input endpoint reads from
     feeds = {dst: (src, channel) for _i, src, dst, channel in connections(tc)}
@@ -231,16 +245,15 @@ def plan(catalog: Catalog, name: str) -> Plan:
                 outputs[algo_out] = Output(algo_out, channel, df)
                 tc_out_to_algo[node][tc_out] = algo_out
         else:
-            fmt = f"analysis:{algo.name}"
-            res = _analysis_format(algo)
-            for r in res.values():
-                t = r["type"]
-                if "/" in t and not t.startswith(("plot/", "system/")):
-                    _dataformat_digest(catalog, t, formats, expanded)
-            expanded[fmt] = {
-                n: (expanded[r["type"]] if r["type"] in expanded else r["type"]) for n, r in res.items()
-            }
-            formats[fmt] = hashing.key("dataformat", {"name": fmt, "declaration": expanded[fmt]})
+            results = {}
+            for r_name, r_type in algo.results.items():
+                if "/" in r_type and not r_type.startswith("plot/"):
+                    _dataformat_digest(catalog, r_type, formats, expanded)
+                    results[r_name] = expanded[r_type]
+                else:
+                    results[r_name] = r_type
+            fmt, expanded[fmt_key := f"analysis:{algo.name}"] = analysis_format(algo.name, results)
+            formats[fmt] = hashing.key("dataformat", {"name": fmt, "declaration": expanded[fmt_key]})
             outputs["result"] = Output("result", channels[node], fmt)
 
         job = Job(

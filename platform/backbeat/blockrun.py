@@ -1,0 +1,132 @@
+"""What runs inside a block process: load the user's algorithm, wire its data, drive it.
+
+The executor spawns ``backbeat.control:job_main`` in a fresh child of the fork server with
+a JSON payload (:func:`backbeat.executor.block_payload` writes it); ``job_main`` calls
+:func:`run`, which:
+
+1. installs the ``beat.backend.python`` import aliases (user code written for BEAT imports them);
+2. loads the libraries the algorithm ``uses`` and the algorithm module (:mod:`backbeat.codeloader`);
+3. opens every input: upstream outputs from their verified HDF5 cache files, dataset outputs
+   from the database-provider process over ZeroMQ (:mod:`backbeat.dbprovider`), both as
+   windowed :class:`~backbeat.sources.BatchSource`\\ s;
+4. opens one :class:`~backbeat.cachefile.CacheWriter` per output (temporary file, renamed
+   into place only when complete);
+5. drives the algorithm with BEAT's semantics (:mod:`backbeat.driver`), reporting progress
+   over the control channel, and commits the outputs.  Any exception propagates to
+   ``job_main``, which reports it; uncommitted writers are aborted so nothing partial remains.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import cachefile, control
+from .codeloader import load_with_libraries
+from .compat import install_beat_aliases
+from .driver import build_inputs, build_outputs, count_steps, run_algorithm
+from .sources import BatchSource
+from .values import value_type
+
+
+class _Sink:
+    """Adapter: BEAT ``Output`` writes → an HDF5 cache writer."""
+
+    def __init__(self, writer: cachefile.CacheWriter):
+        self.writer = writer
+        self.units = 0
+
+    def write(self, value: Any, start: int, end: int) -> None:
+        self.writer.write(value, end)
+        self.units += 1
+
+
+def _cache_source(path: str, window: int) -> tuple[BatchSource, Any]:
+    reader = cachefile.CacheReader(path, verify=True)
+    return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
+
+
+def _algorithm_class(payload: dict):
+    code = payload["code"]
+    libraries = code.get("libraries", {})
+
+    def library(name: str) -> tuple[str, dict]:
+        path, uses = libraries[name]
+        return path, uses
+
+    module = load_with_libraries(payload["block"]["algorithm"], code["algorithm"], code.get("uses", {}), library)
+    cls = getattr(module, "Algorithm", None)
+    if cls is None:
+        raise RuntimeError(f"algorithm `{payload['block']['algorithm']}' defines no class `Algorithm'")
+    return cls
+
+
+def run(payload: dict) -> dict:
+    """Execute one block (see module docstring); returns the I/O statistics."""
+    t0 = time.perf_counter()
+    install_beat_aliases()
+    block = payload["block"]
+    formats = payload["formats"]
+    window = int(payload.get("window", 4096))
+    algorithm = _algorithm_class(payload)()
+
+    readers = []
+    client = None
+    sources = {}
+    for name, spec in payload["inputs"].items():
+        if spec["source"] == "cache":
+            src, reader = _cache_source(spec["path"], window)
+            readers.append(reader)
+        else:
+            if client is None:
+                from .dbprovider import DatabaseClient
+
+                client = DatabaseClient(payload["database"])
+            src = client.source(spec["dataset"], spec["output"], spec["dataformat"],
+                                formats[spec["dataformat"]], window)
+        sources[name] = (spec["channel"], src, spec["dataformat"])
+
+    input_list, loaders = build_inputs(block["type"], block["channel"], sources)
+    own = [s for (ch, s, _df) in sources.values() if ch == block["channel"]]
+    start, end = payload.get("range") or (0, max((s.data_indices()[-1][1] for s in own if len(s)), default=-1))
+
+    writers: dict[str, cachefile.CacheWriter] = {}
+    sinks: dict[str, tuple[Any, Any]] = {}
+    try:
+        for name, spec in payload["outputs"].items():
+            df = spec["dataformat"]
+            writer = cachefile.CacheWriter(spec["path"], df, formats[df], key=spec["key"], start=start, end=end)
+            writers[name] = writer
+            sinks[name] = (_Sink(writer), value_type(df, formats[df]))
+        outputs = build_outputs(sinks, input_list, start_index=start)
+        cc = control.client()
+        total = count_steps(input_list) if input_list is not None else 0
+
+        def progress(done: int) -> None:
+            if cc is not None:
+                cc.progress(done, total)
+
+        summary = run_algorithm(
+            algorithm, block["type"], inputs=input_list, data_loaders=loaders, outputs=outputs,
+            parameters=block["values"], analyzer=block["kind"] == "analyzer", name=block["algorithm"],
+            progress=progress,
+        )
+        written = {}
+        for name, writer in writers.items():
+            writer.close()
+            written[name] = sinks[name][0].units
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        for reader in readers:
+            reader.close()
+        if client is not None:
+            client.close()
+    return {
+        "steps": summary.steps,
+        "written": written,
+        "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
+        "wall_s": time.perf_counter() - t0,
+    }

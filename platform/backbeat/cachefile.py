@@ -1,0 +1,437 @@
+"""HDF5 cache files: one file per block output / analyzer result, with a content digest.
+
+Layout (``docs/dataplane.md`` has the full specification):
+
+* root attributes: ``backbeat`` (``"cache/1"``), ``dataformat``, ``declaration`` (canonical JSON of the
+  expanded dataformat), ``key`` (producing block's cache key), ``start``/``end`` (declared data-index
+  range, ``end = -1`` when open-ended), ``units``, ``digest``, ``digest_algorithm``;
+* ``index/start``, ``index/end``: int64, the inclusive data-index range of every unit;
+* ``columns/<name>``: one chunked dataset per column of :func:`backbeat.batch.layout`; offsets columns
+  are global (first 0, ``units + 1`` / ``elements + 1`` entries).
+
+The digest is computed over the data, not the file bytes: sha256 per array (raw little-endian C-order
+bytes), combined with names, dtypes and shapes in a fixed order (see :func:`_final_digest`).
+
+:class:`CacheWriter` writes to ``<path>.tmp-<pid>-<random>``, buffers per-unit writes into batches,
+and on :meth:`~CacheWriter.close` checks that every data unit up to ``end`` is present, stores the
+digest, fsyncs, renames into place and fsyncs the directory: a file at ``path`` is always complete.
+:class:`CacheReader` verifies the digest on open (unless ``verify=False``) and reads by unit range,
+data-index range, chunk or data index, never holding more than one chunk of columns in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .batch import I64, Batch, layout, take, tree
+from .errors import DataError, IntegrityError
+from .values import BaseValue, as_value, canonical, value_type
+
+FORMAT_TAG = "cache/1"
+DIGEST_ALGORITHM = "sha256-columns/1"
+DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
+CHUNK_BYTES = 1 << 20
+READ_BYTES = 8 << 20
+
+
+def _row_bytes(col: Any) -> int:
+    return max(1, int(np.prod(col.shape, dtype=np.int64)) * col.dtype.itemsize)
+
+
+def _arrays(fmt_name: str, expanded: dict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    """Every array of a file in digest order: index arrays then columns sorted by name."""
+    out = [("index/start", I64, ()), ("index/end", I64, ())]
+    out += [("columns/" + c.name, c.dtype, c.shape) for c in layout(expanded, fmt_name)]
+    return out
+
+
+def _final_digest(fmt_name: str, canon: str, start: int, end: int,
+                  parts: list[tuple[str, np.dtype, tuple[int, ...], str]]) -> str:
+    """sha256 of the header lines + one line per array ``name dtype shape sha256(bytes)``."""
+    lines = [f"backbeat-digest/1\ndataformat {fmt_name}\ndeclaration {canon}\nrange {start} {end}\n"]
+    for name, dtype, shape, h in parts:
+        lines.append(f"{name} {dtype.str} {'x'.join(map(str, shape))} {h}\n")
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CacheWriter:
+    """Write one cache file (see module docstring); use as a context manager or call close()/abort()."""
+
+    def __init__(self, path: str | os.PathLike, fmt_name: str, expanded: dict, *, key: str = "",
+                 start: int = 0, end: int | None = None, compression: str | None = DEFAULT_COMPRESSION,
+                 buffer_units: int | None = None) -> None:
+        self.path = os.fspath(path)
+        self.name, self.expanded, self.key = fmt_name, expanded, key
+        self.start, self.end = int(start), (None if end is None else int(end))
+        self.type = value_type(fmt_name, expanded)
+        self._tree = tree(fmt_name, expanded)
+        self._canon = canonical(expanded)
+        self._next = self._buf_start = self.start
+        self._units = 0
+        self._values: list[BaseValue] = []
+        self._ends: list[int] = []
+        self._closed = False
+        cols = layout(expanded, fmt_name)
+        fixed = sum(_row_bytes(c) for c in cols if c.rows == "") + 16
+        self.buffer_units = buffer_units or int(min(65536, max(256, (4 << 20) // fixed)))
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self._h5 = h5py.File(self.tmp, "w", libver="latest")
+        self._ds: dict[str, Any] = {}
+        self._hash: dict[str, Any] = {}
+        kw: dict[str, Any] = {}
+        if compression:
+            kw = {"compression": compression, "shuffle": True}
+        for name, dtype, shape in _arrays(fmt_name, expanded):
+            rows = max(1, CHUNK_BYTES // max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
+            initial = 1 if name.endswith("#offsets") else 0
+            ds = self._h5.create_dataset(name, shape=(initial, *shape), maxshape=(None, *shape),
+                                         dtype=dtype, chunks=(rows, *shape), **kw)
+            self._ds[name] = ds
+            self._hash[name] = hashlib.sha256()
+            if initial:
+                ds[0] = 0
+                self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
+        a = self._h5.attrs
+        a["backbeat"] = FORMAT_TAG
+        a["dataformat"] = fmt_name
+        a["declaration"] = self._canon
+        a["key"] = key
+        a["start"] = self.start
+        a["end"] = -1 if self.end is None else self.end
+
+    # writing ---------------------------------------------------------------------------------------
+    @property
+    def next_index(self) -> int:
+        """The first data index not yet written."""
+        return self._next
+
+    def write(self, data: Any, end_data_index: int | None = None) -> None:
+        """Append one data unit covering ``[next_index, end_data_index]`` (default: one index)."""
+        if self._closed:
+            raise DataError(f"cache writer for `{self.path}' is closed")
+        end = self._next if end_data_index is None else int(end_data_index)
+        if end < self._next or (self.end is not None and end > self.end):
+            raise DataError(
+                f"cannot write data unit ending at {end} to `{self.path}': it must be within "
+                f"[{self._next}, {self.end if self.end is not None else 'inf'}]"
+            )
+        value = data if type(data) is self.type else as_value(self.type, data)
+        if not self._values:
+            self._buf_start = self._next
+        self._values.append(value)
+        self._ends.append(end)
+        self._next = end + 1
+        if len(self._values) >= self.buffer_units:
+            self.flush()
+
+    def write_batch(self, batch: Batch) -> None:
+        """Append a whole batch; its first unit must start at :attr:`next_index`."""
+        if self._closed:
+            raise DataError(f"cache writer for `{self.path}' is closed")
+        if batch.name != self.name or canonical(batch.expanded) != self._canon:
+            raise DataError(f"batch of `{batch.name}' written to a cache file of `{self.name}'")
+        self.flush()
+        if not len(batch):
+            return
+        if int(batch.starts[0]) != self._next:
+            raise DataError(f"batch starts at data index {batch.starts[0]}, expected {self._next}")
+        last = int(batch.ends[-1])
+        if self.end is not None and last > self.end:
+            raise DataError(f"batch ends at data index {last}, beyond the output's end {self.end}")
+        self._append(batch)
+        self._next = last + 1
+
+    def flush(self) -> None:
+        """Write buffered per-unit values to the file as one batch."""
+        if not self._values:
+            return
+        ends = np.array(self._ends, dtype=I64)
+        starts = np.empty_like(ends)
+        starts[0] = self._buf_start
+        starts[1:] = ends[:-1] + 1
+        batch = Batch.from_values(self.name, self.expanded, self._values, starts, ends)
+        self._values, self._ends = [], []
+        self._append(batch)
+
+    def _append(self, batch: Batch) -> None:
+        try:
+            self._append_arrays("index/start", batch.starts)
+            self._append_arrays("index/end", batch.ends)
+            for name, arr in batch.columns.items():
+                self._append_arrays("columns/" + name, arr)
+        except (OSError, ValueError) as exc:
+            self.abort()
+            raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
+        self._units += len(batch)
+
+    def _append_arrays(self, name: str, arr: np.ndarray) -> None:
+        ds = self._ds[name]
+        if name.endswith("#offsets"):
+            base = int(ds[ds.shape[0] - 1])
+            arr = arr[1:] + base if base else arr[1:]
+        n = arr.shape[0]
+        if not n:
+            return
+        arr = np.ascontiguousarray(arr, dtype=ds.dtype)
+        old = ds.shape[0]
+        ds.resize(old + n, axis=0)
+        ds[old:old + n] = arr
+        self._hash[name].update(memoryview(arr.reshape(-1).view(np.uint8)))
+
+    # finishing -------------------------------------------------------------------------------------
+    def close(self) -> str:
+        """Commit the file; return its digest.  Missing data units → IntegrityError, nothing left."""
+        if self._closed:
+            raise DataError(f"cache writer for `{self.path}' is already closed")
+        self.flush()
+        last = self._next - 1
+        if self._units == 0 or (self.end is not None and last < self.end):
+            self.abort()
+            raise IntegrityError(
+                f"not enough data written to `{self.path}': last data index written is {last}, "
+                f"expected {self.end if self.end is not None else 'at least one unit'}"
+            )
+        parts = [(name, dtype, (self._ds[name].shape[0], *shape), self._hash[name].hexdigest())
+                 for name, dtype, shape in _arrays(self.name, self.expanded)]
+        end = self.end if self.end is not None else last
+        digest = _final_digest(self.name, self._canon, self.start, end, parts)
+        a = self._h5.attrs
+        a["end"] = end
+        a["units"] = self._units
+        a["digest_algorithm"] = DIGEST_ALGORITHM
+        a["digest"] = digest
+        self._h5.close()
+        self._closed = True
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path)
+        return digest
+
+    def abort(self) -> None:
+        """Drop everything written; the final path is never touched."""
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._h5.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._closed:
+            return
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+class CacheReader:
+    """Read a committed cache file; ``verify=False`` skips the digest check (:attr:`verified` says so)."""
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except FileNotFoundError:
+            raise IntegrityError(f"cache file `{self.path}' does not exist") from None
+        except OSError as exc:
+            raise IntegrityError(f"cache file `{self.path}' cannot be opened (corrupted?): {exc}") from None
+        try:
+            self._open(verify)
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def _open(self, verify: bool) -> None:
+        try:
+            a = self._h5.attrs
+            if a.get("backbeat") != FORMAT_TAG:
+                raise IntegrityError(f"`{self.path}' is not a backbeat cache file ({FORMAT_TAG})")
+            if "digest" not in a:
+                raise IntegrityError(f"cache file `{self.path}' is incomplete (no digest)")
+            self.dataformat = str(a["dataformat"])
+            self._canon = str(a["declaration"])
+            self.expanded = json.loads(self._canon)
+            self.key = str(a["key"])
+            self.start, self.end = int(a["start"]), int(a["end"])
+            self.digest = str(a["digest"])
+            self.units = int(a["units"])
+            self._ds = {}
+            for name, dtype, shape in _arrays(self.dataformat, self.expanded):
+                ds = self._h5.get(name)
+                if not isinstance(ds, h5py.Dataset) or ds.dtype != dtype or ds.shape[1:] != shape:
+                    raise IntegrityError(f"cache file `{self.path}': dataset `{name}' missing or malformed")
+                self._ds[name] = ds
+            self.starts = self._ds["index/start"][:]
+            self.ends = self._ds["index/end"][:]
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise IntegrityError(f"cache file `{self.path}' is corrupted: {exc}") from None
+        if self.starts.shape != (self.units,) or self.ends.shape != (self.units,):
+            raise IntegrityError(f"cache file `{self.path}': index does not hold {self.units} units")
+        self.type = value_type(self.dataformat, self.expanded)
+        self._tree = tree(self.dataformat, self.expanded)
+        self.verified = False
+        if verify:
+            actual = self.compute_digest()
+            if actual != self.digest:
+                raise IntegrityError(
+                    f"cache file `{self.path}' has a content digest ({actual}) that differs from the "
+                    f"recorded one ({self.digest})"
+                )
+            self.verified = True
+
+    def compute_digest(self) -> str:
+        """Recompute the content digest from the data (reads every dataset in bounded blocks)."""
+        parts = []
+        try:
+            for name, dtype, shape in _arrays(self.dataformat, self.expanded):
+                ds = self._ds[name]
+                h = hashlib.sha256()
+                rows = max(1, READ_BYTES // max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
+                n = ds.shape[0]
+                buf = np.empty((min(rows, n), *shape), dtype=dtype)
+                for a in range(0, n, rows):
+                    b = min(n, a + rows)
+                    out = buf[: b - a]
+                    ds.read_direct(out, np.s_[a:b], np.s_[0:b - a])
+                    h.update(memoryview(out.reshape(-1).view(np.uint8)))
+                parts.append((name, dtype, ds.shape, h.hexdigest()))
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"cache file `{self.path}' cannot be read (corrupted?): {exc}") from None
+        return _final_digest(self.dataformat, self._canon, self.start, self.end, parts)
+
+    # reading ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.units
+
+    def read_units(self, i: int, j: int) -> Batch:
+        """Units ``i .. j-1`` as a batch (structure validated)."""
+        i, j = max(0, min(i, self.units)), max(0, min(j, self.units))
+        j = max(i, j)
+        cols: dict = {}
+        try:
+            take(self._tree, lambda name: self._ds["columns/" + name], i, j, cols)
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"cache file `{self.path}' cannot be read (corrupted?): {exc}") from None
+        return Batch(self.dataformat, self.expanded, self.starts[i:j], self.ends[i:j], cols)
+
+    def read(self, i: int) -> BaseValue:
+        """The value of unit ``i``."""
+        if not -self.units <= i < self.units:
+            raise IndexError(f"unit {i} out of range ({self.units} units in `{self.path}')")
+        i %= self.units
+        return self.read_units(i, i + 1).to_values()[0]
+
+    def __getitem__(self, i: int) -> tuple[BaseValue, int, int]:
+        """BEAT's ``ds[i]``: ``(value, start, end)``."""
+        value = self.read(i)
+        i %= self.units
+        return value, int(self.starts[i]), int(self.ends[i])
+
+    def read_range(self, start_index: int, end_index: int) -> Batch:
+        """The units lying entirely within the inclusive data-index range ``[start_index, end_index]``."""
+        i = int(np.searchsorted(self.starts, start_index, side="left"))
+        j = int(np.searchsorted(self.ends, end_index, side="right"))
+        return self.read_units(i, max(i, j))
+
+    def unit_at(self, k: int) -> int:
+        """Index of the unit covering data index ``k`` (binary search); IndexError if none."""
+        i = int(np.searchsorted(self.starts, k, side="right")) - 1
+        if i < 0 or k > self.ends[i]:
+            raise IndexError(f"data index {k} is not covered by `{self.path}'")
+        return i
+
+    def at_data_index(self, k: int) -> tuple[BaseValue, int, int]:
+        """BEAT's ``getAtDataIndex``: ``(value, start, end)`` of the unit covering ``k``."""
+        return self[self.unit_at(k)]
+
+    def chunk_units(self) -> int:
+        """A unit count whose fixed-size columns take about 8 MiB."""
+        fixed = sum(_row_bytes(self._ds[n]) for n in self._ds if "#" not in n or n.endswith("#shape"))
+        return int(max(1, min(1 << 20, READ_BYTES // max(1, fixed))))
+
+    def iter_batches(self, chunk_units: int | None = None, start: int = 0,
+                     stop: int | None = None) -> Iterator[Batch]:
+        """Batches of at most ``chunk_units`` units over units ``[start, stop)``."""
+        step = chunk_units or self.chunk_units()
+        stop = self.units if stop is None else min(stop, self.units)
+        for a in range(start, stop, step):
+            yield self.read_units(a, min(stop, a + step))
+
+    def __iter__(self) -> Iterator[tuple[BaseValue, int, int]]:
+        """Every unit as ``(value, start, end)``, reading chunk by chunk."""
+        for batch in self.iter_batches():
+            yield from zip(batch.to_values(), batch.starts.tolist(), batch.ends.tolist(), strict=False)
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> CacheReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def verify(path: str | os.PathLike) -> str:
+    """Open with verification; return the digest or raise IntegrityError."""
+    with CacheReader(path, verify=True) as r:
+        return r.digest
+
+
+def digest_of(path: str | os.PathLike) -> str:
+    """The content digest recomputed from the data of ``path`` (not the recorded attribute)."""
+    with CacheReader(path, verify=False) as r:
+        return r.compute_digest()
+
+
+def stored_digest(path: str | os.PathLike) -> str:
+    """The digest recorded in the file (no verification)."""
+    with CacheReader(path, verify=False) as r:
+        return r.digest
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Delete ``<path>.tmp-<pid>-*`` files whose writer process no longer exists; return them."""
+    removed = []
+    for tmp in glob.glob(glob.escape(os.fspath(path)) + ".tmp-*-*"):
+        try:
+            pid = int(tmp.rsplit(".tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+            removed.append(tmp)
+    return removed

@@ -1,0 +1,237 @@
+"""Wiring a block's inputs/outputs and driving a user algorithm (spec §5.8, §6.4).
+
+:func:`build_inputs` turns ``{input name: (channel, data source)}`` into what the
+algorithm type expects (table of §5.8):
+
+============== ===================================== ===================================
+type           inputs on the block's channel          inputs on other channels
+============== ===================================== ===================================
+legacy         ``Input`` in the restricted main group ``Input`` in an unrestricted group
+sequential*    ``Input`` in the restricted main group one ``DataLoader`` per channel
+autonomous*    ``DataLoader`` (the main loader)       one ``DataLoader`` per channel
+============== ===================================== ===================================
+
+(* including the loop processor / evaluator variants).  Fix over BEAT: for autonomous
+types the main loader is always the block's own channel, whereas BEAT takes the first
+loader created (input declaration order), so ``prepare`` could receive the wrong
+"secondaries".  :func:`build_outputs` makes the outputs, synchronised on the main group.
+
+:func:`run_algorithm` is BEAT's ``AlgorithmExecutor``: optional ``setup(parameters)``,
+``prepare(data_loaders)`` (API v2 only; autonomous types get ``secondaries()``), then
+one ``process`` call (autonomous) or one call per step of the main group
+(legacy/sequential) until the inputs are exhausted or ``process`` returns a falsy value;
+outputs are closed; a falsy return or an output with missing data fails the block.
+User exceptions propagate unchanged (the caller classifies them).  Loop channels are
+only passed through (``loop_channel``, ``before_process`` hook for the ``rdi`` message).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dataloaders import DataLoader, DataLoaderList, mix_data_indices
+from .errors import ExecutionError, UsageError
+from .inputs import Input, InputGroup, InputList
+from .outputs import Output, OutputList, SynchronizationListener
+
+LEGACY = "legacy"
+SEQUENTIAL_TYPES = frozenset({"sequential", "sequential_loop_processor", "sequential_loop_evaluator"})
+AUTONOMOUS_TYPES = frozenset({"autonomous", "autonomous_loop_processor", "autonomous_loop_evaluator"})
+ALGORITHM_TYPES = frozenset({LEGACY}) | SEQUENTIAL_TYPES | AUTONOMOUS_TYPES
+
+
+def _check_type(algorithm_type: str) -> str:
+    if algorithm_type not in ALGORITHM_TYPES:
+        raise UsageError(f"unknown algorithm type `{algorithm_type}' (expected one of {sorted(ALGORITHM_TYPES)})")
+    return algorithm_type
+
+
+def _unpack(name: str, spec: Any) -> tuple[str, Any, Any]:
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise UsageError(f"input `{name}': expected (channel, data_source[, data_format]), got {spec!r}")
+    channel, source = spec[0], spec[1]
+    data_format = spec[2] if len(spec) == 3 else getattr(source, "data_format", getattr(source, "dataformat", None))
+    return str(channel), source, data_format
+
+
+def build_inputs(
+    algorithm_type: str,
+    block_channel: str,
+    inputs: Mapping[str, tuple],
+) -> tuple[InputList | None, DataLoaderList]:
+    """Make the ``InputList`` (``None`` for autonomous types) and ``DataLoaderList``.
+
+    ``inputs`` maps input names (declaration order) to ``(channel, data_source)`` or
+    ``(channel, data_source, data_format)``.  Every group gets a
+    :class:`SynchronizationListener`; the block channel's group is restricted.
+    """
+    _check_type(algorithm_type)
+    autonomous = algorithm_type in AUTONOMOUS_TYPES
+    input_list = None if autonomous else InputList()
+    loaders = DataLoaderList()
+    if autonomous:
+        # create the block channel's loader first so it is the main loader
+        own = [n for n, spec in inputs.items() if _unpack(n, spec)[0] == str(block_channel)]
+        if not own:
+            raise UsageError(f"no input is synchronised on the block channel `{block_channel}'")
+    for name, spec in inputs.items():
+        channel, source, data_format = _unpack(name, spec)
+        on_block_channel = channel == str(block_channel)
+        if input_list is not None and (algorithm_type == LEGACY or on_block_channel):
+            group = input_list.group(channel)
+            if group is None:
+                group = InputGroup(channel, SynchronizationListener(), restricted_access=on_block_channel)
+                input_list.add(group)
+            group.add(Input(name, data_format, source))
+            continue
+        loader = loaders[channel]
+        if loader is None:
+            loader = DataLoader(channel)
+            loaders.add(loader, main=on_block_channel if autonomous else None)
+        loader.add(name, source)
+    if input_list is not None and input_list.main_group is None:
+        raise UsageError(f"no input is synchronised on the block channel `{block_channel}'")
+    return input_list, loaders
+
+
+def build_outputs(
+    outputs: Mapping[str, tuple[Any, Any]],
+    input_list: InputList | None,
+    start_index: int = 0,
+    on_write: Callable[[str, int], None] | None = None,
+) -> OutputList:
+    """Make the ``OutputList`` from ``{name: (sink, value_type)}`` (declaration order).
+
+    Outputs follow the listener of the main (restricted) group when there is one;
+    ``start_index`` is the first index of the block's range (``0`` unless split);
+    ``on_write(name, end)`` is called after each write (loop ``wrt`` hook).
+    """
+    listener = None
+    if input_list is not None and input_list.main_group is not None:
+        listener = input_list.main_group.synchronization_listener
+    result = OutputList()
+    for name, (sink, value_type) in outputs.items():
+        result.add(Output(name, sink, listener, force_start_index=start_index, value_type=value_type, on_write=on_write))
+    return result
+
+
+def count_steps(input_list: InputList) -> int:
+    """How many times the main group will advance (for progress reporting)."""
+    group = input_list.main_group
+    if group is None or len(group) == 0:
+        return 0
+    return len(mix_data_indices([i.data_source.data_indices() for i in group]))
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_algorithm` did: steps run and blocks written per output."""
+
+    steps: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+
+
+def _has_argument(method: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call(obj: Any, name: str, *args: Any) -> Any:
+    method = getattr(obj, name, None)
+    if method is None or not callable(method):
+        raise ExecutionError(f"algorithm object has no `{name}' method")
+    return method(*args)
+
+
+def run_algorithm(
+    algorithm: Any,
+    kind: str,
+    *,
+    inputs: InputList | None = None,
+    data_loaders: DataLoaderList | None = None,
+    outputs: OutputList | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    analyzer: bool = False,
+    name: str = "algorithm",
+    progress: Callable[[int], None] | None = None,
+    loop_channel: Any = None,
+    before_process: Callable[[], None] | None = None,
+) -> RunSummary:
+    """Drive ``algorithm`` (an instance of the user's ``Algorithm`` class) over its data.
+
+    ``kind`` is the algorithm type (``legacy``, ``sequential``, ``autonomous`` or a loop
+    variant).  Analyzers get ``outputs[0]`` as ``output``.  ``progress(steps_done)`` is
+    called after each ``process`` call.  Raises :class:`ExecutionError` with BEAT's texts
+    (``Could not setup algorithm (returned False)`` …, ``Missing data on the following
+    output(s): …``); exceptions raised by user code propagate unchanged.
+    """
+    _check_type(kind)
+    outputs = outputs if outputs is not None else OutputList()
+    loaders = data_loaders if data_loaders is not None else DataLoaderList()
+    autonomous = kind in AUTONOMOUS_TYPES
+    if not autonomous and (inputs is None or inputs.main_group is None):
+        raise UsageError(f"{kind} algorithm `{name}' needs an InputList with a main (restricted) group")
+    if analyzer and len(outputs) != 1:
+        raise UsageError(f"analyzer `{name}' needs exactly one output (`result'), got {len(outputs)}")
+    to_write: Any = outputs[0] if analyzer else outputs
+
+    if hasattr(algorithm, "setup"):
+        if not _call(algorithm, "setup", dict(parameters or {})):
+            raise ExecutionError("Could not setup algorithm (returned False)")
+    if kind != LEGACY and hasattr(algorithm, "prepare"):
+        if not _call(algorithm, "prepare", loaders.secondaries() if autonomous else loaders):
+            raise ExecutionError("Could not prepare algorithm (returned False)")
+
+    pass_loop = False
+    if kind != LEGACY:
+        has_loop_arg = _has_argument(getattr(algorithm, "process", None), "loop_channel")
+        if loop_channel is not None and not has_loop_arg:
+            raise ExecutionError(f"Algorithm '{name}' is not a valid loop enabled algorithm")
+        if loop_channel is None and has_loop_arg:
+            raise ExecutionError(f"Algorithm '{name}' is a loop enabled algorithm but no loop_channel given")
+        pass_loop = loop_channel is not None and not analyzer
+
+    summary = RunSummary()
+    result: Any = True
+    if autonomous:
+        args: list[Any] = [loaders, to_write] + ([loop_channel] if pass_loop else [])
+        result = _call(algorithm, "process", *args)
+        main = loaders.main_loader
+        summary.steps = main.count() if main is not None else 0
+        if progress is not None:
+            progress(summary.steps)
+    else:
+        assert inputs is not None and inputs.main_group is not None
+        main_group = inputs.main_group
+        # BEAT loops on ``inputs.hasMoreData()`` (all groups), which crashes with "asked for
+        # more data" when a legacy algorithm leaves a secondary group unread; the main group
+        # is what drives the block.
+        while main_group.hasMoreData():
+            main_group.platform_next()
+            if before_process is not None:
+                before_process()
+            if kind == LEGACY:
+                result = _call(algorithm, "process", inputs, to_write)
+            else:
+                args = [inputs, loaders, to_write] + ([loop_channel] if pass_loop else [])
+                result = _call(algorithm, "process", *args)
+            summary.steps += 1
+            if progress is not None:
+                progress(summary.steps)
+            if not result:
+                break
+
+    for output in outputs:
+        output.close()
+    summary.written = {o.name: o.nb_data_blocks_written for o in outputs}
+    if not result:
+        raise ExecutionError("Could not run algorithm (returned False)")
+    missing = [o.name for o in outputs if o.isDataMissing()]
+    if missing:
+        raise ExecutionError("Missing data on the following output(s): " + ", ".join(missing))
+    return summary

@@ -1,0 +1,437 @@
+"""Running a plan on this machine: cache reuse, locking, block processes, progress.
+
+State of one run (:class:`Run`):
+
+* ``status[job]`` — ``pending`` → (``waiting`` for another run's lock) → ``running`` →
+  ``ran`` | ``failed``; or ``cached`` (outputs already committed); or ``skipped``
+  (an upstream job failed);
+* ``handles[job]`` — the fork-server handle of each running block process, and
+  ``messages[job]`` the control messages it sent (start, progress, done, error);
+* ``locks[job]`` — an exclusive ``fcntl`` lock on ``<cache>/.locks/<job key>`` held while
+  the job runs, so that two runs sharing blocks never compute the same output twice at
+  once: the second waits, then finds the output committed and reuses it.
+
+Order of work: index the datasets that have no stored index (in block processes: views
+are user code), compute the cache keys, mark jobs whose outputs are committed as cached,
+verify the cache files that jobs about to run will read (a corrupted file is removed and
+its producer re-run), then start every job whose inputs are ready, up to ``jobs`` at once.
+Nothing is started after a failure; running jobs finish; the run reports ``failed``.
+The fork server and the control socket are created only when something must run, so a
+fully cached re-run starts no process at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cachefile, hashing
+from .catalog import Catalog
+from .errors import ExecutionError, IntegrityError
+from .planning import Job, Plan, assign_keys, plan
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class Options:
+    force: bool = False
+    jobs: int = 0  # 0 = number of cores
+    timeout_s: float | None = None
+    memory_bytes: int | None = None
+    window: int = 4096
+
+
+def output_path(cache: Path, key: str) -> Path:
+    return cache / hashing.to_path(key, ".h5")
+
+
+def index_path(cache: Path, key: str) -> Path:
+    return cache / hashing.to_path(key, ".db")
+
+
+@dataclass
+class Run:
+    plan: Plan
+    prefix: Path
+    cache: Path
+    options: Options
+    progress: Progress | None = None
+    status: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, dict] = field(default_factory=dict)
+    stats: dict[str, dict] = field(default_factory=dict)
+    handles: dict[str, Any] = field(default_factory=dict)
+    messages: dict[str, list] = field(default_factory=dict)
+    locks: dict[str, int] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    _server: Any = None
+    _control: Any = None
+    _provider: Any = None
+    _tmpdir: str | None = None
+
+    # -- infrastructure (created lazily: a cached run starts nothing) ----------------------
+    def _infrastructure(self) -> None:
+        if self._server is not None:
+            return
+        from .control import ControlServer
+        from .workerpool import ForkServer
+
+        self._server = ForkServer().start()
+        self._control = ControlServer()
+        self._tmpdir = self._control.directory
+
+    def _spawn(self, job_id: str, target: str, payload: dict) -> Any:
+        from .workerpool import Limits
+
+        self._infrastructure()
+        payload = dict(payload, target=target, control=self._control.address, job=job_id,
+                       root=str(self.prefix.resolve()))
+        limits = Limits(self.options.timeout_s, self.options.memory_bytes)
+        handle = self._server.spawn("backbeat.control:job_main", payload, limits)
+        self.handles[job_id] = handle
+        self.messages[job_id] = []
+        return handle
+
+    def _collect(self, timeout_ms: int) -> None:
+        for msg in self._control.poll(timeout_ms):
+            self.messages.setdefault(msg.job, []).append(msg)
+            if msg.type == "progress" and msg.job in self.status:
+                self._emit(msg.job, "running", done=msg.data.get("done"), total=msg.data.get("total"))
+        self._server.pump(0)
+
+    def _wait(self, job_ids: list[str]) -> dict[str, Any]:
+        """Wait until the given jobs end; return their outcomes."""
+        from .control import outcome
+
+        results: dict[str, Any] = {}
+        while len(results) < len(job_ids):
+            self._collect(20)
+            for j in job_ids:
+                if j not in results:
+                    exit_ = self.handles[j].poll()
+                    if exit_ is not None:
+                        self._collect(0)
+                        results[j] = outcome(exit_, self.messages.get(j, []))
+        return results
+
+    def close(self) -> None:
+        if self._provider is not None:
+            self._provider.kill()
+        if self._server is not None:
+            self._server.close()
+        if self._control is not None:
+            self._control.close()
+        for fd in self.locks.values():
+            os.close(fd)
+        self.locks.clear()
+
+    def _emit(self, job: str, state: str, **extra: Any) -> None:
+        if self.progress is not None:
+            self.progress({"block": job, "state": state, **extra})
+
+    # -- datasets -------------------------------------------------------------------------
+    def _dataset_spec(self, name: str) -> dict:
+        ds = self.plan.datasets[name]
+        catalog_files = Catalog(self.prefix).prefix.locate("database", ds.database)
+        return {
+            "database": ds.database, "code": str(catalog_files.code(None)), "view": ds.view,
+            "root_folder": ds.root_folder, "parameters": ds.view_parameters,
+            "index_path": str(index_path(self.cache, ds.index_key)),
+            "outputs": {o: [df, self.plan.expanded[df]] for o, df in ds.outputs.items()},
+        }
+
+    def index_datasets(self) -> None:
+        from .dbprovider import index_digest
+
+        todo = []
+        for name, ds in self.plan.datasets.items():
+            path = index_path(self.cache, ds.index_key)
+            if path.is_file() and not self.options.force:
+                ds.index_digest = index_digest(str(path))
+            else:
+                todo.append(name)
+        if not todo:
+            return
+        for name in todo:
+            path = index_path(self.cache, self.plan.datasets[name].index_key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._spawn(f"index:{name}", "backbeat.dbprovider:build_index", {"dataset": self._dataset_spec(name)})
+        outcomes = self._wait([f"index:{n}" for n in todo])
+        failed = []
+        for name in todo:
+            out = outcomes[f"index:{name}"]
+            if out.ok and "digest" in out.statistics:
+                self.plan.datasets[name].index_digest = out.statistics["digest"]
+            else:
+                failed.append(f"dataset `{name}' (database {self.plan.datasets[name].database}): "
+                              f"{out.message}\n{out.traceback or ''}".rstrip())
+        if failed:
+            raise ExecutionError("cannot index database views:\n" + "\n".join(failed))
+
+    # -- cache state ----------------------------------------------------------------------
+    def _committed(self, job: Job) -> bool:
+        return all(output_path(self.cache, o.key).is_file() for o in job.outputs.values())
+
+    def _verify_inputs(self, to_run: set[str]) -> set[str]:
+        """Verify cached files read by jobs that will run; return producers to re-run."""
+        rerun: set[str] = set()
+        jobs = {j.name: j for j in self.plan.jobs}
+        for name in to_run:
+            for inp in jobs[name].inputs.values():
+                if inp.source != "block" or inp.node in to_run:
+                    continue
+                path = output_path(self.cache, inp.key)
+                try:
+                    cachefile.verify(str(path))
+                except (IntegrityError, OSError) as exc:
+                    self._emit(inp.node, "corrupt", message=str(exc))
+                    path.unlink(missing_ok=True)
+                    rerun.add(inp.node)
+        return rerun
+
+    def _lock(self, job: Job) -> bool:
+        """Try to take the job's lock (non-blocking)."""
+        lockdir = self.cache / ".locks"
+        lockdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lockdir / job.key, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.locks[job.name] = fd
+        return True
+
+    def _unlock(self, name: str) -> None:
+        fd = self.locks.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    # -- blocks ---------------------------------------------------------------------------
+    def block_payload(self, job: Job) -> dict:
+        catalog = Catalog(self.prefix)
+        algo = catalog.get("algorithm", job.algorithm)
+        libraries = {}
+        for lib_name, _h in job.libraries:
+            lib = catalog.get("library", lib_name)
+            libraries[lib_name] = [str(lib.code_path), dict(lib.declaration.get("uses") or {})]
+        formats = {i.dataformat: self.plan.expanded[i.dataformat] for i in job.inputs.values()}
+        formats.update({o.dataformat: self.plan.expanded[o.dataformat] for o in job.outputs.values()})
+        inputs = {}
+        for name, inp in job.inputs.items():
+            spec = {"channel": inp.channel, "dataformat": inp.dataformat}
+            if inp.source == "dataset":
+                ds_df = self.plan.datasets[inp.node].outputs[inp.output]
+                formats[ds_df] = self.plan.expanded[ds_df]
+                spec.update(source="database", dataset=inp.node, output=inp.output, dataformat=ds_df)
+            else:
+                spec.update(source="cache", path=str(output_path(self.cache, inp.key)))
+            inputs[name] = spec
+        from .algorithm import Algorithm
+
+        a = Algorithm(algo)
+        return {
+            "block": {"name": job.name, "kind": job.kind, "algorithm": job.algorithm, "type": a.type,
+                      "channel": job.channel, "values": job.values},
+            "code": {"algorithm": str(algo.code_path), "uses": a.uses, "libraries": libraries},
+            "inputs": inputs,
+            "outputs": {n: {"dataformat": o.dataformat, "key": o.key, "path": str(output_path(self.cache, o.key))}
+                        for n, o in job.outputs.items()},
+            "formats": formats,
+            "database": self._provider_address() if any(i.source == "dataset" for i in job.inputs.values()) else None,
+            "window": self.options.window,
+        }
+
+    def _provider_address(self) -> str:
+        if self._provider is None:
+            self._infrastructure()
+            address = f"ipc://{self._tmpdir}/database"
+            specs = {name: self._dataset_spec(name) for name in self.plan.datasets}
+            self._provider = self._spawn("database-provider", "backbeat.dbprovider:serve",
+                                         {"address": address, "datasets": specs})
+            self._provider_addr = address
+        return self._provider_addr
+
+    def execute(self) -> None:
+        jobs = {j.name: j for j in self.plan.jobs}
+        to_run = {n for n, j in jobs.items() if self.options.force or not self._committed(j)}
+        while True:  # re-run producers of corrupted files (and everything downstream of them)
+            extra = self._verify_inputs(to_run) - to_run
+            if not extra:
+                break
+            to_run |= extra
+            changed = True
+            while changed:
+                changed = False
+                for n, j in jobs.items():
+                    if n not in to_run and any(d in to_run for d in j.depends):
+                        to_run.add(n)
+                        changed = True
+        for name in jobs:
+            self.status[name] = "pending" if name in to_run else "cached"
+            if name not in to_run:
+                self._emit(name, "cached")
+        limit = self.options.jobs or os.cpu_count() or 1
+        failed = False
+        from .control import outcome
+
+        while True:
+            pending = [n for n in jobs if self.status[n] in ("pending", "waiting")]
+            running = [n for n in jobs if self.status[n] == "running"]
+            if not running and (failed or not pending):
+                break
+            for name in pending:
+                if failed or len(running) >= limit:
+                    break
+                job = jobs[name]
+                if any(self.status[d] in ("failed", "skipped") for d in job.depends):
+                    continue
+                if not all(self.status[d] in ("ran", "cached") for d in job.depends):
+                    continue
+                if not self._lock(job):
+                    if self.status[name] != "waiting":
+                        self.status[name] = "waiting"
+                        self._emit(name, "waiting")
+                    continue
+                if not self.options.force and self._committed(job):
+                    self._unlock(name)  # another run computed it meanwhile
+                    self.status[name] = "cached"
+                    self._emit(name, "cached")
+                    continue
+                self.status[name] = "running"
+                self.started[name] = time.perf_counter()
+                self._emit(name, "running", done=0, total=None)
+                self._spawn(name, "backbeat.blockrun:run", self.block_payload(job))
+                running.append(name)
+            if not running:
+                if any(self.status[n] == "waiting" for n in jobs):
+                    time.sleep(0.05)
+                    continue
+                break
+            self._collect(20)
+            for name in running:
+                exit_ = self.handles[name].poll()
+                if exit_ is None:
+                    continue
+                self._collect(0)
+                out = outcome(exit_, self.messages.get(name, []))
+                self._unlock(name)
+                wall = time.perf_counter() - self.started[name]
+                if out.ok and self._committed(jobs[name]):
+                    self.status[name] = "ran"
+                    self.stats[name] = dict(out.statistics, wall_s=wall)
+                    self._emit(name, "done", wall_s=wall)
+                else:
+                    failed = True
+                    self.status[name] = "failed"
+                    message = out.message if not out.ok else "the block completed but did not commit its outputs"
+                    self.errors[name] = {"kind": out.kind, "message": message, "traceback": out.traceback}
+                    self._emit(name, "failed", message=message)
+        for name in jobs:
+            if self.status[name] in ("pending", "waiting"):
+                self.status[name] = "skipped"
+                self._emit(name, "skipped")
+
+
+def read_results(plan: Plan, cache: Path) -> dict[str, list]:
+    """Analyzer results present in the cache: ``{analyzer: [{"start", "end", "data"}, …]}``."""
+    results = {}
+    for job in plan.jobs:
+        if job.kind != "analyzer":
+            continue
+        path = output_path(cache, job.outputs["result"].key)
+        if not path.is_file():
+            continue
+        reader = cachefile.CacheReader(str(path), verify=True)
+        try:
+            batch = reader.read_units(0, len(reader))
+            results[job.name] = [
+                {"start": int(s), "end": int(e), "data": v.as_dict()}
+                for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)
+            ]
+        finally:
+            reader.close()
+    return results
+
+
+def prepare(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+            options: Options | None = None, progress: Progress | None = None) -> Run:
+    """Plan an experiment and index its datasets (keys assigned), ready to execute."""
+    catalog = Catalog(prefix)
+    p = plan(catalog, name)
+    run = Run(p, Path(prefix), Path(cache), options or Options(), progress)
+    try:
+        run.index_datasets()
+        assign_keys(p)
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                   options: Options | None = None, progress: Progress | None = None) -> dict:
+    """Run an experiment; return the JSON-able report of ``backbeat experiments run --json``."""
+    run = prepare(prefix, cache, name, options, progress)
+    try:
+        run.execute()
+    finally:
+        run.close()
+    return report(run)
+
+
+def report(run: Run) -> dict:
+    blocks = {}
+    for job in run.plan.jobs:
+        entry: dict[str, Any] = {"status": run.status.get(job.name, "pending"), "key": job.key,
+                                 "beat_hash": job.beat_hash,
+                                 "outputs": {n: o.key for n, o in job.outputs.items()}}
+        if job.name in run.errors:
+            entry["error"] = run.errors[job.name]
+        if job.name in run.stats:
+            entry["statistics"] = run.stats[job.name]
+        blocks[job.name] = entry
+    failed = any(b["status"] == "failed" for b in blocks.values())
+    return {
+        "experiment": run.plan.experiment,
+        "status": "failed" if failed else "ok",
+        "blocks": blocks,
+        "results": read_results(run.plan, run.cache),
+    }
+
+
+def scratch_cache() -> str:
+    """A fresh temporary cache folder (for audits and tests)."""
+    return tempfile.mkdtemp(prefix="backbeat-cache-")
+
+
+def remove_cache(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cached_results(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict[str, list]:
+    """Results of an experiment already in the cache, without running anything."""
+    from .dbprovider import index_digest
+
+    catalog = Catalog(prefix)
+    p = plan(catalog, name)
+    for ds in p.datasets.values():
+        path = index_path(Path(cache), ds.index_key)
+        if not path.is_file():
+            raise ExecutionError(f"experiment `{p.experiment}' has no cached results (dataset `{ds.name}' "
+                                 f"was never indexed); run it first")
+        ds.index_digest = index_digest(str(path))
+    assign_keys(p)
+    results = read_results(p, Path(cache))
+    missing = [j.name for j in p.jobs if j.kind == "analyzer" and j.name not in results]
+    if missing:
+        raise ExecutionError(f"experiment `{p.experiment}' has no cached results for {', '.join(missing)}; "
+                             f"run it first")
+    return results

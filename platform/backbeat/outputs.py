@@ -1,0 +1,150 @@
+"""BEAT's algorithm-side outputs: ``Output``, ``OutputList``, ``SynchronizationListener`` (§5.6).
+
+An :class:`Output` writes consecutive ranges of the synchronisation timeline into an
+*output sink* (any object with ``write(value, start, end)``; optional ``close()`` and
+``isConnected()``).  Each ``write`` covers ``[last written + 1, end]``.  ``end`` defaults
+to the listener's ``data_index_end`` — the ``last_data_index`` of the block's main input
+group, reported by :meth:`InputGroup.next` — or to ``last + 1`` when there is no listener
+(autonomous algorithms).  An explicit ``end`` must lie in ``[last + 1, listener end]``,
+otherwise BEAT's ``KeyError`` is raised.  Dicts are converted to the output's value type
+with safe casting and no defaults, so a wrong or missing field fails where it is written.
+
+``isDataMissing()`` is true while the listener's end differs from the last written
+index: the driver checks it after the algorithm finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+WRITE_INDEX_ERROR = (
+    "Algorithm logic error on write(): `end_data_index' is not consistent with last written index"
+)
+
+
+class SynchronizationListener:
+    """Remembers the interval of the main input group's current step."""
+
+    def __init__(self) -> None:
+        self.data_index_start = -1
+        self.data_index_end = -1
+
+    def onIntervalChanged(self, data_index_start: int, data_index_end: int) -> None:  # noqa: N802
+        self.data_index_start = data_index_start
+        self.data_index_end = data_index_end
+
+
+def convert_value(value_type: Any, data: dict) -> Any:
+    """Build a ``value_type`` object from ``data`` (safe casting, no defaults).
+
+    Works whether ``from_dict`` is an instance method filling ``self`` (BEAT's
+    baseformat style, may return ``self`` or ``None``) or a classmethod returning a
+    new object.
+    """
+    obj = value_type()
+    result = obj.from_dict(data, casting="safe", add_defaults=False)
+    return obj if result is None else result
+
+
+class Output:
+    """One output of a block, writing to a sink in increasing index ranges."""
+
+    def __init__(
+        self,
+        name: str,
+        data_sink: Any,
+        synchronization_listener: SynchronizationListener | None = None,
+        force_start_index: int = 0,
+        value_type: Any = None,
+        on_write: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.name = str(name)
+        self.last_written_data_index = force_start_index - 1
+        self.nb_data_blocks_written = 0
+        self.data_sink = data_sink
+        self.value_type = value_type if value_type is not None else getattr(data_sink, "value_type", None)
+        self._synchronization_listener = synchronization_listener
+        self._on_write = on_write
+
+    def __repr__(self) -> str:
+        return f"Output({self.name!r}, last_written={self.last_written_data_index})"
+
+    def _createData(self) -> Any:  # noqa: N802 (BEAT name)
+        """A fresh, default-valued object of the output's value type."""
+        if self.value_type is None:
+            raise RuntimeError(
+                "The currently used data sink is not bound to a dataformat - you cannot create "
+                "uninitialized data under these circumstances"
+            )
+        return self.value_type()
+
+    def _compute_end_data_index(self, end_data_index: int | None) -> int:
+        listener = self._synchronization_listener
+        if end_data_index is not None:
+            end_data_index = int(end_data_index)
+            if end_data_index < self.last_written_data_index + 1 or (
+                listener is not None and end_data_index > listener.data_index_end
+            ):
+                raise KeyError(WRITE_INDEX_ERROR)
+            return end_data_index
+        if listener is not None:
+            return listener.data_index_end
+        return self.last_written_data_index + 1
+
+    def write(self, data: Any, end_data_index: int | None = None) -> None:
+        """Write ``data`` for ``[last written + 1, end_data_index]``."""
+        end = self._compute_end_data_index(end_data_index)
+        if isinstance(data, dict):
+            if self.value_type is None:
+                raise RuntimeError(f"output `{self.name}' has no dataformat to convert a dict into")
+            data = convert_value(self.value_type, data)
+        self.data_sink.write(data, self.last_written_data_index + 1, end)
+        self.last_written_data_index = end
+        self.nb_data_blocks_written += 1
+        if self._on_write is not None:
+            self._on_write(self.name, end)
+
+    def isDataMissing(self) -> bool:  # noqa: N802
+        listener = self._synchronization_listener
+        return listener is not None and listener.data_index_end != self.last_written_data_index
+
+    def isConnected(self) -> bool:  # noqa: N802
+        probe = getattr(self.data_sink, "isConnected", None)
+        return bool(probe()) if callable(probe) else True
+
+    def close(self) -> None:
+        closer = getattr(self.data_sink, "close", None)
+        if callable(closer):
+            closer()
+
+
+class OutputList:
+    """The outputs of a block, by name or position."""
+
+    def __init__(self) -> None:
+        self._outputs: list[Output] = []
+
+    def __repr__(self) -> str:
+        return f"OutputList({self._outputs!r})"
+
+    def __getitem__(self, index: str | int | slice) -> Any:
+        if isinstance(index, str):
+            for output in self._outputs:
+                if output.name == index:
+                    return output
+            return None
+        if isinstance(index, slice):
+            return self._outputs[index]
+        if isinstance(index, int) and 0 <= index < len(self._outputs):
+            return self._outputs[index]
+        return None
+
+    def __iter__(self) -> Iterator[Output]:
+        return iter(list(self._outputs))
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
+    def add(self, output: Output) -> None:
+        self._outputs.append(output)

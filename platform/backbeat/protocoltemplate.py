@@ -1,0 +1,40 @@
+"""Protocol templates: the set names and output dataformats shared by v2 databases.
+
+BEAT checks a template against its schema only; its output dataformats are checked when
+a database uses it.  We also check them here (spec §2.5), so a broken template is
+reported where it is written rather than on every database using it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .algorithm import dataformat_problem
+from .errors import Problem
+
+if TYPE_CHECKING:
+    from .catalog import Asset, Catalog
+
+
+def check(asset: Asset, catalog: Catalog) -> list[Problem]:
+    """Every output dataformat of every set is usable."""
+    decl = asset.declaration
+    if not isinstance(decl, dict):
+        return [asset.problem("a protocol template declaration must be a JSON object")]
+    problems: list[Problem] = []
+    sets = decl.get("sets")
+    for i, set_ in enumerate(sets if isinstance(sets, list) else []):
+        if not isinstance(set_, dict) or not isinstance(set_.get("outputs"), dict):
+            continue
+        for output, df in set_["outputs"].items():
+            problems += dataformat_problem(
+                asset, catalog, df,
+                f"found error validating data format `{df}' for output `{output}' on set "
+                f"`{set_.get('name')}' of protocol template `{asset.name}'",
+                "sets", i, "outputs", output)
+    return problems
+
+
+def sets(asset: Asset) -> list[dict]:
+    """The template's set declarations (``[{"name", "outputs"}, …]``) of a valid template."""
+    return list(asset.require_valid().declaration["sets"])

@@ -1,0 +1,69 @@
+"""Data sources over columnar batches, for inputs and data loaders (see :mod:`backbeat.inputs`).
+
+A :class:`BatchSource` knows every unit's ``(start, end)`` up front and fetches the values
+themselves in windows of consecutive units through a ``fetch(i, j) -> Batch`` callable (an
+HDF5 cache reader or the database-provider client), converting one window at a time to
+BEAT-style value objects.  Memory stays bounded by the window, whatever the output size.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .batch import Batch
+
+
+class BatchSource:
+    """Random access to the units of one output, fetched window by window."""
+
+    def __init__(self, starts: Any, ends: Any, fetch: Callable[[int, int], Batch], window: int = 4096):
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._ends = np.asarray(ends, dtype=np.int64)
+        self._fetch = fetch
+        self._window = max(1, int(window))
+        self._lo = self._hi = 0
+        self._values: list = []
+        self._indices = list(zip(self._starts.tolist(), self._ends.tolist(), strict=True))
+        self._end_list = self._ends.tolist()
+        self.nb_reads = 0
+        self.bytes_read = 0
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def data_indices(self) -> list[tuple[int, int]]:
+        return list(self._indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        if index < 0 or index >= len(self._indices):
+            raise IndexError(f"data unit {index} out of range (0..{len(self._indices) - 1})")
+        if not self._lo <= index < self._hi:
+            lo = index
+            hi = min(len(self._indices), index + self._window)
+            batch = self._fetch(lo, hi)
+            self.bytes_read += batch.nbytes
+            self._values = batch.to_values()
+            self._lo, self._hi = lo, hi
+        self.nb_reads += 1
+        start, end = self._indices[index]
+        return self._values[index - self._lo], start, end
+
+    def getAtDataIndex(self, data_index: int) -> tuple[Any, int | None, int | None]:  # noqa: N802 (BEAT)
+        pos = bisect.bisect_left(self._end_list, data_index)
+        if pos >= len(self._end_list) or self._indices[pos][0] > data_index:
+            return (None, None, None)
+        return self[pos]
+
+    def reset(self) -> None:
+        """Forget the cached window."""
+        self._lo = self._hi = 0
+        self._values = []
+
+
+def batch_source(batch: Batch, window: int = 4096) -> BatchSource:
+    """A source over a batch already in memory."""
+    return BatchSource(batch.starts, batch.ends, batch.slice, window)
