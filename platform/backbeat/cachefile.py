@@ -41,6 +41,7 @@ FORMAT_TAG = "cache/1"
 DIGEST_ALGORITHM = "sha256-columns/1"
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
 CHUNK_BYTES = 1 << 20
+SMALL_CHUNK_BYTES = 16 << 10
 READ_BYTES = 8 << 20
 
 
@@ -97,19 +98,8 @@ class CacheWriter:
         self._h5 = h5py.File(self.tmp, "w", libver="latest")
         self._ds: dict[str, Any] = {}
         self._hash: dict[str, Any] = {}
-        kw: dict[str, Any] = {}
-        if compression:
-            kw = {"compression": compression, "shuffle": True}
-        for name, dtype, shape in _arrays(fmt_name, expanded):
-            rows = max(1, CHUNK_BYTES // max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
-            initial = 1 if name.endswith("#offsets") else 0
-            ds = self._h5.create_dataset(name, shape=(initial, *shape), maxshape=(None, *shape),
-                                         dtype=dtype, chunks=(rows, *shape), **kw)
-            self._ds[name] = ds
-            self._hash[name] = hashlib.sha256()
-            if initial:
-                ds[0] = 0
-                self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
+        self._kw: dict[str, Any] = {"compression": compression, "shuffle": True} if compression else {}
+        self._specs = {name: (dtype, shape) for name, dtype, shape in _arrays(fmt_name, expanded)}
         a = self._h5.attrs
         a["backbeat"] = FORMAT_TAG
         a["dataformat"] = fmt_name
@@ -183,8 +173,26 @@ class CacheWriter:
             raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
         self._units += len(batch)
 
+    def _dataset(self, name: str, rows_hint: int) -> Any:
+        """Create ``name`` on first use; chunks of ``rows_hint`` rows within [16 KiB, 1 MiB]."""
+        ds = self._ds.get(name)
+        if ds is not None:
+            return ds
+        dtype, shape = self._specs[name]
+        row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        rows = max(1, min(CHUNK_BYTES // row, max(rows_hint, SMALL_CHUNK_BYTES // row)))
+        initial = 1 if name.endswith("#offsets") else 0
+        ds = self._h5.create_dataset(name, shape=(initial, *shape), maxshape=(None, *shape),
+                                     dtype=dtype, chunks=(rows, *shape), **self._kw)
+        self._ds[name] = ds
+        self._hash[name] = hashlib.sha256()
+        if initial:
+            ds[0] = 0
+            self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
+        return ds
+
     def _append_arrays(self, name: str, arr: np.ndarray) -> None:
-        ds = self._ds[name]
+        ds = self._dataset(name, arr.shape[0])
         if name.endswith("#offsets"):
             base = int(ds[ds.shape[0] - 1])
             arr = arr[1:] + base if base else arr[1:]
@@ -210,7 +218,7 @@ class CacheWriter:
                 f"not enough data written to `{self.path}': last data index written is {last}, "
                 f"expected {self.end if self.end is not None else 'at least one unit'}"
             )
-        parts = [(name, dtype, (self._ds[name].shape[0], *shape), self._hash[name].hexdigest())
+        parts = [(name, dtype, (self._dataset(name, 1).shape[0], *shape), self._hash[name].hexdigest())
                  for name, dtype, shape in _arrays(self.name, self.expanded)]
         end = self.end if self.end is not None else last
         digest = _final_digest(self.name, self._canon, self.start, end, parts)

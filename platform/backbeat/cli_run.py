@@ -1,7 +1,8 @@
 """Execution commands of the CLI: ``experiments run|results``, ``databases index|view``.
 
 Registered into :mod:`backbeat.cli` through its extension list; the work is done by
-:mod:`backbeat.executor` and :mod:`backbeat.datasets`, this module only parses and prints.
+:mod:`backbeat.executor` and :mod:`backbeat.datasets` (imported only when a command needs
+them, so ``backbeat check`` never pays for h5py and zmq); this module parses and prints.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 import time
 
-from . import cli, datasets, executor, jsonio
+from . import cli, jsonio
 from .errors import UsageError
 
 
@@ -91,6 +92,8 @@ def _positive(text: str) -> float:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import executor
+
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     options = executor.Options(force=args.force, jobs=args.jobs or 0, timeout_s=args.timeout,
@@ -109,6 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
+    from . import executor
+
     results = executor.cached_results(args.prefix, args.cache, args.name)
     if args.json:
         cli._print_json(results)
@@ -118,6 +123,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_db_index(args: argparse.Namespace) -> int:
+    from . import datasets
+
     done = datasets.index(args.prefix, args.cache, args.name, force=args.force)
     for item in done:
         print(f"{item['database']}/{item['protocol']}/{item['set']}: {item['entries']} entries"
@@ -126,6 +133,8 @@ def cmd_db_index(args: argparse.Namespace) -> int:
 
 
 def cmd_db_view(args: argparse.Namespace) -> int:
+    from . import datasets
+
     exclude = [e for e in (args.exclude or "").split(",") if e]
     for record in datasets.view(args.prefix, args.cache, args.name, exclude=exclude):
         if args.json:

@@ -94,7 +94,9 @@ _EXTRA_NAMES: dict[str, dict[str, str]] = {
 class BeatAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Serves the ``beat.backend.python`` aliases (and nothing else)."""
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in ALIASES:
             return None
         return importlib.util.spec_from_loader(fullname, self, is_package=ALIASES[fullname] is None)
@@ -117,7 +119,9 @@ class BeatAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                 name=module.__name__,
             ) from exc
         if names is None:
-            names = tuple(getattr(target, "__all__", None) or (n for n in vars(target) if not n.startswith("_")))
+            names = tuple(
+                getattr(target, "__all__", None) or (n for n in vars(target) if not n.startswith("_"))
+            )
         for name in names:
             setattr(module, name, getattr(target, name))
         for beat_name, ours in _EXTRA_NAMES.get(module.__name__, {}).items():

@@ -14,10 +14,9 @@ channel; its ``main_loader`` is the loader of the block's own channel (see
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Sequence
 from typing import Any
-
-from .inputs import unit_at
 
 
 def mix_data_indices(lists: Sequence[Sequence[tuple[int, int]]]) -> list[tuple[int, int]]:
@@ -48,20 +47,32 @@ def mix_data_indices(lists: Sequence[Sequence[tuple[int, int]]]) -> list[tuple[i
 class _Slot:
     """Per-input state of a loader or view: source, units, last value read."""
 
-    __slots__ = ("data_source", "data_indices", "data", "start_index", "end_index")
+    __slots__ = ("data_source", "data_indices", "starts", "ends", "data", "start_index", "end_index")
 
-    def __init__(self, data_source: Any, data_indices: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        data_source: Any,
+        data_indices: list[tuple[int, int]],
+        source_units: tuple[list[int], list[int]] | None = None,
+    ) -> None:
         self.data_source = data_source
+        #: units as reported by ``count`` (a view's are clipped to the view)
         self.data_indices = data_indices
+        #: the source's own unit starts and ends, for lookups by index
+        if source_units is None:
+            source_units = ([s for s, _ in data_indices], [e for _, e in data_indices])
+        self.starts, self.ends = source_units
         self.data: Any = None
         self.start_index = -1
         self.end_index = -1
 
     def value_at(self, index: int) -> Any:
         if index < self.start_index or self.end_index < index:
-            self.data, start, end = unit_at(self.data_source, index)
-            self.start_index = -1 if start is None else start
-            self.end_index = -1 if end is None else end
+            pos = bisect.bisect_left(self.ends, index)
+            if pos < len(self.ends) and self.starts[pos] <= index:
+                self.data, self.start_index, self.end_index = self.data_source[pos]
+            else:
+                self.data, self.start_index, self.end_index = None, -1, -1
         return self.data
 
 
@@ -85,13 +96,13 @@ class DataView:
         for name, slot in data_loader.infos.items():
             clipped: list[tuple[int, int]] = []
             current = lo
-            for _, e in slot.data_indices:
-                if lo <= e <= hi:
-                    clipped.append((current, e))
-                    current = e + 1
+            # the input's units ending inside [lo, hi], clipped to start at lo
+            for e in slot.ends[bisect.bisect_left(slot.ends, lo) : bisect.bisect_right(slot.ends, hi)]:
+                clipped.append((current, e))
+                current = e + 1
             if self.data_indices and (not clipped or clipped[-1][1] != hi):
                 clipped.append((current, hi))
-            self.infos[name] = _Slot(slot.data_source, clipped)
+            self.infos[name] = _Slot(slot.data_source, clipped, (slot.starts, slot.ends))
 
     def __repr__(self) -> str:
         return f"DataView([{self.data_index_start}, {self.data_index_end}], {self.nb_data_units} units)"
@@ -116,6 +127,8 @@ class DataLoader:
         self.channel = str(channel)
         self.infos: dict[str, _Slot] = {}
         self.mixed_data_indices: list[tuple[int, int]] = []
+        self._mixed_starts: list[int] = []
+        self._mixed_ends: list[int] = []
         self.nb_data_units = 0
         self.data_index_start = -1
         self.data_index_end = -1
@@ -134,6 +147,8 @@ class DataLoader:
     def add(self, input_name: str, data_source: Any) -> None:
         self.infos[input_name] = _Slot(data_source, [(int(s), int(e)) for s, e in data_source.data_indices()])
         self.mixed_data_indices = mix_data_indices([s.data_indices for s in self.infos.values()])
+        self._mixed_starts = [u[0] for u in self.mixed_data_indices]
+        self._mixed_ends = [u[1] for u in self.mixed_data_indices]
         self.nb_data_units = len(self.mixed_data_indices)
         if self.mixed_data_indices:
             self.data_index_start = self.mixed_data_indices[0][0]
@@ -158,8 +173,10 @@ class DataLoader:
         if slot is None or index < 0 or index >= len(slot.data_indices):
             return None
         lo, hi = slot.data_indices[index]
-        inside = [u for u in self.mixed_data_indices if lo <= u[0] and u[1] <= hi]
-        return DataView(self, inside)
+        # mixed units are contiguous and sorted: those inside [lo, hi] form one slice
+        first = bisect.bisect_left(self._mixed_starts, lo)
+        last = bisect.bisect_right(self._mixed_ends, hi)
+        return DataView(self, self.mixed_data_indices[first:last])
 
     def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
         return _read(self.infos, self.mixed_data_indices, index)

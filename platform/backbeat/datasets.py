@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import jsonio
 from .catalog import Catalog
 from .errors import UsageError
 from .executor import Options, Run, index_path
@@ -87,7 +88,7 @@ def view(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, exclude
                 for o, src in sources.items():
                     value, s, e = src.getAtDataIndex(start)
                     if value is not None and s == start and e == end:
-                        data[o] = value.as_dict()
+                        data[o] = jsonio.plain(value.as_dict())
                 if data:
                     yield {"start": int(start), "end": int(end), "data": data}
         finally:

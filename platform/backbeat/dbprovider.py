@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import namedtuple
 from typing import Any
 
 import numpy as np
@@ -82,12 +81,7 @@ class _Dataset:
     def __init__(self, spec: dict):
         self.spec = spec
         self.view = load_view(spec)
-        entries = dbindex.read_index(spec["index_path"])
-        objs = []
-        for e in entries:
-            d = _entry_dict(e)
-            keys = sorted(d)
-            objs.append(namedtuple("Entry", keys)(**{k: d[k] for k in keys}))
+        objs = dbindex.read_index(spec["index_path"])  # namedtuples, keys sorted as BEAT's Entry
         self.view.setup(spec["root_folder"], spec["parameters"], objs, start_index=None, end_index=None)
         self.objs = getattr(self.view, "objs", None) or objs
         self.batches: dict[str, Batch] = {}

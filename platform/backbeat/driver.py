@@ -45,7 +45,9 @@ ALGORITHM_TYPES = frozenset({LEGACY}) | SEQUENTIAL_TYPES | AUTONOMOUS_TYPES
 
 def _check_type(algorithm_type: str) -> str:
     if algorithm_type not in ALGORITHM_TYPES:
-        raise UsageError(f"unknown algorithm type `{algorithm_type}' (expected one of {sorted(ALGORITHM_TYPES)})")
+        raise UsageError(
+            f"unknown algorithm type `{algorithm_type}' (expected one of {sorted(ALGORITHM_TYPES)})"
+        )
     return algorithm_type
 
 
@@ -53,7 +55,9 @@ def _unpack(name: str, spec: Any) -> tuple[str, Any, Any]:
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
         raise UsageError(f"input `{name}': expected (channel, data_source[, data_format]), got {spec!r}")
     channel, source = spec[0], spec[1]
-    data_format = spec[2] if len(spec) == 3 else getattr(source, "data_format", getattr(source, "dataformat", None))
+    data_format = (
+        spec[2] if len(spec) == 3 else getattr(source, "data_format", getattr(source, "dataformat", None))
+    )
     return str(channel), source, data_format
 
 
@@ -114,12 +118,23 @@ def build_outputs(
         listener = input_list.main_group.synchronization_listener
     result = OutputList()
     for name, (sink, value_type) in outputs.items():
-        result.add(Output(name, sink, listener, force_start_index=start_index, value_type=value_type, on_write=on_write))
+        result.add(
+            Output(
+                name, sink, listener, force_start_index=start_index, value_type=value_type, on_write=on_write
+            )
+        )
     return result
 
 
-def count_steps(input_list: InputList) -> int:
-    """How many times the main group will advance (for progress reporting)."""
+def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | None = None) -> int:
+    """How many steps :func:`run_algorithm` will report (for progress totals).
+
+    Legacy/sequential: how many times the main group advances; autonomous (no input
+    list): the number of units of the main loader.
+    """
+    if input_list is None:
+        main = data_loaders.main_loader if data_loaders is not None else None
+        return main.count() if main is not None else 0
     group = input_list.main_group
     if group is None or len(group) == 0:
         return 0

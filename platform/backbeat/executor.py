@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cachefile, hashing
+from . import cachefile, hashing, jsonio
 from .catalog import Catalog
 from .errors import ExecutionError, IntegrityError
 from .planning import Job, Plan, assign_keys, plan
@@ -353,7 +353,7 @@ def read_results(plan: Plan, cache: Path) -> dict[str, list]:
         try:
             batch = reader.read_units(0, len(reader))
             results[job.name] = [
-                {"start": int(s), "end": int(e), "data": v.as_dict()}
+                {"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}
                 for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)
             ]
         finally:

@@ -164,7 +164,9 @@ class Input:
 class InputGroup:
     """The inputs of one synchronisation channel, advanced together."""
 
-    def __init__(self, channel: str, synchronization_listener: Any = None, restricted_access: bool = True) -> None:
+    def __init__(
+        self, channel: str, synchronization_listener: Any = None, restricted_access: bool = True
+    ) -> None:
         self._inputs: list[Input] = []
         self.data_index = -1
         self.data_index_end = -1

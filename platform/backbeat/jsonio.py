@@ -67,6 +67,24 @@ def load(path: Path, asset: str | None = None) -> tuple[Any, list[Problem]]:
         return None, [Problem(str(exc), "", str(path), asset)]
 
 
+def plain(obj: Any) -> Any:
+    """Convert numpy scalars and arrays (at any depth) to plain Python values for JSON.
+
+    >>> import numpy as np
+    >>> plain({"a": np.int32(3), "b": [np.float32(0.5)], "c": np.arange(2)})
+    {'a': 3, 'b': [0.5], 'c': [0, 1]}
+    """
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return plain(obj.tolist())
+    if isinstance(obj, complex):
+        return [obj.real, obj.imag]
+    return obj
+
+
 def dumps(obj: Any) -> str:
-    """Pretty JSON for people (stable key order as declared)."""
-    return simplejson.dumps(obj, indent=2, ensure_ascii=False)
+    """Pretty JSON for people (stable key order as declared); numpy values converted."""
+    return simplejson.dumps(plain(obj), indent=2, ensure_ascii=False)

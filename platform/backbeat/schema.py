@@ -170,6 +170,17 @@ def _is_type(instance: Any, name: str) -> bool:
     raise RuntimeError(f"unknown JSON type {name!r} in a schema")
 
 
+_TYPE_CHECKS: dict[str, Check] = {
+    "object": lambda x: isinstance(x, dict),
+    "array": lambda x: isinstance(x, list),
+    "string": lambda x: isinstance(x, str),
+    "boolean": lambda x: isinstance(x, bool),
+    "null": lambda x: x is None,
+    "integer": lambda x: isinstance(x, int) and not isinstance(x, bool),
+    "number": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+}
+
+
 def _all(checks: list[Check]) -> Check:
     if not checks:
         return lambda x: True
@@ -229,9 +240,10 @@ class _Compiler:
     @staticmethod
     def _k_type(value: Any, node: dict, sub: Any) -> Check:
         names = [value] if isinstance(value, str) else list(value)
-        for name in names:
-            _is_type(None, name)  # reject unknown names now
-        return lambda x: any(_is_type(x, n) for n in names)
+        checks = [_TYPE_CHECKS[n] for n in names]
+        if len(checks) == 1:
+            return checks[0]
+        return lambda x: any(c(x) for c in checks)
 
     @staticmethod
     def _k_enum(value: list, node: dict, sub: Any) -> Check:
@@ -303,7 +315,16 @@ class _Compiler:
     @staticmethod
     def _k_oneOf(value: list, node: dict, sub: Any) -> Check:
         branches = [sub(v) for v in value]
-        return lambda x: sum(1 for b in branches if b(x)) == 1
+
+        def check(x: Any) -> bool:
+            matched = False
+            for branch in branches:
+                if branch(x):
+                    if matched:
+                        return False
+                    matched = True
+            return matched
+        return check
 
     @staticmethod
     def _k_anyOf(value: list, node: dict, sub: Any) -> Check:
@@ -369,7 +390,7 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
         return False
     return a == b
@@ -419,11 +440,14 @@ def validate(kind: str, declaration: Any) -> list[Problem]:
     version = select_version(kind, declaration)
     if isinstance(version, Problem):
         return [version]
-    if fast_check(kind, version)(declaration):
-        return []
-    found: list[tuple[tuple, str]] = []
-    for error in validator(kind, version).iter_errors(declaration):
-        found.extend(_explain(error))
+    try:
+        if fast_check(kind, version)(declaration):
+            return []
+        found: list[tuple[tuple, str]] = []
+        for error in validator(kind, version).iter_errors(declaration):
+            found.extend(_explain(error))
+    except RecursionError:
+        return [Problem(f"the {kind} declaration is nested too deeply to be checked")]
     found.sort(key=lambda item: _path_key(item[0]))
     problems: list[Problem] = []
     seen = set()
@@ -461,7 +485,7 @@ def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
         return
     if keyword == "additionalProperties" and error.validator_value is False:
         for key in _unexpected_keys(error):
-            yield (*path, key), "unexpected property (not allowed here)"
+            yield (*path, key), f"unexpected property {_short(key)} (not allowed here)"
         return
     yield path, _message(error)
 
@@ -469,20 +493,27 @@ def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
 def _closest_branch(error: ValidationError) -> list[ValidationError] | None:
     """The errors of the alternative that came closest to matching, or None if unclear.
 
-    Alternatives refused only because the value has the wrong type, shape or a
-    wrong discriminating scalar (errors located at the value itself) are discarded;
-    among the rest the one with the fewest errors wins, if it is unique.
+    Alternatives refused because the value itself has the wrong type, shape or value
+    are discarded; among the rest the one with the fewest problems wins, ties going to
+    the one with fewer wrong discriminating values (an ``enum``/``const`` on a direct
+    member, such as an algorithm's ``type``).  No unique winner: None.
     """
     branches: dict[Any, list[ValidationError]] = {}
     for sub in error.context or ():
         branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-    candidates = [errs for errs in branches.values()
-                  if not any(not e.relative_path and e.validator in _WEAK_MISS for e in errs)]
-    if not candidates:
+    scored = []
+    for errs in branches.values():
+        if any(not e.relative_path and e.validator in _WEAK_MISS for e in errs):
+            continue
+        count = sum(len(list(_explain(e))) for e in errs)
+        wrong_tags = sum(1 for e in errs if len(e.relative_path) == 1 and e.validator in ("enum", "const"))
+        scored.append(((count, wrong_tags), errs))
+    if not scored:
         return None
-    fewest = min(len(errs) for errs in candidates)
-    best = [errs for errs in candidates if len(errs) == fewest]
-    return best[0] if len(best) == 1 else None
+    scored.sort(key=lambda item: item[0])
+    if len(scored) > 1 and scored[0][0] == scored[1][0]:
+        return None
+    return scored[0][1]
 
 
 def _alternatives_message(error: ValidationError) -> str:
@@ -530,6 +561,8 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _message(error: ValidationError) -> str:
     keyword, expected, value = error.validator, error.validator_value, error.instance
+    if keyword == "type" and expected == "integer" and isinstance(value, float):
+        return f"must be an integer, not {_short(value)}"
     if keyword == "type":
         types = [expected] if isinstance(expected, str) else list(expected)
         return f"must be of type {' or '.join(types)}, not {_json_type(value)} ({_short(value)})"
@@ -546,7 +579,8 @@ def _message(error: ValidationError) -> str:
     if keyword == "uniqueItems":
         return "items must be unique"
     if keyword == "pattern":
-        return f"{_short(value)} does not match {expected}"
+        description = error.schema.get("description") if isinstance(error.schema, dict) else None
+        return f"{_short(value)} does not match {expected}" + (f" ({description.rstrip('.')})" if description else "")
     if keyword == "enum":
         return f"{_short(value)} is not one of {', '.join(map(str, expected))}"
     if keyword == "const":

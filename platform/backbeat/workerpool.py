@@ -486,7 +486,8 @@ class ForkServer:
     ``"multiprocessing"``.
     """
 
-    def __init__(self, preload: tuple[str, ...] = ("numpy", "h5py", "zmq"), mode: str = "auto") -> None:
+    def __init__(self, preload: tuple[str, ...] = ("numpy", "h5py", "zmq", "backbeat.control"),
+                 mode: str = "auto") -> None:
         if mode not in ("auto", "fork", "multiprocessing"):
             raise UsageError(f"unknown fork server mode `{mode}'")
         self.preload = tuple(preload)
@@ -494,7 +495,8 @@ class ForkServer:
         self.zygote_pid: int | None = None
         self._sock: socket.socket | None = None
         self._buf = b""
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held while reading events
+        self._send_lock = threading.Lock()  # held while writing requests
         self._handles: dict[int, Handle] = {}
         self._next = 0
         self._ready: dict | None = None
@@ -606,23 +608,26 @@ class ForkServer:
         except (TypeError, ValueError) as e:
             raise UsageError(f"job payload must be JSON-serialisable: {e}") from None
         limits = limits or Limits()
+        if limits.timeout_s is not None and not limits.timeout_s > 0:
+            raise UsageError(f"job timeout must be a positive number of seconds, not {limits.timeout_s!r}")
+        if limits.memory_bytes is not None and not (isinstance(limits.memory_bytes, int) and limits.memory_bytes > 0):
+            raise UsageError(f"job memory limit must be a positive number of bytes, not {limits.memory_bytes!r}")
         if self._closed:
             raise UsageError("the fork server is closed")
         if self._sock is None and self._mp is None:
             self.start()
-        with self._lock:
+        with self._send_lock:
             self._next += 1
             job_id = self._next
-            if self._mp is not None:
-                handle: Handle = _MPHandle(self, job_id, target, payload, limits, log_path)
-            else:
-                handle = Handle(self, job_id)
-                self._handles[job_id] = handle
-                self._request({"op": "spawn", "id": job_id, "target": target, "payload": payload,
-                               "limits": limits.to_json(), "log": log_path})
-                return handle
+        if self._mp is not None:
+            handle: Handle = _MPHandle(self, job_id, target, payload, limits, log_path)
             self._handles[job_id] = handle
             return handle
+        handle = Handle(self, job_id)
+        self._handles[job_id] = handle
+        self._request({"op": "spawn", "id": job_id, "target": target, "payload": payload,
+                       "limits": limits.to_json(), "log": log_path})
+        return handle
 
     def running(self) -> list[Handle]:
         return [h for h in self._handles.values() if h.exit is None]
@@ -641,7 +646,8 @@ class ForkServer:
     def _request(self, req: dict) -> None:
         assert self._sock is not None
         try:
-            self._sock.sendall((json.dumps(req) + "\n").encode())
+            with self._send_lock:
+                self._sock.sendall((json.dumps(req) + "\n").encode())
         except OSError as e:
             raise ExecutionError(f"the fork server is gone: {e}") from None
 
