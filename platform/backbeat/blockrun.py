@@ -100,7 +100,7 @@ def run(payload: dict) -> dict:
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))
         outputs = build_outputs(sinks, input_list, start_index=start)
         cc = control.client()
-        total = count_steps(input_list) if input_list is not None else 0
+        total = count_steps(input_list, loaders)
 
         def progress(done: int) -> None:
             if cc is not None:

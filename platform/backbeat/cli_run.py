@@ -97,7 +97,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     options = executor.Options(force=args.force, jobs=args.jobs or 0, timeout_s=args.timeout,
-                               memory_bytes=args.memory)
+                               memory_bytes=args.memory, only=args.only, from_=args.from_, until=args.until)
+    if args.dry_run:
+        plan = executor.dry_run(args.prefix, args.cache, args.name, options)
+        if args.json:
+            cli._print_json(plan)
+        else:
+            for name, b in plan["blocks"].items():
+                print(f"{name}: {'hit ' if b['action'] == 'cached' else 'miss' if b['action'] == 'run' else 'skip'}"
+                      f"  {b['reason']}  ({b['algorithm']}, key {b['key'][:12]})")
+        return 0
     display = ProgressDisplay(quiet=args.quiet)
     if not args.quiet:
         print(f"running {args.name}", file=sys.stderr)
@@ -156,6 +165,11 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS", help="per-block time limit")
     p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (cache hit or miss and why), run nothing")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--only", metavar="BLOCK", help="run just this block (its inputs must be cached)")
+    sel.add_argument("--from", dest="from_", metavar="BLOCK", help="re-run this block and everything downstream")
+    sel.add_argument("--until", metavar="BLOCK", help="run only this block and the blocks it needs")
     p.set_defaults(handler=cmd_run)
     p = exp.add_parser("results", help="print the cached results of an experiment (no run)")
     p.add_argument("name", metavar="NAME")

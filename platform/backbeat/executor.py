@@ -43,6 +43,9 @@ Progress = Callable[[dict], None]
 @dataclass
 class Options:
     force: bool = False
+    only: str | None = None  # run just this block (its inputs must be cached)
+    from_: str | None = None  # re-run this block and everything downstream
+    until: str | None = None  # run only this block and what it needs
     jobs: int = 0  # 0 = number of cores
     timeout_s: float | None = None
     memory_bytes: int | None = None
@@ -259,24 +262,30 @@ class Run:
             self._provider_addr = address
         return self._provider_addr
 
-    def execute(self) -> None:
-        jobs = {j.name: j for j in self.plan.jobs}
-        to_run = {n for n, j in jobs.items() if self.options.force or not self._committed(j)}
+    def decide(self) -> dict[str, tuple[str, str]]:
+        """``{job: (action, reason)}``: action ``run``, ``cached`` or ``excluded``."""
+        committed = {j.name: self._committed(j) for j in self.plan.jobs}
+        decisions = decide(self.plan, committed, self.options)
+        to_run = {n for n, (a, _r) in decisions.items() if a == "run"}
         while True:  # re-run producers of corrupted files (and everything downstream of them)
             extra = self._verify_inputs(to_run) - to_run
             if not extra:
-                break
+                return decisions
+            for n in extra:
+                decisions[n] = ("run", "its cached output is corrupted")
             to_run |= extra
-            changed = True
-            while changed:
-                changed = False
-                for n, j in jobs.items():
-                    if n not in to_run and any(d in to_run for d in j.depends):
-                        to_run.add(n)
-                        changed = True
+            for n in descendants(self.plan, extra):
+                if n not in to_run and decisions[n][0] != "excluded":
+                    decisions[n] = ("run", "an upstream output is re-computed")
+                    to_run.add(n)
+
+    def execute(self) -> None:
+        jobs = {j.name: j for j in self.plan.jobs}
+        decisions = self.decide()
         for name in jobs:
-            self.status[name] = "pending" if name in to_run else "cached"
-            if name not in to_run:
+            action, reason = decisions[name]
+            self.status[name] = {"run": "pending", "cached": "cached", "excluded": "excluded"}[action]
+            if action == "cached":
                 self._emit(name, "cached")
         limit = self.options.jobs or os.cpu_count() or 1
         failed = False
@@ -335,9 +344,78 @@ class Run:
                     self.errors[name] = {"kind": out.kind, "message": message, "traceback": out.traceback}
                     self._emit(name, "failed", message=message)
         for name in jobs:
-            if self.status[name] in ("pending", "waiting"):
+            if self.status[name] in ("pending", "waiting", "excluded"):
                 self.status[name] = "skipped"
                 self._emit(name, "skipped")
+
+
+def descendants(plan: Plan, names: set[str]) -> set[str]:
+    """Every job downstream of ``names`` (excluded)."""
+    out: set[str] = set()
+    frontier = set(names)
+    while frontier:
+        frontier = {j.name for j in plan.jobs if set(j.depends) & frontier} - out
+        out |= frontier
+    return out
+
+
+def ancestors(plan: Plan, name: str) -> set[str]:
+    """Every job ``name`` needs, directly or not (excluded)."""
+    jobs = {j.name: j for j in plan.jobs}
+    out: set[str] = set()
+    frontier = set(jobs[name].depends)
+    while frontier:
+        out |= frontier
+        frontier = {d for n in frontier for d in jobs[n].depends} - out
+    return out
+
+
+def decide(plan: Plan, committed: dict[str, bool], options: Options) -> dict[str, tuple[str, str]]:
+    """What each job will do and why (pure): ``{job: ("run"|"cached"|"excluded", reason)}``.
+
+    >>> from types import SimpleNamespace as NS
+    >>> p = NS(jobs=[NS(name="a", depends=[]), NS(name="b", depends=["a"]), NS(name="c", depends=["b"])])
+    >>> decide(p, {"a": True, "b": False, "c": True}, Options())
+    {'a': ('cached', 'output in the cache'), 'b': ('run', 'output not in the cache'), 'c': ('cached', 'output in the cache')}
+    >>> decide(p, {"a": True, "b": True, "c": True}, Options(from_="b"))["c"]
+    ('run', 'downstream of --from b')
+    >>> decide(p, {"a": True, "b": True, "c": True}, Options(until="a"))["b"]
+    ('excluded', 'not needed for --until a')
+    """
+    names = [j.name for j in plan.jobs]
+    for flag, value in (("--only", options.only), ("--from", options.from_), ("--until", options.until)):
+        if value is not None and value not in names:
+            raise ExecutionError(f"{flag}: no block or analyzer named `{value}' - blocks are {', '.join(names)}")
+    out: dict[str, tuple[str, str]] = {}
+    forced: set[str] = set()
+    if options.from_:
+        forced = {options.from_} | descendants(plan, {options.from_})
+    selected = set(names)
+    if options.until:
+        selected = {options.until} | ancestors(plan, options.until)
+    if options.only:
+        selected = {options.only}
+        missing = [d for d in ancestors(plan, options.only) if not committed[d]]
+        if missing:
+            raise ExecutionError(f"--only {options.only}: upstream block(s) {', '.join(sorted(missing))} "
+                                 f"are not in the cache; run them first (or use --until {options.only})")
+    for name in names:
+        if name not in selected:
+            flag = f"--only {options.only}" if options.only else f"--until {options.until}"
+            out[name] = ("excluded", f"not needed for {flag}")
+        elif options.force:
+            out[name] = ("run", "--force")
+        elif name == options.only:
+            out[name] = ("run", "--only")
+        elif name == options.from_:
+            out[name] = ("run", "--from")
+        elif name in forced:
+            out[name] = ("run", f"downstream of --from {options.from_}")
+        elif committed[name]:
+            out[name] = ("cached", "output in the cache")
+        else:
+            out[name] = ("run", "output not in the cache")
+    return out
 
 
 def read_results(plan: Plan, cache: Path) -> dict[str, list]:
@@ -435,3 +513,24 @@ def cached_results(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
         raise ExecutionError(f"experiment `{p.experiment}' has no cached results for {', '.join(missing)}; "
                              f"run it first")
     return results
+
+
+def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+            options: Options | None = None) -> dict:
+    """The plan of a run without running any block: each job's action, reason and key.
+
+    Dataset views whose index is missing are indexed first (their content enters the keys).
+    """
+    run = prepare(prefix, cache, name, options)
+    try:
+        decisions = run.decide()
+    finally:
+        run.close()
+    return {
+        "experiment": run.plan.experiment,
+        "blocks": {
+            j.name: {"action": decisions[j.name][0], "reason": decisions[j.name][1], "key": j.key,
+                     "algorithm": j.algorithm, "depends": j.depends}
+            for j in run.plan.jobs
+        },
+    }

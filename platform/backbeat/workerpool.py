@@ -48,6 +48,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -514,6 +515,9 @@ class ForkServer:
             raise UsageError("ForkServer.start() must run before any thread or zmq Context is created "
                              "(or use mode='auto' to fall back to multiprocessing)")
         if self.mode == "multiprocessing" or not can_fork:
+            if self.mode == "auto":
+                warnings.warn("ForkServer started after threads or a zmq Context exist: using the slower "
+                              "multiprocessing forkserver", RuntimeWarning, stacklevel=2)
             self._start_mp()
         else:
             self._start_fork()
