@@ -4,8 +4,10 @@ v1 databases declare their sets inline; v2 databases name a protocol template
 (``name/version``) for the sets and outputs and only give the view class per set.
 Checks, in BEAT's order: view code file present, protocol names unique, per protocol
 set names unique, every output dataformat usable, view names without ``.`` or ``/``
-(for v2, BEAT applies that check to the keys of ``views``).  A v2 protocol whose
-template is missing or invalid is a Problem here (BEAT raises ``RuntimeError``).
+(for v2, BEAT applies that check to the keys of ``views``).  Two fixes over BEAT: a v2
+protocol whose template is missing or invalid is a Problem (BEAT raises
+``RuntimeError``), and so is a template set without a view in the database (BEAT
+accepts it and fails when the set is used).
 """
 
 from __future__ import annotations
@@ -96,8 +98,14 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
                 problems += _view_problem(asset, set_.get("view"), pointer(*where, j, "view"))
         if not v1:
             views = proto.get("views")
-            for key in (views if isinstance(views, dict) else {}):
+            views = views if isinstance(views, dict) else {}
+            for key in views:
                 problems += _view_problem(asset, key, pointer("protocols", i, "views", key))
+            for name in set_names:
+                if isinstance(name, str) and name not in views:
+                    problems.append(asset.problem(
+                        f"protocol `{pname}' declares no view for set `{name}' of its template "
+                        f"`{proto.get('template')}'", pointer("protocols", i, "views")))
     return problems
 
 
@@ -105,8 +113,7 @@ def sets(catalog: Catalog, asset: Asset) -> dict[str, dict[str, dict]]:
     """``{protocol: {set: {"outputs", "view", "parameters", "template"}}}`` of a valid database.
 
     ``template`` is the protocol template name for v2 databases and None for v1.  For v2,
-    ``view``/``parameters`` come from the database's ``views`` (``view`` is None if the
-    database gives no view for a template set).
+    ``view``/``parameters`` come from the database's ``views``.
     """
     decl = asset.require_valid().declaration
     v1 = schema_version(decl) == 1
@@ -127,10 +134,10 @@ def sets(catalog: Catalog, asset: Asset) -> dict[str, dict[str, dict]]:
                 raise InvalidAssetError(asset.label, [asset.problem(str(reason), pointer("protocols"))])
             views = proto.get("views") or {}
             for set_ in template_sets:
-                view = views.get(set_["name"]) or {}
+                view = views[set_["name"]]
                 entry[set_["name"]] = {
                     "outputs": dict(set_["outputs"]),
-                    "view": view.get("view"),
+                    "view": view["view"],
                     "parameters": dict(view.get("parameters") or {}),
                     "template": proto["template"],
                 }

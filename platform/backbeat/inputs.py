@@ -124,6 +124,7 @@ class Input:
         self.data_format = data_format
         self.nb_data_blocks_read = 0
         self.data_source = data_source
+        self._n = len(data_source)  # sources have a fixed number of units
 
     def __repr__(self) -> str:
         return f"Input({self.name!r}, [{self.data_index}, {self.data_index_end}])"
@@ -138,7 +139,7 @@ class Input:
 
     def hasMoreData(self) -> bool:  # noqa: N802
         """Whether the source has units not read yet."""
-        return self.next_data_index < len(self.data_source)
+        return self.next_data_index < self._n
 
     def hasDataChanged(self) -> bool:  # noqa: N802
         """Whether the current unit differs from the one of the previous step."""
@@ -149,7 +150,7 @@ class Input:
         group = self.group
         if group is not None and group.restricted_access:
             raise RuntimeError("Not authorized")
-        if self.next_data_index >= len(self.data_source):
+        if self.next_data_index >= self._n:
             channel = group.channel if group is not None else "?"
             raise RuntimeError(
                 f"User algorithm asked for more data for channel `{channel}' on input `{self.name}', "
@@ -168,6 +169,7 @@ class InputGroup:
         self, channel: str, synchronization_listener: Any = None, restricted_access: bool = True
     ) -> None:
         self._inputs: list[Input] = []
+        self._by_name: dict[str, Input] = {}
         self.data_index = -1
         self.data_index_end = -1
         self.first_data_index = -1
@@ -182,7 +184,7 @@ class InputGroup:
 
     def __getitem__(self, index: str | int) -> Input | None:
         if isinstance(index, str):
-            return first(x for x in self._inputs if x.name == index)
+            return self._by_name.get(index)
         if isinstance(index, int) and 0 <= index < len(self._inputs):
             return self._inputs[index]
         return None
@@ -196,15 +198,31 @@ class InputGroup:
     def add(self, input_: Input) -> None:
         input_.group = self
         self._inputs.append(input_)
+        self._by_name.setdefault(input_.name, input_)
+        if self._list is not None:
+            self._list._reindex()
+
+    _list: InputList | None = None  # the InputList holding this group (for its name index)
 
     def hasMoreData(self) -> bool:  # noqa: N802
-        return any(x.hasMoreData() for x in self._inputs)
+        for x in self._inputs:
+            if x.next_data_index < x._n:
+                return True
+        return False
 
     def next(self) -> None:
         """Advance the inputs whose unit ends first; recompute the group's indices."""
         if self.restricted_access:
             raise RuntimeError("Not authorized")
         if not self._inputs:
+            return
+        if len(self._inputs) == 1:  # fast path: one input, it always advances
+            x = self._inputs[0]
+            x.next()
+            self.data_index = self.first_data_index = x.data_index
+            self.data_index_end = self.last_data_index = x.data_index_end
+            if self.synchronization_listener is not None:
+                self.synchronization_listener.onIntervalChanged(x.data_index, x.data_index_end)
             return
         lowest_end = min(x.data_index_end for x in self._inputs)
         for input_ in self._inputs:
@@ -236,6 +254,7 @@ class InputList:
 
     def __init__(self) -> None:
         self._groups: list[InputGroup] = []
+        self._by_name: dict[str, Input] = {}
         self.main_group: InputGroup | None = None
 
     def __repr__(self) -> str:
@@ -245,10 +264,18 @@ class InputList:
         if group.restricted_access and self.main_group is None:
             self.main_group = group
         self._groups.append(group)
+        group._list = self
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._by_name = {}
+        for g in self._groups:
+            for x in g._inputs:
+                self._by_name.setdefault(x.name, x)
 
     def __getitem__(self, index: str | int) -> Input | None:
         if isinstance(index, str):
-            return first(x for x in (g[index] for g in self._groups) if x is not None)
+            return self._by_name.get(index)
         if isinstance(index, int) and index >= 0:
             for group in self._groups:
                 if index < len(group):
@@ -270,7 +297,10 @@ class InputList:
         return first(g for g in self._groups if g[input_name] is not None)
 
     def hasMoreData(self) -> bool:  # noqa: N802
-        return any(g.hasMoreData() for g in self._groups)
+        for g in self._groups:
+            if g.hasMoreData():
+                return True
+        return False
 
     def group(self, name_or_index: str | int) -> InputGroup | None:
         if isinstance(name_or_index, str):

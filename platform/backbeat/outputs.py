@@ -42,6 +42,9 @@ def convert_value(value_type: Any, data: dict) -> Any:
     baseformat style, may return ``self`` or ``None``) or a classmethod returning a
     new object.
     """
+    build = getattr(value_type, "_build", None)
+    if build is not None:  # backbeat value classes: one pass, no default construction first
+        return build(data, "safe", False)
     obj = value_type()
     result = obj.from_dict(data, casting="safe", add_defaults=False)
     return obj if result is None else result

@@ -1,8 +1,9 @@
 """Protocol templates: the set names and output dataformats shared by v2 databases.
 
-BEAT checks a template against its schema only; its output dataformats are checked when
-a database uses it.  We also check them here (spec §2.5), so a broken template is
-reported where it is written rather than on every database using it.
+BEAT checks a template against its schema only: its output dataformats (and the
+uniqueness of its set names) are checked by every database that uses it.  We keep that
+verdict (a template naming a missing dataformat is valid on its own);
+:func:`output_problems` gives the dataformat check for callers that want it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ if TYPE_CHECKING:
 
 
 def check(asset: Asset, catalog: Catalog) -> list[Problem]:
-    """Every output dataformat of every set is usable."""
+    """No semantic checks beyond the schema (BEAT's verdict)."""
+    if not isinstance(asset.declaration, dict):
+        return [asset.problem("a protocol template declaration must be a JSON object")]
+    return []
+
+
+def output_problems(asset: Asset, catalog: Catalog) -> list[Problem]:
+    """Every output dataformat of every set is usable (checked by databases, not by BEAT here)."""
     decl = asset.declaration
     if not isinstance(decl, dict):
         return [asset.problem("a protocol template declaration must be a JSON object")]
