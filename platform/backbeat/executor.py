@@ -128,9 +128,16 @@ class Run:
         if self._provider is not None:
             self._provider.kill()
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # kills every block process still running (e.g. on Ctrl-C)
         if self._control is not None:
             self._control.close()
+        for job in self.plan.jobs:
+            if self.status.get(job.name) == "running":  # interrupted: drop its partial files
+                self.status[job.name] = "failed"
+                self.errors.setdefault(job.name, {"kind": "interrupted", "message": "the run was interrupted",
+                                                  "traceback": None})
+                for o in job.outputs.values():
+                    cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
         for fd in self.locks.values():
             os.close(fd)
         self.locks.clear()
@@ -339,6 +346,8 @@ class Run:
                     self._emit(name, "done", wall_s=wall)
                 else:
                     failed = True
+                    for o in jobs[name].outputs.values():  # a killed writer leaves its temporary file
+                        cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
                     self.status[name] = "failed"
                     message = out.message if not out.ok else "the block completed but did not commit its outputs"
                     self.errors[name] = {"kind": out.kind, "message": message, "traceback": out.traceback}
