@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import h5py
@@ -46,6 +47,7 @@ READ_BYTES = 8 << 20
 
 
 def _row_bytes(col: Any) -> int:
+    """Bytes per row of a layout column."""
     return max(1, int(np.prod(col.shape, dtype=np.int64)) * col.dtype.itemsize)
 
 
@@ -63,6 +65,29 @@ def _final_digest(fmt_name: str, canon: str, start: int, end: int,
     for name, dtype, shape, h in parts:
         lines.append(f"{name} {dtype.str} {'x'.join(map(str, shape))} {h}\n")
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
+class _Done:
+    """A finished job (small buffers are hashed inline: a thread hop costs more than it saves)."""
+
+    def result(self) -> None:
+        return None
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_DONE = _Done()
+
+
+def _hash_async(h: Any, arr: np.ndarray) -> Any:
+    """``h.update(bytes of arr)`` in the hashing thread (hashlib releases the GIL); returns a job."""
+    global _POOL
+    mv = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+    if mv.nbytes < (256 << 10):
+        h.update(mv)
+        return _DONE
+    if _POOL is None or _POOL[0] != os.getpid():  # a forked child needs its own thread
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbeat-hash"))
+    return _POOL[1].submit(h.update, mv)
 
 
 def _fsync_dir(path: str) -> None:
@@ -163,15 +188,36 @@ class CacheWriter:
         self._append(batch)
 
     def _append(self, batch: Batch) -> None:
+        """Append every array of ``batch``; large arrays are hashed in a thread while HDF5 writes."""
+        items = [("index/start", batch.starts), ("index/end", batch.ends)]
+        items += [("columns/" + name, arr) for name, arr in batch.columns.items()]
+        jobs = []
         try:
-            self._append_arrays("index/start", batch.starts)
-            self._append_arrays("index/end", batch.ends)
-            for name, arr in batch.columns.items():
-                self._append_arrays("columns/" + name, arr)
+            prepared = [(self._dataset(name, arr.shape[0]), name, self._rebased(name, arr)) for name, arr in items]
+            for _, name, arr in prepared:
+                if arr.shape[0]:
+                    jobs.append(_hash_async(self._hash[name], arr))
+            for ds, _, arr in prepared:
+                n = arr.shape[0]
+                if n:
+                    old = ds.shape[0]
+                    ds.resize(old + n, axis=0)
+                    ds[old:old + n] = arr
         except (OSError, ValueError) as exc:
+            for job in jobs:
+                job.result()
             self.abort()
             raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
+        for job in jobs:
+            job.result()
         self._units += len(batch)
+
+    def _rebased(self, name: str, arr: np.ndarray) -> np.ndarray:
+        if name.endswith("#offsets"):
+            ds = self._ds[name]
+            base = int(ds[ds.shape[0] - 1])
+            arr = arr[1:] + base if base else arr[1:]
+        return np.ascontiguousarray(arr, dtype=self._specs[name][0])
 
     def _dataset(self, name: str, rows_hint: int) -> Any:
         """Create ``name`` on first use; chunks of ``rows_hint`` rows within [16 KiB, 1 MiB]."""
@@ -190,20 +236,6 @@ class CacheWriter:
             ds[0] = 0
             self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
         return ds
-
-    def _append_arrays(self, name: str, arr: np.ndarray) -> None:
-        ds = self._dataset(name, arr.shape[0])
-        if name.endswith("#offsets"):
-            base = int(ds[ds.shape[0] - 1])
-            arr = arr[1:] + base if base else arr[1:]
-        n = arr.shape[0]
-        if not n:
-            return
-        arr = np.ascontiguousarray(arr, dtype=ds.dtype)
-        old = ds.shape[0]
-        ds.resize(old + n, axis=0)
-        ds[old:old + n] = arr
-        self._hash[name].update(memoryview(arr.reshape(-1).view(np.uint8)))
 
     # finishing -------------------------------------------------------------------------------------
     def close(self) -> str:
@@ -322,12 +354,17 @@ class CacheReader:
                 h = hashlib.sha256()
                 rows = max(1, READ_BYTES // max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
                 n = ds.shape[0]
-                buf = np.empty((min(rows, n), *shape), dtype=dtype)
-                for a in range(0, n, rows):
+                bufs = [np.empty((min(rows, n), *shape), dtype=dtype) for _ in range(2 if n > rows else 1)]
+                pending = None
+                for k, a in enumerate(range(0, n, rows)):  # read block k while block k-1 is hashed
                     b = min(n, a + rows)
-                    out = buf[: b - a]
+                    out = bufs[k % len(bufs)][: b - a]
                     ds.read_direct(out, np.s_[a:b], np.s_[0:b - a])
-                    h.update(memoryview(out.reshape(-1).view(np.uint8)))
+                    if pending is not None:
+                        pending.result()
+                    pending = _hash_async(h, out)
+                if pending is not None:
+                    pending.result()
                 parts.append((name, dtype, ds.shape, h.hexdigest()))
         except (OSError, ValueError) as exc:
             raise IntegrityError(f"cache file `{self.path}' cannot be read (corrupted?): {exc}") from None
@@ -379,9 +416,9 @@ class CacheReader:
         return self[self.unit_at(k)]
 
     def chunk_units(self) -> int:
-        """A unit count whose fixed-size columns take about 8 MiB."""
-        fixed = sum(_row_bytes(self._ds[n]) for n in self._ds if "#" not in n or n.endswith("#shape"))
-        return int(max(1, min(1 << 20, READ_BYTES // max(1, fixed))))
+        """A unit count whose unit-level columns take about 8 MiB."""
+        fixed = 16 + sum(_row_bytes(c) for c in layout(self.expanded, self.dataformat) if c.rows == "")
+        return int(max(1, min(1 << 20, READ_BYTES // fixed)))
 
     def iter_batches(self, chunk_units: int | None = None, start: int = 0,
                      stop: int | None = None) -> Iterator[Batch]:

@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from . import __version__, api, jsonio
 from .errors import BackbeatError
@@ -118,7 +117,8 @@ _EXTENSIONS: list[Callable] = []
 
 
 def _load_extensions() -> None:
-    from . import cli_run  # noqa: F401  (registers the execution commands)
+    # cli_run: execution commands; cli_tools: graphs, asset and cache commands
+    from . import cli_run, cli_tools  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,8 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         args.parser.print_help(sys.stderr)
         return 2
-    args.prefix = str(Path(args.prefix or os.environ.get("BACKBEAT_PREFIX") or "prefix"))
-    args.cache = str(Path(args.cache) if args.cache else Path(args.prefix) / "cache")
+    from . import config  # .backbeatrc: option > BACKBEAT_PREFIX > ./.backbeatrc > ~/.backbeatrc > defaults
+
+    try:
+        cfg = config.load()
+    except BackbeatError as exc:
+        print(f"backbeat: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    config.activate(cfg)
+    args.prefix, args.cache = config.resolve(cfg, args.prefix, args.cache)
     try:
         return args.handler(args)
     except BackbeatError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import hashing
+from . import config, hashing
 from .catalog import Catalog
 from .errors import DataError, ExecutionError, InvalidAssetError
 from .names import experiment_toolchain, parse_name
@@ -165,7 +165,7 @@ def dataset(catalog: Catalog, name: str, database: str, protocol: str, set_name:
         name=name, database=database, protocol=protocol, set=set_name,
         view=info["view"], view_parameters=dict(info.get("parameters") or {}),
         outputs=dict(info["outputs"]), database_hash=db_asset.hash or "",
-        root_folder=db_asset.declaration.get("root_folder", ""),
+        root_folder=config.database_root(database, db_asset.declaration.get("root_folder", "")),
         beat_hash=hashing.dataset_hash(database, protocol, set_name),
     )
     d.index_key = hashing.key("dataset-index", {

@@ -263,6 +263,7 @@ class _Zygote:
         self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason}
         self.inbuf = b""
         self.outbuf = b""
+        self.closing = False
 
     def send(self, event: dict) -> None:
         """Queue an event; written without blocking so a busy parent cannot deadlock us."""
@@ -275,8 +276,11 @@ class _Zygote:
                 n = self.sock.send(self.outbuf)
             except BlockingIOError:
                 return
-            except OSError:
-                self.shutdown(1)
+            except OSError:  # the parent is gone
+                self.outbuf = b""
+                if not self.closing:
+                    self.shutdown(1)
+                return
             self.outbuf = self.outbuf[n:]
 
     def main(self) -> None:
@@ -391,6 +395,10 @@ class _Zygote:
             c = self.children.pop(pid, None)
             if c is None:
                 continue
+            try:
+                os.kill(-pid, signal.SIGKILL)  # leftovers of its process group (pgid stays reserved)
+            except OSError:
+                pass
             self.send({"ev": "exit", "id": c["id"], "pid": pid, "status": status, "reason": c["reason"],
                        "wall_s": time.monotonic() - c["start"],
                        "rusage": {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss,
@@ -398,6 +406,7 @@ class _Zygote:
 
     def shutdown(self, code: int) -> None:
         """Kill and reap every child, report their exits (best effort), exit."""
+        self.closing = True
         for pid, c in self.children.items():
             c["reason"] = c["reason"] or "closed"
             self.kill(pid, signal.SIGKILL)
@@ -757,6 +766,10 @@ class _MPHandle(Handle):
         else:
             self.exit = _from_code(code, wall, {})
         self._proc.join(0)
+        try:
+            os.kill(-self._proc.pid, signal.SIGKILL)  # leftovers of its process group
+        except OSError:
+            pass
         self._server._handles.pop(self.id, None)
 
     def wait(self, timeout: float | None = None) -> Exit:

@@ -1,0 +1,142 @@
+"""The ``.backbeatrc`` configuration file: default prefix, cache and database root folders.
+
+A configuration file is a JSON object read from ``~/.backbeatrc`` then ``./.backbeatrc``
+(the working folder's keys override the home folder's, key by key).  Keys:
+
+* ``prefix`` — the prefix folder (relative paths are relative to the file's folder);
+* ``cache`` — the cache folder (relative paths are relative to the prefix, as in BEAT);
+* ``database/<name>/<version>`` — the root folder of that database's raw data, overriding the
+  ``root_folder`` of its declaration (relative paths are relative to the file's folder).
+
+BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
+``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not
+a JSON object is an error naming the file.  Precedence: command-line option > ``BACKBEAT_PREFIX``
+(prefix only) > ``./.backbeatrc`` > ``~/.backbeatrc`` > defaults (``./prefix``, ``<prefix>/cache``).
+
+State: :data:`_ACTIVE` is the configuration applied by the CLI (:func:`activate`); library code
+asks :func:`database_root` which consults it (no file is read when nothing was activated).
+This module imports nothing heavy: the CLI loads it on every command.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import jsonio
+from .errors import UsageError
+from .names import KINDS
+
+FILENAME = ".backbeatrc"
+IGNORED_KEYS = frozenset({"platform", "user", "token", "editor"})
+
+
+class ConfigError(UsageError):
+    """A configuration file is unreadable or malformed (exit code 1: invalid input)."""
+
+    exit_code = 1
+
+
+@dataclass
+class Config:
+    """The merged configuration; ``sources`` are the files read, home first."""
+
+    prefix: str | None = None
+    cache: str | None = None
+    databases: dict[str, str] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"prefix": self.prefix, "cache": self.cache, "databases": dict(sorted(self.databases.items())),
+                "files": list(self.sources)}
+
+
+def _read(path: Path) -> dict:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"configuration file `{path}' cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = jsonio.parse(raw)
+    except jsonio.JSONProblem as exc:
+        raise ConfigError(f"configuration file `{path}' is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file `{path}' must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _apply(cfg: Config, path: Path, data: dict) -> None:
+    here = path.parent
+    for key, value in data.items():
+        if key in IGNORED_KEYS:
+            continue
+        if key in ("prefix", "cache") or key.startswith("database/"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"configuration file `{path}': `{key}' must be a non-empty string (a folder)")
+        if key == "prefix":
+            cfg.prefix = str(here / os.path.expanduser(value))
+        elif key == "cache":
+            cfg.cache = os.path.expanduser(value)  # relative to the prefix, resolved by the caller
+        elif key.startswith("database/"):
+            name = key[len("database/"):]
+            if not KINDS["database"].pattern.match(name):
+                raise ConfigError(f"configuration file `{path}': `{key}' does not name a database "
+                                  f"(expected database/<name>/<version>)")
+            cfg.databases[name] = str(here / os.path.expanduser(value))
+        else:
+            known = ", ".join(["prefix", "cache", "database/<name>/<version>"])
+            raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")
+
+
+def files(cwd: str | os.PathLike | None = None, home: str | os.PathLike | None = None) -> list[Path]:
+    """The configuration files that exist, lowest precedence first (home, then working folder)."""
+    cwd_path = Path(cwd) if cwd is not None else Path.cwd()
+    home_path = Path(home) if home is not None else Path(os.path.expanduser("~"))
+    out: list[Path] = []
+    for folder in (home_path, cwd_path):
+        p = folder / FILENAME
+        if p.is_file() and all(not p.samefile(q) for q in out):
+            out.append(p)
+    return out
+
+
+def load(cwd: str | os.PathLike | None = None, home: str | os.PathLike | None = None) -> Config:
+    """Read and merge the configuration files (raises :class:`ConfigError` naming a bad file)."""
+    cfg = Config()
+    for path in files(cwd, home):
+        _apply(cfg, path, _read(path))
+        cfg.sources.append(str(path))
+    return cfg
+
+
+def resolve(cfg: Config, prefix_option: str | None, cache_option: str | None) -> tuple[str, str]:
+    """The effective ``(prefix, cache)`` folders given the command-line options."""
+    prefix = prefix_option or os.environ.get("BACKBEAT_PREFIX") or cfg.prefix or "prefix"
+    if cache_option:
+        cache = Path(cache_option)
+    elif cfg.cache:
+        cache = Path(prefix) / cfg.cache  # an absolute configured cache replaces the prefix
+    else:
+        cache = Path(prefix) / "cache"
+    return str(Path(prefix)), str(cache)
+
+
+_ACTIVE: Config | None = None
+
+
+def activate(cfg: Config | None) -> None:
+    """Make ``cfg`` the configuration library code consults (None: none)."""
+    global _ACTIVE
+    _ACTIVE = cfg
+
+
+def active() -> Config | None:
+    return _ACTIVE
+
+
+def database_root(database: str, declared: str) -> str:
+    """The root folder of ``database`` (``name/version``): the configured override or ``declared``."""
+    if _ACTIVE is not None and database in _ACTIVE.databases:
+        return _ACTIVE.databases[database]
+    return declared
