@@ -25,7 +25,7 @@ from . import cachefile, control
 from .codeloader import load_with_libraries
 from .compat import install_beat_aliases
 from .driver import build_inputs, build_outputs, count_steps, run_algorithm
-from .sources import BatchSource
+from .sources import BatchSource, restrict
 from .values import value_type
 
 
@@ -86,6 +86,10 @@ def run(payload: dict) -> dict:
                                 formats[spec["dataformat"]], window)
         sources[name] = (spec["channel"], src, spec["dataformat"])
 
+    if payload.get("range"):  # a slot of a split block: only its share of the block's channel
+        lo, hi = payload["range"]
+        sources = {n: (ch, restrict(src, lo, hi) if ch == block["channel"] else src, df)
+                   for n, (ch, src, df) in sources.items()}
     input_list, loaders = build_inputs(block["type"], block["channel"], sources)
     own = [s for (ch, s, _df) in sources.values() if ch == block["channel"]]
     start, end = payload.get("range") or (0, max((s.data_indices()[-1][1] for s in own if len(s)), default=-1))

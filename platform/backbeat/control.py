@@ -280,6 +280,8 @@ def job_main(payload: dict) -> None:
         code = run_job(payload["target"], payload)
     except MemoryError:
         code = EXIT_MEMORY
+    except BaseException:  # noqa: BLE001 - e.g. no "control" address in the payload
+        traceback.print_exc()
     finally:
         os._exit(code)
 

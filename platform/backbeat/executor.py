@@ -74,6 +74,7 @@ class Run:
     messages: dict[str, list] = field(default_factory=dict)
     locks: dict[str, int] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
+    slot_ranges: dict[str, list] = field(default_factory=dict)
     _server: Any = None
     _control: Any = None
     _provider: Any = None
@@ -105,8 +106,10 @@ class Run:
     def _collect(self, timeout_ms: int) -> None:
         for msg in self._control.poll(timeout_ms):
             self.messages.setdefault(msg.job, []).append(msg)
-            if msg.type == "progress" and msg.job in self.status:
-                self._emit(msg.job, "running", done=msg.data.get("done"), total=msg.data.get("total"))
+            block, _, slot = msg.job.partition("#")
+            if msg.type == "progress" and block in self.status:
+                extra = {"slot": int(slot)} if slot else {}
+                self._emit(block, "running", done=msg.data.get("done"), total=msg.data.get("total"), **extra)
         self._server.pump(0)
 
     def _wait(self, job_ids: list[str]) -> dict[str, Any]:
@@ -137,7 +140,11 @@ class Run:
                 self.errors.setdefault(job.name, {"kind": "interrupted", "message": "the run was interrupted",
                                                   "traceback": None})
                 for o in job.outputs.values():
-                    cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
+                    final = output_path(self.cache, o.key)
+                    for path in [final] + [Path(f"{final}.slot{k}") for k in range(job.nb_slots)]:
+                        cachefile.remove_stale_temporaries(path)
+                        if path != final:
+                            path.unlink(missing_ok=True)
         for fd in self.locks.values():
             os.close(fd)
         self.locks.clear()
@@ -296,15 +303,14 @@ class Run:
                 self._emit(name, "cached")
         limit = self.options.jobs or os.cpu_count() or 1
         failed = False
-        from .control import outcome
+        procs: dict[str, list[str]] = {}  # running job -> its process ids (one per slot)
 
         while True:
             pending = [n for n in jobs if self.status[n] in ("pending", "waiting")]
-            running = [n for n in jobs if self.status[n] == "running"]
-            if not running and (failed or not pending):
+            if not procs and (failed or not pending):
                 break
             for name in pending:
-                if failed or len(running) >= limit:
+                if failed or sum(len(p) for p in procs.values()) >= limit:
                     break
                 job = jobs[name]
                 if any(self.status[d] in ("failed", "skipped") for d in job.depends):
@@ -324,38 +330,121 @@ class Run:
                 self.status[name] = "running"
                 self.started[name] = time.perf_counter()
                 self._emit(name, "running", done=0, total=None)
-                self._spawn(name, "backbeat.blockrun:run", self.block_payload(job))
-                running.append(name)
-            if not running:
+                procs[name] = self._start(job)
+            if not procs:
                 if any(self.status[n] == "waiting" for n in jobs):
                     time.sleep(0.05)
                     continue
                 break
             self._collect(20)
-            for name in running:
-                exit_ = self.handles[name].poll()
-                if exit_ is None:
+            for name in list(procs):
+                exits = [self.handles[p].poll() for p in procs[name]]
+                if any(e is None for e in exits):
                     continue
                 self._collect(0)
-                out = outcome(exit_, self.messages.get(name, []))
-                self._unlock(name)
-                wall = time.perf_counter() - self.started[name]
-                if out.ok and self._committed(jobs[name]):
-                    self.status[name] = "ran"
-                    self.stats[name] = dict(out.statistics, wall_s=wall)
-                    self._emit(name, "done", wall_s=wall)
-                else:
+                if not self._finish(jobs[name], procs.pop(name), exits):
                     failed = True
-                    for o in jobs[name].outputs.values():  # a killed writer leaves its temporary file
-                        cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
-                    self.status[name] = "failed"
-                    message = out.message if not out.ok else "the block completed but did not commit its outputs"
-                    self.errors[name] = {"kind": out.kind, "message": message, "traceback": out.traceback}
-                    self._emit(name, "failed", message=message)
         for name in jobs:
             if self.status[name] in ("pending", "waiting", "excluded"):
                 self.status[name] = "skipped"
                 self._emit(name, "skipped")
+
+    def _start(self, job: Job) -> list[str]:
+        """Spawn the job's block process(es): one, or one per slot for a split block."""
+        payload = self.block_payload(job)
+        ranges = self._slots(job, payload) if job.nb_slots > 1 and job.kind == "block" else []
+        if len(ranges) <= 1:
+            self._spawn(job.name, "backbeat.blockrun:run", payload)
+            return [job.name]
+        ids = []
+        for k, (s, e) in enumerate(ranges):
+            slot = dict(payload, range=[s, e], slot=k)
+            slot["outputs"] = {n: dict(o, path=f"{o['path']}.slot{k}") for n, o in payload["outputs"].items()}
+            pid = f"{job.name}#{k}"
+            self._spawn(pid, "backbeat.blockrun:run", slot)
+            ids.append(pid)
+        self.slot_ranges[job.name] = ranges
+        return ids
+
+    def _slots(self, job: Job, payload: dict) -> list[tuple[int, int]]:
+        """Split ranges of a splittable block over the units of its synchronisation channel."""
+        from .algorithm import Algorithm
+        from .splitting import split_ranges
+
+        if not Algorithm(Catalog(self.prefix).get("algorithm", job.algorithm)).splittable:
+            return []
+        lists = []
+        for spec in payload["inputs"].values():
+            if spec["channel"] != job.channel:
+                continue
+            if spec["source"] == "cache":
+                with cachefile.CacheReader(spec["path"], verify=False) as reader:
+                    lists.append(list(zip(reader.starts.tolist(), reader.ends.tolist(), strict=True)))
+            else:
+                from .dbprovider import DatabaseClient
+
+                client = DatabaseClient(payload["database"])
+                try:
+                    src = client.source(spec["dataset"], spec["output"], spec["dataformat"],
+                                        payload["formats"][spec["dataformat"]])
+                    lists.append(src.data_indices())
+                finally:
+                    client.close()
+        return split_ranges(lists, job.nb_slots) if lists else []
+
+    def _finish(self, job: Job, ids: list[str], exits: list) -> bool:
+        """Classify the ended process(es) of a job, assemble split outputs; False on failure."""
+        from .control import outcome
+
+        self._unlock(job.name)
+        wall = time.perf_counter() - self.started[job.name]
+        outcomes = [outcome(e, self.messages.get(p, [])) for p, e in zip(ids, exits, strict=True)]
+        bad = next((o for o in outcomes if not o.ok), None)
+        if bad is None and len(ids) > 1:
+            try:
+                self._assemble(job, len(ids))
+            except Exception as exc:  # noqa: BLE001 - reported as the block's failure
+                from .control import Outcome
+
+                bad = Outcome("system", f"cannot assemble the outputs of the split block: {exc}")
+        if bad is None and self._committed(job):
+            self.status[job.name] = "ran"
+            stats = outcomes[0].statistics if len(ids) == 1 else {"slots": [o.statistics for o in outcomes]}
+            self.stats[job.name] = dict(stats, wall_s=wall)
+            self._emit(job.name, "done", wall_s=wall)
+            return True
+        for o in job.outputs.values():  # a killed writer leaves its temporary file
+            final = output_path(self.cache, o.key)
+            cachefile.remove_stale_temporaries(final)
+            for k in range(len(ids) if len(ids) > 1 else 0):
+                Path(f"{final}.slot{k}").unlink(missing_ok=True)
+                cachefile.remove_stale_temporaries(f"{final}.slot{k}")
+        self.status[job.name] = "failed"
+        message = bad.message if bad is not None else "the block completed but did not commit its outputs"
+        kind = bad.kind if bad is not None else "system"
+        self.errors[job.name] = {"kind": kind, "message": message, "traceback": bad.traceback if bad else None}
+        self._emit(job.name, "failed", message=message)
+        return False
+
+    def _assemble(self, job: Job, n: int) -> None:
+        """Concatenate the slot files of each output into the single cache entry."""
+        ranges = self.slot_ranges[job.name]
+        for o in job.outputs.values():
+            final = output_path(self.cache, o.key)
+            parts = [f"{final}.slot{k}" for k in range(n)]
+            writer = cachefile.CacheWriter(final, o.dataformat, self.plan.expanded[o.dataformat], key=o.key,
+                                           start=ranges[0][0], end=ranges[-1][1])
+            try:
+                for part in parts:
+                    with cachefile.CacheReader(part, verify=True) as reader:
+                        for batch in reader.iter_batches():
+                            writer.write_batch(batch)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            for part in parts:
+                Path(part).unlink(missing_ok=True)
 
 
 def descendants(plan: Plan, names: set[str]) -> set[str]:

@@ -64,6 +64,44 @@ class BatchSource:
         self._values = []
 
 
+class SubSource:
+    """Units ``lo .. hi-1`` of another source (a split block's share of its channel)."""
+
+    def __init__(self, source, lo: int, hi: int):
+        self._src, self._lo, self._n = source, lo, max(0, hi - lo)
+        self._indices = source.data_indices()[lo:hi]
+        self._end_list = [e for _s, e in self._indices]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def data_indices(self) -> list[tuple[int, int]]:
+        return list(self._indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        if index < 0 or index >= self._n:
+            raise IndexError(f"data unit {index} out of range (0..{self._n - 1})")
+        return self._src[self._lo + index]
+
+    def getAtDataIndex(self, data_index: int) -> tuple[Any, int | None, int | None]:  # noqa: N802 (BEAT)
+        pos = bisect.bisect_left(self._end_list, data_index)
+        if pos >= self._n or self._indices[pos][0] > data_index:
+            return (None, None, None)
+        return self[pos]
+
+    @property
+    def bytes_read(self) -> int:
+        return getattr(self._src, "bytes_read", 0)
+
+
+def restrict(source, start: int, end: int):
+    """The units of ``source`` lying within ``[start, end]``."""
+    units = source.data_indices()
+    lo = next((i for i, (s, _e) in enumerate(units) if s >= start), len(units))
+    hi = next((i for i, (_s, e) in enumerate(units) if e > end), len(units))
+    return SubSource(source, lo, max(lo, hi))
+
+
 def batch_source(batch: Batch, window: int = 4096) -> BatchSource:
     """A source over a batch already in memory."""
     return BatchSource(batch.starts, batch.ends, batch.slice, window)

@@ -467,7 +467,10 @@ class Handle:
 
     def _signal(self, sig: int, reason: str | None = None) -> None:
         if self.exit is None:
-            self._server._request({"op": "kill", "id": self.id, "sig": int(sig), "reason": reason})
+            try:
+                self._server._request({"op": "kill", "id": self.id, "sig": int(sig), "reason": reason})
+            except ExecutionError:
+                pass  # the fork server is gone, and its children with it
 
     def __repr__(self) -> str:
         return f"<Handle job={self.id} pid={self._pid} exit={self.exit}>"
@@ -592,15 +595,18 @@ class ForkServer:
             pass
         deadline = time.monotonic() + timeout
         pid = self.zygote_pid
-        while pid is not None:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                break
-            time.sleep(0.002)
+        try:
+            while pid is not None:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.002)
+        except ChildProcessError:
+            pass  # already reaped (e.g. SIGCHLD ignored by the application)
         if self._sock.fileno() >= 0:
             self._sock.close()
 
