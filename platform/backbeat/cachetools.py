@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
-from .errors import BackbeatError, DataError, ExecutionError, UsageError
+from .errors import BackbeatError, DataError, ExecutionError
 from .names import parse_name
 
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
@@ -78,7 +78,7 @@ def _live_temporary(path: Path) -> bool:
 def scan(cache: Path) -> tuple[list[Path], list[Path]]:
     """``(cache entries, other files)`` under ``cache`` (sorted; ``.locks`` excluded)."""
     if not cache.is_dir():
-        raise UsageError(f"cache folder `{cache}' does not exist")
+        raise BackbeatError(f"cache folder `{cache}' does not exist")
     entries, other = [], []
     for dirpath, dirs, files in os.walk(cache):
         here = Path(dirpath)
@@ -136,7 +136,7 @@ def resolve(cache: Path, ref: str) -> Path:
         for candidate in (output_path(cache, ref), index_path(cache, ref)):
             if candidate.is_file():
                 return candidate
-    raise UsageError(f"`{ref}' is neither a file nor the key of a file in cache `{cache}'")
+    raise BackbeatError(f"`{ref}' is neither a file nor the key of a file in cache `{cache}'")
 
 
 # -- experiments -----------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def view(cache: str | os.PathLike, ref: str, start: int | None = None, end: int 
                 yield {"entry": i, "data": jsonio.plain(entry._asdict())}
         return
     if path.suffix != ".h5":
-        raise UsageError(f"`{path}' is not a backbeat cache file (.h5 output or .db index)")
+        raise BackbeatError(f"`{path}' is not a backbeat cache file (.h5 output or .db index)")
     from .cachefile import CacheReader
 
     with CacheReader(path, verify=True) as r:
@@ -305,7 +305,7 @@ def needed(prefix: str | os.PathLike, cache: str | os.PathLike) -> tuple[set[Pat
 
     root = Path(cache)
     if not Path(prefix).is_dir():
-        raise UsageError(f"prefix folder `{prefix}' does not exist")
+        raise BackbeatError(f"prefix folder `{prefix}' does not exist")
     catalog = Catalog(prefix)
     keep: set[Path] = set()
     for db in catalog.prefix.list("database"):

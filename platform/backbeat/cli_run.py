@@ -110,7 +110,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     display = ProgressDisplay(quiet=args.quiet)
     if not args.quiet:
         print(f"running {args.name}", file=sys.stderr)
-    rep = executor.run_experiment(args.prefix, args.cache, args.name, options, display)
+    if args.executor == "dask":
+        from . import dask_executor
+
+        rep = dask_executor.run_experiment(args.prefix, args.cache, args.name, options, display,
+                                           scheduler=args.scheduler, workers=args.workers)
+    else:
+        if args.scheduler or args.workers:
+            raise UsageError("--scheduler and --workers need --executor dask")
+        rep = executor.run_experiment(args.prefix, args.cache, args.name, options, display)
     if args.json:
         cli._print_json(rep)
     else:
@@ -165,6 +173,11 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS", help="per-block time limit")
     p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="where blocks run: this machine (default) or a Dask cluster")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address (default: a LocalCluster on this machine)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="LocalCluster worker processes")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cache hit or miss and why), run nothing")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--only", metavar="BLOCK", help="run just this block (its inputs must be cached)")

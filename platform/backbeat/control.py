@@ -14,6 +14,11 @@ Messages are single JSON frames (never pickle), always ``{"type", "job", ...}``:
 * ``error``    — ``kind`` (``"user"``, ``"system"``, ``"exit"`` with ``code``, ``"memory"``),
   ``message``, ``traceback`` (str; paths relative to the payload's ``root``)
 
+The server answers ``done`` and ``error`` with an ``ack`` frame from inside :meth:`poll`,
+and the block process waits for it (≤ 5 s) before exiting: when the executor sees a
+process exit, that job's final message has already been returned by ``poll``.  So the
+executor must keep calling ``poll`` while jobs run (it does, to see progress).
+
 :func:`outcome` combines the messages of one job with its process :class:`Exit` into an
 :class:`Outcome`: ``completed`` (``done`` received and exit 0), ``user``, ``system``,
 ``exit`` (``sys.exit(n)`` / ``os._exit(n)``), ``signal`` (e.g. SIGSEGV, SIGKILL),
@@ -39,6 +44,8 @@ from .errors import BlockError, UsageError
 from .workerpool import EXIT_BOOT, EXIT_MEMORY, Exit, _split_target
 
 TYPES = ("start", "progress", "done", "error")
+ACK = b'{"type": "ack"}'
+
 ERROR_KINDS = ("user", "system", "exit", "memory")
 
 #: the client of the current block process (set by :func:`job_main`), see :func:`client`
@@ -112,8 +119,13 @@ class ControlServer:
             msg = _decode(frames[-1]) if len(frames) == 2 else None
             if msg is None:
                 self.rejected += 1
-            else:
-                out.append(msg)
+                continue
+            out.append(msg)
+            if msg.type in ("done", "error"):
+                try:  # the block process waits for this before exiting (see ControlClient.close)
+                    self._sock.send_multipart([frames[0], ACK], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
 
     def close(self) -> None:
         if not self._sock.closed:
@@ -141,6 +153,7 @@ class ControlClient:
         self._last = 0.0
         self._pending: tuple[int, int] | None = None
         self.finished = False
+        self.acknowledged = False
 
     def _send(self, obj: dict, block: bool = True) -> None:
         obj = {"type": obj.pop("type"), "job": self.job, **obj}
@@ -180,9 +193,28 @@ class ControlClient:
         self._send({"type": "error", "kind": kind, "message": message, "traceback": traceback, **extra})
         self.finished = True
 
-    def close(self, linger_ms: int = 2000) -> None:
-        """Close, waiting up to ``linger_ms`` for queued messages to be delivered."""
+    def wait_ack(self, timeout_ms: int = 5000) -> bool:
+        """Wait until the server has *received* our ``done``/``error`` (it acknowledges both).
+
+        So once the process exit is seen by the executor, the final message is already in
+        its hands: no race between the zygote's exit report and the control socket.
+        """
+        if not self.finished or self.acknowledged or self._sock.closed:
+            return self.acknowledged
+        deadline = time.monotonic() + timeout_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                break
+            if self._sock.recv() == ACK:
+                self.acknowledged = True
+                break
+        return self.acknowledged
+
+    def close(self, linger_ms: int = 2000, ack_timeout_ms: int = 5000) -> None:
+        """Close after the final message was acknowledged (or ``ack_timeout_ms``), lingering
+        up to ``linger_ms`` for queued messages."""
         if not self._sock.closed:
+            self.wait_ack(ack_timeout_ms)
             self._sock.close(linger_ms)
             self._ctx.term()
 

@@ -154,7 +154,7 @@ class Run:
             self.progress({"block": job, "state": state, **extra})
 
     # -- datasets -------------------------------------------------------------------------
-    def _dataset_spec(self, name: str) -> dict:
+    def dataset_spec(self, name: str) -> dict:
         ds = self.plan.datasets[name]
         catalog_files = Catalog(self.prefix).prefix.locate("database", ds.database)
         return {
@@ -179,7 +179,7 @@ class Run:
         for name in todo:
             path = index_path(self.cache, self.plan.datasets[name].index_key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._spawn(f"index:{name}", "backbeat.dbprovider:build_index", {"dataset": self._dataset_spec(name)})
+            self._spawn(f"index:{name}", "backbeat.dbprovider:build_index", {"dataset": self.dataset_spec(name)})
         outcomes = self._wait([f"index:{n}" for n in todo])
         failed = []
         for name in todo:
@@ -262,7 +262,8 @@ class Run:
             "outputs": {n: {"dataformat": o.dataformat, "key": o.key, "path": str(output_path(self.cache, o.key))}
                         for n, o in job.outputs.items()},
             "formats": formats,
-            "database": self._provider_address() if any(i.source == "dataset" for i in job.inputs.values()) else None,
+            # the provider's address is filled in where the block starts (True: one is needed)
+            "database": True if any(i.source == "dataset" for i in job.inputs.values()) else None,
             "window": self.options.window,
         }
 
@@ -270,7 +271,7 @@ class Run:
         if self._provider is None:
             self._infrastructure()
             address = f"ipc://{self._tmpdir}/database"
-            specs = {name: self._dataset_spec(name) for name in self.plan.datasets}
+            specs = {name: self.dataset_spec(name) for name in self.plan.datasets}
             self._provider = self._spawn("database-provider", "backbeat.dbprovider:serve",
                                          {"address": address, "datasets": specs})
             self._provider_addr = address
@@ -352,6 +353,8 @@ class Run:
     def _start(self, job: Job) -> list[str]:
         """Spawn the job's block process(es): one, or one per slot for a split block."""
         payload = self.block_payload(job)
+        if payload["database"]:
+            payload["database"] = self._provider_address()
         ranges = self._slots(job, payload) if job.nb_slots > 1 and job.kind == "block" else []
         if len(ranges) <= 1:
             self._spawn(job.name, "backbeat.blockrun:run", payload)

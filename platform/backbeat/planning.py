@@ -45,14 +45,26 @@ class Dataset:
     index_key: str = ""  # key of the view index (content-independent, see docs/hashing.md)
     index_digest: str | None = None  # sha256 of the index content, known after indexing
 
-    def output_key(self, output: str, dataformats: dict[str, str]) -> str:
+    def index_components(self) -> dict:
+        """Pre-image of :attr:`index_key` (``dataset-index`` domain)."""
+        return {
+            "database": self.database, "database_hash": self.database_hash, "protocol": self.protocol,
+            "set": self.set, "view": self.view, "parameters": self.view_parameters,
+            "root_folder": self.root_folder,
+        }
+
+    def output_components(self, output: str, dataformats: dict[str, str]) -> dict:
+        """Pre-image of :meth:`output_key` (``dataset-output`` domain)."""
         if self.index_digest is None:
             raise ExecutionError(f"dataset `{self.name}' has not been indexed yet")
-        return hashing.key("dataset-output", {
+        return {
             "index": self.index_key, "index_content": self.index_digest,
             "output": output, "dataformat": dataformats[self.outputs[output]],
             "encoding": DATA_ENCODING,
-        })
+        }
+
+    def output_key(self, output: str, dataformats: dict[str, str]) -> str:
+        return hashing.key("dataset-output", self.output_components(output, dataformats))
 
 
 @dataclass
@@ -168,10 +180,7 @@ def dataset(catalog: Catalog, name: str, database: str, protocol: str, set_name:
         root_folder=config.database_root(database, db_asset.declaration.get("root_folder", "")),
         beat_hash=hashing.dataset_hash(database, protocol, set_name),
     )
-    d.index_key = hashing.key("dataset-index", {
-        "database": d.database, "database_hash": d.database_hash, "protocol": d.protocol,
-        "set": d.set, "view": d.view, "parameters": d.view_parameters, "root_folder": d.root_folder,
-    })
+    d.index_key = hashing.key("dataset-index", d.index_components())
     return d
 
 
@@ -302,14 +311,22 @@ def assign_keys(p: Plan) -> None:
                 inp.key = p.datasets[inp.node].output_key(inp.output, p.dataformats)
             else:
                 inp.key = jobs[inp.node].outputs[inp.output].key
-        job.key = hashing.key(job.kind, {
-            "algorithm": job.algorithm_hash,
-            "libraries": job.libraries,
-            "parameters": job.parameters,
-            "inputs": {n: {"key": i.key, "dataformat": p.dataformats[i.dataformat]}
-                       for n, i in job.inputs.items()},
-            "outputs": {n: p.dataformats[o.dataformat] for n, o in job.outputs.items()},
-            "encoding": DATA_ENCODING,
-        })
+        job.key = hashing.key(job.kind, key_components(p, job))
         for out in job.outputs.values():
             out.key = hashing.key("output", {"job": job.key, "output": out.name})
+
+
+def key_components(p: Plan, job: Job) -> dict:
+    """The pre-image of ``job.key`` (domain ``job.kind``), exactly what :func:`assign_keys` hashes.
+
+    Input keys are taken from ``job.inputs[*].key`` (set by :func:`assign_keys`).
+    """
+    return {
+        "algorithm": job.algorithm_hash,
+        "libraries": job.libraries,
+        "parameters": job.parameters,
+        "inputs": {n: {"key": i.key, "dataformat": p.dataformats[i.dataformat]}
+                   for n, i in job.inputs.items()},
+        "outputs": {n: p.dataformats[o.dataformat] for n, o in job.outputs.items()},
+        "encoding": DATA_ENCODING,
+    }

@@ -1,0 +1,119 @@
+"""Running a plan on a Dask distributed cluster (optional: ``pip install 'backbeat[dask]'``).
+
+Nothing else in backbeat imports this module or Dask.  The plan is made and the datasets
+are indexed on the submitting machine, exactly as for a local run; then every block that
+must run becomes one Dask task:
+
+* the task's *data* is plain JSON (the block payload of :meth:`executor.Run.block_payload`,
+  the dataset specs, paths) — never a pickled closure; its *key* is ``backbeat-<job key>``,
+  so the scheduler de-duplicates identical blocks, also across experiments;
+* the task function runs ``python -m backbeat.remote`` on the worker, a fresh interpreter
+  that runs the block with the same runtime as local runs (fork server, control socket,
+  database provider, HDF5 writers) and takes the same cache lock; so the results and
+  cache entries are identical to a local run's, and the cache must be on storage all
+  workers share;
+* a task returns its outcome (``ran``, ``cached``, ``failed``…) instead of raising for user
+  errors, so Dask does not retry a block that failed by itself; downstream tasks then
+  report ``skipped``.  A worker lost mid-block makes Dask re-run the task elsewhere; the
+  atomic commit of cache files makes that safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ExecutionError, UsageError
+from .executor import Options, Progress, prepare, report
+
+
+def block_task(job: dict, *upstream: dict) -> dict:
+    """Dask task: run one block job through ``python -m backbeat.remote`` on this worker."""
+    if any(u.get("status") in ("failed", "skipped") for u in upstream):
+        return {"status": "skipped"}
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "backbeat.remote"], input=json.dumps(job),
+                          capture_output=True, text=True, env=env, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"status": "failed", "kind": "system",
+                "message": f"the block runner exited with code {proc.returncode}: {proc.stderr.strip()[-2000:]}",
+                "traceback": None}
+    return json.loads(lines[-1])
+
+
+def _client(scheduler: str | None, workers: int):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("the Dask executor needs Dask: pip install 'backbeat[dask]'") from None
+    if scheduler:
+        return Client(scheduler, timeout="30s"), None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40)
+    return Client(cluster), cluster
+
+
+def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                   options: Options | None = None, progress: Progress | None = None,
+                   scheduler: str | None = None, workers: int | None = None) -> dict:
+    """Run an experiment on a Dask cluster (a LocalCluster when no scheduler address is given)."""
+    options = options or Options()
+    prefix, cache = Path(prefix).resolve(), Path(cache).resolve()
+    run = prepare(prefix, cache, name, options, progress)
+    try:
+        decisions = run.decide()
+    finally:
+        run.close()
+    emit = progress or (lambda event: None)
+    client, cluster = _client(scheduler, workers or options.jobs or os.cpu_count() or 1)
+    futures: dict[str, Any] = {}
+    try:
+        for job in run.plan.jobs:
+            action = decisions[job.name][0]
+            run.status[job.name] = {"run": "pending", "cached": "cached", "excluded": "skipped"}[action]
+            if action != "run":
+                emit({"block": job.name, "state": run.status[job.name]})
+                continue
+            block = run.block_payload(job)
+            needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
+            task = {"key": job.key, "block": block, "cache": str(cache), "root": str(prefix),
+                    "datasets": {n: run.dataset_spec(n) for n in needed}, "force": options.force,
+                    "timeout_s": options.timeout_s, "memory_bytes": options.memory_bytes}
+            deps = [futures[d] for d in job.depends if d in futures]
+            futures[job.name] = client.submit(block_task, task, *deps, key=f"backbeat-{job.key}", pure=False)
+            run.started[job.name] = time.perf_counter()
+            emit({"block": job.name, "state": "running", "done": 0, "total": None})
+        from distributed import as_completed
+
+        names = {f.key: n for n, f in futures.items()}
+        for future in as_completed(list(futures.values())):
+            job_name = names[future.key]
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - a task lost too often, or a scheduler error
+                result = {"status": "failed", "kind": "system", "message": f"Dask task failed: {exc}",
+                          "traceback": None}
+            status = result.get("status", "failed")
+            run.status[job_name] = status
+            if status == "failed":
+                run.errors[job_name] = {k: result.get(k) for k in ("kind", "message", "traceback")}
+                emit({"block": job_name, "state": "failed", "message": result.get("message")})
+            elif status == "ran":
+                run.stats[job_name] = result.get("statistics", {})
+                emit({"block": job_name, "state": "done",
+                      "wall_s": time.perf_counter() - run.started[job_name]})
+            else:
+                emit({"block": job_name, "state": status})
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    if any(s == "pending" for s in run.status.values()):
+        raise ExecutionError("the Dask run ended with blocks never scheduled")
+    return report(run)
