@@ -69,7 +69,7 @@ def _require(pfx: Prefix, kind: str, name: str) -> tuple[str, str, AssetFiles]:
 def _refuse_existing(pfx: Prefix, kind: str, name: str) -> AssetFiles:
     files = pfx.locate(kind, name)
     if files.json.exists():
-        raise UsageError(f"{KINDS[kind].label} `{name}' already exists ({files.json}); remove it first")
+        raise BackbeatError(f"{KINDS[kind].label} `{name}' already exists ({files.json}); remove it first")
     return files
 
 
@@ -176,7 +176,7 @@ def fork(prefix: str | os.PathLike, kind: str, src_name: str, dst_name: str) -> 
         raise UsageError(f"{KINDS[k].folder} cannot be forked (create a new version instead)")
     _k, dst_n = parse_name(k, dst_name)
     if dst_n == src_n:
-        raise UsageError(f"cannot fork `{src_n}' onto itself")
+        raise BackbeatError(f"cannot fork `{src_n}' onto itself")
     dst = _refuse_existing(pfx, k, dst_n)
     written = _copy(src, dst)
     _record(pfx, "fork", k, dst_n, src_n)

@@ -244,6 +244,8 @@ def check(node: Node, cols: dict, n: int) -> None:
         col = _col(cols, p, node.dtype)
         if col.shape != (n, *node.dims):
             raise DataError(f"column `{p}': expected shape {(n, *node.dims)}, got {col.shape}")
+        if col.dtype == np.bool_ and col.size and col.view(U8).max() > 1:
+            raise DataError(f"column `{p}': boolean bytes other than 0 and 1")
     elif node.kind == "str":
         data = _col(cols, p + "#bytes", U8)
         if data.ndim != 1:

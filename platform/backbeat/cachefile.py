@@ -43,6 +43,7 @@ DIGEST_ALGORITHM = "sha256-columns/1"
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
 CHUNK_BYTES = 1 << 20
 SMALL_CHUNK_BYTES = 16 << 10
+CHUNK_CACHE = 4 << 20  # per dataset: a partly written chunk stays cached until the next batch fills it
 READ_BYTES = 8 << 20
 
 
@@ -111,16 +112,18 @@ class CacheWriter:
         self._tree = tree(fmt_name, expanded)
         self._canon = canonical(expanded)
         self._next = self._buf_start = self.start
+        self._limit = self.end if self.end is not None else 2**63 - 1
         self._units = 0
         self._values: list[BaseValue] = []
         self._ends: list[int] = []
         self._closed = False
         cols = layout(expanded, fmt_name)
         fixed = sum(_row_bytes(c) for c in cols if c.rows == "") + 16
-        self.buffer_units = buffer_units or int(min(65536, max(256, (4 << 20) // fixed)))
+        units = int(min(65536, max(256, (4 << 20) // fixed)))
+        self.buffer_units = buffer_units or 1 << (units.bit_length() - 1)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        self._h5 = h5py.File(self.tmp, "w", libver="latest")
+        self._h5 = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE, rdcc_w0=1.0)
         self._ds: dict[str, Any] = {}
         self._hash: dict[str, Any] = {}
         self._kw: dict[str, Any] = {"compression": compression, "shuffle": True} if compression else {}
@@ -141,21 +144,24 @@ class CacheWriter:
 
     def write(self, data: Any, end_data_index: int | None = None) -> None:
         """Append one data unit covering ``[next_index, end_data_index]`` (default: one index)."""
-        if self._closed:
-            raise DataError(f"cache writer for `{self.path}' is closed")
-        end = self._next if end_data_index is None else int(end_data_index)
-        if end < self._next or (self.end is not None and end > self.end):
+        nxt = self._next
+        end = nxt if end_data_index is None else int(end_data_index)
+        if end < nxt or end > self._limit or self._closed:
+            if self._closed:
+                raise DataError(f"cache writer for `{self.path}' is closed")
             raise DataError(
                 f"cannot write data unit ending at {end} to `{self.path}': it must be within "
-                f"[{self._next}, {self.end if self.end is not None else 'inf'}]"
+                f"[{nxt}, {self.end if self.end is not None else 'inf'}]"
             )
-        value = data if type(data) is self.type else as_value(self.type, data)
-        if not self._values:
-            self._buf_start = self._next
-        self._values.append(value)
+        if type(data) is not self.type:
+            data = as_value(self.type, data)
+        values = self._values
+        if not values:
+            self._buf_start = nxt
+        values.append(data)
         self._ends.append(end)
         self._next = end + 1
-        if len(self._values) >= self.buffer_units:
+        if len(values) >= self.buffer_units:
             self.flush()
 
     def write_batch(self, batch: Batch) -> None:
@@ -227,6 +233,7 @@ class CacheWriter:
         dtype, shape = self._specs[name]
         row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         rows = max(1, min(CHUNK_BYTES // row, max(rows_hint, SMALL_CHUNK_BYTES // row)))
+        rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
         initial = 1 if name.endswith("#offsets") else 0
         ds = self._h5.create_dataset(name, shape=(initial, *shape), maxshape=(None, *shape),
                                      dtype=dtype, chunks=(rows, *shape), **self._kw)

@@ -2,10 +2,12 @@
 
 The cache folder holds *cache entries*: files at ``xx/yy/zz/<rest of a 64-hex key><suffix>``
 (``.h5`` block outputs and analyzer results, ``.db`` view indexes, writers' ``.tmp-<pid>-*``
-temporaries, and BEAT's ``.data``/``.index`` files if a BEAT cache is shared), plus ``.locks/``.
-Only cache entries are ever deleted; anything else found in the folder is reported and left alone
-(so a mistyped ``--cache`` cannot wipe an unrelated folder), ``.locks`` is never touched (a
-running experiment may hold a lock), and a temporary whose writer is alive is kept.
+temporaries, and BEAT's ``.data``/``.index`` files if a BEAT cache is shared), plus the
+bookkeeping folders ``.locks/`` and ``provenance/`` (run records, :mod:`backbeat.provenance`).
+Only cache entries are ever deleted; anything else found in the folder is reported and left
+alone (so a mistyped ``--cache`` cannot wipe an unrelated folder); the bookkeeping folders are
+never touched (a running experiment may hold a lock; run records are history); a temporary
+whose writer is alive is kept.
 
 Cache keys are computed *without running user code*: an experiment's keys are known only when
 every dataset it reads has its view index in the cache (:func:`keyed_plan`), as in
@@ -29,6 +31,7 @@ from .names import parse_name
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 _TMP = re.compile(r"\.tmp-(\d+)-")
+BOOKKEEPING = (".locks", "provenance")  # top-level folders of the cache never scanned nor deleted
 
 
 def output_path(cache: Path, key: str) -> Path:
@@ -76,14 +79,14 @@ def _live_temporary(path: Path) -> bool:
 
 
 def scan(cache: Path) -> tuple[list[Path], list[Path]]:
-    """``(cache entries, other files)`` under ``cache`` (sorted; ``.locks`` excluded)."""
+    """``(cache entries, other files)`` under ``cache`` (sorted; :data:`BOOKKEEPING` folders excluded)."""
     if not cache.is_dir():
         raise BackbeatError(f"cache folder `{cache}' does not exist")
     entries, other = [], []
     for dirpath, dirs, files in os.walk(cache):
         here = Path(dirpath)
         if here == cache:
-            dirs[:] = [d for d in dirs if d != ".locks"]
+            dirs[:] = [d for d in dirs if d not in BOOKKEEPING]
         dirs.sort()
         for f in sorted(files):
             p = here / f
@@ -183,9 +186,13 @@ def states(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
            report: dict | None = None) -> tuple[Any, dict[str, str]]:
     """``(plan, {node: cached|run|failed|unknown})`` without running anything.
 
-    ``report`` is a run report (``experiments run --json``): its failed blocks are ``failed``.
+    ``report`` is a run report (``experiments run --json``) or provenance record; by default the
+    latest provenance record of the experiment is used.  Its failed blocks whose key is the
+    current one (or that carry no key) are ``failed``.
     """
     p, missing = keyed_plan(prefix, cache, name)
+    if report is None:
+        report = last_record(cache, p.experiment)
     out: dict[str, str] = {}
     for ds in p.datasets.values():
         out[ds.name] = "run" if ds.name in missing else "cached"
@@ -195,13 +202,26 @@ def states(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
         else:
             done = all(output_path(Path(cache), o.key).is_file() for o in job.outputs.values())
             out[job.name] = "cached" if done else "run"
+    keys = {j.name: j.key for j in p.jobs}
     blocks = report.get("blocks") if isinstance(report, dict) else None
     if isinstance(blocks, dict):
         for block, entry in blocks.items():
-            if block in out and isinstance(entry, dict) and entry.get("status") == "failed" \
-                    and out[block] != "cached":
+            if block not in keys or not isinstance(entry, dict) or entry.get("status") != "failed":
+                continue
+            if out[block] != "cached" and (not entry.get("key") or not keys[block] or entry["key"] == keys[block]):
                 out[block] = "failed"
     return p, out
+
+
+def last_record(cache: str | os.PathLike, experiment: str) -> dict | None:
+    """The latest stored provenance record of an experiment (None if none or unreadable)."""
+    try:
+        from . import provenance
+
+        records = provenance.history(cache, experiment)
+    except (ImportError, BackbeatError, OSError):
+        return None
+    return records[0] if records else None
 
 
 # -- whole cache -----------------------------------------------------------------------------------
@@ -350,7 +370,7 @@ def gc(prefix: str | os.PathLike, cache: str | os.PathLike, dry_run: bool = Fals
 
 
 def clear(cache: str | os.PathLike, dry_run: bool = False) -> dict:
-    """Delete every cache entry (not ``.locks``, not live temporaries, not unrecognised files)."""
+    """Delete every cache entry (not the bookkeeping folders, live temporaries or unrecognised files)."""
     root = Path(cache)
     entries, other = scan(root)
     garbage = [p for p in entries if not _live_temporary(p)]

@@ -118,7 +118,11 @@ _EXTENSIONS: list[Callable] = []
 
 def _load_extensions() -> None:
     # cli_run: execution commands; cli_tools: graphs, asset and cache commands
-    from . import cli_run, cli_tools  # noqa: F401
+    from . import (  # noqa: F401
+        cli_audit,  # noqa: F401
+        cli_run,
+        cli_tools,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,7 +75,7 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"configuration file `{path}': `{key}' must be a non-empty string (a folder)")
         if key == "prefix":
-            cfg.prefix = str(here / os.path.expanduser(value))
+            cfg.prefix = os.path.normpath(here / os.path.expanduser(value))
         elif key == "cache":
             cfg.cache = os.path.expanduser(value)  # relative to the prefix, resolved by the caller
         elif key.startswith("database/"):
@@ -83,7 +83,7 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             if not KINDS["database"].pattern.match(name):
                 raise ConfigError(f"configuration file `{path}': `{key}' does not name a database "
                                   f"(expected database/<name>/<version>)")
-            cfg.databases[name] = str(here / os.path.expanduser(value))
+            cfg.databases[name] = os.path.normpath(here / os.path.expanduser(value))
         else:
             known = ", ".join(["prefix", "cache", "database/<name>/<version>"])
             raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")

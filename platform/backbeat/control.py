@@ -40,7 +40,7 @@ from typing import Any
 
 import zmq
 
-from .errors import BlockError, UsageError
+from .errors import BlockError, UsageError, UserCodeError
 from .workerpool import EXIT_BOOT, EXIT_MEMORY, Exit, _split_target
 
 TYPES = ("start", "progress", "done", "error")
@@ -253,7 +253,8 @@ def run_job(target: str, payload: dict) -> int:
     """Run ``target(payload)`` reporting over the control channel; return the exit code.
 
     ``payload["control"]`` is the server address and ``payload["job"]`` the job id;
-    ``payload["root"]`` (optional) is the root of user code for tracebacks.  The target
+    ``payload["root"]`` (optional) is the root of user code for tracebacks.  An exception
+    escaping the target is a ``"user"`` error unless it has ``error_kind = "system"``.  The target
     may call :func:`client` to send progress; if it returns a dict and has not reported
     ``done`` itself, the dict is sent as the statistics.
     """
@@ -285,12 +286,20 @@ def run_job(target: str, payload: dict) -> int:
             finally:
                 code = EXIT_MEMORY
             return code
+        except UserCodeError as e:  # user code failed in another process: report its traceback
+            cc.error("user", e.message, e.traceback)
+            return 1
         except BaseException as e:  # noqa: BLE001 - every failure must be reported
-            message, text, in_user = format_user_traceback(e, payload.get("root"))
-            cc.error("user" if in_user else "system", message, text)
+            message, text, _ = format_user_traceback(e, payload.get("root"))
+            kind = getattr(e, "error_kind", "user")  # infrastructure code may raise "system" errors
+            cc.error(kind if kind in ("user", "system") else "user", message, text)
             return 1
         if not cc.finished:
-            cc.done(result if isinstance(result, dict) else {})
+            try:
+                cc.done(result if isinstance(result, dict) else {})
+            except (TypeError, ValueError) as e:
+                cc.error("user", f"the job returned statistics that are not JSON-serialisable: {e}")
+                return 1
         return 0
     finally:
         _CURRENT = None

@@ -76,9 +76,18 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     try:
         for job in run.plan.jobs:
             action = decisions[job.name][0]
-            run.status[job.name] = {"run": "pending", "cached": "cached", "excluded": "skipped"}[action]
-            if action != "run":
+            run.status[job.name] = {"run": "pending", "cached": "cached", "excluded": "skipped",
+                                    "blocked": "skipped"}[action]
+            failed_ds = [i.node for i in job.inputs.values() if i.node in run.dataset_errors]
+            if failed_ds:
+                run.status[job.name] = "failed"
+                run.errors[job.name] = dict(run.dataset_errors[failed_ds[0]])
+            if action != "run" or failed_ds:
                 emit({"block": job.name, "state": run.status[job.name]})
+                continue
+            if any(run.status[d] in ("failed", "skipped") for d in job.depends):
+                run.status[job.name] = "skipped"
+                emit({"block": job.name, "state": "skipped"})
                 continue
             block = run.block_payload(job)
             needed = {i.node for i in job.inputs.values() if i.source == "dataset"}

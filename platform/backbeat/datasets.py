@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import jsonio
 from .catalog import Catalog
-from .errors import UsageError
+from .errors import ExecutionError, UsageError
 from .executor import Options, Run, index_path
 from .names import parse_name
 from .planning import Plan, dataset
@@ -56,6 +56,9 @@ def index(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force:
         run.index_datasets()
     finally:
         run.close()
+    if run.dataset_errors:
+        raise ExecutionError("\n".join(f"{e['message']}\n{e.get('traceback') or ''}".rstrip()
+                                        for e in run.dataset_errors.values()))
     out = []
     for n, ds in run.plan.datasets.items():
         path = index_path(run.cache, ds.index_key)
@@ -72,6 +75,8 @@ def view(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, exclude
     run = _run(prefix, cache, name, False)
     try:
         run.index_datasets()
+        if run.dataset_errors:
+            raise ExecutionError("\n".join(e["message"] for e in run.dataset_errors.values()))
         (ds_name, ds), = run.plan.datasets.items()
         address = run._provider_address()
         from .dbprovider import DatabaseClient

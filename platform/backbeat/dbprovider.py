@@ -35,7 +35,7 @@ from .batch import Batch
 from .codeloader import load_module
 from .compat import install_beat_aliases
 from .control import format_user_traceback
-from .errors import BackbeatError, WireError
+from .errors import BackbeatError, UserCodeError, WireError
 from .sources import BatchSource
 
 
@@ -171,7 +171,9 @@ class DatabaseClient:
         head = reply[0].bytes
         if head == b"error":
             info = json.loads(reply[1].bytes)
-            raise RuntimeError(f"database view failed: {info['message']}\n{info['traceback']}")
+            if info.get("kind") == "user":
+                raise UserCodeError(f"database view: {info['message']}", info.get("traceback") or "")
+            raise WireError(f"the database provider failed: {info['message']}")
         if head != b"ok":
             raise WireError(f"unexpected reply from the database provider: {head[:40]!r}")
         return reply[1:]

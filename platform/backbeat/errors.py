@@ -94,6 +94,21 @@ class ExecutionError(BackbeatError):
     """An experiment could not be planned or run."""
 
 
+class UserCodeError(ExecutionError):
+    """User code failed in another process (e.g. a database view in the provider).
+
+    Carries that process's message and traceback (already relative to the prefix) so the
+    block reading from it reports the user's error, not backbeat's frames.
+    """
+
+    error_kind = "user"
+
+    def __init__(self, message: str, traceback: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback
+
+
 @dataclass
 class BlockError(ExecutionError):
     """A block failed; ``kind`` is e.g. ``"user"``, ``"exit"``, ``"signal"``, ``"timeout"``."""

@@ -75,6 +75,7 @@ class Run:
     locks: dict[str, int] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)
     slot_ranges: dict[str, list] = field(default_factory=dict)
+    dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
     _server: Any = None
     _control: Any = None
     _provider: Any = None
@@ -181,20 +182,35 @@ class Run:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._spawn(f"index:{name}", "backbeat.dbprovider:build_index", {"dataset": self.dataset_spec(name)})
         outcomes = self._wait([f"index:{n}" for n in todo])
-        failed = []
         for name in todo:
             out = outcomes[f"index:{name}"]
             if out.ok and "digest" in out.statistics:
                 self.plan.datasets[name].index_digest = out.statistics["digest"]
             else:
-                failed.append(f"dataset `{name}' (database {self.plan.datasets[name].database}): "
-                              f"{out.message}\n{out.traceback or ''}".rstrip())
-        if failed:
-            raise ExecutionError("cannot index database views:\n" + "\n".join(failed))
+                index_path(self.cache, self.plan.datasets[name].index_key).unlink(missing_ok=True)
+                self.dataset_errors[name] = {
+                    "kind": out.kind if not out.ok else "system",
+                    "message": f"database view `{self.plan.datasets[name].view}' of "
+                               f"{self.plan.datasets[name].database} could not index set "
+                               f"`{self.plan.datasets[name].protocol}/{self.plan.datasets[name].set}': {out.message}",
+                    "traceback": out.traceback}
 
     # -- cache state ----------------------------------------------------------------------
     def _committed(self, job: Job) -> bool:
         return all(output_path(self.cache, o.key).is_file() for o in job.outputs.values())
+
+    def _intact(self, job: Job) -> bool:
+        """Verify a cached job's output files; remove corrupted ones (False if any was)."""
+        ok = True
+        for o in job.outputs.values():
+            path = output_path(self.cache, o.key)
+            try:
+                cachefile.verify(str(path))
+            except (IntegrityError, OSError) as exc:
+                self._emit(job.name, "corrupt", message=str(exc))
+                path.unlink(missing_ok=True)
+                ok = False
+        return ok
 
     def _verify_inputs(self, to_run: set[str]) -> set[str]:
         """Verify cached files read by jobs that will run; return producers to re-run."""
@@ -279,8 +295,14 @@ class Run:
 
     def decide(self) -> dict[str, tuple[str, str]]:
         """``{job: (action, reason)}``: action ``run``, ``cached`` or ``excluded``."""
-        committed = {j.name: self._committed(j) for j in self.plan.jobs}
+        blocked = {j.name for j in self.plan.jobs if not j.key}  # downstream of an unindexable dataset
+        committed = {j.name: j.name not in blocked and self._committed(j) for j in self.plan.jobs}
+        for job in self.plan.jobs:  # cached analyzer results are read at the end: verify them now
+            if job.kind == "analyzer" and committed[job.name] and not self._intact(job):
+                committed[job.name] = False
         decisions = decide(self.plan, committed, self.options)
+        for name in blocked:
+            decisions[name] = ("blocked", "a dataset it needs could not be indexed")
         to_run = {n for n, (a, _r) in decisions.items() if a == "run"}
         while True:  # re-run producers of corrupted files (and everything downstream of them)
             extra = self._verify_inputs(to_run) - to_run
@@ -297,11 +319,17 @@ class Run:
     def execute(self) -> None:
         jobs = {j.name: j for j in self.plan.jobs}
         decisions = self.decide()
-        for name in jobs:
+        for name, job in jobs.items():
             action, reason = decisions[name]
-            self.status[name] = {"run": "pending", "cached": "cached", "excluded": "excluded"}[action]
+            self.status[name] = {"run": "pending", "cached": "cached", "excluded": "excluded",
+                                 "blocked": "skipped"}[action]
             if action == "cached":
                 self._emit(name, "cached")
+            failed_ds = [i.node for i in job.inputs.values() if i.source == "dataset" and i.node in self.dataset_errors]
+            if failed_ds:
+                self.status[name] = "failed"
+                self.errors[name] = dict(self.dataset_errors[failed_ds[0]])
+                self._emit(name, "failed", message=self.errors[name]["message"])
         limit = self.options.jobs or os.cpu_count() or 1
         failed = False
         procs: dict[str, list[str]] = {}  # running job -> its process ids (one per slot)
@@ -558,12 +586,16 @@ def prepare(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
 def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
                    options: Options | None = None, progress: Progress | None = None) -> dict:
     """Run an experiment; return the JSON-able report of ``backbeat experiments run --json``."""
+    from . import provenance
+
     run = prepare(prefix, cache, name, options, progress)
     try:
         run.execute()
     finally:
         run.close()
-    return report(run)
+    rep = report(run)
+    rep["provenance"] = str(provenance.write(run, rep))
+    return rep
 
 
 def report(run: Run) -> dict:

@@ -154,7 +154,7 @@ def to_dot(title: str, graph_nodes: list[Node], edges: list[Edge], channel_color
         lines.append('  subgraph "cluster_legend" {')
         lines.append('    label="cache state"; style=dashed; color="#999999";')
         for s in used:
-            lines.append(f"    {quote('legend_' + s)} [label={quote(STATE_TEXT[s])}, shape=note, style=filled, "
+            lines.append(f"    {quote('legend: ' + s)} [label={quote(STATE_TEXT[s])}, shape=note, style=filled, "
                          f"fillcolor={quote(STATE_COLOURS[s])}];")
         lines.append("  }")
     lines.append("}")

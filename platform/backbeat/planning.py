@@ -303,14 +303,24 @@ def _beat_hashes(job: Job, datasets: dict[str, Dataset], jobs: dict[str, Job]) -
 
 
 def assign_keys(p: Plan) -> None:
-    """Compute every job's and output's cache key (datasets must carry their index digest)."""
+    """Compute every job's and output's cache key.
+
+    A job reading a dataset without an index digest (its view could not be indexed), or
+    downstream of one, gets the empty key ``""``: it cannot run.
+    """
     jobs = {j.name: j for j in p.jobs}
     for job in p.jobs:
         for inp in job.inputs.values():
             if inp.source == "dataset":
-                inp.key = p.datasets[inp.node].output_key(inp.output, p.dataformats)
+                ds = p.datasets[inp.node]
+                inp.key = ds.output_key(inp.output, p.dataformats) if ds.index_digest else ""
             else:
                 inp.key = jobs[inp.node].outputs[inp.output].key
+        if not all(i.key for i in job.inputs.values()):  # an input could not be keyed (view not indexed)
+            job.key = ""
+            for out in job.outputs.values():
+                out.key = ""
+            continue
         job.key = hashing.key(job.kind, key_components(p, job))
         for out in job.outputs.values():
             out.key = hashing.key("output", {"job": job.key, "output": out.name})

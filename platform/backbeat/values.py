@@ -13,7 +13,8 @@ class (memoised per ``(name, declaration)``) whose instances behave like BEAT's 
 * scalar casting is checked with ``numpy.can_cast(numpy.array(v).dtype, dtype, casting)`` and *skipped
   when the value is falsy* (BEAT quirk: a Python ``0`` may be assigned to a ``uint64``);
 * attribute assignment re-validates with safe casting; ``as_dict`` (arrays become lists, scalars stay
-  numpy scalars), ``isclose``, ``copy``, ``==`` (exact, NaN equal to NaN).
+  numpy scalars), ``isclose``, ``copy``, ``==`` (exact, NaN equal to NaN);
+* ``pack``/``unpack`` (and ``pack_into``/``unpack_from``): BEAT's binary encoding (spec §5.2).
 
 Scalars are numpy scalars, strings are ``str``, arrays are numpy arrays (``object`` arrays of ``str``
 or of nested instances).  Each field gets a pre-compiled setter closure so construction stays cheap.
@@ -21,6 +22,7 @@ or of nested instances).  Each field gets a pre-compiled setter closure so const
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from functools import lru_cache
@@ -244,6 +246,7 @@ class BaseValue:
     _fieldset: frozenset[str] = frozenset()
     _setters: dict[str, Callable[[Any, str, bool], Any]] = {}
     _kinds: dict[str, tuple] = {}
+    _ndims: dict[str, int] = {}
 
     def __init__(self, **kwargs: Any) -> None:
         self.from_dict(kwargs, casting="unsafe", add_defaults=True)
@@ -374,11 +377,87 @@ class BaseValue:
     def copy(self) -> BaseValue:
         return self.__class__(**self.as_dict())
 
+    # BEAT's binary encoding (spec §5.2): sorted fields, little-endian, no padding -----------------
+    def pack_into(self, fd: Any) -> None:
+        for key in self._fields:
+            kind, elem = self._kinds[key]
+            v = self.__dict__[key]
+            if kind == "scalar":
+                fd.write(np.asarray(v, dtype=elem.newbyteorder("<")).tobytes())
+            elif kind == "string":
+                _pack_str(v, fd)
+            elif kind == "object":
+                v.pack_into(fd)
+            else:
+                fd.write(np.asarray(v.shape, dtype="<u8").tobytes())
+                if isinstance(elem, np.dtype):
+                    fd.write(np.ascontiguousarray(v, dtype=elem.newbyteorder("<")).tobytes())
+                elif elem is str:
+                    for x in v.flat:
+                        _pack_str(x, fd)
+                else:
+                    for x in v.flat:
+                        x.pack_into(fd)
+
+    def pack(self) -> bytes:
+        buf = io.BytesIO()
+        self.pack_into(buf)
+        return buf.getvalue()
+
+    def unpack_from(self, fd: Any) -> BaseValue:
+        d = self.__dict__
+        for key in self._fields:
+            kind, elem = self._kinds[key]
+            if kind == "scalar":
+                d[key] = np.frombuffer(_read(fd, elem.itemsize), dtype=elem.newbyteorder("<"))[0].astype(elem)[()]
+            elif kind == "string":
+                d[key] = _unpack_str(fd)
+            elif kind == "object":
+                d[key] = elem.__new__(elem).unpack_from(fd)
+            else:
+                ndim = self._ndims[key]
+                shape = tuple(int(x) for x in np.frombuffer(_read(fd, 8 * ndim), dtype="<u8"))
+                count = int(np.prod(shape, dtype=np.int64))
+                if isinstance(elem, np.dtype):
+                    raw = _read(fd, count * elem.itemsize)
+                    d[key] = np.frombuffer(raw, dtype=elem.newbyteorder("<")).astype(elem).reshape(shape)
+                elif elem is str:
+                    arr = np.empty(count, dtype=object)
+                    arr[:] = [_unpack_str(fd) for _ in range(count)]
+                    d[key] = arr.reshape(shape)
+                else:
+                    d[key] = object_array(elem, shape, [elem.__new__(elem).unpack_from(fd) for _ in range(count)])
+        return self
+
+    def unpack(self, data: bytes) -> BaseValue:
+        return self.unpack_from(io.BytesIO(data))
+
     def __str__(self) -> str:
         return str(self.as_dict())
 
     def __repr__(self) -> str:
         return f"<{self._name} {self.as_dict()!r}>"
+
+
+def _read(fd: Any, n: int) -> bytes:
+    data = fd.read(n)
+    if len(data) != n:
+        raise DataError(f"truncated binary data: expected {n} bytes, got {len(data)}")
+    return data
+
+
+def _pack_str(s: str, fd: Any) -> None:
+    raw = s.encode("utf-8")
+    fd.write(len(raw).to_bytes(8, "little"))
+    fd.write(raw)
+
+
+def _unpack_str(fd: Any) -> str:
+    n = int.from_bytes(_read(fd, 8), "little")
+    try:
+        return _read(fd, n).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"invalid UTF-8 string in binary data: {exc}") from None
 
 
 def _nested_dicts(arr: np.ndarray) -> list:
@@ -422,6 +501,7 @@ def _make_type(name: str, canon: str) -> type:
         raise DataError(f"dataformat `{name}': an expanded declaration must be an object")
     setters: dict[str, Callable] = {}
     kinds: dict[str, tuple] = {}
+    ndims: dict[str, int] = {}
     fields = tuple(sorted(k for k in expanded if not k.startswith("#")))
     for key in fields:
         spec = expanded[key]
@@ -433,6 +513,7 @@ def _make_type(name: str, canon: str) -> type:
                 raise DataError(f"dataformat `{name}': invalid array declaration for `{key}': {spec!r}")
             elem = _elem_type(sub, spec[-1])
             setters[key] = _array_setter(name, key, tuple(spec[:-1]), elem)
+            ndims[key] = len(spec) - 1
             kinds[key] = ("array", elem)
         elif isinstance(spec, dict):
             cls = nested_type(sub, spec)
@@ -454,6 +535,7 @@ def _make_type(name: str, canon: str) -> type:
         "_fieldset": frozenset(fields),
         "_setters": setters,
         "_kinds": kinds,
+        "_ndims": ndims,
         "__module__": __name__,
     }
     return type(_class_name(name), (BaseValue,), attrs)
