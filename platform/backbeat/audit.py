@@ -168,22 +168,43 @@ def file_changes(record: dict, now: Current) -> dict[str, list[dict]]:
             changes.append({"database": db, "file": None, "change": "folder",
                             "message": f"database {db}: data read from {new['folder']} ({new['source']}), "
                                        f"recorded run read {old['folder']} ({old['source']})"})
-        of, nf = old["files"], new["files"]
-        for path in sorted(set(of) | set(nf)):
-            if path not in nf:
-                changes.append({"database": db, "file": path, "change": "removed",
-                                "message": f"database {db}: file {path} removed"})
-            elif path not in of:
-                changes.append({"database": db, "file": path, "change": "added",
-                                "message": f"database {db}: file {path} added"})
-            elif of[path]["sha256"] != nf[path]["sha256"]:
-                size = (f"size {of[path]['size']} -> {nf[path]['size']}" if of[path]["size"] != nf[path]["size"]
-                        else "same size")
-                changes.append({"database": db, "file": path, "change": "changed",
-                                "message": f"database {db}: file {path} changed ({size}, sha256 "
-                                           f"{of[path]['sha256'][:12]} -> {nf[path]['sha256'][:12]})"})
+        changes += diff_files(db, old["files"], new["files"])
         if changes:
             out[db] = changes
+    return out
+
+
+def diff_files(db: str, of: dict[str, dict], nf: dict[str, dict]) -> list[dict]:
+    """Files added, removed or changed between two manifests of database ``db``."""
+    changes = []
+    for path in sorted(set(of) | set(nf)):
+        if path not in nf:
+            changes.append({"database": db, "file": path, "change": "removed",
+                            "message": f"database {db}: file {path} removed"})
+        elif path not in of:
+            changes.append({"database": db, "file": path, "change": "added",
+                            "message": f"database {db}: file {path} added"})
+        elif of[path]["sha256"] != nf[path]["sha256"]:
+            size = (f"size {of[path]['size']} -> {nf[path]['size']}" if of[path]["size"] != nf[path]["size"]
+                    else "same size")
+            changes.append({"database": db, "file": path, "change": "changed",
+                            "message": f"database {db}: file {path} changed ({size}, sha256 "
+                                       f"{of[path]['sha256'][:12]} -> {nf[path]['sha256'][:12]})"})
+    return changes
+
+
+def block_data_changes(rec: dict, block: dict, now: Current) -> list[str]:
+    """Data files changed since ``block``'s outputs were computed (they do not enter its key)."""
+    out = []
+    for db, digest in (block.get("data") or {}).items():
+        cur = now.databases.get(db)
+        if cur is None or provenance.manifest_digest(cur["files"]) == digest:
+            continue
+        old_files = rec.get("manifests", {}).get(digest)
+        if old_files is None:
+            out.append(f"database {db}: files changed since its outputs were computed")
+        else:
+            out.extend(c["message"] for c in diff_files(db, old_files, cur["files"]))
     return out
 
 
@@ -290,13 +311,13 @@ def _committed(cache: Path, job: Any) -> bool:
     return bool(job.key) and all((cache / hashing.to_path(o.key, ".h5")).is_file() for o in job.outputs.values())
 
 
-def _last_block_records(records: list[dict], name: str) -> dict | None:
-    """The newest record entry of block ``name`` that ran or was cached."""
+def _last_block_records(records: list[dict], name: str) -> tuple[dict | None, dict]:
+    """The newest record entry of block ``name`` that ran or was cached, and its record."""
     for rec in records:
         b = rec.get("blocks", {}).get(name)
         if b and b.get("status") in ("ran", "cached"):
-            return b
-    return None
+            return b, rec
+    return None, {}
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -331,10 +352,10 @@ def status(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> di
     out["datasets"] = datasets
     upstream = _upstream_datasets(now.plan)
     for job in now.plan.jobs:
-        old = _last_block_records(records, job.name)
+        old, old_rec = _last_block_records(records, job.name)
         cached = _committed(cache, job)
-        dbs = sorted({now.plan.datasets[ds].database for ds in upstream[job.name]})
-        data = [c["message"] for db in dbs for c in files.get(db, [])] if cached else []
+        same = old is not None and job.key == old.get("key")
+        data = block_data_changes(old_rec, old, now) if cached and same else []
         entry: dict[str, Any] = {"key": job.key or None, "recorded_key": old.get("key") if old else None,
                                  "changes": []}
         if old is None:
@@ -344,13 +365,14 @@ def status(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> di
             changes = explain_block(job, old, now, assets, datasets) if job.key != old.get("key") else []
             if not job.key and not changes:
                 changes = [f"input dataset(s) {', '.join(sorted(upstream[job.name]))} must be re-indexed"]
-            replaced = _replaced_outputs(cache, job, old) if cached and job.key == old.get("key") else []
+            replaced = _replaced_outputs(cache, job, old) if cached and same else []
             entry["changes"] = changes + data + replaced
             if changes and not cached:
                 entry.update(state="stale", reason="changed since the recorded run")
             elif data or replaced:
-                entry.update(state="stale", reason="cached, but " + ("data files under a database root folder "
-                             "changed since the recorded run" if data else "its cache file differs from the recorded one"))
+                entry.update(state="stale", reason="cached, but " + ("data files under a database root folder changed "
+                             "since its outputs were computed (they do not enter cache keys: re-run it with --from or "
+                             "--force)" if data else "its cache file differs from the recorded one"))
             elif changes:
                 entry.update(state="cached", reason="changed since the recorded run, but the outputs for the current "
                                                     "inputs are in the cache")
@@ -404,12 +426,14 @@ def audit(prefix: str | os.PathLike, cache: str | os.PathLike, name: str | None 
     assets = asset_changes(record, now)
     for a in assets.values():
         bad("asset", a["asset"], a["message"])
+    reported = set()
     for changes in file_changes(record, now).values():
         for c in changes:
             bad("data-file", f"{c['database']}:{c['file'] or ''}", c["message"])
+            reported.add(c["message"])
     datasets = dataset_changes(record, now, assets)
     ds_report = _audit_datasets(record, now, cache, datasets, bad, notes)
-    blocks = _audit_blocks(record, now, cache, datasets, assets, bad, notes)
+    blocks = _audit_blocks(record, now, cache, datasets, assets, bad, notes, reported)
     result: dict[str, Any] = {"experiment": name, "record": {"created": record.get("created"),
                                                              "status": record.get("status")},
                               "datasets": ds_report, "blocks": blocks, "notes": notes}
@@ -450,7 +474,7 @@ def _audit_datasets(record: dict, now: Current, cache: Path, datasets: dict, bad
 
 
 def _audit_blocks(record: dict, now: Current, cache: Path, datasets: dict, assets: dict, bad: Any,
-                  notes: list) -> dict:
+                  notes: list, reported: set[str]) -> dict:
     from . import cachefile
 
     out = {}
@@ -467,6 +491,12 @@ def _audit_blocks(record: dict, now: Current, cache: Path, datasets: dict, asset
             entry["changes"] = why
             bad("key", job.name, f"block `{job.name}': key {'cannot be recomputed' if not job.key else 'differs'} "
                 f"(recorded {(old.get('key') or 'none')[:12]}, now {(job.key or 'unknown')[:12]}): " + "; ".join(why))
+        else:
+            data = [m for m in block_data_changes(record, old, now) if m not in reported]
+            if data:
+                entry["data"] = data
+                bad("data-file", job.name, f"block `{job.name}': computed from data files that changed since: "
+                    + "; ".join(data))
         for o_name, o in old.get("outputs", {}).items():
             if not o.get("key"):
                 entry["outputs"][o_name] = "not recorded"

@@ -478,8 +478,7 @@ def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
     if keyword in ("oneOf", "anyOf") and error.context:
         branch = _closest_branch(error)
         if branch is not None:
-            for sub in branch:
-                yield from _explain(sub)
+            yield from branch
             return
         yield path, _alternatives_message(error)
         return
@@ -490,8 +489,8 @@ def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
     yield path, _message(error)
 
 
-def _closest_branch(error: ValidationError) -> list[ValidationError] | None:
-    """The errors of the alternative that came closest to matching, or None if unclear.
+def _closest_branch(error: ValidationError) -> list[tuple[tuple, str]] | None:
+    """The explained errors of the alternative that came closest to matching, or None.
 
     Alternatives refused because the value itself has the wrong type, shape or value
     are discarded; among the rest the one with the fewest problems wins, ties going to
@@ -505,9 +504,9 @@ def _closest_branch(error: ValidationError) -> list[ValidationError] | None:
     for errs in branches.values():
         if any(not e.relative_path and e.validator in _WEAK_MISS for e in errs):
             continue
-        count = sum(len(list(_explain(e))) for e in errs)
+        explained = [item for e in errs for item in _explain(e)]
         wrong_tags = sum(1 for e in errs if len(e.relative_path) == 1 and e.validator in ("enum", "const"))
-        scored.append(((count, wrong_tags), errs))
+        scored.append(((len(explained), wrong_tags), explained))
     if not scored:
         return None
     scored.sort(key=lambda item: item[0])

@@ -1,0 +1,96 @@
+"""Job targets for tests/integration/test_workerpool.py (run inside forked block processes)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+
+from backbeat import control
+
+
+def ok(payload: dict) -> dict:
+    out = payload.get("out")
+    if out:
+        with open(out, "w") as f:
+            f.write(f"{os.getpid()} {os.getsid(0)}\n")
+    return {"answer": 42, "echo": payload.get("value")}
+
+
+def raise_value_error(payload: dict) -> None:
+    helper_that_fails(payload.get("value"))
+
+
+def helper_that_fails(value: object) -> None:
+    raise ValueError(f"bad value {value!r}")
+
+
+def sys_exit(payload: dict) -> None:
+    sys.exit(3)
+
+
+def os_exit(payload: dict) -> None:
+    os._exit(4)
+
+
+def segfault(payload: dict) -> None:
+    ctypes.string_at(0)
+
+
+def kill_self(payload: dict) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_forever(payload: dict) -> None:
+    pid_file = payload.get("pid_file")
+    if pid_file:
+        with open(pid_file, "w") as f:
+            f.write(str(os.getpid()))
+    while True:
+        time.sleep(10)
+
+
+def allocate_2gb(payload: dict) -> None:
+    import numpy as np
+
+    block = np.ones(2 * 1024**3 // 8)
+    print(block.sum())
+
+
+def progress(payload: dict) -> dict:
+    cc = control.client()
+    assert cc is not None
+    total = int(payload["total"])
+    for i in range(1, total + 1):
+        cc.progress(i, total)
+        time.sleep(float(payload.get("delay", 0.0)))
+    return {"units": total}
+
+
+def fds(payload: dict) -> None:
+    names = sorted(os.listdir("/proc/self/fd"))
+    with open(payload["out"], "w") as f:
+        f.write(f"{os.getpid()} {os.getsid(0)} {' '.join(names)}")
+    print("to the log", flush=True)
+
+
+def leave_orphan(payload: dict) -> None:
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "60"])
+    with open(payload["pid_file"], "w") as f:
+        f.write(str(proc.pid))
+
+
+class InfrastructureBug(RuntimeError):
+    error_kind = "system"
+
+
+def raise_system_error(payload: dict) -> None:
+    raise InfrastructureBug("wiring failed")
+
+
+def bad_statistics(payload: dict) -> dict:
+    return {"when": object()}

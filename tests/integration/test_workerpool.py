@@ -1,0 +1,319 @@
+"""Real processes through the fork server and the ZeroMQ control channel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _workerpool_targets  # noqa: E402
+
+from backbeat.control import ControlServer, Message, outcome  # noqa: E402
+from backbeat.errors import BlockError, UsageError  # noqa: E402
+from backbeat.workerpool import ForkServer, Limits  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+T = _workerpool_targets.__name__
+
+
+@pytest.fixture(scope="module")
+def fs():
+    server = ForkServer(preload=("numpy", "zmq", "h5py"))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def ctl(fs):  # per test: no zmq threads linger while other tests start their own ForkServer
+    with ControlServer() as server:
+        yield server
+
+
+def run(fs, ctl, func, payload=None, limits=None, job="j"):
+    """Spawn ``func`` through ``control.job_main``; return (outcome, messages of this job)."""
+    payload = dict(payload or {}, control=ctl.address, job=job, target=f"{T}:{func}", root=HERE)
+    handle = fs.spawn("backbeat.control:job_main", payload, limits)
+    exits, msgs = drive(ctl, {job: handle})
+    return outcome(exits[job], msgs[job]), msgs[job]
+
+
+def drive(ctl, handles, timeout=30.0):
+    """The executor's loop: poll control messages and exits until every job has ended.
+
+    No drain after the exit: the final message is acknowledged before the process exits.
+    """
+    msgs: dict[str, list[Message]] = {j: [] for j in handles}
+    exits = {}
+    deadline = time.monotonic() + timeout
+    while len(exits) < len(handles):
+        assert time.monotonic() < deadline, "jobs did not end"
+        for m in ctl.poll(10):
+            msgs.setdefault(m.job, []).append(m)
+        for j, h in handles.items():
+            if j not in exits and h.poll() is not None:
+                exits[j] = h.exit
+    for m in ctl.poll(0):  # only stray messages (e.g. a start overtaken by os._exit) remain
+        msgs.setdefault(m.job, []).append(m)
+    return exits, msgs
+
+
+def test_server_directory_is_private(ctl):
+    assert ctl.address.startswith("ipc://")
+    assert os.stat(ctl.directory).st_mode & 0o777 == 0o700
+
+
+def test_completed(fs, ctl):
+    out, msgs = run(fs, ctl, "ok", {"value": [1, "x"]}, job="ok")
+    assert out.kind == "completed" and out.ok
+    assert out.statistics == {"answer": 42, "echo": [1, "x"]}
+    assert [m.type for m in msgs] == ["start", "done"]
+    assert isinstance(msgs[0].data["pid"], int)
+
+
+def test_user_error_traceback_relative_to_root(fs, ctl):
+    out, msgs = run(fs, ctl, "raise_value_error", {"value": 7}, job="user")
+    assert out.kind == "user"
+    assert out.message == "ValueError: bad value 7"
+    assert 'File "_workerpool_targets.py"' in out.traceback
+    assert "helper_that_fails" in out.traceback
+    assert "control.py" not in out.traceback and HERE not in out.traceback
+    err = out.error("analysis")
+    assert isinstance(err, BlockError) and err.kind == "user"
+
+
+def test_system_error_kind(fs, ctl):
+    out, _ = run(fs, ctl, "raise_system_error", job="sys")
+    assert (out.kind, out.message) == ("system", "_workerpool_targets.InfrastructureBug: wiring failed")
+
+
+def test_statistics_must_be_json(fs, ctl):
+    out, _ = run(fs, ctl, "bad_statistics", job="stats")
+    assert out.kind == "user" and "not JSON-serialisable" in out.message
+
+
+def test_sys_exit(fs, ctl):
+    out, msgs = run(fs, ctl, "sys_exit", job="exit")
+    assert (out.kind, out.code) == ("exit", 3)
+    assert "sys.exit" in out.message
+    assert msgs[-1].data["kind"] == "exit"
+
+
+def test_os_exit_without_message(fs, ctl):
+    out, msgs = run(fs, ctl, "os_exit", job="osexit")
+    assert (out.kind, out.code) == ("exit", 4)
+    assert all(m.type == "start" for m in msgs)  # os._exit may even beat the start message
+
+
+def test_segfault(fs, ctl):
+    out, _ = run(fs, ctl, "segfault", job="segv")
+    assert (out.kind, out.signal) == ("signal", "SIGSEGV")
+    assert "segmentation fault" in out.message
+
+
+def test_killed(fs, ctl):
+    out, _ = run(fs, ctl, "kill_self", job="kill")
+    assert (out.kind, out.signal) == ("signal", "SIGKILL")
+
+
+def test_timeout(fs, ctl):
+    t0 = time.monotonic()
+    out, _ = run(fs, ctl, "sleep_forever", limits=Limits(timeout_s=0.3), job="slow")
+    assert out.kind == "timeout"
+    assert 0.3 <= out.exit.wall_s < 3 and time.monotonic() - t0 < 5
+
+
+def test_memory_limit(fs, ctl):
+    out, msgs = run(fs, ctl, "allocate_2gb", limits=Limits(memory_bytes=300 * 2**20), job="mem")
+    assert out.kind == "memory"
+    assert msgs[-1].data["kind"] == "memory"
+
+
+@pytest.mark.parametrize("func, kind, detail", [
+    ("ok", "ok", 0),
+    ("raise_value_error", "exit", 1),
+    ("sys_exit", "exit", 3),
+    ("os_exit", "exit", 4),
+    ("segfault", "signal", "SIGSEGV"),
+    ("kill_self", "signal", "SIGKILL"),
+])
+def test_raw_exit_classification(fs, func, kind, detail):
+    ex = fs.spawn(f"{T}:{func}", {}).wait(timeout=10)
+    assert ex.kind == kind
+    assert (ex.code if kind != "signal" else ex.signal) == detail
+
+
+def test_raw_memory_and_bad_target(fs):
+    ex = fs.spawn(f"{T}:allocate_2gb", {}, Limits(memory_bytes=300 * 2**20)).wait(timeout=10)
+    assert ex.kind == "memory"
+    ex = fs.spawn("no_such_module_here:f", {}).wait(timeout=10)
+    assert (ex.kind, ex.code) == ("exit", 252)
+
+
+def test_start_refuses_to_fork_after_zmq_context(ctl):
+    with pytest.raises(UsageError, match="zmq Context"):
+        ForkServer(preload=(), mode="fork").start()
+    with pytest.warns(RuntimeWarning, match="multiprocessing"):
+        server = ForkServer(preload=()).start()
+    assert server.kind == "multiprocessing"
+    server.close()
+
+
+def test_spawn_rejects_bad_input(fs):
+    with pytest.raises(UsageError, match="module:function"):
+        fs.spawn("not a target", {})
+    with pytest.raises(UsageError, match="JSON"):
+        fs.spawn(f"{T}:ok", {"f": lambda: 1})
+    with pytest.raises(UsageError, match="timeout"):
+        fs.spawn(f"{T}:ok", {}, Limits(timeout_s=0))
+
+
+def test_handle_kill_and_terminate(fs, tmp_path):
+    for method, sig in (("kill", "SIGKILL"), ("terminate", "SIGTERM")):
+        pid_file = tmp_path / f"{method}.pid"
+        h = fs.spawn(f"{T}:sleep_forever", {"pid_file": str(pid_file)})
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert int(pid_file.read_text()) == h.pid
+        with pytest.raises(TimeoutError):
+            h.wait(timeout=0.05)
+        getattr(h, method)()
+        ex = h.wait(timeout=10)
+        assert (ex.kind, ex.signal) == ("signal", sig)
+
+
+def test_orphaned_grandchild_is_killed(fs, tmp_path):
+    pid_file = tmp_path / "orphan.pid"
+    assert fs.spawn(f"{T}:leave_orphan", {"pid_file": str(pid_file)}).wait(timeout=10).ok
+    orphan = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(orphan) and psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "a block's subprocess outlived it"
+        time.sleep(0.01)
+
+
+def test_child_isolation_fds_session_log(fs, tmp_path):
+    leaked = open(tmp_path / "parent-file", "w")  # opened after the zygote: never in the child
+    try:
+        out, log = tmp_path / "fds", tmp_path / "job.log"
+        ex = fs.spawn(f"{T}:fds", {"out": str(out)}, log_path=str(log)).wait(timeout=10)
+        assert ex.ok
+        pid, sid, *fds = out.read_text().split()
+        assert pid == sid  # own session / process group
+        if fs.kind == "zygote":
+            assert set(fds) <= {"0", "1", "2", "3"}
+        assert log.read_text() == "to the log\n"
+    finally:
+        leaked.close()
+
+
+def test_many_concurrent_jobs(fs, ctl):
+    jobs = [f"c{i}" for i in range(24)]
+    handles = {}
+    for j in jobs:
+        payload = {"control": ctl.address, "job": j, "target": f"{T}:ok", "value": j}
+        handles[j] = fs.spawn("backbeat.control:job_main", payload)
+    exits, msgs = drive(ctl, handles)
+    assert len({h.pid for h in handles.values()}) == len(jobs)
+    for j in jobs:
+        out = outcome(exits[j], msgs[j])
+        assert out.kind == "completed", (j, out)
+        assert out.statistics["echo"] == j
+
+
+def test_progress_in_order(fs, ctl):
+    out, msgs = run(fs, ctl, "progress", {"total": 40, "delay": 0.01}, job="prog")
+    assert out.kind == "completed" and out.statistics == {"units": 40}
+    prog = [(m.data["done"], m.data["total"]) for m in msgs if m.type == "progress"]
+    assert msgs[0].type == "start" and msgs[-1].type == "done"
+    assert prog == sorted(prog) and prog[-1] == (40, 40)
+    assert 2 <= len(prog) < 40  # rate limited (~every 100 ms)
+
+
+def test_close_leaves_no_processes(tmp_path):
+    server = ForkServer(preload=(), mode="fork")
+    server.start()
+    assert server.kind == "zygote"
+    handles = [server.spawn(f"{T}:sleep_forever", {}) for _ in range(3)]
+    pids = [h.pid for h in handles]
+    zygote = server.zygote_pid
+    server.close()
+    for h in handles:
+        assert h.exit is not None and h.exit.kind == "signal"
+    for pid in pids + ([zygote] if zygote else []):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    me = psutil.Process()
+    assert not [c for c in me.children(recursive=True) if c.pid in pids or c.pid == zygote]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_parent_death_kills_children(tmp_path, sig):
+    pid_file = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {HERE!r})
+        from backbeat.workerpool import ForkServer
+        fs = ForkServer(preload=()).start()
+        fs.spawn("{T}:sleep_forever", {{"pid_file": {str(pid_file)!r}}})
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 15
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.01)
+        child = int(pid_file.read_text())
+        assert psutil.pid_exists(child)
+        parent.send_signal(sig)  # SIGINT: KeyboardInterrupt, atexit close; others: pdeathsig
+        parent.wait(10)
+        deadline = time.monotonic() + 5
+        while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "orphaned block process survived its parent"
+            time.sleep(0.01)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)
+
+
+def test_multiprocessing_fallback(tmp_path):
+    with ForkServer(preload=(), mode="multiprocessing") as server:
+        assert server.kind == "multiprocessing"
+        assert server.spawn(f"{T}:ok", {}).wait(timeout=30).kind == "ok"
+        assert server.spawn(f"{T}:os_exit", {}).wait(timeout=30).code == 4
+        assert server.spawn(f"{T}:segfault", {}).wait(timeout=30).signal == "SIGSEGV"
+        assert server.spawn(f"{T}:sleep_forever", {}, Limits(timeout_s=0.2)).wait(timeout=30).kind == "timeout"
+        test_orphaned_grandchild_is_killed(server, tmp_path)
+        sleeper = server.spawn(f"{T}:sleep_forever", {})
+    assert sleeper.wait(timeout=5).kind == "signal"
+
+
+def test_spawn_latency(fs, ctl):
+    n = 20
+    to_start, to_exit = [], []
+    for i in range(n):
+        job = f"lat{i}"
+        t0 = time.perf_counter()
+        h = fs.spawn("backbeat.control:job_main",
+                     {"control": ctl.address, "job": job, "target": f"{T}:ok"})
+        types: list[str] = []
+        while "start" not in types:
+            msgs = ctl.poll(1000)
+            assert msgs, "no start message within 1 s"
+            types += [m.type for m in msgs if m.job == job]
+        to_start.append(time.perf_counter() - t0)
+        exits, msgs = drive(ctl, {job: h})
+        to_exit.append(time.perf_counter() - t0)
+        assert types + [m.type for m in msgs[job]] == ["start", "done"]
+    print(f"\nspawn→start {1000 * sum(to_start) / n:.1f} ms, spawn→exit {1000 * sum(to_exit) / n:.1f} ms "
+          f"(mean of {n}, {fs.kind})")
