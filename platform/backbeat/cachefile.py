@@ -75,20 +75,33 @@ class _Done:
         return None
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
 _DONE = _Done()
 
 
-def _hash_async(h: Any, arr: np.ndarray) -> Any:
-    """``h.update(bytes of arr)`` in the hashing thread (hashlib releases the GIL); returns a job."""
-    global _POOL
-    mv = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
-    if mv.nbytes < (256 << 10):
-        h.update(mv)
-        return _DONE
-    if _POOL is None or _POOL[0] != os.getpid():  # a forked child needs its own thread
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbeat-hash"))
-    return _POOL[1].submit(h.update, mv)
+class _Hasher:
+    """Hash large buffers in one helper thread (hashlib releases the GIL) while HDF5 reads or writes.
+
+    The thread exists only while a writer/verification is running (:meth:`close` ends it): a lingering
+    thread would, e.g., stop the worker pool from forking its zygote safely.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+
+    def update(self, h: Any, arr: np.ndarray) -> Any:
+        """``h.update(bytes of arr)``, in the thread for large buffers; returns a job (``.result()``)."""
+        mv = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+        if mv.nbytes < (256 << 10):
+            h.update(mv)
+            return _DONE
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbeat-hash")
+        return self._pool.submit(h.update, mv)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def _fsync_dir(path: str) -> None:
@@ -108,6 +121,8 @@ class CacheWriter:
         self.path = os.fspath(path)
         self.name, self.expanded, self.key = fmt_name, expanded, key
         self.start, self.end = int(start), (None if end is None else int(end))
+        if self.start < 0 or (self.end is not None and self.end < self.start):
+            raise DataError(f"invalid data-index range [{start}, {end}] for `{self.path}'")
         self.type = value_type(fmt_name, expanded)
         self._tree = tree(fmt_name, expanded)
         self._canon = canonical(expanded)
@@ -121,11 +136,16 @@ class CacheWriter:
         fixed = sum(_row_bytes(c) for c in cols if c.rows == "") + 16
         units = int(min(65536, max(256, (4 << 20) // fixed)))
         self.buffer_units = buffer_units or 1 << (units.bit_length() - 1)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        self._h5 = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE, rdcc_w0=1.0)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._h5 = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE, rdcc_w0=1.0)
+        except OSError as exc:
+            self._closed = True
+            raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
         self._ds: dict[str, Any] = {}
         self._hash: dict[str, Any] = {}
+        self._hasher = _Hasher()
         self._kw: dict[str, Any] = {"compression": compression, "shuffle": True} if compression else {}
         self._specs = {name: (dtype, shape) for name, dtype, shape in _arrays(fmt_name, expanded)}
         a = self._h5.attrs
@@ -202,7 +222,7 @@ class CacheWriter:
             prepared = [(self._dataset(name, arr.shape[0]), name, self._rebased(name, arr)) for name, arr in items]
             for _, name, arr in prepared:
                 if arr.shape[0]:
-                    jobs.append(_hash_async(self._hash[name], arr))
+                    jobs.append(self._hasher.update(self._hash[name], arr))
             for ds, _, arr in prepared:
                 n = arr.shape[0]
                 if n:
@@ -257,6 +277,7 @@ class CacheWriter:
                 f"not enough data written to `{self.path}': last data index written is {last}, "
                 f"expected {self.end if self.end is not None else 'at least one unit'}"
             )
+        self._hasher.close()
         parts = [(name, dtype, (self._dataset(name, 1).shape[0], *shape), self._hash[name].hexdigest())
                  for name, dtype, shape in _arrays(self.name, self.expanded)]
         end = self.end if self.end is not None else last
@@ -280,6 +301,7 @@ class CacheWriter:
     def abort(self) -> None:
         """Drop everything written; the final path is never touched."""
         self._closed = True
+        self._hasher.close()
         with contextlib.suppress(Exception):
             self._h5.close()
         with contextlib.suppress(FileNotFoundError):
@@ -355,6 +377,7 @@ class CacheReader:
     def compute_digest(self) -> str:
         """Recompute the content digest from the data (reads every dataset in bounded blocks)."""
         parts = []
+        hasher = _Hasher()
         try:
             for name, dtype, shape in _arrays(self.dataformat, self.expanded):
                 ds = self._ds[name]
@@ -369,12 +392,14 @@ class CacheReader:
                     ds.read_direct(out, np.s_[a:b], np.s_[0:b - a])
                     if pending is not None:
                         pending.result()
-                    pending = _hash_async(h, out)
+                    pending = hasher.update(h, out)
                 if pending is not None:
                     pending.result()
                 parts.append((name, dtype, ds.shape, h.hexdigest()))
         except (OSError, ValueError) as exc:
             raise IntegrityError(f"cache file `{self.path}' cannot be read (corrupted?): {exc}") from None
+        finally:
+            hasher.close()
         return _final_digest(self.dataformat, self._canon, self.start, self.end, parts)
 
     # reading ---------------------------------------------------------------------------------------
@@ -468,20 +493,37 @@ def stored_digest(path: str | os.PathLike) -> str:
         return r.digest
 
 
+def _writer_alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` exists, is not a zombie, and started before ``since`` (no pid reuse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return False
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return started <= since + 2
+    except (OSError, IndexError, ValueError, StopIteration):
+        return True  # no /proc: trust kill(pid, 0)
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
-    """Delete ``<path>.tmp-<pid>-*`` files whose writer process no longer exists; return them."""
+    """Delete ``<path>.tmp-<pid>-*`` files whose writer process is gone (dead, zombie or pid reused)."""
     removed = []
     for tmp in glob.glob(glob.escape(os.fspath(path)) + ".tmp-*-*"):
         try:
             pid = int(tmp.rsplit(".tmp-", 1)[1].split("-")[0])
-        except (IndexError, ValueError):
+            since = os.stat(tmp).st_mtime
+        except (IndexError, ValueError, OSError):
             continue
-        try:
-            os.kill(pid, 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        if _writer_alive(pid, since):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

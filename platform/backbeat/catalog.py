@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import hashing, jsonio
-from .errors import AssetNotFoundError, InvalidAssetError, Problem
+from .errors import AssetNotFoundError, InvalidAssetError, Problem, UsageError
 from .names import KINDS, parse_name
 from .prefix import AssetFiles, Prefix
 
@@ -69,6 +69,8 @@ class Catalog:
 
     def __init__(self, prefix: Prefix | str):
         self.prefix = prefix if isinstance(prefix, Prefix) else Prefix(prefix)
+        if not self.prefix.root.is_dir():
+            raise UsageError(f"prefix folder `{self.prefix.root}' does not exist")
         self._assets: dict[tuple[str, str], Asset] = {}
         self._in_progress: set[tuple[str, str]] = set()
 

@@ -72,21 +72,27 @@ def _report(path: str | None) -> dict | None:
 def cmd_experiment_draw(args: argparse.Namespace) -> int:
     from . import cachetools
     from .catalog import Catalog
+    from .errors import ExecutionError
     from .graph import experiment_graph, to_dot
-    from .names import parse_name
+    from .names import experiment_toolchain, parse_name
 
     report = _report(args.report)
     _k, name = parse_name("experiment", args.name)
-    plan, states = cachetools.states(args.prefix, args.cache, name, report)
     catalog = Catalog(args.prefix)
-    exp = catalog.get("experiment", name).declaration
-    tc = catalog.get("toolchain", plan.toolchain).declaration
-    formats = {}
-    for section in ("blocks", "analyzers"):
-        for node, spec in (exp.get(section) or {}).items():
-            job = plan.job(node)
-            for algo_in, tc_in in spec.get("inputs", {}).items():
-                formats[f"{node}.{tc_in}"] = job.inputs[algo_in].dataformat
+    exp = catalog.get("experiment", name).require_valid().declaration
+    tc = catalog.get("toolchain", experiment_toolchain(name)).require_valid().declaration
+    formats: dict[str, str] = {}
+    try:
+        plan, states = cachetools.states(args.prefix, args.cache, name, report)
+    except ExecutionError as exc:  # e.g. loops: drawn from the declarations alone
+        print(f"note: drawn without dataformats and cache states: {exc}", file=sys.stderr)
+        states = {}
+    else:
+        for section in ("blocks", "analyzers"):
+            for node, spec in (exp.get(section) or {}).items():
+                job = plan.job(node)
+                for algo_in, tc_in in spec.get("inputs", {}).items():
+                    formats[f"{node}.{tc_in}"] = job.inputs[algo_in].dataformat
     nodes, edges = experiment_graph(tc, exp, formats, states)
     channel_colors = (tc.get("representation") or {}).get("channel_colors")
     return _write_or_print(to_dot(f"experiments/{name}", nodes, edges, channel_colors), args.output)

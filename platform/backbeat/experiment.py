@@ -133,6 +133,14 @@ class _Checker:
                 self.report(f"cannot convert value `{value}' to required type for algorithm `{algoname}': {exc}",
                             *where, param)
 
+    def required(self, alg: Any, algoname: str, values: Any, *where: object) -> None:
+        """A declared parameter without default must get a value (BEAT fails only at run time)."""
+        given = set(_dict(values)) | set(_dict(_dict(self.decl.get("globals")).get(algoname)))
+        for param, spec in _dict(getattr(alg, "parameters", {})).items():
+            if isinstance(spec, dict) and "default" not in spec and param not in given:
+                self.report(f"parameter `{param}' of algorithm `{algoname}' has no default and no value is "
+                            f"given (in the parameters here or in /globals/{algoname})", *where)
+
     def slots(self, entry: dict, algs: list[tuple[str, Any]], *where: object) -> None:
         slots = entry.get("nb_slots", 1)
         if isinstance(slots, int) and not isinstance(slots, bool) and slots > 1:
@@ -161,6 +169,7 @@ class _Checker:
                 self.endpoints(entry.get("outputs"), alg.outputs, algoname, "output", section, name, "outputs")
             self.slots(entry, [(algoname, alg)], section, name)
             self.parameters(alg, algoname, entry.get("parameters"), section, name, "parameters")
+            self.required(alg, algoname, entry.get("parameters"), section, name)
 
     def loops(self) -> None:
         for name, entry in _dict(self.decl.get("loops")).items():
@@ -181,6 +190,7 @@ class _Checker:
                 self.endpoints(entry.get(prefix + "outputs"), alg.outputs, algoname, "output",
                                "loops", name, prefix + "outputs")
                 self.parameters(alg, algoname, entry.get(prefix + "parameters"), "loops", name, prefix + "parameters")
+                self.required(alg, algoname, entry.get(prefix + "parameters"), "loops", name)
                 algs.append((algoname, alg))
             self.slots(entry, algs, "loops", name)
 

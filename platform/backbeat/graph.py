@@ -96,8 +96,8 @@ def experiment_graph(toolchain: Any, experiment: Any, formats: dict[str, str] | 
             if node.kind == "dataset":
                 node.detail = "/".join(str(spec.get(k, "?")) for k in ("database", "protocol", "set"))
             elif node.kind == "loop":
-                node.detail = " + ".join(str(spec[k]["algorithm"]) for k in ("processor", "evaluator")
-                                         if isinstance(spec.get(k), dict) and "algorithm" in spec[k])
+                node.detail = " + ".join(str(spec[f"{k}_algorithm"]) for k in ("processor", "evaluator")
+                                         if f"{k}_algorithm" in spec)
             else:
                 node.detail = str(spec.get("algorithm", ""))
         if states and node.name in states:

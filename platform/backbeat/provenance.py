@@ -126,7 +126,8 @@ def write(run: Any, report: dict) -> Path:
         hist = history_folder(run.cache, rec["experiment"])
         hist.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        os.replace(path, hist / f"{stamp}-{os.getpid()}.json")
+        with contextlib.suppress(FileNotFoundError):  # a concurrent run moved it first
+            os.replace(path, hist / f"{stamp}-{os.getpid()}.json")
         for old in sorted(hist.glob("*.json"))[:-HISTORY]:
             old.unlink(missing_ok=True)
     _atomic_write(path, jsonio.dumps(rec))
@@ -252,7 +253,8 @@ def used_assets(catalog: Catalog, plan: Any) -> list[tuple[str, str]]:
         used.append(("database", ds.database))
         decl = catalog.load("database", ds.database).declaration
         for proto in (decl or {}).get("protocols", []):
-            if isinstance(proto, dict) and proto.get("name") == ds.protocol and proto.get("template"):
+            if (isinstance(proto, dict) and proto.get("name") == ds.protocol  # v1: template is a bare name
+                    and is_reference("protocoltemplate", proto.get("template"))):
                 used.append(("protocoltemplate", proto["template"]))
     todo = [n for n in plan.dataformats if not n.startswith("analysis:")]
     for job in plan.jobs:  # analyzer result types
@@ -498,6 +500,10 @@ def to_prov(rec: dict) -> dict:
             rel(generated, **{"prov:entity": oid, "prov:activity": act})
             for src in sources:
                 rel(derived, **{"prov:generatedEntity": oid, "prov:usedEntity": src, "prov:activity": act})
+    def clean(table: dict) -> dict:  # PROV-JSON attribute values may not be null
+        return {k: {a: v for a, v in attrs.items() if v is not None} for k, attrs in table.items()}
+
+    entity, activity, agent = clean(entity), clean(activity), clean(agent)
     return {
         "prefix": {"bb": "urn:backbeat:", "prov": "http://www.w3.org/ns/prov#"},
         "entity": entity, "activity": activity, "agent": agent, "used": used,

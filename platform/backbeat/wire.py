@@ -119,3 +119,45 @@ def send_batch(socket: Any, batch: Batch, flags: int = 0) -> None:
 def recv_batch(socket: Any, expected_fmt_name: str, expected_expanded: dict, flags: int = 0) -> Batch:
     """Receive one message and decode it (zero-copy: the arrays view the received frames)."""
     return decode(socket.recv_multipart(flags=flags, copy=False), expected_fmt_name, expected_expanded)
+
+
+class BatchSender:
+    """Accumulate data units and send them as batches of about ``target_bytes`` (one message each).
+
+    ``add(value, start, end)`` buffers one unit (an instance or a dict, safe casting); a message is sent
+    once ``max_units`` units are buffered (default: ~``target_bytes`` of unit-level columns, at least 16);
+    ``flush()`` sends what is left.  Units must be contiguous, as in a batch.
+    """
+
+    def __init__(self, socket: Any, fmt_name: str, expanded: dict, max_units: int | None = None,
+                 target_bytes: int = 1 << 20, flags: int = 0) -> None:
+        self.socket, self.name, self.expanded, self.flags = socket, fmt_name, expanded, flags
+        row = 16 + sum(max(1, int(np.prod(c.shape, dtype=np.int64))) * c.dtype.itemsize
+                       for c in layout(expanded, fmt_name) if c.rows == "")
+        self.max_units = max_units or max(16, target_bytes // row)
+        self._values: list[Any] = []
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self.sent_messages = 0
+
+    def add(self, value: Any, start: int, end: int) -> None:
+        self._values.append(value)
+        self._starts.append(start)
+        self._ends.append(end)
+        if len(self._values) >= self.max_units:
+            self.flush()
+
+    def add_batch(self, batch: Batch) -> None:
+        self.flush()
+        self._send(batch)
+
+    def flush(self) -> None:
+        if not self._values:
+            return
+        batch = Batch.from_values(self.name, self.expanded, self._values, self._starts, self._ends)
+        self._values, self._starts, self._ends = [], [], []
+        self._send(batch)
+
+    def _send(self, batch: Batch) -> None:
+        send_batch(self.socket, batch, self.flags)
+        self.sent_messages += 1

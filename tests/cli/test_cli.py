@@ -1,0 +1,328 @@
+"""The ``backbeat`` command line end to end, in real subprocesses.
+
+Exit codes: 0 success, 1 invalid input or failed run, 2 usage error.  No command may print
+a Python traceback of backbeat itself.  Runs use ``tests/fixtures/run/prefix`` (see
+``tests/integration/test_execution.py``) copied into ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_json, run_cli
+
+BASE = "run/run/pipeline/1/base"
+RESULT = {"analysis": [{"start": 0, "end": 5, "data": {"count": 6, "sum": 81}}]}
+ASSETS = {  # one asset per kind present in the run fixture, and its files
+    "dataformats": ("run/int32/1", ["dataformats/run/int32/1.json"]),
+    "libraries": ("run/util/1", ["libraries/run/util/1.json", "libraries/run/util/1.py"]),
+    "algorithms": ("run/echo/1", ["algorithms/run/echo/1.json", "algorithms/run/echo/1.py"]),
+    "protocoltemplates": ("run_sets/1", ["protocoltemplates/run_sets/1.json"]),
+    "databases": ("counter/1", ["databases/counter/1.json", "databases/counter/1.py"]),
+    "toolchains": ("run/pipeline/1", ["toolchains/run/pipeline/1.json"]),
+    "experiments": (BASE, ["experiments/run/run/pipeline/1/base.json"]),
+}
+EMPTY_KINDS = ["plotters", "plotterparameters"]
+
+_BATCH = r"""
+import contextlib, io, json, sys
+from backbeat import cli
+out = []
+for argv in json.loads(sys.argv[1]):
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    out.append([code, o.getvalue(), e.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def cli_batch(argvs: list[list[str]]) -> list[tuple[int, str, str]]:
+    """Run many CLI invocations through ``backbeat.cli.main`` in ONE subprocess (startup once)."""
+    proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(argvs)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(r) for r in json.loads(proc.stdout)]
+
+
+def no_traceback(text: str) -> None:
+    assert "Traceback" not in text, text
+    assert "internal error" not in text, text
+
+
+@pytest.fixture
+def prefix(copy_prefix) -> Path:
+    return copy_prefix()
+
+
+# ----------------------------------------------------------------------------- declarations
+
+def test_check_whole_prefix(prefix):
+    proc = run_cli("-p", prefix, "check")
+    assert proc.returncode == 0, proc.stderr
+    for kind, (name, _files) in ASSETS.items():
+        assert f"{kind}/{name}: ok" in proc.stdout
+    assert "0 invalid" in proc.stderr
+
+
+def test_check_json_shape(prefix):
+    code, doc, _ = cli_json("-p", prefix, "check", "--json")
+    assert code == 0
+    assert isinstance(doc, list) and len(doc) == sum(1 for _ in prefix.rglob("*.json"))
+    for item in doc:
+        assert {"kind", "name", "valid", "errors", "hash"} <= set(item), item
+        assert item["valid"] is True and item["errors"] == []
+        assert isinstance(item["hash"], str) and len(item["hash"]) == 64
+    assert {(i["kind"], i["name"]) for i in doc} == {(k, n) for k, (n, _f) in ASSETS.items()} | {
+        ("algorithms", "run/faulty/1"), ("algorithms", "run/total/1")}
+
+
+def test_every_kind_list_check_show_hash_path(prefix):
+    argvs = []
+    for kind, (name, _files) in ASSETS.items():
+        argvs += [["-p", str(prefix), kind, "list"], ["-p", str(prefix), kind, "list", "--json"],
+                  ["-p", str(prefix), kind, "check", name, "--json"], ["-p", str(prefix), kind, "show", name],
+                  ["-p", str(prefix), kind, "hash", name], ["-p", str(prefix), kind, "path", name]]
+    for kind in EMPTY_KINDS:
+        argvs += [["-p", str(prefix), kind, "list"], ["-p", str(prefix), kind, "check", "--json"]]
+    results = iter(cli_batch(argvs))
+    for kind, (name, files) in ASSETS.items():
+        code, out, err = next(results)  # list
+        assert code == 0 and name in out.split(), (kind, out, err)
+        code, out, _ = next(results)  # list --json
+        assert code == 0 and name in [i["name"] for i in json.loads(out)], (kind, out)
+        code, out, _ = next(results)  # check NAME --json
+        (report,) = json.loads(out)
+        assert code == 0 and report["valid"] and report["name"] == name, (kind, out)
+        code, out, _ = next(results)  # show
+        assert code == 0 and isinstance(json.loads(out), dict), (kind, out)
+        if kind == "dataformats":
+            assert json.loads(out) == {"value": "int32"}
+        code, out, _ = next(results)  # hash
+        assert code == 0 and out.strip() == report["hash"], (kind, out, report)
+        code, out, _ = next(results)  # path
+        printed = [Path(line) for line in out.split()]
+        assert code == 0 and printed, (kind, out)
+        assert sorted(p.resolve() for p in printed) == sorted((prefix / f).resolve() for f in files), (kind, out)
+    for kind in EMPTY_KINDS:
+        code, out, err = next(results)
+        assert code == 0 and out.strip() == "", (kind, out, err)
+        code, out, err = next(results)
+        assert code == 0 and json.loads(out) == [], (kind, out, err)
+
+
+USAGE_ERRORS = [
+    [],
+    ["dataformats"],
+    ["dataformats", "hash"],
+    ["frobnicate"],
+    ["experiments", "run"],
+    ["experiments", "run", BASE, "--jobs", "0"],
+    ["experiments", "run", BASE, "--bogus"],
+    ["databases", "view", "counter/1/default"],
+]
+TRAVERSALS = [
+    ["dataformats", "show", "../../../etc/passwd"],
+    ["dataformats", "hash", "../../etc/1"],
+    ["algorithms", "path", "run/../../../../etc/1"],
+    ["experiments", "run", "../../../../../tmp"],
+    ["experiments", "results", "run/run/pipeline/1/../../../../x"],
+    ["databases", "index", "../../etc"],
+    ["databases", "view", "../x/1/default/items"],
+    ["check", "dataformats/../../../etc/1"],
+]
+
+
+def test_usage_error_exits_2_in_a_real_process(prefix):
+    for argv in (USAGE_ERRORS[0], USAGE_ERRORS[5]):
+        proc = run_cli("-p", prefix, *argv)
+        assert proc.returncode == 2, (argv, proc.stdout, proc.stderr)
+        no_traceback(proc.stderr)
+
+
+def test_usage_errors_exit_2(prefix):
+    for argv, (code, out, err) in zip(USAGE_ERRORS, cli_batch([["-p", str(prefix), *a] for a in USAGE_ERRORS]),
+                                      strict=True):
+        assert code == 2, (argv, out, err)
+        no_traceback(err)
+        assert err.strip(), argv
+
+
+def test_path_traversal_names_are_rejected(prefix):
+    cache = prefix.parent / "cache"
+    proc = run_cli("-p", prefix, "-c", cache, *TRAVERSALS[0])
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    results = cli_batch([["-p", str(prefix), "-c", str(cache), *a] for a in TRAVERSALS])
+    for argv, (code, out, err) in zip(TRAVERSALS, results, strict=True):
+        assert code == 2, (argv, out, err)
+        no_traceback(err)
+        assert "invalid" in err or "expected" in err, (argv, err)
+    assert not any(cache.rglob("*.h5")) and not any(cache.rglob("*.db"))
+
+
+def test_missing_prefix(tmp_path):
+    missing = tmp_path / "nowhere"
+    for argv in (["check"], ["dataformats", "list"], ["experiments", "run", BASE]):
+        proc = run_cli("-p", missing, *argv)
+        assert proc.returncode in (1, 2), (argv, proc.stderr)
+        assert str(missing) in proc.stderr and "does not exist" in proc.stderr, proc.stderr
+        no_traceback(proc.stderr)
+
+
+def test_missing_asset(prefix):
+    proc = run_cli("-p", prefix, "dataformats", "show", "run/nope/1")
+    assert proc.returncode == 1 and "run/nope/1" in proc.stderr and "not found" in proc.stderr, proc.stderr
+    no_traceback(proc.stderr)
+
+
+def test_broken_json_reports_file_and_position(prefix):
+    folder = prefix / "dataformats/run/broken"
+    folder.mkdir(parents=True)
+    (folder / "1.json").write_text('{\n  "value": "int32",\n  "x": \n}\n')
+    bad = prefix / "dataformats/run/badtype"
+    bad.mkdir(parents=True)
+    (bad / "1.json").write_text('{\n  "value": "int33"\n}\n')
+    proc = run_cli("-p", prefix, "check")
+    assert proc.returncode == 1
+    no_traceback(proc.stdout + proc.stderr)
+    lines = proc.stdout.splitlines()
+    broken = next(line for line in lines if "dataformats/run/broken/1.json" in line)
+    assert "line 4" in broken and "column 1" in broken, broken
+    badtype = next(line for line in lines if "dataformats/run/badtype/1.json" in line)
+    assert "/value" in badtype and "int33" in badtype, badtype
+    assert "2 invalid" in proc.stderr
+    code, doc, _ = cli_json("-p", prefix, "dataformats", "check", "run/broken/1", "run/badtype/1", "--json")
+    assert code == 1
+    errors = {item["name"]: item["errors"] for item in doc}
+    assert errors["run/broken/1"][0]["file"].endswith("dataformats/run/broken/1.json")
+    assert "line 4" in errors["run/broken/1"][0]["message"]
+    assert errors["run/badtype/1"][0]["pointer"] == "/value"
+    # an experiment using it cannot run: exit 1 with the same pointer
+    proc = run_cli("-p", prefix, "dataformats", "show", "run/broken/1")
+    assert proc.returncode == 1 and "dataformats/run/broken/1.json" in proc.stderr, proc.stderr
+    no_traceback(proc.stderr)
+
+
+# ----------------------------------------------------------------------------- execution
+
+def assert_report_shape(doc: dict, name: str) -> None:
+    assert {"experiment", "status", "blocks", "results"} <= set(doc)
+    assert doc["experiment"] == name and doc["status"] in ("ok", "failed")
+    assert list(doc["blocks"]) == ["first", "second", "analysis"]
+    for block in doc["blocks"].values():
+        assert block["status"] in ("ran", "cached", "failed", "skipped")
+        assert isinstance(block["key"], str) and len(block["key"]) == 64
+        assert block["beat_hash"]
+        if block["status"] == "failed":
+            assert {"kind", "message"} <= set(block["error"])
+    for records in doc["results"].values():
+        for rec in records:
+            assert set(rec) == {"start", "end", "data"}
+
+
+def test_run_json_then_cached_then_results(prefix):
+    cache = prefix / "cache"  # the default cache folder
+    proc = run_cli("-p", prefix, "experiments", "results", BASE)
+    assert proc.returncode == 1 and "run it first" in proc.stderr, proc.stderr
+    no_traceback(proc.stderr)
+
+    code, doc, err = cli_json("-p", prefix, "experiments", "run", BASE, "--json")
+    assert code == 0, err
+    assert_report_shape(doc, BASE)
+    assert doc["status"] == "ok" and doc["results"] == RESULT
+    assert {n: b["status"] for n, b in doc["blocks"].items()} == {"first": "ran", "second": "ran", "analysis": "ran"}
+    assert "first: done" in err and "analysis: done" in err  # the progress display
+    assert any(cache.rglob("*.h5"))
+
+    (code, out, err), (code2, out2, _), (code3, text, _) = cli_batch([
+        ["-p", str(prefix), "experiments", "run", BASE],  # human output, all cached: no process
+        ["-p", str(prefix), "experiments", "results", BASE, "--json"],
+        ["-p", str(prefix), "experiments", "results", BASE]])
+    assert code == 0, err
+    assert "first: cached" in err and "analysis: cached" in err
+    assert "sum: 81" in out and "count: 6" in out
+    assert code2 == 0 and json.loads(out2) == RESULT
+    assert code3 == 0 and "sum: 81" in text
+
+    code, doc, err = cli_json("-p", prefix, "-c", cache, "experiments", "run", BASE, "--json", "--force", "-q")
+    assert code == 0 and {b["status"] for b in doc["blocks"].values()} == {"ran"} and doc["results"] == RESULT
+    assert err == ""  # --quiet: no progress display
+
+
+def test_failed_run_exits_1_with_report(prefix):
+    exp = prefix / "experiments/run/run/pipeline/1"
+    decl = json.loads((exp / "base.json").read_text())
+    decl["blocks"]["second"]["parameters"] = {"mode": "process"}
+    (exp / "broken.json").write_text(json.dumps(decl))
+    name = "run/run/pipeline/1/broken"
+    cache = prefix.parent / "cache"
+    code, doc, err = cli_json("-p", prefix, "-c", cache, "experiments", "run", name, "--json")
+    assert code == 1
+    assert_report_shape(doc, name)
+    assert doc["status"] == "failed" and doc["results"] == {}
+    assert {n: b["status"] for n, b in doc["blocks"].items()} == {
+        "first": "ran", "second": "failed", "analysis": "skipped"}
+    error = doc["blocks"]["second"]["error"]
+    assert error["kind"] == "user" and "process failed on purpose" in error["message"]
+    assert "FAILED" in err
+    proc = run_cli("-p", prefix, "-c", cache, "experiments", "run", name)
+    assert proc.returncode == 1
+    assert "block `second' failed" in proc.stderr
+    assert 'File "algorithms/run/faulty/1.py"' in proc.stderr and str(prefix) not in proc.stderr
+
+
+def test_failing_view_index_exits_1_with_user_traceback(prefix):
+    exp = prefix / "experiments/run/run/pipeline/1"
+    decl = json.loads((exp / "base.json").read_text())
+    decl["datasets"]["items"]["protocol"] = "index_fails"
+    (exp / "noindex.json").write_text(json.dumps(decl))
+    name = "run/run/pipeline/1/noindex"
+    code, doc, _ = cli_json("-p", prefix, "-c", prefix.parent / "cache", "experiments", "run", name, "--json")
+    assert code == 1 and doc["status"] == "failed"
+    assert doc["blocks"]["first"]["status"] == "failed"
+    proc = run_cli("-p", prefix, "-c", prefix.parent / "cache", "experiments", "run", name)
+    assert proc.returncode == 1
+    assert "internal error" not in proc.stderr and 'File "/' not in proc.stderr, proc.stderr
+    assert 'File "databases/counter/1.py"' in proc.stderr and "index failed on purpose" in proc.stderr
+    assert str(prefix) not in proc.stderr
+
+
+def test_databases_index_and_view(prefix):
+    cache = prefix.parent / "cache"
+    proc = run_cli("-p", prefix, "-c", cache, "databases", "index", "counter/1/default")
+    assert proc.returncode == 0, proc.stderr
+    assert "counter/1/default/items: 6 entries (built)" in proc.stdout
+    path = Path(proc.stdout.split()[-1])
+    assert path.is_file() and cache.resolve() in path.resolve().parents
+    base = ["-p", str(prefix), "-c", str(cache), "databases"]
+    (again, view_json, view_text, failing_index, unknown, failing_get) = cli_batch([
+        base + ["index", "counter/1/default/items"],
+        base + ["view", "counter/1/default/items", "--json"],
+        base + ["view", "counter/1/default/items"],
+        base + ["index", "counter/1/index_fails"],
+        base + ["index", "counter/1/nope"],
+        base + ["view", "counter/1/get_fails/items"],
+    ])
+    code, out, err = again
+    assert code == 0 and "(existing)" in out, (out, err)
+    code, out, err = view_json
+    assert code == 0, err
+    units = [json.loads(line) for line in out.splitlines()]
+    assert units == [{"start": i, "end": i, "data": {"value": {"value": i + 1}}} for i in range(6)]
+    code, out, err = view_text
+    assert code == 0 and out.count("FROM") == 6, (out, err)
+    code, out, err = failing_index
+    assert code == 1 and "index failed on purpose" in err and str(prefix) not in err, err
+    code, out, err = unknown
+    assert code == 2 and "nope" in err, err
+    no_traceback(err)
+    code, out, err = failing_get
+    assert code == 1 and "get failed on purpose" in err, err

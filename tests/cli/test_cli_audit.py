@@ -1,0 +1,131 @@
+"""``experiments provenance|status|audit`` and ``audit RECORD.json`` through the real CLI.
+
+The demo prefix is copied into a temporary folder and run once with ``backbeat experiments
+run`` (module fixture); each test copies that prefix + cache and calls ``backbeat`` in
+subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import cli_json, run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "user/user/iris/1/iris"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    where = tmp_path_factory.mktemp("cli-audit")
+    shutil.copytree(ROOT / "prefix", where / "prefix", ignore=shutil.ignore_patterns("cache"))
+    code, rep, err = cli_json("-p", where / "prefix", "-c", where / "cache", "experiments", "run", NAME, "--json",
+                              "-q")
+    assert code == 0, err
+    assert Path(rep["provenance"]).is_file()
+    return where
+
+
+@pytest.fixture
+def world(base, tmp_path):
+    shutil.copytree(base, tmp_path / "w")
+    w = tmp_path / "w"
+    return ["-p", str(w / "prefix"), "-c", str(w / "cache")], w
+
+
+def _no_traceback(proc) -> None:
+    assert "Traceback" not in proc.stderr
+
+
+def test_provenance_json_human_and_prov(world):
+    opts, _w = world
+    code, rec, _ = cli_json(*opts, "experiments", "provenance", NAME, "--json")
+    assert code == 0 and rec["format"] == "backbeat-provenance-1" and rec["experiment"] == NAME
+    assert set(rec["blocks"]) == {"normaliser", "training", "scoring", "analysis"}
+    proc = run_cli(*opts, "experiments", "provenance", NAME)
+    assert proc.returncode == 0
+    assert "data/iris.csv" in proc.stdout and f"key {rec['blocks']['training']['key']}" in proc.stdout
+    code, prov, _ = cli_json(*opts, "experiments", "provenance", NAME, "--prov")
+    assert code == 0 and {"entity", "activity", "agent", "used", "wasGeneratedBy"} <= set(prov)
+    assert f"bb:block/{NAME}/training" in prov["activity"]
+
+
+def test_status_names_the_change(world):
+    opts, w = world
+    code, st, _ = cli_json(*opts, "experiments", "status", NAME, "--json")
+    assert code == 0 and {b["state"] for b in st["blocks"].values()} == {"cached"}
+    exp = w / "prefix/experiments/user/user/iris/1/iris.json"
+    exp.write_text(exp.read_text().replace('"shrinkage": 0.0', '"shrinkage": 0.25'))
+    code, st, _ = cli_json(*opts, "experiments", "status", NAME, "--json")
+    assert code == 0
+    assert st["blocks"]["training"]["state"] == "stale"
+    assert st["blocks"]["training"]["changes"] == ["parameter shrinkage: 0.0 -> 0.25"]
+    proc = run_cli(*opts, "experiments", "status", NAME)
+    assert proc.returncode == 0
+    assert "training: STALE" in proc.stdout and "parameter shrinkage: 0.0 -> 0.25" in proc.stdout
+    assert "/blocks/training/parameters/shrinkage: 0.0 -> 0.25" in proc.stdout
+
+
+def test_audit_ok_then_mismatch(world):
+    opts, w = world
+    code, res, _ = cli_json(*opts, "experiments", "audit", NAME, "--json")
+    assert code == 0 and res["ok"] and res["mismatches"] == []
+    proc = run_cli(*opts, "experiments", "audit", NAME)
+    assert proc.returncode == 0 and "audit OK" in proc.stdout
+    lib = w / "prefix/libraries/user/linalg/1.py"
+    lib.write_text(lib.read_text() + "\n# changed\n")
+    code, res, _ = cli_json(*opts, "experiments", "audit", NAME, "--json")
+    assert code == 1 and not res["ok"]
+    assert res["mismatches"][0] == {"kind": "asset", "subject": "libraries/user/linalg/1",
+                                    "message": "libraries/user/linalg/1: code changed"}
+    proc = run_cli(*opts, "experiments", "audit", NAME)
+    assert proc.returncode == 1 and "audit FAILED" in proc.stdout and "libraries/user/linalg/1: code changed" in proc.stdout
+
+
+def test_audit_rerun_json(world):
+    opts, _w = world
+    code, res, err = cli_json(*opts, "experiments", "audit", NAME, "--rerun", "--json", timeout=120)
+    assert code == 0, err
+    assert res["rerun"]["first_divergence"] is None and set(res["rerun"]["blocks"].values()) == {"same"}
+
+
+def test_audit_record_file(world, tmp_path):
+    opts, w = world
+    record = tmp_path / "received.json"
+    code, rec, _ = cli_json(*opts, "experiments", "provenance", NAME, "--json")
+    record.write_text(json.dumps(rec))
+    fresh = tmp_path / "fresh"
+    shutil.copytree(w / "prefix", fresh / "prefix")
+    local = ["-p", str(fresh / "prefix"), "-c", str(fresh / "cache")]
+    code, res, _ = cli_json(*local, "audit", record, "--json")
+    assert code == 0 and res["ok"], res["mismatches"]
+    view = fresh / "prefix/databases/iris/1.py"
+    view.write_text(view.read_text() + "\n# another view\n")
+    proc = run_cli(*local, "audit", record)
+    assert proc.returncode == 1 and "databases/iris/1: code changed" in proc.stdout
+    _no_traceback(proc)
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["experiments", "status", "user/user/iris/1/nothing"], 1, "not found"),
+    (["experiments", "audit", "not a name"], 2, ""),
+    (["experiments", "provenance", "user/user/iris/1/iris_shrinkage"], 1, "no provenance record"),
+    (["experiments", "audit", "user/user/iris/1/iris_shrinkage"], 1, "no provenance record"),
+    (["audit", "{missing}"], 1, "cannot be read"),
+    (["audit", "{notjson}"], 1, "is not valid JSON"),
+    (["audit", "{notrecord}"], 1, "is not a backbeat provenance record"),
+])
+def test_errors(world, tmp_path, argv, code, message):
+    opts, _w = world
+    (tmp_path / "bad.json").write_text("{oops")
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    files = {"missing": tmp_path / "nope.json", "notjson": tmp_path / "bad.json", "notrecord": tmp_path / "other.json"}
+    argv = [a.format(**files) for a in argv]
+    proc = run_cli(*opts, *argv)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr
+    assert proc.stderr.strip() and proc.stdout == ""
+    _no_traceback(proc)

@@ -1,0 +1,60 @@
+"""Shared test helpers: fixture prefixes copied into ``tmp_path`` and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: backbeat's own small prefix for engine behaviour (cache, failures, concurrency)
+RUN_PREFIX = FIXTURES / "run" / "prefix"
+#: prefix of experiments also run by BEAT (expected results in ``exec/expected.json``)
+EXEC_PREFIX = FIXTURES / "exec" / "prefix"
+
+_CLI = "import sys; from backbeat.cli import entry; sys.argv[0] = 'backbeat'; entry()"
+
+
+def cli_command(*args: str) -> list[str]:
+    """The argv running ``backbeat ARGS…`` with this interpreter."""
+    return [sys.executable, "-c", _CLI, *map(str, args)]
+
+
+def run_cli(*args: str | os.PathLike, timeout: float = 60, cwd: str | os.PathLike | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``backbeat ARGS…`` in a subprocess; return the completed process (text output)."""
+    environ = dict(os.environ)
+    environ.pop("BACKBEAT_DEBUG", None)
+    environ.pop("BACKBEAT_PREFIX", None)
+    environ.update(env or {})
+    return subprocess.run(cli_command(*map(str, args)), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=environ)
+
+
+def cli_json(*args: str | os.PathLike, timeout: float = 60, **kw) -> tuple[int, object, str]:
+    """Run the CLI and parse its stdout as JSON: ``(exit code, document, stderr)``."""
+    proc = run_cli(*args, timeout=timeout, **kw)
+    try:
+        doc = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"stdout is not JSON (exit {proc.returncode}):\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr}") from None
+    return proc.returncode, doc, proc.stderr
+
+
+@pytest.fixture
+def copy_prefix(tmp_path: Path) -> Callable[..., Path]:
+    """``copy_prefix(src=RUN_PREFIX, name="prefix")``: a private copy of a fixture prefix."""
+
+    def copy(src: str | os.PathLike = RUN_PREFIX, name: str = "prefix") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("cache", "__pycache__"))
+        return dst
+
+    return copy

@@ -1,0 +1,267 @@
+"""HDF5 cache files: round trips, digests, flipped bytes, killed writers, bounded reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from backbeat.batch import Batch
+from backbeat.cachefile import (
+    CacheReader,
+    CacheWriter,
+    digest_of,
+    remove_stale_temporaries,
+    stored_digest,
+    verify,
+)
+from backbeat.errors import DataError, IntegrityError
+from backbeat.values import value_type
+
+
+def _strategies():
+    path = Path(__file__).parents[1] / "unit" / "test_batch.py"
+    spec = importlib.util.spec_from_file_location("_backbeat_batch_strategies", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+S = _strategies()
+FMT = {"value": "float64", "label": "string", "vec": [0, "int16"], "pos": {"x": "int32", "y": "int32"}}
+NAME = "user/mixed/1"
+
+
+def _values(n):
+    T = value_type(NAME, FMT)
+    return [T(value=i / 3, label="ünit %d ✓" % i, vec=list(range(i % 4)), pos={"x": i, "y": -i}) for i in range(n)]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(S.format_and_values(max_values=6))
+def test_roundtrip_hypothesis(tmp_path_factory, fv):
+    fmt, values = fv
+    if not values:
+        return
+    path = tmp_path_factory.mktemp("h") / "out.h5"
+    half = len(values) // 2
+    with CacheWriter(path, "user/hypo/1", fmt, key="k1", start=10, end=10 + len(values) - 1,
+                     buffer_units=2) as w:
+        for v in values[:half]:
+            w.write(v)
+        w.write_batch(Batch.from_values("user/hypo/1", fmt, values[half:],
+                                        np.arange(half, len(values)) + 10))
+    with CacheReader(path) as r:
+        assert r.verified and len(r) == len(values) and r.key == "k1"
+        assert r.read_range(0, 10**6).to_values() == values
+        assert [r.read(i) for i in range(len(values))] == values
+        assert r.expanded == json.loads(json.dumps(fmt))
+
+
+def test_every_type_and_rank_roundtrip(tmp_path):
+    values = S.sink_values()
+    path = tmp_path / "sink.h5"
+    with CacheWriter(path, "user/sink/1", S.SINK, start=0, end=len(values) - 1) as w:
+        for v in values:
+            w.write(v)
+    with CacheReader(path) as r:
+        assert r.read_units(0, len(r)).to_values() == values
+
+
+def test_writer_reader_api(tmp_path):
+    path = tmp_path / "sub" / "out.h5"
+    values = _values(1000)
+    w = CacheWriter(path, NAME, FMT, key="abc", start=0, end=2999, buffer_units=128)
+    for i, v in enumerate(values):
+        w.write(v if i % 2 else v.as_dict(), end_data_index=3 * i + 2)
+    assert not path.exists()
+    digest = w.close()
+    assert os.listdir(path.parent) == ["out.h5"]
+    assert path.stat().st_size < 400_000
+    with CacheReader(path) as r:
+        assert r.digest == digest == verify(path) == digest_of(path) == stored_digest(path)
+        assert (r.dataformat, r.key, r.start, r.end, len(r)) == (NAME, "abc", 0, 2999, 1000)
+        assert r.starts.tolist() == list(range(0, 3000, 3)) and r.ends[-1] == 2999
+        assert r.at_data_index(301) == (values[100], 300, 302)
+        assert r.read_range(3, 11).to_values() == values[1:4]
+        assert r.read_range(4, 11).to_values() == values[2:4]
+        assert [len(b) for b in r.iter_batches(300)] == [300, 300, 300, 100]
+        got = [v for v, _, _ in r]
+        assert got == values
+        with pytest.raises(IndexError):
+            r.at_data_index(3000)
+    with CacheReader(path, verify=False) as r:
+        assert not r.verified and r.read(999) == values[999]
+
+
+def test_compression_and_batches(tmp_path):
+    path = tmp_path / "c.h5"
+    n = 5000
+    b = Batch.from_columns("user/arr/1", {"a": [100, "float64"]}, {"a": np.ones((n, 100))},
+                           np.arange(n), np.arange(n))
+    with CacheWriter(path, "user/arr/1", {"a": [100, "float64"]}, start=0, end=n - 1, compression="lzf") as w:
+        w.write_batch(b.slice(0, 2000))
+        w.write_batch(b.slice(2000, n))
+    assert path.stat().st_size < n * 800 / 10
+    with CacheReader(path) as r:
+        assert r._ds["columns/a"].compression == "lzf"
+        assert r.read_units(0, n).equals(b)
+
+
+def test_missing_units_is_an_error_and_leaves_nothing(tmp_path):
+    path = tmp_path / "out.h5"
+    w = CacheWriter(path, NAME, FMT, start=0, end=9)
+    for v in _values(5):
+        w.write(v)
+    with pytest.raises(IntegrityError, match="not enough data written"):
+        w.close()
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(IntegrityError, match="not enough data"):
+        CacheWriter(path, NAME, FMT, start=0).close()
+    with pytest.raises(RuntimeError), CacheWriter(path, NAME, FMT, start=0, end=0) as w:
+        w.write(_values(1)[0])
+        raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(IntegrityError, match="does not exist"):
+        CacheReader(path)
+
+
+def test_write_errors(tmp_path):
+    w = CacheWriter(tmp_path / "o.h5", NAME, FMT, start=0, end=3)
+    v = _values(1)[0]
+    w.write(v, 1)
+    with pytest.raises(DataError, match="must be within"):
+        w.write(v, 1)
+    with pytest.raises(DataError, match="must be within"):
+        w.write(v, 4)
+    with pytest.raises(DataError, match="missing attributes"):
+        w.write({"value": 1.0})
+    with pytest.raises(DataError, match="batch starts at data index 0, expected 2"):
+        w.write_batch(Batch.from_values(NAME, FMT, [v]))
+    w.abort()
+    assert os.listdir(tmp_path) == []
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("column", ["columns/value", "columns/label#bytes", "columns/vec[]", "index/end"])
+def test_flipped_byte_is_detected(tmp_path, column):
+    path = tmp_path / "out.h5"
+    with CacheWriter(path, NAME, FMT, start=0, end=499) as w:
+        for v in _values(500):
+            w.write(v)
+    with h5py.File(path, "r") as f:
+        ds = f[column]
+        offset = ds.id.get_chunk_info(0).byte_offset if ds.chunks else ds.id.get_offset()
+        size = min(ds.id.get_chunk_info(0).size, ds.size * ds.dtype.itemsize)
+    _flip(path, offset + size // 2)
+    with pytest.raises(IntegrityError, match="digest"):
+        CacheReader(path)
+    with CacheReader(path, verify=False) as r:  # the fast mode skips it and says so
+        assert not r.verified
+
+
+def test_garbage_file_is_an_integrity_error(tmp_path):
+    path = tmp_path / "bad.h5"
+    path.write_bytes(b"not hdf5 at all" * 10)
+    with pytest.raises(IntegrityError, match="cannot be opened"):
+        CacheReader(path)
+
+
+WRITER = textwrap.dedent("""
+    import sys, time, numpy as np
+    from backbeat.batch import Batch
+    from backbeat.cachefile import CacheWriter
+    fmt = {"a": [64, "float64"], "s": "string"}
+    n = 20000
+    w = CacheWriter(sys.argv[1], "user/k/1", fmt, start=0, end=n - 1)
+    print("started", flush=True)
+    for a in range(0, n, 1000):
+        cols = {"a": np.random.rand(1000, 64), "s": [str(i) for i in range(a, a + 1000)]}
+        w.write_batch(Batch.from_columns("user/k/1", fmt, cols, np.arange(a, a + 1000), np.arange(a, a + 1000)))
+        time.sleep(0.03)
+    w.close()
+    print("done", flush=True)
+""")
+
+
+def test_killed_writer_never_leaves_a_complete_looking_file(tmp_path):
+    rng = random.Random(1234)
+    outcomes = {"absent": 0, "complete": 0, "killed mid-write": 0}
+    for i in range(5):
+        path = tmp_path / f"out{i}.h5"
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
+        assert proc.stdout.readline() == b"started\n"
+        time.sleep(rng.uniform(0.0, 0.7) if i < 4 else 0)
+        if i == 4:
+            proc.wait(timeout=60)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        proc.stdout.close()
+        if path.exists():
+            with CacheReader(path) as r:
+                assert r.verified and len(r) == 20000
+            outcomes["complete"] += 1
+        else:
+            outcomes["absent"] += 1
+            outcomes["killed mid-write"] += bool(list(tmp_path.glob(f"out{i}.h5.tmp-*")))
+            remove_stale_temporaries(path)
+            assert not list(tmp_path.glob(f"out{i}.h5.tmp-*"))
+    assert outcomes["killed mid-write"] >= 1 and outcomes["complete"] >= 1, outcomes
+
+
+def test_bad_writer_arguments(tmp_path):
+    with pytest.raises(DataError, match="invalid data-index range"):
+        CacheWriter(tmp_path / "o.h5", NAME, FMT, start=5, end=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot create cache file"):
+        CacheWriter(tmp_path / "file" / "o.h5", NAME, FMT, start=0, end=2)
+
+
+def test_stale_temporaries_of_dead_zombie_or_reused_pids(tmp_path):
+    final = tmp_path / "out.h5"
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    while not Path(f"/proc/{zombie.pid}").exists() or open(f"/proc/{zombie.pid}/stat").read().split(")")[-1].split()[0] != "Z":
+        time.sleep(0.02)  # exited but not reaped: a zombie
+    live = tmp_path / f"out.h5.tmp-{os.getpid()}-aaaa"
+    reused = tmp_path / f"out.h5.tmp-{os.getpid()}-bbbb"
+    dead = tmp_path / f"out.h5.tmp-{zombie.pid}-cccc"
+    for p in (live, reused, dead):
+        p.write_bytes(b"x")
+    os.utime(reused, (time.time() - 10 * 86400, time.time() - 10 * 86400))  # older than this process
+    removed = remove_stale_temporaries(final)
+    zombie.wait()
+    assert sorted(removed) == sorted([str(reused), str(dead)]) and live.exists()
+
+
+def test_no_thread_outlives_a_writer_or_a_verification(tmp_path):
+    import threading
+
+    before = threading.active_count()
+    path = tmp_path / "big.h5"
+    n = 2000
+    b = Batch.from_columns("user/arr/1", {"a": [1000, "float64"]}, {"a": np.ones((n, 1000))},
+                           np.arange(n), np.arange(n))
+    with CacheWriter(path, "user/arr/1", {"a": [1000, "float64"]}, start=0, end=n - 1) as w:
+        w.write_batch(b)
+    verify(path)
+    assert threading.active_count() == before
