@@ -380,6 +380,8 @@ class Run:
 
     def _start(self, job: Job) -> list[str]:
         """Spawn the job's block process(es): one, or one per slot for a split block."""
+        for o in job.outputs.values():  # left by a writer killed with an earlier run (kill -9)
+            cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
         payload = self.block_payload(job)
         if payload["database"]:
             payload["database"] = self._provider_address()
