@@ -281,11 +281,12 @@ def explain_block(job: Any, old: dict, now: Current, assets: dict, datasets: dic
             reasons += _asset_reason(f"dataformats/{inp.dataformat}", assets,
                                      f"input {name}: dataformat {inp.dataformat} changed")
         if o.get("key") != inp.key:
+            keys = f"key {(o.get('key') or 'none')[:12]} -> {(inp.key or 'unknown')[:12]}"
             if inp.source == "dataset":
                 why = "; ".join(datasets.get(inp.node, [])) or "its key changed"
-                reasons.append(f"input {name} (dataset `{inp.node}'): {why}")
+                reasons.append(f"input {name} (dataset `{inp.node}', {keys}): {why}")
             else:
-                reasons.append(f"input {name}: upstream block `{inp.node}' (output {inp.output}) changed")
+                reasons.append(f"input {name} ({keys}): upstream block `{inp.node}' (output {inp.output}) changed")
     old_out = pre_old.get("outputs", {})
     for name, out in job.outputs.items():
         if old_out.get(name) != now.plan.dataformats[out.dataformat]:
@@ -359,8 +360,10 @@ def status(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> di
         entry: dict[str, Any] = {"key": job.key or None, "recorded_key": old.get("key") if old else None,
                                  "changes": []}
         if old is None:
+            last = records[0]["blocks"].get(job.name, {}).get("status") if records else None
             entry.update(state="cached" if cached else "will run",
-                         reason="not in any recorded run" + ("; output in the cache" if cached else ""))
+                         reason=(f"{last} in the recorded run" if last else "not in any recorded run")
+                         + ("; output in the cache" if cached else ""))
         else:
             changes = explain_block(job, old, now, assets, datasets) if job.key != old.get("key") else []
             if not job.key and not changes:
@@ -432,6 +435,9 @@ def audit(prefix: str | os.PathLike, cache: str | os.PathLike, name: str | None 
             bad("data-file", f"{c['database']}:{c['file'] or ''}", c["message"])
             reported.add(c["message"])
     datasets = dataset_changes(record, now, assets)
+    if record.get("status") != "ok":
+        failed = [n for n, b in record["blocks"].items() if b.get("status") == "failed"]
+        notes.append(f"the recorded run {record.get('status')}" + (f" (block(s) {', '.join(failed)})" if failed else ""))
     ds_report = _audit_datasets(record, now, cache, datasets, bad, notes)
     blocks = _audit_blocks(record, now, cache, datasets, assets, bad, notes, reported)
     result: dict[str, Any] = {"experiment": name, "record": {"created": record.get("created"),

@@ -40,7 +40,7 @@ from typing import Any
 
 import zmq
 
-from .errors import BlockError, UsageError, UserCodeError
+from .errors import BackbeatError, BlockError, UsageError, UserCodeError
 from .workerpool import EXIT_BOOT, EXIT_MEMORY, Exit, _split_target
 
 TYPES = ("start", "progress", "done", "error")
@@ -290,7 +290,9 @@ def run_job(target: str, payload: dict) -> int:
             cc.error("user", e.message, e.traceback)
             return 1
         except BaseException as e:  # noqa: BLE001 - every failure must be reported
-            message, text, _ = format_user_traceback(e, payload.get("root"))
+            message, text, in_user = format_user_traceback(e, payload.get("root"))
+            if isinstance(e, BackbeatError) and not in_user:
+                message, text = str(e), ""  # backbeat's verdict on the user's code ("returned False")
             kind = getattr(e, "error_kind", "user")  # infrastructure code may raise "system" errors
             cc.error(kind if kind in ("user", "system") else "user", message, text)
             return 1

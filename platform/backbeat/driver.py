@@ -245,7 +245,7 @@ def run_algorithm(
         output.close()
     summary.written = {o.name: o.nb_data_blocks_written for o in outputs}
     if not result:
-        raise ExecutionError("Could not run algorithm (returned False)")
+        raise ExecutionError("Could not run algorithm (process returned False)")
     missing = [o.name for o in outputs if o.isDataMissing()]
     if missing:
         raise ExecutionError("Missing data on the following output(s): " + ", ".join(missing))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_json, run_cli
+from conftest import EXEC_PREFIX, cli_json, run_cli
 
 BASE = "run/run/pipeline/1/base"
 RESULT = {"analysis": [{"start": 0, "end": 5, "data": {"count": 6, "sum": 81}}]}
@@ -326,3 +326,13 @@ def test_databases_index_and_view(prefix):
     no_traceback(err)
     code, out, err = failing_get
     assert code == 1 and "get failed on purpose" in err, err
+
+
+def test_databases_index_a_whole_database(copy_prefix):
+    prefix = copy_prefix(EXEC_PREFIX)
+    proc = run_cli("-p", prefix, "-c", prefix.parent / "cache", "databases", "index", "numbers/1")
+    assert proc.returncode == 0, proc.stderr
+    lines = sorted(proc.stdout.splitlines())
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("numbers/1/default/items: 20 entries (built) ")
+    assert lines[1].startswith("numbers/1/small/items: 7 entries (built) ")

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from conftest import cli_json, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -183,7 +183,11 @@ def test_library_change(world):
     for block in ("normaliser", "training", "scoring"):
         assert st["blocks"][block]["state"] == "stale"
         assert "libraries/user/linalg/1: code changed" in _changes(st, block)
-    assert st["blocks"]["analysis"]["changes"] == ["input scores: upstream block `scoring' (output scores) changed"]
+    (change,) = st["blocks"]["analysis"]["changes"]
+    old_key = provenance.load(cache, NAME)["blocks"]["scoring"]["outputs"]["scores"]["key"]
+    new_key = st["blocks"]["scoring"]["key"]  # the job key; the output key is derived from it
+    assert change.startswith(f"input scores (key {old_key[:12]} -> ") and new_key != old_key
+    assert change.endswith("upstream block `scoring' (output scores) changed")
     res = audit.audit(prefix, cache, NAME)
     assert any(m["kind"] == "asset" and m["subject"] == "libraries/user/linalg/1" for m in res["mismatches"])
 
@@ -305,3 +309,23 @@ def test_data_change_stays_stale_after_cached_run(world):
     rep = executor.run_experiment(prefix, cache, NAME, executor.Options(force=True))
     st = audit.status(prefix, cache, NAME)
     assert {b["state"] for b in st["blocks"].values()} == {"cached"}
+
+
+def test_root_folder_files_are_manifested(world, tmp_path):
+    prefix, cache = world
+    root = tmp_path / "iris-data"
+    (root / "extra").mkdir(parents=True)
+    shutil.copy(prefix / "databases/iris/data/iris.csv", root / "iris.csv")
+    (root / "extra" / "README").write_text("not read by the view, still part of the database\n")
+    _edit(prefix / "databases/iris/1.json", '"/backbeat/databases/iris"', json.dumps(str(root)))
+    st = audit.status(prefix, cache, NAME)
+    assert "root_folder" in "\n".join(st["datasets"]["train"])
+    rep = executor.run_experiment(prefix, cache, NAME)
+    assert rep["status"] == "ok"
+    db = provenance.load(cache, NAME)["databases"]["iris/1"]
+    assert db["source"] == "root_folder" and db["folder"] == str(root)
+    assert set(db["files"]) == {"iris.csv", "extra/README"}
+    (root / "extra" / "README").write_text("edited\n")
+    st = audit.status(prefix, cache, NAME)
+    assert st["blocks"]["normaliser"]["state"] == "stale"
+    assert "database iris/1: file extra/README changed (size 49 -> 7" in _changes(st, "normaliser")

@@ -242,8 +242,8 @@ class Returns:
         ({"setup": False}, "Could not setup algorithm (returned False)"),
         ({"setup": None}, "Could not setup algorithm (returned False)"),
         ({"prepare": 0}, "Could not prepare algorithm (returned False)"),
-        ({"process": False}, "Could not run algorithm (returned False)"),
-        ({"stop_after": 3}, "Could not run algorithm (returned False)"),
+        ({"process": False}, "Could not run algorithm (process returned False)"),
+        ({"stop_after": 3}, "Could not run algorithm (process returned False)"),
     ],
 )
 def test_falsy_returns(flags, message):
