@@ -30,15 +30,12 @@ from .values import value_type
 
 
 class _Sink:
-    """Adapter: BEAT ``Output`` writes → an HDF5 cache writer."""
+    """BEAT ``Output`` sink protocol (``write(value, start, end)``) over an HDF5 cache writer."""
+
+    __slots__ = ("write",)
 
     def __init__(self, writer: cachefile.CacheWriter):
-        self.writer = writer
-        self.units = 0
-
-    def write(self, value: Any, start: int, end: int) -> None:
-        self.writer.write(value, end)
-        self.units += 1
+        self.write = writer.put
 
 
 def _cache_source(path: str, window: int) -> tuple[BatchSource, Any]:
@@ -118,7 +115,7 @@ def run(payload: dict) -> dict:
         written = {}
         for name, writer in writers.items():
             writer.close()
-            written[name] = sinks[name][0].units
+            written[name] = outputs[name].nb_data_blocks_written
     except BaseException:
         for writer in writers.values():
             writer.abort()

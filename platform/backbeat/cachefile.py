@@ -184,6 +184,21 @@ class CacheWriter:
         if len(values) >= self.buffer_units:
             self.flush()
 
+    def put(self, data: Any, start: int, end: int) -> None:
+        """Sink protocol of BEAT outputs: one unit ``[start, end]`` (``start`` must be next)."""
+        if start != self._next or end < start or end > self._limit or self._closed:
+            self.write(data, end if start == self._next else start - 1)  # raises the precise error
+        if type(data) is not self.type:
+            data = as_value(self.type, data)
+        values = self._values
+        if not values:
+            self._buf_start = start
+        values.append(data)
+        self._ends.append(end)
+        self._next = end + 1
+        if len(values) >= self.buffer_units:
+            self.flush()
+
     def write_batch(self, batch: Batch) -> None:
         """Append a whole batch; its first unit must start at :attr:`next_index`."""
         if self._closed:

@@ -181,7 +181,7 @@ def run_algorithm(
 
     ``kind`` is the algorithm type (``legacy``, ``sequential``, ``autonomous`` or a loop
     variant).  Analyzers get ``outputs[0]`` as ``output``.  ``progress(steps_done)`` is
-    called after each ``process`` call.  Raises :class:`ExecutionError` with BEAT's texts
+    called every 1024 ``process`` calls and at the end.  Raises :class:`ExecutionError` with BEAT's texts
     (``Could not setup algorithm (returned False)`` …, ``Missing data on the following
     output(s): …``); exceptions raised by user code propagate unchanged.
     """
@@ -226,20 +226,28 @@ def run_algorithm(
         # BEAT loops on ``inputs.hasMoreData()`` (all groups), which crashes with "asked for
         # more data" when a legacy algorithm leaves a secondary group unread; the main group
         # is what drives the block.
-        while main_group.hasMoreData():
-            main_group.platform_next()
+        process = getattr(algorithm, "process", None)
+        if process is None or not callable(process):
+            raise ExecutionError("algorithm object has no `process' method")
+        if kind == LEGACY:
+            args: tuple = (inputs, to_write)
+        else:
+            args = (inputs, loaders, to_write) + ((loop_channel,) if pass_loop else ())
+        advance, more = main_group.platform_next, main_group.hasMoreData
+        steps = 0
+        while more():
+            advance()
             if before_process is not None:
                 before_process()
-            if kind == LEGACY:
-                result = _call(algorithm, "process", inputs, to_write)
-            else:
-                args = [inputs, loaders, to_write] + ([loop_channel] if pass_loop else [])
-                result = _call(algorithm, "process", *args)
-            summary.steps += 1
-            if progress is not None:
-                progress(summary.steps)
+            result = process(*args)
+            steps += 1
+            if progress is not None and not steps & 1023:  # progress is cheap but not free
+                progress(steps)
             if not result:
                 break
+        summary.steps = steps
+        if progress is not None:
+            progress(steps)
 
     for output in outputs:
         output.close()

@@ -150,7 +150,11 @@ class Input:
         group = self.group
         if group is not None and group.restricted_access:
             raise RuntimeError("Not authorized")
+        self._load()
+
+    def _load(self) -> None:
         if self.next_data_index >= self._n:
+            group = self.group
             channel = group.channel if group is not None else "?"
             raise RuntimeError(
                 f"User algorithm asked for more data for channel `{channel}' on input `{self.name}', "
@@ -214,11 +218,14 @@ class InputGroup:
         """Advance the inputs whose unit ends first; recompute the group's indices."""
         if self.restricted_access:
             raise RuntimeError("Not authorized")
+        self._advance()
+
+    def _advance(self) -> None:
         if not self._inputs:
             return
         if len(self._inputs) == 1:  # fast path: one input, it always advances
             x = self._inputs[0]
-            x.next()
+            x._load()
             self.data_index = self.first_data_index = x.data_index
             self.data_index_end = self.last_data_index = x.data_index_end
             if self.synchronization_listener is not None:
@@ -227,7 +234,7 @@ class InputGroup:
         lowest_end = min(x.data_index_end for x in self._inputs)
         for input_ in self._inputs:
             if input_.data_index_end == lowest_end:
-                input_.next()
+                input_._load()
             else:
                 input_.data_same_as_previous = True
         starts = [x.data_index for x in self._inputs]
@@ -241,12 +248,7 @@ class InputGroup:
 
     def platform_next(self) -> None:
         """Advance a restricted group on behalf of the platform (the driver's step)."""
-        restricted = self.restricted_access
-        self.restricted_access = False
-        try:
-            self.next()
-        finally:
-            self.restricted_access = restricted
+        self._advance()
 
 
 class InputList:

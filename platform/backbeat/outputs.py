@@ -66,6 +66,7 @@ class Output:
         self.last_written_data_index = force_start_index - 1
         self.nb_data_blocks_written = 0
         self.data_sink = data_sink
+        self._sink_write = data_sink.write
         self.value_type = value_type if value_type is not None else getattr(data_sink, "value_type", None)
         self._synchronization_listener = synchronization_listener
         self._on_write = on_write
@@ -98,11 +99,11 @@ class Output:
     def write(self, data: Any, end_data_index: int | None = None) -> None:
         """Write ``data`` for ``[last written + 1, end_data_index]``."""
         end = self._compute_end_data_index(end_data_index)
-        if isinstance(data, dict):
+        if type(data) is not self.value_type and isinstance(data, dict):
             if self.value_type is None:
                 raise RuntimeError(f"output `{self.name}' has no dataformat to convert a dict into")
             data = convert_value(self.value_type, data)
-        self.data_sink.write(data, self.last_written_data_index + 1, end)
+        self._sink_write(data, self.last_written_data_index + 1, end)
         self.last_written_data_index = end
         self.nb_data_blocks_written += 1
         if self._on_write is not None:
@@ -127,16 +128,14 @@ class OutputList:
 
     def __init__(self) -> None:
         self._outputs: list[Output] = []
+        self._by_name: dict[str, Output] = {}
 
     def __repr__(self) -> str:
         return f"OutputList({self._outputs!r})"
 
     def __getitem__(self, index: str | int | slice) -> Any:
         if isinstance(index, str):
-            for output in self._outputs:
-                if output.name == index:
-                    return output
-            return None
+            return self._by_name.get(index)
         if isinstance(index, slice):
             return self._outputs[index]
         if isinstance(index, int) and 0 <= index < len(self._outputs):
@@ -151,3 +150,4 @@ class OutputList:
 
     def add(self, output: Output) -> None:
         self._outputs.append(output)
+        self._by_name.setdefault(output.name, output)

@@ -49,6 +49,7 @@ HISTORY = 20
 RACY_NS = 2_000_000_000
 PACKAGES = ("numpy", "h5py", "pyzmq", "simplejson", "jsonschema", "referencing", "psutil")
 _VERSION_FILE = re.compile(r"^\d+\.(json|py|rst)$")
+_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 # -- storage ---------------------------------------------------------------------------------
@@ -87,9 +88,20 @@ def read_record(path: str | os.PathLike) -> dict:
         raise DataError(f"provenance record `{path}' is not valid JSON: {exc}") from None
     if not isinstance(rec, dict) or rec.get("format") != FORMAT:
         raise DataError(f"`{path}' is not a backbeat provenance record (format {FORMAT})")
-    for key in ("experiment", "assets", "databases", "datasets", "blocks", "order"):
-        if key not in rec:
-            raise DataError(f"provenance record `{path}' has no `{key}'")
+    for key, kind in (("experiment", str), ("assets", dict), ("databases", dict), ("datasets", dict),
+                      ("blocks", dict), ("order", list)):
+        if not isinstance(rec.get(key), kind):
+            raise DataError(f"provenance record `{path}' has no `{key}' {kind.__name__}")
+    # keys name files in the cache: a received record must not point anywhere else
+    keys = [(f"datasets/{n}/index_key", d.get("index_key")) for n, d in rec["datasets"].items()]
+    for n, b in rec["blocks"].items():
+        keys.append((f"blocks/{n}/key", b.get("key")))
+        keys += [(f"blocks/{n}/outputs/{o}/key", v.get("key")) for o, v in (b.get("outputs") or {}).items()]
+    for where, k in keys:
+        if k and not (isinstance(k, str) and _KEY.match(k)):
+            raise DataError(f"provenance record `{path}': {where} is not a 64-digit hex key")
+    if set(rec["order"]) != set(rec["blocks"]):
+        raise DataError(f"provenance record `{path}': `order' does not list the blocks")
     return rec
 
 

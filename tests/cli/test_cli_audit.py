@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backbeat import provenance
 from conftest import cli_json, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,11 +87,24 @@ def test_audit_ok_then_mismatch(world):
     assert proc.returncode == 1 and "audit FAILED" in proc.stdout and "libraries/user/linalg/1: code changed" in proc.stdout
 
 
-def test_audit_rerun_json(world):
-    opts, _w = world
+def test_audit_rerun_reports_nondeterministic_block(world):
+    opts, w = world
+    code = w / "prefix/algorithms/user/normaliser_trainer/1.py"
+    text = code.read_text()
+    anchor = "mean, std = linalg.mean_std(samples)"
+    assert anchor in text
+    code.write_text(text.replace(anchor, anchor + "\n        std = std * (1 + numpy.random.random())"))
+    assert run_cli(*opts, "experiments", "run", NAME, "-q").returncode == 0
     code, res, err = cli_json(*opts, "experiments", "audit", NAME, "--rerun", "--json", timeout=120)
-    assert code == 0, err
-    assert res["rerun"]["first_divergence"] is None and set(res["rerun"]["blocks"].values()) == {"same"}
+    assert code == 1, err
+    first = res["rerun"]["first_divergence"]
+    assert first["block"] == "normaliser" and first["non_deterministic"] is True
+    blocks = res["rerun"]["blocks"]  # (the analysis may not change: same classification)
+    assert blocks["normaliser"] == blocks["training"] == blocks["scoring"] == "different"
+    proc = run_cli(*opts, "experiments", "audit", NAME, "--rerun", timeout=120)
+    assert proc.returncode == 1
+    assert ("first diverging block on re-run: normaliser - block `normaliser' is non-deterministic: same inputs, "
+            "different output(s) model") in proc.stdout
 
 
 def test_audit_record_file(world, tmp_path):
@@ -118,12 +132,17 @@ def test_audit_record_file(world, tmp_path):
     (["audit", "{missing}"], 1, "cannot be read"),
     (["audit", "{notjson}"], 1, "is not valid JSON"),
     (["audit", "{notrecord}"], 1, "is not a backbeat provenance record"),
+    (["audit", "{badkey}"], 1, "blocks/training/outputs/model/key is not a 64-digit hex key"),
 ])
 def test_errors(world, tmp_path, argv, code, message):
-    opts, _w = world
+    opts, w = world
     (tmp_path / "bad.json").write_text("{oops")
+    rec = json.loads(provenance.record_path(w / "cache", NAME).read_text())
+    rec["blocks"]["training"]["outputs"]["model"]["key"] = "../../../etc/passwd"
+    (tmp_path / "badkey.json").write_text(json.dumps(rec))
     (tmp_path / "other.json").write_text('{"format": "something else"}')
-    files = {"missing": tmp_path / "nope.json", "notjson": tmp_path / "bad.json", "notrecord": tmp_path / "other.json"}
+    files = {"missing": tmp_path / "nope.json", "notjson": tmp_path / "bad.json", "notrecord": tmp_path / "other.json",
+             "badkey": tmp_path / "badkey.json"}
     argv = [a.format(**files) for a in argv]
     proc = run_cli(*opts, *argv)
     assert proc.returncode == code, proc.stderr

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from backbeat import cachefile, executor, jsonio
-from backbeat.errors import ExecutionError
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {
@@ -96,18 +95,29 @@ def test_same_results_as_beat(workspace, source, label):
         assert report["blocks"][name]["beat_hash"] == analyzer["hash"], f"BEAT hash of analyzer {name}"
 
 
+def failure_kind(label: str) -> str:
+    """The failure kind of the fixture's failing experiments, from their names."""
+    mode = label.rsplit("/", 1)[-1]
+    if mode.startswith("fail_exit"):
+        return "exit"
+    if mode in ("fail_segv", "fail_sigkill"):
+        return "signal"
+    return "user"  # exceptions or False returned by user code, failing database views
+
+
 @pytest.mark.skipif(not BAD, reason="no BEAT expected failures recorded")
 @pytest.mark.parametrize("source,label", BAD, ids=[f"{s}:{lab}" for s, lab in BAD])
 def test_fails_where_beat_fails(workspace, source, label):
     prefix, cache = workspace[source]
-    try:
-        report = executor.run_experiment(prefix, cache, label, executor.Options(jobs=2, timeout_s=20))
-    except ExecutionError as exc:  # a failing database view index (see test_execution for the report)
-        assert "failed on purpose" in str(exc)
-        return
+    report = executor.run_experiment(prefix, cache, label, executor.Options(jobs=2, timeout_s=20))
     assert report["status"] == "failed"
     assert report["results"] == {}
     failed = [n for n, b in report["blocks"].items() if b["status"] == "failed"]
     assert failed, report["blocks"]
     for name in failed:
-        assert report["blocks"][name]["error"]["message"], report["blocks"][name]
+        error = report["blocks"][name]["error"]
+        assert error["message"], error
+        assert error["kind"] == failure_kind(label), error
+        assert str(prefix) not in json.dumps(error), error
+    for name, block in report["blocks"].items():
+        assert block["status"] in ("failed", "skipped", "ran"), (name, block)
