@@ -17,7 +17,6 @@ the prefix whose keys are known, and the view index of every set of every valid 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
+from .dbindex import index_digest
 from .errors import BackbeatError, DataError, ExecutionError
 from .names import parse_name
 
@@ -46,13 +46,6 @@ def index_path(cache: Path, key: str) -> Path:
     return cache / to_path(key, ".db")
 
 
-def index_digest(path: Path) -> str:
-    """sha256 of an index file's bytes (what the executor records as the index content digest)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fd:
-        for chunk in iter(lambda: fd.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- cache entries ---------------------------------------------------------------------------------

@@ -16,12 +16,14 @@ import os
 import secrets
 from collections import namedtuple
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import simplejson
 
 from .errors import DataError
+from .hashing import hash_file_contents
 from .jsonio import JSONProblem, parse
 
 
@@ -139,3 +141,8 @@ def output_units(entries: Sequence[Any], attribute: str) -> tuple[np.ndarray, np
     except (AttributeError, KeyError):
         raise DataError(f"view index entries have no attribute `{attribute}'") from None
     return group_units(values)
+
+
+def index_digest(path: str | os.PathLike) -> str:
+    """sha256 of an index file's bytes: the index content digest that enters cache keys."""
+    return hash_file_contents(Path(path))

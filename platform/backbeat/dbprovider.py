@@ -22,7 +22,6 @@ Protocol (multipart, the first frame a command):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -35,6 +34,7 @@ from .batch import Batch
 from .codeloader import load_module
 from .compat import install_beat_aliases
 from .control import format_user_traceback
+from .dbindex import index_digest
 from .errors import BackbeatError, UserCodeError, WireError
 from .sources import BatchSource
 
@@ -64,15 +64,6 @@ def build_index(payload: dict) -> dict:
     entries = [_entry_dict(o) for o in view.index(spec["root_folder"], spec["parameters"])]
     dbindex.write_index(spec["index_path"], entries)
     return {"digest": index_digest(spec["index_path"]), "entries": len(entries)}
-
-
-def index_digest(path: str) -> str:
-    """sha256 of an index file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fd:
-        for chunk in iter(lambda: fd.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Dataset:

@@ -82,7 +82,8 @@ def test_check_json_shape(prefix):
         assert item["valid"] is True and item["errors"] == []
         assert isinstance(item["hash"], str) and len(item["hash"]) == 64
     assert {(i["kind"], i["name"]) for i in doc} == {(k, n) for k, (n, _f) in ASSETS.items()} | {
-        ("algorithms", "run/faulty/1"), ("algorithms", "run/total/1")}
+        ("algorithms", "run/faulty/1"), ("algorithms", "run/total/1"), ("toolchains", "run/short/1"),
+        ("experiments", "run/run/short/1/base")}
 
 
 def test_every_kind_list_check_show_hash_path(prefix):
@@ -205,10 +206,23 @@ def test_broken_json_reports_file_and_position(prefix):
     assert errors["run/broken/1"][0]["file"].endswith("dataformats/run/broken/1.json")
     assert "line 4" in errors["run/broken/1"][0]["message"]
     assert errors["run/badtype/1"][0]["pointer"] == "/value"
-    # an experiment using it cannot run: exit 1 with the same pointer
     proc = run_cli("-p", prefix, "dataformats", "show", "run/broken/1")
     assert proc.returncode == 1 and "dataformats/run/broken/1.json" in proc.stderr, proc.stderr
     no_traceback(proc.stderr)
+    # an experiment that cannot be planned: exit 1, file and pointer, nothing run
+    exp = prefix / "experiments/run/run/pipeline/1"
+    (exp / "broken.json").write_text('{\n  "description": "x",\n}\n')
+    decl = json.loads((exp / "base.json").read_text())
+    decl["blocks"]["first"]["algorithm"] = "run/missing/1"
+    (exp / "missing.json").write_text(json.dumps(decl, indent=4))
+    cache = prefix.parent / "cache"
+    base = ["-p", str(prefix), "-c", str(cache), "experiments", "run"]
+    (code, _out, err), (code2, _out2, err2) = cli_batch([base + ["run/run/pipeline/1/broken"],
+                                                        base + ["run/run/pipeline/1/missing", "--json"]])
+    assert code == 1 and "experiments/run/run/pipeline/1/broken.json" in err and "line 2" in err, err
+    assert code2 == 1 and "/blocks/first/algorithm" in err2 and "run/missing/1" in err2, err2
+    no_traceback(err + err2)
+    assert not any(cache.rglob("*.h5"))
 
 
 # ----------------------------------------------------------------------------- execution
@@ -239,7 +253,7 @@ def test_run_json_then_cached_then_results(prefix):
     assert_report_shape(doc, BASE)
     assert doc["status"] == "ok" and doc["results"] == RESULT
     assert {n: b["status"] for n, b in doc["blocks"].items()} == {"first": "ran", "second": "ran", "analysis": "ran"}
-    assert "first: done" in err and "analysis: done" in err  # the progress display
+    assert "first: running" in err and "first: done" in err and "analysis: done" in err  # progress display
     assert any(cache.rglob("*.h5"))
 
     (code, out, err), (code2, out2, _), (code3, text, _) = cli_batch([

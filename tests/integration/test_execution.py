@@ -144,6 +144,14 @@ def test_blocks_shared_between_experiments_are_reused(prefix, cache):
     assert rep["results"] == {"analysis": RESULT}
 
 
+def test_blocks_are_shared_across_toolchains_and_block_names(prefix, cache):
+    pipeline = run(prefix, cache)
+    short = run(prefix, cache, "run/run/short/1/base")  # `prep' = `first' of the pipeline
+    assert statuses(short) == {"prep": "cached", "analysis": "ran"}
+    assert short["blocks"]["prep"]["key"] == pipeline["blocks"]["first"]["key"]
+    assert short["results"] == {"analysis": RESULT}
+
+
 def test_cached_results_without_running(prefix, cache):
     with pytest.raises(Exception, match="run it first"):
         executor.cached_results(prefix, cache, BASE)

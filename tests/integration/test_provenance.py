@@ -25,7 +25,7 @@ def base(tmp_path_factory):
     where = tmp_path_factory.mktemp("prov-base")
     shutil.copytree(ROOT / "prefix", where / "prefix", ignore=shutil.ignore_patterns("cache"))
     rep = executor.run_experiment(where / "prefix", where / "cache", NAME, executor.Options(jobs=2))
-    assert rep["status"] == "ok"
+    assert rep["status"] == "ok", {n: b.get("error") for n, b in rep["blocks"].items()}
     return where, rep
 
 
@@ -329,3 +329,11 @@ def test_root_folder_files_are_manifested(world, tmp_path):
     st = audit.status(prefix, cache, NAME)
     assert st["blocks"]["normaliser"]["state"] == "stale"
     assert "database iris/1: file extra/README changed (size 49 -> 7" in _changes(st, "normaliser")
+
+
+def test_json_diff_is_readable():
+    old = {"a": 1, "b": {"c": [1, 2]}, "gone": True}
+    new = {"a": 1.0, "b": {"c": [1, 3]}, "new": "x"}
+    assert audit.json_diff(old, new) == ["/a: 1 -> 1.0", "/b/c/1: 2 -> 3", "/gone: removed (was true)",
+                                         '/new: added "x"']
+    assert audit.json_diff([1], [1, 2]) == ["/: [1] -> [1, 2]"]
