@@ -97,12 +97,13 @@ class Run:
 
     # -- infrastructure (created lazily: a cached run starts nothing) ----------------------
     def _infrastructure(self) -> None:
-        if self._server is not None:
+        if self._control is not None:
             return
         from .control import ControlServer
         from .workerpool import ForkServer
 
-        self._server = ForkServer().start()
+        if self._server is None:
+            self._server = ForkServer().start()
         self._control = ControlServer()
         self._tmpdir = self._control.directory
 
@@ -459,7 +460,8 @@ class Run:
         if bad is None and self._committed(job):
             self.status[job.name] = "ran"
             stats = outcomes[0].statistics if len(ids) == 1 else {"slots": [o.statistics for o in outcomes]}
-            self.stats[job.name] = dict(stats, wall_s=wall)
+            rss = [e.rusage.get("maxrss_kb", 0) for e in exits if getattr(e, "rusage", None)]
+            self.stats[job.name] = dict(stats, wall_s=wall, **({"max_rss_mb": max(rss) / 1024} if rss else {}))
             self._emit(job.name, "done", wall_s=wall)
             return True
         for o in job.outputs.values():  # a killed writer leaves its temporary file
@@ -620,11 +622,25 @@ def read_results(plan: Plan, cache: Path) -> dict[str, list]:
 
 
 def prepare(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
-            options: Options | None = None, progress: Progress | None = None) -> Run:
-    """Plan an experiment and index its datasets (keys assigned), ready to execute."""
-    catalog = Catalog(prefix)
-    p = plan(catalog, name)
+            options: Options | None = None, progress: Progress | None = None, warm: bool = False) -> Run:
+    """Plan an experiment and index its datasets (keys assigned), ready to execute.
+
+    With ``warm``, the fork server is started first, so that its zygote imports numpy,
+    h5py and zmq on the other core while this process plans (a cached run just closes it).
+    """
+    server = None
+    if warm:
+        from .workerpool import ForkServer
+
+        server = ForkServer().start()
+    try:
+        p = plan(Catalog(prefix), name)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     run = Run(p, Path(prefix), Path(cache), options or Options(), progress)
+    run._server = server
     try:
         run.index_datasets()
         assign_keys(p)
@@ -639,7 +655,7 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     """Run an experiment; return the JSON-able report of ``backbeat experiments run --json``."""
     from . import provenance
 
-    run = prepare(prefix, cache, name, options, progress)
+    run = prepare(prefix, cache, name, options, progress, warm=True)
     try:
         run.execute()
     finally:

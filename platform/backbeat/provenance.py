@@ -161,13 +161,14 @@ class StatCache:
                     self.entries = data
         self.hashed = 0  # files actually read (for tests and statistics)
 
-    def digest(self, path: Path, st: os.stat_result) -> str:
-        key = str(path)
+    def digest(self, path: Path, st: os.stat_result, compute=None, tag: str = "") -> str:
+        """``compute(path)`` (default: sha256 of the bytes), memoised while the file is unchanged."""
+        key = tag + str(path)
         e = self.entries.get(key)
         if (e is not None and e[0] == st.st_size and e[1] == st.st_mtime_ns and e[2] == st.st_ino
                 and e[4] - st.st_mtime_ns > RACY_NS):
             return e[3]
-        digest = hashing.hash_file_contents(path)
+        digest = (compute or hashing.hash_file_contents)(path)
         self.hashed += 1
         self.entries[key] = [st.st_size, st.st_mtime_ns, st.st_ino, digest, time.time_ns()]
         self.dirty = True
@@ -335,11 +336,22 @@ def environment() -> dict:
 
 
 # -- the record ------------------------------------------------------------------------------
-def _digest(path: Path) -> str | None:
+def _stored_digest(path: Path) -> str:
     from . import cachefile
 
+    return cachefile.stored_digest(str(path))
+
+
+def _digest(path: Path, stat_cache: StatCache | None = None) -> str | None:
+    """The content digest stored in a cache file (memoised by the stat cache: no h5py when unchanged)."""
     try:
-        return cachefile.stored_digest(str(path)) if path.is_file() else None
+        st = path.stat()
+    except OSError:
+        return None
+    try:
+        if stat_cache is None:
+            return _stored_digest(path)
+        return stat_cache.digest(path, st, _stored_digest, tag="h5-digest:")
     except Exception:  # an unreadable file has no digest; the audit says why
         return None
 
@@ -363,7 +375,7 @@ def datasets_entry(plan: Any) -> dict:
     return out
 
 
-def block_entry(plan: Any, job: Any, cache: Path, status: str) -> dict:
+def block_entry(plan: Any, job: Any, cache: Path, status: str, stat_cache: StatCache | None = None) -> dict:
     from .planning import key_components
 
     inputs = {}
@@ -371,11 +383,11 @@ def block_entry(plan: Any, job: Any, cache: Path, status: str) -> dict:
         if i.source == "dataset":
             digest = plan.datasets[i.node].index_digest
         else:
-            digest = _digest(cache / hashing.to_path(i.key, ".h5")) if i.key else None
+            digest = _digest(cache / hashing.to_path(i.key, ".h5"), stat_cache) if i.key else None
         inputs[n] = {"source": i.source, "node": i.node, "output": i.output, "dataformat": i.dataformat,
                      "key": i.key, "digest": digest}
     outputs = {n: {"dataformat": o.dataformat, "key": o.key, "path": hashing.to_path(o.key, ".h5") if o.key else None,
-                   "digest": _digest(cache / hashing.to_path(o.key, ".h5")) if o.key else None}
+                   "digest": _digest(cache / hashing.to_path(o.key, ".h5"), stat_cache) if o.key else None}
                for n, o in job.outputs.items()}
     return {"kind": job.kind, "algorithm": job.algorithm, "status": status, "key": job.key,
             "pre_image": key_components(plan, job) if job.key else None, "beat_hash": job.beat_hash,
@@ -397,13 +409,12 @@ def record(run: Any, report: dict, previous: list[dict] | None = None) -> dict:
         if ds.database not in databases:
             databases[ds.database] = dict(database_manifest(catalog, ds.database, ds.root_folder, stat_cache),
                                           hash=ds.database_hash)
-    stat_cache.save()
     manifests = {manifest_digest(m["files"]): m["files"] for m in databases.values()}
     blocks = {}
     upstream = upstream_databases(plan)
     for job in plan.jobs:
         rep = report["blocks"].get(job.name, {})
-        entry = block_entry(plan, job, cache, rep.get("status", "pending"))
+        entry = block_entry(plan, job, cache, rep.get("status", "pending"), stat_cache)
         # the data its outputs were computed from: now if it ran, else that of the run that computed it
         entry["data"] = {db: manifest_digest(databases[db]["files"]) for db in upstream[job.name]}
         if entry["status"] == "cached":
@@ -427,6 +438,7 @@ def record(run: Any, report: dict, previous: list[dict] | None = None) -> dict:
         if "error" in rep:
             entry["error"] = rep["error"]
         blocks[job.name] = entry
+    stat_cache.save()
     return {
         "format": FORMAT,
         "experiment": plan.experiment,

@@ -37,6 +37,7 @@ Exit classification (:class:`Exit`): ``ok``, ``exit`` (code), ``signal`` (name),
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -286,14 +287,19 @@ class ForkServer:
             return
         if self._sock is None:
             return
-        for h in list(self._handles.values()):
-            if h.exit is None:
-                h._signal(signal.SIGKILL, "closed")
-        try:
-            self._request({"op": "close"})
-            self._pump_until(lambda: False, timeout)  # collects the exits, returns at EOF
-        except ExecutionError:
-            pass
+        if not self._handles and self.zygote_pid is not None:
+            # never used (e.g. a fully cached run): no child to reap, don't wait for its preload
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.zygote_pid, signal.SIGKILL)
+        else:
+            for h in list(self._handles.values()):
+                if h.exit is None:
+                    h._signal(signal.SIGKILL, "closed")
+            try:
+                self._request({"op": "close"})
+                self._pump_until(lambda: False, timeout)  # collects the exits, returns at EOF
+            except ExecutionError:
+                pass
         deadline = time.monotonic() + timeout
         pid = self.zygote_pid
         try:

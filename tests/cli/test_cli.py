@@ -8,13 +8,15 @@ a Python traceback of backbeat itself.  Runs use ``tests/fixtures/run/prefix`` (
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import EXEC_PREFIX, cli_json, run_cli
+from conftest import EXEC_PREFIX, cli_command, cli_json, run_cli
 
 BASE = "run/run/pipeline/1/base"
 RESULT = {"analysis": [{"start": 0, "end": 5, "data": {"count": 6, "sum": 81}}]}
@@ -350,3 +352,32 @@ def test_databases_index_a_whole_database(copy_prefix):
     assert len(lines) == 2, lines
     assert lines[0].startswith("numbers/1/default/items: 20 entries (built) ")
     assert lines[1].startswith("numbers/1/small/items: 7 entries (built) ")
+
+
+def test_live_progress_on_a_terminal(prefix):
+    """On a terminal each block's line is rewritten in place with the units done."""
+    exp = prefix / "experiments/run/run/pipeline/1"
+    decl = json.loads((exp / "base.json").read_text())
+    decl["blocks"]["first"]["parameters"]["delay"] = 0.15
+    (exp / "slow.json").write_text(json.dumps(decl))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(cli_command("-p", prefix, "experiments", "run", "run/run/pipeline/1/slow"),
+                            stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    screen = b"".join(chunks).decode()
+    assert proc.returncode == 0, screen
+    assert "\r\x1b[2K" in screen  # rewritten in place
+    assert "first: running " in screen and "/6 units" in screen, screen
+    assert "first: done" in screen and "analysis: done" in screen
+    assert "sum: 81" in out
