@@ -91,12 +91,12 @@ def read_index(path: str | os.PathLike) -> list[Any]:
         entry = namedtuple("Entry", keys)  # type: ignore[misc]
     except ValueError as exc:
         raise DataError(f"view index `{path}': entry keys are not valid attribute names: {exc}") from None
-    out = []
+    keyset = objs[0].keys()
     for i, o in enumerate(objs):
-        if set(o) != set(keys):
+        if o.keys() != keyset:
             raise DataError(f"view index `{path}': entry {i} has keys {sorted(o)}, expected {keys}")
-        out.append(entry(**o))
-    return out
+    make = entry._make
+    return [make([o[k] for k in keys]) for o in objs]
 
 
 def _keys(values: Sequence[Any]) -> np.ndarray:

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from backbeat import cachefile, executor, jsonio
+from backbeat.catalog import Catalog
+from backbeat.planning import plan
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {
@@ -93,6 +95,23 @@ def test_same_results_as_beat(workspace, source, label):
                 close(records(path), out["records"], f"{name}.{output}")
     for name, analyzer in expected.get("analyzers", {}).items():
         assert report["blocks"][name]["beat_hash"] == analyzer["hash"], f"BEAT hash of analyzer {name}"
+
+
+@pytest.mark.skipif(not EXPECTED, reason="no BEAT expected results recorded")
+@pytest.mark.parametrize("source,label", sorted(EXPECTED), ids=[f"{s}:{lab}" for s, lab in sorted(EXPECTED)])
+def test_plan_matches_beat(source, label):
+    """Execution order and BEAT's dataset, block-output and analyzer hashes, without running."""
+    expected = EXPECTED[(source, label)]
+    p = plan(Catalog(SOURCES[source][0]), label)
+    if "order" in expected:
+        assert [j.name for j in p.jobs] == expected["order"]
+    for name, ds in expected.get("datasets", {}).items():
+        assert p.datasets[name].beat_hash == ds["hash"], f"BEAT hash of dataset {name}"
+    jobs = {j.name: j for j in p.jobs}
+    for name, block in expected.get("blocks", {}).items():
+        assert jobs[name].beat_hash == {o: out["hash"] for o, out in block["outputs"].items()}, name
+    for name, analyzer in expected.get("analyzers", {}).items():
+        assert jobs[name].beat_hash == analyzer["hash"], name
 
 
 def failure_kind(label: str) -> str:

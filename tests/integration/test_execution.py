@@ -314,6 +314,19 @@ def test_fixing_the_code_resumes_from_cached_blocks(prefix, cache):
     assert fixed["results"] == {"analysis": RESULT}
 
 
+def test_failure_inside_a_library_shows_both_files(prefix, cache):
+    def unlucky(decl):
+        decl["blocks"]["first"]["parameters"]["offset"] = 666
+
+    rep = run(prefix, cache, write_experiment(prefix, "unlucky", unlucky))
+    assert statuses(rep) == {"first": "failed", "second": "skipped", "analysis": "skipped"}
+    error = rep["blocks"]["first"]["error"]
+    assert error["kind"] == "user" and "ArithmeticError: util: unlucky offset" in error["message"], error
+    tb = error["traceback"]
+    assert tb.index('File "algorithms/run/echo/1.py"') < tb.index('File "libraries/run/util/1.py"'), tb
+    assert str(prefix) not in tb
+
+
 def use_protocol(protocol: str):
     def edit(decl):
         decl["datasets"]["items"]["protocol"] = protocol
