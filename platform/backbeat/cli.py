@@ -169,5 +169,7 @@ def entry() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    entry()
+if __name__ == "__main__":  # python -m backbeat.cli: run the imported module, where commands register
+    from backbeat.cli import entry as _entry
+
+    _entry()

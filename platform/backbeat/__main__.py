@@ -1,0 +1,5 @@
+"""``python -m backbeat``: the command line."""
+
+from backbeat.cli import entry
+
+entry()
