@@ -1,0 +1,147 @@
+"""Malformed input never crashes, hangs or escapes the prefix.
+
+Thousands of random mutations of the valid declarations of the BEAT fixture prefix (every
+kind) go through the real catalog, with files rewritten on disk: validation must finish
+quickly with a verdict (and every problem located in a file), never raise.  Then broken,
+binary and unreadable files and path-traversal names go through the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backbeat.catalog import Catalog
+from backbeat.errors import BackbeatError
+from conftest import FIXTURES, run_cli
+
+BEAT = FIXTURES / "beat"
+VALID = [(r["kind"], r["name"]) for r in json.loads((BEAT / "expected.json").read_text())
+         if r["beat"] == "valid"]
+KINDS = sorted({k for k, _ in VALID})
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("robust") / "prefix"
+    shutil.copytree(BEAT / "prefix", root)
+    return root
+
+
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
+                      st.sampled_from(["int32", "float64", "string", "user/x/1", "a.b", "../../etc/passwd",
+                                       "/abs/path", "bb/echo/1", "x" * 120]))
+json_value = st.recursive(json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
+
+
+def _paths(doc, here=()):
+    yield here
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, (*here, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, (*here, i))
+
+
+def _mutate(doc, data) -> object:
+    doc = json.loads(json.dumps(doc))
+    paths = list(_paths(doc))
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        op = data.draw(st.sampled_from(["replace", "delete", "add", "wrap"]))
+        if not path:
+            if op == "replace":
+                return data.draw(json_value)
+            continue
+        parent = doc
+        try:
+            for p in path[:-1]:
+                parent = parent[p]
+            last = path[-1]
+            if op == "replace":
+                parent[last] = data.draw(json_value)
+            elif op == "delete":
+                del parent[last]
+            elif op == "wrap":
+                parent[last] = [parent[last]]
+            elif isinstance(parent, dict):
+                parent[data.draw(st.text(max_size=8))] = data.draw(json_value)
+            else:
+                parent.append(data.draw(json_value))
+        except (KeyError, IndexError, TypeError):
+            continue
+    return doc
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(_sig, _frame):
+    raise _Timeout()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_mutations_get_a_verdict(prefix, kind, data):
+    name = data.draw(st.sampled_from([n for k, n in VALID if k == kind]))
+    files = Catalog(prefix).prefix.locate(kind, name)
+    original = files.json.read_bytes()
+    mutated = _mutate(json.loads(original), data)
+    files.json.write_text(json.dumps(mutated))
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(5)
+    try:
+        asset = Catalog(prefix).get(kind, name)  # must not raise, must not hang
+        for p in asset.problems:
+            assert p.message and p.file, p
+        if kind == "experiment" and asset.valid:
+            from backbeat.planning import plan
+
+            try:
+                plan(Catalog(prefix), name)  # a valid experiment plans, or says why it can't
+            except BackbeatError:
+                pass
+    except _Timeout:
+        pytest.fail(f"validating a mutation of {kind} {name} took over 5 s: {mutated!r}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        files.json.write_bytes(original)
+
+
+def test_broken_binary_and_unreadable_files_through_the_cli(tmp_path):
+    root = tmp_path / "prefix"
+    (root / "dataformats" / "u" / "broken").mkdir(parents=True)
+    (root / "dataformats" / "u" / "broken" / "1.json").write_text('{"value": "int32",')
+    (root / "dataformats" / "u" / "binary").mkdir(parents=True)
+    (root / "dataformats" / "u" / "binary" / "1.json").write_bytes(bytes(range(256)) * 4)
+    (root / "dataformats" / "u" / "dir" / "1.json").mkdir(parents=True)  # a folder where a file should be
+    (root / "dataformats" / "u" / "dup").mkdir(parents=True)
+    (root / "dataformats" / "u" / "dup" / "1.json").write_text('{"value": "int32", "value": "int8"}')
+    proc = run_cli("-p", root, "check", "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    reports = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(reports) == {"u/broken/1", "u/binary/1", "u/dup/1"}  # the folder is not an asset file
+    assert "line 1" in reports["u/broken/1"]["errors"][0]["message"]
+    assert "UTF-8" in reports["u/binary/1"]["errors"][0]["message"]
+    assert "several times" in reports["u/dup/1"]["errors"][0]["message"]
+    assert all(r["hash"] is None and not r["valid"] for r in reports.values())
+    proc = run_cli("-p", root, "dataformats", "check", "u/dir/1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    assert "u/dir/1" in proc.stdout + proc.stderr
+    for name in ("../../etc/passwd", "/etc/passwd", "u/x/1/../../..", "u/x y/1", "u/../1"):
+        proc = run_cli("-p", root, "dataformats", "show", name)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (name, proc.stderr)
