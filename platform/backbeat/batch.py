@@ -225,10 +225,13 @@ def _scatter(node: Node, cols: dict, n: int) -> list:
         return [object_array(child.cls, shapes[i], elems[off[i]:off[i + 1]]) for i in range(n)]
     keys = [k for k, _ in node.fields]
     lists = [_scatter(sub, cols, n) for _, sub in node.fields]
-    raw = node.cls._raw
-    if not keys:
-        return [raw({}) for _ in range(n)]
-    return [raw(dict(zip(keys, vals, strict=False))) for vals in zip(*lists, strict=False)]
+    cls = node.cls
+    new = cls.__new__
+    out = [new(cls) for _ in range(n)]  # attributes set below without the checked __setattr__
+    for key, values in zip(keys, lists, strict=True):
+        for obj, value in zip(out, values, strict=True):
+            obj.__dict__[key] = value
+    return out
 
 
 # -- slicing and checks ----------------------------------------------------------------------------

@@ -98,7 +98,11 @@ class Output:
 
     def write(self, data: Any, end_data_index: int | None = None) -> None:
         """Write ``data`` for ``[last written + 1, end_data_index]``."""
-        end = self._compute_end_data_index(end_data_index)
+        listener = self._synchronization_listener
+        if end_data_index is None and listener is not None:  # the common case, inlined
+            end = listener.data_index_end
+        else:
+            end = self._compute_end_data_index(end_data_index)
         if type(data) is not self.value_type and isinstance(data, dict):
             if self.value_type is None:
                 raise RuntimeError(f"output `{self.name}' has no dataformat to convert a dict into")

@@ -26,10 +26,9 @@ class BatchSource:
         self._fetch = fetch
         self._window = max(1, int(window))
         self._lo = self._hi = 0
-        self._values: list = []
+        self._items: list = []
         self._indices = list(zip(self._starts.tolist(), self._ends.tolist(), strict=True))
         self._end_list = self._ends.tolist()
-        self.nb_reads = 0
         self.bytes_read = 0
 
     def __len__(self) -> int:
@@ -39,18 +38,17 @@ class BatchSource:
         return list(self._indices)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        lo = self._lo
+        if lo <= index < self._hi:
+            return self._items[index - lo]
         if index < 0 or index >= len(self._indices):
             raise IndexError(f"data unit {index} out of range (0..{len(self._indices) - 1})")
-        if not self._lo <= index < self._hi:
-            lo = index
-            hi = min(len(self._indices), index + self._window)
-            batch = self._fetch(lo, hi)
-            self.bytes_read += batch.nbytes
-            self._values = batch.to_values()
-            self._lo, self._hi = lo, hi
-        self.nb_reads += 1
-        start, end = self._indices[index]
-        return self._values[index - self._lo], start, end
+        hi = min(len(self._indices), index + self._window)
+        batch = self._fetch(index, hi)
+        self.bytes_read += batch.nbytes
+        self._items = [(v, s, e) for v, (s, e) in zip(batch.to_values(), self._indices[index:hi], strict=True)]
+        self._lo, self._hi = index, hi
+        return self._items[0]
 
     def getAtDataIndex(self, data_index: int) -> tuple[Any, int | None, int | None]:  # noqa: N802 (BEAT)
         pos = bisect.bisect_left(self._end_list, data_index)
@@ -61,7 +59,7 @@ class BatchSource:
     def reset(self) -> None:
         """Forget the cached window."""
         self._lo = self._hi = 0
-        self._values = []
+        self._items = []
 
 
 class SubSource:
