@@ -344,7 +344,8 @@ def needed(prefix: str | os.PathLike, cache: str | os.PathLike) -> tuple[set[Pat
             skipped.append({"experiment": name,
                             "reason": f"dataset(s) {', '.join(sorted(missing))} never indexed: no output kept"})
             continue
-        keep |= {output_path(root, o.key) for j in p.jobs for o in j.outputs.values()}
+        outputs = {output_path(root, o.key) for j in p.jobs for o in j.outputs.values()}
+        keep |= outputs | {Path(f"{path}.json") for path in outputs}  # + results' JSON summaries
     return keep, skipped
 
 

@@ -79,6 +79,7 @@ def _child_setup(limits: dict, log_path: str | None, parent: int | None = None, 
     _prctl_pdeathsig(signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         os._exit(EXIT_BOOT)  # the zygote died before pdeathsig was armed
+    _fresh_random_state()
     mem = limits.get("memory_bytes")
     if mem:
         resource.setrlimit(resource.RLIMIT_AS, (int(mem), int(mem)))
@@ -92,6 +93,21 @@ def _child_setup(limits: dict, log_path: str | None, parent: int | None = None, 
     if close_fds:
         os.closerange(3, 65536)
         _fresh_std_streams()
+
+
+def _fresh_random_state() -> None:
+    """Give the child fresh entropy, as a new interpreter would have.
+
+    A forked child inherits the zygote's random number generators: without this, every
+    block using numpy's (or Python's) global generator unseeded would draw the same
+    numbers, and an unseeded — non-deterministic — algorithm would look deterministic.
+    """
+    import random
+
+    random.seed()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()
 
 
 def _fresh_std_streams() -> None:

@@ -381,3 +381,12 @@ def test_live_progress_on_a_terminal(prefix):
     assert "first: running " in screen and "/6 units" in screen, screen
     assert "first: done" in screen and "analysis: done" in screen
     assert "sum: 81" in out
+
+
+def test_cache_that_is_not_a_folder(prefix):
+    not_a_folder = prefix.parent / "cache-file"
+    not_a_folder.write_text("")
+    proc = run_cli("-p", prefix, "-c", not_a_folder, "experiments", "run", BASE, "-q")
+    assert proc.returncode in (1, 2), proc.stderr
+    no_traceback(proc.stderr)
+    assert str(not_a_folder) in proc.stderr and "cache" in proc.stderr, proc.stderr

@@ -110,6 +110,16 @@ def test_editing_a_parameter_reruns_exactly_the_affected_blocks(prefix, cache):
     assert changed["results"] == {"analysis": [{"start": 0, "end": 5, "data": {"count": 6, "sum": 141}}]}
 
 
+def test_editing_library_code_reruns_the_blocks_using_it(prefix, cache):
+    before = run(prefix, cache)
+    lib = prefix / "libraries/run/util/1.py"
+    lib.write_text(lib.read_text() + "\n# an edit\n")
+    after = run(prefix, cache)
+    assert statuses(after)["first"] == "ran"  # `first' uses the library
+    assert after["blocks"]["first"]["key"] != before["blocks"]["first"]["key"]
+    assert after["results"] == {"analysis": RESULT}
+
+
 def test_parameter_default_written_explicitly_changes_nothing(prefix, cache):
     run(prefix, cache)
 
@@ -405,3 +415,13 @@ def test_garbage_in_place_of_a_cache_file_is_detected(prefix, cache):
     again = run(prefix, cache, write_experiment(prefix, "variant", with_mode("copy")))
     assert statuses(again) == {"first": "ran", "second": "ran", "analysis": "ran"}
     assert again["results"] == {"analysis": RESULT}
+
+
+def test_corrupted_view_index_is_detected_and_rebuilt(prefix, cache):
+    run(prefix, cache)
+    (index,) = cache.rglob("*.db")
+    text = index.read_text()
+    assert '{"value": 3}' in text
+    index.write_text(text.replace('{"value": 3}', '{"value": 9}'))  # an edit, still valid JSON
+    again = run(prefix, cache)
+    assert again["results"] == {"analysis": RESULT}, "a corrupted view index silently changed the results"

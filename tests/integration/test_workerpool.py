@@ -240,19 +240,29 @@ def test_progress_in_order(fs, ctl):
 
 
 def test_close_leaves_no_processes(tmp_path):
-    server = ForkServer(preload=(), mode="fork")
-    server.start()
-    assert server.kind == "zygote"
-    handles = [server.spawn(f"{T}:sleep_forever", {}) for _ in range(3)]
-    pids = [h.pid for h in handles]
-    zygote = server.zygote_pid
-    server.close()
-    for h in handles:
-        assert h.exit is not None and h.exit.kind == "signal"
-    for pid in pids + ([zygote] if zygote else []):
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    me = psutil.Process()
-    assert not [c for c in me.children(recursive=True) if c.pid in pids or c.pid == zygote]
+    # in a fresh interpreter: mode="fork" refuses a process that already has threads or zmq
+    # contexts, which earlier tests of this pytest session may have left behind
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {HERE!r})
+        import psutil
+        from backbeat.workerpool import ForkServer
+        server = ForkServer(preload=(), mode="fork")
+        server.start()
+        assert server.kind == "zygote"
+        handles = [server.spawn("{T}:sleep_forever", {{}}) for _ in range(3)]
+        pids = [h.pid for h in handles]
+        zygote = server.zygote_pid
+        server.close()
+        for h in handles:
+            assert h.exit is not None and h.exit.kind == "signal", h.exit
+        for pid in pids + [zygote]:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+        assert not [c for c in psutil.Process().children(recursive=True) if c.pid in pids or c.pid == zygote]
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
