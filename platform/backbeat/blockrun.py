@@ -91,6 +91,7 @@ def run(payload: dict) -> dict:
     own = [s for (ch, s, _df) in sources.values() if ch == block["channel"]]
     start, end = payload.get("range") or (0, max((s.data_indices()[-1][1] for s in own if len(s)), default=-1))
 
+    channel = None  # the loop channel of a loop processor
     writers: dict[str, cachefile.CacheWriter] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
     try:
@@ -100,6 +101,24 @@ def run(payload: dict) -> dict:
             writers[name] = writer
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))
         outputs = build_outputs(sinks, input_list, start_index=start)
+        loop = payload.get("loop")  # one side of a loop node (backbeat.loops)
+        if loop is not None and loop["role"] == "evaluator":
+            from .loops import run_evaluator
+
+            served = run_evaluator(algorithm, block["type"], loop, inputs=input_list, data_loaders=loaders,
+                                   outputs=outputs, parameters=block["values"], root=payload.get("root"))
+            written = {}
+            for name, writer in writers.items():
+                writer.close()
+                written[name] = outputs[name].nb_data_blocks_written
+            return {"steps": served, "written": written,
+                    "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
+                    "wall_s": time.perf_counter() - t0}
+        if loop is not None:
+            from .loops import LoopChannel, attach_writes
+
+            channel = LoopChannel(loop["address"], tuple(loop["request"]), tuple(loop["answer"]))
+            attach_writes(outputs, channel)
         cc = control.client()
         total = count_steps(input_list, loaders)
 
@@ -110,8 +129,11 @@ def run(payload: dict) -> dict:
         summary = run_algorithm(
             algorithm, block["type"], inputs=input_list, data_loaders=loaders, outputs=outputs,
             parameters=block["values"], analyzer=block["kind"] == "analyzer", name=block["algorithm"],
-            progress=progress,
+            progress=progress, loop_channel=channel,
+            before_process=channel.read_next if channel is not None else None,
         )
+        if channel is not None:
+            channel.done()
         written = {}
         for name, writer in writers.items():
             writer.close()
@@ -125,6 +147,8 @@ def run(payload: dict) -> dict:
             reader.close()
         if client is not None:
             client.close()
+        if channel is not None:
+            channel.close()
     return {
         "steps": summary.steps,
         "written": written,

@@ -147,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     config.activate(cfg)
     args.prefix, args.cache = config.resolve(cfg, args.prefix, args.cache)
+    if os.path.exists(args.cache) and not os.path.isdir(args.cache):
+        print(f"backbeat: error: cache folder `{args.cache}' exists and is not a folder", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except BackbeatError as exc:

@@ -6,7 +6,11 @@ A configuration file is a JSON object read from ``~/.backbeatrc`` then ``./.back
 * ``prefix`` — the prefix folder (relative paths are relative to the file's folder);
 * ``cache`` — the cache folder (relative paths are relative to the prefix, as in BEAT);
 * ``database/<name>/<version>`` — the root folder of that database's raw data, overriding the
-  ``root_folder`` of its declaration (relative paths are relative to the file's folder).
+  ``root_folder`` of its declaration (relative paths are relative to the file's folder);
+* ``limits`` — per-experiment block limits, ``{PATTERN: {"timeout": seconds, "memory": MB}}``
+  where PATTERN is an experiment name or a shell-style pattern (``*``, ``user/*``); for each
+  limit the exact name wins, then the longest matching pattern.  They live here, not in the
+  experiment, so that prefixes stay valid for BEAT; ``--timeout``/``--memory`` override them.
 
 BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
 ``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not
@@ -20,6 +24,7 @@ This module imports nothing heavy: the CLI loads it on every command.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +50,54 @@ class Config:
     prefix: str | None = None
     cache: str | None = None
     databases: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, dict[str, float]] = field(default_factory=dict)  # pattern -> {"timeout", "memory"}
     sources: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"prefix": self.prefix, "cache": self.cache, "databases": dict(sorted(self.databases.items())),
-                "files": list(self.sources)}
+                "limits": {k: dict(v) for k, v in sorted(self.limits.items())}, "files": list(self.sources)}
+
+
+LIMIT_KEYS = {"timeout": "seconds", "memory": "megabytes"}
+
+
+def _apply_limits(cfg: Config, path: Path, value: object) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration file `{path}': `limits' must be an object "
+                          f"{{\"<experiment or pattern>\": {{\"timeout\": seconds, \"memory\": MB}}}}")
+    for pattern, limits in value.items():
+        if not pattern or not isinstance(limits, dict):
+            raise ConfigError(f"configuration file `{path}': `limits/{pattern}' must be an object "
+                              f"with `timeout' (seconds) and/or `memory' (MB)")
+        for name, number in limits.items():
+            if name not in LIMIT_KEYS:
+                raise ConfigError(f"configuration file `{path}': `limits/{pattern}/{name}' is unknown "
+                                  f"(known: timeout, memory)")
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
+                raise ConfigError(f"configuration file `{path}': `limits/{pattern}/{name}' must be a positive "
+                                  f"number of {LIMIT_KEYS[name]}, not {jsonio.dumps(number)}")
+        cfg.limits.setdefault(pattern, {}).update({k: float(v) for k, v in limits.items()})
+
+
+def limits_for(cfg: Config | None, experiment: str) -> tuple[float | None, int | None]:
+    """The configured ``(timeout_s, memory_bytes)`` of an experiment (None: no limit).
+
+    For each limit, the pattern naming the experiment exactly wins, then the longest matching one.
+
+    >>> cfg = Config(limits={"*": {"timeout": 60, "memory": 512}, "u/*": {"timeout": 5}, "u/t/1/e": {"memory": 64}})
+    >>> limits_for(cfg, "u/t/1/e")
+    (5.0, 67108864)
+    >>> limits_for(cfg, "v/t/1/e")
+    (60.0, 536870912)
+    """
+    found: dict[str, float] = {}
+    if cfg is not None:
+        matching = [p for p in cfg.limits if p == experiment or fnmatch.fnmatchcase(experiment, p)]
+        for pattern in sorted(matching, key=lambda p: (p == experiment, len(p))):
+            found.update(cfg.limits[pattern])
+    timeout, memory = found.get("timeout"), found.get("memory")
+    return (float(timeout) if timeout is not None else None,
+            int(memory * 1024 * 1024) if memory is not None else None)
 
 
 def _read(path: Path) -> dict:
@@ -78,6 +126,8 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             cfg.prefix = os.path.normpath(here / os.path.expanduser(value))
         elif key == "cache":
             cfg.cache = os.path.expanduser(value)  # relative to the prefix, resolved by the caller
+        elif key == "limits":
+            _apply_limits(cfg, path, value)
         elif key.startswith("database/"):
             name = key[len("database/"):]
             if not KINDS["database"].pattern.match(name):
@@ -85,7 +135,7 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
                                   f"(expected database/<name>/<version>)")
             cfg.databases[name] = os.path.normpath(here / os.path.expanduser(value))
         else:
-            known = ", ".join(["prefix", "cache", "database/<name>/<version>"])
+            known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits"])
             raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")
 
 

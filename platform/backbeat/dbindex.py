@@ -12,6 +12,7 @@ A database output's data units group consecutive entries whose mapped attribute 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections import namedtuple
@@ -41,8 +42,19 @@ def dumps_index(entries: Sequence[Any]) -> bytes:
     return simplejson.dumps(list(entries), cls=_Encoder).encode("utf-8")
 
 
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> None:
-    """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically."""
+    """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically.
+
+    BEAT's format (a JSON array of objects), plus ``<path>.sha256``: the digest of the
+    content, written first, so that a damaged index is recognised (:func:`verified_digest`).
+    """
     if not isinstance(entries, (list, tuple)):
         raise DataError(f"a view index must be a list, not {type(entries).__name__}")
     try:
@@ -54,14 +66,14 @@ def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> None:
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(f"{tmp}.sha256", hashlib.sha256(data).hexdigest().encode())
+        os.replace(f"{tmp}.sha256", f"{path}.sha256")  # the digest first: an index never lacks it
+        _write_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for leftover in (tmp, f"{tmp}.sha256"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
         raise
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -146,3 +158,13 @@ def output_units(entries: Sequence[Any], attribute: str) -> tuple[np.ndarray, np
 def index_digest(path: str | os.PathLike) -> str:
     """sha256 of an index file's bytes: the index content digest that enters cache keys."""
     return hash_file_contents(Path(path))
+
+
+def verified_digest(path: str | os.PathLike) -> str | None:
+    """The index's content digest if it matches the one recorded when it was written, else None."""
+    try:
+        recorded = Path(f"{os.fspath(path)}.sha256").read_text().strip()
+    except OSError:
+        return None
+    digest = index_digest(path)
+    return digest if digest == recorded else None

@@ -90,6 +90,7 @@ class Run:
     started: dict[str, float] = field(default_factory=dict)
     slot_ranges: dict[str, list] = field(default_factory=dict)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
+    killed: set[str] = field(default_factory=set)  # processes killed because their loop partner failed
     _server: Any = None
     _control: Any = None
     _provider: Any = None
@@ -150,6 +151,9 @@ class Run:
             self._server.close()  # kills every block process still running (e.g. on Ctrl-C)
         if self._control is not None:
             self._control.close()
+        for ds in self.plan.datasets.values():  # an interrupted indexing job leaves its temporaries
+            if ds.index_digest is None and self._server is not None:
+                cachefile.remove_stale_temporaries(index_path(self.cache, ds.index_key))
         for job in self.plan.jobs:
             if self.status.get(job.name) == "running":  # interrupted: drop its partial files
                 self.status[job.name] = "failed"
@@ -181,13 +185,16 @@ class Run:
         }
 
     def index_datasets(self) -> None:
-        from .dbindex import index_digest
+        from .dbindex import verified_digest
 
         todo = []
         for name, ds in self.plan.datasets.items():
             path = index_path(self.cache, ds.index_key)
             if path.is_file() and not self.options.force:
-                ds.index_digest = index_digest(str(path))
+                ds.index_digest = verified_digest(path)
+                if ds.index_digest is None:
+                    self._emit(f"dataset {name}", "corrupt", message=f"view index `{path}' was damaged")
+                    todo.append(name)
             else:
                 todo.append(name)
         if not todo:
@@ -385,6 +392,11 @@ class Run:
             self._collect(20)
             for name in list(procs):
                 exits = [self.handles[p].poll() for p in procs[name]]
+                if jobs[name].kind == "loop" and any(e is not None and not e.ok for e in exits):
+                    for p, e in zip(procs[name], exits, strict=True):  # one side failed: stop the other
+                        if e is None:
+                            self.killed.add(p)
+                            self.handles[p].kill()
                 if any(e is None for e in exits):
                     continue
                 self._collect(0)
@@ -399,6 +411,8 @@ class Run:
         """Spawn the job's block process(es): one, or one per slot for a split block."""
         for o in job.outputs.values():  # left by a writer killed with an earlier run (kill -9)
             cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
+        if job.kind == "loop":
+            return self._start_loop(job)
         payload = self.block_payload(job)
         if payload["database"]:
             payload["database"] = self._provider_address()
@@ -415,6 +429,29 @@ class Run:
             ids.append(pid)
         self.slot_ranges[job.name] = ranges
         return ids
+
+    def _start_loop(self, job: Job) -> list[str]:
+        """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
+        from .loops import SIDES, side_job
+
+        self._infrastructure()
+        address = f"ipc://{self._tmpdir}/loop{[j.name for j in self.plan.jobs].index(job.name)}"
+        ids = []
+        for k, side in enumerate(reversed(SIDES)):
+            payload = self.block_payload(side_job(job, side))
+            if payload["database"]:
+                payload["database"] = self._provider_address()
+            formats = (job.evaluator or {})["loop"] if side == "evaluator" else self._loop_formats(job.algorithm)
+            payload["loop"] = {"role": side, "address": address,
+                               **{k2: [df, self.plan.expanded[df]] for k2, df in formats.items()}}
+            self._spawn(f"{job.name}#{k}", "backbeat.blockrun:run", payload)
+            ids.append(f"{job.name}#{k}")
+        return ids
+
+    def _loop_formats(self, algorithm: str) -> dict:
+        from .algorithm import Algorithm
+
+        return dict(Algorithm(Catalog(self.prefix).get("algorithm", algorithm)).loop or {})
 
     def _slots(self, job: Job, payload: dict) -> list[tuple[int, int]]:
         """Split ranges of a splittable block over the units of its synchronisation channel."""
@@ -449,8 +486,9 @@ class Run:
         self._unlock(job.name)
         wall = time.perf_counter() - self.started[job.name]
         outcomes = [outcome(e, self.messages.get(p, [])) for p, e in zip(ids, exits, strict=True)]
-        bad = next((o for o in outcomes if not o.ok), None)
-        if bad is None and len(ids) > 1:
+        bad = next((o for p, o in zip(ids, outcomes, strict=True) if not o.ok and p not in self.killed),
+                   next((o for o in outcomes if not o.ok), None))
+        if bad is None and len(ids) > 1 and job.kind != "loop":
             try:
                 self._assemble(job, len(ids))
             except Exception as exc:  # noqa: BLE001 - reported as the block's failure
@@ -467,6 +505,8 @@ class Run:
         for o in job.outputs.values():  # a killed writer leaves its temporary file
             final = output_path(self.cache, o.key)
             cachefile.remove_stale_temporaries(final)
+            if job.kind == "loop":  # a loop node is all or nothing: drop the side that committed
+                final.unlink(missing_ok=True)
             for k in range(len(ids) if len(ids) > 1 else 0):
                 Path(f"{final}.slot{k}").unlink(missing_ok=True)
                 cachefile.remove_stale_temporaries(f"{final}.slot{k}")

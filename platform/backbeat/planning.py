@@ -89,10 +89,10 @@ class Output:
 
 @dataclass
 class Job:
-    """One block or analyzer to execute."""
+    """One block, analyzer or loop (processor + evaluator, see :mod:`backbeat.loops`) to execute."""
 
     name: str
-    kind: str  # "block" or "analyzer"
+    kind: str  # "block", "analyzer" or "loop"
     algorithm: str
     algorithm_hash: str
     channel: str
@@ -106,11 +106,16 @@ class Job:
     nb_slots: int = 1
     depends: list[str] = field(default_factory=list)
     key: str = ""
+    evaluator: dict | None = None  # loops: the evaluator's algorithm, parameters, libraries (loops.plan_loop)
 
     @property
     def beat_hash(self) -> Any:
         if self.kind == "analyzer":
             return self.outputs["result"].beat_hash
+        if self.kind == "loop":
+            from .loops import beat_hashes
+
+            return beat_hashes(self)
         return {n: o.beat_hash for n, o in self.outputs.items()}
 
     def to_payload(self) -> dict:
@@ -198,8 +203,6 @@ def plan(catalog: Catalog, name: str) -> Plan:
     exp = exp_asset.declaration
     tc_name = experiment_toolchain(name)
     tc = catalog.get("toolchain", tc_name).require_valid().declaration
-    if exp.get("loops") or tc.get("loops"):
-        raise ExecutionError(f"experiment `{name}' uses loops, which this version of backbeat cannot run yet")
 
     formats: dict[str, str] = {}
     expanded: dict[str, dict] = {}
@@ -213,12 +216,21 @@ def plan(catalog: Catalog, name: str) -> Plan:
 
     # where each toolchain input endpoint reads from
     feeds = {dst: (src, channel) for _i, src, dst, channel in connections(tc)}
-    channels = {n["name"]: n["synchronized_channel"] for sec in ("blocks", "analyzers") for n in tc.get(sec, [])}
+    channels = {n["name"]: n["synchronized_channel"] for sec in ("blocks", "loops", "analyzers")
+                for n in tc.get(sec, [])}
     out_channel = {src: channel for _i, src, _dst, channel in connections(tc)}
 
     jobs: dict[str, Job] = {}
     tc_out_to_algo: dict[str, dict[str, str]] = {}  # job -> toolchain output -> algorithm output
     for node in execution_order(tc):
+        if node in (exp.get("loops") or {}):
+            from .loops import plan_loop
+
+            jobs[node] = plan_loop(dict(
+                catalog=catalog, globals=globals_, default_env=default_env, feeds=feeds, channels=channels,
+                out_channel=out_channel, datasets=datasets, jobs=jobs, tc_out_to_algo=tc_out_to_algo,
+                formats=formats, expanded=expanded), node, exp["loops"][node])
+            continue
         if node in exp.get("blocks", {}):
             kind, spec = "block", exp["blocks"][node]
         else:
@@ -256,7 +268,7 @@ def plan(catalog: Catalog, name: str) -> Plan:
         else:
             results = {}
             for r_name, r_type in algo.results.items():
-                if "/" in r_type and not r_type.startswith("plot/"):
+                if "/" in r_type:  # dataformats, plot/* ones too (BEAT loads them)
                     _dataformat_digest(catalog, r_type, formats, expanded)
                     results[r_name] = expanded[r_type]
                 else:
@@ -339,4 +351,11 @@ def key_components(p: Plan, job: Job) -> dict:
                    for n, i in job.inputs.items()},
         "outputs": {n: p.dataformats[o.dataformat] for n, o in job.outputs.items()},
         "encoding": DATA_ENCODING,
+        **(loop_key_extra(job) if job.kind == "loop" else {}),
     }
+
+
+def loop_key_extra(job: Job) -> dict:
+    from .loops import key_extra
+
+    return key_extra(job)

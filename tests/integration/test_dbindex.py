@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backbeat import dbindex
 from backbeat.dbindex import group_units, output_units, read_index, write_index
 from backbeat.errors import DataError
 
@@ -24,7 +25,12 @@ def _entries():
 def test_write_and_read_index(tmp_path):
     path = tmp_path / "sub" / "view.db"
     write_index(path, _entries())
-    assert os.listdir(path.parent) == ["view.db"]
+    assert sorted(os.listdir(path.parent)) == ["view.db", "view.db.sha256"]  # no temporaries left
+    assert dbindex.verified_digest(path) == dbindex.index_digest(path)
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(path.read_bytes().replace(b"1", b"2"))
+    (tmp_path / "damaged.db.sha256").write_bytes((path.parent / "view.db.sha256").read_bytes())
+    assert dbindex.verified_digest(damaged) is None  # no longer what was written
     text = path.read_text("utf-8")
     assert text.startswith('[{"label": 0, "data": 0.0, "name": "\\u00e90"}')
     got = read_index(path)

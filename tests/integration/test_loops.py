@@ -1,0 +1,188 @@
+"""Loops end to end: processor and evaluator processes talking over a real ZeroMQ loop channel.
+
+The experiments are ``tests/fixtures/loops/prefix`` (``build_prefix.py`` writes it); what the
+reference BEAT 1.13 produced for them is in ``tests/fixtures/loops/expected.json``
+(``regenerate.sh``).  Toolchain: ``items -> prep (+2) -> loop (processor: value, evaluator:
+target) -> panalysis (processor output) / eanalysis (evaluator output)``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from backbeat import executor, loops, planning
+from backbeat.catalog import Catalog
+from backbeat.errors import ExecutionError
+from conftest import FIXTURES, cli_json
+
+PREFIX = FIXTURES / "loops" / "prefix"
+EXPECTED = json.loads((FIXTURES / "loops" / "expected.json").read_text())["experiments"]
+SEQ = "lx/lx/loop/1/sequential"
+AUTO = "lx/lx/loop/1/autonomous"
+FAIL = "lx/lx/loop/1/fail_eval"
+
+
+def run(cache: Path, name: str, prefix: Path = PREFIX, **options) -> dict:
+    return executor.run_experiment(prefix, cache, name, executor.Options(jobs=2, **options))
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {name: block["status"] for name, block in report["blocks"].items()}
+
+
+def loop_records(cache: Path, report: dict) -> dict:
+    """The loop node's outputs as BEAT's recorder lists them: ``{side: {output: records}}``."""
+    out: dict = {"processor": {}, "evaluator": {}}
+    for name, key in report["blocks"]["loop"]["outputs"].items():
+        side, algo_out = name.split(".", 1)
+        out[side][algo_out] = executor.read_result(executor.output_path(cache, key))
+    return out
+
+
+def beat_loop_records(name: str) -> dict:
+    return {side: {o: rec["records"] for o, rec in outs.items()}
+            for side, outs in EXPECTED[name]["loops"]["loop"].items()}
+
+
+def temporaries(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob("*") if ".tmp-" in p.name]
+
+
+# -- planning ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [SEQ, AUTO, FAIL])
+def test_loop_plan_has_beats_hashes(name: str):
+    plan = planning.plan(Catalog(PREFIX), name)
+    assert [j.name for j in plan.jobs] == EXPECTED[name]["order"]
+    loop = plan.job("loop")
+    assert loop.kind == "loop" and loop.depends == ["prep"]
+    assert loop.beat_hash == {side: {o: rec["hash"] for o, rec in outs.items()}
+                              for side, outs in EXPECTED[name]["loops"]["loop"].items()}
+    for analyzer, rec in EXPECTED[name]["analyzers"].items():
+        assert plan.job(analyzer).beat_hash == rec["hash"]
+
+
+def test_loop_hashes_of_beat_fixture():
+    """The loop experiment of the BEAT-compatibility fixtures (same names on both sides)."""
+    rec = next(r for r in json.loads((FIXTURES / "beat" / "expected.json").read_text())
+               if r["name"] == "bb/bb/tc_loop/1/loop")
+    plan = planning.plan(Catalog(FIXTURES / "beat" / "prefix"), rec["name"])
+    got = {"blocks": {}, "loops": {}, "analyzers": {}}
+    for job in plan.jobs:
+        got[{"loop": "loops", "analyzer": "analyzers"}.get(job.kind, "blocks")][job.name] = job.beat_hash
+    assert got == rec["setup"]
+
+
+def test_loop_key_covers_both_sides(tmp_path: Path, copy_prefix):
+    """Changing only the evaluator's parameters changes the processor's output keys too."""
+    prefix = copy_prefix(PREFIX)
+    exp = prefix / "experiments/lx/lx/loop/1"
+    decl = json.loads((exp / "sequential.json").read_text())
+    decl["loops"]["loop"]["evaluator_parameters"]["threshold"] = 1.0
+    (exp / "other.json").write_text(json.dumps(decl))
+    keys = {}
+    for name in ("sequential", "other"):
+        r = executor.dry_run(prefix, tmp_path / "cache", f"lx/lx/loop/1/{name}")
+        keys[name] = r["blocks"]["loop"]["key"]
+        run_ = executor.prepare(prefix, tmp_path / "cache", f"lx/lx/loop/1/{name}")
+        run_.close()
+        keys[name + "-outputs"] = {n: o.key for n, o in run_.plan.job("loop").outputs.items()}
+    assert keys["sequential"] != keys["other"]
+    for out in ("processor.out", "evaluator.out"):
+        assert keys["sequential-outputs"][out] != keys["other-outputs"][out]
+    assert len(set(keys["sequential-outputs"].values())) == 2  # both sides' `out` have their own key
+
+
+def test_side_job_strips_names():
+    loop = planning.plan(Catalog(PREFIX), SEQ).job("loop")
+    ev = loops.side_job(loop, "evaluator")
+    assert ev.algorithm == "lx/seq_eval/1" and list(ev.inputs) == ["target"] and list(ev.outputs) == ["out"]
+    assert ev.inputs["target"].name == "target" and ev.values == {"threshold": 3.0, "fail_at": -1}
+    proc = loops.side_job(loop, "processor")
+    assert proc.algorithm == "lx/seq_proc/1" and list(proc.inputs) == ["value"]
+    with pytest.raises(ExecutionError):
+        loops.side_job(loop, "other")
+
+
+def test_pack_round_trip_and_refuses_non_dicts():
+    fmt = ("lx/answer/1", {"score": "float64", "note": "string"})
+    value = loops.unpack(loops.pack({"score": 1.5, "note": "héllo"}, fmt), fmt)
+    assert value.as_dict() == {"score": 1.5, "note": "héllo"}
+    assert loops.unpack(loops.pack(value, fmt), fmt).as_dict() == value.as_dict()
+    with pytest.raises(TypeError, match="give a dict"):
+        loops.pack([1.5, "x"], fmt)
+
+
+# -- running ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [SEQ, AUTO])
+def test_loop_results_equal_beats(tmp_path: Path, name: str):
+    cache = tmp_path / "cache"
+    report = run(cache, name)
+    assert report["status"] == "ok", report
+    assert set(statuses(report).values()) == {"ran"}
+    assert report["results"] == EXPECTED[name]["results"]
+    assert loop_records(cache, report) == beat_loop_records(name)
+    assert report["blocks"]["loop"]["beat_hash"] == {
+        side: {o: rec["hash"] for o, rec in outs.items()} for side, outs in EXPECTED[name]["loops"]["loop"].items()}
+    # a second run reuses everything
+    again = run(cache, name)
+    assert set(statuses(again).values()) == {"cached"} and again["results"] == report["results"]
+
+
+def test_failing_evaluator_fails_the_loop_cleanly(tmp_path: Path):
+    cache = tmp_path / "cache"
+    t0 = time.monotonic()
+    report = run(cache, FAIL)
+    assert time.monotonic() - t0 < 15
+    assert EXPECTED[FAIL]["status"] == "failed"  # BEAT fails too
+    assert report["status"] == "failed"
+    assert statuses(report) == {"prep": "ran", "loop": "failed", "panalysis": "skipped", "eanalysis": "skipped"}
+    error = report["blocks"]["loop"]["error"]
+    assert error["kind"] == "user"
+    assert "the evaluator refuses hypothesis 2" in error["message"]
+    assert 'File "algorithms/lx/seq_eval/1.py", line 20, in validate' in error["traceback"]
+    for key in report["blocks"]["loop"]["outputs"].values():  # neither side left anything
+        assert not executor.output_path(cache, key).exists()
+    assert temporaries(cache) == []
+    assert report["results"] == {}
+
+
+CRASH = '''import os
+
+
+class Algorithm:
+    def process(self, inputs, data_loaders, outputs, loop_channel):
+        ok, answer = loop_channel.validate({"value": 1.0, "index": inputs["value"].data.value})
+        os._exit(3)
+'''
+
+
+def test_crashing_processor_kills_the_evaluator(tmp_path: Path, copy_prefix):
+    prefix = copy_prefix(PREFIX)
+    algo = json.loads((prefix / "algorithms/lx/seq_proc/1.json").read_text())
+    algo["parameters"] = {}
+    (prefix / "algorithms/lx/crash/1.json").parent.mkdir(parents=True)
+    (prefix / "algorithms/lx/crash/1.json").write_text(json.dumps(algo))
+    (prefix / "algorithms/lx/crash/1.py").write_text(CRASH)
+    exp = prefix / "experiments/lx/lx/loop/1"
+    decl = json.loads((exp / "sequential.json").read_text())
+    decl["loops"]["loop"].update(processor_algorithm="lx/crash/1", processor_parameters={})
+    (exp / "crash.json").write_text(json.dumps(decl))
+    t0 = time.monotonic()
+    report = run(tmp_path / "cache", "lx/lx/loop/1/crash", prefix)
+    assert time.monotonic() - t0 < 15
+    assert statuses(report)["loop"] == "failed"
+    assert report["blocks"]["loop"]["error"]["kind"] == "exit"  # the processor's, not the killed evaluator's
+    assert temporaries(tmp_path / "cache") == []
+
+
+def test_cli_runs_a_loop_experiment(tmp_path: Path):
+    code, doc, err = cli_json("-p", PREFIX, "-c", tmp_path / "cache", "experiments", "run", SEQ, "--json")
+    assert code == 0, err
+    assert doc["status"] == "ok" and doc["results"] == EXPECTED[SEQ]["results"]
+    code, doc, err = cli_json("-p", PREFIX, "-c", tmp_path / "cache", "experiments", "results", SEQ, "--json")
+    assert code == 0, err
+    assert doc == EXPECTED[SEQ]["results"]
