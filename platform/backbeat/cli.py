@@ -123,6 +123,7 @@ def _load_extensions() -> None:
         cli_run,
         cli_tools,
     )
+    from . import cli_plot  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -96,8 +96,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    options = executor.Options(force=args.force, jobs=args.jobs or 0, timeout_s=args.timeout,
-                               memory_bytes=args.memory, only=args.only, from_=args.from_, until=args.until)
+    from . import config
+
+    timeout, memory = config.limits_for(config.active(), args.name)  # .backbeatrc "limits"; flags win
+    options = executor.Options(force=args.force, jobs=args.jobs or 0,
+                               timeout_s=args.timeout if args.timeout is not None else timeout,
+                               memory_bytes=args.memory if args.memory is not None else memory,
+                               only=args.only, from_=args.from_, until=args.until)
     if args.dry_run:
         plan = executor.dry_run(args.prefix, args.cache, args.name, options)
         if args.json:

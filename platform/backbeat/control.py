@@ -237,10 +237,12 @@ def format_user_traceback(exc: BaseException, root: str | None) -> tuple[str, st
     in_user = root is None
     if root:
         base = os.path.realpath(root) + os.sep
-        first = next((i for i, f in enumerate(frames) if os.path.realpath(f.filename).startswith(base)), None)
-        if first is not None:
+        mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename).startswith(base)]
+        if mine:
             in_user = True
-            frames = traceback.StackSummary.from_list(frames[first:])
+            # from the first frame of user code to its last one: what backbeat did below the
+            # user's call (e.g. checking a written value) is said by the message itself
+            frames = traceback.StackSummary.from_list(frames[mine[0]:mine[-1] + 1])
             for f in frames:
                 real = os.path.realpath(f.filename)
                 if real.startswith(base):
