@@ -14,6 +14,10 @@ a JSON payload (:func:`backbeat.executor.block_payload` writes it); ``job_main``
 5. drives the algorithm with BEAT's semantics (:mod:`backbeat.driver`), reporting progress
    over the control channel, and commits the outputs.  Any exception propagates to
    ``job_main``, which reports it; uncommitted writers are aborted so nothing partial remains.
+
+One side of a loop node has ``payload["loop"]`` (:mod:`backbeat.loops`): the processor is
+driven as above with a ``loop_channel`` (its writes and steps notify the evaluator); the
+evaluator is set up, then answers the processor until it is done, and commits its outputs.
 """
 
 from __future__ import annotations

@@ -346,6 +346,7 @@ def needed(prefix: str | os.PathLike, cache: str | os.PathLike) -> tuple[set[Pat
             continue
         outputs = {output_path(root, o.key) for j in p.jobs for o in j.outputs.values()}
         keep |= outputs | {Path(f"{path}.json") for path in outputs}  # + results' JSON summaries
+    keep |= {Path(f"{path}.sha256") for path in keep if path.suffix == ".db"}  # + index digests
     return keep, skipped
 
 

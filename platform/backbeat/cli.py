@@ -120,10 +120,10 @@ def _load_extensions() -> None:
     # cli_run: execution commands; cli_tools: graphs, asset and cache commands
     from . import (  # noqa: F401
         cli_audit,  # noqa: F401
+        cli_plot,  # noqa: F401
         cli_run,
         cli_tools,
     )
-    from . import cli_plot  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -273,6 +273,9 @@ class Run:
 
     # -- blocks ---------------------------------------------------------------------------
     def block_payload(self, job: Job) -> dict:
+        if job.kind == "loop":  # two processes and a loop channel: see _start_loop / loops.side_job
+            raise ExecutionError(f"loop `{job.name}' has no single block payload: its processor and evaluator "
+                                 f"run as two processes on this machine (the local executor)")
         catalog = Catalog(self.prefix)
         algo = catalog.get("algorithm", job.algorithm)
         libraries = {}

@@ -160,7 +160,6 @@ def pack(value: Any, fmt: tuple[str, dict]) -> list:
     """A value (an instance, or a dict converted with safe casting) as wire frames."""
     from . import wire
     from .batch import Batch
-
     from .values import value_type
 
     name, expanded = fmt

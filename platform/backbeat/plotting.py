@@ -238,6 +238,8 @@ def plot_data(prefix: str | os.PathLike, plotter: str, data: Any, output: str | 
     ext = out.suffix.lower().lstrip(".")
     if fmt is None and ext in FORMATS:
         fmt = ext
+    elif fmt is not None and ext in FORMATS and ext != fmt:
+        raise UsageError(f"the output image `{out}' has a .{ext} extension but --format {fmt} was asked")
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown image format `{fmt}' (choose among {', '.join(FORMATS)})")
     if ext in FORMATS or ext == "jpg":
@@ -270,10 +272,16 @@ def _code_payload(catalog: Catalog, plotter: str) -> dict:
     return {"plotter": str(asset.code_path), "uses": uses, "libraries": libraries}
 
 
-def _preload() -> tuple[str, ...]:
+def _preload(payloads: list[dict]) -> tuple[str, ...]:
+    """Modules the zygote imports once for all plotter processes.
+
+    matplotlib (slow to import) only when several images come from plotters that use it.
+    """
     mods = ("numpy", "zmq", "backbeat.control", "backbeat.values", "backbeat.codeloader", "backbeat.compat")
-    if importlib.util.find_spec("matplotlib") is not None:  # imported once, in the zygote
-        mods += ("matplotlib", "matplotlib.pyplot")
+    if len(payloads) > 1 and importlib.util.find_spec("matplotlib") is not None:
+        codes = {p["code"]["plotter"] for p in payloads}
+        if any(b"matplotlib" in Path(c).read_bytes() for c in codes):
+            mods += ("matplotlib", "matplotlib.pyplot")
     return mods
 
 
@@ -291,7 +299,7 @@ def render(prefix: str | os.PathLike, tasks: list[PlotTask], output_folder: str 
     if not tasks:
         return []
     catalog = Catalog(prefix)
-    folder = Path(output_folder)
+    folder = Path(output_folder).absolute()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -307,7 +315,7 @@ def render(prefix: str | os.PathLike, tasks: list[PlotTask], output_folder: str 
     os.environ.setdefault("MPLBACKEND", "Agg")  # never a window: the zygote and children inherit it
     limit = max(1, jobs or os.cpu_count() or 1)
     reports: list[dict] = [{} for _ in tasks]
-    server = ForkServer(preload=_preload()).start()
+    server = ForkServer(preload=_preload(payloads)).start()
     try:
         control = ControlServer()
         try:
@@ -346,7 +354,7 @@ def render(prefix: str | os.PathLike, tasks: list[PlotTask], output_folder: str 
 def _finish(task: PlotTask, tmp: Path, result: Any, folder: Path) -> dict:
     entry: dict = dict(task.where, plotter=task.plotter, plotterparameter=task.plotterparameter)
     if not result.ok:
-        message = result.message.replace("the block", "the plotter")
+        message = result.message.replace("the block killed", "the plotter was killed").replace("the block", "the plotter")
         if "No module named 'matplotlib'" in message:
             message += f" ({MATPLOTLIB_HINT})"
         entry.update(status="failed", error={"kind": result.kind, "message": message,
@@ -361,7 +369,7 @@ def _finish(task: PlotTask, tmp: Path, result: Any, folder: Path) -> dict:
     detected = sniff(image)
     content_type = (result.statistics or {}).get("content_type") or task.parameters.get("content_type")
     if task.fmt is not None and detected != task.fmt:
-        what = f"a {detected.upper()} image" if detected else "data that is not a PNG, SVG or PDF image"
+        what = f"{detected.upper()} instead" if detected else "data that is not a PNG, SVG or PDF image"
         entry.update(status="failed", error={
             "kind": "user", "traceback": None,
             "message": f"{task.fmt.upper()} was asked but the plotter returned {what}"})
