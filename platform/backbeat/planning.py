@@ -6,7 +6,8 @@ remote worker.  Planning happens in two steps:
 
 1. :func:`plan` resolves the experiment against its toolchain, algorithms, databases and
    dataformats, in BEAT's execution order (spec §2.6, §4.6), and computes BEAT's own block
-   and analyzer hashes (``beat_hash``, spec §4.4–4.5) for audits against BEAT results;
+   and analyzer hashes (``beat_hash``, spec §4.4–4.5) for audits against BEAT results; a
+   toolchain loop becomes one job of kind ``loop`` (:func:`backbeat.loops.plan_loop`);
 2. :func:`assign_keys` computes backbeat's cache keys once the content digests of the
    database view indexes are known (they come from running the views, see
    :mod:`backbeat.executor`).  A key covers everything that can change an output; the

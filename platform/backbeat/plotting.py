@@ -28,9 +28,11 @@ matplotlib gets a hint to install the ``plot`` extra.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import mimetypes
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,16 +401,17 @@ def plot_job(payload: dict) -> dict:
         path, uses = libraries[name]
         return path, uses
 
-    module = load_with_libraries(payload["name"], code["plotter"], code.get("uses", {}), library)
-    cls = getattr(module, "Plotter", None)
-    if cls is None:
-        raise ExecutionError(f"plotter `{payload['name']}' defines no class `Plotter'")
-    obj = cls()
-    setup = getattr(obj, "setup", None)
-    if setup is not None and setup(dict(payload["parameters"])) is False:
-        raise ExecutionError(f"plotter `{payload['name']}': setup() returned False")
-    value = value_type(payload["dataformat"], payload["format"])().from_dict(payload["data"], casting="unsafe")
-    image = obj.process([(payload["label"], value)])
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the CLI's (e.g. its --json document)
+        module = load_with_libraries(payload["name"], code["plotter"], code.get("uses", {}), library)
+        cls = getattr(module, "Plotter", None)
+        if cls is None:
+            raise ExecutionError(f"plotter `{payload['name']}' defines no class `Plotter'")
+        obj = cls()
+        setup = getattr(obj, "setup", None)
+        if setup is not None and setup(dict(payload["parameters"])) is False:
+            raise ExecutionError(f"plotter `{payload['name']}': setup() returned False")
+        value = value_type(payload["dataformat"], payload["format"])().from_dict(payload["data"], casting="unsafe")
+        image = obj.process([(payload["label"], value)])
     if isinstance(image, str):
         image = image.encode("utf-8")
     elif isinstance(image, (bytearray, memoryview)):

@@ -186,3 +186,46 @@ def test_cli_runs_a_loop_experiment(tmp_path: Path):
     code, doc, err = cli_json("-p", PREFIX, "-c", tmp_path / "cache", "experiments", "results", SEQ, "--json")
     assert code == 0, err
     assert doc == EXPECTED[SEQ]["results"]
+
+
+EVALUATORS = {
+    "crash": ("exit", "exited with code 4", '''import os
+
+
+class Algorithm:
+    def validate(self, hypothesis):
+        os._exit(4)
+'''),
+    "not_a_tuple": ("user", "Improper implementation: validate must return a tuple", '''class Algorithm:
+    def validate(self, hypothesis):
+        return True
+'''),
+    "bad_answer": ("user", "cannot safely cast attribute `score'", '''class Algorithm:
+    def validate(self, hypothesis):
+        return (True, {"score": "not a number", "note": "x"})
+'''),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(EVALUATORS))
+def test_broken_evaluators_fail_the_loop(tmp_path: Path, copy_prefix, variant: str):
+    kind, message, code = EVALUATORS[variant]
+    prefix = copy_prefix(PREFIX)
+    algo = json.loads((prefix / "algorithms/lx/seq_eval/1.json").read_text())
+    algo["parameters"] = {}
+    (prefix / "algorithms/lx/broken_eval/1.json").parent.mkdir(parents=True)
+    (prefix / "algorithms/lx/broken_eval/1.json").write_text(json.dumps(algo))
+    (prefix / "algorithms/lx/broken_eval/1.py").write_text(code)
+    exp = prefix / "experiments/lx/lx/loop/1"
+    decl = json.loads((exp / "sequential.json").read_text())
+    decl["loops"]["loop"].update(evaluator_algorithm="lx/broken_eval/1", evaluator_parameters={})
+    (exp / "broken.json").write_text(json.dumps(decl))
+    t0 = time.monotonic()
+    report = run(tmp_path / "cache", "lx/lx/loop/1/broken", prefix)
+    assert time.monotonic() - t0 < 15
+    assert statuses(report)["loop"] == "failed"
+    error = report["blocks"]["loop"]["error"]
+    assert error["kind"] == kind and message in error["message"], error
+    for key in report["blocks"]["loop"]["outputs"].values():
+        assert not executor.output_path(tmp_path / "cache", key).exists()
+    assert temporaries(tmp_path / "cache") == []

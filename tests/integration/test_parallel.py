@@ -126,17 +126,17 @@ def test_timeout_stops_the_block_and_is_reported(prefix, tmp_path):
 
 
 def test_memory_limit_stops_the_block_and_is_reported(prefix, tmp_path):
-    name = write_experiment(prefix, "greedy", {"alloc_mb": 2000})
-    code, rep, err = run_cli_json(prefix, tmp_path / "cache", name, "--memory", "600")
+    name = write_experiment(prefix, "greedy", {"alloc_mb": 700})
+    code, rep, err = run_cli_json(prefix, tmp_path / "cache", name, "--memory", "450")
     assert_stopped(code, rep, tmp_path / "cache", "memory")
     assert rep["blocks"]["right"]["status"] in ("ran", "skipped")
 
 
 def test_limits_per_experiment_from_the_configuration(prefix, tmp_path):
     slow = write_experiment(prefix, "slow", {"ms": 300.0})
-    greedy = write_experiment(prefix, "greedy", {"alloc_mb": 2000})
+    greedy = write_experiment(prefix, "greedy", {"alloc_mb": 700})
     (tmp_path / ".backbeatrc").write_text(json.dumps({"limits": {
-        "*": {"memory": 600},
+        "*": {"memory": 450},
         slow: {"timeout": 1},
     }}))
     code, rep, err = run_cli_json(prefix, tmp_path / "c1", slow, cwd=tmp_path)
@@ -144,7 +144,7 @@ def test_limits_per_experiment_from_the_configuration(prefix, tmp_path):
     code, rep, err = run_cli_json(prefix, tmp_path / "c2", greedy, cwd=tmp_path)
     assert_stopped(code, rep, tmp_path / "c2", "memory")
     # command-line flags override the configuration
-    code, rep, err = run_cli_json(prefix, tmp_path / "c3", greedy, "--memory", "4000", cwd=tmp_path)
+    code, rep, err = run_cli_json(prefix, tmp_path / "c3", greedy, "--memory", "3000", cwd=tmp_path)
     assert code == 0 and rep["results"] == RESULT, rep
     # a malformed setting is an error naming the file
     (tmp_path / ".backbeatrc").write_text(json.dumps({"limits": {"*": {"timeout": "soon"}}}))
@@ -156,7 +156,7 @@ def test_limits_per_experiment_from_the_configuration(prefix, tmp_path):
 # ----------------------------------------------------------------------------- Ctrl-C
 
 def test_interrupt_stops_every_block_process_and_leaves_the_cache_consistent(prefix, tmp_path):
-    name = write_experiment(prefix, "long", {"ms": 400.0}, {"ms": 400.0}, slots=2)  # 8 s per block
+    name = write_experiment(prefix, "long", {"ms": 400.0}, {"ms": 401.0}, slots=2)  # 8 s per block
     log, cache = tmp_path / "setups.log", tmp_path / "cache"
     env = dict(os.environ, PARALLEL_FIXTURE_LOG=str(log))
     proc = subprocess.Popen(cli_command("-p", prefix, "-c", cache, "experiments", "run", name, "-j", "3"),

@@ -1,0 +1,178 @@
+"""The Dask executor on a real LocalCluster (2 worker processes): same results and cache as local.
+
+Blocks run through ``python -m backbeat.remote`` on the workers with the real runtime (fork
+server, ZeroMQ, HDF5), over a private copy of ``tests/fixtures/parallel/prefix``.  Most tests
+share one module-wide cluster; the fixture algorithm logs each ``setup`` to
+``$PARALLEL_FIXTURE_LOG`` (inherited by the workers), which counts block executions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from backbeat import cachefile, executor
+from backbeat.errors import BackbeatError
+from conftest import FIXTURES, cli_json
+
+distributed = pytest.importorskip("distributed")
+dask_executor = pytest.importorskip("backbeat.dask_executor")
+
+PARALLEL_PREFIX = FIXTURES / "parallel" / "prefix"
+BASE = "par/par/two/1/base"
+EXP_DIR = Path("experiments/par/par/two/1")
+RESULT = {"analysis": [{"start": 0, "end": 39, "data": {"count": 20, "sum": 5780}}]}
+
+
+def write_experiment(prefix: Path, name: str, left: dict | None = None, right: dict | None = None) -> str:
+    decl = json.loads((prefix / EXP_DIR / "base.json").read_text())
+    decl["blocks"]["left"]["parameters"].update(left or {})
+    decl["blocks"]["right"]["parameters"].update(right or {})
+    (prefix / EXP_DIR / f"{name}.json").write_text(json.dumps(decl, indent=4))
+    return f"par/par/two/1/{name}"
+
+
+def cache_digests(cache: Path) -> dict[str, str]:
+    """``{relative path: content digest}`` of every cache entry (HDF5 outputs and view indexes)."""
+    out = {}
+    for p in sorted(cache.rglob("*")):
+        if p.suffix == ".h5":
+            out[str(p.relative_to(cache))] = cachefile.stored_digest(str(p))
+        elif p.suffix == ".db":
+            out[str(p.relative_to(cache))] = p.read_text()
+    return out
+
+
+def executions(log: Path, ms: float) -> int:
+    return sum(line.split()[1] == f"ms={ms:g}" for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dask") / "setups.log"
+
+
+@pytest.fixture(scope="module")
+def cluster(log):
+    """A LocalCluster of 2 single-threaded worker processes, whose environment names ``log``."""
+    saved = os.environ.get("PARALLEL_FIXTURE_LOG")
+    os.environ["PARALLEL_FIXTURE_LOG"] = str(log)
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None, silence_logs=40) as c:
+            yield c
+    finally:
+        if saved is None:
+            os.environ.pop("PARALLEL_FIXTURE_LOG", None)
+        else:
+            os.environ["PARALLEL_FIXTURE_LOG"] = saved
+
+
+@pytest.fixture
+def prefix(copy_prefix) -> Path:
+    return copy_prefix(PARALLEL_PREFIX)
+
+
+def test_dask_run_gives_the_local_results_and_cache_entries(prefix, tmp_path):
+    local = executor.run_experiment(prefix, tmp_path / "local", BASE, executor.Options(jobs=2))
+    assert local["status"] == "ok" and local["results"] == RESULT, local
+    # the CLI's own LocalCluster (no --scheduler), 2 worker processes
+    code, rep, err = cli_json("-p", prefix, "-c", tmp_path / "dask", "experiments", "run", BASE, "--json",
+                              "--executor", "dask", "--workers", "2", timeout=90)
+    assert code == 0, err
+    assert rep["status"] == "ok" and rep["results"] == RESULT, rep
+    assert {b: v["status"] for b, v in rep["blocks"].items()} == {"left": "ran", "right": "ran", "analysis": "ran"}
+    assert {b: v["outputs"] for b, v in rep["blocks"].items()} == {b: v["outputs"] for b, v in local["blocks"].items()}
+    local_files, dask_files = cache_digests(tmp_path / "local"), cache_digests(tmp_path / "dask")
+    assert len(local_files) == 4 and local_files == dask_files  # 3 outputs, 1 view index
+    assert not any(".tmp-" in p.name for p in (tmp_path / "dask").rglob("*"))
+
+
+def test_blocks_shared_by_two_experiments_run_once(prefix, tmp_path, cluster, log):
+    cache = tmp_path / "cache"
+    one = write_experiment(prefix, "one", {"ms": 60.0}, {"ms": 30.0})
+    two = write_experiment(prefix, "two", {"ms": 60.0}, {"ms": 31.0})
+    executor.dry_run(prefix, cache, one)  # index the dataset once, before the concurrent runs
+    reports: dict[str, dict] = {}
+
+    def submit(name: str) -> None:
+        reports[name] = dask_executor.run_experiment(prefix, cache, name, executor.Options(),
+                                                     scheduler=cluster.scheduler_address)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in (one, two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(reports) == {one, two}, "a Dask run did not finish"
+    for name in (one, two):
+        assert reports[name]["status"] == "ok" and reports[name]["results"] == RESULT, reports[name]
+    assert reports[one]["blocks"]["left"]["outputs"] == reports[two]["blocks"]["left"]["outputs"]
+    assert executions(log, 60) == 1, f"the shared block ran {executions(log, 60)} times"
+    assert executions(log, 30) == 1 and executions(log, 31) == 1
+
+
+def test_identical_blocks_in_one_experiment_are_computed_once(prefix, tmp_path, cluster, log):
+    name = write_experiment(prefix, "twins", {"ms": 7.0}, {"ms": 7.0})  # left and right: one cache key
+    try:
+        rep = dask_executor.run_experiment(prefix, tmp_path / "cache", name, executor.Options(),
+                                           scheduler=cluster.scheduler_address)
+    except BackbeatError as exc:  # known bug: both jobs share one future key, one job is never marked done
+        pytest.fail(f"BUG dask_executor: two blocks with the same job key in one experiment: {exc}")
+    assert rep["status"] == "ok" and rep["results"] == RESULT, rep
+    assert {b["status"] for n, b in rep["blocks"].items() if n != "analysis"} <= {"ran", "cached"}
+    assert executions(log, 7) == 1
+
+
+def block_running(log: Path, ms: float) -> int | None:
+    """The pid of the block process with parameter ``ms``, once it logged its setup."""
+    for line in log.read_text().splitlines() if log.exists() else []:
+        pid, tag = line.split()
+        if tag == f"ms={ms:g}" and psutil.pid_exists(int(pid)):
+            return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("tree", [False, True], ids=["worker", "worker-and-its-processes"])
+def test_a_worker_killed_mid_block_does_not_lose_the_run(prefix, tmp_path, cluster, log, tree):
+    """Kill the worker running a block (SIGKILL), alone or with its processes (a lost host)."""
+    ms = 100.0 + tree  # 2 s per block; another key for each variant
+    name = write_experiment(prefix, f"victim{int(tree)}", {"ms": ms}, {"ms": 10.0 + tree})
+    cache = tmp_path / "cache"
+    client = distributed.Client(cluster.scheduler_address)
+    try:
+        workers = client.run(os.getpid)  # {address: pid}
+        reports: dict[str, dict] = {}
+        thread = threading.Thread(target=lambda: reports.update(rep=dask_executor.run_experiment(
+            prefix, cache, name, executor.Options(), scheduler=cluster.scheduler_address)))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while block_running(log, ms) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = block_running(log, ms)
+        assert pid is not None, "the block never started"
+        ancestors = [p.pid for p in psutil.Process(pid).parents()]
+        victim = next(w for w in workers.values() if w in ancestors)
+        victims = [psutil.Process(victim)] + (psutil.Process(victim).children(recursive=True) if tree else [])
+        for p in victims:
+            p.send_signal(signal.SIGKILL)
+        thread.join(60)
+    finally:
+        client.close()
+    assert "rep" in reports, "the Dask run did not finish after a worker was killed"
+    rep = reports["rep"]
+    assert rep["status"] == "ok" and rep["results"] == RESULT, rep
+    assert rep["blocks"]["left"]["status"] in ("ran", "cached")
+    if tree:  # the whole worker host is gone: the block ran again elsewhere
+        assert executions(log, ms) == 2 and rep["blocks"]["left"]["status"] == "ran"
+    for path in cache.rglob("*.h5"):
+        cachefile.verify(str(path))
+    stale = [p.name for p in cache.rglob("*") if ".tmp-" in p.name]
+    assert not stale, f"BUG remote.py: temporaries of the killed block are left in the cache: {stale}"
