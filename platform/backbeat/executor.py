@@ -274,8 +274,8 @@ class Run:
     # -- blocks ---------------------------------------------------------------------------
     def block_payload(self, job: Job) -> dict:
         if job.kind == "loop":  # two processes and a loop channel: see _start_loop / loops.side_job
-            raise ExecutionError(f"loop `{job.name}' has no single block payload: its processor and evaluator "
-                                 f"run as two processes on this machine (the local executor)")
+            raise ExecutionError(f"loop `{job.name}' can only run with the local executor (not as one remote or "
+                                 f"Dask task): its processor and evaluator are two processes joined by a loop channel")
         catalog = Catalog(self.prefix)
         algo = catalog.get("algorithm", job.algorithm)
         libraries = {}

@@ -283,7 +283,10 @@ def run_evaluator(algorithm: Any, kind: str, loop: dict, *, inputs: Any, data_lo
                 elif command == b"wrt":
                     name = bytes(frames[1].buffer).decode()
                     end_text = bytes(frames[2].buffer).decode()
-                    end = None if end_text == "None" else int(end_text)
+                    try:  # as BEAT: anything but an integer is the default end index
+                        end = int(end_text)
+                    except ValueError:
+                        end = None
                     _user_call(algorithm, "write", outputs, name, end)
                     sock.send(OK)
                 elif command == b"rdi":

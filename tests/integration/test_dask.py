@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 
 from backbeat import cachefile, executor
 from backbeat.errors import BackbeatError
-from conftest import FIXTURES, cli_json
+from conftest import FIXTURES, cli_json, run_cli
 
 distributed = pytest.importorskip("distributed")
 dask_executor = pytest.importorskip("backbeat.dask_executor")
@@ -78,6 +80,35 @@ def cluster(log):
 @pytest.fixture
 def prefix(copy_prefix) -> Path:
     return copy_prefix(PARALLEL_PREFIX)
+
+
+_IN_PROCESS = """
+import sys
+if sys.argv[1] == "hide":  # as if Dask were not installed
+    sys.modules["distributed"] = None
+from backbeat.cli import main
+code = main(sys.argv[2:])
+print("IMPORTED", sorted(m for m in ("dask", "distributed") if m in sys.modules), "EXIT", code)
+"""
+
+
+def in_process(mode: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _IN_PROCESS, mode, *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_core_never_imports_dask(prefix, tmp_path):
+    proc = in_process("show", "-p", prefix, "-c", tmp_path / "c", "experiments", "run", BASE, "-q")
+    assert "IMPORTED [] EXIT 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_dask_executor_without_dask_is_a_clear_error(prefix, tmp_path):
+    proc = in_process("hide", "-p", prefix, "-c", tmp_path / "c", "experiments", "run", BASE, "-q",
+                      "--executor", "dask")
+    assert "EXIT 2" in proc.stdout and "pip install 'backbeat[dask]'" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("-p", prefix, "-c", tmp_path / "c", "experiments", "run", BASE, "--scheduler", "tcp://x:1")
+    assert proc.returncode == 2 and "--executor dask" in proc.stderr, proc.stderr
 
 
 def test_dask_run_gives_the_local_results_and_cache_entries(prefix, tmp_path):

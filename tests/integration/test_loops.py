@@ -130,6 +130,12 @@ def test_loop_results_equal_beats(tmp_path: Path, name: str):
     # a second run reuses everything
     again = run(cache, name)
     assert set(statuses(again).values()) == {"cached"} and again["results"] == report["results"]
+    # a loop is cached only whole: without the evaluator's output both sides run again
+    executor.output_path(cache, report["blocks"]["loop"]["outputs"]["evaluator.out"]).unlink()
+    third = run(cache, name)
+    assert statuses(third) == {"prep": "cached", "loop": "ran", "panalysis": "cached", "eanalysis": "cached"}
+    assert third["results"] == EXPECTED[name]["results"]
+    assert loop_records(cache, third) == beat_loop_records(name)
 
 
 def test_failing_evaluator_fails_the_loop_cleanly(tmp_path: Path):
@@ -160,13 +166,21 @@ class Algorithm:
 '''
 
 
-def test_crashing_processor_kills_the_evaluator(tmp_path: Path, copy_prefix):
+RAISE = '''class Algorithm:
+    def process(self, inputs, data_loaders, outputs, loop_channel):
+        raise RuntimeError("processor gives up")
+'''
+
+
+@pytest.mark.parametrize("code,kind,message", [(CRASH, "exit", "exited with code 3"),
+                                               (RAISE, "user", "RuntimeError: processor gives up")])
+def test_failing_processor_stops_the_evaluator(tmp_path: Path, copy_prefix, code, kind, message):
     prefix = copy_prefix(PREFIX)
     algo = json.loads((prefix / "algorithms/lx/seq_proc/1.json").read_text())
     algo["parameters"] = {}
     (prefix / "algorithms/lx/crash/1.json").parent.mkdir(parents=True)
     (prefix / "algorithms/lx/crash/1.json").write_text(json.dumps(algo))
-    (prefix / "algorithms/lx/crash/1.py").write_text(CRASH)
+    (prefix / "algorithms/lx/crash/1.py").write_text(code)
     exp = prefix / "experiments/lx/lx/loop/1"
     decl = json.loads((exp / "sequential.json").read_text())
     decl["loops"]["loop"].update(processor_algorithm="lx/crash/1", processor_parameters={})
@@ -175,7 +189,8 @@ def test_crashing_processor_kills_the_evaluator(tmp_path: Path, copy_prefix):
     report = run(tmp_path / "cache", "lx/lx/loop/1/crash", prefix)
     assert time.monotonic() - t0 < 15
     assert statuses(report)["loop"] == "failed"
-    assert report["blocks"]["loop"]["error"]["kind"] == "exit"  # the processor's, not the killed evaluator's
+    error = report["blocks"]["loop"]["error"]  # the processor's, not that of the evaluator killed because of it
+    assert error["kind"] == kind and message in error["message"], error
     assert temporaries(tmp_path / "cache") == []
 
 
@@ -199,6 +214,10 @@ class Algorithm:
     "not_a_tuple": ("user", "Improper implementation: validate must return a tuple", '''class Algorithm:
     def validate(self, hypothesis):
         return True
+'''),
+    "setup_false": ("user", "Could not setup algorithm (returned False)", '''class Algorithm:
+    def setup(self, parameters):
+        return False
 '''),
     "bad_answer": ("user", "cannot safely cast attribute `score'", '''class Algorithm:
     def validate(self, hypothesis):
