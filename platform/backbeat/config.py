@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import jsonio
-from .errors import UsageError
-from .names import KINDS
+from .errors import BackbeatError, UsageError
+from .names import KINDS, parse_name
 
 FILENAME = ".backbeatrc"
 IGNORED_KEYS = frozenset({"platform", "user", "token", "editor"})
@@ -83,13 +83,20 @@ def limits_for(cfg: Config | None, experiment: str) -> tuple[float | None, int |
     """The configured ``(timeout_s, memory_bytes)`` of an experiment (None: no limit).
 
     For each limit, the pattern naming the experiment exactly wins, then the longest matching one.
+    Patterns are matched against the canonical name (``user/toolchain_user/toolchain/version/name``).
 
-    >>> cfg = Config(limits={"*": {"timeout": 60, "memory": 512}, "u/*": {"timeout": 5}, "u/t/1/e": {"memory": 64}})
+    >>> cfg = Config(limits={"*": {"timeout": 60, "memory": 512}, "u/*": {"timeout": 5}, "u/u/t/1/e": {"memory": 64}})
     >>> limits_for(cfg, "u/t/1/e")
     (5.0, 67108864)
-    >>> limits_for(cfg, "v/t/1/e")
+    >>> limits_for(cfg, "v/v/t/1/e")
     (60.0, 536870912)
+    >>> limits_for(Config(limits={"u/u/t/1/e": {"timeout": 2}}), "u/t/1/e")  # 4-part label
+    (2.0, None)
     """
+    try:  # patterns match the canonical 5-part name (a 4-part label gets its toolchain user)
+        experiment = parse_name("experiment", experiment)[1]
+    except BackbeatError:
+        pass  # the run itself reports the invalid name
     found: dict[str, float] = {}
     if cfg is not None:
         matching = [p for p in cfg.limits if p == experiment or fnmatch.fnmatchcase(experiment, p)]

@@ -32,13 +32,24 @@ from .errors import ExecutionError, UsageError
 from .executor import Options, Progress, prepare, report
 
 
+def _die_with_parent() -> None:
+    """In the runner's child: SIGKILL when the worker dies (Linux), so a lost worker holds no lock."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def block_task(job: dict, *upstream: dict) -> dict:
     """Dask task: run one block job through ``python -m backbeat.remote`` on this worker."""
     if any(u.get("status") in ("failed", "skipped") for u in upstream):
         return {"status": "skipped"}
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "backbeat.remote"], input=json.dumps(job),
-                          capture_output=True, text=True, env=env, check=False)
+                          capture_output=True, text=True, env=env, check=False, preexec_fn=_die_with_parent)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         return {"status": "failed", "kind": "system",
@@ -53,7 +64,10 @@ def _client(scheduler: str | None, workers: int):
     except ImportError:
         raise UsageError("the Dask executor needs Dask: pip install 'backbeat[dask]'") from None
     if scheduler:
-        return Client(scheduler, timeout="30s"), None
+        try:
+            return Client(scheduler, timeout="30s"), None
+        except (OSError, TimeoutError) as exc:
+            raise ExecutionError(f"cannot reach the Dask scheduler at `{scheduler}': {exc}") from None
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=40)
     return Client(cluster), cluster
@@ -64,6 +78,10 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
                    scheduler: str | None = None, workers: int | None = None) -> dict:
     """Run an experiment on a Dask cluster (a LocalCluster when no scheduler address is given)."""
     options = options or Options()
+    try:  # say it before planning and indexing
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError("the Dask executor needs Dask: pip install 'backbeat[dask]'") from None
     prefix, cache = Path(prefix).resolve(), Path(cache).resolve()
     run = prepare(prefix, cache, name, options, progress)
     try:
@@ -100,25 +118,18 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
             emit({"block": job.name, "state": "running", "done": 0, "total": None})
         from distributed import as_completed
 
-        names = {f.key: n for n, f in futures.items()}
-        for future in as_completed(list(futures.values())):
-            job_name = names[future.key]
+        names: dict[str, list[str]] = {}  # identical blocks share one task (same key)
+        for n, f in futures.items():
+            names.setdefault(f.key, []).append(n)
+        unique = {f.key: f for f in futures.values()}
+        for future in as_completed(list(unique.values())):
             try:
                 result = future.result()
             except Exception as exc:  # noqa: BLE001 - a task lost too often, or a scheduler error
                 result = {"status": "failed", "kind": "system", "message": f"Dask task failed: {exc}",
                           "traceback": None}
-            status = result.get("status", "failed")
-            run.status[job_name] = status
-            if status == "failed":
-                run.errors[job_name] = {k: result.get(k) for k in ("kind", "message", "traceback")}
-                emit({"block": job_name, "state": "failed", "message": result.get("message")})
-            elif status == "ran":
-                run.stats[job_name] = result.get("statistics", {})
-                emit({"block": job_name, "state": "done",
-                      "wall_s": time.perf_counter() - run.started[job_name]})
-            else:
-                emit({"block": job_name, "state": status})
+            for job_name in names[future.key]:
+                _record(run, emit, job_name, result)
     finally:
         client.close()
         if cluster is not None:
@@ -126,3 +137,17 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     if any(s == "pending" for s in run.status.values()):
         raise ExecutionError("the Dask run ended with blocks never scheduled")
     return report(run)
+
+
+def _record(run: Any, emit: Any, job_name: str, result: dict) -> None:
+    """Record the outcome of one block's task."""
+    status = result.get("status", "failed")
+    run.status[job_name] = status
+    if status == "failed":
+        run.errors[job_name] = {k: result.get(k) for k in ("kind", "message", "traceback")}
+        emit({"block": job_name, "state": "failed", "message": result.get("message")})
+    elif status == "ran":
+        run.stats[job_name] = result.get("statistics", {})
+        emit({"block": job_name, "state": "done", "wall_s": time.perf_counter() - run.started[job_name]})
+    else:
+        emit({"block": job_name, "state": status})

@@ -262,6 +262,9 @@ def used_assets(catalog: Catalog, plan: Any) -> list[tuple[str, str]]:
     for job in plan.jobs:
         used.append(("algorithm", job.algorithm))
         used.extend(("library", n) for n, _h in job.libraries)
+        if job.evaluator:  # a loop: its evaluator side is used too
+            used.append(("algorithm", job.evaluator["algorithm"]))
+            used.extend(("library", n) for n, _h in job.evaluator.get("libraries", []))
     for ds in plan.datasets.values():
         used.append(("database", ds.database))
         decl = catalog.load("database", ds.database).declaration

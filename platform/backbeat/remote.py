@@ -43,6 +43,11 @@ def run(job: dict) -> dict:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if _committed(block) and not job.get("force"):
             return {"status": "cached"}
+        # under the lock no writer of this job is alive, on any host sharing the cache: whatever
+        # temporary files its outputs have were left by a writer that died (a lost worker)
+        for o in block["outputs"].values():
+            for tmp in Path(o["path"]).parent.glob(Path(o["path"]).name + ".tmp-*"):
+                tmp.unlink(missing_ok=True)
         t0 = time.perf_counter()
         server = ForkServer().start()
         control = ControlServer()

@@ -179,7 +179,7 @@ def test_a_worker_killed_mid_block_does_not_lose_the_run(prefix, tmp_path, clust
     cache = tmp_path / "cache"
     client = distributed.Client(cluster.scheduler_address)
     try:
-        workers = client.run(os.getpid)  # {address: pid}
+        client.wait_for_workers(2, timeout=30)  # a worker killed by an earlier test is back
         reports: dict[str, dict] = {}
         thread = threading.Thread(target=lambda: reports.update(rep=dask_executor.run_experiment(
             prefix, cache, name, executor.Options(), scheduler=cluster.scheduler_address)))
@@ -190,7 +190,9 @@ def test_a_worker_killed_mid_block_does_not_lose_the_run(prefix, tmp_path, clust
         pid = block_running(log, ms)
         assert pid is not None, "the block never started"
         ancestors = [p.pid for p in psutil.Process(pid).parents()]
-        victim = next(w for w in workers.values() if w in ancestors)
+        workers = client.run(os.getpid)  # {address: pid}
+        victim = next((w for w in workers.values() if w in ancestors), None)
+        assert victim is not None, f"no worker {workers} is an ancestor {ancestors} of the block process"
         victims = [psutil.Process(victim)] + (psutil.Process(victim).children(recursive=True) if tree else [])
         for p in victims:
             p.send_signal(signal.SIGKILL)

@@ -137,11 +137,13 @@ def test_limits_per_experiment_from_the_configuration(prefix, tmp_path):
     greedy = write_experiment(prefix, "greedy", {"alloc_mb": 700})
     (tmp_path / ".backbeatrc").write_text(json.dumps({"limits": {
         "*": {"memory": 450},
+        "par/par/two/1/gree*": {"timeout": 30},
         slow: {"timeout": 1},
     }}))
     code, rep, err = run_cli_json(prefix, tmp_path / "c1", slow, cwd=tmp_path)
     assert_stopped(code, rep, tmp_path / "c1", "timeout")
-    code, rep, err = run_cli_json(prefix, tmp_path / "c2", greedy, cwd=tmp_path)
+    label = greedy.replace("par/par/", "par/", 1)  # a 4-part label matches the canonical name's pattern
+    code, rep, err = run_cli_json(prefix, tmp_path / "c2", label, cwd=tmp_path)
     assert_stopped(code, rep, tmp_path / "c2", "memory")
     # command-line flags override the configuration
     code, rep, err = run_cli_json(prefix, tmp_path / "c3", greedy, "--memory", "3000", cwd=tmp_path)
