@@ -25,7 +25,7 @@ class ProgressDisplay:
         self.stream = stream
         self.quiet = quiet
         self.tty = stream.isatty()
-        self._last_running: dict[str, float] = {}
+        self._last_running: dict[tuple, float] = {}
 
     def __call__(self, event: dict) -> None:
         if self.quiet:
@@ -33,10 +33,12 @@ class ProgressDisplay:
         block, state = event["block"], event["state"]
         if state == "running" and event.get("done") is not None and event.get("total"):
             now = time.monotonic()
-            if not self.tty and now - self._last_running.get(block, 0.0) < 2.0:
+            line = (block, event.get("slot"))
+            if not self.tty and now - self._last_running.get(line, 0.0) < 2.0:
                 return
-            self._last_running[block] = now
-            text = f"  {block}: running {event['done']}/{event['total']} units"
+            self._last_running[line] = now
+            slot = f" (slot {event['slot']})" if "slot" in event else ""
+            text = f"  {block}{slot}: running {event['done']}/{event['total']} units"
         elif state == "done":
             text = f"  {block}: done ({event.get('wall_s', 0.0):.2f} s)"
         elif state == "failed":
