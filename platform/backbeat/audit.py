@@ -32,7 +32,7 @@ from . import hashing, provenance
 from .catalog import Catalog
 from .errors import ExecutionError, IntegrityError
 from .names import KINDS
-from .planning import DATA_ENCODING, Plan, key_components, plan
+from .planning import DATA_ENCODING, Plan, assign_keys, plan
 
 MAX_DIFF = 20
 
@@ -100,19 +100,7 @@ def current(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, reco
             ds.index_digest, source[ds_name] = old["index_digest"], "record"
         else:
             source[ds_name] = "none"
-    jobs = {j.name: j for j in p.jobs}
-    for job in p.jobs:
-        known = True
-        for inp in job.inputs.values():
-            if inp.source == "dataset":
-                ds = p.datasets[inp.node]
-                inp.key = ds.output_key(inp.output, p.dataformats) if ds.index_digest else ""
-            else:
-                inp.key = jobs[inp.node].outputs[inp.output].key
-            known = known and bool(inp.key)
-        job.key = hashing.key(job.kind, key_components(p, job)) if known else ""
-        for out in job.outputs.values():
-            out.key = hashing.key("output", {"job": job.key, "output": out.name}) if known else ""
+    assign_keys(p)  # jobs downstream of a view never indexed get the empty key
     assets = {f"{KINDS[k].folder}/{n}": provenance.asset_entry(catalog, k, n)
               for k, n in provenance.used_assets(catalog, p)}
     stat_cache = None if thorough else provenance.StatCache(provenance.folder(cache) / "stat-cache.json")
@@ -122,7 +110,7 @@ def current(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, reco
             databases[ds.database] = provenance.database_manifest(catalog, ds.database, ds.root_folder, stat_cache)
     if stat_cache is not None:
         stat_cache.save()
-    return Current(catalog, p, assets, databases, source, jobs)
+    return Current(catalog, p, assets, databases, source, {j.name: j for j in p.jobs})
 
 
 # -- explaining differences ------------------------------------------------------------------

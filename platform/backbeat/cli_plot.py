@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from . import cli, jsonio
+from .cli_run import _positive
 from .errors import DataError, UsageError
 
 
@@ -61,16 +62,6 @@ def cmd_plotters_plot(args: argparse.Namespace) -> int:
     entry = plotting.plot_data(args.prefix, args.name, data, args.output_image, args.plotter_parameter,
                                args.format, args.timeout)
     return _report([entry], args.json)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"`{text}' is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
 
 
 def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
