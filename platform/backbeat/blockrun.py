@@ -42,8 +42,8 @@ class _Sink:
         self.write = writer.put
 
 
-def _cache_source(path: str, window: int) -> tuple[BatchSource, Any]:
-    reader = cachefile.CacheReader(path, verify=True)
+def _cache_source(path: str, window: int, verify: bool = True) -> tuple[BatchSource, Any]:
+    reader = cachefile.CacheReader(path, verify=verify)
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
 
 
@@ -76,7 +76,7 @@ def run(payload: dict) -> dict:
     sources = {}
     for name, spec in payload["inputs"].items():
         if spec["source"] == "cache":
-            src, reader = _cache_source(spec["path"], window)
+            src, reader = _cache_source(spec["path"], window, spec.get("verify", True))
             readers.append(reader)
         else:
             if client is None:

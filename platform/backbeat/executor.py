@@ -292,7 +292,10 @@ class Run:
                 formats[ds_df] = self.plan.expanded[ds_df]
                 spec.update(source="database", dataset=inp.node, output=inp.output, dataformat=ds_df)
             else:
-                spec.update(source="cache", path=str(output_path(self.cache, inp.key)))
+                # an output committed by this very run (its digest computed as it was written,
+                # moments ago) is not re-hashed on open; anything older is verified
+                spec.update(source="cache", path=str(output_path(self.cache, inp.key)),
+                            verify=self.status.get(inp.node) != "ran")
             inputs[name] = spec
         from .algorithm import Algorithm
 
