@@ -23,55 +23,30 @@ fully cached re-run starts no process at all.
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import hashing, jsonio
 from .catalog import Catalog
 from .errors import ExecutionError, IntegrityError
 from .planning import Job, Plan, assign_keys, plan
+from .results import (  # noqa: F401  (re-exported: the executor's public API)
+    cached_results,
+    cachefile,
+    index_path,
+    output_path,
+    read_result,
+    read_results,
+    remove_cache,
+    scratch_cache,
+    summary,
+)
+from .selection import Options, ancestors, decide, descendants  # noqa: F401
 
 Progress = Callable[[dict], None]
-
-
-class _LazyModule:
-    """A module imported on first use: a fully cached run never needs h5py."""
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self._name), attr)
-
-
-cachefile = _LazyModule("backbeat.cachefile")
-
-
-@dataclass
-class Options:
-    force: bool = False
-    only: str | None = None  # run just this block (its inputs must be cached)
-    from_: str | None = None  # re-run this block and everything downstream
-    until: str | None = None  # run only this block and what it needs
-    jobs: int = 0  # 0 = number of cores
-    timeout_s: float | None = None
-    memory_bytes: int | None = None
-    window: int = 4096
-
-
-def output_path(cache: Path, key: str) -> Path:
-    return cache / hashing.to_path(key, ".h5")
-
-
-def index_path(cache: Path, key: str) -> Path:
-    return cache / hashing.to_path(key, ".db")
 
 
 @dataclass
@@ -226,7 +201,7 @@ class Run:
         ok = True
         for o in job.outputs.values():
             path = output_path(self.cache, o.key)
-            if _summary(path) is not None:  # verified before and unchanged since
+            if summary(path) is not None:  # verified before and unchanged since
                 continue
             try:
                 cachefile.verify(str(path))
@@ -544,129 +519,6 @@ class Run:
                 Path(part).unlink(missing_ok=True)
 
 
-def descendants(plan: Plan, names: set[str]) -> set[str]:
-    """Every job downstream of ``names`` (excluded)."""
-    out: set[str] = set()
-    frontier = set(names)
-    while frontier:
-        frontier = {j.name for j in plan.jobs if set(j.depends) & frontier} - out
-        out |= frontier
-    return out
-
-
-def ancestors(plan: Plan, name: str) -> set[str]:
-    """Every job ``name`` needs, directly or not (excluded)."""
-    jobs = {j.name: j for j in plan.jobs}
-    out: set[str] = set()
-    frontier = set(jobs[name].depends)
-    while frontier:
-        out |= frontier
-        frontier = {d for n in frontier for d in jobs[n].depends} - out
-    return out
-
-
-def decide(plan: Plan, committed: dict[str, bool], options: Options) -> dict[str, tuple[str, str]]:
-    """What each job will do and why (pure): ``{job: ("run"|"cached"|"excluded", reason)}``.
-
-    >>> from types import SimpleNamespace as NS
-    >>> p = NS(jobs=[NS(name="a", depends=[]), NS(name="b", depends=["a"]), NS(name="c", depends=["b"])])
-    >>> decide(p, {"a": True, "b": False, "c": True}, Options())
-    {'a': ('cached', 'output in the cache'), 'b': ('run', 'output not in the cache'), 'c': ('cached', 'output in the cache')}
-    >>> decide(p, {"a": True, "b": True, "c": True}, Options(from_="b"))["c"]
-    ('run', 'downstream of --from b')
-    >>> decide(p, {"a": True, "b": True, "c": True}, Options(until="a"))["b"]
-    ('excluded', 'not needed for --until a')
-    """
-    names = [j.name for j in plan.jobs]
-    for flag, value in (("--only", options.only), ("--from", options.from_), ("--until", options.until)):
-        if value is not None and value not in names:
-            raise ExecutionError(f"{flag}: no block or analyzer named `{value}' - blocks are {', '.join(names)}")
-    out: dict[str, tuple[str, str]] = {}
-    forced: set[str] = set()
-    if options.from_:
-        forced = {options.from_} | descendants(plan, {options.from_})
-    selected = set(names)
-    if options.until:
-        selected = {options.until} | ancestors(plan, options.until)
-    if options.only:
-        selected = {options.only}
-        missing = [d for d in ancestors(plan, options.only) if not committed[d]]
-        if missing:
-            raise ExecutionError(f"--only {options.only}: upstream block(s) {', '.join(sorted(missing))} "
-                                 f"are not in the cache; run them first (or use --until {options.only})")
-    for name in names:
-        if name not in selected:
-            flag = f"--only {options.only}" if options.only else f"--until {options.until}"
-            out[name] = ("excluded", f"not needed for {flag}")
-        elif options.force:
-            out[name] = ("run", "--force")
-        elif name == options.only:
-            out[name] = ("run", "--only")
-        elif name == options.from_:
-            out[name] = ("run", "--from")
-        elif name in forced:
-            out[name] = ("run", f"downstream of --from {options.from_}")
-        elif committed[name]:
-            out[name] = ("cached", "output in the cache")
-        else:
-            out[name] = ("run", "output not in the cache")
-    return out
-
-
-def _summary_path(path: Path) -> Path:
-    return Path(f"{path}.json")
-
-
-def _summary(path: Path) -> list | None:
-    """The JSON summary of a verified result file, if the file is unchanged since (size, mtime)."""
-    try:
-        st = path.stat()
-        data = jsonio.parse(_summary_path(path).read_bytes())
-    except (OSError, jsonio.JSONProblem):
-        return None
-    if isinstance(data, dict) and data.get("size") == st.st_size and data.get("mtime_ns") == st.st_mtime_ns:
-        return data.get("records")
-    return None
-
-
-def read_result(path: Path) -> list[dict]:
-    """Records of one analyzer result file: ``[{"start", "end", "data"}, …]``.
-
-    The file is verified against its content digest the first time; its records are then
-    kept in a small JSON summary beside it (``<file>.json``), trusted while the file's size
-    and modification time are unchanged, so a cached re-run needs neither h5py nor a read.
-    ``backbeat cache verify`` and ``experiments audit`` always check the digests.
-    """
-    records = _summary(path)
-    if records is not None:
-        return records
-    with cachefile.CacheReader(str(path), verify=True) as reader:
-        batch = reader.read_units(0, len(reader))
-        st = path.stat()
-    records = [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}
-               for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)]
-    summary = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "records": records}
-    tmp = Path(f"{_summary_path(path)}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(jsonio.dumps(summary))
-        os.replace(tmp, _summary_path(path))
-    except OSError:  # a read-only cache still gives results
-        tmp.unlink(missing_ok=True)
-    return records
-
-
-def read_results(plan: Plan, cache: Path) -> dict[str, list]:
-    """Analyzer results present in the cache: ``{analyzer: [{"start", "end", "data"}, …]}``."""
-    results = {}
-    for job in plan.jobs:
-        if job.kind != "analyzer":
-            continue
-        path = output_path(cache, job.outputs["result"].key)
-        if path.is_file():
-            results[job.name] = read_result(path)
-    return results
-
-
 def prepare(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
             options: Options | None = None, progress: Progress | None = None, warm: bool = False) -> Run:
     """Plan an experiment and index its datasets (keys assigned), ready to execute.
@@ -729,36 +581,6 @@ def report(run: Run) -> dict:
         "blocks": blocks,
         "results": read_results(run.plan, run.cache),
     }
-
-
-def scratch_cache() -> str:
-    """A fresh temporary cache folder (for audits and tests)."""
-    return tempfile.mkdtemp(prefix="backbeat-cache-")
-
-
-def remove_cache(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def cached_results(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict[str, list]:
-    """Results of an experiment already in the cache, without running anything."""
-    from .dbindex import index_digest
-
-    catalog = Catalog(prefix)
-    p = plan(catalog, name)
-    for ds in p.datasets.values():
-        path = index_path(Path(cache), ds.index_key)
-        if not path.is_file():
-            raise ExecutionError(f"experiment `{p.experiment}' has no cached results (dataset `{ds.name}' "
-                                 f"was never indexed); run it first")
-        ds.index_digest = index_digest(str(path))
-    assign_keys(p)
-    results = read_results(p, Path(cache))
-    missing = [j.name for j in p.jobs if j.kind == "analyzer" and j.name not in results]
-    if missing:
-        raise ExecutionError(f"experiment `{p.experiment}' has no cached results for {', '.join(missing)}; "
-                             f"run it first")
-    return results
 
 
 def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
