@@ -131,18 +131,16 @@ def test_blocks_shared_by_two_experiments_run_once(prefix, tmp_path, cluster, lo
     one = write_experiment(prefix, "one", {"ms": 60.0}, {"ms": 30.0})
     two = write_experiment(prefix, "two", {"ms": 60.0}, {"ms": 31.0})
     executor.dry_run(prefix, cache, one)  # index the dataset once, before the concurrent runs
+    # two terminals: two CLI processes submitting to the same scheduler at once
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-c", "from backbeat.cli import entry; entry()", "-p", str(prefix), "-c", str(cache),
+         "experiments", "run", name, "--executor", "dask", "--scheduler", cluster.scheduler_address,
+         "--json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in (one, two)}
     reports: dict[str, dict] = {}
-
-    def submit(name: str) -> None:
-        reports[name] = dask_executor.run_experiment(prefix, cache, name, executor.Options(),
-                                                     scheduler=cluster.scheduler_address)
-
-    threads = [threading.Thread(target=submit, args=(n,)) for n in (one, two)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert set(reports) == {one, two}, "a Dask run did not finish"
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        reports[name] = json.loads(out)
     for name in (one, two):
         assert reports[name]["status"] == "ok" and reports[name]["results"] == RESULT, reports[name]
     assert reports[one]["blocks"]["left"]["outputs"] == reports[two]["blocks"]["left"]["outputs"]
