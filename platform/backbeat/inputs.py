@@ -223,13 +223,20 @@ class InputGroup:
     def _advance(self) -> None:
         if not self._inputs:
             return
-        if len(self._inputs) == 1:  # fast path: one input, it always advances
+        if len(self._inputs) == 1:  # fast path: one input, it always advances (Input._load inlined)
             x = self._inputs[0]
-            x._load()
-            self.data_index = self.first_data_index = x.data_index
-            self.data_index_end = self.last_data_index = x.data_index_end
+            i = x.next_data_index
+            if i >= x._n:
+                x._load()  # raises the "no more data" error
+            x.data, start, end = x.data_source[i]
+            x.data_index, x.data_index_end = start, end
+            x.data_same_as_previous = False
+            x.next_data_index = i + 1
+            x.nb_data_blocks_read += 1
+            self.data_index = self.first_data_index = start
+            self.data_index_end = self.last_data_index = end
             if self.synchronization_listener is not None:
-                self.synchronization_listener.onIntervalChanged(x.data_index, x.data_index_end)
+                self.synchronization_listener.onIntervalChanged(start, end)
             return
         lowest_end = min(x.data_index_end for x in self._inputs)
         for input_ in self._inputs:
@@ -251,12 +258,21 @@ class InputGroup:
         self._advance()
 
 
-class InputList:
-    """All groups of a block; ``main_group`` is the first restricted group added."""
+class InputList(dict):
+    """All groups of a block; ``main_group`` is the first restricted group added.
+
+    A ``dict`` of input name → :class:`Input` underneath, so that ``inputs["name"]`` — done
+    for every unit by user code — is a C-level lookup; positions (``inputs[0]``) and
+    unknown names go through ``__missing__`` (``None`` when there is no such input, as BEAT).
+    Iteration, length, equality and hashing are those of BEAT's list of inputs.
+    """
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
 
     def __init__(self) -> None:
+        super().__init__()
         self._groups: list[InputGroup] = []
-        self._by_name: dict[str, Input] = {}
         self.main_group: InputGroup | None = None
 
     def __repr__(self) -> str:
@@ -270,15 +286,13 @@ class InputList:
         self._reindex()
 
     def _reindex(self) -> None:
-        self._by_name = {}
+        dict.clear(self)
         for g in self._groups:
             for x in g._inputs:
-                self._by_name.setdefault(x.name, x)
+                dict.setdefault(self, x.name, x)
 
-    def __getitem__(self, index: str | int) -> Input | None:
-        if isinstance(index, str):
-            return self._by_name.get(index)
-        if isinstance(index, int) and index >= 0:
+    def __missing__(self, index: object) -> Input | None:
+        if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
             for group in self._groups:
                 if index < len(group):
                     return group[index]
@@ -291,6 +305,9 @@ class InputList:
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._groups)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
 
     def nbGroups(self) -> int:  # noqa: N802
         return len(self._groups)

@@ -127,22 +127,26 @@ class Output:
             closer()
 
 
-class OutputList:
-    """The outputs of a block, by name or position."""
+class OutputList(dict):
+    """The outputs of a block, by name or position.
+
+    A ``dict`` of output name → :class:`Output` underneath (``outputs["name"]`` is a C-level
+    lookup); positions go through ``__missing__``, unknown names give ``None`` as in BEAT.
+    Iteration, length, equality and hashing are those of a list of outputs.
+    """
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
 
     def __init__(self) -> None:
+        super().__init__()
         self._outputs: list[Output] = []
-        self._by_name: dict[str, Output] = {}
 
     def __repr__(self) -> str:
         return f"OutputList({self._outputs!r})"
 
-    def __getitem__(self, index: str | int | slice) -> Any:
-        if isinstance(index, str):
-            return self._by_name.get(index)
-        if isinstance(index, slice):
-            return self._outputs[index]
-        if isinstance(index, int) and 0 <= index < len(self._outputs):
+    def __missing__(self, index: object) -> Any:
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(self._outputs):
             return self._outputs[index]
         return None
 
@@ -152,6 +156,9 @@ class OutputList:
     def __len__(self) -> int:
         return len(self._outputs)
 
+    def __bool__(self) -> bool:
+        return bool(self._outputs)
+
     def add(self, output: Output) -> None:
         self._outputs.append(output)
-        self._by_name.setdefault(output.name, output)
+        dict.setdefault(self, output.name, output)
