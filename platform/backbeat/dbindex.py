@@ -49,11 +49,12 @@ def _write_synced(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> None:
+def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> str:
     """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically.
 
     BEAT's format (a JSON array of objects), plus ``<path>.sha256``: the digest of the
     content, written first, so that a damaged index is recognised (:func:`verified_digest`).
+    Returns that digest.
     """
     if not isinstance(entries, (list, tuple)):
         raise DataError(f"a view index must be a list, not {type(entries).__name__}")
@@ -66,7 +67,8 @@ def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> None:
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        _write_synced(f"{tmp}.sha256", hashlib.sha256(data).hexdigest().encode())
+        digest = hashlib.sha256(data).hexdigest()
+        _write_synced(f"{tmp}.sha256", digest.encode())
         os.replace(f"{tmp}.sha256", f"{path}.sha256")  # the digest first: an index never lacks it
         _write_synced(tmp, data)
         os.replace(tmp, path)
@@ -80,6 +82,7 @@ def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return digest
 
 
 def read_index(path: str | os.PathLike) -> list[Any]:

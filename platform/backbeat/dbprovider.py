@@ -34,7 +34,6 @@ from .batch import Batch
 from .codeloader import load_module
 from .compat import install_beat_aliases
 from .control import format_user_traceback
-from .dbindex import index_digest
 from .errors import BackbeatError, UserCodeError, WireError
 from .sources import BatchSource
 
@@ -61,9 +60,13 @@ def build_index(payload: dict) -> dict:
     """Job: run the view's ``index()`` and store it; returns ``{"digest": sha256 of the file}``."""
     spec = payload["dataset"]
     view = load_view(spec)
-    entries = [_entry_dict(o) for o in view.index(spec["root_folder"], spec["parameters"])]
-    dbindex.write_index(spec["index_path"], entries)
-    return {"digest": index_digest(spec["index_path"]), "entries": len(entries)}
+    entries = view.index(spec["root_folder"], spec["parameters"])
+    if not isinstance(entries, (list, tuple)):
+        entries = list(entries)
+    for o in entries[:1]:
+        _entry_dict(o)  # the entries must be namedtuples or dicts (BEAT's JSON objects)
+    digest = dbindex.write_index(spec["index_path"], entries)
+    return {"digest": digest, "entries": len(entries)}
 
 
 class _Dataset:
