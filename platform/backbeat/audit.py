@@ -84,7 +84,7 @@ def current(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, reco
 
     ``thorough``: re-hash every data file (audit) instead of trusting the stat cache (status).
     """
-    from .dbprovider import index_digest
+    from .dbindex import index_digest
     from .executor import index_path
 
     catalog = Catalog(prefix)
@@ -439,7 +439,7 @@ def audit(prefix: str | os.PathLike, cache: str | os.PathLike, name: str | None 
 
 
 def _audit_datasets(record: dict, now: Current, cache: Path, datasets: dict, bad: Any, notes: list) -> dict:
-    from .dbprovider import index_digest
+    from .dbindex import index_digest
     from .executor import index_path
 
     out = {}
