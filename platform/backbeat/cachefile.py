@@ -164,30 +164,24 @@ class CacheWriter:
 
     def write(self, data: Any, end_data_index: int | None = None) -> None:
         """Append one data unit covering ``[next_index, end_data_index]`` (default: one index)."""
+        self.put(data, self._next, self._next if end_data_index is None else int(end_data_index))
+
+    def put(self, data: Any, start: int, end: int) -> None:
+        """Append one data unit ``[start, end]``; ``start`` must be :attr:`next_index`.
+
+        This is also the sink protocol of BEAT outputs (``write(value, start, end)``).
+        """
         nxt = self._next
-        end = nxt if end_data_index is None else int(end_data_index)
-        if end < nxt or end > self._limit or self._closed:
+        if start != nxt or end < start or end > self._limit or self._closed:
             if self._closed:
                 raise DataError(f"cache writer for `{self.path}' is closed")
+            if start != nxt:
+                raise DataError(f"cannot write a data unit starting at {start} to `{self.path}': "
+                                f"the next one must start at {nxt}")
             raise DataError(
                 f"cannot write data unit ending at {end} to `{self.path}': it must be within "
                 f"[{nxt}, {self.end if self.end is not None else 'inf'}]"
             )
-        if type(data) is not self.type:
-            data = as_value(self.type, data)
-        values = self._values
-        if not values:
-            self._buf_start = nxt
-        values.append(data)
-        self._ends.append(end)
-        self._next = end + 1
-        if len(values) >= self.buffer_units:
-            self.flush()
-
-    def put(self, data: Any, start: int, end: int) -> None:
-        """Sink protocol of BEAT outputs: one unit ``[start, end]`` (``start`` must be next)."""
-        if start != self._next or end < start or end > self._limit or self._closed:
-            self.write(data, end if start == self._next else start - 1)  # raises the precise error
         if type(data) is not self.type:
             data = as_value(self.type, data)
         values = self._values

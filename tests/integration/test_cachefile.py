@@ -265,3 +265,15 @@ def test_no_thread_outlives_a_writer_or_a_verification(tmp_path):
         w.write_batch(b)
     verify(path)
     assert threading.active_count() == before
+
+
+def test_put_refuses_a_gap_or_an_overlap(tmp_path):
+    """The sink protocol of BEAT outputs: each unit must start right after the previous one."""
+    w = CacheWriter(tmp_path / "o.h5", "u/x/1", {"value": "int32"}, start=0, end=9)
+    w.put({"value": np.int32(1)}, 0, 1)
+    for start, end in ((5, 6), (1, 1), (2, 10)):
+        with pytest.raises(DataError):
+            w.put({"value": np.int32(2)}, start, end)
+    assert w.next_index == 2
+    w.abort()
+    assert not list(tmp_path.iterdir())
