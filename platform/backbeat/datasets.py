@@ -43,7 +43,7 @@ def _run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force: 
     catalog = Catalog(prefix)
     found, formats, expanded = _datasets(catalog, name)
     plan = Plan("", "", found, [], formats, expanded)
-    return Run(plan, Path(prefix), Path(cache), Options(force=force))
+    return Run(plan, Path(prefix), Path(cache), Options(force=force), catalog=catalog)
 
 
 def index(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force: bool = False) -> list[dict]:

@@ -66,10 +66,16 @@ class Run:
     slot_ranges: dict[str, list] = field(default_factory=dict)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
     killed: set[str] = field(default_factory=set)  # processes killed because their loop partner failed
+    catalog: Catalog | None = None  # the catalog the plan was made from (declarations validated once)
     _server: Any = None
     _control: Any = None
     _provider: Any = None
     _tmpdir: str | None = None
+
+    def _catalog(self) -> Catalog:
+        if self.catalog is None:
+            self.catalog = Catalog(self.prefix)
+        return self.catalog
 
     # -- infrastructure (created lazily: a cached run starts nothing) ----------------------
     def _infrastructure(self) -> None:
@@ -151,7 +157,7 @@ class Run:
     # -- datasets -------------------------------------------------------------------------
     def dataset_spec(self, name: str) -> dict:
         ds = self.plan.datasets[name]
-        catalog_files = Catalog(self.prefix).prefix.locate("database", ds.database)
+        catalog_files = self._catalog().prefix.locate("database", ds.database)
         return {
             "database": ds.database, "code": str(catalog_files.code(None)), "view": ds.view,
             "root_folder": ds.root_folder, "parameters": ds.view_parameters,
@@ -251,7 +257,7 @@ class Run:
         if job.kind == "loop":  # two processes and a loop channel: see _start_loop / loops.side_job
             raise ExecutionError(f"loop `{job.name}' can only run with the local executor (not as one remote or "
                                  f"Dask task): its processor and evaluator are two processes joined by a loop channel")
-        catalog = Catalog(self.prefix)
+        catalog = self._catalog()
         algo = catalog.get("algorithm", job.algorithm)
         libraries = {}
         for lib_name, _h in job.libraries:
@@ -432,14 +438,14 @@ class Run:
     def _loop_formats(self, algorithm: str) -> dict:
         from .algorithm import Algorithm
 
-        return dict(Algorithm(Catalog(self.prefix).get("algorithm", algorithm)).loop or {})
+        return dict(Algorithm(self._catalog().get("algorithm", algorithm)).loop or {})
 
     def _slots(self, job: Job, payload: dict) -> list[tuple[int, int]]:
         """Split ranges of a splittable block over the units of its synchronisation channel."""
         from .algorithm import Algorithm
         from .splitting import split_ranges
 
-        if not Algorithm(Catalog(self.prefix).get("algorithm", job.algorithm)).splittable:
+        if not Algorithm(self._catalog().get("algorithm", job.algorithm)).splittable:
             return []
         lists = []
         for spec in payload["inputs"].values():
@@ -531,13 +537,14 @@ def prepare(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
         from .workerpool import ForkServer
 
         server = ForkServer().start()
+    catalog = Catalog(prefix)
     try:
-        p = plan(Catalog(prefix), name)
+        p = plan(catalog, name)
     except BaseException:
         if server is not None:
             server.close()
         raise
-    run = Run(p, Path(prefix), Path(cache), options or Options(), progress)
+    run = Run(p, Path(prefix), Path(cache), options or Options(), progress, catalog=catalog)
     run._server = server
     try:
         run.index_datasets()
