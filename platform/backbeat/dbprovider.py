@@ -48,14 +48,6 @@ def load_view(spec: dict) -> Any:
     return cls()
 
 
-def _entry_dict(obj: Any) -> dict:
-    if hasattr(obj, "_asdict"):
-        return dict(obj._asdict())
-    if isinstance(obj, dict):
-        return dict(obj)
-    raise TypeError(f"view index entries must be namedtuples or dicts, not {type(obj).__name__}")
-
-
 def build_index(payload: dict) -> dict:
     """Job: run the view's ``index()`` and store it; returns ``{"digest": sha256 of the file}``."""
     spec = payload["dataset"]
@@ -63,8 +55,9 @@ def build_index(payload: dict) -> dict:
     entries = view.index(spec["root_folder"], spec["parameters"])
     if not isinstance(entries, (list, tuple)):
         entries = list(entries)
-    for o in entries[:1]:
-        _entry_dict(o)  # the entries must be namedtuples or dicts (BEAT's JSON objects)
+    bad = next((o for o in entries if not (isinstance(o, dict) or hasattr(o, "_asdict"))), None)
+    if bad is not None:  # BEAT stores each entry as a JSON object
+        raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
     digest = dbindex.write_index(spec["index_path"], entries)
     return {"digest": digest, "entries": len(entries)}
 

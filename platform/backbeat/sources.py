@@ -98,8 +98,3 @@ def restrict(source, start: int, end: int):
     lo = next((i for i, (s, _e) in enumerate(units) if s >= start), len(units))
     hi = next((i for i, (_s, e) in enumerate(units) if e > end), len(units))
     return SubSource(source, lo, max(lo, hi))
-
-
-def batch_source(batch: Batch, window: int = 4096) -> BatchSource:
-    """A source over a batch already in memory."""
-    return BatchSource(batch.starts, batch.ends, batch.slice, window)
