@@ -34,17 +34,27 @@ from .values import value_type
 
 
 class _Sink:
-    """BEAT ``Output`` sink protocol (``write(value, start, end)``) over an HDF5 cache writer."""
+    """BEAT ``Output`` sink protocol (``write(value, start, end)``) over an HDF5 cache writer.
 
-    __slots__ = ("write",)
+    ``writer`` lets the ``Output`` append to the writer's buffer directly (see
+    :meth:`backbeat.cachefile.CacheWriter.buffer`).
+    """
+
+    __slots__ = ("write", "writer")
 
     def __init__(self, writer: cachefile.CacheWriter):
         self.write = writer.put
+        self.writer = writer
 
 
 def _cache_source(path: str, window: int, verify: bool = True) -> tuple[BatchSource, Any]:
     reader = cachefile.CacheReader(path, verify=verify)
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
+
+
+def _last_end(source: Any) -> int:
+    last = getattr(source, "last_end", None)
+    return last() if last is not None else source.data_indices()[-1][1]
 
 
 def _algorithm_class(payload: dict):
@@ -93,7 +103,7 @@ def run(payload: dict) -> dict:
                    for n, (ch, src, df) in sources.items()}
     input_list, loaders = build_inputs(block["type"], block["channel"], sources)
     own = [s for (ch, s, _df) in sources.values() if ch == block["channel"]]
-    start, end = payload.get("range") or (0, max((s.data_indices()[-1][1] for s in own if len(s)), default=-1))
+    start, end = payload.get("range") or (0, max((_last_end(s) for s in own if len(s)), default=-1))
 
     channel = None  # the loop channel of a loop processor
     writers: dict[str, cachefile.CacheWriter] = {}

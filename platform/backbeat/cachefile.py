@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -126,7 +126,7 @@ class CacheWriter:
         self.type = value_type(fmt_name, expanded)
         self._tree = tree(fmt_name, expanded)
         self._canon = canonical(expanded)
-        self._next = self._buf_start = self.start
+        self._next = self.start  # the first index after the units flushed to the file
         self._limit = self.end if self.end is not None else 2**63 - 1
         self._units = 0
         self._values: list[BaseValue] = []
@@ -160,18 +160,35 @@ class CacheWriter:
     @property
     def next_index(self) -> int:
         """The first data index not yet written."""
-        return self._next
+        return self._ends[-1] + 1 if self._ends else self._next
+
+    @property
+    def limit(self) -> int:
+        """The last data index a unit may end at."""
+        return self._limit
+
+    def buffer(self) -> tuple[list, list, int, Callable[[], None]]:
+        """``(values, ends, threshold, flush)``: the units waiting to be written, for a fast producer.
+
+        A producer that guarantees what :meth:`put` checks — each unit starts right after
+        the previous one (at :attr:`next_index` for the first) and ends within the output's
+        range, values of :attr:`type` — may append to ``values`` and ``ends`` itself and
+        call ``flush()`` once ``threshold`` units wait.  BEAT's ``Output`` does so, saving
+        a call per unit.  Nothing may be appended once the writer is closed or aborted.
+        """
+        return self._values, self._ends, self.buffer_units, self.flush
 
     def write(self, data: Any, end_data_index: int | None = None) -> None:
         """Append one data unit covering ``[next_index, end_data_index]`` (default: one index)."""
-        self.put(data, self._next, self._next if end_data_index is None else int(end_data_index))
+        nxt = self.next_index
+        self.put(data, nxt, nxt if end_data_index is None else int(end_data_index))
 
     def put(self, data: Any, start: int, end: int) -> None:
         """Append one data unit ``[start, end]``; ``start`` must be :attr:`next_index`.
 
         This is also the sink protocol of BEAT outputs (``write(value, start, end)``).
         """
-        nxt = self._next
+        nxt = self._ends[-1] + 1 if self._ends else self._next
         if start != nxt or end < start or end > self._limit or self._closed:
             if self._closed:
                 raise DataError(f"cache writer for `{self.path}' is closed")
@@ -185,11 +202,8 @@ class CacheWriter:
         if type(data) is not self.type:
             data = as_value(self.type, data)
         values = self._values
-        if not values:
-            self._buf_start = start
         values.append(data)
         self._ends.append(end)
-        self._next = end + 1
         if len(values) >= self.buffer_units:
             self.flush()
 
@@ -216,11 +230,13 @@ class CacheWriter:
             return
         ends = np.array(self._ends, dtype=I64)
         starts = np.empty_like(ends)
-        starts[0] = self._buf_start
+        starts[0] = self._next
         starts[1:] = ends[:-1] + 1
         batch = Batch.from_values(self.name, self.expanded, self._values, starts, ends)
-        self._values, self._ends = [], []
+        self._values.clear()  # in place: a producer may hold these lists (see buffer())
+        self._ends.clear()
         self._append(batch)
+        self._next = int(ends[-1]) + 1
 
     def _append(self, batch: Batch) -> None:
         """Append every array of ``batch``; large arrays are hashed in a thread while HDF5 writes."""

@@ -9,8 +9,10 @@ only ever run in child processes of the fork server:
 * :func:`serve` (a job) is the *database provider*: it binds a ROUTER socket on the
   address the executor chose (``ipc://`` in the run's private directory) and answers
   block processes.  For each (dataset, output) it sets the view up once over the stored
-  index, groups consecutive entries with equal values into data units (BEAT's
-  ``DatabaseOutputDataSource``), builds one columnar batch and serves slices of it.
+  index and groups consecutive entries with equal values into data units (BEAT's
+  ``DatabaseOutputDataSource``); it calls the view's ``get`` one window of units at a
+  time, when a block asks for that window (blocks ask for the next window before they
+  consume the current one, so the provider and the block work at the same time).
 
 Protocol (multipart, the first frame a command):
 
@@ -63,7 +65,9 @@ def build_index(payload: dict) -> dict:
 
 
 class _Dataset:
-    """One set-up view and the batches of its outputs."""
+    """One set-up view: the data units of its outputs, and their values window by window."""
+
+    RECENT = 8  # windows kept, for blocks (or slots of a split block) reading the same output
 
     def __init__(self, spec: dict):
         self.spec = spec
@@ -71,18 +75,31 @@ class _Dataset:
         objs = dbindex.read_index(spec["index_path"])  # namedtuples, keys sorted as BEAT's Entry
         self.view.setup(spec["root_folder"], spec["parameters"], objs, start_index=None, end_index=None)
         self.objs = getattr(self.view, "objs", None) or objs
-        self.batches: dict[str, Batch] = {}
+        self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.recent: dict[tuple[str, int, int], Batch] = {}
 
-    def batch(self, output: str) -> Batch:
-        if output not in self.batches:
-            name, expanded = self.spec["outputs"][output]
+    def output_units(self, output: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, ends)`` of the output's data units (consecutive equal entries grouped)."""
+        if output not in self.units:
             mapping = getattr(self.view, "get_output_mapping", None)
             attr = mapping(output) if mapping else output
-            column = [getattr(o, attr) for o in self.objs]
-            starts, ends = dbindex.group_units(column)
-            values = [self.view.get(output, int(s)) for s in starts]
-            self.batches[output] = Batch.from_values(name, expanded, values, starts, ends)
-        return self.batches[output]
+            self.units[output] = dbindex.group_units([getattr(o, attr) for o in self.objs])
+        return self.units[output]
+
+    def window(self, output: str, i: int, j: int) -> Batch:
+        """Units ``i .. j-1`` of ``output``: the view's ``get`` for each, as one batch."""
+        key = (output, i, j)
+        batch = self.recent.get(key)
+        if batch is None:
+            starts, ends = self.output_units(output)
+            name, expanded = self.spec["outputs"][output]
+            get = self.view.get
+            values = [get(output, s) for s in starts[i:j].tolist()]
+            batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
+            if len(self.recent) >= self.RECENT:
+                del self.recent[next(iter(self.recent))]
+            self.recent[key] = batch
+        return batch
 
 
 def _error(exc: BaseException, root: str | None) -> list[bytes]:
@@ -120,13 +137,16 @@ def serve(payload: dict) -> dict:
                     raise WireError(f"unknown dataset output `{ds_name}.{output}'")
                 if ds_name not in datasets:
                     datasets[ds_name] = _Dataset(specs[ds_name])
-                batch = datasets[ds_name].batch(output)
+                ds = datasets[ds_name]
                 if cmd == b"info":
-                    reply = [b"ok", json.dumps({"units": len(batch)}).encode(),
-                             batch.starts.tobytes(), batch.ends.tobytes()]
+                    starts, ends = ds.output_units(output)
+                    reply = [b"ok", json.dumps({"units": len(starts)}).encode(), starts.tobytes(), ends.tobytes()]
                 elif cmd == b"get":
                     i, j = int(args[2]), int(args[3])
-                    reply = [b"ok", *wire.encode(batch.slice(i, j))]
+                    n = len(ds.output_units(output)[0])
+                    if not 0 <= i <= j <= n:
+                        raise WireError(f"units {i}..{j} requested from `{ds_name}.{output}', which has {n}")
+                    reply = [b"ok", *wire.encode(ds.window(output, i, j))]
                     served += j - i
                 else:
                     raise WireError(f"unknown database provider command {cmd!r}")
@@ -140,7 +160,12 @@ def serve(payload: dict) -> dict:
 
 
 class DatabaseClient:
-    """Block-side client of the database provider."""
+    """Block-side client of the database provider.
+
+    One REQ socket; :meth:`request` sends a ``get`` ahead of need (the provider computes
+    that window while the block consumes the previous one); its reply is taken when the
+    window is fetched, or set aside if another request must go first.
+    """
 
     def __init__(self, address: str, timeout_ms: int = 600_000):
         self._ctx = zmq.Context()
@@ -148,13 +173,38 @@ class DatabaseClient:
         self._sock.linger = 0
         self._sock.rcvtimeo = timeout_ms
         self._sock.connect(address)
+        self._pending: tuple | None = None  # the request sent whose reply is not read yet
+        self._early: dict[tuple, list] = {}  # replies read before they were needed
 
-    def _ask(self, *frames: bytes) -> list:
-        self._sock.send_multipart(list(frames))
+    def _recv(self) -> list:
         try:
             reply = self._sock.recv_multipart(copy=False)
         except zmq.Again:
             raise WireError("the database provider did not answer in time") from None
+        self._pending = None
+        return reply
+
+    def _send(self, frames: tuple) -> None:
+        if self._pending is not None:  # a prefetch is in flight: set its reply aside
+            key = self._pending
+            self._early[key] = self._recv()
+            while len(self._early) > 4:  # bounded: a reply dropped here is simply asked again
+                del self._early[next(iter(self._early))]
+        self._sock.send_multipart(list(frames))
+        self._pending = frames
+
+    def request(self, *frames: bytes) -> None:
+        """Send a request whose reply :meth:`_ask` will take later (nothing if one is in flight)."""
+        if self._pending is None and frames not in self._early:
+            self._send(frames)
+
+    def _ask(self, *frames: bytes) -> list:
+        if frames in self._early:
+            reply = self._early.pop(frames)
+        else:
+            if self._pending != frames:
+                self._send(frames)
+            reply = self._recv()
         head = reply[0].bytes
         if head == b"error":
             info = json.loads(reply[1].bytes)
@@ -173,11 +223,16 @@ class DatabaseClient:
         if len(s) != n or len(e) != n:
             raise WireError(f"database provider sent {len(s)} unit starts for {n} units")
 
-        def fetch(i: int, j: int) -> Batch:
-            frames = self._ask(b"get", dataset.encode(), output.encode(), str(i).encode(), str(j).encode())
-            return wire.decode(frames, fmt, expanded)
+        def frames(i: int, j: int) -> tuple:
+            return (b"get", dataset.encode(), output.encode(), str(i).encode(), str(j).encode())
 
-        return BatchSource(s, e, fetch, window)
+        def fetch(i: int, j: int) -> Batch:
+            return wire.decode(self._ask(*frames(i, j)), fmt, expanded)
+
+        def prefetch(i: int, j: int) -> None:
+            self.request(*frames(i, j))
+
+        return BatchSource(s, e, fetch, window, prefetch)
 
     def close(self) -> None:
         self._sock.close(0)

@@ -138,6 +138,8 @@ def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | Non
     group = input_list.main_group
     if group is None or len(group) == 0:
         return 0
+    if len(group) == 1:  # the units of one input are the steps
+        return len(group[0].data_source)
     return len(mix_data_indices([i.data_source.data_indices() for i in group]))
 
 
@@ -161,6 +163,47 @@ def _call(obj: Any, name: str, *args: Any) -> Any:
     if method is None or not callable(method):
         raise ExecutionError(f"algorithm object has no `{name}' method")
     return method(*args)
+
+
+def _single_source(group: InputGroup) -> Any:
+    """The data source of a one-input group when it can be iterated (else None)."""
+    if len(group) != 1 or type(group) is not InputGroup:
+        return None
+    source = group[0].data_source
+    return source if hasattr(source, "iter_units") else None
+
+
+def _drive_single(group: InputGroup, process: Callable, args: tuple,
+                  progress: Callable[[int], None] | None) -> tuple[int, Any]:
+    """The step loop for a main group of one input (the common case), without per-step calls.
+
+    Sets exactly what :meth:`InputGroup.platform_next` sets (the input's unit and
+    counters, the group's indices, the listener's interval), then calls ``process``.
+    Returns ``(steps, last result)``; stops early on a falsy result.
+    """
+    x = group[0]
+    listener = group.synchronization_listener
+    plain = type(listener) is SynchronizationListener  # else its onIntervalChanged is called
+    i = x.next_data_index
+    steps, result = 0, True
+    for value, start, end in x.data_source.iter_units(i):
+        i += 1
+        x.data, x.data_index, x.data_index_end, x.next_data_index = value, start, end, i
+        x.data_same_as_previous = False
+        x.nb_data_blocks_read += 1
+        group.data_index = group.first_data_index = start
+        group.data_index_end = group.last_data_index = end
+        if plain:
+            listener.data_index_start, listener.data_index_end = start, end
+        elif listener is not None:
+            listener.onIntervalChanged(start, end)
+        result = process(*args)
+        steps += 1
+        if progress is not None and not steps & 1023:
+            progress(steps)
+        if not result:
+            break
+    return steps, result
 
 
 def run_algorithm(
@@ -233,9 +276,11 @@ def run_algorithm(
             args: tuple = (inputs, to_write)
         else:
             args = (inputs, loaders, to_write) + ((loop_channel,) if pass_loop else ())
-        advance, more = main_group.platform_next, main_group.hasMoreData
         steps = 0
-        while more():
+        if before_process is None and _single_source(main_group) is not None:
+            steps, result = _drive_single(main_group, process, args, progress)
+        advance, more = main_group.platform_next, main_group.hasMoreData
+        while result and more():
             advance()
             if before_process is not None:
                 before_process()

@@ -70,6 +70,13 @@ class Output:
         self.value_type = value_type if value_type is not None else getattr(data_sink, "value_type", None)
         self._synchronization_listener = synchronization_listener
         self._on_write = on_write
+        self._buffer: tuple | None = None
+        writer = getattr(data_sink, "writer", None)  # a cache writer whose buffer we may fill directly
+        if (writer is not None and on_write is None and self.value_type is not None
+                and getattr(writer, "type", None) is self.value_type
+                and getattr(writer, "next_index", None) == force_start_index):
+            values, ends, threshold, flush = writer.buffer()
+            self._buffer = (values.append, ends.append, values, threshold, flush, writer.limit)
 
     def __repr__(self) -> str:
         return f"Output({self.name!r}, last_written={self.last_written_data_index})"
@@ -107,7 +114,15 @@ class Output:
             if self.value_type is None:
                 raise RuntimeError(f"output `{self.name}' has no dataformat to convert a dict into")
             data = convert_value(self.value_type, data)
-        self._sink_write(data, self.last_written_data_index + 1, end)
+        buffer = self._buffer
+        if buffer is not None and type(data) is self.value_type and self.last_written_data_index < end <= buffer[5]:
+            # straight into the cache writer's buffer: what its put() would check holds here
+            buffer[0](data)
+            buffer[1](end)
+            if len(buffer[2]) >= buffer[3]:
+                buffer[4]()
+        else:
+            self._sink_write(data, self.last_written_data_index + 1, end)
         self.last_written_data_index = end
         self.nb_data_blocks_written += 1
         if self._on_write is not None:

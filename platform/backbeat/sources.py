@@ -9,7 +9,8 @@ BEAT-style value objects.  Memory stays bounded by the window, whatever the outp
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -18,41 +19,82 @@ from .batch import Batch
 
 
 class BatchSource:
-    """Random access to the units of one output, fetched window by window."""
+    """Random access to the units of one output, fetched window by window.
 
-    def __init__(self, starts: Any, ends: Any, fetch: Callable[[int, int], Batch], window: int = 4096):
+    ``prefetch(i, j)``, when given, is told which window will be fetched next, so that a
+    remote producer (the database provider) computes it while this one is consumed.
+    """
+
+    def __init__(self, starts: Any, ends: Any, fetch: Callable[[int, int], Batch], window: int = 4096,
+                 prefetch: Callable[[int, int], None] | None = None):
         self._starts = np.asarray(starts, dtype=np.int64)
         self._ends = np.asarray(ends, dtype=np.int64)
         self._fetch = fetch
+        self._prefetch = prefetch
         self._window = max(1, int(window))
+        self._n = len(self._starts)
         self._lo = self._hi = 0
         self._items: list = []
-        self._indices = list(zip(self._starts.tolist(), self._ends.tolist(), strict=True))
-        self._end_list = self._ends.tolist()
+        self._index_list: list[tuple[int, int]] | None = None  # built on first use (O(n) Python objects)
+        self._ends_list: list[int] | None = None
         self.bytes_read = 0
 
     def __len__(self) -> int:
-        return len(self._indices)
+        return self._n
+
+    @property
+    def _indices(self) -> list[tuple[int, int]]:
+        if self._index_list is None:
+            self._index_list = list(zip(self._starts.tolist(), self._ends.tolist(), strict=True))
+        return self._index_list
+
+    @property
+    def _end_list(self) -> list[int]:
+        if self._ends_list is None:
+            self._ends_list = self._ends.tolist()
+        return self._ends_list
 
     def data_indices(self) -> list[tuple[int, int]]:
         return list(self._indices)
+
+    def last_end(self) -> int:
+        """The end index of the last unit (-1 when there is none)."""
+        return int(self._ends[-1]) if self._n else -1
+
+    def _window_items(self, i: int) -> tuple[int, list]:
+        """Fetch units ``i ..`` (one window); announce the following window to the producer."""
+        hi = min(self._n, i + self._window)
+        batch = self._fetch(i, hi)
+        if self._prefetch is not None and hi < self._n:
+            self._prefetch(hi, min(self._n, hi + self._window))
+        self.bytes_read += batch.nbytes
+        return hi, list(zip(batch.to_values(), self._starts[i:hi].tolist(), self._ends[i:hi].tolist(),
+                            strict=True))
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         lo = self._lo
         if lo <= index < self._hi:
             return self._items[index - lo]
-        if index < 0 or index >= len(self._indices):
-            raise IndexError(f"data unit {index} out of range (0..{len(self._indices) - 1})")
-        hi = min(len(self._indices), index + self._window)
-        batch = self._fetch(index, hi)
-        self.bytes_read += batch.nbytes
-        self._items = [(v, s, e) for v, (s, e) in zip(batch.to_values(), self._indices[index:hi], strict=True)]
-        self._lo, self._hi = index, hi
+        if index < 0 or index >= self._n:
+            raise IndexError(f"data unit {index} out of range (0..{self._n - 1})")
+        self._hi, self._items = self._window_items(index)
+        self._lo = index
         return self._items[0]
+
+    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
+        """``(value, start, end)`` of units ``i, i+1, ..`` in order (the driver's fast path)."""
+        while i < self._n:
+            if self._lo <= i < self._hi:
+                items, self._items = self._items[i - self._lo:], []
+                hi, self._lo, self._hi = self._hi, 0, 0
+            else:
+                hi, items = self._window_items(i)
+            yield from items
+            i = hi
 
     def getAtDataIndex(self, data_index: int) -> tuple[Any, int | None, int | None]:  # noqa: N802 (BEAT)
         pos = bisect.bisect_left(self._end_list, data_index)
-        if pos >= len(self._end_list) or self._indices[pos][0] > data_index:
+        if pos >= self._n or self._indices[pos][0] > data_index:
             return (None, None, None)
         return self[pos]
 
@@ -86,6 +128,17 @@ class SubSource:
         if pos >= self._n or self._indices[pos][0] > data_index:
             return (None, None, None)
         return self[pos]
+
+    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
+        """``(value, start, end)`` of units ``i, i+1, ..`` of this share, in order."""
+        n = self._n - i
+        if n <= 0:
+            return
+        if hasattr(self._src, "iter_units"):
+            yield from islice(self._src.iter_units(self._lo + i), n)
+        else:
+            for k in range(i, self._n):
+                yield self[k]
 
     @property
     def bytes_read(self) -> int:

@@ -60,8 +60,13 @@ def test_same_bytes_as_beat(tmp_path):
 
 def test_read_errors(tmp_path):
     bad = tmp_path / "bad.db"
-    bad.write_text('[{"a": 1, "a": 2}]')
-    with pytest.raises(DataError, match="several times"):
+    bad.write_text('[{"a": 1, "a": 2}]')  # an index is data: the last value wins, as in BEAT
+    assert read_index(bad)[0].a == 2
+    bad.write_text('[{"a": 1}, {"a": 2]')
+    with pytest.raises(DataError, match="invalid JSON"):
+        read_index(bad)
+    bad.write_bytes(b'[{"a": "\xff"}]')
+    with pytest.raises(DataError, match="invalid JSON"):
         read_index(bad)
     bad.write_text('{"a": 1}')
     with pytest.raises(DataError, match="JSON array of objects"):
