@@ -92,6 +92,8 @@ class ControlServer:
         self._sock.bind(f"ipc://{path}")
         self._address = f"ipc://{path}"
         self.rejected = 0  # malformed frames dropped
+        self._poller: zmq.Poller | None = None
+        self._poller_fd: int | None = None
 
     @property
     def address(self) -> str:
@@ -106,11 +108,23 @@ class ControlServer:
         """The ROUTER socket, for callers that multiplex with ``zmq.Poller``."""
         return self._sock
 
-    def poll(self, timeout_ms: int = 0) -> list[Message]:
-        """Messages available within ``timeout_ms`` (all queued ones, in arrival order)."""
+    def poll(self, timeout_ms: int = 0, wake: int | None = None) -> list[Message]:
+        """Messages available within ``timeout_ms`` (all queued ones, in arrival order).
+
+        ``wake``: a file descriptor that also ends the wait when readable (the fork
+        server's, which reports process exits), so that callers react at once.
+        """
         out: list[Message] = []
-        if not self._sock.poll(timeout_ms, zmq.POLLIN):
-            return out
+        if wake is None:
+            if not self._sock.poll(timeout_ms, zmq.POLLIN):
+                return out
+        else:
+            if self._poller is None or self._poller_fd != wake:
+                self._poller, self._poller_fd = zmq.Poller(), wake
+                self._poller.register(self._sock, zmq.POLLIN)
+                self._poller.register(wake, zmq.POLLIN)
+            if self._sock not in dict(self._poller.poll(timeout_ms)):
+                return out
         while True:
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK)

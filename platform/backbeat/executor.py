@@ -102,7 +102,9 @@ class Run:
         return handle
 
     def _collect(self, timeout_ms: int) -> None:
-        for msg in self._control.poll(timeout_ms):
+        """Take control messages for up to ``timeout_ms`` (less if a process exits meanwhile)."""
+        wake = self._server.event_fd()
+        for msg in self._control.poll(timeout_ms, wake):
             self.messages.setdefault(msg.job, []).append(msg)
             block, _, slot = msg.job.partition("#")
             if msg.type == "progress" and block in self.status:

@@ -364,6 +364,10 @@ class ForkServer:
             raise UsageError("no zygote socket (not started, or multiprocessing mode)")
         return self._sock.fileno()
 
+    def event_fd(self) -> int | None:
+        """Like :meth:`fileno`, or None when there is no zygote socket to poll."""
+        return self._sock.fileno() if self._sock is not None and self._sock.fileno() >= 0 else None
+
     def pump(self, timeout: float = 0.0) -> None:
         """Process pending zygote events (pids, exits) for at most ``timeout`` seconds."""
         self._pump_until(lambda: False, timeout)

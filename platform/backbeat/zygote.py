@@ -42,14 +42,19 @@ def _split_target(target: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- child side
 
+_LIBC: Any = None  # loaded once in the zygote, inherited by every child
+
+
 def _prctl_pdeathsig(sig: int) -> None:
+    global _LIBC
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
+        if _LIBC is None:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -219,6 +224,7 @@ class _Zygote:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
                 error = f"cannot preload `{name}': {e}"
+        _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
         self.send({"ev": "ready", "pid": os.getpid(), "error": error})
         while True:
             now = time.monotonic()
