@@ -30,7 +30,10 @@ from .codeloader import load_with_libraries
 from .compat import install_beat_aliases
 from .driver import build_inputs, build_outputs, count_steps, run_algorithm
 from .sources import BatchSource, restrict
+from .streams import StreamSender, StreamSource
 from .values import value_type
+
+STREAM_BATCH = 4096  # units per batch of a streamed output (the pipeline's grain)
 
 
 class _Sink:
@@ -50,6 +53,17 @@ class _Sink:
 def _cache_source(path: str, window: int, verify: bool = True) -> tuple[BatchSource, Any]:
     reader = cachefile.CacheReader(path, verify=verify)
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
+
+
+def _commit(writers: dict, senders: dict, outputs: Any) -> dict[str, int]:
+    """Commit every output; tell the consumers of streamed ones; ``{output: units written}``."""
+    written = {}
+    for name, writer in writers.items():
+        writer.close()
+        if name in senders:
+            senders[name].finish(writer.end if writer.end is not None else writer.next_index - 1)
+        written[name] = outputs[name].nb_data_blocks_written
+    return written
 
 
 def _last_end(source: Any) -> int:
@@ -88,6 +102,9 @@ def run(payload: dict) -> dict:
         if spec["source"] == "cache":
             src, reader = _cache_source(spec["path"], window, spec.get("verify", True))
             readers.append(reader)
+        elif spec["source"] == "stream":  # from a producer running at the same time (backbeat.streams)
+            src = StreamSource(spec["address"], spec["dataformat"], formats[spec["dataformat"]])
+            readers.append(src)
         else:
             if client is None:
                 from .dbprovider import DatabaseClient
@@ -103,16 +120,25 @@ def run(payload: dict) -> dict:
                    for n, (ch, src, df) in sources.items()}
     input_list, loaders = build_inputs(block["type"], block["channel"], sources)
     own = [s for (ch, s, _df) in sources.values() if ch == block["channel"]]
-    start, end = payload.get("range") or (0, max((_last_end(s) for s in own if len(s)), default=-1))
+    if any(getattr(s, "live", False) for s in own):  # the end is known when the stream ends
+        start, end = 0, None
+    else:
+        start, end = payload.get("range") or (0, max((_last_end(s) for s in own if len(s)), default=-1))
 
     channel = None  # the loop channel of a loop processor
     writers: dict[str, cachefile.CacheWriter] = {}
+    senders: dict[str, StreamSender] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
     try:
         for name, spec in payload["outputs"].items():
             df = spec["dataformat"]
-            writer = cachefile.CacheWriter(spec["path"], df, formats[df], key=spec["key"], start=start, end=end)
+            streams = spec.get("streams")
+            writer = cachefile.CacheWriter(spec["path"], df, formats[df], key=spec["key"], start=start, end=end,
+                                           buffer_units=STREAM_BATCH if streams else None)
             writers[name] = writer
+            if streams:  # consumers run at the same time: each batch written is also sent to them
+                senders[name] = StreamSender(streams)
+                writer.on_batch = senders[name].send
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))
         outputs = build_outputs(sinks, input_list, start_index=start)
         loop = payload.get("loop")  # one side of a loop node (backbeat.loops)
@@ -121,10 +147,7 @@ def run(payload: dict) -> dict:
 
             served = run_evaluator(algorithm, block["type"], loop, inputs=input_list, data_loaders=loaders,
                                    outputs=outputs, parameters=block["values"], root=payload.get("root"))
-            written = {}
-            for name, writer in writers.items():
-                writer.close()
-                written[name] = outputs[name].nb_data_blocks_written
+            written = _commit(writers, senders, outputs)
             return {"steps": served, "written": written,
                     "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
                     "wall_s": time.perf_counter() - t0}
@@ -148,15 +171,14 @@ def run(payload: dict) -> dict:
         )
         if channel is not None:
             channel.done()
-        written = {}
-        for name, writer in writers.items():
-            writer.close()
-            written[name] = outputs[name].nb_data_blocks_written
+        written = _commit(writers, senders, outputs)
     except BaseException:
         for writer in writers.values():
             writer.abort()
         raise
     finally:
+        for sender in senders.values():
+            sender.close()
         for reader in readers:
             reader.close()
         if client is not None:

@@ -132,6 +132,7 @@ class CacheWriter:
         self._values: list[BaseValue] = []
         self._ends: list[int] = []
         self._closed = False
+        self.on_batch: Callable[[Batch], None] | None = None  # told of each batch once it is in the file
         cols = layout(expanded, fmt_name)
         fixed = sum(_row_bytes(c) for c in cols if c.rows == "") + 16
         units = int(min(65536, max(256, (4 << 20) // fixed)))
@@ -262,6 +263,8 @@ class CacheWriter:
         for job in jobs:
             job.result()
         self._units += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(batch)
 
     def _rebased(self, name: str, arr: np.ndarray) -> np.ndarray:
         if name.endswith("#offsets"):

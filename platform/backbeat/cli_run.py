@@ -31,14 +31,14 @@ class ProgressDisplay:
         if self.quiet:
             return
         block, state = event["block"], event["state"]
-        if state == "running" and event.get("done") is not None and event.get("total"):
+        if state == "running" and event.get("done"):  # a streamed block's total is not known yet
             now = time.monotonic()
             line = (block, event.get("slot"))
             if not self.tty and now - self._last_running.get(line, 0.0) < 2.0:
                 return
             self._last_running[line] = now
             slot = f" (slot {event['slot']})" if "slot" in event else ""
-            text = f"  {block}{slot}: running {event['done']}/{event['total']} units"
+            text = f"  {block}{slot}: running {event['done']}/{event.get('total') or '?'} units"
         elif state == "done":
             text = f"  {block}: done ({event.get('wall_s', 0.0):.2f} s)"
         elif state == "failed":
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = executor.Options(force=args.force, jobs=args.jobs or 0,
                                timeout_s=args.timeout if args.timeout is not None else timeout,
                                memory_bytes=args.memory if args.memory is not None else memory,
-                               only=args.only, from_=args.from_, until=args.until)
+                               only=args.only, from_=args.from_, until=args.until, stream=args.stream)
     if args.dry_run:
         plan = executor.dry_run(args.prefix, args.cache, args.name, options)
         if args.json:
@@ -177,6 +177,8 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("--force", action="store_true", help="re-run every block even if cached")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
     p.add_argument("-j", "--jobs", type=int, default=None, help="blocks run at once (default: cores)")
+    p.add_argument("--no-stream", dest="stream", action="store_false",
+                   help="start a block only once the outputs it reads are committed (no streaming)")
     p.add_argument("--timeout", type=_positive, default=None, metavar="SECONDS", help="per-block time limit")
     p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")

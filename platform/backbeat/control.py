@@ -165,7 +165,7 @@ class ControlClient:
         self._sock.connect(address)
         self._interval = min_interval_s
         self._last = 0.0
-        self._pending: tuple[int, int] | None = None
+        self._pending: tuple[int, int | None] | None = None
         self.finished = False
         self.acknowledged = False
 
@@ -179,15 +179,17 @@ class ControlClient:
     def start(self) -> None:
         self._send({"type": "start", "pid": os.getpid()})
 
-    def progress(self, done: int, total: int) -> None:
-        """Report ``done`` of ``total`` units; sent at most every ``min_interval_s`` (last one kept)."""
+    def progress(self, done: int, total: int | None) -> None:
+        """Report ``done`` of ``total`` units (None: not known yet); sent at most every
+        ``min_interval_s`` (last one kept)."""
         now = time.monotonic()
-        if now - self._last >= self._interval or done >= total:
+        total = None if total is None else int(total)
+        if now - self._last >= self._interval or (total is not None and done >= total):
             self._pending = None
             self._last = now
-            self._send({"type": "progress", "done": int(done), "total": int(total)}, block=False)
+            self._send({"type": "progress", "done": int(done), "total": total}, block=False)
         else:
-            self._pending = (int(done), int(total))
+            self._pending = (int(done), total)
 
     def _flush_progress(self) -> None:
         if self._pending is not None:

@@ -126,7 +126,7 @@ def build_outputs(
     return result
 
 
-def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | None = None) -> int:
+def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | None = None) -> int | None:
     """How many steps :func:`run_algorithm` will report (for progress totals).
 
     Legacy/sequential: how many times the main group advances; autonomous (no input
@@ -138,8 +138,9 @@ def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | Non
     group = input_list.main_group
     if group is None or len(group) == 0:
         return 0
-    if len(group) == 1:  # the units of one input are the steps
-        return len(group[0].data_source)
+    if len(group) == 1:  # the units of one input are the steps (unknown while they arrive)
+        source = group[0].data_source
+        return None if getattr(source, "live", False) else len(source)
     return len(mix_data_indices([i.data_source.data_indices() for i in group]))
 
 
@@ -185,10 +186,14 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     listener = group.synchronization_listener
     plain = type(listener) is SynchronizationListener  # else its onIntervalChanged is called
     i = x.next_data_index
+    source = x.data_source
+    live = getattr(source, "live", False)  # units still arriving: the count grows as they do
     steps, result = 0, True
-    for value, start, end in x.data_source.iter_units(i):
+    for value, start, end in source.iter_units(i):
         i += 1
         x.data, x.data_index, x.data_index_end, x.next_data_index = value, start, end, i
+        if live:
+            x._n = i + 1 if source.more else i
         x.data_same_as_previous = False
         x.nb_data_blocks_read += 1
         group.data_index = group.first_data_index = start

@@ -66,6 +66,8 @@ class Run:
     slot_ranges: dict[str, list] = field(default_factory=dict)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
     killed: set[str] = field(default_factory=set)  # processes killed because their loop partner failed
+    feeders: dict[str, tuple[str, str]] = field(default_factory=dict)  # streamed job -> (producer, cancel file)
+    starved: set[str] = field(default_factory=set)  # streamed jobs killed because their producer failed
     catalog: Catalog | None = None  # the catalog the plan was made from (declarations validated once)
     _server: Any = None
     _control: Any = None
@@ -89,13 +91,14 @@ class Run:
         self._control = ControlServer()
         self._tmpdir = self._control.directory
 
-    def _spawn(self, job_id: str, target: str, payload: dict) -> Any:
+    def _spawn(self, job_id: str, target: str, payload: dict, timed: bool = True) -> Any:
+        """Start a process; ``timed=False``: its time limit starts later (``Handle.set_timeout``)."""
         from .workerpool import Limits
 
         self._infrastructure()
         payload = dict(payload, target=target, control=self._control.address, job=job_id,
                        root=str(self.prefix.resolve()))
-        limits = Limits(self.options.timeout_s, self.options.memory_bytes)
+        limits = Limits(self.options.timeout_s if timed else None, self.options.memory_bytes)
         handle = self._server.spawn("backbeat.control:job_main", payload, limits)
         self.handles[job_id] = handle
         self.messages[job_id] = []
@@ -352,8 +355,11 @@ class Run:
             if not procs and (failed or not pending):
                 break
             for name in pending:
-                if failed or sum(len(p) for p in procs.values()) >= limit:
+                # streamed jobs keep pace with their producer: they do not count against the limit
+                if failed or sum(len(p) for n, p in procs.items() if n not in self.feeders) >= limit:
                     break
+                if self.status[name] not in ("pending", "waiting"):
+                    continue  # started meanwhile, as the consumer of a stream
                 job = jobs[name]
                 if any(self.status[d] in ("failed", "skipped") for d in job.depends):
                     continue
@@ -372,7 +378,7 @@ class Run:
                 self.status[name] = "running"
                 self.started[name] = time.perf_counter()
                 self._emit(name, "running", done=0, total=None)
-                procs[name] = self._start(job)
+                procs.update(self._start(job))
             if not procs:
                 if any(self.status[n] == "waiting" for n in jobs):
                     time.sleep(0.05)
@@ -391,24 +397,42 @@ class Run:
                 self._collect(0)
                 if not self._finish(jobs[name], procs.pop(name), exits):
                     failed = True
+                    self._starve(name, procs)
+                elif name in self.starved:  # and so are the jobs it was feeding
+                    self._starve(name, procs)
         for name in jobs:
             if self.status[name] in ("pending", "waiting", "excluded"):
                 self.status[name] = "skipped"
                 self._emit(name, "skipped")
 
-    def _start(self, job: Job) -> list[str]:
-        """Spawn the job's block process(es): one, or one per slot for a split block."""
+    def _start(self, job: Job, fed: dict[str, str] | None = None) -> dict[str, list[str]]:
+        """Spawn the job's block process(es) — one, or one per slot for a split block — and
+        the consumers it streams to (``{job: process ids}``).  ``fed``: the job's inputs that
+        are streamed to it (input name → address)."""
         for o in job.outputs.values():  # left by a writer killed with an earlier run (kill -9)
             cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
         if job.kind == "loop":
-            return self._start_loop(job)
+            return {job.name: self._start_loop(job)}
         payload = self.block_payload(job)
+        for inp, address in (fed or {}).items():
+            payload["inputs"][inp] = dict(payload["inputs"][inp], source="stream", address=address)
         if payload["database"]:
             payload["database"] = self._provider_address()
-        ranges = self._slots(job, payload) if job.nb_slots > 1 and job.kind == "block" else []
+        ranges = self._slots(job, payload) if job.nb_slots > 1 and job.kind == "block" and not fed else []
         if len(ranges) <= 1:
-            self._spawn(job.name, "backbeat.blockrun:run", payload)
-            return [job.name]
+            consumers = self._consumers(job)
+            for _cons, _inp, out, address, cancel in consumers:
+                payload["outputs"][out].setdefault("streams", []).append({"address": address, "cancel": cancel})
+            # a streamed job's time limit starts when its producer has ended (see _finish)
+            self._spawn(job.name, "backbeat.blockrun:run", payload, timed=not fed)
+            started = {job.name: [job.name]}
+            for cons, inp, _out, address, cancel in consumers:
+                self.feeders[cons.name] = (job.name, cancel)
+                self.status[cons.name] = "running"
+                self.started[cons.name] = time.perf_counter()
+                self._emit(cons.name, "running", done=0, total=None)
+                started.update(self._start(cons, {inp: address}))
+            return started
         ids = []
         for k, (s, e) in enumerate(ranges):
             slot = dict(payload, range=[s, e], slot=k)
@@ -417,7 +441,53 @@ class Run:
             self._spawn(pid, "backbeat.blockrun:run", slot)
             ids.append(pid)
         self.slot_ranges[job.name] = ranges
-        return ids
+        return {job.name: ids}
+
+    def _consumers(self, job: Job) -> list[tuple[Job, str, str, str, str]]:
+        """The pending jobs that will read ``job``'s output while it is written (streams).
+
+        ``[(consumer, its input, job's output, address, cancel file)]``.  A consumer
+        qualifies when streaming is on, ``job`` is a plain unsplit block, and the consumer is
+        a legacy/sequential block or analyzer, unsplit, whose block channel has that one
+        input and whose other inputs are all available; its lock is taken here.
+        """
+        if not self.options.stream or job.kind != "block" or job.nb_slots > 1:
+            return []
+        from .algorithm import Algorithm
+
+        self._infrastructure()  # the run's private directory holds the stream sockets
+
+        found = []
+        for cons in self.plan.jobs:
+            if job.name not in cons.depends or self.status.get(cons.name) not in ("pending", "waiting"):
+                continue
+            if cons.kind not in ("block", "analyzer") or (cons.kind == "block" and cons.nb_slots > 1):
+                continue
+            if any(self.status[d] not in ("ran", "cached") for d in cons.depends if d != job.name):
+                continue
+            own = [(n, i) for n, i in cons.inputs.items() if i.channel == cons.channel]
+            if len(own) != 1 or own[0][1].source != "block" or own[0][1].node != job.name:
+                continue
+            if any(i.node == job.name for n, i in cons.inputs.items() if n != own[0][0]):
+                continue
+            kind = Algorithm(self._catalog().get("algorithm", cons.algorithm)).type
+            if kind not in ("legacy", "sequential") or not self._lock(cons):
+                continue
+            if not self.options.force and self._committed(cons):
+                self._unlock(cons.name)  # another run computed it meanwhile: the main loop reuses it
+                continue
+            n = len(self.feeders) + len(found)
+            found.append((cons, own[0][0], own[0][1].output, f"ipc://{self._tmpdir}/stream{n}",
+                          os.path.join(self._tmpdir, f"stream{n}.gone")))
+        return found
+
+    def _starve(self, producer: str, procs: dict[str, list[str]]) -> None:
+        """Kill the running consumers of a failed producer's streams (they become skipped)."""
+        for cons, (prod, _cancel) in self.feeders.items():
+            if prod == producer and cons in procs and cons not in self.starved:
+                self.starved.add(cons)
+                for pid in procs[cons]:
+                    self.handles[pid].kill()
 
     def _start_loop(self, job: Job) -> list[str]:
         """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
@@ -474,6 +544,18 @@ class Run:
 
         self._unlock(job.name)
         wall = time.perf_counter() - self.started[job.name]
+        if self.options.timeout_s:  # the consumers of its streams now run on their own
+            for cons, (prod, _cancel) in self.feeders.items():
+                if prod == job.name and cons in self.handles:
+                    self.handles[cons].set_timeout(self.options.timeout_s)
+        if job.name in self.feeders:  # a consumer has ended: its producer stops feeding it
+            Path(self.feeders[job.name][1]).touch()
+        if job.name in self.starved:  # killed because the producer it read from failed
+            for o in job.outputs.values():
+                cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
+            self.status[job.name] = "skipped"
+            self._emit(job.name, "skipped")
+            return True
         outcomes = [outcome(e, self.messages.get(p, [])) for p, e in zip(ids, exits, strict=True)]
         bad = next((o for p, o in zip(ids, outcomes, strict=True) if not o.ok and p not in self.killed),
                    next((o for o in outcomes if not o.ok), None))
@@ -489,6 +571,8 @@ class Run:
             stats = outcomes[0].statistics if len(ids) == 1 else {"slots": [o.statistics for o in outcomes]}
             rss = [e.rusage.get("maxrss_kb", 0) for e in exits if getattr(e, "rusage", None)]
             self.stats[job.name] = dict(stats, wall_s=wall, **({"max_rss_mb": max(rss) / 1024} if rss else {}))
+            if job.name in self.feeders:
+                self.stats[job.name]["streamed_from"] = self.feeders[job.name][0]
             self._emit(job.name, "done", wall_s=wall)
             return True
         for o in job.outputs.values():  # a killed writer leaves its temporary file

@@ -23,6 +23,7 @@ class Options:
     timeout_s: float | None = None
     memory_bytes: int | None = None
     window: int = 4096
+    stream: bool = True  # a consumer may read an output while its producer writes it (backbeat.streams)
 
 
 def descendants(plan: Any, names: set[str]) -> set[str]:

@@ -163,6 +163,14 @@ class Handle:
         """SIGKILL the child's process group (no effect once it has ended)."""
         self._signal(signal.SIGKILL)
 
+    def set_timeout(self, seconds: float) -> None:
+        """From now on, the child may run at most ``seconds`` more (then it is killed: ``timeout``)."""
+        if self.exit is None:
+            try:
+                self._server._request({"op": "timeout", "id": self.id, "timeout_s": float(seconds)})
+            except ExecutionError:
+                pass
+
     def terminate(self) -> None:
         """SIGTERM the child's process group."""
         self._signal(signal.SIGTERM)
@@ -509,6 +517,10 @@ class _MPHandle(Handle):
     def poll(self) -> Exit | None:
         self._check()
         return self.exit
+
+    def set_timeout(self, seconds: float) -> None:
+        elapsed = time.monotonic() - self.spawned_at
+        self._limits = Limits(elapsed + float(seconds), self._limits.memory_bytes)
 
     def _signal(self, sig: int, reason: str | None = None) -> None:
         if self.exit is None and self._proc.pid is not None:

@@ -266,6 +266,10 @@ class _Zygote:
                 if c["id"] == req["id"]:
                     c["reason"] = c["reason"] or req.get("reason")
                     self.kill(pid, req.get("sig", signal.SIGKILL))
+        elif op == "timeout":  # a new deadline, counted from now
+            for c in self.children.values():
+                if c["id"] == req["id"] and not c["reason"]:
+                    c["deadline"] = time.monotonic() + float(req["timeout_s"])
         elif op == "close":
             self.shutdown(0)
 

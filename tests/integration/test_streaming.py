@@ -1,0 +1,152 @@
+"""Streaming between blocks (backbeat.streams): real block processes, ZeroMQ sockets, HDF5 files.
+
+The run fixture's pipeline (items → first → second → analysis) is fed 20,000 or 60,000
+items here, so that every stream carries many batches (4,096 units each) and producers
+meet back-pressure; ``run/late/1`` (written by the tests) fails at item ``at``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+
+from backbeat import executor
+from conftest import cli_json
+
+EXP_DIR = Path("experiments/run/run/pipeline/1")
+
+LATE = '''import os
+import signal
+
+
+class Algorithm:
+    def setup(self, parameters):
+        self.mode, self.at, self.seen = parameters["mode"], parameters["at"], 0
+        if self.mode == "setup":
+            raise RuntimeError("late: setup failed on purpose")
+        return True
+
+    def process(self, inputs, data_loaders, outputs):
+        self.seen += 1
+        if self.seen == self.at:
+            if self.mode == "process":
+                raise ValueError("late: failed on purpose at item %d" % self.seen)
+            if self.mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+        outputs["out"].write(inputs["value"].data)
+        return True
+'''
+
+
+@pytest.fixture
+def prefix(copy_prefix) -> Path:
+    root = copy_prefix()
+    db = root / "databases/counter/1.json"
+    decl = json.loads(db.read_text())
+    for n in (20_000, 60_000):
+        decl["protocols"].append({"name": f"n{n}", "template": "run_sets/1",
+                                  "views": {"items": {"view": "Counter", "parameters": {"n": n, "mode": "none"}}}})
+    db.write_text(json.dumps(decl, indent=4))
+    algo = json.loads((root / "algorithms/run/faulty/1.json").read_text())
+    algo["parameters"] = {"mode": {"type": "string", "default": "none"}, "at": {"type": "int32", "default": 5000}}
+    (root / "algorithms/run/late").mkdir()
+    (root / "algorithms/run/late/1.json").write_text(json.dumps(algo, indent=4))
+    (root / "algorithms/run/late/1.py").write_text(LATE)
+    return root
+
+
+def experiment(prefix: Path, name: str, n: int, second: dict | None = None) -> str:
+    decl = json.loads((prefix / EXP_DIR / "base.json").read_text())
+    decl["datasets"]["items"]["protocol"] = f"n{n}"
+    if second is not None:
+        decl["blocks"]["second"].update(algorithm="run/late/1", parameters=second)
+    (prefix / EXP_DIR / f"{name}.json").write_text(json.dumps(decl, indent=4))
+    return f"run/run/pipeline/1/{name}"
+
+
+def run(prefix, cache, name, events=None, **options) -> dict:
+    return executor.run_experiment(prefix, cache, name, executor.Options(jobs=2, **options),
+                                   events.append if events is not None else None)
+
+
+def statuses(rep: dict) -> dict:
+    return {b: v["status"] for b, v in rep["blocks"].items()}
+
+
+def digests(cache: Path, rep: dict) -> dict:
+    out = {}
+    for block, v in rep["blocks"].items():
+        for o, key in v["outputs"].items():
+            path = executor.output_path(cache, key)
+            if path.exists():
+                with h5py.File(path, "r") as f:
+                    out[(block, o)] = f.attrs["digest"]
+    return out
+
+
+def leftovers(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob("*") if ".tmp-" in p.name or ".slot" in p.name]
+
+
+def test_a_streamed_run_writes_the_same_bytes_as_an_unstreamed_one(prefix, tmp_path):
+    name = experiment(prefix, "many", 20_000)
+    events: list[dict] = []
+    streamed = run(prefix, tmp_path / "a", name, events)
+    plain = run(prefix, tmp_path / "b", name, stream=False)
+    assert statuses(streamed) == statuses(plain) == {"first": "ran", "second": "ran", "analysis": "ran"}
+    assert streamed["results"] == plain["results"]
+    assert streamed["results"]["analysis"][0]["data"] == {"count": 20_000, "sum": sum(range(11, 20_011))}
+    assert digests(tmp_path / "a", streamed) == digests(tmp_path / "b", plain) and len(digests(tmp_path / "a", streamed)) == 3
+    stats = {b: v["statistics"] for b, v in streamed["blocks"].items()}
+    assert stats["second"]["streamed_from"] == "first" and stats["analysis"]["streamed_from"] == "second"
+    assert "streamed_from" not in stats["first"]
+    assert not any("streamed_from" in v["statistics"] for v in plain["blocks"].values())
+    order = [(e["block"], e["state"]) for e in events if e["state"] in ("running", "done") and not e.get("done")]
+    assert order.index(("analysis", "running")) < order.index(("first", "done"))  # a pipeline
+    for e in events:  # streamed blocks report progress without a total
+        if e["block"] == "analysis" and e["state"] == "running" and e.get("done"):
+            assert e["total"] is None
+    # the cached re-run reads what the streams produced
+    again = run(prefix, tmp_path / "a", name)
+    assert set(statuses(again).values()) == {"cached"} and again["results"] == plain["results"]
+
+
+def test_a_producer_failing_mid_stream_skips_its_consumers_and_leaves_nothing_partial(prefix, tmp_path):
+    cache = tmp_path / "cache"
+    name = experiment(prefix, "late", 20_000, {"mode": "process", "at": 9000})
+    rep = run(prefix, cache, name)
+    assert statuses(rep) == {"first": "ran", "second": "failed", "analysis": "skipped"}
+    assert "late: failed on purpose at item 9000" in rep["blocks"]["second"]["error"]["message"]
+    assert rep["status"] == "failed" and not leftovers(cache)
+    assert set(digests(cache, rep)) == {("first", "out")}  # nothing of second or analysis committed
+    name = experiment(prefix, "late", 20_000, {"mode": "none", "at": 9000})  # fixed: resumes
+    rep = run(prefix, cache, name)
+    assert statuses(rep) == {"first": "cached", "second": "ran", "analysis": "ran"}
+    assert rep["results"]["analysis"][0]["data"]["count"] == 20_000
+
+
+@pytest.mark.parametrize("mode, at", [("process", 3000), ("kill", 3000), ("setup", 1)])
+def test_a_consumer_ending_early_does_not_stop_its_producer(prefix, tmp_path, mode, at):
+    """60,000 units are 15 batches: more than the sockets hold, so the producer waits on its
+    consumer until the executor tells it the consumer is gone; it then finishes its output."""
+    cache = tmp_path / "cache"
+    name = experiment(prefix, f"early_{mode}", 60_000, {"mode": mode, "at": at})
+    rep = run(prefix, cache, name)
+    assert statuses(rep) == {"first": "ran", "second": "failed", "analysis": "skipped"}, rep["blocks"]
+    assert not leftovers(cache)
+    plain = run(prefix, tmp_path / "plain", name, stream=False)  # first's file is what it would be unstreamed
+    assert digests(cache, rep)[("first", "out")] == digests(tmp_path / "plain", plain)[("first", "out")]
+
+
+def test_cli_streams_by_default_and_not_with_no_stream(prefix, tmp_path):
+    name = experiment(prefix, "cli", 20_000)
+    code, rep, err = cli_json("--prefix", prefix, "--cache", tmp_path / "a", "experiments", "run", name, "--json")
+    assert code == 0, err
+    assert rep["blocks"]["second"]["statistics"]["streamed_from"] == "first"
+    code, rep, err = cli_json("--prefix", prefix, "--cache", tmp_path / "b", "experiments", "run", name,
+                              "--json", "--no-stream")
+    assert code == 0, err
+    assert all("streamed_from" not in b["statistics"] for b in rep["blocks"].values())
