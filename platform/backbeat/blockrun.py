@@ -33,7 +33,7 @@ from .sources import BatchSource, restrict
 from .streams import StreamSender, StreamSource
 from .values import value_type
 
-STREAM_BATCH = 4096  # units per batch of a streamed output (the pipeline's grain)
+STREAM_BATCH = 4096  # at most, units per batch of a streamed output (the pipeline's grain)
 
 
 class _Sink:
@@ -133,10 +133,10 @@ def run(payload: dict) -> dict:
         for name, spec in payload["outputs"].items():
             df = spec["dataformat"]
             streams = spec.get("streams")
-            writer = cachefile.CacheWriter(spec["path"], df, formats[df], key=spec["key"], start=start, end=end,
-                                           buffer_units=STREAM_BATCH if streams else None)
+            writer = cachefile.CacheWriter(spec["path"], df, formats[df], key=spec["key"], start=start, end=end)
             writers[name] = writer
             if streams:  # consumers run at the same time: each batch written is also sent to them
+                writer.buffer_units = min(writer.buffer_units, STREAM_BATCH)  # (batches stay ≤ ~4 MB)
                 senders[name] = StreamSender(streams)
                 writer.on_batch = senders[name].send
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))

@@ -9,7 +9,12 @@ State of one run (:class:`Run`):
   ``messages[job]`` the control messages it sent (start, progress, done, error);
 * ``locks[job]`` — an exclusive ``fcntl`` lock on ``<cache>/.locks/<job key>`` held while
   the job runs, so that two runs sharing blocks never compute the same output twice at
-  once: the second waits, then finds the output committed and reuses it.
+  once: the second waits, then finds the output committed and reuses it;
+* ``feeders[job]`` — for a job started together with its producer to read its output as it
+  is written (:mod:`backbeat.streams`; eligibility: :func:`~backbeat.selection.stream_consumers`),
+  the producer and the cancel file that tells the producer the job has ended; ``starved`` —
+  such jobs killed because their producer failed (reported ``skipped``).  Streamed jobs do
+  not count against ``jobs`` and their time limit starts when their producer ends.
 
 Order of work: index the datasets that have no stored index (in block processes: views
 are user code), compute the cache keys, mark jobs whose outputs are committed as cached,
@@ -36,15 +41,17 @@ from .planning import Job, Plan, assign_keys, plan
 from .results import (  # noqa: F401  (re-exported: the executor's public API)
     cached_results,
     cachefile,
+    drop_partial,
     index_path,
     output_path,
     read_result,
     read_results,
     remove_cache,
+    report,
     scratch_cache,
     summary,
 )
-from .selection import Options, ancestors, decide, descendants  # noqa: F401
+from .selection import Options, ancestors, decide, descendants, stream_consumers  # noqa: F401
 
 Progress = Callable[[dict], None]
 
@@ -145,12 +152,7 @@ class Run:
                 self.status[job.name] = "failed"
                 self.errors.setdefault(job.name, {"kind": "interrupted", "message": "the run was interrupted",
                                                   "traceback": None})
-                for o in job.outputs.values():
-                    final = output_path(self.cache, o.key)
-                    for path in [final] + [Path(f"{final}.slot{k}") for k in range(job.nb_slots)]:
-                        cachefile.remove_stale_temporaries(path)
-                        if path != final:
-                            path.unlink(missing_ok=True)
+                drop_partial(self.cache, job, job.nb_slots)
         for fd in self.locks.values():
             os.close(fd)
         self.locks.clear()
@@ -444,40 +446,26 @@ class Run:
         return {job.name: ids}
 
     def _consumers(self, job: Job) -> list[tuple[Job, str, str, str, str]]:
-        """The pending jobs that will read ``job``'s output while it is written (streams).
-
-        ``[(consumer, its input, job's output, address, cancel file)]``.  A consumer
-        qualifies when streaming is on, ``job`` is a plain unsplit block, and the consumer is
-        a legacy/sequential block or analyzer, unsplit, whose block channel has that one
-        input and whose other inputs are all available; its lock is taken here.
-        """
-        if not self.options.stream or job.kind != "block" or job.nb_slots > 1:
+        """The pending jobs that will read ``job``'s output while it is written (streams):
+        ``[(consumer, its input, job's output, address, cancel file)]`` (see
+        :func:`backbeat.selection.stream_consumers`); their locks are taken here."""
+        if not self.options.stream:
             return []
         from .algorithm import Algorithm
 
-        self._infrastructure()  # the run's private directory holds the stream sockets
+        def algorithm_type(name: str) -> str:
+            return Algorithm(self._catalog().get("algorithm", name)).type
 
         found = []
-        for cons in self.plan.jobs:
-            if job.name not in cons.depends or self.status.get(cons.name) not in ("pending", "waiting"):
-                continue
-            if cons.kind not in ("block", "analyzer") or (cons.kind == "block" and cons.nb_slots > 1):
-                continue
-            if any(self.status[d] not in ("ran", "cached") for d in cons.depends if d != job.name):
-                continue
-            own = [(n, i) for n, i in cons.inputs.items() if i.channel == cons.channel]
-            if len(own) != 1 or own[0][1].source != "block" or own[0][1].node != job.name:
-                continue
-            if any(i.node == job.name for n, i in cons.inputs.items() if n != own[0][0]):
-                continue
-            kind = Algorithm(self._catalog().get("algorithm", cons.algorithm)).type
-            if kind not in ("legacy", "sequential") or not self._lock(cons):
+        for cons, inp, out in stream_consumers(self.plan, job.name, self.status, algorithm_type):
+            if not self._lock(cons):
                 continue
             if not self.options.force and self._committed(cons):
                 self._unlock(cons.name)  # another run computed it meanwhile: the main loop reuses it
                 continue
+            self._infrastructure()  # the run's private directory holds the stream sockets
             n = len(self.feeders) + len(found)
-            found.append((cons, own[0][0], own[0][1].output, f"ipc://{self._tmpdir}/stream{n}",
+            found.append((cons, inp, out, f"ipc://{self._tmpdir}/stream{n}",
                           os.path.join(self._tmpdir, f"stream{n}.gone")))
         return found
 
@@ -491,52 +479,24 @@ class Run:
 
     def _start_loop(self, job: Job) -> list[str]:
         """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
-        from .loops import SIDES, side_job
+        from .loops import side_payloads
 
         self._infrastructure()
         address = f"ipc://{self._tmpdir}/loop{[j.name for j in self.plan.jobs].index(job.name)}"
         ids = []
-        for k, side in enumerate(reversed(SIDES)):
-            payload = self.block_payload(side_job(job, side))
-            if payload["database"]:
-                payload["database"] = self._provider_address()
-            formats = (job.evaluator or {})["loop"] if side == "evaluator" else self._loop_formats(job.algorithm)
-            payload["loop"] = {"role": side, "address": address,
-                               **{k2: [df, self.plan.expanded[df]] for k2, df in formats.items()}}
+        for k, payload in enumerate(side_payloads(self, job, address)):
             self._spawn(f"{job.name}#{k}", "backbeat.blockrun:run", payload)
             ids.append(f"{job.name}#{k}")
         return ids
 
-    def _loop_formats(self, algorithm: str) -> dict:
-        from .algorithm import Algorithm
-
-        return dict(Algorithm(self._catalog().get("algorithm", algorithm)).loop or {})
-
     def _slots(self, job: Job, payload: dict) -> list[tuple[int, int]]:
         """Split ranges of a splittable block over the units of its synchronisation channel."""
         from .algorithm import Algorithm
-        from .splitting import split_ranges
+        from .splitting import payload_slots
 
         if not Algorithm(self._catalog().get("algorithm", job.algorithm)).splittable:
             return []
-        lists = []
-        for spec in payload["inputs"].values():
-            if spec["channel"] != job.channel:
-                continue
-            if spec["source"] == "cache":
-                with cachefile.CacheReader(spec["path"], verify=False) as reader:
-                    lists.append(list(zip(reader.starts.tolist(), reader.ends.tolist(), strict=True)))
-            else:
-                from .dbprovider import DatabaseClient
-
-                client = DatabaseClient(payload["database"])
-                try:
-                    src = client.source(spec["dataset"], spec["output"], spec["dataformat"],
-                                        payload["formats"][spec["dataformat"]])
-                    lists.append(src.data_indices())
-                finally:
-                    client.close()
-        return split_ranges(lists, job.nb_slots) if lists else []
+        return payload_slots(payload, job.channel, job.nb_slots)
 
     def _finish(self, job: Job, ids: list[str], exits: list) -> bool:
         """Classify the ended process(es) of a job, assemble split outputs; False on failure."""
@@ -551,8 +511,7 @@ class Run:
         if job.name in self.feeders:  # a consumer has ended: its producer stops feeding it
             Path(self.feeders[job.name][1]).touch()
         if job.name in self.starved:  # killed because the producer it read from failed
-            for o in job.outputs.values():
-                cachefile.remove_stale_temporaries(output_path(self.cache, o.key))
+            drop_partial(self.cache, job, 0)
             self.status[job.name] = "skipped"
             self._emit(job.name, "skipped")
             return True
@@ -575,14 +534,8 @@ class Run:
                 self.stats[job.name]["streamed_from"] = self.feeders[job.name][0]
             self._emit(job.name, "done", wall_s=wall)
             return True
-        for o in job.outputs.values():  # a killed writer leaves its temporary file
-            final = output_path(self.cache, o.key)
-            cachefile.remove_stale_temporaries(final)
-            if job.kind == "loop":  # a loop node is all or nothing: drop the side that committed
-                final.unlink(missing_ok=True)
-            for k in range(len(ids) if len(ids) > 1 else 0):
-                Path(f"{final}.slot{k}").unlink(missing_ok=True)
-                cachefile.remove_stale_temporaries(f"{final}.slot{k}")
+        # a killed writer leaves its temporary file; a loop node is all or nothing (drop the side that committed)
+        drop_partial(self.cache, job, len(ids) if len(ids) > 1 else 0, committed=job.kind == "loop")
         self.status[job.name] = "failed"
         message = bad.message if bad is not None else "the block completed but did not commit its outputs"
         kind = bad.kind if bad is not None else "system"
@@ -592,24 +545,13 @@ class Run:
 
     def _assemble(self, job: Job, n: int) -> None:
         """Concatenate the slot files of each output into the single cache entry."""
+        from .splitting import assemble
+
         ranges = self.slot_ranges[job.name]
         for o in job.outputs.values():
             final = output_path(self.cache, o.key)
-            parts = [f"{final}.slot{k}" for k in range(n)]
-            writer = cachefile.CacheWriter(final, o.dataformat, self.plan.expanded[o.dataformat], key=o.key,
-                                           start=ranges[0][0], end=ranges[-1][1])
-            try:
-                for part in parts:
-                    with cachefile.CacheReader(part, verify=True) as reader:
-                        for batch in reader.iter_batches():
-                            writer.write_batch(batch)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            for part in parts:
-                Path(part).unlink(missing_ok=True)
-
+            assemble([f"{final}.slot{k}" for k in range(n)], final, o.dataformat, self.plan.expanded[o.dataformat],
+                     o.key, ranges[0][0], ranges[-1][1])
 
 def prepare(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
             options: Options | None = None, progress: Progress | None = None, warm: bool = False) -> Run:
@@ -654,26 +596,6 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     rep = report(run)
     rep["provenance"] = str(provenance.write(run, rep))
     return rep
-
-
-def report(run: Run) -> dict:
-    blocks = {}
-    for job in run.plan.jobs:
-        entry: dict[str, Any] = {"status": run.status.get(job.name, "pending"), "key": job.key,
-                                 "beat_hash": job.beat_hash,
-                                 "outputs": {n: o.key for n, o in job.outputs.items()}}
-        if job.name in run.errors:
-            entry["error"] = run.errors[job.name]
-        if job.name in run.stats:
-            entry["statistics"] = run.stats[job.name]
-        blocks[job.name] = entry
-    failed = any(b["status"] == "failed" for b in blocks.values())
-    return {
-        "experiment": run.plan.experiment,
-        "status": "failed" if failed else "ok",
-        "blocks": blocks,
-        "results": read_results(run.plan, run.cache),
-    }
 
 
 def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,

@@ -313,3 +313,26 @@ def run_evaluator(algorithm: Any, kind: str, loop: dict, *, inputs: Any, data_lo
     if missing:
         raise ExecutionError("Missing data on the following output(s): " + ", ".join(missing))
     return served
+
+
+def side_payloads(run: Any, job: Any, address: str) -> list[dict]:
+    """Block payloads of a loop node's evaluator then processor, joined at ``address``.
+
+    ``run`` is the executor's :class:`~backbeat.executor.Run` (its ``block_payload``,
+    plan and database provider).
+    """
+    from .algorithm import Algorithm
+
+    payloads = []
+    for side in reversed(SIDES):
+        payload = run.block_payload(side_job(job, side))
+        if payload["database"]:
+            payload["database"] = run._provider_address()
+        if side == "evaluator":
+            formats = (job.evaluator or {})["loop"]
+        else:
+            formats = dict(Algorithm(run._catalog().get("algorithm", job.algorithm)).loop or {})
+        payload["loop"] = {"role": side, "address": address,
+                           **{k: [df, run.plan.expanded[df]] for k, df in formats.items()}}
+        payloads.append(payload)
+    return payloads

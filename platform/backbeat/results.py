@@ -125,3 +125,39 @@ def scratch_cache() -> str:
 
 def remove_cache(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def report(run: Any) -> dict:
+    """The JSON-able report of a run (``backbeat experiments run --json``): each block's
+    status, keys, error and statistics, and the analyzers' cached results."""
+    blocks = {}
+    for job in run.plan.jobs:
+        entry: dict[str, Any] = {"status": run.status.get(job.name, "pending"), "key": job.key,
+                                 "beat_hash": job.beat_hash,
+                                 "outputs": {n: o.key for n, o in job.outputs.items()}}
+        if job.name in run.errors:
+            entry["error"] = run.errors[job.name]
+        if job.name in run.stats:
+            entry["statistics"] = run.stats[job.name]
+        blocks[job.name] = entry
+    failed = any(b["status"] == "failed" for b in blocks.values())
+    return {
+        "experiment": run.plan.experiment,
+        "status": "failed" if failed else "ok",
+        "blocks": blocks,
+        "results": read_results(run.plan, run.cache),
+    }
+
+
+def drop_partial(cache: Path, job: Any, slots: int, committed: bool = False) -> None:
+    """Remove what an unfinished job left of its outputs: writers' temporary files, the
+    files of its first ``slots`` slots, and with ``committed`` the committed outputs too."""
+    for o in job.outputs.values():
+        final = output_path(cache, o.key)
+        cachefile.remove_stale_temporaries(final)
+        if committed:
+            final.unlink(missing_ok=True)
+        for k in range(slots):
+            part = Path(f"{final}.slot{k}")
+            cachefile.remove_stale_temporaries(part)
+            part.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ the jobs whose action is ``run`` and ``--dry-run`` prints the reasons.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,3 +94,34 @@ def decide(plan: Any, committed: dict[str, bool], options: Options) -> dict[str,
         else:
             out[name] = ("run", "output not in the cache")
     return out
+
+
+def stream_consumers(plan: Any, producer: str, status: dict[str, str],
+                     algorithm_type: Callable[[str], str]) -> list[tuple[Any, str, str]]:
+    """Jobs that may read ``producer``'s output while it is written: ``[(job, input, output)]``.
+
+    ``producer`` must be a plain unsplit block; a consumer is a pending legacy/sequential
+    block (unsplit) or analyzer whose block channel has exactly one input, fed by
+    ``producer``, and whose other inputs are all available (``ran`` or ``cached``).
+    ``algorithm_type(name)`` gives an algorithm's type.
+    """
+    jobs = {j.name: j for j in plan.jobs}
+    prod = jobs[producer]
+    if prod.kind != "block" or prod.nb_slots > 1:
+        return []
+    found = []
+    for cons in plan.jobs:
+        if producer not in cons.depends or status.get(cons.name) not in ("pending", "waiting"):
+            continue
+        if cons.kind not in ("block", "analyzer") or (cons.kind == "block" and cons.nb_slots > 1):
+            continue
+        if any(status.get(d) not in ("ran", "cached") for d in cons.depends if d != producer):
+            continue
+        own = [(n, i) for n, i in cons.inputs.items() if i.channel == cons.channel]
+        if len(own) != 1 or own[0][1].source != "block" or own[0][1].node != producer:
+            continue
+        if any(i.node == producer for n, i in cons.inputs.items() if n != own[0][0]):
+            continue
+        if algorithm_type(cons.algorithm) in ("legacy", "sequential"):
+            found.append((cons, own[0][0], own[0][1].output))
+    return found

@@ -14,7 +14,9 @@ in two).  Two helpers:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -88,3 +90,48 @@ def split_ranges(index_lists: Sequence[Sequence[tuple[int, int]]], n: int) -> li
             cuts.append(best)
     edges = [first] + cuts + [last + 1]
     return [(edges[i], edges[i + 1] - 1) for i in range(len(edges) - 1)]
+
+
+def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded: dict, key: str,
+             start: int, end: int) -> None:
+    """Concatenate the (verified) slot files ``parts`` of a split block into the cache file
+    ``final`` covering ``[start, end]``; the parts are removed once it is committed."""
+    from . import cachefile
+
+    writer = cachefile.CacheWriter(final, fmt, expanded, key=key, start=start, end=end)
+    try:
+        for part in parts:
+            with cachefile.CacheReader(part, verify=True) as reader:
+                for batch in reader.iter_batches():
+                    writer.write_batch(batch)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    for part in parts:
+        Path(part).unlink(missing_ok=True)
+
+
+def payload_slots(payload: dict, channel: str, nb_slots: int) -> list[tuple[int, int]]:
+    """Split ranges for a block payload: over the units of its inputs on ``channel``, read
+    from their cache files or asked of the database provider (``[]`` if there is none)."""
+    from . import cachefile
+
+    lists = []
+    for spec in payload["inputs"].values():
+        if spec["channel"] != channel:
+            continue
+        if spec["source"] == "cache":
+            with cachefile.CacheReader(spec["path"], verify=False) as reader:
+                lists.append(list(zip(reader.starts.tolist(), reader.ends.tolist(), strict=True)))
+        else:
+            from .dbprovider import DatabaseClient
+
+            client = DatabaseClient(payload["database"])
+            try:
+                src = client.source(spec["dataset"], spec["output"], spec["dataformat"],
+                                    payload["formats"][spec["dataformat"]])
+                lists.append(src.data_indices())
+            finally:
+                client.close()
+    return split_ranges(lists, nb_slots) if lists else []
