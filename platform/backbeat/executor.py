@@ -449,7 +449,7 @@ class Run:
         """The pending jobs that will read ``job``'s output while it is written (streams):
         ``[(consumer, its input, job's output, address, cancel file)]`` (see
         :func:`backbeat.selection.stream_consumers`); their locks are taken here."""
-        if not self.options.stream:
+        if not self.options.stream or self.options.jobs == 1:  # -j 1: one block process at a time
             return []
         from .algorithm import Algorithm
 

@@ -146,7 +146,8 @@ def test_cli_streams_by_default_and_not_with_no_stream(prefix, tmp_path):
     code, rep, err = cli_json("--prefix", prefix, "--cache", tmp_path / "a", "experiments", "run", name, "--json")
     assert code == 0, err
     assert rep["blocks"]["second"]["statistics"]["streamed_from"] == "first"
-    code, rep, err = cli_json("--prefix", prefix, "--cache", tmp_path / "b", "experiments", "run", name,
-                              "--json", "--no-stream")
-    assert code == 0, err
-    assert all("streamed_from" not in b["statistics"] for b in rep["blocks"].values())
+    for cache, flag in (("b", "--no-stream"), ("c", "-j1")):  # one block process at a time: no streams
+        code, rep, err = cli_json("--prefix", prefix, "--cache", tmp_path / cache, "experiments", "run", name,
+                                  "--json", flag)
+        assert code == 0, err
+        assert all("streamed_from" not in b["statistics"] for b in rep["blocks"].values()), flag
