@@ -516,9 +516,18 @@ def digest_of(path: str | os.PathLike) -> str:
 
 
 def stored_digest(path: str | os.PathLike) -> str:
-    """The digest recorded in the file (no verification)."""
-    with CacheReader(path, verify=False) as r:
-        return r.digest
+    """The digest recorded in the file (no verification; only its attributes are read)."""
+    path = os.fspath(path)
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            if a.get("backbeat") != FORMAT_TAG or "digest" not in a:
+                raise IntegrityError(f"`{path}' is not a complete backbeat cache file ({FORMAT_TAG})")
+            return str(a["digest"])
+    except FileNotFoundError:
+        raise IntegrityError(f"cache file `{path}' does not exist") from None
+    except OSError as exc:
+        raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
 
 
 def _writer_alive(pid: int, since: float) -> bool:

@@ -184,6 +184,14 @@ def test_garbage_file_is_an_integrity_error(tmp_path):
     path.write_bytes(b"not hdf5 at all" * 10)
     with pytest.raises(IntegrityError, match="cannot be opened"):
         CacheReader(path)
+    with pytest.raises(IntegrityError, match="cannot be opened"):
+        stored_digest(path)
+    with pytest.raises(IntegrityError, match="does not exist"):
+        stored_digest(tmp_path / "missing.h5")
+    with h5py.File(path, "w") as f:  # HDF5, but not a committed backbeat cache file
+        f.attrs["backbeat"] = "something else"
+    with pytest.raises(IntegrityError, match="not a complete backbeat cache file"):
+        stored_digest(path)
 
 
 WRITER = textwrap.dedent("""
