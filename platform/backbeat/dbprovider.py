@@ -67,7 +67,7 @@ def build_index(payload: dict) -> dict:
 class _Dataset:
     """One set-up view: the data units of its outputs, and their values window by window."""
 
-    RECENT = 8  # windows kept, for blocks (or slots of a split block) reading the same output
+    RECENT_BYTES = 64 << 20  # windows kept (at least the last one), for blocks or slots reading the same output
 
     def __init__(self, spec: dict):
         self.spec = spec
@@ -96,9 +96,9 @@ class _Dataset:
             get = self.view.get
             values = [get(output, s) for s in starts[i:j].tolist()]
             batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
-            if len(self.recent) >= self.RECENT:
-                del self.recent[next(iter(self.recent))]
             self.recent[key] = batch
+            while len(self.recent) > 1 and sum(b.nbytes for b in self.recent.values()) > self.RECENT_BYTES:
+                del self.recent[next(iter(self.recent))]
         return batch
 
 
