@@ -130,6 +130,24 @@ def test_timeout(fs, ctl):
     assert 0.3 <= out.exit.wall_s < 3 and time.monotonic() - t0 < 5
 
 
+@pytest.mark.parametrize("mode", ["fork", "multiprocessing"])
+def test_a_time_limit_set_later_counts_from_then(fs, mode):
+    """What the executor does for a streamed block: no limit while it waits on its producer,
+    then ``set_timeout`` once the producer has ended."""
+    server = fs if mode == "fork" else ForkServer(preload=(), mode="multiprocessing").start()
+    try:
+        handle = server.spawn(f"{T}:sleep_forever", {})
+        time.sleep(0.5)
+        assert handle.poll() is None  # no limit yet
+        t0 = time.monotonic()
+        handle.set_timeout(0.3)
+        ex = handle.wait(timeout=10)
+        assert ex.kind == "timeout" and time.monotonic() - t0 >= 0.29, ex
+    finally:
+        if server is not fs:
+            server.close()
+
+
 def test_memory_limit(fs, ctl):
     out, msgs = run(fs, ctl, "allocate_2gb", limits=Limits(memory_bytes=300 * 2**20), job="mem")
     assert out.kind == "memory"
