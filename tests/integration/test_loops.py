@@ -172,19 +172,26 @@ RAISE = '''class Algorithm:
 '''
 
 
+def loop_variant(prefix: Path, side: str, name: str, code: str) -> Path:
+    """``prefix`` with algorithm ``lx/NAME/1`` (``code``, declared as the sequential loop's
+    ``side``) and experiment ``lx/lx/loop/1/NAME``: the sequential loop with that side replaced."""
+    base = {"processor": "seq_proc", "evaluator": "seq_eval"}[side]
+    algo = json.loads((prefix / f"algorithms/lx/{base}/1.json").read_text())
+    algo["parameters"] = {}
+    (prefix / f"algorithms/lx/{name}").mkdir(parents=True)
+    (prefix / f"algorithms/lx/{name}/1.json").write_text(json.dumps(algo))
+    (prefix / f"algorithms/lx/{name}/1.py").write_text(code)
+    exp = prefix / "experiments/lx/lx/loop/1"
+    decl = json.loads((exp / "sequential.json").read_text())
+    decl["loops"]["loop"].update({f"{side}_algorithm": f"lx/{name}/1", f"{side}_parameters": {}})
+    (exp / f"{name}.json").write_text(json.dumps(decl))
+    return prefix
+
+
 @pytest.mark.parametrize("code,kind,message", [(CRASH, "exit", "exited with code 3"),
                                                (RAISE, "user", "RuntimeError: processor gives up")])
 def test_failing_processor_stops_the_evaluator(tmp_path: Path, copy_prefix, code, kind, message):
-    prefix = copy_prefix(PREFIX)
-    algo = json.loads((prefix / "algorithms/lx/seq_proc/1.json").read_text())
-    algo["parameters"] = {}
-    (prefix / "algorithms/lx/crash/1.json").parent.mkdir(parents=True)
-    (prefix / "algorithms/lx/crash/1.json").write_text(json.dumps(algo))
-    (prefix / "algorithms/lx/crash/1.py").write_text(code)
-    exp = prefix / "experiments/lx/lx/loop/1"
-    decl = json.loads((exp / "sequential.json").read_text())
-    decl["loops"]["loop"].update(processor_algorithm="lx/crash/1", processor_parameters={})
-    (exp / "crash.json").write_text(json.dumps(decl))
+    prefix = loop_variant(copy_prefix(PREFIX), "processor", "crash", code)
     t0 = time.monotonic()
     report = run(tmp_path / "cache", "lx/lx/loop/1/crash", prefix)
     assert time.monotonic() - t0 < 15
@@ -229,16 +236,7 @@ class Algorithm:
 @pytest.mark.parametrize("variant", sorted(EVALUATORS))
 def test_broken_evaluators_fail_the_loop(tmp_path: Path, copy_prefix, variant: str):
     kind, message, code = EVALUATORS[variant]
-    prefix = copy_prefix(PREFIX)
-    algo = json.loads((prefix / "algorithms/lx/seq_eval/1.json").read_text())
-    algo["parameters"] = {}
-    (prefix / "algorithms/lx/broken_eval/1.json").parent.mkdir(parents=True)
-    (prefix / "algorithms/lx/broken_eval/1.json").write_text(json.dumps(algo))
-    (prefix / "algorithms/lx/broken_eval/1.py").write_text(code)
-    exp = prefix / "experiments/lx/lx/loop/1"
-    decl = json.loads((exp / "sequential.json").read_text())
-    decl["loops"]["loop"].update(evaluator_algorithm="lx/broken_eval/1", evaluator_parameters={})
-    (exp / "broken.json").write_text(json.dumps(decl))
+    prefix = loop_variant(copy_prefix(PREFIX), "evaluator", "broken", code)
     t0 = time.monotonic()
     report = run(tmp_path / "cache", "lx/lx/loop/1/broken", prefix)
     assert time.monotonic() - t0 < 15
