@@ -94,7 +94,7 @@ def main() -> None:
     reports = api.check(root)
     bad = [r for r in reports if not r["valid"]]
     lib = best_of(lambda: api.check(root))
-    cli = best_of(lambda: subprocess.run([sys.executable, "-m", "backbeat.cli", "--prefix", str(root), "check"],
+    cli = best_of(lambda: subprocess.run([sys.executable, "-m", "backbeat.cli.main", "--prefix", str(root), "check"],
                                          capture_output=True, check=False))
     print(f"assets generated: {n}, checked: {len(reports)}, invalid: {len(bad)}")
     print(f"library api.check: {lib:.3f} s  ({len(reports) / lib:,.0f} assets/s)")

@@ -24,10 +24,10 @@ import h5py
 import numpy as np
 import zmq
 
-from backbeat.batch import Batch
-from backbeat.cachefile import CacheReader, CacheWriter
-from backbeat.values import value_type
-from backbeat.wire import send_batch
+from backbeat.data.batch import Batch
+from backbeat.data.cachefile import CacheReader, CacheWriter
+from backbeat.data.values import value_type
+from backbeat.data.wire import send_batch
 
 SCALAR = ("bench/scalar/1", {"value": "float64"})
 ARRAY = ("bench/array/1", {"value": [1000, "float64"]})
@@ -112,7 +112,7 @@ def file_case(label: str, fmt: tuple, arr: np.ndarray, per_batch: int, tmp: str)
 
 RECEIVER = """
 import sys, time, zmq
-from backbeat.wire import recv_batch
+from backbeat.data.wire import recv_batch
 mode, addr, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fmt = ("bench/array/1", {"value": [1000, "float64"]})
 sock = zmq.Context().socket(zmq.PAIR)
@@ -166,8 +166,8 @@ def zmq_case(arr: np.ndarray, per_batch: int, tmp: str) -> list[tuple]:
 
 STREAM = """
 import resource, sys, time, numpy as np
-from backbeat.batch import Batch
-from backbeat.cachefile import CacheReader, CacheWriter
+from backbeat.data.batch import Batch
+from backbeat.data.cachefile import CacheReader, CacheWriter
 path, total = sys.argv[1], int(sys.argv[2])
 fmt = ("bench/array/1", {"value": [1000, "float64"]})
 per = 256

@@ -99,7 +99,7 @@ class Bench:
         return cache
 
     def local(self, name: str, jobs: int) -> tuple[dict, Clock, float]:
-        from backbeat import executor
+        from backbeat.execution import local as executor
 
         cache, clock = self.fresh_cache(), Clock()
         t0 = time.perf_counter()
@@ -113,7 +113,8 @@ class Bench:
         return rep, clock, wall
 
     def dask(self, name: str, address: str) -> tuple[dict, Clock, float]:
-        from backbeat import dask_executor, executor
+        from backbeat.execution import dask_executor
+        from backbeat.execution import local as executor
 
         cache, clock = self.fresh_cache(), Clock()
         t0 = time.perf_counter()

@@ -20,8 +20,8 @@ import subprocess
 import sys
 import time
 
-from backbeat.control import ControlServer
-from backbeat.workerpool import ForkServer
+from backbeat.processes.control import ControlServer
+from backbeat.processes.workerpool import ForkServer
 
 TARGET = "spawn:noop"  # this file, imported by name in the block process (sys.path[0] is its folder)
 
@@ -49,7 +49,7 @@ def measure(n: int, preload: tuple[str, ...]) -> None:
         for i in range(n):
             job = f"b{i}"
             t = time.perf_counter()
-            h = fs.spawn("backbeat.control:job_main", {"control": ctl.address, "job": job, "target": TARGET})
+            h = fs.spawn("backbeat.processes.control:job_main", {"control": ctl.address, "job": job, "target": TARGET})
             seen: list[str] = []
             while "start" not in seen:
                 msgs = ctl.poll(2000)
@@ -79,11 +79,11 @@ def measure(n: int, preload: tuple[str, ...]) -> None:
 COLD = """
 import sys, time
 sys.path.insert(0, {here!r})
-from backbeat.workerpool import ForkServer
-from backbeat.control import ControlServer, outcome
+from backbeat.processes.workerpool import ForkServer
+from backbeat.processes.control import ControlServer, outcome
 with ForkServer(preload={preload!r}) as fs:
     ctl = ControlServer()
-    hs = [fs.spawn("backbeat.control:job_main", {{"control": ctl.address, "job": str(i), "target": {target!r}}})
+    hs = [fs.spawn("backbeat.processes.control:job_main", {{"control": ctl.address, "job": str(i), "target": {target!r}}})
           for i in range(3)]
     got = []
     while not all(h.poll() for h in hs):

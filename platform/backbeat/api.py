@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .catalog import Asset, Catalog
-from .errors import AssetNotFoundError, UsageError
-from .names import KINDS, kind_of, parse_label, parse_name
-from .prefix import Prefix
+from backbeat.core.errors import AssetNotFoundError, UsageError
+from backbeat.core.names import KINDS, kind_of, parse_label, parse_name
+from backbeat.declarations.catalog import Asset, Catalog
+from backbeat.declarations.prefix import Prefix
 
 
 def _catalog(prefix: str | os.PathLike) -> Catalog:
@@ -72,7 +72,7 @@ def show(prefix: str | os.PathLike, kind: str, name: str) -> Any:
     catalog = _catalog(prefix)
     asset = _existing(catalog, kind, name).require_valid()
     if asset.kind == "dataformat":
-        from .dataformat import expand
+        from backbeat.declarations.dataformat import expand
 
         return expand(catalog, asset.name)
     return asset.declaration

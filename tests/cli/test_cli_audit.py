@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backbeat import provenance
+from backbeat.provenance import records as provenance
 from conftest import cli_json, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from backbeat.errors import UsageError
-from backbeat.plotting import parse_choices, sniff
+from backbeat.core.errors import UsageError
+from backbeat.plotting.render import parse_choices, sniff
 from conftest import FIXTURES, cli_json, run_cli
 
 PLOT_PREFIX = FIXTURES / "plot" / "prefix"

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from backbeat import control
+from backbeat.processes import control
 
 
 def ok(payload: dict) -> dict:

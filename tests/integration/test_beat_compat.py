@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from backbeat import hashing
-from backbeat.catalog import Asset, Catalog
-from backbeat.names import KINDS, parse_name
-from backbeat.prefix import Prefix
+from backbeat.core import hashing
+from backbeat.core.names import KINDS, parse_name
+from backbeat.declarations.catalog import Asset, Catalog
+from backbeat.declarations.prefix import Prefix
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parent / "fixtures" / "beat"
@@ -235,8 +235,8 @@ def test_block_and_analyzer_hashes_match_beat(rec: dict):
 @pytest.mark.parametrize(
     "rec", [r for r in EXPERIMENTS if not r["setup"]["loops"] and r.get("backbeat", "valid") == "valid"], ids=_id)
 def test_planning_beat_hashes_match_beat(rec: dict):
-    """backbeat.planning's ``beat_hash`` of every job (loops are not planned yet)."""
-    from backbeat import planning
+    """backbeat.planning.planner's ``beat_hash`` of every job (loops are not planned yet)."""
+    from backbeat.planning import planner as planning
 
     plan = planning.plan(Catalog(PREFIX), rec["name"])
     got = {"blocks": {}, "loops": {}, "analyzers": {}}

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from backbeat import cachefile, executor, jsonio
-from backbeat.catalog import Catalog
-from backbeat.planning import plan
+from backbeat.core import jsonio
+from backbeat.data import cachefile
+from backbeat.declarations.catalog import Catalog
+from backbeat.execution import local as executor
+from backbeat.planning.planner import plan
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from backbeat.batch import Batch
-from backbeat.cachefile import (
+from backbeat.core.errors import DataError, IntegrityError
+from backbeat.data.batch import Batch
+from backbeat.data.cachefile import (
     CacheReader,
     CacheWriter,
     digest_of,
@@ -27,8 +28,7 @@ from backbeat.cachefile import (
     stored_digest,
     verify,
 )
-from backbeat.errors import DataError, IntegrityError
-from backbeat.values import value_type
+from backbeat.data.values import value_type
 
 
 def _strategies():
@@ -196,8 +196,8 @@ def test_garbage_file_is_an_integrity_error(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys, time, numpy as np
-    from backbeat.batch import Batch
-    from backbeat.cachefile import CacheWriter
+    from backbeat.data.batch import Batch
+    from backbeat.data.cachefile import CacheWriter
     fmt = {"a": [64, "float64"], "s": "string"}
     n = 20000
     w = CacheWriter(sys.argv[1], "user/k/1", fmt, start=0, end=n - 1)

@@ -20,12 +20,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backbeat import cachefile, executor
-from backbeat.errors import BackbeatError
+from backbeat.core.errors import BackbeatError
+from backbeat.data import cachefile
+from backbeat.execution import local as executor
 from conftest import FIXTURES, cli_json, run_cli
 
 distributed = pytest.importorskip("distributed")
-dask_executor = pytest.importorskip("backbeat.dask_executor")
+dask_executor = pytest.importorskip("backbeat.execution.dask_executor")
 
 PARALLEL_PREFIX = FIXTURES / "parallel" / "prefix"
 BASE = "par/par/two/1/base"
@@ -86,7 +87,7 @@ _IN_PROCESS = """
 import sys
 if sys.argv[1] == "hide":  # as if Dask were not installed
     sys.modules["distributed"] = None
-from backbeat.cli import main
+from backbeat.cli.main import main
 code = main(sys.argv[2:])
 print("IMPORTED", sorted(m for m in ("dask", "distributed") if m in sys.modules), "EXIT", code)
 """

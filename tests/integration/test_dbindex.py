@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backbeat import dbindex
-from backbeat.dbindex import group_units, output_units, read_index, write_index
-from backbeat.errors import DataError
+from backbeat.core.errors import DataError
+from backbeat.data import dbindex
+from backbeat.data.dbindex import group_units, output_units, read_index, write_index
 
 BEAT_PYTHON = Path("/tmp/beatenv/bin/python")
 Entry = namedtuple("Entry", ["label", "data", "name"])

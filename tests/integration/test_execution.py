@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backbeat import executor
+from backbeat.execution import local as executor
 from conftest import cli_command
 
 BASE = "run/run/pipeline/1/base"
@@ -302,7 +302,7 @@ def test_block_failure(prefix, cache, mode):
         assert word in error["message"], error
     if mode.endswith("_false"):  # no exception: the message says it all, no backbeat internals shown
         assert 'File "/' not in (error["traceback"] or ""), error
-        assert "backbeat.errors" not in error["message"], error
+        assert "backbeat.core.errors" not in error["message"], error
     elif kind == "user":
         tb = error["traceback"]
         assert 'File "algorithms/run/faulty/1.py"' in tb, tb

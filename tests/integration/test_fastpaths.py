@@ -14,15 +14,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from backbeat import dbindex, dbprovider
-from backbeat.batch import Batch
-from backbeat.cachefile import CacheReader, CacheWriter
-from backbeat.driver import build_inputs, build_outputs, run_algorithm
-from backbeat.errors import DataError, UserCodeError, WireError
-from backbeat.inputs import ListDataSource
-from backbeat.outputs import Output, SynchronizationListener
-from backbeat.sources import BatchSource, restrict
-from backbeat.values import value_type
+from backbeat.core.errors import DataError, UserCodeError, WireError
+from backbeat.data import dbindex
+from backbeat.data.batch import Batch
+from backbeat.data.cachefile import CacheReader, CacheWriter
+from backbeat.data.values import value_type
+from backbeat.runtime import dbprovider
+from backbeat.runtime.driver import build_inputs, build_outputs, run_algorithm
+from backbeat.runtime.inputs import ListDataSource
+from backbeat.runtime.outputs import Output, SynchronizationListener
+from backbeat.runtime.sources import BatchSource, restrict
 
 FMT = "user/f/1"
 EXP = {"value": "float64"}

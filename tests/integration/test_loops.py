@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from backbeat import executor, loops, planning
-from backbeat.catalog import Catalog
-from backbeat.errors import ExecutionError
+from backbeat.core.errors import ExecutionError
+from backbeat.declarations.catalog import Catalog
+from backbeat.execution import local as executor
+from backbeat.planning import loops
+from backbeat.planning import planner as planning
 from conftest import FIXTURES, cli_json
 
 PREFIX = FIXTURES / "loops" / "prefix"

@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backbeat import cachefile, executor
+from backbeat.data import cachefile
+from backbeat.execution import local as executor
 from conftest import FIXTURES, cli_command, cli_json
 
 PARALLEL_PREFIX = FIXTURES / "parallel" / "prefix"

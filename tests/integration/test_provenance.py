@@ -14,7 +14,11 @@ from pathlib import Path
 import h5py
 import pytest
 
-from backbeat import audit, cachefile, executor, hashing, provenance
+from backbeat.audit import audit
+from backbeat.core import hashing
+from backbeat.data import cachefile
+from backbeat.execution import local as executor
+from backbeat.provenance import records as provenance
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "user/user/iris/1/iris"

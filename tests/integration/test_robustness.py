@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backbeat.catalog import Catalog
-from backbeat.errors import BackbeatError
+from backbeat.core.errors import BackbeatError
+from backbeat.declarations.catalog import Catalog
 from conftest import FIXTURES, run_cli
 
 BEAT = FIXTURES / "beat"
@@ -107,7 +107,7 @@ def test_random_mutations_get_a_verdict(prefix, kind, data):
         for p in asset.problems:
             assert p.message and p.file, p
         if kind == "experiment" and asset.valid:
-            from backbeat.planning import plan
+            from backbeat.planning.planner import plan
 
             try:
                 plan(Catalog(prefix), name)  # a valid experiment plans, or says why it can't

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from backbeat import executor
+from backbeat.execution import local as executor
 from conftest import cli_json
 
 EXP_DIR = Path("experiments/run/run/pipeline/1")

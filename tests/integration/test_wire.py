@@ -14,10 +14,10 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-from backbeat.batch import Batch
-from backbeat.errors import WireError
-from backbeat.values import value_type
-from backbeat.wire import BatchSender, decode, encode, recv_batch, send_batch
+from backbeat.core.errors import WireError
+from backbeat.data.batch import Batch
+from backbeat.data.values import value_type
+from backbeat.data.wire import BatchSender, decode, encode, recv_batch, send_batch
 
 
 def _strategies():
@@ -34,8 +34,8 @@ S = _strategies()
 # those values and sends it back, so a round trip covers value -> batch -> wire -> batch -> value twice.
 ECHO = textwrap.dedent("""
     import json, sys, zmq
-    from backbeat.batch import Batch
-    from backbeat.wire import recv_batch, send_batch
+    from backbeat.data.batch import Batch
+    from backbeat.data.wire import recv_batch, send_batch
     sock = zmq.Context().socket(zmq.PAIR)
     sock.connect(sys.argv[1])
     fmt = None
@@ -48,7 +48,7 @@ ECHO = textwrap.dedent("""
             fmt = json.loads(frames[1].bytes)
             sock.send(b"ok")
             continue
-        from backbeat.wire import decode
+        from backbeat.data.wire import decode
         batch = decode(frames, fmt["name"], fmt["expanded"])
         back = Batch.from_values(fmt["name"], fmt["expanded"], batch.to_values(), batch.starts, batch.ends)
         send_batch(sock, back)

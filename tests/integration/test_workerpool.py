@@ -15,9 +15,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import _workerpool_targets  # noqa: E402
 
-from backbeat.control import ControlServer, Message, outcome  # noqa: E402
-from backbeat.errors import BlockError, UsageError  # noqa: E402
-from backbeat.workerpool import ForkServer, Limits  # noqa: E402
+from backbeat.core.errors import BlockError, UsageError  # noqa: E402
+from backbeat.processes.control import ControlServer, Message, outcome  # noqa: E402
+from backbeat.processes.workerpool import ForkServer, Limits  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = _workerpool_targets.__name__
@@ -40,7 +40,7 @@ def ctl(fs):  # per test: no zmq threads linger while other tests start their ow
 def run(fs, ctl, func, payload=None, limits=None, job="j"):
     """Spawn ``func`` through ``control.job_main``; return (outcome, messages of this job)."""
     payload = dict(payload or {}, control=ctl.address, job=job, target=f"{T}:{func}", root=HERE)
-    handle = fs.spawn("backbeat.control:job_main", payload, limits)
+    handle = fs.spawn("backbeat.processes.control:job_main", payload, limits)
     exits, msgs = drive(ctl, {job: handle})
     return outcome(exits[job], msgs[job]), msgs[job]
 
@@ -239,7 +239,7 @@ def test_many_concurrent_jobs(fs, ctl):
     handles = {}
     for j in jobs:
         payload = {"control": ctl.address, "job": j, "target": f"{T}:ok", "value": j}
-        handles[j] = fs.spawn("backbeat.control:job_main", payload)
+        handles[j] = fs.spawn("backbeat.processes.control:job_main", payload)
     exits, msgs = drive(ctl, handles)
     assert len({h.pid for h in handles.values()}) == len(jobs)
     for j in jobs:
@@ -264,7 +264,7 @@ def test_close_leaves_no_processes(tmp_path):
         import sys
         sys.path.insert(0, {HERE!r})
         import psutil
-        from backbeat.workerpool import ForkServer
+        from backbeat.processes.workerpool import ForkServer
         server = ForkServer(preload=(), mode="fork")
         server.start()
         assert server.kind == "zygote"
@@ -289,7 +289,7 @@ def test_parent_death_kills_children(tmp_path, sig):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {HERE!r})
-        from backbeat.workerpool import ForkServer
+        from backbeat.processes.workerpool import ForkServer
         fs = ForkServer(preload=()).start()
         fs.spawn("{T}:sleep_forever", {{"pid_file": {str(pid_file)!r}}})
         time.sleep(60)
@@ -332,7 +332,7 @@ def test_spawn_latency(fs, ctl):
     for i in range(n):
         job = f"lat{i}"
         t0 = time.perf_counter()
-        h = fs.spawn("backbeat.control:job_main",
+        h = fs.spawn("backbeat.processes.control:job_main",
                      {"control": ctl.address, "job": job, "target": f"{T}:ok"})
         types: list[str] = []
         while "start" not in types:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backbeat.batch import Batch, concat, layout
-from backbeat.errors import DataError
-from backbeat.values import BASETYPES, value_type
+from backbeat.core.errors import DataError
+from backbeat.data.batch import Batch, concat, layout
+from backbeat.data.values import BASETYPES, value_type
 
 FIELD = st.text(alphabet="abcdxyz_", min_size=1, max_size=4).filter(lambda s: s[0] != "_")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backbeat import algorithm, database, dataformat, library, protocoltemplate
-from backbeat.catalog import Catalog
-from backbeat.errors import AssetNotFoundError, DataError, InvalidAssetError
+from backbeat.core.errors import AssetNotFoundError, DataError, InvalidAssetError
+from backbeat.declarations import algorithm, database, dataformat, library, protocoltemplate
+from backbeat.declarations.catalog import Catalog
 
 EXT = {"python": ".py", "cxx": ".so", "r": ".r", "matlab": ".m", "unknown": ""}
 
@@ -98,7 +98,7 @@ def direct(b: Builder, kind: str, name: str) -> list[tuple[str, str]]:
     cat = b.catalog()
     asset = cat.load(kind, name)
     asset.problems.clear()
-    module = importlib.import_module(f"backbeat.{kind}")
+    module = importlib.import_module(f"backbeat.declarations.{kind}")
     return [(p.pointer, p.message) for p in module.check(asset, cat)]
 
 

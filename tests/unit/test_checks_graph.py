@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backbeat import experiment, toolchain
-from backbeat.catalog import Asset, Catalog
-from backbeat.errors import ExecutionError
-from backbeat.prefix import AssetFiles
+from backbeat.core.errors import ExecutionError
+from backbeat.declarations import experiment, toolchain
+from backbeat.declarations.catalog import Asset, Catalog
+from backbeat.declarations.prefix import AssetFiles
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "graph" / "prefix"
 BEAT_PYTHON = Path("/tmp/beatenv/bin/python")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backbeat.compat import View
+from backbeat.runtime.compat import View
 
 VIEW_CODE = textwrap.dedent(
     """
@@ -46,7 +46,7 @@ VIEW_CODE = textwrap.dedent(
 DRIVER = textwrap.dedent(
     """
     import importlib.util, json, sys
-    from backbeat.compat import install_beat_aliases, View
+    from backbeat.runtime.compat import install_beat_aliases, View
     install_beat_aliases()
     install_beat_aliases()  # idempotent
     spec = importlib.util.spec_from_file_location("user_view", sys.argv[1])
@@ -61,7 +61,7 @@ DRIVER = textwrap.dedent(
     import beat.backend.python.outputs as bo
     import beat.backend.python.data_loaders as bd
     from beat.backend.python.baseformat import value_type
-    import backbeat.inputs, backbeat.outputs, backbeat.dataloaders
+    import backbeat.runtime.inputs, backbeat.runtime.outputs, backbeat.runtime.dataloaders
     print(json.dumps({
         "is_backbeat_view": issubclass(module.Numbers, View),
         "objs": [list(o) for o in view.objs],
@@ -69,11 +69,11 @@ DRIVER = textwrap.dedent(
         "get": int(view.get("number", 1)["value"]),
         "mapping": [view.get_output_mapping("number"), view.get_output_mapping("label")],
         "noinit": [plain.get_output_mapping("x"), plain.get("x", 2)["value"], len(plain.objs)],
-        "same_classes": [bi.InputGroup is backbeat.inputs.InputGroup, bo.Output is backbeat.outputs.Output,
-                         bd.DataLoader is backbeat.dataloaders.DataLoader,
-                         bd.mixDataIndices is backbeat.dataloaders.mix_data_indices],
+        "same_classes": [bi.InputGroup is backbeat.runtime.inputs.InputGroup, bo.Output is backbeat.runtime.outputs.Output,
+                         bd.DataLoader is backbeat.runtime.dataloaders.DataLoader,
+                         bd.mixDataIndices is backbeat.runtime.dataloaders.mix_data_indices],
         "value_type": callable(value_type),
-        "module_names": [bi.__name__, backbeat.inputs.__name__],
+        "module_names": [bi.__name__, backbeat.runtime.inputs.__name__],
     }))
     """
 )
@@ -98,7 +98,7 @@ def test_view_module_written_for_beat_loads(tmp_path: Path):
         "noinit": ["x", 9, 3],
         "same_classes": [True, True, True, True],
         "value_type": True,
-        "module_names": ["beat.backend.python.inputs", "backbeat.inputs"],
+        "module_names": ["beat.backend.python.inputs", "backbeat.runtime.inputs"],
     }
 
 
@@ -108,14 +108,14 @@ def test_aliases_inactive_unless_installed(tmp_path: Path):
     code = textwrap.dedent(
         """
         import importlib.util, sys
-        import backbeat.compat, backbeat.driver, backbeat.inputs
+        import backbeat.runtime.compat, backbeat.runtime.driver, backbeat.runtime.inputs
         try:
             import beat.backend.python.database
         except ModuleNotFoundError as exc:
             print("missing:", exc.name)
-        backbeat.compat.install_beat_aliases()
+        backbeat.runtime.compat.install_beat_aliases()
         import beat.backend.python.database as db
-        assert db.View is backbeat.compat.View
+        assert db.View is backbeat.runtime.compat.View
         try:
             import beat.backend.python.nonexistent
         except ModuleNotFoundError as exc:
@@ -124,7 +124,7 @@ def test_aliases_inactive_unless_installed(tmp_path: Path):
             import beat.core
         except ModuleNotFoundError as exc:
             print("core:", exc.name)
-        backbeat.compat.uninstall_beat_aliases()
+        backbeat.runtime.compat.uninstall_beat_aliases()
         assert not any(n == "beat" or n.startswith("beat.") for n in sys.modules)
         try:
             import beat.backend.python.database
@@ -168,7 +168,7 @@ def test_prefix_iris_view_runs_through_the_shim():
     code = textwrap.dedent(
         """
         import importlib.util, sys
-        from backbeat.compat import install_beat_aliases, View
+        from backbeat.runtime.compat import install_beat_aliases, View
         install_beat_aliases()
         spec = importlib.util.spec_from_file_location("iris_1", sys.argv[1])
         module = importlib.util.module_from_spec(spec)

@@ -7,8 +7,8 @@ import pickle
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backbeat.dataloaders import DataLoader, DataLoaderList, DataView, mix_data_indices
-from backbeat.inputs import ListDataSource
+from backbeat.runtime.dataloaders import DataLoader, DataLoaderList, DataView, mix_data_indices
+from backbeat.runtime.inputs import ListDataSource
 
 
 def src(prefix: str, units: list[tuple[int, int]]) -> ListDataSource:

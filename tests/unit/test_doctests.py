@@ -11,7 +11,7 @@ import pytest
 import backbeat
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(backbeat.__path__, "backbeat.")
-                 if m.name not in ("backbeat.__main__", "backbeat.dask_executor"))
+                 if m.name not in ("backbeat.__main__", "backbeat.execution.dask_executor"))
 
 
 @pytest.mark.parametrize("name", MODULES)

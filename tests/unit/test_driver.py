@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backbeat.dataloaders import DataLoaderList
-from backbeat.driver import build_inputs, build_outputs, count_steps, run_algorithm
-from backbeat.errors import ExecutionError, UsageError
-from backbeat.inputs import InputList, ListDataSource
-from backbeat.values import value_type
+from backbeat.core.errors import ExecutionError, UsageError
+from backbeat.data.values import value_type
+from backbeat.runtime.dataloaders import DataLoaderList
+from backbeat.runtime.driver import build_inputs, build_outputs, count_steps, run_algorithm
+from backbeat.runtime.inputs import InputList, ListDataSource
 
 INT = value_type("user/single_integer/1", {"value": "int32"})
 

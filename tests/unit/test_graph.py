@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backbeat import graph
-from backbeat.errors import BackbeatError, UsageError
+from backbeat.core.errors import BackbeatError, UsageError
+from backbeat.declarations import graph
 
 TOOLCHAIN = {
     "datasets": [{"name": "set", "outputs": ["x", "y"]}, {"name": "other", "outputs": ["z"]}],

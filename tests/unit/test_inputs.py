@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backbeat.errors import DataError
-from backbeat.inputs import Input, InputGroup, InputList, ListDataSource, first, unit_at
-from backbeat.outputs import WRITE_INDEX_ERROR, Output, OutputList, SynchronizationListener
-from backbeat.values import value_type
+from backbeat.core.errors import DataError
+from backbeat.data.values import value_type
+from backbeat.runtime.inputs import Input, InputGroup, InputList, ListDataSource, first, unit_at
+from backbeat.runtime.outputs import WRITE_INDEX_ERROR, Output, OutputList, SynchronizationListener
 
 OVER = (
     "User algorithm asked for more data for channel `{}' on input `{}', but it is over (no more data). "

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from backbeat import schema
-from backbeat.errors import Problem, UsageError
+from backbeat.core.errors import Problem, UsageError
+from backbeat.declarations import schema
 
 REF = "user/integer/1"
 

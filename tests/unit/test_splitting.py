@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backbeat.errors import UsageError
-from backbeat.splitting import found_split_ranges, split_ranges
+from backbeat.core.errors import UsageError
+from backbeat.execution.splitting import found_split_ranges, split_ranges
 
 
 def test_beat_vectors():

@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from backbeat.errors import DataError
-from backbeat.values import analysis_format, value_type
+from backbeat.core.errors import DataError
+from backbeat.data.values import analysis_format, value_type
 
 COORD = {"x": "int32", "y": "int32"}
 FMT = {

@@ -1,0 +1,204 @@
+"""Execution commands of the CLI: ``experiments run|results``, ``databases index|view``.
+
+Registered into :mod:`backbeat.cli` through its extension list; the work is done by
+:mod:`backbeat.executor` and :mod:`backbeat.datasets` (imported only when a command needs
+them, so ``backbeat check`` never pays for h5py and zmq); this module parses and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TextIO
+
+from backbeat.cli import output
+from backbeat.core import jsonio
+from backbeat.core.errors import UsageError
+
+
+class ProgressDisplay:
+    """Live per-block progress on stderr: one line per state change, in place on a terminal."""
+
+    SYMBOLS = {"cached": "cached", "waiting": "waiting", "running": "running", "done": "done",
+               "failed": "FAILED", "skipped": "skipped", "corrupt": "corrupt"}
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False):
+        stream = stream if stream is not None else sys.stderr  # looked up now: it may be redirected
+        self.stream = stream
+        self.quiet = quiet
+        self.tty = stream.isatty()
+        self._last_running: dict[tuple, float] = {}
+
+    def __call__(self, event: dict) -> None:
+        if self.quiet:
+            return
+        block, state = event["block"], event["state"]
+        if state == "running" and event.get("done"):  # a streamed block's total is not known yet
+            now = time.monotonic()
+            line = (block, event.get("slot"))
+            if not self.tty and now - self._last_running.get(line, 0.0) < 2.0:
+                return
+            self._last_running[line] = now
+            slot = f" (slot {event['slot']})" if "slot" in event else ""
+            text = f"  {block}{slot}: running {event['done']}/{event.get('total') or '?'} units"
+        elif state == "done":
+            text = f"  {block}: done ({event.get('wall_s', 0.0):.2f} s)"
+        elif state == "failed":
+            text = f"  {block}: FAILED - {event.get('message', '')}"
+        elif state == "corrupt":
+            text = f"  {block}: cache file corrupted, will re-run ({event.get('message', '')})"
+        else:
+            text = f"  {block}: {self.SYMBOLS.get(state, state)}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text + ("" if state == "running" else "\n"))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _print_results(results: dict) -> None:
+    for analyzer, records in results.items():
+        print(f"Results of analyzer `{analyzer}':")
+        for rec in records:
+            span = f"[{rec['start']}, {rec['end']}]"
+            print(f"  data units {span}:")
+            for key, value in rec["data"].items():
+                print(f"    {key}: {jsonio.dumps(value) if isinstance(value, (list, dict)) else value}")
+
+
+def _print_failures(rep: dict) -> None:
+    for name, block in rep["blocks"].items():
+        err = block.get("error")
+        if err:
+            print(f"block `{name}' failed ({err['kind']}): {err['message']}", file=sys.stderr)
+            if err.get("traceback"):
+                print("  " + err["traceback"].rstrip().replace("\n", "\n  "), file=sys.stderr)
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`{text}' is not a number of megabytes") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the memory limit must be positive")
+    return int(value * 1024 * 1024)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from backbeat.execution import local as executor
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    from backbeat.core import config
+
+    timeout, memory = config.limits_for(config.active(), args.name)  # .backbeatrc "limits"; flags win
+    options = executor.Options(force=args.force, jobs=args.jobs or 0,
+                               timeout_s=args.timeout if args.timeout is not None else timeout,
+                               memory_bytes=args.memory if args.memory is not None else memory,
+                               only=args.only, from_=args.from_, until=args.until, stream=args.stream)
+    if args.dry_run:
+        plan = executor.dry_run(args.prefix, args.cache, args.name, options)
+        if args.json:
+            output.print_json(plan)
+        else:
+            for name, b in plan["blocks"].items():
+                print(f"{name}: {'hit ' if b['action'] == 'cached' else 'miss' if b['action'] == 'run' else 'skip'}"
+                      f"  {b['reason']}  ({b['algorithm']}, key {b['key'][:12]})")
+        return 0
+    display = ProgressDisplay(quiet=args.quiet)
+    if not args.quiet:
+        print(f"running {args.name}", file=sys.stderr)
+    if args.executor == "dask":
+        from backbeat.execution import dask_executor
+
+        rep = dask_executor.run_experiment(args.prefix, args.cache, args.name, options, display,
+                                           scheduler=args.scheduler, workers=args.workers)
+    else:
+        if args.scheduler or args.workers:
+            raise UsageError("--scheduler and --workers need --executor dask")
+        rep = executor.run_experiment(args.prefix, args.cache, args.name, options, display)
+    if args.json:
+        output.print_json(rep)
+    else:
+        _print_failures(rep)
+        if rep["results"]:
+            _print_results(rep["results"])
+    return 0 if rep["status"] == "ok" else 1
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from backbeat.execution import local as executor
+
+    results = executor.cached_results(args.prefix, args.cache, args.name)
+    if args.json:
+        output.print_json(results)
+    else:
+        _print_results(results)
+    return 0
+
+
+def cmd_db_index(args: argparse.Namespace) -> int:
+    from backbeat.execution import datasets
+
+    done = datasets.index(args.prefix, args.cache, args.name, force=args.force)
+    for item in done:
+        print(f"{item['database']}/{item['protocol']}/{item['set']}: {item['entries']} entries"
+              f" ({item['status']}) {item['path']}")
+    return 0
+
+
+def cmd_db_view(args: argparse.Namespace) -> int:
+    from backbeat.execution import datasets
+
+    exclude = [e for e in (args.exclude or "").split(",") if e]
+    for record in datasets.view(args.prefix, args.cache, args.name, exclude=exclude):
+        if args.json:
+            print(jsonio.simplejson.dumps(record, ensure_ascii=False))
+        else:
+            print(f"FROM {record['start']} TO {record['end']}")
+            for output, value in record["data"].items():
+                print(f"  {output}: {jsonio.simplejson.dumps(value, ensure_ascii=False)}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
+    exp = kinds["experiments"]
+    p = exp.add_parser("run", help="run an experiment (cached blocks are reused)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="re-run every block even if cached")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="blocks run at once (default: cores)")
+    p.add_argument("--no-stream", dest="stream", action="store_false",
+                   help="start a block only once the outputs it reads are committed (no streaming)")
+    p.add_argument("--timeout", type=output.positive, default=None, metavar="SECONDS", help="per-block time limit")
+    p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="where blocks run: this machine (default) or a Dask cluster")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address (default: a LocalCluster on this machine)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="LocalCluster worker processes")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (cache hit or miss and why), run nothing")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--only", metavar="BLOCK", help="run just this block (its inputs must be cached)")
+    sel.add_argument("--from", dest="from_", metavar="BLOCK", help="re-run this block and everything downstream")
+    sel.add_argument("--until", metavar="BLOCK", help="run only this block and the blocks it needs")
+    p.set_defaults(handler=cmd_run)
+    p = exp.add_parser("results", help="print the cached results of an experiment (no run)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_results)
+
+    db = kinds["databases"]
+    p = db.add_parser("index", help="build the view index of a database, protocol or set")
+    p.add_argument("name", metavar="NAME[/PROTOCOL[/SET]]")
+    p.add_argument("--force", action="store_true", help="rebuild even if present")
+    p.set_defaults(handler=cmd_db_index)
+    p = db.add_parser("view", help="print every data unit of a set")
+    p.add_argument("name", metavar="DB/VERSION/PROTOCOL/SET")
+    p.add_argument("--exclude", default=None, metavar="OUT1,OUT2", help="outputs not to print")
+    p.add_argument("--json", action="store_true", help="one JSON object per data unit")
+    p.set_defaults(handler=cmd_db_view)
+

@@ -1,0 +1,90 @@
+"""Strict JSON reading: duplicate keys, syntax errors and binary input become Problems.
+
+BEAT parses declarations with simplejson and an ``object_pairs_hook`` that refuses
+duplicate keys; we do the same and report the line and column of every failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import simplejson
+
+from backbeat.core.errors import Problem
+
+
+class JSONProblem(Exception):
+    """Raised internally by :func:`parse`; carries a human message."""
+
+
+def _no_duplicates(pairs: Iterable[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise JSONProblem(f"invalid JSON: key `{key}' found several times")
+        out[key] = value
+    return out
+
+
+def parse(data: bytes | str) -> Any:
+    """Parse JSON text strictly; raise :class:`JSONProblem` with a readable message.
+
+    >>> parse(b'{"a": 1}')
+    {'a': 1}
+    >>> parse('{"a": 1, "a": 2}')
+    Traceback (most recent call last):
+    ...
+    backbeat.jsonio.JSONProblem: invalid JSON: key `a' found several times
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JSONProblem(f"invalid JSON: not UTF-8 text (byte {exc.start})") from None
+    else:
+        text = data
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return simplejson.loads(text, object_pairs_hook=_no_duplicates)
+    except simplejson.JSONDecodeError as exc:
+        raise JSONProblem(f"invalid JSON code: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise JSONProblem("invalid JSON: nested too deeply") from None
+
+
+def load(path: Path, asset: str | None = None) -> tuple[Any, list[Problem]]:
+    """Read and parse ``path``; return ``(document, problems)`` (document None on failure)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [Problem(f"cannot read file: {exc.strerror}", "", str(path), asset)]
+    try:
+        return parse(raw), []
+    except JSONProblem as exc:
+        return None, [Problem(str(exc), "", str(path), asset)]
+
+
+def plain(obj: Any) -> Any:
+    """Convert numpy scalars and arrays (at any depth) to plain Python values for JSON.
+
+    >>> import numpy as np
+    >>> plain({"a": np.int32(3), "b": [np.float32(0.5)], "c": np.arange(2)})
+    {'a': 3, 'b': [0.5], 'c': [0, 1]}
+    """
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return plain(obj.tolist())
+    if isinstance(obj, complex):
+        return [obj.real, obj.imag]
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    """Pretty JSON for people (stable key order as declared); numpy values converted."""
+    return simplejson.dumps(plain(obj), indent=2, ensure_ascii=False)

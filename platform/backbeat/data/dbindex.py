@@ -1,0 +1,174 @@
+"""Database view index files (spec §2.5) and grouping of equal consecutive values into data units (§5.5).
+
+BEAT stores a view's index (the list returned by ``View.index``) as a JSON array of objects in
+``<cache>/<hash>.db`` (simplejson, numpy values as lists/numbers, UTF-8), and reloads each entry as a
+namedtuple ``Entry`` whose fields are the *sorted* keys of the first entry.  We keep exactly that
+format so BEAT caches stay readable, and write it atomically (temporary name, fsync, rename).
+
+A database output's data units group consecutive entries whose mapped attribute is equal
+(:func:`group_units`): e.g. labels ``a a b b b`` give units ``[0, 1]`` and ``[2, 4]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections import namedtuple
+from collections.abc import Sequence
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simplejson
+
+from backbeat.core.errors import DataError
+from backbeat.core.hashing import hash_file_contents
+
+
+class _Encoder(simplejson.JSONEncoder):
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, (np.ndarray, np.generic)):
+            return obj.tolist()
+        if isinstance(obj, np.dtype):
+            return "string" if obj.name == "str" else obj.name
+        return super().default(obj)
+
+
+def dumps_index(entries: Sequence[Any]) -> bytes:
+    """BEAT's serialisation of a view index (namedtuples become objects)."""
+    return simplejson.dumps(list(entries), cls=_Encoder).encode("utf-8")
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> str:
+    """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically.
+
+    BEAT's format (a JSON array of objects), plus ``<path>.sha256``: the digest of the
+    content, written first, so that a damaged index is recognised (:func:`verified_digest`).
+    Returns that digest.
+    """
+    if not isinstance(entries, (list, tuple)):
+        raise DataError(f"a view index must be a list, not {type(entries).__name__}")
+    try:
+        data = dumps_index(entries)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"view index cannot be written as JSON: {exc}") from None
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        digest = hashlib.sha256(data).hexdigest()
+        _write_synced(f"{tmp}.sha256", digest.encode())
+        os.replace(f"{tmp}.sha256", f"{path}.sha256")  # the digest first: an index never lacks it
+        _write_synced(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, f"{tmp}.sha256"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        raise
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest
+
+
+def read_index(path: str | os.PathLike) -> list[Any]:
+    """Reload a view index as BEAT does: namedtuples ``Entry`` with the sorted keys of the first entry."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise DataError(f"cannot read view index `{path}': {exc.strerror}") from None
+    try:  # the C parser: an index is data (no duplicate-key check), as BEAT's simplejson.load
+        objs = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"view index `{path}': invalid JSON: {exc}") from None
+    if not isinstance(objs, list) or not all(type(o) is dict for o in objs):
+        raise DataError(f"view index `{path}' must be a JSON array of objects")
+    if not objs:
+        return []
+    keys = sorted(objs[0])
+    try:
+        entry = namedtuple("Entry", keys)  # type: ignore[misc]
+    except ValueError as exc:
+        raise DataError(f"view index `{path}': entry keys are not valid attribute names: {exc}") from None
+    keyset = objs[0].keys()
+    for i, o in enumerate(objs):
+        if o.keys() != keyset:
+            raise DataError(f"view index `{path}': entry {i} has keys {sorted(o)}, expected {keys}")
+    fields = map(itemgetter(*keys), objs)
+    return list(map(entry._make, fields if len(keys) > 1 else zip(fields)))
+
+
+def _keys(values: Sequence[Any]) -> np.ndarray:
+    """Values as a 1-d array whose elementwise ``!=`` matches Python ``!=`` on the originals."""
+    n = len(values)
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype != object:
+        return values
+    simple = all(isinstance(v, (bool, int, float, str, np.generic)) or v is None for v in values)
+    if simple:
+        arr = np.empty(n, dtype=object)
+        arr[:] = list(values)
+        return arr
+    keys = np.empty(n, dtype=object)
+    keys[:] = [simplejson.dumps(v, cls=_Encoder, sort_keys=True) if not isinstance(v, str) else "s:" + v
+               for v in values]
+    return keys
+
+
+def group_units(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Group consecutive equal values; return int64 ``(starts, ends)`` (inclusive) of each unit.
+
+    Works for numbers, strings and array/list values (compared by content).
+    """
+    n = len(values)
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    if isinstance(values, np.ndarray) and values.ndim > 1:
+        flat = values.reshape(n, -1)
+        change = np.any(flat[1:] != flat[:-1], axis=1)
+    else:
+        keys = _keys(values)
+        change = np.asarray(keys[1:] != keys[:-1], dtype=bool)
+    starts = np.concatenate(([0], np.flatnonzero(change) + 1)).astype(np.int64)
+    ends = np.concatenate((starts[1:] - 1, [n - 1])).astype(np.int64)
+    return starts, ends
+
+
+def output_units(entries: Sequence[Any], attribute: str) -> tuple[np.ndarray, np.ndarray]:
+    """Data units of a database output whose value is ``getattr(entry, attribute)``."""
+    try:
+        values = [getattr(e, attribute) if not isinstance(e, dict) else e[attribute] for e in entries]
+    except (AttributeError, KeyError):
+        raise DataError(f"view index entries have no attribute `{attribute}'") from None
+    return group_units(values)
+
+
+def index_digest(path: str | os.PathLike) -> str:
+    """sha256 of an index file's bytes: the index content digest that enters cache keys."""
+    return hash_file_contents(Path(path))
+
+
+def verified_digest(path: str | os.PathLike) -> str | None:
+    """The index's content digest if it matches the one recorded when it was written, else None."""
+    try:
+        recorded = Path(f"{os.fspath(path)}.sha256").read_text().strip()
+    except OSError:
+        return None
+    digest = index_digest(path)
+    return digest if digest == recorded else None

@@ -1,0 +1,103 @@
+"""The prefix: a folder of declarations laid out as BEAT lays them out (spec §1.1).
+
+A :class:`Prefix` only *locates* and *lists* files; it never interprets them.  Names
+are checked against their kind's grammar (:mod:`backbeat.names`) before any path is
+built, so no name can reach outside the prefix.  Both layouts are supported: the simple
+``<folder>/<user>/<rest>.json`` and the hashed-user ``<folder>/<h0:2>/<h2:4>/<user>/<rest>.json``
+(``h = sha256(user)``), the hashed one being tried first as BEAT does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backbeat.core.hashing import sha
+from backbeat.core.names import KINDS, LANGUAGE_EXTENSIONS, kind_of, parse_name
+
+
+@dataclass(frozen=True)
+class AssetFiles:
+    """Where one asset's files are (or would be)."""
+
+    kind: str
+    name: str
+    base: Path  # path without extension, e.g. prefix/algorithms/user/sum/1
+
+    @property
+    def json(self) -> Path:
+        return self.base.with_name(self.base.name + ".json")
+
+    @property
+    def rst(self) -> Path:
+        return self.base.with_name(self.base.name + ".rst")
+
+    def code(self, language: object) -> Path | None:
+        """The code file for ``language`` (databases: always Python); None for kinds without code."""
+        if not KINDS[self.kind].has_code:
+            return None
+        if self.kind == "database":
+            ext = ".py"
+        else:
+            ext = LANGUAGE_EXTENSIONS.get(language if isinstance(language, str) else "unknown", "")
+        return self.base.with_name(self.base.name + ext)
+
+
+def _name_parts(kind: str) -> int:
+    return {"database": 2, "protocoltemplate": 2, "experiment": 5}.get(kind, 3)
+
+
+class Prefix:
+    """A prefix folder on disk."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Prefix({str(self.root)!r})"
+
+    def locate(self, kind_word: str, name: str) -> AssetFiles:
+        """Files of asset ``name`` (validated first); hashed-user layout preferred if present."""
+        kind, name = parse_name(kind_word, name)
+        folder = self.root / KINDS[kind].folder
+        if kind != "database":
+            user, rest = name.split("/", 1)
+            h = sha(user)
+            hashed = folder / h[0:2] / h[2:4] / user / rest
+            if hashed.with_name(hashed.name + ".json").is_file():
+                return AssetFiles(kind, name, hashed)
+        return AssetFiles(kind, name, folder / name)
+
+    def exists(self, kind_word: str, name: str) -> bool:
+        return self.locate(kind_word, name).json.is_file()
+
+    def list(self, kind_word: str) -> list[str]:
+        """Every asset name of a kind present in the prefix, sorted."""
+        kind = kind_of(kind_word)
+        folder = self.root / kind.folder
+        if not folder.is_dir():
+            return []
+        n = _name_parts(kind.name)
+        found: set[str] = set()
+        for dirpath, _dirs, files in os.walk(folder):
+            rel = Path(dirpath).relative_to(folder).parts
+            for f in files:
+                if not f.endswith(".json"):
+                    continue
+                parts = [*rel, f[: -len(".json")]]
+                if len(parts) == n + 2 and kind.name != "database":
+                    h = sha(parts[2])
+                    if parts[0] != h[0:2] or parts[1] != h[2:4]:
+                        continue
+                    parts = parts[2:]
+                if len(parts) != n:
+                    continue
+                candidate = "/".join(parts)
+                if kind.pattern.match(candidate):
+                    found.add(candidate)
+        return sorted(found)
+
+    def list_all(self) -> list[tuple[str, str]]:
+        """``(kind, name)`` of every asset in the prefix, kinds in dependency order."""
+        return [(k, n) for k in KINDS for n in self.list(k)]

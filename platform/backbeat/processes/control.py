@@ -1,0 +1,394 @@
+"""ZeroMQ control channel between the executor and its block processes, and job outcomes.
+
+The executor owns one :class:`ControlServer`: a ROUTER socket bound to
+``ipc://<private 0700 dir>/control``.  Each block process (a child of the
+:class:`~backbeat.workerpool.ForkServer`) runs :func:`job_main`, which opens a
+:class:`ControlClient` (DEALER, its own zmq Context — never one inherited across fork),
+sends ``start``, calls the job target, and reports ``done`` (statistics) or ``error``.
+
+Messages are single JSON frames (never pickle), always ``{"type", "job", ...}``:
+
+* ``start``    — ``pid``
+* ``progress`` — ``done``, ``total`` (rate limited on the sender, order preserved)
+* ``done``     — ``statistics`` (dict)
+* ``error``    — ``kind`` (``"user"``, ``"system"``, ``"exit"`` with ``code``, ``"memory"``),
+  ``message``, ``traceback`` (str; paths relative to the payload's ``root``)
+
+The server answers ``done`` and ``error`` with an ``ack`` frame from inside :meth:`poll`,
+and the block process waits for it (≤ 5 s) before exiting: when the executor sees a
+process exit, that job's final message has already been returned by ``poll``.  So the
+executor must keep calling ``poll`` while jobs run (it does, to see progress).
+
+:func:`outcome` combines the messages of one job with its process :class:`Exit` into an
+:class:`Outcome`: ``completed`` (``done`` received and exit 0), ``user``, ``system``,
+``exit`` (``sys.exit(n)`` / ``os._exit(n)``), ``signal`` (e.g. SIGSEGV, SIGKILL),
+``timeout`` or ``memory``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from backbeat.core.errors import BackbeatError, BlockError, UsageError, UserCodeError
+from backbeat.processes.workerpool import EXIT_BOOT, EXIT_MEMORY, Exit, _split_target
+
+TYPES = ("start", "progress", "done", "error")
+ACK = b'{"type": "ack"}'
+
+ERROR_KINDS = ("user", "system", "exit", "memory")
+
+#: the client of the current block process (set by :func:`job_main`), see :func:`client`
+_CURRENT: ControlClient | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """One control message; ``data`` holds every field besides ``type`` and ``job``."""
+
+    type: str
+    job: str
+    data: dict = field(default_factory=dict)
+    received: float = 0.0
+
+
+def _decode(frame: bytes) -> Message | None:
+    try:
+        obj = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict) or obj.get("type") not in TYPES or not isinstance(obj.get("job"), (str, int)):
+        return None
+    data = {k: v for k, v in obj.items() if k not in ("type", "job")}
+    return Message(obj["type"], str(obj["job"]), data, time.monotonic())
+
+
+class ControlServer:
+    """Executor side: ROUTER on ``ipc://<private dir>/control`` (0700 directory).
+
+    Create it *after* :meth:`ForkServer.start` (the zygote must not inherit a Context).
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self._dir = tempfile.mkdtemp(prefix="bb-ctl-", dir=dirpath)
+        os.chmod(self._dir, 0o700)
+        path = os.path.join(self._dir, "control")
+        if len(path.encode()) > 100:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise UsageError(f"control socket path too long for ipc:// ({path})")
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(f"ipc://{path}")
+        self._address = f"ipc://{path}"
+        self.rejected = 0  # malformed frames dropped
+        self._poller: zmq.Poller | None = None
+        self._poller_fd: int | None = None
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def directory(self) -> str:
+        return self._dir
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The ROUTER socket, for callers that multiplex with ``zmq.Poller``."""
+        return self._sock
+
+    def poll(self, timeout_ms: int = 0, wake: int | None = None) -> list[Message]:
+        """Messages available within ``timeout_ms`` (all queued ones, in arrival order).
+
+        ``wake``: a file descriptor that also ends the wait when readable (the fork
+        server's, which reports process exits), so that callers react at once.
+        """
+        out: list[Message] = []
+        if wake is None:
+            if not self._sock.poll(timeout_ms, zmq.POLLIN):
+                return out
+        else:
+            if self._poller is None or self._poller_fd != wake:
+                self._poller, self._poller_fd = zmq.Poller(), wake
+                self._poller.register(self._sock, zmq.POLLIN)
+                self._poller.register(wake, zmq.POLLIN)
+            if self._sock not in dict(self._poller.poll(timeout_ms)):
+                return out
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            msg = _decode(frames[-1]) if len(frames) == 2 else None
+            if msg is None:
+                self.rejected += 1
+                continue
+            out.append(msg)
+            if msg.type in ("done", "error"):
+                try:  # the block process waits for this before exiting (see ControlClient.close)
+                    self._sock.send_multipart([frames[0], ACK], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+
+    def close(self) -> None:
+        if not self._sock.closed:
+            self._sock.close(0)
+            self._ctx.term()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> ControlServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ControlClient:
+    """Block side: DEALER connected to the executor's :class:`ControlServer`."""
+
+    def __init__(self, address: str, job_id: str | int, min_interval_s: float = 0.1) -> None:
+        self.job = str(job_id)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.SNDTIMEO, 5000)
+        self._sock.connect(address)
+        self._interval = min_interval_s
+        self._last = 0.0
+        self._pending: tuple[int, int | None] | None = None
+        self.finished = False
+        self.acknowledged = False
+
+    def _send(self, obj: dict, block: bool = True) -> None:
+        obj = {"type": obj.pop("type"), "job": self.job, **obj}
+        try:
+            self._sock.send(json.dumps(obj).encode(), 0 if block else zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def start(self) -> None:
+        self._send({"type": "start", "pid": os.getpid()})
+
+    def progress(self, done: int, total: int | None) -> None:
+        """Report ``done`` of ``total`` units (None: not known yet); sent at most every
+        ``min_interval_s`` (last one kept)."""
+        now = time.monotonic()
+        total = None if total is None else int(total)
+        if now - self._last >= self._interval or (total is not None and done >= total):
+            self._pending = None
+            self._last = now
+            self._send({"type": "progress", "done": int(done), "total": total}, block=False)
+        else:
+            self._pending = (int(done), total)
+
+    def _flush_progress(self) -> None:
+        if self._pending is not None:
+            done, total = self._pending
+            self._pending = None
+            self._send({"type": "progress", "done": done, "total": total})
+
+    def done(self, statistics: dict | None = None) -> None:
+        self._flush_progress()
+        self._send({"type": "done", "statistics": statistics or {}})
+        self.finished = True
+
+    def error(self, kind: str, message: str, traceback: str = "", **extra: Any) -> None:
+        if kind not in ERROR_KINDS:
+            raise UsageError(f"unknown error kind `{kind}'")
+        self._flush_progress()
+        self._send({"type": "error", "kind": kind, "message": message, "traceback": traceback, **extra})
+        self.finished = True
+
+    def wait_ack(self, timeout_ms: int = 5000) -> bool:
+        """Wait until the server has *received* our ``done``/``error`` (it acknowledges both).
+
+        So once the process exit is seen by the executor, the final message is already in
+        its hands: no race between the zygote's exit report and the control socket.
+        """
+        if not self.finished or self.acknowledged or self._sock.closed:
+            return self.acknowledged
+        deadline = time.monotonic() + timeout_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            if not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                break
+            if self._sock.recv() == ACK:
+                self.acknowledged = True
+                break
+        return self.acknowledged
+
+    def close(self, linger_ms: int = 2000, ack_timeout_ms: int = 5000) -> None:
+        """Close after the final message was acknowledged (or ``ack_timeout_ms``), lingering
+        up to ``linger_ms`` for queued messages."""
+        if not self._sock.closed:
+            self.wait_ack(ack_timeout_ms)
+            self._sock.close(linger_ms)
+            self._ctx.term()
+
+
+def client() -> ControlClient | None:
+    """The control client of the current block process (``None`` outside :func:`job_main`)."""
+    return _CURRENT
+
+
+# --------------------------------------------------------------------------- child side
+
+def format_user_traceback(exc: BaseException, root: str | None) -> tuple[str, str, bool]:
+    """``(message, traceback, in_user_code)`` for ``exc``.
+
+    With a ``root``, keep the frames from the first one under ``root`` onwards, with paths
+    relative to ``root``; without one (or when no frame is under it) keep every frame.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    in_user = root is None
+    if root:
+        base = os.path.realpath(root) + os.sep
+        mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename).startswith(base)]
+        if mine:
+            in_user = True
+            # from the first frame of user code to its last one: what backbeat did below the
+            # user's call (e.g. checking a written value) is said by the message itself
+            frames = traceback.StackSummary.from_list(frames[mine[0]:mine[-1] + 1])
+            for f in frames:
+                real = os.path.realpath(f.filename)
+                if real.startswith(base):
+                    f.filename = os.path.relpath(real, base)
+    text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + message + "\n"
+    return message, text, in_user
+
+
+def run_job(target: str, payload: dict) -> int:
+    """Run ``target(payload)`` reporting over the control channel; return the exit code.
+
+    ``payload["control"]`` is the server address and ``payload["job"]`` the job id;
+    ``payload["root"]`` (optional) is the root of user code for tracebacks.  An exception
+    escaping the target is a ``"user"`` error unless it has ``error_kind = "system"``.  The target
+    may call :func:`client` to send progress; if it returns a dict and has not reported
+    ``done`` itself, the dict is sent as the statistics.
+    """
+    global _CURRENT
+    cc = ControlClient(payload["control"], payload.get("job", "?"))
+    _CURRENT = cc
+    code = 0
+    try:
+        cc.start()
+        try:
+            module, func = _split_target(target)
+            fn = getattr(importlib.import_module(module), func)
+        except BaseException as e:  # noqa: BLE001
+            message, text, _ = format_user_traceback(e, None)
+            cc.error("system", f"cannot load job target `{target}': {message}", text)
+            return EXIT_BOOT
+        try:
+            result = fn(payload)
+        except SystemExit as e:
+            code = 0 if e.code is None else (e.code & 0xFF if isinstance(e.code, int) else 1)
+            if code == 0:
+                result = None
+            else:
+                cc.error("exit", f"the block called sys.exit({e.code!r})", "", code=code)
+                return code
+        except MemoryError:
+            try:
+                cc.error("memory", "the block process ran out of memory (over its memory limit)")
+            finally:
+                code = EXIT_MEMORY
+            return code
+        except UserCodeError as e:  # user code failed in another process: report its traceback
+            cc.error("user", e.message, e.traceback)
+            return 1
+        except BaseException as e:  # noqa: BLE001 - every failure must be reported
+            message, text, in_user = format_user_traceback(e, payload.get("root"))
+            if isinstance(e, BackbeatError) and not in_user:
+                message, text = str(e), ""  # backbeat's verdict on the user's code ("returned False")
+            kind = getattr(e, "error_kind", "user")  # infrastructure code may raise "system" errors
+            cc.error(kind if kind in ("user", "system") else "user", message, text)
+            return 1
+        if not cc.finished:
+            try:
+                cc.done(result if isinstance(result, dict) else {})
+            except (TypeError, ValueError) as e:
+                cc.error("user", f"the job returned statistics that are not JSON-serialisable: {e}")
+                return 1
+        return 0
+    finally:
+        _CURRENT = None
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        cc.close()
+
+
+def job_main(payload: dict) -> None:
+    """ForkServer entry point ``backbeat.control:job_main``: ``run_job(payload["target"], payload)``.
+
+    Always leaves through ``os._exit`` once the last control message has been delivered.
+    """
+    code = EXIT_BOOT
+    try:
+        code = run_job(payload["target"], payload)
+    except MemoryError:
+        code = EXIT_MEMORY
+    except BaseException:  # noqa: BLE001 - e.g. no "control" address in the payload
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+# --------------------------------------------------------------------------- executor side
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one job: ``kind`` is ``completed`` or a failure kind."""
+
+    kind: str
+    message: str
+    traceback: str | None = None
+    statistics: dict = field(default_factory=dict)
+    exit: Exit | None = None
+    code: int | None = None
+    signal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "completed"
+
+    def error(self, block: str) -> BlockError:
+        return BlockError(block, self.kind, self.message, self.traceback)
+
+
+def outcome(exit: Exit, messages: list[Message]) -> Outcome:
+    """Classify one job from its process exit and the control messages it sent."""
+    done = next((m for m in messages if m.type == "done"), None)
+    err = next((m for m in messages if m.type == "error"), None)
+    if exit.kind == "timeout":
+        return Outcome("timeout", f"the block {exit.describe()}", exit=exit, signal=exit.signal)
+    if exit.kind == "memory" or (err is not None and err.data.get("kind") == "memory"):
+        return Outcome("memory", "the block process ran out of memory (over its memory limit)", exit=exit)
+    if err is not None and err.data.get("kind") in ("user", "system"):
+        return Outcome(err.data["kind"], str(err.data.get("message", "")), err.data.get("traceback") or None,
+                       exit=exit, code=exit.code)
+    if exit.kind == "signal":
+        what = {"SIGSEGV": "crashed (segmentation fault, SIGSEGV)", "SIGKILL": "was killed (SIGKILL)",
+                "SIGABRT": "aborted (SIGABRT)", "SIGTERM": "was terminated (SIGTERM)"}.get(
+                    exit.signal or "", f"was killed by signal {exit.signal}")
+        return Outcome("signal", f"the block process {what}", exit=exit, signal=exit.signal)
+    if exit.kind == "exit":
+        how = "called sys.exit" if err is not None and err.data.get("kind") == "exit" else "exited"
+        return Outcome("exit", f"the block process {how} with code {exit.code}", exit=exit, code=exit.code)
+    if done is not None:
+        stats = done.data.get("statistics")
+        return Outcome("completed", "completed", statistics=stats if isinstance(stats, dict) else {}, exit=exit, code=0)
+    return Outcome("system", "the block process exited without reporting completion", exit=exit, code=exit.code)

@@ -1,0 +1,239 @@
+"""Database views: building their index, and the provider process serving their outputs.
+
+A database's views are user code (``databases/<name>/<version>.py``, spec §2.5), so they
+only ever run in child processes of the fork server:
+
+* :func:`build_index` (a job) loads the view, calls ``index(root_folder, parameters)`` and
+  writes the entries to the index file atomically (:mod:`backbeat.dbindex`); the job's
+  statistics carry the sha256 of the index content, which enters the cache keys.
+* :func:`serve` (a job) is the *database provider*: it binds a ROUTER socket on the
+  address the executor chose (``ipc://`` in the run's private directory) and answers
+  block processes.  For each (dataset, output) it sets the view up once over the stored
+  index and groups consecutive entries with equal values into data units (BEAT's
+  ``DatabaseOutputDataSource``); it calls the view's ``get`` one window of units at a
+  time, when a block asks for that window (blocks ask for the next window before they
+  consume the current one, so the provider and the block work at the same time).
+
+Protocol (multipart, the first frame a command):
+
+* ``info <dataset> <output>`` → ``ok``, ``{"units": n}``, starts (int64 bytes), ends (int64 bytes)
+* ``get <dataset> <output> <i> <j>`` → ``ok``, then the wire frames of units ``i..j-1``
+* ``bye`` → ``ok`` and the provider exits
+* any failure → ``error``, ``{"kind", "message", "traceback"}``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import zmq
+
+from backbeat.core.errors import BackbeatError, UserCodeError, WireError
+from backbeat.data import dbindex, wire
+from backbeat.data.batch import Batch
+from backbeat.processes.control import format_user_traceback
+from backbeat.runtime.codeloader import load_module
+from backbeat.runtime.compat import install_beat_aliases
+from backbeat.runtime.sources import BatchSource
+
+
+def load_view(spec: dict) -> Any:
+    """Instantiate the view class ``spec["view"]`` from ``spec["code"]``."""
+    install_beat_aliases()
+    module = load_module(spec["database"], spec["code"])
+    cls = getattr(module, spec["view"], None)
+    if cls is None:
+        raise RuntimeError(f"database `{spec['database']}' defines no view class `{spec['view']}'")
+    return cls()
+
+
+def build_index(payload: dict) -> dict:
+    """Job: run the view's ``index()`` and store it; returns ``{"digest": sha256 of the file}``."""
+    spec = payload["dataset"]
+    view = load_view(spec)
+    entries = view.index(spec["root_folder"], spec["parameters"])
+    if not isinstance(entries, (list, tuple)):
+        entries = list(entries)
+    bad = next((o for o in entries if not (isinstance(o, dict) or hasattr(o, "_asdict"))), None)
+    if bad is not None:  # BEAT stores each entry as a JSON object
+        raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
+    digest = dbindex.write_index(spec["index_path"], entries)
+    return {"digest": digest, "entries": len(entries)}
+
+
+class _Dataset:
+    """One set-up view: the data units of its outputs, and their values window by window."""
+
+    RECENT_BYTES = 64 << 20  # windows kept (at least the last one), for blocks or slots reading the same output
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.view = load_view(spec)
+        objs = dbindex.read_index(spec["index_path"])  # namedtuples, keys sorted as BEAT's Entry
+        self.view.setup(spec["root_folder"], spec["parameters"], objs, start_index=None, end_index=None)
+        self.objs = getattr(self.view, "objs", None) or objs
+        self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.recent: dict[tuple[str, int, int], Batch] = {}
+
+    def output_units(self, output: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, ends)`` of the output's data units (consecutive equal entries grouped)."""
+        if output not in self.units:
+            mapping = getattr(self.view, "get_output_mapping", None)
+            attr = mapping(output) if mapping else output
+            self.units[output] = dbindex.group_units([getattr(o, attr) for o in self.objs])
+        return self.units[output]
+
+    def window(self, output: str, i: int, j: int) -> Batch:
+        """Units ``i .. j-1`` of ``output``: the view's ``get`` for each, as one batch."""
+        key = (output, i, j)
+        batch = self.recent.get(key)
+        if batch is None:
+            starts, ends = self.output_units(output)
+            name, expanded = self.spec["outputs"][output]
+            get = self.view.get
+            values = [get(output, s) for s in starts[i:j].tolist()]
+            batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
+            self.recent[key] = batch
+            while len(self.recent) > 1 and sum(b.nbytes for b in self.recent.values()) > self.RECENT_BYTES:
+                del self.recent[next(iter(self.recent))]
+        return batch
+
+
+def _error(exc: BaseException, root: str | None) -> list[bytes]:
+    message, text, _ = format_user_traceback(exc, root)
+    kind = "user" if not isinstance(exc, BackbeatError) else "system"
+    return [b"error", json.dumps({"kind": kind, "message": message, "traceback": text}).encode()]
+
+
+def serve(payload: dict) -> dict:
+    """Job: the database provider (see module docstring); returns serving statistics."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.bind(payload["address"])
+    datasets: dict[str, _Dataset] = {}
+    specs = payload["datasets"]
+    root = payload.get("root")
+    parent = os.getppid()
+    served = 0
+    try:
+        while True:
+            if not sock.poll(1000):
+                if os.getppid() != parent:
+                    break
+                continue
+            frames = sock.recv_multipart(copy=True)
+            ident, cmd, args = frames[0], frames[2] if len(frames) > 2 else b"", frames[3:]
+            reply: list = []
+            try:
+                if cmd == b"bye":
+                    sock.send_multipart([ident, b"", b"ok"])
+                    break
+                ds_name, output = args[0].decode(), args[1].decode()
+                if ds_name not in specs or output not in specs[ds_name]["outputs"]:
+                    raise WireError(f"unknown dataset output `{ds_name}.{output}'")
+                if ds_name not in datasets:
+                    datasets[ds_name] = _Dataset(specs[ds_name])
+                ds = datasets[ds_name]
+                if cmd == b"info":
+                    starts, ends = ds.output_units(output)
+                    reply = [b"ok", json.dumps({"units": len(starts)}).encode(), starts.tobytes(), ends.tobytes()]
+                elif cmd == b"get":
+                    i, j = int(args[2]), int(args[3])
+                    n = len(ds.output_units(output)[0])
+                    if not 0 <= i <= j <= n:
+                        raise WireError(f"units {i}..{j} requested from `{ds_name}.{output}', which has {n}")
+                    reply = [b"ok", *wire.encode(ds.window(output, i, j))]
+                    served += j - i
+                else:
+                    raise WireError(f"unknown database provider command {cmd!r}")
+            except Exception as exc:  # noqa: BLE001 - reported to the block, which fails cleanly
+                reply = _error(exc, root)
+            sock.send_multipart([ident, b"", *reply], copy=False)
+    finally:
+        sock.close(0)
+        ctx.term()
+    return {"units_served": served}
+
+
+class DatabaseClient:
+    """Block-side client of the database provider.
+
+    One REQ socket; :meth:`request` sends a ``get`` ahead of need (the provider computes
+    that window while the block consumes the previous one); its reply is taken when the
+    window is fetched, or set aside if another request must go first.
+    """
+
+    def __init__(self, address: str, timeout_ms: int = 600_000):
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.REQ)
+        self._sock.linger = 0
+        self._sock.rcvtimeo = timeout_ms
+        self._sock.connect(address)
+        self._pending: tuple | None = None  # the request sent whose reply is not read yet
+        self._early: dict[tuple, list] = {}  # replies read before they were needed
+
+    def _recv(self) -> list:
+        try:
+            reply = self._sock.recv_multipart(copy=False)
+        except zmq.Again:
+            raise WireError("the database provider did not answer in time") from None
+        self._pending = None
+        return reply
+
+    def _send(self, frames: tuple) -> None:
+        if self._pending is not None:  # a prefetch is in flight: set its reply aside
+            key = self._pending
+            self._early[key] = self._recv()
+            while len(self._early) > 4:  # bounded: a reply dropped here is simply asked again
+                del self._early[next(iter(self._early))]
+        self._sock.send_multipart(list(frames))
+        self._pending = frames
+
+    def request(self, *frames: bytes) -> None:
+        """Send a request whose reply :meth:`_ask` will take later (nothing if one is in flight)."""
+        if self._pending is None and frames not in self._early:
+            self._send(frames)
+
+    def _ask(self, *frames: bytes) -> list:
+        if frames in self._early:
+            reply = self._early.pop(frames)
+        else:
+            if self._pending != frames:
+                self._send(frames)
+            reply = self._recv()
+        head = reply[0].bytes
+        if head == b"error":
+            info = json.loads(reply[1].bytes)
+            if info.get("kind") == "user":
+                raise UserCodeError(f"database view: {info['message']}", info.get("traceback") or "")
+            raise WireError(f"the database provider failed: {info['message']}")
+        if head != b"ok":
+            raise WireError(f"unexpected reply from the database provider: {head[:40]!r}")
+        return reply[1:]
+
+    def source(self, dataset: str, output: str, fmt: str, expanded: dict, window: int = 4096) -> BatchSource:
+        head, starts, ends = self._ask(b"info", dataset.encode(), output.encode())
+        n = json.loads(head.bytes)["units"]
+        s = np.frombuffer(starts.bytes, dtype=np.int64)
+        e = np.frombuffer(ends.bytes, dtype=np.int64)
+        if len(s) != n or len(e) != n:
+            raise WireError(f"database provider sent {len(s)} unit starts for {n} units")
+
+        def frames(i: int, j: int) -> tuple:
+            return (b"get", dataset.encode(), output.encode(), str(i).encode(), str(j).encode())
+
+        def fetch(i: int, j: int) -> Batch:
+            return wire.decode(self._ask(*frames(i, j)), fmt, expanded)
+
+        def prefetch(i: int, j: int) -> None:
+            self.request(*frames(i, j))
+
+        return BatchSource(s, e, fetch, window, prefetch)
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()

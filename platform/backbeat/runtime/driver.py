@@ -1,0 +1,310 @@
+"""Wiring a block's inputs/outputs and driving a user algorithm (spec §5.8, §6.4).
+
+:func:`build_inputs` turns ``{input name: (channel, data source)}`` into what the
+algorithm type expects (table of §5.8):
+
+============== ===================================== ===================================
+type           inputs on the block's channel          inputs on other channels
+============== ===================================== ===================================
+legacy         ``Input`` in the restricted main group ``Input`` in an unrestricted group
+sequential*    ``Input`` in the restricted main group one ``DataLoader`` per channel
+autonomous*    ``DataLoader`` (the main loader)       one ``DataLoader`` per channel
+============== ===================================== ===================================
+
+(* including the loop processor / evaluator variants).  Fix over BEAT: for autonomous
+types the main loader is always the block's own channel, whereas BEAT takes the first
+loader created (input declaration order), so ``prepare`` could receive the wrong
+"secondaries".  :func:`build_outputs` makes the outputs, synchronised on the main group.
+
+:func:`run_algorithm` is BEAT's ``AlgorithmExecutor``: optional ``setup(parameters)``,
+``prepare(data_loaders)`` (API v2 only; autonomous types get ``secondaries()``), then
+one ``process`` call (autonomous) or one call per step of the main group
+(legacy/sequential) until the inputs are exhausted or ``process`` returns a falsy value;
+outputs are closed; a falsy return or an output with missing data fails the block.
+User exceptions propagate unchanged (the caller classifies them).  Loop channels are
+only passed through (``loop_channel``, ``before_process`` hook for the ``rdi`` message).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from backbeat.core.errors import ExecutionError, UsageError
+from backbeat.runtime.dataloaders import DataLoader, DataLoaderList, mix_data_indices
+from backbeat.runtime.inputs import Input, InputGroup, InputList
+from backbeat.runtime.outputs import Output, OutputList, SynchronizationListener
+
+LEGACY = "legacy"
+SEQUENTIAL_TYPES = frozenset({"sequential", "sequential_loop_processor", "sequential_loop_evaluator"})
+AUTONOMOUS_TYPES = frozenset({"autonomous", "autonomous_loop_processor", "autonomous_loop_evaluator"})
+ALGORITHM_TYPES = frozenset({LEGACY}) | SEQUENTIAL_TYPES | AUTONOMOUS_TYPES
+
+
+def _check_type(algorithm_type: str) -> str:
+    if algorithm_type not in ALGORITHM_TYPES:
+        raise UsageError(
+            f"unknown algorithm type `{algorithm_type}' (expected one of {sorted(ALGORITHM_TYPES)})"
+        )
+    return algorithm_type
+
+
+def _unpack(name: str, spec: Any) -> tuple[str, Any, Any]:
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise UsageError(f"input `{name}': expected (channel, data_source[, data_format]), got {spec!r}")
+    channel, source = spec[0], spec[1]
+    data_format = (
+        spec[2] if len(spec) == 3 else getattr(source, "data_format", getattr(source, "dataformat", None))
+    )
+    return str(channel), source, data_format
+
+
+def build_inputs(
+    algorithm_type: str,
+    block_channel: str,
+    inputs: Mapping[str, tuple],
+) -> tuple[InputList | None, DataLoaderList]:
+    """Make the ``InputList`` (``None`` for autonomous types) and ``DataLoaderList``.
+
+    ``inputs`` maps input names (declaration order) to ``(channel, data_source)`` or
+    ``(channel, data_source, data_format)``.  Every group gets a
+    :class:`SynchronizationListener`; the block channel's group is restricted.
+    """
+    _check_type(algorithm_type)
+    autonomous = algorithm_type in AUTONOMOUS_TYPES
+    input_list = None if autonomous else InputList()
+    loaders = DataLoaderList()
+    if autonomous:
+        # create the block channel's loader first so it is the main loader
+        own = [n for n, spec in inputs.items() if _unpack(n, spec)[0] == str(block_channel)]
+        if not own:
+            raise UsageError(f"no input is synchronised on the block channel `{block_channel}'")
+    for name, spec in inputs.items():
+        channel, source, data_format = _unpack(name, spec)
+        on_block_channel = channel == str(block_channel)
+        if input_list is not None and (algorithm_type == LEGACY or on_block_channel):
+            group = input_list.group(channel)
+            if group is None:
+                group = InputGroup(channel, SynchronizationListener(), restricted_access=on_block_channel)
+                input_list.add(group)
+            group.add(Input(name, data_format, source))
+            continue
+        loader = loaders[channel]
+        if loader is None:
+            loader = DataLoader(channel)
+            loaders.add(loader, main=on_block_channel if autonomous else None)
+        loader.add(name, source)
+    if input_list is not None and input_list.main_group is None:
+        raise UsageError(f"no input is synchronised on the block channel `{block_channel}'")
+    return input_list, loaders
+
+
+def build_outputs(
+    outputs: Mapping[str, tuple[Any, Any]],
+    input_list: InputList | None,
+    start_index: int = 0,
+    on_write: Callable[[str, int], None] | None = None,
+) -> OutputList:
+    """Make the ``OutputList`` from ``{name: (sink, value_type)}`` (declaration order).
+
+    Outputs follow the listener of the main (restricted) group when there is one;
+    ``start_index`` is the first index of the block's range (``0`` unless split);
+    ``on_write(name, end)`` is called after each write (loop ``wrt`` hook).
+    """
+    listener = None
+    if input_list is not None and input_list.main_group is not None:
+        listener = input_list.main_group.synchronization_listener
+    result = OutputList()
+    for name, (sink, value_type) in outputs.items():
+        result.add(
+            Output(
+                name, sink, listener, force_start_index=start_index, value_type=value_type, on_write=on_write
+            )
+        )
+    return result
+
+
+def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | None = None) -> int | None:
+    """How many steps :func:`run_algorithm` will report (for progress totals).
+
+    Legacy/sequential: how many times the main group advances; autonomous (no input
+    list): the number of units of the main loader.
+    """
+    if input_list is None:
+        main = data_loaders.main_loader if data_loaders is not None else None
+        return main.count() if main is not None else 0
+    group = input_list.main_group
+    if group is None or len(group) == 0:
+        return 0
+    if len(group) == 1:  # the units of one input are the steps (unknown while they arrive)
+        source = group[0].data_source
+        return None if getattr(source, "live", False) else len(source)
+    return len(mix_data_indices([i.data_source.data_indices() for i in group]))
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_algorithm` did: steps run and blocks written per output."""
+
+    steps: int = 0
+    written: dict[str, int] = field(default_factory=dict)
+
+
+def _has_argument(method: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call(obj: Any, name: str, *args: Any) -> Any:
+    method = getattr(obj, name, None)
+    if method is None or not callable(method):
+        raise ExecutionError(f"algorithm object has no `{name}' method")
+    return method(*args)
+
+
+def _single_source(group: InputGroup) -> Any:
+    """The data source of a one-input group when it can be iterated (else None)."""
+    if len(group) != 1 or type(group) is not InputGroup:
+        return None
+    source = group[0].data_source
+    return source if hasattr(source, "iter_units") else None
+
+
+def _drive_single(group: InputGroup, process: Callable, args: tuple,
+                  progress: Callable[[int], None] | None) -> tuple[int, Any]:
+    """The step loop for a main group of one input (the common case), without per-step calls.
+
+    Sets exactly what :meth:`InputGroup.platform_next` sets (the input's unit and
+    counters, the group's indices, the listener's interval), then calls ``process``.
+    Returns ``(steps, last result)``; stops early on a falsy result.
+    """
+    x = group[0]
+    listener = group.synchronization_listener
+    plain = type(listener) is SynchronizationListener  # else its onIntervalChanged is called
+    i = x.next_data_index
+    source = x.data_source
+    live = getattr(source, "live", False)  # units still arriving: the count grows as they do
+    steps, result = 0, True
+    for value, start, end in source.iter_units(i):
+        i += 1
+        x.data, x.data_index, x.data_index_end, x.next_data_index = value, start, end, i
+        if live:
+            x._n = i + 1 if source.more else i
+        x.data_same_as_previous = False
+        x.nb_data_blocks_read += 1
+        group.data_index = group.first_data_index = start
+        group.data_index_end = group.last_data_index = end
+        if plain:
+            listener.data_index_start, listener.data_index_end = start, end
+        elif listener is not None:
+            listener.onIntervalChanged(start, end)
+        result = process(*args)
+        steps += 1
+        if progress is not None and not steps & 1023:
+            progress(steps)
+        if not result:
+            break
+    return steps, result
+
+
+def run_algorithm(
+    algorithm: Any,
+    kind: str,
+    *,
+    inputs: InputList | None = None,
+    data_loaders: DataLoaderList | None = None,
+    outputs: OutputList | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    analyzer: bool = False,
+    name: str = "algorithm",
+    progress: Callable[[int], None] | None = None,
+    loop_channel: Any = None,
+    before_process: Callable[[], None] | None = None,
+) -> RunSummary:
+    """Drive ``algorithm`` (an instance of the user's ``Algorithm`` class) over its data.
+
+    ``kind`` is the algorithm type (``legacy``, ``sequential``, ``autonomous`` or a loop
+    variant).  Analyzers get ``outputs[0]`` as ``output``.  ``progress(steps_done)`` is
+    called every 1024 ``process`` calls and at the end.  Raises :class:`ExecutionError` with BEAT's texts
+    (``Could not setup algorithm (returned False)`` …, ``Missing data on the following
+    output(s): …``); exceptions raised by user code propagate unchanged.
+    """
+    _check_type(kind)
+    outputs = outputs if outputs is not None else OutputList()
+    loaders = data_loaders if data_loaders is not None else DataLoaderList()
+    autonomous = kind in AUTONOMOUS_TYPES
+    if not autonomous and (inputs is None or inputs.main_group is None):
+        raise UsageError(f"{kind} algorithm `{name}' needs an InputList with a main (restricted) group")
+    if analyzer and len(outputs) != 1:
+        raise UsageError(f"analyzer `{name}' needs exactly one output (`result'), got {len(outputs)}")
+    to_write: Any = outputs[0] if analyzer else outputs
+
+    if hasattr(algorithm, "setup"):
+        if not _call(algorithm, "setup", dict(parameters or {})):
+            raise ExecutionError("Could not setup algorithm (returned False)")
+    if kind != LEGACY and hasattr(algorithm, "prepare"):
+        if not _call(algorithm, "prepare", loaders.secondaries() if autonomous else loaders):
+            raise ExecutionError("Could not prepare algorithm (returned False)")
+
+    pass_loop = False
+    if kind != LEGACY:
+        has_loop_arg = _has_argument(getattr(algorithm, "process", None), "loop_channel")
+        if loop_channel is not None and not has_loop_arg:
+            raise ExecutionError(f"Algorithm '{name}' is not a valid loop enabled algorithm")
+        if loop_channel is None and has_loop_arg:
+            raise ExecutionError(f"Algorithm '{name}' is a loop enabled algorithm but no loop_channel given")
+        pass_loop = loop_channel is not None and not analyzer
+
+    summary = RunSummary()
+    result: Any = True
+    if autonomous:
+        args: list[Any] = [loaders, to_write] + ([loop_channel] if pass_loop else [])
+        result = _call(algorithm, "process", *args)
+        main = loaders.main_loader
+        summary.steps = main.count() if main is not None else 0
+        if progress is not None:
+            progress(summary.steps)
+    else:
+        assert inputs is not None and inputs.main_group is not None
+        main_group = inputs.main_group
+        # BEAT loops on ``inputs.hasMoreData()`` (all groups), which crashes with "asked for
+        # more data" when a legacy algorithm leaves a secondary group unread; the main group
+        # is what drives the block.
+        process = getattr(algorithm, "process", None)
+        if process is None or not callable(process):
+            raise ExecutionError("algorithm object has no `process' method")
+        if kind == LEGACY:
+            args: tuple = (inputs, to_write)
+        else:
+            args = (inputs, loaders, to_write) + ((loop_channel,) if pass_loop else ())
+        steps = 0
+        if before_process is None and _single_source(main_group) is not None:
+            steps, result = _drive_single(main_group, process, args, progress)
+        advance, more = main_group.platform_next, main_group.hasMoreData
+        while result and more():
+            advance()
+            if before_process is not None:
+                before_process()
+            result = process(*args)
+            steps += 1
+            if progress is not None and not steps & 1023:  # progress is cheap but not free
+                progress(steps)
+            if not result:
+                break
+        summary.steps = steps
+        if progress is not None:
+            progress(steps)
+
+    for output in outputs:
+        output.close()
+    summary.written = {o.name: o.nb_data_blocks_written for o in outputs}
+    if not result:
+        raise ExecutionError("Could not run algorithm (process returned False)")
+    missing = [o.name for o in outputs if o.isDataMissing()]
+    if missing:
+        raise ExecutionError("Missing data on the following output(s): " + ", ".join(missing))
+    return summary

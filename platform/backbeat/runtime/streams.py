@@ -1,0 +1,160 @@
+"""Block-to-block streaming: a downstream block reads an output while its producer writes it.
+
+Without streaming, a block starts once the cache files it reads are committed, so a chain
+of blocks uses one core at a time.  With streaming (the executor decides, see
+:mod:`backbeat.executor`), the producer *also* sends each batch it appends to its cache
+file to the consumer, which starts at the same time and processes units as they arrive:
+the chain runs as a pipeline.  The cache files written are the same bytes either way.
+
+State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer, over
+``ipc://`` in the run's private directory; the producer binds, the consumer connects):
+
+* producer → consumer: ``batch`` messages (``b"batch"`` then :func:`backbeat.wire.encode`
+  frames), in order, then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
+  sent only after the producer's cache file is committed;
+* consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
+  nothing sent is lost when it closes) and then closes its side;
+* back-pressure: high-water marks of a few messages on both sides bound the memory in
+  flight; a producer whose consumer stops reading waits, polling every 50 ms whether the
+  executor dropped that consumer (a *cancel file* the executor creates when the consumer
+  process ends); if so it stops sending to it and finishes its own work normally;
+* the consumer blocks until the next message; if the producer fails, the executor kills
+  the consumer (its partial files are removed as for any killed block).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from backbeat.core.errors import WireError
+from backbeat.data import wire
+from backbeat.data.batch import Batch
+
+HWM = 4  # messages queued per side before the producer waits
+POLL_MS = 50
+
+
+class StreamSender:
+    """Producer side: the consumers of one output (one bound PAIR socket each)."""
+
+    def __init__(self, targets: list[dict]):
+        """``targets``: ``[{"address": ipc address to bind, "cancel": path}, ...]``."""
+        self._ctx = zmq.Context()
+        self._live: list[tuple[zmq.Socket, str]] = []
+        for t in targets:
+            sock = self._ctx.socket(zmq.PAIR)
+            sock.linger = 0
+            sock.sndhwm = HWM
+            sock.bind(t["address"])
+            self._live.append((sock, t["cancel"]))
+
+    def _drop(self, sock: zmq.Socket) -> None:
+        self._live = [(s, c) for s, c in self._live if s is not sock]
+        sock.close(0)
+
+    def _send(self, frames: list[Any]) -> None:
+        for sock, cancel in list(self._live):
+            while True:
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    break
+                except zmq.Again:
+                    if os.path.exists(cancel):  # the consumer has ended: stop feeding it
+                        self._drop(sock)
+                        break
+                    sock.poll(POLL_MS, zmq.POLLOUT)
+
+    def send(self, batch: Batch) -> None:
+        """Send one batch (just appended to the producer's cache file) to every live consumer."""
+        if self._live and len(batch):
+            self._send([b"batch", *wire.encode(batch)])
+
+    def finish(self, end: int) -> None:
+        """The output is committed, ending at ``end``: tell the consumers, wait for their acks."""
+        self._send([b"end", json.dumps({"end": int(end)}).encode()])
+        for sock, cancel in list(self._live):
+            while not sock.poll(POLL_MS, zmq.POLLIN):
+                if os.path.exists(cancel):
+                    break
+        self.close()
+
+    def close(self) -> None:
+        for sock, _ in self._live:
+            sock.close(0)
+        self._live = []
+        if not self._ctx.closed:
+            self._ctx.term()
+
+
+class StreamSource:
+    """Consumer side: a data source whose units arrive from the producer, in order.
+
+    It offers what the driver's one-input step loop needs: :meth:`iter_units` and
+    :attr:`more` (whether a unit follows the last one yielded: one message of look-ahead,
+    so that ``hasMoreData()`` is exact).  The number of units is not known in advance:
+    ``len()`` is the number received so far.
+    """
+
+    live = True  # the driver updates the input's unit count as units arrive
+
+    def __init__(self, address: str, fmt: str, expanded: dict):
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PAIR)
+        self._sock.linger = 0
+        self._sock.rcvhwm = HWM
+        self._sock.reconnect_ivl = 10
+        self._sock.connect(address)
+        self._fmt, self._expanded = fmt, expanded
+        self._received = 0
+        self.more = True
+        self.end: int | None = None
+        self.bytes_read = 0
+
+    def __len__(self) -> int:
+        return self._received
+
+    def _next_batch(self) -> Batch | None:
+        frames = self._sock.recv_multipart(copy=False)
+        kind = frames[0].bytes
+        if kind == b"batch":
+            batch = wire.decode(frames[1:], self._fmt, self._expanded)
+            self._received += len(batch)
+            self.bytes_read += batch.nbytes
+            return batch
+        if kind == b"end":
+            self.end = int(json.loads(frames[1].bytes)["end"])
+            self._sock.send(b"ack")
+            return None
+        raise WireError(f"unexpected stream message {kind[:20]!r}")
+
+    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
+        """Units ``0, 1, ..`` as they arrive (``i`` must be 0: a stream is read once)."""
+        if i:
+            raise WireError("a streamed input is read from its first unit only")
+        batch = self._next_batch()
+        last_end = -1
+        while batch is not None:
+            units = list(zip(batch.to_values(), batch.starts.tolist(), batch.ends.tolist(), strict=True))
+            self.more = True
+            yield from units[:-1]
+            following = self._next_batch()  # before the batch's last unit: is there more?
+            self.more = following is not None
+            yield units[-1]
+            batch = following
+            last_end = units[-1][2]
+        self.more = False
+        if self.end != last_end:
+            raise WireError(f"the stream ended at data index {self.end}, after a unit ending at {last_end}")
+
+    def data_indices(self) -> list[tuple[int, int]]:
+        raise WireError("the units of a streamed input are not known in advance")
+
+    def close(self) -> None:
+        self._sock.close(0)
+        if not self._ctx.closed:
+            self._ctx.term()
