@@ -1,1 +1,4 @@
-"""TODO"""
+"""Audit: what changed since a recorded run (``status``) and whether a run still holds (``audit``).
+
+May import: every layer below (``core`` … ``execution``).
+"""

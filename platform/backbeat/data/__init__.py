@@ -1,1 +1,7 @@
-"""TODO"""
+"""Data: values, columnar batches and the files and frames that carry them.
+
+Lives here: typed values with BEAT's semantics (``values``), columnar batches (``batch``),
+HDF5 cache files (``cachefile``: writer, reader, digest), the ZeroMQ wire format (``wire``)
+and database view index files (``dbindex``).
+May import: ``core``, ``declarations``.
+"""

@@ -1,1 +1,4 @@
-"""TODO"""
+"""Plotting: BEAT plotters run on analyzer results, in block processes (``render``).
+
+May import: every layer below (``core`` … ``audit``).
+"""

@@ -1,1 +1,4 @@
-"""TODO"""
+"""Provenance: the record of what each run used and produced (``records``).
+
+May import: ``core``, ``declarations``, ``data``, ``cache``, ``planning``.
+"""

@@ -1,1 +1,8 @@
-"""TODO"""
+"""Runtime: what runs inside a block process, a database provider or an indexing job.
+
+Lives here: BEAT's algorithm API (``inputs``, ``outputs``, ``dataloaders``), driving an
+algorithm (``driver``), data sources and block-to-block streams (``sources``, ``streams``),
+loading user code (``codeloader``, ``compat``: the ``beat.backend.python`` import shim),
+the block process entry point (``blockrun``) and database views (``dbprovider``).
+May import: ``core``, ``declarations``, ``data``, ``processes`` (the control client).
+"""
