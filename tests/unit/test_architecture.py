@@ -51,7 +51,7 @@ KNOWN_CLI: set[tuple[str, str]] = {
     ("backbeat.cli.tools", "backbeat.declarations.catalog"),
     ("backbeat.cli.tools", "backbeat.declarations.graph"),
 }
-KNOWN_BIG = {"backbeat.audit.audit", "backbeat.data.cachefile", "backbeat.data.values",
+KNOWN_BIG = {"backbeat.audit.audit", "backbeat.data.cachefile",
              "backbeat.declarations.schema", "backbeat.execution.local", "backbeat.processes.workerpool",
              "backbeat.provenance.records"}
 

@@ -55,6 +55,20 @@ class Node:
     fields: tuple[tuple[str, Node], ...] = ()  # struct
     cls: Any = None  # struct: value class; list: element (dtype, str or value class)
 
+    @property
+    def item(self) -> Node:
+        """A list node's element node."""
+        if self.child is None:
+            raise DataError(f"field `{self.path}' is not a list")
+        return self.child
+
+    @property
+    def dt(self) -> np.dtype:
+        """A numeric node's dtype."""
+        if self.dtype is None:
+            raise DataError(f"field `{self.path}' is not numeric")
+        return self.dtype
+
 
 @dataclass(frozen=True)
 class Column:
@@ -82,7 +96,7 @@ def _build(name: str, path: str, spec: Any) -> Node:
         if isinstance(elem, str) and elem in NUMERIC and all(dims):
             return Node("num", path, dtype=np.dtype(elem).newbyteorder("<"), dims=dims)
         child = _build(name, path + "[]", elem)
-        ecls = child.cls if child.kind == "struct" else (str if child.kind == "str" else child.dtype)
+        ecls = child.cls if child.kind == "struct" else (str if child.kind == "str" else child.dt)
         return Node("list", path, dims=dims, child=child, cls=ecls)
     if spec == "string":
         return Node("str", path)
@@ -106,14 +120,14 @@ def tree(name: str, expanded: dict) -> Node:
 def _columns(node: Node, rows: str, out: list[Column]) -> None:
     p = node.path
     if node.kind == "num":
-        out.append(Column(p, node.dtype, node.dims, "data", rows, False))
+        out.append(Column(p, node.dt, node.dims, "data", rows, False))
     elif node.kind == "str":
         out.append(Column(p + "#bytes", U8, (), "bytes", p, True))
         out.append(Column(p + "#offsets", I64, (), "offsets", rows, False))
     elif node.kind == "list":
         out.append(Column(p + "#shape", I64, (len(node.dims),), "shape", rows, False))
         out.append(Column(p + "#offsets", I64, (), "offsets", rows, False))
-        _columns(node.child, p, out)
+        _columns(node.item, p, out)
     else:
         for _, sub in node.fields:
             _columns(sub, rows, out)
@@ -149,11 +163,11 @@ def _gather(node: Node, items: list, out: dict) -> None:
     p, n = node.path, len(items)
     if node.kind == "num":
         if not node.dims:
-            out[p] = np.fromiter(items, dtype=node.dtype, count=n)
+            out[p] = np.fromiter(items, dtype=node.dt, count=n)
         elif n:
-            out[p] = np.asarray(np.stack(items), dtype=node.dtype)
+            out[p] = np.asarray(np.stack(items), dtype=node.dt)
         else:
-            out[p] = np.empty((0, *node.dims), dtype=node.dtype)
+            out[p] = np.empty((0, *node.dims), dtype=node.dt)
     elif node.kind == "str":
         _encode_strings(items, p, out)
     elif node.kind == "list":
@@ -163,11 +177,11 @@ def _gather(node: Node, items: list, out: dict) -> None:
         np.cumsum(np.prod(shapes, axis=1), out=offsets[1:])
         out[p + "#shape"] = shapes
         out[p + "#offsets"] = offsets
-        child = node.child
+        child = node.item
         if child.kind == "num":
             flat = [np.asarray(a).reshape(-1) for a in items]
-            out[child.path] = (np.concatenate(flat).astype(child.dtype, copy=False) if flat
-                               else np.empty(0, dtype=child.dtype))
+            out[child.path] = (np.concatenate(flat).astype(child.dt, copy=False) if flat
+                               else np.empty(0, dtype=child.dt))
         else:
             _gather(child, list(chain.from_iterable(a.reshape(-1).tolist() for a in items)), out)
     else:
@@ -194,9 +208,9 @@ def _from_numeric_dicts(root: Node, values: Sequence[Any]) -> dict | None:
         except (ValueError, TypeError):
             return None
         if (arr.dtype == object or arr.shape != (len(values), *sub.dims)
-                or not np.can_cast(arr.dtype, sub.dtype, "safe")):
+                or not np.can_cast(arr.dtype, sub.dt, "safe")):
             return None
-        cols[sub.path] = np.ascontiguousarray(arr, dtype=sub.dtype)
+        cols[sub.path] = np.ascontiguousarray(arr, dtype=sub.dt)
     return cols
 
 
@@ -217,7 +231,7 @@ def _scatter(node: Node, cols: dict, n: int) -> list:
     if node.kind == "list":
         shapes = [tuple(s) for s in cols[p + "#shape"].tolist()]
         off = cols[p + "#offsets"].tolist()
-        child = node.child
+        child = node.item
         total = off[-1] if off else 0
         if child.kind == "num":
             flat = np.array(cols[child.path])
@@ -260,7 +274,7 @@ def take(node: Node, get: Callable[[str], Any], a: int, b: int, out: dict) -> No
         out[p + "#shape"] = np.asarray(get(p + "#shape")[a:b])
         off = np.asarray(get(p + "#offsets")[a:b + 1], dtype=I64)
         out[p + "#offsets"] = off - off[0]
-        take(node.child, get, int(off[0]), int(off[-1]), out)
+        take(node.item, get, int(off[0]), int(off[-1]), out)
     else:
         for _, sub in node.fields:
             take(sub, get, a, b, out)
@@ -277,7 +291,7 @@ def check(node: Node, cols: dict, n: int) -> None:
     """Verify that ``cols`` hold ``n`` rows of ``node`` (dtypes, shapes, offsets); raise DataError."""
     p = node.path
     if node.kind == "num":
-        col = _col(cols, p, node.dtype)
+        col = _col(cols, p, node.dt)
         if col.shape != (n, *node.dims):
             raise DataError(f"column `{p}': expected shape {(n, *node.dims)}, got {col.shape}")
         if col.dtype == np.bool_ and col.size and col.view(U8).max() > 1:
@@ -303,7 +317,7 @@ def check(node: Node, cols: dict, n: int) -> None:
             np.cumsum(np.prod(shapes, axis=1), out=expect[1:])
         if off.shape != (n + 1,) or not np.array_equal(off, expect):
             raise DataError(f"column `{p}#offsets': inconsistent with `{p}#shape'")
-        check(node.child, cols, int(expect[-1]))
+        check(node.item, cols, int(expect[-1]))
     else:
         for _, sub in node.fields:
             check(sub, cols, n)

@@ -29,7 +29,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -54,7 +54,7 @@ def _row_bytes(col: Any) -> int:
 
 def _arrays(fmt_name: str, expanded: dict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
     """Every array of a file in digest order: index arrays then columns sorted by name."""
-    out = [("index/start", I64, ()), ("index/end", I64, ())]
+    out: list[tuple[str, np.dtype, tuple[int, ...]]] = [("index/start", I64, ()), ("index/end", I64, ())]
     out += [("columns/" + c.name, c.dtype, c.shape) for c in layout(expanded, fmt_name)]
     return out
 
@@ -90,7 +90,7 @@ class _Hasher:
 
     def update(self, h: Any, arr: np.ndarray) -> Any:
         """``h.update(bytes of arr)``, in the thread for large buffers; returns a job (``.result()``)."""
-        mv = memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+        mv = memoryview(cast(Any, np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
         if mv.nbytes < (256 << 10):
             h.update(mv)
             return _DONE

@@ -26,31 +26,27 @@ import io
 import json
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from backbeat.core.errors import DataError
-
-NUMERIC = (
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float32", "float64", "complex64", "complex128", "bool",
+from backbeat.data.casting import (
+    BASETYPES,
+    NUMERIC,
+    FormatAttributeError,
+    FormatTypeError,
+    ObjectArray,
+    array_setter,
+    dtype_of,
+    object_array,
+    object_setter,
+    scalar_setter,
+    string_setter,
 )
-BASETYPES = NUMERIC + ("string",)
 
-
-class FormatAttributeError(DataError, AttributeError):
-    """Missing or unexpected attributes for a dataformat (BEAT raises ``AttributeError``)."""
-
-
-class FormatTypeError(DataError, TypeError):
-    """A value cannot be cast or shaped to its declared type (BEAT raises ``TypeError``)."""
-
-
-def dtype_of(basetype: str) -> np.dtype:
-    """numpy dtype of a numeric basetype (``"bool"`` → ``numpy.bool_``)."""
-    return np.dtype(basetype)
-
+__all__ = ["BASETYPES", "NUMERIC", "BaseValue", "FormatAttributeError", "FormatTypeError", "ObjectArray",
+           "analysis_format", "as_value", "canonical", "dtype_of", "nested_type", "object_array", "value_type"]
 
 def canonical(expanded: dict) -> str:
     """Canonical JSON text of an expanded declaration (sorted keys, compact)."""
@@ -67,174 +63,6 @@ def analysis_format(algorithm: str, results: dict) -> tuple[str, dict]:
     for key, spec in results.items():
         expanded[key] = spec["type"] if isinstance(spec, dict) and "type" in spec else spec
     return f"analysis:{algorithm}", expanded
-
-
-def _py_dtype(value: Any) -> np.dtype:
-    """``numpy.array(value).dtype`` with shortcuts for the common Python/numpy scalars."""
-    t = type(value)
-    if t is bool:
-        return _BOOL
-    if t is int:
-        if -(2**63) <= value < 2**63:
-            return _INT64
-    elif t is float:
-        return _FLOAT64
-    elif isinstance(value, np.generic):
-        return value.dtype
-    try:
-        return np.array(value).dtype
-    except (ValueError, OverflowError, TypeError):
-        return np.dtype(object)
-
-
-_BOOL, _INT64, _FLOAT64 = np.dtype(bool), np.dtype(np.int64), np.dtype(np.float64)
-
-
-@lru_cache(maxsize=4096)
-def _can_cast(src: np.dtype, dst: np.dtype, casting: str) -> bool:
-    try:
-        return bool(np.can_cast(src, dst, casting=casting))
-    except TypeError:
-        return False
-
-
-def _scalar_setter(fmt: str, attr: str, dt: np.dtype) -> Callable[[Any, str, bool], Any]:
-    make = dt.type
-
-    def setter(value: Any, casting: str, add_defaults: bool) -> Any:
-        if value is None:
-            return make()
-        if type(value) is make:
-            return value
-        try:
-            truthy = bool(value)
-        except (ValueError, TypeError):
-            truthy = True
-        if truthy and casting != "unsafe":
-            src = _py_dtype(value)
-            if not _can_cast(src, dt, casting):
-                raise FormatTypeError(
-                    f"cannot safely cast attribute `{attr}' on dataformat `{fmt}' with type `{src}' "
-                    f"to `{dt}' without precision loss"
-                )
-        try:
-            return make(value)
-        except OverflowError:
-            return np.array(value).astype(dt)[()]
-        except (ValueError, TypeError) as exc:
-            raise FormatTypeError(
-                f"cannot convert attribute `{attr}' on dataformat `{fmt}' to `{dt}': {exc}"
-            ) from None
-
-    return setter
-
-
-def _string_setter(value: Any, casting: str, add_defaults: bool) -> str:
-    if value is None:
-        return ""
-    return value if type(value) is str else str(value)
-
-
-def _object_setter(cls: type) -> Callable[[Any, str, bool], Any]:
-    def setter(value: Any, casting: str, add_defaults: bool) -> Any:
-        if isinstance(value, cls):
-            return value
-        return cls._build(value, casting, add_defaults)
-
-    return setter
-
-
-class ObjectArray(np.ndarray):
-    """Object array of nested values: item assignment converts dicts (BEAT's ``_protected_ndarray``)."""
-
-    _elem: type | None = None
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self._elem = getattr(obj, "_elem", None)
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if self._elem is not None and isinstance(value, dict):
-            value = self._elem._build(value, "safe", True)
-        np.ndarray.__setitem__(self, key, value)
-
-
-def object_array(elem: type, shape: tuple[int, ...], items: list | None = None) -> ObjectArray:
-    """An :class:`ObjectArray` of ``shape`` holding ``items`` (row-major) or default instances."""
-    arr = np.empty(shape, dtype=object)
-    flat = arr.reshape(-1)
-    if items is None:
-        for i in range(flat.size):
-            flat[i] = elem()
-    else:
-        if items:
-            flat[:] = np.fromiter(iter(items), dtype=object, count=len(items))
-    out = arr.view(ObjectArray)
-    out._elem = elem
-    return out
-
-
-def _is_empty(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return not value.size
-    try:
-        return not value
-    except (ValueError, TypeError):
-        return False
-
-
-def _array_setter(fmt: str, attr: str, dims: tuple[int, ...], elem: Any) -> Callable[[Any, str, bool], Any]:
-    ndim = len(dims)
-    empty_shape = tuple(dims)
-    numeric = isinstance(elem, np.dtype)
-
-    def check_shape(shape: tuple[int, ...]) -> None:
-        if len(shape) != ndim:
-            raise FormatTypeError(
-                f"input argument for array attribute `{attr}' on dataformat `{fmt}' has {len(shape)} "
-                f"dimensions and does not respect what is requested in the data format ({ndim} dimension(s))"
-            )
-        for i, d in enumerate(shape):
-            if dims[i] and dims[i] != d:
-                raise FormatTypeError(
-                    f"input argument for array attribute `{attr}' on dataformat `{fmt}' does not respect "
-                    f"dimension restrictions for dimension `{i}' as requested in the data format "
-                    f"({d} != {dims[i]})"
-                )
-
-    def setter(value: Any, casting: str, add_defaults: bool) -> Any:
-        if numeric:
-            if type(value) is np.ndarray and value.dtype == elem:
-                check_shape(value.shape)
-                return value
-            if _is_empty(value):
-                return np.zeros(empty_shape, dtype=elem)
-            try:
-                arr = np.array(value, dtype=elem)
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise FormatTypeError(
-                    f"cannot convert array attribute `{attr}' on dataformat `{fmt}' to `{elem}': {exc}"
-                ) from None
-            check_shape(arr.shape)
-            return arr
-        if _is_empty(value):
-            if elem is str:
-                return np.full(empty_shape, "", dtype=object)
-            return object_array(elem, empty_shape)
-        try:
-            arr = np.array(value, dtype=object)
-        except ValueError as exc:
-            raise FormatTypeError(f"array attribute `{attr}' on dataformat `{fmt}' is ragged: {exc}") from None
-        check_shape(arr.shape)
-        flat = arr.reshape(-1)
-        if elem is str:
-            for i, x in enumerate(flat):
-                if type(x) is not str:
-                    flat[i] = str(x)
-            return arr if arr.base is None else arr.copy()
-        items = [x if isinstance(x, elem) else elem._build(x, casting, add_defaults) for x in flat]
-        return object_array(elem, arr.shape, items)
-
-    return setter
 
 
 class BaseValue:
@@ -460,9 +288,10 @@ def _unpack_str(fd: Any) -> str:
         raise DataError(f"invalid UTF-8 string in binary data: {exc}") from None
 
 
-def _nested_dicts(arr: np.ndarray) -> list:
+def _nested_dicts(arr: np.ndarray) -> Any:
     if arr.ndim == 0:
-        return arr[()].as_dict()
+        item: Any = arr[()]  # a 0-d object array holds one value
+        return item.as_dict()
     if arr.ndim == 1:
         return [x.as_dict() for x in arr]
     return [_nested_dicts(sub) for sub in arr]
@@ -472,10 +301,10 @@ def _class_name(name: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
 
 
-_NESTED: dict[str, type] = {}
+_NESTED: dict[str, type[BaseValue]] = {}
 
 
-def nested_type(name: str, spec: dict) -> type:
+def nested_type(name: str, spec: dict) -> type[BaseValue]:
     """Nested formats are shared by declaration (a referenced format gives one class, as in BEAT)."""
     canon = canonical(spec)
     cls = _NESTED.get(canon)
@@ -495,7 +324,7 @@ def _elem_type(name: str, elem: Any) -> Any:
 
 
 @lru_cache(maxsize=1024)
-def _make_type(name: str, canon: str) -> type:
+def _make_type(name: str, canon: str) -> type[BaseValue]:
     expanded = json.loads(canon)
     if not isinstance(expanded, dict):
         raise DataError(f"dataformat `{name}': an expanded declaration must be an object")
@@ -512,19 +341,19 @@ def _make_type(name: str, canon: str) -> type:
             ):
                 raise DataError(f"dataformat `{name}': invalid array declaration for `{key}': {spec!r}")
             elem = _elem_type(sub, spec[-1])
-            setters[key] = _array_setter(name, key, tuple(spec[:-1]), elem)
+            setters[key] = array_setter(name, key, tuple(spec[:-1]), elem)
             ndims[key] = len(spec) - 1
             kinds[key] = ("array", elem)
         elif isinstance(spec, dict):
             cls = nested_type(sub, spec)
-            setters[key] = _object_setter(cls)
+            setters[key] = object_setter(cls)
             kinds[key] = ("object", cls)
         elif spec == "string":
-            setters[key] = _string_setter
+            setters[key] = string_setter
             kinds[key] = ("string", str)
         elif spec in NUMERIC:
             dt = dtype_of(spec)
-            setters[key] = _scalar_setter(name, key, dt)
+            setters[key] = scalar_setter(name, key, dt)
             kinds[key] = ("scalar", dt)
         else:
             raise DataError(f"dataformat `{name}': unknown type `{spec}' for `{key}'")
@@ -538,10 +367,10 @@ def _make_type(name: str, canon: str) -> type:
         "_ndims": ndims,
         "__module__": __name__,
     }
-    return type(_class_name(name), (BaseValue,), attrs)
+    return cast("type[BaseValue]", type(_class_name(name), (BaseValue,), attrs))
 
 
-def value_type(name: str, expanded: dict) -> type:
+def value_type(name: str, expanded: dict) -> type[BaseValue]:
     """The value class of dataformat ``name`` with expanded declaration ``expanded`` (memoised)."""
     canon = canonical(expanded)
     cls = _make_type(name, canon)
@@ -549,7 +378,7 @@ def value_type(name: str, expanded: dict) -> type:
     return cls
 
 
-def as_value(cls: type, data: Any) -> BaseValue:
+def as_value(cls: type[BaseValue], data: Any) -> BaseValue:
     """``data`` as an instance of ``cls``: instances pass through, dicts use safe casting, no defaults."""
     if isinstance(data, cls):
         return data

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def encode(batch: Batch) -> list[Any]:
     }
     frames: list[Any] = [json.dumps(header, separators=(",", ":")).encode("utf-8")]
     for arr in (batch.starts, batch.ends, *arrays):
-        frames.append(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)) if arr.size else b"")
+        frames.append(memoryview(cast(Any, np.ascontiguousarray(arr).reshape(-1).view(np.uint8))) if arr.size else b"")
     return frames
 
 
