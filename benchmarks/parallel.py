@@ -99,7 +99,7 @@ class Bench:
         return cache
 
     def local(self, name: str, jobs: int) -> tuple[dict, Clock, float]:
-        from backbeat.execution import local as executor
+        from backbeat.execution import executors as executor
 
         cache, clock = self.fresh_cache(), Clock()
         t0 = time.perf_counter()
@@ -113,12 +113,11 @@ class Bench:
         return rep, clock, wall
 
     def dask(self, name: str, address: str) -> tuple[dict, Clock, float]:
-        from backbeat.execution import dask_executor
-        from backbeat.execution import local as executor
+        from backbeat.execution import executors as executor
 
         cache, clock = self.fresh_cache(), Clock()
         t0 = time.perf_counter()
-        rep = dask_executor.run_experiment(self.prefix, cache, name, executor.Options(), clock, scheduler=address)
+        rep = executor.run_experiment(self.prefix, cache, name, executor.Options(), clock, "dask", scheduler=address)
         wall = time.perf_counter() - t0
         if rep["status"] != "ok":
             raise SystemExit(f"{name} failed on Dask: {rep}")

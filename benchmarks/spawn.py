@@ -80,7 +80,7 @@ COLD = """
 import sys, time
 sys.path.insert(0, {here!r})
 from backbeat.processes.workerpool import ForkServer
-from backbeat.processes.control import ControlServer, outcome
+from backbeat.processes.control import ControlServer
 with ForkServer(preload={preload!r}) as fs:
     ctl = ControlServer()
     hs = [fs.spawn("backbeat.processes.control:job_main", {{"control": ctl.address, "job": str(i), "target": {target!r}}})

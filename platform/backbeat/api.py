@@ -7,6 +7,7 @@ raises only :class:`~backbeat.errors.BackbeatError` subclasses on bad input.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from backbeat.core.errors import AssetNotFoundError, UsageError
 from backbeat.core.names import KINDS, kind_of, parse_label, parse_name
 from backbeat.declarations.catalog import Asset, Catalog
 from backbeat.declarations.prefix import Prefix
+from backbeat.planning.selection import Options  # the options of a run (--force, -j, limits…)
 
 
 def _catalog(prefix: str | os.PathLike) -> Catalog:
@@ -84,7 +86,7 @@ def asset_hash(prefix: str | os.PathLike, kind: str, name: str) -> str:
     asset = _existing(catalog, kind, name)
     if asset.hash is None:
         asset.require_valid()
-    return asset.hash
+    return asset.hash or ""
 
 
 def asset_paths(prefix: str | os.PathLike, kind: str, name: str) -> list[str]:
@@ -96,3 +98,72 @@ def asset_paths(prefix: str | os.PathLike, kind: str, name: str) -> list[str]:
     asset = catalog.load(k, n)
     paths = [asset.files.json, asset.code_path, asset.files.rst]
     return [str(p) for p in paths if p is not None and p.is_file()]
+
+
+# -- running experiments and views (the execution layer, imported only when used) ---------------
+def executor_names() -> list[str]:
+    """The executors ``experiments run --executor`` accepts."""
+    from backbeat.execution.executors import EXECUTORS
+
+    return list(EXECUTORS)
+
+
+def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, options: Options | None = None,
+                   progress: Callable[[dict], None] | None = None, executor: str = "local",
+                   **settings: Any) -> dict:
+    """Run an experiment with the named executor (``settings``: its own, e.g. Dask's ``scheduler``);
+    the run report (``experiments run --json``)."""
+    from backbeat.execution.executors import run_experiment as run
+
+    return run(prefix, cache, name, options, progress, executor, **settings)
+
+
+def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, options: Options | None = None) -> dict:
+    """Each block's action (run, cached, excluded) and why, without running any block."""
+    from backbeat.execution.base import dry_run as plan_run
+
+    return plan_run(prefix, cache, name, options)
+
+
+def cached_results(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict[str, list]:
+    """The analyzer results of an experiment already in the cache (nothing is run)."""
+    from backbeat.execution.report import cached_results as results
+
+    return results(prefix, cache, name)
+
+
+def index_datasets(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force: bool = False) -> list[dict]:
+    """Build (or find) the view indexes of ``DB/VERSION[/PROTOCOL[/SET]]``."""
+    from backbeat.execution import datasets
+
+    return datasets.index(prefix, cache, name, force)
+
+
+def view_dataset(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                 exclude: list[str] | None = None) -> Iterator[dict]:
+    """Every data unit of ``DB/VERSION/PROTOCOL/SET``."""
+    from backbeat.execution import datasets
+
+    return datasets.view(prefix, cache, name, exclude)
+
+
+def experiment_caches(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> list[dict]:
+    """The cache files of an experiment's block outputs and results."""
+    from backbeat.execution import inventory
+
+    return inventory.experiment_caches(prefix, cache, name)
+
+
+def cache_states(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                 report: dict | None = None) -> tuple[Any, dict[str, str]]:
+    """``(plan, {node: cached|run|failed|unknown})`` of an experiment, without running anything."""
+    from backbeat.execution import inventory
+
+    return inventory.states(prefix, cache, name, report)
+
+
+def cache_gc(prefix: str | os.PathLike, cache: str | os.PathLike, dry_run: bool = False) -> dict:
+    """Delete the cache entries no experiment of the prefix needs."""
+    from backbeat.execution import inventory
+
+    return inventory.gc(prefix, cache, dry_run)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from backbeat.cache.backends import open_store
 from backbeat.core import jsonio
 from backbeat.data import cachefile
 from backbeat.declarations.catalog import Catalog
-from backbeat.execution import local as executor
+from backbeat.execution import executors as executor
 from backbeat.planning.planner import plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +94,7 @@ def test_same_results_as_beat(workspace, source, label):
         for output, out in block["outputs"].items():
             assert got["beat_hash"][output] == out["hash"], f"BEAT hash of {name}.{output}"
             if isinstance(out.get("records"), list):
-                path = executor.output_path(cache, got["outputs"][output])
+                path = open_store(cache).output_path(got["outputs"][output])
                 close(records(path), out["records"], f"{name}.{output}")
     for name, analyzer in expected.get("analyzers", {}).items():
         assert report["blocks"][name]["beat_hash"] == analyzer["hash"], f"BEAT hash of analyzer {name}"

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from backbeat.cache.store import CacheStore
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data.batch import Batch
 from backbeat.data.cachefile import (
     CacheReader,
     CacheWriter,
     digest_of,
-    remove_stale_temporaries,
     stored_digest,
     verify,
 )
@@ -232,7 +232,7 @@ def test_killed_writer_never_leaves_a_complete_looking_file(tmp_path):
         else:
             outcomes["absent"] += 1
             outcomes["killed mid-write"] += bool(list(tmp_path.glob(f"out{i}.h5.tmp-*")))
-            remove_stale_temporaries(path)
+            CacheStore(tmp_path).drop_temporaries(path)
             assert not list(tmp_path.glob(f"out{i}.h5.tmp-*"))
     assert outcomes["killed mid-write"] >= 1 and outcomes["complete"] >= 1, outcomes
 
@@ -256,7 +256,7 @@ def test_stale_temporaries_of_dead_zombie_or_reused_pids(tmp_path):
     for p in (live, reused, dead):
         p.write_bytes(b"x")
     os.utime(reused, (time.time() - 10 * 86400, time.time() - 10 * 86400))  # older than this process
-    removed = remove_stale_temporaries(final)
+    removed = [str(p) for p in CacheStore(tmp_path).drop_temporaries(final)]
     zombie.wait()
     assert sorted(removed) == sorted([str(reused), str(dead)]) and live.exists()
 

@@ -22,7 +22,7 @@ import pytest
 
 from backbeat.core.errors import BackbeatError
 from backbeat.data import cachefile
-from backbeat.execution import local as executor
+from backbeat.execution import executors as executor
 from conftest import FIXTURES, cli_json, run_cli
 
 distributed = pytest.importorskip("distributed")
@@ -152,8 +152,8 @@ def test_blocks_shared_by_two_experiments_run_once(prefix, tmp_path, cluster, lo
 def test_identical_blocks_in_one_experiment_are_computed_once(prefix, tmp_path, cluster, log):
     name = write_experiment(prefix, "twins", {"ms": 7.0}, {"ms": 7.0})  # left and right: one cache key
     try:
-        rep = dask_executor.run_experiment(prefix, tmp_path / "cache", name, executor.Options(),
-                                           scheduler=cluster.scheduler_address)
+        rep = executor.run_experiment(prefix, tmp_path / "cache", name, executor.Options(), executor_name="dask",
+                                      scheduler=cluster.scheduler_address)
     except BackbeatError as exc:  # known bug: both jobs share one future key, one job is never marked done
         pytest.fail(f"BUG dask_executor: two blocks with the same job key in one experiment: {exc}")
     assert rep["status"] == "ok" and rep["results"] == RESULT, rep
@@ -180,8 +180,8 @@ def test_a_worker_killed_mid_block_does_not_lose_the_run(prefix, tmp_path, clust
     try:
         client.wait_for_workers(2, timeout=30)  # a worker killed by an earlier test is back
         reports: dict[str, dict] = {}
-        thread = threading.Thread(target=lambda: reports.update(rep=dask_executor.run_experiment(
-            prefix, cache, name, executor.Options(), scheduler=cluster.scheduler_address)))
+        thread = threading.Thread(target=lambda: reports.update(rep=executor.run_experiment(
+            prefix, cache, name, executor.Options(), executor_name="dask", scheduler=cluster.scheduler_address)))
         thread.start()
         deadline = time.monotonic() + 30
         while block_running(log, ms) is None and time.monotonic() < deadline:

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backbeat.execution import local as executor
+from backbeat.cache.backends import open_store
+from backbeat.data import cachefile
+from backbeat.execution import executors as executor
+from backbeat.execution.report import cached_results
 from conftest import cli_command
 
 BASE = "run/run/pipeline/1/base"
@@ -57,7 +60,7 @@ def temporaries(cache: Path) -> list[Path]:
 
 
 def output_file(cache: Path, report: dict, block: str, output: str) -> Path:
-    return executor.output_path(cache, report["blocks"][block]["outputs"][output])
+    return open_store(cache).output_path(report["blocks"][block]["outputs"][output])
 
 
 @pytest.fixture
@@ -164,9 +167,9 @@ def test_blocks_are_shared_across_toolchains_and_block_names(prefix, cache):
 
 def test_cached_results_without_running(prefix, cache):
     with pytest.raises(Exception, match="run it first"):
-        executor.cached_results(prefix, cache, BASE)
+        cached_results(prefix, cache, BASE)
     run(prefix, cache)
-    assert executor.cached_results(prefix, cache, BASE) == {"analysis": RESULT}
+    assert cached_results(prefix, cache, BASE) == {"analysis": RESULT}
 
 
 # ----------------------------------------------------------------------------- concurrency
@@ -284,7 +287,7 @@ FAILURES = {
 def assert_nothing_partial(cache: Path, report: dict, failed: list[str]) -> None:
     for block in failed:
         for key in report["blocks"][block]["outputs"].values():
-            assert not executor.output_path(cache, key).exists()
+            assert not open_store(cache).output_path(key).exists()
     assert temporaries(cache) == [], "temporary files left in the cache"
 
 
@@ -397,7 +400,7 @@ def test_corrupted_input_file_is_detected_and_its_producer_rerun(prefix, cache):
     again = run(prefix, cache, variant)
     assert statuses(again) == {"first": "ran", "second": "ran", "analysis": "ran"}
     assert again["results"] == {"analysis": RESULT}
-    executor.cachefile.verify(str(path))
+    cachefile.verify(str(path))
 
 
 def test_corrupted_result_file_is_detected_and_the_analyzer_rerun(prefix, cache):

@@ -193,10 +193,10 @@ def provider(tmp_path):
         spec = {"database": "t/1", "code": str(code), "view": "Items", "root_folder": str(tmp_path),
                 "parameters": {"n": n, **parameters}, "index_path": str(tmp_path / f"index{len(procs)}.db"),
                 "outputs": {"i": [FMT, EXP], "group": [FMT, EXP]}}
-        dbprovider.build_index({"dataset": spec})
+        dbprovider.build_index({"spec": spec})
         address = f"ipc://{tmp_path}/provider{len(procs)}"
         proc = multiprocessing.get_context("fork").Process(
-            target=dbprovider.serve, args=({"address": address, "datasets": {"items": spec}},), daemon=True)
+            target=dbprovider.serve, args=({"spec": {"address": address, "datasets": {"items": spec}}},), daemon=True)
         proc.start()
         procs.append(proc)
         return dbprovider.DatabaseClient(address, timeout_ms=20_000)

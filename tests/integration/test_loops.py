@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from backbeat.cache.backends import open_store
 from backbeat.core.errors import ExecutionError
 from backbeat.declarations.catalog import Catalog
-from backbeat.execution import local as executor
+from backbeat.execution import executors as executor
 from backbeat.planning import loops
 from backbeat.planning import planner as planning
+from backbeat.runtime import loopchannel
 from conftest import FIXTURES, cli_json
 
 PREFIX = FIXTURES / "loops" / "prefix"
@@ -41,7 +43,7 @@ def loop_records(cache: Path, report: dict) -> dict:
     out: dict = {"processor": {}, "evaluator": {}}
     for name, key in report["blocks"]["loop"]["outputs"].items():
         side, algo_out = name.split(".", 1)
-        out[side][algo_out] = executor.read_result(executor.output_path(cache, key))
+        out[side][algo_out] = open_store(cache).read_result(key)
     return out
 
 
@@ -111,11 +113,11 @@ def test_side_job_strips_names():
 
 def test_pack_round_trip_and_refuses_non_dicts():
     fmt = ("lx/answer/1", {"score": "float64", "note": "string"})
-    value = loops.unpack(loops.pack({"score": 1.5, "note": "héllo"}, fmt), fmt)
+    value = loopchannel.unpack(loopchannel.pack({"score": 1.5, "note": "héllo"}, fmt), fmt)
     assert value.as_dict() == {"score": 1.5, "note": "héllo"}
-    assert loops.unpack(loops.pack(value, fmt), fmt).as_dict() == value.as_dict()
+    assert loopchannel.unpack(loopchannel.pack(value, fmt), fmt).as_dict() == value.as_dict()
     with pytest.raises(TypeError, match="give a dict"):
-        loops.pack([1.5, "x"], fmt)
+        loopchannel.pack([1.5, "x"], fmt)
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def test_loop_results_equal_beats(tmp_path: Path, name: str):
     again = run(cache, name)
     assert set(statuses(again).values()) == {"cached"} and again["results"] == report["results"]
     # a loop is cached only whole: without the evaluator's output both sides run again
-    executor.output_path(cache, report["blocks"]["loop"]["outputs"]["evaluator.out"]).unlink()
+    open_store(cache).output_path(report["blocks"]["loop"]["outputs"]["evaluator.out"]).unlink()
     third = run(cache, name)
     assert statuses(third) == {"prep": "cached", "loop": "ran", "panalysis": "cached", "eanalysis": "cached"}
     assert third["results"] == EXPECTED[name]["results"]
@@ -153,7 +155,7 @@ def test_failing_evaluator_fails_the_loop_cleanly(tmp_path: Path):
     assert "the evaluator refuses hypothesis 2" in error["message"]
     assert 'File "algorithms/lx/seq_eval/1.py", line 20, in validate' in error["traceback"]
     for key in report["blocks"]["loop"]["outputs"].values():  # neither side left anything
-        assert not executor.output_path(cache, key).exists()
+        assert not open_store(cache).output_path(key).exists()
     assert temporaries(cache) == []
     assert report["results"] == {}
 
@@ -246,5 +248,5 @@ def test_broken_evaluators_fail_the_loop(tmp_path: Path, copy_prefix, variant: s
     error = report["blocks"]["loop"]["error"]
     assert error["kind"] == kind and message in error["message"], error
     for key in report["blocks"]["loop"]["outputs"].values():
-        assert not executor.output_path(tmp_path / "cache", key).exists()
+        assert not open_store(tmp_path / "cache").output_path(key).exists()
     assert temporaries(tmp_path / "cache") == []

@@ -17,8 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from backbeat.cache.backends import open_store
 from backbeat.data import cachefile
-from backbeat.execution import local as executor
+from backbeat.execution import executors as executor
 from conftest import FIXTURES, cli_command, cli_json
 
 PARALLEL_PREFIX = FIXTURES / "parallel" / "prefix"
@@ -44,7 +45,7 @@ def cache_files(cache: Path) -> list[Path]:
 
 
 def output_file(cache: Path, rep: dict, block: str, output: str = "out") -> Path:
-    return executor.output_path(cache, rep["blocks"][block]["outputs"][output])
+    return open_store(cache).output_path(rep["blocks"][block]["outputs"][output])
 
 
 def times(path: Path) -> list[float]:

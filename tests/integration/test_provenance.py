@@ -15,9 +15,11 @@ import h5py
 import pytest
 
 from backbeat.audit import audit
+from backbeat.cache.backends import open_store
 from backbeat.core import hashing
 from backbeat.data import cachefile
-from backbeat.execution import local as executor
+from backbeat.execution import executors as executor
+from backbeat.provenance import manifests
 from backbeat.provenance import records as provenance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,14 +126,14 @@ def test_stat_cache_avoids_rehashing(tmp_path):
     old = 1_600_000_000
     for p in (data / "a.bin", data / "sub" / "b.txt"):
         os.utime(p, (old, old))
-    sc = provenance.StatCache(tmp_path / "stat.json")
-    m1 = provenance.manifest(data, sc)
+    sc = manifests.StatCache(tmp_path / "stat.json")
+    m1 = manifests.manifest(data, sc)
     sc.save()
     assert set(m1) == {"a.bin", "sub/b.txt"} and sc.hashed == 2
-    sc2 = provenance.StatCache(tmp_path / "stat.json")
-    assert provenance.manifest(data, sc2) == m1 and sc2.hashed == 0
+    sc2 = manifests.StatCache(tmp_path / "stat.json")
+    assert manifests.manifest(data, sc2) == m1 and sc2.hashed == 0
     (data / "a.bin").write_bytes(b"b" * 100)  # same size, new time: re-hashed
-    m3 = provenance.manifest(data, sc2)
+    m3 = manifests.manifest(data, sc2)
     assert sc2.hashed == 1 and m3["a.bin"]["sha256"] == hashing.sha(b"b" * 100)
 
 
@@ -289,7 +291,7 @@ def test_foreign_record_against_local_prefix(world, tmp_path):
 
 def test_status_without_record(world):
     prefix, cache = world
-    shutil.rmtree(provenance.folder(cache))
+    shutil.rmtree(open_store(cache).records_folder)
     st = audit.status(prefix, cache, NAME)
     assert st["record"] is None and {b["state"] for b in st["blocks"].values()} == {"cached"}
     with pytest.raises(Exception, match="no provenance record"):

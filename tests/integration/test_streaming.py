@@ -13,7 +13,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from backbeat.execution import local as executor
+from backbeat.cache.backends import open_store
+from backbeat.execution import executors as executor
 from conftest import cli_json
 
 EXP_DIR = Path("experiments/run/run/pipeline/1")
@@ -80,7 +81,7 @@ def digests(cache: Path, rep: dict) -> dict:
     out = {}
     for block, v in rep["blocks"].items():
         for o, key in v["outputs"].items():
-            path = executor.output_path(cache, key)
+            path = open_store(cache).output_path(key)
             if path.exists():
                 with h5py.File(path, "r") as f:
                     out[(block, o)] = f.attrs["digest"]

@@ -16,8 +16,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _workerpool_targets  # noqa: E402
 
 from backbeat.core.errors import BlockError, UsageError  # noqa: E402
-from backbeat.processes.control import ControlServer, Message, outcome  # noqa: E402
-from backbeat.processes.workerpool import ForkServer, Limits  # noqa: E402
+from backbeat.processes.control import ControlServer, Message  # noqa: E402
+from backbeat.processes.exits import Limits  # noqa: E402
+from backbeat.processes.outcome import classify as outcome  # noqa: E402
+from backbeat.processes.workerpool import ForkServer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = _workerpool_targets.__name__

@@ -1,6 +1,9 @@
 """Cache: where outputs, view indexes and run records live, and their housekeeping.
 
-Lives here: cache paths and reading analyzer results (``results``), cache inspection,
-verification and garbage collection (``tools``).
+Lives here: :class:`~backbeat.cache.store.CacheStore` (``store``: the one owner of the cache
+layout, per-key locks, writers' temporaries, commits, verification and analyzer-result
+summaries), the table of backends and ``open_store`` (``backends``), and housekeeping that
+needs no plan (``tools``: info, view, verify, clear).  Nothing here plans an experiment:
+verbs that need keys of experiments live in :mod:`backbeat.execution.inventory`.
 May import: ``core``, ``declarations``, ``data``.
 """

@@ -1,8 +1,9 @@
 """Execution commands of the CLI: ``experiments run|results``, ``databases index|view``.
 
-Registered into :mod:`backbeat.cli` through its extension list; the work is done by
-:mod:`backbeat.executor` and :mod:`backbeat.datasets` (imported only when a command needs
-them, so ``backbeat check`` never pays for h5py and zmq); this module parses and prints.
+Registered into :mod:`backbeat.cli` through its command table; the work is done by
+:mod:`backbeat.api` (which imports the execution layer only when a command needs it, so
+``backbeat check`` never pays for h5py and zmq); this module parses and prints.  The
+executor is chosen by name (``--executor``) from the executor table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 from typing import TextIO
 
+from backbeat import api
 from backbeat.cli import output
 from backbeat.core import jsonio
 from backbeat.core.errors import UsageError
@@ -87,19 +89,17 @@ def _megabytes(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from backbeat.execution import local as executor
-
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     from backbeat.core import config
 
     timeout, memory = config.limits_for(config.active(), args.name)  # .backbeatrc "limits"; flags win
-    options = executor.Options(force=args.force, jobs=args.jobs or 0,
+    options = api.Options(force=args.force, jobs=args.jobs or 0,
                                timeout_s=args.timeout if args.timeout is not None else timeout,
                                memory_bytes=args.memory if args.memory is not None else memory,
                                only=args.only, from_=args.from_, until=args.until, stream=args.stream)
     if args.dry_run:
-        plan = executor.dry_run(args.prefix, args.cache, args.name, options)
+        plan = api.dry_run(args.prefix, args.cache, args.name, options)
         if args.json:
             output.print_json(plan)
         else:
@@ -110,15 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     display = ProgressDisplay(quiet=args.quiet)
     if not args.quiet:
         print(f"running {args.name}", file=sys.stderr)
-    if args.executor == "dask":
-        from backbeat.execution import dask_executor
-
-        rep = dask_executor.run_experiment(args.prefix, args.cache, args.name, options, display,
-                                           scheduler=args.scheduler, workers=args.workers)
-    else:
-        if args.scheduler or args.workers:
-            raise UsageError("--scheduler and --workers need --executor dask")
-        rep = executor.run_experiment(args.prefix, args.cache, args.name, options, display)
+    rep = api.run_experiment(args.prefix, args.cache, args.name, options, display, args.executor,
+                             scheduler=args.scheduler, workers=args.workers)
     if args.json:
         output.print_json(rep)
     else:
@@ -129,9 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from backbeat.execution import local as executor
-
-    results = executor.cached_results(args.prefix, args.cache, args.name)
+    results = api.cached_results(args.prefix, args.cache, args.name)
     if args.json:
         output.print_json(results)
     else:
@@ -140,9 +131,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_db_index(args: argparse.Namespace) -> int:
-    from backbeat.execution import datasets
-
-    done = datasets.index(args.prefix, args.cache, args.name, force=args.force)
+    done = api.index_datasets(args.prefix, args.cache, args.name, force=args.force)
     for item in done:
         print(f"{item['database']}/{item['protocol']}/{item['set']}: {item['entries']} entries"
               f" ({item['status']}) {item['path']}")
@@ -150,10 +139,8 @@ def cmd_db_index(args: argparse.Namespace) -> int:
 
 
 def cmd_db_view(args: argparse.Namespace) -> int:
-    from backbeat.execution import datasets
-
     exclude = [e for e in (args.exclude or "").split(",") if e]
-    for record in datasets.view(args.prefix, args.cache, args.name, exclude=exclude):
+    for record in api.view_dataset(args.prefix, args.cache, args.name, exclude=exclude):
         if args.json:
             print(jsonio.simplejson.dumps(record, ensure_ascii=False))
         else:
@@ -175,7 +162,7 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("--timeout", type=output.positive, default=None, metavar="SECONDS", help="per-block time limit")
     p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    p.add_argument("--executor", choices=("local", "dask"), default="local",
+    p.add_argument("--executor", choices=api.executor_names(), default="local",
                    help="where blocks run: this machine (default) or a Dask cluster")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler address (default: a LocalCluster on this machine)")

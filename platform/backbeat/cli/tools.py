@@ -2,11 +2,11 @@
 
 * ``toolchains draw NAME``, ``experiments draw NAME [--report RUN.json]`` (:mod:`backbeat.graph`);
 * per kind ``create``, ``version``, ``fork``, ``rm``, ``diff`` (:mod:`backbeat.assets`);
-* ``experiments caches NAME [--list|--delete|--verify]`` and ``cache info|view|verify|gc|clear``
-  (:mod:`backbeat.cachetools`);
-* ``config show`` (:mod:`backbeat.config`).
+* ``experiments caches NAME [--list|--delete|--verify]`` and ``cache gc`` (:mod:`backbeat.api`:
+  they plan experiments), ``cache info|view|verify|clear`` (:mod:`backbeat.cache.tools`);
+* ``config show`` (:mod:`backbeat.core.config`).
 
-Registered into :mod:`backbeat.cli` through its extension list.  Modules doing the work are
+Registered into :mod:`backbeat.cli` through its command table.  Modules doing the work are
 imported inside the handlers, so registering costs nothing at start-up.
 """
 
@@ -70,7 +70,7 @@ def _report(path: str | None) -> dict | None:
 
 
 def cmd_experiment_draw(args: argparse.Namespace) -> int:
-    from backbeat.cache import tools as cachetools
+    from backbeat import api
     from backbeat.core.errors import ExecutionError
     from backbeat.core.names import experiment_toolchain, parse_name
     from backbeat.declarations.catalog import Catalog
@@ -83,7 +83,7 @@ def cmd_experiment_draw(args: argparse.Namespace) -> int:
     tc = catalog.get("toolchain", experiment_toolchain(name)).require_valid().declaration
     formats: dict[str, str] = {}
     try:
-        plan, states = cachetools.states(args.prefix, args.cache, name, report)
+        plan, states = api.cache_states(args.prefix, args.cache, name, report)
     except ExecutionError as exc:  # e.g. loops: drawn from the declarations alone
         print(f"note: drawn without dataformats and cache states: {exc}", file=sys.stderr)
         states = {}
@@ -166,16 +166,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_experiment_caches(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from backbeat import api
     from backbeat.cache import tools as cachetools
 
-    records = cachetools.experiment_caches(args.prefix, args.cache, args.name)
+    records = api.experiment_caches(args.prefix, args.cache, args.name)
     status = 0
     if args.verify:
         for r in records:
-            r["status"] = cachetools.verify_file(Path(r["path"])) if r["exists"] else None
+            r["status"] = cachetools.verify_file(Path(r["path"]), args.cache) if r["exists"] else None
             if r["status"] and r["status"]["status"] != "ok":
                 status = 1
-    freed = cachetools.delete_experiment_caches(args.cache, records) if args.delete else None
+    freed = (cachetools.delete_entries(args.cache, [Path(r["path"]) for r in records if r["exists"]])
+             if args.delete else None)
     if args.json:
         out = {"experiment": args.name, "outputs": records}
         if freed is not None:
@@ -273,9 +275,9 @@ def _print_removal(out: dict, as_json: bool, what: str) -> None:
 
 
 def cmd_cache_gc(args: argparse.Namespace) -> int:
-    from backbeat.cache import tools as cachetools
+    from backbeat import api
 
-    _print_removal(cachetools.gc(args.prefix, args.cache, dry_run=args.dry_run), args.json, "cache gc")
+    _print_removal(api.cache_gc(args.prefix, args.cache, dry_run=args.dry_run), args.json, "cache gc")
     return 0
 
 

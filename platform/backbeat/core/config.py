@@ -17,8 +17,9 @@ BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and
 a JSON object is an error naming the file.  Precedence: command-line option > ``BACKBEAT_PREFIX``
 (prefix only) > ``./.backbeatrc`` > ``~/.backbeatrc`` > defaults (``./prefix``, ``<prefix>/cache``).
 
-State: :data:`_ACTIVE` is the configuration applied by the CLI (:func:`activate`); library code
-asks :func:`database_root` which consults it (no file is read when nothing was activated).
+State: :data:`_ACTIVE` is the configuration applied by the CLI (:func:`activate`); the execution
+layer reads its database root folders and hands them to planning (no file is read when nothing
+was activated).
 This module imports nothing heavy: the CLI loads it on every command.
 """
 
@@ -191,9 +192,3 @@ def activate(cfg: Config | None) -> None:
 def active() -> Config | None:
     return _ACTIVE
 
-
-def database_root(database: str, declared: str) -> str:
-    """The root folder of ``database`` (``name/version``): the configured override or ``declared``."""
-    if _ACTIVE is not None and database in _ACTIVE.databases:
-        return _ACTIVE.databases[database]
-    return declared

@@ -14,7 +14,8 @@ bytes), combined with names, dtypes and shapes in a fixed order (see :func:`_fin
 
 :class:`CacheWriter` writes to ``<path>.tmp-<pid>-<random>``, buffers per-unit writes into batches,
 and on :meth:`~CacheWriter.close` checks that every data unit up to ``end`` is present, stores the
-digest, fsyncs, renames into place and fsyncs the directory: a file at ``path`` is always complete.
+digest, fsyncs, renames into place and fsyncs the directory: a file at ``path`` is always complete
+(the temporaries of a killed writer are removed by the cache store, :mod:`backbeat.cache.store`).
 :class:`CacheReader` verifies the digest on open (unless ``verify=False``) and reads by unit range,
 data-index range, chunk or data index, never holding more than one chunk of columns in memory.
 """
@@ -22,7 +23,6 @@ data-index range, chunk or data index, never holding more than one chunk of colu
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -529,40 +529,3 @@ def stored_digest(path: str | os.PathLike) -> str:
     except OSError as exc:
         raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
 
-
-def _writer_alive(pid: int, since: float) -> bool:
-    """Whether process ``pid`` exists, is not a zombie, and started before ``since`` (no pid reuse)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        if fields[0] in (b"Z", b"X"):
-            return False
-        with open("/proc/stat", "rb") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
-        started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return started <= since + 2
-    except (OSError, IndexError, ValueError, StopIteration):
-        return True  # no /proc: trust kill(pid, 0)
-
-
-def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
-    """Delete ``<path>.tmp-<pid>-*`` files whose writer process is gone (dead, zombie or pid reused)."""
-    removed = []
-    for tmp in glob.glob(glob.escape(os.fspath(path)) + ".tmp-*-*"):
-        try:
-            pid = int(tmp.rsplit(".tmp-", 1)[1].split("-")[0])
-            since = os.stat(tmp).st_mtime
-        except (IndexError, ValueError, OSError):
-            continue
-        if _writer_alive(pid, since):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-            removed.append(tmp)
-    return removed

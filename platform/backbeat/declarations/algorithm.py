@@ -32,6 +32,12 @@ SEQUENTIAL_LOOP_PROCESSOR = "sequential_loop_processor"
 AUTONOMOUS_LOOP_PROCESSOR = "autonomous_loop_processor"
 SEQUENTIAL_LOOP_EVALUATOR = "sequential_loop_evaluator"
 AUTONOMOUS_LOOP_EVALUATOR = "autonomous_loop_evaluator"
+#: algorithm types by how they are driven (spec §5.8); the one definition backbeat uses
+SEQUENTIAL_TYPES = frozenset({SEQUENTIAL, SEQUENTIAL_LOOP_PROCESSOR, SEQUENTIAL_LOOP_EVALUATOR})
+AUTONOMOUS_TYPES = frozenset({AUTONOMOUS, AUTONOMOUS_LOOP_PROCESSOR, AUTONOMOUS_LOOP_EVALUATOR})
+TYPES = frozenset({LEGACY}) | SEQUENTIAL_TYPES | AUTONOMOUS_TYPES
+#: types that step through their inputs unit by unit, so that they can read a stream
+STEPPED_TYPES = frozenset({LEGACY, SEQUENTIAL})
 
 
 # -- parameter casting ------------------------------------------------------------------
@@ -365,11 +371,11 @@ class Algorithm:
 
     @property
     def is_autonomous(self) -> bool:
-        return self.type in (AUTONOMOUS, AUTONOMOUS_LOOP_PROCESSOR, AUTONOMOUS_LOOP_EVALUATOR)
+        return self.type in AUTONOMOUS_TYPES
 
     @property
     def is_sequential(self) -> bool:
-        return self.type in (SEQUENTIAL, SEQUENTIAL_LOOP_PROCESSOR, SEQUENTIAL_LOOP_EVALUATOR)
+        return self.type in SEQUENTIAL_TYPES
 
     @property
     def is_loop_processor(self) -> bool:

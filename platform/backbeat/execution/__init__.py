@@ -1,6 +1,13 @@
-"""Execution: running a plan — locally (``local``) or on Dask (``dask_executor``).
+"""Execution: running a plan — the executor lifecycle and its implementations.
 
-Lives here: the executors, split blocks (``splitting``), database verbs that run views
-(``datasets``) and the runner of one block job in a fresh interpreter (``remote``).
+Lives here: the ``Executor`` interface and its one lifecycle (``base``: prepare → decide →
+execute → report → provenance record), the executor table (``executors``), the state of a run
+(``state``: ``JobState``, ``RunState``, ``Run``), where a run happens (``workspace``: prefix,
+cache store, database roots from ``.backbeatrc``), building the specs block processes read
+(``specs``), cache decisions (``decisions``), view indexing and the database provider
+(``views``), the local executor (``local``) and the Dask one (``dask_executor``, imported only
+when chosen), one block job in a fresh interpreter (``remote``), split blocks (``splitting``),
+run reports and results (``report``), ``databases index|view`` (``datasets``) and the verbs
+that need experiments' cache keys (``inventory``).
 May import: every layer below (``core`` … ``runtime``).
 """

@@ -1,18 +1,20 @@
-"""Running a plan on a Dask distributed cluster (optional: ``pip install 'backbeat[dask]'``).
+"""The Dask executor: every block a task on a Dask distributed cluster (``pip install 'backbeat[dask]'``).
 
-Nothing else in backbeat imports this module or Dask.  The plan is made and the datasets
-are indexed on the submitting machine, exactly as for a local run; then every block that
-must run becomes one Dask task:
+Nothing imports this module unless ``--executor dask`` is chosen (the executor table,
+:mod:`backbeat.execution.executors`, names it by string), so Dask stays optional.  The run
+is prepared, decided, reported and recorded on the submitting machine exactly as a local
+run (:class:`~backbeat.execution.base.Executor`); :meth:`DaskExecutor.execute` turns every
+pending job into one Dask task:
 
-* the task's *data* is plain JSON (the block payload of :meth:`executor.Run.block_payload`,
-  the dataset specs, paths) — never a pickled closure; its *key* is ``backbeat-<job key>``,
-  so the scheduler de-duplicates identical blocks, also across experiments;
+* the task's *data* is plain JSON (a :class:`~backbeat.execution.remote.RemoteJob`: the
+  block's spec, the specs of the datasets it reads, the cache location) — never a pickled
+  closure; its *key* is ``backbeat-<job key>``, so the scheduler de-duplicates identical
+  blocks, also across experiments;
 * the task function runs ``python -m backbeat.remote`` on the worker, a fresh interpreter
-  that runs the block with the same runtime as local runs (fork server, control socket,
-  database provider, HDF5 writers) and takes the same cache lock; so the results and
-  cache entries are identical to a local run's, and the cache must be on storage all
-  workers share;
-* a task returns its outcome (``ran``, ``cached``, ``failed``…) instead of raising for user
+  that runs the block with the same runtime as local runs and takes the same cache lock;
+  so the results and cache entries are identical to a local run's, and the cache must be
+  on storage all workers share;
+* a task returns its result (``ran``, ``cached``, ``failed``…) instead of raising for user
   errors, so Dask does not retry a block that failed by itself; downstream tasks then
   report ``skipped``.  A worker lost mid-block makes Dask re-run the task elsewhere; the
   atomic commit of cache files makes that safe.
@@ -25,11 +27,13 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
-from backbeat.execution.local import Options, Progress, prepare, report
+from backbeat.execution.base import Executor
+from backbeat.execution.remote import RemoteJob, TaskResult
+from backbeat.execution.specs import SpecBuilder
+from backbeat.execution.state import BROKEN, JobState, Run
 
 
 def _die_with_parent() -> None:
@@ -46,108 +50,96 @@ def _die_with_parent() -> None:
 def block_task(job: dict, *upstream: dict) -> dict:
     """Dask task: run one block job through ``python -m backbeat.remote`` on this worker."""
     if any(u.get("status") in ("failed", "skipped") for u in upstream):
-        return {"status": "skipped"}
-    env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "backbeat.execution.remote"], input=json.dumps(job),
-                          capture_output=True, text=True, env=env, check=False, preexec_fn=_die_with_parent)
+        return TaskResult("skipped").to_json()
+    proc = subprocess.run([sys.executable, "-m", "backbeat.remote"], input=json.dumps(job),
+                          capture_output=True, text=True, env=dict(os.environ), check=False,
+                          preexec_fn=_die_with_parent)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        return {"status": "failed", "kind": "system",
-                "message": f"the block runner exited with code {proc.returncode}: {proc.stderr.strip()[-2000:]}",
-                "traceback": None}
+        return TaskResult.failure("system", f"the block runner exited with code {proc.returncode}: "
+                                            f"{proc.stderr.strip()[-2000:]}").to_json()
     return json.loads(lines[-1])
 
 
-def _client(scheduler: str | None, workers: int):
-    try:
+class DaskExecutor(Executor):
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None) -> None:
+        """``scheduler``: a running cluster's address (default: a LocalCluster of ``workers`` processes)."""
+        self.scheduler = scheduler
+        self.workers = workers
+
+    def check(self) -> None:
+        try:  # say it before planning and indexing
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UsageError("the Dask executor needs Dask: pip install 'backbeat[dask]'") from None
+
+    def _client(self, workers: int) -> tuple[Any, Any]:
         from distributed import Client, LocalCluster
-    except ImportError:
-        raise UsageError("the Dask executor needs Dask: pip install 'backbeat[dask]'") from None
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="30s"), None
-        except (OSError, TimeoutError) as exc:
-            raise ExecutionError(f"cannot reach the Dask scheduler at `{scheduler}': {exc}") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
-    return Client(cluster), cluster
 
+        if self.scheduler:
+            try:
+                return Client(self.scheduler, timeout="30s"), None
+            except (OSError, TimeoutError) as exc:
+                raise ExecutionError(f"cannot reach the Dask scheduler at `{self.scheduler}': {exc}") from None
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=40)
+        return Client(cluster), cluster
 
-def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
-                   options: Options | None = None, progress: Progress | None = None,
-                   scheduler: str | None = None, workers: int | None = None) -> dict:
-    """Run an experiment on a Dask cluster (a LocalCluster when no scheduler address is given)."""
-    options = options or Options()
-    try:  # say it before planning and indexing
-        import distributed  # noqa: F401
-    except ImportError:
-        raise UsageError("the Dask executor needs Dask: pip install 'backbeat[dask]'") from None
-    prefix, cache = Path(prefix).resolve(), Path(cache).resolve()
-    run = prepare(prefix, cache, name, options, progress)
-    try:
-        decisions = run.decide()
-    finally:
-        run.close()
-    emit = progress or (lambda event: None)
-    client, cluster = _client(scheduler, workers or options.jobs or os.cpu_count() or 1)
-    futures: dict[str, Any] = {}
-    try:
-        for job in run.plan.jobs:
-            action = decisions[job.name][0]
-            run.status[job.name] = {"run": "pending", "cached": "cached", "excluded": "skipped",
-                                    "blocked": "skipped"}[action]
-            failed_ds = [i.node for i in job.inputs.values() if i.node in run.dataset_errors]
-            if failed_ds:
-                run.status[job.name] = "failed"
-                run.errors[job.name] = dict(run.dataset_errors[failed_ds[0]])
-            if action != "run" or failed_ds:
-                emit({"block": job.name, "state": run.status[job.name]})
-                continue
-            if any(run.status[d] in ("failed", "skipped") for d in job.depends):
-                run.status[job.name] = "skipped"
-                emit({"block": job.name, "state": "skipped"})
-                continue
-            block = run.block_payload(job)
-            needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
-            task = {"key": job.key, "block": block, "cache": str(cache), "root": str(prefix),
-                    "datasets": {n: run.dataset_spec(n) for n in needed}, "force": options.force,
-                    "timeout_s": options.timeout_s, "memory_bytes": options.memory_bytes}
-            deps = [futures[d] for d in job.depends if d in futures]
-            futures[job.name] = client.submit(block_task, task, *deps, key=f"backbeat-{job.key}", pure=False)
-            run.started[job.name] = time.perf_counter()
-            emit({"block": job.name, "state": "running", "done": 0, "total": None})
+    def execute(self, run: Run) -> None:
         from distributed import as_completed
 
-        names: dict[str, list[str]] = {}  # identical blocks share one task (same key)
-        for n, f in futures.items():
-            names.setdefault(f.key, []).append(n)
-        unique = {f.key: f for f in futures.values()}
-        for future in as_completed(list(unique.values())):
-            try:
-                result = future.result()
-            except Exception as exc:  # noqa: BLE001 - a task lost too often, or a scheduler error
-                result = {"status": "failed", "kind": "system", "message": f"Dask task failed: {exc}",
-                          "traceback": None}
-            for job_name in names[future.key]:
-                _record(run, emit, job_name, result)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    if any(s == "pending" for s in run.status.values()):
-        raise ExecutionError("the Dask run ended with blocks never scheduled")
-    return report(run)
+        status = run.state.status
+        specs = SpecBuilder(run.plan, run.workspace, run.options.window)
+        client, cluster = self._client(self.workers or run.options.jobs or os.cpu_count() or 1)
+        futures: dict[str, Any] = {}
+        started: dict[str, float] = {}
+        try:
+            for job in run.plan.jobs:
+                if status[job.name] != JobState.PENDING:
+                    continue
+                if any(status[d] in BROKEN for d in job.depends):
+                    run.set(job.name, JobState.SKIPPED)
+                    continue
+                needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
+                task = RemoteJob(job.key, specs.block(job), specs.datasets(needed), run.store.location,
+                                 run.workspace.user_root, run.options.force, run.options.timeout_s,
+                                 run.options.memory_bytes)
+                deps = [futures[d] for d in job.depends if d in futures]
+                futures[job.name] = client.submit(block_task, task.to_json(), *deps, key=f"backbeat-{job.key}",
+                                                  pure=False)
+                started[job.name] = time.perf_counter()
+                run.emit(job.name, "running", done=0, total=None)
+            names: dict[str, list[str]] = {}  # identical blocks share one task (same key)
+            for n, f in futures.items():
+                names.setdefault(f.key, []).append(n)
+            unique = {f.key: f for f in futures.values()}
+            for future in as_completed(list(unique.values())):
+                try:
+                    result = TaskResult.from_json(future.result())
+                except Exception as exc:  # noqa: BLE001 - a task lost too often, or a scheduler error
+                    result = TaskResult.failure("system", f"Dask task failed: {exc}")
+                for job_name in names[future.key]:
+                    _record(run, job_name, result, time.perf_counter() - started[job_name])
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        if any(s == JobState.PENDING for s in status.values()):
+            raise ExecutionError("the Dask run ended with blocks never scheduled")
 
 
-def _record(run: Any, emit: Any, job_name: str, result: dict) -> None:
-    """Record the outcome of one block's task."""
-    status = result.get("status", "failed")
-    run.status[job_name] = status
-    if status == "failed":
-        run.errors[job_name] = {k: result.get(k) for k in ("kind", "message", "traceback")}
-        emit({"block": job_name, "state": "failed", "message": result.get("message")})
-    elif status == "ran":
-        run.stats[job_name] = result.get("statistics", {})
-        emit({"block": job_name, "state": "done", "wall_s": time.perf_counter() - run.started[job_name]})
+def _record(run: Run, job: str, result: TaskResult, wall_s: float) -> None:
+    """Record the result of one block's task."""
+    if result.status == "failed":
+        failure = result.outcome or TaskResult.failure("system", "the block failed").outcome
+        assert failure is not None
+        run.state.fail(job, failure.error_json())
+        run.emit(job, "failed", message=failure.message)
+    elif result.status == "ran":
+        run.state.status[job] = JobState.RAN
+        run.state.stats[job] = result.statistics
+        run.emit(job, "done", wall_s=wall_s)
     else:
-        emit({"block": job_name, "state": status})
+        run.set(job, JobState(result.status))

@@ -1,84 +1,93 @@
 """Library verbs over database views: ``index`` and ``view`` (``backbeat databases …``).
 
-Both resolve ``DB/VERSION[/PROTOCOL[/SET]]`` into datasets (:func:`backbeat.planning.dataset`)
-and reuse the executor's machinery: indexes are built by jobs in block processes, and
-``view`` reads the units through a database-provider process, as blocks do.
+Both resolve ``DB/VERSION[/PROTOCOL[/SET]]`` into datasets (:func:`backbeat.planning.planner.dataset`)
+and run them as runs do (:mod:`backbeat.execution.views`): indexes are built by jobs in block
+processes, and ``view`` reads the units through a database-provider process, as blocks do.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Iterator
 
+from backbeat.cache.store import CacheStore
 from backbeat.core import jsonio
 from backbeat.core.errors import ExecutionError, UsageError
 from backbeat.core.names import parse_name
-from backbeat.declarations.catalog import Catalog
-from backbeat.execution.local import Options, Run, index_path
-from backbeat.planning.planner import Plan, dataset
+from backbeat.execution.specs import SpecBuilder
+from backbeat.execution.state import Run
+from backbeat.execution.views import index_datasets, start_provider
+from backbeat.execution.workspace import Workspace
+from backbeat.planning.model import Dataset, Plan
+from backbeat.planning.planner import dataset
+from backbeat.planning.selection import Options
+from backbeat.processes.group import ProcessGroup
 
 
-def _datasets(catalog: Catalog, name: str) -> dict:
+def _datasets(workspace: Workspace, name: str) -> Plan:
+    """A plan of no job holding the named datasets."""
     parts = name.split("/")
     if len(parts) < 2 or len(parts) > 4:
         raise UsageError(f"`{name}': expected DATABASE/VERSION[/PROTOCOL[/SET]]")
     _k, db = parse_name("database", "/".join(parts[:2]))
     from backbeat.declarations.database import sets as database_sets
 
+    catalog = workspace.catalog
     db_sets = database_sets(catalog, catalog.get("database", db).require_valid())
     protocols = [parts[2]] if len(parts) > 2 else sorted(db_sets)
-    found, formats, expanded = {}, {}, {}
+    ctx = workspace.context()
+    found: dict[str, Dataset] = {}
     for protocol in protocols:
         if protocol not in db_sets:
             raise UsageError(f"database `{db}' has no protocol `{protocol}' - valid protocols are "
                              f"{', '.join(sorted(db_sets))}")
         names = [parts[3]] if len(parts) > 3 else sorted(db_sets[protocol])
         for set_name in names:
-            ds = dataset(catalog, f"{protocol}/{set_name}", db, protocol, set_name, formats, expanded)
+            ds = dataset(ctx, f"{protocol}/{set_name}", db, protocol, set_name)
             found[ds.name] = ds
-    return found, formats, expanded
+    return Plan("", "", found, [], ctx.formats, ctx.expanded)
 
 
-def _run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force: bool) -> Run:
-    catalog = Catalog(prefix)
-    found, formats, expanded = _datasets(catalog, name)
-    plan = Plan("", "", found, [], formats, expanded)
-    return Run(plan, Path(prefix), Path(cache), Options(force=force), catalog=catalog)
+def _run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str, force: bool) -> Run:
+    workspace = Workspace.open(prefix, cache)
+    return Run(_datasets(workspace, name), workspace, Options(force=force), ProcessGroup(root=workspace.user_root))
 
 
-def index(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force: bool = False) -> list[dict]:
+def index(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
+          force: bool = False) -> list[dict]:
     """Build (or find) the view index of every named set; one report per set."""
     from backbeat.data import dbindex
 
     run = _run(prefix, cache, name, force)
-    before = {n: index_path(run.cache, ds.index_key).is_file() for n, ds in run.plan.datasets.items()}
+    before = {n: run.store.index_path(ds.index_key).is_file() for n, ds in run.plan.datasets.items()}
     try:
-        run.index_datasets()
+        index_datasets(run)
     finally:
         run.close()
-    if run.dataset_errors:
+    if run.state.dataset_errors:
         raise ExecutionError("\n".join(f"{e['message']}\n{e.get('traceback') or ''}".rstrip()
-                                        for e in run.dataset_errors.values()))
+                                        for e in run.state.dataset_errors.values()))
     out = []
     for n, ds in run.plan.datasets.items():
-        path = index_path(run.cache, ds.index_key)
+        path = run.store.index_path(ds.index_key)
         out.append({"database": ds.database, "protocol": ds.protocol, "set": ds.set, "path": str(path),
                     "entries": len(dbindex.read_index(str(path))), "digest": ds.index_digest,
                     "status": "existing" if before[n] and not force else "built"})
     return out
 
 
-def view(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, exclude: list[str] | None = None):
+def view(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
+         exclude: list[str] | None = None) -> Iterator[dict]:
     """Every data unit of one set: yields ``{"start", "end", "data": {output: value}}``."""
     if len(name.split("/")) != 4:
         raise UsageError(f"`{name}': expected DATABASE/VERSION/PROTOCOL/SET")
     run = _run(prefix, cache, name, False)
     try:
-        run.index_datasets()
-        if run.dataset_errors:
-            raise ExecutionError("\n".join(e["message"] for e in run.dataset_errors.values()))
+        index_datasets(run)
+        if run.state.dataset_errors:
+            raise ExecutionError("\n".join(e["message"] for e in run.state.dataset_errors.values()))
         (ds_name, ds), = run.plan.datasets.items()
-        address = run._provider_address()
+        address = start_provider(run.group, SpecBuilder(run.plan, run.workspace).datasets())
         from backbeat.runtime.dbprovider import DatabaseClient
 
         client = DatabaseClient(address)

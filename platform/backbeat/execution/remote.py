@@ -1,100 +1,134 @@
 """Running one block job outside the executor's process (a Dask worker, a batch system).
 
-``python -m backbeat.remote`` reads a job description (JSON) on standard input, runs the
-block exactly as the local executor does — a fork server, a control socket, a database
-provider if the block reads datasets, one block process — and prints one JSON line: the
-outcome ``{"status": "ran"|"cached"|"failed", "kind", "message", "traceback", "statistics"}``.
+``python -m backbeat.remote`` reads a :class:`RemoteJob` (JSON) on standard input, runs the
+block exactly as the local executor does — in a process group (fork server, control
+channel), with a database provider if the block reads datasets — and prints one JSON line,
+its :class:`TaskResult`: ``{"status": "ran", "statistics"}``, ``{"status": "cached"}`` or
+``{"status": "failed", "kind", "message", "traceback"}``.
 
-It runs in a fresh interpreter so that forking never happens from a multi-threaded
-process (Dask workers have threads).  The job takes the same ``fcntl`` lock on
-``<cache>/.locks/<job key>`` as local runs, so a block is never computed twice at once,
-and finds it ``cached`` if another worker or run committed it meanwhile.  The cache must
-be on storage every worker shares.
-
-Job description: ``{"key", "block": <executor.Run.block_payload>, "datasets": {name: spec},
-"cache", "root", "timeout_s", "memory_bytes"}``.
+It runs in a fresh interpreter so that forking never happens from a multi-threaded process
+(Dask workers have threads).  The job takes the same lock in the cache store as local runs
+(:meth:`backbeat.cache.store.CacheStore.lock`), so a block is never computed twice at once,
+and finds it ``cached`` if another worker or run committed it meanwhile.  The cache must be
+on storage every worker shares.
 """
 
 from __future__ import annotations
 
-import fcntl
+import dataclasses
 import json
-import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+from backbeat.cache.backends import open_store
+from backbeat.core.errors import WireError
+from backbeat.execution.views import start_provider
+from backbeat.processes.exits import Limits
+from backbeat.processes.group import ProcessGroup
+from backbeat.processes.outcome import Outcome
+from backbeat.runtime.spec import BlockSpec, DatasetSpec
+
+BLOCK_TARGET = "backbeat.runtime.blockrun:run"
+STATUSES = ("ran", "cached", "failed", "skipped")
 
 
-def _committed(block: dict) -> bool:
-    return all(Path(o["path"]).is_file() for o in block["outputs"].values())
+@dataclass(frozen=True)
+class RemoteJob:
+    """One block job for another machine: its spec, the datasets it reads, where the cache is."""
+
+    key: str  # the job key (its lock)
+    block: BlockSpec
+    datasets: dict[str, DatasetSpec]  # those the block reads (the provider serves them)
+    cache: str  # the cache store's location (open_store)
+    root: str | None = None  # folder of user code (tracebacks)
+    force: bool = False
+    timeout_s: float | None = None
+    memory_bytes: int | None = None
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "block": self.block.to_json(),
+                "datasets": {n: d.to_json() for n, d in self.datasets.items()}, "cache": self.cache,
+                "root": self.root, "force": self.force, "timeout_s": self.timeout_s,
+                "memory_bytes": self.memory_bytes}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RemoteJob:
+        if not isinstance(obj, dict) or not isinstance(obj.get("key"), str) or not isinstance(obj.get("cache"), str):
+            raise WireError("malformed remote job: `key' and `cache' are required")
+        return cls(obj["key"], BlockSpec.from_json(obj.get("block")),
+                   {n: DatasetSpec.from_json(d) for n, d in (obj.get("datasets") or {}).items()},
+                   obj["cache"], obj.get("root"), bool(obj.get("force")), obj.get("timeout_s"),
+                   obj.get("memory_bytes"))
 
 
-def run(job: dict) -> dict:
-    """Run one block job (see module docstring); return its outcome."""
-    from backbeat.data import cachefile
-    from backbeat.processes.control import ControlServer, outcome
-    from backbeat.processes.workerpool import ForkServer, Limits
+@dataclass(frozen=True)
+class TaskResult:
+    """What became of a remote job: ``status`` and, when it ran or failed, its outcome."""
 
-    block = job["block"]
-    lockdir = Path(job["cache"]) / ".locks"
-    lockdir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lockdir / job["key"], os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if _committed(block) and not job.get("force"):
-            return {"status": "cached"}
+    status: str
+    outcome: Outcome | None = None
+    statistics: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        if self.status == "failed":
+            failure = self.outcome or Outcome("system", "the block failed")
+            return {"status": "failed", **failure.error_json()}
+        if self.status == "ran":
+            return {"status": "ran", "statistics": self.statistics}
+        return {"status": self.status}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> TaskResult:
+        status = obj.get("status") if isinstance(obj, dict) else None
+        if status not in STATUSES:
+            return cls("failed", Outcome("system", f"malformed result of a remote block: {str(obj)[:200]}"))
+        if status == "failed":
+            return cls("failed", Outcome.from_json({**obj, "kind": obj.get("kind") or "system"}))
+        stats = obj.get("statistics")
+        return cls(status, statistics=stats if isinstance(stats, dict) else {})
+
+    @classmethod
+    def failure(cls, kind: str, message: str) -> TaskResult:
+        return cls("failed", Outcome(kind, message))
+
+
+def run(job: RemoteJob) -> TaskResult:
+    """Run one block job (see the module docstring)."""
+    store = open_store(job.cache)
+    keys = [o.key for o in job.block.outputs.values()]
+    lock = store.lock(job.key)
+    assert lock is not None
+    with lock:
+        if store.committed(keys) and not job.force:
+            return TaskResult("cached")
         # under the lock no writer of this job is alive, on any host sharing the cache: whatever
         # temporary files its outputs have were left by a writer that died (a lost worker)
-        for o in block["outputs"].values():
-            for tmp in Path(o["path"]).parent.glob(Path(o["path"]).name + ".tmp-*"):
-                tmp.unlink(missing_ok=True)
+        store.drop_partial(keys, locked=True)
         t0 = time.perf_counter()
-        server = ForkServer().start()
-        control = ControlServer()
-        provider = None
+        group = ProcessGroup(root=job.root)
         try:
-            base = {"control": control.address, "root": job.get("root")}
-            if block.get("database") is not None:
-                address = f"ipc://{control.directory}/database"
-                block = dict(block, database=address)
-                provider = server.spawn("backbeat.processes.control:job_main", dict(
-                    base, target="backbeat.runtime.dbprovider:serve", job="database-provider",
-                    address=address, datasets=job["datasets"]))
-            limits = Limits(job.get("timeout_s"), job.get("memory_bytes"))
-            handle = server.spawn("backbeat.processes.control:job_main",
-                                  dict(block, **base, target="backbeat.runtime.blockrun:run", job="block"), limits)
-            messages = []
-            while True:
-                messages += [m for m in control.poll(50) if m.job == "block"]
-                exit_ = handle.poll()
-                if exit_ is not None:
-                    messages += [m for m in control.poll(0) if m.job == "block"]
-                    break
-            out = outcome(exit_, messages)
+            spec = job.block
+            if spec.reads_datasets:
+                spec = dataclasses.replace(spec, database=start_provider(group, job.datasets))
+            group.spawn("block", BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes))
+            out = group.wait(["block"])["block"]
         finally:
-            if provider is not None:
-                provider.kill()
-            server.close()
-            control.close()
-        if out.ok and _committed(block):
-            return {"status": "ran", "statistics": dict(out.statistics, wall_s=time.perf_counter() - t0)}
-        for o in block["outputs"].values():
-            cachefile.remove_stale_temporaries(o["path"])
-        message = out.message if not out.ok else "the block completed but did not commit its outputs"
-        return {"status": "failed", "kind": out.kind if not out.ok else "system", "message": message,
-                "traceback": out.traceback}
-    finally:
-        os.close(fd)
+            group.close()
+        if out.ok and store.committed(keys):
+            return TaskResult("ran", statistics=dict(out.statistics, wall_s=time.perf_counter() - t0))
+        store.drop_partial(keys, locked=True)
+        return TaskResult("failed", out if not out.ok else
+                          Outcome("system", "the block completed but did not commit its outputs"))
 
 
 def main() -> None:
     try:
-        job = json.loads(sys.stdin.read())
-        result = run(job)
+        result = run(RemoteJob.from_json(json.loads(sys.stdin.read())))
     except Exception as exc:  # noqa: BLE001 - the caller gets a structured failure, never a traceback
-        result = {"status": "failed", "kind": "system", "message": f"{type(exc).__name__}: {exc}",
-                  "traceback": None}
-    sys.stdout.write(json.dumps(result) + "\n")
+        result = TaskResult.failure("system", f"{type(exc).__name__}: {exc}")
+    sys.stdout.write(json.dumps(result.to_json()) + "\n")
     sys.stdout.flush()
 
 

@@ -1,4 +1,4 @@
-"""Cutting a block's synchronisation timeline into contiguous ranges for parallel runs.
+"""Split blocks: cutting a block's synchronisation timeline into ranges, assembling the slots.
 
 A block whose algorithm is *splittable* may run as N independent slices, each over an
 inclusive range ``[start, end]`` of its synchronisation channel.  A cut is only legal at
@@ -10,6 +10,11 @@ in two).  Two helpers:
 * :func:`split_ranges` is backbeat's own splitter: it takes the ``(start, end)`` unit
   lists the data sources give (``data_indices()``) and returns at most ``n`` ranges cut
   at common boundaries, each cut placed at the common boundary nearest to an even share.
+
+:func:`slot_ranges` gives the ranges of a :class:`~backbeat.runtime.spec.BlockSpec`; each
+slot writes its own file (:meth:`backbeat.cache.store.CacheStore.slot_path`) and
+:func:`assemble` concatenates them into the single cache entry, identical (same key, same
+content digest) to the output of an unsplit run.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backbeat.core.errors import UsageError
+from backbeat.runtime.spec import BlockSpec
 
 
 def _common_indices(lists: Sequence[Sequence[int]]) -> list[int]:
@@ -112,25 +118,26 @@ def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded:
         Path(part).unlink(missing_ok=True)
 
 
-def payload_slots(payload: dict, channel: str, nb_slots: int) -> list[tuple[int, int]]:
-    """Split ranges for a block payload: over the units of its inputs on ``channel``, read
-    from their cache files or asked of the database provider (``[]`` if there is none)."""
+def slot_ranges(spec: BlockSpec, nb_slots: int) -> list[tuple[int, int]]:
+    """Split ranges for a block: over the units of its inputs on its synchronisation channel,
+    read from their cache files or asked of the database provider (``[]`` if there is none)."""
     from backbeat.data import cachefile
 
-    lists = []
-    for spec in payload["inputs"].values():
-        if spec["channel"] != channel:
+    lists: list[Sequence[tuple[int, int]]] = []
+    for inp in spec.inputs.values():
+        if inp.channel != spec.channel:
             continue
-        if spec["source"] == "cache":
-            with cachefile.CacheReader(spec["path"], verify=False) as reader:
+        if inp.source == "cache":
+            with cachefile.CacheReader(str(inp.path), verify=False) as reader:
                 lists.append(list(zip(reader.starts.tolist(), reader.ends.tolist(), strict=True)))
-        else:
+        elif inp.source == "dataset":
             from backbeat.runtime.dbprovider import DatabaseClient
 
-            client = DatabaseClient(payload["database"])
+            if spec.database is None or inp.dataset is None or inp.output is None:
+                raise UsageError(f"block `{spec.name}': no database provider to split its dataset input")
+            client = DatabaseClient(spec.database)
             try:
-                src = client.source(spec["dataset"], spec["output"], spec["dataformat"],
-                                    payload["formats"][spec["dataformat"]])
+                src = client.source(inp.dataset, inp.output, inp.dataformat, spec.formats[inp.dataformat])
                 lists.append(src.data_indices())
             finally:
                 client.close()

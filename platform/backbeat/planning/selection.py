@@ -7,11 +7,12 @@ the jobs whose action is ``run`` and ``--dry-run`` prints the reasons.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from backbeat.core.errors import ExecutionError
+from backbeat.declarations.algorithm import STEPPED_TYPES
 
 
 @dataclass
@@ -96,7 +97,7 @@ def decide(plan: Any, committed: dict[str, bool], options: Options) -> dict[str,
     return out
 
 
-def stream_consumers(plan: Any, producer: str, status: dict[str, str],
+def stream_consumers(plan: Any, producer: str, status: Mapping[str, str],
                      algorithm_type: Callable[[str], str]) -> list[tuple[Any, str, str]]:
     """Jobs that may read ``producer``'s output while it is written: ``[(job, input, output)]``.
 
@@ -122,6 +123,6 @@ def stream_consumers(plan: Any, producer: str, status: dict[str, str],
             continue
         if any(i.node == producer for n, i in cons.inputs.items() if n != own[0][0]):
             continue
-        if algorithm_type(cons.algorithm) in ("legacy", "sequential"):
+        if algorithm_type(cons.algorithm) in STEPPED_TYPES:
             found.append((cons, own[0][0], own[0][1].output))
     return found

@@ -2,7 +2,7 @@
 
 An analyzer declares results of type ``plot/<name>/<version>`` (a dataformat of the prefix).
 ``experiments plot`` renders every such result of an experiment's *cached* results
-(:func:`backbeat.executor.cached_results`; nothing is run) with a plotter:
+(:func:`backbeat.execution.report.cached_results`; nothing is run) with a plotter:
 
 * the plotter is the first plotter of the prefix (sorted by name) whose ``dataformat`` is the
   result's type, as BEAT does, or the plotter of the plotterparameter given for that result
@@ -11,9 +11,9 @@ An analyzer declares results of type ``plot/<name>/<version>`` (a dataformat of 
   ``data`` (each value cleaned against the declaration), and ``content_type`` set from the
   requested format (``png`` → ``image/png``, ``svg`` → ``image/svg+xml``, ``pdf`` →
   ``application/pdf``; ``image/png`` when nothing asks otherwise, as BEAT does);
-* a plotter is user code: each image is rendered in a child of the fork server
-  (:mod:`backbeat.workerpool`), reporting over the control channel (:mod:`backbeat.control`)
-  like a block.  The child loads the code with its ``uses`` libraries, creates ``Plotter()``,
+* a plotter is user code: each image is rendered in a block process of a process group
+  (:class:`backbeat.processes.group.ProcessGroup`), reporting over the control channel like a
+  block.  The child loads the code with its ``uses`` libraries, creates ``Plotter()``,
   calls ``setup(parameters)`` when defined (``False`` means failure), builds the result value as
   a typed object of the plot dataformat (attribute access, like BEAT) and calls
   ``process([(label, value)])``, which returns the image as ``bytes`` (or ``str``, written as
@@ -42,6 +42,9 @@ from backbeat.core import jsonio
 from backbeat.core.errors import DataError, ExecutionError, InvalidNameError, UsageError
 from backbeat.core.names import parse_name
 from backbeat.declarations.catalog import Asset, Catalog
+from backbeat.execution.report import cached_results
+from backbeat.execution.workspace import Workspace
+from backbeat.runtime.spec import CodeSpec, LibrarySpec
 
 #: output formats and their content types
 FORMATS = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
@@ -146,12 +149,12 @@ def parse_choices(specs: list[str] | None) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- experiments plot
 
-def _plot_results(catalog: Catalog, experiment: str) -> list[tuple[str, str, str]]:
+def _plot_results(workspace: Workspace, experiment: str) -> list[tuple[str, str, str]]:
     """``(analyzer, result, plot dataformat)`` of every plot result of the experiment's analyzers."""
     from backbeat.declarations.algorithm import Algorithm
-    from backbeat.planning.planner import plan
 
-    p = plan(catalog, experiment)
+    catalog = workspace.catalog
+    p = workspace.plan(experiment)
     found = []
     for job in p.jobs:
         if job.kind != "analyzer":
@@ -166,17 +169,15 @@ def _plot_results(catalog: Catalog, experiment: str) -> list[tuple[str, str, str
 def experiment_tasks(prefix: str | os.PathLike, cache: str | os.PathLike, experiment: str,
                      fmt: str | None = None, choices: dict[str, str] | None = None) -> list[PlotTask]:
     """The images ``experiments plot`` renders for one experiment (its results must be cached)."""
-    from backbeat.execution.local import cached_results
-
     if fmt is not None and fmt not in FORMATS:
         raise UsageError(f"unknown image format `{fmt}' (choose among {', '.join(FORMATS)})")
-    catalog = Catalog(prefix)
+    catalog = Catalog(str(prefix))
     try:
         kind, experiment = parse_name("experiment", experiment)
     except InvalidNameError as exc:
         raise UsageError(str(exc)) from None
     catalog.get(kind, experiment).require_valid()
-    plots = _plot_results(catalog, experiment)
+    plots = _plot_results(Workspace.open(prefix, cache, catalog=catalog), experiment)
     choices = dict(choices or {})
     known = {r for _a, r, _t in plots} | {f"{a}.{r}" for a, r, _t in plots}
     unknown = [c for c in choices if c not in known]
@@ -209,14 +210,6 @@ def experiment_tasks(prefix: str | os.PathLike, cache: str | os.PathLike, experi
     return tasks
 
 
-def plot_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, experiment: str,
-                    output_folder: str | os.PathLike, fmt: str | None = None,
-                    choices: dict[str, str] | None = None, timeout_s: float | None = None) -> list[dict]:
-    """Render every plot result of a cached experiment; one report entry per image."""
-    tasks = experiment_tasks(prefix, cache, experiment, fmt, choices)
-    return render(prefix, tasks, output_folder, timeout_s)
-
-
 # --------------------------------------------------------------------------- plotters plot
 
 def plot_data(prefix: str | os.PathLike, plotter: str, data: Any, output: str | os.PathLike | None = None,
@@ -230,7 +223,7 @@ def plot_data(prefix: str | os.PathLike, plotter: str, data: Any, output: str | 
     from backbeat.data.values import value_type
     from backbeat.declarations.dataformat import expand
 
-    catalog = Catalog(prefix)
+    catalog = Catalog(str(prefix))
     try:
         kind, plotter = parse_name("plotter", plotter)
     except InvalidNameError as exc:
@@ -261,17 +254,17 @@ def plot_data(prefix: str | os.PathLike, plotter: str, data: Any, output: str | 
 
 # --------------------------------------------------------------------------- running plotters
 
-def _code_payload(catalog: Catalog, plotter: str) -> dict:
+def _code(catalog: Catalog, plotter: str) -> CodeSpec:
     from backbeat.declarations.library import load_order
 
     asset = catalog.get("plotter", plotter).require_valid()
     uses = dict(asset.declaration.get("uses") or {})
-    libraries: dict[str, list] = {}
+    libraries: dict[str, LibrarySpec] = {}
     for alias in sorted(uses):
         for lib in load_order(catalog, uses[alias]):
             a = catalog.get("library", lib)
-            libraries[lib] = [str(a.code_path), dict(a.declaration.get("uses") or {})]
-    return {"plotter": str(asset.code_path), "uses": uses, "libraries": libraries}
+            libraries[lib] = LibrarySpec(str(a.code_path), dict(a.declaration.get("uses") or {}))
+    return CodeSpec(str(asset.code_path), uses, libraries)
 
 
 def _preload(payloads: list[dict]) -> tuple[str, ...]:
@@ -279,9 +272,10 @@ def _preload(payloads: list[dict]) -> tuple[str, ...]:
 
     matplotlib (slow to import) only when several images come from plotters that use it.
     """
-    mods = ("numpy", "zmq", "backbeat.processes.control", "backbeat.data.values", "backbeat.runtime.codeloader", "backbeat.runtime.compat")
+    mods: tuple[str, ...] = ("numpy", "zmq", "backbeat.processes.control", "backbeat.data.values",
+                             "backbeat.runtime.codeloader", "backbeat.runtime.compat")
     if len(payloads) > 1 and importlib.util.find_spec("matplotlib") is not None:
-        codes = {p["code"]["plotter"] for p in payloads}
+        codes = {p["code"]["path"] for p in payloads}
         if any(b"matplotlib" in Path(c).read_bytes() for c in codes):
             mods += ("matplotlib", "matplotlib.pyplot")
     return mods
@@ -295,59 +289,42 @@ def render(prefix: str | os.PathLike, tasks: list[PlotTask], output_folder: str 
     ``{"status": "failed", "error": {"kind", "message", "traceback"}, ...}``.
     """
     from backbeat.declarations.dataformat import expand
-    from backbeat.processes.control import ControlServer, outcome
-    from backbeat.processes.workerpool import ForkServer, Limits
+    from backbeat.processes.exits import Limits
+    from backbeat.processes.group import ProcessGroup
 
     if not tasks:
         return []
-    catalog = Catalog(prefix)
+    catalog = Catalog(str(prefix))
     folder = Path(output_folder).absolute()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder `{folder}': {exc.strerror}") from None
-    root = str(Path(prefix).resolve())
     payloads = []
     for i, t in enumerate(tasks):
         tmp = folder / f".{t.stem}.tmp-{os.getpid()}-{i}"
-        payloads.append({"code": _code_payload(catalog, t.plotter), "name": t.plotter, "dataformat": t.dataformat,
+        payloads.append({"code": _code(catalog, t.plotter).to_json(), "name": t.plotter, "dataformat": t.dataformat,
                          "format": expand(catalog, t.dataformat), "data": t.data, "label": t.label,
-                         "parameters": t.parameters, "output": str(tmp), "target": JOB_TARGET, "root": root,
-                         "job": str(i)})
+                         "parameters": t.parameters, "output": str(tmp)})
     os.environ.setdefault("MPLBACKEND", "Agg")  # never a window: the zygote and children inherit it
     limit = max(1, jobs or os.cpu_count() or 1)
     reports: list[dict] = [{} for _ in tasks]
-    server = ForkServer(preload=_preload(payloads)).start()
+    group = ProcessGroup(root=str(Path(prefix).resolve()), preload=_preload(payloads))
     try:
-        control = ControlServer()
-        try:
-            handles: dict[str, Any] = {}
-            messages: dict[str, list] = {}
-            pending = list(range(len(tasks)))
-            done = 0
-            while done < len(tasks):
-                while pending and len(handles) < limit:
-                    i = pending.pop(0)
-                    payload = dict(payloads[i], control=control.address)
-                    handles[str(i)] = server.spawn("backbeat.processes.control:job_main", payload, Limits(timeout_s))
-                    messages[str(i)] = []
-                for msg in control.poll(20):
-                    messages.setdefault(msg.job, []).append(msg)
-                server.pump(0)
-                for j, h in list(handles.items()):
-                    exit_ = h.poll()
-                    if exit_ is None:
-                        continue
-                    for msg in control.poll(0):
-                        messages.setdefault(msg.job, []).append(msg)
-                    del handles[j]
-                    done += 1
-                    i = int(j)
-                    reports[i] = _finish(tasks[i], Path(payloads[i]["output"]), outcome(exit_, messages[j]), folder)
-        finally:
-            control.close()
+        running: set[str] = set()
+        pending = list(range(len(tasks)))
+        while pending or running:
+            while pending and len(running) < limit:
+                i = pending.pop(0)
+                group.spawn(str(i), JOB_TARGET, payloads[i], Limits(timeout_s))
+                running.add(str(i))
+            group.poll(20)
+            for j in [j for j in running if group.exit(j) is not None]:
+                running.discard(j)
+                i = int(j)
+                reports[i] = _finish(tasks[i], Path(payloads[i]["output"]), group.outcome(j), folder)
     finally:
-        server.close()
+        group.close()
         for p in payloads:
             Path(p["output"]).unlink(missing_ok=True)
     return reports
@@ -387,22 +364,21 @@ def _finish(task: PlotTask, tmp: Path, result: Any, folder: Path) -> dict:
 # --------------------------------------------------------------------------- child side
 
 def plot_job(payload: dict) -> dict:
-    """Inside the plotter process (``backbeat.control:job_main`` target): render one image."""
+    """Inside the plotter process (a job of the group): render one image (``payload["spec"]``)."""
     from backbeat.data.values import value_type
     from backbeat.runtime.codeloader import load_with_libraries
     from backbeat.runtime.compat import install_beat_aliases
 
     t0 = time.perf_counter()
     install_beat_aliases()
-    code = payload["code"]
-    libraries = code.get("libraries", {})
+    payload = payload["spec"]
+    code = CodeSpec.from_json(payload["code"])
 
     def library(name: str) -> tuple[str, dict]:
-        path, uses = libraries[name]
-        return path, uses
+        return code.libraries[name].path, code.libraries[name].uses
 
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the CLI's (e.g. its --json document)
-        module = load_with_libraries(payload["name"], code["plotter"], code.get("uses", {}), library)
+        module = load_with_libraries(payload["name"], code.path, code.uses, library)
         cls = getattr(module, "Plotter", None)
         if cls is None:
             raise ExecutionError(f"plotter `{payload['name']}' defines no class `Plotter'")

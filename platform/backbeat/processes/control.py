@@ -1,9 +1,9 @@
-"""ZeroMQ control channel between the executor and its block processes, and job outcomes.
+"""ZeroMQ control channel between the executor and its block processes.
 
-The executor owns one :class:`ControlServer`: a ROUTER socket bound to
-``ipc://<private 0700 dir>/control``.  Each block process (a child of the
-:class:`~backbeat.workerpool.ForkServer`) runs :func:`job_main`, which opens a
-:class:`ControlClient` (DEALER, its own zmq Context — never one inherited across fork),
+The executor owns one :class:`ControlServer` (through :class:`~backbeat.processes.group.ProcessGroup`):
+a ROUTER socket bound to ``ipc://<private 0700 dir>/control``.  Each block process (a child
+of the :class:`~backbeat.processes.workerpool.ForkServer`) runs :func:`job_main`, which opens a
+:class:`ControlClient` (DEALER, on the child's own zmq context, :mod:`~backbeat.processes.zmqcontext`),
 sends ``start``, calls the job target, and reports ``done`` (statistics) or ``error``.
 
 Messages are single JSON frames (never pickle), always ``{"type", "job", ...}``:
@@ -11,18 +11,17 @@ Messages are single JSON frames (never pickle), always ``{"type", "job", ...}``:
 * ``start``    — ``pid``
 * ``progress`` — ``done``, ``total`` (rate limited on the sender, order preserved)
 * ``done``     — ``statistics`` (dict)
-* ``error``    — ``kind`` (``"user"``, ``"system"``, ``"exit"`` with ``code``, ``"memory"``),
-  ``message``, ``traceback`` (str; paths relative to the payload's ``root``)
+* ``error``    — an :class:`~backbeat.processes.outcome.Outcome` as JSON: ``kind`` (``"user"``,
+  ``"system"``, ``"exit"`` with ``code``, ``"memory"``), ``message``, ``traceback`` (str; paths
+  relative to the payload's ``root``)
 
 The server answers ``done`` and ``error`` with an ``ack`` frame from inside :meth:`poll`,
 and the block process waits for it (≤ 5 s) before exiting: when the executor sees a
 process exit, that job's final message has already been returned by ``poll``.  So the
 executor must keep calling ``poll`` while jobs run (it does, to see progress).
 
-:func:`outcome` combines the messages of one job with its process :class:`Exit` into an
-:class:`Outcome`: ``completed`` (``done`` received and exit 0), ``user``, ``system``,
-``exit`` (``sys.exit(n)`` / ``os._exit(n)``), ``signal`` (e.g. SIGSEGV, SIGKILL),
-``timeout`` or ``memory``.
+:func:`backbeat.processes.outcome.classify` combines the messages of one job with its
+process exit into an outcome.
 """
 
 from __future__ import annotations
@@ -36,17 +35,17 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
-from backbeat.core.errors import BackbeatError, BlockError, UsageError, UserCodeError
-from backbeat.processes.workerpool import EXIT_BOOT, EXIT_MEMORY, Exit, _split_target
+from backbeat.core.errors import BackbeatError, UsageError, UserCodeError
+from backbeat.processes import zmqcontext
+from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
+from backbeat.processes.outcome import REPORTED_KINDS, Outcome, format_user_traceback
+from backbeat.processes.zygote import split_target
 
 TYPES = ("start", "progress", "done", "error")
 ACK = b'{"type": "ack"}'
-
-ERROR_KINDS = ("user", "system", "exit", "memory")
 
 #: the client of the current block process (set by :func:`job_main`), see :func:`client`
 _CURRENT: ControlClient | None = None
@@ -86,8 +85,7 @@ class ControlServer:
         if len(path.encode()) > 100:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise UsageError(f"control socket path too long for ipc:// ({path})")
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock = zmqcontext.acquire().socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(f"ipc://{path}")
         self._address = f"ipc://{path}"
@@ -144,7 +142,7 @@ class ControlServer:
     def close(self) -> None:
         if not self._sock.closed:
             self._sock.close(0)
-            self._ctx.term()
+            zmqcontext.release()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> ControlServer:
@@ -159,8 +157,7 @@ class ControlClient:
 
     def __init__(self, address: str, job_id: str | int, min_interval_s: float = 0.1) -> None:
         self.job = str(job_id)
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock = zmqcontext.acquire().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.SNDTIMEO, 5000)
         self._sock.connect(address)
         self._interval = min_interval_s
@@ -202,11 +199,12 @@ class ControlClient:
         self._send({"type": "done", "statistics": statistics or {}})
         self.finished = True
 
-    def error(self, kind: str, message: str, traceback: str = "", **extra: Any) -> None:
-        if kind not in ERROR_KINDS:
-            raise UsageError(f"unknown error kind `{kind}'")
+    def error(self, failure: Outcome) -> None:
+        """Report the job's failure (kinds a process reports about itself: ``REPORTED_KINDS``)."""
+        if failure.kind not in REPORTED_KINDS:
+            raise UsageError(f"unknown error kind `{failure.kind}'")
         self._flush_progress()
-        self._send({"type": "error", "kind": kind, "message": message, "traceback": traceback, **extra})
+        self._send({"type": "error", **failure.to_json()})
         self.finished = True
 
     def wait_ack(self, timeout_ms: int = 5000) -> bool:
@@ -232,7 +230,7 @@ class ControlClient:
         if not self._sock.closed:
             self.wait_ack(ack_timeout_ms)
             self._sock.close(linger_ms)
-            self._ctx.term()
+            zmqcontext.release()
 
 
 def client() -> ControlClient | None:
@@ -241,31 +239,6 @@ def client() -> ControlClient | None:
 
 
 # --------------------------------------------------------------------------- child side
-
-def format_user_traceback(exc: BaseException, root: str | None) -> tuple[str, str, bool]:
-    """``(message, traceback, in_user_code)`` for ``exc``.
-
-    With a ``root``, keep the frames from the first one under ``root`` onwards, with paths
-    relative to ``root``; without one (or when no frame is under it) keep every frame.
-    """
-    frames = traceback.extract_tb(exc.__traceback__)
-    message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    in_user = root is None
-    if root:
-        base = os.path.realpath(root) + os.sep
-        mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename).startswith(base)]
-        if mine:
-            in_user = True
-            # from the first frame of user code to its last one: what backbeat did below the
-            # user's call (e.g. checking a written value) is said by the message itself
-            frames = traceback.StackSummary.from_list(frames[mine[0]:mine[-1] + 1])
-            for f in frames:
-                real = os.path.realpath(f.filename)
-                if real.startswith(base):
-                    f.filename = os.path.relpath(real, base)
-    text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + message + "\n"
-    return message, text, in_user
-
 
 def run_job(target: str, payload: dict) -> int:
     """Run ``target(payload)`` reporting over the control channel; return the exit code.
@@ -283,11 +256,11 @@ def run_job(target: str, payload: dict) -> int:
     try:
         cc.start()
         try:
-            module, func = _split_target(target)
+            module, func = split_target(target)
             fn = getattr(importlib.import_module(module), func)
         except BaseException as e:  # noqa: BLE001
             message, text, _ = format_user_traceback(e, None)
-            cc.error("system", f"cannot load job target `{target}': {message}", text)
+            cc.error(Outcome("system", f"cannot load job target `{target}': {message}", text))
             return EXIT_BOOT
         try:
             result = fn(payload)
@@ -296,29 +269,29 @@ def run_job(target: str, payload: dict) -> int:
             if code == 0:
                 result = None
             else:
-                cc.error("exit", f"the block called sys.exit({e.code!r})", "", code=code)
+                cc.error(Outcome("exit", f"the block called sys.exit({e.code!r})", "", code=code))
                 return code
         except MemoryError:
             try:
-                cc.error("memory", "the block process ran out of memory (over its memory limit)")
+                cc.error(Outcome("memory", "the block process ran out of memory (over its memory limit)"))
             finally:
                 code = EXIT_MEMORY
             return code
         except UserCodeError as e:  # user code failed in another process: report its traceback
-            cc.error("user", e.message, e.traceback)
+            cc.error(Outcome("user", e.message, e.traceback))
             return 1
         except BaseException as e:  # noqa: BLE001 - every failure must be reported
             message, text, in_user = format_user_traceback(e, payload.get("root"))
             if isinstance(e, BackbeatError) and not in_user:
                 message, text = str(e), ""  # backbeat's verdict on the user's code ("returned False")
             kind = getattr(e, "error_kind", "user")  # infrastructure code may raise "system" errors
-            cc.error(kind if kind in ("user", "system") else "user", message, text)
+            cc.error(Outcome(kind if kind in ("user", "system") else "user", message, text))
             return 1
         if not cc.finished:
             try:
                 cc.done(result if isinstance(result, dict) else {})
             except (TypeError, ValueError) as e:
-                cc.error("user", f"the job returned statistics that are not JSON-serialisable: {e}")
+                cc.error(Outcome("user", f"the job returned statistics that are not JSON-serialisable: {e}"))
                 return 1
         return 0
     finally:
@@ -345,50 +318,3 @@ def job_main(payload: dict) -> None:
         traceback.print_exc()
     finally:
         os._exit(code)
-
-
-# --------------------------------------------------------------------------- executor side
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one job: ``kind`` is ``completed`` or a failure kind."""
-
-    kind: str
-    message: str
-    traceback: str | None = None
-    statistics: dict = field(default_factory=dict)
-    exit: Exit | None = None
-    code: int | None = None
-    signal: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.kind == "completed"
-
-    def error(self, block: str) -> BlockError:
-        return BlockError(block, self.kind, self.message, self.traceback)
-
-
-def outcome(exit: Exit, messages: list[Message]) -> Outcome:
-    """Classify one job from its process exit and the control messages it sent."""
-    done = next((m for m in messages if m.type == "done"), None)
-    err = next((m for m in messages if m.type == "error"), None)
-    if exit.kind == "timeout":
-        return Outcome("timeout", f"the block {exit.describe()}", exit=exit, signal=exit.signal)
-    if exit.kind == "memory" or (err is not None and err.data.get("kind") == "memory"):
-        return Outcome("memory", "the block process ran out of memory (over its memory limit)", exit=exit)
-    if err is not None and err.data.get("kind") in ("user", "system"):
-        return Outcome(err.data["kind"], str(err.data.get("message", "")), err.data.get("traceback") or None,
-                       exit=exit, code=exit.code)
-    if exit.kind == "signal":
-        what = {"SIGSEGV": "crashed (segmentation fault, SIGSEGV)", "SIGKILL": "was killed (SIGKILL)",
-                "SIGABRT": "aborted (SIGABRT)", "SIGTERM": "was terminated (SIGTERM)"}.get(
-                    exit.signal or "", f"was killed by signal {exit.signal}")
-        return Outcome("signal", f"the block process {what}", exit=exit, signal=exit.signal)
-    if exit.kind == "exit":
-        how = "called sys.exit" if err is not None and err.data.get("kind") == "exit" else "exited"
-        return Outcome("exit", f"the block process {how} with code {exit.code}", exit=exit, code=exit.code)
-    if done is not None:
-        stats = done.data.get("statistics")
-        return Outcome("completed", "completed", statistics=stats if isinstance(stats, dict) else {}, exit=exit, code=0)
-    return Outcome("system", "the block process exited without reporting completion", exit=exit, code=exit.code)

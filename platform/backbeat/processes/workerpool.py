@@ -29,9 +29,7 @@ timeouts enforced while polling/waiting; fresh interpreter, so slower to start),
 ``mode="fork"`` it raises :class:`~backbeat.errors.UsageError`.  The zygote's parent-death
 signal is tied to the *thread* that called ``start()``: call it from the main thread.
 
-Exit classification (:class:`Exit`): ``ok``, ``exit`` (code), ``signal`` (name),
-``timeout`` (killed after ``timeout_s``), ``memory`` (the child exited with
-:data:`EXIT_MEMORY` after a ``MemoryError``).
+Exit classification and limits: :mod:`backbeat.processes.exits`.
 """
 
 from __future__ import annotations
@@ -48,89 +46,11 @@ import threading
 import time
 import warnings
 import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
-from backbeat.processes.zygote import (  # noqa: F401
-    EXIT_BOOT,
-    EXIT_MEMORY,
-    _child_run,
-    _child_setup,
-    _flush_and_exit,
-    _split_target,
-    _Zygote,
-)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-job limits: wall-clock ``timeout_s`` and address-space ``memory_bytes``.
-
-    ``memory_bytes`` is applied as ``RLIMIT_AS`` on the whole child, which starts with the
-    zygote's address space (~160 MB with numpy+h5py+zmq), so it must be well above that.
-    """
-
-    timeout_s: float | None = None
-    memory_bytes: int | None = None
-
-    def to_json(self) -> dict:
-        return {"timeout_s": self.timeout_s, "memory_bytes": self.memory_bytes}
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How a child ended.  ``kind`` is ``ok``, ``exit``, ``signal``, ``timeout`` or ``memory``."""
-
-    kind: str
-    code: int | None = None
-    signal: str | None = None
-    wall_s: float = 0.0
-    rusage: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.kind == "ok"
-
-    def describe(self) -> str:
-        if self.kind == "ok":
-            return "exited normally"
-        if self.kind == "exit":
-            return f"exited with code {self.code}"
-        if self.kind == "signal":
-            return f"killed by signal {self.signal}"
-        if self.kind == "timeout":
-            return f"killed after exceeding its time limit ({self.wall_s:.1f} s)"
-        return "ran out of memory (over its memory limit)"
-
-
-def classify_status(status: int, reason: str | None = None, wall_s: float = 0.0,
-                    rusage: dict | None = None) -> Exit:
-    """Turn a raw ``waitpid`` status (plus the server's ``reason``) into an :class:`Exit`."""
-    ru = rusage or {}
-    if reason == "timeout":
-        return Exit("timeout", signal="SIGKILL", wall_s=wall_s, rusage=ru)
-    if os.WIFSIGNALED(status):
-        num = os.WTERMSIG(status)
-        return Exit("signal", signal=_signame(num), wall_s=wall_s, rusage=ru)
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
-    return _from_code(code, wall_s, ru)
-
-
-def _from_code(code: int, wall_s: float, ru: dict) -> Exit:
-    if code == 0:
-        return Exit("ok", code=0, wall_s=wall_s, rusage=ru)
-    if code == EXIT_MEMORY:
-        return Exit("memory", code=code, wall_s=wall_s, rusage=ru)
-    return Exit("exit", code=code, wall_s=wall_s, rusage=ru)
-
-
-def _signame(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"SIG{num}"
-
+from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, classify_status, from_code, signame
+from backbeat.processes.zygote import Zygote, child_run, child_setup, flush_and_exit, split_target
 
 # --------------------------------------------------------------------------- parent side
 
@@ -264,7 +184,7 @@ class ForkServer:
             try:
                 parent_sock.close()
                 os.setpgid(0, 0)  # keeps terminal job control signals for the parent only
-                _Zygote(child_sock, self.preload, parent).main()
+                Zygote(child_sock, self.preload, parent).main()
             finally:
                 os._exit(1)
         child_sock.close()
@@ -343,7 +263,7 @@ class ForkServer:
     def spawn(self, target: str, payload: dict | None = None, limits: Limits | None = None,
               log_path: str | None = None) -> Handle:
         """Run ``target(payload)`` (``"module:function"``) in a new child; return at once."""
-        _split_target(target)
+        split_target(target)
         payload = {} if payload is None else payload
         try:
             json.dumps(payload)
@@ -462,10 +382,10 @@ def _close_ref(ref: weakref.ref) -> None:
 def _mp_child(target: str, payload_json: str, limits: dict, log_path: str | None) -> None:
     code = EXIT_BOOT
     try:
-        _child_setup(limits, log_path, close_fds=False)  # multiprocessing needs its fds
-        code = _child_run(target, json.loads(payload_json))
+        child_setup(limits, log_path, close_fds=False)  # multiprocessing needs its fds
+        code = child_run(target, json.loads(payload_json))
     finally:
-        _flush_and_exit(code)
+        flush_and_exit(code)
 
 
 class _MPHandle(Handle):
@@ -495,9 +415,9 @@ class _MPHandle(Handle):
         if self._reason == "timeout":
             self.exit = Exit("timeout", signal="SIGKILL", wall_s=wall)
         elif code < 0:
-            self.exit = Exit("signal", signal=_signame(-code), wall_s=wall)
+            self.exit = Exit("signal", signal=signame(-code), wall_s=wall)
         else:
-            self.exit = _from_code(code, wall, {})
+            self.exit = from_code(code, wall, {})
         self._proc.join(0)
         try:
             os.kill(-self._proc.pid, signal.SIGKILL)  # leftovers of its process group

@@ -1,11 +1,11 @@
 """Inside the fork server: the zygote's loop and the set-up of each block process.
 
-The zygote (forked once by :class:`backbeat.workerpool.ForkServer`) reads spawn/kill/close
+The zygote (forked once by :class:`backbeat.processes.workerpool.ForkServer`) reads spawn/kill/close
 requests as JSON lines on its socketpair, forks one child per job, reaps children (SIGCHLD
 wakes its ``select``), enforces timeouts, and reports ``spawned``/``exit`` events.  A child
 gets its own session, default signal handlers, ``PR_SET_PDEATHSIG``, ``RLIMIT_AS``, closed
 inherited fds and fresh standard streams, then runs ``target(payload)`` and always leaves
-through ``os._exit`` (see :mod:`backbeat.workerpool` for the whole protocol).
+through ``os._exit`` (see :mod:`backbeat.processes.workerpool` for the whole protocol).
 """
 
 from __future__ import annotations
@@ -23,21 +23,16 @@ import traceback
 from typing import Any
 
 from backbeat.core.errors import UsageError
-
-#: Exit code a child uses to say "MemoryError" (a user ``sys.exit(251)`` looks the same).
-EXIT_MEMORY = 251
-#: Exit code of a child whose target could not be imported (bad ``module:function``).
-EXIT_BOOT = 252
+from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
 
 _PR_SET_PDEATHSIG = 1
 
-def _split_target(target: str) -> tuple[str, str]:
+
+def split_target(target: str) -> tuple[str, str]:
     module, sep, func = target.partition(":")
     if not sep or not module or not func or not all(p.isidentifier() for p in module.split(".") + [func]):
         raise UsageError(f"job target `{target}' is not of the form `package.module:function'")
     return module, func
-
-
 
 
 # --------------------------------------------------------------------------- child side
@@ -74,7 +69,7 @@ def _reset_signals() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def _child_setup(limits: dict, log_path: str | None, parent: int | None = None, close_fds: bool = True) -> None:
+def child_setup(limits: dict, log_path: str | None, parent: int | None = None, close_fds: bool = True) -> None:
     """Isolate the freshly forked child: session, signals, pdeathsig, rlimits, fds, logs."""
     try:
         os.setsid()
@@ -130,10 +125,10 @@ def _fresh_std_streams() -> None:
     sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
 
 
-def _child_run(target: str, payload: Any) -> int:
+def child_run(target: str, payload: Any) -> int:
     """Import and call ``target(payload)``; map the outcome to an exit code."""
     try:
-        module, func = _split_target(target)
+        module, func = split_target(target)
         fn = getattr(importlib.import_module(module), func)
     except BaseException:  # noqa: BLE001 - the child must never escape into the caller
         traceback.print_exc()
@@ -164,7 +159,7 @@ def _system_exit_code(e: SystemExit) -> int:
     return 1
 
 
-def _flush_and_exit(code: int) -> None:
+def flush_and_exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -175,7 +170,7 @@ def _flush_and_exit(code: int) -> None:
 
 # --------------------------------------------------------------------------- zygote
 
-class _Zygote:
+class Zygote:
     """The loop running in the zygote process (never returns: ends in ``os._exit``)."""
 
     def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int) -> None:
@@ -231,8 +226,8 @@ class _Zygote:
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             try:
-                ready, writable, _ = select.select([self.sock, rfd], [self.sock] if self.outbuf else [], [],
-                                                   timeout)
+                readable: list[Any] = [self.sock, rfd]
+                ready, writable, _ = select.select(readable, [self.sock] if self.outbuf else [], [], timeout)
             except InterruptedError:
                 ready, writable = [], []
             if writable:
@@ -287,10 +282,10 @@ class _Zygote:
             try:
                 self.sock.detach()
                 os.close(self.wake)
-                _child_setup(limits, req.get("log"), parent=zygote)
-                code = _child_run(req["target"], req["payload"])
+                child_setup(limits, req.get("log"), parent=zygote)
+                code = child_run(req["target"], req["payload"])
             finally:
-                _flush_and_exit(code)
+                flush_and_exit(code)
         timeout = limits.get("timeout_s")
         self.children[pid] = {"id": req["id"], "start": start, "reason": None,
                               "deadline": start + timeout if timeout else None}

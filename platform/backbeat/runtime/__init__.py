@@ -1,8 +1,11 @@
 """Runtime: what runs inside a block process, a database provider or an indexing job.
 
-Lives here: BEAT's algorithm API (``inputs``, ``outputs``, ``dataloaders``), driving an
-algorithm (``driver``), data sources and block-to-block streams (``sources``, ``streams``),
-loading user code (``codeloader``, ``compat``: the ``beat.backend.python`` import shim),
-the block process entry point (``blockrun``) and database views (``dbprovider``).
-May import: ``core``, ``declarations``, ``data``, ``processes`` (the control client).
+Lives here: the typed job descriptions a process receives (``spec``: ``BlockSpec``,
+``DatasetSpec``, ``ProviderSpec``), BEAT's algorithm API (``inputs``, ``outputs``,
+``dataloaders``), driving an algorithm (``driver``), data sources and block-to-block streams
+(``sources``, ``streams``), the loop channel between a loop's processor and evaluator
+(``loopchannel``), loading user code (``codeloader``, ``compat``: the ``beat.backend.python``
+import shim), the block process entry point (``blockrun``) and database views (``dbprovider``).
+May import: ``core``, ``declarations``, ``data``, ``processes`` (the control client, outcomes,
+the zmq context).
 """

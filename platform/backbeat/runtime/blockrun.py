@@ -1,23 +1,25 @@
 """What runs inside a block process: load the user's algorithm, wire its data, drive it.
 
-The executor spawns ``backbeat.control:job_main`` in a fresh child of the fork server with
-a JSON payload (:func:`backbeat.executor.block_payload` writes it); ``job_main`` calls
-:func:`run`, which:
+The executor spawns ``backbeat.processes.control:job_main`` in a fresh child of the fork
+server; ``job_main`` calls :func:`run` with the job envelope, whose ``spec`` is a
+:class:`~backbeat.runtime.spec.BlockSpec` (built by :mod:`backbeat.execution.specs`).  It:
 
 1. installs the ``beat.backend.python`` import aliases (user code written for BEAT imports them);
-2. loads the libraries the algorithm ``uses`` and the algorithm module (:mod:`backbeat.codeloader`);
+2. loads the libraries the algorithm ``uses`` and the algorithm module (:mod:`~backbeat.runtime.codeloader`);
 3. opens every input: upstream outputs from their verified HDF5 cache files, dataset outputs
-   from the database-provider process over ZeroMQ (:mod:`backbeat.dbprovider`), both as
-   windowed :class:`~backbeat.sources.BatchSource`\\ s;
-4. opens one :class:`~backbeat.cachefile.CacheWriter` per output (temporary file, renamed
+   from the database-provider process over ZeroMQ (:mod:`~backbeat.runtime.dbprovider`), both
+   as windowed :class:`~backbeat.runtime.sources.BatchSource`\\ s, or a stream from a producer
+   running at the same time (:mod:`~backbeat.runtime.streams`);
+4. opens one :class:`~backbeat.data.cachefile.CacheWriter` per output (temporary file, renamed
    into place only when complete);
-5. drives the algorithm with BEAT's semantics (:mod:`backbeat.driver`), reporting progress
-   over the control channel, and commits the outputs.  Any exception propagates to
+5. drives the algorithm with BEAT's semantics (:mod:`~backbeat.runtime.driver`), reporting
+   progress over the control channel, and commits the outputs.  Any exception propagates to
    ``job_main``, which reports it; uncommitted writers are aborted so nothing partial remains.
 
-One side of a loop node has ``payload["loop"]`` (:mod:`backbeat.loops`): the processor is
-driven as above with a ``loop_channel`` (its writes and steps notify the evaluator); the
-evaluator is set up, then answers the processor until it is done, and commits its outputs.
+One side of a loop node has a ``loop`` spec (:mod:`~backbeat.runtime.loopchannel`): the
+processor is driven as above with a ``loop_channel`` (its writes and steps notify the
+evaluator); the evaluator is set up, then answers the processor until it is done, and
+commits its outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from backbeat.core.errors import WireError
 from backbeat.data import cachefile
 from backbeat.data.values import value_type
 from backbeat.processes import control
@@ -32,6 +35,7 @@ from backbeat.runtime.codeloader import load_with_libraries
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.driver import build_inputs, build_outputs, count_steps, run_algorithm
 from backbeat.runtime.sources import BatchSource, restrict
+from backbeat.runtime.spec import BlockSpec
 from backbeat.runtime.streams import StreamSender, StreamSource
 
 STREAM_BATCH = 4096  # at most, units per batch of a streamed output (the pipeline's grain)
@@ -72,18 +76,16 @@ def _last_end(source: Any) -> int:
     return last() if last is not None else source.data_indices()[-1][1]
 
 
-def _algorithm_class(payload: dict):
-    code = payload["code"]
-    libraries = code.get("libraries", {})
+def _algorithm_class(spec: BlockSpec) -> Any:
+    libraries = spec.code.libraries
 
     def library(name: str) -> tuple[str, dict]:
-        path, uses = libraries[name]
-        return path, uses
+        return libraries[name].path, libraries[name].uses
 
-    module = load_with_libraries(payload["block"]["algorithm"], code["algorithm"], code.get("uses", {}), library)
+    module = load_with_libraries(spec.algorithm, spec.code.path, spec.code.uses, library)
     cls = getattr(module, "Algorithm", None)
     if cls is None:
-        raise RuntimeError(f"algorithm `{payload['block']['algorithm']}' defines no class `Algorithm'")
+        raise RuntimeError(f"algorithm `{spec.algorithm}' defines no class `Algorithm'")
     return cls
 
 
@@ -91,71 +93,77 @@ def run(payload: dict) -> dict:
     """Execute one block (see module docstring); returns the I/O statistics."""
     t0 = time.perf_counter()
     install_beat_aliases()
-    block = payload["block"]
-    formats = payload["formats"]
-    window = int(payload.get("window", 4096))
-    algorithm = _algorithm_class(payload)()
+    spec = BlockSpec.from_json(payload["spec"])
+    formats = spec.formats
+    window = spec.window
+    algorithm = _algorithm_class(spec)()
 
     readers = []
     client = None
     sources = {}
-    for name, spec in payload["inputs"].items():
-        if spec["source"] == "cache":
-            src, reader = _cache_source(spec["path"], window, spec.get("verify", True))
+    src: Any
+    for name, inp in spec.inputs.items():
+        if inp.source == "cache":
+            assert inp.path is not None
+            src, reader = _cache_source(inp.path, window, inp.verify)
             readers.append(reader)
-        elif spec["source"] == "stream":  # from a producer running at the same time (backbeat.streams)
-            src = StreamSource(spec["address"], spec["dataformat"], formats[spec["dataformat"]])
+        elif inp.source == "stream":  # from a producer running at the same time (runtime.streams)
+            assert inp.address is not None
+            src = StreamSource(inp.address, inp.dataformat, formats[inp.dataformat])
             readers.append(src)
         else:
             if client is None:
                 from backbeat.runtime.dbprovider import DatabaseClient
 
-                client = DatabaseClient(payload["database"])
-            src = client.source(spec["dataset"], spec["output"], spec["dataformat"],
-                                formats[spec["dataformat"]], window)
-        sources[name] = (spec["channel"], src, spec["dataformat"])
+                if spec.database is None:
+                    raise WireError(f"block `{spec.name}' reads a dataset but was given no database provider")
+                client = DatabaseClient(spec.database)
+            assert inp.dataset is not None and inp.output is not None
+            src = client.source(inp.dataset, inp.output, inp.dataformat, formats[inp.dataformat], window)
+        sources[name] = (inp.channel, src, inp.dataformat)
 
-    if payload.get("range"):  # a slot of a split block: only its share of the block's channel
-        lo, hi = payload["range"]
-        sources = {n: (ch, restrict(src, lo, hi) if ch == block["channel"] else src, df)
+    if spec.range is not None:  # a slot of a split block: only its share of the block's channel
+        lo, hi = spec.range
+        sources = {n: (ch, restrict(src, lo, hi) if ch == spec.channel else src, df)
                    for n, (ch, src, df) in sources.items()}
-    input_list, loaders = build_inputs(block["type"], block["channel"], sources)
-    own = [s for (ch, s, _df) in sources.values() if ch == block["channel"]]
+    input_list, loaders = build_inputs(spec.type, spec.channel, sources)
+    own = [s for (ch, s, _df) in sources.values() if ch == spec.channel]
+    start: int
+    end: int | None
     if any(getattr(s, "live", False) for s in own):  # the end is known when the stream ends
         start, end = 0, None
     else:
-        start, end = payload.get("range") or (0, max((_last_end(s) for s in own if len(s)), default=-1))
+        start, end = spec.range or (0, max((_last_end(s) for s in own if len(s)), default=-1))
 
     channel = None  # the loop channel of a loop processor
     writers: dict[str, cachefile.CacheWriter] = {}
     senders: dict[str, StreamSender] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
     try:
-        for name, spec in payload["outputs"].items():
-            df = spec["dataformat"]
-            streams = spec.get("streams")
-            writer = cachefile.CacheWriter(spec["path"], df, formats[df], key=spec["key"], start=start, end=end)
+        for name, out in spec.outputs.items():
+            df = out.dataformat
+            writer = cachefile.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end)
             writers[name] = writer
-            if streams:  # consumers run at the same time: each batch written is also sent to them
+            if out.streams:  # consumers run at the same time: each batch written is also sent to them
                 writer.buffer_units = min(writer.buffer_units, STREAM_BATCH)  # (batches stay ≤ ~4 MB)
-                senders[name] = StreamSender(streams)
+                senders[name] = StreamSender(out.streams)
                 writer.on_batch = senders[name].send
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))
         outputs = build_outputs(sinks, input_list, start_index=start)
-        loop = payload.get("loop")  # one side of a loop node (backbeat.loops)
-        if loop is not None and loop["role"] == "evaluator":
-            from backbeat.planning.loops import run_evaluator
+        loop = spec.loop  # one side of a loop node (runtime.loopchannel)
+        if loop is not None and loop.role == "evaluator":
+            from backbeat.runtime.loopchannel import run_evaluator
 
-            served = run_evaluator(algorithm, block["type"], loop, inputs=input_list, data_loaders=loaders,
-                                   outputs=outputs, parameters=block["values"], root=payload.get("root"))
+            served = run_evaluator(algorithm, loop, inputs=input_list, data_loaders=loaders,
+                                   outputs=outputs, parameters=spec.values, root=payload.get("root"))
             written = _commit(writers, senders, outputs)
             return {"steps": served, "written": written,
                     "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
                     "wall_s": time.perf_counter() - t0}
         if loop is not None:
-            from backbeat.planning.loops import LoopChannel, attach_writes
+            from backbeat.runtime.loopchannel import LoopChannel, attach_writes
 
-            channel = LoopChannel(loop["address"], tuple(loop["request"]), tuple(loop["answer"]))
+            channel = LoopChannel(loop.address, loop.request, loop.answer)
             attach_writes(outputs, channel)
         cc = control.client()
         total = count_steps(input_list, loaders)
@@ -165,8 +173,8 @@ def run(payload: dict) -> dict:
                 cc.progress(done, total)
 
         summary = run_algorithm(
-            algorithm, block["type"], inputs=input_list, data_loaders=loaders, outputs=outputs,
-            parameters=block["values"], analyzer=block["kind"] == "analyzer", name=block["algorithm"],
+            algorithm, spec.type, inputs=input_list, data_loaders=loaders, outputs=outputs,
+            parameters=spec.values, analyzer=spec.kind == "analyzer", name=spec.algorithm,
             progress=progress, loop_channel=channel,
             before_process=channel.read_next if channel is not None else None,
         )

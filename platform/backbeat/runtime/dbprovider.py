@@ -3,11 +3,13 @@
 A database's views are user code (``databases/<name>/<version>.py``, spec §2.5), so they
 only ever run in child processes of the fork server:
 
-* :func:`build_index` (a job) loads the view, calls ``index(root_folder, parameters)`` and
-  writes the entries to the index file atomically (:mod:`backbeat.dbindex`); the job's
-  statistics carry the sha256 of the index content, which enters the cache keys.
-* :func:`serve` (a job) is the *database provider*: it binds a ROUTER socket on the
-  address the executor chose (``ipc://`` in the run's private directory) and answers
+* :func:`build_index` (a job on a :class:`~backbeat.runtime.spec.DatasetSpec`) loads the view,
+  calls ``index(root_folder, parameters)`` and writes the entries to the index file
+  atomically (:mod:`backbeat.data.dbindex`); the job's statistics carry the sha256 of the
+  index content, which enters the cache keys.
+* :func:`serve` (a job on a :class:`~backbeat.runtime.spec.ProviderSpec`) is the *database
+  provider*: it binds a ROUTER socket on the address the executor chose (``ipc://`` in the
+  run's private directory) and answers
   block processes.  For each (dataset, output) it sets the view up once over the stored
   index and groups consecutive entries with equal values into data units (BEAT's
   ``DatabaseOutputDataSource``); it calls the view's ``get`` one window of units at a
@@ -19,7 +21,7 @@ Protocol (multipart, the first frame a command):
 * ``info <dataset> <output>`` → ``ok``, ``{"units": n}``, starts (int64 bytes), ends (int64 bytes)
 * ``get <dataset> <output> <i> <j>`` → ``ok``, then the wire frames of units ``i..j-1``
 * ``bye`` → ``ok`` and the provider exits
-* any failure → ``error``, ``{"kind", "message", "traceback"}``
+* any failure → ``error``, the failure as JSON (:meth:`backbeat.processes.outcome.Outcome.to_json`)
 """
 
 from __future__ import annotations
@@ -31,36 +33,38 @@ from typing import Any
 import numpy as np
 import zmq
 
-from backbeat.core.errors import BackbeatError, UserCodeError, WireError
+from backbeat.core.errors import UserCodeError, WireError
 from backbeat.data import dbindex, wire
 from backbeat.data.batch import Batch
-from backbeat.processes.control import format_user_traceback
+from backbeat.processes import zmqcontext
+from backbeat.processes.outcome import Outcome, user_error
 from backbeat.runtime.codeloader import load_module
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.sources import BatchSource
+from backbeat.runtime.spec import DatasetSpec, ProviderSpec
 
 
-def load_view(spec: dict) -> Any:
-    """Instantiate the view class ``spec["view"]`` from ``spec["code"]``."""
+def load_view(spec: DatasetSpec) -> Any:
+    """Instantiate the view class ``spec.view`` from ``spec.code``."""
     install_beat_aliases()
-    module = load_module(spec["database"], spec["code"])
-    cls = getattr(module, spec["view"], None)
+    module = load_module(spec.database, spec.code)
+    cls = getattr(module, spec.view, None)
     if cls is None:
-        raise RuntimeError(f"database `{spec['database']}' defines no view class `{spec['view']}'")
+        raise RuntimeError(f"database `{spec.database}' defines no view class `{spec.view}'")
     return cls()
 
 
 def build_index(payload: dict) -> dict:
     """Job: run the view's ``index()`` and store it; returns ``{"digest": sha256 of the file}``."""
-    spec = payload["dataset"]
+    spec = DatasetSpec.from_json(payload["spec"])
     view = load_view(spec)
-    entries = view.index(spec["root_folder"], spec["parameters"])
+    entries = view.index(spec.root_folder, spec.parameters)
     if not isinstance(entries, (list, tuple)):
         entries = list(entries)
     bad = next((o for o in entries if not (isinstance(o, dict) or hasattr(o, "_asdict"))), None)
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
-    digest = dbindex.write_index(spec["index_path"], entries)
+    digest = dbindex.write_index(spec.index_path, entries)
     return {"digest": digest, "entries": len(entries)}
 
 
@@ -69,11 +73,11 @@ class _Dataset:
 
     RECENT_BYTES = 64 << 20  # windows kept (at least the last one), for blocks or slots reading the same output
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: DatasetSpec):
         self.spec = spec
         self.view = load_view(spec)
-        objs = dbindex.read_index(spec["index_path"])  # namedtuples, keys sorted as BEAT's Entry
-        self.view.setup(spec["root_folder"], spec["parameters"], objs, start_index=None, end_index=None)
+        objs = dbindex.read_index(spec.index_path)  # namedtuples, keys sorted as BEAT's Entry
+        self.view.setup(spec.root_folder, spec.parameters, objs, start_index=None, end_index=None)
         self.objs = getattr(self.view, "objs", None) or objs
         self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.recent: dict[tuple[str, int, int], Batch] = {}
@@ -92,7 +96,7 @@ class _Dataset:
         batch = self.recent.get(key)
         if batch is None:
             starts, ends = self.output_units(output)
-            name, expanded = self.spec["outputs"][output]
+            name, expanded = self.spec.outputs[output]
             get = self.view.get
             values = [get(output, s) for s in starts[i:j].tolist()]
             batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
@@ -103,19 +107,17 @@ class _Dataset:
 
 
 def _error(exc: BaseException, root: str | None) -> list[bytes]:
-    message, text, _ = format_user_traceback(exc, root)
-    kind = "user" if not isinstance(exc, BackbeatError) else "system"
-    return [b"error", json.dumps({"kind": kind, "message": message, "traceback": text}).encode()]
+    return [b"error", json.dumps(user_error(exc, root).to_json()).encode()]
 
 
 def serve(payload: dict) -> dict:
     """Job: the database provider (see module docstring); returns serving statistics."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
+    spec = ProviderSpec.from_json(payload["spec"])
+    sock = zmqcontext.acquire().socket(zmq.ROUTER)
     sock.linger = 0
-    sock.bind(payload["address"])
+    sock.bind(spec.address)
     datasets: dict[str, _Dataset] = {}
-    specs = payload["datasets"]
+    specs = spec.datasets
     root = payload.get("root")
     parent = os.getppid()
     served = 0
@@ -133,7 +135,7 @@ def serve(payload: dict) -> dict:
                     sock.send_multipart([ident, b"", b"ok"])
                     break
                 ds_name, output = args[0].decode(), args[1].decode()
-                if ds_name not in specs or output not in specs[ds_name]["outputs"]:
+                if ds_name not in specs or output not in specs[ds_name].outputs:
                     raise WireError(f"unknown dataset output `{ds_name}.{output}'")
                 if ds_name not in datasets:
                     datasets[ds_name] = _Dataset(specs[ds_name])
@@ -155,7 +157,7 @@ def serve(payload: dict) -> dict:
             sock.send_multipart([ident, b"", *reply], copy=False)
     finally:
         sock.close(0)
-        ctx.term()
+        zmqcontext.release()
     return {"units_served": served}
 
 
@@ -168,8 +170,7 @@ class DatabaseClient:
     """
 
     def __init__(self, address: str, timeout_ms: int = 600_000):
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.REQ)
+        self._sock = zmqcontext.acquire().socket(zmq.REQ)
         self._sock.linger = 0
         self._sock.rcvtimeo = timeout_ms
         self._sock.connect(address)
@@ -207,10 +208,13 @@ class DatabaseClient:
             reply = self._recv()
         head = reply[0].bytes
         if head == b"error":
-            info = json.loads(reply[1].bytes)
-            if info.get("kind") == "user":
-                raise UserCodeError(f"database view: {info['message']}", info.get("traceback") or "")
-            raise WireError(f"the database provider failed: {info['message']}")
+            try:
+                failure = Outcome.from_json(json.loads(reply[1].bytes))
+            except (IndexError, ValueError):
+                failure = Outcome("system", "malformed error reply")
+            if failure.kind == "user":
+                raise UserCodeError(f"database view: {failure.message}", failure.traceback or "")
+            raise WireError(f"the database provider failed: {failure.message}")
         if head != b"ok":
             raise WireError(f"unexpected reply from the database provider: {head[:40]!r}")
         return reply[1:]
@@ -235,5 +239,6 @@ class DatabaseClient:
         return BatchSource(s, e, fetch, window, prefetch)
 
     def close(self) -> None:
-        self._sock.close(0)
-        self._ctx.term()
+        if not self._sock.closed:
+            self._sock.close(0)
+            zmqcontext.release()

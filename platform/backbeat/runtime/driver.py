@@ -33,14 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
+from backbeat.declarations.algorithm import AUTONOMOUS_TYPES, LEGACY
+from backbeat.declarations.algorithm import TYPES as ALGORITHM_TYPES
 from backbeat.runtime.dataloaders import DataLoader, DataLoaderList, mix_data_indices
 from backbeat.runtime.inputs import Input, InputGroup, InputList
 from backbeat.runtime.outputs import Output, OutputList, SynchronizationListener
-
-LEGACY = "legacy"
-SEQUENTIAL_TYPES = frozenset({"sequential", "sequential_loop_processor", "sequential_loop_evaluator"})
-AUTONOMOUS_TYPES = frozenset({"autonomous", "autonomous_loop_processor", "autonomous_loop_evaluator"})
-ALGORITHM_TYPES = frozenset({LEGACY}) | SEQUENTIAL_TYPES | AUTONOMOUS_TYPES
 
 
 def _check_type(algorithm_type: str) -> str:
@@ -139,7 +136,9 @@ def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | Non
     if group is None or len(group) == 0:
         return 0
     if len(group) == 1:  # the units of one input are the steps (unknown while they arrive)
-        source = group[0].data_source
+        first = group[0]
+        assert first is not None
+        source = first.data_source
         return None if getattr(source, "live", False) else len(source)
     return len(mix_data_indices([i.data_source.data_indices() for i in group]))
 
@@ -170,7 +169,8 @@ def _single_source(group: InputGroup) -> Any:
     """The data source of a one-input group when it can be iterated (else None)."""
     if len(group) != 1 or type(group) is not InputGroup:
         return None
-    source = group[0].data_source
+    first = group[0]
+    source = first.data_source if first is not None else None
     return source if hasattr(source, "iter_units") else None
 
 
@@ -183,6 +183,7 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     Returns ``(steps, last result)``; stops early on a falsy result.
     """
     x = group[0]
+    assert x is not None
     listener = group.synchronization_listener
     plain = type(listener) is SynchronizationListener  # else its onIntervalChanged is called
     i = x.next_data_index
@@ -262,8 +263,7 @@ def run_algorithm(
     summary = RunSummary()
     result: Any = True
     if autonomous:
-        args: list[Any] = [loaders, to_write] + ([loop_channel] if pass_loop else [])
-        result = _call(algorithm, "process", *args)
+        result = _call(algorithm, "process", loaders, to_write, *([loop_channel] if pass_loop else []))
         main = loaders.main_loader
         summary.steps = main.count() if main is not None else 0
         if progress is not None:
@@ -277,8 +277,9 @@ def run_algorithm(
         process = getattr(algorithm, "process", None)
         if process is None or not callable(process):
             raise ExecutionError("algorithm object has no `process' method")
+        args: tuple
         if kind == LEGACY:
-            args: tuple = (inputs, to_write)
+            args = (inputs, to_write)
         else:
             args = (inputs, loaders, to_write) + ((loop_channel,) if pass_loop else ())
         steps = 0

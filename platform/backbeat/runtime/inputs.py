@@ -267,7 +267,7 @@ class InputList(dict):
     Iteration, length, equality and hashing are those of BEAT's list of inputs.
     """
 
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # type: ignore[assignment]  # identity, as BEAT's lists
     __eq__ = object.__eq__
 
     def __init__(self) -> None:

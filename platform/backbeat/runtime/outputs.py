@@ -150,7 +150,7 @@ class OutputList(dict):
     Iteration, length, equality and hashing are those of a list of outputs.
     """
 
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # type: ignore[assignment]  # identity, as BEAT's lists
     __eq__ = object.__eq__
 
     def __init__(self) -> None:

@@ -2,7 +2,7 @@
 
 Without streaming, a block starts once the cache files it reads are committed, so a chain
 of blocks uses one core at a time.  With streaming (the executor decides, see
-:mod:`backbeat.executor`), the producer *also* sends each batch it appends to its cache
+:mod:`backbeat.execution.local`), the producer *also* sends each batch it appends to its cache
 file to the consumer, which starts at the same time and processes units as they arrive:
 the chain runs as a pipeline.  The cache files written are the same bytes either way.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -34,6 +34,8 @@ import zmq
 from backbeat.core.errors import WireError
 from backbeat.data import wire
 from backbeat.data.batch import Batch
+from backbeat.processes import zmqcontext
+from backbeat.runtime.spec import StreamTarget
 
 HWM = 4  # messages queued per side before the producer waits
 POLL_MS = 50
@@ -42,16 +44,17 @@ POLL_MS = 50
 class StreamSender:
     """Producer side: the consumers of one output (one bound PAIR socket each)."""
 
-    def __init__(self, targets: list[dict]):
-        """``targets``: ``[{"address": ipc address to bind, "cancel": path}, ...]``."""
-        self._ctx = zmq.Context()
+    def __init__(self, targets: Sequence[StreamTarget]):
+        """One consumer per target: the ipc address to bind, the cancel file to watch."""
+        ctx = zmqcontext.acquire()
+        self._open = True
         self._live: list[tuple[zmq.Socket, str]] = []
         for t in targets:
-            sock = self._ctx.socket(zmq.PAIR)
+            sock = ctx.socket(zmq.PAIR)
             sock.linger = 0
             sock.sndhwm = HWM
-            sock.bind(t["address"])
-            self._live.append((sock, t["cancel"]))
+            sock.bind(t.address)
+            self._live.append((sock, t.cancel))
 
     def _drop(self, sock: zmq.Socket) -> None:
         self._live = [(s, c) for s, c in self._live if s is not sock]
@@ -87,8 +90,9 @@ class StreamSender:
         for sock, _ in self._live:
             sock.close(0)
         self._live = []
-        if not self._ctx.closed:
-            self._ctx.term()
+        if self._open:
+            self._open = False
+            zmqcontext.release()
 
 
 class StreamSource:
@@ -103,8 +107,7 @@ class StreamSource:
     live = True  # the driver updates the input's unit count as units arrive
 
     def __init__(self, address: str, fmt: str, expanded: dict):
-        self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.PAIR)
+        self._sock = zmqcontext.acquire().socket(zmq.PAIR)
         self._sock.linger = 0
         self._sock.rcvhwm = HWM
         self._sock.reconnect_ivl = 10
@@ -155,6 +158,6 @@ class StreamSource:
         raise WireError("the units of a streamed input are not known in advance")
 
     def close(self) -> None:
-        self._sock.close(0)
-        if not self._ctx.closed:
-            self._ctx.term()
+        if not self._sock.closed:
+            self._sock.close(0)
+            zmqcontext.release()

@@ -1,0 +1,403 @@
+"""The cache store: the one owner of the cache's layout, locks, temporaries, commits and checks.
+
+Every part of backbeat that reads or writes the cache goes through a :class:`CacheStore`
+(opened with :func:`backbeat.cache.backends.open_store`), never through paths of its own.
+
+Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
+``<root>/xx/yy/zz/<rest of a 64-hex key><suffix>`` (:meth:`CacheStore.name`):
+
+* ``.h5`` — a block output or analyzer result (:mod:`backbeat.data.cachefile`), committed
+  atomically: a writer fills ``<entry>.tmp-<pid>-<random>`` and renames it into place once
+  complete, its content digest written and fsync'ed; ``<entry>.slot<k>`` are the parts of a
+  split block, assembled into the entry;
+* ``.db`` — a view index (:mod:`backbeat.data.dbindex`), with ``<entry>.sha256`` beside it;
+* ``.h5.json`` — the JSON summary of a verified analyzer result (:meth:`CacheStore.read_result`);
+* ``<root>/.locks/<key>`` — the per-key lock files (:meth:`CacheStore.lock`);
+* ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`).
+
+Temporaries are recognised by one pattern (:data:`TEMPORARY`); a temporary whose writer
+process is alive is never removed.  A job's entries are *committed* when every output
+entry exists (:meth:`CacheStore.committed`): a file only appears at an entry's name once it
+is complete.  Reads that must be trusted verify the content digest stored in the file
+(:meth:`CacheStore.verify_output`).
+
+The class is the interface the rest of backbeat uses; another backend subclasses it (see
+``docs/architecture.md``, "Adding a cache backend").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from backbeat.core import hashing, jsonio
+from backbeat.core.errors import BackbeatError, DataError
+
+OUTPUT = ".h5"
+INDEX = ".db"
+#: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
+TEMPORARY = re.compile(r"\.tmp-(\d+)-")
+#: top-level folders of the cache that hold no entries and are never scanned nor deleted
+BOOKKEEPING = (".locks", "provenance")
+_HEX2 = re.compile(r"^[0-9a-f]{2}$")
+_REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+class EntryLock:
+    """An exclusive lock on one key (``fcntl.flock`` on ``<root>/.locks/<key>``), held until released."""
+
+    def __init__(self, fd: int, key: str) -> None:
+        self._fd: int | None = fd
+        self.key = key
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> EntryLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _writer_alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` exists, is not a zombie, and started before ``since`` (no pid reuse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return False
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return started <= since + 2
+    except (OSError, IndexError, ValueError, StopIteration):
+        return True  # no /proc: trust kill(pid, 0)
+
+
+class CacheStore:
+    """A cache on a file system shared by everything that runs blocks (``file`` backend)."""
+
+    scheme = "file"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"CacheStore({str(self.root)!r})"
+
+    @property
+    def location(self) -> str:
+        """What :func:`~backbeat.cache.backends.open_store` opens again (e.g. on a remote worker)."""
+        return str(self.root)
+
+    @property
+    def canonical_location(self) -> str:
+        """The location as run records keep it (an absolute path)."""
+        return str(self.root.resolve())
+
+    # -- layout ------------------------------------------------------------------------------
+    @staticmethod
+    def name(key: str, suffix: str) -> str:
+        """An entry's name relative to the root (``xx/yy/zz/<rest>`` + suffix), as records show it."""
+        return hashing.to_path(key, suffix)
+
+    def path(self, key: str, suffix: str) -> Path:
+        return self.root / self.name(key, suffix)
+
+    def output_path(self, key: str) -> Path:
+        """The cache file of a block output or analyzer result."""
+        return self.path(key, OUTPUT)
+
+    def index_path(self, key: str) -> Path:
+        """The view index file of a dataset."""
+        return self.path(key, INDEX)
+
+    def slot_path(self, key: str, slot: int) -> Path:
+        """The file slot ``slot`` of a split block writes for output ``key``."""
+        return Path(f"{self.output_path(key)}.slot{slot}")
+
+    @property
+    def records_folder(self) -> Path:
+        """Where run records are kept (:mod:`backbeat.provenance.records`)."""
+        return self.root / "provenance"
+
+    def is_entry(self, path: Path) -> bool:
+        """True if ``path`` (inside the root) is shaped like a cache entry."""
+        try:
+            parts = path.relative_to(self.root).parts
+        except ValueError:
+            return False
+        return len(parts) == 4 and all(_HEX2.match(p) for p in parts[:3]) and bool(_REST.match(parts[3]))
+
+    def scan(self) -> tuple[list[Path], list[Path]]:
+        """``(cache entries, other files)`` under the root (sorted; :data:`BOOKKEEPING` excluded)."""
+        if not self.root.is_dir():
+            raise BackbeatError(f"cache folder `{self.root}' does not exist")
+        entries: list[Path] = []
+        other: list[Path] = []
+        for dirpath, dirs, files in os.walk(self.root):
+            here = Path(dirpath)
+            if here == self.root:
+                dirs[:] = [d for d in dirs if d not in BOOKKEEPING]
+            dirs.sort()
+            for f in sorted(files):
+                p = here / f
+                (entries if self.is_entry(p) else other).append(p)
+        return entries, other
+
+    def resolve(self, ref: str) -> Path:
+        """A cache file named by path (as given or relative to the root) or by a 64-hex key."""
+        p = Path(ref)
+        for candidate in (p, self.root / p):
+            if candidate.is_file():
+                return candidate
+        if _KEY.fullmatch(ref):
+            for candidate in (self.output_path(ref), self.index_path(ref)):
+                if candidate.is_file():
+                    return candidate
+        raise BackbeatError(f"`{ref}' is neither a file nor the key of a file in cache `{self.root}'")
+
+    # -- locks -------------------------------------------------------------------------------
+    def lock(self, key: str, wait: bool = True) -> EntryLock | None:
+        """Take the exclusive lock of ``key``: wait for it, or (``wait=False``) None if it is held.
+
+        Two runs (or a run and a remote worker) needing the same job never compute it at once:
+        the second waits, then finds the entries committed.
+        """
+        folder = self.root / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / key, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return EntryLock(fd, key)
+
+    # -- temporaries -------------------------------------------------------------------------
+    @staticmethod
+    def is_temporary(path: Path) -> bool:
+        return TEMPORARY.search(path.name) is not None
+
+    @staticmethod
+    def live_temporary(path: Path) -> bool:
+        """Whether ``path`` is a temporary whose writer process is still alive."""
+        m = TEMPORARY.search(path.name)
+        if m is None:
+            return False
+        try:
+            since = path.stat().st_mtime
+        except OSError:
+            return False
+        return _writer_alive(int(m.group(1)), since)
+
+    def drop_temporaries(self, path: str | os.PathLike, locked: bool = False) -> list[Path]:
+        """Remove the writers' temporaries of the entry (or slot file) at ``path``.
+
+        Those of a live writer are kept — unless ``locked``: the caller holds the entry's
+        lock, so no writer of it is alive on any host sharing the cache (a pid seen from here
+        may name a process elsewhere).
+        """
+        target = Path(path)
+        removed: list[Path] = []
+        if not target.parent.is_dir():
+            return removed
+        prefix = target.name + ".tmp-"
+        for tmp in target.parent.iterdir():
+            if not tmp.name.startswith(prefix) or not self.is_temporary(tmp):
+                continue
+            if not locked and self.live_temporary(tmp):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+        return removed
+
+    # -- commits -----------------------------------------------------------------------------
+    def committed(self, keys: Iterable[str]) -> bool:
+        """Whether every output entry of ``keys`` is committed (an empty key never is)."""
+        keys = list(keys)
+        return all(k and self.output_path(k).is_file() for k in keys)
+
+    def drop_partial(self, keys: Iterable[str], slots: int = 0, committed: bool = False,
+                     locked: bool = False) -> None:
+        """Remove what an unfinished job left of its outputs ``keys``: writers' temporaries, the
+        files of its first ``slots`` slots, and with ``committed`` the committed entries too."""
+        for key in keys:
+            final = self.output_path(key)
+            self.drop_temporaries(final, locked)
+            if committed:
+                final.unlink(missing_ok=True)
+            for k in range(slots):
+                part = self.slot_path(key, k)
+                self.drop_temporaries(part, locked)
+                part.unlink(missing_ok=True)
+
+    def discard(self, key: str) -> None:
+        """Remove an output entry (found corrupted)."""
+        self.output_path(key).unlink(missing_ok=True)
+
+    def discard_index(self, key: str) -> None:
+        """Remove a view index entry (its view failed to index)."""
+        self.index_path(key).unlink(missing_ok=True)
+
+    # -- verification ------------------------------------------------------------------------
+    def verify_output(self, key: str) -> str:
+        """Verify an output entry against its content digest; return the digest.
+
+        Raises :class:`~backbeat.core.errors.IntegrityError` (or ``OSError``) when it does not hold.
+        """
+        from backbeat.data import cachefile
+
+        return cachefile.verify(str(self.output_path(key)))
+
+    def stored_digest(self, key: str) -> str:
+        """The content digest recorded in an output entry (attributes only, not verified)."""
+        from backbeat.data import cachefile
+
+        return cachefile.stored_digest(str(self.output_path(key)))
+
+    def index_digest(self, key: str) -> str | None:
+        """sha256 of a view index entry's bytes (None if it is not in the cache)."""
+        from backbeat.data.dbindex import index_digest
+
+        path = self.index_path(key)
+        return index_digest(str(path)) if path.is_file() else None
+
+    def verified_index_digest(self, key: str) -> str | None:
+        """The index's digest if its content matches the digest written beside it, else None."""
+        from backbeat.data.dbindex import verified_digest
+
+        return verified_digest(self.index_path(key))
+
+    def verify_file(self, path: Path) -> dict:
+        """``{"path", "status": ok|corrupt|skipped, "message"}`` for one cache file."""
+        from backbeat.data.cachefile import verify
+
+        try:
+            if path.suffix == OUTPUT:
+                verify(path)
+            elif path.suffix == INDEX:
+                from backbeat.data.dbindex import read_index
+
+                read_index(path)
+            else:
+                return {"path": str(path), "status": "skipped", "message": "not a backbeat cache file"}
+        except (DataError, OSError) as exc:
+            return {"path": str(path), "status": "corrupt", "message": str(exc)}
+        return {"path": str(path), "status": "ok", "message": ""}
+
+    # -- analyzer results --------------------------------------------------------------------
+    def _summary_path(self, key: str) -> Path:
+        return Path(f"{self.output_path(key)}.json")
+
+    def result_summary(self, key: str) -> list | None:
+        """The records of a verified result entry, from its JSON summary, if the entry is
+        unchanged since (size and modification time); None otherwise."""
+        try:
+            st = self.output_path(key).stat()
+            data = jsonio.parse(self._summary_path(key).read_bytes())
+        except (OSError, jsonio.JSONProblem):
+            return None
+        if isinstance(data, dict) and data.get("size") == st.st_size and data.get("mtime_ns") == st.st_mtime_ns:
+            records = data.get("records")
+            return records if isinstance(records, list) else None
+        return None
+
+    def read_result(self, key: str) -> list[dict]:
+        """Records of one analyzer result entry: ``[{"start", "end", "data"}, …]``.
+
+        The file is verified against its content digest the first time; its records are then
+        kept in a small JSON summary beside it, trusted while the file's size and modification
+        time are unchanged, so a cached re-run needs neither h5py nor a read.
+        ``backbeat cache verify`` and ``experiments audit`` always check the digests.
+        """
+        records = self.result_summary(key)
+        if records is not None:
+            return records
+        from backbeat.data import cachefile
+
+        path = self.output_path(key)
+        with cachefile.CacheReader(str(path), verify=True) as reader:
+            batch = reader.read_units(0, len(reader))
+            st = path.stat()
+        records = [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}
+                   for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)]
+        kept = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "records": records}
+        summary = self._summary_path(key)
+        tmp = Path(f"{summary}.tmp-{os.getpid()}-0")
+        try:
+            tmp.write_text(jsonio.dumps(kept))
+            os.replace(tmp, summary)
+        except OSError:  # a read-only cache still gives results
+            tmp.unlink(missing_ok=True)
+        return records
+
+    # -- housekeeping ------------------------------------------------------------------------
+    @staticmethod
+    def size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except OSError:
+            return 0
+
+    def delete(self, paths: list[Path]) -> int:
+        """Delete entries (never anything else); remove the folders they leave empty; bytes freed."""
+        freed = 0
+        for p in paths:
+            if not self.is_entry(p):
+                raise BackbeatError(f"`{p}' is not an entry of cache `{self.root}': not deleted")
+            size = self.size(p)
+            try:
+                p.unlink()
+                freed += size
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise BackbeatError(f"cannot delete `{p}': {exc.strerror or exc}") from None
+        for folder in sorted({p.parent for p in paths}, key=lambda p: -len(p.parts)):
+            for _ in range(3):
+                if folder == self.root or not _HEX2.match(folder.name):
+                    break
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+                folder = folder.parent
+        return freed
+
+    # -- scratch caches ----------------------------------------------------------------------
+    @classmethod
+    def scratch(cls) -> CacheStore:
+        """A fresh, empty cache in a temporary folder (audits re-running an experiment, tests)."""
+        return cls(tempfile.mkdtemp(prefix="backbeat-cache-"))
+
+    def destroy(self) -> None:
+        """Remove the whole cache (scratch caches only)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, CacheStore) and other.scheme == self.scheme and other.location == self.location
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.location))

@@ -1,0 +1,151 @@
+"""The executor interface: one run lifecycle, whatever runs the blocks.
+
+:meth:`Executor.run` is the same for every executor::
+
+    prepare   plan the experiment, index its datasets (in local block processes), assign keys
+    decide    which jobs run: cache state, verification, --force/--only/--from/--until
+    execute   run the jobs whose state is ``pending``        <- the one method an executor supplies
+    report    each job's status, error, statistics; the analyzers' results
+    record    the provenance record, stored in the cache (the same for every executor)
+
+:meth:`Executor.execute` moves jobs from ``pending`` to ``ran``/``failed``/``skipped``/
+``cached`` in ``run.state`` (:class:`~backbeat.execution.state.RunState`) and emits progress
+events; everything else is done here.  Executors are listed in
+:data:`backbeat.execution.executors.EXECUTORS`; adding one is a module with an
+``Executor`` subclass and one entry in that table (``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from backbeat.cache.store import CacheStore
+from backbeat.execution import decisions
+from backbeat.execution.report import report
+from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run
+from backbeat.execution.views import index_datasets
+from backbeat.execution.workspace import Workspace
+from backbeat.planning.model import assign_keys
+from backbeat.planning.selection import Options
+from backbeat.processes.group import ProcessGroup
+from backbeat.provenance import builder, records
+
+
+def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
+            options: Options | None = None, progress: Progress | None = None, warm: bool = False) -> Run:
+    """Plan an experiment and index its datasets (keys assigned), ready to decide and execute.
+
+    With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
+    and zmq on the other core while this process plans (a cached run just closes it).
+    """
+    workspace = Workspace.open(prefix, cache)
+    group = ProcessGroup(root=workspace.user_root)
+    if warm:
+        group.warm()
+    try:
+        plan = workspace.plan(name)
+    except BaseException:
+        group.close()
+        raise
+    run = Run(plan, workspace, options or Options(), group, progress)
+    group.on_message = run.on_message
+    try:
+        index_datasets(run)
+        assign_keys(plan)
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+def decide(run: Run) -> None:
+    """Decide every job's action, and set its first state (:data:`~backbeat.execution.state.INITIAL`).
+
+    A job reading a dataset whose view could not be indexed fails with the view's error.
+    """
+    run.decisions = decisions.decide(run)
+    for job in run.plan.jobs:
+        action = run.decisions[job.name][0]
+        run.state.status[job.name] = INITIAL[action]
+        if action == "cached":
+            run.emit(job.name, "cached")
+        failed = [i.node for i in job.inputs.values() if i.source == "dataset" and i.node in run.state.dataset_errors]
+        if failed:
+            run.state.fail(job.name, dict(run.state.dataset_errors[failed[0]]))
+            run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
+
+
+def finish(run: Run) -> None:
+    """Jobs that never started (not selected, or after a failure) end ``skipped``."""
+    for job in run.plan.jobs:
+        if run.state.status[job.name] in (*STARTABLE, JobState.EXCLUDED):
+            run.set(job.name, JobState.SKIPPED)
+
+
+def record(run: Run, rep: dict) -> str:
+    """Build and store the run's provenance record; its path."""
+    store = run.store
+    previous = records.history(store, run.plan.experiment)
+    options = {"force": run.options.force, "only": run.options.only, "from": run.options.from_,
+               "until": run.options.until}
+    rec = builder.build(run.plan, run.workspace.prefix, store, options, rep, previous)
+    return str(records.store(store, rec))
+
+
+def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
+            options: Options | None = None) -> dict:
+    """The plan of a run without running any block: each job's action, reason and key.
+
+    Dataset views whose index is missing are indexed first (their content enters the keys).
+    """
+    run = prepare(prefix, cache, name, options)
+    try:
+        chosen = decisions.decide(run)
+    finally:
+        run.close()
+    return {
+        "experiment": run.plan.experiment,
+        "blocks": {
+            j.name: {"action": chosen[j.name][0], "reason": chosen[j.name][1], "key": j.key,
+                     "algorithm": j.algorithm, "depends": j.depends}
+            for j in run.plan.jobs
+        },
+    }
+
+
+class Executor(ABC):
+    """Runs the jobs of a prepared run somewhere (this machine, a cluster…).
+
+    The constructor's keyword arguments are the executor's own settings (``--scheduler``…).
+    """
+
+    #: its name in :data:`backbeat.execution.executors.EXECUTORS` (``--executor NAME``)
+    name: ClassVar[str]
+    #: whether blocks run in this run's local process group (start its fork server early)
+    local: ClassVar[bool] = False
+
+    def check(self) -> None:  # noqa: B027 - most executors need no check
+        """Fail early (before planning) if the executor cannot work here."""
+
+    @abstractmethod
+    def execute(self, run: Run) -> None:
+        """Run the ``pending`` jobs of ``run``, recording their outcomes in ``run.state``."""
+
+    def run(self, prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
+            options: Options | None = None, progress: Progress | None = None) -> dict:
+        """Run an experiment; return the JSON-able report of ``backbeat experiments run --json``."""
+        self.check()
+        run = prepare(prefix, cache, name, options, progress, warm=self.local)
+        try:
+            decide(run)
+            if not self.local:  # blocks run elsewhere: no local process is kept meanwhile
+                run.group.close()
+            self.execute(run)
+        finally:
+            run.close()
+        finish(run)
+        rep = report(run)
+        rep["provenance"] = record(run, rep)
+        return rep

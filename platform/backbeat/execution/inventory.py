@@ -1,0 +1,136 @@
+"""What the cache holds for experiments: ``experiments caches``, cache states, ``cache gc``.
+
+These verbs need the keys of experiments, computed *without running user code*: an
+experiment's keys are known only when every dataset it reads has its view index in the
+cache (:meth:`backbeat.execution.workspace.Workspace.keyed_plan`).  ``gc`` keeps the outputs
+of every valid experiment of the prefix whose keys are known, and the view index of every
+set of every valid database; deleting goes through :mod:`backbeat.cache.tools`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from backbeat.cache.store import CacheStore
+from backbeat.cache.tools import remove_unneeded
+from backbeat.core.errors import BackbeatError, ExecutionError
+from backbeat.core.names import parse_name
+from backbeat.execution.workspace import Workspace
+from backbeat.planning.model import Plan
+from backbeat.planning.planner import dataset
+from backbeat.provenance import records
+
+Cache = CacheStore | str | os.PathLike
+
+
+def experiment_caches(prefix: str | os.PathLike, cache: Cache, name: str) -> list[dict]:
+    """One record per block output / analyzer result: block, output, key, path, exists, bytes."""
+    _k, name = parse_name("experiment", name)
+    workspace = Workspace.open(prefix, cache)
+    p, missing = workspace.keyed_plan(name)
+    if missing:
+        raise ExecutionError(f"the cache keys of experiment `{name}' are not known: dataset(s) "
+                             f"{', '.join(sorted(missing))} were never indexed (run the experiment, or "
+                             f"`backbeat databases index' its databases)")
+    store = workspace.store
+    out = []
+    for job in p.jobs:
+        for o in job.outputs.values():
+            path = store.output_path(o.key)
+            out.append({"block": job.name, "kind": job.kind, "output": o.name, "key": o.key, "path": str(path),
+                        "exists": path.is_file(), "bytes": store.size(path)})
+    return out
+
+
+def last_record(cache: Cache, experiment: str) -> dict | None:
+    """The latest stored provenance record of an experiment (None if none or unreadable)."""
+    try:
+        found = records.history(cache, experiment)
+    except (BackbeatError, OSError):
+        return None
+    return found[0] if found else None
+
+
+def states(prefix: str | os.PathLike, cache: Cache, name: str,
+           report: dict | None = None) -> tuple[Plan, dict[str, str]]:
+    """``(plan, {node: cached|run|failed|unknown})`` without running anything.
+
+    ``report`` is a run report (``experiments run --json``) or provenance record; by default the
+    latest provenance record of the experiment is used.  Its failed blocks whose key is the
+    current one (or that carry no key) are ``failed``.
+    """
+    workspace = Workspace.open(prefix, cache)
+    p, missing = workspace.keyed_plan(name)
+    if report is None:
+        report = last_record(cache, p.experiment)
+    out: dict[str, str] = {}
+    for ds in p.datasets.values():
+        out[ds.name] = "run" if ds.name in missing else "cached"
+    for job in p.jobs:
+        if missing:
+            out[job.name] = "unknown"
+        else:
+            out[job.name] = "cached" if workspace.store.committed(job.output_keys) else "run"
+    keys = {j.name: j.key for j in p.jobs}
+    blocks = report.get("blocks") if isinstance(report, dict) else None
+    if isinstance(blocks, dict):
+        for block, entry in blocks.items():
+            if block not in keys or not isinstance(entry, dict) or entry.get("status") != "failed":
+                continue
+            if out[block] != "cached" and (not entry.get("key") or not keys[block] or entry["key"] == keys[block]):
+                out[block] = "failed"
+    return p, out
+
+
+def needed(prefix: str | os.PathLike, cache: Cache) -> tuple[set[Path], list[dict]]:
+    """Files the prefix needs: ``(paths, skipped experiments with the reason)``."""
+    from backbeat.declarations.database import sets as database_sets
+
+    if not Path(prefix).is_dir():
+        raise BackbeatError(f"prefix folder `{prefix}' does not exist")
+    workspace = Workspace.open(prefix, cache)
+    catalog, store = workspace.catalog, workspace.store
+    ctx = workspace.context()
+    keep: set[Path] = set()
+    for db in catalog.prefix.list("database"):
+        asset = catalog.get("database", db)
+        if not asset.valid:
+            continue
+        try:
+            for protocol, protocol_sets in database_sets(catalog, asset).items():
+                for set_name in protocol_sets:
+                    ds = dataset(ctx, f"{protocol}/{set_name}", db, protocol, set_name)
+                    keep.add(store.index_path(ds.index_key))
+        except BackbeatError:
+            continue
+    skipped = []
+    for name in catalog.prefix.list("experiment"):
+        try:
+            p, missing = workspace.keyed_plan(name)
+        except BackbeatError as exc:
+            skipped.append({"experiment": name, "reason": str(exc).splitlines()[0]})
+            continue
+        keep |= {store.index_path(ds.index_key) for ds in p.datasets.values()}
+        if missing:
+            skipped.append({"experiment": name,
+                            "reason": f"dataset(s) {', '.join(sorted(missing))} never indexed: no output kept"})
+            continue
+        outputs = {store.output_path(o.key) for j in p.jobs for o in j.outputs.values()}
+        keep |= outputs | {Path(f"{path}.json") for path in outputs}  # + results' JSON summaries
+    keep |= {Path(f"{path}.sha256") for path in keep if path.suffix == ".db"}  # + index digests
+    return keep, skipped
+
+
+def gc(prefix: str | os.PathLike, cache: Cache, dry_run: bool = False) -> dict:
+    """Delete cache entries no experiment of the prefix needs; report what is (or would be) freed."""
+    skipped: list[dict] = []
+
+    def keep() -> set[Path]:
+        paths, skipped[:] = needed(prefix, cache)
+        return paths
+
+    out: dict[str, Any] = remove_unneeded(cache, keep, dry_run)
+    unrecognised = out.pop("unrecognised_files")
+    return dict(out, skipped_experiments=skipped, unrecognised_files=unrecognised)

@@ -1,0 +1,68 @@
+"""Run reports and analyzer results (``experiments run --json``, ``experiments results``).
+
+A report gives each block's status, keys, error and statistics, and the analyzers' results
+as read from the cache (``{analyzer: [{"start", "end", "data"}, …]}``, see
+:meth:`backbeat.cache.store.CacheStore.read_result`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from backbeat.cache.store import CacheStore
+from backbeat.core.errors import ExecutionError
+from backbeat.execution.state import Run
+from backbeat.execution.workspace import Workspace
+from backbeat.planning.model import Plan
+
+
+def read_results(plan: Plan, store: CacheStore) -> dict[str, list]:
+    """Analyzer results present in the cache: ``{analyzer: [{"start", "end", "data"}, …]}``."""
+    results = {}
+    for job in plan.jobs:
+        if job.kind != "analyzer":
+            continue
+        key = job.outputs["result"].key
+        if key and store.output_path(key).is_file():
+            results[job.name] = store.read_result(key)
+    return results
+
+
+def report(run: Run) -> dict:
+    """The JSON-able report of a run: each block's status, keys, error and statistics, and the
+    analyzers' cached results."""
+    state = run.state
+    blocks = {}
+    for job in run.plan.jobs:
+        status = state.status.get(job.name)
+        entry: dict[str, Any] = {"status": status.value if status is not None else "pending", "key": job.key,
+                                 "beat_hash": job.beat_hash,
+                                 "outputs": {n: o.key for n, o in job.outputs.items()}}
+        if job.name in state.errors:
+            entry["error"] = state.errors[job.name]
+        if job.name in state.stats:
+            entry["statistics"] = state.stats[job.name]
+        blocks[job.name] = entry
+    failed = any(b["status"] == "failed" for b in blocks.values())
+    return {
+        "experiment": run.plan.experiment,
+        "status": "failed" if failed else "ok",
+        "blocks": blocks,
+        "results": read_results(run.plan, run.store),
+    }
+
+
+def cached_results(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str) -> dict[str, list]:
+    """Results of an experiment already in the cache, without running anything."""
+    workspace = Workspace.open(prefix, cache)
+    p, missing = workspace.keyed_plan(name)
+    if missing:
+        raise ExecutionError(f"experiment `{p.experiment}' has no cached results (dataset `{missing[0]}' "
+                             f"was never indexed); run it first")
+    results = read_results(p, workspace.store)
+    absent = [j.name for j in p.jobs if j.kind == "analyzer" and j.name not in results]
+    if absent:
+        raise ExecutionError(f"experiment `{p.experiment}' has no cached results for {', '.join(absent)}; "
+                             f"run it first")
+    return results

@@ -1,0 +1,134 @@
+"""Building the typed job descriptions (:mod:`backbeat.runtime.spec`) from a plan and a store.
+
+The one place where a planned job becomes what its process reads: :class:`SpecBuilder`
+resolves code files from the catalog, cache files from the cache store, dataformats from
+the plan.  Whoever starts the process then fills in what only it knows (the database
+provider's address, streams, slot ranges, a loop channel) with :func:`dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection
+
+from backbeat.core.errors import ExecutionError
+from backbeat.declarations.algorithm import Algorithm
+from backbeat.execution.workspace import Workspace
+from backbeat.planning.loops import side_job
+from backbeat.planning.model import LOOP_SIDES, Job, Plan
+from backbeat.runtime.spec import (
+    BlockSpec,
+    CodeSpec,
+    DatasetSpec,
+    InputSpec,
+    LibrarySpec,
+    LoopSpec,
+    OutputSpec,
+    StreamTarget,
+)
+
+
+class SpecBuilder:
+    def __init__(self, plan: Plan, workspace: Workspace, window: int = 4096) -> None:
+        self.plan = plan
+        self.workspace = workspace
+        self.window = window
+        self._types: dict[str, str] = {}
+
+    def algorithm_type(self, name: str) -> str:
+        if name not in self._types:
+            self._types[name] = Algorithm(self.workspace.catalog.get("algorithm", name)).type
+        return self._types[name]
+
+    def splittable(self, job: Job) -> bool:
+        return Algorithm(self.workspace.catalog.get("algorithm", job.algorithm)).splittable
+
+    def dataset(self, name: str) -> DatasetSpec:
+        """The spec of one dataset of the plan (its indexing job, the provider)."""
+        ds = self.plan.datasets[name]
+        files = self.workspace.catalog.prefix.locate("database", ds.database)
+        return DatasetSpec(
+            database=ds.database, code=str(files.code(None)), view=ds.view, root_folder=ds.root_folder,
+            parameters=ds.view_parameters, index_path=str(self.workspace.store.index_path(ds.index_key)),
+            outputs={o: (df, self.plan.expanded[df]) for o, df in ds.outputs.items()},
+        )
+
+    def datasets(self, names: Collection[str] | None = None) -> dict[str, DatasetSpec]:
+        return {n: self.dataset(n) for n in (self.plan.datasets if names is None else names)}
+
+    def code(self, algorithm: str, libraries: list[list[str]]) -> CodeSpec:
+        catalog = self.workspace.catalog
+        algo = Algorithm(catalog.get("algorithm", algorithm))
+        libs = {}
+        for lib_name, _h in libraries:
+            lib = catalog.get("library", lib_name)
+            libs[lib_name] = LibrarySpec(str(lib.code_path), dict(lib.declaration.get("uses") or {}))
+        return CodeSpec(str(algo.asset.code_path), dict(algo.uses), libs)
+
+    def block(self, job: Job, fresh: Collection[str] = ()) -> BlockSpec:
+        """The spec of a block or analyzer job (no provider address, streams or slot yet).
+
+        ``fresh``: jobs whose outputs this run has just committed; their files are not
+        re-verified when opened (their digest was computed as they were written).
+        """
+        if job.kind == "loop":  # two processes and a loop channel: see loop_sides
+            raise ExecutionError(f"loop `{job.name}' can only run with the local executor (not as one remote or "
+                                 f"Dask task): its processor and evaluator are two processes joined by a loop channel")
+        store = self.workspace.store
+        expanded = self.plan.expanded
+        formats = {i.dataformat: expanded[i.dataformat] for i in job.inputs.values()}
+        formats.update({o.dataformat: expanded[o.dataformat] for o in job.outputs.values()})
+        inputs = {}
+        for name, inp in job.inputs.items():
+            if inp.source == "dataset":
+                ds_df = self.plan.datasets[inp.node].outputs[inp.output]
+                formats[ds_df] = expanded[ds_df]
+                inputs[name] = InputSpec(inp.channel, ds_df, "dataset", key=inp.key, dataset=inp.node,
+                                         output=inp.output)
+            else:
+                inputs[name] = InputSpec(inp.channel, inp.dataformat, "cache", key=inp.key,
+                                         path=str(store.output_path(inp.key)), verify=inp.node not in fresh)
+        return BlockSpec(
+            name=job.name, kind=job.kind, algorithm=job.algorithm, type=self.algorithm_type(job.algorithm),
+            channel=job.channel, values=job.values, code=self.code(job.algorithm, job.libraries),
+            inputs=inputs,
+            outputs={n: OutputSpec(o.dataformat, o.key, str(store.output_path(o.key))) for n, o in job.outputs.items()},
+            formats=formats, window=self.window,
+        )
+
+    def slots(self, spec: BlockSpec, ranges: list[tuple[int, int]]) -> list[BlockSpec]:
+        """One spec per slot of a split block: its range, its own slot files."""
+        store = self.workspace.store
+        return [dataclasses.replace(spec, range=rng, slot=k,
+                                    outputs={n: dataclasses.replace(o, path=str(store.slot_path(o.key, k)))
+                                             for n, o in spec.outputs.items()})
+                for k, rng in enumerate(ranges)]
+
+    def loop_sides(self, job: Job, address: str, fresh: Collection[str] = ()) -> list[BlockSpec]:
+        """The specs of a loop's evaluator then processor, joined by the loop channel at ``address``."""
+        specs = []
+        for side in reversed(LOOP_SIDES):
+            spec = self.block(side_job(job, side), fresh)
+            if side == "evaluator":
+                formats = dict((job.evaluator or {})["loop"])
+            else:
+                formats = dict(Algorithm(self.workspace.catalog.get("algorithm", job.algorithm)).loop or {})
+            request, answer = formats["request"], formats["answer"]
+            loop = LoopSpec(side, address, (request, self.plan.expanded[request]),
+                            (answer, self.plan.expanded[answer]))
+            specs.append(dataclasses.replace(spec, loop=loop))
+        return specs
+
+
+def streamed(spec: BlockSpec, inputs: dict[str, str]) -> BlockSpec:
+    """``spec`` reading ``inputs`` (name → address) from producers running at the same time."""
+    return dataclasses.replace(spec, inputs={
+        n: dataclasses.replace(i, source="stream", address=inputs[n]) if n in inputs else i
+        for n, i in spec.inputs.items()})
+
+
+def streaming(spec: BlockSpec, output: str, target: StreamTarget) -> BlockSpec:
+    """``spec`` also sending ``output`` to a consumer as it is written."""
+    out = spec.outputs[output]
+    return dataclasses.replace(spec, outputs=dict(spec.outputs, **{
+        output: dataclasses.replace(out, streams=out.streams + (target,))}))

@@ -1,0 +1,117 @@
+"""The state of one run: each job's :class:`JobState`, errors and statistics, and the :class:`Run`.
+
+A job goes ``pending`` → (``waiting`` for another run's lock) → ``running`` → ``ran`` |
+``failed``; or is ``cached`` (outputs already committed), ``excluded`` (not selected by
+``--only``/``--until``, reported ``skipped``) or ``skipped`` (an upstream job failed, or it
+never started).  These strings are the statuses of run reports and provenance records.
+
+:class:`RunState` is plain data, kept apart from whoever schedules the jobs; :class:`Run`
+ties it to the plan, the workspace, the options and the local process group (which the
+datasets are indexed with, and the local executor runs its blocks in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from backbeat.cache.store import CacheStore
+from backbeat.declarations.catalog import Catalog
+from backbeat.execution.workspace import Workspace
+from backbeat.planning.model import Job, Plan
+from backbeat.planning.selection import Options
+from backbeat.processes.control import Message
+from backbeat.processes.group import ProcessGroup
+
+#: a progress display: called with ``{"block", "state", ...}`` events
+Progress = Callable[[dict], None]
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    WAITING = "waiting"
+    RUNNING = "running"
+    RAN = "ran"
+    FAILED = "failed"
+    CACHED = "cached"
+    EXCLUDED = "excluded"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: a selection decision (:func:`backbeat.planning.selection.decide`) -> the job's first state
+INITIAL = {"run": JobState.PENDING, "cached": JobState.CACHED, "excluded": JobState.EXCLUDED,
+           "blocked": JobState.SKIPPED}
+#: states a job may still start from
+STARTABLE = (JobState.PENDING, JobState.WAITING)
+#: states of a job whose outputs are available to downstream jobs
+AVAILABLE = (JobState.RAN, JobState.CACHED)
+#: states of a job that makes its downstream jobs skipped
+BROKEN = (JobState.FAILED, JobState.SKIPPED)
+
+
+@dataclass
+class RunState:
+    status: dict[str, JobState] = field(default_factory=dict)
+    errors: dict[str, dict] = field(default_factory=dict)  # job -> {"kind", "message", "traceback"}
+    stats: dict[str, dict] = field(default_factory=dict)  # job -> statistics of its process(es)
+    dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
+
+    def fail(self, job: str, error: dict) -> None:
+        self.status[job] = JobState.FAILED
+        self.errors[job] = error
+
+
+@dataclass
+class Run:
+    """One run of an experiment (or of dataset jobs): what is run, where, how, and how it goes."""
+
+    plan: Plan
+    workspace: Workspace
+    options: Options
+    group: ProcessGroup
+    progress: Progress | None = None
+    state: RunState = field(default_factory=RunState)
+    decisions: dict[str, tuple[str, str]] = field(default_factory=dict)  # job -> (action, reason)
+
+    @property
+    def store(self) -> CacheStore:
+        return self.workspace.store
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.workspace.catalog
+
+    @property
+    def jobs(self) -> dict[str, Job]:
+        return {j.name: j for j in self.plan.jobs}
+
+    def emit(self, job: str, state: str, **extra: Any) -> None:
+        """Tell the progress display (if any) about a job."""
+        if self.progress is not None:
+            self.progress({"block": job, "state": state, **extra})
+
+    def set(self, job: str, state: JobState, **extra: Any) -> None:
+        """Move a job to ``state`` and say so."""
+        self.state.status[job] = state
+        self.emit(job, state.value, **extra)
+
+    def on_message(self, msg: Message) -> None:
+        """Progress messages of block processes (``job`` or ``job#slot``) to the display."""
+        block, _, slot = msg.job.partition("#")
+        if msg.type == "progress" and block in self.state.status:
+            extra = {"slot": int(slot)} if slot else {}
+            self.emit(block, "running", done=msg.data.get("done"), total=msg.data.get("total"), **extra)
+
+    def close(self) -> None:
+        """Stop every local process; drop what an interrupted indexing job left."""
+        started = self.group.started
+        self.group.close()
+        if started:
+            for ds in self.plan.datasets.values():
+                if ds.index_digest is None:
+                    self.store.drop_temporaries(self.store.index_path(ds.index_key))

@@ -1,0 +1,64 @@
+"""Where a run happens: a prefix (its catalog), a cache store, and the database root folders.
+
+The execution layer is where ``.backbeatrc`` meets planning: :meth:`Workspace.open` takes
+the database root folder overrides of the active configuration (unless given), and every
+plan made through the workspace gets them, so planning itself reads no configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backbeat.cache.backends import open_store
+from backbeat.cache.store import CacheStore
+from backbeat.core import config
+from backbeat.declarations.catalog import Catalog
+from backbeat.planning.context import PlanContext
+from backbeat.planning.model import Plan, assign_keys
+from backbeat.planning.planner import plan
+
+
+@dataclass
+class Workspace:
+    prefix: Path
+    store: CacheStore
+    catalog: Catalog
+    roots: dict[str, str]  # database name -> root folder of its raw data (overrides)
+
+    @classmethod
+    def open(cls, prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike,
+             roots: dict[str, str] | None = None, catalog: Catalog | None = None) -> Workspace:
+        """The workspace of a prefix and a cache; ``roots`` default to the active ``.backbeatrc``'s."""
+        if roots is None:
+            cfg = config.active()
+            roots = dict(cfg.databases) if cfg is not None else {}
+        return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix)), roots)
+
+    @property
+    def user_root(self) -> str:
+        """The folder of user code, to which tracebacks are made relative."""
+        return str(self.prefix.resolve())
+
+    def context(self) -> PlanContext:
+        return PlanContext(self.catalog, dict(self.roots))
+
+    def plan(self, name: str) -> Plan:
+        """The plan of experiment ``name`` (keys not set)."""
+        return plan(self.catalog, name, self.roots)
+
+    def keyed_plan(self, name: str) -> tuple[Plan, list[str]]:
+        """``(plan, datasets never indexed)``; the plan has its keys when none is missing.
+
+        Keys are computed without running user code: from the view indexes in the cache.
+        """
+        p = self.plan(name)
+        missing = []
+        for ds in p.datasets.values():
+            ds.index_digest = self.store.index_digest(ds.index_key)
+            if ds.index_digest is None:
+                missing.append(ds.name)
+        if not missing:
+            assign_keys(p)
+        return p, missing

@@ -1,0 +1,137 @@
+"""What happened to a job (:class:`Outcome`), and the one way errors travel between processes.
+
+An :class:`Outcome` is ``completed`` (with the job's statistics) or a failure kind:
+``user`` (an exception in user code, with its traceback), ``system`` (backbeat or the
+environment failed), ``exit`` (``sys.exit(n)`` / ``os._exit(n)``), ``signal`` (e.g. SIGSEGV,
+SIGKILL), ``timeout`` or ``memory``.
+
+Every error crossing a process boundary is :meth:`Outcome.to_json` /
+:meth:`Outcome.from_json`: ``{"kind", "message", "traceback"}`` (plus ``code`` and
+``statistics`` when set).  That is the body of the control channel's ``error`` message
+(:mod:`backbeat.processes.control`), of the database provider's ``error`` reply
+(:mod:`backbeat.runtime.dbprovider`), of the loop evaluator's ``err`` reply
+(:mod:`backbeat.runtime.loopchannel`) and of a remote block's failed result
+(:mod:`backbeat.execution.remote`).  Tracebacks of user code keep only the user's frames,
+with paths relative to the prefix (:func:`format_user_traceback`).
+
+:func:`classify` combines the control messages of one job with its process :class:`Exit`.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from backbeat.core.errors import BlockError
+from backbeat.processes.exits import Exit
+
+if TYPE_CHECKING:
+    from backbeat.processes.control import Message
+
+#: failure kinds a process reports about itself (the others are seen from outside)
+REPORTED_KINDS = ("user", "system", "exit", "memory")
+KINDS = ("completed", "user", "system", "exit", "signal", "timeout", "memory", "interrupted")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one job: ``kind`` is ``completed`` or a failure kind."""
+
+    kind: str
+    message: str
+    traceback: str | None = None
+    statistics: dict = field(default_factory=dict)
+    exit: Exit | None = None
+    code: int | None = None
+    signal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "completed"
+
+    def error(self, block: str) -> BlockError:
+        return BlockError(block, self.kind, self.message, self.traceback)
+
+    def error_json(self) -> dict:
+        """The failure as a run report shows it: ``{"kind", "message", "traceback"}``."""
+        return {"kind": self.kind, "message": self.message, "traceback": self.traceback}
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = self.error_json()
+        if self.code is not None:
+            out["code"] = self.code
+        if self.statistics:
+            out["statistics"] = self.statistics
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Outcome:
+        """The outcome another process sent; anything malformed is a ``system`` failure."""
+        if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
+            return cls("system", f"malformed outcome from another process: {str(obj)[:200]}")
+        tb, stats, code = obj.get("traceback"), obj.get("statistics"), obj.get("code")
+        return cls(obj["kind"], str(obj.get("message", "")), tb if isinstance(tb, str) and tb else None,
+                   stats if isinstance(stats, dict) else {}, code=code if isinstance(code, int) else None)
+
+
+def format_user_traceback(exc: BaseException, root: str | None) -> tuple[str, str, bool]:
+    """``(message, traceback, in_user_code)`` for ``exc``.
+
+    With a ``root``, keep the frames from the first one under ``root`` onwards, with paths
+    relative to ``root``; without one (or when no frame is under it) keep every frame.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    in_user = root is None
+    if root:
+        base = os.path.realpath(root) + os.sep
+        mine = [i for i, f in enumerate(frames) if os.path.realpath(f.filename).startswith(base)]
+        if mine:
+            in_user = True
+            # from the first frame of user code to its last one: what backbeat did below the
+            # user's call (e.g. checking a written value) is said by the message itself
+            frames = traceback.StackSummary.from_list(frames[mine[0]:mine[-1] + 1])
+            for f in frames:
+                real = os.path.realpath(f.filename)
+                if real.startswith(base):
+                    f.filename = os.path.relpath(real, base)
+    text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + message + "\n"
+    return message, text, in_user
+
+
+def user_error(exc: BaseException, root: str | None) -> Outcome:
+    """The outcome of an exception raised while serving user code (user's, unless backbeat's own)."""
+    from backbeat.core.errors import BackbeatError
+
+    message, text, _ = format_user_traceback(exc, root)
+    return Outcome("system" if isinstance(exc, BackbeatError) else "user", message, text)
+
+
+_SIGNALS = {"SIGSEGV": "crashed (segmentation fault, SIGSEGV)", "SIGKILL": "was killed (SIGKILL)",
+            "SIGABRT": "aborted (SIGABRT)", "SIGTERM": "was terminated (SIGTERM)"}
+
+
+def classify(exit: Exit, messages: list[Message]) -> Outcome:
+    """Classify one job from its process exit and the control messages it sent."""
+    done = next((m for m in messages if m.type == "done"), None)
+    err_message = next((m for m in messages if m.type == "error"), None)
+    err = Outcome.from_json(err_message.data) if err_message is not None else None
+    if exit.kind == "timeout":
+        return Outcome("timeout", f"the block {exit.describe()}", exit=exit, signal=exit.signal)
+    if exit.kind == "memory" or (err is not None and err.kind == "memory"):
+        return Outcome("memory", "the block process ran out of memory (over its memory limit)", exit=exit)
+    if err is not None and err.kind in ("user", "system"):
+        return Outcome(err.kind, err.message, err.traceback, exit=exit, code=exit.code)
+    if exit.kind == "signal":
+        what = _SIGNALS.get(exit.signal or "", f"was killed by signal {exit.signal}")
+        return Outcome("signal", f"the block process {what}", exit=exit, signal=exit.signal)
+    if exit.kind == "exit":
+        how = "called sys.exit" if err is not None and err.kind == "exit" else "exited"
+        return Outcome("exit", f"the block process {how} with code {exit.code}", exit=exit, code=exit.code)
+    if done is not None:
+        stats = done.data.get("statistics")
+        return Outcome("completed", "completed", statistics=stats if isinstance(stats, dict) else {}, exit=exit,
+                       code=0)
+    return Outcome("system", "the block process exited without reporting completion", exit=exit, code=exit.code)

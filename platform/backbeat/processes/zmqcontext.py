@@ -1,0 +1,58 @@
+"""The one ZeroMQ context of this process, shared by its sockets and ended with the last of them.
+
+Every socket backbeat opens (control channel, database provider and its clients, streams,
+loop channels) takes the process's context with :func:`acquire` and gives it back with
+:func:`release` once its socket is closed.  The context is created on first use and
+terminated when the last user releases it, so:
+
+* a process has at most one context (and one set of ZeroMQ I/O threads) at a time;
+* a forked child never uses its parent's context: the context belongs to the pid that
+  created it, and a child asking for one gets its own (ZeroMQ contexts do not survive
+  ``fork``);
+* a parent with no socket left has no ZeroMQ thread either, so it can start a fork server
+  again (:meth:`backbeat.processes.workerpool.ForkServer.start` refuses to fork a process
+  with threads).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import zmq
+
+_lock = threading.Lock()
+_context: zmq.Context | None = None
+_owner = 0  # pid that created _context
+_users = 0
+_inherited: list[zmq.Context] = []  # contexts of a parent, kept referenced: destroying one after fork may hang
+
+
+def acquire() -> zmq.Context:
+    """The process's context (created if needed); pair every call with :func:`release`."""
+    global _context, _owner, _users
+    with _lock:
+        if _context is not None and _owner != os.getpid():  # inherited across fork: never used, never freed
+            _inherited.append(_context)
+            _context = None
+        if _context is None:
+            _context, _owner, _users = zmq.Context(), os.getpid(), 0
+        _users += 1
+        return _context
+
+
+def release() -> None:
+    """Give the context back; the last user terminates it (its sockets must be closed)."""
+    global _context, _users
+    with _lock:
+        if _context is None or _owner != os.getpid():
+            return
+        _users -= 1
+        if _users <= 0:
+            ctx, _context, _users = _context, None, 0
+            ctx.term()
+
+
+def users() -> int:
+    """How many sockets of this process hold the context (for tests)."""
+    return _users if _context is not None and _owner == os.getpid() else 0

@@ -1,0 +1,261 @@
+"""Building a run's provenance record: what it used (assets, data files, software) and produced.
+
+A record (format :data:`backbeat.provenance.records.FORMAT`) holds:
+
+* ``assets`` — every asset the run used (experiment, toolchain, algorithms, libraries,
+  databases, protocol templates, dataformats — nested ones too), by label: BEAT-compatible
+  ``hash``, ``declaration_hash``, ``code_hash`` and the declaration itself (for diffs);
+* ``databases`` — per database, a manifest of its data files (:mod:`backbeat.provenance.manifests`);
+* ``datasets`` — per dataset, the view index key and its pre-image, the index digest;
+* ``blocks`` — per block in execution order: key and pre-image
+  (:func:`backbeat.planning.model.key_components`), input and output content digests, status,
+  timings and I/O statistics;
+* ``environment`` — backbeat, Python and package versions, platform.
+
+Every executor's run ends with :func:`build` then :func:`backbeat.provenance.records.store`
+(:class:`backbeat.execution.base.Executor`), so local and Dask runs write the same record.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from backbeat import __version__
+from backbeat.cache.store import CacheStore
+from backbeat.core import hashing
+from backbeat.core.names import KINDS, is_reference
+from backbeat.declarations.catalog import Catalog
+from backbeat.planning.model import Job, Plan, key_components
+from backbeat.provenance.manifests import StatCache, database_manifest, manifest_digest, relative
+from backbeat.provenance.records import FORMAT
+
+PACKAGES = ("numpy", "h5py", "pyzmq", "simplejson", "jsonschema", "referencing", "psutil")
+
+
+def upstream_databases(plan: Plan) -> dict[str, list[str]]:
+    """``{job: databases it reads, directly or through upstream blocks}`` (sorted)."""
+    out: dict[str, set[str]] = {}
+    for job in plan.jobs:  # execution order: upstream first
+        dbs = {plan.datasets[i.node].database for i in job.inputs.values() if i.source == "dataset"}
+        for d in job.depends:
+            dbs |= out[d]
+        out[job.name] = dbs
+    return {k: sorted(v) for k, v in out.items()}
+
+
+# -- assets ----------------------------------------------------------------------------------
+def _dataformat_refs(decl: Any, out: set[str]) -> None:
+    if isinstance(decl, dict):
+        for k, v in decl.items():
+            if k == "#extends" and isinstance(v, str):
+                out.add(v)
+            elif not k.startswith("#"):
+                _dataformat_refs(v, out)
+    elif isinstance(decl, list) and decl:
+        _dataformat_refs(decl[-1], out)
+    elif isinstance(decl, str) and is_reference("dataformat", decl):
+        out.add(decl)
+
+
+def used_assets(catalog: Catalog, plan: Plan) -> list[tuple[str, str]]:
+    """Every (kind, name) an experiment's plan depends on, dataformats transitively."""
+    used: list[tuple[str, str]] = [("experiment", plan.experiment), ("toolchain", plan.toolchain)]
+    for job in plan.jobs:
+        used.append(("algorithm", job.algorithm))
+        used.extend(("library", n) for n, _h in job.libraries)
+        if job.evaluator:  # a loop: its evaluator side is used too
+            used.append(("algorithm", job.evaluator["algorithm"]))
+            used.extend(("library", n) for n, _h in job.evaluator.get("libraries", []))
+    for ds in plan.datasets.values():
+        used.append(("database", ds.database))
+        decl = catalog.load("database", ds.database).declaration
+        for proto in (decl or {}).get("protocols", []):
+            if (isinstance(proto, dict) and proto.get("name") == ds.protocol  # v1: template is a bare name
+                    and is_reference("protocoltemplate", proto.get("template"))):
+                used.append(("protocoltemplate", proto["template"]))
+    todo = [n for n in plan.dataformats if not n.startswith("analysis:")]
+    for job in plan.jobs:  # analyzer result types
+        if job.kind == "analyzer":
+            decl = catalog.load("algorithm", job.algorithm).declaration or {}
+            for r in (decl.get("results") or {}).values():
+                t = r.get("type") if isinstance(r, dict) else None
+                if isinstance(t, str) and is_reference("dataformat", t):
+                    todo.append(t)
+    seen: set[str] = set()
+    while todo:
+        df = todo.pop()
+        if df in seen:
+            continue
+        seen.add(df)
+        refs: set[str] = set()
+        _dataformat_refs(catalog.load("dataformat", df).declaration, refs)
+        todo.extend(refs - seen)
+    used.extend(("dataformat", d) for d in sorted(seen))
+    out: list[tuple[str, str]] = []
+    for item in used:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def asset_entry(catalog: Catalog, kind: str, name: str) -> dict:
+    """Hashes (BEAT's, declaration's, code's) and declaration of one asset as on disk now."""
+    asset = catalog.load(kind, name)
+    root = catalog.prefix.root
+    entry: dict[str, Any] = {"kind": kind, "name": name, "file": relative(asset.files.json, root),
+                             "found": asset.found, "hash": asset.hash, "declaration_hash": None,
+                             "code_hash": None, "code_file": None, "declaration": asset.declaration}
+    if asset.found and asset.declaration is not None:
+        entry["declaration_hash"] = hashing.hash_json(asset.declaration, KINDS[kind].description_key)
+        code = asset.code_path if KINDS[kind].has_code else None
+        if code is not None:
+            entry["code_file"] = relative(code, root)
+            if code.is_file():
+                entry["code_hash"] = hashing.hash_file_contents(code)
+    return entry
+
+
+def environment() -> dict:
+    from importlib import metadata
+
+    packages: dict[str, str | None] = {}
+    for p in PACKAGES:
+        try:
+            packages[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            packages[p] = None
+    return {"backbeat": __version__, "python": platform.python_version(),
+            "python_implementation": platform.python_implementation(), "executable": sys.executable,
+            "packages": packages, "platform": platform.platform(), "machine": platform.machine(),
+            "cpus": os.cpu_count()}
+
+
+# -- the record ------------------------------------------------------------------------------
+def output_digest(store: CacheStore, key: str, stat_cache: StatCache | None = None) -> str | None:
+    """The content digest stored in an output entry (memoised by the stat cache: no h5py when
+    unchanged); None when it is missing or unreadable (the audit says why)."""
+    path = store.output_path(key)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    try:
+        if stat_cache is None:
+            return store.stored_digest(key)
+        return stat_cache.digest(path, st, lambda _p: store.stored_digest(key), tag="h5-digest:")
+    except Exception:  # noqa: BLE001 - an unreadable file has no digest
+        return None
+
+
+def datasets_entry(plan: Plan) -> dict:
+    out = {}
+    for name, ds in plan.datasets.items():
+        entry: dict[str, Any] = {
+            "database": ds.database, "protocol": ds.protocol, "set": ds.set, "view": ds.view,
+            "parameters": ds.view_parameters, "root_folder": ds.root_folder, "beat_hash": ds.beat_hash,
+            "index_key": ds.index_key, "index_pre_image": ds.index_components(),
+            "index_digest": ds.index_digest, "outputs": {},
+        }
+        for out_name, df in ds.outputs.items():
+            o: dict[str, Any] = {"dataformat": df, "key": None, "pre_image": None}
+            if ds.index_digest is not None:
+                o["pre_image"] = ds.output_components(out_name, plan.dataformats)
+                o["key"] = hashing.key("dataset-output", o["pre_image"])
+            entry["outputs"][out_name] = o
+        out[name] = entry
+    return out
+
+
+def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, stat_cache: StatCache | None = None) -> dict:
+    inputs = {}
+    for n, i in job.inputs.items():
+        if i.source == "dataset":
+            digest = plan.datasets[i.node].index_digest
+        else:
+            digest = output_digest(store, i.key, stat_cache) if i.key else None
+        inputs[n] = {"source": i.source, "node": i.node, "output": i.output, "dataformat": i.dataformat,
+                     "key": i.key, "digest": digest}
+    outputs = {n: {"dataformat": o.dataformat, "key": o.key, "path": store.name(o.key, ".h5") if o.key else None,
+                   "digest": output_digest(store, o.key, stat_cache) if o.key else None}
+               for n, o in job.outputs.items()}
+    return {"kind": job.kind, "algorithm": job.algorithm, "status": status, "key": job.key,
+            "pre_image": key_components(plan, job) if job.key else None, "beat_hash": job.beat_hash,
+            "parameters": job.values, "environment": job.environment, "depends": list(job.depends),
+            "inputs": inputs, "outputs": outputs}
+
+
+def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dict, report: dict,
+          previous: list[dict] | None = None) -> dict:
+    """The JSON-able provenance record of a finished run (see the module docstring).
+
+    ``options``: the run's selection (``force``, ``only``, ``from``, ``until``); ``report``: its
+    run report (statuses, statistics, errors); ``previous``: the experiment's earlier records,
+    newest first (a cached block keeps the statistics and data manifest of the run that
+    computed it).  Assets are hashed as they are on disk now.
+    """
+    catalog = Catalog(str(prefix))
+    stat_cache = StatCache.of(store)
+    assets = {}
+    for kind, name in used_assets(catalog, plan):
+        entry = asset_entry(catalog, kind, name)
+        assets[f"{KINDS[kind].folder}/{name}"] = entry
+    databases = {}
+    for ds in plan.datasets.values():
+        if ds.database not in databases:
+            databases[ds.database] = dict(database_manifest(catalog, ds.database, ds.root_folder, stat_cache),
+                                          hash=ds.database_hash)
+    manifests = {manifest_digest(m["files"]): m["files"] for m in databases.values()}
+    blocks = {}
+    upstream = upstream_databases(plan)
+    for job in plan.jobs:
+        rep = report["blocks"].get(job.name, {})
+        entry = block_entry(plan, job, store, rep.get("status", "pending"), stat_cache)
+        # the data its outputs were computed from: now if it ran, else that of the run that computed it
+        entry["data"] = {db: manifest_digest(databases[db]["files"]) for db in upstream[job.name]}
+        if entry["status"] == "cached":
+            for old in previous or []:
+                ob = old.get("blocks", {}).get(job.name)
+                if ob and ob.get("key") == job.key and ob.get("status") in ("ran", "cached") and "data" in ob:
+                    for db, digest in ob["data"].items():
+                        if db in entry["data"] and digest in old.get("manifests", {}):
+                            entry["data"][db] = digest
+                            manifests.setdefault(digest, old["manifests"][digest])
+                    break
+        if "statistics" in rep:
+            entry["statistics"] = rep["statistics"]
+        elif entry["status"] == "cached":  # timings of the run that computed it, if recorded
+            for old in previous or []:
+                ob = old.get("blocks", {}).get(job.name)
+                if ob and ob.get("key") == job.key and ob.get("statistics"):
+                    entry["statistics"] = ob["statistics"]
+                    entry["statistics_from"] = old.get("created")
+                    break
+        if "error" in rep:
+            entry["error"] = rep["error"]
+        blocks[job.name] = entry
+    stat_cache.save()
+    return {
+        "format": FORMAT,
+        "experiment": plan.experiment,
+        "toolchain": plan.toolchain,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
+        "status": report.get("status"),
+        "prefix": str(Path(prefix).resolve()),
+        "cache": store.canonical_location,
+        "options": {k: options.get(k) for k in ("force", "only", "from", "until")},
+        "environment": environment(),
+        "assets": assets,
+        "databases": databases,
+        "manifests": {d: manifests[d] for d in sorted({d for b in blocks.values() for d in b["data"].values()})},
+        "dataformats": {n: k for n, k in plan.dataformats.items()},
+        "datasets": datasets_entry(plan),
+        "order": [j.name for j in plan.jobs],
+        "blocks": blocks,
+    }
+
+
