@@ -208,3 +208,28 @@ def test_a_worker_killed_mid_block_does_not_lose_the_run(prefix, tmp_path, clust
         cachefile.verify(str(path))
     stale = [p.name for p in cache.rglob("*") if ".tmp-" in p.name]
     assert not stale, f"BUG remote.py: temporaries of the killed block are left in the cache: {stale}"
+
+
+def _comparable(rec: dict) -> dict:
+    """A record without what differs between two runs of the same experiment (time, cache, timings)."""
+    rec = json.loads(json.dumps(rec))
+    for key in ("created", "cache"):
+        rec.pop(key)
+    for block in rec["blocks"].values():
+        block.pop("statistics", None)
+    return rec
+
+
+def test_dask_and_local_runs_write_the_same_provenance_record(prefix, tmp_path, cluster):
+    from backbeat.provenance import records
+
+    local = executor.run_experiment(prefix, tmp_path / "local", BASE, executor.Options(jobs=2))
+    dask = executor.run_experiment(prefix, tmp_path / "dask", BASE, executor.Options(), executor_name="dask",
+                                   scheduler=cluster.scheduler_address)
+    assert local["status"] == dask["status"] == "ok"
+    assert dask["provenance"] == str(records.record_path(tmp_path / "dask", dask["experiment"]))
+    local_rec, dask_rec = (records.load(tmp_path / c, BASE) for c in ("local", "dask"))
+    assert local_rec is not None and dask_rec is not None
+    assert {b["status"] for b in dask_rec["blocks"].values()} == {"ran"}
+    assert all(b["statistics"]["wall_s"] > 0 for b in dask_rec["blocks"].values())
+    assert _comparable(dask_rec) == _comparable(local_rec)

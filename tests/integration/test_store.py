@@ -1,0 +1,151 @@
+"""The cache store on real files and processes: layout, locks, temporaries, commits, results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backbeat.cache.backends import BACKENDS, open_store
+from backbeat.cache.store import CacheStore
+from backbeat.core import hashing
+from backbeat.core.errors import BackbeatError, UsageError
+from backbeat.data.cachefile import CacheWriter
+
+KEY = "0123456789abcdef" * 4
+OTHER = "fedcba9876543210" * 4
+FMT = {"count": "int64"}
+
+
+def commit(store: CacheStore, key: str, n: int = 3) -> Path:
+    path = store.output_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with CacheWriter(path, "analysis:x", FMT, key=key, start=0, end=n - 1) as w:
+        for i in range(n):
+            w.write({"count": i}, i)
+    return path
+
+
+def test_layout_is_beats(tmp_path):
+    store = CacheStore(tmp_path)
+    assert store.output_path(KEY) == tmp_path / hashing.to_path(KEY, ".h5")
+    assert store.index_path(KEY) == tmp_path / hashing.to_path(KEY, ".db")
+    assert store.slot_path(KEY, 2) == Path(f"{store.output_path(KEY)}.slot2")
+    assert store.records_folder == tmp_path / "provenance"
+    assert store.is_entry(store.output_path(KEY)) and not store.is_entry(tmp_path / "notes.txt")
+    commit(store, KEY)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / ".locks").mkdir()
+    (tmp_path / ".locks" / KEY).write_text("")
+    entries, other = store.scan()
+    assert entries == [store.output_path(KEY)] and other == [tmp_path / "notes.txt"]
+    assert store.resolve(KEY) == store.output_path(KEY)
+    with pytest.raises(BackbeatError, match="neither a file nor the key"):
+        store.resolve(OTHER)
+
+
+def test_open_store_by_location(tmp_path):
+    assert BACKENDS == {"file": "backbeat.cache.store:CacheStore"}
+    store = open_store(tmp_path)
+    assert isinstance(store, CacheStore) and store.root == tmp_path
+    assert open_store(f"file://{tmp_path}") == store and open_store(store) is store
+    assert open_store(store.location) == store
+    with pytest.raises(UsageError, match="unknown cache backend `s3'"):
+        open_store("s3://bucket/cache")
+
+
+_HOLD = """
+import sys, time
+from backbeat.cache.store import CacheStore
+lock = CacheStore(sys.argv[1]).lock(sys.argv[2])
+print("locked", flush=True)
+sys.stdin.readline()
+lock.release()
+"""
+
+
+def test_lock_is_exclusive_across_processes(tmp_path):
+    store = CacheStore(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path), KEY], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert store.lock(KEY, wait=False) is None  # held elsewhere: not taken
+        other = store.lock(OTHER, wait=False)  # another key is free
+        assert other is not None
+        other.release()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        t0 = time.monotonic()
+        with store.lock(KEY) as lock:  # waits for the holder to release it
+            assert lock is not None and time.monotonic() - t0 < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_temporaries_of_live_writers_are_kept(tmp_path):
+    store = CacheStore(tmp_path)
+    final = store.output_path(KEY)
+    final.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    live = Path(f"{final}.tmp-{os.getpid()}-aaaa")
+    gone = Path(f"{final}.tmp-{dead.stdout.strip()}-bbbb")
+    unrelated = final.parent / f"{final.name}x.tmp-1-cccc"
+    for p in (live, gone, unrelated):
+        p.write_bytes(b"x")
+    assert store.is_temporary(live) and store.live_temporary(live) and not store.live_temporary(gone)
+    assert store.drop_temporaries(final) == [gone] and live.exists() and unrelated.exists()
+    assert store.drop_temporaries(final, locked=True) == [live]  # under the lock no writer is alive
+    assert unrelated.exists()
+
+
+def test_commits_and_partial_outputs(tmp_path):
+    store = CacheStore(tmp_path)
+    assert not store.committed([KEY]) and not store.committed([""])
+    commit(store, KEY)
+    assert store.committed([KEY]) and not store.committed([KEY, OTHER])
+    slot = store.slot_path(OTHER, 0)
+    slot.parent.mkdir(parents=True)
+    slot.write_bytes(b"part")
+    Path(f"{slot}.tmp-999999999-dddd").write_bytes(b"x")
+    store.drop_partial([KEY, OTHER], slots=1)
+    assert store.committed([KEY]) and not slot.exists() and not list(slot.parent.glob("*.tmp-*"))
+    store.drop_partial([KEY], committed=True)
+    assert not store.committed([KEY])
+
+
+def test_results_are_verified_once_then_summarised(tmp_path):
+    store = CacheStore(tmp_path)
+    path = commit(store, KEY)
+    assert store.verify_output(KEY) == store.stored_digest(KEY)
+    assert store.result_summary(KEY) is None
+    records = store.read_result(KEY)
+    assert records == [{"start": i, "end": i, "data": {"count": i}} for i in range(3)]
+    assert store.result_summary(KEY) == records  # kept beside the entry
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert store.result_summary(KEY) is None  # the entry changed since: not trusted
+
+
+def test_delete_touches_entries_only(tmp_path):
+    store = CacheStore(tmp_path)
+    path = commit(store, KEY)
+    size = path.stat().st_size
+    with pytest.raises(BackbeatError, match="not an entry"):
+        store.delete([tmp_path / "elsewhere.h5"])
+    assert store.delete([path]) == size
+    assert not path.exists() and not (tmp_path / KEY[:2]).exists()  # empty hex folders pruned
+
+
+def test_scratch_store(tmp_path):
+    store = CacheStore.scratch()
+    try:
+        assert store.root.is_dir() and not any(store.root.iterdir())
+    finally:
+        store.destroy()
+    assert not store.root.exists()
