@@ -43,11 +43,13 @@ class SerialExecutor(Executor):
 
 
 def test_executors_are_named_in_one_table_and_imported_when_chosen():
-    code = ("import sys; from backbeat.execution import executors as e; print(sorted(e.EXECUTORS)); "
+    code = ("import sys; from backbeat.cli.main import build_parser; build_parser(); "  # --executor's choices
+            "print(sorted(m for m in ('zmq', 'h5py', 'backbeat.execution.base') if m in sys.modules)); "
+            "from backbeat.execution import executors as e; print(sorted(e.EXECUTORS)); "
             "print(type(e.executor('local')).__name__, 'backbeat.execution.dask_executor' in sys.modules, "
             "'distributed' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[:2] == ["['dask', 'local']", "LocalExecutor False False"]
+    assert out.split("\n")[:3] == ["[]", "['dask', 'local']", "LocalExecutor False False"]
 
 
 def test_unknown_executors_and_settings_are_refused():

@@ -2,7 +2,9 @@
 
 Each entry names an :class:`~backbeat.execution.base.Executor` subclass as
 ``"module:Class"``, imported only when chosen (the Dask executor needs the optional Dask
-packages).  Adding an executor is one module and one entry here (``docs/architecture.md``).
+packages); this module itself imports nothing heavy, so listing the executors (the CLI does
+on every command) costs nothing.  Adding an executor is one module and one entry here
+(``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from backbeat.cache.store import CacheStore
 from backbeat.core.errors import UsageError
-from backbeat.execution.base import Executor, dry_run, prepare
-from backbeat.execution.state import Progress
 from backbeat.planning.selection import Options
 
-__all__ = ["EXECUTORS", "Options", "dry_run", "executor", "prepare", "run_experiment"]
+if TYPE_CHECKING:
+    from backbeat.cache.store import CacheStore
+    from backbeat.execution.base import Executor
+    from backbeat.execution.state import Progress, Run
+
+__all__ = ["EXECUTORS", "Options", "dry_run", "executor", "executor_class", "prepare", "run_experiment"]
 
 #: name -> "module:Class" of its Executor
 EXECUTORS: dict[str, str] = {
@@ -32,7 +36,7 @@ def executor_class(name: str) -> type[Executor]:
     if name not in EXECUTORS:
         raise UsageError(f"unknown executor `{name}' (known: {', '.join(EXECUTORS)})")
     module, _, cls = EXECUTORS[name].partition(":")
-    return cast(type[Executor], getattr(importlib.import_module(module), cls))
+    return cast("type[Executor]", getattr(importlib.import_module(module), cls))
 
 
 def _settings(cls: type[Executor]) -> set[str]:
@@ -56,3 +60,19 @@ def run_experiment(prefix: str | os.PathLike, cache: CacheStore | str | os.PathL
                    executor_name: str = "local", **settings: Any) -> dict:
     """Run an experiment with an executor; the JSON-able report of ``experiments run --json``."""
     return executor(executor_name, **settings).run(prefix, cache, name, options, progress)
+
+
+def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
+            options: Options | None = None) -> dict:
+    """Each job's action, reason and key, without running any block (:func:`backbeat.execution.base.dry_run`)."""
+    from backbeat.execution import base
+
+    return base.dry_run(prefix, cache, name, options)
+
+
+def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
+            options: Options | None = None, progress: Progress | None = None, warm: bool = False) -> Run:
+    """A planned run with its datasets indexed (:func:`backbeat.execution.base.prepare`); close it after use."""
+    from backbeat.execution import base
+
+    return base.prepare(prefix, cache, name, options, progress, warm)

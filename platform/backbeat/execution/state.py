@@ -15,15 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backbeat.cache.store import CacheStore
 from backbeat.declarations.catalog import Catalog
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Job, Plan
 from backbeat.planning.selection import Options
-from backbeat.processes.control import Message
 from backbeat.processes.group import ProcessGroup
+
+if TYPE_CHECKING:
+    from backbeat.processes.control import Message
 
 #: a progress display: called with ``{"block", "state", ...}`` events
 Progress = Callable[[dict], None]

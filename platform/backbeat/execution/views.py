@@ -10,10 +10,13 @@ user's traceback), and only those.  :func:`start_provider` starts the database p
 
 from __future__ import annotations
 
-from backbeat.execution.specs import SpecBuilder
+from typing import TYPE_CHECKING
+
 from backbeat.execution.state import Run
 from backbeat.processes.group import ProcessGroup
-from backbeat.runtime.spec import DatasetSpec, ProviderSpec
+
+if TYPE_CHECKING:
+    from backbeat.runtime.spec import DatasetSpec
 
 INDEX_TARGET = "backbeat.runtime.dbprovider:build_index"
 PROVIDER_TARGET = "backbeat.runtime.dbprovider:serve"
@@ -35,6 +38,8 @@ def index_datasets(run: Run) -> None:
             todo.append(name)
     if not todo:
         return
+    from backbeat.execution.specs import SpecBuilder  # (not imported by a run that indexes nothing)
+
     builder = SpecBuilder(run.plan, run.workspace)
     for name in todo:
         store.index_path(run.plan.datasets[name].index_key).parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +61,8 @@ def index_datasets(run: Run) -> None:
 
 def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec]) -> str:
     """Start the database provider of ``datasets`` in ``group``; its address."""
+    from backbeat.runtime.spec import ProviderSpec
+
     address = group.address("database")
     group.spawn(PROVIDER_JOB, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json())
     return address

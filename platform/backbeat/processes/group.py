@@ -19,18 +19,21 @@ so spawning, limits, message collection and outcome classification live in one p
   core while the caller plans.  :meth:`close` kills whatever still runs.
 
 The fork server is started before the control channel's zmq context exists (a process with
-zmq threads cannot fork safely).
+zmq threads cannot fork safely); zmq itself is imported only then, so a fully cached run,
+which starts nothing, never imports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backbeat.processes.control import ControlServer, Message
 from backbeat.processes.exits import Exit, Limits
 from backbeat.processes.outcome import Outcome, classify
 from backbeat.processes.workerpool import ForkServer, Handle
+
+if TYPE_CHECKING:
+    from backbeat.processes.control import ControlServer, Message
 
 JOB_MAIN = "backbeat.processes.control:job_main"
 
@@ -56,6 +59,8 @@ class ProcessGroup:
     def _started(self) -> tuple[ForkServer, ControlServer]:
         self.warm()
         if self._control is None:
+            from backbeat.processes.control import ControlServer
+
             self._control = ControlServer()
         assert self._server is not None
         return self._server, self._control

@@ -2,7 +2,7 @@
 
 Without streaming, a block starts once the cache files it reads are committed, so a chain
 of blocks uses one core at a time.  With streaming (the executor decides, see
-:mod:`backbeat.execution.local`), the producer *also* sends each batch it appends to its cache
+:mod:`backbeat.execution.scheduler`), the producer *also* sends each batch it appends to its cache
 file to the consumer, which starts at the same time and processes units as they arrive:
 the chain runs as a pipeline.  The cache files written are the same bytes either way.
 

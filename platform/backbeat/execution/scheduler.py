@@ -1,0 +1,286 @@
+"""Scheduling the jobs of a run on this machine (the local executor, :mod:`backbeat.execution.local`).
+
+:class:`Scheduler` runs the pending jobs of a run in its process group
+(:class:`~backbeat.processes.group.ProcessGroup`):
+
+* a job starts once its inputs are ready, up to ``-j`` at once (default: the cores);
+* before it starts, its lock is taken (:meth:`backbeat.cache.store.CacheStore.lock`, without
+  waiting): a job locked by another run is ``waiting``, then found committed and reused;
+* when a job starts, the pending jobs that can read its output *while it is written* start
+  with it (:func:`~backbeat.planning.selection.stream_consumers`, :mod:`backbeat.runtime.streams`);
+  each gets a *cancel file* that tells its producer when it has ended.  Streamed jobs do not
+  count against ``-j``, and their time limit starts when their producer ends;
+* a split block runs one process per slot (:mod:`~backbeat.execution.splitting`), assembled
+  into the single cache entry; a loop runs its evaluator (``#0``) and processor (``#1``)
+  together, joined by a loop channel, all or nothing;
+* a failed job's partial files are removed, no new job starts, running jobs finish; the
+  consumers of a failed producer's streams are killed and reported ``skipped``.
+
+The fork server, control channel and database provider are started only when something
+must run, so a fully cached re-run starts no process.  On an interruption every process is
+killed, running jobs are reported failed (``interrupted``) and their partial files removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from backbeat.cache.store import EntryLock
+from backbeat.execution.specs import SpecBuilder, streamed, streaming
+from backbeat.execution.splitting import assemble, slot_ranges
+from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
+from backbeat.execution.views import start_provider
+from backbeat.planning.model import Job
+from backbeat.planning.selection import stream_consumers
+from backbeat.processes.exits import Exit, Limits
+from backbeat.processes.outcome import Outcome
+from backbeat.runtime.spec import BlockSpec, StreamTarget
+
+BLOCK_TARGET = "backbeat.runtime.blockrun:run"
+
+
+class Scheduler:
+    """Runs the pending jobs of one run on this machine (see the module docstring)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run_ = run
+        self.status = run.state.status
+        self.store = run.store
+        self.options = run.options
+        self.group = run.group
+        self.jobs = run.jobs
+        self.specs = SpecBuilder(run.plan, run.workspace, run.options.window)
+        self.locks: dict[str, EntryLock] = {}
+        self.started: dict[str, float] = {}
+        self.procs: dict[str, list[str]] = {}  # running job -> its process ids (one per slot or loop side)
+        self.slot_ranges: dict[str, list[tuple[int, int]]] = {}
+        self.killed: set[str] = set()  # processes killed because their loop partner failed
+        self.feeders: dict[str, tuple[str, str]] = {}  # streamed job -> (producer, cancel file)
+        self.starved: set[str] = set()  # streamed jobs killed because their producer failed
+        self._provider: str | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
+        limit = self.options.jobs or os.cpu_count() or 1
+        failed = False
+        while True:
+            pending = [n for n in self.jobs if self.status[n] in STARTABLE]
+            if not self.procs and (failed or not pending):
+                return
+            for name in pending:
+                # streamed jobs keep pace with their producer: they do not count against the limit
+                if failed or sum(len(p) for n, p in self.procs.items() if n not in self.feeders) >= limit:
+                    break
+                if self.status[name] in STARTABLE:  # (not started meanwhile, as the consumer of a stream)
+                    self._try_start(self.jobs[name])
+            if not self.procs:
+                if any(self.status[n] == JobState.WAITING for n in self.jobs):
+                    time.sleep(0.05)
+                    continue
+                return
+            self.group.poll(20)
+            for name in list(self.procs):
+                if not self._ended(name):
+                    continue
+                ok = self._finish(self.jobs[name], self.procs.pop(name))
+                if not ok:
+                    failed = True
+                if not ok or name in self.starved:  # the jobs it was feeding are starved too
+                    self._starve(name)
+
+    def _try_start(self, job: Job) -> None:
+        run = self.run_
+        if any(self.status[d] in BROKEN for d in job.depends):
+            return
+        if not all(self.status[d] in AVAILABLE for d in job.depends):
+            return
+        if not self._lock(job):
+            if self.status[job.name] != JobState.WAITING:
+                run.set(job.name, JobState.WAITING)
+            return
+        if not self.options.force and self.store.committed(job.output_keys):
+            self._unlock(job.name)  # another run computed it meanwhile
+            run.set(job.name, JobState.CACHED)
+            return
+        self._running(job)
+        self.procs.update(self._start(job))
+
+    def _running(self, job: Job) -> None:
+        self.started[job.name] = time.perf_counter()
+        self.run_.set(job.name, JobState.RUNNING, done=0, total=None)
+
+    def _ended(self, name: str) -> bool:
+        """Whether every process of a job has ended (a loop's other side is killed if one failed)."""
+        exits = [self.group.exit(p) for p in self.procs[name]]
+        if self.jobs[name].kind == "loop" and any(e is not None and not e.ok for e in exits):
+            for p, e in zip(self.procs[name], exits, strict=True):  # one side failed: stop the other
+                if e is None:
+                    self.killed.add(p)
+                    self.group.kill(p)
+        return all(e is not None for e in exits)
+
+    def _close(self) -> None:
+        """Kill what still runs (e.g. on Ctrl-C): interrupted jobs fail, their partial files go."""
+        self.group.close()
+        for job in self.run_.plan.jobs:
+            if self.status.get(job.name) == JobState.RUNNING:
+                self.run_.state.fail(job.name, {"kind": "interrupted", "message": "the run was interrupted",
+                                                "traceback": None})
+                self.store.drop_partial(job.output_keys, job.nb_slots)
+        for lock in self.locks.values():
+            lock.release()
+        self.locks.clear()
+
+    # -- locks ------------------------------------------------------------------------------
+    def _lock(self, job: Job) -> bool:
+        lock = self.store.lock(job.key, wait=False)
+        if lock is None:
+            return False
+        self.locks[job.name] = lock
+        return True
+
+    def _unlock(self, name: str) -> None:
+        lock = self.locks.pop(name, None)
+        if lock is not None:
+            lock.release()
+
+    # -- starting ---------------------------------------------------------------------------
+    def _provider_address(self) -> str:
+        if self._provider is None:
+            self._provider = start_provider(self.group, self.specs.datasets())
+        return self._provider
+
+    def _spec(self, job: Job) -> BlockSpec:
+        fresh = {n for n, s in self.status.items() if s == JobState.RAN}
+        return self.specs.block(job, fresh)
+
+    def _spawn(self, pid: str, spec: BlockSpec, timed: bool = True) -> None:
+        """Start one block process; ``timed=False``: its time limit starts later (a streamed job)."""
+        if spec.reads_datasets and spec.database is None:
+            spec = dataclasses.replace(spec, database=self._provider_address())
+        limits = Limits(self.options.timeout_s if timed else None, self.options.memory_bytes)
+        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits)
+
+    def _start(self, job: Job, fed: dict[str, str] | None = None) -> dict[str, list[str]]:
+        """Spawn the job's block process(es) — one, one per slot of a split block, or the two
+        sides of a loop — and the consumers it streams to (``{job: process ids}``).
+        ``fed``: the job's inputs streamed to it (input name → address)."""
+        self.store.drop_partial(job.output_keys)  # temporaries left by a writer killed with an earlier run
+        if job.kind == "loop":
+            return {job.name: self._start_loop(job)}
+        spec = self._spec(job)
+        if fed:
+            spec = streamed(spec, fed)
+        if job.nb_slots > 1 and job.kind == "block" and not fed and self.specs.splittable(job):
+            if spec.reads_datasets:
+                spec = dataclasses.replace(spec, database=self._provider_address())
+            ranges = slot_ranges(spec, job.nb_slots)
+            if len(ranges) > 1:
+                ids = []
+                for k, slot in enumerate(self.specs.slots(spec, ranges)):
+                    self._spawn(f"{job.name}#{k}", slot)
+                    ids.append(f"{job.name}#{k}")
+                self.slot_ranges[job.name] = ranges
+                return {job.name: ids}
+        consumers = self._consumers(job)
+        for _cons, _inp, out, target in consumers:
+            spec = streaming(spec, out, target)
+        self._spawn(job.name, spec, timed=not fed)  # a streamed job's time limit starts when its producer ends
+        started = {job.name: [job.name]}
+        for cons, inp, _out, target in consumers:
+            self.feeders[cons.name] = (job.name, target.cancel)
+            self._running(cons)
+            started.update(self._start(cons, {inp: target.address}))
+        return started
+
+    def _consumers(self, job: Job) -> list[tuple[Job, str, str, StreamTarget]]:
+        """The pending jobs that will read ``job``'s output while it is written:
+        ``[(consumer, its input, job's output, stream target)]``; their locks are taken here."""
+        if not self.options.stream or self.options.jobs == 1:  # -j 1: one block process at a time
+            return []
+        found: list[tuple[Job, str, str, StreamTarget]] = []
+        for cons, inp, out in stream_consumers(self.run_.plan, job.name, self.status, self.specs.algorithm_type):
+            if not self._lock(cons):
+                continue
+            if not self.options.force and self.store.committed(cons.output_keys):
+                self._unlock(cons.name)  # another run computed it meanwhile: the main loop reuses it
+                continue
+            n = len(self.feeders) + len(found)  # the run's private directory holds the stream sockets
+            found.append((cons, inp, out, StreamTarget(self.group.address(f"stream{n}"),
+                                                       os.path.join(self.group.directory, f"stream{n}.gone"))))
+        return found
+
+    def _start_loop(self, job: Job) -> list[str]:
+        """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
+        address = self.group.address(f"loop{[j.name for j in self.run_.plan.jobs].index(job.name)}")
+        fresh = {n for n, s in self.status.items() if s == JobState.RAN}
+        ids = []
+        for k, spec in enumerate(self.specs.loop_sides(job, address, fresh)):
+            self._spawn(f"{job.name}#{k}", spec)
+            ids.append(f"{job.name}#{k}")
+        return ids
+
+    def _starve(self, producer: str) -> None:
+        """Kill the running consumers of a failed producer's streams (they become skipped)."""
+        for cons, (prod, _cancel) in self.feeders.items():
+            if prod == producer and cons in self.procs and cons not in self.starved:
+                self.starved.add(cons)
+                for pid in self.procs[cons]:
+                    self.group.kill(pid)
+
+    # -- ending -----------------------------------------------------------------------------
+    def _finish(self, job: Job, ids: list[str]) -> bool:
+        """Classify the ended process(es) of a job, assemble split outputs; False on failure."""
+        run = self.run_
+        self._unlock(job.name)
+        wall = time.perf_counter() - self.started[job.name]
+        if self.options.timeout_s:  # the consumers of its streams now run on their own
+            for cons, (prod, _cancel) in self.feeders.items():
+                if prod == job.name and cons in self.group:
+                    self.group.set_timeout(cons, self.options.timeout_s)
+        if job.name in self.feeders:  # a consumer has ended: its producer stops feeding it
+            Path(self.feeders[job.name][1]).touch()
+        if job.name in self.starved:  # killed because the producer it read from failed
+            self.store.drop_partial(job.output_keys)
+            run.set(job.name, JobState.SKIPPED)
+            return True
+        outcomes = [self.group.outcome(p) for p in ids]
+        bad = next((o for p, o in zip(ids, outcomes, strict=True) if not o.ok and p not in self.killed),
+                   next((o for o in outcomes if not o.ok), None))
+        if bad is None and len(ids) > 1 and job.kind != "loop":
+            try:
+                self._assemble(job, len(ids))
+            except Exception as exc:  # noqa: BLE001 - reported as the block's failure
+                bad = Outcome("system", f"cannot assemble the outputs of the split block: {exc}")
+        if bad is None and self.store.committed(job.output_keys):
+            stats = outcomes[0].statistics if len(ids) == 1 else {"slots": [o.statistics for o in outcomes]}
+            exits: list[Exit] = [o.exit for o in outcomes if o.exit is not None]
+            rss = [e.rusage.get("maxrss_kb", 0) for e in exits if e.rusage]
+            run.state.stats[job.name] = dict(stats, wall_s=wall, **({"max_rss_mb": max(rss) / 1024} if rss else {}))
+            if job.name in self.feeders:
+                run.state.stats[job.name]["streamed_from"] = self.feeders[job.name][0]
+            run.set(job.name, JobState.RAN)
+            run.emit(job.name, "done", wall_s=wall)
+            return True
+        # a killed writer leaves its temporary file; a loop node is all or nothing (drop the side that committed)
+        self.store.drop_partial(job.output_keys, len(ids) if len(ids) > 1 else 0, committed=job.kind == "loop")
+        failure = bad or Outcome("system", "the block completed but did not commit its outputs")
+        run.state.fail(job.name, failure.error_json())
+        run.emit(job.name, "failed", message=failure.message)
+        return False
+
+    def _assemble(self, job: Job, n: int) -> None:
+        """Concatenate the slot files of each output into the single cache entry."""
+        ranges = self.slot_ranges[job.name]
+        for o in job.outputs.values():
+            assemble([str(self.store.slot_path(o.key, k)) for k in range(n)], self.store.output_path(o.key),
+                     o.dataformat, self.run_.plan.expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1])
