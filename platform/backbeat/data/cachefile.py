@@ -528,4 +528,3 @@ def stored_digest(path: str | os.PathLike) -> str:
         raise IntegrityError(f"cache file `{path}' does not exist") from None
     except OSError as exc:
         raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
-
