@@ -20,4 +20,4 @@ class LocalExecutor(Executor):
             return
         from backbeat.execution.scheduler import Scheduler
 
-        Scheduler(run).run()
+        Scheduler(run).execute()

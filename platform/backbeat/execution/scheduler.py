@@ -46,7 +46,7 @@ class Scheduler:
     """Runs the pending jobs of one run on this machine (see the module docstring)."""
 
     def __init__(self, run: Run) -> None:
-        self.run_ = run
+        self.run = run
         self.status = run.state.status
         self.store = run.store
         self.options = run.options
@@ -63,7 +63,7 @@ class Scheduler:
         self._provider: str | None = None
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> None:
+    def execute(self) -> None:
         try:
             self._loop()
         finally:
@@ -98,7 +98,7 @@ class Scheduler:
                     self._starve(name)
 
     def _try_start(self, job: Job) -> None:
-        run = self.run_
+        run = self.run
         if any(self.status[d] in BROKEN for d in job.depends):
             return
         if not all(self.status[d] in AVAILABLE for d in job.depends):
@@ -116,7 +116,7 @@ class Scheduler:
 
     def _running(self, job: Job) -> None:
         self.started[job.name] = time.perf_counter()
-        self.run_.set(job.name, JobState.RUNNING, done=0, total=None)
+        self.run.set(job.name, JobState.RUNNING, done=0, total=None)
 
     def _ended(self, name: str) -> bool:
         """Whether every process of a job has ended (a loop's other side is killed if one failed)."""
@@ -131,9 +131,9 @@ class Scheduler:
     def _close(self) -> None:
         """Kill what still runs (e.g. on Ctrl-C): interrupted jobs fail, their partial files go."""
         self.group.close()
-        for job in self.run_.plan.jobs:
+        for job in self.run.plan.jobs:
             if self.status.get(job.name) == JobState.RUNNING:
-                self.run_.state.fail(job.name, {"kind": "interrupted", "message": "the run was interrupted",
+                self.run.state.fail(job.name, {"kind": "interrupted", "message": "the run was interrupted",
                                                 "traceback": None})
                 self.store.drop_partial(job.output_keys, job.nb_slots)
         for lock in self.locks.values():
@@ -208,7 +208,7 @@ class Scheduler:
         if not self.options.stream or self.options.jobs == 1:  # -j 1: one block process at a time
             return []
         found: list[tuple[Job, str, str, StreamTarget]] = []
-        for cons, inp, out in stream_consumers(self.run_.plan, job.name, self.status, self.specs.algorithm_type):
+        for cons, inp, out in stream_consumers(self.run.plan, job.name, self.status, self.specs.algorithm_type):
             if not self._lock(cons):
                 continue
             if not self.options.force and self.store.committed(cons.output_keys):
@@ -221,7 +221,7 @@ class Scheduler:
 
     def _start_loop(self, job: Job) -> list[str]:
         """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
-        address = self.group.address(f"loop{[j.name for j in self.run_.plan.jobs].index(job.name)}")
+        address = self.group.address(f"loop{[j.name for j in self.run.plan.jobs].index(job.name)}")
         fresh = {n for n, s in self.status.items() if s == JobState.RAN}
         ids = []
         for k, spec in enumerate(self.specs.loop_sides(job, address, fresh)):
@@ -240,7 +240,7 @@ class Scheduler:
     # -- ending -----------------------------------------------------------------------------
     def _finish(self, job: Job, ids: list[str]) -> bool:
         """Classify the ended process(es) of a job, assemble split outputs; False on failure."""
-        run = self.run_
+        run = self.run
         self._unlock(job.name)
         wall = time.perf_counter() - self.started[job.name]
         if self.options.timeout_s:  # the consumers of its streams now run on their own
@@ -283,4 +283,4 @@ class Scheduler:
         ranges = self.slot_ranges[job.name]
         for o in job.outputs.values():
             assemble([str(self.store.slot_path(o.key, k)) for k in range(n)], self.store.output_path(o.key),
-                     o.dataformat, self.run_.plan.expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1])
+                     o.dataformat, self.run.plan.expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1])
