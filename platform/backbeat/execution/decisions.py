@@ -17,18 +17,23 @@ from backbeat.planning.selection import decide as select
 from backbeat.planning.selection import descendants
 
 
+def _trusted(run: Run, key: str, producer: str) -> bool:
+    """Verify one cached output against its digest; a corrupted one is removed (and said)."""
+    try:
+        run.store.verify_output(key)
+        return True
+    except (IntegrityError, OSError) as exc:
+        run.emit(producer, "corrupt", message=str(exc))
+        run.store.discard(key)
+        return False
+
+
 def _intact(run: Run, job: Job) -> bool:
-    """Verify a cached job's output files; remove corrupted ones (False if any was)."""
+    """Verify a cached job's output files (False if any was corrupted, and removed)."""
     ok = True
     for o in job.outputs.values():
-        if run.store.result_summary(o.key) is not None:  # verified before and unchanged since
-            continue
-        try:
-            run.store.verify_output(o.key)
-        except (IntegrityError, OSError) as exc:
-            run.emit(job.name, "corrupt", message=str(exc))
-            run.store.discard(o.key)
-            ok = False
+        if run.store.result_summary(o.key) is None and not _trusted(run, o.key, job.name):
+            ok = False  # (a summary: verified before and unchanged since)
     return ok
 
 
@@ -38,13 +43,7 @@ def _corrupted_inputs(run: Run, to_run: set[str]) -> set[str]:
     jobs = run.jobs
     for name in to_run:
         for inp in jobs[name].inputs.values():
-            if inp.source != "block" or inp.node in to_run:
-                continue
-            try:
-                run.store.verify_output(inp.key)
-            except (IntegrityError, OSError) as exc:
-                run.emit(inp.node, "corrupt", message=str(exc))
-                run.store.discard(inp.key)
+            if inp.source == "block" and inp.node not in to_run and not _trusted(run, inp.key, inp.node):
                 rerun.add(inp.node)
     return rerun
 
