@@ -24,12 +24,19 @@ def _catalog(prefix: str | os.PathLike) -> Catalog:
 
 
 def asset_report(asset: Asset) -> dict[str, Any]:
-    """The JSON form of one checked asset."""
+    """The JSON form of one checked asset.
+
+    ``valid`` is BEAT's verdict (plus the cases where backbeat refuses what BEAT accepts and
+    cannot run, docs/schemas.md); ``warnings`` never affect it; ``errors`` holds at most
+    100 problems and ``errors_omitted`` counts the others.
+    """
     return {
         "kind": KINDS[asset.kind].folder,
         "name": asset.name,
         "valid": asset.valid,
         "errors": [p.to_json() for p in asset.problems],
+        "errors_omitted": asset.omitted,
+        "warnings": [p.to_json() for p in asset.warnings],
         "hash": asset.hash,
     }
 
@@ -39,25 +46,30 @@ def check(prefix: str | os.PathLike, labels: list[str] | None = None, kind: str 
     catalog = _catalog(prefix)
     if labels:
         pairs = [parse_name(kind, n) if kind else parse_label(n) for n in labels]
-    elif kind:
-        k = kind_of(kind).name
-        pairs = [(k, n) for n in catalog.prefix.list(k)]
-    else:
-        pairs = None
-    return [asset_report(a) for a in catalog.check_all(pairs)]
+        return [asset_report(a) for a in catalog.check_all(pairs)]
+    kinds = [kind_of(kind).name] if kind else None
+    return [asset_report(a) for a in catalog.check_all(None, kinds)]
 
 
 def list_assets(prefix: str | os.PathLike, kind: str) -> list[dict]:
-    """Names (and descriptions) of every asset of a kind."""
+    """``[{name, description, problem}]`` of every ``.json`` file of a kind, sorted by name.
+
+    ``problem`` is None, or why the file cannot be used: its declaration does not parse, or its
+    path is not a name of the kind (BEAT lists such files too).
+    """
     catalog = _catalog(prefix)
     k = kind_of(kind)
+    names, strays = catalog.prefix.scan(k.name)
     out = []
-    for name in catalog.prefix.list(k.name):
+    for name in names:
         asset = catalog.load(k.name, name)
         decl = asset.declaration if isinstance(asset.declaration, dict) else {}
         desc = decl.get(k.description_key)
-        out.append({"name": name, "description": desc if isinstance(desc, str) else ""})
-    return out
+        problem = asset.problems[0].message if asset.declaration is None and asset.problems else None
+        out.append({"name": name, "description": desc if isinstance(desc, str) else "", "problem": problem})
+    for stray in strays:  # never left out silently: listed with what is wrong with their path
+        out.append({"name": stray.name, "description": "", "problem": stray.reason})
+    return sorted(out, key=lambda item: item["name"])
 
 
 def _existing(catalog: Catalog, kind: str, name: str) -> Asset:

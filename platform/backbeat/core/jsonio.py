@@ -36,7 +36,7 @@ def parse(data: bytes | str) -> Any:
     >>> parse('{"a": 1, "a": 2}')
     Traceback (most recent call last):
     ...
-    backbeat.jsonio.JSONProblem: invalid JSON: key `a' found several times
+    backbeat.core.jsonio.JSONProblem: invalid JSON: key `a' found several times
     """
     if isinstance(data, bytes):
         try:

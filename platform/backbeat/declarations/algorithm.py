@@ -20,7 +20,7 @@ import numpy as np
 
 from backbeat.core.errors import DataError, InvalidNameError, Problem, pointer
 from backbeat.core.names import parse_name
-from backbeat.declarations import dataformat
+from backbeat.declarations import dataformat, usercode
 
 if TYPE_CHECKING:
     from backbeat.declarations.catalog import Asset, Catalog
@@ -246,6 +246,14 @@ def check_code(asset: Asset, label: str) -> list[Problem]:
     return []
 
 
+def check_static(asset: Asset, classes: list[tuple[str, tuple[str, ...], str]]) -> list[Problem]:
+    """Python code compiles and binds each ``(class, methods, what)`` (:mod:`backbeat.declarations.usercode`)."""
+    code = asset.code_path
+    if code is None or code.suffix != ".py" or not code.is_file():
+        return []
+    return asset.own(usercode.check_file(code, classes))
+
+
 def dataformat_problem(asset: Asset, catalog: Catalog, df: object, message_head: str, *path: object) -> list[Problem]:
     reasons = dataformat.reference_problems(catalog, df)
     if not reasons:
@@ -317,6 +325,9 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
                     "results", n, "type")
     problems += check_parameters(asset, decl.get("parameters"))
     problems += check_uses(asset, catalog, "algorithm")
+    kind = decl.get("type", SEQUENTIAL) if decl.get("api_version", 1) != 1 else LEGACY
+    methods = usercode.ALGORITHM_METHODS.get(kind, usercode.DEFAULT_ALGORITHM_METHODS)
+    problems += check_static(asset, [("Algorithm", methods, "algorithm")])
     return problems
 
 

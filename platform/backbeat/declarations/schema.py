@@ -141,9 +141,18 @@ def validator(kind: str, version: int) -> Any:
 
     cls = jsonschema.validators.extend(
         jsonschema.Draft7Validator,
+        validators={"uniqueItems": _unique_items},
         type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine("integer", _draft4_integer),
     )
     return cls(_for_validation()[schema_id(kind, version)], registry=registry())
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: dict) -> Iterator[ValidationError]:
+    """jsonschema's ``uniqueItems`` (same verdict and message) in linear time (its own is quadratic for objects)."""
+    if unique and isinstance(instance, list) and not _unique(instance):
+        from jsonschema.exceptions import ValidationError
+
+        yield ValidationError(f"{instance!r} has non-unique elements")
 
 
 # -- fast verdicts ---------------------------------------------------------------
@@ -378,10 +387,26 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _identity(value: Any) -> Any:
+    """A hashable key equal for two values exactly when :func:`_equal` holds (JSON equality)."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, (int, float)):
+        return ("n", value)  # 1 and 1.0 hash and compare equal
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, list):
+        return ("l", tuple(_identity(v) for v in value))
+    if isinstance(value, dict):
+        return ("d", frozenset((k, _identity(v)) for k, v in value.items()))
+    return ("o", value)
+
+
 def _unique(items: list) -> bool:
+    """No two items are equal as JSON values (linear time: one hashable key per item)."""
     if all(isinstance(v, str) for v in items):
         return len(set(items)) == len(items)
-    return not any(_equal(items[i], items[j]) for i in range(len(items)) for j in range(i))
+    return len({_identity(v) for v in items}) == len(items)
 
 
 def _lookup(ref: str, base: str) -> tuple[Any, str]:
@@ -425,29 +450,41 @@ def validate(kind: str, declaration: Any) -> list[Problem]:
 
     ``file``/``asset`` of the problems are left unset (the catalog fills them).
     """
+    return validate_bounded(kind, declaration, None)[0]
+
+
+def validate_bounded(kind: str, declaration: Any, limit: int | None) -> tuple[list[Problem], int]:
+    """``(problems, omitted)``: at most ``limit`` problems (None: all), and how many more there are.
+
+    The kept problems are the first ones in document order, sorted by location.  The cost stays
+    proportional to the declaration: a million unexpected keys are counted, not explained.
+    """
     _check_kind(kind)
     if not isinstance(declaration, dict):
         article = "an" if kind[0] in "aeiou" else "a"
-        return [Problem(f"{article} {kind} declaration must be a JSON object, not {_json_type(declaration)}")]
+        return [Problem(f"{article} {kind} declaration must be a JSON object, not {_json_type(declaration)}")], 0
     version = select_version(kind, declaration)
     if isinstance(version, Problem):
-        return [version]
+        return [version], 0
+    found: list[tuple[tuple, str]] = []
+    seen: set[tuple[tuple, str]] = set()
+    omitted = 0
     try:
         if fast_check(kind, version)(declaration):
-            return []
-        found: list[tuple[tuple, str]] = []
+            return [], 0
         for error in validator(kind, version).iter_errors(declaration):
-            found.extend(_explain(error))
+            for item in _explain(error):
+                if item in seen:
+                    continue
+                if limit is not None and len(found) >= limit:
+                    omitted += 1
+                    continue
+                seen.add(item)
+                found.append(item)
     except RecursionError:
-        return [Problem(f"the {kind} declaration is nested too deeply to be checked")]
+        return [Problem(f"the {kind} declaration is nested too deeply to be checked")], 0
     found.sort(key=lambda item: _path_key(item[0]))
-    problems: list[Problem] = []
-    seen = set()
-    for path, message in found:
-        if (path, message) not in seen:
-            seen.add((path, message))
-            problems.append(Problem(message, pointer(*path)))
-    return problems
+    return [Problem(message, pointer(*path)) for path, message in found], omitted
 
 
 def is_valid(kind: str, declaration: Any) -> bool:
