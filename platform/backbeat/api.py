@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from backbeat.core.errors import AssetNotFoundError, UsageError
+from backbeat.core.errors import BackbeatError, UsageError
 from backbeat.core.names import KINDS, kind_of, parse_label, parse_name
-from backbeat.declarations.catalog import Asset, Catalog
+from backbeat.declarations import assets
+from backbeat.declarations.catalog import Asset, Catalog, not_found
 from backbeat.declarations.prefix import Prefix
 
 
@@ -51,6 +52,18 @@ def check(prefix: str | os.PathLike, labels: list[str] | None = None, kind: str 
     return [asset_report(a) for a in catalog.check_all(None, kinds)]
 
 
+def warnings(prefix: str | os.PathLike, kind: str, name: str) -> list[dict]:
+    """The warnings of one asset's check (e.g. a string for a boolean parameter); [] if it has none.
+
+    An asset that is missing or invalid has none here: the command using it reports that.
+    """
+    catalog = _catalog(prefix)
+    k, n = parse_name(kind, name)
+    if not catalog.prefix.exists(k, n):
+        return []
+    return [p.to_json() for p in catalog.get(k, n).warnings]
+
+
 def list_assets(prefix: str | os.PathLike, kind: str) -> list[dict]:
     """``[{name, description, problem}]`` of every ``.json`` file of a kind, sorted by name.
 
@@ -75,7 +88,7 @@ def list_assets(prefix: str | os.PathLike, kind: str) -> list[dict]:
 def _existing(catalog: Catalog, kind: str, name: str) -> Asset:
     k, n = parse_name(kind, name)
     if not catalog.prefix.exists(k, n):
-        raise AssetNotFoundError(f"{KINDS[k].label} `{n}' not found in prefix `{catalog.prefix.root}'")
+        raise not_found(catalog.prefix, k, n)
     return catalog.get(k, n)
 
 
@@ -104,7 +117,63 @@ def asset_paths(prefix: str | os.PathLike, kind: str, name: str) -> list[str]:
     catalog = _catalog(prefix)
     k, n = parse_name(kind, name)
     if not catalog.prefix.exists(k, n):
-        raise AssetNotFoundError(f"{KINDS[k].label} `{n}' not found in prefix `{catalog.prefix.root}'")
+        raise not_found(catalog.prefix, k, n)
     asset = catalog.load(k, n)
     paths = [asset.files.json, asset.code_path, asset.files.rst]
     return [str(p) for p in paths if p is not None and p.is_file()]
+
+
+# -- asset verbs (backbeat.declarations.assets) ---------------------------------------------------
+VERSIONABLE = assets.VERSIONABLE
+FORKABLE = assets.FORKABLE
+
+
+def create(prefix: str | os.PathLike, kind: str, name: str) -> dict:
+    """Write the kind's prototype under ``name``: ``{"files", "notes"}`` (notes: what to create or edit
+    before the new asset is valid)."""
+    files = assets.create(prefix, kind, name)
+    return {"files": files, "notes": assets.check_created(prefix, kind, name)}
+
+
+def version(prefix: str | os.PathLike, kind: str, name: str) -> dict:
+    """Copy ``…/<v>`` to ``…/<v+1>``: ``{"name", "files"}``."""
+    return assets.version(prefix, kind, name)
+
+
+def fork(prefix: str | os.PathLike, kind: str, src: str, dst: str) -> dict:
+    """Copy ``src`` under the new name ``dst``: ``{"name", "files"}`` (an experiment's toolchain must exist)."""
+    return assets.fork(prefix, kind, src, dst)
+
+
+def diff(prefix: str | os.PathLike, kind: str, name: str, other: str) -> dict:
+    """Differences between two assets of a kind (see :func:`backbeat.declarations.assets.diff`)."""
+    return assets.diff(prefix, kind, name, other)
+
+
+def remove(prefix: str | os.PathLike, kind: str, names: list[str], purge: bool = False,
+           force: bool = False) -> list[dict]:
+    """Remove assets: ``[{"name", "removed", "backups", "used_by"}]``.
+
+    ``used_by`` lists the other assets of the prefix that refer to the removed one (assets removed
+    by the same call excepted).  Every name must exist before anything is removed.  With ``purge``
+    (no backups), an asset still used is refused unless ``force``.
+    """
+    catalog = _catalog(prefix)
+    k = kind_of(kind).name
+    canonical = [parse_name(k, n)[1] for n in names]
+    for n in canonical:
+        if not catalog.prefix.exists(k, n):
+            raise not_found(catalog.prefix, k, n)
+    batch = {f"{KINDS[k].folder}/{n}" for n in canonical}
+    used = {n: [u for u in assets.users(prefix, k, n) if u not in batch] for n in canonical}
+    blocked = {n: u for n, u in used.items() if u}
+    if purge and blocked and not force:
+        lines = "; ".join(f"`{n}' by {', '.join(u)}" for n, u in blocked.items())
+        raise BackbeatError(f"refusing to purge {KINDS[k].folder} still in use: {lines} (remove without "
+                            "--purge to keep backups, or add --force)")
+    out = []
+    for n in canonical:
+        done = assets.rm(prefix, k, n, purge=purge)
+        done["used_by"] = used[n]
+        out.append(done)
+    return out

@@ -47,7 +47,6 @@ KNOWN_CLI: set[tuple[str, str]] = {
     ("backbeat.cli.run", "backbeat.execution.datasets"),
     ("backbeat.cli.run", "backbeat.execution.local"),
     ("backbeat.cli.tools", "backbeat.cache.tools"),
-    ("backbeat.cli.tools", "backbeat.declarations.assets"),
     ("backbeat.cli.tools", "backbeat.declarations.catalog"),
     ("backbeat.cli.tools", "backbeat.declarations.graph"),
 }

@@ -43,6 +43,11 @@ class Problem:
             return f"{where}: {self.pointer or '/'}"
         return where
 
+    @property
+    def brief(self) -> str:
+        """The message, with ``(file:line)`` for a problem in code (to quote it in another asset's problem)."""
+        return f"{self.message} ({self.file}:{self.line})" if self.line is not None else self.message
+
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
 

@@ -252,6 +252,13 @@ def _settle(asset: Asset) -> Asset:
     return asset
 
 
+def not_found(prefix: Prefix, kind: str, name: str) -> AssetNotFoundError:
+    """``<Kind> `name' not found in prefix `…'``, with the closest names of the prefix if any."""
+    close = suggestions(prefix.list(kind), name)
+    hint = f" (did you mean {' or '.join(f'`{c}' + chr(39) for c in close)}?)" if close else ""
+    return AssetNotFoundError(f"{KINDS[kind].label} `{name}' not found in prefix `{prefix.root}'{hint}")
+
+
 def suggestions(candidates: list[str], name: str, n: int = 3) -> list[str]:
     """Names among ``candidates`` close to ``name`` (as ``difflib`` judges), best first.
 

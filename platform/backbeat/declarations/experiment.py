@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from backbeat.core import names
 from backbeat.core.errors import BackbeatError, Problem, pointer
 from backbeat.declarations import toolchain
+from backbeat.declarations.algorithm import bool_string_warning
 
 if TYPE_CHECKING:
     from backbeat.declarations.algorithm import Algorithm
@@ -44,7 +45,7 @@ def _dict(value: Any) -> dict:
 
 
 def _summary(asset: Asset) -> str:
-    msgs = [p.message for p in asset.problems[:3]]
+    msgs = [p.brief for p in asset.problems[:3]]
     more = len(asset.problems) - len(msgs)
     return "; ".join(msgs) + (f" (and {more} more)" if more > 0 else "")
 
@@ -57,6 +58,7 @@ class _Checker:
         self.catalog = catalog
         self.decl: dict = asset.declaration
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []  # never stop a stage
         self.dataset_outputs: dict[str, dict] = {}  # dataset -> {output: dataformat}
         self.algorithms: dict[str, Algorithm | None] = {}  # algorithm name -> Algorithm view, or None if invalid
         self.tc: dict = {}
@@ -101,7 +103,7 @@ class _Checker:
         from backbeat.declarations.algorithm import Algorithm
 
         key = algoname if isinstance(algoname, str) else repr(algoname)
-        if key in self.algorithms and self.algorithms[key] is not None:
+        if key in self.algorithms:  # an invalid one is reported once, where it is first used
             return self.algorithms[key]
         try:
             alg_asset = self.catalog.get("algorithm", algoname)
@@ -128,6 +130,7 @@ class _Checker:
 
     def parameters(self, alg: Any, algoname: str, values: Any, *where: object) -> None:
         for param, value in _dict(values).items():
+            self.warnings += bool_string_warning(self.asset, param, alg.parameters.get(param), value, *where, param)
             try:
                 alg.clean_parameter(param, value)
             except _CONVERSION_ERRORS as exc:
@@ -396,12 +399,12 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
     c.blocks("analyzers")
     c.globals()
     if not c.load_toolchain() or c.problems:
-        return c.problems
+        return c.problems + c.warnings
     c.cross_datasets()
     c.cross_nodes()
     if c.problems:
-        return c.problems
+        return c.problems + c.warnings
     c.connection_dataformats()
     c.block_sync()
     c.loop_sync()
-    return c.problems
+    return c.problems + c.warnings

@@ -47,7 +47,7 @@ def _check_uses(asset: Asset, catalog: Catalog, decl: dict) -> list[Problem]:
             continue
         lib = catalog.get(kind, name)
         if not lib.valid:
-            reasons = "; ".join(p.message for p in lib.problems)
+            reasons = "; ".join(p.brief for p in lib.problems)
             problems.append(asset.problem(f"referred library `{name}' ({alias}) is not valid: {reasons}", at))
         used[alias] = lib
     if problems:

@@ -141,7 +141,7 @@ def validator(kind: str, version: int) -> Any:
 
     cls = jsonschema.validators.extend(
         jsonschema.Draft7Validator,
-        validators={"uniqueItems": _unique_items},
+        validators={"uniqueItems": _unique_items, "additionalProperties": _additional_properties},
         type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine("integer", _draft4_integer),
     )
     return cls(_for_validation()[schema_id(kind, version)], registry=registry())
@@ -153,6 +153,28 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: dict) -> I
         from jsonschema.exceptions import ValidationError
 
         yield ValidationError(f"{instance!r} has non-unique elements")
+
+
+def _additional_properties(validator: Any, allowed: Any, instance: Any, schema: dict) -> Iterator[ValidationError]:
+    """jsonschema's ``additionalProperties``; for ``false``, the message lists at most 100 keys.
+
+    (jsonschema sorts and quotes every unexpected key in one message: seconds and megabytes for
+    a declaration with a million of them, which :func:`_explain` reports one by one anyway.)
+    """
+    from jsonschema._keywords import additionalProperties
+    from jsonschema.exceptions import ValidationError
+
+    if allowed is not False or not isinstance(instance, dict) or len(instance) <= 100:
+        yield from additionalProperties(validator, allowed, instance, schema)
+        return
+    known = schema.get("properties", {})
+    patterns = "|".join(schema.get("patternProperties", {}))
+    extras = [k for k in instance if k not in known and not (patterns and re.search(patterns, k))]
+    if extras:
+        shown = ", ".join(repr(k) for k in sorted(extras[:100], key=str))
+        more = f" and {len(extras) - 100} more" if len(extras) > 100 else ""
+        yield ValidationError(f"Additional properties are not allowed ({shown}{more} "
+                              f"{'was' if len(extras) == 1 else 'were'} unexpected)")
 
 
 # -- fast verdicts ---------------------------------------------------------------
@@ -473,14 +495,14 @@ def validate_bounded(kind: str, declaration: Any, limit: int | None) -> tuple[li
         if fast_check(kind, version)(declaration):
             return [], 0
         for error in validator(kind, version).iter_errors(declaration):
-            for item in _explain(error):
-                if item in seen:
-                    continue
+            for path, message in _explain(error):
                 if limit is not None and len(found) >= limit:
-                    omitted += 1
+                    omitted += 1  # counted, never formatted (a million unexpected keys stay cheap)
                     continue
-                seen.add(item)
-                found.append(item)
+                item = (path, message() if callable(message) else message)
+                if item not in seen:
+                    seen.add(item)
+                    found.append(item)
     except RecursionError:
         return [Problem(f"the {kind} declaration is nested too deeply to be checked")], 0
     found.sort(key=lambda item: _path_key(item[0]))
@@ -500,7 +522,7 @@ def _path_key(path: tuple) -> tuple:
 _WEAK_MISS = {"type", "minItems", "maxItems", "enum", "const", "pattern"}
 
 
-def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
+def _explain(error: ValidationError) -> Iterator[tuple[tuple, str | Callable[[], str]]]:
     """Turn one jsonschema error into ``(path, message)`` items."""
     path = tuple(error.absolute_path)
     keyword = error.validator
@@ -512,13 +534,17 @@ def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
         yield path, _alternatives_message(error)
         return
     if keyword == "additionalProperties" and error.validator_value is False:
-        for key in _unexpected_keys(error):
-            yield (*path, key), f"unexpected property {_short(key)} (not allowed here)"
+        for key in _unexpected_keys(error):  # the message is made only if it is shown
+            yield (*path, key), functools.partial(_unexpected_message, key)
         return
     yield path, _message(error)
 
 
-def _closest_branch(error: ValidationError) -> list[tuple[tuple, str]] | None:
+def _unexpected_message(key: str) -> str:
+    return f"unexpected property {_short(key)} (not allowed here)"
+
+
+def _closest_branch(error: ValidationError) -> list[tuple[tuple, str | Callable[[], str]]] | None:
     """The explained errors of the alternative that came closest to matching, or None.
 
     Alternatives refused because the value itself has the wrong type, shape or value

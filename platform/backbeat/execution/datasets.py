@@ -74,10 +74,14 @@ def view(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, exclude
         raise UsageError(f"`{name}': expected DATABASE/VERSION/PROTOCOL/SET")
     run = _run(prefix, cache, name, False)
     try:
+        (ds_name, ds), = run.plan.datasets.items()
+        unknown = [o for o in exclude or [] if o not in ds.outputs]
+        if unknown:
+            raise UsageError(f"--exclude: set `{name}' has no output {', '.join(f'`{o}' + chr(39) for o in unknown)}"
+                             f" (its outputs: {', '.join(ds.outputs)})")
         run.index_datasets()
         if run.dataset_errors:
             raise ExecutionError("\n".join(e["message"] for e in run.dataset_errors.values()))
-        (ds_name, ds), = run.plan.datasets.items()
         address = run._provider_address()
         from backbeat.runtime.dbprovider import DatabaseClient
 

@@ -197,12 +197,15 @@ class Run:
             if out.ok and "digest" in out.statistics:
                 self.plan.datasets[name].index_digest = out.statistics["digest"]
             else:
-                index_path(self.cache, self.plan.datasets[name].index_key).unlink(missing_ok=True)
+                ds = self.plan.datasets[name]
+                index_path(self.cache, ds.index_key).unlink(missing_ok=True)
+                hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) else (
+                    f" (the root folder `{ds.root_folder}' of {ds.database} does not exist: set "
+                    f"`database/{ds.database}' in .backbeatrc to where its data is)")
                 self.dataset_errors[name] = {
                     "kind": out.kind if not out.ok else "system",
-                    "message": f"database view `{self.plan.datasets[name].view}' of "
-                               f"{self.plan.datasets[name].database} could not index set "
-                               f"`{self.plan.datasets[name].protocol}/{self.plan.datasets[name].set}': {out.message}",
+                    "message": f"database view `{ds.view}' of {ds.database} could not index set "
+                               f"`{ds.protocol}/{ds.set}': {out.message}{hint}",
                     "traceback": out.traceback}
 
     # -- cache state ----------------------------------------------------------------------
@@ -346,7 +349,13 @@ class Run:
             failed_ds = [i.node for i in job.inputs.values() if i.source == "dataset" and i.node in self.dataset_errors]
             if failed_ds:
                 self.status[name] = "failed"
-                self.errors[name] = dict(self.dataset_errors[failed_ds[0]])
+                error = self.dataset_errors[failed_ds[0]]
+                if "reported_by" in error:  # said once, with its traceback, by the first block reading it
+                    self.errors[name] = {"kind": error["kind"], "message": f"its dataset `{failed_ds[0]}' could "
+                                         f"not be indexed (see block `{error['reported_by']}')"}
+                else:
+                    self.errors[name] = {k: v for k, v in error.items() if k != "reported_by"}
+                    error["reported_by"] = name
                 self._emit(name, "failed", message=self.errors[name]["message"])
         limit = self.options.jobs or os.cpu_count() or 1
         failed = False
