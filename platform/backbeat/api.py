@@ -104,11 +104,13 @@ def show(prefix: str | os.PathLike, kind: str, name: str) -> Any:
 
 
 def asset_hash(prefix: str | os.PathLike, kind: str, name: str) -> str:
-    """The BEAT-compatible hash of an asset (spec §4.2)."""
+    """The BEAT-compatible hash of an asset (spec §4.2), also of one that is invalid or does not parse
+    (BEAT's storage hash of its files, which tools comparing prefixes rely on)."""
     catalog = _catalog(prefix)
     asset = _existing(catalog, kind, name)
-    if asset.hash is None:
+    if asset.hash is None:  # the declaration file cannot be read
         asset.require_valid()
+        raise BackbeatError(f"{asset.label}: the declaration file cannot be read")
     return asset.hash
 
 

@@ -53,7 +53,8 @@ class Problem:
 
     def to_json(self) -> dict:
         """``{asset, file, pointer, message}``, plus ``line`` for problems in code."""
-        out = {"asset": self.asset, "file": self.file, "pointer": self.pointer, "message": self.message}
+        out: dict[str, object] = {"asset": self.asset, "file": self.file, "pointer": self.pointer,
+                                  "message": self.message}
         if self.line is not None:
             out["line"] = self.line
         return out

@@ -135,23 +135,22 @@ def name_problem(kind_word: str, name: object) -> str | None:
     return None
 
 
-def parse_name(kind_word: str, name: str) -> tuple[str, str]:
+def parse_name(kind_word: str, name: object) -> tuple[str, str]:
     """Validate ``name`` for its kind; return ``(kind, canonical name)``.
 
     Experiment labels with 4 parts get the toolchain user (= the experiment user) inserted.
     Names are checked against the grammar and :data:`MAX_PART` (a usage error, exit 2).
     """
     kind = kind_of(kind_word)
-    if not is_reference(kind.name, name):
-        shown = name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "..."
-        why = name_problem(kind.name, name)
-        raise InvalidNameError(f"invalid {kind.name} name `{shown}': expected {kind.grammar}"
-                               + (f" ({why})" if why and not why.startswith("expected") else ""))
-    if kind.name == "experiment":
+    if isinstance(name, str) and is_reference(kind.name, name):
         parts = name.split("/")
-        if len(parts) == 4:
-            name = "/".join([parts[0], parts[0], *parts[1:]])
-    return kind.name, name
+        if kind.name == "experiment" and len(parts) == 4:
+            return kind.name, "/".join([parts[0], parts[0], *parts[1:]])
+        return kind.name, name
+    shown = name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "..."
+    why = name_problem(kind.name, name)
+    raise InvalidNameError(f"invalid {kind.name} name `{shown}': expected {kind.grammar}"
+                           + (f" ({why})" if why and not why.startswith("expected") else ""))
 
 
 def parse_label(label: str) -> tuple[str, str]:

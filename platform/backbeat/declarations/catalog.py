@@ -21,6 +21,7 @@ are checked too by :meth:`Catalog.check_all`, never skipped.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -107,7 +108,7 @@ def _checkers() -> dict[str, Callable[[Asset, Catalog], list[Problem]]]:
 class Catalog:
     """All assets of one prefix, loaded lazily and validated once."""
 
-    def __init__(self, prefix: Prefix | str):
+    def __init__(self, prefix: Prefix | str | os.PathLike):
         self.prefix = prefix if isinstance(prefix, Prefix) else Prefix(prefix)
         if not self.prefix.root.is_dir():
             raise UsageError(f"prefix folder `{self.prefix.root}' does not exist")
@@ -116,7 +117,7 @@ class Catalog:
         self._names: dict[str, list[str]] = {}
 
     # -- loading ---------------------------------------------------------------------------------
-    def load(self, kind: str, name: str) -> Asset:
+    def load(self, kind: str, name: object) -> Asset:
         """Stages file → JSON → schema only (no semantic checks), not memoised."""
         kind, name = parse_name(kind, name)
         files = self.prefix.locate(kind, name)
@@ -177,7 +178,7 @@ class Catalog:
             self._names[kind] = self.prefix.list(kind)
         return self._names[kind]
 
-    def get(self, kind: str, name: str) -> Asset:
+    def get(self, kind: str, name: object) -> Asset:
         """The fully validated asset (memoised)."""
         kind, name = parse_name(kind, name)
         key = (kind, name)

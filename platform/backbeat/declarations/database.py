@@ -146,9 +146,9 @@ def _root_folder_warning(asset: Asset, decl: dict) -> list[Problem]:
     if os.path.isdir(root):
         return []
     where = "configured" if root != declared else "declared"
-    return [asset.warning(f"the {where} root folder `{root}' does not exist: views that read raw data from it "
-                          f"will fail (set `database/{asset.name}' in .backbeatrc to use another folder)",
-                          pointer("root_folder"))]
+    return [asset.warning(f"the {where} root folder `{root}' does not exist: a view reading its raw data from "
+                          f"there will fail to index (set `database/{asset.name}' in .backbeatrc to the folder "
+                          "holding the data)", pointer("root_folder"))]
 
 
 def sets(catalog: Catalog, asset: Asset) -> dict[str, dict[str, dict]]:

@@ -122,13 +122,13 @@ class _Checker:
         """An algorithm already resolved (None if unknown, invalid or not a name)."""
         return self.algorithms.get(algoname) if isinstance(algoname, str) else None
 
-    def endpoints(self, mapping: Any, known: dict, algoname: str, what: str, *where: object) -> None:
+    def endpoints(self, mapping: Any, known: dict, algoname: Any, what: str, *where: object) -> None:
         for algo_ep in _dict(mapping):
             if algo_ep not in known:
                 self.report(f"algorithm `{algoname}' does not have an {what} named `{algo_ep}' - valid "
                             f"algorithm {what}s are {', '.join(known)}", *where, algo_ep)
 
-    def parameters(self, alg: Any, algoname: str, values: Any, *where: object) -> None:
+    def parameters(self, alg: Any, algoname: Any, values: Any, *where: object) -> None:
         for param, value in _dict(values).items():
             self.warnings += bool_string_warning(self.asset, param, alg.parameters.get(param), value, *where, param)
             try:
@@ -137,7 +137,7 @@ class _Checker:
                 self.report(f"cannot convert value `{value}' to required type for algorithm `{algoname}': {exc}",
                             *where, param)
 
-    def required(self, alg: Any, algoname: str, values: Any, *where: object) -> None:
+    def required(self, alg: Any, algoname: Any, values: Any, *where: object) -> None:
         """A declared parameter without default must get a value (BEAT fails only at run time)."""
         given = set(_dict(values)) | set(_dict(_dict(self.decl.get("globals")).get(algoname)))
         for param, spec in _dict(getattr(alg, "parameters", {})).items():
@@ -145,7 +145,7 @@ class _Checker:
                 self.report(f"parameter `{param}' of algorithm `{algoname}' has no default and no value is "
                             f"given (in the parameters here or in /globals/{algoname})", *where)
 
-    def slots(self, entry: dict, algs: list[tuple[str, Any]], *where: object) -> None:
+    def slots(self, entry: dict, algs: list[tuple[Any, Any]], *where: object) -> None:
         slots = entry.get("nb_slots", 1)
         if isinstance(slots, int) and not isinstance(slots, bool) and slots > 1:
             for algoname, alg in algs:
@@ -296,7 +296,7 @@ class _Checker:
                     self.mapping("loops", name, key, eps, what, conn)
 
     # -- stage 3: dataformats and synchronisation ---------------------------------------------------
-    def _endpoint(self, endpoint: str, side: str) -> tuple[str, str, tuple] | None:
+    def _endpoint(self, endpoint: str, side: str) -> tuple[str, str | None, tuple] | None:
         """``(kind, dataformat, pointer parts)`` of a toolchain endpoint under this experiment."""
         node, _, ep = endpoint.partition(".")
         if side == "from" and node in self.dataset_outputs:

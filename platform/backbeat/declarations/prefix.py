@@ -15,6 +15,7 @@ folder that is not the user's hash) cannot be a declaration at all.
 
 from __future__ import annotations
 
+import builtins
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ class Prefix:
         """Every asset name of a kind present in the prefix, sorted (strays: :meth:`scan`)."""
         return self.scan(kind_word)[0]
 
-    def strays(self, kind_word: str) -> list[Stray]:
+    def strays(self, kind_word: str) -> builtins.list[Stray]:
         """The ``.json`` files of a kind whose path is not a name of the kind (see :class:`Stray`)."""
         return self.scan(kind_word)[1]
 
@@ -143,6 +144,6 @@ class Prefix:
         """Where a stray's files are (its path as found, never built from user input)."""
         return AssetFiles(stray.kind, stray.name, self.root / KINDS[stray.kind].folder / stray.name)
 
-    def list_all(self) -> list[tuple[str, str]]:
+    def list_all(self) -> builtins.list[tuple[str, str]]:
         """``(kind, name)`` of every asset in the prefix, kinds in dependency order."""
         return [(k, n) for k in KINDS for n in self.list(k)]

@@ -122,7 +122,7 @@ def compile_file(path: Path) -> tuple[ast.Module | None, Problem | None]:
         line = source.count(b"\n", 0, source.index(b"\0")) + 1
         return None, Problem("the code contains a null byte: it cannot be compiled", file=str(path), line=line)
     try:
-        tree = compile(source, str(path), "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+        tree = ast.parse(source, filename=str(path))
         compile(tree, str(path), "exec", dont_inherit=True)  # errors found past the parser (e.g. `return' outside a function)
     except SyntaxError as exc:
         text = f"{type(exc).__name__}: {exc.msg}"
