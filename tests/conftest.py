@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,21 @@ def cli_json(*args: str | os.PathLike, timeout: float = 60, **kw) -> tuple[int, 
         raise AssertionError(f"stdout is not JSON (exit {proc.returncode}):\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}") from None
     return proc.returncode, doc, proc.stderr
+
+
+@contextlib.contextmanager
+def private_tmpdir() -> Iterator[Path]:
+    """A fresh, short temporary folder, removed on exit with whatever is left in it.
+
+    For processes that are killed on purpose (SIGKILL cannot be cleaned up after): run them with
+    ``TMPDIR`` set to it, so that their ``bb-ctl-*`` control folders never stay in the system's
+    temporary folder.  Short, because ZeroMQ ``ipc://`` paths must stay under ~100 bytes.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="bbt-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from backbeat.core.errors import AssetNotFoundError, UsageError
+from backbeat.core.errors import BackbeatError, UsageError
 from backbeat.core.names import KINDS, kind_of, parse_label, parse_name
-from backbeat.declarations.catalog import Asset, Catalog
+from backbeat.declarations import assets
+from backbeat.declarations.catalog import Asset, Catalog, not_found
 from backbeat.declarations.prefix import Prefix
 from backbeat.planning.selection import Options  # the options of a run (--force, -j, limits…)
 
@@ -22,16 +23,26 @@ def _catalog(prefix: str | os.PathLike) -> Catalog:
     root = Path(prefix)
     if not root.is_dir():
         raise UsageError(f"prefix folder `{root}' does not exist")
-    return Catalog(Prefix(root))
+    from backbeat.core import config
+
+    cfg = config.active()  # database root folders configured in .backbeatrc (warnings about them)
+    return Catalog(Prefix(root), roots=dict(cfg.databases) if cfg is not None else None)
 
 
 def asset_report(asset: Asset) -> dict[str, Any]:
-    """The JSON form of one checked asset."""
+    """The JSON form of one checked asset.
+
+    ``valid`` is BEAT's verdict (plus the cases where backbeat refuses what BEAT accepts and
+    cannot run, docs/schemas.md); ``warnings`` never affect it; ``errors`` holds at most
+    100 problems and ``errors_omitted`` counts the others.
+    """
     return {
         "kind": KINDS[asset.kind].folder,
         "name": asset.name,
         "valid": asset.valid,
         "errors": [p.to_json() for p in asset.problems],
+        "errors_omitted": asset.omitted,
+        "warnings": [p.to_json() for p in asset.warnings],
         "hash": asset.hash,
     }
 
@@ -41,31 +52,48 @@ def check(prefix: str | os.PathLike, labels: list[str] | None = None, kind: str 
     catalog = _catalog(prefix)
     if labels:
         pairs = [parse_name(kind, n) if kind else parse_label(n) for n in labels]
-    elif kind:
-        k = kind_of(kind).name
-        pairs = [(k, n) for n in catalog.prefix.list(k)]
-    else:
-        pairs = None
-    return [asset_report(a) for a in catalog.check_all(pairs)]
+        return [asset_report(a) for a in catalog.check_all(pairs)]
+    kinds = [kind_of(kind).name] if kind else None
+    return [asset_report(a) for a in catalog.check_all(None, kinds)]
+
+
+def warnings(prefix: str | os.PathLike, kind: str, name: str) -> list[dict]:
+    """The warnings of one asset's check (e.g. a string for a boolean parameter); [] if it has none.
+
+    An asset that is missing or invalid has none here: the command using it reports that.
+    """
+    catalog = _catalog(prefix)
+    k, n = parse_name(kind, name)
+    if not catalog.prefix.exists(k, n):
+        return []
+    return [p.to_json() for p in catalog.get(k, n).warnings]
 
 
 def list_assets(prefix: str | os.PathLike, kind: str) -> list[dict]:
-    """Names (and descriptions) of every asset of a kind."""
+    """``[{name, description, problem}]`` of every ``.json`` file of a kind, sorted by name.
+
+    ``problem`` is None, or why the file cannot be used: its declaration does not parse, or its
+    path is not a name of the kind (BEAT lists such files too).
+    """
     catalog = _catalog(prefix)
     k = kind_of(kind)
+    names, strays = catalog.prefix.scan(k.name)
     out = []
-    for name in catalog.prefix.list(k.name):
+    for name in names:
         asset = catalog.load(k.name, name)
         decl = asset.declaration if isinstance(asset.declaration, dict) else {}
         desc = decl.get(k.description_key)
-        out.append({"name": name, "description": desc if isinstance(desc, str) else ""})
-    return out
+        problem = asset.problems[0].message if asset.declaration is None and asset.problems else None
+        out.append({"name": name, "description": desc if isinstance(desc, str) else "", "problem": problem})
+    for stray in strays:  # never left out silently: listed with what is wrong with their path
+        out.append({"name": stray.name, "description": "", "problem": stray.reason})
+    return sorted(out, key=lambda item: item["name"])
 
 
 def _existing(catalog: Catalog, kind: str, name: str) -> Asset:
     k, n = parse_name(kind, name)
     if not catalog.prefix.exists(k, n):
-        raise AssetNotFoundError(f"{KINDS[k].label} `{n}' not found in prefix `{catalog.prefix.root}'")
+        raise not_found(catalog.prefix, k, n)
     return catalog.get(k, n)
 
 
@@ -81,12 +109,14 @@ def show(prefix: str | os.PathLike, kind: str, name: str) -> Any:
 
 
 def asset_hash(prefix: str | os.PathLike, kind: str, name: str) -> str:
-    """The BEAT-compatible hash of an asset (spec §4.2)."""
+    """The BEAT-compatible hash of an asset (spec §4.2), also of one that is invalid or does not parse
+    (BEAT's storage hash of its files, which tools comparing prefixes rely on)."""
     catalog = _catalog(prefix)
     asset = _existing(catalog, kind, name)
-    if asset.hash is None:
+    if asset.hash is None:  # the declaration file cannot be read
         asset.require_valid()
-    return asset.hash or ""
+        raise BackbeatError(f"{asset.label}: the declaration file cannot be read")
+    return asset.hash
 
 
 def asset_paths(prefix: str | os.PathLike, kind: str, name: str) -> list[str]:
@@ -94,7 +124,7 @@ def asset_paths(prefix: str | os.PathLike, kind: str, name: str) -> list[str]:
     catalog = _catalog(prefix)
     k, n = parse_name(kind, name)
     if not catalog.prefix.exists(k, n):
-        raise AssetNotFoundError(f"{KINDS[k].label} `{n}' not found in prefix `{catalog.prefix.root}'")
+        raise not_found(catalog.prefix, k, n)
     asset = catalog.load(k, n)
     paths = [asset.files.json, asset.code_path, asset.files.rst]
     return [str(p) for p in paths if p is not None and p.is_file()]
@@ -167,3 +197,57 @@ def cache_gc(prefix: str | os.PathLike, cache: str | os.PathLike, dry_run: bool 
     from backbeat.execution import inventory
 
     return inventory.gc(prefix, cache, dry_run)
+# -- asset verbs (backbeat.declarations.assets) ---------------------------------------------------
+VERSIONABLE = assets.VERSIONABLE
+FORKABLE = assets.FORKABLE
+
+
+def create(prefix: str | os.PathLike, kind: str, name: str) -> dict:
+    """Write the kind's prototype under ``name``: ``{"files", "notes"}`` (notes: what to create or edit
+    before the new asset is valid)."""
+    files = assets.create(prefix, kind, name)
+    return {"files": files, "notes": assets.check_created(prefix, kind, name)}
+
+
+def version(prefix: str | os.PathLike, kind: str, name: str) -> dict:
+    """Copy ``…/<v>`` to ``…/<v+1>``: ``{"name", "files"}``."""
+    return assets.version(prefix, kind, name)
+
+
+def fork(prefix: str | os.PathLike, kind: str, src: str, dst: str) -> dict:
+    """Copy ``src`` under the new name ``dst``: ``{"name", "files"}`` (an experiment's toolchain must exist)."""
+    return assets.fork(prefix, kind, src, dst)
+
+
+def diff(prefix: str | os.PathLike, kind: str, name: str, other: str) -> dict:
+    """Differences between two assets of a kind (see :func:`backbeat.declarations.assets.diff`)."""
+    return assets.diff(prefix, kind, name, other)
+
+
+def remove(prefix: str | os.PathLike, kind: str, names: list[str], purge: bool = False,
+           force: bool = False) -> list[dict]:
+    """Remove assets: ``[{"name", "removed", "backups", "used_by"}]``.
+
+    ``used_by`` lists the other assets of the prefix that refer to the removed one (assets removed
+    by the same call excepted).  Every name must exist before anything is removed.  With ``purge``
+    (no backups), an asset still used is refused unless ``force``.
+    """
+    catalog = _catalog(prefix)
+    k = kind_of(kind).name
+    canonical = [parse_name(k, n)[1] for n in names]
+    for n in canonical:
+        if not catalog.prefix.exists(k, n):
+            raise not_found(catalog.prefix, k, n)
+    batch = {f"{KINDS[k].folder}/{n}" for n in canonical}
+    used = {n: [u for u in assets.users(prefix, k, n) if u not in batch] for n in canonical}
+    blocked = {n: u for n, u in used.items() if u}
+    if purge and blocked and not force:
+        lines = "; ".join(f"`{n}' by {', '.join(u)}" for n, u in blocked.items())
+        raise BackbeatError(f"refusing to purge {KINDS[k].folder} still in use: {lines} (remove without "
+                            "--purge to keep backups, or add --force)")
+    out = []
+    for n in canonical:
+        done = assets.rm(prefix, k, n, purge=purge)
+        done["used_by"] = used[n]
+        out.append(done)
+    return out

@@ -323,6 +323,69 @@ def test_version_fork_rm_diff(home, tmp_path):
     assert proc.returncode == 1 and "selected.json" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_rm_says_who_still_uses_an_asset(home, tmp_path):
+    prefix = tmp_path / "p"
+    shutil.copytree(DEMO, prefix, ignore=shutil.ignore_patterns("cache", "__pycache__", ".beat"))
+    trainer = prefix / "algorithms" / "user" / "lda_trainer"
+    # --purge refuses an asset others use (nothing is deleted), naming them
+    proc = bb(home, "-p", prefix, "algorithms", "rm", "--purge", "user/lda_trainer/1")
+    assert proc.returncode == 1 and f"`user/lda_trainer/1' by experiments/{IRIS}" in proc.stderr, proc.stderr
+    assert (trainer / "1.json").is_file() and (trainer / "1.py").is_file()
+    proc = bb(home, "-p", prefix, "dataformats", "rm", "--purge", "user/iris_measurements/1")
+    assert proc.returncode == 1 and "algorithms/user/normaliser_trainer/1" in proc.stderr
+    assert "protocoltemplates/" in proc.stderr or "databases/iris/1" in proc.stderr
+    # without --purge it is removed (backups kept) with a warning
+    proc = bb(home, "-p", prefix, "algorithms", "rm", "user/lda_trainer/1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: algorithms/user/lda_trainer/1 is still used by experiments/{IRIS}" in proc.stderr
+    assert (trainer / "1.json~").is_file()
+    # names are all checked before anything is removed; --force purges a used asset
+    proc = bb(home, "-p", prefix, "toolchains", "rm", "user/iris/1", "user/nope/1")
+    assert proc.returncode == 1 and "not found" in proc.stderr
+    assert (prefix / "toolchains" / "user" / "iris" / "1.json").is_file()
+    done = bj(home, "-p", prefix, "toolchains", "rm", "--purge", "--force", "user/iris/1", "--json")
+    assert f"experiments/{IRIS}" in done[0]["used_by"] and not (prefix / "toolchains" / "user" / "iris").exists()
+    # a removed user (only its `~' backup left) no longer counts
+    done = bj(home, "-p", prefix, "libraries", "rm", "user/linalg/1", "--json")
+    assert done[0]["used_by"] == ["algorithms/user/lda_scorer/1", "algorithms/user/normaliser_trainer/1"]
+
+
+def test_fork_an_experiment_onto_a_toolchain_that_does_not_exist(home, tmp_path):
+    prefix = tmp_path / "p"
+    shutil.copytree(DEMO, prefix, ignore=shutil.ignore_patterns("cache", "__pycache__", ".beat"))
+    proc = bb(home, "-p", prefix, "experiments", "fork", IRIS, "user/user/irs/1/copy")
+    assert proc.returncode == 1 and "toolchain `user/irs/1', which does not exist" in proc.stderr, proc.stderr
+    assert "did you mean `user/iris/1'?" in proc.stderr
+    assert not (prefix / "experiments" / "user" / "user" / "irs").exists()
+
+
+def test_commands_work_from_inside_the_prefix(home, ran, tmp_path):
+    """No -p: the prefix is ./prefix, a prefix/ of a parent folder, or the prefix one is in."""
+    inside = ran / "algorithms" / "user"
+    for cwd in (ran.parent, ran, inside):
+        proc = bb(home, "algorithms", "list", cwd=cwd)
+        assert proc.returncode == 0 and "user/lda_trainer/1" in proc.stdout, (cwd, proc.stderr)
+    assert bb(home, "experiments", "results", IRIS, cwd=inside).returncode == 0  # and its cache
+    shown = bj(home, "config", "show", "--json", cwd=inside)
+    assert shown["prefix"] == str(ran) and shown["cache"] == str(ran / "cache")
+    # .backbeatrc of a parent folder is read too (the nearest one)
+    project = tmp_path / "project"
+    (project / "src" / "deep").mkdir(parents=True)
+    (project / ".backbeatrc").write_text(json.dumps({"prefix": str(ran)}))
+    shown = bj(home, "config", "show", "--json", cwd=project / "src" / "deep")
+    assert shown["prefix"] == str(ran) and shown["files"] == [str(project / ".backbeatrc")]
+    # nothing found: the usual error
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = bb(home, "check", cwd=empty)
+    assert proc.returncode == 2 and "prefix folder `prefix' does not exist" in proc.stderr
+
+
+def test_database_view_refuses_unknown_outputs(home, ran):
+    proc = bb(home, "-p", ran, "databases", "view", "iris/1/train_test/train", "--exclude", "nosuch,species")
+    assert proc.returncode == 2 and "has no output `nosuch'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def decl_old(algo: Path) -> str:
     return json.loads((algo / "1.json").read_text())["description"]
 

@@ -106,33 +106,14 @@ def test_verdict_matches_beat(rec: dict):
             f"no problem mentions `{rec['problem']}'\n" + _explain(asset, rec))
 
 
-def _beat_fallback_hash(asset: Asset) -> str:
-    """BEAT's storage hash of a declaration backbeat could not parse (spec §4.1–4.2)."""
-    kind = KINDS[asset.kind]
-    decl = hashing.hash_json_file(asset.files.json, kind.description_key)
-    if not kind.has_code:
-        return decl
-    try:
-        language = hashing._lenient_parse(asset.files.json.read_bytes()).get("language", "unknown")
-    except (ValueError, AttributeError):
-        language = "unknown"
-    code = asset.files.code(language)
-    code_hash = hashing.hash_file_contents(code) if code is not None and code.is_file() else None
-    return hashing.code_asset_hash(decl, code_hash)
-
-
 @pytest.mark.parametrize("rec", [r for r in EXPECTED if r["hash"]], ids=_id)
 def test_hash_matches_beat(rec: dict):
     try:
         asset = lookup(rec["kind"], rec["name"])
     except TimeoutError:
         pytest.fail(f"{_id(rec)}: no answer within {TIME_LIMIT}s")
-    if asset.hash is None:
-        # backbeat hashes only declarations it can parse; BEAT falls back to the bytes
-        assert rec["beat"] != "valid", f"{_id(rec)}: valid for BEAT but backbeat gives no hash"
-        assert _beat_fallback_hash(asset) == rec["hash"]
-    else:
-        assert asset.hash == rec["hash"], _id(rec)
+    # also for declarations backbeat refuses to parse: BEAT's storage hash of the file
+    assert asset.hash == rec["hash"], _id(rec)
 
 
 def test_description_does_not_enter_the_hash():

@@ -23,7 +23,7 @@ import pytest
 from backbeat.core.errors import BackbeatError
 from backbeat.data import cachefile
 from backbeat.execution import executors as executor
-from conftest import FIXTURES, cli_json, run_cli
+from conftest import FIXTURES, cli_json, private_tmpdir, run_cli
 
 distributed = pytest.importorskip("distributed")
 dask_executor = pytest.importorskip("backbeat.execution.dask_executor")
@@ -64,18 +64,24 @@ def log(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(log):
-    """A LocalCluster of 2 single-threaded worker processes, whose environment names ``log``."""
-    saved = os.environ.get("PARALLEL_FIXTURE_LOG")
-    os.environ["PARALLEL_FIXTURE_LOG"] = str(log)
-    try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=None, silence_logs=40) as c:
-            yield c
-    finally:
-        if saved is None:
-            os.environ.pop("PARALLEL_FIXTURE_LOG", None)
-        else:
-            os.environ["PARALLEL_FIXTURE_LOG"] = saved
+    """A LocalCluster of 2 single-threaded worker processes, whose environment names ``log``.
+
+    Its workers get a private temporary folder: tests kill workers (SIGKILL), whose ``bb-ctl-*``
+    control folders cannot be removed by them and must not stay in the system's temporary folder.
+    """
+    saved = {k: os.environ.get(k) for k in ("PARALLEL_FIXTURE_LOG", "TMPDIR")}
+    with private_tmpdir() as tmp:
+        os.environ.update(PARALLEL_FIXTURE_LOG=str(log), TMPDIR=str(tmp))
+        try:
+            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                          dashboard_address=None, silence_logs=40) as c:
+                yield c
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ as parameter ``mode`` says) -> analysis (sum, count)``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -21,7 +22,7 @@ from backbeat.cache.backends import open_store
 from backbeat.data import cachefile
 from backbeat.execution import executors as executor
 from backbeat.execution.report import cached_results
-from conftest import cli_command
+from conftest import cli_command, private_tmpdir
 
 BASE = "run/run/pipeline/1/base"
 EXP_DIR = Path("experiments/run/run/pipeline/1")
@@ -217,9 +218,22 @@ def live_processes(marker: str) -> list:
 
 
 def stop_run(prefix: Path, cache: Path, name: str, sig: int, ready) -> None:
-    """Start ``experiments run NAME`` in a subprocess, send SIG once ``ready()`` is true."""
+    """Start ``experiments run NAME`` in a subprocess, send SIG once ``ready()`` is true.
+
+    The run's temporary folder is a private one: a run killed with SIGKILL cannot remove its
+    ``bb-ctl-*`` control folder, which must not stay in the system's temporary folder; an
+    interrupted run must leave nothing there.
+    """
+    with private_tmpdir() as tmp:
+        _stop_run(prefix, cache, name, sig, ready, tmp)
+        if sig != signal.SIGKILL:
+            assert not list(tmp.iterdir()), "an interrupted run left its temporary files"
+
+
+def _stop_run(prefix: Path, cache: Path, name: str, sig: int, ready, tmp: Path) -> None:
     proc = subprocess.Popen(cli_command("-p", prefix, "-c", cache, "experiments", "run", name),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp)},
                             # pytest may run with SIGINT ignored (background job): the CLI must not inherit it
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30

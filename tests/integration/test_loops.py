@@ -229,6 +229,9 @@ class Algorithm:
     "setup_false": ("user", "Could not setup algorithm (returned False)", '''class Algorithm:
     def setup(self, parameters):
         return False
+
+    def validate(self, hypothesis):
+        return (True, hypothesis)
 '''),
     "bad_answer": ("user", "cannot safely cast attribute `score'", '''class Algorithm:
     def validate(self, hypothesis):

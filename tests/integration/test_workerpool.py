@@ -19,7 +19,7 @@ from backbeat.core.errors import BlockError, UsageError  # noqa: E402
 from backbeat.processes.control import ControlServer, Message  # noqa: E402
 from backbeat.processes.exits import Limits  # noqa: E402
 from backbeat.processes.outcome import classify as outcome  # noqa: E402
-from backbeat.processes.workerpool import ForkServer  # noqa: E402
+from backbeat.processes.workerpool import ForkServer, _zmq_threads_running  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T = _workerpool_targets.__name__
@@ -178,6 +178,13 @@ def test_raw_memory_and_bad_target(fs):
 
 
 def test_start_refuses_to_fork_after_zmq_context(ctl):
+    # libzmq names its threads (``ZMQbg/...``, what start() looks for) from inside them, a moment
+    # after the Context starts them: wait for that first, or the check races with it (the test
+    # failed about once in 25 runs when selected alone, its ``ctl`` created just before)
+    deadline = time.monotonic() + 10
+    while not _zmq_threads_running():
+        assert time.monotonic() < deadline, "the zmq Context of `ctl' started no thread"
+        time.sleep(0.001)
     with pytest.raises(UsageError, match="zmq Context"):
         ForkServer(preload=(), mode="fork").start()
     with pytest.warns(RuntimeWarning, match="multiprocessing"):

@@ -38,7 +38,6 @@ KNOWN_CLI: set[tuple[str, str]] = {
     ("backbeat.cli.main", "backbeat.core.config"),
     ("backbeat.cli.plot", "backbeat.plotting.render"),
     ("backbeat.cli.tools", "backbeat.cache.tools"),
-    ("backbeat.cli.tools", "backbeat.declarations.assets"),
     ("backbeat.cli.tools", "backbeat.declarations.catalog"),
     ("backbeat.cli.tools", "backbeat.declarations.graph"),
 }

@@ -21,6 +21,21 @@ from backbeat.declarations import algorithm, database, dataformat, library, prot
 from backbeat.declarations.catalog import Catalog
 
 EXT = {"python": ".py", "cxx": ".so", "r": ".r", "matlab": ".m", "unknown": ""}
+#: code that loads and has what a run calls (``check`` compiles it and reads its classes)
+ALGORITHM_CODE = ("class Algorithm:\n    def process(self, inputs, data_loaders, outputs):\n        return True\n\n"
+                  "    def validate(self, hypothesis):\n        return True, hypothesis\n")
+PLOTTER_CODE = "class Plotter:\n    def process(self, inputs):\n        return b'png'\n"
+VIEWS = object()  # db(): write a view class for every view the declaration names
+
+
+def view_code(decl: dict) -> str:
+    names = {s.get("view") for p in decl.get("protocols", []) for s in p.get("sets", [])}
+    names |= {v.get("view") for p in decl.get("protocols", []) for v in (p.get("views") or {}).values()
+              if isinstance(v, dict)}
+    classes = "".join(f"\n\nclass {n}(View):\n    def index(self, root_folder, parameters):\n        return []\n\n"
+                      f"    def get(self, output, index):\n        return {{}}\n"
+                      for n in sorted(n for n in names if isinstance(n, str) and n.isidentifier()))
+    return "from beat.backend.python.database import View\n" + classes
 
 
 class Builder:
@@ -45,7 +60,7 @@ class Builder:
             decl["uses"] = uses
         self.write("libraries", name, decl, code, EXT[language])
 
-    def algo(self, name: str, code: str | None = "# algo\n", language: str = "python", **fields) -> None:
+    def algo(self, name: str, code: str | None = ALGORITHM_CODE, language: str = "python", **fields) -> None:
         decl = {
             "schema_version": 2, "api_version": 2, "type": "sequential", "language": language,
             "splittable": False,
@@ -59,13 +74,13 @@ class Builder:
     def param_algo(self, name: str, **param) -> None:
         self.algo(name, parameters={"p": param})
 
-    def db(self, name: str, decl: dict, code: str | None = "# views\n") -> None:
-        self.write("databases", name, decl, code)
+    def db(self, name: str, decl: dict, code: str | None | object = VIEWS) -> None:
+        self.write("databases", name, decl, view_code(decl) if code is VIEWS else code)  # type: ignore[arg-type]
 
     def template(self, name: str, sets: list) -> None:
         self.write("protocoltemplates", name, {"schema_version": 1, "sets": sets})
 
-    def plotter(self, name: str, code: str | None = "# plot\n", **fields) -> None:
+    def plotter(self, name: str, code: str | None = PLOTTER_CODE, **fields) -> None:
         decl = {
             "language": "python", "dataformat": "plot/pl/1",
             "parameters": {"color": {"type": "string", "default": "red"},
@@ -99,7 +114,7 @@ def direct(b: Builder, kind: str, name: str) -> list[tuple[str, str]]:
     asset = cat.load(kind, name)
     asset.problems.clear()
     module = importlib.import_module(f"backbeat.declarations.{kind}")
-    return [(p.pointer, p.message) for p in module.check(asset, cat)]
+    return [(p.pointer, p.message) for p in module.check(asset, cat) if not p.is_warning]
 
 
 def only(b: Builder, kind: str, name: str) -> tuple[str, str]:
@@ -351,7 +366,7 @@ def test_algorithm_view(b: Builder) -> None:
     b.write("algorithms", "user/legacy/1", {"language": "python", "splittable": True, "groups": [
         {"name": "main", "inputs": {"b": {"type": "user/ok/1"}, "a": {"type": "user/ok/1"}},
          "outputs": {"o": {"type": "plot/pl/1"}}},
-        {"inputs": {"c": {"type": "user/ok/1"}}}], "uses": {"x": "user/lok/1"}}, "# code\n")
+        {"inputs": {"c": {"type": "user/ok/1"}}}], "uses": {"x": "user/lok/1"}}, ALGORITHM_CODE)
     algo = algorithm.Algorithm(b.catalog().get("algorithm", "user/legacy/1"))
     assert (algo.name, algo.type, algo.api_version, algo.language) == ("user/legacy/1", "legacy", 1, "python")
     assert list(algo.inputs.items()) == [("b", "user/ok/1"), ("a", "user/ok/1"), ("c", "user/ok/1")]

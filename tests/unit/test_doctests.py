@@ -10,8 +10,11 @@ import pytest
 
 import backbeat
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(backbeat.__path__, "backbeat.")
-                 if m.name not in ("backbeat.__main__", "backbeat.execution.dask_executor"))
+#: every module of every subpackage (``__main__`` modules run the CLI when imported; prototypes
+#: are templates copied into prefixes; the Dask executor needs the optional ``dask`` extra)
+MODULES = sorted(m.name for m in pkgutil.walk_packages(backbeat.__path__, "backbeat.")
+                 if not m.name.endswith("__main__") and ".prototypes" not in m.name
+                 and m.name != "backbeat.execution.dask_executor")
 
 
 @pytest.mark.parametrize("name", MODULES)

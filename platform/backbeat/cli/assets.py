@@ -24,6 +24,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         for it in items:
             print(it["name"] + (f"  {it['description']}" if it["description"] else ""))
+            if it.get("problem"):
+                print(f"  (!) {it['problem']}")
     return 0
 
 

@@ -13,18 +13,36 @@ def print_json(obj: Any) -> None:
     print(jsonio.dumps(obj))
 
 
+def _where(problem: dict) -> str:
+    """``file:line`` for code, ``file: /pointer`` for declarations."""
+    where = problem.get("file") or problem.get("asset") or "?"
+    if problem.get("line") is not None:
+        return f"{where}:{problem['line']}"
+    if problem.get("pointer") or where.endswith(".json"):
+        return f"{where}: {problem.get('pointer') or '/'}"
+    return where
+
+
 def print_check(reports: list[dict], as_json: bool) -> int:
     """Print ``check`` reports; exit status 1 if any asset is invalid."""
     if as_json:
         print_json(reports)
     else:
         for r in reports:
-            print(f"{r['kind']}/{r['name']}: {'ok' if r['valid'] else 'invalid'}")
+            warnings = r.get("warnings") or []
+            note = f" ({len(warnings)} warning{'s' if len(warnings) != 1 else ''})" if warnings else ""
+            print(f"{r['kind']}/{r['name']}: {'ok' if r['valid'] else 'invalid'}{note}")
             for e in r["errors"]:
-                where = e["file"] or ""
-                print(f"  {where}: {e['pointer'] or '/'}: {e['message']}".replace("\n", "\n    "))
+                print(f"  {_where(e)}: {e['message']}".replace("\n", "\n    "))
+            if r.get("errors_omitted"):
+                print(f"  ... and {r['errors_omitted']:,} more problem(s) not shown "
+                      f"(the first {len(r['errors'])} are)")
+            for w in warnings:
+                print(f"  warning: {_where(w)}: {w['message']}".replace("\n", "\n    "))
         bad = sum(not r["valid"] for r in reports)
-        print(f"{len(reports)} asset(s) checked, {bad} invalid", file=sys.stderr)
+        warned = sum(len(r.get("warnings") or []) for r in reports)
+        print(f"{len(reports)} asset(s) checked, {bad} invalid"
+              + (f", {warned} warning(s)" if warned else ""), file=sys.stderr)
     return 1 if any(not r["valid"] for r in reports) else 0
 
 

@@ -98,6 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                timeout_s=args.timeout if args.timeout is not None else timeout,
                                memory_bytes=args.memory if args.memory is not None else memory,
                                only=args.only, from_=args.from_, until=args.until, stream=args.stream)
+
+    for w in api.warnings(args.prefix, "experiment", args.name):  # e.g. "false" for a boolean: it is true
+        print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
     if args.dry_run:
         plan = api.dry_run(args.prefix, args.cache, args.name, options)
         if args.json:

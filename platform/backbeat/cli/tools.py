@@ -1,7 +1,7 @@
 """Everyday commands of the CLI: drawings, asset verbs, cache housekeeping, configuration.
 
 * ``toolchains draw NAME``, ``experiments draw NAME [--report RUN.json]`` (:mod:`backbeat.graph`);
-* per kind ``create``, ``version``, ``fork``, ``rm``, ``diff`` (:mod:`backbeat.assets`);
+* per kind ``create``, ``version``, ``fork``, ``rm``, ``diff`` (:mod:`backbeat.api`);
 * ``experiments caches NAME [--list|--delete|--verify]`` and ``cache gc`` (:mod:`backbeat.api`:
   they plan experiments), ``cache info|view|verify|clear`` (:mod:`backbeat.cache.tools`);
 * ``config show`` (:mod:`backbeat.core.config`).
@@ -100,24 +100,24 @@ def cmd_experiment_draw(args: argparse.Namespace) -> int:
 
 # -- asset verbs -------------------------------------------------------------------------------
 def cmd_create(args: argparse.Namespace) -> int:
-    from backbeat.declarations import assets
+    from backbeat import api
 
     for name in args.names:
-        for path in assets.create(args.prefix, args.kind, name):
+        out = api.create(args.prefix, args.kind, name)
+        for path in out["files"]:
             print(path)
-        problems = assets.check_created(args.prefix, args.kind, name)
-        if problems:
+        if out["notes"]:
             print(f"note: {args.kind}/{name} refers to assets to create or edit before it is valid:",
                   file=sys.stderr)
-            for message in problems:
+            for message in out["notes"]:
                 print(f"  {message}", file=sys.stderr)
     return 0
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    from backbeat.declarations import assets
+    from backbeat import api
 
-    out = assets.version(args.prefix, args.kind, args.name)
+    out = api.version(args.prefix, args.kind, args.name)
     if args.json:
         output.print_json(out)
     else:
@@ -126,9 +126,9 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    from backbeat.declarations import assets
+    from backbeat import api
 
-    out = assets.fork(args.prefix, args.kind, args.src, args.dst)
+    out = api.fork(args.prefix, args.kind, args.src, args.dst)
     if args.json:
         output.print_json(out)
     else:
@@ -137,9 +137,14 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from backbeat.declarations import assets
+    from backbeat import api
 
-    done = [assets.rm(args.prefix, args.kind, n, purge=args.purge) for n in args.names]
+    done = api.remove(args.prefix, args.kind, args.names, purge=args.purge, force=args.force)
+    for d in done:
+        if d["used_by"]:
+            print(f"warning: {args.kind}/{d['name']} is still used by {', '.join(d['used_by'])}"
+                  + ("" if args.purge else f" (restore it from its backups: {', '.join(d['backups'])})"),
+                  file=sys.stderr)
     if args.json:
         output.print_json(done)
     else:
@@ -150,9 +155,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from backbeat.declarations import assets
+    from backbeat import api
 
-    out = assets.diff(args.prefix, args.kind, args.name, args.other)
+    out = api.diff(args.prefix, args.kind, args.name, args.other)
     if args.json:
         output.print_json({k: v for k, v in out.items() if k != "text"})
     elif out["identical"]:
@@ -321,8 +326,8 @@ def _group(sub: argparse._SubParsersAction, name: str, text: str) -> argparse._S
 
 
 def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
+    from backbeat.api import FORKABLE, VERSIONABLE
     from backbeat.core.names import FOLDERS
-    from backbeat.declarations.assets import FORKABLE, VERSIONABLE
 
     for folder, ksub in kinds.items():
         kind = FOLDERS[folder].name
@@ -344,6 +349,7 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
         p = ksub.add_parser("rm", help="remove assets (files kept as `~' backups unless --purge)")
         p.add_argument("names", nargs="+", metavar="NAME")
         p.add_argument("--purge", action="store_true", help="delete the files and their backups")
+        p.add_argument("--force", action="store_true", help="with --purge: also assets other assets still use")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(handler=cmd_rm)
         p = ksub.add_parser("diff", help="differences between two assets (OTHER: a name or a version number)")

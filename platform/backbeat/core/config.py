@@ -1,7 +1,8 @@
 """The ``.backbeatrc`` configuration file: default prefix, cache and database root folders.
 
-A configuration file is a JSON object read from ``~/.backbeatrc`` then ``./.backbeatrc``
-(the working folder's keys override the home folder's, key by key).  Keys:
+A configuration file is a JSON object read from ``~/.backbeatrc`` then from the nearest
+``.backbeatrc`` in the working folder or one of its parents (its keys override the home folder's,
+key by key), so that backbeat works from anywhere inside a project.  Keys:
 
 * ``prefix`` — the prefix folder (relative paths are relative to the file's folder);
 * ``cache`` — the cache folder (relative paths are relative to the prefix, as in BEAT);
@@ -15,7 +16,9 @@ A configuration file is a JSON object read from ``~/.backbeatrc`` then ``./.back
 BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
 ``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not
 a JSON object is an error naming the file.  Precedence: command-line option > ``BACKBEAT_PREFIX``
-(prefix only) > ``./.backbeatrc`` > ``~/.backbeatrc`` > defaults (``./prefix``, ``<prefix>/cache``).
+(prefix only) > nearest ``.backbeatrc`` > ``~/.backbeatrc`` > defaults (``<prefix>/cache``; for the
+prefix, :func:`find_prefix`: a ``prefix/`` folder in the working folder or a parent, or the prefix
+the working folder is in).
 
 State: :data:`_ACTIVE` is the configuration applied by the CLI (:func:`activate`); the execution
 layer reads its database root folders and hands them to planning (no file is read when nothing
@@ -147,16 +150,50 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")
 
 
+def _upwards(start: Path) -> list[Path]:
+    """``start`` and each of its parents, nearest first."""
+    start = start.absolute()
+    return [start, *start.parents]
+
+
+def nearest(cwd: str | os.PathLike | None = None) -> Path | None:
+    """The ``.backbeatrc`` of the working folder or of its nearest parent that has one."""
+    for folder in _upwards(Path(cwd) if cwd is not None else Path.cwd()):
+        p = folder / FILENAME
+        if p.is_file():
+            return p
+    return None
+
+
 def files(cwd: str | os.PathLike | None = None, home: str | os.PathLike | None = None) -> list[Path]:
-    """The configuration files that exist, lowest precedence first (home, then working folder)."""
-    cwd_path = Path(cwd) if cwd is not None else Path.cwd()
+    """The configuration files that exist, lowest precedence first (home, then the nearest one)."""
     home_path = Path(home) if home is not None else Path(os.path.expanduser("~"))
     out: list[Path] = []
-    for folder in (home_path, cwd_path):
-        p = folder / FILENAME
-        if p.is_file() and all(not p.samefile(q) for q in out):
+    for p in (home_path / FILENAME, nearest(cwd)):
+        if p is not None and p.is_file() and all(not p.samefile(q) for q in out):
             out.append(p)
     return out
+
+
+def is_prefix(folder: Path) -> bool:
+    """True if ``folder`` holds at least one asset kind's folder (``dataformats``, ``algorithms``…)."""
+    return folder.is_dir() and any((folder / kind.folder).is_dir() for kind in KINDS.values())
+
+
+def find_prefix(cwd: str | os.PathLike | None = None) -> str:
+    """The default prefix: ``prefix/`` in the working folder or a parent, or the prefix one is in.
+
+    Going up from the working folder, the first folder that has a ``prefix`` subfolder holding
+    asset folders gives it; a folder that itself holds asset folders (the working folder is the
+    prefix or inside it) is the prefix.  Nothing found: ``prefix`` (reported missing as before).
+    A prefix found in the working folder is given relative (``prefix``), any other absolute.
+    """
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    for folder in _upwards(here):
+        for candidate in (folder / "prefix", folder):
+            if is_prefix(candidate):
+                return "prefix" if candidate == here.absolute() / "prefix" else str(candidate)
+    return "prefix"
 
 
 def load(cwd: str | os.PathLike | None = None, home: str | os.PathLike | None = None) -> Config:
@@ -170,7 +207,7 @@ def load(cwd: str | os.PathLike | None = None, home: str | os.PathLike | None = 
 
 def resolve(cfg: Config, prefix_option: str | None, cache_option: str | None) -> tuple[str, str]:
     """The effective ``(prefix, cache)`` folders given the command-line options."""
-    prefix = prefix_option or os.environ.get("BACKBEAT_PREFIX") or cfg.prefix or "prefix"
+    prefix = prefix_option or os.environ.get("BACKBEAT_PREFIX") or cfg.prefix or find_prefix()
     if cache_option:
         cache = Path(cache_option)
     elif cfg.cache:

@@ -14,23 +14,50 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Problem:
-    """One error found in a declaration.
+    """One error (or, with ``severity="warning"``, one non-fatal remark) about a declaration.
 
     ``pointer`` is an RFC 6901 JSON pointer into the declaration (``""`` = whole
-    document); ``asset`` is ``"<kind>/<name>"``; ``file`` the file it was read from.
+    document); ``asset`` is ``"<kind>/<name>"``; ``file`` the file it was read from, and
+    ``line`` the line in it when the file is code (a syntax error in an algorithm).  A warning never makes an asset invalid (``"normalise": "false"`` for a boolean is
+    accepted, as BEAT does, and said to mean true).
     """
 
     message: str
     pointer: str = ""
     file: str | None = None
     asset: str | None = None
+    severity: str = "error"  # "error" or "warning"
+    line: int | None = None
+
+    @property
+    def is_warning(self) -> bool:
+        return self.severity == "warning"
+
+    @property
+    def where(self) -> str:
+        """``file: /pointer`` (declarations) or ``file:line`` (code)."""
+        where = self.file or self.asset or "?"
+        if self.line is not None:
+            return f"{where}:{self.line}"
+        if self.pointer or not self.file or self.file.endswith(".json"):
+            return f"{where}: {self.pointer or '/'}"
+        return where
+
+    @property
+    def brief(self) -> str:
+        """The message, with ``(file:line)`` for a problem in code (to quote it in another asset's problem)."""
+        return f"{self.message} ({self.file}:{self.line})" if self.line is not None else self.message
 
     def __str__(self) -> str:
-        where = self.file or self.asset or "?"
-        return f"{where}: {self.pointer or '/'}: {self.message}"
+        return f"{self.where}: {self.message}"
 
     def to_json(self) -> dict:
-        return {"asset": self.asset, "file": self.file, "pointer": self.pointer, "message": self.message}
+        """``{asset, file, pointer, message}``, plus ``line`` for problems in code."""
+        out: dict[str, object] = {"asset": self.asset, "file": self.file, "pointer": self.pointer,
+                                  "message": self.message}
+        if self.line is not None:
+            out["line"] = self.line
+        return out
 
 
 def pointer(*parts: object) -> str:

@@ -70,10 +70,23 @@ def hash_json_file(path: Path, description_key: str | None) -> str:
     """``hashJSONFile``: hash of the parsed content, or of the bytes if not JSON."""
     raw = path.read_bytes()
     try:
-        obj = _lenient_parse(raw)
+        return hash_json(_lenient_parse(raw), description_key)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return hashlib.sha256(raw).hexdigest()
-    return hash_json(obj, description_key)
+
+
+def declared_language(path: Path) -> str:
+    """The ``language`` of a declaration file as BEAT's storage finds it, else ``"unknown"``.
+
+    BEAT parses leniently here (duplicate keys last-wins), so a declaration backbeat refuses for
+    a duplicate key still has its code file hashed with it.
+    """
+    try:
+        doc = _lenient_parse(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return "unknown"
+    language = doc.get("language", "unknown") if isinstance(doc, dict) else "unknown"
+    return language if isinstance(language, str) else "unknown"
 
 
 def code_asset_hash(declaration_hash: str, code_hash: str | None) -> str:

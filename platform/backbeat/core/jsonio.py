@@ -6,7 +6,6 @@ duplicate keys; we do the same and report the line and column of every failure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,14 @@ class JSONProblem(Exception):
     """Raised internally by :func:`parse`; carries a human message."""
 
 
-def _no_duplicates(pairs: Iterable[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise JSONProblem(f"invalid JSON: key `{key}' found several times")
-        out[key] = value
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):  # rare: find the first key seen twice
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise JSONProblem(f"invalid JSON: key `{key}' found several times")
+            seen.add(key)
     return out
 
 
@@ -36,7 +37,7 @@ def parse(data: bytes | str) -> Any:
     >>> parse('{"a": 1, "a": 2}')
     Traceback (most recent call last):
     ...
-    backbeat.jsonio.JSONProblem: invalid JSON: key `a' found several times
+    backbeat.core.jsonio.JSONProblem: invalid JSON: key `a' found several times
     """
     if isinstance(data, bytes):
         try:

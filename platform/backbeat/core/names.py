@@ -10,7 +10,13 @@ characters outside the grammar can never make backbeat read outside the prefix.
 >>> parse_name("algorithms", "../etc/1")
 Traceback (most recent call last):
 ...
-backbeat.errors.InvalidNameError: invalid algorithm name `../etc/1': expected user/name/version
+backbeat.core.errors.InvalidNameError: invalid algorithm name `../etc/1': expected user/name/version (the user `..' must start with a letter or `_' and hold only letters, digits, `_' and `-')
+>>> name_problem("toolchain", "errors/incomplete/empty")
+"the version `empty' is not a number"
+
+A part of a name may be at most :data:`MAX_PART` characters, so that every file backbeat
+writes for it (``<part>.json~`` backups included) stays within the file system's limit
+of 255 bytes per file name.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from backbeat.core.errors import InvalidNameError
 _USER = r"[a-zA-Z_][a-zA-Z0-9_-]*"
 _NAME = r"[a-zA-Z0-9_-]+"
 _VERSION = r"[0-9]+"
+
+#: longest part of a name (user, name, version...): file names stay under 255 bytes
+MAX_PART = 200
 
 
 @dataclass(frozen=True)
@@ -81,19 +90,67 @@ def kind_of(word: str) -> Kind:
     return kind
 
 
-def parse_name(kind_word: str, name: str) -> tuple[str, str]:
+_PART_RULES = {
+    "user": (re.compile(f"^{_USER}$"), "must start with a letter or `_' and hold only letters, digits, `_' and `-'"),
+    "name": (re.compile(f"^{_NAME}$"), "may hold only letters, digits, `_' and `-'"),
+    "version": (re.compile(f"^{_VERSION}$"), "is not a number"),
+}
+
+
+def _grammar_parts(kind: Kind, count: int) -> list[str] | None:
+    """The role of each part of a name of ``count`` parts (None: no such form)."""
+    roles = {"database": ["name", "version"], "protocoltemplate": ["name", "version"],
+             "experiment": ["user", "user", "name", "version", "name"]}.get(kind.name, ["user", "name", "version"])
+    if kind.name == "experiment" and count == 4:
+        return ["user", "name", "version", "name"]
+    return roles if count == len(roles) else None
+
+
+def name_problem(kind_word: str, name: object) -> str | None:
+    """Why ``name`` is not a valid name of its kind, in words (None if it is one).
+
+    >>> name_problem("dataformat", "user/x/1") is None
+    True
+    >>> name_problem("dataformat", "9u/x/1")
+    "the user `9u' must start with a letter or `_' and hold only letters, digits, `_' and `-'"
+    >>> name_problem("database", "a/b/1")
+    'expected name/version (2 parts separated by /, not 3)'
+    """
+    kind = kind_of(kind_word)
+    if not isinstance(name, str):
+        return f"a name must be a string, not {type(name).__name__}"
+    parts = name.split("/")
+    roles = _grammar_parts(kind, len(parts))
+    if roles is None:
+        expected = kind.grammar.count("/") + 1
+        return f"expected {kind.grammar} ({expected} parts separated by /, not {len(parts)})"
+    for role, part in zip(roles, parts, strict=True):
+        if len(part) > MAX_PART:
+            return f"the {role} `{part[:20]}…' is too long ({len(part)} characters, at most {MAX_PART})"
+        pattern, rule = _PART_RULES[role]
+        if not pattern.match(part):
+            return f"the {role} `{part}' {rule}"
+    if not kind.pattern.match(name):
+        return f"expected {kind.grammar}"
+    return None
+
+
+def parse_name(kind_word: str, name: object) -> tuple[str, str]:
     """Validate ``name`` for its kind; return ``(kind, canonical name)``.
 
     Experiment labels with 4 parts get the toolchain user (= the experiment user) inserted.
+    Names are checked against the grammar and :data:`MAX_PART` (a usage error, exit 2).
     """
     kind = kind_of(kind_word)
-    if not isinstance(name, str) or not kind.pattern.match(name):
-        raise InvalidNameError(f"invalid {kind.name} name `{name}': expected {kind.grammar}")
-    if kind.name == "experiment":
+    if isinstance(name, str) and is_reference(kind.name, name):
         parts = name.split("/")
-        if len(parts) == 4:
-            name = "/".join([parts[0], parts[0], *parts[1:]])
-    return kind.name, name
+        if kind.name == "experiment" and len(parts) == 4:
+            return kind.name, "/".join([parts[0], parts[0], *parts[1:]])
+        return kind.name, name
+    shown = name if not isinstance(name, str) or len(name) <= 80 else name[:77] + "..."
+    why = name_problem(kind.name, name)
+    raise InvalidNameError(f"invalid {kind.name} name `{shown}': expected {kind.grammar}"
+                           + (f" ({why})" if why and not why.startswith("expected") else ""))
 
 
 def parse_label(label: str) -> tuple[str, str]:
@@ -113,4 +170,5 @@ def experiment_toolchain(name: str) -> str:
 def is_reference(kind_word: str, name: object) -> bool:
     """True if ``name`` is a well-formed name of that kind (no exception)."""
     kind = kind_of(kind_word)
-    return isinstance(name, str) and bool(kind.pattern.match(name))
+    return (isinstance(name, str) and bool(kind.pattern.match(name))
+            and all(len(p) <= MAX_PART for p in name.split("/")))

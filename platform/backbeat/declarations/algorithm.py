@@ -13,6 +13,7 @@ with plotters, which declare parameters and libraries the same way.
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from backbeat.core.errors import DataError, InvalidNameError, Problem, pointer
 from backbeat.core.names import parse_name
-from backbeat.declarations import dataformat
+from backbeat.declarations import dataformat, usercode
 
 if TYPE_CHECKING:
     from backbeat.declarations.catalog import Asset, Catalog
@@ -95,6 +96,20 @@ def converted(declaration: Any) -> dict | None:
     return out
 
 
+def bool_string_warning(asset: Asset, name: str, declared: Any, value: Any, *where: object) -> list[Problem]:
+    """A warning when a string is given for a ``bool`` parameter (BEAT casts it: any non-empty string is true).
+
+    The verdict stays BEAT's (valid); the warning says what the value really means.
+    """
+    if not (isinstance(declared, dict) and declared.get("type") == "bool" and isinstance(value, str)):
+        return []
+    meaning = "true" if value else "false"
+    intended = {"false": "false", "0": "false", "no": "false", "off": "false"}.get(value.strip().lower(), meaning)
+    return [asset.warning(
+        f"the value {json.dumps(value)} of boolean parameter `{name}' is a string, which counts as {meaning} "
+        f"(every non-empty string is true): write {intended} without quotes", pointer(*where))]
+
+
 def _attempt(asset: Asset, problems: list[Problem], name: str, dtype: np.dtype, value: Any, desc: str,
              at: tuple) -> tuple[bool, Any]:
     try:
@@ -155,6 +170,7 @@ def check_parameters(asset: Asset, parameters: Any, base: tuple = ("parameters",
                 if all(ok for ok, _ in results):
                     choices = [v for _, v in results]
         if "default" in decl:
+            problems.extend(bool_string_warning(asset, name, decl, decl["default"], *at, "default"))
             ok, default = attempt(decl["default"], "default", "default")
             if not ok:
                 continue
@@ -224,7 +240,7 @@ def check_uses(asset: Asset, catalog: Catalog, what: str) -> list[Problem]:
         lib = catalog.get(kind, libname)
         loaded[alias] = lib
         if not lib.valid:
-            reasons = "; ".join(p.message for p in lib.problems)
+            reasons = "; ".join(p.brief for p in lib.problems)
             problems.append(asset.problem(f"referred library `{libname}' ({alias}) is not valid: {reasons}", at))
     language = decl.get("language")
     if language == "unknown":
@@ -250,6 +266,14 @@ def check_code(asset: Asset, label: str) -> list[Problem]:
     if code is None or not code.is_file():
         return [asset.problem(f"{label} code not found: {code}")]
     return []
+
+
+def check_static(asset: Asset, classes: list[tuple[str, tuple[str, ...], str]]) -> list[Problem]:
+    """Python code compiles and binds each ``(class, methods, what)`` (:mod:`backbeat.declarations.usercode`)."""
+    code = asset.code_path
+    if code is None or code.suffix != ".py" or not code.is_file():
+        return []
+    return asset.own(usercode.check_file(code, classes))
 
 
 def dataformat_problem(asset: Asset, catalog: Catalog, df: object, message_head: str, *path: object) -> list[Problem]:
@@ -323,6 +347,9 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
                     "results", n, "type")
     problems += check_parameters(asset, decl.get("parameters"))
     problems += check_uses(asset, catalog, "algorithm")
+    kind = decl.get("type", SEQUENTIAL) if decl.get("api_version", 1) != 1 else LEGACY
+    methods = usercode.ALGORITHM_METHODS.get(kind, usercode.DEFAULT_ALGORITHM_METHODS)
+    problems += check_static(asset, [("Algorithm", methods, "algorithm")])
     return problems
 
 

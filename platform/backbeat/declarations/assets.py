@@ -28,8 +28,8 @@ import simplejson
 
 from backbeat.core import jsonio
 from backbeat.core.errors import AssetNotFoundError, BackbeatError, UsageError
-from backbeat.core.names import KINDS, kind_of, parse_name
-from backbeat.declarations.catalog import Catalog
+from backbeat.core.names import KINDS, experiment_toolchain, kind_of, parse_name
+from backbeat.declarations.catalog import Catalog, not_found
 from backbeat.declarations.prefix import AssetFiles, Prefix
 
 PROTOTYPES = Path(__file__).parent / "prototypes"
@@ -62,7 +62,7 @@ def _require(pfx: Prefix, kind: str, name: str) -> tuple[str, str, AssetFiles]:
     k, n = parse_name(kind, name)
     files = pfx.locate(k, n)
     if not files.json.is_file():
-        raise AssetNotFoundError(f"{KINDS[k].label} `{n}' not found in prefix `{pfx.root}'")
+        raise not_found(pfx, k, n)
     return k, n, files
 
 
@@ -177,10 +177,59 @@ def fork(prefix: str | os.PathLike, kind: str, src_name: str, dst_name: str) -> 
     _k, dst_n = parse_name(k, dst_name)
     if dst_n == src_n:
         raise BackbeatError(f"cannot fork `{src_n}' onto itself")
+    if k == "experiment" and not pfx.exists("toolchain", experiment_toolchain(dst_n)):
+        missing = not_found(pfx, "toolchain", experiment_toolchain(dst_n))
+        raise AssetNotFoundError(f"cannot fork to `{dst_n}': its name says it runs on toolchain "
+                                 f"`{experiment_toolchain(dst_n)}', which does not exist ({missing})")
     dst = _refuse_existing(pfx, k, dst_n)
     written = _copy(src, dst)
     _record(pfx, "fork", k, dst_n, src_n)
     return {"name": dst_n, "files": written}
+
+
+#: the kinds whose declarations can name an asset of each kind
+REFERRERS = {"dataformat": ("dataformat", "algorithm", "protocoltemplate", "database", "plotter"),
+             "library": ("library", "algorithm", "plotter"), "algorithm": ("experiment",),
+             "protocoltemplate": ("database",), "database": ("experiment",), "toolchain": ("experiment",),
+             "plotter": ("plotterparameter",), "plotterparameter": (), "experiment": ()}
+
+
+def _strings(doc: Any, out: set[str]) -> set[str]:
+    """Every string of a JSON document, keys included (names appear as both)."""
+    if isinstance(doc, str):
+        out.add(doc)
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            out.add(key)
+            _strings(value, out)
+    elif isinstance(doc, list):
+        for value in doc:
+            _strings(value, out)
+    return out
+
+
+def users(prefix: str | os.PathLike, kind: str, name: str) -> list[str]:
+    """``KIND/NAME`` of the assets of the prefix whose declarations refer to this asset.
+
+    Experiments refer to their toolchain by their own name; everything else by a name written in
+    the declaration (any string or key equal to the name, in a kind that can refer to this one).
+    Declarations that do not parse are skipped.
+    """
+    pfx = _prefix(prefix)
+    k, n = parse_name(kind, name)
+    found = []
+    for other in REFERRERS[k]:
+        for other_name in pfx.list(other):
+            if other == k and other_name == n:
+                continue
+            if k == "toolchain":
+                if experiment_toolchain(other_name) == n:
+                    found.append(f"{KINDS[other].folder}/{other_name}")
+                continue
+            decl, problems = jsonio.load(pfx.locate(other, other_name).json)
+            if not problems and n in _strings(decl, set()):
+                found.append(f"{KINDS[other].folder}/{other_name}")
+    return found
 
 
 def rm(prefix: str | os.PathLike, kind: str, name: str, purge: bool = False) -> dict:

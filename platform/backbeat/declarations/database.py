@@ -12,11 +12,13 @@ accepts it and fails when the set is used).
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from backbeat.core.errors import InvalidAssetError, InvalidNameError, Problem, pointer
 from backbeat.core.names import parse_name
-from backbeat.declarations.algorithm import check_code, dataformat_problem
+from backbeat.declarations import usercode
+from backbeat.declarations.algorithm import check_code, check_static, dataformat_problem
 
 if TYPE_CHECKING:
     from backbeat.declarations.catalog import Asset, Catalog
@@ -106,7 +108,45 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
                     problems.append(asset.problem(
                         f"protocol `{pname}' declares no view for set `{name}' of its template "
                         f"`{proto.get('template')}'", pointer("protocols", i, "views")))
+    problems += check_static(asset, [(view, usercode.VIEW_METHODS, "database view") for view in _view_classes(decl)])
+    problems += _root_folder_warning(asset, decl, catalog)
     return problems
+
+
+def _view_classes(decl: dict) -> list[str]:
+    """The view class names a database declares (each once, in order)."""
+    found: dict[str, None] = {}
+    for proto in decl.get("protocols") or []:
+        if not isinstance(proto, dict):
+            continue
+        if schema_version(decl) == 1:
+            entries = [s for s in proto.get("sets") or [] if isinstance(s, dict)]
+        else:
+            views = proto.get("views")
+            entries = [v for v in (views.values() if isinstance(views, dict) else []) if isinstance(v, dict)]
+        for entry in entries:
+            view = entry.get("view")
+            if isinstance(view, str) and view.isidentifier():
+                found[view] = None
+    return list(found)
+
+
+def _root_folder_warning(asset: Asset, decl: dict, catalog: Catalog) -> list[Problem]:
+    """A warning when the (configured or declared) root folder of the raw data does not exist.
+
+    Not an error: views that generate their data never read it, the data may live on another
+    machine, and BEAT accepts it.  Views that read it will fail when indexing.
+    """
+    declared = decl.get("root_folder")
+    if not isinstance(declared, str):
+        return []
+    root = catalog.roots.get(asset.name, declared)
+    if os.path.isdir(root):
+        return []
+    where = "configured" if root != declared else "declared"
+    return [asset.warning(f"the {where} root folder `{root}' does not exist: a view reading its raw data from "
+                          f"there will fail to index (set `database/{asset.name}' in .backbeatrc to the folder "
+                          "holding the data)", pointer("root_folder"))]
 
 
 def sets(catalog: Catalog, asset: Asset) -> dict[str, dict[str, dict]]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from backbeat.core import names
 from backbeat.core.errors import BackbeatError, Problem, pointer
 from backbeat.declarations import toolchain
+from backbeat.declarations.algorithm import bool_string_warning
 
 if TYPE_CHECKING:
     from backbeat.declarations.algorithm import Algorithm
@@ -44,7 +45,7 @@ def _dict(value: Any) -> dict:
 
 
 def _summary(asset: Asset) -> str:
-    msgs = [p.message for p in asset.problems[:3]]
+    msgs = [p.brief for p in asset.problems[:3]]
     more = len(asset.problems) - len(msgs)
     return "; ".join(msgs) + (f" (and {more} more)" if more > 0 else "")
 
@@ -57,6 +58,7 @@ class _Checker:
         self.catalog = catalog
         self.decl: dict = asset.declaration
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []  # never stop a stage
         self.dataset_outputs: dict[str, dict] = {}  # dataset -> {output: dataformat}
         self.algorithms: dict[str, Algorithm | None] = {}  # algorithm name -> Algorithm view, or None if invalid
         self.tc: dict = {}
@@ -101,7 +103,7 @@ class _Checker:
         from backbeat.declarations.algorithm import Algorithm
 
         key = algoname if isinstance(algoname, str) else repr(algoname)
-        if key in self.algorithms and self.algorithms[key] is not None:
+        if key in self.algorithms:  # an invalid one is reported once, where it is first used
             return self.algorithms[key]
         try:
             alg_asset = self.catalog.get("algorithm", algoname)
@@ -120,21 +122,22 @@ class _Checker:
         """An algorithm already resolved (None if unknown, invalid or not a name)."""
         return self.algorithms.get(algoname) if isinstance(algoname, str) else None
 
-    def endpoints(self, mapping: Any, known: dict, algoname: str, what: str, *where: object) -> None:
+    def endpoints(self, mapping: Any, known: dict, algoname: Any, what: str, *where: object) -> None:
         for algo_ep in _dict(mapping):
             if algo_ep not in known:
                 self.report(f"algorithm `{algoname}' does not have an {what} named `{algo_ep}' - valid "
                             f"algorithm {what}s are {', '.join(known)}", *where, algo_ep)
 
-    def parameters(self, alg: Any, algoname: str, values: Any, *where: object) -> None:
+    def parameters(self, alg: Any, algoname: Any, values: Any, *where: object) -> None:
         for param, value in _dict(values).items():
+            self.warnings += bool_string_warning(self.asset, param, alg.parameters.get(param), value, *where, param)
             try:
                 alg.clean_parameter(param, value)
             except _CONVERSION_ERRORS as exc:
                 self.report(f"cannot convert value `{value}' to required type for algorithm `{algoname}': {exc}",
                             *where, param)
 
-    def required(self, alg: Any, algoname: str, values: Any, *where: object) -> None:
+    def required(self, alg: Any, algoname: Any, values: Any, *where: object) -> None:
         """A declared parameter without default must get a value (BEAT fails only at run time)."""
         given = set(_dict(values)) | set(_dict(_dict(self.decl.get("globals")).get(algoname)))
         for param, spec in _dict(getattr(alg, "parameters", {})).items():
@@ -142,7 +145,7 @@ class _Checker:
                 self.report(f"parameter `{param}' of algorithm `{algoname}' has no default and no value is "
                             f"given (in the parameters here or in /globals/{algoname})", *where)
 
-    def slots(self, entry: dict, algs: list[tuple[str, Any]], *where: object) -> None:
+    def slots(self, entry: dict, algs: list[tuple[Any, Any]], *where: object) -> None:
         slots = entry.get("nb_slots", 1)
         if isinstance(slots, int) and not isinstance(slots, bool) and slots > 1:
             for algoname, alg in algs:
@@ -293,7 +296,7 @@ class _Checker:
                     self.mapping("loops", name, key, eps, what, conn)
 
     # -- stage 3: dataformats and synchronisation ---------------------------------------------------
-    def _endpoint(self, endpoint: str, side: str) -> tuple[str, str, tuple] | None:
+    def _endpoint(self, endpoint: str, side: str) -> tuple[str, str | None, tuple] | None:
         """``(kind, dataformat, pointer parts)`` of a toolchain endpoint under this experiment."""
         node, _, ep = endpoint.partition(".")
         if side == "from" and node in self.dataset_outputs:
@@ -396,12 +399,12 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
     c.blocks("analyzers")
     c.globals()
     if not c.load_toolchain() or c.problems:
-        return c.problems
+        return c.problems + c.warnings
     c.cross_datasets()
     c.cross_nodes()
     if c.problems:
-        return c.problems
+        return c.problems + c.warnings
     c.connection_dataformats()
     c.block_sync()
     c.loop_sync()
-    return c.problems
+    return c.problems + c.warnings

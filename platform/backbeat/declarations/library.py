@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from backbeat.core.errors import InvalidNameError, Problem, pointer
 from backbeat.core.names import parse_name
-from backbeat.declarations.algorithm import check_code
+from backbeat.declarations.algorithm import check_code, check_static
 
 if TYPE_CHECKING:
     from backbeat.declarations.catalog import Asset, Catalog
@@ -26,6 +26,11 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
     problems = check_code(asset, "Library")
     if problems:
         return problems
+    return check_static(asset, []) + _check_uses(asset, catalog, decl)
+
+
+def _check_uses(asset: Asset, catalog: Catalog, decl: dict) -> list[Problem]:
+    problems: list[Problem] = []
     uses = decl.get("uses") or {}
     if not isinstance(uses, dict):
         return [asset.problem("uses must be an object mapping aliases to libraries", pointer("uses"))]
@@ -42,7 +47,7 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
             continue
         lib = catalog.get(kind, name)
         if not lib.valid:
-            reasons = "; ".join(p.message for p in lib.problems)
+            reasons = "; ".join(p.brief for p in lib.problems)
             problems.append(asset.problem(f"referred library `{name}' ({alias}) is not valid: {reasons}", at))
         used[alias] = lib
     if problems:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from backbeat.core.errors import Problem
+from backbeat.declarations import usercode
 from backbeat.declarations.algorithm import (
     check_code,
     check_parameters,
+    check_static,
     check_uses,
     clean_parameter,
     dataformat_problem,
@@ -36,6 +38,7 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
         "dataformat")
     problems += check_parameters(asset, decl.get("parameters"))
     problems += check_uses(asset, catalog, "plotter")
+    problems += check_static(asset, [("Plotter", usercode.PLOTTER_METHODS, "plotter")])
     return problems
 
 

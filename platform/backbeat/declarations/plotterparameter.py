@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from backbeat.core.errors import DataError, InvalidNameError, Problem, pointer
 from backbeat.core.names import parse_name
 from backbeat.declarations import plotter as plotter_module
+from backbeat.declarations.algorithm import bool_string_warning
 
 if TYPE_CHECKING:
     from backbeat.declarations.catalog import Asset, Catalog
@@ -38,6 +39,7 @@ def check(asset: Asset, catalog: Catalog) -> list[Problem]:
         if key not in declared:
             problems.append(asset.problem(f"'{key}' isn't a parameter for plotter {name}", pointer("data", key)))
             continue
+        problems += bool_string_warning(asset, key, declared[key], value, "data", key)
         try:
             plotter_module.clean(plotter, key, value)
         except DataError as exc:

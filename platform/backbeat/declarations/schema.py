@@ -141,9 +141,40 @@ def validator(kind: str, version: int) -> Any:
 
     cls = jsonschema.validators.extend(
         jsonschema.Draft7Validator,
+        validators={"uniqueItems": _unique_items, "additionalProperties": _additional_properties},
         type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine("integer", _draft4_integer),
     )
     return cls(_for_validation()[schema_id(kind, version)], registry=registry())
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: dict) -> Iterator[ValidationError]:
+    """jsonschema's ``uniqueItems`` (same verdict and message) in linear time (its own is quadratic for objects)."""
+    if unique and isinstance(instance, list) and not _unique(instance):
+        from jsonschema.exceptions import ValidationError
+
+        yield ValidationError(f"{instance!r} has non-unique elements")
+
+
+def _additional_properties(validator: Any, allowed: Any, instance: Any, schema: dict) -> Iterator[ValidationError]:
+    """jsonschema's ``additionalProperties``; for ``false``, the message lists at most 100 keys.
+
+    (jsonschema sorts and quotes every unexpected key in one message: seconds and megabytes for
+    a declaration with a million of them, which :func:`_explain` reports one by one anyway.)
+    """
+    from jsonschema._keywords import additionalProperties
+    from jsonschema.exceptions import ValidationError
+
+    if allowed is not False or not isinstance(instance, dict) or len(instance) <= 100:
+        yield from additionalProperties(validator, allowed, instance, schema)
+        return
+    known = schema.get("properties", {})
+    patterns = "|".join(schema.get("patternProperties", {}))
+    extras = [k for k in instance if k not in known and not (patterns and re.search(patterns, k))]
+    if extras:
+        shown = ", ".join(repr(k) for k in sorted(extras[:100], key=str))
+        more = f" and {len(extras) - 100} more" if len(extras) > 100 else ""
+        yield ValidationError(f"Additional properties are not allowed ({shown}{more} "
+                              f"{'was' if len(extras) == 1 else 'were'} unexpected)")
 
 
 # -- fast verdicts ---------------------------------------------------------------
@@ -378,10 +409,26 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _identity(value: Any) -> Any:
+    """A hashable key equal for two values exactly when :func:`_equal` holds (JSON equality)."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, (int, float)):
+        return ("n", value)  # 1 and 1.0 hash and compare equal
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, list):
+        return ("l", tuple(_identity(v) for v in value))
+    if isinstance(value, dict):
+        return ("d", frozenset((k, _identity(v)) for k, v in value.items()))
+    return ("o", value)
+
+
 def _unique(items: list) -> bool:
+    """No two items are equal as JSON values (linear time: one hashable key per item)."""
     if all(isinstance(v, str) for v in items):
         return len(set(items)) == len(items)
-    return not any(_equal(items[i], items[j]) for i in range(len(items)) for j in range(i))
+    return len({_identity(v) for v in items}) == len(items)
 
 
 def _lookup(ref: str, base: str) -> tuple[Any, str]:
@@ -425,29 +472,41 @@ def validate(kind: str, declaration: Any) -> list[Problem]:
 
     ``file``/``asset`` of the problems are left unset (the catalog fills them).
     """
+    return validate_bounded(kind, declaration, None)[0]
+
+
+def validate_bounded(kind: str, declaration: Any, limit: int | None) -> tuple[list[Problem], int]:
+    """``(problems, omitted)``: at most ``limit`` problems (None: all), and how many more there are.
+
+    The kept problems are the first ones in document order, sorted by location.  The cost stays
+    proportional to the declaration: a million unexpected keys are counted, not explained.
+    """
     _check_kind(kind)
     if not isinstance(declaration, dict):
         article = "an" if kind[0] in "aeiou" else "a"
-        return [Problem(f"{article} {kind} declaration must be a JSON object, not {_json_type(declaration)}")]
+        return [Problem(f"{article} {kind} declaration must be a JSON object, not {_json_type(declaration)}")], 0
     version = select_version(kind, declaration)
     if isinstance(version, Problem):
-        return [version]
+        return [version], 0
+    found: list[tuple[tuple, str]] = []
+    seen: set[tuple[tuple, str]] = set()
+    omitted = 0
     try:
         if fast_check(kind, version)(declaration):
-            return []
-        found: list[tuple[tuple, str]] = []
+            return [], 0
         for error in validator(kind, version).iter_errors(declaration):
-            found.extend(_explain(error))
+            for path, message in _explain(error):
+                if limit is not None and len(found) >= limit:
+                    omitted += 1  # counted, never formatted (a million unexpected keys stay cheap)
+                    continue
+                item = (path, message() if callable(message) else message)
+                if item not in seen:
+                    seen.add(item)
+                    found.append(item)
     except RecursionError:
-        return [Problem(f"the {kind} declaration is nested too deeply to be checked")]
+        return [Problem(f"the {kind} declaration is nested too deeply to be checked")], 0
     found.sort(key=lambda item: _path_key(item[0]))
-    problems: list[Problem] = []
-    seen = set()
-    for path, message in found:
-        if (path, message) not in seen:
-            seen.add((path, message))
-            problems.append(Problem(message, pointer(*path)))
-    return problems
+    return [Problem(message, pointer(*path)) for path, message in found], omitted
 
 
 def is_valid(kind: str, declaration: Any) -> bool:
@@ -463,7 +522,7 @@ def _path_key(path: tuple) -> tuple:
 _WEAK_MISS = {"type", "minItems", "maxItems", "enum", "const", "pattern"}
 
 
-def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
+def _explain(error: ValidationError) -> Iterator[tuple[tuple, str | Callable[[], str]]]:
     """Turn one jsonschema error into ``(path, message)`` items."""
     path = tuple(error.absolute_path)
     keyword = error.validator
@@ -475,13 +534,17 @@ def _explain(error: ValidationError) -> Iterator[tuple[tuple, str]]:
         yield path, _alternatives_message(error)
         return
     if keyword == "additionalProperties" and error.validator_value is False:
-        for key in _unexpected_keys(error):
-            yield (*path, key), f"unexpected property {_short(key)} (not allowed here)"
+        for key in _unexpected_keys(error):  # the message is made only if it is shown
+            yield (*path, key), functools.partial(_unexpected_message, key)
         return
     yield path, _message(error)
 
 
-def _closest_branch(error: ValidationError) -> list[tuple[tuple, str]] | None:
+def _unexpected_message(key: str) -> str:
+    return f"unexpected property {_short(key)} (not allowed here)"
+
+
+def _closest_branch(error: ValidationError) -> list[tuple[tuple, str | Callable[[], str]]] | None:
     """The explained errors of the alternative that came closest to matching, or None.
 
     Alternatives refused because the value itself has the wrong type, shape or value

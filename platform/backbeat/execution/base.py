@@ -73,7 +73,13 @@ def decide(run: Run) -> None:
             run.emit(job.name, "cached")
         failed = [i.node for i in job.inputs.values() if i.source == "dataset" and i.node in run.state.dataset_errors]
         if failed:
-            run.state.fail(job.name, dict(run.state.dataset_errors[failed[0]]))
+            error = run.state.dataset_errors[failed[0]]
+            if "reported_by" in error:  # said once, with its traceback, by the first block reading it
+                run.state.fail(job.name, {"kind": error["kind"], "message": f"its dataset `{failed[0]}' could not "
+                                          f"be indexed (see block `{error['reported_by']}')", "traceback": None})
+            else:
+                run.state.fail(job.name, {k: v for k, v in error.items() if k != "reported_by"})
+                error["reported_by"] = job.name
             run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
 
 

@@ -83,10 +83,14 @@ def view(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name:
         raise UsageError(f"`{name}': expected DATABASE/VERSION/PROTOCOL/SET")
     run = _run(prefix, cache, name, False)
     try:
+        (ds_name, ds), = run.plan.datasets.items()
+        unknown = [o for o in exclude or [] if o not in ds.outputs]
+        if unknown:
+            raise UsageError(f"--exclude: set `{name}' has no output {', '.join(f'`{o}' + chr(39) for o in unknown)}"
+                             f" (its outputs: {', '.join(ds.outputs)})")
         index_datasets(run)
         if run.state.dataset_errors:
             raise ExecutionError("\n".join(e["message"] for e in run.state.dataset_errors.values()))
-        (ds_name, ds), = run.plan.datasets.items()
         address = start_provider(run.group, SpecBuilder(run.plan, run.workspace).datasets())
         from backbeat.runtime.dbprovider import DatabaseClient
 

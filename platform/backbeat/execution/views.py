@@ -10,6 +10,7 @@ user's traceback), and only those.  :func:`start_provider` starts the database p
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from backbeat.execution.state import Run
@@ -52,10 +53,13 @@ def index_datasets(run: Run) -> None:
             ds.index_digest = out.statistics["digest"]
         else:
             store.discard_index(ds.index_key)
+            hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) else (
+                f" (the root folder `{ds.root_folder}' of {ds.database} does not exist: set "
+                f"`database/{ds.database}' in .backbeatrc to where its data is)")
             run.state.dataset_errors[name] = {
                 "kind": out.kind if not out.ok else "system",
                 "message": f"database view `{ds.view}' of {ds.database} could not index set "
-                           f"`{ds.protocol}/{ds.set}': {out.message}",
+                           f"`{ds.protocol}/{ds.set}': {out.message}{hint}",
                 "traceback": out.traceback}
 
 

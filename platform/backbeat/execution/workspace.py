@@ -34,7 +34,7 @@ class Workspace:
         if roots is None:
             cfg = config.active()
             roots = dict(cfg.databases) if cfg is not None else {}
-        return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix)), roots)
+        return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix), roots=roots), roots)
 
     @property
     def user_root(self) -> str:
