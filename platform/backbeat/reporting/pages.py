@@ -155,7 +155,7 @@ def compare(ctx: Context, toolchain: str | None = None) -> str:
         items = [(r["experiment"], float(r["values"][col["name"]])) for r in tab["rows"]
                  if isinstance(r["values"].get(col["name"]), int | float)
                  and not isinstance(r["values"].get(col["name"]), bool)]
-        if len(items) > 1:
+        if len(items) > 1 and len({v for _n, v in items}) > 1:  # a chart of equal bars says nothing
             figures.append(Markup(charts.bars(col["name"], items)))
     title = "Comparison" + (f" of toolchain {toolchain}" if toolchain else " of every experiment")
     return _render("compare.html", ctx, title=title, table=tab, figures=figures)

@@ -5,7 +5,8 @@
 
   function cellValue(row, index, type) {
     var cell = row.cells[index];
-    var text = cell ? cell.textContent.trim() : "";
+    /* a cell may give its sort key (the name, without the description under it) */
+    var text = !cell ? "" : cell.hasAttribute("data-sort") ? cell.getAttribute("data-sort") : cell.textContent.trim();
     if (type === "number") {
       var n = parseFloat(text);
       return isNaN(n) ? null : n;
