@@ -31,7 +31,7 @@ from backbeat.declarations.catalog import Catalog
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 _TMP = re.compile(r"\.tmp-(\d+)-")
-BOOKKEEPING = (".locks", "provenance")  # top-level folders of the cache never scanned nor deleted
+BOOKKEEPING = (".locks", "provenance", ".progress")  # top-level folders of the cache never scanned nor deleted
 
 
 def output_path(cache: Path, key: str) -> Path:
