@@ -43,7 +43,6 @@ KNOWN_CLI: set[tuple[str, str]] = {
     ("backbeat.cli.audit", "backbeat.provenance.records"),
     ("backbeat.cli.main", "backbeat.core.config"),
     ("backbeat.cli.plot", "backbeat.plotting.render"),
-    ("backbeat.cli.run", "backbeat.execution.dask_executor"),
     ("backbeat.cli.run", "backbeat.execution.datasets"),
     ("backbeat.cli.run", "backbeat.execution.local"),
     ("backbeat.cli.tools", "backbeat.cache.tools"),

@@ -30,6 +30,8 @@ def expand(prefix: Prefix, patterns: list[str], *, missing_ok: bool = False) -> 
 
     A plain name must exist (unless ``missing_ok``); a pattern must match at least one experiment.
     """
+    if not prefix.root.is_dir():
+        raise UsageError(f"prefix folder `{prefix.root}' does not exist")
     known = prefix.list("experiment")
     out: list[str] = []
     for text in patterns:
