@@ -251,3 +251,85 @@ def remove(prefix: str | os.PathLike, kind: str, names: list[str], purge: bool =
         done["used_by"] = used[n]
         out.append(done)
     return out
+
+
+# -- running several experiments, comparing, sweeping, history, reports (backbeat.reporting) ---------
+def is_pattern(text: str) -> bool:
+    """True if an experiment argument is a glob pattern (``*``, ``?``, ``[``)."""
+    from backbeat.reporting.patterns import is_pattern as check
+
+    return check(text)
+
+
+def run_experiments(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[str], progress=None,
+                    announce=None, executor: str = "local", scheduler: str | None = None,
+                    workers: int | None = None, **options: Any) -> dict:
+    """Run experiments (names and glob patterns) one after the other into one cache.
+
+    ``{"experiments": [run report], "summary": [one line each], "status"}``; ``options`` are the
+    run options (``force``, ``jobs``, ``timeout_s``, ``memory_bytes``, ``only``, ``from_``,
+    ``until``, ``stream``).  Runs in progress are visible to ``backbeat serve``.
+    """
+    from backbeat.reporting import runs
+
+    return runs.run_many(prefix, cache, names, progress, announce, executor, scheduler, workers, **options)
+
+
+def dry_runs(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[str], **options: Any) -> list[dict]:
+    """The plan (cache hit or miss and why) of each experiment named, nothing run."""
+    from backbeat.reporting import runs
+
+    return runs.dry_runs(prefix, cache, names, **options)
+
+
+def compare(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[str],
+            all_columns: bool = False) -> dict:
+    """One row per experiment: what differs between them as columns, and their scalar results."""
+    from backbeat.reporting import comparison
+
+    return comparison.compare(prefix, cache, names, all_columns)
+
+
+def sweep(prefix: str | os.PathLike, cache: str | os.PathLike, base: str, sets: list[str],
+          name: str | None = None, zipped: bool = False, run: bool = False, progress=None, announce=None,
+          **options: Any) -> dict:
+    """Write the experiments of a parameter sweep of ``base`` (``BLOCK.PARAM=v1,v2`` each), run them and
+    the base if asked (cached blocks are reused), and compare them with the base:
+    ``{"base", "experiments", "run", "comparison"}``."""
+    from backbeat.reporting import comparison, runs
+    from backbeat.reporting import sweep as sweeping
+
+    written = sweeping.sweep(prefix, base, sets, name, zipped)
+    names = [written["base"]] + [e["name"] for e in written["experiments"]]
+    ran = runs.run_many(prefix, cache, names, progress, announce, **options) if run else None
+    return dict(written, run=ran, comparison=comparison.compare(prefix, cache, names))
+
+
+def history(cache: str | os.PathLike, name: str) -> dict:
+    """Past runs of an experiment, newest first: time, status, what changed, results digest."""
+    from backbeat.reporting import history as runs_history
+
+    return runs_history.history(cache, name)
+
+
+def provenance_record(cache: str | os.PathLike, name: str, run: int = 1) -> dict:
+    """The provenance record of run ``run`` of an experiment (1 = the last, as ``history`` numbers them)."""
+    from backbeat.reporting import history as runs_history
+
+    return runs_history.record(cache, name, run)
+
+
+def report(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[str] | None,
+           output: str | os.PathLike, plots: bool = True) -> dict:
+    """Write the static HTML report of the experiments (all of the prefix by default) into ``output``."""
+    from backbeat.reporting import site
+
+    return site.build(prefix, cache, names, output, plots)
+
+
+def serve(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[str] | None = None,
+          host: str = "127.0.0.1", port: int = 8000, ready=None, quiet: bool = True) -> None:
+    """Serve the report's pages live and read-only until interrupted (``ready(url)`` once listening)."""
+    from backbeat.reporting import server
+
+    server.serve(prefix, cache, names, host, port, ready, quiet)

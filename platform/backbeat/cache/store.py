@@ -45,7 +45,7 @@ INDEX = ".db"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
-BOOKKEEPING = (".locks", "provenance")
+BOOKKEEPING = (".locks", "provenance", ".progress")  # top-level folders never scanned nor deleted
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")

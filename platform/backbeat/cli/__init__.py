@@ -1,7 +1,8 @@
 """The ``backbeat`` command line: argument parsing and printing over :mod:`backbeat.api`.
 
 Lives here: :mod:`~backbeat.cli.main` (the parser, the command table ``COMMANDS``, exit
-codes), one module per command family (``assets``, ``run``, ``tools``, ``audit``, ``plot``),
+codes), one module per command family (``assets``, ``run``, ``tools``, ``audit``, ``plot``,
+``reports``),
 and :mod:`~backbeat.cli.output` (printing helpers, argument types).
 May import: :mod:`backbeat.api` and the ``core`` layer; nothing else (every verb goes through the API).
 """

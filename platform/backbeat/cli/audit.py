@@ -23,7 +23,13 @@ def cmd_provenance(args: argparse.Namespace) -> int:
     from backbeat.provenance import records as provenance
 
     _k, name = parse_name("experiment", args.name)
-    rec = provenance.load(args.cache, name)
+    rec: dict | None
+    if args.run is not None:  # run N of `experiments history' (1 = the last)
+        from backbeat import api
+
+        rec = api.provenance_record(args.cache, name, args.run)
+    else:
+        rec = provenance.load(args.cache, name)
     if rec is None:
         raise ExecutionError(f"no provenance record of experiment `{name}' in cache `{args.cache}': run it first")
     if args.prov:
@@ -128,8 +134,10 @@ def cmd_audit_record(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     exp = kinds["experiments"]
-    p = exp.add_parser("provenance", help="show the provenance record of the last run")
+    p = exp.add_parser("provenance", help="show the provenance record of the last run (or of run N)")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--run", type=int, default=None, metavar="N",
+                   help="the record of run N as numbered by `experiments history' (1 = the last run)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the record as JSON")
     fmt.add_argument("--prov", action="store_true", help="export the record as W3C PROV-JSON")

@@ -1,5 +1,8 @@
 """Execution commands of the CLI: ``experiments run|results``, ``databases index|view``.
 
+``experiments run`` takes several names and glob patterns (run one after the other through
+:func:`backbeat.api.run_experiments`, one summary at the end).
+
 Registered into :mod:`backbeat.cli` through its command table; the work is done by
 :mod:`backbeat.api` (which imports the execution layer only when a command needs it, so
 ``backbeat check`` never pays for h5py and zmq); this module parses and prints.  The
@@ -88,40 +91,61 @@ def _megabytes(text: str) -> int:
     return int(value * 1024 * 1024)
 
 
+def _print_summary(summary: list[dict]) -> None:
+    ok = sum(e["status"] == "ok" for e in summary)
+    print(f"summary: {len(summary)} experiment(s), {ok} ok, {len(summary) - ok} failed")
+    for e in summary:
+        what = e["error"] if "error" in e else (f"{e['ran']} ran, {e['cached']} cached, {e['failed']} failed"
+                                                f"{', %d skipped' % e['skipped'] if e['skipped'] else ''}")
+        print(f"  {e['experiment']}: {e['status']} ({what}) {e['wall_s']:.2f} s")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    from backbeat.core import config
-
-    timeout, memory = config.limits_for(config.active(), args.name)  # .backbeatrc "limits"; flags win
-    options = api.Options(force=args.force, jobs=args.jobs or 0,
-                               timeout_s=args.timeout if args.timeout is not None else timeout,
-                               memory_bytes=args.memory if args.memory is not None else memory,
-                               only=args.only, from_=args.from_, until=args.until, stream=args.stream)
-
-    for w in api.warnings(args.prefix, "experiment", args.name):  # e.g. "false" for a boolean: it is true
-        print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
+    options = {"force": args.force, "jobs": args.jobs or 0, "timeout_s": args.timeout, "memory_bytes": args.memory,
+               "only": args.only, "from_": args.from_, "until": args.until, "stream": args.stream}
+    single = len(args.names) == 1 and not api.is_pattern(args.names[0])
+    for name in args.names:
+        if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
+            for w in api.warnings(args.prefix, "experiment", name):
+                print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
     if args.dry_run:
-        plan = api.dry_run(args.prefix, args.cache, args.name, options)
+        plans = api.dry_runs(args.prefix, args.cache, args.names, **options)
         if args.json:
-            output.print_json(plan)
-        else:
+            output.print_json(plans[0] if single else plans)
+            return 0
+        for plan in plans:
+            if not single:
+                print(f"{plan['experiment']}:")
             for name, b in plan["blocks"].items():
-                print(f"{name}: {'hit ' if b['action'] == 'cached' else 'miss' if b['action'] == 'run' else 'skip'}"
+                print(f"{'  ' if not single else ''}{name}: "
+                      f"{'hit ' if b['action'] == 'cached' else 'miss' if b['action'] == 'run' else 'skip'}"
                       f"  {b['reason']}  ({b['algorithm']}, key {b['key'][:12]})")
         return 0
+    if args.executor != "dask" and (args.scheduler or args.workers):
+        raise UsageError("--scheduler and --workers need --executor dask")
     display = ProgressDisplay(quiet=args.quiet)
-    if not args.quiet:
-        print(f"running {args.name}", file=sys.stderr)
-    rep = api.run_experiment(args.prefix, args.cache, args.name, options, display, args.executor,
-                             scheduler=args.scheduler, workers=args.workers)
+
+    def announce(name: str) -> None:
+        if not args.quiet:
+            print(f"running {name}", file=sys.stderr)
+
+    done = api.run_experiments(args.prefix, args.cache, args.names, display, announce, args.executor,
+                               args.scheduler, args.workers, **options)
+    reports = done["experiments"]
     if args.json:
-        output.print_json(rep)
+        output.print_json(reports[0] if single else done)
     else:
-        _print_failures(rep)
-        if rep["results"]:
-            _print_results(rep["results"])
-    return 0 if rep["status"] == "ok" else 1
+        for rep in reports:
+            if not single:
+                print(f"== {rep['experiment']}: {rep['status']}")
+            _print_failures(rep)
+            if rep["results"]:
+                _print_results(rep["results"])
+        if not single:
+            _print_summary(done["summary"])
+    return 0 if done["status"] == "ok" else 1
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -155,8 +179,8 @@ def cmd_db_view(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     exp = kinds["experiments"]
-    p = exp.add_parser("run", help="run an experiment (cached blocks are reused)")
-    p.add_argument("name", metavar="NAME")
+    p = exp.add_parser("run", help="run experiments (names or glob patterns; cached blocks are reused)")
+    p.add_argument("names", nargs="+", metavar="NAME", help="experiment names or quoted glob patterns")
     p.add_argument("--force", action="store_true", help="re-run every block even if cached")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")
     p.add_argument("-j", "--jobs", type=int, default=None, help="blocks run at once (default: cores)")
