@@ -197,6 +197,156 @@ def cache_gc(prefix: str | os.PathLike, cache: str | os.PathLike, dry_run: bool 
     from backbeat.execution import inventory
 
     return inventory.gc(prefix, cache, dry_run)
+
+
+# -- the cache folder itself (backbeat.cache.tools: no experiment planned) ------------------------
+def cache_info(cache: str | os.PathLike, paths: list[str] | None = None) -> dict:
+    """Counts and sizes of the cache's entries, or details of the given entries."""
+    from backbeat.cache import tools
+
+    return tools.info(cache, paths)
+
+
+def cache_view(cache: str | os.PathLike, path: str, start: int | None = None, end: int | None = None) -> Iterator[dict]:
+    """The records of one cache entry (an output's data units or a view index's entries)."""
+    from backbeat.cache import tools
+
+    return tools.view(cache, path, start, end)
+
+
+def cache_verify(cache: str | os.PathLike, paths: list[str] | None = None, delete: bool = False) -> list[dict]:
+    """Verify cache entries against their digests (every entry by default); ``delete`` corrupt ones."""
+    from backbeat.cache import tools
+
+    return tools.verify_cache(cache, paths, delete=delete)
+
+
+def cache_verify_file(cache: str | os.PathLike, path: str | os.PathLike) -> dict:
+    """Verify one cache file: ``{"path", "status", "message"}``."""
+    from backbeat.cache import tools
+
+    return tools.verify_file(Path(path), cache)
+
+
+def cache_delete(cache: str | os.PathLike, paths: list[str]) -> int:
+    """Delete the given cache entries; the bytes freed."""
+    from backbeat.cache import tools
+
+    return tools.delete_entries(cache, [Path(p) for p in paths])
+
+
+def cache_clear(cache: str | os.PathLike, dry_run: bool = False) -> dict:
+    """Delete every cache entry (never the bookkeeping folders nor files that are not entries)."""
+    from backbeat.cache import tools
+
+    return tools.clear(cache, dry_run=dry_run)
+
+
+# -- drawings (backbeat.declarations.graph) --------------------------------------------------------
+def draw_toolchain(prefix: str | os.PathLike, name: str) -> str:
+    """The DOT drawing of a toolchain."""
+    from backbeat.declarations.graph import to_dot, toolchain_graph
+
+    decl = show(prefix, "toolchain", name)
+    nodes, edges = toolchain_graph(decl)
+    return to_dot(f"toolchains/{name}", nodes, edges, (decl.get("representation") or {}).get("channel_colors"))
+
+
+def draw_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                    report: dict | None = None) -> tuple[str, str | None]:
+    """``(DOT drawing, note)`` of an experiment with its blocks' cache states (or a run report's);
+    the note says why it was drawn without dataformats and states, when it was."""
+    from backbeat.core.errors import ExecutionError
+    from backbeat.core.names import experiment_toolchain
+    from backbeat.declarations.graph import experiment_graph, to_dot
+
+    _k, name = parse_name("experiment", name)
+    catalog = _catalog(prefix)
+    exp = _existing(catalog, "experiment", name).require_valid().declaration
+    tc = catalog.get("toolchain", experiment_toolchain(name)).require_valid().declaration
+    formats: dict[str, str] = {}
+    note = None
+    states: dict[str, str] = {}
+    try:
+        plan, states = cache_states(prefix, cache, name, report)
+    except ExecutionError as exc:  # e.g. loops: drawn from the declarations alone
+        note = f"drawn without dataformats and cache states: {exc}"
+    else:
+        for section in ("blocks", "analyzers"):
+            for node, spec in (exp.get(section) or {}).items():
+                job = plan.job(node)
+                for algo_in, tc_in in spec.get("inputs", {}).items():
+                    formats[f"{node}.{tc_in}"] = job.inputs[algo_in].dataformat
+    nodes, edges = experiment_graph(tc, exp, formats, states)
+    return to_dot(f"experiments/{name}", nodes, edges, (tc.get("representation") or {}).get("channel_colors")), note
+
+
+def render_drawing(dot_text: str, output: str | os.PathLike) -> str:
+    """Write a DOT drawing to ``output`` (``.dot``, or ``.svg``/``.png`` with Graphviz); the path written."""
+    from backbeat.declarations.graph import render
+
+    return render(dot_text, output)
+
+
+# -- provenance, status, audit (backbeat.provenance, backbeat.audit) --------------------------------
+def provenance(cache: str | os.PathLike, name: str) -> dict | None:
+    """The provenance record of an experiment's last run (None if it never ran with this cache)."""
+    from backbeat.provenance import records
+
+    return records.load(cache, parse_name("experiment", name)[1])
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """A provenance record read from a file (checked to be one)."""
+    from backbeat.provenance import records
+
+    return records.read_record(path)
+
+
+def prov_json(record: dict) -> dict:
+    """A provenance record as W3C PROV-JSON."""
+    from backbeat.provenance import records
+
+    return records.to_prov(record)
+
+
+def status(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict:
+    """What changed since the experiment's recorded run, block by block, and whether it would re-run."""
+    from backbeat.audit import audit as auditing
+
+    return auditing.status(prefix, cache, name)
+
+
+def audit(prefix: str | os.PathLike, cache: str | os.PathLike, name: str | None = None,
+          record: dict | None = None, rerun: bool = False) -> dict:
+    """Whether a recorded run still holds by hash (and, with ``rerun``, re-executes to compare outputs)."""
+    from backbeat.audit import audit as auditing
+
+    return auditing.audit(prefix, cache, name, record=record, rerun=rerun)
+
+
+# -- plotting (backbeat.plotting) --------------------------------------------------------------------
+def plot_experiments(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[str], fmt: str,
+                     choices: list[str] | None, output_folder: str | os.PathLike,
+                     timeout: float | None = None) -> list[dict]:
+    """Render the plot results of cached experiments (``choices``: ``RESULT,PLOTTERPARAMETER`` each)."""
+    from backbeat.plotting import render
+
+    chosen = render.parse_choices(choices)
+    tasks = []
+    for name in names:
+        tasks += render.experiment_tasks(prefix, cache, name, fmt, chosen)
+    return render.render(prefix, tasks, output_folder, timeout)
+
+
+def plot_data(prefix: str | os.PathLike, plotter: str, data: Any, output: str | os.PathLike | None,
+              plotterparameter: str | None, fmt: str, timeout: float | None = None) -> dict:
+    """Render ``data`` (JSON) with a plotter."""
+    from backbeat.plotting import render
+
+    return render.plot_data(prefix, plotter, data, output, plotterparameter, fmt, timeout)
+
+
 # -- asset verbs (backbeat.declarations.assets) ---------------------------------------------------
 VERSIONABLE = assets.VERSIONABLE
 FORKABLE = assets.FORKABLE

@@ -32,16 +32,8 @@ MAX_LINES = 520
 #: upward imports still to remove (this list only ever shrinks)
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CYCLES: list[set[str]] = []
-KNOWN_CLI: set[tuple[str, str]] = {
-    ("backbeat.cli.audit", "backbeat.audit.audit"),
-    ("backbeat.cli.audit", "backbeat.provenance.records"),
-    ("backbeat.cli.main", "backbeat.core.config"),
-    ("backbeat.cli.plot", "backbeat.plotting.render"),
-    ("backbeat.cli.tools", "backbeat.cache.tools"),
-    ("backbeat.cli.tools", "backbeat.declarations.catalog"),
-    ("backbeat.cli.tools", "backbeat.declarations.graph"),
-}
-KNOWN_BIG = {"backbeat.data.cachefile", "backbeat.declarations.schema"}
+KNOWN_CLI: set[tuple[str, str]] = set()
+KNOWN_BIG = {"backbeat.data.cachefile"}
 
 
 def _modules() -> dict[str, Path]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from backbeat import api
 from backbeat.cli import output
 from backbeat.core.errors import ExecutionError
+from backbeat.core.names import parse_name
 
 
 def _indent(text: str, pad: str = "      ") -> str:
@@ -19,21 +21,16 @@ def _indent(text: str, pad: str = "      ") -> str:
 
 
 def cmd_provenance(args: argparse.Namespace) -> int:
-    from backbeat.core.names import parse_name
-    from backbeat.provenance import records as provenance
-
     _k, name = parse_name("experiment", args.name)
     rec: dict | None
     if args.run is not None:  # run N of `experiments history' (1 = the last)
-        from backbeat import api
-
         rec = api.provenance_record(args.cache, name, args.run)
     else:
-        rec = provenance.load(args.cache, name)
+        rec = api.provenance(args.cache, name)
     if rec is None:
         raise ExecutionError(f"no provenance record of experiment `{name}' in cache `{args.cache}': run it first")
     if args.prov:
-        output.print_json(provenance.to_prov(rec))
+        output.print_json(api.prov_json(rec))
         return 0
     if args.json:
         output.print_json(rec)
@@ -62,9 +59,7 @@ def cmd_provenance(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from backbeat.audit import audit
-
-    st = audit.status(args.prefix, args.cache, args.name)
+    st = api.status(args.prefix, args.cache, args.name)
     if args.json:
         output.print_json(st)
         return 0
@@ -109,9 +104,7 @@ def _print_audit(res: dict) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from backbeat.audit import audit
-
-    res = audit.audit(args.prefix, args.cache, args.name, rerun=args.rerun)
+    res = api.audit(args.prefix, args.cache, args.name, rerun=args.rerun)
     if args.json:
         output.print_json(res)
     else:
@@ -120,11 +113,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_record(args: argparse.Namespace) -> int:
-    from backbeat.audit import audit
-    from backbeat.provenance import records as provenance
-
-    rec = provenance.read_record(args.record)
-    res = audit.audit(args.prefix, args.cache, record=rec, rerun=args.rerun)
+    rec = api.read_record(args.record)
+    res = api.audit(args.prefix, args.cache, record=rec, rerun=args.rerun)
     if args.json:
         output.print_json(res)
     else:

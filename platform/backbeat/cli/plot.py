@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from backbeat import api
 from backbeat.cli import output
 from backbeat.core import jsonio
 from backbeat.core.errors import DataError, UsageError
@@ -37,19 +38,12 @@ def _report(entries: list[dict], as_json: bool) -> int:
 
 
 def cmd_experiments_plot(args: argparse.Namespace) -> int:
-    from backbeat.plotting import render as plotting
-
-    choices = plotting.parse_choices(args.plotterparameter)
-    tasks = []
-    for name in args.names:
-        tasks += plotting.experiment_tasks(args.prefix, args.cache, name, args.format, choices)
-    entries = plotting.render(args.prefix, tasks, args.output_folder, args.timeout)
+    entries = api.plot_experiments(args.prefix, args.cache, args.names, args.format, args.plotterparameter,
+                                   args.output_folder, args.timeout)
     return _report(entries, args.json)
 
 
 def cmd_plotters_plot(args: argparse.Namespace) -> int:
-    from backbeat.plotting import render as plotting
-
     path = Path(args.input_data)
     try:
         raw = path.read_bytes()
@@ -59,7 +53,7 @@ def cmd_plotters_plot(args: argparse.Namespace) -> int:
         data = jsonio.parse(raw)
     except jsonio.JSONProblem as exc:
         raise DataError(f"{path}: {exc}") from None
-    entry = plotting.plot_data(args.prefix, args.name, data, args.output_image, args.plotter_parameter,
+    entry = api.plot_data(args.prefix, args.name, data, args.output_image, args.plotter_parameter,
                                args.format, args.timeout)
     return _report([entry], args.json)
 

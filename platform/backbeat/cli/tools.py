@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from backbeat import api
 from backbeat.cli import output
 from backbeat.core.errors import BackbeatError
 
@@ -34,24 +35,16 @@ def _size(n: int) -> str:
 
 
 def _write_or_print(dot_text: str, output: str | None) -> int:
-    from backbeat.declarations.graph import render
-
     if output is None:
         sys.stdout.write(dot_text)
     else:
-        print(f"wrote {render(dot_text, output)}", file=sys.stderr)
+        print(f"wrote {api.render_drawing(dot_text, output)}", file=sys.stderr)
     return 0
 
 
 # -- graphs ------------------------------------------------------------------------------------
 def cmd_toolchain_draw(args: argparse.Namespace) -> int:
-    from backbeat import api
-    from backbeat.declarations.graph import to_dot, toolchain_graph
-
-    decl = api.show(args.prefix, "toolchain", args.name)
-    nodes, edges = toolchain_graph(decl)
-    channel_colors = (decl.get("representation") or {}).get("channel_colors")
-    return _write_or_print(to_dot(f"toolchains/{args.name}", nodes, edges, channel_colors), args.output)
+    return _write_or_print(api.draw_toolchain(args.prefix, args.name), args.output)
 
 
 def _report(path: str | None) -> dict | None:
@@ -70,38 +63,14 @@ def _report(path: str | None) -> dict | None:
 
 
 def cmd_experiment_draw(args: argparse.Namespace) -> int:
-    from backbeat import api
-    from backbeat.core.errors import ExecutionError
-    from backbeat.core.names import experiment_toolchain, parse_name
-    from backbeat.declarations.catalog import Catalog
-    from backbeat.declarations.graph import experiment_graph, to_dot
-
-    report = _report(args.report)
-    _k, name = parse_name("experiment", args.name)
-    catalog = Catalog(args.prefix)
-    exp = catalog.get("experiment", name).require_valid().declaration
-    tc = catalog.get("toolchain", experiment_toolchain(name)).require_valid().declaration
-    formats: dict[str, str] = {}
-    try:
-        plan, states = api.cache_states(args.prefix, args.cache, name, report)
-    except ExecutionError as exc:  # e.g. loops: drawn from the declarations alone
-        print(f"note: drawn without dataformats and cache states: {exc}", file=sys.stderr)
-        states = {}
-    else:
-        for section in ("blocks", "analyzers"):
-            for node, spec in (exp.get(section) or {}).items():
-                job = plan.job(node)
-                for algo_in, tc_in in spec.get("inputs", {}).items():
-                    formats[f"{node}.{tc_in}"] = job.inputs[algo_in].dataformat
-    nodes, edges = experiment_graph(tc, exp, formats, states)
-    channel_colors = (tc.get("representation") or {}).get("channel_colors")
-    return _write_or_print(to_dot(f"experiments/{name}", nodes, edges, channel_colors), args.output)
+    dot_text, note = api.draw_experiment(args.prefix, args.cache, args.name, _report(args.report))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return _write_or_print(dot_text, args.output)
 
 
 # -- asset verbs -------------------------------------------------------------------------------
 def cmd_create(args: argparse.Namespace) -> int:
-    from backbeat import api
-
     for name in args.names:
         out = api.create(args.prefix, args.kind, name)
         for path in out["files"]:
@@ -115,8 +84,6 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    from backbeat import api
-
     out = api.version(args.prefix, args.kind, args.name)
     if args.json:
         output.print_json(out)
@@ -126,8 +93,6 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    from backbeat import api
-
     out = api.fork(args.prefix, args.kind, args.src, args.dst)
     if args.json:
         output.print_json(out)
@@ -137,8 +102,6 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from backbeat import api
-
     done = api.remove(args.prefix, args.kind, args.names, purge=args.purge, force=args.force)
     for d in done:
         if d["used_by"]:
@@ -155,8 +118,6 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from backbeat import api
-
     out = api.diff(args.prefix, args.kind, args.name, args.other)
     if args.json:
         output.print_json({k: v for k, v in out.items() if k != "text"})
@@ -169,19 +130,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 # -- caches ------------------------------------------------------------------------------------
 def cmd_experiment_caches(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from backbeat import api
-    from backbeat.cache import tools as cachetools
-
     records = api.experiment_caches(args.prefix, args.cache, args.name)
     status = 0
     if args.verify:
         for r in records:
-            r["status"] = cachetools.verify_file(Path(r["path"]), args.cache) if r["exists"] else None
+            r["status"] = api.cache_verify_file(args.cache, r["path"]) if r["exists"] else None
             if r["status"] and r["status"]["status"] != "ok":
                 status = 1
-    freed = (cachetools.delete_entries(args.cache, [Path(r["path"]) for r in records if r["exists"]])
+    freed = (api.cache_delete(args.cache, [r["path"] for r in records if r["exists"]])
              if args.delete else None)
     if args.json:
         out = {"experiment": args.name, "outputs": records}
@@ -210,9 +166,7 @@ def cmd_experiment_caches(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_info(args: argparse.Namespace) -> int:
-    from backbeat.cache import tools as cachetools
-
-    out = cachetools.info(args.cache, args.paths or None)
+    out = api.cache_info(args.cache, args.paths or None)
     if args.json:
         output.print_json(out)
     elif args.paths:
@@ -231,10 +185,9 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_view(args: argparse.Namespace) -> int:
-    from backbeat.cache import tools as cachetools
     from backbeat.core import jsonio
 
-    for record in cachetools.view(args.cache, args.path, args.start, args.end):
+    for record in api.cache_view(args.cache, args.path, args.start, args.end):
         if args.json:
             print(jsonio.simplejson.dumps(record, ensure_ascii=False))
         elif "entry" in record:
@@ -247,9 +200,7 @@ def cmd_cache_view(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
-    from backbeat.cache import tools as cachetools
-
-    results = cachetools.verify_cache(args.cache, args.paths or None, delete=args.delete)
+    results = api.cache_verify(args.cache, args.paths or None, delete=args.delete)
     bad = [r for r in results if r["status"] == "corrupt"]
     if args.json:
         output.print_json(results)
@@ -280,16 +231,12 @@ def _print_removal(out: dict, as_json: bool, what: str) -> None:
 
 
 def cmd_cache_gc(args: argparse.Namespace) -> int:
-    from backbeat import api
-
     _print_removal(api.cache_gc(args.prefix, args.cache, dry_run=args.dry_run), args.json, "cache gc")
     return 0
 
 
 def cmd_cache_clear(args: argparse.Namespace) -> int:
-    from backbeat.cache import tools as cachetools
-
-    _print_removal(cachetools.clear(args.cache, dry_run=args.dry_run), args.json, "cache clear")
+    _print_removal(api.cache_clear(args.cache, dry_run=args.dry_run), args.json, "cache clear")
     return 0
 
 
