@@ -185,10 +185,29 @@ def experiment_names() -> list[str]:
     return names
 
 
-def make_prefix(dest: Path | str, force: bool = False) -> list[str]:
-    """Writes the benchmark prefix into ``dest``; returns the experiment labels.
+def protocol_name(kind: str, n: int) -> str:
+    """The protocol :func:`write_prefix` declares for ``n`` items of ``kind``: ``s10k``, ``v50k``..."""
 
-    ``dest`` must not exist unless ``force`` is true (then it is replaced).
+    for div, suffix in ((1_000_000, "m"), (1_000, "k")):
+        if n >= div and n % div == 0:
+            return "%s%d%s" % (kind[0], n // div, suffix)
+    return "%s%d" % (kind[0], n)
+
+
+def write_prefix(
+    dest: Path | str,
+    protocols: dict[str, tuple[str, int]],
+    experiments: list[tuple[int, str]],
+    force: bool = False,
+    toolchains: tuple[int, ...] = (),
+) -> list[str]:
+    """Writes a benchmark prefix; returns the experiment labels.
+
+    ``protocols`` maps a protocol name to ``(kind, items)`` (kind ``scalars`` or
+    ``vectors``); ``experiments`` lists ``(K, protocol)``: a chain of K identity blocks
+    over that protocol, labelled ``bench/bench/chainK/1/PROTOCOL``; ``toolchains``: more
+    chain lengths to declare as toolchains only (``bench/chainK/1``).  ``dest`` must not
+    exist unless ``force`` is true (then it is replaced).
     """
 
     root = Path(dest)
@@ -206,7 +225,8 @@ def make_prefix(dest: Path | str, force: bool = False) -> list[str]:
             {"schema_version": 1, "sets": [{"name": "items", "outputs": {"value": fmt}}]},
         )
 
-    def protocol(name: str, kind: str, view: str, params: dict[str, Any]) -> dict[str, Any]:
+    def protocol(name: str, kind: str, n: int) -> dict[str, Any]:
+        view, params = ("Scalars", {"n": n}) if kind == "scalars" else ("Vectors", {"n": n, "dim": DIM})
         return {
             "name": name,
             "template": "bench_%s/1" % kind,
@@ -220,11 +240,7 @@ def make_prefix(dest: Path | str, force: bool = False) -> list[str]:
             "description": "Synthetic data computed from the item index",
             "root_folder": "/backbeat/benchmarks/bench",
             "environment": dict(ENVIRONMENT),
-            "protocols": [
-                protocol("trivial", "scalars", "Scalars", {"n": TRIVIAL}),
-                protocol("scalars", "scalars", "Scalars", {"n": SCALARS}),
-                protocol("vectors", "vectors", "Vectors", {"n": VECTORS, "dim": DIM}),
-            ],
+            "protocols": [protocol(name, kind, n) for name, (kind, n) in protocols.items()],
         },
     )
     _write_text(root / "databases/bench/1.py", VIEWS_CODE)
@@ -266,18 +282,29 @@ def make_prefix(dest: Path | str, force: bool = False) -> list[str]:
         )
         _write_text(root / ("algorithms/bench/sum_%s/1.py" % kind), SUM_CODE)
 
-    for k in CHAINS:
+    labels = []
+    for k in sorted({k for k, _ in experiments} | set(toolchains)):
         _write_json(root / ("toolchains/bench/chain%d/1.json" % k), _toolchain(k))
-        for kind, count in (("scalars", SCALARS), ("vectors", VECTORS)):
-            _write_json(
-                root / ("experiments/bench/bench/chain%d/1/%s.json" % (k, kind)),
-                _experiment(k, kind, kind, "%d %s through %d identity block(s)" % (count, kind, k)),
-            )
-    _write_json(
-        root / "experiments/bench/bench/chain1/1/trivial.json",
-        _experiment(1, "scalars", "trivial", "%d scalars through one identity block" % TRIVIAL),
-    )
+    for k, name in experiments:
+        kind, count = protocols[name]
+        _write_json(
+            root / ("experiments/bench/bench/chain%d/1/%s.json" % (k, name)),
+            _experiment(k, kind, name, "%d %s through %d identity block(s)" % (count, kind, k)),
+        )
+        labels.append("bench/bench/chain%d/1/%s" % (k, name))
     _write_text(root / "README.txt", README)
+    return labels
+
+
+def make_prefix(dest: Path | str, force: bool = False) -> list[str]:
+    """Writes the benchmark prefix of the table above into ``dest``; returns the experiment labels.
+
+    ``dest`` must not exist unless ``force`` is true (then it is replaced).
+    """
+
+    protocols = {"trivial": ("scalars", TRIVIAL), "scalars": ("scalars", SCALARS), "vectors": ("vectors", VECTORS)}
+    experiments = [(1, "trivial")] + [(k, kind) for kind in ("scalars", "vectors") for k in CHAINS]
+    write_prefix(dest, protocols, experiments, force)
     return experiment_names()
 
 

@@ -1,0 +1,432 @@
+"""Where the milliseconds of a small backbeat run go: fixed cost, and cost per block.
+
+Usage::
+
+    python benchmarks/fixed_cost.py [--repeat N] [--chains 25,50,100] [--cprofile 50,100]
+                                    [--checks 250,500,1000] [--json FILE]
+                                    [--skip trivial,imports,chains,cprofile,check]
+
+Every measured run is the real CLI (``backbeat --prefix P --cache C experiments run NAME
+--json``) in a fresh interpreter, on the BEAT-format prefix of make_prefix.write_prefix, run
+through benchmarks/tracing.py, which times the main steps in every process of the run (the
+CLI process, the fork server's zygote, each block process) with wrappers installed as the
+modules are imported.  It prints:
+
+1. **trivial run** (10 scalars, 1 identity block, summing analyzer), cold (empty cache) and
+   fully cached: the median over N runs of each step of the CLI process — interpreter start
+   (launch to the first line of Python), imports, configuration, planning, indexing, the
+   fork server, execution, close, report, provenance, printing, interpreter exit — nested
+   steps indented, ``(other)`` what no step covers; then each child process's steps;
+   untraced runs alternate with the traced ones so the tracing's own cost shows;
+2. **imports of the CLI process**: ``python -X importtime`` of the modules the CLI process
+   had imported at the end of a cold trivial run, grouped by top-level package;
+3. **per-block cost** over chains of K identity blocks (10 scalars): wall time and CPU
+   (CLI process, block processes, zygote) against K, the cost per added block (slope between
+   the two largest K), and each step's total in the CLI process and mean per block process,
+   with its growth exponent (time ~ K^e: e ~ 1 linear, e ~ 2 quadratic);
+4. **cProfile** of the CLI process at two chain lengths: the functions whose own time grows
+   fastest with K (the O(K^2) suspects), with call counts;
+5. **check**: ``backbeat check`` of one toolchain of K blocks against K, and its cProfile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pstats
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import runner  # noqa: E402
+from make_prefix import write_prefix  # noqa: E402
+
+TRACER = HERE / "tracing.py"
+
+
+def load_spans(folder: Path) -> tuple[list[dict], list[dict]]:
+    """(spans, instants) of every process of a traced run."""
+    spans, instants = [], []
+    for path in folder.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            (spans if "t0" in rec else instants).append(rec)
+    return spans, instants
+
+
+class Bench:
+    def __init__(self, root: Path, repeat: int):
+        self.root, self.repeat = root, repeat
+        self.prefix = root / "prefix"
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("PYTHONDONTWRITEBYTECODE", "BACKBEAT_DEBUG", "BACKBEAT_PREFIX")}
+        self._n = 0
+
+    def cache(self) -> Path:
+        self._n += 1
+        return self.root / f"cache{self._n}"
+
+    def args(self, name: str, cache: Path) -> list[str]:
+        return ["--prefix", str(self.prefix), "--cache", str(cache), "experiments", "run", name, "--json"]
+
+    def traced(self, name: str, cache: Path, profile: Path | None = None) -> dict:
+        """One traced run: its spans, instants, wall and CPU, and the launch/exit times."""
+        spans_dir = self.cache().with_name(f"spans{self._n}")
+        cmd = [sys.executable, str(TRACER), str(spans_dir)]
+        if profile is not None:
+            cmd += ["--cprofile", str(profile)]
+        m = runner.run([*cmd, "--", *self.args(name, cache)], cwd=self.root, env=self.env, timeout=600)
+        if not m.ok:
+            raise SystemExit(f"traced run of {name} failed: {m.failure()}\n{m.stderr[-3000:]}")
+        spans, instants = load_spans(spans_dir)
+        modules = json.loads((spans_dir / "modules.json").read_text()) if (spans_dir / "modules.json").exists() else []
+        shutil.rmtree(spans_dir, ignore_errors=True)
+        return {"spans": spans, "instants": instants, "wall": m.wall_s, "cpu": m.cpu_s, "launch": m.started,
+                "end": m.started + m.wall_s, "others": m.others_cores, "modules": modules,
+                "report": json.loads(m.stdout)}
+
+    def check(self, k: int, profile: Path | None = None) -> float:
+        """Wall time of ``backbeat check toolchains/bench/chainK/1`` (optionally under cProfile)."""
+        label = f"toolchains/bench/chain{k}/1"
+        if profile is not None:
+            spans_dir = self.root / f"check-spans{k}"
+            cmd = [sys.executable, str(TRACER), str(spans_dir), "--cprofile", str(profile), "--"]
+        else:
+            cmd = [str(Path(sys.executable).with_name("backbeat"))]
+        m = runner.run([*cmd, "--prefix", str(self.prefix), "check", label], cwd=self.root, env=self.env,
+                       timeout=600)
+        if not m.ok:
+            raise SystemExit(f"check of {label} failed: {m.failure()}")
+        return m.wall_s
+
+    def untraced(self, name: str, cache: Path) -> runner.Measured:
+        exe = Path(sys.executable).with_name("backbeat")
+        m = runner.run([str(exe), *self.args(name, cache)], cwd=self.root, env=self.env, timeout=600)
+        if not m.ok:
+            raise SystemExit(f"run of {name} failed: {m.failure()}")
+        return m
+
+
+# -- the CLI process's steps -------------------------------------------------------------------
+def main_steps(run: dict) -> dict[str, tuple[int, float]]:
+    """``{label: (min depth, total ms)}`` of the CLI process, plus the derived steps."""
+    main = [s for s in run["spans"] if s["proc"] == "main"]
+    inst = {i["label"]: i["t"] for i in run["instants"] if i["proc"] == "main"}
+    steps: dict[str, tuple[int, float]] = {}
+    first = inst.get("first line", run["launch"])
+    steps["interpreter start (launch -> first line of Python)"] = (0, 1000 * (first - run["launch"]))
+    order = sorted(main, key=lambda s: s["t0"])
+    cli = next((s for s in main if s["label"] == "backbeat.cli.main"), None)
+    for s in order:
+        if s["label"] == "backbeat.cli.main":
+            continue
+        depth = s["depth"] + (1 if cli and s["t0"] >= cli["t0"] and s["label"] != "import backbeat.cli" else 0)
+        d, total = steps.get(s["label"], (depth, 0.0))
+        steps[s["label"]] = (min(d, depth), total + 1000 * (s["t1"] - s["t0"]))
+    if cli is not None:
+        inside = sum(s["t1"] - s["t0"] for s in main if s["depth"] == 0 and s["label"] not in
+                     ("backbeat.cli.main", "import backbeat.cli") and s["t0"] >= cli["t0"])
+        steps["backbeat.cli.main (the command)"] = (0, 1000 * (cli["t1"] - cli["t0"]))
+        steps["(other: argparse, imports inside the command, ...)"] = (1, 1000 * (cli["t1"] - cli["t0"] - inside))
+    steps["interpreter exit (after main returned)"] = (0, 1000 * (run["end"] - inst.get("main returned", run["end"])))
+    steps["TOTAL (wall)"] = (0, 1000 * run["wall"])
+    return steps
+
+
+ORDER_LAST = ("interpreter exit (after main returned)", "TOTAL (wall)")
+
+
+def child_steps(run: dict) -> dict[str, dict[str, float]]:
+    """``{process: {step: ms}}`` for every child process (zygote, index job, provider, blocks)."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    by_pid: dict[int, list[dict]] = defaultdict(list)
+    for s in run["spans"]:
+        if s["proc"] != "main":
+            by_pid[s["pid"]].append(s)
+    spawns = sorted((s for s in run["spans"] if s["proc"] == "main" and s.get("job")), key=lambda s: s["t0"])
+    requests = {s["job"]: s["t0"] for s in spawns}
+    forks = {s["job"]: s for s in run["spans"] if s["proc"] == "zygote" and s.get("job")}
+    # the fork server numbers jobs 1, 2, ... in the order of the spawn requests
+    exits = {spawns[i["id"] - 1]["job"]: i["t"] for i in run["instants"]
+             if i["label"] == "parent: zygote event exit" and isinstance(i.get("id"), int) and i["id"] <= len(spawns)}
+    for spans in by_pid.values():
+        names = [s["proc"] for s in spans if s["proc"] != "zygote"]
+        name = names[0] if names else "zygote"
+        if name == "zygote":
+            continue
+        steps = out[name]
+        for s in spans:
+            steps[s["label"]] = steps.get(s["label"], 0.0) + 1000 * (s["t1"] - s["t0"])
+        setup = min((s["t0"] for s in spans), default=None)
+        if name in requests and name in forks and setup is not None:
+            steps["spawn request -> zygote forks"] = 1000 * (forks[name]["t0"] - requests[name])
+            steps["zygote fork -> child's first step"] = 1000 * (setup - forks[name]["t0"])
+        job = next((s for s in spans if s["label"] == "child: job"), None)
+        if job is not None:
+            if name in exits:
+                steps["child done -> parent sees exit"] = 1000 * (exits[name] - job["t1"])
+            steps["CPU of the process (ms)"] = 1000 * job.get("cpu", 0.0)
+    zyg = {i["label"]: i["t"] for i in run["instants"] if i["proc"] == "zygote"}
+    if "zygote: started" in zyg and "zygote: ready (preload imported)" in zyg:
+        out["zygote"]["preload numpy, h5py, zmq, control (started -> ready)"] = 1000 * (
+            zyg["zygote: ready (preload imported)"] - zyg["zygote: started"])
+    return out
+
+
+def median_table(runs: list[dict[str, tuple[int, float]]]) -> list[tuple[str, int, float, float, float]]:
+    """(label, depth, median, min, max) in the order of first appearance."""
+    labels: list[str] = []
+    depth: dict[str, int] = {}
+    for r in runs:
+        for label, (d, _) in r.items():
+            if label not in depth:
+                labels.append(label)
+            depth[label] = min(depth.get(label, d), d)
+    labels = [lb for lb in labels if lb not in ORDER_LAST] + [lb for lb in ORDER_LAST if lb in depth]
+    rows = []
+    for label in labels:
+        vals = [r[label][1] if label in r else 0.0 for r in runs]
+        rows.append((label, depth[label], statistics.median(vals), min(vals), max(vals)))
+    return rows
+
+
+def print_steps(title: str, rows: list[tuple[str, int, float, float, float]], untraced: list[float]) -> None:
+    print(f"\n{title}")
+    print(f"  {'step (nested steps indented; times include nested ones)':70} {'median ms':>10} {'min-max':>14}")
+    for label, depth, med, lo, hi in rows:
+        if med < 0.05 and hi < 0.5:
+            continue
+        print(f"  {'  ' * depth + label:70} {med:10.1f} {lo:6.1f}-{hi:<7.1f}")
+    if untraced:
+        print(f"  {'untraced runs of the same command (wall)':70} {1000 * statistics.median(untraced):10.1f} "
+              f"{1000 * min(untraced):6.1f}-{1000 * max(untraced):<7.1f}")
+
+
+def print_children(runs: list[dict[str, dict[str, float]]]) -> None:
+    procs: list[str] = []
+    for r in runs:
+        procs += [p for p in r if p not in procs]
+    for proc in procs:
+        steps: list[str] = []
+        for r in runs:
+            steps += [s for s in r.get(proc, {}) if s not in steps]
+        print(f"  process `{proc}'")
+        for step in steps:
+            vals = [r.get(proc, {}).get(step, 0.0) for r in runs]
+            print(f"    {step:68} {statistics.median(vals):10.1f} {min(vals):6.1f}-{max(vals):<7.1f}")
+
+
+# -- imports -------------------------------------------------------------------------------------
+def import_profile(modules: list[str], env: dict) -> list[tuple[str, float, int]]:
+    """``python -X importtime`` of the given modules: (top-level package, self ms, modules)."""
+    wanted = [m for m in modules if m.startswith("backbeat")] + [m for m in ("numpy", "h5py", "zmq") if m in modules]
+    code = "; ".join(f"import {m}" for m in wanted)
+    m = runner.run([sys.executable, "-X", "importtime", "-c", code], env=env, timeout=120)
+    per: dict[str, list[float]] = defaultdict(list)
+    for line in m.stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
+        if match:
+            per[match.group(4).split(".")[0]].append(int(match.group(1)) / 1000)
+    return sorted(((pkg, sum(v), len(v)) for pkg, v in per.items()), key=lambda x: -x[1])
+
+
+# -- chains --------------------------------------------------------------------------------------
+def exponent(k1: int, v1: float, k2: int, v2: float) -> float | None:
+    if v1 <= 0.05 or v2 <= 0.05:
+        return None
+    return math.log(v2 / v1) / math.log(k2 / k1)
+
+
+def chain_summary(run: dict, k: int) -> dict:
+    main = [s for s in run["spans"] if s["proc"] == "main"]
+    cli = next(s for s in main if s["label"] == "backbeat.cli.main")
+    children = [i["rusage"] for i in run["instants"] if i["label"] == "parent: zygote event exit" and i.get("rusage")]
+    child_cpu = sum(r["utime"] + r["stime"] for r in children)
+    totals: dict[str, float] = defaultdict(float)
+    for s in main:
+        totals[s["label"]] += 1000 * (s["t1"] - s["t0"])
+    blocks: dict[str, list[float]] = defaultdict(list)
+    for proc, steps in child_steps(run).items():
+        if proc.startswith("identity"):
+            for step, ms in steps.items():
+                blocks[step].append(ms)
+    return {"k": k, "wall": run["wall"], "cpu_main": cli.get("cpu", 0.0), "cpu_children": child_cpu,
+            "cpu_tree": run["cpu"], "processes": len(children), "main": dict(totals),
+            "blocks": {s: statistics.mean(v) for s, v in blocks.items()}, "others": run["others"]}
+
+
+def print_chains(results: dict[int, list[dict]]) -> None:
+    ks = sorted(results)
+    med = {k: {key: statistics.median(r[key] for r in results[k])
+               for key in ("wall", "cpu_main", "cpu_children", "cpu_tree", "others")} for k in ks}
+    print("\nChains of K identity blocks over 10 scalars, cold (median of runs):")
+    print(f"  {'K':>5} {'wall s':>8} {'CPU s: CLI':>11} {'blocks':>8} {'zygote+rest':>12} {'tree':>7} {'others':>7}")
+    for k in ks:
+        m = med[k]
+        print(f"  {k:5d} {m['wall']:8.2f} {m['cpu_main']:11.2f} {m['cpu_children']:8.2f} "
+              f"{m['cpu_tree'] - m['cpu_main'] - m['cpu_children']:12.2f} {m['cpu_tree']:7.2f} {m['others']:7.1f}")
+    k1, k2 = ks[-2], ks[-1]
+    per = lambda key: 1000 * (med[k2][key] - med[k1][key]) / (k2 - k1)  # noqa: E731
+    print(f"  per added block (K {k1} -> {k2}): wall {per('wall'):.1f} ms, CPU: CLI process {per('cpu_main'):.1f} ms, "
+          f"block processes {per('cpu_children'):.1f} ms, zygote and the rest "
+          f"{per('cpu_tree') - per('cpu_main') - per('cpu_children'):.1f} ms")
+
+    def table(title: str, key: str, per_block: bool) -> None:
+        labels: list[str] = []
+        for k in ks:
+            for r in results[k]:
+                labels += [lb for lb in r[key] if lb not in labels]
+        vals = {k: {lb: statistics.median(r[key].get(lb, 0.0) for r in results[k]) for lb in labels} for k in ks}
+        print(f"\n  {title}")
+        print(f"    {'step':58} " + " ".join(f"{'K=' + str(k):>9}" for k in ks)
+              + f" {'ms/block':>9} {'growth':>7}")
+        rows = sorted(labels, key=lambda lb: -vals[k2][lb])
+        for lb in rows:
+            if vals[k2][lb] < 1.0:
+                continue
+            slope = (vals[k2][lb] - vals[k1][lb]) / (k2 - k1)
+            e = exponent(k1, vals[k1][lb], k2, vals[k2][lb])
+            print(f"    {lb[:58]:58} " + " ".join(f"{vals[k][lb]:9.1f}" for k in ks)
+                  + (f" {slope:9.2f}" if not per_block else f" {'':9}")
+                  + (f" {'K^%.1f' % e:>7}" if e is not None else f" {'-':>7}"))
+
+    table("CLI process: total ms in each step (inclusive), by K", "main", False)
+    table("block processes (identity blocks): mean ms per process in each step, by K", "blocks", True)
+
+
+def print_cprofile(profiles: dict[int, Path], top: int, what: str = "chains") -> None:
+    ks = sorted(profiles)
+    k1, k2 = ks[0], ks[-1]
+    stats = {}
+    for k, path in profiles.items():
+        st = pstats.Stats(str(path))
+        stats[k] = {f"{Path(fn[0]).name}:{fn[1]}({fn[2]})": (v[1], v[2], v[3]) for fn, v in st.stats.items()}
+    names = set(stats[k2])
+    rows = []
+    for name in names:
+        c2, tt2, ct2 = stats[k2][name]
+        c1, tt1, ct1 = stats[k1].get(name, (0, 0.0, 0.0))
+        rows.append((name, c1, c2, 1000 * tt1, 1000 * tt2, 1000 * ct2, exponent(k1, 1000 * tt1, k2, 1000 * tt2),
+                     exponent(k1, c1, k2, c2) if c1 else None))
+    print(f"\ncProfile of the CLI process, {what} K={k1} and K={k2} (own time; cumulative at K={k2}); "
+          f"sorted by own time at K={k2}:")
+    print(f"  {'function':62} {'calls':>8} {'calls':>8} {'own ms':>8} {'own ms':>8} {'cum ms':>8} {'time':>6} "
+          f"{'calls':>6}")
+    print(f"  {'':62} {'K=' + str(k1):>8} {'K=' + str(k2):>8} {'K=' + str(k1):>8} {'K=' + str(k2):>8} "
+          f"{'K=' + str(k2):>8} {'~K^e':>6} {'~K^e':>6}")
+    for name, c1, c2, tt1, tt2, ct2, e, ec in sorted(rows, key=lambda r: -r[4])[:top]:
+        fmt = (lambda x: f"{x:.1f}" if x is not None else "-")  # noqa: E731
+        print(f"  {name[:62]:62} {c1:8d} {c2:8d} {tt1:8.1f} {tt2:8.1f} {ct2:8.1f} {fmt(e):>6} {fmt(ec):>6}")
+    quad = sorted((r for r in rows if r[6] is not None and r[6] >= 1.6 and r[4] >= 5), key=lambda r: -r[4])
+    if quad:
+        print("  growing faster than linearly (own time ~K^e, e >= 1.6, >= 5 ms):")
+        for name, _c1, c2, _tt1, tt2, _ct2, e, _ec in quad[:12]:
+            print(f"    {name[:70]:70} {tt2:8.1f} ms at K={k2}, {c2} calls, e={e:.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=5, help="traced runs of the trivial experiment (default 5)")
+    ap.add_argument("--chains", default="25,50,100", help="chain lengths K for the per-block cost")
+    ap.add_argument("--chain-repeat", type=int, default=2, help="traced runs per chain length")
+    ap.add_argument("--cprofile", default="50,100", help="two chain lengths profiled with cProfile")
+    ap.add_argument("--top", type=int, default=25, help="functions listed from the profile")
+    ap.add_argument("--checks", default="250,500,1000", help="toolchain lengths K for `backbeat check`")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: trivial,imports,chains,cprofile,check")
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    chains = [int(k) for k in args.chains.split(",") if k]
+    profiled = [int(k) for k in args.cprofile.split(",") if k]
+    checks = sorted(int(k) for k in args.checks.split(",") if k)
+    runner.become_subreaper()
+    root = Path(tempfile.mkdtemp(prefix="backbeat-fixed-cost-"))
+    doc: dict = {"machine": runner.machine()}
+    try:
+        b = Bench(root, args.repeat)
+        ks = sorted({1, *(chains if "chains" not in skip else []), *(profiled if "cprofile" not in skip else [])})
+        write_prefix(b.prefix, {"s10": ("scalars", 10)}, [(k, "s10") for k in ks], toolchains=tuple(checks))
+        trivial = "bench/bench/chain1/1/s10"
+        m = doc["machine"]
+        print(f"machine: {m['cores']} cores, load {m['loadavg'][0]:.2f}, parallel capacity now {m['capacity']:.2f}x")
+        b.untraced(trivial, b.cache())  # byte-code and OS caches warm (not measured)
+        interp = [runner.run([sys.executable, "-c", "pass"], env=b.env).wall_s for _ in range(5)]
+        interp_s = [runner.run([sys.executable, "-S", "-c", "pass"], env=b.env).wall_s for _ in range(5)]
+        print(f"bare interpreter start+exit: `python -c pass` {1000 * statistics.median(interp):.1f} ms, "
+              f"without site (-S) {1000 * statistics.median(interp_s):.1f} ms (median of 5)")
+        doc["interpreter_ms"] = 1000 * statistics.median(interp)
+        modules: list[str] = []
+        if "trivial" not in skip:
+            for mode in ("cold", "cached"):
+                traced, plain, children, others = [], [], [], []
+                warm = b.cache()
+                if mode == "cached":
+                    b.untraced(trivial, warm)
+                for _ in range(args.repeat):
+                    run = b.traced(trivial, warm if mode == "cached" else b.cache())
+                    modules = modules or run["modules"]
+                    traced.append(main_steps(run))
+                    others.append(run["others"])
+                    children.append(child_steps(run))
+                    plain.append(b.untraced(trivial, warm if mode == "cached" else b.cache()).wall_s)
+                rows = median_table(traced)
+                print_steps(f"Trivial run, {mode} ({trivial}), CLI process, median of {args.repeat} traced runs "
+                            f"(other programs used {statistics.median(others):.1f} cores meanwhile)", rows, plain)
+                if any(children):
+                    print("  child processes (ms; spawn latencies measured from the CLI's spawn request):")
+                    print_children(children)
+                doc[f"trivial_{mode}"] = {"steps": rows, "untraced_s": plain, "children": children}
+        if "imports" not in skip and modules:
+            prof = import_profile(modules, b.env)
+            print("\nImports of the CLI process in a cold trivial run (python -X importtime of the modules it had "
+                  "loaded at the end), by top-level package:")
+            for pkg, ms, n in prof[:15]:
+                print(f"  {pkg:24} {ms:8.1f} ms  ({n} modules)")
+            print(f"  {'total':24} {sum(p[1] for p in prof):8.1f} ms")
+            doc["imports"] = prof
+        if "chains" not in skip and len(chains) >= 2:
+            results: dict[int, list[dict]] = {}
+            for k in chains:
+                results[k] = [chain_summary(b.traced(f"bench/bench/chain{k}/1/s10", b.cache()), k)
+                              for _ in range(args.chain_repeat)]
+            print_chains(results)
+            doc["chains"] = results
+        if "cprofile" not in skip and len(profiled) >= 2:
+            profiles = {}
+            for k in profiled:
+                profiles[k] = root / f"profile{k}.pstats"
+                b.traced(f"bench/bench/chain{k}/1/s10", b.cache(), profile=profiles[k])
+            print_cprofile(profiles, args.top)
+        if "check" not in skip and len(checks) >= 2:
+            times = {k: [b.check(k) for _ in range(3)] for k in checks}
+            print("\n`backbeat check` of one toolchain of K identity blocks (CLI wall time, median of 3; "
+                  "goal: K=1000 under 0.5 s):")
+            for k, v in times.items():
+                print(f"  K={k:5d}: {1000 * statistics.median(v):7.0f} ms  [{1000 * min(v):.0f}-{1000 * max(v):.0f}]")
+            profiles = {}
+            for k in (checks[0], checks[-1]):
+                profiles[k] = root / f"check{k}.pstats"
+                b.check(k, profiles[k])
+            print_cprofile(profiles, args.top, "check of toolchains")
+            doc["check"] = times
+        after = runner.machine()
+        print(f"\nmachine after: load {after['loadavg'][0]:.2f}, parallel capacity {after['capacity']:.2f}x")
+        doc["machine_after"] = after
+        if args.json:
+            Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The benchmark scripts run (tiny sizes, backbeat only): no timing is asserted, only that they
+measure what they say — results, memory, cache bytes, spans of every process — and report a
+failing run instead of crashing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _run(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_versus_beat_measures_backbeat_rows():
+    proc = _run("versus_beat.py", "--tiny", "--no-beat", "--repeat", "1", "--memory", "targets",
+                "--rows", "trivial,chain500,check1000", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = {r["id"]: r for r in doc["rows"]}
+    assert set(rows) == {"trivial", "chain500", "check1000"}
+    trivial = rows["trivial"]["tools"]["backbeat"]
+    assert trivial["failures"] == [] and trivial["notes"] == []
+    assert trivial["results"] == [["0.045", 10]]  # sum of 0.000 .. 0.009, as BEAT computes it
+    assert trivial["time"]["n"] == 1 and trivial["time"]["median"] > 0
+    assert trivial["cache"]["files"] > 0 and ".h5" in trivial["cache"]["by_kind"]
+    assert "beat" not in rows["trivial"]["tools"]
+    chain = rows["chain500"]["tools"]["backbeat"]  # tiny: 3 blocks; memory is one of its goals
+    assert chain["memory"]["peak_pss_mb"] > 10 and chain["memory"]["peak_processes"] >= 3
+    memory = next(m for m in rows["chain500"]["metrics"] if m["metric"] == "memory")
+    assert memory["goal"] == "< 400 MB" and memory["status"] in ("met", "missed")
+    assert rows["check1000"]["tools"]["backbeat"]["time"]["n"] == 1
+
+
+def test_versus_beat_reports_a_failing_tool(tmp_path):
+    proc = _run("versus_beat.py", "--tiny", "--no-beat", "--repeat", "1", "--memory", "none",
+                "--rows", "trivial", "--backbeat", "false")
+    assert proc.returncode == 0, proc.stderr
+    assert "FAILED" in proc.stdout and "backbeat: exit 1" in proc.stdout
+
+
+def test_tracing_covers_every_process(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from fixed_cost import child_steps, load_spans, main_steps
+        from make_prefix import write_prefix
+    finally:
+        sys.path.remove(str(BENCH))
+    write_prefix(tmp_path / "prefix", {"s10": ("scalars", 10)}, [(1, "s10")])
+    spans_dir = tmp_path / "spans"
+    proc = _run("tracing.py", str(spans_dir), "--", "--prefix", str(tmp_path / "prefix"), "--cache",
+                str(tmp_path / "cache"), "experiments", "run", "bench/bench/chain1/1/s10", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "ok"
+    spans, instants = load_spans(spans_dir)
+    run = {"spans": spans, "instants": instants, "launch": min(s["t0"] for s in spans), "wall": 1.0,
+           "end": max(s["t1"] for s in spans)}
+    steps = main_steps(run)
+    assert steps["backbeat.cli.main (the command)"][1] > 0 and steps["execute"][1] > 0
+    children = child_steps(run)
+    assert {"index:items", "identity1", "sum", "zygote"} <= set(children)
+    assert children["identity1"]["block: run"] > 0 and children["sum"]["child: job"] > 0
+    assert "preload numpy, h5py, zmq, control (started -> ready)" in children["zygote"]
