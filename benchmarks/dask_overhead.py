@@ -101,12 +101,17 @@ class Cluster:
 
     def close(self) -> None:
         self.client.close()
-        for proc in (self.worker, self.scheduler):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)  # the process group this script started
-                proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in (self.worker, self.scheduler):  # the process groups this script started
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=20)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            if proc.poll() is None:
                 proc.wait()
         for log in self.logs:
             log.close()
@@ -168,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                         inner += [b["statistics"]["wall_s"] for b in rep["blocks"].values()
                                   if b.get("status") == "ran" and "wall_s" in b.get("statistics", {})]
         latency = cluster.task_latency()
-        starts = [runner.run([sys.executable, "-c", REMOTE_IMPORTS], env=env).wall_s for _ in range(5)]
+        starts = [runner.run([sys.executable, "-c", REMOTE_IMPORTS], env=env, exclude=cluster.pids).wall_s
+                  for _ in range(5)]
         print(f"\n{'K':>5} {'local s':>16} {'dask s':>16}   (median [min-max] of {args.repeat}, cold cache)")
         for k in chains:
             cells = []

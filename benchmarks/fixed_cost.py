@@ -117,37 +117,77 @@ class Bench:
 
 
 # -- the CLI process's steps -------------------------------------------------------------------
-def main_steps(run: dict) -> dict[str, tuple[int, float]]:
-    """``{label: (min depth, total ms)}`` of the CLI process, plus the derived steps."""
+COMMAND = "backbeat.cli.main (the command)"
+
+
+def span_tree(spans: list[dict], origin: float) -> dict[tuple[str, ...], list]:
+    """``{call path: [wall ms, first start in ms after origin, CPU ms]}`` of one process's
+    spans; a path lists the labels from the outermost span down (spans nest by time)."""
+    out: dict[tuple[str, ...], list] = {}
+    stack: list[tuple[float, tuple[str, ...]]] = []
+    for s in sorted(spans, key=lambda s: (s["t0"], -s["t1"])):
+        while stack and stack[-1][0] < s["t1"]:
+            stack.pop()
+        label = COMMAND if s["label"] == "backbeat.cli.main" else s["label"]
+        path = (stack[-1][1] if stack else ()) + (label,)
+        stack.append((s["t1"], path))
+        entry = out.setdefault(path, [0.0, 1000 * (s["t0"] - origin), 0.0])
+        entry[0] += 1000 * (s["t1"] - s["t0"])
+        entry[2] += 1000 * s.get("c", 0.0)
+    return out
+
+
+def main_steps(run: dict) -> dict[tuple[str, ...], list]:
+    """The CLI process's steps as a tree (see :func:`span_tree`), plus interpreter start and
+    exit, what no step of the command covers, and the total (CPU None where not measured)."""
     main = [s for s in run["spans"] if s["proc"] == "main"]
     inst = {i["label"]: i["t"] for i in run["instants"] if i["proc"] == "main"}
-    steps: dict[str, tuple[int, float]] = {}
-    first = inst.get("first line", run["launch"])
-    steps["interpreter start (launch -> first line of Python)"] = (0, 1000 * (first - run["launch"]))
-    order = sorted(main, key=lambda s: s["t0"])
-    cli = next((s for s in main if s["label"] == "backbeat.cli.main"), None)
-    for s in order:
-        if s["label"] == "backbeat.cli.main":
-            continue
-        depth = s["depth"] + (1 if cli and s["t0"] >= cli["t0"] and s["label"] != "import backbeat.cli" else 0)
-        d, total = steps.get(s["label"], (depth, 0.0))
-        steps[s["label"]] = (min(d, depth), total + 1000 * (s["t1"] - s["t0"]))
-    if cli is not None:
-        inside = sum(s["t1"] - s["t0"] for s in main if s["depth"] == 0 and s["label"] not in
-                     ("backbeat.cli.main", "import backbeat.cli") and s["t0"] >= cli["t0"])
-        steps["backbeat.cli.main (the command)"] = (0, 1000 * (cli["t1"] - cli["t0"]))
-        steps["(other: argparse, imports inside the command, ...)"] = (1, 1000 * (cli["t1"] - cli["t0"] - inside))
-    steps["interpreter exit (after main returned)"] = (0, 1000 * (run["end"] - inst.get("main returned", run["end"])))
-    steps["TOTAL (wall)"] = (0, 1000 * run["wall"])
+    origin = run["launch"]
+    steps = span_tree(main, origin)
+    first = inst.get("first line", origin)
+    steps[("interpreter start (launch -> first line of Python)",)] = [1000 * (first - origin), -1.0, None]
+    if (COMMAND,) in steps:
+        direct = [v for p, v in steps.items() if len(p) == 2 and p[0] == COMMAND]
+        steps[(COMMAND, "(other: argparse, imports inside the command, ...)")] = [
+            steps[(COMMAND,)][0] - sum(v[0] for v in direct), 1e9, steps[(COMMAND,)][2] - sum(v[2] for v in direct)]
+    steps[("interpreter exit (after main returned)",)] = [
+        1000 * (run["end"] - inst.get("main returned", run["end"])), 2e9, None]
+    steps[("TOTAL (wall)",)] = [1000 * run["wall"], 3e9, None]
     return steps
 
 
-ORDER_LAST = ("interpreter exit (after main returned)", "TOTAL (wall)")
+def _med(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
-def child_steps(run: dict) -> dict[str, dict[str, float]]:
-    """``{process: {step: ms}}`` for every child process (zygote, index job, provider, blocks)."""
-    out: dict[str, dict[str, float]] = defaultdict(dict)
+def median_tree(runs: list[dict[tuple[str, ...], list]]) -> list[tuple]:
+    """(path, median wall, min, max, median CPU) over runs (0 where a run lacks a step), in
+    tree order: the children of a step after it, by their first start."""
+    start: dict[tuple[str, ...], float] = {}
+    for r in runs:
+        for path, v in r.items():
+            start[path] = min(start.get(path, v[1]), v[1])
+    children: dict[tuple[str, ...], list[tuple[str, ...]]] = defaultdict(list)
+    for path in start:
+        children[path[:-1]].append(path)
+    rows = []
+
+    def visit(parent: tuple[str, ...]) -> None:
+        for path in sorted(children.get(parent, []), key=lambda p: start[p]):
+            walls = [r[path][0] if path in r else 0.0 for r in runs]
+            cpus = [r[path][2] if path in r else 0.0 for r in runs]
+            rows.append((path, statistics.median(walls), min(walls), max(walls), _med(cpus)))
+            visit(path)
+
+    visit(())
+    return rows
+
+
+def child_steps(run: dict) -> dict[str, dict[str, list]]:
+    """``{process: {step: [wall ms, CPU ms or None]}}`` for every child process (index job,
+    database provider, blocks; the zygote's preload)."""
+    out: dict[str, dict[str, list]] = defaultdict(dict)
     by_pid: dict[int, list[dict]] = defaultdict(list)
     for s in run["spans"]:
         if s["proc"] != "main":
@@ -156,62 +196,61 @@ def child_steps(run: dict) -> dict[str, dict[str, float]]:
     requests = {s["job"]: s["t0"] for s in spawns}
     forks = {s["job"]: s for s in run["spans"] if s["proc"] == "zygote" and s.get("job")}
     # the fork server numbers jobs 1, 2, ... in the order of the spawn requests
-    exits = {spawns[i["id"] - 1]["job"]: i["t"] for i in run["instants"]
+    exits = {spawns[i["id"] - 1]["job"]: i for i in run["instants"]
              if i["label"] == "parent: zygote event exit" and isinstance(i.get("id"), int) and i["id"] <= len(spawns)}
     for spans in by_pid.values():
         names = [s["proc"] for s in spans if s["proc"] != "zygote"]
-        name = names[0] if names else "zygote"
-        if name == "zygote":
+        if not names:
             continue
+        name = names[0]
         steps = out[name]
-        for s in spans:
-            steps[s["label"]] = steps.get(s["label"], 0.0) + 1000 * (s["t1"] - s["t0"])
-        setup = min((s["t0"] for s in spans), default=None)
-        if name in requests and name in forks and setup is not None:
-            steps["spawn request -> zygote forks"] = 1000 * (forks[name]["t0"] - requests[name])
-            steps["zygote fork -> child's first step"] = 1000 * (setup - forks[name]["t0"])
+        first = min(s["t0"] for s in spans)
+        if name in requests and name in forks:
+            steps["spawn request -> zygote forks (queue)"] = [1000 * (forks[name]["t0"] - requests[name]), None]
+            steps["zygote fork -> child's first step"] = [1000 * (first - forks[name]["t0"]), None]
+        for s in sorted(spans, key=lambda s: s["t0"]):
+            entry = steps.setdefault(s["label"], [0.0, 0.0])
+            entry[0] += 1000 * (s["t1"] - s["t0"])
+            entry[1] += 1000 * s.get("c", 0.0)
         job = next((s for s in spans if s["label"] == "child: job"), None)
-        if job is not None:
-            if name in exits:
-                steps["child done -> parent sees exit"] = 1000 * (exits[name] - job["t1"])
-            steps["CPU of the process (ms)"] = 1000 * job.get("cpu", 0.0)
+        if job is not None and name in exits:
+            ev = exits[name]
+            steps["child done -> parent sees exit"] = [1000 * (ev["t"] - job["t1"]), None]
+            ru = ev.get("rusage") or {}
+            if "utime" in ru:  # the zygote's wait4: all the child's CPU, its exit included
+                steps["CPU after the job: exit, teardown (rusage - process_time)"] = [
+                    None, 1000 * (ru["utime"] + ru["stime"] - job.get("cpu", 0.0))]
+                steps["CPU of the whole process (rusage)"] = [None, 1000 * (ru["utime"] + ru["stime"])]
     zyg = {i["label"]: i["t"] for i in run["instants"] if i["proc"] == "zygote"}
     if "zygote: started" in zyg and "zygote: ready (preload imported)" in zyg:
-        out["zygote"]["preload numpy, h5py, zmq, control (started -> ready)"] = 1000 * (
-            zyg["zygote: ready (preload imported)"] - zyg["zygote: started"])
+        out["zygote"]["preload numpy, h5py, zmq, control (started -> ready)"] = [
+            1000 * (zyg["zygote: ready (preload imported)"] - zyg["zygote: started"]), None]
+    forked = [s for s in run["spans"] if s["proc"] == "zygote" and s["label"] == "zygote: fork a child"]
+    if forked:
+        out["zygote"]["fork one child (mean)"] = [
+            statistics.mean(1000 * (s["t1"] - s["t0"]) for s in forked),
+            statistics.mean(1000 * s.get("c", 0.0) for s in forked)]
     return out
 
 
-def median_table(runs: list[dict[str, tuple[int, float]]]) -> list[tuple[str, int, float, float, float]]:
-    """(label, depth, median, min, max) in the order of first appearance."""
-    labels: list[str] = []
-    depth: dict[str, int] = {}
-    for r in runs:
-        for label, (d, _) in r.items():
-            if label not in depth:
-                labels.append(label)
-            depth[label] = min(depth.get(label, d), d)
-    labels = [lb for lb in labels if lb not in ORDER_LAST] + [lb for lb in ORDER_LAST if lb in depth]
-    rows = []
-    for label in labels:
-        vals = [r[label][1] if label in r else 0.0 for r in runs]
-        rows.append((label, depth[label], statistics.median(vals), min(vals), max(vals)))
-    return rows
+def _ms(x: float | None, width: int = 8) -> str:
+    return f"{x:{width}.1f}" if x is not None else f"{'-':>{width}}"
 
 
-def print_steps(title: str, rows: list[tuple[str, int, float, float, float]], untraced: list[float]) -> None:
+def print_steps(title: str, rows: list[tuple], untraced: list[float]) -> None:
     print(f"\n{title}")
-    print(f"  {'step (nested steps indented; times include nested ones)':70} {'median ms':>10} {'min-max':>14}")
-    for label, depth, med, lo, hi in rows:
+    print(f"  {'step (nested steps indented; times include nested ones)':72} {'wall ms':>9} {'min-max':>13} "
+          f"{'CPU ms':>7}")
+    for path, med, lo, hi, cpu in rows:
         if med < 0.05 and hi < 0.5:
             continue
-        print(f"  {'  ' * depth + label:70} {med:10.1f} {lo:6.1f}-{hi:<7.1f}")
+        print(f"  {'  ' * (len(path) - 1) + path[-1]:72} {med:9.1f} {lo:6.1f}-{hi:<6.1f} {_ms(cpu, 7)}")
     if untraced:
-        print(f"  {'untraced runs of the same command (wall)':70} {1000 * statistics.median(untraced):10.1f} "
-              f"{1000 * min(untraced):6.1f}-{1000 * max(untraced):<7.1f}")
+        print(f"  {'untraced runs of the same command (wall)':72} {1000 * statistics.median(untraced):9.1f} "
+              f"{1000 * min(untraced):6.1f}-{1000 * max(untraced):<6.1f}")
 
 
-def print_children(runs: list[dict[str, dict[str, float]]]) -> None:
+def print_children(runs: list[dict[str, dict[str, list]]]) -> None:
     procs: list[str] = []
     for r in runs:
         procs += [p for p in r if p not in procs]
@@ -221,8 +260,10 @@ def print_children(runs: list[dict[str, dict[str, float]]]) -> None:
             steps += [s for s in r.get(proc, {}) if s not in steps]
         print(f"  process `{proc}'")
         for step in steps:
-            vals = [r.get(proc, {}).get(step, 0.0) for r in runs]
-            print(f"    {step:68} {statistics.median(vals):10.1f} {min(vals):6.1f}-{max(vals):<7.1f}")
+            walls = [r[proc][step][0] for r in runs if step in r.get(proc, {}) and r[proc][step][0] is not None]
+            cpus = [r[proc][step][1] for r in runs if step in r.get(proc, {})]
+            span = f"{min(walls):6.1f}-{max(walls):<6.1f}" if walls else f"{'':13}"
+            print(f"    {step:70} {_ms(_med(walls), 9)} {span} {_ms(_med(cpus), 7)}")
 
 
 # -- imports -------------------------------------------------------------------------------------
@@ -250,87 +291,123 @@ def chain_summary(run: dict, k: int) -> dict:
     main = [s for s in run["spans"] if s["proc"] == "main"]
     cli = next(s for s in main if s["label"] == "backbeat.cli.main")
     children = [i["rusage"] for i in run["instants"] if i["label"] == "parent: zygote event exit" and i.get("rusage")]
-    child_cpu = sum(r["utime"] + r["stime"] for r in children)
-    totals: dict[str, float] = defaultdict(float)
+    totals: dict[str, list[float]] = {}
     for s in main:
-        totals[s["label"]] += 1000 * (s["t1"] - s["t0"])
-    blocks: dict[str, list[float]] = defaultdict(list)
+        entry = totals.setdefault(s["label"], [0.0, 0.0])
+        entry[0] += 1000 * (s["t1"] - s["t0"])
+        entry[1] += 1000 * s.get("c", 0.0)
+    blocks: dict[str, list[list]] = defaultdict(list)
     for proc, steps in child_steps(run).items():
         if proc.startswith("identity"):
-            for step, ms in steps.items():
-                blocks[step].append(ms)
-    return {"k": k, "wall": run["wall"], "cpu_main": cli.get("cpu", 0.0), "cpu_children": child_cpu,
-            "cpu_tree": run["cpu"], "processes": len(children), "main": dict(totals),
-            "blocks": {s: statistics.mean(v) for s, v in blocks.items()}, "others": run["others"]}
+            for step, v in steps.items():
+                blocks[step].append(v)
+    zygote = child_steps(run).get("zygote", {}).get("fork one child (mean)")
+    if zygote is not None:
+        blocks["zygote: fork one child (mean over all children)"].append(zygote)
+    mean = {step: [_mean([x[0] for x in v]), _mean([x[1] for x in v])] for step, v in blocks.items()}
+    return {"k": k, "wall": run["wall"], "cpu_main": cli.get("cpu", 0.0),
+            "cpu_children": sum(r["utime"] + r["stime"] for r in children), "cpu_tree": run["cpu"],
+            "processes": len(children), "main": totals, "blocks": mean, "others": run["others"]}
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
 
 
 def print_chains(results: dict[int, list[dict]]) -> None:
     ks = sorted(results)
     med = {k: {key: statistics.median(r[key] for r in results[k])
                for key in ("wall", "cpu_main", "cpu_children", "cpu_tree", "others")} for k in ks}
-    print("\nChains of K identity blocks over 10 scalars, cold (median of runs):")
-    print(f"  {'K':>5} {'wall s':>8} {'CPU s: CLI':>11} {'blocks':>8} {'zygote+rest':>12} {'tree':>7} {'others':>7}")
+    print("\nChains of K identity blocks over 10 scalars, cold (median of runs); CPU in s:")
+    print(f"  {'K':>5} {'wall s':>8} {'CPU: CLI':>9} {'blocks':>8} {'zygote+rest':>12} {'all':>7} {'others':>7}")
     for k in ks:
         m = med[k]
-        print(f"  {k:5d} {m['wall']:8.2f} {m['cpu_main']:11.2f} {m['cpu_children']:8.2f} "
+        print(f"  {k:5d} {m['wall']:8.2f} {m['cpu_main']:9.2f} {m['cpu_children']:8.2f} "
               f"{m['cpu_tree'] - m['cpu_main'] - m['cpu_children']:12.2f} {m['cpu_tree']:7.2f} {m['others']:7.1f}")
     k1, k2 = ks[-2], ks[-1]
-    per = lambda key: 1000 * (med[k2][key] - med[k1][key]) / (k2 - k1)  # noqa: E731
-    print(f"  per added block (K {k1} -> {k2}): wall {per('wall'):.1f} ms, CPU: CLI process {per('cpu_main'):.1f} ms, "
-          f"block processes {per('cpu_children'):.1f} ms, zygote and the rest "
-          f"{per('cpu_tree') - per('cpu_main') - per('cpu_children'):.1f} ms")
 
-    def table(title: str, key: str, per_block: bool) -> None:
+    def per(key: str) -> float:
+        return 1000 * (med[k2][key] - med[k1][key]) / (k2 - k1)
+
+    print(f"  per added block (K {k1} -> {k2}): wall {per('wall'):.1f} ms; CPU: CLI process {per('cpu_main'):.1f} ms, "
+          f"block processes {per('cpu_children'):.1f} ms, zygote and the rest "
+          f"{per('cpu_tree') - per('cpu_main') - per('cpu_children'):.1f} ms (all: {per('cpu_tree'):.1f} ms on "
+          f"{os.cpu_count()} cores)")
+
+    def values(key: str, index: int) -> dict[int, dict[str, float]]:
         labels: list[str] = []
         for k in ks:
             for r in results[k]:
                 labels += [lb for lb in r[key] if lb not in labels]
-        vals = {k: {lb: statistics.median(r[key].get(lb, 0.0) for r in results[k]) for lb in labels} for k in ks}
-        print(f"\n  {title}")
-        print(f"    {'step':58} " + " ".join(f"{'K=' + str(k):>9}" for k in ks)
-              + f" {'ms/block':>9} {'growth':>7}")
-        rows = sorted(labels, key=lambda lb: -vals[k2][lb])
-        for lb in rows:
-            if vals[k2][lb] < 1.0:
-                continue
-            slope = (vals[k2][lb] - vals[k1][lb]) / (k2 - k1)
-            e = exponent(k1, vals[k1][lb], k2, vals[k2][lb])
-            print(f"    {lb[:58]:58} " + " ".join(f"{vals[k][lb]:9.1f}" for k in ks)
-                  + (f" {slope:9.2f}" if not per_block else f" {'':9}")
-                  + (f" {'K^%.1f' % e:>7}" if e is not None else f" {'-':>7}"))
+        return {k: {lb: _med([r[key][lb][index] if lb in r[key] else 0.0 for r in results[k]]) or 0.0
+                    for lb in labels} for k in ks}
 
-    table("CLI process: total ms in each step (inclusive), by K", "main", False)
-    table("block processes (identity blocks): mean ms per process in each step, by K", "blocks", True)
+    cpu, wall = values("main", 1), values("main", 0)
+    print("\n  CLI process: CPU ms in each step (inclusive), by K; wall ms at the largest K")
+    print(f"    {'step':58} " + " ".join(f"{'K=' + str(k):>8}" for k in ks)
+          + f" {'ms/block':>9} {'growth':>7} {'wall':>8}")
+    for lb in sorted(cpu[k2], key=lambda lb: -cpu[k2][lb]):
+        if cpu[k2][lb] < 1.0 and wall[k2][lb] < 5.0:
+            continue
+        e = exponent(k1, cpu[k1][lb], k2, cpu[k2][lb])
+        print(f"    {lb[:58]:58} " + " ".join(f"{cpu[k][lb]:8.1f}" for k in ks)
+              + f" {(cpu[k2][lb] - cpu[k1][lb]) / (k2 - k1):9.2f} " + (f"{'K^%.1f' % e:>7}" if e is not None else
+                                                                     f"{'-':>7}") + f" {wall[k2][lb]:8.1f}")
+    bw, bc = values("blocks", 0), values("blocks", 1)
+    print("\n  identity block processes: mean ms per process in each step, by K (wall / CPU)")
+    print(f"    {'step':62} " + " ".join(f"{'K=' + str(k):>13}" for k in ks))
+    for lb in sorted(bw[k2], key=lambda lb: -max(bw[k2][lb], bc[k2][lb])):
+        if max(bw[k2][lb], bc[k2][lb]) < 0.5:
+            continue
+        print(f"    {lb[:62]:62} " + " ".join(f"{bw[k][lb]:6.1f} /{bc[k][lb]:5.1f}" for k in ks))
+
+
+def _where(fn: tuple) -> str:
+    path = fn[0]
+    at = path.rfind("/backbeat/")
+    short = path[at + 1:] if at >= 0 else Path(path).name
+    return f"{short}:{fn[1]}({fn[2]})"
 
 
 def print_cprofile(profiles: dict[int, Path], top: int, what: str = "chains") -> None:
+    """Own time of the top functions, then backbeat's functions by cumulative time, with how
+    each grows between the two K (time ~ K^e)."""
     ks = sorted(profiles)
     k1, k2 = ks[0], ks[-1]
     stats = {}
     for k, path in profiles.items():
         st = pstats.Stats(str(path))
-        stats[k] = {f"{Path(fn[0]).name}:{fn[1]}({fn[2]})": (v[1], v[2], v[3]) for fn, v in st.stats.items()}
-    names = set(stats[k2])
+        stats[k] = {_where(fn): (v[1], v[2], v[3]) for fn, v in st.stats.items()}  # calls, own s, cum s
     rows = []
-    for name in names:
-        c2, tt2, ct2 = stats[k2][name]
+    for name, (c2, tt2, ct2) in stats[k2].items():
         c1, tt1, ct1 = stats[k1].get(name, (0, 0.0, 0.0))
-        rows.append((name, c1, c2, 1000 * tt1, 1000 * tt2, 1000 * ct2, exponent(k1, 1000 * tt1, k2, 1000 * tt2),
-                     exponent(k1, c1, k2, c2) if c1 else None))
-    print(f"\ncProfile of the CLI process, {what} K={k1} and K={k2} (own time; cumulative at K={k2}); "
-          f"sorted by own time at K={k2}:")
-    print(f"  {'function':62} {'calls':>8} {'calls':>8} {'own ms':>8} {'own ms':>8} {'cum ms':>8} {'time':>6} "
-          f"{'calls':>6}")
-    print(f"  {'':62} {'K=' + str(k1):>8} {'K=' + str(k2):>8} {'K=' + str(k1):>8} {'K=' + str(k2):>8} "
-          f"{'K=' + str(k2):>8} {'~K^e':>6} {'~K^e':>6}")
-    for name, c1, c2, tt1, tt2, ct2, e, ec in sorted(rows, key=lambda r: -r[4])[:top]:
-        fmt = (lambda x: f"{x:.1f}" if x is not None else "-")  # noqa: E731
-        print(f"  {name[:62]:62} {c1:8d} {c2:8d} {tt1:8.1f} {tt2:8.1f} {ct2:8.1f} {fmt(e):>6} {fmt(ec):>6}")
-    quad = sorted((r for r in rows if r[6] is not None and r[6] >= 1.6 and r[4] >= 5), key=lambda r: -r[4])
+        rows.append({"name": name, "c1": c1, "c2": c2, "own1": 1000 * tt1, "own2": 1000 * tt2,
+                     "cum1": 1000 * ct1, "cum2": 1000 * ct2})
+
+    def fmt(x: float | None) -> str:
+        return f"{x:.1f}" if x is not None else "-"
+
+    def table(title: str, chosen: list[dict], key: str) -> None:
+        print(f"\n  {title}")
+        print(f"    {'function':64} {'calls':>8} {'calls':>8} {key + ' ms':>9} {key + ' ms':>9} {'~K^e':>5}")
+        print(f"    {'':64} {'K=' + str(k1):>8} {'K=' + str(k2):>8} {'K=' + str(k1):>9} {'K=' + str(k2):>9}")
+        for r in chosen:
+            e = exponent(k1, r[key + "1"], k2, r[key + "2"])
+            print(f"    {r['name'][-64:]:64} {r['c1']:8d} {r['c2']:8d} {r[key + '1']:9.1f} {r[key + '2']:9.1f} "
+                  f"{fmt(e):>5}")
+
+    print(f"\ncProfile of the CLI process, {what} K={k1} and K={k2} (wall clock: includes waiting and being "
+          f"preempted; time ~ K^e: e ~ 1 linear, e ~ 2 quadratic)")
+    table(f"top {top} functions by own time at K={k2}", sorted(rows, key=lambda r: -r["own2"])[:top], "own")
+    ours = [r for r in rows if r["name"].startswith("backbeat/") and r["cum2"] >= 1.0]
+    table(f"backbeat's functions by cumulative time at K={k2}", sorted(ours, key=lambda r: -r["cum2"])[:top], "cum")
+    quad = [r for r in rows if r["own2"] >= 5 and (exponent(k1, r["own1"], k2, r["own2"]) or 0) >= 1.6]
     if quad:
-        print("  growing faster than linearly (own time ~K^e, e >= 1.6, >= 5 ms):")
-        for name, _c1, c2, _tt1, tt2, _ct2, e, _ec in quad[:12]:
-            print(f"    {name[:70]:70} {tt2:8.1f} ms at K={k2}, {c2} calls, e={e:.1f}")
+        print("\n  growing faster than linearly (own time ~K^e with e >= 1.6, >= 5 ms at K=%d):" % k2)
+        for r in sorted(quad, key=lambda r: -r["own2"])[:12]:
+            print(f"    {r['name'][-70:]:70} {r['own2']:8.1f} ms, {r['c2']} calls, "
+                  f"e={exponent(k1, r['own1'], k2, r['own2']):.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                     others.append(run["others"])
                     children.append(child_steps(run))
                     plain.append(b.untraced(trivial, warm if mode == "cached" else b.cache()).wall_s)
-                rows = median_table(traced)
+                rows = median_tree(traced)
                 print_steps(f"Trivial run, {mode} ({trivial}), CLI process, median of {args.repeat} traced runs "
                             f"(other programs used {statistics.median(others):.1f} cores meanwhile)", rows, plain)
                 if any(children):

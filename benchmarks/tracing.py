@@ -4,9 +4,9 @@
 ``backbeat BACKBEAT-ARGS`` in this process (``backbeat.cli.main``) after wrapping the
 functions listed in :data:`TARGETS` with timers.  A wrapper records a *span* — label,
 process, start and end (``time.perf_counter``: ``CLOCK_MONOTONIC``, comparable across
-processes), nesting depth — and appends it at once to ``SPANS_DIR/<pid>.jsonl``; so the
-fork server's zygote and the block processes it forks (children of this process that
-inherit the wrappers, and leave through ``os._exit``) are traced too.  A target is wrapped
+processes), nesting depth — kept in memory and written to ``SPANS_DIR/<pid>.jsonl`` when the
+process's work ends; so the fork server's zygote and the block processes it forks (children
+of this process that inherit the wrappers, and leave through ``os._exit``) are traced too.  A target is wrapped
 when its module is imported (an import hook), in whichever process imports it, so the
 tracing does not change what is imported where or when.  A target that no longer exists
 (the code changed) is skipped and recorded as a ``missing target`` instant.
@@ -68,6 +68,12 @@ TARGETS = [
     ("backbeat.provenance.records", "write", "provenance: write record"),
     ("backbeat.provenance.records", "manifest", "provenance: file manifests (hashing)"),
     ("backbeat.provenance.records", "used_assets", "provenance: used assets"),
+    ("backbeat.provenance.records", "asset_entry", "provenance: asset entry (load, hash)"),
+    ("backbeat.provenance.records", "environment", "provenance: environment (package versions)"),
+    ("backbeat.provenance.records", "_stored_digest", "provenance: read digest stored in an h5 file"),
+    ("backbeat.provenance.records", "history", "provenance: read history"),
+    ("backbeat.provenance.records", "StatCache.save", "provenance: save stat cache"),
+    ("backbeat.cache.results", "_LazyModule.__getattr__", "lazy import of backbeat.data.cachefile (h5py)"),
     ("backbeat.cli.output", "print_json", "print JSON report"),
     # the zygote
     ("backbeat.processes.zygote", "_Zygote.spawn", "zygote: fork a child"),
@@ -99,11 +105,27 @@ _STACK: list[str] = []
 _NAME = "main"
 
 
+_BUF: list[str] = []
+_BUF_PID = 0
+
+
 def _write(record: dict) -> None:
+    """Keep a record in memory (written by :func:`flush`: at the end of the run, of a child's
+    job, of the zygote), so tracing costs no file I/O while the run goes."""
+    global _BUF_PID
+    if os.getpid() != _BUF_PID:  # a forked child: its parent's records are not its own
+        _BUF.clear()
+        _BUF_PID = os.getpid()
     record.setdefault("pid", os.getpid())
     record.setdefault("proc", _NAME)
-    with open(os.path.join(_DIR, f"{os.getpid()}.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    _BUF.append(json.dumps(record))
+
+
+def flush() -> None:
+    if _BUF and os.getpid() == _BUF_PID:
+        with open(os.path.join(_DIR, f"{os.getpid()}.jsonl"), "a") as f:
+            f.write("\n".join(_BUF) + "\n")
+        _BUF.clear()
 
 
 def instant(label: str, **extra: Any) -> None:
@@ -111,8 +133,8 @@ def instant(label: str, **extra: Any) -> None:
 
 
 def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+    """CPU seconds of this process (since its fork, for a forked child)."""
+    return time.process_time()
 
 
 def _job_of(label: str, args: tuple) -> str | None:
@@ -145,18 +167,21 @@ def _wrap(fn: Any, label: str) -> Any:
         job = _job_of(label, args)
         depth = len(_STACK)
         _STACK.append(label)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
             t1 = time.perf_counter()
             _STACK.pop()
-            rec = {"label": label, "t0": t0, "t1": t1, "depth": depth}
+            rec = {"label": label, "t0": t0, "t1": t1, "depth": depth, "c": time.process_time() - c0}
             if job is not None:
                 rec["job"] = job
             if label == "child: job":
                 rec["cpu"] = _cpu()
             _write(rec)
+            if label == "child: job":  # the child leaves through os._exit right after
+                flush()
 
     return traced
 
@@ -229,7 +254,15 @@ def _zygote_hook(zygote: Any) -> None:
             instant("zygote: ready (preload imported)")
         send(self, event)
 
+    shutdown = zygote._Zygote.shutdown
+
+    def traced_shutdown(self: Any, code: int) -> None:
+        instant("zygote: shutdown")
+        flush()
+        shutdown(self, code)
+
     zygote._Zygote.main, zygote._Zygote.send = traced_main, traced_send
+    zygote._Zygote.shutdown = traced_shutdown
 
 
 def _workerpool_hook(workerpool: Any) -> None:
@@ -237,7 +270,7 @@ def _workerpool_hook(workerpool: Any) -> None:
     event = workerpool.ForkServer._event
 
     def traced_event(self: Any, ev: dict) -> None:
-        if _NAME == "main":
+        if _NAME == "main" and not _PROFILING:
             instant(f"parent: zygote event {ev.get('ev')}", id=ev.get("id"), rusage=ev.get("rusage"))
         event(self, ev)
 
@@ -266,17 +299,19 @@ def main(argv: list[str]) -> int:
     os.makedirs(_DIR, exist_ok=True)
     instant("first line", t=T_FIRST)
     sys.meta_path.insert(0, _Finder())
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     cli_main = importlib.import_module("backbeat.cli.main")  # what the `backbeat` script imports first
 
-    _write({"label": "import backbeat.cli", "t0": t0, "t1": time.perf_counter(), "depth": 0})
+    _write({"label": "import backbeat.cli", "t0": t0, "t1": time.perf_counter(), "depth": 0, "c": _cpu() - c0})
     sys.argv[0] = "backbeat"
+    # each wrapper adds a frame, and Run._start recurses once per block of a streamed chain
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
     profiler = None
     if profile_to:
         import cProfile
 
-        profiler = cProfile.Profile()
-    t0 = time.perf_counter()
+        profiler = cProfile.Profile()  # wall clock (a CPU clock would cost more than most functions)
+    c0, t0 = _cpu(), time.perf_counter()
     try:
         if profiler is not None:
             profiler.enable()
@@ -285,11 +320,13 @@ def main(argv: list[str]) -> int:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile_to)
-        _write({"label": "backbeat.cli.main", "t0": t0, "t1": time.perf_counter(), "depth": 0, "cpu": _cpu()})
+        _write({"label": "backbeat.cli.main", "t0": t0, "t1": time.perf_counter(), "depth": 0, "c": _cpu() - c0,
+                "cpu": _cpu()})
     sys.stdout.flush()
     with open(os.path.join(_DIR, "modules.json"), "w") as f:
         json.dump(sorted(n for n in sys.modules if not n.startswith("_")), f)
     instant("main returned")
+    flush()
     return code
 
 

@@ -61,8 +61,10 @@ def test_tracing_covers_every_process(tmp_path):
     run = {"spans": spans, "instants": instants, "launch": min(s["t0"] for s in spans), "wall": 1.0,
            "end": max(s["t1"] for s in spans)}
     steps = main_steps(run)
-    assert steps["backbeat.cli.main (the command)"][1] > 0 and steps["execute"][1] > 0
+    command = "backbeat.cli.main (the command)"
+    assert steps[(command,)][0] > 0 and steps[(command, "execute")][0] > 0
+    assert steps[(command, "prepare: plan + index datasets", "index datasets")][0] > 0
     children = child_steps(run)
     assert {"index:items", "identity1", "sum", "zygote"} <= set(children)
-    assert children["identity1"]["block: run"] > 0 and children["sum"]["child: job"] > 0
+    assert children["identity1"]["block: run"][0] > 0 and children["sum"]["child: job"][1] > 0  # wall, CPU
     assert "preload numpy, h5py, zmq, control (started -> ready)" in children["zygote"]
