@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("BACKBEAT_DEBUG", "BACKBEAT_PREFIX")}
     exe = str(Path(sys.executable).with_name("backbeat"))
     machine = runner.machine()
+    print(runner.backbeat_version(sys.executable))
     print(f"machine: {machine['cores']} cores, load {machine['loadavg'][0]:.2f}, parallel capacity now "
           f"{machine['capacity']:.2f}x")
     cluster = None

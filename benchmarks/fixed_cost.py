@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/fixed_cost.py [--repeat N] [--chains 25,50,100] [--cprofile 50,100]
-                                    [--checks 250,500,1000] [--json FILE]
-                                    [--skip trivial,imports,chains,cprofile,check]
+                                    [--checks 250,500,1000] [--throughput s1000000] [--json FILE]
+                                    [--skip trivial,imports,chains,cprofile,throughput,check]
 
 Every measured run is the real CLI (``backbeat --prefix P --cache C experiments run NAME
 --json``) in a fresh interpreter, on the BEAT-format prefix of make_prefix.write_prefix, run
@@ -26,7 +26,9 @@ modules are imported.  It prints:
    with its growth exponent (time ~ K^e: e ~ 1 linear, e ~ 2 quadratic);
 4. **cProfile** of the CLI process at two chain lengths: the functions whose own time grows
    fastest with K (the O(K^2) suspects), with call counts;
-5. **check**: ``backbeat check`` of one toolchain of K blocks against K, and its cProfile.
+5. **throughput**: one traced cold run of 1M scalars (``--throughput``) through 5 blocks: each
+   process's steps (wall, CPU, peak RSS);
+6. **check**: ``backbeat check`` of one toolchain of K blocks against K, and its cProfile.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import runner  # noqa: E402
-from make_prefix import write_prefix  # noqa: E402
+from make_prefix import protocol_name, write_prefix  # noqa: E402
 
 TRACER = HERE / "tracing.py"
 
@@ -221,6 +223,13 @@ def child_steps(run: dict) -> dict[str, dict[str, list]]:
                 steps["CPU after the job: exit, teardown (rusage - process_time)"] = [
                     None, 1000 * (ru["utime"] + ru["stime"] - job.get("cpu", 0.0))]
                 steps["CPU of the whole process (rusage)"] = [None, 1000 * (ru["utime"] + ru["stime"])]
+            if "maxrss_kb" in ru:
+                steps["peak RSS, MB (rusage; shared pages counted)"] = [None, ru["maxrss_kb"] / 1024]
+    for name, ev in exits.items():  # killed at the end (the database provider): no spans, its rusage still
+        ru = ev.get("rusage") or {}
+        if name not in out and "utime" in ru:
+            out[name]["CPU of the whole process (rusage)"] = [None, 1000 * (ru["utime"] + ru["stime"])]
+            out[name]["peak RSS, MB (rusage; shared pages counted)"] = [None, ru.get("maxrss_kb", 0) / 1024]
     zyg = {i["label"]: i["t"] for i in run["instants"] if i["proc"] == "zygote"}
     if "zygote: started" in zyg and "zygote: ready (preload imported)" in zyg:
         out["zygote"]["preload numpy, h5py, zmq, control (started -> ready)"] = [
@@ -418,7 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cprofile", default="50,100", help="two chain lengths profiled with cProfile")
     ap.add_argument("--top", type=int, default=25, help="functions listed from the profile")
     ap.add_argument("--checks", default="250,500,1000", help="toolchain lengths K for `backbeat check`")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: trivial,imports,chains,cprofile,check")
+    ap.add_argument("--throughput", default="s1000000", metavar="s|vN",
+                    help="data set traced through 5 blocks: sN scalars or vN vectors of 1,000 float64 "
+                         "(default s1000000; '' to skip)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: trivial,imports,chains,cprofile,throughput,check")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -431,9 +444,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         b = Bench(root, args.repeat)
         ks = sorted({1, *(chains if "chains" not in skip else []), *(profiled if "cprofile" not in skip else [])})
-        write_prefix(b.prefix, {"s10": ("scalars", 10)}, [(k, "s10") for k in ks], toolchains=tuple(checks))
+        protocols = {"s10": ("scalars", 10)}
+        experiments = [(k, "s10") for k in ks]
+        if args.throughput and "throughput" not in skip:
+            kind, n = ("vectors", int(args.throughput[1:])) if args.throughput.startswith("v") else \
+                ("scalars", int(args.throughput.lstrip("s")))
+            protocols[protocol_name(kind, n)] = (kind, n)
+            experiments.append((5, protocol_name(kind, n)))
+        write_prefix(b.prefix, protocols, experiments, toolchains=tuple(checks))
         trivial = "bench/bench/chain1/1/s10"
         m = doc["machine"]
+        doc["version"] = runner.backbeat_version(sys.executable)
+        print(doc["version"])
         print(f"machine: {m['cores']} cores, load {m['loadavg'][0]:.2f}, parallel capacity now {m['capacity']:.2f}x")
         b.untraced(trivial, b.cache())  # byte-code and OS caches warm (not measured)
         interp = [runner.run([sys.executable, "-c", "pass"], env=b.env).wall_s for _ in range(5)]
@@ -483,6 +505,18 @@ def main(argv: list[str] | None = None) -> int:
                 profiles[k] = root / f"profile{k}.pstats"
                 b.traced(f"bench/bench/chain{k}/1/s10", b.cache(), profile=profiles[k])
             print_cprofile(profiles, args.top)
+        if "throughput" not in skip and args.throughput:
+            kind, n = ("vectors", int(args.throughput[1:])) if args.throughput.startswith("v") else \
+                ("scalars", int(args.throughput.lstrip("s")))
+            name = f"bench/bench/chain5/1/{protocol_name(kind, n)}"
+            run = b.traced(name, b.cache())
+            steps = main_steps(run)
+            print(f"\nThroughput: {n:,} {kind} through 5 identity blocks ({name}), one traced cold run, "
+                  f"wall {run['wall']:.2f} s (other programs used {run['others']:.1f} cores meanwhile)")
+            print_steps("  CLI process", median_tree([steps]), [])
+            print("  child processes (wall ms, CPU ms; peak RSS in the CPU column where noted):")
+            print_children([child_steps(run)])
+            doc["throughput"] = {"experiment": name, "wall": run["wall"], "children": child_steps(run)}
         if "check" not in skip and len(checks) >= 2:
             times = {k: [b.check(k) for _ in range(3)] for k in checks}
             print("\n`backbeat check` of one toolchain of K identity blocks (CLI wall time, median of 3; "

@@ -21,6 +21,10 @@ between BEAT and backbeat.  Every declaration is valid for BEAT 1.13
 (``beat --prefix DIR experiments run NAME`` runs them with its local
 executor).
 
+:func:`write_prefix` writes the same declarations for any set of sizes and chain lengths
+(protocols ``s10``, ``s10k``, ``v50k``... and experiments ``bench/bench/chainK/1/PROTOCOL``):
+``versus_beat.py``, ``fixed_cost.py`` and ``dask_overhead.py`` use it.
+
 Usage: ``python3 benchmarks/make_prefix.py DEST [--force]``
 """
 

@@ -286,6 +286,17 @@ def machine(measure_capacity: bool = True) -> dict:
             "capacity": round(capacity(), 2) if measure_capacity else None}
 
 
+def backbeat_version(python: str) -> str:
+    """``backbeat X.Y.Z (commit abc1234)`` as installed for ``python`` (the commit if it is a git checkout)."""
+    code = ("import backbeat, os, subprocess; d = os.path.dirname(backbeat.__file__); "
+            "c = subprocess.run(['git', '-C', d, 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True); "
+            "print(backbeat.__version__, c.stdout.strip())")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False).stdout.split()
+    if not out:
+        return "backbeat (version unknown)"
+    return f"backbeat {out[0]}" + (f" (commit {out[1]})" if len(out) > 1 else "")
+
+
 def spread(values: list[float]) -> dict:
     """Median, min, max and count of some measurements (empty: all None)."""
     if not values:

@@ -435,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(root, args, rows)
         bench.write_prefix()
         before = runner.machine(not args.tiny)
+        version = runner.backbeat_version(sys.executable)
+        print(f"{version}; BEAT 1.13 at {args.beat}" if not args.no_beat else version, file=log)
         print(f"machine: {before['cores']} cores, load {before['loadavg'][0]:.2f}, parallel capacity now "
               f"{_capacity(before)}; {args.repeat} timed run(s) per tool and row, alternating; "
               f"memory: {args.memory}; BEAT: {'not run' if args.no_beat else args.beat}", file=log, flush=True)
@@ -449,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             res = bench.measure(row)
             table.append((row, metrics(row, res), res))
         after = runner.machine(not args.tiny)
-        doc = {"machine": {"before": before, "after": after}, "repeat": args.repeat, "memory": args.memory,
+        doc = {"version": version, "machine": {"before": before, "after": after}, "repeat": args.repeat,
+               "memory": args.memory,
                "beat": None if args.no_beat else str(args.beat), "backbeat": args.backbeat,
                "rows": [{"id": r.id, "title": r.title, "experiment": r.experiment, "mode": r.mode, "items": r.n,
                          "blocks": r.k, "goals": [g.__dict__ for g in r.goals], "metrics": lines,
