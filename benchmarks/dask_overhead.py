@@ -66,17 +66,18 @@ class Cluster:
         dask = Path(sys.executable).with_name("dask")
         self.file = root / "scheduler.json"
         self.logs = [open(root / "scheduler.log", "w"), open(root / "worker.log", "w")]  # noqa: SIM115
-        common = {"cwd": root, "start_new_session": True, "stdout": subprocess.DEVNULL}
         self.scheduler = subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0",
                                            "--scheduler-file", str(self.file), "--no-dashboard", "--no-show"],
-                                          stderr=self.logs[0], **common)
+                                          cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
+                                          stderr=self.logs[0])
         deadline = time.monotonic() + 60
         while not self.file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.worker = subprocess.Popen([str(dask), "worker", "--scheduler-file", str(self.file), "--nworkers",
                                         str(workers), "--nthreads", "1", "--no-dashboard",
                                         "--local-directory", str(root / "dask-worker-space")],
-                                       stderr=self.logs[1], **common)
+                                       cwd=root, start_new_session=True, stdout=subprocess.DEVNULL,
+                                       stderr=self.logs[1])
         from distributed import Client
 
         self.client = Client(scheduler_file=str(self.file), timeout="60s")

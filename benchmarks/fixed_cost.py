@@ -27,7 +27,8 @@ modules are imported.  It prints:
 4. **cProfile** of the CLI process at two chain lengths: the functions whose own time grows
    fastest with K (the O(K^2) suspects), with call counts;
 5. **throughput**: one traced cold run of 1M scalars (``--throughput``) through 5 blocks: each
-   process's steps (wall, CPU, peak RSS);
+   process's steps (wall, CPU, peak RSS); then a run with two block processes (an identity block
+   and the analyzer) under cProfile, per item;
 6. **check**: ``backbeat check`` of one toolchain of K blocks against K, and its cProfile.
 """
 
@@ -57,7 +58,8 @@ TRACER = HERE / "tracing.py"
 
 def load_spans(folder: Path) -> tuple[list[dict], list[dict]]:
     """(spans, instants) of every process of a traced run."""
-    spans, instants = [], []
+    spans: list[dict] = []
+    instants: list[dict] = []
     for path in folder.glob("*.jsonl"):
         for line in path.read_text().splitlines():
             rec = json.loads(line)
@@ -80,12 +82,15 @@ class Bench:
     def args(self, name: str, cache: Path) -> list[str]:
         return ["--prefix", str(self.prefix), "--cache", str(cache), "experiments", "run", name, "--json"]
 
-    def traced(self, name: str, cache: Path, profile: Path | None = None) -> dict:
+    def traced(self, name: str, cache: Path, profile: Path | None = None,
+               profile_jobs: tuple[list[str], Path] | None = None) -> dict:
         """One traced run: its spans, instants, wall and CPU, and the launch/exit times."""
         spans_dir = self.cache().with_name(f"spans{self._n}")
         cmd = [sys.executable, str(TRACER), str(spans_dir)]
         if profile is not None:
             cmd += ["--cprofile", str(profile)]
+        if profile_jobs is not None:
+            cmd += ["--cprofile-jobs", ",".join(profile_jobs[0]), str(profile_jobs[1])]
         m = runner.run([*cmd, "--", *self.args(name, cache)], cwd=self.root, env=self.env, timeout=600)
         if not m.ok:
             raise SystemExit(f"traced run of {name} failed: {m.failure()}\n{m.stderr[-3000:]}")
@@ -387,7 +392,8 @@ def print_cprofile(profiles: dict[int, Path], top: int, what: str = "chains") ->
     stats = {}
     for k, path in profiles.items():
         st = pstats.Stats(str(path))
-        stats[k] = {_where(fn): (v[1], v[2], v[3]) for fn, v in st.stats.items()}  # calls, own s, cum s
+        stats[k] = {_where(fn): (v[1], v[2], v[3])  # calls, own s, cum s
+                    for fn, v in st.stats.items()}  # type: ignore[attr-defined]
     rows = []
     for name, (c2, tt2, ct2) in stats[k2].items():
         c1, tt1, ct1 = stats[k1].get(name, (0, 0.0, 0.0))
@@ -417,6 +423,28 @@ def print_cprofile(profiles: dict[int, Path], top: int, what: str = "chains") ->
         for r in sorted(quad, key=lambda r: -r["own2"])[:12]:
             print(f"    {r['name'][-70:]:70} {r['own2']:8.1f} ms, {r['c2']} calls, "
                   f"e={exponent(k1, r['own1'], k2, r['own2']):.1f}")
+
+
+WAITING = ("poll.py:", "(recv_multipart)", "(recv)", "select.select", "epoll")
+
+
+def print_job_profile(job: str, path: Path, items: int, top: int) -> None:
+    """A block process's cProfile (a second run): its functions by own time, per item; time
+    spent blocked on ZeroMQ (waiting for the upstream block) is set apart."""
+    if not path.exists():
+        print(f"  (no profile of `{job}')")
+        return
+    st = pstats.Stats(str(path))
+    rows = sorted(((_where(fn), v) for fn, v in st.stats.items()),  # type: ignore[attr-defined]
+                  key=lambda r: -r[1][2])
+    waiting = sum(v[2] for name, v in rows if any(w in name for w in WAITING))
+    busy = sum(v[2] for _name, v in rows) - waiting
+    print(f"\n  cProfile of block process `{job}' (another run; profiling slows it ~3-5x: read the shares): "
+          f"busy {1000 * busy:.0f} ms = {1e6 * busy / items:.2f} us per item, plus {1000 * waiting:.0f} ms "
+          f"blocked waiting for data")
+    print(f"    {'function':64} {'calls':>9} {'own ms':>8} {'share':>6}")
+    for name, v in [r for r in rows if not any(w in r[0] for w in WAITING)][:top]:
+        print(f"    {name[-64:]:64} {v[1]:9d} {1000 * v[2]:8.1f} {100 * v[2] / busy:5.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
             print("  child processes (wall ms, CPU ms; peak RSS in the CPU column where noted):")
             print_children([child_steps(run)])
             doc["throughput"] = {"experiment": name, "wall": run["wall"], "children": child_steps(run)}
+            jobs = ["identity3", "sum"]
+            b.traced(name, b.cache(), profile_jobs=(jobs, root / "job"))
+            for job in jobs:
+                print_job_profile(job, root / f"job.{job}.pstats", n, args.top)
         if "check" not in skip and len(checks) >= 2:
             times = {k: [b.check(k) for _ in range(3)] for k in checks}
             print("\n`backbeat check` of one toolchain of K identity blocks (CLI wall time, median of 3; "

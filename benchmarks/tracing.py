@@ -1,6 +1,6 @@
 """Span tracing of one backbeat CLI run, in every process it starts (used by fixed_cost.py).
 
-``python benchmarks/tracing.py SPANS_DIR [--cprofile FILE] -- BACKBEAT-ARGS...`` runs
+``python benchmarks/tracing.py SPANS_DIR [--cprofile FILE] [--cprofile-jobs JOB,... PREFIX] -- ARGS...`` runs
 ``backbeat BACKBEAT-ARGS`` in this process (``backbeat.cli.main``) after wrapping the
 functions listed in :data:`TARGETS` with timers.  A wrapper records a *span* — label,
 process, start and end (``time.perf_counter``: ``CLOCK_MONOTONIC``, comparable across
@@ -14,7 +14,9 @@ tracing does not change what is imported where or when.  A target that no longer
 Besides spans, *instants* are recorded: the zygote's start and ``ready``, each fork-server
 event the parent receives (``spawned``, ``exit`` with the child's CPU rusage).  The first
 line of this file records ``first_line`` (interpreter start is measured by the caller).
-Only the standard library is imported before the run starts.
+Only the standard library is imported before the run starts.  ``--cprofile FILE`` profiles the
+CLI process (then no timers are installed); ``--cprofile-jobs`` profiles the named block
+processes' jobs (``PREFIX.JOB.pstats``).
 """
 
 from __future__ import annotations
@@ -169,9 +171,18 @@ def _wrap(fn: Any, label: str) -> Any:
         _STACK.append(label)
         c0 = time.process_time()
         t0 = time.perf_counter()
+        profiler = None
+        if label == "child: job" and _NAME in _PROFILE_JOBS:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         try:
             return fn(*args, **kwargs)
         finally:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(f"{_PROFILE_JOBS[_NAME]}")
             t1 = time.perf_counter()
             _STACK.pop()
             rec = {"label": label, "t0": t0, "t1": t1, "depth": depth, "c": time.process_time() - c0}
@@ -187,6 +198,7 @@ def _wrap(fn: Any, label: str) -> Any:
 
 
 _PROFILING = False  # under cProfile: no timers (their cost would show), only the process hooks
+_PROFILE_JOBS: dict[str, str] = {}  # job -> file: that child process's job runs under cProfile
 
 
 def _patch(module: Any) -> None:
@@ -294,6 +306,9 @@ def main(argv: list[str]) -> int:
     rest = argv[1:]
     if rest[:1] == ["--cprofile"]:
         profile_to, rest, _PROFILING = rest[1], rest[2:], True
+    if rest[:1] == ["--cprofile-jobs"]:  # JOB,JOB PREFIX: those block processes under cProfile
+        _PROFILE_JOBS.update({job: f"{rest[2]}.{job}.pstats" for job in rest[1].split(",")})
+        rest = rest[3:]
     if rest[:1] == ["--"]:
         rest = rest[1:]
     os.makedirs(_DIR, exist_ok=True)
@@ -317,7 +332,7 @@ def main(argv: list[str]) -> int:
             profiler.enable()
         code = cli_main.main(rest)
     finally:
-        if profiler is not None:
+        if profiler is not None and profile_to is not None:
             profiler.disable()
             profiler.dump_stats(profile_to)
         _write({"label": "backbeat.cli.main", "t0": t0, "t1": time.perf_counter(), "depth": 0, "c": _cpu() - c0,
