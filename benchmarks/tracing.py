@@ -39,49 +39,52 @@ TARGETS = [
     # the CLI process
     ("backbeat.core.config", "load", "configuration (.backbeatrc)"),
     ("backbeat.cli.main", "build_parser", "argument parser"),
-    ("backbeat.execution.local", "prepare", "prepare: plan + index datasets"),
+    ("backbeat.execution.base", "prepare", "prepare: plan + index datasets"),
     ("backbeat.processes.workerpool", "ForkServer.start", "fork server: start (fork the zygote)"),
+    ("backbeat.execution.workspace", "Workspace.open", "workspace: open prefix and cache"),
     ("backbeat.declarations.catalog", "Catalog.__init__", "catalog: open prefix"),
     ("backbeat.planning.planner", "plan", "plan: validate + resolve the experiment"),
     ("backbeat.declarations.catalog", "Catalog.get", "catalog.get (load, validate, hash an asset)"),
-    ("backbeat.execution.local", "Run.index_datasets", "index datasets"),
-    ("backbeat.data.dbindex", "verified_digest", "verify stored view index"),
-    ("backbeat.planning.planner", "assign_keys", "assign keys"),
-    ("backbeat.execution.local", "Run.execute", "execute"),
-    ("backbeat.execution.local", "Run.decide", "decide (cached or not)"),
-    ("backbeat.execution.local", "Run._verify_inputs", "verify cached inputs"),
-    ("backbeat.execution.local", "Run._start", "start a job"),
-    ("backbeat.execution.local", "Run.block_payload", "block payload"),
-    ("backbeat.execution.local", "Run._consumers", "find stream consumers"),
+    ("backbeat.execution.views", "index_datasets", "index datasets"),
+    ("backbeat.cache.store", "CacheStore.verified_index_digest", "verify stored view index"),
+    ("backbeat.planning.model", "assign_keys", "assign keys"),
+    ("backbeat.execution.base", "decide", "decide (cached or not)"),
+    ("backbeat.execution.decisions", "_corrupted_inputs", "verify cached inputs"),
+    ("backbeat.execution.local", "LocalExecutor.execute", "execute"),
+    ("backbeat.execution.scheduler", "Scheduler._start", "start a job"),
+    ("backbeat.execution.scheduler", "Scheduler._spec", "block spec"),
+    ("backbeat.execution.scheduler", "Scheduler._consumers", "find stream consumers"),
     ("backbeat.planning.selection", "stream_consumers", "selection.stream_consumers"),
-    ("backbeat.execution.local", "Run._lock", "take job lock"),
-    ("backbeat.execution.local", "Run._provider_address", "start database provider"),
+    ("backbeat.execution.scheduler", "Scheduler._lock", "take job lock"),
+    ("backbeat.execution.scheduler", "Scheduler._provider_address", "start database provider"),
+    ("backbeat.cache.store", "CacheStore.drop_partial", "drop stale temporaries (scan the folder)"),
+    ("backbeat.cache.store", "CacheStore.committed", "committed? (stat the outputs)"),
     ("backbeat.processes.workerpool", "ForkServer.spawn", "fork server: spawn request"),
     ("backbeat.processes.workerpool", "ForkServer._request", "socket sendall to zygote"),
     ("backbeat.processes.workerpool", "ForkServer.wait_ready", "wait for zygote ready"),
     ("backbeat.processes.control", "ControlServer.__init__", "control socket: bind"),
-    ("backbeat.data.cachefile", "remove_stale_temporaries", "remove_stale_temporaries (glob)"),
-    ("backbeat.execution.local", "Run._collect", "poll control messages (waiting)"),
-    ("backbeat.execution.local", "Run._finish", "finish a job (classify, stats)"),
-    ("backbeat.execution.local", "Run.close", "close (fork server, control, locks)"),
+    ("backbeat.processes.group", "ProcessGroup.poll", "poll control messages (waiting)"),
+    ("backbeat.execution.scheduler", "Scheduler._finish", "finish a job (classify, stats)"),
+    ("backbeat.execution.scheduler", "Scheduler._close", "scheduler: close"),
+    ("backbeat.execution.state", "Run.close", "close (fork server, control)"),
     ("backbeat.processes.workerpool", "ForkServer.close", "fork server: close"),
-    ("backbeat.cache.results", "report", "report"),
-    ("backbeat.cache.results", "read_results", "read analyzer results"),
-    ("backbeat.provenance.records", "write", "provenance: write record"),
-    ("backbeat.provenance.records", "manifest", "provenance: file manifests (hashing)"),
-    ("backbeat.provenance.records", "used_assets", "provenance: used assets"),
-    ("backbeat.provenance.records", "asset_entry", "provenance: asset entry (load, hash)"),
-    ("backbeat.provenance.records", "environment", "provenance: environment (package versions)"),
-    ("backbeat.provenance.records", "_stored_digest", "provenance: read digest stored in an h5 file"),
+    ("backbeat.execution.report", "report", "report"),
+    ("backbeat.execution.report", "read_results", "read analyzer results"),
+    ("backbeat.execution.base", "record", "provenance: write record"),
     ("backbeat.provenance.records", "history", "provenance: read history"),
-    ("backbeat.provenance.records", "StatCache.save", "provenance: save stat cache"),
-    ("backbeat.cache.results", "_LazyModule.__getattr__", "lazy import of backbeat.data.cachefile (h5py)"),
+    ("backbeat.provenance.builder", "used_assets", "provenance: used assets"),
+    ("backbeat.provenance.builder", "asset_entry", "provenance: asset entry (load, hash)"),
+    ("backbeat.provenance.builder", "environment", "provenance: environment (package versions)"),
+    ("backbeat.provenance.builder", "output_digest", "provenance: digest stored in an output (h5py)"),
+    ("backbeat.provenance.manifests", "manifest", "provenance: file manifests (hashing)"),
+    ("backbeat.provenance.manifests", "StatCache.save", "provenance: save stat cache"),
+    ("backbeat.provenance.records", "store", "provenance: store record"),
     ("backbeat.cli.output", "print_json", "print JSON report"),
     # the zygote
-    ("backbeat.processes.zygote", "_Zygote.spawn", "zygote: fork a child"),
+    ("backbeat.processes.zygote", "Zygote.spawn", "zygote: fork a child"),
     ("backbeat.processes.zygote", "_fresh_random_state", "zygote: numpy entropy init"),
     # every child
-    ("backbeat.processes.zygote", "_child_setup", "child: setup (signals, limits, fds)"),
+    ("backbeat.processes.zygote", "child_setup", "child: setup (signals, limits, fds)"),
     ("backbeat.processes.control", "run_job", "child: job"),
     ("backbeat.processes.control", "ControlClient.__init__", "child: control connect"),
     ("backbeat.processes.control", "ControlClient.start", "child: send start message"),
@@ -101,6 +104,8 @@ TARGETS = [
     ("backbeat.runtime.dbprovider", "build_index", "index job: build view index"),
     ("backbeat.runtime.dbprovider", "serve", "database provider: serve"),
 ]
+#: modules whose whole import is a span ("import NAME") wherever it happens (heavy, or lazily imported)
+IMPORTS = ("numpy", "h5py", "zmq", "distributed", "jinja2", "backbeat.data.cachefile", "backbeat.runtime.blockrun")
 
 _DIR = ""
 _STACK: list[str] = []
@@ -227,14 +232,17 @@ class _Loader(importlib.abc.Loader):
         return self.inner.create_module(spec)
 
     def exec_module(self, module: Any) -> None:
-        self.inner.exec_module(module)
+        if module.__name__ in IMPORTS and not _PROFILING:
+            _wrap(self.inner.exec_module, f"import {module.__name__}")(module)
+        else:
+            self.inner.exec_module(module)
         _patch(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
     """Wraps the loader of every module named in TARGETS so it is patched once executed."""
 
-    names = {m for m, _, _ in TARGETS} | {"backbeat.processes.zygote", "backbeat.processes.workerpool"}
+    names = {m for m, _, _ in TARGETS} | {"backbeat.processes.zygote", "backbeat.processes.workerpool"} | set(IMPORTS)
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         if name not in self.names:
@@ -251,7 +259,11 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 def _zygote_hook(zygote: Any) -> None:
     """Name the zygote's spans; record its start and ``ready`` instants."""
-    main, send = zygote._Zygote.main, zygote._Zygote.send
+    cls = getattr(zygote, "Zygote", None) or getattr(zygote, "_Zygote", None)
+    if cls is None:
+        instant("missing target", target="backbeat.processes.zygote:Zygote")
+        return
+    main, send = cls.main, cls.send
 
     def traced_main(self: Any) -> None:
         global _NAME
@@ -266,15 +278,14 @@ def _zygote_hook(zygote: Any) -> None:
             instant("zygote: ready (preload imported)")
         send(self, event)
 
-    shutdown = zygote._Zygote.shutdown
+    shutdown = cls.shutdown
 
     def traced_shutdown(self: Any, code: int) -> None:
         instant("zygote: shutdown")
         flush()
         shutdown(self, code)
 
-    zygote._Zygote.main, zygote._Zygote.send = traced_main, traced_send
-    zygote._Zygote.shutdown = traced_shutdown
+    cls.main, cls.send, cls.shutdown = traced_main, traced_send, traced_shutdown
 
 
 def _workerpool_hook(workerpool: Any) -> None:
