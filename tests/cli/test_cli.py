@@ -11,12 +11,11 @@ import json
 import os
 import pty
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import EXEC_PREFIX, cli_command, cli_json, run_cli
+from conftest import EXEC_PREFIX, cli_batch, cli_command, cli_json, run_cli
 
 BASE = "run/run/pipeline/1/base"
 RESULT = {"analysis": [{"start": 0, "end": 5, "data": {"count": 6, "sum": 81}}]}
@@ -31,30 +30,6 @@ ASSETS = {  # one asset per kind present in the run fixture, and its files
     "plotters": ("run/bars/1", ["plotters/run/bars/1.json", "plotters/run/bars/1.py"]),
     "plotterparameters": ("run/bars_wide/1", ["plotterparameters/run/bars_wide/1.json"]),
 }
-
-_BATCH = r"""
-import contextlib, io, json, sys
-from backbeat import cli
-out = []
-for argv in json.loads(sys.argv[1]):
-    o, e = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try:
-            code = cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    out.append([code, o.getvalue(), e.getvalue()])
-print(json.dumps(out))
-"""
-
-
-def cli_batch(argvs: list[list[str]]) -> list[tuple[int, str, str]]:
-    """Run many CLI invocations through ``backbeat.cli.main`` in ONE subprocess (startup once)."""
-    proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(argvs)], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return [tuple(r) for r in json.loads(proc.stdout)]
-
 
 def no_traceback(text: str) -> None:
     assert "Traceback" not in text, text

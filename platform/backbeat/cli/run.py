@@ -118,10 +118,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for plan in plans:
             if not single:
                 print(f"{plan['experiment']}:")
-            for name, b in plan["blocks"].items():
-                print(f"{'  ' if not single else ''}{name}: "
-                      f"{'hit ' if b['action'] == 'cached' else 'miss' if b['action'] == 'run' else 'skip'}"
-                      f"  {b['reason']}  ({b['algorithm']}, key {b['key'][:12]})")
+            for name, b in plan["blocks"].items():  # the status the run will report ("run": it reports "ran")
+                word = "run" if b["status"] == "ran" else b["status"]
+                key = f"key {b['key'][:12]}" if b["key"] else "no key"
+                print(f"{'  ' if not single else ''}{name}: {word}  {b['reason']}  ({b['algorithm']}, {key})")
         return 0
     if args.executor != "dask" and (args.scheduler or args.workers):
         raise UsageError("--scheduler and --workers need --executor dask")
@@ -194,7 +194,7 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler address (default: a LocalCluster on this machine)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="LocalCluster worker processes")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (cache hit or miss and why), run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print what the run would do with each block (run, cached, skipped, failed) and why; run nothing")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--only", metavar="BLOCK", help="run just this block (its inputs must be cached)")
     sel.add_argument("--from", dest="from_", metavar="BLOCK", help="re-run this block and everything downstream")

@@ -61,21 +61,23 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
 
 
 def decide(run: Run) -> None:
-    """Decide every job's action, and set its first state (:data:`~backbeat.execution.state.INITIAL`).
+    """Decide every job's action (:func:`backbeat.execution.decisions.decide`, the decision
+    ``--dry-run`` prints) and set its first state (:data:`~backbeat.execution.state.INITIAL`).
 
     A job reading a dataset whose view could not be indexed fails with the view's error.
     """
     run.decisions = decisions.decide(run)
     for job in run.plan.jobs:
-        action = run.decisions[job.name][0]
-        run.state.status[job.name] = INITIAL[action]
-        if action == "cached":
+        decision = run.decisions[job.name]
+        run.state.status[job.name] = INITIAL[decision.action] if decision.twin is None else JobState.PENDING
+        if decision.action == "cached" and decision.twin is None:  # (a twin: once its twin has run)
             run.emit(job.name, "cached")
-        failed = [i.node for i in job.inputs.values() if i.source == "dataset" and i.node in run.state.dataset_errors]
-        if failed:
-            error = run.state.dataset_errors[failed[0]]
+        elif decision.action == "failed":
+            dataset = next(i.node for i in job.inputs.values()
+                           if i.source == "dataset" and i.node in run.state.dataset_errors)
+            error = run.state.dataset_errors[dataset]
             if "reported_by" in error:  # said once, with its traceback, by the first block reading it
-                run.state.fail(job.name, {"kind": error["kind"], "message": f"its dataset `{failed[0]}' could not "
+                run.state.fail(job.name, {"kind": error["kind"], "message": f"its dataset `{dataset}' could not "
                                           f"be indexed (see block `{error['reported_by']}')", "traceback": None})
             else:
                 run.state.fail(job.name, {k: v for k, v in error.items() if k != "reported_by"})
@@ -102,8 +104,10 @@ def record(run: Run, rep: dict) -> str:
 
 def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
             options: Options | None = None) -> dict:
-    """The plan of a run without running any block: each job's action, reason and key.
+    """The plan of a run without running any block: each job's decision, as the run takes it.
 
+    ``{"experiment", "blocks": {job: {"action", "status", "reason", "key", "algorithm",
+    "depends"}}}``: ``status`` is what the run will report for the job unless a job fails.
     Dataset views whose index is missing are indexed first (their content enters the keys).
     """
     run = prepare(prefix, cache, name, options)
@@ -114,8 +118,9 @@ def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     return {
         "experiment": run.plan.experiment,
         "blocks": {
-            j.name: {"action": chosen[j.name][0], "reason": chosen[j.name][1], "key": j.key,
-                     "algorithm": j.algorithm, "depends": j.depends}
+            j.name: {"action": chosen[j.name].action, "status": chosen[j.name].status,
+                     "reason": chosen[j.name].reason, "key": j.key, "algorithm": j.algorithm,
+                     "depends": j.depends}
             for j in run.plan.jobs
         },
     }
