@@ -100,3 +100,18 @@ def test_dry_run_says_what_the_run_does(copy_prefix, tmp_path: Path):
     assert text.splitlines()[0].startswith("first: skipped  not selected by --only analysis")
     assert text.splitlines()[1].startswith("second: cached  output in the cache, read by --only analysis")
     assert text.splitlines()[2].startswith("analysis: run  --only  (run/total/1, key ")
+
+
+def test_force_rebuilds_no_view_index_upstream_of_the_selection_nor_in_a_dry_run(copy_prefix, tmp_path: Path):
+    from backbeat.execution import executors
+
+    prefix, cache = copy_prefix(), tmp_path / "cache"
+    executors.run_experiment(prefix, cache, BASE, executors.Options(until="first"))
+    (index,) = cache.rglob("*.db")
+    built = index.stat().st_ino
+    executors.dry_run(prefix, cache, BASE, executors.Options(force=True))
+    report = executors.run_experiment(prefix, cache, BASE, executors.Options(from_="second", force=True))
+    assert {n: b["status"] for n, b in report["blocks"].items()} == {"first": CACHED, "second": RAN, "analysis": RAN}
+    assert index.stat().st_ino == built  # the view ran neither in the dry run nor upstream of --from
+    executors.run_experiment(prefix, cache, BASE, executors.Options(force=True))
+    assert index.stat().st_ino != built  # --force alone indexes again

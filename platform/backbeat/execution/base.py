@@ -34,11 +34,14 @@ from backbeat.provenance import builder, records
 
 
 def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
-            options: Options | None = None, progress: Progress | None = None, warm: bool = False) -> Run:
+            options: Options | None = None, progress: Progress | None = None, warm: bool = False,
+            dry: bool = False) -> Run:
     """Plan an experiment and index its datasets (keys assigned), ready to decide and execute.
 
     With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
     and zmq on the other core while this process plans (a cached run just closes it).
+    ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
+    is upstream of the selection is never re-run); a missing index is always built.
     """
     workspace = Workspace.open(prefix, cache)
     group = ProcessGroup(root=workspace.user_root)
@@ -51,8 +54,9 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         raise
     run = Run(plan, workspace, options or Options(), group, progress)
     group.on_message = run.on_message
+    opts = run.options
     try:
-        index_datasets(run)
+        index_datasets(run, rebuild=opts.force and not (dry or opts.from_ or opts.only))
         assign_keys(plan)
     except BaseException:
         run.close()
@@ -108,9 +112,11 @@ def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
 
     ``{"experiment", "blocks": {job: {"action", "status", "reason", "key", "algorithm",
     "depends"}}}``: ``status`` is what the run will report for the job unless a job fails.
-    Dataset views whose index is missing are indexed first (their content enters the keys).
+    Dataset views whose index is missing are indexed first (their content enters the keys);
+    stored indexes are not rebuilt, even with ``--force`` (the run rebuilds them: a view whose
+    index changed gives other keys, its blocks run anyway).
     """
-    run = prepare(prefix, cache, name, options)
+    run = prepare(prefix, cache, name, options, dry=True)
     try:
         chosen = decisions.decide(run)
     finally:
