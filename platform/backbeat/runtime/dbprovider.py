@@ -138,9 +138,9 @@ class _Dataset:
         fields = ", ".join(getattr(entry, "_fields", ())) or "none"
         mapped = f" (its output_member_map maps `{output}' to `{attr}')" if attr != output else ""
         code = getattr(getattr(type(self.view), "index", None), "__code__", None)
-        where = (code.co_filename, code.co_firstlineno) if code is not None else (self.spec.code, 1)
+        filename, line = (code.co_filename, code.co_firstlineno) if code is not None else (self.spec.code, 1)
         return _Blame(f"index entry {k} has no field `{attr}'{mapped} (its fields: {fields}); index() must "
-                      "give every entry a field for each output of the set", *where, "index")
+                      "give every entry a field for each output of the set", filename, line, "index")
 
     def window(self, output: str, i: int, j: int) -> Batch:
         """Units ``i .. j-1`` of ``output``: the view's ``get`` for each, as one batch."""
