@@ -290,10 +290,12 @@ def render_drawing(dot_text: str, output: str | os.PathLike) -> str:
 
 # -- provenance, status, audit (backbeat.provenance, backbeat.audit) --------------------------------
 def provenance(cache: str | os.PathLike, name: str) -> dict | None:
-    """The provenance record of an experiment's last run (None if it never ran with this cache)."""
+    """The provenance record of an experiment's last run, whatever its status (None if it never
+    ran with this cache)."""
     from backbeat.provenance import records
 
-    return records.load(cache, parse_name("experiment", name)[1])
+    runs = records.history(cache, parse_name("experiment", name)[1])
+    return runs[0] if runs else None
 
 
 def read_record(path: str | os.PathLike) -> dict:
