@@ -162,6 +162,13 @@ def cached_results(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     return results(prefix, cache, name)
 
 
+def cached_report(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict:
+    """``{"results", "hidden_results"}``: the cached results and those declared ``"display": false``."""
+    from backbeat.execution.report import cached_report as results
+
+    return results(prefix, cache, name)
+
+
 def index_datasets(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force: bool = False) -> list[dict]:
     """Build (or find) the view indexes of ``DB/VERSION[/PROTOCOL[/SET]]``."""
     from backbeat.execution import datasets

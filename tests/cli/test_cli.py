@@ -229,6 +229,8 @@ def test_run_json_then_cached_then_results(prefix):
     assert code == 0, err
     assert_report_shape(doc, BASE)
     assert doc["status"] == "ok" and doc["results"] == RESULT
+    assert list(doc["results"]["analysis"][0]["data"]) == ["sum", "count"]  # run/total/1 declares them so
+    assert doc["hidden_results"] == {"analysis": ["count"]}  # "display": false
     assert {n: b["status"] for n, b in doc["blocks"].items()} == {"first": "ran", "second": "ran", "analysis": "ran"}
     assert "first: running" in err and "first: done" in err and "analysis: done" in err  # progress display
     assert any(cache.rglob("*.h5"))
@@ -239,9 +241,11 @@ def test_run_json_then_cached_then_results(prefix):
         ["-p", str(prefix), "experiments", "results", BASE]])
     assert code == 0, err
     assert "first: cached" in err and "analysis: cached" in err
-    assert "sum: 81" in out and "count: 6" in out
+    hidden = '  (count declared "display": false; --json shows them)'
+    assert "    sum: 81\n" + hidden in out and "count: 6" not in out  # kept in --json only
     assert code2 == 0 and json.loads(out2) == RESULT
-    assert code3 == 0 and "sum: 81" in text
+    assert list(json.loads(out2)["analysis"][0]["data"]) == ["sum", "count"]
+    assert code3 == 0 and "    sum: 81\n" + hidden in text and "count: 6" not in text
 
     code, doc, err = cli_json("-p", prefix, "-c", cache, "experiments", "run", BASE, "--json", "--force", "-q")
     assert code == 0 and {b["status"] for b in doc["blocks"].values()} == {"ran"} and doc["results"] == RESULT

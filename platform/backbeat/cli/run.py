@@ -62,14 +62,23 @@ class ProgressDisplay:
         self.stream.flush()
 
 
-def _print_results(results: dict) -> None:
+def _print_results(results: dict, hidden: dict[str, list[str]]) -> None:
+    """Each analyzer's results in declaration order, but those declared ``"display": false``."""
     for analyzer, records in results.items():
+        skip = set(hidden.get(analyzer, ()))
+        note = f"{', '.join(hidden.get(analyzer, ()))} declared \"display\": false; --json shows them"
+        if records and all(k in skip for rec in records for k in rec["data"]):
+            print(f"Results of analyzer `{analyzer}': none displayed ({note})")
+            continue
         print(f"Results of analyzer `{analyzer}':")
         for rec in records:
             span = f"[{rec['start']}, {rec['end']}]"
             print(f"  data units {span}:")
             for key, value in rec["data"].items():
-                print(f"    {key}: {jsonio.dumps(value) if isinstance(value, (list, dict)) else value}")
+                if key not in skip:
+                    print(f"    {key}: {jsonio.dumps(value) if isinstance(value, (list, dict)) else value}")
+        if skip:
+            print(f"  ({note})")
 
 
 def _print_failures(rep: dict) -> None:
@@ -142,18 +151,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"== {rep['experiment']}: {rep['status']}")
             _print_failures(rep)
             if rep["results"]:
-                _print_results(rep["results"])
+                _print_results(rep["results"], rep.get("hidden_results", {}))
         if not single:
             _print_summary(done["summary"])
     return 0 if done["status"] == "ok" else 1
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    results = api.cached_results(args.prefix, args.cache, args.name)
+    done = api.cached_report(args.prefix, args.cache, args.name)
     if args.json:
-        output.print_json(results)
+        output.print_json(done["results"])
     else:
-        _print_results(results)
+        _print_results(done["results"], done["hidden_results"])
     return 0
 
 
