@@ -108,7 +108,7 @@ def decide(plan: Any, committed: Mapping[str, bool], options: Options) -> dict[s
     >>> {n: d.action for n, d in decide(p, {"a": True, "b": False, "c": True}, Options()).items()}
     {'a': 'cached', 'b': 'run', 'c': 'cached'}
     >>> decide(p, {"a": True, "b": True, "c": True}, Options(from_="b"))["c"]
-    Decision(action='run', reason='downstream of --from b', forced=True)
+    Decision(action='run', reason='downstream of --from b', forced=True, twin=None)
     >>> decide(p, {"a": True, "b": True, "c": True}, Options(from_="b", force=True))["a"].action
     'cached'
     >>> [d.status for d in decide(p, {"a": True, "b": True, "c": True}, Options(only="b")).values()]
