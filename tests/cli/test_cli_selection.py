@@ -33,21 +33,22 @@ STEPS = [
 
 
 TWINS = "run/run/twins/1/base"
-TWINS_TOOLCHAIN = {  # items -> a -> analysis, items -> b -> analysis2: a and b are the same block
+TWINS_TOOLCHAIN = {  # items -> a -> analysis, items -> b -> c -> analysis2: a and b are the same block
     "datasets": [{"name": "items", "outputs": ["value"]}],
-    "blocks": [{"name": n, "synchronized_channel": "items", "inputs": ["value"], "outputs": ["out"]} for n in "ab"],
+    "blocks": [{"name": n, "synchronized_channel": "items", "inputs": ["value"], "outputs": ["out"]} for n in "abc"],
     "analyzers": [{"name": n, "synchronized_channel": "items", "inputs": ["values"]} for n in ("analysis", "analysis2")],
     "connections": [{"from": f, "to": t, "channel": "items"} for f, t in (
         ("items.value", "a.value"), ("items.value", "b.value"), ("a.out", "analysis.values"),
-        ("b.out", "analysis2.values"))],
+        ("b.out", "c.value"), ("c.out", "analysis2.values"))],
     "representation": {"connections": {}, "blocks": {}, "channel_colors": {}},
 }
 
 
 def twins(prefix: Path) -> None:
-    """Experiment ``TWINS``: two blocks (and two analyzers) with the same cache keys."""
+    """Experiment ``TWINS``: blocks ``a`` and ``b`` with the same cache keys; ``c`` reads ``b``."""
     decl = json.loads((prefix / "experiments/run/run/short/1/base.json").read_text())
-    decl["blocks"] = {"a": decl["blocks"]["prep"], "b": decl["blocks"]["prep"]}
+    prep = decl["blocks"]["prep"]
+    decl["blocks"] = {"a": prep, "b": prep, "c": dict(prep, parameters={"offset": 1})}
     decl["analyzers"]["analysis2"] = decl["analyzers"]["analysis"]
     (prefix / "toolchains/run/twins").mkdir(parents=True)
     (prefix / "toolchains/run/twins/1.json").write_text(json.dumps(TWINS_TOOLCHAIN))
@@ -64,7 +65,7 @@ def test_dry_run_says_what_the_run_does(copy_prefix, tmp_path: Path):
         argvs += [base + ["--dry-run"], base + ["-q"]]
     for options in ([], ["--force"]):  # blocks with the same keys: computed once (unless forced)
         base = ["-p", str(prefix), "-c", str(tmp_path / "c"), "experiments", "run", TWINS, *options, "--json"]
-        argvs += [base + ["--dry-run"], base + ["-q"]]
+        argvs += [base + ["--dry-run"], base]
     argvs.append(["-p", str(prefix), "-c", str(tmp_path / "a"), "experiments", "run", BASE, "--only", "analysis",
                   "--dry-run"])  # the human form of a dry run
     results = cli_batch(argvs, timeout=180)
@@ -85,12 +86,13 @@ def test_dry_run_says_what_the_run_does(copy_prefix, tmp_path: Path):
             assert report["results"] == RESULT
         for name, block in report["blocks"].items():  # a block reported "ran" did run a process
             assert ("statistics" in block) == (block["status"] == RAN), (options, name)
-    for i, expected in ((len(STEPS), (RAN, CACHED, RAN, CACHED)), (len(STEPS) + 1, (RAN, RAN, RAN, RAN))):
+    for i, expected in ((len(STEPS), (RAN, CACHED, RAN, RAN, RAN)), (len(STEPS) + 1, (RAN,) * 5)):
         (dry_code, dry_out, dry_err), (code, out, err) = results[2 * i], results[2 * i + 1]
         assert dry_code == 0 and code == 0, (dry_err, err)
+        assert "corrupt" not in err  # (b's output is not in the cache before a writes it: not corrupted)
         said = {n: b["status"] for n, b in json.loads(dry_out)["blocks"].items()}
         did = {n: b["status"] for n, b in json.loads(out)["blocks"].items()}
-        assert said == did == dict(zip(("a", "b", "analysis", "analysis2"), expected, strict=True))
+        assert said == did == dict(zip(("a", "b", "c", "analysis", "analysis2"), expected, strict=True))
         if expected[1] == CACHED:
             assert json.loads(dry_out)["blocks"]["b"]["reason"] == "the same outputs as `a', computed once by this run"
     code, text, _err = results[-1]

@@ -39,14 +39,18 @@ def _intact(run: Run, job: Job) -> bool:
 
 
 def _corrupted_inputs(run: Run, decisions: dict[str, Decision]) -> set[str]:
-    """Verify the cached files read by jobs that will run; the producers to re-run."""
+    """Verify the cached files read by jobs that will run; the producers to re-run.
+
+    (Only files in the cache now: not those of a twin, which its twin job is about to write.)
+    """
     rerun: set[str] = set()
     jobs = run.jobs
     for name, decision in decisions.items():
         if decision.action != "run":
             continue
         for inp in jobs[name].inputs.values():
-            if (inp.source == "block" and decisions[inp.node].action != "run"
+            producer = decisions.get(inp.node) if inp.source == "block" else None
+            if (producer is not None and producer.action == "cached" and producer.twin is None
                     and not _trusted(run, inp.key, inp.node)):
                 rerun.add(inp.node)
     return rerun
