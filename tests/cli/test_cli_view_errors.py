@@ -112,8 +112,13 @@ def faulty_prefix(prefix: Path) -> None:
 def test_view_mistakes_are_blamed_on_the_view(copy_prefix, tmp_path: Path):
     prefix = copy_prefix()
     faulty_prefix(prefix)
-    results = cli_batch([["-p", str(prefix), "-c", str(tmp_path / "cache"), "experiments", "run",
-                          f"run/run/short/1/{mode}", "-q"] for mode in MODES], timeout=120)
+    opts = ["-p", str(prefix), "-c", str(tmp_path / "cache")]
+    results = cli_batch([opts + ["experiments", "run", f"run/run/short/1/{mode}", "-q"] for mode in MODES]
+                        + [opts + ["databases", "view", "faulty/1/cast/items"]], timeout=120)
+    code, out, err = results.pop()  # the view read by `databases view': the same error, the same frame
+    assert code == 1 and out == "" and err.startswith("backbeat: error: database view `Faulty' of faulty/1, set "
+                                                      f"`cast/items', output `value': {EXPECTED['cast'][0]}")
+    assert f'File "databases/faulty/1.py", line {EXPECTED["cast"][1]}, in get' in err
     for mode, (code, _out, err) in zip(MODES, results, strict=True):
         problem, line, function = EXPECTED[mode]
         view = MODES[mode]
