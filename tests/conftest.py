@@ -50,6 +50,30 @@ def cli_json(*args: str | os.PathLike, timeout: float = 60, **kw) -> tuple[int, 
     return proc.returncode, doc, proc.stderr
 
 
+_BATCH = r"""
+import contextlib, io, json, sys
+from backbeat import cli
+out = []
+for argv in json.loads(sys.argv[1]):
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    out.append([code, o.getvalue(), e.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def cli_batch(argvs: list[list[str]], timeout: float = 60) -> list[tuple[int, str, str]]:
+    """Run many CLI invocations through ``backbeat.cli.main`` in ONE subprocess (startup once)."""
+    proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(argvs)], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return [tuple(r) for r in json.loads(proc.stdout)]
+
+
 @contextlib.contextmanager
 def private_tmpdir() -> Iterator[Path]:
     """A fresh, short temporary folder, removed on exit with whatever is left in it.

@@ -162,6 +162,13 @@ def cached_results(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     return results(prefix, cache, name)
 
 
+def cached_report(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict:
+    """``{"results", "hidden_results"}``: the cached results and those declared ``"display": false``."""
+    from backbeat.execution.report import cached_report as results
+
+    return results(prefix, cache, name)
+
+
 def index_datasets(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, force: bool = False) -> list[dict]:
     """Build (or find) the view indexes of ``DB/VERSION[/PROTOCOL[/SET]]``."""
     from backbeat.execution import datasets
@@ -290,10 +297,12 @@ def render_drawing(dot_text: str, output: str | os.PathLike) -> str:
 
 # -- provenance, status, audit (backbeat.provenance, backbeat.audit) --------------------------------
 def provenance(cache: str | os.PathLike, name: str) -> dict | None:
-    """The provenance record of an experiment's last run (None if it never ran with this cache)."""
+    """The provenance record of an experiment's last run, whatever its status (None if it never
+    ran with this cache)."""
     from backbeat.provenance import records
 
-    return records.load(cache, parse_name("experiment", name)[1])
+    runs = records.history(cache, parse_name("experiment", name)[1])
+    return runs[0] if runs else None
 
 
 def read_record(path: str | os.PathLike) -> dict:

@@ -11,12 +11,11 @@ import json
 import os
 import pty
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import EXEC_PREFIX, cli_command, cli_json, run_cli
+from conftest import EXEC_PREFIX, cli_batch, cli_command, cli_json, run_cli
 
 BASE = "run/run/pipeline/1/base"
 RESULT = {"analysis": [{"start": 0, "end": 5, "data": {"count": 6, "sum": 81}}]}
@@ -31,30 +30,6 @@ ASSETS = {  # one asset per kind present in the run fixture, and its files
     "plotters": ("run/bars/1", ["plotters/run/bars/1.json", "plotters/run/bars/1.py"]),
     "plotterparameters": ("run/bars_wide/1", ["plotterparameters/run/bars_wide/1.json"]),
 }
-
-_BATCH = r"""
-import contextlib, io, json, sys
-from backbeat import cli
-out = []
-for argv in json.loads(sys.argv[1]):
-    o, e = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-        try:
-            code = cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    out.append([code, o.getvalue(), e.getvalue()])
-print(json.dumps(out))
-"""
-
-
-def cli_batch(argvs: list[list[str]]) -> list[tuple[int, str, str]]:
-    """Run many CLI invocations through ``backbeat.cli.main`` in ONE subprocess (startup once)."""
-    proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(argvs)], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return [tuple(r) for r in json.loads(proc.stdout)]
-
 
 def no_traceback(text: str) -> None:
     assert "Traceback" not in text, text
@@ -254,6 +229,8 @@ def test_run_json_then_cached_then_results(prefix):
     assert code == 0, err
     assert_report_shape(doc, BASE)
     assert doc["status"] == "ok" and doc["results"] == RESULT
+    assert list(doc["results"]["analysis"][0]["data"]) == ["sum", "count"]  # run/total/1 declares them so
+    assert doc["hidden_results"] == {"analysis": ["count"]}  # "display": false
     assert {n: b["status"] for n, b in doc["blocks"].items()} == {"first": "ran", "second": "ran", "analysis": "ran"}
     assert "first: running" in err and "first: done" in err and "analysis: done" in err  # progress display
     assert any(cache.rglob("*.h5"))
@@ -264,9 +241,11 @@ def test_run_json_then_cached_then_results(prefix):
         ["-p", str(prefix), "experiments", "results", BASE]])
     assert code == 0, err
     assert "first: cached" in err and "analysis: cached" in err
-    assert "sum: 81" in out and "count: 6" in out
+    hidden = '  (count declared "display": false; --json shows them)'
+    assert "    sum: 81\n" + hidden in out and "count: 6" not in out  # kept in --json only
     assert code2 == 0 and json.loads(out2) == RESULT
-    assert code3 == 0 and "sum: 81" in text
+    assert list(json.loads(out2)["analysis"][0]["data"]) == ["sum", "count"]
+    assert code3 == 0 and "    sum: 81\n" + hidden in text and "count: 6" not in text
 
     code, doc, err = cli_json("-p", prefix, "-c", cache, "experiments", "run", BASE, "--json", "--force", "-q")
     assert code == 0 and {b["status"] for b in doc["blocks"].values()} == {"ran"} and doc["results"] == RESULT

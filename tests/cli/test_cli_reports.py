@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN_PREFIX, cli_json, run_cli
+from conftest import RUN_PREFIX, cli_batch, cli_json, run_cli
 
 DEMO = Path(__file__).resolve().parents[2] / "prefix"
 IRIS = "user/user/iris/1/iris"
@@ -149,6 +149,24 @@ def test_history_and_provenance_of_run_n(tmp_path: Path) -> None:
     assert code == 0 and rec["blocks"]["first"]["parameters"]["offset"] == 11
     proc = run_cli("-p", pfx, "experiments", "provenance", name, "--run", "3")
     assert proc.returncode == 2 and "has 2 recorded run(s): --run must be 1 (the last) to 2" in proc.stderr
+
+
+def test_provenance_shows_the_last_run_even_a_failed_one(tmp_path: Path) -> None:
+    pfx = _copy(RUN_PREFIX, tmp_path / "prefix")
+    name = "run/run/pipeline/1/base"
+    assert run_cli("-p", pfx, "experiments", "run", name, "-q").returncode == 0
+    path = pfx / "experiments" / (name + ".json")
+    decl = json.loads(path.read_text())
+    decl["blocks"]["second"]["parameters"] = {"mode": "process"}  # fails at its 3rd unit
+    path.write_text(json.dumps(decl))
+    base = ["-p", str(pfx), "experiments"]
+    (failed, _, _), (code, out, err), (code2, text, _) = cli_batch([
+        base + ["run", name, "-q"], base + ["provenance", name, "--json"], base + ["provenance", name]])
+    assert failed == 1
+    assert code == 0, err
+    rec = json.loads(out)
+    assert rec["status"] == "failed" and rec["blocks"]["second"]["status"] == "failed"
+    assert code2 == 0 and text.startswith(f"experiment {name}: run of ") and "(failed)" in text.splitlines()[0]
 
 
 def test_run_several_goes_on_after_a_failure(tmp_path: Path) -> None:

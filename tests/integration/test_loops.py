@@ -2,8 +2,10 @@
 
 The experiments are ``tests/fixtures/loops/prefix`` (``build_prefix.py`` writes it); what the
 reference BEAT 1.13 produced for them is in ``tests/fixtures/loops/expected.json``
-(``regenerate.sh``).  Toolchain: ``items -> prep (+2) -> loop (processor: value, evaluator:
-target) -> panalysis (processor output) / eanalysis (evaluator output)``.
+(``regenerate.sh``).  Toolchain ``lx/loop/1``: ``items -> prep (+2) -> loop (processor: value,
+evaluator: target) -> panalysis (processor output) / eanalysis (evaluator output)``; ``lx/two_db/1``:
+the evaluator reads a second, shorter database; ``lx/two_loops/1``: that loop, then blocks, then a
+second (sequential) loop whose evaluator reads a block output (``tests/fixtures/loops/README.md``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ EXPECTED = json.loads((FIXTURES / "loops" / "expected.json").read_text())["exper
 SEQ = "lx/lx/loop/1/sequential"
 AUTO = "lx/lx/loop/1/autonomous"
 FAIL = "lx/lx/loop/1/fail_eval"
+TWO_DB = "lx/lx/two_db/1/default"
+TWO_LOOPS = "lx/lx/two_loops/1/default"
+SEQ_SHORT = "lx/lx/two_db/1/seq_short"
 
 
 def run(cache: Path, name: str, prefix: Path = PREFIX, **options) -> dict:
@@ -38,18 +43,22 @@ def statuses(report: dict) -> dict[str, str]:
     return {name: block["status"] for name, block in report["blocks"].items()}
 
 
-def loop_records(cache: Path, report: dict) -> dict:
-    """The loop node's outputs as BEAT's recorder lists them: ``{side: {output: records}}``."""
+def loop_records(cache: Path, report: dict, node: str = "loop") -> dict:
+    """A loop node's outputs as BEAT's recorder lists them: ``{side: {output: records}}``."""
     out: dict = {"processor": {}, "evaluator": {}}
-    for name, key in report["blocks"]["loop"]["outputs"].items():
+    for name, key in report["blocks"][node]["outputs"].items():
         side, algo_out = name.split(".", 1)
         out[side][algo_out] = open_store(cache).read_result(key)
     return out
 
 
-def beat_loop_records(name: str) -> dict:
+def beat_loop_records(name: str, node: str = "loop") -> dict:
     return {side: {o: rec["records"] for o, rec in outs.items()}
-            for side, outs in EXPECTED[name]["loops"]["loop"].items()}
+            for side, outs in EXPECTED[name]["loops"][node].items()}
+
+
+def beat_loop_hashes(name: str, node: str) -> dict:
+    return {side: {o: rec["hash"] for o, rec in outs.items()} for side, outs in EXPECTED[name]["loops"][node].items()}
 
 
 def temporaries(cache: Path) -> list[Path]:
@@ -57,16 +66,20 @@ def temporaries(cache: Path) -> list[Path]:
 
 
 # -- planning ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [SEQ, AUTO, FAIL])
+@pytest.mark.parametrize("name", [SEQ, AUTO, FAIL, TWO_DB, TWO_LOOPS, SEQ_SHORT])
 def test_loop_plan_has_beats_hashes(name: str):
     plan = planning.plan(Catalog(PREFIX), name)
     assert [j.name for j in plan.jobs] == EXPECTED[name]["order"]
-    loop = plan.job("loop")
-    assert loop.kind == "loop" and loop.depends == ["prep"]
-    assert loop.beat_hash == {side: {o: rec["hash"] for o, rec in outs.items()}
-                              for side, outs in EXPECTED[name]["loops"]["loop"].items()}
+    assert EXPECTED[name]["loops"]
+    for node in EXPECTED[name]["loops"]:
+        assert plan.job(node).kind == "loop"
+        assert plan.job(node).beat_hash == beat_loop_hashes(name, node)
+    for block, rec in EXPECTED[name]["blocks"].items():
+        assert plan.job(block).beat_hash == {o: out["hash"] for o, out in rec["outputs"].items()}
     for analyzer, rec in EXPECTED[name]["analyzers"].items():
         assert plan.job(analyzer).beat_hash == rec["hash"]
+    if name == TWO_LOOPS:
+        assert plan.job("second").depends == ["eround", "pround"]
 
 
 def test_loop_hashes_of_beat_fixture():
@@ -121,19 +134,27 @@ def test_pack_round_trip_and_refuses_non_dicts():
 
 
 # -- running ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [SEQ, AUTO])
+@pytest.mark.parametrize("name", [SEQ, AUTO, TWO_DB, TWO_LOOPS])
 def test_loop_results_equal_beats(tmp_path: Path, name: str):
+    """Every loop shape BEAT runs: same results, same records on both sides of every loop (also
+    an autonomous evaluator writing one unit per processor write while its own database set is
+    shorter: BEAT names its file after its own set's range but writes the processor's units)."""
     cache = tmp_path / "cache"
     report = run(cache, name)
     assert report["status"] == "ok", report
     assert set(statuses(report).values()) == {"ran"}
     assert report["results"] == EXPECTED[name]["results"]
-    assert loop_records(cache, report) == beat_loop_records(name)
-    assert report["blocks"]["loop"]["beat_hash"] == {
-        side: {o: rec["hash"] for o, rec in outs.items()} for side, outs in EXPECTED[name]["loops"]["loop"].items()}
+    for node in EXPECTED[name]["loops"]:
+        assert loop_records(cache, report, node) == beat_loop_records(name, node)
+        assert report["blocks"][node]["beat_hash"] == beat_loop_hashes(name, node)
+    for block, rec in EXPECTED[name]["blocks"].items():
+        for out, key in report["blocks"][block]["outputs"].items():
+            assert open_store(cache).read_result(key) == rec["outputs"][out]["records"]
     # a second run reuses everything
     again = run(cache, name)
     assert set(statuses(again).values()) == {"cached"} and again["results"] == report["results"]
+    if name not in (SEQ, AUTO):
+        return
     # a loop is cached only whole: without the evaluator's output both sides run again
     open_store(cache).output_path(report["blocks"]["loop"]["outputs"]["evaluator.out"]).unlink()
     third = run(cache, name)
@@ -158,6 +179,20 @@ def test_failing_evaluator_fails_the_loop_cleanly(tmp_path: Path):
         assert not open_store(cache).output_path(key).exists()
     assert temporaries(cache) == []
     assert report["results"] == {}
+
+
+def test_sequential_evaluator_past_the_end_of_its_set_fails_as_in_beat(tmp_path: Path):
+    """BEAT steps a sequential evaluator with the processor: its shorter set runs out at the 5th
+    step.  BEAT fails with this message (and leaves the evaluator's 4 units in its cache)."""
+    cache = tmp_path / "cache"
+    report = run(cache, SEQ_SHORT)
+    assert EXPECTED[SEQ_SHORT]["status"] == "failed" and report["status"] == "failed"
+    beat = next(m for m in EXPECTED[SEQ_SHORT]["failure"]["messages"] if m.startswith("RuntimeError: "))
+    error = report["blocks"]["loop"]["error"]
+    assert error["kind"] == "user" and beat in error["message"], error
+    for key in report["blocks"]["loop"]["outputs"].values():
+        assert not open_store(cache).output_path(key).exists()
+    assert temporaries(cache) == []
 
 
 CRASH = '''import os

@@ -26,7 +26,7 @@ def cmd_provenance(args: argparse.Namespace) -> int:
     if args.run is not None:  # run N of `experiments history' (1 = the last)
         rec = api.provenance_record(args.cache, name, args.run)
     else:
-        rec = api.provenance(args.cache, name)
+        rec = api.provenance(args.cache, name)  # the last run, whatever its status
     if rec is None:
         raise ExecutionError(f"no provenance record of experiment `{name}' in cache `{args.cache}': run it first")
     if args.prov:

@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except BackbeatError as exc:
         print(f"backbeat: error: {exc}", file=sys.stderr)
+        user = getattr(exc, "traceback", None)  # user code failed (e.g. a database view): its own frames
+        if isinstance(user, str) and user:
+            print("  " + user.rstrip().replace("\n", "\n  "), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("backbeat: interrupted", file=sys.stderr)

@@ -62,14 +62,23 @@ class ProgressDisplay:
         self.stream.flush()
 
 
-def _print_results(results: dict) -> None:
+def _print_results(results: dict, hidden: dict[str, list[str]]) -> None:
+    """Each analyzer's results in declaration order, but those declared ``"display": false``."""
     for analyzer, records in results.items():
+        skip = set(hidden.get(analyzer, ()))
+        note = f"{', '.join(hidden.get(analyzer, ()))} declared \"display\": false; --json shows them"
+        if records and all(k in skip for rec in records for k in rec["data"]):
+            print(f"Results of analyzer `{analyzer}': none displayed ({note})")
+            continue
         print(f"Results of analyzer `{analyzer}':")
         for rec in records:
             span = f"[{rec['start']}, {rec['end']}]"
             print(f"  data units {span}:")
             for key, value in rec["data"].items():
-                print(f"    {key}: {jsonio.dumps(value) if isinstance(value, (list, dict)) else value}")
+                if key not in skip:
+                    print(f"    {key}: {jsonio.dumps(value) if isinstance(value, (list, dict)) else value}")
+        if skip:
+            print(f"  ({note})")
 
 
 def _print_failures(rep: dict) -> None:
@@ -118,10 +127,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for plan in plans:
             if not single:
                 print(f"{plan['experiment']}:")
-            for name, b in plan["blocks"].items():
-                print(f"{'  ' if not single else ''}{name}: "
-                      f"{'hit ' if b['action'] == 'cached' else 'miss' if b['action'] == 'run' else 'skip'}"
-                      f"  {b['reason']}  ({b['algorithm']}, key {b['key'][:12]})")
+            for name, b in plan["blocks"].items():  # the status the run will report ("run": it reports "ran")
+                word = "run" if b["status"] == "ran" else b["status"]
+                key = f"key {b['key'][:12]}" if b["key"] else "no key"
+                print(f"{'  ' if not single else ''}{name}: {word}  {b['reason']}  ({b['algorithm']}, {key})")
         return 0
     if args.executor != "dask" and (args.scheduler or args.workers):
         raise UsageError("--scheduler and --workers need --executor dask")
@@ -142,18 +151,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"== {rep['experiment']}: {rep['status']}")
             _print_failures(rep)
             if rep["results"]:
-                _print_results(rep["results"])
+                _print_results(rep["results"], rep.get("hidden_results", {}))
         if not single:
             _print_summary(done["summary"])
     return 0 if done["status"] == "ok" else 1
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    results = api.cached_results(args.prefix, args.cache, args.name)
+    done = api.cached_report(args.prefix, args.cache, args.name)
     if args.json:
-        output.print_json(results)
+        output.print_json(done["results"])
     else:
-        _print_results(results)
+        _print_results(done["results"], done["hidden_results"])
     return 0
 
 
@@ -194,7 +203,7 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler address (default: a LocalCluster on this machine)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="LocalCluster worker processes")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (cache hit or miss and why), run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print what the run would do with each block (run, cached, skipped, failed) and why; run nothing")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--only", metavar="BLOCK", help="run just this block (its inputs must be cached)")
     sel.add_argument("--from", dest="from_", metavar="BLOCK", help="re-run this block and everything downstream")

@@ -442,7 +442,13 @@ class Algorithm:
 
     @property
     def results(self) -> dict[str, str]:
+        """``{result: type}`` of an analyzer, in declaration order."""
         return {n: r["type"] for n, r in (self.data.get("results") or {}).items()}
+
+    @property
+    def hidden_results(self) -> list[str]:
+        """The results declared ``"display": false`` (BEAT's flag; missing means displayed)."""
+        return [n for n, r in (self.data.get("results") or {}).items() if r.get("display") is False]
 
     @property
     def parameters(self) -> dict[str, dict]:

@@ -34,11 +34,14 @@ from backbeat.provenance import builder, records
 
 
 def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
-            options: Options | None = None, progress: Progress | None = None, warm: bool = False) -> Run:
+            options: Options | None = None, progress: Progress | None = None, warm: bool = False,
+            dry: bool = False) -> Run:
     """Plan an experiment and index its datasets (keys assigned), ready to decide and execute.
 
     With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
     and zmq on the other core while this process plans (a cached run just closes it).
+    ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
+    is upstream of the selection is never re-run); a missing index is always built.
     """
     workspace = Workspace.open(prefix, cache)
     group = ProcessGroup(root=workspace.user_root)
@@ -51,8 +54,9 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         raise
     run = Run(plan, workspace, options or Options(), group, progress)
     group.on_message = run.on_message
+    opts = run.options
     try:
-        index_datasets(run)
+        index_datasets(run, rebuild=opts.force and not (dry or opts.from_ or opts.only))
         assign_keys(plan)
     except BaseException:
         run.close()
@@ -61,21 +65,23 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
 
 
 def decide(run: Run) -> None:
-    """Decide every job's action, and set its first state (:data:`~backbeat.execution.state.INITIAL`).
+    """Decide every job's action (:func:`backbeat.execution.decisions.decide`, the decision
+    ``--dry-run`` prints) and set its first state (:data:`~backbeat.execution.state.INITIAL`).
 
     A job reading a dataset whose view could not be indexed fails with the view's error.
     """
     run.decisions = decisions.decide(run)
     for job in run.plan.jobs:
-        action = run.decisions[job.name][0]
-        run.state.status[job.name] = INITIAL[action]
-        if action == "cached":
+        decision = run.decisions[job.name]
+        run.state.status[job.name] = INITIAL[decision.action] if decision.twin is None else JobState.PENDING
+        if decision.action == "cached" and decision.twin is None:  # (a twin: once its twin has run)
             run.emit(job.name, "cached")
-        failed = [i.node for i in job.inputs.values() if i.source == "dataset" and i.node in run.state.dataset_errors]
-        if failed:
-            error = run.state.dataset_errors[failed[0]]
+        elif decision.action == "failed":
+            dataset = next(i.node for i in job.inputs.values()
+                           if i.source == "dataset" and i.node in run.state.dataset_errors)
+            error = run.state.dataset_errors[dataset]
             if "reported_by" in error:  # said once, with its traceback, by the first block reading it
-                run.state.fail(job.name, {"kind": error["kind"], "message": f"its dataset `{failed[0]}' could not "
+                run.state.fail(job.name, {"kind": error["kind"], "message": f"its dataset `{dataset}' could not "
                                           f"be indexed (see block `{error['reported_by']}')", "traceback": None})
             else:
                 run.state.fail(job.name, {k: v for k, v in error.items() if k != "reported_by"})
@@ -102,11 +108,15 @@ def record(run: Run, rep: dict) -> str:
 
 def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
             options: Options | None = None) -> dict:
-    """The plan of a run without running any block: each job's action, reason and key.
+    """The plan of a run without running any block: each job's decision, as the run takes it.
 
-    Dataset views whose index is missing are indexed first (their content enters the keys).
+    ``{"experiment", "blocks": {job: {"action", "status", "reason", "key", "algorithm",
+    "depends"}}}``: ``status`` is what the run will report for the job unless a job fails.
+    Dataset views whose index is missing are indexed first (their content enters the keys);
+    stored indexes are not rebuilt, even with ``--force`` (the run rebuilds them: a view whose
+    index changed gives other keys, its blocks run anyway).
     """
-    run = prepare(prefix, cache, name, options)
+    run = prepare(prefix, cache, name, options, dry=True)
     try:
         chosen = decisions.decide(run)
     finally:
@@ -114,8 +124,9 @@ def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     return {
         "experiment": run.plan.experiment,
         "blocks": {
-            j.name: {"action": chosen[j.name][0], "reason": chosen[j.name][1], "key": j.key,
-                     "algorithm": j.algorithm, "depends": j.depends}
+            j.name: {"action": chosen[j.name].action, "status": chosen[j.name].status,
+                     "reason": chosen[j.name].reason, "key": j.key, "algorithm": j.algorithm,
+                     "depends": j.depends}
             for j in run.plan.jobs
         },
     }

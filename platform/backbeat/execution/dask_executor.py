@@ -104,7 +104,7 @@ class DaskExecutor(Executor):
                     continue
                 needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
                 task = RemoteJob(job.key, specs.block(job), specs.datasets(needed), run.store.location,
-                                 run.workspace.user_root, run.options.force, run.options.timeout_s,
+                                 run.workspace.user_root, run.decisions[job.name].forced, run.options.timeout_s,
                                  run.options.memory_bytes)
                 deps = [futures[d] for d in job.depends if d in futures]
                 futures[job.name] = client.submit(block_task, task.to_json(), *deps, key=f"backbeat-{job.key}",
@@ -121,7 +121,10 @@ class DaskExecutor(Executor):
                 except Exception as exc:  # noqa: BLE001 - a task lost too often, or a scheduler error
                     result = TaskResult.failure("system", f"Dask task failed: {exc}")
                 for job_name in names[future.key]:
-                    _record(run, job_name, result, time.perf_counter() - started[job_name])
+                    if run.decisions[job_name].twin is not None:  # as locally: reuses its twin's outputs
+                        run.set(job_name, JobState.CACHED if result.status != "failed" else JobState.SKIPPED)
+                    else:
+                        _record(run, job_name, result, time.perf_counter() - started[job_name])
         finally:
             client.close()
             if cluster is not None:

@@ -4,8 +4,9 @@
 run is about to trust — cached analyzer results (read at the end of the run), and the cached
 files that jobs about to run will read — and applies the selection options
 (:func:`backbeat.planning.selection.decide`).  A corrupted file is removed and its producer
-re-run, with everything downstream of it.  Jobs downstream of a dataset that could not be
-indexed have no key: they are ``blocked``.
+re-run.  A job reading a dataset that could not be indexed ``failed``, the jobs downstream
+of it (they have no key) are ``blocked``.  The run and ``--dry-run`` both take their
+decisions from here (``execution/base.py``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 from backbeat.core.errors import IntegrityError
 from backbeat.execution.state import Run
 from backbeat.planning.model import Job
+from backbeat.planning.selection import Decision, with_twins
 from backbeat.planning.selection import decide as select
-from backbeat.planning.selection import descendants
 
 
 def _trusted(run: Run, key: str, producer: str) -> bool:
@@ -37,37 +38,50 @@ def _intact(run: Run, job: Job) -> bool:
     return ok
 
 
-def _corrupted_inputs(run: Run, to_run: set[str]) -> set[str]:
-    """Verify the cached files read by jobs that will run; the producers to re-run."""
+def _corrupted_inputs(run: Run, decisions: dict[str, Decision]) -> set[str]:
+    """Verify the cached files read by jobs that will run; the producers to re-run.
+
+    (Only files in the cache now: not those of a twin, which its twin job is about to write.)
+    """
     rerun: set[str] = set()
     jobs = run.jobs
-    for name in to_run:
+    for name, decision in decisions.items():
+        if decision.action != "run":
+            continue
         for inp in jobs[name].inputs.values():
-            if inp.source == "block" and inp.node not in to_run and not _trusted(run, inp.key, inp.node):
+            producer = decisions.get(inp.node) if inp.source == "block" else None
+            if (producer is not None and producer.action == "cached" and producer.twin is None
+                    and not _trusted(run, inp.key, inp.node)):
                 rerun.add(inp.node)
     return rerun
 
 
-def decide(run: Run) -> dict[str, tuple[str, str]]:
-    """``{job: (action, reason)}``: action ``run``, ``cached``, ``excluded`` or ``blocked``."""
+def decide(run: Run) -> dict[str, Decision]:
+    """``{job: Decision}`` (:class:`~backbeat.planning.selection.Decision`): the selection
+    (:func:`backbeat.planning.selection.decide`) over what the cache holds and can be trusted.
+
+    A job reading a dataset whose view could not be indexed ``failed``; the jobs downstream
+    of it are ``blocked`` (they have no key), unless not selected anyway.  The producer of a
+    corrupted file that a running job reads is re-run (its output was removed); the jobs
+    downstream of it keep their own decisions: the re-computed output has the same key.
+    """
     plan = run.plan
+    broken = set(run.state.dataset_errors)
     blocked = {j.name for j in plan.jobs if not j.key}  # downstream of an unindexable dataset
     committed = {j.name: j.name not in blocked and run.store.committed(j.output_keys) for j in plan.jobs}
     for job in plan.jobs:  # cached analyzer results are read at the end: verify them now
         if job.kind == "analyzer" and committed[job.name] and not _intact(run, job):
             committed[job.name] = False
     decisions = select(plan, committed, run.options)
-    for name in blocked:
-        decisions[name] = ("blocked", "a dataset it needs could not be indexed")
-    to_run = {n for n, (a, _r) in decisions.items() if a == "run"}
-    while True:  # re-run producers of corrupted files (and everything downstream of them)
-        extra = _corrupted_inputs(run, to_run) - to_run
+    for job in plan.jobs:
+        if job.name not in blocked or decisions[job.name].action == "excluded":
+            continue
+        failed = sorted({i.node for i in job.inputs.values() if i.source == "dataset"} & broken)
+        decisions[job.name] = (Decision("failed", f"its dataset `{failed[0]}' could not be indexed") if failed
+                               else Decision("blocked", "a dataset it needs could not be indexed"))
+    while True:  # re-run producers of corrupted files read by jobs that run (until none is left)
+        extra = _corrupted_inputs(run, decisions)
         if not extra:
-            return decisions
+            return with_twins(plan, decisions)
         for n in extra:
-            decisions[n] = ("run", "its cached output is corrupted")
-        to_run |= extra
-        for n in descendants(plan, extra):
-            if n not in to_run and decisions[n][0] != "excluded":
-                decisions[n] = ("run", "an upstream output is re-computed")
-                to_run.add(n)
+            decisions[n] = Decision("run", "its cached output is corrupted")

@@ -2,7 +2,9 @@
 
 A report gives each block's status, keys, error and statistics, and the analyzers' results
 as read from the cache (``{analyzer: [{"start", "end", "data"}, …]}``, see
-:meth:`backbeat.cache.store.CacheStore.read_result`).
+:meth:`backbeat.cache.store.CacheStore.read_result`; ``data`` in the results' declaration
+order), and the results declared ``"display": false`` (``hidden_results``: the command line
+does not print them).
 """
 
 from __future__ import annotations
@@ -12,21 +14,47 @@ from typing import Any
 
 from backbeat.cache.store import CacheStore
 from backbeat.core.errors import ExecutionError
+from backbeat.declarations.algorithm import Algorithm
+from backbeat.declarations.catalog import Catalog
 from backbeat.execution.state import Run
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Plan
 
 
+def _declared_order(records: list[dict], names: list[str]) -> list[dict]:
+    """Records whose ``data`` lists the results in declaration order (any other key after)."""
+    out = []
+    for rec in records:
+        data = rec["data"]
+        ordered = {n: data[n] for n in names if n in data}
+        ordered.update((k, v) for k, v in data.items() if k not in ordered)
+        out.append(dict(rec, data=ordered))
+    return out
+
+
 def read_results(plan: Plan, store: CacheStore) -> dict[str, list]:
-    """Analyzer results present in the cache: ``{analyzer: [{"start", "end", "data"}, …]}``."""
+    """Analyzer results present in the cache: ``{analyzer: [{"start", "end", "data"}, …]}``, each
+    record's ``data`` in the order the analyzer's algorithm declares its results (as BEAT prints them)."""
     results = {}
     for job in plan.jobs:
         if job.kind != "analyzer":
             continue
-        key = job.outputs["result"].key
-        if key and store.output_path(key).is_file():
-            results[job.name] = store.read_result(key)
+        out = job.outputs["result"]
+        if out.key and store.output_path(out.key).is_file():
+            results[job.name] = _declared_order(store.read_result(out.key), list(plan.expanded[out.dataformat]))
     return results
+
+
+def hidden_results(plan: Plan, catalog: Catalog) -> dict[str, list[str]]:
+    """``{analyzer: [result, …]}``: the results its algorithm declares ``"display": false``
+    (kept in JSON, not printed by the command line)."""
+    out = {}
+    for job in plan.jobs:
+        if job.kind == "analyzer":
+            hidden = Algorithm(catalog.get("algorithm", job.algorithm)).hidden_results
+            if hidden:
+                out[job.name] = hidden
+    return out
 
 
 def report(run: Run) -> dict:
@@ -50,11 +78,12 @@ def report(run: Run) -> dict:
         "status": "failed" if failed else "ok",
         "blocks": blocks,
         "results": read_results(run.plan, run.store),
+        "hidden_results": hidden_results(run.plan, run.catalog),
     }
 
 
-def cached_results(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str) -> dict[str, list]:
-    """Results of an experiment already in the cache, without running anything."""
+def cached_report(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str) -> dict:
+    """``{"results", "hidden_results"}`` of an experiment already in the cache (nothing is run)."""
     workspace = Workspace.open(prefix, cache)
     p, missing = workspace.keyed_plan(name)
     if missing:
@@ -65,4 +94,9 @@ def cached_results(prefix: str | os.PathLike, cache: CacheStore | str | os.PathL
     if absent:
         raise ExecutionError(f"experiment `{p.experiment}' has no cached results for {', '.join(absent)}; "
                              f"run it first")
-    return results
+    return {"results": results, "hidden_results": hidden_results(p, workspace.catalog)}
+
+
+def cached_results(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str) -> dict[str, list]:
+    """Results of an experiment already in the cache, without running anything."""
+    return cached_report(prefix, cache, name)["results"]

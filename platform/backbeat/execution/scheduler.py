@@ -101,13 +101,16 @@ class Scheduler:
         run = self.run
         if any(self.status[d] in BROKEN for d in job.depends):
             return
+        twin = run.decisions[job.name].twin  # the same outputs, computed by an earlier job of this run
+        if twin is not None and self.status[twin] not in AVAILABLE:
+            return
         if not all(self.status[d] in AVAILABLE for d in job.depends):
             return
         if not self._lock(job):
             if self.status[job.name] != JobState.WAITING:
                 run.set(job.name, JobState.WAITING)
             return
-        if not self.options.force and self.store.committed(job.output_keys):
+        if not self.run.decisions[job.name].forced and self.store.committed(job.output_keys):
             self._unlock(job.name)  # another run computed it meanwhile
             run.set(job.name, JobState.CACHED)
             return
@@ -209,9 +212,9 @@ class Scheduler:
             return []
         found: list[tuple[Job, str, str, StreamTarget]] = []
         for cons, inp, out in stream_consumers(self.run.plan, job.name, self.status, self.specs.algorithm_type):
-            if not self._lock(cons):
+            if self.run.decisions[cons.name].twin is not None or not self._lock(cons):
                 continue
-            if not self.options.force and self.store.committed(cons.output_keys):
+            if not self.run.decisions[cons.name].forced and self.store.committed(cons.output_keys):
                 self._unlock(cons.name)  # another run computed it meanwhile: the main loop reuses it
                 continue
             n = len(self.feeders) + len(found)  # the run's private directory holds the stream sockets

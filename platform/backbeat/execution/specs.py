@@ -51,6 +51,7 @@ class SpecBuilder:
             database=ds.database, code=str(files.code(None)), view=ds.view, root_folder=ds.root_folder,
             parameters=ds.view_parameters, index_path=str(self.workspace.store.index_path(ds.index_key)),
             outputs={o: (df, self.plan.expanded[df]) for o, df in ds.outputs.items()},
+            protocol=ds.protocol, set=ds.set,
         )
 
     def datasets(self, names: Collection[str] | None = None) -> dict[str, DatasetSpec]:

@@ -21,7 +21,7 @@ from backbeat.cache.store import CacheStore
 from backbeat.declarations.catalog import Catalog
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Job, Plan
-from backbeat.planning.selection import Options
+from backbeat.planning.selection import Decision, Options
 from backbeat.processes.group import ProcessGroup
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ class JobState(str, Enum):
         return self.value
 
 
-#: a selection decision (:func:`backbeat.planning.selection.decide`) -> the job's first state
+#: a decision's action (:class:`backbeat.planning.selection.Decision`) -> the job's first state
 INITIAL = {"run": JobState.PENDING, "cached": JobState.CACHED, "excluded": JobState.EXCLUDED,
-           "blocked": JobState.SKIPPED}
+           "blocked": JobState.SKIPPED, "failed": JobState.FAILED}
 #: states a job may still start from
 STARTABLE = (JobState.PENDING, JobState.WAITING)
 #: states of a job whose outputs are available to downstream jobs
@@ -78,7 +78,7 @@ class Run:
     group: ProcessGroup
     progress: Progress | None = None
     state: RunState = field(default_factory=RunState)
-    decisions: dict[str, tuple[str, str]] = field(default_factory=dict)  # job -> (action, reason)
+    decisions: dict[str, Decision] = field(default_factory=dict)  # job -> what the run does with it
 
     @property
     def store(self) -> CacheStore:

@@ -24,12 +24,16 @@ PROVIDER_TARGET = "backbeat.runtime.dbprovider:serve"
 PROVIDER_JOB = "database-provider"
 
 
-def index_datasets(run: Run) -> None:
-    """Give every dataset of the run its index digest; failures go to ``run.state.dataset_errors``."""
+def index_datasets(run: Run, rebuild: bool | None = None) -> None:
+    """Give every dataset of the run its index digest; failures go to ``run.state.dataset_errors``.
+
+    ``rebuild`` (default: ``--force``): index again even the datasets whose index is stored.
+    """
     store = run.store
     todo = []
+    rebuild = run.options.force if rebuild is None else rebuild
     for name, ds in run.plan.datasets.items():
-        if not run.options.force and store.index_path(ds.index_key).is_file():
+        if not rebuild and store.index_path(ds.index_key).is_file():
             ds.index_digest = store.verified_index_digest(ds.index_key)
             if ds.index_digest is None:
                 run.emit(f"dataset {name}", "corrupt",

@@ -19,6 +19,7 @@ with paths relative to the prefix (:func:`format_user_traceback`).
 
 from __future__ import annotations
 
+import linecache
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -99,6 +100,17 @@ def format_user_traceback(exc: BaseException, root: str | None) -> tuple[str, st
                     f.filename = os.path.relpath(real, base)
     text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames)) + message + "\n"
     return message, text, in_user
+
+
+def pointing_at(message: str, filename: str, lineno: int, function: str, root: str | None) -> Outcome:
+    """A ``user`` failure blamed on one line of user code that raised nothing (e.g. the line
+    returning a wrong value): its traceback is that one frame, relative to ``root`` as above."""
+    real = os.path.realpath(filename)
+    base = os.path.realpath(root) + os.sep if root else None
+    shown = os.path.relpath(real, base) if base and real.startswith(base) else filename
+    frame = traceback.FrameSummary(shown, lineno, function, line=linecache.getline(filename, lineno).strip())
+    text = "Traceback (most recent call last):\n" + "".join(traceback.format_list([frame])) + message + "\n"
+    return Outcome("user", message, text)
 
 
 def user_error(exc: BaseException, root: str | None) -> Outcome:

@@ -128,9 +128,14 @@ def run(payload: dict) -> dict:
                    for n, (ch, src, df) in sources.items()}
     input_list, loaders = build_inputs(spec.type, spec.channel, sources)
     own = [s for (ch, s, _df) in sources.values() if ch == spec.channel]
+    loop = spec.loop  # one side of a loop node (runtime.loopchannel)
     start: int
     end: int | None
     if any(getattr(s, "live", False) for s in own):  # the end is known when the stream ends
+        start, end = 0, None
+    elif loop is not None and loop.role == "evaluator":
+        # the evaluator writes when the processor does, on the processor's timeline (BEAT: its
+        # file's name says its own inputs' range, its units follow the processor's end indices)
         start, end = 0, None
     else:
         start, end = spec.range or (0, max((_last_end(s) for s in own if len(s)), default=-1))
@@ -150,7 +155,6 @@ def run(payload: dict) -> dict:
                 writer.on_batch = senders[name].send
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))
         outputs = build_outputs(sinks, input_list, start_index=start)
-        loop = spec.loop  # one side of a loop node (runtime.loopchannel)
         if loop is not None and loop.role == "evaluator":
             from backbeat.runtime.loopchannel import run_evaluator
 

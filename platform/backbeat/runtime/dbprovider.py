@@ -26,8 +26,10 @@ Protocol (multipart, the first frame a command):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,7 @@ from backbeat.core.errors import UserCodeError, WireError
 from backbeat.data import dbindex, wire
 from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
-from backbeat.processes.outcome import Outcome, user_error
+from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.codeloader import load_module
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.sources import BatchSource
@@ -68,6 +70,42 @@ def build_index(payload: dict) -> dict:
     return {"digest": digest, "entries": len(entries)}
 
 
+class _Blame(Exception):
+    """What a view gave back is wrong, with no exception in its code: the failure names the
+    line of user code to blame (``filename``, ``lineno``, ``function``) and the ``problem``."""
+
+    def __init__(self, problem: str, filename: str, lineno: int, function: str):
+        super().__init__(problem)
+        self.problem, self.filename, self.lineno, self.function = problem, filename, lineno, function
+
+
+def _returning_line(fn: Any, *args: Any) -> tuple[str, int, str] | None:
+    """``(file, line, function)`` of the line where ``fn(*args)`` returns (``fn`` called again,
+    watched by a profile hook; its first line if it raises), or None if it is not Python code."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:
+        return None
+    lines: list[int] = []
+
+    def watch(frame: Any, event: str, _arg: Any) -> None:
+        if event == "return" and frame.f_code is code:
+            lines.append(frame.f_lineno)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001, S110 - only the line it returns from is wanted here
+        pass
+    finally:
+        sys.setprofile(previous)
+    return code.co_filename, lines[-1] if lines else code.co_firstlineno, code.co_name
+
+
+def _described(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
 class _Dataset:
     """One set-up view: the data units of its outputs, and their values window by window."""
 
@@ -87,8 +125,22 @@ class _Dataset:
         if output not in self.units:
             mapping = getattr(self.view, "get_output_mapping", None)
             attr = mapping(output) if mapping else output
-            self.units[output] = dbindex.group_units([getattr(o, attr) for o in self.objs])
+            try:
+                values = [getattr(o, attr) for o in self.objs]
+            except AttributeError:
+                raise self._no_field(output, attr) from None
+            self.units[output] = dbindex.group_units(values)
         return self.units[output]
+
+    def _no_field(self, output: str, attr: str) -> _Blame:
+        """Index entries without the field behind ``output``: blamed on the view's ``index``."""
+        k, entry = next((k, o) for k, o in enumerate(self.objs) if not hasattr(o, attr))
+        fields = ", ".join(getattr(entry, "_fields", ())) or "none"
+        mapped = f" (its output_member_map maps `{output}' to `{attr}')" if attr != output else ""
+        code = getattr(getattr(type(self.view), "index", None), "__code__", None)
+        filename, line = (code.co_filename, code.co_firstlineno) if code is not None else (self.spec.code, 1)
+        return _Blame(f"index entry {k} has no field `{attr}'{mapped} (its fields: {fields}); index() must "
+                      "give every entry a field for each output of the set", filename, line, "index")
 
     def window(self, output: str, i: int, j: int) -> Batch:
         """Units ``i .. j-1`` of ``output``: the view's ``get`` for each, as one batch."""
@@ -99,15 +151,46 @@ class _Dataset:
             name, expanded = self.spec.outputs[output]
             get = self.view.get
             values = [get(output, s) for s in starts[i:j].tolist()]
-            batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
+            try:
+                batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
+            except Exception as exc:  # noqa: BLE001 - a value the view returned: blamed on its get()
+                raise self._bad_value(output, starts[i:j].tolist(), values) or exc from None
             self.recent[key] = batch
             while len(self.recent) > 1 and sum(b.nbytes for b in self.recent.values()) > self.RECENT_BYTES:
                 del self.recent[next(iter(self.recent))]
         return batch
 
 
-def _error(exc: BaseException, root: str | None) -> list[bytes]:
-    return [b"error", json.dumps(user_error(exc, root).to_json()).encode()]
+    def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
+        """The first value ``get`` returned that does not fit the output's dataformat, blamed on
+        the line of ``get`` returning it (``get`` is called again for that entry, watched)."""
+        name, expanded = self.spec.outputs[output]
+        for entry, value in zip(entries, values, strict=True):
+            try:
+                Batch.from_values(name, expanded, [value], [entry], [entry])
+                continue
+            except Exception as exc:  # noqa: BLE001
+                problem = str(exc)
+            attributes = ", ".join(a for a in expanded if not a.startswith("#"))
+            if value is None or not (isinstance(value, dict) or hasattr(value, "as_dict")):
+                what = f"{_described(value)}, not a dict with the attributes of `{name}' ({attributes})"
+            else:
+                what = f"{_described(value)} that does not fit `{name}': {problem}"
+            where = _returning_line(self.view.get, output, entry) or (self.spec.code, 1, "get")
+            return _Blame(f"get(`{output}', {entry}) returned {what}", *where)
+        return None
+
+
+def _error(exc: BaseException, root: str | None, context: str) -> list[bytes]:
+    """The ``error`` reply; a failure of user code says which view, set and output (``context``)."""
+    if isinstance(exc, _Blame):
+        failure = pointing_at(exc.problem, exc.filename, exc.lineno, exc.function, root)
+        failure = dataclasses.replace(failure, message=f"{context}: {exc.problem}")
+    else:
+        failure = user_error(exc, root)
+        if failure.kind == "user" and context:
+            failure = dataclasses.replace(failure, message=f"{context}: {failure.message}")
+    return [b"error", json.dumps(failure.to_json()).encode()]
 
 
 def serve(payload: dict) -> dict:
@@ -130,6 +213,7 @@ def serve(payload: dict) -> dict:
             frames = sock.recv_multipart(copy=True)
             ident, cmd, args = frames[0], frames[2] if len(frames) > 2 else b"", frames[3:]
             reply: list = []
+            context = ""
             try:
                 if cmd == b"bye":
                     sock.send_multipart([ident, b"", b"ok"])
@@ -137,6 +221,7 @@ def serve(payload: dict) -> dict:
                 ds_name, output = args[0].decode(), args[1].decode()
                 if ds_name not in specs or output not in specs[ds_name].outputs:
                     raise WireError(f"unknown dataset output `{ds_name}.{output}'")
+                context = f"{specs[ds_name].label}, output `{output}'"
                 if ds_name not in datasets:
                     datasets[ds_name] = _Dataset(specs[ds_name])
                 ds = datasets[ds_name]
@@ -153,7 +238,7 @@ def serve(payload: dict) -> dict:
                 else:
                     raise WireError(f"unknown database provider command {cmd!r}")
             except Exception as exc:  # noqa: BLE001 - reported to the block, which fails cleanly
-                reply = _error(exc, root)
+                reply = _error(exc, root, context)
             sock.send_multipart([ident, b"", *reply], copy=False)
     finally:
         sock.close(0)
@@ -212,8 +297,8 @@ class DatabaseClient:
                 failure = Outcome.from_json(json.loads(reply[1].bytes))
             except (IndexError, ValueError):
                 failure = Outcome("system", "malformed error reply")
-            if failure.kind == "user":
-                raise UserCodeError(f"database view: {failure.message}", failure.traceback or "")
+            if failure.kind == "user":  # (its message names the view, the set and the output)
+                raise UserCodeError(failure.message, failure.traceback or "")
             raise WireError(f"the database provider failed: {failure.message}")
         if head != b"ok":
             raise WireError(f"unexpected reply from the database provider: {head[:40]!r}")

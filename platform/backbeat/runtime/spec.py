@@ -227,11 +227,19 @@ class DatasetSpec:
     parameters: dict
     index_path: str
     outputs: dict[str, tuple[str, dict]]  # output -> (dataformat, expanded)
+    protocol: str = ""  # (for messages)
+    set: str = ""
+
+    @property
+    def label(self) -> str:
+        """How errors name the view: ``database view `V' of db/1, set `protocol/set'``."""
+        return f"database view `{self.view}' of {self.database}, set `{self.protocol}/{self.set}'"
 
     def to_json(self) -> dict:
         return {"database": self.database, "code": self.code, "view": self.view, "root_folder": self.root_folder,
                 "parameters": self.parameters, "index_path": self.index_path,
-                "outputs": {o: list(f) for o, f in self.outputs.items()}}
+                "outputs": {o: list(f) for o, f in self.outputs.items()}, "protocol": self.protocol,
+                "set": self.set}
 
     @classmethod
     def from_json(cls, obj: Any) -> DatasetSpec:
@@ -239,7 +247,8 @@ class DatasetSpec:
         outputs = _get(obj, "outputs", dict, what)
         return cls(_get(obj, "database", str, what), _get(obj, "code", str, what), _get(obj, "view", str, what),
                    _get(obj, "root_folder", str, what), _get(obj, "parameters", dict, what),
-                   _get(obj, "index_path", str, what), {o: (f[0], f[1]) for o, f in outputs.items()})
+                   _get(obj, "index_path", str, what), {o: (f[0], f[1]) for o, f in outputs.items()},
+                   _opt(obj, "protocol", str, what) or "", _opt(obj, "set", str, what) or "")
 
 
 @dataclass(frozen=True)
