@@ -10,7 +10,9 @@ Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
   atomically: a writer fills ``<entry>.tmp-<pid>-<random>`` and renames it into place once
   complete, its content digest written and fsync'ed; ``<entry>.slot<k>`` are the parts of a
   split block, assembled into the entry;
-* ``.db`` — a view index (:mod:`backbeat.data.dbindex`), with ``<entry>.sha256`` beside it;
+* ``.db`` — a view index (:mod:`backbeat.data.dbindex`), with ``<entry>.sha256`` beside it
+  and its columnar form ``<entry>.table`` (:mod:`backbeat.data.indextable`), made again
+  whenever it is missing or stale;
 * ``.h5.json`` — the JSON summary of a verified analyzer result (:meth:`CacheStore.read_result`);
 * ``<root>/.locks/<key>`` — the per-key lock files (:meth:`CacheStore.lock`);
 * ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`).
@@ -42,6 +44,7 @@ from backbeat.core.errors import BackbeatError, DataError
 
 OUTPUT = ".h5"
 INDEX = ".db"
+INDEX_TABLE = ".table"  # beside an index: its columnar form (backbeat.data.indextable.SUFFIX)
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
@@ -258,8 +261,10 @@ class CacheStore:
         self.output_path(key).unlink(missing_ok=True)
 
     def discard_index(self, key: str) -> None:
-        """Remove a view index entry (its view failed to index)."""
-        self.index_path(key).unlink(missing_ok=True)
+        """Remove a view index entry (its view failed to index), and its table."""
+        path = self.index_path(key)
+        path.unlink(missing_ok=True)
+        Path(f"{path}{INDEX_TABLE}").unlink(missing_ok=True)
 
     # -- verification ------------------------------------------------------------------------
     def verify_output(self, key: str) -> str:

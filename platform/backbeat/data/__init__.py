@@ -2,6 +2,6 @@
 
 Lives here: typed values with BEAT's semantics (``values``), columnar batches (``batch``),
 HDF5 cache files (``cachefile``: writer, reader, digest), the ZeroMQ wire format (``wire``)
-and database view index files (``dbindex``).
+database view index files (``dbindex``) and their columnar tables (``indextable``).
 May import: ``core``, ``declarations``.
 """

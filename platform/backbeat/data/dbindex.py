@@ -29,7 +29,9 @@ from backbeat.core.errors import DataError
 from backbeat.core.hashing import hash_file_contents
 
 
-class _Encoder(simplejson.JSONEncoder):
+class Encoder(simplejson.JSONEncoder):
+    """simplejson's encoder as BEAT configures it: numpy arrays and scalars become lists and numbers."""
+
     def default(self, obj: Any) -> Any:
         if isinstance(obj, (np.ndarray, np.generic)):
             return obj.tolist()
@@ -40,7 +42,7 @@ class _Encoder(simplejson.JSONEncoder):
 
 def dumps_index(entries: Sequence[Any]) -> bytes:
     """BEAT's serialisation of a view index (namedtuples become objects)."""
-    return simplejson.dumps(list(entries), cls=_Encoder).encode("utf-8")
+    return simplejson.dumps(list(entries), cls=Encoder).encode("utf-8")
 
 
 def _write_synced(path: str, data: bytes) -> None:
@@ -50,19 +52,23 @@ def _write_synced(path: str, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> str:
+def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes) -> str:
     """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically.
 
     BEAT's format (a JSON array of objects), plus ``<path>.sha256``: the digest of the
     content, written first, so that a damaged index is recognised (:func:`verified_digest`).
+    ``entries`` may also be the file's bytes, already serialised (:mod:`backbeat.data.indextable`).
     Returns that digest.
     """
-    if not isinstance(entries, (list, tuple)):
+    if isinstance(entries, bytes):
+        data = entries
+    elif not isinstance(entries, (list, tuple)):
         raise DataError(f"a view index must be a list, not {type(entries).__name__}")
-    try:
-        data = dumps_index(entries)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"view index cannot be written as JSON: {exc}") from None
+    else:
+        try:
+            data = dumps_index(entries)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"view index cannot be written as JSON: {exc}") from None
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -94,6 +100,20 @@ def read_index(path: str | os.PathLike) -> list[Any]:
             raw = f.read()
     except OSError as exc:
         raise DataError(f"cannot read view index `{path}': {exc.strerror}") from None
+    objs = parse_index(raw, path)
+    if not objs:
+        return []
+    keys = sorted(objs[0])
+    entry = namedtuple("Entry", keys)  # type: ignore[misc]  # (names checked by parse_index)
+    if not keys:
+        return [entry() for _ in objs]
+    fields = map(itemgetter(*keys), objs)
+    return list(map(entry._make, fields if len(keys) > 1 else zip(fields)))
+
+
+def parse_index(raw: bytes, path: str) -> list[dict]:
+    """The entries of an index file's content as dicts, checked: every entry an object with the
+    same keys, valid as attribute names (BEAT's ``Entry`` namedtuple)."""
     try:  # the C parser: an index is data (no duplicate-key check), as BEAT's simplejson.load
         objs = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -101,21 +121,20 @@ def read_index(path: str | os.PathLike) -> list[Any]:
     if not isinstance(objs, list) or not all(type(o) is dict for o in objs):
         raise DataError(f"view index `{path}' must be a JSON array of objects")
     if not objs:
-        return []
+        return objs
     keys = sorted(objs[0])
     try:
-        entry = namedtuple("Entry", keys)  # type: ignore[misc]
+        namedtuple("Entry", keys)  # type: ignore[misc]
     except ValueError as exc:
         raise DataError(f"view index `{path}': entry keys are not valid attribute names: {exc}") from None
     keyset = objs[0].keys()
     for i, o in enumerate(objs):
         if o.keys() != keyset:
             raise DataError(f"view index `{path}': entry {i} has keys {sorted(o)}, expected {keys}")
-    fields = map(itemgetter(*keys), objs)
-    return list(map(entry._make, fields if len(keys) > 1 else zip(fields)))
+    return objs
 
 
-def _keys(values: Sequence[Any]) -> np.ndarray:
+def _keys(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     """Values as a 1-d array whose elementwise ``!=`` matches Python ``!=`` on the originals."""
     n = len(values)
     if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype != object:
@@ -126,12 +145,12 @@ def _keys(values: Sequence[Any]) -> np.ndarray:
         arr[:] = list(values)
         return arr
     keys = np.empty(n, dtype=object)
-    keys[:] = [simplejson.dumps(v, cls=_Encoder, sort_keys=True) if not isinstance(v, str) else "s:" + v
+    keys[:] = [simplejson.dumps(v, cls=Encoder, sort_keys=True) if not isinstance(v, str) else "s:" + v
                for v in values]
     return keys
 
 
-def group_units(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def group_units(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group consecutive equal values; return int64 ``(starts, ends)`` (inclusive) of each unit.
 
     Works for numbers, strings and array/list values (compared by content).
@@ -139,12 +158,25 @@ def group_units(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     n = len(values)
     if n == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return units_of(changes(values), n)
+
+
+def changes(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """``n - 1`` booleans: whether each value differs from the one before it (see :func:`group_units`)."""
+    n = len(values)
+    if n < 2:
+        return np.zeros(0, dtype=bool)
     if isinstance(values, np.ndarray) and values.ndim > 1:
         flat = values.reshape(n, -1)
-        change = np.any(flat[1:] != flat[:-1], axis=1)
-    else:
-        keys = _keys(values)
-        change = np.asarray(keys[1:] != keys[:-1], dtype=bool)
+        return np.any(flat[1:] != flat[:-1], axis=1)
+    keys = _keys(values)
+    return np.asarray(keys[1:] != keys[:-1], dtype=bool)
+
+
+def units_of(change: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive ``(starts, ends)`` of the units of ``n`` values whose changes are ``change``."""
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     starts = np.concatenate(([0], np.flatnonzero(change) + 1)).astype(np.int64)
     ends = np.concatenate((starts[1:] - 1, [n - 1])).astype(np.int64)
     return starts, ends

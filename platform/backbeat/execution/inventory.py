@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from backbeat.cache.store import CacheStore
+from backbeat.cache.store import INDEX, INDEX_TABLE, CacheStore
 from backbeat.cache.tools import remove_unneeded
 from backbeat.core.errors import BackbeatError, ExecutionError
 from backbeat.core.names import parse_name
@@ -119,7 +119,8 @@ def needed(prefix: str | os.PathLike, cache: Cache) -> tuple[set[Path], list[dic
             continue
         outputs = {store.output_path(o.key) for j in p.jobs for o in j.outputs.values()}
         keep |= outputs | {Path(f"{path}.json") for path in outputs}  # + results' JSON summaries
-    keep |= {Path(f"{path}.sha256") for path in keep if path.suffix == ".db"}  # + index digests
+    keep |= {Path(f"{path}{suffix}") for path in keep if path.suffix == INDEX
+             for suffix in (".sha256", INDEX_TABLE)}  # + index digests and tables
     return keep, skipped
 
 

@@ -52,6 +52,7 @@ class SpecBuilder:
             parameters=ds.view_parameters, index_path=str(self.workspace.store.index_path(ds.index_key)),
             outputs={o: (df, self.plan.expanded[df]) for o, df in ds.outputs.items()},
             protocol=ds.protocol, set=ds.set,
+            index_digest=ds.index_digest or "",
         )
 
     def datasets(self, names: Collection[str] | None = None) -> dict[str, DatasetSpec]:

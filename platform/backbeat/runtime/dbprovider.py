@@ -36,7 +36,7 @@ import numpy as np
 import zmq
 
 from backbeat.core.errors import UserCodeError, WireError
-from backbeat.data import dbindex, wire
+from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
@@ -66,8 +66,7 @@ def build_index(payload: dict) -> dict:
     bad = next((o for o in entries if not (isinstance(o, dict) or hasattr(o, "_asdict"))), None)
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
-    digest = dbindex.write_index(spec.index_path, entries)
-    return {"digest": digest, "entries": len(entries)}
+    return indextable.write_index(spec.index_path, entries)  # BEAT's JSON file and its table
 
 
 class _Blame(Exception):
@@ -114,7 +113,7 @@ class _Dataset:
     def __init__(self, spec: DatasetSpec):
         self.spec = spec
         self.view = load_view(spec)
-        objs = dbindex.read_index(spec.index_path)  # namedtuples, keys sorted as BEAT's Entry
+        objs = indextable.load_entries(spec.index_path, spec.index_digest)  # BEAT's Entry, a window at a time
         self.view.setup(spec.root_folder, spec.parameters, objs, start_index=None, end_index=None)
         self.objs = getattr(self.view, "objs", None) or objs
         self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -125,11 +124,16 @@ class _Dataset:
         if output not in self.units:
             mapping = getattr(self.view, "get_output_mapping", None)
             attr = mapping(output) if mapping else output
-            try:
-                values = [getattr(o, attr) for o in self.objs]
-            except AttributeError:
-                raise self._no_field(output, attr) from None
-            self.units[output] = dbindex.group_units(values)
+            if isinstance(self.objs, indextable.Entries):  # from the column, no entry made
+                if attr not in self.objs.table.kinds:
+                    raise self._no_field(output, attr)
+                self.units[output] = self.objs.units(attr)
+            else:
+                try:
+                    values = [getattr(o, attr) for o in self.objs]
+                except AttributeError:
+                    raise self._no_field(output, attr) from None
+                self.units[output] = dbindex.group_units(values)
         return self.units[output]
 
     def _no_field(self, output: str, attr: str) -> _Blame:

@@ -15,7 +15,7 @@ sides agree on one definition.  The parent builds them (:mod:`backbeat.execution
   expanded dataformats of all of them, the provider's address, the read window, and for a
   slot of a split block its ``range``, for one side of a loop its :class:`LoopSpec`.
 * :class:`DatasetSpec` — one database view set: view code and class, parameters, root
-  folder, index file, outputs with their dataformats.
+  folder, index file and the digest the keys were computed with, outputs with their dataformats.
 * :class:`ProviderSpec` — the database provider: its address and the datasets it serves.
 
 Paths are absolute; cache files are named by the parent's cache store.
@@ -229,6 +229,7 @@ class DatasetSpec:
     outputs: dict[str, tuple[str, dict]]  # output -> (dataformat, expanded)
     protocol: str = ""  # (for messages)
     set: str = ""
+    index_digest: str = ""  # the index content digest the keys were computed with ("" while indexing)
 
     @property
     def label(self) -> str:
@@ -239,7 +240,7 @@ class DatasetSpec:
         return {"database": self.database, "code": self.code, "view": self.view, "root_folder": self.root_folder,
                 "parameters": self.parameters, "index_path": self.index_path,
                 "outputs": {o: list(f) for o, f in self.outputs.items()}, "protocol": self.protocol,
-                "set": self.set}
+                "set": self.set, "index_digest": self.index_digest}
 
     @classmethod
     def from_json(cls, obj: Any) -> DatasetSpec:
@@ -248,7 +249,8 @@ class DatasetSpec:
         return cls(_get(obj, "database", str, what), _get(obj, "code", str, what), _get(obj, "view", str, what),
                    _get(obj, "root_folder", str, what), _get(obj, "parameters", dict, what),
                    _get(obj, "index_path", str, what), {o: (f[0], f[1]) for o, f in outputs.items()},
-                   _opt(obj, "protocol", str, what) or "", _opt(obj, "set", str, what) or "")
+                   _opt(obj, "protocol", str, what) or "", _opt(obj, "set", str, what) or "",
+                   str(obj.get("index_digest") or ""))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,145 @@
+"""View index tables: BEAT's bytes written from columns, entries read by windows, a provider
+whose memory does not grow with the index (issue #13)."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from backbeat.core.errors import DataError
+from backbeat.data import dbindex, indextable
+from backbeat.runtime import dbprovider
+
+E = collections.namedtuple("E", ["z", "a", "m"])
+CASES = {
+    "scalars": [E(i, "s%d" % i, i * 0.5) for i in range(10)],
+    "numpy scalars, odd strings": [E(np.int64(i), np.str_("é\ud800x%s"), np.float32(i / 3)) for i in range(5)],
+    "nested values": [E(i, [1, (2, 3)], {"b": 1, "a": None}) for i in range(3)],
+    "bools, big ints": [E(True, 1, 2**70) for _ in range(3)],
+    "mixed types in a field": [E(1, 1.5, None), E(2, 2, "x"), E(np.bool_(False), np.float64(2.5), [1])],
+    "dicts": [{"k": 1, "b": "x"}, {"k": 2, "b": "y"}],
+    "dicts, keys in another order": [{"k": 1, "b": "x"}, {"b": "y", "k": 2}],
+    "no fields": [{}, {}],
+    "empty": [],
+    "arrays": [E(np.array([1, 2]), np.arange(3.0), np.bool_(True))],
+    "long": [E(i % 7, "v%d" % (i // 3), i / 7) for i in range(150_000)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_index_written_from_columns_is_beats_and_reads_back_as_beats_entries(tmp_path, name):
+    entries = CASES[name]
+    path = tmp_path / "x.db"
+    info = indextable.write_index(path, entries)
+    assert path.read_bytes() == dbindex.dumps_index(entries)  # byte-identical to simplejson's
+    assert info == {"digest": dbindex.index_digest(path), "entries": len(entries)}
+    want = dbindex.read_index(path)
+    got = indextable.load_entries(path, info["digest"])
+    assert os.path.exists(indextable.table_path(path))
+    assert list(got) == want and len(got) == len(want)
+    step = max(1, len(want) // 500)
+    assert [got[i] for i in range(0, len(want), step)] == want[::step]
+    assert list(got[1:-1]) == want[1:-1] and isinstance(got[1:], indextable.Entries)
+    if want and want[0]._fields:
+        assert got[-1] == want[-1] and type(got[0])._fields == want[0]._fields
+        for field in want[0]._fields:
+            assert [a.tolist() for a in got.units(field)] == [
+                a.tolist() for a in dbindex.output_units(want, field)]
+
+
+def test_a_stale_or_damaged_table_is_made_again_and_a_changed_index_is_refused(tmp_path):
+    path = tmp_path / "x.db"
+    first = indextable.write_index(path, [{"i": k} for k in range(100)])
+    table = indextable.table_path(path)
+    raw = bytearray(open(table, "rb").read())
+    raw[-3] ^= 0xFF  # one entry changed: the digest no longer holds
+    open(table, "wb").write(bytes(raw))
+    with pytest.raises(DataError, match="does not match its digest"):
+        indextable.IndexTable(table)
+    assert [e.i for e in indextable.load_entries(path, first["digest"])] == list(range(100))
+    assert indextable.IndexTable(table).source == first["digest"]  # made again from the JSON file
+    os.unlink(table)  # an index written by BEAT (or an older backbeat) has no table
+    assert indextable.load_entries(path)[99].i == 99  # the digest recorded beside the index is used
+    second = dbindex.write_index(path, [{"i": -k} for k in range(100)])  # table now of another index
+    assert indextable.load_entries(path, second)[5].i == -5
+    with pytest.raises(DataError, match="has changed"):
+        indextable.load_entries(path, first["digest"])
+
+
+def test_indexes_beat_cannot_reload_fail_when_read_as_before(tmp_path):
+    path = tmp_path / "x.db"
+    indextable.write_index(path, [{"a": 1}, {"b": 2}])
+    assert not os.path.exists(indextable.table_path(path))
+    with pytest.raises(DataError, match="entry 1 has keys"):
+        indextable.load_entries(path)
+    with pytest.raises(DataError, match="JSON"):
+        indextable.write_index(path, [{"a": float("nan")}])
+
+
+VIEW = textwrap.dedent('''
+    import collections
+
+    import numpy
+
+    from beat.backend.python.database import View
+
+    Entry = collections.namedtuple("Entry", ["label", "i", "name"])
+
+
+    class Items(View):
+        def __init__(self):
+            super().__init__()
+            self.output_member_map = {"value": "i"}
+
+        def index(self, root_folder, parameters):
+            return [Entry(i // 2, i, "item-%d" % i) for i in range(int(parameters["n"]))]
+
+        def get(self, output, index):
+            return {"value": numpy.float64(self.objs[index].i)}
+''')
+FMT, EXP = "t/value/1", {"value": "float64"}
+
+
+def _peak_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def test_provider_memory_does_not_grow_with_the_index(tmp_path):
+    """A provider process serving a 400k-entry index peaks within a few MB of one serving 1k
+    entries (holding every entry as an object took ~150 MB more: 371 MB for 1M entries)."""
+    code = tmp_path / "db.py"
+    code.write_text(VIEW)
+    specs = {}
+    for n in (1_000, 400_000):  # (indexed first: a provider forked from this process inherits its pages)
+        spec = {"database": "t/1", "code": str(code), "view": "Items", "root_folder": str(tmp_path),
+                "parameters": {"n": n}, "index_path": str(tmp_path / f"i{n}.db"),
+                "outputs": {"value": [FMT, EXP], "label": [FMT, EXP]}}
+        spec["index_digest"] = dbprovider.build_index({"spec": spec})["digest"]
+        specs[n] = spec
+    peaks = {}
+    for n, spec in specs.items():
+        address = f"ipc://{tmp_path}/p{n}"
+        proc = multiprocessing.get_context("fork").Process(
+            target=dbprovider.serve, args=({"spec": {"address": address, "datasets": {"items": spec}}},), daemon=True)
+        proc.start()
+        client = dbprovider.DatabaseClient(address, timeout_ms=60_000)
+        try:
+            labels = client.source("items", "label", FMT, EXP, window=1000)
+            values = client.source("items", "value", FMT, EXP, window=1000)
+            assert len(values) == n and len(labels) == n // 2
+            assert labels[n // 2 - 1][1:] == (n - 2, n - 1)
+            last, start, end = values[n - 1]
+            assert (float(last.value), start, end) == (n - 1, n - 1, n - 1)
+            peaks[n] = _peak_rss_kb(proc.pid)
+            assert client._ask(b"bye") == []
+        finally:
+            client.close()
+            proc.join(10)
+    growth_mb = (peaks[400_000] - peaks[1_000]) / 1024
+    assert growth_mb < 50, f"the provider grew by {growth_mb:.0f} MB for 400k entries"
