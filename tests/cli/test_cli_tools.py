@@ -404,12 +404,17 @@ def test_config_files(home, ran, tmp_path):
     assert shown["files"] == [str(fake_home / ".backbeatrc"), str(work / ".backbeatrc")]
     assert bb(home, "experiments", "results", IRIS, cwd=work, env=env).returncode == 0
     assert bj(home, "-c", work / "c2", "config", "show", "--json", cwd=work, env=env)["cache"] == str(work / "c2")
+    (work / ".backbeatrc").write_text(json.dumps({"cache": str(work / "c3"), "compression": "gzip:6"}))
+    assert bj(home, "config", "show", "--json", cwd=work, env=env)["compression"] == "gzip:6"
+    assert bb(home, "experiments", "run", IRIS, cwd=work, env=env).returncode == 0  # files written compressed
+    assert bj(home, "cache", "verify", "--json", cwd=work, env=env)
     (work / ".backbeatrc").unlink()
     assert bj(home, "config", "show", "--json", cwd=work, env=env)["cache"] == str(ran / "elsewhere")
     # bad files: named in a clear error, exit 1
     for text, message in (("{", "is not valid JSON"), ("[1]", "must hold a JSON object"),
                           ('{"colour": 1}', "unknown key `colour'"), ('{"prefix": 3}', "must be a non-empty"),
-                          ('{"database/../x": "/d"}', "does not name a database")):
+                          ('{"database/../x": "/d"}', "does not name a database"),
+                          ('{"compression": "zstd"}', "`compression' must be one of none, lzf, gzip")):
         (work / ".backbeatrc").write_text(text)
         proc = bb(home, "check", cwd=work, env=env)
         assert proc.returncode == 1 and str(work / ".backbeatrc") in proc.stderr and message in proc.stderr, \

@@ -252,6 +252,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         print(f"cache: {out['cache']}")
         for db, root in out["databases"].items():
             print(f"database/{db}: {root}")
+        print(f"compression: {out['compression'] or 'none'}")
         print("files: " + (", ".join(out["files"]) or "(none)"))
     return 0
 

@@ -11,7 +11,10 @@ key by key), so that backbeat works from anywhere inside a project.  Keys:
 * ``limits`` — per-experiment block limits, ``{PATTERN: {"timeout": seconds, "memory": MB}}``
   where PATTERN is an experiment name or a shell-style pattern (``*``, ``user/*``); for each
   limit the exact name wins, then the longest matching pattern.  They live here, not in the
-  experiment, so that prefixes stay valid for BEAT; ``--timeout``/``--memory`` override them.
+  experiment, so that prefixes stay valid for BEAT; ``--timeout``/``--memory`` override them;
+* ``compression`` — how block processes compress the cache files they write: ``none`` (the
+  default), ``lzf``, ``gzip`` or ``gzip:0`` .. ``gzip:9`` (h5py's filters; content digests and
+  cache keys do not depend on it).
 
 BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
 ``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not
@@ -55,14 +58,17 @@ class Config:
     cache: str | None = None
     databases: dict[str, str] = field(default_factory=dict)
     limits: dict[str, dict[str, float]] = field(default_factory=dict)  # pattern -> {"timeout", "memory"}
+    compression: str | None = None  # of the cache files blocks write (None: none)
     sources: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"prefix": self.prefix, "cache": self.cache, "databases": dict(sorted(self.databases.items())),
-                "limits": {k: dict(v) for k, v in sorted(self.limits.items())}, "files": list(self.sources)}
+                "limits": {k: dict(v) for k, v in sorted(self.limits.items())}, "compression": self.compression,
+                "files": list(self.sources)}
 
 
 LIMIT_KEYS = {"timeout": "seconds", "memory": "megabytes"}
+COMPRESSIONS = ("none", "lzf", "gzip", *(f"gzip:{level}" for level in range(10)))
 
 
 def _apply_limits(cfg: Config, path: Path, value: object) -> None:
@@ -139,6 +145,11 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             cfg.cache = os.path.expanduser(value)  # relative to the prefix, resolved by the caller
         elif key == "limits":
             _apply_limits(cfg, path, value)
+        elif key == "compression":
+            if value not in COMPRESSIONS:
+                raise ConfigError(f"configuration file `{path}': `compression' must be one of none, lzf, gzip, "
+                                  f"gzip:0 .. gzip:9, not {jsonio.dumps(value)}")
+            cfg.compression = None if value == "none" else value
         elif key.startswith("database/"):
             name = key[len("database/"):]
             if not KINDS["database"].pattern.match(name):
@@ -146,7 +157,7 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
                                   f"(expected database/<name>/<version>)")
             cfg.databases[name] = os.path.normpath(here / os.path.expanduser(value))
         else:
-            known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits"])
+            known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits", "compression"])
             raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")
 
 

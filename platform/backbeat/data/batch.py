@@ -145,6 +145,18 @@ def layout(expanded: dict, name: str = "?") -> tuple[Column, ...]:
     return _layout(name, canonical(expanded))
 
 
+def unit_bytes(expanded: dict, name: str = "?") -> int:
+    """Bytes of one unit in a batch: its unit-level columns and its range (16), not counting what
+    variable-length fields hold beyond their offsets and shapes."""
+    return 16 + sum(max(1, int(np.prod(c.shape, dtype=np.int64)) * c.dtype.itemsize)
+                    for c in layout(expanded, name) if c.rows == "")
+
+
+def units_within(expanded: dict, name: str, limit: int, budget: int) -> int:
+    """At most ``limit`` units, and no more than ``budget`` bytes of them (at least one)."""
+    return int(max(1, min(limit, budget // unit_bytes(expanded, name))))
+
+
 # -- values -> columns ---------------------------------------------------------------------------
 
 def _encode_strings(items: list, path: str, out: dict) -> None:

@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 from backbeat.core.errors import DataError, IntegrityError
-from backbeat.data.batch import I64, Batch, layout, take, tree
+from backbeat.data.batch import I64, Batch, layout, take, tree, units_within
 from backbeat.data.values import BaseValue, as_value, canonical, value_type
 
 FORMAT_TAG = "cache/1"
@@ -45,11 +45,10 @@ CHUNK_BYTES = 1 << 20
 SMALL_CHUNK_BYTES = 16 << 10
 CHUNK_CACHE = 4 << 20  # per dataset: a partly written chunk stays cached until the next batch fills it
 READ_BYTES = 8 << 20
-
-
-def _row_bytes(col: Any) -> int:
-    """Bytes per row of a layout column."""
-    return max(1, int(np.prod(col.shape, dtype=np.int64)) * col.dtype.itemsize)
+SMALL_BYTES = 2 << 20  # an output up to this size waits in memory and is written with its exact shapes
+COMPACT_BYTES = 8 << 10  # an array up to this size is stored in the file's metadata (compact layout)
+COMPRESSIONS = ("gzip", "lzf")  # h5py's own filters (every h5py reads them); "gzip:N" sets the level
+BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as one batch
 
 
 def _arrays(fmt_name: str, expanded: dict) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
@@ -104,6 +103,17 @@ class _Hasher:
             self._pool = None
 
 
+def compression_options(compression: str | None) -> dict[str, Any]:
+    """h5py's dataset options for ``compression`` (None or "none": none; "gzip", "gzip:1".."gzip:9",
+    "lzf"), with the shuffle filter; DataError for anything else."""
+    if not compression or compression == "none":
+        return {}
+    name, _, level = compression.partition(":")
+    if name not in COMPRESSIONS or (level and (name != "gzip" or level not in "0123456789" or len(level) != 1)):
+        raise DataError(f"unknown cache compression `{compression}' (known: none, gzip, gzip:0 .. gzip:9, lzf)")
+    return {"compression": name, "shuffle": True, **({"compression_opts": int(level)} if level else {})}
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
     try:
@@ -133,9 +143,7 @@ class CacheWriter:
         self._ends: list[int] = []
         self._closed = False
         self.on_batch: Callable[[Batch], None] | None = None  # told of each batch once it is in the file
-        cols = layout(expanded, fmt_name)
-        fixed = sum(_row_bytes(c) for c in cols if c.rows == "") + 16
-        units = int(min(65536, max(256, (4 << 20) // fixed)))
+        units = units_within(expanded, fmt_name, 65536, BUFFER_BYTES)
         self.buffer_units = buffer_units or 1 << (units.bit_length() - 1)
         self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
@@ -144,11 +152,20 @@ class CacheWriter:
         except OSError as exc:
             self._closed = True
             raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
-        self._ds: dict[str, Any] = {}
-        self._hash: dict[str, Any] = {}
+        self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
+        self._pending: list[list[np.ndarray]] = []  # arrays appended before (small outputs: until close)
+        self._pending_bytes = 0
         self._hasher = _Hasher()
-        self._kw: dict[str, Any] = {"compression": compression, "shuffle": True} if compression else {}
+        self._kw: dict[str, Any] = compression_options(compression)
         self._specs = {name: (dtype, shape) for name, dtype, shape in _arrays(fmt_name, expanded)}
+        self._names = list(self._specs)  # digest order
+        self._rows = dict.fromkeys(self._names, 0)  # rows appended so far (offsets: plus their leading 0)
+        self._last = dict.fromkeys(self._names, 0)  # offsets columns: the last offset appended
+        self._hash = {name: hashlib.sha256() for name in self._names}
+        for name in self._names:
+            if name.endswith("#offsets"):  # global offsets start with a 0
+                self._rows[name] = 1
+                self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
         a = self._h5.attrs
         a["backbeat"] = FORMAT_TAG
         a["dataformat"] = fmt_name
@@ -240,22 +257,28 @@ class CacheWriter:
         self._next = int(ends[-1]) + 1
 
     def _append(self, batch: Batch) -> None:
-        """Append every array of ``batch``; large arrays are hashed in a thread while HDF5 writes."""
-        items = [("index/start", batch.starts), ("index/end", batch.ends)]
-        items += [("columns/" + name, arr) for name, arr in batch.columns.items()]
+        """Append every array of ``batch``; large arrays are hashed in a thread while HDF5 writes.
+
+        Until the output holds more than :data:`SMALL_BYTES` the arrays wait in memory: an output
+        that stays small is written at :meth:`close` with its exact shapes (no chunk to fill);
+        beyond that the datasets are created chunked, with chunks sized from what waited.
+        """
         jobs = []
         try:
-            prepared = [(self._dataset(name, arr.shape[0]), name, self._rebased(name, arr)) for name, arr in items]
-            for _, name, arr in prepared:
+            arrays = [self._rebased("index/start", batch.starts), self._rebased("index/end", batch.ends)]
+            arrays += [self._rebased(name, batch.columns[name[len("columns/"):]]) for name in self._names[2:]]
+            for name, arr in zip(self._names, arrays, strict=True):
                 if arr.shape[0]:
                     jobs.append(self._hasher.update(self._hash[name], arr))
-            for ds, _, arr in prepared:
-                n = arr.shape[0]
-                if n:
-                    old = ds.shape[0]
-                    ds.resize(old + n, axis=0)
-                    ds[old:old + n] = arr
-        except (OSError, ValueError) as exc:
+                    self._rows[name] += arr.shape[0]
+            if self._ds is None:
+                self._pending.append(arrays)
+                self._pending_bytes += sum(a.nbytes for a in arrays)
+                if self._pending_bytes > SMALL_BYTES:
+                    self._create_chunked()
+            else:
+                self._write(arrays)
+        except (OSError, ValueError, KeyError) as exc:
             for job in jobs:
                 job.result()
             self.abort()
@@ -267,30 +290,71 @@ class CacheWriter:
             self.on_batch(batch)
 
     def _rebased(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """``arr`` as stored: the declared dtype, C order; offsets made global (without their 0)."""
         if name.endswith("#offsets"):
-            ds = self._ds[name]
-            base = int(ds[ds.shape[0] - 1])
+            base = self._last[name]
             arr = arr[1:] + base if base else arr[1:]
+            if arr.shape[0]:
+                self._last[name] = int(arr[-1])
         return np.ascontiguousarray(arr, dtype=self._specs[name][0])
 
-    def _dataset(self, name: str, rows_hint: int) -> Any:
-        """Create ``name`` on first use; chunks of ``rows_hint`` rows within [16 KiB, 1 MiB]."""
-        ds = self._ds.get(name)
-        if ds is not None:
-            return ds
-        dtype, shape = self._specs[name]
-        row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-        rows = max(1, min(CHUNK_BYTES // row, max(rows_hint, SMALL_CHUNK_BYTES // row)))
-        rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
-        initial = 1 if name.endswith("#offsets") else 0
-        ds = self._h5.create_dataset(name, shape=(initial, *shape), maxshape=(None, *shape),
-                                     dtype=dtype, chunks=(rows, *shape), **self._kw)
-        self._ds[name] = ds
-        self._hash[name] = hashlib.sha256()
-        if initial:
-            ds[0] = 0
-            self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
-        return ds
+    def _waiting(self) -> list[np.ndarray]:
+        """The arrays waiting in memory, one per name (concatenated; offsets with their leading 0)."""
+        out = []
+        for k, name in enumerate(self._names):
+            dtype, shape = self._specs[name]
+            parts = [a[k] for a in self._pending]
+            if name.endswith("#offsets"):
+                parts.insert(0, np.zeros(1, dtype=dtype))
+            out.append(np.concatenate(parts) if len(parts) > 1 else
+                       (parts[0] if parts else np.empty((0, *shape), dtype=dtype)))
+        self._pending, self._pending_bytes = [], 0
+        return out
+
+    def _create_chunked(self) -> None:
+        """Create extendable, chunked datasets (chunk: 16 KiB .. 1 MiB, from the rows waiting) and
+        write what waited."""
+        waiting = self._waiting()
+        self._ds = {}
+        for name, arr in zip(self._names, waiting, strict=True):
+            dtype, shape = self._specs[name]
+            row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+            rows = max(1, min(CHUNK_BYTES // row, max(arr.shape[0], SMALL_CHUNK_BYTES // row)))
+            rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
+            ds = self._h5.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
+                                         chunks=(rows, *shape), **self._kw)
+            if arr.shape[0]:
+                ds.write_direct(arr)
+            self._ds[name] = ds
+        self._filled = {name: arr.shape[0] for name, arr in zip(self._names, waiting, strict=True)}
+
+    def _write(self, arrays: list[np.ndarray]) -> None:
+        assert self._ds is not None
+        for name, arr in zip(self._names, arrays, strict=True):
+            n = arr.shape[0]
+            if n:
+                ds, old = self._ds[name], self._filled[name]
+                ds.resize(old + n, axis=0)
+                ds[old:old + n] = arr
+                self._filled[name] = old + n
+
+    def _create_exact(self) -> None:
+        """Write what waited as datasets of their exact shapes: compact (in the file's metadata) when
+        tiny, else contiguous, or one chunk when compressed."""
+        waiting = self._waiting()
+        self._ds = {}
+        for name, arr in zip(self._names, waiting, strict=True):
+            group, base = name.split("/")
+            parent = self._h5.require_group(group)
+            if arr.nbytes <= COMPACT_BYTES or not self._kw:
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_layout(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
+                dsid = h5py.h5d.create(parent.id, base.encode(), h5py.h5t.py_create(arr.dtype),
+                                       h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
+                if arr.size:
+                    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+            else:
+                parent.create_dataset(base, data=arr, chunks=arr.shape, **self._kw)
 
     # finishing -------------------------------------------------------------------------------------
     def close(self) -> str:
@@ -306,7 +370,13 @@ class CacheWriter:
                 f"expected {self.end if self.end is not None else 'at least one unit'}"
             )
         self._hasher.close()
-        parts = [(name, dtype, (self._dataset(name, 1).shape[0], *shape), self._hash[name].hexdigest())
+        try:
+            if self._ds is None:
+                self._create_exact()
+        except (OSError, ValueError) as exc:
+            self.abort()
+            raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
+        parts = [(name, dtype, (self._rows[name], *shape), self._hash[name].hexdigest())
                  for name, dtype, shape in _arrays(self.name, self.expanded)]
         end = self.end if self.end is not None else last
         digest = _final_digest(self.name, self._canon, self.start, end, parts)
@@ -477,8 +547,7 @@ class CacheReader:
 
     def chunk_units(self) -> int:
         """A unit count whose unit-level columns take about 8 MiB."""
-        fixed = 16 + sum(_row_bytes(c) for c in layout(self.expanded, self.dataformat) if c.rows == "")
-        return int(max(1, min(1 << 20, READ_BYTES // fixed)))
+        return units_within(self.expanded, self.dataformat, 1 << 20, READ_BYTES)
 
     def iter_batches(self, chunk_units: int | None = None, start: int = 0,
                      stop: int | None = None) -> Iterator[Batch]:

@@ -286,4 +286,5 @@ class Scheduler:
         ranges = self.slot_ranges[job.name]
         for o in job.outputs.values():
             assemble([str(self.store.slot_path(o.key, k)) for k in range(n)], self.store.output_path(o.key),
-                     o.dataformat, self.run.plan.expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1])
+                     o.dataformat, self.run.plan.expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1],
+                     self.run.workspace.compression)

@@ -95,7 +95,7 @@ class SpecBuilder:
             channel=job.channel, values=job.values, code=self.code(job.algorithm, job.libraries),
             inputs=inputs,
             outputs={n: OutputSpec(o.dataformat, o.key, str(store.output_path(o.key))) for n, o in job.outputs.items()},
-            formats=formats, window=self.window,
+            formats=formats, window=self.window, compression=self.workspace.compression,
         )
 
     def slots(self, spec: BlockSpec, ranges: list[tuple[int, int]]) -> list[BlockSpec]:

@@ -99,12 +99,12 @@ def split_ranges(index_lists: Sequence[Sequence[tuple[int, int]]], n: int) -> li
 
 
 def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded: dict, key: str,
-             start: int, end: int) -> None:
+             start: int, end: int, compression: str | None = None) -> None:
     """Concatenate the (verified) slot files ``parts`` of a split block into the cache file
     ``final`` covering ``[start, end]``; the parts are removed once it is committed."""
     from backbeat.data import cachefile
 
-    writer = cachefile.CacheWriter(final, fmt, expanded, key=key, start=start, end=end)
+    writer = cachefile.CacheWriter(final, fmt, expanded, key=key, start=start, end=end, compression=compression)
     try:
         for part in parts:
             with cachefile.CacheReader(part, verify=True) as reader:

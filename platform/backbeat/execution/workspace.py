@@ -2,7 +2,8 @@
 
 The execution layer is where ``.backbeatrc`` meets planning: :meth:`Workspace.open` takes
 the database root folder overrides of the active configuration (unless given), and every
-plan made through the workspace gets them, so planning itself reads no configuration.
+plan made through the workspace gets them, so planning itself reads no configuration.  It
+also takes the compression of the cache files blocks write (it enters their specs).
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ class Workspace:
     store: CacheStore
     catalog: Catalog
     roots: dict[str, str]  # database name -> root folder of its raw data (overrides)
+    compression: str | None = None  # of the cache files blocks write (``.backbeatrc``'s ``compression``)
 
     @classmethod
     def open(cls, prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike,
              roots: dict[str, str] | None = None, catalog: Catalog | None = None) -> Workspace:
-        """The workspace of a prefix and a cache; ``roots`` default to the active ``.backbeatrc``'s."""
+        """The workspace of a prefix and a cache; ``roots`` (and the compression of cache files)
+        default to the active ``.backbeatrc``'s."""
+        cfg = config.active()
         if roots is None:
-            cfg = config.active()
             roots = dict(cfg.databases) if cfg is not None else {}
-        return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix), roots=roots), roots)
+        return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix), roots=roots), roots,
+                   cfg.compression if cfg is not None else None)
 
     @property
     def user_root(self) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 from backbeat.core.errors import WireError
 from backbeat.data import cachefile
+from backbeat.data.batch import unit_bytes, units_within
 from backbeat.data.values import value_type
 from backbeat.processes import control
 from backbeat.runtime.codeloader import load_with_libraries
@@ -39,6 +40,7 @@ from backbeat.runtime.spec import BlockSpec
 from backbeat.runtime.streams import StreamSender, StreamSource
 
 STREAM_BATCH = 4096  # at most, units per batch of a streamed output (the pipeline's grain)
+WINDOW_BYTES = 2 << 20  # at most, bytes of an input's window (of units read at once): memory is bounded
 
 
 class _Sink:
@@ -53,6 +55,11 @@ class _Sink:
     def __init__(self, writer: cachefile.CacheWriter):
         self.write = writer.put
         self.writer = writer
+
+
+def _batch_bytes(expanded: dict, fmt: str) -> int:
+    """About how large the batches of a streamed output of ``fmt`` are (both ends compute it)."""
+    return units_within(expanded, fmt, STREAM_BATCH, cachefile.BUFFER_BYTES) * unit_bytes(expanded, fmt)
 
 
 def _cache_source(path: str, window: int, verify: bool = True) -> tuple[BatchSource, Any]:
@@ -103,13 +110,15 @@ def run(payload: dict) -> dict:
     sources = {}
     src: Any
     for name, inp in spec.inputs.items():
+        units = units_within(formats[inp.dataformat], inp.dataformat, window, WINDOW_BYTES)
         if inp.source == "cache":
             assert inp.path is not None
-            src, reader = _cache_source(inp.path, window, inp.verify)
+            src, reader = _cache_source(inp.path, units, inp.verify)
             readers.append(reader)
         elif inp.source == "stream":  # from a producer running at the same time (runtime.streams)
             assert inp.address is not None
-            src = StreamSource(inp.address, inp.dataformat, formats[inp.dataformat])
+            src = StreamSource(inp.address, inp.dataformat, formats[inp.dataformat],
+                               _batch_bytes(formats[inp.dataformat], inp.dataformat))
             readers.append(src)
         else:
             if client is None:
@@ -119,7 +128,7 @@ def run(payload: dict) -> dict:
                     raise WireError(f"block `{spec.name}' reads a dataset but was given no database provider")
                 client = DatabaseClient(spec.database)
             assert inp.dataset is not None and inp.output is not None
-            src = client.source(inp.dataset, inp.output, inp.dataformat, formats[inp.dataformat], window)
+            src = client.source(inp.dataset, inp.output, inp.dataformat, formats[inp.dataformat], units)
         sources[name] = (inp.channel, src, inp.dataformat)
 
     if spec.range is not None:  # a slot of a split block: only its share of the block's channel
@@ -147,11 +156,12 @@ def run(payload: dict) -> dict:
     try:
         for name, out in spec.outputs.items():
             df = out.dataformat
-            writer = cachefile.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end)
+            writer = cachefile.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end,
+                                           compression=spec.compression)
             writers[name] = writer
             if out.streams:  # consumers run at the same time: each batch written is also sent to them
                 writer.buffer_units = min(writer.buffer_units, STREAM_BATCH)  # (batches stay ≤ ~4 MB)
-                senders[name] = StreamSender(out.streams)
+                senders[name] = StreamSender(out.streams, _batch_bytes(formats[df], df))
                 writer.on_batch = senders[name].send
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))
         outputs = build_outputs(sinks, input_list, start_index=start)

@@ -108,7 +108,7 @@ def _described(value: Any) -> str:
 class _Dataset:
     """One set-up view: the data units of its outputs, and their values window by window."""
 
-    RECENT_BYTES = 64 << 20  # windows kept (at least the last one), for blocks or slots reading the same output
+    RECENT_BYTES = 16 << 20  # windows kept (at least the last one), for blocks or slots reading the same output
 
     def __init__(self, spec: DatasetSpec):
         self.spec = spec

@@ -182,6 +182,7 @@ class BlockSpec:
     range: tuple[int, int] | None = None  # a slot of a split block: its share of the channel
     slot: int | None = None
     loop: LoopSpec | None = None
+    compression: str | None = None  # of the cache files written (data.cachefile.compression_options)
 
     @property
     def reads_datasets(self) -> bool:
@@ -196,7 +197,7 @@ class BlockSpec:
             "outputs": {n: o.to_json() for n, o in self.outputs.items()},
             "formats": self.formats, "database": self.database, "window": self.window,
             "range": list(self.range) if self.range is not None else None, "slot": self.slot,
-            "loop": self.loop.to_json() if self.loop is not None else None,
+            "loop": self.loop.to_json() if self.loop is not None else None, "compression": self.compression,
         }
 
     @classmethod
@@ -212,7 +213,7 @@ class BlockSpec:
             {n: OutputSpec.from_json(o) for n, o in _get(obj, "outputs", dict, what).items()},
             _get(obj, "formats", dict, what), _opt(obj, "database", str, what), int(obj.get("window") or 4096),
             (int(rng[0]), int(rng[1])) if rng is not None else None, _opt(obj, "slot", int, what),
-            LoopSpec.from_json(loop) if loop is not None else None,
+            LoopSpec.from_json(loop) if loop is not None else None, _opt(obj, "compression", str, what),
         )
 
 

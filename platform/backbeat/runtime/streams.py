@@ -14,8 +14,8 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   sent only after the producer's cache file is committed;
 * consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
   nothing sent is lost when it closes) and then closes its side;
-* back-pressure: high-water marks of a few messages on both sides bound the memory in
-  flight; a producer whose consumer stops reading waits, polling every 50 ms whether the
+* back-pressure: high-water marks of a few messages on both sides (at most 4, and about
+  4 MB: fewer when batches are large) bound the memory in flight; a producer whose consumer stops reading waits, polling every 50 ms whether the
   executor dropped that consumer (a *cancel file* the executor creates when the consumer
   process ends); if so it stops sending to it and finishes its own work normally;
 * the consumer blocks until the next message; if the producer fails, the executor kills
@@ -37,22 +37,29 @@ from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
 from backbeat.runtime.spec import StreamTarget
 
-HWM = 4  # messages queued per side before the producer waits
+HWM = 4  # at most, messages queued per side before the producer waits
+QUEUED_BYTES = 4 << 20  # and no more bytes than this per side (fewer messages when batches are large)
 POLL_MS = 50
+
+
+def high_water_mark(batch_bytes: int) -> int:
+    """Messages queued per side for batches of about ``batch_bytes``: memory stays bounded."""
+    return max(1, min(HWM, QUEUED_BYTES // max(1, batch_bytes)))
 
 
 class StreamSender:
     """Producer side: the consumers of one output (one bound PAIR socket each)."""
 
-    def __init__(self, targets: Sequence[StreamTarget]):
-        """One consumer per target: the ipc address to bind, the cancel file to watch."""
+    def __init__(self, targets: Sequence[StreamTarget], batch_bytes: int = 0):
+        """One consumer per target: the ipc address to bind, the cancel file to watch;
+        ``batch_bytes``: about how large the batches sent are."""
         ctx = zmqcontext.acquire()
         self._open = True
         self._live: list[tuple[zmq.Socket, str]] = []
         for t in targets:
             sock = ctx.socket(zmq.PAIR)
             sock.linger = 0
-            sock.sndhwm = HWM
+            sock.sndhwm = high_water_mark(batch_bytes)
             sock.bind(t.address)
             self._live.append((sock, t.cancel))
 
@@ -106,10 +113,10 @@ class StreamSource:
 
     live = True  # the driver updates the input's unit count as units arrive
 
-    def __init__(self, address: str, fmt: str, expanded: dict):
+    def __init__(self, address: str, fmt: str, expanded: dict, batch_bytes: int = 0):
         self._sock = zmqcontext.acquire().socket(zmq.PAIR)
         self._sock.linger = 0
-        self._sock.rcvhwm = HWM
+        self._sock.rcvhwm = high_water_mark(batch_bytes)
         self._sock.reconnect_ivl = 10
         self._sock.connect(address)
         self._fmt, self._expanded = fmt, expanded
