@@ -221,12 +221,21 @@ def test_cache_gc_and_clear(home, own):
     garbage.write_bytes(b"x" * 1000)
     stranger = cache / "notes.txt"
     stranger.write_text("not a cache entry")
+    locks = len(list((cache / ".locks").iterdir()))  # one per job ever run
+    stats = json.loads((cache / "provenance" / "stat-cache.json").read_text())
+    stats["/no/such/file"] = stats[next(iter(stats))]  # the memo of a file that no longer exists
+    (cache / "provenance" / "stat-cache.json").write_text(json.dumps(stats))
     dry = bj(home, "-p", own, "cache", "gc", "--dry-run", "--json")
     assert dry["removed"] == [str(garbage)] and dry["bytes_freed"] == 1000 and garbage.exists()
     assert dry["unrecognised_files"] == [str(stranger)]
+    assert locks > 0 and dry["locks_removed"] == locks == len(list((cache / ".locks").iterdir()))
+    assert dry["stat_memos_removed"] == 1
     proc = bb(home, "-p", own, "cache", "gc")
-    assert proc.returncode == 0 and "1 file(s)" in proc.stdout and "1000 B" in proc.stdout
+    assert proc.returncode == 0 and "1 file(s)" in proc.stdout and "1000 B" in proc.stdout, proc.stdout
+    assert f"{locks} unused lock file(s), 1 stat memo(s) of gone files" in proc.stdout
     assert not garbage.exists() and not (cache / "ab").exists() and stranger.exists()
+    assert list((cache / ".locks").iterdir()) == []
+    assert "/no/such/file" not in json.loads((cache / "provenance" / "stat-cache.json").read_text())
     assert all(p.is_file() for p in needed)
     assert bb(home, "-p", own, "experiments", "results", IRIS).returncode == 0
     # an experiment removed from the prefix: its outputs become garbage

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -149,3 +150,26 @@ def test_scratch_store(tmp_path):
     finally:
         store.destroy()
     assert not store.root.exists()
+
+
+def test_locks_nobody_holds_are_pruned_and_a_waiter_takes_the_new_file(tmp_path):
+    store = CacheStore(tmp_path / "cache")
+    keys = [f"{k:064x}" for k in range(4)]
+    for key in keys[:3]:
+        store.lock(key).release()
+    held = store.lock(keys[3])
+    folder = tmp_path / "cache" / ".locks"
+    assert store.prune_locks(dry_run=True) == 3 and len(list(folder.iterdir())) == 4
+    assert store.prune_locks() == 3 and [p.name for p in folder.iterdir()] == [keys[3]]  # a held one stays
+    # a run waiting for a lock that is pruned meanwhile takes the file now at its path
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(store.lock(keys[3])))
+    waiter.start()
+    time.sleep(0.2)
+    (folder / keys[3]).unlink()  # what prune_locks does, holding the lock
+    held.release()
+    waiter.join(10)
+    assert got and (folder / keys[3]).is_file()
+    assert store.lock(keys[3], wait=False) is None  # the waiter holds the file at the path
+    got[0].release()
+    assert store.lock(keys[3], wait=False) is not None

@@ -14,7 +14,8 @@ Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
   and its columnar form ``<entry>.table`` (:mod:`backbeat.data.indextable`), made again
   whenever it is missing or stale;
 * ``.h5.json`` — the JSON summary of a verified analyzer result (:meth:`CacheStore.read_result`);
-* ``<root>/.locks/<key>`` — the per-key lock files (:meth:`CacheStore.lock`);
+* ``<root>/.locks/<key>`` — the per-key lock files (:meth:`CacheStore.lock`; those no run holds
+  are removed by :meth:`CacheStore.prune_locks`, ``cache gc``);
 * ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`).
 
 Temporaries are recognised by one pattern (:data:`TEMPORARY`); a temporary whose writer
@@ -92,6 +93,16 @@ def _writer_alive(pid: int, since: float) -> bool:
         return started <= since + 2
     except (OSError, IndexError, ValueError, StopIteration):
         return True  # no /proc: trust kill(pid, 0)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
 
 
 class CacheStore:
@@ -182,20 +193,55 @@ class CacheStore:
         """Take the exclusive lock of ``key``: wait for it, or (``wait=False``) None if it is held.
 
         Two runs (or a run and a remote worker) needing the same job never compute it at once:
-        the second waits, then finds the entries committed.
+        the second waits, then finds the entries committed.  A lock file removed meanwhile
+        (:meth:`prune_locks`, holding it) is not the lock any more: the file now at its path is
+        taken instead.
         """
         folder = self.root / ".locks"
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / key, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return EntryLock(fd, key)
+        path = folder / key
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    return EntryLock(fd, key)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # (pruned while this process waited for it: lock the new file)
+
+    def prune_locks(self, dry_run: bool = False) -> int:
+        """Remove the lock files nobody holds (one per job ever run piles up otherwise); their number.
+
+        Each is removed while this process holds it, so a process waiting for it then finds it
+        gone and locks the new one (:meth:`lock`).
+        """
+        folder = self.root / ".locks"
+        removed = 0
+        if not folder.is_dir():
+            return 0
+        for path in folder.iterdir():
+            if not _KEY.fullmatch(path.name):
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    if not dry_run:
+                        path.unlink()
+                    removed += 1
+            except OSError:
+                pass  # held by a run (or gone)
+            finally:
+                os.close(fd)
+        return removed
 
     # -- temporaries -------------------------------------------------------------------------
     @staticmethod

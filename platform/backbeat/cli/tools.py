@@ -227,7 +227,10 @@ def _print_removal(out: dict, as_json: bool, what: str) -> None:
         print(f"note: {len(out['unrecognised_files'])} file(s) not shaped like cache entries were left alone",
               file=sys.stderr)
     kept = f", {out['kept']} kept" if "kept" in out else ""
-    print(f"{what}: {len(out['removed'])} file(s){kept}, {verb} {_size(out['bytes_freed'])}")
+    pruned = "".join(f", {out[k]} {label}" for k, label in (("locks_removed", "unused lock file(s)"),
+                                                            ("stat_memos_removed", "stat memo(s) of gone files"))
+                     if out.get(k))
+    print(f"{what}: {len(out['removed'])} file(s){kept}{pruned}, {verb} {_size(out['bytes_freed'])}")
 
 
 def cmd_cache_gc(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from backbeat.cache.backends import open_store
 from backbeat.cache.store import INDEX, INDEX_TABLE, CacheStore
 from backbeat.cache.tools import remove_unneeded
 from backbeat.core.errors import BackbeatError, ExecutionError
@@ -125,7 +126,10 @@ def needed(prefix: str | os.PathLike, cache: Cache) -> tuple[set[Path], list[dic
 
 
 def gc(prefix: str | os.PathLike, cache: Cache, dry_run: bool = False) -> dict:
-    """Delete cache entries no experiment of the prefix needs; report what is (or would be) freed."""
+    """Delete cache entries no experiment of the prefix needs, the lock files no run holds and the
+    stat memos of files that no longer exist; report what is (or would be) freed."""
+    from backbeat.provenance.manifests import StatCache
+
     skipped: list[dict] = []
 
     def keep() -> set[Path]:
@@ -134,4 +138,10 @@ def gc(prefix: str | os.PathLike, cache: Cache, dry_run: bool = False) -> dict:
 
     out: dict[str, Any] = remove_unneeded(cache, keep, dry_run)
     unrecognised = out.pop("unrecognised_files")
-    return dict(out, skipped_experiments=skipped, unrecognised_files=unrecognised)
+    store = open_store(cache)
+    memo = StatCache.of(store)
+    forgotten = memo.prune()
+    if not dry_run:
+        memo.save()
+    return dict(out, locks_removed=store.prune_locks(dry_run), stat_memos_removed=forgotten,
+                skipped_experiments=skipped, unrecognised_files=unrecognised)

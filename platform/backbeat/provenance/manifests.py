@@ -29,6 +29,12 @@ _VERSION_FILE = re.compile(r"^\d+\.(json|py|rst)$")
 
 
 # -- file manifests --------------------------------------------------------------------------
+def _untagged(key: str) -> str:
+    """The path of a stat cache key (``tag:`` prefixes, e.g. ``h5-digest:``, removed)."""
+    head, sep, rest = key.partition(":")
+    return rest if sep and "/" not in head else key
+
+
 class StatCache:
     """sha256 of files by (size, mtime_ns, inode), persisted in the cache."""
 
@@ -61,6 +67,14 @@ class StatCache:
     def of(cls, store: CacheStore) -> StatCache:
         """The stat cache kept in a cache store."""
         return cls(store.records_folder / "stat-cache.json")
+
+    def prune(self) -> int:
+        """Forget the files that no longer exist; how many (``gc``)."""
+        gone = [k for k in self.entries if not os.path.exists(k) and not os.path.exists(_untagged(k))]
+        for k in gone:
+            del self.entries[k]
+        self.dirty = self.dirty or bool(gone)
+        return len(gone)
 
     def save(self) -> None:
         if self.path is not None and self.dirty:
