@@ -239,3 +239,29 @@ def test_dask_and_local_runs_write_the_same_provenance_record(prefix, tmp_path, 
     assert {b["status"] for b in dask_rec["blocks"].values()} == {"ran"}
     assert all(b["statistics"]["wall_s"] > 0 for b in dask_rec["blocks"].values())
     assert _comparable(dask_rec) == _comparable(local_rec)
+
+
+def test_block_tasks_run_on_warm_runners_whose_fork_server_is_reused(prefix, tmp_path, cluster):
+    """Each worker keeps its block runners (one fork server each) from task to task and run to run."""
+    from backbeat.execution import dask_worker
+
+    client = distributed.Client(cluster.scheduler_address)
+    try:
+        client.wait_for_workers(2, timeout=30)
+        first = executor.run_experiment(prefix, tmp_path / "c1", BASE, executor.Options(), executor_name="dask",
+                                        scheduler=cluster.scheduler_address)
+        before = client.run(dask_worker.state)
+        second = executor.run_experiment(prefix, tmp_path / "c2", BASE, executor.Options(), executor_name="dask",
+                                         scheduler=cluster.scheduler_address)
+        after = client.run(dask_worker.state)
+    finally:
+        client.close()
+    assert first["status"] == second["status"] == "ok" and second["results"] == RESULT
+    ran = sum(b["status"] == "ran" for b in second["blocks"].values())
+    assert ran >= 3
+    for worker, now in after.items():
+        assert now["started"] == before[worker]["started"] == len(now["runners"]) == 1  # one thread each
+        runner, then = now["runners"][0], before[worker]["runners"][0]
+        assert runner["pid"] == then["pid"] and runner["alive"]
+        assert len(runner["children"]) == 1 and runner["children"] == then["children"]  # the same fork server
+    assert sum(w["runners"][0]["jobs"] - before[a]["runners"][0]["jobs"] for a, w in after.items()) == ran

@@ -3,6 +3,7 @@ table entry, and gets the whole run lifecycle (decisions, report, provenance rec
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from backbeat.core.errors import UsageError
 from backbeat.execution import executors
 from backbeat.execution.base import Executor
 from backbeat.execution.local import LocalExecutor
-from backbeat.execution.remote import RemoteJob, run
+from backbeat.execution.remote import RemoteJob, TaskResult, run
 from backbeat.execution.specs import SpecBuilder
 from backbeat.execution.state import JobState, Run
 from backbeat.provenance import records
@@ -40,6 +41,46 @@ class SerialExecutor(Executor):
                 return
             run_.state.stats[job.name] = result.statistics
             run_.set(job.name, JobState(result.status))
+
+
+class CommandExecutor(Executor):
+    """Each block through ``python -m backbeat.remote``: the first alone (one job on standard
+    input), the others through one ``--serve`` runner (jobs and results line by line)."""
+
+    name = "command"
+
+    def execute(self, run_: Run) -> None:
+        specs = SpecBuilder(run_.plan, run_.workspace, run_.options.window)
+        serve = subprocess.Popen([sys.executable, "-m", "backbeat.remote", "--serve"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert serve.stdin is not None and serve.stdout is not None
+        try:
+            for k, job in enumerate(j for j in run_.plan.jobs if run_.state.status[j.name] == JobState.PENDING):
+                needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
+                line = json.dumps(RemoteJob(job.key, specs.block(job), specs.datasets(needed), run_.store.location,
+                                            run_.workspace.user_root).to_json())
+                if k == 0:
+                    out = subprocess.run([sys.executable, "-m", "backbeat.remote"], input=line, text=True,
+                                         capture_output=True, check=True).stdout.splitlines()[-1]
+                else:
+                    serve.stdin.write(line + "\n")
+                    serve.stdin.flush()
+                    out = serve.stdout.readline()
+                result = TaskResult.from_json(json.loads(out))
+                assert result.status == "ran", result
+                run_.state.stats[job.name] = result.statistics
+                run_.set(job.name, JobState.RAN)
+        finally:
+            serve.stdin.close()
+            assert serve.wait(30) == 0
+
+
+def test_blocks_run_through_the_remote_runner_command_alone_or_served(copy_prefix, tmp_path, monkeypatch):
+    prefix = copy_prefix()
+    monkeypatch.setitem(executors.EXECUTORS, "command", f"{__name__}:CommandExecutor")
+    rep = executors.run_experiment(prefix, tmp_path / "cache", BASE, executor_name="command")
+    assert rep["status"] == "ok" and rep["results"] == {"analysis": RESULT}
+    assert len(rep["blocks"]) >= 3 and {b["status"] for b in rep["blocks"].values()} == {"ran"}
 
 
 def test_executors_are_named_in_one_table_and_imported_when_chosen():

@@ -10,10 +10,12 @@ pending job into one Dask task:
   block's spec, the specs of the datasets it reads, the cache location) — never a pickled
   closure; its *key* is ``backbeat-<job key>``, so the scheduler de-duplicates identical
   blocks, also across experiments;
-* the task function runs ``python -m backbeat.remote`` on the worker, a fresh interpreter
-  that runs the block with the same runtime as local runs and takes the same cache lock;
-  so the results and cache entries are identical to a local run's, and the cache must be
-  on storage all workers share;
+* the task function runs the block on one of the worker's *block runners*
+  (``python -m backbeat.remote --serve``, started once per worker thread by the worker
+  plugin :class:`~backbeat.execution.dask_worker.BlockRunners`, each with a warm fork
+  server), with the same runtime as local runs and the same cache lock; so the results and
+  cache entries are identical to a local run's, and the cache must be on storage all
+  workers share;
 * a task returns its result (``ran``, ``cached``, ``failed``…) instead of raising for user
   errors, so Dask does not retry a block that failed by itself; downstream tasks then
   report ``skipped``.  A worker lost mid-block makes Dask re-run the task elsewhere; the
@@ -48,9 +50,15 @@ def _die_with_parent() -> None:
 
 
 def block_task(job: dict, *upstream: dict) -> dict:
-    """Dask task: run one block job through ``python -m backbeat.remote`` on this worker."""
+    """Dask task: run one block job on this worker, on one of its warm block runners
+    (:mod:`backbeat.execution.dask_worker`), else through a fresh ``python -m backbeat.remote``."""
     if any(u.get("status") in ("failed", "skipped") for u in upstream):
         return TaskResult("skipped").to_json()
+    from backbeat.execution.dask_worker import runners
+
+    pool = runners()
+    if pool is not None:
+        return pool.run(job)
     proc = subprocess.run([sys.executable, "-m", "backbeat.remote"], input=json.dumps(job),
                           capture_output=True, text=True, env=dict(os.environ), check=False,
                           preexec_fn=_die_with_parent)
@@ -96,6 +104,9 @@ class DaskExecutor(Executor):
         futures: dict[str, Any] = {}
         started: dict[str, float] = {}
         try:
+            from backbeat.execution.dask_worker import BlockRunners
+
+            client.register_plugin(BlockRunners())  # warm runners on every worker (kept between runs)
             for job in run.plan.jobs:
                 if status[job.name] != JobState.PENDING:
                     continue

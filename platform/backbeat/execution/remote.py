@@ -4,7 +4,8 @@
 block exactly as the local executor does — in a process group (fork server, control
 channel), with a database provider if the block reads datasets — and prints one JSON line,
 its :class:`TaskResult`: ``{"status": "ran", "statistics"}``, ``{"status": "cached"}`` or
-``{"status": "failed", "kind", "message", "traceback"}``.
+``{"status": "failed", "kind", "message", "traceback"}``.  ``python -m backbeat.remote --serve``
+runs jobs one per line, one after the other, with one warm fork server (:func:`serve`).
 
 It runs in a fresh interpreter so that forking never happens from a multi-threaded process
 (Dask workers have threads).  The job takes the same lock in the cache store as local runs
@@ -17,14 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from backbeat.cache.backends import open_store
 from backbeat.core.errors import WireError
-from backbeat.execution.views import start_provider
+from backbeat.execution.views import PROVIDER_JOB, start_provider
 from backbeat.processes.exits import Limits
 from backbeat.processes.group import ProcessGroup
 from backbeat.processes.outcome import Outcome
@@ -94,8 +97,12 @@ class TaskResult:
         return cls("failed", Outcome(kind, message))
 
 
-def run(job: RemoteJob) -> TaskResult:
-    """Run one block job (see the module docstring)."""
+def run(job: RemoteJob, group: ProcessGroup | None = None, tag: str = "") -> TaskResult:
+    """Run one block job (see the module docstring).
+
+    ``group``: a process group kept between jobs (:func:`serve`: its fork server is warm); by
+    default one is made for the job and closed after it.  ``tag`` makes its job ids unique in it.
+    """
     store = open_store(job.cache)
     keys = [o.key for o in job.block.outputs.values()]
     lock = store.lock(job.key)
@@ -107,15 +114,23 @@ def run(job: RemoteJob) -> TaskResult:
         # temporary files its outputs have were left by a writer that died (a lost worker)
         store.drop_partial(keys, locked=True)
         t0 = time.perf_counter()
-        group = ProcessGroup(root=job.root)
+        own = group is None
+        if group is None:
+            group = ProcessGroup(root=job.root)
+        group.root = job.root
+        block, provider = f"block{tag}", (f"database{tag}" if tag else PROVIDER_JOB)
         try:
             spec = job.block
             if spec.reads_datasets:
-                spec = dataclasses.replace(spec, database=start_provider(group, job.datasets))
-            group.spawn("block", BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes))
-            out = group.wait(["block"])["block"]
+                spec = dataclasses.replace(spec, database=start_provider(group, job.datasets, provider))
+            group.spawn(block, BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes))
+            out = group.wait([block])[block]
         finally:
-            group.close()
+            if own:
+                group.close()
+            elif provider in group:  # a kept group: the provider of this job only goes
+                group.kill(provider)
+                group.wait([provider])
         if out.ok and store.committed(keys):
             return TaskResult("ran", statistics=dict(out.statistics, wall_s=time.perf_counter() - t0))
         store.drop_partial(keys, locked=True)
@@ -123,7 +138,50 @@ def run(job: RemoteJob) -> TaskResult:
                           Outcome("system", "the block completed but did not commit its outputs"))
 
 
-def main() -> None:
+def _watch_parent(parent: int) -> None:
+    """Leave when the process that started this one is gone (its fork server and blocks follow)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="backbeat-parent-watch", daemon=True).start()
+
+
+def serve(jobs: IO[str], results: IO[str], parent: int | None = None) -> None:
+    """Run the remote jobs read from ``jobs`` (one JSON line each) one after the other, writing each
+    one's :class:`TaskResult` as one JSON line to ``results``, until ``jobs`` ends.
+
+    One process group serves them all: its fork server is started at once, so its zygote has
+    imported numpy, h5py and zmq before the first job comes, and each job costs what a block
+    costs in a local run (a Dask worker keeps one such runner: :mod:`backbeat.execution.dask_worker`).
+    ``parent``: leave when that process is gone.
+    """
+    group = ProcessGroup().warm()  # (before any thread: the zygote is forked from this process)
+    if parent is not None:
+        _watch_parent(parent)
+    try:
+        for n, line in enumerate(jobs):
+            try:
+                result = run(RemoteJob.from_json(json.loads(line)), group, str(n))
+            except Exception as exc:  # noqa: BLE001 - the caller gets a structured failure
+                result = TaskResult.failure("system", f"{type(exc).__name__}: {exc}")
+            results.write(json.dumps(result.to_json()) + "\n")
+            results.flush()
+    finally:
+        group.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m backbeat.remote``: one job on standard input, its result as the last line of
+    standard output; ``--serve [--parent PID]``: jobs and results line by line (:func:`serve`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--serve"]:
+        results = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # (not inherited by the blocks)
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what user code prints goes to stderr
+        parent = int(args[2]) if args[1:2] == ["--parent"] else None
+        serve(sys.stdin, results, parent)
+        return
     try:
         result = run(RemoteJob.from_json(json.loads(sys.stdin.read())))
     except Exception as exc:  # noqa: BLE001 - the caller gets a structured failure, never a traceback

@@ -67,10 +67,10 @@ def index_datasets(run: Run, rebuild: bool | None = None) -> None:
                 "traceback": out.traceback}
 
 
-def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec]) -> str:
-    """Start the database provider of ``datasets`` in ``group``; its address."""
+def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec], job: str = PROVIDER_JOB) -> str:
+    """Start the database provider of ``datasets`` in ``group`` as job ``job``; its address."""
     from backbeat.runtime.spec import ProviderSpec
 
-    address = group.address("database")
-    group.spawn(PROVIDER_JOB, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json())
+    address = group.address("database" if job == PROVIDER_JOB else job)
+    group.spawn(job, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json())
     return address
