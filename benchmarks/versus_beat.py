@@ -73,19 +73,25 @@ class Row:
     mode: str  # cold | cached | check
     goals: tuple[Goal, ...] = ()
     heavy: bool = False  # BEAT takes minutes: one capped run
+    analyzer: str = ""  # "pysum": a plain-Python analyzer instead of numpy.sum per item
 
     @property
     def protocol(self) -> str:
         return protocol_name(self.kind, self.n)
 
     @property
+    def label(self) -> str:
+        return f"{self.protocol}_{self.analyzer}" if self.analyzer else self.protocol
+
+    @property
     def experiment(self) -> str:
-        return f"bench/bench/chain{self.k}/1/{self.protocol}"
+        return f"bench/bench/chain{self.k}/1/{self.label}"
 
     def tiny(self) -> Row:
         """The same row at smoke-test size (a few items, at most 3 blocks)."""
         n = min(self.n, 12 if self.kind == "scalars" else 3)
-        return Row(self.id, self.title, self.kind, n, min(self.k, 3), self.mode, self.goals, self.heavy)
+        return Row(self.id, self.title, self.kind, n, min(self.k, 3), self.mode, self.goals, self.heavy,
+                   self.analyzer)
 
 
 def _faster(x: float) -> Goal:
@@ -112,6 +118,8 @@ ROWS = (
         (Goal("time", "under", 8.0), Goal("memory", "under", 400)), heavy=True),
     Row("v50k", "50k x 1,000 float64, 5 blocks, cold", "vectors", 50_000, 5, "cold",
         (Goal("memory", "under", 400),), heavy=True),
+    Row("s1m-pysum", "1M scalars, 5 blocks, plain-Python analyzer, cold", "scalars", 1_000_000, 5, "cold",
+        heavy=True, analyzer="pysum"),
     Row("check1000", "check of a 1,000-block toolchain", "scalars", 10, 1000, "check", (Goal("time", "under", 0.5),)),
 )
 QUICK = ("trivial", "s10k-cached", "s10k", "chain100", "chain100-cached", "check1000")
@@ -149,7 +157,7 @@ class Bench:
     def write_prefix(self) -> None:
         protocols = {r.protocol: (r.kind, r.n) for r in self.rows if r.mode != "check"}
         protocols.setdefault(protocol_name("scalars", 10), ("scalars", 10))
-        experiments = sorted({(r.k, r.protocol) for r in self.rows if r.mode != "check"} | {(1, "s10")})
+        experiments = sorted({(r.k, r.label) for r in self.rows if r.mode != "check"} | {(1, "s10")})
         write_prefix(self.prefix, protocols, experiments, force=True,
                      toolchains=tuple(r.k for r in self.rows if r.mode == "check"))
 

@@ -20,10 +20,12 @@ The rows of the top node are the data units; a ``list`` node's child has one row
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -198,7 +200,7 @@ def _gather(node: Node, items: list, out: dict) -> None:
             _gather(child, list(chain.from_iterable(a.reshape(-1).tolist() for a in items)), out)
     else:
         for key, sub in node.fields:
-            _gather(sub, [v.__dict__[key] for v in items], out)
+            _gather(sub, list(map(attrgetter(key), items)), out)
 
 
 def _from_numeric_dicts(root: Node, values: Sequence[Any]) -> dict | None:
@@ -257,15 +259,14 @@ def _scatter(node: Node, cols: dict, n: int) -> list:
                 res.append(arr.reshape(shapes[i]))
             return res
         return [object_array(child.cls, shapes[i], elems[off[i]:off[i + 1]]) for i in range(n)]
-    keys = [k for k, _ in node.fields]
-    lists = [_scatter(sub, cols, n) for _, sub in node.fields]
     cls = node.cls
-    new = cls.__new__
-    out = [new(cls) for _ in range(n)]  # attributes set below without the checked __setattr__
-    for key, values in zip(keys, lists, strict=True):
-        for obj, value in zip(out, values, strict=True):
-            obj.__dict__[key] = value
+    out = list(map(cls.__new__, repeat(cls, n)))
+    for key, sub in node.fields:  # set without the checked __setattr__, by C-level loops
+        deque(map(_SET, out, repeat(key), _scatter(sub, cols, n)), maxlen=0)
     return out
+
+
+_SET = object.__setattr__
 
 
 # -- slicing and checks ----------------------------------------------------------------------------
@@ -386,7 +387,8 @@ class Batch:
         cols = _from_numeric_dicts(root, values)
         if cols is None:
             vcls = value_type(name, expanded)
-            items = [v if isinstance(v, vcls) else as_value(vcls, v) for v in values]
+            items = values if set(map(type, values)) == {vcls} else [
+                v if isinstance(v, vcls) else as_value(vcls, v) for v in values]
             cols = {}
             _gather(root, items, cols)
         n = len(values)
