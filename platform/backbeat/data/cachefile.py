@@ -312,14 +312,16 @@ class CacheWriter:
         return out
 
     def _create_chunked(self) -> None:
-        """Create extendable, chunked datasets (chunk: 16 KiB .. 1 MiB, from the rows waiting) and
-        write what waited."""
+        """Create extendable, chunked datasets and write what waited.  Chunks: the rows of the units of
+        about :data:`SMALL_BYTES`, within [16 KiB, 1 MiB], a power of two — from the dataformat only,
+        so the file does not depend on how its units were batched."""
         waiting = self._waiting()
         self._ds = {}
+        hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
         for name, arr in zip(self._names, waiting, strict=True):
             dtype, shape = self._specs[name]
             row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-            rows = max(1, min(CHUNK_BYTES // row, max(arr.shape[0], SMALL_CHUNK_BYTES // row)))
+            rows = max(1, min(CHUNK_BYTES // row, max(hint, SMALL_CHUNK_BYTES // row)))
             rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
             ds = self._h5.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
                                          chunks=(rows, *shape), **self._kw)
