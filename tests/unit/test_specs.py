@@ -58,8 +58,8 @@ def test_block_spec_round_trip(spec):
 def test_dataset_and_provider_specs_round_trip():
     ds = DatasetSpec("iris/1", CodeFile("/c/code/cc/" + "c" * 62, "cc" + "c" * 62, "/p/databases/iris/1.py"),
                      "Train", "/data/iris", {"fold": 1}, "/c/i.db", {"measurements": ("iris/measurements/1", FMT)},
-                     {"root": "/data/iris", "code": "/p/databases/iris"}, "/c/i.db.journal", "/c/manifests/x.json",
-                     "/c/.memo/stat.sqlite3")
+                     "train_test", "train", {"root": "/data/iris", "code": "/p/databases/iris"}, "/c/i.db.journal",
+                     "/c/manifests/x.json", "/c/.memo/stat.sqlite3")
     assert round_trip(ds) == ds
     provider = ProviderSpec("ipc:///tmp/db", {"train": ds})
     assert round_trip(provider) == provider

@@ -163,7 +163,7 @@ class _Dataset:
         fields = ", ".join(getattr(entry, "_fields", ())) or "none"
         mapped = f" (its output_member_map maps `{output}' to `{attr}')" if attr != output else ""
         code = getattr(getattr(type(self.view), "index", None), "__code__", None)
-        filename, line = (code.co_filename, code.co_firstlineno) if code is not None else (self.spec.code, 1)
+        filename, line = (code.co_filename, code.co_firstlineno) if code is not None else (self.spec.code.filename, 1)
         return _Blame(f"index entry {k} has no field `{attr}'{mapped} (its fields: {fields}); index() must "
                       "give every entry a field for each output of the set", filename, line, "index")
 
