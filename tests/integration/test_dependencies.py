@@ -3,6 +3,7 @@ hashed, names the user's file), the recorder of the files a view opens, the prov
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -91,3 +92,38 @@ def test_provider_guard_refuses_changed_data_and_learns_new_files(tmp_path):
         open(root / "a.txt").close()
     with pytest.raises(IntegrityError, match="changed after this run computed its cache keys"):
         guard.check()
+
+
+def test_indexing_records_what_index_and_get_read_and_the_provider_checks_the_index(tmp_path):
+    """build_index runs index() then get() over every unit: both phases' files are recorded."""
+    from backbeat.data import dbindex
+    from backbeat.runtime import dbprovider
+    from backbeat.runtime.spec import DatasetSpec
+
+    root = tmp_path / "root"
+    (root / "items").mkdir(parents=True)
+    for i in range(3):
+        (root / "items" / f"{i}.txt").write_text(str(i))
+    view = (b"import collections, os\nimport numpy\nfrom beat.backend.python.database import View\n"
+            b"Entry = collections.namedtuple('Entry', ['value'])\n"
+            b"class V(View):\n"
+            b"    def index(self, root_folder, parameters):\n"
+            b"        return [Entry(n) for n in sorted(os.listdir(os.path.join(root_folder, 'items')))]\n"
+            b"    def get(self, output, index):\n"
+            b"        with open(os.path.join(self.root_folder, 'items', self.objs[index].value)) as f:\n"
+            b"            return {'value': numpy.int32(int(f.read()))}\n")
+    blobs = Blobs(tmp_path / "code")
+    code = CodeFile(str(blobs.path(blobs.put(view))), hashlib.sha256(view).hexdigest(), str(tmp_path / "1.py"))
+    deps = tmp_path / "deps.json"
+    spec = DatasetSpec("t/1", code, "V", str(root), {}, str(tmp_path / "i.db"),
+                       {"value": ("t/int/1", {"value": "int32"})}, folders={"root": str(root)}, deps=str(deps))
+    stats = dbprovider.build_index({"spec": spec.to_json()})
+    assert stats["entries"] == 3 and stats["probe"] == "complete"
+    seen = json.loads(deps.read_text())["seen"]
+    assert {k: v["phase"] for k, v in seen.items()} == {
+        "root/items": "index", "root/items/0.txt": "get", "root/items/1.txt": "get", "root/items/2.txt": "get"}
+    digest = dbindex.index_digest(spec.index_path)
+    served = dbprovider._Dataset(dataclasses.replace(spec, deps=None, index_digest=digest))
+    assert [int(v.value) for v in served.window("value", 0, 3).to_values()] == [0, 1, 2]
+    with pytest.raises(IntegrityError, match="changed after this run computed its cache keys"):
+        dbprovider._Dataset(dataclasses.replace(spec, deps=None, index_digest="0" * 64))

@@ -81,6 +81,7 @@ class SpecBuilder:
             protocol=ds.protocol, set=ds.set, folders=data_folders(catalog, ds.database, ds.root_folder),
             deps=deps if deps is not None else f"{index_path.absolute()}.journal", manifest=manifest,
             memo=str(store.memo.path) if store.memo.path is not None else None,
+            index_digest=ds.index_digest if deps is None else None,
         )
 
     def datasets(self, names: Collection[str] | None = None) -> dict[str, DatasetSpec]:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from backbeat.core.errors import UserCodeError, WireError
+from backbeat.core.errors import IntegrityError, UserCodeError, WireError
 from backbeat.data import dbindex, wire
 from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
@@ -138,6 +138,9 @@ class _Dataset:
             recorder = self.guard.recorder
         self.recorder = recorder
         self.view = load_view(spec)
+        if spec.index_digest is not None and dbindex.index_digest(spec.index_path) != spec.index_digest:
+            raise IntegrityError(f"view index `{spec.index_path}' changed after this run computed its cache keys: "
+                                 f"its data is not served; run the experiment again")
         objs = dbindex.read_index(spec.index_path)  # namedtuples, keys sorted as BEAT's Entry
         with recorder.watch("get"):
             self.view.setup(spec.root_folder, spec.parameters, objs, start_index=None, end_index=None)

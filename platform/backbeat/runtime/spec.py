@@ -239,8 +239,9 @@ class DatasetSpec:
     folder in the prefix}``), watched for the files it opens (:mod:`backbeat.runtime.dependencies`).
     ``deps``: for an indexing job, the file it writes what the view opened to; for the
     provider, the journal it appends files the view opened beyond ``manifest`` to.
-    ``manifest``: the data manifest the dataset's keys were computed from (the provider
-    refuses to serve data read from a file that changed since); ``memo``: the stat memo.
+    ``manifest``, ``index_digest``: the data manifest and the index content the dataset's keys
+    were computed from (the provider refuses an index or data files that changed since);
+    ``memo``: the stat memo.
     """
 
     database: str
@@ -256,6 +257,7 @@ class DatasetSpec:
     deps: str | None = None
     manifest: str | None = None
     memo: str | None = None
+    index_digest: str | None = None  # for the provider: the index content the keys were computed from
 
     @property
     def label(self) -> str:
@@ -267,7 +269,7 @@ class DatasetSpec:
                 "root_folder": self.root_folder, "parameters": self.parameters, "index_path": self.index_path,
                 "outputs": {o: list(f) for o, f in self.outputs.items()}, "protocol": self.protocol,
                 "set": self.set, "folders": dict(self.folders), "deps": self.deps, "manifest": self.manifest,
-                "memo": self.memo}
+                "memo": self.memo, "index_digest": self.index_digest}
 
     @classmethod
     def from_json(cls, obj: Any) -> DatasetSpec:
@@ -278,7 +280,8 @@ class DatasetSpec:
                    _get(obj, "parameters", dict, what), _get(obj, "index_path", str, what),
                    {o: (f[0], f[1]) for o, f in outputs.items()}, _opt(obj, "protocol", str, what) or "",
                    _opt(obj, "set", str, what) or "", dict(obj.get("folders") or {}),
-                   _opt(obj, "deps", str, what), _opt(obj, "manifest", str, what), _opt(obj, "memo", str, what))
+                   _opt(obj, "deps", str, what), _opt(obj, "manifest", str, what), _opt(obj, "memo", str, what),
+                   _opt(obj, "index_digest", str, what))
 
 
 @dataclass(frozen=True)
