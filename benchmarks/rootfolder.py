@@ -103,8 +103,9 @@ def main() -> None:
         for n in args.files:
             prefix, cache, rec = worlds[n]
             status, _ = backbeat("-p", str(prefix), "-c", str(cache), "experiments", "status", NAME, "--json")
-            memo = cache / ".memo" / "stat.sqlite3"
-            memo_bytes = sum(p.stat().st_size for p in memo.parent.iterdir())
+            memo = cache / ".memo"  # (before issue 11: provenance/stat-cache.json)
+            memo_files = list(memo.iterdir()) if memo.is_dir() else list(cache.glob("provenance/stat-cache.json"))
+            memo_bytes = sum(p.stat().st_size for p in memo_files)
             w, c = statistics.median(walls[n]), statistics.median(cpus[n])
             print(f"{n:>12} {w:>10.3f}s {w / base_wall:>6.2f} {c:>9.3f}s {c / base_cpu:>6.2f} "
                   f"{Path(rec).stat().st_size / 1024:>7.1f}KB {memo_bytes / 1024:>7.1f}KB {status:>6.2f}s")
