@@ -8,11 +8,14 @@ work on their own copy of that prefix.  ``HOME`` points at an empty folder so th
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from backbeat.core.statmemo import StatMemo
 from conftest import RUN_PREFIX, run_cli
 
 DEMO = Path(__file__).resolve().parents[2] / "prefix"
@@ -222,9 +225,9 @@ def test_cache_gc_and_clear(home, own):
     stranger = cache / "notes.txt"
     stranger.write_text("not a cache entry")
     locks = len(list((cache / ".locks").iterdir()))  # one per job ever run
-    stats = json.loads((cache / "provenance" / "stat-cache.json").read_text())
-    stats["/no/such/file"] = stats[next(iter(stats))]  # the memo of a file that no longer exists
-    (cache / "provenance" / "stat-cache.json").write_text(json.dumps(stats))
+    memo = StatMemo(cache / ".memo" / "stat.sqlite3")  # the memo of a file that no longer exists
+    memo.remember("sha256", "/no/such/file", os.stat(stranger), "0" * 64)
+    memo.close()
     dry = bj(home, "-p", own, "cache", "gc", "--dry-run", "--json")
     assert dry["removed"] == [str(garbage)] and dry["bytes_freed"] == 1000 and garbage.exists()
     assert dry["unrecognised_files"] == [str(stranger)]
@@ -235,7 +238,9 @@ def test_cache_gc_and_clear(home, own):
     assert f"{locks} unused lock file(s), 1 stat memo(s) of gone files" in proc.stdout
     assert not garbage.exists() and not (cache / "ab").exists() and stranger.exists()
     assert list((cache / ".locks").iterdir()) == []
-    assert "/no/such/file" not in json.loads((cache / "provenance" / "stat-cache.json").read_text())
+    with sqlite3.connect(cache / ".memo" / "stat.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM memo WHERE path = '/no/such/file'").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM memo").fetchone()[0] > 0  # memos of existing files stay
     assert all(p.is_file() for p in needed)
     assert bb(home, "-p", own, "experiments", "results", IRIS).returncode == 0
     # an experiment removed from the prefix: its outputs become garbage

@@ -4,6 +4,7 @@ whose memory does not grow with the index (issue #13)."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import multiprocessing
 import os
 import textwrap
@@ -11,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from backbeat.core.errors import DataError
+from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import dbindex, indextable
 from backbeat.runtime import dbprovider
 
@@ -67,7 +68,7 @@ def test_a_stale_or_damaged_table_is_made_again_and_a_changed_index_is_refused(t
     assert indextable.load_entries(path)[99].i == 99  # the digest recorded beside the index is used
     second = dbindex.write_index(path, [{"i": -k} for k in range(100)])  # table now of another index
     assert indextable.load_entries(path, second)[5].i == -5
-    with pytest.raises(DataError, match="has changed"):
+    with pytest.raises(IntegrityError, match="changed after this run computed its cache keys"):
         indextable.load_entries(path, first["digest"])
 
 
@@ -115,9 +116,11 @@ def test_provider_memory_does_not_grow_with_the_index(tmp_path):
     entries (holding every entry as an object took ~150 MB more: 371 MB for 1M entries)."""
     code = tmp_path / "db.py"
     code.write_text(VIEW)
+    snapshot = {"path": str(code), "sha256": hashlib.sha256(VIEW.encode()).hexdigest(), "filename": str(code),
+                "uses": {}}
     specs = {}
     for n in (1_000, 400_000):  # (indexed first: a provider forked from this process inherits its pages)
-        spec = {"database": "t/1", "code": str(code), "view": "Items", "root_folder": str(tmp_path),
+        spec = {"database": "t/1", "code": snapshot, "view": "Items", "root_folder": str(tmp_path),
                 "parameters": {"n": n}, "index_path": str(tmp_path / f"i{n}.db"),
                 "outputs": {"value": [FMT, EXP], "label": [FMT, EXP]}}
         spec["index_digest"] = dbprovider.build_index({"spec": spec})["digest"]

@@ -161,7 +161,7 @@ def units_within(expanded: dict, name: str, limit: int, budget: int) -> int:
 
 # -- values -> columns ---------------------------------------------------------------------------
 
-def _encode_strings(items: list, path: str, out: dict) -> None:
+def _encode_strings(items: Sequence[Any], path: str, out: dict) -> None:
     try:
         enc = [s.encode("utf-8") for s in items]
     except UnicodeEncodeError as exc:
@@ -173,7 +173,7 @@ def _encode_strings(items: list, path: str, out: dict) -> None:
     out[path + "#bytes"] = np.frombuffer(b"".join(enc), dtype=U8)
 
 
-def _gather(node: Node, items: list, out: dict) -> None:
+def _gather(node: Node, items: Sequence[Any], out: dict) -> None:
     p, n = node.path, len(items)
     if node.kind == "num":
         if not node.dims:

@@ -49,7 +49,7 @@ import numpy as np
 import simplejson
 from simplejson.encoder import encode_basestring_ascii
 
-from backbeat.core.errors import DataError
+from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import dbindex
 
 MAGIC = b"backbeat-index-table/1\n"
@@ -424,7 +424,8 @@ class Entries(Sequence):
 def load_entries(index_path: str | os.PathLike, digest: str | None = None) -> Entries:
     """The entries of a view index through its table, made (again) from the JSON file when it is
     missing, damaged or of another index.  ``digest``: the index digest the run keyed (else the
-    one recorded beside the index).  Raises DataError when the index itself does not match it."""
+    one recorded beside the index).  Raises IntegrityError when the index itself does not match
+    it (changed after the keys were computed), DataError when it cannot be read."""
     index_path = os.fspath(index_path)
     if not digest:
         try:
@@ -446,7 +447,8 @@ def load_entries(index_path: str | os.PathLike, digest: str | None = None) -> En
         raise DataError(f"cannot read view index `{index_path}': {exc.strerror}") from None
     actual = hashlib.sha256(raw).hexdigest()
     if digest and actual != digest:
-        raise DataError(f"view index `{index_path}' has changed since the run computed its keys")
+        raise IntegrityError(f"view index `{index_path}' changed after this run computed its cache keys: "
+                             f"its data is not served; run the experiment again")
     n, cols = _from_json(raw, index_path)
     del raw
     write_table(index_path, actual, n, cols)

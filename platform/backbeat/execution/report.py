@@ -73,13 +73,16 @@ def report(run: Run) -> dict:
             entry["statistics"] = state.stats[job.name]
         blocks[job.name] = entry
     failed = any(b["status"] == "failed" for b in blocks.values())
-    return {
+    out: dict[str, Any] = {
         "experiment": run.plan.experiment,
         "status": "failed" if failed else "ok",
         "blocks": blocks,
         "results": read_results(run.plan, run.store),
         "hidden_results": hidden_results(run.plan, run.catalog),
     }
+    if state.incidents:  # cache entries quarantined (or summaries rebuilt) by this run
+        out["incidents"] = list(state.incidents)
+    return out
 
 
 def cached_report(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str) -> dict:

@@ -62,6 +62,7 @@ class RunState:
     errors: dict[str, dict] = field(default_factory=dict)  # job -> {"kind", "message", "traceback"}
     stats: dict[str, dict] = field(default_factory=dict)  # job -> statistics of its process(es)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
+    incidents: list[dict] = field(default_factory=list)  # cache entries found wrong: {"block", "message"}
 
     def fail(self, job: str, error: dict) -> None:
         self.status[job] = JobState.FAILED
@@ -101,6 +102,11 @@ class Run:
         """Move a job to ``state`` and say so."""
         self.state.status[job] = state
         self.emit(job, state.value, **extra)
+
+    def incident(self, job: str, message: str) -> None:
+        """A cache entry (or summary) of ``job`` was found not to be what its name says."""
+        self.state.incidents.append({"block": job, "message": message})
+        self.emit(job, "corrupt", message=message)
 
     def on_message(self, msg: Message) -> None:
         """Progress messages of block processes (``job`` or ``job#slot``) to the display."""
