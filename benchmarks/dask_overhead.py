@@ -41,7 +41,7 @@ import runner  # noqa: E402
 from make_prefix import write_prefix  # noqa: E402
 
 GOAL_S = 0.25
-REMOTE_IMPORTS = ("import backbeat.execution.remote; from backbeat.data import cachefile; "
+REMOTE_IMPORTS = ("import backbeat.execution.remote; from backbeat.data import cachereader, cachewriter; "
                   "from backbeat.processes import control, workerpool")
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import zmq
 
 from backbeat.data.batch import Batch
-from backbeat.data.cachefile import CacheReader, CacheWriter
+from backbeat.data.cachereader import CacheReader
+from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
 from backbeat.data.wire import send_batch
 
@@ -167,7 +168,8 @@ def zmq_case(arr: np.ndarray, per_batch: int, tmp: str) -> list[tuple]:
 STREAM = """
 import resource, sys, time, numpy as np
 from backbeat.data.batch import Batch
-from backbeat.data.cachefile import CacheReader, CacheWriter
+from backbeat.data.cachereader import CacheReader
+from backbeat.data.cachewriter import CacheWriter
 path, total = sys.argv[1], int(sys.argv[2])
 fmt = ("bench/array/1", {"value": [1000, "float64"]})
 per = 256

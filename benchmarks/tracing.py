@@ -92,20 +92,20 @@ TARGETS = [
     ("backbeat.runtime.blockrun", "run", "block: run"),
     ("backbeat.runtime.compat", "install_beat_aliases", "block: beat aliases"),
     ("backbeat.runtime.blockrun", "_algorithm_class", "block: load algorithm code"),
-    ("backbeat.data.cachefile", "CacheReader.__init__", "block: open cache input (verify)"),
+    ("backbeat.data.cachereader", "CacheReader.__init__", "block: open cache input (verify)"),
     ("backbeat.runtime.streams", "StreamSource.__init__", "block: connect stream input"),
     ("backbeat.runtime.dbprovider", "DatabaseClient.__init__", "block: connect database provider"),
-    ("backbeat.data.cachefile", "CacheWriter.__init__", "block: open cache writer (h5 create)"),
+    ("backbeat.data.cachewriter", "CacheWriter.__init__", "block: open cache writer (h5 create)"),
     ("backbeat.runtime.streams", "StreamSender.__init__", "block: bind stream output"),
     ("backbeat.runtime.driver", "count_steps", "block: count steps"),
     ("backbeat.runtime.driver", "run_algorithm", "block: drive the algorithm"),
-    ("backbeat.data.cachefile", "CacheWriter.close", "block: commit output (digest, fsync, rename)"),
+    ("backbeat.data.cachewriter", "CacheWriter.close", "block: commit output (digest, fsync, rename)"),
     ("backbeat.runtime.streams", "StreamSender.finish", "block: stream end handshake"),
     ("backbeat.runtime.dbprovider", "build_index", "index job: build view index"),
     ("backbeat.runtime.dbprovider", "serve", "database provider: serve"),
 ]
 #: modules whose whole import is a span ("import NAME") wherever it happens (heavy, or lazily imported)
-IMPORTS = ("numpy", "h5py", "zmq", "distributed", "jinja2", "backbeat.data.cachefile", "backbeat.runtime.blockrun")
+IMPORTS = ("numpy", "h5py", "zmq", "distributed", "jinja2", "backbeat.data.cachewriter", "backbeat.runtime.blockrun")
 
 _DIR = ""
 _STACK: list[str] = []

@@ -18,7 +18,7 @@ import pytest
 
 from backbeat.cache.backends import open_store
 from backbeat.core import jsonio
-from backbeat.data import cachefile
+from backbeat.data import cachereader
 from backbeat.declarations.catalog import Catalog
 from backbeat.execution import executors as executor
 from backbeat.planning.planner import plan
@@ -74,7 +74,7 @@ def workspace(tmp_path_factory):
 
 
 def records(path: Path) -> list[dict]:
-    reader = cachefile.CacheReader(str(path), verify=True)
+    reader = cachereader.CacheReader(str(path), verify=True)
     try:
         return [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())} for v, s, e in reader]
     finally:

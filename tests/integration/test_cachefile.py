@@ -20,15 +20,10 @@ from hypothesis import HealthCheck, given, settings
 
 from backbeat.cache.store import CacheStore
 from backbeat.core.errors import DataError, IntegrityError
-from backbeat.data import cachefile
+from backbeat.data import cachewriter
 from backbeat.data.batch import Batch
-from backbeat.data.cachefile import (
-    CacheReader,
-    CacheWriter,
-    digest_of,
-    stored_digest,
-    verify,
-)
+from backbeat.data.cachereader import CacheReader, digest_of, stored_digest, verify
+from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
 
 
@@ -139,7 +134,7 @@ def test_files_are_sized_to_their_data_and_digests_do_not_depend_on_the_layout(t
     with h5py.File(tmp_path / "mid-gz.h5") as f:
         assert f["columns/value"].compression == "gzip" and f["columns/value"].compression_opts == 9
     assert os.path.getsize(tmp_path / "mid-gz.h5") < os.path.getsize(tmp_path / "mid.h5") / 2
-    monkeypatch.setattr(cachefile, "SMALL_BYTES", -1)  # the layout of older backbeat: always chunked
+    monkeypatch.setattr(cachewriter, "SMALL_BYTES", -1)  # the layout of older backbeat: always chunked
     write("old.h5", 3000)
     with h5py.File(tmp_path / "old.h5") as f:
         assert f["columns/value"].chunks is not None
@@ -244,7 +239,7 @@ def test_garbage_file_is_an_integrity_error(tmp_path):
 WRITER = textwrap.dedent("""
     import sys, time, numpy as np
     from backbeat.data.batch import Batch
-    from backbeat.data.cachefile import CacheWriter
+    from backbeat.data.cachewriter import CacheWriter
     fmt = {"a": [64, "float64"], "s": "string"}
     n = 20000
     w = CacheWriter(sys.argv[1], "user/k/1", fmt, start=0, end=n - 1)

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from backbeat.core.errors import BackbeatError
-from backbeat.data import cachefile
+from backbeat.data import cachereader
 from backbeat.execution import executors as executor
 from conftest import FIXTURES, cli_json, private_tmpdir, run_cli
 
@@ -47,7 +47,7 @@ def cache_digests(cache: Path) -> dict[str, str]:
     out = {}
     for p in sorted(cache.rglob("*")):
         if p.suffix == ".h5":
-            out[str(p.relative_to(cache))] = cachefile.stored_digest(str(p))
+            out[str(p.relative_to(cache))] = cachereader.stored_digest(str(p))
         elif p.suffix == ".db":
             out[str(p.relative_to(cache))] = p.read_text()
     return out
@@ -211,7 +211,7 @@ def test_a_worker_killed_mid_block_does_not_lose_the_run(prefix, tmp_path, clust
     if tree:  # the whole worker host is gone: the block ran again elsewhere
         assert executions(log, ms) == 2 and rep["blocks"]["left"]["status"] == "ran"
     for path in cache.rglob("*.h5"):
-        cachefile.verify(str(path))
+        cachereader.verify(str(path))
     stale = [p.name for p in cache.rglob("*") if ".tmp-" in p.name]
     assert not stale, f"BUG remote.py: temporaries of the killed block are left in the cache: {stale}"
 

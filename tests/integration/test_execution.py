@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from backbeat.cache.backends import open_store
-from backbeat.data import cachefile
+from backbeat.data import cachereader
 from backbeat.execution import executors as executor
 from backbeat.execution.report import cached_results
 from conftest import cli_command, private_tmpdir
@@ -414,7 +414,7 @@ def test_corrupted_input_file_is_detected_and_its_producer_rerun(prefix, cache):
     again = run(prefix, cache, variant)
     assert statuses(again) == {"first": "ran", "second": "ran", "analysis": "ran"}
     assert again["results"] == {"analysis": RESULT}
-    cachefile.verify(str(path))
+    cachereader.verify(str(path))
 
 
 def test_corrupted_result_file_is_detected_and_the_analyzer_rerun(prefix, cache):

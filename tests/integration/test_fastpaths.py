@@ -18,7 +18,8 @@ from backbeat.core import hashing
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex
 from backbeat.data.batch import Batch
-from backbeat.data.cachefile import CacheReader, CacheWriter
+from backbeat.data.cachereader import CacheReader
+from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
 from backbeat.runtime import dbprovider
 from backbeat.runtime.driver import build_inputs, build_outputs, run_algorithm

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from backbeat.cache.backends import open_store
-from backbeat.data import cachefile
+from backbeat.data import cachereader
 from backbeat.execution import executors as executor
 from conftest import FIXTURES, cli_command, cli_json
 
@@ -49,7 +49,7 @@ def output_file(cache: Path, rep: dict, block: str, output: str = "out") -> Path
 
 
 def times(path: Path) -> list[float]:
-    with cachefile.CacheReader(str(path)) as reader:
+    with cachereader.CacheReader(str(path)) as reader:
         return [v.as_dict()["time"] for v in reader.read_units(0, len(reader)).to_values()]
 
 
@@ -93,9 +93,9 @@ def test_split_block_gives_the_same_cache_entry_and_reports_progress_per_slot(pr
     assert a["outputs"] == b["outputs"], "nb_slots changed the output key"
     fa = output_file(tmp_path / "one_slot", reps[one], "left")
     fb = output_file(tmp_path / "two_slots", reps[two], "left")
-    assert cachefile.stored_digest(str(fa)) == cachefile.stored_digest(str(fb))
-    with cachefile.CacheReader(str(fb)) as reader:  # the assembled entry verifies as a whole
-        assert len(reader) == 20 and reader.compute_digest() == cachefile.stored_digest(str(fb))
+    assert cachereader.stored_digest(str(fa)) == cachereader.stored_digest(str(fb))
+    with cachereader.CacheReader(str(fb)) as reader:  # the assembled entry verifies as a whole
+        assert len(reader) == 20 and reader.compute_digest() == cachereader.stored_digest(str(fb))
     assert len(b["statistics"]["slots"]) == 2, b["statistics"]
     assert sum(s["written"]["out"] for s in b["statistics"]["slots"]) == 20
     slots = {e["slot"] for e in events if e["block"] == "left" and "slot" in e}

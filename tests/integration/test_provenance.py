@@ -17,7 +17,7 @@ import pytest
 from backbeat.audit import audit
 from backbeat.cache.backends import open_store
 from backbeat.core import hashing, statmemo
-from backbeat.data import cachefile
+from backbeat.data import cachereader
 from backbeat.execution import executors as executor
 from backbeat.provenance import manifests
 from backbeat.provenance import records as provenance
@@ -84,7 +84,7 @@ def test_record_has_everything(base):
         assert hashing.key(b["kind"], b["pre_image"]) == b["key"] == rep["blocks"][name]["key"]
         assert b["statistics"]["wall_s"] > 0
         for o in b["outputs"].values():
-            assert o["digest"] == cachefile.verify(where / "cache" / o["path"])
+            assert o["digest"] == cachereader.verify(where / "cache" / o["path"])
     # input digests are the upstream output digests / what the dataset serves (its output key:
     # index content, data read, dataformat)
     tr = rec["blocks"]["training"]

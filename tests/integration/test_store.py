@@ -18,7 +18,7 @@ from backbeat.cache.backends import BACKENDS, open_store
 from backbeat.cache.store import CacheStore
 from backbeat.core import hashing, statmemo
 from backbeat.core.errors import BackbeatError, IntegrityError, UsageError
-from backbeat.data.cachefile import CacheWriter
+from backbeat.data.cachewriter import CacheWriter
 
 KEY = "0123456789abcdef" * 4
 OTHER = "fedcba9876543210" * 4

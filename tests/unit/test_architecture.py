@@ -33,7 +33,7 @@ MAX_LINES = 520
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CYCLES: list[set[str]] = []
 KNOWN_CLI: set[tuple[str, str]] = set()
-KNOWN_BIG = {"backbeat.data.cachefile"}
+KNOWN_BIG: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -67,11 +67,11 @@ def bound_records(store: CacheStore, key: str) -> list | None:
 def derive(store: CacheStore, key: str) -> tuple[list[dict], str, os.stat_result]:
     """``(records, digest, stat)`` of result ``key`` read from the entry, verified (identity and
     content); IntegrityError/OSError when it does not hold."""
-    from backbeat.data import cachefile
+    from backbeat.data import cachereader
 
     path = store.output_path(key)
     st = path.stat()
-    with cachefile.CacheReader(str(path), verify=True, key=key) as reader:
+    with cachereader.CacheReader(str(path), verify=True, key=key) as reader:
         batch = reader.read_units(0, len(reader))
         digest = reader.digest
     records = [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}

@@ -282,9 +282,9 @@ class CacheStore:
         st = path.stat()
         value = self.memo.lookup("h5-identity", path, st)
         if value is None:
-            from backbeat.data import cachefile
+            from backbeat.data import cachereader
 
-            stored, digest = cachefile.stored_identity(path)
+            stored, digest = cachereader.stored_identity(path)
             self.memo.remember("h5-identity", path, st, f"{stored} {digest}")
             return stored, digest
         stored, _, digest = value.partition(" ")
@@ -305,11 +305,11 @@ class CacheStore:
 
         Raises :class:`~backbeat.core.errors.IntegrityError` (or ``OSError``) when it does not hold.
         """
-        from backbeat.data import cachefile
+        from backbeat.data import cachereader
 
         path = self.output_path(key)
         st = path.stat()
-        digest = cachefile.verify(str(path), key=key)
+        digest = cachereader.verify(str(path), key=key)
         self.memo.remember("h5-identity", path, st, f"{key} {digest}")
         return digest
 
@@ -361,7 +361,7 @@ class CacheStore:
         An output is verified against its content digest and its name (the key it holds
         must be the one its path spells); a result's summary against the result.
         """
-        from backbeat.data.cachefile import verify
+        from backbeat.data.cachereader import verify
 
         try:
             if path.suffix == OUTPUT:

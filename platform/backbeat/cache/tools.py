@@ -26,7 +26,7 @@ def file_info(store: CacheStore, path: Path) -> dict:
     """What one cache file holds (``.h5``: dataformat, units, range, key, digest; ``.db``: entries)."""
     info: dict[str, Any] = {"path": str(path), "bytes": store.size(path)}
     if path.suffix == OUTPUT:
-        from backbeat.data.cachefile import CacheReader
+        from backbeat.data.cachereader import CacheReader
 
         with CacheReader(path, verify=False) as r:
             info.update(type="output", dataformat=r.dataformat, units=r.units, start=r.start, end=r.end,
@@ -71,7 +71,7 @@ def view(cache: CacheStore | str | os.PathLike, ref: str, start: int | None = No
         return
     if path.suffix != OUTPUT:
         raise BackbeatError(f"`{path}' is not a backbeat cache file (.h5 output or .db index)")
-    from backbeat.data.cachefile import CacheReader
+    from backbeat.data.cachereader import CacheReader
 
     with CacheReader(path, verify=True, key=open_store(cache).key_of(path)) as r:
         for batch in r.iter_batches():

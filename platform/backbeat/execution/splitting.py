@@ -102,12 +102,12 @@ def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded:
              start: int, end: int, compression: str | None = None) -> None:
     """Concatenate the (verified) slot files ``parts`` of a split block into the cache file
     ``final`` covering ``[start, end]``; the parts are removed once it is committed."""
-    from backbeat.data import cachefile
+    from backbeat.data import cachereader, cachewriter
 
-    writer = cachefile.CacheWriter(final, fmt, expanded, key=key, start=start, end=end, compression=compression)
+    writer = cachewriter.CacheWriter(final, fmt, expanded, key=key, start=start, end=end, compression=compression)
     try:
         for part in parts:
-            with cachefile.CacheReader(part, verify=True, key=key) as reader:
+            with cachereader.CacheReader(part, verify=True, key=key) as reader:
                 for batch in reader.iter_batches():
                     writer.write_batch(batch)
         writer.close()
@@ -121,14 +121,14 @@ def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded:
 def slot_ranges(spec: BlockSpec, nb_slots: int) -> list[tuple[int, int]]:
     """Split ranges for a block: over the units of its inputs on its synchronisation channel,
     read from their cache files or asked of the database provider (``[]`` if there is none)."""
-    from backbeat.data import cachefile
+    from backbeat.data import cachereader
 
     lists: list[Sequence[tuple[int, int]]] = []
     for inp in spec.inputs.values():
         if inp.channel != spec.channel:
             continue
         if inp.source == "cache":
-            with cachefile.CacheReader(str(inp.path), verify=False, key=inp.key or None) as reader:
+            with cachereader.CacheReader(str(inp.path), verify=False, key=inp.key or None) as reader:
                 lists.append(list(zip(reader.starts.tolist(), reader.ends.tolist(), strict=True)))
         elif inp.source == "dataset":
             from backbeat.runtime.dbprovider import DatabaseClient

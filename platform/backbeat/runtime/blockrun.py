@@ -12,7 +12,7 @@ server; ``job_main`` calls :func:`run` with the job envelope, whose ``spec`` is 
    from the database-provider process over ZeroMQ (:mod:`~backbeat.runtime.dbprovider`), both
    as windowed :class:`~backbeat.runtime.sources.BatchSource`\\ s, or a stream from a producer
    running at the same time (:mod:`~backbeat.runtime.streams`);
-4. opens one :class:`~backbeat.data.cachefile.CacheWriter` per output (temporary file, renamed
+4. opens one :class:`~backbeat.data.cachewriter.CacheWriter` per output (temporary file, renamed
    into place only when complete);
 5. drives the algorithm with BEAT's semantics (:mod:`~backbeat.runtime.driver`), reporting
    progress over the control channel, and commits the outputs.  Any exception propagates to
@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from backbeat.core.errors import WireError
-from backbeat.data import cachefile
+from backbeat.data import cachereader, cachewriter
 from backbeat.data.batch import unit_bytes, units_within
 from backbeat.data.values import value_type
 from backbeat.processes import control
@@ -49,23 +49,23 @@ class _Sink:
     """BEAT ``Output`` sink protocol (``write(value, start, end)``) over an HDF5 cache writer.
 
     ``writer`` lets the ``Output`` append to the writer's buffer directly (see
-    :meth:`backbeat.cachefile.CacheWriter.buffer`).
+    :meth:`backbeat.data.cachewriter.CacheWriter.buffer`).
     """
 
     __slots__ = ("write", "writer")
 
-    def __init__(self, writer: cachefile.CacheWriter):
+    def __init__(self, writer: cachewriter.CacheWriter):
         self.write = writer.put
         self.writer = writer
 
 
 def _batch_bytes(expanded: dict, fmt: str) -> int:
     """About how large the batches of a streamed output of ``fmt`` are (both ends compute it)."""
-    return units_within(expanded, fmt, STREAM_BATCH, cachefile.BUFFER_BYTES) * unit_bytes(expanded, fmt)
+    return units_within(expanded, fmt, STREAM_BATCH, cachewriter.BUFFER_BYTES) * unit_bytes(expanded, fmt)
 
 
 def _cache_source(path: str, window: int, verify: bool = True, key: str | None = None) -> tuple[BatchSource, Any]:
-    reader = cachefile.CacheReader(path, verify=verify, key=key)
+    reader = cachereader.CacheReader(path, verify=verify, key=key)
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
 
 
@@ -147,13 +147,13 @@ def run(payload: dict) -> dict:
         start, end = spec.range or (0, max((_last_end(s) for s in own if len(s)), default=-1))
 
     channel = None  # the loop channel of a loop processor
-    writers: dict[str, cachefile.CacheWriter] = {}
+    writers: dict[str, cachewriter.CacheWriter] = {}
     senders: dict[str, StreamSender] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
     try:
         for name, out in spec.outputs.items():
             df = out.dataformat
-            writer = cachefile.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end,
+            writer = cachewriter.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end,
                                            compression=spec.compression)
             writers[name] = writer
             if out.streams:  # consumers run at the same time: each batch written is also sent to them

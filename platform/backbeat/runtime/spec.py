@@ -197,7 +197,7 @@ class BlockSpec:
     range: tuple[int, int] | None = None  # a slot of a split block: its share of the channel
     slot: int | None = None
     loop: LoopSpec | None = None
-    compression: str | None = None  # of the cache files written (data.cachefile.compression_options)
+    compression: str | None = None  # of the cache files written (data.cachewriter.compression_options)
 
     @property
     def reads_datasets(self) -> bool:

@@ -1,0 +1,353 @@
+"""Writing an HDF5 cache file (:mod:`backbeat.data.cachefile`): :class:`CacheWriter`.
+
+The writer fills ``<path>.tmp-<pid>-<random>``, buffers per-unit writes into batches of about
+:data:`BUFFER_BYTES`, and on :meth:`~CacheWriter.close` checks that every data unit up to
+``end`` is present, stores the digest, fsyncs, renames into place and fsyncs the directory: a
+file at ``path`` is always complete (the temporaries of a killed writer are removed by the
+cache store, :mod:`backbeat.cache.store`).  Files are sized to their data: an output up to
+:data:`SMALL_BYTES` waits in memory and is written with its exact shapes (compact up to
+:data:`COMPACT_BYTES` per array, else contiguous); larger ones are chunked, with chunk rows
+from the dataformat; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import h5py
+import numpy as np
+
+from backbeat.core.errors import DataError, IntegrityError
+from backbeat.data import cachefile
+from backbeat.data.batch import I64, Batch, tree, units_within
+from backbeat.data.values import BaseValue, as_value, canonical, value_type
+
+DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
+CHUNK_BYTES = 1 << 20
+SMALL_CHUNK_BYTES = 16 << 10
+CHUNK_CACHE = 4 << 20  # per dataset: a partly written chunk stays cached until the next batch fills it
+SMALL_BYTES = 2 << 20  # an output up to this size waits in memory and is written with its exact shapes
+COMPACT_BYTES = 8 << 10  # an array up to this size is stored in the file's metadata (compact layout)
+COMPRESSIONS = ("gzip", "lzf")  # h5py's own filters (every h5py reads them); "gzip:N" sets the level
+BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as one batch
+
+
+def compression_options(compression: str | None) -> dict[str, Any]:
+    """h5py's dataset options for ``compression`` (None or "none": none; "gzip", "gzip:1".."gzip:9",
+    "lzf"), with the shuffle filter; DataError for anything else."""
+    if not compression or compression == "none":
+        return {}
+    name, _, level = compression.partition(":")
+    if name not in COMPRESSIONS or (level and (name != "gzip" or level not in "0123456789" or len(level) != 1)):
+        raise DataError(f"unknown cache compression `{compression}' (known: none, gzip, gzip:0 .. gzip:9, lzf)")
+    return {"compression": name, "shuffle": True, **({"compression_opts": int(level)} if level else {})}
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CacheWriter:
+    """Write one cache file (see module docstring); use as a context manager or call close()/abort()."""
+
+    def __init__(self, path: str | os.PathLike, fmt_name: str, expanded: dict, *, key: str = "",
+                 start: int = 0, end: int | None = None, compression: str | None = DEFAULT_COMPRESSION,
+                 buffer_units: int | None = None) -> None:
+        self.path = os.fspath(path)
+        self.name, self.expanded, self.key = fmt_name, expanded, key
+        self.start, self.end = int(start), (None if end is None else int(end))
+        if self.start < 0 or (self.end is not None and self.end < self.start):
+            raise DataError(f"invalid data-index range [{start}, {end}] for `{self.path}'")
+        self.type = value_type(fmt_name, expanded)
+        self._tree = tree(fmt_name, expanded)
+        self._canon = canonical(expanded)
+        self._next = self.start  # the first index after the units flushed to the file
+        self._limit = self.end if self.end is not None else 2**63 - 1
+        self._units = 0
+        self._values: list[BaseValue] = []
+        self._ends: list[int] = []
+        self._closed = False
+        self.on_batch: Callable[[Batch], None] | None = None  # told of each batch once it is in the file
+        units = units_within(expanded, fmt_name, 65536, BUFFER_BYTES)
+        self.buffer_units = buffer_units or 1 << (units.bit_length() - 1)
+        self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._h5 = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE, rdcc_w0=1.0)
+        except OSError as exc:
+            self._closed = True
+            raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
+        self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
+        self._pending: list[list[np.ndarray]] = []  # arrays appended before (small outputs: until close)
+        self._pending_bytes = 0
+        self._hasher = cachefile.Hasher()
+        self._kw: dict[str, Any] = compression_options(compression)
+        self._specs = {name: (dtype, shape) for name, dtype, shape in cachefile.arrays(fmt_name, expanded)}
+        self._names = list(self._specs)  # digest order
+        self._rows = dict.fromkeys(self._names, 0)  # rows appended so far (offsets: plus their leading 0)
+        self._last = dict.fromkeys(self._names, 0)  # offsets columns: the last offset appended
+        self._hash = {name: hashlib.sha256() for name in self._names}
+        for name in self._names:
+            if name.endswith("#offsets"):  # global offsets start with a 0
+                self._rows[name] = 1
+                self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
+        a = self._h5.attrs
+        a["backbeat"] = cachefile.FORMAT_TAG
+        a["dataformat"] = fmt_name
+        a["declaration"] = self._canon
+        a["key"] = key
+        a["start"] = self.start
+        a["end"] = -1 if self.end is None else self.end
+
+    # writing ---------------------------------------------------------------------------------------
+    @property
+    def next_index(self) -> int:
+        """The first data index not yet written."""
+        return self._ends[-1] + 1 if self._ends else self._next
+
+    @property
+    def limit(self) -> int:
+        """The last data index a unit may end at."""
+        return self._limit
+
+    def buffer(self) -> tuple[list, list, int, Callable[[], None]]:
+        """``(values, ends, threshold, flush)``: the units waiting to be written, for a fast producer.
+
+        A producer that guarantees what :meth:`put` checks — each unit starts right after
+        the previous one (at :attr:`next_index` for the first) and ends within the output's
+        range, values of :attr:`type` — may append to ``values`` and ``ends`` itself and
+        call ``flush()`` once ``threshold`` units wait.  BEAT's ``Output`` does so, saving
+        a call per unit.  Nothing may be appended once the writer is closed or aborted.
+        """
+        return self._values, self._ends, self.buffer_units, self.flush
+
+    def write(self, data: Any, end_data_index: int | None = None) -> None:
+        """Append one data unit covering ``[next_index, end_data_index]`` (default: one index)."""
+        nxt = self.next_index
+        self.put(data, nxt, nxt if end_data_index is None else int(end_data_index))
+
+    def put(self, data: Any, start: int, end: int) -> None:
+        """Append one data unit ``[start, end]``; ``start`` must be :attr:`next_index`.
+
+        This is also the sink protocol of BEAT outputs (``write(value, start, end)``).
+        """
+        nxt = self._ends[-1] + 1 if self._ends else self._next
+        if start != nxt or end < start or end > self._limit or self._closed:
+            if self._closed:
+                raise DataError(f"cache writer for `{self.path}' is closed")
+            if start != nxt:
+                raise DataError(f"cannot write a data unit starting at {start} to `{self.path}': "
+                                f"the next one must start at {nxt}")
+            raise DataError(
+                f"cannot write data unit ending at {end} to `{self.path}': it must be within "
+                f"[{nxt}, {self.end if self.end is not None else 'inf'}]"
+            )
+        if type(data) is not self.type:
+            data = as_value(self.type, data)
+        values = self._values
+        values.append(data)
+        self._ends.append(end)
+        if len(values) >= self.buffer_units:
+            self.flush()
+
+    def write_batch(self, batch: Batch) -> None:
+        """Append a whole batch; its first unit must start at :attr:`next_index`."""
+        if self._closed:
+            raise DataError(f"cache writer for `{self.path}' is closed")
+        if batch.name != self.name or canonical(batch.expanded) != self._canon:
+            raise DataError(f"batch of `{batch.name}' written to a cache file of `{self.name}'")
+        self.flush()
+        if not len(batch):
+            return
+        if int(batch.starts[0]) != self._next:
+            raise DataError(f"batch starts at data index {batch.starts[0]}, expected {self._next}")
+        last = int(batch.ends[-1])
+        if self.end is not None and last > self.end:
+            raise DataError(f"batch ends at data index {last}, beyond the output's end {self.end}")
+        self._append(batch)
+        self._next = last + 1
+
+    def flush(self) -> None:
+        """Write buffered per-unit values to the file as one batch."""
+        if not self._values:
+            return
+        ends = np.array(self._ends, dtype=I64)
+        starts = np.empty_like(ends)
+        starts[0] = self._next
+        starts[1:] = ends[:-1] + 1
+        batch = Batch.from_values(self.name, self.expanded, self._values, starts, ends)
+        self._values.clear()  # in place: a producer may hold these lists (see buffer())
+        self._ends.clear()
+        self._append(batch)
+        self._next = int(ends[-1]) + 1
+
+    def _append(self, batch: Batch) -> None:
+        """Append every array of ``batch``; large arrays are hashed in a thread while HDF5 writes.
+
+        Until the output holds more than :data:`SMALL_BYTES` the arrays wait in memory: an output
+        that stays small is written at :meth:`close` with its exact shapes (no chunk to fill);
+        beyond that the datasets are created chunked, with chunks sized from what waited.
+        """
+        jobs = []
+        try:
+            arrays = [self._rebased("index/start", batch.starts), self._rebased("index/end", batch.ends)]
+            arrays += [self._rebased(name, batch.columns[name[len("columns/"):]]) for name in self._names[2:]]
+            for name, arr in zip(self._names, arrays, strict=True):
+                if arr.shape[0]:
+                    jobs.append(self._hasher.update(self._hash[name], arr))
+                    self._rows[name] += arr.shape[0]
+            if self._ds is None:
+                self._pending.append(arrays)
+                self._pending_bytes += sum(a.nbytes for a in arrays)
+                if self._pending_bytes > SMALL_BYTES:
+                    self._create_chunked()
+            else:
+                self._write(arrays)
+        except (OSError, ValueError, KeyError) as exc:
+            for job in jobs:
+                job.result()
+            self.abort()
+            raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
+        for job in jobs:
+            job.result()
+        self._units += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(batch)
+
+    def _rebased(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """``arr`` as stored: the declared dtype, C order; offsets made global (without their 0)."""
+        if name.endswith("#offsets"):
+            base = self._last[name]
+            arr = arr[1:] + base if base else arr[1:]
+            if arr.shape[0]:
+                self._last[name] = int(arr[-1])
+        return np.ascontiguousarray(arr, dtype=self._specs[name][0])
+
+    def _waiting(self) -> list[np.ndarray]:
+        """The arrays waiting in memory, one per name (concatenated; offsets with their leading 0)."""
+        out = []
+        for k, name in enumerate(self._names):
+            dtype, shape = self._specs[name]
+            parts = [a[k] for a in self._pending]
+            if name.endswith("#offsets"):
+                parts.insert(0, np.zeros(1, dtype=dtype))
+            out.append(np.concatenate(parts) if len(parts) > 1 else
+                       (parts[0] if parts else np.empty((0, *shape), dtype=dtype)))
+        self._pending, self._pending_bytes = [], 0
+        return out
+
+    def _create_chunked(self) -> None:
+        """Create extendable, chunked datasets and write what waited.  Chunks: the rows of the units of
+        about :data:`SMALL_BYTES`, within [16 KiB, 1 MiB], a power of two — from the dataformat only,
+        so the file does not depend on how its units were batched."""
+        waiting = self._waiting()
+        self._ds = {}
+        hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
+        for name, arr in zip(self._names, waiting, strict=True):
+            dtype, shape = self._specs[name]
+            row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+            rows = max(1, min(CHUNK_BYTES // row, max(hint, SMALL_CHUNK_BYTES // row)))
+            rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
+            ds = self._h5.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
+                                         chunks=(rows, *shape), **self._kw)
+            if arr.shape[0]:
+                ds.write_direct(arr)
+            self._ds[name] = ds
+        self._filled = {name: arr.shape[0] for name, arr in zip(self._names, waiting, strict=True)}
+
+    def _write(self, arrays: list[np.ndarray]) -> None:
+        assert self._ds is not None
+        for name, arr in zip(self._names, arrays, strict=True):
+            n = arr.shape[0]
+            if n:
+                ds, old = self._ds[name], self._filled[name]
+                ds.resize(old + n, axis=0)
+                ds[old:old + n] = arr
+                self._filled[name] = old + n
+
+    def _create_exact(self) -> None:
+        """Write what waited as datasets of their exact shapes: compact (in the file's metadata) when
+        tiny, else contiguous, or one chunk when compressed."""
+        waiting = self._waiting()
+        self._ds = {}
+        for name, arr in zip(self._names, waiting, strict=True):
+            group, base = name.split("/")
+            parent = self._h5.require_group(group)
+            if arr.nbytes <= COMPACT_BYTES or not self._kw:
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                dcpl.set_layout(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
+                dsid = h5py.h5d.create(parent.id, base.encode(), h5py.h5t.py_create(arr.dtype),
+                                       h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
+                if arr.size:
+                    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+            else:
+                parent.create_dataset(base, data=arr, chunks=arr.shape, **self._kw)
+
+    # finishing -------------------------------------------------------------------------------------
+    def close(self) -> str:
+        """Commit the file; return its digest.  Missing data units → IntegrityError, nothing left."""
+        if self._closed:
+            raise DataError(f"cache writer for `{self.path}' is already closed")
+        self.flush()
+        last = self._next - 1
+        if self._units == 0 or (self.end is not None and last < self.end):
+            self.abort()
+            raise IntegrityError(
+                f"not enough data written to `{self.path}': last data index written is {last}, "
+                f"expected {self.end if self.end is not None else 'at least one unit'}"
+            )
+        self._hasher.close()
+        try:
+            if self._ds is None:
+                self._create_exact()
+        except (OSError, ValueError) as exc:
+            self.abort()
+            raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
+        parts = [(name, dtype, (self._rows[name], *shape), self._hash[name].hexdigest())
+                 for name, dtype, shape in cachefile.arrays(self.name, self.expanded)]
+        end = self.end if self.end is not None else last
+        digest = cachefile.final_digest(self.name, self._canon, self.start, end, parts)
+        a = self._h5.attrs
+        a["end"] = end
+        a["units"] = self._units
+        a["digest_algorithm"] = cachefile.DIGEST_ALGORITHM
+        a["digest"] = digest
+        self._h5.close()
+        self._closed = True
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path)
+        return digest
+
+    def abort(self) -> None:
+        """Drop everything written; the final path is never touched."""
+        self._closed = True
+        self._hasher.close()
+        with contextlib.suppress(Exception):
+            self._h5.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._closed:
+            return
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
