@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _gated import ONE_RESULT, gate_experiment, write_gated
 
 from backbeat.core.errors import BackbeatError
 from backbeat.data import cachereader
@@ -264,4 +265,33 @@ def test_block_tasks_run_on_warm_runners_whose_fork_server_is_reused(prefix, tmp
         runner, then = now["runners"][0], before[worker]["runners"][0]
         assert runner["pid"] == then["pid"] and runner["alive"]
         assert len(runner["children"]) == 1 and runner["children"] == then["children"]  # the same fork server
-    assert sum(w["runners"][0]["jobs"] - before[a]["runners"][0]["jobs"] for a, w in after.items()) == ran
+    jobs = sum(w["runners"][0]["jobs"] - before[a]["runners"][0]["jobs"] for a, w in after.items())
+    assert jobs == ran + 1  # and the task indexing the dataset
+
+
+def test_views_are_indexed_by_tasks_while_blocks_that_do_not_read_them_run(prefix, tmp_path, cluster, log):
+    """The `gated' view's index() returns only once block `left' (which reads the other dataset)
+    has started on the cluster: run before any block, as a local run indexes, it would fail."""
+    view = {"after": "ms=13", "announce": "", "fail": False}
+    write_gated(prefix, {"default": view, "broken": {**view, "fail": True}})
+    gated = gate_experiment(prefix, "gated", ("spin/1", "default"), ("gated/1", "default"), ms=(13.0, 14.0))
+    broken = gate_experiment(prefix, "broken", ("spin/1", "default"), ("gated/1", "broken"), ms=(13.0, 14.0))
+    cache = tmp_path / "cache"
+    code, rep, err = cli_json("-p", prefix, "-c", cache, "experiments", "run", gated, "--json",
+                              "--executor", "dask", "--scheduler", cluster.scheduler_address, timeout=120)
+    assert code == 0, err
+    assert rep["status"] == "ok" and rep["results"] == {"al": ONE_RESULT, "ar": ONE_RESULT}, rep
+    assert {b: v["status"] for b, v in rep["blocks"].items()} == {"left": "ran", "right": "ran", "al": "ran", "ar": "ran"}
+    assert len(list(cache.rglob("*.db"))) == 2 and not any(".tmp-" in p.name for p in cache.rglob("*"))
+    again = executor.run_experiment(prefix, cache, gated, executor.Options(), executor_name="dask",
+                                    scheduler=cluster.scheduler_address)  # indexes kept: nothing runs
+    assert {b["status"] for b in again["blocks"].values()} == {"cached"} and again["results"] == rep["results"]
+    local = executor.run_experiment(prefix, cache, gated, executor.Options())  # the same keys locally
+    assert {b["status"] for b in local["blocks"].values()} == {"cached"}
+    # a view that cannot index fails the blocks reading it, with its error; the others run
+    failed = executor.run_experiment(prefix, tmp_path / "c2", broken, executor.Options(), executor_name="dask",
+                                     scheduler=cluster.scheduler_address)
+    status = {b: v["status"] for b, v in failed["blocks"].items()}
+    assert status == {"left": "ran", "right": "failed", "al": "ran", "ar": "skipped"}, failed
+    assert "this view cannot index" in failed["blocks"]["right"]["error"]["message"] + str(
+        failed["blocks"]["right"]["error"].get("traceback"))

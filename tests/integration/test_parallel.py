@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _gated import ONE_RESULT, gate_experiment, write_gated
 
 from backbeat.cache.backends import open_store
 from backbeat.data import cachereader
@@ -80,6 +81,19 @@ def test_two_cpu_bound_blocks_overlap_in_time(prefix, tmp_path):
 
 
 # ----------------------------------------------------------------------------- split blocks
+
+def test_the_datasets_of_a_run_are_indexed_at_the_same_time(prefix, tmp_path, monkeypatch):
+    """Each of the two views announces that it is indexing, then waits for the other's
+    announcement: indexed one after the other, the first would wait for ever (60 s, then fail)."""
+    log = tmp_path / "views.log"
+    monkeypatch.setenv("PARALLEL_FIXTURE_LOG", str(log))
+    write_gated(prefix, {"one": {"announce": "view=1", "after": "view=2", "fail": False},
+                         "two": {"announce": "view=2", "after": "view=1", "fail": False}})
+    name = gate_experiment(prefix, "both", ("gated/1", "one"), ("gated/1", "two"), ms=(1.0, 2.0))
+    rep = executor.run_experiment(prefix, tmp_path / "cache", name, executor.Options(jobs=2))
+    assert rep["status"] == "ok" and rep["results"] == {"al": ONE_RESULT, "ar": ONE_RESULT}, rep
+    assert sorted(w for w in log.read_text().split() if not w.isdigit()) == ["ms=1", "ms=2", "view=1", "view=2"]
+
 
 def test_split_block_gives_the_same_cache_entry_and_reports_progress_per_slot(prefix, tmp_path):
     one = write_experiment(prefix, "one_slot", slots=1)

@@ -2,7 +2,8 @@
 
 :meth:`Executor.run` is the same for every executor::
 
-    prepare   plan the experiment, index its datasets (in local block processes), assign keys
+    prepare   plan the experiment, index its datasets (in local block processes, or deferred:
+              the executor indexes them as tasks), assign keys
     decide    which jobs run: cache state, verification, --force/--only/--from/--until
     execute   run the jobs whose state is ``pending``        <- the one method an executor supplies
     report    each job's status, error, statistics; the analyzers' results
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import ClassVar
 
 from backbeat.cache.store import CacheStore
@@ -35,13 +37,15 @@ from backbeat.provenance import builder, records
 
 def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
             options: Options | None = None, progress: Progress | None = None, warm: bool = False,
-            dry: bool = False) -> Run:
+            dry: bool = False, defer: bool = False) -> Run:
     """Plan an experiment and index its datasets (keys assigned), ready to decide and execute.
 
     With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
     and zmq on the other core while this process plans (a cached run just closes it).
     ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
     is upstream of the selection is never re-run); a missing index is always built.
+    With ``defer``, the datasets whose view must run are not indexed here but listed in
+    ``run.deferred``: the executor indexes them, and the jobs reading them (no key yet) wait.
     """
     workspace = Workspace.open(prefix, cache)
     group = ProcessGroup(root=workspace.user_root)
@@ -56,7 +60,8 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     group.on_message = run.on_message
     opts = run.options
     try:
-        index_datasets(run, rebuild=opts.force and not (dry or opts.from_ or opts.only))
+        run.deferred = index_datasets(run, rebuild=opts.force and not (dry or opts.from_ or opts.only),
+                                      defer=defer)
         assign_keys(plan)
     except BaseException:
         run.close()
@@ -64,14 +69,40 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     return run
 
 
-def decide(run: Run) -> None:
+def waiting(run: Run) -> set[str]:
+    """The jobs that read, directly or through upstream jobs, a dataset the executor has yet
+    to index (``run.deferred`` without an index digest): their keys are not known yet."""
+    pending = {n for n in run.deferred if run.plan.datasets[n].index_digest is None
+               and n not in run.state.dataset_errors}
+    out: set[str] = set()
+    for job in run.plan.jobs:  # (in dependency order)
+        if any(i.node in pending for i in job.inputs.values() if i.source == "dataset") or set(job.depends) & out:
+            out.add(job.name)
+    return out
+
+
+def decide(run: Run, jobs: Collection[str] | None = None) -> None:
     """Decide every job's action (:func:`backbeat.execution.decisions.decide`, the decision
     ``--dry-run`` prints) and set its first state (:data:`~backbeat.execution.state.INITIAL`).
 
-    A job reading a dataset whose view could not be indexed fails with the view's error.
+    A job reading a dataset whose view could not be indexed fails with the view's error.  Jobs
+    waiting for a deferred dataset's index are ``waiting``; once it is indexed (keys assigned
+    again), ``decide(run, those jobs)`` decides them.
     """
-    run.decisions = decisions.decide(run)
+    chosen = decisions.decide(run)
+    later = waiting(run)
+    if jobs is None:
+        run.decisions = chosen
+        names = {j.name for j in run.plan.jobs}
+    else:
+        names = set(jobs) - later
+        run.decisions.update({n: chosen[n] for n in names})
     for job in run.plan.jobs:
+        if job.name in later:
+            run.state.status[job.name] = JobState.WAITING
+            continue
+        if job.name not in names:
+            continue
         decision = run.decisions[job.name]
         run.state.status[job.name] = INITIAL[decision.action] if decision.twin is None else JobState.PENDING
         if decision.action == "cached" and decision.twin is None:  # (a twin: once its twin has run)
@@ -142,6 +173,9 @@ class Executor(ABC):
     name: ClassVar[str]
     #: whether blocks run in this run's local process group (start its fork server early)
     local: ClassVar[bool] = False
+    #: whether :meth:`execute` indexes the datasets whose view must run (``run.deferred``,
+    #: :func:`prepare`), overlapping with the jobs that do not read them
+    indexes: ClassVar[bool] = False
 
     def check(self) -> None:  # noqa: B027 - most executors need no check
         """Fail early (before planning) if the executor cannot work here."""
@@ -154,7 +188,7 @@ class Executor(ABC):
             options: Options | None = None, progress: Progress | None = None) -> dict:
         """Run an experiment; return the JSON-able report of ``backbeat experiments run --json``."""
         self.check()
-        run = prepare(prefix, cache, name, options, progress, warm=self.local)
+        run = prepare(prefix, cache, name, options, progress, warm=self.local, defer=self.indexes)
         try:
             decide(run)
             if not self.local:  # blocks run elsewhere: no local process is kept meanwhile

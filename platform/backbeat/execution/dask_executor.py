@@ -20,6 +20,12 @@ pending job into one Dask task:
   errors, so Dask does not retry a block that failed by itself; downstream tasks then
   report ``skipped``.  A worker lost mid-block makes Dask re-run the task elsewhere; the
   atomic commit of cache files makes that safe.
+
+Datasets whose view must run are indexed by tasks too (:class:`~backbeat.execution.remote.RemoteIndex`,
+the view runs on a worker), submitted first: the blocks that do not read them (their keys
+are known) run meanwhile, and the jobs that read them are keyed, decided and submitted as
+soon as their last dataset is indexed (the index and data digests are recorded here, as
+in a local run).
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ import time
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
-from backbeat.execution.base import Executor
-from backbeat.execution.remote import RemoteJob, TaskResult
+from backbeat.execution.base import Executor, decide
+from backbeat.execution.remote import RemoteIndex, RemoteJob, TaskResult
 from backbeat.execution.specs import SpecBuilder
 from backbeat.execution.state import BROKEN, JobState, Run
+from backbeat.execution.views import index_spec, record_index
+from backbeat.planning.model import assign_keys
+from backbeat.processes.outcome import Outcome
 
 
 def _die_with_parent() -> None:
@@ -54,6 +63,15 @@ def block_task(job: dict, *upstream: dict) -> dict:
     (:mod:`backbeat.execution.dask_worker`), else through a fresh ``python -m backbeat.remote``."""
     if any(u.get("status") in ("failed", "skipped") for u in upstream):
         return TaskResult("skipped").to_json()
+    return _on_runner(job)
+
+
+def index_task(job: dict) -> dict:
+    """Dask task: index one dataset (a :class:`~backbeat.execution.remote.RemoteIndex`) on this worker."""
+    return _on_runner(job)
+
+
+def _on_runner(job: dict) -> dict:
     from backbeat.execution.dask_worker import runners
 
     pool = runners()
@@ -71,6 +89,7 @@ def block_task(job: dict, *upstream: dict) -> dict:
 
 class DaskExecutor(Executor):
     name = "dask"
+    indexes = True
 
     def __init__(self, scheduler: str | None = None, workers: int | None = None) -> None:
         """``scheduler``: a running cluster's address (default: a LocalCluster of ``workers`` processes)."""
@@ -101,47 +120,83 @@ class DaskExecutor(Executor):
         status = run.state.status
         specs = SpecBuilder(run.plan, run.workspace, run.options.window)
         client, cluster = self._client(self.workers or run.options.jobs or os.cpu_count() or 1)
-        futures: dict[str, Any] = {}
+        futures: dict[str, Any] = {}  # job -> its task (identical blocks share one: same key)
+        names: dict[str, list[str]] = {}  # task key -> its jobs
+        results: dict[str, TaskResult] = {}  # task key -> result, once known
         started: dict[str, float] = {}
+        indexing: dict[str, tuple[str, Any]] = {}  # task key -> (dataset, where its view's reads go)
+        done = as_completed(loop=client.loop)
+
+        def submit(job_name: str) -> None:
+            job = run.jobs[job_name]
+            if any(status[d] in BROKEN for d in job.depends):
+                run.set(job.name, JobState.SKIPPED)
+                return
+            needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
+            task = RemoteJob(job.key, specs.block(job), specs.datasets(needed), run.store.location,
+                             run.workspace.user_root, run.decisions[job.name].forced, run.options.timeout_s,
+                             run.options.memory_bytes)
+            deps = [futures[d] for d in job.depends if d in futures]
+            future = client.submit(block_task, task.to_json(), *deps, key=f"backbeat-{job.key}", pure=False)
+            futures[job.name] = future
+            started[job.name] = time.perf_counter()
+            run.emit(job.name, "running", done=0, total=None)
+            if future.key in results:  # a twin of a job already done
+                self._settle(run, job.name, results[future.key], 0.0)
+            elif future.key not in names:
+                done.add(future)
+            names.setdefault(future.key, []).append(job.name)
+
         try:
             from backbeat.execution.dask_worker import BlockRunners
 
             client.register_plugin(BlockRunners())  # warm runners on every worker (kept between runs)
+            for ds_name in run.deferred:  # first: the views to index, then what can run meanwhile
+                spec, reads = index_spec(run, ds_name, specs)
+                task = RemoteIndex(spec, run.store.location, run.workspace.user_root)
+                future = client.submit(index_task, task.to_json(), key=f"backbeat-index-{os.urandom(8).hex()}",
+                                       pure=False)
+                indexing[future.key] = (ds_name, reads)
+                done.add(future)
             for job in run.plan.jobs:
-                if status[job.name] != JobState.PENDING:
-                    continue
-                if any(status[d] in BROKEN for d in job.depends):
-                    run.set(job.name, JobState.SKIPPED)
-                    continue
-                needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
-                task = RemoteJob(job.key, specs.block(job), specs.datasets(needed), run.store.location,
-                                 run.workspace.user_root, run.decisions[job.name].forced, run.options.timeout_s,
-                                 run.options.memory_bytes)
-                deps = [futures[d] for d in job.depends if d in futures]
-                futures[job.name] = client.submit(block_task, task.to_json(), *deps, key=f"backbeat-{job.key}",
-                                                  pure=False)
-                started[job.name] = time.perf_counter()
-                run.emit(job.name, "running", done=0, total=None)
-            names: dict[str, list[str]] = {}  # identical blocks share one task (same key)
-            for n, f in futures.items():
-                names.setdefault(f.key, []).append(n)
-            unique = {f.key: f for f in futures.values()}
-            for future in as_completed(list(unique.values())):
+                if status[job.name] == JobState.PENDING:
+                    submit(job.name)
+            for future in done:
                 try:
                     result = TaskResult.from_json(future.result())
                 except Exception as exc:  # noqa: BLE001 - a task lost too often, or a scheduler error
                     result = TaskResult.failure("system", f"Dask task failed: {exc}")
+                if future.key in indexing:
+                    for job_name in self._indexed(run, *indexing.pop(future.key), result):
+                        submit(job_name)
+                    continue
+                results[future.key] = result
                 for job_name in names[future.key]:
-                    if run.decisions[job_name].twin is not None:  # as locally: reuses its twin's outputs
-                        run.set(job_name, JobState.CACHED if result.status != "failed" else JobState.SKIPPED)
-                    else:
-                        _record(run, job_name, result, time.perf_counter() - started[job_name])
+                    self._settle(run, job_name, result, time.perf_counter() - started[job_name])
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
         if any(s == JobState.PENDING for s in status.values()):
             raise ExecutionError("the Dask run ended with blocks never scheduled")
+
+    @staticmethod
+    def _indexed(run: Run, ds_name: str, reads: Any, result: TaskResult) -> list[str]:
+        """Record one dataset's index; decide the jobs no longer waiting; those to submit."""
+        outcome = (Outcome("completed", "", statistics=result.statistics) if result.status == "ran"
+                   else result.outcome or Outcome("system", "the indexing task failed"))
+        record_index(run, ds_name, outcome, reads)
+        before = {n for n, s in run.state.status.items() if s == JobState.WAITING}
+        assign_keys(run.plan)  # (the keys known already do not change)
+        decide(run, before)
+        return [j.name for j in run.plan.jobs if j.name in before and run.state.status[j.name] == JobState.PENDING]
+
+    @staticmethod
+    def _settle(run: Run, job_name: str, result: TaskResult, wall_s: float) -> None:
+        if run.decisions[job_name].twin is not None:  # as locally: reuses its twin's outputs
+            run.set(job_name, JobState.CACHED if result.status != "failed" else JobState.SKIPPED)
+        else:
+            _record(run, job_name, result, wall_s)
 
 
 def _record(run: Run, job: str, result: TaskResult, wall_s: float) -> None:

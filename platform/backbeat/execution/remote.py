@@ -5,7 +5,9 @@ block exactly as the local executor does — in a process group (fork server, co
 channel), with a database provider if the block reads datasets — and prints one JSON line,
 its :class:`TaskResult`: ``{"status": "ran", "statistics"}``, ``{"status": "cached"}`` or
 ``{"status": "failed", "kind", "message", "traceback"}``.  ``python -m backbeat.remote --serve``
-runs jobs one per line, one after the other, with one warm fork server (:func:`serve`).
+runs jobs one per line, one after the other, with one warm fork server (:func:`serve`).  A
+job may also be a dataset's indexing job (:class:`RemoteIndex`): the view runs there, its
+result's statistics are those of a local indexing job.
 
 It runs in a fresh interpreter so that forking never happens from a multi-threaded process
 (Dask workers have threads).  The job takes the same lock in the cache store as local runs
@@ -27,7 +29,7 @@ from typing import IO, Any
 
 from backbeat.cache.backends import open_store
 from backbeat.core.errors import WireError
-from backbeat.execution.views import PROVIDER_JOB, start_provider
+from backbeat.execution.views import INDEX_TARGET, PROVIDER_JOB, start_provider
 from backbeat.processes.exits import Limits
 from backbeat.processes.group import ProcessGroup
 from backbeat.processes.outcome import Outcome
@@ -67,6 +69,30 @@ class RemoteJob:
 
 
 @dataclass(frozen=True)
+class RemoteIndex:
+    """One dataset's indexing job for another machine: its spec (with where it writes what its
+    view opened: on storage the submitting machine reads too), the cache location."""
+
+    dataset: DatasetSpec
+    cache: str
+    root: str | None = None  # folder of user code (tracebacks)
+
+    def to_json(self) -> dict:
+        return {"index": self.dataset.to_json(), "cache": self.cache, "root": self.root}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RemoteIndex:
+        if not isinstance(obj, dict) or not isinstance(obj.get("cache"), str):
+            raise WireError("malformed remote indexing job: `cache' is required")
+        return cls(DatasetSpec.from_json(obj.get("index")), obj["cache"], obj.get("root"))
+
+
+def from_json(obj: Any) -> RemoteJob | RemoteIndex:
+    """A remote job or indexing job, from its JSON."""
+    return RemoteIndex.from_json(obj) if isinstance(obj, dict) and "index" in obj else RemoteJob.from_json(obj)
+
+
+@dataclass(frozen=True)
 class TaskResult:
     """What became of a remote job: ``status`` and, when it ran or failed, its outcome."""
 
@@ -97,12 +123,14 @@ class TaskResult:
         return cls("failed", Outcome(kind, message))
 
 
-def run(job: RemoteJob, group: ProcessGroup | None = None, tag: str = "") -> TaskResult:
-    """Run one block job (see the module docstring).
+def run(job: RemoteJob | RemoteIndex, group: ProcessGroup | None = None, tag: str = "") -> TaskResult:
+    """Run one block job (see the module docstring), or one indexing job.
 
     ``group``: a process group kept between jobs (:func:`serve`: its fork server is warm); by
     default one is made for the job and closed after it.  ``tag`` makes its job ids unique in it.
     """
+    if isinstance(job, RemoteIndex):
+        return _index(job, group, tag)
     store = open_store(job.cache)
     keys = [o.key for o in job.block.outputs.values()]
     lock = store.lock(job.key)
@@ -138,6 +166,21 @@ def run(job: RemoteJob, group: ProcessGroup | None = None, tag: str = "") -> Tas
                           Outcome("system", "the block completed but did not commit its outputs"))
 
 
+def _index(job: RemoteIndex, group: ProcessGroup | None, tag: str) -> TaskResult:
+    own = group is None
+    if group is None:
+        group = ProcessGroup(root=job.root)
+    group.root = job.root
+    name = f"index{tag}"
+    try:
+        group.spawn(name, INDEX_TARGET, job.dataset.to_json())
+        out = group.wait([name])[name]
+    finally:
+        if own:
+            group.close()
+    return TaskResult("ran", statistics=out.statistics) if out.ok else TaskResult("failed", out)
+
+
 def _watch_parent(parent: int) -> None:
     """Leave when the process that started this one is gone (its fork server and blocks follow)."""
     def watch() -> None:
@@ -163,7 +206,7 @@ def serve(jobs: IO[str], results: IO[str], parent: int | None = None) -> None:
     try:
         for n, line in enumerate(jobs):
             try:
-                result = run(RemoteJob.from_json(json.loads(line)), group, str(n))
+                result = run(from_json(json.loads(line)), group, str(n))
             except Exception as exc:  # noqa: BLE001 - the caller gets a structured failure
                 result = TaskResult.failure("system", f"{type(exc).__name__}: {exc}")
             results.write(json.dumps(result.to_json()) + "\n")
@@ -183,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         serve(sys.stdin, results, parent)
         return
     try:
-        result = run(RemoteJob.from_json(json.loads(sys.stdin.read())))
+        result = run(from_json(json.loads(sys.stdin.read())))
     except Exception as exc:  # noqa: BLE001 - the caller gets a structured failure, never a traceback
         result = TaskResult.failure("system", f"{type(exc).__name__}: {exc}")
     sys.stdout.write(json.dumps(result.to_json()) + "\n")

@@ -80,6 +80,7 @@ class Run:
     progress: Progress | None = None
     state: RunState = field(default_factory=RunState)
     decisions: dict[str, Decision] = field(default_factory=dict)  # job -> what the run does with it
+    deferred: list[str] = field(default_factory=list)  # datasets the executor indexes (execution/base.py)
 
     @property
     def store(self) -> CacheStore:

@@ -10,7 +10,10 @@ record, or one of whose files read by ``index()`` changed, is (re-)indexed in a 
 process (which also reads every unit once, so the files ``get()`` reads are known too).
 Files the provider saw the view open beyond the manifest (its journal) are added to the
 manifest first.  A view that fails to index fails the blocks that read it (with the user's
-traceback), and only those.  :func:`start_provider` starts the database provider
+traceback), and only those.  The datasets to index are indexed at once, each in its own
+process; an executor that indexes them itself (as tasks: the Dask executor) gets them back
+(``defer``) and records each result with :func:`record_index`.  :func:`start_provider` starts
+the database provider
 (:func:`backbeat.runtime.dbprovider.serve`) that serves dataset outputs to block processes.
 """
 
@@ -28,6 +31,8 @@ from backbeat.processes.group import ProcessGroup
 from backbeat.provenance import manifests
 
 if TYPE_CHECKING:
+    from backbeat.execution.specs import SpecBuilder
+    from backbeat.processes.outcome import Outcome
     from backbeat.runtime.spec import DatasetSpec
 
 INDEX_TARGET = "backbeat.runtime.dbprovider:build_index"
@@ -64,11 +69,14 @@ def _learn(run: Run, ds: Dataset) -> None:
         taken.unlink(missing_ok=True)
 
 
-def index_datasets(run: Run, rebuild: bool | None = None) -> None:
+def index_datasets(run: Run, rebuild: bool | None = None, defer: bool = False) -> list[str]:
     """Give every dataset of the run its index and data digests; failures go to
     ``run.state.dataset_errors``.
 
     ``rebuild`` (default: ``--force``): index again even the datasets whose index is stored.
+    The datasets that need their view run are indexed here, all at once (one block process
+    each), unless ``defer``: they are then returned, for the executor to index (as tasks,
+    :func:`index_spec` and :func:`record_index`) while blocks that do not read them run.
     """
     store = run.store
     todo = []
@@ -84,49 +92,68 @@ def index_datasets(run: Run, rebuild: bool | None = None) -> None:
         if store.index_path(ds.index_key).is_file():
             run.emit(f"dataset {name}", "reindex", message=why)
         todo.append(name)
-    if todo:
+    if todo and not defer:
         _index(run, todo)
     store.flush()
+    return todo if defer else []
+
+
+def index_spec(run: Run, name: str, builder: SpecBuilder | None = None) -> tuple[DatasetSpec, Path]:
+    """The spec of dataset ``name``'s indexing job, and the file it writes what its view opened to."""
+    from backbeat.execution.specs import SpecBuilder  # (not imported by a run that indexes nothing)
+
+    ds = run.plan.datasets[name]
+    index = run.store.index_path(ds.index_key)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    deps = Path(f"{index}.tmp-{os.getpid()}-deps")
+    builder = builder or SpecBuilder(run.plan, run.workspace)
+    return builder.dataset(name, str(deps.absolute())), deps
 
 
 def _index(run: Run, todo: list[str]) -> None:
-    from backbeat.execution.specs import SpecBuilder  # (not imported by a run that indexes nothing)
+    """Index the datasets ``todo`` in the run's process group, all at once."""
+    from backbeat.execution.specs import SpecBuilder
 
-    store = run.store
     builder = SpecBuilder(run.plan, run.workspace)
     deps = {}
     for name in todo:
-        ds = run.plan.datasets[name]
-        index = store.index_path(ds.index_key)
-        index.parent.mkdir(parents=True, exist_ok=True)
-        deps[name] = Path(f"{index}.tmp-{os.getpid()}-deps")
-        run.group.spawn(f"index:{name}", INDEX_TARGET, builder.dataset(name, str(deps[name].absolute())).to_json())
+        spec, deps[name] = index_spec(run, name, builder)
+        run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json())
     outcomes = run.group.wait([f"index:{n}" for n in todo])
     for name in todo:
-        out = outcomes[f"index:{name}"]
-        ds = run.plan.datasets[name]
-        message = out.message
-        if out.ok and "digest" in out.statistics:
-            try:
-                seen = json.loads(deps[name].read_text(encoding="utf-8"))["seen"]
-                where = manifests.folders(run.catalog, ds.database, ds.root_folder)
-                digest = manifests.store_manifest(store, manifests.build(seen, where, store.memo))
-                store.set_index_record(ds.index_key, out.statistics["digest"], digest)
-                Path(f"{store.index_path(ds.index_key)}.journal").unlink(missing_ok=True)
-                ds.index_digest, ds.data_digest = out.statistics["digest"], digest
-            except (OSError, ValueError, KeyError, DataError) as exc:
-                message = str(exc) if isinstance(exc, DataError) else f"the files its view read are unknown: {exc}"
-        deps[name].unlink(missing_ok=True)
-        if ds.data_digest is None:
-            store.discard_index(ds.index_key)
-            hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) else (
-                f" (the root folder `{ds.root_folder}' of {ds.database} does not exist: set "
-                f"`database/{ds.database}' in .backbeatrc to where its data is)")
-            run.state.dataset_errors[name] = {
-                "kind": out.kind if not out.ok else "system",
-                "message": f"database view `{ds.view}' of {ds.database} could not index set "
-                           f"`{ds.protocol}/{ds.set}': {message}{hint}",
-                "traceback": out.traceback}
+        record_index(run, name, outcomes[f"index:{name}"], deps[name])
+
+
+def record_index(run: Run, name: str, out: Outcome, deps: Path) -> bool:
+    """Record what the indexing job of dataset ``name`` gave (``out``; ``deps``: what its view
+    opened): its index and data digests, or its error in ``run.state.dataset_errors``.
+    Whether it was indexed."""
+    store = run.store
+    ds = run.plan.datasets[name]
+    message = out.message
+    if out.ok and "digest" in out.statistics:
+        try:
+            seen = json.loads(deps.read_text(encoding="utf-8"))["seen"]
+            where = manifests.folders(run.catalog, ds.database, ds.root_folder)
+            digest = manifests.store_manifest(store, manifests.build(seen, where, store.memo))
+            store.set_index_record(ds.index_key, out.statistics["digest"], digest)
+            Path(f"{store.index_path(ds.index_key)}.journal").unlink(missing_ok=True)
+            ds.index_digest, ds.data_digest = out.statistics["digest"], digest
+        except (OSError, ValueError, KeyError, DataError) as exc:
+            message = str(exc) if isinstance(exc, DataError) else f"the files its view read are unknown: {exc}"
+    deps.unlink(missing_ok=True)
+    if ds.data_digest is None:
+        store.discard_index(ds.index_key)
+        hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) else (
+            f" (the root folder `{ds.root_folder}' of {ds.database} does not exist: set "
+            f"`database/{ds.database}' in .backbeatrc to where its data is)")
+        run.state.dataset_errors[name] = {
+            "kind": out.kind if not out.ok else "system",
+            "message": f"database view `{ds.view}' of {ds.database} could not index set "
+                       f"`{ds.protocol}/{ds.set}': {message}{hint}",
+            "traceback": out.traceback}
+    store.flush()
+    return ds.data_digest is not None
 
 
 def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec], job: str = PROVIDER_JOB) -> str:
