@@ -89,7 +89,7 @@ def decide(run: Run, jobs: Collection[str] | None = None) -> None:
     waiting for a deferred dataset's index are ``waiting``; once it is indexed (keys assigned
     again), ``decide(run, those jobs)`` decides them.
     """
-    chosen = decisions.decide(run)
+    chosen = decisions.decide(run, jobs)
     later = waiting(run)
     if jobs is None:
         run.decisions = chosen

@@ -56,8 +56,6 @@ def _run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name:
 def index(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
           force: bool = False) -> list[dict]:
     """Build (or find) the view index of every named set; one report per set."""
-    from backbeat.data import dbindex
-
     run = _run(prefix, cache, name, force)
     before = {n: run.store.index_record(ds.index_key) for n, ds in run.plan.datasets.items()}
     try:
@@ -71,10 +69,22 @@ def index(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name
     for n, ds in run.plan.datasets.items():
         path = run.store.index_path(ds.index_key)
         out.append({"database": ds.database, "protocol": ds.protocol, "set": ds.set, "path": str(path),
-                    "entries": len(dbindex.read_index(str(path))), "digest": ds.index_digest, "data": ds.data_digest,
+                    "entries": _entries(str(path), ds.index_digest), "digest": ds.index_digest,
+                    "data": ds.data_digest,
                     "status": "existing" if before[n] == run.store.index_record(ds.index_key) and not force
                     else "built"})
     return out
+
+
+def _entries(path: str, digest: str | None) -> int:
+    """How many entries the index at ``path`` has (from its table: no entry is made)."""
+    from backbeat.data import indextable
+
+    entries = indextable.load_entries(path, digest)
+    try:
+        return len(entries)
+    finally:
+        entries.table.close()
 
 
 def view(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,

@@ -15,6 +15,8 @@ here (``execution/base.py``).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from backbeat.cache.results import check_result
 from backbeat.core.errors import IntegrityError
 from backbeat.execution.state import Run
@@ -66,7 +68,7 @@ def _intact(run: Run, job: Job) -> bool:
     return ok
 
 
-def _corrupted_inputs(run: Run, decisions: dict[str, Decision]) -> set[str]:
+def _corrupted_inputs(run: Run, decisions: dict[str, Decision], jobs: Collection[str] | None) -> set[str]:
     """Verify the cached files read by jobs that will run; the producers to re-run.
 
     (Only files in the cache now: not those of a twin, which its twin job is about to write.)
@@ -74,7 +76,7 @@ def _corrupted_inputs(run: Run, decisions: dict[str, Decision]) -> set[str]:
     rerun: set[str] = set()
     jobs = run.jobs
     for name, decision in decisions.items():
-        if decision.action != "run":
+        if decision.action != "run" or (jobs is not None and name not in jobs):
             continue
         for inp in jobs[name].inputs.values():
             producer = decisions.get(inp.node) if inp.source == "block" else None
@@ -84,7 +86,7 @@ def _corrupted_inputs(run: Run, decisions: dict[str, Decision]) -> set[str]:
     return rerun
 
 
-def decide(run: Run) -> dict[str, Decision]:
+def decide(run: Run, jobs: Collection[str] | None = None) -> dict[str, Decision]:
     """``{job: Decision}`` (:class:`~backbeat.planning.selection.Decision`): the selection
     (:func:`backbeat.planning.selection.decide`) over what the cache holds and can be trusted.
 
@@ -92,6 +94,8 @@ def decide(run: Run) -> dict[str, Decision]:
     of it are ``blocked`` (they have no key), unless not selected anyway.  The producer of a
     corrupted file that a running job reads is re-run (its output was removed); the jobs
     downstream of it keep their own decisions: the re-computed output has the same key.
+    ``jobs``: only the decisions of these jobs are wanted (the inputs of the others are not
+    verified: they were decided before, and may be running).
     """
     plan = run.plan
     broken = set(run.state.dataset_errors)
@@ -109,7 +113,7 @@ def decide(run: Run) -> dict[str, Decision]:
         decisions[job.name] = (Decision("failed", f"its dataset `{failed[0]}' could not be indexed") if failed
                                else Decision("blocked", "a dataset it needs could not be indexed"))
     while True:  # re-run producers of corrupted files read by jobs that run (until none is left)
-        extra = _corrupted_inputs(run, decisions)
+        extra = _corrupted_inputs(run, decisions, jobs)
         if not extra:
             run.store.flush()
             return with_twins(plan, decisions)
