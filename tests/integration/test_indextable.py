@@ -146,3 +146,16 @@ def test_provider_memory_does_not_grow_with_the_index(tmp_path):
             proc.join(10)
     growth_mb = (peaks[400_000] - peaks[1_000]) / 1024
     assert growth_mb < 50, f"the provider grew by {growth_mb:.0f} MB for 400k entries"
+
+
+def test_entries_neither_namedtuples_nor_dicts_are_refused(tmp_path):
+    """The indexing job checks each entry's kind (by type: a million entries cost one check per type)."""
+    code = tmp_path / "db.py"
+    code.write_text(VIEW.replace('return [Entry(i // 2, i, "item-%d" % i) for i in range(int(parameters["n"]))]',
+                                 'return [{"label": 0, "i": 0, "name": "a"}, Entry(0, 1, "b"), 7]'))
+    snapshot = {"path": str(code), "sha256": hashlib.sha256(code.read_bytes()).hexdigest(), "filename": str(code),
+                "uses": {}}
+    spec = {"database": "t/1", "code": snapshot, "view": "Items", "root_folder": str(tmp_path), "parameters": {"n": 3},
+            "index_path": str(tmp_path / "i.db"), "outputs": {"value": [FMT, EXP]}}
+    with pytest.raises(TypeError, match="must be namedtuples or dicts, not int"):
+        dbprovider.build_index({"spec": spec})

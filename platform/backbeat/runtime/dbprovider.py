@@ -74,7 +74,8 @@ def build_index(payload: dict) -> dict:
         entries = view.index(spec.root_folder, spec.parameters)
         if not isinstance(entries, (list, tuple)):
             entries = list(entries)
-    bad = next((o for o in entries if not (isinstance(o, dict) or hasattr(o, "_asdict"))), None)
+    odd = {t for t in set(map(type, entries)) if not (issubclass(t, dict) or hasattr(t, "_asdict"))}  # (by type)
+    bad = next((o for o in entries if type(o) in odd and not hasattr(o, "_asdict")), None) if odd else None
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
     written = indextable.write_index(spec.index_path, entries)  # BEAT's JSON file and its table
