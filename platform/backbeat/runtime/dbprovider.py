@@ -49,6 +49,7 @@ from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.codeloader import load_module
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.dependencies import DataGuard, OpenRecorder
+from backbeat.runtime.probe import probe as probe_units
 from backbeat.runtime.sources import BatchSource
 from backbeat.runtime.spec import DatasetSpec, ProviderSpec
 
@@ -79,9 +80,8 @@ def build_index(payload: dict) -> dict:
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
     written = indextable.write_index(spec.index_path, entries)  # BEAT's JSON file and its table
-    probe = "complete"
     try:  # errors of get() are the blocks' to report, when they read the unit
-        _Dataset(spec, recorder).probe()
+        probe = _Dataset(spec, recorder).probe()
     except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
         probe = f"stopped: {type(exc).__name__}: {exc}"
     if spec.deps is not None:
@@ -197,14 +197,11 @@ class _Dataset:
         return batch
 
 
-    def probe(self) -> None:
-        """Call ``get`` for every data unit of every output, values discarded (indexing)."""
-        get = self.view.get
-        for output in self.spec.outputs:
-            starts, _ends = self.output_units(output)
-            with self.recorder.watch("get"):
-                for s in starts.tolist():
-                    get(output, s)
+    def probe(self) -> str:
+        """Call ``get`` for every data unit of every output, values discarded (indexing):
+        ``complete`` or why it stopped (:mod:`backbeat.runtime.probe`, on two cores)."""
+        calls = [(output, self.output_units(output)[0].tolist()) for output in self.spec.outputs]
+        return probe_units(self.view.get, calls, self.recorder)
 
     def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
         """The first value ``get`` returned that does not fit the output's dataformat, blamed on
