@@ -76,8 +76,8 @@ TARGETS = [
     ("backbeat.provenance.builder", "asset_entry", "provenance: asset entry (load, hash)"),
     ("backbeat.provenance.builder", "environment", "provenance: environment (package versions)"),
     ("backbeat.provenance.builder", "output_digest", "provenance: digest stored in an output (h5py)"),
-    ("backbeat.provenance.manifests", "manifest", "provenance: file manifests (hashing)"),
-    ("backbeat.provenance.manifests", "StatCache.save", "provenance: save stat cache"),
+    ("backbeat.provenance.manifests", "resolve", "data manifest of a dataset (stat, hash)"),
+    ("backbeat.core.statmemo", "StatMemo.flush", "stat memo: write rows"),
     ("backbeat.provenance.records", "store", "provenance: store record"),
     ("backbeat.cli.output", "print_json", "print JSON report"),
     # the zygote
@@ -102,6 +102,8 @@ TARGETS = [
     ("backbeat.data.cachewriter", "CacheWriter.close", "block: commit output (digest, fsync, rename)"),
     ("backbeat.runtime.streams", "StreamSender.finish", "block: stream end handshake"),
     ("backbeat.runtime.dbprovider", "build_index", "index job: build view index"),
+    ("backbeat.data.indextable", "write_index", "index job: write the JSON index and its table"),
+    ("backbeat.runtime.dbprovider", "_Dataset.probe", "index job: probe every unit (get, files read)"),
     ("backbeat.runtime.dbprovider", "serve", "database provider: serve"),
 ]
 #: modules whose whole import is a span ("import NAME") wherever it happens (heavy, or lazily imported)
