@@ -3,8 +3,9 @@ prove indexing overlaps with blocks, or with other indexing, without timing anyt
 
 Added to a copy of ``tests/fixtures/parallel/prefix``: database ``gated/1`` (view ``Gated``:
 items 1..n, two entries each, like ``spin/1``; its ``index()`` first appends ``announce`` to
-the file named by ``$PARALLEL_FIXTURE_LOG``, then waits up to 60 s for the line ``after`` in
-it — a block's setup logs ``ms=<ms>`` there — or raises with ``fail``), analyzer ``par/one/1``
+the file named by ``$PARALLEL_FIXTURE_LOG``, then waits up to ``wait_s`` (60) seconds for the
+line ``after`` in it — a block's setup logs ``ms=<ms>`` there — raising if it never comes
+(unless ``lenient``), then appends ``finish``; or it raises at once with ``fail``), analyzer ``par/one/1``
 (sum and count of one input) and toolchain ``par/gate/1``: ``items -> left -> al`` and
 ``gated -> right -> ar``, two datasets that no block reads both of.
 """
@@ -31,11 +32,16 @@ class Gated(View):
         if parameters["announce"]:
             with open(log, "a") as f:
                 f.write(parameters["announce"] + "\\n")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + parameters.get("wait_s", 60)
         while after and not (os.path.exists(log) and after in open(log).read().split()):
             if time.monotonic() > deadline:
+                if parameters.get("lenient"):
+                    break
                 raise RuntimeError(f"nothing logged {after} while this view was indexed")
             time.sleep(0.05)
+        if parameters.get("finish"):
+            with open(log, "a") as f:
+                f.write(parameters["finish"] + "\\n")
         return [Entry(i // 2 + 1) for i in range(2 * int(parameters["n"]))]
 
     def get(self, output, index):
@@ -65,7 +71,8 @@ ONE_RESULT = [{"start": 0, "end": 39, "data": {"count": 20, "sum": 2890}}]
 
 def write_gated(prefix: Path, protocols: dict[str, dict]) -> None:
     """Add ``gated/1`` with one protocol per entry of ``protocols`` (``{"after", "announce",
-    "fail"}``; 20 items each), ``par/one/1`` and ``par/gate/1`` to ``prefix``."""
+    "fail"}``, optionally ``wait_s``, ``lenient``, ``finish``; 20 items each), ``par/one/1`` and
+    ``par/gate/1`` to ``prefix``."""
     db = prefix / "databases" / "gated"
     db.mkdir()
     (db / "1.py").write_text(GATED_VIEW)

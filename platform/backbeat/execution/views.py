@@ -10,7 +10,7 @@ record, or one of whose files read by ``index()`` changed, is (re-)indexed in a 
 process (which also reads every unit once, so the files ``get()`` reads are known too).
 Files the provider saw the view open beyond the manifest (its journal) are added to the
 manifest first.  A view that fails to index fails the blocks that read it (with the user's
-traceback), and only those.  The datasets to index are indexed at once, each in its own
+traceback), and only those.  The datasets to index are indexed side by side, up to ``-j`` at a time (each holds its index while it builds it), each in its own
 process; an executor that indexes them itself (as tasks: the Dask executor) gets them back
 (``defer``) and records each result with :func:`record_index`.  :func:`start_provider` starts
 the database provider
@@ -74,7 +74,7 @@ def index_datasets(run: Run, rebuild: bool | None = None, defer: bool = False) -
     ``run.state.dataset_errors``.
 
     ``rebuild`` (default: ``--force``): index again even the datasets whose index is stored.
-    The datasets that need their view run are indexed here, all at once (one block process
+    The datasets that need their view run are indexed here, side by side, up to ``-j`` at a time (one block process
     each), unless ``defer``: they are then returned, for the executor to index (as tasks,
     :func:`index_spec` and :func:`record_index`) while blocks that do not read them run.
     """
@@ -111,17 +111,21 @@ def index_spec(run: Run, name: str, builder: SpecBuilder | None = None) -> tuple
 
 
 def _index(run: Run, todo: list[str]) -> None:
-    """Index the datasets ``todo`` in the run's process group, all at once."""
+    """Index the datasets ``todo`` in the run's process group, at most ``-j`` at a time (each
+    holds its whole index while it builds it); each is recorded as soon as it ends."""
     from backbeat.execution.specs import SpecBuilder
 
     builder = SpecBuilder(run.plan, run.workspace)
-    deps = {}
-    for name in todo:
-        spec, deps[name] = index_spec(run, name, builder)
-        run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json())
-    outcomes = run.group.wait([f"index:{n}" for n in todo])
-    for name in todo:
-        record_index(run, name, outcomes[f"index:{name}"], deps[name])
+    slots = max(1, run.options.jobs or os.cpu_count() or 1)
+    waiting, running = list(todo), dict[str, Path]()
+    while waiting or running:
+        while waiting and len(running) < slots:
+            name = waiting.pop(0)
+            spec, running[name] = index_spec(run, name, builder)
+            run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json())
+        run.group.poll(20)
+        for name in [n for n in running if run.group.exit(f"index:{n}") is not None]:
+            record_index(run, name, run.group.outcome(f"index:{name}"), running.pop(name))
 
 
 def record_index(run: Run, name: str, out: Outcome, deps: Path) -> bool:
