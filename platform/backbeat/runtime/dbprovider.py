@@ -80,6 +80,7 @@ def build_index(payload: dict) -> dict:
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
     written = indextable.write_index(spec.index_path, entries)  # BEAT's JSON file and its table
+    del entries  # (1M entries: ~150 MB the probe, reading the table, no longer needs)
     try:  # errors of get() are the blocks' to report, when they read the unit
         probe = _Dataset(spec, recorder).probe()
     except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded

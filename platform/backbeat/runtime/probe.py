@@ -16,6 +16,7 @@ failing call in order — the second half's files count only when the first half
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -57,7 +58,14 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
         return "complete"
     mid = total // 2
     read, write = os.pipe()
-    pid = os.fork()
+    gc.freeze()  # the copy's collector never walks (and so never copies) the objects it inherits
+    try:
+        pid = os.fork()
+    except BaseException:
+        gc.unfreeze()
+        raise
+    if pid:
+        gc.unfreeze()
     if pid == 0:  # the second half, in a copy of this process: only os._exit leaves it
         code = 1
         try:
