@@ -10,10 +10,10 @@ record, or one of whose files read by ``index()`` changed, is (re-)indexed in a 
 process (which also reads every unit once, so the files ``get()`` reads are known too).
 Files the provider saw the view open beyond the manifest (its journal) are added to the
 manifest first.  A view that fails to index fails the blocks that read it (with the user's
-traceback), and only those.  The datasets to index are indexed side by side, up to ``-j`` at a time (each holds its index while it builds it), each in its own
-process; an executor that indexes them itself (as tasks: the Dask executor) gets them back
-(``defer``) and records each result with :func:`record_index`.  :func:`start_provider` starts
-the database provider
+traceback), and only those.  The datasets to index are indexed side by side, each in its own
+process, up to ``-j`` at a time (each holds its whole index while it builds it); an executor
+that indexes them itself (as tasks: the Dask executor) gets them back (``defer``) and records
+each result with :func:`record_index`.  :func:`start_provider` starts the database provider
 (:func:`backbeat.runtime.dbprovider.serve`) that serves dataset outputs to block processes.
 """
 
