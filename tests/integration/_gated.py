@@ -3,7 +3,8 @@ prove indexing overlaps with blocks, or with other indexing, without timing anyt
 
 Added to a copy of ``tests/fixtures/parallel/prefix``: database ``gated/1`` (view ``Gated``:
 items 1..n, two entries each, like ``spin/1``; its ``index()`` first appends ``announce`` to
-the file named by ``$PARALLEL_FIXTURE_LOG``, then waits up to ``wait_s`` (60) seconds for the
+the file ``log`` (default: the one named by ``$PARALLEL_FIXTURE_LOG``, which the local fork
+server may have inherited from an earlier test), then waits up to ``wait_s`` (60) seconds for the
 line ``after`` in it — a block's setup logs ``ms=<ms>`` there — raising if it never comes
 (unless ``lenient``), then appends ``finish``; or it raises at once with ``fail``), analyzer ``par/one/1``
 (sum and count of one input) and toolchain ``par/gate/1``: ``items -> left -> al`` and
@@ -28,7 +29,7 @@ class Gated(View):
     def index(self, root_folder, parameters):
         if parameters["fail"]:
             raise RuntimeError("this view cannot index")
-        log, after = os.environ["PARALLEL_FIXTURE_LOG"], parameters["after"]
+        log, after = parameters.get("log") or os.environ["PARALLEL_FIXTURE_LOG"], parameters["after"]
         if parameters["announce"]:
             with open(log, "a") as f:
                 f.write(parameters["announce"] + "\\n")
@@ -71,7 +72,7 @@ ONE_RESULT = [{"start": 0, "end": 39, "data": {"count": 20, "sum": 2890}}]
 
 def write_gated(prefix: Path, protocols: dict[str, dict]) -> None:
     """Add ``gated/1`` with one protocol per entry of ``protocols`` (``{"after", "announce",
-    "fail"}``, optionally ``wait_s``, ``lenient``, ``finish``; 20 items each), ``par/one/1`` and
+    "fail"}``, optionally ``log``, ``wait_s``, ``lenient``, ``finish``; 20 items each), ``par/one/1`` and
     ``par/gate/1`` to ``prefix``."""
     db = prefix / "databases" / "gated"
     db.mkdir()
