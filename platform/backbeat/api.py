@@ -148,6 +148,25 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     return run(prefix, cache, name, options, progress, executor, **settings)
 
 
+def experiment_logs(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                    block: str | None = None) -> dict:
+    """The output logs of an experiment's processes, as kept in the cache:
+    ``{"experiment", "blocks": {block: {part: {"path", "bytes"}}}, "datasets", "provider"}``;
+    with ``block``, that block's logs only, each with its ``text``."""
+    from backbeat.execution.logs import logs
+
+    return logs(prefix, cache, name, block)
+
+
+def adopt_orphans() -> None:
+    """Make this process adopt the orphans of its descendants (Linux child subreaper), so that
+    nothing a block starts can outlive a run, even if the fork server is killed.  For programs
+    running experiments (the command line does it)."""
+    from backbeat.processes.reaper import adopt_orphans as adopt
+
+    adopt()
+
+
 def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, options: Options | None = None) -> dict:
     """Each block's action (run, cached, excluded) and why, without running any block."""
     from backbeat.execution.base import dry_run as plan_run

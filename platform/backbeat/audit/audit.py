@@ -29,7 +29,7 @@ from backbeat.audit.changes import (
 )
 from backbeat.cache.backends import open_store
 from backbeat.cache.store import CacheStore
-from backbeat.core.errors import ExecutionError, IntegrityError
+from backbeat.core.errors import DataError, ExecutionError, IntegrityError
 from backbeat.execution.local import LocalExecutor
 from backbeat.planning.model import Job
 from backbeat.planning.selection import Options
@@ -48,17 +48,24 @@ def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
     _k, name = parse_name("experiment", name)
     store = open_store(cache)
     history = records.history(store, name)
-    record = records.load(store, name)
+    corrupt = None
+    try:
+        record = records.load(store, name)
+    except DataError as exc:  # said as such, not taken for a missing record
+        record, corrupt = None, str(exc)
     now = current(prefix, store, name, record)
     out: dict[str, Any] = {"experiment": name, "record": None, "assets": [], "data_files": [],
                            "datasets": {}, "blocks": {}}
+    if corrupt is not None:
+        out["corrupt"] = corrupt
     if record is None:
         for job in now.plan.jobs:
             cached = _committed(store, job)
             out["blocks"][job.name] = {"state": "cached" if cached else "will run", "key": job.key or None,
                                        "reason": "output in the cache" if cached else "output not in the cache",
                                        "changes": []}
-        out["note"] = "no recorded run of this experiment in the cache: nothing to compare with"
+        out["note"] = (f"{corrupt}: nothing to compare with" if corrupt is not None else
+                       "no recorded run of this experiment in the cache: nothing to compare with")
         return out
     out["record"] = {"created": record.get("created"), "status": record.get("status")}
     assets = asset_changes(record, now)

@@ -103,6 +103,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     hist = api.history(args.cache, args.name)
+    for c in hist.get("corrupt", []):
+        print(f"warning: {c['message']} (left out)", file=sys.stderr)
     if args.json:
         output.print_json(hist)
         return 0

@@ -11,8 +11,11 @@ user's traceback), and only those.  :func:`start_provider` starts the database p
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backbeat.core.errors import describe_environmental
+from backbeat.execution.logs import provider_key
 from backbeat.execution.state import Run
 from backbeat.processes.group import ProcessGroup
 
@@ -46,9 +49,21 @@ def index_datasets(run: Run, rebuild: bool | None = None) -> None:
     from backbeat.execution.specs import SpecBuilder  # (not imported by a run that indexes nothing)
 
     builder = SpecBuilder(run.plan, run.workspace)
+    run.intend(paths=[p for n in todo for p in (store.index_path(run.plan.datasets[n].index_key),
+                                                 Path(f"{store.index_path(run.plan.datasets[n].index_key)}.sha256"))])
     for name in todo:
-        store.index_path(run.plan.datasets[name].index_key).parent.mkdir(parents=True, exist_ok=True)
-        run.group.spawn(f"index:{name}", INDEX_TARGET, builder.dataset(name).to_json())
+        key = run.plan.datasets[name].index_key
+        try:
+            store.index_path(key).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the cache cannot be written: the view cannot be indexed into it
+            run.state.dataset_errors[name] = {
+                "kind": "system", "traceback": None,
+                "message": f"cannot index set `{run.plan.datasets[name].set}': "
+                           + describe_environmental(exc, cache=store.location)}
+            continue
+        run.group.spawn(f"index:{name}", INDEX_TARGET, builder.dataset(name).to_json(),
+                        log=str(store.log_path(key)))
+    todo = [n for n in todo if n not in run.state.dataset_errors]
     outcomes = run.group.wait([f"index:{n}" for n in todo])
     for name in todo:
         out = outcomes[f"index:{name}"]
@@ -67,10 +82,16 @@ def index_datasets(run: Run, rebuild: bool | None = None) -> None:
                 "traceback": out.traceback}
 
 
-def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec]) -> str:
-    """Start the database provider of ``datasets`` in ``group``; its address."""
+def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec], log: str | None = None) -> str:
+    """Start the database provider of ``datasets`` in ``group``; its address.  Its output (the
+    views' prints) goes to ``log`` (see :func:`provider_log`)."""
     from backbeat.runtime.spec import ProviderSpec
 
     address = group.address("database")
-    group.spawn(PROVIDER_JOB, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json())
+    group.spawn(PROVIDER_JOB, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json(), log=log)
     return address
+
+
+def provider_log(run: Run) -> str:
+    """The log of the database provider serving every dataset of ``run``."""
+    return str(run.store.log_path(provider_key([ds.index_key for ds in run.plan.datasets.values()])))

@@ -9,7 +9,7 @@ A record (format :data:`backbeat.provenance.records.FORMAT`) holds:
 * ``datasets`` — per dataset, the view index key and its pre-image, the index digest;
 * ``blocks`` — per block in execution order: key and pre-image
   (:func:`backbeat.planning.model.key_components`), input and output content digests, status,
-  timings and I/O statistics;
+  timings and I/O statistics, its output logs in the cache (``logs``);
 * ``environment`` — backbeat, Python and package versions, platform.
 
 Every executor's run ends with :func:`build` then :func:`backbeat.provenance.records.store`
@@ -237,6 +237,8 @@ def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dic
                     break
         if "error" in rep:
             entry["error"] = rep["error"]
+        if "logs" in rep:  # the output of the processes that computed it, in the cache
+            entry["logs"] = rep["logs"]
         blocks[job.name] = entry
     stat_cache.save()
     return {

@@ -5,7 +5,9 @@ Every run of an experiment writes one JSON record (format ``backbeat-provenance-
 (:attr:`backbeat.cache.store.CacheStore.records_folder`): ``<folder>/<sha256(experiment)>.json``;
 the record it replaces moves to ``<folder>/<sha256(experiment)>/<time>-<pid>.json`` (the last
 :data:`HISTORY` are kept), so that ``experiments status`` can diff against the last run of
-each block.  A record read back is checked to be one (:func:`read_record`).
+each block.  A record read back is checked to be one (:func:`read_record`); a record that is
+not is *corrupt*, and said to be: :func:`load` raises on a corrupt latest record (it is not
+taken for a missing one), :func:`history` leaves corrupt ones out and lists them apart.
 
 :func:`to_prov` exports a record as W3C PROV-JSON.
 """
@@ -40,14 +42,20 @@ def history_folder(cache: Cache, experiment: str) -> Path:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename); nothing is left
+    behind if it fails (a full disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-0")
-    with open(tmp, "w", encoding="utf-8") as fd:
-        fd.write(text)
-        fd.flush()
-        os.fsync(fd.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fd:
+            fd.write(text)
+            fd.flush()
+            os.fsync(fd.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_record(path: str | os.PathLike) -> dict:
@@ -80,24 +88,35 @@ def read_record(path: str | os.PathLike) -> dict:
     return rec
 
 
-def history(cache: Cache, experiment: str) -> list[dict]:
-    """Every stored record of ``experiment``, newest first."""
+def history(cache: Cache, experiment: str, corrupt: list[dict] | None = None) -> list[dict]:
+    """Every stored record of ``experiment``, newest first; the corrupt ones are left out and,
+    given a ``corrupt`` list, added to it (``{"path", "message"}``, newest first)."""
     out = []
+    paths = []
     current = record_path(cache, experiment)
     if current.is_file():
-        with contextlib.suppress(DataError):
-            out.append(read_record(current))
+        paths.append(current)
     hist = history_folder(cache, experiment)
     if hist.is_dir():
-        for p in sorted(hist.glob("*.json"), reverse=True):
-            with contextlib.suppress(DataError):
-                out.append(read_record(p))
+        paths += sorted(hist.glob("*.json"), reverse=True)
+    for p in paths:
+        try:
+            out.append(read_record(p))
+        except DataError as exc:
+            if corrupt is not None:
+                corrupt.append({"path": str(p), "message": str(exc)})
     return out
 
 
 def load(cache: Cache, experiment: str) -> dict | None:
-    """The latest successful record of ``experiment`` (else the latest one), or None."""
-    records = history(cache, experiment)
+    """The latest successful record of ``experiment`` (else the latest one), or None if it has none.
+
+    A corrupt latest record raises :class:`~backbeat.core.errors.DataError` saying so.
+    """
+    corrupt: list[dict] = []
+    records = history(cache, experiment, corrupt)
+    if corrupt and corrupt[0]["path"] == str(record_path(cache, experiment)):
+        raise DataError(f"the last provenance record of experiment `{experiment}' is corrupt: {corrupt[0]['message']}")
     for rec in records:
         if rec.get("status") == "ok":
             return rec
