@@ -58,17 +58,25 @@ class Journal:
 
     def _write(self) -> None:
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-0")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(jsonio.dumps({"pid": os.getpid(), "jobs": list(self.jobs.values()), "paths": self.paths}))
-            os.replace(tmp, self.path)
-        except OSError:  # a read-only or full cache: nothing will be written there either
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        text = jsonio.dumps({"pid": os.getpid(), "jobs": list(self.jobs.values()), "paths": self.paths})
+        for _attempt in range(2):  # (another run may remove the folder, empty, just as it is made)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(text)
+                os.replace(tmp, self.path)
+                return
+            except FileNotFoundError:
+                continue
+            except OSError:  # a read-only or full cache: nothing will be written there either
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                return
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.path.unlink()
+        with contextlib.suppress(OSError):  # (if no other run has a journal there)
+            self.path.parent.rmdir()
 
 
 def _clean(store: CacheStore, path: Path) -> None:
@@ -121,4 +129,6 @@ def sweep(store: CacheStore) -> list[Path]:
             done.append(path)
         except OSError:  # a read-only cache: nothing to do about it now
             continue
+    with contextlib.suppress(OSError):
+        folder.rmdir()
     return done

@@ -91,6 +91,9 @@ def _print_failures(rep: dict) -> None:
             if err.get("output"):
                 print(f"  its last output (whole log: {err.get('log')}):", file=sys.stderr)
                 print("    " + err["output"].rstrip().replace("\n", "\n    "), file=sys.stderr)
+
+
+def _print_warnings(rep: dict) -> None:
     for warning in rep.get("warnings", []):
         print(f"warning: {rep['experiment']}: {warning}", file=sys.stderr)
 
@@ -159,6 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_runs(args: argparse.Namespace, done: dict, single: bool) -> None:
     reports = done["experiments"]
+    for rep in reports:
+        _print_warnings(rep)
     if args.json:
         if reports or not single:
             output.print_json(reports[0] if single else done)

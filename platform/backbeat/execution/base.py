@@ -71,6 +71,7 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         assign_keys(plan)
     except BaseException:
         run.close()
+        run.end()
         raise
     return run
 
@@ -114,9 +115,10 @@ def record(run: Run, rep: dict) -> str | None:
         return _record(run, rep)
     except OSError as exc:
         failure = environmental(exc) or exc
+        where = None if failure.filename else records.record_path(run.store, run.plan.experiment)
         rep.setdefault("warnings", []).append(
             "the provenance record of this run was not written: "
-            + describe_environmental(failure, cache=run.store.location))
+            + describe_environmental(failure, where, cache=run.store.location))
         return None
 
 
@@ -212,9 +214,9 @@ class Executor(ABC):
             rep.setdefault("warnings", []).extend(run.state.warnings)
         rep["provenance"] = record(run, rep)
         if stopped is not None:
-            exc = stopped if isinstance(stopped, Interrupted) else Interrupted(signal.SIGINT)
-            exc.report = rep
-            if exc is stopped:
-                raise exc
-            raise exc from None
+            interrupted = stopped if isinstance(stopped, Interrupted) else Interrupted(signal.SIGINT)
+            interrupted.report = rep
+            if interrupted is stopped:
+                raise interrupted
+            raise interrupted from None
         return rep

@@ -38,7 +38,7 @@ from backbeat.execution.logs import failure_output, process_log
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
 from backbeat.execution.splitting import assemble, slot_ranges
 from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
-from backbeat.execution.views import provider_log, start_provider
+from backbeat.execution.views import PROVIDER_JOB, provider_log, start_provider
 from backbeat.planning.model import Job
 from backbeat.planning.selection import stream_consumers
 from backbeat.processes.exits import Exit, Limits
@@ -67,6 +67,8 @@ class Scheduler:
         self.feeders: dict[str, tuple[str, str]] = {}  # streamed job -> (producer, cancel file)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
         self._provider: str | None = None
+        self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
+        self.orphaned: set[str] = set()  # processes killed because the database provider died
 
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -95,6 +97,7 @@ class Scheduler:
                     continue
                 return
             self.group.poll(20)
+            self._watch_provider()
             for name in list(self.procs):
                 if not self._ended(name):
                     continue
@@ -103,6 +106,18 @@ class Scheduler:
                     failed = True
                 if not ok or name in self.starved:  # the jobs it was feeding are starved too
                     self._starve(name)
+
+    def _watch_provider(self) -> None:
+        """If the database provider died (killed…), the blocks reading datasets would wait for it:
+        they are killed, and fail saying why."""
+        if self._provider is None or self._provider_lost is not None or self.group.exit(PROVIDER_JOB) is None:
+            return
+        self._provider_lost = self.group.outcome(PROVIDER_JOB)
+        for name, ids in self.procs.items():
+            if any(i.source == "dataset" for i in self.jobs[name].inputs.values()):
+                for pid in ids:
+                    self.orphaned.add(pid)
+                    self.group.kill(pid)
 
     def _try_start(self, job: Job) -> bool:
         """Start ``job`` if it can start; False if it failed to (the cache cannot be written…)."""
@@ -281,6 +296,10 @@ class Scheduler:
         failures = [(p, o) for p, o in zip(ids, outcomes, strict=True) if not o.ok]
         culprit = next((p for p, _o in failures if p not in self.killed), failures[0][0] if failures else None)
         bad = dict(failures).get(culprit) if culprit is not None else None
+        if culprit in self.orphaned and self._provider_lost is not None:
+            lost = self._provider_lost
+            bad = Outcome("system", "the database provider it read from died ("
+                          + (lost.exit.describe() if lost.exit is not None else lost.message) + ")")
         if bad is None and len(ids) > 1 and job.kind != "loop":
             try:
                 self._assemble(job, len(ids))

@@ -71,8 +71,9 @@ def index_datasets(run: Run, rebuild: bool | None = None) -> None:
         if out.ok and "digest" in out.statistics:
             ds.index_digest = out.statistics["digest"]
         else:
-            store.discard_index(ds.index_key)
-            hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) else (
+            if out.kind != "system":  # (a full disk says nothing about an index already there)
+                store.discard_index(ds.index_key)
+            hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) or out.kind == "system" else (
                 f" (the root folder `{ds.root_folder}' of {ds.database} does not exist: set "
                 f"`database/{ds.database}' in .backbeatrc to where its data is)")
             run.state.dataset_errors[name] = {

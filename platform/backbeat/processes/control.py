@@ -33,9 +33,9 @@ process exit into an outcome.
 
 from __future__ import annotations
 
-import importlib
 import contextlib
 import hmac
+import importlib
 import json
 import os
 import re
@@ -51,11 +51,17 @@ from dataclasses import dataclass, field
 import zmq
 
 from backbeat.core import pids
-from backbeat.core.errors import BackbeatError, UsageError, UserCodeError, describe_environmental, environmental
+from backbeat.core.errors import (
+    BackbeatError,
+    UsageError,
+    UserCodeError,
+    describe_environmental,
+    environmental,
+)
 from backbeat.processes import reaper, zmqcontext
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
 from backbeat.processes.outcome import REPORTED_KINDS, Outcome, format_user_traceback
-from backbeat.processes.zygote import apply_memory_limit, split_target
+from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
 
 TYPES = ("start", "progress", "done", "error")
 ACK = b'{"type": "ack"}'
@@ -105,7 +111,7 @@ def sweep_folders(parent: str | None = None) -> list[str]:
     """Remove the control folders (``bb-ctl-<pid>-…``) left by dead processes (killed with
     ``kill -9``: nothing of theirs ran to remove them); those removed."""
     parent = parent or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:
@@ -373,8 +379,12 @@ def run_job(target: str, payload: dict) -> int:
                 return code
         except MemoryError as e:
             try:
-                cc.error(Outcome("memory", str(e) if e.args and isinstance(e.args[0], str) else
-                                 "the block process ran out of memory (over its memory limit)"))
+                what = "" if isinstance(e, MemoryLimitTooLow) else "the block process ran out of memory"
+                try:
+                    detail = str(e)  # (numpy's says how much it could not allocate)
+                except Exception:  # noqa: BLE001
+                    detail = ""
+                cc.error(Outcome("memory", f"{what}: {detail}" if what and detail else what or detail))
             finally:
                 code = EXIT_MEMORY
             return code

@@ -353,7 +353,7 @@ class Zygote:
             finally:
                 flush_and_exit(code)
         log = None
-        if rfd is not None and wfd is not None:
+        if rfd is not None and wfd is not None and log_path:
             os.close(wfd)
             os.set_blocking(rfd, False)
             self.pipes[rfd] = pid
@@ -364,11 +364,11 @@ class Zygote:
                               "log": log, "pipe": rfd, "oom": oom_kills()}
         self.send({"ev": "spawned", "id": req["id"], "pid": pid})
 
-    def drain(self, fd: int, budget: int) -> None:
-        """Copy what a child wrote to its pipe into its log (up to ``budget`` bytes now); at EOF,
-        close the pipe."""
-        pid = self.pipes[fd]
-        c = self.children.get(pid)
+    def drain(self, fd: int, budget: int, c: dict | None = None) -> None:
+        """Copy what a child (``c``, default: the running child of pipe ``fd``) wrote to its pipe
+        into its log, up to ``budget`` bytes now; at EOF, close the pipe."""
+        if c is None:
+            c = self.children.get(self.pipes[fd])
         while budget > 0:
             try:
                 data = os.read(fd, 1 << 16)
@@ -426,7 +426,7 @@ class Zygote:
             pass
         reaper.kill_strays(self.children)  # those that left its group
         if c["pipe"] is not None:
-            self.drain(c["pipe"], _DRAIN)
+            self.drain(c["pipe"], _DRAIN, c)
             if c["pipe"] is not None:  # still held by a leftover being killed: what it writes now is lost
                 self.pipes.pop(c["pipe"], None)
                 os.close(c["pipe"])
