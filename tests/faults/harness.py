@@ -117,17 +117,18 @@ class Scene:
             env.pop(var, None)
         return env
 
-    def start(self, *args: str, cache: Path | None = None, cgroup: Path | None = None) -> subprocess.Popen:
+    def start(self, *args: str, cache: Path | None = None, cgroup: Path | None = None,
+              env: dict | None = None) -> subprocess.Popen:
         """``backbeat -p PREFIX -c CACHE ARGS…`` in the background (SIGINT not ignored, as in a
-        terminal; in the given cgroup, with every process it starts)."""
+        terminal; in the given cgroup, with every process it starts; ``env`` added to its environment)."""
         def setup() -> None:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             if cgroup is not None:
                 (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
         return subprocess.Popen(cli_command("-p", self.prefix, "-c", cache or self.cache, *args),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env(),
-                                preexec_fn=setup)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(self.env(), **(env or {})), preexec_fn=setup)
 
     def run(self, *args: str, cache: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         proc = self.start(*args, cache=cache)

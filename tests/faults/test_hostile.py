@@ -69,10 +69,10 @@ def test_the_end_of_a_failed_blocks_output_is_shown(scene):
 @pytest.mark.parametrize("kill", [None, "command", "fork server"])
 def test_a_detached_grandchild_dies_with_the_run(scene, references, tmp_path, kill):
     pid_file = tmp_path / "grandchild.pid"
-    second = hostile(mode="grandchild", path=str(pid_file), delay=0.2 if kill else 0.0)
+    second = hostile(mode="grandchild", delay=0.2)  # (time to kill the command)
     name = scene.experiment("grandchild", second=second)
     t0 = time.monotonic()
-    proc = scene.start("experiments", "run", name, "--json")
+    proc = scene.start("experiments", "run", name, "--json", env={"HOSTILE_PID_FILE": str(pid_file)})
     assert wait_until(lambda: pid_file.exists() or proc.poll() is not None), proc.communicate()
     grandchild = int(pid_file.read_text())
     blocks = {b.pid for z in children_of(proc.pid) for b in z.children()}

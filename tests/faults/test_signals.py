@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from harness import RNG, SEED, processes, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
 
-SLOW = {"delay": 0.2}  # `first' sleeps 0.2 s per unit: 1.2 s while it writes its output
+SLOW = {"delay": 0.1}  # `first' sleeps 0.1 s per unit: 0.6 s while it writes its output (as in test_kills)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["TERM", "HUP", "INT"])
@@ -24,7 +24,7 @@ def test_a_signal_stops_the_run_records_it_and_leaves_nothing(scene, references,
     reference = references.get(scene, name)
     proc = scene.start("experiments", "run", name, "--json")
     assert wait_until(lambda: any(scene.cache.rglob("*.h5.tmp-*"))), "the run never wrote"
-    time.sleep(RNG.uniform(0.0, 0.4))  # somewhere while `first' writes
+    time.sleep(RNG.uniform(0.0, 0.3))  # somewhere while `first' writes
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + sig, f"seed {SEED}: {err}"
