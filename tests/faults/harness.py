@@ -33,6 +33,7 @@ import pytest
 from backbeat.cache.tools import verify_cache
 from backbeat.data import cachefile
 from conftest import FIXTURES, RUN_PREFIX, cli_command
+from conftest import live_processes as processes
 
 SEED = int(os.environ.get("BACKBEAT_FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
 RNG = random.Random(SEED)
@@ -44,18 +45,6 @@ def hostile(**parameters) -> dict:
     """The ``second`` block of the pipeline, replaced by the hostile algorithm."""
     return {"algorithm": "faults/hostile/1", "inputs": {"value": "value"}, "outputs": {"out": "out"},
             "parameters": parameters}
-
-
-def processes(marker: str) -> list[psutil.Process]:
-    """Live processes whose command line names ``marker`` (every process of a run carries its prefix)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 30.0, step: float = 0.02) -> bool:
