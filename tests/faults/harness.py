@@ -127,9 +127,11 @@ class Scene:
     def clean_run(self, name: str) -> dict:
         """The report of a run of ``name`` into a fresh cache (what a recovered cache must hold)."""
         cache = self.root / f"reference-{name.rsplit('/', 1)[-1]}"
+        t0 = time.monotonic()
         done = self.run("experiments", "run", name, "--json", cache=cache)
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
+        report["wall"] = time.monotonic() - t0  # how long a whole run takes (random moments fall in it)
         report["digests"] = output_digests(cache, report)
         return report
 

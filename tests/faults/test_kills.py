@@ -18,18 +18,6 @@ from harness import RNG, SEED, children_of, references_fixture, scene_fixture, w
 SLOW = {"delay": 0.1}  # `first' takes ~0.6 s
 
 
-def _clean_wall(scene, references, name) -> float:
-    reference = references.get(scene, name)
-    return reference.setdefault("wall", _timed(scene, name))
-
-
-def _timed(scene, name) -> float:
-    t0 = time.monotonic()
-    done = scene.run("experiments", "run", name, "-q", cache=scene.root / "timing")
-    assert done.returncode == 0, done.stderr
-    return time.monotonic() - t0
-
-
 def test_kill_9_while_a_block_writes_leaves_what_the_next_run_removes(scene, references):
     name = scene.experiment("slow", first=SLOW)
     reference = references.get(scene, name)
@@ -48,7 +36,7 @@ def test_kill_9_while_a_block_writes_leaves_what_the_next_run_removes(scene, ref
 def test_kill_9_of_the_command_at_a_random_moment(scene, references, attempt):
     name = scene.experiment("slow", first=SLOW)
     reference = references.get(scene, name)
-    moment = RNG.uniform(0.05, _clean_wall(scene, references, name))
+    moment = RNG.uniform(0.05, reference["wall"])
     proc = scene.start("experiments", "run", name, "--json")
     time.sleep(moment)
     proc.kill()
@@ -60,7 +48,7 @@ def test_kill_9_of_the_command_at_a_random_moment(scene, references, attempt):
 def test_kill_9_of_the_fork_server_at_a_random_moment(scene, references, attempt):
     name = scene.experiment("slow", first=SLOW)
     reference = references.get(scene, name)
-    wall = _clean_wall(scene, references, name)
+    wall = reference["wall"]
     proc = scene.start("experiments", "run", name)
     assert wait_until(lambda: children_of(proc.pid) or proc.poll() is not None), "no fork server started"
     time.sleep(RNG.uniform(0.0, wall * 0.8))

@@ -9,8 +9,10 @@ The three signals are handled alike (:func:`stopping`): the first raises
 :class:`~backbeat.core.errors.Interrupted` in the main thread, so every block process is
 stopped, temporaries are removed and the interrupted run is recorded on the way out; further
 ones are ignored while that happens.  A signal ignored when the command starts (``nohup``, a
-background job's SIGINT) stays ignored.  The command also adopts the orphans of its
-descendants (:func:`backbeat.api.adopt_orphans`), so nothing a block starts outlives it.
+background job's SIGINT) stays ignored.  Commands that start block processes (``experiments
+run|plot|sweep|audit``, ``databases index|view``, ``plotters plot``, ``audit``) also adopt the
+orphans of their descendants (:func:`backbeat.api.adopt_orphans`), so nothing a block starts
+outlives them.
 """
 
 from __future__ import annotations
@@ -112,9 +114,6 @@ def _main(argv: Sequence[str] | None) -> int:
     if os.path.exists(args.cache) and not os.path.isdir(args.cache):
         print(f"backbeat: error: cache folder `{args.cache}' exists and is not a folder", file=sys.stderr)
         return 2
-    from backbeat import api
-
-    api.adopt_orphans()
     try:
         return args.handler(args)
     except BackbeatError as exc:
