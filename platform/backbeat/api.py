@@ -317,11 +317,10 @@ def render_drawing(dot_text: str, output: str | os.PathLike) -> str:
 # -- provenance, status, audit (backbeat.provenance, backbeat.audit) --------------------------------
 def provenance(cache: str | os.PathLike, name: str) -> dict | None:
     """The provenance record of an experiment's last run, whatever its status (None if it never
-    ran with this cache)."""
+    ran with this cache; a corrupt one is a :class:`~backbeat.core.errors.DataError` saying so)."""
     from backbeat.provenance import records
 
-    runs = records.history(cache, parse_name("experiment", name)[1])
-    return runs[0] if runs else None
+    return records.last(cache, parse_name("experiment", name)[1])
 
 
 def read_record(path: str | os.PathLike) -> dict:

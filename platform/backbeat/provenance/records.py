@@ -7,7 +7,8 @@ the record it replaces moves to ``<folder>/<sha256(experiment)>/<time>-<pid>.jso
 :data:`HISTORY` are kept), so that ``experiments status`` can diff against the last run of
 each block.  A record read back is checked to be one (:func:`read_record`); a record that is
 not is *corrupt*, and said to be: :func:`load` raises on a corrupt latest record (it is not
-taken for a missing one), :func:`history` leaves corrupt ones out and lists them apart.
+taken for a missing one), and so does :func:`last`; :func:`history` leaves corrupt ones out
+and lists them apart.
 
 :func:`to_prov` exports a record as W3C PROV-JSON.
 """
@@ -108,6 +109,22 @@ def history(cache: Cache, experiment: str, corrupt: list[dict] | None = None) ->
     return out
 
 
+def last(cache: Cache, experiment: str) -> dict | None:
+    """The record of the last run of ``experiment``, whatever its status, or None if it has none.
+
+    A corrupt one raises :class:`~backbeat.core.errors.DataError` saying so (it is not missing).
+    """
+    corrupt: list[dict] = []
+    records = history(cache, experiment, corrupt)
+    _refuse_corrupt_latest(cache, experiment, corrupt)
+    return records[0] if records else None
+
+
+def _refuse_corrupt_latest(cache: Cache, experiment: str, corrupt: list[dict]) -> None:
+    if corrupt and corrupt[0]["path"] == str(record_path(cache, experiment)):
+        raise DataError(f"the last provenance record of experiment `{experiment}' is corrupt: {corrupt[0]['message']}")
+
+
 def load(cache: Cache, experiment: str) -> dict | None:
     """The latest successful record of ``experiment`` (else the latest one), or None if it has none.
 
@@ -115,8 +132,7 @@ def load(cache: Cache, experiment: str) -> dict | None:
     """
     corrupt: list[dict] = []
     records = history(cache, experiment, corrupt)
-    if corrupt and corrupt[0]["path"] == str(record_path(cache, experiment)):
-        raise DataError(f"the last provenance record of experiment `{experiment}' is corrupt: {corrupt[0]['message']}")
+    _refuse_corrupt_latest(cache, experiment, corrupt)
     for rec in records:
         if rec.get("status") == "ok":
             return rec
