@@ -148,6 +148,25 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     return run(prefix, cache, name, options, progress, executor, **settings)
 
 
+def experiment_logs(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                    block: str | None = None) -> dict:
+    """The output logs of an experiment's processes, as kept in the cache:
+    ``{"experiment", "blocks": {block: {part: {"path", "bytes"}}}, "datasets", "provider"}``;
+    with ``block``, that block's logs only, each with its ``text``."""
+    from backbeat.execution.logs import logs
+
+    return logs(prefix, cache, name, block)
+
+
+def adopt_orphans() -> None:
+    """Make this process adopt the orphans of its descendants (Linux child subreaper), so that
+    nothing a block starts can outlive a run, even if the fork server is killed.  For programs
+    running experiments (the command line does it)."""
+    from backbeat.processes.reaper import adopt_orphans as adopt
+
+    adopt()
+
+
 def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, options: Options | None = None) -> dict:
     """Each block's action (run, cached, excluded) and why, without running any block."""
     from backbeat.execution.base import dry_run as plan_run
@@ -298,10 +317,10 @@ def render_drawing(dot_text: str, output: str | os.PathLike) -> str:
 # -- provenance, status, audit (backbeat.provenance, backbeat.audit) --------------------------------
 def provenance(cache: str | os.PathLike, name: str) -> dict | None:
     """The provenance record of an experiment's last run, whatever its status (None if it never
-    ran with this cache)."""
+    ran with this cache; a corrupt one is a :class:`~backbeat.core.errors.DataError` saying so)."""
     from backbeat.provenance import records
 
-    return next(records.records(cache, parse_name("experiment", name)[1], older=True), None)
+    return records.last(cache, parse_name("experiment", name)[1])
 
 
 def read_record(path: str | os.PathLike) -> dict:

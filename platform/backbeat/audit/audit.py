@@ -30,7 +30,7 @@ from backbeat.audit.changes import (
 from backbeat.cache.backends import open_store
 from backbeat.cache.results import bound_records, summary_problem
 from backbeat.cache.store import CacheStore
-from backbeat.core.errors import ExecutionError, IntegrityError
+from backbeat.core.errors import DataError, ExecutionError, IntegrityError
 from backbeat.execution.local import LocalExecutor
 from backbeat.planning.model import Job
 from backbeat.planning.selection import Options
@@ -52,11 +52,18 @@ def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
 
     _k, name = parse_name("experiment", name)
     store = open_store(cache)
-    latest = records.latest(store, name)
-    record = latest if latest is None or latest.get("status") == "ok" else records.load(store, name)
+    corrupt = None
+    try:  # a corrupt latest record is said as such, not taken for a missing one
+        latest = records.latest(store, name, strict=True)
+        record = latest if latest is None or latest.get("status") == "ok" else records.load(store, name)
+    except DataError as exc:
+        latest = record = None
+        corrupt = str(exc)
     now = current(prefix, store, name, record)
     out: dict[str, Any] = {"experiment": name, "record": None, "assets": [], "data_files": [],
                            "datasets": {}, "blocks": {}}
+    if corrupt is not None:
+        out["corrupt"] = corrupt
     if record is None or latest is None:
         for job in now.plan.jobs:
             cached = _committed(store, job)
@@ -65,7 +72,7 @@ def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
                                        "changes": _entry_problems(store, job) if cached else []}
             if out["blocks"][job.name]["changes"]:
                 out["blocks"][job.name].update(state="stale", reason="its cache file is not what its key says")
-        out["note"] = (records.older_format(store, name)
+        out["note"] = (f"{corrupt}: nothing to compare with" if corrupt is not None else records.older_format(store, name)
                        or "no recorded run of this experiment in the cache: nothing to compare with")
         return out
     out["record"] = {"created": record.get("created"), "status": record.get("status")}

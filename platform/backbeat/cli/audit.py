@@ -113,6 +113,7 @@ def _print_audit(res: dict) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     res = api.audit(args.prefix, args.cache, args.name, rerun=args.rerun)
     if args.json:
         output.print_json(res)
@@ -122,6 +123,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_record(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     rec = api.read_record(args.record)
     res = api.audit(args.prefix, args.cache, record=rec, rerun=args.rerun)
     if args.json:

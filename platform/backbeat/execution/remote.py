@@ -112,7 +112,8 @@ def run(job: RemoteJob) -> TaskResult:
             spec = job.block
             if spec.reads_datasets:
                 spec = dataclasses.replace(spec, database=start_provider(group, job.datasets))
-            group.spawn("block", BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes))
+            group.spawn("block", BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes),
+                        log=str(store.log_path(job.key)))
             out = group.wait(["block"])["block"]
         finally:
             group.close()

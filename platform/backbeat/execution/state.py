@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backbeat.cache.journal import Journal
 from backbeat.cache.store import CacheStore
 from backbeat.declarations.catalog import Catalog
 from backbeat.execution.workspace import Workspace
@@ -63,6 +65,7 @@ class RunState:
     stats: dict[str, dict] = field(default_factory=dict)  # job -> statistics of its process(es)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
     incidents: list[dict] = field(default_factory=list)  # cache entries found wrong: {"block", "message"}
+    warnings: list[str] = field(default_factory=list)  # what went wrong besides the jobs (the report says it)
 
     def fail(self, job: str, error: dict) -> None:
         self.status[job] = JobState.FAILED
@@ -80,6 +83,7 @@ class Run:
     progress: Progress | None = None
     state: RunState = field(default_factory=RunState)
     decisions: dict[str, Decision] = field(default_factory=dict)  # job -> what the run does with it
+    journal: Journal | None = None  # what a kill -9 of this run would leave (cache/journal.py)
 
     @property
     def store(self) -> CacheStore:
@@ -114,6 +118,18 @@ class Run:
         if msg.type == "progress" and block in self.state.status:
             extra = {"slot": int(slot)} if slot else {}
             self.emit(block, "running", done=msg.data.get("done"), total=msg.data.get("total"), **extra)
+
+    def intend(self, jobs: list[Job] = (), paths: list[Path] = ()) -> None:  # type: ignore[assignment]
+        """Note in the run's journal the jobs it may run and the entries it may write (if this
+        process is killed, the next run removes what they left)."""
+        if self.journal is None:
+            self.journal = Journal(self.store)
+        self.journal.add([(j.key, j.output_keys, j.nb_slots) for j in jobs], paths)
+
+    def end(self) -> None:
+        """The run is over (cleaned up, recorded): its journal goes."""
+        if self.journal is not None:
+            self.journal.close()
 
     def close(self) -> None:
         """Stop every local process; drop what an interrupted indexing job left."""

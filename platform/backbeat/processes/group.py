@@ -7,9 +7,13 @@ part of backbeat that runs code in child processes goes through it — the local
 so spawning, limits, message collection and outcome classification live in one place.
 
 * :meth:`spawn` starts ``target(payload)`` (``"module:function"``) in a fresh child; the
-  payload is the *envelope* ``{"target", "control", "job", "root", "spec"}``: ``spec`` is the
-  job's own JSON description (e.g. a :class:`~backbeat.runtime.spec.BlockSpec`), ``root`` the
-  folder of user code (tracebacks are made relative to it).
+  payload is the *envelope* ``{"target", "control", "job", "token", "root", "spec"}``: ``spec``
+  is the job's own JSON description (e.g. a :class:`~backbeat.runtime.spec.BlockSpec`),
+  ``root`` the folder of user code (tracebacks are made relative to it), ``token`` the job's
+  secret for the control channel (a message naming a job is accepted only with its token,
+  from its process: :attr:`refused` lists the others).  ``log``: the file the job's
+  stdout and stderr go to (bounded, :mod:`~backbeat.processes.logs`; without one, the
+  parent's stderr — never its stdout).
 * :meth:`poll` waits up to ``timeout_ms`` for control messages (it wakes at once when a
   process exits), keeps them per job and hands each to ``on_message`` (progress display);
   :meth:`exit` tells whether a job's process has ended; :meth:`outcome` classifies it from its
@@ -48,6 +52,7 @@ class ProcessGroup:
         self._control: ControlServer | None = None
         self._handles: dict[str, Handle] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._limits: dict[str, Limits] = {}
 
     # -- lifetime
     def warm(self) -> ProcessGroup:
@@ -61,7 +66,7 @@ class ProcessGroup:
         if self._control is None:
             from backbeat.processes.control import ControlServer
 
-            self._control = ControlServer()
+            self._control = ControlServer(pid_of=self._pid_of)
         assert self._server is not None
         return self._server, self._control
 
@@ -92,15 +97,28 @@ class ProcessGroup:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _pid_of(self, job: str) -> int | None:
+        handle = self._handles.get(job)
+        if handle is None or handle.exit is not None and handle._pid is None:
+            return None
+        try:
+            return handle.pid
+        except Exception:  # noqa: BLE001 - e.g. the fork server is gone: no pid to check against
+            return None
+
     # -- jobs
     def spawn(self, job: str, target: str, spec: Any = None, limits: Limits | None = None,
-              log_path: str | None = None) -> Handle:
-        """Start ``target`` on ``spec`` as job ``job`` (ids are unique in a group)."""
+              log: str | None = None) -> Handle:
+        """Start ``target`` on ``spec`` as job ``job`` (ids are unique in a group); its output
+        goes to the file ``log``."""
         server, control = self._started()
-        payload = {"target": target, "control": control.address, "job": job, "root": self.root, "spec": spec}
-        handle = server.spawn(JOB_MAIN, payload, limits or Limits(), log_path)
+        payload = {"target": target, "control": control.address, "job": job, "token": control.register(job),
+                   "root": self.root, "spec": spec}
+        limits = limits or Limits()
+        handle = server.spawn(JOB_MAIN, payload, limits, log)
         self._handles[job] = handle
         self._messages[job] = []
+        self._limits[job] = limits
         return handle
 
     def poll(self, timeout_ms: int = 0) -> list[Message]:
@@ -125,7 +143,7 @@ class ProcessGroup:
         if exit_ is None:
             raise RuntimeError(f"job `{job}' is still running")
         self.poll(0)
-        return classify(exit_, self._messages.get(job, []))
+        return classify(exit_, self._messages.get(job, []), self._limits.get(job))
 
     def wait(self, jobs: list[str]) -> dict[str, Outcome]:
         """Wait until every given job has ended; their outcomes."""
@@ -136,6 +154,15 @@ class ProcessGroup:
                 if j not in results and self.exit(j) is not None:
                     results[j] = self.outcome(j)
         return results
+
+    @property
+    def refused(self) -> list[dict]:
+        """Control messages refused so far: ``{"job" (named), "type", "pid", "reason", "sender"}``
+        (``sender``: the job whose process sent it, if it is one)."""
+        if self._control is None:
+            return []
+        by_pid = {h._pid: j for j, h in self._handles.items() if h._pid is not None}
+        return [dict(r, sender=by_pid.get(r["pid"])) for r in self._control.refused]
 
     def kill(self, job: str) -> None:
         self._handles[job].kill()

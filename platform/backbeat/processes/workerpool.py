@@ -49,7 +49,9 @@ import weakref
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
+from backbeat.processes import reaper
 from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, classify_status, from_code, signame
+from backbeat.processes.logs import compact
 from backbeat.processes.zygote import Zygote, child_run, child_setup, flush_and_exit, split_target
 
 # --------------------------------------------------------------------------- parent side
@@ -252,6 +254,7 @@ class ForkServer:
             pass  # already reaped (e.g. SIGCHLD ignored by the application)
         if self._sock.fileno() >= 0:
             self._sock.close()
+        reaper.kill_adopted()
 
     def __enter__(self) -> ForkServer:
         return self.start()
@@ -327,7 +330,7 @@ class ForkServer:
         with self._lock:
             while not cond():
                 if self._sock is None or self._sock.fileno() < 0:
-                    raise ExecutionError("the fork server is not running")
+                    return  # not started, closed, or died (its jobs then ended `lost')
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready, _, _ = select.select([self._sock], [], [], remaining)
                 if not ready:
@@ -357,18 +360,29 @@ class ForkServer:
             if ev.get("status") is None:
                 h.exit = Exit("exit", code=EXIT_BOOT)
             else:
-                h.exit = classify_status(ev["status"], ev.get("reason"), ev.get("wall_s", 0.0), ev.get("rusage"))
+                h.exit = classify_status(ev["status"], ev.get("reason"), ev.get("wall_s", 0.0), ev.get("rusage"),
+                                         ev.get("oom"))
             self._handles.pop(h.id, None)
 
     def _zygote_gone(self) -> None:
-        lost = [h for h in self._handles.values() if h.exit is None]
-        for h in lost:
-            h.exit = Exit("signal", signal="SIGKILL")
+        """The zygote's socket closed: unless we closed it, it died, and its children with it."""
+        how = "SIGKILL"
+        if not self._closed and self.zygote_pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.zygote_pid, os.WNOHANG)
+                if pid and os.WIFSIGNALED(status):
+                    how = signame(os.WTERMSIG(status))
+                elif pid:
+                    how = f"exit code {os.WEXITSTATUS(status)}"
+                if pid:
+                    self.zygote_pid = None
+        for h in self._handles.values():
+            if h.exit is None:
+                h.exit = Exit("signal", signal="SIGKILL") if self._closed else Exit("lost", signal=how)
         self._handles.clear()
         if self._sock is not None:
             self._sock.close()
-        if not self._closed:
-            raise ExecutionError("the fork server died unexpectedly")
+        reaper.kill_adopted()  # what the dead blocks left behind, if it came up to us
 
 
 def _close_ref(ref: weakref.ref) -> None:
@@ -395,6 +409,12 @@ class _MPHandle(Handle):
                  log_path: str | None) -> None:
         super().__init__(server, job_id)
         self._limits = limits
+        self._log = log_path
+        if log_path is not None:  # written directly by the child (appending), bounded once it ends
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
         self._reason: str | None = None
         self._proc = server._mp.Process(target=_mp_child, daemon=True,
                                         args=(target, json.dumps(payload), limits.to_json(), log_path))
@@ -423,6 +443,8 @@ class _MPHandle(Handle):
             os.kill(-self._proc.pid, signal.SIGKILL)  # leftovers of its process group
         except OSError:
             pass
+        if self._log is not None:
+            compact(self._log)
         self._server._handles.pop(self.id, None)
 
     def wait(self, timeout: float | None = None) -> Exit:

@@ -11,7 +11,7 @@ A record (format :data:`backbeat.provenance.records.FORMAT`) holds:
   digest: :mod:`backbeat.provenance.manifests`), which is part of its outputs' keys;
 * ``blocks`` — per block in execution order: key and pre-image
   (:func:`backbeat.planning.model.key_components`), input and output content digests, status,
-  timings and I/O statistics;
+  timings and I/O statistics, its output logs in the cache (``logs``);
 * ``environment`` — backbeat, Python and package versions, platform.
 
 Every executor's run ends with :func:`build` then :func:`backbeat.provenance.records.store`
@@ -243,6 +243,8 @@ def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dic
             entry["statistics"] = rep["statistics"]
         if "error" in rep:
             entry["error"] = rep["error"]
+        if "logs" in rep:  # the output of the processes that computed it, in the cache
+            entry["logs"] = rep["logs"]
         entry["name"] = job.name
         _carried(entry, previous)
         del entry["name"]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backbeat.core import config
-from backbeat.core.errors import BackbeatError
+from backbeat.core.errors import BackbeatError, Interrupted
 from backbeat.declarations.prefix import Prefix
 from backbeat.reporting import engine, live, patterns
 
@@ -68,6 +68,12 @@ def run_many(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[st
         start = time.perf_counter()
         try:
             rep = engine.run(prefix, cache, name, engine.options(**opts), recorder, executor, scheduler, workers)
+        except Interrupted as exc:  # the experiments run so far, and the interrupted one, go with it
+            if exc.report is not None:
+                reports.append(exc.report)
+                summary.append(summary_entry(exc.report, time.perf_counter() - start))
+            exc.done = {"experiments": reports, "summary": summary, "status": "interrupted"}
+            raise
         except BackbeatError as exc:
             if len(expanded) == 1:
                 raise
