@@ -433,9 +433,12 @@ class CacheStore:
         """Quarantine output entry ``key`` (and its summary); a message saying so."""
         self.memo.forget("h5-identity", self.output_path(key))
         summary = Path(f"{self.output_path(key)}.json")
-        if summary.is_file():
-            self.quarantine(summary, reason)
-        where = self.quarantine(self.output_path(key), reason)
+        try:
+            if summary.is_file():
+                self.quarantine(summary, reason)
+            where = self.quarantine(self.output_path(key), reason)
+        except OSError as exc:  # (a read-only cache: it stays, and is still not trusted)
+            return f"{reason} (it could not be moved to the quarantine: {exc.strerror or exc})"
         return f"{reason} (moved to {where})" if where else reason
 
     # -- analyzer results --------------------------------------------------------------------

@@ -142,8 +142,9 @@ class Scheduler:
             self.procs.update(self._start(job))
         except (OSError, ExecutionError) as exc:  # a cache that cannot be written, a dead fork server
             self._unlock(job.name)
-            message = describe_environmental(exc, cache=self.store.location) if isinstance(exc, OSError) else str(exc)
-            run.state.fail(job.name, {"kind": "system", "message": f"cannot start: {message}", "traceback": None})
+            message = (f"{describe_environmental(exc, cache=self.store.location)}: the block could not start"
+                       if isinstance(exc, OSError) else f"cannot start: {exc}")
+            run.state.fail(job.name, {"kind": "system", "message": message, "traceback": None})
             run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
             return False
         return True
