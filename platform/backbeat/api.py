@@ -148,6 +148,14 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     return run(prefix, cache, name, options, progress, executor, **settings)
 
 
+def environments(prefix: str | os.PathLike, check: bool = False) -> dict:
+    """The environment mapping, the environments the prefix's experiments declare and each one's
+    interpreter; with ``check``, whether backbeat's block runtime works in each (``ok``)."""
+    from backbeat.execution.environments import listing
+
+    return listing(prefix, check)
+
+
 def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, options: Options | None = None) -> dict:
     """Each block's action (run, cached, excluded) and why, without running any block."""
     from backbeat.execution.base import dry_run as plan_run

@@ -13,7 +13,9 @@ Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
 * ``.db`` — a view index (:mod:`backbeat.data.dbindex`), with ``<entry>.sha256`` beside it;
 * ``.h5.json`` — the JSON summary of a verified analyzer result (:meth:`CacheStore.read_result`);
 * ``<root>/.locks/<key>`` — the per-key lock files (:meth:`CacheStore.lock`);
-* ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`).
+* ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`);
+* ``<root>/.staging/<run>/`` — where the blocks of a sandboxed run write, until their outputs are
+  checked and moved to their entries (:meth:`CacheStore.staging_folder`, :mod:`backbeat.execution.sandboxing`).
 
 Temporaries are recognised by one pattern (:data:`TEMPORARY`); a temporary whose writer
 process is alive is never removed.  A job's entries are *committed* when every output
@@ -45,7 +47,7 @@ INDEX = ".db"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
-BOOKKEEPING = (".locks", "provenance", ".progress")  # top-level folders never scanned nor deleted
+BOOKKEEPING = (".locks", "provenance", ".progress", ".staging")  # top-level folders never scanned nor deleted
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -232,6 +234,12 @@ class CacheStore:
                 tmp.unlink()
                 removed.append(tmp)
         return removed
+
+    def staging_folder(self) -> Path:
+        """A new, private folder of the cache's file system for the outputs of a sandboxed run."""
+        parent = self.root / ".staging"
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=parent))
 
     # -- commits -----------------------------------------------------------------------------
     def committed(self, keys: Iterable[str]) -> bool:

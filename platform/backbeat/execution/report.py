@@ -71,6 +71,8 @@ def report(run: Run) -> dict:
             entry["error"] = state.errors[job.name]
         if job.name in state.stats:
             entry["statistics"] = state.stats[job.name]
+        if job.name in state.runtime:  # where it ran: interpreter, Python and package versions, sandbox
+            entry["runtime"] = state.runtime[job.name]
         blocks[job.name] = entry
     failed = any(b["status"] == "failed" for b in blocks.values())
     return {

@@ -14,7 +14,10 @@
   into the single cache entry; a loop runs its evaluator (``#0``) and processor (``#1``)
   together, joined by a loop channel, all or nothing;
 * a failed job's partial files are removed, no new job starts, running jobs finish; the
-  consumers of a failed producer's streams are killed and reported ``skipped``.
+  consumers of a failed producer's streams are killed and reported ``skipped``;
+* each process runs in the fork server of its environment's interpreter (``run.interpreters``,
+  :mod:`backbeat.execution.environments`); in a sandboxed run it writes into its staging folder,
+  published into the cache after checks once it has ended well (:mod:`backbeat.execution.sandboxing`).
 
 The fork server, control channel and database provider are started only when something
 must run, so a fully cached re-run starts no process.  On an interruption every process is
@@ -29,6 +32,9 @@ import time
 from pathlib import Path
 
 from backbeat.cache.store import EntryLock
+from backbeat.core.errors import IntegrityError
+from backbeat.execution import environments
+from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
 from backbeat.execution.splitting import assemble, slot_ranges
 from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
@@ -65,6 +71,9 @@ class Scheduler:
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
         try:
+            for python in sorted({environments.of(self.run.interpreters, n).key or "" for n in self.jobs
+                                  if self.status[n] in STARTABLE}):
+                self.group.warm(python or None)  # every interpreter's zygote warms up at once
             self._loop()
         finally:
             self._close()
@@ -171,7 +180,10 @@ class Scheduler:
         if spec.reads_datasets and spec.database is None:
             spec = dataclasses.replace(spec, database=self._provider_address())
         limits = Limits(self.options.timeout_s if timed else None, self.options.memory_bytes)
-        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits)
+        if self.run.staging is not None:
+            spec = self.run.staging.block(pid, spec)
+        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits,
+                         python=environments.of(self.run.interpreters, pid).key)
 
     def _start(self, job: Job, fed: dict[str, str] | None = None) -> dict[str, list[str]]:
         """Spawn the job's block process(es) — one, one per slot of a split block, or the two
@@ -259,6 +271,8 @@ class Scheduler:
         outcomes = [self.group.outcome(p) for p in ids]
         bad = next((o for p, o in zip(ids, outcomes, strict=True) if not o.ok and p not in self.killed),
                    next((o for o in outcomes if not o.ok), None))
+        if bad is None:
+            bad = self._publish(job, ids, outcomes)
         if bad is None and len(ids) > 1 and job.kind != "loop":
             try:
                 self._assemble(job, len(ids))
@@ -274,12 +288,34 @@ class Scheduler:
             run.set(job.name, JobState.RAN)
             run.emit(job.name, "done", wall_s=wall)
             return True
+        if self.run.staging is not None:
+            for pid in ids:
+                self.run.staging.discard(pid)
         # a killed writer leaves its temporary file; a loop node is all or nothing (drop the side that committed)
         self.store.drop_partial(job.output_keys, len(ids) if len(ids) > 1 else 0, committed=job.kind == "loop")
         failure = bad or Outcome("system", "the block completed but did not commit its outputs")
         run.state.fail(job.name, failure.error_json())
         run.emit(job.name, "failed", message=failure.message)
         return False
+
+    def _publish(self, job: Job, ids: list[str], outcomes: list[Outcome]) -> Outcome | None:
+        """Record where the job ran; in a sandboxed run, check its staged outputs into the cache
+        (a failure if one does not hold)."""
+        staging = self.run.staging
+        interpreter = environments.of(self.run.interpreters, job.name)
+        self.run.state.runtime[job.name] = environments.runtime(
+            job.environment, interpreter, self.group.interpreter(interpreter.key), staging is not None)
+        for pid, outcome in zip(ids, outcomes, strict=True):
+            reported = reported_digests(outcome.statistics)
+            if staging is None:
+                continue
+            try:
+                staging.publish(pid, reported)
+            except (IntegrityError, OSError) as exc:
+                for p in ids:
+                    staging.discard(p)
+                return Outcome("system", f"the sandbox refused the outputs of `{pid}': {exc}")
+        return None
 
     def _assemble(self, job: Job, n: int) -> None:
         """Concatenate the slot files of each output into the single cache entry."""

@@ -25,7 +25,9 @@ from backbeat.planning.selection import Decision, Options
 from backbeat.processes.group import ProcessGroup
 
 if TYPE_CHECKING:
+    from backbeat.execution.sandboxing import Staging
     from backbeat.processes.control import Message
+    from backbeat.processes.environments import Interpreter
 
 #: a progress display: called with ``{"block", "state", ...}`` events
 Progress = Callable[[dict], None]
@@ -62,6 +64,7 @@ class RunState:
     errors: dict[str, dict] = field(default_factory=dict)  # job -> {"kind", "message", "traceback"}
     stats: dict[str, dict] = field(default_factory=dict)  # job -> statistics of its process(es)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
+    runtime: dict[str, dict] = field(default_factory=dict)  # job -> where it ran (execution.environments.runtime)
 
     def fail(self, job: str, error: dict) -> None:
         self.status[job] = JobState.FAILED
@@ -79,6 +82,8 @@ class Run:
     progress: Progress | None = None
     state: RunState = field(default_factory=RunState)
     decisions: dict[str, Decision] = field(default_factory=dict)  # job -> what the run does with it
+    interpreters: dict[str, Interpreter] = field(default_factory=dict)  # process -> its environment's interpreter
+    staging: Staging | None = None  # a sandboxed run's staging folder (execution.sandboxing)
 
     @property
     def store(self) -> CacheStore:
@@ -113,6 +118,8 @@ class Run:
         """Stop every local process; drop what an interrupted indexing job left."""
         started = self.group.started
         self.group.close()
+        if self.staging is not None:
+            self.staging.close()
         if started:
             for ds in self.plan.datasets.values():
                 if ds.index_digest is None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from backbeat.core.errors import IntegrityError
 from backbeat.execution.state import Run
 from backbeat.processes.group import ProcessGroup
+from backbeat.processes.outcome import Outcome
 
 if TYPE_CHECKING:
     from backbeat.runtime.spec import DatasetSpec
@@ -48,11 +50,19 @@ def index_datasets(run: Run, rebuild: bool | None = None) -> None:
     builder = SpecBuilder(run.plan, run.workspace)
     for name in todo:
         store.index_path(run.plan.datasets[name].index_key).parent.mkdir(parents=True, exist_ok=True)
-        run.group.spawn(f"index:{name}", INDEX_TARGET, builder.dataset(name).to_json())
+        spec = builder.dataset(name)
+        if run.staging is not None:  # sandboxed: written into its staging folder, published once checked
+            spec = run.staging.index(f"index:{name}", spec)
+        run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json())
     outcomes = run.group.wait([f"index:{n}" for n in todo])
     for name in todo:
         out = outcomes[f"index:{name}"]
         ds = run.plan.datasets[name]
+        if out.ok and "digest" in out.statistics and run.staging is not None:
+            try:
+                run.staging.publish(f"index:{name}", {"index.db": out.statistics["digest"]})
+            except (IntegrityError, OSError) as exc:
+                out = Outcome("system", f"the sandbox refused the view index: {exc}")
         if out.ok and "digest" in out.statistics:
             ds.index_digest = out.statistics["digest"]
         else:

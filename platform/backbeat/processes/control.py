@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import zmq
@@ -91,7 +92,7 @@ class ControlServer:
         self._address = f"ipc://{path}"
         self.rejected = 0  # malformed frames dropped
         self._poller: zmq.Poller | None = None
-        self._poller_fd: int | None = None
+        self._poller_fd: tuple[int, ...] | None = None
 
     @property
     def address(self) -> str:
@@ -106,21 +107,23 @@ class ControlServer:
         """The ROUTER socket, for callers that multiplex with ``zmq.Poller``."""
         return self._sock
 
-    def poll(self, timeout_ms: int = 0, wake: int | None = None) -> list[Message]:
+    def poll(self, timeout_ms: int = 0, wake: int | Sequence[int] | None = None) -> list[Message]:
         """Messages available within ``timeout_ms`` (all queued ones, in arrival order).
 
-        ``wake``: a file descriptor that also ends the wait when readable (the fork
-        server's, which reports process exits), so that callers react at once.
+        ``wake``: file descriptor(s) that also end the wait when readable (the fork
+        servers', which report process exits), so that callers react at once.
         """
         out: list[Message] = []
-        if wake is None:
+        fds = () if wake is None else (wake,) if isinstance(wake, int) else tuple(wake)
+        if not fds:
             if not self._sock.poll(timeout_ms, zmq.POLLIN):
                 return out
         else:
-            if self._poller is None or self._poller_fd != wake:
-                self._poller, self._poller_fd = zmq.Poller(), wake
+            if self._poller is None or self._poller_fd != fds:
+                self._poller, self._poller_fd = zmq.Poller(), fds
                 self._poller.register(self._sock, zmq.POLLIN)
-                self._poller.register(wake, zmq.POLLIN)
+                for fd in fds:
+                    self._poller.register(fd, zmq.POLLIN)
             if self._sock not in dict(self._poller.poll(timeout_ms)):
                 return out
         while True:

@@ -21,10 +21,20 @@ so spawning, limits, message collection and outcome classification live in one p
 The fork server is started before the control channel's zmq context exists (a process with
 zmq threads cannot fork safely); zmq itself is imported only then, so a fully cached run,
 which starts nothing, never imports it.
+
+Interpreters and the sandbox: a job may name the ``python`` it runs in (its execution
+environment's, :mod:`~backbeat.processes.environments`); the group keeps one fork server per
+interpreter, each started in that interpreter.  A group made with a
+:class:`~backbeat.processes.sandbox.Sandbox` starts every fork server inside ``bwrap``
+(the running interpreter's too), with the group's private folder writable in it, and says
+in a failed job's outcome what the sandbox denied.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,41 +44,69 @@ from backbeat.processes.workerpool import ForkServer, Handle
 
 if TYPE_CHECKING:
     from backbeat.processes.control import ControlServer, Message
+    from backbeat.processes.sandbox import Sandbox
 
 JOB_MAIN = "backbeat.processes.control:job_main"
 
 
 class ProcessGroup:
     def __init__(self, root: str | None = None, preload: tuple[str, ...] | None = None,
-                 on_message: Callable[[Message], None] | None = None) -> None:
+                 on_message: Callable[[Message], None] | None = None, sandbox: Sandbox | None = None) -> None:
         self.root = root
         self.on_message = on_message
+        self.sandbox = sandbox
         self._preload = preload
-        self._server: ForkServer | None = None
+        self._servers: dict[str | None, ForkServer] = {}  # interpreter (None: the running one) -> its server
         self._control: ControlServer | None = None
         self._handles: dict[str, Handle] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._pythons: dict[str, str | None] = {}  # job -> its interpreter
+        self._folder: str | None = None  # sandboxed: the private folder holding the control folder
 
     # -- lifetime
-    def warm(self) -> ProcessGroup:
-        """Start the fork server now (its zygote warms up while the caller works)."""
-        if self._server is None:
-            self._server = (ForkServer(preload=self._preload) if self._preload is not None else ForkServer()).start()
+    def warm(self, python: str | None = None) -> ProcessGroup:
+        """Start the fork server of ``python`` (None: the running interpreter) now: its zygote
+        warms up while the caller works."""
+        if python not in self._servers:
+            self._servers[python] = self._new_server(python).start()
         return self
 
-    def _started(self) -> tuple[ForkServer, ControlServer]:
-        self.warm()
+    def _new_server(self, python: str | None) -> ForkServer:
+        kw: dict[str, Any] = {} if self._preload is None else {"preload": self._preload}
+        if self.sandbox is None and python is None:
+            return ForkServer(**kw)
+        from backbeat.processes import environments
+
+        exe = python or environments.RUNNING.python
+        if self.sandbox is None:
+            return ForkServer(python=exe, env=environments.runtime_env(), **kw)
+        from backbeat.processes import sandbox as sandboxing
+
+        if self._folder is None:  # created before the control folder, to be writable in every sandbox
+            self._folder = tempfile.mkdtemp(prefix="bb-run-")
+        box = dataclasses.replace(self.sandbox, writable=(*self.sandbox.writable, self._folder))
+        path = environments.runtime_path()
+        wrapper = box.command(exe, environments.interpreter_info(exe), path)
+        return ForkServer(python=exe, wrapper=wrapper, env=sandboxing.environment(environments.runtime_env(path=path)),
+                          **kw)
+
+    def _started(self, python: str | None = None) -> tuple[ForkServer, ControlServer]:
+        self.warm(python)
         if self._control is None:
             from backbeat.processes.control import ControlServer
 
-            self._control = ControlServer()
-        assert self._server is not None
-        return self._server, self._control
+            self._control = ControlServer(self._folder)
+        return self._servers[python], self._control
 
     @property
     def started(self) -> bool:
         """Whether any process was (or is being) started."""
-        return self._server is not None
+        return bool(self._servers)
+
+    def interpreter(self, python: str | None = None) -> dict:
+        """The interpreter jobs of ``python`` run in, as its fork server describes it (started if needed)."""
+        self.warm(python)
+        return self._servers[python].interpreter
 
     @property
     def directory(self) -> str:
@@ -81,10 +119,12 @@ class ProcessGroup:
 
     def close(self) -> None:
         """Kill every process still running and release the sockets."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers.values():
+            server.close()
         if self._control is not None:
             self._control.close()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -94,25 +134,33 @@ class ProcessGroup:
 
     # -- jobs
     def spawn(self, job: str, target: str, spec: Any = None, limits: Limits | None = None,
-              log_path: str | None = None) -> Handle:
-        """Start ``target`` on ``spec`` as job ``job`` (ids are unique in a group)."""
-        server, control = self._started()
+              log_path: str | None = None, python: str | None = None) -> Handle:
+        """Start ``target`` on ``spec`` as job ``job`` (ids are unique in a group), in the fork
+        server of interpreter ``python`` (None: the running interpreter)."""
+        server, control = self._started(python)
         payload = {"target": target, "control": control.address, "job": job, "root": self.root, "spec": spec}
+        if self.sandbox is not None:
+            from backbeat.processes.sandbox import limits as sandbox_limits
+
+            limits = sandbox_limits(limits)
         handle = server.spawn(JOB_MAIN, payload, limits or Limits(), log_path)
         self._handles[job] = handle
         self._messages[job] = []
+        self._pythons[job] = python
         return handle
 
     def poll(self, timeout_ms: int = 0) -> list[Message]:
         """Control messages received within ``timeout_ms`` (less when a process exits)."""
-        if self._control is None or self._server is None:
+        if self._control is None or not self._servers:
             return []
-        msgs = self._control.poll(timeout_ms, self._server.event_fd())
+        fds = [fd for fd in (s.event_fd() for s in self._servers.values()) if fd is not None]
+        msgs = self._control.poll(timeout_ms, fds)
         for msg in msgs:
             self._messages.setdefault(msg.job, []).append(msg)
             if self.on_message is not None:
                 self.on_message(msg)
-        self._server.pump(0)
+        for server in self._servers.values():
+            server.pump(0)
         return msgs
 
     def exit(self, job: str) -> Exit | None:
@@ -125,7 +173,12 @@ class ProcessGroup:
         if exit_ is None:
             raise RuntimeError(f"job `{job}' is still running")
         self.poll(0)
-        return classify(exit_, self._messages.get(job, []))
+        outcome = classify(exit_, self._messages.get(job, []))
+        if self.sandbox is not None:
+            from backbeat.processes.sandbox import explain
+
+            outcome = explain(outcome)
+        return outcome
 
     def wait(self, jobs: list[str]) -> dict[str, Outcome]:
         """Wait until every given job has ended; their outcomes."""

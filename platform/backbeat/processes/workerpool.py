@@ -41,6 +41,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -135,14 +136,24 @@ class ForkServer:
     Call :meth:`start` (or use ``with``) before creating any zmq Context or thread in this
     process.  ``mode`` is ``"auto"`` (fork zygote, else multiprocessing), ``"fork"`` or
     ``"multiprocessing"``.
+
+    With ``python`` (another interpreter) or ``wrapper`` (a command the interpreter runs under,
+    e.g. the sandbox's ``bwrap …``), the zygote is instead a new process, ``[*wrapper, python, -m,
+    backbeat.processes.zygote, FD, PRELOAD]`` with environment ``env``, serving the same protocol
+    over the socket it inherits (no fork of this process: it may start at any time).
     """
 
     def __init__(self, preload: tuple[str, ...] = ("numpy", "h5py", "zmq", "backbeat.processes.control"),
-                 mode: str = "auto") -> None:
+                 mode: str = "auto", python: str | None = None, wrapper: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         if mode not in ("auto", "fork", "multiprocessing"):
             raise UsageError(f"unknown fork server mode `{mode}'")
         self.preload = tuple(preload)
         self.mode = mode
+        self.python = python
+        self.wrapper = list(wrapper or [])
+        self.env = env
+        self._proc: subprocess.Popen | None = None
         self.zygote_pid: int | None = None
         self._sock: socket.socket | None = None
         self._buf = b""
@@ -159,6 +170,10 @@ class ForkServer:
     # -- lifetime
     def start(self) -> ForkServer:
         if self._sock is not None or self._mp is not None:
+            return self
+        if self.python is not None or self.wrapper:
+            self._start_exec()
+            atexit.register(_close_ref, weakref.ref(self))
             return self
         can_fork = hasattr(os, "fork") and threading.active_count() == 1 and not _zmq_threads_running()
         if self.mode == "fork" and not can_fork:
@@ -191,6 +206,35 @@ class ForkServer:
         self.kind = "zygote"
         self.zygote_pid = pid
         self._sock = parent_sock
+
+    def _start_exec(self) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd = child_sock.fileno()
+        argv = [*self.wrapper, self.python or sys.executable, "-m", "backbeat.processes.zygote", str(fd),
+                ",".join(self.preload)]
+        try:
+            self._proc = subprocess.Popen(argv, pass_fds=(fd,), env=self.env, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            parent_sock.close()
+            raise ExecutionError(f"cannot start a fork server with `{argv[len(self.wrapper)]}': "
+                                 f"{e.strerror or e}") from None
+        finally:
+            child_sock.close()
+        self.kind = "exec"
+        self.zygote_pid = self._proc.pid
+        self._sock = parent_sock
+
+    @property
+    def interpreter(self) -> dict:
+        """The zygote's interpreter (:func:`backbeat.processes.interpreter.describe`), once ready."""
+        if self._ready is None and self._sock is not None:
+            self.wait_ready()
+        info = (self._ready or {}).get("interpreter")
+        if info is None:
+            from backbeat.processes.interpreter import describe
+
+            info = describe()  # multiprocessing fallback: children of this interpreter
+        return info
 
     def _start_mp(self) -> None:
         import multiprocessing as mp
@@ -238,6 +282,13 @@ class ForkServer:
                 pass
         deadline = time.monotonic() + timeout
         pid = self.zygote_pid
+        if self._proc is not None:  # a zygote started as a new process (its Popen reaps it)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            pid = None
         try:
             while pid is not None:
                 done, _ = os.waitpid(pid, os.WNOHANG)

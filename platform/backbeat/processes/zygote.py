@@ -6,6 +6,11 @@ wakes its ``select``), enforces timeouts, and reports ``spawned``/``exit`` event
 gets its own session, default signal handlers, ``PR_SET_PDEATHSIG``, ``RLIMIT_AS``, closed
 inherited fds and fresh standard streams, then runs ``target(payload)`` and always leaves
 through ``os._exit`` (see :mod:`backbeat.processes.workerpool` for the whole protocol).
+
+A zygote started in another interpreter or in the sandbox runs ``python -m
+backbeat.processes.zygote FD PRELOAD`` (:func:`exec_main`); as the init (PID 1) of a
+sandbox it ignores ``SIGTERM`` (its blocks could send it) and reaps the orphans it inherits.
+Its ``ready`` event describes its interpreter (:func:`backbeat.processes.interpreter.describe`).
 """
 
 from __future__ import annotations
@@ -173,7 +178,7 @@ def flush_and_exit(code: int) -> None:
 class Zygote:
     """The loop running in the zygote process (never returns: ends in ``os._exit``)."""
 
-    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int) -> None:
+    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int | None) -> None:
         self.sock = sock
         self.parent = parent
         self.preload = preload
@@ -202,9 +207,12 @@ class Zygote:
 
     def main(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches it
-        signal.signal(signal.SIGTERM, lambda *_: self.shutdown(0))
+        if os.getpid() == 1:  # init of a sandbox: its blocks may signal it, and must not stop it
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGTERM, lambda *_: self.shutdown(0))
         _prctl_pdeathsig(signal.SIGKILL)
-        if os.getppid() != self.parent:
+        if self.parent is not None and os.getppid() != self.parent:
             os._exit(0)
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
@@ -220,7 +228,9 @@ class Zygote:
             except BaseException as e:  # noqa: BLE001
                 error = f"cannot preload `{name}': {e}"
         _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
-        self.send({"ev": "ready", "pid": os.getpid(), "error": error})
+        from backbeat.processes.interpreter import describe
+
+        self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": describe()})
         while True:
             now = time.monotonic()
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
@@ -307,7 +317,7 @@ class Zygote:
                 self.kill(pid, signal.SIGKILL)
 
     def reap(self) -> None:
-        while self.children:
+        while True:  # (orphans too: the zygote is the init of a sandbox, where they end up)
             try:
                 pid, status, ru = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
@@ -342,3 +352,19 @@ class Zygote:
         except OSError:
             pass
         os._exit(code)
+
+
+def exec_main(argv: list[str]) -> None:
+    """``python -m backbeat.processes.zygote FD PRELOAD``: a zygote started in another interpreter
+    (or in a sandbox), serving its parent over the socket it inherited as ``FD``; ``PRELOAD`` is
+    the comma-separated modules to import first."""
+    try:
+        sock = socket.socket(fileno=int(argv[0]))
+        preload = tuple(m for m in (argv[1] if len(argv) > 1 else "").split(",") if m)
+        Zygote(sock, preload, None).main()
+    finally:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    exec_main(sys.argv[1:])

@@ -9,7 +9,8 @@ A record (format :data:`backbeat.provenance.records.FORMAT`) holds:
 * ``datasets`` — per dataset, the view index key and its pre-image, the index digest;
 * ``blocks`` — per block in execution order: key and pre-image
   (:func:`backbeat.planning.model.key_components`), input and output content digests, status,
-  timings and I/O statistics;
+  timings and I/O statistics, and ``runtime``: the interpreter, Python and package versions it
+  ran with (a cached block: those of the run that computed it) and whether it ran in the sandbox;
 * ``environment`` — backbeat, Python and package versions, platform.
 
 Every executor's run ends with :func:`build` then :func:`backbeat.provenance.records.store`
@@ -234,6 +235,14 @@ def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dic
                 if ob and ob.get("key") == job.key and ob.get("statistics"):
                     entry["statistics"] = ob["statistics"]
                     entry["statistics_from"] = old.get("created")
+                    break
+        if "runtime" in rep:
+            entry["runtime"] = rep["runtime"]
+        elif entry["status"] == "cached":  # where the run that computed it ran it, if recorded
+            for old in previous or []:
+                ob = old.get("blocks", {}).get(job.name)
+                if ob and ob.get("key") == job.key and ob.get("runtime"):
+                    entry["runtime"] = ob["runtime"]
                     break
         if "error" in rep:
             entry["error"] = rep["error"]
