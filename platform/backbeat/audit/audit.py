@@ -30,6 +30,7 @@ from backbeat.audit.changes import (
 from backbeat.cache.backends import open_store
 from backbeat.cache.store import CacheStore
 from backbeat.core.errors import ExecutionError, IntegrityError
+from backbeat.execution.environments import Present
 from backbeat.execution.local import LocalExecutor
 from backbeat.planning.model import Job
 from backbeat.planning.selection import Options
@@ -164,6 +165,14 @@ def audit(prefix: str | os.PathLike, cache: Cache, name: str | None = None,
         notes.append(f"the recorded run {record.get('status')}" + (f" (block(s) {', '.join(failed)})" if failed else ""))
     ds_report = _audit_datasets(record, now, datasets, bad, notes)
     blocks = _audit_blocks(record, now, datasets, assets, bad, notes, reported)
+    present = Present(prefix)
+    for job in now.plan.jobs:  # the interpreter, Python and packages the block ran with, and now
+        old = record["blocks"].get(job.name) or {}
+        changed = present.changes(job.environment, old.get("runtime"))
+        if changed and job.name in blocks:
+            blocks[job.name]["environment"] = changed
+            bad("environment", job.name, f"block `{job.name}' ran in an environment that changed since: "
+                + "; ".join(changed))
     result: dict[str, Any] = {"experiment": name, "record": {"created": record.get("created"),
                                                              "status": record.get("status")},
                               "datasets": ds_report, "blocks": blocks, "notes": notes}

@@ -57,6 +57,38 @@ def runtime(env: dict | None, chosen: Interpreter, info: dict, sandboxed: bool) 
             "interpreter": chosen.python, **interpreter.runtime(info), "sandbox": sandboxed}
 
 
+class Present:
+    """Where the blocks of a prefix would run now, to compare with a record (``audit``)."""
+
+    def __init__(self, prefix: str | os.PathLike) -> None:
+        self.mapping = mapping(prefix)
+        self._info: dict[str, dict] = {}
+
+    def changes(self, env: dict | None, recorded: dict | None) -> list[str]:
+        """How the interpreter of ``env`` now differs from ``recorded`` (a block's ``runtime``)."""
+        if not recorded:
+            return []
+        what = f"environment `{environments.label(env)}'"
+        chosen = self.mapping.resolve(env)
+        if chosen is None:
+            return [f"{what} has no interpreter now (no entry of the environment mapping matches it)"]
+        if chosen.python not in self._info:
+            self._info[chosen.python] = environments.describe_interpreter(chosen)
+        info = self._info[chosen.python]
+        if "error" in info:
+            return [f"{what}: its interpreter {info['error']}"]
+        out = []
+        if recorded.get("interpreter") and recorded["interpreter"] != chosen.python:
+            out.append(f"{what} now runs in {chosen.python}, not {recorded['interpreter']}")
+        if recorded.get("python") and recorded["python"] != info.get("python"):
+            out.append(f"{what}: Python {recorded['python']} -> {info.get('python')}")
+        now = info.get("packages") or {}
+        for pkg, version in sorted((recorded.get("packages") or {}).items()):
+            if now.get(pkg) != version:
+                out.append(f"{what}: {pkg} {version or 'not installed'} -> {now.get(pkg) or 'not installed'}")
+        return out
+
+
 # -- environments list | check ---------------------------------------------------------------------
 def _declared(prefix: str | os.PathLike) -> dict[str, list[str]]:
     """``{name/version: [experiments declaring it]}`` over the prefix's experiments."""

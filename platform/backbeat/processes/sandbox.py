@@ -176,6 +176,7 @@ def explain(outcome: Outcome) -> Outcome:
         ("Read-only file system", "the sandbox makes the prefix and the cache read-only"),
         ("Network is unreachable", "the sandbox has no network"),
         ("Temporary failure in name resolution", "the sandbox has no network"),
+        ("Connection refused", "the sandbox has no network: its loopback interface is its own"),
         ("No such process", "no process outside the sandbox is visible from it"),
         ("No such file or directory", "the sandbox shows only the prefix, the cache, the databases' folders and "
                                       "the interpreter"),
