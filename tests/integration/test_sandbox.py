@@ -189,3 +189,24 @@ def test_without_bubblewrap_the_sandbox_says_what_to_install(prefix: Path, tmp_p
     assert proc.returncode != 0
     assert "bubblewrap" in proc.stderr and "apt-get install bubblewrap" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fixture, name", [("parallel", "par/par/two/1/two_slots"), ("loops", "lx/lx/loop/1/sequential")])
+def test_split_blocks_and_loops_are_the_same_in_the_sandbox(tmp_path: Path, fixture: str, name: str) -> None:
+    """Slot files are staged and checked before they are assembled; a loop's two processes talk
+    through a socket bound inside the sandbox."""
+    prefix = tmp_path / "prefix"
+    shutil.copytree(FIXTURES / fixture / "prefix", prefix, ignore=shutil.ignore_patterns("cache", "__pycache__"))
+    if fixture == "parallel":
+        decl = json.loads((prefix / "experiments/par/par/two/1/base.json").read_text())
+        decl["blocks"]["left"]["nb_slots"] = 2
+        for block in ("left", "right"):
+            decl["blocks"][block]["parameters"]["ms"] = 0.0  # (busy 20 ms a unit by default)
+        (prefix / "experiments/par/par/two/1/two_slots.json").write_text(json.dumps(decl))
+    plain = run(prefix, name, sandbox=False, cache="plain")
+    boxed = run(prefix, name, sandbox=True, cache="boxed")
+    assert plain["status"] == boxed["status"] == "ok", boxed
+    assert plain["results"] == boxed["results"]
+    assert _digests(tmp_path / "plain") == _digests(tmp_path / "boxed")
+    if fixture == "parallel":
+        assert len(boxed["blocks"]["left"]["statistics"]["slots"]) == 2
