@@ -124,6 +124,13 @@ def test_environments_list_and_check(prefix: Path, other_env: Path, tmp_path: Pa
     assert "numpy>=2, h5py>=3.10, pyzmq>=25, simplejson>=3.19" in proc.stdout
     assert f"ok   Other numpy/1 -> {other_env}" in proc.stdout
     assert "Python/3: (no interpreter)" in proc.stdout
+    # a block in an environment lacking backbeat's requirements fails at once, saying why
+    _rc(prefix.parent, {"Other numpy/1": str(bare), "*": "default"})
+    code, rep, err = cli_json("-p", prefix, "experiments", "run", NAME, "--json", cwd=prefix.parent)
+    assert code == 1 and rep["blocks"]["first"]["status"] == "ran"
+    message = rep["blocks"]["second"]["error"]["message"]
+    assert f"its environment's interpreter ({bare / 'bin' / 'python'}) cannot run backbeat's block runtime" in message
+    assert "cannot preload `numpy'" in message and "environments check" in message
 
 
 def test_the_dask_executor_honours_environments(prefix: Path, other_env: Path) -> None:

@@ -74,6 +74,7 @@ class Scheduler:
             for python in sorted({environments.of(self.run.interpreters, n).key or "" for n in self.jobs
                                   if self.status[n] in STARTABLE}):
                 self.group.warm(python or None)  # every interpreter's zygote warms up at once
+            self._check_interpreters()
             self._loop()
         finally:
             self._close()
@@ -105,6 +106,26 @@ class Scheduler:
                     failed = True
                 if not ok or name in self.starved:  # the jobs it was feeding are starved too
                     self._starve(name)
+
+    def _check_interpreters(self) -> None:
+        """Jobs whose fork server cannot run backbeat's runtime (another interpreter lacking its
+        requirements, a sandbox that did not start) fail at once, saying why."""
+        failures: dict[str | None, str | None] = {}
+        for name, job in self.jobs.items():
+            if self.status[name] not in STARTABLE:
+                continue
+            for pid in ([f"{name}#0", f"{name}#1"] if job.kind == "loop" else [name]):
+                chosen = environments.of(self.run.interpreters, pid)
+                if chosen.key is None and self.run.staging is None:
+                    continue  # the zygote forked from this process
+                if chosen.key not in failures:
+                    failures[chosen.key] = self.group.failure(chosen.key)
+                why = failures[chosen.key]
+                if why is not None and self.status[name] in STARTABLE:
+                    message = (f"its environment's interpreter ({chosen.python}) cannot run backbeat's block runtime: "
+                               f"{why} (`backbeat environments check' says what it needs)")
+                    self.run.state.fail(name, {"kind": "system", "message": message, "traceback": None})
+                    self.run.emit(name, "failed", message=message)
 
     def _try_start(self, job: Job) -> None:
         run = self.run

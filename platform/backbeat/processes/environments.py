@@ -206,7 +206,7 @@ def probe(python: str, check: bool = False, timeout: float = 120.0) -> dict[str,
     argv = [python, "-m", "backbeat.processes.interpreter"] + (["--check"] if check else [])
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=runtime_env(),
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, cwd="/")  # (`-m' puts the working folder on its path)
     except OSError as exc:
         return {"error": f"`{python}' cannot be started: {exc.strerror or exc}"}
     except subprocess.TimeoutExpired:

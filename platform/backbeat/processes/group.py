@@ -90,8 +90,7 @@ class ProcessGroup:
         box = dataclasses.replace(self.sandbox, writable=(*self.sandbox.writable, self._folder))
         path = environments.runtime_path()
         wrapper = box.command(exe, environments.interpreter_info(exe), path)
-        return ForkServer(python=exe, wrapper=wrapper, env=sandboxing.environment(environments.runtime_env(path=path)),
-                          **kw)
+        return ForkServer(python=exe, wrapper=wrapper, env=sandboxing.environment(pythonpath=path), **kw)
 
     def _started(self, python: str | None = None) -> tuple[ForkServer, ControlServer]:
         self.warm(python)
@@ -105,6 +104,18 @@ class ProcessGroup:
     def started(self) -> bool:
         """Whether any process was (or is being) started."""
         return bool(self._servers)
+
+    def failure(self, python: str | None = None) -> str | None:
+        """Why the fork server of ``python`` cannot run jobs (it did not start, or cannot import
+        what it preloads), waiting until it is ready; None when it can."""
+        from backbeat.core.errors import ExecutionError
+
+        try:
+            self.warm(python)
+            self._servers[python].wait_ready()
+        except ExecutionError as exc:
+            return str(exc)
+        return None
 
     def interpreter(self, python: str | None = None) -> dict:
         """The interpreter jobs of ``python`` run in, as its fork server describes it (started if needed)."""

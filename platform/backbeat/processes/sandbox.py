@@ -83,13 +83,15 @@ def require() -> str:
     return path
 
 
-def environment(base: dict[str, str] | None = None) -> dict[str, str]:
+def environment(base: dict[str, str] | None = None, pythonpath: str | None = None) -> dict[str, str]:
     """The environment variables a sandboxed process gets: :data:`ENV_KEEP` and :data:`ENV_KEEP_PREFIXES`
-    from ``base``, ``HOME`` and ``TMPDIR`` in its private ``/tmp``."""
+    from ``base``, ``PYTHONPATH`` (backbeat's runtime), ``HOME`` and ``TMPDIR`` in its private ``/tmp``."""
     src = dict(os.environ if base is None else base)
     env = {k: v for k, v in src.items() if k in ENV_KEEP or k.startswith(ENV_KEEP_PREFIXES)}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update(HOME="/tmp", TMPDIR="/tmp", PYTHONDONTWRITEBYTECODE="1")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     return env
 
 
@@ -120,7 +122,9 @@ def interpreter_paths(info: dict) -> list[str]:
     for p in info.get("path", []):
         # a zip or an egg on the path: bind the folder holding it
         paths.append(p if os.path.isdir(p) else os.path.dirname(p))
-    return [p for p in paths if p and not p.startswith(("/usr/", "/tmp/")) and p not in ("/usr", "/tmp")]
+    # never a whole system or home folder (e.g. a .pth file naming one): only what lies inside them
+    broad = {"/", "/usr", "/tmp", "/home", "/root", "/etc", "/var", os.path.expanduser("~")}
+    return [p for p in paths if p and os.path.realpath(p) not in broad and not p.startswith("/usr/")]
 
 
 @dataclass(frozen=True)

@@ -226,7 +226,7 @@ class Zygote:
             try:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
-                error = f"cannot preload `{name}': {e}"
+                error = error or f"cannot preload `{name}': {e}"
         _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
         from backbeat.processes.interpreter import describe
 
