@@ -210,3 +210,17 @@ def test_split_blocks_and_loops_are_the_same_in_the_sandbox(tmp_path: Path, fixt
     assert _digests(tmp_path / "plain") == _digests(tmp_path / "boxed")
     if fixture == "parallel":
         assert len(boxed["blocks"]["left"]["statistics"]["slots"]) == 2
+
+
+def test_the_sandbox_from_the_configuration_per_experiment(prefix: Path) -> None:
+    """``"sandbox": [patterns]`` in .backbeatrc puts the matching experiments in it; --no-sandbox does not."""
+    from conftest import cli_json
+
+    work = prefix.parent
+    (work / ".backbeatrc").write_text(json.dumps({"sandbox": ["run/run/pipeline/*"]}))
+    for extra, sandboxed in (((), True), (("--no-sandbox",), False)):
+        code, rep, err = cli_json("-p", prefix, "experiments", "run", BASE, "--force", "--json", *extra, cwd=work)
+        assert code == 0, err
+        assert all(b["runtime"]["sandbox"] is sandboxed for b in rep["blocks"].values())
+    code, rep, err = cli_json("-p", prefix, "experiments", "run", "run/run/short/1/base", "--force", "--json", cwd=work)
+    assert code == 0 and not any(b["runtime"]["sandbox"] for b in rep["blocks"].values())
