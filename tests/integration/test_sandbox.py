@@ -224,3 +224,16 @@ def test_the_sandbox_from_the_configuration_per_experiment(prefix: Path) -> None
         assert all(b["runtime"]["sandbox"] is sandboxed for b in rep["blocks"].values())
     code, rep, err = cli_json("-p", prefix, "experiments", "run", "run/run/short/1/base", "--force", "--json", cwd=work)
     assert code == 0 and not any(b["runtime"]["sandbox"] for b in rep["blocks"].values())
+
+
+def test_the_benchmark_prints_the_cost_per_block() -> None:
+    """``benchmarks/sandbox.py`` runs (tiny sizes; no timing asserted)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sandbox.py"
+    proc = subprocess.run([sys.executable, str(script), "--n", "3", "--rounds", "1", "--units", "6"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "fork server start-up" in proc.stdout and "ms per job" in proc.stdout
+    assert "sandbox cost" in proc.stdout and "ms per block" in proc.stdout
