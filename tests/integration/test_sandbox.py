@@ -237,3 +237,17 @@ def test_the_benchmark_prints_the_cost_per_block() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "fork server start-up" in proc.stdout and "ms per job" in proc.stdout
     assert "sandbox cost" in proc.stdout and "ms per block" in proc.stdout
+
+
+def test_blocks_get_default_limits_in_the_sandbox(prefix: Path) -> None:
+    from backbeat.execution.base import prepare
+    from backbeat.processes.sandbox import DEFAULT_MEMORY_BYTES, DEFAULT_TIMEOUT_S
+
+    for given, expected in ((Options(sandbox=True), (DEFAULT_TIMEOUT_S, DEFAULT_MEMORY_BYTES)),
+                            (Options(sandbox=True, timeout_s=5.0), (5.0, DEFAULT_MEMORY_BYTES)),
+                            (Options(), (None, None))):
+        run_ = prepare(prefix, prefix.parent / "cache", BASE, given)
+        try:
+            assert (run_.options.timeout_s, run_.options.memory_bytes) == expected
+        finally:
+            run_.close()

@@ -17,6 +17,7 @@ events; everything else is done here.  Executors are listed in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from abc import ABC, abstractmethod
 from typing import ClassVar
@@ -31,6 +32,7 @@ from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import assign_keys
 from backbeat.planning.selection import Options
 from backbeat.processes import sandbox
+from backbeat.processes.exits import Limits
 from backbeat.processes.group import ProcessGroup
 from backbeat.provenance import builder, records
 
@@ -51,6 +53,8 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     options = options or Options()
     if options.sandbox:  # (its processes do not start in this folder: every path they get is absolute)
         sandbox.require()
+        limits = sandbox.limits(Limits(options.timeout_s, options.memory_bytes))  # blocks' default limits
+        options = dataclasses.replace(options, timeout_s=limits.timeout_s, memory_bytes=limits.memory_bytes)
         prefix = os.path.abspath(prefix)
         cache = cache if isinstance(cache, CacheStore) else os.path.abspath(cache)
     workspace = Workspace.open(prefix, cache)

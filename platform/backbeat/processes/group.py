@@ -153,10 +153,6 @@ class ProcessGroup:
         server of interpreter ``python`` (None: the running interpreter)."""
         server, control = self._started(python)
         payload = {"target": target, "control": control.address, "job": job, "root": self.root, "spec": spec}
-        if self.sandbox is not None:
-            from backbeat.processes.sandbox import limits as sandbox_limits
-
-            limits = sandbox_limits(limits)
         handle = server.spawn(JOB_MAIN, payload, limits or Limits(), log_path)
         self._handles[job] = handle
         self._messages[job] = []

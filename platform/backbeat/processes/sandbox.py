@@ -20,7 +20,8 @@ What a process in the sandbox sees and may do (:meth:`Sandbox.command`):
 * no capability, a new session (no terminal to inject keystrokes into), its own IPC and UTS
   namespaces; environment variables filtered (:func:`environment`): no secrets of the user's
   session (tokens, credentials) reach user code;
-* default limits (:data:`DEFAULT_TIMEOUT_S`, :data:`DEFAULT_MEMORY_BYTES`) unless the run sets its own.
+* default limits for blocks (:data:`DEFAULT_TIMEOUT_S`, :data:`DEFAULT_MEMORY_BYTES`, :func:`limits`)
+  unless the run sets its own (the database provider lives as long as the run).
 
 :func:`require` fails with a clear message where ``bwrap`` is missing or cannot create namespaces.
 """
