@@ -5,7 +5,7 @@ temporaries removed).  A run killed with ``kill -9`` (or whose machine stopped) 
 temporaries of its writers (``<entry>.tmp-<pid>-…``), the slot files of its split blocks, a
 half-written record stay in the cache.  So a run keeps a *journal*,
 ``<root>/.runs/<host>-<pid>-<random>.json``: the jobs it may run (key, output keys, slots) and
-the entries whose temporaries it may leave.  The next run on the same host
+the entries whose temporaries it may leave (and a sandboxed run's staging folder).  The next run on the same host
 (:func:`sweep`, called as a run starts) finds the journals whose process is dead and removes
 what they list: writers' temporaries whose writer is dead, and — under the job's lock, so
 never under a run computing it now — the job's slot files; then the journal.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from backbeat.cache.store import CacheStore
 from backbeat.core import jsonio, pids
 
 FOLDER = ".runs"
+#: the folder of the cache holding sandboxed runs' staging folders (``backbeat.execution.sandboxing``)
+STAGING = ".staging"
 
 
 def _host() -> str:
@@ -40,10 +43,18 @@ class Journal:
         self.path = store.root / FOLDER / f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}.json"
         self.jobs: dict[str, dict] = {}
         self.paths: list[str] = []
+        self.folders: list[str] = []
 
-    def add(self, jobs: list[tuple[str, list[str], int]] = (), paths: list[Path] = ()) -> None:  # type: ignore[assignment]
-        """Note ``jobs`` (``(key, output keys, slots)``) and entry ``paths`` the run may write."""
+    def add(self, jobs: list[tuple[str, list[str], int]] = (), paths: list[Path] = (),  # type: ignore[assignment]
+            folders: list[Path] = ()) -> None:  # type: ignore[assignment]
+        """Note ``jobs`` (``(key, output keys, slots)``) and entry ``paths`` the run may write, and
+        the ``folders`` of its own it may leave (a sandboxed run's staging folder)."""
         changed = False
+        for p in folders:
+            name = os.path.relpath(p, self.store.root)
+            if name not in self.folders:
+                self.folders.append(name)
+                changed = True
         for key, outputs, slots in jobs:
             if key and key not in self.jobs:
                 self.jobs[key] = {"key": key, "outputs": [k for k in outputs if k], "slots": int(slots)}
@@ -58,7 +69,8 @@ class Journal:
 
     def _write(self) -> None:
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-0")
-        text = jsonio.dumps({"pid": os.getpid(), "jobs": list(self.jobs.values()), "paths": self.paths})
+        text = jsonio.dumps({"pid": os.getpid(), "jobs": list(self.jobs.values()), "paths": self.paths,
+                             "folders": self.folders})
         for _attempt in range(2):  # (another run may remove the folder, empty, just as it is made)
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,6 +100,9 @@ def _clean(store: CacheStore, path: Path) -> None:
         for name in rec.get("paths") or []:
             if isinstance(name, str) and not os.path.isabs(name) and ".." not in Path(name).parts:
                 store.drop_temporaries(store.root / name)
+        for name in rec.get("folders") or []:  # only a staging folder, never anything else
+            if isinstance(name, str) and len(Path(name).parts) == 2 and Path(name).parts[0] == STAGING:
+                shutil.rmtree(store.root / name, ignore_errors=True)
         for job in rec.get("jobs") or []:
             if not isinstance(job, dict) or not isinstance(job.get("key"), str):
                 continue

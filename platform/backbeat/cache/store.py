@@ -26,7 +26,10 @@ Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
   (:mod:`backbeat.cache.blobs`);
 * ``<root>/.memo/stat.sqlite3`` — the stat memo (:mod:`backbeat.core.statmemo`);
 * ``<root>/.quarantine/`` — entries found not to be what their name says, moved aside
-  (:meth:`CacheStore.quarantine`).
+  (:meth:`CacheStore.quarantine`);
+* ``<root>/.staging/<run>/`` — where the processes of a sandboxed run write, until their outputs
+  are checked and moved to their entries (:meth:`CacheStore.staging_folder`,
+  :mod:`backbeat.execution.sandboxing`).
 
 Temporaries are recognised by one pattern (:data:`TEMPORARY`); a temporary whose writer
 process is alive is never removed.  A job's entries are *committed* when every output
@@ -65,7 +68,8 @@ LOG = ".log"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
-BOOKKEEPING = (".locks", "provenance", ".progress", ".memo", ".quarantine", "code", "manifests", ".runs")
+BOOKKEEPING = (".locks", "provenance", ".progress", ".memo", ".quarantine", "code", "manifests", ".runs",
+               ".staging")
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -255,6 +259,12 @@ class CacheStore:
                 tmp.unlink()
                 removed.append(tmp)
         return removed
+
+    def staging_folder(self) -> Path:
+        """A new, private folder of the cache's file system for the outputs of a sandboxed run."""
+        parent = self.root / ".staging"
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=parent))
 
     # -- commits -----------------------------------------------------------------------------
     def committed(self, keys: Iterable[str]) -> bool:

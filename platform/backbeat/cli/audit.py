@@ -62,6 +62,12 @@ def cmd_provenance(args: argparse.Namespace) -> int:
         wall = (b.get("statistics") or {}).get("wall_s")
         print(f"  {name} ({b['algorithm']}): {b['status']}" + (f", {wall:.3f} s" if wall is not None else "")
               + f"\n    key {b['key']}")
+        rt = b.get("runtime")
+        if rt:
+            env = rt.get("environment") or {}
+            pkgs = ", ".join(f"{p} {v}" for p, v in (rt.get("packages") or {}).items() if v)
+            print(f"    environment {env.get('name')}/{env.get('version')}: {rt.get('interpreter')} (Python "
+                  f"{rt.get('python')}; {pkgs})" + (", sandboxed" if rt.get("sandbox") else ""))
         for o, out in b["outputs"].items():
             print(f"    output {o}: digest {out['digest']}")
     return 0

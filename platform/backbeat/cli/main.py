@@ -25,12 +25,13 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from backbeat import __version__
-from backbeat.cli import assets, audit, plot, reports, run, tools
+from backbeat.cli import assets, audit, environments, plot, reports, run, tools
 from backbeat.core.errors import BackbeatError, Interrupted
 
 #: The command modules, each adding its commands with ``register(subparsers, kinds)``;
 #: ``assets`` comes first: it creates the per-kind groups (``kinds``) the others extend.
-COMMANDS = (assets.register, run.register, tools.register, audit.register, plot.register, reports.register)
+COMMANDS = (assets.register, run.register, tools.register, audit.register, plot.register, reports.register,
+            environments.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

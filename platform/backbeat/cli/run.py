@@ -123,7 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     options = {"force": args.force, "jobs": args.jobs or 0, "timeout_s": args.timeout, "memory_bytes": args.memory,
-               "only": args.only, "from_": args.from_, "until": args.until, "stream": args.stream}
+               "only": args.only, "from_": args.from_, "until": args.until, "stream": args.stream,
+               "sandbox": args.sandbox}
     single = len(args.names) == 1 and not api.is_pattern(args.names[0])
     for name in args.names:
         if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
@@ -256,6 +257,12 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
                    help="start a block only once the outputs it reads are committed (no streaming)")
     p.add_argument("--timeout", type=output.positive, default=None, metavar="SECONDS", help="per-block time limit")
     p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
+    box = p.add_mutually_exclusive_group()
+    box.add_argument("--sandbox", dest="sandbox", action="store_true", default=None,
+                     help="run every block in the sandbox (bubblewrap: read-only prefix and cache, no network, "
+                          "no home folder; docs/security.md)")
+    box.add_argument("--no-sandbox", dest="sandbox", action="store_false",
+                     help="run without the sandbox even if .backbeatrc asks for it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--executor", choices=api.executor_names(), default="local",
                    help="where blocks run: this machine (default) or a Dask cluster")

@@ -24,6 +24,7 @@ events; everything else is done here.  Executors are listed in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from abc import ABC, abstractmethod
@@ -31,14 +32,17 @@ from typing import ClassVar
 
 from backbeat.cache import journal
 from backbeat.cache.store import CacheStore
-from backbeat.core.errors import Interrupted, describe_environmental, environmental
-from backbeat.execution import decisions
+from backbeat.core.errors import ExecutionError, Interrupted, describe_environmental, environmental
+from backbeat.execution import decisions, environments
 from backbeat.execution.report import report
+from backbeat.execution.sandboxing import Staging, sandbox_for
 from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run
 from backbeat.execution.views import index_datasets
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import assign_keys
 from backbeat.planning.selection import Options
+from backbeat.processes import sandbox
+from backbeat.processes.exits import Limits
 from backbeat.processes.group import ProcessGroup
 from backbeat.provenance import builder, records
 
@@ -51,19 +55,44 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
     and zmq on the other core while this process plans (a cached run just closes it).
     ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
-    is upstream of the selection is never re-run); a missing index is always built.
+    is upstream of the selection is never re-run); a missing index is always built.  Every
+    job gets the interpreter of its environment here (an unmapped environment stops the run
+    before anything runs); a sandboxed run (``options.sandbox``) gets its staging folder, and
+    its fork servers start once the plan says which database folders they may read.
     """
+    options = options or Options()
+    if options.sandbox:  # (its processes do not start in this folder: every path they get is absolute)
+        sandbox.require()
+        limits = sandbox.limits(Limits(options.timeout_s, options.memory_bytes))  # blocks' default limits
+        options = dataclasses.replace(options, timeout_s=limits.timeout_s, memory_bytes=limits.memory_bytes)
+        prefix = os.path.abspath(prefix)
+        cache = cache if isinstance(cache, CacheStore) else os.path.abspath(cache)
     workspace = Workspace.open(prefix, cache)
     journal.sweep(workspace.store)  # what runs killed with kill -9 left
     group = ProcessGroup(root=workspace.user_root)
-    if warm:
+    if warm and not options.sandbox:
         group.warm()
+    staging = None
     try:
         plan = workspace.plan(name)
+        interpreters = environments.assign(plan, workspace.environments)
+        if options.sandbox:
+            try:
+                staging = Staging(workspace.store)
+            except OSError as exc:  # (a read-only or full cache)
+                raise ExecutionError("the sandbox needs a staging folder in the cache: "
+                                     + describe_environmental(exc, cache=workspace.store.location)) from None
+            group.sandbox = sandbox_for(workspace.prefix, workspace.store, plan, staging)
+            if warm:
+                group.warm()
     except BaseException:
         group.close()
+        if staging is not None:
+            staging.close()
         raise
-    run = Run(plan, workspace, options or Options(), group, progress)
+    run = Run(plan, workspace, options, group, progress, interpreters=interpreters, staging=staging)
+    if staging is not None:  # (removed by the next run if this one is killed with kill -9)
+        run.intend(folders=[staging.root])
     group.on_message = run.on_message
     opts = run.options
     try:

@@ -76,6 +76,8 @@ def report(run: Run) -> dict:
         logs = report_logs(run.store, job)
         if logs:
             entry["logs"] = logs
+        if job.name in state.runtime:  # where it ran: interpreter, Python and package versions, sandbox
+            entry["runtime"] = state.runtime[job.name]
         blocks[job.name] = entry
     failed = any(b["status"] == "failed" for b in blocks.values())
     out: dict[str, Any] = {

@@ -18,7 +18,10 @@
 * each process's stdout and stderr go to its log in the cache (:mod:`backbeat.execution.logs`);
   a failed job's error carries the end of its log (``output``, ``log``);
 * a cache that cannot be written (read-only, full) fails the job as a ``system`` error saying
-  so; control messages refused (a block naming another job) become warnings of the run.
+  so; control messages refused (a block naming another job) become warnings of the run;
+* each process runs in the fork server of its environment's interpreter (``run.interpreters``,
+  :mod:`backbeat.execution.environments`); in a sandboxed run it writes into its staging folder,
+  published into the cache after checks once it has ended well (:mod:`backbeat.execution.sandboxing`).
 
 The fork server, control channel and database provider are started only when something
 must run, so a fully cached re-run starts no process.  On an interruption every process is
@@ -33,8 +36,10 @@ import time
 from pathlib import Path
 
 from backbeat.cache.store import EntryLock
-from backbeat.core.errors import ExecutionError, describe_environmental
+from backbeat.core.errors import ExecutionError, IntegrityError, describe_environmental
+from backbeat.execution import environments
 from backbeat.execution.logs import failure_output, process_log
+from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
 from backbeat.execution.splitting import assemble, slot_ranges
 from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
@@ -73,6 +78,10 @@ class Scheduler:
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
         try:
+            for python in sorted({environments.of(self.run.interpreters, n).key or "" for n in self.jobs
+                                  if self.status[n] in STARTABLE}):
+                self.group.warm(python or None)  # every interpreter's zygote warms up at once
+            self._check_interpreters()
             self._loop()
         finally:
             self._close()
@@ -118,6 +127,26 @@ class Scheduler:
                 for pid in ids:
                     self.orphaned.add(pid)
                     self.group.kill(pid)
+
+    def _check_interpreters(self) -> None:
+        """Jobs whose fork server cannot run backbeat's runtime (another interpreter lacking its
+        requirements, a sandbox that did not start) fail at once, saying why."""
+        failures: dict[str | None, str | None] = {}
+        for name, job in self.jobs.items():
+            if self.status[name] not in STARTABLE:
+                continue
+            for pid in ([f"{name}#0", f"{name}#1"] if job.kind == "loop" else [name]):
+                chosen = environments.of(self.run.interpreters, pid)
+                if chosen.key is None and self.run.staging is None:
+                    continue  # the zygote forked from this process
+                if chosen.key not in failures:
+                    failures[chosen.key] = self.group.failure(chosen.key)
+                why = failures[chosen.key]
+                if why is not None and self.status[name] in STARTABLE:
+                    message = (f"its environment's interpreter ({chosen.python}) cannot run backbeat's block runtime: "
+                               f"{why} (`backbeat environments check' says what it needs)")
+                    self.run.state.fail(name, {"kind": "system", "message": message, "traceback": None})
+                    self.run.emit(name, "failed", message=message)
 
     def _try_start(self, job: Job) -> bool:
         """Start ``job`` if it can start; False if it failed to (the cache cannot be written…)."""
@@ -195,7 +224,10 @@ class Scheduler:
     # -- starting ---------------------------------------------------------------------------
     def _provider_address(self) -> str:
         if self._provider is None:
-            self._provider = start_provider(self.group, self.specs.datasets(), provider_log(self.run))
+            specs = self.specs.datasets()
+            if self.run.staging is not None:  # (the cache is read-only in the sandbox)
+                specs = self.run.staging.journals(specs)
+            self._provider = start_provider(self.group, specs, provider_log(self.run))
         return self._provider
 
     def _spec(self, job: Job) -> BlockSpec:
@@ -208,7 +240,10 @@ class Scheduler:
             spec = dataclasses.replace(spec, database=self._provider_address())
         limits = Limits(self.options.timeout_s if timed else None, self.options.memory_bytes)
         log = process_log(self.store, self.jobs[pid.partition("#")[0]], pid)
-        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log))
+        if self.run.staging is not None:
+            spec = self.run.staging.block(pid, spec)
+        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
+                         python=environments.of(self.run.interpreters, pid).key)
 
     def _start(self, job: Job, fed: dict[str, str] | None = None) -> dict[str, list[str]]:
         """Spawn the job's block process(es) — one, one per slot of a split block, or the two
@@ -301,6 +336,8 @@ class Scheduler:
             lost = self._provider_lost
             bad = Outcome("system", "the database provider it read from died ("
                           + (lost.exit.describe() if lost.exit is not None else lost.message) + ")")
+        if bad is None:
+            bad = self._publish(job, ids, outcomes)
         if bad is None and len(ids) > 1 and job.kind != "loop":
             try:
                 self._assemble(job, len(ids))
@@ -316,6 +353,9 @@ class Scheduler:
             run.set(job.name, JobState.RAN)
             run.emit(job.name, "done", wall_s=wall)
             return True
+        if self.run.staging is not None:
+            for pid in ids:
+                self.run.staging.discard(pid)
         # a killed writer leaves its temporary file; a loop node is all or nothing (drop the side that committed)
         self.store.drop_partial(job.output_keys, len(ids) if len(ids) > 1 else 0, committed=job.kind == "loop")
         failure = bad or Outcome("system", "the block completed but did not commit its outputs")
@@ -327,6 +367,25 @@ class Scheduler:
         run.state.fail(job.name, error)
         run.emit(job.name, "failed", message=failure.message)
         return False
+
+    def _publish(self, job: Job, ids: list[str], outcomes: list[Outcome]) -> Outcome | None:
+        """Record where the job ran; in a sandboxed run, check its staged outputs into the cache
+        (a failure if one does not hold)."""
+        staging = self.run.staging
+        interpreter = environments.of(self.run.interpreters, job.name)
+        self.run.state.runtime[job.name] = environments.runtime(
+            job.environment, interpreter, self.group.interpreter(interpreter.key), staging is not None)
+        for pid, outcome in zip(ids, outcomes, strict=True):
+            reported = reported_digests(outcome.statistics)
+            if staging is None:
+                continue
+            try:
+                staging.publish(pid, reported)
+            except (IntegrityError, OSError) as exc:
+                for p in ids:
+                    staging.discard(p)
+                return Outcome("system", f"the sandbox refused the outputs of `{pid}': {exc}")
+        return None
 
     def _assemble(self, job: Job, n: int) -> None:
         """Concatenate the slot files of each output into the single cache entry."""

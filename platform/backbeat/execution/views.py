@@ -24,11 +24,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backbeat.core.errors import DataError, describe_environmental, environmental
+from backbeat.core.errors import DataError, IntegrityError, describe_environmental, environmental
 from backbeat.execution.logs import provider_key
 from backbeat.execution.state import Run
 from backbeat.planning.model import Dataset
 from backbeat.processes.group import ProcessGroup
+from backbeat.processes.outcome import Outcome
 from backbeat.provenance import manifests
 
 if TYPE_CHECKING:
@@ -112,19 +113,29 @@ def _index(run: Run, todo: list[str]) -> None:
                 "message": f"cannot index set `{ds.set}': " + describe_environmental(exc, cache=store.location)}
             continue
         deps[name] = Path(f"{indexes[name]}.tmp-{os.getpid()}-deps")
-        run.group.spawn(f"index:{name}", INDEX_TARGET, builder.dataset(name, str(deps[name].absolute())).to_json(),
-                        log=str(store.log_path(ds.index_key)))
+        spec = builder.dataset(name, str(deps[name].absolute()))
+        if run.staging is not None:  # sandboxed: written into its staging folder, published once checked
+            spec = run.staging.index(f"index:{name}", spec)
+            deps[name] = Path(spec.deps or deps[name])
+        run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json(), log=str(store.log_path(ds.index_key)))
     todo = [n for n in todo if n not in run.state.dataset_errors]
     outcomes = run.group.wait([f"index:{n}" for n in todo])
     for name in todo:
         out = outcomes[f"index:{name}"]
         ds = run.plan.datasets[name]
+        if out.ok and "digest" in out.statistics and run.staging is not None:
+            try:
+                run.staging.publish(f"index:{name}", {"index.db": out.statistics["digest"]})
+            except (IntegrityError, OSError) as exc:
+                out = Outcome("system", f"the sandbox refused the view index: {exc}")
         message = out.message
         kind = out.kind if not out.ok else "system"
         environment = kind == "system" and not out.ok  # (a full disk says nothing about an index already there)
         if out.ok and "digest" in out.statistics:
             try:
-                seen = json.loads(deps[name].read_text(encoding="utf-8"))["seen"]
+                # (sandboxed: moved out of the sandbox's reach before it is read)
+                source = run.staging.take(f"index:{name}", "deps.json") if run.staging is not None else deps[name]
+                seen = json.loads(source.read_text(encoding="utf-8"))["seen"]
                 where = manifests.folders(run.catalog, ds.database, ds.root_folder)
                 digest = manifests.store_manifest(store, manifests.build(seen, where, store.memo))
                 store.set_index_record(ds.index_key, out.statistics["digest"], digest)

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import zmq
@@ -56,11 +56,10 @@ from backbeat.core.errors import (
     UsageError,
     UserCodeError,
     describe_environmental,
-    environmental,
 )
 from backbeat.processes import reaper, zmqcontext
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
-from backbeat.processes.outcome import REPORTED_KINDS, Outcome, format_user_traceback
+from backbeat.processes.outcome import REPORTED_KINDS, Outcome, environmental_failure, format_user_traceback
 from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
 
 TYPES = ("start", "progress", "done", "error")
@@ -161,7 +160,7 @@ class ControlServer:
         self.pid_of = pid_of
         self._tokens: dict[str, str] = {}
         self._poller: zmq.Poller | None = None
-        self._poller_fd: int | None = None
+        self._poller_fd: tuple[int, ...] | None = None
 
     def register(self, job: str) -> str:
         """A new secret token for ``job``; only messages carrying it are accepted as ``job``'s."""
@@ -203,21 +202,23 @@ class ControlServer:
         """The ROUTER socket, for callers that multiplex with ``zmq.Poller``."""
         return self._sock
 
-    def poll(self, timeout_ms: int = 0, wake: int | None = None) -> list[Message]:
+    def poll(self, timeout_ms: int = 0, wake: int | Sequence[int] | None = None) -> list[Message]:
         """Messages available within ``timeout_ms`` (all queued ones, in arrival order).
 
-        ``wake``: a file descriptor that also ends the wait when readable (the fork
-        server's, which reports process exits), so that callers react at once.
+        ``wake``: file descriptor(s) that also end the wait when readable (the fork
+        servers', which report process exits), so that callers react at once.
         """
         out: list[Message] = []
-        if wake is None:
+        fds = () if wake is None else (wake,) if isinstance(wake, int) else tuple(wake)
+        if not fds:
             if not self._sock.poll(timeout_ms, zmq.POLLIN):
                 return out
         else:
-            if self._poller is None or self._poller_fd != wake:
-                self._poller, self._poller_fd = zmq.Poller(), wake
+            if self._poller is None or self._poller_fd != fds:
+                self._poller, self._poller_fd = zmq.Poller(), fds
                 self._poller.register(self._sock, zmq.POLLIN)
-                self._poller.register(wake, zmq.POLLIN)
+                for fd in fds:
+                    self._poller.register(fd, zmq.POLLIN)
             if self._sock not in dict(self._poller.poll(timeout_ms)):
                 return out
         while True:
@@ -350,7 +351,7 @@ def run_job(target: str, payload: dict) -> int:
     (:func:`~backbeat.processes.zygote.apply_memory_limit`), so running out of memory is
     reported.  An exception escaping the target is a ``"user"`` error unless it has
     ``error_kind = "system"`` or the environment failed (a full disk, a read-only file
-    system: :func:`~backbeat.core.errors.environmental`).  The target may call :func:`client`
+    system: :func:`~backbeat.processes.outcome.environmental_failure`).  The target may call :func:`client`
     to send progress; if it returns a dict and has not reported ``done`` itself, the dict is
     sent as the statistics.
     """
@@ -392,7 +393,7 @@ def run_job(target: str, payload: dict) -> int:
             cc.error(Outcome("user", e.message, e.traceback))
             return 1
         except BaseException as e:  # noqa: BLE001 - every failure must be reported
-            failure = environmental(e)
+            failure = environmental_failure(e)
             if failure is not None:  # the machine failed, not the user's code
                 cc.error(Outcome("system", describe_environmental(failure)))
                 return 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
 HEAD = 256 * 1024
 TAIL = 768 * 1024
@@ -83,6 +84,30 @@ class BoundedLog:
         self._put(bytes(self._tail))
         self._tail = bytearray()
         self._drop()
+
+
+def move_log(staged: str, path: str) -> None:
+    """Move a log written where a sandboxed process could reach it (``staged``) to ``path``, as a
+    :class:`BoundedLog` of it: only a regular file of its own is read (never through a link, nor a
+    pipe), at most a bounded log's worth of it kept; no log (the process wrote nothing) removes
+    an earlier one at ``path``."""
+    out = BoundedLog(path)
+    try:
+        fd = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            while chunk := os.read(fd, 1 << 20):
+                out.write(chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+        out.close()
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
 
 
 def compact(path: str, head: int = HEAD, tail: int = TAIL) -> None:

@@ -20,13 +20,14 @@ with paths relative to the prefix (:func:`format_user_traceback`).
 
 from __future__ import annotations
 
+import errno
 import linecache
 import os
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from backbeat.core.errors import BlockError
+from backbeat.core.errors import BlockError, environmental
 from backbeat.processes.exits import Exit, Limits
 
 if TYPE_CHECKING:
@@ -178,3 +179,18 @@ def classify(exit: Exit, messages: list[Message], limits: Limits | None = None) 
         return Outcome("completed", "completed", statistics=stats if isinstance(stats, dict) else {}, exit=exit,
                        code=0)
     return Outcome("system", "the block process exited without reporting completion", exit=exit, code=exit.code)
+
+
+#: set (to ``1``) in the environment of sandboxed processes (:func:`backbeat.processes.sandbox.environment`)
+SANDBOXED = "BACKBEAT_SANDBOXED"
+
+
+def environmental_failure(exc: BaseException) -> OSError | None:
+    """The environmental failure behind an exception a job raised (a full disk, a read-only
+    file system: :func:`~backbeat.core.errors.environmental`) — a ``system`` error, not the
+    user's.  In the sandbox, a read-only file system is not one: the sandbox makes the prefix
+    and the cache read-only, so the block tried to write where it may not (its own error)."""
+    failure = environmental(exc)
+    if failure is not None and failure.errno == errno.EROFS and os.environ.get(SANDBOXED) == "1":
+        return None
+    return failure

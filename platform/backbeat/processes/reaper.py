@@ -150,3 +150,32 @@ def kill_adopted(timeout: float = 2.0) -> list[int]:
                 os.waitpid(pid, 0)
             killed.append(pid)
     return killed
+
+
+def namespace_pids(pid: int) -> list[int]:
+    """``pid``'s pids in each nested PID namespace, from this process's down to its own
+    (``NSpid`` of ``/proc/PID/status``; ``[pid]`` without namespaces, ``[]`` if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(p) for p in line.split()[1:]]
+    except (OSError, ValueError):
+        return []
+    return [pid]
+
+
+def host_pid(inner: object, parent: int, depth: int = 1) -> int | None:
+    """The pid, as this process sees it, of the descendant of ``parent`` (at most ``depth``
+    levels down) whose pid in its own PID namespace is ``inner`` (a sandboxed zygote reports the
+    pids of its namespace); None if there is none."""
+    if not isinstance(inner, int):
+        return None
+    level = [parent]
+    for _ in range(depth):
+        level = [c for p in level for c in children(p)]
+        for c in level:
+            ns = namespace_pids(c)
+            if ns and ns[-1] == inner:
+                return c
+    return None

@@ -10,6 +10,13 @@ subreaper: whatever a block process leaves behind is killed when it ends
 streams (fds 1 and 2 on its log pipe), then runs ``target(payload)`` — under ``RLIMIT_AS``
 once the target is ready to report running out of memory (:func:`apply_memory_limit`) — and
 always leaves through ``os._exit`` (see :mod:`backbeat.processes.workerpool` for the whole protocol).
+
+A zygote started in another interpreter or in the sandbox runs ``python -m
+backbeat.processes.zygote FD PRELOAD`` (:func:`exec_main`); as the init (PID 1) of a
+sandbox it ignores ``SIGTERM`` and ``SIGHUP`` (its blocks could send them), dies with its
+parent by ``SIGKILL`` (which kills everything left in its PID namespace) and reaps the
+orphans it inherits.  Its ``ready`` event describes its interpreter
+(:func:`backbeat.processes.interpreter.describe`).
 """
 
 from __future__ import annotations
@@ -223,7 +230,7 @@ def flush_and_exit(code: int) -> None:
 class Zygote:
     """The loop running in the zygote process (never returns: ends in ``os._exit``)."""
 
-    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int) -> None:
+    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int | None) -> None:
         self.sock = sock
         self.parent = parent
         self.preload = preload
@@ -253,11 +260,17 @@ class Zygote:
 
     def main(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches it
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # (not the handlers of the parent it was forked from)
-            signal.signal(sig, lambda *_: self.shutdown(0))
-        # if the parent dies, SIGTERM: stop every child and what it left (a SIGKILL would leave them)
-        reaper.set_parent_death_signal(signal.SIGTERM)
-        if os.getppid() != self.parent:
+        if os.getpid() == 1:  # init of a sandbox: its blocks may signal it, and must not stop it
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            # if the parent dies: SIGKILL, and the kernel kills every process of the sandbox with it
+            reaper.set_parent_death_signal(signal.SIGKILL)
+        else:
+            for sig in (signal.SIGTERM, signal.SIGHUP):  # (not the handlers of the parent it was forked from)
+                signal.signal(sig, lambda *_: self.shutdown(0))
+            # if the parent dies, SIGTERM: stop every child and what it left (a SIGKILL would leave them)
+            reaper.set_parent_death_signal(signal.SIGTERM)
+        if self.parent is not None and os.getppid() != self.parent:
             os._exit(0)
         reaper.become_subreaper()
         rfd, wfd = os.pipe()
@@ -272,9 +285,11 @@ class Zygote:
             try:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
-                error = f"cannot preload `{name}': {e}"
+                error = error or f"cannot preload `{name}': {e}"
         _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
-        self.send({"ev": "ready", "pid": os.getpid(), "error": error})
+        from backbeat.processes.interpreter import describe
+
+        self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": describe()})
         while True:
             now = time.monotonic()
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
@@ -402,7 +417,8 @@ class Zygote:
                 self.kill(pid, signal.SIGKILL)
 
     def reap(self) -> None:
-        """Reap ended children: report the exits of jobs, kill what they left behind."""
+        """Reap ended children: report the exits of jobs, kill what they left behind (orphans
+        too: the zygote is a subreaper, and the init of a sandbox, where they end up)."""
         reaped = False
         while True:
             try:
@@ -460,3 +476,19 @@ class Zygote:
         except OSError:
             pass
         os._exit(code)
+
+
+def exec_main(argv: list[str]) -> None:
+    """``python -m backbeat.processes.zygote FD PRELOAD``: a zygote started in another interpreter
+    (or in a sandbox), serving its parent over the socket it inherited as ``FD``; ``PRELOAD`` is
+    the comma-separated modules to import first."""
+    try:
+        sock = socket.socket(fileno=int(argv[0]))
+        preload = tuple(m for m in (argv[1] if len(argv) > 1 else "").split(",") if m)
+        Zygote(sock, preload, None).main()
+    finally:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    exec_main(sys.argv[1:])
