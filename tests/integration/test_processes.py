@@ -108,3 +108,23 @@ def loud(payload: dict) -> None:
         sys.stdout.write(line)
         sys.stderr.write(line)
     print("the end", flush=True)
+
+
+def test_a_log_written_in_reach_of_a_sandbox_is_moved_as_a_bounded_log_never_through_a_link(tmp_path):
+    from backbeat.processes.logs import HEAD, TAIL, move_log
+
+    final = tmp_path / "cache" / "k.log"
+    final.parent.mkdir()
+    staged = tmp_path / "staged.log"
+    staged.write_bytes(b"x" * (HEAD + TAIL + 1000) + b"end\n")
+    move_log(str(staged), str(final))
+    text = final.read_text()
+    assert not staged.exists() and text.endswith("end\n") and "1004 bytes of output omitted" in text
+    secret = tmp_path / "secret"
+    secret.write_text("not a log")
+    os.symlink(secret, staged)  # a sandboxed block replaced its log with a link: nothing is read
+    move_log(str(staged), str(final))
+    assert not final.exists() and secret.read_text() == "not a log"
+    os.mkfifo(staged.with_suffix(".fifo"))  # nor a pipe (it would block)
+    move_log(str(staged.with_suffix(".fifo")), str(final))
+    assert not final.exists()

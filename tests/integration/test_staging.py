@@ -13,7 +13,7 @@ from backbeat.cache.store import CacheStore
 from backbeat.core.errors import IntegrityError
 from backbeat.data import cachefile
 from backbeat.execution.sandboxing import Staging
-from backbeat.runtime.spec import BlockSpec, CodeSpec, OutputSpec
+from backbeat.runtime.spec import BlockSpec, CodeFile, CodeSpec, DatasetSpec, OutputSpec
 
 FORMAT = {"value": "int32"}
 KEY, OTHER = "a" * 64, "b" * 64
@@ -78,3 +78,34 @@ def test_a_tampered_output_never_enters_the_cache(setup, tmp_path: Path, tamper:
     with pytest.raises(IntegrityError, match=message):
         staging.publish("b", reported)
     assert not store.output_path(KEY).exists()
+
+
+def test_what_the_executor_reads_itself_is_taken_out_of_reach_and_must_be_a_file(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "cache")
+    staging = Staging(store)
+    spec = DatasetSpec(database="d/1", code=CodeFile("/dev/null", "0" * 64, "v.py"), view="V", root_folder=None,
+                       parameters={}, index_path=str(store.index_path(KEY)), outputs={}, protocol="p", set="s",
+                       folders={}, deps=str(tmp_path / "deps"))
+    staged = staging.index("index:s", spec)
+    assert Path(staged.deps).parent == Path(staged.index_path).parent  # both in its staging folder
+    Path(staged.deps).write_text('{"seen": {}}')
+    taken = staging.take("index:s", "deps.json")
+    assert taken.read_text() == '{"seen": {}}' and not Path(staged.deps).exists()
+    os.symlink("/etc/passwd", staged.deps)  # a link is not a file of its own
+    with pytest.raises(IntegrityError, match="something else than a file"):
+        staging.take("index:s", "deps.json")
+
+
+def test_the_providers_journals_reach_the_cache_when_the_run_ends(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "cache")
+    staging = Staging(store)
+    journal = tmp_path / "cache" / "index.db.journal"
+    spec = DatasetSpec(database="d/1", code=CodeFile("/dev/null", "0" * 64, "v.py"), view="V", root_folder=None,
+                       parameters={}, index_path=str(store.index_path(KEY)), outputs={}, protocol="p", set="s",
+                       folders={}, deps=str(journal))
+    staged = staging.journals({"s": spec})["s"]
+    assert staged.deps != str(journal) and Path(staged.deps).parent == staging.open
+    Path(staged.deps).write_text('{"label": "root/a"}\n{"label": "root/b"}\n{"label": "cut sh')
+    staging.close()
+    assert journal.read_text() == '{"label": "root/a"}\n{"label": "root/b"}\n'  # whole lines only
+    assert not staging.root.exists()
