@@ -15,6 +15,12 @@ key by key), so that backbeat works from anywhere inside a project.  Keys:
 * ``compression`` — how block processes compress the cache files they write: ``none`` (the
   default), ``lzf``, ``gzip`` or ``gzip:0`` .. ``gzip:9`` (h5py's filters; content digests and
   cache keys do not depend on it).
+* ``environments`` — the Python interpreter of each BEAT execution environment,
+  ``{"<name>/<version>" or pattern: interpreter}``: a ``python`` executable, an environment folder
+  (a venv or conda env: its ``bin/python``; relative paths are relative to the file's folder) or
+  ``"default"`` (the interpreter running backbeat); see :mod:`backbeat.processes.environments`;
+* ``sandbox`` — run blocks in the sandbox (:mod:`backbeat.processes.sandbox`): ``true``, ``false``
+  or a list of experiment names and patterns; ``--sandbox``/``--no-sandbox`` override it.
 
 BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
 ``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not
@@ -59,11 +65,15 @@ class Config:
     databases: dict[str, str] = field(default_factory=dict)
     limits: dict[str, dict[str, float]] = field(default_factory=dict)  # pattern -> {"timeout", "memory"}
     compression: str | None = None  # of the cache files blocks write (None: none)
+    environments: dict[str, str] = field(default_factory=dict)  # pattern -> interpreter (path or "default")
+    environment_files: dict[str, str] = field(default_factory=dict)  # pattern -> the file that set it
+    sandbox: bool | list[str] | None = None  # None: not set
     sources: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"prefix": self.prefix, "cache": self.cache, "databases": dict(sorted(self.databases.items())),
                 "limits": {k: dict(v) for k, v in sorted(self.limits.items())}, "compression": self.compression,
+                "environments": dict(sorted(self.environments.items())), "sandbox": self.sandbox,
                 "files": list(self.sources)}
 
 
@@ -87,6 +97,45 @@ def _apply_limits(cfg: Config, path: Path, value: object) -> None:
                 raise ConfigError(f"configuration file `{path}': `limits/{pattern}/{name}' must be a positive "
                                   f"number of {LIMIT_KEYS[name]}, not {jsonio.dumps(number)}")
         cfg.limits.setdefault(pattern, {}).update({k: float(v) for k, v in limits.items()})
+
+
+def _apply_environments(cfg: Config, path: Path, value: object) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration file `{path}': `environments' must be an object "
+                          f"{{\"<name>/<version> or pattern\": \"<python interpreter or environment folder>\"}}")
+    for pattern, target in value.items():
+        if not pattern or not isinstance(target, str) or not target:
+            raise ConfigError(f"configuration file `{path}': `environments/{pattern}' must be a non-empty string: "
+                              f"a python interpreter, an environment folder or \"default\"")
+        cfg.environments[pattern] = target if target == "default" else os.path.normpath(
+            path.parent / os.path.expanduser(target))
+        cfg.environment_files[pattern] = str(path)
+
+
+def _apply_sandbox(cfg: Config, path: Path, value: object) -> None:
+    if not isinstance(value, bool) and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+        raise ConfigError(f"configuration file `{path}': `sandbox' must be true, false or a list of experiment "
+                          f"names and patterns, not {jsonio.dumps(value)}")
+    cfg.sandbox = value
+
+
+def sandbox_for(cfg: Config | None, experiment: str) -> bool:
+    """Whether the configuration puts ``experiment``'s blocks in the sandbox.
+
+    >>> sandbox_for(Config(sandbox=["u/*"]), "u/t/1/e"), sandbox_for(Config(sandbox=True), "v/t/1/e")
+    (True, True)
+    >>> sandbox_for(Config(sandbox=["u/*"]), "v/t/1/e"), sandbox_for(None, "v/t/1/e")
+    (False, False)
+    """
+    if cfg is None or not cfg.sandbox:
+        return False
+    if cfg.sandbox is True:
+        return True
+    try:
+        experiment = parse_name("experiment", experiment)[1]
+    except BackbeatError:
+        pass
+    return any(p == experiment or fnmatch.fnmatchcase(experiment, p) for p in cfg.sandbox)
 
 
 def limits_for(cfg: Config | None, experiment: str) -> tuple[float | None, int | None]:
@@ -150,6 +199,10 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
                 raise ConfigError(f"configuration file `{path}': `compression' must be one of none, lzf, gzip, "
                                   f"gzip:0 .. gzip:9, not {jsonio.dumps(value)}")
             cfg.compression = None if value == "none" else value
+        elif key == "environments":
+            _apply_environments(cfg, path, value)
+        elif key == "sandbox":
+            _apply_sandbox(cfg, path, value)
         elif key.startswith("database/"):
             name = key[len("database/"):]
             if not KINDS["database"].pattern.match(name):
@@ -157,7 +210,8 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
                                   f"(expected database/<name>/<version>)")
             cfg.databases[name] = os.path.normpath(here / os.path.expanduser(value))
         else:
-            known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits", "compression"])
+            known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits", "compression", "environments",
+                               "sandbox"])
             raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")
 
 

@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
+from backbeat.execution import environments
 from backbeat.execution.base import Executor, decide
 from backbeat.execution.remote import RemoteIndex, RemoteJob, TaskResult
 from backbeat.execution.specs import SpecBuilder
@@ -117,6 +118,9 @@ class DaskExecutor(Executor):
     def execute(self, run: Run) -> None:
         from distributed import as_completed
 
+        if run.options.sandbox:
+            raise UsageError("the sandbox is available with the local executor only (Dask workers would need "
+                             "bubblewrap and the staging folder on every machine): run without --sandbox")
         status = run.state.status
         specs = SpecBuilder(run.plan, run.workspace, run.options.window)
         client, cluster = self._client(self.workers or run.options.jobs or os.cpu_count() or 1)
@@ -135,7 +139,7 @@ class DaskExecutor(Executor):
             needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
             task = RemoteJob(job.key, specs.block(job), specs.datasets(needed), run.store.location,
                              run.workspace.user_root, run.decisions[job.name].forced, run.options.timeout_s,
-                             run.options.memory_bytes)
+                             run.options.memory_bytes, environments.of(run.interpreters, job.name).key)
             deps = [futures[d] for d in job.depends if d in futures]
             future = client.submit(block_task, task.to_json(), *deps, key=f"backbeat-{job.key}", pure=False)
             futures[job.name] = future
@@ -153,7 +157,8 @@ class DaskExecutor(Executor):
             client.register_plugin(BlockRunners())  # warm runners on every worker (kept between runs)
             for ds_name in run.deferred:  # first: the views to index, then what can run meanwhile
                 spec, reads = index_spec(run, ds_name, specs)
-                task = RemoteIndex(spec, run.store.location, run.workspace.user_root)
+                task = RemoteIndex(spec, run.store.location, run.workspace.user_root,
+                                   str(run.store.log_path(run.plan.datasets[ds_name].index_key)))
                 future = client.submit(index_task, task.to_json(), key=f"backbeat-index-{os.urandom(8).hex()}",
                                        pure=False)
                 indexing[future.key] = (ds_name, reads)
@@ -208,7 +213,13 @@ def _record(run: Run, job: str, result: TaskResult, wall_s: float) -> None:
         run.emit(job, "failed", message=failure.message)
     elif result.status == "ran":
         run.state.status[job] = JobState.RAN
-        run.state.stats[job] = result.statistics
+        stats = dict(result.statistics)
+        info = stats.pop("interpreter", None)
+        run.state.stats[job] = stats
+        if isinstance(info, dict):  # where the worker ran it (the same path names the same interpreter)
+            node = run.jobs[job]
+            run.state.runtime[job] = environments.runtime(node.environment,
+                                                          environments.of(run.interpreters, job), info, False)
         run.emit(job, "done", wall_s=wall_s)
     else:
         run.set(job, JobState(result.status))

@@ -32,6 +32,7 @@ from backbeat.core.errors import WireError
 from backbeat.execution.views import INDEX_TARGET, PROVIDER_JOB, start_provider
 from backbeat.processes.exits import Limits
 from backbeat.processes.group import ProcessGroup
+from backbeat.processes.interpreter import runtime
 from backbeat.processes.outcome import Outcome
 from backbeat.runtime.spec import BlockSpec, DatasetSpec
 
@@ -51,12 +52,13 @@ class RemoteJob:
     force: bool = False
     timeout_s: float | None = None
     memory_bytes: int | None = None
+    python: str | None = None  # the interpreter of the block's environment (None: the worker's own)
 
     def to_json(self) -> dict:
         return {"key": self.key, "block": self.block.to_json(),
                 "datasets": {n: d.to_json() for n, d in self.datasets.items()}, "cache": self.cache,
                 "root": self.root, "force": self.force, "timeout_s": self.timeout_s,
-                "memory_bytes": self.memory_bytes}
+                "memory_bytes": self.memory_bytes, "python": self.python}
 
     @classmethod
     def from_json(cls, obj: Any) -> RemoteJob:
@@ -65,7 +67,7 @@ class RemoteJob:
         return cls(obj["key"], BlockSpec.from_json(obj.get("block")),
                    {n: DatasetSpec.from_json(d) for n, d in (obj.get("datasets") or {}).items()},
                    obj["cache"], obj.get("root"), bool(obj.get("force")), obj.get("timeout_s"),
-                   obj.get("memory_bytes"))
+                   obj.get("memory_bytes"), obj.get("python") if isinstance(obj.get("python"), str) else None)
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,18 @@ class RemoteIndex:
     dataset: DatasetSpec
     cache: str
     root: str | None = None  # folder of user code (tracebacks)
+    log: str | None = None  # where the indexing job's output goes (its log in the cache)
 
     def to_json(self) -> dict:
-        return {"index": self.dataset.to_json(), "cache": self.cache, "root": self.root}
+        return {"index": self.dataset.to_json(), "cache": self.cache, "root": self.root, "log": self.log}
 
     @classmethod
     def from_json(cls, obj: Any) -> RemoteIndex:
         if not isinstance(obj, dict) or not isinstance(obj.get("cache"), str):
             raise WireError("malformed remote indexing job: `cache' is required")
-        return cls(DatasetSpec.from_json(obj.get("index")), obj["cache"], obj.get("root"))
+        log = obj.get("log")
+        return cls(DatasetSpec.from_json(obj.get("index")), obj["cache"], obj.get("root"),
+                   log if isinstance(log, str) else None)
 
 
 def from_json(obj: Any) -> RemoteJob | RemoteIndex:
@@ -150,9 +155,11 @@ def run(job: RemoteJob | RemoteIndex, group: ProcessGroup | None = None, tag: st
         try:
             spec = job.block
             if spec.reads_datasets:
-                spec = dataclasses.replace(spec, database=start_provider(group, job.datasets, provider))
-            group.spawn(block, BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes))
+                spec = dataclasses.replace(spec, database=start_provider(group, job.datasets, job=provider))
+            group.spawn(block, BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes),
+                        log=str(store.log_path(job.key)), python=job.python)
             out = group.wait([block])[block]
+            interpreter = group.interpreter(job.python) if out.ok else {}
         finally:
             if own:
                 group.close()
@@ -160,7 +167,9 @@ def run(job: RemoteJob | RemoteIndex, group: ProcessGroup | None = None, tag: st
                 group.kill(provider)
                 group.wait([provider])
         if out.ok and store.committed(keys):
-            return TaskResult("ran", statistics=dict(out.statistics, wall_s=time.perf_counter() - t0))
+            stats = {k: v for k, v in out.statistics.items() if k != "digests"}
+            return TaskResult("ran", statistics=dict(stats, wall_s=time.perf_counter() - t0,
+                                                     interpreter=runtime(interpreter)))
         store.drop_partial(keys, locked=True)
         return TaskResult("failed", out if not out.ok else
                           Outcome("system", "the block completed but did not commit its outputs"))
@@ -173,7 +182,7 @@ def _index(job: RemoteIndex, group: ProcessGroup | None, tag: str) -> TaskResult
     group.root = job.root
     name = f"index{tag}"
     try:
-        group.spawn(name, INDEX_TARGET, job.dataset.to_json())
+        group.spawn(name, INDEX_TARGET, job.dataset.to_json(), log=job.log)
         out = group.wait([name])[name]
     finally:
         if own:

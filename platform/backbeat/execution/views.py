@@ -13,7 +13,10 @@ manifest first.  A view that fails to index fails the blocks that read it (with 
 traceback), and only those.  The datasets to index are indexed side by side, each in its own
 process, up to ``-j`` at a time (each holds its whole index while it builds it); an executor
 that indexes them itself (as tasks: the Dask executor) gets them back (``defer``) and records
-each result with :func:`record_index`.  :func:`start_provider` starts the database provider
+each result with :func:`record_index`.  Each indexing job writes its output to its log in the
+cache (``<index key>.log``) and the paths it may leave to the run's journal; a cache that
+cannot be written (full, read-only) is a system error that keeps any index already there.
+:func:`start_provider` starts the database provider
 (:func:`backbeat.runtime.dbprovider.serve`) that serves dataset outputs to block processes.
 """
 
@@ -24,15 +27,17 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backbeat.core.errors import DataError
+from backbeat.cache.store import INDEX_TABLE
+from backbeat.core.errors import DataError, IntegrityError, describe_environmental, environmental
+from backbeat.execution.logs import provider_key
 from backbeat.execution.state import Run
 from backbeat.planning.model import Dataset
 from backbeat.processes.group import ProcessGroup
+from backbeat.processes.outcome import Outcome
 from backbeat.provenance import manifests
 
 if TYPE_CHECKING:
     from backbeat.execution.specs import SpecBuilder
-    from backbeat.processes.outcome import Outcome
     from backbeat.runtime.spec import DatasetSpec
 
 INDEX_TARGET = "backbeat.runtime.dbprovider:build_index"
@@ -74,9 +79,10 @@ def index_datasets(run: Run, rebuild: bool | None = None, defer: bool = False) -
     ``run.state.dataset_errors``.
 
     ``rebuild`` (default: ``--force``): index again even the datasets whose index is stored.
-    The datasets that need their view run are indexed here, side by side, up to ``-j`` at a time (one block process
-    each), unless ``defer``: they are then returned, for the executor to index (as tasks,
-    :func:`index_spec` and :func:`record_index`) while blocks that do not read them run.
+    The datasets that need their view run are indexed here, side by side, up to ``-j`` at a
+    time (one block process each), unless ``defer``: they are then returned, for the executor
+    to index (as tasks, :func:`index_spec` and :func:`record_index`) while blocks that do not
+    read them run.
     """
     store = run.store
     todo = []
@@ -99,7 +105,8 @@ def index_datasets(run: Run, rebuild: bool | None = None, defer: bool = False) -
 
 
 def index_spec(run: Run, name: str, builder: SpecBuilder | None = None) -> tuple[DatasetSpec, Path]:
-    """The spec of dataset ``name``'s indexing job, and the file it writes what its view opened to."""
+    """The spec of dataset ``name``'s indexing job, and the file it writes what its view opened to
+    (its folder made: OSError when the cache cannot be written)."""
     from backbeat.execution.specs import SpecBuilder  # (not imported by a run that indexes nothing)
 
     ds = run.plan.datasets[name]
@@ -115,44 +122,75 @@ def _index(run: Run, todo: list[str]) -> None:
     holds its whole index while it builds it); each is recorded as soon as it ends."""
     from backbeat.execution.specs import SpecBuilder
 
+    store = run.store
     builder = SpecBuilder(run.plan, run.workspace)
+    indexes = {name: store.index_path(run.plan.datasets[name].index_key) for name in todo}
+    run.intend(paths=[p for index in indexes.values()
+                      for p in (index, Path(f"{index}.sha256"), Path(f"{index}{INDEX_TABLE}"), Path(f"{index}.deps"))])
     slots = max(1, run.options.jobs or os.cpu_count() or 1)
     waiting, running = list(todo), dict[str, Path]()
     while waiting or running:
         while waiting and len(running) < slots:
             name = waiting.pop(0)
-            spec, running[name] = index_spec(run, name, builder)
-            run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json())
-        run.group.poll(20)
+            ds = run.plan.datasets[name]
+            try:
+                spec, deps = index_spec(run, name, builder)
+            except OSError as exc:  # the cache cannot be written: the view cannot be indexed into it
+                run.state.dataset_errors[name] = {
+                    "kind": "system", "traceback": None,
+                    "message": f"cannot index set `{ds.set}': " + describe_environmental(exc, cache=store.location)}
+                continue
+            if run.staging is not None:  # sandboxed: written into its staging folder, published once checked
+                spec = run.staging.index(f"index:{name}", spec)
+                deps = Path(spec.deps or deps)
+            running[name] = deps
+            run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json(), log=str(store.log_path(ds.index_key)))
+        if running:
+            run.group.poll(20)
         for name in [n for n in running if run.group.exit(f"index:{n}") is not None]:
             record_index(run, name, run.group.outcome(f"index:{name}"), running.pop(name))
 
 
 def record_index(run: Run, name: str, out: Outcome, deps: Path) -> bool:
-    """Record what the indexing job of dataset ``name`` gave (``out``; ``deps``: what its view
-    opened): its index and data digests, or its error in ``run.state.dataset_errors``.
-    Whether it was indexed."""
+    """Record what the indexing job of dataset ``name`` gave (``out``; ``deps``: where it wrote
+    what its view opened): its index and data digests, or its error in
+    ``run.state.dataset_errors``.  Whether it was indexed."""
     store = run.store
     ds = run.plan.datasets[name]
+    index = store.index_path(ds.index_key)
+    if out.ok and "digest" in out.statistics and run.staging is not None:
+        try:
+            run.staging.publish(f"index:{name}", {"index.db": out.statistics["digest"]})
+        except (IntegrityError, OSError) as exc:
+            out = Outcome("system", f"the sandbox refused the view index: {exc}")
     message = out.message
+    kind = out.kind if not out.ok else "system"
+    environment = kind == "system" and not out.ok  # (a full disk says nothing about an index already there)
     if out.ok and "digest" in out.statistics:
         try:
-            seen = json.loads(deps.read_text(encoding="utf-8"))["seen"]
+            # (sandboxed: moved out of the sandbox's reach before it is read)
+            source = run.staging.take(f"index:{name}", "deps.json") if run.staging is not None else deps
+            seen = json.loads(source.read_text(encoding="utf-8"))["seen"]
             where = manifests.folders(run.catalog, ds.database, ds.root_folder)
             digest = manifests.store_manifest(store, manifests.build(seen, where, store.memo))
             store.set_index_record(ds.index_key, out.statistics["digest"], digest)
-            Path(f"{store.index_path(ds.index_key)}.journal").unlink(missing_ok=True)
+            Path(f"{index}.journal").unlink(missing_ok=True)
             ds.index_digest, ds.data_digest = out.statistics["digest"], digest
         except (OSError, ValueError, KeyError, DataError) as exc:
-            message = str(exc) if isinstance(exc, DataError) else f"the files its view read are unknown: {exc}"
+            failure = environmental(exc)
+            environment = failure is not None
+            message = (describe_environmental(failure, cache=store.location) if failure is not None
+                       else str(exc) if isinstance(exc, DataError)
+                       else f"the files its view read are unknown: {exc}")
     deps.unlink(missing_ok=True)
     if ds.data_digest is None:
-        store.discard_index(ds.index_key)
-        hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) else (
+        if not environment:
+            store.discard_index(ds.index_key)
+        hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) or environment else (
             f" (the root folder `{ds.root_folder}' of {ds.database} does not exist: set "
             f"`database/{ds.database}' in .backbeatrc to where its data is)")
         run.state.dataset_errors[name] = {
-            "kind": out.kind if not out.ok else "system",
+            "kind": kind,
             "message": f"database view `{ds.view}' of {ds.database} could not index set "
                        f"`{ds.protocol}/{ds.set}': {message}{hint}",
             "traceback": out.traceback}
@@ -160,10 +198,17 @@ def record_index(run: Run, name: str, out: Outcome, deps: Path) -> bool:
     return ds.data_digest is not None
 
 
-def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec], job: str = PROVIDER_JOB) -> str:
-    """Start the database provider of ``datasets`` in ``group`` as job ``job``; its address."""
+def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec], log: str | None = None,
+                   job: str = PROVIDER_JOB) -> str:
+    """Start the database provider of ``datasets`` in ``group`` as job ``job``; its address.  Its
+    output (the views' prints) goes to ``log`` (see :func:`provider_log`)."""
     from backbeat.runtime.spec import ProviderSpec
 
     address = group.address("database" if job == PROVIDER_JOB else job)
-    group.spawn(job, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json())
+    group.spawn(job, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json(), log=log)
     return address
+
+
+def provider_log(run: Run) -> str:
+    """The log of the database provider serving every dataset of ``run``."""
+    return str(run.store.log_path(provider_key([ds.index_key for ds in run.plan.datasets.values()])))

@@ -3,13 +3,15 @@
 The execution layer is where ``.backbeatrc`` meets planning: :meth:`Workspace.open` takes
 the database root folder overrides of the active configuration (unless given), and every
 plan made through the workspace gets them, so planning itself reads no configuration.  It
-also takes the compression of the cache files blocks write (it enters their specs).
+also takes the compression of the cache files blocks write (it enters their specs), and holds
+the environment mapping in force (:mod:`backbeat.processes.environments`: the prefix's
+``environments.json`` and the configuration's ``environments``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backbeat.cache.backends import open_store
@@ -19,6 +21,7 @@ from backbeat.declarations.catalog import Catalog
 from backbeat.planning.context import PlanContext
 from backbeat.planning.model import Plan, assign_keys
 from backbeat.planning.planner import plan
+from backbeat.processes.environments import Mapping
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Workspace:
     catalog: Catalog
     roots: dict[str, str]  # database name -> root folder of its raw data (overrides)
     compression: str | None = None  # of the cache files blocks write (``.backbeatrc``'s ``compression``)
+    environments: Mapping = field(default_factory=Mapping)  # execution environment -> interpreter
 
     @classmethod
     def open(cls, prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike,
@@ -38,7 +42,8 @@ class Workspace:
         if roots is None:
             roots = dict(cfg.databases) if cfg is not None else {}
         return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix), roots=roots), roots,
-                   cfg.compression if cfg is not None else None)
+                   compression=cfg.compression if cfg is not None else None,
+                   environments=Mapping.load(prefix, cfg))
 
     @property
     def user_root(self) -> str:
