@@ -38,6 +38,8 @@ import mmap
 import operator
 import os
 import secrets
+import shutil
+import tempfile
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -222,14 +224,16 @@ def _digest(header: dict, payload: Any) -> str:
     return h.hexdigest()
 
 
-def write_table(index_path: str | os.PathLike, source: str, n: int, cols: dict[str, Column]) -> str:
-    """Write the table of an index (atomically: temporary name, fsync, rename); its path."""
+def write_table(index_path: str | os.PathLike, source: str, n: int, cols: dict[str, Column],
+                path: str | None = None) -> str:
+    """Write the table of an index (atomically: temporary name, fsync, rename) beside it, or at
+    ``path``; its path."""
     fields, parts = _payload(cols)
     payload = b"".join(parts)
     header: dict[str, Any] = {"source": source, "entries": n, "fields": fields}
     header["digest"] = _digest(header, payload)
     head = json.dumps(header).encode()
-    path = table_path(index_path)
+    path = path or table_path(index_path)
     tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with open(tmp, "wb") as f:
@@ -239,7 +243,7 @@ def write_table(index_path: str | os.PathLike, source: str, n: int, cols: dict[s
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
@@ -424,8 +428,10 @@ class Entries(Sequence):
 def load_entries(index_path: str | os.PathLike, digest: str | None = None) -> Entries:
     """The entries of a view index through its table, made (again) from the JSON file when it is
     missing, damaged or of another index.  ``digest``: the index digest the run keyed (else the
-    one recorded beside the index).  Raises IntegrityError when the index itself does not match
-    it (changed after the keys were computed), DataError when it cannot be read."""
+    one recorded beside the index).  A table that cannot be written beside the index (a
+    read-only cache) is made in a private temporary file, mapped, and removed at once.  Raises
+    IntegrityError when the index itself does not match it (changed after the keys were
+    computed), DataError when it cannot be read."""
     index_path = os.fspath(index_path)
     if not digest:
         try:
@@ -451,5 +457,12 @@ def load_entries(index_path: str | os.PathLike, digest: str | None = None) -> En
                              f"its data is not served; run the experiment again")
     n, cols = _from_json(raw, index_path)
     del raw
-    write_table(index_path, actual, n, cols)
-    return Entries(IndexTable(table_path(index_path)))
+    try:
+        return Entries(IndexTable(write_table(index_path, actual, n, cols)))
+    except OSError:  # a cache this process may not write (a sandboxed provider, read-only storage)
+        pass
+    folder = tempfile.mkdtemp(prefix="backbeat-index-")  # a private table, mapped, then unlinked
+    try:
+        return Entries(IndexTable(write_table(index_path, actual, n, cols, os.path.join(folder, "index.table"))))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
