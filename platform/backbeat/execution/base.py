@@ -24,12 +24,11 @@ from typing import ClassVar
 from backbeat.cache.store import CacheStore
 from backbeat.execution import decisions
 from backbeat.execution.report import report
-from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run
+from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run, local_group
 from backbeat.execution.views import index_datasets
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import assign_keys
 from backbeat.planning.selection import Options
-from backbeat.processes.group import ProcessGroup
 from backbeat.provenance import builder, records
 
 
@@ -44,7 +43,7 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     is upstream of the selection is never re-run); a missing index is always built.
     """
     workspace = Workspace.open(prefix, cache)
-    group = ProcessGroup(root=workspace.user_root)
+    group = local_group(workspace.user_root)
     if warm:
         group.warm()
     try:

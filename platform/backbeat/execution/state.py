@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 #: a progress display: called with ``{"block", "state", ...}`` events
 Progress = Callable[[dict], None]
 
+#: what the zygote of a run's fork server imports before forking: the block runtime too, so
+#: that no block process imports it again (:mod:`backbeat.runtime.preload`)
+PRELOAD = ("numpy", "h5py", "zmq", "backbeat.processes.control", "backbeat.runtime.preload")
+
+
+def local_group(root: str | None) -> ProcessGroup:
+    """The process group of a run on this machine (its fork server preloads :data:`PRELOAD`)."""
+    return ProcessGroup(root=root, preload=PRELOAD)
+
 
 class JobState(str, Enum):
     PENDING = "pending"

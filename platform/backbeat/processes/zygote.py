@@ -10,6 +10,7 @@ through ``os._exit`` (see :mod:`backbeat.processes.workerpool` for the whole pro
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -220,6 +221,7 @@ class Zygote:
             except BaseException as e:  # noqa: BLE001
                 error = f"cannot preload `{name}': {e}"
         _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
+        gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         self.send({"ev": "ready", "pid": os.getpid(), "error": error})
         while True:
             now = time.monotonic()
