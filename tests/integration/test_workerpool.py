@@ -354,3 +354,29 @@ def test_spawn_latency(fs, ctl):
         assert types + [m.type for m in msgs[job]] == ["start", "done"]
     print(f"\nspawn→start {1000 * sum(to_start) / n:.1f} ms, spawn→exit {1000 * sum(to_exit) / n:.1f} ms "
           f"(mean of {n}, {fs.kind})")
+
+
+def test_spawn_requests_never_wait_for_a_busy_zygote(ctl):
+    """Requests are queued and written as the zygote reads them: spawning returns even when the
+    zygote takes nothing (stopped here; the requests far exceed the socket's buffer)."""
+    with ForkServer(preload=()) as server:
+        server.wait_ready()
+        assert server.zygote_pid is not None
+        os.kill(server.zygote_pid, signal.SIGSTOP)
+
+        def blocked(*_: object) -> None:
+            raise TimeoutError("spawn blocked on the stopped zygote")
+
+        previous = signal.signal(signal.SIGALRM, blocked)
+        signal.alarm(20)
+        try:
+            payload = {"control": ctl.address, "target": f"{T}:ok", "root": HERE, "value": "x" * 100_000}
+            handles = {f"j{i}": server.spawn("backbeat.processes.control:job_main", dict(payload, job=f"j{i}"))
+                       for i in range(40)}
+            assert len(server._out) > 1_000_000  # still queued: nothing blocked on the stopped zygote
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+            os.kill(server.zygote_pid, signal.SIGCONT)
+        exits, msgs = drive(ctl, handles)
+        assert all(outcome(exits[j], msgs[j]).ok for j in handles) and not server._out
