@@ -356,10 +356,10 @@ def test_spawn_latency(fs, ctl):
           f"(mean of {n}, {fs.kind})")
 
 
-def test_spawn_requests_never_wait_for_a_busy_zygote(ctl):
+def test_spawn_requests_never_wait_for_a_busy_zygote():
     """Requests are queued and written as the zygote reads them: spawning returns even when the
     zygote takes nothing (stopped here; the requests far exceed the socket's buffer)."""
-    with ForkServer(preload=()) as server:
+    with ForkServer(preload=()) as server, ControlServer() as ctl:
         server.wait_ready()
         assert server.zygote_pid is not None
         os.kill(server.zygote_pid, signal.SIGSTOP)
