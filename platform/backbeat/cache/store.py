@@ -279,16 +279,18 @@ class CacheStore:
 
     def index_digest(self, key: str) -> str | None:
         """sha256 of a view index entry's bytes (None if it is not in the cache)."""
-        from backbeat.data.dbindex import index_digest
-
         path = self.index_path(key)
-        return index_digest(str(path)) if path.is_file() else None
+        return hashing.hash_file_contents(path) if path.is_file() else None
 
     def verified_index_digest(self, key: str) -> str | None:
-        """The index's digest if its content matches the digest written beside it, else None."""
-        from backbeat.data.dbindex import verified_digest
-
-        return verified_digest(self.index_path(key))
+        """The index's digest if its content matches the digest written beside it, else None
+        (:func:`backbeat.data.dbindex.write_index` writes both; checked here without numpy)."""
+        path = self.index_path(key)
+        try:
+            recorded = Path(f"{path}.sha256").read_text().strip()
+        except OSError:
+            return None
+        return recorded if self.index_digest(key) == recorded else None
 
     def verify_file(self, path: Path) -> dict:
         """``{"path", "status": ok|corrupt|skipped, "message"}`` for one cache file."""
@@ -339,11 +341,21 @@ class CacheStore:
 
         path = self.output_path(key)
         with cachefile.CacheReader(str(path), verify=True) as reader:
-            batch = reader.read_units(0, len(reader))
+            records = cachefile.records(reader)
             st = path.stat()
-        records = [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}
-                   for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)]
-        kept = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "records": records}
+        self.keep_result(key, records, reader.digest, st)
+        return records
+
+    def keep_result(self, key: str, records: list[dict], digest: str, st: os.stat_result | None = None) -> None:
+        """Keep the records of result ``key`` in its summary (see :meth:`read_result`): those just
+        read from the verified entry (``st``: its state then), or those the analyzer process read
+        back from the entry it committed (with the digest it computed), so that no run reads the
+        file again."""
+        try:
+            st = st or self.output_path(key).stat()
+        except OSError:
+            return
+        kept = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "key": key, "digest": digest, "records": records}
         summary = self._summary_path(key)
         tmp = Path(f"{summary}.tmp-{os.getpid()}-0")
         try:
@@ -351,7 +363,6 @@ class CacheStore:
             os.replace(tmp, summary)
         except OSError:  # a read-only cache still gives results
             tmp.unlink(missing_ok=True)
-        return records
 
     # -- housekeeping ------------------------------------------------------------------------
     @staticmethod

@@ -34,6 +34,7 @@ from typing import Any, cast
 import h5py
 import numpy as np
 
+from backbeat.core import jsonio
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data.batch import I64, Batch, layout, take, tree
 from backbeat.data.values import BaseValue, as_value, canonical, value_type
@@ -528,3 +529,11 @@ def stored_digest(path: str | os.PathLike) -> str:
         raise IntegrityError(f"cache file `{path}' does not exist") from None
     except OSError as exc:
         raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
+
+
+def records(reader: CacheReader) -> list[dict]:
+    """Every unit of an open cache file as JSON-able records ``[{"start", "end", "data"}, …]``
+    (how analyzer results are reported and kept in their summaries)."""
+    batch = reader.read_units(0, len(reader))
+    return [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}
+            for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)]

@@ -28,7 +28,7 @@ from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run
 from backbeat.execution.views import index_datasets
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import assign_keys
-from backbeat.planning.selection import Options
+from backbeat.planning.selection import Options, ancestors
 from backbeat.provenance import builder, records
 
 
@@ -37,30 +37,36 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
             dry: bool = False) -> Run:
     """Plan an experiment and index its datasets (keys assigned), ready to decide and execute.
 
-    With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
-    and zmq on the other core while this process plans (a cached run just closes it).
+    With ``warm``, the fork server is started as soon as something is known to run (a dataset
+    to index, an output missing: :func:`will_run`), so that its zygote imports numpy, h5py, zmq
+    and the block runtime on the other core while this process goes on; a run with nothing
+    to run (fully cached) starts no process at all.
     ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
     is upstream of the selection is never re-run); a missing index is always built.
     """
     workspace = Workspace.open(prefix, cache)
-    group = local_group(workspace.user_root)
-    if warm:
-        group.warm()
-    try:
-        plan = workspace.plan(name)
-    except BaseException:
-        group.close()
-        raise
-    run = Run(plan, workspace, options or Options(), group, progress)
-    group.on_message = run.on_message
+    plan = workspace.plan(name)
+    run = Run(plan, workspace, options or Options(), local_group(workspace.user_root), progress)
+    run.group.on_message = run.on_message
     opts = run.options
     try:
-        index_datasets(run, rebuild=opts.force and not (dry or opts.from_ or opts.only))
+        index_datasets(run, rebuild=opts.force and not (dry or opts.from_ or opts.only))  # (may start the fork server)
         assign_keys(plan)
+        if warm and will_run(run):
+            run.group.warm()
     except BaseException:
         run.close()
         raise
     return run
+
+
+def will_run(run: Run) -> bool:
+    """Whether some job will surely run (cheap: before :func:`decide` and its verifications)."""
+    options = run.options
+    if options.force or options.from_ or options.only:
+        return True
+    names = {options.until} | ancestors(run.plan, options.until) if options.until else None
+    return any(not run.store.committed(j.output_keys) for j in run.plan.jobs if names is None or j.name in names)
 
 
 def decide(run: Run) -> None:
@@ -101,7 +107,7 @@ def record(run: Run, rep: dict) -> str:
     previous = records.history(store, run.plan.experiment)
     options = {"force": run.options.force, "only": run.options.only, "from": run.options.from_,
                "until": run.options.until}
-    rec = builder.build(run.plan, run.workspace.prefix, store, options, rep, previous)
+    rec = builder.build(run.plan, run.workspace.prefix, store, options, rep, previous, run.catalog, run.state.digests)
     return str(records.store(store, rec))
 
 
@@ -156,6 +162,8 @@ class Executor(ABC):
         run = prepare(prefix, cache, name, options, progress, warm=self.local)
         try:
             decide(run)
+            if self.local and any(s in STARTABLE for s in run.state.status.values()):
+                run.group.warm()
             if not self.local:  # blocks run elsewhere: no local process is kept meanwhile
                 run.group.close()
             self.execute(run)

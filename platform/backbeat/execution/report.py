@@ -32,16 +32,27 @@ def _declared_order(records: list[dict], names: list[str]) -> list[dict]:
     return out
 
 
-def read_results(plan: Plan, store: CacheStore) -> dict[str, list]:
+def read_results(plan: Plan, store: CacheStore, run: Run | None = None) -> dict[str, list]:
     """Analyzer results present in the cache: ``{analyzer: [{"start", "end", "data"}, …]}``, each
-    record's ``data`` in the order the analyzer's algorithm declares its results (as BEAT prints them)."""
+    record's ``data`` in the order the analyzer's algorithm declares its results (as BEAT prints them).
+
+    Those a ``run`` has just computed come from their analyzer processes, which read them
+    back from the files they committed (their summaries are kept for the next runs): no HDF5
+    file is opened here.
+    """
     results = {}
     for job in plan.jobs:
         if job.kind != "analyzer":
             continue
         out = job.outputs["result"]
-        if out.key and store.output_path(out.key).is_file():
-            results[job.name] = _declared_order(store.read_result(out.key), list(plan.expanded[out.dataformat]))
+        if not out.key or not store.output_path(out.key).is_file():
+            continue
+        if run is not None and out.key in run.state.records and out.key in run.state.digests:
+            records = run.state.records[out.key]
+            store.keep_result(out.key, records, run.state.digests[out.key])
+        else:
+            records = store.read_result(out.key)
+        results[job.name] = _declared_order(records, list(plan.expanded[out.dataformat]))
     return results
 
 
@@ -77,7 +88,7 @@ def report(run: Run) -> dict:
         "experiment": run.plan.experiment,
         "status": "failed" if failed else "ok",
         "blocks": blocks,
-        "results": read_results(run.plan, run.store),
+        "results": read_results(run.plan, run.store, run),
         "hidden_results": hidden_results(run.plan, run.catalog),
     }
 

@@ -334,6 +334,8 @@ class Scheduler:
             run.set(job.name, JobState.SKIPPED)
             return True
         outcomes = [self.group.outcome(p) for p in ids]
+        for o in outcomes:  # the digests (and results) of the files it committed, for the report and record
+            run.state.learn(o.statistics, entries=len(ids) == 1 or job.kind == "loop")
         bad = next((o for p, o in zip(ids, outcomes, strict=True) if not o.ok and p not in self.killed),
                    next((o for o in outcomes if not o.ok), None))
         if bad is None and len(ids) > 1 and job.kind != "loop":

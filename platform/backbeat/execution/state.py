@@ -71,10 +71,23 @@ class RunState:
     errors: dict[str, dict] = field(default_factory=dict)  # job -> {"kind", "message", "traceback"}
     stats: dict[str, dict] = field(default_factory=dict)  # job -> statistics of its process(es)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
+    digests: dict[str, str] = field(default_factory=dict)  # output key -> digest its writer computed
+    records: dict[str, list] = field(default_factory=dict)  # result key -> records its analyzer read back
 
     def fail(self, job: str, error: dict) -> None:
         self.status[job] = JobState.FAILED
         self.errors[job] = error
+
+    def learn(self, statistics: dict, entries: bool = True) -> dict:
+        """``statistics`` of a block process without what it says of the files it committed
+        (``digests``, ``records``: kept here when ``entries``, i.e. its files are the cache
+        entries themselves, not the slots of a split block)."""
+        digests, records = statistics.pop("digests", None), statistics.pop("records", None)
+        if entries and isinstance(digests, dict):
+            self.digests.update(digests)
+        if entries and isinstance(records, dict):
+            self.records.update(records)
+        return statistics
 
 
 @dataclass

@@ -22,6 +22,7 @@ import datetime
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +137,20 @@ def environment() -> dict:
 
 
 # -- the record ------------------------------------------------------------------------------
-def output_digest(store: CacheStore, key: str, stat_cache: StatCache | None = None) -> str | None:
+def output_digest(store: CacheStore, key: str, stat_cache: StatCache | None = None,
+                  known: Mapping[str, str] | None = None) -> str | None:
     """The content digest stored in an output entry (memoised by the stat cache: no h5py when
-    unchanged); None when it is missing or unreadable (the audit says why)."""
+    unchanged; ``known``: digests the writers of this run computed, so no h5py either); None
+    when it is missing or unreadable (the audit says why)."""
     path = store.output_path(key)
     try:
         st = path.stat()
     except OSError:
         return None
     try:
+        if known and key in known:
+            written = known[key]
+            return stat_cache.digest(path, st, lambda _p: written, tag="h5-digest:") if stat_cache else written
         if stat_cache is None:
             return store.stored_digest(key)
         return stat_cache.digest(path, st, lambda _p: store.stored_digest(key), tag="h5-digest:")
@@ -171,17 +177,18 @@ def datasets_entry(plan: Plan) -> dict:
     return out
 
 
-def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, stat_cache: StatCache | None = None) -> dict:
+def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, stat_cache: StatCache | None = None,
+                known: Mapping[str, str] | None = None) -> dict:
     inputs = {}
     for n, i in job.inputs.items():
         if i.source == "dataset":
             digest = plan.datasets[i.node].index_digest
         else:
-            digest = output_digest(store, i.key, stat_cache) if i.key else None
+            digest = output_digest(store, i.key, stat_cache, known) if i.key else None
         inputs[n] = {"source": i.source, "node": i.node, "output": i.output, "dataformat": i.dataformat,
                      "key": i.key, "digest": digest}
     outputs = {n: {"dataformat": o.dataformat, "key": o.key, "path": store.name(o.key, ".h5") if o.key else None,
-                   "digest": output_digest(store, o.key, stat_cache) if o.key else None}
+                   "digest": output_digest(store, o.key, stat_cache, known) if o.key else None}
                for n, o in job.outputs.items()}
     return {"kind": job.kind, "algorithm": job.algorithm, "status": status, "key": job.key,
             "pre_image": key_components(plan, job) if job.key else None, "beat_hash": job.beat_hash,
@@ -190,15 +197,18 @@ def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, stat_cache
 
 
 def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dict, report: dict,
-          previous: list[dict] | None = None) -> dict:
+          previous: list[dict] | None = None, catalog: Catalog | None = None,
+          digests: Mapping[str, str] | None = None) -> dict:
     """The JSON-able provenance record of a finished run (see the module docstring).
 
     ``options``: the run's selection (``force``, ``only``, ``from``, ``until``); ``report``: its
     run report (statuses, statistics, errors); ``previous``: the experiment's earlier records,
     newest first (a cached block keeps the statistics and data manifest of the run that
-    computed it).  Assets are hashed as they are on disk now.
+    computed it).  Assets are hashed as they are on disk now (``catalog``: the run's, whose
+    assets are already loaded).  ``digests``: the content digests the run's writers computed
+    (output key → digest), so that the files just written are not opened again.
     """
-    catalog = Catalog(str(prefix))
+    catalog = catalog or Catalog(str(prefix))
     stat_cache = StatCache.of(store)
     assets = {}
     for kind, name in used_assets(catalog, plan):
@@ -214,7 +224,7 @@ def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dic
     upstream = upstream_databases(plan)
     for job in plan.jobs:
         rep = report["blocks"].get(job.name, {})
-        entry = block_entry(plan, job, store, rep.get("status", "pending"), stat_cache)
+        entry = block_entry(plan, job, store, rep.get("status", "pending"), stat_cache, digests)
         # the data its outputs were computed from: now if it ran, else that of the run that computed it
         entry["data"] = {db: manifest_digest(databases[db]["files"]) for db in upstream[job.name]}
         if entry["status"] == "cached":

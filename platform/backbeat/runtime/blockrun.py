@@ -39,6 +39,9 @@ from backbeat.runtime.spec import BlockSpec
 from backbeat.runtime.streams import StreamSender, StreamSource
 
 STREAM_BATCH = 4096  # at most, units per batch of a streamed output (the pipeline's grain)
+#: an analyzer's result of at most that many units is reported with its records (statistic
+#: ``records``), so that the executor need not open the file to report it
+REPORTED_RESULT_UNITS = 1000
 
 
 class _Sink:
@@ -60,15 +63,34 @@ def _cache_source(path: str, window: int, verify: bool = True) -> tuple[BatchSou
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
 
 
-def _commit(writers: dict, senders: dict, outputs: Any) -> dict[str, int]:
-    """Commit every output; tell the consumers of streamed ones; ``{output: units written}``."""
+def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str]) -> dict[str, int]:
+    """Commit every output; tell the consumers of streamed ones; ``{output: units written}``.
+    ``digests`` receives ``{key: content digest}`` of each file committed."""
     written = {}
     for name, writer in writers.items():
-        writer.close()
+        digests[writer.key] = writer.close()
         if name in senders:
             senders[name].finish(writer.end if writer.end is not None else writer.next_index - 1)
         written[name] = outputs[name].nb_data_blocks_written
     return written
+
+
+def _committed(spec: BlockSpec, digests: dict[str, str]) -> dict[str, Any]:
+    """What the executor learns of the committed outputs without opening them: their content
+    digests (``digests``: key → digest, for its provenance record) and, for an analyzer's small
+    result, its records read back from the file (``records``: key → records, for its report)."""
+    out: dict[str, Any] = {"digests": digests}
+    if spec.kind == "analyzer" and spec.slot is None:
+        kept = {}
+        for o in spec.outputs.values():
+            try:
+                with cachefile.CacheReader(o.path, verify=False) as reader:  # (its digest was just computed)
+                    if len(reader) <= REPORTED_RESULT_UNITS:
+                        kept[o.key] = cachefile.records(reader)
+            except Exception:  # noqa: BLE001 - committed all the same: the executor reads the file itself
+                continue
+        out["records"] = kept
+    return out
 
 
 def _last_end(source: Any) -> int:
@@ -160,10 +182,11 @@ def run(payload: dict) -> dict:
 
             served = run_evaluator(algorithm, loop, inputs=input_list, data_loaders=loaders,
                                    outputs=outputs, parameters=spec.values, root=payload.get("root"))
-            written = _commit(writers, senders, outputs)
+            digests: dict[str, str] = {}
+            written = _commit(writers, senders, outputs, digests)
             return {"steps": served, "written": written,
                     "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
-                    "wall_s": time.perf_counter() - t0}
+                    "wall_s": time.perf_counter() - t0, **_committed(spec, digests)}
         if loop is not None:
             from backbeat.runtime.loopchannel import LoopChannel, attach_writes
 
@@ -184,7 +207,8 @@ def run(payload: dict) -> dict:
         )
         if channel is not None:
             channel.done()
-        written = _commit(writers, senders, outputs)
+        digests = {}
+        written = _commit(writers, senders, outputs, digests)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -203,4 +227,5 @@ def run(payload: dict) -> dict:
         "written": written,
         "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
         "wall_s": time.perf_counter() - t0,
+        **_committed(spec, digests),
     }
