@@ -327,8 +327,8 @@ class Scheduler:
             for cons in self.fed_by.get(job.name, ()):
                 if cons in self.group:
                     self.group.set_timeout(cons, self.options.timeout_s)
-        if job.name in self.feeders:  # a consumer has ended: its producer stops feeding it
-            Path(self.feeders[job.name][1]).touch()
+        if job.name in self.feeders and self.feeders[job.name][0] in self.procs:
+            Path(self.feeders[job.name][1]).touch()  # a consumer has ended: its running producer stops feeding it
         if job.name in self.starved:  # killed because the producer it read from failed
             self.store.drop_partial(job.output_keys)
             run.set(job.name, JobState.SKIPPED)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from backbeat.cache.store import CacheStore
 from backbeat.declarations.catalog import Catalog
+from backbeat.execution.progress import Meter
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Job, Plan
 from backbeat.planning.selection import Decision, Options
@@ -101,6 +102,7 @@ class Run:
     progress: Progress | None = None
     state: RunState = field(default_factory=RunState)
     decisions: dict[str, Decision] = field(default_factory=dict)  # job -> what the run does with it
+    meter: Meter = field(default_factory=Meter)  # rates of the running blocks
 
     @property
     def store(self) -> CacheStore:
@@ -122,14 +124,22 @@ class Run:
     def set(self, job: str, state: JobState, **extra: Any) -> None:
         """Move a job to ``state`` and say so."""
         self.state.status[job] = state
+        if state != JobState.RUNNING:
+            self.meter.forget(job)
+        elif extra.get("done") == 0:  # started: the rate counts from now
+            self.meter.update(job, None, 0, None)
         self.emit(job, state.value, **extra)
 
     def on_message(self, msg: Message) -> None:
-        """Progress messages of block processes (``job`` or ``job#slot``) to the display."""
+        """Progress messages of block processes (``job`` or ``job#slot``) to the display, with the
+        rate and the time left (:class:`~backbeat.execution.progress.Meter`)."""
         block, _, slot = msg.job.partition("#")
-        if msg.type == "progress" and block in self.state.status:
-            extra = {"slot": int(slot)} if slot else {}
-            self.emit(block, "running", done=msg.data.get("done"), total=msg.data.get("total"), **extra)
+        if msg.type == "progress" and block in self.state.status and self.progress is not None:
+            done, total = msg.data.get("done"), msg.data.get("total")
+            extra: dict[str, Any] = {"slot": int(slot)} if slot else {}
+            if isinstance(done, int) and (total is None or isinstance(total, int)):
+                extra.update(self.meter.update(block, extra.get("slot"), done, total, msg.received or None))
+            self.emit(block, "running", done=done, total=total, **extra)
 
     def close(self) -> None:
         """Stop every local process; drop what an interrupted indexing job left."""

@@ -149,8 +149,7 @@ def output_digest(store: CacheStore, key: str, stat_cache: StatCache | None = No
         return None
     try:
         if known and key in known:
-            written = known[key]
-            return stat_cache.digest(path, st, lambda _p: written, tag="h5-digest:") if stat_cache else written
+            return stat_cache.settled(path, st, known[key], tag="h5-digest:") if stat_cache else known[key]
         if stat_cache is None:
             return store.stored_digest(key)
         return stat_cache.digest(path, st, lambda _p: store.stored_digest(key), tag="h5-digest:")

@@ -57,6 +57,15 @@ class StatCache:
         self.dirty = True
         return digest
 
+    def settled(self, path: Path, st: os.stat_result, digest: str, tag: str = "") -> str:
+        """Remember ``digest`` for a file whose content was final when it appeared at ``path``
+        (a cache entry, renamed into place by the writer that computed it, never written in
+        place): no later write can share its modification time, so the entry is not racy."""
+        self.entries[tag + str(path)] = [st.st_size, st.st_mtime_ns, st.st_ino, digest,
+                                         max(time.time_ns(), st.st_mtime_ns + RACY_NS + 1)]
+        self.dirty = True
+        return digest
+
     @classmethod
     def of(cls, store: CacheStore) -> StatCache:
         """The stat cache kept in a cache store."""
