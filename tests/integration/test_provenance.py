@@ -343,3 +343,18 @@ def test_json_diff_is_readable():
     assert audit.json_diff(old, new) == ["/a: 1 -> 1.0", "/b/c/1: 2 -> 3", "/gone: removed (was true)",
                                          '/new: added "x"']
     assert audit.json_diff([1], [1, 2]) == ["/: [1] -> [1, 2]"]
+
+
+def test_package_versions_agree_with_importlib_metadata() -> None:
+    from importlib import metadata
+
+    from backbeat.provenance.builder import PACKAGES, package_versions
+
+    found = package_versions((*PACKAGES, "no-such-package-anywhere"))
+    for name in PACKAGES:
+        try:
+            expected = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            expected = None
+        assert found[name] == expected, name
+    assert found["no-such-package-anywhere"] is None

@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from backbeat.cache.store import CacheStore
+from backbeat.core.errors import BackbeatError
+from backbeat.core.names import parse_name
 from backbeat.execution import decisions
 from backbeat.execution.report import report
 from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run, local_group
@@ -37,16 +39,25 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
             dry: bool = False) -> Run:
     """Plan an experiment and index its datasets (keys assigned), ready to decide and execute.
 
-    With ``warm``, the fork server is started as soon as something is known to run (a dataset
-    to index, an output missing: :func:`will_run`), so that its zygote imports numpy, h5py, zmq
-    and the block runtime on the other core while this process goes on; a run with nothing
-    to run (fully cached) starts no process at all.
+    With ``warm``, the fork server is started as soon as something is known to run, so that
+    its zygote imports numpy, h5py, zmq and the block runtime on the other core while this
+    process goes on: first thing when the experiment was never recorded in this cache (its
+    first run: planning then overlaps the zygote's start-up), else once a dataset must be
+    indexed or an output is missing (:func:`will_run`).  A run of an experiment recorded before
+    with nothing to run (fully cached) starts no process at all.
     ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
     is upstream of the selection is never re-run); a missing index is always built.
     """
     workspace = Workspace.open(prefix, cache)
-    plan = workspace.plan(name)
-    run = Run(plan, workspace, options or Options(), local_group(workspace.user_root), progress)
+    group = local_group(workspace.user_root)
+    if warm and _first_run(workspace.store, name):
+        group.warm()
+    try:
+        plan = workspace.plan(name)
+    except BaseException:
+        group.close()
+        raise
+    run = Run(plan, workspace, options or Options(), group, progress)
     run.group.on_message = run.on_message
     opts = run.options
     try:
@@ -58,6 +69,15 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         run.close()
         raise
     return run
+
+
+def _first_run(store: CacheStore, name: str) -> bool:
+    """Whether experiment ``name`` has no record in ``store`` (one ``stat``, before planning)."""
+    try:
+        experiment = parse_name("experiment", name)[1]
+    except BackbeatError:
+        return False
+    return not records.record_path(store, experiment).is_file()
 
 
 def will_run(run: Run) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,15 +122,42 @@ def asset_entry(catalog: Catalog, kind: str, name: str) -> dict:
     return entry
 
 
-def environment() -> dict:
-    from importlib import metadata
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
 
-    packages: dict[str, str | None] = {}
-    for p in PACKAGES:
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of ``names``: from the ``<name>-<version>.dist-info`` folders on
+    ``sys.path`` (the wheel format names them so; a listing per path entry, where
+    ``importlib.metadata`` costs tens of milliseconds to import and parse), else from
+    ``importlib.metadata`` (other kinds of installs); None when not installed."""
+    wanted = {_normal(n): n for n in names}
+    found: dict[str, str | None] = {}
+    for entry in sys.path:
         try:
-            packages[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            packages[p] = None
+            listing = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for folder in listing:
+            if folder.endswith(".dist-info"):
+                name, _, version = folder[: -len(".dist-info")].partition("-")
+                known = wanted.get(_normal(name))
+                if known is not None and version and known not in found:
+                    found[known] = version
+    missing = [n for n in names if n not in found]
+    if missing:
+        from importlib import metadata
+
+        for n in missing:
+            try:
+                found[n] = metadata.version(n)
+            except metadata.PackageNotFoundError:
+                found[n] = None
+    return {n: found[n] for n in names}
+
+
+def environment() -> dict:
+    packages = package_versions(PACKAGES)
     return {"backbeat": __version__, "python": platform.python_version(),
             "python_implementation": platform.python_implementation(), "executable": sys.executable,
             "packages": packages, "platform": platform.platform(), "machine": platform.machine(),
