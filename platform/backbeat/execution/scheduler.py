@@ -182,7 +182,7 @@ class Scheduler:
 
     def _ended(self, name: str) -> bool:
         """Whether every process of a job has ended (a loop's other side is killed if one failed)."""
-        exits = [self.group.exit(p) for p in self.procs[name]]
+        exits = [self.group.ended(p) for p in self.procs[name]]
         if self.jobs[name].kind == "loop" and any(e is not None and not e.ok for e in exits):
             for p, e in zip(self.procs[name], exits, strict=True):  # one side failed: stop the other
                 if e is None:

@@ -119,6 +119,11 @@ class ProcessGroup:
         """How the job's process ended, or None while it runs."""
         return self._handles[job].poll()
 
+    def ended(self, job: str) -> Exit | None:
+        """:meth:`exit` as of the last :meth:`poll` (which reads every exit reported): no system
+        call, for a loop checking many jobs after each poll."""
+        return self._handles[job].exit
+
     def outcome(self, job: str) -> Outcome:
         """What happened to an ended job (its last messages are collected first)."""
         exit_ = self._handles[job].poll()

@@ -266,10 +266,6 @@ class ForkServer:
         """Run ``target(payload)`` (``"module:function"``) in a new child; return at once."""
         split_target(target)
         payload = {} if payload is None else payload
-        try:
-            json.dumps(payload)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"job payload must be JSON-serialisable: {e}") from None
         limits = limits or Limits()
         if limits.timeout_s is not None and not limits.timeout_s > 0:
             raise UsageError(f"job timeout must be a positive number of seconds, not {limits.timeout_s!r}")
@@ -282,14 +278,18 @@ class ForkServer:
         with self._send_lock:
             self._next += 1
             job_id = self._next
+        try:  # (encoded once: the request the zygote reads)
+            line = json.dumps({"op": "spawn", "id": job_id, "target": target, "payload": payload,
+                               "limits": limits.to_json(), "log": log_path})
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"job payload must be JSON-serialisable: {e}") from None
         if self._mp is not None:
             handle: Handle = _MPHandle(self, job_id, target, payload, limits, log_path)
             self._handles[job_id] = handle
             return handle
         handle = Handle(self, job_id)
         self._handles[job_id] = handle
-        self._request({"op": "spawn", "id": job_id, "target": target, "payload": payload,
-                       "limits": limits.to_json(), "log": log_path})
+        self._send(line)
         return handle
 
     def running(self) -> list[Handle]:
@@ -313,9 +313,12 @@ class ForkServer:
     def _request(self, req: dict) -> None:
         """Queue a request and write what the zygote's socket takes now, without waiting: the
         rest is written while events are pumped (a zygote busy forking never blocks the caller)."""
+        self._send(json.dumps(req))
+
+    def _send(self, line: str) -> None:
         assert self._sock is not None
         with self._send_lock:
-            self._out += (json.dumps(req) + "\n").encode()
+            self._out += (line + "\n").encode()
             self._flush()
 
     def _flush(self, strict: bool = True) -> None:
