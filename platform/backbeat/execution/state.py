@@ -23,10 +23,10 @@ from backbeat.execution.progress import Meter
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Job, Plan
 from backbeat.planning.selection import Decision, Options
-from backbeat.processes.group import ProcessGroup
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (processes are imported when a run starts one: a cached run does not)
     from backbeat.processes.control import Message
+    from backbeat.processes.group import ProcessGroup
 
 #: a progress display: called with ``{"block", "state", ...}`` events
 Progress = Callable[[dict], None]
@@ -38,6 +38,8 @@ PRELOAD = ("numpy", "h5py", "zmq", "backbeat.processes.control", "backbeat.runti
 
 def local_group(root: str | None) -> ProcessGroup:
     """The process group of a run on this machine (its fork server preloads :data:`PRELOAD`)."""
+    from backbeat.processes.group import ProcessGroup
+
     return ProcessGroup(root=root, preload=PRELOAD)
 
 

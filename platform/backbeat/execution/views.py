@@ -14,9 +14,9 @@ import os
 from typing import TYPE_CHECKING
 
 from backbeat.execution.state import Run
-from backbeat.processes.group import ProcessGroup
 
 if TYPE_CHECKING:
+    from backbeat.processes.group import ProcessGroup
     from backbeat.runtime.spec import DatasetSpec
 
 INDEX_TARGET = "backbeat.runtime.dbprovider:build_index"

@@ -28,12 +28,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from backbeat.processes.exits import Exit, Limits
-from backbeat.processes.outcome import Outcome, classify
-from backbeat.processes.workerpool import ForkServer, Handle
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (imported when something is started: a run that starts nothing does not)
     from backbeat.processes.control import ControlServer, Message
+    from backbeat.processes.exits import Exit, Limits
+    from backbeat.processes.outcome import Outcome
+    from backbeat.processes.workerpool import ForkServer, Handle
 
 JOB_MAIN = "backbeat.processes.control:job_main"
 
@@ -53,6 +52,8 @@ class ProcessGroup:
     def warm(self) -> ProcessGroup:
         """Start the fork server now (its zygote warms up while the caller works)."""
         if self._server is None:
+            from backbeat.processes.workerpool import ForkServer
+
             self._server = (ForkServer(preload=self._preload) if self._preload is not None else ForkServer()).start()
         return self
 
@@ -98,7 +99,11 @@ class ProcessGroup:
         """Start ``target`` on ``spec`` as job ``job`` (ids are unique in a group)."""
         server, control = self._started()
         payload = {"target": target, "control": control.address, "job": job, "root": self.root, "spec": spec}
-        handle = server.spawn(JOB_MAIN, payload, limits or Limits(), log_path)
+        if limits is None:
+            from backbeat.processes.exits import Limits
+
+            limits = Limits()
+        handle = server.spawn(JOB_MAIN, payload, limits, log_path)
         self._handles[job] = handle
         self._messages[job] = []
         return handle
@@ -130,6 +135,8 @@ class ProcessGroup:
         if exit_ is None:
             raise RuntimeError(f"job `{job}' is still running")
         self.poll(0)
+        from backbeat.processes.outcome import classify
+
         return classify(exit_, self._messages.get(job, []))
 
     def wait(self, jobs: list[str]) -> dict[str, Outcome]:
