@@ -171,6 +171,18 @@ def flush_and_exit(code: int) -> None:
 
 # --------------------------------------------------------------------------- zygote
 
+def _quiet_blas() -> None:
+    """Stop the threads numpy's OpenBLAS starts on import: they spin for ~0.1 s, burning the
+    other core while the zygote imports the rest and the executor plans.  OpenBLAS shuts its
+    thread pool down before any fork (its fork handler), so one empty fork is enough; the pool
+    is made again on the first BLAS call of a child, with its usual number of threads."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+
 class Zygote:
     """The loop running in the zygote process (never returns: ends in ``os._exit``)."""
 
@@ -220,6 +232,8 @@ class Zygote:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
                 error = f"cannot preload `{name}': {e}"
+            if name == "numpy":
+                _quiet_blas()
         _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
         gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         self.send({"ev": "ready", "pid": os.getpid(), "error": error})
