@@ -118,19 +118,25 @@ def test_starting_a_chain_never_recurses(prefix, tmp_path) -> None:
 
 PROBE = """
 import sys
+from backbeat.declarations import experiment, toolchain
 from backbeat.processes.workerpool import ForkServer
-started = []
+started, checked = [], []
 real = ForkServer.start
 ForkServer.start = lambda self: started.append(1) or real(self)
+for module in (experiment, toolchain):  # every validation of the experiment and its toolchain
+    module.check = (lambda real: lambda asset, catalog: checked.append(asset.name) or real(asset, catalog))(module.check)
 from backbeat.cli import main
 code = main(sys.argv[1:])
+print("CHECKED", *checked, file=sys.stderr)
 print("PROBE", code, len(started), *[m for m in ("numpy", "h5py", "zmq") if m in sys.modules], file=sys.stderr)
 """
 
 
-def _probe(*args) -> list[str]:
+def _probe(*args, checked: list | None = None) -> list[str]:
     done = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, timeout=120)
     line = next(ln for ln in done.stderr.splitlines() if ln.startswith("PROBE"))
+    if checked is not None:  # the assets validated, in order
+        checked += next(ln for ln in done.stderr.splitlines() if ln.startswith("CHECKED")).split()[1:]
     return line.split()[1:]
 
 
@@ -138,7 +144,9 @@ def test_a_cached_run_starts_no_process_and_imports_neither_numpy_h5py_nor_zmq(p
     name = write_chain(prefix, 2, plain=True)
     cache = tmp_path / "cache"
     # cold: the command process runs no numpy nor h5py (results and digests come from the blocks)
-    assert _probe("-p", prefix, "-c", cache, "experiments", "run", name, "-q") == ["0", "1", "zmq"]
+    checked: list[str] = []
+    assert _probe("-p", prefix, "-c", cache, "experiments", "run", name, "-q", checked=checked) == ["0", "1", "zmq"]
+    assert checked == [name, "run/chain2/1"]  # each validated once per run (warnings, plan, provenance)
     # cached: nothing started, nothing heavy imported
     assert _probe("-p", prefix, "-c", cache, "experiments", "run", name, "-q") == ["0", "0"]
     assert _probe("-p", prefix, "-c", cache, "experiments", "results", name) == ["0", "0"]

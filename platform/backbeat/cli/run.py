@@ -48,6 +48,10 @@ class ProgressDisplay:
         self._last_running: dict[tuple, float] = {}
 
     def __call__(self, event: dict) -> None:
+        if event["state"] == "warning":  # about the experiment (printed even with -q)
+            self.stream.write(f"warning: {event['file']}: {event['pointer'] or '/'}: {event['message']}\n")
+            self.stream.flush()
+            return
         if self.quiet:
             return
         block, state = event["block"], event["state"]
@@ -153,11 +157,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                "only": args.only, "from_": args.from_, "until": args.until, "stream": args.stream,
                "alive": args.alive or 0}
     single = len(args.names) == 1 and not api.is_pattern(args.names[0])
-    for name in args.names:
-        if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
-            for w in api.warnings(args.prefix, "experiment", name):
-                print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
     if args.dry_run:
+        for name in args.names:  # (a run reports them as progress events, from the validation that plans it)
+            if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
+                for w in api.warnings(args.prefix, "experiment", name):
+                    print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
         plans = api.dry_runs(args.prefix, args.cache, args.names, **options)
         if args.json:
             output.print_json(plans[0] if single else plans)

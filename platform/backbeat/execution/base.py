@@ -181,6 +181,7 @@ class Executor(ABC):
         self.check()
         run = prepare(prefix, cache, name, options, progress, warm=self.local)
         try:
+            run.warn(run.catalog.get("experiment", run.plan.experiment).warnings)  # validated once, by the plan
             decide(run)
             if self.local and any(s in STARTABLE for s in run.state.status.values()):
                 run.group.warm()

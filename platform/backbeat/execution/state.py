@@ -123,6 +123,14 @@ class Run:
         if self.progress is not None:
             self.progress({"block": job, "state": state, **extra})
 
+    def warn(self, problems: list) -> None:
+        """Tell the progress display about the experiment's warnings (:class:`~backbeat.core.errors.Problem`),
+        found by the validation that planned the run: ``{"state": "warning", "file", "pointer",
+        "message"}`` events, no ``block``."""
+        if self.progress is not None:
+            for p in problems:
+                self.progress({"state": "warning", **p.to_json()})
+
     def set(self, job: str, state: JobState, **extra: Any) -> None:
         """Move a job to ``state`` and say so."""
         self.state.status[job] = state

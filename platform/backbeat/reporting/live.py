@@ -82,8 +82,9 @@ class Recorder:
         self._snapshot()
 
     def __call__(self, event: dict) -> None:
-        _apply(self.state["blocks"], event)
-        self._append(event)
+        if "block" in event:  # (a warning is about the experiment: passed on, not recorded)
+            _apply(self.state["blocks"], event)
+            self._append(event)
         if self.then is not None:
             self.then(event)
 
