@@ -398,3 +398,35 @@ def test_spawn_requests_never_wait_for_a_busy_zygote():
     assert done.returncode == 0, done.stderr
     queued, ok, left = done.stdout.split()
     assert int(queued) > 1_000_000 and ok == "True" and left == "0"  # queued, not blocked; then all ran
+
+
+STAGED = """
+import os, sys
+here, tmp = sys.argv[1], sys.argv[2]
+sys.path[:0] = [here, tmp]
+with open(os.path.join(tmp, "slow_first.py"), "w") as f:
+    f.write("import time; time.sleep(0.5)")
+for name in ("second", "third"):
+    open(os.path.join(tmp, name + ".py"), "w").close()
+from backbeat.processes.workerpool import ForkServer
+
+with ForkServer(preload=("slow_first", "second", "third"), mode="fork") as server:
+    early = server.spawn("_workerpool_targets:loaded", {"out": os.path.join(tmp, "early"),
+                                                        "modules": ["slow_first", "second", "third"]})
+    early.wait(30)
+    server.wait_ready()
+    late = server.spawn("_workerpool_targets:loaded", {"out": os.path.join(tmp, "late"),
+                                                       "modules": ["slow_first", "second", "third"]})
+    late.wait(30)
+print(open(os.path.join(tmp, "early")).read(), "|", open(os.path.join(tmp, "late")).read())
+"""
+
+
+def test_a_job_asked_for_during_the_preload_is_forked_between_two_modules(tmp_path):
+    """The zygote forks the jobs already waiting after each preloaded module (the first job of
+    a run need not wait for the whole preload); the child imports the rest itself if it needs
+    it; jobs asked for later have everything.  In a fresh interpreter (no threads)."""
+    done = subprocess.run([sys.executable, "-c", STAGED, HERE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["slow_first", "|", "slow_first", "second", "third"]

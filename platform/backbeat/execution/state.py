@@ -32,8 +32,11 @@ if TYPE_CHECKING:  # (processes are imported when a run starts one: a cached run
 Progress = Callable[[dict], None]
 
 #: what the zygote of a run's fork server imports before forking: the block runtime too, so
-#: that no block process imports it again (:mod:`backbeat.runtime.preload`)
-PRELOAD = ("numpy", "h5py", "zmq", "backbeat.processes.control", "backbeat.runtime.preload")
+#: that no block process imports it again (:mod:`backbeat.runtime.preload`).  In this order: a
+#: job asked for meanwhile is forked between two modules, so the first one (indexing a view:
+#: :mod:`~backbeat.runtime.dbprovider`, without h5py) waits for numpy, zmq and the provider only
+PRELOAD = ("numpy", "zmq", "backbeat.processes.control", "backbeat.runtime.dbprovider", "h5py",
+           "backbeat.runtime.preload")
 
 
 def local_group(root: str | None) -> ProcessGroup:

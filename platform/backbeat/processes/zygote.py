@@ -227,14 +227,17 @@ class Zygote:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wfd)
         error = None
-        for name in self.preload:
+        for k, name in enumerate(self.preload):
             try:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
                 error = f"cannot preload `{name}': {e}"
             if name == "numpy":
                 _quiet_blas()
-        _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
+                _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
+            if k + 1 < len(self.preload) and not error:
+                self.serve_waiting()
+        _fresh_random_state()
         gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         self.send({"ev": "ready", "pid": os.getpid(), "error": error})
         while True:
@@ -255,18 +258,29 @@ class Zygote:
                 except BlockingIOError:
                     pass
             if self.sock in ready:
-                try:
-                    chunk = self.sock.recv(1 << 16)
-                except BlockingIOError:
-                    chunk = None
-                if chunk == b"":
-                    self.shutdown(0)
-                self.inbuf += chunk or b""
-                while b"\n" in self.inbuf:
-                    line, self.inbuf = self.inbuf.split(b"\n", 1)
-                    self.handle(json.loads(line))
+                self.read_requests()
             self.enforce_deadlines()
             self.reap()
+
+    def read_requests(self) -> None:
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            chunk = None
+        if chunk == b"":
+            self.shutdown(0)
+        self.inbuf += chunk or b""
+        while b"\n" in self.inbuf:
+            line, self.inbuf = self.inbuf.split(b"\n", 1)
+            self.handle(json.loads(line))
+
+    def serve_waiting(self) -> None:
+        """Between two preloaded modules, fork the children already asked for (a child imports
+        what is not preloaded yet itself, on another core, while the zygote goes on: the
+        executor's first job, e.g. indexing a view, need not wait for the whole preload)."""
+        if select.select([self.sock], [], [], 0)[0]:
+            self.read_requests()
+            gc.freeze()  # (the children share what is loaded so far)
 
     def handle(self, req: dict) -> None:
         op = req.get("op")
