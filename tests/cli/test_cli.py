@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 from pathlib import Path
 
@@ -358,6 +359,7 @@ def test_live_progress_on_a_terminal(prefix):
     assert proc.returncode == 0, screen
     assert "\r\x1b[2K" in screen  # rewritten in place
     assert "first: running " in screen and "/6 units" in screen, screen
+    assert re.search(r"first: running [1-5]/6 units, [0-9.]+/s, [0-9]+ s left", screen), screen  # rate, time left
     assert "first: done" in screen and "analysis: done" in screen
     assert "sum: 81" in out
 
