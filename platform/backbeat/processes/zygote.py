@@ -10,6 +10,7 @@ through ``os._exit`` (see :mod:`backbeat.processes.workerpool` for the whole pro
 
 from __future__ import annotations
 
+import collections
 import gc
 import importlib
 import json
@@ -171,6 +172,15 @@ def flush_and_exit(code: int) -> None:
 
 # --------------------------------------------------------------------------- zygote
 
+def _loaded(req: dict) -> bool:
+    """Whether the modules a request runs are imported: its target's, and for a job run through
+    :func:`backbeat.processes.control.job_main`, the target named in its payload."""
+    if req.get("op") != "spawn":
+        return True
+    targets = [req.get("target"), (req.get("payload") or {}).get("target")]
+    return all(t.partition(":")[0] in sys.modules for t in targets if isinstance(t, str))
+
+
 def _quiet_blas() -> None:
     """Stop the threads numpy's OpenBLAS starts on import: they spin for ~0.1 s, burning the
     other core while the zygote imports the rest and the executor plans.  OpenBLAS shuts its
@@ -192,6 +202,7 @@ class Zygote:
         self.preload = preload
         self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason}
         self.inbuf = b""
+        self.queue: collections.deque[dict] = collections.deque()  # requests read, not yet handled
         self.outbuf = b""
         self.closing = False
 
@@ -227,7 +238,7 @@ class Zygote:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wfd)
         error = None
-        for k, name in enumerate(self.preload):
+        for name in self.preload:
             try:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
@@ -235,11 +246,12 @@ class Zygote:
             if name == "numpy":
                 _quiet_blas()
                 _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
-            if k + 1 < len(self.preload) and not error:
-                self.serve_waiting()
+            if not error:
+                self.read_requests(preloading=True)
         _fresh_random_state()
         gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         self.send({"ev": "ready", "pid": os.getpid(), "error": error})
+        self.read_requests()  # those left waiting by the preload
         while True:
             now = time.monotonic()
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
@@ -262,7 +274,11 @@ class Zygote:
             self.enforce_deadlines()
             self.reap()
 
-    def read_requests(self) -> None:
+    def read_requests(self, preloading: bool = False) -> None:
+        """Read what the parent wrote and handle the requests, in order.  ``preloading``: between
+        two preloaded modules, a job is forked as soon as the modules it runs are loaded (e.g.
+        a view's indexing job, before h5py and the block runtime): the requests from the first
+        one whose modules are not yet loaded wait for the end of the preload."""
         try:
             chunk = self.sock.recv(1 << 16)
         except BlockingIOError:
@@ -272,15 +288,11 @@ class Zygote:
         self.inbuf += chunk or b""
         while b"\n" in self.inbuf:
             line, self.inbuf = self.inbuf.split(b"\n", 1)
-            self.handle(json.loads(line))
-
-    def serve_waiting(self) -> None:
-        """Between two preloaded modules, fork the children already asked for (a child imports
-        what is not preloaded yet itself, on another core, while the zygote goes on: the
-        executor's first job, e.g. indexing a view, need not wait for the whole preload)."""
-        if select.select([self.sock], [], [], 0)[0]:
-            self.read_requests()
-            gc.freeze()  # (the children share what is loaded so far)
+            self.queue.append(json.loads(line))
+        while self.queue and not (preloading and not _loaded(self.queue[0])):
+            if preloading:
+                gc.freeze()  # (a child shares what is loaded so far)
+            self.handle(self.queue.popleft())
 
     def handle(self, req: dict) -> None:
         op = req.get("op")
