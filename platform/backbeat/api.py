@@ -301,8 +301,7 @@ def provenance(cache: str | os.PathLike, name: str) -> dict | None:
     ran with this cache)."""
     from backbeat.provenance import records
 
-    runs = records.history(cache, parse_name("experiment", name)[1])
-    return runs[0] if runs else None
+    return next(records.records(cache, parse_name("experiment", name)[1], older=True), None)
 
 
 def read_record(path: str | os.PathLike) -> dict:
@@ -312,11 +311,19 @@ def read_record(path: str | os.PathLike) -> dict:
     return records.read_record(path)
 
 
-def prov_json(record: dict) -> dict:
-    """A provenance record as W3C PROV-JSON."""
+def prov_json(record: dict, cache: str | os.PathLike | None = None) -> dict:
+    """A provenance record as W3C PROV-JSON (with the data files its views read, when ``cache``
+    holds its data manifests)."""
     from backbeat.provenance import records
 
-    return records.to_prov(record)
+    return records.to_prov(record, records.data_manifests(cache, record) if cache is not None else None)
+
+
+def data_manifests(cache: str | os.PathLike, record: dict) -> dict[str, dict]:
+    """``{digest: data manifest}`` of the manifests a record references that ``cache`` holds."""
+    from backbeat.provenance import records
+
+    return records.data_manifests(cache, record)
 
 
 def status(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict:

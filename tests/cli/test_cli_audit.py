@@ -45,7 +45,7 @@ def _no_traceback(proc) -> None:
 def test_provenance_json_human_and_prov(world):
     opts, _w = world
     code, rec, _ = cli_json(*opts, "experiments", "provenance", NAME, "--json")
-    assert code == 0 and rec["format"] == "backbeat-provenance-1" and rec["experiment"] == NAME
+    assert code == 0 and rec["format"] == "backbeat-provenance-2" and rec["experiment"] == NAME
     assert set(rec["blocks"]) == {"normaliser", "training", "scoring", "analysis"}
     proc = run_cli(*opts, "experiments", "provenance", NAME)
     assert proc.returncode == 0

@@ -68,3 +68,12 @@ def test_tracing_covers_every_process(tmp_path):
     assert {"index:items", "identity1", "sum", "zygote"} <= set(children)
     assert children["identity1"]["block: run"][0] > 0 and children["sum"]["child: job"][1] > 0  # wall, CPU
     assert "preload numpy, h5py, zmq, control (started -> ready)" in children["zygote"]
+
+
+def test_rootfolder_prints_cached_runs_with_unread_files():
+    proc = _run("rootfolder.py", "--files", "0", "20", "--repeat", "1", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()
+            if line.split()[:1] in (["0"], ["20"]) and "unread" not in line]
+    assert [r[0] for r in rows] == ["0", "20"] and rows[0][2] == "1.00"  # ratios to the run with 0 files
+    assert all(r[5].endswith("KB") and float(r[5][:-2]) < 100 for r in rows)  # records under 100 KB

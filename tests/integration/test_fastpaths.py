@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from backbeat.core import hashing
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex
 from backbeat.data.batch import Batch
@@ -190,7 +191,8 @@ def provider(tmp_path):
     procs = []
 
     def start(n=50, **parameters):
-        spec = {"database": "t/1", "code": str(code), "view": "Items", "root_folder": str(tmp_path),
+        snapshot = {"path": str(code), "sha256": hashing.sha(code.read_bytes()), "filename": str(code), "uses": {}}
+        spec = {"database": "t/1", "code": snapshot, "view": "Items", "root_folder": str(tmp_path),
                 "parameters": {"n": n, **parameters}, "index_path": str(tmp_path / f"index{len(procs)}.db"),
                 "outputs": {"i": [FMT, EXP], "group": [FMT, EXP]}}
         dbprovider.build_index({"spec": spec})

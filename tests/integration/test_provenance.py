@@ -16,7 +16,7 @@ import pytest
 
 from backbeat.audit import audit
 from backbeat.cache.backends import open_store
-from backbeat.core import hashing
+from backbeat.core import hashing, statmemo
 from backbeat.data import cachefile
 from backbeat.execution import executors as executor
 from backbeat.provenance import manifests
@@ -66,12 +66,18 @@ def test_record_has_everything(base):
     code = where / "prefix/algorithms/user/lda_trainer/1.py"
     assert algo["code_hash"] == hashing.hash_file_contents(code)
     assert algo["hash"] == hashing.code_asset_hash(algo["declaration_hash"], algo["code_hash"])
-    # the demo's root folder does not exist: the data next to the view code is manifested
+    assert rec["format"] == "backbeat-provenance-2"
+    # the demo's root folder does not exist: its view reads the data shipped next to its code,
+    # and the data manifest (stored once in the cache, by digest) names exactly that file
     db = rec["databases"]["iris/1"]
-    assert db["source"] == "code_folder" and db["folder"] == "databases/iris"
+    assert db["folders"]["code"] == "databases/iris" and db["root_folder"] == "/backbeat/databases/iris"
     csv = where / "prefix/databases/iris/data/iris.csv"
-    assert db["files"] == {"data/iris.csv": {"size": csv.stat().st_size, "mtime_ns": csv.stat().st_mtime_ns,
-                                             "sha256": hashing.hash_file_contents(csv)}}
+    digest = rec["datasets"]["train"]["data"]
+    assert digest == rec["datasets"]["test"]["data"] and rec["datasets"]["train"]["data_summary"]["files"] == 1
+    stored = open_store(where / "cache").manifests.path(digest)
+    assert hashing.sha(stored.read_bytes()) == digest
+    assert json.loads(stored.read_text())["files"] == {"code/data/iris.csv": {
+        "size": csv.stat().st_size, "sha256": hashing.hash_file_contents(csv), "read_by": "index"}}
     assert rec["order"] == ["normaliser", "training", "scoring", "analysis"]
     for name, b in rec["blocks"].items():
         assert b["status"] == "ran"
@@ -79,14 +85,16 @@ def test_record_has_everything(base):
         assert b["statistics"]["wall_s"] > 0
         for o in b["outputs"].values():
             assert o["digest"] == cachefile.verify(where / "cache" / o["path"])
-    # input digests are the upstream output digests / the view index digests
+    # input digests are the upstream output digests / what the dataset serves (its output key:
+    # index content, data read, dataformat)
     tr = rec["blocks"]["training"]
     assert tr["inputs"]["normaliser"]["digest"] == rec["blocks"]["normaliser"]["outputs"]["model"]["digest"]
-    assert tr["inputs"]["measurements"]["digest"] == rec["datasets"]["train"]["index_digest"]
+    assert tr["inputs"]["measurements"]["digest"] == rec["datasets"]["train"]["outputs"]["measurements"]["key"]
     for ds in rec["datasets"].values():
         assert hashing.key("dataset-index", ds["index_pre_image"]) == ds["index_key"]
         for o in ds["outputs"].values():
             assert hashing.key("dataset-output", o["pre_image"]) == o["key"]
+            assert o["pre_image"]["data"] == ds["data"] and o["pre_image"]["index_content"] == ds["index_digest"]
     env = rec["environment"]
     assert env["backbeat"] and env["python"] and env["packages"]["numpy"] and env["platform"]
 
@@ -107,7 +115,7 @@ def test_history_and_cached_statistics(world):
 
 def test_prov_json_export(base):
     rec = provenance.load(base[0] / "cache", NAME)
-    doc = provenance.to_prov(rec)
+    doc = provenance.to_prov(rec, provenance.data_manifests(base[0] / "cache", rec))
     ids = set(doc["entity"]) | set(doc["activity"])
     for u in doc["used"].values():
         assert u["prov:activity"] in doc["activity"] and u["prov:entity"] in ids
@@ -115,26 +123,35 @@ def test_prov_json_export(base):
         assert g["prov:entity"] in doc["entity"] and g["prov:activity"] in doc["activity"]
     out = rec["blocks"]["scoring"]["outputs"]["scores"]
     assert doc["entity"][f"bb:output/{out['key']}"]["bb:digest"] == out["digest"]
-    assert "bb:file/iris/1/data/iris.csv" in doc["entity"]
+    assert "bb:file/iris/1/code/data/iris.csv" in doc["entity"]
+    assert f"bb:manifest/{rec['datasets']['train']['data']}" in doc["entity"]
 
 
-def test_stat_cache_avoids_rehashing(tmp_path):
+def test_stat_memo_avoids_rehashing(tmp_path, monkeypatch):
     data = tmp_path / "root"
     (data / "sub").mkdir(parents=True)
     (data / "a.bin").write_bytes(b"a" * 100)
     (data / "sub" / "b.txt").write_text("b")
-    old = 1_600_000_000
-    for p in (data / "a.bin", data / "sub" / "b.txt"):
-        os.utime(p, (old, old))
-    sc = manifests.StatCache(tmp_path / "stat.json")
-    m1 = manifests.manifest(data, sc)
-    sc.save()
-    assert set(m1) == {"a.bin", "sub/b.txt"} and sc.hashed == 2
-    sc2 = manifests.StatCache(tmp_path / "stat.json")
-    assert manifests.manifest(data, sc2) == m1 and sc2.hashed == 0
-    (data / "a.bin").write_bytes(b"b" * 100)  # same size, new time: re-hashed
-    m3 = manifests.manifest(data, sc2)
-    assert sc2.hashed == 1 and m3["a.bin"]["sha256"] == hashing.sha(b"b" * 100)
+    stored = {"files": {"root/a.bin": {"read_by": "get"}, "root/sub/b.txt": {"read_by": "index"},
+                        "root/gone": {"read_by": "get"}}, "folders": {"root/sub": {"read_by": "index"}}}
+    where = {"root": str(data)}
+    memo = statmemo.StatMemo(tmp_path / "memo.sqlite3")
+    assert memo.digest(data / "a.bin") == hashing.sha(b"a" * 100) and memo.computed == 1
+    memo.close()
+    memo = statmemo.StatMemo(tmp_path / "memo.sqlite3")
+    m1 = manifests.current(stored, where, memo)
+    assert memo.computed == 3  # just written: racy, hashed again (and the listing of sub/)
+    assert m1["files"]["root/gone"] == {"sha256": None, "size": None, "read_by": "get"}
+    assert m1["folders"]["root/sub"]["entries"] == 1
+    memo.close()
+    monkeypatch.setattr(statmemo, "RACY_NS", -1)  # as if the files had been written long ago
+    memo = statmemo.StatMemo(tmp_path / "memo.sqlite3")
+    assert manifests.current(stored, where, memo) == m1 and memo.computed == 0
+    (data / "a.bin").write_bytes(b"b" * 100)  # same size, new times: hashed again
+    m3 = manifests.current(stored, where, memo)
+    assert memo.computed == 1 and m3["files"]["root/a.bin"]["sha256"] == hashing.sha(b"b" * 100)
+    assert [c["change"] for c in manifests.diff("db/1", m1, m3)] == ["changed"]
+    assert manifests.index_changed(m1, m3) == []  # a file only get() reads: the index stands
 
 
 # -- status and audit, one tampered input at a time ------------------------------------------
@@ -219,13 +236,17 @@ def test_data_file_change(world):
     _edit(csv, "5.1,3.5,1.4,0.2,setosa", "5.2,3.5,1.4,0.2,setosa")  # same size
     st = audit.status(prefix, cache, NAME)
     (change,) = st["data_files"]
-    assert change["database"] == "iris/1" and change["file"] == "data/iris.csv" and change["change"] == "changed"
-    for b in st["blocks"].values():  # keys do not change (the index is cached), results are stale
-        assert b["state"] == "stale" and b["key"] == b["recorded_key"]
-        assert "database iris/1: file data/iris.csv changed (same size" in "\n".join(b["changes"])
+    assert change["database"] == "iris/1" and change["file"] == "code/data/iris.csv" and change["change"] == "changed"
+    message = "database iris/1: file data/iris.csv (next to the view code) changed (same size, sha256 c52742e50315 -> "
+    assert change["message"].startswith(message)
+    # the view's index() read it: the index must be rebuilt, so no key can be computed yet
+    assert st["datasets"]["train"][0].startswith(message) and "must be rebuilt" in st["datasets"]["train"][-1]
+    for b in st["blocks"].values():
+        assert b["state"] == "stale" and b["key"] is None
+    assert message in _changes(st, "normaliser")
     res = audit.audit(prefix, cache, NAME)
-    assert [m["kind"] for m in res["mismatches"]] == ["data-file"]
-    assert res["mismatches"][0]["subject"] == "iris/1:data/iris.csv"
+    assert [m["kind"] for m in res["mismatches"]] == ["data-file", "key", "key", "key", "key"]
+    assert res["mismatches"][0]["subject"] == "iris/1:code/data/iris.csv"
     csv.unlink()
     st = audit.status(prefix, cache, NAME)
     assert st["data_files"][0]["change"] == "removed"
@@ -298,43 +319,42 @@ def test_status_without_record(world):
         audit.audit(prefix, cache, NAME)
 
 
-def test_data_change_stays_stale_after_cached_run(world):
-    """The index is reused (data files are not in keys): the new record must not hide the change."""
+def test_changed_data_re_runs_downstream_then_is_cached(world):
+    """Data files a view read are part of the keys: a change re-runs what depends on it, once."""
     prefix, cache = world
     csv = prefix / "databases/iris/data/iris.csv"
     csv.write_text(csv.read_text() + "5.0,3.0,1.5,0.2,setosa\n")
     rep = executor.run_experiment(prefix, cache, NAME)
+    assert {b["status"] for b in rep["blocks"].values()} == {"ran"}
+    st = audit.status(prefix, cache, NAME)
+    assert st["data_files"] == [] and {b["state"] for b in st["blocks"].values()} == {"cached"}
+    assert audit.audit(prefix, cache, NAME)["ok"]
+    rep = executor.run_experiment(prefix, cache, NAME)
     assert {b["status"] for b in rep["blocks"].values()} == {"cached"}
-    st = audit.status(prefix, cache, NAME)
-    assert st["data_files"] == []  # the latest record saw the new file...
-    for b in st["blocks"].values():  # ...but every block was computed from the old one
-        assert b["state"] == "stale"
-        assert "database iris/1: file data/iris.csv changed (size 3858 -> 3881" in "\n".join(b["changes"])
-    res = audit.audit(prefix, cache, NAME)
-    assert {m["subject"] for m in res["mismatches"]} == {"normaliser", "training", "scoring", "analysis"}
-    rep = executor.run_experiment(prefix, cache, NAME, executor.Options(force=True))
-    st = audit.status(prefix, cache, NAME)
-    assert {b["state"] for b in st["blocks"].values()} == {"cached"}
 
 
-def test_root_folder_files_are_manifested(world, tmp_path):
+def test_only_files_the_view_reads_are_dependencies(world, tmp_path):
     prefix, cache = world
     root = tmp_path / "iris-data"
     (root / "extra").mkdir(parents=True)
     shutil.copy(prefix / "databases/iris/data/iris.csv", root / "iris.csv")
-    (root / "extra" / "README").write_text("not read by the view, still part of the database\n")
+    (root / "extra" / "README").write_text("not read by the view\n")
     _edit(prefix / "databases/iris/1.json", '"/backbeat/databases/iris"', json.dumps(str(root)))
     st = audit.status(prefix, cache, NAME)
     assert "root_folder" in "\n".join(st["datasets"]["train"])
     rep = executor.run_experiment(prefix, cache, NAME)
     assert rep["status"] == "ok"
-    db = provenance.load(cache, NAME)["databases"]["iris/1"]
-    assert db["source"] == "root_folder" and db["folder"] == str(root)
-    assert set(db["files"]) == {"iris.csv", "extra/README"}
+    rec = provenance.load(cache, NAME)
+    assert rec["databases"]["iris/1"]["folders"]["root"] == str(root)
+    manifest = manifests.load(open_store(cache), rec["datasets"]["train"]["data"])
+    assert set(manifest["files"]) == {"root/iris.csv"}  # the README is never opened
     (root / "extra" / "README").write_text("edited\n")
     st = audit.status(prefix, cache, NAME)
+    assert {b["state"] for b in st["blocks"].values()} == {"cached"} and st["data_files"] == []
+    _edit(root / "iris.csv", "5.1,3.5,1.4,0.2,setosa", "5.2,3.5,1.4,0.2,setosa")
+    st = audit.status(prefix, cache, NAME)
     assert st["blocks"]["normaliser"]["state"] == "stale"
-    assert "database iris/1: file extra/README changed (size 49 -> 7" in _changes(st, "normaliser")
+    assert "database iris/1: file iris.csv changed (same size" in _changes(st, "normaliser")
 
 
 def test_json_diff_is_readable():
@@ -358,3 +378,45 @@ def test_package_versions_agree_with_importlib_metadata() -> None:
             expected = None
         assert found[name] == expected, name
     assert found["no-such-package-anywhere"] is None
+
+
+def test_older_records_and_summaries_are_never_misread(world):
+    """A cache written by an earlier version: its records are shown but never compared with,
+    its summaries (trusted on size and time alone) never used."""
+    prefix, cache = world
+    path = provenance.record_path(cache, NAME)
+    old = json.loads(path.read_text())
+    old["format"] = "backbeat-provenance-1"
+    path.write_text(json.dumps(old))
+    st = audit.status(prefix, cache, NAME)
+    assert st["record"] is None and "older record format (backbeat-provenance-1)" in st["note"]
+    assert "run the experiment again" in st["note"]
+    with pytest.raises(Exception, match="older record format"):
+        audit.audit(prefix, cache, NAME)
+    with pytest.raises(Exception, match="older format"):
+        provenance.read_record(path)
+    result = cache / old["blocks"]["analysis"]["outputs"]["result"]["path"]
+    st_result = result.stat()
+    Path(f"{result}.json").write_text(json.dumps({"size": st_result.st_size, "mtime_ns": st_result.st_mtime_ns,
+                                                  "records": [{"start": 0, "end": 74, "data": {"accuracy": 1.0}}]}))
+    rep = executor.run_experiment(prefix, cache, NAME)
+    assert rep["results"]["analysis"][0]["data"]["errors"] == 3  # from the verified result file
+    assert [h["format"] for h in provenance.history(cache, NAME)] == ["backbeat-provenance-2",
+                                                                    "backbeat-provenance-1"]
+    assert audit.status(prefix, cache, NAME)["record"] is not None
+
+
+def test_run_and_status_read_only_the_records_they_need(world, monkeypatch):
+    prefix, cache = world
+    history = provenance.history_folder(cache, NAME)
+    history.mkdir(exist_ok=True)
+    for i in range(15):
+        shutil.copy(provenance.record_path(cache, NAME), history / f"2000010{i // 10}T00000{i % 10}000000Z-1.json")
+    reads = []
+    real = provenance.read_record
+    monkeypatch.setattr(provenance, "read_record", lambda path, older=False: reads.append(path) or real(path, older))
+    rep = executor.run_experiment(prefix, cache, NAME)
+    assert {b["status"] for b in rep["blocks"].values()} == {"cached"} and len(reads) == 1
+    reads.clear()
+    assert {b["state"] for b in audit.status(prefix, cache, NAME)["blocks"].values()} == {"cached"}
+    assert len(reads) == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -10,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from backbeat.cache import results
 from backbeat.cache.backends import BACKENDS, open_store
 from backbeat.cache.store import CacheStore
-from backbeat.core import hashing
-from backbeat.core.errors import BackbeatError, UsageError
+from backbeat.core import hashing, statmemo
+from backbeat.core.errors import BackbeatError, IntegrityError, UsageError
 from backbeat.data.cachefile import CacheWriter
 
 KEY = "0123456789abcdef" * 4
@@ -120,16 +123,41 @@ def test_commits_and_partial_outputs(tmp_path):
     assert not store.committed([KEY])
 
 
-def test_results_are_verified_once_then_summarised(tmp_path):
+def test_results_are_verified_once_then_summarised(tmp_path, monkeypatch):
+    monkeypatch.setattr(statmemo, "RACY_NS", -1)  # (files written just now are trusted in this test)
     store = CacheStore(tmp_path)
     path = commit(store, KEY)
     assert store.verify_output(KEY) == store.stored_digest(KEY)
-    assert store.result_summary(KEY) is None
+    assert results.bound_records(store, KEY) is None
     records = store.read_result(KEY)
     assert records == [{"start": i, "end": i, "data": {"count": i}} for i in range(3)]
-    assert store.result_summary(KEY) == records  # kept beside the entry
+    assert results.bound_records(store, KEY) == records  # kept beside the entry, bound to it
+    summary = results.summary_path(store, KEY)
+    assert json.loads(summary.read_text())["digest"] == store.stored_digest(KEY)
+    # a summary edited by hand is not used (and is reported, then rebuilt from the result file)
+    summary.write_text(summary.read_text().replace('"count": 2', '"count": 7'))
+    assert results.bound_records(store, KEY) is None and results.summary_problem(store, KEY)
+    assert "did not match its verified result file" in results.check_result(store, KEY)
+    assert results.bound_records(store, KEY) == records and results.summary_problem(store, KEY) is None
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert store.result_summary(KEY) is None  # the entry changed since: not trusted
+    assert results.bound_records(store, KEY) is None  # the entry changed since: not trusted
+
+
+def test_entries_hold_the_key_they_are_found_under(tmp_path):
+    store = CacheStore(tmp_path)
+    commit(store, KEY)
+    other = store.output_path(OTHER)
+    other.parent.mkdir(parents=True)
+    shutil.copy(store.output_path(KEY), other)  # a valid file under the wrong key
+    assert store.check_identity(KEY) == store.verify_output(KEY)
+    for check in (store.check_identity, store.verify_output):
+        with pytest.raises(IntegrityError, match="holds the output of key 0123456789ab"):
+            check(OTHER)
+    assert store.verify_file(other)["status"] == "corrupt"
+    assert "quarantine" in store.reject(OTHER, "wrong key") and not other.exists()
+    (moved,) = (tmp_path / ".quarantine").glob("*.h5")
+    assert Path(f"{moved}.why").read_text() == "wrong key\n"
+    assert store.scan()[0] == [store.output_path(KEY)]  # the quarantine is bookkeeping, never an entry
 
 
 def test_delete_touches_entries_only(tmp_path):

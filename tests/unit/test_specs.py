@@ -13,10 +13,10 @@ from backbeat.execution.remote import RemoteJob, TaskResult
 from backbeat.processes.outcome import Outcome
 from backbeat.runtime.spec import (
     BlockSpec,
+    CodeFile,
     CodeSpec,
     DatasetSpec,
     InputSpec,
-    LibrarySpec,
     LoopSpec,
     OutputSpec,
     ProviderSpec,
@@ -30,8 +30,10 @@ def block(**changes) -> BlockSpec:
     spec = BlockSpec(
         name="scoring", kind="block", algorithm="user/score/1", type="sequential", channel="train",
         values={"shrinkage": 0.5, "mode": "fast"},
-        code=CodeSpec("/p/algorithms/user/score/1.py", {"la": "user/linalg/1"},
-                      {"user/linalg/1": LibrarySpec("/p/libraries/user/linalg/1.py", {})}),
+        code=CodeSpec(CodeFile("/c/code/aa/" + "a" * 62, "aa" + "a" * 62, "/p/algorithms/user/score/1.py",
+                               {"la": "user/linalg/1"}),
+                      {"user/linalg/1": CodeFile("/c/code/bb/" + "b" * 62, "bb" + "b" * 62,
+                                                 "/p/libraries/user/linalg/1.py")}),
         inputs={"a": InputSpec("train", "user/f/1", "cache", key="a" * 64, path="/c/aa/a.h5", verify=False),
                 "b": InputSpec("train", "user/f/1", "dataset", key="b" * 64, dataset="train", output="x"),
                 "c": InputSpec("test", "user/f/1", "stream", address="ipc:///tmp/s0")},
@@ -54,8 +56,10 @@ def test_block_spec_round_trip(spec):
 
 
 def test_dataset_and_provider_specs_round_trip():
-    ds = DatasetSpec("iris/1", "/p/databases/iris/1.py", "Train", "/data/iris", {"fold": 1}, "/c/i.db",
-                     {"measurements": ("iris/measurements/1", FMT)})
+    ds = DatasetSpec("iris/1", CodeFile("/c/code/cc/" + "c" * 62, "cc" + "c" * 62, "/p/databases/iris/1.py"),
+                     "Train", "/data/iris", {"fold": 1}, "/c/i.db", {"measurements": ("iris/measurements/1", FMT)},
+                     "train_test", "train", {"root": "/data/iris", "code": "/p/databases/iris"}, "/c/i.db.journal",
+                     "/c/manifests/x.json", "/c/.memo/stat.sqlite3")
     assert round_trip(ds) == ds
     provider = ProviderSpec("ipc:///tmp/db", {"train": ds})
     assert round_trip(provider) == provider

@@ -3,8 +3,9 @@
 Both start from the present state of the experiment and explain differences from the
 pre-images (:mod:`backbeat.audit.changes`).
 
-:func:`audit` goes further: every asset and data file is re-hashed (no stat cache), every
-key recomputed, every cache file verified against its content digest and the record; with
+:func:`audit` goes further: every asset and every data file the views read is re-hashed (no
+stat memo), every key recomputed, every cache file verified against its content digest, its
+name (the key it holds) and the record, every analyzer result summary against its result; with
 ``rerun`` the experiment runs again into a scratch cache and output digests are compared in
 execution order — the first diverging block is named with the input responsible, or as
 non-deterministic when all its inputs matched.
@@ -18,16 +19,16 @@ from typing import Any
 from backbeat.audit.changes import (
     Current,
     asset_changes,
-    block_data_changes,
     current,
+    data_changes,
     dataset_changes,
     explain_block,
-    file_changes,
     json_diff,
-    last_block_records,
+    last_block,
     upstream_datasets,
 )
 from backbeat.cache.backends import open_store
+from backbeat.cache.results import bound_records, summary_problem
 from backbeat.cache.store import CacheStore
 from backbeat.core.errors import ExecutionError, IntegrityError
 from backbeat.execution.local import LocalExecutor
@@ -42,44 +43,48 @@ Cache = CacheStore | str | os.PathLike
 
 # -- status ----------------------------------------------------------------------------------
 def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
-    """Every block as ``cached`` / ``will run`` / ``stale``, with what changed since the recorded run."""
+    """Every block as ``cached`` / ``will run`` / ``stale``, with what changed since the recorded run.
+
+    Reads the latest record (and, if that run failed, the latest successful one) — never the
+    whole history: a block that did not run in the latest record carries its last entry.
+    """
     from backbeat.core.names import parse_name
 
     _k, name = parse_name("experiment", name)
     store = open_store(cache)
-    history = records.history(store, name)
-    record = records.load(store, name)
+    latest = records.latest(store, name)
+    record = latest if latest is None or latest.get("status") == "ok" else records.load(store, name)
     now = current(prefix, store, name, record)
     out: dict[str, Any] = {"experiment": name, "record": None, "assets": [], "data_files": [],
                            "datasets": {}, "blocks": {}}
-    if record is None:
+    if record is None or latest is None:
         for job in now.plan.jobs:
             cached = _committed(store, job)
             out["blocks"][job.name] = {"state": "cached" if cached else "will run", "key": job.key or None,
                                        "reason": "output in the cache" if cached else "output not in the cache",
-                                       "changes": []}
-        out["note"] = "no recorded run of this experiment in the cache: nothing to compare with"
+                                       "changes": _entry_problems(store, job) if cached else []}
+            if out["blocks"][job.name]["changes"]:
+                out["blocks"][job.name].update(state="stale", reason="its cache file is not what its key says")
+        out["note"] = (records.older_format(store, name)
+                       or "no recorded run of this experiment in the cache: nothing to compare with")
         return out
     out["record"] = {"created": record.get("created"), "status": record.get("status")}
     assets = asset_changes(record, now)
-    files = file_changes(record, now)
-    datasets = dataset_changes(record, now, assets)
-    for ds_name, ds in now.plan.datasets.items():
-        for c in files.get(ds.database, []):
-            datasets.setdefault(ds_name, []).append(c["message"])
+    data = data_changes(record, now)
+    datasets = dataset_changes(record, now, assets, data)
     out["assets"] = [{k: v for k, v in a.items() if k != "message"} for a in assets.values()]
-    out["data_files"] = [c for cs in files.values() for c in cs]
+    out["data_files"] = list({c["message"]: dict(c, dataset=ds) for ds, cs in data.items() for c in cs}.values())
     out["datasets"] = datasets
     upstream = upstream_datasets(now.plan)
     for job in now.plan.jobs:
-        old, old_rec = last_block_records(history, job.name)
+        old = last_block(latest, job.name)
         cached = _committed(store, job)
         same = old is not None and job.key == old.get("key")
-        data = block_data_changes(old_rec, old, now) if old is not None and cached and same else []
         entry: dict[str, Any] = {"key": job.key or None, "recorded_key": old.get("key") if old else None,
                                  "changes": []}
+        wrong = _entry_problems(store, job) if cached else []
         if old is None:
-            last = history[0]["blocks"].get(job.name, {}).get("status") if history else None
+            last = latest["blocks"].get(job.name, {}).get("status")
             entry.update(state="cached" if cached else "will run",
                          reason=(f"{last} in the recorded run" if last else "not in any recorded run")
                          + ("; output in the cache" if cached else ""))
@@ -87,14 +92,12 @@ def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
             changes = explain_block(job, old, now, assets, datasets) if job.key != old.get("key") else []
             if not job.key and not changes:
                 changes = [f"input dataset(s) {', '.join(sorted(upstream[job.name]))} must be re-indexed"]
-            replaced = _replaced_outputs(store, job, old) if cached and same else []
-            entry["changes"] = changes + data + replaced
+            replaced = _replaced_outputs(store, job, old) if cached and same and not wrong else []
+            entry["changes"] = changes + replaced
             if changes and not cached:
                 entry.update(state="stale", reason="changed since the recorded run")
-            elif data or replaced:
-                entry.update(state="stale", reason="cached, but " + ("data files under a database root folder changed "
-                             "since its outputs were computed (they do not enter cache keys: re-run it with --from or "
-                             "--force)" if data else "its cache file differs from the recorded one"))
+            elif replaced:
+                entry.update(state="stale", reason="cached, but its cache file differs from the recorded one")
             elif changes:
                 entry.update(state="cached", reason="changed since the recorded run, but the outputs for the current "
                                                     "inputs are in the cache")
@@ -102,12 +105,36 @@ def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
                 entry.update(state="cached", reason="output in the cache, unchanged since the recorded run")
             else:
                 entry.update(state="will run", reason="unchanged, but its output is no longer in the cache")
+        if wrong:
+            entry["changes"] += wrong
+            entry.update(state="stale", reason="its cache file is not what its key says (the next run quarantines "
+                                               "it and runs the block again)")
         out["blocks"][job.name] = entry
     return out
 
 
 def _committed(store: CacheStore, job: Job) -> bool:
     return bool(job.key) and store.committed(job.output_keys)
+
+
+def _entry_problems(store: CacheStore, job: Job) -> list[str]:
+    """What is wrong with a cached job's entries that ``status`` can see cheaply: an entry
+    holding another key's output; an analyzer result summary that is not its result's."""
+    out = []
+    for name, o in job.outputs.items():
+        try:
+            store.check_identity(o.key)
+        except (IntegrityError, OSError) as exc:
+            out.append(f"output {name}: {exc}")
+            continue
+        if job.kind == "analyzer" and bound_records(store, o.key) is None:
+            try:
+                problem = summary_problem(store, o.key)
+            except (IntegrityError, OSError) as exc:
+                problem = str(exc)
+            if problem:
+                out.append(f"output {name}: {problem}")
+    return out
 
 
 def _replaced_outputs(store: CacheStore, job: Job, old: dict) -> list[str]:
@@ -140,7 +167,8 @@ def audit(prefix: str | os.PathLike, cache: Cache, name: str | None = None,
         _k, name = parse_name("experiment", name)
         record = records.load(store, name)
         if record is None:
-            raise ExecutionError(f"no provenance record of experiment `{name}' in cache `{store.location}': "
+            raise ExecutionError(records.older_format(store, name) or
+                                 f"no provenance record of experiment `{name}' in cache `{store.location}': "
                                  f"run it first")
     name = record["experiment"]
     now = current(prefix, store, name, record, thorough=True)
@@ -153,17 +181,15 @@ def audit(prefix: str | os.PathLike, cache: Cache, name: str | None = None,
     assets = asset_changes(record, now)
     for a in assets.values():
         bad("asset", a["asset"], a["message"])
-    reported = set()
-    for changes in file_changes(record, now).values():
-        for c in changes:
-            bad("data-file", f"{c['database']}:{c['file'] or ''}", c["message"])
-            reported.add(c["message"])
-    datasets = dataset_changes(record, now, assets)
+    data = data_changes(record, now)
+    for c in {c["message"]: c for cs in data.values() for c in cs}.values():
+        bad("data-file", f"{c['database']}:{c['file'] or ''}", c["message"])
+    datasets = dataset_changes(record, now, assets, data)
     if record.get("status") != "ok":
         failed = [n for n, b in record["blocks"].items() if b.get("status") == "failed"]
         notes.append(f"the recorded run {record.get('status')}" + (f" (block(s) {', '.join(failed)})" if failed else ""))
     ds_report = _audit_datasets(record, now, datasets, bad, notes)
-    blocks = _audit_blocks(record, now, datasets, assets, bad, notes, reported)
+    blocks = _audit_blocks(record, now, datasets, assets, bad, notes)
     result: dict[str, Any] = {"experiment": name, "record": {"created": record.get("created"),
                                                              "status": record.get("status")},
                               "datasets": ds_report, "blocks": blocks, "notes": notes}
@@ -195,12 +221,14 @@ def _audit_datasets(record: dict, now: Current, datasets: dict, bad: Any, notes:
                     f"{(old.get('index_digest') or 'none')[:12]}")
         else:
             notes.append(f"dataset `{ds_name}': view index not in this cache (not verified)")
+        if old.get("data") and now.data.get(ds_name) is None and now.index_source.get(ds_name) == "record":
+            notes.append(f"dataset `{ds_name}': the data manifest of the record ({old['data'][:12]}) is not in this "
+                         f"cache: the data files its view read are not verified")
         out[ds_name] = entry
     return out
 
 
-def _audit_blocks(record: dict, now: Current, datasets: dict, assets: dict, bad: Any,
-                  notes: list, reported: set[str]) -> dict:
+def _audit_blocks(record: dict, now: Current, datasets: dict, assets: dict, bad: Any, notes: list) -> dict:
     out = {}
     for job in now.plan.jobs:
         old = record["blocks"].get(job.name)
@@ -215,12 +243,6 @@ def _audit_blocks(record: dict, now: Current, datasets: dict, assets: dict, bad:
             entry["changes"] = why
             bad("key", job.name, f"block `{job.name}': key {'cannot be recomputed' if not job.key else 'differs'} "
                 f"(recorded {(old.get('key') or 'none')[:12]}, now {(job.key or 'unknown')[:12]}): " + "; ".join(why))
-        else:
-            data = [m for m in block_data_changes(record, old, now) if m not in reported]
-            if data:
-                entry["data"] = data
-                bad("data-file", job.name, f"block `{job.name}': computed from data files that changed since: "
-                    + "; ".join(data))
         for o_name, o in old.get("outputs", {}).items():
             if not o.get("key"):
                 entry["outputs"][o_name] = "not recorded"
@@ -231,10 +253,15 @@ def _audit_blocks(record: dict, now: Current, datasets: dict, assets: dict, bad:
                 continue
             try:
                 digest = now.store.verify_output(o["key"])
+                problem = summary_problem(now.store, o["key"]) if old.get("kind") == "analyzer" else None
             except (IntegrityError, OSError) as exc:
                 entry["outputs"][o_name] = "corrupted"
                 bad("cache-file", f"{job.name}.{o_name}", f"block `{job.name}': cache file of output {o_name} "
                     f"({now.store.name(o['key'], '.h5')}) is corrupted: {exc}")
+                continue
+            if problem:
+                entry["outputs"][o_name] = "summary mismatch"
+                bad("cache-file", f"{job.name}.{o_name}", f"block `{job.name}': {problem}")
                 continue
             if o.get("digest") and digest != o["digest"]:
                 entry["outputs"][o_name] = "mismatch"

@@ -1,19 +1,19 @@
 """What changed since a recorded run: the present state of an experiment and its explanations.
 
 Both ``status`` and ``audit`` (:mod:`backbeat.audit.audit`) start from a provenance record
-(:mod:`backbeat.provenance`) and the prefix as it is on disk now (:func:`current`): the
+(:mod:`backbeat.provenance`) and the prefix and data as they are now (:func:`current`): the
 experiment is planned again and keys are computed without running any user code — a view
-index is taken from the cache when present, else from the record when the index key did not
-change (re-indexing the same data gives the same digest); a dataset whose index key changed
-cannot be keyed without running its view, so its blocks have no key (``""``) and are reported
-as stale with the reason.
+index and the data manifest of the files its view read are taken from the cache when
+present (the files are ``stat``ed, or all re-hashed by ``audit``), else from the record when
+the index key did not change; a dataset whose index must be rebuilt (its view code changed,
+or a file its ``index()`` read) cannot be keyed without running its view, so its blocks have
+no key (``""``) and are reported as stale with the reason.
 
 Changes are explained from the pre-images: each component of a block key that differs from
 the recorded one (algorithm, library, parameter, input, dataformat, encoding) is traced back
-to the asset whose declaration or code changed (with a JSON diff of the declaration), and the
-files under each database's root folder are compared with the recorded manifest (they do not
-enter the keys, so a changed data file makes every block downstream of the dataset stale
-although its outputs are still cached).
+to the asset whose declaration or code changed (with a JSON diff of the declaration), or to
+the data files read by a dataset's view that changed (the recorded data manifest against
+the files now).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 from backbeat.cache.store import CacheStore
 from backbeat.core import jsonio
 from backbeat.core.names import KINDS
+from backbeat.core.statmemo import StatMemo
 from backbeat.declarations.catalog import Catalog
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import DATA_ENCODING, Job, Plan, assign_keys
-from backbeat.provenance import builder
-from backbeat.provenance.manifests import StatCache, database_manifest, manifest_digest
+from backbeat.provenance import builder, manifests
 
 MAX_DIFF = 20
 
@@ -42,8 +42,9 @@ class Current:
     store: CacheStore
     plan: Plan
     assets: dict[str, dict]
-    databases: dict[str, dict]
+    data: dict[str, dict | None]  # dataset -> the manifest of the files its view read, as they are now
     index_source: dict[str, str]  # dataset -> "cache" | "record" | "none"
+    reasons: dict[str, str] = field(default_factory=dict)  # dataset -> why its index must be rebuilt
     jobs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,33 +81,41 @@ def current(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
             thorough: bool = False) -> Current:
     """Plan ``name`` again and compute every key that can be computed without running a view.
 
-    ``thorough``: re-hash every data file (audit) instead of trusting the stat cache (status).
+    ``thorough``: re-hash every data file (audit) instead of trusting the stat memo (status).
+    Nothing is written to the cache.
     """
     workspace = Workspace.open(prefix, cache)
     catalog, store = workspace.catalog, workspace.store
     p = workspace.plan(name)
     rec_ds = (record or {}).get("datasets", {})
-    source = {}
+    memo = StatMemo(None) if thorough else store.memo
+    source: dict[str, str] = {}
+    data: dict[str, dict | None] = {}
+    reasons: dict[str, str] = {}
     for ds_name, ds in p.datasets.items():
+        why, data[ds_name] = manifests.resolve(store, catalog, ds, memo, save=False)
+        source[ds_name] = "cache"
+        if why is None:
+            continue
         old = rec_ds.get(ds_name, {})
-        digest = store.index_digest(ds.index_key)
-        if digest is not None:
-            ds.index_digest, source[ds_name] = digest, "cache"
-        elif old.get("index_key") == ds.index_key and old.get("index_digest"):
-            ds.index_digest, source[ds_name] = old["index_digest"], "record"
-        else:
-            source[ds_name] = "none"
+        if (not store.index_path(ds.index_key).is_file() and old.get("index_key") == ds.index_key
+                and old.get("index_digest") and old.get("data")):  # a record from elsewhere: its index
+            recorded = manifests.load_or_none(store, old["data"])
+            if recorded is None:  # ... and its data, unverifiable here
+                ds.index_digest, ds.data_digest, data[ds_name] = old["index_digest"], old["data"], None
+                source[ds_name] = "record"
+                continue
+            now = manifests.current(recorded, manifests.folders(catalog, ds.database, ds.root_folder), memo)
+            if not manifests.index_changed(recorded, now):
+                ds.index_digest, ds.data_digest, data[ds_name] = old["index_digest"], manifests.digest_of(now), now
+                source[ds_name] = "record"
+                continue
+        source[ds_name], reasons[ds_name] = "none", why
+    store.flush()
     assign_keys(p)  # jobs downstream of a view never indexed get the empty key
     assets = {f"{KINDS[k].folder}/{n}": builder.asset_entry(catalog, k, n)
               for k, n in builder.used_assets(catalog, p)}
-    stat_cache = None if thorough else StatCache.of(store)
-    databases: dict[str, dict] = {}
-    for ds in p.datasets.values():
-        if ds.database not in databases:
-            databases[ds.database] = database_manifest(catalog, ds.database, ds.root_folder, stat_cache)
-    if stat_cache is not None:
-        stat_cache.save()
-    return Current(catalog, store, p, assets, databases, source, {j.name: j for j in p.jobs})
+    return Current(catalog, store, p, assets, data, source, reasons, {j.name: j for j in p.jobs})
 
 
 def asset_changes(record: dict, now: Current) -> dict[str, dict]:
@@ -139,55 +148,18 @@ def asset_changes(record: dict, now: Current) -> dict[str, dict]:
     return out
 
 
-def file_changes(record: dict, now: Current) -> dict[str, list[dict]]:
-    """``{database: [change]}``: files added, removed or changed under its root folder."""
+def data_changes(record: dict, now: Current) -> dict[str, list[dict]]:
+    """``{dataset: [change]}``: data files its view read that changed since the recorded run
+    (recorded manifest against the files now), or why its data cannot be compared."""
     out: dict[str, list[dict]] = {}
-    for db, old in record["databases"].items():
-        new = now.databases.get(db)
-        if new is None:
+    for name, ds in now.plan.datasets.items():
+        old = record["datasets"].get(name) or {}
+        if not old.get("data") or now.data.get(name) is None or old["data"] == ds.data_digest:
             continue
-        changes = []
-        if new["source"] != old["source"] or (new["source"] == "root_folder" and new["folder"] != old["folder"]):
-            changes.append({"database": db, "file": None, "change": "folder",
-                            "message": f"database {db}: data read from {new['folder']} ({new['source']}), "
-                                       f"recorded run read {old['folder']} ({old['source']})"})
-        changes += diff_files(db, old["files"], new["files"])
+        recorded = manifests.load_or_none(now.store, old["data"])
+        changes = manifests.diff(ds.database, recorded, now.data[name])
         if changes:
-            out[db] = changes
-    return out
-
-
-def diff_files(db: str, of: dict[str, dict], nf: dict[str, dict]) -> list[dict]:
-    """Files added, removed or changed between two manifests of database ``db``."""
-    changes = []
-    for path in sorted(set(of) | set(nf)):
-        if path not in nf:
-            changes.append({"database": db, "file": path, "change": "removed",
-                            "message": f"database {db}: file {path} removed"})
-        elif path not in of:
-            changes.append({"database": db, "file": path, "change": "added",
-                            "message": f"database {db}: file {path} added"})
-        elif of[path]["sha256"] != nf[path]["sha256"]:
-            size = (f"size {of[path]['size']} -> {nf[path]['size']}" if of[path]["size"] != nf[path]["size"]
-                    else "same size")
-            changes.append({"database": db, "file": path, "change": "changed",
-                            "message": f"database {db}: file {path} changed ({size}, sha256 "
-                                       f"{of[path]['sha256'][:12]} -> {nf[path]['sha256'][:12]})"})
-    return changes
-
-
-def block_data_changes(rec: dict, block: dict, now: Current) -> list[str]:
-    """Data files changed since ``block``'s outputs were computed (they do not enter its key)."""
-    out = []
-    for db, digest in (block.get("data") or {}).items():
-        cur = now.databases.get(db)
-        if cur is None or manifest_digest(cur["files"]) == digest:
-            continue
-        old_files = rec.get("manifests", {}).get(digest)
-        if old_files is None:
-            out.append(f"database {db}: files changed since its outputs were computed")
-        else:
-            out.extend(c["message"] for c in diff_files(db, old_files, cur["files"]))
+            out[name] = changes
     return out
 
 
@@ -196,8 +168,10 @@ def _asset_reason(label: str, assets: dict[str, dict], fallback: str) -> list[st
     return [ch["message"]] if ch else [fallback]
 
 
-def dataset_changes(record: dict, now: Current, assets: dict[str, dict]) -> dict[str, list[str]]:
-    """Why each dataset's keys or index differ from the recorded run."""
+def dataset_changes(record: dict, now: Current, assets: dict[str, dict],
+                    data: dict[str, list[dict]] | None = None) -> dict[str, list[str]]:
+    """Why each dataset's keys or index differ from the recorded run (``data``: its
+    :func:`data_changes`)."""
     out: dict[str, list[str]] = {}
     for name, ds in now.plan.datasets.items():
         old = record["datasets"].get(name)
@@ -219,7 +193,11 @@ def dataset_changes(record: dict, now: Current, assets: dict[str, dict]) -> dict
         if not reasons and ds.index_digest and old.get("index_digest") and ds.index_digest != old["index_digest"]:
             reasons.append(f"the view index content changed (sha256 {old['index_digest'][:12]} -> "
                            f"{ds.index_digest[:12]})")
-        if reasons and now.index_source[name] == "none":
+        changed = [c["message"] for c in (data or {}).get(name, [])]
+        reasons += changed
+        if now.index_source[name] == "none":
+            if not reasons or (not changed and now.reasons.get(name, "").startswith("database ")):
+                reasons.append(now.reasons.get(name, "its view index is not in the cache"))
             reasons.append(f"the view index of dataset `{name}' must be rebuilt")
         for o, oo in old.get("outputs", {}).items():
             if o in ds.outputs and oo.get("dataformat") in now.plan.dataformats and oo.get("pre_image") and \
@@ -292,12 +270,12 @@ def upstream_datasets(p: Plan) -> dict[str, set[str]]:
     return out
 
 
-def last_block_records(records: list[dict], name: str) -> tuple[dict | None, dict]:
-    """The newest record entry of block ``name`` that ran or was cached, and its record."""
-    for rec in records:
-        b = rec.get("blocks", {}).get(name)
-        if b and b.get("status") in ("ran", "cached"):
-            return b, rec
-    return None, {}
+def last_block(record: dict | None, name: str) -> dict | None:
+    """The newest entry of block ``name`` that ran or was cached: in the latest record, or the
+    one it carries from an earlier run (``previous``)."""
+    b = (record or {}).get("blocks", {}).get(name)
+    if not b:
+        return None
+    return b if b.get("status") in ("ran", "cached") else b.get("previous")
 
 

@@ -8,18 +8,29 @@ Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
 
 * ``.h5`` — a block output or analyzer result (:mod:`backbeat.data.cachefile`), committed
   atomically: a writer fills ``<entry>.tmp-<pid>-<random>`` and renames it into place once
-  complete, its content digest written and fsync'ed; ``<entry>.slot<k>`` are the parts of a
-  split block, assembled into the entry;
-* ``.db`` — a view index (:mod:`backbeat.data.dbindex`), with ``<entry>.sha256`` beside it;
-* ``.h5.json`` — the JSON summary of a verified analyzer result (:meth:`CacheStore.read_result`);
+  complete, its content digest and its key written and fsync'ed; ``<entry>.slot<k>`` are the
+  parts of a split block, assembled into the entry;
+* ``.db`` — a view index (:mod:`backbeat.data.dbindex`), with ``<entry>.sha256`` beside it and
+  ``<entry>.deps``: the index's identity and the data manifest of what its view opened
+  (:meth:`CacheStore.index_record`);
+* ``.h5.json`` — the JSON summary of a verified analyzer result (:mod:`backbeat.cache.results`);
 * ``<root>/.locks/<key>`` — the per-key lock files (:meth:`CacheStore.lock`);
-* ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`).
+* ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`);
+* ``<root>/code/``, ``<root>/manifests/`` — content-addressed code snapshots and data manifests
+  (:mod:`backbeat.cache.blobs`);
+* ``<root>/.memo/stat.sqlite3`` — the stat memo (:mod:`backbeat.core.statmemo`);
+* ``<root>/.quarantine/`` — entries found not to be what their name says, moved aside
+  (:meth:`CacheStore.quarantine`).
 
 Temporaries are recognised by one pattern (:data:`TEMPORARY`); a temporary whose writer
 process is alive is never removed.  A job's entries are *committed* when every output
 entry exists (:meth:`CacheStore.committed`): a file only appears at an entry's name once it
-is complete.  Reads that must be trusted verify the content digest stored in the file
-(:meth:`CacheStore.verify_output`).
+is complete.
+
+Every read of an entry checks its identity — the key stored in the file equals the key it
+was looked up by (:meth:`CacheStore.check_identity`, memoised by ``stat``) — and reads that
+must be trusted verify its content digest too (:meth:`CacheStore.verify_output`).  An entry
+failing either is moved to the quarantine and its producer re-run.
 
 The class is the interface the rest of backbeat uses; another backend subclasses it (see
 ``docs/architecture.md``, "Adding a cache backend").
@@ -37,18 +48,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from backbeat.cache.blobs import Blobs
 from backbeat.core import hashing, jsonio
-from backbeat.core.errors import BackbeatError, DataError
+from backbeat.core.errors import BackbeatError, DataError, IntegrityError
+from backbeat.core.statmemo import StatMemo
 
 OUTPUT = ".h5"
 INDEX = ".db"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
-BOOKKEEPING = (".locks", "provenance", ".progress")  # top-level folders never scanned nor deleted
+BOOKKEEPING = (".locks", "provenance", ".progress", ".memo", ".quarantine", "code", "manifests")
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+#: format of a view index's identity record (``<entry>.deps``)
+INDEX_RECORD = "backbeat-index-record-1"
 
 
 class EntryLock:
@@ -98,6 +113,11 @@ class CacheStore:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._memo: StatMemo | None = None
+        #: code snapshots (:mod:`backbeat.cache.blobs`)
+        self.code = Blobs(self.root / "code")
+        #: data manifests (:mod:`backbeat.provenance.manifests`)
+        self.manifests = Blobs(self.root / "manifests", ".json")
 
     def __repr__(self) -> str:
         return f"CacheStore({str(self.root)!r})"
@@ -137,6 +157,18 @@ class CacheStore:
     def records_folder(self) -> Path:
         """Where run records are kept (:mod:`backbeat.provenance.records`)."""
         return self.root / "provenance"
+
+    @property
+    def memo(self) -> StatMemo:
+        """The stat memo of this cache (one per store object; flushed by :meth:`flush`)."""
+        if self._memo is None:
+            self._memo = StatMemo(self.root / ".memo" / "stat.sqlite3")
+        return self._memo
+
+    def flush(self) -> None:
+        """Persist what the memo learnt (the end of a run, status, audit)."""
+        if self._memo is not None:
+            self._memo.flush()
 
     def is_entry(self, path: Path) -> bool:
         """True if ``path`` (inside the root) is shaped like a cache entry."""
@@ -260,31 +292,71 @@ class CacheStore:
     def discard_index(self, key: str) -> None:
         """Remove a view index entry (its view failed to index)."""
         self.index_path(key).unlink(missing_ok=True)
+        Path(f"{self.index_path(key)}.deps").unlink(missing_ok=True)
 
-    # -- verification ------------------------------------------------------------------------
+    # -- identity and verification ----------------------------------------------------------
+    def identity(self, key: str) -> tuple[str, str]:
+        """``(stored key, stored digest)`` of an output entry, from its attributes, memoised by
+        ``stat`` (a cached run opens no HDF5 file); IntegrityError/OSError when unreadable."""
+        path = self.output_path(key)
+        st = path.stat()
+        value = self.memo.lookup("h5-identity", path, st)
+        if value is None:
+            from backbeat.data import cachefile
+
+            stored, digest = cachefile.stored_identity(path)
+            self.memo.remember("h5-identity", path, st, f"{stored} {digest}")
+            return stored, digest
+        stored, _, digest = value.partition(" ")
+        return stored, digest
+
+    def check_identity(self, key: str) -> str:
+        """The stored digest of output entry ``key`` after checking that the file holds *this*
+        key's output (IntegrityError otherwise)."""
+        stored, digest = self.identity(key)
+        if stored != key:
+            from backbeat.data.cachefile import identity_message
+
+            raise IntegrityError(identity_message(str(self.output_path(key)), stored, key))
+        return digest
+
     def verify_output(self, key: str) -> str:
-        """Verify an output entry against its content digest; return the digest.
+        """Verify an output entry: its identity and its content digest; return the digest.
 
         Raises :class:`~backbeat.core.errors.IntegrityError` (or ``OSError``) when it does not hold.
         """
         from backbeat.data import cachefile
 
-        return cachefile.verify(str(self.output_path(key)))
+        path = self.output_path(key)
+        st = path.stat()
+        digest = cachefile.verify(str(path), key=key)
+        self.memo.remember("h5-identity", path, st, f"{key} {digest}")
+        return digest
+
+    def settle(self, key: str, digest: str) -> None:
+        """Remember the identity of output entry ``key`` that its writer has just committed (under
+        this key, with content ``digest``, as its attributes say): what :meth:`identity` would
+        read from it, without opening it."""
+        path = self.output_path(key)
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        self.memo.remember("h5-identity", path, st, f"{key} {digest}")
 
     def stored_digest(self, key: str) -> str:
         """The content digest recorded in an output entry (attributes only, not verified)."""
-        from backbeat.data import cachefile
-
-        return cachefile.stored_digest(str(self.output_path(key)))
+        return self.identity(key)[1]
 
     def index_digest(self, key: str) -> str | None:
         """sha256 of a view index entry's bytes (None if it is not in the cache)."""
         path = self.index_path(key)
-        return hashing.hash_file_contents(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        return self.memo.digest(path)
 
     def verified_index_digest(self, key: str) -> str | None:
-        """The index's digest if its content matches the digest written beside it, else None
-        (:func:`backbeat.data.dbindex.write_index` writes both; checked here without numpy)."""
+        """The index's digest if its content matches the digest written beside it, else None."""
         path = self.index_path(key)
         try:
             recorded = Path(f"{path}.sha256").read_text().strip()
@@ -292,77 +364,107 @@ class CacheStore:
             return None
         return recorded if self.index_digest(key) == recorded else None
 
+    def index_record(self, key: str) -> dict | None:
+        """The identity record of view index ``key`` (``<entry>.deps``), if it names this key and
+        the index content beside it: ``{"key", "index_digest", "manifest"}`` (the digest of the
+        data manifest of what the view opened).  None: absent, or not this index's."""
+        try:
+            rec = jsonio.parse(Path(f"{self.index_path(key)}.deps").read_bytes())
+        except (OSError, jsonio.JSONProblem):
+            return None
+        if (not isinstance(rec, dict) or rec.get("format") != INDEX_RECORD or rec.get("key") != key
+                or not isinstance(rec.get("manifest"), str)
+                or rec.get("index_digest") != self.verified_index_digest(key)):
+            return None
+        return rec
+
+    def set_index_record(self, key: str, index_digest: str, manifest: str) -> None:
+        """Write the identity record of a view index just built (atomically)."""
+        path = Path(f"{self.index_path(key)}.deps")
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-0")
+        tmp.write_text(jsonio.dumps({"format": INDEX_RECORD, "key": key, "index_digest": index_digest,
+                                     "manifest": manifest}))
+        os.replace(tmp, path)
+
     def verify_file(self, path: Path) -> dict:
-        """``{"path", "status": ok|corrupt|skipped, "message"}`` for one cache file."""
+        """``{"path", "status": ok|corrupt|skipped, "message"}`` for one cache file.
+
+        An output is verified against its content digest and its name (the key it holds
+        must be the one its path spells); a result's summary against the result.
+        """
         from backbeat.data.cachefile import verify
 
         try:
             if path.suffix == OUTPUT:
-                verify(path)
+                key = self.key_of(path)
+                verify(path, key=key)
+                if key is not None and Path(f"{path}.json").is_file():
+                    from backbeat.cache.results import summary_problem
+
+                    problem = summary_problem(self, key)
+                    if problem:  # the result file is sound: the summary beside it is not
+                        return {"path": f"{path}.json", "status": "corrupt", "message": problem}
             elif path.suffix == INDEX:
                 from backbeat.data.dbindex import read_index
 
                 read_index(path)
+                key = self.key_of(path)
+                if Path(f"{path}.sha256").is_file() and key is not None and self.verified_index_digest(key) is None:
+                    raise IntegrityError(f"view index `{path}' does not match the digest written beside it")
+                if Path(f"{path}.deps").is_file() and key is not None and self.index_record(key) is None:
+                    raise IntegrityError(f"view index `{path}': its record ({path.name}.deps) names another index "
+                                         f"or content (copied or modified)")
             else:
                 return {"path": str(path), "status": "skipped", "message": "not a backbeat cache file"}
         except (DataError, OSError) as exc:
             return {"path": str(path), "status": "corrupt", "message": str(exc)}
         return {"path": str(path), "status": "ok", "message": ""}
 
-    # -- analyzer results --------------------------------------------------------------------
-    def _summary_path(self, key: str) -> Path:
-        return Path(f"{self.output_path(key)}.json")
-
-    def result_summary(self, key: str) -> list | None:
-        """The records of a verified result entry, from its JSON summary, if the entry is
-        unchanged since (size and modification time); None otherwise."""
-        try:
-            st = self.output_path(key).stat()
-            data = jsonio.parse(self._summary_path(key).read_bytes())
-        except (OSError, jsonio.JSONProblem):
+    def key_of(self, path: Path) -> str | None:
+        """The key an entry's path spells (None for a file outside the layout): the key the
+        file must hold."""
+        if not self.is_entry(path):
             return None
-        if isinstance(data, dict) and data.get("size") == st.st_size and data.get("mtime_ns") == st.st_mtime_ns:
-            records = data.get("records")
-            return records if isinstance(records, list) else None
-        return None
+        parts = path.relative_to(self.root).parts
+        return "".join(parts[:3]) + parts[3][:58]
 
+    def quarantine(self, path: Path, reason: str) -> Path | None:
+        """Move a file that is not what its name says to ``.quarantine/`` (with a note why);
+        where it went (None if it was already gone)."""
+        import datetime
+
+        folder = self.root / ".quarantine"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        try:
+            name = path.relative_to(self.root).as_posix().replace("/", "")
+        except ValueError:
+            name = path.name
+        target = folder / f"{stamp}-{name}"
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(OSError):
+            Path(f"{target}.why").write_text(reason + "\n")
+        return target
+
+    def reject(self, key: str, reason: str) -> str:
+        """Quarantine output entry ``key`` (and its summary); a message saying so."""
+        self.memo.forget("h5-identity", self.output_path(key))
+        summary = Path(f"{self.output_path(key)}.json")
+        if summary.is_file():
+            self.quarantine(summary, reason)
+        where = self.quarantine(self.output_path(key), reason)
+        return f"{reason} (moved to {where})" if where else reason
+
+    # -- analyzer results --------------------------------------------------------------------
     def read_result(self, key: str) -> list[dict]:
-        """Records of one analyzer result entry: ``[{"start", "end", "data"}, …]``.
+        """Records of one analyzer result entry: ``[{"start", "end", "data"}, …]``
+        (:func:`backbeat.cache.results.read_result`: a summary bound to the verified entry)."""
+        from backbeat.cache.results import read_result
 
-        The file is verified against its content digest the first time; its records are then
-        kept in a small JSON summary beside it, trusted while the file's size and modification
-        time are unchanged, so a cached re-run needs neither h5py nor a read.
-        ``backbeat cache verify`` and ``experiments audit`` always check the digests.
-        """
-        records = self.result_summary(key)
-        if records is not None:
-            return records
-        from backbeat.data import cachefile
-
-        path = self.output_path(key)
-        with cachefile.CacheReader(str(path), verify=True) as reader:
-            records = cachefile.records(reader)
-            st = path.stat()
-        self.keep_result(key, records, reader.digest, st)
-        return records
-
-    def keep_result(self, key: str, records: list[dict], digest: str, st: os.stat_result | None = None) -> None:
-        """Keep the records of result ``key`` in its summary (see :meth:`read_result`): those just
-        read from the verified entry (``st``: its state then), or those the analyzer process read
-        back from the entry it committed (with the digest it computed), so that no run reads the
-        file again."""
-        try:
-            st = st or self.output_path(key).stat()
-        except OSError:
-            return
-        kept = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "key": key, "digest": digest, "records": records}
-        summary = self._summary_path(key)
-        tmp = Path(f"{summary}.tmp-{os.getpid()}-0")
-        try:
-            tmp.write_text(jsonio.dumps(kept))
-            os.replace(tmp, summary)
-        except OSError:  # a read-only cache still gives results
-            tmp.unlink(missing_ok=True)
+        return read_result(self, key)
 
     # -- housekeeping ------------------------------------------------------------------------
     @staticmethod

@@ -73,7 +73,7 @@ def view(cache: CacheStore | str | os.PathLike, ref: str, start: int | None = No
         raise BackbeatError(f"`{path}' is not a backbeat cache file (.h5 output or .db index)")
     from backbeat.data.cachefile import CacheReader
 
-    with CacheReader(path, verify=True) as r:
+    with CacheReader(path, verify=True, key=open_store(cache).key_of(path)) as r:
         for batch in r.iter_batches():
             for value, s, e in zip(batch.to_values(), batch.starts.tolist(), batch.ends.tolist(), strict=True):
                 if (start is not None and e < start) or (end is not None and s > end):
@@ -124,6 +124,24 @@ def remove_unneeded(cache: CacheStore | str | os.PathLike, needed: Callable[[], 
         out["kept"] = len(entries) - len(garbage)
     out.update(removed=[str(p) for p in garbage], bytes_freed=size, unrecognised_files=[str(p) for p in other])
     return out
+
+
+def remove_blobs(cache: CacheStore | str | os.PathLike, keep_code: set[str], keep_manifests: set[str],
+                 dry_run: bool = False) -> dict:
+    """Delete code snapshots and data manifests (:mod:`backbeat.cache.blobs`) not in the keep sets."""
+    store = open_store(cache)
+    removed: list[str] = []
+    freed = 0
+    for area, keep in ((store.code, keep_code), (store.manifests, keep_manifests)):
+        for digest in area.digests():
+            if digest in keep:
+                continue
+            path = area.path(digest)
+            removed.append(str(path))
+            freed += store.size(path)
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    return {"removed": removed, "bytes_freed": freed}
 
 
 def clear(cache: CacheStore | str | os.PathLike, dry_run: bool = False) -> dict:

@@ -30,7 +30,7 @@ def cmd_provenance(args: argparse.Namespace) -> int:
     if rec is None:
         raise ExecutionError(f"no provenance record of experiment `{name}' in cache `{args.cache}': run it first")
     if args.prov:
-        output.print_json(api.prov_json(rec))
+        output.print_json(api.prov_json(rec, args.cache))
         return 0
     if args.json:
         output.print_json(rec)
@@ -44,9 +44,18 @@ def cmd_provenance(args: argparse.Namespace) -> int:
         print(f"  {label}  {a['hash']}")
     print("databases:")
     for db, m in rec["databases"].items():
-        print(f"  {db}: {len(m['files'])} file(s) under {m['folder']} ({m['source']})")
-        for path, f in m["files"].items():
-            print(f"    {path}  {f['size']} bytes  sha256 {f['sha256']}")
+        if "files" in m:  # a record of an older format
+            print(f"  {db}: {len(m['files'])} file(s) under {m['folder']} ({m['source']})")
+            continue
+        print(f"  {db}: root folder {m.get('root_folder') or '(none)'}")
+    manifests = api.data_manifests(args.cache, rec)
+    print("datasets (data read by their views):")
+    for ds_name, ds in rec["datasets"].items():
+        summary = ds.get("data_summary") or {}
+        print(f"  {ds_name} ({ds['database']} {ds['protocol']}/{ds['set']}): {summary.get('files', '?')} file(s), "
+              f"{summary.get('bytes', '?')} bytes, data manifest {ds.get('data')}")
+        for path, f in sorted((manifests.get(ds.get("data") or "") or {}).get("files", {}).items())[:20]:
+            print(f"    {path}  {f.get('size')} bytes  sha256 {f.get('sha256')}")
     print("blocks:")
     for name in rec["order"]:
         b = rec["blocks"][name]

@@ -73,7 +73,9 @@ class ProgressDisplay:
         elif state == "failed":
             text = f"  {block}: FAILED - {event.get('message', '')}"
         elif state == "corrupt":
-            text = f"  {block}: cache file corrupted, will re-run ({event.get('message', '')})"
+            text = f"  {block}: cache entry not trusted - {event.get('message', '')}"
+        elif state in ("reindex", "learnt"):
+            text = f"  {block}: {'re-indexing' if state == 'reindex' else 'new data files'} - {event.get('message', '')}"
         else:
             text = f"  {block}: {self.SYMBOLS.get(state, state)}"
         if self.tty:

@@ -17,6 +17,7 @@ The exact algorithm is written down in ``docs/hashing.md``; keep both in step.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,12 @@ def hash_file_contents(path: Path) -> str:
         for chunk in iter(lambda: fd.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def listing_digest(folder: Path) -> str:
+    """sha256 of a folder's listing: its entry names, sorted, one per line (what a view
+    listing it sees; contents are the files' own business)."""
+    return sha("\n".join(sorted(os.listdir(folder))))
 
 
 def _lenient_parse(raw: bytes) -> Any:
@@ -138,7 +145,8 @@ def to_user_path(user: str) -> str:
 # cover everything that can change an output, with a canonical, typed, domain-separated
 # pre-image.
 
-KEY_SCHEME = "backbeat-key-1"
+#: the version of the key scheme (2: dataset keys cover the data files their view read)
+KEY_SCHEME = "backbeat-key-2"
 
 
 def canonical(obj: Any) -> bytes:

@@ -349,10 +349,15 @@ class CacheWriter:
 
 
 class CacheReader:
-    """Read a committed cache file; ``verify=False`` skips the digest check (:attr:`verified` says so)."""
+    """Read a committed cache file; ``verify=False`` skips the digest check (:attr:`verified` says so).
 
-    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
+    ``key``: the key the file was looked up by; a file holding another key's output (copied or
+    moved there) is refused (:class:`~backbeat.core.errors.IntegrityError`), verified or not.
+    """
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True, key: str | None = None) -> None:
         self.path = os.fspath(path)
+        self.expected_key = key
         try:
             self._h5 = h5py.File(self.path, "r")
         except FileNotFoundError:
@@ -389,6 +394,8 @@ class CacheReader:
             self.ends = self._ds["index/end"][:]
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise IntegrityError(f"cache file `{self.path}' is corrupted: {exc}") from None
+        if self.expected_key is not None and self.key != self.expected_key:
+            raise IntegrityError(identity_message(self.path, self.key, self.expected_key))
         if self.starts.shape != (self.units,) or self.ends.shape != (self.units,):
             raise IntegrityError(f"cache file `{self.path}': index does not hold {self.units} units")
         self.type = value_type(self.dataformat, self.expanded)
@@ -504,9 +511,14 @@ class CacheReader:
         self.close()
 
 
-def verify(path: str | os.PathLike) -> str:
-    """Open with verification; return the digest or raise IntegrityError."""
-    with CacheReader(path, verify=True) as r:
+def identity_message(path: str, stored: str, expected: str) -> str:
+    return (f"cache file `{path}' holds the output of key {stored[:12] or '(none)'}…, not of key {expected[:12]}… "
+            f"it was looked up by (copied or moved from another entry)")
+
+
+def verify(path: str | os.PathLike, key: str | None = None) -> str:
+    """Open with verification (and the identity check when ``key`` is given); the digest, or IntegrityError."""
+    with CacheReader(path, verify=True, key=key) as r:
         return r.digest
 
 
@@ -518,13 +530,18 @@ def digest_of(path: str | os.PathLike) -> str:
 
 def stored_digest(path: str | os.PathLike) -> str:
     """The digest recorded in the file (no verification; only its attributes are read)."""
+    return stored_identity(path)[1]
+
+
+def stored_identity(path: str | os.PathLike) -> tuple[str, str]:
+    """``(key, digest)`` recorded in the file's attributes (not verified against the data)."""
     path = os.fspath(path)
     try:
         with h5py.File(path, "r") as f:
             a = f.attrs
             if a.get("backbeat") != FORMAT_TAG or "digest" not in a:
                 raise IntegrityError(f"`{path}' is not a complete backbeat cache file ({FORMAT_TAG})")
-            return str(a["digest"])
+            return str(a.get("key", "")), str(a["digest"])
     except FileNotFoundError:
         raise IntegrityError(f"cache file `{path}' does not exist") from None
     except OSError as exc:

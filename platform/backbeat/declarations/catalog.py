@@ -63,6 +63,9 @@ class Asset:
     warnings: list[Problem] = field(default_factory=list)
     omitted: int = 0
     conforming: bool = True
+    #: the bytes of the code file that went into :attr:`hash` (None: no code, or not read):
+    #: what runs is these bytes, never the file read again (``docs/provenance.md``)
+    code: bytes | None = field(default=None, repr=False)
 
     @property
     def valid(self) -> bool:
@@ -154,7 +157,10 @@ class Catalog:
         if not kind.has_code:
             return decl_hash
         code = asset.code_path
-        code_hash = hashing.hash_file_contents(code) if code is not None and code.is_file() else None
+        code_hash = None
+        if code is not None and code.is_file():
+            asset.code = code.read_bytes()
+            code_hash = hashing.sha(asset.code)
         return hashing.code_asset_hash(decl_hash, code_hash)
 
     def _storage_hash(self, asset: Asset) -> str | None:
@@ -180,6 +186,12 @@ class Catalog:
         if kind not in self._names:
             self._names[kind] = self.prefix.list(kind)
         return self._names[kind]
+
+    def loaded(self, kind: str, name: object) -> Asset:
+        """The asset as this catalog already read it (memoised by :meth:`get`), else as
+        :meth:`load` reads it now: what a run hashed stays what its record says."""
+        kind, name = parse_name(kind, name)
+        return self._assets.get((kind, name)) or self.load(kind, name)
 
     def get(self, kind: str, name: object) -> Asset:
         """The fully validated asset (memoised)."""

@@ -124,7 +124,7 @@ def finish(run: Run) -> None:
 def record(run: Run, rep: dict) -> str:
     """Build and store the run's provenance record; its path."""
     store = run.store
-    previous = records.history(store, run.plan.experiment)
+    previous = records.latest(store, run.plan.experiment)  # one record, whatever the history's length
     options = {"force": run.options.force, "only": run.options.only, "from": run.options.from_,
                "until": run.options.until}
     rec = builder.build(run.plan, run.workspace.prefix, store, options, rep, previous, run.catalog, run.state.digests)

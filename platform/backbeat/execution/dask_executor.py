@@ -142,7 +142,8 @@ def _record(run: Run, job: str, result: TaskResult, wall_s: float) -> None:
         run.emit(job, "failed", message=failure.message)
     elif result.status == "ran":
         run.state.status[job] = JobState.RAN
-        run.state.stats[job] = run.state.learn(result.statistics)
+        run.state.stats[job] = run.state.learn(result.statistics, run.jobs[job].output_keys)
+        run.settle(run.jobs[job])
         run.emit(job, "done", wall_s=wall_s)
     else:
         run.set(job, JobState(result.status))

@@ -58,7 +58,7 @@ def index(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name
     from backbeat.data import dbindex
 
     run = _run(prefix, cache, name, force)
-    before = {n: run.store.index_path(ds.index_key).is_file() for n, ds in run.plan.datasets.items()}
+    before = {n: run.store.index_record(ds.index_key) for n, ds in run.plan.datasets.items()}
     try:
         index_datasets(run)
     finally:
@@ -70,8 +70,9 @@ def index(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name
     for n, ds in run.plan.datasets.items():
         path = run.store.index_path(ds.index_key)
         out.append({"database": ds.database, "protocol": ds.protocol, "set": ds.set, "path": str(path),
-                    "entries": len(dbindex.read_index(str(path))), "digest": ds.index_digest,
-                    "status": "existing" if before[n] and not force else "built"})
+                    "entries": len(dbindex.read_index(str(path))), "digest": ds.index_digest, "data": ds.data_digest,
+                    "status": "existing" if before[n] == run.store.index_record(ds.index_key) and not force
+                    else "built"})
     return out
 
 

@@ -1,16 +1,21 @@
 """Cache decisions of a run: which jobs run, given what the cache holds and can be trusted.
 
-:func:`decide` asks the store which jobs have their outputs committed, verifies what the
-run is about to trust — cached analyzer results (read at the end of the run), and the cached
-files that jobs about to run will read — and applies the selection options
-(:func:`backbeat.planning.selection.decide`).  A corrupted file is removed and its producer
-re-run.  A job reading a dataset that could not be indexed ``failed``, the jobs downstream
-of it (they have no key) are ``blocked``.  The run and ``--dry-run`` both take their
-decisions from here (``execution/base.py``).
+:func:`decide` asks the store which jobs have their outputs committed, checks that each
+cached entry holds the key it is found under (a copied or moved file does not; memoised by
+``stat``, so a cached run opens no HDF5 file), verifies what the run is about to trust —
+cached analyzer results (read at the end of the run: their summaries must be bound to the
+verified file, :mod:`backbeat.cache.results`), and the cached files that jobs about to run
+will read — and applies the selection options (:func:`backbeat.planning.selection.decide`).
+An entry that is not what its name says is moved to the cache's quarantine, reported (in
+the progress display and the run report's ``incidents``) and its producer re-run.  A job
+reading a dataset that could not be indexed ``failed``, the jobs downstream of it (they
+have no key) are ``blocked``.  The run and ``--dry-run`` both take their decisions from
+here (``execution/base.py``).
 """
 
 from __future__ import annotations
 
+from backbeat.cache.results import check_result
 from backbeat.core.errors import IntegrityError
 from backbeat.execution.state import Run
 from backbeat.planning.model import Job
@@ -18,23 +23,46 @@ from backbeat.planning.selection import Decision, with_twins
 from backbeat.planning.selection import decide as select
 
 
+def _reject(run: Run, key: str, producer: str, exc: Exception) -> None:
+    """Quarantine an entry found not to hold what its key says, and say so."""
+    run.incident(producer, run.store.reject(key, str(exc)))
+
+
 def _trusted(run: Run, key: str, producer: str) -> bool:
-    """Verify one cached output against its digest; a corrupted one is removed (and said)."""
+    """Verify one cached output (identity and content); a bad one is quarantined (and said)."""
     try:
         run.store.verify_output(key)
         return True
     except (IntegrityError, OSError) as exc:
-        run.emit(producer, "corrupt", message=str(exc))
-        run.store.discard(key)
+        _reject(run, key, producer, exc)
         return False
 
 
-def _intact(run: Run, job: Job) -> bool:
-    """Verify a cached job's output files (False if any was corrupted, and removed)."""
+def _identified(run: Run, job: Job) -> bool:
+    """Check that each output entry of a cached job holds its key (False if one did not)."""
     ok = True
     for o in job.outputs.values():
-        if run.store.result_summary(o.key) is None and not _trusted(run, o.key, job.name):
-            ok = False  # (a summary: verified before and unchanged since)
+        try:
+            run.store.check_identity(o.key)
+        except (IntegrityError, OSError) as exc:
+            _reject(run, o.key, job.name, exc)
+            ok = False
+    return ok
+
+
+def _intact(run: Run, job: Job) -> bool:
+    """Check a cached analyzer's results: each bound to its verified file (False if a file did
+    not hold, and was quarantined; a summary that did not match is rebuilt, and said)."""
+    ok = True
+    for o in job.outputs.values():
+        try:
+            problem = check_result(run.store, o.key)
+        except (IntegrityError, OSError) as exc:
+            _reject(run, o.key, job.name, exc)
+            ok = False
+            continue
+        if problem:
+            run.incident(job.name, problem)
     return ok
 
 
@@ -70,8 +98,9 @@ def decide(run: Run) -> dict[str, Decision]:
     blocked = {j.name for j in plan.jobs if not j.key}  # downstream of an unindexable dataset
     committed = {j.name: j.name not in blocked and run.store.committed(j.output_keys) for j in plan.jobs}
     for job in plan.jobs:  # cached analyzer results are read at the end: verify them now
-        if job.kind == "analyzer" and committed[job.name] and not _intact(run, job):
+        if committed[job.name] and not (_intact(run, job) if job.kind == "analyzer" else _identified(run, job)):
             committed[job.name] = False
+    run.store.flush()
     decisions = select(plan, committed, run.options)
     for job in plan.jobs:
         if job.name not in blocked or decisions[job.name].action == "excluded":
@@ -82,6 +111,7 @@ def decide(run: Run) -> dict[str, Decision]:
     while True:  # re-run producers of corrupted files read by jobs that run (until none is left)
         extra = _corrupted_inputs(run, decisions)
         if not extra:
+            run.store.flush()
             return with_twins(plan, decisions)
         for n in extra:
             decisions[n] = Decision("run", "its cached output is corrupted")

@@ -3,8 +3,9 @@
 These verbs need the keys of experiments, computed *without running user code*: an
 experiment's keys are known only when every dataset it reads has its view index in the
 cache (:meth:`backbeat.execution.workspace.Workspace.keyed_plan`).  ``gc`` keeps the outputs
-of every valid experiment of the prefix whose keys are known, and the view index of every
-set of every valid database; deleting goes through :mod:`backbeat.cache.tools`.
+of every valid experiment of the prefix whose keys are known, the view index of every set of
+every valid database, and the code snapshots and data manifests that a kept index or any
+stored provenance record references; deleting goes through :mod:`backbeat.cache.tools`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from backbeat.cache.backends import open_store
 from backbeat.cache.store import CacheStore
-from backbeat.cache.tools import remove_unneeded
+from backbeat.cache.tools import remove_blobs, remove_unneeded
+from backbeat.core import jsonio
 from backbeat.core.errors import BackbeatError, ExecutionError
 from backbeat.core.names import parse_name
 from backbeat.execution.workspace import Workspace
@@ -47,10 +50,9 @@ def experiment_caches(prefix: str | os.PathLike, cache: Cache, name: str) -> lis
 def last_record(cache: Cache, experiment: str) -> dict | None:
     """The latest stored provenance record of an experiment (None if none or unreadable)."""
     try:
-        found = records.history(cache, experiment)
+        return next(records.records(cache, experiment, older=True), None)
     except (BackbeatError, OSError):
         return None
-    return found[0] if found else None
 
 
 def states(prefix: str | os.PathLike, cache: Cache, name: str,
@@ -119,7 +121,8 @@ def needed(prefix: str | os.PathLike, cache: Cache) -> tuple[set[Path], list[dic
             continue
         outputs = {store.output_path(o.key) for j in p.jobs for o in j.outputs.values()}
         keep |= outputs | {Path(f"{path}.json") for path in outputs}  # + results' JSON summaries
-    keep |= {Path(f"{path}.sha256") for path in keep if path.suffix == ".db"}  # + index digests
+    for path in [p for p in keep if p.suffix == ".db"]:  # + index digests, identity records, journals
+        keep |= {Path(f"{path}.sha256"), Path(f"{path}.deps"), Path(f"{path}.journal")}
     return keep, skipped
 
 
@@ -132,5 +135,32 @@ def gc(prefix: str | os.PathLike, cache: Cache, dry_run: bool = False) -> dict:
         return paths
 
     out: dict[str, Any] = remove_unneeded(cache, keep, dry_run)
+    code, data = referenced_blobs(cache)
+    blobs = remove_blobs(cache, code, data, dry_run)
+    out["removed"] += blobs["removed"]
+    out["bytes_freed"] += blobs["bytes_freed"]
     unrecognised = out.pop("unrecognised_files")
     return dict(out, skipped_experiments=skipped, unrecognised_files=unrecognised)
+
+
+def referenced_blobs(cache: Cache) -> tuple[set[str], set[str]]:
+    """``(code snapshots, data manifests)`` referenced by the view indexes in the cache and by
+    every stored provenance record (of any experiment, history included)."""
+    store = open_store(cache)
+    code: set[str] = set()
+    data: set[str] = set()
+    for deps in store.root.glob("??/??/??/*.db.deps"):
+        try:
+            data.add(str(jsonio.parse(deps.read_bytes()).get("manifest")))
+        except (OSError, jsonio.JSONProblem, AttributeError):
+            continue
+    for path in store.records_folder.rglob("*.json") if store.records_folder.is_dir() else []:
+        try:
+            rec = jsonio.parse(path.read_bytes())
+        except (OSError, jsonio.JSONProblem):
+            continue
+        if not isinstance(rec, dict):
+            continue
+        code |= {str(a.get("code_hash")) for a in (rec.get("assets") or {}).values() if isinstance(a, dict)}
+        data |= {str(d.get("data")) for d in (rec.get("datasets") or {}).values() if isinstance(d, dict)}
+    return code, data

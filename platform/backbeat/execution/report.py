@@ -37,8 +37,9 @@ def read_results(plan: Plan, store: CacheStore, run: Run | None = None) -> dict[
     record's ``data`` in the order the analyzer's algorithm declares its results (as BEAT prints them).
 
     Those a ``run`` has just computed come from their analyzer processes, which read them
-    back from the files they committed (their summaries are kept for the next runs): no HDF5
-    file is opened here.
+    back from the files they committed: no HDF5 file is opened here.  Their summaries are
+    not written from those (a summary is only ever derived from the verified entry, by this
+    process: :mod:`backbeat.cache.results`): the next run that reads them does.
     """
     results = {}
     for job in plan.jobs:
@@ -47,9 +48,8 @@ def read_results(plan: Plan, store: CacheStore, run: Run | None = None) -> dict[
         out = job.outputs["result"]
         if not out.key or not store.output_path(out.key).is_file():
             continue
-        if run is not None and out.key in run.state.records and out.key in run.state.digests:
+        if run is not None and out.key in run.state.records:
             records = run.state.records[out.key]
-            store.keep_result(out.key, records, run.state.digests[out.key])
         else:
             records = store.read_result(out.key)
         results[job.name] = _declared_order(records, list(plan.expanded[out.dataformat]))
@@ -84,13 +84,16 @@ def report(run: Run) -> dict:
             entry["statistics"] = state.stats[job.name]
         blocks[job.name] = entry
     failed = any(b["status"] == "failed" for b in blocks.values())
-    return {
+    out: dict[str, Any] = {
         "experiment": run.plan.experiment,
         "status": "failed" if failed else "ok",
         "blocks": blocks,
         "results": read_results(run.plan, run.store, run),
         "hidden_results": hidden_results(run.plan, run.catalog),
     }
+    if state.incidents:  # cache entries quarantined (or summaries rebuilt) by this run
+        out["incidents"] = list(state.incidents)
+    return out
 
 
 def cached_report(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str) -> dict:

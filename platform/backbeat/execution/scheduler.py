@@ -335,7 +335,7 @@ class Scheduler:
             return True
         outcomes = [self.group.outcome(p) for p in ids]
         for o in outcomes:  # the digests (and results) of the files it committed, for the report and record
-            run.state.learn(o.statistics, entries=len(ids) == 1 or job.kind == "loop")
+            run.state.learn(o.statistics, job.output_keys if len(ids) == 1 or job.kind == "loop" else ())
         bad = next((o for p, o in zip(ids, outcomes, strict=True) if not o.ok and p not in self.killed),
                    next((o for o in outcomes if not o.ok), None))
         if bad is None and len(ids) > 1 and job.kind != "loop":
@@ -351,6 +351,7 @@ class Scheduler:
             if job.name in self.feeders:
                 run.state.stats[job.name]["streamed_from"] = self.feeders[job.name][0]
             run.set(job.name, JobState.RAN)
+            run.settle(job)
             self.fresh.add(job.name)
             self._available(job.name)
             run.emit(job.name, "done", wall_s=wall)

@@ -1,31 +1,52 @@
 """Building the typed job descriptions (:mod:`backbeat.runtime.spec`) from a plan and a store.
 
 The one place where a planned job becomes what its process reads: :class:`SpecBuilder`
-resolves code files from the catalog, cache files from the cache store, dataformats from
-the plan.  Whoever starts the process then fills in what only it knows (the database
+snapshots code into the cache store (the very bytes the catalog hashed into the keys,
+:func:`code_file`), names cache files by the store, takes dataformats from the plan.  Whoever starts the process then fills in what only it knows (the database
 provider's address, streams, slot ranges, a loop channel) with :func:`dataclasses.replace`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Collection
 
+from backbeat.cache.blobs import Blobs
 from backbeat.core.errors import ExecutionError
 from backbeat.declarations.algorithm import Algorithm
+from backbeat.declarations.catalog import Asset, Catalog
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.loops import side_job
 from backbeat.planning.model import LOOP_SIDES, Job, Plan
+from backbeat.provenance.manifests import folders as data_folders
 from backbeat.runtime.spec import (
     BlockSpec,
+    CodeFile,
     CodeSpec,
     DatasetSpec,
     InputSpec,
-    LibrarySpec,
     LoopSpec,
     OutputSpec,
     StreamTarget,
 )
+
+
+def code_file(code: Blobs, asset: Asset) -> CodeFile:
+    """The snapshot of an asset's code: the bytes its hash was computed from, written once to
+    a content-addressed area (a cache store's ``code``); the process loading it refuses
+    anything else."""
+    if asset.code is None:
+        raise ExecutionError(f"{asset.label}: no code file was read when it was hashed ({asset.code_path})")
+    digest = code.put(asset.code)
+    return CodeFile(str(code.path(digest).absolute()), digest, os.path.abspath(str(asset.code_path)),
+                    dict((asset.declaration or {}).get("uses") or {}))
+
+
+def code_spec(code: Blobs, catalog: Catalog, kind: str, name: str, libraries: list[str]) -> CodeSpec:
+    """The code of an algorithm or plotter (``kind``) and of ``libraries`` (every one it needs)."""
+    return CodeSpec(code_file(code, catalog.get(kind, name)),
+                    {lib: code_file(code, catalog.get("library", lib)) for lib in libraries})
 
 
 class SpecBuilder:
@@ -43,28 +64,32 @@ class SpecBuilder:
     def splittable(self, job: Job) -> bool:
         return Algorithm(self.workspace.catalog.get("algorithm", job.algorithm)).splittable
 
-    def dataset(self, name: str) -> DatasetSpec:
-        """The spec of one dataset of the plan (its indexing job, the provider)."""
+    def dataset(self, name: str, deps: str | None = None) -> DatasetSpec:
+        """The spec of one dataset of the plan: for its indexing job (``deps``: where it writes
+        what the view opened), or for the provider (it checks the files the view opens
+        against the data manifest the keys were computed from)."""
         ds = self.plan.datasets[name]
-        files = self.workspace.catalog.prefix.locate("database", ds.database)
+        store, catalog = self.workspace.store, self.workspace.catalog
+        index_path = store.index_path(ds.index_key)
+        manifest = None
+        if deps is None and ds.data_digest is not None:
+            manifest = str(store.manifests.path(ds.data_digest).absolute())
         return DatasetSpec(
-            database=ds.database, code=str(files.code(None)), view=ds.view, root_folder=ds.root_folder,
-            parameters=ds.view_parameters, index_path=str(self.workspace.store.index_path(ds.index_key)),
+            database=ds.database, code=code_file(store.code, catalog.get("database", ds.database)), view=ds.view,
+            root_folder=ds.root_folder, parameters=ds.view_parameters, index_path=str(index_path),
             outputs={o: (df, self.plan.expanded[df]) for o, df in ds.outputs.items()},
-            protocol=ds.protocol, set=ds.set,
+            protocol=ds.protocol, set=ds.set, folders=data_folders(catalog, ds.database, ds.root_folder),
+            deps=deps if deps is not None else f"{index_path.absolute()}.journal", manifest=manifest,
+            memo=str(store.memo.path) if store.memo.path is not None else None,
+            index_digest=ds.index_digest if deps is None else None,
         )
 
     def datasets(self, names: Collection[str] | None = None) -> dict[str, DatasetSpec]:
         return {n: self.dataset(n) for n in (self.plan.datasets if names is None else names)}
 
     def code(self, algorithm: str, libraries: list[list[str]]) -> CodeSpec:
-        catalog = self.workspace.catalog
-        algo = Algorithm(catalog.get("algorithm", algorithm))
-        libs = {}
-        for lib_name, _h in libraries:
-            lib = catalog.get("library", lib_name)
-            libs[lib_name] = LibrarySpec(str(lib.code_path), dict(lib.declaration.get("uses") or {}))
-        return CodeSpec(str(algo.asset.code_path), dict(algo.uses), libs)
+        return code_spec(self.workspace.store.code, self.workspace.catalog, "algorithm", algorithm,
+                         [lib for lib, _h in libraries])
 
     def block(self, job: Job, fresh: Collection[str] = ()) -> BlockSpec:
         """The spec of a block or analyzer job (no provider address, streams or slot yet).

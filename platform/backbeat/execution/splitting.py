@@ -107,7 +107,7 @@ def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded:
     writer = cachefile.CacheWriter(final, fmt, expanded, key=key, start=start, end=end)
     try:
         for part in parts:
-            with cachefile.CacheReader(part, verify=True) as reader:
+            with cachefile.CacheReader(part, verify=True, key=key) as reader:
                 for batch in reader.iter_batches():
                     writer.write_batch(batch)
         writer.close()
@@ -128,7 +128,7 @@ def slot_ranges(spec: BlockSpec, nb_slots: int) -> list[tuple[int, int]]:
         if inp.channel != spec.channel:
             continue
         if inp.source == "cache":
-            with cachefile.CacheReader(str(inp.path), verify=False) as reader:
+            with cachefile.CacheReader(str(inp.path), verify=False, key=inp.key or None) as reader:
                 lists.append(list(zip(reader.starts.tolist(), reader.ends.tolist(), strict=True)))
         elif inp.source == "dataset":
             from backbeat.runtime.dbprovider import DatabaseClient

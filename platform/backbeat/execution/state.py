@@ -12,9 +12,10 @@ datasets are indexed with, and the local executor runs its blocks in).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from backbeat.cache.store import CacheStore
@@ -79,20 +80,22 @@ class RunState:
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
     digests: dict[str, str] = field(default_factory=dict)  # output key -> digest its writer computed
     records: dict[str, list] = field(default_factory=dict)  # result key -> records its analyzer read back
+    incidents: list[dict] = field(default_factory=list)  # cache entries found wrong: {"block", "message"}
 
     def fail(self, job: str, error: dict) -> None:
         self.status[job] = JobState.FAILED
         self.errors[job] = error
 
-    def learn(self, statistics: dict, entries: bool = True) -> dict:
-        """``statistics`` of a block process without what it says of the files it committed
-        (``digests``, ``records``: kept here when ``entries``, i.e. its files are the cache
-        entries themselves, not the slots of a split block)."""
+    def learn(self, statistics: dict, own: Collection[str] = ()) -> dict:
+        """``statistics`` of a block process without what it says of the files it committed:
+        ``digests`` (key → the content digest its writer computed) and ``records`` (an
+        analyzer's result read back), kept here for the job's ``own`` output keys only (none
+        for the slots of a split block: their files are not the cache entries)."""
         digests, records = statistics.pop("digests", None), statistics.pop("records", None)
-        if entries and isinstance(digests, dict):
-            self.digests.update(digests)
-        if entries and isinstance(records, dict):
-            self.records.update(records)
+        if isinstance(digests, dict):
+            self.digests.update((k, v) for k, v in digests.items() if k in own and isinstance(v, str))
+        if isinstance(records, dict):
+            self.records.update((k, v) for k, v in records.items() if k in own and isinstance(v, list))
         return statistics
 
 
@@ -117,9 +120,19 @@ class Run:
     def catalog(self) -> Catalog:
         return self.workspace.catalog
 
-    @property
+    @cached_property
     def jobs(self) -> dict[str, Job]:
+        """``{name: job}`` of the plan (built once)."""
         return {j.name: j for j in self.plan.jobs}
+
+    def settle(self, job: Job) -> None:
+        """``job`` has committed its outputs: the stat memo remembers the identity (key, content
+        digest) of those whose writer reported its digest, as reading the entry would have
+        found it, so that no later run opens them to identify them (after the memo's racy
+        window: :mod:`backbeat.core.statmemo`)."""
+        for key in job.output_keys:
+            if key and key in self.state.digests:
+                self.store.settle(key, self.state.digests[key])
 
     def emit(self, job: str, state: str, **extra: Any) -> None:
         """Tell the progress display (if any) about a job."""
@@ -142,6 +155,11 @@ class Run:
         elif extra.get("done") == 0:  # started: the rate counts from now
             self.meter.update(job, None, 0, None)
         self.emit(job, state.value, **extra)
+
+    def incident(self, job: str, message: str) -> None:
+        """A cache entry (or summary) of ``job`` was found not to be what its name says."""
+        self.state.incidents.append({"block": job, "message": message})
+        self.emit(job, "corrupt", message=message)
 
     def on_message(self, msg: Message) -> None:
         """Progress messages of block processes (``job`` or ``job#slot``) to the display, with the

@@ -51,14 +51,14 @@ class Workspace:
     def keyed_plan(self, name: str) -> tuple[Plan, list[str]]:
         """``(plan, datasets never indexed)``; the plan has its keys when none is missing.
 
-        Keys are computed without running user code: from the view indexes in the cache.
+        Keys are computed without running user code: from the view indexes in the cache and
+        the data files their views read, as they are now (:func:`backbeat.provenance.manifests.resolve`).
         """
+        from backbeat.provenance.manifests import resolve
+
         p = self.plan(name)
-        missing = []
-        for ds in p.datasets.values():
-            ds.index_digest = self.store.index_digest(ds.index_key)
-            if ds.index_digest is None:
-                missing.append(ds.name)
+        missing = [ds.name for ds in p.datasets.values() if resolve(self.store, self.catalog, ds)[0] is not None]
+        self.store.flush()
         if not missing:
             assign_keys(p)
         return p, missing

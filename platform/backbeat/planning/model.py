@@ -5,8 +5,9 @@ datasets it reads and its jobs in BEAT's execution order.  Everything here is pl
 and pure functions of it; nothing reads files, configuration or process state.
 
 Keys are computed in a second step (:func:`assign_keys`) once the content digests of the
-database view indexes are known (they come from running the views, see
-:mod:`backbeat.execution`).  A key covers everything that can change an output; the
+database view indexes and of the data files their views read are known (they come from
+running the views and from the files, see :mod:`backbeat.execution` and
+:mod:`backbeat.provenance.manifests`).  A key covers everything that can change an output; the
 pre-image (:func:`key_components`) is specified in ``docs/hashing.md`` ("Cache keys").
 
 A toolchain loop is one job of kind ``loop`` (:mod:`backbeat.planning.loops`): its inputs
@@ -45,6 +46,7 @@ class Dataset:
     beat_hash: str  # hashDataset
     index_key: str = ""  # key of the view index (content-independent, see docs/hashing.md)
     index_digest: str | None = None  # sha256 of the index content, known after indexing
+    data_digest: str | None = None  # digest of the data manifest now (files the view read), after indexing
 
     def index_components(self) -> dict:
         """Pre-image of :attr:`index_key` (``dataset-index`` domain)."""
@@ -56,10 +58,10 @@ class Dataset:
 
     def output_components(self, output: str, dataformats: dict[str, str]) -> dict:
         """Pre-image of :meth:`output_key` (``dataset-output`` domain)."""
-        if self.index_digest is None:
+        if self.index_digest is None or self.data_digest is None:
             raise ExecutionError(f"dataset `{self.name}' has not been indexed yet")
         return {
-            "index": self.index_key, "index_content": self.index_digest,
+            "index": self.index_key, "index_content": self.index_digest, "data": self.data_digest,
             "output": output, "dataformat": dataformats[self.outputs[output]],
             "encoding": DATA_ENCODING,
         }
@@ -154,7 +156,7 @@ def assign_keys(p: Plan) -> None:
         for inp in job.inputs.values():
             if inp.source == "dataset":
                 ds = p.datasets[inp.node]
-                inp.key = ds.output_key(inp.output, p.dataformats) if ds.index_digest else ""
+                inp.key = ds.output_key(inp.output, p.dataformats) if ds.index_digest and ds.data_digest else ""
             else:
                 inp.key = jobs[inp.node].outputs[inp.output].key
         if not all(i.key for i in job.inputs.values()):  # an input could not be keyed (view not indexed)

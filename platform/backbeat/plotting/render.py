@@ -13,7 +13,9 @@ An analyzer declares results of type ``plot/<name>/<version>`` (a dataformat of 
   ``application/pdf``; ``image/png`` when nothing asks otherwise, as BEAT does);
 * a plotter is user code: each image is rendered in a block process of a process group
   (:class:`backbeat.processes.group.ProcessGroup`), reporting over the control channel like a
-  block.  The child loads the code with its ``uses`` libraries, creates ``Plotter()``,
+  block.  The child loads the code with its ``uses`` libraries — snapshots of the bytes the
+  catalog read (:func:`backbeat.execution.specs.code_spec`), in a temporary folder removed
+  afterwards, never the prefix files again — creates ``Plotter()``,
   calls ``setup(parameters)`` when defined (``False`` means failure), builds the result value as
   a typed object of the plot dataformat (attribute access, like BEAT) and calls
   ``process([(label, value)])``, which returns the image as ``bytes`` (or ``str``, written as
@@ -32,19 +34,23 @@ import contextlib
 import importlib.util
 import mimetypes
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbeat.cache.blobs import Blobs
 from backbeat.core import jsonio
 from backbeat.core.errors import DataError, ExecutionError, InvalidNameError, UsageError
 from backbeat.core.names import parse_name
 from backbeat.declarations.catalog import Asset, Catalog
 from backbeat.execution.report import cached_results
+from backbeat.execution.specs import code_spec
 from backbeat.execution.workspace import Workspace
-from backbeat.runtime.spec import CodeSpec, LibrarySpec
+from backbeat.runtime.spec import CodeSpec
 
 #: output formats and their content types
 FORMATS = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
@@ -254,17 +260,15 @@ def plot_data(prefix: str | os.PathLike, plotter: str, data: Any, output: str | 
 
 # --------------------------------------------------------------------------- running plotters
 
-def _code(catalog: Catalog, plotter: str) -> CodeSpec:
+def _code(catalog: Catalog, snapshots: Blobs, plotter: str) -> CodeSpec:
     from backbeat.declarations.library import load_order
 
     asset = catalog.get("plotter", plotter).require_valid()
     uses = dict(asset.declaration.get("uses") or {})
-    libraries: dict[str, LibrarySpec] = {}
+    libraries: list[str] = []
     for alias in sorted(uses):
-        for lib in load_order(catalog, uses[alias]):
-            a = catalog.get("library", lib)
-            libraries[lib] = LibrarySpec(str(a.code_path), dict(a.declaration.get("uses") or {}))
-    return CodeSpec(str(asset.code_path), uses, libraries)
+        libraries += [lib for lib in load_order(catalog, uses[alias]) if lib not in libraries]
+    return code_spec(snapshots, catalog, "plotter", plotter, libraries)
 
 
 def _preload(payloads: list[dict]) -> tuple[str, ...]:
@@ -275,7 +279,7 @@ def _preload(payloads: list[dict]) -> tuple[str, ...]:
     mods: tuple[str, ...] = ("numpy", "zmq", "backbeat.processes.control", "backbeat.data.values",
                              "backbeat.runtime.codeloader", "backbeat.runtime.compat")
     if len(payloads) > 1 and importlib.util.find_spec("matplotlib") is not None:
-        codes = {p["code"]["path"] for p in payloads}
+        codes = {p["code"]["main"]["path"] for p in payloads}
         if any(b"matplotlib" in Path(c).read_bytes() for c in codes):
             mods += ("matplotlib", "matplotlib.pyplot")
     return mods
@@ -289,8 +293,6 @@ def render(prefix: str | os.PathLike, tasks: list[PlotTask], output_folder: str 
     ``{"status": "failed", "error": {"kind", "message", "traceback"}, ...}``.
     """
     from backbeat.declarations.dataformat import expand
-    from backbeat.processes.exits import Limits
-    from backbeat.processes.group import ProcessGroup
 
     if not tasks:
         return []
@@ -300,12 +302,24 @@ def render(prefix: str | os.PathLike, tasks: list[PlotTask], output_folder: str 
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder `{folder}': {exc.strerror}") from None
-    payloads = []
-    for i, t in enumerate(tasks):
-        tmp = folder / f".{t.stem}.tmp-{os.getpid()}-{i}"
-        payloads.append({"code": _code(catalog, t.plotter).to_json(), "name": t.plotter, "dataformat": t.dataformat,
-                         "format": expand(catalog, t.dataformat), "data": t.data, "label": t.label,
-                         "parameters": t.parameters, "output": str(tmp)})
+    payloads: list[dict] = []
+    snapshots = Blobs(Path(tempfile.mkdtemp(prefix="backbeat-code-")))
+    try:
+        for i, t in enumerate(tasks):
+            tmp = folder / f".{t.stem}.tmp-{os.getpid()}-{i}"
+            payloads.append({"code": _code(catalog, snapshots, t.plotter).to_json(), "name": t.plotter,
+                             "dataformat": t.dataformat, "format": expand(catalog, t.dataformat), "data": t.data,
+                             "label": t.label, "parameters": t.parameters, "output": str(tmp)})
+        return _render(prefix, tasks, payloads, folder, timeout_s, jobs)
+    finally:
+        shutil.rmtree(snapshots.folder, ignore_errors=True)
+
+
+def _render(prefix: str | os.PathLike, tasks: list[PlotTask], payloads: list[dict], folder: Path,
+            timeout_s: float | None, jobs: int | None) -> list[dict]:
+    from backbeat.processes.exits import Limits
+    from backbeat.processes.group import ProcessGroup
+
     os.environ.setdefault("MPLBACKEND", "Agg")  # never a window: the zygote and children inherit it
     limit = max(1, jobs or os.cpu_count() or 1)
     reports: list[dict] = [{} for _ in tasks]
@@ -366,19 +380,15 @@ def _finish(task: PlotTask, tmp: Path, result: Any, folder: Path) -> dict:
 def plot_job(payload: dict) -> dict:
     """Inside the plotter process (a job of the group): render one image (``payload["spec"]``)."""
     from backbeat.data.values import value_type
-    from backbeat.runtime.codeloader import load_with_libraries
+    from backbeat.runtime.codeloader import load_code
     from backbeat.runtime.compat import install_beat_aliases
 
     t0 = time.perf_counter()
     install_beat_aliases()
     payload = payload["spec"]
     code = CodeSpec.from_json(payload["code"])
-
-    def library(name: str) -> tuple[str, dict]:
-        return code.libraries[name].path, code.libraries[name].uses
-
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the CLI's (e.g. its --json document)
-        module = load_with_libraries(payload["name"], code.path, code.uses, library)
+        module = load_code(payload["name"], code)
         cls = getattr(module, "Plotter", None)
         if cls is None:
             raise ExecutionError(f"plotter `{payload['name']}' defines no class `Plotter'")

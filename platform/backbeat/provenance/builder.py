@@ -5,8 +5,10 @@ A record (format :data:`backbeat.provenance.records.FORMAT`) holds:
 * ``assets`` — every asset the run used (experiment, toolchain, algorithms, libraries,
   databases, protocol templates, dataformats — nested ones too), by label: BEAT-compatible
   ``hash``, ``declaration_hash``, ``code_hash`` and the declaration itself (for diffs);
-* ``databases`` — per database, a manifest of its data files (:mod:`backbeat.provenance.manifests`);
-* ``datasets`` — per dataset, the view index key and its pre-image, the index digest;
+* ``databases`` — per database, its hash, root folder and the folders its views read from;
+* ``datasets`` — per dataset, the view index key and its pre-image, the index digest, and the
+  digest of the data manifest of the files its view read (stored once in the cache, by
+  digest: :mod:`backbeat.provenance.manifests`), which is part of its outputs' keys;
 * ``blocks`` — per block in execution order: key and pre-image
   (:func:`backbeat.planning.model.key_components`), input and output content digests, status,
   timings and I/O statistics;
@@ -14,6 +16,8 @@ A record (format :data:`backbeat.provenance.records.FORMAT`) holds:
 
 Every executor's run ends with :func:`build` then :func:`backbeat.provenance.records.store`
 (:class:`backbeat.execution.base.Executor`), so local and Dask runs write the same record.
+A record's size does not depend on how many files a root folder holds (manifests are
+referenced, not copied) nor on the history: building one reads only the previous record.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from backbeat.core import hashing
 from backbeat.core.names import KINDS, is_reference
 from backbeat.declarations.catalog import Catalog
 from backbeat.planning.model import Job, Plan, key_components
-from backbeat.provenance.manifests import StatCache, database_manifest, manifest_digest, relative
+from backbeat.provenance import manifests
+from backbeat.provenance.manifests import relative
 from backbeat.provenance.records import FORMAT
 
 PACKAGES = ("numpy", "h5py", "pyzmq", "simplejson", "jsonschema", "referencing", "psutil")
@@ -106,8 +111,9 @@ def used_assets(catalog: Catalog, plan: Plan) -> list[tuple[str, str]]:
 
 
 def asset_entry(catalog: Catalog, kind: str, name: str) -> dict:
-    """Hashes (BEAT's, declaration's, code's) and declaration of one asset as on disk now."""
-    asset = catalog.load(kind, name)
+    """Hashes (BEAT's, declaration's, code's) and declaration of one asset: as the catalog read
+    it for the run when it did (what the keys were computed from), else as on disk now."""
+    asset = catalog.loaded(kind, name)
     root = catalog.prefix.root
     entry: dict[str, Any] = {"kind": kind, "name": name, "file": relative(asset.files.json, root),
                              "found": asset.found, "hash": asset.hash, "declaration_hash": None,
@@ -117,8 +123,8 @@ def asset_entry(catalog: Catalog, kind: str, name: str) -> dict:
         code = asset.code_path if KINDS[kind].has_code else None
         if code is not None:
             entry["code_file"] = relative(code, root)
-            if code.is_file():
-                entry["code_hash"] = hashing.hash_file_contents(code)
+            if asset.code is not None:
+                entry["code_hash"] = hashing.sha(asset.code)
     return entry
 
 
@@ -165,38 +171,43 @@ def environment() -> dict:
 
 
 # -- the record ------------------------------------------------------------------------------
-def output_digest(store: CacheStore, key: str, stat_cache: StatCache | None = None,
-                  known: Mapping[str, str] | None = None) -> str | None:
-    """The content digest stored in an output entry (memoised by the stat cache: no h5py when
-    unchanged; ``known``: digests the writers of this run computed, so no h5py either); None
-    when it is missing or unreadable (the audit says why)."""
-    path = store.output_path(key)
+def output_digest(store: CacheStore, key: str, known: Mapping[str, str] | None = None) -> str | None:
+    """The content digest stored in an output entry holding ``key`` (memoised by ``stat``: no
+    h5py when unchanged); None when it is missing, unreadable or holds another key.  ``known``:
+    the digests this run's writers computed as they committed their outputs (no h5py either)."""
+    if known and key in known and store.output_path(key).is_file():
+        return known[key]
     try:
-        st = path.stat()
-    except OSError:
-        return None
-    try:
-        if known and key in known:
-            return stat_cache.settled(path, st, known[key], tag="h5-digest:") if stat_cache else known[key]
-        if stat_cache is None:
-            return store.stored_digest(key)
-        return stat_cache.digest(path, st, lambda _p: store.stored_digest(key), tag="h5-digest:")
-    except Exception:  # noqa: BLE001 - an unreadable file has no digest
+        return store.check_identity(key)
+    except Exception:  # noqa: BLE001 - an unreadable or misplaced file has no digest here (the audit says why)
         return None
 
 
-def datasets_entry(plan: Plan) -> dict:
+def databases_entry(catalog: Catalog, plan: Plan) -> dict:
+    out: dict[str, dict] = {}
+    for ds in plan.datasets.values():
+        if ds.database not in out:
+            where = manifests.folders(catalog, ds.database, ds.root_folder)
+            where["code"] = relative(Path(where["code"]), catalog.prefix.root) or where["code"]
+            out[ds.database] = {"hash": ds.database_hash, "root_folder": ds.root_folder, "folders": where}
+    return out
+
+
+def datasets_entry(plan: Plan, store: CacheStore | None = None) -> dict:
     out = {}
     for name, ds in plan.datasets.items():
         entry: dict[str, Any] = {
             "database": ds.database, "protocol": ds.protocol, "set": ds.set, "view": ds.view,
             "parameters": ds.view_parameters, "root_folder": ds.root_folder, "beat_hash": ds.beat_hash,
             "index_key": ds.index_key, "index_pre_image": ds.index_components(),
-            "index_digest": ds.index_digest, "outputs": {},
+            "index_digest": ds.index_digest, "data": ds.data_digest, "outputs": {},
         }
+        manifest = manifests.load_or_none(store, ds.data_digest) if store is not None else None
+        if manifest is not None:
+            entry["data_summary"] = manifests.summary(manifest)
         for out_name, df in ds.outputs.items():
             o: dict[str, Any] = {"dataformat": df, "key": None, "pre_image": None}
-            if ds.index_digest is not None:
+            if ds.index_digest is not None and ds.data_digest is not None:
                 o["pre_image"] = ds.output_components(out_name, plan.dataformats)
                 o["key"] = hashing.key("dataset-output", o["pre_image"])
             entry["outputs"][out_name] = o
@@ -204,18 +215,17 @@ def datasets_entry(plan: Plan) -> dict:
     return out
 
 
-def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, stat_cache: StatCache | None = None,
-                known: Mapping[str, str] | None = None) -> dict:
+def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, known: Mapping[str, str] | None = None) -> dict:
     inputs = {}
     for n, i in job.inputs.items():
-        if i.source == "dataset":
-            digest = plan.datasets[i.node].index_digest
+        if i.source == "dataset":  # what it serves: index content, data read, dataformat (its output key)
+            digest = i.key or None
         else:
-            digest = output_digest(store, i.key, stat_cache, known) if i.key else None
+            digest = output_digest(store, i.key, known) if i.key else None
         inputs[n] = {"source": i.source, "node": i.node, "output": i.output, "dataformat": i.dataformat,
                      "key": i.key, "digest": digest}
     outputs = {n: {"dataformat": o.dataformat, "key": o.key, "path": store.name(o.key, ".h5") if o.key else None,
-                   "digest": output_digest(store, o.key, stat_cache, known) if o.key else None}
+                   "digest": output_digest(store, o.key, known) if o.key else None}
                for n, o in job.outputs.items()}
     return {"kind": job.kind, "algorithm": job.algorithm, "status": status, "key": job.key,
             "pre_image": key_components(plan, job) if job.key else None, "beat_hash": job.beat_hash,
@@ -223,59 +233,56 @@ def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, stat_cache
             "inputs": inputs, "outputs": outputs}
 
 
+def _carried(entry: dict, old: dict | None) -> None:
+    """What a block's entry keeps from the previous record's: the statistics of the run that
+    computed a cached output; for a block that did not run or was not cached now, its last
+    entry that did (``previous``), so that ``status`` needs only the latest record."""
+    if old is None:
+        return
+    ob = old.get("blocks", {}).get(entry["name"])
+    if not ob:
+        return
+    if entry["status"] == "cached" and "statistics" not in entry and ob.get("key") == entry["key"] \
+            and ob.get("statistics"):
+        entry["statistics"] = ob["statistics"]
+        entry["statistics_from"] = ob.get("statistics_from") or old.get("created")
+    if entry["status"] not in ("ran", "cached"):
+        last = ob if ob.get("status") in ("ran", "cached") else ob.get("previous")
+        if last:
+            entry["previous"] = {k: v for k, v in last.items() if k != "previous"}
+            entry["previous"].setdefault("record", old.get("created"))
+
+
 def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dict, report: dict,
-          previous: list[dict] | None = None, catalog: Catalog | None = None,
+          previous: dict | None = None, catalog: Catalog | None = None,
           digests: Mapping[str, str] | None = None) -> dict:
     """The JSON-able provenance record of a finished run (see the module docstring).
 
     ``options``: the run's selection (``force``, ``only``, ``from``, ``until``); ``report``: its
-    run report (statuses, statistics, errors); ``previous``: the experiment's earlier records,
-    newest first (a cached block keeps the statistics and data manifest of the run that
-    computed it).  Assets are hashed as they are on disk now (``catalog``: the run's, whose
-    assets are already loaded).  ``digests``: the content digests the run's writers computed
-    (output key → digest), so that the files just written are not opened again.
+    run report (statuses, statistics, errors); ``previous``: the experiment's previous record
+    (a cached block keeps the statistics of the run that computed it).  ``catalog``: the one
+    the run was planned with (assets as hashed into the keys); by default the prefix now.
+    ``digests``: the content digests this run's writers computed (output key → digest), so that
+    the files just written are not opened again.
     """
     catalog = catalog or Catalog(str(prefix))
-    stat_cache = StatCache.of(store)
     assets = {}
     for kind, name in used_assets(catalog, plan):
         entry = asset_entry(catalog, kind, name)
         assets[f"{KINDS[kind].folder}/{name}"] = entry
-    databases = {}
-    for ds in plan.datasets.values():
-        if ds.database not in databases:
-            databases[ds.database] = dict(database_manifest(catalog, ds.database, ds.root_folder, stat_cache),
-                                          hash=ds.database_hash)
-    manifests = {manifest_digest(m["files"]): m["files"] for m in databases.values()}
     blocks = {}
-    upstream = upstream_databases(plan)
     for job in plan.jobs:
         rep = report["blocks"].get(job.name, {})
-        entry = block_entry(plan, job, store, rep.get("status", "pending"), stat_cache, digests)
-        # the data its outputs were computed from: now if it ran, else that of the run that computed it
-        entry["data"] = {db: manifest_digest(databases[db]["files"]) for db in upstream[job.name]}
-        if entry["status"] == "cached":
-            for old in previous or []:
-                ob = old.get("blocks", {}).get(job.name)
-                if ob and ob.get("key") == job.key and ob.get("status") in ("ran", "cached") and "data" in ob:
-                    for db, digest in ob["data"].items():
-                        if db in entry["data"] and digest in old.get("manifests", {}):
-                            entry["data"][db] = digest
-                            manifests.setdefault(digest, old["manifests"][digest])
-                    break
+        entry = block_entry(plan, job, store, rep.get("status", "pending"), digests)
         if "statistics" in rep:
             entry["statistics"] = rep["statistics"]
-        elif entry["status"] == "cached":  # timings of the run that computed it, if recorded
-            for old in previous or []:
-                ob = old.get("blocks", {}).get(job.name)
-                if ob and ob.get("key") == job.key and ob.get("statistics"):
-                    entry["statistics"] = ob["statistics"]
-                    entry["statistics_from"] = old.get("created")
-                    break
         if "error" in rep:
             entry["error"] = rep["error"]
+        entry["name"] = job.name
+        _carried(entry, previous)
+        del entry["name"]
         blocks[job.name] = entry
-    stat_cache.save()
+    store.flush()
     return {
         "format": FORMAT,
         "experiment": plan.experiment,
@@ -287,12 +294,9 @@ def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dic
         "options": {k: options.get(k) for k in ("force", "only", "from", "until")},
         "environment": environment(),
         "assets": assets,
-        "databases": databases,
-        "manifests": {d: manifests[d] for d in sorted({d for b in blocks.values() for d in b["data"].values()})},
+        "databases": databases_entry(catalog, plan),
         "dataformats": {n: k for n, k in plan.dataformats.items()},
-        "datasets": datasets_entry(plan),
+        "datasets": datasets_entry(plan, store),
         "order": [j.name for j in plan.jobs],
         "blocks": blocks,
     }
-
-

@@ -1,134 +1,246 @@
-"""Manifests of the data files a run read: ``{relative path: {size, mtime_ns, sha256}}``.
+"""Data manifests: which data files a dataset's view read, and their content.
 
-For each database, the files under its **root folder** are manifested (or, when that folder
-does not exist, the data shipped next to the view code: the database's folder in the prefix,
-without its asset files).  These files do not enter cache keys (BEAT's view index may not
-change when they do), so ``status`` and ``audit`` compare manifests instead.
+When a view index is built, the indexing job records every file the view opens and every
+folder it lists under the database's folders (:mod:`backbeat.runtime.dependencies`) — in
+``index()``, then in ``setup()`` and ``get()`` over every data unit — and the parent turns
+that into a **data manifest** (format :data:`FORMAT`), a JSON document stored once in the
+cache, named by its sha256 (:mod:`backbeat.cache.blobs`)::
 
-State: :class:`StatCache` (``stat-cache.json`` in the store's records folder) remembers the
-sha256 of each manifested file by (size, mtime_ns, inode), so unchanged files are not
-re-hashed; an entry whose mtime is within :data:`RACY_NS` of the moment it was hashed is not
-trusted (a same-size rewrite in the same clock tick would otherwise go unseen).
+    {"format": "backbeat-data-manifest-1",
+     "files":   {"root/images/001.png": {"sha256": "…", "size": 1234, "read_by": "get"}, …},
+     "folders": {"root/images": {"listing": "…", "entries": 100, "read_by": "index"}, …}}
+
+Paths are ``root/…`` (under the database's root folder) or ``code/…`` (under its folder in
+the prefix, for data shipped with the view); ``sha256`` is null for a file the view tried to
+open that did not exist; a folder's ``listing`` is the sha256 of its sorted entry names.
+``read_by`` says whether ``index()`` read it (a change re-builds the index) or only
+``setup()``/``get()`` (a change only changes the keys).
+
+The digest of the manifest of the data *as it is now* (:func:`current`) enters the keys of
+the dataset's outputs (``docs/hashing.md``), so a changed file re-runs exactly the blocks
+downstream of the datasets that read it, and files the view never opened cost nothing.
+Current content comes from the stat memo (:mod:`backbeat.core.statmemo`): a cached run
+``stat``s each file the view read, hashing only those that changed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from backbeat.cache.store import CacheStore
 from backbeat.core import hashing, jsonio
+from backbeat.core.errors import DataError, IntegrityError
+from backbeat.core.statmemo import StatMemo, signature
 from backbeat.declarations.catalog import Catalog
+from backbeat.planning.model import Dataset
 
-RACY_NS = 2_000_000_000
-_VERSION_FILE = re.compile(r"^\d+\.(json|py|rst)$")
-
-
-# -- file manifests --------------------------------------------------------------------------
-class StatCache:
-    """sha256 of files by (size, mtime_ns, inode), persisted in the cache."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self.entries: dict[str, list] = {}
-        self.dirty = False
-        if path is not None and path.is_file():
-            with contextlib.suppress(Exception):
-                data = jsonio.parse(path.read_bytes())
-                if isinstance(data, dict):
-                    self.entries = data
-        self.hashed = 0  # files actually read (for tests and statistics)
-
-    def digest(self, path: Path, st: os.stat_result, compute: Callable[[Path], str] | None = None,
-               tag: str = "") -> str:
-        """``compute(path)`` (default: sha256 of the bytes), memoised while the file is unchanged."""
-        key = tag + str(path)
-        e = self.entries.get(key)
-        if (e is not None and e[0] == st.st_size and e[1] == st.st_mtime_ns and e[2] == st.st_ino
-                and e[4] - st.st_mtime_ns > RACY_NS):
-            return e[3]
-        digest = (compute or hashing.hash_file_contents)(path)
-        self.hashed += 1
-        self.entries[key] = [st.st_size, st.st_mtime_ns, st.st_ino, digest, time.time_ns()]
-        self.dirty = True
-        return digest
-
-    def settled(self, path: Path, st: os.stat_result, digest: str, tag: str = "") -> str:
-        """Remember ``digest`` for a file whose content was final when it appeared at ``path``
-        (a cache entry, renamed into place by the writer that computed it, never written in
-        place): no later write can share its modification time, so the entry is not racy."""
-        self.entries[tag + str(path)] = [st.st_size, st.st_mtime_ns, st.st_ino, digest,
-                                         max(time.time_ns(), st.st_mtime_ns + RACY_NS + 1)]
-        self.dirty = True
-        return digest
-
-    @classmethod
-    def of(cls, store: CacheStore) -> StatCache:
-        """The stat cache kept in a cache store."""
-        return cls(store.records_folder / "stat-cache.json")
-
-    def save(self) -> None:
-        if self.path is not None and self.dirty:
-            with contextlib.suppress(OSError):
-                from backbeat.provenance.records import atomic_write
-
-                atomic_write(self.path, jsonio.dumps(self.entries))
-            self.dirty = False
+FORMAT = "backbeat-data-manifest-1"
 
 
-def manifest(root: Path, stat_cache: StatCache | None = None, code_folder: bool = False) -> dict[str, dict]:
-    """``{relative path: {size, mtime_ns, sha256}}`` of every file under ``root``.
+class DataChanged(DataError):
+    """A data file changed while a view was reading it."""
 
-    ``code_folder``: ``root`` is a database's folder in the prefix; its asset files
-    (``<version>.json|py|rst``) are left out (they are hashed as assets).
-    """
-    cache = stat_cache or StatCache(None)
-    out: dict[str, dict] = {}
-    if not root.is_dir():
-        return out
-    for dirpath, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        here = Path(dirpath)
-        for f in sorted(files):
-            if f.endswith(".pyc") or (code_folder and here == root and _VERSION_FILE.match(f)):
-                continue
-            p = here / f
-            try:
-                st = p.stat()
-                if not p.is_file():
-                    continue
-                digest = cache.digest(p, st)
-            except OSError:
-                continue
-            out[p.relative_to(root).as_posix()] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                                  "sha256": digest}
+
+# -- where a database's data lives ------------------------------------------------------------
+def folders(catalog: Catalog, database: str, root_folder: str) -> dict[str, str]:
+    """The folders whose files a view's reads are recorded under: ``root`` and ``code``."""
+    out = {"code": os.path.abspath(catalog.prefix.locate("database", database).json.parent)}
+    if root_folder:
+        out = {"root": os.path.abspath(os.path.expanduser(root_folder)), **out}
     return out
 
 
-def manifest_digest(files: dict[str, dict]) -> str:
-    """Digest of a manifest's content (paths, sizes, sha256; not times)."""
-    return hashing.key("manifest", {p: [f["size"], f["sha256"]] for p, f in files.items()})
+def _path(where: dict[str, str], label: str) -> Path:
+    name, _, rel = label.partition("/")
+    if name not in where:
+        raise DataError(f"data manifest entry `{label}' names no known folder")
+    return Path(where[name], rel) if rel else Path(where[name])
 
 
-def database_folder(catalog: Catalog, database: str, root_folder: str) -> tuple[Path, str]:
-    """The folder whose files are manifested for a database, and which one it is."""
-    root = Path(os.path.expanduser(root_folder)) if root_folder else None
-    if root is not None and root.is_dir():
-        return root, "root_folder"
-    return catalog.prefix.locate("database", database).json.parent, "code_folder"
+# -- content of one entry -----------------------------------------------------------------------
+def _file(path: Path, memo: StatMemo, st: os.stat_result | None = None) -> dict:
+    try:
+        st = st or path.stat()
+        if not path.is_file():
+            return {"sha256": None, "size": None}
+        return {"sha256": memo.digest(path, st), "size": st.st_size}
+    except OSError:
+        return {"sha256": None, "size": None}
 
 
-def database_manifest(catalog: Catalog, database: str, root_folder: str,
-                      stat_cache: StatCache | None = None) -> dict:
-    where, source = database_folder(catalog, database, root_folder)
-    shown = relative(where, catalog.prefix.root) if source == "code_folder" else str(where)
-    return {"root_folder": root_folder, "folder": shown, "source": source,
-            "files": manifest(where, stat_cache, code_folder=source == "code_folder")}
+def _folder(path: Path, memo: StatMemo, st: os.stat_result | None = None) -> dict:
+    try:
+        st = st or path.stat()
+        listing = memo.digest(path, st, hashing.listing_digest, tag="listing")
+        return {"listing": listing, "entries": len(os.listdir(path))}
+    except OSError:
+        return {"listing": None, "entries": None}
 
+
+def build(seen: dict[str, dict], where: dict[str, str], memo: StatMemo) -> dict:
+    """The manifest of what an indexing job saw (``{label: {kind, phase, stat}}``).
+
+    Each entry is hashed now; if its ``stat`` differs from when the view opened it, the file
+    changed while the view read it (:class:`DataChanged`): the index cannot be trusted.
+    """
+    files: dict[str, dict] = {}
+    dirs: dict[str, dict] = {}
+    for label, what in seen.items():
+        path = _path(where, label)
+        try:
+            st: os.stat_result | None = path.stat()
+        except OSError:
+            st = None
+        now = list(signature(st)) if st is not None else None
+        if now != what.get("stat"):
+            raise DataChanged(f"data file `{path}' changed while the view read it: run again")
+        if what.get("kind") == "folder":
+            dirs[label] = dict(_folder(path, memo, st), read_by=what.get("phase", "get"))
+        else:
+            files[label] = dict(_file(path, memo, st), read_by=what.get("phase", "get"))
+    return {"format": FORMAT, "files": files, "folders": dirs}
+
+
+def current(stored: dict, where: dict[str, str], memo: StatMemo) -> dict:
+    """``stored`` with the content of each entry as it is now (same entries)."""
+    memo.preload("sha256", [str(_path(where, label)) for label in stored["files"]])
+    files = {label: dict(_file(_path(where, label), memo), read_by=e.get("read_by", "get"))
+             for label, e in stored["files"].items()}
+    dirs = {label: dict(_folder(_path(where, label), memo), read_by=e.get("read_by", "get"))
+            for label, e in stored["folders"].items()}
+    return {"format": FORMAT, "files": files, "folders": dirs}
+
+
+def merge(stored: dict, extra: dict) -> dict:
+    """``stored`` with the entries of ``extra`` it lacks (dependencies learnt later)."""
+    return {"format": FORMAT, "files": {**extra["files"], **stored["files"]},
+            "folders": {**extra["folders"], **stored["folders"]}}
+
+
+def index_changed(old: dict, new: dict) -> list[str]:
+    """Entries read by ``index()`` whose content differs: the index must be re-built."""
+    out = []
+    for table in ("files", "folders"):
+        for label, e in old[table].items():
+            if e.get("read_by") == "index" and new[table].get(label) != e:
+                out.append(label)
+    return out
+
+
+# -- storing ------------------------------------------------------------------------------------
+def store_manifest(store: CacheStore, manifest: dict) -> str:
+    """Store a manifest (once); its digest."""
+    return store.manifests.put(hashing.canonical(manifest))
+
+
+def load(store: CacheStore, digest: str) -> dict:
+    """A stored manifest, checked (IntegrityError when absent, modified or not a manifest)."""
+    raw = store.manifests.get(digest)
+    try:
+        data = jsonio.parse(raw)
+    except jsonio.JSONProblem as exc:
+        raise IntegrityError(f"data manifest {digest[:12]} is not valid JSON: {exc}") from None
+    if (not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), dict)
+            or not isinstance(data.get("folders"), dict)):
+        raise IntegrityError(f"data manifest {digest[:12]} is not a {FORMAT} document")
+    return data
+
+
+def load_or_none(store: CacheStore, digest: str | None) -> dict | None:
+    if not digest:
+        return None
+    try:
+        return load(store, digest)
+    except IntegrityError:
+        return None
+
+
+# -- a dataset's data, now ------------------------------------------------------------------------
+def digest_of(manifest: dict) -> str:
+    """The digest a manifest is stored under (sha256 of its canonical bytes)."""
+    return hashing.sha(hashing.canonical(manifest))
+
+
+def resolve(store: CacheStore, catalog: Catalog, ds: Dataset, memo: StatMemo | None = None,
+            save: bool = True) -> tuple[str | None, dict | None]:
+    """Set ``ds.index_digest`` and ``ds.data_digest`` from the cache and the data as it is now,
+    without running the view: ``(None, manifest now)``, or ``(why the view index must be
+    (re-)built first, the manifest now if there is one)``.
+
+    ``memo``: the stat memo to trust (default the store's; an empty one re-hashes everything);
+    ``save``: store the manifest of the data now when it is a new one (a run does; ``status``
+    and ``audit`` write nothing).
+    """
+    ds.index_digest = ds.data_digest = None
+    rec = store.index_record(ds.index_key)
+    if rec is None:
+        if store.index_path(ds.index_key).is_file():
+            return "its view index was built without a record of the files the view read (or was damaged)", None
+        return "it was never indexed", None
+    try:
+        stored = load(store, rec["manifest"])
+    except IntegrityError as exc:
+        return f"its data manifest is damaged ({exc})", None
+    memo = store.memo if memo is None else memo
+    try:
+        now = current(stored, folders(catalog, ds.database, ds.root_folder), memo)
+    except DataError as exc:
+        return str(exc), None
+    changed = index_changed(stored, now)
+    if changed:
+        return f"database {ds.database}: {describe_label(changed[0])}, read by the view's index(), changed", now
+    ds.index_digest = rec["index_digest"]
+    if now == stored:
+        ds.data_digest = rec["manifest"]
+    else:
+        ds.data_digest = store_manifest(store, now) if save else digest_of(now)
+    return None, now
+
+
+def describe_label(label: str) -> str:
+    """``root/a/b.csv`` → ``a/b.csv``; ``code/data/x`` → ``data/x (next to the view code)``."""
+    name, _, rel = label.partition("/")
+    return (rel or ".") + (" (next to the view code)" if name == "code" else "")
+
+
+def diff(database: str, old: dict | None, new: dict | None) -> list[dict]:
+    """Entries added, removed or changed between two manifests of one dataset's data."""
+    if old is None or new is None:
+        return [{"database": database, "file": None, "change": "changed",
+                 "message": f"database {database}: data files changed (the recorded data manifest is not in "
+                            f"this cache)"}]
+    out = []
+    for table, what in (("files", "file"), ("folders", "folder")):
+        o, n = old.get(table, {}), new.get(table, {})
+        for label in sorted(set(o) | set(n)):
+            a, b = _content(o.get(label)), _content(n.get(label))
+            shown = describe_label(label)
+            if a == b:
+                continue
+            if a is None or b is None:
+                out.append({"database": database, "file": label, "change": "read" if a is None else "unread",
+                            "message": f"database {database}: {what} {shown} "
+                                       f"{'is now read by the view' if a is None else 'is no longer read'}"})
+            elif table == "folders":
+                out.append({"database": database, "file": label, "change": "changed",
+                            "message": f"database {database}: folder {shown} listing changed "
+                                       f"({a.get('entries')} -> {b.get('entries')} entries)"})
+            elif a.get("sha256") is None or b.get("sha256") is None:
+                out.append({"database": database, "file": label, "change": "added" if a.get("sha256") is None
+                            else "removed", "message": f"database {database}: file {shown} "
+                            f"{'added' if a.get('sha256') is None else 'removed'}"})
+            else:
+                size = "same size" if a.get("size") == b.get("size") else f"size {a.get('size')} -> {b.get('size')}"
+                out.append({"database": database, "file": label, "change": "changed",
+                            "message": f"database {database}: file {shown} changed ({size}, sha256 "
+                                       f"{str(a.get('sha256'))[:12]} -> {str(b.get('sha256'))[:12]})"})
+    return out
+
+
+def _content(entry: dict | None) -> dict | None:
+    return None if entry is None else {k: v for k, v in entry.items() if k != "read_by"}
 
 
 def relative(path: Path | None, root: Path) -> str | None:
@@ -140,3 +252,8 @@ def relative(path: Path | None, root: Path) -> str | None:
         return str(path)
 
 
+def summary(manifest: dict) -> dict[str, Any]:
+    """What a record or a listing shows of a manifest: counts and bytes."""
+    files = manifest.get("files", {})
+    return {"files": len(files), "folders": len(manifest.get("folders", {})),
+            "bytes": sum(f.get("size") or 0 for f in files.values())}

@@ -1,11 +1,18 @@
 """Provenance records: where they are kept, reading them back, and their W3C PROV-JSON form.
 
-Every run of an experiment writes one JSON record (format ``backbeat-provenance-1``, built by
+Every run of an experiment writes one JSON record (format :data:`FORMAT`, built by
 :mod:`backbeat.provenance.builder`) into its cache store's records folder
 (:attr:`backbeat.cache.store.CacheStore.records_folder`): ``<folder>/<sha256(experiment)>.json``;
 the record it replaces moves to ``<folder>/<sha256(experiment)>/<time>-<pid>.json`` (the last
-:data:`HISTORY` are kept), so that ``experiments status`` can diff against the last run of
-each block.  A record read back is checked to be one (:func:`read_record`).
+:data:`HISTORY` are kept, for ``experiments history``).  A run, ``status`` and ``audit`` read
+only what they need — the latest record (:func:`latest`), or the latest successful one
+(:func:`load`), newest first and lazily — never the whole history.  A record read back is
+checked to be one (:func:`read_record`).
+
+Records of an older format (``backbeat-provenance-1``: keys of scheme ``backbeat-key-1``,
+whole-folder data manifests) are still listed by ``experiments history`` and shown, but
+never compared with: ``status`` and ``audit`` say that the experiment must run again to be
+recorded in the current format (:func:`older_format`).
 
 :func:`to_prov` exports a record as W3C PROV-JSON.
 """
@@ -16,6 +23,7 @@ import contextlib
 import datetime
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from backbeat.cache.backends import open_store
@@ -23,7 +31,9 @@ from backbeat.cache.store import CacheStore
 from backbeat.core import hashing, jsonio
 from backbeat.core.errors import DataError
 
-FORMAT = "backbeat-provenance-1"
+FORMAT = "backbeat-provenance-2"
+#: formats still read for display (``experiments history``, ``provenance --run N``), never compared with
+OLDER_FORMATS = ("backbeat-provenance-1",)
 HISTORY = 20
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
@@ -50,8 +60,9 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_record(path: str | os.PathLike) -> dict:
-    """A record from a file, checked to be one (DataError otherwise)."""
+def read_record(path: str | os.PathLike, older: bool = False) -> dict:
+    """A record from a file, checked to be one of the current format (DataError otherwise);
+    ``older``: records of an older format are returned too (for display only)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -61,7 +72,11 @@ def read_record(path: str | os.PathLike) -> dict:
         rec = jsonio.parse(raw)
     except jsonio.JSONProblem as exc:
         raise DataError(f"provenance record `{path}' is not valid JSON: {exc}") from None
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+    if isinstance(rec, dict) and rec.get("format") in OLDER_FORMATS and not older:
+        raise DataError(f"`{path}' is a provenance record of an older format ({rec['format']}: its keys and data "
+                        f"manifests are not comparable with this version's): run the experiment again to record "
+                        f"it in format {FORMAT}")
+    if not isinstance(rec, dict) or rec.get("format") not in (FORMAT, *OLDER_FORMATS):
         raise DataError(f"`{path}' is not a backbeat provenance record (format {FORMAT})")
     for key, kind in (("experiment", str), ("assets", dict), ("databases", dict), ("datasets", dict),
                       ("blocks", dict), ("order", list)):
@@ -80,33 +95,56 @@ def read_record(path: str | os.PathLike) -> dict:
     return rec
 
 
-def history(cache: Cache, experiment: str) -> list[dict]:
-    """Every stored record of ``experiment``, newest first."""
-    out = []
+def _paths(cache: Cache, experiment: str) -> Iterator[Path]:
     current = record_path(cache, experiment)
     if current.is_file():
-        with contextlib.suppress(DataError):
-            out.append(read_record(current))
+        yield current
     hist = history_folder(cache, experiment)
     if hist.is_dir():
-        for p in sorted(hist.glob("*.json"), reverse=True):
-            with contextlib.suppress(DataError):
-                out.append(read_record(p))
-    return out
+        yield from sorted(hist.glob("*.json"), reverse=True)
+
+
+def records(cache: Cache, experiment: str, older: bool = False) -> Iterator[dict]:
+    """The stored records of ``experiment``, newest first, read one at a time as asked for
+    (unreadable ones skipped; ``older``: records of an older format too)."""
+    for p in _paths(cache, experiment):
+        with contextlib.suppress(DataError):
+            yield read_record(p, older)
+
+
+def history(cache: Cache, experiment: str) -> list[dict]:
+    """Every stored record of ``experiment``, newest first, older formats included (display)."""
+    return list(records(cache, experiment, older=True))
+
+
+def latest(cache: Cache, experiment: str) -> dict | None:
+    """The newest record of the current format (one file read), or None."""
+    return next(records(cache, experiment), None)
 
 
 def load(cache: Cache, experiment: str) -> dict | None:
     """The latest successful record of ``experiment`` (else the latest one), or None."""
-    records = history(cache, experiment)
-    for rec in records:
+    first = None
+    for rec in records(cache, experiment):
         if rec.get("status") == "ok":
             return rec
-    return records[0] if records else None
+        first = first or rec
+    return first
+
+
+def older_format(cache: Cache, experiment: str) -> str | None:
+    """When the experiment's newest record is of an older format: a note saying what to do."""
+    rec = next(records(cache, experiment, older=True), None)
+    if rec is not None and rec.get("format") != FORMAT:
+        return (f"the recorded run of this experiment is of an older record format ({rec.get('format')}), whose "
+                f"keys cannot be compared with this version's: run the experiment again to record it anew")
+    return None
 
 
 def store(cache: Cache, rec: dict) -> Path:
     """Store a record as its experiment's latest (the one it replaces goes to the history)."""
     path = record_path(cache, rec["experiment"])
+    (path.parent / "stat-cache.json").unlink(missing_ok=True)  # (an older version's stat cache: obsolete)
     if path.is_file():
         hist = history_folder(cache, rec["experiment"])
         hist.mkdir(parents=True, exist_ok=True)
@@ -120,8 +158,27 @@ def store(cache: Cache, rec: dict) -> Path:
 
 
 # -- W3C PROV-JSON ---------------------------------------------------------------------------
-def to_prov(rec: dict) -> dict:
-    """The record as a W3C PROV-JSON document (entities, activities, one software agent)."""
+def data_manifests(cache: Cache, rec: dict) -> dict[str, dict]:
+    """``{digest: manifest}`` of the data manifests a record references that the cache holds."""
+    from backbeat.provenance.manifests import load_or_none
+
+    store = open_store(cache)
+    out = {}
+    for ds in rec.get("datasets", {}).values():
+        digest = ds.get("data")
+        if isinstance(digest, str) and digest not in out:
+            manifest = load_or_none(store, digest)
+            if manifest is not None:
+                out[digest] = manifest
+    return out
+
+
+def to_prov(rec: dict, data: dict[str, dict] | None = None) -> dict:
+    """The record as a W3C PROV-JSON document (entities, activities, one software agent).
+
+    ``data``: the data manifests the record references (:func:`data_manifests`), whose files
+    become entities used by the view indexing activities.
+    """
     entity: dict[str, dict] = {}
     activity: dict[str, dict] = {}
     used: dict[str, dict] = {}
@@ -142,11 +199,6 @@ def to_prov(rec: dict) -> dict:
     for label, a in rec["assets"].items():
         entity[f"bb:asset/{label}"] = {"prov:type": f"bb:{a['kind']}", "prov:label": label,
                                        "bb:hash": a.get("hash"), "bb:code_hash": a.get("code_hash")}
-    for db, m in rec["databases"].items():
-        for path, f in m["files"].items():
-            fid = f"bb:file/{db}/{path}"
-            entity[fid] = {"prov:type": "bb:datafile", "prov:label": path, "bb:sha256": f["sha256"],
-                           "bb:size": f["size"]}
     for name, ds in rec["datasets"].items():
         idx = f"bb:index/{ds['index_key']}"
         entity[idx] = {"prov:type": "bb:view-index", "prov:label": f"{ds['database']}/{ds['protocol']}/{ds['set']}",
@@ -154,8 +206,16 @@ def to_prov(rec: dict) -> dict:
         act = f"bb:indexing/{rec['experiment']}/{name}"
         activity[act] = {"prov:type": "bb:view-indexing", "prov:label": f"index dataset {name}"}
         rel(used, **{"prov:activity": act, "prov:entity": f"bb:asset/databases/{ds['database']}"})
-        for path in rec["databases"].get(ds["database"], {}).get("files", {}):
-            rel(used, **{"prov:activity": act, "prov:entity": f"bb:file/{ds['database']}/{path}"})
+        if ds.get("data"):
+            mid = f"bb:manifest/{ds['data']}"
+            entity[mid] = {"prov:type": "bb:data-manifest", "prov:label": f"data read by dataset {name}",
+                           "bb:digest": ds["data"]}
+            rel(used, **{"prov:activity": act, "prov:entity": mid})
+        for path, f in ((data or {}).get(ds.get("data") or "") or {}).get("files", {}).items():
+            fid = f"bb:file/{ds['database']}/{path}"
+            entity[fid] = {"prov:type": "bb:datafile", "prov:label": path, "bb:sha256": f.get("sha256"),
+                           "bb:size": f.get("size")}
+            rel(used, **{"prov:activity": act, "prov:entity": fid})
         rel(generated, **{"prov:entity": idx, "prov:activity": act})
         rel(associated, **{"prov:activity": act, "prov:agent": agent_id})
     for name in rec["order"]:

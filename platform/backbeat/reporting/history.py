@@ -61,10 +61,10 @@ def changes(old: dict, new: dict) -> list[str]:
         if block in ob and ob[block].get("parameters") != nb[block].get("parameters"):
             for line in engine.json_diff(ob[block].get("parameters"), nb[block].get("parameters")):
                 out.append(f"block {block}: parameter {line}")
-    od, nd = old.get("databases", {}), new.get("databases", {})
-    for db in sorted(set(od) & set(nd)):
-        if od[db].get("files") != nd[db].get("files"):
-            out.append(f"database {db}: data files changed")
+    od, nd = old.get("datasets", {}), new.get("datasets", {})
+    for ds in sorted(set(od) & set(nd)):  # the data its view read (a data manifest digest)
+        if od[ds].get("data") and nd[ds].get("data") and od[ds]["data"] != nd[ds]["data"]:
+            out.append(f"dataset {ds} ({nd[ds].get('database')}): data files changed")
     oe, ne = old.get("environment", {}), new.get("environment", {})
     for key in ("backbeat", "python", "platform"):
         if oe.get(key) != ne.get(key):

@@ -5,8 +5,10 @@ server; ``job_main`` calls :func:`run` with the job envelope, whose ``spec`` is 
 :class:`~backbeat.runtime.spec.BlockSpec` (built by :mod:`backbeat.execution.specs`).  It:
 
 1. installs the ``beat.backend.python`` import aliases (user code written for BEAT imports them);
-2. loads the libraries the algorithm ``uses`` and the algorithm module (:mod:`~backbeat.runtime.codeloader`);
-3. opens every input: upstream outputs from their verified HDF5 cache files, dataset outputs
+2. loads the libraries the algorithm ``uses`` and the algorithm module from the snapshots of
+   the bytes hashed at planning (:mod:`~backbeat.runtime.codeloader`);
+3. opens every input: upstream outputs from their HDF5 cache files (verified, and checked to
+   hold the key they were looked up by), dataset outputs
    from the database-provider process over ZeroMQ (:mod:`~backbeat.runtime.dbprovider`), both
    as windowed :class:`~backbeat.runtime.sources.BatchSource`\\ s, or a stream from a producer
    running at the same time (:mod:`~backbeat.runtime.streams`);
@@ -31,7 +33,7 @@ from backbeat.core.errors import WireError
 from backbeat.data import cachefile
 from backbeat.data.values import value_type
 from backbeat.processes import control
-from backbeat.runtime.codeloader import load_with_libraries
+from backbeat.runtime.codeloader import load_code
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.driver import build_inputs, build_outputs, count_steps, run_algorithm
 from backbeat.runtime.sources import BatchSource, restrict
@@ -58,8 +60,8 @@ class _Sink:
         self.writer = writer
 
 
-def _cache_source(path: str, window: int, verify: bool = True) -> tuple[BatchSource, Any]:
-    reader = cachefile.CacheReader(path, verify=verify)
+def _cache_source(path: str, window: int, verify: bool = True, key: str | None = None) -> tuple[BatchSource, Any]:
+    reader = cachefile.CacheReader(path, verify=verify, key=key)
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
 
 
@@ -99,12 +101,7 @@ def _last_end(source: Any) -> int:
 
 
 def _algorithm_class(spec: BlockSpec) -> Any:
-    libraries = spec.code.libraries
-
-    def library(name: str) -> tuple[str, dict]:
-        return libraries[name].path, libraries[name].uses
-
-    module = load_with_libraries(spec.algorithm, spec.code.path, spec.code.uses, library)
+    module = load_code(spec.algorithm, spec.code)
     cls = getattr(module, "Algorithm", None)
     if cls is None:
         raise RuntimeError(f"algorithm `{spec.algorithm}' defines no class `Algorithm'")
@@ -127,7 +124,7 @@ def run(payload: dict) -> dict:
     for name, inp in spec.inputs.items():
         if inp.source == "cache":
             assert inp.path is not None
-            src, reader = _cache_source(inp.path, window, inp.verify)
+            src, reader = _cache_source(inp.path, window, inp.verify, inp.key or None)
             readers.append(reader)
         elif inp.source == "stream":  # from a producer running at the same time (runtime.streams)
             assert inp.address is not None

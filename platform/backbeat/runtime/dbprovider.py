@@ -6,7 +6,11 @@ only ever run in child processes of the fork server:
 * :func:`build_index` (a job on a :class:`~backbeat.runtime.spec.DatasetSpec`) loads the view,
   calls ``index(root_folder, parameters)`` and writes the entries to the index file
   atomically (:mod:`backbeat.data.dbindex`); the job's statistics carry the sha256 of the
-  index content, which enters the cache keys.
+  index content, which enters the cache keys.  It then sets the view up over the stored
+  index and calls ``get`` for every data unit of every output, discarding the values, so
+  that every data file the view reads is known before any key is computed: what the view
+  opened (:class:`~backbeat.runtime.dependencies.OpenRecorder`) is written to ``spec.deps``
+  for the parent to turn into the dataset's data manifest.
 * :func:`serve` (a job on a :class:`~backbeat.runtime.spec.ProviderSpec`) is the *database
   provider*: it binds a ROUTER socket on the address the executor chose (``ipc://`` in the
   run's private directory) and answers
@@ -14,7 +18,9 @@ only ever run in child processes of the fork server:
   index and groups consecutive entries with equal values into data units (BEAT's
   ``DatabaseOutputDataSource``); it calls the view's ``get`` one window of units at a
   time, when a block asks for that window (blocks ask for the next window before they
-  consume the current one, so the provider and the block work at the same time).
+  consume the current one, so the provider and the block work at the same time).  What
+  the view opens meanwhile is checked against the dataset's data manifest before the
+  window goes out (:class:`~backbeat.runtime.dependencies.DataGuard`).
 
 Protocol (multipart, the first frame a command):
 
@@ -35,19 +41,20 @@ from typing import Any
 import numpy as np
 import zmq
 
-from backbeat.core.errors import UserCodeError, WireError
+from backbeat.core.errors import IntegrityError, UserCodeError, WireError
 from backbeat.data import dbindex, wire
 from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.codeloader import load_module
 from backbeat.runtime.compat import install_beat_aliases
+from backbeat.runtime.dependencies import DataGuard, OpenRecorder
 from backbeat.runtime.sources import BatchSource
 from backbeat.runtime.spec import DatasetSpec, ProviderSpec
 
 
 def load_view(spec: DatasetSpec) -> Any:
-    """Instantiate the view class ``spec.view`` from ``spec.code``."""
+    """Instantiate the view class ``spec.view`` from the snapshot ``spec.code``."""
     install_beat_aliases()
     module = load_module(spec.database, spec.code)
     cls = getattr(module, spec.view, None)
@@ -57,17 +64,29 @@ def load_view(spec: DatasetSpec) -> Any:
 
 
 def build_index(payload: dict) -> dict:
-    """Job: run the view's ``index()`` and store it; returns ``{"digest": sha256 of the file}``."""
+    """Job: run the view's ``index()`` and store it, then read every unit once (what the view
+    opens is written to ``spec.deps``); returns ``{"digest": sha256 of the index, "entries",
+    "probe"}`` (``probe``: ``complete`` or why reading every unit stopped)."""
     spec = DatasetSpec.from_json(payload["spec"])
+    recorder = OpenRecorder(spec.folders)
     view = load_view(spec)
-    entries = view.index(spec.root_folder, spec.parameters)
-    if not isinstance(entries, (list, tuple)):
-        entries = list(entries)
+    with recorder.watch("index"):
+        entries = view.index(spec.root_folder, spec.parameters)
+        if not isinstance(entries, (list, tuple)):
+            entries = list(entries)
     bad = next((o for o in entries if not (isinstance(o, dict) or hasattr(o, "_asdict"))), None)
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
     digest = dbindex.write_index(spec.index_path, entries)
-    return {"digest": digest, "entries": len(entries)}
+    probe = "complete"
+    try:  # errors of get() are the blocks' to report, when they read the unit
+        _Dataset(spec, recorder).probe()
+    except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
+        probe = f"stopped: {type(exc).__name__}: {exc}"
+    if spec.deps is not None:
+        with open(spec.deps, "w", encoding="utf-8") as f:
+            json.dump({"seen": recorder.seen, "probe": probe}, f)
+    return {"digest": digest, "entries": len(entries), "probe": probe}
 
 
 class _Blame(Exception):
@@ -111,11 +130,20 @@ class _Dataset:
 
     RECENT_BYTES = 64 << 20  # windows kept (at least the last one), for blocks or slots reading the same output
 
-    def __init__(self, spec: DatasetSpec):
+    def __init__(self, spec: DatasetSpec, recorder: OpenRecorder | None = None):
         self.spec = spec
+        self.guard: DataGuard | None = None
+        if recorder is None:  # serving: check what the view opens against the data manifest
+            self.guard = DataGuard(spec.folders, spec.manifest, spec.deps, spec.memo)
+            recorder = self.guard.recorder
+        self.recorder = recorder
         self.view = load_view(spec)
+        if spec.index_digest is not None and dbindex.index_digest(spec.index_path) != spec.index_digest:
+            raise IntegrityError(f"view index `{spec.index_path}' changed after this run computed its cache keys: "
+                                 f"its data is not served; run the experiment again")
         objs = dbindex.read_index(spec.index_path)  # namedtuples, keys sorted as BEAT's Entry
-        self.view.setup(spec.root_folder, spec.parameters, objs, start_index=None, end_index=None)
+        with recorder.watch("get"):
+            self.view.setup(spec.root_folder, spec.parameters, objs, start_index=None, end_index=None)
         self.objs = getattr(self.view, "objs", None) or objs
         self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.recent: dict[tuple[str, int, int], Batch] = {}
@@ -138,7 +166,7 @@ class _Dataset:
         fields = ", ".join(getattr(entry, "_fields", ())) or "none"
         mapped = f" (its output_member_map maps `{output}' to `{attr}')" if attr != output else ""
         code = getattr(getattr(type(self.view), "index", None), "__code__", None)
-        filename, line = (code.co_filename, code.co_firstlineno) if code is not None else (self.spec.code, 1)
+        filename, line = (code.co_filename, code.co_firstlineno) if code is not None else (self.spec.code.filename, 1)
         return _Blame(f"index entry {k} has no field `{attr}'{mapped} (its fields: {fields}); index() must "
                       "give every entry a field for each output of the set", filename, line, "index")
 
@@ -150,7 +178,10 @@ class _Dataset:
             starts, ends = self.output_units(output)
             name, expanded = self.spec.outputs[output]
             get = self.view.get
-            values = [get(output, s) for s in starts[i:j].tolist()]
+            with self.recorder.watch("get"):
+                values = [get(output, s) for s in starts[i:j].tolist()]
+            if self.guard is not None:
+                self.guard.check()
             try:
                 batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
             except Exception as exc:  # noqa: BLE001 - a value the view returned: blamed on its get()
@@ -160,6 +191,15 @@ class _Dataset:
                 del self.recent[next(iter(self.recent))]
         return batch
 
+
+    def probe(self) -> None:
+        """Call ``get`` for every data unit of every output, values discarded (indexing)."""
+        get = self.view.get
+        for output in self.spec.outputs:
+            starts, _ends = self.output_units(output)
+            with self.recorder.watch("get"):
+                for s in starts.tolist():
+                    get(output, s)
 
     def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
         """The first value ``get`` returned that does not fit the output's dataformat, blamed on
@@ -176,7 +216,7 @@ class _Dataset:
                 what = f"{_described(value)}, not a dict with the attributes of `{name}' ({attributes})"
             else:
                 what = f"{_described(value)} that does not fit `{name}': {problem}"
-            where = _returning_line(self.view.get, output, entry) or (self.spec.code, 1, "get")
+            where = _returning_line(self.view.get, output, entry) or (self.spec.code.filename, 1, "get")
             return _Blame(f"get(`{output}', {entry}) returned {what}", *where)
         return None
 

@@ -8,17 +8,19 @@ sides agree on one definition.  The parent builds them (:mod:`backbeat.execution
 :mod:`backbeat.execution.remote` read them.  ``from_json(to_json(x)) == x`` for every type.
 
 * :class:`BlockSpec` — one block process: the algorithm (name, type, cleaned parameter
-  values, code files: :class:`CodeSpec`), its synchronisation channel, its inputs
+  values, code: :class:`CodeSpec` of :class:`CodeFile` snapshots), its synchronisation
+  channel, its inputs
   (:class:`InputSpec`: an upstream cache file, a dataset output served by the database
   provider, or a stream from a producer running at the same time), its outputs
   (:class:`OutputSpec`: the cache file to write, its key, the consumers it streams to), the
   expanded dataformats of all of them, the provider's address, the read window, and for a
   slot of a split block its ``range``, for one side of a loop its :class:`LoopSpec`.
-* :class:`DatasetSpec` — one database view set: view code and class, parameters, root
-  folder, index file, outputs with their dataformats.
+* :class:`DatasetSpec` — one database view set: view code snapshot and class, parameters,
+  root folder, index file, outputs with their dataformats, and what its data dependencies
+  are checked against.
 * :class:`ProviderSpec` — the database provider: its address and the datasets it serves.
 
-Paths are absolute; cache files are named by the parent's cache store.
+Paths are absolute; cache files and code snapshots are named by the parent's cache store.
 """
 
 from __future__ import annotations
@@ -45,35 +47,48 @@ def _opt(obj: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
 
 
 @dataclass(frozen=True)
-class LibrarySpec:
-    path: str  # code file
-    uses: dict[str, str]  # alias -> library name
+class CodeFile:
+    """One code file to run: a snapshot of the bytes hashed at planning, named as the user knows it.
+
+    The loader (:mod:`backbeat.runtime.codeloader`) refuses bytes at ``path`` whose sha256 is
+    not ``sha256``; ``filename`` (the file in the prefix the bytes were read from) is what
+    tracebacks, ``__file__`` and the code objects' ``co_filename`` say.
+    """
+
+    path: str  # the snapshot (content-addressed, in the cache)
+    sha256: str
+    filename: str
+    uses: dict[str, str] = field(default_factory=dict)  # alias -> library name
 
     def to_json(self) -> dict:
-        return {"path": self.path, "uses": dict(self.uses)}
+        return {"path": self.path, "sha256": self.sha256, "filename": self.filename, "uses": dict(self.uses)}
 
     @classmethod
-    def from_json(cls, obj: Any) -> LibrarySpec:
-        return cls(_get(obj, "path", str, "library spec"), dict(_get(obj, "uses", dict, "library spec")))
+    def from_json(cls, obj: Any) -> CodeFile:
+        what = "code file spec"
+        return cls(_get(obj, "path", str, what), _get(obj, "sha256", str, what), _get(obj, "filename", str, what),
+                   dict(_get(obj, "uses", dict, what)))
 
 
 @dataclass(frozen=True)
 class CodeSpec:
-    """User code to load: a code file, the libraries it ``uses`` (aliases), every library needed."""
+    """User code to load: its code file and every library it needs (transitively), by name."""
 
-    path: str
-    uses: dict[str, str] = field(default_factory=dict)
-    libraries: dict[str, LibrarySpec] = field(default_factory=dict)
+    main: CodeFile
+    libraries: dict[str, CodeFile] = field(default_factory=dict)
+
+    @property
+    def uses(self) -> dict[str, str]:
+        return self.main.uses
 
     def to_json(self) -> dict:
-        return {"path": self.path, "uses": dict(self.uses),
-                "libraries": {n: lib.to_json() for n, lib in self.libraries.items()}}
+        return {"main": self.main.to_json(), "libraries": {n: lib.to_json() for n, lib in self.libraries.items()}}
 
     @classmethod
     def from_json(cls, obj: Any) -> CodeSpec:
         libs = _get(obj, "libraries", dict, "code spec")
-        return cls(_get(obj, "path", str, "code spec"), dict(_get(obj, "uses", dict, "code spec")),
-                   {n: LibrarySpec.from_json(v) for n, v in libs.items()})
+        return cls(CodeFile.from_json(_get(obj, "main", dict, "code spec")),
+                   {n: CodeFile.from_json(v) for n, v in libs.items()})
 
 
 @dataclass(frozen=True)
@@ -218,10 +233,19 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One (database, protocol, set) view, as an indexing job and the database provider load it."""
+    """One (database, protocol, set) view, as an indexing job and the database provider load it.
+
+    ``folders``: where the view's data lives (``{"root": root folder, "code": the database's
+    folder in the prefix}``), watched for the files it opens (:mod:`backbeat.runtime.dependencies`).
+    ``deps``: for an indexing job, the file it writes what the view opened to; for the
+    provider, the journal it appends files the view opened beyond ``manifest`` to.
+    ``manifest``, ``index_digest``: the data manifest and the index content the dataset's keys
+    were computed from (the provider refuses an index or data files that changed since);
+    ``memo``: the stat memo.
+    """
 
     database: str
-    code: str  # the database's view code file
+    code: CodeFile  # the database's view code
     view: str  # view class
     root_folder: str
     parameters: dict
@@ -229,6 +253,11 @@ class DatasetSpec:
     outputs: dict[str, tuple[str, dict]]  # output -> (dataformat, expanded)
     protocol: str = ""  # (for messages)
     set: str = ""
+    folders: dict[str, str] = field(default_factory=dict)
+    deps: str | None = None
+    manifest: str | None = None
+    memo: str | None = None
+    index_digest: str | None = None  # for the provider: the index content the keys were computed from
 
     @property
     def label(self) -> str:
@@ -236,19 +265,23 @@ class DatasetSpec:
         return f"database view `{self.view}' of {self.database}, set `{self.protocol}/{self.set}'"
 
     def to_json(self) -> dict:
-        return {"database": self.database, "code": self.code, "view": self.view, "root_folder": self.root_folder,
-                "parameters": self.parameters, "index_path": self.index_path,
+        return {"database": self.database, "code": self.code.to_json(), "view": self.view,
+                "root_folder": self.root_folder, "parameters": self.parameters, "index_path": self.index_path,
                 "outputs": {o: list(f) for o, f in self.outputs.items()}, "protocol": self.protocol,
-                "set": self.set}
+                "set": self.set, "folders": dict(self.folders), "deps": self.deps, "manifest": self.manifest,
+                "memo": self.memo, "index_digest": self.index_digest}
 
     @classmethod
     def from_json(cls, obj: Any) -> DatasetSpec:
         what = "dataset spec"
         outputs = _get(obj, "outputs", dict, what)
-        return cls(_get(obj, "database", str, what), _get(obj, "code", str, what), _get(obj, "view", str, what),
-                   _get(obj, "root_folder", str, what), _get(obj, "parameters", dict, what),
-                   _get(obj, "index_path", str, what), {o: (f[0], f[1]) for o, f in outputs.items()},
-                   _opt(obj, "protocol", str, what) or "", _opt(obj, "set", str, what) or "")
+        return cls(_get(obj, "database", str, what), CodeFile.from_json(_get(obj, "code", dict, what)),
+                   _get(obj, "view", str, what), _get(obj, "root_folder", str, what),
+                   _get(obj, "parameters", dict, what), _get(obj, "index_path", str, what),
+                   {o: (f[0], f[1]) for o, f in outputs.items()}, _opt(obj, "protocol", str, what) or "",
+                   _opt(obj, "set", str, what) or "", dict(obj.get("folders") or {}),
+                   _opt(obj, "deps", str, what), _opt(obj, "manifest", str, what), _opt(obj, "memo", str, what),
+                   _opt(obj, "index_digest", str, what))
 
 
 @dataclass(frozen=True)
