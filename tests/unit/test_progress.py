@@ -41,3 +41,17 @@ def test_pacer_reports_slow_steps_each_and_reads_the_clock_rarely_for_fast_ones(
             fast.tick(steps)
             ticks += 1
     assert ticks < 2_000  # a stride of up to 1,024 steps between two looks at the clock
+
+
+def test_a_block_process_is_believed_about_its_own_outputs_only() -> None:
+    """What a block process reports of the files it committed (digests, an analyzer's records)
+    is kept for the job's own output keys: it cannot vouch for another entry."""
+    from backbeat.execution.state import RunState
+
+    state = RunState()
+    stats = state.learn({"steps": 3, "digests": {"mine": "d1", "theirs": "d2", "odd": 5},
+                         "records": {"mine": [{"start": 0}], "theirs": []}}, own=["mine", "odd"])
+    assert stats == {"steps": 3}  # the rest is the run's, not the block's statistics
+    assert state.digests == {"mine": "d1"} and state.records == {"mine": [{"start": 0}]}
+    state.learn({"digests": {"slot": "d3"}})  # a slot of a split block: its files are not entries
+    assert state.digests == {"mine": "d1"}
