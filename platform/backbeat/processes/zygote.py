@@ -248,6 +248,7 @@ class Zygote:
                 _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
             if not error:
                 self.read_requests(preloading=True)
+                self.reap()  # (a child forked meanwhile may have ended: its exit is told now)
         _fresh_random_state()
         gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         self.send({"ev": "ready", "pid": os.getpid(), "error": error})
