@@ -12,7 +12,8 @@ import functools
 import gettext
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from backbeat import __version__
 from backbeat.cli import assets, audit, plot, reports, run, tools
@@ -31,7 +32,42 @@ def _memoised_messages() -> None:
         argparse._ = functools.lru_cache(maxsize=None)(gettext.gettext)  # type: ignore[attr-defined]
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unused:
+    """Stands for the parser of a command the command line does not name: whatever registering
+    it asks of it is accepted and dropped."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unused]:
+        return lambda *args, **kwargs: self
+
+
+class _Only:
+    """The top-level commands, restricted to the one the command line names (building the
+    parsers of all ~110 sub-commands costs ~15 ms, on every command)."""
+
+    def __init__(self, sub: argparse._SubParsersAction, name: str) -> None:
+        self.sub, self.name = sub, name
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser | _Unused:
+        return self.sub.add_parser(name, **kwargs) if name == self.name else _Unused()
+
+
+def _named(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first argument that is neither an option nor the value of
+    ``-p``/``-c``; None when it asks for the top-level help or version."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-h", "--help", "--version"):
+            return None
+        if arg in ("-p", "--prefix", "-c", "--cache"):
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; given ``argv``, only the command it names is built (all of them
+    when it names none or an unknown one: the help and the error list them)."""
     _memoised_messages()
     parser = argparse.ArgumentParser(
         prog="backbeat", description="Declarative, reproducible experiments on BEAT prefixes."
@@ -40,14 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--prefix", default=None, help="prefix folder (default: ./prefix)")
     parser.add_argument("-c", "--cache", default=None, help="cache folder (default: <prefix>/cache)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    name = _named(argv) if argv is not None else None
+    target = cast(argparse._SubParsersAction, _Only(sub, name)) if name else sub
     kinds: dict[str, argparse._SubParsersAction] = {}
     for register in COMMANDS:
-        register(sub, kinds)
+        register(target, kinds)
+    if name and name not in sub.choices:
+        return build_parser()
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
