@@ -162,11 +162,25 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return {n: found[n] for n in names}
 
 
+def platform_name() -> str:
+    """``platform.platform()``, without running ``uname -p`` on Linux (it imports subprocess and
+    runs a program, ~10 ms of every run, for a processor name that is ``unknown`` or the machine
+    there, which ``platform()`` then leaves out): ``Linux-<release>-<machine>-with-<libc><version>``."""
+    uname = os.uname() if hasattr(os, "uname") else None
+    if uname is None or uname.sysname != "Linux":
+        return platform.platform()
+    libc, version = platform.libc_ver()
+    text = "-".join([uname.sysname, uname.release, uname.machine] + (["with", libc + version] if libc else []))
+    for bad in ' /\\:;"()':
+        text = text.replace(bad, "_" if bad == " " else "-")
+    return re.sub("-+", "-", text.replace("unknown", "")).strip("-")
+
+
 def environment() -> dict:
     packages = package_versions(PACKAGES)
     return {"backbeat": __version__, "python": platform.python_version(),
             "python_implementation": platform.python_implementation(), "executable": sys.executable,
-            "packages": packages, "platform": platform.platform(), "machine": platform.machine(),
+            "packages": packages, "platform": platform_name(), "machine": platform.machine(),
             "cpus": os.cpu_count()}
 
 
