@@ -34,8 +34,9 @@ Progress = Callable[[dict], None]
 
 #: what the zygote of a run's fork server imports before forking: the block runtime too, so
 #: that no block process imports it again (:mod:`backbeat.runtime.preload`).  In this order: a
-#: job asked for meanwhile is forked between two modules, so the first one (indexing a view:
-#: :mod:`~backbeat.runtime.dbprovider`, without h5py) waits for numpy, zmq and the provider only
+#: job asked for meanwhile is forked as soon as the modules it runs are loaded, so the first one
+#: (indexing a view: :mod:`~backbeat.runtime.dbprovider`, without h5py) waits for numpy, zmq and
+#: the provider only
 PRELOAD = ("numpy", "zmq", "backbeat.processes.control", "backbeat.runtime.dbprovider", "h5py",
            "backbeat.runtime.preload")
 
