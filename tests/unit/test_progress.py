@@ -49,9 +49,9 @@ def test_a_block_process_is_believed_about_its_own_outputs_only() -> None:
     from backbeat.execution.state import RunState
 
     state = RunState()
-    stats = state.learn({"steps": 3, "digests": {"mine": "d1", "theirs": "d2", "odd": 5},
+    stats = state.learn({"steps": 3, "committed": {"mine": "d1", "theirs": "d2", "odd": 5},
                          "records": {"mine": [{"start": 0}], "theirs": []}}, own=["mine", "odd"])
     assert stats == {"steps": 3}  # the rest is the run's, not the block's statistics
     assert state.digests == {"mine": "d1"} and state.records == {"mine": [{"start": 0}]}
-    state.learn({"digests": {"slot": "d3"}})  # a slot of a split block: its files are not entries
+    state.learn({"committed": {"slot": "d3"}})  # a slot of a split block: its files are not entries
     assert state.digests == {"mine": "d1"}

@@ -16,8 +16,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backbeat.cache.journal import Journal
 from backbeat.cache.store import CacheStore
 from backbeat.declarations.catalog import Catalog
 from backbeat.execution.progress import Meter
@@ -26,7 +28,9 @@ from backbeat.planning.model import Job, Plan
 from backbeat.planning.selection import Decision, Options
 
 if TYPE_CHECKING:  # (processes are imported when a run starts one: a cached run does not)
+    from backbeat.execution.sandboxing import Staging
     from backbeat.processes.control import Message
+    from backbeat.processes.environments import Interpreter
     from backbeat.processes.group import ProcessGroup
 
 #: a progress display: called with ``{"block", "state", ...}`` events
@@ -82,6 +86,8 @@ class RunState:
     digests: dict[str, str] = field(default_factory=dict)  # output key -> digest its writer computed
     records: dict[str, list] = field(default_factory=dict)  # result key -> records its analyzer read back
     incidents: list[dict] = field(default_factory=list)  # cache entries found wrong: {"block", "message"}
+    warnings: list[str] = field(default_factory=list)  # what went wrong besides the jobs (the report says it)
+    runtime: dict[str, dict] = field(default_factory=dict)  # job -> where it ran (execution.environments.runtime)
 
     def fail(self, job: str, error: dict) -> None:
         self.status[job] = JobState.FAILED
@@ -89,10 +95,10 @@ class RunState:
 
     def learn(self, statistics: dict, own: Collection[str] = ()) -> dict:
         """``statistics`` of a block process without what it says of the files it committed:
-        ``digests`` (key → the content digest its writer computed) and ``records`` (an
+        ``committed`` (key → the content digest its writer computed) and ``records`` (an
         analyzer's result read back), kept here for the job's ``own`` output keys only (none
         for the slots of a split block: their files are not the cache entries)."""
-        digests, records = statistics.pop("digests", None), statistics.pop("records", None)
+        digests, records = statistics.pop("committed", None), statistics.pop("records", None)
         if isinstance(digests, dict):
             self.digests.update((k, v) for k, v in digests.items() if k in own and isinstance(v, str))
         if isinstance(records, dict):
@@ -112,6 +118,9 @@ class Run:
     state: RunState = field(default_factory=RunState)
     decisions: dict[str, Decision] = field(default_factory=dict)  # job -> what the run does with it
     meter: Meter = field(default_factory=Meter)  # rates of the running blocks
+    journal: Journal | None = None  # what a kill -9 of this run would leave (cache/journal.py)
+    interpreters: dict[str, Interpreter] = field(default_factory=dict)  # process -> its environment's interpreter
+    staging: Staging | None = None  # a sandboxed run's staging folder (execution.sandboxing)
 
     @property
     def store(self) -> CacheStore:
@@ -173,10 +182,25 @@ class Run:
                 extra.update(self.meter.update(block, extra.get("slot"), done, total, msg.received or None))
             self.emit(block, "running", done=done, total=total, **extra)
 
+    def intend(self, jobs: list[Job] = (), paths: list[Path] = (),  # type: ignore[assignment]
+               folders: list[Path] = ()) -> None:  # type: ignore[assignment]
+        """Note in the run's journal the jobs it may run, the entries it may write and the
+        folders it may leave (if this process is killed, the next run removes what they left)."""
+        if self.journal is None:
+            self.journal = Journal(self.store)
+        self.journal.add([(j.key, j.output_keys, j.nb_slots) for j in jobs], paths, folders)
+
+    def end(self) -> None:
+        """The run is over (cleaned up, recorded): its journal goes."""
+        if self.journal is not None:
+            self.journal.close()
+
     def close(self) -> None:
         """Stop every local process; drop what an interrupted indexing job left."""
         started = self.group.started
         self.group.close()
+        if self.staging is not None:
+            self.staging.close()
         if started:
             for ds in self.plan.datasets.values():
                 if ds.index_digest is None:

@@ -27,6 +27,7 @@ class Options:
     window: int = 4096
     stream: bool = True  # a consumer may read an output while its producer writes it (backbeat.streams)
     alive: int = 0  # block processes alive at once at most, streamed ones included (0: from -j, see the scheduler)
+    sandbox: bool = False  # every process of the run in the sandbox (backbeat.processes.sandbox)
 
 
 def descendants(plan: Any, names: set[str]) -> set[str]:

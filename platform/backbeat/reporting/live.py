@@ -17,7 +17,8 @@ however many blocks the run has:
 :func:`read` replays a file into the snapshot's shape (a line being written — the last one,
 without its newline — is left for the next read).  The file is removed when the run ends; the
 provenance record then tells the outcome.  A file whose process is gone (a run killed with
-``kill -9``) is ignored by :func:`read` and removed.  ``.progress`` is a bookkeeping folder of
+``kill -9``) is ignored by :func:`read` and removed, and so is every such file (and temporary)
+when a run starts (:func:`sweep`).  ``.progress`` is a bookkeeping folder of
 the cache (never scanned nor collected by ``cache gc``).
 """
 
@@ -79,6 +80,7 @@ class Recorder:
                                       "updated": time.time(), "blocks": {}}
         self._fd: int | None = None
         self._lines = 0
+        sweep(cache)
         self._snapshot()
 
     def __call__(self, event: dict) -> None:
@@ -169,3 +171,27 @@ def read(cache: str | os.PathLike, experiment: str) -> dict | None:
             p.unlink()
         return None
     return state
+
+
+def sweep(cache: str | os.PathLike) -> None:
+    """Remove the progress files (and their temporaries) of runs whose process is gone."""
+    folder = Path(cache) / FOLDER
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        p = folder / name
+        if ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        elif name.endswith((".jsonl", ".json")):  # (.json: the whole state, written by earlier versions)
+            try:
+                state = parse(p.read_bytes())
+            except OSError:
+                continue
+            if isinstance(state, dict) and not _alive(state.get("pid")):
+                with contextlib.suppress(OSError):
+                    p.unlink()

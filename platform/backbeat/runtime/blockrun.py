@@ -66,11 +66,11 @@ def _cache_source(path: str, window: int, verify: bool = True, key: str | None =
 
 
 def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str]) -> dict[str, int]:
-    """Commit every output; tell the consumers of streamed ones; ``{output: units written}``.
-    ``digests`` receives ``{key: content digest}`` of each file committed."""
+    """Commit every output (its content digest into ``digests``); tell the consumers of streamed
+    ones; ``{output: units written}``."""
     written = {}
     for name, writer in writers.items():
-        digests[writer.key] = writer.close()
+        digests[name] = writer.close()
         if name in senders:
             senders[name].finish(writer.end if writer.end is not None else writer.next_index - 1)
         written[name] = outputs[name].nb_data_blocks_written
@@ -79,9 +79,10 @@ def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str])
 
 def _committed(spec: BlockSpec, digests: dict[str, str]) -> dict[str, Any]:
     """What the executor learns of the committed outputs without opening them: their content
-    digests (``digests``: key → digest, for its provenance record) and, for an analyzer's small
+    digests by key (``committed``: key → digest, for its provenance record and stat memo;
+    ``digests``: output → digest, what a sandboxed run checks) and, for an analyzer's small
     result, its records read back from the file (``records``: key → records, for its report)."""
-    out: dict[str, Any] = {"digests": digests}
+    out: dict[str, Any] = {"committed": {spec.outputs[n].key: d for n, d in digests.items() if n in spec.outputs}}
     if spec.kind == "analyzer" and spec.slot is None:
         kept = {}
         for o in spec.outputs.values():
@@ -163,6 +164,7 @@ def run(payload: dict) -> dict:
     writers: dict[str, cachefile.CacheWriter] = {}
     senders: dict[str, StreamSender] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
+    digests: dict[str, str] = {}
     try:
         for name, out in spec.outputs.items():
             df = out.dataformat
@@ -179,9 +181,8 @@ def run(payload: dict) -> dict:
 
             served = run_evaluator(algorithm, loop, inputs=input_list, data_loaders=loaders,
                                    outputs=outputs, parameters=spec.values, root=payload.get("root"))
-            digests: dict[str, str] = {}
             written = _commit(writers, senders, outputs, digests)
-            return {"steps": served, "written": written,
+            return {"steps": served, "written": written, "digests": digests,
                     "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
                     "wall_s": time.perf_counter() - t0, **_committed(spec, digests)}
         if loop is not None:
@@ -204,7 +205,6 @@ def run(payload: dict) -> dict:
         )
         if channel is not None:
             channel.done()
-        digests = {}
         written = _commit(writers, senders, outputs, digests)
     except BaseException:
         for writer in writers.values():
@@ -222,6 +222,7 @@ def run(payload: dict) -> dict:
     return {
         "steps": summary.steps,
         "written": written,
+        "digests": digests,  # checked against the files by a sandboxed run (execution.sandboxing)
         "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
         "wall_s": time.perf_counter() - t0,
         **_committed(spec, digests),
