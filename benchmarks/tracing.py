@@ -76,8 +76,9 @@ TARGETS = [
     ("backbeat.provenance.builder", "asset_entry", "provenance: asset entry (load, hash)"),
     ("backbeat.provenance.builder", "environment", "provenance: environment (package versions)"),
     ("backbeat.provenance.builder", "output_digest", "provenance: digest stored in an output (h5py)"),
-    ("backbeat.provenance.manifests", "resolve", "data manifest of a dataset (stat, hash)"),
     ("backbeat.core.statmemo", "StatMemo.flush", "stat memo: write rows"),
+    ("backbeat.provenance.manifests", "resolve", "data manifest of a stored view index (stat memo)"),
+    ("backbeat.cache.store", "CacheStore.flush", "stat memo: write what was learnt"),
     ("backbeat.provenance.records", "store", "provenance: store record"),
     ("backbeat.cli.output", "print_json", "print JSON report"),
     # the zygote

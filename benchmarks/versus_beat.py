@@ -12,7 +12,8 @@ same declarations for both tools), then for each row runs BEAT
 (``backbeat --prefix P --cache C experiments run NAME --json``) alternately, N times each
 (the order flips every repeat so a change of load hits both alike), each run a fresh
 process; *cold* runs start from an empty cache folder, *cached* runs re-run over a cache
-filled by an untimed run.  It prints, per row, the median wall time of each tool with
+filled by an untimed run (then, after ``--settle`` seconds, one more untimed re-run: the
+timed ones are in the steady state of re-runs).  It prints, per row, the median wall time of each tool with
 [min-max], the ratio BEAT/backbeat, the goal and whether backbeat meets it; with memory
 sampling (a separate, untimed run per tool: sampling costs CPU), the peak summed PSS of
 all the processes of the run; and for cold rows the bytes each tool's cache holds.  The
@@ -35,6 +36,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +227,11 @@ class Bench:
                 m = self.run(tool, row, caches[tool], timeout=self.args.beat_cap if row.heavy else None)
                 if not m.ok:
                     out[tool].failures.append("filling the cache: " + m.failure())
+            if self.args.settle > 0:  # the steady state of re-runs (see --settle)
+                time.sleep(self.args.settle)
+                for tool in tools:
+                    if not out[tool].failures:
+                        self.run(tool, row, caches[tool], timeout=self.args.beat_cap if row.heavy else None)
         heavy_beat = row.heavy and "beat" in tools
         for r in range(self.args.repeat):
             order = tools if r % 2 == 0 else tools[::-1]
@@ -402,6 +409,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="sample peak memory (one more run per tool) for every row, only where it is a goal, "
                          "or never")
     ap.add_argument("--beat-cap", type=float, default=120.0, help="time cap of BEAT on heavy rows (s)")
+    ap.add_argument("--settle", type=float, default=None,
+                    help="cached rows: after filling the caches, wait that long, then re-run each tool once "
+                         "untimed, so that the timed re-runs are in the steady state (backbeat's stat memo "
+                         "does not trust what it learnt of a file changed < 2 s before, and the first re-run "
+                         "keeps the results' summaries); 0: time the re-runs right after the cold run "
+                         "(default 2.5; 0 with --tiny)")
     ap.add_argument("--timeout", type=float, default=600.0, help="time cap of any other run (s)")
     ap.add_argument("--no-beat", action="store_true", help="run backbeat only")
     ap.add_argument("--beat", type=Path, default=BEAT, help=f"BEAT's `beat' command (default {BEAT})")
@@ -410,6 +423,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="write every measurement as JSON to FILE (or stdout, instead of the table)")
     ap.add_argument("--keep", type=Path, default=None, help="work in DIR and keep the prefix there")
     args = ap.parse_args(argv)
+    if args.settle is None:
+        args.settle = 0.0 if args.tiny else 2.5
     if args.quick:
         args.repeat = 1
         args.memory = "targets" if args.memory == "all" else args.memory

@@ -142,6 +142,12 @@ def test_string_for_a_boolean_warns_and_keeps_beats_meaning(prefix, reports):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("counts as true") == 2
     assert "total: -20" in proc.stdout  # "false" is true, as in BEAT: every value negated
+    proc = run_cli("-p", prefix, "experiments", "run", f"{TWO}/flag_string", "--progress-json")  # cached now
+    warned = [e for e in map(json.loads, proc.stderr.splitlines()) if e["state"] == "warning"]
+    assert [(w["pointer"], w["experiment"]) for w in warned] == [("/blocks/a/parameters/normalise", TWO + "/flag_string"),
+                                                                 ("/blocks/b/parameters/normalise", TWO + "/flag_string")]
+    proc = run_cli("-p", prefix, "experiments", "run", f"{TWO}/flag_string", "--dry-run")
+    assert proc.stderr.count("counts as true") == 2
 
 
 def test_missing_root_folder_warns_then_fails_once_with_a_hint(prefix, reports):

@@ -136,6 +136,9 @@ def test_edited_result_summary_is_never_trusted(world):
     name = f"{PIPELINE}/base"
     rep = _run(opts, name)
     assert _sum(rep) == 81
+    assert not list(cache.glob("??/??/??/*.h5.json"))  # the run printed what its analyzer reported
+    code, results, _ = cli_json(*opts, "experiments", "results", name, "--json")  # derived, verified: kept
+    assert code == 0 and results["analysis"][0]["data"]["sum"] == 81
     (summary,) = cache.glob("??/??/??/*.h5.json")
     summary.write_text(summary.read_text().replace('"sum": 81', '"sum": 82'))
     code, checked, _ = cli_json(*opts, "cache", "verify", "--json")

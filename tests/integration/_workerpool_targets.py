@@ -94,3 +94,9 @@ def raise_system_error(payload: dict) -> None:
 
 def bad_statistics(payload: dict) -> dict:
     return {"when": object()}
+
+
+def loaded(payload: dict) -> None:
+    """Write which of ``payload["modules"]`` this process had imported when it started."""
+    with open(payload["out"], "w") as f:
+        f.write(" ".join(m for m in payload["modules"] if m in sys.modules))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -363,6 +365,31 @@ def test_json_diff_is_readable():
     assert audit.json_diff(old, new) == ["/a: 1 -> 1.0", "/b/c/1: 2 -> 3", "/gone: removed (was true)",
                                          '/new: added "x"']
     assert audit.json_diff([1], [1, 2]) == ["/: [1] -> [1, 2]"]
+
+
+def test_package_versions_agree_with_importlib_metadata() -> None:
+    from importlib import metadata
+
+    from backbeat.provenance.builder import PACKAGES, package_versions
+
+    found = package_versions((*PACKAGES, "no-such-package-anywhere"))
+    for name in PACKAGES:
+        try:
+            expected = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            expected = None
+        assert found[name] == expected, name
+    assert found["no-such-package-anywhere"] is None
+
+
+def test_the_platform_of_the_record_is_pythons_without_running_a_program() -> None:
+    import platform
+
+    code = ("import sys; from backbeat.provenance.builder import environment; "
+            "print(environment()['platform']); print('subprocess' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    name, imported = done.stdout.split()
+    assert name == platform.platform() and imported == "False"
 
 
 def test_older_records_and_summaries_are_never_misread(world):

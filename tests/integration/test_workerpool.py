@@ -355,3 +355,79 @@ def test_spawn_latency(fs, ctl):
         assert types + [m.type for m in msgs[job]] == ["start", "done"]
     print(f"\nspawn→start {1000 * sum(to_start) / n:.1f} ms, spawn→exit {1000 * sum(to_exit) / n:.1f} ms "
           f"(mean of {n}, {fs.kind})")
+
+
+BUSY_ZYGOTE = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from backbeat.processes.control import ControlServer
+from backbeat.processes.outcome import classify
+from backbeat.processes.workerpool import ForkServer
+
+def blocked(*_):
+    raise TimeoutError("spawn blocked on the stopped zygote")
+
+with ForkServer(preload=(), mode="fork") as server, ControlServer() as ctl:
+    server.wait_ready()
+    os.kill(server.zygote_pid, signal.SIGSTOP)
+    signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(20)
+    try:
+        payload = {"control": ctl.address, "target": "_workerpool_targets:ok", "root": sys.argv[1], "value": "x" * 100_000}
+        handles = {f"j{i}": server.spawn("backbeat.processes.control:job_main",
+                                         dict(payload, job=f"j{i}", token=ctl.register(f"j{i}")))
+                   for i in range(40)}
+        queued = len(server._out)
+    finally:
+        signal.alarm(0)
+        os.kill(server.zygote_pid, signal.SIGCONT)
+    msgs = {j: [] for j in handles}
+    while any(h.poll() is None for h in handles.values()):
+        for m in ctl.poll(20):
+            msgs[m.job].append(m)
+    for m in ctl.poll(0):
+        msgs[m.job].append(m)
+    ok = all(classify(h.exit, msgs[j]).ok for j, h in handles.items())
+    print(queued, ok, len(server._out))
+"""
+
+
+def test_spawn_requests_never_wait_for_a_busy_zygote():
+    """Requests are queued and written as the zygote reads them: spawning returns even when the
+    zygote takes nothing (stopped; the requests far exceed the socket's buffer).  In a fresh
+    interpreter: the zygote needs a process without threads."""
+    done = subprocess.run([sys.executable, "-c", BUSY_ZYGOTE, HERE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    queued, ok, left = done.stdout.split()
+    assert int(queued) > 1_000_000 and ok == "True" and left == "0"  # queued, not blocked; then all ran
+
+
+STAGED = """
+import os, sys
+here, tmp = sys.argv[1], sys.argv[2]
+sys.path[:0] = [here, tmp]
+with open(os.path.join(tmp, "slow_first.py"), "w") as f:
+    f.write("import time; time.sleep(0.5)")
+open(os.path.join(tmp, "second.py"), "w").close()
+with open(os.path.join(tmp, "third.py"), "w") as f:
+    f.write("from _workerpool_targets import loaded")
+from backbeat.processes.workerpool import ForkServer
+
+modules = ["slow_first", "_workerpool_targets", "second", "third"]
+with ForkServer(preload=tuple(modules), mode="fork") as server:  # both asked for while slow_first loads
+    early = server.spawn("_workerpool_targets:loaded", {"out": os.path.join(tmp, "early"), "modules": modules})
+    late = server.spawn("third:loaded", {"out": os.path.join(tmp, "late"), "modules": modules})
+    early.wait(30), late.wait(30)
+print(open(os.path.join(tmp, "early")).read(), "|", open(os.path.join(tmp, "late")).read())
+"""
+
+
+def test_a_job_asked_for_during_the_preload_starts_once_the_modules_it_runs_are_loaded(tmp_path):
+    """The zygote forks a job as soon as its target's module is loaded, not after the whole
+    preload (a run's first job, indexing a view, needs neither h5py nor the block runtime); one
+    whose module comes later waits for it.  In a fresh interpreter (no threads)."""
+    done = subprocess.run([sys.executable, "-c", STAGED, HERE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["slow_first", "_workerpool_targets", "|",
+                                   "slow_first", "_workerpool_targets", "second", "third"]

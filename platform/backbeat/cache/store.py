@@ -317,6 +317,17 @@ class CacheStore:
         self.memo.remember("h5-identity", path, st, f"{key} {digest}")
         return digest
 
+    def settle(self, key: str, digest: str) -> None:
+        """Remember the identity of output entry ``key`` that its writer has just committed (under
+        this key, with content ``digest``, as its attributes say): what :meth:`identity` would
+        read from it, without opening it."""
+        path = self.output_path(key)
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        self.memo.remember("h5-identity", path, st, f"{key} {digest}")
+
     def stored_digest(self, key: str) -> str:
         """The content digest recorded in an output entry (attributes only, not verified)."""
         return self.identity(key)[1]

@@ -22,8 +22,20 @@ from backbeat.core import jsonio
 from backbeat.core.errors import Interrupted, UsageError
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 class ProgressDisplay:
-    """Live per-block progress on stderr: one line per state change, in place on a terminal."""
+    """Live per-block progress on stderr: one line per state change, in place on a terminal;
+    a running block shows its units done, its rate and (when its total is known) the time left."""
 
     SYMBOLS = {"cached": "cached", "waiting": "waiting", "running": "running", "done": "done",
                "failed": "FAILED", "skipped": "skipped", "corrupt": "corrupt"}
@@ -36,6 +48,10 @@ class ProgressDisplay:
         self._last_running: dict[tuple, float] = {}
 
     def __call__(self, event: dict) -> None:
+        if event["state"] == "warning":  # about the experiment (printed even with -q)
+            self.stream.write(f"warning: {event['file']}: {event['pointer'] or '/'}: {event['message']}\n")
+            self.stream.flush()
+            return
         if self.quiet:
             return
         block, state = event["block"], event["state"]
@@ -47,6 +63,11 @@ class ProgressDisplay:
             self._last_running[line] = now
             slot = f" (slot {event['slot']})" if "slot" in event else ""
             text = f"  {block}{slot}: running {event['done']}/{event.get('total') or '?'} units"
+            if event.get("rate") is not None:
+                rate = event["rate"]
+                text += f", {rate:.3g}/s" if rate < 100 else f", {rate:,.0f}/s"
+                if event.get("eta_s") is not None:
+                    text += f", {_duration(event['eta_s'])} left"
         elif state == "done":
             text = f"  {block}: done ({event.get('wall_s', 0.0):.2f} s)"
         elif state == "failed":
@@ -62,6 +83,24 @@ class ProgressDisplay:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+
+class ProgressEvents:
+    """Progress events for tools (``--progress-json``): one JSON object per line on stderr —
+    ``{"time", "experiment", "block", "state", …}`` with ``done``, ``total``, ``rate`` (units per
+    second), ``eta_s`` (seconds left) and ``slot`` for a running block, ``wall_s`` once done,
+    ``message`` when it failed (docs/cli.md)."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream if stream is not None else sys.stderr
+
+    def __call__(self, event: dict) -> None:
+        self.stream.write(jsonio.simplejson.dumps({"time": round(time.time(), 3), **event}, ensure_ascii=False)
+                          + "\n")
+        self.stream.flush()
+
+    def announce(self, name: str) -> None:
+        self({"experiment": name, "state": "started"})
 
 
 def _print_results(results: dict, hidden: dict[str, list[str]]) -> None:
@@ -122,15 +161,17 @@ def _print_summary(summary: list[dict]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.alive is not None and args.alive < 1:
+        raise UsageError("--alive must be at least 1")
     options = {"force": args.force, "jobs": args.jobs or 0, "timeout_s": args.timeout, "memory_bytes": args.memory,
                "only": args.only, "from_": args.from_, "until": args.until, "stream": args.stream,
-               "sandbox": args.sandbox}
+               "alive": args.alive or 0, "sandbox": args.sandbox}
     single = len(args.names) == 1 and not api.is_pattern(args.names[0])
-    for name in args.names:
-        if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
-            for w in api.warnings(args.prefix, "experiment", name):
-                print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
     if args.dry_run:
+        for name in args.names:  # (a run reports them as progress events, from the validation that plans it)
+            if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
+                for w in api.warnings(args.prefix, "experiment", name):
+                    print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
         plans = api.dry_runs(args.prefix, args.cache, args.names, **options)
         if args.json:
             output.print_json(plans[0] if single else plans)
@@ -145,10 +186,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.executor != "dask" and (args.scheduler or args.workers):
         raise UsageError("--scheduler and --workers need --executor dask")
-    display = ProgressDisplay(quiet=args.quiet)
+    display: ProgressDisplay | ProgressEvents = ProgressEvents() if args.progress_json else ProgressDisplay(
+        quiet=args.quiet)
 
     def announce(name: str) -> None:
-        if not args.quiet:
+        if isinstance(display, ProgressEvents):
+            display.announce(name)
+        elif not args.quiet:
             print(f"running {name}", file=sys.stderr)
 
     api.adopt_orphans()
@@ -255,6 +299,9 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("-j", "--jobs", type=int, default=None, help="blocks run at once (default: cores)")
     p.add_argument("--no-stream", dest="stream", action="store_false",
                    help="start a block only once the outputs it reads are committed (no streaming)")
+    p.add_argument("--alive", type=int, default=None, metavar="N",
+                   help="block processes alive at once, streamed ones included (default: 32, at least 2 x -j); "
+                        "a longer chain is streamed in segments")
     p.add_argument("--timeout", type=output.positive, default=None, metavar="SECONDS", help="per-block time limit")
     p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
     box = p.add_mutually_exclusive_group()
@@ -264,6 +311,8 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     box.add_argument("--no-sandbox", dest="sandbox", action="store_false",
                      help="run without the sandbox even if .backbeatrc asks for it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument("--progress-json", action="store_true",
+                   help="progress as JSON lines on stderr, one event each (for tools; --json still prints the report)")
     p.add_argument("--executor", choices=api.executor_names(), default="local",
                    help="where blocks run: this machine (default) or a Dask cluster")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",

@@ -16,6 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from backbeat.core import jsonio
 from backbeat.core.errors import IntegrityError
 from backbeat.data import cachefile
 from backbeat.data.batch import Batch, take, tree, units_within
@@ -214,3 +215,11 @@ def stored_identity(path: str | os.PathLike) -> tuple[str, str]:
         raise IntegrityError(f"cache file `{path}' does not exist") from None
     except OSError as exc:
         raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
+
+
+def records(reader: CacheReader) -> list[dict]:
+    """Every unit of an open cache file as JSON-able records ``[{"start", "end", "data"}, …]``
+    (how analyzer results are reported and kept in their summaries)."""
+    batch = reader.read_units(0, len(reader))
+    return [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}
+            for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)]

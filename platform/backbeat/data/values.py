@@ -44,6 +44,7 @@ from backbeat.data.casting import (
     scalar_setter,
     string_setter,
 )
+from backbeat.declarations.algorithm import analysis_format
 
 __all__ = ["BASETYPES", "NUMERIC", "BaseValue", "FormatAttributeError", "FormatTypeError", "ObjectArray",
            "analysis_format", "as_value", "canonical", "dtype_of", "nested_type", "object_array", "value_type"]
@@ -51,18 +52,6 @@ __all__ = ["BASETYPES", "NUMERIC", "BaseValue", "FormatAttributeError", "FormatT
 def canonical(expanded: dict) -> str:
     """Canonical JSON text of an expanded declaration (sorted keys, compact)."""
     return json.dumps(expanded, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def analysis_format(algorithm: str, results: dict) -> tuple[str, dict]:
-    """Dataformat of an analyzer's results: ``("analysis:<algorithm>", {name: type})``.
-
-    ``results`` is the algorithm's ``results`` declaration (``{name: {"type": ..., "display": ...}}``);
-    a type is a basetype string or an already expanded dataformat dict.
-    """
-    expanded = {}
-    for key, spec in results.items():
-        expanded[key] = spec["type"] if isinstance(spec, dict) and "type" in spec else spec
-    return f"analysis:{algorithm}", expanded
 
 
 class BaseValue:

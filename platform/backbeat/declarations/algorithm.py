@@ -7,6 +7,8 @@ libraries valid and written in the same language.
 
 Parameters are cast the way BEAT does it: ``numpy.dtype(type).type(value)`` with
 ``string`` mapped to ``str``; a cast that numpy refuses (or that overflows) is an error.
+numpy is imported only when a parameter is cast (every command imports this module: most
+need no numpy, and it is ~70 % of the command line's start-up).
 :func:`check_parameters`, :func:`clean_parameter` and :func:`check_uses` are shared
 with plotters, which declare parameters and libraries the same way.
 """
@@ -14,16 +16,17 @@ with plotters, which declare parameters and libraries the same way.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from backbeat.core.errors import DataError, InvalidNameError, Problem, pointer
 from backbeat.core.names import parse_name
 from backbeat.declarations import dataformat, usercode
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from backbeat.declarations.catalog import Asset, Catalog
 
 LEGACY = "legacy"
@@ -41,11 +44,25 @@ TYPES = frozenset({LEGACY}) | SEQUENTIAL_TYPES | AUTONOMOUS_TYPES
 STEPPED_TYPES = frozenset({LEGACY, SEQUENTIAL})
 
 
+def analysis_format(algorithm: str, results: dict) -> tuple[str, dict]:
+    """Dataformat of an analyzer's results: ``("analysis:<algorithm>", {name: type})``.
+
+    ``results`` is the algorithm's ``results`` declaration (``{name: {"type": ..., "display": ...}}``);
+    a type is a basetype string or an already expanded dataformat dict.
+    """
+    expanded = {}
+    for key, spec in results.items():
+        expanded[key] = spec["type"] if isinstance(spec, dict) and "type" in spec else spec
+    return f"analysis:{algorithm}", expanded
+
+
 # -- parameter casting ------------------------------------------------------------------
 
 
 def parameter_dtype(type_name: object) -> np.dtype:
     """The numpy dtype of a declared parameter type (``string`` → ``str``)."""
+    import numpy as np
+
     if type_name == "string":
         return np.dtype("str")
     if not isinstance(type_name, str) or type_name not in dataformat.BASETYPES:
@@ -64,7 +81,8 @@ def cast(dtype: np.dtype, value: Any) -> Any:
 
 def plain(value: Any) -> Any:
     """Python value of a numpy scalar (for messages: ``5`` rather than ``np.int32(5)``)."""
-    return value.item() if isinstance(value, np.generic) else value
+    np = sys.modules.get("numpy")  # (no numpy value exists before numpy is imported)
+    return value.item() if np is not None and isinstance(value, np.generic) else value
 
 
 def _fmt_choices(choices: list) -> str:
@@ -73,7 +91,9 @@ def _fmt_choices(choices: list) -> str:
 
 def _compare(a: Any, b: Any) -> bool:
     """``a < b``; raises TypeError for unordered types (complex)."""
-    if isinstance(a, (complex, np.complexfloating)) or isinstance(b, (complex, np.complexfloating)):
+    np = sys.modules.get("numpy")
+    unordered = (complex, np.complexfloating) if np is not None else complex
+    if isinstance(a, unordered) or isinstance(b, unordered):
         raise TypeError("complex values cannot be ordered")
     return bool(a < b)
 

@@ -63,6 +63,7 @@ class _Checker:
         self.dataset_outputs: dict[str, dict] = {}  # dataset -> {output: dataformat}
         self.algorithms: dict[str, Algorithm | None] = {}  # algorithm name -> Algorithm view, or None if invalid
         self.tc: dict = {}
+        self._ends: dict[str, tuple[list, set]] | None = None  # node -> (channels into it, {(output, channel)})
 
     def report(self, message: str, *path: object) -> None:
         self.problems.append(self.asset.problem(message, pointer(*path)))
@@ -339,10 +340,18 @@ class _Checker:
                             *where)
 
     def _channel_groups(self, name: str) -> collections.Counter:
-        conns = toolchain.connections(self.tc)
-        ins = collections.Counter(ch for _i, _s, d, ch in conns if d.startswith(name + "."))
-        outs = collections.Counter(ch for (_o, ch) in {(s[len(name) + 1:], ch) for _i, s, _d, ch in conns
-                                                       if s.startswith(name + ".")})
+        if self._ends is None:  # the toolchain's connections by node, once (not once per node: O(K^2))
+            self._ends = {}
+            for _i, src, dst, ch in toolchain.connections(self.tc):
+                node, dot, _input = dst.partition(".")
+                if dot:
+                    self._ends.setdefault(node, ([], set()))[0].append(ch)
+                node, dot, output = src.partition(".")
+                if dot:
+                    self._ends.setdefault(node, ([], set()))[1].add((output, ch))
+        into, out_of = self._ends.get(name, ([], set()))
+        ins = collections.Counter(into)
+        outs = collections.Counter(ch for _o, ch in out_of)
         return collections.Counter((v, outs.get(k, 0)) for k, v in ins.items())
 
     @staticmethod

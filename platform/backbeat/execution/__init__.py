@@ -2,7 +2,8 @@
 
 Lives here: the ``Executor`` interface and its one lifecycle (``base``: prepare → decide →
 execute → report → provenance record), the executor table (``executors``), the state of a run
-(``state``: ``JobState``, ``RunState``, ``Run``), where a run happens (``workspace``: prefix,
+(``state``: ``JobState``, ``RunState``, ``Run``; ``progress``: rates and time left of running
+blocks), where a run happens (``workspace``: prefix,
 cache store, database roots from ``.backbeatrc``), building the specs block processes read
 (``specs``), cache decisions (``decisions``), view indexing and the database provider
 (``views``), which interpreter runs each job and ``environments list|check`` (``environments``),

@@ -34,18 +34,22 @@ from typing import ClassVar
 
 from backbeat.cache import journal
 from backbeat.cache.store import CacheStore
-from backbeat.core.errors import ExecutionError, Interrupted, describe_environmental, environmental
+from backbeat.core.errors import (
+    BackbeatError,
+    ExecutionError,
+    Interrupted,
+    describe_environmental,
+    environmental,
+)
+from backbeat.core.names import parse_name
 from backbeat.execution import decisions, environments
 from backbeat.execution.report import report
 from backbeat.execution.sandboxing import Staging, sandbox_for
-from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run
+from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run, local_group
 from backbeat.execution.views import index_datasets
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import assign_keys
-from backbeat.planning.selection import Options
-from backbeat.processes import sandbox
-from backbeat.processes.exits import Limits
-from backbeat.processes.group import ProcessGroup
+from backbeat.planning.selection import Options, ancestors
 from backbeat.provenance import builder, records
 
 
@@ -54,8 +58,12 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
             dry: bool = False, defer: bool = False) -> Run:
     """Plan an experiment and index its datasets (keys assigned), ready to decide and execute.
 
-    With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
-    and zmq on the other core while this process plans (a cached run just closes it).
+    With ``warm``, the fork server is started as soon as something is known to run, so that
+    its zygote imports numpy, h5py, zmq and the block runtime on the other core while this
+    process goes on: first thing when the experiment was never recorded in this cache (its
+    first run: planning then overlaps the zygote's start-up), else once a dataset must be
+    indexed or an output is missing (:func:`will_run`).  A run of an experiment recorded before
+    with nothing to run (fully cached) starts no process at all.
     ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
     is upstream of the selection is never re-run); a missing index is always built.  Every
     job gets the interpreter of its environment here (an unmapped environment stops the run
@@ -66,6 +74,9 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     """
     options = options or Options()
     if options.sandbox:  # (its processes do not start in this folder: every path they get is absolute)
+        from backbeat.processes import sandbox  # (a run that starts nothing imports no processes module)
+        from backbeat.processes.exits import Limits
+
         sandbox.require()
         limits = sandbox.limits(Limits(options.timeout_s, options.memory_bytes))  # blocks' default limits
         options = dataclasses.replace(options, timeout_s=limits.timeout_s, memory_bytes=limits.memory_bytes)
@@ -73,8 +84,9 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         cache = cache if isinstance(cache, CacheStore) else os.path.abspath(cache)
     workspace = Workspace.open(prefix, cache)
     journal.sweep(workspace.store)  # what runs killed with kill -9 left
-    group = ProcessGroup(root=workspace.user_root)
-    if warm and not options.sandbox:
+    group = local_group(workspace.user_root)
+    first = warm and _first_run(workspace.store, name)  # start the fork server at once (see above)
+    if first and not options.sandbox:
         group.warm()
     staging = None
     try:
@@ -87,7 +99,7 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
                 raise ExecutionError("the sandbox needs a staging folder in the cache: "
                                      + describe_environmental(exc, cache=workspace.store.location)) from None
             group.sandbox = sandbox_for(workspace.prefix, workspace.store, plan, staging)
-            if warm:
+            if first:
                 group.warm()
     except BaseException:
         group.close()
@@ -101,13 +113,33 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     opts = run.options
     try:
         run.deferred = index_datasets(run, rebuild=opts.force and not (dry or opts.from_ or opts.only),
-                                      defer=defer)
+                                      defer=defer)  # (may start the fork server)
         assign_keys(plan)
+        if warm and will_run(run):
+            run.group.warm()
     except BaseException:
         run.close()
         run.end()
         raise
     return run
+
+
+def _first_run(store: CacheStore, name: str) -> bool:
+    """Whether experiment ``name`` has no record in ``store`` (one ``stat``, before planning)."""
+    try:
+        experiment = parse_name("experiment", name)[1]
+    except BackbeatError:
+        return False
+    return not records.record_path(store, experiment).is_file()
+
+
+def will_run(run: Run) -> bool:
+    """Whether some job will surely run (cheap: before :func:`decide` and its verifications)."""
+    options = run.options
+    if options.force or options.from_ or options.only or run.deferred:  # (deferred: a view to index)
+        return True
+    names = {options.until} | ancestors(run.plan, options.until) if options.until else None
+    return any(not run.store.committed(j.output_keys) for j in run.plan.jobs if names is None or j.name in names)
 
 
 def waiting(run: Run) -> set[str]:
@@ -187,7 +219,7 @@ def _record(run: Run, rep: dict) -> str:
     previous = records.latest(store, run.plan.experiment)  # one record, whatever the history's length
     options = {"force": run.options.force, "only": run.options.only, "from": run.options.from_,
                "until": run.options.until}
-    rec = builder.build(run.plan, run.workspace.prefix, store, options, rep, previous, run.catalog)
+    rec = builder.build(run.plan, run.workspace.prefix, store, options, rep, previous, run.catalog, run.state.digests)
     return str(records.store(store, rec))
 
 
@@ -256,12 +288,15 @@ class Executor(ABC):
     def _run(self, run: Run) -> dict:
         stopped: KeyboardInterrupt | None = None
         try:
+            run.warn(run.catalog.get("experiment", run.plan.experiment).warnings)  # validated once, by the plan
             decide(run)
             pending = [j for j in run.plan.jobs if run.state.status[j.name] == JobState.PENDING]
             results = [run.store.output_path(j.outputs["result"].key) for j in run.plan.jobs
                        if j.kind == "analyzer" and j.key]
             run.intend(pending, [p.with_name(p.name + ".json") for p in results]
                        + [records.record_path(run.store, run.plan.experiment)])
+            if self.local and any(s in STARTABLE for s in run.state.status.values()):
+                run.group.warm()
             if not self.local:  # blocks run elsewhere: no local process is kept meanwhile
                 run.group.close()
             self.execute(run)

@@ -213,9 +213,10 @@ def _record(run: Run, job: str, result: TaskResult, wall_s: float) -> None:
         run.emit(job, "failed", message=failure.message)
     elif result.status == "ran":
         run.state.status[job] = JobState.RAN
-        stats = dict(result.statistics)
+        stats = run.state.learn(dict(result.statistics), run.jobs[job].output_keys)
         info = stats.pop("interpreter", None)
         run.state.stats[job] = stats
+        run.settle(run.jobs[job])
         if isinstance(info, dict):  # where the worker ran it (the same path names the same interpreter)
             node = run.jobs[job]
             run.state.runtime[job] = environments.runtime(node.environment,

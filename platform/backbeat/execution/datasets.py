@@ -16,13 +16,12 @@ from backbeat.core import jsonio
 from backbeat.core.errors import ExecutionError, UsageError
 from backbeat.core.names import parse_name
 from backbeat.execution.specs import SpecBuilder
-from backbeat.execution.state import Run
+from backbeat.execution.state import Run, local_group
 from backbeat.execution.views import index_datasets, provider_log, start_provider
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Dataset, Plan
 from backbeat.planning.planner import dataset
 from backbeat.planning.selection import Options
-from backbeat.processes.group import ProcessGroup
 
 
 def _datasets(workspace: Workspace, name: str) -> Plan:
@@ -52,7 +51,7 @@ def _datasets(workspace: Workspace, name: str) -> Plan:
 def _run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str, force: bool) -> Run:
     workspace = Workspace.open(prefix, cache)
     journal.sweep(workspace.store)  # what runs killed with kill -9 left
-    return Run(_datasets(workspace, name), workspace, Options(force=force), ProcessGroup(root=workspace.user_root))
+    return Run(_datasets(workspace, name), workspace, Options(force=force), local_group(workspace.user_root))
 
 
 def index(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,

@@ -34,16 +34,27 @@ def _declared_order(records: list[dict], names: list[str]) -> list[dict]:
     return out
 
 
-def read_results(plan: Plan, store: CacheStore) -> dict[str, list]:
+def read_results(plan: Plan, store: CacheStore, run: Run | None = None) -> dict[str, list]:
     """Analyzer results present in the cache: ``{analyzer: [{"start", "end", "data"}, …]}``, each
-    record's ``data`` in the order the analyzer's algorithm declares its results (as BEAT prints them)."""
+    record's ``data`` in the order the analyzer's algorithm declares its results (as BEAT prints them).
+
+    Those a ``run`` has just computed come from their analyzer processes, which read them
+    back from the files they committed: no HDF5 file is opened here.  Their summaries are
+    not written from those (a summary is only ever derived from the verified entry, by this
+    process: :mod:`backbeat.cache.results`): the next run that reads them does.
+    """
     results = {}
     for job in plan.jobs:
         if job.kind != "analyzer":
             continue
         out = job.outputs["result"]
-        if out.key and store.output_path(out.key).is_file():
-            results[job.name] = _declared_order(store.read_result(out.key), list(plan.expanded[out.dataformat]))
+        if not out.key or not store.output_path(out.key).is_file():
+            continue
+        if run is not None and out.key in run.state.records:
+            records = run.state.records[out.key]
+        else:
+            records = store.read_result(out.key)
+        results[job.name] = _declared_order(records, list(plan.expanded[out.dataformat]))
     return results
 
 
@@ -84,7 +95,7 @@ def report(run: Run) -> dict:
         "experiment": run.plan.experiment,
         "status": "failed" if failed else "ok",
         "blocks": blocks,
-        "results": read_results(run.plan, run.store),
+        "results": read_results(run.plan, run.store, run),
         "hidden_results": hidden_results(run.plan, run.catalog),
     }
     if state.incidents:  # cache entries quarantined (or summaries rebuilt) by this run

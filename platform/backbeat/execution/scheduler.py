@@ -10,6 +10,13 @@
   with it (:func:`~backbeat.planning.selection.stream_consumers`, :mod:`backbeat.runtime.streams`);
   each gets a *cancel file* that tells its producer when it has ended.  Streamed jobs do not
   count against ``-j``, and their time limit starts when their producer ends;
+* at most :func:`alive_limit` block processes are alive at once: a chain is streamed in
+  segments of that many blocks, and the block after a segment starts once the file it reads
+  is committed (it then heads the next segment), so memory and the fork server's queue stay
+  bounded however long the chain;
+* the cost per job does not grow with the plan: jobs become ready when their last input
+  does (counters, a heap in plan order), consumers are looked up in an index, and a chain
+  is started by a loop, not by recursion;
 * a split block runs one process per slot (:mod:`~backbeat.execution.splitting`), assembled
   into the single cache entry; a loop runs its evaluator (``#0``) and processor (``#1``)
   together, joined by a loop channel, all or nothing;
@@ -31,8 +38,10 @@ killed, running jobs are reported failed (``interrupted``) and their partial fil
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import os
 import time
+from collections import deque
 from pathlib import Path
 
 from backbeat.cache.store import EntryLock
@@ -45,12 +54,22 @@ from backbeat.execution.splitting import assemble, slot_ranges
 from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
 from backbeat.execution.views import PROVIDER_JOB, provider_log, start_provider
 from backbeat.planning.model import Job
-from backbeat.planning.selection import stream_consumers
+from backbeat.planning.selection import Options, readers, stream_consumers
 from backbeat.processes.exits import Exit, Limits
 from backbeat.processes.outcome import Outcome
 from backbeat.runtime.spec import BlockSpec, StreamTarget
 
 BLOCK_TARGET = "backbeat.runtime.blockrun:run"
+#: the memory block processes alive at once may use, by default (each ~:data:`PROCESS_MB` of PSS
+#: when its data is small: ``docs/performance.md``)
+ALIVE_BUDGET_MB = 256
+PROCESS_MB = 8
+
+
+def alive_limit(options: Options, jobs: int) -> int:
+    """How many block processes may be alive at once (``--alive``; by default the memory budget
+    :data:`ALIVE_BUDGET_MB` over :data:`PROCESS_MB`, and at least twice ``-j``; never under ``-j``)."""
+    return max(jobs, options.alive or max(2 * jobs, ALIVE_BUDGET_MB // PROCESS_MB))
 
 
 class Scheduler:
@@ -63,6 +82,8 @@ class Scheduler:
         self.options = run.options
         self.group = run.group
         self.jobs = run.jobs
+        self.order = {j.name: k for k, j in enumerate(run.plan.jobs)}
+        self.readers = readers(run.plan)
         self.specs = SpecBuilder(run.plan, run.workspace, run.options.window)
         self.locks: dict[str, EntryLock] = {}
         self.started: dict[str, float] = {}
@@ -70,6 +91,16 @@ class Scheduler:
         self.slot_ranges: dict[str, list[tuple[int, int]]] = {}
         self.killed: set[str] = set()  # processes killed because their loop partner failed
         self.feeders: dict[str, tuple[str, str]] = {}  # streamed job -> (producer, cancel file)
+        self.fed_by: dict[str, list[str]] = {}  # producer -> the jobs it streams to
+        self.fresh = {n for n, s in self.status.items() if s == JobState.RAN}  # committed by this run
+        # a job is ready when its last input is: inputs not yet available, and the ready heap (plan order)
+        self.blockers = {j.name: sum(self.status[d] not in AVAILABLE for d in set(j.depends)) for j in run.plan.jobs}
+        self.ready = [(self.order[n], n) for n, b in self.blockers.items() if not b and self.status[n] in STARTABLE]
+        heapq.heapify(self.ready)
+        self.counted = 0  # processes counted against -j (streamed ones are not)
+        self.alive = 0  # block processes started and not yet seen ended
+        self.promised = 0  # streamed consumers accepted, not yet spawned
+        self.window = 0  # at most that many alive (alive_limit)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
@@ -88,33 +119,64 @@ class Scheduler:
 
     def _loop(self) -> None:
         limit = self.options.jobs or os.cpu_count() or 1
+        self.window = alive_limit(self.options, limit)
         failed = False
         while True:
-            pending = [n for n in self.jobs if self.status[n] in STARTABLE]
-            if not self.procs and (failed or not pending):
-                return
-            for name in pending:
-                # streamed jobs keep pace with their producer: they do not count against the limit
-                if failed or sum(len(p) for n, p in self.procs.items() if n not in self.feeders) >= limit:
-                    break
-                if self.status[name] in STARTABLE:  # (not started meanwhile, as the consumer of a stream)
-                    if not self._try_start(self.jobs[name]):
-                        failed = True
+            if not failed and not self._start_ready(limit):
+                failed = True
             if not self.procs:
-                if any(self.status[n] == JobState.WAITING for n in self.jobs):
+                if not failed and any(self.status[n] == JobState.WAITING for _k, n in self.ready):
                     time.sleep(0.05)
                     continue
                 return
             self.group.poll(20)
             self._watch_provider()
-            for name in list(self.procs):
-                if not self._ended(name):
-                    continue
-                ok = self._finish(self.jobs[name], self.procs.pop(name))
+            for name in [n for n in self.procs if self._ended(n)]:
+                ok = self._finish(self.jobs[name], self._ended_job(name))
                 if not ok:
                     failed = True
                 if not ok or name in self.starved:  # the jobs it was feeding are starved too
                     self._starve(name)
+
+    def _start_ready(self, limit: int) -> bool:
+        """Start ready jobs in plan order while fewer than ``limit`` counted processes run; False
+        if one failed to start (then no other is started)."""
+        again = []
+        ok = True
+        # streamed jobs keep pace with their producer: they do not count against the limit
+        while self.ready and self.counted < limit:
+            item = heapq.heappop(self.ready)
+            name = item[1]
+            if self.status[name] not in STARTABLE:  # started meanwhile, as the consumer of a stream
+                continue
+            if not self._try_start(self.jobs[name]):
+                ok = False
+                break
+            if self.status[name] in STARTABLE:  # waiting for another run's lock: try again later
+                again.append(item)
+        for item in again:
+            heapq.heappush(self.ready, item)
+        return ok
+
+    def _available(self, name: str) -> None:
+        """``name``'s outputs are available: its readers whose last input it was are ready."""
+        for reader in self.readers.get(name, ()):
+            self.blockers[reader.name] -= 1
+            if not self.blockers[reader.name] and self.status[reader.name] in STARTABLE:
+                heapq.heappush(self.ready, (self.order[reader.name], reader.name))
+
+    def _started(self, name: str, ids: list[str]) -> None:
+        self.procs[name] = ids
+        self.alive += len(ids)
+        if name not in self.feeders:
+            self.counted += len(ids)
+
+    def _ended_job(self, name: str) -> list[str]:
+        ids = self.procs.pop(name)
+        self.alive -= len(ids)
+        if name not in self.feeders:
+            self.counted -= len(ids)
+        return ids
 
     def _watch_provider(self) -> None:
         """If the database provider died (killed…), the blocks reading datasets would wait for it:
@@ -166,9 +228,10 @@ class Scheduler:
             if not self.run.decisions[job.name].forced and self.store.committed(job.output_keys):
                 self._unlock(job.name)  # another run computed it meanwhile
                 run.set(job.name, JobState.CACHED)
+                self._available(job.name)
                 return True
             self._running(job)
-            self.procs.update(self._start(job))
+            self._start(job)
         except (OSError, ExecutionError) as exc:  # a cache that cannot be written, a dead fork server
             self._unlock(job.name)
             message = (f"{describe_environmental(exc, cache=self.store.location)}: the block could not start"
@@ -184,7 +247,7 @@ class Scheduler:
 
     def _ended(self, name: str) -> bool:
         """Whether every process of a job has ended (a loop's other side is killed if one failed)."""
-        exits = [self.group.exit(p) for p in self.procs[name]]
+        exits = [self.group.ended(p) for p in self.procs[name]]
         if self.jobs[name].kind == "loop" and any(e is not None and not e.ok for e in exits):
             for p, e in zip(self.procs[name], exits, strict=True):  # one side failed: stop the other
                 if e is None:
@@ -231,8 +294,7 @@ class Scheduler:
         return self._provider
 
     def _spec(self, job: Job) -> BlockSpec:
-        fresh = {n for n, s in self.status.items() if s == JobState.RAN}
-        return self.specs.block(job, fresh)
+        return self.specs.block(job, self.fresh)
 
     def _spawn(self, pid: str, spec: BlockSpec, timed: bool = True) -> None:
         """Start one block process; ``timed=False``: its time limit starts later (a streamed job)."""
@@ -245,13 +307,29 @@ class Scheduler:
         self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
                          python=environments.of(self.run.interpreters, pid).key)
 
-    def _start(self, job: Job, fed: dict[str, str] | None = None) -> dict[str, list[str]]:
+    def _start(self, job: Job) -> None:
+        """Start a job, the consumers it streams to, theirs…, as far as the window allows
+        (a loop over the chain: a chain of any length never deepens the stack)."""
+        todo: deque[tuple[Job, dict[str, str] | None]] = deque([(job, None)])
+        while todo:
+            job, fed = todo.popleft()
+            if fed:
+                self.promised -= 1
+            ids, consumers = self._spawn_job(job, fed)
+            self._started(job.name, ids)
+            for cons, inp, _out, target in consumers:
+                self.feeders[cons.name] = (job.name, target.cancel)
+                self.fed_by.setdefault(job.name, []).append(cons.name)
+                self._running(cons)
+                todo.append((cons, {inp: target.address}))
+
+    def _spawn_job(self, job: Job, fed: dict[str, str] | None) -> tuple[list[str], list]:
         """Spawn the job's block process(es) — one, one per slot of a split block, or the two
-        sides of a loop — and the consumers it streams to (``{job: process ids}``).
+        sides of a loop; ``(process ids, the consumers it streams to)``.
         ``fed``: the job's inputs streamed to it (input name → address)."""
         self.store.drop_partial(job.output_keys)  # temporaries left by a writer killed with an earlier run
         if job.kind == "loop":
-            return {job.name: self._start_loop(job)}
+            return self._start_loop(job), []
         spec = self._spec(job)
         if fed:
             spec = streamed(spec, fed)
@@ -265,25 +343,28 @@ class Scheduler:
                     self._spawn(f"{job.name}#{k}", slot)
                     ids.append(f"{job.name}#{k}")
                 self.slot_ranges[job.name] = ranges
-                return {job.name: ids}
+                return ids, []
         consumers = self._consumers(job)
         for _cons, _inp, out, target in consumers:
             spec = streaming(spec, out, target)
         self._spawn(job.name, spec, timed=not fed)  # a streamed job's time limit starts when its producer ends
-        started = {job.name: [job.name]}
-        for cons, inp, _out, target in consumers:
-            self.feeders[cons.name] = (job.name, target.cancel)
-            self._running(cons)
-            started.update(self._start(cons, {inp: target.address}))
-        return started
+        return [job.name], consumers
 
     def _consumers(self, job: Job) -> list[tuple[Job, str, str, StreamTarget]]:
         """The pending jobs that will read ``job``'s output while it is written:
-        ``[(consumer, its input, job's output, stream target)]``; their locks are taken here."""
+        ``[(consumer, its input, job's output, stream target)]``; their locks are taken here.
+        Only as many as the window has room for (``job`` itself is about to be alive too):
+        the others start once ``job`` has committed its outputs, reading them from the cache."""
         if not self.options.stream or self.options.jobs == 1:  # -j 1: one block process at a time
             return []
+        room = self.window - self.alive - self.promised - 1
+        if room <= 0:
+            return []
         found: list[tuple[Job, str, str, StreamTarget]] = []
-        for cons, inp, out in stream_consumers(self.run.plan, job.name, self.status, self.specs.algorithm_type):
+        for cons, inp, out in stream_consumers(self.run.plan, job.name, self.status, self.specs.algorithm_type,
+                                               (self.jobs, self.readers)):
+            if len(found) >= room:
+                break
             if self.run.decisions[cons.name].twin is not None or not self._lock(cons):
                 continue
             if not self.run.decisions[cons.name].forced and self.store.committed(cons.output_keys):
@@ -292,22 +373,22 @@ class Scheduler:
             n = len(self.feeders) + len(found)  # the run's private directory holds the stream sockets
             found.append((cons, inp, out, StreamTarget(self.group.address(f"stream{n}"),
                                                        os.path.join(self.group.directory, f"stream{n}.gone"))))
+        self.promised += len(found)
         return found
 
     def _start_loop(self, job: Job) -> list[str]:
         """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
-        address = self.group.address(f"loop{[j.name for j in self.run.plan.jobs].index(job.name)}")
-        fresh = {n for n, s in self.status.items() if s == JobState.RAN}
+        address = self.group.address(f"loop{self.order[job.name]}")
         ids = []
-        for k, spec in enumerate(self.specs.loop_sides(job, address, fresh)):
+        for k, spec in enumerate(self.specs.loop_sides(job, address, self.fresh)):
             self._spawn(f"{job.name}#{k}", spec)
             ids.append(f"{job.name}#{k}")
         return ids
 
     def _starve(self, producer: str) -> None:
         """Kill the running consumers of a failed producer's streams (they become skipped)."""
-        for cons, (prod, _cancel) in self.feeders.items():
-            if prod == producer and cons in self.procs and cons not in self.starved:
+        for cons in self.fed_by.get(producer, ()):
+            if cons in self.procs and cons not in self.starved:
                 self.starved.add(cons)
                 for pid in self.procs[cons]:
                     self.group.kill(pid)
@@ -319,16 +400,18 @@ class Scheduler:
         self._unlock(job.name)
         wall = time.perf_counter() - self.started[job.name]
         if self.options.timeout_s:  # the consumers of its streams now run on their own
-            for cons, (prod, _cancel) in self.feeders.items():
-                if prod == job.name and cons in self.group:
+            for cons in self.fed_by.get(job.name, ()):
+                if cons in self.group:
                     self.group.set_timeout(cons, self.options.timeout_s)
-        if job.name in self.feeders:  # a consumer has ended: its producer stops feeding it
-            Path(self.feeders[job.name][1]).touch()
+        if job.name in self.feeders and self.feeders[job.name][0] in self.procs:
+            Path(self.feeders[job.name][1]).touch()  # a consumer has ended: its running producer stops feeding it
         if job.name in self.starved:  # killed because the producer it read from failed
             self.store.drop_partial(job.output_keys)
             run.set(job.name, JobState.SKIPPED)
             return True
         outcomes = [self.group.outcome(p) for p in ids]
+        for o in outcomes:  # the digests (and results) of the files it committed, for the report and record
+            run.state.learn(o.statistics, job.output_keys if len(ids) == 1 or job.kind == "loop" else ())
         failures = [(p, o) for p, o in zip(ids, outcomes, strict=True) if not o.ok]
         culprit = next((p for p, _o in failures if p not in self.killed), failures[0][0] if failures else None)
         bad = dict(failures).get(culprit) if culprit is not None else None
@@ -351,6 +434,9 @@ class Scheduler:
             if job.name in self.feeders:
                 run.state.stats[job.name]["streamed_from"] = self.feeders[job.name][0]
             run.set(job.name, JobState.RAN)
+            run.settle(job)
+            self.fresh.add(job.name)
+            self._available(job.name)
             run.emit(job.name, "done", wall_s=wall)
             return True
         if self.run.staging is not None:

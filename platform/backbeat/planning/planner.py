@@ -15,7 +15,7 @@ from __future__ import annotations
 from backbeat.core import hashing
 from backbeat.core.errors import DataError, ExecutionError, InvalidAssetError
 from backbeat.core.names import experiment_toolchain, parse_name
-from backbeat.data.values import analysis_format
+from backbeat.declarations.algorithm import analysis_format
 from backbeat.declarations.catalog import Catalog
 from backbeat.planning.context import PlanContext, Wiring, plain
 from backbeat.planning.loops import plan_loop

@@ -26,6 +26,7 @@ class Options:
     memory_bytes: int | None = None
     window: int = 4096
     stream: bool = True  # a consumer may read an output while its producer writes it (backbeat.streams)
+    alive: int = 0  # block processes alive at once at most, streamed ones included (0: from -j, see the scheduler)
     sandbox: bool = False  # every process of the run in the sandbox (backbeat.processes.sandbox)
 
 
@@ -161,22 +162,35 @@ def with_twins(plan: Any, decisions: dict[str, Decision]) -> dict[str, Decision]
     return decisions
 
 
+def readers(plan: Any) -> dict[str, list[Any]]:
+    """``{job: the jobs reading one of its outputs}``, in plan order (built once per run, so that
+    looking up a job's consumers costs what it has, not the size of the plan)."""
+    out: dict[str, list[Any]] = {j.name: [] for j in plan.jobs}
+    for job in plan.jobs:
+        for dep in dict.fromkeys(job.depends):
+            out.setdefault(dep, []).append(job)
+    return out
+
+
 def stream_consumers(plan: Any, producer: str, status: Mapping[str, str],
-                     algorithm_type: Callable[[str], str]) -> list[tuple[Any, str, str]]:
+                     algorithm_type: Callable[[str], str],
+                     index: tuple[Mapping[str, Any], Mapping[str, list[Any]]] | None = None,
+                     ) -> list[tuple[Any, str, str]]:
     """Jobs that may read ``producer``'s output while it is written: ``[(job, input, output)]``.
 
     ``producer`` must be a plain unsplit block; a consumer is a pending legacy/sequential
     block (unsplit) or analyzer whose block channel has exactly one input, fed by
     ``producer``, and whose other inputs are all available (``ran`` or ``cached``).
-    ``algorithm_type(name)`` gives an algorithm's type.
+    ``algorithm_type(name)`` gives an algorithm's type.  ``index``: ``({name: job},``
+    :func:`readers` ``(plan))``, when the caller asks for many producers of one plan.
     """
-    jobs = {j.name: j for j in plan.jobs}
+    jobs, reading = index if index is not None else ({j.name: j for j in plan.jobs}, readers(plan))
     prod = jobs[producer]
     if prod.kind != "block" or prod.nb_slots > 1:
         return []
     found = []
-    for cons in plan.jobs:
-        if producer not in cons.depends or status.get(cons.name) not in ("pending", "waiting"):
+    for cons in reading.get(producer, ()):
+        if status.get(cons.name) not in ("pending", "waiting"):
             continue
         if cons.kind not in ("block", "analyzer") or (cons.kind == "block" and cons.nb_slots > 1):
             continue

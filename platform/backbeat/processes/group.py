@@ -46,14 +46,12 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from backbeat.processes.exits import Exit, Limits
-from backbeat.processes.logs import move_log
-from backbeat.processes.outcome import Outcome, classify
-from backbeat.processes.workerpool import ForkServer, Handle
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (imported when something is started: a run that starts nothing does not)
     from backbeat.processes.control import ControlServer, Message
+    from backbeat.processes.exits import Exit, Limits
+    from backbeat.processes.outcome import Outcome
     from backbeat.processes.sandbox import Sandbox
+    from backbeat.processes.workerpool import ForkServer, Handle
 
 JOB_MAIN = "backbeat.processes.control:job_main"
 
@@ -84,6 +82,7 @@ class ProcessGroup:
 
     def _new_server(self, python: str | None) -> ForkServer:
         from backbeat.processes.interpreter import RUNTIME_MODULES
+        from backbeat.processes.workerpool import ForkServer
 
         # the zygote imports the block runtime once, rather than each block (~35 ms per block)
         kw: dict[str, Any] = {"preload": RUNTIME_MODULES if self._preload is None else self._preload}
@@ -184,6 +183,8 @@ class ProcessGroup:
 
     def _publish_log(self, job: str) -> None:
         if job in self._logs:
+            from backbeat.processes.logs import move_log
+
             staged, log = self._logs.pop(job)
             move_log(staged, log)
 
@@ -196,7 +197,10 @@ class ProcessGroup:
         server, control = self._started(python)
         payload = {"target": target, "control": control.address, "job": job, "token": control.register(job),
                    "root": self.root, "spec": spec}
-        limits = limits or Limits()
+        if limits is None:
+            from backbeat.processes.exits import Limits
+
+            limits = Limits()
         handle = server.spawn(JOB_MAIN, payload, limits, self._staged_log(job, log))
         self._handles[job] = handle
         self._messages[job] = []
@@ -222,12 +226,19 @@ class ProcessGroup:
         """How the job's process ended, or None while it runs."""
         return self._handles[job].poll()
 
+    def ended(self, job: str) -> Exit | None:
+        """:meth:`exit` as of the last :meth:`poll` (which reads every exit reported): no system
+        call, for a loop checking many jobs after each poll."""
+        return self._handles[job].exit
+
     def outcome(self, job: str) -> Outcome:
         """What happened to an ended job (its last messages are collected first)."""
         exit_ = self._handles[job].poll()
         if exit_ is None:
             raise RuntimeError(f"job `{job}' is still running")
         self.poll(0)
+        from backbeat.processes.outcome import classify
+
         outcome = classify(exit_, self._messages.get(job, []), self._limits.get(job))
         self._publish_log(job)
         if self.sandbox is not None:

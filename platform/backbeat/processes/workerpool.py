@@ -102,6 +102,7 @@ class ForkServer:
         self.zygote_pid: int | None = None
         self._sock: socket.socket | None = None
         self._buf = b""
+        self._out = bytearray()  # requests not yet taken by the zygote (written as it reads them)
         self._lock = threading.RLock()  # held while reading events
         self._send_lock = threading.Lock()  # held while writing requests
         self._handles: dict[int, Handle] = {}
@@ -262,10 +263,6 @@ class ForkServer:
         """Run ``target(payload)`` (``"module:function"``) in a new child; return at once."""
         split_target(target)
         payload = {} if payload is None else payload
-        try:
-            json.dumps(payload)
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"job payload must be JSON-serialisable: {e}") from None
         limits = limits or Limits()
         if limits.timeout_s is not None and not limits.timeout_s > 0:
             raise UsageError(f"job timeout must be a positive number of seconds, not {limits.timeout_s!r}")
@@ -278,14 +275,18 @@ class ForkServer:
         with self._send_lock:
             self._next += 1
             job_id = self._next
+        try:  # (encoded once: the request the zygote reads)
+            line = json.dumps({"op": "spawn", "id": job_id, "target": target, "payload": payload,
+                               "limits": limits.to_json(), "log": log_path})
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"job payload must be JSON-serialisable: {e}") from None
         if self._mp is not None:
             handle: Handle = MPHandle(self, job_id, target, payload, limits, log_path)
             self._handles[job_id] = handle
             return handle
         handle = Handle(self, job_id)
         self._handles[job_id] = handle
-        self._request({"op": "spawn", "id": job_id, "target": target, "payload": payload,
-                       "limits": limits.to_json(), "log": log_path})
+        self._send(line)
         return handle
 
     def running(self) -> list[Handle]:
@@ -307,12 +308,31 @@ class ForkServer:
 
     # -- internals
     def _request(self, req: dict) -> None:
+        """Queue a request and write what the zygote's socket takes now, without waiting: the
+        rest is written while events are pumped (a zygote busy forking never blocks the caller)."""
+        self._send(json.dumps(req))
+
+    def _send(self, line: str) -> None:
         assert self._sock is not None
-        try:
-            with self._send_lock:
-                self._sock.sendall((json.dumps(req) + "\n").encode())
-        except OSError as e:
-            raise ExecutionError(f"the fork server is gone: {e}") from None
+        with self._send_lock:
+            self._out += (line + "\n").encode()
+            self._flush()
+
+    def _flush(self, strict: bool = True) -> None:
+        """Write queued requests until the socket is full (call with ``_send_lock`` held).
+        A zygote that is gone raises, or with ``strict=False`` drops them (its end is read next)."""
+        assert self._sock is not None
+        while self._out:
+            try:
+                n = self._sock.send(self._out, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._out.clear()
+                if strict:
+                    raise ExecutionError(f"the fork server is gone: {e}") from None
+                return
+            del self._out[:n]
 
     def _pump_until(self, cond: Any, timeout: float | None) -> None:
         if self._mp is not None:
@@ -326,8 +346,13 @@ class ForkServer:
                 if self._sock is None or self._sock.fileno() < 0:
                     return  # not started, closed, or died (its jobs then ended `lost')
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready, _, _ = select.select([self._sock], [], [], remaining)
+                ready, writable, _ = select.select([self._sock], [self._sock] if self._out else [], [], remaining)
+                if writable:
+                    with self._send_lock:
+                        self._flush(strict=False)
                 if not ready:
+                    if writable and (deadline is None or time.monotonic() < deadline):
+                        continue
                     return
                 chunk = self._sock.recv(1 << 16)
                 if not chunk:

@@ -21,6 +21,8 @@ orphans it inherits.  Its ``ready`` event describes its interpreter
 
 from __future__ import annotations
 
+import collections
+import gc
 import importlib
 import json
 import os
@@ -34,7 +36,7 @@ import traceback
 from typing import Any
 
 from backbeat.core.errors import UsageError
-from backbeat.processes import reaper
+from backbeat.processes import reaper, warmup
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY, memory_ceiling, oom_kills
 from backbeat.processes.logs import BoundedLog
 
@@ -237,6 +239,7 @@ class Zygote:
         self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason, log, pipe, oom}
         self.pipes: dict[int, int] = {}  # read end of a child's output pipe -> its pid
         self.inbuf = b""
+        self.queue: collections.deque[dict] = collections.deque()  # requests read, not yet handled
         self.outbuf = b""
         self.closing = False
 
@@ -286,10 +289,18 @@ class Zygote:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
                 error = error or f"cannot preload `{name}': {e}"
-        _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
+            if name == "numpy":
+                warmup.quiet_blas()
+                _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
+            if not error:
+                self.read_requests(preloading=True)
+                self.reap()  # (a child forked meanwhile may have ended: its exit is told now)
+        _fresh_random_state()
+        gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         from backbeat.processes.interpreter import describe
 
         self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": describe()})
+        self.read_requests()  # those left waiting by the preload
         while True:
             now = time.monotonic()
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
@@ -311,18 +322,29 @@ class Zygote:
                 if fd in self.pipes:
                     self.drain(fd, 1 << 20)
             if self.sock in ready:
-                try:
-                    chunk = self.sock.recv(1 << 16)
-                except BlockingIOError:
-                    chunk = None
-                if chunk == b"":
-                    self.shutdown(0)
-                self.inbuf += chunk or b""
-                while b"\n" in self.inbuf:
-                    line, self.inbuf = self.inbuf.split(b"\n", 1)
-                    self.handle(json.loads(line))
+                self.read_requests()
             self.enforce_deadlines()
             self.reap()
+
+    def read_requests(self, preloading: bool = False) -> None:
+        """Read what the parent wrote and handle the requests, in order.  ``preloading``: between
+        two preloaded modules, a job is forked as soon as the modules it runs are loaded (e.g.
+        a view's indexing job, before h5py and the block runtime): the requests from the first
+        one whose modules are not yet loaded wait for the end of the preload."""
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            chunk = None
+        if chunk == b"":
+            self.shutdown(0)
+        self.inbuf += chunk or b""
+        while b"\n" in self.inbuf:
+            line, self.inbuf = self.inbuf.split(b"\n", 1)
+            self.queue.append(json.loads(line))
+        while self.queue and not (preloading and not warmup.can_fork(self.queue[0])):
+            if preloading:
+                gc.freeze()  # (a child shares what is loaded so far)
+            self.handle(self.queue.popleft())
 
     def handle(self, req: dict) -> None:
         op = req.get("op")

@@ -27,7 +27,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,25 +130,69 @@ def asset_entry(catalog: Catalog, kind: str, name: str) -> dict:
     return entry
 
 
-def environment() -> dict:
-    from importlib import metadata
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
 
-    packages: dict[str, str | None] = {}
-    for p in PACKAGES:
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of ``names``: from the ``<name>-<version>.dist-info`` folders on
+    ``sys.path`` (the wheel format names them so; a listing per path entry, where
+    ``importlib.metadata`` costs tens of milliseconds to import and parse), else from
+    ``importlib.metadata`` (other kinds of installs); None when not installed."""
+    wanted = {_normal(n): n for n in names}
+    found: dict[str, str | None] = {}
+    for entry in sys.path:
         try:
-            packages[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            packages[p] = None
+            listing = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for folder in listing:
+            if folder.endswith(".dist-info"):
+                name, _, version = folder[: -len(".dist-info")].partition("-")
+                known = wanted.get(_normal(name))
+                if known is not None and version and known not in found:
+                    found[known] = version
+    missing = [n for n in names if n not in found]
+    if missing:
+        from importlib import metadata
+
+        for n in missing:
+            try:
+                found[n] = metadata.version(n)
+            except metadata.PackageNotFoundError:
+                found[n] = None
+    return {n: found[n] for n in names}
+
+
+def platform_name() -> str:
+    """``platform.platform()``, without running ``uname -p`` on Linux (it imports subprocess and
+    runs a program, ~10 ms of every run, for a processor name that is ``unknown`` or the machine
+    there, which ``platform()`` then leaves out): ``Linux-<release>-<machine>-with-<libc><version>``."""
+    uname = os.uname() if hasattr(os, "uname") else None
+    if uname is None or uname.sysname != "Linux":
+        return platform.platform()
+    libc, version = platform.libc_ver()
+    text = "-".join([uname.sysname, uname.release, uname.machine] + (["with", libc + version] if libc else []))
+    for bad in ' /\\:;"()':
+        text = text.replace(bad, "_" if bad == " " else "-")
+    return re.sub("-+", "-", text.replace("unknown", "")).strip("-")
+
+
+def environment() -> dict:
+    packages = package_versions(PACKAGES)
     return {"backbeat": __version__, "python": platform.python_version(),
             "python_implementation": platform.python_implementation(), "executable": sys.executable,
-            "packages": packages, "platform": platform.platform(), "machine": platform.machine(),
+            "packages": packages, "platform": platform_name(), "machine": platform.machine(),
             "cpus": os.cpu_count()}
 
 
 # -- the record ------------------------------------------------------------------------------
-def output_digest(store: CacheStore, key: str) -> str | None:
+def output_digest(store: CacheStore, key: str, known: Mapping[str, str] | None = None) -> str | None:
     """The content digest stored in an output entry holding ``key`` (memoised by ``stat``: no
-    h5py when unchanged); None when it is missing, unreadable or holds another key."""
+    h5py when unchanged); None when it is missing, unreadable or holds another key.  ``known``:
+    the digests this run's writers computed as they committed their outputs (no h5py either)."""
+    if known and key in known and store.output_path(key).is_file():
+        return known[key]
     try:
         return store.check_identity(key)
     except Exception:  # noqa: BLE001 - an unreadable or misplaced file has no digest here (the audit says why)
@@ -185,17 +231,17 @@ def datasets_entry(plan: Plan, store: CacheStore | None = None) -> dict:
     return out
 
 
-def block_entry(plan: Plan, job: Job, store: CacheStore, status: str) -> dict:
+def block_entry(plan: Plan, job: Job, store: CacheStore, status: str, known: Mapping[str, str] | None = None) -> dict:
     inputs = {}
     for n, i in job.inputs.items():
         if i.source == "dataset":  # what it serves: index content, data read, dataformat (its output key)
             digest = i.key or None
         else:
-            digest = output_digest(store, i.key) if i.key else None
+            digest = output_digest(store, i.key, known) if i.key else None
         inputs[n] = {"source": i.source, "node": i.node, "output": i.output, "dataformat": i.dataformat,
                      "key": i.key, "digest": digest}
     outputs = {n: {"dataformat": o.dataformat, "key": o.key, "path": store.name(o.key, ".h5") if o.key else None,
-                   "digest": output_digest(store, o.key) if o.key else None}
+                   "digest": output_digest(store, o.key, known) if o.key else None}
                for n, o in job.outputs.items()}
     return {"kind": job.kind, "algorithm": job.algorithm, "status": status, "key": job.key,
             "pre_image": key_components(plan, job) if job.key else None, "beat_hash": job.beat_hash,
@@ -227,13 +273,16 @@ def _carried(entry: dict, old: dict | None) -> None:
 
 
 def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dict, report: dict,
-          previous: dict | None = None, catalog: Catalog | None = None) -> dict:
+          previous: dict | None = None, catalog: Catalog | None = None,
+          digests: Mapping[str, str] | None = None) -> dict:
     """The JSON-able provenance record of a finished run (see the module docstring).
 
     ``options``: the run's selection (``force``, ``only``, ``from``, ``until``); ``report``: its
     run report (statuses, statistics, errors); ``previous``: the experiment's previous record
     (a cached block keeps the statistics of the run that computed it).  ``catalog``: the one
     the run was planned with (assets as hashed into the keys); by default the prefix now.
+    ``digests``: the content digests this run's writers computed (output key → digest), so that
+    the files just written are not opened again.
     """
     catalog = catalog or Catalog(str(prefix))
     assets = {}
@@ -243,7 +292,7 @@ def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dic
     blocks = {}
     for job in plan.jobs:
         rep = report["blocks"].get(job.name, {})
-        entry = block_entry(plan, job, store, rep.get("status", "pending"))
+        entry = block_entry(plan, job, store, rep.get("status", "pending"), digests)
         if "statistics" in rep:
             entry["statistics"] = rep["statistics"]
         if "runtime" in rep:

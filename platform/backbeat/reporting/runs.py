@@ -21,7 +21,8 @@ from backbeat.declarations.prefix import Prefix
 from backbeat.reporting import engine, live, patterns
 
 #: the run options of ``experiments run`` that apply to every experiment of the command
-OPTION_FIELDS = ("force", "jobs", "timeout_s", "memory_bytes", "only", "from_", "until", "stream", "sandbox")
+OPTION_FIELDS = ("force", "jobs", "timeout_s", "memory_bytes", "only", "from_", "until", "stream", "alive",
+                 "sandbox")
 
 
 def summary_entry(rep: dict, wall_s: float) -> dict:

@@ -5,7 +5,8 @@ Lives here: the typed job descriptions a process receives (``spec``: ``BlockSpec
 ``dataloaders``), driving an algorithm (``driver``), data sources and block-to-block streams
 (``sources``, ``streams``), the loop channel between a loop's processor and evaluator
 (``loopchannel``), loading user code (``codeloader``, ``compat``: the ``beat.backend.python``
-import shim), the block process entry point (``blockrun``) and database views (``dbprovider``).
+import shim), the block process entry point (``blockrun``), database views (``dbprovider``) and
+what the fork server's zygote imports before forking them (``preload``).
 May import: ``core``, ``declarations``, ``data``, ``processes`` (the control client, outcomes,
 the zmq context).
 """

@@ -43,6 +43,9 @@ from backbeat.runtime.streams import StreamSender, StreamSource
 
 STREAM_BATCH = 4096  # at most, units per batch of a streamed output (the pipeline's grain)
 WINDOW_BYTES = 2 << 20  # at most, bytes of an input's window (of units read at once): memory is bounded
+#: an analyzer's result of at most that many units is reported with its records (statistic
+#: ``records``), so that the executor need not open the file to report it
+REPORTED_RESULT_UNITS = 1000
 
 
 class _Sink:
@@ -79,6 +82,25 @@ def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str])
             senders[name].finish(writer.end if writer.end is not None else writer.next_index - 1)
         written[name] = outputs[name].nb_data_blocks_written
     return written
+
+
+def _committed(spec: BlockSpec, digests: dict[str, str]) -> dict[str, Any]:
+    """What the executor learns of the committed outputs without opening them: their content
+    digests by key (``committed``: key → digest, for its provenance record and stat memo;
+    ``digests``: output → digest, what a sandboxed run checks) and, for an analyzer's small
+    result, its records read back from the file (``records``: key → records, for its report)."""
+    out: dict[str, Any] = {"committed": {spec.outputs[n].key: d for n, d in digests.items() if n in spec.outputs}}
+    if spec.kind == "analyzer" and spec.slot is None:
+        kept = {}
+        for o in spec.outputs.values():
+            try:
+                with cachereader.CacheReader(o.path, verify=False) as reader:  # (its digest was just computed)
+                    if len(reader) <= REPORTED_RESULT_UNITS:
+                        kept[o.key] = cachereader.records(reader)
+            except Exception:  # noqa: BLE001 - committed all the same: the executor reads the file itself
+                continue
+        out["records"] = kept
+    return out
 
 
 def _last_end(source: Any) -> int:
@@ -172,7 +194,7 @@ def run(payload: dict) -> dict:
             written = _commit(writers, senders, outputs, digests)
             return {"steps": served, "written": written, "digests": digests,
                     "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
-                    "wall_s": time.perf_counter() - t0}
+                    "wall_s": time.perf_counter() - t0, **_committed(spec, digests)}
         if loop is not None:
             from backbeat.runtime.loopchannel import LoopChannel, attach_writes
 
@@ -213,4 +235,5 @@ def run(payload: dict) -> dict:
         "digests": digests,  # checked against the files by a sandboxed run (execution.sandboxing)
         "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
         "wall_s": time.perf_counter() - t0,
+        **_committed(spec, digests),
     }

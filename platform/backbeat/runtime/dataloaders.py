@@ -15,7 +15,7 @@ channel; its ``main_loader`` is the loader of the block's own channel (see
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
@@ -132,6 +132,7 @@ class DataLoader:
         self.nb_data_units = 0
         self.data_index_start = -1
         self.data_index_end = -1
+        self.on_read: Callable[[int], None] | None = None  # told of each unit read (progress)
 
     def __repr__(self) -> str:
         return f"DataLoader({self.channel!r}, {list(self.infos)}, {self.nb_data_units} units)"
@@ -179,6 +180,8 @@ class DataLoader:
         return DataView(self, self.mixed_data_indices[first:last])
 
     def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
+        if self.on_read is not None:
+            self.on_read(index)
         return _read(self.infos, self.mixed_data_indices, index)
 
     def __getstate__(self) -> dict:

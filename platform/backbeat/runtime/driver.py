@@ -28,6 +28,7 @@ only passed through (``loop_channel``, ``before_process`` hook for the ``rdi`` m
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,6 +144,37 @@ def count_steps(input_list: InputList | None, data_loaders: DataLoaderList | Non
     return len(mix_data_indices([i.data_source.data_indices() for i in group]))
 
 
+#: seconds between two progress reports of a running block, at most (whatever the speed of its steps)
+PROGRESS_INTERVAL = 0.2
+
+
+class Pacer:
+    """Calls ``report(steps)`` about every :data:`PROGRESS_INTERVAL` seconds, however fast or slow
+    the steps are, and reads the clock only every ``stride`` steps: the step loop compares
+    ``steps >= pacer.due`` (an integer comparison) and calls :meth:`tick` when it holds.  The
+    stride adapts to the measured speed: one step when a step takes long (a slow sequential
+    block reports each unit), up to 1,024 when steps take microseconds."""
+
+    __slots__ = ("report", "interval", "due", "_last", "_seen", "_at")
+
+    def __init__(self, report: Callable[[int], None], interval: float = PROGRESS_INTERVAL) -> None:
+        self.report, self.interval = report, interval
+        self.due = 1
+        self._last = self._at = time.monotonic()  # last report; last tick
+        self._seen = 0  # steps at the last tick
+
+    def tick(self, steps: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self.report(steps)
+            self._last = now
+        elapsed, done = now - self._at, steps - self._seen
+        # the next tick about a quarter of an interval later, at the speed just measured
+        stride = int(done * self.interval / (4 * elapsed)) if elapsed > 0 else 1024
+        self.due = steps + max(1, min(1024, stride))
+        self._at, self._seen = now, steps
+
+
 @dataclass
 class RunSummary:
     """What :func:`run_algorithm` did: steps run and blocks written per output."""
@@ -175,7 +207,7 @@ def _single_source(group: InputGroup) -> Any:
 
 
 def _drive_single(group: InputGroup, process: Callable, args: tuple,
-                  progress: Callable[[int], None] | None) -> tuple[int, Any]:
+                  pacer: Pacer | None) -> tuple[int, Any]:
     """The step loop for a main group of one input (the common case), without per-step calls.
 
     Sets exactly what :meth:`InputGroup.platform_next` sets (the input's unit and
@@ -205,8 +237,8 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
             listener.onIntervalChanged(start, end)
         result = process(*args)
         steps += 1
-        if progress is not None and not steps & 1023:
-            progress(steps)
+        if pacer is not None and steps >= pacer.due:
+            pacer.tick(steps)
         if not result:
             break
     return steps, result
@@ -230,7 +262,8 @@ def run_algorithm(
 
     ``kind`` is the algorithm type (``legacy``, ``sequential``, ``autonomous`` or a loop
     variant).  Analyzers get ``outputs[0]`` as ``output``.  ``progress(steps_done)`` is
-    called every 1024 ``process`` calls and at the end.  Raises :class:`ExecutionError` with BEAT's texts
+    called about every :data:`PROGRESS_INTERVAL` seconds while steps run (:class:`Pacer`) and
+    at the end.  Raises :class:`ExecutionError` with BEAT's texts
     (``Could not setup algorithm (returned False)`` …, ``Missing data on the following
     output(s): …``); exceptions raised by user code propagate unchanged.
     """
@@ -263,8 +296,20 @@ def run_algorithm(
     summary = RunSummary()
     result: Any = True
     if autonomous:
-        result = _call(algorithm, "process", loaders, to_write, *([loop_channel] if pass_loop else []))
         main = loaders.main_loader
+        if progress is not None and main is not None:  # units done: the furthest the main loader was read
+            reading, high = Pacer(progress), [0]
+
+            def read(index: int) -> None:
+                if index >= high[0]:
+                    high[0] = index + 1
+                    if high[0] >= reading.due:
+                        reading.tick(high[0])
+
+            main.on_read = read
+        result = _call(algorithm, "process", loaders, to_write, *([loop_channel] if pass_loop else []))
+        if main is not None:
+            main.on_read = None
         summary.steps = main.count() if main is not None else 0
         if progress is not None:
             progress(summary.steps)
@@ -283,8 +328,9 @@ def run_algorithm(
         else:
             args = (inputs, loaders, to_write) + ((loop_channel,) if pass_loop else ())
         steps = 0
+        pacer = Pacer(progress) if progress is not None else None
         if before_process is None and _single_source(main_group) is not None:
-            steps, result = _drive_single(main_group, process, args, progress)
+            steps, result = _drive_single(main_group, process, args, pacer)
         advance, more = main_group.platform_next, main_group.hasMoreData
         while result and more():
             advance()
@@ -292,8 +338,8 @@ def run_algorithm(
                 before_process()
             result = process(*args)
             steps += 1
-            if progress is not None and not steps & 1023:  # progress is cheap but not free
-                progress(steps)
+            if pacer is not None and steps >= pacer.due:  # progress is cheap but not free
+                pacer.tick(steps)
             if not result:
                 break
         summary.steps = steps

@@ -1,0 +1,27 @@
+"""What the fork server's zygote imports once, before it forks any block process.
+
+Every block process, indexing job and database provider imports the block runtime
+(:mod:`~backbeat.runtime.blockrun` with the cache files, the driver, BEAT's API, streams;
+:mod:`~backbeat.runtime.dbprovider`, :mod:`~backbeat.runtime.loopchannel`) and the
+``beat.backend.python`` aliases user code imports.  Imported by the zygote (the executor lists
+this module in its fork server's preload, :func:`backbeat.execution.state.local_group`), all of
+it is inherited by each child — copy-on-write, shared — instead of being imported again by each
+(~20 ms of CPU per block process: ``docs/performance.md``).
+
+Importing this module installs the aliases (:func:`~backbeat.runtime.compat.install_beat_aliases`):
+only backbeat's own worker processes import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from backbeat.runtime import blockrun, dbprovider, loopchannel
+from backbeat.runtime.compat import ALIASES, install_beat_aliases
+
+#: the modules preloaded (for tests and tracing)
+MODULES = (blockrun.__name__, dbprovider.__name__, loopchannel.__name__)
+
+install_beat_aliases()
+for _alias in ALIASES:
+    importlib.import_module(_alias)
