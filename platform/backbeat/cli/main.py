@@ -13,12 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from backbeat import __version__
-from backbeat.cli import assets, audit, plot, reports, run, tools
+from backbeat.cli import assets, attest, audit, plot, reports, run, tools
 from backbeat.core.errors import BackbeatError
 
 #: The command modules, each adding its commands with ``register(subparsers, kinds)``;
 #: ``assets`` comes first: it creates the per-kind groups (``kinds``) the others extend.
-COMMANDS = (assets.register, run.register, tools.register, audit.register, plot.register, reports.register)
+COMMANDS = (assets.register, run.register, tools.register, audit.register, attest.register, plot.register,
+            reports.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
