@@ -55,6 +55,7 @@ MAX_MANIFEST = 64 << 20  # bytes of manifest.json
 MAX_JSON = 256 << 20  # bytes of any JSON member read into memory
 MAX_MEMBERS = 500_000
 MAX_NAME = 1024
+SIZE_SLACK = 64 << 20  # a member this much bigger than the manifest says is still read (to report on it)
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -304,7 +305,7 @@ def extract(archive: str | os.PathLike, folder: str | os.PathLike) -> Extracted:
                 raise DataError(f"attestation `{archive}': {MANIFEST} is not valid JSON: {exc}") from None
             out = Extracted(archive, folder, hashlib.sha256(raw).hexdigest(), None, manifest)
             members: dict[str, dict] = manifest["members"]
-            total = sum(m["size"] for m in members.values())
+            total = sum(m["size"] for m in members.values()) + SIZE_SLACK
             free = shutil.disk_usage(folder).free
             if total > free:
                 raise DataError(f"attestation `{archive}' holds {total} bytes; only {free} are free in `{folder}'")
@@ -325,16 +326,17 @@ def extract(archive: str | os.PathLike, folder: str | os.PathLike) -> Extracted:
                 if m is None:
                     raise DataError(f"attestation `{archive}': member `{info.name}' is not listed in {MANIFEST} "
                                     f"(added after the attestation was made): refused")
-                if info.size != m["size"]:
+                if info.size > m["size"] + SIZE_SLACK:  # (a bounded difference is extracted, to say more)
                     out.bad.add(info.name)
                     out.problems.append(_problem(info.name, f"member {info.name}: {info.size} bytes, the manifest "
                                                             f"says {m['size']} (modified)"))
                     continue
                 digest = _write_member(tar, info, out.path(info.name))
-                if digest != m["sha256"]:
+                if digest != m["sha256"] or info.size != m["size"]:
                     out.bad.add(info.name)
+                    sizes = f", {info.size} bytes instead of {m['size']}" if info.size != m["size"] else ""
                     out.problems.append(_problem(info.name, f"member {info.name}: sha256 {digest[:12]} differs from "
-                                                            f"the manifest's {m['sha256'][:12]} (modified)"))
+                                                            f"the manifest's {m['sha256'][:12]}{sizes} (modified)"))
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise DataError(f"attestation `{archive}' cannot be read (at member `{current}'): {exc}") from None
     except OSError as exc:

@@ -21,7 +21,13 @@ import tempfile
 from pathlib import Path
 
 from backbeat.attestation.archive import Extracted, extract, file_digest
-from backbeat.attestation.description import asset_members, data_member, database_data, manifest_member, safe_label
+from backbeat.attestation.description import (
+    asset_members,
+    data_member,
+    database_data,
+    manifest_member,
+    safe_label,
+)
 from backbeat.core import jsonio
 from backbeat.core.errors import DataError
 from backbeat.declarations.catalog import Catalog

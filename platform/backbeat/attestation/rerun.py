@@ -180,7 +180,11 @@ def rerun(ex: Extracted, record: dict, found: dict[str, dict], source: Path | No
             continue
         diverged.add(b)
         cause, why, inputs = _classify(b, ob, nb, datasets, env, diverged - {b})
-        message = f"block `{b}': output(s) {', '.join(outputs)} differ from the attested ones ({cause}): {why}"
+        if out["first_divergence"] is None:
+            message = f"block `{b}': output(s) {', '.join(outputs)} differ from the attested ones ({cause}): {why}"
+        else:  # downstream of the first: said briefly
+            message = f"block `{b}': output(s) {', '.join(outputs)} differ" + (
+                f" because input(s) {', '.join(inputs)} differ" if inputs else f" ({cause}: {why})")
         bad("rerun", b, message)
         if out["first_divergence"] is None:
             out["first_divergence"] = {"block": b, "cause": cause, "outputs": outputs, "inputs": inputs,

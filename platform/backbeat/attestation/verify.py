@@ -313,12 +313,10 @@ def verify(archive: str | os.PathLike, data: str | os.PathLike | None = None, re
         _results(v, record)
         source, origin = data_source(v, data)
         _data(v, record, source, origin)
-        if rerun:
-            if p is None or not ex.intact or any(m["kind"] in ("asset", "key", "plan", "data-manifest")
-                                                 for m in v.mismatches):
-                v.notes.append("not re-run: the archive's code, declarations or keys do not hold (see above)")
-            else:
-                v.rerun = rerunning.rerun(v.extracted, record, v.manifests, source, work, v.bad, progress)
+        if rerun and p is None:
+            v.notes.append("not re-run: the experiment cannot be planned from the archive (see above)")
+        elif rerun:  # (also when something above failed: the re-run shows which block it changes)
+            v.rerun = rerunning.rerun(v.extracted, record, v.manifests, source, work, v.bad, progress)
         return v.report()
     finally:
         shutil.rmtree(work, ignore_errors=True)
