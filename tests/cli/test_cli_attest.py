@@ -342,3 +342,31 @@ def test_import_into_fresh_and_conflicting_prefixes(made, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "algorithms/user/lda_trainer/1 (code differ)" in proc.stderr and "Nothing was imported" in proc.stderr
     assert not (other / "experiments").exists()
+
+
+def test_export_takes_what_ran_and_refuses_what_does_not_match(made, tmp_path):
+    """The prefix edited after the run: the code that ran (its snapshot) and the recorded declaration
+    are exported; data changed since the run, or no successful record, are refused with the reason."""
+    prefix = tmp_path / "prefix"
+    shutil.copytree(made["where"] / "prefix", prefix)
+    shutil.copytree(made["where"] / "cache", tmp_path / "cache")
+    code = prefix / "algorithms/user/lda_trainer/1.py"
+    ran = code.read_bytes()
+    code.write_text(code.read_text() + "\n# edited after the run\n")
+    decl = prefix / "algorithms/user/lda_trainer/1.json"
+    decl.write_text(decl.read_text().replace('"splittable": false', '"splittable": true', 1))
+    (prefix / "databases/iris/data/iris.csv").write_text("changed\n")
+    opts = ["-p", str(prefix), "-c", str(tmp_path / "cache")]
+    out = str(tmp_path / "a.tar")
+    answers = cli_batch([[*opts, "experiments", "export", NAME, "-o", out, "--json"],
+                         [*opts, "experiments", "export", NAME, "-o", str(tmp_path / "b.tar"), "--with-data"],
+                         [*opts, "experiments", "export", "user/user/iris/1/iris_shrinkage", "-o", out],
+                         ["attest", "verify", out, "--json"]])
+    (c0, o0, e0), (c1, _o1, e1), (c2, _o2, e2), (c3, o3, _e3) = answers
+    assert c0 == 0, e0
+    assert read_tar(tmp_path / "a.tar")["prefix/algorithms/user/lda_trainer/1.py"] == ran
+    assert any("lda_trainer/1: the prefix's declaration changed" in n for n in json.loads(o0)["notes"]), e0
+    assert c3 == 0 and json.loads(o3)["ok"], o3
+    assert c1 == 1 and "iris.csv' has sha256" in e1 and "changed since the recorded run" in e1
+    assert not (tmp_path / "b.tar").exists()
+    assert c2 == 1 and "no provenance record of experiment `user/user/iris/1/iris_shrinkage'" in e2

@@ -13,6 +13,8 @@ import re
 from typing import Any
 
 from backbeat.attestation.archive import FORMAT
+from backbeat.core.errors import DataError
+from backbeat.core.names import KINDS
 from backbeat.attestation.environments import block_environments
 
 
@@ -62,6 +64,8 @@ def database_data(record: dict, manifests: dict[str, dict]) -> dict[str, dict]:
     database read, over all its datasets (their data manifests merged)."""
     out: dict[str, dict] = {}
     for _name, ds in sorted(record["datasets"].items()):
+        if not isinstance(ds.get("database"), str) or not KINDS["database"].pattern.match(ds["database"]):
+            raise DataError(f"dataset `{_name}' of the provenance record names no database (`{ds.get('database')}')")
         manifest = manifests.get(ds.get("data") or "") or {"files": {}, "folders": {}}
         db = out.setdefault(ds["database"], {"files": {}, "folders": {}})
         db["files"].update(manifest["files"])

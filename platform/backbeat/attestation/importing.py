@@ -34,7 +34,7 @@ from backbeat.declarations.catalog import Catalog
 from backbeat.provenance import builder, manifests, records
 
 
-def _attested(ex: Extracted) -> dict:
+def _attested(ex: Extracted) -> tuple[dict, Catalog]:
     if not ex.intact:
         raise DataError(f"refusing to import attestation `{ex.archive}': it is not intact: "
                         + "; ".join(p["message"] for p in ex.problems[:5])
@@ -49,7 +49,7 @@ def _attested(ex: Extracted) -> dict:
     if wrong:
         raise DataError(f"refusing to import attestation `{ex.archive}': asset(s) {', '.join(wrong)} do not hash as "
                         f"its provenance record attests (`backbeat attest verify' tells more)")
-    return record
+    return record, archived
 
 
 def _differs(entry: dict, mine: dict) -> str | None:
@@ -77,7 +77,7 @@ def import_archive(archive: str | os.PathLike, prefix: str | os.PathLike) -> dic
     work = Path(tempfile.mkdtemp(prefix="backbeat-attest-"))
     try:
         ex = extract(archive, work / "archive")
-        record = _attested(ex)
+        record, archived = _attested(ex)
         prefix.mkdir(parents=True, exist_ok=True)
         local = Catalog(str(prefix))
         writes: list[tuple[Path, Path]] = []
@@ -90,12 +90,12 @@ def import_archive(archive: str | os.PathLike, prefix: str | os.PathLike) -> dic
                 (conflicts.append(f"{label} ({why})") if why else identical.append(label))
                 continue
             added.append(label)
-            writes.append((ex.path(str(members["declaration"])), files.json))
-            if members["code"]:
-                writes.append((ex.path(members["code"]), files.base.with_name(files.base.name
-                                                                                + Path(members["code"]).suffix)))
-            if members["documentation"] and ex.has(members["documentation"]) and not files.rst.exists():
-                writes.append((ex.path(members["documentation"]), files.rst))
+            source = archived.loaded(entry["kind"], entry["name"])  # (located by its name, never by a recorded path)
+            writes.append((source.files.json, files.json))
+            if members["code"] and source.code_path is not None:
+                writes.append((source.code_path, files.base.with_name(files.base.name + source.code_path.suffix)))
+            if source.files.rst.is_file() and not files.rst.exists():
+                writes.append((source.files.rst, files.rst))
         notes = []
         found = {ds["data"]: jsonio.parse(ex.path(manifest_member(ds["data"])).read_bytes())
                  for ds in record["datasets"].values() if ds.get("data") and ex.has(manifest_member(ds["data"]))}

@@ -108,7 +108,11 @@ def _documents(v: Verification) -> dict | None:
     _manifests(v, record)
     documented = {label for label, a in record["assets"].items()
                   if asset_members(a)["documentation"] in ex.manifest["members"]}
-    expected = describe(record, v.manifests, bool(ex.manifest.get("with_data")), documented)
+    try:
+        expected = describe(record, v.manifests, bool(ex.manifest.get("with_data")), documented)
+    except DataError as exc:
+        v.bad("record", "provenance.json", str(exc))
+        return None
     for line in json_diff(expected, claimed)[:50]:
         section = line.split("/")[1].split(":")[0] if line.startswith("/") else ""
         kind = "environment" if "/environment/" in line else _SECTION_KIND.get(section, "attestation")
@@ -301,7 +305,12 @@ def verify(archive: str | os.PathLike, data: str | os.PathLike | None = None, re
         v.count("members", len(ex.manifest["members"]))
         if expect is not None and expect.strip().lower() != ex.name:
             v.bad("name", archive.name, f"this archive is attestation {ex.name}, not the expected {expect.strip()}")
-        record = _documents(v)
+        try:
+            record = _documents(v)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a forged record of the right format
+            v.bad("record", "provenance.json", f"provenance.json is not a well-formed record ({type(exc).__name__}: "
+                                               f"{exc})")
+            record = None
         if record is None:
             return v.report()
         roots = {db: d.get("root_folder") or "" for db, d in record["databases"].items()}
