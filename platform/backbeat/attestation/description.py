@@ -13,9 +13,9 @@ import re
 from typing import Any
 
 from backbeat.attestation.archive import FORMAT
+from backbeat.attestation.environments import block_environments
 from backbeat.core.errors import DataError
 from backbeat.core.names import KINDS
-from backbeat.attestation.environments import block_environments
 
 
 def asset_members(entry: dict) -> dict[str, str | None]:
