@@ -370,3 +370,26 @@ def test_export_takes_what_ran_and_refuses_what_does_not_match(made, tmp_path):
     assert c1 == 1 and "iris.csv' has sha256" in e1 and "changed since the recorded run" in e1
     assert not (tmp_path / "b.tar").exists()
     assert c2 == 1 and "no provenance record of experiment `user/user/iris/1/iris_shrinkage'" in e2
+
+
+def test_plotters_of_the_results_are_attested(tmp_path):
+    """Plotters (their plotterparameters, libraries) of an analyzer's plot results go with it, checked too."""
+    shutil.copytree(ROOT / "tests/fixtures/plot/prefix", tmp_path / "prefix")
+    opts = ["-p", str(tmp_path / "prefix"), "-c", str(tmp_path / "cache")]
+    archive = tmp_path / "p.tar"
+    name = "plotfx/plotfx/scatter/1/base"
+    (c0, _o, e0), (c1, _o1, e1) = cli_batch([[*opts, "experiments", "run", name, "-q"],
+                                            [*opts, "experiments", "export", name, "-o", str(archive)]])
+    assert c0 == 0 and c1 == 0, e0 + e1
+    plotting = json.loads(read_tar(archive)["attestation.json"])["plotting"]
+    assert {"plotters/plotfx/scatter/1", "plotters/plotfx/textsvg/1", "plotterparameters/plotfx/red/1",
+            "libraries/plotfx/svg/1"} <= set(plotting)
+
+    def change(m: dict[str, bytes]) -> None:
+        m["prefix/plotters/plotfx/textsvg/1.py"] += b"\n# edited\n"
+    edited(archive, tmp_path / "t.tar", change, True)
+    (c2, o2, _), (c3, o3, e3) = cli_batch([["attest", "verify", str(archive), "--json"],
+                                          ["attest", "verify", str(tmp_path / "t.tar"), "--json"]])
+    assert c2 == 0 and json.loads(o2)["ok"]
+    assert c3 == 1 and any(m["kind"] == "asset" and m["subject"] == "plotters/plotfx/textsvg/1"
+                           for m in json.loads(o3)["mismatches"]), o3

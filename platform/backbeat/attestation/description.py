@@ -19,7 +19,10 @@ from backbeat.core.names import KINDS
 
 
 def asset_members(entry: dict) -> dict[str, str | None]:
-    """``{"declaration", "code", "documentation"}``: where an asset's files are in the archive."""
+    """``{"declaration", "code", "documentation"}``: where an asset's files are in the archive
+    (``entry``: a record's asset entry, or the summary :func:`asset_summary` made of one)."""
+    if isinstance(entry.get("members"), dict):
+        return {k: entry["members"].get(k) for k in ("declaration", "code", "documentation")}
     decl = f"prefix/{entry['file']}"
     code = f"prefix/{entry['code_file']}" if entry.get("code_file") and entry.get("code_hash") else None
     doc = decl[: -len(".json")] + ".rst" if decl.endswith(".json") else None
@@ -73,19 +76,24 @@ def database_data(record: dict, manifests: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def describe(record: dict, manifests: dict[str, dict], with_data: bool, documentation: set[str]) -> dict:
+def asset_summary(entry: dict, documented: bool) -> dict:
+    """What ``attestation.json`` says of one asset (an entry of a record's ``assets``)."""
+    members = asset_members(entry)
+    if not documented:
+        members["documentation"] = None
+    return {"kind": entry["kind"], "name": entry["name"], "hash": entry["hash"],
+            "declaration_hash": entry["declaration_hash"], "code_hash": entry["code_hash"], "members": members}
+
+
+def describe(record: dict, manifests: dict[str, dict], with_data: bool, documentation: set[str],
+             plotting: dict[str, dict] | None = None) -> dict:
     """The content of ``attestation.json`` (``docs/attestations.md``).
 
     ``manifests``: ``{digest: data manifest}`` of the record's datasets; ``documentation``: the
-    labels of the assets whose ``.rst`` file the archive holds.
+    labels of the assets whose ``.rst`` file the archive holds; ``plotting``: the summaries of the
+    plotters (and their plotterparameters and libraries) of the results, which no run used.
     """
-    assets = {}
-    for label, a in record["assets"].items():
-        members = asset_members(a)
-        if label not in documentation:
-            members["documentation"] = None
-        assets[label] = {"kind": a["kind"], "name": a["name"], "hash": a["hash"],
-                         "declaration_hash": a["declaration_hash"], "code_hash": a["code_hash"], "members": members}
+    assets = {label: asset_summary(a, label in documentation) for label, a in record["assets"].items()}
     datasets = {}
     for name, ds in record["datasets"].items():
         datasets[name] = {k: ds.get(k) for k in ("database", "protocol", "set", "view", "parameters", "root_folder",
@@ -118,7 +126,8 @@ def describe(record: dict, manifests: dict[str, dict], with_data: bool, document
     return {"format": FORMAT, "experiment": record["experiment"], "toolchain": record.get("toolchain"),
             "record": {"format": record.get("format"), "created": record.get("created"),
                        "status": record.get("status")},
-            "with_data": with_data, "assets": assets, "dataformats": dict(record.get("dataformats") or {}),
+            "with_data": with_data, "assets": assets, "plotting": dict(plotting or {}),
+            "dataformats": dict(record.get("dataformats") or {}),
             "databases": {db: {"hash": d.get("hash"), "root_folder": d.get("root_folder")}
                           for db, d in record["databases"].items()},
             "datasets": datasets, "data": data, "order": list(record["order"]), "blocks": blocks,

@@ -28,6 +28,7 @@ from backbeat.attestation.archive import Writer
 from backbeat.attestation.description import (
     analyzers,
     asset_members,
+    asset_summary,
     data_member,
     database_data,
     describe,
@@ -40,7 +41,7 @@ from backbeat.core import hashing, jsonio
 from backbeat.core.errors import DataError, ExecutionError, IntegrityError
 from backbeat.core.names import KINDS, parse_name
 from backbeat.declarations.catalog import Catalog
-from backbeat.provenance import manifests, records
+from backbeat.provenance import builder, manifests, records
 
 
 def recorded_run(store: CacheStore, name: str) -> dict:
@@ -111,6 +112,45 @@ def _assets(writer: Writer, catalog: Catalog, store: CacheStore, record: dict, n
     return documented
 
 
+def plotting_assets(catalog: Catalog, record: dict) -> list[tuple[str, str]]:
+    """``[(kind, name)]``: the prefix's plotters of the plot results of the experiment's analyzers,
+    their plotterparameters and the libraries they use (transitively) — none of them ran."""
+    from backbeat.declarations.library import load_order
+
+    types = {r.get("type") for a in record["assets"].values() if a["kind"] == "algorithm"
+             for r in ((a.get("declaration") or {}).get("results") or {}).values()
+             if isinstance(r, dict) and str(r.get("type")).startswith("plot/")}
+    plotters = [n for n in catalog.prefix.list("plotter")
+                if (catalog.load("plotter", n).declaration or {}).get("dataformat") in types]
+    out = [("plotter", n) for n in plotters]
+    out += [("plotterparameter", n) for n in catalog.prefix.list("plotterparameter")
+            if (catalog.load("plotterparameter", n).declaration or {}).get("plotter") in plotters]
+    for n in plotters:
+        uses = (catalog.load("plotter", n).declaration or {}).get("uses") or {}
+        for alias in sorted(uses):
+            out += [("library", lib) for lib in load_order(catalog, uses[alias])]
+    labels = set(record["assets"])
+    return [x for i, x in enumerate(out) if x not in out[:i] and f"{KINDS[x[0]].folder}/{x[1]}" not in labels]
+
+
+def _plotting(writer: Writer, catalog: Catalog, record: dict) -> dict[str, dict]:
+    out = {}
+    for kind, name in plotting_assets(catalog, record):
+        entry = builder.asset_entry(catalog, kind, name)
+        label = f"{KINDS[kind].folder}/{name}"
+        if not entry["found"] or entry["declaration"] is None:
+            raise DataError(f"{label}: its declaration cannot be read")
+        members = asset_members(entry)
+        writer.add_file(str(members["declaration"]), catalog.prefix.root / entry["file"])
+        if members["code"]:
+            writer.add_file(members["code"], catalog.prefix.root / entry["code_file"], entry["code_hash"])
+        rst = catalog.prefix.locate(kind, name).rst
+        if members["documentation"] and rst.is_file():
+            writer.add_file(members["documentation"], rst)
+        out[label] = asset_summary(entry, rst.is_file())
+    return out
+
+
 def _data(writer: Writer, catalog: Catalog, store: CacheStore, record: dict, with_data: bool) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for ds_name, ds in record["datasets"].items():
@@ -164,10 +204,11 @@ def export(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, nam
     writer = Writer()
     notes: list[str] = []
     documented = _assets(writer, catalog, store, record, notes)
+    plotting = _plotting(writer, catalog, record)
     found = _data(writer, catalog, store, record, with_data)
     _results(writer, store, record)
     writer.add_json("provenance.json", record)
-    writer.add_json("attestation.json", describe(record, found, with_data, documented))
+    writer.add_json("attestation.json", describe(record, found, with_data, documented, plotting))
     head = {"experiment": name, "created": record.get("created"), "with_data": with_data}
     digest, size = writer.write(Path(output), head)
     if not with_data and any(f.get("sha256") for m in found.values() for f in m["files"].values()):

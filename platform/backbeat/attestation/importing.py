@@ -30,6 +30,7 @@ from backbeat.attestation.description import (
 )
 from backbeat.core import jsonio
 from backbeat.core.errors import DataError
+from backbeat.core.names import KINDS, is_reference
 from backbeat.declarations.catalog import Catalog
 from backbeat.provenance import builder, manifests, records
 
@@ -40,6 +41,11 @@ def _attested(ex: Extracted) -> tuple[dict, Catalog]:
                         + "; ".join(p["message"] for p in ex.problems[:5])
                         + " (`backbeat attest verify' tells more)")
     record = records.read_record(ex.path("provenance.json"))
+    claimed = ex.json("attestation.json")
+    plotting = claimed.get("plotting") if isinstance(claimed, dict) else None
+    record["assets"].update({label: a for label, a in (plotting if isinstance(plotting, dict) else {}).items()
+                             if isinstance(a, dict) and a.get("kind") in KINDS and is_reference(a["kind"], a.get("name"))
+                             and label not in record["assets"]})  # plotters of the results (attested, never run)
     archived = Catalog(str(ex.path("prefix")))
     wrong = []
     for label, entry in record["assets"].items():

@@ -49,7 +49,7 @@ from backbeat.audit.changes import Current, explain_block, json_diff
 from backbeat.cache import results
 from backbeat.cache.store import CacheStore
 from backbeat.core.errors import BackbeatError, DataError, IntegrityError
-from backbeat.core.names import KINDS
+from backbeat.core.names import KINDS, is_reference
 from backbeat.core.statmemo import StatMemo
 from backbeat.declarations.catalog import Catalog
 from backbeat.planning.model import Plan, assign_keys
@@ -73,6 +73,7 @@ class Verification:
     checked: dict[str, int] = field(default_factory=dict)
     record: dict | None = None
     manifests: dict[str, dict] = field(default_factory=dict)
+    plotting: dict[str, dict] = field(default_factory=dict)  # attested plotters (no run used them)
     rerun: dict | None = None
 
     def bad(self, kind: str, subject: str, message: str) -> None:
@@ -108,8 +109,11 @@ def _documents(v: Verification) -> dict | None:
     _manifests(v, record)
     documented = {label for label, a in record["assets"].items()
                   if asset_members(a)["documentation"] in ex.manifest["members"]}
+    plotting = claimed.get("plotting") if isinstance(claimed, dict) else None
+    v.plotting = {label: a for label, a in (plotting if isinstance(plotting, dict) else {}).items()
+                  if isinstance(a, dict) and a.get("kind") in KINDS and is_reference(a["kind"], a.get("name"))}
     try:
-        expected = describe(record, v.manifests, bool(ex.manifest.get("with_data")), documented)
+        expected = describe(record, v.manifests, bool(ex.manifest.get("with_data")), documented, v.plotting)
     except DataError as exc:
         v.bad("record", "provenance.json", str(exc))
         return None
@@ -149,7 +153,7 @@ def _manifests(v: Verification, record: dict) -> None:
 
 # -- 4. assets ----------------------------------------------------------------------------------
 def _assets(v: Verification, catalog: Catalog, record: dict) -> None:
-    for label, old in record["assets"].items():
+    for label, old in [*record["assets"].items(), *v.plotting.items()]:
         members = asset_members(old)
         now = builder.asset_entry(catalog, old["kind"], old["name"])
         v.count("assets")
@@ -157,7 +161,7 @@ def _assets(v: Verification, catalog: Catalog, record: dict) -> None:
             v.bad("asset", label, f"{label}: its declaration {members['declaration']} is not in the archive")
             continue
         if now["declaration_hash"] != old["declaration_hash"]:
-            diff = json_diff(old.get("declaration"), now.get("declaration"))[:10]
+            diff = json_diff(old.get("declaration"), now.get("declaration"))[:10] if "declaration" in old else []
             v.bad("asset", label, f"{label}: declaration {members['declaration']} differs from the attested one "
                   f"(declaration hash {str(now['declaration_hash'])[:12]}, attested {str(old['declaration_hash'])[:12]})"
                   + "".join(f"\n    {d}" for d in diff))
