@@ -196,7 +196,17 @@ def _data(m: dict[str, bytes]) -> None:
     m[f"data/{CSV}"] = m[f"data/{CSV}"].replace(b"5.1,3.5,1.4", b"5.9,3.5,1.4", 1)
 
 
+def _record(m: dict[str, bytes]) -> None:
+    edit_json(m, "provenance.json", lambda d: d["blocks"]["analysis"]["outputs"]["result"].update(digest="0" * 64))
+
+
+def _malformed(m: dict[str, bytes]) -> None:
+    edit_json(m, "provenance.json", lambda d: d["blocks"]["training"].update(outputs=7))
+
+
 TAMPERING = [  # (id, change, reseal, kind, culprit named)
+    ("record", _record, True, "result", "result file results/analysis.h5 holds content"),
+    ("malformed-record", _malformed, True, "record", "provenance.json is not a well-formed record"),
     ("code", _code, False, "member", "member prefix/algorithms/user/lda_trainer/1.py: sha256"),
     ("code-resealed", _code, True, "asset",
      "algorithms/user/lda_trainer/1: code prefix/algorithms/user/lda_trainer/1.py has sha256"),

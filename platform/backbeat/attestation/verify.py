@@ -262,10 +262,7 @@ def _results(v: Verification, record: dict) -> None:
 def data_source(v: Verification, data: str | os.PathLike | None) -> tuple[Path | None, str]:
     """Where the raw data is read from: ``(folder laid out as data/<database>/…, what it is)``."""
     if data is not None:
-        folder = Path(data)
-        if not folder.is_dir():
-            raise DataError(f"data folder `{folder}' does not exist")
-        return folder, f"data folder {folder}"
+        return Path(data), f"data folder {data}"
     if v.extracted.manifest.get("with_data"):
         return v.extracted.path("data"), "the archive"
     return None, "nowhere"
@@ -295,12 +292,33 @@ def _data(v: Verification, record: dict, source: Path | None, origin: str) -> No
 
 
 # -- the whole verification ----------------------------------------------------------------------
+def _checks(v: Verification, data: str | os.PathLike | None, rerun: bool, work: Path, progress: Any) -> None:
+    record = _documents(v)
+    if record is None:
+        return
+    roots = {db: d.get("root_folder") or "" for db, d in record["databases"].items()}
+    prefix = v.extracted.path("prefix")
+    prefix.mkdir(exist_ok=True)
+    catalog = Catalog(str(prefix), roots=roots)
+    _assets(v, catalog, record)
+    p = _keys(v, catalog, record, roots)
+    _results(v, record)
+    source, origin = data_source(v, data)
+    _data(v, record, source, origin)
+    if rerun and p is None:
+        v.notes.append("not re-run: the experiment cannot be planned from the archive (see above)")
+    elif rerun:  # (also when something above failed: the re-run shows which block it changes)
+        v.rerun = rerunning.rerun(v.extracted, record, v.manifests, source, work, v.bad, progress)
+
+
 def verify(archive: str | os.PathLike, data: str | os.PathLike | None = None, rerun: bool = False,
            expect: str | None = None, progress: Any = None) -> dict:
     """Verify an attestation archive (see the module docstring); ``ok`` is False on any mismatch."""
     archive = Path(archive)
     if not archive.is_file():
         raise DataError(f"attestation `{archive}' does not exist or is not a file")
+    if data is not None and not Path(data).is_dir():
+        raise DataError(f"data folder `{data}' does not exist")
     work = Path(tempfile.mkdtemp(prefix="backbeat-attest-"))
     try:
         ex = extract(archive, work / "archive")
@@ -310,26 +328,10 @@ def verify(archive: str | os.PathLike, data: str | os.PathLike | None = None, re
         if expect is not None and expect.strip().lower() != ex.name:
             v.bad("name", archive.name, f"this archive is attestation {ex.name}, not the expected {expect.strip()}")
         try:
-            record = _documents(v)
+            _checks(v, data, rerun, work, progress)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a forged record of the right format
             v.bad("record", "provenance.json", f"provenance.json is not a well-formed record ({type(exc).__name__}: "
                                                f"{exc})")
-            record = None
-        if record is None:
-            return v.report()
-        roots = {db: d.get("root_folder") or "" for db, d in record["databases"].items()}
-        prefix = ex.path("prefix")
-        prefix.mkdir(exist_ok=True)
-        catalog = Catalog(str(prefix), roots=roots)
-        _assets(v, catalog, record)
-        p = _keys(v, catalog, record, roots)
-        _results(v, record)
-        source, origin = data_source(v, data)
-        _data(v, record, source, origin)
-        if rerun and p is None:
-            v.notes.append("not re-run: the experiment cannot be planned from the archive (see above)")
-        elif rerun:  # (also when something above failed: the re-run shows which block it changes)
-            v.rerun = rerunning.rerun(v.extracted, record, v.manifests, source, work, v.bad, progress)
         return v.report()
     finally:
         shutil.rmtree(work, ignore_errors=True)
