@@ -74,6 +74,21 @@ def cli_batch(argvs: list[list[str]], timeout: float = 60) -> list[tuple[int, st
     return [tuple(r) for r in json.loads(proc.stdout)]
 
 
+def live_processes(marker: str) -> list:
+    """Live processes (psutil) whose command line names ``marker`` (a run's processes all carry its
+    prefix folder: the fork server and block processes are forks of the command)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 @contextlib.contextmanager
 def private_tmpdir() -> Iterator[Path]:
     """A fresh, short temporary folder, removed on exit with whatever is left in it.

@@ -150,6 +150,31 @@ def run_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name: st
     return run(prefix, cache, name, options, progress, executor, **settings)
 
 
+def experiment_logs(prefix: str | os.PathLike, cache: str | os.PathLike, name: str,
+                    block: str | None = None) -> dict:
+    """The output logs of an experiment's processes, as kept in the cache:
+    ``{"experiment", "blocks": {block: {part: {"path", "bytes"}}}, "datasets", "provider"}``;
+    with ``block``, that block's logs only, each with its ``text``."""
+    from backbeat.execution.logs import logs
+
+    return logs(prefix, cache, name, block)
+
+
+def adopt_orphans() -> None:
+    """Make this process adopt the orphans of its descendants (Linux child subreaper), so that
+    nothing a block starts can outlive a run, even if the fork server is killed.  For programs
+    running experiments (the command line does it)."""
+    from backbeat.processes.reaper import adopt_orphans as adopt
+
+    adopt()
+def environments(prefix: str | os.PathLike, check: bool = False) -> dict:
+    """The environment mapping, the environments the prefix's experiments declare and each one's
+    interpreter; with ``check``, whether backbeat's block runtime works in each (``ok``)."""
+    from backbeat.execution.environments import listing
+
+    return listing(prefix, check)
+
+
 def dry_run(prefix: str | os.PathLike, cache: str | os.PathLike, name: str, options: Options | None = None) -> dict:
     """Each block's action (run, cached, excluded) and why, without running any block."""
     from backbeat.execution.base import dry_run as plan_run
@@ -300,10 +325,10 @@ def render_drawing(dot_text: str, output: str | os.PathLike) -> str:
 # -- provenance, status, audit (backbeat.provenance, backbeat.audit) --------------------------------
 def provenance(cache: str | os.PathLike, name: str) -> dict | None:
     """The provenance record of an experiment's last run, whatever its status (None if it never
-    ran with this cache)."""
+    ran with this cache; a corrupt one is a :class:`~backbeat.core.errors.DataError` saying so)."""
     from backbeat.provenance import records
 
-    return next(records.records(cache, parse_name("experiment", name)[1], older=True), None)
+    return records.last(cache, parse_name("experiment", name)[1])
 
 
 def read_record(path: str | os.PathLike) -> dict:
@@ -394,31 +419,9 @@ def diff(prefix: str | os.PathLike, kind: str, name: str, other: str) -> dict:
 
 def remove(prefix: str | os.PathLike, kind: str, names: list[str], purge: bool = False,
            force: bool = False) -> list[dict]:
-    """Remove assets: ``[{"name", "removed", "backups", "used_by"}]``.
-
-    ``used_by`` lists the other assets of the prefix that refer to the removed one (assets removed
-    by the same call excepted).  Every name must exist before anything is removed.  With ``purge``
-    (no backups), an asset still used is refused unless ``force``.
-    """
-    catalog = _catalog(prefix)
-    k = kind_of(kind).name
-    canonical = [parse_name(k, n)[1] for n in names]
-    for n in canonical:
-        if not catalog.prefix.exists(k, n):
-            raise not_found(catalog.prefix, k, n)
-    batch = {f"{KINDS[k].folder}/{n}" for n in canonical}
-    used = {n: [u for u in assets.users(prefix, k, n) if u not in batch] for n in canonical}
-    blocked = {n: u for n, u in used.items() if u}
-    if purge and blocked and not force:
-        lines = "; ".join(f"`{n}' by {', '.join(u)}" for n, u in blocked.items())
-        raise BackbeatError(f"refusing to purge {KINDS[k].folder} still in use: {lines} (remove without "
-                            "--purge to keep backups, or add --force)")
-    out = []
-    for n in canonical:
-        done = assets.rm(prefix, k, n, purge=purge)
-        done["used_by"] = used[n]
-        out.append(done)
-    return out
+    """Remove assets: ``[{"name", "removed", "backups", "used_by"}]`` (:func:`backbeat.declarations.assets.remove`:
+    with ``purge``, an asset still used by others is refused unless ``force``)."""
+    return assets.remove(prefix, kind, names, purge, force)
 
 
 # -- running several experiments, comparing, sweeping, history, reports (backbeat.reporting) ---------

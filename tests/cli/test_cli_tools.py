@@ -409,7 +409,10 @@ def test_config_files(home, ran, tmp_path):
     # bad files: named in a clear error, exit 1
     for text, message in (("{", "is not valid JSON"), ("[1]", "must hold a JSON object"),
                           ('{"colour": 1}', "unknown key `colour'"), ('{"prefix": 3}', "must be a non-empty"),
-                          ('{"database/../x": "/d"}', "does not name a database")):
+                          ('{"database/../x": "/d"}', "does not name a database"),
+                          ('{"environments": ["x"]}', "`environments' must be an object"),
+                          ('{"environments": {"Py/3": 3}}', "`environments/Py/3' must be a non-empty string"),
+                          ('{"sandbox": "yes"}', "`sandbox' must be true, false or a list")):
         (work / ".backbeatrc").write_text(text)
         proc = bb(home, "check", cwd=work, env=env)
         assert proc.returncode == 1 and str(work / ".backbeatrc") in proc.stderr and message in proc.stderr, \

@@ -22,7 +22,7 @@ from backbeat.cache.backends import open_store
 from backbeat.data import cachefile
 from backbeat.execution import executors as executor
 from backbeat.execution.report import cached_results
-from conftest import cli_command, private_tmpdir
+from conftest import cli_command, live_processes, private_tmpdir
 
 BASE = "run/run/pipeline/1/base"
 EXP_DIR = Path("experiments/run/run/pipeline/1")
@@ -202,19 +202,6 @@ def test_two_concurrent_runs_sharing_blocks_compute_each_block_once(prefix, cach
         assert seen == ["cached", "ran"], (block, seen)
         assert outs[0]["blocks"][block]["key"] == outs[1]["blocks"][block]["key"]
     assert temporaries(cache) == []
-
-
-def live_processes(marker: str) -> list:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            pass
-    return found
 
 
 def stop_run(prefix: Path, cache: Path, name: str, sig: int, ready) -> None:

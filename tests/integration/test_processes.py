@@ -55,3 +55,76 @@ def test_one_context_per_process_ended_with_its_last_user():
     assert first.closed and zmqcontext.users() == 0
     assert zmqcontext.acquire() is not first  # a new one when needed again
     zmqcontext.release()
+
+
+def test_control_messages_are_accepted_only_with_the_jobs_token_from_its_process():
+    """The kernel-backed half of the check (the token half is in tests/faults/test_hostile.py):
+    a message carrying the right token, but sent by another process than the job's, is refused."""
+    import time
+
+    from backbeat.processes.control import ControlClient, ControlServer
+
+    owner = {"mine": os.getpid(), "other": os.getpid() + 1}  # `other' is said to run in another process
+    with ControlServer(pid_of=owner.get) as server:
+        mine, other = server.register("mine"), server.register("other")
+        clients = [ControlClient(server.address, "mine", mine), ControlClient(server.address, "other", other),
+                   ControlClient(server.address, "mine", "not-the-token"),
+                   ControlClient(server.address, "ghost", mine)]
+        for c in clients:
+            c.start()
+        deadline, seen = time.monotonic() + 10, []
+        while len(seen) + len(server.refused) < 4 and time.monotonic() < deadline:
+            seen += server.poll(50)
+        for c in clients:
+            c.close(linger_ms=0, ack_timeout_ms=0)
+    assert [(m.job, m.type) for m in seen] == [("mine", "start")]
+    assert sorted(r["reason"] for r in server.refused) == ["no such job", "not sent by the job's process",
+                                                          "not the job's token"]
+    assert all(r["pid"] == os.getpid() for r in server.refused)  # who sent it, as the kernel says
+
+
+def test_a_jobs_output_goes_to_its_bounded_log_never_to_stdout(tmp_path, capfd):
+    log = tmp_path / "job.log"
+    group = ProcessGroup()
+    try:
+        group.spawn("loud", f"{TARGETS}:loud", {"bytes": 3 << 20}, log=str(log))
+        group.spawn("quiet", f"{TARGETS}:echo", {}, log=str(tmp_path / "quiet.log"))
+        out = group.wait(["loud", "quiet"])
+    finally:
+        group.close()
+    assert out["loud"].ok and out["quiet"].ok
+    text = log.read_text()
+    assert text.startswith("y" * 100) and text.endswith("the end\n") and "bytes of output omitted here]" in text
+    assert len(text) < (1 << 20) + 100
+    assert not (tmp_path / "quiet.log").exists()  # nothing written: no log
+    assert "yyyy" not in capfd.readouterr().out
+
+
+def loud(payload: dict) -> None:
+    import sys
+
+    line = "y" * 1023 + "\n"
+    for _ in range(payload["spec"]["bytes"] // 2048):
+        sys.stdout.write(line)
+        sys.stderr.write(line)
+    print("the end", flush=True)
+
+
+def test_a_log_written_in_reach_of_a_sandbox_is_moved_as_a_bounded_log_never_through_a_link(tmp_path):
+    from backbeat.processes.logs import HEAD, TAIL, move_log
+
+    final = tmp_path / "cache" / "k.log"
+    final.parent.mkdir()
+    staged = tmp_path / "staged.log"
+    staged.write_bytes(b"x" * (HEAD + TAIL + 1000) + b"end\n")
+    move_log(str(staged), str(final))
+    text = final.read_text()
+    assert not staged.exists() and text.endswith("end\n") and "1004 bytes of output omitted" in text
+    secret = tmp_path / "secret"
+    secret.write_text("not a log")
+    os.symlink(secret, staged)  # a sandboxed block replaced its log with a link: nothing is read
+    move_log(str(staged), str(final))
+    assert not final.exists() and secret.read_text() == "not a log"
+    os.mkfifo(staged.with_suffix(".fifo"))  # nor a pipe (it would block)
+    move_log(str(staged.with_suffix(".fifo")), str(final))
+    assert not final.exists()

@@ -41,7 +41,8 @@ def ctl(fs):  # per test: no zmq threads linger while other tests start their ow
 
 def run(fs, ctl, func, payload=None, limits=None, job="j"):
     """Spawn ``func`` through ``control.job_main``; return (outcome, messages of this job)."""
-    payload = dict(payload or {}, control=ctl.address, job=job, target=f"{T}:{func}", root=HERE)
+    payload = dict(payload or {}, control=ctl.address, job=job, token=ctl.register(job), target=f"{T}:{func}",
+                   root=HERE)
     handle = fs.spawn("backbeat.processes.control:job_main", payload, limits)
     exits, msgs = drive(ctl, {job: handle})
     return outcome(exits[job], msgs[job]), msgs[job]
@@ -247,7 +248,7 @@ def test_many_concurrent_jobs(fs, ctl):
     jobs = [f"c{i}" for i in range(24)]
     handles = {}
     for j in jobs:
-        payload = {"control": ctl.address, "job": j, "target": f"{T}:ok", "value": j}
+        payload = {"control": ctl.address, "job": j, "token": ctl.register(j), "target": f"{T}:ok", "value": j}
         handles[j] = fs.spawn("backbeat.processes.control:job_main", payload)
     exits, msgs = drive(ctl, handles)
     assert len({h.pid for h in handles.values()}) == len(jobs)
@@ -342,7 +343,7 @@ def test_spawn_latency(fs, ctl):
         job = f"lat{i}"
         t0 = time.perf_counter()
         h = fs.spawn("backbeat.processes.control:job_main",
-                     {"control": ctl.address, "job": job, "target": f"{T}:ok"})
+                     {"control": ctl.address, "job": job, "token": ctl.register(job), "target": f"{T}:ok"})
         types: list[str] = []
         while "start" not in types:
             msgs = ctl.poll(1000)

@@ -5,7 +5,9 @@ pre-images (:mod:`backbeat.audit.changes`).
 
 :func:`audit` goes further: every asset and every data file the views read is re-hashed (no
 stat memo), every key recomputed, every cache file verified against its content digest, its
-name (the key it holds) and the record, every analyzer result summary against its result; with
+name (the key it holds) and the record, every analyzer result summary against its result, the
+environment each block ran in (interpreter, Python and package versions: its ``runtime``)
+against what its environment maps to now; with
 ``rerun`` the experiment runs again into a scratch cache and output digests are compared in
 execution order — the first diverging block is named with the input responsible, or as
 non-deterministic when all its inputs matched.
@@ -30,7 +32,8 @@ from backbeat.audit.changes import (
 from backbeat.cache.backends import open_store
 from backbeat.cache.results import bound_records, summary_problem
 from backbeat.cache.store import CacheStore
-from backbeat.core.errors import ExecutionError, IntegrityError
+from backbeat.core.errors import DataError, ExecutionError, IntegrityError
+from backbeat.execution.environments import Present
 from backbeat.execution.local import LocalExecutor
 from backbeat.planning.model import Job
 from backbeat.planning.selection import Options
@@ -52,11 +55,18 @@ def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
 
     _k, name = parse_name("experiment", name)
     store = open_store(cache)
-    latest = records.latest(store, name)
-    record = latest if latest is None or latest.get("status") == "ok" else records.load(store, name)
+    corrupt = None
+    try:  # a corrupt latest record is said as such, not taken for a missing one
+        latest = records.latest(store, name, strict=True)
+        record = latest if latest is None or latest.get("status") == "ok" else records.load(store, name)
+    except DataError as exc:
+        latest = record = None
+        corrupt = str(exc)
     now = current(prefix, store, name, record)
     out: dict[str, Any] = {"experiment": name, "record": None, "assets": [], "data_files": [],
                            "datasets": {}, "blocks": {}}
+    if corrupt is not None:
+        out["corrupt"] = corrupt
     if record is None or latest is None:
         for job in now.plan.jobs:
             cached = _committed(store, job)
@@ -65,7 +75,7 @@ def status(prefix: str | os.PathLike, cache: Cache, name: str) -> dict:
                                        "changes": _entry_problems(store, job) if cached else []}
             if out["blocks"][job.name]["changes"]:
                 out["blocks"][job.name].update(state="stale", reason="its cache file is not what its key says")
-        out["note"] = (records.older_format(store, name)
+        out["note"] = (f"{corrupt}: nothing to compare with" if corrupt is not None else records.older_format(store, name)
                        or "no recorded run of this experiment in the cache: nothing to compare with")
         return out
     out["record"] = {"created": record.get("created"), "status": record.get("status")}
@@ -190,6 +200,14 @@ def audit(prefix: str | os.PathLike, cache: Cache, name: str | None = None,
         notes.append(f"the recorded run {record.get('status')}" + (f" (block(s) {', '.join(failed)})" if failed else ""))
     ds_report = _audit_datasets(record, now, datasets, bad, notes)
     blocks = _audit_blocks(record, now, datasets, assets, bad, notes)
+    present = Present(prefix)
+    for job in now.plan.jobs:  # the interpreter, Python and packages the block ran with, and now
+        old = record["blocks"].get(job.name) or {}
+        changed = present.changes(job.environment, old.get("runtime"))
+        if changed and job.name in blocks:
+            blocks[job.name]["environment"] = changed
+            bad("environment", job.name, f"block `{job.name}' ran in an environment that changed since: "
+                + "; ".join(changed))
     result: dict[str, Any] = {"experiment": name, "record": {"created": record.get("created"),
                                                              "status": record.get("status")},
                               "datasets": ds_report, "blocks": blocks, "notes": notes}

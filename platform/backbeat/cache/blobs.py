@@ -58,9 +58,11 @@ class Blobs:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
                 tmp.unlink()
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = str(path)  # (a full disk found by flush or close names no file)
             raise
         return digest
 

@@ -86,8 +86,9 @@ def _write(store: CacheStore, key: str, records: list, digest: str, st: os.stat_
     try:
         tmp.write_bytes(raw)
         os.replace(tmp, summary)
-    except OSError:  # a read-only cache still gives results
-        tmp.unlink(missing_ok=True)
+    except OSError:  # a read-only or full cache still gives results
+        with contextlib.suppress(OSError):  # (on a read-only file system even this fails)
+            tmp.unlink()
         return
     store.memo.remember(_TAG, store.output_path(key), st, hashlib.sha256(raw).hexdigest())
     store.memo.remember("h5-identity", store.output_path(key), st, f"{key} {digest}")

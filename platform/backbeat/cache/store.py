@@ -14,13 +14,22 @@ Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
   ``<entry>.deps``: the index's identity and the data manifest of what its view opened
   (:meth:`CacheStore.index_record`);
 * ``.h5.json`` — the JSON summary of a verified analyzer result (:mod:`backbeat.cache.results`);
+* ``.log`` — the output (stdout and stderr) of the last process that computed a job,
+  ``<job key>.log`` (``<job key>.<part>.log`` for one slot of a split block or one side of a
+  loop; a view index's indexing job: ``<index key>.log``), at most ~1 MiB each
+  (:meth:`CacheStore.log_path`, :mod:`backbeat.processes.logs`);
 * ``<root>/.locks/<key>`` — the per-key lock files (:meth:`CacheStore.lock`);
+* ``<root>/.runs/`` — the journals of runs in progress (:mod:`backbeat.cache.journal`): what
+  a run killed with ``kill -9`` may have left, cleaned by the next run;
 * ``<root>/provenance/`` — run records (:mod:`backbeat.provenance.records`);
 * ``<root>/code/``, ``<root>/manifests/`` — content-addressed code snapshots and data manifests
   (:mod:`backbeat.cache.blobs`);
 * ``<root>/.memo/stat.sqlite3`` — the stat memo (:mod:`backbeat.core.statmemo`);
 * ``<root>/.quarantine/`` — entries found not to be what their name says, moved aside
-  (:meth:`CacheStore.quarantine`).
+  (:meth:`CacheStore.quarantine`);
+* ``<root>/.staging/<run>/`` — where the processes of a sandboxed run write, until their outputs
+  are checked and moved to their entries (:meth:`CacheStore.staging_folder`,
+  :mod:`backbeat.execution.sandboxing`).
 
 Temporaries are recognised by one pattern (:data:`TEMPORARY`); a temporary whose writer
 process is alive is never removed.  A job's entries are *committed* when every output
@@ -49,16 +58,18 @@ from pathlib import Path
 from typing import Any
 
 from backbeat.cache.blobs import Blobs
-from backbeat.core import hashing, jsonio
+from backbeat.core import hashing, jsonio, pids
 from backbeat.core.errors import BackbeatError, DataError, IntegrityError
 from backbeat.core.statmemo import StatMemo
 
 OUTPUT = ".h5"
 INDEX = ".db"
+LOG = ".log"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
-BOOKKEEPING = (".locks", "provenance", ".progress", ".memo", ".quarantine", "code", "manifests")
+BOOKKEEPING = (".locks", "provenance", ".progress", ".memo", ".quarantine", "code", "manifests", ".runs",
+               ".staging")
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -83,27 +94,6 @@ class EntryLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _writer_alive(pid: int, since: float) -> bool:
-    """Whether process ``pid`` exists, is not a zombie, and started before ``since`` (no pid reuse)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        if fields[0] in (b"Z", b"X"):
-            return False
-        with open("/proc/stat", "rb") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
-        started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return started <= since + 2
-    except (OSError, IndexError, ValueError, StopIteration):
-        return True  # no /proc: trust kill(pid, 0)
 
 
 class CacheStore:
@@ -152,6 +142,11 @@ class CacheStore:
     def slot_path(self, key: str, slot: int) -> Path:
         """The file slot ``slot`` of a split block writes for output ``key``."""
         return Path(f"{self.output_path(key)}.slot{slot}")
+
+    def log_path(self, key: str, part: str | None = None) -> Path:
+        """The output log of the job (or view index) ``key``; ``part``: a slot (``slot0``…) or a
+        loop side (``evaluator``, ``processor``)."""
+        return self.path(key, f".{part}{LOG}" if part else LOG)
 
     @property
     def records_folder(self) -> Path:
@@ -241,7 +236,7 @@ class CacheStore:
             since = path.stat().st_mtime
         except OSError:
             return False
-        return _writer_alive(int(m.group(1)), since)
+        return pids.alive(int(m.group(1)), since)
 
     def drop_temporaries(self, path: str | os.PathLike, locked: bool = False) -> list[Path]:
         """Remove the writers' temporaries of the entry (or slot file) at ``path``.
@@ -264,6 +259,12 @@ class CacheStore:
                 tmp.unlink()
                 removed.append(tmp)
         return removed
+
+    def staging_folder(self) -> Path:
+        """A new, private folder of the cache's file system for the outputs of a sandboxed run."""
+        parent = self.root / ".staging"
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=parent))
 
     # -- commits -----------------------------------------------------------------------------
     def committed(self, keys: Iterable[str]) -> bool:
@@ -442,9 +443,12 @@ class CacheStore:
         """Quarantine output entry ``key`` (and its summary); a message saying so."""
         self.memo.forget("h5-identity", self.output_path(key))
         summary = Path(f"{self.output_path(key)}.json")
-        if summary.is_file():
-            self.quarantine(summary, reason)
-        where = self.quarantine(self.output_path(key), reason)
+        try:
+            if summary.is_file():
+                self.quarantine(summary, reason)
+            where = self.quarantine(self.output_path(key), reason)
+        except OSError as exc:  # (a read-only cache: it stays, and is still not trusted)
+            return f"{reason} (it could not be moved to the quarantine: {exc.strerror or exc})"
         return f"{reason} (moved to {where})" if where else reason
 
     # -- analyzer results --------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Lives here: :mod:`~backbeat.cli.main` (the parser, the command table ``COMMANDS``, exit
 codes), one module per command family (``assets``, ``run``, ``tools``, ``audit``, ``plot``,
-``reports``),
+``reports``, ``environments``),
 and :mod:`~backbeat.cli.output` (printing helpers, argument types).
 May import: :mod:`backbeat.api` and the ``core`` layer; nothing else (every verb goes through the API).
 """

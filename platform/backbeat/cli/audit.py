@@ -62,6 +62,12 @@ def cmd_provenance(args: argparse.Namespace) -> int:
         wall = (b.get("statistics") or {}).get("wall_s")
         print(f"  {name} ({b['algorithm']}): {b['status']}" + (f", {wall:.3f} s" if wall is not None else "")
               + f"\n    key {b['key']}")
+        rt = b.get("runtime")
+        if rt:
+            env = rt.get("environment") or {}
+            pkgs = ", ".join(f"{p} {v}" for p, v in (rt.get("packages") or {}).items() if v)
+            print(f"    environment {env.get('name')}/{env.get('version')}: {rt.get('interpreter')} (Python "
+                  f"{rt.get('python')}; {pkgs})" + (", sandboxed" if rt.get("sandbox") else ""))
         for o, out in b["outputs"].items():
             print(f"    output {o}: digest {out['digest']}")
     return 0
@@ -113,6 +119,7 @@ def _print_audit(res: dict) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     res = api.audit(args.prefix, args.cache, args.name, rerun=args.rerun)
     if args.json:
         output.print_json(res)
@@ -122,6 +129,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_record(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     rec = api.read_record(args.record)
     res = api.audit(args.prefix, args.cache, record=rec, rerun=args.rerun)
     if args.json:

@@ -1,25 +1,37 @@
 """``backbeat`` command line: argument parsing and printing over :mod:`backbeat.api`.
 
-Exit codes: 0 success, 1 invalid input or failed run, 2 usage error, 130 interrupted.
-A :class:`~backbeat.errors.BackbeatError` becomes one clear message on stderr; an
-unexpected exception too (set ``BACKBEAT_DEBUG=1`` to see its traceback).
+Exit codes: 0 success, 1 invalid input or failed run, 2 usage error, 128 + signal when
+stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129).  A :class:`~backbeat.errors.BackbeatError`
+becomes one clear message on stderr; an unexpected exception too (set ``BACKBEAT_DEBUG=1`` to
+see its traceback).
+
+The three signals are handled alike (:func:`stopping`): the first raises
+:class:`~backbeat.core.errors.Interrupted` in the main thread, so every block process is
+stopped, temporaries are removed and the interrupted run is recorded on the way out; further
+ones are ignored while that happens.  A signal ignored when the command starts (``nohup``, a
+background job's SIGINT) stays ignored.  Commands that start block processes (``experiments
+run|plot|sweep|audit``, ``databases index|view``, ``plotters plot``, ``audit``) also adopt the
+orphans of their descendants (:func:`backbeat.api.adopt_orphans`), so nothing a block starts
+outlives them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from backbeat import __version__
-from backbeat.cli import assets, attest, audit, plot, reports, run, tools
-from backbeat.core.errors import BackbeatError
+from backbeat.cli import assets, attest, audit, environments, plot, reports, run, tools
+from backbeat.core.errors import BackbeatError, Interrupted
 
 #: The command modules, each adding its commands with ``register(subparsers, kinds)``;
 #: ``assets`` comes first: it creates the per-kind groups (``kinds``) the others extend.
 COMMANDS = (assets.register, run.register, tools.register, audit.register, attest.register, plot.register,
-            reports.register)
+            reports.register, environments.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +48,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the signals that stop a command (as Ctrl-C does)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stopping() -> Iterator[None]:
+    """While the command runs, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (once)."""
+    stopped = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopped
+        if stopped:  # already stopping: let the cleanup finish
+            return
+        stopped = True
+        raise Interrupted(signum)
+
+    previous = {}
+    for sig in STOP_SIGNALS:
+        try:
+            if signal.getsignal(sig) != signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, stop)
+        except ValueError:  # not the main thread: signals stay as they are
+            break
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+    record = (stop.report or {}).get("provenance")
+    print(f"backbeat: interrupted by {stop.signal_name}" + (f"; the interrupted run is recorded in {record}"
+                                                             if record else ""), file=sys.stderr)
+    return stop.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with stopping():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:  # (a signal during argument parsing or configuration)
+            return _interrupted(exc)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -65,9 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(user, str) and user:
             print("  " + user.rstrip().replace("\n", "\n  "), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("backbeat: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError:
         return 1
     except Exception as exc:  # never show a raw traceback to users

@@ -38,12 +38,14 @@ def _report(entries: list[dict], as_json: bool) -> int:
 
 
 def cmd_experiments_plot(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     entries = api.plot_experiments(args.prefix, args.cache, args.names, args.format, args.plotterparameter,
                                    args.output_folder, args.timeout)
     return _report(entries, args.json)
 
 
 def cmd_plotters_plot(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     path = Path(args.input_data)
     try:
         raw = path.read_bytes()

@@ -75,6 +75,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     display = ProgressDisplay(quiet=args.quiet or not args.run)
@@ -103,6 +104,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     hist = api.history(args.cache, args.name)
+    for c in hist.get("corrupt", []):
+        print(f"warning: {c['message']} (left out)", file=sys.stderr)
     if args.json:
         output.print_json(hist)
         return 0

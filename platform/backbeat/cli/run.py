@@ -1,4 +1,4 @@
-"""Execution commands of the CLI: ``experiments run|results``, ``databases index|view``.
+"""Execution commands of the CLI: ``experiments run|results|logs``, ``databases index|view``.
 
 ``experiments run`` takes several names and glob patterns (run one after the other through
 :func:`backbeat.api.run_experiments`, one summary at the end).
@@ -19,7 +19,7 @@ from typing import TextIO
 from backbeat import api
 from backbeat.cli import output
 from backbeat.core import jsonio
-from backbeat.core.errors import UsageError
+from backbeat.core.errors import Interrupted, UsageError
 
 
 class ProgressDisplay:
@@ -90,6 +90,14 @@ def _print_failures(rep: dict) -> None:
             print(f"block `{name}' failed ({err['kind']}): {err['message']}", file=sys.stderr)
             if err.get("traceback"):
                 print("  " + err["traceback"].rstrip().replace("\n", "\n  "), file=sys.stderr)
+            if err.get("output"):
+                print(f"  its last output (whole log: {err.get('log')}):", file=sys.stderr)
+                print("    " + err["output"].rstrip().replace("\n", "\n    "), file=sys.stderr)
+
+
+def _print_warnings(rep: dict) -> None:
+    for warning in rep.get("warnings", []):
+        print(f"warning: {rep['experiment']}: {warning}", file=sys.stderr)
 
 
 def _megabytes(text: str) -> int:
@@ -115,7 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     options = {"force": args.force, "jobs": args.jobs or 0, "timeout_s": args.timeout, "memory_bytes": args.memory,
-               "only": args.only, "from_": args.from_, "until": args.until, "stream": args.stream}
+               "only": args.only, "from_": args.from_, "until": args.until, "stream": args.stream,
+               "sandbox": args.sandbox}
     single = len(args.names) == 1 and not api.is_pattern(args.names[0])
     for name in args.names:
         if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
@@ -142,21 +151,68 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"running {name}", file=sys.stderr)
 
-    done = api.run_experiments(args.prefix, args.cache, args.names, display, announce, args.executor,
-                               args.scheduler, args.workers, **options)
-    reports = done["experiments"]
-    if args.json:
-        output.print_json(reports[0] if single else done)
-    else:
-        for rep in reports:
-            if not single:
-                print(f"== {rep['experiment']}: {rep['status']}")
-            _print_failures(rep)
-            if rep["results"]:
-                _print_results(rep["results"], rep.get("hidden_results", {}))
-        if not single:
-            _print_summary(done["summary"])
+    api.adopt_orphans()
+    try:
+        done = api.run_experiments(args.prefix, args.cache, args.names, display, announce, args.executor,
+                                   args.scheduler, args.workers, **options)
+    except Interrupted as exc:  # say what was done (the CLI's main says it was interrupted)
+        if exc.done is not None:
+            _print_runs(args, exc.done, single)
+        raise
+    _print_runs(args, done, single)
     return 0 if done["status"] == "ok" else 1
+
+
+def _print_runs(args: argparse.Namespace, done: dict, single: bool) -> None:
+    reports = done["experiments"]
+    for rep in reports:
+        _print_warnings(rep)
+    if args.json:
+        if reports or not single:
+            output.print_json(reports[0] if single else done)
+        return
+    for rep in reports:
+        if not single:
+            print(f"== {rep['experiment']}: {rep['status']}")
+        _print_failures(rep)
+        if rep["results"]:
+            _print_results(rep["results"], rep.get("hidden_results", {}))
+    if not single:
+        _print_summary(done["summary"])
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    found = api.experiment_logs(args.prefix, args.cache, args.name, args.block)
+    if args.json:
+        output.print_json(found)
+        return 0
+    if args.block is not None:
+        logs = found["blocks"][args.block]
+        if not logs:
+            print(f"block `{args.block}' has no log in cache `{args.cache}' (it has not run since its inputs "
+                  "or code last changed)", file=sys.stderr)
+            return 1
+        for part, log in logs.items():
+            if len(logs) > 1:
+                print(f"==> {args.block}{' ' + part if part else ''} ({log['path']}) <==")
+            sys.stdout.write(log["text"])
+            if log["text"] and not log["text"].endswith("\n"):
+                sys.stdout.write("\n")
+        return 0
+
+    def line(label: str, log: dict) -> None:
+        print(f"{label}: {log['path']} ({log['bytes']} bytes)")
+
+    for block, logs in found["blocks"].items():
+        if not logs:
+            print(f"{block}: no log")
+        for part, log in logs.items():
+            line(f"{block}{' ' + part if part else ''}", log)
+    for ds, log in found["datasets"].items():
+        line(f"dataset {ds} (indexing)", log)
+    if found["provider"] is not None:
+        line("database provider", found["provider"])
+    return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -169,6 +225,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_db_index(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     done = api.index_datasets(args.prefix, args.cache, args.name, force=args.force)
     for item in done:
         print(f"{item['database']}/{item['protocol']}/{item['set']}: {item['entries']} entries"
@@ -177,6 +234,7 @@ def cmd_db_index(args: argparse.Namespace) -> int:
 
 
 def cmd_db_view(args: argparse.Namespace) -> int:
+    api.adopt_orphans()
     exclude = [e for e in (args.exclude or "").split(",") if e]
     for record in api.view_dataset(args.prefix, args.cache, args.name, exclude=exclude):
         if args.json:
@@ -199,6 +257,12 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
                    help="start a block only once the outputs it reads are committed (no streaming)")
     p.add_argument("--timeout", type=output.positive, default=None, metavar="SECONDS", help="per-block time limit")
     p.add_argument("--memory", type=_megabytes, default=None, metavar="MB", help="per-block memory limit")
+    box = p.add_mutually_exclusive_group()
+    box.add_argument("--sandbox", dest="sandbox", action="store_true", default=None,
+                     help="run every block in the sandbox (bubblewrap: read-only prefix and cache, no network, "
+                          "no home folder; docs/security.md)")
+    box.add_argument("--no-sandbox", dest="sandbox", action="store_false",
+                     help="run without the sandbox even if .backbeatrc asks for it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("--executor", choices=api.executor_names(), default="local",
                    help="where blocks run: this machine (default) or a Dask cluster")
@@ -215,6 +279,11 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_results)
+    p = exp.add_parser("logs", help="the output (stdout, stderr) of an experiment's blocks, kept in the cache")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("block", nargs="?", metavar="BLOCK", help="print this block's log(s)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_logs)
 
     db = kinds["databases"]
     p = db.add_parser("index", help="build the view index of a database, protocol or set")

@@ -13,6 +13,7 @@ imported inside the handlers, so registering costs nothing at start-up.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from backbeat import api
@@ -252,6 +253,10 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         print(f"cache: {out['cache']}")
         for db, root in out["databases"].items():
             print(f"database/{db}: {root}")
+        for pattern, target in out["environments"].items():
+            print(f"environments/{pattern}: {target}")
+        if out["sandbox"] is not None:
+            print(f"sandbox: {json.dumps(out['sandbox'])}")
         print("files: " + (", ".join(out["files"]) or "(none)"))
     return 0
 

@@ -11,7 +11,13 @@ key by key), so that backbeat works from anywhere inside a project.  Keys:
 * ``limits`` — per-experiment block limits, ``{PATTERN: {"timeout": seconds, "memory": MB}}``
   where PATTERN is an experiment name or a shell-style pattern (``*``, ``user/*``); for each
   limit the exact name wins, then the longest matching pattern.  They live here, not in the
-  experiment, so that prefixes stay valid for BEAT; ``--timeout``/``--memory`` override them.
+  experiment, so that prefixes stay valid for BEAT; ``--timeout``/``--memory`` override them;
+* ``environments`` — the Python interpreter of each BEAT execution environment,
+  ``{"<name>/<version>" or pattern: interpreter}``: a ``python`` executable, an environment folder
+  (a venv or conda env: its ``bin/python``; relative paths are relative to the file's folder) or
+  ``"default"`` (the interpreter running backbeat); see :mod:`backbeat.processes.environments`;
+* ``sandbox`` — run blocks in the sandbox (:mod:`backbeat.processes.sandbox`): ``true``, ``false``
+  or a list of experiment names and patterns; ``--sandbox``/``--no-sandbox`` override it.
 
 BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
 ``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not
@@ -55,11 +61,16 @@ class Config:
     cache: str | None = None
     databases: dict[str, str] = field(default_factory=dict)
     limits: dict[str, dict[str, float]] = field(default_factory=dict)  # pattern -> {"timeout", "memory"}
+    environments: dict[str, str] = field(default_factory=dict)  # pattern -> interpreter (path or "default")
+    environment_files: dict[str, str] = field(default_factory=dict)  # pattern -> the file that set it
+    sandbox: bool | list[str] | None = None  # None: not set
     sources: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"prefix": self.prefix, "cache": self.cache, "databases": dict(sorted(self.databases.items())),
-                "limits": {k: dict(v) for k, v in sorted(self.limits.items())}, "files": list(self.sources)}
+                "limits": {k: dict(v) for k, v in sorted(self.limits.items())},
+                "environments": dict(sorted(self.environments.items())), "sandbox": self.sandbox,
+                "files": list(self.sources)}
 
 
 LIMIT_KEYS = {"timeout": "seconds", "memory": "megabytes"}
@@ -81,6 +92,45 @@ def _apply_limits(cfg: Config, path: Path, value: object) -> None:
                 raise ConfigError(f"configuration file `{path}': `limits/{pattern}/{name}' must be a positive "
                                   f"number of {LIMIT_KEYS[name]}, not {jsonio.dumps(number)}")
         cfg.limits.setdefault(pattern, {}).update({k: float(v) for k, v in limits.items()})
+
+
+def _apply_environments(cfg: Config, path: Path, value: object) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"configuration file `{path}': `environments' must be an object "
+                          f"{{\"<name>/<version> or pattern\": \"<python interpreter or environment folder>\"}}")
+    for pattern, target in value.items():
+        if not pattern or not isinstance(target, str) or not target:
+            raise ConfigError(f"configuration file `{path}': `environments/{pattern}' must be a non-empty string: "
+                              f"a python interpreter, an environment folder or \"default\"")
+        cfg.environments[pattern] = target if target == "default" else os.path.normpath(
+            path.parent / os.path.expanduser(target))
+        cfg.environment_files[pattern] = str(path)
+
+
+def _apply_sandbox(cfg: Config, path: Path, value: object) -> None:
+    if not isinstance(value, bool) and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+        raise ConfigError(f"configuration file `{path}': `sandbox' must be true, false or a list of experiment "
+                          f"names and patterns, not {jsonio.dumps(value)}")
+    cfg.sandbox = value
+
+
+def sandbox_for(cfg: Config | None, experiment: str) -> bool:
+    """Whether the configuration puts ``experiment``'s blocks in the sandbox.
+
+    >>> sandbox_for(Config(sandbox=["u/*"]), "u/t/1/e"), sandbox_for(Config(sandbox=True), "v/t/1/e")
+    (True, True)
+    >>> sandbox_for(Config(sandbox=["u/*"]), "v/t/1/e"), sandbox_for(None, "v/t/1/e")
+    (False, False)
+    """
+    if cfg is None or not cfg.sandbox:
+        return False
+    if cfg.sandbox is True:
+        return True
+    try:
+        experiment = parse_name("experiment", experiment)[1]
+    except BackbeatError:
+        pass
+    return any(p == experiment or fnmatch.fnmatchcase(experiment, p) for p in cfg.sandbox)
 
 
 def limits_for(cfg: Config | None, experiment: str) -> tuple[float | None, int | None]:
@@ -139,6 +189,10 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             cfg.cache = os.path.expanduser(value)  # relative to the prefix, resolved by the caller
         elif key == "limits":
             _apply_limits(cfg, path, value)
+        elif key == "environments":
+            _apply_environments(cfg, path, value)
+        elif key == "sandbox":
+            _apply_sandbox(cfg, path, value)
         elif key.startswith("database/"):
             name = key[len("database/"):]
             if not KINDS["database"].pattern.match(name):
@@ -146,7 +200,7 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
                                   f"(expected database/<name>/<version>)")
             cfg.databases[name] = os.path.normpath(here / os.path.expanduser(value))
         else:
-            known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits"])
+            known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits", "environments", "sandbox"])
             raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")
 
 

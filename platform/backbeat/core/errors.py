@@ -9,6 +9,9 @@ the CLI turns into a clear message and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import errno
+import re
+import signal
 from dataclasses import dataclass, field
 
 
@@ -150,3 +153,82 @@ class BlockError(ExecutionError):
         if self.traceback:
             text += "\n" + self.traceback
         return text
+
+
+class EnvironmentFailure(ExecutionError):
+    """The machine failed the operation, not its input: a full disk, a read-only cache, too many
+    open files…  Reported as a ``system`` error with a message saying what and where (never as
+    the user's error, never with a traceback)."""
+
+    error_kind = "system"
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was stopped by a signal (SIGINT, SIGTERM or SIGHUP); it exits with 128 + signal.
+
+    Raised in the main thread by the command line's signal handlers, so that every ``finally``
+    on the way up stops processes and removes temporaries, as for Ctrl-C.  What was done before
+    the signal travels with it: ``report``, the run report of the interrupted run (set by the
+    executor, once recorded), and ``done``, the output of a command running several
+    experiments (``experiments run A B``).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.report: dict | None = None
+        self.done: dict | None = None
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+#: errno values that say the environment failed (not the input): what the message calls them
+ENVIRONMENTAL = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EIO: "input/output error",
+                 errno.EMFILE: "too many open files", errno.ENFILE: "too many open files in the system"}
+_H5_FILE = re.compile(r"filename = '([^']*)'")
+_TEMPORARY = re.compile(r"\.tmp-\d+-[0-9a-f]+$")
+
+
+def environmental(exc: BaseException | None) -> OSError | None:
+    """The environmental ``OSError`` behind ``exc`` (itself, its cause or context), or None."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENTAL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def describe_environmental(err: OSError, path: object = None, doing: str = "writing",
+                           cache: str | None = None) -> str:
+    """A one-line account of an environmental failure: ``disk full writing `PATH'``,
+    ``read-only file system (writing `PATH')``.
+
+    The path is ``path`` if given, else the one the error names (HDF5 names it in its message);
+    a writer's temporary is named by the file it was to become.  With ``cache`` (its location),
+    a read-only file system is said to be the cache's: ``cache `C' is read-only (writing `PATH')``.
+    """
+    what = ENVIRONMENTAL.get(err.errno or 0, err.strerror or str(err) or "system error")
+    if err.errno == errno.EROFS and cache is not None:
+        what = f"cache `{cache}' is read-only"
+    where = path if path is not None else err.filename
+    if where is None:
+        m = _H5_FILE.search(str(err))
+        where = m.group(1) if m else None
+    if where is None:
+        return what
+    where = _TEMPORARY.sub("", str(where))
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{what} {doing} `{where}'"
+    return f"{what} ({doing} `{where}')"

@@ -73,10 +73,12 @@ def write_index(path: str | os.PathLike, entries: Sequence[Any]) -> str:
         os.replace(f"{tmp}.sha256", f"{path}.sha256")  # the digest first: an index never lacks it
         _write_synced(tmp, data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         for leftover in (tmp, f"{tmp}.sha256"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
+        if isinstance(exc, OSError) and exc.filename is None:  # (a full disk) say which file
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -261,6 +261,30 @@ def rm(prefix: str | os.PathLike, kind: str, name: str, purge: bool = False) -> 
 
 
 # -- diff --------------------------------------------------------------------------------------
+def remove(prefix: str | os.PathLike, kind: str, names: list[str], purge: bool = False,
+           force: bool = False) -> list[dict]:
+    """Remove assets: ``[{"name", "removed", "backups", "used_by"}]``.
+
+    ``used_by`` lists the other assets of the prefix that refer to the removed one (assets removed
+    by the same call excepted).  Every name must exist before anything is removed.  With ``purge``
+    (no backups), an asset still used is refused unless ``force``.
+    """
+    pfx = _prefix(prefix)
+    k = kind_of(kind).name
+    canonical = [parse_name(k, n)[1] for n in names]
+    for n in canonical:
+        if not pfx.exists(k, n):
+            raise not_found(pfx, k, n)
+    batch = {f"{KINDS[k].folder}/{n}" for n in canonical}
+    used = {n: [u for u in users(prefix, k, n) if u not in batch] for n in canonical}
+    blocked = {n: u for n, u in used.items() if u}
+    if purge and blocked and not force:
+        lines = "; ".join(f"`{n}' by {', '.join(u)}" for n, u in blocked.items())
+        raise BackbeatError(f"refusing to purge {KINDS[k].folder} still in use: {lines} (remove without "
+                            "--purge to keep backups, or add --force)")
+    return [dict(rm(prefix, k, n, purge=purge), used_by=used[n]) for n in canonical]
+
+
 def _json_changes(a: Any, b: Any, where: str = "") -> list[dict]:
     from backbeat.core.errors import pointer
 

@@ -13,7 +13,8 @@ every error is collected.  Beyond BEAT it reports experiment nodes missing from 
 ``processor_parameters``/``evaluator_parameters``, node roles (an analyzer must run an analyzer
 algorithm, loops need loop processor/evaluator algorithms) and mapped outputs without an outgoing
 connection (BEAT's ``setup`` fails with ``KeyError``).  ``globals.queue``/``environment`` are
-never required: backbeat does not use execution environments.
+never required; environments are mapped to interpreters when a run starts
+(:mod:`backbeat.execution.environments`), not checked here.
 """
 
 from __future__ import annotations

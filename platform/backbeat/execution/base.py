@@ -5,8 +5,15 @@
     prepare   plan the experiment, index its datasets (in local block processes), assign keys
     decide    which jobs run: cache state, verification, --force/--only/--from/--until
     execute   run the jobs whose state is ``pending``        <- the one method an executor supplies
-    report    each job's status, error, statistics; the analyzers' results
+    report    each job's status, error, statistics, logs; the analyzers' results
     record    the provenance record, stored in the cache (the same for every executor)
+
+A run stopped by a signal (:class:`~backbeat.core.errors.Interrupted`, a ``KeyboardInterrupt``)
+is still reported and recorded — status ``interrupted``, its running jobs failed
+``interrupted``, their partial files removed — before the exception goes on up (carrying the
+report).  A record that cannot be written (a read-only or full cache) is skipped with a
+warning in the report: the results are still given.  Each run keeps a journal of what it may
+leave in the cache (:mod:`backbeat.cache.journal`), and first cleans after dead runs.
 
 :meth:`Executor.execute` moves jobs from ``pending`` to ``ran``/``failed``/``skipped``/
 ``cached`` in ``run.state`` (:class:`~backbeat.execution.state.RunState`) and emits progress
@@ -17,18 +24,25 @@ events; everything else is done here.  Executors are listed in
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from backbeat.cache import journal
 from backbeat.cache.store import CacheStore
-from backbeat.execution import decisions
+from backbeat.core.errors import ExecutionError, Interrupted, describe_environmental, environmental
+from backbeat.execution import decisions, environments
 from backbeat.execution.report import report
+from backbeat.execution.sandboxing import Staging, sandbox_for
 from backbeat.execution.state import INITIAL, STARTABLE, JobState, Progress, Run
 from backbeat.execution.views import index_datasets
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import assign_keys
 from backbeat.planning.selection import Options
+from backbeat.processes import sandbox
+from backbeat.processes.exits import Limits
 from backbeat.processes.group import ProcessGroup
 from backbeat.provenance import builder, records
 
@@ -41,18 +55,44 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     With ``warm``, the fork server is started first, so that its zygote imports numpy, h5py
     and zmq on the other core while this process plans (a cached run just closes it).
     ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
-    is upstream of the selection is never re-run); a missing index is always built.
+    is upstream of the selection is never re-run); a missing index is always built.  Every
+    job gets the interpreter of its environment here (an unmapped environment stops the run
+    before anything runs); a sandboxed run (``options.sandbox``) gets its staging folder, and
+    its fork servers start once the plan says which database folders they may read.
     """
+    options = options or Options()
+    if options.sandbox:  # (its processes do not start in this folder: every path they get is absolute)
+        sandbox.require()
+        limits = sandbox.limits(Limits(options.timeout_s, options.memory_bytes))  # blocks' default limits
+        options = dataclasses.replace(options, timeout_s=limits.timeout_s, memory_bytes=limits.memory_bytes)
+        prefix = os.path.abspath(prefix)
+        cache = cache if isinstance(cache, CacheStore) else os.path.abspath(cache)
     workspace = Workspace.open(prefix, cache)
+    journal.sweep(workspace.store)  # what runs killed with kill -9 left
     group = ProcessGroup(root=workspace.user_root)
-    if warm:
+    if warm and not options.sandbox:
         group.warm()
+    staging = None
     try:
         plan = workspace.plan(name)
+        interpreters = environments.assign(plan, workspace.environments)
+        if options.sandbox:
+            try:
+                staging = Staging(workspace.store)
+            except OSError as exc:  # (a read-only or full cache)
+                raise ExecutionError("the sandbox needs a staging folder in the cache: "
+                                     + describe_environmental(exc, cache=workspace.store.location)) from None
+            group.sandbox = sandbox_for(workspace.prefix, workspace.store, plan, staging)
+            if warm:
+                group.warm()
     except BaseException:
         group.close()
+        if staging is not None:
+            staging.close()
         raise
-    run = Run(plan, workspace, options or Options(), group, progress)
+    run = Run(plan, workspace, options, group, progress, interpreters=interpreters, staging=staging)
+    if staging is not None:  # (removed by the next run if this one is killed with kill -9)
+        run.intend(folders=[staging.root])
     group.on_message = run.on_message
     opts = run.options
     try:
@@ -60,6 +100,7 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         assign_keys(plan)
     except BaseException:
         run.close()
+        run.end()
         raise
     return run
 
@@ -96,8 +137,21 @@ def finish(run: Run) -> None:
             run.set(job.name, JobState.SKIPPED)
 
 
-def record(run: Run, rep: dict) -> str:
-    """Build and store the run's provenance record; its path."""
+def record(run: Run, rep: dict) -> str | None:
+    """Build and store the run's provenance record; its path (None, with a warning in the report,
+    if the cache cannot take it: read-only, full)."""
+    try:
+        return _record(run, rep)
+    except OSError as exc:
+        failure = environmental(exc) or exc
+        where = None if failure.filename else records.record_path(run.store, run.plan.experiment)
+        rep.setdefault("warnings", []).append(
+            "the provenance record of this run was not written: "
+            + describe_environmental(failure, where, cache=run.store.location))
+        return None
+
+
+def _record(run: Run, rep: dict) -> str:
     store = run.store
     previous = records.latest(store, run.plan.experiment)  # one record, whatever the history's length
     options = {"force": run.options.force, "only": run.options.only, "from": run.options.from_,
@@ -121,6 +175,7 @@ def dry_run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         chosen = decisions.decide(run)
     finally:
         run.close()
+        run.end()
     return {
         "experiment": run.plan.experiment,
         "blocks": {
@@ -152,17 +207,45 @@ class Executor(ABC):
 
     def run(self, prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str,
             options: Options | None = None, progress: Progress | None = None) -> dict:
-        """Run an experiment; return the JSON-able report of ``backbeat experiments run --json``."""
+        """Run an experiment; return the JSON-able report of ``backbeat experiments run --json``.
+
+        Interrupted (a signal, Ctrl-C), the run is reported and recorded, then
+        :class:`~backbeat.core.errors.Interrupted` is raised with the report.
+        """
         self.check()
         run = prepare(prefix, cache, name, options, progress, warm=self.local)
         try:
+            return self._run(run)
+        finally:
+            run.end()
+
+    def _run(self, run: Run) -> dict:
+        stopped: KeyboardInterrupt | None = None
+        try:
             decide(run)
+            pending = [j for j in run.plan.jobs if run.state.status[j.name] == JobState.PENDING]
+            results = [run.store.output_path(j.outputs["result"].key) for j in run.plan.jobs
+                       if j.kind == "analyzer" and j.key]
+            run.intend(pending, [p.with_name(p.name + ".json") for p in results]
+                       + [records.record_path(run.store, run.plan.experiment)])
             if not self.local:  # blocks run elsewhere: no local process is kept meanwhile
                 run.group.close()
             self.execute(run)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: stop, then say what was done
+            stopped = exc
         finally:
             run.close()
         finish(run)
         rep = report(run)
+        if stopped is not None:
+            rep["status"] = "interrupted"
+        if run.state.warnings:
+            rep.setdefault("warnings", []).extend(run.state.warnings)
         rep["provenance"] = record(run, rep)
+        if stopped is not None:
+            interrupted = stopped if isinstance(stopped, Interrupted) else Interrupted(signal.SIGINT)
+            interrupted.report = rep
+            if interrupted is stopped:
+                raise interrupted
+            raise interrupted from None
         return rep

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
+from backbeat.execution import environments
 from backbeat.execution.base import Executor
 from backbeat.execution.remote import RemoteJob, TaskResult
 from backbeat.execution.specs import SpecBuilder
@@ -90,6 +91,9 @@ class DaskExecutor(Executor):
     def execute(self, run: Run) -> None:
         from distributed import as_completed
 
+        if run.options.sandbox:
+            raise UsageError("the sandbox is available with the local executor only (Dask workers would need "
+                             "bubblewrap and the staging folder on every machine): run without --sandbox")
         status = run.state.status
         specs = SpecBuilder(run.plan, run.workspace, run.options.window)
         client, cluster = self._client(self.workers or run.options.jobs or os.cpu_count() or 1)
@@ -105,7 +109,7 @@ class DaskExecutor(Executor):
                 needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
                 task = RemoteJob(job.key, specs.block(job), specs.datasets(needed), run.store.location,
                                  run.workspace.user_root, run.decisions[job.name].forced, run.options.timeout_s,
-                                 run.options.memory_bytes)
+                                 run.options.memory_bytes, environments.of(run.interpreters, job.name).key)
                 deps = [futures[d] for d in job.depends if d in futures]
                 futures[job.name] = client.submit(block_task, task.to_json(), *deps, key=f"backbeat-{job.key}",
                                                   pure=False)
@@ -142,7 +146,13 @@ def _record(run: Run, job: str, result: TaskResult, wall_s: float) -> None:
         run.emit(job, "failed", message=failure.message)
     elif result.status == "ran":
         run.state.status[job] = JobState.RAN
-        run.state.stats[job] = result.statistics
+        stats = dict(result.statistics)
+        info = stats.pop("interpreter", None)
+        run.state.stats[job] = stats
+        if isinstance(info, dict):  # where the worker ran it (the same path names the same interpreter)
+            node = run.jobs[job]
+            run.state.runtime[job] = environments.runtime(node.environment,
+                                                          environments.of(run.interpreters, job), info, False)
         run.emit(job, "done", wall_s=wall_s)
     else:
         run.set(job, JobState(result.status))

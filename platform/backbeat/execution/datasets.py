@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from backbeat.cache import journal
 from backbeat.cache.store import CacheStore
 from backbeat.core import jsonio
 from backbeat.core.errors import ExecutionError, UsageError
 from backbeat.core.names import parse_name
 from backbeat.execution.specs import SpecBuilder
 from backbeat.execution.state import Run
-from backbeat.execution.views import index_datasets, start_provider
+from backbeat.execution.views import index_datasets, provider_log, start_provider
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Dataset, Plan
 from backbeat.planning.planner import dataset
@@ -50,6 +51,7 @@ def _datasets(workspace: Workspace, name: str) -> Plan:
 
 def _run(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name: str, force: bool) -> Run:
     workspace = Workspace.open(prefix, cache)
+    journal.sweep(workspace.store)  # what runs killed with kill -9 left
     return Run(_datasets(workspace, name), workspace, Options(force=force), ProcessGroup(root=workspace.user_root))
 
 
@@ -64,6 +66,7 @@ def index(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name
         index_datasets(run)
     finally:
         run.close()
+        run.end()
     if run.state.dataset_errors:
         raise ExecutionError("\n".join(f"{e['message']}\n{e.get('traceback') or ''}".rstrip()
                                         for e in run.state.dataset_errors.values()))
@@ -92,7 +95,7 @@ def view(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name:
         index_datasets(run)
         if run.state.dataset_errors:
             raise ExecutionError("\n".join(e["message"] for e in run.state.dataset_errors.values()))
-        address = start_provider(run.group, SpecBuilder(run.plan, run.workspace).datasets())
+        address = start_provider(run.group, SpecBuilder(run.plan, run.workspace).datasets(), provider_log(run))
         from backbeat.runtime.dbprovider import DatabaseClient
 
         client = DatabaseClient(address)
@@ -114,3 +117,4 @@ def view(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, name:
             client.close()
     finally:
         run.close()
+        run.end()

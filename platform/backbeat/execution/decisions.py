@@ -16,7 +16,7 @@ here (``execution/base.py``).
 from __future__ import annotations
 
 from backbeat.cache.results import check_result
-from backbeat.core.errors import IntegrityError
+from backbeat.core.errors import IntegrityError, describe_environmental, environmental
 from backbeat.execution.state import Run
 from backbeat.planning.model import Job
 from backbeat.planning.selection import Decision, with_twins
@@ -24,7 +24,13 @@ from backbeat.planning.selection import decide as select
 
 
 def _reject(run: Run, key: str, producer: str, exc: Exception) -> None:
-    """Quarantine an entry found not to hold what its key says, and say so."""
+    """Quarantine an entry found not to hold what its key says, and say so.  One that could not
+    be read (the machine failed: an input/output error…) is not trusted either, but left in place."""
+    failure = None if isinstance(exc, IntegrityError) else environmental(exc)
+    if failure is not None:
+        run.incident(producer, f"cache entry {key[:12]} could not be checked: "
+                               f"{describe_environmental(failure, doing='reading')}")
+        return
     run.incident(producer, run.store.reject(key, str(exc)))
 
 

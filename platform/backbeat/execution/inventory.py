@@ -20,6 +20,7 @@ from backbeat.cache.tools import remove_blobs, remove_unneeded
 from backbeat.core import jsonio
 from backbeat.core.errors import BackbeatError, ExecutionError
 from backbeat.core.names import parse_name
+from backbeat.execution.logs import job_logs, provider_key
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Plan
 from backbeat.planning.planner import dataset
@@ -104,7 +105,7 @@ def needed(prefix: str | os.PathLike, cache: Cache) -> tuple[set[Path], list[dic
             for protocol, protocol_sets in database_sets(catalog, asset).items():
                 for set_name in protocol_sets:
                     ds = dataset(ctx, f"{protocol}/{set_name}", db, protocol, set_name)
-                    keep.add(store.index_path(ds.index_key))
+                    keep |= {store.index_path(ds.index_key), store.log_path(ds.index_key)}
         except BackbeatError:
             continue
     skipped = []
@@ -121,6 +122,9 @@ def needed(prefix: str | os.PathLike, cache: Cache) -> tuple[set[Path], list[dic
             continue
         outputs = {store.output_path(o.key) for j in p.jobs for o in j.outputs.values()}
         keep |= outputs | {Path(f"{path}.json") for path in outputs}  # + results' JSON summaries
+        keep |= {log for j in p.jobs for log in job_logs(store, j).values()}  # + their output logs
+        keep |= {store.log_path(ds.index_key) for ds in p.datasets.values()}
+        keep.add(store.log_path(provider_key([ds.index_key for ds in p.datasets.values()])))
     for path in [p for p in keep if p.suffix == ".db"]:  # + index digests, identity records, journals
         keep |= {Path(f"{path}.sha256"), Path(f"{path}.deps"), Path(f"{path}.journal")}
     return keep, skipped

@@ -27,6 +27,7 @@ from backbeat.core.errors import WireError
 from backbeat.execution.views import start_provider
 from backbeat.processes.exits import Limits
 from backbeat.processes.group import ProcessGroup
+from backbeat.processes.interpreter import runtime
 from backbeat.processes.outcome import Outcome
 from backbeat.runtime.spec import BlockSpec, DatasetSpec
 
@@ -46,12 +47,13 @@ class RemoteJob:
     force: bool = False
     timeout_s: float | None = None
     memory_bytes: int | None = None
+    python: str | None = None  # the interpreter of the block's environment (None: the worker's own)
 
     def to_json(self) -> dict:
         return {"key": self.key, "block": self.block.to_json(),
                 "datasets": {n: d.to_json() for n, d in self.datasets.items()}, "cache": self.cache,
                 "root": self.root, "force": self.force, "timeout_s": self.timeout_s,
-                "memory_bytes": self.memory_bytes}
+                "memory_bytes": self.memory_bytes, "python": self.python}
 
     @classmethod
     def from_json(cls, obj: Any) -> RemoteJob:
@@ -60,7 +62,7 @@ class RemoteJob:
         return cls(obj["key"], BlockSpec.from_json(obj.get("block")),
                    {n: DatasetSpec.from_json(d) for n, d in (obj.get("datasets") or {}).items()},
                    obj["cache"], obj.get("root"), bool(obj.get("force")), obj.get("timeout_s"),
-                   obj.get("memory_bytes"))
+                   obj.get("memory_bytes"), obj.get("python") if isinstance(obj.get("python"), str) else None)
 
 
 @dataclass(frozen=True)
@@ -112,12 +114,16 @@ def run(job: RemoteJob) -> TaskResult:
             spec = job.block
             if spec.reads_datasets:
                 spec = dataclasses.replace(spec, database=start_provider(group, job.datasets))
-            group.spawn("block", BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes))
+            group.spawn("block", BLOCK_TARGET, spec.to_json(), Limits(job.timeout_s, job.memory_bytes),
+                        log=str(store.log_path(job.key)), python=job.python)
             out = group.wait(["block"])["block"]
+            interpreter = group.interpreter(job.python) if out.ok else {}
         finally:
             group.close()
         if out.ok and store.committed(keys):
-            return TaskResult("ran", statistics=dict(out.statistics, wall_s=time.perf_counter() - t0))
+            stats = {k: v for k, v in out.statistics.items() if k != "digests"}
+            return TaskResult("ran", statistics=dict(stats, wall_s=time.perf_counter() - t0,
+                                                     interpreter=runtime(interpreter)))
         store.drop_partial(keys, locked=True)
         return TaskResult("failed", out if not out.ok else
                           Outcome("system", "the block completed but did not commit its outputs"))

@@ -1,6 +1,7 @@
 """Run reports and analyzer results (``experiments run --json``, ``experiments results``).
 
-A report gives each block's status, keys, error and statistics, and the analyzers' results
+A report gives each block's status, keys, error, statistics and output logs
+(:mod:`backbeat.execution.logs`), and the analyzers' results
 as read from the cache (``{analyzer: [{"start", "end", "data"}, …]}``, see
 :meth:`backbeat.cache.store.CacheStore.read_result`; ``data`` in the results' declaration
 order), and the results declared ``"display": false`` (``hidden_results``: the command line
@@ -16,6 +17,7 @@ from backbeat.cache.store import CacheStore
 from backbeat.core.errors import ExecutionError
 from backbeat.declarations.algorithm import Algorithm
 from backbeat.declarations.catalog import Catalog
+from backbeat.execution.logs import report_logs
 from backbeat.execution.state import Run
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Plan
@@ -71,6 +73,11 @@ def report(run: Run) -> dict:
             entry["error"] = state.errors[job.name]
         if job.name in state.stats:
             entry["statistics"] = state.stats[job.name]
+        logs = report_logs(run.store, job)
+        if logs:
+            entry["logs"] = logs
+        if job.name in state.runtime:  # where it ran: interpreter, Python and package versions, sandbox
+            entry["runtime"] = state.runtime[job.name]
         blocks[job.name] = entry
     failed = any(b["status"] == "failed" for b in blocks.values())
     out: dict[str, Any] = {

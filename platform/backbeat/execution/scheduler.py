@@ -14,7 +14,14 @@
   into the single cache entry; a loop runs its evaluator (``#0``) and processor (``#1``)
   together, joined by a loop channel, all or nothing;
 * a failed job's partial files are removed, no new job starts, running jobs finish; the
-  consumers of a failed producer's streams are killed and reported ``skipped``.
+  consumers of a failed producer's streams are killed and reported ``skipped``;
+* each process's stdout and stderr go to its log in the cache (:mod:`backbeat.execution.logs`);
+  a failed job's error carries the end of its log (``output``, ``log``);
+* a cache that cannot be written (read-only, full) fails the job as a ``system`` error saying
+  so; control messages refused (a block naming another job) become warnings of the run;
+* each process runs in the fork server of its environment's interpreter (``run.interpreters``,
+  :mod:`backbeat.execution.environments`); in a sandboxed run it writes into its staging folder,
+  published into the cache after checks once it has ended well (:mod:`backbeat.execution.sandboxing`).
 
 The fork server, control channel and database provider are started only when something
 must run, so a fully cached re-run starts no process.  On an interruption every process is
@@ -29,10 +36,14 @@ import time
 from pathlib import Path
 
 from backbeat.cache.store import EntryLock
+from backbeat.core.errors import ExecutionError, IntegrityError, describe_environmental
+from backbeat.execution import environments
+from backbeat.execution.logs import failure_output, process_log
+from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
 from backbeat.execution.splitting import assemble, slot_ranges
 from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
-from backbeat.execution.views import start_provider
+from backbeat.execution.views import PROVIDER_JOB, provider_log, start_provider
 from backbeat.planning.model import Job
 from backbeat.planning.selection import stream_consumers
 from backbeat.processes.exits import Exit, Limits
@@ -61,10 +72,16 @@ class Scheduler:
         self.feeders: dict[str, tuple[str, str]] = {}  # streamed job -> (producer, cancel file)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
         self._provider: str | None = None
+        self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
+        self.orphaned: set[str] = set()  # processes killed because the database provider died
 
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
         try:
+            for python in sorted({environments.of(self.run.interpreters, n).key or "" for n in self.jobs
+                                  if self.status[n] in STARTABLE}):
+                self.group.warm(python or None)  # every interpreter's zygote warms up at once
+            self._check_interpreters()
             self._loop()
         finally:
             self._close()
@@ -81,13 +98,15 @@ class Scheduler:
                 if failed or sum(len(p) for n, p in self.procs.items() if n not in self.feeders) >= limit:
                     break
                 if self.status[name] in STARTABLE:  # (not started meanwhile, as the consumer of a stream)
-                    self._try_start(self.jobs[name])
+                    if not self._try_start(self.jobs[name]):
+                        failed = True
             if not self.procs:
                 if any(self.status[n] == JobState.WAITING for n in self.jobs):
                     time.sleep(0.05)
                     continue
                 return
             self.group.poll(20)
+            self._watch_provider()
             for name in list(self.procs):
                 if not self._ended(name):
                     continue
@@ -97,25 +116,67 @@ class Scheduler:
                 if not ok or name in self.starved:  # the jobs it was feeding are starved too
                     self._starve(name)
 
-    def _try_start(self, job: Job) -> None:
+    def _watch_provider(self) -> None:
+        """If the database provider died (killed…), the blocks reading datasets would wait for it:
+        they are killed, and fail saying why."""
+        if self._provider is None or self._provider_lost is not None or self.group.exit(PROVIDER_JOB) is None:
+            return
+        self._provider_lost = self.group.outcome(PROVIDER_JOB)
+        for name, ids in self.procs.items():
+            if any(i.source == "dataset" for i in self.jobs[name].inputs.values()):
+                for pid in ids:
+                    self.orphaned.add(pid)
+                    self.group.kill(pid)
+
+    def _check_interpreters(self) -> None:
+        """Jobs whose fork server cannot run backbeat's runtime (another interpreter lacking its
+        requirements, a sandbox that did not start) fail at once, saying why."""
+        failures: dict[str | None, str | None] = {}
+        for name, job in self.jobs.items():
+            if self.status[name] not in STARTABLE:
+                continue
+            for pid in ([f"{name}#0", f"{name}#1"] if job.kind == "loop" else [name]):
+                chosen = environments.of(self.run.interpreters, pid)
+                if chosen.key is None and self.run.staging is None:
+                    continue  # the zygote forked from this process
+                if chosen.key not in failures:
+                    failures[chosen.key] = self.group.failure(chosen.key)
+                why = failures[chosen.key]
+                if why is not None and self.status[name] in STARTABLE:
+                    message = (f"its environment's interpreter ({chosen.python}) cannot run backbeat's block runtime: "
+                               f"{why} (`backbeat environments check' says what it needs)")
+                    self.run.state.fail(name, {"kind": "system", "message": message, "traceback": None})
+                    self.run.emit(name, "failed", message=message)
+
+    def _try_start(self, job: Job) -> bool:
+        """Start ``job`` if it can start; False if it failed to (the cache cannot be written…)."""
         run = self.run
         if any(self.status[d] in BROKEN for d in job.depends):
-            return
+            return True
         twin = run.decisions[job.name].twin  # the same outputs, computed by an earlier job of this run
         if twin is not None and self.status[twin] not in AVAILABLE:
-            return
+            return True
         if not all(self.status[d] in AVAILABLE for d in job.depends):
-            return
-        if not self._lock(job):
-            if self.status[job.name] != JobState.WAITING:
-                run.set(job.name, JobState.WAITING)
-            return
-        if not self.run.decisions[job.name].forced and self.store.committed(job.output_keys):
-            self._unlock(job.name)  # another run computed it meanwhile
-            run.set(job.name, JobState.CACHED)
-            return
-        self._running(job)
-        self.procs.update(self._start(job))
+            return True
+        try:
+            if not self._lock(job):
+                if self.status[job.name] != JobState.WAITING:
+                    run.set(job.name, JobState.WAITING)
+                return True
+            if not self.run.decisions[job.name].forced and self.store.committed(job.output_keys):
+                self._unlock(job.name)  # another run computed it meanwhile
+                run.set(job.name, JobState.CACHED)
+                return True
+            self._running(job)
+            self.procs.update(self._start(job))
+        except (OSError, ExecutionError) as exc:  # a cache that cannot be written, a dead fork server
+            self._unlock(job.name)
+            message = (f"{describe_environmental(exc, cache=self.store.location)}: the block could not start"
+                       if isinstance(exc, OSError) else f"cannot start: {exc}")
+            run.state.fail(job.name, {"kind": "system", "message": message, "traceback": None})
+            run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
+            return False
+        return True
 
     def _running(self, job: Job) -> None:
         self.started[job.name] = time.perf_counter()
@@ -133,6 +194,10 @@ class Scheduler:
 
     def _close(self) -> None:
         """Kill what still runs (e.g. on Ctrl-C): interrupted jobs fail, their partial files go."""
+        for r in self.group.refused:
+            sender = f"block process `{r['sender']}'" if r["sender"] else f"process {r['pid'] or '(unknown)'}"
+            self.run.state.warnings.append(f"a `{r['type']}' control message naming `{r['job']}' from {sender} "
+                                           f"was refused ({r['reason']})")
         self.group.close()
         for job in self.run.plan.jobs:
             if self.status.get(job.name) == JobState.RUNNING:
@@ -159,7 +224,10 @@ class Scheduler:
     # -- starting ---------------------------------------------------------------------------
     def _provider_address(self) -> str:
         if self._provider is None:
-            self._provider = start_provider(self.group, self.specs.datasets())
+            specs = self.specs.datasets()
+            if self.run.staging is not None:  # (the cache is read-only in the sandbox)
+                specs = self.run.staging.journals(specs)
+            self._provider = start_provider(self.group, specs, provider_log(self.run))
         return self._provider
 
     def _spec(self, job: Job) -> BlockSpec:
@@ -171,7 +239,11 @@ class Scheduler:
         if spec.reads_datasets and spec.database is None:
             spec = dataclasses.replace(spec, database=self._provider_address())
         limits = Limits(self.options.timeout_s if timed else None, self.options.memory_bytes)
-        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits)
+        log = process_log(self.store, self.jobs[pid.partition("#")[0]], pid)
+        if self.run.staging is not None:
+            spec = self.run.staging.block(pid, spec)
+        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
+                         python=environments.of(self.run.interpreters, pid).key)
 
     def _start(self, job: Job, fed: dict[str, str] | None = None) -> dict[str, list[str]]:
         """Spawn the job's block process(es) — one, one per slot of a split block, or the two
@@ -257,8 +329,15 @@ class Scheduler:
             run.set(job.name, JobState.SKIPPED)
             return True
         outcomes = [self.group.outcome(p) for p in ids]
-        bad = next((o for p, o in zip(ids, outcomes, strict=True) if not o.ok and p not in self.killed),
-                   next((o for o in outcomes if not o.ok), None))
+        failures = [(p, o) for p, o in zip(ids, outcomes, strict=True) if not o.ok]
+        culprit = next((p for p, _o in failures if p not in self.killed), failures[0][0] if failures else None)
+        bad = dict(failures).get(culprit) if culprit is not None else None
+        if culprit in self.orphaned and self._provider_lost is not None:
+            lost = self._provider_lost
+            bad = Outcome("system", "the database provider it read from died ("
+                          + (lost.exit.describe() if lost.exit is not None else lost.message) + ")")
+        if bad is None:
+            bad = self._publish(job, ids, outcomes)
         if bad is None and len(ids) > 1 and job.kind != "loop":
             try:
                 self._assemble(job, len(ids))
@@ -274,12 +353,39 @@ class Scheduler:
             run.set(job.name, JobState.RAN)
             run.emit(job.name, "done", wall_s=wall)
             return True
+        if self.run.staging is not None:
+            for pid in ids:
+                self.run.staging.discard(pid)
         # a killed writer leaves its temporary file; a loop node is all or nothing (drop the side that committed)
         self.store.drop_partial(job.output_keys, len(ids) if len(ids) > 1 else 0, committed=job.kind == "loop")
         failure = bad or Outcome("system", "the block completed but did not commit its outputs")
-        run.state.fail(job.name, failure.error_json())
+        error = failure.error_json()
+        log = process_log(self.store, job, culprit or ids[0])
+        output = failure_output(log)
+        if output is not None:  # the last words of the process (its log is bounded, kept in the cache)
+            error.update(output=output, log=str(log))
+        run.state.fail(job.name, error)
         run.emit(job.name, "failed", message=failure.message)
         return False
+
+    def _publish(self, job: Job, ids: list[str], outcomes: list[Outcome]) -> Outcome | None:
+        """Record where the job ran; in a sandboxed run, check its staged outputs into the cache
+        (a failure if one does not hold)."""
+        staging = self.run.staging
+        interpreter = environments.of(self.run.interpreters, job.name)
+        self.run.state.runtime[job.name] = environments.runtime(
+            job.environment, interpreter, self.group.interpreter(interpreter.key), staging is not None)
+        for pid, outcome in zip(ids, outcomes, strict=True):
+            reported = reported_digests(outcome.statistics)
+            if staging is None:
+                continue
+            try:
+                staging.publish(pid, reported)
+            except (IntegrityError, OSError) as exc:
+                for p in ids:
+                    staging.discard(p)
+                return Outcome("system", f"the sandbox refused the outputs of `{pid}': {exc}")
+        return None
 
     def _assemble(self, job: Job, n: int) -> None:
         """Concatenate the slot files of each output into the single cache entry."""

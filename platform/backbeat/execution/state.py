@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backbeat.cache.journal import Journal
 from backbeat.cache.store import CacheStore
 from backbeat.declarations.catalog import Catalog
 from backbeat.execution.workspace import Workspace
@@ -25,7 +27,9 @@ from backbeat.planning.selection import Decision, Options
 from backbeat.processes.group import ProcessGroup
 
 if TYPE_CHECKING:
+    from backbeat.execution.sandboxing import Staging
     from backbeat.processes.control import Message
+    from backbeat.processes.environments import Interpreter
 
 #: a progress display: called with ``{"block", "state", ...}`` events
 Progress = Callable[[dict], None]
@@ -63,6 +67,8 @@ class RunState:
     stats: dict[str, dict] = field(default_factory=dict)  # job -> statistics of its process(es)
     dataset_errors: dict[str, dict] = field(default_factory=dict)  # datasets whose view index failed
     incidents: list[dict] = field(default_factory=list)  # cache entries found wrong: {"block", "message"}
+    warnings: list[str] = field(default_factory=list)  # what went wrong besides the jobs (the report says it)
+    runtime: dict[str, dict] = field(default_factory=dict)  # job -> where it ran (execution.environments.runtime)
 
     def fail(self, job: str, error: dict) -> None:
         self.status[job] = JobState.FAILED
@@ -80,6 +86,9 @@ class Run:
     progress: Progress | None = None
     state: RunState = field(default_factory=RunState)
     decisions: dict[str, Decision] = field(default_factory=dict)  # job -> what the run does with it
+    journal: Journal | None = None  # what a kill -9 of this run would leave (cache/journal.py)
+    interpreters: dict[str, Interpreter] = field(default_factory=dict)  # process -> its environment's interpreter
+    staging: Staging | None = None  # a sandboxed run's staging folder (execution.sandboxing)
 
     @property
     def store(self) -> CacheStore:
@@ -115,10 +124,25 @@ class Run:
             extra = {"slot": int(slot)} if slot else {}
             self.emit(block, "running", done=msg.data.get("done"), total=msg.data.get("total"), **extra)
 
+    def intend(self, jobs: list[Job] = (), paths: list[Path] = (),  # type: ignore[assignment]
+               folders: list[Path] = ()) -> None:  # type: ignore[assignment]
+        """Note in the run's journal the jobs it may run, the entries it may write and the
+        folders it may leave (if this process is killed, the next run removes what they left)."""
+        if self.journal is None:
+            self.journal = Journal(self.store)
+        self.journal.add([(j.key, j.output_keys, j.nb_slots) for j in jobs], paths, folders)
+
+    def end(self) -> None:
+        """The run is over (cleaned up, recorded): its journal goes."""
+        if self.journal is not None:
+            self.journal.close()
+
     def close(self) -> None:
         """Stop every local process; drop what an interrupted indexing job left."""
         started = self.group.started
         self.group.close()
+        if self.staging is not None:
+            self.staging.close()
         if started:
             for ds in self.plan.datasets.values():
                 if ds.index_digest is None:

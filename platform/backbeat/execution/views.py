@@ -10,7 +10,10 @@ record, or one of whose files read by ``index()`` changed, is (re-)indexed in a 
 process (which also reads every unit once, so the files ``get()`` reads are known too).
 Files the provider saw the view open beyond the manifest (its journal) are added to the
 manifest first.  A view that fails to index fails the blocks that read it (with the user's
-traceback), and only those.  :func:`start_provider` starts the database provider
+traceback), and only those.  Each indexing job writes its output to its log in the cache
+(``<index key>.log``) and the paths it may leave to the run's journal; a cache that cannot be
+written (full, read-only) is a system error that keeps any index already there.
+:func:`start_provider` starts the database provider
 (:func:`backbeat.runtime.dbprovider.serve`) that serves dataset outputs to block processes.
 """
 
@@ -21,10 +24,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backbeat.core.errors import DataError
+from backbeat.core.errors import DataError, IntegrityError, describe_environmental, environmental
+from backbeat.execution.logs import provider_key
 from backbeat.execution.state import Run
 from backbeat.planning.model import Dataset
 from backbeat.processes.group import ProcessGroup
+from backbeat.processes.outcome import Outcome
 from backbeat.provenance import manifests
 
 if TYPE_CHECKING:
@@ -94,45 +99,78 @@ def _index(run: Run, todo: list[str]) -> None:
 
     store = run.store
     builder = SpecBuilder(run.plan, run.workspace)
+    indexes = {name: store.index_path(run.plan.datasets[name].index_key) for name in todo}
+    run.intend(paths=[p for index in indexes.values()
+                      for p in (index, Path(f"{index}.sha256"), Path(f"{index}.deps"))])
     deps = {}
     for name in todo:
         ds = run.plan.datasets[name]
-        index = store.index_path(ds.index_key)
-        index.parent.mkdir(parents=True, exist_ok=True)
-        deps[name] = Path(f"{index}.tmp-{os.getpid()}-deps")
-        run.group.spawn(f"index:{name}", INDEX_TARGET, builder.dataset(name, str(deps[name].absolute())).to_json())
+        try:
+            indexes[name].parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the cache cannot be written: the view cannot be indexed into it
+            run.state.dataset_errors[name] = {
+                "kind": "system", "traceback": None,
+                "message": f"cannot index set `{ds.set}': " + describe_environmental(exc, cache=store.location)}
+            continue
+        deps[name] = Path(f"{indexes[name]}.tmp-{os.getpid()}-deps")
+        spec = builder.dataset(name, str(deps[name].absolute()))
+        if run.staging is not None:  # sandboxed: written into its staging folder, published once checked
+            spec = run.staging.index(f"index:{name}", spec)
+            deps[name] = Path(spec.deps or deps[name])
+        run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json(), log=str(store.log_path(ds.index_key)))
+    todo = [n for n in todo if n not in run.state.dataset_errors]
     outcomes = run.group.wait([f"index:{n}" for n in todo])
     for name in todo:
         out = outcomes[f"index:{name}"]
         ds = run.plan.datasets[name]
+        if out.ok and "digest" in out.statistics and run.staging is not None:
+            try:
+                run.staging.publish(f"index:{name}", {"index.db": out.statistics["digest"]})
+            except (IntegrityError, OSError) as exc:
+                out = Outcome("system", f"the sandbox refused the view index: {exc}")
         message = out.message
+        kind = out.kind if not out.ok else "system"
+        environment = kind == "system" and not out.ok  # (a full disk says nothing about an index already there)
         if out.ok and "digest" in out.statistics:
             try:
-                seen = json.loads(deps[name].read_text(encoding="utf-8"))["seen"]
+                # (sandboxed: moved out of the sandbox's reach before it is read)
+                source = run.staging.take(f"index:{name}", "deps.json") if run.staging is not None else deps[name]
+                seen = json.loads(source.read_text(encoding="utf-8"))["seen"]
                 where = manifests.folders(run.catalog, ds.database, ds.root_folder)
                 digest = manifests.store_manifest(store, manifests.build(seen, where, store.memo))
                 store.set_index_record(ds.index_key, out.statistics["digest"], digest)
-                Path(f"{store.index_path(ds.index_key)}.journal").unlink(missing_ok=True)
+                Path(f"{indexes[name]}.journal").unlink(missing_ok=True)
                 ds.index_digest, ds.data_digest = out.statistics["digest"], digest
             except (OSError, ValueError, KeyError, DataError) as exc:
-                message = str(exc) if isinstance(exc, DataError) else f"the files its view read are unknown: {exc}"
+                failure = environmental(exc)
+                environment = failure is not None
+                message = (describe_environmental(failure, cache=store.location) if failure is not None
+                           else str(exc) if isinstance(exc, DataError)
+                           else f"the files its view read are unknown: {exc}")
         deps[name].unlink(missing_ok=True)
         if ds.data_digest is None:
-            store.discard_index(ds.index_key)
-            hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) else (
+            if not environment:
+                store.discard_index(ds.index_key)
+            hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) or environment else (
                 f" (the root folder `{ds.root_folder}' of {ds.database} does not exist: set "
                 f"`database/{ds.database}' in .backbeatrc to where its data is)")
             run.state.dataset_errors[name] = {
-                "kind": out.kind if not out.ok else "system",
+                "kind": kind,
                 "message": f"database view `{ds.view}' of {ds.database} could not index set "
                            f"`{ds.protocol}/{ds.set}': {message}{hint}",
                 "traceback": out.traceback}
 
 
-def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec]) -> str:
-    """Start the database provider of ``datasets`` in ``group``; its address."""
+def start_provider(group: ProcessGroup, datasets: dict[str, DatasetSpec], log: str | None = None) -> str:
+    """Start the database provider of ``datasets`` in ``group``; its address.  Its output (the
+    views' prints) goes to ``log`` (see :func:`provider_log`)."""
     from backbeat.runtime.spec import ProviderSpec
 
     address = group.address("database")
-    group.spawn(PROVIDER_JOB, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json())
+    group.spawn(PROVIDER_JOB, PROVIDER_TARGET, ProviderSpec(address, datasets).to_json(), log=log)
     return address
+
+
+def provider_log(run: Run) -> str:
+    """The log of the database provider serving every dataset of ``run``."""
+    return str(run.store.log_path(provider_key([ds.index_key for ds in run.plan.datasets.values()])))

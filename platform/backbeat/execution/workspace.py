@@ -2,13 +2,15 @@
 
 The execution layer is where ``.backbeatrc`` meets planning: :meth:`Workspace.open` takes
 the database root folder overrides of the active configuration (unless given), and every
-plan made through the workspace gets them, so planning itself reads no configuration.
+plan made through the workspace gets them, so planning itself reads no configuration.  It
+also holds the environment mapping in force (:mod:`backbeat.processes.environments`: the
+prefix's ``environments.json`` and the configuration's ``environments``).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backbeat.cache.backends import open_store
@@ -18,6 +20,7 @@ from backbeat.declarations.catalog import Catalog
 from backbeat.planning.context import PlanContext
 from backbeat.planning.model import Plan, assign_keys
 from backbeat.planning.planner import plan
+from backbeat.processes.environments import Mapping
 
 
 @dataclass
@@ -26,15 +29,17 @@ class Workspace:
     store: CacheStore
     catalog: Catalog
     roots: dict[str, str]  # database name -> root folder of its raw data (overrides)
+    environments: Mapping = field(default_factory=Mapping)  # execution environment -> interpreter
 
     @classmethod
     def open(cls, prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike,
              roots: dict[str, str] | None = None, catalog: Catalog | None = None) -> Workspace:
         """The workspace of a prefix and a cache; ``roots`` default to the active ``.backbeatrc``'s."""
+        cfg = config.active()
         if roots is None:
-            cfg = config.active()
             roots = dict(cfg.databases) if cfg is not None else {}
-        return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix), roots=roots), roots)
+        return cls(Path(prefix), open_store(cache), catalog or Catalog(str(prefix), roots=roots), roots,
+                   Mapping.load(prefix, cfg))
 
     @property
     def user_root(self) -> str:

@@ -26,6 +26,7 @@ class Options:
     memory_bytes: int | None = None
     window: int = 4096
     stream: bool = True  # a consumer may read an output while its producer writes it (backbeat.streams)
+    sandbox: bool = False  # every process of the run in the sandbox (backbeat.processes.sandbox)
 
 
 def descendants(plan: Any, names: set[str]) -> set[str]:

@@ -3,7 +3,9 @@
 Lives here: the fork server (``workerpool``) and what runs inside it (``zygote``), exits and
 limits (``exits``), the ZeroMQ control channel (``control``), job outcomes and the one error
 encoding between processes (``outcome``), the one spawn-and-collect loop (``group``:
-``ProcessGroup``) and the one ZeroMQ context of a process (``zmqcontext``).
+``ProcessGroup``), the one ZeroMQ context of a process (``zmqcontext``), execution environments'
+interpreters (``environments``; what an interpreter reports about itself: ``interpreter``) and the
+bubblewrap sandbox around fork servers (``sandbox``).
 Targets are named by strings (``"module:function"``), so nothing here imports the code it runs.
 May import: ``core``.
 """

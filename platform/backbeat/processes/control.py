@@ -6,7 +6,7 @@ of the :class:`~backbeat.processes.workerpool.ForkServer`) runs :func:`job_main`
 :class:`ControlClient` (DEALER, on the child's own zmq context, :mod:`~backbeat.processes.zmqcontext`),
 sends ``start``, calls the job target, and reports ``done`` (statistics) or ``error``.
 
-Messages are single JSON frames (never pickle), always ``{"type", "job", ...}``:
+Messages are single JSON frames (never pickle), always ``{"type", "job", "token", ...}``:
 
 * ``start``    — ``pid``
 * ``progress`` — ``done``, ``total`` (rate limited on the sender, order preserved)
@@ -14,6 +14,13 @@ Messages are single JSON frames (never pickle), always ``{"type", "job", ...}``:
 * ``error``    — an :class:`~backbeat.processes.outcome.Outcome` as JSON: ``kind`` (``"user"``,
   ``"system"``, ``"exit"`` with ``code``, ``"memory"``), ``message``, ``traceback`` (str; paths
   relative to the payload's ``root``)
+
+Messages are authenticated per job: :meth:`ControlServer.register` gives each job a secret
+token (it travels in the job's payload, so only that job's process knows it), and on Linux
+the kernel tells who connected (``SO_PEERCRED``, which ZeroMQ exposes as the frame's
+``Peer-Address``): a message is accepted only if its token is its job's and, when the job's
+pid is known (``pid_of``), it comes from that process.  Anything else — a block naming another
+job, a process that is no job — is refused and kept in :attr:`ControlServer.refused`.
 
 The server answers ``done`` and ``error`` with an ``ack`` frame from inside :meth:`poll`,
 and the block process waits for it (≤ 5 s) before exiting: when the executor sees a
@@ -26,26 +33,41 @@ process exit into an outcome.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import importlib
 import json
 import os
+import re
+import secrets
 import shutil
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import zmq
 
-from backbeat.core.errors import BackbeatError, UsageError, UserCodeError
-from backbeat.processes import zmqcontext
+from backbeat.core import pids
+from backbeat.core.errors import (
+    BackbeatError,
+    UsageError,
+    UserCodeError,
+    describe_environmental,
+)
+from backbeat.processes import reaper, zmqcontext
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
-from backbeat.processes.outcome import REPORTED_KINDS, Outcome, format_user_traceback
-from backbeat.processes.zygote import split_target
+from backbeat.processes.outcome import REPORTED_KINDS, Outcome, environmental_failure, format_user_traceback
+from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
 
 TYPES = ("start", "progress", "done", "error")
 ACK = b'{"type": "ack"}'
+#: the private folders of control channels: ``bb-ctl-<pid of the owner>-<random>``
+FOLDER = re.compile(r"^bb-ctl-(\d+)-")
+#: refused messages kept (the others are only counted)
+REFUSED_KEPT = 100
 
 #: the client of the current block process (set by :func:`job_main`), see :func:`client`
 _CURRENT: ControlClient | None = None
@@ -61,25 +83,67 @@ class Message:
     received: float = 0.0
 
 
-def _decode(frame: bytes) -> Message | None:
+def _decode(frame: bytes) -> tuple[Message, str] | None:
+    """The message in a frame and the token it carries (None if it is no message)."""
     try:
         obj = json.loads(frame)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(obj, dict) or obj.get("type") not in TYPES or not isinstance(obj.get("job"), (str, int)):
         return None
-    data = {k: v for k, v in obj.items() if k not in ("type", "job")}
-    return Message(obj["type"], str(obj["job"]), data, time.monotonic())
+    token = obj.get("token")
+    data = {k: v for k, v in obj.items() if k not in ("type", "job", "token")}
+    return Message(obj["type"], str(obj["job"]), data, time.monotonic()), token if isinstance(token, str) else ""
+
+
+def _peer_pid(frame: zmq.Frame) -> int | None:
+    """The pid of the process that sent ``frame`` over ``ipc://`` (``SO_PEERCRED``), if known."""
+    try:
+        address = frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return None
+    tail = str(address or "").rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() and int(tail) > 0 else None
+
+
+def sweep_folders(parent: str | None = None) -> list[str]:
+    """Remove the control folders (``bb-ctl-<pid>-…``) left by dead processes (killed with
+    ``kill -9``: nothing of theirs ran to remove them); those removed."""
+    parent = parent or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = FOLDER.match(name)
+        if m is None:
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid != os.getuid() or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if not pids.alive(int(m.group(1)), st.st_mtime):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 class ControlServer:
     """Executor side: ROUTER on ``ipc://<private dir>/control`` (0700 directory).
 
-    Create it *after* :meth:`ForkServer.start` (the zygote must not inherit a Context).
+    Create it *after* :meth:`ForkServer.start` (the zygote must not inherit a Context).  Its
+    folder is named after this process (``bb-ctl-<pid>-…``); creating one first removes those of
+    dead processes (:func:`sweep_folders`).  ``pid_of(job)``: the pid of a job's process once
+    known (messages from any other process are refused).
     """
 
-    def __init__(self, dirpath: str | None = None) -> None:
-        self._dir = tempfile.mkdtemp(prefix="bb-ctl-", dir=dirpath)
+    def __init__(self, dirpath: str | None = None, pid_of: Callable[[str], int | None] | None = None) -> None:
+        sweep_folders(dirpath)
+        self._dir = tempfile.mkdtemp(prefix=f"bb-ctl-{os.getpid()}-", dir=dirpath)
         os.chmod(self._dir, 0o700)
         path = os.path.join(self._dir, "control")
         if len(path.encode()) > 100:
@@ -90,8 +154,40 @@ class ControlServer:
         self._sock.bind(f"ipc://{path}")
         self._address = f"ipc://{path}"
         self.rejected = 0  # malformed frames dropped
+        #: messages refused (first :data:`REFUSED_KEPT`): ``{"job", "type", "pid", "reason"}``
+        self.refused: list[dict] = []
+        self.refused_count = 0
+        self.pid_of = pid_of
+        self._tokens: dict[str, str] = {}
         self._poller: zmq.Poller | None = None
-        self._poller_fd: int | None = None
+        self._poller_fd: tuple[int, ...] | None = None
+
+    def register(self, job: str) -> str:
+        """A new secret token for ``job``; only messages carrying it are accepted as ``job``'s."""
+        token = secrets.token_hex(16)
+        self._tokens[str(job)] = token
+        return token
+
+    def _refuse(self, msg: Message, pid: int | None, reason: str) -> None:
+        self.refused_count += 1
+        if len(self.refused) < REFUSED_KEPT:
+            self.refused.append({"job": msg.job, "type": msg.type, "pid": pid, "reason": reason})
+
+    def _check(self, msg: Message, token: str, frame: zmq.Frame) -> bool:
+        expected = self._tokens.get(msg.job)
+        pid = _peer_pid(frame)
+        if expected is None:
+            self._refuse(msg, pid, "no such job")
+            return False
+        if not hmac.compare_digest(expected, token):
+            self._refuse(msg, pid, "not the job's token")
+            return False
+        if pid is not None and self.pid_of is not None:
+            owner = self.pid_of(msg.job)
+            if owner is not None and owner != pid:
+                self._refuse(msg, pid, "not sent by the job's process")
+                return False
+        return True
 
     @property
     def address(self) -> str:
@@ -106,36 +202,41 @@ class ControlServer:
         """The ROUTER socket, for callers that multiplex with ``zmq.Poller``."""
         return self._sock
 
-    def poll(self, timeout_ms: int = 0, wake: int | None = None) -> list[Message]:
+    def poll(self, timeout_ms: int = 0, wake: int | Sequence[int] | None = None) -> list[Message]:
         """Messages available within ``timeout_ms`` (all queued ones, in arrival order).
 
-        ``wake``: a file descriptor that also ends the wait when readable (the fork
-        server's, which reports process exits), so that callers react at once.
+        ``wake``: file descriptor(s) that also end the wait when readable (the fork
+        servers', which report process exits), so that callers react at once.
         """
         out: list[Message] = []
-        if wake is None:
+        fds = () if wake is None else (wake,) if isinstance(wake, int) else tuple(wake)
+        if not fds:
             if not self._sock.poll(timeout_ms, zmq.POLLIN):
                 return out
         else:
-            if self._poller is None or self._poller_fd != wake:
-                self._poller, self._poller_fd = zmq.Poller(), wake
+            if self._poller is None or self._poller_fd != fds:
+                self._poller, self._poller_fd = zmq.Poller(), fds
                 self._poller.register(self._sock, zmq.POLLIN)
-                self._poller.register(wake, zmq.POLLIN)
+                for fd in fds:
+                    self._poller.register(fd, zmq.POLLIN)
             if self._sock not in dict(self._poller.poll(timeout_ms)):
                 return out
         while True:
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return out
-            msg = _decode(frames[-1]) if len(frames) == 2 else None
-            if msg is None:
+            decoded = _decode(frames[-1].bytes) if len(frames) == 2 else None
+            if decoded is None:
                 self.rejected += 1
+                continue
+            msg, token = decoded
+            if not self._check(msg, token, frames[-1]):
                 continue
             out.append(msg)
             if msg.type in ("done", "error"):
                 try:  # the block process waits for this before exiting (see ControlClient.close)
-                    self._sock.send_multipart([frames[0], ACK], zmq.NOBLOCK)
+                    self._sock.send_multipart([frames[0].bytes, ACK], zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
 
@@ -155,8 +256,9 @@ class ControlServer:
 class ControlClient:
     """Block side: DEALER connected to the executor's :class:`ControlServer`."""
 
-    def __init__(self, address: str, job_id: str | int, min_interval_s: float = 0.1) -> None:
+    def __init__(self, address: str, job_id: str | int, token: str = "", min_interval_s: float = 0.1) -> None:
         self.job = str(job_id)
+        self._token = token
         self._sock = zmqcontext.acquire().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.SNDTIMEO, 5000)
         self._sock.connect(address)
@@ -167,7 +269,7 @@ class ControlClient:
         self.acknowledged = False
 
     def _send(self, obj: dict, block: bool = True) -> None:
-        obj = {"type": obj.pop("type"), "job": self.job, **obj}
+        obj = {"type": obj.pop("type"), "job": self.job, "token": self._token, **obj}
         try:
             self._sock.send(json.dumps(obj).encode(), 0 if block else zmq.NOBLOCK)
         except zmq.Again:
@@ -243,14 +345,18 @@ def client() -> ControlClient | None:
 def run_job(target: str, payload: dict) -> int:
     """Run ``target(payload)`` reporting over the control channel; return the exit code.
 
-    ``payload["control"]`` is the server address and ``payload["job"]`` the job id;
-    ``payload["root"]`` (optional) is the root of user code for tracebacks.  An exception
-    escaping the target is a ``"user"`` error unless it has ``error_kind = "system"``.  The target
-    may call :func:`client` to send progress; if it returns a dict and has not reported
-    ``done`` itself, the dict is sent as the statistics.
+    ``payload["control"]`` is the server address, ``payload["job"]`` the job id and
+    ``payload["token"]`` its secret; ``payload["root"]`` (optional) is the root of user code
+    for tracebacks.  The process's memory limit is applied once the channel is open
+    (:func:`~backbeat.processes.zygote.apply_memory_limit`), so running out of memory is
+    reported.  An exception escaping the target is a ``"user"`` error unless it has
+    ``error_kind = "system"`` or the environment failed (a full disk, a read-only file
+    system: :func:`~backbeat.processes.outcome.environmental_failure`).  The target may call :func:`client`
+    to send progress; if it returns a dict and has not reported ``done`` itself, the dict is
+    sent as the statistics.
     """
     global _CURRENT
-    cc = ControlClient(payload["control"], payload.get("job", "?"))
+    cc = ControlClient(payload["control"], payload.get("job", "?"), payload.get("token", ""))
     _CURRENT = cc
     code = 0
     try:
@@ -263,6 +369,7 @@ def run_job(target: str, payload: dict) -> int:
             cc.error(Outcome("system", f"cannot load job target `{target}': {message}", text))
             return EXIT_BOOT
         try:
+            apply_memory_limit()
             result = fn(payload)
         except SystemExit as e:
             code = 0 if e.code is None else (e.code & 0xFF if isinstance(e.code, int) else 1)
@@ -271,9 +378,14 @@ def run_job(target: str, payload: dict) -> int:
             else:
                 cc.error(Outcome("exit", f"the block called sys.exit({e.code!r})", "", code=code))
                 return code
-        except MemoryError:
+        except MemoryError as e:
             try:
-                cc.error(Outcome("memory", "the block process ran out of memory (over its memory limit)"))
+                what = "" if isinstance(e, MemoryLimitTooLow) else "the block process ran out of memory"
+                try:
+                    detail = str(e)  # (numpy's says how much it could not allocate)
+                except Exception:  # noqa: BLE001
+                    detail = ""
+                cc.error(Outcome("memory", f"{what}: {detail}" if what and detail else what or detail))
             finally:
                 code = EXIT_MEMORY
             return code
@@ -281,6 +393,10 @@ def run_job(target: str, payload: dict) -> int:
             cc.error(Outcome("user", e.message, e.traceback))
             return 1
         except BaseException as e:  # noqa: BLE001 - every failure must be reported
+            failure = environmental_failure(e)
+            if failure is not None:  # the machine failed, not the user's code
+                cc.error(Outcome("system", describe_environmental(failure)))
+                return 1
             message, text, in_user = format_user_traceback(e, payload.get("root"))
             if isinstance(e, BackbeatError) and not in_user:
                 message, text = str(e), ""  # backbeat's verdict on the user's code ("returned False")
@@ -307,7 +423,8 @@ def run_job(target: str, payload: dict) -> int:
 def job_main(payload: dict) -> None:
     """ForkServer entry point ``backbeat.control:job_main``: ``run_job(payload["target"], payload)``.
 
-    Always leaves through ``os._exit`` once the last control message has been delivered.
+    Always leaves through ``os._exit`` once the last control message has been delivered,
+    killing whatever the job started (it is a child subreaper: :mod:`~backbeat.processes.reaper`).
     """
     code = EXIT_BOOT
     try:
@@ -317,4 +434,9 @@ def job_main(payload: dict) -> None:
     except BaseException:  # noqa: BLE001 - e.g. no "control" address in the payload
         traceback.print_exc()
     finally:
+        with contextlib.suppress(BaseException):
+            reaper.kill_descendants()
         os._exit(code)
+
+
+job_main.applies_memory_limit = True  # type: ignore[attr-defined]  # after opening its channel

@@ -1,7 +1,13 @@
 """How a child process ended (:class:`Exit`), and the limits it ran under (:class:`Limits`).
 
 Exit classification: ``ok``, ``exit`` (code), ``signal`` (name), ``timeout`` (killed after
-``timeout_s``), ``memory`` (the child exited with :data:`EXIT_MEMORY` after a ``MemoryError``).
+``timeout_s``), ``memory`` (the child exited with :data:`EXIT_MEMORY` after a ``MemoryError``,
+or the kernel's out-of-memory killer killed it: ``oom`` then says how much memory there was,
+:func:`memory_ceiling`), ``lost`` (its fork server died, and the child with it).
+
+The kernel's OOM killer sends a plain SIGKILL; a SIGKILL that backbeat did not send, to a
+child that ended while the kernel's count of OOM kills (:func:`oom_kills`) went up, is taken
+for one.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class Exit:
     signal: str | None = None
     wall_s: float = 0.0
     rusage: dict = field(default_factory=dict)
+    #: killed by the kernel's OOM killer: ``{"limit": bytes, "scope": "cgroup" | "machine"}``
+    oom: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -54,15 +62,21 @@ class Exit:
             return f"killed by signal {self.signal}"
         if self.kind == "timeout":
             return f"killed after exceeding its time limit ({self.wall_s:.1f} s)"
+        if self.kind == "lost":
+            return f"lost with its fork server (killed by {self.signal})"
+        if self.oom is not None:
+            return "killed by the kernel's out-of-memory killer"
         return "ran out of memory (over its memory limit)"
 
 
 def classify_status(status: int, reason: str | None = None, wall_s: float = 0.0,
-                    rusage: dict | None = None) -> Exit:
+                    rusage: dict | None = None, oom: dict | None = None) -> Exit:
     """Turn a raw ``waitpid`` status (plus the server's ``reason``) into an :class:`Exit`."""
     ru = rusage or {}
     if reason == "timeout":
         return Exit("timeout", signal="SIGKILL", wall_s=wall_s, rusage=ru)
+    if reason == "oom":
+        return Exit("memory", signal="SIGKILL", wall_s=wall_s, rusage=ru, oom=oom or {})
     if os.WIFSIGNALED(status):
         num = os.WTERMSIG(status)
         return Exit("signal", signal=signame(num), wall_s=wall_s, rusage=ru)
@@ -84,3 +98,56 @@ def signame(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return f"SIG{num}"
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed since boot (None if not known)."""
+    try:
+        with open("/proc/vmstat", "rb") as f:
+            for line in f:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def memory_ceiling() -> dict:
+    """The memory this process may use: ``{"limit": bytes, "scope": "cgroup"}`` (the smallest limit
+    of its memory cgroup and their parents, cgroup v1 or v2) or ``{"limit": MemTotal, "scope": "machine"}``."""
+    total = 0
+    try:
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    limits = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            groups = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        groups = []
+    for _hid, controllers, path in groups:
+        if "memory" in controllers.split(","):
+            candidates = [("/sys/fs/cgroup/memory", "memory.limit_in_bytes")]
+        elif controllers == "":
+            candidates = [("/sys/fs/cgroup", "memory.max"), ("/sys/fs/cgroup/unified", "memory.max")]
+        else:
+            continue
+        for root, name in candidates:
+            folder = path
+            while True:
+                try:
+                    with open(f"{root}{folder.rstrip('/')}/{name}") as f:
+                        text = f.read().strip()
+                    if text.isdigit():
+                        limits.append(int(text))
+                except OSError:
+                    pass
+                if folder in ("/", ""):
+                    break
+                folder = folder.rsplit("/", 1)[0] or "/"
+    cgroup = min((n for n in limits if n > 0), default=None)
+    if cgroup is not None and (not total or cgroup < total):
+        return {"limit": cgroup, "scope": "cgroup"}
+    return {"limit": total, "scope": "machine"}

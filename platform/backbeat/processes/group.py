@@ -7,9 +7,13 @@ part of backbeat that runs code in child processes goes through it — the local
 so spawning, limits, message collection and outcome classification live in one place.
 
 * :meth:`spawn` starts ``target(payload)`` (``"module:function"``) in a fresh child; the
-  payload is the *envelope* ``{"target", "control", "job", "root", "spec"}``: ``spec`` is the
-  job's own JSON description (e.g. a :class:`~backbeat.runtime.spec.BlockSpec`), ``root`` the
-  folder of user code (tracebacks are made relative to it).
+  payload is the *envelope* ``{"target", "control", "job", "token", "root", "spec"}``: ``spec``
+  is the job's own JSON description (e.g. a :class:`~backbeat.runtime.spec.BlockSpec`),
+  ``root`` the folder of user code (tracebacks are made relative to it), ``token`` the job's
+  secret for the control channel (a message naming a job is accepted only with its token,
+  from its process: :attr:`refused` lists the others).  ``log``: the file the job's
+  stdout and stderr go to (bounded, :mod:`~backbeat.processes.logs`; without one, the
+  parent's stderr — never its stdout).
 * :meth:`poll` waits up to ``timeout_ms`` for control messages (it wakes at once when a
   process exits), keeps them per job and hands each to ``on_message`` (progress display);
   :meth:`exit` tells whether a job's process has ended; :meth:`outcome` classifies it from its
@@ -21,54 +25,114 @@ so spawning, limits, message collection and outcome classification live in one p
 The fork server is started before the control channel's zmq context exists (a process with
 zmq threads cannot fork safely); zmq itself is imported only then, so a fully cached run,
 which starts nothing, never imports it.
+
+Interpreters and the sandbox: a job may name the ``python`` it runs in (its execution
+environment's, :mod:`~backbeat.processes.environments`); the group keeps one fork server per
+interpreter, each started in that interpreter.  A group made with a
+:class:`~backbeat.processes.sandbox.Sandbox` starts every fork server inside ``bwrap``
+(the running interpreter's too), with the group's private folder writable in it, and says
+in a failed job's outcome what the sandbox denied.  There, the jobs' logs are written in the
+private folder and moved to their place in the cache (read-only in the sandbox) as each job
+ends; and the pids the zygote reports (those of its PID namespace) are translated to this
+process's, against which the control channel checks who sent a message.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from backbeat.processes.exits import Exit, Limits
+from backbeat.processes.logs import move_log
 from backbeat.processes.outcome import Outcome, classify
 from backbeat.processes.workerpool import ForkServer, Handle
 
 if TYPE_CHECKING:
     from backbeat.processes.control import ControlServer, Message
+    from backbeat.processes.sandbox import Sandbox
 
 JOB_MAIN = "backbeat.processes.control:job_main"
 
 
 class ProcessGroup:
     def __init__(self, root: str | None = None, preload: tuple[str, ...] | None = None,
-                 on_message: Callable[[Message], None] | None = None) -> None:
+                 on_message: Callable[[Message], None] | None = None, sandbox: Sandbox | None = None) -> None:
         self.root = root
         self.on_message = on_message
+        self.sandbox = sandbox
         self._preload = preload
-        self._server: ForkServer | None = None
+        self._servers: dict[str | None, ForkServer] = {}  # interpreter (None: the running one) -> its server
         self._control: ControlServer | None = None
         self._handles: dict[str, Handle] = {}
         self._messages: dict[str, list[Message]] = {}
+        self._limits: dict[str, Limits] = {}
+        self._pythons: dict[str, str | None] = {}  # job -> its interpreter
+        self._folder: str | None = None  # sandboxed: the private folder holding the control folder
+        self._logs: dict[str, tuple[str, str]] = {}  # sandboxed job -> (its log in the folder, in the cache)
 
     # -- lifetime
-    def warm(self) -> ProcessGroup:
-        """Start the fork server now (its zygote warms up while the caller works)."""
-        if self._server is None:
-            self._server = (ForkServer(preload=self._preload) if self._preload is not None else ForkServer()).start()
+    def warm(self, python: str | None = None) -> ProcessGroup:
+        """Start the fork server of ``python`` (None: the running interpreter) now: its zygote
+        warms up while the caller works."""
+        if python not in self._servers:
+            self._servers[python] = self._new_server(python).start()
         return self
 
-    def _started(self) -> tuple[ForkServer, ControlServer]:
-        self.warm()
+    def _new_server(self, python: str | None) -> ForkServer:
+        from backbeat.processes.interpreter import RUNTIME_MODULES
+
+        # the zygote imports the block runtime once, rather than each block (~35 ms per block)
+        kw: dict[str, Any] = {"preload": RUNTIME_MODULES if self._preload is None else self._preload}
+        if self.sandbox is None and python is None:
+            return ForkServer(**kw)
+        from backbeat.processes import environments
+
+        exe = python or environments.RUNNING.python
+        if self.sandbox is None:
+            return ForkServer(python=exe, env=environments.runtime_env(), **kw)
+        from backbeat.processes import sandbox as sandboxing
+
+        if self._folder is None:  # created before the control folder, to be writable in every sandbox
+            # (named like a control folder: removed by the next run if this process is killed)
+            self._folder = tempfile.mkdtemp(prefix=f"bb-ctl-{os.getpid()}-run-")
+        box = dataclasses.replace(self.sandbox, writable=(*self.sandbox.writable, self._folder))
+        path = environments.runtime_path()
+        wrapper = box.command(exe, environments.interpreter_info(exe), path)
+        return ForkServer(python=exe, wrapper=wrapper, env=sandboxing.environment(pythonpath=path), **kw)
+
+    def _started(self, python: str | None = None) -> tuple[ForkServer, ControlServer]:
+        self.warm(python)
         if self._control is None:
             from backbeat.processes.control import ControlServer
 
-            self._control = ControlServer()
-        assert self._server is not None
-        return self._server, self._control
+            self._control = ControlServer(self._folder, pid_of=self._pid_of)
+        return self._servers[python], self._control
 
     @property
     def started(self) -> bool:
         """Whether any process was (or is being) started."""
-        return self._server is not None
+        return bool(self._servers)
+
+    def failure(self, python: str | None = None) -> str | None:
+        """Why the fork server of ``python`` cannot run jobs (it did not start, or cannot import
+        what it preloads), waiting until it is ready; None when it can."""
+        from backbeat.core.errors import ExecutionError
+
+        try:
+            self.warm(python)
+            self._servers[python].wait_ready()
+        except ExecutionError as exc:
+            return str(exc)
+        return None
+
+    def interpreter(self, python: str | None = None) -> dict:
+        """The interpreter jobs of ``python`` run in, as its fork server describes it (started if needed)."""
+        self.warm(python)
+        return self._servers[python].interpreter
 
     @property
     def directory(self) -> str:
@@ -81,10 +145,14 @@ class ProcessGroup:
 
     def close(self) -> None:
         """Kill every process still running and release the sockets."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers.values():
+            server.close()
+        for job in list(self._logs):  # (the fork servers completed them as they closed)
+            self._publish_log(job)
         if self._control is not None:
             self._control.close()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -92,27 +160,62 @@ class ProcessGroup:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _pid_of(self, job: str) -> int | None:
+        """The pid of ``job``'s process as this process sees it (in a sandbox, the zygote reports
+        the pid in its own PID namespace: translated), None if unknown (no pid to check against)."""
+        handle = self._handles.get(job)
+        if handle is None or handle.exit is not None and handle._pid is None:
+            return None
+        try:
+            handle.pid  # noqa: B018 - waits for the fork server to report it
+        except Exception:  # noqa: BLE001 - e.g. the fork server is gone: no pid to check against
+            return None
+        return handle.host_pid
+
+    def _staged_log(self, job: str, log: str | None) -> str | None:
+        """Where the fork server writes ``job``'s log: ``log``, or — the cache being read-only in
+        the sandbox — a file of the group's private folder, moved to ``log`` once the job ends."""
+        if log is None or self.sandbox is None or self._folder is None:
+            return log
+        staged = os.path.join(self._folder, "logs", f"{len(self._handles)}.log")
+        os.makedirs(os.path.dirname(staged), exist_ok=True)
+        self._logs[job] = (staged, log)
+        return staged
+
+    def _publish_log(self, job: str) -> None:
+        if job in self._logs:
+            staged, log = self._logs.pop(job)
+            move_log(staged, log)
+
     # -- jobs
     def spawn(self, job: str, target: str, spec: Any = None, limits: Limits | None = None,
-              log_path: str | None = None) -> Handle:
-        """Start ``target`` on ``spec`` as job ``job`` (ids are unique in a group)."""
-        server, control = self._started()
-        payload = {"target": target, "control": control.address, "job": job, "root": self.root, "spec": spec}
-        handle = server.spawn(JOB_MAIN, payload, limits or Limits(), log_path)
+              log: str | None = None, python: str | None = None) -> Handle:
+        """Start ``target`` on ``spec`` as job ``job`` (ids are unique in a group), in the fork
+        server of interpreter ``python`` (None: the running interpreter); its output goes to the
+        file ``log``."""
+        server, control = self._started(python)
+        payload = {"target": target, "control": control.address, "job": job, "token": control.register(job),
+                   "root": self.root, "spec": spec}
+        limits = limits or Limits()
+        handle = server.spawn(JOB_MAIN, payload, limits, self._staged_log(job, log))
         self._handles[job] = handle
         self._messages[job] = []
+        self._limits[job] = limits
+        self._pythons[job] = python
         return handle
 
     def poll(self, timeout_ms: int = 0) -> list[Message]:
         """Control messages received within ``timeout_ms`` (less when a process exits)."""
-        if self._control is None or self._server is None:
+        if self._control is None or not self._servers:
             return []
-        msgs = self._control.poll(timeout_ms, self._server.event_fd())
+        fds = [fd for fd in (s.event_fd() for s in self._servers.values()) if fd is not None]
+        msgs = self._control.poll(timeout_ms, fds)
         for msg in msgs:
             self._messages.setdefault(msg.job, []).append(msg)
             if self.on_message is not None:
                 self.on_message(msg)
-        self._server.pump(0)
+        for server in self._servers.values():
+            server.pump(0)
         return msgs
 
     def exit(self, job: str) -> Exit | None:
@@ -125,7 +228,13 @@ class ProcessGroup:
         if exit_ is None:
             raise RuntimeError(f"job `{job}' is still running")
         self.poll(0)
-        return classify(exit_, self._messages.get(job, []))
+        outcome = classify(exit_, self._messages.get(job, []), self._limits.get(job))
+        self._publish_log(job)
+        if self.sandbox is not None:
+            from backbeat.processes.sandbox import explain
+
+            outcome = explain(outcome)
+        return outcome
 
     def wait(self, jobs: list[str]) -> dict[str, Outcome]:
         """Wait until every given job has ended; their outcomes."""
@@ -136,6 +245,15 @@ class ProcessGroup:
                 if j not in results and self.exit(j) is not None:
                     results[j] = self.outcome(j)
         return results
+
+    @property
+    def refused(self) -> list[dict]:
+        """Control messages refused so far: ``{"job" (named), "type", "pid", "reason", "sender"}``
+        (``sender``: the job whose process sent it, if it is one)."""
+        if self._control is None:
+            return []
+        by_pid = {h.host_pid: j for j, h in self._handles.items() if h.host_pid is not None}
+        return [dict(r, sender=by_pid.get(r["pid"])) for r in self._control.refused]
 
     def kill(self, job: str) -> None:
         self._handles[job].kill()

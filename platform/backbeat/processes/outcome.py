@@ -14,19 +14,21 @@ Every error crossing a process boundary is :meth:`Outcome.to_json` /
 (:mod:`backbeat.execution.remote`).  Tracebacks of user code keep only the user's frames,
 with paths relative to the prefix (:func:`format_user_traceback`).
 
-:func:`classify` combines the control messages of one job with its process :class:`Exit`.
+:func:`classify` combines the control messages of one job with its process :class:`Exit`
+(and the :class:`~backbeat.processes.exits.Limits` it ran under: memory failures name the limit).
 """
 
 from __future__ import annotations
 
+import errno
 import linecache
 import os
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from backbeat.core.errors import BlockError
-from backbeat.processes.exits import Exit
+from backbeat.core.errors import BlockError, environmental
+from backbeat.processes.exits import Exit, Limits
 
 if TYPE_CHECKING:
     from backbeat.processes.control import Message
@@ -125,19 +127,49 @@ _SIGNALS = {"SIGSEGV": "crashed (segmentation fault, SIGSEGV)", "SIGKILL": "was 
             "SIGABRT": "aborted (SIGABRT)", "SIGTERM": "was terminated (SIGTERM)"}
 
 
-def classify(exit: Exit, messages: list[Message]) -> Outcome:
-    """Classify one job from its process exit and the control messages it sent."""
+def _megabytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 10 * 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def _memory(exit: Exit, err: Outcome | None, limits: Limits | None) -> Outcome:
+    """A memory failure, saying which limit was hit."""
+    peak = exit.rusage.get("maxrss_kb") if exit.rusage else None
+    if exit.oom is not None:
+        limit, scope = exit.oom.get("limit"), exit.oom.get("scope")
+        what = ("the machine's memory" if scope == "machine" else "the memory of its cgroup") + (
+            f" ({_megabytes(limit)})" if limit else "")
+        message = f"the block process was killed by the kernel's out-of-memory killer: {what} ran out"
+        if peak:
+            message += f" (its peak resident memory: {_megabytes(peak * 1024)})"
+        return Outcome("memory", message, exit=exit, signal=exit.signal)
+    message = err.message if err is not None and err.kind == "memory" and err.message else \
+        "the block process ran out of memory"
+    if limits is not None and limits.memory_bytes and "memory limit of" not in message:
+        message += f" (over its memory limit of {_megabytes(limits.memory_bytes)})"
+    return Outcome("memory", message, exit=exit)
+
+
+def classify(exit: Exit, messages: list[Message], limits: Limits | None = None) -> Outcome:
+    """Classify one job from its process exit and the control messages it sent (and its limits)."""
     done = next((m for m in messages if m.type == "done"), None)
     err_message = next((m for m in messages if m.type == "error"), None)
     err = Outcome.from_json(err_message.data) if err_message is not None else None
     if exit.kind == "timeout":
         return Outcome("timeout", f"the block {exit.describe()}", exit=exit, signal=exit.signal)
+    if exit.kind == "lost":
+        return Outcome("system", f"the block process was lost: its fork server died ({exit.signal})", exit=exit,
+                       signal=exit.signal)
     if exit.kind == "memory" or (err is not None and err.kind == "memory"):
-        return Outcome("memory", "the block process ran out of memory (over its memory limit)", exit=exit)
+        return _memory(exit, err, limits)
     if err is not None and err.kind in ("user", "system"):
         return Outcome(err.kind, err.message, err.traceback, exit=exit, code=exit.code)
     if exit.kind == "signal":
         what = _SIGNALS.get(exit.signal or "", f"was killed by signal {exit.signal}")
+        if limits is not None and limits.memory_bytes and exit.signal in ("SIGABRT", "SIGSEGV", "SIGBUS"):
+            # a library that cannot allocate under RLIMIT_AS often aborts rather than raise
+            return Outcome("memory", f"the block process {what} under its memory limit of "
+                           f"{_megabytes(limits.memory_bytes)}: most likely it could not allocate memory",
+                           exit=exit, signal=exit.signal)
         return Outcome("signal", f"the block process {what}", exit=exit, signal=exit.signal)
     if exit.kind == "exit":
         how = "called sys.exit" if err is not None and err.kind == "exit" else "exited"
@@ -147,3 +179,18 @@ def classify(exit: Exit, messages: list[Message]) -> Outcome:
         return Outcome("completed", "completed", statistics=stats if isinstance(stats, dict) else {}, exit=exit,
                        code=0)
     return Outcome("system", "the block process exited without reporting completion", exit=exit, code=exit.code)
+
+
+#: set (to ``1``) in the environment of sandboxed processes (:func:`backbeat.processes.sandbox.environment`)
+SANDBOXED = "BACKBEAT_SANDBOXED"
+
+
+def environmental_failure(exc: BaseException) -> OSError | None:
+    """The environmental failure behind an exception a job raised (a full disk, a read-only
+    file system: :func:`~backbeat.core.errors.environmental`) — a ``system`` error, not the
+    user's.  In the sandbox, a read-only file system is not one: the sandbox makes the prefix
+    and the cache read-only, so the block tried to write where it may not (its own error)."""
+    failure = environmental(exc)
+    if failure is not None and failure.errno == errno.EROFS and os.environ.get(SANDBOXED) == "1":
+        return None
+    return failure

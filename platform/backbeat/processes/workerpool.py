@@ -41,6 +41,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -49,70 +50,14 @@ import weakref
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
-from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, classify_status, from_code, signame
-from backbeat.processes.zygote import Zygote, child_run, child_setup, flush_and_exit, split_target
+from backbeat.processes import handles, reaper
+from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, classify_status, signame
+from backbeat.processes.handles import Handle, MPHandle
+from backbeat.processes.zygote import Zygote, split_target
+
+__all__ = ["ForkServer", "Handle"]
 
 # --------------------------------------------------------------------------- parent side
-
-class Handle:
-    """One spawned job, as seen by the parent."""
-
-    def __init__(self, server: ForkServer, job_id: int) -> None:
-        self._server = server
-        self.id = job_id
-        self._pid: int | None = None
-        self.exit: Exit | None = None
-        self.spawned_at = time.monotonic()
-
-    @property
-    def pid(self) -> int:
-        """The child's pid (waits briefly for the zygote to report it)."""
-        if self._pid is None:
-            self._server._pump_until(lambda: self._pid is not None or self.exit is not None, 10.0)
-        if self._pid is None:
-            raise ExecutionError(f"job {self.id}: the fork server did not report a pid")
-        return self._pid
-
-    def poll(self) -> Exit | None:
-        """Non-blocking: the :class:`Exit` if the child has ended, else ``None``."""
-        if self.exit is None:
-            self._server._pump_until(lambda: self.exit is not None, 0.0)
-        return self.exit
-
-    def wait(self, timeout: float | None = None) -> Exit:
-        """Wait for the child to end; raise :class:`TimeoutError` after ``timeout`` seconds."""
-        if self.exit is None:
-            self._server._pump_until(lambda: self.exit is not None, timeout)
-        if self.exit is None:
-            raise TimeoutError(f"job {self.id} still running after {timeout} s")
-        return self.exit
-
-    def kill(self) -> None:
-        """SIGKILL the child's process group (no effect once it has ended)."""
-        self._signal(signal.SIGKILL)
-
-    def set_timeout(self, seconds: float) -> None:
-        """From now on, the child may run at most ``seconds`` more (then it is killed: ``timeout``)."""
-        if self.exit is None:
-            try:
-                self._server._request({"op": "timeout", "id": self.id, "timeout_s": float(seconds)})
-            except ExecutionError:
-                pass
-
-    def terminate(self) -> None:
-        """SIGTERM the child's process group."""
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, sig: int, reason: str | None = None) -> None:
-        if self.exit is None:
-            try:
-                self._server._request({"op": "kill", "id": self.id, "sig": int(sig), "reason": reason})
-            except ExecutionError:
-                pass  # the fork server is gone, and its children with it
-
-    def __repr__(self) -> str:
-        return f"<Handle job={self.id} pid={self._pid} exit={self.exit}>"
-
 
 def _zmq_threads_running() -> bool:
     try:
@@ -135,14 +80,25 @@ class ForkServer:
     Call :meth:`start` (or use ``with``) before creating any zmq Context or thread in this
     process.  ``mode`` is ``"auto"`` (fork zygote, else multiprocessing), ``"fork"`` or
     ``"multiprocessing"``.
+
+    With ``python`` (another interpreter) or ``wrapper`` (a command the interpreter runs under,
+    e.g. the sandbox's ``bwrap …``), the zygote is instead a new process, ``[*wrapper, python, -m,
+    backbeat.processes.zygote, FD, PRELOAD]`` with environment ``env``, serving the same protocol
+    over the socket it inherits (no fork of this process: it may start at any time).
     """
 
     def __init__(self, preload: tuple[str, ...] = ("numpy", "h5py", "zmq", "backbeat.processes.control"),
-                 mode: str = "auto") -> None:
+                 mode: str = "auto", python: str | None = None, wrapper: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         if mode not in ("auto", "fork", "multiprocessing"):
             raise UsageError(f"unknown fork server mode `{mode}'")
         self.preload = tuple(preload)
         self.mode = mode
+        self.python = python
+        self.wrapper = list(wrapper or [])
+        self.env = env
+        self._proc: subprocess.Popen | None = None
+        self._zygote_host: int | None = None  # a zygote started under a wrapper: its pid here
         self.zygote_pid: int | None = None
         self._sock: socket.socket | None = None
         self._buf = b""
@@ -159,6 +115,10 @@ class ForkServer:
     # -- lifetime
     def start(self) -> ForkServer:
         if self._sock is not None or self._mp is not None:
+            return self
+        if self.python is not None or self.wrapper:
+            self._start_exec()
+            atexit.register(_close_ref, weakref.ref(self))
             return self
         can_fork = hasattr(os, "fork") and threading.active_count() == 1 and not _zmq_threads_running()
         if self.mode == "fork" and not can_fork:
@@ -192,13 +152,42 @@ class ForkServer:
         self.zygote_pid = pid
         self._sock = parent_sock
 
+    def _start_exec(self) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd = child_sock.fileno()
+        argv = [*self.wrapper, self.python or sys.executable, "-m", "backbeat.processes.zygote", str(fd),
+                ",".join(self.preload)]
+        try:
+            self._proc = subprocess.Popen(argv, pass_fds=(fd,), env=self.env, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            parent_sock.close()
+            raise ExecutionError(f"cannot start a fork server with `{argv[len(self.wrapper)]}': "
+                                 f"{e.strerror or e}") from None
+        finally:
+            child_sock.close()
+        self.kind = "exec"
+        self.zygote_pid = self._proc.pid
+        self._sock = parent_sock
+
+    @property
+    def interpreter(self) -> dict:
+        """The zygote's interpreter (:func:`backbeat.processes.interpreter.describe`), once ready."""
+        if self._ready is None and self._sock is not None:
+            self.wait_ready()
+        info = (self._ready or {}).get("interpreter")
+        if info is None:
+            from backbeat.processes.interpreter import describe
+
+            info = describe()  # multiprocessing fallback: children of this interpreter
+        return info
+
     def _start_mp(self) -> None:
         import multiprocessing as mp
 
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
-            ctx.set_forkserver_preload(list(self.preload) + [__name__])
+            ctx.set_forkserver_preload(list(self.preload) + [handles.__name__])
         self._mp = ctx
         self.kind = "multiprocessing"
         self._ready = {"ev": "ready", "error": None}
@@ -218,7 +207,7 @@ class ForkServer:
         self._closed = True
         if self._mp is not None:
             for h in list(self._handles.values()):
-                if isinstance(h, _MPHandle):
+                if isinstance(h, MPHandle):
                     h._close()
             return
         if self._sock is None:
@@ -238,6 +227,13 @@ class ForkServer:
                 pass
         deadline = time.monotonic() + timeout
         pid = self.zygote_pid
+        if self._proc is not None:  # a zygote started as a new process (its Popen reaps it)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            pid = None
         try:
             while pid is not None:
                 done, _ = os.waitpid(pid, os.WNOHANG)
@@ -252,6 +248,7 @@ class ForkServer:
             pass  # already reaped (e.g. SIGCHLD ignored by the application)
         if self._sock.fileno() >= 0:
             self._sock.close()
+        reaper.kill_adopted()
 
     def __enter__(self) -> ForkServer:
         return self.start()
@@ -282,7 +279,7 @@ class ForkServer:
             self._next += 1
             job_id = self._next
         if self._mp is not None:
-            handle: Handle = _MPHandle(self, job_id, target, payload, limits, log_path)
+            handle: Handle = MPHandle(self, job_id, target, payload, limits, log_path)
             self._handles[job_id] = handle
             return handle
         handle = Handle(self, job_id)
@@ -320,14 +317,14 @@ class ForkServer:
     def _pump_until(self, cond: Any, timeout: float | None) -> None:
         if self._mp is not None:
             for h in list(self._handles.values()):
-                if isinstance(h, _MPHandle):
+                if isinstance(h, MPHandle):
                     h._check()
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while not cond():
                 if self._sock is None or self._sock.fileno() < 0:
-                    raise ExecutionError("the fork server is not running")
+                    return  # not started, closed, or died (its jobs then ended `lost')
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready, _, _ = select.select([self._sock], [], [], remaining)
                 if not ready:
@@ -353,114 +350,46 @@ class ForkServer:
             return
         if kind == "spawned":
             h._pid = ev["pid"]
+            h.host_pid = self._host_pid(ev["pid"])
         elif kind == "exit":
             if ev.get("status") is None:
                 h.exit = Exit("exit", code=EXIT_BOOT)
             else:
-                h.exit = classify_status(ev["status"], ev.get("reason"), ev.get("wall_s", 0.0), ev.get("rusage"))
+                h.exit = classify_status(ev["status"], ev.get("reason"), ev.get("wall_s", 0.0), ev.get("rusage"),
+                                         ev.get("oom"))
             self._handles.pop(h.id, None)
 
+    def _host_pid(self, pid: int) -> int | None:
+        """A child's pid as this process sees it (the zygote reports it as its PID namespace
+        does: in the sandbox, translated through ``/proc``; None if it cannot be)."""
+        if not self.wrapper:
+            return pid
+        if self._zygote_host is None and self._proc is not None and self._ready is not None:
+            self._zygote_host = reaper.host_pid(self._ready.get("pid"), self._proc.pid, depth=3)
+        return reaper.host_pid(pid, self._zygote_host) if self._zygote_host is not None else None
+
     def _zygote_gone(self) -> None:
-        lost = [h for h in self._handles.values() if h.exit is None]
-        for h in lost:
-            h.exit = Exit("signal", signal="SIGKILL")
+        """The zygote's socket closed: unless we closed it, it died, and its children with it."""
+        how = "SIGKILL"
+        if not self._closed and self.zygote_pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.zygote_pid, os.WNOHANG)
+                if pid and os.WIFSIGNALED(status):
+                    how = signame(os.WTERMSIG(status))
+                elif pid:
+                    how = f"exit code {os.WEXITSTATUS(status)}"
+                if pid:
+                    self.zygote_pid = None
+        for h in self._handles.values():
+            if h.exit is None:
+                h.exit = Exit("signal", signal="SIGKILL") if self._closed else Exit("lost", signal=how)
         self._handles.clear()
         if self._sock is not None:
             self._sock.close()
-        if not self._closed:
-            raise ExecutionError("the fork server died unexpectedly")
+        reaper.kill_adopted()  # what the dead blocks left behind, if it came up to us
 
 
 def _close_ref(ref: weakref.ref) -> None:
     server = ref()
     if server is not None:
         server.close()
-
-
-# --------------------------------------------------------------------------- multiprocessing fallback
-
-def _mp_child(target: str, payload_json: str, limits: dict, log_path: str | None) -> None:
-    code = EXIT_BOOT
-    try:
-        child_setup(limits, log_path, close_fds=False)  # multiprocessing needs its fds
-        code = child_run(target, json.loads(payload_json))
-    finally:
-        flush_and_exit(code)
-
-
-class _MPHandle(Handle):
-    """Fallback handle over ``multiprocessing.Process``; timeouts are enforced when polled."""
-
-    def __init__(self, server: ForkServer, job_id: int, target: str, payload: dict, limits: Limits,
-                 log_path: str | None) -> None:
-        super().__init__(server, job_id)
-        self._limits = limits
-        self._reason: str | None = None
-        self._proc = server._mp.Process(target=_mp_child, daemon=True,
-                                        args=(target, json.dumps(payload), limits.to_json(), log_path))
-        self._proc.start()
-        self._pid = self._proc.pid
-
-    def _check(self) -> None:
-        if self.exit is not None:
-            return
-        code = self._proc.exitcode
-        wall = time.monotonic() - self.spawned_at
-        if code is None:
-            t = self._limits.timeout_s
-            if t is not None and wall >= t and self._reason is None:
-                self._reason = "timeout"
-                self._signal(signal.SIGKILL)
-            return
-        if self._reason == "timeout":
-            self.exit = Exit("timeout", signal="SIGKILL", wall_s=wall)
-        elif code < 0:
-            self.exit = Exit("signal", signal=signame(-code), wall_s=wall)
-        else:
-            self.exit = from_code(code, wall, {})
-        self._proc.join(0)
-        try:
-            os.kill(-self._proc.pid, signal.SIGKILL)  # leftovers of its process group
-        except OSError:
-            pass
-        self._server._handles.pop(self.id, None)
-
-    def wait(self, timeout: float | None = None) -> Exit:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.exit is None:
-            self._check()
-            if self.exit is not None:
-                break
-            step = 0.05
-            if self._limits.timeout_s is not None:
-                step = min(step, max(0.0, self.spawned_at + self._limits.timeout_s - time.monotonic()))
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"job {self.id} still running after {timeout} s")
-                step = min(step, left)
-            self._proc.join(step)
-        return self.exit
-
-    def poll(self) -> Exit | None:
-        self._check()
-        return self.exit
-
-    def set_timeout(self, seconds: float) -> None:
-        elapsed = time.monotonic() - self.spawned_at
-        self._limits = Limits(elapsed + float(seconds), self._limits.memory_bytes)
-
-    def _signal(self, sig: int, reason: str | None = None) -> None:
-        if self.exit is None and self._proc.pid is not None:
-            for target in (-self._proc.pid, self._proc.pid):
-                try:
-                    os.kill(target, sig)
-                    break
-                except (ProcessLookupError, PermissionError):
-                    continue
-
-    def _close(self) -> None:
-        if self.exit is None:
-            self._signal(signal.SIGKILL)
-            self._proc.join(5.0)
-            self._check()

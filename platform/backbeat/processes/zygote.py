@@ -2,10 +2,21 @@
 
 The zygote (forked once by :class:`backbeat.processes.workerpool.ForkServer`) reads spawn/kill/close
 requests as JSON lines on its socketpair, forks one child per job, reaps children (SIGCHLD
-wakes its ``select``), enforces timeouts, and reports ``spawned``/``exit`` events.  A child
-gets its own session, default signal handlers, ``PR_SET_PDEATHSIG``, ``RLIMIT_AS``, closed
-inherited fds and fresh standard streams, then runs ``target(payload)`` and always leaves
-through ``os._exit`` (see :mod:`backbeat.processes.workerpool` for the whole protocol).
+wakes its ``select``), enforces timeouts, copies each child's output into its bounded log
+(:mod:`~backbeat.processes.logs`), and reports ``spawned``/``exit`` events.  It is a child
+subreaper: whatever a block process leaves behind is killed when it ends
+(:mod:`~backbeat.processes.reaper`).  A child gets its own session, default signal handlers,
+``PR_SET_PDEATHSIG``, the subreaper attribute, closed inherited fds and fresh standard
+streams (fds 1 and 2 on its log pipe), then runs ``target(payload)`` — under ``RLIMIT_AS``
+once the target is ready to report running out of memory (:func:`apply_memory_limit`) — and
+always leaves through ``os._exit`` (see :mod:`backbeat.processes.workerpool` for the whole protocol).
+
+A zygote started in another interpreter or in the sandbox runs ``python -m
+backbeat.processes.zygote FD PRELOAD`` (:func:`exec_main`); as the init (PID 1) of a
+sandbox it ignores ``SIGTERM`` and ``SIGHUP`` (its blocks could send them), dies with its
+parent by ``SIGKILL`` (which kills everything left in its PID namespace) and reaps the
+orphans it inherits.  Its ``ready`` event describes its interpreter
+(:func:`backbeat.processes.interpreter.describe`).
 """
 
 from __future__ import annotations
@@ -23,9 +34,13 @@ import traceback
 from typing import Any
 
 from backbeat.core.errors import UsageError
-from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
+from backbeat.processes import reaper
+from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY, memory_ceiling, oom_kills
+from backbeat.processes.logs import BoundedLog
 
-_PR_SET_PDEATHSIG = 1
+#: at most this much of a finished child's output is still read from its pipe (what its
+#: leftovers, killed at that moment, may still be writing is not waited for)
+_DRAIN = 16 << 20
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -37,21 +52,12 @@ def split_target(target: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- child side
 
-_LIBC: Any = None  # loaded once in the zygote, inherited by every child
+#: the memory limit of this child, applied by :func:`apply_memory_limit`
+_MEMORY: int | None = None
 
 
-def _prctl_pdeathsig(sig: int) -> None:
-    global _LIBC
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        if _LIBC is None:
-            import ctypes
-
-            _LIBC = ctypes.CDLL(None, use_errno=True)
-        _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+class MemoryLimitTooLow(MemoryError):
+    """The memory limit is below what the process has already mapped: nothing could run under it."""
 
 
 def _reset_signals() -> None:
@@ -69,30 +75,75 @@ def _reset_signals() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def child_setup(limits: dict, log_path: str | None, parent: int | None = None, close_fds: bool = True) -> None:
-    """Isolate the freshly forked child: session, signals, pdeathsig, rlimits, fds, logs."""
+def child_setup(limits: dict, log: str | int | None, parent: int | None = None, close_fds: bool = True) -> None:
+    """Isolate the freshly forked child: session, signals, pdeathsig, subreaper, limits, fds, output.
+
+    ``log``: where fds 1 and 2 go — a pipe's fd (the zygote copies it into a bounded log), a
+    file path (the multiprocessing fallback), or None (both on the parent's stderr: a child's
+    output never mixes with the parent's stdout).
+    """
+    global _MEMORY
     try:
         os.setsid()
     except OSError:
         pass
     _reset_signals()
-    _prctl_pdeathsig(signal.SIGKILL)
+    reaper.set_parent_death_signal(signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         os._exit(EXIT_BOOT)  # the zygote died before pdeathsig was armed
+    reaper.become_subreaper()  # what it starts stays in its tree (killed when it ends)
     _fresh_random_state()
     mem = limits.get("memory_bytes")
-    if mem:
-        resource.setrlimit(resource.RLIMIT_AS, (int(mem), int(mem)))
-    if log_path:
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+    _MEMORY = int(mem) if mem else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if isinstance(log, str):
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:  # (a cache that cannot be written) the output goes to the parent's stderr
+            log = None
+        else:
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+    if isinstance(log, int):
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        if log > 2:
+            os.close(log)
+    elif log is None:
+        os.dup2(2, 1)
     if close_fds:
         os.closerange(3, 65536)
         _fresh_std_streams()
+
+
+def _mapped_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def apply_memory_limit() -> None:
+    """Apply the child's memory limit (``RLIMIT_AS``), once.
+
+    Called just before the target runs, or by a target that first needs what the limit would
+    prevent (:func:`backbeat.processes.control.job_main` opens its ZeroMQ channel — whose I/O
+    thread needs a stack — to be able to report running out of memory).  A limit below what the
+    process has already mapped raises :class:`MemoryLimitTooLow` at once, saying so.
+    """
+    global _MEMORY
+    mem, _MEMORY = _MEMORY, None
+    if not mem:
+        return
+    mapped = _mapped_bytes()
+    if mapped is not None and mem <= mapped:
+        raise MemoryLimitTooLow(f"the memory limit of {mem / 2**20:.0f} MB is below the {mapped / 2**20:.0f} MB "
+                                "of address space a block process has before it runs anything (Python with "
+                                "numpy, h5py and zmq loaded): nothing can run under it")
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 
 
 def _fresh_random_state() -> None:
@@ -134,6 +185,8 @@ def child_run(target: str, payload: Any) -> int:
         traceback.print_exc()
         return EXIT_BOOT
     try:
+        if not getattr(fn, "applies_memory_limit", False):
+            apply_memory_limit()
         fn(payload)
         return 0
     except SystemExit as e:
@@ -160,12 +213,16 @@ def _system_exit_code(e: SystemExit) -> int:
 
 
 def flush_and_exit(code: int) -> None:
+    """Flush the standard streams, kill whatever the process started, exit with ``code``."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001
             pass
-    os._exit(code)
+    try:
+        reaper.kill_descendants()
+    finally:
+        os._exit(code)
 
 
 # --------------------------------------------------------------------------- zygote
@@ -173,11 +230,12 @@ def flush_and_exit(code: int) -> None:
 class Zygote:
     """The loop running in the zygote process (never returns: ends in ``os._exit``)."""
 
-    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int) -> None:
+    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int | None) -> None:
         self.sock = sock
         self.parent = parent
         self.preload = preload
-        self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason}
+        self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason, log, pipe, oom}
+        self.pipes: dict[int, int] = {}  # read end of a child's output pipe -> its pid
         self.inbuf = b""
         self.outbuf = b""
         self.closing = False
@@ -202,10 +260,19 @@ class Zygote:
 
     def main(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches it
-        signal.signal(signal.SIGTERM, lambda *_: self.shutdown(0))
-        _prctl_pdeathsig(signal.SIGKILL)
-        if os.getppid() != self.parent:
+        if os.getpid() == 1:  # init of a sandbox: its blocks may signal it, and must not stop it
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            # if the parent dies: SIGKILL, and the kernel kills every process of the sandbox with it
+            reaper.set_parent_death_signal(signal.SIGKILL)
+        else:
+            for sig in (signal.SIGTERM, signal.SIGHUP):  # (not the handlers of the parent it was forked from)
+                signal.signal(sig, lambda *_: self.shutdown(0))
+            # if the parent dies, SIGTERM: stop every child and what it left (a SIGKILL would leave them)
+            reaper.set_parent_death_signal(signal.SIGTERM)
+        if self.parent is not None and os.getppid() != self.parent:
             os._exit(0)
+        reaper.become_subreaper()
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
@@ -218,15 +285,17 @@ class Zygote:
             try:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
-                error = f"cannot preload `{name}': {e}"
+                error = error or f"cannot preload `{name}': {e}"
         _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
-        self.send({"ev": "ready", "pid": os.getpid(), "error": error})
+        from backbeat.processes.interpreter import describe
+
+        self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": describe()})
         while True:
             now = time.monotonic()
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             try:
-                readable: list[Any] = [self.sock, rfd]
+                readable: list[Any] = [self.sock, rfd, *self.pipes]
                 ready, writable, _ = select.select(readable, [self.sock] if self.outbuf else [], [], timeout)
             except InterruptedError:
                 ready, writable = [], []
@@ -238,6 +307,9 @@ class Zygote:
                         pass
                 except BlockingIOError:
                     pass
+            for fd in ready:
+                if fd in self.pipes:
+                    self.drain(fd, 1 << 20)
             if self.sock in ready:
                 try:
                     chunk = self.sock.recv(1 << 16)
@@ -258,8 +330,8 @@ class Zygote:
             self.spawn(req)
         elif op == "kill":
             for pid, c in self.children.items():
-                if c["id"] == req["id"]:
-                    c["reason"] = c["reason"] or req.get("reason")
+                if c["id"] == req["id"]:  # (a SIGKILL we sent is never taken for the OOM killer's)
+                    c["reason"] = c["reason"] or req.get("reason") or "killed"
                     self.kill(pid, req.get("sig", signal.SIGKILL))
         elif op == "timeout":  # a new deadline, counted from now
             for c in self.children.values():
@@ -272,9 +344,16 @@ class Zygote:
         limits = req.get("limits") or {}
         start = time.monotonic()
         zygote = os.getpid()
+        log_path = req.get("log")
+        rfd = wfd = None
         try:
+            if log_path:
+                rfd, wfd = os.pipe()
             pid = os.fork()
         except OSError as e:
+            for fd in (rfd, wfd):
+                if fd is not None:
+                    os.close(fd)
             self.send({"ev": "exit", "id": req["id"], "pid": None, "status": None, "error": str(e)})
             return
         if pid == 0:
@@ -282,14 +361,45 @@ class Zygote:
             try:
                 self.sock.detach()
                 os.close(self.wake)
-                child_setup(limits, req.get("log"), parent=zygote)
+                if rfd is not None:
+                    os.close(rfd)
+                child_setup(limits, wfd, parent=zygote)
                 code = child_run(req["target"], req["payload"])
             finally:
                 flush_and_exit(code)
+        log = None
+        if rfd is not None and wfd is not None and log_path:
+            os.close(wfd)
+            os.set_blocking(rfd, False)
+            self.pipes[rfd] = pid
+            log = BoundedLog(log_path)
         timeout = limits.get("timeout_s")
         self.children[pid] = {"id": req["id"], "start": start, "reason": None,
-                              "deadline": start + timeout if timeout else None}
+                              "deadline": start + timeout if timeout else None,
+                              "log": log, "pipe": rfd, "oom": oom_kills()}
         self.send({"ev": "spawned", "id": req["id"], "pid": pid})
+
+    def drain(self, fd: int, budget: int, c: dict | None = None) -> None:
+        """Copy what a child (``c``, default: the running child of pipe ``fd``) wrote to its pipe
+        into its log, up to ``budget`` bytes now; at EOF, close the pipe."""
+        if c is None:
+            c = self.children.get(self.pipes[fd])
+        while budget > 0:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.pipes.pop(fd, None)
+                os.close(fd)
+                if c is not None:
+                    c["pipe"] = None
+                return
+            budget -= len(data)
+            if c is not None and c["log"] is not None:
+                c["log"].write(data)
 
     def kill(self, pid: int, sig: int) -> None:
         for target in (-pid, pid):  # the child's process group first (it called setsid)
@@ -307,34 +417,58 @@ class Zygote:
                 self.kill(pid, signal.SIGKILL)
 
     def reap(self) -> None:
-        while self.children:
+        """Reap ended children: report the exits of jobs, kill what they left behind (orphans
+        too: the zygote is a subreaper, and the init of a sandbox, where they end up)."""
+        reaped = False
+        while True:
             try:
                 pid, status, ru = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped = True
             c = self.children.pop(pid, None)
-            if c is None:
-                continue
-            try:
-                os.kill(-pid, signal.SIGKILL)  # leftovers of its process group (pgid stays reserved)
-            except OSError:
-                pass
-            self.send({"ev": "exit", "id": c["id"], "pid": pid, "status": status, "reason": c["reason"],
-                       "wall_s": time.monotonic() - c["start"],
-                       "rusage": {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss,
-                                  "nvcsw": ru.ru_nvcsw, "nivcsw": ru.ru_nivcsw}})
+            if c is not None:
+                self.finish(pid, c, status, ru)
+        if reaped:  # leftovers of ended blocks (re-parented to us) die; theirs come up next time
+            reaper.kill_strays(self.children)
+
+    def finish(self, pid: int, c: dict, status: int, ru: Any) -> None:
+        """A job's process has ended: kill its leftovers, complete its log, report its exit."""
+        try:
+            os.kill(-pid, signal.SIGKILL)  # leftovers of its process group (pgid stays reserved)
+        except OSError:
+            pass
+        reaper.kill_strays(self.children)  # those that left its group
+        if c["pipe"] is not None:
+            self.drain(c["pipe"], _DRAIN, c)
+            if c["pipe"] is not None:  # still held by a leftover being killed: what it writes now is lost
+                self.pipes.pop(c["pipe"], None)
+                os.close(c["pipe"])
+        if c["log"] is not None:
+            c["log"].close()
+        reason, oom = c["reason"], None
+        if (reason is None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+                and c["oom"] is not None and (oom_kills() or 0) > c["oom"]):
+            reason, oom = "oom", memory_ceiling()
+        self.send({"ev": "exit", "id": c["id"], "pid": pid, "status": status, "reason": reason, "oom": oom,
+                   "wall_s": time.monotonic() - c["start"],
+                   "rusage": {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss,
+                              "nvcsw": ru.ru_nvcsw, "nivcsw": ru.ru_nivcsw}})
 
     def shutdown(self, code: int) -> None:
-        """Kill and reap every child, report their exits (best effort), exit."""
+        """Kill and reap every child and what they left, report their exits (best effort), exit."""
+        if self.closing:
+            return
         self.closing = True
         for pid, c in self.children.items():
             c["reason"] = c["reason"] or "closed"
             self.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
-        while self.children and time.monotonic() < deadline:
+        while (self.children or reaper.children()) and time.monotonic() < deadline:
             self.reap()
+            reaper.kill_strays(self.children)
             time.sleep(0.001)
         try:
             self.sock.settimeout(1.0)
@@ -342,3 +476,19 @@ class Zygote:
         except OSError:
             pass
         os._exit(code)
+
+
+def exec_main(argv: list[str]) -> None:
+    """``python -m backbeat.processes.zygote FD PRELOAD``: a zygote started in another interpreter
+    (or in a sandbox), serving its parent over the socket it inherited as ``FD``; ``PRELOAD`` is
+    the comma-separated modules to import first."""
+    try:
+        sock = socket.socket(fileno=int(argv[0]))
+        preload = tuple(m for m in (argv[1] if len(argv) > 1 else "").split(",") if m)
+        Zygote(sock, preload, None).main()
+    finally:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    exec_main(sys.argv[1:])

@@ -11,7 +11,9 @@ A record (format :data:`backbeat.provenance.records.FORMAT`) holds:
   digest: :mod:`backbeat.provenance.manifests`), which is part of its outputs' keys;
 * ``blocks`` — per block in execution order: key and pre-image
   (:func:`backbeat.planning.model.key_components`), input and output content digests, status,
-  timings and I/O statistics;
+  timings and I/O statistics, its output logs in the cache (``logs``), and ``runtime``: the
+  interpreter, Python and package versions it ran with (a cached block: those of the run that
+  computed it) and whether it ran in the sandbox;
 * ``environment`` — backbeat, Python and package versions, platform.
 
 Every executor's run ends with :func:`build` then :func:`backbeat.provenance.records.store`
@@ -202,8 +204,8 @@ def block_entry(plan: Plan, job: Job, store: CacheStore, status: str) -> dict:
 
 
 def _carried(entry: dict, old: dict | None) -> None:
-    """What a block's entry keeps from the previous record's: the statistics of the run that
-    computed a cached output; for a block that did not run or was not cached now, its last
+    """What a block's entry keeps from the previous record's: the statistics and runtime of the
+    run that computed a cached output; for a block that did not run or was not cached now, its last
     entry that did (``previous``), so that ``status`` needs only the latest record."""
     if old is None:
         return
@@ -214,6 +216,9 @@ def _carried(entry: dict, old: dict | None) -> None:
             and ob.get("statistics"):
         entry["statistics"] = ob["statistics"]
         entry["statistics_from"] = ob.get("statistics_from") or old.get("created")
+    if entry["status"] == "cached" and "runtime" not in entry and ob.get("key") == entry["key"] \
+            and ob.get("runtime"):  # where the run that computed it ran it
+        entry["runtime"] = ob["runtime"]
     if entry["status"] not in ("ran", "cached"):
         last = ob if ob.get("status") in ("ran", "cached") else ob.get("previous")
         if last:
@@ -241,8 +246,12 @@ def build(plan: Plan, prefix: str | os.PathLike, store: CacheStore, options: dic
         entry = block_entry(plan, job, store, rep.get("status", "pending"))
         if "statistics" in rep:
             entry["statistics"] = rep["statistics"]
+        if "runtime" in rep:
+            entry["runtime"] = rep["runtime"]
         if "error" in rep:
             entry["error"] = rep["error"]
+        if "logs" in rep:  # the output of the processes that computed it, in the cache
+            entry["logs"] = rep["logs"]
         entry["name"] = job.name
         _carried(entry, previous)
         del entry["name"]

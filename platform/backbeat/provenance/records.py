@@ -7,7 +7,9 @@ the record it replaces moves to ``<folder>/<sha256(experiment)>/<time>-<pid>.jso
 :data:`HISTORY` are kept, for ``experiments history``).  A run, ``status`` and ``audit`` read
 only what they need — the latest record (:func:`latest`), or the latest successful one
 (:func:`load`), newest first and lazily — never the whole history.  A record read back is
-checked to be one (:func:`read_record`).
+checked to be one (:func:`read_record`); a record that is not is *corrupt*, and said to be:
+:func:`load`, :func:`last` and ``latest(strict=True)`` raise on a corrupt latest record (it is
+not taken for a missing one); :func:`history` leaves corrupt ones out and lists them apart.
 
 Records of an older format (``backbeat-provenance-1``: keys of scheme ``backbeat-key-1``,
 whole-folder data manifests) are still listed by ``experiments history`` and shown, but
@@ -50,14 +52,20 @@ def history_folder(cache: Cache, experiment: str) -> Path:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename); nothing is left
+    behind if it fails (a full disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-0")
-    with open(tmp, "w", encoding="utf-8") as fd:
-        fd.write(text)
-        fd.flush()
-        os.fsync(fd.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fd:
+            fd.write(text)
+            fd.flush()
+            os.fsync(fd.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_record(path: str | os.PathLike, older: bool = False) -> dict:
@@ -104,28 +112,51 @@ def _paths(cache: Cache, experiment: str) -> Iterator[Path]:
         yield from sorted(hist.glob("*.json"), reverse=True)
 
 
-def records(cache: Cache, experiment: str, older: bool = False) -> Iterator[dict]:
+def records(cache: Cache, experiment: str, older: bool = False, corrupt: list[dict] | None = None,
+            strict: bool = False) -> Iterator[dict]:
     """The stored records of ``experiment``, newest first, read one at a time as asked for
-    (unreadable ones skipped; ``older``: records of an older format too)."""
+    (``older``: records of an older format too).  Corrupt ones are skipped and, given a
+    ``corrupt`` list, added to it (``{"path", "message"}``, newest first); ``strict``: a corrupt
+    latest record raises :class:`~backbeat.core.errors.DataError` saying so (it is not missing)."""
+    current = record_path(cache, experiment)
     for p in _paths(cache, experiment):
-        with contextlib.suppress(DataError):
-            yield read_record(p, older)
+        try:
+            rec = read_record(p, older=True)
+        except DataError as exc:
+            if strict and p == current:
+                raise DataError(f"the last provenance record of experiment `{experiment}' is corrupt: {exc}") from None
+            if corrupt is not None:
+                corrupt.append({"path": str(p), "message": str(exc)})
+            continue
+        if older or rec.get("format") == FORMAT:
+            yield rec
 
 
-def history(cache: Cache, experiment: str) -> list[dict]:
-    """Every stored record of ``experiment``, newest first, older formats included (display)."""
-    return list(records(cache, experiment, older=True))
+def history(cache: Cache, experiment: str, corrupt: list[dict] | None = None) -> list[dict]:
+    """Every stored record of ``experiment``, newest first, older formats included (display); the
+    corrupt ones are left out and, given a ``corrupt`` list, added to it."""
+    return list(records(cache, experiment, older=True, corrupt=corrupt))
 
 
-def latest(cache: Cache, experiment: str) -> dict | None:
-    """The newest record of the current format (one file read), or None."""
-    return next(records(cache, experiment), None)
+def latest(cache: Cache, experiment: str, strict: bool = False) -> dict | None:
+    """The newest record of the current format (one file read), or None; ``strict``: a corrupt
+    latest record raises :class:`~backbeat.core.errors.DataError`."""
+    return next(records(cache, experiment, strict=strict), None)
+
+
+def last(cache: Cache, experiment: str) -> dict | None:
+    """The record of the last run of ``experiment``, whatever its status and format, or None if it
+    has none.  A corrupt one raises :class:`~backbeat.core.errors.DataError` saying so."""
+    return next(records(cache, experiment, older=True, strict=True), None)
 
 
 def load(cache: Cache, experiment: str) -> dict | None:
-    """The latest successful record of ``experiment`` (else the latest one), or None."""
+    """The latest successful record of ``experiment`` (else the latest one), or None if it has none.
+
+    A corrupt latest record raises :class:`~backbeat.core.errors.DataError` saying so.
+    """
     first = None
-    for rec in records(cache, experiment):
+    for rec in records(cache, experiment, strict=True):
         if rec.get("status") == "ok":
             return rec
         first = first or rec

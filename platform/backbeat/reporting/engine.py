@@ -84,11 +84,11 @@ def states(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> tu
     return inventory.states(prefix, cache, name)
 
 
-def history(cache: str | os.PathLike, name: str) -> list[dict]:
-    """Stored provenance records of an experiment, newest first."""
+def history(cache: str | os.PathLike, name: str, corrupt: list[dict] | None = None) -> list[dict]:
+    """Stored provenance records of an experiment, newest first (corrupt ones go to ``corrupt``)."""
     from backbeat.provenance import records
 
-    return records.history(cache, name)
+    return records.history(cache, name, corrupt)
 
 
 def status(prefix: str | os.PathLike, cache: str | os.PathLike, name: str) -> dict:

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from backbeat.core import hashing
-from backbeat.core.errors import ExecutionError, InvalidNameError, UsageError
+from backbeat.core.errors import DataError, ExecutionError, InvalidNameError, UsageError
 from backbeat.core.names import parse_name
 from backbeat.reporting import engine
 from backbeat.reporting.comparison import scalar_results
@@ -103,18 +103,23 @@ def entry(n: int, rec: dict, previous: dict | None, cache: str | os.PathLike) ->
 
 
 def history(cache: str | os.PathLike, name: str) -> dict:
-    """``{"experiment", "runs": [entry, newest first]}`` (``changes`` is None for the oldest run)."""
+    """``{"experiment", "runs": [entry, newest first], "corrupt": [{"path", "message"}]}``
+    (``changes`` is None for the oldest run; corrupt records are left out and listed apart)."""
     name = _name(name)
-    records = engine.history(cache, name)
+    corrupt: list[dict] = []
+    records = engine.history(cache, name, corrupt)
     runs = [entry(i + 1, rec, records[i + 1] if i + 1 < len(records) else None, cache)
             for i, rec in enumerate(records)]
-    return {"experiment": name, "runs": runs}
+    return {"experiment": name, "runs": runs, "corrupt": corrupt}
 
 
 def record(cache: str | os.PathLike, name: str, run: int = 1) -> dict:
     """The provenance record of run ``run`` (1 = the last run) of the experiment."""
     name = _name(name)
-    records = engine.history(cache, name)
+    corrupt: list[dict] = []
+    records = engine.history(cache, name, corrupt)
+    if not records and corrupt:
+        raise DataError(f"the provenance record of experiment `{name}' is corrupt: {corrupt[0]['message']}")
     if not records:
         raise ExecutionError(f"no provenance record of experiment `{name}' in cache `{cache}': run it first")
     if not 1 <= run <= len(records):

@@ -6,7 +6,8 @@ executor's progress events: ``{"experiment", "pid", "started", "updated", "block
 {"state", "done", "total"}}}``.  It is written atomically (temporary file + rename), at most
 every :data:`MIN_INTERVAL` seconds unless a block changes state, and removed when the run ends;
 the provenance record then tells the outcome.  A file whose process is gone (a run killed with
-``kill -9``) is ignored by :func:`read` and removed.  ``.progress`` is a bookkeeping folder of
+``kill -9``) is ignored by :func:`read` and removed, and so is every such file (and temporary)
+when a run starts (:func:`sweep`).  ``.progress`` is a bookkeeping folder of
 the cache (never scanned nor collected by ``cache gc``).
 """
 
@@ -51,6 +52,7 @@ class Recorder:
         self.state: dict[str, Any] = {"experiment": experiment, "pid": os.getpid(), "started": time.time(),
                                       "updated": time.time(), "blocks": {}}
         self._written = 0.0
+        sweep(cache)
         self._write()
 
     def __call__(self, event: dict) -> None:
@@ -70,9 +72,13 @@ class Recorder:
         self._written = time.monotonic()
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_name(f"{self.file.name}.tmp-{os.getpid()}")
-            tmp.write_text(jsonio.dumps(self.state), encoding="utf-8")
-            os.replace(tmp, self.file)
+            tmp = self.file.with_name(f"{self.file.name}.tmp-{os.getpid()}-0")
+            try:
+                tmp.write_text(jsonio.dumps(self.state), encoding="utf-8")
+                os.replace(tmp, self.file)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
         except OSError:  # progress is a courtesy: never fail a run for it
             pass
 
@@ -95,3 +101,27 @@ def read(cache: str | os.PathLike, experiment: str) -> dict | None:
             p.unlink()
         return None
     return state
+
+
+def sweep(cache: str | os.PathLike) -> None:
+    """Remove the progress files (and their temporaries) of runs whose process is gone."""
+    folder = Path(cache) / FOLDER
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        p = folder / name
+        if ".tmp-" in name:
+            pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        elif name.endswith(".json"):
+            try:
+                state = jsonio.parse(p.read_bytes())
+            except (OSError, jsonio.JSONProblem):
+                continue
+            if isinstance(state, dict) and not _alive(state.get("pid")):
+                with contextlib.suppress(OSError):
+                    p.unlink()

@@ -4,7 +4,8 @@ Experiments run one after the other into the same cache, so a block that two exp
 share (same cache key) is computed once and reused by the next; every run keeps a live
 progress file (:mod:`backbeat.reporting.live`) for ``backbeat serve``.  A failed experiment
 does not stop the others, nor does one that cannot start (an invalid declaration: its
-summary line has the ``error``), unless it is the only one (then its error is raised).  ``.backbeatrc`` limits apply per experiment; explicit limits win.
+summary line has the ``error``), unless it is the only one (then its error is raised).  ``.backbeatrc`` limits
+and ``sandbox`` apply per experiment; explicit options win.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from backbeat.core import config
-from backbeat.core.errors import BackbeatError
+from backbeat.core.errors import BackbeatError, Interrupted
 from backbeat.declarations.prefix import Prefix
 from backbeat.reporting import engine, live, patterns
 
 #: the run options of ``experiments run`` that apply to every experiment of the command
-OPTION_FIELDS = ("force", "jobs", "timeout_s", "memory_bytes", "only", "from_", "until", "stream")
+OPTION_FIELDS = ("force", "jobs", "timeout_s", "memory_bytes", "only", "from_", "until", "stream", "sandbox")
 
 
 def summary_entry(rep: dict, wall_s: float) -> dict:
@@ -57,6 +58,8 @@ def run_many(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[st
             opts["timeout_s"] = timeout
         if opts.get("memory_bytes") is None:
             opts["memory_bytes"] = memory
+        if opts.get("sandbox") is None:  # --sandbox/--no-sandbox, else the configuration's `sandbox'
+            opts["sandbox"] = config.sandbox_for(config.active(), name)
         if announce is not None:
             announce(name)
 
@@ -68,6 +71,12 @@ def run_many(prefix: str | os.PathLike, cache: str | os.PathLike, names: list[st
         start = time.perf_counter()
         try:
             rep = engine.run(prefix, cache, name, engine.options(**opts), recorder, executor, scheduler, workers)
+        except Interrupted as exc:  # the experiments run so far, and the interrupted one, go with it
+            if exc.report is not None:
+                reports.append(exc.report)
+                summary.append(summary_entry(exc.report, time.perf_counter() - start))
+            exc.done = {"experiments": reports, "summary": summary, "status": "interrupted"}
+            raise
         except BackbeatError as exc:
             if len(expanded) == 1:
                 raise

@@ -62,11 +62,12 @@ def _cache_source(path: str, window: int, verify: bool = True, key: str | None =
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
 
 
-def _commit(writers: dict, senders: dict, outputs: Any) -> dict[str, int]:
-    """Commit every output; tell the consumers of streamed ones; ``{output: units written}``."""
+def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str]) -> dict[str, int]:
+    """Commit every output (its content digest into ``digests``); tell the consumers of streamed
+    ones; ``{output: units written}``."""
     written = {}
     for name, writer in writers.items():
-        writer.close()
+        digests[name] = writer.close()
         if name in senders:
             senders[name].finish(writer.end if writer.end is not None else writer.next_index - 1)
         written[name] = outputs[name].nb_data_blocks_written
@@ -141,6 +142,7 @@ def run(payload: dict) -> dict:
     writers: dict[str, cachefile.CacheWriter] = {}
     senders: dict[str, StreamSender] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
+    digests: dict[str, str] = {}
     try:
         for name, out in spec.outputs.items():
             df = out.dataformat
@@ -157,8 +159,8 @@ def run(payload: dict) -> dict:
 
             served = run_evaluator(algorithm, loop, inputs=input_list, data_loaders=loaders,
                                    outputs=outputs, parameters=spec.values, root=payload.get("root"))
-            written = _commit(writers, senders, outputs)
-            return {"steps": served, "written": written,
+            written = _commit(writers, senders, outputs, digests)
+            return {"steps": served, "written": written, "digests": digests,
                     "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
                     "wall_s": time.perf_counter() - t0}
         if loop is not None:
@@ -181,7 +183,7 @@ def run(payload: dict) -> dict:
         )
         if channel is not None:
             channel.done()
-        written = _commit(writers, senders, outputs)
+        written = _commit(writers, senders, outputs, digests)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -198,6 +200,7 @@ def run(payload: dict) -> dict:
     return {
         "steps": summary.steps,
         "written": written,
+        "digests": digests,  # checked against the files by a sandboxed run (execution.sandboxing)
         "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
         "wall_s": time.perf_counter() - t0,
     }

@@ -1,0 +1,149 @@
+"""Run journals: what a run in progress may leave in the cache if it is killed, for the next run to clean.
+
+A run stopped by a signal cleans up after itself (its block processes are killed, their
+temporaries removed).  A run killed with ``kill -9`` (or whose machine stopped) cannot: the
+temporaries of its writers (``<entry>.tmp-<pid>-…``), the slot files of its split blocks, a
+half-written record stay in the cache.  So a run keeps a *journal*,
+``<root>/.runs/<host>-<pid>-<random>.json``: the jobs it may run (key, output keys, slots) and
+the entries whose temporaries it may leave (and a sandboxed run's staging folder).  The next run on the same host
+(:func:`sweep`, called as a run starts) finds the journals whose process is dead and removes
+what they list: writers' temporaries whose writer is dead, and — under the job's lock, so
+never under a run computing it now — the job's slot files; then the journal.
+
+Journals are bookkeeping (never scanned as entries, never deleted by ``cache clear``).  A
+cache that cannot be written gets no journal (nothing can be left in it either).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+from pathlib import Path
+
+from backbeat.cache.store import CacheStore
+from backbeat.core import jsonio, pids
+
+FOLDER = ".runs"
+#: the folder of the cache holding sandboxed runs' staging folders (``backbeat.execution.sandboxing``)
+STAGING = ".staging"
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname())[:64] or "host"
+
+
+class Journal:
+    """The journal of one run (written as entries are added; removed by :meth:`close`)."""
+
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+        self.path = store.root / FOLDER / f"{_host()}-{os.getpid()}-{secrets.token_hex(4)}.json"
+        self.jobs: dict[str, dict] = {}
+        self.paths: list[str] = []
+        self.folders: list[str] = []
+
+    def add(self, jobs: list[tuple[str, list[str], int]] = (), paths: list[Path] = (),  # type: ignore[assignment]
+            folders: list[Path] = ()) -> None:  # type: ignore[assignment]
+        """Note ``jobs`` (``(key, output keys, slots)``) and entry ``paths`` the run may write, and
+        the ``folders`` of its own it may leave (a sandboxed run's staging folder)."""
+        changed = False
+        for p in folders:
+            name = os.path.relpath(p, self.store.root)
+            if name not in self.folders:
+                self.folders.append(name)
+                changed = True
+        for key, outputs, slots in jobs:
+            if key and key not in self.jobs:
+                self.jobs[key] = {"key": key, "outputs": [k for k in outputs if k], "slots": int(slots)}
+                changed = True
+        for p in paths:
+            name = os.path.relpath(p, self.store.root)
+            if name not in self.paths:
+                self.paths.append(name)
+                changed = True
+        if changed:
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-0")
+        text = jsonio.dumps({"pid": os.getpid(), "jobs": list(self.jobs.values()), "paths": self.paths,
+                             "folders": self.folders})
+        for _attempt in range(2):  # (another run may remove the folder, empty, just as it is made)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(text)
+                os.replace(tmp, self.path)
+                return
+            except FileNotFoundError:
+                continue
+            except OSError:  # a read-only or full cache: nothing will be written there either
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        with contextlib.suppress(OSError):  # (if no other run has a journal there)
+            self.path.parent.rmdir()
+
+
+def _clean(store: CacheStore, path: Path) -> None:
+    try:
+        rec = jsonio.parse(path.read_bytes())
+    except (OSError, jsonio.JSONProblem):
+        rec = None
+    if isinstance(rec, dict):
+        for name in rec.get("paths") or []:
+            if isinstance(name, str) and not os.path.isabs(name) and ".." not in Path(name).parts:
+                store.drop_temporaries(store.root / name)
+        for name in rec.get("folders") or []:  # only a staging folder, never anything else
+            if isinstance(name, str) and len(Path(name).parts) == 2 and Path(name).parts[0] == STAGING:
+                shutil.rmtree(store.root / name, ignore_errors=True)
+        for job in rec.get("jobs") or []:
+            if not isinstance(job, dict) or not isinstance(job.get("key"), str):
+                continue
+            outputs = [k for k in job.get("outputs") or [] if isinstance(k, str)]
+            lock = store.lock(job["key"], wait=False)
+            if lock is None:
+                continue  # a live run computes it now: it cleans before it starts
+            with lock:
+                slots = job.get("slots")
+                store.drop_partial(outputs, slots if isinstance(slots, int) and slots > 1 else 0, locked=True)
+    path.unlink(missing_ok=True)
+
+
+def sweep(store: CacheStore) -> list[Path]:
+    """Clean after the dead runs of this host (see the module docstring); their journals."""
+    folder = store.root / FOLDER
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    host = _host() + "-"
+    done = []
+    for name in names:
+        if not name.startswith(host):
+            continue
+        path = folder / name
+        pid_text = name[len(host):].split("-", 1)[0].split(".", 1)[0]
+        try:
+            since = path.stat().st_mtime
+        except OSError:
+            continue
+        if not pid_text.isdigit() or pids.alive(int(pid_text), since):
+            continue
+        try:
+            if store.is_temporary(path):
+                path.unlink(missing_ok=True)
+            else:
+                _clean(store, path)
+            done.append(path)
+        except OSError:  # a read-only cache: nothing to do about it now
+            continue
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    return done

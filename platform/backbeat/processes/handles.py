@@ -1,0 +1,184 @@
+"""A job of a fork server, as the parent sees it: its :class:`Handle` (pid, exit, signals,
+timeouts), and the multiprocessing fallback's :class:`MPHandle` (see
+:mod:`backbeat.processes.workerpool`).
+
+A handle knows the job's pid as the zygote reports it (``pid``) and as this process sees it
+(``host_pid``): they differ when the zygote runs in its own PID namespace (the sandbox), where
+the fork server translates it (:func:`backbeat.processes.reaper.host_pid`); ``host_pid`` is None
+while unknown (the control channel then checks the job's token only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from backbeat.core.errors import ExecutionError
+from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, from_code, signame
+from backbeat.processes.logs import compact
+from backbeat.processes.zygote import child_run, child_setup, flush_and_exit
+
+if TYPE_CHECKING:
+    from backbeat.processes.workerpool import ForkServer
+
+
+class Handle:
+    """One spawned job, as seen by the parent."""
+
+    def __init__(self, server: ForkServer, job_id: int) -> None:
+        self._server = server
+        self.id = job_id
+        self._pid: int | None = None
+        self.host_pid: int | None = None  # the pid as this process sees it (None: unknown)
+        self.exit: Exit | None = None
+        self.spawned_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        """The child's pid (waits briefly for the zygote to report it)."""
+        if self._pid is None:
+            self._server._pump_until(lambda: self._pid is not None or self.exit is not None, 10.0)
+        if self._pid is None:
+            raise ExecutionError(f"job {self.id}: the fork server did not report a pid")
+        return self._pid
+
+    def poll(self) -> Exit | None:
+        """Non-blocking: the :class:`Exit` if the child has ended, else ``None``."""
+        if self.exit is None:
+            self._server._pump_until(lambda: self.exit is not None, 0.0)
+        return self.exit
+
+    def wait(self, timeout: float | None = None) -> Exit:
+        """Wait for the child to end; raise :class:`TimeoutError` after ``timeout`` seconds."""
+        if self.exit is None:
+            self._server._pump_until(lambda: self.exit is not None, timeout)
+        if self.exit is None:
+            raise TimeoutError(f"job {self.id} still running after {timeout} s")
+        return self.exit
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group (no effect once it has ended)."""
+        self._signal(signal.SIGKILL)
+
+    def set_timeout(self, seconds: float) -> None:
+        """From now on, the child may run at most ``seconds`` more (then it is killed: ``timeout``)."""
+        if self.exit is None:
+            try:
+                self._server._request({"op": "timeout", "id": self.id, "timeout_s": float(seconds)})
+            except ExecutionError:
+                pass
+
+    def terminate(self) -> None:
+        """SIGTERM the child's process group."""
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int, reason: str | None = None) -> None:
+        if self.exit is None:
+            try:
+                self._server._request({"op": "kill", "id": self.id, "sig": int(sig), "reason": reason})
+            except ExecutionError:
+                pass  # the fork server is gone, and its children with it
+
+    def __repr__(self) -> str:
+        return f"<Handle job={self.id} pid={self._pid} exit={self.exit}>"
+
+
+# --------------------------------------------------------------------------- multiprocessing fallback
+
+def _mp_child(target: str, payload_json: str, limits: dict, log_path: str | None) -> None:
+    code = EXIT_BOOT
+    try:
+        child_setup(limits, log_path, close_fds=False)  # multiprocessing needs its fds
+        code = child_run(target, json.loads(payload_json))
+    finally:
+        flush_and_exit(code)
+
+
+class MPHandle(Handle):
+    """Fallback handle over ``multiprocessing.Process``; timeouts are enforced when polled."""
+
+    def __init__(self, server: ForkServer, job_id: int, target: str, payload: dict, limits: Limits,
+                 log_path: str | None) -> None:
+        super().__init__(server, job_id)
+        self._limits = limits
+        self._log = log_path
+        if log_path is not None:  # written directly by the child (appending), bounded once it ends
+            with contextlib.suppress(OSError):
+                os.unlink(log_path)
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        self._reason: str | None = None
+        self._proc = server._mp.Process(target=_mp_child, daemon=True,
+                                        args=(target, json.dumps(payload), limits.to_json(), log_path))
+        self._proc.start()
+        self._pid = self.host_pid = self._proc.pid
+
+    def _check(self) -> None:
+        if self.exit is not None:
+            return
+        code = self._proc.exitcode
+        wall = time.monotonic() - self.spawned_at
+        if code is None:
+            t = self._limits.timeout_s
+            if t is not None and wall >= t and self._reason is None:
+                self._reason = "timeout"
+                self._signal(signal.SIGKILL)
+            return
+        if self._reason == "timeout":
+            self.exit = Exit("timeout", signal="SIGKILL", wall_s=wall)
+        elif code < 0:
+            self.exit = Exit("signal", signal=signame(-code), wall_s=wall)
+        else:
+            self.exit = from_code(code, wall, {})
+        self._proc.join(0)
+        try:
+            os.kill(-self._proc.pid, signal.SIGKILL)  # leftovers of its process group
+        except OSError:
+            pass
+        if self._log is not None:
+            compact(self._log)
+        self._server._handles.pop(self.id, None)
+
+    def wait(self, timeout: float | None = None) -> Exit:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.exit is None:
+            self._check()
+            if self.exit is not None:
+                break
+            step = 0.05
+            if self._limits.timeout_s is not None:
+                step = min(step, max(0.0, self.spawned_at + self._limits.timeout_s - time.monotonic()))
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"job {self.id} still running after {timeout} s")
+                step = min(step, left)
+            self._proc.join(step)
+        return self.exit
+
+    def poll(self) -> Exit | None:
+        self._check()
+        return self.exit
+
+    def set_timeout(self, seconds: float) -> None:
+        elapsed = time.monotonic() - self.spawned_at
+        self._limits = Limits(elapsed + float(seconds), self._limits.memory_bytes)
+
+    def _signal(self, sig: int, reason: str | None = None) -> None:
+        if self.exit is None and self._proc.pid is not None:
+            for target in (-self._proc.pid, self._proc.pid):
+                try:
+                    os.kill(target, sig)
+                    break
+                except (ProcessLookupError, PermissionError):
+                    continue
+
+    def _close(self) -> None:
+        if self.exit is None:
+            self._signal(signal.SIGKILL)
+            self._proc.join(5.0)
+            self._check()

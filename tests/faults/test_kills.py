@@ -1,0 +1,83 @@
+"""Fault injection, ``kill -9`` (issue 17, item 1 and the suite): of the command, of its fork
+server and of single block processes, at random moments.
+
+A process killed with SIGKILL runs no cleanup.  What it leaves must never be trusted nor stay:
+its block processes die with it (the fork server stops them when its parent dies), and the next
+run removes its temporaries, its journal and its control folder (``bb-ctl-<pid>-…``), then
+gives exactly what a clean run gives.  A run whose fork server or block process is killed
+fails with a clear message (no traceback) and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness import RNG, SEED, children_of, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
+
+SLOW = {"delay": 0.1}  # `first' takes ~0.6 s
+
+
+def test_kill_9_while_a_block_writes_leaves_what_the_next_run_removes(scene, references):
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    proc = scene.start("experiments", "run", name)
+    assert wait_until(lambda: any(scene.cache.rglob("*.h5.tmp-*"))), "the run never wrote"
+    proc.kill()
+    proc.communicate(timeout=30)
+    scene.no_process_left()  # its block processes died with it
+    left = scene.leftovers()
+    assert any("bb-ctl-" in p for p in left) and any(".h5.tmp-" in p for p in left), left
+    assert any("/.runs/" in p for p in left), left  # its journal: what the next run cleans
+    scene.check_recovered(name, reference)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_kill_9_of_the_command_at_a_random_moment(scene, references, attempt):
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    moment = RNG.uniform(0.05, reference["wall"])
+    proc = scene.start("experiments", "run", name, "--json")
+    time.sleep(moment)
+    proc.kill()
+    proc.communicate(timeout=30)
+    scene.check_recovered(name, reference)
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_kill_9_of_the_fork_server_at_a_random_moment(scene, references, attempt):
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    wall = reference["wall"]
+    proc = scene.start("experiments", "run", name)
+    assert wait_until(lambda: children_of(proc.pid) or proc.poll() is not None), "no fork server started"
+    time.sleep(RNG.uniform(0.0, wall * 0.8))
+    for zygote in children_of(proc.pid):
+        zygote.kill()
+    _out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "internal error" not in err, f"seed {SEED}: {err}"
+    if proc.returncode != 0:  # (killed after the blocks had all run: nothing lost)
+        assert proc.returncode == 1 and "fork server" in err, f"seed {SEED}: {err}"
+    scene.check_recovered(name, reference)
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_kill_9_of_a_block_process_at_a_random_moment(scene, references, attempt):
+    """A block, the indexing job or the database provider: whichever runs at that moment."""
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    proc = scene.start("experiments", "run", name)
+
+    def running():
+        return [p for z in children_of(proc.pid) for p in z.children()]
+
+    assert wait_until(lambda: running() or proc.poll() is not None), "no process started"
+    time.sleep(RNG.uniform(0.0, 0.6))
+    victims = running()
+    if victims:
+        RNG.choice(victims).kill()
+    _out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "internal error" not in err, f"seed {SEED}: {err}"
+    if proc.returncode != 0:
+        assert proc.returncode == 1 and ("SIGKILL" in err or "could not be indexed" in err), f"seed {SEED}: {err}"
+    scene.check_recovered(name, reference)
