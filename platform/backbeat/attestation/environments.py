@@ -13,18 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-#: what of a runtime is compared (the rest — paths, platform strings — says where, not what)
-COMPARED = ("python", "python_implementation", "packages")
-
 
 def _runtime_of(record: dict, block: dict) -> dict[str, Any]:
+    """The block's ``runtime`` (``interpreter``, ``executable``, ``python``, ``implementation``,
+    ``packages``, ``sandbox``), else the same fields from the run's ``environment``."""
     rt = block.get("runtime")
     if isinstance(rt, dict):
-        return dict(rt)
+        return {k: v for k, v in rt.items() if k != "environment"}  # (the declared one is kept apart)
     env = record.get("environment") or {}
-    return {"interpreter": env.get("executable"), "python": env.get("python"),
-            "python_implementation": env.get("python_implementation"), "packages": dict(env.get("packages") or {}),
-            "platform": env.get("platform"), "machine": env.get("machine")}
+    return {"interpreter": env.get("executable"), "executable": env.get("executable"), "python": env.get("python"),
+            "implementation": env.get("python_implementation"), "packages": dict(env.get("packages") or {})}
 
 
 def block_environments(record: dict) -> dict[str, dict]:
@@ -45,7 +43,7 @@ def differences(recorded: dict, now: dict) -> list[str]:
     if recorded.get("environment") != now.get("environment"):
         out.append(f"declared environment {_label(recorded.get('environment'))} -> {_label(now.get('environment'))}")
     old, new = recorded.get("runtime") or {}, now.get("runtime") or {}
-    for key in ("python", "python_implementation"):
+    for key in ("python", "implementation"):  # (where the interpreter is says nothing of what it is)
         if old.get(key) and old.get(key) != new.get(key):
             out.append(f"{'Python' if key == 'python' else 'implementation'} {old.get(key)} -> {new.get(key)}")
     old_p, new_p = old.get("packages") or {}, new.get("packages") or {}
