@@ -121,8 +121,10 @@ def test_archive_is_plain_and_self_describing(made):
 
 def test_verify_and_rerun_from_the_archive_alone(made, tmp_path):
     shutil.copy(made["where"] / "full.tar", tmp_path / "a.tar")
-    code, res = verify(tmp_path / "a.tar", "--rerun", "--expect", made["full"]["attestation"], cwd=tmp_path)
+    code, res = verify(tmp_path / "a.tar", "--rerun", "--sandbox", "--expect", made["full"]["attestation"],
+                       cwd=tmp_path)
     assert code == 0 and res["ok"], res["mismatches"]
+    assert res["rerun"]["sandbox"] is True  # (untrusted code: re-run where it cannot reach beyond its folders)
     assert res["checked"]["assets"] == 14 and res["checked"]["keys"] >= 16 and res["checked"]["data_files"] == 1
     assert res["rerun"]["first_divergence"] is None and set(res["rerun"]["blocks"].values()) == {"same"}
     assert res["rerun"]["datasets"] == {"train": "same", "test": "same"}

@@ -1,12 +1,14 @@
 """``attest verify --rerun``: run an attested experiment again and compare every block's outputs.
 
-The experiment runs (``--force``, local executor) from a copy of the archive's prefix into a
-scratch cache, both in the verification's temporary folder, which is removed afterwards.
+The experiment runs (``--force``, local executor, in the sandbox with ``--sandbox`` or when
+``.backbeatrc`` asks for it for this experiment, with its configured limits) from a copy of the
+archive's prefix into a scratch cache, both in the verification's temporary folder, which is
+removed afterwards.
 Raw data comes from the folder :func:`backbeat.attestation.verify.data_source` chose (``--data
 DIR`` or the archive's ``data/``): the files of ``data/<database>/root/`` are the database's
 root folder (given to the run as a root folder override, as ``.backbeatrc`` would), those of
 ``code/`` are copied next to the view code in the prefix copy.  The verifier's own
-configuration (limits, environments) otherwise applies.
+configuration (limits, environments, sandbox) otherwise applies.
 
 The run's record is then compared with the attested one in execution order: the view
 indexes and data manifests each dataset was built from, and every block output's content
@@ -67,19 +69,23 @@ def _place_data(prefix: Path, record: dict, found: dict[str, dict], source: Path
     return roots
 
 
-def _run(prefix: Path, name: str, roots: dict[str, str], progress: Any) -> tuple[dict, dict | None, CacheStore]:
+def _run(prefix: Path, name: str, roots: dict[str, str], sandbox: bool | None,
+         progress: Any) -> tuple[dict, dict | None, CacheStore, bool]:
     saved = config.active()
     base = saved or config.Config()
+    timeout, memory = config.limits_for(saved, name)
+    options = Options(force=True, timeout_s=timeout, memory_bytes=memory,
+                      sandbox=config.sandbox_for(saved, name) if sandbox is None else sandbox)
     config.activate(dataclasses.replace(base, databases={**base.databases, **roots}))
     scratch = CacheStore.scratch()
     try:
-        rep = LocalExecutor().run(prefix, scratch, name, Options(force=True), progress)
+        rep = LocalExecutor().run(prefix, scratch, name, options, progress)
     except BackbeatError:
         scratch.destroy()
         raise
     finally:
         config.activate(saved)
-    return rep, records.latest(scratch, name), scratch
+    return rep, records.latest(scratch, name), scratch, options.sandbox
 
 
 def _dataset_changes(record: dict, new: dict, found: dict[str, dict], scratch: CacheStore) -> dict[str, list[str]]:
@@ -134,15 +140,15 @@ def _classify(name: str, old: dict, new: dict, datasets: dict[str, list[str]], e
 
 
 def rerun(ex: Extracted, record: dict, found: dict[str, dict], source: Path | None, work: Path, bad: Bad,
-          progress: Any = None) -> dict:
+          sandbox: bool | None = None, progress: Any = None) -> dict:
     """Run the attested experiment again; compare (see the module docstring)."""
     name = record["experiment"]
     prefix = work / "rerun" / "prefix"
     shutil.copytree(ex.path("prefix"), prefix)
-    out: dict[str, Any] = {"status": None, "datasets": {}, "blocks": {}, "environments": {}, "first_divergence": None}
+    out: dict[str, Any] = {"status": None, "sandbox": None, "datasets": {}, "blocks": {}, "environments": {}, "first_divergence": None}
     try:
         roots = _place_data(prefix, record, found, source, work)
-        rep, new, scratch = _run(prefix, name, roots, progress)
+        rep, new, scratch, out["sandbox"] = _run(prefix, name, roots, sandbox, progress)
     except BackbeatError as exc:
         out["status"] = "failed"
         out["first_divergence"] = {"block": None, "cause": "failed", "message": f"the re-run failed: {exc}"}

@@ -18,11 +18,12 @@ def export_experiment(prefix: str | os.PathLike, cache: str | os.PathLike, name:
 
 
 def verify_attestation(archive: str | os.PathLike, data: str | os.PathLike | None = None, rerun: bool = False,
-                       expect: str | None = None) -> dict:
-    """Whether an attestation archive holds (``rerun``: run it again and compare); ``ok`` False on any mismatch."""
+                       expect: str | None = None, sandbox: bool | None = None) -> dict:
+    """Whether an attestation archive holds (``rerun``: run it again and compare — in the sandbox with
+    ``sandbox``, None: as ``.backbeatrc`` says); ``ok`` False on any mismatch."""
     from backbeat.attestation.verify import verify
 
-    return verify(archive, data, rerun, expect)
+    return verify(archive, data, rerun, expect, sandbox)
 
 
 def import_attestation(archive: str | os.PathLike, prefix: str | os.PathLike) -> dict:

@@ -292,7 +292,8 @@ def _data(v: Verification, record: dict, source: Path | None, origin: str) -> No
 
 
 # -- the whole verification ----------------------------------------------------------------------
-def _checks(v: Verification, data: str | os.PathLike | None, rerun: bool, work: Path, progress: Any) -> None:
+def _checks(v: Verification, data: str | os.PathLike | None, rerun: bool, work: Path, sandbox: bool | None,
+            progress: Any) -> None:
     record = _documents(v)
     if record is None:
         return
@@ -308,12 +309,14 @@ def _checks(v: Verification, data: str | os.PathLike | None, rerun: bool, work: 
     if rerun and p is None:
         v.notes.append("not re-run: the experiment cannot be planned from the archive (see above)")
     elif rerun:  # (also when something above failed: the re-run shows which block it changes)
-        v.rerun = rerunning.rerun(v.extracted, record, v.manifests, source, work, v.bad, progress)
+        v.rerun = rerunning.rerun(v.extracted, record, v.manifests, source, work, v.bad, sandbox, progress)
 
 
 def verify(archive: str | os.PathLike, data: str | os.PathLike | None = None, rerun: bool = False,
-           expect: str | None = None, progress: Any = None) -> dict:
-    """Verify an attestation archive (see the module docstring); ``ok`` is False on any mismatch."""
+           expect: str | None = None, sandbox: bool | None = None, progress: Any = None) -> dict:
+    """Verify an attestation archive (see the module docstring); ``ok`` is False on any mismatch.
+
+    ``sandbox``: re-run in the sandbox (None: as ``.backbeatrc`` says for the experiment)."""
     archive = Path(archive)
     if not archive.is_file():
         raise DataError(f"attestation `{archive}' does not exist or is not a file")
@@ -328,7 +331,7 @@ def verify(archive: str | os.PathLike, data: str | os.PathLike | None = None, re
         if expect is not None and expect.strip().lower() != ex.name:
             v.bad("name", archive.name, f"this archive is attestation {ex.name}, not the expected {expect.strip()}")
         try:
-            _checks(v, data, rerun, work, progress)
+            _checks(v, data, rerun, work, sandbox, progress)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a forged record of the right format
             v.bad("record", "provenance.json", f"provenance.json is not a well-formed record ({type(exc).__name__}: "
                                                f"{exc})")

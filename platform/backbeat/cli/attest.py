@@ -54,7 +54,8 @@ def _print_verification(res: dict) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    res = api.verify_attestation(args.archive, data=args.data, rerun=args.rerun, expect=args.expect)
+    res = api.verify_attestation(args.archive, data=args.data, rerun=args.rerun, expect=args.expect,
+                                 sandbox=args.sandbox)
     if args.json:
         output.print_json(res)
         _notes(res["notes"])
@@ -95,6 +96,10 @@ def register(sub: argparse._SubParsersAction, kinds: dict) -> None:
                    help="the raw data, laid out as DIR/<database>/<version>/root|code/… (default: the archive's)")
     p.add_argument("--rerun", action="store_true", help="run the experiment again and compare every block's outputs")
     p.add_argument("--expect", metavar="NAME", default=None, help="the attestation name (digest) it must have")
+    box = p.add_mutually_exclusive_group()
+    box.add_argument("--sandbox", dest="sandbox", action="store_true", default=None,
+                     help="re-run every block in the sandbox (docs/security.md; default: as .backbeatrc says)")
+    box.add_argument("--no-sandbox", dest="sandbox", action="store_false", help="re-run without the sandbox")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_verify)
     p = verbs.add_parser("import", help="add an attestation's assets to the prefix (conflicts refused)")
