@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# the verbs of attestations (experiments export, attest verify|import; docs/attestations.md)
+from backbeat.attestation.verbs import export_experiment, import_attestation, verify_attestation  # noqa: F401
 from backbeat.core.errors import BackbeatError, UsageError
 from backbeat.core.names import KINDS, kind_of, parse_label, parse_name
 from backbeat.declarations import assets

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "platform" / "backbeat"
 
 #: bottom to top; a module's layer is its subpackage (top-level modules: :data:`TOP_LEVEL`)
 LAYERS = ["core", "declarations", "data", "cache", "planning", "provenance", "processes", "runtime",
-          "execution", "audit", "plotting", "reporting", "api", "cli"]
+          "execution", "audit", "attestation", "plotting", "reporting", "api", "cli"]
 TOP_LEVEL = {"backbeat": "core", "backbeat.api": "api", "backbeat.remote": "execution",
              "backbeat.__main__": "cli"}
 CLI_MAY_IMPORT = {"core", "api", "cli"}

@@ -28,13 +28,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from backbeat import __version__
-from backbeat.cli import assets, audit, environments, plot, reports, run, tools
+from backbeat.cli import assets, attest, audit, environments, plot, reports, run, tools
 from backbeat.core.errors import BackbeatError, Interrupted
 
 #: The command modules, each adding its commands with ``register(subparsers, kinds)``;
 #: ``assets`` comes first: it creates the per-kind groups (``kinds``) the others extend.
-COMMANDS = (assets.register, run.register, tools.register, audit.register, plot.register, reports.register,
-            environments.register)
+COMMANDS = (assets.register, run.register, tools.register, audit.register, attest.register, plot.register,
+            reports.register, environments.register)
 
 
 def _memoised_messages() -> None:

@@ -52,7 +52,8 @@ def folders(catalog: Catalog, database: str, root_folder: str) -> dict[str, str]
     return out
 
 
-def _path(where: dict[str, str], label: str) -> Path:
+def label_path(where: dict[str, str], label: str) -> Path:
+    """The file or folder a manifest label (``root/…``, ``code/…``) names under ``where`` (:func:`folders`)."""
     name, _, rel = label.partition("/")
     if name not in where:
         raise DataError(f"data manifest entry `{label}' names no known folder")
@@ -88,7 +89,7 @@ def build(seen: dict[str, dict], where: dict[str, str], memo: StatMemo) -> dict:
     files: dict[str, dict] = {}
     dirs: dict[str, dict] = {}
     for label, what in seen.items():
-        path = _path(where, label)
+        path = label_path(where, label)
         try:
             st: os.stat_result | None = path.stat()
         except OSError:
@@ -105,10 +106,10 @@ def build(seen: dict[str, dict], where: dict[str, str], memo: StatMemo) -> dict:
 
 def current(stored: dict, where: dict[str, str], memo: StatMemo) -> dict:
     """``stored`` with the content of each entry as it is now (same entries)."""
-    memo.preload("sha256", [str(_path(where, label)) for label in stored["files"]])
-    files = {label: dict(_file(_path(where, label), memo), read_by=e.get("read_by", "get"))
+    memo.preload("sha256", [str(label_path(where, label)) for label in stored["files"]])
+    files = {label: dict(_file(label_path(where, label), memo), read_by=e.get("read_by", "get"))
              for label, e in stored["files"].items()}
-    dirs = {label: dict(_folder(_path(where, label), memo), read_by=e.get("read_by", "get"))
+    dirs = {label: dict(_folder(label_path(where, label), memo), read_by=e.get("read_by", "get"))
             for label, e in stored["folders"].items()}
     return {"format": FORMAT, "files": files, "folders": dirs}
 
