@@ -114,3 +114,10 @@ def copy_prefix(tmp_path: Path) -> Callable[..., Path]:
         return dst
 
     return copy
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the Dask tests last: an in-process Dask scheduler leaves threads behind (its offload
+    pool) for the rest of the session, and a fork server started in a process with threads
+    falls back to multiprocessing — the tests after them would no longer exercise the zygote."""
+    items.sort(key=lambda item: item.path.name == "test_dask.py")  # (stable: the order stays otherwise)
