@@ -13,7 +13,9 @@ sampled from ``/proc`` while it runs:
   ``/proc/PID/smaps_rollup``, plus the summed RSS and the number of processes, peak of each
   over the samples;
 * leftovers (processes of the tree still alive when the command has exited) are killed by
-  their pid and counted: a clean tool leaves none.
+  their pid and counted: a clean tool leaves none.  backbeat's warm templates
+  (:mod:`backbeat.processes.template`), which outlive runs by design, are not leftovers; their
+  CPU time is counted in ``others_cores``.
 
 Also: the CPU time other users of the machine took during the run (``others_cores``: busy
 time from ``/proc/stat`` minus the CPU time of this process and its tree, per second of wall
@@ -181,6 +183,22 @@ def _reap(exclude: set[int]) -> None:
             os.waitpid(info.si_pid, 0)
 
 
+#: what a backbeat template process runs (``backbeat.processes.template``): it outlives runs by design
+TEMPLATE_MARK = b"backbeat.processes.template import serve"
+
+
+def templates() -> set[int]:
+    """The pids of backbeat's warm templates (never counted as leftovers of a run)."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if TEMPLATE_MARK in f.read():
+                        found.add(int(entry.name))
+    return found
+
+
 def kill_tree(exclude: set[int]) -> int:
     """SIGKILL every descendant of this process outside ``exclude``; how many there were."""
     me = os.getpid()
@@ -225,7 +243,7 @@ def run(command: list[str], *, cwd: str | Path | None = None, env: dict | None =
     if sampler is not None:
         sampler.stop.set()
         sampler.join()
-    leftovers = kill_tree(exclude)
+    leftovers = kill_tree(exclude | templates())
     cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu0
     mine = cpu + _cpu(resource.RUSAGE_SELF) - self0  # the tree, and this process (its sampler)
     others = max(0.0, (_busy_seconds() - busy0) - mine) / wall if wall > 0 else 0.0

@@ -20,6 +20,10 @@ RUN_PREFIX = FIXTURES / "run" / "prefix"
 #: prefix of experiments also run by BEAT (expected results in ``exec/expected.json``)
 EXEC_PREFIX = FIXTURES / "exec" / "prefix"
 
+#: runs of the suite fork their own fork servers: no warm template outlives a test (those testing
+#: templates switch them on in a folder of their own: tests/integration/test_template.py)
+os.environ["BACKBEAT_TEMPLATE"] = "off"
+
 _CLI = "import sys; from backbeat.cli import entry; sys.argv[0] = 'backbeat'; entry()"
 
 

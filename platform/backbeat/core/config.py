@@ -21,6 +21,8 @@ key by key), so that backbeat works from anywhere inside a project.  Keys:
   ``"default"`` (the interpreter running backbeat); see :mod:`backbeat.processes.environments`;
 * ``sandbox`` — run blocks in the sandbox (:mod:`backbeat.processes.sandbox`): ``true``, ``false``
   or a list of experiment names and patterns; ``--sandbox``/``--no-sandbox`` override it.
+* ``template`` — ``false``: every run forks its own fork server instead of asking the user's warm
+  template for one (:mod:`backbeat.processes.template`; also ``BACKBEAT_TEMPLATE=off``).
 
 BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
 ``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not
@@ -68,6 +70,7 @@ class Config:
     environments: dict[str, str] = field(default_factory=dict)  # pattern -> interpreter (path or "default")
     environment_files: dict[str, str] = field(default_factory=dict)  # pattern -> the file that set it
     sandbox: bool | list[str] | None = None  # None: not set
+    template: bool | None = None  # runs' zygotes from a warm template (None: not set, i.e. yes)
     sources: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -203,6 +206,10 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             _apply_environments(cfg, path, value)
         elif key == "sandbox":
             _apply_sandbox(cfg, path, value)
+        elif key == "template":
+            if not isinstance(value, bool):
+                raise ConfigError(f"configuration file `{path}': `template' must be true or false")
+            cfg.template = value
         elif key.startswith("database/"):
             name = key[len("database/"):]
             if not KINDS["database"].pattern.match(name):
@@ -211,7 +218,7 @@ def _apply(cfg: Config, path: Path, data: dict) -> None:
             cfg.databases[name] = os.path.normpath(here / os.path.expanduser(value))
         else:
             known = ", ".join(["prefix", "cache", "database/<name>/<version>", "limits", "compression", "environments",
-                               "sandbox"])
+                               "sandbox", "template"])
             raise ConfigError(f"configuration file `{path}': unknown key `{key}' (known keys: {known})")
 
 

@@ -87,7 +87,11 @@ class ProcessGroup:
         # the zygote imports the block runtime once, rather than each block (~35 ms per block)
         kw: dict[str, Any] = {"preload": RUNTIME_MODULES if self._preload is None else self._preload}
         if self.sandbox is None and python is None:
-            return ForkServer(**kw)
+            from backbeat.core import config
+            from backbeat.processes import template
+
+            active = config.active()
+            return ForkServer(template=template.enabled(active.template if active else None), **kw)
         from backbeat.processes import environments
 
         exe = python or environments.RUNNING.python

@@ -34,6 +34,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _LIBC: Any = None
 #: whether this process adopts the orphans of its descendants (set by :func:`adopt_orphans`)
 _ADOPTING = False
+#: children of this process that are not leftovers of blocks (e.g. a template started for later runs)
+_SPARED: set[int] = set()
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -116,6 +118,11 @@ def kill_descendants(timeout: float = 1.0) -> int:
             return killed
 
 
+def spare(pid: int) -> None:
+    """Never take child ``pid`` for a leftover (:func:`kill_adopted`)."""
+    _SPARED.add(pid)
+
+
 def adopt_orphans() -> bool:
     """Make this process (the command line) adopt the orphans of its descendants, so that the
     leftovers of blocks whose fork server was killed can still be killed (:func:`kill_adopted`)."""
@@ -139,7 +146,7 @@ def kill_adopted(timeout: float = 2.0) -> list[int]:
         strays = []
         for pid in children():
             with contextlib.suppress(OSError):
-                if os.getsid(pid) != ours:
+                if pid not in _SPARED and os.getsid(pid) != ours:
                     strays.append(pid)
         if not strays:
             break

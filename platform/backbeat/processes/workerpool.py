@@ -85,11 +85,15 @@ class ForkServer:
     e.g. the sandbox's ``bwrap …``), the zygote is instead a new process, ``[*wrapper, python, -m,
     backbeat.processes.zygote, FD, PRELOAD]`` with environment ``env``, serving the same protocol
     over the socket it inherits (no fork of this process: it may start at any time).
+
+    With ``template`` (and neither), the zygote is first asked of this context's warm template
+    (:mod:`~backbeat.processes.template`, ``kind == "template"``): forked from it, not from this
+    process, and ended by closing its socket; without an answer, it is forked as above.
     """
 
     def __init__(self, preload: tuple[str, ...] = ("numpy", "h5py", "zmq", "backbeat.processes.control"),
                  mode: str = "auto", python: str | None = None, wrapper: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, template: bool = False) -> None:
         if mode not in ("auto", "fork", "multiprocessing"):
             raise UsageError(f"unknown fork server mode `{mode}'")
         self.preload = tuple(preload)
@@ -97,6 +101,7 @@ class ForkServer:
         self.python = python
         self.wrapper = list(wrapper or [])
         self.env = env
+        self.template = template
         self._proc: subprocess.Popen | None = None
         self._zygote_host: int | None = None  # a zygote started under a wrapper: its pid here
         self.zygote_pid: int | None = None
@@ -121,6 +126,15 @@ class ForkServer:
             self._start_exec()
             atexit.register(_close_ref, weakref.ref(self))
             return self
+        if self.template and self.mode != "multiprocessing":
+            from backbeat.processes.template import open_zygote
+
+            got = open_zygote(self.preload)  # a zygote forked from this context's warm template
+            if got is not None:
+                self._sock, self.zygote_pid = got
+                self.kind = "template"
+                atexit.register(_close_ref, weakref.ref(self))
+                return self
         can_fork = hasattr(os, "fork") and threading.active_count() == 1 and not _zmq_threads_running()
         if self.mode == "fork" and not can_fork:
             raise UsageError("ForkServer.start() must run before any thread or zmq Context is created "
@@ -213,7 +227,9 @@ class ForkServer:
             return
         if self._sock is None:
             return
-        if not self._handles and self.zygote_pid is not None:
+        if not self._handles and self.kind == "template":
+            pass  # (not our child: closing its socket ends it, below)
+        elif not self._handles and self.zygote_pid is not None:
             # never used (e.g. a fully cached run): no child to reap, don't wait for its preload
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.zygote_pid, signal.SIGKILL)
@@ -227,7 +243,7 @@ class ForkServer:
             except ExecutionError:
                 pass
         deadline = time.monotonic() + timeout
-        pid = self.zygote_pid
+        pid = None if self.kind == "template" else self.zygote_pid  # (its template reaps it)
         if self._proc is not None:  # a zygote started as a new process (its Popen reaps it)
             try:
                 self._proc.wait(timeout)
