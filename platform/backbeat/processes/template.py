@@ -65,6 +65,10 @@ ALLOWED = frozenset({"numpy", "h5py", "zmq", "simplejson", "backbeat"})
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")
 _LIMITS = sorted(n for n in dir(resource) if n.startswith("RLIMIT_"))
+#: the longest path of a Unix socket (``sun_path``, with its NUL)
+_PATH_MAX = 107
+#: a template that failed to start is not started again for this long (seconds)
+_FAILED_S = 600.0
 #: how long a command waits for a template's answer before running without it
 _ANSWER_S = 1.0
 
@@ -147,7 +151,7 @@ def context_key(preload: tuple[str, ...]) -> str | None:
              "limits": [resource.getrlimit(getattr(resource, n))[1] for n in _LIMITS],
              "ns": [link(n) for n in _NAMESPACES], "cgroup": _read("/proc/self/cgroup"),
              "preload": list(preload), "package": _package_signature()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -162,7 +166,7 @@ def open_zygote(preload: tuple[str, ...]) -> tuple[socket.socket, int] | None:
     zygote protocol — or None (no template: one is started for the next runs)."""
     key = context_key(preload)
     where = folder() if key else None
-    if key is None or where is None:
+    if key is None or where is None or len(os.path.join(where, f"{key}.sock").encode()) > _PATH_MAX:
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.settimeout(_ANSWER_S)
@@ -198,7 +202,11 @@ def _umask() -> int:
 
 
 def launch(key: str, where: str, preload: tuple[str, ...]) -> int | None:
-    """Start the template of ``key`` in the background unless one holds its lock; its pid."""
+    """Start the template of ``key`` in the background unless one holds its lock, or one failed
+    to start less than :data:`_FAILED_S` ago (``<key>.failed``); its pid."""
+    with contextlib.suppress(OSError):
+        if time.time() - os.stat(os.path.join(where, f"{key}.failed")).st_mtime < _FAILED_S:
+            return None
     try:
         fd = os.open(os.path.join(where, f"{key}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
@@ -228,6 +236,12 @@ def serve(key: str, where: str, preload_list: str) -> None:
     """The template's life (``launch`` runs it): lock, preload, check its key, serve, leave when idle."""
     try:
         _Template(key, where, tuple(m for m in preload_list.split(",") if m)).main()
+    except BaseException:  # noqa: BLE001 - never served: say so, so that runs do not start it again and again
+        import traceback
+
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            os.close(os.open(os.path.join(where, f"{key}.failed"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     finally:
         os._exit(0)
 
@@ -248,7 +262,7 @@ class _Template:
         except OSError:
             return  # another template of this key lives or starts
         if any(m.split(".")[0] not in ALLOWED for m in self.preload):
-            return
+            raise RuntimeError(f"a template never imports {self.preload}")
         for name in self.preload:
             importlib.import_module(name)
             if name == "numpy":
@@ -257,8 +271,8 @@ class _Template:
                 np.random.seed()  # (numpy's entropy source initialised once, here)
         gc.collect()
         gc.freeze()
-        if context_key(self.preload) != self.key:
-            return  # its files or context changed while it started: never serve them
+        if context_key(self.preload) != self.key:  # its files or context changed while it started
+            raise RuntimeError("the context changed while the template started: it never serves it")
         reaper.become_subreaper()  # what dead zygotes' blocks leave comes up here, and dies
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a stale socket (we hold the lock: its template is gone)

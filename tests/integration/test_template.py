@@ -1,0 +1,198 @@
+"""The warm template (``backbeat.processes.template``): real template processes, sockets and CLI runs.
+
+Each test switches templates on in a private folder of its own (the rest of the suite runs
+with ``BACKBEAT_TEMPLATE=off``) and kills the templates it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from backbeat.core import config
+from backbeat.processes import template
+from conftest import RUN_PREFIX
+
+HERE = Path(__file__).resolve().parent
+CLIENT = HERE / "_template_client.py"
+BACKBEAT = Path(sys.executable).parent / "backbeat"
+
+
+def wait_until(condition, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _templates(folder: Path) -> dict[str, int]:
+    """key -> pid of the live templates of ``folder`` (from their lock files)."""
+    found = {}
+    for lock in folder.glob("*.lock"):
+        text = lock.read_text().strip()
+        if text.isdigit() and _alive(int(text)):
+            found[lock.stem] = int(text)
+    return found
+
+
+@pytest.fixture
+def env(tmp_path):
+    short = Path(tempfile.mkdtemp(prefix="bbt-", dir="/tmp"))  # (a socket's path is at most 107 bytes)
+    folder = short / "templates"
+    environ = dict(os.environ, BACKBEAT_TEMPLATE="on", BACKBEAT_TEMPLATE_DIR=str(folder),
+                   BACKBEAT_TEMPLATE_IDLE="120", BB_TEMPLATE_MARK="one")
+    yield environ
+    if folder.exists():
+        for pid in _templates(folder).values():
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def client(env: dict, mode: str, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(CLIENT), mode, str(out)], env=env, cwd=out.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def first_line(proc: subprocess.Popen) -> dict:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else ""
+    return json.loads(line)
+
+
+def warm(env: dict, tmp_path: Path) -> int:
+    """Start the template of the client's context (the first client forks its own zygote); its pid."""
+    proc = client(env, "report", tmp_path / "first.json")
+    assert first_line(proc)["kind"] == "zygote"  # nobody answered: its own zygote, a template launched
+    _out, err = proc.communicate(timeout=60)
+    folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
+    assert wait_until(lambda: any(folder.glob("*.sock")), timeout=20), f"no template came up: {err}"
+    assert (folder.stat().st_mode & 0o777) == 0o700
+    (pid,) = _templates(folder).values()
+    return pid
+
+
+def test_a_run_zygote_forked_from_the_template_adopts_the_run_context(env, tmp_path):
+    pid = warm(env, tmp_path)
+    out = tmp_path / "report.json"
+    proc = client(env, "report", out)
+    started = first_line(proc)
+    assert started["kind"] == "template"
+    assert json.loads(proc.stdout.readline()) == {"exit": "ok", "code": 0}
+    proc.communicate(timeout=30)
+    seen = json.loads(out.read_text())
+    assert seen["zygote"] == started["zygote"] and seen["zygote"] != proc.pid
+    assert seen["cwd"] == str(tmp_path) and seen["umask"] == 0o027 and seen["mark"] == "one"
+    assert seen["nofile"] <= 999 and seen["stdout_is_stderr"]
+    assert wait_until(lambda: not _alive(started["zygote"]))  # ended with its run
+    assert _alive(pid)  # the template stays for the next runs
+
+
+def test_killing_the_command_kills_its_zygote_and_blocks_not_the_template(env, tmp_path):
+    pid = warm(env, tmp_path)
+    out = tmp_path / "hold.pid"
+    proc = client(env, "hold", out)
+    started = first_line(proc)
+    assert started["kind"] == "template"
+    assert wait_until(out.exists), "the job never started"
+    block = int(out.read_text())
+    assert _alive(block) and _alive(started["zygote"])
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert wait_until(lambda: not _alive(block) and not _alive(started["zygote"]), timeout=10)
+    assert _alive(pid)
+
+
+def test_another_context_gets_another_template_and_a_stale_one_is_replaced(env, tmp_path):
+    pid = warm(env, tmp_path)
+    folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
+    other = dict(env, BB_TEMPLATE_MARK="two")  # another environment: never served by the first
+    proc = client(other, "report", tmp_path / "other.json")
+    assert first_line(proc)["kind"] == "zygote"
+    proc.communicate(timeout=60)
+    assert wait_until(lambda: len(_templates(folder)) == 2, timeout=60)
+    os.kill(pid, signal.SIGKILL)  # its socket file stays behind, stale
+    assert wait_until(lambda: not _alive(pid))
+    proc = client(env, "report", tmp_path / "again.json")
+    assert first_line(proc)["kind"] == "zygote"  # nobody answers the stale socket: it runs without
+    proc.communicate(timeout=60)
+    assert wait_until(lambda: len(_templates(folder)) == 2 and pid not in _templates(folder).values(), timeout=60)
+    proc = client(env, "report", tmp_path / "served.json")
+    assert first_line(proc)["kind"] == "template"
+    proc.communicate(timeout=30)
+
+
+def test_an_idle_template_leaves(env, tmp_path):
+    env["BACKBEAT_TEMPLATE_IDLE"] = "0.5"
+    pid = warm(env, tmp_path)
+    assert wait_until(lambda: not _alive(pid), timeout=30)
+    assert not any(Path(env["BACKBEAT_TEMPLATE_DIR"]).glob("*.sock"))
+
+
+def test_switched_off_by_the_environment_or_the_configuration(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKBEAT_TEMPLATE", "off")
+    assert not template.enabled()
+    monkeypatch.setenv("BACKBEAT_TEMPLATE", "on")
+    assert template.enabled() and not template.enabled(False)
+    rc = tmp_path / ".backbeatrc"
+    rc.write_text('{"template": false}')
+    assert config.load(cwd=tmp_path, home=tmp_path / "nohome").template is False
+    rc.write_text('{"template": "no"}')
+    with pytest.raises(config.ConfigError, match="`template' must be true or false"):
+        config.load(cwd=tmp_path, home=tmp_path / "nohome")
+    assert template.context_key(("numpy", "mymodule")) is None  # only backbeat's own and its libraries
+
+
+def test_cli_runs_share_the_template_and_give_the_same_results(env, tmp_path):
+    if not BACKBEAT.exists():
+        pytest.skip("no `backbeat' console script next to this interpreter")
+    prefix = tmp_path / "prefix"
+    shutil.copytree(RUN_PREFIX, prefix)
+    folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
+
+    def run(cache: str) -> dict:
+        proc = subprocess.run([str(BACKBEAT), "--prefix", str(prefix), "--cache", str(tmp_path / cache),
+                               "experiments", "run", "run/run/short/1/base", "--json"],
+                              env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    first = run("c1")
+    assert wait_until(lambda: bool(_templates(folder)), timeout=60)
+    (pid,) = _templates(folder).values()
+
+    def children_cpu() -> int:  # ticks of the reaped children of the template: its zygotes
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[13]) + int(fields[14])
+
+    assert wait_until(lambda: any(folder.glob("*.sock")), timeout=60)
+    before = children_cpu()
+    second = run("c2")
+    assert _templates(folder) == {next(iter(_templates(folder))): pid}  # the same template
+    assert wait_until(lambda: children_cpu() > before, timeout=10), "the run's zygote was not the template's"
+
+    def outcome(doc: dict) -> list:
+        return {name: (b["status"], b["key"], b.get("outputs")) for name, b in doc["blocks"].items()}
+
+    assert outcome(first) == outcome(second) and {s for s, _k, _o in outcome(first).values()} == {"ran"}
+    assert first["results"] == second["results"]
