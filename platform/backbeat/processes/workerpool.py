@@ -227,8 +227,8 @@ class ForkServer:
             return
         if self._sock is None:
             return
-        if not self._handles and self.kind == "template":
-            pass  # (not our child: closing its socket ends it, below)
+        if self.kind == "template" and not any(h.exit is None for h in self._handles.values()):
+            pass  # nothing runs: closing its socket ends it (not our child: its template reaps it)
         elif not self._handles and self.zygote_pid is not None:
             # never used (e.g. a fully cached run): no child to reap, don't wait for its preload
             with contextlib.suppress(ProcessLookupError):

@@ -284,7 +284,10 @@ class Zygote:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wfd)
         error = None
+        warm = set(sys.modules)  # (forked from a warm template: nothing to import nor quiet)
         for name in self.preload:
+            if name in warm:
+                continue
             try:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
