@@ -269,6 +269,9 @@ class _Template:
                 warmup.quiet_blas()
                 np = sys.modules["numpy"]
                 np.random.seed()  # (numpy's entropy source initialised once, here)
+        from backbeat.processes.interpreter import describe
+
+        self.interpreter = describe()  # (the same in every run of its context)
         gc.collect()
         gc.freeze()
         if context_key(self.preload) != self.key:  # its files or context changed while it started
@@ -352,7 +355,7 @@ class _Template:
                     sock = _adopt(req, fds)
                     from backbeat.processes.zygote import Zygote
 
-                    Zygote(sock, self.preload, None).main()
+                    Zygote(sock, self.preload, None, self.interpreter).main()
                 finally:
                     os._exit(1)
             self.zygotes.add(pid)

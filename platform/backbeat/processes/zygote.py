@@ -232,8 +232,10 @@ def flush_and_exit(code: int) -> None:
 class Zygote:
     """The loop running in the zygote process (never returns: ends in ``os._exit``)."""
 
-    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int | None) -> None:
+    def __init__(self, sock: socket.socket, preload: tuple[str, ...], parent: int | None,
+                 interpreter: dict | None = None) -> None:
         self.sock = sock
+        self.interpreter = interpreter  # (what describe() says, when known: a template's)
         self.parent = parent
         self.preload = preload
         self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason, log, pipe, oom}
@@ -300,10 +302,12 @@ class Zygote:
                 self.reap()  # (a child forked meanwhile may have ended: its exit is told now)
         _fresh_random_state()
         gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
-        from backbeat.processes.interpreter import describe
+        self.read_requests()  # those left waiting by the preload, before describing itself (~30 ms)
+        if self.interpreter is None:
+            from backbeat.processes.interpreter import describe
 
-        self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": describe()})
-        self.read_requests()  # those left waiting by the preload
+            self.interpreter = describe()
+        self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": self.interpreter})
         while True:
             now = time.monotonic()
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
