@@ -2,7 +2,8 @@
 
 It starts a fork server that asks this context's template for its zygote, prints ``{"kind",
 "zygote"}`` as a JSON line, then runs one job: ``report`` writes what the job's process sees
-(working folder, umask, an environment variable, a soft limit, its parent) to ``OUT``; ``hold``
+(working folder, umask, CPUs, an environment variable, a soft limit, its parent) to ``OUT``
+(``python _template_client.py report OUT gone``: from a working folder removed meanwhile); ``hold``
 starts a job that writes its pid to ``OUT`` and sleeps (the test kills this client meanwhile).
 """
 
@@ -18,7 +19,7 @@ import time
 def report(payload: dict) -> None:
     mask = os.umask(0)
     with open(payload["out"], "w") as f:
-        json.dump({"cwd": os.getcwd(), "umask": mask, "mark": os.environ.get("BB_TEMPLATE_MARK"),
+        json.dump({"cwd": os.readlink("/proc/self/cwd"), "umask": mask, "cpus": sorted(os.sched_getaffinity(0)), "mark": os.environ.get("BB_TEMPLATE_MARK"),
                    "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "zygote": os.getppid(),
                    "stdout_is_stderr": os.path.samestat(os.fstat(1), os.fstat(2))}, f)
 
@@ -30,9 +31,14 @@ def hold(payload: dict) -> None:
     time.sleep(600)
 
 
-def main(mode: str, out: str) -> None:
+def main(mode: str, out: str, where: str = "here") -> None:
     from backbeat.processes.workerpool import ForkServer
 
+    if where == "gone":  # in a working folder removed meanwhile
+        os.mkdir("gone")
+        os.chdir("gone")
+        os.rmdir(os.getcwd())
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     os.umask(0o027)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 999), hard))
@@ -45,4 +51,4 @@ def main(mode: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

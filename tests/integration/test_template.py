@@ -67,8 +67,8 @@ def env(tmp_path):
     shutil.rmtree(short, ignore_errors=True)
 
 
-def client(env: dict, mode: str, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(CLIENT), mode, str(out)], env=env, cwd=out.parent,
+def client(env: dict, mode: str, out: Path, where: str = "here") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(CLIENT), mode, str(out), where], env=env, cwd=out.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -102,9 +102,13 @@ def test_a_run_zygote_forked_from_the_template_adopts_the_run_context(env, tmp_p
     seen = json.loads(out.read_text())
     assert seen["zygote"] == started["zygote"] and seen["zygote"] != proc.pid
     assert seen["cwd"] == str(tmp_path) and seen["umask"] == 0o027 and seen["mark"] == "one"
-    assert seen["nofile"] <= 999 and seen["stdout_is_stderr"]
+    assert seen["nofile"] <= 999 and seen["stdout_is_stderr"] and len(seen["cpus"]) == 1
     assert wait_until(lambda: not _alive(started["zygote"]))  # ended with its run
     assert _alive(pid)  # the template stays for the next runs
+    proc = client(env, "report", out, "gone")  # a working folder removed: still the run's
+    assert first_line(proc)["kind"] == "template"
+    proc.communicate(timeout=30)
+    assert json.loads(out.read_text())["cwd"] == f"{tmp_path / 'gone'} (deleted)"
 
 
 def test_killing_the_command_kills_its_zygote_and_blocks_not_the_template(env, tmp_path):

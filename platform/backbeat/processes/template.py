@@ -13,14 +13,14 @@ Trust.  A template holds only backbeat's and numpy's, h5py's, zmq's and simplejs
 processes only, after they are forked).  It serves only runs of exactly its *context*
 (:func:`context_key`, the name of its socket): the interpreter and its flags, ``sys.path`` (absolute
 entries only) and the modification times of its folders (a package installed or removed), the
-environment (but ``PWD``, ``OLDPWD``, ``_``), user and groups, hard resource limits, namespaces
-and cgroup, the preload list, and the ``stat`` signature (inode, size, mtime, ctime) of every
+environment (but ``PWD``, ``OLDPWD``, ``_``), user and groups, hard resource limits, namespaces,
+cgroup, capabilities, seccomp and security label, the preload list, and the ``stat`` signature (inode, size, mtime, ctime) of every
 file of the installed ``backbeat`` package — a file changed is a new key, so a template never
 runs stale backbeat code; the template computes its own key again once its modules are loaded
 and serves only if it is still the one it was started for.  Its socket is in a private folder
 (0700, owned by the user: else no template is used) and it answers only peers of its own uid
-(``SO_PEERCRED``).  A run's zygote adopts the run's working folder, umask, environment and soft
-limits, and its standard error; it is tied to the command by its socket: when the command dies
+(``SO_PEERCRED``).  A run's zygote adopts the run's working folder (by descriptor), umask, environment, soft
+limits, CPU affinity and nice value, and its standard error; it is tied to the command by its socket: when the command dies
 (even by SIGKILL) the zygote reads EOF and kills every block (and they die with it).
 
 Robustness.  One template per key (a ``flock`` on ``<key>.lock``, held while it lives: a second
@@ -56,7 +56,7 @@ from backbeat.processes import reaper, warmup
 SWITCH = "BACKBEAT_TEMPLATE"
 FOLDER = "BACKBEAT_TEMPLATE_DIR"
 IDLE = "BACKBEAT_TEMPLATE_IDLE"
-IDLE_S = 900.0
+IDLE_S = 600.0
 #: environment variables that do not make another context (the working folder is adopted; this
 #: module's own switches)
 VOLATILE = frozenset({"PWD", "OLDPWD", "_", SWITCH, IDLE})
@@ -150,6 +150,9 @@ def context_key(preload: tuple[str, ...]) -> str | None:
              "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())],
              "limits": [resource.getrlimit(getattr(resource, n))[1] for n in _LIMITS],
              "ns": [link(n) for n in _NAMESPACES], "cgroup": _read("/proc/self/cgroup"),
+             "security": [line for line in (_read("/proc/self/status") or "").splitlines()
+                          if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))],
+             "label": _read("/proc/self/attr/current"),
              "preload": list(preload), "package": _package_signature()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -176,9 +179,14 @@ def open_zygote(preload: tuple[str, ...]) -> tuple[socket.socket, int] | None:
         if _peer_uid(conn) != os.geteuid():
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        request = {"op": "zygote", "key": key, "cwd": os.getcwd(), "umask": _umask(), "env": dict(os.environ),
-                   "limits": {n: resource.getrlimit(getattr(resource, n)) for n in _LIMITS}}
-        socket.send_fds(conn, [json.dumps(request).encode()], [theirs.fileno(), 2])
+        request = {"op": "zygote", "key": key, "umask": _umask(), "env": dict(os.environ),
+                   "limits": {n: resource.getrlimit(getattr(resource, n)) for n in _LIMITS},
+                   "cpus": sorted(os.sched_getaffinity(0)), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)  # (the working folder, even if removed)
+        try:
+            socket.send_fds(conn, [json.dumps(request).encode()], [theirs.fileno(), 2, here])
+        finally:
+            os.close(here)
         answer = json.loads(conn.recv(1 << 16) or b"{}")
     except (OSError, ValueError):
         if ours is None:  # nobody listens: start one for the next runs
@@ -336,12 +344,12 @@ class _Template:
 
     def answer(self, conn: socket.socket, ours: tuple) -> None:
         conn.settimeout(_ANSWER_S)
-        msg, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 2)
+        msg, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
         try:
             if _peer_uid(conn) != os.geteuid():
                 return
             req = json.loads(msg)
-            if req.get("op") != "zygote" or req.get("key") != self.key or len(fds) != 2:
+            if req.get("op") != "zygote" or req.get("key") != self.key or len(fds) != 3:
                 conn.send(json.dumps({"ok": False, "error": "not this template's context"}).encode())
                 return
             pid = os.fork()
@@ -370,8 +378,12 @@ def _adopt(req: dict, fds: list[int]) -> socket.socket:
     os.setsid()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.chdir(req["cwd"])
+    os.fchdir(fds[2])
     os.umask(int(req["umask"]))
+    with contextlib.suppress(OSError, ValueError):
+        os.sched_setaffinity(0, req["cpus"])
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, int(req["nice"]))
     os.environ.clear()
     os.environ.update(req["env"])
     for name, (soft, hard) in req["limits"].items():
