@@ -287,9 +287,7 @@ class Zygote:
         signal.set_wakeup_fd(wfd)
         error = None
         warm = set(sys.modules)  # (forked from a warm template: nothing to import nor quiet)
-        for name in self.preload:
-            if name in warm:
-                continue
+        for name in (m for m in self.preload if m not in warm):
             try:
                 importlib.import_module(name)
             except BaseException as e:  # noqa: BLE001
@@ -304,9 +302,7 @@ class Zygote:
         gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         self.read_requests()  # those left waiting by the preload, before describing itself (~30 ms)
         if self.interpreter is None:
-            from backbeat.processes.interpreter import describe
-
-            self.interpreter = describe()
+            self.interpreter = importlib.import_module("backbeat.processes.interpreter").describe()
         self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": self.interpreter})
         while True:
             now = time.monotonic()
