@@ -73,6 +73,9 @@ class Bench:
         self.prefix = root / "prefix"
         self.env = {k: v for k, v in os.environ.items()
                     if k not in ("PYTHONDONTWRITEBYTECODE", "BACKBEAT_DEBUG", "BACKBEAT_PREFIX")}
+        # the zygote forked from this run's traced CLI, not from a warm template (whose processes
+        # carry no tracer): every process's spans are measured (BACKBEAT_TEMPLATE=on to time it)
+        self.env.setdefault("BACKBEAT_TEMPLATE", "off")
         self._n = 0
         self.warned: set[str] = set()
 
