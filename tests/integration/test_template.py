@@ -200,3 +200,21 @@ def test_cli_runs_share_the_template_and_give_the_same_results(env, tmp_path):
 
     assert outcome(first) == outcome(second) and {s for s, _k, _o in outcome(first).values()} == {"ran"}
     assert first["results"] == second["results"]
+
+
+def test_a_malformed_request_does_not_end_the_template(env, tmp_path):
+    import socket
+
+    pid = warm(env, tmp_path)
+    (sock,) = Path(env["BACKBEAT_TEMPLATE_DIR"]).glob("*.sock")
+    for garbage in (b"not json", b'{"op": "zygote", "key": "another"}', b'{"op": "zygote"}'):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+            conn.settimeout(5)
+            conn.connect(str(sock))
+            conn.send(garbage)
+            answer = conn.recv(1 << 16)
+        assert answer == b"" or not json.loads(answer)["ok"]
+    assert _alive(pid)
+    proc = client(env, "report", tmp_path / "after.json")
+    assert first_line(proc)["kind"] == "template"
+    proc.communicate(timeout=30)

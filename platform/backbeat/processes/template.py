@@ -314,7 +314,7 @@ class _Template:
             self.reap()
             if srv.fileno() in ready:
                 last = time.monotonic()
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(Exception):  # (a malformed request never ends the template)
                     conn, _ = srv.accept()
                     with conn:
                         self.answer(conn, (srv, rfd, wfd))
@@ -355,10 +355,8 @@ class _Template:
             pid = os.fork()
             if pid == 0:
                 try:
-                    srv, rfd, wfd = ours
-                    srv.detach()
-                    conn.detach()
-                    for fd in (rfd, wfd, self.lock):
+                    srv, rfd, wfd = ours  # (the template's listening socket must not outlive it here)
+                    for fd in (srv.detach(), conn.detach(), rfd, wfd, self.lock):
                         os.close(fd)
                     sock = _adopt(req, fds)
                     from backbeat.processes.zygote import Zygote
