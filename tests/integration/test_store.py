@@ -201,3 +201,22 @@ def test_locks_nobody_holds_are_pruned_and_a_waiter_takes_the_new_file(tmp_path)
     assert store.lock(keys[3], wait=False) is None  # the waiter holds the file at the path
     got[0].release()
     assert store.lock(keys[3], wait=False) is not None
+
+
+def test_the_sweep_removes_what_a_dead_run_was_writing_in_the_content_addressed_areas(tmp_path: Path) -> None:
+    from backbeat.cache import journal
+
+    store = open_store(tmp_path / "cache")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)  # (a process that has ended)
+    (store.root / journal.FOLDER).mkdir(parents=True)
+    (store.root / journal.FOLDER / f"{journal._host()}-{pid}-0badcafe.json").write_text('{"paths": [], "jobs": []}')
+    left = [store.manifests.folder / "ab" / f"{'c' * 62}.json.tmp-{pid}-12345678",
+            store.code.folder / "cd" / f"{'e' * 62}.tmp-{pid}-9abcdef0"]
+    alive = store.code.folder / "cd" / f"{'f' * 62}.tmp-{os.getpid()}-11111111"  # a live writer's
+    for p in [*left, alive]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    assert journal.sweep(store)
+    assert not any(p.exists() for p in left) and alive.exists()

@@ -218,3 +218,28 @@ def test_a_malformed_request_does_not_end_the_template(env, tmp_path):
     proc = client(env, "report", tmp_path / "after.json")
     assert first_line(proc)["kind"] == "template"
     proc.communicate(timeout=30)
+
+
+def test_concurrent_first_runs_start_one_template(env, tmp_path):
+    folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
+    procs = [client(env, "report", tmp_path / f"c{i}.json") for i in range(3)]
+    for proc in procs:
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    assert wait_until(lambda: any(folder.glob("*.sock")), timeout=60)
+    time.sleep(0.5)  # (a second template, had one started, would have given up or be alive by now)
+    launched = [p for p in command_lines() if str(folder) in p]
+    assert len(_templates(folder)) == 1 and len(launched) == 1, launched
+
+
+def command_lines() -> list[str]:
+    """Command lines of every process (the templates are re-parented: found by their folder argument)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return found

@@ -8,7 +8,8 @@ half-written record stay in the cache.  So a run keeps a *journal*,
 the entries whose temporaries it may leave (and a sandboxed run's staging folder).  The next run on the same host
 (:func:`sweep`, called as a run starts) finds the journals whose process is dead and removes
 what they list: writers' temporaries whose writer is dead, and — under the job's lock, so
-never under a run computing it now — the job's slot files; then the journal.
+never under a run computing it now — the job's slot files; what the run's own process was
+writing in the content-addressed areas (code snapshots, data manifests); then the journal.
 
 Journals are bookkeeping (never scanned as entries, never deleted by ``cache clear``).  A
 cache that cannot be written gets no journal (nothing can be left in it either).
@@ -91,7 +92,24 @@ class Journal:
             self.path.parent.rmdir()
 
 
-def _clean(store: CacheStore, path: Path) -> None:
+def _drop_blob_temporaries(store: CacheStore, pid: int) -> None:
+    """Remove what the dead run ``pid`` was writing in the content-addressed areas (a code
+    snapshot, a data manifest: ``<digest>.tmp-<pid>-…``, written by the run's own process)."""
+    for blobs in (store.code, store.manifests):
+        try:
+            subs = [e.path for e in os.scandir(blobs.folder) if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        for sub in subs:
+            with contextlib.suppress(OSError):
+                for e in os.scandir(sub):
+                    if f".tmp-{pid}-" in e.name and store.is_temporary(Path(e.path)):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(e.path)
+
+
+def _clean(store: CacheStore, path: Path, pid: int) -> None:
+    _drop_blob_temporaries(store, pid)
     try:
         rec = jsonio.parse(path.read_bytes())
     except (OSError, jsonio.JSONProblem):
@@ -140,7 +158,7 @@ def sweep(store: CacheStore) -> list[Path]:
             if store.is_temporary(path):
                 path.unlink(missing_ok=True)
             else:
-                _clean(store, path)
+                _clean(store, path, int(pid_text))
             done.append(path)
         except OSError:  # a read-only cache: nothing to do about it now
             continue
