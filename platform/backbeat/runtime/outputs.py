@@ -77,6 +77,29 @@ class Output:
                 and getattr(writer, "next_index", None) == force_start_index):
             values, ends, threshold, flush = writer.buffer()
             self._buffer = (values.append, ends.append, values, threshold, flush, writer.limit)
+            if synchronization_listener is not None:
+                self.write = self._direct_write(synchronization_listener)  # type: ignore[method-assign]
+
+    def _direct_write(self, listener: SynchronizationListener) -> Callable[..., None]:
+        """The common case of :meth:`write` as a closure over what it reads (one unit per step,
+        of the output's type, into the cache writer's buffer); anything else goes to :meth:`write`."""
+        assert self._buffer is not None
+        append_value, append_end, values, threshold, flush, limit = self._buffer
+        vtype, general, output = self.value_type, Output.write, self
+
+        def write(data: Any, end_data_index: int | None = None) -> None:
+            end = listener.data_index_end
+            if end_data_index is None and type(data) is vtype and output.last_written_data_index < end <= limit:
+                append_value(data)
+                append_end(end)
+                output.last_written_data_index = end
+                output.nb_data_blocks_written += 1
+                if len(values) >= threshold:
+                    flush()
+            else:
+                general(output, data, end_data_index)
+
+        return write
 
     def __repr__(self) -> str:
         return f"Output({self.name!r}, last_written={self.last_written_data_index})"

@@ -149,14 +149,14 @@ class StreamSource:
         batch = self._next_batch()
         last_end = -1
         while batch is not None:
-            units = list(zip(batch.to_values(), batch.starts.tolist(), batch.ends.tolist(), strict=True))
+            values, starts, ends = batch.to_values(), batch.starts.tolist(), batch.ends.tolist()
             self.more = True
-            yield from units[:-1]
+            yield from zip(values[:-1], starts, ends, strict=False)  # (zip reuses its tuple)
             following = self._next_batch()  # before the batch's last unit: is there more?
             self.more = following is not None
-            yield units[-1]
+            last_end = ends[-1]
+            yield values[-1], starts[-1], last_end
             batch = following
-            last_end = units[-1][2]
         self.more = False
         if self.end != last_end:
             raise WireError(f"the stream ended at data index {self.end}, after a unit ending at {last_end}")
