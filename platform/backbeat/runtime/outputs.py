@@ -70,13 +70,13 @@ class Output:
         self.value_type = value_type if value_type is not None else getattr(data_sink, "value_type", None)
         self._synchronization_listener = synchronization_listener
         self._on_write = on_write
-        self._buffer: tuple | None = None
+        self._buffer: list | None = None
         writer = getattr(data_sink, "writer", None)  # a cache writer whose buffer we may fill directly
         if (writer is not None and on_write is None and self.value_type is not None
                 and getattr(writer, "type", None) is self.value_type
                 and getattr(writer, "next_index", None) == force_start_index):
             values, ends, threshold, flush = writer.buffer()
-            self._buffer = (values.append, ends.append, values, threshold, flush, writer.limit)
+            self._buffer = [values.append, ends.append, values, threshold, flush, writer.limit]
             if synchronization_listener is not None:
                 self.write = self._direct_write(synchronization_listener)  # type: ignore[method-assign]
 
@@ -88,6 +88,7 @@ class Output:
         vtype, general, output = self.value_type, Output.write, self
 
         def write(data: Any, end_data_index: int | None = None) -> None:
+            nonlocal threshold  # (only grows: one the general path left behind flushes early, harmlessly)
             end = listener.data_index_end
             if end_data_index is None and type(data) is vtype and output.last_written_data_index < end <= limit:
                 append_value(data)
@@ -95,7 +96,7 @@ class Output:
                 output.last_written_data_index = end
                 output.nb_data_blocks_written += 1
                 if len(values) >= threshold:
-                    flush()
+                    threshold = flush()  # (the writer's next threshold: batches grow)
             else:
                 general(output, data, end_data_index)
 
@@ -143,7 +144,7 @@ class Output:
             buffer[0](data)
             buffer[1](end)
             if len(buffer[2]) >= buffer[3]:
-                buffer[4]()
+                buffer[3] = buffer[4]()
         else:
             self._sink_write(data, self.last_written_data_index + 1, end)
         self.last_written_data_index = end
