@@ -49,6 +49,7 @@ from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.codeloader import load_module
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.dependencies import DataGuard, OpenRecorder
+from backbeat.runtime.driver import collecting_less
 from backbeat.runtime.probe import probe as probe_units
 from backbeat.runtime.sources import BatchSource
 from backbeat.runtime.spec import DatasetSpec, ProviderSpec
@@ -238,6 +239,11 @@ def _error(exc: BaseException, root: str | None, context: str) -> list[bytes]:
 
 def serve(payload: dict) -> dict:
     """Job: the database provider (see module docstring); returns serving statistics."""
+    with collecting_less():  # (the values of a window are alive while it is made)
+        return _serve(payload)
+
+
+def _serve(payload: dict) -> dict:
     spec = ProviderSpec.from_json(payload["spec"])
     sock = zmqcontext.acquire().socket(zmq.ROUTER)
     sock.linger = 0
