@@ -46,6 +46,7 @@ from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
+from backbeat.runtime.allocator import reuse_batch_memory
 from backbeat.runtime.codeloader import load_module
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.dependencies import DataGuard, OpenRecorder
@@ -239,6 +240,7 @@ def _error(exc: BaseException, root: str | None, context: str) -> list[bytes]:
 
 def serve(payload: dict) -> dict:
     """Job: the database provider (see module docstring); returns serving statistics."""
+    reuse_batch_memory()  # (a window's batch and message, allocated and freed again and again)
     with collecting_less():  # (the values of a window are alive while it is made)
         return _serve(payload)
 
