@@ -10,7 +10,8 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
 ``ipc://`` in the run's private directory; the producer binds, the consumer connects):
 
 * producer → consumer: ``batch`` messages (``b"batch"`` then :func:`backbeat.wire.encode`
-  frames), in order, then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
+  frames), in order (the writer's batches: 1,024 units first, then twice as many each time up
+  to 16,384 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
   sent only after the producer's cache file is committed;
 * consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
   nothing sent is lost when it closes) and then closes its side;
