@@ -350,3 +350,17 @@ def test_streamed_batches_grow_and_the_file_does_not_depend_on_them(tmp_path):
         digests.append(writer.close())
     assert sizes[:6] == [1, 2, 4, 8, 16, 16] and sum(sizes) == n and max(sizes) == 16
     assert digests[0] == digests[1]
+
+
+def test_streamed_batches_stop_growing_when_their_values_are_large(tmp_path):
+    """Variable-length values are not counted by the unit budget: growth also stops on bytes."""
+    fmt, exp = "user/ragged/1", {"value": [0, "float64"]}
+    big = value_type(fmt, exp)
+    writer = CacheWriter(tmp_path / "r.h5", fmt, exp, key="k", start=0, end=39)
+    writer.grow(4, 1024)
+    sizes = []
+    writer.on_batch = lambda b: sizes.append(len(b))
+    for _ in range(40):
+        writer.write(big(value=np.zeros(40_000)))  # 320 KB each: a batch of 4 is over 1 MB
+    writer.close()
+    assert sizes == [4] * 10

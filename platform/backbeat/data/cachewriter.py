@@ -122,9 +122,10 @@ class CacheWriter:
         return self._limit
 
     def grow(self, first: int, most: int) -> None:
-        """Flush after ``first`` units, then after twice as many each time, up to ``most``: a
-        streamed output sends its first units early (the consumers start), then in large
-        batches (a batch costs a message, three HDF5 writes and digest updates)."""
+        """Flush after ``first`` units, then after twice as many each time, up to ``most`` and
+        while a batch stays under half of :data:`BUFFER_BYTES`: a streamed output sends its first
+        units early (the consumers start), then in large batches (a batch costs a message, three
+        HDF5 writes and digest updates)."""
         self.buffer_units = max(1, min(first, most))
         self.grow_to = max(self.buffer_units, most)
 
@@ -199,7 +200,8 @@ class CacheWriter:
         self._ends.clear()
         self._append(batch)
         self._next = int(ends[-1]) + 1
-        if self.buffer_units < self.grow_to:
+        # grows while batches stay small in bytes (variable-length values are not in grow_to's count)
+        if self.buffer_units < self.grow_to and 2 * batch.nbytes <= BUFFER_BYTES:
             self.buffer_units = min(self.grow_to, 2 * self.buffer_units)
         return self.buffer_units
 
