@@ -147,8 +147,8 @@ def test_verify_with_data_supplied_separately(made, tmp_path):
     base = ["attest", "verify", archive]
     answers = cli_batch([base + ["--json"], base + ["--data", str(good), "--rerun", "--json"],
                          base + ["--data", str(bad), "--rerun", "--json"], base + ["--data", str(bad)],
-                         base + ["--data", str(missing), "--json"]], timeout=180)
-    (c0, o0, _), (c1, o1, e1), (c2, o2, _), (c3, o3, _), (c4, o4, _) = answers
+                         base + ["--data", str(missing), "--json"], base + ["--rerun", "--json"]], timeout=180)
+    (c0, o0, _), (c1, o1, e1), (c2, o2, _), (c3, o3, _), (c4, o4, _), (c5, o5, _) = answers
     res = json.loads(o0)  # no data at all: what can be checked is, and it says the data is not
     assert c0 == 0 and res["ok"] and any("raw data is not checked" in n for n in res["notes"])
     res = json.loads(o1)
@@ -166,6 +166,11 @@ def test_verify_with_data_supplied_separately(made, tmp_path):
     res = json.loads(o4)  # missing data: named too, with the layout expected
     assert c4 == 1 and "data/iris.csv" in res["mismatches"][0]["message"]
     assert any("laid out as" in n for n in res["notes"])
+    # a re-run without the data: its views fail, and the blocks that never ran have no environment
+    # of their own to compare (nothing reads as an environment difference)
+    res = json.loads(o5)
+    assert c5 == 1 and res["rerun"]["first_divergence"]["cause"] == "failed"
+    assert set(res["rerun"]["blocks"].values()) == {"failed"} and res["rerun"]["environments"] == {}
 
 
 def _code(m: dict[str, bytes]) -> None:

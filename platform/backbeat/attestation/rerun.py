@@ -166,10 +166,13 @@ def rerun(ex: Extracted, record: dict, found: dict[str, dict], source: Path | No
     diverged: set[str] = set()
     for b in record["order"]:
         ob, nb = record["blocks"][b], new["blocks"].get(b)
-        env = differences(envs_old[b], envs_new.get(b, {})) if b in envs_new else []
+        ran = nb is not None and nb.get("status") == "ran"
+        # (a block that did not run on re-run has no environment of its own to compare: a record
+        # gives the run's instead, which would read as differences that are none)
+        env = differences(envs_old[b], envs_new.get(b, {})) if ran and b in envs_new else []
         if env:
             out["environments"][b] = env
-        if nb is None or nb.get("status") != "ran":
+        if not ran:
             err = ((nb or {}).get("error") or {}).get("message") or "it did not run"
             out["blocks"][b] = "failed"
             diverged.add(b)
