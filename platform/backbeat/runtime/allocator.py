@@ -19,7 +19,6 @@ own) are still mapped and unmapped as before.  Elsewhere than glibc it does noth
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -35,9 +34,8 @@ def reuse_batch_memory() -> bool:
     if _done:
         return _done[0]
     ok = False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the process's own symbols: glibc's when it is linked with glibc (find_library would
+        mallopt = ctypes.CDLL(None).mallopt  # run ldconfig in a child process: not in a block)
     except (OSError, AttributeError):
         mallopt = None
     if mallopt is not None:
