@@ -252,3 +252,115 @@ def test_index_files_are_read_back_as_beat_entries(tmp_path):
     assert [tuple(e) for e in entries] == [([1, 2], 1), ([3], 2)] and entries[0]._fields == ("a", "b")
     dbindex.write_index(path, [{"only": k} for k in range(3)])
     assert [e.only for e in dbindex.read_index(path)] == [0, 1, 2]
+
+
+class LegacyRecorder(Recorder):
+    def process(self, inputs, outputs):  # legacy algorithms get (inputs, outputs)
+        return Recorder.process(self, inputs, None, outputs)
+
+
+class NotifiedListener(SynchronizationListener):
+    """A listener of another class: the step loop must call its ``onIntervalChanged``."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def onIntervalChanged(self, start, end):  # noqa: N802 (BEAT name)
+        self.calls += 1
+        super().onIntervalChanged(start, end)
+
+
+@pytest.mark.parametrize("kind", ["legacy", "sequential"])
+@pytest.mark.parametrize("notified", [False, True])
+def test_step_loop_variants_equal_the_general_loop(kind, notified):
+    runs, reports = [], []
+    for source in (_list_source(), _batch_source()):
+        inputs, loaders = build_inputs(kind, "ch", {"in": ("ch", source, FMT)})
+        if notified:
+            inputs.main_group.synchronization_listener = NotifiedListener()
+        sink = ListSink()
+        outputs = build_outputs({"out": (sink, F)}, inputs)
+        algo = LegacyRecorder() if kind == "legacy" else Recorder()
+        progress: list[int] = []
+        summary = run_algorithm(algo, kind, inputs=inputs, data_loaders=loaders, outputs=outputs,
+                                progress=progress.append)
+        runs.append((algo.seen, sink.written, summary.steps))
+        reports.append(progress[-1])
+        if notified:
+            assert inputs.main_group.synchronization_listener.calls == len(UNITS)
+    assert runs[0] == runs[1] and reports == [len(UNITS)] * 2
+
+
+def test_the_collector_examines_less_while_an_algorithm_runs_and_garbage_still_goes():
+    import gc
+    import weakref
+
+    from backbeat.runtime.driver import YOUNG_THRESHOLD
+
+    before = gc.get_threshold()
+    n = 3 * YOUNG_THRESHOLD
+    starts = np.arange(n, dtype=np.int64)
+    batch = Batch(FMT, EXP, starts, starts, {"value": np.zeros(n)})
+    alive = weakref.WeakSet()
+    seen = {}
+
+    class Node:
+        pass
+
+    class Cycles:  # makes a reference cycle per unit: only the collector frees them
+        def process(self, inputs, data_loaders, outputs):
+            seen.setdefault("threshold", gc.get_threshold()[0])
+            node = Node()
+            node.me = node
+            alive.add(node)
+            seen["most"] = max(seen.get("most", 0), len(alive))
+            outputs["out"].write(inputs["in"].data)
+            return True
+
+    source = BatchSource(starts, starts, batch.slice, 4096)
+    inputs, loaders = build_inputs("sequential", "ch", {"in": ("ch", source, FMT)})
+    sink = ListSink()
+    run_algorithm(Cycles(), "sequential", inputs=inputs, data_loaders=loaders,
+                  outputs=build_outputs({"out": (sink, F)}, inputs))
+    assert seen["threshold"] >= YOUNG_THRESHOLD > before[0]
+    assert gc.get_threshold() == before  # restored
+    assert seen["most"] < n // 2  # collected along the way, not only at the end
+    assert len(sink.written) == n
+
+
+def test_streamed_batches_grow_and_the_file_does_not_depend_on_them(tmp_path):
+    n = 100
+    values = [F(value=np.float64(k)) for k in range(n)]
+    digests, sizes = [], []
+    for grow in (False, True):
+        writer = CacheWriter(tmp_path / f"{grow}.h5", FMT, EXP, key="k", start=0, end=n - 1, buffer_units=64)
+        if grow:
+            writer.grow(1, 16)
+            writer.on_batch = lambda b: sizes.append(len(b))
+        listener = SynchronizationListener()
+        sink = type("Sink", (), {"write": staticmethod(writer.put), "writer": writer})()
+        out = Output("out", sink, listener, value_type=F)
+        for k, v in enumerate(values):
+            listener.onIntervalChanged(k, k)
+            if k == 50:  # the general path (a dict) in between: it follows the same thresholds
+                out.write({"value": np.float64(k)})
+            else:
+                out.write(v)
+        digests.append(writer.close())
+    assert sizes[:6] == [1, 2, 4, 8, 16, 16] and sum(sizes) == n and max(sizes) == 16
+    assert digests[0] == digests[1]
+
+
+def test_streamed_batches_stop_growing_when_their_values_are_large(tmp_path):
+    """Variable-length values are not counted by the unit budget: growth also stops on bytes."""
+    fmt, exp = "user/ragged/1", {"value": [0, "float64"]}
+    big = value_type(fmt, exp)
+    writer = CacheWriter(tmp_path / "r.h5", fmt, exp, key="k", start=0, end=39)
+    writer.grow(4, 1024)
+    sizes = []
+    writer.on_batch = lambda b: sizes.append(len(b))
+    for _ in range(40):
+        writer.write(big(value=np.zeros(40_000)))  # 320 KB each: a batch of 4 is over 1 MB
+    writer.close()
+    assert sizes == [4] * 10

@@ -186,3 +186,22 @@ def test_validation_errors():
         Batch.from_values("user/v/1", fmt, [good[0]], [3], [2])
     with pytest.raises(DataError, match="cannot concatenate"):
         concat([good, Batch.empty("user/other/1", fmt)])
+
+
+def test_dicts_of_numbers_convert_as_each_dict_would():
+    """The numeric-dicts fast path gives the per-unit path's columns, and leaves to it every dict
+    it cannot convert exactly (so BEAT's errors stay the same)."""
+    fmt = {"a": "int32", "b": "float64"}
+    good = [{"a": np.int32(k), "b": k * 0.5} for k in range(5)]
+    batch = Batch.from_values("user/f/1", fmt, good)
+    assert batch.columns["a"].dtype == np.int32 and batch.columns["b"].tolist() == [k * 0.5 for k in range(5)]
+    cls = value_type("user/f/1", fmt)
+    assert batch.equals(Batch.from_values("user/f/1", fmt, [cls(**d) for d in good]))
+    for bad, message in (
+            ({"a": np.int32(1)}, "missing attributes"),
+            ({"a": np.int32(1), "c": 1.0}, "missing attributes"),
+            ({"a": np.int32(1), "b": 1.0, "c": 1.0}, "unexpected attribute"),
+            ({"a": 1, "b": 1.0}, "cannot safely cast"),  # a Python int is int64
+    ):
+        with pytest.raises(DataError, match=message):
+            Batch.from_values("user/f/1", fmt, [*good, bad])

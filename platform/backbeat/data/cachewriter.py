@@ -79,6 +79,8 @@ class CacheWriter:
         self.on_batch: Callable[[Batch], None] | None = None  # told of each batch once it is in the file
         units = units_within(expanded, fmt_name, 65536, BUFFER_BYTES)
         self.buffer_units = buffer_units or 1 << (units.bit_length() - 1)
+        #: the buffer doubles after each flush up to this many units (see :meth:`grow`)
+        self.grow_to = self.buffer_units
         self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -119,14 +121,23 @@ class CacheWriter:
         """The last data index a unit may end at."""
         return self._limit
 
-    def buffer(self) -> tuple[list, list, int, Callable[[], None]]:
+    def grow(self, first: int, most: int) -> None:
+        """Flush after ``first`` units, then after twice as many each time, up to ``most`` and
+        while a batch stays under half of :data:`BUFFER_BYTES`: a streamed output sends its first
+        units early (the consumers start), then in large batches (a batch costs a message, three
+        HDF5 writes and digest updates)."""
+        self.buffer_units = max(1, min(first, most))
+        self.grow_to = max(self.buffer_units, most)
+
+    def buffer(self) -> tuple[list, list, int, Callable[[], int]]:
         """``(values, ends, threshold, flush)``: the units waiting to be written, for a fast producer.
 
         A producer that guarantees what :meth:`put` checks — each unit starts right after
         the previous one (at :attr:`next_index` for the first) and ends within the output's
         range, values of :attr:`type` — may append to ``values`` and ``ends`` itself and
-        call ``flush()`` once ``threshold`` units wait.  BEAT's ``Output`` does so, saving
-        a call per unit.  Nothing may be appended once the writer is closed or aborted.
+        call ``flush()`` once ``threshold`` units wait; ``flush()`` returns the next threshold.
+        BEAT's ``Output`` does so, saving a call per unit.  Nothing may be appended once the
+        writer is closed or aborted.
         """
         return self._values, self._ends, self.buffer_units, self.flush
 
@@ -176,10 +187,10 @@ class CacheWriter:
         self._append(batch)
         self._next = last + 1
 
-    def flush(self) -> None:
-        """Write buffered per-unit values to the file as one batch."""
+    def flush(self) -> int:
+        """Write buffered per-unit values to the file as one batch; the units to buffer next."""
         if not self._values:
-            return
+            return self.buffer_units
         ends = np.array(self._ends, dtype=I64)
         starts = np.empty_like(ends)
         starts[0] = self._next
@@ -189,6 +200,10 @@ class CacheWriter:
         self._ends.clear()
         self._append(batch)
         self._next = int(ends[-1]) + 1
+        # grows while batches stay small in bytes (variable-length values are not in grow_to's count)
+        if self.buffer_units < self.grow_to and 2 * batch.nbytes <= BUFFER_BYTES:
+            self.buffer_units = min(self.grow_to, 2 * self.buffer_units)
+        return self.buffer_units
 
     def _append(self, batch: Batch) -> None:
         """Append every array of ``batch``; large arrays are hashed in a thread while HDF5 writes.

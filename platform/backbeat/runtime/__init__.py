@@ -6,7 +6,8 @@ Lives here: the typed job descriptions a process receives (``spec``: ``BlockSpec
 (``sources``, ``streams``), the loop channel between a loop's processor and evaluator
 (``loopchannel``), loading user code (``codeloader``, ``compat``: the ``beat.backend.python``
 import shim), the block process entry point (``blockrun``), database views (``dbprovider``) and
-what the fork server's zygote imports before forking them (``preload``).
+what the fork server's zygote imports before forking them (``preload``), and the C
+allocator's thresholds that let a process reuse the memory of its batches (``allocator``).
 May import: ``core``, ``declarations``, ``data``, ``processes`` (the control client, outcomes,
 the zmq context).
 """

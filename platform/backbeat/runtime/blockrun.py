@@ -34,6 +34,7 @@ from backbeat.data import cachereader, cachewriter
 from backbeat.data.batch import unit_bytes, units_within
 from backbeat.data.values import value_type
 from backbeat.processes import control
+from backbeat.runtime.allocator import reuse_batch_memory
 from backbeat.runtime.codeloader import load_code
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.driver import build_inputs, build_outputs, count_steps, run_algorithm
@@ -41,7 +42,8 @@ from backbeat.runtime.sources import BatchSource, restrict
 from backbeat.runtime.spec import BlockSpec
 from backbeat.runtime.streams import StreamSender, StreamSource
 
-STREAM_BATCH = 4096  # at most, units per batch of a streamed output (the pipeline's grain)
+STREAM_FIRST = 1024  # units of the first batch of a streamed output, twice as many in each next one ...
+STREAM_BATCH = 16384  # ... up to this many (and ~2 MB): consumers start early, later batches cost less
 WINDOW_BYTES = 2 << 20  # at most, bytes of an input's window (of units read at once): memory is bounded
 #: an analyzer's result of at most that many units is reported with its records (statistic
 #: ``records``), so that the executor need not open the file to report it
@@ -120,6 +122,7 @@ def run(payload: dict) -> dict:
     """Execute one block (see module docstring); returns the I/O statistics."""
     t0 = time.perf_counter()
     install_beat_aliases()
+    reuse_batch_memory()  # (batches of ~2 MB allocated and freed again and again: no page faults each time)
     spec = BlockSpec.from_json(payload["spec"])
     formats = spec.formats
     window = spec.window
@@ -181,7 +184,7 @@ def run(payload: dict) -> dict:
                                            compression=spec.compression)
             writers[name] = writer
             if out.streams:  # consumers run at the same time: each batch written is also sent to them
-                writer.buffer_units = min(writer.buffer_units, STREAM_BATCH)  # (batches stay ≤ ~4 MB)
+                writer.grow(STREAM_FIRST, min(writer.buffer_units, STREAM_BATCH))  # (batches stay ≤ ~2 MB)
                 senders[name] = StreamSender(out.streams, _batch_bytes(formats[df], df))
                 writer.on_batch = senders[name].send
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))

@@ -46,9 +46,11 @@ from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
+from backbeat.runtime.allocator import reuse_batch_memory
 from backbeat.runtime.codeloader import load_module
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.dependencies import DataGuard, OpenRecorder
+from backbeat.runtime.driver import collecting_less
 from backbeat.runtime.probe import probe as probe_units
 from backbeat.runtime.sources import BatchSource
 from backbeat.runtime.spec import DatasetSpec, ProviderSpec
@@ -238,6 +240,12 @@ def _error(exc: BaseException, root: str | None, context: str) -> list[bytes]:
 
 def serve(payload: dict) -> dict:
     """Job: the database provider (see module docstring); returns serving statistics."""
+    reuse_batch_memory()  # (a window's batch and message, allocated and freed again and again)
+    with collecting_less():  # (the values of a window are alive while it is made)
+        return _serve(payload)
+
+
+def _serve(payload: dict) -> dict:
     spec = ProviderSpec.from_json(payload["spec"])
     sock = zmqcontext.acquire().socket(zmq.ROUTER)
     sock.linger = 0

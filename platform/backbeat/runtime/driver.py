@@ -27,9 +27,11 @@ only passed through (``loop_channel``, ``before_process`` hook for the ``rdi`` m
 
 from __future__ import annotations
 
+import gc
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +177,29 @@ class Pacer:
         self._at, self._seen = now, steps
 
 
+#: while an algorithm runs, the collector's youngest generation is examined after that many net
+#: allocations of tracked objects (CPython's default is 700).  The units of the windows being
+#: consumed (a value object and a tuple each, up to 4,096 units per window) and those waiting in
+#: a writer's buffer are alive: with the default they are examined again and again and promoted
+#: to older generations, which are then examined too — ~20 % of an identity block's time per
+#: unit.  Cyclic garbage still goes, after at most that many allocations (a few MB of small objects).
+YOUNG_THRESHOLD = 25_000
+
+
+@contextmanager
+def collecting_less(threshold: int = YOUNG_THRESHOLD) -> Iterator[None]:
+    """Raise the collector's first threshold to at least ``threshold`` meanwhile (restored after,
+    unless the code run set its own)."""
+    before = gc.get_threshold()
+    ours = (max(before[0], threshold), *before[1:])
+    gc.set_threshold(*ours)
+    try:
+        yield
+    finally:
+        if gc.get_threshold() == ours:
+            gc.set_threshold(*before)
+
+
 @dataclass
 class RunSummary:
     """What :func:`run_algorithm` did: steps run and blocks written per output."""
@@ -212,15 +237,59 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
 
     Sets exactly what :meth:`InputGroup.platform_next` sets (the input's unit and
     counters, the group's indices, the listener's interval), then calls ``process``.
-    Returns ``(steps, last result)``; stops early on a falsy result.
+    Returns ``(steps, last result)``; stops early on a falsy result.  (Every operation of
+    the loop's body is paid per data unit: the state is kept in locals, the counters are
+    derived from the unit's position, ``process`` is called with its arguments spelled out.)
     """
     x = group[0]
     assert x is not None
     listener = group.synchronization_listener
-    plain = type(listener) is SynchronizationListener  # else its onIntervalChanged is called
-    i = x.next_data_index
+    if type(listener) is not SynchronizationListener and listener is not None:
+        return _drive_single_notified(group, process, args, pacer)
+    i = first = x.next_data_index
     source = x.data_source
     live = getattr(source, "live", False)  # units still arriving: the count grows as they do
+    read = x.nb_data_blocks_read - first  # + position = blocks read
+    due = pacer.due if pacer is not None else -1
+    a, b, c = (*args, None)[:3] if len(args) <= 3 else (None, None, None)
+    arity = len(args)
+    result = True
+    for value, start, end in source.iter_units(i):
+        i += 1
+        x.data, x.data_index, x.data_index_end = value, start, end
+        x.next_data_index = i
+        if live:
+            x._n = i + 1 if source.more else i
+        x.data_same_as_previous = False
+        x.nb_data_blocks_read = read + i
+        group.data_index = group.first_data_index = start
+        group.data_index_end = group.last_data_index = end
+        if listener is not None:
+            listener.data_index_start, listener.data_index_end = start, end
+        if arity == 3:
+            result = process(a, b, c)
+        elif arity == 2:
+            result = process(a, b)
+        else:
+            result = process(*args)
+        if not result:
+            break
+        if i - first >= due > 0:
+            assert pacer is not None
+            pacer.tick(i - first)
+            due = pacer.due
+    return i - first, result
+
+
+def _drive_single_notified(group: InputGroup, process: Callable, args: tuple,
+                           pacer: Pacer | None) -> tuple[int, Any]:
+    """:func:`_drive_single` for a listener of another class (its ``onIntervalChanged`` is called)."""
+    x = group[0]
+    assert x is not None
+    listener = group.synchronization_listener
+    i = x.next_data_index
+    source = x.data_source
+    live = getattr(source, "live", False)
     steps, result = 0, True
     for value, start, end in source.iter_units(i):
         i += 1
@@ -231,10 +300,7 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
         x.nb_data_blocks_read += 1
         group.data_index = group.first_data_index = start
         group.data_index_end = group.last_data_index = end
-        if plain:
-            listener.data_index_start, listener.data_index_end = start, end
-        elif listener is not None:
-            listener.onIntervalChanged(start, end)
+        listener.onIntervalChanged(start, end)
         result = process(*args)
         steps += 1
         if pacer is not None and steps >= pacer.due:
@@ -267,6 +333,15 @@ def run_algorithm(
     (``Could not setup algorithm (returned False)`` …, ``Missing data on the following
     output(s): …``); exceptions raised by user code propagate unchanged.
     """
+    with collecting_less():
+        return _run(algorithm, kind, inputs, data_loaders, outputs, parameters, analyzer, name, progress,
+                    loop_channel, before_process)
+
+
+def _run(algorithm: Any, kind: str, inputs: InputList | None, data_loaders: DataLoaderList | None,
+         outputs: OutputList | None, parameters: Mapping[str, Any] | None, analyzer: bool, name: str,
+         progress: Callable[[int], None] | None, loop_channel: Any,
+         before_process: Callable[[], None] | None) -> RunSummary:
     _check_type(kind)
     outputs = outputs if outputs is not None else OutputList()
     loaders = data_loaders if data_loaders is not None else DataLoaderList()

@@ -316,9 +316,10 @@ class InputList(dict):
         return first(g for g in self._groups if g[input_name] is not None)
 
     def hasMoreData(self) -> bool:  # noqa: N802
-        for g in self._groups:
-            if g.hasMoreData():
-                return True
+        for g in self._groups:  # (InputGroup.hasMoreData inlined: analyzers ask at every unit)
+            for x in g._inputs:
+                if x.next_data_index < x._n:
+                    return True
         return False
 
     def group(self, name_or_index: str | int) -> InputGroup | None:

@@ -70,13 +70,37 @@ class Output:
         self.value_type = value_type if value_type is not None else getattr(data_sink, "value_type", None)
         self._synchronization_listener = synchronization_listener
         self._on_write = on_write
-        self._buffer: tuple | None = None
+        self._buffer: list | None = None
         writer = getattr(data_sink, "writer", None)  # a cache writer whose buffer we may fill directly
         if (writer is not None and on_write is None and self.value_type is not None
                 and getattr(writer, "type", None) is self.value_type
                 and getattr(writer, "next_index", None) == force_start_index):
             values, ends, threshold, flush = writer.buffer()
-            self._buffer = (values.append, ends.append, values, threshold, flush, writer.limit)
+            self._buffer = [values.append, ends.append, values, threshold, flush, writer.limit]
+            if synchronization_listener is not None:
+                self.write = self._direct_write(synchronization_listener)  # type: ignore[method-assign]
+
+    def _direct_write(self, listener: SynchronizationListener) -> Callable[..., None]:
+        """The common case of :meth:`write` as a closure over what it reads (one unit per step,
+        of the output's type, into the cache writer's buffer); anything else goes to :meth:`write`."""
+        assert self._buffer is not None
+        append_value, append_end, values, threshold, flush, limit = self._buffer
+        vtype, general, output = self.value_type, Output.write, self
+
+        def write(data: Any, end_data_index: int | None = None) -> None:
+            nonlocal threshold  # (only grows: one the general path left behind flushes early, harmlessly)
+            end = listener.data_index_end
+            if end_data_index is None and type(data) is vtype and output.last_written_data_index < end <= limit:
+                append_value(data)
+                append_end(end)
+                output.last_written_data_index = end
+                output.nb_data_blocks_written += 1
+                if len(values) >= threshold:
+                    threshold = flush()  # (the writer's next threshold: batches grow)
+            else:
+                general(output, data, end_data_index)
+
+        return write
 
     def __repr__(self) -> str:
         return f"Output({self.name!r}, last_written={self.last_written_data_index})"
@@ -120,7 +144,7 @@ class Output:
             buffer[0](data)
             buffer[1](end)
             if len(buffer[2]) >= buffer[3]:
-                buffer[4]()
+                buffer[3] = buffer[4]()
         else:
             self._sink_write(data, self.last_written_data_index + 1, end)
         self.last_written_data_index = end

@@ -34,7 +34,7 @@ class BatchSource:
         self._window = max(1, int(window))
         self._n = len(self._starts)
         self._lo = self._hi = 0
-        self._items: list = []
+        self._items: tuple[list, list, list] = ([], [], [])  # the cached window: values, starts, ends
         self._index_list: list[tuple[int, int]] | None = None  # built on first use (O(n) Python objects)
         self._ends_list: list[int] | None = None
         self.bytes_read = 0
@@ -61,35 +61,38 @@ class BatchSource:
         """The end index of the last unit (-1 when there is none)."""
         return int(self._ends[-1]) if self._n else -1
 
-    def _window_items(self, i: int) -> tuple[int, list]:
+    def _window_items(self, i: int) -> tuple[int, tuple[list, list, list]]:
         """Fetch units ``i ..`` (one window); announce the following window to the producer."""
         hi = min(self._n, i + self._window)
         batch = self._fetch(i, hi)
         if self._prefetch is not None and hi < self._n:
             self._prefetch(hi, min(self._n, hi + self._window))
         self.bytes_read += batch.nbytes
-        return hi, list(zip(batch.to_values(), self._starts[i:hi].tolist(), self._ends[i:hi].tolist(),
-                            strict=True))
+        return hi, (batch.to_values(), self._starts[i:hi].tolist(), self._ends[i:hi].tolist())
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
-        lo = self._lo
-        if lo <= index < self._hi:
-            return self._items[index - lo]
+        k = index - self._lo
+        if 0 <= k < self._hi - self._lo:
+            values, starts, ends = self._items
+            return values[k], starts[k], ends[k]
         if index < 0 or index >= self._n:
             raise IndexError(f"data unit {index} out of range (0..{self._n - 1})")
         self._hi, self._items = self._window_items(index)
         self._lo = index
-        return self._items[0]
+        values, starts, ends = self._items
+        return values[0], starts[0], ends[0]
 
     def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
-        """``(value, start, end)`` of units ``i, i+1, ..`` in order (the driver's fast path)."""
+        """``(value, start, end)`` of units ``i, i+1, ..`` in order (the driver's fast path: the
+        tuples come from ``zip``, which reuses its tuple when the consumer unpacks it)."""
         while i < self._n:
             if self._lo <= i < self._hi:
-                items, self._items = self._items[i - self._lo:], []
-                hi, self._lo, self._hi = self._hi, 0, 0
+                k = i - self._lo
+                values, starts, ends = (part[k:] for part in self._items)
+                hi, self._lo, self._hi, self._items = self._hi, 0, 0, ([], [], [])
             else:
-                hi, items = self._window_items(i)
-            yield from items
+                hi, (values, starts, ends) = self._window_items(i)
+            yield from zip(values, starts, ends, strict=True)
             i = hi
 
     def getAtDataIndex(self, data_index: int) -> tuple[Any, int | None, int | None]:  # noqa: N802 (BEAT)
@@ -101,7 +104,7 @@ class BatchSource:
     def reset(self) -> None:
         """Forget the cached window."""
         self._lo = self._hi = 0
-        self._items = []
+        self._items = ([], [], [])
 
 
 class SubSource:

@@ -10,7 +10,8 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
 ``ipc://`` in the run's private directory; the producer binds, the consumer connects):
 
 * producer → consumer: ``batch`` messages (``b"batch"`` then :func:`backbeat.wire.encode`
-  frames), in order, then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
+  frames), in order (the writer's batches: 1,024 units first, then twice as many each time up
+  to 16,384 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
   sent only after the producer's cache file is committed;
 * consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
   nothing sent is lost when it closes) and then closes its side;
@@ -149,14 +150,14 @@ class StreamSource:
         batch = self._next_batch()
         last_end = -1
         while batch is not None:
-            units = list(zip(batch.to_values(), batch.starts.tolist(), batch.ends.tolist(), strict=True))
+            values, starts, ends = batch.to_values(), batch.starts.tolist(), batch.ends.tolist()
             self.more = True
-            yield from units[:-1]
+            yield from zip(values[:-1], starts, ends, strict=False)  # (zip reuses its tuple)
             following = self._next_batch()  # before the batch's last unit: is there more?
             self.more = following is not None
-            yield units[-1]
+            last_end = ends[-1]
+            yield values[-1], starts[-1], last_end
             batch = following
-            last_end = units[-1][2]
         self.more = False
         if self.end != last_end:
             raise WireError(f"the stream ended at data index {self.end}, after a unit ending at {last_end}")
