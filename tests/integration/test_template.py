@@ -24,7 +24,7 @@ from conftest import RUN_PREFIX
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "_template_client.py"
-BACKBEAT = Path(sys.executable).parent / "backbeat"
+BACKBEAT = [sys.executable, "-m", "backbeat"]  # (the command as the console script runs it)
 
 
 def wait_until(condition, timeout: float = 30.0) -> bool:
@@ -167,14 +167,12 @@ def test_switched_off_by_the_environment_or_the_configuration(tmp_path, monkeypa
 
 
 def test_cli_runs_share_the_template_and_give_the_same_results(env, tmp_path):
-    if not BACKBEAT.exists():
-        pytest.skip("no `backbeat' console script next to this interpreter")
     prefix = tmp_path / "prefix"
     shutil.copytree(RUN_PREFIX, prefix)
     folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
 
     def run(cache: str) -> dict:
-        proc = subprocess.run([str(BACKBEAT), "--prefix", str(prefix), "--cache", str(tmp_path / cache),
+        proc = subprocess.run([*BACKBEAT, "--prefix", str(prefix), "--cache", str(tmp_path / cache),
                                "experiments", "run", "run/run/short/1/base", "--json"],
                               env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
@@ -200,6 +198,20 @@ def test_cli_runs_share_the_template_and_give_the_same_results(env, tmp_path):
 
     assert outcome(first) == outcome(second) and {s for s, _k, _o in outcome(first).values()} == {"ran"}
     assert first["results"] == second["results"]
+
+
+def test_work_in_the_invocation_folder_keeps_the_key_a_shadowing_module_changes_it(tmp_path, monkeypatch):
+    """``sys.path[0]`` is the folder of the invocation (the working folder with ``python -m
+    backbeat``, where caches and outputs get written): new files there keep the template, a module
+    that would shadow one it imports does not."""
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path[1:]])
+    key = template.context_key(("numpy",))
+    assert key is not None
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "results.json").write_text("{}")
+    assert template.context_key(("numpy",)) == key
+    (tmp_path / "numpy.py").write_text("")
+    assert template.context_key(("numpy",)) != key
 
 
 def test_a_malformed_request_does_not_end_the_template(env, tmp_path):

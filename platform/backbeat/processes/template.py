@@ -12,7 +12,8 @@ Trust.  A template holds only backbeat's and numpy's, h5py's, zmq's and simplejs
 (:data:`ALLOWED`), never user code (its preload list is checked; user code is imported by block
 processes only, after they are forked).  It serves only runs of exactly its *context*
 (:func:`context_key`, the name of its socket): the interpreter and its flags, ``sys.path`` (absolute
-entries only) and the modification times of its folders (a package installed or removed), the
+entries only) and the modification times of its folders (a package installed or removed; in the
+first, the invocation's folder, only modules named as those it imports or describes), the
 environment (but ``PWD``, ``OLDPWD``, ``_``), user and groups, hard resource limits, namespaces,
 cgroup, capabilities, seccomp and security label, the preload list, and the ``stat`` signature (inode, size, mtime, ctime) of every
 file of the installed ``backbeat`` package — a file changed is a new key, so a template never
@@ -125,6 +126,29 @@ def _read(path: str) -> str | None:
         return None
 
 
+#: the top-level names a template imports or describes (its interpreter's description names
+#: the versions of :data:`~backbeat.processes.interpreter.REPORTED`)
+WATCHED = (*sorted(ALLOWED), "scipy", "sklearn", "pandas", "torch", "matplotlib")
+
+
+def _shadows(entry: str) -> list[int | None]:
+    """What of the first ``sys.path`` entry can change a template: ``sys.path[0]`` is the
+    invocation's folder (the script's, or the working folder with ``-m``), which changes as the
+    user works there — its modification time would make a new template of nearly every run.
+    What counts there is a module or package named as one the template imports or describes
+    (it would shadow the installed one): the ``stat`` of each such name (cost independent of
+    how many files the folder holds)."""
+    out: list[int | None] = []
+    for name in WATCHED:
+        for candidate in (name, f"{name}.py"):
+            try:
+                st = os.stat(os.path.join(entry, candidate))
+                out.append(st.st_ino ^ st.st_mtime_ns)
+            except OSError:
+                out.append(None)
+    return out
+
+
 def context_key(preload: tuple[str, ...]) -> str | None:
     """The key of the template that may serve this process's runs, or None when none may (a
     relative ``sys.path`` entry, a module outside :data:`ALLOWED` to preload)."""
@@ -145,7 +169,7 @@ def context_key(preload: tuple[str, ...]) -> str | None:
 
     parts = {"v": 1, "python": os.path.realpath(sys.executable), "version": sys.version,
              "flags": repr(sys.flags), "x": sorted(map(str, sys._xoptions.items())),
-             "path": sys.path, "dirs": [mtime(p) for p in sys.path],
+             "path": sys.path, "dirs": [_shadows(p) if i == 0 else mtime(p) for i, p in enumerate(sys.path)],
              "env": sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE),
              "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())],
              "limits": [resource.getrlimit(getattr(resource, n))[1] for n in _LIMITS],
