@@ -113,3 +113,48 @@ def test_a_new_executor_is_one_class_and_one_table_entry(copy_prefix, tmp_path, 
     assert {n: b["status"] for n, b in rec["blocks"].items()} == {n: "ran" for n in rep["blocks"]}
     again = executors.run_experiment(prefix, tmp_path / "cache", BASE, executor_name="serial")
     assert {b["status"] for b in again["blocks"].values()} == {"cached"}  # decided by the shared lifecycle
+
+
+class LostZygoteExecutor(Executor):
+    """The first block through a ``--serve`` runner; then its zygote is killed (as by the OOM
+    killer): the next job fails, and the runner leaves rather than fail every job after it."""
+
+    name = "lost"
+    seen: list = []
+
+    def execute(self, run_: Run) -> None:
+        import psutil
+
+        specs = SpecBuilder(run_.plan, run_.workspace, run_.options.window)
+        serve = subprocess.Popen([sys.executable, "-m", "backbeat.remote", "--serve"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert serve.stdin is not None and serve.stdout is not None
+        try:
+            for k, job in enumerate(j for j in run_.plan.jobs if run_.state.status[j.name] == JobState.PENDING):
+                if k == 1:
+                    for child in psutil.Process(serve.pid).children():  # its fork server's zygote
+                        child.kill()
+                needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
+                serve.stdin.write(json.dumps(RemoteJob(job.key, specs.block(job), specs.datasets(needed),
+                                                       run_.store.location, run_.workspace.user_root).to_json()) + "\n")
+                serve.stdin.flush()
+                result = TaskResult.from_json(json.loads(serve.stdout.readline()))
+                self.seen.append(result.status)
+                if result.status == "failed":
+                    assert result.outcome is not None
+                    run_.state.fail(job.name, result.outcome.error_json())
+                    break
+                run_.state.stats[job.name] = result.statistics
+                run_.set(job.name, JobState.RAN)
+            self.seen.append(serve.stdout.readline())  # '' : it left
+            self.seen.append(serve.wait(30))
+        finally:
+            serve.kill()
+
+
+def test_a_served_runner_whose_zygote_died_leaves(copy_prefix, tmp_path, monkeypatch):
+    prefix = copy_prefix()
+    monkeypatch.setitem(executors.EXECUTORS, "lost", f"{__name__}:LostZygoteExecutor")
+    rep = executors.run_experiment(prefix, tmp_path / "cache", BASE, executor_name="lost")
+    assert rep["status"] == "failed"
+    assert LostZygoteExecutor.seen == ["ran", "failed", "", 0]

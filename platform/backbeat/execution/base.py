@@ -169,10 +169,14 @@ def decide(run: Run, jobs: Collection[str] | None = None) -> None:
         names = {j.name for j in run.plan.jobs}
     else:
         names = set(jobs) - later
+        # (and the cached producers of files those jobs read that are corrupted now: re-run)
+        names |= {n for n, d in chosen.items() if d.action == "run" and n in run.decisions
+                  and run.decisions[n].action == "cached"}
         run.decisions.update({n: chosen[n] for n in names})
     for job in run.plan.jobs:
         if job.name in later:
-            run.state.status[job.name] = JobState.WAITING
+            if run.state.status.get(job.name) != JobState.WAITING:  # (said once)
+                run.set(job.name, JobState.WAITING)
             continue
         if job.name not in names:
             continue

@@ -192,9 +192,11 @@ class DaskExecutor(Executor):
                    else result.outcome or Outcome("system", "the indexing task failed"))
         record_index(run, ds_name, outcome, reads)
         before = {n for n, s in run.state.status.items() if s == JobState.WAITING}
+        cached = {n for n, s in run.state.status.items() if s == JobState.CACHED}
         assign_keys(run.plan)  # (the keys known already do not change)
-        decide(run, before)
-        return [j.name for j in run.plan.jobs if j.name in before and run.state.status[j.name] == JobState.PENDING]
+        decide(run, before)  # (a cached producer of a file they read, corrupted now, is re-run)
+        return [j.name for j in run.plan.jobs  # (in dependency order: producers first)
+                if j.name in before | cached and run.state.status[j.name] == JobState.PENDING]
 
     @staticmethod
     def _settle(run: Run, job_name: str, result: TaskResult, wall_s: float) -> None:

@@ -53,7 +53,11 @@ class Runner:
         self.jobs += 1
         if not line:
             return None
-        return json.loads(line)
+        try:
+            answer = json.loads(line)
+        except ValueError:  # (not what a runner writes: treated as a dead runner, replaced)
+            return None
+        return answer if isinstance(answer, dict) else None
 
     def last_words(self) -> str:
         self.errors.seek(0, os.SEEK_END)

@@ -80,11 +80,11 @@ def _corrupted_inputs(run: Run, decisions: dict[str, Decision], jobs: Collection
     (Only files in the cache now: not those of a twin, which its twin job is about to write.)
     """
     rerun: set[str] = set()
-    jobs = run.jobs
+    nodes = run.jobs
     for name, decision in decisions.items():
         if decision.action != "run" or (jobs is not None and name not in jobs):
             continue
-        for inp in jobs[name].inputs.values():
+        for inp in nodes[name].inputs.values():
             producer = decisions.get(inp.node) if inp.source == "block" else None
             if (producer is not None and producer.action == "cached" and producer.twin is None
                     and not _trusted(run, inp.key, inp.node)):

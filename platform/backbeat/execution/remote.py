@@ -220,6 +220,9 @@ def serve(jobs: IO[str], results: IO[str], parent: int | None = None) -> None:
                 result = TaskResult.failure("system", f"{type(exc).__name__}: {exc}")
             results.write(json.dumps(result.to_json()) + "\n")
             results.flush()
+            group.forget_ended()
+            if group.lost:  # its zygote died (killed, out of memory): leave, the worker starts a new runner
+                break
     finally:
         group.close()
 

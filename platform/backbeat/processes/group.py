@@ -116,6 +116,18 @@ class ProcessGroup:
         return self._servers[python], self._control
 
     @property
+    def lost(self) -> bool:
+        """Whether a fork server of this group died: a long-lived group is then replaced."""
+        return any(server.lost for server in self._servers.values())
+
+    def forget_ended(self) -> None:
+        """Drop what the group keeps of the jobs that ended (a long-lived group serves many:
+        their handles and messages would grow with every job)."""
+        for job in [j for j, h in self._handles.items() if h.exit is not None]:
+            for kept in (self._handles, self._messages, self._limits, self._pythons, self._logs):
+                kept.pop(job, None)
+
+    @property
     def started(self) -> bool:
         """Whether any process was (or is being) started."""
         return bool(self._servers)

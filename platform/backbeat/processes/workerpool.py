@@ -49,6 +49,7 @@ import warnings
 import weakref
 from typing import Any
 
+from backbeat.core import pids
 from backbeat.core.errors import ExecutionError, UsageError
 from backbeat.processes import handles, reaper
 from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, classify_status, signame
@@ -408,6 +409,13 @@ class ForkServer:
         if self._zygote_host is None and self._proc is not None and self._ready is not None:
             self._zygote_host = reaper.host_pid(self._ready.get("pid"), self._proc.pid, depth=3)
         return reaper.host_pid(pid, self._zygote_host) if self._zygote_host is not None else None
+
+    @property
+    def lost(self) -> bool:
+        """Whether its zygote died (its socket closed under it): it can start no job any more."""
+        if self._closed or self._sock is None:
+            return False
+        return self._sock.fileno() == -1 or (self.zygote_pid is not None and not pids.alive(self.zygote_pid))
 
     def _zygote_gone(self) -> None:
         """The zygote's socket closed: unless we closed it, it died, and its children with it."""
