@@ -410,8 +410,11 @@ class Scheduler:
             run.set(job.name, JobState.SKIPPED)
             return True
         outcomes = [self.group.outcome(p) for p in ids]
-        for o in outcomes:  # the digests (and results) of the files it committed, for the report and record
-            run.state.learn(o.statistics, job.output_keys if len(ids) == 1 or job.kind == "loop" else ())
+        # the digests (and results) of the files it committed, for the report and record — not
+        # from a sandboxed block (its process is not trusted: they are read from the checked files)
+        own = job.output_keys if (len(ids) == 1 or job.kind == "loop") and run.staging is None else ()
+        for o in outcomes:
+            run.state.learn(o.statistics, own)
         failures = [(p, o) for p, o in zip(ids, outcomes, strict=True) if not o.ok]
         culprit = next((p for p, _o in failures if p not in self.killed), failures[0][0] if failures else None)
         bad = dict(failures).get(culprit) if culprit is not None else None
