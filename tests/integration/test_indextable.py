@@ -159,3 +159,18 @@ def test_entries_neither_namedtuples_nor_dicts_are_refused(tmp_path):
             "index_path": str(tmp_path / "i.db"), "outputs": {"value": [FMT, EXP]}}
     with pytest.raises(TypeError, match="must be namedtuples or dicts, not int"):
         dbprovider.build_index({"spec": spec})
+
+
+def test_str_subclasses_are_written_as_simplejson_writes_them_and_bad_values_are_data_errors(tmp_path):
+    import enum
+
+    import simplejson
+
+    class Kind(str, enum.Enum):
+        A = "a"
+
+    entries = [{"k": Kind.A, "n": 1}, {"k": "b", "n": 2}]
+    indextable.write_index(tmp_path / "i.db", entries)
+    assert simplejson.loads((tmp_path / "i.db").read_text()) == [{"k": "a", "n": 1}, {"k": "b", "n": 2}]
+    with pytest.raises(DataError):
+        indextable.write_index(tmp_path / "j.db", [{"k": {1, 2}}])

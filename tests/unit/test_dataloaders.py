@@ -115,6 +115,10 @@ def test_loader_pickles_without_cached_values():
     clone = pickle.loads(pickle.dumps(loader))
     assert clone.infos["a"].data is None and clone.infos["a"].start_index == -1
     assert clone[3] == loader[3]
+    seen = []
+    loader.on_read = lambda index: seen.append(index)  # (as the driver's progress hook, a closure)
+    clone = pickle.loads(pickle.dumps(loader))
+    assert clone.on_read is None and clone[3] == loader[3] and seen == [3]
 
 
 def test_loader_list():

@@ -72,11 +72,7 @@ def derive(store: CacheStore, key: str) -> tuple[list[dict], str, os.stat_result
     path = store.output_path(key)
     st = path.stat()
     with cachereader.CacheReader(str(path), verify=True, key=key) as reader:
-        batch = reader.read_units(0, len(reader))
-        digest = reader.digest
-    records = [{"start": int(s), "end": int(e), "data": jsonio.plain(v.as_dict())}
-               for v, s, e in zip(batch.to_values(), batch.starts, batch.ends, strict=True)]
-    return records, digest, st
+        return cachereader.records(reader), reader.digest, st
 
 
 def _write(store: CacheStore, key: str, records: list, digest: str, st: os.stat_result) -> None:

@@ -124,8 +124,8 @@ def _column(values: list) -> Column | None:
         return Column("float", arr) if np.isfinite(arr).all() else None
     elif types and types <= {bool}:
         return Column("bool", np.array(values, dtype=bool))
-    elif types and all(issubclass(t, str) for t in types):
-        return Column("str", [str(v) for v in values] if types != {str} else values)
+    elif types and types <= {str}:  # (a str subclass may print otherwise: simplejson writes its content)
+        return Column("str", values)
     texts = list(map(_text, values))
     return None if any(t is None for t in texts) else Column("json", texts)
 
@@ -254,7 +254,10 @@ def write_index(index_path: str | os.PathLike, entries: Sequence[Any]) -> dict:
     its table; ``{"digest": index digest, "entries": n}``."""
     if not isinstance(entries, (list, tuple)):
         raise DataError(f"a view index must be a list, not {type(entries).__name__}")
-    found = columns(entries)
+    try:
+        found = columns(entries)
+    except (TypeError, ValueError):  # (a value JSON cannot hold: simplejson below says which, as a DataError)
+        found = None
     if found is not None:
         fields, cols = found
         digest = dbindex.write_index(index_path, to_json(fields, cols, len(entries)))

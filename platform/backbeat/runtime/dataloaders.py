@@ -187,6 +187,7 @@ class DataLoader:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["infos"] = {name: _Slot(s.data_source, s.data_indices) for name, s in self.infos.items()}
+        state["on_read"] = None  # (the driver's progress hook of this process: not data)
         return state
 
 
