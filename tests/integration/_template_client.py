@@ -32,6 +32,9 @@ def hold(payload: dict) -> None:
 
 
 def main(mode: str, out: str, where: str = "here") -> None:
+    # as the installed command: the interpreter's folder first (a template serves nothing else);
+    # this folder last, for the jobs' targets (after every folder the template imports from)
+    sys.path[:] = [os.path.dirname(sys.executable), *sys.path[1:], os.path.dirname(os.path.abspath(__file__))]
     from backbeat.processes.workerpool import ForkServer
 
     if where == "gone":  # in a working folder removed meanwhile

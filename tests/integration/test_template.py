@@ -24,7 +24,7 @@ from conftest import RUN_PREFIX
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "_template_client.py"
-BACKBEAT = [sys.executable, "-m", "backbeat"]  # (the command as the console script runs it)
+BACKBEAT = [str(Path(sys.executable).parent / "backbeat")]  # (installed with backbeat: a template serves only it)
 
 
 def wait_until(condition, timeout: float = 30.0) -> bool:
@@ -126,6 +126,25 @@ def test_killing_the_command_kills_its_zygote_and_blocks_not_the_template(env, t
     assert _alive(pid)
 
 
+def test_a_template_told_to_stop_lets_the_runs_it_serves_end(env, tmp_path):
+    """Its socket removed (a cleaner of the temporary folder) or SIGTERM: it takes no new run, and
+    leaves once the runs it serves have ended — never killing them."""
+    pid = warm(env, tmp_path)
+    out = tmp_path / "hold.pid"
+    proc = client(env, "hold", out)
+    started = first_line(proc)
+    assert started["kind"] == "template" and wait_until(out.exists), "the job never started"
+    block = int(out.read_text())
+    (sock,) = Path(env["BACKBEAT_TEMPLATE_DIR"]).glob("*.sock")
+    sock.unlink()
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(1.5)
+    assert _alive(block) and _alive(started["zygote"]) and _alive(pid)  # the run goes on
+    proc.kill()  # the run ends (here: its command killed)
+    proc.communicate(timeout=30)
+    assert wait_until(lambda: not _alive(block) and not _alive(pid), timeout=15), "the template did not leave"
+
+
 def test_another_context_gets_another_template_and_a_stale_one_is_replaced(env, tmp_path):
     pid = warm(env, tmp_path)
     folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
@@ -200,18 +219,19 @@ def test_cli_runs_share_the_template_and_give_the_same_results(env, tmp_path):
     assert first["results"] == second["results"]
 
 
-def test_work_in_the_invocation_folder_keeps_the_key_a_shadowing_module_changes_it(tmp_path, monkeypatch):
-    """``sys.path[0]`` is the folder of the invocation (the working folder with ``python -m
-    backbeat``, where caches and outputs get written): new files there keep the template, a module
-    that would shadow one it imports does not."""
+def test_only_the_installed_command_gets_a_template(tmp_path, monkeypatch):
+    """``python -m backbeat`` puts the working folder first on ``sys.path``: a ``queue.py`` there
+    would be imported by the template (user code, unseen by its key), so it gets none."""
+    assert Path(BACKBEAT[0]).is_file(), "the `backbeat' console script is installed beside the interpreter"
+    monkeypatch.setattr(sys, "path", [os.path.dirname(sys.executable), *sys.path[1:]])
+    assert template.context_key(("numpy",)) is not None
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path[1:]])
+    assert template.context_key(("numpy",)) is None
+    monkeypatch.setattr(sys, "path", [os.path.dirname(sys.executable), *sys.path[1:]])
+    monkeypatch.setattr(sys, "warnoptions", [])
     key = template.context_key(("numpy",))
-    assert key is not None
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "results.json").write_text("{}")
-    assert template.context_key(("numpy",)) == key
-    (tmp_path / "numpy.py").write_text("")
-    assert template.context_key(("numpy",)) != key
+    monkeypatch.setattr(sys, "warnoptions", ["error"])  # (-W error: another context)
+    assert template.context_key(("numpy",)) not in (None, key)
 
 
 def test_a_malformed_request_does_not_end_the_template(env, tmp_path):

@@ -11,9 +11,11 @@ before and starts a template in the background for the next runs (:func:`launch`
 Trust.  A template holds only backbeat's and numpy's, h5py's, zmq's and simplejson's code
 (:data:`ALLOWED`), never user code (its preload list is checked; user code is imported by block
 processes only, after they are forked).  It serves only runs of exactly its *context*
-(:func:`context_key`, the name of its socket): the interpreter and its flags, ``sys.path`` (absolute
-entries only) and the modification times of its folders (a package installed or removed; in the
-first, the invocation's folder, only modules named as those it imports or describes), the
+(:func:`context_key`, the name of its socket): the interpreter and its flags (``-W`` too), ``sys.path``
+(absolute entries only, the first of them the interpreter's own folder, as for the installed
+``backbeat`` command: ``python -m backbeat`` puts the working folder there, whose files could
+shadow what the template imports, and gets no template) and the modification times of its
+folders (a package installed or removed), the
 environment (but ``PWD``, ``OLDPWD``, ``_``), user and groups, hard resource limits, namespaces,
 cgroup, capabilities, seccomp and security label, the preload list, and the ``stat`` signature (inode, size, mtime, ctime) of every
 file of the installed ``backbeat`` package — a file changed is a new key, so a template never
@@ -126,33 +128,15 @@ def _read(path: str) -> str | None:
         return None
 
 
-#: the top-level names a template imports or describes (its interpreter's description names
-#: the versions of :data:`~backbeat.processes.interpreter.REPORTED`)
-WATCHED = (*sorted(ALLOWED), "scipy", "sklearn", "pandas", "torch", "matplotlib")
-
-
-def _shadows(entry: str) -> list[int | None]:
-    """What of the first ``sys.path`` entry can change a template: ``sys.path[0]`` is the
-    invocation's folder (the script's, or the working folder with ``-m``), which changes as the
-    user works there — its modification time would make a new template of nearly every run.
-    What counts there is a module or package named as one the template imports or describes
-    (it would shadow the installed one): the ``stat`` of each such name (cost independent of
-    how many files the folder holds)."""
-    out: list[int | None] = []
-    for name in WATCHED:
-        for candidate in (name, f"{name}.py"):
-            try:
-                st = os.stat(os.path.join(entry, candidate))
-                out.append(st.st_ino ^ st.st_mtime_ns)
-            except OSError:
-                out.append(None)
-    return out
-
-
 def context_key(preload: tuple[str, ...]) -> str | None:
     """The key of the template that may serve this process's runs, or None when none may (a
     relative ``sys.path`` entry, a module outside :data:`ALLOWED` to preload)."""
     if any(not os.path.isabs(p) for p in sys.path) or any(m.split(".")[0] not in ALLOWED for m in preload):
+        return None
+    if sys.path[:1] != [os.path.dirname(sys.executable)]:
+        # only for the installed command (its script beside the interpreter): else ``sys.path[0]``
+        # is a folder of the user's (``python -m``: the working folder), whose files could
+        # shadow modules the template imports — user code in it, unseen by the key
         return None
 
     def mtime(p: str) -> int | None:
@@ -169,7 +153,7 @@ def context_key(preload: tuple[str, ...]) -> str | None:
 
     parts = {"v": 1, "python": os.path.realpath(sys.executable), "version": sys.version,
              "flags": repr(sys.flags), "x": sorted(map(str, sys._xoptions.items())),
-             "path": sys.path, "dirs": [_shadows(p) if i == 0 else mtime(p) for i, p in enumerate(sys.path)],
+             "path": sys.path, "dirs": [mtime(p) for p in sys.path], "warnings": sys.warnoptions,
              "env": sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE),
              "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())],
              "limits": [resource.getrlimit(getattr(resource, n))[1] for n in _LIMITS],
@@ -325,18 +309,26 @@ class _Template:
         os.set_blocking(wfd, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wfd)
-        signal.signal(signal.SIGTERM, lambda *_: self.leave(inode))
+        stopping: list[bool] = []  # (SIGTERM, or its socket removed: no new run, the running ones end)
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         last = time.monotonic()
         while True:
+            if stopping:
+                if srv.fileno() != -1:
+                    srv.close()
+                    self.unlink(inode)
+                if not self.zygotes:
+                    self.leave(None)
             try:
-                ready, _, _ = select.select([srv.fileno(), rfd], [], [], min(self.idle, 30.0))
+                listening = [srv.fileno()] if srv.fileno() != -1 else []
+                ready, _, _ = select.select([*listening, rfd], [], [], min(self.idle, 30.0) if listening else 0.5)
             except InterruptedError:
                 ready = []
             if rfd in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(rfd, 512)
             self.reap()
-            if srv.fileno() in ready:
+            if listening and srv.fileno() in ready:
                 last = time.monotonic()
                 with contextlib.suppress(Exception):  # (a malformed request never ends the template)
                     conn, _ = srv.accept()
@@ -346,8 +338,10 @@ class _Template:
                 here = os.stat(self.path).st_ino == inode
             except OSError:
                 here = False
-            if not here or (not self.zygotes and time.monotonic() - last > self.idle):
-                self.leave(inode if here else None)
+            if not here:  # (e.g. a cleaner of the temporary folder: the runs it serves go on)
+                stopping.append(True)
+            elif not self.zygotes and time.monotonic() - last > self.idle:
+                self.leave(inode)
 
     def reap(self) -> None:
         while True:
@@ -360,10 +354,14 @@ class _Template:
             self.zygotes.discard(pid)
         reaper.kill_strays(self.zygotes)  # leftovers of killed zygotes' blocks
 
-    def leave(self, inode: int | None) -> None:
+    def unlink(self, inode: int | None) -> None:
+        """Remove its socket, if it is still its own (``inode``)."""
         with contextlib.suppress(OSError):
             if inode is not None and os.stat(self.path).st_ino == inode:
                 os.unlink(self.path)
+
+    def leave(self, inode: int | None) -> None:
+        self.unlink(inode)
         os._exit(0)
 
     def answer(self, conn: socket.socket, ours: tuple) -> None:
