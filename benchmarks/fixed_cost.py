@@ -131,7 +131,7 @@ class Bench:
 
 
 # -- the CLI process's steps -------------------------------------------------------------------
-COMMAND = "backbeat.cli.main (the command)"
+COMMAND = "backbeat.cli.command (the command)"
 
 
 def span_tree(spans: list[dict], origin: float) -> dict[tuple[str, ...], list]:
@@ -142,7 +142,7 @@ def span_tree(spans: list[dict], origin: float) -> dict[tuple[str, ...], list]:
     for s in sorted(spans, key=lambda s: (s["t0"], -s["t1"])):
         while stack and stack[-1][0] < s["t1"]:
             stack.pop()
-        label = COMMAND if s["label"] == "backbeat.cli.main" else s["label"]
+        label = COMMAND if s["label"] == "backbeat.cli.command" else s["label"]
         path = (stack[-1][1] if stack else ()) + (label,)
         stack.append((s["t1"], path))
         entry = out.setdefault(path, [0.0, 1000 * (s["t0"] - origin), 0.0])
@@ -315,7 +315,7 @@ def exponent(k1: int, v1: float, k2: int, v2: float) -> float | None:
 
 def chain_summary(run: dict, k: int) -> dict:
     main = [s for s in run["spans"] if s["proc"] == "main"]
-    cli = next(s for s in main if s["label"] == "backbeat.cli.main")
+    cli = next(s for s in main if s["label"] == "backbeat.cli.command")
     children = [i["rusage"] for i in run["instants"] if i["label"] == "parent: zygote event exit" and i.get("rusage")]
     totals: dict[str, list[float]] = {}
     for s in main:

@@ -1,7 +1,7 @@
 """Span tracing of one backbeat CLI run, in every process it starts (used by fixed_cost.py).
 
 ``python benchmarks/tracing.py SPANS_DIR [--cprofile FILE] [--cprofile-jobs JOB,... PREFIX] -- ARGS...`` runs
-``backbeat BACKBEAT-ARGS`` in this process (``backbeat.cli.main``) after wrapping the
+``backbeat BACKBEAT-ARGS`` in this process (``backbeat.cli.command``) after wrapping the
 functions listed in :data:`TARGETS` with timers.  A wrapper records a *span* — label,
 process, start and end (``time.perf_counter``: ``CLOCK_MONOTONIC``, comparable across
 processes), nesting depth — kept in memory and written to ``SPANS_DIR/<pid>.jsonl`` when the
@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 TARGETS = [
     # the CLI process
     ("backbeat.core.config", "load", "configuration (.backbeatrc)"),
-    ("backbeat.cli.main", "build_parser", "argument parser"),
+    ("backbeat.cli.command", "build_parser", "argument parser"),
     ("backbeat.execution.base", "prepare", "prepare: plan + index datasets"),
     ("backbeat.processes.workerpool", "ForkServer.start", "fork server: start (fork the zygote)"),
     ("backbeat.execution.workspace", "Workspace.open", "workspace: open prefix and cache"),
@@ -329,7 +329,7 @@ def main(argv: list[str]) -> int:
     instant("first line", t=T_FIRST)
     sys.meta_path.insert(0, _Finder())
     c0, t0 = _cpu(), time.perf_counter()
-    cli_main = importlib.import_module("backbeat.cli.main")  # what the `backbeat` script imports first
+    cli_main = importlib.import_module("backbeat.cli.command")  # what the `backbeat` script imports first
 
     _write({"label": "import backbeat.cli", "t0": t0, "t1": time.perf_counter(), "depth": 0, "c": _cpu() - c0})
     sys.argv[0] = "backbeat"
@@ -349,7 +349,7 @@ def main(argv: list[str]) -> int:
         if profiler is not None and profile_to is not None:
             profiler.disable()
             profiler.dump_stats(profile_to)
-        _write({"label": "backbeat.cli.main", "t0": t0, "t1": time.perf_counter(), "depth": 0, "c": _cpu() - c0,
+        _write({"label": "backbeat.cli.command", "t0": t0, "t1": time.perf_counter(), "depth": 0, "c": _cpu() - c0,
                 "cpu": _cpu()})
     sys.stdout.flush()
     with open(os.path.join(_DIR, "modules.json"), "w") as f:

@@ -71,7 +71,7 @@ print(json.dumps(out))
 
 
 def cli_batch(argvs: list[list[str]], timeout: float = 60) -> list[tuple[int, str, str]]:
-    """Run many CLI invocations through ``backbeat.cli.main`` in ONE subprocess (startup once)."""
+    """Run many CLI invocations through ``backbeat.cli.main`` (:func:`backbeat.cli.command.main`) in ONE subprocess (startup once)."""
     proc = subprocess.run([sys.executable, "-c", _BATCH, json.dumps(argvs)], capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr

@@ -167,6 +167,22 @@ def adopt_orphans() -> None:
     from backbeat.processes.reaper import adopt_orphans as adopt
 
     adopt()
+
+
+def warm_template() -> int | None:
+    """Start this context's warm template in the background, for the next commands to be served
+    by it (:mod:`backbeat.processes.template`), unless one is up or starting, templates are off
+    (``BACKBEAT_TEMPLATE=off``, ``"template": false``) or this process is served by one; its pid."""
+    from backbeat.core import config, templatekey
+
+    active = config.active()
+    if templatekey.switched_off() or (active is not None and active.template is False):
+        return None
+    from backbeat.processes import template
+
+    return template.warm_next(active.template if active else None)
+
+
 def environments(prefix: str | os.PathLike, check: bool = False) -> dict:
     """The environment mapping, the environments the prefix's experiments declare and each one's
     interpreter; with ``check``, whether backbeat's block runtime works in each (``ok``)."""

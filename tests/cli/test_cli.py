@@ -388,7 +388,7 @@ def test_the_parser_of_the_named_command_alone_parses_as_the_whole_parser(argv):
     import argparse
     from unittest import mock
 
-    from backbeat.cli.main import build_parser
+    from backbeat.cli.command import build_parser
 
     def parse(parser):
         try:

@@ -61,7 +61,7 @@ def test_tracing_covers_every_process(tmp_path):
     run = {"spans": spans, "instants": instants, "launch": min(s["t0"] for s in spans), "wall": 1.0,
            "end": max(s["t1"] for s in spans)}
     steps = main_steps(run)
-    command = "backbeat.cli.main (the command)"
+    command = "backbeat.cli.command (the command)"
     assert steps[(command,)][0] > 0 and steps[(command, "execute")][0] > 0
     assert steps[(command, "prepare: plan + index datasets", "index datasets")][0] > 0
     children = child_steps(run)

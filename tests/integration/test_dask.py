@@ -95,7 +95,7 @@ _IN_PROCESS = """
 import sys
 if sys.argv[1] == "hide":  # as if Dask were not installed
     sys.modules["distributed"] = None
-from backbeat.cli.main import main
+from backbeat.cli.command import main
 code = main(sys.argv[2:])
 print("IMPORTED", sorted(m for m in ("dask", "distributed") if m in sys.modules), "EXIT", code)
 """

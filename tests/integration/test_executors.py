@@ -84,7 +84,7 @@ def test_blocks_run_through_the_remote_runner_command_alone_or_served(copy_prefi
 
 
 def test_executors_are_named_in_one_table_and_imported_when_chosen():
-    code = ("import sys; from backbeat.cli.main import build_parser; build_parser(); "  # --executor's choices
+    code = ("import sys; from backbeat.cli.command import build_parser; build_parser(); "  # --executor's choices
             "print(sorted(m for m in ('zmq', 'h5py', 'backbeat.execution.base') if m in sys.modules)); "
             "from backbeat.execution import executors as e; print(sorted(e.EXECUTORS)); "
             "print(type(e.executor('local')).__name__, 'backbeat.execution.dask_executor' in sys.modules, "

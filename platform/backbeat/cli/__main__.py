@@ -1,5 +1,5 @@
 """``python -m backbeat.cli``: the command line."""
 
-from backbeat.cli.main import entry
+from backbeat.cli.client import entry
 
 entry()

@@ -91,7 +91,9 @@ class ProcessGroup:
             from backbeat.processes import template
 
             active = config.active()
-            return ForkServer(template=template.enabled(active.template if active else None), **kw)
+            # (a command served by a template has everything loaded: it forks its zygote itself)
+            return ForkServer(template=template.enabled(active.template if active else None)
+                              and not template.served(), **kw)
         from backbeat.processes import environments
 
         exe = python or environments.RUNNING.python

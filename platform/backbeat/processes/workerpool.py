@@ -51,7 +51,7 @@ from typing import Any
 
 from backbeat.core import pids
 from backbeat.core.errors import ExecutionError, UsageError
-from backbeat.processes import handles, reaper
+from backbeat.processes import handles, reaper, template
 from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, classify_status, signame
 from backbeat.processes.handles import Handle, MPHandle
 from backbeat.processes.zygote import Zygote, split_target
@@ -128,9 +128,7 @@ class ForkServer:
             atexit.register(_close_ref, weakref.ref(self))
             return self
         if self.template and self.mode != "multiprocessing":
-            from backbeat.processes.template import open_zygote
-
-            got = open_zygote(self.preload)  # a zygote forked from this context's warm template
+            got = template.open_zygote(self.preload)  # a zygote forked from this context's warm template
             if got is not None:
                 self._sock, self.zygote_pid = got
                 self.kind = "template"
@@ -160,7 +158,7 @@ class ForkServer:
             try:
                 parent_sock.close()
                 os.setpgid(0, 0)  # keeps terminal job control signals for the parent only
-                Zygote(child_sock, self.preload, parent).main()
+                Zygote(child_sock, self.preload, parent, template.interpreter()).main()
             finally:
                 os._exit(1)
         child_sock.close()

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
-from backbeat import __version__
+from backbeat import __version__, api
 from backbeat.cli import assets, attest, audit, environments, plot, reports, run, tools
 from backbeat.core.errors import BackbeatError, Interrupted
 
@@ -188,7 +188,12 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def entry() -> None:
-    code = main()
+    """The command in this process (the client's fallback, or a template's child serving it)."""
+    try:
+        code = main()
+    finally:  # (``--help``, ``--version``: SystemExit)
+        with contextlib.suppress(Exception):  # (never fails the command)
+            api.warm_template()  # (run here: the next commands of this context are served)
     leave(code)
 
 

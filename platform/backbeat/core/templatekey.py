@@ -1,0 +1,152 @@
+"""Which warm template may serve this process: the switch, the socket folder and the context key.
+
+A warm template (:mod:`backbeat.processes.template`) is a process that imported backbeat's
+command, its run machinery and the block runtime once and stays; it serves the ``backbeat``
+command itself (:mod:`backbeat.cli.client`) and the zygotes of runs, but only those of exactly
+its *context*: :func:`context_key`, the name of its socket.  The thin client computes the key
+before anything else is imported, so this module imports nothing but small built-in modules
+(no ``json``, ``re``, ``enum`` nor ``hashlib``: ~10 ms of imports on the client's path).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+SWITCH = "BACKBEAT_TEMPLATE"
+FOLDER = "BACKBEAT_TEMPLATE_DIR"
+IDLE = "BACKBEAT_TEMPLATE_IDLE"
+#: environment variables left out of the key: none of them can change what a template imported
+#: (the command and the zygotes it serves adopt the full environment anyway): the shell's
+#: working folders, last command (``_``, different for every script) and nesting level, the
+#: session's and terminal's identifiers, and the template's own switches
+VOLATILE = frozenset({
+    "PWD", "OLDPWD", "_", "SHLVL", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "SSH_AUTH_SOCK",
+    "XDG_SESSION_ID", "WINDOWID", "TERM_SESSION_ID", "ITERM_SESSION_ID", "TMUX_PANE", "STY", "GPG_TTY",
+    "COLUMNS", "LINES", SWITCH, IDLE,
+})
+#: the top-level packages a template may import (by the names it preloads)
+ALLOWED = frozenset({"numpy", "h5py", "zmq", "simplejson", "backbeat"})
+#: what a template imports, in this order: what a run's zygote needs first (the order of
+#: ``backbeat.execution.state.PRELOAD``), then the command and the machinery of a run
+PRELOAD = ("numpy", "zmq", "backbeat.processes.control", "backbeat.runtime.dbprovider", "h5py",
+           "backbeat.runtime.preload", "backbeat.cli.command", "backbeat.core.config",
+           "backbeat.execution.local", "backbeat.execution.executors", "backbeat.execution.scheduler",
+           "backbeat.execution.decisions", "backbeat.execution.views", "backbeat.planning.planner",
+           "backbeat.cache.store", "backbeat.provenance.builder", "backbeat.reporting.live",
+           "backbeat.declarations.schemacompiler", "backbeat.processes.group", "backbeat.processes.workerpool",
+           "backbeat.processes.template")
+#: the function a template runs in the child serving a command (``module:function``, no argument)
+ENTRY = "backbeat.cli.command:entry"
+#: backbeat's package folder
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")
+#: the longest path of a Unix socket (``sun_path``, with its NUL)
+_PATH_MAX = 107
+
+
+def switched_off() -> bool:
+    """``BACKBEAT_TEMPLATE=off`` (or ``0``, ``no``, ``false``), or not Linux."""
+    return (os.environ.get(SWITCH, "").strip().lower() in ("0", "off", "no", "false")
+            or not sys.platform.startswith("linux"))
+
+
+def folder() -> str | None:
+    """The private folder of this user's template sockets (made 0700), or None if it is not private."""
+    path = os.environ.get(FOLDER)
+    if not path:
+        base = os.environ.get("XDG_RUNTIME_DIR") or next(
+            (os.environ[v] for v in ("TMPDIR", "TEMP", "TMP") if os.path.isdir(os.environ.get(v) or "")), "/tmp")
+        path = os.path.join(base, f"backbeat-templates-{os.geteuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def socket_path(key: str, where: str) -> str | None:
+    """The socket of template ``key`` in ``where``, or None when the path is too long for one."""
+    path = os.path.join(where, f"{key}.sock")
+    return path if len(os.fsencode(path)) <= _PATH_MAX else None
+
+
+def _package_signature() -> list[str]:
+    found = []
+
+    def walk(d: str) -> None:
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if e.name != "__pycache__":
+                    walk(e.path)
+            elif not e.name.endswith(".pyc"):
+                s = e.stat()
+                found.append(f"{e.path}\0{s.st_ino}\0{s.st_size}\0{s.st_mtime_ns}\0{s.st_ctime_ns}")
+
+    walk(PACKAGE)
+    return found
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _sha256(data: bytes) -> str:
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]  # (Python 3.11: no OpenSSL to load)
+    except ImportError:
+        from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
+def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY) -> str | None:
+    """The key of the template that may serve this process, or None when none may: a relative
+    ``sys.path`` entry, a module outside :data:`ALLOWED` to preload, or ``sys.path[0]`` not the
+    interpreter's folder (only the installed ``backbeat`` command: with ``python -m`` the working
+    folder comes first, whose files could shadow modules the template imports, unseen by the key)."""
+    if any(not os.path.isabs(p) for p in sys.path) or any(m.split(".")[0] not in ALLOWED for m in preload):
+        return None
+    if sys.path[:1] != [os.path.dirname(sys.executable)]:
+        return None
+    import resource
+
+    def mtime(p: str) -> int | None:
+        try:
+            return os.stat(p).st_mtime_ns
+        except OSError:
+            return None
+
+    def link(ns: str) -> str | None:
+        try:
+            return os.readlink(f"/proc/self/ns/{ns}")
+        except OSError:
+            return None
+
+    limits = sorted(n for n in dir(resource) if n.startswith("RLIMIT_"))
+    parts = (("v", 2), ("python", os.path.realpath(sys.executable)), ("version", sys.version),
+             ("flags", repr(sys.flags)), ("x", sorted(map(str, sys._xoptions.items()))),
+             ("path", sys.path), ("dirs", [mtime(p) for p in sys.path]), ("warnings", sys.warnoptions),
+             ("env", sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)),
+             ("ids", [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())]),
+             ("limits", [resource.getrlimit(getattr(resource, n))[1] for n in limits]),
+             ("ns", [link(n) for n in _NAMESPACES]), ("cgroup", _read("/proc/self/cgroup")),
+             ("security", [line for line in (_read("/proc/self/status") or "").splitlines()
+                           if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))]),
+             ("label", _read("/proc/self/attr/current")), ("preload", list(preload)), ("entry", entry),
+             ("package", _package_signature()))
+    return _sha256(repr(parts).encode("utf-8", "surrogateescape"))[:32]
