@@ -216,7 +216,7 @@ def launch(key: str, where: str) -> int | None:
         return None  # one is starting (or alive and not answering)
     os.close(fd)
     boot = ("import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
-            "from backbeat.processes.template import serve; serve(*sys.argv[2:])")
+            "from backbeat.processes.templateserver import serve; serve(*sys.argv[2:])")
     argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", boot,  # type: ignore[attr-defined]
             json.dumps(sys.path), key, where, ",".join(PRELOAD), ENTRY]
     try:
@@ -229,22 +229,6 @@ def launch(key: str, where: str) -> int | None:
 
 
 # --------------------------------------------------------------------------- the template
-
-def serve(key: str, where: str, preload_list: str, entry: str = ENTRY) -> None:
-    """The template's life (``launch`` runs it): lock, preload, check its key, serve, leave when idle."""
-    try:
-        from backbeat.processes.templateserver import Template
-
-        Template(key, where, tuple(m for m in preload_list.split(",") if m), entry).main()
-    except BaseException:  # noqa: BLE001 - never served: say so, so that runs do not start it again and again
-        import traceback
-
-        traceback.print_exc()
-        with contextlib.suppress(OSError):
-            os.close(os.open(os.path.join(where, f"{key}.failed"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-    finally:
-        os._exit(0)
-
 
 def sweep(where: str, keep: str) -> None:
     """Remove the leftovers of other templates from ``where``: ``.failed`` marks older than

@@ -247,6 +247,20 @@ class Template:
                 conn.close()
 
 
+def serve(key: str, where: str, preload_list: str, entry: str) -> None:
+    """The template's life (``launch`` runs it): lock, preload, check its key, serve, leave when idle."""
+    try:
+        Template(key, where, tuple(m for m in preload_list.split(",") if m), entry).main()
+    except BaseException:  # noqa: BLE001 - never served: say so, so that runs do not start it again and again
+        import traceback
+
+        traceback.print_exc()
+        with contextlib.suppress(OSError):
+            os.close(os.open(os.path.join(where, f"{key}.failed"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    finally:
+        os._exit(0)
+
+
 def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> None:
     """The life of a command's child (never returns): adopt the client's context, argv, streams
     and signal dispositions, then run the command's entry point as the command would."""
