@@ -7,12 +7,14 @@ must live on, and the next run must give exactly what a clean run gives.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -37,33 +39,72 @@ def templates():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_kill_9_of_a_command_served_by_a_template(scene, references, templates):
-    name = scene.experiment("slow", first=SLOW)
-    reference = references.get(scene, name)
+def _served(scene, templates: Path) -> tuple[dict, psutil.Process, Callable[..., subprocess.Popen]]:
+    """The environment of served runs, the template (started by a first, warm run) and a starter."""
     env = dict(scene.env(), BACKBEAT_TEMPLATE="on", BACKBEAT_TEMPLATE_DIR=str(templates / "t"))
 
-    def start(cache: Path) -> subprocess.Popen:
-        return subprocess.Popen([*BACKBEAT, "-p", str(scene.prefix), "-c", str(cache), "experiments", "run",
-                                 name], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def start(cache: Path, *more: str, umask: int = 0o022) -> subprocess.Popen:
+        def setup() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # (as in a terminal)
+            os.umask(umask)
 
-    warm = start(scene.root / "warm-cache")  # starts the template
+        return subprocess.Popen([*BACKBEAT, "-p", str(scene.prefix), "-c", str(cache), *more], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=setup)
+
+    warm = start(scene.root / "warm-cache", "--version")  # (run by itself: starts the template)
     warm.communicate(timeout=120)
     assert warm.returncode == 0
     assert wait_until(lambda: any((templates / "t").glob("*.sock")), timeout=60), "no template came up"
     (lock,) = (templates / "t").glob("*.lock")
-    template = psutil.Process(int(lock.read_text()))
+    return env, psutil.Process(int(lock.read_text())), start
 
-    proc = start(scene.cache)
 
-    def blocks() -> list[psutil.Process]:
-        return [p for z in template.children() for p in z.children()]
+def _blocks(template: psutil.Process) -> list[psutil.Process]:
+    """The block processes of the command the template serves (its child's zygote's children)."""
+    return [b for c in template.children() for z in c.children() for b in z.children()]
 
-    assert wait_until(lambda: blocks() or proc.poll() is not None), "no block started"
+
+def test_kill_9_of_a_command_served_by_a_template(scene, references, templates):
+    """The command is the template's child, its zygote the command's: ``kill -9`` of the client
+    kills them all (the template sees the client's connection end), the template lives on."""
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    _env, template, start = _served(scene, templates)
+    proc = start(scene.cache, "experiments", "run", name)
+    assert wait_until(lambda: _blocks(template) or proc.poll() is not None), "no block started"
+    (command,) = template.children()
+    assert command.children() and proc.poll() is None, f"seed {SEED}"  # (its zygote: forked from it)
     running = template.children(recursive=True)
-    assert running and proc.poll() is None, f"seed {SEED}"
     proc.kill()
     proc.communicate(timeout=30)
     assert wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running),
-                      timeout=10), f"its zygote and blocks outlived the command (seed {SEED})"
-    assert template.is_running()
+                      timeout=10), f"the command, its zygote or blocks outlived the client (seed {SEED})"
+    assert template.is_running() and not template.children()
+    scene.check_recovered(name, reference)
+
+
+def test_ctrl_c_of_a_served_command_interrupts_its_run(scene, references, templates):
+    """SIGINT to the client (a terminal's Ctrl-C) reaches the command: the run stops as a direct
+    one does (exit 130, the interruption recorded, nothing left); the command had the client's
+    working folder, umask and standard streams."""
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    _env, template, start = _served(scene, templates)
+    proc = start(scene.cache, "experiments", "run", name, "--json", umask=0o027)
+    assert wait_until(lambda: any(scene.cache.rglob("*.h5.tmp-*")) or proc.poll() is not None), "the run never wrote"
+    (command,) = template.children()
+    assert command.cwd() == os.getcwd()
+    with open(f"/proc/{command.pid}/status") as f:
+        assert "Umask:\t0027" in f.read()
+    for fd in (0, 1, 2):
+        assert os.readlink(f"/proc/{command.pid}/fd/{fd}") == os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+    running = template.children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "backbeat: interrupted by SIGINT" in err, f"seed {SEED}: {err}"
+    assert "Traceback" not in err, err
+    rep = json.loads(out)
+    assert rep["status"] == "interrupted" and json.loads(Path(rep["provenance"]).read_text())["status"] == "interrupted"
+    assert wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running))
+    assert scene.leftovers() == [], scene.leftovers()
     scene.check_recovered(name, reference)

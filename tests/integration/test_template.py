@@ -85,7 +85,7 @@ def warm(env: dict, tmp_path: Path) -> int:
     assert first_line(proc)["kind"] == "zygote"  # nobody answered: its own zygote, a template launched
     _out, err = proc.communicate(timeout=60)
     folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
-    assert wait_until(lambda: any(folder.glob("*.sock")), timeout=20), f"no template came up: {err}"
+    assert wait_until(lambda: bool(_templates(folder)), timeout=20), f"no template came up: {err}"  # (its pid: once bound)
     assert (folder.stat().st_mode & 0o777) == 0o700
     (pid,) = _templates(folder).values()
     return pid
@@ -164,11 +164,20 @@ def test_another_context_gets_another_template_and_a_stale_one_is_replaced(env, 
     proc.communicate(timeout=30)
 
 
-def test_an_idle_template_leaves(env, tmp_path):
+def test_an_idle_template_leaves_and_nothing_of_it_nor_of_older_ones(env, tmp_path):
+    """It removes its socket and lock when it leaves; starting, the leftovers of templates gone
+    (a ``.lock`` nobody holds, a stale ``.sock``, a ``.failed`` mark older than 10 minutes)."""
     env["BACKBEAT_TEMPLATE_IDLE"] = "0.5"
+    folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
+    folder.mkdir(mode=0o700, parents=True)
+    old = ["gone.lock", "gone.sock", "old.failed"]
+    for name in [*old, "new.failed"]:
+        (folder / name).write_text("")
+    os.utime(folder / "old.failed", (time.time() - 3600,) * 2)
     pid = warm(env, tmp_path)
+    assert not any((folder / name).exists() for name in old) and (folder / "new.failed").exists()
     assert wait_until(lambda: not _alive(pid), timeout=30)
-    assert not any(Path(env["BACKBEAT_TEMPLATE_DIR"]).glob("*.sock"))
+    assert sorted(p.name for p in folder.iterdir()) == ["new.failed"]
 
 
 def test_switched_off_by_the_environment_or_the_configuration(tmp_path, monkeypatch):
