@@ -15,7 +15,8 @@ sampled from ``/proc`` while it runs:
 * leftovers (processes of the tree still alive when the command has exited) are killed by
   their pid and counted: a clean tool leaves none.  backbeat's warm templates
   (:mod:`backbeat.processes.template`), which outlive runs by design, are not leftovers; their
-  CPU time is counted in ``others_cores``.
+  own CPU time is counted in ``others_cores``, that of the commands they serve (their reaped
+  children) in the command's (:func:`served_cpu`).
 
 Also: the CPU time other users of the machine took during the run (``others_cores``: busy
 time from ``/proc/stat`` minus the CPU time of this process and its tree, per second of wall
@@ -183,8 +184,8 @@ def _reap(exclude: set[int]) -> None:
             os.waitpid(info.si_pid, 0)
 
 
-#: what a backbeat template process runs (``backbeat.processes.template``): it outlives runs by design
-TEMPLATE_MARK = b"backbeat.processes.template import serve"
+#: what a backbeat template process runs (``backbeat.processes.templateserver``): it outlives runs by design
+TEMPLATE_MARK = b"backbeat.processes.templateserver import serve"
 
 
 def templates() -> set[int]:
@@ -197,6 +198,18 @@ def templates() -> set[int]:
                     if TEMPLATE_MARK in f.read():
                         found.add(int(entry.name))
     return found
+
+
+def served_cpu(pids: set[int]) -> float:
+    """CPU seconds of the reaped children of templates ``pids``: the commands they served (and
+    those commands' zygotes and blocks), which are not this process's children."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return total / CLK_TCK
 
 
 def kill_tree(exclude: set[int]) -> int:
@@ -223,6 +236,8 @@ def run(command: list[str], *, cwd: str | Path | None = None, env: dict | None =
     exclude = set(exclude or ())
     me = os.getpid()
     cpu0, self0, busy0 = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF), _busy_seconds()
+    warm = templates()
+    served0 = served_cpu(warm)
     t0 = time.perf_counter()
     try:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -244,7 +259,7 @@ def run(command: list[str], *, cwd: str | Path | None = None, env: dict | None =
         sampler.stop.set()
         sampler.join()
     leftovers = kill_tree(exclude | templates())
-    cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu0
+    cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu0 + served_cpu(warm) - served0  # (a served command: its template's child)
     mine = cpu + _cpu(resource.RUSAGE_SELF) - self0  # the tree, and this process (its sampler)
     others = max(0.0, (_busy_seconds() - busy0) - mine) / wall if wall > 0 else 0.0
     result = Measured(command, wall, code, out, err, cpu, others, leftovers=leftovers, started=t0)

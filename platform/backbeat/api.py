@@ -169,18 +169,15 @@ def adopt_orphans() -> None:
     adopt()
 
 
-def warm_template() -> int | None:
-    """Start this context's warm template in the background, for the next commands to be served
-    by it (:mod:`backbeat.processes.template`), unless one is up or starting, templates are off
-    (``BACKBEAT_TEMPLATE=off``, ``"template": false``) or this process is served by one; its pid."""
+def warm_template() -> None:
+    """Start this context's warm template in the background, for the next commands to be served by it
+    (unless one is up, templates are off, or this process is served by one: ``processes/template.py``)."""
     from backbeat.core import config, templatekey
 
-    active = config.active()
-    if templatekey.switched_off() or (active is not None and active.template is False):
-        return None
-    from backbeat.processes import template
+    if not templatekey.switched_off() and getattr(config.active(), "template", None) is not False:
+        from backbeat.processes.template import warm_next
 
-    return template.warm_next(active.template if active else None)
+        warm_next()
 
 
 def environments(prefix: str | os.PathLike, check: bool = False) -> dict:

@@ -150,7 +150,7 @@ def test_a_terminal_and_the_environment_are_the_clients(served_env, tmp_path):
 
             fcntl.ioctl(follower, termios.TIOCSWINSZ, fcntl_size)
             chunks: list[bytes] = []
-            reader = threading.Thread(target=lambda: _drain(leader, chunks))
+            reader = threading.Thread(target=_drain, args=(leader, chunks))
             reader.start()
             try:
                 how, proc = backbeat(env, "--help", cwd=tmp_path, stdin=follower, stdout=follower, stderr=follower)

@@ -99,13 +99,20 @@ def serve() -> int | None:
         finally:
             os.close(here)
         if conn.recv(64) != b"ok":
+            conn.close()
             return None
         relay = _Relay(conn)
-        conn.send(b"go")  # (from here on, the command is the template's to run: no timeout)
-        conn.settimeout(None)
     except (OSError, ValueError, TypeError):
         conn.close()
         return None
+    try:
+        conn.send(b"go")  # (from here on, the command is the template's to run: no timeout)
+        conn.settimeout(None)
+    except OSError:
+        relay.restore()
+        return None
+    finally:
+        relay.unblock()
     return relay.wait()
 
 
@@ -116,11 +123,18 @@ class _Relay:
         import _signal
 
         self.conn, self.started = conn, False
-        for name in _RELAYED:
+        # (blocked until the template was told ``go``: one arriving meanwhile is relayed after it)
+        self.blocked = {getattr(_signal, n) for n in (*_RELAYED, "SIGTSTP")}
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
+        for name in (*_RELAYED, "SIGTSTP"):
             sig = getattr(_signal, name)
             if _signal.getsignal(sig) != _signal.SIG_IGN:
-                _signal.signal(sig, self.forward)
-        _signal.signal(_signal.SIGTSTP, self.stop)
+                _signal.signal(sig, self.stop if name == "SIGTSTP" else self.forward)
+
+    def unblock(self) -> None:
+        import _signal
+
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, self.blocked)
 
     def forward(self, sig: int, _frame: object) -> None:
         try:
@@ -151,14 +165,15 @@ class _Relay:
                 return 128 + int(arg)
             elif word == b"declined" or (not msg and not self.started):
                 self.conn.close()  # type: ignore[attr-defined]
-                self._restore()
+                self.restore()
                 return None
             elif not msg:
                 os.write(2, b"backbeat: error: the warm template serving this command ended before it "
                             b"(run it again, or set BACKBEAT_TEMPLATE=off)\n")
                 return 1
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """The signals' dispositions as they were (the command is to run in this process)."""
         import _signal
 
         for name in (*_RELAYED, "SIGTSTP"):

@@ -21,8 +21,9 @@ key by key), so that backbeat works from anywhere inside a project.  Keys:
   ``"default"`` (the interpreter running backbeat); see :mod:`backbeat.processes.environments`;
 * ``sandbox`` — run blocks in the sandbox (:mod:`backbeat.processes.sandbox`): ``true``, ``false``
   or a list of experiment names and patterns; ``--sandbox``/``--no-sandbox`` override it.
-* ``template`` — ``false``: every run forks its own fork server instead of asking the user's warm
-  template for one (:mod:`backbeat.processes.template`; also ``BACKBEAT_TEMPLATE=off``).
+* ``template`` — ``false``: commands run in their own process and every run forks its own fork
+  server, instead of being served by the user's warm template (:mod:`backbeat.processes.template`;
+  also ``BACKBEAT_TEMPLATE=off``).
 
 BEAT's own keys (``platform``, ``user``, ``token``, ``editor``) are accepted and ignored, so a
 ``.beatrc`` can be copied as is; any other key, a value of the wrong type or a file that is not

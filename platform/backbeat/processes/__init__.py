@@ -6,7 +6,9 @@ limits (``exits``), the ZeroMQ control channel (``control``), job outcomes and t
 encoding between processes (``outcome``), the one spawn-and-collect loop (``group``:
 ``ProcessGroup``), the one ZeroMQ context of a process (``zmqcontext``), execution environments'
 interpreters (``environments``; what an interpreter reports about itself: ``interpreter``) and the
-bubblewrap sandbox around fork servers (``sandbox``).
+bubblewrap sandbox around fork servers (``sandbox``), the warm template serving commands and
+runs' zygotes (``template``; its process: ``templateserver``), and the standard streams of a
+forked process (``stdio``).
 Targets are named by strings (``"module:function"``), so nothing here imports the code it runs.
 May import: ``core``.
 """

@@ -78,6 +78,7 @@ from backbeat.core.templatekey import (
     switched_off,
 )
 from backbeat.processes import reaper
+from backbeat.processes.stdio import fresh_std_streams
 
 IDLE_S = 600.0
 _LIMITS = sorted(n for n in dir(resource) if n.startswith("RLIMIT_"))
@@ -276,12 +277,10 @@ def adopt(req: dict, fds: list[int], stdin: bool) -> None:
     for name, (soft, hard) in req["limits"].items():
         with contextlib.suppress(ValueError, OSError, AttributeError):
             resource.setrlimit(getattr(resource, name), (soft, hard))
-    from backbeat.processes.zygote import _fresh_std_streams
-
     if stdin:
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
     else:
         os.dup2(fds[1], 1)
         os.dup2(fds[1], 2)
-    _fresh_std_streams(stdin=stdin, line_buffered=not stdin)
+    fresh_std_streams(stdin=stdin, line_buffered=not stdin)

@@ -39,6 +39,7 @@ from backbeat.core.errors import UsageError
 from backbeat.processes import reaper, warmup
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY, memory_ceiling, oom_kills
 from backbeat.processes.logs import BoundedLog
+from backbeat.processes.stdio import fresh_std_streams
 
 #: at most this much of a finished child's output is still read from its pipe (what its
 #: leftovers, killed at that moment, may still be writing is not waited for)
@@ -117,7 +118,7 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
         os.dup2(2, 1)
     if close_fds:
         os.closerange(3, 65536)
-        _fresh_std_streams()
+        fresh_std_streams()
 
 
 def _mapped_bytes() -> int | None:
@@ -161,30 +162,6 @@ def _fresh_random_state() -> None:
     np = sys.modules.get("numpy")
     if np is not None:
         np.random.seed()
-
-
-def _fresh_std_streams(stdin: bool = False, line_buffered: bool = True) -> None:
-    """``sys.stdin``/``sys.stdout``/``sys.stderr`` rebuilt over fds 0, 1 and 2, with the encoding
-    and error handler of the ones they replace (those Python chose at start-up from the locale);
-    stdin from /dev/null unless ``stdin``.  ``line_buffered`` False: as Python builds them (stdout
-    line-buffered on a terminal only, stderr always), the originals ``sys.__stdout__``… too.
-
-    The caller may have replaced them (e.g. pytest's capture) with objects over fds that
-    the child has just closed; a command served by a template adopts its client's fds.
-    """
-    if not stdin:
-        null = os.open(os.devnull, os.O_RDONLY)
-        if null != 0:
-            os.dup2(null, 0)
-            os.close(null)
-    for fd, name in enumerate(("stdin", "stdout", "stderr")):
-        old = getattr(sys, f"__{name}__", None) or getattr(sys, name)
-        buffering = 1 if fd == 2 or (fd == 1 and (line_buffered or os.isatty(1))) else -1
-        stream = open(fd, "w" if fd else "r", buffering=buffering, closefd=False, newline="\n",  # noqa: SIM115
-                      encoding=getattr(old, "encoding", None), errors=getattr(old, "errors", None))
-        setattr(sys, name, stream)
-        if not line_buffered:
-            setattr(sys, f"__{name}__", stream)
 
 
 def child_run(target: str, payload: Any) -> int:
