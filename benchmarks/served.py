@@ -34,7 +34,7 @@ import make_prefix  # noqa: E402
 import runner  # noqa: E402
 
 BACKBEAT = str(Path(sys.executable).parent / "backbeat")
-EXPERIMENT = "bench/bench/chain1/1/trivial"
+EXPERIMENT = "bench/bench/chain1/1/s10"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     served = dict(env, BACKBEAT_TEMPLATE="on", BACKBEAT_TEMPLATE_DIR=str(folder), BACKBEAT_TEMPLATE_IDLE="300")
     here = dict(served, BACKBEAT_TEMPLATE="off")  # (the same context: only the switch differs)
     try:
-        make_prefix.write_prefix(root / "prefix")
+        make_prefix.write_prefix(root / "prefix", {"s10": ("scalars", 10)}, [(1, "s10")])
         first = runner.run([BACKBEAT, "--version"], cwd=root, env=served)
-        assert first.code == 0, first.err
+        assert first.returncode == 0, first.stderr
         deadline = time.monotonic() + 60
         while not any(folder.glob("*.sock")) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
                 for how, environ in (("here", here), ("served", served)):
                     shutil.rmtree(root / "cache", ignore_errors=True)
                     m = runner.run([BACKBEAT, *cases[case]], cwd=root, env=environ)
-                    if m.code != 0:
-                        print(f"{case} {how}: exit {m.code}: {m.err}", file=sys.stderr)
+                    if m.returncode != 0:
+                        print(f"{case} {how}: exit {m.returncode}: {m.stderr}", file=sys.stderr)
                         return 1
-                    walls[how].append(m.wall)
-                    cpus[how].append(m.cpu)
+                    walls[how].append(m.wall_s)
+                    cpus[how].append(m.cpu_s)
                     others.append(m.others_cores)
             ratio = statistics.median(h / s for h, s in zip(walls["here"], walls["served"], strict=True))
 

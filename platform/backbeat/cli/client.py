@@ -5,7 +5,7 @@ When a template of this process's context is up (:mod:`backbeat.core.templatekey
 argv, environment, working folder (a descriptor), umask, limits, CPU affinity, nice value, the
 signals this process ignores and its three standard streams (``SCM_RIGHTS``); a child of the
 template, with everything already imported, adopts them and runs the command line
-(:func:`backbeat.cli.command.entry`).  The client relays the signals it gets (Ctrl-C's SIGINT,
+(:func:`backbeat.cli.command.main`).  The client relays the signals it gets (Ctrl-C's SIGINT,
 SIGTERM, SIGHUP, SIGWINCH…; Ctrl-Z stops the command too) and exits with the command's exit
 status (128 + n when a signal ended it); if the client dies, even by ``kill -9``, its template
 kills the command, whose run's processes die with it.

@@ -66,11 +66,11 @@ class _Only:
 
 def _named(argv: Sequence[str]) -> str | None:
     """The command ``argv`` names: its first argument that is neither an option nor the value of
-    ``-p``/``-c``; None when it asks for the top-level help or version."""
+    ``-p``/``-c``; None when it asks for the top-level help or version (``--version``: "")."""
     args = iter(argv)
     for arg in args:
         if arg in ("-h", "--help", "--version"):
-            return None
+            return "" if arg == "--version" else None
         if arg in ("-p", "--prefix", "-c", "--cache"):
             next(args, None)
         elif not arg.startswith("-"):
@@ -90,6 +90,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-c", "--cache", default=None, help="cache folder (default: <prefix>/cache)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     name = _named(argv) if argv is not None else None
+    if name == "":  # ``--version``: argparse prints it as it meets it, no command is needed (~15 ms)
+        return parser
     target = cast(argparse._SubParsersAction, _Only(sub, name)) if name else sub
     kinds: dict[str, argparse._SubParsersAction] = {}
     for register in COMMANDS:

@@ -37,8 +37,9 @@ PRELOAD = ("numpy", "zmq", "backbeat.processes.control", "backbeat.runtime.dbpro
            "backbeat.cache.store", "backbeat.provenance.builder", "backbeat.reporting.live",
            "backbeat.declarations.schemacompiler", "backbeat.processes.group", "backbeat.processes.workerpool",
            "backbeat.processes.template")
-#: the function a template runs in the child serving a command (``module:function``, no argument)
-ENTRY = "backbeat.cli.command:entry"
+#: the function a template runs in the child serving a command (``module:function``, no argument:
+#: it reads ``sys.argv``; its exit status returned)
+ENTRY = "backbeat.cli.command:main"
 #: backbeat's package folder
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")

@@ -138,6 +138,8 @@ class Template:
                 stopping.append(True)
             elif not self.children and time.monotonic() - last > self.idle:
                 self.leave(inode)
+            elif not ready and not self.children and context_key(self.preload, self.entry) != self.key:
+                self.leave(inode)  # (backbeat's files or a package changed: it would never serve again)
 
     def reap(self) -> None:
         while True:
@@ -289,12 +291,14 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> 
         with contextlib.suppress(OSError):
             conn.send(b"declined")
         os._exit(0)
-    conn.close()
+    # (the connection tells the client the exit status as soon as it is known; never inherited:
+    # closed in any process forked from this one, close-on-exec for the others)
+    os.register_at_fork(after_in_child=lambda: _forget(conn))
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        run()  # type: ignore[operator]
-        code = 0
+        code = run()  # type: ignore[operator]
+        code = code if isinstance(code, int) else 0
     except SystemExit as exc:  # as the interpreter ends on it
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
@@ -307,8 +311,35 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> 
         os.kill(os.getpid(), signal.SIGINT)
     except BaseException:  # noqa: BLE001 - as the interpreter: its traceback, exit 1
         traceback.print_exc()
-    _flush()
+    code = _finish(code)
+    with contextlib.suppress(OSError):
+        conn.send(f"exit {code}".encode())  # (before this process's teardown: the client exits now)
     os._exit(code)
+
+
+def _forget(conn: socket.socket) -> None:
+    fd = conn.detach()  # (-1 in a process forked from one that forgot it already)
+    if fd >= 0:
+        os.close(fd)
+
+
+def _finish(code: int) -> int:
+    """What the interpreter does as it exits: wait for the other (non-daemon) threads, run the
+    exit handlers, flush the streams (a closed pipe: exit 1); the exit status."""
+    import atexit
+    import threading
+
+    if threading.active_count() > 1:
+        threading._shutdown()  # type: ignore[attr-defined]
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = code or 1
+    except BaseException:  # noqa: BLE001 - as the interpreter: said, not raised
+        traceback.print_exc()
+    return code
 
 
 def _flush() -> None:
