@@ -79,7 +79,7 @@ def test_kill_9_of_a_command_served_by_a_template(scene, references, templates):
     proc.communicate(timeout=30)
     assert wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running),
                       timeout=10), f"the command, its zygote or blocks outlived the client (seed {SEED})"
-    assert template.is_running() and not template.children()
+    assert template.is_running() and wait_until(lambda: not template.children(), timeout=10)  # (reaped)
     scene.check_recovered(name, reference)
 
 

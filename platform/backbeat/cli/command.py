@@ -101,6 +101,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def warm() -> None:
+    """Build the whole parser once: argparse's messages and patterns are then cached (a warm
+    template does it once for all the commands it serves)."""
+    build_parser()
+
+
 #: the signals that stop a command (as Ctrl-C does)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -57,6 +57,13 @@ def _draft4_integer(checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+def warm() -> None:
+    """Compile every schema's fast check now (a warm template does it once for all its commands)."""
+    for kind, versions in VERSIONS.items():
+        for version in versions:
+            fast_check(kind, version)
+
+
 @functools.cache
 def validator(kind: str, version: int) -> Any:
     """The compiled validator of ``kind`` at ``version`` (cached)."""

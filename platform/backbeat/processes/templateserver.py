@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-from backbeat.core.templatekey import ALLOWED, IDLE, context_key
+from backbeat.core.templatekey import ALLOWED, IDLE, WARM, context_key
 from backbeat.processes import reaper, template, warmup
 
 #: the signals a client may ask the template to send to its command (those it relays, and
@@ -65,7 +65,7 @@ class Template:
         if lock is None:
             return  # another template of this key lives or starts
         self.lock = lock
-        if any(m.split(".")[0] not in ALLOWED for m in (*self.preload, self.entry.split(":")[0])):
+        if any(m.split(".")[0] not in ALLOWED for m in (*self.preload, self.entry, *WARM)):
             raise RuntimeError(f"a template never imports {self.preload} nor runs {self.entry}")
         for name in self.preload:
             importlib.import_module(name)
@@ -74,6 +74,9 @@ class Template:
                 sys.modules["numpy"].random.seed()  # (numpy's entropy source initialised once, here)
         module, _, func = self.entry.partition(":")
         self.run = getattr(importlib.import_module(module), func)
+        for step in WARM:  # (backbeat's own code on backbeat's own files: the schemas, the parser)
+            module, _, func = step.partition(":")
+            getattr(importlib.import_module(module), func)()
         from backbeat.processes.interpreter import describe
 
         template._INTERPRETER = describe()  # (the same in every run of its context)
