@@ -184,8 +184,9 @@ def _reap(exclude: set[int]) -> None:
             os.waitpid(info.si_pid, 0)
 
 
-#: what a backbeat template process runs (``backbeat.processes.templateserver``): it outlives runs by design
-TEMPLATE_MARK = b"backbeat.processes.templateserver import serve"
+#: what a backbeat template process runs (``backbeat.processes.templateserver``; before, ``.template``):
+#: it outlives runs by design
+TEMPLATE_MARKS = (b"backbeat.processes.templateserver import serve", b"backbeat.processes.template import serve")
 
 
 def templates() -> set[int]:
@@ -195,7 +196,8 @@ def templates() -> set[int]:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                    if TEMPLATE_MARK in f.read():
+                    line = f.read()
+                    if any(mark in line for mark in TEMPLATE_MARKS):
                         found.add(int(entry.name))
     return found
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/served.py [--repeat N] [--cases version,help,trivial,cached]
+    python benchmarks/served.py [--repeat N] [--cases version,help,trivial,cached] [--baseline BACKBEAT]
 
 Runs the installed ``backbeat`` command (next to this Python) in pairs, alternating: *here*
 (``BACKBEAT_TEMPLATE=off``: the command imports and runs in its own process, forking its own
@@ -13,6 +13,8 @@ fully cached).  For each: median wall time [min-max], and the mean CPU time of t
 — the client's own and its children's, plus, when served, the template's reaped children's (the
 command's child, its zygote and blocks: ``runner.served_cpu``) — and the ratio here/served of
 the paired walls.  The load (others' cores, from ``/proc/stat``) is printed with each case.
+``--baseline BACKBEAT`` compares with another installation's command instead (e.g. an older
+commit's, templates on too: its own template, keyed by its files), in place of *here*.
 """
 
 from __future__ import annotations
@@ -41,27 +43,33 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=10, help="pairs per case (default 10)")
     ap.add_argument("--cases", default="version,help,trivial,cached")
+    ap.add_argument("--baseline", default=None, help="another backbeat command to compare with (templates on)")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="bb-served-", dir="/tmp"))
     folder = root / "t"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBEAT_")}
     served = dict(env, BACKBEAT_TEMPLATE="on", BACKBEAT_TEMPLATE_DIR=str(folder), BACKBEAT_TEMPLATE_IDLE="300")
     here = dict(served, BACKBEAT_TEMPLATE="off")  # (the same context: only the switch differs)
+    commands = {"here": args.baseline or BACKBEAT, "served": BACKBEAT}
+    if args.baseline:
+        here = served
     try:
         make_prefix.write_prefix(root / "prefix", {"s10": ("scalars", 10)}, [(1, "s10")])
-        first = runner.run([BACKBEAT, "--version"], cwd=root, env=served)
-        assert first.returncode == 0, first.stderr
+        for command in set(commands.values()):  # (a run: starts its template, whichever version)
+            first = runner.run([command, "-p", "prefix", "-c", "first", "experiments", "run", EXPERIMENT],
+                               cwd=root, env=served)
+            assert first.returncode == 0, first.stderr
         deadline = time.monotonic() + 60
-        while not any(folder.glob("*.sock")) and time.monotonic() < deadline:
+        while len(list(folder.glob("*.sock"))) < len(set(commands.values())) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not any(folder.glob("*.sock")):
+        if len(list(folder.glob("*.sock"))) < len(set(commands.values())):
             print("no template came up", file=sys.stderr)
             return 1
         cases = {"version": ["--version"], "help": ["--help"],
                  "trivial": ["-p", "prefix", "-c", "cache", "experiments", "run", EXPERIMENT],
                  "cached": ["-p", "prefix", "-c", "kept", "experiments", "run", EXPERIMENT]}
-        runner.run([BACKBEAT, *cases["cached"]], cwd=root, env=here)
-        print(f"{'case':8} {'here wall':>22} {'served wall':>22} {'ratio':>6} {'here cpu':>9} "
+        runner.run([commands["here"], *cases["cached"]], cwd=root, env=here)
+        print(f"{'case':8} {'baseline wall' if args.baseline else 'here wall':>22} {'served wall':>22} {'ratio':>6} {'here cpu':>9} "
               f"{'served cpu':>10} {'others':>6}")
         for case in args.cases.split(","):
             walls: dict[str, list[float]] = {"here": [], "served": []}
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeat):
                 for how, environ in (("here", here), ("served", served)):
                     shutil.rmtree(root / "cache", ignore_errors=True)
-                    m = runner.run([BACKBEAT, *cases[case]], cwd=root, env=environ)
+                    m = runner.run([commands[how], *cases[case]], cwd=root, env=environ)
                     if m.returncode != 0:
                         print(f"{case} {how}: exit {m.returncode}: {m.stderr}", file=sys.stderr)
                         return 1
