@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         here = served
     try:
         make_prefix.write_prefix(root / "prefix", {"s10": ("scalars", 10)}, [(1, "s10")])
-        for command in set(commands.values()):  # (a run: starts its template, whichever version)
-            first = runner.run([command, "-p", "prefix", "-c", "first", "experiments", "run", EXPERIMENT],
+        for n, command in enumerate(set(commands.values())):  # (a cold run: starts its template, any version)
+            first = runner.run([command, "-p", "prefix", "-c", f"first{n}", "experiments", "run", EXPERIMENT],
                                cwd=root, env=served)
             assert first.returncode == 0, first.stderr
         deadline = time.monotonic() + 60
