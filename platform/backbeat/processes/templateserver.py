@@ -275,6 +275,8 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> 
         os._exit(1)
     template._SERVED = True
     template.adopt(req, fds, stdin=True)
+    if "numpy" in sys.modules:  # (its own random state, as a new process's: ``random`` reseeds itself)
+        sys.modules["numpy"].random.seed()
     for fd in fds:
         os.close(fd)
     sys.argv[:] = req["argv"]
