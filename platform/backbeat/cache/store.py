@@ -67,7 +67,6 @@ from backbeat.core.statmemo import StatMemo
 
 OUTPUT = ".h5"
 INDEX = ".db"
-INDEX_TABLE = ".table"  # beside an index: its columnar form (backbeat.data.indextable.SUFFIX)
 LOG = ".log"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
@@ -271,12 +270,18 @@ class CacheStore:
         """Remove an output entry (found corrupted)."""
         self.output_path(key).unlink(missing_ok=True)
 
+    @staticmethod
+    def index_files(index: Path) -> list[Path]:
+        """The files of the view index entry at ``index``: the index, its digest, its columnar
+        table (:func:`backbeat.data.indextable.table_path`) and its identity record."""
+        from backbeat.data.indextable import table_path  # (numpy: only where an index's files are handled)
+
+        return [index, Path(f"{index}.sha256"), Path(table_path(index)), Path(f"{index}.deps")]
+
     def discard_index(self, key: str) -> None:
-        """Remove a view index entry (its view failed to index), its table and its record."""
-        path = self.index_path(key)
-        path.unlink(missing_ok=True)
-        Path(f"{path}{INDEX_TABLE}").unlink(missing_ok=True)
-        Path(f"{path}.deps").unlink(missing_ok=True)
+        """Remove a view index entry (its view failed to index), its digest, table and record."""
+        for path in self.index_files(self.index_path(key)):
+            path.unlink(missing_ok=True)
 
     # -- identity and verification ----------------------------------------------------------
     def identity(self, key: str) -> tuple[str, str]:

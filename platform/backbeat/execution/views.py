@@ -27,7 +27,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backbeat.cache.store import INDEX_TABLE
 from backbeat.core.errors import DataError, IntegrityError, describe_environmental, environmental
 from backbeat.execution.logs import provider_key
 from backbeat.execution.state import Run
@@ -125,8 +124,7 @@ def _index(run: Run, todo: list[str]) -> None:
     store = run.store
     builder = SpecBuilder(run.plan, run.workspace)
     indexes = {name: store.index_path(run.plan.datasets[name].index_key) for name in todo}
-    run.intend(paths=[p for index in indexes.values()
-                      for p in (index, Path(f"{index}.sha256"), Path(f"{index}{INDEX_TABLE}"), Path(f"{index}.deps"))])
+    run.intend(paths=[p for index in indexes.values() for p in store.index_files(index)])
     slots = max(1, run.options.jobs or os.cpu_count() or 1)
     waiting, running = list(todo), dict[str, Path]()
     while waiting or running:
