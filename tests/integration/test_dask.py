@@ -271,6 +271,34 @@ def test_block_tasks_run_on_warm_runners_whose_fork_server_is_reused(prefix, tmp
     assert jobs == ran + 1  # and the task indexing the dataset
 
 
+def test_concurrent_tasks_never_start_more_runners_than_they_need():
+    """Tasks arriving together on a worker with no idle runner each start one, at most ``most``
+    in all; the others wait for one to be free — none is started twice, none is shared."""
+    from backbeat.execution.dask_worker import BlockRunners
+
+    pool = BlockRunners()
+    pool.most = 2
+    start = threading.Barrier(5)
+    answers: list = []
+
+    def task() -> None:
+        start.wait()
+        answers.append(pool.run({}))  # (not a job: each runner answers with a failure, at once)
+
+    threads = [threading.Thread(target=task) for _ in range(5)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        runners = list(pool._all)
+    finally:
+        pool.teardown(None)
+    assert len(answers) == 5 and all(a["status"] == "failed" and "block runner" not in a["message"]
+                                     for a in answers), answers
+    assert pool.started == len(runners) == 2 and sum(r.jobs for r in runners) == 5
+
+
 def test_views_are_indexed_by_tasks_while_blocks_that_do_not_read_them_run(prefix, tmp_path, cluster, log):
     """The `gated' view's index() returns only once block `left' (which reads the other dataset)
     has started on the cluster: run before any block, as a local run indexes, it would fail."""
