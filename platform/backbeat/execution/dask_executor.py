@@ -157,7 +157,7 @@ class DaskExecutor(Executor):
             client.register_plugin(BlockRunners())  # warm runners on every worker (kept between runs)
             unwritable = False
             for ds_name in run.deferred:  # first: the views to index, then what can run meanwhile
-                begun = begin_index(run, ds_name, specs)
+                begun = begin_index(run, ds_name, specs, cores=1)  # (a task: one worker thread)
                 if begun is None:  # (the cache cannot be written: a dataset error, as locally)
                     unwritable = True
                     continue

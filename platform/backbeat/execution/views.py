@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,11 +106,13 @@ def index_datasets(run: Run, rebuild: bool | None = None, defer: bool = False) -
     return todo if defer else []
 
 
-def begin_index(run: Run, name: str, builder: SpecBuilder | None = None) -> tuple[DatasetSpec, Path] | None:
+def begin_index(run: Run, name: str, builder: SpecBuilder | None = None,
+                cores: int = 0) -> tuple[DatasetSpec, Path] | None:
     """Begin indexing dataset ``name`` (in a local process or as a task): note its files in the
-    run's journal and give the spec of its indexing job and the file that job writes what its
-    view opened to (in a sandboxed run, both in its staging folder).  None when the cache
-    cannot be written (full, read-only): the dataset's error is then in ``run.state.dataset_errors``."""
+    run's journal and give the spec of its indexing job (that may use ``cores`` cores: its
+    ``-j`` slots) and the file that job writes what its view opened to (in a sandboxed run, both
+    in its staging folder).  None when the cache cannot be written (full, read-only): the
+    dataset's error is then in ``run.state.dataset_errors``."""
     from backbeat.execution.specs import SpecBuilder  # (not imported by a run that indexes nothing)
 
     store = run.store
@@ -119,7 +122,8 @@ def begin_index(run: Run, name: str, builder: SpecBuilder | None = None) -> tupl
     deps = Path(f"{index}.tmp-{os.getpid()}-deps")
     try:
         index.parent.mkdir(parents=True, exist_ok=True)
-        spec = (builder or SpecBuilder(run.plan, run.workspace)).dataset(name, str(deps.absolute()))
+        spec = replace((builder or SpecBuilder(run.plan, run.workspace)).dataset(name, str(deps.absolute())),
+                       cores=cores)
     except OSError as exc:  # the cache cannot be written: the view cannot be indexed into it
         run.state.dataset_errors[name] = {
             "kind": "system", "traceback": None,
@@ -134,17 +138,20 @@ def begin_index(run: Run, name: str, builder: SpecBuilder | None = None) -> tupl
 
 def _index(run: Run, todo: list[str]) -> None:
     """Index the datasets ``todo`` in the run's process group, at most ``-j`` at a time (each
-    holds its whole index while it builds it); each is recorded as soon as it ends."""
+    holds its whole index while it builds it), the ``-j`` slots shared between those running
+    together (a job probing with two processes needs two: :mod:`backbeat.runtime.probe`); each
+    is recorded as soon as it ends."""
     from backbeat.execution.specs import SpecBuilder
 
     store = run.store
     builder = SpecBuilder(run.plan, run.workspace)
     slots = max(1, run.options.jobs or os.cpu_count() or 1)
+    cores = max(1, slots // min(slots, len(todo)))
     waiting, running = list(todo), dict[str, Path]()
     while waiting or running:
         while waiting and len(running) < slots:
             name = waiting.pop(0)
-            begun = begin_index(run, name, builder)
+            begun = begin_index(run, name, builder, cores)
             if begun is None:
                 continue
             spec, running[name] = begun
