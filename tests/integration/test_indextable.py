@@ -177,9 +177,10 @@ def test_str_subclasses_are_written_as_simplejson_writes_them_and_bad_values_are
 
 
 def test_a_discarded_index_leaves_none_of_its_files(tmp_path):
-    """The store knows an index entry's files from the data layer's names (the table's among them):
+    """The store knows an index entry's files by the data layer's names (the table's among them):
     discarding an index removes the index, its digest, its table and its record."""
     from backbeat.cache.store import CacheStore
+    from backbeat.data import indexfiles
 
     store = CacheStore(tmp_path)
     key = "ab" * 32
@@ -187,7 +188,7 @@ def test_a_discarded_index_leaves_none_of_its_files(tmp_path):
     index.parent.mkdir(parents=True)
     indextable.write_index(index, CASES["scalars"])
     store.set_index_record(key, dbindex.index_digest(index), "0" * 64)
-    files = store.index_files(index)
+    files = indexfiles.files(index)
     assert os.fspath(files[2]) == indextable.table_path(index) and all(p.is_file() for p in files)
     store.discard_index(key)
     assert not list(index.parent.iterdir())

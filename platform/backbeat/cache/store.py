@@ -64,6 +64,7 @@ from backbeat.cache.locks import EntryLock
 from backbeat.core import hashing, jsonio, pids
 from backbeat.core.errors import BackbeatError, DataError, IntegrityError
 from backbeat.core.statmemo import StatMemo
+from backbeat.data import indexfiles
 
 OUTPUT = ".h5"
 INDEX = ".db"
@@ -270,17 +271,9 @@ class CacheStore:
         """Remove an output entry (found corrupted)."""
         self.output_path(key).unlink(missing_ok=True)
 
-    @staticmethod
-    def index_files(index: Path) -> list[Path]:
-        """The files of the view index entry at ``index``: the index, its digest, its columnar
-        table (:func:`backbeat.data.indextable.table_path`) and its identity record."""
-        from backbeat.data.indextable import table_path  # (numpy: only where an index's files are handled)
-
-        return [index, Path(f"{index}.sha256"), Path(table_path(index)), Path(f"{index}.deps")]
-
     def discard_index(self, key: str) -> None:
         """Remove a view index entry (its view failed to index), its digest, table and record."""
-        for path in self.index_files(self.index_path(key)):
+        for path in indexfiles.files(self.index_path(key)):
             path.unlink(missing_ok=True)
 
     # -- identity and verification ----------------------------------------------------------

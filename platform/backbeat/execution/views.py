@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backbeat.core.errors import DataError, IntegrityError, describe_environmental, environmental
+from backbeat.data import indexfiles
 from backbeat.execution.logs import provider_key
 from backbeat.execution.state import Run
 from backbeat.planning.model import Dataset
@@ -118,7 +119,7 @@ def begin_index(run: Run, name: str, builder: SpecBuilder | None = None,
     store = run.store
     ds = run.plan.datasets[name]
     index = store.index_path(ds.index_key)
-    run.intend(paths=store.index_files(index))  # (its temporaries, the deps file's among them)
+    run.intend(paths=indexfiles.files(index))  # (its temporaries, the deps file's among them)
     deps = Path(f"{index}.tmp-{os.getpid()}-deps")
     try:
         index.parent.mkdir(parents=True, exist_ok=True)
