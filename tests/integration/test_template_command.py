@@ -21,26 +21,16 @@ import sys
 import tempfile
 import termios
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from backbeat.core import templatekey
 from backbeat.processes import template
-from conftest import RUN_PREFIX
+from conftest import RUN_PREFIX, wait_until
 
 SERVED = Path(__file__).resolve().parent / "_served.py"
 EXPERIMENT = "run/run/short/1/base"
-
-
-def wait_until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
 
 
 def _templates(folder: Path) -> list[int]:
