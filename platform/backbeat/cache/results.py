@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backbeat.core import jsonio
+from backbeat.core import durable, jsonio
 
 if TYPE_CHECKING:
     from backbeat.cache.store import CacheStore
@@ -77,14 +77,9 @@ def derive(store: CacheStore, key: str) -> tuple[list[dict], str, os.stat_result
 
 def _write(store: CacheStore, key: str, records: list, digest: str, st: os.stat_result) -> None:
     raw = jsonio.dumps({"format": FORMAT, "key": key, "digest": digest, "records": records}).encode("utf-8")
-    summary = summary_path(store, key)
-    tmp = Path(f"{summary}.tmp-{os.getpid()}-0")
-    try:
-        tmp.write_bytes(raw)
-        os.replace(tmp, summary)
+    try:  # (not synced: a summary lost in a crash no longer matches the memo, and is derived again)
+        durable.write_atomic(summary_path(store, key), raw, sync=False)
     except OSError:  # a read-only or full cache still gives results
-        with contextlib.suppress(OSError):  # (on a read-only file system even this fails)
-            tmp.unlink()
         return
     store.memo.remember(_TAG, store.output_path(key), st, hashlib.sha256(raw).hexdigest())
     store.memo.remember("h5-identity", store.output_path(key), st, f"{key} {digest}")

@@ -2,9 +2,10 @@
 
 The writer fills ``<path>.tmp-<pid>-<random>``, buffers per-unit writes into batches of about
 :data:`BUFFER_BYTES`, and on :meth:`~CacheWriter.close` checks that every data unit up to
-``end`` is present, stores the digest, fsyncs, renames into place and fsyncs the directory: a
+``end`` is present, stores the digest, marks the file unsynced and renames it into place: a
 file at ``path`` is always complete (the temporaries of a killed writer are removed by the
-cache store, :mod:`backbeat.cache.store`).  Files are sized to their data: an output up to
+cache store, :mod:`backbeat.cache.store`), and durable once its mark is cleared
+(:mod:`backbeat.core.durable`: "durable before trusted").  Files are sized to their data: an output up to
 :data:`SMALL_BYTES` waits in memory and is written with its exact shapes (compact up to
 :data:`COMPACT_BYTES` per array, else contiguous); larger ones are chunked, with chunk rows
 from the dataformat; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
@@ -22,6 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import cachefile
 from backbeat.data.batch import I64, Batch, tree, units_within
@@ -48,21 +50,14 @@ def compression_options(compression: str | None) -> dict[str, Any]:
     return {"compression": name, "shuffle": True, **({"compression_opts": int(level)} if level else {})}
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CacheWriter:
     """Write one cache file (see module docstring); use as a context manager or call close()/abort()."""
 
     def __init__(self, path: str | os.PathLike, fmt_name: str, expanded: dict, *, key: str = "",
                  start: int = 0, end: int | None = None, compression: str | None = DEFAULT_COMPRESSION,
-                 buffer_units: int | None = None) -> None:
+                 buffer_units: int | None = None, sync: bool = False) -> None:
         self.path = os.fspath(path)
+        self.sync = sync  # fsync before the commit (else: committed marked unsynced, see _commit)
         self.name, self.expanded, self.key = fmt_name, expanded, key
         self.start, self.end = int(start), (None if end is None else int(end))
         if self.start < 0 or (self.end is not None and self.end < self.start):
@@ -338,14 +333,20 @@ class CacheWriter:
         a["digest"] = digest
         self._h5.close()
         self._closed = True
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path)
+        self._commit()
         return digest
+
+    def _commit(self) -> None:
+        """Rename the complete file into place.  Not durable yet: it is marked unsynced first
+        (:mod:`backbeat.core.durable`) and whoever runs the block makes it durable off the critical
+        path (:meth:`backbeat.cache.store.CacheStore.entrust`); nothing trusts it unverified until then.
+        ``sync=True`` (or a file system refusing the mark): fsync'ed before the rename, as before."""
+        if self.sync or not durable.mark_unsynced(self.tmp):
+            durable.fsync_path(self.tmp)
+            os.replace(self.tmp, self.path)
+            durable.fsync_folder(self.path)
+            return
+        os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         """Drop everything written; the final path is never touched."""
