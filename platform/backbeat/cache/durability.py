@@ -35,7 +35,8 @@ class Syncer:
         self._todo: list[str] = []
         self._done: list[tuple[str, OSError | None]] = []
         self._busy = 0  # files given and not yet done
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the running thread (None: idle)
+        self._last: threading.Thread | None = None
         self._pid = os.getpid()
         try:
             self._delay = float(os.environ.get("BACKBEAT_SYNC_DELAY_S") or 0)
@@ -48,19 +49,21 @@ class Syncer:
         if not todo:
             return
         with self._cond:
-            if self._thread is None or os.getpid() != self._pid:  # (a forked child has no thread)
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._work, name="backbeat-syncer", daemon=True)
-                self._thread.start()
             self._todo.extend(todo)
             self._busy += len(todo)
-            self._cond.notify_all()
+            if self._thread is None or os.getpid() != self._pid:  # (a forked child has no thread)
+                self._pid = os.getpid()
+                self._thread = self._last = threading.Thread(target=self._work, name="backbeat-syncer",
+                                                             daemon=True)
+                self._thread.start()
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._todo:
-                    self._cond.wait()
+                if not self._todo:  # idle: the thread ends (a process with a thread forks no fork server)
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
                 batch, self._todo = self._todo, []
             if self._delay:
                 time.sleep(self._delay)
@@ -80,9 +83,15 @@ class Syncer:
         return done
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every file given is done; False if ``timeout`` passed first."""
+        """Wait until every file given is done and the thread has ended; False if ``timeout``
+        passed first."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._busy == 0, timeout)
+            if not self._cond.wait_for(lambda: self._busy == 0 and self._thread is None, timeout):
+                return False
+            last = self._last
+        if last is not None and last is not threading.current_thread():
+            last.join(timeout)
+        return True
 
     @property
     def busy(self) -> int:
