@@ -14,6 +14,8 @@ are derived again from the verified entry, and a summary that said something els
 reported (:func:`check_result`).  ``backbeat cache verify`` and ``experiments audit`` always
 derive the records again and compare (:func:`summary_problem`).  Summaries of the older
 format (trusted on size and modification time alone) are never used: they are rebuilt.
+An entry still marked unsynced is made durable before its summary is written
+(:mod:`backbeat.core.durable`): no summary is bound to bytes a crash may lose.
 """
 
 from __future__ import annotations
@@ -71,11 +73,15 @@ def derive(store: CacheStore, key: str) -> tuple[list[dict], str, os.stat_result
 
     path = store.output_path(key)
     st = path.stat()
+    if durable.is_unsynced(st):  # durable before trusted: a summary binds only a synced entry
+        st = store.durability.sync_verified(path)
     with cachereader.CacheReader(str(path), verify=True, key=key) as reader:
         return cachereader.records(reader), reader.digest, st
 
 
 def _write(store: CacheStore, key: str, records: list, digest: str, st: os.stat_result) -> None:
+    if durable.is_unsynced(st):  # (it could not be made durable: no summary trusts it)
+        return
     raw = jsonio.dumps({"format": FORMAT, "key": key, "digest": digest, "records": records}).encode("utf-8")
     try:  # (not synced: a summary lost in a crash no longer matches the memo, and is derived again)
         durable.write_atomic(summary_path(store, key), raw, sync=False)
