@@ -37,6 +37,8 @@ SMALL_BYTES = 2 << 20  # an output up to this size waits in memory and is writte
 COMPACT_BYTES = 8 << 10  # an array up to this size is stored in the file's metadata (compact layout)
 COMPRESSIONS = ("gzip", "lzf")  # h5py's own filters (every h5py reads them); "gzip:N" sets the level
 BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as one batch
+#: a large output starts its writeback every this many bytes written (core.durable.start_writeback)
+WRITEBACK_BYTES = 8 << 20
 
 
 def compression_options(compression: str | None) -> dict[str, Any]:
@@ -84,6 +86,8 @@ class CacheWriter:
             self._closed = True
             raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
         self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
+        self._fd: int | None = None  # a descriptor of the temporary, to start its writeback
+        self._unsynced = 0  # bytes written since the writeback was last started
         self._pending: list[list[np.ndarray]] = []  # arrays appended before (small outputs: until close)
         self._pending_bytes = 0
         self._hasher = cachefile.Hasher()
@@ -283,6 +287,17 @@ class CacheWriter:
                 ds.resize(old + n, axis=0)
                 ds[old:old + n] = arr
                 self._filled[name] = old + n
+                self._unsynced += arr.nbytes
+        if self._unsynced >= WRITEBACK_BYTES:  # (a large output: on disk by the time it is made durable)
+            self._writeback()
+
+    def _writeback(self) -> None:
+        """Start writing what is in the file so far to disk, without waiting (see :data:`WRITEBACK_BYTES`)."""
+        self._unsynced = 0
+        with contextlib.suppress(OSError):
+            if self._fd is None:
+                self._fd = os.open(self.tmp, os.O_RDONLY)
+            durable.start_writeback(self._fd)
 
     def _create_exact(self) -> None:
         """Write what waited as datasets of their exact shapes: compact (in the file's metadata) when
@@ -341,6 +356,10 @@ class CacheWriter:
         (:mod:`backbeat.core.durable`) and whoever runs the block makes it durable off the critical
         path (:meth:`backbeat.cache.store.CacheStore.entrust`); nothing trusts it unverified until then.
         ``sync=True`` (or a file system refusing the mark): fsync'ed before the rename, as before."""
+        if self._fd is not None:  # (a large output: the rest of it goes to disk now)
+            self._writeback()
+            os.close(self._fd)
+            self._fd = None
         if self.sync or not durable.mark_unsynced(self.tmp):
             durable.fsync_path(self.tmp)
             os.replace(self.tmp, self.path)
@@ -354,6 +373,10 @@ class CacheWriter:
         self._hasher.close()
         with contextlib.suppress(Exception):
             self._h5.close()
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
 
