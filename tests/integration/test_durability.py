@@ -1,7 +1,7 @@
 """Durable before trusted (issue 13): cache files are committed without waiting for the disk, and
 nothing trusts one before it is durable — real HDF5 files, real runs, real CLI processes.
 
-The kill -9 and power-loss cases are in ``tests/faults/test_durability.py``.
+The kill -9 and power-loss cases are in ``tests/faults/test_unsynced_kills.py``.
 """
 
 from __future__ import annotations

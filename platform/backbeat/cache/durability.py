@@ -149,8 +149,9 @@ class Durability:
 
     def sync_verified(self, path: Path) -> os.stat_result:
         """Make an entry whose content was just verified durable now; its ``stat`` then (still
-        marked unsynced if that failed: a memo does not remember it)."""
-        self.failures.update(durable.make_durable([path]))
+        marked unsynced if that failed — e.g. another user's file, whose mark this process may not
+        clear —: a memo does not remember it, and it is verified again whenever it is read)."""
+        durable.make_durable([path])
         return path.stat()
 
     def verified_identity(self, path: Path) -> tuple[str, str]:
