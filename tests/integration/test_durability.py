@@ -146,3 +146,34 @@ def test_concurrent_runs_of_one_experiment_while_the_first_has_not_synced(tmp_pa
     assert {n: v["outputs"] for n, v in rep_a["blocks"].items()} == {n: v["outputs"] for n, v in rep_b["blocks"].items()}
     entries = [p for p in store.scan()[0] if p.suffix == ".h5"]
     assert entries and not [p for p in entries if durable.is_unsynced(p.stat())]
+
+
+def test_a_concurrent_run_verifies_an_unsynced_entry_by_its_digest_not_its_identity(tmp_path):
+    """While run A waits for its outputs to be durable, one of them loses its data (zeros, its
+    attributes kept: what a crash could leave of it).  Run B, finding it committed and marked,
+    checks its content digest, quarantines it and computes it again — the memo and the file's
+    identity alone would have served it."""
+    shutil.copytree(RUN_PREFIX, tmp_path / "prefix", ignore=shutil.ignore_patterns("cache", "__pycache__"))
+    cache = tmp_path / "cache"
+    args = ("-p", tmp_path / "prefix", "-c", cache, "experiments", "run", NAME, "--json")
+    a = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, BACKBEAT_SYNC_DELAY_S="5"))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(list(cache.glob("??/??/??/*.h5"))) < 3:
+            time.sleep(0.02)
+        entries = sorted(cache.glob("??/??/??/*.h5"))
+        assert len(entries) == 3 and all(durable.is_unsynced(p.stat()) for p in entries) and a.poll() is None
+        store = open_store(cache)
+        _zero_data(min(entries, key=lambda p: p.stat().st_mtime_ns))  # (block `first''s: committed first)
+        b = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=120)
+        assert b.returncode == 0, b.stderr
+        rep_b = json.loads(b.stdout)
+        redone = [n for n, v in rep_b["blocks"].items() if v["status"] == "ran"]
+        assert redone == ["first"] and [i["block"] for i in rep_b.get("incidents", [])] == ["first"], rep_b
+        assert list((cache / ".quarantine").glob("*.h5"))
+    finally:
+        out_a, err_a = a.communicate(timeout=120)
+    assert a.returncode == 0, err_a
+    assert json.loads(out_a)["results"] == rep_b["results"]
+    assert not [p for p in store.scan()[0] if p.suffix == ".h5" and durable.is_unsynced(p.stat())]

@@ -73,10 +73,11 @@ def derive(store: CacheStore, key: str) -> tuple[list[dict], str, os.stat_result
 
     path = store.output_path(key)
     st = path.stat()
-    if durable.is_unsynced(st):  # durable before trusted: a summary binds only a synced entry
-        st = store.durability.sync_verified(path)
     with cachereader.CacheReader(str(path), verify=True, key=key) as reader:
-        return cachereader.records(reader), reader.digest, st
+        found = cachereader.records(reader), reader.digest
+    if durable.is_unsynced(st):  # durable before trusted: a summary binds only a synced entry (verified first)
+        st = store.durability.sync_verified(path)
+    return (*found, st)
 
 
 def _write(store: CacheStore, key: str, records: list, digest: str, st: os.stat_result) -> None:
