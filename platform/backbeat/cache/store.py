@@ -68,10 +68,10 @@ from backbeat.cache.locks import EntryLock
 from backbeat.core import durable, hashing, jsonio, pids
 from backbeat.core.errors import BackbeatError, DataError, IntegrityError
 from backbeat.core.statmemo import StatMemo
+from backbeat.data import indexfiles
 
 OUTPUT = ".h5"
 INDEX = ".db"
-INDEX_TABLE = ".table"  # beside an index: its columnar form (backbeat.data.indextable.SUFFIX)
 LOG = ".log"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
@@ -276,11 +276,9 @@ class CacheStore:
         self.output_path(key).unlink(missing_ok=True)
 
     def discard_index(self, key: str) -> None:
-        """Remove a view index entry (its view failed to index), its table and its record."""
-        path = self.index_path(key)
-        path.unlink(missing_ok=True)
-        Path(f"{path}{INDEX_TABLE}").unlink(missing_ok=True)
-        Path(f"{path}.deps").unlink(missing_ok=True)
+        """Remove a view index entry (its view failed to index), its digest, table and record."""
+        for path in indexfiles.files(self.index_path(key)):
+            path.unlink(missing_ok=True)
 
     # -- identity and verification ----------------------------------------------------------
     def identity(self, key: str) -> tuple[str, str]:

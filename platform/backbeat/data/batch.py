@@ -147,11 +147,15 @@ def layout(expanded: dict, name: str = "?") -> tuple[Column, ...]:
     return _layout(name, canonical(expanded))
 
 
+def row_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """Bytes of one row of an array of ``dtype`` whose rows have ``shape`` (at least 1)."""
+    return max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+
+
 def unit_bytes(expanded: dict, name: str = "?") -> int:
     """Bytes of one unit in a batch: its unit-level columns and its range (16), not counting what
     variable-length fields hold beyond their offsets and shapes."""
-    return 16 + sum(max(1, int(np.prod(c.shape, dtype=np.int64)) * c.dtype.itemsize)
-                    for c in layout(expanded, name) if c.rows == "")
+    return 16 + sum(row_bytes(c.dtype, c.shape) for c in layout(expanded, name) if c.rows == "")
 
 
 def units_within(expanded: dict, name: str, limit: int, budget: int) -> int:

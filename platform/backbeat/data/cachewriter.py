@@ -26,7 +26,7 @@ import numpy as np
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import cachefile
-from backbeat.data.batch import I64, Batch, tree, units_within
+from backbeat.data.batch import I64, Batch, row_bytes, tree, units_within
 from backbeat.data.values import BaseValue, as_value, canonical, value_type
 
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
@@ -268,7 +268,7 @@ class CacheWriter:
         hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
         for name, arr in zip(self._names, waiting, strict=True):
             dtype, shape = self._specs[name]
-            row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+            row = row_bytes(dtype, shape)
             rows = max(1, min(CHUNK_BYTES // row, max(hint, SMALL_CHUNK_BYTES // row)))
             rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
             ds = self._h5.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,

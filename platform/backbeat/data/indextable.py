@@ -53,9 +53,9 @@ from simplejson.encoder import encode_basestring_ascii
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import dbindex
+from backbeat.data.indexfiles import TABLE as SUFFIX
 
 MAGIC = b"backbeat-index-table/1\n"
-SUFFIX = ".table"
 WINDOW = 1024  # entries made at once by Entries
 CHUNK = 65536  # values compared at once when grouping non-numeric columns
 NUMERIC = {"int": np.dtype("<i8"), "float": np.dtype("<f8"), "bool": np.dtype("?")}
