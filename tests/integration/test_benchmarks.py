@@ -77,3 +77,11 @@ def test_rootfolder_prints_cached_runs_with_unread_files():
             if line.split()[:1] in (["0"], ["20"]) and "unread" not in line]
     assert [r[0] for r in rows] == ["0", "20"] and rows[0][2] == "1.00"  # ratios to the run with 0 files
     assert all(r[5].endswith("KB") and float(r[5][:-2]) < 100 for r in rows)  # records under 100 KB
+
+
+def test_commit_cost_measures_a_commit_and_its_sync():
+    proc = _run("commit_cost.py", "--units", "200", "--width", "10", "--repeat", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    (run,) = doc["runs"]
+    assert run["write_s"] > 0 and run["close_ms"] > 0 and run["durable_ms"] > 0

@@ -11,12 +11,10 @@ A database output's data units group consecutive entries whose mapped attribute 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import operator
 import os
-import secrets
 from collections import namedtuple
 from collections.abc import Sequence
 from functools import partial
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 import simplejson
 
+from backbeat.core import durable
 from backbeat.core.errors import DataError
 from backbeat.core.hashing import hash_file_contents
 
@@ -48,13 +47,6 @@ def dumps_index(entries: Sequence[Any]) -> bytes:
     return simplejson.dumps(list(entries), cls=Encoder).encode("utf-8")
 
 
-def _write_synced(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes) -> str:
     """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically.
 
@@ -73,27 +65,13 @@ def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes) -> str:
         except (TypeError, ValueError) as exc:
             raise DataError(f"view index cannot be written as JSON: {exc}") from None
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        digest = hashlib.sha256(data).hexdigest()
-        _write_synced(f"{tmp}.sha256", digest.encode())
-        os.replace(f"{tmp}.sha256", f"{path}.sha256")  # the digest first: an index never lacks it
-        _write_synced(tmp, data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        for leftover in (tmp, f"{tmp}.sha256"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
-        if isinstance(exc, OSError) and exc.filename is None:  # (a full disk) say which file
-            raise OSError(exc.errno, exc.strerror, path) from exc
-        raise
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = durable.temporary_name(path)
+    digest = hashlib.sha256(data).hexdigest()
+    # the digest first: an index never lacks it (its temporary is named after the index's, so that
+    # what a killed writer leaves of either is found as the index's temporaries)
+    durable.write_atomic(f"{path}.sha256", digest.encode(), tmp=f"{tmp}.sha256")
+    durable.write_atomic(path, data, tmp=tmp, sync_folder=True)
     return digest
 
 

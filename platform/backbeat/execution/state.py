@@ -139,13 +139,13 @@ class Run:
         return {j.name: j for j in self.plan.jobs}
 
     def settle(self, job: Job) -> None:
-        """``job`` has committed its outputs: the stat memo remembers the identity (key, content
-        digest) of those whose writer reported its digest, as reading the entry would have
-        found it, so that no later run opens them to identify them (after the memo's racy
-        window: :mod:`backbeat.core.statmemo`)."""
+        """``job`` has committed its outputs: they are made durable in the background, then the
+        stat memo remembers the identity (key, content digest) of those whose writer reported
+        its digest, as reading the entry would have found it, so that no later run opens them
+        to identify them (after the memo's racy window: :mod:`backbeat.core.statmemo`)."""
         for key in job.output_keys:
-            if key and key in self.state.digests:
-                self.store.settle(key, self.state.digests[key])
+            if key:
+                self.store.entrust(key, self.state.digests.get(key))
 
     def emit(self, job: str, state: str, **extra: Any) -> None:
         """Tell the progress display (if any) about a job."""
