@@ -369,7 +369,10 @@ class ForkServer:
                     if writable and (deadline is None or time.monotonic() < deadline):
                         continue
                     return
-                chunk = self._sock.recv(1 << 16)
+                try:
+                    chunk = self._sock.recv(1 << 16)
+                except ConnectionResetError:  # (killed with requests unread: a reset, not an EOF)
+                    chunk = b""
                 if not chunk:
                     self._zygote_gone()
                     return
