@@ -1,0 +1,87 @@
+"""One small block run by the fork server before it forks any: its children then copy fewer pages.
+
+A block process is forked from the zygote and shares its pages until it writes to them
+(copy-on-write: a page fault and a 4 KiB copy each, then the page is freed when the process
+ends).  Code the zygote has never run writes to many shared pages the first time it runs in
+*each* child: CPython 3.11 counts down and specialises bytecode in place, fills the type
+attribute cache (whose entries hold references: their reference counts are written), creates
+dicts and caches lazily (the dataformat layouts and value types, ``inspect.signature``); h5py
+and HDF5 set up their type conversion paths and free lists.  :func:`rehearse` runs one block
+through the same code (:func:`backbeat.runtime.blockrun.run`: a code snapshot loaded and checked,
+an identity algorithm of our own reading a cache file and writing another, committed and
+read back) in a private temporary folder, so that all of that is done once, in the pages every
+block process inherits.  It runs no user code and opens no socket (a zygote must not hold a
+ZeroMQ context when it forks).  ``docs/performance.md`` ("After wave 6 (perf-f)") has the figures.
+
+:mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls it once; a failure
+is ignored (a block process then only costs more).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import linecache
+import os
+import shutil
+import sys
+import tempfile
+
+from backbeat.data.cachewriter import CacheWriter
+from backbeat.runtime import blockrun
+
+#: the rehearsal's algorithm (BEAT's API v2, sequential): copies its input
+ALGORITHM = b'''class Algorithm:
+    def process(self, inputs, data_loaders, outputs):
+        outputs["out"].write(inputs["in"].data)
+        return True
+'''
+NAME = "backbeat/rehearsal/1"
+FORMAT = "backbeat/rehearsal_scalar/1"
+EXPANDED = {"value": "float64"}
+UNITS = 10
+
+
+def _folder() -> str:
+    """A private temporary folder, in memory where there is one (nothing needs to reach a disk)."""
+    shm = "/dev/shm"
+    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+    return tempfile.mkdtemp(prefix="bb-rehearsal-", dir=where)
+
+
+def spec(folder: str) -> dict:
+    """The block spec of the rehearsal (files in ``folder``; the input must be written first)."""
+    code = os.path.join(folder, "algorithm.py")
+    digest = hashlib.sha256(ALGORITHM).hexdigest()
+    return {
+        "name": "rehearsal", "kind": "block", "algorithm": NAME, "type": "sequential", "channel": "main",
+        "values": {},
+        "code": {"main": {"path": code, "sha256": digest, "filename": code, "uses": {}}, "libraries": {}},
+        "inputs": {"in": {"channel": "main", "dataformat": FORMAT, "source": "cache", "key": "0" * 64,
+                          "path": os.path.join(folder, "in.h5"), "verify": True}},
+        "outputs": {"out": {"dataformat": FORMAT, "key": "1" * 64, "path": os.path.join(folder, "out.h5"),
+                            "streams": []}},
+        "formats": {FORMAT: EXPANDED},
+    }
+
+
+def rehearse() -> dict:
+    """Run the rehearsal block once in this process; its statistics (see module docstring)."""
+    folder = _folder()
+    module = NAME.replace("/", "_")
+    had_module = module in sys.modules
+    try:
+        block = spec(folder)
+        with open(block["code"]["main"]["path"], "wb") as f:
+            f.write(ALGORITHM)
+        with CacheWriter(block["inputs"]["in"]["path"], FORMAT, EXPANDED, key="0" * 64, start=0,
+                         end=UNITS - 1) as writer:
+            for i in range(UNITS):
+                writer.write({"value": i * 0.001})
+        return blockrun.run({"spec": block})
+    finally:
+        if not had_module:
+            sys.modules.pop(module, None)
+        with contextlib.suppress(KeyError):
+            del linecache.cache[os.path.join(folder, "algorithm.py")]
+        shutil.rmtree(folder, ignore_errors=True)
