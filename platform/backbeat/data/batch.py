@@ -20,6 +20,7 @@ The rows of the top node are the data units; a ``list`` node's child has one row
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -150,8 +151,12 @@ def layout(expanded: dict, name: str = "?") -> tuple[Column, ...]:
 def unit_bytes(expanded: dict, name: str = "?") -> int:
     """Bytes of one unit in a batch: its unit-level columns and its range (16), not counting what
     variable-length fields hold beyond their offsets and shapes."""
-    return 16 + sum(max(1, int(np.prod(c.shape, dtype=np.int64)) * c.dtype.itemsize)
-                    for c in layout(expanded, name) if c.rows == "")
+    return _unit_bytes(name, canonical(expanded))
+
+
+@lru_cache(maxsize=1024)
+def _unit_bytes(name: str, canon: str) -> int:  # (asked for several times by every block process)
+    return 16 + sum(max(1, math.prod(c.shape) * c.dtype.itemsize) for c in _layout(name, canon) if c.rows == "")
 
 
 def units_within(expanded: dict, name: str, limit: int, budget: int) -> int:

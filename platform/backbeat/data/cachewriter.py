@@ -66,18 +66,36 @@ def _plists() -> tuple[Any, Any]:
     return _PLISTS
 
 
+_LAYOUTS: dict[int, Any] = {}  # dataset creation property lists by layout, made once
+
+
+def _layout_plist(layout: int) -> Any:
+    dcpl = _LAYOUTS.get(layout)
+    if dcpl is None:
+        dcpl = _LAYOUTS[layout] = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(layout)
+    return dcpl
+
+
+_TYPES: dict[Any, Any] = {}  # numpy dtype -> HDF5 type (h5py's, made once)
+_SCALAR: list[Any] = []  # the scalar dataspace, made once
+_STRING = h5py.string_dtype("utf-8")
+
+
+def _h5type(dtype: np.dtype) -> Any:
+    tid = _TYPES.get(dtype)
+    if tid is None:
+        tid = _TYPES[dtype] = h5py.h5t.py_create(dtype, logical=True)
+    return tid
+
+
 def _attribute(obj: Any, name: str, value: str | int) -> None:
     """Write a scalar attribute as ``obj.attrs[name] = value`` would (a str: variable-length UTF-8;
     an int: int64)."""
-    if isinstance(value, str):
-        dtype = h5py.string_dtype("utf-8")
-        data = np.array(value, dtype=dtype)
-    else:
-        dtype = np.dtype(np.int64)
-        data = np.array(value, dtype=dtype)
-    aid = h5py.h5a.create(obj, name.encode(), h5py.h5t.py_create(dtype, logical=True),
-                          h5py.h5s.create(h5py.h5s.SCALAR))
-    aid.write(data)
+    data = np.array(value, dtype=_STRING if isinstance(value, str) else I64)
+    if not _SCALAR:
+        _SCALAR.append(h5py.h5s.create(h5py.h5s.SCALAR))
+    h5py.h5a.create(obj, name.encode(), _h5type(data.dtype), _SCALAR[0]).write(data)
 
 
 def compression_options(compression: str | None) -> dict[str, Any]:
@@ -341,9 +359,8 @@ class CacheWriter:
             if parent is None:
                 parent = groups[group] = h5py.h5g.create(self._fid, group.encode())
             if arr.nbytes <= COMPACT_BYTES or not self._kw:
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_layout(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
-                dsid = h5py.h5d.create(parent, base.encode(), h5py.h5t.py_create(arr.dtype),
+                dcpl = _layout_plist(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
+                dsid = h5py.h5d.create(parent, base.encode(), _h5type(arr.dtype),
                                        h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
                 if arr.size:
                     dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
