@@ -100,3 +100,18 @@ def loaded(payload: dict) -> None:
     """Write which of ``payload["modules"]`` this process had imported when it started."""
     with open(payload["out"], "w") as f:
         f.write(" ".join(m for m in payload["modules"] if m in sys.modules))
+
+
+def report_rehearsal(payload: dict) -> None:
+    """What a block process inherits of the fork server's rehearsal (runtime.rehearsal)."""
+    import json
+
+    from backbeat.data import values
+    from backbeat.runtime import rehearsal
+
+    hits = values._make_type.cache_info().hits
+    values.value_type(rehearsal.FORMAT, rehearsal.EXPANDED)
+    inherited = values._make_type.cache_info().hits == hits + 1  # made by the rehearsal, before the fork
+    with open(payload["out"], "w") as f:
+        json.dump({"rehearsed": "backbeat.runtime.rehearsal" in sys.modules and inherited,
+                   "algorithm_module_left": rehearsal.NAME.replace("/", "_") in sys.modules}, f)
