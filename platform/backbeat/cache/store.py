@@ -79,9 +79,8 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")
 #: format of a view index's identity record (``<entry>.deps``)
 INDEX_RECORD = "backbeat-index-record-1"
-
-
-
+#: at most that many paths of entries are kept made (:meth:`CacheStore.path`)
+PATHS_KEPT = 65536
 
 
 class CacheStore:
@@ -92,6 +91,7 @@ class CacheStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self._memo: StatMemo | None = None
+        self._paths: dict[tuple[str, str], Path] = {}  # (key, suffix) -> path: a Path costs ~10 µs to make
         #: code snapshots (:mod:`backbeat.cache.blobs`)
         self.code = Blobs(self.root / "code")
         #: data manifests (:mod:`backbeat.provenance.manifests`)
@@ -117,7 +117,12 @@ class CacheStore:
         return hashing.to_path(key, suffix)
 
     def path(self, key: str, suffix: str) -> Path:
-        return self.root / self.name(key, suffix)
+        path = self._paths.get((key, suffix))
+        if path is None:  # (asked for ~10 times per block a run starts: its spec, checks, commit, record)
+            if len(self._paths) >= PATHS_KEPT:  # (a walk over a whole cache does not keep them all)
+                self._paths.clear()
+            path = self._paths[key, suffix] = self.root / self.name(key, suffix)
+        return path
 
     def output_path(self, key: str) -> Path:
         """The cache file of a block output or analyzer result."""
