@@ -115,3 +115,13 @@ def report_rehearsal(payload: dict) -> None:
     with open(payload["out"], "w") as f:
         json.dump({"rehearsed": "backbeat.runtime.rehearsal" in sys.modules and inherited,
                    "algorithm_module_left": rehearsal.NAME.replace("/", "_") in sys.modules}, f)
+
+
+def draw(payload: dict) -> None:
+    """Draw from numpy's and Python's global generators, unseeded (what the child inherited)."""
+    import random
+
+    import numpy as np
+
+    with open(payload["out"], "w") as f:
+        f.write(f"{np.random.random()!r} {random.random()!r} {sys.stdout.line_buffering} {sys.stdin.read()!r}\n")

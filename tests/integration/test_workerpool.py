@@ -258,6 +258,20 @@ def test_many_concurrent_jobs(fs, ctl):
         assert out.statistics["echo"] == j
 
 
+def test_each_child_draws_its_own_random_numbers(fs, tmp_path):
+    """Every child of the zygote gets fresh entropy for numpy's and Python's global generators
+    (numpy's is seeded by the zygote just before each fork) and the standard streams it prepared
+    (line-buffered stdout, stdin at /dev/null): unseeded algorithms draw different numbers."""
+    outs = [tmp_path / f"draw{i}" for i in range(4)]
+    handles = [fs.spawn(f"{T}:draw", {"out": str(out)}) for out in outs]
+    for h in handles:
+        h.wait(30)
+        assert h.exit.ok, h.exit
+    lines = [out.read_text().split() for out in outs]
+    assert len({numpy for numpy, _py, _lb, _in in lines}) == len({py for _n, py, _lb, _in in lines}) == len(outs)
+    assert {(lb, stdin) for _n, _py, lb, stdin in lines} == {("True", "''")}
+
+
 def test_progress_in_order(fs, ctl):
     out, msgs = run(fs, ctl, "progress", {"total": 40, "delay": 0.01}, job="prog")
     assert out.kind == "completed" and out.statistics == {"units": 40}
