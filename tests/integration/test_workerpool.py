@@ -445,3 +445,28 @@ def test_a_job_asked_for_during_the_preload_starts_once_the_modules_it_runs_are_
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["slow_first", "_workerpool_targets", "|",
                                    "slow_first", "_workerpool_targets", "second", "third"]
+
+
+KILLED_UNREAD = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from backbeat.processes.workerpool import ForkServer
+
+with ForkServer(preload=(), mode="fork") as server:
+    server.wait_ready()
+    os.kill(server.zygote_pid, signal.SIGSTOP)  # it reads nothing more: what we send stays unread
+    handles = [server.spawn("_workerpool_targets:ok", {"value": i}) for i in range(3)]
+    os.kill(server.zygote_pid, signal.SIGKILL)  # gone with our requests unread: our end is reset
+    for h in handles:
+        h.wait(30)
+    print(sorted({h.exit.kind for h in handles}), server.lost)
+"""
+
+
+def test_a_fork_server_killed_with_requests_unread_ends_its_jobs_lost(tmp_path):
+    """A zygote killed before it read our requests resets our end of the socket (ECONNRESET on
+    AF_UNIX): its jobs end ``lost``, as when it dies otherwise — never an exception in the
+    executor (the run then fails saying the fork server died, not with an internal error)."""
+    done = subprocess.run([sys.executable, "-c", KILLED_UNREAD, HERE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['lost']", "True"]

@@ -371,7 +371,10 @@ class ForkServer:
                     if writable and (deadline is None or time.monotonic() < deadline):
                         continue
                     return
-                chunk = self._sock.recv(1 << 16)
+                try:
+                    chunk = self._sock.recv(1 << 16)
+                except ConnectionResetError:  # it died with requests of ours unread (AF_UNIX: a reset)
+                    chunk = b""
                 if not chunk:
                     self._zygote_gone()
                     return
