@@ -21,11 +21,19 @@ FORKED = textwrap.dedent("""
                                                                                        "bb-rehearsal-*")))
     before = folders()
     out = os.path.join(sys.argv[2], "report.json")
+    learnt = os.path.join(sys.argv[2], "learnt")
+    fmt = {"name": "test/learnt/1", "expanded": {"x": "int32", "s": "string"}}
     with ForkServer(preload=PRELOAD, mode="fork") as server:
         handle = server.spawn("_workerpool_targets:report_rehearsal", {"out": out})
         handle.wait(60)
         assert handle.exit.ok, handle.exit
+        first = server.spawn("_workerpool_targets:ok", {"spec": {"formats": {fmt["name"]: fmt["expanded"]}}})
+        first.wait(60)
+        second = server.spawn("_workerpool_targets:report_learnt", dict(fmt, out=learnt))
+        second.wait(60)
+        assert first.exit.ok and second.exit.ok, (first.exit, second.exit)
     report = json.load(open(out))
+    report["learnt"] = open(learnt).read()
     report["folders_left"] = sorted(folders() - before)
     print(json.dumps(report))
 """)
@@ -34,11 +42,13 @@ FORKED = textwrap.dedent("""
 def test_block_processes_inherit_the_rehearsal_and_it_leaves_nothing(tmp_path):
     """A block process forked by a fork server preloading the block runtime finds the rehearsal's
     work done (its dataformat's value class made before the fork), and neither its algorithm's
-    module nor its temporary folder is left.  Real fork server, fresh interpreter."""
+    module nor its temporary folder is left; the value classes of the dataformats of a job
+    forked earlier are inherited (the zygote learnt them).  Real fork server, fresh interpreter."""
     done = subprocess.run([sys.executable, "-c", FORKED, HERE, str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"rehearsed": True, "algorithm_module_left": False, "folders_left": []}
+    assert json.loads(done.stdout) == {"rehearsed": True, "algorithm_module_left": False, "folders_left": [],
+                                       "learnt": "True"}
 
 
 ALONE = textwrap.dedent("""

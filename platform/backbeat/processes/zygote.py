@@ -452,6 +452,7 @@ class Zygote:
                               "deadline": start + timeout if timeout else None,
                               "log": log, "pipe": rfd, "oom": oom_kills()}
         self.send({"ev": "spawned", "id": req["id"], "pid": pid})
+        warmup.learn(req)  # (what it makes is inherited by the next children)
 
     def drain(self, fd: int, budget: int, c: dict | None = None) -> None:
         """Copy what a child (``c``, default: the running child of pipe ``fd``) wrote to its pipe

@@ -26,8 +26,11 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Any
 
+from backbeat.data.batch import layout, tree, unit_bytes
 from backbeat.data.cachewriter import CacheWriter
+from backbeat.data.values import value_type
 from backbeat.runtime import blockrun
 
 #: the rehearsal's algorithm (BEAT's API v2, sequential): copies its input
@@ -85,3 +88,26 @@ def rehearse() -> dict:
         with contextlib.suppress(KeyError):
             del linecache.cache[os.path.join(folder, "algorithm.py")]
         shutil.rmtree(folder, ignore_errors=True)
+
+
+#: the dataformats :func:`learn` has seen (by name: within a run a name is one declaration)
+_LEARNT: set[str] = set()
+
+
+def learn(payload: Any) -> None:
+    """In the zygote, once it has forked a block: make the value class, column tree and layout of
+    each dataformat the block reads or writes (``payload["spec"]["formats"]``), which its next
+    children then inherit (each made them again: ~100 copied pages per block process).  Data only:
+    no user code runs (:func:`backbeat.processes.warmup.learn_from`)."""
+    spec = payload.get("spec") if isinstance(payload, dict) else None
+    formats = spec.get("formats") if isinstance(spec, dict) else None
+    if not isinstance(formats, dict):
+        return
+    for name, expanded in formats.items():
+        if name in _LEARNT or not isinstance(name, str) or not isinstance(expanded, dict):
+            continue
+        _LEARNT.add(name)
+        value_type(name, expanded)
+        tree(name, expanded)
+        layout(expanded, name)
+        unit_bytes(expanded, name)
