@@ -43,7 +43,8 @@ def _steps(folder: str) -> dict[str, Callable[[], None]]:
         os.fsync = lambda fd: None  # (this child only)
         writer()
 
-    seeded = {"seeded": True} if hasattr(zygote, "_seed_numpy") else {}
+    fresh = sys.modules.get("backbeat.processes.freshstate")
+    seeded = {"seeded": True} if fresh is not None and hasattr(fresh, "seed_numpy") else {}
 
     def setup() -> None:  # (its output on stderr, fds above 2 closed: in the child only)
         zygote.child_setup({}, None, **seeded)
@@ -53,10 +54,9 @@ def _steps(folder: str) -> dict[str, Callable[[], None]]:
 
 def _before_fork() -> Callable[[], None]:
     """What the zygote does before each fork (this version's: see processes/zygote.py)."""
-    from backbeat.processes import zygote
-
-    prepare = getattr(zygote, "_prepare_std_streams", None)
-    seed = getattr(zygote, "_seed_numpy", None)
+    fresh = sys.modules.get("backbeat.processes.freshstate")  # (not in older versions)
+    prepare = getattr(fresh, "prepare_std_streams", None)
+    seed = getattr(fresh, "seed_numpy", None)
 
     def before() -> None:
         if prepare is not None:

@@ -1,7 +1,7 @@
 """Processes: pre-warmed block processes, the channel they report on, and how they ended.
 
 Lives here: the fork server (``workerpool``) and what runs inside it (``zygote``; its warm-up:
-``warmup``), exits and
+``warmup``; what each child starts with: ``freshstate``), exits and
 limits (``exits``), the ZeroMQ control channel (``control``), job outcomes and the one error
 encoding between processes (``outcome``), the one spawn-and-collect loop (``group``:
 ``ProcessGroup``), the one ZeroMQ context of a process (``zmqcontext``), execution environments'

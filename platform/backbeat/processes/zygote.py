@@ -36,7 +36,7 @@ import traceback
 from typing import Any
 
 from backbeat.core.errors import UsageError
-from backbeat.processes import reaper, warmup
+from backbeat.processes import freshstate, reaper, warmup
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY, memory_ceiling, oom_kills
 from backbeat.processes.logs import BoundedLog
 
@@ -84,7 +84,7 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
     ``log``: where fds 1 and 2 go — a pipe's fd (the zygote copies it into a bounded log), a
     file path (the multiprocessing fallback), or None (both on the parent's stderr: a child's
     output never mixes with the parent's stdout).  ``seeded``: the parent gave numpy's global
-    generator fresh entropy just before forking this child (:func:`_seed_numpy`).
+    generator fresh entropy just before forking this child (:func:`~backbeat.processes.freshstate.seed_numpy`).
     """
     global _MEMORY
     try:
@@ -124,7 +124,7 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
         os.dup2(2, 1)
     if close_fds:
         os.closerange(3, 65536)
-        _child_std_streams()
+        freshstate.child_std_streams()
 
 
 def _mapped_bytes() -> int | None:
@@ -155,74 +155,10 @@ def apply_memory_limit() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 
 
-def _fresh_random_state() -> None:
-    """Give the child fresh entropy, as a new interpreter would have.
+# what a child starts with: processes.freshstate (these names are those others know)
+_fresh_random_state = freshstate.fresh_random_state
+_fresh_std_streams = freshstate.fresh_std_streams
 
-    A forked child inherits the zygote's random number generators: without this, every
-    block using numpy's (or Python's) global generator unseeded would draw the same
-    numbers, and an unseeded — non-deterministic — algorithm would look deterministic.
-    """
-    import random
-
-    random.seed()
-    np = sys.modules.get("numpy")
-    if np is not None:
-        np.random.seed()
-
-
-def _seed_numpy() -> None:
-    """In the zygote, just before a fork: fresh entropy (128 bits from the OS) for numpy's global
-    generator, which the child inherits.  Seeding it in each child instead (``numpy.random.seed()``)
-    cost every block process ~0.5 ms and ~100 pages copied; here it costs ~20 µs."""
-    np = sys.modules.get("numpy")
-    if np is not None:
-        np.random.seed(np.frombuffer(os.urandom(16), dtype=np.uint32))
-
-
-#: ``sys.stdin``/``stdout``/``stderr`` for the zygote's children, made by :func:`_prepare_std_streams`
-_STREAMS: tuple[Any, Any, Any] | None = None
-
-
-def _prepare_std_streams() -> bool:
-    """In the zygote, once: the standard stream objects of its children (over fds 0, 1 and 2, which
-    each child points at /dev/null and its log pipe), made here once instead of in each child
-    (~90 pages copied there).  The zygote never uses them: their buffers are empty when it forks."""
-    global _STREAMS
-    if _STREAMS is None:
-        try:
-            _STREAMS = (open(0, closefd=False), open(1, "w", closefd=False, buffering=1),  # noqa: SIM115
-                        open(2, "w", closefd=False, buffering=1))  # noqa: SIM115
-        except (OSError, ValueError):  # (a closed fd 0 in the zygote...) each child makes its own
-            return False
-    return True
-
-
-def _child_std_streams() -> None:
-    """stdin from /dev/null; ``sys.stdin``/``stdout``/``stderr`` over fds 0, 1 and 2: those the
-    zygote prepared (:func:`_prepare_std_streams`), else new ones (:func:`_fresh_std_streams`)."""
-    if _STREAMS is None:
-        _fresh_std_streams()
-        return
-    null = os.open(os.devnull, os.O_RDONLY)
-    if null != 0:
-        os.dup2(null, 0)
-        os.close(null)
-    sys.stdin, sys.stdout, sys.stderr = _STREAMS
-
-
-def _fresh_std_streams() -> None:
-    """stdin from /dev/null; ``sys.stdout``/``sys.stderr`` rebuilt over fds 1 and 2.
-
-    The caller may have replaced them (e.g. pytest's capture) with objects over fds that
-    the child has just closed.
-    """
-    null = os.open(os.devnull, os.O_RDONLY)
-    if null != 0:
-        os.dup2(null, 0)
-        os.close(null)
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115
-    sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
-    sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
 
 
 def child_run(target: str, payload: Any) -> int:
@@ -418,8 +354,8 @@ class Zygote:
         zygote = os.getpid()
         log_path = req.get("log")
         rfd = wfd = None
-        _prepare_std_streams()
-        _seed_numpy()
+        freshstate.prepare_std_streams()  # (once) ...
+        freshstate.seed_numpy()  # ... and for each child: cheaper here than in it
         try:
             if log_path:
                 rfd, wfd = os.pipe()
