@@ -77,25 +77,29 @@ def _layout_plist(layout: int) -> Any:
     return dcpl
 
 
-_TYPES: dict[Any, Any] = {}  # numpy dtype -> HDF5 type (h5py's, made once)
+_TYPES: dict[tuple[Any, bool], Any] = {}  # (numpy dtype, text?) -> HDF5 type (h5py's, made once)
 _SCALAR: list[Any] = []  # the scalar dataspace, made once
 _STRING = h5py.string_dtype("utf-8")
 
 
-def _h5type(dtype: np.dtype) -> Any:
-    tid = _TYPES.get(dtype)
+def _h5type(dtype: np.dtype, string: bool = False) -> Any:
+    """The HDF5 type of a numeric ``dtype``, or with ``string`` of variable-length UTF-8 text (an
+    object dtype compares equal to any other: the two are kept apart)."""
+    key = (dtype, string)
+    tid = _TYPES.get(key)
     if tid is None:
-        tid = _TYPES[dtype] = h5py.h5t.py_create(dtype, logical=True)
+        tid = _TYPES[key] = h5py.h5t.py_create(dtype, logical=True)
     return tid
 
 
 def _attribute(obj: Any, name: str, value: str | int) -> None:
     """Write a scalar attribute as ``obj.attrs[name] = value`` would (a str: variable-length UTF-8;
     an int: int64)."""
-    data = np.array(value, dtype=_STRING if isinstance(value, str) else I64)
+    text = isinstance(value, str)
+    data = np.array(value, dtype=_STRING if text else I64)
     if not _SCALAR:
         _SCALAR.append(h5py.h5s.create(h5py.h5s.SCALAR))
-    h5py.h5a.create(obj, name.encode(), _h5type(data.dtype), _SCALAR[0]).write(data)
+    h5py.h5a.create(obj, name.encode(), _h5type(data.dtype, text), _SCALAR[0]).write(data)
 
 
 def compression_options(compression: str | None) -> dict[str, Any]:
