@@ -470,3 +470,38 @@ def test_a_fork_server_killed_with_requests_unread_ends_its_jobs_lost(tmp_path):
     done = subprocess.run([sys.executable, "-c", KILLED_UNREAD, HERE], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["['lost']", "True"]
+
+
+BROKEN_SEND = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from backbeat.core.errors import ExecutionError
+from backbeat.processes.workerpool import ForkServer
+
+class Closed:  # the zygote's end of the socket closed while it is still exiting (not yet a zombie)
+    def __init__(self, sock):
+        self.sock = sock
+    def send(self, *_):
+        raise BrokenPipeError(32, "Broken pipe")
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+with ForkServer(preload=(), mode="fork") as server:
+    server.wait_ready()
+    before = server.lost
+    server._sock = Closed(server._sock)
+    try:
+        server.spawn("_workerpool_targets:ok", {})
+    except ExecutionError as e:
+        print(before, server.lost, "gone" in str(e))
+    server._sock = server._sock.sock
+"""
+
+
+def test_a_request_that_cannot_be_written_means_the_zygote_is_lost():
+    """Writing a request fails once the zygote's end of the socket is closed, which happens before
+    the dying zygote becomes a zombie: the fork server is ``lost`` from then on (a ``--serve``
+    runner leaves instead of waiting for jobs it cannot run)."""
+    done = subprocess.run([sys.executable, "-c", BROKEN_SEND, HERE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
