@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,16 @@ _CLI = "import sys; from backbeat.cli import entry; sys.argv[0] = 'backbeat'; en
 def cli_command(*args: str) -> list[str]:
     """The argv running ``backbeat ARGS…`` with this interpreter."""
     return [sys.executable, "-c", _CLI, *map(str, args)]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
 
 
 def run_cli(*args: str | os.PathLike, timeout: float = 60, cwd: str | os.PathLike | None = None,

@@ -150,6 +150,25 @@ def test_string_for_a_boolean_warns_and_keeps_beats_meaning(prefix, reports):
     assert proc.stderr.count("counts as true") == 2
 
 
+def test_a_runs_warning_lines_are_those_of_check(tmp_path):
+    """The run's display and ``--dry-run`` print a warning as ``check`` does (one formatter): a
+    problem in code by its line, one in a declaration by its JSON pointer."""
+    import io
+
+    from backbeat.cli import output
+    from backbeat.cli.run import ProgressDisplay
+
+    stream = io.StringIO()
+    display = ProgressDisplay(stream, quiet=True)
+    for problem in ({"file": "algorithms/u/a/1.py", "pointer": "", "line": 7, "message": "m1"},
+                    {"file": "experiments/e.json", "pointer": "", "message": "m2"},
+                    {"file": "experiments/e.json", "pointer": "/blocks/a", "message": "m3"}):
+        display({"state": "warning", "asset": "a", **problem})
+        assert output.warning_line(problem) == stream.getvalue().splitlines()[-1]
+    assert stream.getvalue().splitlines() == ["warning: algorithms/u/a/1.py:7: m1", "warning: experiments/e.json: /: m2",
+                                              "warning: experiments/e.json: /blocks/a: m3"]
+
+
 def test_missing_root_folder_warns_then_fails_once_with_a_hint(prefix, reports):
     report = reports["databases/files/1"]
     assert report["valid"] and report["warnings"][0]["pointer"] == "/root_folder"

@@ -85,6 +85,29 @@ def test_a_read_only_cache_gives_cached_results_and_refuses_to_run_clearly(scene
         scene.check_recovered(name, reference)
 
 
+def test_a_read_only_cache_is_the_same_dataset_error_on_dask_as_locally(scene, tmp_path):
+    """A view to index into a cache that cannot be written: with the Dask executor too, the
+    blocks reading it fail with the dataset's system error (not an internal error)."""
+    pytest.importorskip("distributed")
+    name = scene.experiment("base")
+    with tmpfs(tmp_path / "ro", "16m") as disk:
+        scene.cache = disk / "cache"
+        scene.cache.mkdir()
+        remount(disk, "ro")
+        try:
+            reports = []
+            for executor in (["--executor", "local"], ["--executor", "dask", "--workers", "1"]):
+                done = scene.run("experiments", "run", name, "--json", *executor)
+                _no_traceback(done.stderr)
+                assert done.returncode == 1, done.stderr
+                reports.append({b: (v["status"], v.get("error")) for b, v in json.loads(done.stdout)["blocks"].items()})
+        finally:
+            remount(disk, "rw")
+    assert reports[0] == reports[1], reports
+    kind, message = reports[1]["first"][1]["kind"], reports[1]["first"][1]["message"]
+    assert kind == "system" and message.startswith(f"cannot index set `items': cache `{scene.cache}' is read-only")
+
+
 # ----------------------------------------------------------------------------- item 6: memory
 
 def test_a_memory_limit_below_what_a_block_needs_says_so(scene):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import SEED, hostile, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
+from harness import SEED, hostile, output_digests, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
 
 if shutil.which("bwrap") is None:
     pytest.skip("bubblewrap (bwrap) is not installed", allow_module_level=True)
@@ -86,6 +86,25 @@ def _ppid(p: psutil.Process) -> int | None:
         return p.ppid()
     except psutil.Error:
         return None
+
+
+def test_digests_a_sandboxed_block_forges_for_its_outputs_are_not_learnt(scene):
+    """A sandboxed block reporting forged content digests (and records) for the outputs it
+    committed: the run's report and record, and the stat memo that later runs trust, hold the
+    digest read from the checked file, never the forged one."""
+    from backbeat.cache.backends import open_store
+
+    name = scene.experiment("lie", second=hostile(mode="lie"))
+    done = scene.run("experiments", "run", name, "--sandbox", "--json")
+    assert done.returncode == 0, done.stderr
+    rep = json.loads(done.stdout)
+    assert rep["status"] == "ok" and rep["blocks"]["second"]["status"] == "ran", rep
+    real = output_digests(scene.cache, rep)["second.out"]
+    record = json.loads(Path(rep["provenance"]).read_text())
+    assert record["blocks"]["second"]["outputs"]["out"]["digest"] == real != "0" * 64
+    assert "0" * 64 not in done.stdout + Path(rep["provenance"]).read_text() and '"forged"' not in done.stdout
+    key = rep["blocks"]["second"]["outputs"]["out"]
+    assert open_store(scene.cache).identity(key) == (key, real)  # (the stat memo's, as the next run sees it)
 
 
 def test_a_signal_stops_a_sandboxed_run_and_every_process_in_the_sandbox(scene):

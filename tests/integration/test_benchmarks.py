@@ -87,3 +87,11 @@ def test_fork_cost_measures_forked_children():
     steps = json.loads(done.stdout)["steps"]
     assert set(steps) == {"nothing", "setup", "writer", "writer-nofsync"}
     assert all(s["faults"] > 0 and s["user_ms"] + s["sys_ms"] >= 0 for s in steps.values())
+
+
+def test_commit_cost_measures_a_commit_and_its_sync():
+    proc = _run("commit_cost.py", "--units", "200", "--width", "10", "--repeat", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    (run,) = doc["runs"]
+    assert run["write_s"] > 0 and run["close_ms"] > 0 and run["durable_ms"] > 0

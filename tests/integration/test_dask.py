@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from _gated import ONE_RESULT, gate_experiment, write_gated
 from backbeat.core.errors import BackbeatError
 from backbeat.data import cachereader
 from backbeat.execution import executors as executor
-from conftest import FIXTURES, cli_json, private_tmpdir, run_cli
+from conftest import FIXTURES, cli_command, cli_json, private_tmpdir, run_cli, wait_until
 
 distributed = pytest.importorskip("distributed")
 dask_executor = pytest.importorskip("backbeat.execution.dask_executor")
@@ -133,6 +134,8 @@ def test_dask_run_gives_the_local_results_and_cache_entries(prefix, tmp_path):
     local_files, dask_files = cache_digests(tmp_path / "local"), cache_digests(tmp_path / "dask")
     assert len(local_files) == 4 and local_files == dask_files  # 3 outputs, 1 view index
     assert not any(".tmp-" in p.name for p in (tmp_path / "dask").rglob("*"))
+    # durable before trusted: made durable by the workers before their locks went, none left marked
+    assert not [p for p in (tmp_path / "dask").rglob("*.h5") if p.stat().st_mode & stat.S_ISVTX]
 
 
 def test_blocks_shared_by_two_experiments_run_once(prefix, tmp_path, cluster, log):
@@ -271,6 +274,34 @@ def test_block_tasks_run_on_warm_runners_whose_fork_server_is_reused(prefix, tmp
     assert jobs == ran + 1  # and the task indexing the dataset
 
 
+def test_concurrent_tasks_never_start_more_runners_than_they_need():
+    """Tasks arriving together on a worker with no idle runner each start one, at most ``most``
+    in all; the others wait for one to be free — none is started twice, none is shared."""
+    from backbeat.execution.dask_worker import BlockRunners
+
+    pool = BlockRunners()
+    pool.most = 2
+    start = threading.Barrier(5)
+    answers: list = []
+
+    def task() -> None:
+        start.wait()
+        answers.append(pool.run({}))  # (not a job: each runner answers with a failure, at once)
+
+    threads = [threading.Thread(target=task) for _ in range(5)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        runners = list(pool._all)
+    finally:
+        pool.teardown(None)
+    assert len(answers) == 5 and all(a["status"] == "failed" and "block runner" not in a["message"]
+                                     for a in answers), answers
+    assert pool.started == len(runners) == 2 and sum(r.jobs for r in runners) == 5
+
+
 def test_views_are_indexed_by_tasks_while_blocks_that_do_not_read_them_run(prefix, tmp_path, cluster, log):
     """The `gated' view's index() returns only once block `left' (which reads the other dataset)
     has started on the cluster: run before any block, as a local run indexes, it would fail."""
@@ -297,3 +328,43 @@ def test_views_are_indexed_by_tasks_while_blocks_that_do_not_read_them_run(prefi
     assert status == {"left": "ran", "right": "failed", "al": "ran", "ar": "skipped"}, failed
     assert "this view cannot index" in failed["blocks"]["right"]["error"]["message"] + str(
         failed["blocks"]["right"]["error"].get("traceback"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "interrupted"])
+def test_an_index_task_is_journaled_and_what_it_leaves_once_the_run_is_gone_is_removed(prefix, tmp_path, cluster,
+                                                                                        log, sig):
+    """While a view is indexed by a task, the run's journal names the index's files: killed
+    meanwhile (or interrupted: the task still runs on its worker), the command leaves what the
+    task then writes (the list of files its view read, named after the command) and its journal;
+    the next run removes both."""
+    token = os.urandom(4).hex()
+    write_gated(prefix, {"default": {"after": f"go-{token}", "announce": f"indexing-{token}", "fail": False},
+                         "open": {"after": "", "announce": "", "fail": False}})
+    gated = gate_experiment(prefix, "gated", ("spin/1", "default"), ("gated/1", "default"), ms=(1.0, 1.0))
+    cache = tmp_path / "cache"  # (spin/1 indexed already: the run indexes one dataset)
+    first = gate_experiment(prefix, "open", ("spin/1", "default"), ("gated/1", "open"), ms=(1.0, 1.0))
+    assert run_cli("-p", prefix, "-c", cache, "experiments", "run", first, "-q").returncode == 0
+    proc = subprocess.Popen(cli_command("-p", prefix, "-c", cache, "experiments", "run", gated, "-q", "--executor",
+                                        "dask", "--scheduler", cluster.scheduler_address),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (as in a terminal)
+    try:
+        assert wait_until(lambda: log.exists() and f"indexing-{token}" in log.read_text().split(), 60)
+        journals = [json.loads(p.read_text()) for p in (cache / ".runs").glob("*.json")]
+        named = {Path(p).name.partition(".")[2] for j in journals for p in j["paths"]}
+        assert {"db", "db.sha256", "db.table", "db.deps"} <= named, journals
+    finally:
+        proc.send_signal(sig)
+        try:
+            proc.wait(60)
+        finally:
+            proc.kill()
+    with log.open("a") as f:
+        f.write(f"go-{token}\n")  # the task, still running on its worker, ends
+    assert wait_until(lambda: list(cache.rglob(f"*.db.tmp-{proc.pid}-deps")), 60)
+    again = executor.run_experiment(prefix, cache, gated, executor.Options(), executor_name="dask",
+                                    scheduler=cluster.scheduler_address)
+    assert again["status"] == "ok" and again["results"] == {"al": ONE_RESULT, "ar": ONE_RESULT}, again
+    left = [str(p.relative_to(cache)) for p in cache.rglob("*") if ".tmp-" in p.name]
+    assert not left and not (cache / ".runs").exists(), (left, proc.pid)
+

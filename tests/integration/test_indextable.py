@@ -174,3 +174,39 @@ def test_str_subclasses_are_written_as_simplejson_writes_them_and_bad_values_are
     assert simplejson.loads((tmp_path / "i.db").read_text()) == [{"k": "a", "n": 1}, {"k": "b", "n": 2}]
     with pytest.raises(DataError):
         indextable.write_index(tmp_path / "j.db", [{"k": {1, 2}}])
+
+
+def test_a_discarded_index_leaves_none_of_its_files(tmp_path):
+    """The store knows an index entry's files by the data layer's names (the table's among them):
+    discarding an index removes the index, its digest, its table and its record."""
+    from backbeat.cache.store import CacheStore
+    from backbeat.data import indexfiles
+
+    store = CacheStore(tmp_path)
+    key = "ab" * 32
+    index = store.index_path(key)
+    index.parent.mkdir(parents=True)
+    indextable.write_index(index, CASES["scalars"])
+    store.set_index_record(key, dbindex.index_digest(index), "0" * 64)
+    files = indexfiles.files(index)
+    assert os.fspath(files[2]) == indextable.table_path(index) and all(p.is_file() for p in files)
+    store.discard_index(key)
+    assert not list(index.parent.iterdir())
+
+
+def test_units_of_mixed_values_end_where_beats_python_comparison_ends_them(tmp_path, monkeypatch):
+    """BEAT ends a unit where ``value != previous`` (Python: 1 == 1.0 == True, [1] == [1.0]): the
+    table's grouping, chunk by chunk, and the general grouping of the entries agree with it, also
+    when a chunk holds only numbers and the next lists (chunks of 4 here, 65,536 in a run)."""
+    values = [1, 1.0, True, 2, [1], [1.0], [True], 2.0, {"a": 1}, {"a": 1.0}, "x", "x", None, None,
+              [1, [2]], [1.0, [2.0]], 2, 2.0, [2], 3]
+    entries = [{"v": v} for v in values]
+    path = tmp_path / "x.db"
+    monkeypatch.setattr(indextable, "CHUNK", 4)
+    info = indextable.write_index(path, entries)
+    assert path.read_bytes() == dbindex.dumps_index(entries)
+    beat = [e.v for e in dbindex.read_index(path)]
+    starts = [0] + [i for i in range(1, len(beat)) if beat[i] != beat[i - 1]]  # BEAT's loop, in short
+    got = indextable.load_entries(path, info["digest"])
+    assert got.units("v")[0].tolist() == starts == dbindex.output_units(dbindex.read_index(path), "v")[0].tolist()
+    assert got[3:].units("v")[0].tolist() == [s - 3 for s in starts if s >= 3]

@@ -6,13 +6,17 @@ audit hook of :class:`~backbeat.runtime.dependencies.OpenRecorder`.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from backbeat.runtime.dependencies import OpenRecorder
-from backbeat.runtime.probe import probe
+from backbeat.runtime.probe import PARALLEL_UNITS, probe
+from conftest import wait_until
 
 
 def _view(root: Path, fail_at: int | None = None):
@@ -60,3 +64,92 @@ def test_a_second_half_that_dies_stops_the_probe(tmp_path):
 
     outcome = probe(dying, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True)
     assert outcome == "stopped: the process probing the second half of the units ended (exit code 3)"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable core: the probe never forks")
+def test_a_job_given_one_slot_probes_in_one_process(tmp_path):
+    """With ``-j`` slots for one process only (``cores=1``), a large probe does not fork."""
+    parent, seen = os.getpid(), []
+    calls = [("a", range(PARALLEL_UNITS))]
+    for cores, expected in ((1, PARALLEL_UNITS), (2, PARALLEL_UNITS // 2)):
+        seen.clear()
+        assert probe(lambda output, start: seen.append(os.getpid()), calls, OpenRecorder({}), cores=cores) == "complete"
+        assert len(seen) == expected and set(seen) == {parent}
+
+
+def test_an_interrupted_probe_kills_and_reaps_its_second_half_at_once(tmp_path):
+    """A signal (KeyboardInterrupt) in the first half: the second half is killed and reaped, not
+    waited for (it would sleep a minute here)."""
+    get, calls = _view(tmp_path)
+    parent = os.getpid()
+
+    def interrupted(output, start):
+        if os.getpid() != parent and not (tmp_path / "child").exists():
+            (tmp_path / "child").write_text(str(os.getpid()))
+            time.sleep(60)
+        elif start == 4:
+            assert wait_until(lambda: (tmp_path / "child").exists())
+            raise KeyboardInterrupt
+        return get(output, start)
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        probe(interrupted, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True)
+    assert time.monotonic() - t0 < 20
+    child = int((tmp_path / "child").read_text())
+    with pytest.raises(ChildProcessError):  # reaped: no child of ours left
+        os.waitpid(child, os.WNOHANG)
+    assert not psutil.pid_exists(child)
+
+
+MARKS_VIEW = '''
+import collections, os
+
+import numpy
+from beat.backend.python.database import View
+
+Entry = collections.namedtuple("Entry", ["value"])
+
+
+class Marks(View):
+    def index(self, root_folder, parameters):
+        return [Entry(i) for i in range(parameters["n"])]
+
+    def get(self, output, index):
+        mark = os.path.join(self.parameters["marks"], str(os.getpid()))  # the processes that probe
+        if not os.path.exists(mark):
+            open(mark, "w").close()
+        return {"value": numpy.int32(index)}
+'''
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable core: the probe never forks")
+def test_an_indexing_job_probes_on_two_cores_only_with_two_slots(copy_prefix, tmp_path):
+    """A dataset indexed alone with ``-j 1`` is probed by one process; with ``-j 2`` by two."""
+    from backbeat.execution.datasets import _datasets
+    from backbeat.execution.state import Run, local_group
+    from backbeat.execution.views import index_datasets
+    from backbeat.execution.workspace import Workspace
+    from backbeat.planning.selection import Options
+    from conftest import FIXTURES
+
+    prefix = copy_prefix(FIXTURES / "parallel" / "prefix")
+    (prefix / "databases" / "marks").mkdir()
+    (prefix / "databases" / "marks" / "1.py").write_text(MARKS_VIEW)
+    (prefix / "databases" / "marks" / "1.json").write_text(json.dumps({
+        "schema_version": 2, "root_folder": str(tmp_path), "protocols": [{
+            "name": "p", "template": "par_sets/1",
+            "views": {"items": {"view": "Marks", "parameters": {"n": PARALLEL_UNITS, "marks": str(tmp_path)}}}}]}))
+    workspace = Workspace.open(prefix, tmp_path / "cache")
+    for jobs in (1, 2):
+        for mark in tmp_path.glob("[0-9]*"):
+            mark.unlink()
+        run = Run(_datasets(workspace, "marks/1"), workspace, Options(jobs=jobs, force=True),
+                  local_group(workspace.user_root))
+        try:
+            index_datasets(run)
+        finally:
+            run.close()
+            run.end()
+        assert not run.state.dataset_errors, run.state.dataset_errors
+        assert len(list(tmp_path.glob("[0-9]*"))) == jobs

@@ -20,20 +20,11 @@ import pytest
 
 from backbeat.core import config
 from backbeat.processes import template
-from conftest import RUN_PREFIX
+from conftest import RUN_PREFIX, wait_until
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "_template_client.py"
 BACKBEAT = [str(Path(sys.executable).parent / "backbeat")]  # (installed with backbeat: a template serves only it)
-
-
-def wait_until(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
 
 
 def _alive(pid: int) -> bool:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backbeat.core.errors import DataError
-from backbeat.data.batch import Batch, concat, layout
+from backbeat.data.batch import Batch, concat, layout, row_bytes, unit_bytes
 from backbeat.data.values import BASETYPES, value_type
 
 FIELD = st.text(alphabet="abcdxyz_", min_size=1, max_size=4).filter(lambda s: s[0] != "_")
@@ -205,3 +205,11 @@ def test_dicts_of_numbers_convert_as_each_dict_would():
     ):
         with pytest.raises(DataError, match=message):
             Batch.from_values("user/f/1", fmt, [*good, bad])
+
+
+def test_bytes_per_row_and_per_unit():
+    """One measure of a row (cache reads and writes, batches, the wire): at least a byte."""
+    assert row_bytes(np.dtype("<f8"), (3, 2)) == 48 and row_bytes(np.dtype("<i4"), ()) == 4
+    assert row_bytes(np.dtype("<f8"), (0,)) == 1
+    expanded = {"a": [3, "float64"], "b": "int32"}
+    assert unit_bytes(expanded, "x") == 16 + 24 + 4

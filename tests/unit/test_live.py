@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from backbeat.reporting import live
@@ -44,3 +45,16 @@ def test_the_file_of_a_dead_run_is_ignored_and_removed(tmp_path) -> None:
     rec.file.parent.mkdir(parents=True, exist_ok=True)
     rec.file.write_text('{"experiment": "e", "pid": 999999999, "blocks": {}}\n')
     assert live.read(tmp_path, "e") is None and not rec.file.exists()
+
+
+def test_the_files_of_earlier_versions_are_swept_as_their_runs_end(tmp_path) -> None:
+    """An earlier version kept the whole state as one indented JSON document, ``<sha256>.json``:
+    the one of a dead run goes when a run starts, the one of a live run stays."""
+    folder = tmp_path / live.FOLDER
+    folder.mkdir()
+    dead, alive = folder / f"{'a' * 64}.json", folder / f"{'b' * 64}.json"
+    for p, pid in ((dead, 999999999), (alive, os.getpid())):
+        p.write_text(json.dumps({"experiment": "e", "pid": pid, "started": 0, "updated": 0,
+                                 "blocks": {"x": {"state": "running"}}}, indent=2))
+    live.Recorder(tmp_path, "e").close()
+    assert not dead.exists() and alive.exists()

@@ -61,6 +61,7 @@ def test_dataset_and_provider_specs_round_trip():
                      "train_test", "train", {"root": "/data/iris", "code": "/p/databases/iris"}, "/c/i.db.journal",
                      "/c/manifests/x.json", "/c/.memo/stat.sqlite3")
     assert round_trip(ds) == ds
+    assert round_trip(dataclasses.replace(ds, cores=2)).cores == 2  # (an indexing job's share of -j)
     provider = ProviderSpec("ipc:///tmp/db", {"train": ds})
     assert round_trip(provider) == provider
 

@@ -17,13 +17,11 @@ formats are plain files, readable without backbeat: the digest is ``sha256sum`` 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import secrets
 from pathlib import Path
 
+from backbeat.core import durable
 from backbeat.core.errors import IntegrityError
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -50,20 +48,7 @@ class Blobs:
                 return digest
         except OSError:
             pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            if isinstance(exc, OSError) and exc.filename is None:
-                exc.filename = str(path)  # (a full disk found by flush or close names no file)
-            raise
+        durable.write_atomic(path, data, mkdir=True)
         return digest
 
     def get(self, digest: str) -> bytes:

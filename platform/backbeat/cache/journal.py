@@ -8,8 +8,10 @@ half-written record stay in the cache.  So a run keeps a *journal*,
 the entries whose temporaries it may leave (and a sandboxed run's staging folder).  The next run on the same host
 (:func:`sweep`, called as a run starts) finds the journals whose process is dead and removes
 what they list: writers' temporaries whose writer is dead, and — under the job's lock, so
-never under a run computing it now — the job's slot files; what the run's own process was
-writing in the content-addressed areas (code snapshots, data manifests); then the journal.
+never under a run computing it now — the job's slot files, and makes its committed outputs
+that were not yet durable so (``boot``: verified by their digest first if the machine has
+restarted since, see :mod:`backbeat.core.durable`); what the run's own process was writing in
+the content-addressed areas (code snapshots, data manifests); then the journal.
 
 Journals are bookkeeping (never scanned as entries, never deleted by ``cache clear``).  A
 cache that cannot be written gets no journal (nothing can be left in it either).
@@ -25,7 +27,8 @@ import socket
 from pathlib import Path
 
 from backbeat.cache.store import CacheStore
-from backbeat.core import jsonio, pids
+from backbeat.core import durable, jsonio, pids
+from backbeat.core.errors import IntegrityError
 
 FOLDER = ".runs"
 #: the folder of the cache holding sandboxed runs' staging folders (``backbeat.execution.sandboxing``)
@@ -69,20 +72,15 @@ class Journal:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-0")
-        text = jsonio.dumps({"pid": os.getpid(), "jobs": list(self.jobs.values()), "paths": self.paths,
-                             "folders": self.folders})
+        text = jsonio.dumps({"pid": os.getpid(), "boot": durable.boot_id(), "jobs": list(self.jobs.values()),
+                             "paths": self.paths, "folders": self.folders})
         for _attempt in range(2):  # (another run may remove the folder, empty, just as it is made)
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(text)
-                os.replace(tmp, self.path)
+                durable.write_atomic(self.path, text, sync=False, mkdir=True)
                 return
             except FileNotFoundError:
                 continue
             except OSError:  # a read-only or full cache: nothing will be written there either
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
                 return
 
     def close(self) -> None:
@@ -131,7 +129,30 @@ def _clean(store: CacheStore, path: Path, pid: int) -> None:
             with lock:
                 slots = job.get("slots")
                 store.drop_partial(outputs, slots if isinstance(slots, int) and slots > 1 else 0, locked=True)
+                _make_durable(store, outputs, bool(rec.get("boot")) and rec.get("boot") == durable.boot_id())
     path.unlink(missing_ok=True)
+
+
+def _make_durable(store: CacheStore, keys: list[str], same_boot: bool) -> None:
+    """The outputs a dead run committed but had not made durable yet (still marked unsynced).
+    If the machine has not restarted since (``same_boot``), the page cache holds what their
+    writers wrote: they are synced.  Otherwise (a crash, a power loss) their bytes may be lost:
+    each is verified by its content digest first, and quarantined if it does not hold."""
+    for key in keys:
+        try:
+            if not durable.is_unsynced(store.output_path(key).stat()):
+                continue
+        except OSError:
+            continue
+        if same_boot:
+            store.make_durable([key])
+            continue
+        try:
+            store.verify_output(key)  # (made durable once verified)
+        except IntegrityError as exc:
+            store.reject(key, f"committed by a run that died before it was durable, and not intact: {exc}")
+        except OSError:
+            continue  # (unreadable now: it stays marked, verified whenever it is read)
 
 
 def sweep(store: CacheStore) -> list[Path]:

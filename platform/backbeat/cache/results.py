@@ -14,6 +14,8 @@ are derived again from the verified entry, and a summary that said something els
 reported (:func:`check_result`).  ``backbeat cache verify`` and ``experiments audit`` always
 derive the records again and compare (:func:`summary_problem`).  Summaries of the older
 format (trusted on size and modification time alone) are never used: they are rebuilt.
+An entry still marked unsynced is made durable before its summary is written
+(:mod:`backbeat.core.durable`): no summary is bound to bytes a crash may lose.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backbeat.core import jsonio
+from backbeat.core import durable, jsonio
 
 if TYPE_CHECKING:
     from backbeat.cache.store import CacheStore
@@ -72,19 +74,19 @@ def derive(store: CacheStore, key: str) -> tuple[list[dict], str, os.stat_result
     path = store.output_path(key)
     st = path.stat()
     with cachereader.CacheReader(str(path), verify=True, key=key) as reader:
-        return cachereader.records(reader), reader.digest, st
+        found = cachereader.records(reader), reader.digest
+    if durable.is_unsynced(st):  # durable before trusted: a summary binds only a synced entry (verified first)
+        st = store.durability.sync_verified(path)
+    return (*found, st)
 
 
 def _write(store: CacheStore, key: str, records: list, digest: str, st: os.stat_result) -> None:
+    if durable.is_unsynced(st):  # (it could not be made durable: no summary trusts it)
+        return
     raw = jsonio.dumps({"format": FORMAT, "key": key, "digest": digest, "records": records}).encode("utf-8")
-    summary = summary_path(store, key)
-    tmp = Path(f"{summary}.tmp-{os.getpid()}-0")
-    try:
-        tmp.write_bytes(raw)
-        os.replace(tmp, summary)
+    try:  # (not synced: a summary lost in a crash no longer matches the memo, and is derived again)
+        durable.write_atomic(summary_path(store, key), raw, sync=False)
     except OSError:  # a read-only or full cache still gives results
-        with contextlib.suppress(OSError):  # (on a read-only file system even this fails)
-            tmp.unlink()
         return
     store.memo.remember(_TAG, store.output_path(key), st, hashlib.sha256(raw).hexdigest())
     store.memo.remember("h5-identity", store.output_path(key), st, f"{key} {digest}")

@@ -8,8 +8,8 @@ Layout (``file`` backend, BEAT-compatible paths): an *entry* is the file
 
 * ``.h5`` — a block output or analyzer result (:mod:`backbeat.data.cachefile`), committed
   atomically: a writer fills ``<entry>.tmp-<pid>-<random>`` and renames it into place once
-  complete, its content digest and its key written and fsync'ed; ``<entry>.slot<k>`` are the
-  parts of a split block, assembled into the entry;
+  complete (its content digest and key written), *marked unsynced* until it is durable;
+  ``<entry>.slot<k>`` are the parts of a split block, assembled into the entry;
 * ``.db`` — a view index (:mod:`backbeat.data.dbindex`), with ``<entry>.sha256`` beside it and
   ``<entry>.deps``: the index's identity and the data manifest of what its view opened
   (:meth:`CacheStore.index_record`), and its columnar form ``<entry>.table``
@@ -41,7 +41,10 @@ is complete.
 Every read of an entry checks its identity — the key stored in the file equals the key it
 was looked up by (:meth:`CacheStore.check_identity`, memoised by ``stat``) — and reads that
 must be trusted verify its content digest too (:meth:`CacheStore.verify_output`).  An entry
-failing either is moved to the quarantine and its producer re-run.
+failing either is moved to the quarantine and its producer re-run.  *Durable before trusted*:
+an entry still marked unsynced (:mod:`backbeat.core.durable`) is verified by its digest, never
+by its identity alone nor by the memo; a run makes its entries durable in the background
+(:meth:`CacheStore.entrust`) and waits for that before writing what trusts them.
 
 The class is the interface the rest of backbeat uses; another backend subclasses it (see
 ``docs/architecture.md``, "Adding a cache backend").
@@ -60,14 +63,15 @@ from typing import Any
 
 from backbeat.cache import locks
 from backbeat.cache.blobs import Blobs
+from backbeat.cache.durability import Durability
 from backbeat.cache.locks import EntryLock
-from backbeat.core import hashing, jsonio, pids
+from backbeat.core import durable, hashing, jsonio, pids
 from backbeat.core.errors import BackbeatError, DataError, IntegrityError
 from backbeat.core.statmemo import StatMemo
+from backbeat.data import indexfiles
 
 OUTPUT = ".h5"
 INDEX = ".db"
-INDEX_TABLE = ".table"  # beside an index: its columnar form (backbeat.data.indextable.SUFFIX)
 LOG = ".log"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
@@ -92,6 +96,8 @@ class CacheStore:
         self.root = Path(root)
         self._memo: StatMemo | None = None
         self._paths: dict[tuple[str, str], Path] = {}  # (key, suffix) -> path: a Path costs ~10 µs to make
+        #: what it knows of its entries' durability (:mod:`backbeat.cache.durability`)
+        self.durability = Durability(lambda: self.memo)
         #: code snapshots (:mod:`backbeat.cache.blobs`)
         self.code = Blobs(self.root / "code")
         #: data manifests (:mod:`backbeat.provenance.manifests`)
@@ -155,6 +161,7 @@ class CacheStore:
 
     def flush(self) -> None:
         """Persist what the memo learnt (the end of a run, status, audit)."""
+        self.durability.settle()
         if self._memo is not None:
             self._memo.flush()
 
@@ -277,18 +284,23 @@ class CacheStore:
         self.output_path(key).unlink(missing_ok=True)
 
     def discard_index(self, key: str) -> None:
-        """Remove a view index entry (its view failed to index), its table and its record."""
-        path = self.index_path(key)
-        path.unlink(missing_ok=True)
-        Path(f"{path}{INDEX_TABLE}").unlink(missing_ok=True)
-        Path(f"{path}.deps").unlink(missing_ok=True)
+        """Remove a view index entry (its view failed to index), its digest, table and record."""
+        for path in indexfiles.files(self.index_path(key)):
+            path.unlink(missing_ok=True)
 
     # -- identity and verification ----------------------------------------------------------
     def identity(self, key: str) -> tuple[str, str]:
         """``(stored key, stored digest)`` of an output entry, from its attributes, memoised by
-        ``stat`` (a cached run opens no HDF5 file); IntegrityError/OSError when unreadable."""
+        ``stat`` (a cached run opens no HDF5 file); IntegrityError/OSError when unreadable.
+
+        An entry marked as not yet durable (committed by a run that has not synced it yet, or
+        that died first: :mod:`backbeat.core.durable`) is verified by its content digest
+        instead — after a crash its attributes may have survived without its data — then made
+        durable here, and only then remembered."""
         path = self.output_path(key)
         st = path.stat()
+        if durable.is_unsynced(st):
+            return self.durability.verified_identity(path)
         value = self.memo.lookup("h5-identity", path, st)
         if value is None:
             from backbeat.data import cachereader
@@ -313,25 +325,31 @@ class CacheStore:
         """Verify an output entry: its identity and its content digest; return the digest.
 
         Raises :class:`~backbeat.core.errors.IntegrityError` (or ``OSError``) when it does not hold.
+        An entry not yet durable is made durable once verified (:meth:`identity`).
         """
         from backbeat.data import cachereader
 
         path = self.output_path(key)
         st = path.stat()
         digest = cachereader.verify(str(path), key=key)
-        self.memo.remember("h5-identity", path, st, f"{key} {digest}")
+        if durable.is_unsynced(st):
+            st = self.durability.sync_verified(path)
+        self.memo.remember("h5-identity", path, st, f"{key} {digest}")  # (not if still unsynced)
         return digest
 
-    def settle(self, key: str, digest: str) -> None:
-        """Remember the identity of output entry ``key`` that its writer has just committed (under
-        this key, with content ``digest``, as its attributes say): what :meth:`identity` would
-        read from it, without opening it."""
-        path = self.output_path(key)
-        try:
-            st = path.stat()
-        except OSError:
-            return
-        self.memo.remember("h5-identity", path, st, f"{key} {digest}")
+    def entrust(self, key: str, digest: str | None = None) -> None:
+        """Output entry ``key`` was just committed (marked unsynced, content ``digest``): make it
+        durable in the background, then remember its identity (:mod:`backbeat.cache.durability`)."""
+        self.durability.entrust(self.output_path(key), key, digest)
+
+    def make_durable(self, keys: Iterable[str]) -> dict[str, OSError]:
+        """Make output entries durable now (:func:`backbeat.core.durable.make_durable`)."""
+        return durable.make_durable([self.output_path(k) for k in keys])
+
+    def await_durable(self) -> dict[str, OSError]:
+        """Wait until every entry entrusted is durable (before writing what trusts them); those
+        that could not be made durable, and why (they stay marked: verified by digest)."""
+        return self.durability.wait()
 
     def stored_digest(self, key: str) -> str:
         """The content digest recorded in an output entry (attributes only, not verified)."""
@@ -369,11 +387,8 @@ class CacheStore:
 
     def set_index_record(self, key: str, index_digest: str, manifest: str) -> None:
         """Write the identity record of a view index just built (atomically)."""
-        path = Path(f"{self.index_path(key)}.deps")
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-0")
-        tmp.write_text(jsonio.dumps({"format": INDEX_RECORD, "key": key, "index_digest": index_digest,
-                                     "manifest": manifest}))
-        os.replace(tmp, path)
+        durable.write_atomic(f"{self.index_path(key)}.deps", jsonio.dumps(
+            {"format": INDEX_RECORD, "key": key, "index_digest": index_digest, "manifest": manifest}), sync=False)
 
     def verify_file(self, path: Path) -> dict:
         """``{"path", "status": ok|corrupt|skipped, "message"}`` for one cache file.

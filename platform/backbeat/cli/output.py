@@ -23,6 +23,12 @@ def _where(problem: dict) -> str:
     return where
 
 
+def warning_line(problem: dict) -> str:
+    """How a warning (a :class:`~backbeat.core.errors.Problem` as JSON) is printed: ``warning:
+    <where>: <message>`` (``file: /pointer`` for declarations, ``file:line`` for code)."""
+    return f"warning: {_where(problem)}: {problem['message']}"
+
+
 def print_check(reports: list[dict], as_json: bool) -> int:
     """Print ``check`` reports; exit status 1 if any asset is invalid."""
     if as_json:
@@ -38,7 +44,7 @@ def print_check(reports: list[dict], as_json: bool) -> int:
                 print(f"  ... and {r['errors_omitted']:,} more problem(s) not shown "
                       f"(the first {len(r['errors'])} are)")
             for w in warnings:
-                print(f"  warning: {_where(w)}: {w['message']}".replace("\n", "\n    "))
+                print(f"  {warning_line(w)}".replace("\n", "\n    "))
         bad = sum(not r["valid"] for r in reports)
         warned = sum(len(r.get("warnings") or []) for r in reports)
         print(f"{len(reports)} asset(s) checked, {bad} invalid"

@@ -49,7 +49,7 @@ class ProgressDisplay:
 
     def __call__(self, event: dict) -> None:
         if event["state"] == "warning":  # about the experiment (printed even with -q)
-            self.stream.write(f"warning: {event['file']}: {event['pointer'] or '/'}: {event['message']}\n")
+            self.stream.write(output.warning_line(event) + "\n")
             self.stream.flush()
             return
         if self.quiet:
@@ -171,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name in args.names:  # (a run reports them as progress events, from the validation that plans it)
             if not api.is_pattern(name):  # e.g. "false" for a boolean parameter: it means true
                 for w in api.warnings(args.prefix, "experiment", name):
-                    print(f"warning: {w['file']}: {w['pointer'] or '/'}: {w['message']}", file=sys.stderr)
+                    print(output.warning_line(w), file=sys.stderr)
         plans = api.dry_runs(args.prefix, args.cache, args.names, **options)
         if args.json:
             output.print_json(plans[0] if single else plans)

@@ -3,7 +3,8 @@
 A file is hashed again only when its size, modification time, change time or inode differ
 from when it was hashed (git's index and ninja's log work the same way).  An entry is *racy*
 — not trusted — when the file changed less than :data:`RACY_NS` before it was hashed: a
-same-size rewrite within one clock tick would otherwise go unseen.  The change time
+same-size rewrite within one clock tick would otherwise go unseen.  A file marked as not yet
+durable (:func:`backbeat.core.durable.is_unsynced`) is neither remembered nor looked up.  The change time
 (``st_ctime_ns``) cannot be set by a user, so restoring a file's modification time after
 editing it does not fool the memo.
 
@@ -37,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from backbeat.core import hashing
+from backbeat.core import durable, hashing
 
 RACY_NS = 2_000_000_000
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS memo (tag TEXT NOT NULL, path TEXT NOT NULL, size INTEGER, "
@@ -138,6 +139,8 @@ class StatMemo:
                 st = os.stat(p)
             except OSError:
                 return None
+        if durable.is_unsynced(st):  # (a file not yet on disk is never trusted by its stat)
+            return None
         row = self._row(tag, p)
         if row is None or tuple(row[:4]) != signature(st):
             return None
@@ -146,6 +149,11 @@ class StatMemo:
         return str(row[4])
 
     def remember(self, tag: str, path: str | os.PathLike, st: os.stat_result, value: str) -> None:
+        """Remember ``value`` for ``path`` as ``st`` describes it — unless ``st`` says the file
+        is marked as not yet durable (:mod:`backbeat.core.durable`): after a crash its bytes
+        could be other than those the value was derived from."""
+        if durable.is_unsynced(st):
+            return
         p = os.fspath(path)
         row = (*signature(st), value, time.time_ns())
         self._mem[(tag, p)] = row

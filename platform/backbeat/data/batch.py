@@ -20,7 +20,6 @@ The rows of the top node are the data units; a ``list`` node's child has one row
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -148,6 +147,11 @@ def layout(expanded: dict, name: str = "?") -> tuple[Column, ...]:
     return _layout(name, canonical(expanded))
 
 
+def row_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """Bytes of one row of an array of ``dtype`` whose rows have ``shape`` (at least 1)."""
+    return max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+
+
 def unit_bytes(expanded: dict, name: str = "?") -> int:
     """Bytes of one unit in a batch: its unit-level columns and its range (16), not counting what
     variable-length fields hold beyond their offsets and shapes."""
@@ -156,7 +160,7 @@ def unit_bytes(expanded: dict, name: str = "?") -> int:
 
 @lru_cache(maxsize=1024)
 def _unit_bytes(name: str, canon: str) -> int:  # (asked for several times by every block process)
-    return 16 + sum(max(1, math.prod(c.shape) * c.dtype.itemsize) for c in _layout(name, canon) if c.rows == "")
+    return 16 + sum(row_bytes(c.dtype, c.shape) for c in _layout(name, canon) if c.rows == "")
 
 
 def units_within(expanded: dict, name: str, limit: int, budget: int) -> int:

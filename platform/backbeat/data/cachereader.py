@@ -19,7 +19,7 @@ import numpy as np
 from backbeat.core import jsonio
 from backbeat.core.errors import IntegrityError
 from backbeat.data import cachefile
-from backbeat.data.batch import Batch, take, tree, units_within
+from backbeat.data.batch import Batch, row_bytes, take, tree, units_within
 from backbeat.data.values import BaseValue, value_type
 
 
@@ -93,7 +93,7 @@ class CacheReader:
             for name, dtype, shape in cachefile.arrays(self.dataformat, self.expanded):
                 ds = self._ds[name]
                 h = hashlib.sha256()
-                rows = max(1, cachefile.READ_BYTES // max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize))
+                rows = max(1, cachefile.READ_BYTES // row_bytes(dtype, shape))
                 n = ds.shape[0]
                 bufs = [np.empty((min(rows, n), *shape), dtype=dtype) for _ in range(2 if n > rows else 1)]
                 pending = None

@@ -2,9 +2,10 @@
 
 The writer fills ``<path>.tmp-<pid>-<random>``, buffers per-unit writes into batches of about
 :data:`BUFFER_BYTES`, and on :meth:`~CacheWriter.close` checks that every data unit up to
-``end`` is present, stores the digest, fsyncs, renames into place and fsyncs the directory: a
+``end`` is present, stores the digest, marks the file unsynced and renames it into place: a
 file at ``path`` is always complete (the temporaries of a killed writer are removed by the
-cache store, :mod:`backbeat.cache.store`).  Files are sized to their data: an output up to
+cache store, :mod:`backbeat.cache.store`), and durable once its mark is cleared
+(:mod:`backbeat.core.durable`: "durable before trusted").  Files are sized to their data: an output up to
 :data:`SMALL_BYTES` waits in memory and is written with its exact shapes (compact up to
 :data:`COMPACT_BYTES` per array, else contiguous); larger ones are chunked, with chunk rows
 from the dataformat; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
@@ -29,9 +30,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import cachefile
-from backbeat.data.batch import I64, Batch, tree, units_within
+from backbeat.data.batch import I64, Batch, row_bytes, tree, units_within
 from backbeat.data.values import BaseValue, as_value, canonical, value_type
 
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
@@ -42,6 +44,8 @@ SMALL_BYTES = 2 << 20  # an output up to this size waits in memory and is writte
 COMPACT_BYTES = 8 << 10  # an array up to this size is stored in the file's metadata (compact layout)
 COMPRESSIONS = ("gzip", "lzf")  # h5py's own filters (every h5py reads them); "gzip:N" sets the level
 BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as one batch
+#: a large output starts its writeback every this many bytes written (core.durable.start_writeback)
+WRITEBACK_BYTES = 8 << 20
 #: the root group's attributes stay in its object header up to this many (HDF5's default is 8, and
 #: a file has 9: dense storage would add a fractal heap and two B-trees to every file)
 COMPACT_ATTRIBUTES = 16
@@ -113,21 +117,14 @@ def compression_options(compression: str | None) -> dict[str, Any]:
     return {"compression": name, "shuffle": True, **({"compression_opts": int(level)} if level else {})}
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CacheWriter:
     """Write one cache file (see module docstring); use as a context manager or call close()/abort()."""
 
     def __init__(self, path: str | os.PathLike, fmt_name: str, expanded: dict, *, key: str = "",
                  start: int = 0, end: int | None = None, compression: str | None = DEFAULT_COMPRESSION,
-                 buffer_units: int | None = None) -> None:
+                 buffer_units: int | None = None, sync: bool = False) -> None:
         self.path = os.fspath(path)
+        self.sync = sync  # fsync before the commit (else: committed marked unsynced, see _commit)
         self.name, self.expanded, self.key = fmt_name, expanded, key
         self.start, self.end = int(start), (None if end is None else int(end))
         if self.start < 0 or (self.end is not None and self.end < self.start):
@@ -156,6 +153,8 @@ class CacheWriter:
             raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
         self._file: h5py.File | None = None  # the high-level file, once needed (chunked outputs)
         self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
+        self._fd: int | None = None  # a descriptor of the temporary, to start its writeback
+        self._unsynced = 0  # bytes written since the writeback was last started
         self._pending: list[list[np.ndarray]] = []  # arrays appended before (small outputs: until close)
         self._pending_bytes = 0
         self._hasher = cachefile.Hasher()
@@ -331,7 +330,7 @@ class CacheWriter:
         hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
         for name, arr in zip(self._names, waiting, strict=True):
             dtype, shape = self._specs[name]
-            row = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+            row = row_bytes(dtype, shape)
             rows = max(1, min(CHUNK_BYTES // row, max(hint, SMALL_CHUNK_BYTES // row)))
             rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
             ds = self._file.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
@@ -350,6 +349,17 @@ class CacheWriter:
                 ds.resize(old + n, axis=0)
                 ds[old:old + n] = arr
                 self._filled[name] = old + n
+                self._unsynced += arr.nbytes
+        if self._unsynced >= WRITEBACK_BYTES:  # (a large output: on disk by the time it is made durable)
+            self._writeback()
+
+    def _writeback(self) -> None:
+        """Start writing what is in the file so far to disk, without waiting (see :data:`WRITEBACK_BYTES`)."""
+        self._unsynced = 0
+        with contextlib.suppress(OSError):
+            if self._fd is None:
+                self._fd = os.open(self.tmp, os.O_RDONLY)
+            durable.start_writeback(self._fd)
 
     def _create_exact(self) -> None:
         """Write what waited as datasets of their exact shapes: compact (in the file's metadata) when
@@ -410,13 +420,7 @@ class CacheWriter:
             self.abort()
             raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
         self._closed = True
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path)
+        self._commit()
         return digest
 
     def _close_file(self) -> None:
@@ -426,12 +430,32 @@ class CacheWriter:
         if self._fid.valid:
             self._fid.close()  # (CLOSE_STRONG: with every object still open in it)
 
+    def _commit(self) -> None:
+        """Rename the complete file into place.  Not durable yet: it is marked unsynced first
+        (:mod:`backbeat.core.durable`) and whoever runs the block makes it durable off the critical
+        path (:meth:`backbeat.cache.store.CacheStore.entrust`); nothing trusts it unverified until then.
+        ``sync=True`` (or a file system refusing the mark): fsync'ed before the rename, as before."""
+        if self._fd is not None:  # (a large output: the rest of it goes to disk now)
+            self._writeback()
+            os.close(self._fd)
+            self._fd = None
+        if self.sync or not durable.mark_unsynced(self.tmp):
+            durable.fsync_path(self.tmp)
+            os.replace(self.tmp, self.path)
+            durable.fsync_folder(self.path)
+            return
+        os.replace(self.tmp, self.path)
+
     def abort(self) -> None:
         """Drop everything written; the final path is never touched."""
         self._closed = True
         self._hasher.close()
         with contextlib.suppress(Exception):
             self._close_file()
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
 

@@ -11,13 +11,14 @@ A database output's data units group consecutive entries whose mapped attribute 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import operator
 import os
-import secrets
 from collections import namedtuple
 from collections.abc import Sequence
+from functools import partial
+from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import simplejson
 
+from backbeat.core import durable
 from backbeat.core.errors import DataError
 from backbeat.core.hashing import hash_file_contents
 
@@ -45,13 +47,6 @@ def dumps_index(entries: Sequence[Any]) -> bytes:
     return simplejson.dumps(list(entries), cls=Encoder).encode("utf-8")
 
 
-def _write_synced(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes) -> str:
     """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically.
 
@@ -70,27 +65,13 @@ def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes) -> str:
         except (TypeError, ValueError) as exc:
             raise DataError(f"view index cannot be written as JSON: {exc}") from None
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        digest = hashlib.sha256(data).hexdigest()
-        _write_synced(f"{tmp}.sha256", digest.encode())
-        os.replace(f"{tmp}.sha256", f"{path}.sha256")  # the digest first: an index never lacks it
-        _write_synced(tmp, data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        for leftover in (tmp, f"{tmp}.sha256"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
-        if isinstance(exc, OSError) and exc.filename is None:  # (a full disk) say which file
-            raise OSError(exc.errno, exc.strerror, path) from exc
-        raise
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = durable.temporary_name(path)
+    digest = hashlib.sha256(data).hexdigest()
+    # the digest first: an index never lacks it (its temporary is named after the index's, so that
+    # what a killed writer leaves of either is found as the index's temporaries)
+    durable.write_atomic(f"{path}.sha256", digest.encode(), tmp=f"{tmp}.sha256")
+    durable.write_atomic(path, data, tmp=tmp, sync_folder=True)
     return digest
 
 
@@ -136,26 +117,21 @@ def parse_index(raw: bytes, path: str) -> list[dict]:
     return objs
 
 
-def _keys(values: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Values as a 1-d array whose elementwise ``!=`` matches Python ``!=`` on the originals."""
-    n = len(values)
-    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype != object:
-        return values
-    simple = all(isinstance(v, (bool, int, float, str, np.generic)) or v is None for v in values)
-    if simple:
-        arr = np.empty(n, dtype=object)
-        arr[:] = list(values)
-        return arr
-    keys = np.empty(n, dtype=object)
-    keys[:] = [simplejson.dumps(v, cls=Encoder, sort_keys=True) if not isinstance(v, str) else "s:" + v
-               for v in values]
-    return keys
+def _differ(a: Any, b: Any) -> bool:
+    """``a != b`` as BEAT decides where units end, for values whose ``!=`` is no truth value
+    (numpy arrays, lists of them): then by content, as simplejson writes them."""
+    try:
+        return bool(a != b)
+    except (ValueError, TypeError):
+        key = partial(simplejson.dumps, cls=Encoder, sort_keys=True)
+        return bool(key(a) != key(b))
 
 
 def group_units(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group consecutive equal values; return int64 ``(starts, ends)`` (inclusive) of each unit.
 
-    Works for numbers, strings and array/list values (compared by content).
+    Neighbours are compared with Python's ``!=``, as BEAT does (``1 == 1.0 == True``, ``[1] == [1.0]``);
+    values whose ``!=`` is no truth value (numpy arrays) by content.
     """
     n = len(values)
     if n == 0:
@@ -171,8 +147,15 @@ def changes(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.ndim > 1:
         flat = values.reshape(n, -1)
         return np.any(flat[1:] != flat[:-1], axis=1)
-    keys = _keys(values)
-    return np.asarray(keys[1:] != keys[:-1], dtype=bool)
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return np.asarray(values[1:] != values[:-1], dtype=bool)
+    # Python's != between neighbours, as BEAT (1 == 1.0 == True, [1] == [1.0]): each pair on its
+    # own, so the answer never depends on the other values (nor on how they are chunked)
+    seq = values if isinstance(values, (list, tuple)) else list(values)
+    try:
+        return np.fromiter(map(operator.ne, islice(seq, 1, None), seq), dtype=bool, count=n - 1)
+    except (ValueError, TypeError):  # a != that is no truth value (an array): pair by pair
+        return np.fromiter(map(_differ, islice(seq, 1, None), seq), dtype=bool, count=n - 1)
 
 
 def units_of(change: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

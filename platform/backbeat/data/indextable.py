@@ -37,7 +37,6 @@ import math
 import mmap
 import operator
 import os
-import secrets
 import shutil
 import tempfile
 from collections import namedtuple
@@ -51,11 +50,12 @@ import numpy as np
 import simplejson
 from simplejson.encoder import encode_basestring_ascii
 
+from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import dbindex
+from backbeat.data.indexfiles import TABLE as SUFFIX
 
 MAGIC = b"backbeat-index-table/1\n"
-SUFFIX = ".table"
 WINDOW = 1024  # entries made at once by Entries
 CHUNK = 65536  # values compared at once when grouping non-numeric columns
 NUMERIC = {"int": np.dtype("<i8"), "float": np.dtype("<f8"), "bool": np.dtype("?")}
@@ -234,18 +234,7 @@ def write_table(index_path: str | os.PathLike, source: str, n: int, cols: dict[s
     header["digest"] = _digest(header, payload)
     head = json.dumps(header).encode()
     path = path or table_path(index_path)
-    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + len(head).to_bytes(8, "little") + head)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    durable.write_atomic(path, (MAGIC + len(head).to_bytes(8, "little") + head, payload))
     return path
 
 

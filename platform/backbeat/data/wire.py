@@ -23,7 +23,7 @@ from typing import Any, cast
 import numpy as np
 
 from backbeat.core.errors import DataError, WireError
-from backbeat.data.batch import I64, Batch, layout
+from backbeat.data.batch import I64, Batch, layout, unit_bytes
 from backbeat.data.values import canonical
 
 TAG = "wire/1"
@@ -132,9 +132,7 @@ class BatchSender:
     def __init__(self, socket: Any, fmt_name: str, expanded: dict, max_units: int | None = None,
                  target_bytes: int = 1 << 20, flags: int = 0) -> None:
         self.socket, self.name, self.expanded, self.flags = socket, fmt_name, expanded, flags
-        row = 16 + sum(max(1, int(np.prod(c.shape, dtype=np.int64))) * c.dtype.itemsize
-                       for c in layout(expanded, fmt_name) if c.rows == "")
-        self.max_units = max_units or max(16, target_bytes // row)
+        self.max_units = max_units or max(16, target_bytes // unit_bytes(expanded, fmt_name))
         self._values: list[Any] = []
         self._starts: list[int] = []
         self._ends: list[int] = []

@@ -197,6 +197,16 @@ def decide(run: Run, jobs: Collection[str] | None = None) -> None:
             run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
 
 
+def durable_before_trusted(run: Run) -> None:
+    """Wait until the outputs the run committed are durable (made so in the background: its
+    result summaries and record trust them); an output that could not be is a warning (it stays
+    marked unsynced: no run trusts it without verifying its digest)."""
+    for path, exc in sorted(run.store.await_durable().items()):
+        run.state.warnings.append(f"{describe_environmental(exc, path, doing='syncing', cache=run.store.location)}: "
+                                  f"the cache file was not made durable (it is verified by its digest before "
+                                  f"it is trusted)")
+
+
 def finish(run: Run) -> None:
     """Jobs that never started (not selected, or after a failure) end ``skipped``."""
     for job in run.plan.jobs:
@@ -308,6 +318,7 @@ class Executor(ABC):
             stopped = exc
         finally:
             run.close()
+        durable_before_trusted(run)
         finish(run)
         rep = report(run)
         if stopped is not None:

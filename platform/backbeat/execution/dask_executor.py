@@ -43,7 +43,7 @@ from backbeat.execution.base import Executor, decide
 from backbeat.execution.remote import RemoteIndex, RemoteJob, TaskResult
 from backbeat.execution.specs import SpecBuilder
 from backbeat.execution.state import BROKEN, JobState, Run
-from backbeat.execution.views import index_spec, record_index
+from backbeat.execution.views import begin_index, record_index
 from backbeat.planning.model import assign_keys
 from backbeat.processes.outcome import Outcome
 
@@ -155,14 +155,21 @@ class DaskExecutor(Executor):
             from backbeat.execution.dask_worker import BlockRunners
 
             client.register_plugin(BlockRunners())  # warm runners on every worker (kept between runs)
+            unwritable = False
             for ds_name in run.deferred:  # first: the views to index, then what can run meanwhile
-                spec, reads = index_spec(run, ds_name, specs)
+                begun = begin_index(run, ds_name, specs, cores=1)  # (a task: one worker thread)
+                if begun is None:  # (the cache cannot be written: a dataset error, as locally)
+                    unwritable = True
+                    continue
+                spec, reads = begun
                 task = RemoteIndex(spec, run.store.location, run.workspace.user_root,
                                    str(run.store.log_path(run.plan.datasets[ds_name].index_key)))
                 future = client.submit(index_task, task.to_json(), key=f"backbeat-index-{os.urandom(8).hex()}",
                                        pure=False)
                 indexing[future.key] = (ds_name, reads)
                 done.add(future)
+            if unwritable:  # the jobs reading it fail with its error (and never wait for it)
+                self._decided(run)
             for job in run.plan.jobs:
                 if status[job.name] == JobState.PENDING:
                     submit(job.name)
@@ -179,6 +186,8 @@ class DaskExecutor(Executor):
                 for job_name in names[future.key]:
                     self._settle(run, job_name, result, time.perf_counter() - started[job_name])
         finally:
+            if indexing:  # interrupted: index tasks still run on workers, and will write what nobody
+                run.journal = None  # records: this run's journal stays, for the next run to clean
             client.close()
             if cluster is not None:
                 cluster.close()
@@ -191,6 +200,13 @@ class DaskExecutor(Executor):
         outcome = (Outcome("completed", "", statistics=result.statistics) if result.status == "ran"
                    else result.outcome or Outcome("system", "the indexing task failed"))
         record_index(run, ds_name, outcome, reads)
+        ready = DaskExecutor._decided(run)
+        run.intend([run.jobs[n] for n in ready])  # (as the jobs pending from the start: base.Executor)
+        return ready
+
+    @staticmethod
+    def _decided(run: Run) -> list[str]:
+        """Decide the jobs no longer waiting for an index (indexed, or that could not be); those to submit."""
         before = {n for n, s in run.state.status.items() if s == JobState.WAITING}
         cached = {n for n, s in run.state.status.items() if s == JobState.CACHED}
         assign_keys(run.plan)  # (the keys known already do not change)

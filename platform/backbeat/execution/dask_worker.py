@@ -82,10 +82,12 @@ class BlockRunners(WorkerPlugin):
 
     idempotent = True  # registered by every run: the runners of the first registration stay
     name = NAME
+    most = 64  # runners at most (a task beyond waits for one to be free)
 
     def __init__(self) -> None:
         self._idle: list[Runner] = []
         self._all: list[Runner] = []
+        self._starting = 0  # runners being started, each for the task that asked for it
         self._lock = threading.Condition()
         self.started = 0  # runners started (each one fork server: tests count them)
 
@@ -97,7 +99,7 @@ class BlockRunners(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         for _ in range(max(1, int(getattr(getattr(worker, "state", None), "nthreads", 1) or 1))):
-            self._add()
+            self._release(self._start())
 
     def teardown(self, worker: Any) -> None:
         with self._lock:
@@ -105,42 +107,56 @@ class BlockRunners(WorkerPlugin):
         for runner in runners:
             runner.close()
 
-    def _add(self) -> Runner:
-        runner = Runner()
+    def _take(self) -> Runner | None:
+        """An idle runner, taken; or None: a new one is to be started for the caller (counted in
+        ``_starting`` until :meth:`_start` adds it), so that concurrent tasks never start more
+        than one each nor more than :attr:`most` in all."""
         with self._lock:
+            while not self._idle and len(self._all) + self._starting >= self.most:
+                self._lock.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._starting += 1
+            return None
+
+    def _start(self) -> Runner:
+        """A new runner, busy (its caller's: :meth:`_release` makes it idle)."""
+        try:
+            runner = Runner()
+        except BaseException:
+            with self._lock:
+                self._starting -= 1
+                self._lock.notify()
+            raise
+        with self._lock:
+            self._starting -= 1
             self._all.append(runner)
-            self._idle.append(runner)
             self.started += 1
-            self._lock.notify()
         return runner
+
+    def _release(self, runner: Runner) -> None:
+        with self._lock:
+            self._idle.append(runner)
+            self._lock.notify()
 
     def run(self, job: dict) -> dict:
         """Run one remote job on an idle runner; its :class:`~backbeat.execution.remote.TaskResult` JSON."""
         from backbeat.execution.remote import TaskResult
 
-        with self._lock:
-            if not self._idle and len(self._all) < 64:  # more threads than runners: one more
-                runner = None
-            else:
-                while not self._idle:
-                    self._lock.wait()
-                runner = self._idle.pop()
-        if runner is None:
-            runner = self._add()
-            with self._lock:
-                self._idle.remove(runner)
+        runner = self._take()
+        if runner is None:  # more tasks than runners: one more, for this task
+            runner = self._start()
         result = runner.run(job)
         if result is None:  # the runner died: replace it
             words = runner.last_words()
             with self._lock:
                 self._all.remove(runner)
+                self._starting += 1
             runner.close()
-            self._add()
+            self._release(self._start())
             return TaskResult.failure("system", f"the block runner exited with code {runner.process.returncode}"
                                                 f": {words[-2000:]}").to_json()
-        with self._lock:
-            self._idle.append(runner)
-            self._lock.notify()
+        self._release(runner)
         return result
 
 

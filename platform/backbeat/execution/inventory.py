@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from backbeat.cache.backends import open_store
-from backbeat.cache.store import INDEX, INDEX_TABLE, CacheStore
+from backbeat.cache.store import INDEX, CacheStore
 from backbeat.cache.tools import remove_blobs, remove_unneeded
 from backbeat.core import jsonio
 from backbeat.core.errors import BackbeatError, ExecutionError
 from backbeat.core.names import parse_name
+from backbeat.data import indexfiles
 from backbeat.execution.logs import job_logs, provider_key
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import Plan
@@ -126,7 +127,7 @@ def needed(prefix: str | os.PathLike, cache: Cache) -> tuple[set[Path], list[dic
         keep |= {store.log_path(ds.index_key) for ds in p.datasets.values()}
         keep.add(store.log_path(provider_key([ds.index_key for ds in p.datasets.values()])))
     for path in [p for p in keep if p.suffix == INDEX]:  # + index digests, tables, identity records, journals
-        keep |= {Path(f"{path}{suffix}") for suffix in (".sha256", INDEX_TABLE, ".deps", ".journal")}
+        keep |= {*indexfiles.files(path), Path(f"{path}.journal")}
     return keep, skipped
 
 

@@ -167,6 +167,7 @@ def run(job: RemoteJob | RemoteIndex, group: ProcessGroup | None = None, tag: st
                 group.kill(provider)
                 group.wait([provider])
         if out.ok and store.committed(keys):
+            store.make_durable(keys)  # (before the lock goes: a failure leaves them marked, verified when read)
             stats = {k: v for k, v in out.statistics.items() if k != "digests"}
             return TaskResult("ran", statistics=dict(stats, wall_s=time.perf_counter() - t0,
                                                      interpreter=runtime(interpreter)))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backbeat.cache.store import CacheStore
+from backbeat.core import durable
 from backbeat.core.errors import IntegrityError
 from backbeat.planning.model import Plan
 from backbeat.processes.sandbox import Sandbox
@@ -138,6 +139,8 @@ class Staging:
                 final, _key = self._staged[pid][name]
                 if name == "index.db":
                     os.replace(f"{out}.sha256", f"{final}.sha256")
+                elif not durable.mark_unsynced(out):  # (its untrusted writer synced it, or not: the run does)
+                    durable.fsync_path(out)
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(out, final)
                 _fsync_dir(final)

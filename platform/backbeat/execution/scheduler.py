@@ -395,9 +395,15 @@ class Scheduler:
 
     # -- ending -----------------------------------------------------------------------------
     def _finish(self, job: Job, ids: list[str]) -> bool:
-        """Classify the ended process(es) of a job, assemble split outputs; False on failure."""
+        """Classify the ended process(es) of a job, assemble split outputs; False on failure.
+        The job's lock is released once its outputs are settled (or its leftovers removed)."""
+        try:
+            return self._settle(job, ids)
+        finally:
+            self._unlock(job.name)
+
+    def _settle(self, job: Job, ids: list[str]) -> bool:
         run = self.run
-        self._unlock(job.name)
         wall = time.perf_counter() - self.started[job.name]
         if self.options.timeout_s:  # the consumers of its streams now run on their own
             for cons in self.fed_by.get(job.name, ()):

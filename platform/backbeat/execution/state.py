@@ -12,6 +12,7 @@ datasets are indexed with, and the local executor runs its blocks in).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import Enum
@@ -122,6 +123,7 @@ class Run:
     journal: Journal | None = None  # what a kill -9 of this run would leave (cache/journal.py)
     interpreters: dict[str, Interpreter] = field(default_factory=dict)  # process -> its environment's interpreter
     staging: Staging | None = None  # a sandboxed run's staging folder (execution.sandboxing)
+    indexing: dict[str, Path] = field(default_factory=dict)  # dataset -> its indexing job's deps file (views)
 
     @property
     def store(self) -> CacheStore:
@@ -137,13 +139,13 @@ class Run:
         return {j.name: j for j in self.plan.jobs}
 
     def settle(self, job: Job) -> None:
-        """``job`` has committed its outputs: the stat memo remembers the identity (key, content
-        digest) of those whose writer reported its digest, as reading the entry would have
-        found it, so that no later run opens them to identify them (after the memo's racy
-        window: :mod:`backbeat.core.statmemo`)."""
+        """``job`` has committed its outputs: they are made durable in the background, then the
+        stat memo remembers the identity (key, content digest) of those whose writer reported
+        its digest, as reading the entry would have found it, so that no later run opens them
+        to identify them (after the memo's racy window: :mod:`backbeat.core.statmemo`)."""
         for key in job.output_keys:
-            if key and key in self.state.digests:
-                self.store.settle(key, self.state.digests[key])
+            if key:
+                self.store.entrust(key, self.state.digests.get(key))
 
     def emit(self, job: str, state: str, **extra: Any) -> None:
         """Tell the progress display (if any) about a job."""
@@ -197,12 +199,15 @@ class Run:
             self.journal.close()
 
     def close(self) -> None:
-        """Stop every local process; drop what an interrupted indexing job left."""
-        started = self.group.started
+        """Stop every local process; drop what the indexing jobs this run began (locally or as
+        tasks) left of the indexes they did not give: their temporaries, the file naming what
+        their view read (named after this process, so never taken for a dead writer's)."""
         self.group.close()
         if self.staging is not None:
             self.staging.close()
-        if started:
-            for ds in self.plan.datasets.values():
+        for name, deps in self.indexing.items():
+            ds = self.plan.datasets[name]
+            with contextlib.suppress(OSError):  # (a read-only cache: nothing was left there)
+                deps.unlink(missing_ok=True)
                 if ds.index_digest is None:
                     self.store.drop_temporaries(self.store.index_path(ds.index_key))

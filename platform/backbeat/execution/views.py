@@ -12,10 +12,12 @@ Files the provider saw the view open beyond the manifest (its journal) are added
 manifest first.  A view that fails to index fails the blocks that read it (with the user's
 traceback), and only those.  The datasets to index are indexed side by side, each in its own
 process, up to ``-j`` at a time (each holds its whole index while it builds it); an executor
-that indexes them itself (as tasks: the Dask executor) gets them back (``defer``) and records
-each result with :func:`record_index`.  Each indexing job writes its output to its log in the
-cache (``<index key>.log``) and the paths it may leave to the run's journal; a cache that
-cannot be written (full, read-only) is a system error that keeps any index already there.
+that indexes them itself (as tasks: the Dask executor) gets them back (``defer``).  Whoever
+runs it, an indexing job begins with :func:`begin_index` — the files it may leave go to the
+run's journal (a ``kill -9`` leaves no temporary for good), a cache that cannot be written
+(full, read-only) is the dataset's system error, which keeps any index already there — and
+ends with :func:`record_index`.  Each indexing job writes its output to its log in the cache
+(``<index key>.log``).
 :func:`start_provider` starts the database provider
 (:func:`backbeat.runtime.dbprovider.serve`) that serves dataset outputs to block processes.
 """
@@ -24,11 +26,12 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backbeat.cache.store import INDEX_TABLE
 from backbeat.core.errors import DataError, IntegrityError, describe_environmental, environmental
+from backbeat.data import indexfiles
 from backbeat.execution.logs import provider_key
 from backbeat.execution.state import Run
 from backbeat.planning.model import Dataset
@@ -81,7 +84,7 @@ def index_datasets(run: Run, rebuild: bool | None = None, defer: bool = False) -
     ``rebuild`` (default: ``--force``): index again even the datasets whose index is stored.
     The datasets that need their view run are indexed here, side by side, up to ``-j`` at a
     time (one block process each), unless ``defer``: they are then returned, for the executor
-    to index (as tasks, :func:`index_spec` and :func:`record_index`) while blocks that do not
+    to index (as tasks, :func:`begin_index` and :func:`record_index`) while blocks that do not
     read them run.
     """
     store = run.store
@@ -104,47 +107,57 @@ def index_datasets(run: Run, rebuild: bool | None = None, defer: bool = False) -
     return todo if defer else []
 
 
-def index_spec(run: Run, name: str, builder: SpecBuilder | None = None) -> tuple[DatasetSpec, Path]:
-    """The spec of dataset ``name``'s indexing job, and the file it writes what its view opened to
-    (its folder made: OSError when the cache cannot be written)."""
+def begin_index(run: Run, name: str, builder: SpecBuilder | None = None,
+                cores: int = 0) -> tuple[DatasetSpec, Path] | None:
+    """Begin indexing dataset ``name`` (in a local process or as a task): note its files in the
+    run's journal and give the spec of its indexing job (that may use ``cores`` cores: its
+    ``-j`` slots) and the file that job writes what its view opened to (in a sandboxed run, both
+    in its staging folder).  None when the cache cannot be written (full, read-only): the
+    dataset's error is then in ``run.state.dataset_errors``."""
     from backbeat.execution.specs import SpecBuilder  # (not imported by a run that indexes nothing)
 
+    store = run.store
     ds = run.plan.datasets[name]
-    index = run.store.index_path(ds.index_key)
-    index.parent.mkdir(parents=True, exist_ok=True)
+    index = store.index_path(ds.index_key)
+    run.intend(paths=indexfiles.files(index))  # (its temporaries, the deps file's among them)
     deps = Path(f"{index}.tmp-{os.getpid()}-deps")
-    builder = builder or SpecBuilder(run.plan, run.workspace)
-    return builder.dataset(name, str(deps.absolute())), deps
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        spec = replace((builder or SpecBuilder(run.plan, run.workspace)).dataset(name, str(deps.absolute())),
+                       cores=cores)
+    except OSError as exc:  # the cache cannot be written: the view cannot be indexed into it
+        run.state.dataset_errors[name] = {
+            "kind": "system", "traceback": None,
+            "message": f"cannot index set `{ds.set}': " + describe_environmental(exc, cache=store.location)}
+        return None
+    if run.staging is not None:  # sandboxed: written into its staging folder, published once checked
+        spec = run.staging.index(f"index:{name}", spec)
+        deps = Path(spec.deps or deps)
+    run.indexing[name] = deps
+    return spec, deps
 
 
 def _index(run: Run, todo: list[str]) -> None:
     """Index the datasets ``todo`` in the run's process group, at most ``-j`` at a time (each
-    holds its whole index while it builds it); each is recorded as soon as it ends."""
+    holds its whole index while it builds it), the ``-j`` slots shared between those running
+    together (a job probing with two processes needs two: :mod:`backbeat.runtime.probe`); each
+    is recorded as soon as it ends."""
     from backbeat.execution.specs import SpecBuilder
 
     store = run.store
     builder = SpecBuilder(run.plan, run.workspace)
-    indexes = {name: store.index_path(run.plan.datasets[name].index_key) for name in todo}
-    run.intend(paths=[p for index in indexes.values()
-                      for p in (index, Path(f"{index}.sha256"), Path(f"{index}{INDEX_TABLE}"), Path(f"{index}.deps"))])
     slots = max(1, run.options.jobs or os.cpu_count() or 1)
+    cores = max(1, slots // min(slots, len(todo)))
     waiting, running = list(todo), dict[str, Path]()
     while waiting or running:
         while waiting and len(running) < slots:
             name = waiting.pop(0)
-            ds = run.plan.datasets[name]
-            try:
-                spec, deps = index_spec(run, name, builder)
-            except OSError as exc:  # the cache cannot be written: the view cannot be indexed into it
-                run.state.dataset_errors[name] = {
-                    "kind": "system", "traceback": None,
-                    "message": f"cannot index set `{ds.set}': " + describe_environmental(exc, cache=store.location)}
+            begun = begin_index(run, name, builder, cores)
+            if begun is None:
                 continue
-            if run.staging is not None:  # sandboxed: written into its staging folder, published once checked
-                spec = run.staging.index(f"index:{name}", spec)
-                deps = Path(spec.deps or deps)
-            running[name] = deps
-            run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json(), log=str(store.log_path(ds.index_key)))
+            spec, running[name] = begun
+            run.group.spawn(f"index:{name}", INDEX_TARGET, spec.to_json(),
+                            log=str(store.log_path(run.plan.datasets[name].index_key)))
         if running:
             run.group.poll(20)
         for name in [n for n in running if run.group.exit(f"index:{n}") is not None]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from backbeat.cache.backends import open_store
 from backbeat.cache.store import CacheStore
-from backbeat.core import hashing, jsonio
+from backbeat.core import durable, hashing, jsonio
 from backbeat.core.errors import DataError
 
 FORMAT = "backbeat-provenance-2"
@@ -54,18 +54,7 @@ def history_folder(cache: Cache, experiment: str) -> Path:
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file, fsync, rename); nothing is left
     behind if it fails (a full disk)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-0")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fd:
-            fd.write(text)
-            fd.flush()
-            os.fsync(fd.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    durable.write_atomic(path, text, mkdir=True)
 
 
 def read_record(path: str | os.PathLike, older: bool = False) -> dict:

@@ -18,7 +18,8 @@ however many blocks the run has:
 without its newline — is left for the next read).  The file is removed when the run ends; the
 provenance record then tells the outcome.  A file whose process is gone (a run killed with
 ``kill -9``) is ignored by :func:`read` and removed, and so is every such file (and temporary)
-when a run starts (:func:`sweep`).  ``.progress`` is a bookkeeping folder of
+when a run starts (:func:`sweep`) — also those earlier versions wrote
+(``<sha256>.json``, the whole state as one JSON document).  ``.progress`` is a bookkeeping folder of
 the cache (never scanned nor collected by ``cache gc``).
 """
 
@@ -157,6 +158,16 @@ def parse(data: bytes) -> dict | None:
     return state
 
 
+def _old(data: bytes) -> dict | None:
+    """The state an earlier version's progress file says (``<sha256>.json``: the whole state as
+    one indented JSON document, rewritten atomically)."""
+    try:
+        state = json.loads(data)
+    except ValueError:
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def read(cache: str | os.PathLike, experiment: str) -> dict | None:
     """The progress of a run of ``experiment`` in progress, or None (no run, or its process is gone)."""
     p = path(cache, experiment)
@@ -187,11 +198,12 @@ def sweep(cache: str | os.PathLike) -> None:
             if pid.isdigit() and not _alive(int(pid)):
                 with contextlib.suppress(OSError):
                     p.unlink()
-        elif name.endswith((".jsonl", ".json")):  # (.json: the whole state, written by earlier versions)
+        elif name.endswith((".jsonl", ".json")):
             try:
-                state = parse(p.read_bytes())
+                data = p.read_bytes()
             except OSError:
                 continue
+            state = parse(data) if name.endswith(".jsonl") else _old(data)
             if isinstance(state, dict) and not _alive(state.get("pid")):
                 with contextlib.suppress(OSError):
                     p.unlink()

@@ -204,7 +204,7 @@ class _Dataset:
         """Call ``get`` for every data unit of every output, values discarded (indexing):
         ``complete`` or why it stopped (:mod:`backbeat.runtime.probe`, on two cores)."""
         calls = [(output, self.output_units(output)[0].tolist()) for output in self.spec.outputs]
-        return probe_units(self.view.get, calls, self.recorder)
+        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores)
 
     def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
         """The first value ``get`` returned that does not fit the output's dataformat, blamed on

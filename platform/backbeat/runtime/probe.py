@@ -5,8 +5,10 @@ to learn which files ``get`` opens (:class:`~backbeat.runtime.dependencies.OpenR
 they enter the dataset's data manifest, hence its keys.  For a large index this is the
 longest part of indexing and it is on the critical path of a cold run (no block can start
 before the keys are known), so with :data:`PARALLEL_UNITS` units or more and two usable
-cores the calls are split in two contiguous halves: a forked copy of the job probes the
-second half while the job probes the first, and sends back what its view opened.
+cores — and two of the run's ``-j`` slots for this job (``cores``) — the calls are split in
+two contiguous halves: a forked copy of the job probes the second half while the job probes
+the first, and sends back what its view opened.  Interrupted (a signal), the job kills its
+copy and reaps it: it never waits for the second half.
 
 The result is what one process probing in order gives: the files opened are the union of
 both halves' (the recorder's entries are keyed by file; their order does not enter the
@@ -16,6 +18,7 @@ failing call in order — the second half's files count only when the first half
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -43,12 +46,15 @@ def _run(get: Callable[[str, int], Any], calls: Calls, lo: int, hi: int) -> None
         at += len(starts)
 
 
-def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel: bool | None = None) -> str:
+def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel: bool | None = None,
+          cores: int = 0) -> str:
     """Call ``get`` for every unit of ``calls`` while ``recorder`` watches (phase ``get``):
-    ``"complete"``, or ``"stopped: <exception>"`` at the first call that raised."""
+    ``"complete"``, or ``"stopped: <exception>"`` at the first call that raised.  ``cores``:
+    how many cores the job may use (its ``-j`` slots; 0: those it may run on)."""
     total = sum(len(starts) for _, starts in calls)
     if parallel is None:
-        parallel = total >= PARALLEL_UNITS and len(os.sched_getaffinity(0)) >= 2
+        usable = len(os.sched_getaffinity(0))
+        parallel = total >= PARALLEL_UNITS and min(usable, cores or usable) >= 2
     if not parallel:
         try:
             with recorder.watch("get"):
@@ -82,15 +88,21 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
         finally:
             os._exit(code)
     os.close(write)
+    reader = os.fdopen(read, "r", encoding="utf-8")
     try:
-        with recorder.watch("get"):
-            _run(get, calls, 0, mid)
-    except Exception as exc:  # noqa: BLE001 - the probe stops here, as it would in one process
-        os.kill(pid, signal.SIGKILL)
-        return _stopped(exc)
+        try:
+            with recorder.watch("get"):
+                _run(get, calls, 0, mid)
+        except Exception as exc:  # noqa: BLE001 - the probe stops here, as it would in one process
+            os.kill(pid, signal.SIGKILL)
+            return _stopped(exc)
+        raw = reader.read()
+    except BaseException:  # interrupted (a signal): the second half is stopped, not waited for
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise
     finally:
-        with os.fdopen(read, "r", encoding="utf-8") as f:
-            raw = f.read()
+        reader.close()
         _pid, status = os.waitpid(pid, 0)
     if not raw:
         return f"stopped: the process probing the second half of the units ended ({_ended(status)})"

@@ -242,7 +242,8 @@ class DatasetSpec:
     provider, the journal it appends files the view opened beyond ``manifest`` to.
     ``manifest``, ``index_digest``: the data manifest and the index content the dataset's keys
     were computed from (the provider refuses an index or data files that changed since);
-    ``memo``: the stat memo.
+    ``memo``: the stat memo.  ``cores``: for an indexing job, how many cores it may use (its
+    share of the run's ``-j`` slots; 0: as many as it may run on).
     """
 
     database: str
@@ -259,6 +260,7 @@ class DatasetSpec:
     manifest: str | None = None
     memo: str | None = None
     index_digest: str | None = None  # for the provider: the index content the keys were computed from
+    cores: int = 0
 
     @property
     def label(self) -> str:
@@ -270,7 +272,7 @@ class DatasetSpec:
                 "root_folder": self.root_folder, "parameters": self.parameters, "index_path": self.index_path,
                 "outputs": {o: list(f) for o, f in self.outputs.items()}, "protocol": self.protocol,
                 "set": self.set, "folders": dict(self.folders), "deps": self.deps, "manifest": self.manifest,
-                "memo": self.memo, "index_digest": self.index_digest}
+                "memo": self.memo, "index_digest": self.index_digest, "cores": self.cores}
 
     @classmethod
     def from_json(cls, obj: Any) -> DatasetSpec:
@@ -282,7 +284,7 @@ class DatasetSpec:
                    {o: (f[0], f[1]) for o, f in outputs.items()}, _opt(obj, "protocol", str, what) or "",
                    _opt(obj, "set", str, what) or "", dict(obj.get("folders") or {}),
                    _opt(obj, "deps", str, what), _opt(obj, "manifest", str, what), _opt(obj, "memo", str, what),
-                   _opt(obj, "index_digest", str, what))
+                   _opt(obj, "index_digest", str, what), _opt(obj, "cores", int, what) or 0)
 
 
 @dataclass(frozen=True)

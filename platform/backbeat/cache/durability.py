@@ -1,0 +1,170 @@
+"""Making committed cache files durable off the critical path: :class:`Syncer`, :class:`Durability`.
+
+A block process commits its output by renaming it into place, marked unsynced
+(:mod:`backbeat.core.durable`), without waiting for the disk: its consumers and the blocks
+after it go on at once.  The run hands each committed file to its store's syncer
+(:meth:`backbeat.cache.store.CacheStore.entrust`): one background thread fsyncs the files,
+then their folders (once per batch of files in a folder), then clears their marks.  The run
+asks what is done (:meth:`Syncer.take`) to let the stat memo remember those files, and waits
+for all of it (:meth:`Syncer.wait`) before it writes anything that trusts them — result
+summaries, its provenance record.  ``fsync`` releases the GIL: the thread costs the run
+nothing but the disk's time, overlapped with its blocks.
+
+``BACKBEAT_SYNC_DELAY_S`` (tests only) holds each batch back for that many seconds: the
+window in which a killed run leaves committed, unsynced files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from backbeat.core import durable
+from backbeat.core.errors import IntegrityError
+from backbeat.core.statmemo import StatMemo
+
+
+class Syncer:
+    """One background thread making files durable, in the order they are given."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._todo: list[str] = []
+        self._done: list[tuple[str, OSError | None]] = []
+        self._busy = 0  # files given and not yet done
+        self._thread: threading.Thread | None = None  # the running thread (None: idle)
+        self._last: threading.Thread | None = None
+        self._pid = os.getpid()
+        try:
+            self._delay = float(os.environ.get("BACKBEAT_SYNC_DELAY_S") or 0)
+        except ValueError:
+            self._delay = 0.0
+
+    def submit(self, paths: Iterable[str | os.PathLike]) -> None:
+        """Make ``paths`` durable in the background."""
+        todo = [str(os.fspath(p)) for p in paths]
+        if not todo:
+            return
+        with self._cond:
+            self._todo.extend(todo)
+            self._busy += len(todo)
+            if self._thread is None or os.getpid() != self._pid:  # (a forked child has no thread)
+                self._pid = os.getpid()
+                self._thread = self._last = threading.Thread(target=self._work, name="backbeat-syncer",
+                                                             daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if not self._todo:  # idle: the thread ends (a process with a thread forks no fork server)
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                batch, self._todo = self._todo, []
+            if self._delay:
+                time.sleep(self._delay)
+            try:
+                failed = durable.make_durable(batch)
+            except Exception as exc:  # noqa: BLE001 - never lose the count: each file says why
+                failed = {p: OSError(str(exc)) for p in batch}
+            with self._cond:
+                self._done.extend((p, failed.get(p)) for p in batch)
+                self._busy -= len(batch)
+                self._cond.notify_all()
+
+    def take(self) -> list[tuple[str, OSError | None]]:
+        """The files made durable (error None) or that could not be, since the last call."""
+        with self._cond:
+            done, self._done = self._done, []
+        return done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every file given is done and the thread has ended; False if ``timeout``
+        passed first."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._busy == 0 and self._thread is None, timeout):
+                return False
+            last = self._last
+        if last is not None and last is not threading.current_thread():
+            last.join(timeout)
+        return True
+
+    @property
+    def busy(self) -> int:
+        """Files given and not yet done."""
+        with self._cond:
+            return self._busy
+
+
+class Durability:
+    """What a cache store knows of its entries' durability: those entrusted to its syncer, and
+    those that could not be made durable.  ``memo``: the store's stat memo (the main thread's:
+    only the thread that owns the memo remembers, the syncer thread only syncs)."""
+
+    def __init__(self, memo: Callable[[], StatMemo]) -> None:
+        self._memo = memo
+        self._syncer: Syncer | None = None
+        self._entrusted: dict[str, tuple[str, str | None]] = {}  # path -> (key, digest or None)
+        #: entries that could not be made durable (path -> why): they stay marked, never trusted unverified
+        self.failures: dict[str, OSError] = {}
+
+    def entrust(self, path: Path, key: str, digest: str | None) -> None:
+        """Make the entry at ``path`` durable in the background; then the memo remembers its
+        identity (``key``, content ``digest`` as its writer reported), if a digest is given."""
+        if self._syncer is None:
+            self._syncer = Syncer()
+        self._entrusted[str(path)] = (key, digest)
+        self._syncer.submit([path])
+        self.settle()
+
+    def settle(self) -> None:
+        """Remember the identity of the entrusted entries made durable so far."""
+        if self._syncer is None:
+            return
+        for p, error in self._syncer.take():
+            key, digest = self._entrusted.pop(p, ("", None))
+            if error is not None:
+                self.failures[p] = error
+                continue
+            if digest is None:
+                continue
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            self._memo().remember("h5-identity", p, st, f"{key} {digest}")  # (not if marked again)
+
+    def wait(self) -> dict[str, OSError]:
+        """Wait until every entry entrusted is durable, settle them; those that could not be made
+        durable, and why (forgotten here)."""
+        if self._syncer is not None:
+            self._syncer.wait()
+        self.settle()
+        failures, self.failures = self.failures, {}
+        return failures
+
+    def sync_verified(self, path: Path) -> os.stat_result:
+        """Make an entry whose content was just verified durable now; its ``stat`` then (still
+        marked unsynced if that failed — e.g. another user's file, whose mark this process may not
+        clear —: a memo does not remember it, and it is verified again whenever it is read)."""
+        durable.make_durable([path])
+        return path.stat()
+
+    def verified_identity(self, path: Path) -> tuple[str, str]:
+        """``(stored key, digest)`` of an entry marked unsynced, its content verified (after a crash
+        its attributes may have survived without its data), then made durable and remembered."""
+        from backbeat.data.cachereader import CacheReader
+
+        try:
+            with CacheReader(str(path), verify=True) as reader:
+                stored, digest = reader.key, reader.digest
+        except FileNotFoundError:
+            raise IntegrityError(f"cache file `{path}' does not exist") from None
+        except OSError as exc:
+            raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
+        self._memo().remember("h5-identity", path, self.sync_verified(path), f"{stored} {digest}")
+        return stored, digest

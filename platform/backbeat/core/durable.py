@@ -1,0 +1,179 @@
+"""Files on disk: written atomically, made durable, and marked until they are.
+
+*Atomic* (:func:`write_atomic`): a file is written under a temporary name
+``<path>.tmp-<pid>-<random>`` (the pattern the cache store recognises, so a killed writer's
+leftover is removed), optionally fsync'ed, then renamed over ``path``: a reader sees the old
+file or the new one, never part of one.  The one helper every small atomic writer uses (view
+index files and their tables, run records, blobs, index records, result summaries).
+
+*Durable before trusted*: a cache file committed by renaming it into place is complete, but
+its bytes may still be only in the page cache; after a power loss a file system may keep its
+name and size and lose its data (XFS, ext4 ``data=writeback``: zeros).  So a writer that
+commits without waiting for the disk *marks* the file (:func:`mark_unsynced`: the sticky bit
+of its mode, :data:`UNSYNCED`, meaningless on a regular file in Linux) before the rename, and
+whoever makes it durable (:func:`make_durable`: fsync of the file, then of its folder) clears
+the mark only then.  A marked file is never trusted on its identity alone, nor remembered by a
+stat memo: it is verified by its content digest (:mod:`backbeat.cache.store`).  The mark is
+part of the file's inode, so it goes wherever the file goes (a rename, a crash); a mark lost
+or never set only happens to files written without it, which were synced before their rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from collections.abc import Iterable
+from typing import Any
+
+#: the mode bit of a committed file whose data may not be on disk yet
+UNSYNCED = stat.S_ISVTX
+
+
+def boot_id() -> str:
+    """This boot of the machine (Linux ``boot_id``; "" where unknown): a file marked unsynced by a
+    process of this boot still has, in the page cache, the data its writer wrote."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def is_unsynced(st: os.stat_result) -> bool:
+    """Whether the file ``st`` describes is marked as not yet durable."""
+    return bool(st.st_mode & UNSYNCED)
+
+
+def mark_unsynced(fd_or_path: int | str | os.PathLike) -> bool:
+    """Mark a file (before its rename into place) as not yet durable; False if the file system
+    refused (the caller then syncs it before the rename)."""
+    try:
+        if isinstance(fd_or_path, int):
+            os.fchmod(fd_or_path, stat.S_IMODE(os.fstat(fd_or_path).st_mode) | UNSYNCED)
+        else:
+            os.chmod(fd_or_path, stat.S_IMODE(os.stat(fd_or_path).st_mode) | UNSYNCED)
+    except OSError:
+        return False
+    return True
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing a file's dirty pages to disk now, without waiting
+    (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, not in Python's ``os``; a no-op elsewhere).
+    A large file written so while its writer computes is mostly on disk when it is fsync'ed: the
+    fsync that makes it durable is then short.  Nothing is promised: only fsync makes durable."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            _sync_file_range = fn
+        except (OSError, AttributeError):
+            _sync_file_range = False
+    if _sync_file_range:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync one file (or folder) by name; OSError if it cannot be opened or synced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(path: str | os.PathLike) -> None:
+    """fsync the folder holding ``path`` (so that a rename into it is durable)."""
+    fsync_path(os.path.dirname(os.path.abspath(path)) or ".")
+
+
+def make_durable(paths: Iterable[str | os.PathLike]) -> dict[str, OSError]:
+    """fsync each file, then each of their folders once, then clear their marks; the files that
+    could not be made durable (``{path: error}``; a file gone meanwhile is not one of them).
+
+    A mark is cleared only after the file's data and its name are on disk: a crash at any
+    point leaves a file that is durable, or still marked.
+    """
+    failed: dict[str, OSError] = {}
+    synced: list[tuple[str, int]] = []
+    folders: dict[str, list[str]] = {}
+    for p in [str(os.fspath(q)) for q in paths]:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed[p] = exc
+            continue
+        try:
+            os.fsync(fd)
+            synced.append((p, os.fstat(fd).st_mode))
+        except OSError as exc:
+            failed[p] = exc
+        finally:
+            os.close(fd)
+    for p, _mode in synced:
+        folders.setdefault(os.path.dirname(os.path.abspath(p)), []).append(p)
+    for folder, members in folders.items():
+        try:
+            fsync_path(folder)
+        except OSError as exc:
+            for p in members:
+                failed[p] = exc
+    for p, mode in synced:
+        if p in failed or not mode & UNSYNCED:
+            continue
+        try:
+            os.chmod(p, stat.S_IMODE(mode) & ~UNSYNCED)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # (a file of another user: durable, but it stays marked)
+            failed[p] = exc
+    return failed
+
+
+def temporary_name(path: str | os.PathLike) -> str:
+    """A writer's temporary name for ``path`` (``<path>.tmp-<pid>-<random>``)."""
+    return f"{os.fspath(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes], *, sync: bool = True,
+                 sync_folder: bool = False, mkdir: bool = False, tmp: str | None = None) -> None:
+    """Write ``data`` (bytes, text in UTF-8, or pieces of bytes) to ``path`` atomically.
+
+    ``sync``: fsync the file before its rename (it is durable once it has its name);
+    ``sync_folder``: fsync the folder after it (the name is durable too); ``mkdir``: create
+    the folder; ``tmp``: the temporary name (default :func:`temporary_name`).  Nothing is left
+    if it fails; an ``OSError`` without a file name (a full disk found by ``write``) is given
+    ``path``'s.
+    """
+    path = os.fspath(path)
+    if mkdir:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = tmp or temporary_name(path)
+    pieces = [data.encode("utf-8") if isinstance(data, str) else data] if isinstance(data, (bytes, str)) else data
+    try:
+        with open(tmp, "wb") as f:
+            for piece in pieces:
+                f.write(piece)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        raise
+    if sync_folder:
+        fsync_folder(path)

@@ -1,0 +1,179 @@
+"""Durable before trusted (issue 13): cache files are committed without waiting for the disk, and
+nothing trusts one before it is durable — real HDF5 files, real runs, real CLI processes.
+
+The kill -9 and power-loss cases are in ``tests/faults/test_unsynced_kills.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from backbeat.cache import results
+from backbeat.cache.backends import open_store
+from backbeat.cache.store import CacheStore
+from backbeat.core import durable, statmemo
+from backbeat.core.errors import IntegrityError
+from backbeat.data.cachewriter import CacheWriter
+from backbeat.execution import executors as executor
+from backbeat.provenance import records
+from conftest import RUN_PREFIX, cli_command
+
+KEY = "0123456789abcdef" * 4
+FMT = {"count": "int64"}
+NAME = "run/run/pipeline/1/base"
+
+
+@pytest.fixture(autouse=True)
+def _trusted_at_once(monkeypatch):
+    monkeypatch.setattr(statmemo, "RACY_NS", -1)  # (files written just now are remembered in these tests)
+
+
+def _commit(store: CacheStore, key: str = KEY, n: int = 50) -> Path:
+    path = store.output_path(key)
+    with CacheWriter(path, "analysis:x", FMT, key=key, start=0, end=n - 1) as w:
+        for i in range(n):
+            w.write({"count": i}, i)
+    return path
+
+
+def _zero_data(path: Path) -> None:
+    """A power loss after an unsynced commit: the file's metadata kept, its data lost (zeros)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    with h5py.File(path, "r+") as f:
+        f.visititems(lambda name, obj: obj.__setitem__(Ellipsis, np.zeros(obj.shape, obj.dtype))
+                     if isinstance(obj, h5py.Dataset) and name.startswith("columns") else None)
+    os.chmod(path, mode)
+
+
+def _rows(store: CacheStore) -> int:
+    store.flush()
+    return len(statmemo.StatMemo(store.root / ".memo" / "stat.sqlite3")._conn().execute(  # noqa: SLF001
+        "SELECT 1 FROM memo WHERE tag = 'h5-identity'").fetchall())
+
+
+def test_a_commit_is_marked_unsynced_and_the_memo_never_remembers_it_until_durable(tmp_path):
+    store = CacheStore(tmp_path)
+    path = _commit(store)
+    assert durable.is_unsynced(path.stat())  # committed (complete, at its name) but not yet durable
+    store.memo.remember("h5-identity", path, path.stat(), f"{KEY} x")  # refused: marked
+    assert store.memo.lookup("h5-identity", path) is None and _rows(store) == 0
+    store.entrust(KEY, "digest-as-reported")
+    assert store.await_durable() == {}
+    assert not durable.is_unsynced(path.stat())  # fsync'ed (file, folder), then the mark cleared
+    assert store.memo.lookup("h5-identity", path) == f"{KEY} digest-as-reported" and _rows(store) == 1
+
+
+def test_a_marked_entry_is_verified_by_its_digest_not_trusted_by_its_identity(tmp_path):
+    store = CacheStore(tmp_path)
+    path = _commit(store)
+    digest = store.stored_digest(KEY)  # (read while marked: verified, then made durable)
+    assert not durable.is_unsynced(path.stat()) and _rows(store) == 1
+    # a power loss before the sync: the attributes (key, digest) survived, the data did not
+    other = _commit(store, "fedcba9876543210" * 4)
+    _zero_data(other)
+    assert durable.is_unsynced(other.stat())
+    with pytest.raises(IntegrityError, match="digest"):
+        store.check_identity("fedcba9876543210" * 4)
+    assert durable.is_unsynced(other.stat()) and _rows(store) == 1  # never made durable nor remembered
+    # the same file without the mark (as a writer that fsync'ed before its rename leaves it) is
+    # identified by its attributes alone: the mark is what makes the difference
+    os.chmod(other, stat.S_IMODE(other.stat().st_mode) & ~durable.UNSYNCED)
+    store.check_identity("fedcba9876543210" * 4)
+    assert store.check_identity(KEY) == digest
+
+
+def test_a_summary_is_written_only_for_a_durable_result(tmp_path):
+    store = CacheStore(tmp_path)
+    path = _commit(store)
+    assert store.read_result(KEY)[:2] == [{"start": 0, "end": 0, "data": {"count": 0}},
+                                         {"start": 1, "end": 1, "data": {"count": 1}}]
+    assert not durable.is_unsynced(path.stat()) and results.summary_path(store, KEY).is_file()
+    assert results.bound_records(store, KEY) is not None
+
+
+def test_the_record_and_summaries_are_written_after_the_outputs_are_durable(tmp_path, monkeypatch):
+    shutil.copytree(RUN_PREFIX, tmp_path / "prefix", ignore=shutil.ignore_patterns("cache", "__pycache__"))
+    monkeypatch.setenv("BACKBEAT_SYNC_DELAY_S", "0.3")  # (the syncer lags behind the blocks)
+    seen: list[list[str]] = []
+    store_record = records.store
+
+    def checked(cache, rec):
+        store = open_store(cache)
+        keys = [o["key"] for b in rec["blocks"].values() for o in (b.get("outputs") or {}).values()]
+        seen.append([k for k in keys if durable.is_unsynced(store.output_path(k).stat())])
+        return store_record(cache, rec)
+
+    monkeypatch.setattr(records, "store", checked)
+    rep = executor.run_experiment(tmp_path / "prefix", tmp_path / "cache", NAME, executor.Options(jobs=2))
+    assert rep["status"] == "ok" and rep["provenance"]
+    assert seen == [[]], f"the record was written while outputs were unsynced: {seen}"
+    store = open_store(tmp_path / "cache")
+    for b in rep["blocks"].values():
+        for key in b["outputs"].values():
+            assert not durable.is_unsynced(store.output_path(key).stat())
+            if results.summary_path(store, key).is_file():
+                assert results.bound_records(store, key) is not None
+
+
+def test_concurrent_runs_of_one_experiment_while_the_first_has_not_synced(tmp_path):
+    """Run B starts while run A's outputs are committed but unsynced (A's syncer is held back): B
+    waits for A's locks, finds the outputs committed, verifies them by digest rather than by the
+    memo, and both end with the same results; every output ends durable."""
+    shutil.copytree(RUN_PREFIX, tmp_path / "prefix", ignore=shutil.ignore_patterns("cache", "__pycache__"))
+    cache = tmp_path / "cache"
+    args = ("-p", tmp_path / "prefix", "-c", cache, "experiments", "run", NAME, "--json")
+    a = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, BACKBEAT_SYNC_DELAY_S="1.5"))
+    store = open_store(cache)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not list(cache.glob("??/??/??/*.h5")):  # A committed one
+        time.sleep(0.02)
+    b = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=120)
+    out_a, err_a = a.communicate(timeout=120)
+    assert a.returncode == 0 and b.returncode == 0, (err_a, b.stderr)
+    rep_a, rep_b = json.loads(out_a), json.loads(b.stdout)
+    assert rep_a["results"] == rep_b["results"] and not rep_b.get("incidents")
+    assert {n: v["outputs"] for n, v in rep_a["blocks"].items()} == {n: v["outputs"] for n, v in rep_b["blocks"].items()}
+    entries = [p for p in store.scan()[0] if p.suffix == ".h5"]
+    assert entries and not [p for p in entries if durable.is_unsynced(p.stat())]
+
+
+def test_a_concurrent_run_verifies_an_unsynced_entry_by_its_digest_not_its_identity(tmp_path):
+    """While run A waits for its outputs to be durable, one of them loses its data (zeros, its
+    attributes kept: what a crash could leave of it).  Run B, finding it committed and marked,
+    checks its content digest, quarantines it and computes it again — the memo and the file's
+    identity alone would have served it."""
+    shutil.copytree(RUN_PREFIX, tmp_path / "prefix", ignore=shutil.ignore_patterns("cache", "__pycache__"))
+    cache = tmp_path / "cache"
+    args = ("-p", tmp_path / "prefix", "-c", cache, "experiments", "run", NAME, "--json")
+    a = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, BACKBEAT_SYNC_DELAY_S="5"))
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(list(cache.glob("??/??/??/*.h5"))) < 3:
+            time.sleep(0.02)
+        entries = sorted(cache.glob("??/??/??/*.h5"))
+        assert len(entries) == 3 and all(durable.is_unsynced(p.stat()) for p in entries) and a.poll() is None
+        store = open_store(cache)
+        _zero_data(min(entries, key=lambda p: p.stat().st_mtime_ns))  # (block `first''s: committed first)
+        b = subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=120)
+        assert b.returncode == 0, b.stderr
+        rep_b = json.loads(b.stdout)
+        redone = [n for n, v in rep_b["blocks"].items() if v["status"] == "ran"]
+        assert redone == ["first"] and [i["block"] for i in rep_b.get("incidents", [])] == ["first"], rep_b
+        assert list((cache / ".quarantine").glob("*.h5"))
+    finally:
+        out_a, err_a = a.communicate(timeout=120)
+    assert a.returncode == 0, err_a
+    assert json.loads(out_a)["results"] == rep_b["results"]
+    assert not [p for p in store.scan()[0] if p.suffix == ".h5" and durable.is_unsynced(p.stat())]
