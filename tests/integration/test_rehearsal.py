@@ -55,6 +55,9 @@ ALONE = textwrap.dedent("""
     import json, linecache, os, sys
     from backbeat.data.cachereader import CacheReader
     from backbeat.runtime import rehearsal
+    dead = os.path.join("/dev/shm" if os.access("/dev/shm", os.W_OK) else os.environ["TMPDIR"],
+                        "bb-rehearsal-999999999-left")  # (no such pid: pid_max is at most 4194304)
+    os.makedirs(dead)
     used = []
     folder = rehearsal._folder
     rehearsal._folder = lambda: used.append(folder()) or used[-1]
@@ -63,7 +66,7 @@ ALONE = textwrap.dedent("""
     print(json.dumps({"steps": stats["steps"], "written": stats["written"], "committed": stats["committed"],
                       "left": os.path.exists(used[0]), "module": rehearsal.NAME.replace("/", "_") in sys.modules,
                       "lines": [f for f in linecache.cache if f.startswith(used[0])],
-                      "out_key": block["outputs"]["out"]["key"]}))
+                      "out_key": block["outputs"]["out"]["key"], "dead_left": os.path.exists(dead)}))
     rehearsal._folder = lambda: (_ for _ in ()).throw(OSError(30, "Read-only file system"))
     import backbeat.runtime.preload  # a rehearsal that fails is ignored
     print("preloaded")
@@ -73,7 +76,8 @@ ALONE = textwrap.dedent("""
 def test_rehearsal_runs_one_identity_block_and_cleans_up(tmp_path):
     """:func:`rehearse` runs the whole block path (code snapshot checked, cache file read and
     written, committed with its digest) and removes what it made; a rehearsal that cannot run
-    (no writable folder) does not stop the preload."""
+    (no writable folder) does not stop the preload; the folders of rehearsals whose process died
+    (killed while rehearsing) are removed."""
     done = subprocess.run([sys.executable, "-c", ALONE], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr
@@ -81,5 +85,5 @@ def test_rehearsal_runs_one_identity_block_and_cleans_up(tmp_path):
     report = json.loads(first)
     assert report["steps"] == 10 and report["written"] == {"out": 10}
     assert list(report["committed"]) == [report["out_key"]] and len(report["committed"][report["out_key"]]) == 64
-    assert (report["left"], report["module"], report["lines"]) == (False, False, [])
+    assert (report["left"], report["module"], report["lines"], report["dead_left"]) == (False, False, [], False)
     assert second == "preloaded"

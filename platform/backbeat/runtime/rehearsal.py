@@ -23,11 +23,13 @@ import contextlib
 import hashlib
 import linecache
 import os
+import re
 import shutil
 import sys
 import tempfile
 from typing import Any
 
+from backbeat.core import pids
 from backbeat.data.batch import layout, tree, unit_bytes
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
@@ -46,10 +48,20 @@ UNITS = 10
 
 
 def _folder() -> str:
-    """A private temporary folder, in memory where there is one (nothing needs to reach a disk)."""
+    """A private temporary folder, in memory where there is one (nothing needs to reach a disk),
+    named after this process; those of dead processes (killed while rehearsing) are removed."""
     shm = "/dev/shm"
-    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
-    return tempfile.mkdtemp(prefix="bb-rehearsal-", dir=where)
+    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(where):
+            m = _FOLDER.match(name)
+            path = os.path.join(where, name)
+            if m and os.lstat(path).st_uid == os.getuid() and not pids.alive(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"bb-rehearsal-{os.getpid()}-", dir=where)
+
+
+_FOLDER = re.compile(r"^bb-rehearsal-(\d+)-")
 
 
 def spec(folder: str) -> dict:
