@@ -100,3 +100,39 @@ def loaded(payload: dict) -> None:
     """Write which of ``payload["modules"]`` this process had imported when it started."""
     with open(payload["out"], "w") as f:
         f.write(" ".join(m for m in payload["modules"] if m in sys.modules))
+
+
+def report_rehearsal(payload: dict) -> None:
+    """What a block process inherits of the fork server's rehearsal (runtime.rehearsal)."""
+    import json
+
+    from backbeat.data import values
+    from backbeat.runtime import rehearsal
+
+    hits = values._make_type.cache_info().hits
+    values.value_type(rehearsal.FORMAT, rehearsal.EXPANDED)
+    inherited = values._make_type.cache_info().hits == hits + 1  # made by the rehearsal, before the fork
+    with open(payload["out"], "w") as f:
+        json.dump({"rehearsed": "backbeat.runtime.rehearsal" in sys.modules and inherited,
+                   "algorithm_module_left": rehearsal.NAME.replace("/", "_") in sys.modules}, f)
+
+
+def draw(payload: dict) -> None:
+    """Draw from numpy's and Python's global generators, unseeded (what the child inherited)."""
+    import random
+
+    import numpy as np
+
+    with open(payload["out"], "w") as f:
+        f.write(f"{np.random.random()!r} {random.random()!r} {sys.stdout.line_buffering} {sys.stdin.read()!r}\n")
+
+
+def report_learnt(payload: dict) -> None:
+    """Whether the value class of the dataformat a job forked before this one declared was
+    inherited from the zygote (made there by runtime.rehearsal.learn)."""
+    from backbeat.data import values
+
+    hits = values._make_type.cache_info().hits
+    values.value_type(payload["name"], payload["expanded"])
+    with open(payload["out"], "w") as f:
+        f.write(str(values._make_type.cache_info().hits == hits + 1))

@@ -79,6 +79,16 @@ def test_rootfolder_prints_cached_runs_with_unread_files():
     assert all(r[5].endswith("KB") and float(r[5][:-2]) < 100 for r in rows)  # records under 100 KB
 
 
+def test_fork_cost_measures_forked_children():
+    """``fork_cost.py`` forks children of a parent preloaded as the zygote and reports what the
+    system counted for them (it asserts no timing: only that every step was measured)."""
+    done = _run("fork_cost.py", "--n", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    steps = json.loads(done.stdout)["steps"]
+    assert set(steps) == {"nothing", "setup", "writer", "writer-nofsync"}
+    assert all(s["faults"] > 0 and s["user_ms"] + s["sys_ms"] >= 0 for s in steps.values())
+
+
 def test_commit_cost_measures_a_commit_and_its_sync():
     proc = _run("commit_cost.py", "--units", "200", "--width", "10", "--repeat", "1", "--json")
     assert proc.returncode == 0, proc.stderr

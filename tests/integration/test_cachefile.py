@@ -327,3 +327,39 @@ def test_put_refuses_a_gap_or_an_overlap(tmp_path):
     assert w.next_index == 2
     w.abort()
     assert not list(tmp_path.iterdir())
+
+
+def test_attributes_are_those_h5py_writes_kept_in_the_root_header(tmp_path):
+    """The writer's low-level attributes read back exactly as ``f.attrs[name] = value`` would have
+    written them (variable-length UTF-8 strings, int64 scalars), on small, chunked and compressed
+    files alike, and stay in the root group's object header (no dense attribute storage)."""
+    reference = tmp_path / "reference.h5"
+    with h5py.File(reference, "w") as f:
+        f.attrs["text"] = "ü"
+        f.attrs["number"] = 1
+        string_type, int_type = f.attrs.get_id("text").dtype, f.attrs.get_id("number").dtype
+    n_big = (cachewriter.SMALL_BYTES // 8) + 1000  # beyond SMALL_BYTES: chunked datasets
+    for name, n, compression in (("tiny.h5", 10, None), ("big.h5", n_big, None), ("tiny-gz.h5", 10, "gzip")):
+        batch = Batch.from_columns("user/x/1", {"v": "float64"}, {"v": np.arange(n) * 0.5}, np.arange(n), np.arange(n))
+        with CacheWriter(tmp_path / name, "user/x/1", {"v": "float64"}, key="k" * 64, start=0, end=n - 1,
+                         compression=compression) as w:
+            w.write_batch(batch)
+        with h5py.File(tmp_path / name) as f:
+            a = f.attrs
+            assert sorted(a) == ["backbeat", "dataformat", "declaration", "digest", "digest_algorithm", "end", "key",
+                                 "start", "units"]
+            assert (a["backbeat"], a["dataformat"], a["key"], a["start"], a["end"], a["units"]) == \
+                ("cache/1", "user/x/1", "k" * 64, 0, n - 1, n)
+            assert json.loads(a["declaration"]) == {"v": "float64"}
+            for attr in a:
+                dtype = a.get_id(attr).dtype
+                assert dtype == (int_type if attr in ("start", "end", "units") else string_type), attr
+                assert a.get_id(attr).shape == ()
+                if dtype == string_type:
+                    assert h5py.check_string_dtype(dtype).encoding == "utf-8"
+            meta = h5py.h5o.get_info(h5py.h5g.open(f.id, b"/")).meta_size.attr  # no dense storage (9 > 8,
+            assert (meta.index_size, meta.heap_size) == (0, 0)  # HDF5's default limit of the latest format)
+            digest = a["digest"]
+            assert (f["columns/v"].chunks is not None) == (name == "big.h5")
+        with CacheReader(tmp_path / name) as r:
+            assert r.verified and r.digest == digest and r.key == "k" * 64

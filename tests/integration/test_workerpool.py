@@ -258,6 +258,20 @@ def test_many_concurrent_jobs(fs, ctl):
         assert out.statistics["echo"] == j
 
 
+def test_each_child_draws_its_own_random_numbers(fs, tmp_path):
+    """Every child of the zygote gets fresh entropy for numpy's and Python's global generators
+    (numpy's is seeded by the zygote just before each fork) and stdin at /dev/null: unseeded
+    algorithms draw different numbers."""
+    outs = [tmp_path / f"draw{i}" for i in range(4)]
+    handles = [fs.spawn(f"{T}:draw", {"out": str(out)}) for out in outs]
+    for h in handles:
+        h.wait(30)
+        assert h.exit.ok, h.exit
+    lines = [out.read_text().split() for out in outs]
+    assert len({numpy for numpy, _py, _lb, _in in lines}) == len({py for _n, py, _lb, _in in lines}) == len(outs)
+    assert {stdin for _n, _py, _lb, stdin in lines} == {"''"}
+
+
 def test_progress_in_order(fs, ctl):
     out, msgs = run(fs, ctl, "progress", {"total": 40, "delay": 0.01}, job="prog")
     assert out.kind == "completed" and out.statistics == {"units": 40}
@@ -431,3 +445,63 @@ def test_a_job_asked_for_during_the_preload_starts_once_the_modules_it_runs_are_
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["slow_first", "_workerpool_targets", "|",
                                    "slow_first", "_workerpool_targets", "second", "third"]
+
+
+KILLED_UNREAD = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from backbeat.processes.workerpool import ForkServer
+
+with ForkServer(preload=(), mode="fork") as server:
+    server.wait_ready()
+    os.kill(server.zygote_pid, signal.SIGSTOP)  # it reads nothing more: what we send stays unread
+    handles = [server.spawn("_workerpool_targets:ok", {"value": i}) for i in range(3)]
+    os.kill(server.zygote_pid, signal.SIGKILL)  # gone with our requests unread: our end is reset
+    for h in handles:
+        h.wait(30)
+    print(sorted({h.exit.kind for h in handles}), server.lost)
+"""
+
+
+def test_a_fork_server_killed_with_requests_unread_ends_its_jobs_lost(tmp_path):
+    """A zygote killed before it read our requests resets our end of the socket (ECONNRESET on
+    AF_UNIX): its jobs end ``lost``, as when it dies otherwise — never an exception in the
+    executor (the run then fails saying the fork server died, not with an internal error)."""
+    done = subprocess.run([sys.executable, "-c", KILLED_UNREAD, HERE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['lost']", "True"]
+
+
+BROKEN_SEND = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from backbeat.core.errors import ExecutionError
+from backbeat.processes.workerpool import ForkServer
+
+class Closed:  # the zygote's end of the socket closed while it is still exiting (not yet a zombie)
+    def __init__(self, sock):
+        self.sock = sock
+    def send(self, *_):
+        raise BrokenPipeError(32, "Broken pipe")
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+with ForkServer(preload=(), mode="fork") as server:
+    server.wait_ready()
+    before = server.lost
+    server._sock = Closed(server._sock)
+    try:
+        server.spawn("_workerpool_targets:ok", {})
+    except ExecutionError as e:
+        print(before, server.lost, "gone" in str(e))
+    server._sock = server._sock.sock
+"""
+
+
+def test_a_request_that_cannot_be_written_means_the_zygote_is_lost():
+    """Writing a request fails once the zygote's end of the socket is closed, which happens before
+    the dying zygote becomes a zombie: the fork server is ``lost`` from then on (a ``--serve``
+    runner leaves instead of waiting for jobs it cannot run)."""
+    done = subprocess.run([sys.executable, "-c", BROKEN_SEND, HERE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]

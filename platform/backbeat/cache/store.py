@@ -93,6 +93,7 @@ class CacheStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self._memo: StatMemo | None = None
+        self._paths: dict[tuple[str, str], Path] = {}  # (key, suffix) -> path: a Path costs ~10 µs to make
         #: what it knows of its entries' durability (:mod:`backbeat.cache.durability`)
         self.durability = Durability(lambda: self.memo)
         #: code snapshots (:mod:`backbeat.cache.blobs`)
@@ -120,7 +121,11 @@ class CacheStore:
         return hashing.to_path(key, suffix)
 
     def path(self, key: str, suffix: str) -> Path:
-        return self.root / self.name(key, suffix)
+        path = self._paths.get((key, suffix))  # (a Path costs ~10 µs: ~10 per block a run starts)
+        if path is None:  # (at most 65,536 kept: a walk over a whole cache does not keep them all)
+            self._paths = self._paths if len(self._paths) < 65536 else {}
+            path = self._paths[key, suffix] = self.root / self.name(key, suffix)
+        return path
 
     def output_path(self, key: str) -> Path:
         """The cache file of a block output or analyzer result."""

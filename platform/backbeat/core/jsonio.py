@@ -86,6 +86,17 @@ def plain(obj: Any) -> Any:
     return obj
 
 
+def _default(obj: Any) -> Any:
+    """What :func:`plain` makes of a value JSON cannot hold as it is (called by the encoder)."""
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return obj.tolist()
+    if isinstance(obj, complex):
+        return [obj.real, obj.imag]
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 def dumps(obj: Any) -> str:
-    """Pretty JSON for people (stable key order as declared); numpy values converted."""
-    return simplejson.dumps(plain(obj), indent=2, ensure_ascii=False)
+    """Pretty JSON for people (stable key order as declared); numpy values converted as by
+    :func:`plain`, by the encoder as it meets them (a run's record holds thousands of values:
+    copying it all first cost as much as encoding it)."""
+    return simplejson.dumps(obj, indent=2, ensure_ascii=False, default=_default, namedtuple_as_object=False)

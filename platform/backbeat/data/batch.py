@@ -155,7 +155,12 @@ def row_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
 def unit_bytes(expanded: dict, name: str = "?") -> int:
     """Bytes of one unit in a batch: its unit-level columns and its range (16), not counting what
     variable-length fields hold beyond their offsets and shapes."""
-    return 16 + sum(row_bytes(c.dtype, c.shape) for c in layout(expanded, name) if c.rows == "")
+    return _unit_bytes(name, canonical(expanded))
+
+
+@lru_cache(maxsize=1024)
+def _unit_bytes(name: str, canon: str) -> int:  # (asked for several times by every block process)
+    return 16 + sum(row_bytes(c.dtype, c.shape) for c in _layout(name, canon) if c.rows == "")
 
 
 def units_within(expanded: dict, name: str, limit: int, budget: int) -> int:

@@ -9,6 +9,13 @@ cache store, :mod:`backbeat.cache.store`), and durable once its mark is cleared
 :data:`SMALL_BYTES` waits in memory and is written with its exact shapes (compact up to
 :data:`COMPACT_BYTES` per array, else contiguous); larger ones are chunked, with chunk rows
 from the dataformat; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
+
+A block process writes one small file and ends: the file, its attributes and small datasets go
+through h5py's low-level API (``h5f``, ``h5a``, ``h5d``), which costs a fresh forked process
+about half the CPU of ``h5py.File``/``attrs``/``require_group`` (each of whose first calls in a
+child writes to many of the pages it shares with the fork server); the high-level
+:class:`h5py.File` is made only for chunked outputs.  The attributes are written once, at
+:meth:`~CacheWriter.close`, and kept in the root group's object header (compact storage).
 """
 
 from __future__ import annotations
@@ -39,6 +46,64 @@ COMPRESSIONS = ("gzip", "lzf")  # h5py's own filters (every h5py reads them); "g
 BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as one batch
 #: a large output starts its writeback every this many bytes written (core.durable.start_writeback)
 WRITEBACK_BYTES = 8 << 20
+#: the root group's attributes stay in its object header up to this many (HDF5's default is 8, and
+#: a file has 9: dense storage would add a fractal heap and two B-trees to every file)
+COMPACT_ATTRIBUTES = 16
+
+_PLISTS: tuple[Any, Any] | None = None  # (file creation, file access) property lists, made once
+
+
+def _plists() -> tuple[Any, Any]:
+    """The property lists of a new cache file: what ``h5py.File(path, "w", libver="latest",
+    rdcc_nbytes=CHUNK_CACHE, rdcc_w0=1.0)`` sets (times not tracked), attributes compact."""
+    global _PLISTS
+    if _PLISTS is None:
+        fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+        fcpl.set_obj_track_times(False)
+        fcpl.set_attr_phase_change(COMPACT_ATTRIBUTES, COMPACT_ATTRIBUTES - 1)
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+        fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)  # closing the file closes what is still open in it
+        mdc, slots, _nbytes, _w0 = fapl.get_cache()
+        fapl.set_cache(mdc, slots, CHUNK_CACHE, 1.0)
+        _PLISTS = (fcpl, fapl)
+    return _PLISTS
+
+
+_LAYOUTS: dict[int, Any] = {}  # dataset creation property lists by layout, made once
+
+
+def _layout_plist(layout: int) -> Any:
+    dcpl = _LAYOUTS.get(layout)
+    if dcpl is None:
+        dcpl = _LAYOUTS[layout] = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(layout)
+    return dcpl
+
+
+_TYPES: dict[tuple[Any, bool], Any] = {}  # (numpy dtype, text?) -> HDF5 type (h5py's, made once)
+_SCALAR: list[Any] = []  # the scalar dataspace, made once
+_STRING = h5py.string_dtype("utf-8")
+
+
+def _h5type(dtype: np.dtype, string: bool = False) -> Any:
+    """The HDF5 type of a numeric ``dtype``, or with ``string`` of variable-length UTF-8 text (an
+    object dtype compares equal to any other: the two are kept apart)."""
+    key = (dtype, string)
+    tid = _TYPES.get(key)
+    if tid is None:
+        tid = _TYPES[key] = h5py.h5t.py_create(dtype, logical=True)
+    return tid
+
+
+def _attribute(obj: Any, name: str, value: str | int) -> None:
+    """Write a scalar attribute as ``obj.attrs[name] = value`` would (a str: variable-length UTF-8;
+    an int: int64)."""
+    text = isinstance(value, str)
+    data = np.array(value, dtype=_STRING if text else I64)
+    if not _SCALAR:
+        _SCALAR.append(h5py.h5s.create(h5py.h5s.SCALAR))
+    h5py.h5a.create(obj, name.encode(), _h5type(data.dtype, text), _SCALAR[0]).write(data)
 
 
 def compression_options(compression: str | None) -> dict[str, Any]:
@@ -81,10 +146,12 @@ class CacheWriter:
         self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._h5 = h5py.File(self.tmp, "w", libver="latest", rdcc_nbytes=CHUNK_CACHE, rdcc_w0=1.0)
+            fcpl, fapl = _plists()
+            self._fid = h5py.h5f.create(os.fsencode(self.tmp), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
         except OSError as exc:
             self._closed = True
             raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
+        self._file: h5py.File | None = None  # the high-level file, once needed (chunked outputs)
         self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
         self._fd: int | None = None  # a descriptor of the temporary, to start its writeback
         self._unsynced = 0  # bytes written since the writeback was last started
@@ -101,13 +168,6 @@ class CacheWriter:
             if name.endswith("#offsets"):  # global offsets start with a 0
                 self._rows[name] = 1
                 self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
-        a = self._h5.attrs
-        a["backbeat"] = cachefile.FORMAT_TAG
-        a["dataformat"] = fmt_name
-        a["declaration"] = self._canon
-        a["key"] = key
-        a["start"] = self.start
-        a["end"] = -1 if self.end is None else self.end
 
     # writing ---------------------------------------------------------------------------------------
     @property
@@ -265,13 +325,15 @@ class CacheWriter:
         so the file does not depend on how its units were batched."""
         waiting = self._waiting()
         self._ds = {}
+        if self._file is None:
+            self._file = h5py.File(self._fid)
         hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
         for name, arr in zip(self._names, waiting, strict=True):
             dtype, shape = self._specs[name]
             row = row_bytes(dtype, shape)
             rows = max(1, min(CHUNK_BYTES // row, max(hint, SMALL_CHUNK_BYTES // row)))
             rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
-            ds = self._h5.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
+            ds = self._file.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
                                          chunks=(rows, *shape), **self._kw)
             if arr.shape[0]:
                 ds.write_direct(arr)
@@ -304,18 +366,22 @@ class CacheWriter:
         tiny, else contiguous, or one chunk when compressed."""
         waiting = self._waiting()
         self._ds = {}
+        groups: dict[str, Any] = {}
         for name, arr in zip(self._names, waiting, strict=True):
             group, base = name.split("/")
-            parent = self._h5.require_group(group)
+            parent = groups.get(group)
+            if parent is None:
+                parent = groups[group] = h5py.h5g.create(self._fid, group.encode())
             if arr.nbytes <= COMPACT_BYTES or not self._kw:
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                dcpl.set_layout(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
-                dsid = h5py.h5d.create(parent.id, base.encode(), h5py.h5t.py_create(arr.dtype),
+                dcpl = _layout_plist(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
+                dsid = h5py.h5d.create(parent, base.encode(), _h5type(arr.dtype),
                                        h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
                 if arr.size:
                     dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
             else:
-                parent.create_dataset(base, data=arr, chunks=arr.shape, **self._kw)
+                if self._file is None:
+                    self._file = h5py.File(self._fid)
+                h5py.Group(parent).create_dataset(base, data=arr, chunks=arr.shape, **self._kw)
 
     # finishing -------------------------------------------------------------------------------------
     def close(self) -> str:
@@ -341,15 +407,28 @@ class CacheWriter:
                  for name, dtype, shape in cachefile.arrays(self.name, self.expanded)]
         end = self.end if self.end is not None else last
         digest = cachefile.final_digest(self.name, self._canon, self.start, end, parts)
-        a = self._h5.attrs
-        a["end"] = end
-        a["units"] = self._units
-        a["digest_algorithm"] = cachefile.DIGEST_ALGORITHM
-        a["digest"] = digest
-        self._h5.close()
+        try:
+            root = h5py.h5g.open(self._fid, b"/")
+            for name, value in (("backbeat", cachefile.FORMAT_TAG), ("dataformat", self.name),
+                                ("declaration", self._canon), ("key", self.key), ("start", self.start),
+                                ("end", end), ("units", self._units),
+                                ("digest_algorithm", cachefile.DIGEST_ALGORITHM), ("digest", digest)):
+                _attribute(root, name, value)
+            del root
+            self._close_file()
+        except (OSError, ValueError) as exc:
+            self.abort()
+            raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
         self._closed = True
         self._commit()
         return digest
+
+    def _close_file(self) -> None:
+        self._ds = None if self._ds is None else {}
+        if self._file is not None:
+            self._file.close()
+        if self._fid.valid:
+            self._fid.close()  # (CLOSE_STRONG: with every object still open in it)
 
     def _commit(self) -> None:
         """Rename the complete file into place.  Not durable yet: it is marked unsynced first
@@ -372,7 +451,7 @@ class CacheWriter:
         self._closed = True
         self._hasher.close()
         with contextlib.suppress(Exception):
-            self._h5.close()
+            self._close_file()
         fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
             with contextlib.suppress(OSError):

@@ -63,6 +63,7 @@ class _Checker:
         self.dataset_outputs: dict[str, dict] = {}  # dataset -> {output: dataformat}
         self.algorithms: dict[str, Algorithm | None] = {}  # algorithm name -> Algorithm view, or None if invalid
         self.tc: dict = {}
+        self._tc_nodes: list[toolchain.Node] | None = None  # toolchain.nodes(self.tc), once (O(K) each)
         self._ends: dict[str, tuple[list, set]] | None = None  # node -> (channels into it, {(output, channel)})
 
     def report(self, message: str, *path: object) -> None:
@@ -225,14 +226,16 @@ class _Checker:
             details = "\n  * ".join(p.message if not p.pointer else f"{p.pointer}: {p.message}" for p in tc.problems)
             self.report(f"toolchain `{name}' is not valid, because:\n  * {details}")
             return False
-        self.tc = tc.declaration
+        self.tc, self._tc_nodes = tc.declaration, None
         return True
 
     # -- stage 2: cross-checks against the toolchain -----------------------------------------------
     def names(self, section: str) -> dict[str, toolchain.Node]:
         """Compare node names of a section; return the toolchain nodes present in both."""
         singular = section[:-1]
-        tc_nodes = {n.name: n for n in toolchain.nodes(self.tc) if n.section == section}
+        if self._tc_nodes is None:
+            self._tc_nodes = toolchain.nodes(self.tc)
+        tc_nodes = {n.name: n for n in self._tc_nodes if n.section == section}
         exp = _dict(self.decl.get(section))
         for name in exp:
             if name not in tc_nodes:

@@ -55,6 +55,7 @@ class SpecBuilder:
         self.workspace = workspace
         self.window = window
         self._types: dict[str, str] = {}
+        self._code: dict[tuple[str, tuple[str, ...]], CodeSpec] = {}
 
     def algorithm_type(self, name: str) -> str:
         if name not in self._types:
@@ -88,8 +89,14 @@ class SpecBuilder:
         return {n: self.dataset(n) for n in (self.plan.datasets if names is None else names)}
 
     def code(self, algorithm: str, libraries: list[list[str]]) -> CodeSpec:
-        return code_spec(self.workspace.store.code, self.workspace.catalog, "algorithm", algorithm,
-                         [lib for lib, _h in libraries])
+        """The code of an algorithm, snapshotted once per run (the blocks of a chain share it: its
+        bytes were hashed once; each block process checks the snapshot's digest as it loads it)."""
+        key = (algorithm, tuple(lib for lib, _h in libraries))
+        spec = self._code.get(key)
+        if spec is None:
+            spec = self._code[key] = code_spec(self.workspace.store.code, self.workspace.catalog, "algorithm",
+                                               algorithm, list(key[1]))
+        return spec
 
     def block(self, job: Job, fresh: Collection[str] = ()) -> BlockSpec:
         """The spec of a block or analyzer job (no provider address, streams or slot yet).

@@ -1,14 +1,13 @@
 """Processes: pre-warmed block processes, the channel they report on, and how they ended.
 
 Lives here: the fork server (``workerpool``) and what runs inside it (``zygote``; its warm-up:
-``warmup``), exits and
+``warmup``; what each child starts with: ``freshstate``), exits and
 limits (``exits``), the ZeroMQ control channel (``control``), job outcomes and the one error
 encoding between processes (``outcome``), the one spawn-and-collect loop (``group``:
 ``ProcessGroup``), the one ZeroMQ context of a process (``zmqcontext``), execution environments'
-interpreters (``environments``; what an interpreter reports about itself: ``interpreter``) and the
-bubblewrap sandbox around fork servers (``sandbox``), the warm template serving commands and
-runs' zygotes (``template``; its process: ``templateserver``), and the standard streams of a
-forked process (``stdio``).
+interpreters (``environments``; what an interpreter reports about itself: ``interpreter``), the
+bubblewrap sandbox around fork servers (``sandbox``), and the warm template serving commands
+and runs' zygotes (``template``; its process: ``templateserver``).
 Targets are named by strings (``"module:function"``), so nothing here imports the code it runs.
 May import: ``core``.
 """

@@ -106,10 +106,30 @@ def _peer_pid(frame: zmq.Frame) -> int | None:
     return int(tail) if tail.isdigit() and int(tail) > 0 else None
 
 
+def socket_parent() -> str:
+    """Where the private folders of control channels (and the run's stream sockets) are made:
+    in ``TMPDIR`` when it is set (the user's choice), else in ``/dev/shm`` (a memory file system:
+    each ``ipc://`` socket bound is a new inode, and on a disk file system busy making and deleting
+    files, ext4's search for a free inode cost ~5 % of a block process), else in the system's
+    temporary folder."""
+    if not os.environ.get("TMPDIR"):
+        shm = "/dev/shm"
+        if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+            return shm
+    return tempfile.gettempdir()
+
+
 def sweep_folders(parent: str | None = None) -> list[str]:
     """Remove the control folders (``bb-ctl-<pid>-…``) left by dead processes (killed with
-    ``kill -9``: nothing of theirs ran to remove them); those removed."""
-    parent = parent or tempfile.gettempdir()
+    ``kill -9``: nothing of theirs ran to remove them) in ``parent`` (default: where they are
+    made, :func:`socket_parent`, and the temporary folder); those removed."""
+    removed: list[str] = []
+    for folder in [parent] if parent else dict.fromkeys((socket_parent(), tempfile.gettempdir())):
+        removed += _sweep(folder)
+    return removed
+
+
+def _sweep(parent: str) -> list[str]:
     removed: list[str] = []
     try:
         names = os.listdir(parent)
@@ -133,7 +153,8 @@ def sweep_folders(parent: str | None = None) -> list[str]:
 
 
 class ControlServer:
-    """Executor side: ROUTER on ``ipc://<private dir>/control`` (0700 directory).
+    """Executor side: ROUTER on ``ipc://<private dir>/control`` (0700 directory, made in ``dirpath``,
+    default :func:`socket_parent`).
 
     Create it *after* :meth:`ForkServer.start` (the zygote must not inherit a Context).  Its
     folder is named after this process (``bb-ctl-<pid>-…``); creating one first removes those of
@@ -143,7 +164,7 @@ class ControlServer:
 
     def __init__(self, dirpath: str | None = None, pid_of: Callable[[str], int | None] | None = None) -> None:
         sweep_folders(dirpath)
-        self._dir = tempfile.mkdtemp(prefix=f"bb-ctl-{os.getpid()}-", dir=dirpath)
+        self._dir = tempfile.mkdtemp(prefix=f"bb-ctl-{os.getpid()}-", dir=dirpath or socket_parent())
         os.chmod(self._dir, 0o700)
         path = os.path.join(self._dir, "control")
         if len(path.encode()) > 100:

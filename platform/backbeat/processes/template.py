@@ -78,7 +78,7 @@ from backbeat.core.templatekey import (
     switched_off,
 )
 from backbeat.processes import reaper
-from backbeat.processes.stdio import fresh_std_streams
+from backbeat.processes.freshstate import fresh_std_streams
 
 IDLE_S = 600.0
 _LIMITS = sorted(n for n in dir(resource) if n.startswith("RLIMIT_"))

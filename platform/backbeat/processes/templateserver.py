@@ -20,7 +20,7 @@ import time
 import traceback
 
 from backbeat.core.templatekey import ALLOWED, IDLE, WARM, context_key
-from backbeat.processes import reaper, template, warmup
+from backbeat.processes import freshstate, reaper, template, warmup
 
 #: the signals a client may ask the template to send to its command (those it relays, and
 #: SIGSTOP when it is stopped itself: Ctrl-Z)
@@ -275,8 +275,7 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> 
         os._exit(1)
     template._SERVED = True
     template.adopt(req, fds, stdin=True)
-    if "numpy" in sys.modules:  # (its own random state, as a new process's: ``random`` reseeds itself)
-        sys.modules["numpy"].random.seed()
+    freshstate.seed_numpy()  # (its own random state, as a new process's: ``random`` reseeds itself)
     for fd in fds:
         os.close(fd)
     sys.argv[:] = req["argv"]

@@ -116,6 +116,7 @@ class ForkServer:
         self._ready: dict | None = None
         self._mp: Any = None
         self._closed = False
+        self._broken = False  # a request could not be written: the zygote's end of the socket is closed
         #: ``"zygote"`` or ``"multiprocessing"`` once started
         self.kind: str | None = None
 
@@ -344,6 +345,7 @@ class ForkServer:
                 return
             except OSError as e:
                 self._out.clear()
+                self._broken = True  # (its end is closed: it is dying, even if not yet a zombie)
                 if strict:
                     raise ExecutionError(f"the fork server is gone: {e}") from None
                 return
@@ -371,7 +373,7 @@ class ForkServer:
                     return
                 try:
                     chunk = self._sock.recv(1 << 16)
-                except ConnectionResetError:  # (killed with requests unread: a reset, not an EOF)
+                except ConnectionResetError:  # it died with requests of ours unread (AF_UNIX: a reset)
                     chunk = b""
                 if not chunk:
                     self._zygote_gone()
@@ -416,7 +418,8 @@ class ForkServer:
         """Whether its zygote died (its socket closed under it): it can start no job any more."""
         if self._closed or self._sock is None:
             return False
-        return self._sock.fileno() == -1 or (self.zygote_pid is not None and not pids.alive(self.zygote_pid))
+        return (self._broken or self._sock.fileno() == -1
+                or (self.zygote_pid is not None and not pids.alive(self.zygote_pid)))
 
     def _zygote_gone(self) -> None:
         """The zygote's socket closed: unless we closed it, it died, and its children with it."""

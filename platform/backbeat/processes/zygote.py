@@ -36,10 +36,9 @@ import traceback
 from typing import Any
 
 from backbeat.core.errors import UsageError
-from backbeat.processes import reaper, warmup
+from backbeat.processes import freshstate, reaper, warmup
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY, memory_ceiling, oom_kills
 from backbeat.processes.logs import BoundedLog
-from backbeat.processes.stdio import fresh_std_streams
 
 #: at most this much of a finished child's output is still read from its pipe (what its
 #: leftovers, killed at that moment, may still be writing is not waited for)
@@ -78,12 +77,14 @@ def _reset_signals() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def child_setup(limits: dict, log: str | int | None, parent: int | None = None, close_fds: bool = True) -> None:
+def child_setup(limits: dict, log: str | int | None, parent: int | None = None, close_fds: bool = True,
+                seeded: bool = False) -> None:
     """Isolate the freshly forked child: session, signals, pdeathsig, subreaper, limits, fds, output.
 
     ``log``: where fds 1 and 2 go — a pipe's fd (the zygote copies it into a bounded log), a
     file path (the multiprocessing fallback), or None (both on the parent's stderr: a child's
-    output never mixes with the parent's stdout).
+    output never mixes with the parent's stdout).  ``seeded``: the parent gave numpy's global
+    generator fresh entropy just before forking this child (:func:`~backbeat.processes.freshstate.seed_numpy`).
     """
     global _MEMORY
     try:
@@ -95,7 +96,12 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
     if parent is not None and os.getppid() != parent:
         os._exit(EXIT_BOOT)  # the zygote died before pdeathsig was armed
     reaper.become_subreaper()  # what it starts stays in its tree (killed when it ends)
-    _fresh_random_state()
+    if seeded:
+        import random
+
+        random.seed()  # (os.fork's own handler has done so already; a forked child may come from elsewhere)
+    else:
+        _fresh_random_state()
     mem = limits.get("memory_bytes")
     _MEMORY = int(mem) if mem else None
     sys.stdout.flush()
@@ -118,7 +124,7 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
         os.dup2(2, 1)
     if close_fds:
         os.closerange(3, 65536)
-        fresh_std_streams()
+        freshstate.child_std_streams()
 
 
 def _mapped_bytes() -> int | None:
@@ -149,19 +155,10 @@ def apply_memory_limit() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 
 
-def _fresh_random_state() -> None:
-    """Give the child fresh entropy, as a new interpreter would have.
+# what a child starts with: processes.freshstate (these names are those others know)
+_fresh_random_state = freshstate.fresh_random_state
+_fresh_std_streams = freshstate.fresh_std_streams
 
-    A forked child inherits the zygote's random number generators: without this, every
-    block using numpy's (or Python's) global generator unseeded would draw the same
-    numbers, and an unseeded — non-deterministic — algorithm would look deterministic.
-    """
-    import random
-
-    random.seed()
-    np = sys.modules.get("numpy")
-    if np is not None:
-        np.random.seed()
 
 
 def child_run(target: str, payload: Any) -> int:
@@ -357,6 +354,8 @@ class Zygote:
         zygote = os.getpid()
         log_path = req.get("log")
         rfd = wfd = None
+        freshstate.prepare_std_streams()  # (once) ...
+        freshstate.seed_numpy()  # ... and for each child: cheaper here than in it
         try:
             if log_path:
                 rfd, wfd = os.pipe()
@@ -374,7 +373,7 @@ class Zygote:
                 os.close(self.wake)
                 if rfd is not None:
                     os.close(rfd)
-                child_setup(limits, wfd, parent=zygote)
+                child_setup(limits, wfd, parent=zygote, seeded=True)
                 code = child_run(req["target"], req["payload"])
             finally:
                 flush_and_exit(code)
@@ -389,6 +388,7 @@ class Zygote:
                               "deadline": start + timeout if timeout else None,
                               "log": log, "pipe": rfd, "oom": oom_kills()}
         self.send({"ev": "spawned", "id": req["id"], "pid": pid})
+        warmup.learn(req)  # (what it makes is inherited by the next children)
 
     def drain(self, fd: int, budget: int, c: dict | None = None) -> None:
         """Copy what a child (``c``, default: the running child of pipe ``fd``) wrote to its pipe

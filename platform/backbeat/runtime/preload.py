@@ -8,7 +8,8 @@ this module in its fork server's preload, :func:`backbeat.execution.state.local_
 it is inherited by each child — copy-on-write, shared — instead of being imported again by each
 (~20 ms of CPU per block process: ``docs/performance.md``).
 
-Importing this module installs the aliases (:func:`~backbeat.runtime.compat.install_beat_aliases`):
+Importing this module installs the aliases (:func:`~backbeat.runtime.compat.install_beat_aliases`)
+and runs one small block (:func:`~backbeat.runtime.rehearsal.rehearse`, its code warm in every child):
 only backbeat's own worker processes import it.
 """
 
@@ -25,3 +26,14 @@ MODULES = (blockrun.__name__, dbprovider.__name__, loopchannel.__name__)
 install_beat_aliases()
 for _alias in ALIASES:
     importlib.import_module(_alias)
+
+try:  # one small block run here, so that each block process forked from here copies fewer pages
+    from backbeat.runtime.rehearsal import rehearse
+
+    rehearse()
+except Exception:  # noqa: BLE001 - (a folder that cannot be written...) block processes only cost more
+    pass
+from backbeat.processes.warmup import learn_from  # noqa: E402
+from backbeat.runtime.rehearsal import learn  # noqa: E402
+
+learn_from(learn)  # the zygote makes the dataformats' value classes of the blocks it forks, once

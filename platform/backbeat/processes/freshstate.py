@@ -1,0 +1,107 @@
+"""What a child of the zygote starts with: fresh entropy and its own standard streams.
+
+A forked child inherits its parent's random number generators and ``sys`` streams.  Each child
+must draw its own numbers (an unseeded algorithm must not look deterministic) and write to its
+own fds 1 and 2 (its log pipe).  The zygote prepares what it can before each fork, where it is
+cheap (:func:`seed_numpy`, :func:`prepare_std_streams`): doing it in each child cost every
+block process ~0.5 ms of CPU and ~250 copied pages (``docs/performance.md``, "After wave 6
+(perf-f)"); :func:`fresh_random_state` and :func:`fresh_std_streams` do it all in the child
+(a child forked from elsewhere: the multiprocessing fallback, a template's zygote; a command
+served by a template adopts its client's streams through it too).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from typing import Any
+
+
+def fresh_random_state() -> None:
+    """Give the child fresh entropy, as a new interpreter would have.
+
+    A forked child inherits the zygote's random number generators: without this, every
+    block using numpy's (or Python's) global generator unseeded would draw the same
+    numbers, and an unseeded — non-deterministic — algorithm would look deterministic.
+    """
+    import random
+
+    random.seed()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()
+
+
+def seed_numpy() -> None:
+    """In the zygote, just before a fork: fresh entropy (128 bits from the OS) for numpy's global
+    generator, which the child inherits.  Seeding it in each child instead (``numpy.random.seed()``)
+    cost every block process ~0.5 ms and ~100 pages copied; here it costs ~20 µs."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed(np.frombuffer(os.urandom(16), dtype=np.uint32))
+
+
+#: ``sys.stdin``/``stdout``/``stderr`` for the zygote's children, made by :func:`prepare_std_streams`
+_STREAMS: tuple[Any, Any, Any] | None = None
+
+
+def prepare_std_streams() -> bool:
+    """In the zygote, once: the standard stream objects of its children (over fds 0, 1 and 2, which
+    each child points at /dev/null and its log pipe), made here once instead of in each child
+    (~90 pages copied there).  The zygote never uses them: their buffers are empty when it forks."""
+    global _STREAMS
+    if _STREAMS is None:
+        try:
+            _STREAMS = (open(0, closefd=False), open(1, "w", closefd=False, buffering=1),  # noqa: SIM115
+                        open(2, "w", closefd=False, buffering=1))  # noqa: SIM115
+        except (OSError, ValueError):  # (a closed fd 0 in the zygote...) each child makes its own
+            return False
+    return True
+
+
+def child_std_streams() -> None:
+    """stdin from /dev/null; ``sys.stdin``/``stdout``/``stderr`` over fds 0, 1 and 2: those the
+    zygote prepared (:func:`prepare_std_streams`), else new ones (:func:`fresh_std_streams`)."""
+    if _STREAMS is None:
+        fresh_std_streams()
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
+    sys.stdin, sys.stdout, sys.stderr = _STREAMS
+
+
+def fresh_std_streams(stdin: bool = False, line_buffered: bool = True) -> None:
+    """``sys.stdin``/``sys.stdout``/``sys.stderr`` rebuilt over fds 0, 1 and 2, with the encoding
+    and error handler of the ones they replace (those Python chose at start-up from the locale);
+    stdin from /dev/null unless ``stdin``.  ``line_buffered`` False: as Python builds them at
+    start-up (stdout line-buffered on a terminal only, stderr always; written through with ``-u``), the
+    originals ``sys.__stdout__``… too.
+
+    The caller may have replaced them (e.g. pytest's capture) with objects over fds that
+    the child has just closed; a command served by a template adopts its client's fds.
+    """
+    if not stdin:
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        old = getattr(sys, f"__{name}__", None) or getattr(sys, name)
+        encoding, errors = getattr(old, "encoding", None), getattr(old, "errors", None)
+        stream: Any
+        if fd == 0:
+            stream = open(0, closefd=False, encoding=encoding, errors=errors, newline="\n")  # noqa: SIM115
+        elif line_buffered:
+            stream = open(fd, "w", buffering=1, closefd=False, encoding=encoding, errors=errors,  # noqa: SIM115
+                          newline="\n")
+        else:  # (``-u``, PYTHONUNBUFFERED: written through, as the replaced one)
+            raw = io.FileIO(fd, "w", closefd=False)
+            plain = bool(getattr(old, "write_through", False))
+            stream = io.TextIOWrapper(raw if plain else io.BufferedWriter(raw), encoding, errors, "\n",
+                                      line_buffering=not plain and (fd == 2 or raw.isatty()), write_through=plain)
+        setattr(sys, name, stream)
+        if not line_buffered:
+            setattr(sys, f"__{name}__", stream)

@@ -1,0 +1,125 @@
+"""One small block run by the fork server before it forks any: its children then copy fewer pages.
+
+A block process is forked from the zygote and shares its pages until it writes to them
+(copy-on-write: a page fault and a 4 KiB copy each, then the page is freed when the process
+ends).  Code the zygote has never run writes to many shared pages the first time it runs in
+*each* child: CPython 3.11 counts down and specialises bytecode in place, fills the type
+attribute cache (whose entries hold references: their reference counts are written), creates
+dicts and caches lazily (the dataformat layouts and value types, ``inspect.signature``); h5py
+and HDF5 set up their type conversion paths and free lists.  :func:`rehearse` runs one block
+through the same code (:func:`backbeat.runtime.blockrun.run`: a code snapshot loaded and checked,
+an identity algorithm of our own reading a cache file and writing another, committed and
+read back) in a private temporary folder, so that all of that is done once, in the pages every
+block process inherits.  It runs no user code and opens no socket (a zygote must not hold a
+ZeroMQ context when it forks).  ``docs/performance.md`` ("After wave 6 (perf-f)") has the figures.
+
+:mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls it once; a failure
+is ignored (a block process then only costs more).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import linecache
+import os
+import re
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from backbeat.core import pids
+from backbeat.data.batch import layout, tree, unit_bytes
+from backbeat.data.cachewriter import CacheWriter
+from backbeat.data.values import value_type
+from backbeat.runtime import blockrun
+
+#: the rehearsal's algorithm (BEAT's API v2, sequential): copies its input
+ALGORITHM = b'''class Algorithm:
+    def process(self, inputs, data_loaders, outputs):
+        outputs["out"].write(inputs["in"].data)
+        return True
+'''
+NAME = "backbeat/rehearsal/1"
+FORMAT = "backbeat/rehearsal_scalar/1"
+EXPANDED = {"value": "float64"}
+UNITS = 10
+
+
+def _folder() -> str:
+    """A private temporary folder, in memory where there is one (nothing needs to reach a disk),
+    named after this process; those of dead processes (killed while rehearsing) are removed."""
+    shm = "/dev/shm"
+    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(where):
+            m = _FOLDER.match(name)
+            path = os.path.join(where, name)
+            if m and os.lstat(path).st_uid == os.getuid() and not pids.alive(int(m.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"bb-rehearsal-{os.getpid()}-", dir=where)
+
+
+_FOLDER = re.compile(r"^bb-rehearsal-(\d+)-")
+
+
+def spec(folder: str) -> dict:
+    """The block spec of the rehearsal (files in ``folder``; the input must be written first)."""
+    code = os.path.join(folder, "algorithm.py")
+    digest = hashlib.sha256(ALGORITHM).hexdigest()
+    return {
+        "name": "rehearsal", "kind": "block", "algorithm": NAME, "type": "sequential", "channel": "main",
+        "values": {},
+        "code": {"main": {"path": code, "sha256": digest, "filename": code, "uses": {}}, "libraries": {}},
+        "inputs": {"in": {"channel": "main", "dataformat": FORMAT, "source": "cache", "key": "0" * 64,
+                          "path": os.path.join(folder, "in.h5"), "verify": True}},
+        "outputs": {"out": {"dataformat": FORMAT, "key": "1" * 64, "path": os.path.join(folder, "out.h5"),
+                            "streams": []}},
+        "formats": {FORMAT: EXPANDED},
+    }
+
+
+def rehearse() -> dict:
+    """Run the rehearsal block once in this process; its statistics (see module docstring)."""
+    folder = _folder()
+    module = NAME.replace("/", "_")
+    had_module = module in sys.modules
+    try:
+        block = spec(folder)
+        with open(block["code"]["main"]["path"], "wb") as f:
+            f.write(ALGORITHM)
+        with CacheWriter(block["inputs"]["in"]["path"], FORMAT, EXPANDED, key="0" * 64, start=0,
+                         end=UNITS - 1) as writer:
+            for i in range(UNITS):
+                writer.write({"value": i * 0.001})
+        return blockrun.run({"spec": block})
+    finally:
+        if not had_module:
+            sys.modules.pop(module, None)
+        with contextlib.suppress(KeyError):
+            del linecache.cache[os.path.join(folder, "algorithm.py")]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+#: the dataformats :func:`learn` has seen (by name: within a run a name is one declaration)
+_LEARNT: set[str] = set()
+
+
+def learn(payload: Any) -> None:
+    """In the zygote, once it has forked a block: make the value class, column tree and layout of
+    each dataformat the block reads or writes (``payload["spec"]["formats"]``), which its next
+    children then inherit (each made them again: ~100 copied pages per block process).  Data only:
+    no user code runs (:func:`backbeat.processes.warmup.learn_from`)."""
+    spec = payload.get("spec") if isinstance(payload, dict) else None
+    formats = spec.get("formats") if isinstance(spec, dict) else None
+    if not isinstance(formats, dict):
+        return
+    for name, expanded in formats.items():
+        if name in _LEARNT or not isinstance(name, str) or not isinstance(expanded, dict):
+            continue
+        _LEARNT.add(name)
+        value_type(name, expanded)
+        tree(name, expanded)
+        layout(expanded, name)
+        unit_bytes(expanded, name)
