@@ -209,17 +209,14 @@ def leave(code: int) -> None:
     """Exit with ``code`` without tearing down every module (20-40 ms after a run that loaded
     numpy, h5py or zmq): once the output is flushed and the exit handlers have run, nothing is
     left to do.  With other threads alive (a library's), the ordinary exit waits for them."""
-    import atexit
     import threading
+
+    from backbeat.core.exiting import run_exit_handlers
 
     if threading.active_count() > 1:
         sys.exit(code)
     try:
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        code = code or 1
+        code = run_exit_handlers(code)
     except BaseException:  # noqa: BLE001 - leave the ordinary way: it reports what went wrong
         sys.exit(code)
     os._exit(code)

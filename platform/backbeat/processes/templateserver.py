@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 
+from backbeat.core.exiting import run_exit_handlers
 from backbeat.core.templatekey import ALLOWED, IDLE, WARM, context_key
 from backbeat.processes import freshstate, reaper, template, warmup
 
@@ -330,17 +331,12 @@ def _forget(conn: socket.socket) -> None:
 def _finish(code: int) -> int:
     """What the interpreter does as it exits: wait for the other (non-daemon) threads, run the
     exit handlers, flush the streams (a closed pipe: exit 1); the exit status."""
-    import atexit
     import threading
 
     if threading.active_count() > 1:
         threading._shutdown()  # type: ignore[attr-defined]
     try:
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        code = code or 1
+        return run_exit_handlers(code)
     except BaseException:  # noqa: BLE001 - as the interpreter: said, not raised
         traceback.print_exc()
     return code
