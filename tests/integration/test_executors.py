@@ -43,6 +43,14 @@ class SerialExecutor(Executor):
             run_.set(job.name, JobState(result.status))
 
 
+def _serve_runner() -> subprocess.Popen:
+    """A ``python -m backbeat.remote --serve`` runner: jobs on its standard input, results on its output."""
+    serve = subprocess.Popen([sys.executable, "-m", "backbeat.remote", "--serve"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert serve.stdin is not None and serve.stdout is not None
+    return serve
+
+
 class CommandExecutor(Executor):
     """Each block through ``python -m backbeat.remote``: the first alone (one job on standard
     input), the others through one ``--serve`` runner (jobs and results line by line)."""
@@ -51,9 +59,7 @@ class CommandExecutor(Executor):
 
     def execute(self, run_: Run) -> None:
         specs = SpecBuilder(run_.plan, run_.workspace, run_.options.window)
-        serve = subprocess.Popen([sys.executable, "-m", "backbeat.remote", "--serve"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
-        assert serve.stdin is not None and serve.stdout is not None
+        serve = _serve_runner()
         try:
             for k, job in enumerate(j for j in run_.plan.jobs if run_.state.status[j.name] == JobState.PENDING):
                 needed = {i.node for i in job.inputs.values() if i.source == "dataset"}
@@ -126,9 +132,7 @@ class LostZygoteExecutor(Executor):
         import psutil
 
         specs = SpecBuilder(run_.plan, run_.workspace, run_.options.window)
-        serve = subprocess.Popen([sys.executable, "-m", "backbeat.remote", "--serve"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
-        assert serve.stdin is not None and serve.stdout is not None
+        serve = _serve_runner()
         try:
             for k, job in enumerate(j for j in run_.plan.jobs if run_.state.status[j.name] == JobState.PENDING):
                 if k == 1:

@@ -155,9 +155,8 @@ def apply_memory_limit() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
 
 
-# what a child starts with: processes.freshstate (these names are those others know)
+# what a child starts with: processes.freshstate (a module attribute here: benchmarks/tracing.py times it)
 _fresh_random_state = freshstate.fresh_random_state
-_fresh_std_streams = freshstate.fresh_std_streams
 
 
 
