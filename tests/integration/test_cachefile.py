@@ -363,3 +363,31 @@ def test_attributes_are_those_h5py_writes_kept_in_the_root_header(tmp_path):
             assert (f["columns/v"].chunks is not None) == (name == "big.h5")
         with CacheReader(tmp_path / name) as r:
             assert r.verified and r.digest == digest and r.key == "k" * 64
+
+
+def test_fixed_shape_outputs_are_written_by_whole_chunks(tmp_path, monkeypatch):
+    """A large unfiltered output of fixed-shape fields goes to the file a whole chunk at a time, from the
+    batches' memory (never through h5py's selections and chunk cache); the bytes do not depend on the
+    batching (arrays with chunks of different rows), the digest is that of any other layout."""
+    fmt, n = {"v": [100, "float64"], "k": "int8"}, 5000  # chunks: 1,024 rows of `v', 2,048 of the index, 16,384 of `k'
+    big = Batch.from_columns("user/v/1", fmt, {"v": np.random.rand(n, 100), "k": np.arange(n) % 100},
+                             np.arange(n) * 2, np.arange(n) * 2 + 1)
+
+    def write(name, steps, compression=None):
+        with CacheWriter(tmp_path / name, "user/v/1", fmt, start=0, end=2 * n - 1, compression=compression) as w:
+            a = 0
+            for step in steps:
+                w.write_batch(big.slice(a, a + step))
+                a += step
+        return tmp_path / name
+
+    gz = write("gz.h5", [n], "gzip:1")  # (compressed: through h5py, as before)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", None)
+    monkeypatch.setattr(h5py.Dataset, "resize", None)
+    paths = [write("a.h5", [n]), write("b.h5", [7, 1017, 2000, 1, 1975]), write("c.h5", [256] * 19 + [136])]
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    assert stored_digest(paths[0]) == stored_digest(gz)
+    with CacheReader(paths[1]) as r:
+        assert r.verified and r.read_units(0, n).equals(big)
+    with h5py.File(paths[0]) as f:
+        assert f["columns/v"].shape == (n, 100) and f["columns/v"].chunks == (1024, 100)

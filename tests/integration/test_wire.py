@@ -104,6 +104,29 @@ def test_large_batch_is_zero_copy(peer):
     assert not back.columns["a"].flags.owndata  # a view on the received frame
 
 
+def test_values_of_a_private_batch_view_its_frames(peer):
+    """Values of a batch received from another process view the message (no copy); still writable,
+    and copies whenever the frames may be someone else's (not private, or read-only memory)."""
+    fmt = {"a": [1000, "float64"], "v": [0, "float32"]}
+    n = 64
+    batch = Batch.from_columns("user/big/1", fmt, {"a": np.random.rand(n, 1000), "v#shape": np.ones((n, 1), np.int64),
+                                                   "v#offsets": np.arange(n + 1), "v[]": np.arange(n, dtype=np.float32)},
+                               np.arange(n), np.arange(n))
+    peer.send_multipart([b"fmt", json.dumps({"name": "user/big/1", "expanded": fmt}).encode()])
+    assert peer.recv() == b"ok"
+    send_batch(peer, batch)  # (the peer echoes it)
+    frames = peer.recv_multipart(copy=False)
+    private, shared = decode(frames, "user/big/1", fmt, private=True), decode(frames, "user/big/1", fmt)
+    values = private.to_values()
+    assert private.private and not shared.private
+    assert all(np.shares_memory(v.a, private.columns["a"]) for v in values)
+    assert np.shares_memory(values[3].v, private.columns["v[]"])
+    values[0].a[0] = -1.0  # writable, as BEAT's values
+    assert not any(np.shares_memory(v.a, shared.columns["a"]) for v in shared.to_values())
+    readonly = decode([bytes(f.buffer) for f in frames], "user/big/1", fmt, private=True)
+    assert not readonly.private and readonly.to_values()[1].a.flags.writeable
+
+
 FMT = {"x": "int32", "s": "string", "v": [0, "float32"]}
 
 

@@ -240,11 +240,13 @@ def _from_numeric_dicts(root: Node, values: Sequence[Any]) -> dict | None:
 
 # -- columns -> values ---------------------------------------------------------------------------
 
-def _scatter(node: Node, cols: dict, n: int) -> list:
+def _scatter(node: Node, cols: dict, n: int, private: bool = False) -> list:
+    """The values of ``n`` rows of ``node``; numeric arrays are copied out of ``cols`` unless
+    ``private`` (the columns are writable memory nothing else reads: the values view them)."""
     p = node.path
     if node.kind == "num":
         col = cols[p]
-        return list(col) if not node.dims else list(np.array(col))
+        return list(col) if not node.dims or private else list(np.array(col))
     if node.kind == "str":
         raw = cols[p + "#bytes"].tobytes()
         off = cols[p + "#offsets"].tolist()
@@ -258,9 +260,9 @@ def _scatter(node: Node, cols: dict, n: int) -> list:
         child = node.item
         total = off[-1] if off else 0
         if child.kind == "num":
-            flat = np.array(cols[child.path])
+            flat = cols[child.path] if private else np.array(cols[child.path])
             return [flat[off[i]:off[i + 1]].reshape(shapes[i]) for i in range(n)]
-        elems = _scatter(child, cols, total)
+        elems = _scatter(child, cols, total, private)
         if child.kind == "str":
             res = []
             for i in range(n):
@@ -272,7 +274,7 @@ def _scatter(node: Node, cols: dict, n: int) -> list:
     cls = node.cls
     out = list(map(cls.__new__, repeat(cls, n)))
     for key, sub in node.fields:  # set without the checked __setattr__, by C-level loops
-        deque(map(_SET, out, repeat(key), _scatter(sub, cols, n)), maxlen=0)
+        deque(map(_SET, out, repeat(key), _scatter(sub, cols, n, private)), maxlen=0)
     return out
 
 
@@ -368,7 +370,7 @@ def check_ranges(starts: np.ndarray, ends: np.ndarray) -> None:
 class Batch:
     """N data units of dataformat ``name``: ``starts``, ``ends`` and ``columns`` (see module docstring)."""
 
-    __slots__ = ("name", "expanded", "starts", "ends", "columns", "tree")
+    __slots__ = ("name", "expanded", "starts", "ends", "columns", "tree", "private")
 
     def __init__(self, name: str, expanded: dict, starts: Any, ends: Any, columns: dict,
                  validate: bool = True) -> None:
@@ -378,6 +380,9 @@ class Batch:
         self.starts = np.ascontiguousarray(starts, dtype=I64).reshape(-1)
         self.ends = np.ascontiguousarray(ends, dtype=I64).reshape(-1)
         self.columns = columns
+        #: the columns are writable memory that nothing else reads (a received message): the values
+        #: :meth:`to_values` makes view them instead of copies (see :func:`backbeat.data.wire.decode`)
+        self.private = False
         if validate:
             check_ranges(self.starts, self.ends)
             check(self.tree, columns, len(self.starts))
@@ -441,7 +446,7 @@ class Batch:
         return len(self.starts)
 
     def to_values(self) -> list[BaseValue]:
-        return _scatter(self.tree, self.columns, len(self.starts))
+        return _scatter(self.tree, self.columns, len(self.starts), self.private)
 
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):

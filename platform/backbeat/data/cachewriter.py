@@ -8,7 +8,8 @@ cache store, :mod:`backbeat.cache.store`), and durable once its mark is cleared
 (:mod:`backbeat.core.durable`: "durable before trusted").  Files are sized to their data: an output up to
 :data:`SMALL_BYTES` waits in memory and is written with its exact shapes (compact up to
 :data:`COMPACT_BYTES` per array, else contiguous); larger ones are chunked, with chunk rows
-from the dataformat; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
+from the dataformat, and written a whole chunk at a time from the batches' own memory
+(:mod:`backbeat.data.chunkwriter`) unless compressed; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
 
 A block process writes one small file and ends: the file, its attributes and small datasets go
 through h5py's low-level API (``h5f``, ``h5a``, ``h5d``), which costs a fresh forked process
@@ -33,7 +34,8 @@ import numpy as np
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import cachefile
-from backbeat.data.batch import I64, Batch, row_bytes, tree, units_within
+from backbeat.data.batch import I64, Batch, layout, row_bytes, tree, units_within
+from backbeat.data.chunkwriter import ChunkAppender
 from backbeat.data.values import BaseValue, as_value, canonical, value_type
 
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
@@ -153,6 +155,7 @@ class CacheWriter:
             raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
         self._file: h5py.File | None = None  # the high-level file, once needed (chunked outputs)
         self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
+        self._direct: dict[str, ChunkAppender] = {}  # their appenders, when unfiltered (chunkwriter)
         self._fd: int | None = None  # a descriptor of the temporary, to start its writeback
         self._unsynced = 0  # bytes written since the writeback was last started
         self._pending: list[list[np.ndarray]] = []  # arrays appended before (small outputs: until close)
@@ -328,28 +331,56 @@ class CacheWriter:
         if self._file is None:
             self._file = h5py.File(self._fid)
         hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
+        # unfiltered, and one row per unit in every array (no variable-length field): whole chunks are
+        # written from the batches' own memory, in an order that does not depend on the batching
+        direct = not self._kw and all(c.role == "data" and c.rows == "" for c in layout(self.expanded, self.name))
         for name, arr in zip(self._names, waiting, strict=True):
             dtype, shape = self._specs[name]
             row = row_bytes(dtype, shape)
             rows = max(1, min(CHUNK_BYTES // row, max(hint, SMALL_CHUNK_BYTES // row)))
             rows = 1 << (rows.bit_length() - 1)  # a power of two, so power-of-two batches fill whole chunks
-            ds = self._file.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
-                                         chunks=(rows, *shape), **self._kw)
-            if arr.shape[0]:
-                ds.write_direct(arr)
+            if direct:
+                ds = self._file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                             chunks=(rows, *shape))
+                self._direct[name] = ChunkAppender(ds.id, dtype, shape, rows)
+            else:
+                ds = self._file.create_dataset(name, shape=arr.shape, maxshape=(None, *shape), dtype=dtype,
+                                             chunks=(rows, *shape), **self._kw)
+                if arr.shape[0]:
+                    ds.write_direct(arr)
             self._ds[name] = ds
         self._filled = {name: arr.shape[0] for name, arr in zip(self._names, waiting, strict=True)}
+        if direct:
+            self._step = min(a.rows for a in self._direct.values())
+            self._append_direct(waiting)
+
+    def _append_direct(self, arrays: list[np.ndarray]) -> None:
+        """Append a batch's arrays (one row per unit each) to the chunk appenders, cut at every
+        :attr:`_step` units: chunk rows are powers of two, so each piece completes at most one chunk
+        of each array, at its end, and the chunks reach the file in the order of the units that
+        complete them (then of the arrays), whatever the batches were."""
+        appenders = [self._direct[name] for name in self._names]
+        n, step, pos = arrays[0].shape[0], self._step, len(appenders[0])
+        a = 0
+        while a < n:
+            b = min(n, a + step - (pos + a) % step)
+            for appender, arr in zip(appenders, arrays, strict=True):
+                self._unsynced += appender.append(arr[a:b])
+            a = b
 
     def _write(self, arrays: list[np.ndarray]) -> None:
         assert self._ds is not None
-        for name, arr in zip(self._names, arrays, strict=True):
-            n = arr.shape[0]
-            if n:
-                ds, old = self._ds[name], self._filled[name]
-                ds.resize(old + n, axis=0)
-                ds[old:old + n] = arr
-                self._filled[name] = old + n
-                self._unsynced += arr.nbytes
+        if self._direct:
+            self._append_direct(arrays)
+        else:
+            for name, arr in zip(self._names, arrays, strict=True):
+                n = arr.shape[0]
+                if n:
+                    ds, old = self._ds[name], self._filled[name]
+                    ds.resize(old + n, axis=0)
+                    ds[old:old + n] = arr
+                    self._filled[name] = old + n
+                    self._unsynced += arr.nbytes
         if self._unsynced >= WRITEBACK_BYTES:  # (a large output: on disk by the time it is made durable)
             self._writeback()
 
@@ -400,6 +431,8 @@ class CacheWriter:
         try:
             if self._ds is None:
                 self._create_exact()
+            for appender in self._direct.values():
+                appender.finish()
         except (OSError, ValueError) as exc:
             self.abort()
             raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
@@ -425,6 +458,7 @@ class CacheWriter:
 
     def _close_file(self) -> None:
         self._ds = None if self._ds is None else {}
+        self._direct = {}
         if self._file is not None:
             self._file.close()
         if self._fid.valid:

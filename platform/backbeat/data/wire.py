@@ -60,8 +60,12 @@ def _buffer(frame: Any) -> memoryview:
         raise WireError(f"message frame is not a byte buffer: {exc}") from None
 
 
-def decode(frames: list[Any], expected_fmt_name: str, expected_expanded: dict) -> Batch:
-    """The batch carried by ``frames``; WireError if malformed, truncated or of another dataformat."""
+def decode(frames: list[Any], expected_fmt_name: str, expected_expanded: dict, private: bool = False) -> Batch:
+    """The batch carried by ``frames``; WireError if malformed, truncated or of another dataformat.
+
+    ``private``: the frames were received from another process and nothing else holds them, so the
+    values made from the batch may view their (writable) memory instead of copies of it
+    (:attr:`backbeat.data.batch.Batch.private`); a frame that is not writable is copied as before."""
     if not isinstance(frames, (list, tuple)) or len(frames) < 3:
         raise WireError(f"message has {len(frames) if isinstance(frames, (list, tuple)) else '?'} frames, "
                         "expected at least 3 (header, starts, ends)")
@@ -105,10 +109,12 @@ def decode(frames: list[Any], expected_fmt_name: str, expected_expanded: dict) -
             raise WireError(f"message frame for `{cname}' has {len(buf)} bytes, expected {need} (truncated?)")
         arrays.append(np.frombuffer(buf, dtype=dtype).reshape(shape) if need else np.empty(shape, dtype))
     try:
-        return Batch(name, expected_expanded, arrays[0], arrays[1],
-                     {s[0]: a for s, a in zip(specs[2:], arrays[2:], strict=False)})
+        batch = Batch(name, expected_expanded, arrays[0], arrays[1],
+                      {s[0]: a for s, a in zip(specs[2:], arrays[2:], strict=False)})
     except DataError as exc:
         raise WireError(f"malformed batch of `{name}' in message: {exc}") from None
+    batch.private = private and all(a.flags.writeable for a in arrays[2:])
+    return batch
 
 
 def send_batch(socket: Any, batch: Batch, flags: int = 0) -> None:

@@ -367,7 +367,7 @@ class DatabaseClient:
             return (b"get", dataset.encode(), output.encode(), str(i).encode(), str(j).encode())
 
         def fetch(i: int, j: int) -> Batch:
-            return wire.decode(self._ask(*frames(i, j)), fmt, expanded)
+            return wire.decode(self._ask(*frames(i, j)), fmt, expanded, private=True)  # (the provider's)
 
         def prefetch(i: int, j: int) -> None:
             self.request(*frames(i, j))

@@ -133,7 +133,7 @@ class StreamSource:
         frames = self._sock.recv_multipart(copy=False)
         kind = frames[0].bytes
         if kind == b"batch":
-            batch = wire.decode(frames[1:], self._fmt, self._expanded)
+            batch = wire.decode(frames[1:], self._fmt, self._expanded, private=True)  # (from the producer)
             self._received += len(batch)
             self.bytes_read += batch.nbytes
             return batch
