@@ -389,5 +389,7 @@ def test_fixed_shape_outputs_are_written_by_whole_chunks(tmp_path, monkeypatch):
     assert stored_digest(paths[0]) == stored_digest(gz)
     with CacheReader(paths[1]) as r:
         assert r.verified and r.read_units(0, n).equals(big)
+        window = r.read_units(10, 20)  # read afresh: the values view the arrays read (no second copy)
+        assert window.private and np.shares_memory(window.to_values()[3].v, window.columns["v"])
     with h5py.File(paths[0]) as f:
         assert f["columns/v"].shape == (n, 100) and f["columns/v"].chunks == (1024, 100)

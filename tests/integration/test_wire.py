@@ -117,11 +117,12 @@ def test_values_of_a_private_batch_view_its_frames(peer):
     send_batch(peer, batch)  # (the peer echoes it)
     frames = peer.recv_multipart(copy=False)
     private, shared = decode(frames, "user/big/1", fmt, private=True), decode(frames, "user/big/1", fmt)
-    values = private.to_values()
     assert private.private and not shared.private
+    values = private.to_values()
     assert all(np.shares_memory(v.a, private.columns["a"]) for v in values)
     assert np.shares_memory(values[3].v, private.columns["v[]"])
     values[0].a[0] = -1.0  # writable, as BEAT's values
+    assert not np.shares_memory(private.to_values()[0].a, private.columns["a"])  # made again: copies
     assert not any(np.shares_memory(v.a, shared.columns["a"]) for v in shared.to_values())
     readonly = decode([bytes(f.buffer) for f in frames], "user/big/1", fmt, private=True)
     assert not readonly.private and readonly.to_values()[1].a.flags.writeable

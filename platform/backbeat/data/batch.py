@@ -241,8 +241,7 @@ def _from_numeric_dicts(root: Node, values: Sequence[Any]) -> dict | None:
 # -- columns -> values ---------------------------------------------------------------------------
 
 def _scatter(node: Node, cols: dict, n: int, private: bool = False) -> list:
-    """The values of ``n`` rows of ``node``; numeric arrays are copied out of ``cols`` unless
-    ``private`` (the columns are writable memory nothing else reads: the values view them)."""
+    """The values of ``n`` rows of ``node``; numeric arrays view ``cols`` if ``private``, else copies."""
     p = node.path
     if node.kind == "num":
         col = cols[p]
@@ -380,8 +379,7 @@ class Batch:
         self.starts = np.ascontiguousarray(starts, dtype=I64).reshape(-1)
         self.ends = np.ascontiguousarray(ends, dtype=I64).reshape(-1)
         self.columns = columns
-        #: the columns are writable memory that nothing else reads (a received message): the values
-        #: :meth:`to_values` makes view them instead of copies (see :func:`backbeat.data.wire.decode`)
+        #: writable columns nothing else reads (a received message, arrays read afresh from a file)
         self.private = False
         if validate:
             check_ranges(self.starts, self.ends)
@@ -446,7 +444,9 @@ class Batch:
         return len(self.starts)
 
     def to_values(self) -> list[BaseValue]:
-        return _scatter(self.tree, self.columns, len(self.starts), self.private)
+        """The units' values (viewing a :attr:`private` batch's columns the first time only)."""
+        private, self.private = self.private, False
+        return _scatter(self.tree, self.columns, len(self.starts), private)
 
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):

@@ -126,7 +126,9 @@ class CacheReader:
             take(self._tree, lambda name: self._ds["columns/" + name], i, j, cols)
         except (OSError, ValueError) as exc:
             raise IntegrityError(f"cache file `{self.path}' cannot be read (corrupted?): {exc}") from None
-        return Batch(self.dataformat, self.expanded, self.starts[i:j], self.ends[i:j], cols)
+        batch = Batch(self.dataformat, self.expanded, self.starts[i:j], self.ends[i:j], cols)
+        batch.private = True  # (arrays read afresh from the file: its values view them, no copy)
+        return batch
 
     def read(self, i: int) -> BaseValue:
         """The value of unit ``i``."""
