@@ -369,8 +369,10 @@ def test_fixed_shape_outputs_are_written_by_whole_chunks(tmp_path, monkeypatch):
     """A large unfiltered output of fixed-shape fields goes to the file a whole chunk at a time, from the
     batches' memory (never through h5py's selections and chunk cache); the bytes do not depend on the
     batching (arrays with chunks of different rows), the digest is that of any other layout."""
-    fmt, n = {"v": [100, "float64"], "k": "int8"}, 5000  # chunks: 1,024 rows of `v', 2,048 of the index, 16,384 of `k'
-    big = Batch.from_columns("user/v/1", fmt, {"v": np.random.rand(n, 100), "k": np.arange(n) % 100},
+    # chunks: 1,024 rows of `v', 2,048 of the index and `m', 16,384 of `k' and `b'
+    fmt, n = {"v": [100, "float64"], "k": "int8", "m": [2, 3, "complex64"], "b": "bool"}, 5000
+    big = Batch.from_columns("user/v/1", fmt, {"v": np.random.rand(n, 100), "k": np.arange(n) % 100,
+                                               "m": np.random.rand(n, 2, 3) + 1j, "b": np.arange(n) % 3 == 0},
                              np.arange(n) * 2, np.arange(n) * 2 + 1)
 
     def write(name, steps, compression=None):
