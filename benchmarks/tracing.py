@@ -71,6 +71,7 @@ TARGETS = [
     ("backbeat.execution.report", "report", "report"),
     ("backbeat.execution.report", "read_results", "read analyzer results"),
     ("backbeat.execution.base", "record", "provenance: write record"),
+    ("backbeat.cache.durability", "Durability.wait", "wait until the outputs are durable (fsync)"),
     ("backbeat.provenance.records", "history", "provenance: read history"),
     ("backbeat.provenance.builder", "used_assets", "provenance: used assets"),
     ("backbeat.provenance.builder", "asset_entry", "provenance: asset entry (load, hash)"),
