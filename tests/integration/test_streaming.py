@@ -14,9 +14,7 @@ import h5py
 import pytest
 
 from backbeat.cache.backends import open_store
-from backbeat.cache.tools import verify_cache
 from backbeat.execution import executors as executor
-from backbeat.execution import scheduler
 from conftest import cli_json
 
 EXP_DIR = Path("experiments/run/run/pipeline/1")
@@ -115,41 +113,6 @@ def test_a_streamed_run_writes_the_same_bytes_as_an_unstreamed_one(prefix, tmp_p
     # the cached re-run reads what the streams produced
     again = run(prefix, tmp_path / "a", name)
     assert set(statuses(again).values()) == {"cached"} and again["results"] == plain["results"]
-
-
-def test_small_outputs_are_committed_by_the_executor_as_the_block_would_have(prefix, tmp_path, monkeypatch):
-    # a block whose output stays small hands it over (data.handoff): the executor commits it; a large
-    # one is written by its block; the cache files hold what the blocks write themselves
-    small, big = "run/run/pipeline/1/base", experiment(prefix, "many", 20_000)
-    handed = {n: run(prefix, tmp_path / "a", n) for n in (small, big)}
-    monkeypatch.setattr(scheduler, "HANDOFF", False)
-    plain = {n: run(prefix, tmp_path / "b", n) for n in (small, big)}
-    for n in (small, big):
-        assert handed[n]["status"] == plain[n]["status"] == "ok" and handed[n]["results"] == plain[n]["results"]
-        assert digests(tmp_path / "a", handed[n]) == digests(tmp_path / "b", plain[n])
-        assert len(digests(tmp_path / "a", handed[n])) == 3
-        assert {b: v["outputs"] for b, v in handed[n]["blocks"].items()} == \
-            {b: v["outputs"] for b, v in plain[n]["blocks"].items()}
-        assert not any("handed_off" in v["statistics"] for v in plain[n]["blocks"].values())
-    assert {b: v["statistics"]["handed_off"] for b, v in handed[small]["blocks"].items()} == \
-        {b: list(v["outputs"]) for b, v in handed[small]["blocks"].items()}
-    assert {b: v["statistics"]["handed_off"] for b, v in handed[big]["blocks"].items()} == \
-        {"first": [], "second": [], "analysis": list(handed[big]["blocks"]["analysis"]["outputs"])}
-    assert [r for r in verify_cache(tmp_path / "a") if r["status"] != "ok"] == [] and not leftovers(tmp_path / "a")
-
-
-def test_an_output_the_executor_cannot_commit_fails_its_block_saying_so(prefix, tmp_path):
-    name = "run/run/pipeline/1/base"
-    key = run(prefix, tmp_path / "a", name)["blocks"]["second"]["outputs"]["out"]
-    cache = tmp_path / "b"
-    folder = open_store(cache).output_path(key).parent.parent  # its second-level folder: a file instead
-    folder.parent.mkdir(parents=True)
-    folder.write_text("")
-    rep = run(prefix, cache, name)
-    assert statuses(rep) == {"first": "ran", "second": "failed", "analysis": "skipped"}
-    error = rep["blocks"]["second"]["error"]
-    assert error["kind"] == "system" and "the executor could not commit output `out'" in error["message"], error
-    assert not leftovers(cache)
 
 
 def test_a_producer_failing_mid_stream_skips_its_consumers_and_leaves_nothing_partial(prefix, tmp_path):

@@ -22,8 +22,6 @@
   together, joined by a loop channel, all or nothing;
 * a failed job's partial files are removed, no new job starts, running jobs finish; the
   consumers of a failed producer's streams are killed and reported ``skipped``;
-* a block whose output stays small hands it over to this process, which commits it
-  (:mod:`backbeat.execution.handoff`): the block process never opens HDF5 for it;
 * each process's stdout and stderr go to its log in the cache (:mod:`backbeat.execution.logs`);
   a failed job's error carries the end of its log (``output``, ``log``);
 * a cache that cannot be written (read-only, full) fails the job as a ``system`` error saying
@@ -49,7 +47,6 @@ from pathlib import Path
 from backbeat.cache.store import EntryLock
 from backbeat.core.errors import ExecutionError, IntegrityError, describe_environmental
 from backbeat.execution import environments
-from backbeat.execution.handoff import Handoffs
 from backbeat.execution.logs import failure_output, process_log
 from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
@@ -67,8 +64,6 @@ BLOCK_TARGET = "backbeat.runtime.blockrun:run"
 #: when its data is small: ``docs/performance.md``)
 ALIVE_BUDGET_MB = 256
 PROCESS_MB = 8
-#: block processes hand their small outputs over to this process (execution.handoff)
-HANDOFF = True
 
 
 def alive_limit(options: Options, jobs: int) -> int:
@@ -110,7 +105,6 @@ class Scheduler:
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
-        self.handoffs = Handoffs()  # the small outputs block processes hand over, committed here
 
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -119,10 +113,8 @@ class Scheduler:
                                   if self.status[n] in STARTABLE}):
                 self.group.warm(python or None)  # every interpreter's zygote warms up at once
             self._check_interpreters()
-            self.group.on_commit = self.handoffs.commit
             self._loop()
         finally:
-            self.group.on_commit = None
             self._close()
 
     def _loop(self) -> None:
@@ -312,8 +304,6 @@ class Scheduler:
         log = process_log(self.store, self.jobs[pid.partition("#")[0]], pid)
         if self.run.staging is not None:
             spec = self.run.staging.block(pid, spec)
-        if spec.handoff:
-            self.handoffs.allow(pid, spec)
         self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
                          python=environments.of(self.run.interpreters, pid).key)
 
@@ -357,8 +347,6 @@ class Scheduler:
         consumers = self._consumers(job)
         for _cons, _inp, out, target in consumers:
             spec = streaming(spec, out, target)
-        if HANDOFF and self.run.staging is None:  # (a sandboxed block's outputs are staged, then checked)
-            spec = dataclasses.replace(spec, handoff=True)
         self._spawn(job.name, spec, timed=not fed)  # a streamed job's time limit starts when its producer ends
         return [job.name], consumers
 
@@ -433,8 +421,6 @@ class Scheduler:
         own = job.output_keys if (len(ids) == 1 or job.kind == "loop") and run.staging is None else ()
         for o in outcomes:
             run.state.learn(o.statistics, own)
-        for p in ids:  # the digests of the outputs this process committed for it: its own, not reported
-            run.state.digests.update((k, d) for k, d in self.handoffs.committed(p).items() if k in own)
         failures = [(p, o) for p, o in zip(ids, outcomes, strict=True) if not o.ok]
         culprit = next((p for p, _o in failures if p not in self.killed), failures[0][0] if failures else None)
         bad = dict(failures).get(culprit) if culprit is not None else None

@@ -14,12 +14,6 @@ Messages are single JSON frames (never pickle), always ``{"type", "job", "token"
 * ``error``    — an :class:`~backbeat.processes.outcome.Outcome` as JSON: ``kind`` (``"user"``,
   ``"system"``, ``"exit"`` with ``code``, ``"memory"``), ``message``, ``traceback`` (str; paths
   relative to the payload's ``root``)
-* ``commit``   — ``output``, ``start``, ``end``, ``frames`` (the number of frames of each batch):
-  a small output handed over for the executor to commit (:mod:`backbeat.data.handoff`); the one
-  message with more frames than its JSON (the batches, :mod:`backbeat.data.wire`), kept in
-  :attr:`Message.frames`.  The executor answers it (:meth:`ControlServer.reply`) with
-  ``{"type": "committed", "digest"}`` or ``{"type": "refused", "message"}``, which the block
-  process waits for (:meth:`ControlClient.commit`).
 
 Messages are authenticated per job: :meth:`ControlServer.register` gives each job a secret
 token (it travels in the job's payload, so only that job's process knows it), and on Linux
@@ -40,7 +34,6 @@ process exit into an outcome.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hmac
 import importlib
 import json
@@ -54,14 +47,12 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
 from backbeat.core import pids
 from backbeat.core.errors import (
     BackbeatError,
-    DataError,
     UsageError,
     UserCodeError,
     describe_environmental,
@@ -71,22 +62,12 @@ from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
 from backbeat.processes.outcome import REPORTED_KINDS, Outcome, environmental_failure, format_user_traceback
 from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
 
-TYPES = ("start", "progress", "done", "error", "commit")
-#: how long a block process waits for the executor to answer a ``commit`` (it answers at once)
-COMMIT_TIMEOUT_S = 300.0
+TYPES = ("start", "progress", "done", "error")
 ACK = b'{"type": "ack"}'
 #: the private folders of control channels: ``bb-ctl-<pid of the owner>-<random>``
 FOLDER = re.compile(r"^bb-ctl-(\d+)-")
 #: refused messages kept (the others are only counted)
 REFUSED_KEPT = 100
-
-
-
-class CommitRefused(DataError):
-    """The executor did not commit an output handed over (a ``system`` failure of the block)."""
-
-    error_kind = "system"
-
 
 #: the client of the current block process (set by :func:`job_main`), see :func:`client`
 _CURRENT: ControlClient | None = None
@@ -100,8 +81,6 @@ class Message:
     job: str
     data: dict = field(default_factory=dict)
     received: float = 0.0
-    route: bytes = b""  # the sender's routing id (for :meth:`ControlServer.reply`)
-    frames: tuple = ()  # ``commit``: the frames after the JSON one (dropped once handled)
 
 
 def _decode(frame: bytes) -> tuple[Message, str] | None:
@@ -268,26 +247,19 @@ class ControlServer:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return out
-            decoded = _decode(frames[1].bytes) if len(frames) >= 2 else None
-            if decoded is None or (len(frames) > 2) != (decoded[0].type == "commit"):
+            decoded = _decode(frames[-1].bytes) if len(frames) == 2 else None
+            if decoded is None:
                 self.rejected += 1
                 continue
             msg, token = decoded
-            if not self._check(msg, token, frames[1]):
+            if not self._check(msg, token, frames[-1]):
                 continue
-            if msg.type == "commit":
-                msg = dataclasses.replace(msg, route=frames[0].bytes, frames=tuple(frames[2:]))
             out.append(msg)
             if msg.type in ("done", "error"):
                 try:  # the block process waits for this before exiting (see ControlClient.close)
                     self._sock.send_multipart([frames[0].bytes, ACK], zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
-
-    def reply(self, msg: Message, answer: dict) -> None:
-        """Answer ``msg`` (a ``commit``) to the process that sent it."""
-        with contextlib.suppress(zmq.ZMQError):  # (it is gone: nobody waits for the answer)
-            self._sock.send_multipart([msg.route, json.dumps(answer).encode()], zmq.NOBLOCK)
 
     def close(self) -> None:
         if not self._sock.closed:
@@ -344,28 +316,6 @@ class ControlClient:
             done, total = self._pending
             self._pending = None
             self._send({"type": "progress", "done": done, "total": total})
-
-    def commit(self, output: str, start: int, end: int, batches: list[list[Any]]) -> str:
-        """Hand ``output``'s batches (each as its :mod:`~backbeat.data.wire` frames) to the
-        executor, which commits the cache file; its content digest.  The executor's refusal (or
-        no answer within :data:`COMMIT_TIMEOUT_S`) raises :class:`CommitRefused`."""
-        head = {"type": "commit", "job": self.job, "token": self._token, "output": output, "start": int(start),
-                "end": int(end), "frames": [len(b) for b in batches]}
-        self._sock.send_multipart([json.dumps(head).encode(), *(f for b in batches for f in b)], copy=False)
-        deadline = time.monotonic() + COMMIT_TIMEOUT_S
-        while (left := deadline - time.monotonic()) > 0:
-            if not self._sock.poll(int(min(left, 1.0) * 1000) + 1, zmq.POLLIN):
-                continue
-            try:
-                answer = json.loads(self._sock.recv())
-            except ValueError:
-                continue
-            if isinstance(answer, dict) and answer.get("type") == "committed" and isinstance(answer.get("digest"), str):
-                return answer["digest"]
-            if isinstance(answer, dict) and answer.get("type") == "refused":
-                raise CommitRefused(f"the executor could not commit output `{output}': {answer.get('message')}")
-        raise CommitRefused(f"the executor did not answer the commit of output `{output}' "
-                        f"within {COMMIT_TIMEOUT_S:.0f} s")
 
     def done(self, statistics: dict | None = None) -> None:
         self._flush_progress()

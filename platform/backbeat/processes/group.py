@@ -16,9 +16,7 @@ so spawning, limits, message collection and outcome classification live in one p
   parent's stderr — never its stdout).
 * :meth:`poll` waits up to ``timeout_ms`` for control messages (it wakes at once when a
   process exits), keeps them per job and hands each to ``on_message`` (progress display);
-  :meth:`exit` tells whether a job's process has ended; a ``commit`` message (a small output
-  handed over, :mod:`backbeat.data.handoff`) goes to ``on_commit``, whose answer is sent back
-  to the block process at once (without one, it is refused: nobody waits in vain); :meth:`outcome` classifies it from its
+  :meth:`exit` tells whether a job's process has ended; :meth:`outcome` classifies it from its
   exit and its messages; :meth:`wait` does all this until the given jobs have ended.
 * Nothing is started until needed (a fully cached run starts no process); :meth:`warm`
   starts the fork server early, so that its zygote imports numpy, h5py and zmq on another
@@ -63,8 +61,6 @@ class ProcessGroup:
                  on_message: Callable[[Message], None] | None = None, sandbox: Sandbox | None = None) -> None:
         self.root = root
         self.on_message = on_message
-        #: commits small outputs handed over by block processes: ``on_commit(msg) -> answer``
-        self.on_commit: Callable[[Message], dict] | None = None
         self.sandbox = sandbox
         self._preload = preload
         self._servers: dict[str | None, ForkServer] = {}  # interpreter (None: the running one) -> its server
@@ -235,13 +231,8 @@ class ProcessGroup:
         if self._control is None or not self._servers:
             return []
         fds = [fd for fd in (s.event_fd() for s in self._servers.values()) if fd is not None]
-        msgs = []
-        for msg in self._control.poll(timeout_ms, fds):
-            if msg.type == "commit":
-                self._control.reply(msg, self.on_commit(msg) if self.on_commit is not None else
-                                    {"type": "refused", "message": "this run commits no output handed over"})
-                continue
-            msgs.append(msg)
+        msgs = self._control.poll(timeout_ms, fds)
+        for msg in msgs:
             self._messages.setdefault(msg.job, []).append(msg)
             if self.on_message is not None:
                 self.on_message(msg)

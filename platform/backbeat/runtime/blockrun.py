@@ -13,9 +13,7 @@ server; ``job_main`` calls :func:`run` with the job envelope, whose ``spec`` is 
    as windowed :class:`~backbeat.runtime.sources.BatchSource`\\ s, or a stream from a producer
    running at the same time (:mod:`~backbeat.runtime.streams`);
 4. opens one :class:`~backbeat.data.cachewriter.CacheWriter` per output (temporary file, renamed
-   into place only when complete) — or, when the executor takes them (``spec.handoff``), a
-   :class:`~backbeat.data.handoff.HandoffWriter`: an output that stays small is handed over at
-   the end, and the executor commits it (no HDF5 in this process);
+   into place only when complete);
 5. drives the algorithm with BEAT's semantics (:mod:`~backbeat.runtime.driver`), reporting
    progress over the control channel, and commits the outputs.  Any exception propagates to
    ``job_main``, which reports it; uncommitted writers are aborted so nothing partial remains.
@@ -32,9 +30,8 @@ import time
 from typing import Any
 
 from backbeat.core.errors import WireError
-from backbeat.data import cachereader, cachewriter, wire
+from backbeat.data import cachereader, cachewriter
 from backbeat.data.batch import unit_bytes, units_within
-from backbeat.data.handoff import Handoff, HandoffWriter
 from backbeat.data.values import value_type
 from backbeat.processes import control
 from backbeat.runtime.allocator import reuse_batch_memory
@@ -106,16 +103,6 @@ def _committed(spec: BlockSpec, digests: dict[str, str]) -> dict[str, Any]:
                 continue
         out["records"] = kept
     return out
-
-
-def _handoff(cc: control.ControlClient, output: str) -> Handoff:
-    """Hand ``output``'s batches to the executor, which commits them (:mod:`backbeat.data.handoff`)."""
-    return lambda batches, start, end: cc.commit(output, start, end, [wire.encode(b) for b in batches])
-
-
-def _handed_off(writers: dict) -> list[str]:
-    """The outputs committed by the executor (statistic ``handed_off``)."""
-    return [n for n, w in writers.items() if isinstance(w, HandoffWriter) and w.handed_off]
 
 
 def _last_end(source: Any) -> int:
@@ -190,15 +177,11 @@ def run(payload: dict) -> dict:
     senders: dict[str, StreamSender] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
     digests: dict[str, str] = {}
-    cc = control.client()
-    handing = spec.handoff and cc is not None and loop is None and spec.range is None
     try:
         for name, out in spec.outputs.items():
             df = out.dataformat
-            writer = (HandoffWriter(out.path, df, formats[df], handoff=_handoff(cc, name), key=out.key, start=start,
-                                    end=end, compression=spec.compression) if handing and cc is not None else
-                      cachewriter.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end,
-                                              compression=spec.compression))
+            writer = cachewriter.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end,
+                                           compression=spec.compression)
             writers[name] = writer
             if out.streams:  # consumers run at the same time: each batch written is also sent to them
                 writer.grow(STREAM_FIRST, min(writer.buffer_units, STREAM_BATCH))  # (batches stay ≤ ~2 MB)
@@ -220,6 +203,7 @@ def run(payload: dict) -> dict:
 
             channel = LoopChannel(loop.address, loop.request, loop.answer)
             attach_writes(outputs, channel)
+        cc = control.client()
         total = count_steps(input_list, loaders)
 
         def progress(done: int) -> None:
@@ -252,7 +236,6 @@ def run(payload: dict) -> dict:
         "steps": summary.steps,
         "written": written,
         "digests": digests,  # checked against the files by a sandboxed run (execution.sandboxing)
-        **({"handed_off": _handed_off(writers)} if handing else {}),
         "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
         "wall_s": time.perf_counter() - t0,
         **_committed(spec, digests),
