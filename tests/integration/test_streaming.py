@@ -154,7 +154,7 @@ def test_cli_streams_by_default_and_not_with_no_stream(prefix, tmp_path):
         assert all("streamed_from" not in b["statistics"] for b in rep["blocks"].values()), flag
 
 
-@pytest.mark.parametrize("expanded, most", [({"value": "float64"}, 1), ({"value": [1000, "float64"]}, 2)])
+@pytest.mark.parametrize("expanded, most", [({"value": "float64"}, 2), ({"value": [1000, "float64"]}, 2)])
 def test_stream_sockets_bound_how_far_a_consumer_lags(tmp_path, expanded, most):
     """Small units: the sockets of each side hold no more than ``QUEUED_UNITS`` (a slow consumer,
     such as an analyzer at the end of a chain, is never left alone with a backlog of tens of

@@ -16,7 +16,7 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
 * consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
   nothing sent is lost when it closes) and then closes its side;
 * back-pressure: high-water marks of a few messages on both sides (at most 4, about 4 MB and
-  4,096 units: fewer when batches are large) bound the memory in flight and how far a consumer
+  8,192 units: fewer when batches are large) bound the memory in flight and how far a consumer
   lags behind its producer; a producer whose consumer stops reading waits, polling every 50 ms whether the
   executor dropped that consumer (a *cancel file* the executor creates when the consumer
   process ends); if so it stops sending to it and finishes its own work normally;
@@ -45,7 +45,7 @@ QUEUED_BYTES = 4 << 20  # and no more bytes than this per side (fewer messages w
 #: a chain, an analyzer) lags behind by a few batches at most, so the producer keeps working
 #: while the consumer does, instead of finishing early and leaving the consumer alone on a core
 #: at the end of the run with tens of thousands of units still queued (docs/performance.md, wave 7)
-QUEUED_UNITS = 4096
+QUEUED_UNITS = 8192
 POLL_MS = 50
 
 
