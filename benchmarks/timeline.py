@@ -42,7 +42,7 @@ import runner  # noqa: E402
 from make_prefix import protocol_name, write_prefix  # noqa: E402
 
 ROWS = {"s10k": ("scalars", 10_000), "s100k": ("scalars", 100_000), "v1k": ("vectors", 1_000),
-        "v10k": ("vectors", 10_000)}
+        "v10k": ("vectors", 10_000), "s1m": ("scalars", 1_000_000)}
 CHAIN = 5
 ROLES = ["index", "provider", *[f"identity{i + 1}" for i in range(CHAIN)], "analyzer"]
 PERIOD = 0.005
