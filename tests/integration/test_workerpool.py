@@ -281,6 +281,13 @@ def test_progress_in_order(fs, ctl):
     assert 2 <= len(prog) < 40  # rate limited (~every 100 ms)
 
 
+def test_a_job_ending_within_the_interval_sends_no_progress(fs, ctl):
+    # (a chain of small blocks: one message less per block for the executor to read and display)
+    out, msgs = run(fs, ctl, "progress", {"total": 5}, job="quick")
+    assert out.kind == "completed" and out.statistics == {"units": 5}
+    assert [m.type for m in msgs] == ["start", "done"]
+
+
 def test_close_leaves_no_processes(tmp_path):
     # in a fresh interpreter: mode="fork" refuses a process that already has threads or zmq
     # contexts, which earlier tests of this pytest session may have left behind

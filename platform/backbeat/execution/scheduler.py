@@ -131,7 +131,9 @@ class Scheduler:
                 return
             self.group.poll(20)
             self._watch_provider()
-            for name in [n for n in self.procs if self._ended(n)]:
+            ended = self.group.ended  # (one process: no loop partner to stop, see _ended)
+            for name in [n for n, ids in self.procs.items()
+                         if (ended(ids[0]) is not None if len(ids) == 1 else self._ended(n))]:
                 ok = self._finish(self.jobs[name], self._ended_job(name))
                 if not ok:
                     failed = True

@@ -9,7 +9,8 @@ sends ``start``, calls the job target, and reports ``done`` (statistics) or ``er
 Messages are single JSON frames (never pickle), always ``{"type", "job", "token", ...}``:
 
 * ``start``    — ``pid``
-* ``progress`` — ``done``, ``total`` (rate limited on the sender, order preserved)
+* ``progress`` — ``done``, ``total`` (rate limited on the sender, order preserved; none from a job that
+  ends within the interval: its ``done`` says it all)
 * ``done``     — ``statistics`` (dict)
 * ``error``    — an :class:`~backbeat.processes.outcome.Outcome` as JSON: ``kind`` (``"user"``,
   ``"system"``, ``"exit"`` with ``code``, ``"memory"``), ``message``, ``traceback`` (str; paths
@@ -284,7 +285,7 @@ class ControlClient:
         self._sock.setsockopt(zmq.SNDTIMEO, 5000)
         self._sock.connect(address)
         self._interval = min_interval_s
-        self._last = 0.0
+        self._last = self._started = time.monotonic()  # a block ending within an interval reports no progress
         self._pending: tuple[int, int | None] | None = None
         self.finished = False
         self.acknowledged = False
@@ -301,10 +302,13 @@ class ControlClient:
 
     def progress(self, done: int, total: int | None) -> None:
         """Report ``done`` of ``total`` units (None: not known yet); sent at most every
-        ``min_interval_s`` (last one kept)."""
+        ``min_interval_s`` (last one kept), the first one ``min_interval_s`` after the start: a
+        job ending sooner sends none (its ``done`` says it all: in a chain of small blocks, a
+        message less for each block to send and for the executor to read, check and display)."""
         now = time.monotonic()
         total = None if total is None else int(total)
-        if now - self._last >= self._interval or (total is not None and done >= total):
+        if now - self._last >= self._interval or (total is not None and done >= total
+                                                   and now - self._started >= self._interval):
             self._pending = None
             self._last = now
             self._send({"type": "progress", "done": int(done), "total": total}, block=False)
@@ -318,7 +322,7 @@ class ControlClient:
             self._send({"type": "progress", "done": done, "total": total})
 
     def done(self, statistics: dict | None = None) -> None:
-        self._flush_progress()
+        self._pending = None  # (what it would say, ``done`` says)
         self._send({"type": "done", "statistics": statistics or {}})
         self.finished = True
 
