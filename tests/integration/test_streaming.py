@@ -152,3 +152,25 @@ def test_cli_streams_by_default_and_not_with_no_stream(prefix, tmp_path):
                                   "--json", flag)
         assert code == 0, err
         assert all("streamed_from" not in b["statistics"] for b in rep["blocks"].values()), flag
+
+
+@pytest.mark.parametrize("expanded, most", [({"value": "float64"}, 2), ({"value": [1000, "float64"]}, 2)])
+def test_stream_sockets_bound_how_far_a_consumer_lags(tmp_path, expanded, most):
+    """Small units: the sockets of each side hold no more than ``QUEUED_UNITS`` (a slow consumer,
+    such as an analyzer at the end of a chain, is never left alone with a backlog of tens of
+    thousands of units once its producer is done); large ones: no more than ``QUEUED_BYTES``."""
+    from backbeat.runtime import streams
+    from backbeat.runtime.blockrun import _batch_size
+    from backbeat.runtime.spec import StreamTarget
+
+    size, units = _batch_size(expanded, "t/1")
+    address = f"ipc://{tmp_path}/s"
+    sender = streams.StreamSender([StreamTarget(address, str(tmp_path / "cancel"))], size, units)
+    source = streams.StreamSource(address, "t/1", expanded, size, units)
+    try:
+        (sock, _cancel), = sender._live
+        assert (sock.sndhwm, source._sock.rcvhwm) == (most, most)
+        assert most * units <= max(streams.QUEUED_UNITS, units) and most * size <= streams.QUEUED_BYTES
+    finally:
+        sender.close()
+        source.close()

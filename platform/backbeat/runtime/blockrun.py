@@ -43,7 +43,10 @@ from backbeat.runtime.spec import BlockSpec
 from backbeat.runtime.streams import StreamSender, StreamSource
 
 STREAM_FIRST = 1024  # units of the first batch of a streamed output, twice as many in each next one ...
-STREAM_BATCH = 16384  # ... up to this many (and ~2 MB): consumers start early, later batches cost less
+#: ... up to this many (and ~2 MB): consumers start early, later batches cost less.  (16,384 saved ~10 %
+#: of an identity block's CPU on scalars, but let the last block of a chain lag tens of thousands of
+#: units behind, finishing alone on one core: docs/performance.md, wave 7)
+STREAM_BATCH = 4096
 WINDOW_BYTES = 2 << 20  # at most, bytes of an input's window (of units read at once): memory is bounded
 #: an analyzer's result of at most that many units is reported with its records (statistic
 #: ``records``), so that the executor need not open the file to report it
@@ -64,9 +67,11 @@ class _Sink:
         self.writer = writer
 
 
-def _batch_bytes(expanded: dict, fmt: str) -> int:
-    """About how large the batches of a streamed output of ``fmt`` are (both ends compute it)."""
-    return units_within(expanded, fmt, STREAM_BATCH, cachewriter.BUFFER_BYTES) * unit_bytes(expanded, fmt)
+def _batch_size(expanded: dict, fmt: str) -> tuple[int, int]:
+    """About how large the batches of a streamed output of ``fmt`` are, ``(bytes, units)`` (both
+    ends compute it)."""
+    units = units_within(expanded, fmt, STREAM_BATCH, cachewriter.BUFFER_BYTES)
+    return units * unit_bytes(expanded, fmt), units
 
 
 def _cache_source(path: str, window: int, verify: bool = True, key: str | None = None) -> tuple[BatchSource, Any]:
@@ -141,7 +146,7 @@ def run(payload: dict) -> dict:
         elif inp.source == "stream":  # from a producer running at the same time (runtime.streams)
             assert inp.address is not None
             src = StreamSource(inp.address, inp.dataformat, formats[inp.dataformat],
-                               _batch_bytes(formats[inp.dataformat], inp.dataformat))
+                               *_batch_size(formats[inp.dataformat], inp.dataformat))
             readers.append(src)
         else:
             if client is None:
@@ -185,7 +190,7 @@ def run(payload: dict) -> dict:
             writers[name] = writer
             if out.streams:  # consumers run at the same time: each batch written is also sent to them
                 writer.grow(STREAM_FIRST, min(writer.buffer_units, STREAM_BATCH))  # (batches stay ≤ ~2 MB)
-                senders[name] = StreamSender(out.streams, _batch_bytes(formats[df], df))
+                senders[name] = StreamSender(out.streams, *_batch_size(formats[df], df))
                 writer.on_batch = senders[name].send
             sinks[name] = (_Sink(writer), value_type(df, formats[df]))
         outputs = build_outputs(sinks, input_list, start_index=start)

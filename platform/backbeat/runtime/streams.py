@@ -11,12 +11,13 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
 
 * producer → consumer: ``batch`` messages (``b"batch"`` then :func:`backbeat.wire.encode`
   frames), in order (the writer's batches: 1,024 units first, then twice as many each time up
-  to 16,384 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
+  to 4,096 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
   sent only after the producer's cache file is committed;
 * consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
   nothing sent is lost when it closes) and then closes its side;
-* back-pressure: high-water marks of a few messages on both sides (at most 4, and about
-  4 MB: fewer when batches are large) bound the memory in flight; a producer whose consumer stops reading waits, polling every 50 ms whether the
+* back-pressure: high-water marks of a few messages on both sides (at most 4, about 4 MB and
+  8,192 units: fewer when batches are large) bound the memory in flight and how far a consumer
+  lags behind its producer; a producer whose consumer stops reading waits, polling every 50 ms whether the
   executor dropped that consumer (a *cancel file* the executor creates when the consumer
   process ends); if so it stops sending to it and finishes its own work normally;
 * the consumer blocks until the next message; if the producer fails, the executor kills
@@ -40,27 +41,34 @@ from backbeat.runtime.spec import StreamTarget
 
 HWM = 4  # at most, messages queued per side before the producer waits
 QUEUED_BYTES = 4 << 20  # and no more bytes than this per side (fewer messages when batches are large)
+#: and no more units than this per side: a consumer slower than its producer (the last block of
+#: a chain, an analyzer) lags behind by a few batches at most, so the producer keeps working
+#: while the consumer does, instead of finishing early and leaving the consumer alone on a core
+#: at the end of the run with tens of thousands of units still queued (docs/performance.md, wave 7)
+QUEUED_UNITS = 8192
 POLL_MS = 50
 
 
-def high_water_mark(batch_bytes: int) -> int:
-    """Messages queued per side for batches of about ``batch_bytes``: memory stays bounded."""
-    return max(1, min(HWM, QUEUED_BYTES // max(1, batch_bytes)))
+def high_water_mark(batch_bytes: int, batch_units: int = 0) -> int:
+    """Messages queued per side for batches of about ``batch_bytes`` and ``batch_units``: memory
+    and the consumer's lag stay bounded."""
+    by_units = QUEUED_UNITS // batch_units if batch_units > 0 else HWM
+    return max(1, min(HWM, QUEUED_BYTES // max(1, batch_bytes), by_units))
 
 
 class StreamSender:
     """Producer side: the consumers of one output (one bound PAIR socket each)."""
 
-    def __init__(self, targets: Sequence[StreamTarget], batch_bytes: int = 0):
+    def __init__(self, targets: Sequence[StreamTarget], batch_bytes: int = 0, batch_units: int = 0):
         """One consumer per target: the ipc address to bind, the cancel file to watch;
-        ``batch_bytes``: about how large the batches sent are."""
+        ``batch_bytes``, ``batch_units``: about how large the batches sent are."""
         ctx = zmqcontext.acquire()
         self._open = True
         self._live: list[tuple[zmq.Socket, str]] = []
         for t in targets:
             sock = ctx.socket(zmq.PAIR)
             sock.linger = 0
-            sock.sndhwm = high_water_mark(batch_bytes)
+            sock.sndhwm = high_water_mark(batch_bytes, batch_units)
             sock.bind(t.address)
             self._live.append((sock, t.cancel))
 
@@ -114,10 +122,10 @@ class StreamSource:
 
     live = True  # the driver updates the input's unit count as units arrive
 
-    def __init__(self, address: str, fmt: str, expanded: dict, batch_bytes: int = 0):
+    def __init__(self, address: str, fmt: str, expanded: dict, batch_bytes: int = 0, batch_units: int = 0):
         self._sock = zmqcontext.acquire().socket(zmq.PAIR)
         self._sock.linger = 0
-        self._sock.rcvhwm = high_water_mark(batch_bytes)
+        self._sock.rcvhwm = high_water_mark(batch_bytes, batch_units)
         self._sock.reconnect_ivl = 10
         self._sock.connect(address)
         self._fmt, self._expanded = fmt, expanded

@@ -1,0 +1,194 @@
+"""Per-process timeline and CPU of cold backbeat runs, as they are benchmarked (served by the warm template).
+
+Usage::
+
+    python benchmarks/timeline.py [--row s100k] [--repeat N] [--vs PLATFORM_DIR] [--json FILE]
+
+Runs the row's experiment (``benchmarks/make_prefix.py``'s prefix, an empty cache each time)
+with the real CLI — served by backbeat's warm template, as ``versus_beat.py`` runs it — and
+samples ``/proc`` every few milliseconds: every process of the run (the thin client, the served
+command, its zygote, the zygote's children: the index job and its probe, the database provider,
+the blocks) with when it was first seen, when its CPU time last grew (*CPU end*: a block that is
+done computing but waits for its consumer's acknowledgement is not working) and when it was last
+seen, its user and system CPU; how many of them were running at each sample.  The zygote's
+children are named in the order they were forked (their pids) (for the chains of ``make_prefix``: the
+index job, the provider, each identity block, the analyzer).  The *tail* is how long the last
+block ran alone after the block feeding it stopped computing (``docs/performance.md``, wave 7).
+
+``--vs DIR`` alternates each run with one of another source tree (``DIR`` holds the
+``backbeat`` package, e.g. an extracted ``git archive main platform schemas``): A/B pairs on
+the same machine load.  The load (``/proc/loadavg``) is recorded with every run.  CPU figures
+are from ``/proc/PID/stat`` at the last sample before a process ended (up to one sampling
+period of CPU may be missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import runner  # noqa: E402
+from make_prefix import protocol_name, write_prefix  # noqa: E402
+
+ROWS = {"s10k": ("scalars", 10_000), "s100k": ("scalars", 100_000), "v1k": ("vectors", 1_000),
+        "v10k": ("vectors", 10_000), "s1m": ("scalars", 1_000_000)}
+CHAIN = 5
+ROLES = ["index", "provider", *[f"identity{i + 1}" for i in range(CHAIN)], "analyzer"]
+PERIOD = 0.005
+
+
+def _stat(pid: int) -> tuple[int, str, int, int] | None:
+    """(parent pid, state, user ticks, system ticks) of a process, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2:].split()
+    return int(fields[1]), fields[0].decode(), int(fields[11]), int(fields[12])
+
+
+def sample_run(command: list[str], env: dict) -> dict:
+    """Run ``command``; the timeline of every process of its tree and of the templates' trees."""
+    tick = os.sysconf("SC_CLK_TCK")
+    load = os.getloadavg()[0]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen: dict[int, dict] = {}
+    running: dict[int, int] = {}
+    roots = runner.templates()
+    n = 0
+    while proc.poll() is None:
+        now = time.monotonic() - t0
+        if n % 20 == 0:
+            roots = runner.templates()
+        n += 1
+        pids = {proc.pid, *runner.descendants(proc.pid)}
+        for root in roots:
+            pids.update(runner.descendants(root))
+        busy = 0
+        for pid in pids:
+            st = _stat(pid)
+            if st is None:
+                continue
+            ppid, state, ut, stt = st
+            e = seen.setdefault(pid, {"ppid": ppid, "first": now, "cpu_end": now, "last": now, "user": ut, "sys": stt})
+            if ut + stt != e["user"] + e["sys"]:
+                e["cpu_end"] = now
+            e.update(last=now, user=ut, sys=stt)
+            busy += state == "R"
+        running[busy] = running.get(busy, 0) + 1
+        time.sleep(PERIOD)
+    wall = time.monotonic() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    for e in seen.values():
+        e["user"], e["sys"] = e["user"] / tick, e["sys"] / tick
+    # the served command: a child of a template; its zygote: its first child; the blocks: the zygote's
+    served = sorted((p for p, e in seen.items() if e["ppid"] in roots), key=lambda p: seen[p]["first"])
+    names = {proc.pid: "client"}
+    if served:
+        names[served[0]] = "command"
+        kids = sorted((p for p, e in seen.items() if e["ppid"] == served[0]), key=lambda p: seen[p]["first"])
+        if kids:
+            names[kids[0]] = "zygote"
+            forked = sorted((p for p, e in seen.items() if e["ppid"] == kids[0]), key=lambda p: (seen[p]["first"], p))
+            if forked and max(forked) - min(forked) < 1 << 20:  # no pid wrap-around: pids say the order of forks
+                forked.sort()
+            for role, pid in zip(ROLES, forked, strict=False):
+                names[pid] = role
+    for pid, e in seen.items():
+        if pid not in names and names.get(e["ppid"]) == "index":
+            names[pid] = "probe half"
+    procs = {names.get(p, str(p)): {k: round(v, 3) for k, v in e.items() if k != "ppid"} for p, e in seen.items()}
+    out = {"wall": round(wall, 3), "rc": proc.returncode, "load": load, "served": bool(served),
+           "cpu": round(sum(e["user"] + e["sys"] for e in seen.values()), 3), "running": running, "procs": procs}
+    feeder = f"identity{CHAIN}"
+    if "analyzer" in procs and feeder in procs:
+        out["tail"] = round(procs["analyzer"]["cpu_end"] - procs[feeder]["cpu_end"], 3)
+    if proc.returncode:
+        out["stderr"] = err[-2000:]
+    return out
+
+
+def print_run(tag: str, r: dict) -> None:
+    print(f"{tag}: wall {r['wall']:.3f} s, load {r['load']:.2f}, CPU of the run {r['cpu']:.2f} s"
+          + (f", tail {r['tail']:.3f} s" if "tail" in r else "") + ("" if r["served"] else " (NOT served)"))
+    for name, e in sorted(r["procs"].items(), key=lambda kv: kv[1]["first"]):
+        print(f"    {name:12s} {e['first']:6.3f} -> CPU end {e['cpu_end']:6.3f}, gone {e['last']:6.3f}   "
+              f"user {e['user']:5.2f} sys {e['sys']:5.2f}")
+    total = sum(r["running"].values()) or 1
+    print("    samples by processes of the run running: "
+          + ", ".join(f"{k}: {100 * v / total:.0f}%" for k, v in sorted(r["running"].items())))
+
+
+def summary(tag: str, runs: list[dict]) -> None:
+    runs = [r for r in runs if r["served"] and not r["rc"]]
+    if not runs:
+        print(f"{tag}: no served run")
+        return
+
+    def med(f) -> float:
+        return statistics.median(f(r) for r in runs)
+
+    def cpu(name: str) -> float:
+        return med(lambda r: r["procs"].get(name, {}).get("user", 0) + r["procs"].get(name, {}).get("sys", 0))
+
+    walls = [r["wall"] for r in runs]
+    blocks = sum(cpu(f"identity{i + 1}") for i in range(CHAIN))
+    print(f"{tag}: n={len(runs)} wall median {med(lambda r: r['wall']):.3f} s [{min(walls):.3f}-{max(walls):.3f}], "
+          f"CPU {med(lambda r: r['cpu']):.2f} s (command {cpu('command'):.2f}, zygote {cpu('zygote'):.2f}, "
+          f"index {cpu('index') + cpu('probe half'):.2f}, provider {cpu('provider'):.2f}, identity blocks "
+          f"{blocks:.2f}, analyzer {cpu('analyzer'):.2f}), tail median {med(lambda r: r.get('tail', 0)):.3f} s, "
+          f"load {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--row", default="s100k", choices=sorted(ROWS))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--vs", type=Path, default=None, help="another source tree (a folder holding `backbeat')")
+    ap.add_argument("--quiet", action="store_true", help="only the summaries")
+    ap.add_argument("--json", default=None, metavar="FILE")
+    args = ap.parse_args(argv)
+    kind, n = ROWS[args.row]
+    work = Path(tempfile.mkdtemp(prefix="backbeat-timeline-"))
+    try:
+        name = protocol_name(kind, n)
+        write_prefix(work / "prefix", {name: (kind, n)}, [(CHAIN, name)], force=True)
+        backbeat = str(Path(sys.executable).with_name("backbeat"))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "BACKBEAT_DEBUG")}
+        sides = {"A": None, **({"B": args.vs.resolve()} if args.vs else {})}
+        results: dict[str, list[dict]] = {tag: [] for tag in sides}
+        for i in range(args.repeat + 1):  # the first round warms the templates up: not counted
+            for tag, tree in sides.items():
+                cache = work / f"cache-{tag}"
+                shutil.rmtree(cache, ignore_errors=True)
+                side_env = {**env, "PYTHONPATH": str(tree)} if tree else env
+                r = sample_run([backbeat, "--prefix", str(work / "prefix"), "--cache", str(cache),
+                                "experiments", "run", f"bench/bench/chain{CHAIN}/1/{name}", "--json"], side_env)
+                if i:
+                    results[tag].append(r)
+                    if not args.quiet:
+                        print_run(f"{tag} run {i}", r)
+        for tag, runs in results.items():
+            summary(tag, runs)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
