@@ -155,6 +155,27 @@ def test_files_are_sized_to_their_data_and_digests_do_not_depend_on_the_layout(t
         CacheWriter(tmp_path / "x.h5", NAME, FMT, compression="zstd")
 
 
+def test_no_object_of_a_cache_file_records_when_it_was_written(tmp_path, monkeypatch):
+    """Two runs writing the same data write the same bytes: no group or dataset carries HDF5's
+    object timestamps, whatever the layout (exact, compressed, chunked, whole chunks)."""
+    cases = [("tiny", 10, None), ("gz", 3000, "gzip"), ("mid", 3000, None)]
+    for name, n, compression in cases:
+        with CacheWriter(tmp_path / f"{name}.h5", NAME, FMT, start=0, end=n - 1, compression=compression) as w:
+            w.write_batch(Batch.from_values(NAME, FMT, _values(n)))
+    monkeypatch.setattr(cachewriter, "SMALL_BYTES", -1)  # chunked: variable-length fields, and whole chunks
+    with CacheWriter(tmp_path / "chunked.h5", NAME, FMT, start=0, end=99) as w:
+        w.write_batch(Batch.from_values(NAME, FMT, _values(100)))
+    with CacheWriter(tmp_path / "direct.h5", "user/x/1", {"v": "float64"}, start=0, end=99) as w:
+        w.write_batch(Batch.from_columns("user/x/1", {"v": "float64"}, {"v": np.arange(100.0)},
+                                         np.arange(100), np.arange(100)))
+    for name in [c[0] for c in cases] + ["chunked", "direct"]:
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            timed = []
+            f.visititems(lambda path, obj, timed=timed: timed.append(path)
+                         if obj.id.get_create_plist().get_obj_track_times() else None)
+            assert timed == [], (name, timed)
+
+
 def test_missing_units_is_an_error_and_leaves_nothing(tmp_path):
     path = tmp_path / "out.h5"
     w = CacheWriter(path, NAME, FMT, start=0, end=9)

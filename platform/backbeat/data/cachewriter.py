@@ -84,7 +84,22 @@ def _layout_plist(layout: int) -> Any:
     if dcpl is None:
         dcpl = _LAYOUTS[layout] = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(layout)
+        dcpl.set_obj_track_times(False)  # (a file's bytes depend on its data, not on when it was written)
     return dcpl
+
+
+_GCPL: list[Any] = []  # the group creation property list, made once
+
+
+def _group(fid: Any, name: str) -> Any:
+    """Create group ``name`` in the file ``fid`` with no timestamps (the file creation list's setting
+    covers the root group only: groups made by default, or by h5py as intermediates, carry the times
+    they were made in their headers, and two runs would write different bytes)."""
+    if not _GCPL:
+        gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+        gcpl.set_obj_track_times(False)
+        _GCPL.append(gcpl)
+    return h5py.h5g.create(fid, name.encode(), gcpl=_GCPL[0])
 
 
 _TYPES: dict[tuple[Any, bool], Any] = {}  # (numpy dtype, text?) -> HDF5 type (h5py's, made once)
@@ -345,6 +360,8 @@ class CacheWriter:
         # unfiltered, and one row per unit in every array (no variable-length field): whole chunks are
         # written from the batches' own memory, in an order that does not depend on the batching
         direct = not self._kw and all(c.role == "data" and c.rows == "" for c in layout(self.expanded, self.name))
+        for group in dict.fromkeys(name.split("/")[0] for name in self._names):
+            _group(self._fid, group)
         for name, arr in zip(self._names, waiting, strict=True):
             dtype, shape = self._specs[name]
             row = row_bytes(dtype, shape)
@@ -419,7 +436,7 @@ class CacheWriter:
             group, base = name.split("/")
             parent = groups.get(group)
             if parent is None:
-                parent = groups[group] = h5py.h5g.create(self._fid, group.encode())
+                parent = groups[group] = _group(self._fid, group)
             if arr.nbytes <= COMPACT_BYTES or not self._kw:
                 dcpl = _layout_plist(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
                 dsid = h5py.h5d.create(parent, base.encode(), _h5type(arr.dtype),
