@@ -33,7 +33,7 @@ import numpy as np
 
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
-from backbeat.data import cachefile
+from backbeat.data import cachefile, h5objects
 from backbeat.data.batch import I64, Batch, layout, row_bytes, tree, units_within
 from backbeat.data.chunkwriter import ChunkAppender
 from backbeat.data.values import BaseValue, as_value, canonical, value_type
@@ -41,7 +41,6 @@ from backbeat.data.values import BaseValue, as_value, canonical, value_type
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
 CHUNK_BYTES = 1 << 20
 SMALL_CHUNK_BYTES = 16 << 10
-CHUNK_CACHE = 4 << 20  # per dataset: a partly written chunk stays cached until the next batch fills it
 SMALL_BYTES = 2 << 20  # an output up to this size waits in memory and is written with its exact shapes
 COMPACT_BYTES = 8 << 10  # an array up to this size is stored in the file's metadata (compact layout)
 COMPRESSIONS = ("gzip", "lzf")  # h5py's own filters (every h5py reads them); "gzip:N" sets the level
@@ -52,81 +51,6 @@ BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as 
 COALESCE_BYTES = 1 << 20
 #: a large output starts its writeback every this many bytes written (core.durable.start_writeback)
 WRITEBACK_BYTES = 8 << 20
-#: the root group's attributes stay in its object header up to this many (HDF5's default is 8, and
-#: a file has 9: dense storage would add a fractal heap and two B-trees to every file)
-COMPACT_ATTRIBUTES = 16
-
-_PLISTS: tuple[Any, Any] | None = None  # (file creation, file access) property lists, made once
-
-
-def _plists() -> tuple[Any, Any]:
-    """The property lists of a new cache file: what ``h5py.File(path, "w", libver="latest",
-    rdcc_nbytes=CHUNK_CACHE, rdcc_w0=1.0)`` sets (times not tracked), attributes compact."""
-    global _PLISTS
-    if _PLISTS is None:
-        fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
-        fcpl.set_obj_track_times(False)
-        fcpl.set_attr_phase_change(COMPACT_ATTRIBUTES, COMPACT_ATTRIBUTES - 1)
-        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
-        fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)  # closing the file closes what is still open in it
-        mdc, slots, _nbytes, _w0 = fapl.get_cache()
-        fapl.set_cache(mdc, slots, CHUNK_CACHE, 1.0)
-        _PLISTS = (fcpl, fapl)
-    return _PLISTS
-
-
-_LAYOUTS: dict[int, Any] = {}  # dataset creation property lists by layout, made once
-
-
-def _layout_plist(layout: int) -> Any:
-    dcpl = _LAYOUTS.get(layout)
-    if dcpl is None:
-        dcpl = _LAYOUTS[layout] = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_layout(layout)
-        dcpl.set_obj_track_times(False)  # (a file's bytes depend on its data, not on when it was written)
-    return dcpl
-
-
-_GCPL: list[Any] = []  # the group creation property list, made once
-
-
-def _group(fid: Any, name: str) -> Any:
-    """Create group ``name`` in the file ``fid`` with no timestamps (the file creation list's setting
-    covers the root group only: groups made by default, or by h5py as intermediates, carry the times
-    they were made in their headers, and two runs would write different bytes)."""
-    if not _GCPL:
-        gcpl = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
-        gcpl.set_obj_track_times(False)
-        _GCPL.append(gcpl)
-    return h5py.h5g.create(fid, name.encode(), gcpl=_GCPL[0])
-
-
-_TYPES: dict[tuple[Any, bool], Any] = {}  # (numpy dtype, text?) -> HDF5 type (h5py's, made once)
-_SCALAR: list[Any] = []  # the scalar dataspace, made once
-_STRING = h5py.string_dtype("utf-8")
-
-
-def _h5type(dtype: np.dtype, string: bool = False) -> Any:
-    """The HDF5 type of a numeric ``dtype``, or with ``string`` of variable-length UTF-8 text (an
-    object dtype compares equal to any other: the two are kept apart)."""
-    key = (dtype, string)
-    tid = _TYPES.get(key)
-    if tid is None:
-        tid = _TYPES[key] = h5py.h5t.py_create(dtype, logical=True)
-    return tid
-
-
-def _attribute(obj: Any, name: str, value: str | int) -> None:
-    """Write a scalar attribute as ``obj.attrs[name] = value`` would (a str: variable-length UTF-8;
-    an int: int64)."""
-    text = isinstance(value, str)
-    data = np.array(value, dtype=_STRING if text else I64)
-    if not _SCALAR:
-        _SCALAR.append(h5py.h5s.create(h5py.h5s.SCALAR))
-    h5py.h5a.create(obj, name.encode(), _h5type(data.dtype, text), _SCALAR[0]).write(data)
-
-
 def compression_options(compression: str | None) -> dict[str, Any]:
     """h5py's dataset options for ``compression`` (None or "none": none; "gzip", "gzip:1".."gzip:9",
     "lzf"), with the shuffle filter; DataError for anything else."""
@@ -167,7 +91,7 @@ class CacheWriter:
         self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            fcpl, fapl = _plists()
+            fcpl, fapl = h5objects.file_plists()
             self._fid = h5py.h5f.create(os.fsencode(self.tmp), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
         except OSError as exc:
             self._closed = True
@@ -361,7 +285,7 @@ class CacheWriter:
         # written from the batches' own memory, in an order that does not depend on the batching
         direct = not self._kw and all(c.role == "data" and c.rows == "" for c in layout(self.expanded, self.name))
         for group in dict.fromkeys(name.split("/")[0] for name in self._names):
-            _group(self._fid, group)
+            h5objects.group(self._fid, group)
         for name, arr in zip(self._names, waiting, strict=True):
             dtype, shape = self._specs[name]
             row = row_bytes(dtype, shape)
@@ -436,10 +360,10 @@ class CacheWriter:
             group, base = name.split("/")
             parent = groups.get(group)
             if parent is None:
-                parent = groups[group] = _group(self._fid, group)
+                parent = groups[group] = h5objects.group(self._fid, group)
             if arr.nbytes <= COMPACT_BYTES or not self._kw:
-                dcpl = _layout_plist(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
-                dsid = h5py.h5d.create(parent, base.encode(), _h5type(arr.dtype),
+                dcpl = h5objects.layout_plist(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
+                dsid = h5py.h5d.create(parent, base.encode(), h5objects.h5type(arr.dtype),
                                        h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
                 if arr.size:
                     dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
@@ -482,7 +406,7 @@ class CacheWriter:
                                 ("declaration", self._canon), ("key", self.key), ("start", self.start),
                                 ("end", end), ("units", self._units),
                                 ("digest_algorithm", cachefile.DIGEST_ALGORITHM), ("digest", digest)):
-                _attribute(root, name, value)
+                h5objects.attribute(root, name, value)
             del root
             self._close_file()
         except (OSError, ValueError) as exc:
