@@ -32,6 +32,18 @@ def test_kill_9_while_a_block_writes_leaves_what_the_next_run_removes(scene, ref
     scene.check_recovered(name, reference)
 
 
+def test_a_command_killed_after_its_last_block_leaves_nothing_a_cached_run_keeps(scene, references):
+    """Killed once every block was committed, the command leaves its control folder; the next run,
+    all cached, starts no process (so no control server sweeps): it must still remove it."""
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    assert scene.run("experiments", "run", name).returncode == 0
+    dead = scene.tmp / "bb-ctl-4194305-k1ll3d"  # (a pid above any pid_max: never alive)
+    dead.mkdir(mode=0o700)
+    (dead / "control").touch()
+    scene.check_recovered(name, reference)
+
+
 @pytest.mark.parametrize("attempt", range(3))
 def test_kill_9_of_the_command_at_a_random_moment(scene, references, attempt):
     name = scene.experiment("slow", first=SLOW)

@@ -39,7 +39,6 @@ import hmac
 import importlib
 import json
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -51,7 +50,6 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from backbeat.core import pids
 from backbeat.core.errors import (
     BackbeatError,
     UsageError,
@@ -59,14 +57,13 @@ from backbeat.core.errors import (
     describe_environmental,
 )
 from backbeat.processes import reaper, zmqcontext
+from backbeat.processes.controlfolders import socket_parent, sweep_folders
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
 from backbeat.processes.outcome import REPORTED_KINDS, Outcome, environmental_failure, format_user_traceback
 from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
 
 TYPES = ("start", "progress", "done", "error")
 ACK = b'{"type": "ack"}'
-#: the private folders of control channels: ``bb-ctl-<pid of the owner>-<random>``
-FOLDER = re.compile(r"^bb-ctl-(\d+)-")
 #: refused messages kept (the others are only counted)
 REFUSED_KEPT = 100
 
@@ -105,52 +102,6 @@ def _peer_pid(frame: zmq.Frame) -> int | None:
         return None
     tail = str(address or "").rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() and int(tail) > 0 else None
-
-
-def socket_parent() -> str:
-    """Where the private folders of control channels (and the run's stream sockets) are made:
-    in ``TMPDIR`` when it is set (the user's choice), else in ``/dev/shm`` (a memory file system:
-    each ``ipc://`` socket bound is a new inode, and on a disk file system busy making and deleting
-    files, ext4's search for a free inode cost ~5 % of a block process), else in the system's
-    temporary folder."""
-    if not os.environ.get("TMPDIR"):
-        shm = "/dev/shm"
-        if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
-            return shm
-    return tempfile.gettempdir()
-
-
-def sweep_folders(parent: str | None = None) -> list[str]:
-    """Remove the control folders (``bb-ctl-<pid>-…``) left by dead processes (killed with
-    ``kill -9``: nothing of theirs ran to remove them) in ``parent`` (default: where they are
-    made, :func:`socket_parent`, and the temporary folder); those removed."""
-    removed: list[str] = []
-    for folder in [parent] if parent else dict.fromkeys((socket_parent(), tempfile.gettempdir())):
-        removed += _sweep(folder)
-    return removed
-
-
-def _sweep(parent: str) -> list[str]:
-    removed: list[str] = []
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return removed
-    for name in names:
-        m = FOLDER.match(name)
-        if m is None:
-            continue
-        path = os.path.join(parent, name)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if st.st_uid != os.getuid() or not os.path.isdir(path) or os.path.islink(path):
-            continue
-        if not pids.alive(int(m.group(1)), st.st_mtime):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
 
 
 class ControlServer:

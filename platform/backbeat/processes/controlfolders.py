@@ -1,0 +1,67 @@
+"""Where control channels' private folders are made, and removing those of dead processes.
+
+A run's control channel (:mod:`backbeat.processes.control`) and its stream sockets live in a
+private folder ``bb-ctl-<pid of the owner>-<random>`` (0700), made in :func:`socket_parent`.  A
+process killed with ``kill -9`` cannot remove its folder: :func:`sweep_folders` removes those whose
+owner is dead.  Every run calls it as it starts (:mod:`backbeat.execution.base`) — also a run that
+starts no process (everything cached), which is why this lives apart from the channel itself
+(no ZeroMQ to import).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+from backbeat.core import pids
+
+#: the private folders of control channels: ``bb-ctl-<pid of the owner>-<random>``
+FOLDER = re.compile(r"^bb-ctl-(\d+)-")
+
+
+def socket_parent() -> str:
+    """Where the private folders of control channels (and the run's stream sockets) are made:
+    in ``TMPDIR`` when it is set (the user's choice), else in ``/dev/shm`` (a memory file system:
+    each ``ipc://`` socket bound is a new inode, and on a disk file system busy making and deleting
+    files, ext4's search for a free inode cost ~5 % of a block process), else in the system's
+    temporary folder."""
+    if not os.environ.get("TMPDIR"):
+        shm = "/dev/shm"
+        if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+            return shm
+    return tempfile.gettempdir()
+
+
+def sweep_folders(parent: str | None = None) -> list[str]:
+    """Remove the control folders (``bb-ctl-<pid>-…``) left by dead processes (killed with
+    ``kill -9``: nothing of theirs ran to remove them) in ``parent`` (default: where they are
+    made, :func:`socket_parent`, and the temporary folder); those removed."""
+    removed: list[str] = []
+    for folder in [parent] if parent else dict.fromkeys((socket_parent(), tempfile.gettempdir())):
+        removed += _sweep(folder)
+    return removed
+
+
+def _sweep(parent: str) -> list[str]:
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = FOLDER.match(name)
+        if m is None:
+            continue
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_uid != os.getuid() or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if not pids.alive(int(m.group(1)), st.st_mtime):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
