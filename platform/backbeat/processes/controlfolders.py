@@ -40,18 +40,21 @@ def sweep_folders(parent: str | None = None) -> list[str]:
     made, :func:`socket_parent`, and the temporary folder); those removed."""
     removed: list[str] = []
     for folder in [parent] if parent else dict.fromkeys((socket_parent(), tempfile.gettempdir())):
-        removed += _sweep(folder)
+        removed += sweep_dead(folder, FOLDER)
     return removed
 
 
-def _sweep(parent: str) -> list[str]:
+def sweep_dead(parent: str, pattern: re.Pattern[str]) -> list[str]:
+    """Remove the folders in ``parent`` whose name ``pattern`` matches with the pid of their owner
+    (its first group), ours, when that process is dead (:func:`backbeat.core.pids.alive`, pid reuse
+    judged by the folder's time); those removed."""
     removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:
         return removed
     for name in names:
-        m = FOLDER.match(name)
+        m = pattern.match(name)
         if m is None:
             continue
         path = os.path.join(parent, name)

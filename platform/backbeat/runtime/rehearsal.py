@@ -29,10 +29,10 @@ import sys
 import tempfile
 from typing import Any
 
-from backbeat.core import pids
 from backbeat.data.batch import layout, tree, unit_bytes
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
+from backbeat.processes import controlfolders
 from backbeat.runtime import blockrun
 
 #: the rehearsal's algorithm (BEAT's API v2, sequential): copies its input
@@ -52,12 +52,7 @@ def _folder() -> str:
     named after this process; those of dead processes (killed while rehearsing) are removed."""
     shm = "/dev/shm"
     where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else tempfile.gettempdir()
-    with contextlib.suppress(OSError):
-        for name in os.listdir(where):
-            m = _FOLDER.match(name)
-            path = os.path.join(where, name)
-            if m and os.lstat(path).st_uid == os.getuid() and not pids.alive(int(m.group(1))):
-                shutil.rmtree(path, ignore_errors=True)
+    controlfolders.sweep_dead(where, _FOLDER)
     return tempfile.mkdtemp(prefix=f"bb-rehearsal-{os.getpid()}-", dir=where)
 
 
