@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -88,7 +87,7 @@ class CacheWriter:
         self.buffer_units = buffer_units or 1 << (units.bit_length() - 1)
         #: the buffer doubles after each flush up to this many units (see :meth:`grow`)
         self.grow_to = self.buffer_units
-        self.tmp = f"{self.path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp = durable.temporary_name(self.path)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             fcpl, fapl = h5objects.file_plists()
