@@ -131,9 +131,7 @@ class Scheduler:
                 return
             self.group.poll(20)
             self._watch_provider()
-            ended = self.group.ended  # (one process: no loop partner to stop, see _ended)
-            for name in [n for n, ids in self.procs.items()
-                         if (ended(ids[0]) is not None if len(ids) == 1 else self._ended(n))]:
+            for name in [n for n in self.procs if self._ended(n)]:
                 ok = self._finish(self.jobs[name], self._ended_job(name))
                 if not ok:
                     failed = True
@@ -249,6 +247,9 @@ class Scheduler:
 
     def _ended(self, name: str) -> bool:
         """Whether every process of a job has ended (a loop's other side is killed if one failed)."""
+        procs = self.procs[name]
+        if len(procs) == 1:  # (checked after every poll for every running job: no partner to stop)
+            return self.group.ended(procs[0]) is not None
         exits = [self.group.ended(p) for p in self.procs[name]]
         if self.jobs[name].kind == "loop" and any(e is not None and not e.ok for e in exits):
             for p, e in zip(self.procs[name], exits, strict=True):  # one side failed: stop the other
