@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 
 from backbeat.core import pids
@@ -62,7 +63,7 @@ def sweep_dead(parent: str, pattern: re.Pattern[str]) -> list[str]:
             st = os.lstat(path)
         except OSError:
             continue
-        if st.st_uid != os.getuid() or not os.path.isdir(path) or os.path.islink(path):
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):  # (lstat: a link is no folder)
             continue
         if not pids.alive(int(m.group(1)), st.st_mtime):
             shutil.rmtree(path, ignore_errors=True)
