@@ -93,12 +93,6 @@ class Syncer:
             last.join(timeout)
         return True
 
-    @property
-    def busy(self) -> int:
-        """Files given and not yet done."""
-        with self._cond:
-            return self._busy
-
 
 class Durability:
     """What a cache store knows of its entries' durability: those entrusted to its syncer, and

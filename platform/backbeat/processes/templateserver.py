@@ -258,8 +258,6 @@ def serve(key: str, where: str, preload_list: str, entry: str) -> None:
     try:
         Template(key, where, tuple(m for m in preload_list.split(",") if m), entry).main()
     except BaseException:  # noqa: BLE001 - never served: say so, so that runs do not start it again and again
-        import traceback
-
         traceback.print_exc()
         with contextlib.suppress(OSError):
             os.close(os.open(os.path.join(where, f"{key}.failed"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
