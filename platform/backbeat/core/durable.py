@@ -21,6 +21,7 @@ or never set only happens to files written without it, which were synced before 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import stat
@@ -31,9 +32,11 @@ from typing import Any
 UNSYNCED = stat.S_ISVTX
 
 
+@functools.cache
 def boot_id() -> str:
     """This boot of the machine (Linux ``boot_id``; "" where unknown): a file marked unsynced by a
-    process of this boot still has, in the page cache, the data its writer wrote."""
+    process of this boot still has, in the page cache, the data its writer wrote.  Read once per
+    process (a process never outlives its boot): a journal asks at each job it adds."""
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             return f.read().strip()
