@@ -21,6 +21,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -239,3 +240,42 @@ def fill(path: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# -- commands served by a warm template (``processes/template.py``)
+BACKBEAT = [str(Path(sys.executable).parent / "backbeat")]  # (installed with backbeat: a template serves only it)
+
+
+@pytest.fixture(name="templates")
+def templates_fixture() -> Iterator[Path]:
+    """A private folder of warm templates; the templates left in it are killed at the end."""
+    folder = Path(tempfile.mkdtemp(prefix="bbt-"))
+    yield folder
+    for lock in folder.glob("*.lock"):
+        text = lock.read_text().strip()
+        if text.isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(text), signal.SIGKILL)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def served(scene: Scene, templates: Path, **extra: str) -> tuple[dict, psutil.Process,
+                                                                 Callable[..., subprocess.Popen]]:
+    """The environment of served runs (``extra`` added: a template serves only commands of the
+    environment it was started in), the template (started by a first, warm run) and a starter."""
+    env = dict(scene.env(), BACKBEAT_TEMPLATE="on", BACKBEAT_TEMPLATE_DIR=str(templates / "t"), **extra)
+
+    def start(cache: Path, *more: str, umask: int = 0o022) -> subprocess.Popen:
+        def setup() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # (as in a terminal)
+            os.umask(umask)
+
+        return subprocess.Popen([*BACKBEAT, "-p", str(scene.prefix), "-c", str(cache), *more], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=setup)
+
+    warm = start(scene.root / "warm-cache", "--version")  # (run by itself: starts the template)
+    warm.communicate(timeout=120)
+    assert warm.returncode == 0
+    assert wait_until(lambda: any((templates / "t").glob("*.sock")), timeout=60), "no template came up"
+    (lock,) = (templates / "t").glob("*.lock")
+    return env, psutil.Process(int(lock.read_text())), start

@@ -9,54 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-import pytest
-from harness import SEED, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
+from harness import SEED, references_fixture, scene_fixture, served, templates_fixture, wait_until  # noqa: F401
 
-BACKBEAT = [str(Path(sys.executable).parent / "backbeat")]  # (installed with backbeat: a template serves only it)
 SLOW = {"delay": 0.1}
-
-
-@pytest.fixture
-def templates():
-    folder = Path(tempfile.mkdtemp(prefix="bbt-"))
-    yield folder
-    for lock in folder.glob("*.lock"):
-        text = lock.read_text().strip()
-        if text.isdigit():
-            try:
-                os.kill(int(text), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _served(scene, templates: Path) -> tuple[dict, psutil.Process, Callable[..., subprocess.Popen]]:
-    """The environment of served runs, the template (started by a first, warm run) and a starter."""
-    env = dict(scene.env(), BACKBEAT_TEMPLATE="on", BACKBEAT_TEMPLATE_DIR=str(templates / "t"))
-
-    def start(cache: Path, *more: str, umask: int = 0o022) -> subprocess.Popen:
-        def setup() -> None:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # (as in a terminal)
-            os.umask(umask)
-
-        return subprocess.Popen([*BACKBEAT, "-p", str(scene.prefix), "-c", str(cache), *more], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=setup)
-
-    warm = start(scene.root / "warm-cache", "--version")  # (run by itself: starts the template)
-    warm.communicate(timeout=120)
-    assert warm.returncode == 0
-    assert wait_until(lambda: any((templates / "t").glob("*.sock")), timeout=60), "no template came up"
-    (lock,) = (templates / "t").glob("*.lock")
-    return env, psutil.Process(int(lock.read_text())), start
 
 
 def _blocks(template: psutil.Process) -> list[psutil.Process]:
@@ -69,7 +28,7 @@ def test_kill_9_of_a_command_served_by_a_template(scene, references, templates):
     kills them all (the template sees the client's connection end), the template lives on."""
     name = scene.experiment("slow", first=SLOW)
     reference = references.get(scene, name)
-    _env, template, start = _served(scene, templates)
+    _env, template, start = served(scene, templates)
     proc = start(scene.cache, "experiments", "run", name)
     assert wait_until(lambda: _blocks(template) or proc.poll() is not None), "no block started"
     (command,) = template.children()
@@ -89,7 +48,7 @@ def test_ctrl_c_of_a_served_command_interrupts_its_run(scene, references, templa
     working folder, umask and standard streams."""
     name = scene.experiment("slow", first=SLOW)
     reference = references.get(scene, name)
-    _env, template, start = _served(scene, templates)
+    _env, template, start = served(scene, templates)
     proc = start(scene.cache, "experiments", "run", name, "--json", umask=0o027)
     assert wait_until(lambda: any(scene.cache.rglob("*.h5.tmp-*")) or proc.poll() is not None), "the run never wrote"
     (command,) = template.children()

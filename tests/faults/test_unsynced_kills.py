@@ -19,7 +19,17 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from harness import SEED, Scene, output_digests, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
+import psutil
+from harness import (  # noqa: F401 - fixtures
+    SEED,
+    Scene,
+    output_digests,
+    references_fixture,
+    scene_fixture,
+    served,
+    templates_fixture,
+    wait_until,
+)
 
 from backbeat.cache.backends import open_store
 from backbeat.cache.tools import verify_cache
@@ -116,3 +126,62 @@ def test_power_loss_before_sync_without_the_journal_the_mark_still_forces_a_dige
     report = _recovered(scene, name, reference, outputs, ran={"second"})
     assert [i["block"] for i in report.get("incidents", [])] == ["second"], report.get("incidents")
     assert scene.leftovers() == []
+
+
+# -- verified before trusted: a command served by a warm template answers first, syncs after
+def test_a_served_run_answers_before_durability_and_a_loss_after_its_answer_reruns_the_blocks(scene, references,
+                                                                                                templates):
+    """A command served by a warm template writes its record and answers without waiting for its
+    outputs to be durable; its child makes them durable after the answer.  Its template killed
+    meanwhile, then the unsynced data lost (one output zeroed, one truncated, both still marked):
+    ``cache verify`` and ``audit`` say so, and the next run computes those blocks again — never
+    ``cached`` — with a message, no traceback, and leaves the cache as a clean run does."""
+    name = scene.experiment("durable")
+    reference = references.get(scene, name)
+    outputs = _outputs(scene, reference)
+    _env, template, start = served(scene, templates, BACKBEAT_SYNC_DELAY_S="60")
+    proc = start(scene.cache, "experiments", "run", name, "--json")
+    out, err = proc.communicate(timeout=50)  # (its syncer is held back 60 s: the answer does not wait for it)
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["status"] == "ok" and report["results"] == reference["results"], report
+    assert json.loads(Path(report["provenance"]).read_text())["status"] == "ok"
+    assert all(durable.is_unsynced(p.stat()) for p in outputs.values()), "synced before the answer"
+    assert not (scene.cache / ".runs").is_dir()  # (the run is over: its journal went with its answer)
+    (command,) = template.children()  # (still making them durable, after its answer)
+    template.kill()
+    assert wait_until(lambda: not command.is_running() or command.status() == psutil.STATUS_ZOMBIE)
+    _zero_data(outputs["second.out"])
+    with open(outputs["first.out"], "r+b") as f:  # (a file system that kept its size but not all of it)
+        f.truncate(outputs["first.out"].stat().st_size // 2)
+    assert durable.is_unsynced(outputs["first.out"].stat())
+    bad = {Path(r["path"]).name for r in verify_cache(scene.cache) if r["status"] != "ok"}
+    assert bad == {outputs["first.out"].name, outputs["second.out"].name}, bad
+    audit = scene.run("experiments", "audit", name)
+    assert audit.returncode == 1 and "Traceback" not in audit.stderr + audit.stdout, audit
+    said = [line for line in audit.stdout.splitlines() if line.lstrip().startswith("[cache-file]")]
+    assert len(said) == 2 and all("is corrupted" in line for line in said), audit.stdout
+    report = _recovered(scene, name, reference, outputs, ran={"first", "second"})
+    assert {i["block"] for i in report.get("incidents", [])} == {"first", "second"}, report.get("incidents")
+    assert scene.leftovers() == []
+
+
+def test_the_next_served_command_finds_what_the_previous_one_synced_after_its_answer(scene, references,
+                                                                                      templates):
+    """The command served right after one still syncing (its outputs marked) waits for it rather
+    than verify them, and finds them durable: every block cached, nothing quarantined."""
+    name = scene.experiment("durable")
+    reference = references.get(scene, name)
+    outputs = _outputs(scene, reference)
+    _env, template, start = served(scene, templates, BACKBEAT_SYNC_DELAY_S="1")
+    first = start(scene.cache, "experiments", "run", name)
+    assert first.communicate(timeout=50) and first.returncode == 0
+    assert any(durable.is_unsynced(p.stat()) for p in outputs.values()) and template.children()
+    again = start(scene.cache, "experiments", "run", name, "--json")
+    out, err = again.communicate(timeout=50)
+    assert again.returncode == 0, err
+    report = json.loads(out)
+    assert {v["status"] for v in report["blocks"].values()} == {"cached"} and not report.get("incidents"), report
+    assert not [o for o, p in outputs.items() if durable.is_unsynced(p.stat())]
+    assert not (scene.cache / ".quarantine").is_dir() or not list((scene.cache / ".quarantine").iterdir())
+    assert wait_until(lambda: not template.children(), timeout=10)

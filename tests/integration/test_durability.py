@@ -68,7 +68,7 @@ def test_a_commit_is_marked_unsynced_and_the_memo_never_remembers_it_until_durab
     store.memo.remember("h5-identity", path, path.stat(), f"{KEY} x")  # refused: marked
     assert store.memo.lookup("h5-identity", path) is None and _rows(store) == 0
     store.entrust(KEY, "digest-as-reported")
-    assert store.await_durable() == {}
+    assert store.durability.wait() == {}
     assert not durable.is_unsynced(path.stat())  # fsync'ed (file, folder), then the mark cleared
     assert store.memo.lookup("h5-identity", path) == f"{KEY} digest-as-reported" and _rows(store) == 1
 
@@ -177,3 +177,25 @@ def test_a_concurrent_run_verifies_an_unsynced_entry_by_its_digest_not_its_ident
     assert a.returncode == 0, err_a
     assert json.loads(out_a)["results"] == rep_b["results"]
     assert not [p for p in store.scan()[0] if p.suffix == ".h5" and durable.is_unsynced(p.stat())]
+
+
+def test_a_reader_waits_for_the_peers_that_make_files_durable(tmp_path):
+    """``durable.await_peers``: the pipes of a warm template's commands still syncing after their
+    answer (``processes/templateserver.py``) end with them; a reader finding a marked file waits
+    for that (bounded, once per process) instead of verifying it."""
+    r, w = os.pipe()
+    peer = subprocess.Popen(["sleep", "0.3"], pass_fds=(w,))  # (holds the write end until it ends)
+    os.close(w)
+    durable.expect_peers([r])
+    started = time.monotonic()
+    assert durable.await_peers(timeout=30) and time.monotonic() - started > 0.2  # (waited for its end)
+    peer.wait(timeout=30)
+    assert not durable.await_peers()  # (once: nothing left to wait for)
+    r, w = os.pipe()
+    durable.expect_peers([r])
+    started = time.monotonic()
+    assert durable.await_peers(timeout=0.2)  # (a peer that never ends: the reader goes on, and verifies)
+    assert time.monotonic() - started < 5
+    os.close(w)
+    with pytest.raises(OSError):
+        os.fstat(r)  # (closed)

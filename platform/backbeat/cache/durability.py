@@ -132,10 +132,15 @@ class Durability:
                 continue
             self._memo().remember("h5-identity", p, st, f"{key} {digest}")  # (not if marked again)
 
-    def wait(self) -> dict[str, OSError]:
-        """Wait until every entry entrusted is durable, settle them; those that could not be made
-        durable, and why (forgotten here)."""
-        if self._syncer is not None:
+    @property
+    def pending(self) -> bool:
+        """Whether entries entrusted are not settled yet (their syncing may still go on)."""
+        return bool(self._entrusted)
+
+    def wait(self, block: bool = True) -> dict[str, OSError]:
+        """Wait until every entry entrusted is durable (``block``; else only settle those done
+        so far), settle them; those that could not be made durable, and why (forgotten here)."""
+        if block and self._syncer is not None:
             self._syncer.wait()
         self.settle()
         failures, self.failures = self.failures, {}

@@ -41,10 +41,10 @@ is complete.
 Every read of an entry checks its identity — the key stored in the file equals the key it
 was looked up by (:meth:`CacheStore.check_identity`, memoised by ``stat``) — and reads that
 must be trusted verify its content digest too (:meth:`CacheStore.verify_output`).  An entry
-failing either is moved to the quarantine and its producer re-run.  *Durable before trusted*:
+failing either is moved to the quarantine and its producer re-run.  *Verified before trusted*:
 an entry still marked unsynced (:mod:`backbeat.core.durable`) is verified by its digest, never
 by its identity alone nor by the memo; a run makes its entries durable in the background
-(:meth:`CacheStore.entrust`) and waits for that before writing what trusts them.
+(:meth:`CacheStore.entrust`; ``docs/execution.md`` §3b).
 
 The class is the interface the rest of backbeat uses; another backend subclasses it (see
 ``docs/architecture.md``, "Adding a cache backend").
@@ -290,12 +290,14 @@ class CacheStore:
         """``(stored key, stored digest)`` of an output entry, from its attributes, memoised by
         ``stat`` (a cached run opens no HDF5 file); IntegrityError/OSError when unreadable.
 
-        An entry marked as not yet durable (committed by a run that has not synced it yet, or
-        that died first: :mod:`backbeat.core.durable`) is verified by its content digest
+        An entry marked as not yet durable (:mod:`backbeat.core.durable`; a warm template's
+        command syncing it after its answer is waited for) is verified by its content digest
         instead — after a crash its attributes may have survived without its data — then made
         durable here, and only then remembered."""
         path = self.output_path(key)
         st = path.stat()
+        if durable.is_unsynced(st) and durable.await_peers():
+            st = path.stat()
         if durable.is_unsynced(st):
             return self.durability.verified_identity(path)
         value = self.memo.lookup("h5-identity", path, st)
@@ -335,18 +337,13 @@ class CacheStore:
         return digest
 
     def entrust(self, key: str, digest: str | None = None) -> None:
-        """Output entry ``key`` was just committed (marked unsynced, content ``digest``): make it
-        durable in the background, then remember its identity (:mod:`backbeat.cache.durability`)."""
+        """Output entry ``key`` was just committed (marked unsynced, content ``digest``): made
+        durable in the background, then its identity remembered (``cache/durability.py``)."""
         self.durability.entrust(self.output_path(key), key, digest)
 
     def make_durable(self, keys: Iterable[str]) -> dict[str, OSError]:
         """Make output entries durable now (:func:`backbeat.core.durable.make_durable`)."""
         return durable.make_durable([self.output_path(k) for k in keys])
-
-    def await_durable(self) -> dict[str, OSError]:
-        """Wait until every entry entrusted is durable (before writing what trusts them); those
-        that could not be made durable, and why (they stay marked: verified by digest)."""
-        return self.durability.wait()
 
     def stored_digest(self, key: str) -> str:
         """The content digest recorded in an output entry (attributes only, not verified)."""

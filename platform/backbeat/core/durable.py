@@ -144,6 +144,62 @@ def make_durable(paths: Iterable[str | os.PathLike]) -> dict[str, OSError]:
     return failed
 
 
+#: descriptors that reach end of file once other processes have made their files durable
+_peers: list[int] = []
+#: how long a reader waits for them at most (seconds)
+PEERS_WAIT_S = 3.0
+
+
+def expect_peers(fds: Iterable[int]) -> None:
+    """``fds`` (read ends of pipes) reach end of file once the processes holding their other ends
+    have ended, having made durable the files they committed (a warm template's earlier commands,
+    syncing after their answer): a reader finding a marked file may wait for them
+    (:func:`await_peers`) rather than verify it."""
+    _peers.extend(fds)
+
+
+def forget_peers() -> None:
+    """Close the descriptors of :func:`expect_peers` (a process forked from this one)."""
+    while _peers:
+        with contextlib.suppress(OSError):
+            os.close(_peers.pop())
+
+
+def await_peers(timeout: float = PEERS_WAIT_S) -> bool:
+    """Wait until the processes of :func:`expect_peers` have ended (at most ``timeout`` seconds,
+    once per process: later calls return at once); whether there were any.  Only a wait: a file
+    still marked after it is verified as any marked file."""
+    if not _peers:
+        return False
+    import select
+    import time
+
+    waiting = list(_peers)
+    _peers.clear()
+    deadline = time.monotonic() + timeout
+    try:
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select(waiting, [], [], left)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 64)  # (a byte its writer sent, or end of file)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    waiting.remove(fd)
+                    os.close(fd)
+    finally:
+        for fd in waiting:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return True
+
+
 def temporary_name(path: str | os.PathLike) -> str:
     """A writer's temporary name for ``path`` (``<path>.tmp-<pid>-<random>``)."""
     return f"{os.fspath(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"

@@ -1,10 +1,24 @@
 """What the interpreter does as it exits, done by hand: for processes that leave through
-``os._exit`` (a command, a served command's child) without tearing every module down."""
+``os._exit`` (a command, a served command's child) without tearing every module down; and the
+work a command may leave for after its answer.
+
+*After the answer* (:func:`after_answer`): a command served by a warm template
+(:mod:`backbeat.processes.templateserver`) tells its client its exit status, lets go of the
+client's streams, then runs the work left for after its answer before its process ends — the
+client (and whoever waits for it) no longer waits for it.  Only such a process accepts that work
+(:func:`answer_later`); anywhere else :func:`after_answer` refuses it and the caller does the work
+at once, as before.
+"""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import sys
+from collections.abc import Callable
+
+#: the work left for after the answer; None: this process does not run any (do it now)
+_after: list[Callable[[], object]] | None = None
 
 
 def run_exit_handlers(code: int) -> int:
@@ -17,3 +31,32 @@ def run_exit_handlers(code: int) -> int:
     except BrokenPipeError:
         code = code or 1
     return code
+
+
+def answer_later() -> None:
+    """This process runs the work left for after its answer (:func:`run_after_answer`)."""
+    global _after
+    _after = []
+
+
+def after_answer(work: Callable[[], object]) -> bool:
+    """Leave ``work`` for after the command's answer; False (nothing left) when this process
+    runs none: the caller does it now."""
+    if _after is None:
+        return False
+    _after.append(work)
+    return True
+
+
+def pending() -> bool:
+    """Whether work was left for after the answer."""
+    return bool(_after)
+
+
+def run_after_answer() -> None:
+    """Run the work left for after the answer, in order (nobody hears of a failure: the work
+    left there must leave things as safe as not doing it)."""
+    while _after:
+        work = _after.pop(0)
+        with contextlib.suppress(BaseException):
+            work()

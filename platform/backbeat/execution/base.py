@@ -34,6 +34,7 @@ from typing import ClassVar
 
 from backbeat.cache import journal
 from backbeat.cache.store import CacheStore
+from backbeat.core import exiting
 from backbeat.core.errors import (
     BackbeatError,
     ExecutionError,
@@ -199,14 +200,28 @@ def decide(run: Run, jobs: Collection[str] | None = None) -> None:
             run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
 
 
-def durable_before_trusted(run: Run) -> None:
-    """Wait until the outputs the run committed are durable (made so in the background: its
-    result summaries and record trust them); an output that could not be is a warning (it stays
-    marked unsynced: no run trusts it without verifying its digest)."""
-    for path, exc in sorted(run.store.await_durable().items()):
+def verified_before_trusted(run: Run) -> None:
+    """The outputs the run committed are made durable in the background (``docs/execution.md``
+    §3b); until they are, they stay marked unsynced, and nothing trusts a marked entry without
+    verifying its digest.  A command served by a warm template leaves the wait for after its
+    answer (:func:`backbeat.core.exiting.after_answer`): its record and report go out now (the
+    record only names the outputs' digests; the result summaries are derived later from the
+    verified entries).  Anywhere else the run waits here, as its process is the last to hold the
+    syncing.  An output that could not be made durable is a warning (it stays marked)."""
+    store = run.store
+    later = store.durability.pending and exiting.after_answer(lambda: _durable_after_answer(store))
+    for path, exc in sorted(store.durability.wait(block=not later).items()):
         run.state.warnings.append(f"{describe_environmental(exc, path, doing='syncing', cache=run.store.location)}: "
                                   f"the cache file was not made durable (it is verified by its digest before "
                                   f"it is trusted)")
+
+
+def _durable_after_answer(store: CacheStore) -> None:
+    """After a served command's answer: wait until the outputs it committed are durable (their
+    marks cleared).  Nothing is written to the cache meanwhile — its folder may be removed as
+    soon as the command has answered —: the stat memo is not (what the syncer would make it
+    remember is within its racy window, never trusted by a lookup: :mod:`backbeat.core.statmemo`)."""
+    store.durability.wait()
 
 
 def finish(run: Run) -> None:
@@ -320,7 +335,7 @@ class Executor(ABC):
             stopped = exc
         finally:
             run.close()
-        durable_before_trusted(run)
+        verified_before_trusted(run)
         finish(run)
         rep = report(run)
         if stopped is not None:

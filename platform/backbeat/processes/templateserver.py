@@ -18,7 +18,9 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 
+from backbeat.core import durable, exiting
 from backbeat.core.exiting import run_exit_handlers
 from backbeat.core.templatekey import ALLOWED, IDLE, WARM, context_key
 from backbeat.processes import freshstate, reaper, template, warmup
@@ -57,6 +59,10 @@ class Template:
         self.children: set[int] = set()  # zygotes and commands' children
         self.served: dict[int, socket.socket] = {}  # command's child -> its client's connection
         self.clients: dict[int, tuple[socket.socket, int]] = {}  # connection's fd -> (it, the child)
+        #: command's child -> the read end of its pipe: it writes ``a`` there once it has answered
+        #: its client, and the pipe ends with it (:func:`run_command`)
+        self.pipes: dict[int, int] = {}
+        self.answered: set[int] = set()  # commands' children working after their answer
         self.idle = float(os.environ.get(IDLE) or template.IDLE_S)
 
     def main(self) -> None:
@@ -154,6 +160,9 @@ class Template:
             if pid == 0:
                 break
             self.children.discard(pid)
+            self.answered.discard(pid)
+            with contextlib.suppress(KeyError, OSError):
+                os.close(self.pipes.pop(pid))
             conn = self.served.pop(pid, None)
             if conn is not None:  # a command's child: its client exits with its status
                 code = os.waitstatus_to_exitcode(status)
@@ -177,14 +186,24 @@ class Template:
             msg = b""
         alive = pid in self.served
         if not msg:  # the client is gone (even by SIGKILL): its command dies with it
-            if alive:
-                os.kill(pid, signal.SIGKILL)
+            if alive:  # (unless it had answered: its work after the answer goes on)
+                if not self.has_answered(pid):
+                    os.kill(pid, signal.SIGKILL)
                 self.served.pop(pid)
             self.drop(conn)
             return
         word, _, arg = msg.partition(b" ")
         if word == b"signal" and arg.isdigit() and int(arg) in _RELAYABLE and alive:
             os.kill(pid, int(arg))
+
+    def has_answered(self, pid: int) -> bool:
+        """Whether command's child ``pid`` has answered its client (said so on its pipe)."""
+        fd = self.pipes.get(pid)
+        if pid not in self.answered and fd is not None:
+            with contextlib.suppress(OSError):
+                if os.read(fd, 1) == b"a":
+                    self.answered.add(pid)
+        return pid in self.answered
 
     def unlink(self, inode: int | None) -> None:
         """Remove its socket, if it is still its own (``inode``)."""
@@ -216,14 +235,19 @@ class Template:
                 conn.send(b"ok")
                 if conn.recv(16) != b"go":  # (the client gave up waiting: it runs the command itself)
                     return
+            command = req["op"] == "command"
+            # (a command waits, if it must, for those that answered before it: see run_command)
+            peers = [fd for pid, fd in self.pipes.items() if command and self.has_answered(pid)]
+            done, said = os.pipe() if command else (-1, -1)
             old = signal.pthread_sigmask(signal.SIG_BLOCK, template.RELAYED)  # (until the child's own handlers)
             pid = os.fork()
             if pid == 0:
                 try:
-                    for fd in (srv.detach(), *self.private, *self.clients):
-                        os.close(fd)
-                    if req["op"] == "command":
-                        run_command(req, fds, conn, self.run)
+                    for fd in (srv.detach(), *self.private, *self.clients, *self.pipes.values(), done):
+                        if fd not in peers and fd != -1:
+                            os.close(fd)
+                    if command:
+                        run_command(req, fds, conn, self.run, said, peers)
                     sock = socket.socket(fileno=os.dup(fds[0]))
                     conn.close()
                     template.adopt(req, fds, stdin=False)
@@ -237,6 +261,10 @@ class Template:
                     os._exit(1)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             self.children.add(pid)
+            if command:
+                os.close(said)
+                os.set_blocking(done, False)
+                self.pipes[pid] = done
             if req["op"] == "zygote":
                 conn.send(json.dumps({"ok": True, "pid": pid}).encode())
                 return
@@ -265,9 +293,18 @@ def serve(key: str, where: str, preload_list: str, entry: str) -> None:
         os._exit(0)
 
 
-def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> None:
+def run_command(req: dict, fds: list[int], conn: socket.socket, run: object, said: int = -1,
+                peers: Sequence[int] = ()) -> None:
     """The life of a command's child (never returns): adopt the client's context, argv, streams
-    and signal dispositions, then run the command's entry point as the command would."""
+    and signal dispositions, then run the command's entry point as the command would.
+
+    Once it has answered (its exit status sent), it lets go of the client's streams and does
+    the work its command left for after the answer (:func:`backbeat.core.exiting.after_answer`:
+    e.g. waiting for its outputs to be durable), then ends.  ``said``: the pipe on which it tells
+    its template that it has answered (its client leaving then does not kill it), open until it
+    ends; ``peers``: those pipes of the commands working after their answer when it started (a
+    marked file they are syncing is waited for rather than verified:
+    :func:`backbeat.core.durable.await_peers`)."""
     ppid = os.getppid()
     reaper.set_parent_death_signal(signal.SIGKILL)  # (its template killed: the command too)
     if os.getppid() != ppid:
@@ -296,7 +333,10 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> 
         os._exit(0)
     # (the connection tells the client the exit status as soon as it is known; never inherited:
     # closed in any process forked from this one, close-on-exec for the others)
-    os.register_at_fork(after_in_child=lambda: _forget(conn))
+    told = [said]  # (closed once: in a process forked from one forked from this one, its number is another's)
+    os.register_at_fork(after_in_child=lambda: _forget(conn, told))
+    exiting.answer_later()
+    durable.expect_peers(peers)
     code = 1
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -316,14 +356,36 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object) -> 
         traceback.print_exc()
     code = _finish(code)
     with contextlib.suppress(OSError):
+        os.write(said, b"a")  # (first: the client leaving at once must find the template told)
+    with contextlib.suppress(OSError):
         conn.send(f"exit {code}".encode())  # (before this process's teardown: the client exits now)
+    if exiting.pending():
+        _let_go(conn)
+        exiting.run_after_answer()
     os._exit(code)
 
 
-def _forget(conn: socket.socket) -> None:
+def _forget(conn: socket.socket, told: list[int] | None = None) -> None:
     fd = conn.detach()  # (-1 in a process forked from one that forgot it already)
     if fd >= 0:
         os.close(fd)
+    if told and told[0] >= 0:
+        with contextlib.suppress(OSError):
+            os.close(told[0])
+        told[0] = -1
+    durable.forget_peers()
+
+
+def _let_go(conn: socket.socket) -> None:
+    """After the answer: nothing of the client is held any more (whoever reads its streams to
+    their end, as a shell's ``$(…)`` does, is not kept waiting)."""
+    _flush()
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+    _forget(conn)
 
 
 def _finish(code: int) -> int:
