@@ -6,9 +6,10 @@ after it go on at once.  The run hands each committed file to its store's syncer
 (:meth:`backbeat.cache.store.CacheStore.entrust`): one background thread fsyncs the files,
 then their folders (once per batch of files in a folder), then clears their marks.  The run
 asks what is done (:meth:`Syncer.take`) to let the stat memo remember those files, and waits
-for all of it (:meth:`Syncer.wait`) before it writes anything that trusts them — result
-summaries, its provenance record.  ``fsync`` releases the GIL: the thread costs the run
-nothing but the disk's time, overlapped with its blocks.
+for all of it (:meth:`Durability.wait`) before it ends — a command served by a warm template
+after its answer (``docs/execution.md`` §3b): until then the files stay marked, and nothing
+trusts a marked file without verifying its content.  ``fsync`` releases the GIL: the thread
+costs the run nothing but the disk's time, overlapped with its blocks.
 
 ``BACKBEAT_SYNC_DELAY_S`` (tests only) holds each batch back for that many seconds: the
 window in which a killed run leaves committed, unsynced files.

@@ -6,14 +6,16 @@ leftover is removed), optionally fsync'ed, then renamed over ``path``: a reader 
 file or the new one, never part of one.  The one helper every small atomic writer uses (view
 index files and their tables, run records, blobs, index records, result summaries).
 
-*Durable before trusted*: a cache file committed by renaming it into place is complete, but
+*Verified before trusted*: a cache file committed by renaming it into place is complete, but
 its bytes may still be only in the page cache; after a power loss a file system may keep its
 name and size and lose its data (XFS, ext4 ``data=writeback``: zeros).  So a writer that
 commits without waiting for the disk *marks* the file (:func:`mark_unsynced`: the sticky bit
 of its mode, :data:`UNSYNCED`, meaningless on a regular file in Linux) before the rename, and
 whoever makes it durable (:func:`make_durable`: fsync of the file, then of its folder) clears
 the mark only then.  A marked file is never trusted on its identity alone, nor remembered by a
-stat memo: it is verified by its content digest (:mod:`backbeat.cache.store`).  The mark is
+stat memo: it is verified by its content digest (:mod:`backbeat.cache.store`), made durable, and
+only then trusted by its identity.  (A reader may first wait for the processes that said they
+are making it durable: :func:`await_peers`.)  The mark is
 part of the file's inode, so it goes wherever the file goes (a rename, a crash); a mark lost
 or never set only happens to files written without it, which were synced before their rename.
 """

@@ -5,7 +5,7 @@ The writer fills ``<path>.tmp-<pid>-<random>``, buffers per-unit writes into bat
 ``end`` is present, stores the digest, marks the file unsynced and renames it into place: a
 file at ``path`` is always complete (the temporaries of a killed writer are removed by the
 cache store, :mod:`backbeat.cache.store`), and durable once its mark is cleared
-(:mod:`backbeat.core.durable`: "durable before trusted").  Files are sized to their data: an output up to
+(:mod:`backbeat.core.durable`: "verified before trusted").  Files are sized to their data: an output up to
 :data:`SMALL_BYTES` waits in memory and is written with its exact shapes (compact up to
 :data:`COMPACT_BYTES` per array, else contiguous); larger ones are chunked, with chunk rows
 from the dataformat, and written a whole chunk at a time from the batches' own memory
