@@ -94,7 +94,7 @@ class Template:
         template._INTERPRETER = describe()  # (the same in every run of its context)
         gc.collect()
         gc.freeze()
-        if context_key(self.preload, self.entry) != self.key:  # its files or context changed while it started
+        if context_key(self.preload, self.entry, fresh=True) != self.key:  # its files or context changed while it started
             raise RuntimeError("the context changed while the template started: it never serves it")
         with contextlib.suppress(OSError):
             os.unlink(file(self.where, self.key, FAILED))
@@ -153,7 +153,7 @@ class Template:
                 stopping.append(True)
             elif not self.children and time.monotonic() - last > self.idle:
                 self.leave(inode)
-            elif not ready and not self.children and context_key(self.preload, self.entry) != self.key:
+            elif not ready and not self.children and context_key(self.preload, self.entry, fresh=True) != self.key:
                 self.leave(inode)  # (backbeat's files or a package changed: it would never serve again)
 
     def reap(self) -> None:
