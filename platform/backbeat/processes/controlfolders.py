@@ -3,9 +3,9 @@
 A run's control channel (:mod:`backbeat.processes.control`) and its stream sockets live in a
 private folder ``bb-ctl-<pid of the owner>-<random>`` (0700), made in :func:`socket_parent`.  A
 process killed with ``kill -9`` cannot remove its folder: :func:`sweep_folders` removes those whose
-owner is dead.  Every run calls it as it starts (:mod:`backbeat.execution.base`) — also a run that
-starts no process (everything cached), which is why this lives apart from the channel itself
-(no ZeroMQ to import).
+owner is dead.  Every :class:`~backbeat.processes.group.ProcessGroup` calls it as it is made (every
+run makes one as it starts, :mod:`backbeat.execution.base` — also a run that starts no process,
+everything cached), which is why this lives apart from the channel itself (no ZeroMQ to import).
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ def socket_parent() -> str:
     return tempfile.gettempdir()
 
 
-def sweep_folders(parent: str | None = None) -> list[str]:
+def sweep_folders() -> list[str]:
     """Remove the control folders (``bb-ctl-<pid>-…``) left by dead processes (killed with
-    ``kill -9``: nothing of theirs ran to remove them) in ``parent`` (default: where they are
-    made, :func:`socket_parent`, and the temporary folder); those removed."""
+    ``kill -9``: nothing of theirs ran to remove them) where they are made (:func:`socket_parent`)
+    and in the temporary folder; those removed."""
     removed: list[str] = []
-    for folder in [parent] if parent else dict.fromkeys((socket_parent(), tempfile.gettempdir())):
+    for folder in dict.fromkeys((socket_parent(), tempfile.gettempdir())):
         removed += sweep_dead(folder, FOLDER)
     return removed
 
