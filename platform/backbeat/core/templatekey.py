@@ -69,6 +69,12 @@ def switched_off() -> bool:
             or not sys.platform.startswith("linux"))
 
 
+def enabled(setting: bool | None = None) -> bool:
+    """Whether templates are used (``BACKBEAT_TEMPLATE=off`` or ``setting`` False — ``"template"``
+    of ``.backbeatrc`` — no; Linux only)."""
+    return setting is not False and not switched_off()
+
+
 def folder() -> str | None:
     """The private folder of this user's template sockets (made 0700), or None if it is not private."""
     path = os.environ.get(FOLDER)

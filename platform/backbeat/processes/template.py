@@ -77,11 +77,11 @@ from backbeat.core.templatekey import (
     SOCKET,
     context,
     context_key,
+    enabled,
     file,
     folder,
     peer_uid,
     socket_path,
-    switched_off,
 )
 from backbeat.processes import reaper
 from backbeat.processes.freshstate import fresh_std_streams
@@ -96,11 +96,6 @@ RELAYED = tuple(signal.Signals[name] for name in templatekey.RELAYED)
 _SERVED = False
 #: the template's interpreter description (:func:`backbeat.processes.interpreter.describe`)
 _INTERPRETER: dict | None = None
-
-
-def enabled(setting: bool | None = None) -> bool:
-    """Whether runs use a template (``BACKBEAT_TEMPLATE=off`` or ``setting`` False: no; Linux only)."""
-    return setting is not False and not switched_off()
 
 
 def served() -> bool:
