@@ -22,17 +22,19 @@ from backbeat.core import pids
 FOLDER = re.compile(r"^bb-ctl-(\d+)-")
 
 
+def memory_folder() -> str | None:
+    """``/dev/shm`` (a memory file system) when this process may make files there, else None."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def socket_parent() -> str:
     """Where the private folders of control channels (and the run's stream sockets) are made:
     in ``TMPDIR`` when it is set (the user's choice), else in ``/dev/shm`` (a memory file system:
     each ``ipc://`` socket bound is a new inode, and on a disk file system busy making and deleting
     files, ext4's search for a free inode cost ~5 % of a block process), else in the system's
     temporary folder."""
-    if not os.environ.get("TMPDIR"):
-        shm = "/dev/shm"
-        if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
-            return shm
-    return tempfile.gettempdir()
+    return (None if os.environ.get("TMPDIR") else memory_folder()) or tempfile.gettempdir()
 
 
 def sweep_folders() -> list[str]:
