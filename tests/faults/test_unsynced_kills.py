@@ -148,6 +148,8 @@ def test_a_served_run_answers_before_durability_and_a_loss_after_its_answer_reru
     assert json.loads(Path(report["provenance"]).read_text())["status"] == "ok"
     assert all(durable.is_unsynced(p.stat()) for p in outputs.values()), "synced before the answer"
     assert not (scene.cache / ".runs").is_dir()  # (the run is over: its journal went with its answer)
+    said = {Path(r["path"]).name: r["message"] for r in verify_cache(scene.cache) if r["status"] == "ok"}
+    assert {said[p.name] for p in outputs.values()} == {"intact, not yet durable (marked unsynced)"}, said
     (command,) = template.children()  # (still making them durable, after its answer)
     template.kill()
     assert wait_until(lambda: not command.is_running() or command.status() == psutil.STATUS_ZOMBIE)

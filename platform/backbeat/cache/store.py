@@ -402,6 +402,8 @@ class CacheStore:
                     problem = summary_problem(self, key)
                     if problem:  # the result file is sound: the summary beside it is not
                         return {"path": f"{path}.json", "status": "corrupt", "message": problem}
+                if durable.is_unsynced(path.stat()):  # (intact now: read again, verified again, until durable)
+                    return {"path": str(path), "status": "ok", "message": "intact, not yet durable (marked unsynced)"}
             elif path.suffix == INDEX:
                 from backbeat.data.dbindex import read_index
 
