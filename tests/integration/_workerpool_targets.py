@@ -136,3 +136,21 @@ def report_learnt(payload: dict) -> None:
     values.value_type(payload["name"], payload["expanded"])
     with open(payload["out"], "w") as f:
         f.write(str(values._make_type.cache_info().hits == hits + 1))
+
+
+def load_user_code(payload: dict) -> None:
+    """Load ``payload["spec"]["code"]`` as a block does (runtime.codeloader), write what its module's
+    ``value()`` returns and how many times this process's module global was bumped, or the refusal."""
+    import json
+
+    from backbeat.core.errors import IntegrityError
+    from backbeat.runtime.codeloader import load_code
+    from backbeat.runtime.spec import CodeSpec
+
+    try:
+        module = load_code("test/learnt/1", CodeSpec.from_json(payload["spec"]["code"]))
+        result = {"value": module.value(), "file": module.__file__}
+    except IntegrityError as e:
+        result = {"refused": str(e)}
+    with open(payload["out"], "w") as f:
+        json.dump(result, f)

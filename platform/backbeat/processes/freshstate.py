@@ -33,13 +33,21 @@ def fresh_random_state() -> None:
         np.random.seed()
 
 
+#: the words of a Mersenne Twister's state (numpy's global generator: MT19937)
+_MT_WORDS = 624
+
+
 def seed_numpy() -> None:
-    """In the zygote, just before a fork: fresh entropy (128 bits from the OS) for numpy's global
-    generator, which the child inherits.  Seeding it in each child instead (``numpy.random.seed()``)
-    cost every block process ~0.5 ms and ~100 pages copied; here it costs ~20 µs."""
+    """In the zygote, just before a fork: a fresh state for numpy's global generator, which the
+    child inherits — its 624 words straight from the OS (more entropy than the 128 bits a new
+    interpreter seeds it with), set with ``set_state``.  Seeding it in each child instead
+    (``numpy.random.seed()``) cost every block process ~0.5 ms and ~100 pages copied; here, where
+    each fork has just shared every page again, ``seed(<128 bits>)`` cost 0.7 ms and ~100 faults
+    (an exception caught and five ufunc calls inside numpy's legacy seeding), ``set_state`` 0.45 ms
+    and ~60 (``docs/performance.md``, "Wave 8 (perf-l)")."""
     np = sys.modules.get("numpy")
     if np is not None:
-        np.random.seed(np.frombuffer(os.urandom(16), dtype=np.uint32))
+        np.random.set_state(("MT19937", np.frombuffer(os.urandom(4 * _MT_WORDS), dtype=np.uint32), _MT_WORDS))
 
 
 #: ``sys.stdin``/``stdout``/``stderr`` for the zygote's children, made by :func:`prepare_std_streams`
