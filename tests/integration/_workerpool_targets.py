@@ -154,3 +154,15 @@ def load_user_code(payload: dict) -> None:
         result = {"refused": str(e)}
     with open(payload["out"], "w") as f:
         json.dump(result, f)
+
+
+def report_signals(payload: dict) -> None:
+    """The signal dispositions and blocked signals this process started with."""
+    import signal
+
+    names = ("SIGTERM", "SIGCHLD", "SIGHUP", "SIGUSR1", "SIGALRM", "SIGINT", "SIGPIPE")
+    handlers = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    described = {n: "default" if h == signal.SIG_DFL else "ignored" if h == signal.SIG_IGN
+                 else "KeyboardInterrupt" if h is signal.default_int_handler else repr(h) for n, h in handlers.items()}
+    with open(payload["out"], "w") as f:
+        f.write(repr((described, sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), signal.set_wakeup_fd(-1))))
