@@ -236,6 +236,9 @@ class Zygote:
         self.queue: collections.deque[dict] = collections.deque()  # requests read, not yet handled
         self.outbuf = b""
         self.closing = False
+        #: the kernel's count of OOM kills, read once for the spawn requests read at once (None:
+        #: not read yet): /proc/vmstat costs ~0.25 ms a read, and a chain's blocks come in batches
+        self.oom: int | None = None
 
     def send(self, event: dict) -> None:
         """Queue an event; written without blocking so a busy parent cannot deadlock us."""
@@ -336,6 +339,7 @@ class Zygote:
         while b"\n" in self.inbuf:
             line, self.inbuf = self.inbuf.split(b"\n", 1)
             self.queue.append(json.loads(line))
+        self.oom = None
         while self.queue and not (preloading and not warmup.can_fork(self.queue[0])):
             if preloading:
                 gc.freeze()  # (a child shares what is loaded so far)
@@ -395,9 +399,16 @@ class Zygote:
         timeout = limits.get("timeout_s")
         self.children[pid] = {"id": req["id"], "start": start, "reason": None,
                               "deadline": start + timeout if timeout else None,
-                              "log": log, "pipe": rfd, "oom": oom_kills()}
+                              "log": log, "pipe": rfd, "oom": self.oom_count()}
         self.send({"ev": "spawned", "id": req["id"], "pid": pid})
         warmup.learn(req)  # (what it makes is inherited by the next children)
+
+    def oom_count(self) -> int | None:
+        """The kernel's OOM kill count when a child starts: a SIGKILL we did not send to a child
+        during whose life the count went up is taken for the OOM killer's (:meth:`finish`)."""
+        if self.oom is None:
+            self.oom = oom_kills()
+        return self.oom
 
     def drain(self, fd: int, budget: int, c: dict | None = None) -> None:
         """Copy what a child (``c``, default: the running child of pipe ``fd``) wrote to its pipe

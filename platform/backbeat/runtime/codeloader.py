@@ -105,6 +105,9 @@ def learn(payload: Any) -> None:
     obj = spec.get("code") if isinstance(spec, dict) else None
     if not isinstance(obj, dict):
         return
+    files = [obj.get("main"), *(obj.get("libraries") or {}).values()]
+    if all(isinstance(f, dict) and (f.get("sha256"), f.get("filename")) in _COMPILED for f in files):
+        return  # (every fork of a chain after its first: learnt already)
     code = CodeSpec.from_json(obj)
     for file in (code.main, *code.libraries.values()):
         if (file.sha256, file.filename) in _COMPILED or len(_COMPILED) >= LEARNT_MOST:
