@@ -450,7 +450,7 @@ class Zygote:
     def reap(self) -> None:
         """Reap ended children: report the exits of jobs, kill what they left behind (orphans
         too: the zygote is a subreaper, and the init of a sandbox, where they end up)."""
-        reaped = False
+        scan = False  # a process that was no job has ended since the last look for strays
         while True:
             try:
                 pid, status, ru = os.wait4(-1, os.WNOHANG)
@@ -458,11 +458,13 @@ class Zygote:
                 break
             if pid == 0:
                 break
-            reaped = True
             c = self.children.pop(pid, None)
             if c is not None:
-                self.finish(pid, c, status, ru)
-        if reaped:  # leftovers of ended blocks (re-parented to us) die; theirs come up next time
+                self.finish(pid, c, status, ru)  # (it kills the strays there are now)
+                scan = False
+            else:
+                scan = True
+        if scan:  # leftovers of ended leftovers (re-parented to us) die; theirs come up next time
             reaper.kill_strays(self.children)
 
     def finish(self, pid: int, c: dict, status: int, ru: Any) -> None:
