@@ -1,4 +1,4 @@
-"""What a child of the zygote starts with: fresh entropy and its own standard streams.
+"""What a child of the zygote starts with: fresh entropy, its own standard streams, default signals.
 
 A forked child inherits its parent's random number generators and ``sys`` streams.  Each child
 must draw its own numbers (an unseeded algorithm must not look deterministic) and write to its
@@ -12,10 +12,33 @@ served by a template adopts its client's streams through it too).
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (see reset_signals)
 import io
 import os
+import signal
 import sys
 from typing import Any
+
+#: the signals a child gets back at their default disposition (plain ints: see reset_signals)
+_DEFAULTED = tuple(int(s) for s in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                                    signal.SIGUSR2, signal.SIGALRM))
+_SIGINT, _SIGPIPE = int(signal.SIGINT), int(signal.SIGPIPE)
+
+
+def reset_signals() -> None:
+    """Give a forked child the signal dispositions of a fresh Python process.  Through ``_signal``,
+    the C module: ``signal.signal`` and ``signal.pthread_sigmask`` convert what they return into
+    enum members (nine calls: ~0.5 ms and ~60 copied pages of a fresh child)."""
+    try:
+        _signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+    for sig in _DEFAULTED:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.signal(_SIGINT, _signal.default_int_handler)
+    _signal.signal(_SIGPIPE, _signal.SIG_IGN)  # as Python itself sets it
+    if hasattr(_signal, "pthread_sigmask"):
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
 
 
 def fresh_random_state() -> None:

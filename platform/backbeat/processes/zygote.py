@@ -21,7 +21,6 @@ orphans it inherits.  Its ``ready`` event describes its interpreter
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # (see _reset_signals)
 import collections
 import gc
 import importlib
@@ -63,30 +62,6 @@ class MemoryLimitTooLow(MemoryError):
     """The memory limit is below what the process has already mapped: nothing could run under it."""
 
 
-#: the signals a child gets back at their default disposition (plain ints: see _reset_signals)
-_DEFAULTED = tuple(int(s) for s in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                                    signal.SIGUSR2, signal.SIGALRM))
-
-
-def _reset_signals() -> None:
-    """Give the child the signal dispositions of a fresh Python process.  Through ``_signal``, the C
-    module: ``signal.signal`` and ``signal.pthread_sigmask`` convert what they return into enum
-    members (nine calls: ~0.5 ms and ~60 copied pages of a fresh child)."""
-    try:
-        _signal.set_wakeup_fd(-1)
-    except ValueError:
-        pass
-    for sig in _DEFAULTED:
-        _signal.signal(sig, _signal.SIG_DFL)
-    _signal.signal(_SIGINT, _signal.default_int_handler)
-    _signal.signal(_SIGPIPE, _signal.SIG_IGN)  # as Python itself sets it
-    if hasattr(_signal, "pthread_sigmask"):
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-
-
-_SIGINT, _SIGPIPE = int(signal.SIGINT), int(signal.SIGPIPE)
-
-
 def child_setup(limits: dict, log: str | int | None, parent: int | None = None, close_fds: bool = True,
                 seeded: bool = False) -> None:
     """Isolate the freshly forked child: session, signals, pdeathsig, subreaper, limits, fds, output.
@@ -103,7 +78,7 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
         os.setsid()
     except OSError:
         pass
-    _reset_signals()
+    freshstate.reset_signals()
     reaper.set_parent_death_signal(signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         os._exit(EXIT_BOOT)  # the zygote died before pdeathsig was armed
