@@ -6,11 +6,13 @@ only ever run in child processes of the fork server:
 * :func:`build_index` (a job on a :class:`~backbeat.runtime.spec.DatasetSpec`) loads the view,
   calls ``index(root_folder, parameters)`` and writes the entries to the index file
   atomically (:mod:`backbeat.data.dbindex`); the job's statistics carry the sha256 of the
-  index content, which enters the cache keys.  It then sets the view up over the stored
-  index and calls ``get`` for every data unit of every output, discarding the values, so
-  that every data file the view reads is known before any key is computed: what the view
-  opened (:class:`~backbeat.runtime.dependencies.OpenRecorder`) is written to ``spec.deps``
-  for the parent to turn into the dataset's data manifest.
+  index content, which enters the cache keys.  It also sets the view up over the index's
+  table (built in memory from the same columns as the stored one, while the files are
+  written: :mod:`backbeat.runtime.probe`) and calls ``get`` for every data unit of every
+  output, discarding the values, so that every data file the view reads is known before any
+  key is computed: what the view opened
+  (:class:`~backbeat.runtime.dependencies.OpenRecorder`) is written to ``spec.deps`` for the
+  parent to turn into the dataset's data manifest.
 * :func:`serve` (a job on a :class:`~backbeat.runtime.spec.ProviderSpec`) is the *database
   provider*: it binds a ROUTER socket on the address the executor chose (``ipc://`` in the
   run's private directory) and answers
