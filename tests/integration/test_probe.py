@@ -124,7 +124,7 @@ def test_an_interrupted_probe_kills_and_reaps_its_second_half_at_once(tmp_path):
             (tmp_path / "child").write_text(str(os.getpid()))
             time.sleep(60)
         elif start == 4:
-            assert wait_until(lambda: (tmp_path / "child").exists())
+            assert wait_until(lambda: (tmp_path / "child").exists() and (tmp_path / "child").read_text())
             raise KeyboardInterrupt
         return get(output, start)
 
