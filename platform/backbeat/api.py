@@ -174,10 +174,11 @@ def warm_template() -> None:
     (unless one is up, templates are off, or this process is served by one: ``processes/template.py``)."""
     from backbeat.core import config, templatekey
 
-    if not templatekey.switched_off() and getattr(config.active(), "template", None) is not False:
+    setting = getattr(config.active(), "template", None)
+    if templatekey.enabled(setting):  # (else not even imported)
         from backbeat.processes.template import warm_next
 
-        warm_next()
+        warm_next(setting)
 
 
 def environments(prefix: str | os.PathLike, check: bool = False) -> dict:

@@ -185,6 +185,22 @@ def test_switched_off_by_the_environment_or_the_configuration(tmp_path, monkeypa
     assert template.context_key(("numpy", "mymodule")) is None  # only backbeat's own and its libraries
 
 
+def test_a_command_run_here_warms_a_template_only_when_templates_are_on(monkeypatch):
+    from types import SimpleNamespace
+
+    from backbeat import api
+
+    warmed: list = []
+    monkeypatch.setattr(template, "warm_next", lambda setting=None: warmed.append(setting))
+    for switch, setting, expected in (("on", None, [None]), ("on", True, [True]), ("on", False, []),
+                                      ("off", None, []), ("off", True, [])):
+        monkeypatch.setenv("BACKBEAT_TEMPLATE", switch)
+        monkeypatch.setattr(config, "active", lambda setting=setting: SimpleNamespace(template=setting))
+        warmed.clear()
+        api.warm_template()
+        assert warmed == expected, (switch, setting)
+
+
 def test_cli_runs_share_the_template_and_give_the_same_results(env, tmp_path):
     prefix = tmp_path / "prefix"
     shutil.copytree(RUN_PREFIX, prefix)

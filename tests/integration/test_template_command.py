@@ -238,3 +238,22 @@ def test_the_key_ignores_per_session_variables(monkeypatch):
     assert templatekey.context_key() == key
     monkeypatch.setenv("BB_ANOTHER", "1")  # (any other variable may change what it imports)
     assert templatekey.context_key() not in (None, key)
+
+
+def test_the_key_is_computed_once_per_process_and_again_in_a_new_one(tmp_path, monkeypatch):
+    """A command not served asks for its key three times: the package is stat'ed once; a changed
+    file changes the key of a new process (and of a template checking its own, ``fresh``)."""
+    monkeypatch.setattr(sys, "path", [os.path.dirname(sys.executable), *sys.path[1:]])
+    module = tmp_path / "m.py"
+    module.write_text("a = 1\n")
+    monkeypatch.setattr(templatekey, "PACKAGE", str(tmp_path))
+    walks, walk = [], templatekey._package_signature
+    monkeypatch.setattr(templatekey, "_package_signature", lambda: walks.append(1) or walk())
+    key = templatekey.context_key()
+    assert key is not None and templatekey.context_key() == key and len(walks) == 1
+    module.write_text("a = 22\n")
+    assert templatekey.context_key() == key  # (this process's: computed once)
+    assert templatekey.context_key(fresh=True) not in (None, key)
+    monkeypatch.setattr(os, "getpid", lambda: 1 << 30)  # (another process)
+    module.write_text("a = 333\n")
+    assert templatekey.context_key() not in (None, key) and len(walks) == 3

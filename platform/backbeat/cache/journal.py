@@ -138,15 +138,15 @@ def _make_durable(store: CacheStore, keys: list[str], same_boot: bool) -> None:
     If the machine has not restarted since (``same_boot``), the page cache holds what their
     writers wrote: they are synced.  Otherwise (a crash, a power loss) their bytes may be lost:
     each is verified by its content digest first, and quarantined if it does not hold."""
+    marked = []
     for key in keys:
-        try:
-            if not durable.is_unsynced(store.output_path(key).stat()):
-                continue
-        except OSError:
-            continue
-        if same_boot:
-            store.make_durable([key])
-            continue
+        with contextlib.suppress(OSError):
+            if durable.is_unsynced(store.output_path(key).stat()):
+                marked.append(key)
+    if same_boot:
+        store.make_durable(marked)  # (one batch: each folder synced once)
+        return
+    for key in marked:
         try:
             store.verify_output(key)  # (made durable once verified)
         except IntegrityError as exc:

@@ -25,11 +25,7 @@ import os
 import sys
 
 from backbeat.core import templatekey
-
-#: how long to wait for a template's first answer before running the command here (seconds)
-_ANSWER_S = 1.0
-#: the signals relayed to the served command (those this process does not ignore)
-_RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT", "SIGALRM")
+from backbeat.core.templatekey import RELAYED
 
 
 def entry() -> None:
@@ -62,16 +58,10 @@ def _dumps(obj: object) -> str:
 
 def _request(key: str) -> bytes:
     import _signal  # type: ignore[import-not-found]
-    import resource
 
-    umask = os.umask(0o022)
-    os.umask(umask)
-    limits = {n: list(resource.getrlimit(getattr(resource, n))) for n in dir(resource) if n.startswith("RLIMIT_")}
-    ignored = [getattr(_signal, n) for n in _RELAYED if _signal.getsignal(getattr(_signal, n)) == _signal.SIG_IGN]
+    ignored = [getattr(_signal, n) for n in RELAYED if _signal.getsignal(getattr(_signal, n)) == _signal.SIG_IGN]
     return _dumps({"op": "command", "key": key, "argv": sys.argv, "orig_argv": getattr(sys, "orig_argv", []),
-                   "env": dict(os.environ), "umask": umask, "limits": limits,
-                   "cpus": sorted(os.sched_getaffinity(0)), "nice": os.getpriority(os.PRIO_PROCESS, 0),
-                   "ignored": ignored}).encode("utf-8")
+                   **templatekey.context(), "ignored": ignored}).encode("utf-8")
 
 
 def serve() -> int | None:
@@ -87,10 +77,9 @@ def serve() -> int | None:
 
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     try:
-        conn.settimeout(_ANSWER_S)
+        conn.settimeout(templatekey.ANSWER_S)
         conn.connect(path)
-        cred = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-        if int.from_bytes(cred[4:8], sys.byteorder) != os.geteuid():
+        if templatekey.peer_uid(conn) != os.geteuid():
             return None
         here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)  # (the working folder, even if removed)
         try:
@@ -124,9 +113,9 @@ class _Relay:
 
         self.conn, self.started = conn, False
         # (blocked until the template was told ``go``: one arriving meanwhile is relayed after it)
-        self.blocked = {getattr(_signal, n) for n in (*_RELAYED, "SIGTSTP")}
+        self.blocked = {getattr(_signal, n) for n in (*RELAYED, "SIGTSTP")}
         _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
-        for name in (*_RELAYED, "SIGTSTP"):
+        for name in (*RELAYED, "SIGTSTP"):
             sig = getattr(_signal, name)
             if _signal.getsignal(sig) != _signal.SIG_IGN:
                 _signal.signal(sig, self.stop if name == "SIGTSTP" else self.forward)
@@ -176,7 +165,7 @@ class _Relay:
         """The signals' dispositions as they were (the command is to run in this process)."""
         import _signal
 
-        for name in (*_RELAYED, "SIGTSTP"):
+        for name in (*RELAYED, "SIGTSTP"):
             sig = getattr(_signal, name)
             if _signal.getsignal(sig) in (self.forward, self.stop):
                 _signal.signal(sig, _signal.default_int_handler if name == "SIGINT" else _signal.SIG_DFL)

@@ -1,11 +1,14 @@
-"""Which warm template may serve this process: the switch, the socket folder and the context key.
+"""Which warm template may serve this process: the switch, the socket folder and the context key,
+and what its clients share: the files of a template, its answer delay, the relayed signals, the
+peer check and the context a request carries.
 
 A warm template (:mod:`backbeat.processes.template`) is a process that imported backbeat's
 command, its run machinery and the block runtime once and stays; it serves the ``backbeat``
 command itself (:mod:`backbeat.cli.client`) and the zygotes of runs, but only those of exactly
 its *context*: :func:`context_key`, the name of its socket.  The thin client computes the key
 before anything else is imported, so this module imports nothing but small built-in modules
-(no ``json``, ``re``, ``enum`` nor ``hashlib``: ~10 ms of imports on the client's path).
+(no ``json``, ``re``, ``enum``, ``hashlib``, ``socket`` nor ``signal``: ~10 ms of imports on the
+client's path; ``resource`` and ``_socket`` only in the functions that need them).
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ WARM = ("backbeat.declarations.schema:warm", "backbeat.cli.command:warm")
 ENTRY = "backbeat.cli.command:main"
 #: backbeat's package folder
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: how long a client waits for a template's first answer before running without it (seconds)
+ANSWER_S = 1.0
+#: the signals a client relays to the command a template serves (by name: ``signal``'s enums
+#: cost the client ~10 ms; those the client ignores stay ignored in the command)
+RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT", "SIGALRM")
+#: the files of a template in its folder (:func:`file`): its socket, its lock (held while it
+#: lives) and the mark of a failed start
+SOCKET, LOCK, FAILED = ".sock", ".lock", ".failed"
 _NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")
 #: the longest path of a Unix socket (``sun_path``, with its NUL)
 _PATH_MAX = 107
@@ -56,6 +67,12 @@ def switched_off() -> bool:
     """``BACKBEAT_TEMPLATE=off`` (or ``0``, ``no``, ``false``), or not Linux."""
     return (os.environ.get(SWITCH, "").strip().lower() in ("0", "off", "no", "false")
             or not sys.platform.startswith("linux"))
+
+
+def enabled(setting: bool | None = None) -> bool:
+    """Whether templates are used (``BACKBEAT_TEMPLATE=off`` or ``setting`` False — ``"template"``
+    of ``.backbeatrc`` — no; Linux only)."""
+    return setting is not False and not switched_off()
 
 
 def folder() -> str | None:
@@ -80,10 +97,40 @@ def folder() -> str | None:
     return path
 
 
+def file(where: str, key: str, kind: str) -> str:
+    """The file of template ``key`` in ``where`` of ``kind`` (:data:`SOCKET`, :data:`LOCK`, :data:`FAILED`)."""
+    return os.path.join(where, key + kind)
+
+
 def socket_path(key: str, where: str) -> str | None:
     """The socket of template ``key`` in ``where``, or None when the path is too long for one."""
-    path = os.path.join(where, f"{key}.sock")
+    path = file(where, key, SOCKET)
     return path if len(os.fsencode(path)) <= _PATH_MAX else None
+
+
+def peer_uid(conn: object) -> int:
+    """The user id of the process at the other end of the Unix socket ``conn`` (``SO_PEERCRED``:
+    a ``struct ucred`` of three native ints, pid, uid and gid)."""
+    import _socket  # type: ignore[import-not-found]  # (not ``socket``: its enums cost the client ~5 ms)
+
+    cred = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # type: ignore[attr-defined]
+    return int.from_bytes(cred[4:8], sys.byteorder)
+
+
+def limits() -> dict[str, list[int]]:
+    """This process's resource limits, ``{"RLIMIT_…": [soft, hard]}`` by name."""
+    import resource
+
+    return {n: list(resource.getrlimit(getattr(resource, n))) for n in sorted(dir(resource)) if n.startswith("RLIMIT_")}
+
+
+def context() -> dict[str, object]:
+    """What a process forked from a template adopts of its requester (besides its descriptors and,
+    for a command, its argv and ignored signals): umask, environment, CPU affinity, limits, nice value."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return {"umask": umask, "env": dict(os.environ), "cpus": sorted(os.sched_getaffinity(0)),
+            "limits": limits(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 def _package_signature() -> list[str]:
@@ -123,16 +170,33 @@ def _sha256(data: bytes) -> str:
     return sha256(data).hexdigest()
 
 
-def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY) -> str | None:
+#: the last key this process computed, by what it depends on that a process may change while it
+#: lives (:func:`context_key`)
+_LAST: tuple[tuple, str] | None = None
+
+
+def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY, fresh: bool = False) -> str | None:
     """The key of the template that may serve this process, or None when none may: a relative
     ``sys.path`` entry, a module outside :data:`ALLOWED` to preload, or ``sys.path[0]`` not the
     interpreter's folder (only the installed ``backbeat`` command: with ``python -m`` the working
-    folder comes first, whose files could shadow modules the template imports, unseen by the key)."""
+    folder comes first, whose files could shadow modules the template imports, unseen by the key).
+
+    Computed once per process (3-8 ms: it stats every file of the package; a command not served
+    asks for it three times: its client, its run's zygote, the template it starts at its end):
+    again only when what a process may change while it lives changed (``sys.path``, ``-W``
+    options, the environment, its ids and limits), in a new process (a fork too), or ``fresh``
+    (a template checking that its files and context are still those of its key)."""
+    global _LAST
     if any(not os.path.isabs(p) for p in sys.path) or any(m.split(".")[0] not in ALLOWED for m in preload):
         return None
     if sys.path[:1] != [os.path.dirname(sys.executable)]:
         return None
-    import resource
+    live = (os.getpid(), tuple(preload), entry, tuple(sys.path), tuple(sys.warnoptions),
+            tuple(sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)),
+            (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), tuple(sorted(os.getgroups()))),
+            tuple(hard for _soft, hard in limits().values()))
+    if not fresh and _LAST is not None and _LAST[0] == live:
+        return _LAST[1]
 
     def mtime(p: str) -> int | None:
         try:
@@ -146,16 +210,16 @@ def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY) -> str |
         except OSError:
             return None
 
-    limits = sorted(n for n in dir(resource) if n.startswith("RLIMIT_"))
-    parts = (("v", 2), ("python", os.path.realpath(sys.executable)), ("version", sys.version),
+    _pid, preload, entry, path, warnings, env, ids, hard = live
+    parts = (("v", 3), ("python", os.path.realpath(sys.executable)), ("version", sys.version),
              ("flags", repr(sys.flags)), ("x", sorted(map(str, sys._xoptions.items()))),
-             ("path", sys.path), ("dirs", [mtime(p) for p in sys.path]), ("warnings", sys.warnoptions),
-             ("env", sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)),
-             ("ids", [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), sorted(os.getgroups())]),
-             ("limits", [resource.getrlimit(getattr(resource, n))[1] for n in limits]),
-             ("ns", [link(n) for n in _NAMESPACES]), ("cgroup", _read("/proc/self/cgroup")),
+             ("path", path), ("dirs", [mtime(p) for p in path]), ("warnings", warnings), ("env", env),
+             ("ids", ids), ("limits", hard), ("ns", [link(n) for n in _NAMESPACES]),
+             ("cgroup", _read("/proc/self/cgroup")),
              ("security", [line for line in (_read("/proc/self/status") or "").splitlines()
                            if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))]),
-             ("label", _read("/proc/self/attr/current")), ("preload", list(preload)), ("entry", entry), ("warm", WARM),
+             ("label", _read("/proc/self/attr/current")), ("preload", preload), ("entry", entry), ("warm", WARM),
              ("package", _package_signature()))
-    return _sha256(repr(parts).encode("utf-8", "surrogateescape"))[:32]
+    key = _sha256(repr(parts).encode("utf-8", "surrogateescape"))[:32]
+    _LAST = (live, key)
+    return key

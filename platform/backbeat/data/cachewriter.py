@@ -66,9 +66,8 @@ class CacheWriter:
 
     def __init__(self, path: str | os.PathLike, fmt_name: str, expanded: dict, *, key: str = "",
                  start: int = 0, end: int | None = None, compression: str | None = DEFAULT_COMPRESSION,
-                 buffer_units: int | None = None, sync: bool = False) -> None:
+                 buffer_units: int | None = None) -> None:
         self.path = os.fspath(path)
-        self.sync = sync  # fsync before the commit (else: committed marked unsynced, see _commit)
         self.name, self.expanded, self.key = fmt_name, expanded, key
         self.start, self.end = int(start), (None if end is None else int(end))
         if self.start < 0 or (self.end is not None and self.end < self.start):
@@ -427,12 +426,12 @@ class CacheWriter:
         """Rename the complete file into place.  Not durable yet: it is marked unsynced first
         (:mod:`backbeat.core.durable`) and whoever runs the block makes it durable off the critical
         path (:meth:`backbeat.cache.store.CacheStore.entrust`); nothing trusts it unverified until then.
-        ``sync=True`` (or a file system refusing the mark): fsync'ed before the rename, as before."""
+        On a file system refusing the mark: fsync'ed before the rename, and its folder after."""
         if self._fd is not None:  # (a large output: the rest of it goes to disk now)
             self._writeback()
             os.close(self._fd)
             self._fd = None
-        if self.sync or not durable.mark_unsynced(self.tmp):
+        if not durable.mark_unsynced(self.tmp):
             durable.fsync_path(self.tmp)
             os.replace(self.tmp, self.path)
             durable.fsync_folder(self.path)

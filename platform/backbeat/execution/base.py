@@ -50,7 +50,6 @@ from backbeat.execution.views import index_datasets
 from backbeat.execution.workspace import Workspace
 from backbeat.planning.model import assign_keys
 from backbeat.planning.selection import Options, ancestors
-from backbeat.processes import controlfolders
 from backbeat.provenance import builder, records
 
 
@@ -85,8 +84,7 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
         cache = cache if isinstance(cache, CacheStore) else os.path.abspath(cache)
     workspace = Workspace.open(prefix, cache)
     journal.sweep(workspace.store)  # what runs killed with kill -9 left
-    controlfolders.sweep_folders()  # (also when nothing is to run: no control server will sweep them)
-    group = local_group(workspace.user_root)
+    group = local_group(workspace.user_root)  # (removes dead processes' control folders: also if nothing runs)
     first = warm and _first_run(workspace.store, name)  # start the fork server at once (see above)
     if first and not options.sandbox:
         group.warm()

@@ -57,7 +57,7 @@ from backbeat.core.errors import (
     describe_environmental,
 )
 from backbeat.processes import reaper, zmqcontext
-from backbeat.processes.controlfolders import socket_parent, sweep_folders
+from backbeat.processes.controlfolders import socket_parent
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
 from backbeat.processes.outcome import REPORTED_KINDS, Outcome, environmental_failure, format_user_traceback
 from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
@@ -109,13 +109,12 @@ class ControlServer:
     default :func:`socket_parent`).
 
     Create it *after* :meth:`ForkServer.start` (the zygote must not inherit a Context).  Its
-    folder is named after this process (``bb-ctl-<pid>-…``); creating one first removes those of
-    dead processes (:func:`sweep_folders`).  ``pid_of(job)``: the pid of a job's process once
-    known (messages from any other process are refused).
+    folder is named after this process (``bb-ctl-<pid>-…``; those of dead processes are removed
+    when a :class:`~backbeat.processes.group.ProcessGroup` is made: :func:`sweep_folders`).
+    ``pid_of(job)``: the pid of a job's process once known (messages from any other process are refused).
     """
 
     def __init__(self, dirpath: str | None = None, pid_of: Callable[[str], int | None] | None = None) -> None:
-        sweep_folders(dirpath)
         self._dir = tempfile.mkdtemp(prefix=f"bb-ctl-{os.getpid()}-", dir=dirpath or socket_parent())
         os.chmod(self._dir, 0o700)
         path = os.path.join(self._dir, "control")

@@ -3,9 +3,9 @@
 A run's control channel (:mod:`backbeat.processes.control`) and its stream sockets live in a
 private folder ``bb-ctl-<pid of the owner>-<random>`` (0700), made in :func:`socket_parent`.  A
 process killed with ``kill -9`` cannot remove its folder: :func:`sweep_folders` removes those whose
-owner is dead.  Every run calls it as it starts (:mod:`backbeat.execution.base`) — also a run that
-starts no process (everything cached), which is why this lives apart from the channel itself
-(no ZeroMQ to import).
+owner is dead.  Every :class:`~backbeat.processes.group.ProcessGroup` calls it as it is made (every
+run makes one as it starts, :mod:`backbeat.execution.base` — also a run that starts no process,
+everything cached), which is why this lives apart from the channel itself (no ZeroMQ to import).
 """
 
 from __future__ import annotations
@@ -22,25 +22,27 @@ from backbeat.core import pids
 FOLDER = re.compile(r"^bb-ctl-(\d+)-")
 
 
+def memory_folder() -> str | None:
+    """``/dev/shm`` (a memory file system) when this process may make files there, else None."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 def socket_parent() -> str:
     """Where the private folders of control channels (and the run's stream sockets) are made:
     in ``TMPDIR`` when it is set (the user's choice), else in ``/dev/shm`` (a memory file system:
     each ``ipc://`` socket bound is a new inode, and on a disk file system busy making and deleting
     files, ext4's search for a free inode cost ~5 % of a block process), else in the system's
     temporary folder."""
-    if not os.environ.get("TMPDIR"):
-        shm = "/dev/shm"
-        if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
-            return shm
-    return tempfile.gettempdir()
+    return (None if os.environ.get("TMPDIR") else memory_folder()) or tempfile.gettempdir()
 
 
-def sweep_folders(parent: str | None = None) -> list[str]:
+def sweep_folders() -> list[str]:
     """Remove the control folders (``bb-ctl-<pid>-…``) left by dead processes (killed with
-    ``kill -9``: nothing of theirs ran to remove them) in ``parent`` (default: where they are
-    made, :func:`socket_parent`, and the temporary folder); those removed."""
+    ``kill -9``: nothing of theirs ran to remove them) where they are made (:func:`socket_parent`)
+    and in the temporary folder; those removed."""
     removed: list[str] = []
-    for folder in [parent] if parent else dict.fromkeys((socket_parent(), tempfile.gettempdir())):
+    for folder in dict.fromkeys((socket_parent(), tempfile.gettempdir())):
         removed += sweep_dead(folder, FOLDER)
     return removed
 

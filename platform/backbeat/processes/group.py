@@ -18,6 +18,9 @@ so spawning, limits, message collection and outcome classification live in one p
   process exits), keeps them per job and hands each to ``on_message`` (progress display);
   :meth:`exit` tells whether a job's process has ended; :meth:`outcome` classifies it from its
   exit and its messages; :meth:`wait` does all this until the given jobs have ended.
+* Making a group removes the control folders of dead processes (``kill -9``: nothing of theirs
+  removed them; :func:`~backbeat.processes.controlfolders.sweep_folders`), once, also for a run
+  that then starts nothing (every run makes its group as it starts).
 * Nothing is started until needed (a fully cached run starts no process); :meth:`warm`
   starts the fork server early, so that its zygote imports numpy, h5py and zmq on another
   core while the caller plans.  :meth:`close` kills whatever still runs.
@@ -46,6 +49,8 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from backbeat.processes.controlfolders import sweep_folders
+
 if TYPE_CHECKING:  # (imported when something is started: a run that starts nothing does not)
     from backbeat.processes.control import ControlServer, Message
     from backbeat.processes.exits import Exit, Limits
@@ -71,6 +76,7 @@ class ProcessGroup:
         self._pythons: dict[str, str | None] = {}  # job -> its interpreter
         self._folder: str | None = None  # sandboxed: the private folder holding the control folder
         self._logs: dict[str, tuple[str, str]] = {}  # sandboxed job -> (its log in the folder, in the cache)
+        sweep_folders()
 
     # -- lifetime
     def warm(self, python: str | None = None) -> ProcessGroup:

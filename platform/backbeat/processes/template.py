@@ -45,7 +45,7 @@ child declines (the client then runs the command itself) when the working folder
 Robustness.  One template per key (a ``flock`` on ``<key>.lock``, held while it lives and
 removed when it leaves; a second one started concurrently exits at once; the holder removes a
 stale socket and the leftovers of others: unlocked ``.lock`` files, old ``.failed`` marks); a
-client that cannot connect or gets no answer within :data:`_ANSWER_S` runs the command itself
+client that cannot connect or gets no answer within :data:`~backbeat.core.templatekey.ANSWER_S` runs the command itself
 (a child is forked only after the client said ``go``: never both); the template leaves after
 :data:`IDLE_S` seconds without a request and with no child alive (``BACKBEAT_TEMPLATE_IDLE``),
 or when its socket was removed (letting the commands it serves end).  Opt out with
@@ -62,43 +62,40 @@ import os
 import resource
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-from typing import Any
 
+from backbeat.core import templatekey
 from backbeat.core.templatekey import (
     ALLOWED,
+    ANSWER_S,
     ENTRY,
+    FAILED,
+    LOCK,
     PRELOAD,
+    SOCKET,
+    context,
     context_key,
+    enabled,
+    file,
     folder,
+    peer_uid,
     socket_path,
-    switched_off,
 )
 from backbeat.processes import reaper
 from backbeat.processes.freshstate import fresh_std_streams
 
 IDLE_S = 600.0
-_LIMITS = sorted(n for n in dir(resource) if n.startswith("RLIMIT_"))
 #: a template that failed to start is not started again for this long (seconds)
 _FAILED_S = 600.0
-#: how long a client waits for a template's answer before running without it
-_ANSWER_S = 1.0
-#: the signals a client relays (blocked in the template around the fork of a command's child,
-#: so that one relayed at once waits for the child's own dispositions)
-RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-           signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM)
+#: the signals a client relays (:data:`~backbeat.core.templatekey.RELAYED`; blocked in the template
+#: around the fork of a command's child, so that one relayed at once waits for the child's own dispositions)
+RELAYED = tuple(signal.Signals[name] for name in templatekey.RELAYED)
 #: this process is a command served by a template (its run forks its zygote itself)
 _SERVED = False
 #: the template's interpreter description (:func:`backbeat.processes.interpreter.describe`)
 _INTERPRETER: dict | None = None
-
-
-def enabled(setting: bool | None = None) -> bool:
-    """Whether runs use a template (``BACKBEAT_TEMPLATE=off`` or ``setting`` False: no; Linux only)."""
-    return setting is not False and not switched_off()
 
 
 def served() -> bool:
@@ -109,24 +106,6 @@ def served() -> bool:
 def interpreter() -> dict | None:
     """The interpreter's description, when this process was forked from a template (known)."""
     return _INTERPRETER
-
-
-def _peer_uid(sock: socket.socket) -> int:
-    cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", cred)[1]
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def context() -> dict[str, Any]:
-    """What a process forked from the template adopts of this one (besides its descriptors)."""
-    return {"umask": _umask(), "env": dict(os.environ), "cpus": sorted(os.sched_getaffinity(0)),
-            "limits": {n: resource.getrlimit(getattr(resource, n)) for n in _LIMITS},
-            "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 # --------------------------------------------------------------------------- a run's side
@@ -143,12 +122,12 @@ def open_zygote(preload: tuple[str, ...]) -> tuple[socket.socket, int] | None:
     if key is None or where is None or path is None:
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    conn.settimeout(_ANSWER_S)
+    conn.settimeout(ANSWER_S)
     ours = theirs = None
     pid = None
     try:
         conn.connect(path)
-        if _peer_uid(conn) != os.geteuid():
+        if peer_uid(conn) != os.geteuid():
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         request = {"op": "zygote", "key": key, "preload": list(preload), **context()}
@@ -189,7 +168,7 @@ def warm_next(setting: bool | None = None) -> int | None:
 def _lock(where: str, key: str) -> int | None:
     """Hold ``<key>.lock`` (an open descriptor), or None when another process holds it, or the
     file was replaced or removed meanwhile (a template leaving removes its own)."""
-    path = os.path.join(where, f"{key}.lock")
+    path = file(where, key, LOCK)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
@@ -207,7 +186,7 @@ def _lock(where: str, key: str) -> int | None:
 def launch(key: str, where: str) -> int | None:
     """Start the template of ``key`` in the background unless one holds its lock, or one failed
     to start less than :data:`_FAILED_S` ago (``<key>.failed``, removed once older); its pid."""
-    failed = os.path.join(where, f"{key}.failed")
+    failed = file(where, key, FAILED)
     with contextlib.suppress(OSError):
         if time.time() - os.stat(failed).st_mtime < _FAILED_S:
             return None
@@ -240,11 +219,11 @@ def sweep(where: str, keep: str) -> None:
         return
     now = time.time()
     for name in names:
-        key, _, ext = name.rpartition(".")
-        if key == keep or ext not in ("lock", "failed"):
+        key, kind = os.path.splitext(name)
+        if key == keep or kind not in (LOCK, FAILED):
             continue
         path = os.path.join(where, name)
-        if ext == "failed":
+        if kind == FAILED:
             with contextlib.suppress(OSError):
                 if now - os.stat(path).st_mtime >= _FAILED_S:
                     os.unlink(path)
@@ -252,7 +231,7 @@ def sweep(where: str, keep: str) -> None:
         fd = _lock(where, key)
         if fd is not None:  # nobody holds it: its template is gone (or one starting gives up: the next run starts it)
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(where, f"{key}.sock"))
+                os.unlink(file(where, key, SOCKET))
             with contextlib.suppress(OSError):
                 os.unlink(path)
             os.close(fd)

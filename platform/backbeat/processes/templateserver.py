@@ -20,7 +20,18 @@ import time
 import traceback
 
 from backbeat.core.exiting import run_exit_handlers
-from backbeat.core.templatekey import ALLOWED, IDLE, WARM, context_key
+from backbeat.core.templatekey import (
+    ALLOWED,
+    ANSWER_S,
+    FAILED,
+    IDLE,
+    LOCK,
+    SOCKET,
+    WARM,
+    context_key,
+    file,
+    peer_uid,
+)
 from backbeat.processes import freshstate, reaper, template, warmup
 
 #: the signals a client may ask the template to send to its command (those it relays, and
@@ -53,7 +64,7 @@ def valid(req: object, key: str, fds: list[int]) -> bool:
 class Template:
     def __init__(self, key: str, where: str, preload: tuple[str, ...], entry: str) -> None:
         self.key, self.where, self.preload, self.entry = key, where, preload, entry
-        self.path = os.path.join(where, f"{key}.sock")
+        self.path = file(where, key, SOCKET)
         self.children: set[int] = set()  # zygotes and commands' children
         self.served: dict[int, socket.socket] = {}  # command's child -> its client's connection
         self.clients: dict[int, tuple[socket.socket, int]] = {}  # connection's fd -> (it, the child)
@@ -83,10 +94,10 @@ class Template:
         template._INTERPRETER = describe()  # (the same in every run of its context)
         gc.collect()
         gc.freeze()
-        if context_key(self.preload, self.entry) != self.key:  # its files or context changed while it started
+        if context_key(self.preload, self.entry, fresh=True) != self.key:  # its files or context changed while it started
             raise RuntimeError("the context changed while the template started: it never serves it")
         with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self.where, f"{self.key}.failed"))
+            os.unlink(file(self.where, self.key, FAILED))
         template.sweep(self.where, self.key)
         reaper.become_subreaper()  # what dead children's descendants leave comes up here, and dies
         with contextlib.suppress(FileNotFoundError):
@@ -142,7 +153,7 @@ class Template:
                 stopping.append(True)
             elif not self.children and time.monotonic() - last > self.idle:
                 self.leave(inode)
-            elif not ready and not self.children and context_key(self.preload, self.entry) != self.key:
+            elif not ready and not self.children and context_key(self.preload, self.entry, fresh=True) != self.key:
                 self.leave(inode)  # (backbeat's files or a package changed: it would never serve again)
 
     def reap(self) -> None:
@@ -195,15 +206,15 @@ class Template:
     def leave(self, inode: int | None) -> None:
         self.unlink(inode)
         with contextlib.suppress(OSError):  # (removed while held: one opening it now gives up)
-            os.unlink(os.path.join(self.where, f"{self.key}.lock"))
+            os.unlink(file(self.where, self.key, LOCK))
         os._exit(0)
 
     def answer(self, conn: socket.socket, srv: socket.socket) -> None:
-        conn.settimeout(template._ANSWER_S)
+        conn.settimeout(ANSWER_S)
         kept = False
         msg, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 4)
         try:
-            if template._peer_uid(conn) != os.geteuid():
+            if peer_uid(conn) != os.geteuid():
                 return
             try:
                 req = json.loads(msg)
@@ -260,7 +271,7 @@ def serve(key: str, where: str, preload_list: str, entry: str) -> None:
     except BaseException:  # noqa: BLE001 - never served: say so, so that runs do not start it again and again
         traceback.print_exc()
         with contextlib.suppress(OSError):
-            os.close(os.open(os.path.join(where, f"{key}.failed"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+            os.close(os.open(file(where, key, FAILED), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     finally:
         os._exit(0)
 

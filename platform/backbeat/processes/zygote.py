@@ -84,7 +84,9 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
     ``log``: where fds 1 and 2 go — a pipe's fd (the zygote copies it into a bounded log), a
     file path (the multiprocessing fallback), or None (both on the parent's stderr: a child's
     output never mixes with the parent's stdout).  ``seeded``: the parent gave numpy's global
-    generator fresh entropy just before forking this child (:func:`~backbeat.processes.freshstate.seed_numpy`).
+    generator fresh entropy just before forking this child with :func:`os.fork`
+    (:func:`~backbeat.processes.freshstate.seed_numpy`), whose at-fork handler reseeded Python's
+    ``random`` in the child (CPython's ``random`` module registers it: ``os.register_at_fork``).
     """
     global _MEMORY
     try:
@@ -96,11 +98,7 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
     if parent is not None and os.getppid() != parent:
         os._exit(EXIT_BOOT)  # the zygote died before pdeathsig was armed
     reaper.become_subreaper()  # what it starts stays in its tree (killed when it ends)
-    if seeded:
-        import random
-
-        random.seed()  # (os.fork's own handler has done so already; a forked child may come from elsewhere)
-    else:
+    if not seeded:
         _fresh_random_state()
     mem = limits.get("memory_bytes")
     _MEMORY = int(mem) if mem else None

@@ -50,8 +50,7 @@ UNITS = 10
 def _folder() -> str:
     """A private temporary folder, in memory where there is one (nothing needs to reach a disk),
     named after this process; those of dead processes (killed while rehearsing) are removed."""
-    shm = "/dev/shm"
-    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else tempfile.gettempdir()
+    where = controlfolders.memory_folder() or tempfile.gettempdir()
     controlfolders.sweep_dead(where, _FOLDER)
     return tempfile.mkdtemp(prefix=f"bb-rehearsal-{os.getpid()}-", dir=where)
 
