@@ -63,3 +63,17 @@ def test_children_run_the_code_the_zygote_compiled_from_the_hashed_bytes(tmp_pat
     first, second, third, fourth, fifth = json.loads(done.stdout)
     assert first == second == third == {"value": ["hashed", 1], "file": "/prefix/algorithms/a/1.py"}
     assert "does not hold the bytes that were hashed" in fourth["refused"] and fifth == fourth
+
+
+def test_user_code_is_compiled_with_its_own_future_imports_only(tmp_path):
+    """backbeat's modules use ``from __future__ import annotations``; an algorithm must not inherit
+    it (BEAT runs it as plain Python: annotations are evaluated, not kept as strings)."""
+    from backbeat.runtime.codeloader import load_module
+    from backbeat.runtime.spec import CodeSpec
+
+    source = "def f(x: int) -> int:\n    return x\n\nANNOTATIONS = f.__annotations__\n"
+    snap = tmp_path / "algo.py"
+    snap.write_text(source)
+    code = CodeSpec.from_json(_code(str(snap), hashlib.sha256(source.encode()).hexdigest(), "/p/algorithms/a/1.py"))
+    module = load_module("test/future/1", code.main)
+    assert module.ANNOTATIONS == {"x": int, "return": int}

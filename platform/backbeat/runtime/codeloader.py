@@ -59,7 +59,8 @@ def read_snapshot(code: CodeFile) -> bytes:
 def _compile(source: bytes, filename: str) -> tuple[types.CodeType, int, list[str]]:
     """The code object of ``source``, its size and its lines (for :mod:`linecache`)."""
     lines = source.decode("utf-8", errors="replace").splitlines(keepends=True)
-    return compile(source, filename, "exec"), len(source), lines
+    # dont_inherit: the user's code is compiled with its own __future__ imports, not this module's
+    return compile(source, filename, "exec", dont_inherit=True), len(source), lines
 
 
 def compiled(code: CodeFile) -> tuple[types.CodeType, int, list[str]]:
