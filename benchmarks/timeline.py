@@ -7,7 +7,7 @@ Usage::
 Runs the row's experiment (``benchmarks/make_prefix.py``'s prefix, an empty cache each time)
 with the real CLI — served by backbeat's warm template, as ``versus_beat.py`` runs it — and
 samples ``/proc`` every few milliseconds: every process of the run (the thin client, the served
-command, its zygote, the zygote's children: the index job and its probe, the database provider,
+command, its zygote, the zygote's children: the index job and the copies probing its units, the database provider,
 the blocks) with when it was first seen, when its CPU time last grew (*CPU end*: a block that is
 done computing but waits for its consumer's acknowledgement is not working) and when it was last
 seen, its user and system CPU; how many of them were running at each sample.  The zygote's
@@ -107,9 +107,9 @@ def sample_run(command: list[str], env: dict) -> dict:
                 forked.sort()
             for role, pid in zip(ROLES, forked, strict=False):
                 names[pid] = role
-    for pid, e in seen.items():
-        if pid not in names and names.get(e["ppid"]) == "index":
-            names[pid] = "probe half"
+    halves = sorted(p for p, e in seen.items() if p not in names and names.get(e["ppid"]) == "index")
+    for k, pid in enumerate(halves):  # (one copy probing beside the job, or two while it writes the files)
+        names[pid] = "probe half" if k == 0 else f"probe half {k + 1}"
     procs = {names.get(p, str(p)): {k: round(v, 3) for k, v in e.items() if k != "ppid"} for p, e in seen.items()}
     out = {"wall": round(wall, 3), "rc": proc.returncode, "load": load, "served": bool(served),
            "cpu": round(sum(e["user"] + e["sys"] for e in seen.values()), 3), "running": running, "procs": procs}
@@ -148,7 +148,7 @@ def summary(tag: str, runs: list[dict]) -> None:
     blocks = sum(cpu(f"identity{i + 1}") for i in range(CHAIN))
     print(f"{tag}: n={len(runs)} wall median {med(lambda r: r['wall']):.3f} s [{min(walls):.3f}-{max(walls):.3f}], "
           f"CPU {med(lambda r: r['cpu']):.2f} s (command {cpu('command'):.2f}, zygote {cpu('zygote'):.2f}, "
-          f"index {cpu('index') + cpu('probe half'):.2f}, provider {cpu('provider'):.2f}, identity blocks "
+          f"index {cpu('index') + cpu('probe half') + cpu('probe half 2'):.2f}, provider {cpu('provider'):.2f}, identity blocks "
           f"{blocks:.2f}, analyzer {cpu('analyzer'):.2f}), tail median {med(lambda r: r.get('tail', 0)):.3f} s, "
           f"load {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}")
 

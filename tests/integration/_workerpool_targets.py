@@ -136,3 +136,33 @@ def report_learnt(payload: dict) -> None:
     values.value_type(payload["name"], payload["expanded"])
     with open(payload["out"], "w") as f:
         f.write(str(values._make_type.cache_info().hits == hits + 1))
+
+
+def load_user_code(payload: dict) -> None:
+    """Load ``payload["spec"]["code"]`` as a block does (runtime.codeloader), write what its module's
+    ``value()`` returns and how many times this process's module global was bumped, or the refusal."""
+    import json
+
+    from backbeat.core.errors import IntegrityError
+    from backbeat.runtime.codeloader import load_code
+    from backbeat.runtime.spec import CodeSpec
+
+    try:
+        module = load_code("test/learnt/1", CodeSpec.from_json(payload["spec"]["code"]))
+        result = {"value": module.value(), "file": module.__file__}
+    except IntegrityError as e:
+        result = {"refused": str(e)}
+    with open(payload["out"], "w") as f:
+        json.dump(result, f)
+
+
+def report_signals(payload: dict) -> None:
+    """The signal dispositions and blocked signals this process started with."""
+    import signal
+
+    names = ("SIGTERM", "SIGCHLD", "SIGHUP", "SIGUSR1", "SIGALRM", "SIGINT", "SIGPIPE")
+    handlers = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    described = {n: "default" if h == signal.SIG_DFL else "ignored" if h == signal.SIG_IGN
+                 else "KeyboardInterrupt" if h is signal.default_int_handler else repr(h) for n, h in handlers.items()}
+    with open(payload["out"], "w") as f:
+        f.write(repr((described, sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), signal.set_wakeup_fd(-1))))

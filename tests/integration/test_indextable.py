@@ -48,6 +48,10 @@ def test_index_written_from_columns_is_beats_and_reads_back_as_beats_entries(tmp
     assert list(got[1:-1]) == want[1:-1] and isinstance(got[1:], indextable.Entries)
     if want and want[0]._fields:
         assert got[-1] == want[-1] and type(got[0])._fields == want[0]._fields
+    found = indextable.index_columns(entries)
+    if found is not None and found[1]:  # what an indexing job probes from, before the files exist
+        memory = indextable.Entries(indextable.memory_table(path, len(entries), found[1]))
+        assert list(memory) == want and type(memory[0])._fields == want[0]._fields
         for field in want[0]._fields:
             assert [a.tolist() for a in got.units(field)] == [
                 a.tolist() for a in dbindex.output_units(want, field)]

@@ -36,21 +36,57 @@ def _view(root: Path, fail_at: int | None = None):
 
 @pytest.mark.parametrize("fail_at", [None, 4, 24], ids=["complete", "first half fails", "second half fails"])
 def test_two_processes_record_what_one_process_records(tmp_path, fail_at):
+    """... and so do two copies probing while the job does other work (``meanwhile``: writing
+    the index files), the job itself probing nothing."""
     results = {}
-    for parallel in (False, True):
-        root = tmp_path / str(parallel)
+    for parallel, meanwhile in ((False, False), (True, False), (True, True)):
+        root = tmp_path / f"{parallel}-{meanwhile}"
         root.mkdir()
         get, calls = _view(root, fail_at)
         recorder = OpenRecorder({"root": str(root)})
-        outcome = probe(get, calls, recorder, parallel=parallel)
-        results[parallel] = outcome, sorted(recorder.seen), {v["phase"] for v in recorder.seen.values()}
-    assert results[True] == results[False]
-    outcome, seen, phases = results[True]
+        pids, done = [], []
+
+        def watched(output, start, get=get, pids=pids):
+            pids.append(os.getpid())  # (in a copy: its own list)
+            return get(output, start)
+
+        outcome = probe(watched, calls, recorder, parallel=parallel,
+                        meanwhile=(lambda done=done: done.append(os.getpid())) if meanwhile else None)
+        results[parallel, meanwhile] = outcome, sorted(recorder.seen), {v["phase"] for v in recorder.seen.values()}
+        if meanwhile:
+            assert done == [os.getpid()] and pids == []  # done once, here; every unit probed by the copies
+    assert results[True, False] == results[False, False] == results[True, True]
+    outcome, seen, phases = results[True, True]
     if fail_at is None:
         assert outcome == "complete" and len(seen) == 12 and phases == {"get"}
     else:
         assert outcome == f"stopped: ValueError: no unit {fail_at}"
         assert seen == sorted(f"root/{k}.txt" for k in (*range(0, 12, 2), *range(20, 32, 2)) if k < fail_at)
+
+
+def test_work_done_meanwhile_that_fails_stops_both_halves(tmp_path):
+    """What ``meanwhile`` raises is raised at once: the copies probing (which would sleep a minute
+    here) are killed and reaped."""
+    get, calls = _view(tmp_path)
+    pids = tmp_path / "pids"
+
+    def slow(output, start):
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(60)
+
+    def failing():
+        assert wait_until(lambda: pids.exists() and len(set(pids.read_text().split())) == 2)
+        raise OSError(28, "No space left on device")
+
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="No space left"):
+        probe(slow, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True, meanwhile=failing)
+    assert time.monotonic() - t0 < 20
+    for child in set(map(int, pids.read_text().split())):
+        with pytest.raises(ChildProcessError):  # reaped: no child of ours left
+            os.waitpid(child, os.WNOHANG)
+        assert not psutil.pid_exists(child)
 
 
 def test_a_second_half_that_dies_stops_the_probe(tmp_path):
@@ -88,7 +124,7 @@ def test_an_interrupted_probe_kills_and_reaps_its_second_half_at_once(tmp_path):
             (tmp_path / "child").write_text(str(os.getpid()))
             time.sleep(60)
         elif start == 4:
-            assert wait_until(lambda: (tmp_path / "child").exists())
+            assert wait_until(lambda: (tmp_path / "child").exists() and (tmp_path / "child").read_text())
             raise KeyboardInterrupt
         return get(output, start)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from backbeat.processes import zmqcontext
-from backbeat.processes.exits import Limits
+from backbeat.processes.exits import Limits, oom_kills
 from backbeat.processes.group import ProcessGroup
 
 TARGETS = __name__
@@ -128,3 +128,13 @@ def test_a_log_written_in_reach_of_a_sandbox_is_moved_as_a_bounded_log_never_thr
     os.mkfifo(staged.with_suffix(".fifo"))  # nor a pipe (it would block)
     move_log(str(staged.with_suffix(".fifo")), str(final))
     assert not final.exists()
+
+
+def test_the_oom_kill_count_is_the_kernels():
+    # (read once per fork by the zygote: the whole file searched, not its lines looped over)
+    try:
+        with open("/proc/vmstat") as f:
+            expected = next((int(line.split()[1]) for line in f if line.startswith("oom_kill ")), None)
+    except OSError:
+        expected = None
+    assert oom_kills() == expected

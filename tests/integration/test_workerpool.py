@@ -272,6 +272,20 @@ def test_each_child_draws_its_own_random_numbers(fs, tmp_path):
     assert {stdin for _n, _py, _lb, stdin in lines} == {"''"}
 
 
+def test_a_child_starts_with_the_signal_dispositions_of_a_fresh_python(fs, tmp_path):
+    """The zygote handles SIGTERM, SIGHUP and SIGCHLD, ignores SIGINT and blocks nothing: its
+    children start as a new interpreter would (default dispositions, SIGINT raising
+    KeyboardInterrupt, SIGPIPE ignored, no signal blocked, no wake-up fd)."""
+    out = tmp_path / "signals"
+    h = fs.spawn(f"{T}:report_signals", {"out": str(out)})
+    h.wait(30)
+    assert h.exit.ok, h.exit
+    described, blocked, wakeup = eval(out.read_text())  # noqa: S307 - (our own repr)
+    assert described == {"SIGTERM": "default", "SIGCHLD": "default", "SIGHUP": "default", "SIGUSR1": "default",
+                         "SIGALRM": "default", "SIGINT": "KeyboardInterrupt", "SIGPIPE": "ignored"}
+    assert (blocked, wakeup) == ([], -1)
+
+
 def test_progress_in_order(fs, ctl):
     out, msgs = run(fs, ctl, "progress", {"total": 40, "delay": 0.01}, job="prog")
     assert out.kind == "completed" and out.statistics == {"units": 40}

@@ -42,7 +42,6 @@ import tempfile
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from functools import partial
-from itertools import chain, islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -78,17 +77,16 @@ class Column:
     def __init__(self, kind: str, values: Any):
         self.kind, self.values = kind, values
 
-    def texts(self) -> Any:
-        """The JSON text of every value, as BEAT's file has it."""
-        if self.kind == "int":
-            return map(int.__repr__, self.values.tolist())
-        if self.kind == "float":
-            return map(float.__repr__, self.values.tolist())
+    def texts(self, a: int = 0, b: int | None = None) -> list[str]:
+        """The JSON text of values ``a .. b-1``, as BEAT's file has it."""
+        values = self.values[a:b]
+        if self.kind in ("int", "float"):  # (a list's repr is its items' reprs, made in C: what simplejson writes)
+            return repr(values.tolist())[1:-1].split(", ") if len(values) else []
         if self.kind == "bool":
-            return map(("false", "true").__getitem__, self.values.tolist())
+            return list(map(("false", "true").__getitem__, values.tolist()))
         if self.kind == "str":
-            return map(encode_basestring_ascii, self.values)
-        return iter(self.values)
+            return list(map(encode_basestring_ascii, values))
+        return list(values)
 
 
 def _text(v: Any) -> str | None:
@@ -165,13 +163,15 @@ def to_json(fields: list[str], cols: dict[str, Column], n: int) -> bytes:
         return ("[" + ", ".join(["{}"] * n) + "]").encode("utf-8")
     keys = [encode_basestring_ascii(f) for f in fields]
     seps = [f", {k}: " for k in keys[1:]] + ["}, {" + keys[0] + ": "]  # what follows each field's value
-    texts = [cols[f].texts() for f in fields]
+    step = 2 * len(fields)
     out = [("[{" + keys[0] + ": ").encode()]
     for a in range(0, n, CHUNK):  # by chunks: the pieces of one chunk at a time are objects
-        parts: list = []
-        for t, sep in zip(texts, seps, strict=True):
-            parts += [islice(t, min(CHUNK, n - a)), repeat(sep)]
-        out.append("".join(chain.from_iterable(zip(*parts, strict=False))).encode())  # stops with the values
+        m = min(CHUNK, n - a)
+        parts: list = [None] * (step * m)  # each field's text then what follows it, entry by entry (slices: C code)
+        for j, (f, sep) in enumerate(zip(fields, seps, strict=True)):
+            parts[2 * j::step] = cols[f].texts(a, a + m)
+            parts[2 * j + 1::step] = [sep] * m
+        out.append("".join(parts).encode())
     out[-1] = out[-1][:-len(seps[-1])] + b"}]"
     return b"".join(out)
 
@@ -224,40 +224,73 @@ def _digest(header: dict, payload: Any) -> str:
     return h.hexdigest()
 
 
-def write_table(index_path: str | os.PathLike, source: str, n: int, cols: dict[str, Column],
-                path: str | None = None) -> str:
-    """Write the table of an index (atomically: temporary name, fsync, rename) beside it, or at
-    ``path``; its path."""
+def _table_bytes(source: str, n: int, cols: dict[str, Column]) -> tuple[bytes, bytes]:
+    """The table file's content: (magic, header length and header; payload)."""
     fields, parts = _payload(cols)
     payload = b"".join(parts)
     header: dict[str, Any] = {"source": source, "entries": n, "fields": fields}
     header["digest"] = _digest(header, payload)
     head = json.dumps(header).encode()
+    return MAGIC + len(head).to_bytes(8, "little") + head, payload
+
+
+def write_table(index_path: str | os.PathLike, source: str, n: int, cols: dict[str, Column],
+                path: str | None = None) -> str:
+    """Write the table of an index (atomically: temporary name, fsync, rename) beside it, or at
+    ``path``; its path."""
     path = path or table_path(index_path)
-    durable.write_atomic(path, (MAGIC + len(head).to_bytes(8, "little") + head, payload))
+    durable.write_atomic(path, _table_bytes(source, n, cols))
     return path
+
+
+def memory_table(index_path: str | os.PathLike, n: int, cols: dict[str, Column]) -> IndexTable:
+    """The table of entries not written yet, in memory (no ``source``): what reading the table
+    :func:`write_columns` will write gives, for an indexing job to probe its view while it
+    writes the files (:func:`backbeat.runtime.probe.probe`).  DataError if the fields are not
+    valid attribute names (the provider will refuse the index)."""
+    _check_names(sorted(cols), os.fspath(index_path))
+    return IndexTable(index_path, b"".join(_table_bytes("", n, cols)))
+
+
+def write_columns(index_path: str | os.PathLike, fields: list[str], cols: dict[str, Column], n: int) -> dict:
+    """Write the index of ``n`` entries given by their columns (:func:`columns`): BEAT's JSON file
+    and its table; ``{"digest": index digest, "entries": n}``."""
+    digest = dbindex.write_index(index_path, to_json(fields, cols, n))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(table_path(index_path))  # (of an earlier index)
+    try:
+        _check_names(sorted(cols), os.fspath(index_path))
+    except DataError:  # an index BEAT cannot reload either: reading it says why (in the provider)
+        return {"digest": digest, "entries": n}
+    write_table(index_path, digest, n, cols)
+    return {"digest": digest, "entries": n}
+
+
+def index_columns(entries: Sequence[Any]) -> tuple[list[str], dict[str, Column]] | None:
+    """:func:`columns` of a view's entries, None when simplejson must write them (several shapes,
+    or a value JSON cannot hold: simplejson says which, as a DataError); DataError if the index
+    is no list."""
+    if not isinstance(entries, (list, tuple)):
+        raise DataError(f"a view index must be a list, not {type(entries).__name__}")
+    try:
+        return columns(entries)
+    except (TypeError, ValueError):
+        return None
 
 
 def write_index(index_path: str | os.PathLike, entries: Sequence[Any]) -> dict:
     """Write a view's entries: BEAT's JSON index (:func:`backbeat.data.dbindex.write_index`) and
     its table; ``{"digest": index digest, "entries": n}``."""
-    if not isinstance(entries, (list, tuple)):
-        raise DataError(f"a view index must be a list, not {type(entries).__name__}")
-    try:
-        found = columns(entries)
-    except (TypeError, ValueError):  # (a value JSON cannot hold: simplejson below says which, as a DataError)
-        found = None
+    found = index_columns(entries)
     if found is not None:
-        fields, cols = found
-        digest = dbindex.write_index(index_path, to_json(fields, cols, len(entries)))
-    else:  # entries of several shapes: simplejson writes them, the table comes from the file
-        digest = dbindex.write_index(index_path, entries)
+        return write_columns(index_path, *found, len(entries))
+    # entries of several shapes: simplejson writes them, the table comes from the file
+    digest = dbindex.write_index(index_path, entries)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(table_path(index_path))  # (of an earlier index)
     try:
-        if found is None:
-            with open(index_path, "rb") as f:
-                _n, cols = _from_json(f.read(), os.fspath(index_path))
+        with open(index_path, "rb") as f:
+            _n, cols = _from_json(f.read(), os.fspath(index_path))
         _check_names(sorted(cols), os.fspath(index_path))
     except DataError:  # an index BEAT cannot reload either: reading it says why (in the provider)
         return {"digest": digest, "entries": len(entries)}
@@ -273,13 +306,17 @@ def _check_names(names: list[str], where: str) -> type:
 
 
 class IndexTable:
-    """An opened, verified table (the file stays mapped while it is open)."""
+    """An opened, verified table (the file stays mapped while it is open; ``data``: the table's
+    bytes, held in memory, instead of the file at ``path``)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, data: bytes | None = None):
         self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self._map: Any = None
+        if data is None:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self._data = data
         try:
             self._open()
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -290,7 +327,7 @@ class IndexTable:
             raise
 
     def _open(self) -> None:
-        buf = self._map if self._map is not None else b""
+        buf = self._data if self._data is not None else self._map if self._map is not None else b""
         if buf[:len(MAGIC)] != MAGIC:
             raise DataError(f"`{self.path}' is not an index table")
         at = len(MAGIC) + 8
@@ -361,6 +398,7 @@ class IndexTable:
 
     def close(self) -> None:
         self._arrays = {}
+        self._data = None
         if self._map is not None:
             with contextlib.suppress(BufferError):  # arrays still viewing the map keep it alive
                 self._map.close()
@@ -409,7 +447,6 @@ class Entries(Sequence):
 
     def __repr__(self) -> str:
         return f"<view index entries {self.lo}..{self.hi} of `{self.table.path}'>"
-
     def units(self, field: str) -> tuple[np.ndarray, np.ndarray]:
         """Data units of an output over these entries (grouped from the column, no entry made)."""
         if self.lo == 0 and self.hi == self.table.n:

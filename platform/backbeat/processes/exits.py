@@ -102,14 +102,19 @@ def signame(num: int) -> str:
 
 def oom_kills() -> int | None:
     """How many processes the kernel's OOM killer has killed since boot (None if not known)."""
+    try:  # (read whole and searched: the zygote asks once per fork; a loop over its ~180 lines cost 0.25 ms)
+        with open("/proc/vmstat", "rb", buffering=0) as f:
+            text = b"\n" + f.read(1 << 16)
+    except OSError:
+        return None
+    at = text.find(b"\noom_kill ") + len(b"\noom_kill ")
+    end = text.find(b"\n", at)
+    if at < len(b"\noom_kill ") or end < 0:
+        return None
     try:
-        with open("/proc/vmstat", "rb") as f:
-            for line in f:
-                if line.startswith(b"oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
+        return int(text[at:end])
+    except ValueError:
+        return None
 
 
 def memory_ceiling() -> dict:

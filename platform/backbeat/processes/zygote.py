@@ -62,21 +62,6 @@ class MemoryLimitTooLow(MemoryError):
     """The memory limit is below what the process has already mapped: nothing could run under it."""
 
 
-def _reset_signals() -> None:
-    """Give the child the signal dispositions of a fresh Python process."""
-    try:
-        signal.set_wakeup_fd(-1)
-    except ValueError:
-        pass
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-                signal.SIGUSR2, signal.SIGALRM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python itself sets it
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
-
-
 def child_setup(limits: dict, log: str | int | None, parent: int | None = None, close_fds: bool = True,
                 seeded: bool = False) -> None:
     """Isolate the freshly forked child: session, signals, pdeathsig, subreaper, limits, fds, output.
@@ -93,7 +78,7 @@ def child_setup(limits: dict, log: str | int | None, parent: int | None = None, 
         os.setsid()
     except OSError:
         pass
-    _reset_signals()
+    freshstate.reset_signals()
     reaper.set_parent_death_signal(signal.SIGKILL)
     if parent is not None and os.getppid() != parent:
         os._exit(EXIT_BOOT)  # the zygote died before pdeathsig was armed
@@ -224,6 +209,9 @@ class Zygote:
         self.queue: collections.deque[dict] = collections.deque()  # requests read, not yet handled
         self.outbuf = b""
         self.closing = False
+        #: the kernel's count of OOM kills, read once for the spawn requests read at once (None:
+        #: not read yet): /proc/vmstat costs ~0.25 ms a read, and a chain's blocks come in batches
+        self.oom: int | None = None
 
     def send(self, event: dict) -> None:
         """Queue an event; written without blocking so a busy parent cannot deadlock us."""
@@ -324,6 +312,7 @@ class Zygote:
         while b"\n" in self.inbuf:
             line, self.inbuf = self.inbuf.split(b"\n", 1)
             self.queue.append(json.loads(line))
+        self.oom = None
         while self.queue and not (preloading and not warmup.can_fork(self.queue[0])):
             if preloading:
                 gc.freeze()  # (a child shares what is loaded so far)
@@ -383,9 +372,16 @@ class Zygote:
         timeout = limits.get("timeout_s")
         self.children[pid] = {"id": req["id"], "start": start, "reason": None,
                               "deadline": start + timeout if timeout else None,
-                              "log": log, "pipe": rfd, "oom": oom_kills()}
+                              "log": log, "pipe": rfd, "oom": self.oom_count()}
         self.send({"ev": "spawned", "id": req["id"], "pid": pid})
         warmup.learn(req)  # (what it makes is inherited by the next children)
+
+    def oom_count(self) -> int | None:
+        """The kernel's OOM kill count when a child starts: a SIGKILL we did not send to a child
+        during whose life the count went up is taken for the OOM killer's (:meth:`finish`)."""
+        if self.oom is None:
+            self.oom = oom_kills()
+        return self.oom
 
     def drain(self, fd: int, budget: int, c: dict | None = None) -> None:
         """Copy what a child (``c``, default: the running child of pipe ``fd``) wrote to its pipe
@@ -427,7 +423,7 @@ class Zygote:
     def reap(self) -> None:
         """Reap ended children: report the exits of jobs, kill what they left behind (orphans
         too: the zygote is a subreaper, and the init of a sandbox, where they end up)."""
-        reaped = False
+        scan = False  # a process that was no job has ended since the last look for strays
         while True:
             try:
                 pid, status, ru = os.wait4(-1, os.WNOHANG)
@@ -435,11 +431,13 @@ class Zygote:
                 break
             if pid == 0:
                 break
-            reaped = True
             c = self.children.pop(pid, None)
             if c is not None:
-                self.finish(pid, c, status, ru)
-        if reaped:  # leftovers of ended blocks (re-parented to us) die; theirs come up next time
+                self.finish(pid, c, status, ru)  # (it kills the strays there are now)
+                scan = False
+            else:
+                scan = True
+        if scan:  # leftovers of ended leftovers (re-parented to us) die; theirs come up next time
             reaper.kill_strays(self.children)
 
     def finish(self, pid: int, c: dict, status: int, ru: Any) -> None:

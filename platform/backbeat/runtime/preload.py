@@ -34,6 +34,8 @@ try:  # one small block run here, so that each block process forked from here co
 except Exception:  # noqa: BLE001 - (a folder that cannot be written...) block processes only cost more
     pass
 from backbeat.processes.warmup import learn_from  # noqa: E402
+from backbeat.runtime import codeloader  # noqa: E402
 from backbeat.runtime.rehearsal import learn  # noqa: E402
 
 learn_from(learn)  # the zygote makes the dataformats' value classes of the blocks it forks, once
+learn_from(codeloader.learn)  # ... and compiles their code, once

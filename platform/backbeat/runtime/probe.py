@@ -14,6 +14,10 @@ The result is what one process probing in order gives: the files opened are the 
 both halves' (the recorder's entries are keyed by file; their order does not enter the
 manifest, which is canonical JSON), and if ``get`` raises, the probe stops at the first
 failing call in order — the second half's files count only when the first half completed.
+
+A job with work of its own that the probe does not need (``meanwhile``: writing the index
+files, which the keys need as well) gives both halves to two copies and does that work
+while they probe, so that the work and the probe overlap instead of following each other.
 """
 
 from __future__ import annotations
@@ -47,15 +51,19 @@ def _run(get: Callable[[str, int], Any], calls: Calls, lo: int, hi: int) -> None
 
 
 def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel: bool | None = None,
-          cores: int = 0) -> str:
+          cores: int = 0, meanwhile: Callable[[], Any] | None = None) -> str:
     """Call ``get`` for every unit of ``calls`` while ``recorder`` watches (phase ``get``):
     ``"complete"``, or ``"stopped: <exception>"`` at the first call that raised.  ``cores``:
-    how many cores the job may use (its ``-j`` slots; 0: those it may run on)."""
+    how many cores the job may use (its ``-j`` slots; 0: those it may run on).  ``meanwhile``:
+    called once, before the probe in one process, or while two copies probe both halves (what it
+    raises is raised, the copies killed and reaped)."""
     total = sum(len(starts) for _, starts in calls)
     if parallel is None:
         usable = len(os.sched_getaffinity(0))
         parallel = total >= PARALLEL_UNITS and min(usable, cores or usable) >= 2
     if not parallel:
+        if meanwhile is not None:
+            meanwhile()
         try:
             with recorder.watch("get"):
                 _run(get, calls, 0, total)
@@ -63,23 +71,50 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
             return _stopped(exc)
         return "complete"
     mid = total // 2
+    halves: list[tuple[int, Any, str]] = []
+    try:
+        if meanwhile is None:
+            halves.append((*_fork(get, calls, recorder, mid, total), "second"))
+            try:
+                with recorder.watch("get"):
+                    _run(get, calls, 0, mid)
+            except Exception as exc:  # noqa: BLE001 - the probe stops here, as it would in one process
+                return _stopped(exc)
+        else:
+            halves.append((*_fork(get, calls, recorder, 0, mid), "first"))
+            halves.append((*_fork(get, calls, recorder, mid, total), "second"))
+            meanwhile()
+        result = "complete"
+        while halves and result == "complete":  # in order: a half's files count if those before completed
+            result = _collect(*halves.pop(0), recorder)
+        return result
+    finally:  # interrupted (a signal), failed or stopped early: the halves left are stopped, not waited for
+        for pid, reader, _which in halves:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            reader.close()
+            os.waitpid(pid, 0)
+
+
+def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, hi: int) -> tuple[int, Any]:
+    """A copy of this process probing calls ``lo .. hi-1``: its pid and the pipe it answers on."""
     read, write = os.pipe()
     gc.freeze()  # the copy's collector never walks (and so never copies) the objects it inherits
     try:
         pid = os.fork()
     except BaseException:
         gc.unfreeze()
+        os.close(read)
+        os.close(write)
         raise
-    if pid:
-        gc.unfreeze()
-    if pid == 0:  # the second half, in a copy of this process: only os._exit leaves it
+    if pid == 0:  # in the copy: only os._exit leaves it
         code = 1
         try:
             os.close(read)
             result = "complete"
             try:
                 with recorder.watch("get"):
-                    _run(get, calls, mid, total)
+                    _run(get, calls, lo, hi)
             except Exception as exc:  # noqa: BLE001
                 result = _stopped(exc)
             with os.fdopen(write, "w", encoding="utf-8") as f:
@@ -87,17 +122,16 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
             code = 0
         finally:
             os._exit(code)
+    gc.unfreeze()
     os.close(write)
-    reader = os.fdopen(read, "r", encoding="utf-8")
+    return pid, os.fdopen(read, "r", encoding="utf-8")
+
+
+def _collect(pid: int, reader: Any, which: str, recorder: Any) -> str:
+    """What the copy ``pid`` probed (the ``which`` half): its files added to ``recorder``, its result."""
     try:
-        try:
-            with recorder.watch("get"):
-                _run(get, calls, 0, mid)
-        except Exception as exc:  # noqa: BLE001 - the probe stops here, as it would in one process
-            os.kill(pid, signal.SIGKILL)
-            return _stopped(exc)
         raw = reader.read()
-    except BaseException:  # interrupted (a signal): the second half is stopped, not waited for
+    except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         raise
@@ -105,11 +139,11 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
         reader.close()
         _pid, status = os.waitpid(pid, 0)
     if not raw:
-        return f"stopped: the process probing the second half of the units ended ({_ended(status)})"
-    second = json.loads(raw)
-    for label, what in second["seen"].items():
+        return f"stopped: the process probing the {which} half of the units ended ({_ended(status)})"
+    part = json.loads(raw)
+    for label, what in part["seen"].items():
         recorder.seen.setdefault(label, what)
-    return str(second["probe"])
+    return str(part["probe"])
 
 
 def _ended(status: int) -> str:
