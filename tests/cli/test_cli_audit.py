@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from backbeat.provenance import records as provenance
-from conftest import cli_json, run_cli
+from conftest import cli_command, cli_json, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "user/user/iris/1/iris"
@@ -85,6 +87,21 @@ def test_audit_ok_then_mismatch(world):
                                     "message": "libraries/user/linalg/1: code changed"}
     proc = run_cli(*opts, "experiments", "audit", NAME)
     assert proc.returncode == 1 and "audit FAILED" in proc.stdout and "libraries/user/linalg/1: code changed" in proc.stdout
+
+
+def test_audit_through_another_name_of_the_same_interpreter_is_ok(world):
+    """Recorded through one name of the interpreter (``venv/bin/python``: ``sys.executable`` of
+    ``python -m backbeat``), audited through another (``venv/bin/python3``: the ``backbeat``
+    script's): the same interpreter, no environment mismatch (it reported one)."""
+    opts, _w = world
+    here = Path(sys.executable)
+    other = next((here.with_name(n) for n in ("python3", "python") if n != here.name
+                  and here.with_name(n).exists() and here.with_name(n).resolve() == here.resolve()), None)
+    if other is None:
+        pytest.skip(f"no other name of {here} in its folder")
+    argv = [str(other), *cli_command(*opts, "experiments", "audit", NAME, "--json")[1:]]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["mismatches"] == [], proc.stdout + proc.stderr
 
 
 def test_audit_rerun_reports_nondeterministic_block(world):

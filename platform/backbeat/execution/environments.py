@@ -78,7 +78,7 @@ class Present:
         if "error" in info:
             return [f"{what}: its interpreter {info['error']}"]
         out = []
-        if recorded.get("interpreter") and recorded["interpreter"] != chosen.python:
+        if recorded.get("interpreter") and not environments.same_python(recorded["interpreter"], chosen.python):
             out.append(f"{what} now runs in {chosen.python}, not {recorded['interpreter']}")
         if recorded.get("python") and recorded["python"] != info.get("python"):
             out.append(f"{what}: Python {recorded['python']} -> {info.get('python')}")

@@ -87,6 +87,23 @@ class Interpreter:
 RUNNING = Interpreter(sys.executable)
 
 
+def same_python(a: str, b: str) -> bool:
+    """Whether two interpreter paths name one interpreter: equal, or two names of one executable in
+    one folder (``venv/bin/python`` and ``venv/bin/python3``: what ``sys.executable`` is depends on
+    how backbeat was started — its script or ``python -m``).  Other folders are other interpreters
+    (two virtual environments' ``python`` resolve to one binary, with other packages).
+
+    >>> same_python("/nowhere/bin/python", "/nowhere/bin/python")
+    True
+    >>> same_python("/nowhere/bin/python", "/nowhere/bin/python3")  # (neither exists: names only)
+    False
+    """
+    if a == b:
+        return True
+    return (os.path.dirname(os.path.abspath(a)) == os.path.dirname(os.path.abspath(b))
+            and os.path.exists(a) and os.path.realpath(a) == os.path.realpath(b))
+
+
 @dataclass
 class Mapping:
     """Environment patterns -> interpreters, with the file that set each."""
