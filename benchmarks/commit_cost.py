@@ -1,4 +1,4 @@
-"""What committing a cache file costs the block that writes it (issue 13, "durable before trusted").
+"""What committing a cache file costs the block that writes it (issue 13, "verified before trusted").
 
 Usage::
 

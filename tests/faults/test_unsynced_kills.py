@@ -1,4 +1,4 @@
-"""Durable before trusted (issue 13): a run killed between committing its outputs and making them
+"""Verified before trusted (issue 13): a run killed between committing its outputs and making them
 durable, then the machine's unsynced data lost, never has them served as cached unverified.
 
 A block commits its output by renaming it into place *marked unsynced* (the sticky bit), and the

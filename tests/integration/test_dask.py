@@ -134,7 +134,7 @@ def test_dask_run_gives_the_local_results_and_cache_entries(prefix, tmp_path):
     local_files, dask_files = cache_digests(tmp_path / "local"), cache_digests(tmp_path / "dask")
     assert len(local_files) == 4 and local_files == dask_files  # 3 outputs, 1 view index
     assert not any(".tmp-" in p.name for p in (tmp_path / "dask").rglob("*"))
-    # durable before trusted: made durable by the workers before their locks went, none left marked
+    # verified before trusted: made durable by the workers before their locks went, none left marked
     assert not [p for p in (tmp_path / "dask").rglob("*.h5") if p.stat().st_mode & stat.S_ISVTX]
 
 

@@ -1,5 +1,5 @@
-"""Durable before trusted (issue 13): cache files are committed without waiting for the disk, and
-nothing trusts one before it is durable — real HDF5 files, real runs, real CLI processes.
+"""Verified before trusted (issue 13): cache files are committed without waiting for the disk, and
+nothing trusts one before it is durable or verified by its digest — real HDF5 files, real runs, real CLI processes.
 
 The kill -9 and power-loss cases are in ``tests/faults/test_unsynced_kills.py``.
 """
@@ -199,3 +199,29 @@ def test_a_reader_waits_for_the_peers_that_make_files_durable(tmp_path):
     os.close(w)
     with pytest.raises(OSError):
         os.fstat(r)  # (closed)
+
+
+def test_a_mark_is_cleared_only_on_the_file_that_was_synced(tmp_path, monkeypatch):
+    """A writer renames a new, marked file over an entry while a syncer is making the old one
+    durable (between its fsync and clearing its mark): the new file keeps its mark (nothing
+    synced it), and the syncer reports the file it did sync."""
+    path = tmp_path / "entry.h5"
+    path.write_bytes(b"old")
+    assert durable.mark_unsynced(str(path))
+    old = path.stat()
+    real = durable.fsync_path
+
+    def folder_synced_meanwhile_replaced(p):
+        real(p)
+        if os.path.isdir(p) and not (tmp_path / "done").exists():
+            (tmp_path / "done").touch()
+            new = tmp_path / "new.tmp"
+            new.write_bytes(b"new, not synced")
+            assert durable.mark_unsynced(str(new))
+            os.rename(new, path)
+
+    monkeypatch.setattr(durable, "fsync_path", folder_synced_meanwhile_replaced)
+    synced: dict = {}
+    assert durable.make_durable([path], synced) == {}
+    assert path.read_bytes() == b"new, not synced" and durable.is_unsynced(path.stat())
+    assert synced == {str(path): (old.st_dev, old.st_ino)} != {str(path): (path.stat().st_dev, path.stat().st_ino)}

@@ -34,7 +34,7 @@ class Syncer:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._todo: list[str] = []
-        self._done: list[tuple[str, OSError | None]] = []
+        self._done: list[tuple[str, OSError | None, tuple[int, int] | None]] = []
         self._busy = 0  # files given and not yet done
         self._thread: threading.Thread | None = None  # the running thread (None: idle)
         self._last: threading.Thread | None = None
@@ -68,17 +68,19 @@ class Syncer:
                 batch, self._todo = self._todo, []
             if self._delay:
                 time.sleep(self._delay)
+            synced: dict[str, tuple[int, int]] = {}
             try:
-                failed = durable.make_durable(batch)
+                failed = durable.make_durable(batch, synced)
             except Exception as exc:  # noqa: BLE001 - never lose the count: each file says why
                 failed = {p: OSError(str(exc)) for p in batch}
             with self._cond:
-                self._done.extend((p, failed.get(p)) for p in batch)
+                self._done.extend((p, failed.get(p), synced.get(p)) for p in batch)
                 self._busy -= len(batch)
                 self._cond.notify_all()
 
-    def take(self) -> list[tuple[str, OSError | None]]:
-        """The files made durable (error None) or that could not be, since the last call."""
+    def take(self) -> list[tuple[str, OSError | None, tuple[int, int] | None]]:
+        """The files made durable (error None) or that could not be, since the last call, each with
+        the ``(st_dev, st_ino)`` of the file that was made durable (None: none was)."""
         with self._cond:
             done, self._done = self._done, []
         return done
@@ -120,7 +122,7 @@ class Durability:
         """Remember the identity of the entrusted entries made durable so far."""
         if self._syncer is None:
             return
-        for p, error in self._syncer.take():
+        for p, error, synced in self._syncer.take():
             key, digest = self._entrusted.pop(p, ("", None))
             if error is not None:
                 self.failures[p] = error
@@ -130,6 +132,8 @@ class Durability:
             try:
                 st = os.stat(p)
             except OSError:
+                continue
+            if (st.st_dev, st.st_ino) != synced:  # (another file renamed over it: not what was written)
                 continue
             self._memo().remember("h5-identity", p, st, f"{key} {digest}")  # (not if marked again)
 
@@ -147,12 +151,17 @@ class Durability:
         failures, self.failures = self.failures, {}
         return failures
 
-    def sync_verified(self, path: Path) -> os.stat_result:
+    def sync_verified(self, path: Path, verified: os.stat_result) -> os.stat_result:
         """Make an entry whose content was just verified durable now; its ``stat`` then (still
         marked unsynced if that failed — e.g. another user's file, whose mark this process may not
-        clear —: a memo does not remember it, and it is verified again whenever it is read)."""
+        clear —: a memo does not remember it, and it is verified again whenever it is read).
+        ``verified``: its ``stat`` taken before it was opened to be verified; IntegrityError if the
+        file at ``path`` is another one now (renamed over it meanwhile: what was verified is gone)."""
         durable.make_durable([path])
-        return path.stat()
+        st = path.stat()
+        if (st.st_dev, st.st_ino) != (verified.st_dev, verified.st_ino):
+            raise IntegrityError(f"cache file `{path}' was replaced while it was verified")
+        return st
 
     def verified_identity(self, path: Path) -> tuple[str, str]:
         """``(stored key, digest)`` of an entry marked unsynced, its content verified (after a crash
@@ -160,11 +169,12 @@ class Durability:
         from backbeat.data.cachereader import CacheReader
 
         try:
+            before = path.stat()
             with CacheReader(str(path), verify=True) as reader:
                 stored, digest = reader.key, reader.digest
         except FileNotFoundError:
             raise IntegrityError(f"cache file `{path}' does not exist") from None
         except OSError as exc:
             raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
-        self._memo().remember("h5-identity", path, self.sync_verified(path), f"{stored} {digest}")
+        self._memo().remember("h5-identity", path, self.sync_verified(path, before), f"{stored} {digest}")
         return stored, digest

@@ -76,7 +76,7 @@ def derive(store: CacheStore, key: str) -> tuple[list[dict], str, os.stat_result
     with cachereader.CacheReader(str(path), verify=True, key=key) as reader:
         found = cachereader.records(reader), reader.digest
     if durable.is_unsynced(st):  # a summary binds only a synced entry (verified first): it is read without it
-        st = store.durability.sync_verified(path)
+        st = store.durability.sync_verified(path, st)
     return (*found, st)
 
 

@@ -332,7 +332,7 @@ class CacheStore:
         st = path.stat()
         digest = cachereader.verify(str(path), key=key)
         if durable.is_unsynced(st):
-            st = self.durability.sync_verified(path)
+            st = self.durability.sync_verified(path, st)
         self.memo.remember("h5-identity", path, st, f"{key} {digest}")  # (not if still unsynced)
         return digest
 

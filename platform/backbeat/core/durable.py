@@ -101,15 +101,20 @@ def fsync_folder(path: str | os.PathLike) -> None:
     fsync_path(os.path.dirname(os.path.abspath(path)) or ".")
 
 
-def make_durable(paths: Iterable[str | os.PathLike]) -> dict[str, OSError]:
+def make_durable(paths: Iterable[str | os.PathLike],
+                 synced: dict[str, tuple[int, int]] | None = None) -> dict[str, OSError]:
     """fsync each file, then each of their folders once, then clear their marks; the files that
     could not be made durable (``{path: error}``; a file gone meanwhile is not one of them).
+    ``synced`` (if given) receives ``{path: (st_dev, st_ino)}`` of each file made durable: the
+    file that was at that path when it was synced.
 
     A mark is cleared only after the file's data and its name are on disk: a crash at any
-    point leaves a file that is durable, or still marked.
+    point leaves a file that is durable, or still marked.  It is cleared on the file that was
+    synced, never on one renamed over it meanwhile (a writer committing the same entry again:
+    its file stays marked, for its own syncer).
     """
     failed: dict[str, OSError] = {}
-    synced: list[tuple[str, int]] = []
+    done: list[tuple[str, os.stat_result]] = []
     folders: dict[str, list[str]] = {}
     for p in [str(os.fspath(q)) for q in paths]:
         try:
@@ -121,12 +126,12 @@ def make_durable(paths: Iterable[str | os.PathLike]) -> dict[str, OSError]:
             continue
         try:
             os.fsync(fd)
-            synced.append((p, os.fstat(fd).st_mode))
+            done.append((p, os.fstat(fd)))
         except OSError as exc:
             failed[p] = exc
         finally:
             os.close(fd)
-    for p, _mode in synced:
+    for p, _st in done:
         folders.setdefault(os.path.dirname(os.path.abspath(p)), []).append(p)
     for folder, members in folders.items():
         try:
@@ -134,16 +139,32 @@ def make_durable(paths: Iterable[str | os.PathLike]) -> dict[str, OSError]:
         except OSError as exc:
             for p in members:
                 failed[p] = exc
-    for p, mode in synced:
-        if p in failed or not mode & UNSYNCED:
+    for p, st in done:
+        if p in failed:
             continue
-        try:
-            os.chmod(p, stat.S_IMODE(mode) & ~UNSYNCED)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:  # (a file of another user: durable, but it stays marked)
-            failed[p] = exc
+        if st.st_mode & UNSYNCED:
+            try:
+                _clear_mark(p, st)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # (a file of another user: durable, but it stays marked)
+                failed[p] = exc
+                continue
+        if synced is not None:
+            synced[p] = (st.st_dev, st.st_ino)
     return failed
+
+
+def _clear_mark(path: str, synced: os.stat_result) -> None:
+    """Clear the mark of the file at ``path`` if it is still the file ``synced`` describes
+    (through a descriptor of that very file: a rename over the path cannot redirect it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (synced.st_dev, synced.st_ino):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~UNSYNCED)
+    finally:
+        os.close(fd)
 
 
 #: descriptors that reach end of file once other processes have made their files durable
