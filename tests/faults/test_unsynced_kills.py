@@ -187,3 +187,16 @@ def test_the_next_served_command_finds_what_the_previous_one_synced_after_its_an
     assert not [o for o, p in outputs.items() if durable.is_unsynced(p.stat())]
     assert not (scene.cache / ".quarantine").is_dir() or not list((scene.cache / ".quarantine").iterdir())
     assert wait_until(lambda: not template.children(), timeout=10)
+
+
+def test_a_served_command_running_two_experiments_syncs_the_first_before_the_second_starts(scene, templates):
+    """``experiments run a b`` served: the first run's syncing, left for after the answer, is
+    finished before the second run starts, so its syncer thread is gone when the second run's
+    fork server forks (else: the slower fallback and a warning) and the second finds the first's
+    outputs durable."""
+    one, two = scene.experiment("one"), scene.experiment("two", first={"offset": 11})
+    _env, _template, start = served(scene, templates, BACKBEAT_SYNC_DELAY_S="0.5")
+    proc = start(scene.cache, "experiments", "run", one, two, "--json")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "ForkServer started after threads" not in err, err

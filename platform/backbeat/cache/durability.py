@@ -118,8 +118,9 @@ class Durability:
         self._syncer.submit([path])
         self.settle()
 
-    def settle(self) -> None:
-        """Remember the identity of the entrusted entries made durable so far."""
+    def settle(self, remember: bool = True) -> None:
+        """Remember the identity of the entrusted entries made durable so far (``remember``
+        False: only take them, the memo untouched)."""
         if self._syncer is None:
             return
         for p, error, synced in self._syncer.take():
@@ -127,7 +128,7 @@ class Durability:
             if error is not None:
                 self.failures[p] = error
                 continue
-            if digest is None:
+            if digest is None or not remember:
                 continue
             try:
                 st = os.stat(p)
@@ -142,12 +143,13 @@ class Durability:
         """Whether entries entrusted are not settled yet (their syncing may still go on)."""
         return bool(self._entrusted)
 
-    def wait(self, block: bool = True) -> dict[str, OSError]:
+    def wait(self, block: bool = True, remember: bool = True) -> dict[str, OSError]:
         """Wait until every entry entrusted is durable (``block``; else only settle those done
-        so far), settle them; those that could not be made durable, and why (forgotten here)."""
+        so far), settle them (``remember``: see :meth:`settle`); those that could not be made
+        durable, and why (forgotten here)."""
         if block and self._syncer is not None:
             self._syncer.wait()
-        self.settle()
+        self.settle(remember)
         failures, self.failures = self.failures, {}
         return failures
 

@@ -39,6 +39,12 @@ def answer_later() -> None:
     _after = []
 
 
+def forget() -> None:
+    """A process forked from one that answers later runs no such work (it never answers)."""
+    global _after
+    _after = None
+
+
 def after_answer(work: Callable[[], object]) -> bool:
     """Leave ``work`` for after the command's answer; False (nothing left) when this process
     runs none: the caller does it now."""

@@ -65,6 +65,9 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     first run: planning then overlaps the zygote's start-up), else once a dataset must be
     indexed or an output is missing (:func:`will_run`).  A run of an experiment recorded before
     with nothing to run (fully cached) starts no process at all.
+    A served command running several experiments first finishes what an earlier run left for
+    after its answer (its outputs' syncing): its syncer thread ends, so this run's fork server
+    can fork, and this run finds those outputs durable instead of verifying them.
     ``--force`` indexes every dataset again, unless ``dry`` or with ``--from``/``--only`` (what
     is upstream of the selection is never re-run); a missing index is always built.  Every
     job gets the interpreter of its environment here (an unmapped environment stops the run
@@ -73,6 +76,7 @@ def prepare(prefix: str | os.PathLike, cache: CacheStore | str | os.PathLike, na
     With ``defer``, the datasets whose view must run are not indexed here but listed in
     ``run.deferred``: the executor indexes them, and the jobs reading them (no key yet) wait.
     """
+    exiting.run_after_answer()
     options = options or Options()
     if options.sandbox:  # (its processes do not start in this folder: every path they get is absolute)
         from backbeat.processes import sandbox  # (a run that starts nothing imports no processes module)
@@ -219,7 +223,7 @@ def _durable_after_answer(store: CacheStore) -> None:
     marks cleared).  Nothing is written to the cache meanwhile — its folder may be removed as
     soon as the command has answered —: the stat memo is not (what the syncer would make it
     remember is within its racy window, never trusted by a lookup: :mod:`backbeat.core.statmemo`)."""
-    store.durability.wait()
+    store.durability.wait(remember=False)
 
 
 def finish(run: Run) -> None:

@@ -251,7 +251,14 @@ class Template:
             peers = [fd for pid, fd in self.pipes.items() if command and self.has_answered(pid)]
             done, said = os.pipe() if command else (-1, -1)
             old = signal.pthread_sigmask(signal.SIG_BLOCK, template.RELAYED)  # (until the child's own handlers)
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:  # (EAGAIN, ENOMEM: the client runs the command itself)
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                for fd in (done, said):
+                    if fd != -1:
+                        os.close(fd)
+                raise
             if pid == 0:
                 try:
                     for fd in (srv.detach(), *self.private, *self.clients, *self.pipes.values(), done):
@@ -346,6 +353,7 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object, sai
     # closed in any process forked from this one, close-on-exec for the others)
     told = [said]  # (closed once: in a process forked from one forked from this one, its number is another's)
     os.register_at_fork(after_in_child=lambda: _forget(conn, told))
+    os.register_at_fork(after_in_child=exiting.forget)  # (a fork never answers: it leaves nothing for after)
     exiting.answer_later()
     durable.expect_peers(peers)
     code = 1

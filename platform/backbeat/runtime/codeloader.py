@@ -28,6 +28,7 @@ import linecache
 import os
 import sys
 import types
+import warnings
 from typing import Any
 
 from backbeat.core.errors import IntegrityError
@@ -102,7 +103,8 @@ def learn(payload: Any) -> None:
     algorithm's and its libraries', ``payload["spec"]["code"]``) whose bytes have the planned
     sha256, for the next children (:func:`compiled`).  Data only: compiling runs no user code
     (:func:`backbeat.processes.warmup.learn_from`); a snapshot that cannot be read, is larger than
-    :data:`LEARNT_BYTES` or does not compile is left to each child (which reports it)."""
+    :data:`LEARNT_BYTES`, does not compile or warns as it compiles is left to each child (which
+    reports it)."""
     spec = payload.get("spec") if isinstance(payload, dict) else None
     obj = spec.get("code") if isinstance(spec, dict) else None
     if not isinstance(obj, dict):
@@ -117,6 +119,10 @@ def learn(payload: Any) -> None:
         try:
             if os.stat(file.path).st_size > LEARNT_BYTES:
                 continue
-            _COMPILED[(file.sha256, file.filename)] = _compile(read_snapshot(file), file.filename)
+            with warnings.catch_warnings(record=True) as said:  # (compile-time warnings, e.g. SyntaxWarning)
+                warnings.simplefilter("always")
+                learnt = _compile(read_snapshot(file), file.filename)
         except (IntegrityError, OSError, SyntaxError, ValueError):
             continue
+        if not said:  # (code that warns is compiled by each child: its log shows the warning, as BEAT's)
+            _COMPILED[(file.sha256, file.filename)] = learnt
