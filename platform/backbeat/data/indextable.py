@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 from collections import namedtuple
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from operator import itemgetter
 from typing import Any
@@ -255,14 +255,20 @@ def memory_table(index_path: str | os.PathLike, n: int, cols: dict[str, Column])
 def write_columns(index_path: str | os.PathLike, fields: list[str], cols: dict[str, Column], n: int) -> dict:
     """Write the index of ``n`` entries given by their columns (:func:`columns`): BEAT's JSON file
     and its table; ``{"digest": index digest, "entries": n}``."""
-    digest = dbindex.write_index(index_path, to_json(fields, cols, n))
+    return _with_table(index_path, dbindex.write_index(index_path, to_json(fields, cols, n)), n, lambda: cols)
+
+
+def _with_table(index_path: str | os.PathLike, digest: str, n: int, cols: Callable[[], dict[str, Column]]) -> dict:
+    """The table of the index just written (``digest``, ``n`` entries, columns ``cols()``) written
+    beside it, an earlier one removed; ``{"digest": digest, "entries": n}``."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(table_path(index_path))  # (of an earlier index)
     try:
-        _check_names(sorted(cols), os.fspath(index_path))
+        found = cols()
+        _check_names(sorted(found), os.fspath(index_path))
     except DataError:  # an index BEAT cannot reload either: reading it says why (in the provider)
         return {"digest": digest, "entries": n}
-    write_table(index_path, digest, n, cols)
+    write_table(index_path, digest, n, found)
     return {"digest": digest, "entries": n}
 
 
@@ -285,17 +291,12 @@ def write_index(index_path: str | os.PathLike, entries: Sequence[Any]) -> dict:
     if found is not None:
         return write_columns(index_path, *found, len(entries))
     # entries of several shapes: simplejson writes them, the table comes from the file
-    digest = dbindex.write_index(index_path, entries)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(table_path(index_path))  # (of an earlier index)
-    try:
+
+    def read_back() -> dict[str, Column]:
         with open(index_path, "rb") as f:
-            _n, cols = _from_json(f.read(), os.fspath(index_path))
-        _check_names(sorted(cols), os.fspath(index_path))
-    except DataError:  # an index BEAT cannot reload either: reading it says why (in the provider)
-        return {"digest": digest, "entries": len(entries)}
-    write_table(index_path, digest, len(entries), cols)
-    return {"digest": digest, "entries": len(entries)}
+            return _from_json(f.read(), os.fspath(index_path))[1]
+
+    return _with_table(index_path, dbindex.write_index(index_path, entries), len(entries), read_back)
 
 
 def _check_names(names: list[str], where: str) -> type:

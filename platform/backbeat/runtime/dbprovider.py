@@ -102,8 +102,10 @@ def _build_index(spec: DatasetSpec) -> dict:
         assert found is not None
         written.update(indextable.write_columns(spec.index_path, *found, n))
 
-    if table is None:  # (entries of several shapes: simplejson writes them, the table is read back)
+    if found is None:  # (entries of several shapes: simplejson writes them, the table is read back)
         written.update(indextable.write_index(spec.index_path, entries))
+    elif table is None:  # (fields that are no attribute names: the files now, nothing to probe meanwhile)
+        write()
     del entries  # (1M entries: ~150 MB the probe, reading the table, no longer needs)
     try:  # errors of get() are the blocks' to report, when they read the unit
         dataset = _Dataset(spec, recorder, indextable.Entries(table) if table is not None else None)
