@@ -16,14 +16,15 @@ FORKED = textwrap.dedent("""
     from backbeat.execution.state import PRELOAD
     from backbeat.processes.workerpool import ForkServer
 
-    def folders():
-        return set(glob.glob("/dev/shm/bb-rehearsal-*")) | set(glob.glob(os.path.join(tempfile.gettempdir(),
-                                                                                       "bb-rehearsal-*")))
-    before = folders()
+    def folders(pids):  # (only this script's: other suites on the machine make and remove theirs meanwhile)
+        found = set(glob.glob("/dev/shm/bb-rehearsal-*")) | set(glob.glob(os.path.join(tempfile.gettempdir(),
+                                                                                        "bb-rehearsal-*")))
+        return {f for f in found if int(os.path.basename(f).split("-")[2]) in pids}
     out = os.path.join(sys.argv[2], "report.json")
     learnt = os.path.join(sys.argv[2], "learnt")
     fmt = {"name": "test/learnt/1", "expanded": {"x": "int32", "s": "string"}}
     with ForkServer(preload=PRELOAD, mode="fork") as server:
+        ours = {os.getpid(), server.zygote_pid}  # (the zygote rehearses, as it preloads)
         handle = server.spawn("_workerpool_targets:report_rehearsal", {"out": out})
         handle.wait(60)
         assert handle.exit.ok, handle.exit
@@ -34,7 +35,7 @@ FORKED = textwrap.dedent("""
         assert first.exit.ok and second.exit.ok, (first.exit, second.exit)
     report = json.load(open(out))
     report["learnt"] = open(learnt).read()
-    report["folders_left"] = sorted(folders() - before)
+    report["folders_left"] = sorted(folders(ours))
     print(json.dumps(report))
 """)
 
@@ -56,7 +57,8 @@ ALONE = textwrap.dedent("""
     from backbeat.data.cachereader import CacheReader
     from backbeat.runtime import rehearsal
     dead = os.path.join("/dev/shm" if os.access("/dev/shm", os.W_OK) else os.environ["TMPDIR"],
-                        "bb-rehearsal-999999999-left")  # (no such pid: pid_max is at most 4194304)
+                        f"bb-rehearsal-999999999-left{os.getpid()}")  # (no such pid: pid_max is at most 4194304;
+    # named after this process: another suite running this test at the same time makes its own)
     os.makedirs(dead)
     used = []
     folder = rehearsal._folder
