@@ -36,8 +36,8 @@ def _view(root: Path, fail_at: int | None = None):
 
 @pytest.mark.parametrize("fail_at", [None, 4, 24], ids=["complete", "first half fails", "second half fails"])
 def test_two_processes_record_what_one_process_records(tmp_path, fail_at):
-    """... and so do two copies probing while the job does other work (``meanwhile``: writing
-    the index files), the job itself probing nothing."""
+    """... and so do a copy probing while the job does other work (``meanwhile``: writing the
+    index files) on two slots, the job probing the first half after it."""
     results = {}
     for parallel, meanwhile in ((False, False), (True, False), (True, True)):
         root = tmp_path / f"{parallel}-{meanwhile}"
@@ -50,11 +50,11 @@ def test_two_processes_record_what_one_process_records(tmp_path, fail_at):
             pids.append(os.getpid())  # (in a copy: its own list)
             return get(output, start)
 
-        outcome = probe(watched, calls, recorder, parallel=parallel,
-                        meanwhile=(lambda done=done: done.append(os.getpid())) if meanwhile else None)
+        outcome = probe(watched, calls, recorder, parallel=parallel, cores=2,
+                        meanwhile=(lambda done=done, pids=pids: done.append(len(pids))) if meanwhile else None)
         results[parallel, meanwhile] = outcome, sorted(recorder.seen), {v["phase"] for v in recorder.seen.values()}
         if meanwhile:
-            assert done == [os.getpid()] and pids == []  # done once, here; every unit probed by the copies
+            assert done == [0] and 0 < len(pids) <= 6  # done once, here, before the job probed the first half
     assert results[True, False] == results[False, False] == results[True, True]
     outcome, seen, phases = results[True, True]
     if fail_at is None:
@@ -65,8 +65,8 @@ def test_two_processes_record_what_one_process_records(tmp_path, fail_at):
 
 
 def test_work_done_meanwhile_that_fails_stops_both_halves(tmp_path):
-    """What ``meanwhile`` raises is raised at once: the copies probing (which would sleep a minute
-    here) are killed and reaped."""
+    """What ``meanwhile`` raises is raised at once: the copy probing (which would sleep a minute
+    here) is killed and reaped."""
     get, calls = _view(tmp_path)
     pids = tmp_path / "pids"
 
@@ -76,17 +76,28 @@ def test_work_done_meanwhile_that_fails_stops_both_halves(tmp_path):
         time.sleep(60)
 
     def failing():
-        assert wait_until(lambda: pids.exists() and len(set(pids.read_text().split())) == 2)
+        assert wait_until(lambda: pids.exists() and len(set(pids.read_text().split())) == 1)
         raise OSError(28, "No space left on device")
 
     t0 = time.monotonic()
     with pytest.raises(OSError, match="No space left"):
-        probe(slow, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True, meanwhile=failing)
+        probe(slow, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True, cores=2, meanwhile=failing)
     assert time.monotonic() - t0 < 20
     for child in set(map(int, pids.read_text().split())):
         with pytest.raises(ChildProcessError):  # reaped: no child of ours left
             os.waitpid(child, os.WNOHANG)
         assert not psutil.pid_exists(child)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable core: the probe never forks")
+def test_a_job_with_work_of_its_own_keeps_to_its_two_slots(tmp_path):
+    """On two ``-j`` slots, a job writing its index files while it probes forks one copy, not two
+    (three busy processes on two slots: the review of wave 8)."""
+    get, calls = _view(tmp_path)
+    copies = []
+    outcome = probe(get, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True, cores=2,
+                    meanwhile=lambda: copies.append(len(psutil.Process().children())))
+    assert outcome == "complete" and copies == [1]
 
 
 def test_a_second_half_that_dies_stops_the_probe(tmp_path):

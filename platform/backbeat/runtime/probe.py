@@ -16,8 +16,10 @@ manifest, which is canonical JSON), and if ``get`` raises, the probe stops at th
 failing call in order — the second half's files count only when the first half completed.
 
 A job with work of its own that the probe does not need (``meanwhile``: writing the index
-files, which the keys need as well) gives both halves to two copies and does that work
-while they probe, so that the work and the probe overlap instead of following each other.
+files, which the keys need as well) does that work while a copy probes, so that the work and
+the probe overlap instead of following each other: on two slots, one copy probes the second
+half while the job does its work and then probes the first half (never more busy processes
+than its slots); on three or more, two copies probe both halves while the job does its work.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
     """Call ``get`` for every unit of ``calls`` while ``recorder`` watches (phase ``get``):
     ``"complete"``, or ``"stopped: <exception>"`` at the first call that raised.  ``cores``:
     how many cores the job may use (its ``-j`` slots; 0: those it may run on).  ``meanwhile``:
-    called once, before the probe in one process, or while two copies probe both halves (what it
-    raises is raised, the copies killed and reaped)."""
+    called once, before the probe in one process, or while the copies probe (what it raises is
+    raised, the copies killed and reaped)."""
     total = sum(len(starts) for _, starts in calls)
+    usable = len(os.sched_getaffinity(0))
+    slots = min(usable, cores or usable)
     if parallel is None:
-        usable = len(os.sched_getaffinity(0))
-        parallel = total >= PARALLEL_UNITS and min(usable, cores or usable) >= 2
+        parallel = total >= PARALLEL_UNITS and slots >= 2
     if not parallel:
         if meanwhile is not None:
             meanwhile()
@@ -73,8 +76,10 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
     mid = total // 2
     halves: list[tuple[int, Any, str]] = []
     try:
-        if meanwhile is None:
+        if meanwhile is None or slots < 3:  # (the job's work, if any, then the first half: two busy processes)
             halves.append((*_fork(get, calls, recorder, mid, total), "second"))
+            if meanwhile is not None:
+                meanwhile()
             try:
                 with recorder.watch("get"):
                     _run(get, calls, 0, mid)
