@@ -242,7 +242,8 @@ def test_the_key_ignores_per_session_variables(monkeypatch):
 
 def test_the_key_is_computed_once_per_process_and_again_in_a_new_one(tmp_path, monkeypatch):
     """A command not served asks for its key three times: the package is stat'ed once; a changed
-    file changes the key of a new process (and of a template checking its own, ``fresh``)."""
+    file changes the key of a new process (and of a template checking its own, ``fresh``), and
+    of a long-lived process a second later (it does not keep asking for the old template)."""
     monkeypatch.setattr(sys, "path", [os.path.dirname(sys.executable), *sys.path[1:]])
     module = tmp_path / "m.py"
     module.write_text("a = 1\n")
@@ -256,4 +257,12 @@ def test_the_key_is_computed_once_per_process_and_again_in_a_new_one(tmp_path, m
     assert templatekey.context_key(fresh=True) not in (None, key)
     monkeypatch.setattr(os, "getpid", lambda: 1 << 30)  # (another process)
     module.write_text("a = 333\n")
-    assert templatekey.context_key() not in (None, key) and len(walks) == 3
+    now = [0.0]
+    monkeypatch.setattr(templatekey, "_clock", lambda: now[0])
+    later = templatekey.context_key()
+    assert later not in (None, key) and len(walks) == 3
+    module.write_text("a = 4444\n")
+    now[0] = templatekey.REUSE_S / 2
+    assert templatekey.context_key() == later and len(walks) == 3  # (within the second: reused)
+    now[0] = templatekey.REUSE_S
+    assert templatekey.context_key() not in (None, key, later) and len(walks) == 4

@@ -8,7 +8,7 @@ command itself (:mod:`backbeat.cli.client`) and the zygotes of runs, but only th
 its *context*: :func:`context_key`, the name of its socket.  The thin client computes the key
 before anything else is imported, so this module imports nothing but small built-in modules
 (no ``json``, ``re``, ``enum``, ``hashlib``, ``socket`` nor ``signal``: ~10 ms of imports on the
-client's path; ``resource`` and ``_socket`` only in the functions that need them).
+client's path; ``resource`` and ``_socket`` only in the functions that need them; ``time`` is built in).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 
 SWITCH = "BACKBEAT_TEMPLATE"
 FOLDER = "BACKBEAT_TEMPLATE_DIR"
@@ -171,8 +172,12 @@ def _sha256(data: bytes) -> str:
 
 
 #: the last key this process computed, by what it depends on that a process may change while it
-#: lives (:func:`context_key`)
-_LAST: tuple[tuple, str] | None = None
+#: lives, and when (:func:`context_key`)
+_LAST: tuple[tuple, float, str] | None = None
+#: how long a key computed by this process is reused (seconds): a command's three asks fall within
+#: it; a long-lived process (the library API) sees a changed package within it, as a new process would
+REUSE_S = 1.0
+_clock = time.monotonic
 
 
 def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY, fresh: bool = False) -> str | None:
@@ -181,11 +186,13 @@ def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY, fresh: b
     interpreter's folder (only the installed ``backbeat`` command: with ``python -m`` the working
     folder comes first, whose files could shadow modules the template imports, unseen by the key).
 
-    Computed once per process (3-8 ms: it stats every file of the package; a command not served
-    asks for it three times: its client, its run's zygote, the template it starts at its end):
-    again only when what a process may change while it lives changed (``sys.path``, ``-W``
-    options, the environment, its ids and limits), in a new process (a fork too), or ``fresh``
-    (a template checking that its files and context are still those of its key)."""
+    Computed once per process and second (3-8 ms: it stats every file of the package; a command
+    not served asks for it three times: its client, its run's zygote, the template it starts at
+    its end): again when what a process may change while it lives changed (``sys.path``, ``-W``
+    options, the environment, its ids and limits), in a new process (a fork too), once
+    :data:`REUSE_S` has passed (a long-lived process: its package may have changed — it must not
+    keep asking for a template of files that are no longer there), or ``fresh`` (a template
+    checking that its files and context are still those of its key)."""
     global _LAST
     if any(not os.path.isabs(p) for p in sys.path) or any(m.split(".")[0] not in ALLOWED for m in preload):
         return None
@@ -195,8 +202,9 @@ def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY, fresh: b
             tuple(sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE)),
             (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), tuple(sorted(os.getgroups()))),
             tuple(hard for _soft, hard in limits().values()))
-    if not fresh and _LAST is not None and _LAST[0] == live:
-        return _LAST[1]
+    now = _clock()
+    if not fresh and _LAST is not None and _LAST[0] == live and now - _LAST[1] < REUSE_S:
+        return _LAST[2]
 
     def mtime(p: str) -> int | None:
         try:
@@ -221,5 +229,5 @@ def context_key(preload: tuple[str, ...] = PRELOAD, entry: str = ENTRY, fresh: b
              ("label", _read("/proc/self/attr/current")), ("preload", preload), ("entry", entry), ("warm", WARM),
              ("package", _package_signature()))
     key = _sha256(repr(parts).encode("utf-8", "surrogateescape"))[:32]
-    _LAST = (live, key)
+    _LAST = (live, now, key)
     return key
