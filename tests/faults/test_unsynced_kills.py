@@ -25,9 +25,11 @@ from harness import (  # noqa: F401 - fixtures
     Scene,
     output_digests,
     references_fixture,
+    remount,
     scene_fixture,
     served,
     templates_fixture,
+    tmpfs,
     wait_until,
 )
 
@@ -200,3 +202,31 @@ def test_a_served_command_running_two_experiments_syncs_the_first_before_the_sec
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "ForkServer started after threads" not in err, err
+
+
+def test_a_sync_that_fails_after_the_answer_is_said_in_the_templates_log(scene, templates):
+    """A served command whose outputs cannot be made durable after its answer (its cache made
+    read-only meanwhile: their marks cannot be cleared) says so in its template's log, naming each
+    file; they stay marked, and ``cache verify`` says they are not yet durable."""
+    name = scene.experiment("unsyncable")
+    with tmpfs(scene.root / "ram", "32m") as cache:
+        _env, template, start = served(scene, templates, BACKBEAT_SYNC_DELAY_S="3")
+        proc = start(cache, "experiments", "run", name, "--json")
+        out, err = proc.communicate(timeout=50)
+        assert proc.returncode == 0, err
+        report = json.loads(out)
+        assert report["status"] == "ok" and not [w for w in report.get("warnings", []) if "durable" in w], report
+        remount(cache, "ro")  # (its syncer is held back 3 s: the answer did not wait for it)
+        try:
+            assert wait_until(lambda: not template.children(), timeout=30), "the command never ended"
+        finally:
+            remount(cache, "rw")
+        store = open_store(cache)
+        outputs = [store.output_path(k) for b in report["blocks"].values() for k in b["outputs"].values()]
+        (log,) = (templates / "t").glob("*.log")
+        said = [line for line in log.read_text().splitlines() if "was not made durable" in line]
+        assert all(any(f"`{p}'" in line and "after its answer" in line and "read-only" in line for line in said)
+                   for p in outputs), (outputs, log.read_text())
+        assert all(durable.is_unsynced(p.stat()) for p in outputs)
+        verified = {r["path"]: r["message"] for r in verify_cache(cache) if r["status"] == "ok"}
+        assert {verified[str(p)] for p in outputs} == {"intact, not yet durable (marked unsynced)"}, verified

@@ -60,9 +60,15 @@ def pending() -> bool:
 
 
 def run_after_answer() -> None:
-    """Run the work left for after the answer, in order (nobody hears of a failure: the work
-    left there must leave things as safe as not doing it)."""
+    """Run the work left for after the answer, in order.  The client heard the answer already: a
+    failure is only said on the standard error — a served command's is its template's log by
+    then — (the work left there must leave things as safe as not doing it)."""
     while _after:
         work = _after.pop(0)
-        with contextlib.suppress(BaseException):
+        try:
             work()
+        except BaseException:  # noqa: BLE001 - said, never raised: the answer is given
+            with contextlib.suppress(BaseException):
+                import traceback
+
+                traceback.print_exc()

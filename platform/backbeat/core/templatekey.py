@@ -57,8 +57,11 @@ ANSWER_S = 1.0
 #: cost the client ~10 ms; those the client ignores stay ignored in the command)
 RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCONT", "SIGALRM")
 #: the files of a template in its folder (:func:`file`): its socket, its lock (held while it
-#: lives) and the mark of a failed start
-SOCKET, LOCK, FAILED = ".sock", ".lock", ".failed"
+#: lives), the mark of a failed start and its log (its standard error: why it failed to start,
+#: and what its commands could not do after their answer, when nobody listens any more)
+SOCKET, LOCK, FAILED, LOG = ".sock", ".lock", ".failed", ".log"
+#: a template's log is started afresh when it is larger than this as a template starts (bytes)
+LOG_MAX = 1 << 20
 _NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")
 #: the longest path of a Unix socket (``sun_path``, with its NUL)
 _PATH_MAX = 107
@@ -99,7 +102,8 @@ def folder() -> str | None:
 
 
 def file(where: str, key: str, kind: str) -> str:
-    """The file of template ``key`` in ``where`` of ``kind`` (:data:`SOCKET`, :data:`LOCK`, :data:`FAILED`)."""
+    """The file of template ``key`` in ``where`` of ``kind`` (:data:`SOCKET`, :data:`LOCK`, :data:`FAILED`,
+    :data:`LOG`)."""
     return os.path.join(where, key + kind)
 
 

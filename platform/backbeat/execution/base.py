@@ -28,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import ClassVar
@@ -222,8 +224,15 @@ def _durable_after_answer(store: CacheStore) -> None:
     """After a served command's answer: wait until the outputs it committed are durable (their
     marks cleared).  Nothing is written to the cache meanwhile — its folder may be removed as
     soon as the command has answered —: the stat memo is not (what the syncer would make it
-    remember is within its racy window, never trusted by a lookup: :mod:`backbeat.core.statmemo`)."""
-    store.durability.wait(remember=False)
+    remember is within its racy window, never trusted by a lookup: :mod:`backbeat.core.statmemo`).
+    An output that could not be made durable is said on the standard error — the template's log
+    by then —; it stays marked (``cache verify``: "not yet durable"), verified whenever it is read."""
+    for path, exc in sorted(store.durability.wait(remember=False).items()):
+        print(f"backbeat {time.strftime('%Y-%m-%dT%H:%M:%S')} (pid {os.getpid()}, after its answer to "
+              f"`{' '.join(sys.argv[1:])}'): warning: "
+              f"{describe_environmental(exc, path, doing='syncing', cache=store.location)}: the cache file was not "
+              f"made durable (it stays marked unsynced, and is verified by its digest before it is trusted)",
+              file=sys.stderr, flush=True)
 
 
 def finish(run: Run) -> None:

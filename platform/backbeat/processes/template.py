@@ -73,6 +73,8 @@ from backbeat.core.templatekey import (
     ENTRY,
     FAILED,
     LOCK,
+    LOG,
+    LOG_MAX,
     PRELOAD,
     SOCKET,
     context,
@@ -87,6 +89,8 @@ from backbeat.processes import reaper
 from backbeat.processes.freshstate import fresh_std_streams
 
 IDLE_S = 600.0
+#: how long the log of a template that is gone is kept (seconds)
+_LOG_KEPT_S = 7 * 86400.0
 #: a template that failed to start is not started again for this long (seconds)
 _FAILED_S = 600.0
 #: the signals a client relays (:data:`~backbeat.core.templatekey.RELAYED`; blocked in the template
@@ -199,20 +203,40 @@ def launch(key: str, where: str) -> int | None:
             "from backbeat.processes.templateserver import serve; serve(*sys.argv[2:])")
     argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", boot,  # type: ignore[attr-defined]
             json.dumps(sys.path), key, where, ",".join(PRELOAD), ENTRY]
+    log = _open_log(where, key)
     try:
         proc = subprocess.Popen(argv, cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                                stderr=subprocess.DEVNULL if log is None else log, start_new_session=True,
+                                close_fds=True)
     except OSError:
         return None
+    finally:
+        if log is not None:
+            os.close(log)
     reaper.spare(proc.pid)  # (a child in another session: not a leftover of a block)
     return proc.pid
+
+
+def _open_log(where: str, key: str) -> int | None:
+    """The template's log (``<key>.log``, its standard error), appended to — started afresh when
+    larger than :data:`LOG_MAX` —; None if it cannot be opened (the template then logs nothing)."""
+    path = file(where, key, LOG)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_size > LOG_MAX:
+            os.ftruncate(fd, 0)
+    return fd
 
 
 # --------------------------------------------------------------------------- the template
 
 def sweep(where: str, keep: str) -> None:
     """Remove the leftovers of other templates from ``where``: ``.failed`` marks older than
-    :data:`_FAILED_S`, and ``.lock``/``.sock`` files whose lock nobody holds (their template is gone)."""
+    :data:`_FAILED_S`, ``.lock``/``.sock`` files whose lock nobody holds (their template is gone),
+    and the logs of gone templates untouched for :data:`_LOG_KEPT_S`."""
     try:
         names = os.listdir(where)
     except OSError:
@@ -220,9 +244,14 @@ def sweep(where: str, keep: str) -> None:
     now = time.time()
     for name in names:
         key, kind = os.path.splitext(name)
-        if key == keep or kind not in (LOCK, FAILED):
+        if key == keep or kind not in (LOCK, FAILED, LOG):
             continue
         path = os.path.join(where, name)
+        if kind == LOG:
+            with contextlib.suppress(OSError):
+                if now - os.stat(path).st_mtime >= _LOG_KEPT_S and not os.path.exists(file(where, key, LOCK)):
+                    os.unlink(path)
+            continue
         if kind == FAILED:
             with contextlib.suppress(OSError):
                 if now - os.stat(path).st_mtime >= _FAILED_S:

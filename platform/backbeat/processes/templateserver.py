@@ -328,6 +328,7 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object, sai
     if os.getppid() != ppid:
         os._exit(1)
     template._SERVED = True
+    log = os.dup(2)  # (the template's log: its standard error after the answer; not inherited)
     template.adopt(req, fds, stdin=True)
     freshstate.seed_numpy()  # (its own random state, as a new process's: ``random`` reseeds itself)
     for fd in fds:
@@ -351,7 +352,7 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object, sai
         os._exit(0)
     # (the connection tells the client the exit status as soon as it is known; never inherited:
     # closed in any process forked from this one, close-on-exec for the others)
-    told = [said]  # (closed once: in a process forked from one forked from this one, its number is another's)
+    told = [said, log]  # (closed once: in a process forked from one forked from this one, their numbers are others')
     os.register_at_fork(after_in_child=lambda: _forget(conn, told))
     os.register_at_fork(after_in_child=exiting.forget)  # (a fork never answers: it leaves nothing for after)
     exiting.answer_later()
@@ -379,8 +380,9 @@ def run_command(req: dict, fds: list[int], conn: socket.socket, run: object, sai
     with contextlib.suppress(OSError):
         conn.send(f"exit {code}".encode())  # (before this process's teardown: the client exits now)
     if exiting.pending():
-        _let_go(conn)
-        exiting.run_after_answer()
+        _let_go(conn, log)
+        exiting.run_after_answer()  # (what it cannot do is said on the standard error: the template's log)
+        _flush()
     os._exit(code)
 
 
@@ -388,21 +390,23 @@ def _forget(conn: socket.socket, told: list[int] | None = None) -> None:
     fd = conn.detach()  # (-1 in a process forked from one that forgot it already)
     if fd >= 0:
         os.close(fd)
-    if told and told[0] >= 0:
-        with contextlib.suppress(OSError):
-            os.close(told[0])
-        told[0] = -1
+    for i, fd in enumerate(told or ()):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            told[i] = -1  # type: ignore[index]
     durable.forget_peers()
 
 
-def _let_go(conn: socket.socket) -> None:
+def _let_go(conn: socket.socket, log: int = -1) -> None:
     """After the answer: nothing of the client is held any more (whoever reads its streams to
-    their end, as a shell's ``$(…)`` does, is not kept waiting)."""
+    their end, as a shell's ``$(…)`` does, is not kept waiting); the standard error is the
+    template's ``log`` (a descriptor) from now on, if it has one."""
     _flush()
     with contextlib.suppress(OSError):
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
-            os.dup2(null, fd)
+            os.dup2(log if fd == 2 and log >= 0 else null, fd)
         os.close(null)
     _forget(conn)
 
