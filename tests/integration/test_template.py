@@ -156,19 +156,23 @@ def test_another_context_gets_another_template_and_a_stale_one_is_replaced(env, 
 
 
 def test_an_idle_template_leaves_and_nothing_of_it_nor_of_older_ones(env, tmp_path):
-    """It removes its socket and lock when it leaves; starting, the leftovers of templates gone
-    (a ``.lock`` nobody holds, a stale ``.sock``, a ``.failed`` mark older than 10 minutes)."""
+    """It removes its socket and lock when it leaves (its log stays); starting, the leftovers of
+    templates gone (a ``.lock`` nobody holds, a stale ``.sock``, a ``.failed`` mark older than 10
+    minutes, a log untouched for a week)."""
     env["BACKBEAT_TEMPLATE_IDLE"] = "0.5"
     folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
     folder.mkdir(mode=0o700, parents=True)
-    old = ["gone.lock", "gone.sock", "old.failed"]
-    for name in [*old, "new.failed"]:
+    old = ["gone.lock", "gone.sock", "old.failed", "ancient.log"]
+    for name in [*old, "new.failed", "recent.log"]:
         (folder / name).write_text("")
     os.utime(folder / "old.failed", (time.time() - 3600,) * 2)
+    os.utime(folder / "ancient.log", (time.time() - 8 * 86400,) * 2)
     pid = warm(env, tmp_path)
     assert not any((folder / name).exists() for name in old) and (folder / "new.failed").exists()
     assert wait_until(lambda: not _alive(pid), timeout=30)
-    assert sorted(p.name for p in folder.iterdir()) == ["new.failed"]
+    names = sorted(p.name for p in folder.iterdir())
+    own = [n for n in names if n.endswith(".log") and n != "recent.log"]  # (its log stays)
+    assert len(own) == 1 and sorted(set(names) - set(own)) == ["new.failed", "recent.log"], names
 
 
 def test_switched_off_by_the_environment_or_the_configuration(tmp_path, monkeypatch):
