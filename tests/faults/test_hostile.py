@@ -24,9 +24,12 @@ from harness import SEED, children_of, hostile, references_fixture, scene_fixtur
 from backbeat.processes.logs import HEAD, TAIL
 
 
-def _dead(pid: int) -> bool:
+def _dead(pid: int, born: float | None = None) -> bool:
+    """Whether process ``pid`` (started at ``born``, if given: not another process that got its
+    pid meanwhile — pid_max may be 32768 on a machine forking thousands) has ended."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        proc = psutil.Process(pid)
+        return proc.status() == psutil.STATUS_ZOMBIE or (born is not None and proc.create_time() != born)
     except psutil.NoSuchProcess:
         return True
 
@@ -75,15 +78,17 @@ def test_a_detached_grandchild_dies_with_the_run(scene, references, tmp_path, ki
     proc = scene.start("experiments", "run", name, "--json", env={"HOSTILE_PID_FILE": str(pid_file)})
     assert wait_until(lambda: pid_file.exists() or proc.poll() is not None), proc.communicate()
     grandchild = int(pid_file.read_text())
-    blocks = {b.pid for z in children_of(proc.pid) for b in z.children()}
-    assert not _dead(grandchild) and os.getsid(grandchild) not in blocks  # detached: another session
+    born = psutil.Process(grandchild).create_time()
+    blocks = {b.pid for z in children_of(proc.pid) for b in children_of(z.pid)}
+    assert not _dead(grandchild, born) and os.getsid(grandchild) not in blocks  # detached: another session
     if kill == "command":
         proc.kill()
     elif kill == "fork server":
         for zygote in children_of(proc.pid):
             zygote.kill()
     out, err = proc.communicate(timeout=30)  # returns once every holder of the pipes is gone
-    assert wait_until(lambda: _dead(grandchild), 5), "the detached grandchild outlived the run"
+    # (its fork server kills it as it stops: within seconds, more under load; it would sleep ten minutes)
+    assert wait_until(lambda: _dead(grandchild, born), 20), "the detached grandchild outlived the run"
     if kill is None:
         assert proc.returncode == 0 and json.loads(out)["status"] == "ok", err
         assert time.monotonic() - t0 < 30  # (the grandchild sleeps ten minutes)
