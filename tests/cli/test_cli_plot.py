@@ -8,6 +8,7 @@ magic bytes are checked.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -99,7 +100,9 @@ def test_plotter_timeout(ran: Path, tmp_path: Path) -> None:
     proc = run_cli("-p", ran, "experiments", "plot", EXP, "-o", tmp_path, "-p", "scatter,plotfx/slow_text/1",
                    "--timeout", "0.3", timeout=20)
     assert proc.returncode == 1
-    assert "failed (timeout): the plotter was killed after exceeding its time limit (0.3 s)" in proc.stderr
+    # (how long it ran: the limit and the kill's delay, longer under load)
+    assert re.search(r"failed \(timeout\): the plotter was killed after exceeding its time limit \(it ran \d+\.\d s\)",
+                     proc.stderr), proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 

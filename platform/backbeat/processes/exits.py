@@ -61,7 +61,7 @@ class Exit:
         if self.kind == "signal":
             return f"killed by signal {self.signal}"
         if self.kind == "timeout":
-            return f"killed after exceeding its time limit ({self.wall_s:.1f} s)"
+            return f"killed after exceeding its time limit (it ran {self.wall_s:.1f} s)"
         if self.kind == "lost":
             return f"lost with its fork server (killed by {self.signal})"
         if self.oom is not None:
