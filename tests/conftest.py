@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RUN_PREFIX = FIXTURES / "run" / "prefix"
 #: prefix of experiments also run by BEAT (expected results in ``exec/expected.json``)
 EXEC_PREFIX = FIXTURES / "exec" / "prefix"
+
+# the processes tests start get SIGINT as from a terminal (KeyboardInterrupt) even when the suite
+# itself was started with it ignored (in the background by a non-interactive shell, nohup): an
+# ignored signal stays ignored across exec, and tests send it to their commands
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: runs of the suite fork their own fork servers: no warm template outlives a test (those testing
 #: templates switch them on in a folder of their own: tests/integration/test_template.py)

@@ -205,11 +205,12 @@ def test_a_stale_or_mismatched_template_is_not_used(tmp_path):
         shutil.rmtree(short, ignore_errors=True)
 
 
-def test_a_malformed_answer_is_no_zygote(tmp_path, monkeypatch):
+def test_a_malformed_answer_is_no_zygote(monkeypatch):
     """``open_zygote`` facing a server that answers garbage: no zygote, no exception."""
+    short = Path(tempfile.mkdtemp(prefix="bbs-", dir="/tmp"))  # (a socket's path is at most 107 bytes)
     monkeypatch.setattr(template, "context_key", lambda *a: "k" * 32)
-    monkeypatch.setattr(template, "folder", lambda: str(tmp_path))
-    path = tmp_path / f"{'k' * 32}.sock"
+    monkeypatch.setattr(template, "folder", lambda: str(short))
+    path = short / f"{'k' * 32}.sock"
     for garbage in (b'{"ok": true, "pid": "12"}', b"[1, 2]", b'{"ok": true}', b"\xff", b'"ok"'):
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as srv:
             srv.bind(str(path))
@@ -226,6 +227,7 @@ def test_a_malformed_answer_is_no_zygote(tmp_path, monkeypatch):
             assert template.open_zygote(("numpy",)) is None
             thread.join(5)
         path.unlink()
+    shutil.rmtree(short, ignore_errors=True)
 
 
 def test_the_key_ignores_per_session_variables(monkeypatch):
