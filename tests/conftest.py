@@ -22,11 +22,13 @@ RUN_PREFIX = FIXTURES / "run" / "prefix"
 #: prefix of experiments also run by BEAT (expected results in ``exec/expected.json``)
 EXEC_PREFIX = FIXTURES / "exec" / "prefix"
 
-# the processes tests start get SIGINT as from a terminal (KeyboardInterrupt) even when the suite
-# itself was started with it ignored (in the background by a non-interactive shell, nohup): an
-# ignored signal stays ignored across exec, and tests send it to their commands
+# the processes tests start get SIGINT and SIGHUP as from a terminal even when the suite itself was
+# started with them ignored (in the background by a non-interactive shell, nohup): an ignored signal
+# stays ignored across exec, and tests send them to their commands
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 #: runs of the suite fork their own fork servers: no warm template outlives a test (those testing
 #: templates switch them on in a folder of their own: tests/integration/test_template.py)
