@@ -66,6 +66,7 @@ def sample_run(command: list[str], env: dict) -> dict:
     t0 = time.monotonic()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: dict[int, dict] = {}
+    grew: dict[int, list[tuple[float, int]]] = {}  # pid -> (time, CPU ticks) whenever its CPU grew
     running: dict[int, int] = {}
     roots = runner.templates()
     n = 0
@@ -86,6 +87,7 @@ def sample_run(command: list[str], env: dict) -> dict:
             e = seen.setdefault(pid, {"ppid": ppid, "first": now, "cpu_end": now, "last": now, "user": ut, "sys": stt})
             if ut + stt != e["user"] + e["sys"]:
                 e["cpu_end"] = now
+                grew.setdefault(pid, []).append((now, ut + stt))
             e.update(last=now, user=ut, sys=stt)
             busy += state == "R"
         running[busy] = running.get(busy, 0) + 1
@@ -116,6 +118,12 @@ def sample_run(command: list[str], env: dict) -> dict:
     feeder = f"identity{CHAIN}"
     if "analyzer" in procs and feeder in procs:
         out["tail"] = round(procs["analyzer"]["cpu_end"] - procs[feeder]["cpu_end"], 3)
+        # the analyzer's backlog in its own CPU time, whatever else ran meanwhile: what it computed
+        # after its feeder stopped (the tail's length on an idle machine, at load's mercy otherwise)
+        analyzer = next(p for p, n in names.items() if n == "analyzer")
+        before = [ticks for t, ticks in grew.get(analyzer, []) if t <= procs[feeder]["cpu_end"]]
+        total = procs["analyzer"]["user"] + procs["analyzer"]["sys"]
+        out["tail_cpu"] = round(max(0.0, total - (before[-1] / tick if before else 0.0)), 3)
     if proc.returncode:
         out["stderr"] = err[-2000:]
     return out
@@ -123,7 +131,7 @@ def sample_run(command: list[str], env: dict) -> dict:
 
 def print_run(tag: str, r: dict) -> None:
     print(f"{tag}: wall {r['wall']:.3f} s, load {r['load']:.2f}, CPU of the run {r['cpu']:.2f} s"
-          + (f", tail {r['tail']:.3f} s" if "tail" in r else "") + ("" if r["served"] else " (NOT served)"))
+          + (f", tail {r['tail']:.3f} s ({r.get('tail_cpu', 0):.2f} s of the analyzer's CPU)" if "tail" in r else "") + ("" if r["served"] else " (NOT served)"))
     for name, e in sorted(r["procs"].items(), key=lambda kv: kv[1]["first"]):
         print(f"    {name:12s} {e['first']:6.3f} -> CPU end {e['cpu_end']:6.3f}, gone {e['last']:6.3f}   "
               f"user {e['user']:5.2f} sys {e['sys']:5.2f}")
@@ -149,7 +157,9 @@ def summary(tag: str, runs: list[dict]) -> None:
     print(f"{tag}: n={len(runs)} wall median {med(lambda r: r['wall']):.3f} s [{min(walls):.3f}-{max(walls):.3f}], "
           f"CPU {med(lambda r: r['cpu']):.2f} s (command {cpu('command'):.2f}, zygote {cpu('zygote'):.2f}, "
           f"index {cpu('index') + cpu('probe half') + cpu('probe half 2'):.2f}, provider {cpu('provider'):.2f}, identity blocks "
-          f"{blocks:.2f}, analyzer {cpu('analyzer'):.2f}), tail median {med(lambda r: r.get('tail', 0)):.3f} s, "
+          f"{blocks:.2f}, analyzer {cpu('analyzer'):.2f}), tail median {med(lambda r: r.get('tail', 0)):.3f} s "
+          f"(analyzer CPU after its feeder stopped: median {med(lambda r: r.get('tail_cpu', 0)):.2f} s "
+          f"[{min(r.get('tail_cpu', 0) for r in runs):.2f}-{max(r.get('tail_cpu', 0) for r in runs):.2f}]), "
           f"load {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}")
 
 
