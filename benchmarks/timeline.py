@@ -59,12 +59,16 @@ def _stat(pid: int) -> tuple[int, str, int, int] | None:
     return int(fields[1]), fields[0].decode(), int(fields[11]), int(fields[12])
 
 
-def sample_run(command: list[str], env: dict) -> dict:
-    """Run ``command``; the timeline of every process of its tree and of the templates' trees."""
+def sample_run(command: list[str], env: dict, cwd: Path) -> dict:
+    """Run ``command`` in ``cwd`` (a folder of its own); the timeline of every process of its tree
+    and of the tree of the command a template serves for it (found by that folder: other
+    commands the machine's templates serve meanwhile are not this run's)."""
     tick = os.sysconf("SC_CLK_TCK")
     load = os.getloadavg()[0]
+    where = os.path.realpath(cwd)
+    before = {p for p, pp in runner._parents().items() if pp in runner.templates()}
     t0 = time.monotonic()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: dict[int, dict] = {}
     grew: dict[int, list[tuple[float, int]]] = {}  # pid -> (time, CPU ticks) whenever its CPU grew
     running: dict[int, int] = {}
@@ -75,9 +79,10 @@ def sample_run(command: list[str], env: dict) -> dict:
         if n % 20 == 0:
             roots = runner.templates()
         n += 1
-        pids = {proc.pid, *runner.descendants(proc.pid)}
-        for root in roots:
-            pids.update(runner.descendants(root))
+        parents = runner._parents()
+        pids = {proc.pid, *runner.descendants(proc.pid, parents=parents)}
+        for served in runner.served_commands(where, roots, before, parents):
+            pids.update((served, *runner.descendants(served, parents=parents)))
         busy = 0
         for pid in pids:
             st = _stat(pid)
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(cache, ignore_errors=True)
                 side_env = {**env, "PYTHONPATH": str(tree)} if tree else env
                 r = sample_run([backbeat, "--prefix", str(work / "prefix"), "--cache", str(cache),
-                                "experiments", "run", f"bench/bench/chain{CHAIN}/1/{name}", "--json"], side_env)
+                                "experiments", "run", f"bench/bench/chain{CHAIN}/1/{name}", "--json"], side_env, work)
                 if i:
                     results[tag].append(r)
                     if not args.quiet:
