@@ -69,10 +69,12 @@ def _parents() -> dict[int, int]:
     return out
 
 
-def descendants(root: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
-    """Every live descendant of ``root`` (not ``root``), skipping the subtrees of ``exclude``."""
+def descendants(root: int, exclude: set[int] | frozenset[int] = frozenset(),
+                parents: dict[int, int] | None = None) -> list[int]:
+    """Every live descendant of ``root`` (not ``root``), skipping the subtrees of ``exclude``
+    (``parents``: :func:`_parents`, if already read)."""
     children: dict[int, list[int]] = {}
-    for pid, ppid in _parents().items():
+    for pid, ppid in (parents if parents is not None else _parents()).items():
         children.setdefault(ppid, []).append(pid)
     found, todo = [], list(children.get(root, []))
     while todo:
@@ -149,17 +151,45 @@ class Measured:
         return ""
 
 
+def served_commands(cwd: str, templates_: set[int], before: frozenset[int] | set[int] = frozenset(),
+                    parents: dict[int, int] | None = None) -> list[int]:
+    """The commands the templates ``templates_`` serve for a client working in ``cwd`` (a served
+    command works in its client's folder), except those in ``before``: the processes of a served
+    run are these commands' trees, which are not the client's descendants."""
+    parents = parents if parents is not None else _parents()
+    found = []
+    for pid, ppid in parents.items():
+        if ppid in templates_ and pid not in before:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/cwd") == cwd:
+                    found.append(pid)
+    return found
+
+
 class _Sampler(threading.Thread):
-    def __init__(self, root: int, exclude: set[int], interval: float):
+    """Samples the memory of this process's tree and of the commands templates serve for it
+    (working in ``cwd``; a warm template started before this process is not its descendant),
+    the templates themselves left out: a served run's memory is its own processes' wherever
+    its template was started."""
+
+    def __init__(self, root: int, exclude: set[int], interval: float, cwd: str):
         super().__init__(daemon=True)
-        self.root, self.exclude, self.interval = root, exclude, interval
+        self.root, self.exclude, self.interval, self.cwd = root, exclude, interval, cwd
         self.stop = threading.Event()
         self.pss = self.rss = 0  # KiB
         self.procs = self.samples = 0
+        self.warm = templates()
+        self.before = {p for p, pp in _parents().items() if pp in self.warm}  # (commands served before the run)
 
     def run(self) -> None:
         while not self.stop.is_set():
-            pids = descendants(self.root, self.exclude)
+            if self.samples % 25 == 24:  # (a template the run itself started)
+                self.warm = templates()
+            parents = _parents()
+            pids = set(descendants(self.root, self.exclude | self.warm, parents))
+            for cmd in served_commands(self.cwd, self.warm, self.before, parents):
+                pids.add(cmd)
+                pids.update(descendants(cmd, self.exclude, parents))
             pss = rss = 0
             for pid in pids:
                 p, r = memory_kb(pid)
@@ -246,7 +276,7 @@ def run(command: list[str], *, cwd: str | Path | None = None, env: dict | None =
                                 text=True, start_new_session=True)
     except OSError as exc:
         return Measured(command, 0.0, 127, "", f"cannot start {command[0]}: {exc}")
-    sampler = _Sampler(me, exclude, interval) if memory else None
+    sampler = _Sampler(me, exclude, interval, os.path.realpath(cwd or os.getcwd())) if memory else None
     if sampler is not None:
         sampler.start()
     try:

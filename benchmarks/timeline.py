@@ -59,13 +59,18 @@ def _stat(pid: int) -> tuple[int, str, int, int] | None:
     return int(fields[1]), fields[0].decode(), int(fields[11]), int(fields[12])
 
 
-def sample_run(command: list[str], env: dict) -> dict:
-    """Run ``command``; the timeline of every process of its tree and of the templates' trees."""
+def sample_run(command: list[str], env: dict, cwd: Path) -> dict:
+    """Run ``command`` in ``cwd`` (a folder of its own); the timeline of every process of its tree
+    and of the tree of the command a template serves for it (found by that folder: other
+    commands the machine's templates serve meanwhile are not this run's)."""
     tick = os.sysconf("SC_CLK_TCK")
     load = os.getloadavg()[0]
+    where = os.path.realpath(cwd)
+    before = {p for p, pp in runner._parents().items() if pp in runner.templates()}
     t0 = time.monotonic()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: dict[int, dict] = {}
+    grew: dict[int, list[tuple[float, int]]] = {}  # pid -> (time, CPU ticks) whenever its CPU grew
     running: dict[int, int] = {}
     roots = runner.templates()
     n = 0
@@ -74,9 +79,10 @@ def sample_run(command: list[str], env: dict) -> dict:
         if n % 20 == 0:
             roots = runner.templates()
         n += 1
-        pids = {proc.pid, *runner.descendants(proc.pid)}
-        for root in roots:
-            pids.update(runner.descendants(root))
+        parents = runner._parents()
+        pids = {proc.pid, *runner.descendants(proc.pid, parents=parents)}
+        for served in runner.served_commands(where, roots, before, parents):
+            pids.update((served, *runner.descendants(served, parents=parents)))
         busy = 0
         for pid in pids:
             st = _stat(pid)
@@ -86,6 +92,7 @@ def sample_run(command: list[str], env: dict) -> dict:
             e = seen.setdefault(pid, {"ppid": ppid, "first": now, "cpu_end": now, "last": now, "user": ut, "sys": stt})
             if ut + stt != e["user"] + e["sys"]:
                 e["cpu_end"] = now
+                grew.setdefault(pid, []).append((now, ut + stt))
             e.update(last=now, user=ut, sys=stt)
             busy += state == "R"
         running[busy] = running.get(busy, 0) + 1
@@ -116,6 +123,12 @@ def sample_run(command: list[str], env: dict) -> dict:
     feeder = f"identity{CHAIN}"
     if "analyzer" in procs and feeder in procs:
         out["tail"] = round(procs["analyzer"]["cpu_end"] - procs[feeder]["cpu_end"], 3)
+        # the analyzer's backlog in its own CPU time, whatever else ran meanwhile: what it computed
+        # after its feeder stopped (the tail's length on an idle machine, at load's mercy otherwise)
+        analyzer = next(p for p, n in names.items() if n == "analyzer")
+        before = [ticks for t, ticks in grew.get(analyzer, []) if t <= procs[feeder]["cpu_end"]]
+        total = procs["analyzer"]["user"] + procs["analyzer"]["sys"]
+        out["tail_cpu"] = round(max(0.0, total - (before[-1] / tick if before else 0.0)), 3)
     if proc.returncode:
         out["stderr"] = err[-2000:]
     return out
@@ -123,7 +136,7 @@ def sample_run(command: list[str], env: dict) -> dict:
 
 def print_run(tag: str, r: dict) -> None:
     print(f"{tag}: wall {r['wall']:.3f} s, load {r['load']:.2f}, CPU of the run {r['cpu']:.2f} s"
-          + (f", tail {r['tail']:.3f} s" if "tail" in r else "") + ("" if r["served"] else " (NOT served)"))
+          + (f", tail {r['tail']:.3f} s ({r.get('tail_cpu', 0):.2f} s of the analyzer's CPU)" if "tail" in r else "") + ("" if r["served"] else " (NOT served)"))
     for name, e in sorted(r["procs"].items(), key=lambda kv: kv[1]["first"]):
         print(f"    {name:12s} {e['first']:6.3f} -> CPU end {e['cpu_end']:6.3f}, gone {e['last']:6.3f}   "
               f"user {e['user']:5.2f} sys {e['sys']:5.2f}")
@@ -149,7 +162,9 @@ def summary(tag: str, runs: list[dict]) -> None:
     print(f"{tag}: n={len(runs)} wall median {med(lambda r: r['wall']):.3f} s [{min(walls):.3f}-{max(walls):.3f}], "
           f"CPU {med(lambda r: r['cpu']):.2f} s (command {cpu('command'):.2f}, zygote {cpu('zygote'):.2f}, "
           f"index {cpu('index') + cpu('probe half') + cpu('probe half 2'):.2f}, provider {cpu('provider'):.2f}, identity blocks "
-          f"{blocks:.2f}, analyzer {cpu('analyzer'):.2f}), tail median {med(lambda r: r.get('tail', 0)):.3f} s, "
+          f"{blocks:.2f}, analyzer {cpu('analyzer'):.2f}), tail median {med(lambda r: r.get('tail', 0)):.3f} s "
+          f"(analyzer CPU after its feeder stopped: median {med(lambda r: r.get('tail_cpu', 0)):.2f} s "
+          f"[{min(r.get('tail_cpu', 0) for r in runs):.2f}-{max(r.get('tail_cpu', 0) for r in runs):.2f}]), "
           f"load {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}")
 
 
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(cache, ignore_errors=True)
                 side_env = {**env, "PYTHONPATH": str(tree)} if tree else env
                 r = sample_run([backbeat, "--prefix", str(work / "prefix"), "--cache", str(cache),
-                                "experiments", "run", f"bench/bench/chain{CHAIN}/1/{name}", "--json"], side_env)
+                                "experiments", "run", f"bench/bench/chain{CHAIN}/1/{name}", "--json"], side_env, work)
                 if i:
                     results[tag].append(r)
                     if not args.quiet:
