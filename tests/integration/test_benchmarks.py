@@ -95,3 +95,14 @@ def test_commit_cost_measures_a_commit_and_its_sync():
     doc = json.loads(proc.stdout)
     (run,) = doc["runs"]
     assert run["write_s"] > 0 and run["close_ms"] > 0 and run["durable_ms"] > 0
+
+
+def test_transport_hands_batches_over_by_each_transport():
+    """Each transport hands every batch over between two real processes (the sealed ones check their
+    seals on the consumer's side: a consumer that could write the producer's slots fails the run)."""
+    proc = _run("transport.py", "--mb", "2", "--batch-rows", "16", "--width", "1000", "--repeat", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["batches"] == 16 and set(doc["runs"]) == {"zmq", "memfd", "ring"}
+    for (run,) in doc["runs"].values():
+        assert run["producer_ms"] >= 0 and run["consumer_faults"] > 0
