@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any, cast
 
 import numpy as np
 import zmq
@@ -75,7 +76,7 @@ def produce(kind: str, addr: str, batches: int, rows: int, width: int) -> None:
         s.bind("ipc://" + addr)
         for _ in range(batches):
             arr = np.concatenate(values)
-            s.send_multipart([b"batch", memoryview(arr.view(np.uint8))], copy=False)
+            s.send_multipart([b"batch", memoryview(cast(Any, arr.view(np.uint8)))], copy=False)
         s.send(b"end")
         s.recv()
         s.close()
