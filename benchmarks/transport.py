@@ -65,10 +65,9 @@ def _connect(addr: str) -> socket.socket:
     raise SystemExit(f"cannot connect to {addr}")
 
 
-def produce(kind: str, addr: str, batches: int, rows: int, width: int) -> None:
-    """Hand ``batches`` gathered batches to the consumer at ``addr``."""
-    values = list(np.random.default_rng(0).random((rows, width)))  # views, as an identity block's values
-    size = rows * width * 8
+def produce(kind: str, addr: str, batches: int, values: list[np.ndarray]) -> None:
+    """Hand ``batches`` batches gathered from ``values`` to the consumer at ``addr``."""
+    size = len(values) * values[0].nbytes
     if kind == "zmq":
         ctx = zmq.Context()
         s = ctx.socket(zmq.PAIR)
@@ -186,8 +185,9 @@ def run(kind: str, batches: int, rows: int, width: int) -> dict:
             code = 1
         os._exit(code)
     os.close(w)
+    values = list(np.random.default_rng(0).random((rows, width)))  # views, as an identity block's values
     c0 = _usage()
-    produce(kind, addr, batches, rows, width)
+    produce(kind, addr, batches, values)
     c1 = _usage()
     os.waitpid(pid, 0)
     with os.fdopen(r) as f:
