@@ -121,3 +121,12 @@ def test_versus_beat_measures_the_memory_of_a_run_served_by_a_template_started_b
             with contextlib.suppress(ValueError, OSError):
                 os.kill(int(lock.read_text().strip()), signal.SIGKILL)
         shutil.rmtree(short, ignore_errors=True)
+def test_transport_hands_batches_over_by_each_transport():
+    """Each transport hands every batch over between two real processes (the sealed ones check their
+    seals on the consumer's side: a consumer that could write the producer's slots fails the run)."""
+    proc = _run("transport.py", "--mb", "2", "--batch-rows", "16", "--width", "1000", "--repeat", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["batches"] == 16 and set(doc["runs"]) == {"zmq", "memfd", "ring"}
+    for (run,) in doc["runs"].values():
+        assert run["producer_ms"] >= 0 and run["consumer_faults"] > 0
