@@ -2,8 +2,7 @@
 
 Chains of K ``echo`` blocks over the run fixture's 6 items (``run/chainK/1``), written by the
 tests.  No timing is asserted: the tests check what the changes guarantee — a chain far longer
-than the window of live processes slides within it (and a producer of outputs too large for the
-window to free itself gives its held-back consumer up), starting a chain never recurses, a
+than the window of live processes is streamed within it, starting a chain never recurses, a
 fully cached run starts no process and imports none of numpy, h5py and zmq, and a slow block
 reports its progress (units, rate, time left) while it runs.
 """
@@ -76,11 +75,9 @@ def _result(k: int) -> list:
     return [{"start": 0, "end": 5, "data": {"count": 6, "sum": 21 + 6 * k}}]  # (1..6) + k each
 
 
-def test_a_chain_far_longer_than_the_window_slides_within_it(prefix, tmp_path) -> None:
-    """24 blocks, at most 4 block processes alive (counted from outside: every process of the
-    run's tree, sampled while it runs): the chain slides — each block is started as the stream
-    consumer of the one before it once an earlier block has ended, instead of the chain being
-    cut into segments whose first block waits for the previous segment's last file."""
+def test_a_chain_far_longer_than_the_window_is_streamed_within_it(prefix, tmp_path) -> None:
+    """24 blocks, at most 4 block processes alive: the chain is streamed in segments (counted
+    from outside: every process of the run's tree, sampled while it runs)."""
     name = write_chain(prefix, 24)
     cmd = cli_command("-p", prefix, "-c", tmp_path / "cache", "experiments", "run", name, "--json", "-q",
                       "--alive", "4", "-j", "2")
@@ -98,32 +95,9 @@ def test_a_chain_far_longer_than_the_window_slides_within_it(prefix, tmp_path) -
     rep = json.loads(out)
     assert rep["results"] == {"analysis": _result(24)}
     assert all(b["status"] == "ran" for b in rep["blocks"].values())
-    streamed = {n: b["statistics"]["streamed_from"] for n, b in rep["blocks"].items() if "streamed_from" in b["statistics"]}
-    assert streamed == {**{f"b{i}": f"b{i - 1}" for i in range(2, 25)}, "analysis": "b24"}  # one pipeline
+    streamed = [n for n, b in rep["blocks"].items() if "streamed_from" in b["statistics"]]
+    assert 0 < len(streamed) < 24  # streamed, and in segments: some blocks read the committed file
     assert 3 <= most <= 4 + 2, most  # the window, plus the zygote and the database provider
-
-
-def test_a_producer_waiting_for_a_consumer_held_back_by_a_full_window_gives_it_up(tmp_path) -> None:
-    """20,000 units through 3 blocks, at most 2 block processes alive: the second block streams
-    its output in batches before it commits, to a consumer the full window holds back — no
-    earlier block can end while it waits (the first waits for its acknowledgement), so the
-    window would never free itself: the producer says it waits, the executor gives that consumer
-    up and starts it once the file it reads is committed (the run hung without)."""
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        from make_prefix import write_prefix
-    finally:
-        sys.path.remove(str(bench))
-    write_prefix(tmp_path / "prefix", {"s20k": ("scalars", 20_000)}, [(3, "s20k")])
-    done = run_cli("-p", tmp_path / "prefix", "-c", tmp_path / "cache", "experiments", "run",
-                   "bench/bench/chain3/1/s20k", "--json", "-q", "--alive", "2", "-j", "2", timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rep = json.loads(done.stdout)
-    assert rep["results"]["sum"][0]["data"]["count"] == 20_000
-    assert all(b["status"] == "ran" for b in rep["blocks"].values())
-    assert rep["blocks"]["identity2"]["statistics"]["streamed_from"] == "identity1"
-    assert "streamed_from" not in rep["blocks"]["identity3"]["statistics"]  # given up: read from the cache
 
 
 def test_starting_a_chain_never_recurses(prefix, tmp_path) -> None:

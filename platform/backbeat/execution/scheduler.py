@@ -10,14 +10,10 @@
   with it (:func:`~backbeat.planning.selection.stream_consumers`, :mod:`backbeat.runtime.streams`);
   each gets a *cancel file* that tells its producer when it has ended.  Streamed jobs do not
   count against ``-j``, and their time limit starts when their producer ends;
-* at most :func:`alive_limit` block processes are alive at once: a chain longer than that
-  *slides* — the block after the last one alive is accepted as its stream's consumer but
-  spawned only once an earlier block has ended (:meth:`Scheduler._slide`), so that it sets
-  itself up while the blocks before it run — and memory and the fork server's queue stay
-  bounded however long the chain.  A producer that has to wait for a consumer held back
-  (its output is larger than what the stream queues: the window cannot free itself) says so
-  (:attr:`~backbeat.runtime.spec.StreamTarget.waiting`): that consumer is given up and starts
-  once the file it reads is committed, reading it from the cache (heading a new segment);
+* at most :func:`alive_limit` block processes are alive at once: a chain is streamed in
+  segments of that many blocks, and the block after a segment starts once the file it reads
+  is committed (it then heads the next segment), so memory and the fork server's queue stay
+  bounded however long the chain;
 * the cost per job does not grow with the plan: jobs become ready when their last input
   does (counters, a heap in plan order), consumers are looked up in an index, and a chain
   is started by a loop, not by recursion;
@@ -105,10 +101,6 @@ class Scheduler:
         self.alive = 0  # block processes started and not yet seen ended
         self.promised = 0  # streamed consumers accepted, not yet spawned
         self.window = 0  # at most that many alive (alive_limit)
-        # consumers accepted for a stream when the window was full: spawned as soon as it has room
-        # (a long chain slides instead of draining segment by segment): consumer -> (its input, stream target, producer)
-        self.deferred: dict[str, tuple[str, StreamTarget, str]] = {}
-        self.streams = 0  # stream sockets named so far
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
@@ -145,8 +137,6 @@ class Scheduler:
                     failed = True
                 if not ok or name in self.starved:  # the jobs it was feeding are starved too
                     self._starve(name)
-            if self.deferred:
-                self._slide(failed)
 
     def _start_ready(self, limit: int) -> bool:
         """Start ready jobs in plan order while fewer than ``limit`` counted processes run; False
@@ -320,11 +310,10 @@ class Scheduler:
         self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
                          python=environments.of(self.run.interpreters, pid).key)
 
-    def _start(self, job: Job, fed: dict[str, str] | None = None) -> None:
-        """Start a job (``fed``: a deferred consumer, with its streamed input), the consumers it
-        streams to, theirs…, as far as the window allows (a loop over the chain: a chain of any
-        length never deepens the stack)."""
-        todo: deque[tuple[Job, dict[str, str] | None]] = deque([(job, fed)])
+    def _start(self, job: Job) -> None:
+        """Start a job, the consumers it streams to, theirs…, as far as the window allows
+        (a loop over the chain: a chain of any length never deepens the stack)."""
+        todo: deque[tuple[Job, dict[str, str] | None]] = deque([(job, None)])
         while todo:
             job, fed = todo.popleft()
             if fed:
@@ -332,8 +321,6 @@ class Scheduler:
             ids, consumers = self._spawn_job(job, fed)
             self._started(job.name, ids)
             for cons, inp, _out, target in consumers:
-                if cons.name in self.deferred:  # spawned once the window has room (_slide)
-                    continue
                 self.feeders[cons.name] = (job.name, target.cancel)
                 self.fed_by.setdefault(job.name, []).append(cons.name)
                 self._running(cons)
@@ -369,29 +356,26 @@ class Scheduler:
     def _consumers(self, job: Job) -> list[tuple[Job, str, str, StreamTarget]]:
         """The pending jobs that will read ``job``'s output while it is written:
         ``[(consumer, its input, job's output, stream target)]``; their locks are taken here.
-        Only as many as the window has room for (``job`` itself is about to be alive too);
-        with the window full, one, *deferred*: spawned by :meth:`_slide` once the window has
-        room. The others start once ``job`` has committed its outputs, reading them from the cache."""
+        Only as many as the window has room for (``job`` itself is about to be alive too):
+        the others start once ``job`` has committed its outputs, reading them from the cache."""
         if not self.options.stream or self.options.jobs == 1:  # -j 1: one block process at a time
             return []
         room = self.window - self.alive - self.promised - 1
+        if room <= 0:
+            return []
         found: list[tuple[Job, str, str, StreamTarget]] = []
         for cons, inp, out in stream_consumers(self.run.plan, job.name, self.status, self.specs.algorithm_type,
                                                (self.jobs, self.readers)):
-            if len(found) >= max(room, 1):  # (a full window: one consumer, deferred)
+            if len(found) >= room:
                 break
-            if cons.name in self.deferred or self.run.decisions[cons.name].twin is not None or not self._lock(cons):
+            if self.run.decisions[cons.name].twin is not None or not self._lock(cons):
                 continue
             if not self.run.decisions[cons.name].forced and self.store.committed(cons.output_keys):
                 self._unlock(cons.name)  # another run computed it meanwhile: the main loop reuses it
                 continue
-            self.streams += 1  # the run's private directory holds the stream sockets
-            found.append((cons, inp, out, StreamTarget(self.group.address(f"stream{self.streams}"),
-                                                       os.path.join(self.group.directory, f"stream{self.streams}.gone"))))
-        if room <= 0:
-            for cons, inp, _out, target in found:
-                self.deferred[cons.name] = (inp, target, job.name)
-            return found
+            n = len(self.feeders) + len(found)  # the run's private directory holds the stream sockets
+            found.append((cons, inp, out, StreamTarget(self.group.address(f"stream{n}"),
+                                                       os.path.join(self.group.directory, f"stream{n}.gone"))))
         self.promised += len(found)
         return found
 
@@ -403,28 +387,6 @@ class Scheduler:
             self._spawn(f"{job.name}#{k}", spec)
             ids.append(f"{job.name}#{k}")
         return ids
-
-    def _slide(self, failed: bool) -> None:
-        """Spawn the deferred consumers the window has room for, in the order they were accepted
-        (a long chain slides: a block starts as soon as an earlier one has ended, and sets itself
-        up while the blocks before it run, instead of the next segment starting only once the
-        last block of the previous one has committed); give up those that cannot be spawned
-        now — their producer stops feeding them (the cancel file) and they read its committed
-        output from the cache later, as without streaming: when the run failed, when the
-        producer has ended, or when the producer is blocked sending to them with the window
-        still full (large outputs: the window cannot free itself then)."""
-        for name, (inp, target, producer) in list(self.deferred.items()):
-            if not failed and producer in self.procs and self.alive + self.promised < self.window:
-                del self.deferred[name]
-                self.feeders[name] = (producer, target.cancel)
-                self.fed_by.setdefault(producer, []).append(name)
-                self._running(self.jobs[name])
-                self.promised += 1
-                self._start(self.jobs[name], {inp: target.address})
-            elif failed or producer not in self.procs or os.path.exists(target.waiting):
-                del self.deferred[name]
-                Path(target.cancel).touch()
-                self._unlock(name)  # (still pending: ready once its producer's output is available)
 
     def _starve(self, producer: str) -> None:
         """Kill the running consumers of a failed producer's streams (they become skipped)."""

@@ -127,13 +127,7 @@ class StreamTarget:
     """A consumer reading an output while it is written (:mod:`backbeat.runtime.streams`)."""
 
     address: str  # ipc address the producer binds
-    cancel: str  # file the executor creates when the consumer has ended (or will not be started)
-
-    @property
-    def waiting(self) -> str:
-        """The file the producer creates when it first has to wait to send (the consumer is slow,
-        or not started yet: the executor then gives up starting it, see the scheduler)."""
-        return self.cancel + ".waiting"
+    cancel: str  # file the executor creates when the consumer has ended
 
     def to_json(self) -> dict:
         return {"address": self.address, "cancel": self.cancel}

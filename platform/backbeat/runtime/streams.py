@@ -19,18 +19,13 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   8,192 units: fewer when batches are large) bound the memory in flight and how far a consumer
   lags behind its producer; a producer whose consumer stops reading waits, polling every 50 ms whether the
   executor dropped that consumer (a *cancel file* the executor creates when the consumer
-  process ends, or when it gives up starting it); if so it stops sending to it and finishes its own work normally;
-* a consumer may be started after its producer (the executor waits for room among the processes
-  alive at once): the producer's sends wait until it connects; the first time a producer has to
-  wait for a consumer it creates a *waiting file* beside the cancel file, which tells the executor
-  that a consumer it holds back is now holding the producer back (it then gives it up: cancel file);
+  process ends); if so it stops sending to it and finishes its own work normally;
 * the consumer blocks until the next message; if the producer fails, the executor kills
   the consumer (its partial files are removed as for any killed block).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -70,14 +65,12 @@ class StreamSender:
         ctx = zmqcontext.acquire()
         self._open = True
         self._live: list[tuple[zmq.Socket, str]] = []
-        self._waiting: dict[zmq.Socket, str] = {}  # sockets that have not yet had to wait -> file to say so
         for t in targets:
             sock = ctx.socket(zmq.PAIR)
             sock.linger = 0
             sock.sndhwm = high_water_mark(batch_bytes, batch_units)
             sock.bind(t.address)
             self._live.append((sock, t.cancel))
-            self._waiting[sock] = t.waiting
 
     def _drop(self, sock: zmq.Socket) -> None:
         self._live = [(s, c) for s, c in self._live if s is not sock]
@@ -90,10 +83,7 @@ class StreamSender:
                     sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                     break
                 except zmq.Again:
-                    if sock in self._waiting:  # the executor may be holding the consumer back: say we wait
-                        with contextlib.suppress(OSError):
-                            open(self._waiting.pop(sock), "wb").close()
-                    if os.path.exists(cancel):  # the consumer has ended (or will not start): stop feeding it
+                    if os.path.exists(cancel):  # the consumer has ended: stop feeding it
                         self._drop(sock)
                         break
                     sock.poll(POLL_MS, zmq.POLLOUT)
