@@ -95,3 +95,32 @@ def test_commit_cost_measures_a_commit_and_its_sync():
     doc = json.loads(proc.stdout)
     (run,) = doc["runs"]
     assert run["write_s"] > 0 and run["close_ms"] > 0 and run["durable_ms"] > 0
+
+
+BUSY = """
+import os, time
+def spin(s):
+    end = time.process_time() + s
+    while time.process_time() < end:
+        pass
+pid = os.fork()
+spin(0.12)  # the parent and its child at once: two bursts that could run side by side
+if pid:
+    os.waitpid(pid, 0)
+else:
+    os._exit(0)
+"""
+
+
+def test_schedgaps_follows_the_run_and_replays_it_on_idle_cores(tmp_path):
+    """``schedgaps.py`` records a command with ``perf sched``, follows its forked child and replays
+    the recorded CPU on idle cores: two processes busy at once take about half as long on two
+    cores as on one, whatever the machine's load (no timing of the run itself is asserted)."""
+    out = tmp_path / "gaps.json"
+    done = _run("schedgaps.py", "--json", str(out), "--", sys.executable, "-c", BUSY, timeout=120)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out.read_text())
+    assert r["tasks"] >= 2 and r["cpu"] >= 0.22
+    assert r["by_role"]["command"] >= 0.1 and r["by_role"]["its children (zygote…)"] >= 0.1
+    one, two = r["replayed"]["1"], r["replayed"]["2"]
+    assert one >= 0.22 and two < 0.75 * one, r["replayed"]
