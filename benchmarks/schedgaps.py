@@ -137,7 +137,7 @@ def analyse(data: Path, root: int, bins: float) -> dict:
                 comm[nxt] = f.get("next_comm", comm.get(nxt, "?"))
         else:
             x = touched[0]
-            if x in ours and state.get(x) is None:
+            if x in ours and state.get(x) != "waiting":  # (a task may be woken just before it sleeps)
                 wakes[x].append((t, tid))
             if x in ours and state.get(x) != "running":
                 state[x] = "waiting"
@@ -186,24 +186,26 @@ def bursts(runs: dict, wakes: dict, born: dict, ours: set[int]) -> dict:
     for tid, intervals in runs.items():
         seq: list = []
         cpu, first_on = 0.0, None
-        prev_off = None
+        prev_off = prev_on = None
         for on, off, preempted in intervals:
             if first_on is None:
                 first_on = on
                 if not seq and tid in born:
                     start: tuple = ("task", born[tid][1], born[tid][0])
                 elif prev_off is not None:
-                    woken = [w for w in wakes.get(tid, []) if prev_off <= w[0] <= on]
-                    if woken and woken[0][1] in ours and woken[0][1] != tid:
-                        start = ("task", woken[0][1], woken[0][0])
+                    # the wake-up that ended the sleep: the last one before this run (it may have
+                    # come while the task was still going to sleep)
+                    woken = [w for w in wakes.get(tid, []) if prev_on <= w[0] <= on and w[1] != tid]
+                    if woken and woken[-1][1] in ours:
+                        start = ("task", woken[-1][1], woken[-1][0])
                     else:
-                        start = ("delay", (woken[0][0] if woken else on) - prev_off)
+                        start = ("delay", max(0.0, (woken[-1][0] if woken else on) - prev_off))
                 else:
                     start = ("delay", 0.0)
             cpu += off - on
             if not preempted:  # went to sleep: the burst ends
                 seq.append([cpu, start])
-                cpu, first_on, prev_off = 0.0, None, off
+                cpu, first_on, prev_off, prev_on = 0.0, None, off, on
         if first_on is not None:
             seq.append([cpu, start])
         out[tid] = seq
@@ -259,8 +261,18 @@ def replay(runs: dict, wakes: dict, born: dict, ours: set[int], cores: int) -> f
     done_in_task: dict[int, int] = defaultdict(int)  # bursts finished per task
     arrived: set[tuple[int, int]] = set()  # bursts whose waker reached them
 
+    hurried: dict[int, int] = {}  # task -> a later burst of it whose waker has come
+
     def may_start(tid: int, b: int) -> None:
-        """Burst ``b`` of ``tid`` starts if its predecessor has ended and its trigger has come."""
+        """Burst ``b`` of ``tid`` starts if its predecessor has ended and its trigger has come.
+        Once a later burst's waker has come, the bursts before it that a timer starts wait for no
+        timer (a loop polling with a timeout: on an idle machine the message it waits for comes
+        sooner, and the wait recorded is the load's)."""
+        if seqs[tid][b][1][0] == "task" and (tid, b) in arrived and done_in_task[tid] < b:
+            hurried[tid] = max(hurried.get(tid, -1), b)
+            j = done_in_task[tid]
+            if (tid, j) not in ready and seqs[tid][j][1][0] == "delay":
+                heapq.heappush(timers, (now, (tid, j)))
         if done_in_task[tid] != b or (tid, b) in ready:
             return
         start = seqs[tid][b][1]
@@ -268,7 +280,7 @@ def replay(runs: dict, wakes: dict, born: dict, ours: set[int], cores: int) -> f
             if (tid, b) in arrived:
                 ready[(tid, b)] = 0.0
         else:
-            heapq.heappush(timers, (now + start[1], (tid, b)))
+            heapq.heappush(timers, (now + (0.0 if hurried.get(tid, -1) > b else start[1]), (tid, b)))
 
     import heapq
     for tid, seq in seqs.items():
@@ -292,7 +304,8 @@ def replay(runs: dict, wakes: dict, born: dict, ours: set[int], cores: int) -> f
             ready[key] += step * rate
         while timers and timers[0][0] <= now + 1e-12:
             _t, key = heapq.heappop(timers)
-            ready[key] = 0.0
+            if key not in ready and done_in_task[key[0]] == key[1]:
+                ready[key] = 0.0
         for key in list(ready):
             tid, b = key
             trig = offsets.get(key, [])
