@@ -41,10 +41,15 @@ sys.path.insert(0, str(HERE))
 import runner  # noqa: E402
 from make_prefix import protocol_name, write_prefix  # noqa: E402
 
-ROWS = {"s10k": ("scalars", 10_000), "s100k": ("scalars", 100_000), "v1k": ("vectors", 1_000),
-        "v10k": ("vectors", 10_000), "s1m": ("scalars", 1_000_000)}
+ROWS = {"s10k": ("scalars", 10_000, 5), "s100k": ("scalars", 100_000, 5), "v1k": ("vectors", 1_000, 5),
+        "v10k": ("vectors", 10_000, 5), "s1m": ("scalars", 1_000_000, 5),
+        "chain100": ("scalars", 10, 100), "chain500": ("scalars", 10, 500)}
 CHAIN = 5
-ROLES = ["index", "provider", *[f"identity{i + 1}" for i in range(CHAIN)], "analyzer"]
+
+
+def roles(chain: int) -> list[str]:
+    """The zygote's children in the order they are forked, for a chain of ``chain`` blocks."""
+    return ["index", "provider", *[f"identity{i + 1}" for i in range(chain)], "analyzer"]
 PERIOD = 0.005
 
 
@@ -59,10 +64,51 @@ def _stat(pid: int) -> tuple[int, str, int, int] | None:
     return int(fields[1]), fields[0].decode(), int(fields[11]), int(fields[12])
 
 
-def sample_run(command: list[str], env: dict, cwd: Path) -> dict:
+def _own(templates: set[int]) -> set[int]:
+    """The templates of this interpreter (other worktrees' templates serve others' runs)."""
+    mine = set()
+    for pid in templates:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if os.path.dirname(f.read().split(b"\0", 1)[0]) == os.path.dirname(sys.executable).encode():
+                    mine.add(pid)
+        except OSError:
+            pass
+    return mine
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid`` (forked by any of its threads), from ``/proc/PID/task/*/children``."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(k) for k in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+def _tree(roots: set[int]) -> set[int]:
+    """``roots`` and their live descendants (read from their ``children`` files: sampling every
+    process of a busy machine every few milliseconds would take a core of its own)."""
+    found, todo = set(roots), list(roots)
+    while todo:
+        for kid in _children(todo.pop()):
+            if kid not in found:
+                found.add(kid)
+                todo.append(kid)
+    return found
+
+
+def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> dict:
     """Run ``command`` in ``cwd`` (a folder of its own); the timeline of every process of its tree
-    and of the tree of the command a template serves for it (found by that folder: other
-    commands the machine's templates serve meanwhile are not this run's)."""
+    and of the tree of the command a template of this interpreter serves for it (found by that
+    folder: other commands the machine's templates serve meanwhile are not this run's)."""
     tick = os.sysconf("SC_CLK_TCK")
     load = os.getloadavg()[0]
     where = os.path.realpath(cwd)
@@ -72,17 +118,17 @@ def sample_run(command: list[str], env: dict, cwd: Path) -> dict:
     seen: dict[int, dict] = {}
     grew: dict[int, list[tuple[float, int]]] = {}  # pid -> (time, CPU ticks) whenever its CPU grew
     running: dict[int, int] = {}
-    roots = runner.templates()
+    roots = _own(runner.templates())
+    served_now: list[int] = []
     n = 0
     while proc.poll() is None:
         now = time.monotonic() - t0
         if n % 20 == 0:
-            roots = runner.templates()
+            roots = _own(runner.templates())
         n += 1
-        parents = runner._parents()
-        pids = {proc.pid, *runner.descendants(proc.pid, parents=parents)}
-        for served in runner.served_commands(where, roots, before, parents):
-            pids.update((served, *runner.descendants(served, parents=parents)))
+        if not served_now or n % 20 == 1:
+            served_now = runner.served_commands(where, roots, before)
+        pids = _tree({proc.pid, *served_now})
         busy = 0
         for pid in pids:
             st = _stat(pid)
@@ -112,7 +158,7 @@ def sample_run(command: list[str], env: dict, cwd: Path) -> dict:
             forked = sorted((p for p, e in seen.items() if e["ppid"] == kids[0]), key=lambda p: (seen[p]["first"], p))
             if forked and max(forked) - min(forked) < 1 << 20:  # no pid wrap-around: pids say the order of forks
                 forked.sort()
-            for role, pid in zip(ROLES, forked, strict=False):
+            for role, pid in zip(roles(chain), forked, strict=False):
                 names[pid] = role
     halves = sorted(p for p, e in seen.items() if p not in names and names.get(e["ppid"]) == "index")
     for k, pid in enumerate(halves):  # (one copy probing beside the job, or two while it writes the files)
@@ -120,7 +166,7 @@ def sample_run(command: list[str], env: dict, cwd: Path) -> dict:
     procs = {names.get(p, str(p)): {k: round(v, 3) for k, v in e.items() if k != "ppid"} for p, e in seen.items()}
     out = {"wall": round(wall, 3), "rc": proc.returncode, "load": load, "served": bool(served),
            "cpu": round(sum(e["user"] + e["sys"] for e in seen.values()), 3), "running": running, "procs": procs}
-    feeder = f"identity{CHAIN}"
+    feeder = f"identity{chain}"
     if "analyzer" in procs and feeder in procs:
         out["tail"] = round(procs["analyzer"]["cpu_end"] - procs[feeder]["cpu_end"], 3)
         # the analyzer's backlog in its own CPU time, whatever else ran meanwhile: what it computed
@@ -129,20 +175,51 @@ def sample_run(command: list[str], env: dict, cwd: Path) -> dict:
         before = [ticks for t, ticks in grew.get(analyzer, []) if t <= procs[feeder]["cpu_end"]]
         total = procs["analyzer"]["user"] + procs["analyzer"]["sys"]
         out["tail_cpu"] = round(max(0.0, total - (before[-1] / tick if before else 0.0)), 3)
+    if chain > CHAIN:
+        out["relay"] = relay(procs, chain)
     if proc.returncode:
         out["stderr"] = err[-2000:]
     return out
+
+
+def relay(procs: dict, chain: int) -> dict:
+    """A chain of small blocks is a relay: block i+1 ends its work once block i has committed and
+    sent it everything.  ``step``: the median time between two blocks' CPU ends; ``late``: the blocks
+    first seen after their feeder stopped computing (spawned after the relay reached them: the
+    heads of segments) and the seconds the relay waited for them to be seen."""
+    ends, late, waited = [], 0, 0.0
+    for i in range(1, chain):
+        a, b = procs.get(f"identity{i}"), procs.get(f"identity{i + 1}")
+        if a is None or b is None:
+            continue
+        ends.append(b["cpu_end"] - a["cpu_end"])
+        if b["first"] > a["cpu_end"]:
+            late += 1
+            waited += b["first"] - a["cpu_end"]
+    return {"step": round(statistics.median(ends), 4) if ends else None, "late": late, "waited": round(waited, 3)}
 
 
 def print_run(tag: str, r: dict) -> None:
     print(f"{tag}: wall {r['wall']:.3f} s, load {r['load']:.2f}, CPU of the run {r['cpu']:.2f} s"
           + (f", tail {r['tail']:.3f} s ({r.get('tail_cpu', 0):.2f} s of the analyzer's CPU)" if "tail" in r else "") + ("" if r["served"] else " (NOT served)"))
     for name, e in sorted(r["procs"].items(), key=lambda kv: kv[1]["first"]):
+        if "relay" in r and name.startswith("identity") and name[8:] not in ("1", "2", "33", "34"):
+            continue  # (a long chain: its first blocks and those around the first segment's end)
         print(f"    {name:12s} {e['first']:6.3f} -> CPU end {e['cpu_end']:6.3f}, gone {e['last']:6.3f}   "
               f"user {e['user']:5.2f} sys {e['sys']:5.2f}")
     total = sum(r["running"].values()) or 1
     print("    samples by processes of the run running: "
           + ", ".join(f"{k}: {100 * v / total:.0f}%" for k, v in sorted(r["running"].items())))
+    if "relay" in r:
+        print(f"    relay: step median {1000 * r['relay']['step']:.1f} ms, {r['relay']['late']} blocks spawned after "
+              f"their feeder's CPU end, waited {r['relay']['waited']:.3f} s")
+
+
+def _under2(r: dict) -> float:
+    """The share of samples with fewer than two processes of the run runnable (a core left idle by
+    the run, whatever the load)."""
+    total = sum(r["running"].values()) or 1
+    return sum(v for k, v in r["running"].items() if int(k) < 2) / total
 
 
 def summary(tag: str, runs: list[dict]) -> None:
@@ -158,14 +235,19 @@ def summary(tag: str, runs: list[dict]) -> None:
         return med(lambda r: r["procs"].get(name, {}).get("user", 0) + r["procs"].get(name, {}).get("sys", 0))
 
     walls = [r["wall"] for r in runs]
-    blocks = sum(cpu(f"identity{i + 1}") for i in range(CHAIN))
+    chain = max((int(n[8:]) for r in runs for n in r["procs"] if n.startswith("identity")), default=CHAIN)
+    blocks = sum(cpu(f"identity{i + 1}") for i in range(chain))
     print(f"{tag}: n={len(runs)} wall median {med(lambda r: r['wall']):.3f} s [{min(walls):.3f}-{max(walls):.3f}], "
           f"CPU {med(lambda r: r['cpu']):.2f} s (command {cpu('command'):.2f}, zygote {cpu('zygote'):.2f}, "
           f"index {cpu('index') + cpu('probe half') + cpu('probe half 2'):.2f}, provider {cpu('provider'):.2f}, identity blocks "
           f"{blocks:.2f}, analyzer {cpu('analyzer'):.2f}), tail median {med(lambda r: r.get('tail', 0)):.3f} s "
           f"(analyzer CPU after its feeder stopped: median {med(lambda r: r.get('tail_cpu', 0)):.2f} s "
           f"[{min(r.get('tail_cpu', 0) for r in runs):.2f}-{max(r.get('tail_cpu', 0) for r in runs):.2f}]), "
-          f"load {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}")
+          f"load {min(r['load'] for r in runs):.1f}-{max(r['load'] for r in runs):.1f}, "
+          f"under two runnable {100 * med(_under2):.0f}% of samples"
+          + (f", relay step {1000 * med(lambda r: r['relay']['step']):.1f} ms, late blocks "
+             f"{med(lambda r: r['relay']['late']):.0f} (waited {med(lambda r: r['relay']['waited']):.3f} s)"
+             if all("relay" in r for r in runs) else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="only the summaries")
     ap.add_argument("--json", default=None, metavar="FILE")
     args = ap.parse_args(argv)
-    kind, n = ROWS[args.row]
+    kind, n, chain = ROWS[args.row]
     work = Path(tempfile.mkdtemp(prefix="backbeat-timeline-"))
     try:
         name = protocol_name(kind, n)
-        write_prefix(work / "prefix", {name: (kind, n)}, [(CHAIN, name)], force=True)
+        write_prefix(work / "prefix", {name: (kind, n)}, [(chain, name)], force=True)
         backbeat = str(Path(sys.executable).with_name("backbeat"))
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "BACKBEAT_DEBUG")}
         sides = {"A": None, **({"B": args.vs.resolve()} if args.vs else {})}
@@ -191,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(cache, ignore_errors=True)
                 side_env = {**env, "PYTHONPATH": str(tree)} if tree else env
                 r = sample_run([backbeat, "--prefix", str(work / "prefix"), "--cache", str(cache),
-                                "experiments", "run", f"bench/bench/chain{CHAIN}/1/{name}", "--json"], side_env, work)
+                                "experiments", "run", f"bench/bench/chain{chain}/1/{name}", "--json"], side_env, work,
+                               chain)
                 if i:
                     results[tag].append(r)
                     if not args.quiet:

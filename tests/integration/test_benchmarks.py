@@ -130,3 +130,32 @@ def test_transport_hands_batches_over_by_each_transport():
     assert doc["batches"] == 16 and set(doc["runs"]) == {"zmq", "memfd", "ring"}
     for (run,) in doc["runs"].values():
         assert run["producer_ms"] >= 0 and run["consumer_faults"] > 0
+
+
+BUSY = """
+import os, time
+def spin(s):
+    end = time.process_time() + s
+    while time.process_time() < end:
+        pass
+pid = os.fork()
+spin(0.12)  # the parent and its child at once: two bursts that could run side by side
+if pid:
+    os.waitpid(pid, 0)
+else:
+    os._exit(0)
+"""
+
+
+def test_schedgaps_follows_the_run_and_replays_it_on_idle_cores(tmp_path):
+    """``schedgaps.py`` records a command with ``perf sched``, follows its forked child and replays
+    the recorded CPU on idle cores: two processes busy at once take about half as long on two
+    cores as on one, whatever the machine's load (no timing of the run itself is asserted)."""
+    out = tmp_path / "gaps.json"
+    done = _run("schedgaps.py", "--json", str(out), "--", sys.executable, "-c", BUSY, timeout=120)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out.read_text())
+    assert r["tasks"] >= 2 and r["cpu"] >= 0.22
+    assert r["by_role"]["command"] >= 0.1 and r["by_role"]["its children (zygote…)"] >= 0.1
+    one, two = r["replayed"]["1"], r["replayed"]["2"]
+    assert one >= 0.22 and two < 0.75 * one, r["replayed"]
