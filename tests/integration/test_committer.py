@@ -24,7 +24,7 @@ from backbeat.data.values import as_value, value_type
 from backbeat.execution import executors as executor
 from backbeat.processes.group import ProcessGroup
 from backbeat.runtime.committer import CommitClient, CommitRefused
-from backbeat.runtime.grants import COMMITTER_JOB, COMMITTER_TARGET, Grants
+from backbeat.runtime.grants import COMMITTER_JOB, COMMITTER_TARGET, Grants, declaration
 from backbeat.runtime.spec import OutputSpec
 from conftest import cli_command, wait_until
 
@@ -141,11 +141,15 @@ def test_the_committer_commits_only_granted_complete_outputs_and_leaves_nothing_
                 with pytest.raises(CommitRefused, match=why):
                     client.commit(spec, expanded, None, end, batches)
             # a malformed batch (frames of no backbeat batch) and frames that make no whole batch
-            client._sock.send_multipart([json.dumps({**json.loads(_head(good, expanded)), "end": 0}).encode(),
-                                         b"{}", b"", b"", b""])
+            client._sock.send_multipart([json.dumps({**json.loads(_head(good)), "end": 0}).encode(),
+                                         declaration(expanded), b"{}", b"", b"", b""])
             assert "not a backbeat batch" in json.loads(client._sock.recv())["message"]
-            client._sock.send_multipart([_head(good, expanded), *wire.encode(_batch(10))[:-1]])
+            client._sock.send_multipart([_head(good), declaration(expanded), *wire.encode(_batch(10))[:-1]])
             assert "do not make whole batches" in json.loads(client._sock.recv())["message"]
+            client._sock.send_multipart([_head(good), declaration({"value": "int64"}), *wire.encode(_batch(10))])
+            assert "no grant" in json.loads(client._sock.recv())["message"]  # (another declaration)
+            client._sock.send_multipart([b"[", declaration(expanded)])
+            assert "not JSON" in json.loads(client._sock.recv())["message"]
             assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing left by any of them
             digest = client.commit(good, expanded, None, 9, [_batch(4), _batch(6, 4)])
             with pytest.raises(CommitRefused, match="already committed"):  # one commit per key
@@ -160,9 +164,9 @@ def test_the_committer_commits_only_granted_complete_outputs_and_leaves_nothing_
     assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == [Path(good.path).name]
 
 
-def _head(spec: OutputSpec, expanded: dict) -> bytes:
-    return json.dumps({"key": spec.key, "path": spec.path, "dataformat": spec.dataformat, "declaration": expanded,
-                       "compression": None, "end": 9, "grant": spec.grant}).encode()
+def _head(spec: OutputSpec) -> bytes:
+    return json.dumps({"key": spec.key, "path": spec.path, "dataformat": spec.dataformat, "compression": None,
+                       "end": 9, "grant": spec.grant}).encode()
 
 
 def _committer(root: psutil.Process) -> psutil.Process | None:

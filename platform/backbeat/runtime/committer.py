@@ -29,14 +29,16 @@ Trust:
   reason (:class:`CommitRefused`); a committer that dies fails the blocks holding grants (the
   scheduler kills them, saying why), and later blocks write their own files.
 
-Protocol: a block's DEALER sends ``[header JSON, *wire frames of its batches]`` (header:
-``key``, ``path``, ``dataformat``, ``declaration`` (the expanded declaration), ``compression``,
-``end``, ``grant``); the committer (ROUTER) answers ``{"type": "committed", "digest"}`` or
-``{"type": "refused", "message"}``.
+Protocol: a block's DEALER sends ``[header JSON, declaration, *wire frames of its batches]``
+(header: ``key``, ``path``, ``dataformat``, ``compression``, ``end``, ``grant``; the declaration:
+the output's expanded dataformat as :func:`backbeat.runtime.grants.declaration` writes it — the
+committer keeps the few it sees, parsed and hashed); the committer (ROUTER) answers
+``{"type": "committed", "digest"}`` or ``{"type": "refused", "message"}``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
@@ -50,7 +52,7 @@ from backbeat.data import wire
 from backbeat.data.batch import Batch, layout
 from backbeat.data.handoff import MAX_FRAME_BYTES
 from backbeat.processes import zmqcontext
-from backbeat.runtime.grants import grant
+from backbeat.runtime.grants import declaration, grant
 from backbeat.runtime.spec import OutputSpec
 
 #: how long a block waits for the committer's answer (it answers within milliseconds; a committer
@@ -72,6 +74,7 @@ class CommitClient:
     def __init__(self, address: str) -> None:
         self.address = address
         self._sock: Any = None
+        self._declarations: dict[str, bytes] = {}
 
     def commit(self, out: OutputSpec, expanded: dict, compression: str | None, end: int,
                batches: list[Batch]) -> str:
@@ -81,10 +84,13 @@ class CommitClient:
             sock.linger = 0
             sock.connect(self.address)
             self._sock = sock
-        head = {"key": out.key, "path": out.path, "dataformat": out.dataformat, "declaration": expanded,
-                "compression": compression, "end": int(end), "grant": out.grant}
+        head = {"key": out.key, "path": out.path, "dataformat": out.dataformat, "compression": compression,
+                "end": int(end), "grant": out.grant}
+        text = self._declarations.get(out.dataformat)
+        if text is None:
+            text = self._declarations[out.dataformat] = declaration(expanded)
         frames = [f for b in batches for f in wire.encode(b)]
-        self._sock.send_multipart([json.dumps(head).encode("utf-8"), *frames], copy=False)
+        self._sock.send_multipart([json.dumps(head).encode("utf-8"), text, *frames], copy=False)
         deadline = time.monotonic() + COMMIT_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0:
             if not self._sock.poll(int(min(left, 1.0) * 1000) + 1, zmq.POLLIN):
@@ -114,23 +120,50 @@ def _field(head: dict, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
-def commit(head_raw: bytes, frames: list[Any], secret: bytes, committed: set[str]) -> str:
-    """Check and commit one output handed over (see the module docstring); its digest.  Anything
-    not granted, malformed or incomplete raises, leaving nothing in the cache."""
+class Declarations:
+    """The expanded declarations commits carry, parsed and hashed once each (a run has a few)."""
+
+    MOST = 256
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, tuple[dict, str]] = {}
+
+    def get(self, text: bytes) -> tuple[dict, str]:
+        """``(expanded declaration, sha256 of text)``; WireError if it is no JSON object."""
+        known = self._known.get(text)
+        if known is None:
+            try:
+                expanded = json.loads(text)
+            except (ValueError, UnicodeDecodeError):
+                raise WireError("malformed commit: its declaration is not JSON") from None
+            if not isinstance(expanded, dict):
+                raise WireError("malformed commit: its declaration is not an object")
+            if len(self._known) >= self.MOST:
+                self._known.clear()
+            known = self._known[text] = (expanded, hashlib.sha256(text).hexdigest())
+        return known
+
+
+def commit(header: bytes, text: bytes, frames: list[Any], secret: bytes, committed: set[str],
+           declarations: Declarations) -> str:
+    """Check and commit one output handed over (its header, its declaration's text and its
+    batches' frames; see the module docstring); its digest.  Anything not granted, malformed or
+    incomplete raises, leaving nothing in the cache."""
     from backbeat.data.cachewriter import CacheWriter
 
     try:
-        head = json.loads(head_raw)
+        head = json.loads(header)
     except (ValueError, UnicodeDecodeError):
         raise WireError("malformed commit: its header is not JSON") from None
     if not isinstance(head, dict):
         raise WireError("malformed commit: its header is not an object")
     key, path, df = (_field(head, n, str) for n in ("key", "path", "dataformat"))
-    expanded, end, mac = _field(head, "declaration", dict), _field(head, "end", int), _field(head, "grant", str)
+    end, mac = _field(head, "end", int), _field(head, "grant", str)
     compression = head.get("compression")
     if compression is not None and not isinstance(compression, str):
         raise WireError("malformed commit: `compression' of the wrong type")
-    if not hmac.compare_digest(mac.encode("utf-8"), grant(secret, key, path, df, expanded, compression).encode()):
+    expanded, declaration_sha = declarations.get(text)
+    if not hmac.compare_digest(mac.encode("utf-8"), grant(secret, key, path, df, declaration_sha, compression).encode()):
         raise WireError(f"no grant to commit `{key}' at `{path}' (a forged or altered commit)")
     if key in committed:
         raise WireError(f"output `{key}' was already committed by this run")
@@ -161,6 +194,7 @@ def serve(payload: dict) -> dict:
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.bind(spec["address"])
     committed: set[str] = set()
+    declarations = Declarations()
     refused = 0
     parent = os.getppid()
     try:
@@ -170,10 +204,11 @@ def serve(payload: dict) -> dict:
                     break
                 continue
             frames = sock.recv_multipart(copy=False)
-            if len(frames) < 2:
+            if len(frames) < 3:
                 continue
             try:
-                answer = {"type": "committed", "digest": commit(frames[1].bytes, frames[2:], secret, committed)}
+                answer = {"type": "committed",
+                          "digest": commit(frames[1].bytes, frames[2].bytes, frames[3:], secret, committed, declarations)}
             except (BackbeatError, OSError, ValueError, KeyError, TypeError) as exc:
                 refused += 1
                 answer = {"type": "refused", "message": str(exc)}

@@ -20,10 +20,15 @@ COMMITTER_JOB = "(committer)"
 COMMITTER_TARGET = "backbeat.runtime.committer:serve"
 
 
-def grant(secret: bytes, key: str, path: str, dataformat: str, expanded: dict, compression: str | None) -> str:
+def declaration(expanded: dict) -> bytes:
+    """The text of an expanded declaration whose sha256 a grant binds (BEAT's canonical JSON)."""
+    return canonical_json(expanded).encode("utf-8")
+
+
+def grant(secret: bytes, key: str, path: str, dataformat: str, declaration_sha: str, compression: str | None) -> str:
     """The grant to commit output ``key`` at ``path``: HMAC-SHA256 under the run's ``secret`` of the
-    key, the path, the dataformat, the sha256 of its expanded declaration and the compression."""
-    text = json.dumps([key, path, dataformat, sha(canonical_json(expanded)), compression or ""])
+    key, the path, the dataformat, the sha256 of its expanded :func:`declaration` and the compression."""
+    text = json.dumps([key, path, dataformat, declaration_sha, compression or ""])
     return hmac.new(secret, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
@@ -32,6 +37,7 @@ class Grants:
 
     def __init__(self) -> None:
         self.secret = secrets.token_bytes(32)
+        self._shas: dict[str, str] = {}  # dataformat -> sha256 of its declaration (one per run)
 
     def payload(self, address: str) -> dict:
         """The committer's job spec: its address and the run's secret (it travels in the job's
@@ -41,6 +47,10 @@ class Grants:
     def outputs(self, outputs: dict[str, OutputSpec], formats: dict[str, dict],
                 compression: str | None) -> dict[str, OutputSpec]:
         """``outputs``, each with its grant."""
-        return {n: dataclasses.replace(o, grant=grant(self.secret, o.key, o.path, o.dataformat,
-                                                      formats[o.dataformat], compression))
-                for n, o in outputs.items()}
+        out = {}
+        for n, o in outputs.items():
+            digest = self._shas.get(o.dataformat)
+            if digest is None:
+                digest = self._shas[o.dataformat] = sha(declaration(formats[o.dataformat]))
+            out[n] = dataclasses.replace(o, grant=grant(self.secret, o.key, o.path, o.dataformat, digest, compression))
+        return out
