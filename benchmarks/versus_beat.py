@@ -13,7 +13,9 @@ same declarations for both tools), then for each row runs BEAT
 (the order flips every repeat so a change of load hits both alike), each run a fresh
 process; *cold* runs start from an empty cache folder, *cached* runs re-run over a cache
 filled by an untimed run (then, after ``--settle`` seconds, one more untimed re-run: the
-timed ones are in the steady state of re-runs).  It prints, per row, the median wall time of each tool with
+timed ones are in the steady state of re-runs).  Before each timed run the dirty pages the
+previous run left are flushed (``os.sync``, untimed; ``--no-sync`` to skip): alternating tools,
+one tool's writeback otherwise lands in the other's time.  It prints, per row, the median wall time of each tool with
 [min-max], the ratio BEAT/backbeat, the goal and whether backbeat meets it; with memory
 sampling (a separate, untimed run per tool: sampling costs CPU), the peak summed PSS of
 all the processes of the run; and for cold rows the bytes each tool's cache holds.  The
@@ -268,6 +270,8 @@ class Bench:
 
     def one_run(self, tool: str, row: Row, cache: Path | None, memory: bool) -> tuple[runner.Measured, Path]:
         cache = cache or self.fresh_cache(tool)
+        if self.args.sync:  # untimed: no run pays for the writeback of what the one before it left dirty
+            os.sync()
         cap = self.args.beat_cap if tool == "beat" and row.heavy else None
         return self.run(tool, row, cache, memory=memory, timeout=cap), cache
 
@@ -415,6 +419,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "does not trust what it learnt of a file changed < 2 s before, and the first re-run "
                          "keeps the results' summaries); 0: time the re-runs right after the cold run "
                          "(default 2.5; 0 with --tiny)")
+    ap.add_argument("--sync", action=argparse.BooleanOptionalAction, default=True,
+                    help="flush the page cache's dirty pages (os.sync, untimed) before each timed run, so that "
+                         "no run pays for the writeback of the previous one, of either tool (default on)")
     ap.add_argument("--timeout", type=float, default=600.0, help="time cap of any other run (s)")
     ap.add_argument("--no-beat", action="store_true", help="run backbeat only")
     ap.add_argument("--beat", type=Path, default=BEAT, help=f"BEAT's `beat' command (default {BEAT})")
