@@ -87,8 +87,13 @@ class CacheWriter:
         #: the buffer doubles after each flush up to this many units (see :meth:`grow`)
         self.grow_to = self.buffer_units
         self.tmp = durable.temporary_name(self.path)
-        self._fid: Any = None
-        self._create()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            fcpl, fapl = h5objects.file_plists()
+            self._fid = h5py.h5f.create(os.fsencode(self.tmp), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
+        except OSError as exc:
+            self._closed = True
+            raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
         self._file: h5py.File | None = None  # the high-level file, once needed (chunked outputs)
         self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
         self._direct: dict[str, ChunkAppender] = {}  # their appenders, when unfiltered (chunkwriter)
@@ -109,17 +114,6 @@ class CacheWriter:
             if name.endswith("#offsets"):  # global offsets start with a 0
                 self._rows[name] = 1
                 self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
-
-    def _create(self) -> None:
-        """Create the temporary HDF5 file (:class:`~backbeat.data.handoff.HandoffWriter` does it
-        only if its output grows too large to hand over)."""
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            fcpl, fapl = h5objects.file_plists()
-            self._fid = h5py.h5f.create(os.fsencode(self.tmp), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
-        except OSError as exc:
-            self._closed = True
-            raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
 
     # writing ---------------------------------------------------------------------------------------
     @property
@@ -381,7 +375,14 @@ class CacheWriter:
         """Commit the file; return its digest.  Missing data units → IntegrityError, nothing left."""
         if self._closed:
             raise DataError(f"cache writer for `{self.path}' is already closed")
-        last = self._complete()
+        self.flush()
+        last = self._next - 1
+        if self._units == 0 or (self.end is not None and last < self.end):
+            self.abort()
+            raise IntegrityError(
+                f"not enough data written to `{self.path}': last data index written is {last}, "
+                f"expected {self.end if self.end is not None else 'at least one unit'}"
+            )
         self._hasher.close()
         try:
             if self._ds is None:
@@ -413,24 +414,12 @@ class CacheWriter:
         self._commit()
         return digest
 
-    def _complete(self) -> int:
-        """Flush; the last data index written.  Missing data units → IntegrityError, nothing left."""
-        self.flush()
-        last = self._next - 1
-        if self._units == 0 or (self.end is not None and last < self.end):
-            self.abort()
-            raise IntegrityError(
-                f"not enough data written to `{self.path}': last data index written is {last}, "
-                f"expected {self.end if self.end is not None else 'at least one unit'}"
-            )
-        return last
-
     def _close_file(self) -> None:
         self._ds = None if self._ds is None else {}
         self._direct = {}
         if self._file is not None:
             self._file.close()
-        if self._fid is not None and self._fid.valid:
+        if self._fid.valid:
             self._fid.close()  # (CLOSE_STRONG: with every object still open in it)
 
     def _commit(self) -> None:

@@ -47,7 +47,6 @@ from pathlib import Path
 from backbeat.cache.store import EntryLock
 from backbeat.core.errors import ExecutionError, IntegrityError, describe_environmental
 from backbeat.execution import environments
-from backbeat.execution.committing import Committing
 from backbeat.execution.logs import failure_output, process_log
 from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
@@ -106,7 +105,6 @@ class Scheduler:
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
-        self.committing = Committing(self.group, run.staging is not None)  # small outputs' committer
 
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -182,9 +180,7 @@ class Scheduler:
 
     def _watch_provider(self) -> None:
         """If the database provider died (killed…), the blocks reading datasets would wait for it:
-        they are killed, and fail saying why.  So are the blocks holding the committer's grants if it died."""
-        for pid in self.committing.watch(self.procs):
-            self.group.kill(pid)
+        they are killed, and fail saying why."""
         if self._provider is None or self._provider_lost is not None or self.group.exit(PROVIDER_JOB) is None:
             return
         self._provider_lost = self.group.outcome(PROVIDER_JOB)
@@ -311,9 +307,8 @@ class Scheduler:
         log = process_log(self.store, self.jobs[pid.partition("#")[0]], pid)
         if self.run.staging is not None:
             spec = self.run.staging.block(pid, spec)
-        python = environments.of(self.run.interpreters, pid).key
-        spec = self.committing.grant(pid, spec, python)
-        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log), python=python)
+        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
+                         python=environments.of(self.run.interpreters, pid).key)
 
     def _start(self, job: Job) -> None:
         """Start a job, the consumers it streams to, theirs…, as far as the window allows
@@ -436,7 +431,6 @@ class Scheduler:
             lost = self._provider_lost
             bad = Outcome("system", "the database provider it read from died ("
                           + (lost.exit.describe() if lost.exit is not None else lost.message) + ")")
-        bad = (self.committing.failure(culprit) if culprit is not None else None) or bad
         if bad is None:
             bad = self._publish(job, ids, outcomes)
         if bad is None and len(ids) > 1 and job.kind != "loop":

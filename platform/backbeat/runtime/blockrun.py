@@ -13,10 +13,7 @@ server; ``job_main`` calls :func:`run` with the job envelope, whose ``spec`` is 
    as windowed :class:`~backbeat.runtime.sources.BatchSource`\\ s, or a stream from a producer
    running at the same time (:mod:`~backbeat.runtime.streams`);
 4. opens one :class:`~backbeat.data.cachewriter.CacheWriter` per output (temporary file, renamed
-   into place only when complete) — or, for an output the run's committer is granted to take
-   (``spec.committer``, the output's ``grant``), a :class:`~backbeat.data.handoff.HandoffWriter`:
-   an output that stays small is handed over at the end, and the committer process writes and
-   commits it (:mod:`~backbeat.runtime.committer`: no HDF5 in this process);
+   into place only when complete);
 5. drives the algorithm with BEAT's semantics (:mod:`~backbeat.runtime.driver`), reporting
    progress over the control channel, and commits the outputs.  Any exception propagates to
    ``job_main``, which reports it; uncommitted writers are aborted so nothing partial remains.
@@ -34,13 +31,11 @@ from typing import Any
 
 from backbeat.core.errors import WireError
 from backbeat.data import cachereader, cachewriter
-from backbeat.data.batch import Batch, unit_bytes, units_within
-from backbeat.data.handoff import HandoffWriter
+from backbeat.data.batch import unit_bytes, units_within
 from backbeat.data.values import value_type
 from backbeat.processes import control
 from backbeat.runtime.allocator import reuse_batch_memory
 from backbeat.runtime.codeloader import load_code
-from backbeat.runtime.committer import CommitClient
 from backbeat.runtime.compat import install_beat_aliases
 from backbeat.runtime.driver import build_inputs, build_outputs, count_steps, run_algorithm
 from backbeat.runtime.sources import BatchSource, restrict
@@ -115,27 +110,6 @@ def _committed(spec: BlockSpec, digests: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _writer(spec: BlockSpec, name: str, start: int, end: int | None,
-            committer: CommitClient | None) -> cachewriter.CacheWriter:
-    """The writer of output ``name``: handed over to the committer when granted (and small)."""
-    out = spec.outputs[name]
-    expanded = spec.formats[out.dataformat]
-    if committer is None or not out.grant:
-        return cachewriter.CacheWriter(out.path, out.dataformat, expanded, key=out.key, start=start, end=end,
-                                       compression=spec.compression)
-
-    def handoff(batches: list[Batch], last: int) -> str:
-        return committer.commit(out, expanded, spec.compression, last, batches)
-
-    return HandoffWriter(out.path, out.dataformat, expanded, handoff=handoff, key=out.key, start=start, end=end,
-                         compression=spec.compression)
-
-
-def _handed_off(writers: dict) -> list[str]:
-    """The outputs the committer committed (statistic ``handed_off``)."""
-    return [n for n, w in writers.items() if isinstance(w, HandoffWriter) and w.handed_off]
-
-
 def _last_end(source: Any) -> int:
     last = getattr(source, "last_end", None)
     return last() if last is not None else source.data_indices()[-1][1]
@@ -208,13 +182,11 @@ def run(payload: dict) -> dict:
     senders: dict[str, StreamSender] = {}
     sinks: dict[str, tuple[Any, Any]] = {}
     digests: dict[str, str] = {}
-    # (a slot of a split block, a loop's side and an analyzer — it reads its result back — write their own)
-    committer = (CommitClient(spec.committer) if spec.committer and loop is None and spec.range is None
-                 and spec.kind != "analyzer" and start == 0 else None)
     try:
         for name, out in spec.outputs.items():
             df = out.dataformat
-            writer = _writer(spec, name, start, end, committer)
+            writer = cachewriter.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end,
+                                           compression=spec.compression)
             writers[name] = writer
             if out.streams:  # consumers run at the same time: each batch written is also sent to them
                 writer.grow(STREAM_FIRST, min(writer.buffer_units, STREAM_BATCH))  # (batches stay ≤ ~2 MB)
@@ -265,13 +237,10 @@ def run(payload: dict) -> dict:
             client.close()
         if channel is not None:
             channel.close()
-        if committer is not None:
-            committer.close()
     return {
         "steps": summary.steps,
         "written": written,
         "digests": digests,  # checked against the files by a sandboxed run (execution.sandboxing)
-        **({"handed_off": _handed_off(writers)} if committer is not None else {}),
         "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
         "wall_s": time.perf_counter() - t0,
         **_committed(spec, digests),

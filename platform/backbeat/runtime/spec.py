@@ -14,9 +14,7 @@ sides agree on one definition.  The parent builds them (:mod:`backbeat.execution
   provider, or a stream from a producer running at the same time), its outputs
   (:class:`OutputSpec`: the cache file to write, its key, the consumers it streams to), the
   expanded dataformats of all of them, the provider's address, the read window, and for a
-  slot of a split block its ``range``, for one side of a loop its :class:`LoopSpec`, and the
-  address of the run's committer with a grant per output it may hand over
-  (:mod:`~backbeat.runtime.committer`).
+  slot of a split block its ``range``, for one side of a loop its :class:`LoopSpec`.
 * :class:`DatasetSpec` — one database view set: view code snapshot and class, parameters,
   root folder, index file, outputs with their dataformats, and what its data dependencies
   are checked against.
@@ -145,18 +143,16 @@ class OutputSpec:
     key: str
     path: str  # cache file to write (a slot file for a slot of a split block)
     streams: tuple[StreamTarget, ...] = ()
-    #: the committer's grant to commit it, if the block may hand it over (runtime.committer)
-    grant: str = ""
 
     def to_json(self) -> dict:
         return {"dataformat": self.dataformat, "key": self.key, "path": self.path,
-                "streams": [s.to_json() for s in self.streams], "grant": self.grant}
+                "streams": [s.to_json() for s in self.streams]}
 
     @classmethod
     def from_json(cls, obj: Any) -> OutputSpec:
         what = "output spec"
         return cls(_get(obj, "dataformat", str, what), _get(obj, "key", str, what), _get(obj, "path", str, what),
-                   tuple(StreamTarget.from_json(s) for s in obj.get("streams") or ()), obj.get("grant") or "")
+                   tuple(StreamTarget.from_json(s) for s in obj.get("streams") or ()))
 
 
 @dataclass(frozen=True)
@@ -202,8 +198,6 @@ class BlockSpec:
     slot: int | None = None
     loop: LoopSpec | None = None
     compression: str | None = None  # of the cache files written (data.cachewriter.compression_options)
-    #: the run's committer's address: outputs with a grant that stay small are committed by it
-    committer: str | None = None
 
     @property
     def reads_datasets(self) -> bool:
@@ -219,7 +213,6 @@ class BlockSpec:
             "formats": self.formats, "database": self.database, "window": self.window,
             "range": list(self.range) if self.range is not None else None, "slot": self.slot,
             "loop": self.loop.to_json() if self.loop is not None else None, "compression": self.compression,
-            "committer": self.committer,
         }
 
     @classmethod
@@ -236,7 +229,6 @@ class BlockSpec:
             _get(obj, "formats", dict, what), _opt(obj, "database", str, what), int(obj.get("window") or 4096),
             (int(rng[0]), int(rng[1])) if rng is not None else None, _opt(obj, "slot", int, what),
             LoopSpec.from_json(loop) if loop is not None else None, _opt(obj, "compression", str, what),
-            _opt(obj, "committer", str, what),
         )
 
 
