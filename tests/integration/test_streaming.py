@@ -8,6 +8,7 @@ meet back-pressure; ``run/late/1`` (written by the tests) fails at item ``at``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -37,6 +38,10 @@ class Algorithm:
                 raise ValueError("late: failed on purpose at item %d" % self.seen)
             if self.mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self.mode == "nice":  # the niceness of every thread of this block's process, of its autogroup
+                tids = [int(t) for t in os.listdir("/proc/self/task")]
+                group = open("/proc/self/autogroup").read().split()[-1] if os.path.exists("/proc/self/autogroup") else "-"
+                raise ValueError("late: nice %s autogroup %s" % (sorted({os.getpriority(os.PRIO_PROCESS, t) for t in tids}), group))
         outputs["out"].write(inputs["value"].data)
         return True
 '''
@@ -140,6 +145,24 @@ def test_a_consumer_ending_early_does_not_stop_its_producer(prefix, tmp_path, mo
     assert not leftovers(cache)
     plain = run(prefix, tmp_path / "plain", name, stream=False)  # first's file is what it would be unstreamed
     assert digests(cache, rep)[("first", "out")] == digests(tmp_path / "plain", plain)[("first", "out")]
+
+
+def test_a_producer_runs_at_a_lower_priority_than_its_consumers(prefix, tmp_path):
+    """A streamed producer (here ``second``, which also reads a stream: its ZeroMQ I/O thread
+    already runs) lowers the priority of all its threads and of its session's autogroup (a
+    block process is a session of its own: with the kernel's autogroups, only the latter orders
+    it against the run's other blocks), so that a consumer with data runs first and the last
+    block does not end alone with a backlog; an unstreamed block does not."""
+    from backbeat.runtime.streams import PRODUCER_NICE
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    groups = os.path.exists("/proc/self/autogroup")  # (a block's autogroup is new: niceness 0)
+    name = experiment(prefix, "nice", 20_000, {"mode": "nice", "at": 5})
+    for stream, nice, group in ((True, min(19, base + PRODUCER_NICE), PRODUCER_NICE), (False, base, 0)):
+        rep = run(prefix, tmp_path / str(stream), name, stream=stream)
+        assert statuses(rep) == {"first": "ran", "second": "failed", "analysis": "skipped"}, rep["blocks"]
+        message = rep["blocks"]["second"]["error"]["message"]
+        assert f"late: nice [{nice}] autogroup {group if groups else '-'}" in message, (stream, message)
 
 
 def test_cli_streams_by_default_and_not_with_no_stream(prefix, tmp_path):

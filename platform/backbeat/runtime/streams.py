@@ -21,7 +21,15 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   executor dropped that consumer (a *cancel file* the executor creates when the consumer
   process ends); if so it stops sending to it and finishes its own work normally;
 * the consumer blocks until the next message; if the producer fails, the executor kills
-  the consumer (its partial files are removed as for any killed block).
+  the consumer (its partial files are removed as for any killed block);
+* priority: a producer lowers its own (every thread of its process, by ``PRODUCER_NICE``) as it
+  opens its streams, so that when the run's processes outnumber the cores the scheduler runs a
+  consumer that has data before the producers feeding it.  Producers run ahead of their slowest
+  consumer (the analyzer at the end of a chain) only by the queues' bound, and the consumer does not
+  end the run alone on one core with a backlog (docs/performance.md, wave 9).  A niceness is
+  relative to the other processes of the run only (the kernel's autogroups: a served run's
+  processes are in its template's session), and it never rises again: a block process is used for
+  one block.
 """
 
 from __future__ import annotations
@@ -47,6 +55,53 @@ QUEUED_BYTES = 4 << 20  # and no more bytes than this per side (fewer messages w
 #: at the end of the run with tens of thousands of units still queued (docs/performance.md, wave 7)
 QUEUED_UNITS = 8192
 POLL_MS = 50
+#: how much lower a producer's priority is than a consumer's (CFS weights 1024 against 335: a
+#: consumer with data runs ~3× as often as a producer competing with it for a core)
+PRODUCER_NICE = 5
+
+
+def yield_to_consumers() -> None:
+    """Lower the priority of this process by ``PRODUCER_NICE``, once: its session's autogroup
+    (where the kernel groups tasks by session: a block process is a session of its own, and
+    a niceness then only orders the tasks inside it) and every thread (where it does not: the
+    ZeroMQ I/O thread that a stream source or a provider client may have started is lowered
+    too, and threads started later inherit it).  A niceness already at the floor of 19 stays
+    there."""
+    global _yielded, _autogroup_pending
+    if _yielded == os.getpid():
+        if _autogroup_pending:
+            _autogroup_pending = not _lower_autogroup()
+        return
+    _yielded = os.getpid()
+    _autogroup_pending = not _lower_autogroup()
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # (no /proc: this thread only)
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + PRODUCER_NICE))
+        except OSError:  # (a thread that has just ended)
+            pass
+
+
+def _lower_autogroup() -> bool:
+    """Lower this session's autogroup by ``PRODUCER_NICE``; False to try again later (the
+    kernel lets a process without CAP_SYS_ADMIN change an autogroup's niceness only once per
+    0.1 s, machine-wide: the producers of a run starting together take turns)."""
+    try:
+        with open("/proc/self/autogroup", "r+b", buffering=0) as f:
+            nice = int(f.read().rsplit(b"nice", 1)[1])
+            f.write(b"%d" % min(19, nice + PRODUCER_NICE))
+    except BlockingIOError:  # (EAGAIN: another process changed one less than 0.1 s ago)
+        return False
+    except (OSError, ValueError, IndexError):  # no autogroups (kernel, container): threads only
+        pass
+    return True
+
+
+_yielded = 0  # the pid that lowered its priority (a forked child starts from its parent's)
+_autogroup_pending = False  # its autogroup still to lower (the kernel said: not now)
 
 
 def high_water_mark(batch_bytes: int, batch_units: int = 0) -> int:
@@ -62,6 +117,7 @@ class StreamSender:
     def __init__(self, targets: Sequence[StreamTarget], batch_bytes: int = 0, batch_units: int = 0):
         """One consumer per target: the ipc address to bind, the cancel file to watch;
         ``batch_bytes``, ``batch_units``: about how large the batches sent are."""
+        yield_to_consumers()
         ctx = zmqcontext.acquire()
         self._open = True
         self._live: list[tuple[zmq.Socket, str]] = []
@@ -90,6 +146,8 @@ class StreamSender:
 
     def send(self, batch: Batch) -> None:
         """Send one batch (just appended to the producer's cache file) to every live consumer."""
+        if _autogroup_pending:
+            yield_to_consumers()
         if self._live and len(batch):
             self._send([b"batch", *wire.encode(batch)])
 
