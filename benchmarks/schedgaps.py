@@ -45,6 +45,8 @@ def record(command: list[str], data: Path) -> tuple[int, int]:
     _out, err = proc.communicate()
     if proc.returncode:
         sys.stderr.write(err.decode(errors="replace")[-2000:])
+    if not pidfile.exists() or not data.exists():  # perf could not record (not root, perf_event_paranoid…)
+        raise SystemExit(f"schedgaps: perf sched record did not run the command (exit {proc.returncode})")
     return int(pidfile.read_text()), proc.returncode
 
 
@@ -57,10 +59,7 @@ def events(data: Path):
         if m is None:
             continue
         comm, pid, tid, _cpu, t, ev, trace = m.groups()
-        if "==>" in trace:  # sched_switch: prev_… ==> next_…
-            fields = dict(FIELD.findall(trace))  # prev_pid, prev_state… next_pid, next_comm…
-        else:
-            fields = dict(FIELD.findall(trace))
+        fields = dict(FIELD.findall(trace))  # (sched_switch: prev_pid, prev_state… ==> next_pid, next_comm…)
         fields["_comm"] = comm
         fields["_tgid"] = pid
         yield float(t), ev.removeprefix("sched:"), int(tid), fields
@@ -392,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, metavar="FILE")
     ap.add_argument("command", nargs="*")
     args = ap.parse_args(argv)
+    rc = 0
     with tempfile.TemporaryDirectory(prefix="backbeat-schedgaps-") as tmp:
         if args.data is not None:
             data, root = args.data, args.root
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     show(r, args.bins)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
-    return 0
+    return 1 if rc else 0
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> 
         if n % 20 == 0:
             roots = _own(runner.templates())
         n += 1
-        if not served_now or n % 20 == 1:
+        if roots and (not served_now or n % 20 == 1):  # (a scan of /proc: not every sample once found)
             served_now = runner.served_commands(where, roots, before)
         pids = _tree({proc.pid, *served_now})
         busy = 0

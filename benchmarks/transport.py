@@ -33,6 +33,7 @@ import json
 import mmap
 import os
 import resource
+import signal
 import socket
 import statistics
 import sys
@@ -187,7 +188,15 @@ def run(kind: str, batches: int, rows: int, width: int) -> dict:
     os.close(w)
     values = list(np.random.default_rng(0).random((rows, width)))  # views, as an identity block's values
     c0 = _usage()
-    produce(kind, addr, batches, values)
+    try:
+        produce(kind, addr, batches, values)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # (the consumer would wait for batches forever)
+        os.waitpid(pid, 0)
+        if os.path.exists(addr):
+            os.unlink(addr)
+        os.rmdir(folder)
+        raise
     c1 = _usage()
     os.waitpid(pid, 0)
     with os.fdopen(r) as f:

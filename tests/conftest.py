@@ -24,11 +24,12 @@ EXEC_PREFIX = FIXTURES / "exec" / "prefix"
 
 # the processes tests start get SIGINT and SIGHUP as from a terminal even when the suite itself was
 # started with them ignored (in the background by a non-interactive shell, nohup): an ignored signal
-# stays ignored across exec, and tests send them to their commands
+# stays ignored across exec, and tests send them to their commands.  The suite itself stays immune
+# to SIGHUP (nohup's intent): a handler of its own is reset to the default by exec, an ignore is not
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, lambda *_: None)
 
 #: runs of the suite fork their own fork servers: no warm template outlives a test (those testing
 #: templates switch them on in a folder of their own: tests/integration/test_template.py)

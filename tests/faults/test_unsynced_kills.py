@@ -36,6 +36,7 @@ from harness import (  # noqa: F401 - fixtures
 from backbeat.cache.backends import open_store
 from backbeat.cache.tools import verify_cache
 from backbeat.core import durable
+from backbeat.core.templatekey import LOG_MAX
 
 
 def _outputs(scene: Scene, reference: dict) -> dict[str, Path]:
@@ -207,16 +208,20 @@ def test_a_served_command_running_two_experiments_syncs_the_first_before_the_sec
 def test_a_sync_that_fails_after_the_answer_is_said_in_the_templates_log(scene, templates):
     """A served command whose outputs cannot be made durable after its answer (its cache made
     read-only meanwhile: their marks cannot be cleared) says so in its template's log, naming each
-    file; they stay marked, and ``cache verify`` says they are not yet durable."""
+    file; they stay marked, and ``cache verify`` says they are not yet durable.  A log grown past
+    its bound is started afresh (a template serving command after command is never restarted)."""
     name = scene.experiment("unsyncable")
     with tmpfs(scene.root / "ram", "32m") as cache:
-        _env, template, start = served(scene, templates, BACKBEAT_SYNC_DELAY_S="3")
+        _env, template, start = served(scene, templates, BACKBEAT_SYNC_DELAY_S="6")
+        (grown,) = (templates / "t").glob("*.log")
+        with grown.open("ab") as f:
+            f.write(b"old line\n" * (LOG_MAX // 9 + 1))
         proc = start(cache, "experiments", "run", name, "--json")
         out, err = proc.communicate(timeout=50)
         assert proc.returncode == 0, err
         report = json.loads(out)
         assert report["status"] == "ok" and not [w for w in report.get("warnings", []) if "durable" in w], report
-        remount(cache, "ro")  # (its syncer is held back 3 s: the answer did not wait for it)
+        remount(cache, "ro")  # (its syncer is held back 6 s: the answer did not wait for it)
         try:
             assert wait_until(lambda: not template.children(), timeout=30), "the command never ended"
         finally:
@@ -224,6 +229,7 @@ def test_a_sync_that_fails_after_the_answer_is_said_in_the_templates_log(scene, 
         store = open_store(cache)
         outputs = [store.output_path(k) for b in report["blocks"].values() for k in b["outputs"].values()]
         (log,) = (templates / "t").glob("*.log")
+        assert "old line" not in log.read_text() and log.stat().st_size < LOG_MAX
         said = [line for line in log.read_text().splitlines() if "was not made durable" in line]
         assert all(any(f"`{p}'" in line and "after its answer" in line and "read-only" in line for line in said)
                    for p in outputs), (outputs, log.read_text())

@@ -158,13 +158,13 @@ def test_another_context_gets_another_template_and_a_stale_one_is_replaced(env, 
 def test_an_idle_template_leaves_and_nothing_of_it_nor_of_older_ones(env, tmp_path):
     """It removes its socket and lock when it leaves (its log stays); starting, the leftovers of
     templates gone (a ``.lock`` nobody holds, a stale ``.sock``, a ``.failed`` mark older than 10
-    minutes, a log untouched for a week)."""
+    minutes, a log untouched for a week, an empty log at once)."""
     env["BACKBEAT_TEMPLATE_IDLE"] = "0.5"
     folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
     folder.mkdir(mode=0o700, parents=True)
-    old = ["gone.lock", "gone.sock", "old.failed", "ancient.log"]
+    old = ["gone.lock", "gone.sock", "old.failed", "ancient.log", "empty.log"]
     for name in [*old, "new.failed", "recent.log"]:
-        (folder / name).write_text("")
+        (folder / name).write_text("" if name != "ancient.log" and name != "recent.log" else "said\n")
     os.utime(folder / "old.failed", (time.time() - 3600,) * 2)
     os.utime(folder / "ancient.log", (time.time() - 8 * 86400,) * 2)
     pid = warm(env, tmp_path)

@@ -252,6 +252,9 @@ def test_the_key_is_computed_once_per_process_and_again_in_a_new_one(tmp_path, m
     monkeypatch.setattr(templatekey, "PACKAGE", str(tmp_path))
     walks, walk = [], templatekey._package_signature
     monkeypatch.setattr(templatekey, "_package_signature", lambda: walks.append(1) or walk())
+    now = [0.0]  # (the clock stands still until said: a stall of a second under load must not change the key)
+    monkeypatch.setattr(templatekey, "_clock", lambda: now[0])
+    monkeypatch.setattr(templatekey, "_LAST", None)  # (nothing remembered from an earlier test)
     key = templatekey.context_key()
     assert key is not None and templatekey.context_key() == key and len(walks) == 1
     module.write_text("a = 22\n")
@@ -259,8 +262,6 @@ def test_the_key_is_computed_once_per_process_and_again_in_a_new_one(tmp_path, m
     assert templatekey.context_key(fresh=True) not in (None, key)
     monkeypatch.setattr(os, "getpid", lambda: 1 << 30)  # (another process)
     module.write_text("a = 333\n")
-    now = [0.0]
-    monkeypatch.setattr(templatekey, "_clock", lambda: now[0])
     later = templatekey.context_key()
     assert later not in (None, key) and len(walks) == 3
     module.write_text("a = 4444\n")

@@ -228,6 +228,7 @@ def _open_log(where: str, key: str) -> int | None:
     with contextlib.suppress(OSError):
         if os.fstat(fd).st_size > LOG_MAX:
             os.ftruncate(fd, 0)
+        os.utime(fd)  # (in use again: the sweep's week counts from now)
     return fd
 
 
@@ -249,7 +250,8 @@ def sweep(where: str, keep: str) -> None:
         path = os.path.join(where, name)
         if kind == LOG:
             with contextlib.suppress(OSError):
-                if now - os.stat(path).st_mtime >= _LOG_KEPT_S and not os.path.exists(file(where, key, LOCK)):
+                st = os.stat(path)  # (an empty one at once: a template that had nothing to say)
+                if (st.st_size == 0 or now - st.st_mtime >= _LOG_KEPT_S) and not os.path.exists(file(where, key, LOCK)):
                     os.unlink(path)
             continue
         if kind == FAILED:

@@ -28,6 +28,7 @@ from backbeat.core.templatekey import (
     FAILED,
     IDLE,
     LOCK,
+    LOG_MAX,
     SOCKET,
     WARM,
     context_key,
@@ -401,8 +402,12 @@ def _forget(conn: socket.socket, told: list[int] | None = None) -> None:
 def _let_go(conn: socket.socket, log: int = -1) -> None:
     """After the answer: nothing of the client is held any more (whoever reads its streams to
     their end, as a shell's ``$(…)`` does, is not kept waiting); the standard error is the
-    template's ``log`` (a descriptor) from now on, if it has one."""
+    template's ``log`` (a descriptor) from now on, if it has one — started afresh when larger
+    than :data:`LOG_MAX` (a template serving command after command never restarts it)."""
     _flush()
+    with contextlib.suppress(OSError):
+        if log >= 0 and os.fstat(log).st_size > LOG_MAX:
+            os.ftruncate(log, 0)  # (appended to: the next line is at its start)
     with contextlib.suppress(OSError):
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):

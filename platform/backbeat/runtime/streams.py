@@ -22,14 +22,17 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   process ends); if so it stops sending to it and finishes its own work normally;
 * the consumer blocks until the next message; if the producer fails, the executor kills
   the consumer (its partial files are removed as for any killed block);
-* priority: a producer lowers its own (every thread of its process, by ``PRODUCER_NICE``) as it
-  opens its streams, so that when the run's processes outnumber the cores the scheduler runs a
-  consumer that has data before the producers feeding it.  Producers run ahead of their slowest
-  consumer (the analyzer at the end of a chain) only by the queues' bound, and the consumer does not
-  end the run alone on one core with a backlog (docs/performance.md, wave 9).  A niceness is
-  relative to the other processes of the run only (the kernel's autogroups: a served run's
-  processes are in its template's session), and it never rises again: a block process is used for
-  one block.
+* priority: a block process that produces streams lowers its own priority by ``PRODUCER_NICE``
+  as it opens them — its session's *autogroup* (with the kernel's autogroups every session is
+  scheduled as one group, and a block process is a session of its own) and every thread — so that
+  when the run's processes outnumber the cores the scheduler runs a consumer that has data before
+  the producers feeding it.  Producers run ahead of their slowest consumer (the analyzer at the end
+  of a chain) only by the queues' bound, and the consumer does not end the run alone on one core
+  with a backlog (docs/performance.md, wave 9).  An autogroup's niceness weighs it against every
+  session of the machine, so under others' load producers get less than their share.  Only a
+  session leader does this (a block process): a sender opened by any other process (a test, a
+  tool) changes nothing of its caller's session.  It never rises again: a block process is used
+  for one block.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def yield_to_consumers() -> None:
     too, and threads started later inherit it).  A niceness already at the floor of 19 stays
     there."""
     global _yielded, _autogroup_pending
+    if os.getsid(0) != os.getpid():  # not a block process (a session of its own): leave the caller's alone
+        return
     if _yielded == os.getpid():
         if _autogroup_pending:
             _autogroup_pending = not _lower_autogroup()
@@ -90,13 +95,19 @@ def _lower_autogroup() -> bool:
     kernel lets a process without CAP_SYS_ADMIN change an autogroup's niceness only once per
     0.1 s, machine-wide: the producers of a run starting together take turns)."""
     try:
-        with open("/proc/self/autogroup", "r+b", buffering=0) as f:
-            nice = int(f.read().rsplit(b"nice", 1)[1])
-            f.write(b"%d" % min(19, nice + PRODUCER_NICE))
+        fd = os.open("/proc/self/autogroup", os.O_RDWR)
+    except OSError:  # no autogroups (kernel, container): threads only
+        return True
+    try:
+        nice = int(os.read(fd, 128).rsplit(b"nice", 1)[1])
+        os.write(fd, b"%d" % min(19, nice + PRODUCER_NICE))  # (os.write raises EAGAIN; a buffered
+        # file's write would return None for it)
     except BlockingIOError:  # (EAGAIN: another process changed one less than 0.1 s ago)
         return False
-    except (OSError, ValueError, IndexError):  # no autogroups (kernel, container): threads only
+    except (OSError, ValueError, IndexError):  # refused otherwise: threads only
         pass
+    finally:
+        os.close(fd)
     return True
 
 
