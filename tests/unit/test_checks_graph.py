@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from backbeat.core.errors import ExecutionError
@@ -387,6 +387,8 @@ def _fake(kind: str, name: str, decl: object) -> Asset:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_json)
+@example({"blocks": {"datasets": {"algorithm": []}}})  # (an algorithm named by a list: was a TypeError)
+@example({"loops": {"l": {"processor_algorithm": {}}}})
 def test_odd_shapes_never_raise(decl):
     catalog = Catalog(FIXTURE)
     toolchain.check(_fake("toolchain", "user/simple/1", decl), catalog)

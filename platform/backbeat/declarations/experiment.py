@@ -203,11 +203,12 @@ class _Checker:
 
     def globals(self) -> None:
         used = set()
-        for section in ("blocks", "analyzers"):
-            used |= {e.get("algorithm") for e in _dict(self.decl.get(section)).values() if isinstance(e, dict)}
+        for section in ("blocks", "analyzers"):  # (names only: a malformed one is the schema's to report)
+            used |= {e.get("algorithm") for e in _dict(self.decl.get(section)).values()
+                     if isinstance(e, dict) and isinstance(e.get("algorithm"), str)}
         for e in _dict(self.decl.get("loops")).values():
             if isinstance(e, dict):
-                used |= {e.get(p + "algorithm") for p in PREFIXES}
+                used |= {e.get(p + "algorithm") for p in PREFIXES if isinstance(e.get(p + "algorithm"), str)}
         for algoname, values in _dict(self.decl.get("globals")).items():
             if algoname in ("queue", "environment"):
                 continue
