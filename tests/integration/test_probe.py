@@ -89,7 +89,6 @@ def test_work_done_meanwhile_that_fails_stops_both_halves(tmp_path):
         assert not psutil.pid_exists(child)
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable core: the probe never forks")
 def test_a_job_with_work_of_its_own_keeps_to_its_two_slots(tmp_path):
     """On two ``-j`` slots, a job writing its index files while it probes forks one copy, not two
     (three busy processes on two slots: the review of wave 8)."""
