@@ -60,7 +60,7 @@ RELAYED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGW
 #: lives), the mark of a failed start and its log (its standard error: why it failed to start,
 #: and what its commands could not do after their answer, when nobody listens any more)
 SOCKET, LOCK, FAILED, LOG = ".sock", ".lock", ".failed", ".log"
-#: a template's log is started afresh when it is larger than this as a template starts (bytes)
+#: a template's log is started afresh when it is larger than this, as a template starts and after each answer (bytes)
 LOG_MAX = 1 << 20
 _NAMESPACES = ("mnt", "pid", "net", "user", "ipc", "uts", "cgroup")
 #: the longest path of a Unix socket (``sun_path``, with its NUL)
