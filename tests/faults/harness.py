@@ -42,6 +42,10 @@ EXP_DIR = Path("experiments/run/run/pipeline/1")
 RESULTS = {"analysis": [{"start": 0, "end": 5, "data": {"count": 6, "sum": 81}}]}
 
 
+#: prepended to the command's ``-c`` code: a thread alive before its fork server starts
+_THREAD = "import threading, time; threading.Thread(target=time.sleep, args=(3600,), daemon=True).start(); "
+
+
 def hostile(**parameters) -> dict:
     """The ``second`` block of the pipeline, replaced by the hostile algorithm."""
     return {"algorithm": "faults/hostile/1", "inputs": {"value": "value"}, "outputs": {"out": "out"},
@@ -108,15 +112,20 @@ class Scene:
         return env
 
     def start(self, *args: str, cache: Path | None = None, cgroup: Path | None = None,
-              env: dict | None = None) -> subprocess.Popen:
+              env: dict | None = None, threaded: bool = False) -> subprocess.Popen:
         """``backbeat -p PREFIX -c CACHE ARGS…`` in the background (SIGINT not ignored, as in a
-        terminal; in the given cgroup, with every process it starts; ``env`` added to its environment)."""
+        terminal; in the given cgroup, with every process it starts; ``env`` added to its environment).
+        ``threaded``: a thread runs in the command before its fork server starts, which then falls
+        back to multiprocessing's (:class:`backbeat.processes.workerpool.ForkServer`)."""
         def setup() -> None:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             if cgroup is not None:
                 (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
-        return subprocess.Popen(cli_command("-p", self.prefix, "-c", cache or self.cache, *args),
+        argv = cli_command("-p", self.prefix, "-c", cache or self.cache, *args)
+        if threaded:
+            argv[2] = _THREAD + argv[2]
+        return subprocess.Popen(argv,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=dict(self.env(), **(env or {})), preexec_fn=setup)
 

@@ -69,21 +69,26 @@ def test_the_end_of_a_failed_blocks_output_is_shown(scene):
 
 # ----------------------------------------------------------------------------- item 3: process trees
 
-@pytest.mark.parametrize("kill", [None, "command", "fork server"])
+@pytest.mark.parametrize("kill", [None, "command", "fork server", "command, multiprocessing",
+                                  "fork server, multiprocessing"])
 def test_a_detached_grandchild_dies_with_the_run(scene, references, tmp_path, kill):
     pid_file = tmp_path / "grandchild.pid"
     second = hostile(mode="grandchild", delay=0.2)  # (time to kill the command)
     name = scene.experiment("grandchild", second=second)
     t0 = time.monotonic()
-    proc = scene.start("experiments", "run", name, "--json", env={"HOSTILE_PID_FILE": str(pid_file)})
+    fallback = kill is not None and kill.endswith("multiprocessing")  # (the command has a thread)
+    proc = scene.start("experiments", "run", name, "--json", env={"HOSTILE_PID_FILE": str(pid_file)},
+                       threaded=fallback)
     assert wait_until(lambda: pid_file.exists() or proc.poll() is not None), proc.communicate()
     grandchild = int(pid_file.read_text())
     born = psutil.Process(grandchild).create_time()
     blocks = {b.pid for z in children_of(proc.pid) for b in children_of(z.pid)}
     assert not _dead(grandchild, born) and os.getsid(grandchild) not in blocks  # detached: another session
-    if kill == "command":
+    servers = [" ".join(z.cmdline()) for z in children_of(proc.pid)]
+    assert any("multiprocessing.forkserver" in s for s in servers) == fallback, servers
+    if kill is not None and kill.startswith("command"):
         proc.kill()
-    elif kill == "fork server":
+    elif kill is not None and kill.startswith("fork server"):
         for zygote in children_of(proc.pid):
             zygote.kill()
     out, err = proc.communicate(timeout=30)  # returns once every holder of the pipes is gone

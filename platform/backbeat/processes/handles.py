@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from backbeat.core.errors import ExecutionError
+from backbeat.processes import mpreaper
 from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, from_code, signame
 from backbeat.processes.logs import compact
 from backbeat.processes.zygote import child_run, child_setup, flush_and_exit
@@ -92,6 +93,7 @@ class Handle:
 def _mp_child(target: str, payload_json: str, limits: dict, log_path: str | None) -> None:
     code = EXIT_BOOT
     try:
+        mpreaper.release()  # (else the fork server, and this process, outlive a killed command)
         child_setup(limits, log_path, close_fds=False)  # multiprocessing needs its fds
         code = child_run(target, json.loads(payload_json))
     finally:

@@ -51,7 +51,7 @@ from typing import Any
 
 from backbeat.core import pids
 from backbeat.core.errors import ExecutionError, UsageError
-from backbeat.processes import handles, reaper, template
+from backbeat.processes import handles, mpreaper, reaper, template
 from backbeat.processes.exits import EXIT_BOOT, Exit, Limits, classify_status, signame
 from backbeat.processes.handles import Handle, MPHandle
 from backbeat.processes.zygote import Zygote, split_target
@@ -201,8 +201,8 @@ class ForkServer:
 
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if "forkserver" in methods:
-            ctx.set_forkserver_preload(list(self.preload) + [handles.__name__])
+        if "forkserver" in methods:  # (mpreaper: its leftovers die with the run, as a zygote's do)
+            ctx.set_forkserver_preload(list(self.preload) + [handles.__name__, mpreaper.__name__])
         self._mp = ctx
         self.kind = "multiprocessing"
         self._ready = {"ev": "ready", "error": None}
@@ -224,6 +224,7 @@ class ForkServer:
             for h in list(self._handles.values()):
                 if isinstance(h, MPHandle):
                     h._close()
+            reaper.kill_adopted()  # what blocks left if multiprocessing's fork server was killed
             return
         if self._sock is None:
             return
