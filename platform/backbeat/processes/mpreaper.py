@@ -24,6 +24,8 @@ import contextlib
 import os
 import shutil
 import sys
+from types import FrameType
+from typing import Any
 
 from backbeat.processes import reaper
 
@@ -33,7 +35,7 @@ def _in_fork_server() -> bool:
     from multiprocessing import forkserver
 
     code = forkserver.main.__code__
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is code:
             return True
@@ -47,7 +49,7 @@ def release() -> None:
     later from here starts a fork server of its own)."""
     from multiprocessing import forkserver
 
-    server = forkserver._forkserver
+    server: Any = forkserver._forkserver  # (its private state: no public way to close the copy)
     fd = getattr(server, "_forkserver_alive_fd", None)
     if fd is not None and getattr(server, "_forkserver_pid", None) is None:  # (not the command's own)
         with contextlib.suppress(OSError):
