@@ -101,7 +101,7 @@ def test_plotter_timeout(ran: Path, tmp_path: Path) -> None:
                    "--timeout", "0.3", timeout=20)
     assert proc.returncode == 1
     # (how long it ran: the limit and the kill's delay, longer under load)
-    assert re.search(r"failed \(timeout\): the plotter was killed after exceeding its time limit \(it ran \d+\.\d s\)",
+    assert re.search(r"failed \(timeout\): the plotter was killed after exceeding its time limit of 0\.3 s \(it ran \d+\.\d s\)",
                      proc.stderr), proc.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -152,6 +153,9 @@ def test_timeout_stops_the_block_and_is_reported(prefix, tmp_path):
     code, rep, err = run_cli_json(prefix, tmp_path / "cache", name, "--timeout", "1")
     assert time.monotonic() - t0 < 8, "the block was not stopped at its time limit"
     assert_stopped(code, rep, tmp_path / "cache", "timeout")
+    message = rep["blocks"]["left"]["error"]["message"]  # (names the limit it exceeded, and how long it ran)
+    assert re.fullmatch(r"the block was killed after exceeding its time limit of 1 s \(it ran \d+\.\d s\)", message), \
+        message
 
 
 def test_memory_limit_stops_the_block_and_is_reported(prefix, tmp_path):

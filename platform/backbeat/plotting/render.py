@@ -347,7 +347,7 @@ def _render(prefix: str | os.PathLike, tasks: list[PlotTask], payloads: list[dic
 def _finish(task: PlotTask, tmp: Path, result: Any, folder: Path) -> dict:
     entry: dict = dict(task.where, plotter=task.plotter, plotterparameter=task.plotterparameter)
     if not result.ok:
-        message = result.message.replace("the block killed", "the plotter was killed").replace("the block", "the plotter")
+        message = result.message.replace("the block", "the plotter")
         if "No module named 'matplotlib'" in message:
             message += f" ({MATPLOTLIB_HINT})"
         entry.update(status="failed", error={"kind": result.kind, "message": message,

@@ -53,7 +53,8 @@ class Exit:
     def ok(self) -> bool:
         return self.kind == "ok"
 
-    def describe(self) -> str:
+    def describe(self, limit_s: float | None = None) -> str:
+        """How it ended, in words; ``limit_s``: the time limit it ran under (named when exceeded)."""
         if self.kind == "ok":
             return "exited normally"
         if self.kind == "exit":
@@ -61,7 +62,8 @@ class Exit:
         if self.kind == "signal":
             return f"killed by signal {self.signal}"
         if self.kind == "timeout":
-            return f"killed after exceeding its time limit (it ran {self.wall_s:.1f} s)"
+            limit = f" of {limit_s:g} s" if limit_s else ""
+            return f"killed after exceeding its time limit{limit} (it ran {self.wall_s:.1f} s)"
         if self.kind == "lost":
             return f"lost with its fork server (killed by {self.signal})"
         if self.oom is not None:

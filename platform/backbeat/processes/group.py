@@ -294,8 +294,9 @@ class ProcessGroup:
         self._handles[job].kill()
 
     def set_timeout(self, job: str, seconds: float) -> None:
-        """From now on, the job may run at most ``seconds`` more."""
+        """From now on, the job may run at most ``seconds`` more (the limit its timeout names)."""
         self._handles[job].set_timeout(seconds)
+        self._limits[job] = dataclasses.replace(self._limits[job], timeout_s=seconds)
 
     def __contains__(self, job: str) -> bool:
         return job in self._handles

@@ -155,7 +155,8 @@ def classify(exit: Exit, messages: list[Message], limits: Limits | None = None) 
     err_message = next((m for m in messages if m.type == "error"), None)
     err = Outcome.from_json(err_message.data) if err_message is not None else None
     if exit.kind == "timeout":
-        return Outcome("timeout", f"the block {exit.describe()}", exit=exit, signal=exit.signal)
+        return Outcome("timeout", f"the block was {exit.describe(limits.timeout_s if limits else None)}", exit=exit,
+                       signal=exit.signal)
     if exit.kind == "lost":
         return Outcome("system", f"the block process was lost: its fork server died ({exit.signal})", exit=exit,
                        signal=exit.signal)
