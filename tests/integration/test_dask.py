@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -92,6 +93,17 @@ def prefix(copy_prefix) -> Path:
     return copy_prefix(PARALLEL_PREFIX)
 
 
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """``BASE`` run once for the module by the local executor (-j 2): the prefix it ran in (read
+    only: the Dask runs compared with it run there too), its cache and its report."""
+    root = tmp_path_factory.mktemp("local")
+    shutil.copytree(PARALLEL_PREFIX, root / "prefix", ignore=shutil.ignore_patterns("cache", "__pycache__"))
+    rep = executor.run_experiment(root / "prefix", root / "cache", BASE, executor.Options(jobs=2))
+    assert rep["status"] == "ok" and rep["results"] == RESULT, rep
+    return root / "prefix", root / "cache", rep
+
+
 _IN_PROCESS = """
 import sys
 if sys.argv[1] == "hide":  # as if Dask were not installed
@@ -121,9 +133,8 @@ def test_dask_executor_without_dask_is_a_clear_error(prefix, tmp_path):
     assert proc.returncode == 2 and "--executor dask" in proc.stderr, proc.stderr
 
 
-def test_dask_run_gives_the_local_results_and_cache_entries(prefix, tmp_path):
-    local = executor.run_experiment(prefix, tmp_path / "local", BASE, executor.Options(jobs=2))
-    assert local["status"] == "ok" and local["results"] == RESULT, local
+def test_dask_run_gives_the_local_results_and_cache_entries(local, tmp_path):
+    prefix, local_cache, local = local
     # the CLI's own LocalCluster (no --scheduler), 2 worker processes
     code, rep, err = cli_json("-p", prefix, "-c", tmp_path / "dask", "experiments", "run", BASE, "--json",
                               "--executor", "dask", "--workers", "2", timeout=90)
@@ -131,7 +142,7 @@ def test_dask_run_gives_the_local_results_and_cache_entries(prefix, tmp_path):
     assert rep["status"] == "ok" and rep["results"] == RESULT, rep
     assert {b: v["status"] for b, v in rep["blocks"].items()} == {"left": "ran", "right": "ran", "analysis": "ran"}
     assert {b: v["outputs"] for b, v in rep["blocks"].items()} == {b: v["outputs"] for b, v in local["blocks"].items()}
-    local_files, dask_files = cache_digests(tmp_path / "local"), cache_digests(tmp_path / "dask")
+    local_files, dask_files = cache_digests(local_cache), cache_digests(tmp_path / "dask")
     assert len(local_files) == 4 and local_files == dask_files  # 3 outputs, 1 view index
     assert not any(".tmp-" in p.name for p in (tmp_path / "dask").rglob("*"))
     # verified before trusted: made durable by the workers before their locks went, none left marked
@@ -232,15 +243,15 @@ def _comparable(rec: dict) -> dict:
     return rec
 
 
-def test_dask_and_local_runs_write_the_same_provenance_record(prefix, tmp_path, cluster):
+def test_dask_and_local_runs_write_the_same_provenance_record(local, tmp_path, cluster):
     from backbeat.provenance import records
 
-    local = executor.run_experiment(prefix, tmp_path / "local", BASE, executor.Options(jobs=2))
+    prefix, local_cache, local = local
     dask = executor.run_experiment(prefix, tmp_path / "dask", BASE, executor.Options(), executor_name="dask",
                                    scheduler=cluster.scheduler_address)
     assert local["status"] == dask["status"] == "ok"
     assert dask["provenance"] == str(records.record_path(tmp_path / "dask", dask["experiment"]))
-    local_rec, dask_rec = (records.load(tmp_path / c, BASE) for c in ("local", "dask"))
+    local_rec, dask_rec = (records.load(c, BASE) for c in (local_cache, tmp_path / "dask"))
     assert local_rec is not None and dask_rec is not None
     assert {b["status"] for b in dask_rec["blocks"].values()} == {"ran"}
     assert all(b["statistics"]["wall_s"] > 0 for b in dask_rec["blocks"].values())
