@@ -53,37 +53,39 @@ def become_subreaper() -> bool:
         return False
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+def children(pid: int) -> list[int]:
+    """The children of ``pid`` (forked by any of its threads), from ``/proc/PID/task/*/children``."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(k) for k in f.read().split())
         except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        out[int(entry.name)] = int(fields[1])
-    return out
+            pass
+    return kids
 
 
-def descendants(root: int, exclude: set[int] | frozenset[int] = frozenset(),
-                parents: dict[int, int] | None = None) -> list[int]:
-    """Every live descendant of ``root`` (not ``root``), skipping the subtrees of ``exclude``
-    (``parents``: :func:`_parents`, if already read)."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in (parents if parents is not None else _parents()).items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(children.get(root, []))
+def tree(roots: set[int] | list[int], exclude: set[int] | frozenset[int] = frozenset()) -> set[int]:
+    """``roots`` and their live descendants, skipping the subtrees of ``exclude`` — the one walk of
+    the process tree of the benchmarks (``timeline.py`` samples with it too): read from the roots'
+    ``children`` files, not a scan of every process of ``/proc`` (which, every few milliseconds on
+    a busy machine, would take a core of its own)."""
+    found, todo = set(roots), list(roots)
     while todo:
-        pid = todo.pop()
-        if pid in exclude:
-            continue
-        found.append(pid)
-        todo.extend(children.get(pid, []))
+        for kid in children(todo.pop()):
+            if kid not in found and kid not in exclude:
+                found.add(kid)
+                todo.append(kid)
     return found
+
+
+def descendants(root: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Every live descendant of ``root`` (not ``root``), skipping the subtrees of ``exclude``."""
+    return sorted(tree({root}, exclude) - {root})
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -151,15 +153,18 @@ class Measured:
         return ""
 
 
-def served_commands(cwd: str, templates_: set[int], before: frozenset[int] | set[int] = frozenset(),
-                    parents: dict[int, int] | None = None) -> list[int]:
+def served(templates_: set[int]) -> set[int]:
+    """The commands the templates ``templates_`` serve now (their children)."""
+    return {pid for t in templates_ for pid in children(t)}
+
+
+def served_commands(cwd: str, templates_: set[int], before: frozenset[int] | set[int] = frozenset()) -> list[int]:
     """The commands the templates ``templates_`` serve for a client working in ``cwd`` (a served
     command works in its client's folder), except those in ``before``: the processes of a served
     run are these commands' trees, which are not the client's descendants."""
-    parents = parents if parents is not None else _parents()
     found = []
-    for pid, ppid in parents.items():
-        if ppid in templates_ and pid not in before:
+    for pid in sorted(served(templates_)):
+        if pid not in before:
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{pid}/cwd") == cwd:
                     found.append(pid)
@@ -179,17 +184,14 @@ class _Sampler(threading.Thread):
         self.pss = self.rss = 0  # KiB
         self.procs = self.samples = 0
         self.warm = templates()
-        self.before = {p for p, pp in _parents().items() if pp in self.warm}  # (commands served before the run)
+        self.before = served(self.warm)  # (commands served before the run)
 
     def run(self) -> None:
         while not self.stop.is_set():
             if self.samples % 25 == 24:  # (a template the run itself started)
                 self.warm = templates()
-            parents = _parents()
-            pids = set(descendants(self.root, self.exclude | self.warm, parents))
-            for cmd in served_commands(self.cwd, self.warm, self.before, parents):
-                pids.add(cmd)
-                pids.update(descendants(cmd, self.exclude, parents))
+            pids = tree({self.root}, self.exclude | self.warm) - {self.root}
+            pids |= tree(served_commands(self.cwd, self.warm, self.before), self.exclude)
             pss = rss = 0
             for pid in pids:
                 p, r = memory_kb(pid)

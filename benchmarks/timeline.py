@@ -77,34 +77,6 @@ def _own(templates: set[int]) -> set[int]:
     return mine
 
 
-def _children(pid: int) -> list[int]:
-    """The children of ``pid`` (forked by any of its threads), from ``/proc/PID/task/*/children``."""
-    kids: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                kids.extend(int(k) for k in f.read().split())
-        except OSError:
-            pass
-    return kids
-
-
-def _tree(roots: set[int]) -> set[int]:
-    """``roots`` and their live descendants (read from their ``children`` files: sampling every
-    process of a busy machine every few milliseconds would take a core of its own)."""
-    found, todo = set(roots), list(roots)
-    while todo:
-        for kid in _children(todo.pop()):
-            if kid not in found:
-                found.add(kid)
-                todo.append(kid)
-    return found
-
-
 def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> dict:
     """Run ``command`` in ``cwd`` (a folder of its own); the timeline of every process of its tree
     and of the tree of the command a template of this interpreter serves for it (found by that
@@ -112,7 +84,7 @@ def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> 
     tick = os.sysconf("SC_CLK_TCK")
     load = os.getloadavg()[0]
     where = os.path.realpath(cwd)
-    before = {p for p, pp in runner._parents().items() if pp in runner.templates()}
+    before = runner.served(runner.templates())
     t0 = time.monotonic()
     proc = subprocess.Popen(command, env=env, cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen: dict[int, dict] = {}
@@ -128,7 +100,7 @@ def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> 
         n += 1
         if roots and (not served_now or n % 20 == 1):  # (a scan of /proc: not every sample once found)
             served_now = runner.served_commands(where, roots, before)
-        pids = _tree({proc.pid, *served_now})
+        pids = runner.tree({proc.pid, *served_now})
         busy = 0
         for pid in pids:
             st = _stat(pid)
