@@ -494,34 +494,51 @@ json.dump(out, sys.stdout)
 """
 
 
-@pytest.mark.skipif(not BEAT_PYTHON.exists(), reason="BEAT reference installation not available")
-def test_verdicts_match_beat():
-    cases = [(k, d, True) for k, d in VALID] + [(k, d, False) for k, d, _ in INVALID]
-    # deliberate deviations (docs/schemas.md): BEAT accepts these, we refuse them
-    deviations = [("protocoltemplate", dict(PROTOCOLTEMPLATE, schema_version=1.5)),
-                  ("protocoltemplate", dict(PROTOCOLTEMPLATE, schema_version=True)),
-                  ("database", dict(DATABASE_V2, schema_version=2.5))]
-    payload = json.dumps([[k, d] for k, d, _ in cases] + [list(c) for c in deviations])
+def _cases() -> list:
+    return [(k, d, True) for k, d in VALID] + [(k, d, False) for k, d, _ in INVALID]
+
+
+# deliberate deviations (docs/schemas.md): BEAT accepts these, we refuse them
+DEVIATIONS = [("protocoltemplate", dict(PROTOCOLTEMPLATE, schema_version=1.5)),
+              ("protocoltemplate", dict(PROTOCOLTEMPLATE, schema_version=True)),
+              ("database", dict(DATABASE_V2, schema_version=2.5))]
+
+
+def _mutant_cases() -> list:
+    return [(k, d) for k, d in _mutants(seed=5, count=400) if not _is_deviation(k, d)]
+
+
+@pytest.fixture(scope="module")
+def beat_verdicts() -> tuple[list, list]:
+    """BEAT's verdicts on the cases of the two tests below, asked of one BEAT interpreter (its
+    start, importing beat.core, is most of the cost): (cases and deviations, mutants)."""
+    if not BEAT_PYTHON.exists():
+        pytest.skip("BEAT reference installation not available")
+    first = [[k, d] for k, d, _ in _cases()] + [list(c) for c in DEVIATIONS]
+    second = [list(c) for c in _mutant_cases()]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    result = subprocess.run([str(BEAT_PYTHON), "-c", ORACLE], input=payload, capture_output=True, text=True,
-                            env=env, timeout=120, check=True)
+    result = subprocess.run([str(BEAT_PYTHON), "-c", ORACLE], input=json.dumps(first + second), capture_output=True,
+                            text=True, env=env, timeout=300, check=True)
     beat = json.loads(result.stdout)
+    assert len(beat) == len(first) + len(second)
+    return beat[:len(first)], beat[len(first):]
+
+
+def test_verdicts_match_beat(beat_verdicts):
+    cases = _cases()
+    beat = beat_verdicts[0]
     ours = [not schema.validate(k, d) for k, d, _ in cases]
     expected = [v for _, _, v in cases]
     mismatches = [(k, d) for (k, d, _), b, o in zip(cases, beat, ours, strict=False) if b != o]
     assert not mismatches
     assert beat[: len(cases)] == expected
-    assert beat[len(cases):] == [True] * len(deviations)
-    assert not any(not schema.validate(k, d) for k, d in deviations)
+    assert beat[len(cases):] == [True] * len(DEVIATIONS)
+    assert not any(not schema.validate(k, d) for k, d in DEVIATIONS)
 
 
-@pytest.mark.skipif(not BEAT_PYTHON.exists(), reason="BEAT reference installation not available")
-def test_mutant_verdicts_match_beat():
-    cases = [(k, d) for k, d in _mutants(seed=5, count=400) if not _is_deviation(k, d)]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    result = subprocess.run([str(BEAT_PYTHON), "-c", ORACLE], input=json.dumps(cases), capture_output=True,
-                            text=True, env=env, timeout=300, check=True)
-    beat = json.loads(result.stdout)
+def test_mutant_verdicts_match_beat(beat_verdicts):
+    cases = _mutant_cases()
+    beat = beat_verdicts[1]
     assert 30 < sum(beat) < len(cases)  # both verdicts are exercised
     mismatches = [(k, d) for (k, d), b in zip(cases, beat, strict=True) if b != (not schema.validate(k, d))]
     assert not mismatches
