@@ -32,7 +32,9 @@ from backbeat.processes import reaper
 
 def _in_fork_server() -> bool:
     """Whether this import runs in multiprocessing's fork server (its ``main`` is importing us)."""
-    from multiprocessing import forkserver
+    forkserver = sys.modules.get("multiprocessing.forkserver")  # (loaded there: not imported elsewhere)
+    if forkserver is None:
+        return False
 
     code = forkserver.main.__code__
     frame: FrameType | None = sys._getframe(1)
