@@ -158,10 +158,15 @@ class StreamSender:
                 sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 return True
             except zmq.Again:
-                if os.path.exists(cancel):  # the consumer has ended: stop feeding it
+                if os.path.exists(cancel) or self._gone(sock):  # the consumer has ended: stop feeding it
                     self._drop(sock)
                     return False
                 sock.poll(POLL_MS, zmq.POLLOUT)
+
+    def _gone(self, sock: zmq.Socket) -> bool:
+        """Whether the consumer has closed its ring's connection (it ended)."""
+        out = self._rings.get(sock)
+        return out is not None and out.hand is not None and out.hand.gone()
 
     def _send(self, frames: list[Any]) -> None:
         for sock, cancel in list(self._live):
@@ -236,7 +241,7 @@ class StreamSender:
                 wait = False
             if not wait:
                 return True
-            if os.path.exists(cancel) or out.hand.gone():  # the consumer has ended: stop feeding it
+            if os.path.exists(cancel) or self._gone(sock):  # the consumer has ended: stop feeding it
                 self._drop(sock)
                 return False
 
@@ -244,12 +249,11 @@ class StreamSender:
         """The output is committed, ending at ``end``: tell the consumers, wait for their acks."""
         self._send([b"end", json.dumps({"end": int(end)}).encode()])
         for sock, cancel in list(self._live):
-            out = self._rings.get(sock)
             while True:
                 if sock.poll(POLL_MS, zmq.POLLIN):
                     if sock.recv_multipart()[0] == b"ack":  # (slots freed meanwhile: skipped)
                         break
-                elif os.path.exists(cancel) or (out is not None and out.hand is not None and out.hand.gone()):
+                elif os.path.exists(cancel) or self._gone(sock):
                     break
         self.close()
 
