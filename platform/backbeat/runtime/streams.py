@@ -13,6 +13,12 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   frames), in order (the writer's batches: 1,024 units first, then twice as many each time up
   to 4,096 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
   sent only after the producer's cache file is committed;
+* a batch of ``ring.MIN_BYTES`` or more travels through a write-sealed shared ring instead
+  (:mod:`backbeat.data.ring`, ``docs/dataplane.md`` "Ring"): at the first one, ``ring`` (where to
+  fetch the ring's descriptor, and a token to prove it is the consumer); then, per batch, ``slot``
+  (which slot holds its frames, and the header); the consumer copies the slot out, answers ``free``
+  and decodes its copy.  The ring's connection tells each side of the other's end: a consumer
+  fails if its producer ends without ``end``, a producer drops a consumer that has ended;
 * consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
   nothing sent is lost when it closes) and then closes its side;
 * back-pressure: high-water marks of a few messages on both sides (at most 4, about 4 MB and
