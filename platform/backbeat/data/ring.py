@@ -200,7 +200,10 @@ class Handover:
         while not given_up():
             if not select.select([srv], [], [], poll_s)[0]:
                 continue
-            conn, _ = srv.accept()
+            try:
+                conn, _ = srv.accept()
+            except OSError:  # (a peer gone already; out of descriptors: the consumer is not served)
+                continue
             conn.settimeout(poll_s * 20)  # (a peer that sends nothing is dropped, the next one accepted)
             try:
                 got = b""
