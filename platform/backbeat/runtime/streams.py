@@ -64,6 +64,9 @@ QUEUED_BYTES = 4 << 20  # and no more bytes than this per side (fewer messages w
 #: at the end of the run with tens of thousands of units still queued (docs/performance.md, wave 7)
 QUEUED_UNITS = 8192
 POLL_MS = 50
+#: how long a consumer whose producer has ended (its ring's connection closed without ``end``)
+#: waits for the executor to kill it before it fails on its own
+PRODUCER_GONE_S = 5.0
 #: how much lower a producer's priority is than a consumer's (CFS weights 1024 against 335: a
 #: consumer with data runs ~3× as often as a producer competing with it for a core)
 PRODUCER_NICE = 5
@@ -336,7 +339,10 @@ class StreamSource:
             ready = dict(poller.poll())
             if self._sock in ready or self._sock.poll(0, zmq.POLLIN):
                 return self._sock.recv_multipart(copy=False)
-            if self._hand.gone():
+            if self._hand.gone():  # the producer has ended: the executor kills this consumer (it is
+                # reported skipped, not failed) — unless there is none, or it does not within a while
+                if self._sock.poll(int(PRODUCER_GONE_S * 1000), zmq.POLLIN):
+                    return self._sock.recv_multipart(copy=False)
                 raise WireError("the stream's producer ended before the end of the stream")
 
     def _next_batch(self) -> Batch | None:
