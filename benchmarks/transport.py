@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/transport.py [--mb 80] [--batch-rows 256] [--width 1000] [--repeat 3] [--kinds K,..] [--json]
+    python benchmarks/transport.py [--mb 80] [--batch-rows 256] [--width 1000] [--repeat 3] [--json]
 
 One producer process hands ``--mb`` MB of float64 rows, in batches of ``--batch-rows`` rows (the
 writer's batches of the 10k-vector chain: 2 MB), to a consumer process it forked; each side
@@ -21,13 +21,8 @@ Transports, alternated run by run:
   batch into a free slot, the consumer (which checks the seal: it cannot write the slots) copies the
   slot out and frees it.
 
-* ``streams-zmq`` / ``streams-ring`` (wave 10): backbeat's own code path, ``runtime/streams.py``'s
-  ``StreamSender.send`` of each gathered batch and ``StreamSource``'s decoded batches (checked, made
-  private), with the ring turned off in the producer (every batch over the socket) or on (batches of
-  ``ring.MIN_BYTES`` and more through ``data/ring.py``'s sealed ring: ``docs/dataplane.md``).
-
-``zmq``, ``memfd`` and ``ring`` are sketches that measured what a transport would save before anyone
-built one (``docs/performance.md``, wave 9); the ``streams-*`` pair measures what was built (wave 10).
+Nothing here is backbeat's code path except the gather and the ``zmq`` variant's socket options;
+it measures what a transport would save before anyone builds one (``docs/performance.md``, wave 9).
 """
 
 from __future__ import annotations
@@ -52,8 +47,7 @@ import zmq
 F_SEAL_FUTURE_WRITE = 0x10  # linux/fcntl.h (not in Python's fcntl module before 3.12 on every build)
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 SLOTS = 4
-KINDS = ("zmq", "memfd", "ring", "streams-zmq", "streams-ring")
-FMT = "bench/vector/1"
+KINDS = ("zmq", "memfd", "ring")
 
 
 def _usage() -> tuple[float, int]:
@@ -72,38 +66,8 @@ def _connect(addr: str) -> socket.socket:
     raise SystemExit(f"cannot connect to {addr}")
 
 
-def _streams_produce(kind: str, addr: str, batches: int, values: list[np.ndarray]) -> None:
-    from backbeat.data import ring
-    from backbeat.data.batch import Batch
-    from backbeat.runtime.spec import StreamTarget
-    from backbeat.runtime.streams import StreamSender
-
-    usable, ring._usable = ring._usable, (False if kind == "streams-zmq" else None)  # (None: probe again)
-    rows, expanded = len(values), {"value": [values[0].size, "float64"]}
-    try:
-        snd = StreamSender([StreamTarget("ipc://" + addr, addr + ".cancel")], rows * values[0].nbytes, rows)
-    finally:
-        ring._usable = usable  # (the consumer follows whatever it is sent)
-    for b in range(batches):
-        idx = np.arange(b * rows, (b + 1) * rows)
-        snd.send(Batch(FMT, expanded, idx, idx, {"value": np.stack(values)}, validate=False))
-    snd.finish(batches * rows - 1)
-
-
-def _streams_consume(addr: str, width: int) -> None:
-    from backbeat.runtime.streams import StreamSource
-
-    src = StreamSource("ipc://" + addr, FMT, {"value": [width, "float64"]})
-    while (batch := src._next_batch()) is not None:
-        batch.columns["value"].sum()
-    src.close()
-
-
 def produce(kind: str, addr: str, batches: int, values: list[np.ndarray]) -> None:
     """Hand ``batches`` batches gathered from ``values`` to the consumer at ``addr``."""
-    if kind.startswith("streams-"):
-        _streams_produce(kind, addr, batches, values)
-        return
     size = len(values) * values[0].nbytes
     if kind == "zmq":
         ctx = zmq.Context()
@@ -155,11 +119,8 @@ def produce(kind: str, addr: str, batches: int, values: list[np.ndarray]) -> Non
     srv.close()
 
 
-def consume(kind: str, addr: str, width: int = 1000) -> None:
+def consume(kind: str, addr: str) -> None:
     """Receive batches until the end; each one's bytes end up in this process's own memory or mapping."""
-    if kind.startswith("streams-"):
-        _streams_consume(addr, width)
-        return
     if kind == "zmq":
         ctx = zmq.Context()
         s = ctx.socket(zmq.PAIR)
@@ -217,7 +178,7 @@ def run(kind: str, batches: int, rows: int, width: int) -> dict:
         code = 0
         try:
             c0 = _usage()
-            consume(kind, addr, width)
+            consume(kind, addr)
             c1 = _usage()
             os.write(w, json.dumps([c1[0] - c0[0], c1[1] - c0[1]]).encode())
         except BaseException as exc:  # noqa: BLE001 (reported by the parent)
@@ -255,22 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-rows", type=int, default=256, help="rows per batch (default 256: 2 MB)")
     ap.add_argument("--width", type=int, default=1000, help="float64 per row (default 1000)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per transport, alternated (default 3)")
-    ap.add_argument("--kinds", default=",".join(KINDS), help=f"transports to run (default {','.join(KINDS)})")
     ap.add_argument("--json", action="store_true", help="print the runs as JSON")
     args = ap.parse_args(argv)
     from backbeat.runtime.allocator import reuse_batch_memory
 
     reuse_batch_memory()  # (as in a block process; forked children inherit it)
-    import backbeat.runtime.spec
-    import backbeat.runtime.streams  # noqa: F401 (imported before any CPU is counted, as in a block process)
-
     batches = max(1, round(args.mb * 1e6 / (args.batch_rows * args.width * 8)))
-    kinds = [k for k in args.kinds.split(",") if k]
-    if set(kinds) - set(KINDS):
-        ap.error(f"unknown transports: {', '.join(sorted(set(kinds) - set(KINDS)))}")
-    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    results: dict[str, list[dict]] = {k: [] for k in KINDS}
     for _ in range(args.repeat):
-        for kind in kinds:
+        for kind in KINDS:
             results[kind].append(run(kind, batches, args.batch_rows, args.width))
     if args.json:
         print(json.dumps({"batches": batches, "load": os.getloadavg()[0], "runs": results}))
@@ -278,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     mb = batches * args.batch_rows * args.width * 8 / 1e6
     print(f"{mb:.0f} MB in {batches} batches of {args.batch_rows} x {args.width} float64; "
           f"load {os.getloadavg()[0]:.1f}; median [min-max] of {args.repeat}")
-    for kind in kinds:
+    for kind in KINDS:
         runs = results[kind]
 
         def fig(key: str, runs: list[dict] = runs) -> str:

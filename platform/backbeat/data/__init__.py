@@ -1,7 +1,7 @@
 """Data: values, columnar batches and the files and frames that carry them.
 
 Lives here: typed values with BEAT's semantics (``values``), columnar batches (``batch``),
-HDF5 cache files (``cachefile``: format and digest; ``cachewriter``, ``h5objects``, ``chunkwriter``, ``cachereader``), the ZeroMQ wire format (``wire``) and the write-sealed shared ring of a stream's large batches (``ring``),
+HDF5 cache files (``cachefile``: format and digest; ``cachewriter``, ``h5objects``, ``chunkwriter``, ``cachereader``), the ZeroMQ wire format (``wire``),
 database view index files (``dbindex``), their columnar tables (``indextable``) and the names of an index's files (``indexfiles``).
 May import: ``core``, ``declarations``.
 """

@@ -13,12 +13,6 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   frames), in order (the writer's batches: 1,024 units first, then twice as many each time up
   to 4,096 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
   sent only after the producer's cache file is committed;
-* a batch of ``ring.MIN_BYTES`` or more travels through a write-sealed shared ring instead
-  (:mod:`backbeat.data.ring`, ``docs/dataplane.md`` "Ring"): at the first one, ``ring`` (where to
-  fetch the ring's descriptor, and a token to prove it is the consumer); then, per batch, ``slot``
-  (which slot holds its frames, and the header); the consumer copies the slot out, answers ``free``
-  and decodes its copy.  The ring's connection tells each side of the other's end: a consumer
-  fails if its producer ends without ``end``, a producer drops a consumer that has ended;
 * consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
   nothing sent is lost when it closes) and then closes its side;
 * back-pressure: high-water marks of a few messages on both sides (at most 4, about 4 MB and
@@ -51,7 +45,7 @@ from typing import Any
 import zmq
 
 from backbeat.core.errors import WireError
-from backbeat.data import ring, wire
+from backbeat.data import wire
 from backbeat.data.batch import Batch
 from backbeat.processes import zmqcontext
 from backbeat.runtime.spec import StreamTarget
@@ -64,9 +58,6 @@ QUEUED_BYTES = 4 << 20  # and no more bytes than this per side (fewer messages w
 #: at the end of the run with tens of thousands of units still queued (docs/performance.md, wave 7)
 QUEUED_UNITS = 8192
 POLL_MS = 50
-#: how long a consumer whose producer has ended (its ring's connection closed without ``end``)
-#: waits for the executor to kill it before it fails on its own
-PRODUCER_GONE_S = 5.0
 #: how much lower a producer's priority is than a consumer's (CFS weights 1024 against 335: a
 #: consumer with data runs ~3× as often as a producer competing with it for a core)
 PRODUCER_NICE = 5
@@ -132,8 +123,7 @@ def high_water_mark(batch_bytes: int, batch_units: int = 0) -> int:
 
 
 class StreamSender:
-    """Producer side: the consumers of one output (one bound PAIR socket each; for large batches,
-    a ring of shared slots each, :mod:`backbeat.data.ring`)."""
+    """Producer side: the consumers of one output (one bound PAIR socket each)."""
 
     def __init__(self, targets: Sequence[StreamTarget], batch_bytes: int = 0, batch_units: int = 0):
         """One consumer per target: the ipc address to bind, the cancel file to watch;
@@ -142,127 +132,42 @@ class StreamSender:
         ctx = zmqcontext.acquire()
         self._open = True
         self._live: list[tuple[zmq.Socket, str]] = []
-        self._rings: dict[zmq.Socket, _RingOut | None] = {}  # made at a consumer's first large batch
-        self._batch_bytes = batch_bytes
         for t in targets:
             sock = ctx.socket(zmq.PAIR)
             sock.linger = 0
             sock.sndhwm = high_water_mark(batch_bytes, batch_units)
             sock.bind(t.address)
             self._live.append((sock, t.cancel))
-            if t.address.startswith("ipc://") and ring.usable():
-                self._rings[sock] = _RingOut(t.address[len("ipc://"):] + ".ring")
 
     def _drop(self, sock: zmq.Socket) -> None:
         self._live = [(s, c) for s, c in self._live if s is not sock]
-        out = self._rings.pop(sock, None)
-        if out is not None:
-            out.close()
         sock.close(0)
-
-    def _send_one(self, sock: zmq.Socket, cancel: str, frames: list[Any]) -> bool:
-        """Send ``frames`` to one consumer; False if it has ended (and is dropped)."""
-        while True:
-            try:
-                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
-                if os.path.exists(cancel) or self._gone(sock):  # the consumer has ended: stop feeding it
-                    self._drop(sock)
-                    return False
-                sock.poll(POLL_MS, zmq.POLLOUT)
-
-    def _gone(self, sock: zmq.Socket) -> bool:
-        """Whether the consumer has closed its ring's connection (it ended)."""
-        out = self._rings.get(sock)
-        return out is not None and out.hand is not None and out.hand.gone()
 
     def _send(self, frames: list[Any]) -> None:
         for sock, cancel in list(self._live):
-            self._send_one(sock, cancel, frames)
+            while True:
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                    break
+                except zmq.Again:
+                    if os.path.exists(cancel):  # the consumer has ended: stop feeding it
+                        self._drop(sock)
+                        break
+                    sock.poll(POLL_MS, zmq.POLLOUT)
 
     def send(self, batch: Batch) -> None:
         """Send one batch (just appended to the producer's cache file) to every live consumer."""
         if _autogroup_pending:
             yield_to_consumers()
-        if not (self._live and len(batch)):
-            return
-        frames = wire.encode(batch)
-        if not self._rings or batch.nbytes < ring.MIN_BYTES:
-            self._send([b"batch", *frames])
-            return
-        for sock, cancel in list(self._live):
-            out = self._rings.get(sock)
-            if out is not None and out.writer is None and not self._offer(sock, cancel, out, frames[1:]):
-                continue  # (the consumer has ended)
-            out = self._rings.get(sock)
-            if out is None or out.writer is None or not out.writer.fits(list(map(_nbytes, frames[1:]))):
-                self._send_one(sock, cancel, [b"batch", *frames])  # (no ring: the socket, in order)
-                continue
-            if not self._reclaim(sock, cancel, out, wait=not out.writer.free):
-                continue
-            k, lengths = out.writer.put(frames[1:])
-            self._send_one(sock, cancel, [b"slot", json.dumps({"slot": k, "lengths": lengths}).encode(), frames[0]])
-
-    def _offer(self, sock: zmq.Socket, cancel: str, out: _RingOut, frames: list[Any]) -> bool:
-        """Make the consumer's ring (slots for batches of this size, or the announced size) and hand it
-        over; False if the consumer has ended.  A ring that cannot be made leaves the socket."""
-        slot_bytes = max(ring.span(list(map(_nbytes, frames))), self._batch_bytes + 64 * len(frames))
-        try:
-            srv, token = ring.Handover.listen(out.path)
-        except (OSError, WireError):
-            self._rings[sock] = None
-            return True
-        try:
-            writer = ring.RingWriter(ring.SLOTS, slot_bytes)
-        except OSError:
-            self._rings[sock] = None
-            srv.close()
-            os.unlink(out.path)
-            return True
-        offer = {"path": out.path, "token": token, "slots": writer.slots, "slot_bytes": writer.slot_bytes}
-        try:
-            if not self._send_one(sock, cancel, [b"ring", json.dumps(offer).encode()]):
-                writer.close()
-                return False
-            out.hand = ring.Handover.offer(srv, token, writer.fd, lambda: os.path.exists(cancel), POLL_MS / 1000)
-        finally:
-            srv.close()
-            os.unlink(out.path)
-        os.close(writer.fd)  # (only the mapping is kept: the consumer holds its own descriptor)
-        writer.fd = -1
-        out.writer = writer
-        if out.hand is None:  # the consumer ended before it took the ring
-            self._drop(sock)
-            return False
-        return True
-
-    def _reclaim(self, sock: zmq.Socket, cancel: str, out: _RingOut, wait: bool) -> bool:
-        """Take back the slots the consumer has freed; with ``wait``, until one is; False if the
-        consumer has ended (it is dropped)."""
-        assert out.writer is not None and out.hand is not None
-        while True:
-            while sock.poll(0 if not wait else POLL_MS, zmq.POLLIN):
-                msg = sock.recv_multipart()
-                if msg[0] != b"free" or len(msg) != 2 or not msg[1].isdigit():
-                    raise WireError(f"unexpected message from a stream's consumer: {msg[0][:20]!r}")
-                out.writer.release(int(msg[1]))
-                wait = False
-            if not wait:
-                return True
-            if os.path.exists(cancel) or self._gone(sock):  # the consumer has ended: stop feeding it
-                self._drop(sock)
-                return False
+        if self._live and len(batch):
+            self._send([b"batch", *wire.encode(batch)])
 
     def finish(self, end: int) -> None:
         """The output is committed, ending at ``end``: tell the consumers, wait for their acks."""
         self._send([b"end", json.dumps({"end": int(end)}).encode()])
         for sock, cancel in list(self._live):
-            while True:
-                if sock.poll(POLL_MS, zmq.POLLIN):
-                    if sock.recv_multipart()[0] == b"ack":  # (slots freed meanwhile: skipped)
-                        break
-                elif os.path.exists(cancel) or self._gone(sock):
+            while not sock.poll(POLL_MS, zmq.POLLIN):
+                if os.path.exists(cancel):
                     break
         self.close()
 
@@ -270,34 +175,9 @@ class StreamSender:
         for sock, _ in self._live:
             sock.close(0)
         self._live = []
-        for out in self._rings.values():
-            if out is not None:
-                out.close()
-        self._rings = {}
         if self._open:
             self._open = False
             zmqcontext.release()
-
-
-def _nbytes(frame: Any) -> int:
-    return memoryview(frame).nbytes
-
-
-class _RingOut:
-    """A consumer's ring, producer side: where it is offered, then the slots and the connection."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.writer: ring.RingWriter | None = None
-        self.hand: ring.Handover | None = None
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        if self.hand is not None:
-            self.hand.close()
-            self.hand = None
 
 
 class StreamSource:
@@ -322,62 +202,23 @@ class StreamSource:
         self.more = True
         self.end: int | None = None
         self.bytes_read = 0
-        self._ring: ring.RingReader | None = None  # the producer's ring of large batches, once offered
-        self._hand: ring.Handover | None = None
 
     def __len__(self) -> int:
         return self._received
 
-    def _recv(self) -> list[Any]:
-        """The next message; with a ring, WireError once the producer has ended without its ``end``."""
-        if self._hand is None:
-            return self._sock.recv_multipart(copy=False)
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._hand.fileno(), zmq.POLLIN)
-        while True:
-            ready = dict(poller.poll())
-            if self._sock in ready or self._sock.poll(0, zmq.POLLIN):
-                return self._sock.recv_multipart(copy=False)
-            if self._hand.gone():  # the producer has ended: the executor kills this consumer (it is
-                # reported skipped, not failed) — unless there is none, or it does not within a while
-                if self._sock.poll(int(PRODUCER_GONE_S * 1000), zmq.POLLIN):
-                    return self._sock.recv_multipart(copy=False)
-                raise WireError("the stream's producer ended before the end of the stream")
-
     def _next_batch(self) -> Batch | None:
-        while True:
-            frames = self._recv()
-            kind = frames[0].bytes
-            if kind == b"slot" and self._ring is not None and len(frames) == 3:
-                try:
-                    where = json.loads(frames[1].bytes)
-                    slot, lengths = where["slot"], where["lengths"]
-                except (ValueError, TypeError, KeyError):
-                    raise WireError("invalid ring slot message") from None
-                views = self._ring.take(slot, lengths)  # (a copy of our own: then the slot is free)
-                self._sock.send_multipart([b"free", b"%d" % slot])
-                batch = wire.decode([frames[2], *views], self._fmt, self._expanded, private=True)
-            elif kind == b"batch":
-                batch = wire.decode(frames[1:], self._fmt, self._expanded, private=True)  # (from the producer)
-            elif kind == b"ring" and self._ring is None and len(frames) == 2:
-                try:
-                    offer = json.loads(frames[1].bytes)
-                    path, token, slots, slot_bytes = offer["path"], offer["token"], offer["slots"], offer["slot_bytes"]
-                except (ValueError, TypeError, KeyError):
-                    raise WireError("invalid ring offer") from None
-                self._hand, fd = ring.Handover.accept(path, token)
-                self._ring = ring.RingReader(fd, slots, slot_bytes)
-                continue
-            elif kind == b"end":
-                self.end = int(json.loads(frames[1].bytes)["end"])
-                self._sock.send(b"ack")
-                return None
-            else:
-                raise WireError(f"unexpected stream message {kind[:20]!r}")
+        frames = self._sock.recv_multipart(copy=False)
+        kind = frames[0].bytes
+        if kind == b"batch":
+            batch = wire.decode(frames[1:], self._fmt, self._expanded, private=True)  # (from the producer)
             self._received += len(batch)
             self.bytes_read += batch.nbytes
             return batch
+        if kind == b"end":
+            self.end = int(json.loads(frames[1].bytes)["end"])
+            self._sock.send(b"ack")
+            return None
+        raise WireError(f"unexpected stream message {kind[:20]!r}")
 
     def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
         """Units ``0, 1, ..`` as they arrive (``i`` must be 0: a stream is read once)."""
@@ -402,11 +243,6 @@ class StreamSource:
         raise WireError("the units of a streamed input are not known in advance")
 
     def close(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
-        if self._hand is not None:
-            self._hand.close()
-            self._hand = None
         if not self._sock.closed:
             self._sock.close(0)
             zmqcontext.release()
