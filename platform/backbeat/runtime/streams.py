@@ -19,8 +19,9 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   a ``committed`` message (``b"committed"``, the digest) once it is renamed into place: the consumer
   computes while its producer writes and commits (the relay's hop no longer waits for an HDF5 file),
   but **commits nothing before its producers did**: its cache writer calls :meth:`StreamSource.settle`
-  before the rename, which checks that the digest announced is that of the batches received (they
-  are kept, at most :data:`KEEP_BYTES`) and waits for ``committed`` with that digest.  A producer
+  before the rename, which checks that the digest announced is that of the batches received (hashed
+  as they arrive, before the algorithm sees them, up to :data:`HASHED_BYTES`) and waits for
+  ``committed`` with that digest.  A producer
   that fails (or is killed) before it has committed never sends it: the consumer waits until the
   executor kills it (the consumers of a failed producer are, and theirs), leaving only temporaries;
 * consumer → producer: ``ack`` once ``end`` (committed) or ``committed`` is received; the producer
@@ -75,8 +76,8 @@ PRODUCER_NICE = 5
 #: an output of at most this many units and bytes (batch.nbytes) is announced before its file is written
 EARLY_UNITS = 1024
 EARLY_BYTES = 1 << 20
-#: a consumer keeps the batches it received up to this many units and bytes, to check an early ``end``'s digest
-KEEP_BYTES = 2 * EARLY_BYTES
+#: a consumer hashes the batches it receives up to this many units and bytes, to check an early ``end``'s digest
+HASHED_BYTES = 2 * EARLY_BYTES
 
 
 def yield_to_consumers() -> None:
@@ -241,7 +242,8 @@ class StreamSource:
         self.more = True
         self.end: int | None = None
         self.bytes_read = 0
-        self._kept: list[Batch] | None = []  # the batches received, while few (an early end's check)
+        #: the digest of the batches received, while few (an early end's check); None beyond
+        self._content: ContentDigest | None = ContentDigest(fmt, expanded)
         self._announced: tuple[int, str] | None = None  # an early end's start and digest, until committed
 
     def __len__(self) -> int:
@@ -254,18 +256,19 @@ class StreamSource:
             batch = wire.decode(frames[1:], self._fmt, self._expanded, private=True)  # (from the producer)
             self._received += len(batch)
             self.bytes_read += batch.nbytes
-            if self._kept is not None:
-                self._kept.append(batch)
-                if self._received > EARLY_UNITS or self.bytes_read > KEEP_BYTES:
-                    self._kept = None
+            if self._content is not None:  # (hashed as received: the algorithm may change its values)
+                if self._received > EARLY_UNITS or self.bytes_read > HASHED_BYTES:
+                    self._content = None
+                else:
+                    self._content.add(batch)
             return batch
         if kind == b"end":
             end = json.loads(frames[1].bytes)
             self.end = int(end["end"])
             if end.get("committed", True):
-                self._kept = None
+                self._content = None
                 self._sock.send(b"ack")
-            elif self._kept is None:
+            elif self._content is None:
                 raise WireError(f"a stream of {self._received} units ended before its producer committed it")
             else:
                 self._announced = (int(end["start"]), str(end["digest"]))
@@ -301,12 +304,8 @@ class StreamSource:
         if self._announced is None:
             return
         start, digest = self._announced
-        content = ContentDigest(self._fmt, self._expanded)
-        for batch in self._kept or ():
-            content.add(batch)
-        self._kept = None
-        assert self.end is not None
-        if content.digest(start, self.end) != digest:
+        assert self.end is not None and self._content is not None
+        if self._content.digest(start, self.end) != digest:
             raise IntegrityError("the units received from a stream are not those its producer announced "
                                  f"(digest {digest[:12]}…)")
         frames = self._sock.recv_multipart()
