@@ -15,19 +15,12 @@ ZeroMQ context when it forks).  ``docs/performance.md`` ("After wave 6 (perf-f)"
 
 :mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls it once; a failure
 is ignored (a block process then only costs more).
-
-Most block processes of a chain read a stream and write one (:mod:`backbeat.runtime.streams`):
-:func:`rehearse` then hands the rehearsal's output to a :class:`~backbeat.runtime.streams.StreamSource`
-as its producer would send it (encoded, ended early with its digest, committed) through
-:class:`_Wire`, a stand-in for the socket, so that decoding, iterating and checking a stream is
-warm too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import linecache
 import os
 import re
@@ -36,14 +29,11 @@ import sys
 import tempfile
 from typing import Any
 
-from backbeat.data import wire
 from backbeat.data.batch import layout, tree, unit_bytes
-from backbeat.data.cachereader import CacheReader
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
 from backbeat.processes import controlfolders
 from backbeat.runtime import blockrun
-from backbeat.runtime.streams import StreamSource
 
 #: the rehearsal's algorithm (BEAT's API v2, sequential): copies its input
 ALGORITHM = b'''class Algorithm:
@@ -84,52 +74,6 @@ def spec(folder: str) -> dict:
     }
 
 
-class _Frame:
-    """A received message frame, as ZeroMQ hands one over (``bytes``; a writable ``buffer``)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.buffer = memoryview(bytearray(data))
-
-    @property
-    def bytes(self) -> bytes:
-        return self.buffer.tobytes()
-
-
-class _Wire:
-    """A stream's socket without ZeroMQ: hands over the messages given, ignores what is sent."""
-
-    closed = False
-
-    def __init__(self, messages: list[list[bytes]]) -> None:
-        self._messages = messages
-
-    def recv_multipart(self, copy: bool = True) -> list[Any]:
-        frames = self._messages.pop(0)
-        return frames if copy else [_Frame(f) for f in frames]
-
-    def send(self, data: bytes) -> None:
-        pass
-
-    def close(self, linger: int | None = None) -> None:
-        self.closed = True
-
-
-def _stream(path: str) -> int:
-    """The file at ``path`` received as a small stream, checked and read; its units."""
-    with CacheReader(path) as reader:
-        batch, digest = reader.read_units(0, len(reader)), reader.digest
-    end = json.dumps({"end": int(batch.ends[-1]), "start": 0, "digest": digest, "committed": False}).encode()
-    messages = [[b"batch", *(bytes(memoryview(f).cast("B")) for f in wire.encode(batch))], [b"end", end],
-                [b"committed", digest.encode()]]
-    source = StreamSource("", FORMAT, EXPANDED, sock=_Wire(messages))
-    try:
-        units = sum(1 for _unit in source.iter_units())
-        source.settle()
-    finally:
-        source.close()
-    return units
-
-
 def rehearse() -> dict:
     """Run the rehearsal block once in this process; its statistics (see module docstring)."""
     folder = _folder()
@@ -143,9 +87,7 @@ def rehearse() -> dict:
                          end=UNITS - 1) as writer:
             for i in range(UNITS):
                 writer.write({"value": i * 0.001})
-        stats = blockrun.run({"spec": block})
-        _stream(block["outputs"]["out"]["path"])
-        return stats
+        return blockrun.run({"spec": block})
     finally:
         if not had_module:
             sys.modules.pop(module, None)

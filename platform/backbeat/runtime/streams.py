@@ -231,18 +231,12 @@ class StreamSource:
 
     live = True  # the driver updates the input's unit count as units arrive
 
-    def __init__(self, address: str, fmt: str, expanded: dict, batch_bytes: int = 0, batch_units: int = 0,
-                 sock: Any = None):
-        """``sock``: what to receive from instead of a socket connected to ``address`` (the zygote's
-        rehearsal, :mod:`backbeat.runtime.rehearsal`, which must not hold a ZeroMQ context)."""
-        self._owned = sock is None
-        if sock is None:
-            sock = zmqcontext.acquire().socket(zmq.PAIR)
-            sock.linger = 0
-            sock.rcvhwm = high_water_mark(batch_bytes, batch_units)
-            sock.reconnect_ivl = 10
-            sock.connect(address)
-        self._sock = sock
+    def __init__(self, address: str, fmt: str, expanded: dict, batch_bytes: int = 0, batch_units: int = 0):
+        self._sock = zmqcontext.acquire().socket(zmq.PAIR)
+        self._sock.linger = 0
+        self._sock.rcvhwm = high_water_mark(batch_bytes, batch_units)
+        self._sock.reconnect_ivl = 10
+        self._sock.connect(address)
         self._fmt, self._expanded = fmt, expanded
         self._received = 0
         self.more = True
@@ -326,5 +320,4 @@ class StreamSource:
     def close(self) -> None:
         if not self._sock.closed:
             self._sock.close(0)
-            if self._owned:
-                zmqcontext.release()
+            zmqcontext.release()
