@@ -22,7 +22,6 @@ child writes to many of the pages it shares with the fork server); the high-leve
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import cachefile, h5objects
 from backbeat.data.batch import I64, Batch, layout, row_bytes, tree, units_within
 from backbeat.data.chunkwriter import ChunkAppender
+from backbeat.data.contentdigest import ContentDigest
 from backbeat.data.values import BaseValue, as_value, canonical, value_type
 
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
@@ -105,15 +105,11 @@ class CacheWriter:
         self._queued_bytes = 0
         self._hasher = cachefile.Hasher()
         self._kw: dict[str, Any] = compression_options(compression)
-        self._specs = {name: (dtype, shape) for name, dtype, shape in cachefile.arrays(fmt_name, expanded)}
-        self._names = list(self._specs)  # digest order
-        self._rows = dict.fromkeys(self._names, 0)  # rows appended so far (offsets: plus their leading 0)
-        self._last = dict.fromkeys(self._names, 0)  # offsets columns: the last offset appended
-        self._hash = {name: hashlib.sha256() for name in self._names}
-        for name in self._names:
-            if name.endswith("#offsets"):  # global offsets start with a 0
-                self._rows[name] = 1
-                self._hash[name].update(np.zeros(1, dtype=I64).tobytes())
+        self._content = ContentDigest(fmt_name, expanded, self._canon)
+        self._specs = self._content.specs
+        self._names = self._content.names  # digest order
+        self._rebased = self._content.rebased
+        self._digest: str | None = None  # once sealed (see seal())
 
     # writing ---------------------------------------------------------------------------------------
     @property
@@ -219,12 +215,8 @@ class CacheWriter:
         """
         jobs = []
         try:
-            arrays = [self._rebased("index/start", batch.starts), self._rebased("index/end", batch.ends)]
-            arrays += [self._rebased(name, batch.columns[name[len("columns/"):]]) for name in self._names[2:]]
-            for name, arr in zip(self._names, arrays, strict=True):
-                if arr.shape[0]:
-                    jobs.append(self._hasher.update(self._hash[name], arr))
-                    self._rows[name] += arr.shape[0]
+            arrays = self._content.arrays(batch)
+            jobs = self._content.update(arrays, self._hasher)
             if self._ds is None:
                 self._pending.append(arrays)
                 self._pending_bytes += sum(a.nbytes for a in arrays)
@@ -247,15 +239,6 @@ class CacheWriter:
         self._units += len(batch)
         if self.on_batch is not None:
             self.on_batch(batch)
-
-    def _rebased(self, name: str, arr: np.ndarray) -> np.ndarray:
-        """``arr`` as stored: the declared dtype, C order; offsets made global (without their 0)."""
-        if name.endswith("#offsets"):
-            base = self._last[name]
-            arr = arr[1:] + base if base else arr[1:]
-            if arr.shape[0]:
-                self._last[name] = int(arr[-1])
-        return np.ascontiguousarray(arr, dtype=self._specs[name][0])
 
     def _waiting(self) -> list[np.ndarray]:
         """The arrays waiting in memory, one per name (concatenated; offsets with their leading 0)."""
@@ -371,8 +354,17 @@ class CacheWriter:
                 h5py.Group(parent).create_dataset(base, data=arr, chunks=arr.shape, **self._kw)
 
     # finishing -------------------------------------------------------------------------------------
-    def close(self) -> str:
-        """Commit the file; return its digest.  Missing data units → IntegrityError, nothing left."""
+    @property
+    def small(self) -> bool:
+        """Whether every unit so far waits in memory (an output that stays small: written at :meth:`close`)."""
+        return self._ds is None
+
+    def seal(self) -> str:
+        """Write the buffered units as a last batch (told to :attr:`on_batch`) and return the file's
+        digest, before any of it is written to HDF5: nothing may be appended after.  Missing data
+        units → IntegrityError, nothing left.  :meth:`close` then writes and commits the file."""
+        if self._digest is not None:
+            return self._digest
         if self._closed:
             raise DataError(f"cache writer for `{self.path}' is already closed")
         self.flush()
@@ -384,6 +376,22 @@ class CacheWriter:
                 f"expected {self.end if self.end is not None else 'at least one unit'}"
             )
         self._hasher.close()
+        self._digest = self._content.digest(self.start, self.last)
+        return self._digest
+
+    @property
+    def last(self) -> int:
+        """The file's last data index (its declared end, else the last unit's)."""
+        return self.end if self.end is not None else self._next - 1
+
+    def close(self, gate: Callable[[], None] | None = None) -> str:
+        """Commit the file; return its digest.  Missing data units → IntegrityError, nothing left.
+        ``gate`` is called once the file is complete, just before it is renamed into place: if it
+        raises, nothing is committed (a streamed consumer waits there for its producers' commits)."""
+        digest = self.seal()
+        if self._values:  # (appended after seal(): not in the digest)
+            self.abort()
+            raise DataError(f"units written to `{self.path}' after its digest was taken")
         try:
             if self._ds is None:
                 self._create_exact()
@@ -394,15 +402,11 @@ class CacheWriter:
         except (OSError, ValueError) as exc:
             self.abort()
             raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
-        parts = [(name, dtype, (self._rows[name], *shape), self._hash[name].hexdigest())
-                 for name, dtype, shape in cachefile.arrays(self.name, self.expanded)]
-        end = self.end if self.end is not None else last
-        digest = cachefile.final_digest(self.name, self._canon, self.start, end, parts)
         try:
             root = h5py.h5g.open(self._fid, b"/")
             for name, value in (("backbeat", cachefile.FORMAT_TAG), ("dataformat", self.name),
                                 ("declaration", self._canon), ("key", self.key), ("start", self.start),
-                                ("end", end), ("units", self._units),
+                                ("end", self.last), ("units", self._units),
                                 ("digest_algorithm", cachefile.DIGEST_ALGORITHM), ("digest", digest)):
                 h5objects.attribute(root, name, value)
             del root
@@ -410,6 +414,12 @@ class CacheWriter:
         except (OSError, ValueError) as exc:
             self.abort()
             raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
+        if gate is not None:
+            try:
+                gate()
+            except BaseException:
+                self.abort()
+                raise
         self._closed = True
         self._commit()
         return digest

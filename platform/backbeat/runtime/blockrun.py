@@ -79,14 +79,35 @@ def _cache_source(path: str, window: int, verify: bool = True, key: str | None =
     return BatchSource(reader.starts, reader.ends, reader.read_units, window), reader
 
 
-def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str]) -> dict[str, int]:
+def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str],
+            streamed: list[StreamSource]) -> dict[str, int]:
     """Commit every output (its content digest into ``digests``); tell the consumers of streamed
-    ones; ``{output: units written}``."""
+    ones; ``{output: units written}``.
+
+    A small streamed output is sealed and announced first (its last batch, its end and digest:
+    the consumers go on while its file is written), and every output is renamed into place only
+    once the producers of the ``streamed`` inputs have committed theirs
+    (:meth:`~backbeat.runtime.streams.StreamSource.settle`, docs/execution.md "Streaming")."""
+    announced = set()
+    for name, writer in writers.items():
+        sender = senders.get(name)
+        if sender is not None and writer.small:
+            digest = writer.seal()  # (sends the last batch)
+            if sender.early:
+                sender.announce(writer.start, writer.last, digest)
+                announced.add(name)
+
+    def settle() -> None:
+        for source in streamed:
+            source.settle()
+
     written = {}
     for name, writer in writers.items():
-        digests[name] = writer.close()
-        if name in senders:
-            senders[name].finish(writer.end if writer.end is not None else writer.next_index - 1)
+        digests[name] = writer.close(gate=settle)
+        if name in announced:
+            senders[name].confirm(digests[name])
+        elif name in senders:
+            senders[name].finish(writer.last)
         written[name] = outputs[name].nb_data_blocks_written
     return written
 
@@ -134,6 +155,7 @@ def run(payload: dict) -> dict:
     algorithm = _algorithm_class(spec)()
 
     readers = []
+    streams: list[StreamSource] = []  # the streamed inputs (settled before any output is committed)
     client = None
     sources = {}
     src: Any
@@ -148,6 +170,7 @@ def run(payload: dict) -> dict:
             src = StreamSource(inp.address, inp.dataformat, formats[inp.dataformat],
                                *_batch_size(formats[inp.dataformat], inp.dataformat))
             readers.append(src)
+            streams.append(src)
         else:
             if client is None:
                 from backbeat.runtime.dbprovider import DatabaseClient
@@ -199,7 +222,7 @@ def run(payload: dict) -> dict:
 
             served = run_evaluator(algorithm, loop, inputs=input_list, data_loaders=loaders,
                                    outputs=outputs, parameters=spec.values, root=payload.get("root"))
-            written = _commit(writers, senders, outputs, digests)
+            written = _commit(writers, senders, outputs, digests, streams)
             return {"steps": served, "written": written, "digests": digests,
                     "read_bytes": sum(s.bytes_read for (_c, s, _d) in sources.values()),
                     "wall_s": time.perf_counter() - t0, **_committed(spec, digests)}
@@ -223,7 +246,7 @@ def run(payload: dict) -> dict:
         )
         if channel is not None:
             channel.done()
-        written = _commit(writers, senders, outputs, digests)
+        written = _commit(writers, senders, outputs, digests, streams)
     except BaseException:
         for writer in writers.values():
             writer.abort()

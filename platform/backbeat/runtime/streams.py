@@ -11,10 +11,21 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
 
 * producer → consumer: ``batch`` messages (``b"batch"`` then :func:`backbeat.wire.encode`
   frames), in order (the writer's batches: 1,024 units first, then twice as many each time up
-  to 4,096 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``, JSON ``{"end": last index}``)
-  sent only after the producer's cache file is committed;
-* consumer → producer: ``ack`` once ``end`` is received; the producer waits for it (so
-  nothing sent is lost when it closes) and then closes its side;
+  to 4,096 and ~2 MB, :meth:`backbeat.data.cachewriter.CacheWriter.grow`), then one ``end`` message (``b"end"``,
+  JSON ``{"end": last index, "committed": true}``) sent only after the producer's cache file is committed;
+* except for a *small* output (at most :data:`EARLY_UNITS` units and :data:`EARLY_BYTES` bytes, all
+  sent in one batch or a few: a chain over a few scalars), whose ``end`` comes before its file is
+  written — ``{"end", "start", "digest", "committed": false}``, the digest the file will hold — and
+  a ``committed`` message (``b"committed"``, the digest) once it is renamed into place: the consumer
+  computes while its producer writes and commits (the relay's hop no longer waits for an HDF5 file),
+  but **commits nothing before its producers did**: its cache writer calls :meth:`StreamSource.settle`
+  before the rename, which checks that the digest announced is that of the batches received (hashed
+  as they arrive, before the algorithm sees them, up to :data:`HASHED_BYTES`) and waits for
+  ``committed`` with that digest.  A producer
+  that fails (or is killed) before it has committed never sends it: the consumer waits until the
+  executor kills it (the consumers of a failed producer are, and theirs), leaving only temporaries;
+* consumer → producer: ``ack`` once ``end`` (committed) or ``committed`` is received; the producer
+  waits for it (so nothing sent is lost when it closes) and then closes its side;
 * back-pressure: high-water marks of a few messages on both sides (at most 4, about 4 MB and
   8,192 units: fewer when batches are large) bound the memory in flight and how far a consumer
   lags behind its producer; a producer whose consumer stops reading waits, polling every 50 ms whether the
@@ -44,9 +55,10 @@ from typing import Any
 
 import zmq
 
-from backbeat.core.errors import WireError
+from backbeat.core.errors import IntegrityError, WireError
 from backbeat.data import wire
 from backbeat.data.batch import Batch
+from backbeat.data.contentdigest import ContentDigest
 from backbeat.processes import zmqcontext
 from backbeat.runtime.spec import StreamTarget
 
@@ -61,6 +73,11 @@ POLL_MS = 50
 #: how much lower a producer's priority is than a consumer's (CFS weights 1024 against 335: a
 #: consumer with data runs ~3× as often as a producer competing with it for a core)
 PRODUCER_NICE = 5
+#: an output of at most this many units and bytes (batch.nbytes) is announced before its file is written
+EARLY_UNITS = 1024
+EARLY_BYTES = 1 << 20
+#: a consumer hashes the batches it receives up to this many units and bytes, to check an early ``end``'s digest
+HASHED_BYTES = 2 * EARLY_BYTES
 
 
 def yield_to_consumers() -> None:
@@ -131,6 +148,7 @@ class StreamSender:
         yield_to_consumers()
         ctx = zmqcontext.acquire()
         self._open = True
+        self.units = self.bytes = 0  # sent so far
         self._live: list[tuple[zmq.Socket, str]] = []
         for t in targets:
             sock = ctx.socket(zmq.PAIR)
@@ -160,11 +178,33 @@ class StreamSender:
         if _autogroup_pending:
             yield_to_consumers()
         if self._live and len(batch):
+            self.units += len(batch)
+            self.bytes += batch.nbytes
             self._send([b"batch", *wire.encode(batch)])
+
+    @property
+    def early(self) -> bool:
+        """Whether the output sent so far is small enough to be announced before it is written."""
+        return self.units <= EARLY_UNITS and self.bytes <= EARLY_BYTES
+
+    def announce(self, start: int, end: int, digest: str) -> None:
+        """Every batch is sent and the file's digest known, not committed yet: tell the consumers
+        (only if :attr:`early`); :meth:`confirm` follows once the file is in place."""
+        assert self.early
+        self._send([b"end", json.dumps({"end": int(end), "start": int(start), "digest": digest,
+                                        "committed": False}).encode()])
+
+    def confirm(self, digest: str) -> None:
+        """The output announced is committed with ``digest``: tell the consumers, wait for their acks."""
+        self._send([b"committed", digest.encode()])
+        self._acks()
 
     def finish(self, end: int) -> None:
         """The output is committed, ending at ``end``: tell the consumers, wait for their acks."""
-        self._send([b"end", json.dumps({"end": int(end)}).encode()])
+        self._send([b"end", json.dumps({"end": int(end), "committed": True}).encode()])
+        self._acks()
+
+    def _acks(self) -> None:
         for sock, cancel in list(self._live):
             while not sock.poll(POLL_MS, zmq.POLLIN):
                 if os.path.exists(cancel):
@@ -202,6 +242,9 @@ class StreamSource:
         self.more = True
         self.end: int | None = None
         self.bytes_read = 0
+        #: the digest of the batches received, while few (an early end's check); None beyond
+        self._content: ContentDigest | None = ContentDigest(fmt, expanded)
+        self._announced: tuple[int, str] | None = None  # an early end's start and digest, until committed
 
     def __len__(self) -> int:
         return self._received
@@ -213,10 +256,22 @@ class StreamSource:
             batch = wire.decode(frames[1:], self._fmt, self._expanded, private=True)  # (from the producer)
             self._received += len(batch)
             self.bytes_read += batch.nbytes
+            if self._content is not None:  # (hashed as received: the algorithm may change its values)
+                if self._received > EARLY_UNITS or self.bytes_read > HASHED_BYTES:
+                    self._content = None
+                else:
+                    self._content.add(batch)
             return batch
         if kind == b"end":
-            self.end = int(json.loads(frames[1].bytes)["end"])
-            self._sock.send(b"ack")
+            end = json.loads(frames[1].bytes)
+            self.end = int(end["end"])
+            if end.get("committed", True):
+                self._content = None
+                self._sock.send(b"ack")
+            elif self._content is None:
+                raise WireError(f"a stream of {self._received} units ended before its producer committed it")
+            else:
+                self._announced = (int(end["start"]), str(end["digest"]))
             return None
         raise WireError(f"unexpected stream message {kind[:20]!r}")
 
@@ -238,6 +293,26 @@ class StreamSource:
         self.more = False
         if self.end != last_end:
             raise WireError(f"the stream ended at data index {self.end}, after a unit ending at {last_end}")
+
+    def settle(self) -> None:
+        """Return once the producer has committed what was received (at once if it had when it
+        ended the stream); IntegrityError if the digest it announced is not that of the units
+        received, WireError if it sends anything else.  Blocks while the producer writes (if it
+        fails, the executor kills this process)."""
+        while self.end is None and not self._sock.closed:  # (not read to its end: what follows
+            self._next_batch()  # is not used, but this block commits only after its producer did)
+        if self._announced is None:
+            return
+        start, digest = self._announced
+        assert self.end is not None and self._content is not None
+        if self._content.digest(start, self.end) != digest:
+            raise IntegrityError("the units received from a stream are not those its producer announced "
+                                 f"(digest {digest[:12]}…)")
+        frames = self._sock.recv_multipart()
+        if frames[0] != b"committed" or frames[1:] != [digest.encode()]:
+            raise WireError(f"expected the producer's commit of digest {digest[:12]}…, got {frames[0][:20]!r}")
+        self._announced = None
+        self._sock.send(b"ack")
 
     def data_indices(self) -> list[tuple[int, int]]:
         raise WireError("the units of a streamed input are not known in advance")
