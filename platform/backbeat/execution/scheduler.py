@@ -102,6 +102,7 @@ class Scheduler:
         self.promised = 0  # streamed consumers accepted, not yet spawned
         self.window = 0  # at most that many alive (alive_limit)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
+        self.held: set[str] = set()  # streamed jobs ended before their producer (sandboxed runs: _held)
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
@@ -139,10 +140,17 @@ class Scheduler:
                     self._starve(name)
 
     def _held(self, name: str) -> bool:
-        """In a sandboxed run, a streamed job is published only once its producer's outputs were
-        (a consumer may end first: if the producer's are then refused, the consumer is skipped)."""
+        """In a sandboxed run, a streamed job that has ended is published only once its producer's
+        outputs were (a consumer may end first: if the producer's are then refused, the consumer
+        is skipped).  Its producer is told at once that it has ended (its cancel file), so that it
+        waits neither to feed it nor for its ack."""
         feeder = self.feeders.get(name)
-        return self.run.staging is not None and feeder is not None and feeder[0] in self.procs
+        if self.run.staging is None or feeder is None or feeder[0] not in self.procs:
+            return False
+        if name not in self.held:
+            self.held.add(name)
+            Path(feeder[1]).touch()
+        return True
 
     def _start_ready(self, limit: int) -> bool:
         """Start ready jobs in plan order while fewer than ``limit`` counted processes run; False
