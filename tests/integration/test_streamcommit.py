@@ -28,7 +28,7 @@ COMMITKILL = '''import os
 import signal
 import time
 
-LATE, SLOW = 1.0, 1.5
+LATE, SLOW = 1.5, 2.0
 
 
 def _die(*args, **kwargs):
@@ -107,12 +107,13 @@ def test_a_producer_killed_between_its_end_and_its_commit_leaves_nothing_cached_
 
 
 def test_a_producer_ends_after_its_own_commit_not_after_its_slow_consumer(prefix, tmp_path):
-    """`first` starts 1 s late, then streams its 10 units and commits at once; `second` spends 1.5 s
-    on its last unit.  With a 2.2 s time limit, `first` must be done long before `second`: were it
-    to wait for `second`'s own commit to read its `committed`, it would live ~2.6 s and be killed by
-    its own time limit (while `second`'s limit counts from `first`'s end: 1.5 s and its commit)."""
+    """`first` starts LATE (1.5 s) late, then streams its 10 units and commits at once; `second`
+    spends SLOW (2 s) on its last unit.  With a 3 s time limit, `first` must be done long before
+    `second`: were it to wait for `second`'s own commit to read its `committed`, it would live
+    ~3.6 s and be killed by its own time limit (while `second`'s limit counts from `first`'s end:
+    2 s and its commit).  Margins of ~0.9 s or more either way, for a loaded CI machine."""
     rep = executor.run_experiment(prefix, tmp_path / "cache", experiment(prefix, "slow", first="late"),
-                                  executor.Options(jobs=2, timeout_s=2.2))
+                                  executor.Options(jobs=2, timeout_s=3.0))
     assert {b: v["status"] for b, v in rep["blocks"].items()} == {"first": "ran", "second": "ran",
                                                                      "analysis": "ran"}, rep["blocks"]
     assert rep["blocks"]["second"]["statistics"]["streamed_from"] == "first"
