@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backbeat.cache.backends import open_store
-from backbeat.core.errors import IntegrityError
+from backbeat.core.errors import IntegrityError, WireError
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.execution import executors as executor
 
@@ -23,12 +23,12 @@ EXP_DIR = Path("experiments/run/run/pipeline/1")
 #: copies its input; with mode "commitkill", the process kills itself when it renames its cache file
 #: into place — after its stream's end was sent, before its commit — once its consumer had time to
 #: reach its own commit; "late": starts LATE seconds late (then is fast); "slow": spends SLOW seconds
-#: on its last unit (its input's early end is read by then)
+#: over its UNITS units, evenly (its input's early end must be read at the first, not the last)
 COMMITKILL = '''import os
 import signal
 import time
 
-LATE, SLOW = 1.5, 2.0
+LATE, SLOW, UNITS = 2.0, 2.0, 6  # (the pipeline's dataset has 6 units)
 
 
 def _die(*args, **kwargs):
@@ -64,8 +64,8 @@ class Algorithm:
     def process(self, inputs, data_loaders, outputs):
         if self.mode == "commitkill" and not inputs.hasMoreData():
             os.replace = _die
-        if self.mode == "slow" and not inputs.hasMoreData():
-            time.sleep(SLOW)
+        if self.mode == "slow":
+            time.sleep(SLOW / UNITS)
         if self.mode == "unpublishable" and not inputs.hasMoreData():
             _unpublishable()
         outputs["out"].write(inputs["value"].data)
@@ -107,13 +107,14 @@ def test_a_producer_killed_between_its_end_and_its_commit_leaves_nothing_cached_
 
 
 def test_a_producer_ends_after_its_own_commit_not_after_its_slow_consumer(prefix, tmp_path):
-    """`first` starts LATE (1.5 s) late, then streams its 10 units and commits at once; `second`
-    spends SLOW (2 s) on its last unit.  With a 3 s time limit, `first` must be done long before
-    `second`: were it to wait for `second`'s own commit to read its `committed`, it would live
-    ~3.6 s and be killed by its own time limit (while `second`'s limit counts from `first`'s end:
-    2 s and its commit).  Margins of ~0.9 s or more either way, for a loaded CI machine."""
+    """`first` starts LATE (2 s) late, then streams its 6 units and commits at once; `second`
+    spends SLOW (2 s) on its 6 units, a third of a second on each.  With a 3.5 s time limit, `first`
+    (~2.1 s) must be done long before `second`: were it to wait until `second` reads its early `end`
+    before its last unit (found by the review of wave 10) — or until `second`'s own commit — it
+    would live ~3.8 s or more and be killed by its own time limit (while `second`'s limit counts
+    from `first`'s end: ~2.4 s, its units and its commit)."""
     rep = executor.run_experiment(prefix, tmp_path / "cache", experiment(prefix, "slow", first="late"),
-                                  executor.Options(jobs=2, timeout_s=3.0))
+                                  executor.Options(jobs=2, timeout_s=3.5))
     assert {b: v["status"] for b, v in rep["blocks"].items()} == {"first": "ran", "second": "ran",
                                                                      "analysis": "ran"}, rep["blocks"]
     assert rep["blocks"]["second"]["statistics"]["streamed_from"] == "first"
@@ -166,6 +167,27 @@ def test_a_consumer_reads_a_small_stream_to_its_end_before_the_commit_and_checks
         assert time.monotonic() - t0 >= 0.25 and (tmp_path / "out.h5").exists()
         confirm.join()
     finally:
+        sender.close()
+        source.close()
+
+
+def test_the_early_end_is_read_before_the_first_unit_and_a_stopped_watcher_fails_closed(tmp_path):
+    """The consumer reads an early `end` (and starts the commit's watcher) before it hands the
+    algorithm the batch's first unit, not its last; a watcher stopped before `committed` arrives
+    leaves settle() refusing to go on (it never reads a stopped watcher as a commit)."""
+    sender, source, writer = _pair(tmp_path)
+    try:
+        digest = writer.seal()
+        sender.announce(writer.start, writer.last, digest)
+        time.sleep(0.1)  # (the batch and the end are both there)
+        first = next(iter(source.iter_units()))
+        assert first[1] == 0 and source.end == 9 and source._watcher is not None
+        source._stop = True  # (as close() does)
+        source._watcher.join()
+        with pytest.raises(WireError, match="closed before its producer's commit"):
+            source.settle()
+    finally:
+        writer.abort()
         sender.close()
         source.close()
 

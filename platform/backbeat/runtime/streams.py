@@ -289,9 +289,10 @@ class StreamSource:
             else:
                 self._announced = (int(end["start"]), str(end["digest"]))
                 # from now on the socket is the watcher's (this thread no longer reads it)
-                self._watcher = threading.Thread(target=self._await_commit, args=(self._announced[1],),
-                                                 name="stream-commit", daemon=True)
-                self._watcher.start()
+                watcher = threading.Thread(target=self._await_commit, args=(self._announced[1],),
+                                           name="stream-commit", daemon=True)
+                watcher.start()  # (a thread that could not start is not joined at close)
+                self._watcher = watcher
             return None
         raise WireError(f"unexpected stream message {kind[:20]!r}")
 
@@ -304,8 +305,17 @@ class StreamSource:
         while batch is not None:
             values, starts, ends = batch.to_values(), batch.starts.tolist(), batch.ends.tolist()
             self.more = True
-            yield from zip(values[:-1], starts, ends, strict=False)  # (zip reuses its tuple)
-            following = self._next_batch()  # before the batch's last unit: is there more?
+            following: Batch | None | bool = False  # (False: the next message is not read yet)
+            if self._content is None:
+                yield from zip(values[:-1], starts, ends, strict=False)  # (zip reuses its tuple)
+            else:  # a stream small so far may end early: its `end` is read (and the commit's watcher
+                for k in range(len(values) - 1):  # started) as soon as it is there, so that the
+                    if following is False and k & (k - 1) == 0 and self._sock.poll(0, zmq.POLLIN):
+                        following = self._next_batch()  # producer's wait for its ack does not
+                    yield values[k], starts[k], ends[k]  # include this block's computation
+            if following is False:
+                following = self._next_batch()  # before the batch's last unit: is there more?
+            assert following is not True
             self.more = following is not None
             last_end = ends[-1]
             yield values[-1], starts[-1], last_end
@@ -337,6 +347,7 @@ class StreamSource:
         """The watcher's thread, once an early ``end`` is read: receive ``committed``, check that it
         names the digest announced, ack it at once (the producer ends then, not when this block
         commits) and set the event :meth:`settle` waits on — also on anything else received."""
+        committed = False
         try:
             while not self._stop:
                 if self._sock.poll(POLL_MS, zmq.POLLIN):
@@ -346,10 +357,13 @@ class StreamSource:
                                          f"got {frames[0][:20]!r}")
                     else:
                         self._sock.send(b"ack")
+                        committed = True
                     return
-        except zmq.ZMQError as exc:
+        except Exception as exc:  # (fails closed: settle refuses to go on without the commit)
             self._failure = f"the stream broke before its producer's commit: {exc}"
         finally:
+            if not committed and self._failure is None:
+                self._failure = "the stream was closed before its producer's commit"
             self._committed.set()
 
     def data_indices(self) -> list[tuple[int, int]]:
