@@ -24,8 +24,10 @@
   consumers of a failed producer's streams are killed and reported ``skipped``;
 * each process's stdout and stderr go to its log in the cache (:mod:`backbeat.execution.logs`);
   a failed job's error carries the end of its log (``output``, ``log``);
-* a cache that cannot be written (read-only, full) fails the job as a ``system`` error saying
-  so; control messages refused (a block naming another job) become warnings of the run;
+* a cache that cannot be written (read-only, full) or a dead fork server fails the job as a
+  ``system`` error saying so (a block that cannot start deep in a chain fails itself, not the
+  chain's first block, and its producer stops feeding it);
+  control messages refused (a block naming another job) become warnings of the run;
 * each process runs in the fork server of its environment's interpreter (``run.interpreters``,
   :mod:`backbeat.execution.environments`); in a sandboxed run it writes into its staging folder,
   published into the cache after checks once it has ended well (:mod:`backbeat.execution.sandboxing`).
@@ -230,16 +232,25 @@ class Scheduler:
                 run.set(job.name, JobState.CACHED)
                 self._available(job.name)
                 return True
-            self._running(job)
-            self._start(job)
-        except (OSError, ExecutionError) as exc:  # a cache that cannot be written, a dead fork server
-            self._unlock(job.name)
-            message = (f"{describe_environmental(exc, cache=self.store.location)}: the block could not start"
-                       if isinstance(exc, OSError) else f"cannot start: {exc}")
-            run.state.fail(job.name, {"kind": "system", "message": message, "traceback": None})
-            run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
+        except (OSError, ExecutionError) as exc:  # a cache that cannot be written
+            return self._cannot_start(job, exc)
+        self._running(job)
+        return self._start(job)
+
+    def _cannot_start(self, job: Job, exc: Exception | None) -> bool:
+        """``job`` could not start: it fails (``exc``; None: pending again, accepted with one that
+        failed); a producer feeding it stops (its cancel file: it would wait for it forever); False."""
+        self._unlock(job.name)
+        if job.name in self.feeders:
+            Path(self.feeders.pop(job.name)[1]).touch()
+        if exc is None:
+            self.run.set(job.name, JobState.PENDING)
             return False
-        return True
+        message = (f"{describe_environmental(exc, cache=self.store.location)}: the block could not start"
+                   if isinstance(exc, OSError) else f"cannot start: {exc}")
+        self.run.state.fail(job.name, {"kind": "system", "message": message, "traceback": None})
+        self.run.emit(job.name, "failed", message=message)
+        return False
 
     def _running(self, job: Job) -> None:
         self.started[job.name] = time.perf_counter()
@@ -310,21 +321,29 @@ class Scheduler:
         self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
                          python=environments.of(self.run.interpreters, pid).key)
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job) -> bool:
         """Start a job, the consumers it streams to, theirs…, as far as the window allows
-        (a loop over the chain: a chain of any length never deepens the stack)."""
+        (a loop over the chain: a chain of any length never deepens the stack); False if one could
+        not start: it fails, not the chain's first block, and those accepted after it are pending again."""
         todo: deque[tuple[Job, dict[str, str] | None]] = deque([(job, None)])
         while todo:
             job, fed = todo.popleft()
             if fed:
                 self.promised -= 1
-            ids, consumers = self._spawn_job(job, fed)
+            try:
+                ids, consumers = self._spawn_job(job, fed)
+            except (OSError, ExecutionError) as exc:  # a cache that cannot be written, a dead fork server
+                self.promised -= len(todo)
+                for cons, _fed in todo:
+                    self._cannot_start(cons, None)
+                return self._cannot_start(job, exc)
             self._started(job.name, ids)
             for cons, inp, _out, target in consumers:
                 self.feeders[cons.name] = (job.name, target.cancel)
                 self.fed_by.setdefault(job.name, []).append(cons.name)
                 self._running(cons)
                 todo.append((cons, {inp: target.address}))
+        return True
 
     def _spawn_job(self, job: Job, fed: dict[str, str] | None) -> tuple[list[str], list]:
         """Spawn the job's block process(es) — one, one per slot of a split block, or the two
@@ -350,7 +369,13 @@ class Scheduler:
         consumers = self._consumers(job)
         for _cons, _inp, out, target in consumers:
             spec = streaming(spec, out, target)
-        self._spawn(job.name, spec, timed=not fed)  # a streamed job's time limit starts when its producer ends
+        try:
+            self._spawn(job.name, spec, timed=not fed)  # a streamed job's time limit starts when its producer ends
+        except (OSError, ExecutionError):  # the consumers just accepted are not promised any more
+            self.promised -= len(consumers)
+            for cons, *_rest in consumers:
+                self._unlock(cons.name)
+            raise
         return [job.name], consumers
 
     def _consumers(self, job: Job) -> list[tuple[Job, str, str, StreamTarget]]:
