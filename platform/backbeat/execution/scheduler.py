@@ -47,12 +47,12 @@ from collections import deque
 from pathlib import Path
 
 from backbeat.cache.store import EntryLock
-from backbeat.core.errors import ExecutionError, IntegrityError, describe_environmental
+from backbeat.core.errors import ExecutionError, describe_environmental
 from backbeat.execution import environments
 from backbeat.execution.logs import failure_output, process_log
 from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
-from backbeat.execution.splitting import assemble, slot_ranges
+from backbeat.execution.splitting import assemble_job, slot_ranges
 from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
 from backbeat.execution.views import PROVIDER_JOB, provider_log, start_provider
 from backbeat.planning.model import Job
@@ -323,8 +323,8 @@ class Scheduler:
 
     def _start(self, job: Job) -> bool:
         """Start a job, the consumers it streams to, theirs…, as far as the window allows
-        (a loop over the chain: a chain of any length never deepens the stack); False if one could
-        not start: it fails, not the chain's first block, and those accepted after it are pending again."""
+        (a loop: a chain of any length never deepens the stack); False if one could not start (it fails,
+        not the chain's first block; those accepted after it are pending again)."""
         todo: deque[tuple[Job, dict[str, str] | None]] = deque([(job, None)])
         while todo:
             job, fed = todo.popleft()
@@ -460,7 +460,8 @@ class Scheduler:
             bad = self._publish(job, ids, outcomes)
         if bad is None and len(ids) > 1 and job.kind != "loop":
             try:
-                self._assemble(job, len(ids))
+                assemble_job(self.store, job, self.slot_ranges[job.name], self.run.plan.expanded,
+                             self.run.workspace.compression)
             except Exception as exc:  # noqa: BLE001 - reported as the block's failure
                 bad = Outcome("system", f"cannot assemble the outputs of the split block: {exc}")
         if bad is None and self.store.committed(job.output_keys):
@@ -492,28 +493,11 @@ class Scheduler:
         return False
 
     def _publish(self, job: Job, ids: list[str], outcomes: list[Outcome]) -> Outcome | None:
-        """Record where the job ran; in a sandboxed run, check its staged outputs into the cache
-        (a failure if one does not hold)."""
+        """Record where the job ran; in a sandboxed run, check its staged outputs into the cache."""
         staging = self.run.staging
         interpreter = environments.of(self.run.interpreters, job.name)
         self.run.state.runtime[job.name] = environments.runtime(
             job.environment, interpreter, self.group.interpreter(interpreter.key), staging is not None)
-        for pid, outcome in zip(ids, outcomes, strict=True):
-            reported = reported_digests(outcome.statistics)
-            if staging is None:
-                continue
-            try:
-                staging.publish(pid, reported)
-            except (IntegrityError, OSError) as exc:
-                for p in ids:
-                    staging.discard(p)
-                return Outcome("system", f"the sandbox refused the outputs of `{pid}': {exc}")
-        return None
-
-    def _assemble(self, job: Job, n: int) -> None:
-        """Concatenate the slot files of each output into the single cache entry."""
-        ranges = self.slot_ranges[job.name]
-        for o in job.outputs.values():
-            assemble([str(self.store.slot_path(o.key, k)) for k in range(n)], self.store.output_path(o.key),
-                     o.dataformat, self.run.plan.expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1],
-                     self.run.workspace.compression)
+        reported = [reported_digests(o.statistics) for o in outcomes]  # (out of the statistics, sandboxed or not)
+        refused = staging.publish_job(ids, reported) if staging is not None else None
+        return Outcome("system", refused) if refused is not None else None
