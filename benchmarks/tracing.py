@@ -102,7 +102,7 @@ TARGETS = [
     ("backbeat.runtime.driver", "count_steps", "block: count steps"),
     ("backbeat.runtime.driver", "run_algorithm", "block: drive the algorithm"),
     ("backbeat.data.cachewriter", "CacheWriter.close", "block: commit output (digest, fsync, rename)"),
-    ("backbeat.runtime.streams", "StreamSender.finish", "block: stream end handshake"),
+    ("backbeat.runtime.streams", "StreamSender.acks", "block: stream end handshake (acks)"),
     ("backbeat.runtime.dbprovider", "build_index", "index job: build view index"),
     ("backbeat.data.indextable", "write_index", "index job: write the JSON index and its table"),
     ("backbeat.runtime.dbprovider", "_Dataset.probe", "index job: probe every unit (get, files read)"),

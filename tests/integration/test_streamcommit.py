@@ -5,6 +5,7 @@ its consumer computes meanwhile but commits nothing before its producer did, wit
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -21,10 +22,13 @@ EXP_DIR = Path("experiments/run/run/pipeline/1")
 
 #: copies its input; with mode "commitkill", the process kills itself when it renames its cache file
 #: into place — after its stream's end was sent, before its commit — once its consumer had time to
-#: reach its own commit
+#: reach its own commit; "late": starts LATE seconds late (then is fast); "slow": spends SLOW seconds
+#: on its last unit (its input's early end is read by then)
 COMMITKILL = '''import os
 import signal
 import time
+
+LATE, SLOW = 1.5, 2.0
 
 
 def _die(*args, **kwargs):
@@ -32,14 +36,38 @@ def _die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _unpublishable():
+    """Its file gets a second link once renamed (a sandboxed run refuses to publish it), and the
+    process ends 1.5 s after its commit (after its consumer)."""
+    import backbeat.runtime.blockrun as blockrun
+
+    replace, committed = os.replace, blockrun._committed
+
+    def linked(src, dst):
+        replace(src, dst)
+        os.link(dst, dst + ".link")
+
+    def late(*args, **kwargs):
+        time.sleep(1.5)
+        return committed(*args, **kwargs)
+
+    os.replace, blockrun._committed = linked, late
+
+
 class Algorithm:
     def setup(self, parameters):
         self.mode = parameters["mode"]
+        if self.mode == "late":
+            time.sleep(LATE)
         return True
 
     def process(self, inputs, data_loaders, outputs):
         if self.mode == "commitkill" and not inputs.hasMoreData():
             os.replace = _die
+        if self.mode == "slow" and not inputs.hasMoreData():
+            time.sleep(SLOW)
+        if self.mode == "unpublishable" and not inputs.hasMoreData():
+            _unpublishable()
         outputs["out"].write(inputs["value"].data)
         return True
 '''
@@ -55,9 +83,11 @@ def prefix(copy_prefix) -> Path:
     return root
 
 
-def experiment(prefix: Path, mode: str) -> str:
+def experiment(prefix: Path, mode: str, first: str | None = None) -> str:
     decl = json.loads((prefix / EXP_DIR / "base.json").read_text())
     decl["blocks"]["second"].update(algorithm="run/commitkill/1", parameters={"mode": mode})
+    if first is not None:
+        decl["blocks"]["first"].update(algorithm="run/commitkill/1", parameters={"mode": first})
     (prefix / EXP_DIR / f"{mode}.json").write_text(json.dumps(decl, indent=4))
     return f"run/run/pipeline/1/{mode}"
 
@@ -76,7 +106,35 @@ def test_a_producer_killed_between_its_end_and_its_commit_leaves_nothing_cached_
     assert rep["blocks"]["analysis"]["statistics"]["streamed_from"] == "second"
 
 
-def _pair(tmp_path: Path):
+def test_a_producer_ends_after_its_own_commit_not_after_its_slow_consumer(prefix, tmp_path):
+    """`first` starts LATE (1.5 s) late, then streams its 10 units and commits at once; `second`
+    spends SLOW (2 s) on its last unit.  With a 3 s time limit, `first` must be done long before
+    `second`: were it to wait for `second`'s own commit to read its `committed`, it would live
+    ~3.6 s and be killed by its own time limit (while `second`'s limit counts from `first`'s end:
+    2 s and its commit).  Margins of ~0.9 s or more either way, for a loaded CI machine."""
+    rep = executor.run_experiment(prefix, tmp_path / "cache", experiment(prefix, "slow", first="late"),
+                                  executor.Options(jobs=2, timeout_s=3.0))
+    assert {b: v["status"] for b, v in rep["blocks"].items()} == {"first": "ran", "second": "ran",
+                                                                     "analysis": "ran"}, rep["blocks"]
+    assert rep["blocks"]["second"]["statistics"]["streamed_from"] == "first"
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_a_sandboxed_consumer_is_not_published_before_its_producer(prefix, tmp_path):
+    """`second`'s file is refused by the sandbox's checks after its consumer `analysis` has ended
+    well (with its input's digest): `analysis` is held until `second` is published, then skipped."""
+    cache = tmp_path / "cache"
+    rep = executor.run_experiment(prefix, cache, experiment(prefix, "unpublishable"),
+                                  executor.Options(jobs=2, sandbox=True))
+    assert {b: v["status"] for b, v in rep["blocks"].items()} == {"first": "ran", "second": "failed",
+                                                                     "analysis": "skipped"}, rep["blocks"]
+    assert "the sandbox refused the outputs of `second'" in rep["blocks"]["second"]["error"]["message"]
+    store = open_store(cache)
+    assert not [k for b in ("second", "analysis") for k in rep["blocks"][b]["outputs"].values()
+                if store.output_path(k).exists()]
+
+
+def _pair(tmp_path: Path, units: int = 10, grow: tuple[int, int] | None = None):
     from backbeat.runtime import streams
     from backbeat.runtime.spec import StreamTarget
 
@@ -85,8 +143,10 @@ def _pair(tmp_path: Path):
     sender = streams.StreamSender([StreamTarget(address, str(tmp_path / "cancel"))])
     source = streams.StreamSource(address, "t/1", expanded)
     writer = CacheWriter(tmp_path / "out.h5", "t/1", expanded)
+    if grow is not None:  # (as a block's streamed output: its first batch is sent before the seal)
+        writer.grow(*grow)
     writer.on_batch = sender.send
-    for i in range(10):
+    for i in range(units):
         writer.put({"value": np.int32(i)}, i, i)
     return sender, source, writer
 
@@ -99,7 +159,7 @@ def test_a_consumer_reads_a_small_stream_to_its_end_before_the_commit_and_checks
         sender.announce(writer.start, writer.last, digest)
         units = [v.value for v, _s, _e in source.iter_units()]  # the whole stream, nothing committed yet
         assert units == list(range(10)) and source.end == 9 and not (tmp_path / "out.h5").exists()
-        confirm = threading.Timer(0.3, lambda: sender.confirm(writer.close()))
+        confirm = threading.Timer(0.3, lambda: (sender.confirm(writer.close()), sender.acks()))
         t0 = time.monotonic()
         confirm.start()
         source.settle()  # returns once the producer's file is in place
@@ -120,5 +180,62 @@ def test_a_consumer_refuses_an_announced_digest_that_is_not_what_it_received(tmp
             source.settle()
     finally:
         writer.abort()
+        sender.close()
+        source.close()
+
+
+def test_nothing_reaches_a_sealed_writer(tmp_path):
+    """After seal() (the digest taken, announced to the consumers), every way of appending is
+    refused, and close() commits nothing that the digest does not cover."""
+    from backbeat.core.errors import DataError
+    from backbeat.data.batch import Batch
+
+    expanded = {"value": "int32"}
+    writer = CacheWriter(tmp_path / "out.h5", "t/1", expanded)
+    values, ends, _threshold, flush = writer.buffer()
+    for i in range(3):
+        writer.put({"value": np.int32(i)}, i, i)
+    writer.seal()
+    with pytest.raises(DataError, match="sealed"):
+        writer.put({"value": np.int32(3)}, 3, 3)
+    extra = Batch.from_values("t/1", expanded, [writer.type(value=np.int32(3))], np.array([3]), np.array([3]))
+    with pytest.raises(DataError, match="sealed"):
+        writer.write_batch(extra)
+    values.append(writer.type(value=np.int32(3)))  # (a producer appending to the buffer itself)
+    ends.append(3)
+    with pytest.raises(DataError, match="after its digest was taken"):
+        flush()
+    values.clear()
+    ends.clear()
+    writer._append(extra)  # (past every check: close() counts the units the digest covers)
+    with pytest.raises(DataError, match="after its digest was taken"):
+        writer.close()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("units", [1024, 1025])
+def test_a_stream_of_exactly_early_units_is_announced_early(tmp_path, units):
+    """The limits of both sides meet: at EARLY_UNITS units the producer announces before its commit
+    and the consumer, which hashes up to as many, checks it; one more unit and it does not."""
+    from backbeat.runtime import streams
+    from backbeat.runtime.blockrun import STREAM_BATCH, STREAM_FIRST
+
+    assert units - 1024 in (0, 1) and streams.EARLY_UNITS == 1024 and streams.HASHED_BYTES >= streams.EARLY_BYTES
+    sender, source, writer = _pair(tmp_path, units, grow=(STREAM_FIRST, STREAM_BATCH))
+    try:
+        digest = writer.seal()
+        assert sender.early == (units == 1024)
+        if sender.early:
+            sender.announce(writer.start, writer.last, digest)
+        else:
+            writer.close()
+            sender.finish(writer.last)
+        assert [v.value for v, _s, _e in source.iter_units()] == list(range(units))
+        if sender.early:
+            threading.Timer(0.1, lambda: sender.confirm(writer.close())).start()
+        source.settle()
+        sender.acks()
+        assert (tmp_path / "out.h5").exists()
+    finally:
         sender.close()
         source.close()

@@ -39,7 +39,10 @@ def _templates(folder: Path) -> dict[str, int]:
     """key -> pid of the live templates of ``folder`` (from their lock files)."""
     found = {}
     for lock in folder.glob("*.lock"):
-        text = lock.read_text().strip()
+        try:
+            text = lock.read_text().strip()
+        except FileNotFoundError:  # (swept by a starting template between the listing and the read)
+            continue
         if text.isdigit() and _alive(int(text)):
             found[lock.stem] = int(text)
     return found

@@ -110,6 +110,8 @@ class CacheWriter:
         self._names = self._content.names  # digest order
         self._rebased = self._content.rebased
         self._digest: str | None = None  # once sealed (see seal())
+        self._sealed = False  # nothing may be appended once sealed (put, write_batch, flush refuse it)
+        self._sealed_units = 0  # the units the digest covers
 
     # writing ---------------------------------------------------------------------------------------
     @property
@@ -153,9 +155,9 @@ class CacheWriter:
         This is also the sink protocol of BEAT outputs (``write(value, start, end)``).
         """
         nxt = self._ends[-1] + 1 if self._ends else self._next
-        if start != nxt or end < start or end > self._limit or self._closed:
-            if self._closed:
-                raise DataError(f"cache writer for `{self.path}' is closed")
+        if start != nxt or end < start or end > self._limit or self._closed or self._sealed:
+            if self._closed or self._sealed:
+                raise DataError(f"cache writer for `{self.path}' is {'closed' if self._closed else 'sealed'}")
             if start != nxt:
                 raise DataError(f"cannot write a data unit starting at {start} to `{self.path}': "
                                 f"the next one must start at {nxt}")
@@ -173,8 +175,8 @@ class CacheWriter:
 
     def write_batch(self, batch: Batch) -> None:
         """Append a whole batch; its first unit must start at :attr:`next_index`."""
-        if self._closed:
-            raise DataError(f"cache writer for `{self.path}' is closed")
+        if self._closed or self._sealed:
+            raise DataError(f"cache writer for `{self.path}' is {'closed' if self._closed else 'sealed'}")
         if batch.name != self.name or canonical(batch.expanded) != self._canon:
             raise DataError(f"batch of `{batch.name}' written to a cache file of `{self.name}'")
         self.flush()
@@ -192,6 +194,8 @@ class CacheWriter:
         """Write buffered per-unit values to the file as one batch; the units to buffer next."""
         if not self._values:
             return self.buffer_units
+        if self._sealed:  # (a producer appending to buffer()'s lists after seal())
+            raise DataError(f"units written to `{self.path}' after its digest was taken")
         ends = np.array(self._ends, dtype=I64)
         starts = np.empty_like(ends)
         starts[0] = self._next
@@ -376,6 +380,7 @@ class CacheWriter:
                 f"expected {self.end if self.end is not None else 'at least one unit'}"
             )
         self._hasher.close()
+        self._sealed, self._sealed_units = True, self._units
         self._digest = self._content.digest(self.start, self.last)
         return self._digest
 
@@ -389,7 +394,7 @@ class CacheWriter:
         ``gate`` is called once the file is complete, just before it is renamed into place: if it
         raises, nothing is committed (a streamed consumer waits there for its producers' commits)."""
         digest = self.seal()
-        if self._values:  # (appended after seal(): not in the digest)
+        if self._values or self._units != self._sealed_units:  # (appended after seal(): not in the digest)
             self.abort()
             raise DataError(f"units written to `{self.path}' after its digest was taken")
         try:

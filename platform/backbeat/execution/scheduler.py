@@ -104,6 +104,7 @@ class Scheduler:
         self.promised = 0  # streamed consumers accepted, not yet spawned
         self.window = 0  # at most that many alive (alive_limit)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
+        self.held: set[str] = set()  # streamed jobs ended before their producer (sandboxed runs: _held)
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
@@ -133,12 +134,25 @@ class Scheduler:
                 return
             self.group.poll(20)
             self._watch_provider()
-            for name in [n for n in self.procs if self._ended(n)]:
+            for name in [n for n in self.procs if self._ended(n) and not self._held(n)]:
                 ok = self._finish(self.jobs[name], self._ended_job(name))
                 if not ok:
                     failed = True
                 if not ok or name in self.starved:  # the jobs it was feeding are starved too
                     self._starve(name)
+
+    def _held(self, name: str) -> bool:
+        """In a sandboxed run, a streamed job that has ended is published only once its producer's
+        outputs were (a consumer may end first: if the producer's are then refused, the consumer
+        is skipped).  Its producer is told at once that it has ended (its cancel file), so that it
+        waits neither to feed it nor for its ack."""
+        feeder = self.feeders.get(name)
+        if self.run.staging is None or feeder is None or feeder[0] not in self.procs:
+            return False
+        if name not in self.held:
+            self.held.add(name)
+            Path(feeder[1]).touch()
+        return True
 
     def _start_ready(self, limit: int) -> bool:
         """Start ready jobs in plan order while fewer than ``limit`` counted processes run; False
@@ -439,8 +453,11 @@ class Scheduler:
                     self.group.set_timeout(cons, self.options.timeout_s)
         if job.name in self.feeders and self.feeders[job.name][0] in self.procs:
             Path(self.feeders[job.name][1]).touch()  # a consumer has ended: its running producer stops feeding it
-        if job.name in self.starved:  # killed because the producer it read from failed
+        if job.name in self.starved:  # killed because the producer it read from failed (or ended first)
             self.store.drop_partial(job.output_keys)
+            if run.staging is not None:  # (its staged files: never published)
+                for pid in ids:
+                    run.staging.discard(pid)
             run.set(job.name, JobState.SKIPPED)
             return True
         outcomes = [self.group.outcome(p) for p in ids]

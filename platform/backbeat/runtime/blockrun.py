@@ -87,7 +87,8 @@ def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str],
     A small streamed output is sealed and announced first (its last batch, its end and digest:
     the consumers go on while its file is written), and every output is renamed into place only
     once the producers of the ``streamed`` inputs have committed theirs
-    (:meth:`~backbeat.runtime.streams.StreamSource.settle`, docs/execution.md "Streaming")."""
+    (:meth:`~backbeat.runtime.streams.StreamSource.settle`, docs/execution.md "Streaming").  Every
+    output's consumers are told of its commit as it happens; their acks are collected at the end."""
     announced = set()
     for name, writer in writers.items():
         sender = senders.get(name)
@@ -109,6 +110,8 @@ def _commit(writers: dict, senders: dict, outputs: Any, digests: dict[str, str],
         elif name in senders:
             senders[name].finish(writer.last)
         written[name] = outputs[name].nb_data_blocks_written
+    for sender in senders.values():  # (every output's consumers told first: one wait for all acks)
+        sender.acks()
     return written
 
 

@@ -21,11 +21,19 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
   but **commits nothing before its producers did**: its cache writer calls :meth:`StreamSource.settle`
   before the rename, which checks that the digest announced is that of the batches received (hashed
   as they arrive, before the algorithm sees them, up to :data:`HASHED_BYTES`) and waits for
-  ``committed`` with that digest.  A producer
+  ``committed`` with that digest.  ``committed`` is received and acknowledged at once, not at
+  the consumer's own commit: once the early ``end`` is read the algorithm no longer reads the
+  socket, and a small thread (:meth:`StreamSource._await_commit`) takes it over, receives
+  ``committed``, acks it and sets an event that ``settle()`` waits on — so a producer ends after its
+  own commit and a round trip, not after its consumer's whole computation (its ``--timeout``, its
+  place among the processes alive and its ``wall_s`` are its own).  A producer
   that fails (or is killed) before it has committed never sends it: the consumer waits until the
   executor kills it (the consumers of a failed producer are, and theirs), leaving only temporaries;
+  a producer never ends well without it (it waits for the ack, which follows ``committed``);
 * consumer → producer: ``ack`` once ``end`` (committed) or ``committed`` is received; the producer
-  waits for it (so nothing sent is lost when it closes) and then closes its side;
+  waits for it (so nothing sent is lost when it closes) and then closes its side — a block with
+  several streamed outputs sends every ``end``/``committed`` first, then collects the acks
+  (:meth:`StreamSender.acks`);
 * back-pressure: high-water marks of a few messages on both sides (at most 4, about 4 MB and
   8,192 units: fewer when batches are large) bound the memory in flight and how far a consumer
   lags behind its producer; a producer whose consumer stops reading waits, polling every 50 ms whether the
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -76,8 +85,11 @@ PRODUCER_NICE = 5
 #: an output of at most this many units and bytes (batch.nbytes) is announced before its file is written
 EARLY_UNITS = 1024
 EARLY_BYTES = 1 << 20
-#: a consumer hashes the batches it receives up to this many units and bytes, to check an early ``end``'s digest
+#: a consumer hashes the batches it receives up to this many bytes (and :data:`EARLY_UNITS` units: the
+#: same limit as the producer's), to check an early ``end``'s digest: at least what a producer may
+#: announce early, or a consumer would refuse a small stream its producer was entitled to announce
 HASHED_BYTES = 2 * EARLY_BYTES
+assert HASHED_BYTES >= EARLY_BYTES
 
 
 def yield_to_consumers() -> None:
@@ -195,16 +207,16 @@ class StreamSender:
                                         "committed": False}).encode()])
 
     def confirm(self, digest: str) -> None:
-        """The output announced is committed with ``digest``: tell the consumers, wait for their acks."""
+        """The output announced is committed with ``digest``: tell the consumers (then :meth:`acks`)."""
         self._send([b"committed", digest.encode()])
-        self._acks()
 
     def finish(self, end: int) -> None:
-        """The output is committed, ending at ``end``: tell the consumers, wait for their acks."""
+        """The output is committed, ending at ``end``: tell the consumers (then :meth:`acks`)."""
         self._send([b"end", json.dumps({"end": int(end), "committed": True}).encode()])
-        self._acks()
 
-    def _acks(self) -> None:
+    def acks(self) -> None:
+        """Wait for every live consumer's ack of :meth:`confirm` or :meth:`finish` (a consumer that
+        has ended — its cancel file — is not waited for), then close."""
         for sock, cancel in list(self._live):
             while not sock.poll(POLL_MS, zmq.POLLIN):
                 if os.path.exists(cancel):
@@ -245,6 +257,10 @@ class StreamSource:
         #: the digest of the batches received, while few (an early end's check); None beyond
         self._content: ContentDigest | None = ContentDigest(fmt, expanded)
         self._announced: tuple[int, str] | None = None  # an early end's start and digest, until committed
+        self._committed = threading.Event()  # set by the watcher once ``committed`` is received (or it failed)
+        self._watcher: threading.Thread | None = None  # receives ``committed`` after an early end
+        self._failure: str | None = None  # what the watcher received instead
+        self._stop = False  # (tells the watcher to give the socket back: the source closes)
 
     def __len__(self) -> int:
         return self._received
@@ -272,6 +288,10 @@ class StreamSource:
                 raise WireError(f"a stream of {self._received} units ended before its producer committed it")
             else:
                 self._announced = (int(end["start"]), str(end["digest"]))
+                # from now on the socket is the watcher's (this thread no longer reads it)
+                self._watcher = threading.Thread(target=self._await_commit, args=(self._announced[1],),
+                                                 name="stream-commit", daemon=True)
+                self._watcher.start()
             return None
         raise WireError(f"unexpected stream message {kind[:20]!r}")
 
@@ -296,9 +316,9 @@ class StreamSource:
 
     def settle(self) -> None:
         """Return once the producer has committed what was received (at once if it had when it
-        ended the stream); IntegrityError if the digest it announced is not that of the units
-        received, WireError if it sends anything else.  Blocks while the producer writes (if it
-        fails, the executor kills this process)."""
+        ended the stream; else once the watcher has received ``committed``); IntegrityError if the
+        digest it announced is not that of the units received, WireError if it sends anything
+        else.  Blocks while the producer writes (if it fails, the executor kills this process)."""
         while self.end is None and not self._sock.closed:  # (not read to its end: what follows
             self._next_batch()  # is not used, but this block commits only after its producer did)
         if self._announced is None:
@@ -308,16 +328,38 @@ class StreamSource:
         if self._content.digest(start, self.end) != digest:
             raise IntegrityError("the units received from a stream are not those its producer announced "
                                  f"(digest {digest[:12]}…)")
-        frames = self._sock.recv_multipart()
-        if frames[0] != b"committed" or frames[1:] != [digest.encode()]:
-            raise WireError(f"expected the producer's commit of digest {digest[:12]}…, got {frames[0][:20]!r}")
+        self._committed.wait()
+        if self._failure is not None:
+            raise WireError(self._failure)
         self._announced = None
-        self._sock.send(b"ack")
+
+    def _await_commit(self, digest: str) -> None:
+        """The watcher's thread, once an early ``end`` is read: receive ``committed``, check that it
+        names the digest announced, ack it at once (the producer ends then, not when this block
+        commits) and set the event :meth:`settle` waits on — also on anything else received."""
+        try:
+            while not self._stop:
+                if self._sock.poll(POLL_MS, zmq.POLLIN):
+                    frames = self._sock.recv_multipart()
+                    if frames[0] != b"committed" or frames[1:] != [digest.encode()]:
+                        self._failure = (f"expected the producer's commit of digest {digest[:12]}…, "
+                                         f"got {frames[0][:20]!r}")
+                    else:
+                        self._sock.send(b"ack")
+                    return
+        except zmq.ZMQError as exc:
+            self._failure = f"the stream broke before its producer's commit: {exc}"
+        finally:
+            self._committed.set()
 
     def data_indices(self) -> list[tuple[int, int]]:
         raise WireError("the units of a streamed input are not known in advance")
 
     def close(self) -> None:
+        if self._watcher is not None:  # (the socket is given back within POLL_MS)
+            self._stop = True
+            self._watcher.join()
+            self._watcher = None
         if not self._sock.closed:
             self._sock.close(0)
             zmqcontext.release()
