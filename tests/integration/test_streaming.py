@@ -2,13 +2,16 @@
 
 The run fixture's pipeline (items → first → second → analysis) is fed 20,000 or 60,000
 items here, so that every stream carries many batches (4,096 units each) and producers
-meet back-pressure; ``run/late/1`` (written by the tests) fails at item ``at``.
+meet back-pressure; ``run/late/1`` (written by the tests) fails at item ``at``.  A fan-out
+(items → b1, then b1 → b2 → a2 and b1 → b3 → a3) has a block whose process cannot be spawned.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -208,3 +211,76 @@ def test_stream_sockets_bound_how_far_a_consumer_lags(tmp_path, expanded, most):
     finally:
         sender.close()
         source.close()
+
+
+#: the CLI, with the spawn of block ``$NO_SPAWN`` failing as with a dead fork server; a run still
+#: going after 30 s (it hung) is interrupted as by Ctrl-C (every process killed, exit 130)
+NO_SPAWN = """
+import os, signal, sys
+from backbeat.cli import entry
+from backbeat.core.errors import ExecutionError
+from backbeat.processes.group import ProcessGroup
+
+spawn = ProcessGroup.spawn
+
+def failing(self, job, *args, **kwargs):
+    if job == os.environ["NO_SPAWN"]:
+        raise ExecutionError("the fork server is gone: [Errno 32] Broken pipe")
+    return spawn(self, job, *args, **kwargs)
+
+def hung(*_):
+    raise KeyboardInterrupt
+
+ProcessGroup.spawn = failing
+signal.signal(signal.SIGALRM, hung)
+signal.alarm(30)
+sys.argv[0] = "backbeat"
+entry()
+"""
+
+
+def write_fan(prefix: Path) -> str:
+    """Toolchain ``run/fan/1`` and experiment ``run/run/fan/1/e``: items -> b1, then b1 -> b2 -> a2
+    and b1 -> b3 -> a3 (``run/echo/1`` blocks, offsets 1, 2, 3; ``run/total/1`` analyzers)."""
+    links = [("items.value", "b1.value"), ("b1.out", "b2.value"), ("b1.out", "b3.value"),
+             ("b2.out", "a2.values"), ("b3.out", "a3.values")]
+    toolchain = {
+        "description": "a fan-out",
+        "datasets": [{"name": "items", "outputs": ["value"]}],
+        "blocks": [{"name": n, "synchronized_channel": "items", "inputs": ["value"], "outputs": ["out"]}
+                   for n in ("b1", "b2", "b3")],
+        "analyzers": [{"name": n, "synchronized_channel": "items", "inputs": ["values"]} for n in ("a2", "a3")],
+        "connections": [{"from": a, "to": b, "channel": "items"} for a, b in links],
+        "representation": {"connections": {}, "blocks": {}, "channel_colors": {}},
+    }
+    experiment = {
+        "description": "a fan-out",
+        "datasets": {"items": {"database": "counter/1", "protocol": "default", "set": "items"}},
+        "blocks": {f"b{k}": {"algorithm": "run/echo/1", "inputs": {"value": "value"}, "outputs": {"out": "out"},
+                             "parameters": {"offset": k}} for k in (1, 2, 3)},
+        "analyzers": {n: {"algorithm": "run/total/1", "inputs": {"values": "values"}} for n in ("a2", "a3")},
+        "globals": {"queue": "queue", "environment": {"name": "Python", "version": "3"}},
+    }
+    (prefix / "toolchains/run/fan").mkdir(parents=True)
+    (prefix / "toolchains/run/fan/1.json").write_text(json.dumps(toolchain))
+    (prefix / "experiments/run/run/fan/1").mkdir(parents=True)
+    (prefix / "experiments/run/run/fan/1/e.json").write_text(json.dumps(experiment))
+    return "run/run/fan/1/e"
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-stream"]], ids=["streamed", "unstreamed"])
+def test_a_block_that_cannot_start_fails_itself_and_its_producer_ends(prefix, tmp_path, flags):
+    """b2's process cannot be spawned. Streamed, b2 is started with b1 as its consumer, with b3
+    beside it and a2 accepted as b2's own: b2 fails saying why — not b1, already running — b1 is
+    told to stop feeding it (it waited for it forever: the run hung), b3 is pending again (not
+    started after a failure: skipped), and b1 commits. Unstreamed, b2 fails once b1 has ended."""
+    env = dict(os.environ, NO_SPAWN="b2", BACKBEAT_TEMPLATE="off")
+    done = subprocess.run([sys.executable, "-c", NO_SPAWN, "-p", str(prefix), "-c", str(tmp_path / "cache"),
+                           "experiments", "run", write_fan(prefix), "--json", *flags],
+                          capture_output=True, text=True, timeout=90, env=env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    rep = json.loads(done.stdout)
+    assert statuses(rep) == {"b1": "ran", "b2": "failed", "b3": "skipped", "a2": "skipped", "a3": "skipped"}
+    assert rep["blocks"]["b2"]["error"]["message"] == "cannot start: the fork server is gone: [Errno 32] Broken pipe"
+    assert "b2" in done.stderr and "cannot start: the fork server is gone" in done.stderr, done.stderr
+    assert not leftovers(tmp_path / "cache")

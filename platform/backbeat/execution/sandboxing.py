@@ -199,6 +199,18 @@ class Staging:
                 os.close(fd)
         self._journals.clear()
 
+    def publish_job(self, ids: list[str], reported: list[dict[str, str]]) -> str | None:
+        """:meth:`publish` each process of a job (``reported``: the digests each said it wrote);
+        if one does not hold, discard them all and say why."""
+        for pid, digests in zip(ids, reported, strict=True):
+            try:
+                self.publish(pid, digests)
+            except (IntegrityError, OSError) as exc:
+                for p in ids:
+                    self.discard(p)
+                return f"the sandbox refused the outputs of `{pid}': {exc}"
+        return None
+
     def discard(self, pid: str) -> None:
         """Forget what process ``pid`` wrote (it failed)."""
         folder = self._folders.get(pid)

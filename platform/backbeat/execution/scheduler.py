@@ -24,8 +24,10 @@
   consumers of a failed producer's streams are killed and reported ``skipped``;
 * each process's stdout and stderr go to its log in the cache (:mod:`backbeat.execution.logs`);
   a failed job's error carries the end of its log (``output``, ``log``);
-* a cache that cannot be written (read-only, full) fails the job as a ``system`` error saying
-  so; control messages refused (a block naming another job) become warnings of the run;
+* a cache that cannot be written (read-only, full) or a dead fork server fails the job as a
+  ``system`` error saying so (a block that cannot start deep in a chain fails itself, not the
+  chain's first block, and its producer stops feeding it);
+  control messages refused (a block naming another job) become warnings of the run;
 * each process runs in the fork server of its environment's interpreter (``run.interpreters``,
   :mod:`backbeat.execution.environments`); in a sandboxed run it writes into its staging folder,
   published into the cache after checks once it has ended well (:mod:`backbeat.execution.sandboxing`).
@@ -45,12 +47,12 @@ from collections import deque
 from pathlib import Path
 
 from backbeat.cache.store import EntryLock
-from backbeat.core.errors import ExecutionError, IntegrityError, describe_environmental
+from backbeat.core.errors import ExecutionError, describe_environmental
 from backbeat.execution import environments
 from backbeat.execution.logs import failure_output, process_log
 from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
-from backbeat.execution.splitting import assemble, slot_ranges
+from backbeat.execution.splitting import assemble_job, slot_ranges
 from backbeat.execution.state import AVAILABLE, BROKEN, STARTABLE, JobState, Run
 from backbeat.execution.views import PROVIDER_JOB, provider_log, start_provider
 from backbeat.planning.model import Job
@@ -247,16 +249,25 @@ class Scheduler:
                 run.set(job.name, JobState.CACHED)
                 self._available(job.name)
                 return True
-            self._running(job)
-            self._start(job)
-        except (OSError, ExecutionError) as exc:  # a cache that cannot be written, a dead fork server
-            self._unlock(job.name)
-            message = (f"{describe_environmental(exc, cache=self.store.location)}: the block could not start"
-                       if isinstance(exc, OSError) else f"cannot start: {exc}")
-            run.state.fail(job.name, {"kind": "system", "message": message, "traceback": None})
-            run.emit(job.name, "failed", message=run.state.errors[job.name]["message"])
+        except (OSError, ExecutionError) as exc:  # a cache that cannot be written
+            return self._cannot_start(job, exc)
+        self._running(job)
+        return self._start(job)
+
+    def _cannot_start(self, job: Job, exc: Exception | None) -> bool:
+        """``job`` could not start: it fails (``exc``; None: pending again, accepted with one that
+        failed); a producer feeding it stops (its cancel file: it would wait for it forever); False."""
+        self._unlock(job.name)
+        if job.name in self.feeders:
+            Path(self.feeders.pop(job.name)[1]).touch()
+        if exc is None:
+            self.run.set(job.name, JobState.PENDING)
             return False
-        return True
+        message = (f"{describe_environmental(exc, cache=self.store.location)}: the block could not start"
+                   if isinstance(exc, OSError) else f"cannot start: {exc}")
+        self.run.state.fail(job.name, {"kind": "system", "message": message, "traceback": None})
+        self.run.emit(job.name, "failed", message=message)
+        return False
 
     def _running(self, job: Job) -> None:
         self.started[job.name] = time.perf_counter()
@@ -327,21 +338,29 @@ class Scheduler:
         self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
                          python=environments.of(self.run.interpreters, pid).key)
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job) -> bool:
         """Start a job, the consumers it streams to, theirs…, as far as the window allows
-        (a loop over the chain: a chain of any length never deepens the stack)."""
+        (a loop: a chain of any length never deepens the stack); False if one could not start (it fails,
+        not the chain's first block; those accepted after it are pending again)."""
         todo: deque[tuple[Job, dict[str, str] | None]] = deque([(job, None)])
         while todo:
             job, fed = todo.popleft()
             if fed:
                 self.promised -= 1
-            ids, consumers = self._spawn_job(job, fed)
+            try:
+                ids, consumers = self._spawn_job(job, fed)
+            except (OSError, ExecutionError) as exc:  # a cache that cannot be written, a dead fork server
+                self.promised -= len(todo)
+                for cons, _fed in todo:
+                    self._cannot_start(cons, None)
+                return self._cannot_start(job, exc)
             self._started(job.name, ids)
             for cons, inp, _out, target in consumers:
                 self.feeders[cons.name] = (job.name, target.cancel)
                 self.fed_by.setdefault(job.name, []).append(cons.name)
                 self._running(cons)
                 todo.append((cons, {inp: target.address}))
+        return True
 
     def _spawn_job(self, job: Job, fed: dict[str, str] | None) -> tuple[list[str], list]:
         """Spawn the job's block process(es) — one, one per slot of a split block, or the two
@@ -367,7 +386,13 @@ class Scheduler:
         consumers = self._consumers(job)
         for _cons, _inp, out, target in consumers:
             spec = streaming(spec, out, target)
-        self._spawn(job.name, spec, timed=not fed)  # a streamed job's time limit starts when its producer ends
+        try:
+            self._spawn(job.name, spec, timed=not fed)  # a streamed job's time limit starts when its producer ends
+        except (OSError, ExecutionError):  # the consumers just accepted are not promised any more
+            self.promised -= len(consumers)
+            for cons, *_rest in consumers:
+                self._unlock(cons.name)
+            raise
         return [job.name], consumers
 
     def _consumers(self, job: Job) -> list[tuple[Job, str, str, StreamTarget]]:
@@ -455,7 +480,8 @@ class Scheduler:
             bad = self._publish(job, ids, outcomes)
         if bad is None and len(ids) > 1 and job.kind != "loop":
             try:
-                self._assemble(job, len(ids))
+                assemble_job(self.store, job, self.slot_ranges[job.name], self.run.plan.expanded,
+                             self.run.workspace.compression)
             except Exception as exc:  # noqa: BLE001 - reported as the block's failure
                 bad = Outcome("system", f"cannot assemble the outputs of the split block: {exc}")
         if bad is None and self.store.committed(job.output_keys):
@@ -487,28 +513,11 @@ class Scheduler:
         return False
 
     def _publish(self, job: Job, ids: list[str], outcomes: list[Outcome]) -> Outcome | None:
-        """Record where the job ran; in a sandboxed run, check its staged outputs into the cache
-        (a failure if one does not hold)."""
+        """Record where the job ran; in a sandboxed run, check its staged outputs into the cache."""
         staging = self.run.staging
         interpreter = environments.of(self.run.interpreters, job.name)
         self.run.state.runtime[job.name] = environments.runtime(
             job.environment, interpreter, self.group.interpreter(interpreter.key), staging is not None)
-        for pid, outcome in zip(ids, outcomes, strict=True):
-            reported = reported_digests(outcome.statistics)
-            if staging is None:
-                continue
-            try:
-                staging.publish(pid, reported)
-            except (IntegrityError, OSError) as exc:
-                for p in ids:
-                    staging.discard(p)
-                return Outcome("system", f"the sandbox refused the outputs of `{pid}': {exc}")
-        return None
-
-    def _assemble(self, job: Job, n: int) -> None:
-        """Concatenate the slot files of each output into the single cache entry."""
-        ranges = self.slot_ranges[job.name]
-        for o in job.outputs.values():
-            assemble([str(self.store.slot_path(o.key, k)) for k in range(n)], self.store.output_path(o.key),
-                     o.dataformat, self.run.plan.expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1],
-                     self.run.workspace.compression)
+        reported = [reported_digests(o.statistics) for o in outcomes]  # (out of the statistics, sandboxed or not)
+        refused = staging.publish_job(ids, reported) if staging is not None else None
+        return Outcome("system", refused) if refused is not None else None

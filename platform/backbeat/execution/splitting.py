@@ -14,7 +14,7 @@ in two).  Two helpers:
 :func:`slot_ranges` gives the ranges of a :class:`~backbeat.runtime.spec.BlockSpec`; each
 slot writes its own file (:meth:`backbeat.cache.store.CacheStore.slot_path`) and
 :func:`assemble` concatenates them into the single cache entry, identical (same key, same
-content digest) to the output of an unsplit run.
+content digest) to the output of an unsplit run (:func:`assemble_job`: every output of a job).
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backbeat.core.errors import UsageError
 from backbeat.runtime.spec import BlockSpec
+
+if TYPE_CHECKING:
+    from backbeat.cache.store import CacheStore
+    from backbeat.planning.model import Job
 
 
 def _common_indices(lists: Sequence[Sequence[int]]) -> list[int]:
@@ -116,6 +121,14 @@ def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded:
         raise
     for part in parts:
         Path(part).unlink(missing_ok=True)
+
+
+def assemble_job(store: CacheStore, job: Job, ranges: list[tuple[int, int]], expanded: dict[str, dict],
+                 compression: str | None = None) -> None:
+    """:func:`assemble` each output of the split block ``job`` from its slot files (one per range)."""
+    for o in job.outputs.values():
+        assemble([str(store.slot_path(o.key, k)) for k in range(len(ranges))], store.output_path(o.key),
+                 o.dataformat, expanded[o.dataformat], o.key, ranges[0][0], ranges[-1][1], compression)
 
 
 def slot_ranges(spec: BlockSpec, nb_slots: int) -> list[tuple[int, int]]:
