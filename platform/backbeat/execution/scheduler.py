@@ -142,16 +142,12 @@ class Scheduler:
                     self._starve(name)
 
     def _held(self, name: str) -> bool:
-        """In a sandboxed run, a streamed job that has ended is published only once its producer's
-        outputs were (a consumer may end first: if the producer's are then refused, the consumer
-        is skipped); one that failed is settled at once.  Its producer is told at once that it has ended (its cancel file), so that it
-        waits neither to feed it nor for its ack."""
-        feeder = self.feeders.get(name)
-        if self.run.staging is None or feeder is None or feeder[0] not in self.procs:
+        """In a sandboxed run, a streamed job that has ended well is published only once its
+        producer's outputs were (if those are then refused, it is skipped; one that failed is settled
+        at once); its producer is told at once (its cancel file): it waits neither to feed it nor for its ack."""
+        feeder, exit_ = self.feeders.get(name), self.group.ended(self.procs[name][0])
+        if self.run.staging is None or feeder is None or feeder[0] not in self.procs or not (exit_ and exit_.ok):
             return False
-        exit_ = self.group.ended(self.procs[name][0])
-        if exit_ is not None and not exit_.ok:  # (a failed consumer has nothing to publish: its
-            return False  # failure is reported now, not relabelled `skipped` by its producer's)
         if name not in self.held:
             self.held.add(name)
             Path(feeder[1]).touch()
