@@ -68,6 +68,8 @@ class Algorithm:
             time.sleep(SLOW / UNITS)
         if self.mode == "unpublishable" and not inputs.hasMoreData():
             _unpublishable()
+        if self.mode == "raise":
+            raise RuntimeError("this block fails on its own")
         outputs["out"].write(inputs["value"].data)
         return True
 '''
@@ -133,6 +135,17 @@ def test_a_sandboxed_consumer_is_not_published_before_its_producer(prefix, tmp_p
     store = open_store(cache)
     assert not [k for b in ("second", "analysis") for k in rep["blocks"][b]["outputs"].values()
                 if store.output_path(k).exists()]
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_a_sandboxed_consumer_that_fails_is_reported_failed_not_held(prefix, tmp_path):
+    """`second` fails at once while `first` (whose file the sandbox then refuses) is still running:
+    its own failure is what the report says — not `skipped` because its producer failed later."""
+    rep = executor.run_experiment(prefix, tmp_path / "cache", experiment(prefix, "raise", first="unpublishable"),
+                                  executor.Options(jobs=2, sandbox=True))
+    status = {b: v["status"] for b, v in rep["blocks"].items()}
+    assert status == {"first": "failed", "second": "failed", "analysis": "skipped"}, rep["blocks"]
+    assert "this block fails on its own" in rep["blocks"]["second"]["error"]["message"]
 
 
 def _pair(tmp_path: Path, units: int = 10, grow: tuple[int, int] | None = None):
