@@ -235,8 +235,8 @@ class StreamSender:
 class StreamSource:
     """Consumer side: a data source whose units arrive from the producer, in order.
 
-    It offers what the driver's one-input step loop needs: :meth:`iter_units` and
-    :attr:`more` (whether a unit follows the last one yielded: one message of look-ahead,
+    It offers what the driver's one-input step loop needs: :meth:`iter_chunks` and
+    :attr:`more` (whether a unit follows the last one handed out: one message of look-ahead,
     so that ``hasMoreData()`` is exact).  The number of units is not known in advance:
     ``len()`` is the number received so far.
     """
