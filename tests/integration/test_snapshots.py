@@ -90,6 +90,7 @@ class Algorithm:
             self.obj.value = self.total
             self.obj.inner.v = self.v
             self.obj.names = self.names
+        self.obj.names[0], self.obj.names[1] = self.names  # (its setter copied a string array: set in place)
         self.obj.count = self.count
         self.obj.label = "c%d" % self.count
         self.obj.inner.x = float(self.total[0])

@@ -35,7 +35,8 @@ from backbeat.data import cachefile, h5objects
 from backbeat.data.batch import I64, Batch, layout, row_bytes, tree, units_within
 from backbeat.data.chunkwriter import ChunkAppender
 from backbeat.data.contentdigest import ContentDigest
-from backbeat.data.values import BaseValue, as_value, canonical, value_type
+from backbeat.data.snapshot import UnitBuffer
+from backbeat.data.values import canonical, value_type
 
 DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random floats do not compress
 CHUNK_BYTES = 1 << 20
@@ -78,7 +79,6 @@ class CacheWriter:
         self._next = self.start  # the first index after the units flushed to the file
         self._limit = self.end if self.end is not None else 2**63 - 1
         self._units = 0
-        self._values: list[BaseValue] = []
         self._ends: list[int] = []
         self._closed = False
         self.on_batch: Callable[[Batch], None] | None = None  # told of each batch once it is appended
@@ -86,6 +86,8 @@ class CacheWriter:
         self.buffer_units = buffer_units or 1 << (units.bit_length() - 1)
         #: the buffer doubles after each flush up to this many units (see :meth:`grow`)
         self.grow_to = self.buffer_units
+        #: the units written since the last batch, as they were when written (data.snapshot)
+        self._units_buffer = UnitBuffer(fmt_name, expanded, self.buffer_units)
         self.tmp = durable.temporary_name(self.path)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -130,18 +132,20 @@ class CacheWriter:
         HDF5 writes and digest updates)."""
         self.buffer_units = max(1, min(first, most))
         self.grow_to = max(self.buffer_units, most)
+        self._units_buffer.capacity = self.buffer_units
 
-    def buffer(self) -> tuple[list, list, int, Callable[[], int]]:
-        """``(values, ends, threshold, flush)``: the units waiting to be written, for a fast producer.
+    def buffer(self) -> tuple[Callable[[Any], None], list, int, Callable[[], int]]:
+        """``(add, ends, threshold, flush)``: the units waiting to be written, for a fast producer.
 
         A producer that guarantees what :meth:`put` checks — each unit starts right after
         the previous one (at :attr:`next_index` for the first) and ends within the output's
-        range, values of :attr:`type` — may append to ``values`` and ``ends`` itself and
-        call ``flush()`` once ``threshold`` units wait; ``flush()`` returns the next threshold.
+        range — may call ``add(value)`` (which takes the unit's values as they are now,
+        :class:`~backbeat.data.snapshot.UnitBuffer`) and append to ``ends`` itself, and
+        call ``flush()`` once ``threshold`` units wait (``len(ends)``); ``flush()`` returns the next threshold.
         BEAT's ``Output`` does so, saving a call per unit.  Nothing may be appended once the
         writer is closed or aborted.
         """
-        return self._values, self._ends, self.buffer_units, self.flush
+        return self._units_buffer.add, self._ends, self.buffer_units, self.flush
 
     def write(self, data: Any, end_data_index: int | None = None) -> None:
         """Append one data unit covering ``[next_index, end_data_index]`` (default: one index)."""
@@ -164,12 +168,10 @@ class CacheWriter:
                 f"cannot write data unit ending at {end} to `{self.path}': it must be within "
                 f"[{nxt}, {self.end if self.end is not None else 'inf'}]"
             )
-        if type(data) is not self.type:
-            data = as_value(self.type, data)
-        values = self._values
-        values.append(data)
-        self._ends.append(end)
-        if len(values) >= self.buffer_units:
+        self._units_buffer.add(data)  # (its values now: the caller may change ``data`` once written)
+        ends = self._ends
+        ends.append(end)
+        if len(ends) >= self.buffer_units:
             self.flush()
 
     def write_batch(self, batch: Batch) -> None:
@@ -191,7 +193,7 @@ class CacheWriter:
 
     def flush(self) -> int:
         """Write buffered per-unit values to the file as one batch; the units to buffer next."""
-        if not self._values:
+        if not self._ends:
             return self.buffer_units
         if self._sealed:  # (a producer appending to buffer()'s lists after seal())
             raise DataError(f"units written to `{self.path}' after its digest was taken")
@@ -199,14 +201,14 @@ class CacheWriter:
         starts = np.empty_like(ends)
         starts[0] = self._next
         starts[1:] = ends[:-1] + 1
-        batch = Batch.from_values(self.name, self.expanded, self._values, starts, ends)
-        self._values.clear()  # in place: a producer may hold these lists (see buffer())
-        self._ends.clear()
+        batch = self._units_buffer.take(starts, ends)
+        self._ends.clear()  # in place: a producer may hold this list (see buffer())
         self._append(batch)
         self._next = int(ends[-1]) + 1
         # grows while batches stay small in bytes (variable-length values are not in grow_to's count)
         if self.buffer_units < self.grow_to and 2 * batch.nbytes <= BUFFER_BYTES:
             self.buffer_units = min(self.grow_to, 2 * self.buffer_units)
+        self._units_buffer.capacity = self.buffer_units
         return self.buffer_units
 
     def _append(self, batch: Batch) -> None:
@@ -393,7 +395,7 @@ class CacheWriter:
         ``gate`` is called once the file is complete, just before it is renamed into place: if it
         raises, nothing is committed (a streamed consumer waits there for its producers' commits)."""
         digest = self.seal()
-        if self._values:  # (appended to buffer()'s lists after seal(), not flushed: not in the digest;
+        if self._ends:  # (appended to buffer()'s lists after seal(), not flushed: not in the digest;
             # nothing else can add units once sealed: put, write_batch and flush — _append's only
             # callers — refuse to)
             self.abort()

@@ -24,6 +24,7 @@ import numpy as np
 
 from backbeat.core.errors import DataError, WireError
 from backbeat.data.batch import I64, Batch, layout, unit_bytes
+from backbeat.data.snapshot import UnitBuffer
 from backbeat.data.values import canonical
 
 TAG = "wire/1"
@@ -130,7 +131,8 @@ def recv_batch(socket: Any, expected_fmt_name: str, expected_expanded: dict, fla
 class BatchSender:
     """Accumulate data units and send them as batches of about ``target_bytes`` (one message each).
 
-    ``add(value, start, end)`` buffers one unit (an instance or a dict, safe casting); a message is sent
+    ``add(value, start, end)`` buffers one unit (an instance or a dict, safe casting; its values as they
+    are at ``add``: :class:`~backbeat.data.snapshot.UnitBuffer`); a message is sent
     once ``max_units`` units are buffered (default: ~``target_bytes`` of unit-level columns, at least 16);
     ``flush()`` sends what is left.  Units must be contiguous, as in a batch.
     """
@@ -139,16 +141,16 @@ class BatchSender:
                  target_bytes: int = 1 << 20, flags: int = 0) -> None:
         self.socket, self.name, self.expanded, self.flags = socket, fmt_name, expanded, flags
         self.max_units = max_units or max(16, target_bytes // unit_bytes(expanded, fmt_name))
-        self._values: list[Any] = []
+        self._units = UnitBuffer(fmt_name, expanded, self.max_units)
         self._starts: list[int] = []
         self._ends: list[int] = []
         self.sent_messages = 0
 
     def add(self, value: Any, start: int, end: int) -> None:
-        self._values.append(value)
+        self._units.add(value)
         self._starts.append(start)
         self._ends.append(end)
-        if len(self._values) >= self.max_units:
+        if len(self._ends) >= self.max_units:
             self.flush()
 
     def add_batch(self, batch: Batch) -> None:
@@ -156,10 +158,10 @@ class BatchSender:
         self._send(batch)
 
     def flush(self) -> None:
-        if not self._values:
+        if not self._ends:
             return
-        batch = Batch.from_values(self.name, self.expanded, self._values, self._starts, self._ends)
-        self._values, self._starts, self._ends = [], [], []
+        batch = self._units.take(self._starts, self._ends)
+        self._starts, self._ends = [], []
         self._send(batch)
 
     def _send(self, batch: Batch) -> None:

@@ -46,6 +46,7 @@ import zmq
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
+from backbeat.data.snapshot import frozen
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
@@ -214,8 +215,8 @@ class _Dataset:
             starts, ends = self.output_units(output)
             name, expanded = self.spec.outputs[output]
             get = self.view.get
-            with self.recorder.watch("get"):
-                values = [get(output, s) for s in starts[i:j].tolist()]
+            with self.recorder.watch("get"):  # each value as get returned it (it may refill one object)
+                values = [frozen(get(output, s)) for s in starts[i:j].tolist()]
             if self.guard is not None:
                 self.guard.check()
             try:

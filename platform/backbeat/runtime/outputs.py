@@ -75,8 +75,8 @@ class Output:
         if (writer is not None and on_write is None and self.value_type is not None
                 and getattr(writer, "type", None) is self.value_type
                 and getattr(writer, "next_index", None) == force_start_index):
-            values, ends, threshold, flush = writer.buffer()
-            self._buffer = [values.append, ends.append, values, threshold, flush, writer.limit]
+            add, ends, threshold, flush = writer.buffer()  # (add: the unit's values as they are now)
+            self._buffer = [add, ends.append, ends, threshold, flush, writer.limit]
             if synchronization_listener is not None:
                 self.write = self._direct_write(synchronization_listener)  # type: ignore[method-assign]
 
@@ -84,7 +84,7 @@ class Output:
         """The common case of :meth:`write` as a closure over what it reads (one unit per step,
         of the output's type, into the cache writer's buffer); anything else goes to :meth:`write`."""
         assert self._buffer is not None
-        append_value, append_end, values, threshold, flush, limit = self._buffer
+        append_value, append_end, ends, threshold, flush, limit = self._buffer
         vtype, general, output = self.value_type, Output.write, self
 
         def write(data: Any, end_data_index: int | None = None) -> None:
@@ -95,7 +95,7 @@ class Output:
                 append_end(end)
                 output.last_written_data_index = end
                 output.nb_data_blocks_written += 1
-                if len(values) >= threshold:
+                if len(ends) >= threshold:
                     threshold = flush()  # (the writer's next threshold: batches grow)
             else:
                 general(output, data, end_data_index)

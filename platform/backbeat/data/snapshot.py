@@ -1,0 +1,180 @@
+"""Data units taken as they are when written: :class:`UnitBuffer` and :func:`frozen` (spec §5.3).
+
+BEAT serialises a unit at ``write()``: an algorithm may change what it wrote right after (a running
+total kept in one array, one output object reused, its input's object passed through), and a database
+view's ``get`` may refill and return the same object each time.  Whatever buffers units before they
+become a batch must therefore keep each unit's *values*, not the objects holding them.
+
+:class:`UnitBuffer` does so at the cost the batch conversion had anyway: each unit's leaves are read
+once, when it is added (one C-level ``attrgetter`` over every scalar, string and array of the
+dataformat, nested ones included); fixed-shape numeric arrays are copied into one preallocated block
+per column (the only copy, which used to be made when the batch was built); scalars (numpy scalars)
+and strings are immutable and kept as they are; variable-length arrays are copied (numeric) or
+converted to their columns (strings, objects) at once.  :meth:`UnitBuffer.take` makes the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from operator import attrgetter, itemgetter
+from typing import Any
+
+import numpy as np
+
+from backbeat.core.errors import DataError
+from backbeat.data.batch import I64, Batch, Node, _encode_strings, _gather, tree
+from backbeat.data.values import as_value, value_type
+
+
+def _leaves(node: Node, out: list[Node]) -> None:
+    """The nodes read from a unit: a struct's fields, recursively, down to numbers, strings and lists."""
+    if node.kind == "struct":
+        for _k, sub in node.fields:
+            _leaves(sub, out)
+    else:
+        out.append(node)
+
+
+class UnitBuffer:
+    """Snapshots of data units of one dataformat, made into a :class:`Batch` by :meth:`take`.
+
+    ``add(value)`` (an instance of the format's value class, or anything :func:`as_value` converts)
+    reads the unit's values at once: nothing the caller does to ``value`` afterwards changes it.
+    ``capacity``: the units expected before each :meth:`take` (the preallocated rows; more grow them).
+    """
+
+    def __init__(self, name: str, expanded: dict, capacity: int = 256) -> None:
+        self.name, self.expanded = name, expanded
+        self.type = value_type(name, expanded)
+        self.capacity = max(1, int(capacity))
+        leaves: list[Node] = []
+        _leaves(tree(name, expanded), leaves)
+        self._leaves = leaves
+        single = len(leaves) == 1
+        getter = attrgetter(*(n.path for n in leaves))
+        self._get: Callable[[Any], Any] = (lambda v: (getter(v),)) if single else getter
+        self._rows: list[tuple] = []
+        self._arrays = [(j, n) for j, n in enumerate(leaves) if n.kind == "num" and n.dims]
+        self._blocks: list[np.ndarray | None] = [None] * len(self._arrays)
+        self._lists = [(j, n) for j, n in enumerate(leaves) if n.kind == "list"]
+        self._listed: list[list] = [[] for _ in self._lists]
+        self.add: Callable[[Any], None] = self._add if self._arrays or self._lists else self._add_plain
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _add_plain(self, value: Any) -> None:
+        """Scalars and strings only: immutable, kept as they are."""
+        if type(value) is not self.type:
+            value = as_value(self.type, value)
+        self._rows.append(self._get(value))
+
+    def _add(self, value: Any) -> None:
+        if type(value) is not self.type:
+            value = as_value(self.type, value)
+        leaves = self._get(value)
+        i = len(self._rows)
+        blocks = self._blocks
+        for k, (j, node) in enumerate(self._arrays):
+            block = blocks[k]
+            if block is None or i >= len(block):
+                block = blocks[k] = self._grow(block, node, i)
+            x = leaves[j]
+            if type(x) is np.ndarray and x.dtype == node.dtype and x.shape == node.dims:
+                block[i] = x
+            else:
+                block[i] = _row(x, node)
+        if self._lists:
+            snaps = [_list_snapshot(leaves[j], node) for j, node in self._lists]
+            for listed, snap in zip(self._listed, snaps, strict=True):
+                listed.append(snap)
+        self._rows.append(leaves)
+
+    def _grow(self, block: np.ndarray | None, node: Node, used: int) -> np.ndarray:
+        rows = self.capacity if block is None else max(self.capacity, 2 * len(block))
+        new = np.empty((max(rows, used + 1), *node.dims), dtype=node.dt)
+        if block is not None and used:
+            new[:used] = block[:used]
+        return new
+
+    def take(self, starts: Any, ends: Any) -> Batch:
+        """The units added since the last take, as a batch over ``starts``/``ends``; the buffer is emptied."""
+        rows, n = self._rows, len(self._rows)
+        cols: dict[str, np.ndarray] = {}
+        blocks = dict(zip((j for j, _n in self._arrays), self._blocks, strict=True))
+        listed = dict(zip((j for j, _n in self._lists), self._listed, strict=True))
+        for j, node in enumerate(self._leaves):
+            if node.kind == "num" and node.dims:
+                block = blocks[j]
+                cols[node.path] = block[:n] if block is not None else np.empty((0, *node.dims), dtype=node.dt)
+            elif node.kind == "num":
+                cols[node.path] = np.fromiter(map(itemgetter(j), rows), dtype=node.dt, count=n)
+            elif node.kind == "str":
+                _encode_strings(list(map(itemgetter(j), rows)), node.path, cols)
+            else:
+                _merge_lists(node, listed[j], cols)
+        self._rows = []
+        self._blocks = [None] * len(self._arrays)  # (the batch owns the old ones)
+        self._listed = [[] for _ in self._lists]
+        return Batch(self.name, self.expanded, starts, ends, cols, validate=False)._checked_ranges()
+
+
+def _row(x: Any, node: Node) -> np.ndarray:
+    """A fixed-shape numeric array given as something else (other dtype, a list): cast as
+    ``numpy.stack`` did when the batch was built; its shape must be the declared one."""
+    try:
+        arr = np.asarray(np.stack([x]), dtype=node.dt)[0]
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"field `{node.path}': {exc}") from None
+    if arr.shape != node.dims:
+        raise DataError(f"field `{node.path}': expected shape {node.dims}, got {arr.shape}")
+    return arr
+
+
+def _list_snapshot(x: Any, node: Node) -> Any:
+    """A variable-length field's value now: a copy of a numeric array, else its columns (one row)."""
+    if node.item.kind == "num":
+        return np.array(x)
+    out: dict = {}
+    _gather(node, [x], out)
+    return out
+
+
+def _merge_lists(node: Node, snaps: Sequence[Any], cols: dict) -> None:
+    if node.item.kind == "num":
+        _gather(node, snaps, cols)
+        return
+    if not snaps:
+        _gather(node, [], cols)
+        return
+    for name in snaps[0]:
+        parts = [s[name] for s in snaps]
+        if name.endswith("#offsets"):
+            rebased, base = [np.zeros(1, dtype=I64)], 0
+            for part in parts:
+                rebased.append(part[1:] + base)
+                base += int(part[-1])
+            cols[name] = np.concatenate(rebased)
+        else:
+            cols[name] = np.concatenate(parts)
+
+
+_IMMUTABLE = frozenset({int, float, bool, str, bytes, complex, type(None)})
+
+
+def frozen(value: Any) -> Any:
+    """``value`` (what a database view's ``get`` returned) with nothing shared with the caller:
+    dicts, lists and arrays copied, immutable leaves kept, anything else deep-copied."""
+    t = type(value)
+    if t in _IMMUTABLE or isinstance(value, np.generic):
+        return value
+    if t is dict:
+        return {k: frozen(v) for k, v in value.items()}
+    if t is list:
+        return [frozen(v) for v in value]
+    if t is tuple:
+        return tuple(frozen(v) for v in value)
+    if t is np.ndarray and value.dtype != object:
+        return value.copy()
+    return copy.deepcopy(value)
