@@ -222,14 +222,14 @@ def test_a_consumer_refuses_an_announced_digest_that_is_not_what_it_received(tmp
 def test_nothing_reaches_a_sealed_writer(tmp_path):
     """After seal() (the digest taken, announced to the consumers), every way of appending is
     refused, and close() commits nothing that the digest does not cover: units left in buffer()'s
-    lists are refused, not silently dropped (put, write_batch and flush being refused, nothing else
+    buffer are refused, not silently dropped (put, write_batch and flush being refused, nothing else
     reaches the file: close() has no other check to make)."""
     from backbeat.core.errors import DataError
     from backbeat.data.batch import Batch
 
     expanded = {"value": "int32"}
     writer = CacheWriter(tmp_path / "out.h5", "t/1", expanded)
-    values, ends, _threshold, flush = writer.buffer()
+    add, ends, _threshold, flush = writer.buffer()
     for i in range(3):
         writer.put({"value": np.int32(i)}, i, i)
     writer.seal()
@@ -238,7 +238,7 @@ def test_nothing_reaches_a_sealed_writer(tmp_path):
     extra = Batch.from_values("t/1", expanded, [writer.type(value=np.int32(3))], np.array([3]), np.array([3]))
     with pytest.raises(DataError, match="sealed"):
         writer.write_batch(extra)
-    values.append(writer.type(value=np.int32(3)))  # (a producer appending to the buffer itself)
+    add(writer.type(value=np.int32(3)))  # (a producer appending to the buffer itself)
     ends.append(3)
     with pytest.raises(DataError, match="after its digest was taken"):
         flush()

@@ -205,3 +205,31 @@ def test_batch_sender_groups_small_units():
     a.close()
     b.close()
     ctx.term()
+
+
+def test_batch_sender_sends_each_unit_as_it_was_added():
+    """One object reused and a running total changed in place after ``add``: each unit travels
+    with its values at ``add``, not at ``flush`` (BEAT serialises at ``write()``)."""
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://snapshots")
+    b.connect("inproc://snapshots")
+    fmt = {"value": [2, "float64"], "s": "string", "v": [0, "int32"]}
+    T = value_type("user/snap/1", fmt)
+    sender = BatchSender(a, "user/snap/1", fmt, max_units=64)
+    obj, total, v = T(value=[0, 0], s="", v=np.zeros(3, np.int32)), np.zeros(2), np.zeros(3, np.int32)
+    for i in range(100):
+        total += 1
+        obj.value[:] = -total
+        obj.s = str(i)
+        obj.v[:] = i
+        v[:] = i
+        sender.add(obj if i % 2 else {"value": total, "s": str(i), "v": v}, i, i)
+    obj.value[:] = total[:] = v[:] = 0
+    sender.flush()
+    values = [u for g in (recv_batch(b, "user/snap/1", fmt) for _ in range(2)) for u in g.to_values()]
+    assert [list(u.value) for u in values] == [[(-1) ** (i % 2) * (i + 1)] * 2 for i in range(100)]
+    assert [u.s for u in values] == [str(i) for i in range(100)] and [list(u.v) for u in values] == [[i] * 3 for i in range(100)]
+    a.close()
+    b.close()
+    ctx.term()

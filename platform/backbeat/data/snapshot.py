@@ -36,6 +36,16 @@ def _leaves(node: Node, out: list[Node]) -> None:
         out.append(node)
 
 
+def _getter(paths: list[str]) -> Callable[[Any], tuple]:
+    """A unit's values at ``paths``, as a tuple (one C-level call when there are several)."""
+    if len(paths) > 1:
+        return attrgetter(*paths)
+    if paths:
+        one = attrgetter(paths[0])
+        return lambda v: (one(v),)
+    return lambda v: ()
+
+
 class UnitBuffer:
     """Snapshots of data units of one dataformat, made into a :class:`Batch` by :meth:`take`.
 
@@ -51,9 +61,7 @@ class UnitBuffer:
         leaves: list[Node] = []
         _leaves(tree(name, expanded), leaves)
         self._leaves = leaves
-        single = len(leaves) == 1
-        getter = attrgetter(*(n.path for n in leaves))
-        self._get: Callable[[Any], Any] = (lambda v: (getter(v),)) if single else getter
+        self._get: Callable[[Any], Any] = _getter([n.path for n in leaves])
         self._rows: list[tuple] = []
         self._arrays = [(j, n) for j, n in enumerate(leaves) if n.kind == "num" and n.dims]
         self._blocks: list[np.ndarray | None] = [None] * len(self._arrays)

@@ -1,0 +1,133 @@
+"""data.snapshot: a unit is taken as it is when added (BEAT serialises at ``write()``, spec §5.3)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given
+from test_batch import SETTINGS, format_and_values
+
+from backbeat.core.errors import DataError
+from backbeat.data.batch import Batch
+from backbeat.data.cachereader import CacheReader
+from backbeat.data.cachewriter import CacheWriter
+from backbeat.data.snapshot import UnitBuffer, frozen
+from backbeat.data.values import value_type
+
+FMT = {"value": [3, "float64"], "n": "int64", "label": "string",
+       "inner": {"x": "float64", "v": [0, "int32"], "grid": [2, 2, "uint8"]},
+       "names": [0, "string"], "parts": [0, {"a": "int32", "w": [2, "float32"]}]}
+
+
+@SETTINGS
+@given(format_and_values(max_values=6))
+def test_take_gives_the_batch_from_values_gives(fv):
+    """Any format (nested objects, strings, arrays of any rank, fixed or variable, of objects)."""
+    fmt, values = fv
+    buf = UnitBuffer("user/hypo/1", fmt, capacity=2)  # (grown past its capacity)
+    for v in values:
+        buf.add(v)
+    starts = np.arange(len(values))
+    got = buf.take(starts, starts)
+    assert got.equals(Batch.from_values("user/hypo/1", fmt, values, starts, starts))
+    assert len(buf) == 0 and buf.take(starts[:0], starts[:0]).equals(Batch.empty("user/hypo/1", fmt))
+
+
+def _fill(obj, k: int) -> None:
+    """Set every field of ``obj`` in place (its arrays kept) to unit ``k``'s values."""
+    obj.value[:] = (k, k + 0.5, -k)
+    obj.n = k
+    obj.label = f"l{k}"
+    obj.inner.x = k / 4
+    obj.inner.v[:] = k
+    obj.inner.grid[:] = k % 256
+    obj.names[0] = f"n{k}"
+    obj.parts[0].a = np.int32(k)
+    obj.parts[0].w[:] = -k
+
+
+def _unit(T, k: int):
+    obj = T(value=np.zeros(3), n=0, label="", inner={"x": 0.0, "v": np.zeros(2, np.int32),
+                                                       "grid": np.zeros((2, 2), np.uint8)},
+            names=["", "z"], parts=[{"a": 0, "w": [0, 0]}])
+    _fill(obj, k)
+    return obj
+
+
+def test_a_value_changed_in_place_after_add_stays_as_it_was():
+    T = value_type("user/snap/1", FMT)
+    buf = UnitBuffer("user/snap/1", FMT, capacity=3)
+    obj = _unit(T, 0)
+    for k in range(10):  # one object, reused
+        _fill(obj, k)
+        buf.add(obj)
+    total, v = np.zeros(3), np.zeros(1, np.int32)
+    for k in range(10, 15):  # dicts of arrays the caller keeps changing
+        total += 1
+        v[:] = k
+        buf.add({"value": total, "n": k, "label": f"l{k}", "inner": {"x": k / 4, "v": v, "grid": np.full((2, 2), k, np.uint8)},
+                 "names": np.array([f"n{k}", "z"], dtype=object), "parts": [{"a": np.int32(k), "w": np.float32([-k, -k])}]})
+    _fill(obj, 99)
+    total[:] = -1
+    v[:] = -1
+    got = buf.take(np.arange(15), np.arange(15)).to_values()
+    for k in range(10):
+        assert got[k] == _unit(T, k), k
+    for k in range(10, 15):
+        assert list(got[k].value) == [k - 9] * 3 and list(got[k].inner.v) == [k] and got[k].n == k
+
+
+def test_a_bad_array_fails_at_add_and_leaves_the_buffer_as_it_was():
+    fmt = {"value": [3, "float64"], "n": "int32"}
+    T = value_type("user/bad/1", fmt)
+    buf = UnitBuffer("user/bad/1", fmt)
+    buf.add(T(value=[1, 2, 3], n=1))
+    bad = T(value=[1, 2, 3], n=2)
+    object.__setattr__(bad, "value", np.zeros(4))  # (past its checked setter)
+    with pytest.raises(DataError, match="value"):
+        buf.add(bad)
+    assert len(buf) == 1 and buf.take([0], [0]).to_values() == [T(value=[1, 2, 3], n=1)]
+
+
+def test_cache_writer_keeps_what_was_put_not_what_it_became(tmp_path):
+    """The writer's put and the buffer() protocol BEAT's outputs use (units flushed in batches)."""
+    fmt = {"value": [4, "float64"], "n": "int64"}
+    T = value_type("user/w/1", fmt)
+    obj, total = T(value=np.zeros(4), n=0), np.zeros(4)
+    with CacheWriter(tmp_path / "a.h5", "user/w/1", fmt, buffer_units=8) as writer:
+        add, ends, _threshold, flush = writer.buffer()
+        for k in range(1, 51):
+            total += k
+            if k % 2:
+                writer.put({"value": total, "n": k}, k - 1, k - 1)
+            else:
+                obj.value[:] = total
+                obj.n = k
+                add(obj)
+                ends.append(k - 1)
+                if len(ends) >= 8:
+                    flush()
+        total[:] = obj.value[:] = -1
+    with CacheReader(tmp_path / "a.h5") as reader:
+        got = [(list(v.value), int(v.n)) for v, _s, _e in reader]
+    assert got == [([k * (k + 1) / 2] * 4, k) for k in range(1, 51)]
+
+
+def test_frozen_shares_nothing_with_what_a_view_returned():
+    arr = np.arange(3)
+    names = np.array(["a", "b"], dtype=object)
+    T = value_type("user/f/1", {"x": [2, "int32"]})
+    d = {"a": arr, "b": [arr, {"c": arr}], "t": (1, arr), "s": "x", "i": 3, "g": np.int32(2), "o": names,
+         "v": T(x=[1, 2])}
+    f = frozen(d)
+    expected = copy.deepcopy(d)
+    arr[:] = -1
+    names[0] = "z"
+    d["v"].x[:] = 0
+    d["b"].append(0)
+    assert f["a"].tolist() == [0, 1, 2] and f["b"][0].tolist() == [0, 1, 2] and f["b"][1]["c"].tolist() == [0, 1, 2]
+    assert f["t"][1].tolist() == [0, 1, 2] and type(f["t"]) is tuple and len(f["b"]) == 2
+    assert list(f["o"]) == ["a", "b"] and f["v"] == expected["v"] and f["v"] is not d["v"]
+    assert f["g"] is d["g"] and f["s"] is d["s"]
