@@ -147,6 +147,12 @@ class CacheWriter:
         """
         return self._units_buffer.add, self._ends, self.buffer_units, self.flush
 
+    @property
+    def plain(self) -> tuple[Callable[[Any], None], Callable[[Any], Any]] | None:
+        """For a dataformat of scalars and strings only, ``(append, get)``: a producer of values of
+        :attr:`type` may add one as ``append(get(value))`` instead of ``add(value)`` (see :meth:`buffer`)."""
+        return self._units_buffer.plain
+
     def write(self, data: Any, end_data_index: int | None = None) -> None:
         """Append one data unit covering ``[next_index, end_data_index]`` (default: one index)."""
         nxt = self.next_index

@@ -36,16 +36,6 @@ def _leaves(node: Node, out: list[Node]) -> None:
         out.append(node)
 
 
-def _getter(paths: list[str]) -> Callable[[Any], tuple]:
-    """A unit's values at ``paths``, as a tuple (one C-level call when there are several)."""
-    if len(paths) > 1:
-        return attrgetter(*paths)
-    if paths:
-        one = attrgetter(paths[0])
-        return lambda v: (one(v),)
-    return lambda v: ()
-
-
 class UnitBuffer:
     """Snapshots of data units of one dataformat, made into a :class:`Batch` by :meth:`take`.
 
@@ -61,13 +51,18 @@ class UnitBuffer:
         leaves: list[Node] = []
         _leaves(tree(name, expanded), leaves)
         self._leaves = leaves
-        self._get: Callable[[Any], Any] = _getter([n.path for n in leaves])
-        self._rows: list[tuple] = []
+        #: a unit's leaves: the value itself when there is one (a tuple of them when there are several)
+        self._single = len(leaves) == 1
+        self._get: Callable[[Any], Any] = attrgetter(*(n.path for n in leaves)) if leaves else _nothing
+        self._rows: list = []  # (one list for the buffer's life: ``plain`` holds its append)
         self._arrays = [(j, n) for j, n in enumerate(leaves) if n.kind == "num" and n.dims]
         self._blocks: list[np.ndarray | None] = [None] * len(self._arrays)
         self._lists = [(j, n) for j, n in enumerate(leaves) if n.kind == "list"]
         self._listed: list[list] = [[] for _ in self._lists]
         self.add: Callable[[Any], None] = self._add if self._arrays or self._lists else self._add_plain
+        #: ``(append, get)`` when every leaf is a scalar or a string (immutable, nothing to copy): a
+        #: producer that checked the value's type may add it as ``append(get(value))``, C-level calls
+        self.plain = None if self._arrays or self._lists else (self._rows.append, self._get)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -83,18 +78,18 @@ class UnitBuffer:
             value = as_value(self.type, value)
         leaves = self._get(value)
         i = len(self._rows)
-        blocks = self._blocks
+        blocks, single = self._blocks, self._single
         for k, (j, node) in enumerate(self._arrays):
             block = blocks[k]
             if block is None or i >= len(block):
                 block = blocks[k] = self._grow(block, node, i)
-            x = leaves[j]
+            x = leaves if single else leaves[j]
             if type(x) is np.ndarray and x.dtype == node.dtype and x.shape == node.dims:
                 block[i] = x
             else:
                 block[i] = _row(x, node)
         if self._lists:
-            snaps = [_list_snapshot(leaves[j], node) for j, node in self._lists]
+            snaps = [_list_snapshot(leaves if single else leaves[j], node) for j, node in self._lists]
             for listed, snap in zip(self._listed, snaps, strict=True):
                 listed.append(snap)
         self._rows.append(leaves)
@@ -113,19 +108,24 @@ class UnitBuffer:
         blocks = dict(zip((j for j, _n in self._arrays), self._blocks, strict=True))
         listed = dict(zip((j for j, _n in self._lists), self._listed, strict=True))
         for j, node in enumerate(self._leaves):
+            column = rows if self._single else list(map(itemgetter(j), rows))
             if node.kind == "num" and node.dims:
                 block = blocks[j]
                 cols[node.path] = block[:n] if block is not None else np.empty((0, *node.dims), dtype=node.dt)
             elif node.kind == "num":
-                cols[node.path] = np.fromiter(map(itemgetter(j), rows), dtype=node.dt, count=n)
+                cols[node.path] = np.fromiter(column, dtype=node.dt, count=n)
             elif node.kind == "str":
-                _encode_strings(list(map(itemgetter(j), rows)), node.path, cols)
+                _encode_strings(column, node.path, cols)
             else:
                 _merge_lists(node, listed[j], cols)
-        self._rows = []
+        rows.clear()
         self._blocks = [None] * len(self._arrays)  # (the batch owns the old ones)
         self._listed = [[] for _ in self._lists]
         return Batch(self.name, self.expanded, starts, ends, cols, validate=False)._checked_ranges()
+
+
+def _nothing(value: Any) -> tuple:
+    return ()
 
 
 def _row(x: Any, node: Node) -> np.ndarray:
@@ -168,17 +168,24 @@ def _merge_lists(node: Node, snaps: Sequence[Any], cols: dict) -> None:
             cols[name] = np.concatenate(parts)
 
 
-_IMMUTABLE = frozenset({int, float, bool, str, bytes, complex, type(None)})
+_IMMUTABLE = frozenset({int, float, bool, str, bytes, complex, type(None), *(
+    t for t in np.sctypeDict.values() if issubclass(t, (np.number, np.bool_, np.str_, np.bytes_)))})
 
 
 def frozen(value: Any) -> Any:
     """``value`` (what a database view's ``get`` returned) with nothing shared with the caller:
     dicts, lists and arrays copied, immutable leaves kept, anything else deep-copied."""
     t = type(value)
-    if t in _IMMUTABLE or isinstance(value, np.generic):
-        return value
     if t is dict:
-        return {k: frozen(v) for k, v in value.items()}
+        out = value.copy()
+        for v in out.values():  # (a dict of scalars, what views return most: its copy)
+            if type(v) not in _IMMUTABLE:
+                for k, w in out.items():
+                    out[k] = frozen(w)
+                break
+        return out
+    if t in _IMMUTABLE:
+        return value
     if t is list:
         return [frozen(v) for v in value]
     if t is tuple:

@@ -71,12 +71,14 @@ class Output:
         self._synchronization_listener = synchronization_listener
         self._on_write = on_write
         self._buffer: list | None = None
+        self._plain: tuple | None = None
         writer = getattr(data_sink, "writer", None)  # a cache writer whose buffer we may fill directly
         if (writer is not None and on_write is None and self.value_type is not None
                 and getattr(writer, "type", None) is self.value_type
                 and getattr(writer, "next_index", None) == force_start_index):
             add, ends, threshold, flush = writer.buffer()  # (add: the unit's values as they are now)
             self._buffer = [add, ends.append, ends, threshold, flush, writer.limit]
+            self._plain = getattr(writer, "plain", None)  # (append, get): scalars and strings only
             if synchronization_listener is not None:
                 self.write = self._direct_write(synchronization_listener)  # type: ignore[method-assign]
 
@@ -86,12 +88,29 @@ class Output:
         assert self._buffer is not None
         append_value, append_end, ends, threshold, flush, limit = self._buffer
         vtype, general, output = self.value_type, Output.write, self
+        if self._plain is not None:  # (the unit's values taken by C-level calls, no frame of the buffer's)
+            append_row, get = self._plain
+
+            def write_plain(data: Any, end_data_index: int | None = None) -> None:
+                nonlocal threshold
+                end = listener.data_index_end
+                if end_data_index is None and type(data) is vtype and output.last_written_data_index < end <= limit:
+                    append_row(get(data))
+                    append_end(end)
+                    output.last_written_data_index = end
+                    output.nb_data_blocks_written += 1
+                    if len(ends) >= threshold:
+                        threshold = flush()
+                else:
+                    general(output, data, end_data_index)
+
+            return write_plain
 
         def write(data: Any, end_data_index: int | None = None) -> None:
             nonlocal threshold  # (only grows: one the general path left behind flushes early, harmlessly)
             end = listener.data_index_end
             if end_data_index is None and type(data) is vtype and output.last_written_data_index < end <= limit:
-                append_value(data)
+                append_value(data)  # (the unit's values taken now: data.snapshot)
                 append_end(end)
                 output.last_written_data_index = end
                 output.nb_data_blocks_written += 1
