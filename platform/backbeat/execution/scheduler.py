@@ -104,7 +104,7 @@ class Scheduler:
         self.promised = 0  # streamed consumers accepted, not yet spawned
         self.window = 0  # at most that many alive (alive_limit)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
-        self.held: set[str] = set()  # streamed jobs ended before their producer (sandboxed runs: _held)
+        self.held: dict[str, float] = {}  # streamed jobs ended before their producer -> when seen ended (_held)
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
@@ -149,7 +149,7 @@ class Scheduler:
         if self.run.staging is None or feeder is None or feeder[0] not in self.running or not (exit_ and exit_.ok):
             return False
         if name not in self.held:
-            self.held.add(name)
+            self.held[name] = time.perf_counter()  # (its wall time ends here, not when published)
             Path(feeder[1]).touch()
         return True
 
@@ -347,12 +347,8 @@ class Scheduler:
                 spec = dataclasses.replace(spec, database=self._provider_address())
             ranges = slot_ranges(spec, job.nb_slots)
             if len(ranges) > 1:
-                ids = []
-                for k, slot in enumerate(self.specs.slots(spec, ranges)):
-                    self._spawn(f"{job.name}#{k}", slot)
-                    ids.append(f"{job.name}#{k}")
                 self.slot_ranges[job.name] = ranges
-                return ids, []
+                return self._spawn_all(job, self.specs.slots(spec, ranges)), []
         consumers = self._consumers(job)
         for _cons, _inp, out, target in consumers:
             spec = streaming(spec, out, target)
@@ -394,10 +390,26 @@ class Scheduler:
     def _start_loop(self, job: Job) -> list[str]:
         """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
         address = self.group.address(f"loop{self.order[job.name]}")
-        ids = []
-        for k, spec in enumerate(self.specs.loop_sides(job, address, self.fresh)):
-            self._spawn(f"{job.name}#{k}", spec)
-            ids.append(f"{job.name}#{k}")
+        return self._spawn_all(job, self.specs.loop_sides(job, address, self.fresh))
+
+    def _spawn_all(self, job: Job, specs: list[BlockSpec]) -> list[str]:
+        """Spawn ``job#0``, ``job#1``… (a split block's slots, a loop's sides): all or none — if one
+        cannot be spawned, those already are killed at once and what they wrote is removed."""
+        ids: list[str] = []
+        try:
+            for k, spec in enumerate(specs):
+                self._spawn(f"{job.name}#{k}", spec)
+                ids.append(f"{job.name}#{k}")
+        except (OSError, ExecutionError):
+            for pid in ids:
+                self.group.kill(pid)
+            self.group.wait(ids)  # (killed: they end at once)
+            for pid in ids:
+                if self.run.staging is not None:
+                    self.run.staging.discard(pid)
+            loop = job.kind == "loop"
+            self.store.drop_partial(job.output_keys, 0 if loop else len(ids), committed=loop)
+            raise
         return ids
 
     def _starve(self, producer: str) -> None:
@@ -419,7 +431,7 @@ class Scheduler:
 
     def _settle(self, job: Job, ids: list[str]) -> bool:
         run = self.run
-        wall = time.perf_counter() - self.started[job.name]
+        wall = self.held.pop(job.name, time.perf_counter()) - self.started[job.name]
         if self.options.timeout_s:  # the consumers of its streams now run on their own
             for cons in self.fed_by.get(job.name, ()):
                 if cons in self.group:
