@@ -66,8 +66,10 @@ class RunningJobs:
         return all(e is not None for e in exits)
 
     def ended_jobs(self) -> list[str]:
-        """The running jobs whose processes have all ended."""
-        return [n for n in self.procs if self.ended(n)]
+        """The running jobs whose processes have all ended (checked after every poll for every
+        running job — a window of ~30 in a long chain: a job of one process costs one lookup)."""
+        ended = self.group.ended
+        return [n for n, ids in self.procs.items() if (ended(ids[0]) is not None if len(ids) == 1 else self.ended(n))]
 
     def __contains__(self, name: object) -> bool:
         return name in self.procs

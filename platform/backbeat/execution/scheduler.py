@@ -15,7 +15,9 @@
   is committed (it then heads the next segment), so memory and the fork server's queue stay
   bounded however long the chain;
 * the running jobs, their processes and which have ended are kept by
-  :class:`~backbeat.execution.running.RunningJobs`;
+  :class:`~backbeat.execution.running.RunningJobs`; while more block processes are alive than
+  ``-j``, polls are at least :data:`POLL_GAP_S` apart (events taken a few at a time: a later
+  reaction idles no core then);
 * the cost per job does not grow with the plan: jobs become ready when their last input
   does (counters, a heap in plan order), consumers are looked up in an index, and a chain
   is started by a loop, not by recursion;
@@ -69,6 +71,8 @@ BLOCK_TARGET = "backbeat.runtime.blockrun:run"
 #: when its data is small: ``docs/performance.md``)
 ALIVE_BUDGET_MB = 256
 PROCESS_MB = 8
+#: while more block processes are alive than ``-j``, polls are at least this far apart (seconds)
+POLL_GAP_S = 0.01
 
 
 def alive_limit(options: Options, jobs: int) -> int:
@@ -108,6 +112,7 @@ class Scheduler:
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
+        self._polled = 0.0  # when the last poll returned
 
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -132,7 +137,12 @@ class Scheduler:
                     time.sleep(0.05)
                     continue
                 return
+            if self.running.alive > limit:  # the cores have other work: events are taken a few at a time
+                pause = self._polled + POLL_GAP_S - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             self.group.poll(20)
+            self._polled = time.monotonic()
             self._watch_provider()
             for name in [n for n in self.running.ended_jobs() if not self._held(n)]:
                 ok = self._finish(self.jobs[name], self.running.remove(name))
