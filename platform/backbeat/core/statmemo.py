@@ -33,12 +33,25 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from backbeat.core import durable, hashing
+
+if TYPE_CHECKING:
+    import sqlite3
+
+
+def _sqlite() -> Any:
+    """The ``sqlite3`` module, imported when a memo first opens its database: the block processes
+    import this module (through :mod:`backbeat.core.hashing`'s users) but never open a memo, and
+    every library loaded into the fork server's zygote costs each fork and each exit its
+    mappings (``docs/performance.md``, "Wave 11 (perf-v)")."""
+    import sqlite3
+
+    return sqlite3
 
 RACY_NS = 2_000_000_000
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS memo (tag TEXT NOT NULL, path TEXT NOT NULL, size INTEGER, "
@@ -79,12 +92,12 @@ class StatMemo:
             return None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None)
+            db = _sqlite().connect(str(self.path), timeout=5.0, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             self._db = db
-        except (sqlite3.Error, OSError):
+        except (_sqlite().Error, OSError):
             self._db = None
         if self._db is not None and not self._registered:  # what is learnt is kept even if nobody flushes
             pid = self._pid = os.getpid()
@@ -95,7 +108,7 @@ class StatMemo:
     def _fail(self) -> None:
         """Stop using a database that errs (the memo then only computes)."""
         if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(_sqlite().Error):
                 self._db.close()
         self._db = None
 
@@ -109,7 +122,7 @@ class StatMemo:
         try:
             row = db.execute("SELECT size, mtime_ns, ctime_ns, ino, value, stamped_ns FROM memo "
                              "WHERE tag = ? AND path = ?", (tag, path)).fetchone()
-        except sqlite3.Error:
+        except _sqlite().Error:
             self._fail()
             return None
         return row
@@ -127,7 +140,7 @@ class StatMemo:
                 for row in db.execute(f"SELECT path, size, mtime_ns, ctime_ns, ino, value, stamped_ns FROM memo "
                                       f"WHERE tag = ? AND path IN ({marks})", (tag, *part)):
                     self._mem[(tag, row[0])] = row[1:]
-        except sqlite3.Error:
+        except _sqlite().Error:
             self._fail()
 
     # -- lookups -----------------------------------------------------------------------------
@@ -185,7 +198,7 @@ class StatMemo:
         if db is not None:
             try:
                 db.execute("DELETE FROM memo WHERE tag = ? AND path = ?", (tag, p))
-            except sqlite3.Error:
+            except _sqlite().Error:
                 self._fail()
 
     def prune(self, dry_run: bool = False) -> int:
@@ -201,8 +214,8 @@ class StatMemo:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("DELETE FROM memo WHERE tag = ? AND path = ?", gone)
                 db.execute("COMMIT")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
+        except _sqlite().Error:
+            with contextlib.suppress(_sqlite().Error):
                 db.execute("ROLLBACK")
             self._fail()
             return 0
@@ -222,15 +235,15 @@ class StatMemo:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
+        except _sqlite().Error:
+            with contextlib.suppress(_sqlite().Error):
                 db.execute("ROLLBACK")
             self._fail()
 
     def close(self) -> None:
         self.flush()
         if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(_sqlite().Error):
                 self._db.close()
         self._db = None
         self._opened = False

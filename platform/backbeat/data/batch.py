@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from backbeat.core.errors import DataError
+from backbeat.data.casting import stack_rows
 from backbeat.data.values import (
     NUMERIC,
     BaseValue,
@@ -188,7 +189,7 @@ def _gather(node: Node, items: Sequence[Any], out: dict) -> None:
         if not node.dims:
             out[p] = np.fromiter(items, dtype=node.dt, count=n)
         elif n:
-            out[p] = np.asarray(np.stack(items), dtype=node.dt)
+            out[p] = stack_rows(items, node.dt, node.dims)
         else:
             out[p] = np.empty((0, *node.dims), dtype=node.dt)
     elif node.kind == "str":
@@ -212,7 +213,7 @@ def _gather(node: Node, items: Sequence[Any], out: dict) -> None:
             _gather(sub, list(map(attrgetter(key), items)), out)
 
 
-def _from_numeric_dicts(root: Node, values: Sequence[Any]) -> dict | None:
+def _from_numeric_dicts(root: Node, values: Sequence[Any], types: set) -> dict | None:
     """Fast path: dicts for a format of numeric fields only, converted field by field.
 
     Gives the same columns as converting each dict (safe casting, exact field set), or
@@ -223,7 +224,7 @@ def _from_numeric_dicts(root: Node, values: Sequence[Any]) -> dict | None:
         return None
     # exactly the declared keys: dicts all of that many keys, each of which has every declared one
     # (checked by C-level loops: the database provider converts every unit a view returns)
-    if set(map(type, values)) != {dict} or set(map(len, values)) != {len(root.fields)}:
+    if types != {dict} or set(map(len, values)) != {len(root.fields)}:
         return None
     cols = {}
     for key, sub in root.fields:
@@ -397,10 +398,11 @@ class Batch:
         Without ``starts``/``ends`` the units are ``0..n-1`` (one data index each).
         """
         root = tree(name, expanded)
-        cols = _from_numeric_dicts(root, values)
+        types = set(map(type, values))  # (the values' types, once: a C-level pass over them)
+        cols = _from_numeric_dicts(root, values, types)
         if cols is None:
             vcls = value_type(name, expanded)
-            items = values if set(map(type, values)) == {vcls} else [
+            items = values if types == {vcls} else [
                 v if isinstance(v, vcls) else as_value(vcls, v) for v in values]
             cols = {}
             _gather(root, items, cols)

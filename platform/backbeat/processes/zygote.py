@@ -212,6 +212,7 @@ class Zygote:
         #: the kernel's count of OOM kills, read once for the spawn requests read at once (None:
         #: not read yet): /proc/vmstat costs ~0.25 ms a read, and a chain's blocks come in batches
         self.oom: int | None = None
+        self.forked: list[tuple] = []  # (pid, request, pipe, start, oom) forked, not yet settled
 
     def send(self, event: dict) -> None:
         """Queue an event; written without blocking so a busy parent cannot deadlock us."""
@@ -316,7 +317,10 @@ class Zygote:
         while self.queue and not (preloading and not warmup.can_fork(self.queue[0])):
             if preloading:
                 gc.freeze()  # (a child shares what is loaded so far)
+            if self.queue[0].get("op") != "spawn":
+                self.settle()
             self.handle(self.queue.popleft())
+        self.settle()
 
     def handle(self, req: dict) -> None:
         op = req.get("op")
@@ -335,15 +339,16 @@ class Zygote:
             self.shutdown(0)
 
     def spawn(self, req: dict) -> None:
+        """Fork the child of a spawn request; the parent's bookkeeping waits for :meth:`settle`."""
         limits = req.get("limits") or {}
         start = time.monotonic()
         zygote = os.getpid()
-        log_path = req.get("log")
         rfd = wfd = None
+        oom = self.oom_count()  # (before the fork: an OOM kill during the child's life is counted)
         freshstate.prepare_std_streams()  # (once) ...
         freshstate.seed_numpy()  # ... and for each child: cheaper here than in it
         try:
-            if log_path:
+            if req.get("log"):
                 rfd, wfd = os.pipe()
             pid = os.fork()
         except OSError as e:
@@ -363,18 +368,28 @@ class Zygote:
                 code = child_run(req["target"], req["payload"])
             finally:
                 flush_and_exit(code)
-        log = None
-        if rfd is not None and wfd is not None and log_path:
+        if wfd is not None:
             os.close(wfd)
-            os.set_blocking(rfd, False)
-            self.pipes[rfd] = pid
-            log = BoundedLog(log_path)
-        timeout = limits.get("timeout_s")
-        self.children[pid] = {"id": req["id"], "start": start, "reason": None,
-                              "deadline": start + timeout if timeout else None,
-                              "log": log, "pipe": rfd, "oom": self.oom_count()}
-        self.send({"ev": "spawned", "id": req["id"], "pid": pid})
-        warmup.learn(req)  # (what it makes is inherited by the next children)
+        self.forked.append((pid, req, rfd, start, oom))
+
+    def settle(self) -> None:
+        """The parent's side of the children just forked, once the requests read together are:
+        every page it writes after a fork is copied (shared with that child until then), so the
+        bookkeeping of a batch of forks copies them once instead of once a fork."""
+        forked, self.forked = self.forked, []
+        for pid, req, rfd, start, oom in forked:
+            log = None
+            if rfd is not None:
+                os.set_blocking(rfd, False)
+                self.pipes[rfd] = pid
+                log = BoundedLog(req["log"])
+            timeout = (req.get("limits") or {}).get("timeout_s")
+            self.children[pid] = {"id": req["id"], "start": start, "reason": None,
+                                  "deadline": start + timeout if timeout else None,
+                                  "log": log, "pipe": rfd, "oom": oom}
+            self.send({"ev": "spawned", "id": req["id"], "pid": pid})
+        for _, req, *_ in forked:
+            warmup.learn(req)  # (what it makes is inherited by the next children)
 
     def oom_count(self) -> int | None:
         """The kernel's OOM kill count when a child starts: a SIGKILL we did not send to a child

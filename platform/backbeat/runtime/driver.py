@@ -237,12 +237,12 @@ def _call(obj: Any, name: str, *args: Any) -> Any:
 
 
 def _single_source(group: InputGroup) -> Any:
-    """The data source of a one-input group when it can be iterated (else None)."""
+    """The data source of a one-input group when it hands out its units in chunks (else None)."""
     if len(group) != 1 or type(group) is not InputGroup:
         return None
     first = group[0]
     source = first.data_source if first is not None else None
-    return source if hasattr(source, "iter_units") else None
+    return source if hasattr(source, "iter_chunks") else None
 
 
 def _drive_single(group: InputGroup, process: Callable, args: tuple,
@@ -253,7 +253,11 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     counters, the group's indices, the listener's interval), then calls ``process``.
     Returns ``(steps, last result)``; stops early on a falsy result.  (Every operation of
     the loop's body is paid per data unit: the state is kept in locals, the counters are
-    derived from the unit's position, ``process`` is called with its arguments spelled out.)
+    derived from the unit's position, ``process`` is called with its arguments spelled out,
+    and the units come in chunks (a window, a received batch) looped over with ``zip``.  A
+    source whose units still arrive (``live``) says with ``more``, as it hands out a chunk,
+    whether a unit follows it: the input's count of units, which ``hasMoreData`` reads, is set
+    once per chunk — one past the chunk while more follow, so it is true exactly as before.)
     """
     x = group[0]
     assert x is not None
@@ -268,30 +272,34 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     a, b, c = (*args, None)[:3] if len(args) <= 3 else (None, None, None)
     arity = len(args)
     result = True
-    for value, start, end in source.iter_units(i):
-        i += 1
-        x.data, x.data_index, x.data_index_end = value, start, end
-        x.next_data_index = i
+    for values, starts, ends in source.iter_chunks(i):
         if live:
-            x._n = i + 1 if source.more else i
-        x.data_same_as_previous = False
-        x.nb_data_blocks_read = read + i
-        group.data_index = group.first_data_index = start
-        group.data_index_end = group.last_data_index = end
-        if listener is not None:
-            listener.data_index_start, listener.data_index_end = start, end
-        if arity == 3:
-            result = process(a, b, c)
-        elif arity == 2:
-            result = process(a, b)
+            x._n = i + len(values) + 1 if source.more else i + len(values)
+        for value, start, end in zip(values, starts, ends, strict=True):
+            i += 1
+            x.data, x.data_index, x.data_index_end = value, start, end
+            x.next_data_index = i
+            x.data_same_as_previous = False
+            x.nb_data_blocks_read = read + i
+            group.data_index = group.first_data_index = start
+            group.data_index_end = group.last_data_index = end
+            if listener is not None:
+                listener.data_index_start, listener.data_index_end = start, end
+            if arity == 3:
+                result = process(a, b, c)
+            elif arity == 2:
+                result = process(a, b)
+            else:
+                result = process(*args)
+            if not result:
+                break
+            if i - first >= due > 0:
+                assert pacer is not None
+                pacer.tick(i - first)
+                due = pacer.due
         else:
-            result = process(*args)
-        if not result:
-            break
-        if i - first >= due > 0:
-            assert pacer is not None
-            pacer.tick(i - first)
-            due = pacer.due
+            continue
+        break
     return i - first, result
 
 

@@ -290,6 +290,8 @@ class InputList(dict):
         for g in self._groups:
             for x in g._inputs:
                 dict.setdefault(self, x.name, x)
+        only = [x for g in self._groups for x in g._inputs]
+        self._only = only[0] if len(only) == 1 else None
 
     def __missing__(self, index: object) -> Input | None:
         if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
@@ -315,8 +317,13 @@ class InputList(dict):
     def groupOf(self, input_name: str) -> InputGroup | None:  # noqa: N802
         return first(g for g in self._groups if g[input_name] is not None)
 
+    _only: Input | None = None  # the list's one input, when it has exactly one
+
     def hasMoreData(self) -> bool:  # noqa: N802
-        for g in self._groups:  # (InputGroup.hasMoreData inlined: analyzers ask at every unit)
+        x = self._only  # (analyzers ask at every unit; most blocks have one input)
+        if x is not None:
+            return x.next_data_index < x._n
+        for g in self._groups:  # (InputGroup.hasMoreData inlined)
             for x in g._inputs:
                 if x.next_data_index < x._n:
                     return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -82,9 +81,9 @@ class BatchSource:
         values, starts, ends = self._items
         return values[0], starts[0], ends[0]
 
-    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
-        """``(value, start, end)`` of units ``i, i+1, ..`` in order (the driver's fast path: the
-        tuples come from ``zip``, which reuses its tuple when the consumer unpacks it)."""
+    def iter_chunks(self, i: int = 0) -> Iterator[tuple[list, list, list]]:
+        """``(values, starts, ends)`` lists of units ``i, i+1, ..`` in order, a window at a time (the
+        driver's fast path loops over each with ``zip``: no generator step per unit)."""
         while i < self._n:
             if self._lo <= i < self._hi:
                 k = i - self._lo
@@ -92,8 +91,13 @@ class BatchSource:
                 hi, self._lo, self._hi, self._items = self._hi, 0, 0, ([], [], [])
             else:
                 hi, (values, starts, ends) = self._window_items(i)
-            yield from zip(values, starts, ends, strict=True)
+            yield values, starts, ends
             i = hi
+
+    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
+        """``(value, start, end)`` of units ``i, i+1, ..`` in order."""
+        for values, starts, ends in self.iter_chunks(i):
+            yield from zip(values, starts, ends, strict=True)
 
     def getAtDataIndex(self, data_index: int) -> tuple[Any, int | None, int | None]:  # noqa: N802 (BEAT)
         pos = bisect.bisect_left(self._end_list, data_index)
@@ -132,16 +136,27 @@ class SubSource:
             return (None, None, None)
         return self[pos]
 
-    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
-        """``(value, start, end)`` of units ``i, i+1, ..`` of this share, in order."""
+    def iter_chunks(self, i: int = 0) -> Iterator[tuple[list, list, list]]:
+        """``(values, starts, ends)`` lists of units ``i, i+1, ..`` of this share, in order."""
         n = self._n - i
         if n <= 0:
             return
-        if hasattr(self._src, "iter_units"):
-            yield from islice(self._src.iter_units(self._lo + i), n)
+        if hasattr(self._src, "iter_chunks"):
+            for values, starts, ends in self._src.iter_chunks(self._lo + i):
+                if len(values) >= n:  # (the share's last units: nothing further is asked for)
+                    yield values[:n], starts[:n], ends[:n]
+                    return
+                n -= len(values)
+                yield values, starts, ends
         else:
             for k in range(i, self._n):
-                yield self[k]
+                value, start, end = self[k]
+                yield [value], [start], [end]
+
+    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
+        """``(value, start, end)`` of units ``i, i+1, ..`` of this share, in order."""
+        for values, starts, ends in self.iter_chunks(i):
+            yield from zip(values, starts, ends, strict=True)
 
     @property
     def bytes_read(self) -> int:

@@ -235,8 +235,8 @@ class StreamSender:
 class StreamSource:
     """Consumer side: a data source whose units arrive from the producer, in order.
 
-    It offers what the driver's one-input step loop needs: :meth:`iter_units` and
-    :attr:`more` (whether a unit follows the last one yielded: one message of look-ahead,
+    It offers what the driver's one-input step loop needs: :meth:`iter_chunks` and
+    :attr:`more` (whether a unit follows the last one handed out: one message of look-ahead,
     so that ``hasMoreData()`` is exact).  The number of units is not known in advance:
     ``len()`` is the number received so far.
     """
@@ -296,8 +296,11 @@ class StreamSource:
             return None
         raise WireError(f"unexpected stream message {kind[:20]!r}")
 
-    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
-        """Units ``0, 1, ..`` as they arrive (``i`` must be 0: a stream is read once)."""
+    def iter_chunks(self, i: int = 0) -> Iterator[tuple[list, list, list]]:
+        """``(values, starts, ends)`` lists of units ``0, 1, ..`` as they arrive (``i`` must be 0: a
+        stream is read once): a batch's units but its last, then its last alone once the next
+        message is read, so that :attr:`more` tells, whenever a chunk is handed out, whether any
+        unit follows it."""
         if i:
             raise WireError("a streamed input is read from its first unit only")
         batch = self._next_batch()
@@ -306,23 +309,36 @@ class StreamSource:
             values, starts, ends = batch.to_values(), batch.starts.tolist(), batch.ends.tolist()
             self.more = True
             following: Batch | None | bool = False  # (False: the next message is not read yet)
+            m = len(values) - 1
             if self._content is None:
-                yield from zip(values[:-1], starts, ends, strict=False)  # (zip reuses its tuple)
+                if m:
+                    yield values[:m], starts[:m], ends[:m]
             else:  # a stream small so far may end early: its `end` is read (and the commit's watcher
-                for k in range(len(values) - 1):  # started) as soon as it is there, so that the
-                    if following is False and k & (k - 1) == 0 and self._sock.poll(0, zmq.POLLIN):
-                        following = self._next_batch()  # producer's wait for its ack does not
-                    yield values[k], starts[k], ends[k]  # include this block's computation
+                a, k = 0, 0  # started) as soon as it is there (polled before units 0, 1, 2, 4, ..), so
+                while k < m and following is False:  # that the producer's wait for its ack does
+                    if k > a:  # not include this block's computation
+                        yield values[a:k], starts[a:k], ends[a:k]
+                        a = k
+                    if self._sock.poll(0, zmq.POLLIN):
+                        following = self._next_batch()
+                    k = 2 * k or 1
+                if m > a:
+                    yield values[a:m], starts[a:m], ends[a:m]
             if following is False:
                 following = self._next_batch()  # before the batch's last unit: is there more?
             assert following is not True
             self.more = following is not None
             last_end = ends[-1]
-            yield values[-1], starts[-1], last_end
+            yield values[m:], starts[m:], ends[m:]
             batch = following
         self.more = False
         if self.end != last_end:
             raise WireError(f"the stream ended at data index {self.end}, after a unit ending at {last_end}")
+
+    def iter_units(self, i: int = 0) -> Iterator[tuple[Any, int, int]]:
+        """Units ``0, 1, ..`` as they arrive (see :meth:`iter_chunks`)."""
+        for values, starts, ends in self.iter_chunks(i):
+            yield from zip(values, starts, ends, strict=True)
 
     def settle(self) -> None:
         """Return once the producer has committed what was received (at once if it had when it
