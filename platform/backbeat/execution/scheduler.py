@@ -43,6 +43,7 @@ killed, running jobs are reported failed (``interrupted``) and their partial fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import os
@@ -203,24 +204,12 @@ class Scheduler:
                     self.group.kill(pid)
 
     def _check_interpreters(self) -> None:
-        """Jobs whose fork server cannot run backbeat's runtime (another interpreter lacking its
-        requirements, a sandbox that did not start) fail at once, saying why."""
-        failures: dict[str | None, str | None] = {}
-        for name, job in self.jobs.items():
-            if self.status[name] not in STARTABLE:
-                continue
-            for pid in ([f"{name}#0", f"{name}#1"] if job.kind == "loop" else [name]):
-                chosen = environments.of(self.run.interpreters, pid)
-                if chosen.key is None and self.run.staging is None:
-                    continue  # the zygote forked from this process
-                if chosen.key not in failures:
-                    failures[chosen.key] = self.group.failure(chosen.key)
-                why = failures[chosen.key]
-                if why is not None and self.status[name] in STARTABLE:
-                    message = (f"its environment's interpreter ({chosen.python}) cannot run backbeat's block runtime: "
-                               f"{why} (`backbeat environments check' says what it needs)")
-                    self.run.state.fail(name, {"kind": "system", "message": message, "traceback": None})
-                    self.run.emit(name, "failed", message=message)
+        """Jobs whose fork server cannot run backbeat's block runtime fail at once, saying why."""
+        startable = [n for n in self.jobs if self.status[n] in STARTABLE]
+        for name, message in environments.unable(self.jobs, startable, self.run.interpreters,
+                                                 self.run.staging is not None, self.group.failure).items():
+            self.run.state.fail(name, {"kind": "system", "message": message, "traceback": None})
+            self.run.emit(name, "failed", message=message)
 
     def _try_start(self, job: Job) -> bool:
         """Start ``job`` if it can start; False if it failed to (the cache cannot be written…)."""
@@ -412,7 +401,8 @@ class Scheduler:
                 ids.append(f"{job.name}#{k}")
         except (OSError, ExecutionError):
             for pid in ids:
-                self.group.kill(pid)
+                with contextlib.suppress(OSError, ExecutionError):  # (a dead fork server: they end `lost')
+                    self.group.kill(pid)
             self.group.wait(ids)  # (killed: they end at once)
             for pid in ids:
                 if self.run.staging is not None:
