@@ -354,14 +354,15 @@ def machine(measure_capacity: bool = True) -> dict:
 
 
 def backbeat_version(python: str) -> str:
-    """``backbeat X.Y.Z (commit abc1234)`` as installed for ``python`` (the commit if it is a git checkout)."""
-    code = ("import backbeat, os, subprocess; d = os.path.dirname(backbeat.__file__); "
+    """``backbeat X.Y.Z (commit abc1234) on Python 3.x.y`` as installed for ``python`` (the commit if it is
+    a git checkout)."""
+    code = ("import backbeat, os, platform, subprocess; d = os.path.dirname(backbeat.__file__); "
             "c = subprocess.run(['git', '-C', d, 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True); "
-            "print(backbeat.__version__, c.stdout.strip())")
+            "print(backbeat.__version__, platform.python_version(), c.stdout.strip())")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False).stdout.split()
-    if not out:
+    if len(out) < 2:
         return "backbeat (version unknown)"
-    return f"backbeat {out[0]}" + (f" (commit {out[1]})" if len(out) > 1 else "")
+    return f"backbeat {out[0]}" + (f" (commit {out[2]})" if len(out) > 2 else "") + f" on Python {out[1]}"
 
 
 def spread(values: list[float]) -> dict:

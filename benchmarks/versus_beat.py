@@ -426,6 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-beat", action="store_true", help="run backbeat only")
     ap.add_argument("--beat", type=Path, default=BEAT, help=f"BEAT's `beat' command (default {BEAT})")
     ap.add_argument("--backbeat", default=None, help="backbeat's command (default: next to this Python)")
+    ap.add_argument("--backbeat-python", default=None, metavar="PYTHON",
+                    help="run the backbeat installed for this interpreter (the `backbeat' next to it, e.g. "
+                         "another venv's bin/python3; default: this Python)")
     ap.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                     help="write every measurement as JSON to FILE (or stdout, instead of the table)")
     ap.add_argument("--keep", type=Path, default=None, help="work in DIR and keep the prefix there")
@@ -440,11 +443,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         print(f"BEAT not found at {args.beat}: running backbeat only (install it with "
               f"../shared/reference/beat-install.sh)", file=sys.stderr)
         args.no_beat = True
-    exe = Path(sys.executable).with_name("backbeat")
+    if args.backbeat and args.backbeat_python:
+        raise SystemExit("versus_beat.py: give --backbeat or --backbeat-python, not both")
+    python = str(Path(args.backbeat_python).absolute()) if args.backbeat_python else sys.executable  # (runs
+    # in the work folder; not resolved: a venv's python is a link to its base)
+    exe = Path(python).with_name("backbeat")
     args.backbeat = (args.backbeat.split() if args.backbeat else
                      [str(exe)] if exe.exists() else
-                     [sys.executable, "-c", "import sys; from backbeat.cli import entry; sys.argv[0] = 'backbeat'; "
-                                            "entry()"])
+                     [python, "-c", "import sys; from backbeat.cli import entry; sys.argv[0] = 'backbeat'; entry()"])
+    args.python = python
     return args
 
 
@@ -465,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(root, args, rows)
         bench.write_prefix()
         before = runner.machine(not args.tiny)
-        version = runner.backbeat_version(sys.executable)
+        version = runner.backbeat_version(args.python)
         print(f"{version}; BEAT 1.13 at {args.beat}" if not args.no_beat else version, file=log)
         print(f"machine: {before['cores']} cores, load {before['loadavg'][0]:.2f}, parallel capacity now "
               f"{_capacity(before)}; {args.repeat} timed run(s) per tool and row, alternating; "

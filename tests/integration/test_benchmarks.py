@@ -51,6 +51,28 @@ def test_versus_beat_reports_a_failing_tool(tmp_path):
     assert "FAILED" in proc.stdout and "backbeat: exit 1" in proc.stdout
 
 
+def test_versus_beat_runs_the_backbeat_of_another_interpreter(tmp_path):
+    """--backbeat-python PY: the `backbeat' next to PY runs (another venv's: here a folder made like
+    one, whose python3 and backbeat run this venv's), and the report names PY's backbeat and Python
+    version."""
+    import platform
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (venv / "python3").chmod(0o755)
+    (venv / "backbeat").symlink_to(Path(sys.executable).with_name("backbeat"))
+    proc = _run("versus_beat.py", "--tiny", "--no-beat", "--repeat", "1", "--memory", "none", "--rows", "trivial",
+                "--backbeat-python", os.path.relpath(venv / "python3"), "--json")  # (relative: runs elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert len(doc["backbeat"]) == 1 and os.path.samefile(doc["backbeat"][0], venv / "backbeat"), doc["backbeat"]
+    assert doc["version"].endswith(f" on Python {platform.python_version()}"), doc["version"]
+    assert doc["rows"][0]["tools"]["backbeat"]["results"] == [["0.045", 10]]
+    proc = _run("versus_beat.py", "--no-beat", "--backbeat", "x", "--backbeat-python", sys.executable)
+    assert proc.returncode != 0 and "not both" in proc.stderr
+
+
 def test_tracing_covers_every_process(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:

@@ -45,6 +45,30 @@ def test_a_group_spawns_collects_and_classifies(tmp_path):
     assert {(m.job, m.type) for m in seen} >= {("a", "start"), ("a", "done"), ("b", "error")}
 
 
+def test_a_limit_set_later_is_reported_with_when_it_started(tmp_path):
+    """A streamed consumer's limit starts at its producer's end (``set_timeout``), not at its spawn:
+    its message says so, with figures that add up — the time it ran before the limit started,
+    plus the limit, is about how long it ran (not a limit of 0.5 s next to a run of 1.5 s)."""
+    import re
+    import time
+
+    group = ProcessGroup(root=str(tmp_path))
+    try:
+        group.spawn("late", f"{TARGETS}:sleep", None)
+        time.sleep(1.0)
+        group.set_timeout("late", 0.5)
+        out = group.wait(["late"])
+    finally:
+        group.close()
+    assert out["late"].kind == "timeout"
+    found = re.fullmatch(r"the block was killed after exceeding its time limit of 0\.5 s, counted from "
+                         r"(\d+\.\d) s after it started \(it ran (\d+\.\d) s\)", out["late"].message)
+    assert found, out["late"].message
+    before, ran = float(found[1]), float(found[2])
+    assert 0 < before and before + 0.5 - 0.1 <= ran, out["late"].message  # (0.1: rounding; before < 1 s:
+    # the clock of both figures starts at the fork, after the fork server has started: 0.2 s under load)
+
+
 def test_one_context_per_process_ended_with_its_last_user():
     assert zmqcontext.users() == 0
     first = zmqcontext.acquire()

@@ -146,6 +146,9 @@ def test_a_time_limit_set_later_counts_from_then(fs, mode):
         handle.set_timeout(0.3)
         ex = handle.wait(timeout=10)
         assert ex.kind == "timeout" and time.monotonic() - t0 >= 0.29, ex
+        # when the limit started, on the clock of wall_s: the two add up (for the message)
+        assert ex.timed_from_s > 0 and ex.wall_s >= ex.timed_from_s + 0.29, ex  # (not 0.5: the fork comes later)
+        assert ", counted from " in ex.describe(0.3), ex.describe(0.3)
     finally:
         if server is not fs:
             server.close()

@@ -111,7 +111,6 @@ class CacheWriter:
         self._rebased = self._content.rebased
         self._digest: str | None = None  # once sealed (see seal())
         self._sealed = False  # nothing may be appended once sealed (put, write_batch, flush refuse it)
-        self._sealed_units = 0  # the units the digest covers
 
     # writing ---------------------------------------------------------------------------------------
     @property
@@ -380,7 +379,7 @@ class CacheWriter:
                 f"expected {self.end if self.end is not None else 'at least one unit'}"
             )
         self._hasher.close()
-        self._sealed, self._sealed_units = True, self._units
+        self._sealed = True
         self._digest = self._content.digest(self.start, self.last)
         return self._digest
 
@@ -394,7 +393,9 @@ class CacheWriter:
         ``gate`` is called once the file is complete, just before it is renamed into place: if it
         raises, nothing is committed (a streamed consumer waits there for its producers' commits)."""
         digest = self.seal()
-        if self._values or self._units != self._sealed_units:  # (appended after seal(): not in the digest)
+        if self._values:  # (appended to buffer()'s lists after seal(), not flushed: not in the digest;
+            # nothing else can add units once sealed: put, write_batch and flush — _append's only
+            # callers — refuse to)
             self.abort()
             raise DataError(f"units written to `{self.path}' after its digest was taken")
         try:

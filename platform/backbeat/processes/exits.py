@@ -48,6 +48,9 @@ class Exit:
     rusage: dict = field(default_factory=dict)
     #: killed by the kernel's OOM killer: ``{"limit": bytes, "scope": "cgroup" | "machine"}``
     oom: dict | None = None
+    #: when its time limit started counting, in seconds of ``wall_s`` (0: at its start; a limit set
+    #: later, ``set_timeout``: a streamed consumer's, from its producer's end)
+    timed_from_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -63,6 +66,8 @@ class Exit:
             return f"killed by signal {self.signal}"
         if self.kind == "timeout":
             limit = f" of {limit_s:g} s" if limit_s else ""
+            if self.timed_from_s > 0:  # (both figures from the same clock: they add up)
+                limit += f", counted from {self.timed_from_s:.1f} s after it started"
             return f"killed after exceeding its time limit{limit} (it ran {self.wall_s:.1f} s)"
         if self.kind == "lost":
             return f"lost with its fork server (killed by {self.signal})"
@@ -72,11 +77,11 @@ class Exit:
 
 
 def classify_status(status: int, reason: str | None = None, wall_s: float = 0.0,
-                    rusage: dict | None = None, oom: dict | None = None) -> Exit:
+                    rusage: dict | None = None, oom: dict | None = None, timed_from_s: float = 0.0) -> Exit:
     """Turn a raw ``waitpid`` status (plus the server's ``reason``) into an :class:`Exit`."""
     ru = rusage or {}
     if reason == "timeout":
-        return Exit("timeout", signal="SIGKILL", wall_s=wall_s, rusage=ru)
+        return Exit("timeout", signal="SIGKILL", wall_s=wall_s, rusage=ru, timed_from_s=timed_from_s)
     if reason == "oom":
         return Exit("memory", signal="SIGKILL", wall_s=wall_s, rusage=ru, oom=oom or {})
     if os.WIFSIGNALED(status):

@@ -114,6 +114,7 @@ class MPHandle(Handle):
             with contextlib.suppress(OSError):
                 os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
         self._reason: str | None = None
+        self._timed_from = 0.0  # when its limit started counting (set_timeout), after its spawn
         self._proc = server._mp.Process(target=_mp_child, daemon=True,
                                         args=(target, json.dumps(payload), limits.to_json(), log_path))
         self._proc.start()
@@ -131,7 +132,7 @@ class MPHandle(Handle):
                 self._signal(signal.SIGKILL)
             return
         if self._reason == "timeout":
-            self.exit = Exit("timeout", signal="SIGKILL", wall_s=wall)
+            self.exit = Exit("timeout", signal="SIGKILL", wall_s=wall, timed_from_s=self._timed_from)
         elif code < 0:
             self.exit = Exit("signal", signal=signame(-code), wall_s=wall)
         else:
@@ -169,6 +170,7 @@ class MPHandle(Handle):
     def set_timeout(self, seconds: float) -> None:
         elapsed = time.monotonic() - self.spawned_at
         self._limits = Limits(elapsed + float(seconds), self._limits.memory_bytes)
+        self._timed_from = elapsed
 
     def _signal(self, sig: int, reason: str | None = None) -> None:
         if self.exit is None and self._proc.pid is not None:

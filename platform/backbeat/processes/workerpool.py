@@ -402,7 +402,7 @@ class ForkServer:
                 h.exit = Exit("exit", code=EXIT_BOOT)
             else:
                 h.exit = classify_status(ev["status"], ev.get("reason"), ev.get("wall_s", 0.0), ev.get("rusage"),
-                                         ev.get("oom"))
+                                         ev.get("oom"), ev.get("timed_from_s", 0.0))
             self._handles.pop(h.id, None)
 
     def _host_pid(self, pid: int) -> int | None:

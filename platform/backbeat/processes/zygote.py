@@ -203,7 +203,7 @@ class Zygote:
         self.interpreter = interpreter  # (what describe() says, when known: a template's)
         self.parent = parent
         self.preload = preload
-        self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason, log, pipe, oom}
+        self.children: dict[int, dict] = {}  # pid -> {id, start, deadline, reason, log, pipe, oom[, timed_from]}
         self.pipes: dict[int, int] = {}  # read end of a child's output pipe -> its pid
         self.inbuf = b""
         self.queue: collections.deque[dict] = collections.deque()  # requests read, not yet handled
@@ -331,10 +331,11 @@ class Zygote:
                 if c["id"] == req["id"]:  # (a SIGKILL we sent is never taken for the OOM killer's)
                     c["reason"] = c["reason"] or req.get("reason") or "killed"
                     self.kill(pid, req.get("sig", signal.SIGKILL))
-        elif op == "timeout":  # a new deadline, counted from now
+        elif op == "timeout":  # a new deadline, counted from now (and said so when exceeded)
             for c in self.children.values():
                 if c["id"] == req["id"] and not c["reason"]:
-                    c["deadline"] = time.monotonic() + float(req["timeout_s"])
+                    now = time.monotonic()
+                    c["deadline"], c["timed_from"] = now + float(req["timeout_s"]), now - c["start"]
         elif op == "close":
             self.shutdown(0)
 
@@ -474,7 +475,7 @@ class Zygote:
                 and c["oom"] is not None and (oom_kills() or 0) > c["oom"]):
             reason, oom = "oom", memory_ceiling()
         self.send({"ev": "exit", "id": c["id"], "pid": pid, "status": status, "reason": reason, "oom": oom,
-                   "wall_s": time.monotonic() - c["start"],
+                   "wall_s": time.monotonic() - c["start"], "timed_from_s": c.get("timed_from", 0.0),
                    "rusage": {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss_kb": ru.ru_maxrss,
                               "nvcsw": ru.ru_nvcsw, "nivcsw": ru.ru_nivcsw}})
 
