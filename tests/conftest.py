@@ -129,6 +129,33 @@ def private_tmpdir() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def threads_besides_main() -> list[str]:
+    """This process's threads that would make a :class:`~backbeat.processes.workerpool.ForkServer`
+    fall back to multiprocessing: Python threads besides the main one, and ZeroMQ's I/O threads."""
+    import threading
+
+    names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as f:
+            comm = f.read().strip()
+            if comm.startswith("ZMQbg"):
+                names.append(comm)
+    return sorted(names)
+
+
+@pytest.fixture(scope="module")
+def no_threads_left() -> Iterator[None]:
+    """Fails the module if it leaves threads behind (a ZeroMQ context not terminated…): later tests
+    in the same process would see a threaded parent, and their fork servers fall back."""
+    before = threads_besides_main()
+    yield
+    left = threads_besides_main()
+    for name in before:
+        if name in left:
+            left.remove(name)
+    assert not left, f"threads left behind by the module: {left}"
+
+
 @pytest.fixture
 def copy_prefix(tmp_path: Path) -> Callable[..., Path]:
     """``copy_prefix(src=RUN_PREFIX, name="prefix")``: a private copy of a fixture prefix."""

@@ -84,6 +84,30 @@ def leave_orphan(payload: dict) -> None:
         f.write(str(proc.pid))
 
 
+def detach_and_hang(payload: dict) -> None:
+    """Start a process in a session of its own (out of reach of a signal to this process's
+    group), say its pid, then hang until killed."""
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    with open(payload["pid_file"], "w") as f:
+        f.write(str(proc.pid))
+    while True:
+        time.sleep(10)
+
+
+def not_a_block(pid_file: str) -> None:
+    """A process the embedding program forks through multiprocessing itself (no backbeat job):
+    it starts a process and leaves it behind, saying its pid and its own parent's."""
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(f"{proc.pid} {os.getppid()}")
+    os.rename(pid_file + ".tmp", pid_file)
+    os._exit(0)
+
+
 class InfrastructureBug(RuntimeError):
     error_kind = "system"
 

@@ -203,6 +203,17 @@ def test_locks_nobody_holds_are_pruned_and_a_waiter_takes_the_new_file(tmp_path)
     assert store.lock(keys[3], wait=False) is not None
 
 
+def test_a_lock_folder_removed_after_a_lock_was_taken_is_made_again(tmp_path):
+    """The lock folder is made once per process (not for every lock a run takes): one removed since
+    (a cache emptied by hand) is made again, not an error."""
+    store = CacheStore(tmp_path / "cache")
+    store.lock(f"{1:064x}").release()
+    shutil.rmtree(tmp_path / "cache" / ".locks")
+    lock = store.lock(f"{2:064x}", wait=False)
+    assert lock is not None and (tmp_path / "cache" / ".locks" / f"{2:064x}").is_file()
+    lock.release()
+
+
 def test_the_sweep_removes_what_a_dead_run_was_writing_in_the_content_addressed_areas(tmp_path: Path) -> None:
     from backbeat.cache import journal
 

@@ -28,7 +28,7 @@ COMMITKILL = '''import os
 import signal
 import time
 
-LATE, SLOW, UNITS = 2.0, 2.0, 6  # (the pipeline's dataset has 6 units)
+LATE, SLOW, UNITS, LINGER = 2.0, 2.0, 6, 1.5  # (the pipeline's dataset has 6 units)
 
 
 def _die(*args, **kwargs):
@@ -54,6 +54,19 @@ def _unpublishable():
     os.replace, blockrun._committed = linked, late
 
 
+def _linger():
+    """The process ends LINGER seconds after its commit (and its consumers' acks)."""
+    import backbeat.runtime.blockrun as blockrun
+
+    committed = blockrun._committed
+
+    def late(*args, **kwargs):
+        time.sleep(LINGER)
+        return committed(*args, **kwargs)
+
+    blockrun._committed = late
+
+
 class Algorithm:
     def setup(self, parameters):
         self.mode = parameters["mode"]
@@ -68,6 +81,8 @@ class Algorithm:
             time.sleep(SLOW / UNITS)
         if self.mode == "unpublishable" and not inputs.hasMoreData():
             _unpublishable()
+        if self.mode == "linger" and not inputs.hasMoreData():
+            _linger()
         if self.mode == "raise":
             raise RuntimeError("this block fails on its own")
         outputs["out"].write(inputs["value"].data)
@@ -146,6 +161,20 @@ def test_a_sandboxed_consumer_that_fails_is_reported_failed_not_held(prefix, tmp
     status = {b: v["status"] for b, v in rep["blocks"].items()}
     assert status == {"first": "failed", "second": "failed", "analysis": "skipped"}, rep["blocks"]
     assert "this block fails on its own" in rep["blocks"]["second"]["error"]["message"]
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_a_held_sandboxed_consumer_reports_its_own_wall_time_not_the_hold(prefix, tmp_path):
+    """`first` ends LINGER (1.5 s) after its commit; `second`, streamed from it, ends well meanwhile
+    and is held until `first` is published: its `wall_s` ends when its process did — not when it was
+    published (before, it counted the hold: about `first`'s own)."""
+    rep = executor.run_experiment(prefix, tmp_path / "cache", experiment(prefix, "none", first="linger"),
+                                  executor.Options(jobs=2, sandbox=True))
+    assert {b: v["status"] for b, v in rep["blocks"].items()} == {"first": "ran", "second": "ran",
+                                                                     "analysis": "ran"}, rep["blocks"]
+    stats = {b: rep["blocks"][b]["statistics"] for b in ("first", "second")}
+    assert stats["second"]["streamed_from"] == "first"
+    assert stats["second"]["wall_s"] < stats["first"]["wall_s"] - 0.75, stats
 
 
 def _pair(tmp_path: Path, units: int = 10, grow: tuple[int, int] | None = None):

@@ -389,6 +389,53 @@ def test_multiprocessing_fallback(tmp_path):
     assert sleeper.wait(timeout=5).kind == "signal"
 
 
+def _gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_multiprocessing_fallback_kills_leftovers_as_the_job_ends(tmp_path):
+    """A killed block's detached leftovers die as its job ends, not when the command does."""
+    pid_file = tmp_path / "left.pid"
+    with ForkServer(preload=(), mode="multiprocessing") as server:
+        h = server.spawn(f"{T}:detach_and_hang", {"pid_file": str(pid_file)}, Limits(timeout_s=60))
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and h.poll() is None
+            time.sleep(0.01)
+        left = int(pid_file.read_text())
+        try:
+            h.kill()
+            assert h.wait(timeout=30).signal == "SIGKILL"
+            deadline = time.monotonic() + 5
+            while not _gone(left):
+                assert time.monotonic() < deadline, "a killed block's leftover outlived its job"
+                time.sleep(0.01)
+        finally:
+            if not _gone(left):
+                os.kill(left, signal.SIGKILL)
+
+
+def test_multiprocessing_fallback_leaves_others_processes_alone(tmp_path):
+    """The fallback reaps what backbeat's blocks leave, not what the embedding program's own
+    multiprocessing processes (same fork server) leave: those are the program's business."""
+    import multiprocessing
+
+    pid_file = tmp_path / "theirs.pid"
+    with ForkServer(preload=(), mode="multiprocessing") as server:
+        assert server.spawn(f"{T}:ok", {}).wait(timeout=30).kind == "ok"  # (the fork server runs)
+        theirs = multiprocessing.get_context("forkserver").Process(target=_workerpool_targets.not_a_block,
+                                                                    args=(str(pid_file),))
+        theirs.start()
+        theirs.join(30)
+        left, forkserver = (int(x) for x in pid_file.read_text().split())
+        try:
+            time.sleep(0.2)
+            assert not _gone(left)
+            assert psutil.Process(left).ppid() != forkserver, "the fork server adopted a process not of a block"
+        finally:
+            os.kill(left, signal.SIGKILL)
+
+
 def test_spawn_latency(fs, ctl):
     n = 20
     to_start, to_exit = [], []

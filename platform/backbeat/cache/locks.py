@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+#: lock folders this process has made or found (not made again for each lock: a run takes one per job)
+_FOLDERS: set[str] = set()
 
 
 class EntryLock:
@@ -36,7 +38,7 @@ class EntryLock:
         self.release()
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def _same_file(fd: int, path: str | Path) -> bool:
     """Whether the open file ``fd`` is still the file at ``path``."""
     try:
         st = os.stat(path)
@@ -48,10 +50,17 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def acquire(folder: Path, key: str, wait: bool = True) -> EntryLock | None:
     """Lock ``folder/key`` (created if needed): wait for it, or (``wait=False``) None if it is held."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / key
+    where = os.fspath(folder)
+    if where not in _FOLDERS:
+        os.makedirs(where, exist_ok=True)
+        _FOLDERS.add(where)
+    path = os.path.join(where, key)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # (the folder was removed since: made again)
+            os.makedirs(where, exist_ok=True)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             if _same_file(fd, path):

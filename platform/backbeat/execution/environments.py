@@ -13,6 +13,7 @@ and the database provider run in the running interpreter.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from backbeat.core import config
 from backbeat.core.errors import BackbeatError
 from backbeat.declarations.catalog import Catalog
 from backbeat.declarations.prefix import Prefix
-from backbeat.planning.model import Plan
+from backbeat.planning.model import Job, Plan
 from backbeat.processes import environments, interpreter
 from backbeat.processes.environments import Interpreter, Mapping
 
@@ -48,6 +49,29 @@ def of(interpreters: dict[str, Interpreter], process: str) -> Interpreter:
     """The interpreter of one process of a job (``job``, ``job#slot``, ``loop#side``)."""
     found = interpreters.get(process) or interpreters.get(process.partition("#")[0])
     return found or environments.RUNNING
+
+
+def unable(jobs: dict[str, Job], names: Iterable[str], interpreters: dict[str, Interpreter], sandboxed: bool,
+           failure: Callable[[str | None], str | None]) -> dict[str, str]:
+    """The jobs of ``names`` whose fork server cannot run backbeat's block runtime (another
+    interpreter lacking its requirements, a sandbox that did not start): ``{job: why}``.
+    ``failure(key)``: why the fork server of interpreter ``key`` cannot (None: it can), asked once
+    per interpreter; the running interpreter's, the zygote forked from this process, is not asked
+    unless ``sandboxed``."""
+    failures: dict[str | None, str | None] = {}
+    out: dict[str, str] = {}
+    for name in names:
+        for pid in ([f"{name}#0", f"{name}#1"] if jobs[name].kind == "loop" else [name]):
+            chosen = of(interpreters, pid)
+            if chosen.key is None and not sandboxed:
+                continue
+            if chosen.key not in failures:
+                failures[chosen.key] = failure(chosen.key)
+            why = failures[chosen.key]
+            if why is not None and name not in out:
+                out[name] = (f"its environment's interpreter ({chosen.python}) cannot run backbeat's block runtime: "
+                             f"{why} (`backbeat environments check' says what it needs)")
+    return out
 
 
 def runtime(env: dict | None, chosen: Interpreter, info: dict, sandboxed: bool) -> dict:

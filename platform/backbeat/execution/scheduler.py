@@ -14,6 +14,10 @@
   segments of that many blocks, and the block after a segment starts once the file it reads
   is committed (it then heads the next segment), so memory and the fork server's queue stay
   bounded however long the chain;
+* the running jobs, their processes and which have ended are kept by
+  :class:`~backbeat.execution.running.RunningJobs`; while more block processes are alive than
+  ``-j``, polls are at least :data:`POLL_GAP_S` apart (events taken a few at a time: a later
+  reaction idles no core then);
 * the cost per job does not grow with the plan: jobs become ready when their last input
   does (counters, a heap in plan order), consumers are looked up in an index, and a chain
   is started by a loop, not by recursion;
@@ -39,6 +43,7 @@ killed, running jobs are reported failed (``interrupted``) and their partial fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import os
@@ -50,6 +55,7 @@ from backbeat.cache.store import EntryLock
 from backbeat.core.errors import ExecutionError, describe_environmental
 from backbeat.execution import environments
 from backbeat.execution.logs import failure_output, process_log
+from backbeat.execution.running import RunningJobs
 from backbeat.execution.sandboxing import reported_digests
 from backbeat.execution.specs import SpecBuilder, streamed, streaming
 from backbeat.execution.splitting import assemble_job, slot_ranges
@@ -66,6 +72,8 @@ BLOCK_TARGET = "backbeat.runtime.blockrun:run"
 #: when its data is small: ``docs/performance.md``)
 ALIVE_BUDGET_MB = 256
 PROCESS_MB = 8
+#: while more block processes are alive than ``-j``, polls are at least this far apart (seconds)
+POLL_GAP_S = 0.01
 
 
 def alive_limit(options: Options, jobs: int) -> int:
@@ -89,9 +97,8 @@ class Scheduler:
         self.specs = SpecBuilder(run.plan, run.workspace, run.options.window)
         self.locks: dict[str, EntryLock] = {}
         self.started: dict[str, float] = {}
-        self.procs: dict[str, list[str]] = {}  # running job -> its process ids (one per slot or loop side)
+        self.running = RunningJobs(run.group, run.jobs)
         self.slot_ranges: dict[str, list[tuple[int, int]]] = {}
-        self.killed: set[str] = set()  # processes killed because their loop partner failed
         self.feeders: dict[str, tuple[str, str]] = {}  # streamed job -> (producer, cancel file)
         self.fed_by: dict[str, list[str]] = {}  # producer -> the jobs it streams to
         self.fresh = {n for n, s in self.status.items() if s == JobState.RAN}  # committed by this run
@@ -99,15 +106,14 @@ class Scheduler:
         self.blockers = {j.name: sum(self.status[d] not in AVAILABLE for d in set(j.depends)) for j in run.plan.jobs}
         self.ready = [(self.order[n], n) for n, b in self.blockers.items() if not b and self.status[n] in STARTABLE]
         heapq.heapify(self.ready)
-        self.counted = 0  # processes counted against -j (streamed ones are not)
-        self.alive = 0  # block processes started and not yet seen ended
         self.promised = 0  # streamed consumers accepted, not yet spawned
         self.window = 0  # at most that many alive (alive_limit)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
-        self.held: set[str] = set()  # streamed jobs ended before their producer (sandboxed runs: _held)
+        self.held: dict[str, float] = {}  # streamed jobs ended before their producer -> when seen ended (_held)
         self._provider: str | None = None
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
+        self._polled = 0.0  # when the last poll returned
 
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -127,15 +133,20 @@ class Scheduler:
         while True:
             if not failed and not self._start_ready(limit):
                 failed = True
-            if not self.procs:
+            if not self.running:
                 if not failed and any(self.status[n] == JobState.WAITING for _k, n in self.ready):
                     time.sleep(0.05)
                     continue
                 return
+            if self.running.alive > limit:  # the cores have other work: events are taken a few at a time
+                pause = self._polled + POLL_GAP_S - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             self.group.poll(20)
+            self._polled = time.monotonic()
             self._watch_provider()
-            for name in [n for n in self.procs if self._ended(n) and not self._held(n)]:
-                ok = self._finish(self.jobs[name], self._ended_job(name))
+            for name in [n for n in self.running.ended_jobs() if not self._held(n)]:
+                ok = self._finish(self.jobs[name], self.running.remove(name))
                 if not ok:
                     failed = True
                 if not ok or name in self.starved:  # the jobs it was feeding are starved too
@@ -145,11 +156,11 @@ class Scheduler:
         """In a sandboxed run, a streamed job that has ended well is published only once its
         producer's outputs were (if those are then refused, it is skipped; one that failed is settled
         at once); its producer is told at once (its cancel file): it waits neither to feed it nor for its ack."""
-        feeder, exit_ = self.feeders.get(name), self.group.ended(self.procs[name][0])
-        if self.run.staging is None or feeder is None or feeder[0] not in self.procs or not (exit_ and exit_.ok):
+        feeder, exit_ = self.feeders.get(name), self.group.ended(self.running[name][0])
+        if self.run.staging is None or feeder is None or feeder[0] not in self.running or not (exit_ and exit_.ok):
             return False
         if name not in self.held:
-            self.held.add(name)
+            self.held[name] = time.perf_counter()  # (its wall time ends here, not when published)
             Path(feeder[1]).touch()
         return True
 
@@ -159,7 +170,7 @@ class Scheduler:
         again = []
         ok = True
         # streamed jobs keep pace with their producer: they do not count against the limit
-        while self.ready and self.counted < limit:
+        while self.ready and self.running.counted < limit:
             item = heapq.heappop(self.ready)
             name = item[1]
             if self.status[name] not in STARTABLE:  # started meanwhile, as the consumer of a stream
@@ -180,50 +191,25 @@ class Scheduler:
             if not self.blockers[reader.name] and self.status[reader.name] in STARTABLE:
                 heapq.heappush(self.ready, (self.order[reader.name], reader.name))
 
-    def _started(self, name: str, ids: list[str]) -> None:
-        self.procs[name] = ids
-        self.alive += len(ids)
-        if name not in self.feeders:
-            self.counted += len(ids)
-
-    def _ended_job(self, name: str) -> list[str]:
-        ids = self.procs.pop(name)
-        self.alive -= len(ids)
-        if name not in self.feeders:
-            self.counted -= len(ids)
-        return ids
-
     def _watch_provider(self) -> None:
         """If the database provider died (killed…), the blocks reading datasets would wait for it:
         they are killed, and fail saying why."""
         if self._provider is None or self._provider_lost is not None or self.group.exit(PROVIDER_JOB) is None:
             return
         self._provider_lost = self.group.outcome(PROVIDER_JOB)
-        for name, ids in self.procs.items():
+        for name, ids in self.running.items():
             if any(i.source == "dataset" for i in self.jobs[name].inputs.values()):
                 for pid in ids:
                     self.orphaned.add(pid)
                     self.group.kill(pid)
 
     def _check_interpreters(self) -> None:
-        """Jobs whose fork server cannot run backbeat's runtime (another interpreter lacking its
-        requirements, a sandbox that did not start) fail at once, saying why."""
-        failures: dict[str | None, str | None] = {}
-        for name, job in self.jobs.items():
-            if self.status[name] not in STARTABLE:
-                continue
-            for pid in ([f"{name}#0", f"{name}#1"] if job.kind == "loop" else [name]):
-                chosen = environments.of(self.run.interpreters, pid)
-                if chosen.key is None and self.run.staging is None:
-                    continue  # the zygote forked from this process
-                if chosen.key not in failures:
-                    failures[chosen.key] = self.group.failure(chosen.key)
-                why = failures[chosen.key]
-                if why is not None and self.status[name] in STARTABLE:
-                    message = (f"its environment's interpreter ({chosen.python}) cannot run backbeat's block runtime: "
-                               f"{why} (`backbeat environments check' says what it needs)")
-                    self.run.state.fail(name, {"kind": "system", "message": message, "traceback": None})
-                    self.run.emit(name, "failed", message=message)
+        """Jobs whose fork server cannot run backbeat's block runtime fail at once, saying why."""
+        startable = [n for n in self.jobs if self.status[n] in STARTABLE]
+        for name, message in environments.unable(self.jobs, startable, self.run.interpreters,
+                                                 self.run.staging is not None, self.group.failure).items():
+            self.run.state.fail(name, {"kind": "system", "message": message, "traceback": None})
+            self.run.emit(name, "failed", message=message)
 
     def _try_start(self, job: Job) -> bool:
         """Start ``job`` if it can start; False if it failed to (the cache cannot be written…)."""
@@ -268,19 +254,6 @@ class Scheduler:
     def _running(self, job: Job) -> None:
         self.started[job.name] = time.perf_counter()
         self.run.set(job.name, JobState.RUNNING, done=0, total=None)
-
-    def _ended(self, name: str) -> bool:
-        """Whether every process of a job has ended (a loop's other side is killed if one failed)."""
-        procs = self.procs[name]
-        if len(procs) == 1:  # (checked after every poll for every running job: no partner to stop)
-            return self.group.ended(procs[0]) is not None
-        exits = [self.group.ended(p) for p in self.procs[name]]
-        if self.jobs[name].kind == "loop" and any(e is not None and not e.ok for e in exits):
-            for p, e in zip(self.procs[name], exits, strict=True):  # one side failed: stop the other
-                if e is None:
-                    self.killed.add(p)
-                    self.group.kill(p)
-        return all(e is not None for e in exits)
 
     def _close(self) -> None:
         """Kill what still runs (e.g. on Ctrl-C): interrupted jobs fail, their partial files go."""
@@ -350,7 +323,7 @@ class Scheduler:
                 for cons, _fed in todo:
                     self._cannot_start(cons, None)
                 return self._cannot_start(job, exc)
-            self._started(job.name, ids)
+            self.running.add(job.name, ids, counted=job.name not in self.feeders)
             for cons, inp, _out, target in consumers:
                 self.feeders[cons.name] = (job.name, target.cancel)
                 self.fed_by.setdefault(job.name, []).append(cons.name)
@@ -373,12 +346,8 @@ class Scheduler:
                 spec = dataclasses.replace(spec, database=self._provider_address())
             ranges = slot_ranges(spec, job.nb_slots)
             if len(ranges) > 1:
-                ids = []
-                for k, slot in enumerate(self.specs.slots(spec, ranges)):
-                    self._spawn(f"{job.name}#{k}", slot)
-                    ids.append(f"{job.name}#{k}")
                 self.slot_ranges[job.name] = ranges
-                return ids, []
+                return self._spawn_all(job, self.specs.slots(spec, ranges)), []
         consumers = self._consumers(job)
         for _cons, _inp, out, target in consumers:
             spec = streaming(spec, out, target)
@@ -398,7 +367,7 @@ class Scheduler:
         the others start once ``job`` has committed its outputs, reading them from the cache."""
         if not self.options.stream or self.options.jobs == 1:  # -j 1: one block process at a time
             return []
-        room = self.window - self.alive - self.promised - 1
+        room = self.window - self.running.alive - self.promised - 1
         if room <= 0:
             return []
         found: list[tuple[Job, str, str, StreamTarget]] = []
@@ -420,18 +389,35 @@ class Scheduler:
     def _start_loop(self, job: Job) -> list[str]:
         """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
         address = self.group.address(f"loop{self.order[job.name]}")
-        ids = []
-        for k, spec in enumerate(self.specs.loop_sides(job, address, self.fresh)):
-            self._spawn(f"{job.name}#{k}", spec)
-            ids.append(f"{job.name}#{k}")
+        return self._spawn_all(job, self.specs.loop_sides(job, address, self.fresh))
+
+    def _spawn_all(self, job: Job, specs: list[BlockSpec]) -> list[str]:
+        """Spawn ``job#0``, ``job#1``… (a split block's slots, a loop's sides): all or none — if one
+        cannot be spawned, those already are killed at once and what they wrote is removed."""
+        ids: list[str] = []
+        try:
+            for k, spec in enumerate(specs):
+                self._spawn(f"{job.name}#{k}", spec)
+                ids.append(f"{job.name}#{k}")
+        except (OSError, ExecutionError):
+            for pid in ids:
+                with contextlib.suppress(OSError, ExecutionError):  # (a dead fork server: they end `lost')
+                    self.group.kill(pid)
+            self.group.wait(ids)  # (killed: they end at once)
+            for pid in ids:
+                if self.run.staging is not None:
+                    self.run.staging.discard(pid)
+            loop = job.kind == "loop"
+            self.store.drop_partial(job.output_keys, 0 if loop else len(ids), committed=loop)
+            raise
         return ids
 
     def _starve(self, producer: str) -> None:
         """Kill the running consumers of a failed producer's streams (they become skipped)."""
         for cons in self.fed_by.get(producer, ()):
-            if cons in self.procs and cons not in self.starved:
+            if cons in self.running and cons not in self.starved:
                 self.starved.add(cons)
-                for pid in self.procs[cons]:
+                for pid in self.running[cons]:
                     self.group.kill(pid)
 
     # -- ending -----------------------------------------------------------------------------
@@ -445,12 +431,12 @@ class Scheduler:
 
     def _settle(self, job: Job, ids: list[str]) -> bool:
         run = self.run
-        wall = time.perf_counter() - self.started[job.name]
+        wall = self.held.pop(job.name, time.perf_counter()) - self.started[job.name]
         if self.options.timeout_s:  # the consumers of its streams now run on their own
             for cons in self.fed_by.get(job.name, ()):
                 if cons in self.group:
                     self.group.set_timeout(cons, self.options.timeout_s)
-        if job.name in self.feeders and self.feeders[job.name][0] in self.procs:
+        if job.name in self.feeders and self.feeders[job.name][0] in self.running:
             Path(self.feeders[job.name][1]).touch()  # a consumer has ended: its running producer stops feeding it
         if job.name in self.starved:  # killed because the producer it read from failed (or ended first)
             self.store.drop_partial(job.output_keys)
@@ -466,7 +452,7 @@ class Scheduler:
         for o in outcomes:
             run.state.learn(o.statistics, own)
         failures = [(p, o) for p, o in zip(ids, outcomes, strict=True) if not o.ok]
-        culprit = next((p for p, _o in failures if p not in self.killed), failures[0][0] if failures else None)
+        culprit = next((p for p, _o in failures if p not in self.running.killed), failures[0][0] if failures else None)
         bad = dict(failures).get(culprit) if culprit is not None else None
         if culprit in self.orphaned and self._provider_lost is not None:
             lost = self._provider_lost

@@ -94,7 +94,8 @@ def _mp_child(target: str, payload_json: str, limits: dict, log_path: str | None
     code = EXIT_BOOT
     try:
         mpreaper.release()  # (else the fork server, and this process, outlive a killed command)
-        child_setup(limits, log_path, close_fds=False)  # multiprocessing needs its fds
+        guard = mpreaper.guard()  # (returns in the block: the guard kills its leftovers as it ends)
+        child_setup(limits, log_path, guard, close_fds=False)  # multiprocessing needs its fds
         code = child_run(target, json.loads(payload_json))
     finally:
         flush_and_exit(code)
@@ -117,8 +118,28 @@ class MPHandle(Handle):
         self._timed_from = 0.0  # when its limit started counting (set_timeout), after its spawn
         self._proc = server._mp.Process(target=_mp_child, daemon=True,
                                         args=(target, json.dumps(payload), limits.to_json(), log_path))
+        self._block: int | None = None
         self._proc.start()
-        self._pid = self.host_pid = self._proc.pid
+
+    def _block_pid(self) -> int | None:
+        """The block process's pid (a child of the guard multiprocessing forked: see
+        :mod:`~backbeat.processes.mpreaper`), None if there is none (not forked, or gone)."""
+        if self._block is None and self._proc.pid is not None:
+            self._block = mpreaper.block_of(self._proc.pid, lambda: self._proc.exitcode is None)
+        return self._block
+
+    @property  # type: ignore[override]
+    def pid(self) -> int:
+        """The block process's pid (its guard's if it has none)."""
+        return self._block_pid() or self._proc.pid
+
+    @property  # type: ignore[override]
+    def host_pid(self) -> int | None:  # (the block's, which sends the control messages)
+        return self._block_pid()
+
+    @host_pid.setter
+    def host_pid(self, value: int | None) -> None:
+        pass  # (found: the guard's child)
 
     def _check(self) -> None:
         if self.exit is not None:
@@ -174,7 +195,9 @@ class MPHandle(Handle):
 
     def _signal(self, sig: int, reason: str | None = None) -> None:
         if self.exit is None and self._proc.pid is not None:
-            for target in (-self._proc.pid, self._proc.pid):
+            block = self._block_pid()
+            pid = self._proc.pid if block is None else block  # (the guard: only if it forked no block)
+            for target in (-pid, pid):
                 try:
                     os.kill(target, sig)
                     break

@@ -1,20 +1,25 @@
-"""The multiprocessing fallback's fork server as a reaper, like the zygote.
+"""The multiprocessing fallback's reaper: a guard process per block, like the zygote for its blocks.
 
 When a :class:`~backbeat.processes.workerpool.ForkServer` falls back to multiprocessing (threads
-were alive as it started), its block processes are children of multiprocessing's own fork server
-process, not of a zygote.  A block is a child subreaper (its detached descendants stay its
-children), but when the command dies the block dies by its parent-death signal (SIGKILL, no
-clean-up), and its leftovers would come up to init and outlive the run.  The fallback therefore
-names this module in the fork server's preload list: imported there, it makes that process a child
-subreaper that kills every descendant still alive as it exits — multiprocessing's fork server
-exits as soon as the command that started it has ended, however it ended — as the zygote does
-when its parent dies (:mod:`~backbeat.processes.reaper`); it also removes the command's ``pymp-*``
-folder holding its socket (a killed command cannot).  Imported anywhere else it does nothing.
+were alive as it started), its jobs are forked by multiprocessing's own fork server — the one the
+embedding program shares, if it uses that start method itself.  A block is a child subreaper (its
+detached descendants stay its children) and kills them as it ends; but a block that is killed
+(timeout, ``kill``, parent-death signal) or crashes cannot, and its leftovers would come up to the
+next subreaper or to init and outlive the run.  So the process multiprocessing forks for a job is
+a *guard* (:func:`guard`): a subreaper in a session of its own that forks the block, waits for it,
+kills whatever the block left the moment it ends, and exits with the block's status (its exit code,
+or the same signal) — the leftovers of a block die when its job ends, as a zygote's do.  The
+parent signals the block itself (:func:`block_of`), never the guard; the guard dies with the fork
+server (which exits as soon as the command that started it has ended), first killing its block.
+Nothing else multiprocessing's fork server forks is touched: it is no subreaper itself.
 
 multiprocessing's fork server learns that the command has ended when the last copy of the write end
 of its "alive" pipe is closed — and it hands a copy to every process it forks, which keep it open
 (the fallback cannot close a block's inherited fds).  A block (and what it detaches) would then keep
-the fork server, and itself, alive after the command died: :func:`release` closes the block's copy.
+the fork server, and itself, alive after the command died: :func:`release` closes the guard's copy
+before it forks the block.  Imported in multiprocessing's fork server (its preload), this module also
+removes, as that process exits, the command's ``pymp-*`` folder holding its socket (a killed command
+cannot).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import atexit
 import contextlib
 import os
 import shutil
+import signal
 import sys
+import time
 from types import FrameType
 from typing import Any
 
@@ -59,10 +66,63 @@ def release() -> None:
         server._forkserver_alive_fd = None
 
 
+def guard() -> int:
+    """In the process multiprocessing forked for a job: fork the block process and return the
+    guard's pid in it; in the guard, wait for the block, kill what it left, exit as it did."""
+    os.setsid()  # (out of reach of signals to the command's group: the parent signals the block)
+    reaper.become_subreaper()  # the block's orphans come up here when it ends, however it ends
+    pid = os.getpid()
+    block = os.fork()
+    if block == 0:
+        return pid
+
+    def end_block(*_: object) -> None:  # the fork server has ended (parent-death signal): the command has
+        for target in (-block, block):
+            with contextlib.suppress(OSError):
+                os.kill(target, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, end_block)
+    reaper.set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() == 1:  # (the fork server ended before the signal was armed)
+        end_block()
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            done, status = os.waitpid(block, 0)
+            if done == block:
+                break
+    reaper.kill_descendants(5.0)  # what the block left: only its descendants come up to the guard
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        import resource
+
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # (the block dumped its core, if any)
+        with contextlib.suppress(OSError, ValueError):  # (SIGKILL, SIGSTOP: always the default)
+            signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def block_of(guard_pid: int, alive: Any, timeout: float = 5.0) -> int | None:
+    """The pid of the block process ``guard_pid`` forked (its only child while the block runs);
+    None once ``alive()`` is false, or after ``timeout`` (then signal the guard)."""
+    if not os.path.isdir("/proc"):
+        return None
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        found = reaper.children(guard_pid)
+        if found:
+            return found[0]
+        time.sleep(0.001)  # (not forked yet, or ended: the guard is killing its leftovers)
+    return None
+
+
 def _at_exit() -> None:
-    """The fork server ends (the command has ended): kill what its blocks left, and remove the
-    command's multiprocessing folder holding its socket if the command could not (killed)."""
-    reaper.kill_descendants(5.0)
+    """The fork server ends (the command has ended): remove the command's multiprocessing folder
+    holding its socket if the command could not (killed)."""
     from multiprocessing import forkserver
 
     address = getattr(forkserver._forkserver, "_forkserver_address", None)
@@ -70,5 +130,5 @@ def _at_exit() -> None:
         shutil.rmtree(os.path.dirname(address), ignore_errors=True)
 
 
-if _in_fork_server() and reaper.become_subreaper():
+if _in_fork_server():
     atexit.register(_at_exit)

@@ -201,7 +201,7 @@ class ForkServer:
 
         methods = mp.get_all_start_methods()
         ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        if "forkserver" in methods:  # (mpreaper: its leftovers die with the run, as a zygote's do)
+        if "forkserver" in methods:  # (handles: the guard's and block's code, warm; mpreaper: pymp-* clean-up)
             ctx.set_forkserver_preload(list(self.preload) + [handles.__name__, mpreaper.__name__])
         self._mp = ctx
         self.kind = "multiprocessing"
