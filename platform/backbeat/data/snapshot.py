@@ -59,7 +59,9 @@ class UnitBuffer:
         self._blocks: list[np.ndarray | None] = [None] * len(self._arrays)
         self._lists = [(j, n) for j, n in enumerate(leaves) if n.kind == "list"]
         self._listed: list[list] = [[] for _ in self._lists]
-        self.add: Callable[[Any], None] = self._add if self._arrays or self._lists else self._add_plain
+        self.add: Callable[[Any], None] = (
+            self._add_plain if not self._arrays and not self._lists
+            else self._array_adder() if len(self._arrays) == 1 and not self._lists else self._add)
         #: ``(append, get)`` when every leaf is a scalar or a string (immutable, nothing to copy): a
         #: producer that checked the value's type may add it as ``append(get(value))``, C-level calls
         self.plain = None if self._arrays or self._lists else (self._rows.append, self._get)
@@ -72,6 +74,30 @@ class UnitBuffer:
         if type(value) is not self.type:
             value = as_value(self.type, value)
         self._rows.append(self._get(value))
+
+    def _array_adder(self) -> Callable[[Any], None]:
+        """``add`` for one fixed-shape numeric array (a vector format) and any scalars and strings:
+        a closure over what it reads, no loop (its cost is per unit: a vector output's hot path)."""
+        vtype, get, rows, blocks, single, grow = self.type, self._get, self._rows, self._blocks, self._single, self._grow
+        (j, node), = self._arrays
+        dt, dims, ndarray, append = node.dtype, node.dims, np.ndarray, self._rows.append
+
+        def add(value: Any) -> None:
+            if type(value) is not vtype:
+                value = as_value(vtype, value)
+            leaves = get(value)
+            x = leaves if single else leaves[j]
+            i = len(rows)
+            block = blocks[0]
+            if block is None or i >= len(block):
+                block = blocks[0] = grow(block, node, i)
+            if type(x) is ndarray and x.dtype == dt and x.shape == dims:
+                block[i] = x
+            else:
+                block[i] = _row(x, node)
+            append(leaves)
+
+        return add
 
     def _add(self, value: Any) -> None:
         if type(value) is not self.type:
@@ -119,7 +145,7 @@ class UnitBuffer:
             else:
                 _merge_lists(node, listed[j], cols)
         rows.clear()
-        self._blocks = [None] * len(self._arrays)  # (the batch owns the old ones)
+        self._blocks[:] = [None] * len(self._arrays)  # (the batch owns the old ones; the list is kept)
         self._listed = [[] for _ in self._lists]
         return Batch(self.name, self.expanded, starts, ends, cols, validate=False)._checked_ranges()
 
