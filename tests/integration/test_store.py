@@ -231,3 +231,27 @@ def test_the_sweep_removes_what_a_dead_run_was_writing_in_the_content_addressed_
         p.write_bytes(b"half")
     assert journal.sweep(store)
     assert not any(p.exists() for p in left) and alive.exists()
+
+
+def test_a_dead_runs_journal_naming_no_cache_key_is_swept_without_hanging(tmp_path: Path) -> None:
+    """A key read back from a dead run's journal is not trusted: one that is no cache key ("x/y", whose lock
+    path cannot be opened in an existing folder) is skipped, and taking its lock directly is refused — the
+    lock folder made again on a missing path looped forever on it, hanging every later run's sweep."""
+    from backbeat.cache import journal
+
+    store = open_store(tmp_path / "cache")
+    store.lock(KEY).release()  # (the lock folder exists)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    (store.root / journal.FOLDER).mkdir(parents=True)
+    (store.root / journal.FOLDER / f"{journal._host()}-{int(dead.stdout)}-0badcafe.json").write_text(
+        '{"paths": [], "jobs": [{"key": "x/y", "outputs": []}, {"key": "../../escape", "outputs": []}]}')
+    done: list[object] = []
+    sweeper = threading.Thread(target=lambda: done.append(journal.sweep(store)), daemon=True)
+    sweeper.start()
+    sweeper.join(20)
+    assert done and done[0], "the sweep hung on a journal's bad key"
+    assert not (tmp_path / "escape").exists()
+    for bad in ("x/y", "../../escape", KEY.upper()):
+        with pytest.raises(ValueError, match="not a cache key"):
+            store.lock(bad, wait=False)

@@ -26,6 +26,7 @@ import shutil
 import socket
 from pathlib import Path
 
+from backbeat.cache import locks
 from backbeat.cache.store import CacheStore
 from backbeat.core import durable, jsonio, pids
 from backbeat.core.errors import IntegrityError
@@ -120,7 +121,7 @@ def _clean(store: CacheStore, path: Path, pid: int) -> None:
             if isinstance(name, str) and len(Path(name).parts) == 2 and Path(name).parts[0] == STAGING:
                 shutil.rmtree(store.root / name, ignore_errors=True)
         for job in rec.get("jobs") or []:
-            if not isinstance(job, dict) or not isinstance(job.get("key"), str):
+            if not isinstance(job, dict) or not isinstance(job.get("key"), str) or not locks.is_key(job["key"]):
                 continue
             outputs = [k for k in job.get("outputs") or [] if isinstance(k, str)]
             lock = store.lock(job["key"], wait=False)

@@ -19,6 +19,11 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 _FOLDERS: set[str] = set()
 
 
+def is_key(name: str) -> bool:
+    """Whether ``name`` is a cache key (64 lowercase hex digits): the only names of lock files."""
+    return _KEY.fullmatch(name) is not None
+
+
 class EntryLock:
     """An exclusive lock on one key (``fcntl.flock`` on ``<root>/.locks/<key>``), held until released."""
 
@@ -50,6 +55,8 @@ def _same_file(fd: int, path: str | Path) -> bool:
 
 def acquire(folder: Path, key: str, wait: bool = True) -> EntryLock | None:
     """Lock ``folder/key`` (created if needed): wait for it, or (``wait=False``) None if it is held."""
+    if not is_key(key):  # (a key read back from a journal is not trusted to be one)
+        raise ValueError(f"not a cache key: {key!r}")
     where = os.fspath(folder)
     if where not in _FOLDERS:
         os.makedirs(where, exist_ok=True)
@@ -58,7 +65,9 @@ def acquire(folder: Path, key: str, wait: bool = True) -> EntryLock | None:
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # (the folder was removed since: made again)
+        except FileNotFoundError:  # the folder was removed since: made again (anything else raises)
+            if os.path.isdir(where):
+                raise
             os.makedirs(where, exist_ok=True)
             continue
         try:
@@ -80,7 +89,7 @@ def prune(folder: Path, dry_run: bool = False) -> int:
     if not folder.is_dir():
         return 0
     for path in folder.iterdir():
-        if not _KEY.fullmatch(path.name):
+        if not is_key(path.name):
             continue
         try:
             fd = os.open(path, os.O_RDWR)

@@ -138,7 +138,7 @@ class Scheduler:
                     time.sleep(0.05)
                     continue
                 return
-            if self.running.alive > limit:  # the cores have other work: events are taken a few at a time
+            if self.running.alive - len(self.held) > limit:  # cores busy: events taken a few at a time
                 pause = self._polled + POLL_GAP_S - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)

@@ -66,7 +66,7 @@ class Exit:
             return f"killed by signal {self.signal}"
         if self.kind == "timeout":
             limit = f" of {limit_s:g} s" if limit_s else ""
-            if self.timed_from_s > 0:  # (both figures from the same clock: they add up)
+            if self.timed_from_s >= 0.05:  # (both figures from the same clock: they add up; never 'from 0.0 s')
                 limit += f", counted from {self.timed_from_s:.1f} s after it started"
             return f"killed after exceeding its time limit{limit} (it ran {self.wall_s:.1f} s)"
         if self.kind == "lost":
