@@ -116,7 +116,10 @@ def test_a_served_command_answers_as_a_direct_one(served_env, tmp_path):
                        for d in docs]
             assert outcome[0] == outcome[1] and docs[0]["status"] == "ok"
             results = {h: (r[0], "", r[2], r[3]) for h, r in results.items()}
-        assert results["served"] == results["here"], args
+        modes_diff = {p: (results["here"][3].get(p), results["served"][3].get(p))
+                      for p in set(results["here"][3]) ^ set(results["served"][3])
+                      | {p for p in results["here"][3] if results["here"][3][p] != results["served"][3].get(p)}}
+        assert results["served"] == results["here"], (args, "modes here/served that differ:", modes_diff)
         code, out, err, modes = results["served"]
         if args[0] == "nosuch":
             assert code == 2 and "invalid choice: 'nosuch'" in err
