@@ -591,3 +591,19 @@ def test_a_request_that_cannot_be_written_means_the_zygote_is_lost():
     done = subprocess.run([sys.executable, "-c", BROKEN_SEND, HERE], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "True"]
+
+
+def test_multiprocessing_fallback_guard_waits_for_its_block_when_sigchld_is_ignored(tmp_path):
+    """A command started with SIGCHLD ignored (inherited across exec by multiprocessing's fork server and
+    restored in what it forks): the guard resets it before forking its block, so it sees the block's
+    exit instead of spinning on ECHILD forever, and the job ends with the block's own code."""
+    script = textwrap.dedent(f"""
+        import signal, sys
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        from backbeat.processes.workerpool import ForkServer
+        with ForkServer(preload=(), mode="multiprocessing") as server:
+            print(server.spawn("{T}:sys_exit", {{}}).wait(timeout=20).code, flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.split() == ["3"], (proc.stdout, proc.stderr[-2000:])

@@ -120,12 +120,14 @@ class MPHandle(Handle):
                                         args=(target, json.dumps(payload), limits.to_json(), log_path))
         self._block: int | None = None
         self._proc.start()
+        self._block_pid()  # (found while it surely runs: once it has ended the guard's children are its leftovers)
 
     def _block_pid(self) -> int | None:
         """The block process's pid (a child of the guard multiprocessing forked: see
         :mod:`~backbeat.processes.mpreaper`), None if there is none (not forked, or gone)."""
         if self._block is None and self._proc.pid is not None:
             self._block = mpreaper.block_of(self._proc.pid, lambda: self._proc.exitcode is None)
+            self._pid = self._block  # (late messages, once it has ended, are still checked against it)
         return self._block
 
     @property  # type: ignore[override]
@@ -158,11 +160,7 @@ class MPHandle(Handle):
             self.exit = Exit("signal", signal=signame(-code), wall_s=wall)
         else:
             self.exit = from_code(code, wall, {})
-        self._proc.join(0)
-        try:
-            os.kill(-self._proc.pid, signal.SIGKILL)  # leftovers of its process group
-        except OSError:
-            pass
+        self._proc.join(0)  # (its leftovers: killed by its guard, whose group holds none of them)
         if self._log is not None:
             compact(self._log)
         self._server._handles.pop(self.id, None)

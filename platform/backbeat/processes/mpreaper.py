@@ -69,7 +69,9 @@ def release() -> None:
 def guard() -> int:
     """In the process multiprocessing forked for a job: fork the block process and return the
     guard's pid in it; in the guard, wait for the block, kill what it left, exit as it did."""
+    server = os.getppid()  # (the fork server: its end is seen as this process's parent changing)
     os.setsid()  # (out of reach of signals to the command's group: the parent signals the block)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (an inherited SIG_IGN would reap the block unseen)
     reaper.become_subreaper()  # the block's orphans come up here when it ends, however it ends
     pid = os.getpid()
     block = os.fork()
@@ -83,14 +85,20 @@ def guard() -> int:
 
     signal.signal(signal.SIGTERM, end_block)
     reaper.set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() == 1:  # (the fork server ended before the signal was armed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the guard ends only with its block)
+    if os.getppid() != server:  # (the fork server ended before the signal was armed: re-parented)
         end_block()
-    while True:
-        with contextlib.suppress(ChildProcessError):
-            done, status = os.waitpid(block, 0)
-            if done == block:
-                break
+    status: int | None = None
+    while status is None:
+        try:
+            done, got = os.waitpid(block, 0)
+        except ChildProcessError:  # (cannot happen with SIGCHLD at its default: never spin on it)
+            break
+        if done == block:
+            status = got
     reaper.kill_descendants(5.0)  # what the block left: only its descendants come up to the guard
+    if status is None:
+        os._exit(1)
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         import resource
