@@ -52,6 +52,15 @@ def hostile(**parameters) -> dict:
             "parameters": parameters}
 
 
+def ended(proc: psutil.Process) -> bool:
+    """Whether ``proc`` has ended (or is a zombie). One reaped between two looks is ended too: asking
+    ``is_running()`` then ``status()`` races with its parent's waitpid (NoSuchProcess, a CI flake)."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 30.0, step: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

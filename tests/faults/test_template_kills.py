@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import psutil
-from harness import SEED, references_fixture, scene_fixture, served, templates_fixture, wait_until  # noqa: F401
+from harness import SEED, ended, references_fixture, scene_fixture, served, templates_fixture, wait_until  # noqa: F401
 
 SLOW = {"delay": 0.1}
 
@@ -36,7 +36,7 @@ def test_kill_9_of_a_command_served_by_a_template(scene, references, templates):
     running = template.children(recursive=True)
     proc.kill()
     proc.communicate(timeout=30)
-    assert wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running),
+    assert wait_until(lambda: all(ended(p) for p in running),
                       timeout=10), f"the command, its zygote or blocks outlived the client (seed {SEED})"
     assert template.is_running() and wait_until(lambda: not template.children(), timeout=10)  # (reaped)
     scene.check_recovered(name, reference)
@@ -64,6 +64,6 @@ def test_ctrl_c_of_a_served_command_interrupts_its_run(scene, references, templa
     assert "Traceback" not in err, err
     rep = json.loads(out)
     assert rep["status"] == "interrupted" and json.loads(Path(rep["provenance"]).read_text())["status"] == "interrupted"
-    assert wait_until(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running))
+    assert wait_until(lambda: all(ended(p) for p in running))
     assert scene.leftovers() == [], scene.leftovers()
     scene.check_recovered(name, reference)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import psutil
 from harness import (  # noqa: F401 - fixtures
     SEED,
     Scene,
+    ended,
     output_digests,
     references_fixture,
     remount,
@@ -155,7 +155,7 @@ def test_a_served_run_answers_before_durability_and_a_loss_after_its_answer_reru
     assert {said[p.name] for p in outputs.values()} == {"intact, not yet durable (marked unsynced)"}, said
     (command,) = template.children()  # (still making them durable, after its answer)
     template.kill()
-    assert wait_until(lambda: not command.is_running() or command.status() == psutil.STATUS_ZOMBIE)
+    assert wait_until(lambda: ended(command))
     _zero_data(outputs["second.out"])
     with open(outputs["first.out"], "r+b") as f:  # (a file system that kept its size but not all of it)
         f.truncate(outputs["first.out"].stat().st_size // 2)
