@@ -11,7 +11,9 @@ import json
 import os
 import pty
 import re
+import select
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -345,7 +347,11 @@ def test_live_progress_on_a_terminal(prefix):
                             stdout=subprocess.PIPE, stderr=follower, text=True)
     os.close(follower)
     chunks = []
+    deadline = time.monotonic() + 60  # (a run that hangs fails the test, never hangs the suite)
     while True:
+        if not select.select([leader], [], [], 1.0)[0]:
+            assert time.monotonic() < deadline, f"the terminal was not closed within 60 s: {b''.join(chunks)!r}"
+            continue
         try:
             data = os.read(leader, 4096)
         except OSError:  # EIO: the child closed the terminal

@@ -15,6 +15,7 @@ failure (every assertion message names the seed).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import random
@@ -187,10 +188,26 @@ class Scene:
 
 
 def children_of(pid: int) -> list[psutil.Process]:
+    """The children of ``pid``; none once it has ended (``children()`` of a process reaped meanwhile
+    raises NoSuchProcess: the processes of a run come and go while a test looks at them)."""
     try:
         return psutil.Process(pid).children()
     except psutil.Error:
         return []
+
+
+def kill_if_running(proc: psutil.Process) -> None:
+    """SIGKILL ``proc`` if it still runs: one that ended between the look that found it and the
+    kill is not an error (a block process ends by itself at any moment)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.kill()
+
+
+def written(cache: Path, pattern: str = "*.h5.tmp-*") -> bool:
+    """Whether a file named like ``pattern`` is anywhere below ``cache`` now.  Unlike ``rglob`` (which
+    raises FileNotFoundError for a folder removed while it lists it), a folder the run removes
+    meanwhile (its journal's, a sandbox's staging folder) is passed over."""
+    return any(fnmatch.filter(files, pattern) for _, _, files in os.walk(cache))
 
 
 class References:

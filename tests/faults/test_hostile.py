@@ -19,7 +19,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from harness import SEED, children_of, hostile, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
+from harness import (  # noqa: F401 - fixtures
+    SEED,
+    children_of,
+    hostile,
+    kill_if_running,
+    references_fixture,
+    scene_fixture,
+    wait_until,
+)
 
 from backbeat.processes.logs import HEAD, TAIL
 
@@ -32,6 +40,14 @@ def _dead(pid: int, born: float | None = None) -> bool:
         return proc.status() == psutil.STATUS_ZOMBIE or (born is not None and proc.create_time() != born)
     except psutil.NoSuchProcess:
         return True
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    """Its command line; none once it has ended (a process found a moment ago may be gone)."""
+    try:
+        return proc.cmdline()
+    except psutil.NoSuchProcess:
+        return []
 
 
 # ----------------------------------------------------------------------------- item 2: output
@@ -84,19 +100,19 @@ def test_a_detached_grandchild_dies_with_the_run(scene, references, tmp_path, ki
     born = psutil.Process(grandchild).create_time()
     blocks = {b.pid for z in children_of(proc.pid) for b in children_of(z.pid)}
     assert not _dead(grandchild, born) and os.getsid(grandchild) not in blocks  # detached: another session
-    servers = [" ".join(z.cmdline()) for z in children_of(proc.pid)]
+    servers = [" ".join(_cmdline(z)) for z in children_of(proc.pid)]
     assert any("multiprocessing.forkserver" in s for s in servers) == fallback, servers
     if kill is not None and kill.startswith("command"):
         proc.kill()
     elif kill is not None and kill.startswith("fork server"):
         for zygote in children_of(proc.pid):
-            zygote.kill()
+            kill_if_running(zygote)
     out, err = proc.communicate(timeout=30)  # returns once every holder of the pipes is gone
     # (its fork server kills it as it stops: within seconds, more under load; it would sleep ten minutes)
     assert wait_until(lambda: _dead(grandchild, born), 20), "the detached grandchild outlived the run"
     if kill is None:
         assert proc.returncode == 0 and json.loads(out)["status"] == "ok", err
-        assert time.monotonic() - t0 < 30  # (the grandchild sleeps ten minutes)
+        assert time.monotonic() - t0 < 300  # (not held by the grandchild, which sleeps ten minutes)
     elif kill == "fork server":
         assert proc.returncode == 1 and "fork server" in err and "Traceback" not in err, err
     scene.check_recovered(name, references.get(scene, name))

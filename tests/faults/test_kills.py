@@ -13,7 +13,16 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import RNG, SEED, children_of, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
+from harness import (  # noqa: F401 - fixtures
+    RNG,
+    SEED,
+    children_of,
+    kill_if_running,
+    references_fixture,
+    scene_fixture,
+    wait_until,
+    written,
+)
 
 SLOW = {"delay": 0.1}  # `first' takes ~0.6 s
 
@@ -22,7 +31,7 @@ def test_kill_9_while_a_block_writes_leaves_what_the_next_run_removes(scene, ref
     name = scene.experiment("slow", first=SLOW)
     reference = references.get(scene, name)
     proc = scene.start("experiments", "run", name)
-    assert wait_until(lambda: any(scene.cache.rglob("*.h5.tmp-*"))), "the run never wrote"
+    assert wait_until(lambda: written(scene.cache)), "the run never wrote"
     proc.kill()
     proc.communicate(timeout=30)
     scene.no_process_left()  # its block processes died with it
@@ -64,8 +73,8 @@ def test_kill_9_of_the_fork_server_at_a_random_moment(scene, references, attempt
     proc = scene.start("experiments", "run", name)
     assert wait_until(lambda: children_of(proc.pid) or proc.poll() is not None), "no fork server started"
     time.sleep(RNG.uniform(0.0, wall * 0.8))
-    for zygote in children_of(proc.pid):
-        zygote.kill()
+    for zygote in children_of(proc.pid):  # (it may have ended meanwhile: the run's last block done)
+        kill_if_running(zygote)
     _out, err = proc.communicate(timeout=60)
     assert "Traceback" not in err and "internal error" not in err, f"seed {SEED}: {err}"
     if proc.returncode != 0:  # (killed after the blocks had all run: nothing lost)
@@ -81,13 +90,13 @@ def test_kill_9_of_a_block_process_at_a_random_moment(scene, references, attempt
     proc = scene.start("experiments", "run", name)
 
     def running():
-        return [p for z in children_of(proc.pid) for p in z.children()]
+        return [p for z in children_of(proc.pid) for p in children_of(z.pid)]
 
     assert wait_until(lambda: running() or proc.poll() is not None), "no process started"
     time.sleep(RNG.uniform(0.0, 0.6))
     victims = running()
-    if victims:
-        RNG.choice(victims).kill()
+    if victims:  # (the one chosen may have ended by itself meanwhile: a block lives ~0.6 s)
+        kill_if_running(RNG.choice(victims))
     _out, err = proc.communicate(timeout=60)
     assert "Traceback" not in err and "internal error" not in err, f"seed {SEED}: {err}"
     if proc.returncode != 0:

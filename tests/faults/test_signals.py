@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import RNG, SEED, processes, references_fixture, scene_fixture, wait_until  # noqa: F401 - fixtures
+from harness import (  # noqa: F401 - fixtures
+    RNG,
+    SEED,
+    processes,
+    references_fixture,
+    scene_fixture,
+    wait_until,
+    written,
+)
 
 SLOW = {"delay": 0.1}  # `first' sleeps 0.1 s per unit: 0.6 s while it writes its output (as in test_kills)
 
@@ -23,7 +31,7 @@ def test_a_signal_stops_the_run_records_it_and_leaves_nothing(scene, references,
     name = scene.experiment("slow", first=SLOW)
     reference = references.get(scene, name)
     proc = scene.start("experiments", "run", name, "--json")
-    assert wait_until(lambda: any(scene.cache.rglob("*.h5.tmp-*"))), "the run never wrote"
+    assert wait_until(lambda: written(scene.cache)), "the run never wrote"
     time.sleep(RNG.uniform(0.0, 0.3))  # somewhere while `first' writes
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)

@@ -13,14 +13,25 @@ import signal
 from pathlib import Path
 
 import psutil
-from harness import SEED, ended, references_fixture, scene_fixture, served, templates_fixture, wait_until  # noqa: F401
+from harness import (  # noqa: F401 - fixtures
+    SEED,
+    children_of,
+    ended,
+    references_fixture,
+    scene_fixture,
+    served,
+    templates_fixture,
+    wait_until,
+    written,
+)
 
 SLOW = {"delay": 0.1}
 
 
 def _blocks(template: psutil.Process) -> list[psutil.Process]:
-    """The block processes of the command the template serves (its child's zygote's children)."""
-    return [b for c in template.children() for z in c.children() for b in z.children()]
+    """The block processes of the command the template serves (its child's zygote's children); a
+    process ended between two looks has none (the warm-up command may still be ending)."""
+    return [b for c in children_of(template.pid) for z in children_of(c.pid) for b in children_of(z.pid)]
 
 
 def test_kill_9_of_a_command_served_by_a_template(scene, references, templates):
@@ -50,7 +61,7 @@ def test_ctrl_c_of_a_served_command_interrupts_its_run(scene, references, templa
     reference = references.get(scene, name)
     _env, template, start = served(scene, templates)
     proc = start(scene.cache, "experiments", "run", name, "--json", umask=0o027)
-    assert wait_until(lambda: any(scene.cache.rglob("*.h5.tmp-*")) or proc.poll() is not None), "the run never wrote"
+    assert wait_until(lambda: written(scene.cache) or proc.poll() is not None), "the run never wrote"
     (command,) = template.children()
     assert command.cwd() == os.getcwd()
     with open(f"/proc/{command.pid}/status") as f:

@@ -310,11 +310,22 @@ def test_bad_writer_arguments(tmp_path):
         CacheWriter(tmp_path / "file" / "o.h5", NAME, FMT, start=0, end=2)
 
 
+def _state(pid: int) -> str:
+    """A process's state letter (``/proc/PID/stat``); ``gone`` once it has been reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def test_stale_temporaries_of_dead_zombie_or_reused_pids(tmp_path):
     final = tmp_path / "out.h5"
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
-    while not Path(f"/proc/{zombie.pid}").exists() or open(f"/proc/{zombie.pid}/stat").read().split(")")[-1].split()[0] != "Z":
-        time.sleep(0.02)  # exited but not reaped: a zombie
+    deadline = time.monotonic() + 60
+    while _state(zombie.pid) != "Z":  # exited but not reaped: a zombie
+        assert time.monotonic() < deadline, f"{zombie.pid} never became a zombie: {_state(zombie.pid)}"
+        time.sleep(0.02)
     live = tmp_path / f"out.h5.tmp-{os.getpid()}-aaaa"
     reused = tmp_path / f"out.h5.tmp-{os.getpid()}-bbbb"
     dead = tmp_path / f"out.h5.tmp-{zombie.pid}-cccc"

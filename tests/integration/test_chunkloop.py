@@ -11,17 +11,13 @@ import threading
 
 import numpy as np
 import pytest
+from _steploop import EXP, FMT, F, Recorder, run_steps
 
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.casting import stack_rows
 from backbeat.data.values import value_type
-from backbeat.runtime.driver import build_inputs, build_outputs, run_algorithm
 from backbeat.runtime.inputs import Input, InputGroup, InputList, ListDataSource
 from backbeat.runtime.outputs import SynchronizationListener
-
-FMT = "user/f/1"
-EXP = {"value": "float64"}
-F = value_type(FMT, EXP)
 
 
 def _units(n: int) -> list[tuple[int, int]]:
@@ -33,42 +29,9 @@ def _units(n: int) -> list[tuple[int, int]]:
     return out
 
 
-class Recorder:
-    """What BEAT's API shows at each step; keeps every value it was given (and a copy of it)."""
-
-    def __init__(self, stop_after=None):
-        self.seen, self.kept, self.stop_after = [], [], None if stop_after is None else stop_after
-
-    def process(self, inputs, data_loaders, outputs):
-        x, g = inputs["in"], inputs.main_group
-        self.kept.append((x.data, float(x.data.value)))
-        self.seen.append((float(x.data.value), x.data_index, x.data_index_end, x.next_data_index,
-                          x.nb_data_blocks_read, x.hasDataChanged(), x.isDataUnitDone(), x.hasMoreData(),
-                          inputs.hasMoreData(), g.hasMoreData(), g.data_index, g.data_index_end,
-                          g.first_data_index, g.last_data_index))
-        x.data.value = np.float64(-1.0)  # (its own copy: what it was given may be changed by it)
-        outputs["out"].write({"value": self.kept[-1][1] * 2})
-        return self.stop_after is None or len(self.seen) < self.stop_after
-
-
-class ListSink:
-    def __init__(self):
-        self.written = []
-
-    def write(self, value, start, end):
-        self.written.append((float(value.value), start, end))
-
-
 def _run(source, stop_after):
-    inputs, loaders = build_inputs("sequential", "ch", {"in": ("ch", source, FMT)})
-    sink = ListSink()
     algo = Recorder(stop_after)
-    try:
-        outcome = run_algorithm(algo, "sequential", inputs=inputs, data_loaders=loaders,
-                                outputs=build_outputs({"out": (sink, F)}, inputs)).steps
-    except Exception as exc:  # noqa: BLE001 - compared between the two loops
-        outcome = str(exc)
-    return algo, sink.written, outcome
+    return (algo, *run_steps(source, algo))
 
 
 @pytest.mark.parametrize("n, stop_after", [(1, None), (7, None), (7, 4), (1500, None), (1500, 1100)])

@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _steploop import EXP, FMT, F, ListSink, Recorder, run_steps
 
 from backbeat.core import hashing
 from backbeat.core.errors import DataError, UserCodeError, WireError
@@ -27,9 +28,6 @@ from backbeat.runtime.inputs import ListDataSource
 from backbeat.runtime.outputs import Output, SynchronizationListener
 from backbeat.runtime.sources import BatchSource, restrict
 
-FMT = "user/f/1"
-EXP = {"value": "float64"}
-F = value_type(FMT, EXP)
 UNITS = [(0, 1), (2, 2), (3, 5), (6, 6), (7, 9), (10, 10), (11, 14)]
 
 
@@ -52,44 +50,13 @@ def _list_source() -> ListDataSource:
     return ListDataSource(_batch().to_values(), UNITS)
 
 
-class Recorder:
-    """Records what BEAT's API shows at each step; stops after ``stop_after`` steps if given."""
-
-    def __init__(self, stop_after=None):
-        self.seen, self.stop_after = [], stop_after
-
-    def process(self, inputs, data_loaders, outputs):
-        x, g = inputs["in"], inputs.main_group
-        self.seen.append((float(x.data.value), x.data_index, x.data_index_end, x.next_data_index,
-                          x.nb_data_blocks_read, x.hasDataChanged(), x.isDataUnitDone(), inputs.hasMoreData(),
-                          g.data_index, g.data_index_end, g.first_data_index, g.last_data_index))
-        outputs["out"].write({"value": x.data.value * 2})
-        return self.stop_after is None or len(self.seen) < self.stop_after
-
-
-class ListSink:
-    def __init__(self):
-        self.written = []
-
-    def write(self, value, start, end):
-        self.written.append((float(value.value), start, end))
-
-
 @pytest.mark.parametrize("stop_after", [None, 4])
 def test_one_input_step_loop_equals_the_general_loop(stop_after):
     runs = []
     for source in (_list_source(), _batch_source()):
         assert hasattr(source, "iter_units") == isinstance(source, BatchSource)
-        inputs, loaders = build_inputs("sequential", "ch", {"in": ("ch", source, FMT)})
-        sink = ListSink()
-        outputs = build_outputs({"out": (sink, F)}, inputs)
         algo = Recorder(stop_after)
-        try:
-            summary = run_algorithm(algo, "sequential", inputs=inputs, data_loaders=loaders, outputs=outputs)
-            outcome = summary.steps
-        except Exception as exc:  # noqa: BLE001 - compared between the two paths
-            outcome = str(exc)
-        runs.append((algo.seen, sink.written, outcome))
+        runs.append((algo.seen, *run_steps(source, algo)))
     assert runs[0] == runs[1]
     assert len(runs[0][0]) == (stop_after or len(UNITS))
 

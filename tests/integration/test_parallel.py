@@ -12,13 +12,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 from _gated import ONE_RESULT, gate_experiment, write_gated
+from _no_spawn import GONE, run_failing_spawn
 
 from backbeat.cache.backends import open_store
 from backbeat.data import cachereader
@@ -189,26 +189,6 @@ def test_limits_per_experiment_from_the_configuration(prefix, tmp_path):
     assert proc.returncode == 1 and ".backbeatrc" in proc.stderr and "timeout" in proc.stderr, proc.stderr
 
 
-#: the CLI, with the spawn of process ``$NO_SPAWN`` failing as with a dead fork server
-NO_SPAWN = """
-import os, sys
-from backbeat.cli import entry
-from backbeat.core.errors import ExecutionError
-from backbeat.processes.group import ProcessGroup
-
-spawn = ProcessGroup.spawn
-
-def failing(self, job, *args, **kwargs):
-    if job == os.environ["NO_SPAWN"]:
-        raise ExecutionError("the fork server is gone: [Errno 32] Broken pipe")
-    return spawn(self, job, *args, **kwargs)
-
-ProcessGroup.spawn = failing
-sys.argv[0] = "backbeat"
-entry()
-"""
-
-
 def test_a_split_block_whose_second_slot_cannot_start_stops_its_first_at_once(prefix, tmp_path):
     """``right`` is split in two slots; ``right#1`` cannot be spawned: ``right`` fails saying why and
     ``right#0``, already started, is killed at once and its files removed — before, it ran on
@@ -218,15 +198,13 @@ def test_a_split_block_whose_second_slot_cannot_start_stops_its_first_at_once(pr
     decl["blocks"]["right"]["nb_slots"] = 2
     (prefix / EXP_DIR / "split.json").write_text(json.dumps(decl, indent=4))
     cache = tmp_path / "cache"
-    env = dict(os.environ, NO_SPAWN="right#1", BACKBEAT_TEMPLATE="off")
-    done = subprocess.run([sys.executable, "-c", NO_SPAWN, "-p", str(prefix), "-c", str(cache), "experiments",
-                           "run", "par/par/two/1/split", "--json", "-j", "3"],
-                          capture_output=True, text=True, timeout=90, env=env)
+    done = run_failing_spawn("right#1", "-p", prefix, "-c", cache, "experiments", "run", "par/par/two/1/split",
+                             "--json", "-j", "3")
     assert done.returncode == 1, done.stderr[-3000:]
     rep = json.loads(done.stdout)
     assert {b: v["status"] for b, v in rep["blocks"].items()} == {"left": "ran", "right": "failed",
                                                                      "analysis": "skipped"}
-    assert rep["blocks"]["right"]["error"]["message"] == "cannot start: the fork server is gone: [Errno 32] Broken pipe"
+    assert rep["blocks"]["right"]["error"]["message"] == f"cannot start: {GONE}"
     left = [p for p in cache_files(cache) if ".slot" in p.name or ".tmp-" in p.name]
     assert left == [], f"the first slot ran on: {left}"
 

@@ -8,6 +8,7 @@ harmless attacks also run without the sandbox, to show they work there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -167,7 +168,8 @@ def test_no_process_outlives_the_run(prefix: Path) -> None:
             assert not _sleepers(seconds), f"a daemon outlived the run (sandbox: {sandbox})"
         finally:
             for pid in _sleepers(seconds):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # (it may end between the look and the kill)
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _digests(cache: Path) -> dict[str, str]:

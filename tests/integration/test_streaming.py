@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
+from _no_spawn import GONE, run_failing_spawn
 
 from backbeat.cache.backends import open_store
 from backbeat.execution import executors as executor
@@ -213,32 +212,6 @@ def test_stream_sockets_bound_how_far_a_consumer_lags(tmp_path, expanded, most):
         source.close()
 
 
-#: the CLI, with the spawn of block ``$NO_SPAWN`` failing as with a dead fork server; a run still
-#: going after 30 s (it hung) is interrupted as by Ctrl-C (every process killed, exit 130)
-NO_SPAWN = """
-import os, signal, sys
-from backbeat.cli import entry
-from backbeat.core.errors import ExecutionError
-from backbeat.processes.group import ProcessGroup
-
-spawn = ProcessGroup.spawn
-
-def failing(self, job, *args, **kwargs):
-    if job == os.environ["NO_SPAWN"]:
-        raise ExecutionError("the fork server is gone: [Errno 32] Broken pipe")
-    return spawn(self, job, *args, **kwargs)
-
-def hung(*_):
-    raise KeyboardInterrupt
-
-ProcessGroup.spawn = failing
-signal.signal(signal.SIGALRM, hung)
-signal.alarm(30)
-sys.argv[0] = "backbeat"
-entry()
-"""
-
-
 def write_fan(prefix: Path) -> str:
     """Toolchain ``run/fan/1`` and experiment ``run/run/fan/1/e``: items -> b1, then b1 -> b2 -> a2
     and b1 -> b3 -> a3 (``run/echo/1`` blocks, offsets 1, 2, 3; ``run/total/1`` analyzers)."""
@@ -274,13 +247,11 @@ def test_a_block_that_cannot_start_fails_itself_and_its_producer_ends(prefix, tm
     beside it and a2 accepted as b2's own: b2 fails saying why — not b1, already running — b1 is
     told to stop feeding it (it waited for it forever: the run hung), b3 is pending again (not
     started after a failure: skipped), and b1 commits. Unstreamed, b2 fails once b1 has ended."""
-    env = dict(os.environ, NO_SPAWN="b2", BACKBEAT_TEMPLATE="off")
-    done = subprocess.run([sys.executable, "-c", NO_SPAWN, "-p", str(prefix), "-c", str(tmp_path / "cache"),
-                           "experiments", "run", write_fan(prefix), "--json", *flags],
-                          capture_output=True, text=True, timeout=90, env=env)
+    done = run_failing_spawn("b2", "-p", prefix, "-c", tmp_path / "cache", "experiments", "run", write_fan(prefix),
+                             "--json", *flags)
     assert done.returncode == 1, done.stderr[-3000:]
     rep = json.loads(done.stdout)
     assert statuses(rep) == {"b1": "ran", "b2": "failed", "b3": "skipped", "a2": "skipped", "a3": "skipped"}
-    assert rep["blocks"]["b2"]["error"]["message"] == "cannot start: the fork server is gone: [Errno 32] Broken pipe"
+    assert rep["blocks"]["b2"]["error"]["message"] == f"cannot start: {GONE}"
     assert "b2" in done.stderr and "cannot start: the fork server is gone" in done.stderr, done.stderr
     assert not leftovers(tmp_path / "cache")

@@ -36,7 +36,10 @@ EXPERIMENT = "run/run/short/1/base"
 def _templates(folder: Path) -> list[int]:
     found = []
     for lock in folder.glob("*.lock"):
-        text = lock.read_text().strip()
+        try:
+            text = lock.read_text().strip()
+        except FileNotFoundError:  # (swept by a starting template between the listing and the read)
+            continue
         if text.isdigit() and os.path.exists(f"/proc/{text}"):
             found.append(int(text))
     return found

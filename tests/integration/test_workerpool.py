@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -420,7 +421,8 @@ def test_multiprocessing_fallback_kills_leftovers_as_the_job_ends(tmp_path):
                 time.sleep(0.01)
         finally:
             if not _gone(left):
-                os.kill(left, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # (it may end between the look and the kill)
+                    os.kill(left, signal.SIGKILL)
 
 
 def test_multiprocessing_fallback_leaves_others_processes_alone(tmp_path):
@@ -453,10 +455,10 @@ def test_spawn_latency(fs, ctl):
         h = fs.spawn("backbeat.processes.control:job_main",
                      {"control": ctl.address, "job": job, "token": ctl.register(job), "target": f"{T}:ok"})
         types: list[str] = []
+        deadline = time.monotonic() + 30  # (a deadline, not a time limit: the figures are printed)
         while "start" not in types:
-            msgs = ctl.poll(1000)
-            assert msgs, "no start message within 1 s"
-            types += [m.type for m in msgs if m.job == job]
+            assert time.monotonic() < deadline, "no start message within 30 s"
+            types += [m.type for m in ctl.poll(100) if m.job == job]
         to_start.append(time.perf_counter() - t0)
         exits, msgs = drive(ctl, {job: h})
         to_exit.append(time.perf_counter() - t0)
