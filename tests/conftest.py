@@ -114,6 +114,29 @@ def live_processes(marker: str) -> list:
     return found
 
 
+def kill_templates(folder: str | os.PathLike) -> None:
+    """SIGKILL the warm templates of ``folder`` that still live: those holding their ``<key>.lock``.
+    A lock file nobody holds is a dead template's (killed with SIGKILL: never removed), and the pid
+    in it may be another process's by now (pid_max may be 32768): never signalled."""
+    import fcntl
+
+    for lock in Path(folder).glob("*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:  # (swept meanwhile)
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: its template lives, and wrote its pid there
+                text = os.read(fd, 32).decode(errors="replace").strip()
+                if text.isdigit():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(text), signal.SIGKILL)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def private_tmpdir() -> Iterator[Path]:
     """A fresh, short temporary folder, removed on exit with whatever is left in it.

@@ -34,7 +34,7 @@ import pytest
 
 from backbeat.cache.tools import verify_cache
 from backbeat.data import cachereader
-from conftest import FIXTURES, RUN_PREFIX, cli_command
+from conftest import FIXTURES, RUN_PREFIX, cli_command, kill_templates
 from conftest import live_processes as processes
 
 SEED = int(os.environ.get("BACKBEAT_FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
@@ -286,11 +286,7 @@ def templates_fixture() -> Iterator[Path]:
     """A private folder of warm templates; the templates left in it are killed at the end."""
     folder = Path(tempfile.mkdtemp(prefix="bbt-"))
     yield folder
-    for lock in folder.glob("*.lock"):
-        text = lock.read_text().strip()
-        if text.isdigit():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(text), signal.SIGKILL)
+    kill_templates(folder / "t")
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -4,17 +4,17 @@ failing run instead of crashing."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from conftest import kill_templates
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -141,9 +141,7 @@ def test_versus_beat_measures_the_memory_of_a_run_served_by_a_template_started_b
         memory = json.loads(proc.stdout)["rows"][0]["tools"]["backbeat"]["memory"]
         assert memory["peak_processes"] >= 4 and memory["peak_pss_mb"] > 10, memory  # command, zygote, blocks
     finally:
-        for lock in (short / "t").glob("*.lock"):  # the templates this test started
-            with contextlib.suppress(ValueError, OSError):
-                os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+        kill_templates(short / "t")  # the templates this test started
         shutil.rmtree(short, ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from backbeat.core import config
 from backbeat.processes import template
-from conftest import RUN_PREFIX, wait_until
+from conftest import RUN_PREFIX, kill_templates, wait_until
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "_template_client.py"
@@ -55,9 +55,7 @@ def env(tmp_path):
     environ = dict(os.environ, BACKBEAT_TEMPLATE="on", BACKBEAT_TEMPLATE_DIR=str(folder),
                    BACKBEAT_TEMPLATE_IDLE="120", BB_TEMPLATE_MARK="one")
     yield environ
-    if folder.exists():
-        for pid in _templates(folder).values():
-            os.kill(pid, signal.SIGKILL)
+    kill_templates(folder)
     shutil.rmtree(short, ignore_errors=True)
 
 

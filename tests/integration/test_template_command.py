@@ -27,7 +27,7 @@ import pytest
 
 from backbeat.core import templatekey
 from backbeat.processes import template
-from conftest import RUN_PREFIX, wait_until
+from conftest import RUN_PREFIX, kill_templates, wait_until
 
 SERVED = Path(__file__).resolve().parent / "_served.py"
 EXPERIMENT = "run/run/short/1/base"
@@ -74,11 +74,6 @@ def start_template(env: dict, cwd: Path) -> int:
     return pid
 
 
-def stop_templates(folder: Path) -> None:
-    for pid in _templates(folder):
-        os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def served_env():
     short = Path(tempfile.mkdtemp(prefix="bbs-", dir="/tmp"))  # (a socket's path is at most 107 bytes)
@@ -88,7 +83,7 @@ def served_env():
         env.pop(var, None)
     start_template(env, short)
     yield env
-    stop_templates(short / "t")
+    kill_templates(short / "t")
     shutil.rmtree(short, ignore_errors=True)
 
 
@@ -207,7 +202,7 @@ def test_a_stale_or_mismatched_template_is_not_used(tmp_path):
         how, proc = backbeat(env, "--version", cwd=tmp_path)
         assert how == "here" and proc.stdout.startswith("backbeat ") and proc.returncode == 0
     finally:
-        stop_templates(folder)
+        kill_templates(folder)
         shutil.rmtree(short, ignore_errors=True)
 
 
