@@ -150,13 +150,14 @@ def assert_stopped(code: int, rep: dict, cache: Path, kind: str) -> None:
 
 def test_timeout_stops_the_block_and_is_reported(prefix, tmp_path):
     name = write_experiment(prefix, "slow", {"ms": 500.0})  # 10 s of CPU
-    t0 = time.monotonic()
     code, rep, err = run_cli_json(prefix, tmp_path / "cache", name, "--timeout", "1")
-    assert time.monotonic() - t0 < 8, "the block was not stopped at its time limit"
     assert_stopped(code, rep, tmp_path / "cache", "timeout")
     message = rep["blocks"]["left"]["error"]["message"]  # (names the limit it exceeded, and how long it ran)
-    assert re.fullmatch(r"the block was killed after exceeding its time limit of 1 s \(it ran \d+\.\d s\)", message), \
-        message
+    ran = re.fullmatch(r"the block was killed after exceeding its time limit of 1 s \(it ran (\d+\.\d) s\)", message)
+    assert ran, message
+    # stopped at its limit, not after its 10 s: the block's own time, not the command's (whose start,
+    # planning and indexing take seconds more on a loaded machine: a bound on it failed at load 27)
+    assert float(ran[1]) < 8, message
 
 
 def test_memory_limit_stops_the_block_and_is_reported(prefix, tmp_path):
