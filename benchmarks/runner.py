@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import os
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -363,6 +364,38 @@ def backbeat_version(python: str) -> str:
     if len(out) < 2:
         return "backbeat (version unknown)"
     return f"backbeat {out[0]}" + (f" (commit {out[2]})" if len(out) > 2 else "") + f" on Python {out[1]}"
+
+
+def command_version(command: list[str]) -> str:
+    """What ``COMMAND --version`` says (``backbeat X.Y.Z``), detailed as :func:`backbeat_version`
+    when the command's interpreter can be told (a Python, or the one its ``#!`` line names) and its
+    backbeat says the same version: the version line of the backbeat that is measured."""
+    try:
+        said = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        said = None
+    short = said.stdout.strip().splitlines()[0] if said is not None and said.returncode == 0 and said.stdout.strip() else ""
+    if not short.startswith("backbeat "):
+        return f"backbeat (version unknown: `{' '.join(command)} --version' failed)"
+    python = _interpreter_of(command[0])
+    detailed = backbeat_version(python) if python else ""
+    return detailed if detailed.startswith(short + " ") else short
+
+
+def _interpreter_of(program: str) -> str | None:
+    """The Python ``program`` is (its name says so) or runs (its ``#!`` line); None if neither."""
+    path = shutil.which(program) or program
+    if os.path.basename(path).startswith("python"):
+        return path
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(512)
+    except OSError:
+        return None
+    words = line[2:].decode(errors="replace").split() if line.startswith(b"#!") else []
+    if words and os.path.basename(words[0]) == "env":
+        words = words[1:]
+    return words[0] if words and os.path.basename(words[0]).startswith("python") else None
 
 
 def spread(values: list[float]) -> dict:

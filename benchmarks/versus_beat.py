@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(root, args, rows)
         bench.write_prefix()
         before = runner.machine(not args.tiny)
-        version = runner.backbeat_version(args.python)
+        version = runner.command_version(args.backbeat)  # (the backbeat measured: --backbeat's too)
         print(f"{version}; BEAT 1.13 at {args.beat}" if not args.no_beat else version, file=log)
         print(f"machine: {before['cores']} cores, load {before['loadavg'][0]:.2f}, parallel capacity now "
               f"{_capacity(before)}; {args.repeat} timed run(s) per tool and row, alternating; "

@@ -24,6 +24,11 @@ Entry = collections.namedtuple("Entry", ["value"])
 Other = collections.namedtuple("Other", ["number"])
 
 
+class Stuck:
+    def __deepcopy__(self, memo):
+        raise RuntimeError("cannot be copied")
+
+
 class Faulty(View):
     def index(self, root_folder, parameters):
         if parameters["mode"] == "entry":
@@ -41,6 +46,10 @@ class Faulty(View):
             return {"value": "three"}
         if mode == "raise" and index == 1:
             raise KeyError("no such item")
+        if mode == "stuck" and index == 1:
+            return {"value": Stuck()}
+        if mode == "generator" and index == 3:
+            return (v for v in [value])
         return {"value": numpy.int32(value)}
 
 
@@ -63,7 +72,7 @@ class Algorithm:
 '''
 
 MODES = {"type": "Faulty", "none": "Faulty", "entry": "Faulty", "mapped": "Mapped", "cast": "Faulty",
-         "raise": "Faulty"}
+         "raise": "Faulty", "stuck": "Faulty", "generator": "Faulty"}
 
 
 def line_of(text: str) -> int:
@@ -83,6 +92,11 @@ EXPECTED = {
     "mapped": ("index entry 0 has no field `number' (its output_member_map maps `value' to `number') (its "
                "fields: value)", line_of("def index"), "index"),
     "raise": ("KeyError: 'no such item'", line_of('raise KeyError("no such item")'), "get"),
+    # values that cannot be copied (frozen as get returns them): blamed on get, not on backbeat's copy
+    "stuck": ("get(`value', 1) returned a dict that cannot be copied (copying a Stuck: RuntimeError: cannot "
+              "be copied)", line_of('return {"value": Stuck()}'), "get"),
+    "generator": ("get(`value', 3) returned a generator, not a dict with the attributes of `run/int32/1' (value)",
+                  line_of("return (v for v in [value])"), "get"),
 }
 
 

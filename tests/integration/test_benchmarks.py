@@ -73,6 +73,19 @@ def test_versus_beat_runs_the_backbeat_of_another_interpreter(tmp_path):
     assert proc.returncode != 0 and "not both" in proc.stderr
 
 
+def test_versus_beat_names_the_version_of_the_backbeat_command_it_runs(tmp_path):
+    """--backbeat CMD: the version line is what CMD says (it was this Python's backbeat's)."""
+    fake = tmp_path / "other-backbeat"
+    real = Path(sys.executable).with_name("backbeat")
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "backbeat 9.8.7"; exit 0; fi\nexec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    proc = _run("versus_beat.py", "--tiny", "--no-beat", "--repeat", "1", "--memory", "none", "--rows", "trivial",
+                "--backbeat", str(fake), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["version"] == "backbeat 9.8.7" and doc["rows"][0]["tools"]["backbeat"]["results"] == [["0.045", 10]]
+
+
 def test_tracing_covers_every_process(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:

@@ -156,6 +156,27 @@ def test_stat_memo_avoids_rehashing(tmp_path, monkeypatch):
     assert manifests.index_changed(m1, m3) == []  # a file only get() reads: the index stands
 
 
+_WITHOUT_SQLITE = """import sys
+sys.modules["_sqlite3"] = None  # (as in a Python built without it: `import sqlite3` raises ImportError)
+from backbeat.cli import entry
+sys.argv[0] = "backbeat"
+entry()
+"""
+
+
+def test_without_sqlite3_the_memo_only_computes(tmp_path):
+    """The stat memo is imported lazily (perf-v); a Python without ``_sqlite3`` must still run and
+    audit experiments, every digest computed (it raised ModuleNotFoundError at the run's end)."""
+    shutil.copytree(ROOT / "prefix", tmp_path / "prefix", ignore=shutil.ignore_patterns("cache"))
+    opts = ["-p", str(tmp_path / "prefix"), "-c", str(tmp_path / "cache")]
+    env = dict(os.environ, BACKBEAT_TEMPLATE="off")
+    for argv in (["experiments", "run", NAME], ["experiments", "run", NAME], ["experiments", "audit", NAME]):
+        proc = subprocess.run([sys.executable, "-c", _WITHOUT_SQLITE, *opts, *argv], capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert proc.returncode == 0 and "error" not in proc.stderr, (argv, proc.stdout, proc.stderr)
+    assert not (tmp_path / "cache" / ".memo" / "stat.sqlite3").exists()
+
+
 # -- status and audit, one tampered input at a time ------------------------------------------
 def test_untouched_is_cached_and_audit_ok(world):
     prefix, cache = world

@@ -425,6 +425,34 @@ def test_multiprocessing_fallback_kills_leftovers_as_the_job_ends(tmp_path):
                     os.kill(left, signal.SIGKILL)
 
 
+def test_multiprocessing_fallback_knows_a_block_that_ended_before_it_was_looked_for(tmp_path, monkeypatch):
+    """The parent learns a fallback block's pid (the one its control messages are checked against)
+    after starting its guard; a block ending before that (a loaded machine) used to be looked for
+    among the guard's children, where only its leftovers (adopted by the guard), or nothing, remain."""
+    from backbeat.processes import mpreaper
+
+    pid_file = tmp_path / "pids"
+    look = mpreaper.block_of
+
+    def late(*args, **kwargs):  # (the first look comes once the block has ended, as under load)
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not _gone(int(pid_file.read_text().split()[0])):
+            assert time.monotonic() < deadline, "the block did not end"
+            time.sleep(0.001)
+        return look(*args, **kwargs)
+
+    monkeypatch.setattr(mpreaper, "block_of", late)
+    with ForkServer(preload=(), mode="multiprocessing") as server:
+        h = server.spawn(f"{T}:leave_and_vanish", {"pid_file": str(pid_file)})
+        assert h.wait(timeout=30).kind == "ok"
+    block, left = (int(x) for x in pid_file.read_text().split())
+    try:
+        assert h.pid == h.host_pid == block
+    finally:
+        if not _gone(left):
+            os.kill(left, signal.SIGKILL)
+
+
 def test_multiprocessing_fallback_leaves_others_processes_alone(tmp_path):
     """The fallback reaps what backbeat's blocks leave, not what the embedding program's own
     multiprocessing processes (same fork server) leave: those are the program's business."""

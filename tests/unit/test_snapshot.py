@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from backbeat.core.errors import DataError
 from backbeat.data.batch import Batch
 from backbeat.data.cachereader import CacheReader
 from backbeat.data.cachewriter import CacheWriter
-from backbeat.data.snapshot import UnitBuffer, frozen
+from backbeat.data.snapshot import Uncopyable, UnitBuffer, frozen
 from backbeat.data.values import value_type
 
 FMT = {"value": [3, "float64"], "n": "int64", "label": "string",
@@ -134,3 +136,33 @@ def test_frozen_shares_nothing_with_what_a_view_returned():
     assert f["t"][1].tolist() == [0, 1, 2] and type(f["t"]) is tuple and len(f["b"]) == 2
     assert list(f["o"]) == ["a", "b"] and f["v"] == expected["v"] and f["v"] is not d["v"]
     assert f["g"] is d["g"] and f["s"] is d["s"]
+
+
+def test_a_small_output_holds_what_it_needs_not_a_full_buffer(tmp_path):
+    """A writer's buffer preallocates a full batch of rows (~1 MB here); a small output's batch
+    waits in memory until close (written with its exact shapes): it must not keep that block alive."""
+    fmt = {"value": [4, "float64"], "n": "int64"}
+    tracemalloc.start()
+    try:
+        with CacheWriter(tmp_path / "a.h5", "user/w/1", fmt) as writer:
+            assert writer.buffer_units * 32 >= 1 << 20  # (the block a full buffer takes)
+            before = tracemalloc.get_traced_memory()[0]
+            writer.write({"value": np.arange(4.0), "n": 1})
+            writer.flush()
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+        assert held < 128 << 10, held
+    finally:
+        tracemalloc.stop()
+    with CacheReader(tmp_path / "a.h5") as reader:
+        assert [(list(v.value), int(v.n)) for v, _s, _e in reader] == [([0.0, 1.0, 2.0, 3.0], 1)]
+
+
+def test_frozen_names_what_cannot_be_copied():
+    class Stuck:
+        def __deepcopy__(self, memo):
+            raise RuntimeError("no")
+
+    for value, part in (({"a": [1, Stuck()]}, "Stuck"), ((v for v in ()), "generator")):
+        with pytest.raises(Uncopyable, match=f"copying a {part}: (RuntimeError: no|TypeError: cannot pickle)"):
+            frozen(value)

@@ -12,8 +12,8 @@ Entries are tagged (``sha256`` for file bytes, other tags for other facts derive
 file, e.g. the identity of a cache entry), so one memo serves every use.  The store is one
 SQLite file (standard library): lookups are indexed, a run writes only the rows it adds,
 several processes may share it (WAL journal, busy timeout), and when it cannot be used
-(read-only cache, locked too long, damaged) the memo silently degrades to computing every
-digest: it is an accelerator, never a source of truth.
+(read-only cache, locked too long, damaged, a Python without ``sqlite3``) the memo silently
+degrades to computing every digest: it is an accelerator, never a source of truth.
 
 >>> import tempfile, pathlib
 >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -48,9 +48,12 @@ def _sqlite() -> Any:
     """The ``sqlite3`` module, imported when a memo first opens its database: the block processes
     import this module (through :mod:`backbeat.core.hashing`'s users) but never open a memo, and
     every library loaded into the fork server's zygote costs each fork and each exit its
-    mappings (``docs/performance.md``, "Wave 11 (perf-v)")."""
-    import sqlite3
-
+    mappings (``docs/performance.md``, "Wave 11 (perf-v)").  None when Python was built without
+    it (no ``_sqlite3``): the memo then only computes, like a memo whose database cannot be used."""
+    try:
+        import sqlite3
+    except ImportError:
+        return None
     return sqlite3
 
 RACY_NS = 2_000_000_000
@@ -90,14 +93,17 @@ class StatMemo:
         self._opened = True
         if self.path is None:
             return None
+        sqlite = _sqlite()
+        if sqlite is None:
+            return None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = _sqlite().connect(str(self.path), timeout=5.0, isolation_level=None)
+            db = sqlite.connect(str(self.path), timeout=5.0, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)
             self._db = db
-        except (_sqlite().Error, OSError):
+        except (sqlite.Error, OSError):
             self._db = None
         if self._db is not None and not self._registered:  # what is learnt is kept even if nobody flushes
             pid = self._pid = os.getpid()

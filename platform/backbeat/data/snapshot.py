@@ -137,7 +137,7 @@ class UnitBuffer:
             column = rows if self._single else list(map(itemgetter(j), rows))
             if node.kind == "num" and node.dims:
                 block = blocks[j]
-                cols[node.path] = block[:n] if block is not None else np.empty((0, *node.dims), dtype=node.dt)
+                cols[node.path] = _kept(block, n) if block is not None else np.empty((0, *node.dims), dtype=node.dt)
             elif node.kind == "num":
                 cols[node.path] = np.fromiter(column, dtype=node.dt, count=n)
             elif node.kind == "str":
@@ -148,6 +148,19 @@ class UnitBuffer:
         self._blocks[:] = [None] * len(self._arrays)  # (the batch owns the old ones; the list is kept)
         self._listed = [[] for _ in self._lists]
         return Batch(self.name, self.expanded, starts, ends, cols, validate=False)._checked_ranges()
+
+
+#: unused rows of a column block up to this size stay with the batch (see :func:`_kept`)
+SLACK_BYTES = 64 << 10
+
+
+def _kept(block: np.ndarray, n: int) -> np.ndarray:
+    """A column block's first ``n`` rows, as the batch's column: a view when the rest is small, else
+    a copy (the block is then freed): a batch kept for long (a small output's, until its writer
+    closes) holds what it needs, not the rows preallocated for a full buffer (up to 2 MB)."""
+    if block.nbytes - n * block.strides[0] <= SLACK_BYTES:
+        return block[:n]
+    return block[:n].copy()
 
 
 def _nothing(value: Any) -> tuple:
@@ -198,9 +211,18 @@ _IMMUTABLE = frozenset({int, float, bool, str, bytes, complex, type(None), *(
     t for t in np.sctypeDict.values() if issubclass(t, (np.number, np.bool_, np.str_, np.bytes_)))})
 
 
+class Uncopyable(DataError):
+    """:func:`frozen` met a value whose deep copy failed: ``part`` (that value) and ``cause``."""
+
+    def __init__(self, part: Any, cause: BaseException):
+        super().__init__(f"copying a {type(part).__name__}: {type(cause).__name__}: {cause}")
+        self.part, self.cause = part, cause
+
+
 def frozen(value: Any) -> Any:
     """``value`` (what a database view's ``get`` returned) with nothing shared with the caller:
-    dicts, lists and arrays copied, immutable leaves kept, anything else deep-copied."""
+    dicts, lists and arrays copied, immutable leaves kept, anything else deep-copied
+    (:class:`Uncopyable` if that fails: a generator, a lock, a ``__deepcopy__`` raising)."""
     t = type(value)
     if t is dict:
         out = value.copy()
@@ -218,4 +240,7 @@ def frozen(value: Any) -> Any:
         return tuple(frozen(v) for v in value)
     if t is np.ndarray and value.dtype != object:
         return value.copy()
-    return copy.deepcopy(value)
+    try:
+        return copy.deepcopy(value)
+    except Exception as exc:  # noqa: BLE001 - whatever the value's own copy raises
+        raise Uncopyable(value, exc) from None

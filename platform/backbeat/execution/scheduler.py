@@ -74,6 +74,8 @@ ALIVE_BUDGET_MB = 256
 PROCESS_MB = 8
 #: while more block processes are alive than ``-j``, polls are at least this far apart (seconds)
 POLL_GAP_S = 0.01
+#: how long the processes of a job one of whose processes could not start are waited for once killed
+KILLED_WAIT_S = 10.0
 
 
 def alive_limit(options: Options, jobs: int) -> int:
@@ -304,8 +306,13 @@ class Scheduler:
         log = process_log(self.store, self.jobs[pid.partition("#")[0]], pid)
         if self.run.staging is not None:
             spec = self.run.staging.block(pid, spec)
-        self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
-                         python=environments.of(self.run.interpreters, pid).key)
+        try:
+            self.group.spawn(pid, BLOCK_TARGET, spec.to_json(), limits, log=str(log),
+                             python=environments.of(self.run.interpreters, pid).key)
+        except (OSError, ExecutionError):
+            if self.run.staging is not None:  # (its staging folder: removed now, not at the run's end)
+                self.run.staging.discard(pid)
+            raise
 
     def _start(self, job: Job) -> bool:
         """Start a job, the consumers it streams to, theirs…, as far as the window allows
@@ -403,7 +410,7 @@ class Scheduler:
             for pid in ids:
                 with contextlib.suppress(OSError, ExecutionError):  # (a dead fork server: they end `lost')
                     self.group.kill(pid)
-            self.group.wait(ids)  # (killed: they end at once)
+            self.group.wait(ids, KILLED_WAIT_S)  # (killed: they end at once, unless stuck in the kernel)
             for pid in ids:
                 if self.run.staging is not None:
                     self.run.staging.discard(pid)

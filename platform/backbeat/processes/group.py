@@ -46,6 +46,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -271,10 +272,12 @@ class ProcessGroup:
             outcome = explain(outcome)
         return outcome
 
-    def wait(self, jobs: list[str]) -> dict[str, Outcome]:
-        """Wait until every given job has ended; their outcomes."""
+    def wait(self, jobs: list[str], timeout: float | None = None) -> dict[str, Outcome]:
+        """Wait until every given job has ended, or for ``timeout`` seconds at most; the outcomes
+        of those that have ended."""
         results: dict[str, Outcome] = {}
-        while len(results) < len(jobs):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(results) < len(jobs) and (deadline is None or time.monotonic() < deadline):
             self.poll(20)
             for j in jobs:
                 if j not in results and self.exit(j) is not None:

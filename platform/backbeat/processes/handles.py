@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backbeat.core.errors import ExecutionError
 from backbeat.processes import mpreaper
@@ -90,11 +90,11 @@ class Handle:
 
 # --------------------------------------------------------------------------- multiprocessing fallback
 
-def _mp_child(target: str, payload_json: str, limits: dict, log_path: str | None) -> None:
+def _mp_child(target: str, payload_json: str, limits: dict, log_path: str | None, said: Any) -> None:
     code = EXIT_BOOT
     try:
         mpreaper.release()  # (else the fork server, and this process, outlive a killed command)
-        guard = mpreaper.guard()  # (returns in the block: the guard kills its leftovers as it ends)
+        guard = mpreaper.guard(said)  # (returns in the block: the guard kills its leftovers as it ends)
         child_setup(limits, log_path, guard, close_fds=False)  # multiprocessing needs its fds
         code = child_run(target, json.loads(payload_json))
     finally:
@@ -116,17 +116,25 @@ class MPHandle(Handle):
                 os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
         self._reason: str | None = None
         self._timed_from = 0.0  # when its limit started counting (set_timeout), after its spawn
+        said, tell = server._mp.Pipe(duplex=False)  # (the guard tells its block's pid on it)
         self._proc = server._mp.Process(target=_mp_child, daemon=True,
-                                        args=(target, json.dumps(payload), limits.to_json(), log_path))
+                                        args=(target, json.dumps(payload), limits.to_json(), log_path, tell))
         self._block: int | None = None
-        self._proc.start()
-        self._block_pid()  # (found while it surely runs: once it has ended the guard's children are its leftovers)
+        self._said: Any = said
+        try:
+            self._proc.start()
+        finally:
+            tell.close()
+        self._block_pid()
 
     def _block_pid(self) -> int | None:
-        """The block process's pid (a child of the guard multiprocessing forked: see
-        :mod:`~backbeat.processes.mpreaper`), None if there is none (not forked, or gone)."""
-        if self._block is None and self._proc.pid is not None:
-            self._block = mpreaper.block_of(self._proc.pid, lambda: self._proc.exitcode is None)
+        """The block process's pid (a child of the guard multiprocessing forked, as the guard
+        told it: see :mod:`~backbeat.processes.mpreaper`), None if there is none (not forked)."""
+        if self._block is None and self._said is not None:
+            self._block = mpreaper.block_of(self._said, lambda: self._proc.exitcode is None)
+            if self._block is not None or self._proc.exitcode is not None:
+                self._said.close()
+                self._said = None
             self._pid = self._block  # (late messages, once it has ended, are still checked against it)
         return self._block
 

@@ -27,8 +27,8 @@ class BoundedLog:
 
     An earlier log at ``path`` is removed at once; the file is created with the first byte
     written (a process that writes nothing has no log).  A log that cannot be written (full
-    disk, read-only cache) is dropped silently: the output of a block is a courtesy, never a
-    reason for it to fail.
+    disk, read-only cache, a NUL byte in its path) is dropped silently: the output of a block is
+    a courtesy, never a reason for it to fail (nor for the zygote, which makes it, to fail).
     """
 
     def __init__(self, path: str, head: int = HEAD, tail: int = TAIL) -> None:
@@ -40,7 +40,7 @@ class BoundedLog:
         self._omitted = 0
         self._fd: int | None = None
         self._failed = False
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError, TypeError):  # (ValueError: a NUL byte in it)
             os.unlink(path)
 
     def write(self, data: bytes) -> None:
@@ -67,7 +67,7 @@ class BoundedLog:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
-        except OSError:
+        except (OSError, ValueError, TypeError):  # (never out of the zygote's loop: it serves other jobs)
             self._drop()
 
     def _drop(self) -> None:

@@ -9,7 +9,9 @@ next subreaper or to init and outlive the run.  So the process multiprocessing f
 a *guard* (:func:`guard`): a subreaper in a session of its own that forks the block, waits for it,
 kills whatever the block left the moment it ends, and exits with the block's status (its exit code,
 or the same signal) — the leftovers of a block die when its job ends, as a zygote's do.  The
-parent signals the block itself (:func:`block_of`), never the guard; the guard dies with the fork
+parent signals the block itself, never the guard: the guard tells it the block's pid on a pipe
+(:func:`block_of`; looked for among the guard's children, a block that ended before the parent
+looked was taken for one of its leftovers, adopted by the guard).  The guard dies with the fork
 server (which exits as soon as the command that started it has ended), first killing its block.
 Nothing else multiprocessing's fork server forks is touched: it is no subreaper itself.
 
@@ -66,9 +68,11 @@ def release() -> None:
         server._forkserver_alive_fd = None
 
 
-def guard() -> int:
+def guard(said: Any) -> int:
     """In the process multiprocessing forked for a job: fork the block process and return the
-    guard's pid in it; in the guard, wait for the block, kill what it left, exit as it did."""
+    guard's pid in it; in the guard, tell the block's pid on ``said`` (the write end of a
+    multiprocessing pipe, :func:`block_of` reads it), wait for the block, kill what it left,
+    exit as it did."""
     server = os.getppid()  # (the fork server: its end is seen as this process's parent changing)
     os.setsid()  # (out of reach of signals to the command's group: the parent signals the block)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (an inherited SIG_IGN would reap the block unseen)
@@ -76,7 +80,11 @@ def guard() -> int:
     pid = os.getpid()
     block = os.fork()
     if block == 0:
+        said.close()
         return pid
+    with contextlib.suppress(OSError, ValueError):  # (the parent gone: nobody asks)
+        said.send_bytes(str(block).encode())
+    said.close()
 
     def end_block(*_: object) -> None:  # the fork server has ended (parent-death signal): the command has
         for target in (-block, block):
@@ -114,18 +122,20 @@ def guard() -> int:
     os._exit(os.waitstatus_to_exitcode(status))
 
 
-def block_of(guard_pid: int, alive: Any, timeout: float = 5.0) -> int | None:
-    """The pid of the block process ``guard_pid`` forked (its only child while the block runs);
-    None once ``alive()`` is false, or after ``timeout`` (then signal the guard)."""
-    if not os.path.isdir("/proc"):
-        return None
+def block_of(said: Any, alive: Any, timeout: float = 5.0) -> int | None:
+    """The pid of the block process a guard forked, as it told it on ``said`` (the read end of its
+    pipe: told even if the block has ended since, when the guard's children are only what the
+    block left); None if the guard ended without telling it (``alive()`` false), or after
+    ``timeout`` (then signal the guard)."""
     deadline = time.monotonic() + timeout
-    while alive() and time.monotonic() < deadline:
-        found = reaper.children(guard_pid)
-        if found:
-            return found[0]
-        time.sleep(0.001)  # (not forked yet, or ended: the guard is killing its leftovers)
-    return None
+    while True:
+        try:
+            if said.poll(0.005):
+                return int(said.recv_bytes())
+        except (EOFError, OSError, ValueError):  # (the guard ended before it forked the block)
+            return None
+        if not alive() or time.monotonic() >= deadline:
+            return None
 
 
 def _at_exit() -> None:

@@ -356,6 +356,7 @@ class Zygote:
             for fd in (rfd, wfd):
                 if fd is not None:
                     os.close(fd)
+            self.settle()  # (the jobs forked before it are told first: events in the order asked)
             self.send({"ev": "exit", "id": req["id"], "pid": None, "status": None, "error": str(e)})
             return
         if pid == 0:

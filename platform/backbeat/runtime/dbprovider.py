@@ -46,7 +46,7 @@ import zmq
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
-from backbeat.data.snapshot import frozen
+from backbeat.data.snapshot import Uncopyable, frozen
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
@@ -215,8 +215,11 @@ class _Dataset:
             starts, ends = self.output_units(output)
             name, expanded = self.spec.outputs[output]
             get = self.view.get
-            with self.recorder.watch("get"):  # each value as get returned it (it may refill one object)
-                values = [frozen(get(output, s)) for s in starts[i:j].tolist()]
+            try:
+                with self.recorder.watch("get"):  # each value as get returned it (it may refill one object)
+                    values = [frozen(get(output, s)) for s in starts[i:j].tolist()]
+            except Uncopyable as exc:  # (a generator, a lock...): blamed on get, as a value not fitting
+                raise self._uncopyable(output, starts[i:j].tolist()) or exc.cause from None
             if self.guard is not None:
                 self.guard.check()
             try:
@@ -245,15 +248,31 @@ class _Dataset:
                 Batch.from_values(name, expanded, [value], [entry], [entry])
                 continue
             except Exception as exc:  # noqa: BLE001
-                problem = str(exc)
-            attributes = ", ".join(a for a in expanded if not a.startswith("#"))
-            if value is None or not (isinstance(value, dict) or hasattr(value, "as_dict")):
-                what = f"{_described(value)}, not a dict with the attributes of `{name}' ({attributes})"
-            else:
-                what = f"{_described(value)} that does not fit `{name}': {problem}"
-            where = _returning_line(self.view.get, output, entry) or (self.spec.code.filename, 1, "get")
-            return _Blame(f"get(`{output}', {entry}) returned {what}", *where)
+                return self._blame(output, entry, value, f"does not fit `{name}': {exc}")
         return None
+
+    def _uncopyable(self, output: str, entries: list[int]) -> _Blame | None:
+        """The first value ``get`` returns that :func:`frozen` cannot copy (``get`` called again for
+        each entry, a failure path), blamed as :meth:`_bad_value` does."""
+        for entry in entries:
+            value = self.view.get(output, entry)
+            try:
+                frozen(value)
+                continue
+            except Uncopyable as exc:
+                return self._blame(output, entry, value, f"cannot be copied ({exc})")
+        return None
+
+    def _blame(self, output: str, entry: int, value: Any, problem: str) -> _Blame:
+        """``get(output, entry)`` returned ``value``, which ``problem``: blamed on the line returning it."""
+        name, expanded = self.spec.outputs[output]
+        attributes = ", ".join(a for a in expanded if not a.startswith("#"))
+        if value is None or not (isinstance(value, dict) or hasattr(value, "as_dict")):
+            what = f"{_described(value)}, not a dict with the attributes of `{name}' ({attributes})"
+        else:
+            what = f"{_described(value)} that {problem}"
+        where = _returning_line(self.view.get, output, entry) or (self.spec.code.filename, 1, "get")
+        return _Blame(f"get(`{output}', {entry}) returned {what}", *where)
 
 
 def _error(exc: BaseException, root: str | None, context: str) -> list[bytes]:
