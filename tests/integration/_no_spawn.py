@@ -25,10 +25,9 @@ def run_failing_spawn(job: str, *args: object, timeout: float = 90) -> subproces
                           timeout=timeout, env=env)
 
 
-def _main() -> None:
-    import signal
-
-    from backbeat.cli import entry
+def patch():
+    """Make ``ProcessGroup.spawn`` of process ``$NO_SPAWN`` raise what a gone fork server raises;
+    the patched function is returned (for scripts adding to it: ``_stuck_spawn.py``)."""
     from backbeat.core.errors import ExecutionError
     from backbeat.processes.group import ProcessGroup
 
@@ -39,10 +38,19 @@ def _main() -> None:
             raise ExecutionError(GONE)
         return spawn(self, job, *args, **kwargs)
 
+    ProcessGroup.spawn = failing  # type: ignore[method-assign]
+    return failing
+
+
+def enter() -> None:
+    """Run the CLI on this script's arguments, interrupted as by Ctrl-C after ``HUNG_S``."""
+    import signal
+
+    from backbeat.cli import entry
+
     def hung(*_):
         raise KeyboardInterrupt
 
-    ProcessGroup.spawn = failing  # type: ignore[method-assign]
     signal.signal(signal.SIGALRM, hung)
     signal.alarm(HUNG_S)
     sys.path.pop(0)  # (this folder, as a script's: the command sees the path it would have)
@@ -51,4 +59,5 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    _main()
+    patch()
+    enter()

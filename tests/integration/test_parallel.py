@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -210,45 +211,6 @@ def test_a_split_block_whose_second_slot_cannot_start_stops_its_first_at_once(pr
     assert left == [], f"the first slot ran on: {left}"
 
 
-#: NO_SPAWN, and: the fork server is stopped (SIGSTOP) as the spawn fails, so that the slot already
-#: started is killed but never reported ended; it goes on (SIGCONT) once the scheduler has given up
-#: on the job (or, as a last resort, after 60 s: FALLBACK is then written); $RECORD is then told
-#: which staging folders of the job's processes are left (a sandboxed run)
-STUCK = NO_SPAWN.replace("ProcessGroup.spawn = failing", """
-import json, signal, threading
-from backbeat.execution import scheduler
-
-scheduler.KILLED_WAIT_S = 1.0
-moved_on = threading.Event()
-
-def resume(pids):
-    if not moved_on.wait(60):
-        open(os.environ["RECORD"] + ".FALLBACK", "w").close()
-    for pid in pids:
-        os.kill(pid, signal.SIGCONT)
-
-def stopping(self, job, *args, **kwargs):
-    if job == os.environ["NO_SPAWN"] and os.environ.get("STOP"):
-        pids = [s.zygote_pid for s in self._servers.values()]
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        threading.Thread(target=resume, args=(pids,), daemon=True).start()
-    return failing(self, job, *args, **kwargs)
-
-cannot_start = scheduler.Scheduler._cannot_start
-
-def gave_up(self, job, exc):
-    if exc is not None:
-        staging = self.run.staging
-        folders = staging._folders.items() if staging else ()
-        left = sorted(p for p, f in folders if f.exists() and p.startswith(job.name))
-        with open(os.environ["RECORD"], "w") as f:
-            json.dump({"job": job.name, "staged": left}, f)
-        moved_on.set()
-    return cannot_start(self, job, exc)
-
-scheduler.Scheduler._cannot_start = gave_up
-ProcessGroup.spawn = stopping""")
 
 
 @pytest.mark.parametrize("sandbox", [False, True])
@@ -262,7 +224,7 @@ def test_a_split_block_that_cannot_start_waits_for_its_killed_slots_a_bounded_ti
     (prefix / EXP_DIR / "split.json").write_text(json.dumps(decl, indent=4))
     record = tmp_path / "record.json"
     env = dict(os.environ, NO_SPAWN="right#1", STOP="1", RECORD=str(record), BACKBEAT_TEMPLATE="off")
-    done = subprocess.run([sys.executable, "-c", STUCK, "-p", str(prefix), "-c", str(tmp_path / "cache"),
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("_stuck_spawn.py")), "-p", str(prefix), "-c", str(tmp_path / "cache"),
                            "experiments", "run", "par/par/two/1/split", "--json", "-j", "3",
                            *(["--sandbox"] if sandbox else [])], capture_output=True, text=True, timeout=150, env=env)
     assert done.returncode == 1, done.stderr[-3000:]
