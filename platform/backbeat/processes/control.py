@@ -79,6 +79,7 @@ MAX_FRAME = 1 << 30
 #: seconds a block waits to connect or to hand over one message (the executor reads while jobs run)
 SEND_TIMEOUT_S = 5.0
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_TIMEVAL = struct.Struct("ll")  # struct timeval: seconds, microseconds
 _HUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 #: the client of the current block process (set by :func:`job_main`), see :func:`client`
@@ -345,21 +346,17 @@ class ControlClient:
             self.close()
 
     def _connect(self) -> socket.socket:
+        """A blocking socket whose sends (and connect, while the executor's backlog is full) give
+        up after :data:`SEND_TIMEOUT_S` — the kernel's timeout (``SO_SNDTIMEO``): no ``poll`` before
+        each system call, as a Python socket timeout would make."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(SEND_TIMEOUT_S)
-        deadline = time.monotonic() + SEND_TIMEOUT_S
-        while True:
-            try:
-                sock.connect(path_of(self.address))
-                return sock
-            except BlockingIOError:  # (AF_UNIX: the executor's backlog is full until it accepts)
-                if time.monotonic() >= deadline:
-                    sock.close()
-                    raise
-                time.sleep(0.01)
-            except OSError:
-                sock.close()
-                raise
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(int(SEND_TIMEOUT_S), 0))
+            sock.connect(path_of(self.address))
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def start(self) -> None:
         """(Not sent by :func:`run_job` any more: see the module docstring.)"""

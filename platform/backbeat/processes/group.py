@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # (imported when something is started: a run that starts noth
     from backbeat.processes.workerpool import ForkServer, Handle
 
 JOB_MAIN = "backbeat.processes.control:job_main"
+FINAL = ("done", "error")  # (control.FINAL: a job's last message)
 
 
 class ProcessGroup:
@@ -275,7 +276,9 @@ class ProcessGroup:
         exit_ = self._handles[job].poll()
         if exit_ is None:
             raise RuntimeError(f"job `{job}' is still running")
-        self.poll(0)
+        kept = self._messages.get(job)
+        if not kept or kept[-1].type not in FINAL:  # (its final message, if any, is queued: it sends none after)
+            self.poll(0)
         from backbeat.processes.outcome import classify
 
         outcome = classify(exit_, self._messages.get(job, []), self._limits.get(job))
