@@ -42,7 +42,7 @@ def test_a_group_spawns_collects_and_classifies(tmp_path):
     assert out["a"].statistics["pid"] != os.getpid()
     assert out["b"].kind == "user" and "cannot do that" in out["b"].message
     assert out["c"].kind == "timeout"
-    assert {(m.job, m.type) for m in seen} >= {("a", "start"), ("a", "done"), ("b", "error")}
+    assert {(m.job, m.type) for m in seen} >= {("a", "done"), ("b", "error")}
 
 
 def test_a_limit_set_later_is_reported_with_when_it_started(tmp_path):
@@ -95,13 +95,15 @@ def test_control_messages_are_accepted_only_with_the_jobs_token_from_its_process
                    ControlClient(server.address, "mine", "not-the-token"),
                    ControlClient(server.address, "ghost", mine)]
         for c in clients:
-            c.start()
+            c.progress(1, 2)  # (the first one goes: the interval is counted from the start)
+            c._last = 0.0
+            c.progress(1, 2)
         deadline, seen = time.monotonic() + 10, []
         while len(seen) + len(server.refused) < 4 and time.monotonic() < deadline:
             seen += server.poll(50)
         for c in clients:
-            c.close(linger_ms=0, ack_timeout_ms=0)
-    assert [(m.job, m.type) for m in seen] == [("mine", "start")]
+            c.close()
+    assert [(m.job, m.type) for m in seen] == [("mine", "progress")]
     assert sorted(r["reason"] for r in server.refused) == ["no such job", "not sent by the job's process",
                                                           "not the job's token"]
     assert all(r["pid"] == os.getpid() for r in server.refused)  # who sent it, as the kernel says
@@ -162,3 +164,71 @@ def test_the_oom_kill_count_is_the_kernels():
     except OSError:
         expected = None
     assert oom_kills() == expected
+
+
+def big(payload: dict) -> dict:
+    """Job target: statistics far larger than a socket's buffer (read back over many reads)."""
+    return {"blob": "x" * payload["spec"]["bytes"]}
+
+
+def test_the_control_channel_needs_no_zeromq_and_hands_over_every_final_message_without_an_ack(tmp_path):
+    """(wave 12) No ZeroMQ context in the executor for the control channel, no acknowledgement:
+    each job's final message is on the channel before its process exits, so the first poll after
+    its exit is seen returns it — however large it is; the group says which jobs it saw end, once each."""
+    import time
+
+    group = ProcessGroup(root=str(tmp_path))
+    try:
+        jobs = [f"j{k}" for k in range(12)]
+        for k, job in enumerate(jobs):
+            group.spawn(job, f"{TARGETS}:big" if k % 4 == 0 else f"{TARGETS}:echo", {"bytes": 3 << 20, "k": k})
+        group.spawn("bad", f"{TARGETS}:fail", {"what": "that"})
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while len(seen) < 13:
+            assert time.monotonic() < deadline, seen
+            group.poll(20)
+            for job in group.take_ended():
+                seen.append(job)
+                assert group._messages[job] == [] or group._messages[job][-1].type in ("done", "error")
+                outcome = group.outcome(job)  # (one poll(0) first, nothing else)
+                if job == "bad":
+                    assert outcome.kind == "user" and "cannot do that" in outcome.message, outcome
+                else:
+                    assert outcome.ok, (job, outcome)
+                    k = int(job[1:])
+                    assert len(outcome.statistics["blob"]) == 3 << 20 if k % 4 == 0 else \
+                        outcome.statistics["spec"]["k"] == k
+        assert sorted(seen) == sorted([*jobs, "bad"]) and group.take_ended() == []
+        assert zmqcontext.users() == 0  # (the executor opened no ZeroMQ socket)
+        assert group._control is not None and group._control.rejected == 0 and not group.refused
+    finally:
+        group.close()
+
+
+def test_malformed_frames_are_dropped_without_disturbing_other_connections(tmp_path):
+    import socket
+    import time
+
+    from backbeat.processes.control import ControlClient, ControlServer, frame, path_of
+
+    with ControlServer(pid_of=lambda _job: os.getpid()) as server:
+        token = server.register("mine")
+        raw = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        for s in raw:
+            s.connect(path_of(server.address))
+        raw[0].sendall(frame(b"not json"))
+        raw[1].sendall((2**31).to_bytes(4, "big") + b"{}")  # announces more than MAX_FRAME
+        raw[2].sendall(frame(b'{"type": "done", "job": "mine"'))  # unfinished, then closed
+        raw[2].sendall(b"\x00\x00")
+        raw[2].close()
+        client = ControlClient(server.address, "mine", token)
+        client.done({"n": 1})
+        client.close()
+        deadline, seen = time.monotonic() + 10, []
+        while (not seen or server.rejected < 4) and time.monotonic() < deadline:
+            seen += server.poll(50)
+        for s in raw[:2]:
+            s.close()
+    assert [(m.job, m.type, m.data) for m in seen] == [("mine", "done", {"statistics": {"n": 1}})]
+    assert server.rejected == 4 and not server.refused  # (a bad text, a huge length, a bad text and a cut frame)

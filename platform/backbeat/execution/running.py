@@ -6,8 +6,11 @@ process, one per slot of a split block (``name#k``), or a loop's two sides (``na
 window of :func:`~backbeat.execution.scheduler.alive_limit`) and how many count against ``-j``
 (a streamed job's do not: it keeps pace with its producer), and says which jobs have ended —
 every process reaped, as the process group last saw (:meth:`ProcessGroup.ended
-<backbeat.processes.group.ProcessGroup.ended>`, no system call).  When one side of a loop has
-failed, the other is killed (:attr:`RunningJobs.killed`): a loop is all or nothing.
+<backbeat.processes.group.ProcessGroup.ended>`, no system call).  Only the jobs a process of which
+the group saw end since (:meth:`ProcessGroup.take_ended
+<backbeat.processes.group.ProcessGroup.take_ended>`) are looked at after a poll, not the whole
+window.  When one side of a loop has failed, the other is killed (:attr:`RunningJobs.killed`): a
+loop is all or nothing.
 """
 
 from __future__ import annotations
@@ -32,10 +35,19 @@ class RunningJobs:
         self.counted = 0  # processes counted against -j (streamed ones are not)
         self.alive = 0  # block processes started and not yet seen ended
         self.killed: set[str] = set()  # processes killed because their loop partner failed
+        self.owner: dict[str, str] = {}  # process id -> its running job
+        self.seq: dict[str, int] = {}  # running job -> when it was added (jobs are settled in that order)
+        self.due: set[str] = set()  # running jobs a process of which has ended (seen, not yet removed)
+        self._added = 0
 
     def add(self, name: str, ids: list[str], counted: bool = True) -> None:
         """``name``'s processes ``ids`` were spawned; ``counted``: they count against ``-j``."""
         self.procs[name] = ids
+        self.seq[name] = self._added = self._added + 1
+        for pid in ids:
+            self.owner[pid] = name
+            if self.group.ended(pid) is not None:  # (seen before it was added)
+                self.due.add(name)
         self.alive += len(ids)
         if counted:
             self.counted += len(ids)
@@ -45,6 +57,10 @@ class RunningJobs:
     def remove(self, name: str) -> list[str]:
         """``name`` has ended and is being settled: its process ids."""
         ids = self.procs.pop(name)
+        self.due.discard(name)
+        self.seq.pop(name, None)
+        for pid in ids:
+            self.owner.pop(pid, None)
         self.alive -= len(ids)
         if name in self.uncounted:
             self.uncounted.discard(name)
@@ -66,10 +82,15 @@ class RunningJobs:
         return all(e is not None for e in exits)
 
     def ended_jobs(self) -> list[str]:
-        """The running jobs whose processes have all ended (checked after every poll for every
-        running job — a window of ~30 in a long chain: a job of one process costs one lookup)."""
-        ended = self.group.ended
-        return [n for n, ids in self.procs.items() if (ended(ids[0]) is not None if len(ids) == 1 else self.ended(n))]
+        """The running jobs whose processes have all ended, in the order they were added (checked
+        after every poll: only those a process of which the group saw end)."""
+        for pid in self.group.take_ended():
+            name = self.owner.get(pid)
+            if name is not None:
+                self.due.add(name)
+        if not self.due:
+            return []
+        return sorted((n for n in self.due if self.ended(n)), key=self.seq.__getitem__)
 
     def __contains__(self, name: object) -> bool:
         return name in self.procs

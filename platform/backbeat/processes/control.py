@@ -1,32 +1,39 @@
-"""ZeroMQ control channel between the executor and its block processes.
+"""The control channel between the executor and its block processes.
 
 The executor owns one :class:`ControlServer` (through :class:`~backbeat.processes.group.ProcessGroup`):
-a ROUTER socket bound to ``ipc://<private 0700 dir>/control``.  Each block process (a child
-of the :class:`~backbeat.processes.workerpool.ForkServer`) runs :func:`job_main`, which opens a
-:class:`ControlClient` (DEALER, on the child's own zmq context, :mod:`~backbeat.processes.zmqcontext`),
-sends ``start``, calls the job target, and reports ``done`` (statistics) or ``error``.
+a Unix stream socket listening at ``<private 0700 dir>/control`` (its address is written
+``ipc://<path>``).  Each block process (a child of the
+:class:`~backbeat.processes.workerpool.ForkServer`) runs :func:`job_main`, which connects a
+:class:`ControlClient`, calls the job target, and reports ``done`` (statistics) or ``error``.
+Neither end uses ZeroMQ: one connection a block, no I/O thread, no handshake, no acknowledgement.
 
-Messages are single JSON frames (never pickle), always ``{"type", "job", "token", ...}``:
+Messages are length-prefixed JSON frames (4 bytes, big-endian, then the JSON text; never pickle),
+always ``{"type", "job", "token", ...}``:
 
-* ``start``    — ``pid``
 * ``progress`` — ``done``, ``total`` (rate limited on the sender, order preserved; none from a job that
   ends within the interval: its ``done`` says it all)
 * ``done``     — ``statistics`` (dict)
 * ``error``    — an :class:`~backbeat.processes.outcome.Outcome` as JSON: ``kind`` (``"user"``,
   ``"system"``, ``"exit"`` with ``code``, ``"memory"``), ``message``, ``traceback`` (str; paths
   relative to the payload's ``root``)
+* ``start``    — ``pid``: accepted, but a block no longer sends it (until wave 12 each block did:
+  it carried nothing the executor used — the sender's pid is the kernel's, below)
 
 Messages are authenticated per job: :meth:`ControlServer.register` gives each job a secret
-token (it travels in the job's payload, so only that job's process knows it), and on Linux
-the kernel tells who connected (``SO_PEERCRED``, which ZeroMQ exposes as the frame's
-``Peer-Address``): a message is accepted only if its token is its job's and, when the job's
-pid is known (``pid_of``), it comes from that process.  Anything else — a block naming another
-job, a process that is no job — is refused and kept in :attr:`ControlServer.refused`.
+token (it travels in the job's payload, so only that job's process knows it), and the kernel
+tells who connected (``SO_PEERCRED`` of the connection, read once as it is accepted): a
+message is accepted only if its token is its job's and, when the job's pid is known
+(``pid_of``), it comes from that process.  Anything else — a block naming another job, a
+process that is no job — is refused and kept in :attr:`ControlServer.refused`.
 
-The server answers ``done`` and ``error`` with an ``ack`` frame from inside :meth:`poll`,
-and the block process waits for it (≤ 5 s) before exiting: when the executor sees a
-process exit, that job's final message has already been returned by ``poll``.  So the
-executor must keep calling ``poll`` while jobs run (it does, to see progress).
+Ordering without an acknowledgement: a Unix stream socket queues what a process sends on its
+peer's end as the send returns, so once a block's ``done``/``error`` was sent (the block then
+exits), the executor finds it there whenever it looks — even on a connection it has not
+accepted yet.  When the executor sees a process exit, the next :meth:`ControlServer.poll` (every
+connection pending or readable is read, to its end) returns that job's final message:
+:meth:`ProcessGroup.outcome <backbeat.processes.group.ProcessGroup.outcome>` polls before it
+classifies.  A sender blocks (≤ 5 s a message) while the executor's end of its connection is
+full; a ``progress`` message is dropped rather than wait.
 
 :func:`backbeat.processes.outcome.classify` combines the messages of one job with its
 process exit into an outcome.
@@ -40,7 +47,10 @@ import importlib
 import json
 import os
 import secrets
+import select
 import shutil
+import socket
+import struct
 import sys
 import tempfile
 import time
@@ -48,24 +58,29 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import zmq
-
 from backbeat.core.errors import (
     BackbeatError,
     UsageError,
     UserCodeError,
     describe_environmental,
 )
-from backbeat.processes import reaper, zmqcontext
+from backbeat.processes import reaper
 from backbeat.processes.controlfolders import socket_parent
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
 from backbeat.processes.outcome import REPORTED_KINDS, Outcome, environmental_failure, format_user_traceback
 from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
 
 TYPES = ("start", "progress", "done", "error")
-ACK = b'{"type": "ack"}'
+FINAL = ("done", "error")  # a job's last message: its connection is closed once one is read
 #: refused messages kept (the others are only counted)
 REFUSED_KEPT = 100
+#: a frame announcing more than this is malformed: its connection is dropped
+MAX_FRAME = 1 << 30
+#: seconds a block waits to connect or to hand over one message (the executor reads while jobs run)
+SEND_TIMEOUT_S = 5.0
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_TIMEVAL = struct.Struct("ll")  # struct timeval: seconds, microseconds
+_HUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 #: the client of the current block process (set by :func:`job_main`), see :func:`client`
 _CURRENT: ControlClient | None = None
@@ -81,7 +96,17 @@ class Message:
     received: float = 0.0
 
 
-def _decode(frame: bytes) -> tuple[Message, str] | None:
+def frame(text: bytes) -> bytes:
+    """``text`` as one frame of the channel (its length, then itself)."""
+    return len(text).to_bytes(4, "big") + text
+
+
+def path_of(address: str) -> str:
+    """The socket path of a control address (``ipc://<path>``)."""
+    return address[6:] if address.startswith("ipc://") else address
+
+
+def _decode(frame: bytes, received: float) -> tuple[Message, str] | None:
     """The message in a frame and the token it carries (None if it is no message)."""
     try:
         obj = json.loads(frame)
@@ -89,27 +114,31 @@ def _decode(frame: bytes) -> tuple[Message, str] | None:
         return None
     if not isinstance(obj, dict) or obj.get("type") not in TYPES or not isinstance(obj.get("job"), (str, int)):
         return None
-    token = obj.get("token")
-    data = {k: v for k, v in obj.items() if k not in ("type", "job", "token")}
-    return Message(obj["type"], str(obj["job"]), data, time.monotonic()), token if isinstance(token, str) else ""
+    token = obj.pop("token", None)
+    kind, job = obj.pop("type"), obj.pop("job")
+    return Message(kind, str(job), obj, received), token if isinstance(token, str) else ""
 
 
-def _peer_pid(frame: zmq.Frame) -> int | None:
-    """The pid of the process that sent ``frame`` over ``ipc://`` (``SO_PEERCRED``), if known."""
-    try:
-        address = frame.get("Peer-Address")
-    except (zmq.ZMQError, AttributeError, TypeError):
-        return None
-    tail = str(address or "").rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() and int(tail) > 0 else None
+class _Connection:
+    """One block's connection: its socket, what was read of an unfinished frame, the sender's pid."""
+
+    __slots__ = ("buf", "pid", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        try:
+            pid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))[0]
+        except OSError:
+            pid = 0
+        self.pid: int | None = pid if pid > 0 else None  # (0: not known in this PID namespace)
 
 
 class ControlServer:
-    """Executor side: ROUTER on ``ipc://<private dir>/control`` (0700 directory, made in ``dirpath``,
-    default :func:`socket_parent`).
+    """Executor side: a Unix stream socket listening at ``<private dir>/control`` (0700 directory,
+    made in ``dirpath``, default :func:`socket_parent`).
 
-    Create it *after* :meth:`ForkServer.start` (the zygote must not inherit a Context).  Its
-    folder is named after this process (``bb-ctl-<pid>-…``; those of dead processes are removed
+    Its folder is named after this process (``bb-ctl-<pid>-…``; those of dead processes are removed
     when a :class:`~backbeat.processes.group.ProcessGroup` is made: :func:`sweep_folders`).
     ``pid_of(job)``: the pid of a job's process once known (messages from any other process are refused).
     """
@@ -121,9 +150,10 @@ class ControlServer:
         if len(path.encode()) > 100:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise UsageError(f"control socket path too long for ipc:// ({path})")
-        self._sock = zmqcontext.acquire().socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.bind(f"ipc://{path}")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(path)
+        self._sock.listen(socket.SOMAXCONN)
+        self._sock.setblocking(False)
         self._address = f"ipc://{path}"
         self.rejected = 0  # malformed frames dropped
         #: messages refused (first :data:`REFUSED_KEPT`): ``{"job", "type", "pid", "reason"}``
@@ -131,8 +161,10 @@ class ControlServer:
         self.refused_count = 0
         self.pid_of = pid_of
         self._tokens: dict[str, str] = {}
-        self._poller: zmq.Poller | None = None
-        self._poller_fd: tuple[int, ...] | None = None
+        self._conns: dict[int, _Connection] = {}  # fd -> the connection
+        self._poller = select.poll()
+        self._poller.register(self._sock.fileno(), select.POLLIN)
+        self._wake: tuple[int, ...] = ()
 
     def register(self, job: str) -> str:
         """A new secret token for ``job``; only messages carrying it are accepted as ``job``'s."""
@@ -145,9 +177,8 @@ class ControlServer:
         if len(self.refused) < REFUSED_KEPT:
             self.refused.append({"job": msg.job, "type": msg.type, "pid": pid, "reason": reason})
 
-    def _check(self, msg: Message, token: str, frame: zmq.Frame) -> bool:
+    def _check(self, msg: Message, token: str, pid: int | None) -> bool:
         expected = self._tokens.get(msg.job)
-        pid = _peer_pid(frame)
         if expected is None:
             self._refuse(msg, pid, "no such job")
             return False
@@ -169,53 +200,111 @@ class ControlServer:
     def directory(self) -> str:
         return self._dir
 
-    @property
-    def socket(self) -> zmq.Socket:
-        """The ROUTER socket, for callers that multiplex with ``zmq.Poller``."""
-        return self._sock
-
     def poll(self, timeout_ms: int = 0, wake: int | Sequence[int] | None = None) -> list[Message]:
-        """Messages available within ``timeout_ms`` (all queued ones, in arrival order).
+        """Messages available within ``timeout_ms`` (all queued ones, in arrival order on each
+        connection).
 
         ``wake``: file descriptor(s) that also end the wait when readable (the fork
         servers', which report process exits), so that callers react at once.
         """
-        out: list[Message] = []
         fds = () if wake is None else (wake,) if isinstance(wake, int) else tuple(wake)
-        if not fds:
-            if not self._sock.poll(timeout_ms, zmq.POLLIN):
-                return out
-        else:
-            if self._poller is None or self._poller_fd != fds:
-                self._poller, self._poller_fd = zmq.Poller(), fds
-                self._poller.register(self._sock, zmq.POLLIN)
-                for fd in fds:
-                    self._poller.register(fd, zmq.POLLIN)
-            if self._sock not in dict(self._poller.poll(timeout_ms)):
-                return out
+        if fds != self._wake:
+            for fd in self._wake:
+                if fd not in self._conns and fd != self._sock.fileno():
+                    with contextlib.suppress(KeyError):
+                        self._poller.unregister(fd)
+            for fd in fds:
+                self._poller.register(fd, select.POLLIN)
+            self._wake = fds
+        out: list[Message] = []
+        events = self._poller.poll(timeout_ms)
+        if not events:
+            return out
+        listener = self._sock.fileno()
+        now = time.monotonic()
+        for fd, ev in events:
+            if fd == listener:
+                self._accept(out, now)
+            elif fd in self._conns:
+                self._read(self._conns[fd], out, now, bool(ev & _HUP))
+        return out
+
+    def _accept(self, out: list[Message], now: float) -> None:
+        """Accept every pending connection and read what it already holds (a block may have sent
+        its last message and exited before its connection was accepted)."""
         while True:
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return out
-            decoded = _decode(frames[-1].bytes) if len(frames) == 2 else None
+                sock, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # (e.g. out of file descriptors: taken at the next poll)
+                return
+            conn = _Connection(sock)
+            self._conns[sock.fileno()] = conn
+            self._poller.register(sock.fileno(), select.POLLIN)
+            self._read(conn, out, now, False)
+
+    def _read(self, conn: _Connection, out: list[Message], now: float, hup: bool) -> None:
+        """Read what ``conn`` holds (to its end if its sender has closed it), its whole frames to ``out``."""
+        while True:
+            try:
+                chunk = conn.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._frames(conn, out, now)
+                if conn.buf:
+                    self.rejected += 1  # (an unfinished frame)
+                self._drop(conn)
+                return
+            conn.buf += chunk
+            if len(chunk) < 1 << 16 and not hup:
+                break  # (drained: more comes with the next poll)
+        if not self._frames(conn, out, now):
+            self.rejected += 1
+            self._drop(conn)
+
+    def _frames(self, conn: _Connection, out: list[Message], now: float) -> bool:
+        """Decode and check the whole frames of ``conn``'s buffer; False if it is malformed."""
+        buf, at = conn.buf, 0
+        while len(buf) - at >= 4:
+            n = int.from_bytes(buf[at:at + 4], "big")
+            if n > MAX_FRAME:
+                conn.buf.clear()
+                return False
+            if len(buf) - at - 4 < n:
+                break
+            decoded = _decode(bytes(buf[at + 4:at + 4 + n]), now)
+            at += 4 + n
             if decoded is None:
                 self.rejected += 1
                 continue
             msg, token = decoded
-            if not self._check(msg, token, frames[-1]):
-                continue
-            out.append(msg)
-            if msg.type in ("done", "error"):
-                try:  # the block process waits for this before exiting (see ControlClient.close)
-                    self._sock.send_multipart([frames[0].bytes, ACK], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+            if self._check(msg, token, conn.pid):
+                out.append(msg)
+                if msg.type in FINAL:  # its sender sends no more: no wake-up for its end
+                    del buf[:]
+                    self._drop(conn)
+                    return True
+        del buf[:at]
+        return True
+
+    def _drop(self, conn: _Connection) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0:  # (already dropped)
+            return
+        self._conns.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._poller.unregister(fd)
+        conn.sock.close()
 
     def close(self) -> None:
-        if not self._sock.closed:
-            self._sock.close(0)
-            zmqcontext.release()
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        if self._sock.fileno() >= 0:
+            self._sock.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> ControlServer:
@@ -226,28 +315,51 @@ class ControlServer:
 
 
 class ControlClient:
-    """Block side: DEALER connected to the executor's :class:`ControlServer`."""
+    """Block side: one connection to the executor's :class:`ControlServer`."""
 
     def __init__(self, address: str, job_id: str | int, token: str = "", min_interval_s: float = 0.1) -> None:
         self.job = str(job_id)
+        self.address = address
         self._token = token
-        self._sock = zmqcontext.acquire().socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.SNDTIMEO, 5000)
-        self._sock.connect(address)
+        # every message starts alike: its job and token, encoded once
+        self._head = json.dumps({"job": self.job, "token": token})[:-1].encode() + b", "
+        self._sock: socket.socket | None = None  # connected at the first message (the executor then
+        # finds the connection and the message together: one wake-up, not one for each)
+        self._closed = False
         self._interval = min_interval_s
         self._last = self._started = time.monotonic()  # a block ending within an interval reports no progress
         self._pending: tuple[int, int | None] | None = None
         self.finished = False
-        self.acknowledged = False
 
     def _send(self, obj: dict, block: bool = True) -> None:
-        obj = {"type": obj.pop("type"), "job": self.job, "token": self._token, **obj}
+        """Send one message (``{"type", ...}``); ``block=False``: dropped if the executor's end is full."""
+        if self._closed:
+            return
+        text = self._head + json.dumps(obj).encode()[1:]
         try:
-            self._sock.send(json.dumps(obj).encode(), 0 if block else zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+            if self._sock is None:
+                self._sock = self._connect()
+            elif not block and not select.select((), (self._sock,), (), 0)[1]:
+                return
+            self._sock.sendall(frame(text), socket.MSG_NOSIGNAL)
+        except OSError:  # the executor is gone, or read nothing for SEND_TIMEOUT_S: nothing more is sent
+            self.close()
+
+    def _connect(self) -> socket.socket:
+        """A blocking socket whose sends (and connect, while the executor's backlog is full) give
+        up after :data:`SEND_TIMEOUT_S` — the kernel's timeout (``SO_SNDTIMEO``): no ``poll`` before
+        each system call, as a Python socket timeout would make."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.pack(int(SEND_TIMEOUT_S), 0))
+            sock.connect(path_of(self.address))
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def start(self) -> None:
+        """(Not sent by :func:`run_job` any more: see the module docstring.)"""
         self._send({"type": "start", "pid": os.getpid()})
 
     def progress(self, done: int, total: int | None) -> None:
@@ -284,30 +396,11 @@ class ControlClient:
         self._send({"type": "error", **failure.to_json()})
         self.finished = True
 
-    def wait_ack(self, timeout_ms: int = 5000) -> bool:
-        """Wait until the server has *received* our ``done``/``error`` (it acknowledges both).
-
-        So once the process exit is seen by the executor, the final message is already in
-        its hands: no race between the zygote's exit report and the control socket.
-        """
-        if not self.finished or self.acknowledged or self._sock.closed:
-            return self.acknowledged
-        deadline = time.monotonic() + timeout_ms / 1000
-        while (left := deadline - time.monotonic()) > 0:
-            if not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
-                break
-            if self._sock.recv() == ACK:
-                self.acknowledged = True
-                break
-        return self.acknowledged
-
-    def close(self, linger_ms: int = 2000, ack_timeout_ms: int = 5000) -> None:
-        """Close after the final message was acknowledged (or ``ack_timeout_ms``), lingering
-        up to ``linger_ms`` for queued messages."""
-        if not self._sock.closed:
-            self.wait_ack(ack_timeout_ms)
-            self._sock.close(linger_ms)
-            zmqcontext.release()
+    def close(self) -> None:
+        """Close the connection: what was sent is already queued on the executor's end."""
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
 
 
 def client() -> ControlClient | None:
@@ -335,7 +428,6 @@ def run_job(target: str, payload: dict) -> int:
     _CURRENT = cc
     code = 0
     try:
-        cc.start()
         try:
             module, func = split_target(target)
             fn = getattr(importlib.import_module(module), func)

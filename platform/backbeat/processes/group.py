@@ -16,6 +16,8 @@ so spawning, limits, message collection and outcome classification live in one p
   parent's stderr — never its stdout).
 * :meth:`poll` waits up to ``timeout_ms`` for control messages (it wakes at once when a
   process exits), keeps them per job and hands each to ``on_message`` (progress display);
+  :meth:`take_ended` says which jobs' exits were seen since it was last called (a loop watching
+  many jobs looks at those only);
   :meth:`exit` tells whether a job's process has ended; :meth:`outcome` classifies it from its
   exit and its messages; :meth:`wait` does all this until the given jobs have ended.
 * Making a group removes the control folders of dead processes (``kill -9``: nothing of theirs
@@ -25,8 +27,9 @@ so spawning, limits, message collection and outcome classification live in one p
   starts the fork server early, so that its zygote imports numpy, h5py and zmq on another
   core while the caller plans.  :meth:`close` kills whatever still runs.
 
-The fork server is started before the control channel's zmq context exists (a process with
-zmq threads cannot fork safely); zmq itself is imported only then, so a fully cached run,
+The fork server is started before the control channel exists (a process with threads cannot
+fork safely: the channel, a plain Unix socket, starts none and imports no ZeroMQ, but the
+command's other sockets may); it is imported only then, so a fully cached run,
 which starts nothing, never imports it.
 
 Interpreters and the sandbox: a job may name the ``python`` it runs in (its execution
@@ -60,6 +63,7 @@ if TYPE_CHECKING:  # (imported when something is started: a run that starts noth
     from backbeat.processes.workerpool import ForkServer, Handle
 
 JOB_MAIN = "backbeat.processes.control:job_main"
+FINAL = ("done", "error")  # (control.FINAL: a job's last message)
 
 
 class ProcessGroup:
@@ -132,6 +136,7 @@ class ProcessGroup:
     def forget_ended(self) -> None:
         """Drop what the group keeps of the jobs that ended (a long-lived group serves many:
         their handles and messages would grow with every job)."""
+        self.take_ended()
         for job in [j for j, h in self._handles.items() if h.exit is not None]:
             for kept in (self._handles, self._messages, self._limits, self._pythons, self._logs):
                 kept.pop(job, None)
@@ -227,6 +232,7 @@ class ProcessGroup:
 
             limits = Limits()
         handle = server.spawn(JOB_MAIN, payload, limits, self._staged_log(job, log))
+        handle.tag = job
         self._handles[job] = handle
         self._messages[job] = []
         self._limits[job] = limits
@@ -256,12 +262,24 @@ class ProcessGroup:
         call, for a loop checking many jobs after each poll."""
         return self._handles[job].exit
 
+    def take_ended(self) -> list[str]:
+        """The jobs whose exit was seen since the last call (each once, in the order seen): a loop
+        watching many jobs looks at those only, not at every job after each poll."""
+        out = []
+        for server in self._servers.values():
+            if server.ended:
+                out += [h.tag for h in server.ended]
+                server.ended.clear()
+        return out
+
     def outcome(self, job: str) -> Outcome:
         """What happened to an ended job (its last messages are collected first)."""
         exit_ = self._handles[job].poll()
         if exit_ is None:
             raise RuntimeError(f"job `{job}' is still running")
-        self.poll(0)
+        kept = self._messages.get(job)
+        if not kept or kept[-1].type not in FINAL:  # (its final message, if any, is queued: it sends none after)
+            self.poll(0)
         from backbeat.processes.outcome import classify
 
         outcome = classify(exit_, self._messages.get(job, []), self._limits.get(job))

@@ -35,8 +35,20 @@ class Handle:
         self.id = job_id
         self._pid: int | None = None
         self.host_pid: int | None = None  # the pid as this process sees it (None: unknown)
-        self.exit: Exit | None = None
+        self._exit: Exit | None = None
+        self.tag = ""  # what its owner calls it (a ProcessGroup: the job)
         self.spawned_at = time.monotonic()
+
+    @property
+    def exit(self) -> Exit | None:
+        """How the child ended (None while it runs, as far as its fork server has said)."""
+        return self._exit
+
+    @exit.setter
+    def exit(self, value: Exit | None) -> None:
+        if value is not None and self._exit is None:  # (listed once: its owner takes the ended handles)
+            self._server.ended.append(self)
+        self._exit = value
 
     @property
     def pid(self) -> int:

@@ -112,6 +112,7 @@ class ForkServer:
         self._lock = threading.RLock()  # held while reading events
         self._send_lock = threading.Lock()  # held while writing requests
         self._handles: dict[int, Handle] = {}
+        self.ended: list[Handle] = []  # handles whose exit was seen, until taken (ProcessGroup.take_ended)
         self._next = 0
         self._ready: dict | None = None
         self._mp: Any = None
