@@ -46,7 +46,7 @@ import zmq
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
-from backbeat.data.snapshot import frozen
+from backbeat.data.snapshot import ViewValues
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
@@ -215,14 +215,22 @@ class _Dataset:
             starts, ends = self.output_units(output)
             name, expanded = self.spec.outputs[output]
             get = self.view.get
-            with self.recorder.watch("get"):  # each value as get returned it (it may refill one object)
-                values = [frozen(get(output, s)) for s in starts[i:j].tolist()]
+            entries = starts[i:j].tolist()
+            values = ViewValues(name, expanded, j - i)  # each value as get returned it (it may refill one object)
+            add = values.add
+            with self.recorder.watch("get"):
+                for s in entries:
+                    value = get(output, s)
+                    try:
+                        add(value)
+                    except Exception as exc:  # noqa: BLE001 - a value that cannot be copied: blamed on get()
+                        raise self._blamed(output, s, value, f"that cannot be copied ({type(exc).__name__}: {exc})") from None
             if self.guard is not None:
                 self.guard.check()
             try:
-                batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
+                batch = values.batch(starts[i:j], ends[i:j])
             except Exception as exc:  # noqa: BLE001 - a value the view returned: blamed on its get()
-                raise self._bad_value(output, starts[i:j].tolist(), values) or exc from None
+                raise self._bad_value(output, entries, values.units()) or exc from None
             self.recent[key] = batch
             while len(self.recent) > 1 and sum(b.nbytes for b in self.recent.values()) > self.RECENT_BYTES:
                 del self.recent[next(iter(self.recent))]
@@ -248,12 +256,15 @@ class _Dataset:
                 problem = str(exc)
             attributes = ", ".join(a for a in expanded if not a.startswith("#"))
             if value is None or not (isinstance(value, dict) or hasattr(value, "as_dict")):
-                what = f"{_described(value)}, not a dict with the attributes of `{name}' ({attributes})"
-            else:
-                what = f"{_described(value)} that does not fit `{name}': {problem}"
-            where = _returning_line(self.view.get, output, entry) or (self.spec.code.filename, 1, "get")
-            return _Blame(f"get(`{output}', {entry}) returned {what}", *where)
+                return self._blamed(output, entry, value, f"not a dict with the attributes of `{name}' ({attributes})")
+            return self._blamed(output, entry, value, f"that does not fit `{name}': {problem}")
         return None
+
+    def _blamed(self, output: str, entry: int, value: Any, problem: str) -> _Blame:
+        """``get(output, entry)`` returned ``value``, wrong for ``problem``: blamed on the line returning it."""
+        where = _returning_line(self.view.get, output, entry) or (self.spec.code.filename, 1, "get")
+        sep = ", " if problem.startswith("not ") else " "
+        return _Blame(f"get(`{output}', {entry}) returned {_described(value)}{sep}{problem}", *where)
 
 
 def _error(exc: BaseException, root: str | None, context: str) -> list[bytes]:
