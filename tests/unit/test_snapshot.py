@@ -201,6 +201,8 @@ MIXED = {"value": [2, 2, "float64"], "n": "int32", "x": "float32"}
     (MIXED, [{"value": np.full((2, 2), k, float), "n": np.array(k, np.int32), "x": 0.5} for k in range(3)]),  # 0-d array
     (MIXED, [{"value": np.ones((2, 2)), "n": "one", "x": 0.5}]),  # a string for a number: the same error
     (MIXED, [{"value": np.ones((2, 2)), "n": 2**40, "x": 0.5}]),  # not safely castable to int32
+    ({"n": "int32", "x": "float64"}, [{"n": np.int32(k), "x": np.array(k / 2)} for k in range(3)]),  # scalars only
+    ({"n": "int32", "x": "float64"}, [{"n": np.int32(1), "x": 0.5}, {"n": "one", "x": 0.5}]),
 ])
 def test_view_values_give_the_batch_of_copies_of_what_get_returned(fmt, values):
     got, want = _window(fmt, values)

@@ -247,6 +247,10 @@ class ViewValues:
         #: a vector format's one array: ``(key, dtype, dims, block)``, its units taken by :meth:`add` itself
         self._vector = (next((key, node.dtype, node.dims, block) for key, node, block in self._arrays)
                         if len(self._arrays) == 1 and not self._scalars else None)
+        if not self._arrays:  # (no array to copy once: frozen and Batch.from_values' fast path, as before)
+            self._values = []
+            #: ``add`` here: C-level calls but one (a format of scalars: a unit's hot path)
+            self.add = lambda value, append=self._values.append: append(frozen(value))  # type: ignore[method-assign,misc]
 
     def add(self, value: Any) -> None:
         """Take ``value`` as it is now (raises what :func:`frozen` raises for a value it cannot copy).
