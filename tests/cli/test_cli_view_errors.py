@@ -24,6 +24,11 @@ Entry = collections.namedtuple("Entry", ["value"])
 Other = collections.namedtuple("Other", ["number"])
 
 
+class Stubborn:
+    def __deepcopy__(self, memo):
+        raise TypeError("not today")
+
+
 class Faulty(View):
     def index(self, root_folder, parameters):
         if parameters["mode"] == "entry":
@@ -41,6 +46,8 @@ class Faulty(View):
             return {"value": "three"}
         if mode == "raise" and index == 1:
             raise KeyError("no such item")
+        if mode == "uncopyable" and index == 3:
+            return {"value": Stubborn()}
         return {"value": numpy.int32(value)}
 
 
@@ -63,7 +70,7 @@ class Algorithm:
 '''
 
 MODES = {"type": "Faulty", "none": "Faulty", "entry": "Faulty", "mapped": "Mapped", "cast": "Faulty",
-         "raise": "Faulty"}
+         "raise": "Faulty", "uncopyable": "Faulty"}
 
 
 def line_of(text: str) -> int:
@@ -83,6 +90,8 @@ EXPECTED = {
     "mapped": ("index entry 0 has no field `number' (its output_member_map maps `value' to `number') (its "
                "fields: value)", line_of("def index"), "index"),
     "raise": ("KeyError: 'no such item'", line_of('raise KeyError("no such item")'), "get"),
+    "uncopyable": ("get(`value', 3) returned a dict that cannot be copied (TypeError: not today)",
+                   line_of('return {"value": Stubborn()}'), "get"),
 }
 
 

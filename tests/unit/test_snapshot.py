@@ -13,7 +13,7 @@ from backbeat.core.errors import DataError
 from backbeat.data.batch import Batch
 from backbeat.data.cachereader import CacheReader
 from backbeat.data.cachewriter import CacheWriter
-from backbeat.data.snapshot import UnitBuffer, ViewValues, frozen
+from backbeat.data.snapshot import Uncopyable, UnitBuffer, ViewValues, frozen
 from backbeat.data.values import value_type
 
 FMT = {"value": [3, "float64"], "n": "int64", "label": "string",
@@ -232,6 +232,8 @@ def test_view_values_a_value_that_cannot_be_copied_raises_and_leaves_the_window_
 
     buf = ViewValues("user/view/1", VEC, 2)
     buf.add({"value": np.arange(4.0)})
-    with pytest.raises(TypeError, match="cannot copy me"):
+    with pytest.raises(Uncopyable, match="TypeError: cannot copy me"):
         buf.add(Stubborn())
+    with pytest.raises(Uncopyable, match="TypeError: cannot copy me"):
+        buf.add({"value": Stubborn()})
     assert [u["value"].tolist() for u in buf.units()] == [[0.0, 1.0, 2.0, 3.0]]

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import sys
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ import zmq
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
-from backbeat.data.snapshot import ViewValues
+from backbeat.data.snapshot import Uncopyable, ViewValues, frozen
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
@@ -216,21 +217,25 @@ class _Dataset:
             name, expanded = self.spec.outputs[output]
             get = self.view.get
             entries = starts[i:j].tolist()
-            values = ViewValues(name, expanded, j - i)  # each value as get returned it (it may refill one object)
-            add = values.add
-            with self.recorder.watch("get"):
-                for s in entries:
-                    value = get(output, s)
-                    try:
-                        add(value)
-                    except Exception as exc:  # noqa: BLE001 - a value that cannot be copied: blamed on get()
-                        raise self._blamed(output, s, value, f"that cannot be copied ({type(exc).__name__}: {exc})") from None
+            with self.recorder.watch("get"):  # each value as get returned it (it may refill one object)
+                try:
+                    if ViewValues.copies_arrays(name, expanded):  # (arrays: copied once, into the batch's columns)
+                        values = ViewValues(name, expanded, j - i)
+                        add = values.add
+                        for s in entries:
+                            add(get(output, s))
+                        units, make = values.units, values.batch
+                    else:
+                        taken = [frozen(get(output, s)) for s in entries]
+                        units, make = taken.copy, partial(Batch.from_values, name, expanded, taken)
+                except Uncopyable:
+                    raise self._uncopyable(output, entries) from None
             if self.guard is not None:
                 self.guard.check()
             try:
-                batch = values.batch(starts[i:j], ends[i:j])
+                batch = make(starts[i:j], ends[i:j])
             except Exception as exc:  # noqa: BLE001 - a value the view returned: blamed on its get()
-                raise self._bad_value(output, entries, values.units()) or exc from None
+                raise self._bad_value(output, entries, units()) or exc from None
             self.recent[key] = batch
             while len(self.recent) > 1 and sum(b.nbytes for b in self.recent.values()) > self.RECENT_BYTES:
                 del self.recent[next(iter(self.recent))]
@@ -259,6 +264,17 @@ class _Dataset:
                 return self._blamed(output, entry, value, f"not a dict with the attributes of `{name}' ({attributes})")
             return self._blamed(output, entry, value, f"that does not fit `{name}': {problem}")
         return None
+
+    def _uncopyable(self, output: str, entries: list[int]) -> _Blame:
+        """The first of ``entries`` whose value :func:`frozen` cannot copy, blamed on the line of ``get``
+        returning it (``get`` is called again for each, as :meth:`_bad_value` does)."""
+        for entry in entries:
+            value = self.view.get(output, entry)
+            try:
+                frozen(value)
+            except Uncopyable as exc:
+                return self._blamed(output, entry, value, f"that cannot be copied ({exc})")
+        return self._blamed(output, entries[0], None, "that could not be copied (not again)")
 
     def _blamed(self, output: str, entry: int, value: Any, problem: str) -> _Blame:
         """``get(output, entry)`` returned ``value``, wrong for ``problem``: blamed on the line returning it."""
