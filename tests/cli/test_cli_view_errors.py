@@ -97,6 +97,7 @@ EXPECTED = {
               "be copied)", line_of('return {"value": Stuck()}'), "get"),
     "generator": ("get(`value', 3) returned a generator, not a dict with the attributes of `run/int32/1' (value)",
                   line_of("return (v for v in [value])"), "get"),
+
 }
 
 

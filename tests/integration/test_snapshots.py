@@ -236,3 +236,112 @@ def test_each_unit_is_what_was_written_at_its_write(prefix, tmp_path, mode, stre
     again = executor.run_experiment(prefix, cache, name, executor.Options(jobs=2))
     assert set(v["status"] for v in again["blocks"].values()) == {"cached"}
     assert again["results"] == rep["results"]
+
+
+# -- the database provider's one copy: vectors a view refills, taken straight into the window's columns
+
+VEC_VIEW = '''import collections
+
+import numpy
+from beat.backend.python.database import View
+
+Entry = collections.namedtuple("Entry", ["value"])
+
+
+class Refilled(View):
+    """get() refills and returns one dict and one array each time (``mode``: which array)."""
+
+    def index(self, root_folder, parameters):
+        return [Entry(k) for k in range(1, int(parameters["n"]) + 1)]
+
+    def get(self, output, index):
+        k = self.objs[index].value
+        mode = self.parameters["mode"]
+        if not hasattr(self, "buf"):
+            self.f64, self.f32, self.wide, self.buf = numpy.zeros(4), numpy.zeros(4, numpy.float32), numpy.zeros((4, 2)), {}
+        if mode == "same" or (mode == "mixed" and k % 3):  # the declared dtype and shape: the one copy
+            self.buf["value"] = self.f64
+        elif mode == "strided":  # a column of a wider array: not contiguous
+            self.buf["value"] = self.wide[:, 1]
+        else:  # another dtype (cast as before; every third unit of `mixed', after units taken the fast way)
+            self.buf["value"] = self.f32
+        self.buf["value"][:] = (k, k + 0.25, -k, 2 * k)
+        return self.buf
+'''
+
+VEC_PASS = '''class Algorithm:
+    def setup(self, parameters):
+        return True
+
+    def process(self, inputs, data_loaders, outputs):
+        data = inputs["value"].data
+        outputs["out"].write(data)  # passed through, then changed: the written unit must not change
+        data.value[:] = -1
+        return True
+'''
+
+VEC_CHECK = '''import hashlib
+
+import numpy
+
+
+class Algorithm:
+    def setup(self, parameters):
+        self.hash = hashlib.sha256()
+        self.count = 0
+        return True
+
+    def process(self, inputs, data_loaders, output):
+        self.hash.update(repr([float(x) for x in inputs["values"].data.value]).encode() + b"\\n")
+        self.count += 1
+        if not inputs.hasMoreData():
+            output.write({"digest": self.hash.hexdigest(), "count": numpy.int32(self.count)})
+        return True
+'''
+
+VEC_MODES = ["same", "strided", "float32", "mixed"]
+
+
+@pytest.fixture
+def vec_prefix(copy_prefix) -> Path:
+    root = copy_prefix()
+    (root / "dataformats/snap/vec").mkdir(parents=True)
+    (root / "dataformats/snap/vec/1.json").write_text(json.dumps({"value": [4, "float64"]}))
+    (root / "protocoltemplates/snap_vsets").mkdir(parents=True)
+    (root / "protocoltemplates/snap_vsets/1.json").write_text(json.dumps(
+        {"schema_version": 1, "sets": [{"name": "items", "outputs": {"value": "snap/vec/1"}}]}))
+    (root / "databases/snapvec").mkdir(parents=True)
+    (root / "databases/snapvec/1.json").write_text(json.dumps(
+        {"schema_version": 2, "root_folder": "/backbeat/tests/snapvec", "protocols": [
+            {"name": mode, "template": "snap_vsets/1",
+             "views": {"items": {"view": "Refilled", "parameters": {"n": N, "mode": mode}}}} for mode in VEC_MODES]}))
+    (root / "databases/snapvec/1.py").write_text(VEC_VIEW)
+    io = [{"name": "main", "inputs": {"value": {"type": "snap/vec/1"}}, "outputs": {"out": {"type": "snap/vec/1"}}}]
+    _algorithm(root, "vpass", VEC_PASS, io)
+    _algorithm(root, "vcheck", VEC_CHECK, [{"name": "main", "inputs": {"values": {"type": "snap/vec/1"}}}],
+               results={"digest": {"type": "string", "display": True}, "count": {"type": "int32", "display": True}})
+    exp = Path("experiments/run/run/pipeline/1")
+    decl = json.loads((root / exp / "base.json").read_text())
+    for mode in VEC_MODES:
+        decl["datasets"]["items"] = {"database": "snapvec/1", "protocol": mode, "set": "items"}
+        decl["blocks"]["first"].update(algorithm="snap/vpass/1", parameters={})
+        decl["blocks"]["second"].update(algorithm="snap/vpass/1", parameters={})
+        decl["analyzers"]["analysis"].update(algorithm="snap/vcheck/1")
+        (root / exp / f"vec_{mode}.json").write_text(json.dumps(decl, indent=4))
+    return root
+
+
+@pytest.mark.parametrize("mode", VEC_MODES)
+def test_each_vector_is_what_the_view_returned_at_its_get(vec_prefix, tmp_path, mode):
+    """The provider copies each vector into the window's columns at get (the view refills it next)."""
+    cache = tmp_path / "cache"
+    rep = executor.run_experiment(vec_prefix, cache, f"run/run/pipeline/1/vec_{mode}", executor.Options(jobs=2))
+    assert {b: v["status"] for b, v in rep["blocks"].items()} == {"first": "ran", "second": "ran", "analysis": "ran"}, rep["blocks"]["analysis"].get("error")
+    want = [[float(k), k + 0.25, float(-k), 2.0 * k] for k in range(1, N + 1)]
+    for block in ("first", "second"):
+        with CacheReader(open_store(cache).output_path(rep["blocks"][block]["outputs"]["out"])) as reader:
+            got = [[float(x) for x in value.value] for value, _s, _e in reader]
+        bad = next((i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w), None)
+        assert bad is None, (block, bad, got[bad], want[bad])
+    digest = hashlib.sha256("".join(repr(w) + "\n" for w in want).encode()).hexdigest()
+    assert rep["results"]["analysis"][0]["data"] == {"digest": digest, "count": N}

@@ -15,7 +15,7 @@ from backbeat.core.errors import DataError
 from backbeat.data.batch import Batch
 from backbeat.data.cachereader import CacheReader
 from backbeat.data.cachewriter import CacheWriter
-from backbeat.data.snapshot import Uncopyable, UnitBuffer, frozen
+from backbeat.data.snapshot import Uncopyable, UnitBuffer, ViewValues, frozen
 from backbeat.data.values import value_type
 
 FMT = {"value": [3, "float64"], "n": "int64", "label": "string",
@@ -166,3 +166,105 @@ def test_frozen_names_what_cannot_be_copied():
     for value, part in (({"a": [1, Stuck()]}, "Stuck"), ((v for v in ()), "generator")):
         with pytest.raises(Uncopyable, match=f"copying a {part}: (RuntimeError: no|TypeError: cannot pickle)"):
             frozen(value)
+
+class _Refilled:
+    """A view's get() that refills and returns one dict (and its arrays) each time: ``values`` in turn."""
+
+    def __init__(self, values):
+        self.values, self.buf = values, {}
+
+    def __call__(self, k):
+        if not isinstance(self.values[k], dict):
+            return self.values[k]
+        self.buf.clear()
+        for key, v in self.values[k].items():
+            if type(v) is np.ndarray:
+                arr = self.arrays.get(key)
+                if arr is None or arr.dtype != v.dtype or arr.shape != v.shape:
+                    arr = self.arrays[key] = v.copy()
+                arr[...] = v
+                v = arr
+            self.buf[key] = v
+        return self.buf
+
+    arrays: dict = {}
+
+
+def _window(fmt, values):
+    """``(ViewValues' batch or its error, Batch.from_values' of copies or its error)``: the same, fed by a get
+    refilling one dict and its arrays (strided ones included) as a view may."""
+    get = _Refilled(values)
+    get.arrays = {}
+    buf = ViewValues("user/view/1", fmt, len(values))
+    n = len(values)
+    for k in range(n):
+        buf.add(get(k))
+    get.buf.clear()
+    for arr in get.arrays.values():
+        arr[...] = -7  # (what the view does next: refill)
+    outcomes = []
+    for make in (lambda: buf.batch(np.arange(n), np.arange(n)),
+                 lambda: Batch.from_values("user/view/1", fmt, [frozen(v) for v in values], np.arange(n), np.arange(n))):
+        try:
+            outcomes.append(make())
+        except Exception as exc:  # noqa: BLE001 - the same error both ways
+            outcomes.append((type(exc), str(exc)))
+    return outcomes
+
+
+VEC = {"value": [4, "float64"]}
+MIXED = {"value": [2, 2, "float64"], "n": "int32", "x": "float32"}
+
+
+@pytest.mark.parametrize("fmt, values", [
+    (VEC, [{"value": np.arange(4.0) + k} for k in range(5)]),  # the one copy, the same array refilled
+    (VEC, [{"value": np.arange(8.0).reshape(4, 2)[:, 1] + k} for k in range(3)]),  # strided
+    (VEC, [{"value": np.arange(4.0, dtype=np.float32) + k} for k in range(3)]),  # safely cast
+    (VEC, [{"value": np.arange(4.0) + k} for k in range(3)] + [{"value": np.arange(4, dtype=np.int16)}]),  # then cast
+    (VEC, [{"value": np.arange(4.0)}, {"value": [1, 2, 3, 4]}, {"value": np.arange(4.0)}]),  # a list among them
+    (VEC, [{"value": np.arange(4.0)}, {"value": np.arange(3.0)}]),  # the wrong shape: the same error
+    (VEC, [{"value": np.arange(4.0)}, {"value": np.array(list("abcd"))}]),  # not castable
+    (VEC, [{"value": np.arange(4.0)}, {"value": np.arange(4.0), "extra": 1}]),  # another key
+    (VEC, [{"value": np.arange(4.0)}, {"other": np.arange(4.0)}]),  # a missing key
+    (VEC, [{"value": np.arange(4.0)}, "not a dict"]),
+    (MIXED, [{"value": np.full((2, 2), k, float), "n": np.int32(k), "x": np.float32(k / 2)} for k in range(4)]),
+    (MIXED, [{"value": np.full((2, 2), k, float), "n": k, "x": 0.5} for k in range(3)]),  # Python scalars
+    (MIXED, [{"value": np.full((2, 2), k, float), "n": np.array(k, np.int32), "x": 0.5} for k in range(3)]),  # 0-d array
+    (MIXED, [{"value": np.ones((2, 2)), "n": "one", "x": 0.5}]),  # a string for a number: the same error
+    (MIXED, [{"value": np.ones((2, 2)), "n": 2**40, "x": 0.5}]),  # not safely castable to int32
+    ({"n": "int32", "x": "float64"}, [{"n": np.int32(k), "x": np.array(k / 2)} for k in range(3)]),  # scalars only
+    ({"n": "int32", "x": "float64"}, [{"n": np.int32(1), "x": 0.5}, {"n": "one", "x": 0.5}]),
+])
+def test_view_values_give_the_batch_of_copies_of_what_get_returned(fmt, values):
+    got, want = _window(fmt, values)
+    if isinstance(want, Batch):
+        assert isinstance(got, Batch) and got.equals(want)
+        assert all(c.flags.writeable for c in got.columns.values())
+    else:
+        assert got == want
+
+
+def test_view_values_copy_what_get_returned_before_it_is_refilled():
+    """The same dict and vector refilled each time (a view's common way): each unit is what get returned."""
+    buf, arr = ViewValues("user/view/1", VEC, 3), np.zeros(4)
+    d = {"value": arr}
+    for k in range(3):
+        arr[:] = k
+        buf.add(d)
+    arr[:] = -1
+    assert buf.batch([0, 1, 2], [0, 1, 2]).columns["value"].tolist() == [[k] * 4 for k in range(3)]
+    assert [u["value"].tolist() for u in buf.units()] == [[k] * 4 for k in range(3)]
+
+
+def test_view_values_a_value_that_cannot_be_copied_raises_and_leaves_the_window_as_it_was():
+    class Stubborn:
+        def __deepcopy__(self, memo):
+            raise TypeError("cannot copy me")
+
+    buf = ViewValues("user/view/1", VEC, 2)
+    buf.add({"value": np.arange(4.0)})
+    with pytest.raises(Uncopyable, match="TypeError: cannot copy me"):
+        buf.add(Stubborn())
+    with pytest.raises(Uncopyable, match="TypeError: cannot copy me"):
+        buf.add({"value": Stubborn()})
+    assert [u["value"].tolist() for u in buf.units()] == [[0.0, 1.0, 2.0, 3.0]]

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import sys
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ import zmq
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
-from backbeat.data.snapshot import Uncopyable, frozen
+from backbeat.data.snapshot import Uncopyable, ViewValues, frozen
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
@@ -215,17 +216,26 @@ class _Dataset:
             starts, ends = self.output_units(output)
             name, expanded = self.spec.outputs[output]
             get = self.view.get
-            try:
-                with self.recorder.watch("get"):  # each value as get returned it (it may refill one object)
-                    values = [frozen(get(output, s)) for s in starts[i:j].tolist()]
-            except Uncopyable as exc:  # (a generator, a lock...): blamed on get, as a value not fitting
-                raise self._uncopyable(output, starts[i:j].tolist()) or exc.cause from None
+            entries = starts[i:j].tolist()
+            with self.recorder.watch("get"):  # each value as get returned it (it may refill one object)
+                try:
+                    if ViewValues.copies_arrays(name, expanded):  # (arrays: copied once, into the batch's columns)
+                        values = ViewValues(name, expanded, j - i)
+                        add = values.add
+                        for s in entries:
+                            add(get(output, s))
+                        units, make = values.units, values.batch
+                    else:
+                        taken = [frozen(get(output, s)) for s in entries]
+                        units, make = taken.copy, partial(Batch.from_values, name, expanded, taken)
+                except Uncopyable as exc:  # (a generator, a lock...): blamed on get, as a value not fitting
+                    raise self._uncopyable(output, entries) or exc.cause from None
             if self.guard is not None:
                 self.guard.check()
             try:
-                batch = Batch.from_values(name, expanded, values, starts[i:j], ends[i:j])
+                batch = make(starts[i:j], ends[i:j])
             except Exception as exc:  # noqa: BLE001 - a value the view returned: blamed on its get()
-                raise self._bad_value(output, starts[i:j].tolist(), values) or exc from None
+                raise self._bad_value(output, entries, units()) or exc from None
             self.recent[key] = batch
             while len(self.recent) > 1 and sum(b.nbytes for b in self.recent.values()) > self.RECENT_BYTES:
                 del self.recent[next(iter(self.recent))]
