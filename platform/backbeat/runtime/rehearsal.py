@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import linecache
 import os
 import re
@@ -32,8 +33,10 @@ from typing import Any
 from backbeat.data.batch import layout, tree, unit_bytes
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
-from backbeat.processes import controlfolders
-from backbeat.runtime import blockrun
+from backbeat.processes import control, controlfolders, zmqcontext
+from backbeat.runtime import blockrun, loopback
+from backbeat.runtime.spec import StreamTarget
+from backbeat.runtime.streams import StreamSender, staying_put
 
 #: the rehearsal's algorithm (BEAT's API v2, sequential): copies its input
 ALGORITHM = b'''class Algorithm:
@@ -45,6 +48,9 @@ NAME = "backbeat/rehearsal/1"
 FORMAT = "backbeat/rehearsal_scalar/1"
 EXPANDED = {"value": "float64"}
 UNITS = 10
+#: how many times :func:`rehearse_streamed` runs its block: CPython 3.11 quickens a function's code
+#: once it has been called 8 times (its ``co_warmup``), and specialises it as it then runs
+STREAMED = 8
 
 
 def _folder() -> str:
@@ -96,6 +102,77 @@ def rehearse() -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def rehearse_streamed(times: int = STREAMED) -> None:
+    """Run a block of a chain ``times`` in this process, as a block process runs it: through
+    :func:`backbeat.processes.control.run_job` (its control channel: ``start``, ``done``, the
+    acknowledgement), reading its input from a stream whose producer ends early (the small
+    output of a chain: ``end`` announced, then ``committed``, the commit's watcher thread) and
+    streaming its own output to a consumer, over :mod:`~backbeat.runtime.loopback` sockets (no
+    ZeroMQ context, no socket: the producer, the consumer and the executor are answered in this
+    process).  The block's code is then quickened and specialised in the pages its children
+    inherit (``docs/performance.md``, wave 12).  RuntimeError if the block failed.  This process's
+    priority stays (a producer lowers its own: :func:`~backbeat.runtime.streams.staying_put`)."""
+    folder = _folder()
+    module = NAME.replace("/", "_")
+    had_module = module in sys.modules
+    try:
+        with open(os.path.join(folder, "algorithm.py"), "wb") as f:
+            f.write(ALGORITHM)
+        with staying_put():
+            for i in range(times):
+                _streamed(folder, i)
+    finally:
+        if not had_module:
+            sys.modules.pop(module, None)
+        with contextlib.suppress(KeyError):
+            del linecache.cache[os.path.join(folder, "algorithm.py")]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _streamed(folder: str, i: int) -> None:
+    """One run of :func:`rehearse_streamed`'s block (its files named after ``i``)."""
+    address = {name: f"ipc://{folder}/{name}{i}" for name in ("control", "in", "out")}
+    errors: list[dict] = []
+
+    def executor(frames: list[bytes], reply: Any) -> None:  # acknowledges `done` and `error`
+        message = json.loads(frames[-1])
+        if message.get("type") == "error":
+            errors.append(message)
+        if message.get("type") in ("done", "error"):
+            reply([control.ACK])
+
+    def consumer(frames: list[bytes], reply: Any) -> None:  # acknowledges the output's commit
+        if frames[0] == b"committed" or (frames[0] == b"end" and json.loads(frames[1]).get("committed")):
+            reply([b"ack"])
+
+    block = spec(folder)
+    block["inputs"]["in"].update(source="stream", address=address["in"], path=os.path.join(folder, f"in{i}.h5"))
+    block["outputs"]["out"].update(path=os.path.join(folder, f"out{i}.h5"), streams=[
+        {"address": address["out"], "cancel": os.path.join(folder, f"out{i}.gone")}])
+    target = "backbeat.runtime.blockrun:run"
+    payload = {"target": target, "control": address["control"], "job": "rehearsal", "token": "0" * 32,
+               "root": folder, "spec": block}
+    cancel = os.path.join(folder, f"in{i}.gone")
+    with zmqcontext.substitute(loopback.Hub({address["control"]: executor, address["out"]: consumer})):
+        producer = StreamSender([StreamTarget(address["in"], cancel)], *blockrun._batch_size(EXPANDED, FORMAT))
+        try:
+            with CacheWriter(os.path.join(folder, f"up{i}.h5"), FORMAT, EXPANDED, key="0" * 64) as writer:
+                writer.grow(blockrun.STREAM_FIRST, min(writer.buffer_units, blockrun.STREAM_BATCH))
+                writer.on_batch = producer.send
+                for u in range(UNITS):
+                    writer.write({"value": u * 0.001})
+                digest = writer.seal()
+                producer.announce(writer.start, writer.last, digest)
+            producer.confirm(digest)
+            code = control.run_job(target, payload)
+            open(cancel, "wb").close()  # (its ack is there, or it will not come)
+            producer.acks()
+        finally:
+            producer.close()
+    if code or errors:
+        raise RuntimeError(f"the streamed rehearsal failed (exit code {code}): {errors}")
+
+
 #: the dataformats :func:`learn` has seen (by name: within a run a name is one declaration)
 _LEARNT: set[str] = set()
 
@@ -117,3 +194,4 @@ def learn(payload: Any) -> None:
         tree(name, expanded)
         layout(expanded, name)
         unit_bytes(expanded, name)
+
