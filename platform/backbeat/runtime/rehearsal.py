@@ -12,8 +12,11 @@ an identity algorithm of our own reading a cache file and writing another, commi
 read back) in a private temporary folder, so that all of that is done once, in the pages every
 block process inherits.  It runs no user code and opens no socket (a zygote must not hold a
 ZeroMQ context when it forks).  ``docs/performance.md`` ("After wave 6 (perf-f)") has the figures.
+:func:`rehearse_streamed` then runs a chain's block as a block process does — control channel,
+streamed input and output — 8 times over in-process sockets (:mod:`~backbeat.runtime.loopback`):
+the code every chain block runs once is quickened and specialised here (wave 12, perf-c3).
 
-:mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls it once; a failure
+:mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls both once; a failure
 is ignored (a block process then only costs more).
 """
 
@@ -194,4 +197,3 @@ def learn(payload: Any) -> None:
         tree(name, expanded)
         layout(expanded, name)
         unit_bytes(expanded, name)
-
