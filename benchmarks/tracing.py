@@ -114,6 +114,7 @@ IMPORTS = ("numpy", "h5py", "zmq", "distributed", "jinja2", "backbeat.data.cache
 _DIR = ""
 _STACK: list[str] = []
 _NAME = "main"
+_ZYGOTE = 0  # the zygote's pid (in the zygote and its children)
 
 
 _BUF: list[str] = []
@@ -171,8 +172,8 @@ def _wrap(fn: Any, label: str) -> Any:
     @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
         global _NAME
-        if label == "child: job" and len(args) > 1 and isinstance(args[1], dict):
-            _NAME = str(args[1].get("job", "child"))
+        if label == "child: job" and len(args) > 1 and isinstance(args[1], dict) and os.getpid() != _ZYGOTE:
+            _NAME = str(args[1].get("job", "child"))  # (the zygote's own rehearsals stay the zygote's spans)
         if label in _STACK:  # recursion: only the outermost call is a span
             return fn(*args, **kwargs)
         job = _job_of(label, args)
@@ -270,8 +271,8 @@ def _zygote_hook(zygote: Any) -> None:
     main, send = cls.main, cls.send
 
     def traced_main(self: Any) -> None:
-        global _NAME
-        _NAME = "zygote"
+        global _NAME, _ZYGOTE
+        _NAME, _ZYGOTE = "zygote", os.getpid()
         sys.setprofile(None)  # forked from a parent run under cProfile: profile the parent only
         _STACK.clear()  # forked inside the parent's ForkServer.start span
         instant("zygote: started")

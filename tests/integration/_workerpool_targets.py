@@ -136,9 +136,20 @@ def report_rehearsal(payload: dict) -> None:
     hits = values._make_type.cache_info().hits
     values.value_type(rehearsal.FORMAT, rehearsal.EXPANDED)
     inherited = values._make_type.cache_info().hits == hits + 1  # made by the rehearsal, before the fork
+    from backbeat.processes import control, zmqcontext
+    from backbeat.runtime import blockrun, streams
+
+    # code a chain block runs once (never in the zygote but for its rehearsals): quickened by CPython
+    # 3.11 (its adaptive bytecode no longer the plain one) once called 8 times, before the fork
+    hot = [control.ControlClient.__init__, control.ControlClient._send, control.ControlClient._connect, control.run_job,
+           streams.StreamSource.__init__, streams.StreamSource.settle, streams.StreamSender.acks,
+           blockrun._commit, blockrun.run]
+    cold = [f.__qualname__ for f in hot if f.__code__._co_code_adaptive == f.__code__.co_code]  # type: ignore[attr-defined]
     with open(payload["out"], "w") as f:
         json.dump({"rehearsed": "backbeat.runtime.rehearsal" in sys.modules and inherited,
-                   "algorithm_module_left": rehearsal.NAME.replace("/", "_") in sys.modules}, f)
+                   "algorithm_module_left": rehearsal.NAME.replace("/", "_") in sys.modules,
+                   "not_quickened": cold if sys.version_info[:2] == (3, 11) else [],
+                   "zmq_context": zmqcontext._context is not None}, f)
 
 
 def draw(payload: dict) -> None:

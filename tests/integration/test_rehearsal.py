@@ -42,14 +42,16 @@ FORKED = textwrap.dedent("""
 
 def test_block_processes_inherit_the_rehearsal_and_it_leaves_nothing(tmp_path):
     """A block process forked by a fork server preloading the block runtime finds the rehearsal's
-    work done (its dataformat's value class made before the fork), and neither its algorithm's
-    module nor its temporary folder is left; the value classes of the dataformats of a job
-    forked earlier are inherited (the zygote learnt them).  Real fork server, fresh interpreter."""
+    work done (its dataformat's value class made before the fork; the code of a streamed chain
+    block — control channel, streams, commit — quickened by the streamed rehearsal, CPython 3.11),
+    and neither its algorithm's module nor its temporary folder nor a ZeroMQ context is left; the
+    value classes of the dataformats of a job forked earlier are inherited (the zygote learnt
+    them).  Real fork server, fresh interpreter."""
     done = subprocess.run([sys.executable, "-c", FORKED, HERE, str(tmp_path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"rehearsed": True, "algorithm_module_left": False, "folders_left": [],
-                                       "learnt": "True"}
+                                       "learnt": "True", "not_quickened": [], "zmq_context": False}
 
 
 ALONE = textwrap.dedent("""
@@ -89,3 +91,45 @@ def test_rehearsal_runs_one_identity_block_and_cleans_up(tmp_path):
     assert list(report["committed"]) == [report["out_key"]] and len(report["committed"][report["out_key"]]) == 64
     assert (report["left"], report["module"], report["lines"], report["dead_left"]) == (False, False, [], False)
     assert second == "preloaded"
+
+
+STREAMED = textwrap.dedent("""
+    import json, linecache, os, sys, threading
+    from backbeat.processes import zmqcontext
+    from backbeat.runtime import loopback, rehearsal, streams
+    used, made = [], []
+    folder = rehearsal._folder
+    rehearsal._folder = lambda: used.append(folder()) or used[-1]
+    _streamed = rehearsal._streamed
+    rehearsal._streamed = lambda f, i: made.append(sorted(os.listdir(f))) or _streamed(f, i)
+    hub = loopback.Hub
+    hubs = []
+    loopback.Hub = lambda *a: hubs.append(hub(*a)) or hubs[-1]
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setsid()  # (a session leader: a producer would lower its priority)
+    rehearsal.rehearse_streamed(3)
+    report = {"runs": len(made), "left": os.path.exists(used[0]), "threads": threading.active_count(),
+              "context": zmqcontext._context is not None, "nice": os.getpriority(os.PRIO_PROCESS, 0) - nice,
+              "module": rehearsal.NAME.replace("/", "_") in sys.modules, "hubs": len(hubs),
+              "lines": [f for f in linecache.cache if f.startswith(used[0])]}
+    sock = hub().socket(0)
+    try:
+        sock.recv()
+    except loopback.LoopbackError:
+        report["never_waits"] = True
+    print(json.dumps(report))
+""")
+
+
+def test_the_streamed_rehearsal_runs_a_chain_block_without_a_socket_and_cleans_up(tmp_path):
+    """:func:`rehearse_streamed` runs a streamed block (control channel, a producer's early end and
+    commit, its own output streamed and acknowledged) ``times`` times over loopback sockets: no
+    ZeroMQ context nor thread is left, nor its folder, module or code lines, and the priority of
+    the process (a session leader here, as a template is) is unchanged; a loopback socket asked
+    for a message no peer sent raises instead of waiting.  It fails (RuntimeError) if the block
+    fails: ``done`` checks it ran."""
+    done = subprocess.run([sys.executable, "-c", STREAMED], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"runs": 3, "left": False, "threads": 1, "context": False, "nice": 0,
+                                       "module": False, "hubs": 3, "lines": [], "never_waits": True}

@@ -16,8 +16,11 @@ terminated when the last user releases it, so:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import zmq
 
@@ -56,3 +59,20 @@ def release() -> None:
 def users() -> int:
     """How many sockets of this process hold the context (for tests)."""
     return _users if _context is not None and _owner == os.getpid() else 0
+
+
+@contextlib.contextmanager
+def substitute(context: Any) -> Iterator[None]:
+    """Within the block, this process's sockets come from ``context`` (the zygote's rehearsal: an
+    in-process stand-in, :mod:`backbeat.runtime.loopback`, since a zygote holds no ZeroMQ context);
+    there must be no context before, and none is left after."""
+    global _context, _owner, _users
+    with _lock:
+        if _context is not None and _owner == os.getpid():
+            raise RuntimeError("a ZeroMQ context is in use: it cannot be substituted")
+        _context, _owner, _users = context, os.getpid(), 1  # (held: not ended by its last socket)
+    try:
+        yield
+    finally:
+        with _lock:
+            _context, _users = None, 0

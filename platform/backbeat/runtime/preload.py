@@ -33,6 +33,12 @@ try:  # one small block run here, so that each block process forked from here co
     rehearse()
 except Exception:  # noqa: BLE001 - (a folder that cannot be written...) block processes only cost more
     pass
+try:  # ... and a streamed one of a chain, several times: its code quickened and specialised here
+    from backbeat.runtime.rehearsal import rehearse_streamed
+
+    rehearse_streamed()
+except Exception:  # noqa: BLE001 - (as above)
+    pass
 from backbeat.processes.warmup import learn_from  # noqa: E402
 from backbeat.runtime import codeloader  # noqa: E402
 from backbeat.runtime.rehearsal import learn  # noqa: E402

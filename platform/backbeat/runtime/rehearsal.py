@@ -12,8 +12,13 @@ an identity algorithm of our own reading a cache file and writing another, commi
 read back) in a private temporary folder, so that all of that is done once, in the pages every
 block process inherits.  It runs no user code and opens no socket (a zygote must not hold a
 ZeroMQ context when it forks).  ``docs/performance.md`` ("After wave 6 (perf-f)") has the figures.
+:func:`rehearse_streamed` then runs a chain's block as a block process does — control channel,
+streamed input and output — 8 times, its streams over in-process sockets
+(:mod:`~backbeat.runtime.loopback`: no ZeroMQ context) and its control channel over a real
+:class:`~backbeat.processes.control.ControlServer` (a plain Unix socket, closed before any fork):
+the code every chain block runs once is quickened and specialised here (wave 12, perf-c3).
 
-:mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls it once; a failure
+:mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls both once; a failure
 is ignored (a block process then only costs more).
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import linecache
 import os
 import re
@@ -32,8 +38,10 @@ from typing import Any
 from backbeat.data.batch import layout, tree, unit_bytes
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
-from backbeat.processes import controlfolders
-from backbeat.runtime import blockrun
+from backbeat.processes import control, controlfolders, zmqcontext
+from backbeat.runtime import blockrun, loopback
+from backbeat.runtime.spec import StreamTarget
+from backbeat.runtime.streams import StreamSender, staying_put
 
 #: the rehearsal's algorithm (BEAT's API v2, sequential): copies its input
 ALGORITHM = b'''class Algorithm:
@@ -45,6 +53,9 @@ NAME = "backbeat/rehearsal/1"
 FORMAT = "backbeat/rehearsal_scalar/1"
 EXPANDED = {"value": "float64"}
 UNITS = 10
+#: how many times :func:`rehearse_streamed` runs its block: CPython 3.11 quickens a function's code
+#: once it has been called 8 times (its ``co_warmup``), and specialises it as it then runs
+STREAMED = 8
 
 
 def _folder() -> str:
@@ -94,6 +105,72 @@ def rehearse() -> dict:
         with contextlib.suppress(KeyError):
             del linecache.cache[os.path.join(folder, "algorithm.py")]
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def rehearse_streamed(times: int = STREAMED) -> None:
+    """Run a block of a chain ``times`` in this process, as a block process runs it: through
+    :func:`backbeat.processes.control.run_job` (its control channel: ``progress``, ``done``), reading its input from a stream whose producer ends early (the small
+    output of a chain: ``end`` announced, then ``committed``, the commit's watcher thread) and
+    streaming its own output to a consumer, over :mod:`~backbeat.runtime.loopback` sockets (no
+    ZeroMQ context, no socket: the producer, the consumer and the executor are answered in this
+    process).  The block's code is then quickened and specialised in the pages its children
+    inherit (``docs/performance.md``, wave 12).  RuntimeError if the block failed.  This process's
+    priority stays (a producer lowers its own: :func:`~backbeat.runtime.streams.staying_put`)."""
+    folder = _folder()
+    module = NAME.replace("/", "_")
+    had_module = module in sys.modules
+    try:
+        with open(os.path.join(folder, "algorithm.py"), "wb") as f:
+            f.write(ALGORITHM)
+        with staying_put():
+            for i in range(times):
+                _streamed(folder, i)
+    finally:
+        if not had_module:
+            sys.modules.pop(module, None)
+        with contextlib.suppress(KeyError):
+            del linecache.cache[os.path.join(folder, "algorithm.py")]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _streamed(folder: str, i: int) -> None:
+    """One run of :func:`rehearse_streamed`'s block (its files named after ``i``).  Its control channel
+    is a real :class:`~backbeat.processes.control.ControlServer` (a plain Unix socket, no ZeroMQ; its
+    messages are queued in the kernel, read once the block is done; closed before any fork)."""
+    address = {name: f"ipc://{folder}/{name}{i}" for name in ("in", "out")}
+
+    def consumer(frames: list[bytes], reply: Any) -> None:  # acknowledges the output's commit
+        if frames[0] == b"committed" or (frames[0] == b"end" and json.loads(frames[1]).get("committed")):
+            reply([b"ack"])
+
+    block = spec(folder)
+    block["inputs"]["in"].update(source="stream", address=address["in"], path=os.path.join(folder, f"in{i}.h5"))
+    block["outputs"]["out"].update(path=os.path.join(folder, f"out{i}.h5"), streams=[
+        {"address": address["out"], "cancel": os.path.join(folder, f"out{i}.gone")}])
+    target = "backbeat.runtime.blockrun:run"
+    cancel = os.path.join(folder, f"in{i}.gone")
+    with control.ControlServer(folder) as server, zmqcontext.substitute(loopback.Hub({address["out"]: consumer})):
+        payload = {"target": target, "control": server.address, "job": "rehearsal",
+                   "token": server.register("rehearsal"), "root": folder, "spec": block}
+        producer = StreamSender([StreamTarget(address["in"], cancel)], *blockrun._batch_size(EXPANDED, FORMAT))
+        try:
+            with CacheWriter(os.path.join(folder, f"up{i}.h5"), FORMAT, EXPANDED, key="0" * 64) as writer:
+                writer.grow(blockrun.STREAM_FIRST, min(writer.buffer_units, blockrun.STREAM_BATCH))
+                writer.on_batch = producer.send
+                for u in range(UNITS):
+                    writer.write({"value": u * 0.001})
+                digest = writer.seal()
+                producer.announce(writer.start, writer.last, digest)
+            producer.confirm(digest)
+            code = control.run_job(target, payload)
+            open(cancel, "wb").close()  # (its ack is there, or it will not come)
+            producer.acks()
+        finally:
+            producer.close()
+        messages = server.poll(0)
+    errors = [m.data for m in messages if m.type == "error"]
+    if code or errors or not any(m.type == "done" for m in messages):
+        raise RuntimeError(f"the streamed rehearsal failed (exit code {code}): {errors}")
 
 
 #: the dataformats :func:`learn` has seen (by name: within a run a name is one declaration)

@@ -56,6 +56,7 @@ State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -117,6 +118,19 @@ def yield_to_consumers() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + PRODUCER_NICE))
         except OSError:  # (a thread that has just ended)
             pass
+
+
+@contextlib.contextmanager
+def staying_put() -> Iterator[None]:
+    """Within, this process's producers do not lower its priority (:func:`yield_to_consumers`):
+    the zygote's rehearsal, whose priority its children would inherit."""
+    global _yielded, _autogroup_pending
+    saved = _yielded, _autogroup_pending
+    _yielded, _autogroup_pending = os.getpid(), False
+    try:
+        yield
+    finally:
+        _yielded, _autogroup_pending = saved
 
 
 def _lower_autogroup() -> bool:
