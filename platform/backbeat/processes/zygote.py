@@ -122,8 +122,9 @@ def apply_memory_limit() -> None:
     """Apply the child's memory limit (``RLIMIT_AS``), once.
 
     Called just before the target runs, or by a target that first needs what the limit would
-    prevent (:func:`backbeat.processes.control.job_main` opens its ZeroMQ channel — whose I/O
-    thread needs a stack — to be able to report running out of memory).  A limit below what the
+    prevent (:func:`backbeat.processes.control.run_job` applies it once its job target is loaded; its
+    control channel, a plain Unix socket connected at the first message, needs no thread, so running
+    out of memory is still reported).  A limit below what the
     process has already mapped raises :class:`MemoryLimitTooLow` at once, saying so.
     """
     global _MEMORY
