@@ -91,8 +91,9 @@ class LoopSocket:
 
 
 def _frames(frames: list[Any]) -> list[zmq.Frame]:
-    """Each frame copied, as it would cross to another process."""
-    return [zmq.Frame(bytes(f.bytes if isinstance(f, zmq.Frame) else f)) for f in frames]
+    """Each frame copied, as it would cross to another process (``copy=True``: a frame of 64 KiB or
+    more made zero-copy would start pyzmq's garbage-collector thread and a context — in a zygote)."""
+    return [zmq.Frame(bytes(f.bytes if isinstance(f, zmq.Frame) else f), copy=True) for f in frames]
 
 
 class Hub:

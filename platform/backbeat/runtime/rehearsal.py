@@ -149,7 +149,12 @@ def _streamed(folder: str, i: int) -> None:
         {"address": address["out"], "cancel": os.path.join(folder, f"out{i}.gone")}])
     target = "backbeat.runtime.blockrun:run"
     cancel = os.path.join(folder, f"in{i}.gone")
-    with control.ControlServer(folder) as server, zmqcontext.substitute(loopback.Hub({address["out"]: consumer})):
+    # (the output's cancel file made at once: its ack comes synchronously, and a stand-in that stopped
+    # answering after a change of the stream protocol must end the wait, not hang the zygote)
+    open(os.path.join(folder, f"out{i}.gone"), "wb").close()
+    # (the control server in its own short-named private folder, as a run's: a long TMPDIR must not
+    # make the path too long for the socket and the rehearsal fail every time)
+    with control.ControlServer() as server, zmqcontext.substitute(loopback.Hub({address["out"]: consumer})):
         payload = {"target": target, "control": server.address, "job": "rehearsal",
                    "token": server.register("rehearsal"), "root": folder, "spec": block}
         producer = StreamSender([StreamTarget(address["in"], cancel)], *blockrun._batch_size(EXPANDED, FORMAT))
