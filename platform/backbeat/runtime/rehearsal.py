@@ -33,6 +33,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from backbeat.data.batch import layout, tree, unit_bytes
@@ -85,52 +86,50 @@ def spec(folder: str) -> dict:
     }
 
 
-def rehearse() -> dict:
-    """Run the rehearsal block once in this process; its statistics (see module docstring)."""
-    folder = _folder()
-    module = NAME.replace("/", "_")
-    had_module = module in sys.modules
-    try:
-        block = spec(folder)
-        with open(block["code"]["main"]["path"], "wb") as f:
-            f.write(ALGORITHM)
-        with CacheWriter(block["inputs"]["in"]["path"], FORMAT, EXPANDED, key="0" * 64, start=0,
-                         end=UNITS - 1) as writer:
-            for i in range(UNITS):
-                writer.write({"value": i * 0.001})
-        return blockrun.run({"spec": block})
-    finally:
-        if not had_module:
-            sys.modules.pop(module, None)
-        with contextlib.suppress(KeyError):
-            del linecache.cache[os.path.join(folder, "algorithm.py")]
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def rehearse_streamed(times: int = STREAMED) -> None:
-    """Run a block of a chain ``times`` in this process, as a block process runs it: through
-    :func:`backbeat.processes.control.run_job` (its control channel: ``progress``, ``done``), reading its input from a stream whose producer ends early (the small
-    output of a chain: ``end`` announced, then ``committed``, the commit's watcher thread) and
-    streaming its own output to a consumer, over :mod:`~backbeat.runtime.loopback` sockets (no
-    ZeroMQ context, no socket: the producer, the consumer and the executor are answered in this
-    process).  The block's code is then quickened and specialised in the pages its children
-    inherit (``docs/performance.md``, wave 12).  RuntimeError if the block failed.  This process's
-    priority stays (a producer lowers its own: :func:`~backbeat.runtime.streams.staying_put`)."""
+@contextlib.contextmanager
+def _rehearsing() -> Iterator[str]:
+    """A private folder holding the rehearsal's algorithm; afterwards nothing of it is left (the
+    folder, the algorithm's module, its source in ``linecache``)."""
     folder = _folder()
     module = NAME.replace("/", "_")
     had_module = module in sys.modules
     try:
         with open(os.path.join(folder, "algorithm.py"), "wb") as f:
             f.write(ALGORITHM)
-        with staying_put():
-            for i in range(times):
-                _streamed(folder, i)
+        yield folder
     finally:
         if not had_module:
             sys.modules.pop(module, None)
         with contextlib.suppress(KeyError):
             del linecache.cache[os.path.join(folder, "algorithm.py")]
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def rehearse() -> dict:
+    """Run the rehearsal block once in this process; its statistics (see module docstring)."""
+    with _rehearsing() as folder:
+        block = spec(folder)
+        with CacheWriter(block["inputs"]["in"]["path"], FORMAT, EXPANDED, key="0" * 64, start=0,
+                         end=UNITS - 1) as writer:
+            for i in range(UNITS):
+                writer.write({"value": i * 0.001})
+        return blockrun.run({"spec": block})
+
+
+def rehearse_streamed(times: int = STREAMED) -> None:
+    """Run a block of a chain ``times`` in this process, as a block process runs it: through
+    :func:`backbeat.processes.control.run_job` (its control channel: ``progress``, ``done``, over a
+    real :class:`~backbeat.processes.control.ControlServer`: a plain Unix socket, closed before any
+    fork), reading its input from a stream whose producer ends early (the small output of a chain:
+    ``end`` announced, then ``committed``, the commit's watcher thread) and streaming its own output
+    to a consumer, over :mod:`~backbeat.runtime.loopback` sockets (no ZeroMQ context: the producer and
+    the consumer are answered in this process).  The block's code is then quickened and specialised
+    in the pages its children inherit (``docs/performance.md``, wave 12).  RuntimeError if the block
+    failed.  This process's priority stays (a producer lowers its own:
+    :func:`~backbeat.runtime.streams.staying_put`)."""
+    with _rehearsing() as folder, staying_put():
+        for i in range(times):
+            _streamed(folder, i)
 
 
 def _streamed(folder: str, i: int) -> None:
