@@ -25,7 +25,8 @@ N = 700  # units: several batches of a streamed output (its first ones are small
 FORMAT = {"value": [3, "float64"], "count": "int64", "label": "string",
           "inner": {"x": "float64", "v": [0, "int32"]}, "names": [0, "string"]}
 
-VIEW = '''import collections
+#: a view class ``(name, docstring)`` over ``parameters["n"]`` entries; its get() goes on from ``k``
+VIEW_HEAD = '''import collections
 
 import numpy
 from beat.backend.python.database import View
@@ -33,15 +34,17 @@ from beat.backend.python.database import View
 Entry = collections.namedtuple("Entry", ["value"])
 
 
-class Reused(View):
-    """get() refills and returns one dict (and its arrays) each time."""
+class %s(View):
+    """%s"""
 
     def index(self, root_folder, parameters):
         return [Entry(k) for k in range(1, int(parameters["n"]) + 1)]
 
     def get(self, output, index):
         k = self.objs[index].value
-        if not hasattr(self, "buf"):
+'''
+
+VIEW = VIEW_HEAD % ("Reused", "get() refills and returns one dict (and its arrays) each time.") + '''        if not hasattr(self, "buf"):
             self.v = numpy.zeros(4, dtype=numpy.int32)
             self.names = numpy.array(["", ""], dtype=object)
             self.buf = {"value": numpy.zeros(3), "inner": {"x": 0.0, "v": None}}
@@ -240,23 +243,7 @@ def test_each_unit_is_what_was_written_at_its_write(prefix, tmp_path, mode, stre
 
 # -- the database provider's one copy: vectors a view refills, taken straight into the window's columns
 
-VEC_VIEW = '''import collections
-
-import numpy
-from beat.backend.python.database import View
-
-Entry = collections.namedtuple("Entry", ["value"])
-
-
-class Refilled(View):
-    """get() refills and returns one dict and one array each time (``mode``: which array)."""
-
-    def index(self, root_folder, parameters):
-        return [Entry(k) for k in range(1, int(parameters["n"]) + 1)]
-
-    def get(self, output, index):
-        k = self.objs[index].value
-        mode = self.parameters["mode"]
+VEC_VIEW = VIEW_HEAD % ("Refilled", "get() refills and returns one dict and one array each time (``mode``: which array).") + '''        mode = self.parameters["mode"]
         if not hasattr(self, "buf"):
             self.f64, self.f32, self.wide, self.buf = numpy.zeros(4), numpy.zeros(4, numpy.float32), numpy.zeros((4, 2)), {}
         if mode == "same" or (mode == "mixed" and k % 3):  # the declared dtype and shape: the one copy
@@ -269,35 +256,15 @@ class Refilled(View):
         return self.buf
 '''
 
-VEC_PASS = '''class Algorithm:
-    def setup(self, parameters):
+VEC_PASS = SECOND.split("        data.value[:] = 0")[0] + """        data.value[:] = -1
         return True
+"""
 
-    def process(self, inputs, data_loaders, outputs):
-        data = inputs["value"].data
-        outputs["out"].write(data)  # passed through, then changed: the written unit must not change
-        data.value[:] = -1
-        return True
-'''
-
-VEC_CHECK = '''import hashlib
-
-import numpy
+VEC_CHECK = CHECK.replace(CHECK[CHECK.index("def summary"):CHECK.index("class Algorithm")], """def summary(d):
+    return repr([float(x) for x in d.value])
 
 
-class Algorithm:
-    def setup(self, parameters):
-        self.hash = hashlib.sha256()
-        self.count = 0
-        return True
-
-    def process(self, inputs, data_loaders, output):
-        self.hash.update(repr([float(x) for x in inputs["values"].data.value]).encode() + b"\\n")
-        self.count += 1
-        if not inputs.hasMoreData():
-            output.write({"digest": self.hash.hexdigest(), "count": numpy.int32(self.count)})
-        return True
-'''
+""")
 
 VEC_MODES = ["same", "strided", "float32", "mixed"]
 
