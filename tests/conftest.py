@@ -114,27 +114,75 @@ def live_processes(marker: str) -> list:
     return found
 
 
-def kill_templates(folder: str | os.PathLike) -> None:
-    """SIGKILL the warm templates of ``folder`` that still live: those holding their ``<key>.lock``.
-    A lock file nobody holds is a dead template's (killed with SIGKILL: never removed), and the pid
-    in it may be another process's by now (pid_max may be 32768): never signalled."""
-    import fcntl
-
-    for lock in Path(folder).glob("*.lock"):
-        try:
-            fd = os.open(lock, os.O_RDONLY)
-        except OSError:  # (swept meanwhile)
+def flock_holders(path: str | os.PathLike) -> set[int]:
+    """The pids holding a ``flock`` on the file at ``path`` (``/proc/locks``, matched by device and
+    inode; the pid there is the one that took the lock); empty if there is none or no such file."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    holders = set()
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" ("1: -> FLOCK …": a waiter)
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[5].count(":") != 2:
             continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # held: its template lives, and wrote its pid there
-                text = os.read(fd, 32).decode(errors="replace").strip()
-                if text.isdigit():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(text), signal.SIGKILL)
-        finally:
-            os.close(fd)
+        major, minor, inode = fields[5].split(":")
+        with contextlib.suppress(ValueError):
+            if (int(major, 16), int(minor, 16), int(inode)) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
+                holders.add(int(fields[4]))
+    return holders
+
+
+def template_pid(lock: str | os.PathLike) -> int | None:
+    """The pid of the warm template holding ``lock`` (a ``<key>.lock`` file), or None: the pid
+    written in the file, trusted only if that process holds the file's ``flock`` and is a template
+    server.  A lock file nobody holds is a gone template's (killed with SIGKILL: never removed): the
+    pid in it may be another process's by now (pid_max may be 32768); one held by another process
+    (a template starting, not yet written there; a client or a template sweeping) names none."""
+    try:
+        text = Path(lock).read_text().strip()
+    except OSError:  # (swept meanwhile)
+        return None
+    if not text.isdigit() or int(text) not in flock_holders(lock):
+        return None
+    try:
+        with open(f"/proc/{text}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return None
+    return int(text) if b"backbeat.processes.templateserver" in cmdline else None
+
+
+def live_templates(folder: str | os.PathLike) -> dict[str, int]:
+    """key -> pid of the warm templates of ``folder`` that live (:func:`template_pid`)."""
+    found = {}
+    for lock in Path(folder).glob("*.lock"):
+        pid = template_pid(lock)
+        if pid is not None:
+            found[lock.stem] = pid
+    return found
+
+
+def kill_templates(folder: str | os.PathLike, timeout: float = 10.0) -> None:
+    """SIGKILL the warm templates of ``folder`` that still live: those holding their ``<key>.lock``
+    (:func:`template_pid`; never a pid read from a lock file alone).  A lock held by a process
+    whose pid is not (yet) in it — a template just starting, a process checking or sweeping the
+    lock — is looked at again until nobody holds it or its template wrote its pid, for at most
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = False
+        for lock in Path(folder).glob("*.lock"):
+            pid = template_pid(lock)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            held = held or bool(flock_holders(lock))
+        if not held or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager

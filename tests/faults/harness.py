@@ -34,7 +34,7 @@ import pytest
 
 from backbeat.cache.tools import verify_cache
 from backbeat.data import cachereader
-from conftest import FIXTURES, RUN_PREFIX, cli_command, kill_templates
+from conftest import FIXTURES, RUN_PREFIX, cli_command, kill_templates, live_templates
 from conftest import live_processes as processes
 
 SEED = int(os.environ.get("BACKBEAT_FAULT_SEED") or random.SystemRandom().randrange(1 << 30))
@@ -307,6 +307,7 @@ def served(scene: Scene, templates: Path, **extra: str) -> tuple[dict, psutil.Pr
     warm = start(scene.root / "warm-cache", "--version")  # (run by itself: starts the template)
     warm.communicate(timeout=120)
     assert warm.returncode == 0
-    assert wait_until(lambda: any((templates / "t").glob("*.sock")), timeout=60), "no template came up"
-    (lock,) = (templates / "t").glob("*.lock")
-    return env, psutil.Process(int(lock.read_text())), start
+    assert wait_until(lambda: any((templates / "t").glob("*.sock")) and live_templates(templates / "t"),
+                      timeout=60), "no template came up"
+    ((_key, pid),) = live_templates(templates / "t").items()
+    return env, psutil.Process(pid), start

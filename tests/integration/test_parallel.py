@@ -218,12 +218,15 @@ def test_a_split_block_that_cannot_start_waits_for_its_killed_slots_a_bounded_ti
     """``right#1`` cannot be spawned and ``right#0``, killed, is not reported ended (its fork server
     stopped): the scheduler gives up waiting for it (``KILLED_WAIT_S``) instead of hanging.  Sandboxed
     (the pid stopped is then bwrap's: the zygote goes on), the staging folder of ``right#1``, which
-    never started, is removed at once, not at the run's end."""
+    never started, is removed at once, not at the run's end.  Not sandboxed, ``right#0`` (3 s) goes on
+    to write its slot file after its files were removed: removed again once it is reported ended."""
     decl = json.loads((prefix / EXP_DIR / "base.json").read_text())
     decl["blocks"]["right"]["nb_slots"] = 2
+    decl["blocks"]["right"]["parameters"]["ms"] = 300.0  # (10 units per slot: beyond KILLED_WAIT_S)
     (prefix / EXP_DIR / "split.json").write_text(json.dumps(decl, indent=4))
     record = tmp_path / "record.json"
-    env = dict(os.environ, NO_SPAWN="right#1", STOP="1", RECORD=str(record), BACKBEAT_TEMPLATE="off")
+    env = dict(os.environ, NO_SPAWN="right#1", STOP="1", RECORD=str(record), BACKBEAT_TEMPLATE="off",
+               **({} if sandbox else {"LINGER": "1"}))
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("_stuck_spawn.py")), "-p", str(prefix), "-c", str(tmp_path / "cache"),
                            "experiments", "run", "par/par/two/1/split", "--json", "-j", "3",
                            *(["--sandbox"] if sandbox else [])], capture_output=True, text=True, timeout=150, env=env)
@@ -232,7 +235,10 @@ def test_a_split_block_that_cannot_start_waits_for_its_killed_slots_a_bounded_ti
     assert {b: v["status"] for b, v in rep["blocks"].items()} == {"left": "ran", "right": "failed",
                                                                      "analysis": "skipped"}
     assert not Path(f"{record}.FALLBACK").exists(), "the scheduler waited for the killed slot until it ended"
+    assert not Path(f"{record}.NOSLOT").exists(), "the killed slot never wrote its slot file"
     assert json.loads(record.read_text()) == {"job": "right", "staged": []}
+    left = [p for p in cache_files(tmp_path / "cache") if ".slot" in p.name or ".tmp-" in p.name]
+    assert left == [], f"the killed slot wrote on after its files were removed: {left}"
 
 
 # ----------------------------------------------------------------------------- Ctrl-C

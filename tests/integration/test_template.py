@@ -20,7 +20,7 @@ import pytest
 
 from backbeat.core import config
 from backbeat.processes import template
-from conftest import RUN_PREFIX, kill_templates, wait_until
+from conftest import RUN_PREFIX, kill_templates, live_templates, wait_until
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "_template_client.py"
@@ -36,16 +36,18 @@ def _alive(pid: int) -> bool:
 
 
 def _templates(folder: Path) -> dict[str, int]:
-    """key -> pid of the live templates of ``folder`` (from their lock files)."""
-    found = {}
-    for lock in folder.glob("*.lock"):
-        try:
-            text = lock.read_text().strip()
-        except FileNotFoundError:  # (swept by a starting template between the listing and the read)
-            continue
-        if text.isdigit() and _alive(int(text)):
-            found[lock.stem] = int(text)
-    return found
+    """key -> pid of the live templates of ``folder`` (those holding their lock files: from the
+    start of their slow start on)."""
+    return live_templates(folder)
+
+
+def _serving(folder: Path) -> dict[str, int]:
+    """:func:`_templates` whose socket is bound and listening (``/proc/net/unix``: a stale socket
+    file, its template gone, is not listed)."""
+    with open("/proc/net/unix") as f:  # "Num RefCount Protocol Flags Type St Inode Path"
+        listening = {fields[7] for fields in map(str.split, f.readlines()[1:])
+                     if len(fields) >= 8 and int(fields[3], 16) & 0x10000}  # (__SO_ACCEPTCON)
+    return {key: pid for key, pid in _templates(folder).items() if str(folder / f"{key}.sock") in listening}
 
 
 @pytest.fixture
@@ -77,9 +79,9 @@ def warm(env: dict, tmp_path: Path) -> int:
     assert first_line(proc)["kind"] == "zygote"  # nobody answered: its own zygote, a template launched
     _out, err = proc.communicate(timeout=60)
     folder = Path(env["BACKBEAT_TEMPLATE_DIR"])
-    assert wait_until(lambda: bool(_templates(folder)), timeout=20), f"no template came up: {err}"  # (its pid: once bound)
+    assert wait_until(lambda: bool(_serving(folder)), timeout=20), f"no template came up: {err}"
     assert (folder.stat().st_mode & 0o777) == 0o700
-    (pid,) = _templates(folder).values()
+    (pid,) = _serving(folder).values()
     return pid
 
 
@@ -150,7 +152,7 @@ def test_another_context_gets_another_template_and_a_stale_one_is_replaced(env, 
     proc = client(env, "report", tmp_path / "again.json")
     assert first_line(proc)["kind"] == "zygote"  # nobody answers the stale socket: it runs without
     proc.communicate(timeout=60)
-    assert wait_until(lambda: len(_templates(folder)) == 2 and pid not in _templates(folder).values(), timeout=60)
+    assert wait_until(lambda: len(_serving(folder)) == 2 and pid not in _serving(folder).values(), timeout=60)
     proc = client(env, "report", tmp_path / "served.json")
     assert first_line(proc)["kind"] == "template"
     proc.communicate(timeout=30)
@@ -219,8 +221,8 @@ def test_cli_runs_share_the_template_and_give_the_same_results(env, tmp_path):
         return json.loads(proc.stdout)
 
     first = run("c1")
-    assert wait_until(lambda: bool(_templates(folder)), timeout=60)
-    (pid,) = _templates(folder).values()
+    assert wait_until(lambda: bool(_serving(folder)), timeout=60)
+    (pid,) = _serving(folder).values()
 
     def children_cpu() -> int:  # ticks of the reaped children of the template: its zygotes
         with open(f"/proc/{pid}/stat") as f:
@@ -296,3 +298,59 @@ def command_lines() -> list[str]:
             except OSError:
                 continue
     return found
+
+
+#: a template whose slow start (preloading numpy, then warming up) pauses once numpy is imported
+_SLOW_START = """
+import sys, time
+import backbeat.processes.templateserver as templateserver
+from backbeat.processes import template
+def paused():
+    open(sys.argv[3], "w").close()
+    time.sleep(120)
+templateserver.warmup.quiet_blas = paused
+templateserver.Template(sys.argv[1], sys.argv[2], ("numpy",), template.ENTRY).main()
+"""
+
+
+def test_a_starting_template_writes_its_pid_in_its_lock_before_its_slow_start(tmp_path):
+    """A lock file held names its holder from the start: never the stale pid of a template killed
+    earlier (a process that may be another one by now), while its successor starts."""
+    lock = tmp_path / "k.lock"
+    lock.write_text("4194303999\n")  # a gone template's (longer than any pid: all of it replaced)
+    mark = tmp_path / "preloaded"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_START, "k", str(tmp_path), str(mark)])
+    try:
+        assert wait_until(mark.exists, timeout=60), "the template never preloaded"
+        assert lock.read_text() == f"{proc.pid}\n" and not any(tmp_path.glob("*.sock"))
+        assert live_templates(tmp_path) == {"k": proc.pid}
+        kill_templates(tmp_path)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kill_templates_signals_only_a_pid_holding_its_lock(tmp_path):
+    """A lock file held by a process that has not written its pid in it (a template just starting,
+    a client checking the lock) names a stale pid — here a live unrelated process: never signalled."""
+    import fcntl
+
+    other = subprocess.Popen(["sleep", "120"])
+    (tmp_path / "k.lock").write_text(f"{other.pid}\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, fcntl, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); time.sleep(120)",
+                               str(tmp_path / "k.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "\n"  # (it holds the lock)
+        with open(tmp_path / "k.lock") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert live_templates(tmp_path) == {}
+        kill_templates(tmp_path, timeout=0.5)
+        with pytest.raises(subprocess.TimeoutExpired):  # (a SIGKILL sent would end it within that)
+            other.wait(timeout=2)
+        assert holder.poll() is None
+    finally:
+        for proc in (other, holder):
+            proc.kill()
+            proc.wait()

@@ -27,22 +27,14 @@ import pytest
 
 from backbeat.core import templatekey
 from backbeat.processes import template
-from conftest import RUN_PREFIX, kill_templates, wait_until
+from conftest import RUN_PREFIX, kill_templates, live_templates, wait_until
 
 SERVED = Path(__file__).resolve().parent / "_served.py"
 EXPERIMENT = "run/run/short/1/base"
 
 
 def _templates(folder: Path) -> list[int]:
-    found = []
-    for lock in folder.glob("*.lock"):
-        try:
-            text = lock.read_text().strip()
-        except FileNotFoundError:  # (swept by a starting template between the listing and the read)
-            continue
-        if text.isdigit() and os.path.exists(f"/proc/{text}"):
-            found.append(int(text))
-    return found
+    return list(live_templates(folder).values())
 
 
 def backbeat(env: dict, *args: str, cwd: Path, umask: int | None = None, **kw) -> tuple[str, subprocess.CompletedProcess]:

@@ -54,6 +54,7 @@ from pathlib import Path
 from backbeat.cache.store import EntryLock
 from backbeat.core.errors import ExecutionError, describe_environmental
 from backbeat.execution import environments
+from backbeat.execution.lingering import Lingering
 from backbeat.execution.logs import failure_output, process_log
 from backbeat.execution.running import RunningJobs
 from backbeat.execution.sandboxing import reported_digests
@@ -116,6 +117,7 @@ class Scheduler:
         self._provider_lost: Outcome | None = None  # how the database provider ended, if it died
         self.orphaned: set[str] = set()  # processes killed because the database provider died
         self._polled = 0.0  # when the last poll returned
+        self.lingering = Lingering(run.store, run.staging)  # jobs that could not start, a killed process not ended
 
     # -- the loop ---------------------------------------------------------------------------
     def execute(self) -> None:
@@ -147,6 +149,7 @@ class Scheduler:
             self.group.poll(20)
             self._polled = time.monotonic()
             self._watch_provider()
+            self.lingering.settle(self.group)
             for name in [n for n in self.running.ended_jobs() if not self._held(n)]:
                 ok = self._finish(self.jobs[name], self.running.remove(name))
                 if not ok:
@@ -264,6 +267,7 @@ class Scheduler:
             self.run.state.warnings.append(f"a `{r['type']}' control message naming `{r['job']}' from {sender} "
                                            f"was refused ({r['reason']})")
         self.group.close()
+        self.lingering.close()
         for job in self.run.plan.jobs:
             if self.status.get(job.name) == JobState.RUNNING:
                 self.run.state.fail(job.name, {"kind": "interrupted", "message": "the run was interrupted",
@@ -400,7 +404,8 @@ class Scheduler:
 
     def _spawn_all(self, job: Job, specs: list[BlockSpec]) -> list[str]:
         """Spawn ``job#0``, ``job#1``… (a split block's slots, a loop's sides): all or none — if one
-        cannot be spawned, those already are killed at once and what they wrote is removed."""
+        cannot be spawned, those already are killed at once and what they wrote is removed (again
+        once those not reported ended within ``KILLED_WAIT_S`` are: :mod:`~backbeat.execution.lingering`)."""
         ids: list[str] = []
         try:
             for k, spec in enumerate(specs):
@@ -410,12 +415,10 @@ class Scheduler:
             for pid in ids:
                 with contextlib.suppress(OSError, ExecutionError):  # (a dead fork server: they end `lost')
                     self.group.kill(pid)
-            self.group.wait(ids, KILLED_WAIT_S)  # (killed: they end at once, unless stuck in the kernel)
-            for pid in ids:
-                if self.run.staging is not None:
-                    self.run.staging.discard(pid)
-            loop = job.kind == "loop"
-            self.store.drop_partial(job.output_keys, 0 if loop else len(ids), committed=loop)
+            ended = self.group.wait(ids, KILLED_WAIT_S)  # (killed: they end at once, unless stuck in the kernel)
+            self.lingering.drop(job, ids)
+            if len(ended) < len(ids):  # (its fork server stopped…): they may write on; the job stays locked
+                self.lingering.add(job, ids, self.locks.pop(job.name, None))
             raise
         return ids
 

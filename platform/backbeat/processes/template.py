@@ -43,7 +43,7 @@ child declines (the client then runs the command itself) when the working folder
 ``.backbeatrc`` says ``"template": false``.
 
 Robustness.  One template per key (a ``flock`` on ``<key>.lock``, held while it lives and
-removed when it leaves; a second one started concurrently exits at once; the holder removes a
+removed when it leaves; its pid written there as soon as it holds it, before it preloads anything; a second one started concurrently exits at once; the holder removes a
 stale socket and the leftovers of others: unlocked ``.lock`` files, old ``.failed`` marks); a
 client that cannot connect or gets no answer within :data:`~backbeat.core.templatekey.ANSWER_S` runs the command itself
 (a child is forked only after the client said ``go``: never both); the template leaves after

@@ -84,6 +84,8 @@ class Template:
         if lock is None:
             return  # another template of this key lives or starts
         self.lock = lock
+        os.ftruncate(lock, 0)  # its pid, at once: whatever the file held was a gone template's
+        os.write(lock, f"{os.getpid()}\n".encode())  # (the pid of one that holds the lock, never stale)
         if any(m.split(".")[0] not in ALLOWED for m in (*self.preload, self.entry, *WARM)):
             raise RuntimeError(f"a template never imports {self.preload} nor runs {self.entry}")
         for name in self.preload:
@@ -117,8 +119,6 @@ class Template:
             os.umask(old)
         srv.listen(16)
         inode = os.stat(self.path).st_ino
-        os.ftruncate(self.lock, 0)
-        os.write(self.lock, f"{os.getpid()}\n".encode())
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)

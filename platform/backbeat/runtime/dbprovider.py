@@ -229,7 +229,10 @@ class _Dataset:
                         taken = [frozen(get(output, s)) for s in entries]
                         units, make = taken.copy, partial(Batch.from_values, name, expanded, taken)
                 except Uncopyable as exc:  # (a generator, a lock...): blamed on get, as a value not fitting
-                    raise self._uncopyable(output, entries) or exc.cause from None
+                    # (asked again, get may return only values that can be copied: what could not be is
+                    # blamed on the window's first entry — never exc.cause raised, backbeat's frames in it)
+                    raise (self._uncopyable(output, entries)
+                           or self._blame(output, entries[0], exc.part, f"cannot be copied ({exc})")) from None
             if self.guard is not None:
                 self.guard.check()
             try:
