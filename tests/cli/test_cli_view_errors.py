@@ -101,8 +101,9 @@ EXPECTED = {
     "generator": ("get(`value', 3) returned a generator, not a dict with the attributes of `run/int32/1' (value)",
                   line_of("return (v for v in [value])"), "get"),
     # a value that cannot be copied, only the first time: asked again, get returns one that can be
-    # (what could not be copied is blamed on the window's first entry, not raised with backbeat's frames)
-    "once": ("get(`value', 0) returned a Stuck, not a dict with the attributes of `run/int32/1' (value)",
+    # (said of the window's entries, blamed on get, not raised with backbeat's frames)
+    "once": ("get(`value', …) returned, for one of entries 0..3, a value that cannot be copied (copying a Stuck: "
+             "RuntimeError: cannot be copied); asked again, it returned values that can be",
              line_of('return {"value": numpy.int32(value)}'), "get"),
 
 }

@@ -231,8 +231,7 @@ class _Dataset:
                 except Uncopyable as exc:  # (a generator, a lock...): blamed on get, as a value not fitting
                     # (asked again, get may return only values that can be copied: what could not be is
                     # blamed on the window's first entry — never exc.cause raised, backbeat's frames in it)
-                    raise (self._uncopyable(output, entries)
-                           or self._blame(output, entries[0], exc.part, f"cannot be copied ({exc})")) from None
+                    raise self._uncopyable(output, entries) or self._uncopied(output, entries, exc) from None
             if self.guard is not None:
                 self.guard.check()
             try:
@@ -275,6 +274,14 @@ class _Dataset:
             except Uncopyable as exc:
                 return self._blame(output, entry, value, f"cannot be copied ({exc})")
         return None
+
+    def _uncopied(self, output: str, entries: list[int], exc: Uncopyable) -> _Blame:
+        """A value of ``entries`` could not be copied but, asked again, none is found: said of them all
+        (not of one entry that may have returned a good value), blamed on ``get``."""
+        span = f"{entries[0]}" if len(entries) == 1 else f"{entries[0]}..{entries[-1]}"
+        where = _returning_line(self.view.get, output, entries[0]) or (self.spec.code.filename, 1, "get")
+        return _Blame(f"get(`{output}', …) returned, for one of entries {span}, a value that cannot be copied "
+                      f"({exc}); asked again, it returned values that can be", *where)
 
     def _blame(self, output: str, entry: int, value: Any, problem: str) -> _Blame:
         """``get(output, entry)`` returned ``value``, which ``problem``: blamed on the line returning it."""
