@@ -222,13 +222,11 @@ class ControlServer:
             for fd in fds:
                 self._poller.register(fd, select.POLLIN)
             self._wake = fds
-        self._admit()
+        out: list[Message] = []
+        self._admit(out)
         if not self._listening and self._paused_until:
             timeout_ms = max(0, min(timeout_ms, int((self._paused_until - time.monotonic()) * 1000) + 1))
-        out: list[Message] = []
         events = self._poller.poll(timeout_ms)
-        if not events:
-            return out
         listener = self._sock.fileno()
         now = time.monotonic()
         for fd, ev in events:
@@ -244,7 +242,7 @@ class ControlServer:
         no more; bounded all the same by :data:`MAX_FRAME` plus :data:`READ_BUDGET` a connection)."""
         out: list[Message] = []
         now = time.monotonic()
-        self._admit()
+        self._admit(out)
         if self._listening:
             self._accept(out, now)
         for conn in [c for c in self._conns.values() if c.pid == pid]:
@@ -252,10 +250,11 @@ class ControlServer:
         return out
 
     # -- connections
-    def _admit(self) -> None:
+    def _admit(self, out: list[Message]) -> None:
         """Settle the pending connections whose sender is now known (a job's: kept within
-        :data:`PER_SENDER`; another process, once every job's pid is known: closed); listen again
-        when there is room (and the pause after running out of descriptors is over)."""
+        :data:`PER_SENDER`; another process, once every job's pid is known: what it holds is read,
+        then it is closed); listen again when there is room (and the pause after running out of
+        descriptors is over)."""
         if self._pending and self.senders is not None:
             jobs, unsure = self.senders()
             for fd, conn in list(self._pending.items()):
@@ -264,7 +263,9 @@ class ControlServer:
                     if self._per_pid.get(conn.pid, 0) > PER_SENDER:
                         self._close_refused(conn, "too many connections from one process")
                 elif not unsure:
-                    self._close_refused(conn, "not a job's process")
+                    self._read(conn, out, time.monotonic(), False)  # (a job whose pid was never known)
+                    if conn.sock.fileno() >= 0:
+                        self._close_refused(conn, "not a job's process")
         room = len(self._pending) < MAX_PENDING and len(self._conns) < MAX_CONNECTIONS
         if room and not self._listening and time.monotonic() >= self._paused_until:
             self._poller.register(self._sock.fileno(), select.POLLIN)
