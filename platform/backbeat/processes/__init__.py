@@ -2,7 +2,8 @@
 
 Lives here: the fork server (``workerpool``) and what runs inside it (``zygote``; its warm-up:
 ``warmup``; what each child starts with: ``freshstate``), exits and
-limits (``exits``), the ZeroMQ control channel (``control``; where its private folders are made
+limits (``exits``), the control channel (``control``, a Unix socket; its executor's end: ``controlserver``;
+where its private folders are made
 and those of dead processes removed: ``controlfolders``), job outcomes and the one error
 encoding between processes (``outcome``), the one spawn-and-collect loop (``group``:
 ``ProcessGroup``), the one ZeroMQ context of a process (``zmqcontext``), execution environments'

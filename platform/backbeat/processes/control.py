@@ -24,16 +24,21 @@ token (it travels in the job's payload, so only that job's process knows it), an
 tells who connected (``SO_PEERCRED`` of the connection, read once as it is accepted): a
 message is accepted only if its token is its job's and, when the job's pid is known
 (``pid_of``), it comes from that process.  Anything else — a block naming another job, a
-process that is no job — is refused and kept in :attr:`ControlServer.refused`.
+process that is no job — is refused and kept in :attr:`ControlServer.refused`.  What a
+hostile block can do to the executor's end (malformed or huge frames, many connections) is
+bounded: :mod:`~backbeat.processes.controlserver`.
 
 Ordering without an acknowledgement: a Unix stream socket queues what a process sends on its
 peer's end as the send returns, so once a block's ``done``/``error`` was sent (the block then
 exits), the executor finds it there whenever it looks — even on a connection it has not
-accepted yet.  When the executor sees a process exit, the next :meth:`ControlServer.poll` (every
-connection pending or readable is read, to its end) returns that job's final message:
-:meth:`ProcessGroup.outcome <backbeat.processes.group.ProcessGroup.outcome>` polls before it
-classifies.  A sender blocks (≤ 5 s a message) while the executor's end of its connection is
-full; a ``progress`` message is dropped rather than wait.
+accepted yet.  When the executor sees a process exit, :meth:`ProcessGroup.outcome
+<backbeat.processes.group.ProcessGroup.outcome>` reads what that process left before it
+classifies (:meth:`ControlServer.settle`: its connections, read on until nothing more is
+queued).  A sender blocks (≤ 5 s a message) while the executor's end of its connection is
+full; a ``progress`` message is dropped rather than wait when its connection is open and full
+(the last one, flushed before an ``error``, waits).  A frame holds at most :data:`MAX_FRAME` bytes: an error's
+message and traceback are cut to :data:`ERROR_TEXT` characters each, and statistics larger than
+that are reported as a ``system`` error.
 
 :func:`backbeat.processes.outcome.classify` combines the messages of one job with its
 process exit into an outcome.
@@ -42,21 +47,15 @@ process exit into an outcome.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import importlib
 import json
 import os
-import secrets
 import select
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from backbeat.core.errors import (
     BackbeatError,
@@ -65,253 +64,36 @@ from backbeat.core.errors import (
     describe_environmental,
 )
 from backbeat.processes import reaper
-from backbeat.processes.controlfolders import socket_parent
+from backbeat.processes.controlserver import (  # noqa: F401 - the executor's end, named here too
+    FINAL,
+    MAX_FRAME,
+    REFUSED_KEPT,
+    TYPES,
+    ControlServer,
+    Message,
+    frame,
+    path_of,
+)
 from backbeat.processes.exits import EXIT_BOOT, EXIT_MEMORY
 from backbeat.processes.outcome import REPORTED_KINDS, Outcome, environmental_failure, format_user_traceback
 from backbeat.processes.zygote import MemoryLimitTooLow, apply_memory_limit, split_target
 
-TYPES = ("start", "progress", "done", "error")
-FINAL = ("done", "error")  # a job's last message: its connection is closed once one is read
-#: refused messages kept (the others are only counted)
-REFUSED_KEPT = 100
-#: a frame announcing more than this is malformed: its connection is dropped
-MAX_FRAME = 1 << 30
 #: seconds a block waits to connect or to hand over one message (the executor reads while jobs run)
 SEND_TIMEOUT_S = 5.0
-_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: characters of an error's message and of its traceback sent at most (the middle is cut)
+ERROR_TEXT = 256 << 10
 _TIMEVAL = struct.Struct("ll")  # struct timeval: seconds, microseconds
-_HUP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 
 #: the client of the current block process (set by :func:`job_main`), see :func:`client`
 _CURRENT: ControlClient | None = None
 
 
-@dataclass(frozen=True)
-class Message:
-    """One control message; ``data`` holds every field besides ``type`` and ``job``."""
-
-    type: str
-    job: str
-    data: dict = field(default_factory=dict)
-    received: float = 0.0
-
-
-def frame(text: bytes) -> bytes:
-    """``text`` as one frame of the channel (its length, then itself)."""
-    return len(text).to_bytes(4, "big") + text
-
-
-def path_of(address: str) -> str:
-    """The socket path of a control address (``ipc://<path>``)."""
-    return address[6:] if address.startswith("ipc://") else address
-
-
-def _decode(frame: bytes, received: float) -> tuple[Message, str] | None:
-    """The message in a frame and the token it carries (None if it is no message)."""
-    try:
-        obj = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(obj, dict) or obj.get("type") not in TYPES or not isinstance(obj.get("job"), (str, int)):
-        return None
-    token = obj.pop("token", None)
-    kind, job = obj.pop("type"), obj.pop("job")
-    return Message(kind, str(job), obj, received), token if isinstance(token, str) else ""
-
-
-class _Connection:
-    """One block's connection: its socket, what was read of an unfinished frame, the sender's pid."""
-
-    __slots__ = ("buf", "pid", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        try:
-            pid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))[0]
-        except OSError:
-            pid = 0
-        self.pid: int | None = pid if pid > 0 else None  # (0: not known in this PID namespace)
-
-
-class ControlServer:
-    """Executor side: a Unix stream socket listening at ``<private dir>/control`` (0700 directory,
-    made in ``dirpath``, default :func:`socket_parent`).
-
-    Its folder is named after this process (``bb-ctl-<pid>-…``; those of dead processes are removed
-    when a :class:`~backbeat.processes.group.ProcessGroup` is made: :func:`sweep_folders`).
-    ``pid_of(job)``: the pid of a job's process once known (messages from any other process are refused).
-    """
-
-    def __init__(self, dirpath: str | None = None, pid_of: Callable[[str], int | None] | None = None) -> None:
-        self._dir = tempfile.mkdtemp(prefix=f"bb-ctl-{os.getpid()}-", dir=dirpath or socket_parent())
-        os.chmod(self._dir, 0o700)
-        path = os.path.join(self._dir, "control")
-        if len(path.encode()) > 100:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise UsageError(f"control socket path too long for ipc:// ({path})")
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(path)
-        self._sock.listen(socket.SOMAXCONN)
-        self._sock.setblocking(False)
-        self._address = f"ipc://{path}"
-        self.rejected = 0  # malformed frames dropped
-        #: messages refused (first :data:`REFUSED_KEPT`): ``{"job", "type", "pid", "reason"}``
-        self.refused: list[dict] = []
-        self.refused_count = 0
-        self.pid_of = pid_of
-        self._tokens: dict[str, str] = {}
-        self._conns: dict[int, _Connection] = {}  # fd -> the connection
-        self._poller = select.poll()
-        self._poller.register(self._sock.fileno(), select.POLLIN)
-        self._wake: tuple[int, ...] = ()
-
-    def register(self, job: str) -> str:
-        """A new secret token for ``job``; only messages carrying it are accepted as ``job``'s."""
-        token = secrets.token_hex(16)
-        self._tokens[str(job)] = token
-        return token
-
-    def _refuse(self, msg: Message, pid: int | None, reason: str) -> None:
-        self.refused_count += 1
-        if len(self.refused) < REFUSED_KEPT:
-            self.refused.append({"job": msg.job, "type": msg.type, "pid": pid, "reason": reason})
-
-    def _check(self, msg: Message, token: str, pid: int | None) -> bool:
-        expected = self._tokens.get(msg.job)
-        if expected is None:
-            self._refuse(msg, pid, "no such job")
-            return False
-        if not hmac.compare_digest(expected, token):
-            self._refuse(msg, pid, "not the job's token")
-            return False
-        if pid is not None and self.pid_of is not None:
-            owner = self.pid_of(msg.job)
-            if owner is not None and owner != pid:
-                self._refuse(msg, pid, "not sent by the job's process")
-                return False
-        return True
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def directory(self) -> str:
-        return self._dir
-
-    def poll(self, timeout_ms: int = 0, wake: int | Sequence[int] | None = None) -> list[Message]:
-        """Messages available within ``timeout_ms`` (all queued ones, in arrival order on each
-        connection).
-
-        ``wake``: file descriptor(s) that also end the wait when readable (the fork
-        servers', which report process exits), so that callers react at once.
-        """
-        fds = () if wake is None else (wake,) if isinstance(wake, int) else tuple(wake)
-        if fds != self._wake:
-            for fd in self._wake:
-                if fd not in self._conns and fd != self._sock.fileno():
-                    with contextlib.suppress(KeyError):
-                        self._poller.unregister(fd)
-            for fd in fds:
-                self._poller.register(fd, select.POLLIN)
-            self._wake = fds
-        out: list[Message] = []
-        events = self._poller.poll(timeout_ms)
-        if not events:
-            return out
-        listener = self._sock.fileno()
-        now = time.monotonic()
-        for fd, ev in events:
-            if fd == listener:
-                self._accept(out, now)
-            elif fd in self._conns:
-                self._read(self._conns[fd], out, now, bool(ev & _HUP))
-        return out
-
-    def _accept(self, out: list[Message], now: float) -> None:
-        """Accept every pending connection and read what it already holds (a block may have sent
-        its last message and exited before its connection was accepted)."""
-        while True:
-            try:
-                sock, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # (e.g. out of file descriptors: taken at the next poll)
-                return
-            conn = _Connection(sock)
-            self._conns[sock.fileno()] = conn
-            self._poller.register(sock.fileno(), select.POLLIN)
-            self._read(conn, out, now, False)
-
-    def _read(self, conn: _Connection, out: list[Message], now: float, hup: bool) -> None:
-        """Read what ``conn`` holds (to its end if its sender has closed it), its whole frames to ``out``."""
-        while True:
-            try:
-                chunk = conn.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self._frames(conn, out, now)
-                if conn.buf:
-                    self.rejected += 1  # (an unfinished frame)
-                self._drop(conn)
-                return
-            conn.buf += chunk
-            if len(chunk) < 1 << 16 and not hup:
-                break  # (drained: more comes with the next poll)
-        if not self._frames(conn, out, now):
-            self.rejected += 1
-            self._drop(conn)
-
-    def _frames(self, conn: _Connection, out: list[Message], now: float) -> bool:
-        """Decode and check the whole frames of ``conn``'s buffer; False if it is malformed."""
-        buf, at = conn.buf, 0
-        while len(buf) - at >= 4:
-            n = int.from_bytes(buf[at:at + 4], "big")
-            if n > MAX_FRAME:
-                conn.buf.clear()
-                return False
-            if len(buf) - at - 4 < n:
-                break
-            decoded = _decode(bytes(buf[at + 4:at + 4 + n]), now)
-            at += 4 + n
-            if decoded is None:
-                self.rejected += 1
-                continue
-            msg, token = decoded
-            if self._check(msg, token, conn.pid):
-                out.append(msg)
-                if msg.type in FINAL:  # its sender sends no more: no wake-up for its end
-                    del buf[:]
-                    self._drop(conn)
-                    return True
-        del buf[:at]
-        return True
-
-    def _drop(self, conn: _Connection) -> None:
-        fd = conn.sock.fileno()
-        if fd < 0:  # (already dropped)
-            return
-        self._conns.pop(fd, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._poller.unregister(fd)
-        conn.sock.close()
-
-    def close(self) -> None:
-        for conn in list(self._conns.values()):
-            self._drop(conn)
-        if self._sock.fileno() >= 0:
-            self._sock.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> ControlServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _cut(text: str | None, limit: int = ERROR_TEXT) -> str | None:
+    """``text`` with its middle cut if it is longer than ``limit`` characters."""
+    if text is None or len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[… {len(text) - 2 * half} characters cut …]\n{text[-half:]}"
 
 
 class ControlClient:
@@ -331,19 +113,23 @@ class ControlClient:
         self._pending: tuple[int, int | None] | None = None
         self.finished = False
 
-    def _send(self, obj: dict, block: bool = True) -> None:
-        """Send one message (``{"type", ...}``); ``block=False``: dropped if the executor's end is full."""
+    def _send(self, obj: dict, block: bool = True) -> bool:
+        """Send one message (``{"type", ...}``); ``block=False``: dropped if the executor's end is
+        full.  False (nothing sent) if its text is longer than :data:`MAX_FRAME`."""
         if self._closed:
-            return
+            return True
         text = self._head + json.dumps(obj).encode()[1:]
+        if len(text) > MAX_FRAME:
+            return False
         try:
             if self._sock is None:
                 self._sock = self._connect()
-            elif not block and not select.select((), (self._sock,), (), 0)[1]:
-                return
+            elif not block and not _writable(self._sock):
+                return True
             self._sock.sendall(frame(text), socket.MSG_NOSIGNAL)
         except OSError:  # the executor is gone, or read nothing for SEND_TIMEOUT_S: nothing more is sent
             self.close()
+        return True
 
     def _connect(self) -> socket.socket:
         """A blocking socket whose sends (and connect, while the executor's backlog is full) give
@@ -384,8 +170,14 @@ class ControlClient:
             self._send({"type": "progress", "done": done, "total": total})
 
     def done(self, statistics: dict | None = None) -> None:
+        """Report the job's statistics: more than the channel carries (:data:`MAX_FRAME` as
+        JSON) are reported as a ``system`` error instead, saying so."""
         self._pending = None  # (what it would say, ``done`` says)
-        self._send({"type": "done", "statistics": statistics or {}})
+        if not self._send({"type": "done", "statistics": statistics or {}}):
+            size = len(json.dumps(statistics))
+            self._send({"type": "error", **Outcome(
+                "system", f"the job's statistics are {size} bytes of JSON, more than the control channel "
+                f"carries ({MAX_FRAME} bytes)").to_json()})
         self.finished = True
 
     def error(self, failure: Outcome) -> None:
@@ -393,6 +185,8 @@ class ControlClient:
         if failure.kind not in REPORTED_KINDS:
             raise UsageError(f"unknown error kind `{failure.kind}'")
         self._flush_progress()
+        failure = Outcome(failure.kind, _cut(failure.message) or "", _cut(failure.traceback), failure.statistics,
+                          code=failure.code)
         self._send({"type": "error", **failure.to_json()})
         self.finished = True
 
@@ -401,6 +195,13 @@ class ControlClient:
         self._closed = True
         if self._sock is not None:
             self._sock.close()
+
+
+def _writable(sock: socket.socket) -> bool:
+    """Whether ``sock`` can be written to without waiting (``poll``: any descriptor number)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 def client() -> ControlClient | None:
@@ -415,9 +216,9 @@ def run_job(target: str, payload: dict) -> int:
 
     ``payload["control"]`` is the server address, ``payload["job"]`` the job id and
     ``payload["token"]`` its secret; ``payload["root"]`` (optional) is the root of user code
-    for tracebacks.  The process's memory limit is applied once the channel is open
-    (:func:`~backbeat.processes.zygote.apply_memory_limit`), so running out of memory is
-    reported.  An exception escaping the target is a ``"user"`` error unless it has
+    for tracebacks.  The process's memory limit is applied before the target runs
+    (:func:`~backbeat.processes.zygote.apply_memory_limit`; the channel connects lazily, at the
+    first message), and running out of memory is reported (the connection needs little memory).  An exception escaping the target is a ``"user"`` error unless it has
     ``error_kind = "system"`` or the environment failed (a full disk, a read-only file
     system: :func:`~backbeat.processes.outcome.environmental_failure`).  The target may call :func:`client`
     to send progress; if it returns a dict and has not reported ``done`` itself, the dict is
@@ -506,4 +307,4 @@ def job_main(payload: dict) -> None:
         os._exit(code)
 
 
-job_main.applies_memory_limit = True  # type: ignore[attr-defined]  # after opening its channel
+job_main.applies_memory_limit = True  # type: ignore[attr-defined]  # (in run_job, before the target runs)

@@ -15,7 +15,8 @@ so spawning, limits, message collection and outcome classification live in one p
   stdout and stderr go to (bounded, :mod:`~backbeat.processes.logs`; without one, the
   parent's stderr — never its stdout).
 * :meth:`poll` waits up to ``timeout_ms`` for control messages (it wakes at once when a
-  process exits), keeps them per job and hands each to ``on_message`` (progress display);
+  process exits), keeps them per job (of a job's ``progress`` messages, the last one only) and
+  hands each to ``on_message`` (progress display);
   :meth:`take_ended` says which jobs' exits were seen since it was last called (a loop watching
   many jobs looks at those only);
   :meth:`exit` tells whether a job's process has ended; :meth:`outcome` classifies it from its
@@ -125,7 +126,7 @@ class ProcessGroup:
         if self._control is None:
             from backbeat.processes.control import ControlServer
 
-            self._control = ControlServer(self._folder, pid_of=self._pid_of)
+            self._control = ControlServer(self._folder, pid_of=self._pid_of, senders=self._senders)
         return self._servers[python], self._control
 
     @property
@@ -201,6 +202,17 @@ class ProcessGroup:
             return None
         return handle.host_pid
 
+    def _senders(self) -> tuple[set[int], bool]:
+        """The pids of the jobs' processes known so far (as this process sees them), and whether
+        a running job's pid is still unknown (its process may connect before its fork server says it)."""
+        pids, unsure = set(), False
+        for handle in self._handles.values():
+            if handle.host_pid is not None:
+                pids.add(handle.host_pid)
+            elif handle.exit is None:
+                unsure = True
+        return pids, unsure
+
     def _staged_log(self, job: str, log: str | None) -> str | None:
         """Where the fork server writes ``job``'s log: ``log``, or — the cache being read-only in
         the sandbox — a file of the group's private folder, moved to ``log`` once the job ends."""
@@ -244,13 +256,22 @@ class ProcessGroup:
         if self._control is None or not self._servers:
             return []
         fds = [fd for fd in (s.event_fd() for s in self._servers.values()) if fd is not None]
-        msgs = self._control.poll(timeout_ms, fds)
-        for msg in msgs:
-            self._messages.setdefault(msg.job, []).append(msg)
-            if self.on_message is not None:
-                self.on_message(msg)
+        msgs = self._take(self._control.poll(timeout_ms, fds))
         for server in self._servers.values():
             server.pump(0)
+        return msgs
+
+    def _take(self, msgs: list[Message]) -> list[Message]:
+        """Keep each job's messages (of its ``progress`` messages, the last one only: a block
+        sending them nonstop grows nothing here) and hand them to ``on_message``."""
+        for msg in msgs:
+            kept = self._messages.setdefault(msg.job, [])
+            if msg.type == "progress" and kept and kept[-1].type == "progress":
+                kept[-1] = msg
+            else:
+                kept.append(msg)
+            if self.on_message is not None:
+                self.on_message(msg)
         return msgs
 
     def exit(self, job: str) -> Exit | None:
@@ -280,6 +301,10 @@ class ProcessGroup:
         kept = self._messages.get(job)
         if not kept or kept[-1].type not in FINAL:  # (its final message, if any, is queued: it sends none after)
             self.poll(0)
+            kept = self._messages.get(job)
+            pid = self._handles[job].host_pid
+            if (not kept or kept[-1].type not in FINAL) and pid is not None and self._control is not None:
+                self._take(self._control.settle(pid))
         from backbeat.processes.outcome import classify
 
         outcome = classify(exit_, self._messages.get(job, []), self._limits.get(job))
