@@ -90,6 +90,11 @@ def huge_error(payload: dict) -> None:
     raise ValueError("y" * (controlserver.MAX_FRAME + 1))
 
 
+def emoji_error(payload: dict) -> None:
+    """An error whose characters take 12 bytes each in JSON: cut by characters, still over a frame."""
+    raise ValueError("\U0001F600" * 300_000)
+
+
 def progress_flood(payload: dict) -> dict:
     from backbeat.processes import control
 
@@ -106,8 +111,9 @@ def test_statistics_or_errors_larger_than_a_frame_are_reported_clearly_and_progr
     try:
         group.spawn("stats", f"{TARGETS}:too_much")
         group.spawn("error", f"{TARGETS}:huge_error")
+        group.spawn("emoji", f"{TARGETS}:emoji_error")
         group.spawn("flood", f"{TARGETS}:progress_flood")
-        outcomes = group.wait(["stats", "error", "flood"], timeout=120)
+        outcomes = group.wait(["stats", "error", "emoji", "flood"], timeout=120)
         kept = group._messages["flood"]
     finally:
         group.close()
@@ -115,6 +121,7 @@ def test_statistics_or_errors_larger_than_a_frame_are_reported_clearly_and_progr
         outcomes["stats"].message, outcomes["stats"]
     assert outcomes["error"].kind == "user" and "characters cut" in outcomes["error"].message
     assert len(outcomes["error"].message) < controlserver.MAX_FRAME // 4
+    assert outcomes["emoji"].kind == "user" and "characters cut" in outcomes["emoji"].message, outcomes["emoji"]
     assert outcomes["flood"].ok and outcomes["flood"].statistics == {"sent": 2000}, outcomes["flood"]
     assert [m.type for m in kept] in (["progress", "done"], ["done"]), [m.type for m in kept]
 

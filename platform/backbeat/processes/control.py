@@ -185,9 +185,15 @@ class ControlClient:
         if failure.kind not in REPORTED_KINDS:
             raise UsageError(f"unknown error kind `{failure.kind}'")
         self._flush_progress()
-        failure = Outcome(failure.kind, _cut(failure.message) or "", _cut(failure.traceback), failure.statistics,
-                          code=failure.code)
-        self._send({"type": "error", **failure.to_json()})
+        limit = ERROR_TEXT
+        while True:  # (cut by characters; a character may take up to 12 bytes in JSON: cut more till it fits)
+            cut = Outcome(failure.kind, _cut(failure.message, limit) or "", _cut(failure.traceback, limit),
+                          failure.statistics, code=failure.code)
+            if self._send({"type": "error", **cut.to_json()}) or limit < 64:
+                break
+            limit //= 4
+            if limit < 64:  # (its statistics alone are too big: the error without them)
+                failure = Outcome(failure.kind, failure.message, failure.traceback, code=failure.code)
         self.finished = True
 
     def close(self) -> None:

@@ -52,8 +52,8 @@ MAX_FRAME = 4 << 20
 #: bytes read from one connection per poll (then the other connections are served)
 READ_BUDGET = 1 << 20
 _CHUNK = 1 << 16
-#: connections accepted per poll
-ACCEPTS_PER_POLL = 64
+#: connections accepted per poll at most (the backlog's size: refused ones are closed at once)
+ACCEPTS_PER_POLL = socket.SOMAXCONN
 #: connections a job's process may keep open
 PER_SENDER = 2
 #: connections whose sender is not known (yet) to be a job's process
@@ -283,7 +283,8 @@ class ControlServer:
         """Accept pending connections (within the bounds above) and read what each already holds
         (a block may have sent its last message and exited before its connection was accepted)."""
         jobs, unsure = self.senders() if self.senders is not None else ((), True)
-        for _ in range(ACCEPTS_PER_POLL):
+        for _ in range(ACCEPTS_PER_POLL):  # (the backlog's size: a flood of refused connections must not
+            # leave a job's one connection behind it for a later poll — its outcome reads only this one)
             if len(self._pending) >= MAX_PENDING or len(self._conns) >= MAX_CONNECTIONS:
                 self._stop_listening(0.0)  # (the rest waits in the backlog: listened to again by _admit)
                 return
@@ -296,8 +297,11 @@ class ControlServer:
                     self._stop_listening(PAUSE_S)  # (no spinning on a listener that stays readable)
                 return
             conn = _Connection(sock)
-            if conn.pid not in jobs and not unsure:
-                self._close_refused(conn, "not a job's process")
+            if conn.pid not in jobs and not unsure:  # (what it holds is read first, as _admit does: a job
+                # whose pid was never known — reaped before it was translated — may have sent its last)
+                self._read(conn, out, now, False, MAX_FRAME + 4 + READ_BUDGET)
+                if conn.sock.fileno() >= 0:
+                    self._close_refused(conn, "not a job's process")
                 continue
             if self._per_pid.get(conn.pid, 0) >= PER_SENDER and (conn.pid in jobs or conn.pid is None):
                 self._close_refused(conn, "too many connections from one process")
