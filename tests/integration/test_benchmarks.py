@@ -194,11 +194,13 @@ def test_schedgaps_follows_the_run_and_replays_it_on_idle_cores(tmp_path):
     if not probe or probe.returncode:
         pytest.skip("perf sched record cannot record here" + (": " + probe.stderr.decode(errors="replace")[-200:] if probe else ""))
     out = tmp_path / "gaps.json"
-    for _attempt in range(2):  # (perf sched may lose a short child's events: CI once saw 0.3 of 0.6 s; once more)
+    for _attempt in range(3):  # (perf sched may lose a short child's events: CI once saw 0.3 of 0.6 s,
+        # once 0.10 of the child's 0.3 s; once more, then again)
         done = _run("schedgaps.py", "--json", str(out), "--", sys.executable, "-c", BUSY, timeout=120)
         assert done.returncode == 0, done.stderr
         r = json.loads(out.read_text())
-        if r["cpu"] >= 0.4:
+        roles = r["by_role"]
+        if r["cpu"] >= 0.4 and min(roles.get("command", 0), roles.get("its children (zygote…)", 0)) >= 0.15:
             break
     assert r["tasks"] >= 2 and r["cpu"] >= 0.4  # (two bursts of 0.3 s: perf sched may miss some of a short child's)
     assert r["by_role"]["command"] >= 0.15 and r["by_role"]["its children (zygote…)"] >= 0.15
