@@ -151,9 +151,10 @@ def _streamed(folder: str, i: int) -> None:
     # (the output's cancel file made at once: its ack comes synchronously, and a stand-in that stopped
     # answering after a change of the stream protocol must end the wait, not hang the zygote)
     open(os.path.join(folder, f"out{i}.gone"), "wb").close()
-    # (the control server in its own short-named private folder, as a run's: a long TMPDIR must not
-    # make the path too long for the socket and the rehearsal fail every time)
-    with control.ControlServer() as server, zmqcontext.substitute(loopback.Hub({address["out"]: consumer})):
+    # (the control server's folder inside the rehearsal's, which a later zygote sweeps if this one is
+    # killed while rehearsing — a fully cached run closes its fork server early; with no /dev/shm and a
+    # long TMPDIR the socket's path may be too long: the rehearsal then fails, ignored, its gain lost)
+    with control.ControlServer(folder) as server, zmqcontext.substitute(loopback.Hub({address["out"]: consumer})):
         payload = {"target": target, "control": server.address, "job": "rehearsal",
                    "token": server.register("rehearsal"), "root": folder, "spec": block}
         producer = StreamSender([StreamTarget(address["in"], cancel)], *blockrun._batch_size(EXPANDED, FORMAT))
