@@ -230,7 +230,7 @@ class _Dataset:
                         units, make = taken.copy, partial(Batch.from_values, name, expanded, taken)
                 except Uncopyable as exc:  # (a generator, a lock...): blamed on get, as a value not fitting
                     # (asked again, get may return only values that can be copied: what could not be is
-                    # blamed on the window's first entry — never exc.cause raised, backbeat's frames in it)
+                    # then said of the window's entries — never exc.cause raised, backbeat's frames in it)
                     raise self._uncopyable(output, entries) or self._uncopied(output, entries, exc) from None
             if self.guard is not None:
                 self.guard.check()
