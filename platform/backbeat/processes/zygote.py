@@ -143,7 +143,6 @@ def apply_memory_limit() -> None:
 _fresh_random_state = freshstate.fresh_random_state
 
 
-
 def child_run(target: str, payload: Any) -> int:
     """Import and call ``target(payload)``; map the outcome to an exit code."""
     try:
@@ -216,9 +215,9 @@ class Zygote:
         self.forked: list[tuple] = []  # (pid, request, pipe, start, oom) forked, not yet settled
 
     def send(self, event: dict) -> None:
-        """Queue an event; written without blocking so a busy parent cannot deadlock us."""
+        """Queue an event: those of a round of the loop are written together (:meth:`flush`, before
+        it waits again), without blocking so a busy parent cannot deadlock us."""
         self.outbuf += (json.dumps(event) + "\n").encode()
-        self.flush()
 
     def flush(self) -> None:
         while self.outbuf:
@@ -268,6 +267,7 @@ class Zygote:
             if not error:
                 self.read_requests(preloading=True)
                 self.reap()  # (a child forked meanwhile may have ended: its exit is told now)
+                self.flush()
         _fresh_random_state()
         gc.freeze()  # what is preloaded is never collected in a child: its pages stay shared
         self.read_requests()  # those left waiting by the preload, before describing itself (~30 ms)
@@ -275,6 +275,7 @@ class Zygote:
             self.interpreter = importlib.import_module("backbeat.processes.interpreter").describe()
         self.send({"ev": "ready", "pid": os.getpid(), "error": error, "interpreter": self.interpreter})
         while True:
+            self.flush()  # (a batch's `spawned` events, the exits reaped together: one write)
             now = time.monotonic()
             deadlines = [c["deadline"] for c in self.children.values() if c["deadline"] and not c["reason"]]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
