@@ -232,3 +232,45 @@ def test_malformed_frames_are_dropped_without_disturbing_other_connections(tmp_p
             s.close()
     assert [(m.job, m.type, m.data) for m in seen] == [("mine", "done", {"statistics": {"n": 1}})]
     assert server.rejected == 4 and not server.refused  # (a bad text, a huge length, a bad text and a cut frame)
+
+
+def test_the_senders_known_are_learnt_once_and_a_job_whose_pid_is_unknown_keeps_the_door_open(tmp_path):
+    """The control server asks the group for the pids of its jobs' processes at each poll that
+    accepts a connection: the group looks only at the jobs whose pid it did not know at its last
+    answer (a chain of K blocks made that O(K) a block), and its answer is what a full scan says —
+    every job's pid once told (ended jobs too: a last message may still be queued), ``unsure``
+    while a running job's pid is not told yet, a forgotten job's pid gone."""
+    group = ProcessGroup(root=str(tmp_path))
+    try:
+        for k in range(6):
+            group.spawn(f"e{k}", f"{TARGETS}:echo", {"k": k})
+        out = group.wait([f"e{k}" for k in range(6)])
+        assert all(o.ok for o in out.values())
+        pids, unsure = group._senders()
+        pids = set(pids)
+        assert pids == {group._handles[f"e{k}"].host_pid for k in range(6)} and not unsure
+
+        class Spy:  # a job whose pid was told, looked at again by a later answer, fails the test
+            def __init__(self, handle):
+                self.handle = handle
+
+            def __getattr__(self, name):
+                raise AssertionError(f"a job whose pid was told was looked at again ({name})")
+
+        for k in range(6):
+            group._handles[f"e{k}"] = Spy(group._handles[f"e{k}"])
+        group.spawn("s", f"{TARGETS}:sleep", None)
+        handle = group._handles["s"]
+        handle.pid  # noqa: B018 - (waits for its fork server to tell it)
+        told, handle.host_pid = handle.host_pid, None  # (as before it is told)
+        assert told is not None and group._senders() == (pids, True)  # (its process may connect first)
+        handle.host_pid = told
+        assert group._senders() == (pids | {told}, False)
+        for k in range(6):
+            group._handles[f"e{k}"] = group._handles[f"e{k}"].handle
+        group.kill("s")
+        group.wait(["s"])
+        group.forget_ended()
+        assert group._senders() == (set(), False)
+    finally:
+        group.close()

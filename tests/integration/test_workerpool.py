@@ -655,3 +655,23 @@ def test_multiprocessing_fallback_guard_waits_for_its_block_when_sigchld_is_igno
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.split() == ["3"], (proc.stdout, proc.stderr[-2000:])
+
+
+def test_the_zygote_seeds_numpy_with_exactly_the_words_the_os_gave(monkeypatch):
+    """numpy's global generator gets the 624 words of ``os.urandom`` as they are (given to
+    ``set_state`` as ints: none lost nor cut), its position at the end and no cached Gaussian."""
+    import numpy as np
+
+    from backbeat.processes import freshstate
+
+    words = bytes(range(256)) * 9 + bytes(range(192))  # 2,496 bytes: 624 words
+    monkeypatch.setattr(freshstate.os, "urandom", lambda n: words[:n])
+    saved = np.random.get_state()
+    try:
+        np.random.standard_normal()  # (a Gaussian drawn: one cached)
+        freshstate.seed_numpy()
+        name, key, pos, has_gauss, _gauss = np.random.get_state()
+        assert (name, pos, has_gauss) == ("MT19937", 624, 0)
+        assert key.dtype == np.uint32 and key.tobytes() == words
+    finally:
+        np.random.set_state(saved)

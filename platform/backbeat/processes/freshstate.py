@@ -67,10 +67,12 @@ def seed_numpy() -> None:
     (``numpy.random.seed()``) cost every block process ~0.5 ms and ~100 pages copied; here, where
     each fork has just shared every page again, ``seed(<128 bits>)`` cost 0.7 ms and ~100 faults
     (an exception caught and five ufunc calls inside numpy's legacy seeding), ``set_state`` 0.45 ms
-    and ~60 (``docs/performance.md``, "Wave 8 (perf-l)")."""
+    and ~60 (``docs/performance.md``, "Wave 8 (perf-l)").  The words are given as a list of ints:
+    numpy copies the key word by word (``key[i]``), and indexing an array made a numpy scalar of
+    each (~0.1 ms a fork more: "Wave 13 (perf-cmd)")."""
     np = sys.modules.get("numpy")
     if np is not None:
-        np.random.set_state(("MT19937", np.frombuffer(os.urandom(4 * _MT_WORDS), dtype=np.uint32), _MT_WORDS))
+        np.random.set_state(("MT19937", memoryview(os.urandom(4 * _MT_WORDS)).cast("I").tolist(), _MT_WORDS))
 
 
 #: ``sys.stdin``/``stdout``/``stderr`` for the zygote's children, made by :func:`prepare_std_streams`
