@@ -160,8 +160,10 @@ class _Server:
         assert code is not None
         return subprocess.CompletedProcess(argv, code, _text(b"".join(chunks[out_r])), _text(b"".join(chunks[err_r])))
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         self.conn.close()
+        if kill:
+            self.proc.kill()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -201,6 +203,14 @@ def run(argv: list[str], args: list[str], cwd: str, env: dict[str, str],
             _servers.extend(_Server(seed) for seed in seeds)
             atexit.register(_close)
         _turn = 1 - _turn
-        return _servers[_turn].run(argv, args, cwd, env, timeout)
+        server = _servers[_turn]
+        try:
+            return server.run(argv, args, cwd, env, timeout)
+        except subprocess.TimeoutExpired:
+            raise  # (its child killed and reaped: the server answers the next command)
+        except BaseException:  # (interrupted mid-exchange: its next answer would be this command's)
+            _servers[_turn] = _Server(random.SystemRandom().randrange(1, 1 << 32))
+            server.close(kill=True)
+            raise
     finally:
         _busy.release()
