@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import cliserver
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 #: backbeat's own small prefix for engine behaviour (cache, failures, concurrency)
 RUN_PREFIX = FIXTURES / "run" / "prefix"
@@ -55,11 +57,15 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> bool:
 
 def run_cli(*args: str | os.PathLike, timeout: float = 60, cwd: str | os.PathLike | None = None,
             env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``backbeat ARGS…`` in a subprocess; return the completed process (text output)."""
+    """Run ``backbeat ARGS…`` in a subprocess; return the completed process (text output).  It is forked
+    from a preloaded server (:mod:`cliserver`) unless its environment needs a fresh interpreter."""
     environ = dict(os.environ)
     environ.pop("BACKBEAT_DEBUG", None)
     environ.pop("BACKBEAT_PREFIX", None)
     environ.update(env or {})
+    if cliserver.forkable(environ):  # (forked from a preloaded server: tests/cliserver.py)
+        return cliserver.run(cli_command(*map(str, args)), [str(a) for a in args], os.fspath(cwd or os.getcwd()),
+                             environ, timeout)
     return subprocess.run(cli_command(*map(str, args)), capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env=environ)
 
