@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from backbeat.cache.blobs import Blobs
 from backbeat.data import dbindex
 from backbeat.runtime import dbprovider
+from backbeat.runtime.probe import PARALLEL_UNITS
 from backbeat.runtime.spec import CodeFile, DatasetSpec
 
 HEAD = '''
@@ -86,3 +88,34 @@ def test_the_probe_reads_the_views_own_entries_only_when_they_are_what_the_table
         "root": "index", **{f"root/{name}": "get" for name in "abcde"}}
     assert objs == ["list" if label == "plain" else "Entries"] * 5
     assert values == [11 * k for k in range(5)]
+
+
+LARGE = HEAD + '''
+
+class V(View):
+    def index(self, root_folder, parameters):
+        return [Entry("x", k) for k in range(parameters["n"])]
+
+    def get(self, output, index):
+        mark = os.path.join(self.parameters["marks"], str(os.getpid()))  # each probing process, once
+        if not os.path.exists(mark):
+            with open(mark, "w") as f:
+                f.write(type(self.objs).__name__)
+        return {"value": numpy.int32(self.objs[index].value)}
+'''
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable core: the probe never forks")
+def test_a_probing_copy_reads_the_tables_entries_not_the_jobs_list(tmp_path):
+    """On two slots the job reads its view's own entries, its forked copy the table's (reading the
+    job's list, the copy would write every entry's reference count: a copy of their pages)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = LARGE.encode()
+    blobs = Blobs(tmp_path / "code")
+    snapshot = CodeFile(str(blobs.path(blobs.put(code))), hashlib.sha256(code).hexdigest(), str(tmp_path / "1.py"))
+    spec = DatasetSpec("t/1", snapshot, "V", str(tmp_path), {"marks": str(marks), "n": PARALLEL_UNITS},
+                       str(tmp_path / "i.db"), {"value": ("t/int/1", {"value": "int32"})}, cores=2)
+    assert dbprovider.build_index({"spec": spec.to_json()})["probe"] == "complete"
+    seen = {int(m.name): m.read_text() for m in marks.iterdir()}
+    assert seen.pop(os.getpid()) == "list" and list(seen.values()) == ["Entries"]

@@ -142,6 +142,7 @@ def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: An
 
 
 _NAMEDTUPLE = set(vars(namedtuple("Entry", ["a"]))) - {"a"}  # what namedtuple() gives a class (its fields aside)
+_KEPT: list = []  # (in a probing copy: the job's entries, never freed)
 
 
 class _Blame(Exception):
@@ -203,7 +204,8 @@ class _Dataset:
             self.view.setup(spec.root_folder, spec.parameters, objs if view_sees is None else view_sees,
                             start_index=None, end_index=None)
         self.objs = getattr(self.view, "objs", None) or objs
-        if view_sees is not None:  # (BEAT's setup: all of them kept; units grouped from the table's columns)
+        self._own = view_sees is not None
+        if self._own:  # (BEAT's setup: all of them kept; units grouped from the table's columns)
             self.objs = objs
         self.units: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.recent: dict[tuple[str, int, int], Batch] = {}
@@ -276,7 +278,16 @@ class _Dataset:
         ``complete`` or why it stopped (:mod:`backbeat.runtime.probe`, on two cores, ``meanwhile``
         done while it runs)."""
         calls = [(output, self.output_units(output)[0].tolist()) for output in self.spec.outputs]
-        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile)
+        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile,
+                           in_copy=self._table_in_copy if self._own else None)
+
+    def _table_in_copy(self) -> None:
+        """In a probing copy: the view reads the table's entries, as BEAT's ``setup`` over them would
+        keep them, not the job's list (reading it, the copy would write every entry's reference
+        count, and so copy the pages they are on: ~90 MB at 1M).  The list is kept, never freed:
+        freeing it would write them all too (the copy leaves through ``os._exit``)."""
+        _KEPT.append(self.view.objs)
+        self.view.objs = self.objs[0:len(self.objs)]
 
     def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
         """The first value ``get`` returned that does not fit the output's dataformat, blamed on
