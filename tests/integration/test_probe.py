@@ -54,7 +54,7 @@ def test_two_processes_record_what_one_process_records(tmp_path, fail_at):
                         meanwhile=(lambda done=done, pids=pids: done.append(len(pids))) if meanwhile else None)
         results[parallel, meanwhile] = outcome, sorted(recorder.seen), {v["phase"] for v in recorder.seen.values()}
         if meanwhile:
-            assert done == [0] and 0 < len(pids) <= 6  # done once, here, before the job probed the first half
+            assert done == [0] and len(pids) <= 12  # done once, here, before the job probed its chunks
     assert results[True, False] == results[False, False] == results[True, True]
     outcome, seen, phases = results[True, True]
     if fail_at is None:
@@ -62,6 +62,45 @@ def test_two_processes_record_what_one_process_records(tmp_path, fail_at):
     else:
         assert outcome == f"stopped: ValueError: no unit {fail_at}"
         assert seen == sorted(f"root/{k}.txt" for k in (*range(0, 12, 2), *range(20, 32, 2)) if k < fail_at)
+
+
+@pytest.mark.parametrize("fail_at", [None, 3, 17, 58, 59], ids=["complete", "job fails", "job's last unit",
+                                                          "copy fails", "last unit fails"])
+def test_the_copy_probes_what_the_job_cannot_reach_while_it_works(tmp_path, fail_at):
+    """On two slots the copy takes chunks from the last one back while the job does its work: it
+    probes more than half the units when the work lasts (a fixed half left it idle then; here the
+    work waits until the copy has passed the middle, up to 20 s), and the result is still what
+    one process probing in order gives, whichever process a failure falls in."""
+    files = tmp_path / "files"
+    files.mkdir()
+    for k in range(60):
+        (files / f"{k}.txt").write_text(str(k))
+    calls = [("a", list(range(0, 20))), ("b", list(range(20, 25))), ("c", list(range(25, 60)))]
+    marks = tmp_path / "marks"
+
+    def get(output, start):
+        if start == fail_at:
+            raise ValueError(f"no unit {start}")
+        with open(files / f"{start}.txt") as f:
+            f.read()
+        with open(marks, "a") as f:  # (not under a watched folder)
+            f.write(f"{os.getpid()} {start}\n")
+
+    def work():  # the job's own work, until the copy has probed 40 units (or 20 s; 2 s if it may fail first)
+        wait_until(lambda: marks.exists() and len(marks.read_text().split("\n")) > 40, timeout=20 if fail_at is None else 2)
+
+    results = []
+    for parallel in (False, True):
+        marks.unlink(missing_ok=True)
+        recorder = OpenRecorder({"root": str(files)})
+        outcome = probe(get, calls, recorder, parallel=parallel, cores=2, meanwhile=work if parallel else None)
+        results.append((outcome, sorted(recorder.seen)))
+    assert results[0] == results[1]
+    expected = [f"root/{k}.txt" for k in range(60) if fail_at is None or k < fail_at]
+    assert results[1] == ("complete" if fail_at is None else f"stopped: ValueError: no unit {fail_at}", sorted(expected))
+    if fail_at is None:
+        by = [line.split()[0] for line in marks.read_text().splitlines()]
+        assert len(by) == 60 and by.count(str(os.getpid())) < 20  # the copy probed more than 40 of 60 units
 
 
 def test_work_done_meanwhile_that_fails_stops_both_halves(tmp_path):
@@ -105,10 +144,12 @@ def test_a_second_half_that_dies_stops_the_probe(tmp_path):
 
     def dying(output, start):
         if os.getpid() != parent:
+            (tmp_path / "died").touch()
             os._exit(3)  # (user code killing its process)
         return get(output, start)
 
-    outcome = probe(dying, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True)
+    outcome = probe(dying, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True,  # (the job waits for it)
+                    cores=2, meanwhile=lambda: wait_until((tmp_path / "died").exists))
     assert outcome == "stopped: the process probing the second half of the units ended (exit code 3)"
 
 
@@ -117,10 +158,11 @@ def test_a_job_given_one_slot_probes_in_one_process(tmp_path):
     """With ``-j`` slots for one process only (``cores=1``), a large probe does not fork."""
     parent, seen = os.getpid(), []
     calls = [("a", range(PARALLEL_UNITS))]
-    for cores, expected in ((1, PARALLEL_UNITS), (2, PARALLEL_UNITS // 2)):
+    for cores in (1, 2):
         seen.clear()
         assert probe(lambda output, start: seen.append(os.getpid()), calls, OpenRecorder({}), cores=cores) == "complete"
-        assert len(seen) == expected and set(seen) == {parent}
+        assert set(seen) == {parent}
+        assert len(seen) == PARALLEL_UNITS if cores == 1 else len(seen) < PARALLEL_UNITS  # (a copy probed the rest)
 
 
 def test_an_interrupted_probe_kills_and_reaps_its_second_half_at_once(tmp_path):

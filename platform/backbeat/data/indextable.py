@@ -70,12 +70,14 @@ def table_path(index_path: str | os.PathLike) -> str:
 
 class Column:
     """One field: ``kind`` and its values (numpy array for numeric kinds, list of str otherwise;
-    for ``json`` the JSON text of each value)."""
+    for ``json`` the JSON text of each value).  ``native``: made from values that reading the
+    table gives back unchanged, of the same types (``int``, ``float``, ``bool``, ``str`` exactly,
+    finite floats; not their subclasses, numpy scalars among them)."""
 
-    __slots__ = ("kind", "values")
+    __slots__ = ("kind", "values", "native")
 
-    def __init__(self, kind: str, values: Any):
-        self.kind, self.values = kind, values
+    def __init__(self, kind: str, values: Any, native: bool = False):
+        self.kind, self.values, self.native = kind, values, native
 
     def texts(self, a: int = 0, b: int | None = None) -> list[str]:
         """The JSON text of values ``a .. b-1``, as BEAT's file has it."""
@@ -107,23 +109,23 @@ def _text(v: Any) -> str | None:
 
 def _column(values: list) -> Column | None:
     """The column of one field's values (None: a value simplejson would refuse)."""
-    types = set(map(type, values))
+    types = given = set(map(type, values))
     if types and all(issubclass(t, np.generic) or t in (int, float, bool, str, _NULL) for t in types) and any(
             issubclass(t, np.generic) and t is not np.float64 for t in types):
         values = [v.tolist() if isinstance(v, np.generic) else v for v in values]  # simplejson's default()
         types = set(map(type, values))
     if types and types <= {int}:
         try:
-            return Column("int", np.array(values, dtype=np.int64))
+            return Column("int", np.array(values, dtype=np.int64), given == {int})
         except OverflowError:
             pass
     elif types and types <= {float, np.float64}:
         arr = np.array(values, dtype=np.float64)
-        return Column("float", arr) if np.isfinite(arr).all() else None
+        return Column("float", arr, given == {float}) if np.isfinite(arr).all() else None
     elif types and types <= {bool}:
-        return Column("bool", np.array(values, dtype=bool))
+        return Column("bool", np.array(values, dtype=bool), given == {bool})
     elif types and types <= {str}:  # (a str subclass may print otherwise: simplejson writes its content)
-        return Column("str", values)
+        return Column("str", values, given == {str})
     texts = list(map(_text, values))
     return None if any(t is None for t in texts) else Column("json", texts)
 
@@ -165,8 +167,12 @@ def to_json(fields: list[str], cols: dict[str, Column], n: int) -> bytes:
     seps = [f", {k}: " for k in keys[1:]] + ["}, {" + keys[0] + ": "]  # what follows each field's value
     step = 2 * len(fields)
     out = [("[{" + keys[0] + ": ").encode()]
+    only = cols[fields[0]] if len(fields) == 1 else None
     for a in range(0, n, CHUNK):  # by chunks: the pieces of one chunk at a time are objects
         m = min(CHUNK, n - a)
+        if only is not None and only.kind in ("int", "float"):  # one number a entry: its list's repr, ", " replaced
+            out.append((repr(only.values[a:a + m].tolist())[1:-1].replace(", ", seps[-1]) + seps[-1]).encode())
+            continue
         parts: list = [None] * (step * m)  # each field's text then what follows it, entry by entry (slices: C code)
         for j, (f, sep) in enumerate(zip(fields, seps, strict=True)):
             parts[2 * j::step] = cols[f].texts(a, a + m)

@@ -17,23 +17,40 @@ failing call in order — the second half's files count only when the first half
 
 A job with work of its own that the probe does not need (``meanwhile``: writing the index
 files, which the keys need as well) does that work while a copy probes, so that the work and
-the probe overlap instead of following each other: on two slots, one copy probes the second
-half while the job does its work and then probes the first half (never more busy processes
-than its slots); on three or more, two copies probe both halves while the job does its work.
+the probe overlap instead of following each other: on two slots, one copy probes while the job
+does its work and then probes too (never more busy processes than its slots); on three or more,
+two copies probe both halves while the job does its work.
+
+On two slots the split is not fixed (wave 13): the units are cut in chunks of
+:data:`CHUNK_UNITS`; the job takes chunks from the first on, in order, the copy from the last
+one back, each claiming its next chunk under a lock (a record lock on a shared memory file,
+released by the kernel if the copy dies) until they meet — so the copy probes all the units the
+job could not reach while it did its work, and neither waits for the other (a fixed half left
+the copy idle while the job wrote its files).  The job's units are a prefix probed in order,
+so its files and its failure are those of one process; the copy's count only if it completed
+its units: if it stopped, the job probes the units from the chunk the copy stopped in to the
+end itself, in order, after its own, and what it finds is the result (the units after that
+chunk, which the copy probed first, count only as one process probing in order would count
+them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import json
 import os
 import signal
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
 #: probes with fewer calls than this run in one process (a fork costs more than it saves)
 PARALLEL_UNITS = 50_000
+#: units of a chunk claimed at once by the job or its copy, on two slots (a multiple of the index
+#: table's window, so that neither makes an entry twice); fewer for small probes (tests)
+CHUNK_UNITS = 4096
 
 Calls = Sequence[tuple[str, Sequence[int]]]  # (output, the first entry of each of its units)
 
@@ -46,6 +63,8 @@ def _run(get: Callable[[str, int], Any], calls: Calls, lo: int, hi: int) -> None
     """``get(output, start)`` for calls ``lo .. hi-1`` of the flattened ``calls``."""
     at = 0
     for output, starts in calls:
+        if at >= hi:  # (a negative end would slice from the end: the units of outputs after hi probed)
+            break
         a, b = max(lo - at, 0), min(hi - at, len(starts))
         for s in starts[a:b]:
             get(output, s)
@@ -53,10 +72,12 @@ def _run(get: Callable[[str, int], Any], calls: Calls, lo: int, hi: int) -> None
 
 
 def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel: bool | None = None,
-          cores: int = 0, meanwhile: Callable[[], Any] | None = None) -> str:
+          cores: int = 0, meanwhile: Callable[[], Any] | None = None,
+          in_copy: Callable[[], Any] | None = None) -> str:
     """Call ``get`` for every unit of ``calls`` while ``recorder`` watches (phase ``get``):
     ``"complete"``, or ``"stopped: <exception>"`` at the first call that raised.  ``cores``:
-    how many cores the job may use (its ``-j`` slots; 0: those it may run on).  ``meanwhile``:
+    how many cores the job may use (its ``-j`` slots; 0: those it may run on).  ``in_copy``: called
+    in each forked copy before it probes (errors: the copy's result).  ``meanwhile``:
     called once, before the probe in one process, or while the copies probe (what it raises is
     raised, the copies killed and reaped)."""
     total = sum(len(starts) for _, starts in calls)
@@ -73,22 +94,14 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
         except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
             return _stopped(exc)
         return "complete"
+    if meanwhile is None or slots < 3:  # (the job's work, if any, then its chunks: two busy processes)
+        return _shared(get, calls, recorder, total, meanwhile, in_copy)
     mid = total // 2
     halves: list[tuple[int, Any, str]] = []
     try:
-        if meanwhile is None or slots < 3:  # (the job's work, if any, then the first half: two busy processes)
-            halves.append((*_fork(get, calls, recorder, mid, total), "second"))
-            if meanwhile is not None:
-                meanwhile()
-            try:
-                with recorder.watch("get"):
-                    _run(get, calls, 0, mid)
-            except Exception as exc:  # noqa: BLE001 - the probe stops here, as it would in one process
-                return _stopped(exc)
-        else:
-            halves.append((*_fork(get, calls, recorder, 0, mid), "first"))
-            halves.append((*_fork(get, calls, recorder, mid, total), "second"))
-            meanwhile()
+        halves.append((*_fork(get, calls, recorder, 0, mid, in_copy=in_copy), "first"))
+        halves.append((*_fork(get, calls, recorder, mid, total, in_copy=in_copy), "second"))
+        meanwhile()
         result = "complete"
         while halves and result == "complete":  # in order: a half's files count if those before completed
             result = _collect(*halves.pop(0), recorder)
@@ -101,8 +114,86 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
             os.waitpid(pid, 0)
 
 
-def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, hi: int) -> tuple[int, Any]:
-    """A copy of this process probing calls ``lo .. hi-1``: its pid and the pipe it answers on."""
+class _Claims:
+    """Chunks ``0 .. n-1`` shared by the job (from the first on) and its copy (from the last one
+    back): the next chunk of each, in a shared memory file, changed under a record lock (per
+    process: the kernel releases a dead process's lock)."""
+
+    def __init__(self, n: int):
+        self.fd = os.memfd_create("backbeat-probe", os.MFD_CLOEXEC)
+        os.pwrite(self.fd, struct.pack("<qq", 0, n), 0)
+
+    def _take(self, front: bool) -> int | None:
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            first, last = struct.unpack("<qq", os.pread(self.fd, 16, 0))  # the chunks not claimed yet
+            if first >= last:
+                return None
+            os.pwrite(self.fd, struct.pack("<qq", first + 1, last) if front else struct.pack("<qq", first, last - 1), 0)
+            return first if front else last - 1
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def first(self) -> int | None:
+        """The next chunk of the job (None: all claimed)."""
+        return self._take(True)
+
+    def last(self) -> int | None:
+        """The next chunk of the copy (None: all claimed)."""
+        return self._take(False)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _shared(get: Callable[[str, int], Any], calls: Calls, recorder: Any, total: int,
+            meanwhile: Callable[[], Any] | None, in_copy: Callable[[], Any] | None = None) -> str:
+    """The probe on two slots: a copy takes chunks from the last one back at once, the job from the
+    first on after its work (see the module docstring)."""
+    size = max(1, min(CHUNK_UNITS, total // 64))
+    n = -(-total // size)
+    claims = _Claims(n)
+    copy: tuple[int, Any] | None = None
+    try:
+        copy = _fork(get, calls, recorder, 0, total, claims, size, in_copy)
+        if meanwhile is not None:
+            meanwhile()
+        try:
+            with recorder.watch("get"):
+                while (k := claims.first()) is not None:
+                    _run(get, calls, k * size, min(total, (k + 1) * size))
+        except Exception as exc:  # noqa: BLE001 - the probe stops here, as it would in one process
+            return _stopped(exc)
+        pid, reader = copy
+        copy = None
+        part = _collect(pid, reader, "second", recorder, add=False)
+        if isinstance(part, str):  # (the copy ended without answering)
+            return part
+        if part["probe"] == "complete":
+            for label, what in part["seen"].items():
+                recorder.seen.setdefault(label, what)
+            return "complete"
+        try:  # the copy stopped: the units from its chunk on, in order, here (its files do not count)
+            with recorder.watch("get"):
+                _run(get, calls, int(part["from"]), total)
+        except Exception as exc:  # noqa: BLE001
+            return _stopped(exc)
+        return "complete"  # (a view that failed in the copy only: what one process in order gives)
+    finally:  # interrupted (a signal), failed or stopped early: the copy is stopped, not waited for
+        if copy is not None:
+            pid, reader = copy
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            reader.close()
+            os.waitpid(pid, 0)
+        claims.close()
+
+
+def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, hi: int,
+          claims: _Claims | None = None, size: int = 0, in_copy: Callable[[], Any] | None = None) -> tuple[int, Any]:
+    """A copy of this process probing calls ``lo .. hi-1`` (or, given ``claims``, the chunks of
+    ``size`` calls it claims from the last one back; ``in_copy`` called in it first): its pid and
+    the pipe it answers on."""
     read, write = os.pipe()
     gc.freeze()  # the copy's collector never walks (and so never copies) the objects it inherits
     try:
@@ -116,14 +207,21 @@ def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, 
         code = 1
         try:
             os.close(read)
-            result = "complete"
+            result, at = "complete", lo
             try:
+                if in_copy is not None:
+                    in_copy()
                 with recorder.watch("get"):
-                    _run(get, calls, lo, hi)
+                    if claims is None:
+                        _run(get, calls, lo, hi)
+                    else:
+                        while (k := claims.last()) is not None:
+                            at = k * size
+                            _run(get, calls, at, min(hi, at + size))
             except Exception as exc:  # noqa: BLE001
                 result = _stopped(exc)
             with os.fdopen(write, "w", encoding="utf-8") as f:
-                json.dump({"seen": recorder.seen, "probe": result}, f)
+                json.dump({"seen": recorder.seen, "probe": result, "from": at}, f)
             code = 0
         finally:
             os._exit(code)
@@ -132,8 +230,9 @@ def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, 
     return pid, os.fdopen(read, "r", encoding="utf-8")
 
 
-def _collect(pid: int, reader: Any, which: str, recorder: Any) -> str:
-    """What the copy ``pid`` probed (the ``which`` half): its files added to ``recorder``, its result."""
+def _collect(pid: int, reader: Any, which: str, recorder: Any, add: bool = True) -> Any:
+    """What the copy ``pid`` probed (the ``which`` half): its files added to ``recorder``, its result
+    (``add`` False: what it answered, its files not added; a str if it ended without answering)."""
     try:
         raw = reader.read()
     except BaseException:
@@ -146,6 +245,8 @@ def _collect(pid: int, reader: Any, which: str, recorder: Any) -> str:
     if not raw:
         return f"stopped: the process probing the {which} half of the units ended ({_ended(status)})"
     part = json.loads(raw)
+    if not add:
+        return part
     for label, what in part["seen"].items():
         recorder.seen.setdefault(label, what)
     return str(part["probe"])
