@@ -127,6 +127,7 @@ class SpecBuilder:
             inputs=inputs,
             outputs={n: OutputSpec(o.dataformat, o.key, str(store.output_path(o.key))) for n, o in job.outputs.items()},
             formats=formats, window=self.window, compression=self.workspace.compression,
+            images=str(store.images_folder()),
         )
 
     def slots(self, spec: BlockSpec, ranges: list[tuple[int, int]]) -> list[BlockSpec]:
