@@ -76,7 +76,7 @@ LOG = ".log"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
-IMAGES = ".h5images"  # (see images_folder)
+IMAGES = ".h5images"  # the templates of small cache files (data.h5image: made by blocks, checked when read)
 BOOKKEEPING = (".locks", "provenance", ".progress", ".memo", ".quarantine", "code", "manifests", ".runs",
                ".staging", IMAGES)
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
@@ -127,11 +127,6 @@ class CacheStore:
             self._paths = self._paths if len(self._paths) < 65536 else {}
             path = self._paths[key, suffix] = self.root / self.name(key, suffix)
         return path
-
-    def images_folder(self) -> Path:
-        """The folder of the templates of small cache files (:mod:`backbeat.data.h5image`): made by block
-        processes, each checked when read; removing it only costs the next small files an h5py write."""
-        return self.root / IMAGES
 
     def output_path(self, key: str) -> Path:
         """The cache file of a block output or analyzer result."""
