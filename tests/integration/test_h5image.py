@@ -48,6 +48,13 @@ def test_lookup3_known_values():
     assert h5image.lookup3(b"") == 0xDEADBEEF
     assert h5image.lookup3(b"Four score and seven years ago") == 0x17770551
     assert h5image.lookup3(b"Four score and seven years ago", 1) == 0xCD628161
+    rng = random.Random(3)
+    for n in (1, 11, 12, 13, 24, 25, 100, 509):
+        data = rng.randbytes(n)
+        for blocks in range(0, n // 12 + 2):
+            state = h5image.lookup3_state(data, blocks)
+            other = data[:12 * state[0]] + rng.randbytes(n - 12 * state[0])  # (the same first blocks)
+            assert h5image.lookup3(other, 0, state) == h5image.lookup3(other)
 
 
 def test_every_object_header_chunk_of_a_file_is_found_with_its_checksum(tmp_path):

@@ -54,28 +54,27 @@ def _rot(x: int, k: int) -> int:
     return ((x << k) | (x >> (32 - k))) & 0xFFFFFFFF
 
 
-def lookup3(data: bytes | bytearray | memoryview, initval: int = 0) -> int:
+def lookup3(data: bytes | bytearray | memoryview, initval: int = 0,
+            resume: tuple[int, int, int, int] | None = None) -> int:
     """Bob Jenkins' lookup3 ``hashlittle`` of ``data`` (the checksum of HDF5's metadata, its file
-    format specification's "Jenkins' lookup3"); the bytes taken as little-endian 32-bit words."""
+    format specification's "Jenkins' lookup3"); the bytes taken as little-endian 32-bit words.
+    ``resume``: ``(blocks, a, b, c)``, the state after the first ``blocks`` 12-byte blocks of
+    ``data`` (:func:`lookup3_state`): only the rest is hashed."""
     n = len(data)
     a = b = c = (0xDEADBEEF + n + initval) & 0xFFFFFFFF
     if n == 0:
         return c
     full = (n - 1) // 12  # the last block (1 to 12 bytes) is mixed by the final step
+    first = 0
+    if resume is not None:
+        first, a, b, c = resume
+        if not 0 <= first <= full:
+            raise ValueError("a lookup3 state beyond the data")
     tail = bytes(data[full * 12:]) + bytes(12 - (n - full * 12))
-    words = struct.unpack_from(f"<{full * 3}I", data) + struct.unpack("<3I", tail)
+    words = struct.unpack_from(f"<{(full - first) * 3}I", data, first * 12) + struct.unpack("<3I", tail)
+    a, b, c = _mix(words, (full - first) * 3, a, b, c)
+    k = (full - first) * 3
     m = 0xFFFFFFFF
-    for i in range(0, full * 3, 3):
-        a = (a + words[i]) & m
-        b = (b + words[i + 1]) & m
-        c = (c + words[i + 2]) & m
-        a = (a - c) & m; a ^= ((c << 4) | (c >> 28)) & m; c = (c + b) & m  # noqa: E702
-        b = (b - a) & m; b ^= ((a << 6) | (a >> 26)) & m; a = (a + c) & m  # noqa: E702
-        c = (c - b) & m; c ^= ((b << 8) | (b >> 24)) & m; b = (b + a) & m  # noqa: E702
-        a = (a - c) & m; a ^= ((c << 16) | (c >> 16)) & m; c = (c + b) & m  # noqa: E702
-        b = (b - a) & m; b ^= ((a << 19) | (a >> 13)) & m; a = (a + c) & m  # noqa: E702
-        c = (c - b) & m; c ^= ((b << 4) | (b >> 28)) & m; b = (b + a) & m  # noqa: E702
-    k = full * 3
     a = (a + words[k]) & m
     b = (b + words[k + 1]) & m
     c = (c + words[k + 2]) & m
@@ -87,6 +86,33 @@ def lookup3(data: bytes | bytearray | memoryview, initval: int = 0) -> int:
     b ^= a; b = (b - _rot(a, 14)) & m  # noqa: E702
     c ^= b; c = (c - _rot(b, 24)) & m  # noqa: E702
     return c
+
+
+def _mix(words: Sequence[int], count: int, a: int, b: int, c: int) -> tuple[int, int, int]:
+    """lookup3's mixing of the first ``count`` words (whole blocks of 3) into the state ``a, b, c``."""
+    m = 0xFFFFFFFF
+    for i in range(0, count, 3):
+        a = (a + words[i]) & m
+        b = (b + words[i + 1]) & m
+        c = (c + words[i + 2]) & m
+        a = (a - c) & m; a ^= ((c << 4) | (c >> 28)) & m; c = (c + b) & m  # noqa: E702
+        b = (b - a) & m; b ^= ((a << 6) | (a >> 26)) & m; a = (a + c) & m  # noqa: E702
+        c = (c - b) & m; c ^= ((b << 8) | (b >> 24)) & m; b = (b + a) & m  # noqa: E702
+        a = (a - c) & m; a ^= ((c << 16) | (c >> 16)) & m; c = (c + b) & m  # noqa: E702
+        b = (b - a) & m; b ^= ((a << 19) | (a >> 13)) & m; a = (a + c) & m  # noqa: E702
+        c = (c - b) & m; c ^= ((b << 4) | (b >> 28)) & m; b = (b + a) & m  # noqa: E702
+    return a, b, c
+
+
+def lookup3_state(data: bytes, blocks: int, initval: int = 0) -> tuple[int, int, int, int]:
+    """The state of :func:`lookup3` over ``data`` after its first ``blocks`` 12-byte blocks (at most
+    all but the last): ``lookup3(data', resume=state)`` of any ``data'`` of the same length that
+    starts with the same ``12 * blocks`` bytes is ``lookup3(data')``."""
+    n = len(data)
+    blocks = max(0, min(blocks, (n - 1) // 12))
+    a = b = c = (0xDEADBEEF + n + initval) & 0xFFFFFFFF
+    a, b, c = _mix(struct.unpack_from(f"<{blocks * 3}I", data), blocks * 3, a, b, c)
+    return blocks, a, b, c
 
 
 def chunks(image: bytes) -> list[tuple[int, int]]:
@@ -162,7 +188,9 @@ def _values(arrays: Sequence[np.ndarray], attrs: Attrs) -> list[bytes]:
 class Template:
     """A file of one signature, its values' offsets and the chunks to checksum again (see module docstring)."""
 
-    def __init__(self, sig: str, image: bytes, fields: list[tuple[int, int]], dirty: list[tuple[int, int]]) -> None:
+    def __init__(self, sig: str, image: bytes, fields: list[tuple[int, int]], dirty: list[tuple[int, ...]]) -> None:
+        #: ``dirty``: the chunks holding values, ``(start, end, *state)``: their checksum at ``end``, and the
+        #: lookup3 state (:func:`lookup3_state`) of their bytes before the first value (the same in every file)
         self.signature, self.image, self.fields, self.dirty = sig, image, fields, dirty
 
     def render(self, arrays: Sequence[np.ndarray], attrs: Attrs) -> bytearray:
@@ -175,8 +203,10 @@ class Template:
             if len(raw) != length:
                 raise ValueError("values do not match the template")
             buf[offset:offset + length] = raw
-        for start, end in self.dirty:
-            struct.pack_into("<I", buf, end, lookup3(memoryview(buf)[start:end]))
+        view = memoryview(buf)
+        for start, end, *state in self.dirty:
+            struct.pack_into("<I", buf, end, lookup3(view[start:end], 0, tuple(state)))  # type: ignore[arg-type]
+        view.release()
         return buf
 
     # a template's file: MAGIC, the sha256 of the rest, then a JSON line and the image
@@ -198,11 +228,12 @@ class Template:
         try:
             obj = json.loads(head)
             fields = [(int(o), int(n)) for o, n in obj["fields"]]
-            dirty = [(int(s), int(e)) for s, e in obj["dirty"]]
+            dirty: list[tuple[int, ...]] = [(int(s), int(e), int(k), int(a), int(b), int(c))
+                                            for s, e, k, a, b, c in obj["dirty"]]
         except (ValueError, TypeError, KeyError):
             return None
         if obj.get("signature") != sig or any(o < 0 or n <= 0 or o + n > len(image) for o, n in fields) or \
-                any(s < 0 or e < s or e + 4 > len(image) for s, e in dirty):
+                any(s < 0 or e <= s or e + 4 > len(image) or k < 0 or 12 * k >= e - s for s, e, k, *_ in dirty):
             return None
         return cls(sig, image, fields, dirty)
 
@@ -249,9 +280,13 @@ def make(sig: str, write: Writer, scratch: str, arrays: Sequence[np.ndarray], at
             return None
         fields.append((at, len(raw)))
     regions = chunks(image)
-    dirty = [(s, e) for s, e in regions if any(o < e + 4 and s < o + n for o, n in fields)]
-    if any(not (s <= o and o + n <= e) for o, n in fields for s, e in dirty if o < e + 4 and s < o + n):
-        return None  # (a value across a chunk's end or its checksum)
+    dirty: list[tuple[int, ...]] = []
+    for s, e in regions:
+        inside = [o for o, n in fields if o < e + 4 and s < o + n]
+        if any(not (s <= o and o + n <= e) for o, n in fields if o < e + 4 and s < o + n):
+            return None  # (a value across a chunk's end or its checksum)
+        if inside:
+            dirty.append((s, e, *lookup3_state(image[s:e], (min(inside) - s) // 12)))
     template = Template(sig, image, fields, dirty)
     try:
         if template.render(*contents[1]) != images[1] or template.render(arrays, attrs) != real:
