@@ -243,3 +243,23 @@ def test_a_chain_run_through_the_cli_writes_the_same_cache_bytes_with_and_withou
     assert len(sums["on"]) >= 7 and sums["on"] == sums["off"]
     verify = run_cli("--cache", tmp_path / "cache-on", "cache", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_zygote_preloads_the_checked_templates_of_a_cache(tmp_path):
+    images = str(tmp_path / "images")
+    _write(tmp_path / "first.h5", _mixed(10, 0), "a" * 64, images)
+    _write(tmp_path / "other.h5", _mixed(20, 0), "a" * 64, images)
+    good, bad = sorted(os.path.join(images, f) for f in os.listdir(images) if f.endswith(".h5image"))
+    data = bytearray(open(bad, "rb").read())
+    data[-1] ^= 1
+    open(bad, "wb").write(data)
+    os.rename(good, good + "x")  # (a template under another signature's name: not loaded either)
+    os.rename(good + "x", os.path.join(images, "0" * 40 + ".h5image"))
+    h5image.Images._known.clear()
+    h5image.Images(images).preload()
+    assert not h5image.Images._known
+    _write(tmp_path / "again.h5", _mixed(20, 1), "b" * 64, images)  # (h5py: the template made again)
+    h5image.Images._known.clear()
+    h5image.Images._listed.clear()
+    h5image.Images(images).preload()
+    assert len(h5image.Images._known) == 1 and all(h5image.Images._known.values())

@@ -301,12 +301,47 @@ class Images:
     In a process: the templates read or made, and the signatures never to template (see module docstring)."""
 
     _known: dict[tuple[str, str], Template | None] = {}
+    _listed: dict[str, int] = {}  # folder -> its mtime when :meth:`preload` last listed it
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
+    @classmethod
+    def forget(cls, folder: str) -> None:
+        """Forget the templates of ``folder`` (removed) in this process."""
+        for key in [k for k in cls._known if k[0] == folder]:
+            del cls._known[key]
+        cls._listed.pop(folder, None)
+
     def _path(self, sig: str) -> str:
         return os.path.join(self.folder, hashlib.sha256(sig.encode()).hexdigest()[:40] + ".h5image")
+
+    def preload(self) -> None:
+        """Read the folder's templates not known yet (each checked as :meth:`find` does, and named after
+        its own signature): the fork server's zygote does, for the block processes it forks next."""
+        try:
+            mtime = os.stat(self.folder).st_mtime_ns
+            if self._listed.get(self.folder) == mtime:
+                return
+            self._listed[self.folder] = mtime
+            names = [n for n in os.listdir(self.folder) if n.endswith(".h5image")]
+        except OSError:
+            return
+        for name in names:
+            if len(self._known) >= MOST:
+                return
+            try:
+                with open(os.path.join(self.folder, name), "rb") as f:
+                    data = f.read()
+                sig = json.loads(data.split(b"\n", 3)[2])["signature"]
+            except (OSError, ValueError, IndexError, KeyError, TypeError):
+                continue
+            if not isinstance(sig, str) or (self.folder, sig) in self._known or \
+                    os.path.basename(self._path(sig)) != name:
+                continue
+            template = Template.loads(data, sig)
+            if template is not None:
+                self._known[(self.folder, sig)] = template
 
     def find(self, sig: str) -> Template | None:
         """The template of ``sig``: this process's, else read from the folder and checked; None if none."""
