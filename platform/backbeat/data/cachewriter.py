@@ -351,8 +351,11 @@ class CacheWriter:
         images = h5image.Images(self.images) if self.images and not self._kw and h5image.enabled() else None
         sig = h5image.signature(self._names, arrays, attrs) if images is not None else None
         template = images.find(sig) if images is not None and sig is not None else None
+        image = None
         if template is not None:
-            image = template.render(arrays, attrs)
+            with contextlib.suppress(ValueError):  # (values that do not fit it: h5py writes the file)
+                image = template.render(arrays, attrs)
+        if image is not None:
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
                 if os.write(fd, image) != len(image):

@@ -389,7 +389,7 @@ class Images:
                 f.write(template.dumps())
             os.replace(tmp, path)
             return True
-        except OSError:
+        except Exception:  # noqa: BLE001 - a template is only an optimisation: the file is written already
             return False
         finally:
             with contextlib.suppress(OSError):
