@@ -372,8 +372,10 @@ class Images:
         try:
             os.makedirs(self.folder, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
-                if time.time() - os.stat(claim).st_mtime > CLAIM_S:
-                    os.unlink(claim)  # (its maker was killed)
+                if time.time() - os.stat(claim).st_mtime > CLAIM_S:  # (its maker was killed)
+                    for left in (claim, f"{claim}.0", f"{claim}.1"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(left)
             os.close(os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except OSError:
             return False
@@ -384,10 +386,9 @@ class Images:
                 with open(refused, "wb"):
                     pass
                 return False
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
+            with open(claim, "wb") as f:  # (the claim becomes the template: a killed maker leaves only its claim)
                 f.write(template.dumps())
-            os.replace(tmp, path)
+            os.replace(claim, path)
             return True
         except Exception:  # noqa: BLE001 - a template is only an optimisation: the file is written already
             return False
