@@ -11,12 +11,14 @@ cache store, :mod:`backbeat.cache.store`), and durable once its mark is cleared
 from the dataformat, and written a whole chunk at a time from the batches' own memory
 (:mod:`backbeat.data.chunkwriter`) unless compressed; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
 
-A block process writes one small file and ends: the file, its attributes and small datasets go
-through h5py's low-level API (``h5f``, ``h5a``, ``h5d``), which costs a fresh forked process
-about half the CPU of ``h5py.File``/``attrs``/``require_group`` (each of whose first calls in a
-child writes to many of the pages it shares with the fork server); the high-level
-:class:`h5py.File` is made only for chunked outputs.  The attributes are written once, at
-:meth:`~CacheWriter.close`, and kept in the root group's object header (compact storage).
+A block process writes one small file and ends: the HDF5 file is created only once an output stops
+being small, and a small one is written at :meth:`~CacheWriter.close` either from the cache's
+template of its structure (:mod:`backbeat.data.h5image`: the same bytes, no call into HDF5, one
+``os.write``) or through h5py's low-level API (``h5f``, ``h5a``, ``h5d``:
+:func:`backbeat.data.h5objects.write_small`), which costs a fresh forked process about half the CPU
+of ``h5py.File``/``attrs``/``require_group``; the high-level :class:`h5py.File` is made only for
+chunked outputs.  The attributes are written once, at :meth:`~CacheWriter.close`, and kept in the
+root group's object header (compact storage).
 """
 
 from __future__ import annotations
