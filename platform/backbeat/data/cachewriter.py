@@ -94,6 +94,9 @@ class CacheWriter:
         self.tmp = durable.temporary_name(self.path)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            # (the temporary exists, empty, while the output is written: what the store sweeps and a
+            # watcher sees; HDF5 or the template fills it at close, or once the output stops being small)
+            os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
         except OSError as exc:
             self._closed = True
             raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
