@@ -9,7 +9,8 @@ faults (copy-on-write of the parent's pages, first touches of new ones) per chil
 
 Steps: ``nothing`` (the child of a fork, alone); ``setup`` (the zygote's child set-up:
 :func:`backbeat.processes.zygote.child_setup`); ``writer`` (a 10-unit cache file written and
-committed with :class:`~backbeat.data.cachewriter.CacheWriter`, fsync included); ``writer-nofsync``.
+committed with :class:`~backbeat.data.cachewriter.CacheWriter`, fsync included); ``writer-nofsync``;
+``writer-images`` (the same file written from the template of its structure, :mod:`backbeat.data.h5image`).
 Run it with ``PYTHONPATH`` naming another checkout's ``platform`` to compare two versions.
 """
 
@@ -32,9 +33,9 @@ def _steps(folder: str) -> dict[str, Callable[[], None]]:
     from backbeat.data import cachewriter
     from backbeat.processes import zygote
 
-    def writer() -> None:
+    def writer(**kw: str) -> None:
         w = cachewriter.CacheWriter(os.path.join(folder, f"{os.getpid()}.h5"), "bench/scalar/1", FMT,
-                                    key="0" * 64, start=0, end=9)
+                                    key="0" * 64, start=0, end=9, **kw)
         for i in range(10):
             w.write({"value": i * 0.001})
         w.close()
@@ -49,7 +50,11 @@ def _steps(folder: str) -> dict[str, Callable[[], None]]:
     def setup() -> None:  # (its output on stderr, fds above 2 closed: in the child only)
         zygote.child_setup({}, None, **seeded)
 
-    return {"nothing": lambda: None, "setup": setup, "writer": writer, "writer-nofsync": writer_nofsync}
+    def writer_images() -> None:  # (from the template the warm-up's first child made: data.h5image)
+        writer(images=os.path.join(folder, "images"))
+
+    return {"nothing": lambda: None, "setup": setup, "writer": writer, "writer-nofsync": writer_nofsync,
+            "writer-images": writer_images}
 
 
 def _before_fork() -> Callable[[], None]:

@@ -76,8 +76,9 @@ LOG = ".log"
 #: a writer's temporary file: ``<entry>.tmp-<pid>-<random>`` (``[.sha256]`` for an index digest)
 TEMPORARY = re.compile(r"\.tmp-(\d+)-")
 #: top-level folders of the cache that hold no entries and are never scanned nor deleted
+IMAGES = ".h5images"  # the templates of small cache files (data.h5image: made by blocks, checked when read)
 BOOKKEEPING = (".locks", "provenance", ".progress", ".memo", ".quarantine", "code", "manifests", ".runs",
-               ".staging")
+               ".staging", IMAGES)
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _REST = re.compile(r"^[0-9a-f]{58}(\..*)?$")

@@ -11,17 +11,20 @@ cache store, :mod:`backbeat.cache.store`), and durable once its mark is cleared
 from the dataformat, and written a whole chunk at a time from the batches' own memory
 (:mod:`backbeat.data.chunkwriter`) unless compressed; compression (``gzip``, ``gzip:N``, ``lzf``) is optional.
 
-A block process writes one small file and ends: the file, its attributes and small datasets go
-through h5py's low-level API (``h5f``, ``h5a``, ``h5d``), which costs a fresh forked process
-about half the CPU of ``h5py.File``/``attrs``/``require_group`` (each of whose first calls in a
-child writes to many of the pages it shares with the fork server); the high-level
-:class:`h5py.File` is made only for chunked outputs.  The attributes are written once, at
-:meth:`~CacheWriter.close`, and kept in the root group's object header (compact storage).
+A block process writes one small file and ends: the HDF5 file is created only once an output stops
+being small, and a small one is written at :meth:`~CacheWriter.close` either from the cache's
+template of its structure (:mod:`backbeat.data.h5image`: the same bytes, no call into HDF5, one
+``os.write``) or through h5py's low-level API (``h5f``, ``h5a``, ``h5d``:
+:func:`backbeat.data.h5objects.write_small`), which costs a fresh forked process about half the CPU
+of ``h5py.File``/``attrs``/``require_group``; the high-level :class:`h5py.File` is made only for
+chunked outputs.  The attributes are written once, at :meth:`~CacheWriter.close`, and kept in the
+root group's object header (compact storage).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +34,7 @@ import numpy as np
 
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
-from backbeat.data import cachefile, h5objects
+from backbeat.data import cachefile, h5image, h5objects
 from backbeat.data.batch import I64, Batch, layout, row_bytes, tree, units_within
 from backbeat.data.chunkwriter import ChunkAppender
 from backbeat.data.contentdigest import ContentDigest
@@ -42,7 +45,7 @@ DEFAULT_COMPRESSION: str | None = None  # "lzf" and "gzip" are available; random
 CHUNK_BYTES = 1 << 20
 SMALL_CHUNK_BYTES = 16 << 10
 SMALL_BYTES = 2 << 20  # an output up to this size waits in memory and is written with its exact shapes
-COMPACT_BYTES = 8 << 10  # an array up to this size is stored in the file's metadata (compact layout)
+COMPACT_BYTES = h5objects.COMPACT_BYTES
 COMPRESSIONS = ("gzip", "lzf")  # h5py's own filters (every h5py reads them); "gzip:N" sets the level
 BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as one batch
 #: a chunked output's batches are written to HDF5 in runs of about this many bytes: a streamed
@@ -67,7 +70,7 @@ class CacheWriter:
 
     def __init__(self, path: str | os.PathLike, fmt_name: str, expanded: dict, *, key: str = "",
                  start: int = 0, end: int | None = None, compression: str | None = DEFAULT_COMPRESSION,
-                 buffer_units: int | None = None) -> None:
+                 buffer_units: int | None = None, images: str | None = None) -> None:
         self.path = os.fspath(path)
         self.name, self.expanded, self.key = fmt_name, expanded, key
         self.start, self.end = int(start), (None if end is None else int(end))
@@ -91,11 +94,16 @@ class CacheWriter:
         self.tmp = durable.temporary_name(self.path)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            fcpl, fapl = h5objects.file_plists()
-            self._fid = h5py.h5f.create(os.fsencode(self.tmp), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
+            # (the temporary exists, empty, while the output is written: what the store sweeps and a
+            # watcher sees; HDF5 or the template fills it at close, or once the output stops being small)
+            os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
         except OSError as exc:
             self._closed = True
             raise DataError(f"cannot create cache file `{self.path}': {exc}") from None
+        #: the HDF5 file, made once the output stops being small (a small one is written at close())
+        self._fid: Any = None
+        #: the cache's folder of small files' templates (data.h5image), if any
+        self.images = images
         self._file: h5py.File | None = None  # the high-level file, once needed (chunked outputs)
         self._ds: dict[str, Any] | None = None  # the datasets, once created (chunked, extendable)
         self._direct: dict[str, ChunkAppender] = {}  # their appenders, when unfiltered (chunkwriter)
@@ -270,8 +278,8 @@ class CacheWriter:
         so the file does not depend on how its units were batched."""
         waiting = self._waiting()
         self._ds = {}
-        if self._file is None:
-            self._file = h5py.File(self._fid)
+        self._fid = h5objects.create(self.tmp)
+        self._file = h5py.File(self._fid)
         hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
         # unfiltered, and one row per unit in every array (no variable-length field): whole chunks are
         # written from the batches' own memory, in an order that does not depend on the batching
@@ -342,27 +350,29 @@ class CacheWriter:
                 self._fd = os.open(self.tmp, os.O_RDONLY)
             durable.start_writeback(self._fd)
 
-    def _create_exact(self) -> None:
-        """Write what waited as datasets of their exact shapes: compact (in the file's metadata) when
-        tiny, else contiguous, or one chunk when compressed."""
-        waiting = self._waiting()
-        self._ds = {}
-        groups: dict[str, Any] = {}
-        for name, arr in zip(self._names, waiting, strict=True):
-            group, base = name.split("/")
-            parent = groups.get(group)
-            if parent is None:
-                parent = groups[group] = h5objects.group(self._fid, group)
-            if arr.nbytes <= COMPACT_BYTES or not self._kw:
-                dcpl = h5objects.layout_plist(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
-                dsid = h5py.h5d.create(parent, base.encode(), h5objects.h5type(arr.dtype),
-                                       h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
-                if arr.size:
-                    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
-            else:
-                if self._file is None:
-                    self._file = h5py.File(self._fid)
-                h5py.Group(parent).create_dataset(base, data=arr, chunks=arr.shape, **self._kw)
+    def _write_small(self, arrays: list[np.ndarray], attrs: list[tuple[str, str | int]]) -> None:
+        """Write a small output's file: from its template (:mod:`backbeat.data.h5image`, one ``os.write``)
+        when the cache has one for its signature, else with h5py — and then make the template."""
+        images = h5image.Images(self.images) if self.images and not self._kw and h5image.enabled() else None
+        sig = h5image.signature(self._names, arrays, attrs) if images is not None else None
+        template = images.find(sig) if images is not None and sig is not None else None
+        image = None
+        if template is not None:
+            with contextlib.suppress(ValueError):  # (values that do not fit it: h5py writes the file)
+                image = template.render(arrays, attrs)
+        if image is not None:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                if os.write(fd, image) != len(image):
+                    raise OSError("short write")
+            finally:
+                os.close(fd)
+            return
+        h5objects.write_small(self.tmp, arrays, attrs, self._kw, names=self._names)
+        if images is not None and sig is not None:
+            with open(self.tmp, "rb") as f:
+                real = f.read()
+            images.learn(sig, functools.partial(h5objects.write_small, names=self._names), arrays, attrs, real)
 
     # finishing -------------------------------------------------------------------------------------
     @property
@@ -406,25 +416,18 @@ class CacheWriter:
             # callers — refuse to)
             self.abort()
             raise DataError(f"units written to `{self.path}' after its digest was taken")
+        attrs: list[tuple[str, str | int]] = [("backbeat", cachefile.FORMAT_TAG), ("dataformat", self.name), ("declaration", self._canon),
+                 ("key", self.key), ("start", self.start), ("end", self.last), ("units", self._units),
+                 ("digest_algorithm", cachefile.DIGEST_ALGORITHM), ("digest", digest)]
         try:
             if self._ds is None:
-                self._create_exact()
+                self._write_small(self._waiting(), attrs)
             else:
                 self._drain()
-            for appender in self._direct.values():
-                appender.finish()
-        except (OSError, ValueError) as exc:
-            self.abort()
-            raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
-        try:
-            root = h5py.h5g.open(self._fid, b"/")
-            for name, value in (("backbeat", cachefile.FORMAT_TAG), ("dataformat", self.name),
-                                ("declaration", self._canon), ("key", self.key), ("start", self.start),
-                                ("end", self.last), ("units", self._units),
-                                ("digest_algorithm", cachefile.DIGEST_ALGORITHM), ("digest", digest)):
-                h5objects.attribute(root, name, value)
-            del root
-            self._close_file()
+                for appender in self._direct.values():
+                    appender.finish()
+                h5objects.attributes(self._fid, attrs)
+                self._close_file()
         except (OSError, ValueError) as exc:
             self.abort()
             raise DataError(f"cannot write cache file `{self.path}': {exc}") from None
@@ -443,7 +446,7 @@ class CacheWriter:
         self._direct = {}
         if self._file is not None:
             self._file.close()
-        if self._fid.valid:
+        if self._fid is not None and self._fid.valid:
             self._fid.close()  # (CLOSE_STRONG: with every object still open in it)
 
     def _commit(self) -> None:
@@ -485,3 +488,4 @@ class CacheWriter:
             self.abort()
         else:
             self.close()
+

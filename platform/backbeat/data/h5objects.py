@@ -9,6 +9,7 @@ group keeps its attributes in its object header.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import h5py
@@ -20,6 +21,7 @@ CHUNK_CACHE = 4 << 20  # per dataset: a partly written chunk stays cached until 
 #: the root group's attributes stay in its object header up to this many (HDF5's default is 8, and
 #: a file has 9: dense storage would add a fractal heap and two B-trees to every file)
 COMPACT_ATTRIBUTES = 16
+COMPACT_BYTES = 8 << 10  # an array up to this size is stored in the file's metadata (compact layout)
 
 @functools.cache
 def file_plists() -> tuple[Any, Any]:
@@ -80,3 +82,47 @@ def attribute(obj: Any, name: str, value: str | int) -> None:
     text = isinstance(value, str)
     data = np.array(value, dtype=_STRING if text else I64)
     h5py.h5a.create(obj, name.encode(), h5type(data.dtype, text), _scalar_space()).write(data)
+
+
+def create(tmp: str) -> Any:
+    """Create the HDF5 file ``tmp`` (h5py's low-level API: see module docstring)."""
+    fcpl, fapl = file_plists()
+    return h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)
+
+
+def attributes(fid: Any, attrs: Any) -> None:
+    """Write the root group's attributes ``attrs`` (``(name, value)`` each: :func:`attribute`)."""
+    root = h5py.h5g.open(fid, b"/")
+    for name, value in attrs:
+        attribute(root, name, value)
+
+
+def write_small(path: str, arrays: Any, attrs: Any, kw: dict[str, Any] | None = None, *, names: list[str]) -> None:
+    """Write a small output's file ``path`` with h5py: ``arrays`` (one per name of ``names``) as datasets of
+    their exact shapes — compact (in the file's metadata) when tiny, else contiguous, or one chunk when
+    compressed (``kw``) — and the root's attributes ``attrs``; closed."""
+    fid = create(path)
+    file = None
+    try:
+        groups: dict[str, Any] = {}
+        for name, arr in zip(names, arrays, strict=True):
+            top, base = name.split("/")
+            parent = groups.get(top)
+            if parent is None:
+                parent = groups[top] = group(fid, top)
+            if arr.nbytes <= COMPACT_BYTES or not kw:
+                dcpl = layout_plist(h5py.h5d.COMPACT if arr.nbytes <= COMPACT_BYTES else h5py.h5d.CONTIGUOUS)
+                dsid = h5py.h5d.create(parent, base.encode(), h5type(arr.dtype),
+                                       h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
+                if arr.size:
+                    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+            else:
+                if file is None:
+                    file = h5py.File(fid)
+                h5py.Group(parent).create_dataset(base, data=arr, chunks=arr.shape, **kw)
+        attributes(fid, attrs)
+    finally:
+        if file is not None:
+            file.close()
+        if fid.valid:
+            fid.close()  # (CLOSE_STRONG: with every object still open in it)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Collection
 
 from backbeat.cache.blobs import Blobs
+from backbeat.cache.store import IMAGES
 from backbeat.core.errors import ExecutionError
 from backbeat.declarations.algorithm import Algorithm
 from backbeat.declarations.catalog import Asset, Catalog
@@ -127,6 +128,7 @@ class SpecBuilder:
             inputs=inputs,
             outputs={n: OutputSpec(o.dataformat, o.key, str(store.output_path(o.key))) for n, o in job.outputs.items()},
             formats=formats, window=self.window, compression=self.workspace.compression,
+            images=str(store.root / IMAGES),
         )
 
     def slots(self, spec: BlockSpec, ranges: list[tuple[int, int]]) -> list[BlockSpec]:

@@ -16,7 +16,8 @@ ZeroMQ context when it forks).  ``docs/performance.md`` ("After wave 6 (perf-f)"
 streamed input and output — 8 times, its streams over in-process sockets
 (:mod:`~backbeat.runtime.loopback`: no ZeroMQ context) and its control channel over a real
 :class:`~backbeat.processes.control.ControlServer` (a plain Unix socket, closed before any fork):
-the code every chain block runs once is quickened and specialised here (wave 12, perf-c3).
+the code every chain block runs once is quickened and specialised here (wave 12, perf-c3) — its output
+written from a template of its file (:mod:`backbeat.data.h5image`) after the first run, as a chain's is.
 
 :mod:`backbeat.runtime.preload` (the zygote's last preloaded module) calls both once; a failure
 is ignored (a block process then only costs more).
@@ -36,6 +37,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from backbeat.data import h5image
 from backbeat.data.batch import layout, tree, unit_bytes
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.data.values import value_type
@@ -83,6 +85,8 @@ def spec(folder: str) -> dict:
         "outputs": {"out": {"dataformat": FORMAT, "key": "1" * 64, "path": os.path.join(folder, "out.h5"),
                             "streams": []}},
         "formats": {FORMAT: EXPANDED},
+        # (small files' templates: the streamed rehearsal's first run makes one, its next runs write from it)
+        "images": os.path.join(folder, "images"),
     }
 
 
@@ -130,6 +134,7 @@ def rehearse_streamed(times: int = STREAMED) -> None:
     with _rehearsing() as folder, staying_put():
         for i in range(times):
             _streamed(folder, i)
+    h5image.Images.forget(os.path.join(folder, "images"))
 
 
 def _streamed(folder: str, i: int) -> None:
@@ -185,9 +190,13 @@ _LEARNT: set[str] = set()
 def learn(payload: Any) -> None:
     """In the zygote, once it has forked a block: make the value class, column tree and layout of
     each dataformat the block reads or writes (``payload["spec"]["formats"]``), which its next
-    children then inherit (each made them again: ~100 copied pages per block process).  Data only:
+    children then inherit (each made them again: ~100 copied pages per block process), and read the
+    templates of small files its blocks made (:meth:`backbeat.data.h5image.Images.preload`).  Data only:
     no user code runs (:func:`backbeat.processes.warmup.learn_from`)."""
     spec = payload.get("spec") if isinstance(payload, dict) else None
+    images = spec.get("images") if isinstance(spec, dict) else None
+    if isinstance(images, str) and h5image.enabled():  # (the small files' templates made by its blocks so far)
+        h5image.Images(images).preload()
     formats = spec.get("formats") if isinstance(spec, dict) else None
     if not isinstance(formats, dict):
         return

@@ -198,6 +198,7 @@ class BlockSpec:
     slot: int | None = None
     loop: LoopSpec | None = None
     compression: str | None = None  # of the cache files written (data.cachewriter.compression_options)
+    images: str | None = None  # the cache's folder of small files' templates (data.h5image)
 
     @property
     def reads_datasets(self) -> bool:
@@ -213,6 +214,7 @@ class BlockSpec:
             "formats": self.formats, "database": self.database, "window": self.window,
             "range": list(self.range) if self.range is not None else None, "slot": self.slot,
             "loop": self.loop.to_json() if self.loop is not None else None, "compression": self.compression,
+            **({"images": self.images} if self.images is not None else {}),
         }
 
     @classmethod
@@ -229,6 +231,7 @@ class BlockSpec:
             _get(obj, "formats", dict, what), _opt(obj, "database", str, what), int(obj.get("window") or 4096),
             (int(rng[0]), int(rng[1])) if rng is not None else None, _opt(obj, "slot", int, what),
             LoopSpec.from_json(loop) if loop is not None else None, _opt(obj, "compression", str, what),
+            _opt(obj, "images", str, what),
         )
 
 
