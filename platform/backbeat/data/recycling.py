@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 from itertools import repeat
+from typing import Any
 from weakref import getweakrefcount
 
 
@@ -56,7 +57,7 @@ def unreachable(pool: list, cls: type) -> bool:
             and set(map(type, pool)) == {cls} and not any(map(getweakrefcount, pool)))
 
 
-def objects(cls: type, n: int, spare: list | None = None) -> list:
+def objects(cls: Any, n: int, spare: list | None = None) -> list:
     """``n`` objects of ``cls`` (made by ``cls.__new__``, no field set): those of ``spare`` first when
     nothing else can reach any of them (:func:`unreachable`).  ``spare`` is emptied either way: the
     caller gives it up."""
