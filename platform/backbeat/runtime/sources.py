@@ -68,7 +68,9 @@ class BatchSource:
         if self._prefetch is not None and hi < self._n:
             self._prefetch(hi, min(self._n, hi + self._window))
         self.bytes_read += batch.nbytes
-        return hi, (batch.to_values(spare), self._starts[i:hi].tolist(), self._ends[i:hi].tolist())
+        starts = self._starts[i:hi].tolist()
+        ends = starts if np.array_equal(self._starts[i:hi], self._ends[i:hi]) else self._ends[i:hi].tolist()
+        return hi, (batch.to_values(spare), starts, ends)  # (units of one index: one list of ints for both)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         k = index - self._lo

@@ -63,6 +63,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import zmq
 
 from backbeat.core.errors import IntegrityError, WireError
@@ -322,7 +323,8 @@ class StreamSource:
         spare: list | None = None  # the values of the batch before the last one: done with (data.recycling)
         previous: list | None = None
         while batch is not None:
-            values, starts, ends = batch.to_values(spare), batch.starts.tolist(), batch.ends.tolist()
+            values, starts = batch.to_values(spare), batch.starts.tolist()
+            ends = starts if np.array_equal(batch.starts, batch.ends) else batch.ends.tolist()  # (units of one index)
             spare, previous = previous, values
             self.more = True
             following: Batch | None | bool = False  # (False: the next message is not read yet)
