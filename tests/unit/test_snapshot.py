@@ -15,7 +15,7 @@ from backbeat.core.errors import DataError
 from backbeat.data.batch import Batch
 from backbeat.data.cachereader import CacheReader
 from backbeat.data.cachewriter import CacheWriter
-from backbeat.data.snapshot import Uncopyable, UnitBuffer, ViewValues, frozen
+from backbeat.data.snapshot import Uncopyable, UnitBuffer, ViewScalars, ViewValues, frozen
 from backbeat.data.values import value_type
 
 FMT = {"value": [3, "float64"], "n": "int64", "label": "string",
@@ -268,3 +268,85 @@ def test_view_values_a_value_that_cannot_be_copied_raises_and_leaves_the_window_
     with pytest.raises(Uncopyable, match="TypeError: cannot copy me"):
         buf.add({"value": Stubborn()})
     assert [u["value"].tolist() for u in buf.units()] == [[0.0, 1.0, 2.0, 3.0]]
+
+
+def _scalar_window(fmt, values):
+    """``(ViewScalars' batch or its error, and units; Batch.from_values' of copies or its error)``, fed by a get
+    refilling one dict (and its arrays) as a view may."""
+    refilled = _Refilled(values)
+    refilled.arrays = {}
+    buf = ViewScalars("user/view/1", fmt)
+    buf.take(lambda output, k: refilled(k), "out", range(len(values)))
+    refilled.buf.clear()
+    for arr in refilled.arrays.values():
+        arr[...] = -7  # (what the view does next: refill)
+    n, outcomes = len(values), []
+    for make in (lambda: buf.batch(np.arange(n), np.arange(n)),
+                 lambda: Batch.from_values("user/view/1", fmt, [frozen(v) for v in values], np.arange(n), np.arange(n))):
+        try:
+            outcomes.append(make())
+        except Exception as exc:  # noqa: BLE001 - the same error both ways
+            outcomes.append((type(exc), str(exc)))
+    return outcomes, buf.units()
+
+
+SCALARS = {"n": "int32", "x": "float64"}
+
+
+@pytest.mark.parametrize("fmt, values", [
+    ({"value": "float64"}, [{"value": np.float64(k / 3)} for k in range(5)]),  # the common case
+    ({"value": "float64"}, [{"value": k} for k in range(3)] + [{"value": True}, {"value": 0.5}]),  # Python numbers
+    ({"value": "float64"}, [{"value": np.float64(1)}, {"value": np.array(2.0)}, {"value": np.float64(3)}]),  # 0-d array
+    ({"value": "float64"}, [{"value": np.float64(1)}, {"value": [2.0]}]),  # a list
+    ({"value": "float64"}, [{"value": np.float64(1)}, {"value": "one"}]),  # a string: the same error
+    ({"value": "float64"}, [{"value": np.float64(1)}, {"value": None}]),
+    ({"value": "float64"}, [{"value": np.float64(1)}, {"value": 1.0, "extra": 1}]),  # another key
+    ({"value": "float64"}, [{"value": np.float64(1)}, {"other": 1.0}]),  # a missing key
+    ({"value": "float64"}, [{"value": np.float64(1)}, "not a dict"]),
+    ({"value": "int8"}, [{"value": np.int8(1)}, {"value": 300}]),  # not safely castable
+    ({"value": "int32"}, [{"value": np.int64(1)}]),  # nor a wider type
+    (SCALARS, [{"n": np.int32(k), "x": np.float64(k / 2)} for k in range(4)]),
+    (SCALARS, [{"x": 0.5, "n": 3}, {"n": np.int16(2), "x": np.float32(1)}]),  # Python scalars, narrower types
+    (SCALARS, [{"n": np.int32(1), "x": np.array(0.5)}, {"n": np.int32(2), "x": 0.25}]),  # a 0-d array: copied
+    (SCALARS, [{"n": np.int32(1), "x": 0.5}, {"n": "one", "x": 0.5}]),
+    (SCALARS, [{"n": 2**40, "x": 0.5}]),
+    ({"b": "bool", "u": "uint16"}, [{"b": np.bool_(k % 2), "u": np.uint16(k)} for k in range(3)]),
+])
+def test_view_scalars_give_the_batch_of_copies_of_what_get_returned(fmt, values):
+    (got, want), units = _scalar_window(fmt, values)
+    if isinstance(want, Batch):
+        assert isinstance(got, Batch) and got.equals(want)
+    else:
+        assert got == want
+    assert units == [frozen(v) if isinstance(v, dict) else v for v in values] or not isinstance(want, Batch)
+    assert ViewScalars.fits("user/view/1", fmt)
+
+
+def test_view_scalars_take_each_value_before_get_is_called_again():
+    """The same dict refilled each time, and a 0-d array refilled in place: each unit is what get returned."""
+    d, zero = {"value": np.float64(0)}, np.array(0.0)
+
+    def get(output, k):
+        if k % 2:
+            zero[...] = k
+            d["value"] = zero
+        else:
+            d["value"] = np.float64(k)
+        return d
+
+    buf = ViewScalars("user/view/1", {"value": "float64"})
+    buf.take(get, "out", range(6))
+    zero[...] = -1
+    d["value"] = np.float64(-1)
+    assert buf.batch(np.arange(6), np.arange(6)).columns["value"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert not ViewScalars.fits("user/view/1", VEC) and not ViewScalars.fits("user/view/1", {"s": "string"})
+
+
+def test_view_scalars_a_value_that_cannot_be_copied_raises():
+    class Stubborn:
+        def __deepcopy__(self, memo):
+            raise TypeError("cannot copy me")
+
+    buf = ViewScalars("user/view/1", {"value": "float64"})
+    with pytest.raises(Uncopyable, match="TypeError: cannot copy me"):
+        buf.take(lambda output, k: {"value": Stubborn()} if k else {"value": 1.0}, "out", range(2))

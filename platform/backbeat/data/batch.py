@@ -32,6 +32,7 @@ import numpy as np
 
 from backbeat.core.errors import DataError
 from backbeat.data.casting import stack_rows
+from backbeat.data.recycling import objects
 from backbeat.data.values import (
     NUMERIC,
     BaseValue,
@@ -241,7 +242,7 @@ def _from_numeric_dicts(root: Node, values: Sequence[Any], types: set) -> dict |
 
 # -- columns -> values ---------------------------------------------------------------------------
 
-def _scatter(node: Node, cols: dict, n: int, private: bool = False) -> list:
+def _scatter(node: Node, cols: dict, n: int, private: bool = False, spare: list | None = None) -> list:
     """The values of ``n`` rows of ``node``; numeric arrays view ``cols`` if ``private``, else copies."""
     p = node.path
     if node.kind == "num":
@@ -271,9 +272,8 @@ def _scatter(node: Node, cols: dict, n: int, private: bool = False) -> list:
                 res.append(arr.reshape(shapes[i]))
             return res
         return [object_array(child.cls, shapes[i], elems[off[i]:off[i + 1]]) for i in range(n)]
-    cls = node.cls
-    out = list(map(cls.__new__, repeat(cls, n)))
-    for key, sub in node.fields:  # set without the checked __setattr__, by C-level loops
+    out = objects(node.cls, n, spare)
+    for key, sub in node.fields:  # (every field of each object, reused ones too)  # set without the checked __setattr__, by C-level loops
         deque(map(_SET, out, repeat(key), _scatter(sub, cols, n, private)), maxlen=0)
     return out
 
@@ -445,10 +445,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def to_values(self) -> list[BaseValue]:
-        """The units' values (viewing a :attr:`private` batch's columns the first time only)."""
+    def to_values(self, spare: list | None = None) -> list[BaseValue]:
+        """The units' values (viewing a :attr:`private` batch's columns the first time only); ``spare``: see recycling."""
         private, self.private = self.private, False
-        return _scatter(self.tree, self.columns, len(self.starts), private)
+        return _scatter(self.tree, self.columns, len(self.starts), private, spare)
 
     def __getitem__(self, i: int | slice) -> Any:
         if isinstance(i, slice):

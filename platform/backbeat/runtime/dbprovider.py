@@ -48,7 +48,7 @@ import zmq
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
-from backbeat.data.snapshot import Uncopyable, ViewValues, frozen
+from backbeat.data.snapshot import Uncopyable, ViewScalars, ViewValues, frozen
 from backbeat.processes import zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
@@ -254,6 +254,10 @@ class _Dataset:
                         for s in entries:
                             add(get(output, s))
                         units, make = values.units, values.batch
+                    elif ViewScalars.fits(name, expanded):  # (scalars: each unit's values taken, no copy)
+                        scalars = ViewScalars(name, expanded)
+                        scalars.take(get, output, entries)
+                        units, make = scalars.units, scalars.batch
                     else:
                         taken = [frozen(get(output, s)) for s in entries]
                         units, make = taken.copy, partial(Batch.from_values, name, expanded, taken)

@@ -60,14 +60,17 @@ class BatchSource:
         """The end index of the last unit (-1 when there is none)."""
         return int(self._ends[-1]) if self._n else -1
 
-    def _window_items(self, i: int) -> tuple[int, tuple[list, list, list]]:
-        """Fetch units ``i ..`` (one window); announce the following window to the producer."""
+    def _window_items(self, i: int, spare: list | None = None) -> tuple[int, tuple[list, list, list]]:
+        """Fetch units ``i ..`` (one window); announce the following window to the producer.
+        ``spare``: values given up, made again if nothing else refers to them (data.recycling)."""
         hi = min(self._n, i + self._window)
         batch = self._fetch(i, hi)
         if self._prefetch is not None and hi < self._n:
             self._prefetch(hi, min(self._n, hi + self._window))
         self.bytes_read += batch.nbytes
-        return hi, (batch.to_values(), self._starts[i:hi].tolist(), self._ends[i:hi].tolist())
+        starts = self._starts[i:hi].tolist()
+        ends = starts if np.array_equal(self._starts[i:hi], self._ends[i:hi]) else self._ends[i:hi].tolist()
+        return hi, (batch.to_values(spare), starts, ends)  # (units of one index: one list of ints for both)
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         k = index - self._lo
@@ -84,13 +87,16 @@ class BatchSource:
     def iter_chunks(self, i: int = 0) -> Iterator[tuple[list, list, list]]:
         """``(values, starts, ends)`` lists of units ``i, i+1, ..`` in order, a window at a time (the
         driver's fast path loops over each with ``zip``: no generator step per unit)."""
+        spare: list | None = None  # the values of the window before the last one: done with
+        previous: list | None = None  # (the caller holds the last one while the next is made)
         while i < self._n:
             if self._lo <= i < self._hi:
                 k = i - self._lo
                 values, starts, ends = (part[k:] for part in self._items)
                 hi, self._lo, self._hi, self._items = self._hi, 0, 0, ([], [], [])
             else:
-                hi, (values, starts, ends) = self._window_items(i)
+                hi, (values, starts, ends) = self._window_items(i, spare)
+            spare, previous = previous, values
             yield values, starts, ends
             i = hi
 

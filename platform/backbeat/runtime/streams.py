@@ -63,6 +63,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import zmq
 
 from backbeat.core.errors import IntegrityError, WireError
@@ -319,8 +320,12 @@ class StreamSource:
             raise WireError("a streamed input is read from its first unit only")
         batch = self._next_batch()
         last_end = -1
+        spare: list | None = None  # the values of the batch before the last one: done with (data.recycling)
+        previous: list | None = None
         while batch is not None:
-            values, starts, ends = batch.to_values(), batch.starts.tolist(), batch.ends.tolist()
+            values, starts = batch.to_values(spare), batch.starts.tolist()
+            ends = starts if np.array_equal(batch.starts, batch.ends) else batch.ends.tolist()  # (units of one index)
+            spare, previous = previous, values
             self.more = True
             following: Batch | None | bool = False  # (False: the next message is not read yet)
             m = len(values) - 1
