@@ -65,11 +65,15 @@ def test_a_window_anything_still_reaches_is_not_reused(hold):
 
 
 class Keeper:
-    """Keeps every 997th value object (``strong``) or weak references to every 499th (``weak``),
-    writes each unit's value as given."""
+    """Keeps every 997th value object (``strong``), weak references to every 499th (``weak``), the
+    attribute dictionary of every 997th (``vars``: it holds the dictionary, not the object) or memoises
+    each unit's value in its object's dictionary (``memo``: a later unit must never find an earlier
+    one's), writes each unit's value as given."""
 
     def __init__(self, how: str):
         self.kept: list[tuple[object, float]] = []
+        self.dicts: list[tuple[dict, float]] = []
+        self.stale = 0
         self.watched: list[tuple[weakref.ref, float]] = []
         self.step = 0
         self.how = how
@@ -80,6 +84,10 @@ class Keeper:
             self.kept.append((data, float(data.value)))
         if self.how == "weak" and self.step % 499 == 0:
             self.watched.append((weakref.ref(data), float(data.value)))
+        if self.how == "vars" and self.step % 997 == 0:
+            self.dicts.append((vars(data), float(data.value)))
+        if self.how == "memo":
+            self.stale += data.__dict__.setdefault("_memo", float(data.value)) != float(data.value)
         self.step += 1
         outputs["out"].write(data)
         return True
@@ -87,6 +95,8 @@ class Keeper:
     def check(self, n: int) -> None:
         assert self.step == n
         assert [float(v.value) for v, _ in self.kept] == [c for _, c in self.kept]  # type: ignore[attr-defined]
+        assert [float(d["value"]) for d, _ in self.dicts] == [c for _, c in self.dicts]
+        assert self.stale == 0
         for ref, value in self.watched:
             obj = ref()
             assert obj is None or float(obj.value) == value  # (never another unit's object)
@@ -125,7 +135,7 @@ def _count_reuse(monkeypatch) -> list[int]:
     return made
 
 
-@pytest.mark.parametrize("keep", ["", "strong", "weak"])
+@pytest.mark.parametrize("keep", ["", "strong", "weak", "vars", "memo"])
 def test_a_stream_read_batch_after_batch(tmp_path, monkeypatch, keep):
     from backbeat.runtime import streams
     from backbeat.runtime.spec import StreamTarget
@@ -158,7 +168,7 @@ def test_a_stream_read_batch_after_batch(tmp_path, monkeypatch, keep):
         assert made[1] > 0  # (objects nobody kept were made again)
 
 
-@pytest.mark.parametrize("keep", ["", "strong", "weak"])
+@pytest.mark.parametrize("keep", ["", "strong", "weak", "vars", "memo"])
 def test_a_cache_file_read_window_after_window(tmp_path, monkeypatch, keep):
     n = 5_000
     with CacheWriter(tmp_path / "in.h5", FMT, EXP) as writer:

@@ -8,17 +8,21 @@ give :func:`objects` the values of a window whose units the algorithm is done wi
 They are used again **only if nothing but that list refers to any of them** — no other reference
 (the reference count, as this interpreter counts it: calibrated when this module is imported; if
 it does not behave as expected nothing is ever reused), no weak reference, and each exactly of the
-class wanted — i.e. only objects that no code can reach any more, so nothing observable changes:
-an object the algorithm kept (in a list, an attribute, a closure, a cycle) or watches (a weak
-reference) is never touched, and the whole window is made anew.  The caller then sets every field of
-each object (as for a new one).  What an unreachable object carried besides its fields (an
-attribute forced into its ``__dict__`` past the format's checks) is not cleared.
+class wanted, and no reference to its attribute dictionary either (``vars(obj)`` kept by the algorithm
+holds the dictionary, not the object: it would see the next unit's values) nor anything in it but the
+format's fields (a memo forced into ``__dict__`` past the format's checks would travel to a later unit)
+— i.e. only objects that no code can reach any more, so nothing observable changes: an object the
+algorithm kept (in a list, an attribute, a closure, a cycle), whose dictionary it kept, or which it
+watches (a weak reference) is never touched, and the whole window is made anew.  The caller then sets
+every field of each object (as for a new one).  On an interpreter without the GIL (free-threaded)
+reference counts seen from one thread prove nothing: objects are never reused there.
 """
 
 from __future__ import annotations
 
 import sys
 from itertools import repeat
+from operator import attrgetter
 from typing import Any
 from weakref import getweakrefcount
 
@@ -33,10 +37,20 @@ class _Probe:
     pass
 
 
-def _calibrate() -> int | None:
-    """What :func:`_most_refs` says of objects only a list refers to; None unless one more reference
-    to any of them shows (then objects are never reused)."""
-    probe = [_Probe() for _ in range(3)]
+_DICT = attrgetter("__dict__")
+
+
+def _calibrate(dicts: bool = False) -> int | None:
+    """What :func:`_most_refs` says of objects only a list refers to (with ``dicts``: of attribute
+    dictionaries only their object and a list refer to); None unless one more reference to any of them
+    shows (then objects are never reused)."""
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return None
+    owners = [_Probe() for _ in range(3)]
+    for owner in owners:
+        owner.x = 1
+    del owner
+    probe = list(map(_DICT, owners)) if dicts else owners  # (the owners stay: they hold their dicts)
     alone = _most_refs(probe)
     for k in range(3):
         held = probe[k]
@@ -48,13 +62,18 @@ def _calibrate() -> int | None:
 
 #: the count of :func:`_most_refs` for objects only their list refers to (None: never reuse)
 ALONE = _calibrate()
+#: the same for attribute dictionaries only their object (and a list) refer to
+ALONE_DICT = _calibrate(dicts=True)
 
 
 def unreachable(pool: list, cls: type) -> bool:
     """Whether every object of ``pool`` is exactly a ``cls`` that only ``pool`` refers to (strongly
     or weakly)."""
-    return (ALONE is not None and bool(pool) and _most_refs(pool) == ALONE
-            and set(map(type, pool)) == {cls} and not any(map(getweakrefcount, pool)))
+    if (ALONE is None or ALONE_DICT is None or not pool or _most_refs(pool) != ALONE
+            or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool))):
+        return False
+    dicts = list(map(_DICT, pool))  # (nobody holds one, and none holds more than the fields)
+    return _most_refs(dicts) == ALONE_DICT and set(map(len, dicts)) == {len(getattr(cls, "_fields", ()))}
 
 
 def objects(cls: Any, n: int, spare: list | None = None) -> list:
