@@ -59,6 +59,8 @@ while True:
     _req = json.loads(_msg)
     _pid = os.fork()
     if _pid == 0:
+        from backbeat.processes.freshstate import fresh_random_state
+        fresh_random_state()  # (numpy's global state not shared by every command: as the product's template)
         break
     for _fd in _fds:
         os.close(_fd)
@@ -80,7 +82,9 @@ entry()
 
 #: environment variables a forked process cannot take on (read as the interpreter starts), and the
 #: warm template (its key names the interpreter's argv and ``sys.path``: a ``-c`` command gets none)
-_STARTUP = ("PYTHON", "LD_")
+_STARTUP = ("PYTHON", "LD_", "LC_", "LANG", "TZ")
+#: the environment the servers started in (None: not started yet)
+_started: dict[str, str] | None = None
 
 
 def forkable(env: dict[str, str]) -> bool:
@@ -89,8 +93,12 @@ def forkable(env: dict[str, str]) -> bool:
     suite's environment: every command a fresh process (as before; to compare)."""
     if os.environ.get("BACKBEAT_TEST_FRESH_CLI") == "1":
         return False
-    for name in set(env) | set(os.environ):
-        if name.startswith(_STARTUP) and name != "PYTHONHASHSEED" and env.get(name) != os.environ.get(name):
+    if env.get("PYTHONHASHSEED") != os.environ.get("PYTHONHASHSEED"):
+        return False  # (a seed asked for: the servers' own seeds would win)
+    base = os.environ if _started is None else _started
+    for name in set(env) | set(base) | set(os.environ):
+        if name.startswith(_STARTUP) and name != "PYTHONHASHSEED" and \
+                not env.get(name) == base.get(name) == os.environ.get(name):
             return False
     return env.get("BACKBEAT_TEMPLATE") == os.environ.get("BACKBEAT_TEMPLATE") == "off"
 
@@ -127,36 +135,49 @@ class _Server:
         pid = self._answer(30)["pid"]
         deadline = None if timeout is None else time.monotonic() + timeout
         chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
-        code = None
         with selectors.DefaultSelector() as sel:
             sel.register(out_r, selectors.EVENT_READ)
             sel.register(err_r, selectors.EVENT_READ)
             sel.register(self.conn, selectors.EVENT_READ)
-            while len(sel.get_map()) > 0:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    if code is None:
-                        try:
-                            code = json.loads(self.conn.recv(1 << 16, socket.MSG_DONTWAIT))["code"]
-                        except BlockingIOError:  # (not reaped yet: the server reaps it after its answer)
+            try:
+                return self._wait(argv, pid, sel, chunks, deadline, timeout, out_r, err_r)
+            except BaseException:
+                if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                    with _gone():  # (interrupted: the command does not outlive its test)
+                        os.kill(pid, signal.SIGKILL)
+                raise
+            finally:
+                for fd in chunks:
+                    if fd in sel.get_map():
+                        sel.unregister(fd)
+                        os.close(fd)
+
+    def _wait(self, argv: list[str], pid: int, sel: selectors.BaseSelector, chunks: dict[int, list[bytes]],
+              deadline: float | None, timeout: float | None, out_r: int, err_r: int) -> subprocess.CompletedProcess:
+        code = None
+        while len(sel.get_map()) > 0:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                if code is None:
+                    try:
+                        code = json.loads(self.conn.recv(1 << 16, socket.MSG_DONTWAIT))["code"]
+                    except BlockingIOError:  # (not reaped yet: the server reaps it after its answer)
+                        with _gone():
                             os.kill(pid, signal.SIGKILL)
-                            self._answer(None)
-                    for fd in chunks:
-                        if fd in sel.get_map():
-                            os.close(fd)
-                    raise subprocess.TimeoutExpired(argv, timeout or 0, _text(b"".join(chunks[out_r])),
-                                                    _text(b"".join(chunks[err_r])))
-                for key, _ in sel.select(left):
-                    if key.fileobj is self.conn:
-                        code = self._answer(None)["code"]
-                        sel.unregister(self.conn)
-                        continue
-                    data = os.read(key.fd, 1 << 16)
-                    if data:
-                        chunks[key.fd].append(data)
-                    else:
-                        sel.unregister(key.fd)
-                        os.close(key.fd)
+                        self._answer(None)
+                raise subprocess.TimeoutExpired(argv, timeout or 0, _text(b"".join(chunks[out_r])),
+                                                _text(b"".join(chunks[err_r])))
+            for key, _ in sel.select(left):
+                if key.fileobj is self.conn:
+                    code = self._answer(None)["code"]
+                    sel.unregister(self.conn)
+                    continue
+                data = os.read(key.fd, 1 << 16)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    sel.unregister(key.fd)
+                    os.close(key.fd)
         assert code is not None
         return subprocess.CompletedProcess(argv, code, _text(b"".join(chunks[out_r])), _text(b"".join(chunks[err_r])))
 
@@ -169,6 +190,12 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _gone():
+    """Errors of a kill whose process is gone already (reaped by its server meanwhile) suppressed."""
+    import contextlib
+    return contextlib.suppress(ProcessLookupError)
 
 
 def _text(data: bytes) -> str:
@@ -199,6 +226,8 @@ def run(argv: list[str], args: list[str], cwd: str, env: dict[str, str],
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
     try:
         if not _servers:
+            global _started
+            _started = dict(os.environ)
             seeds = random.SystemRandom().sample(range(1, 1 << 32), 2)
             _servers.extend(_Server(seed) for seed in seeds)
             atexit.register(_close)

@@ -141,7 +141,17 @@ def _mixed(n, seed):
               pos={"x": rng.randrange(-2**63, 2**63), "y": rng.randrange(2**64)}) for _ in range(n)]
 
 
-@pytest.mark.parametrize("units", [1, 10, 1000])
+def test_a_file_larger_than_small_is_written_by_h5py_and_never_templated(tmp_path):
+    images = str(tmp_path / "images")
+    values = _mixed(1000, 0)  # (~20 KB of arrays: rendering would re-hash more than h5py costs)
+    assert h5image.signature(["a/b"], [np.zeros(h5image.SMALL // 8 + 1)], []) is None
+    _write(tmp_path / "big.h5", values, "a" * 64, images)
+    assert not os.path.isdir(images) or not [f for f in os.listdir(images) if f.endswith(".h5image")]
+    with CacheReader(tmp_path / "big.h5") as r:
+        assert r.units == 1000
+
+
+@pytest.mark.parametrize("units", [1, 10, 40])
 def test_writers_use_the_caches_template_and_write_the_same_bytes_as_h5py(tmp_path, monkeypatch, units):
     images = str(tmp_path / "images")
     _write(tmp_path / "first.h5", _mixed(units, 0), "a" * 64, images)  # h5py; the template made

@@ -370,8 +370,11 @@ class CacheWriter:
             return
         h5objects.write_small(self.tmp, arrays, attrs, self._kw, names=self._names)
         if images is not None and sig is not None:
-            with open(self.tmp, "rb") as f:
-                real = f.read()
+            try:  # (the file is written: failing to read it back only forgoes the template)
+                with open(self.tmp, "rb") as f:
+                    real = f.read()
+            except OSError:
+                return
             images.learn(sig, functools.partial(h5objects.write_small, names=self._names), arrays, attrs, real)
 
     # finishing -------------------------------------------------------------------------------------

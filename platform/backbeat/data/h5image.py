@@ -40,7 +40,25 @@ VERSION = 1  # of the template files (part of every signature)
 SHORT = 16  # a string attribute shorter than this (bytes) is in the signature by value, a longer one by length
 MAGIC = b"backbeat-h5image/1\n"
 CLAIM_S = 60.0  # a claim to make a template older than this is stale (its maker was killed)
-MOST = 64  # templates kept in a process
+MOST = 64  # templates kept in a process, and in a cache's folder
+SMALL = 4 << 10  # only files whose arrays hold up to this many bytes are templated (rendering re-hashes
+# the metadata chunks holding them in Python: a larger compact array costs more than h5py's own write)
+LARGEST = 1 << 20  # a template file larger than this is not read
+
+
+def _fingerprint() -> str:
+    """The digest of the code that decides a small file's bytes (this module, h5objects' property lists
+    and types, the cache writer's layout choices): part of every signature, so that a template made by
+    other code is never used, even at the same :data:`VERSION`."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in ("h5image.py", "h5objects.py", "cachewriter.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+FINGERPRINT = _fingerprint()
 
 Attrs = Sequence[tuple[str, "str | int"]]
 
@@ -158,7 +176,9 @@ def chunks(image: bytes) -> list[tuple[int, int]]:
 def signature(names: Sequence[str], arrays: Sequence[np.ndarray], attrs: Attrs) -> str | None:
     """The structure of a small file (see module docstring) as a string; None when it cannot be
     templated (an array of 1 to 7 bytes: its random value would not be found for sure)."""
-    parts: list[Any] = [VERSION, h5py.version.version, h5py.version.hdf5_version]
+    parts: list[Any] = [VERSION, FINGERPRINT, h5py.version.version, h5py.version.hdf5_version]
+    if sum(arr.nbytes for arr in arrays) > SMALL:
+        return None
     for name, arr in zip(names, arrays, strict=True):
         if 0 < arr.nbytes < 8 or arr.dtype.hasobject or not arr.flags.c_contiguous:
             return None
@@ -166,6 +186,8 @@ def signature(names: Sequence[str], arrays: Sequence[np.ndarray], attrs: Attrs) 
     for name, value in attrs:
         if isinstance(value, str):
             raw = value.encode()
+            if b"\x00" in raw:  # (h5py refuses these: never render one)
+                return None
             parts.append([name, "s", len(raw)] if len(raw) >= SHORT else [name, "s=", value])
         else:
             parts.append([name, "i"])
@@ -230,7 +252,7 @@ class Template:
             fields = [(int(o), int(n)) for o, n in obj["fields"]]
             dirty: list[tuple[int, ...]] = [(int(s), int(e), int(k), int(a), int(b), int(c))
                                             for s, e, k, a, b, c in obj["dirty"]]
-        except (ValueError, TypeError, KeyError):
+        except Exception:  # noqa: BLE001 - anything malformed (deep nesting included) is no template
             return None
         if obj.get("signature") != sig or any(o < 0 or n <= 0 or o + n > len(image) for o, n in fields) or \
                 any(s < 0 or e <= s or e + 4 > len(image) or k < 0 or 12 * k >= e - s for s, e, k, *_ in dirty):
@@ -296,12 +318,22 @@ def make(sig: str, write: Writer, scratch: str, arrays: Sequence[np.ndarray], at
     return template
 
 
+def _read(path: str) -> bytes:
+    """A template file's bytes (ValueError if larger than :data:`LARGEST`)."""
+    with open(path, "rb") as f:
+        data = f.read(LARGEST + 1)
+    if len(data) > LARGEST:
+        raise ValueError(f"{path}: larger than a template")
+    return data
+
+
 class Images:
     """The templates of one cache folder (``folder``): each a file named after its signature's sha256.
     In a process: the templates read or made, and the signatures never to template (see module docstring)."""
 
     _known: dict[tuple[str, str], Template | None] = {}
     _listed: dict[str, int] = {}  # folder -> its mtime when :meth:`preload` last listed it
+    _read: set[tuple[str, str, int]] = set()  # (folder, file name, its mtime) read by :meth:`preload`
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
@@ -311,6 +343,7 @@ class Images:
         """Forget the templates of ``folder`` (removed) in this process."""
         for key in [k for k in cls._known if k[0] == folder]:
             del cls._known[key]
+        cls._read -= {k for k in cls._read if k[0] == folder}
         cls._listed.pop(folder, None)
 
     def _path(self, sig: str) -> str:
@@ -324,17 +357,19 @@ class Images:
             if self._listed.get(self.folder) == mtime:
                 return
             self._listed[self.folder] = mtime
-            names = [n for n in os.listdir(self.folder) if n.endswith(".h5image")]
+            names = [(e.name, e.stat().st_mtime_ns) for e in os.scandir(self.folder) if e.name.endswith(".h5image")]
         except OSError:
             return
-        for name in names:
+        for name, mtime in names:
             if len(self._known) >= MOST:
                 return
+            if (self.folder, name, mtime) in self._read:  # (read before, good or not, and unchanged since)
+                continue
+            self._read.add((self.folder, name, mtime))
             try:
-                with open(os.path.join(self.folder, name), "rb") as f:
-                    data = f.read()
+                data = _read(os.path.join(self.folder, name))
                 sig = json.loads(data.split(b"\n", 3)[2])["signature"]
-            except (OSError, ValueError, IndexError, KeyError, TypeError):
+            except Exception:  # noqa: BLE001 - a file that is no template is left alone
                 continue
             if not isinstance(sig, str) or (self.folder, sig) in self._known or \
                     os.path.basename(self._path(sig)) != name:
@@ -349,9 +384,8 @@ class Images:
         if key in self._known:
             return self._known[key]
         try:
-            with open(self._path(sig), "rb") as f:
-                data = f.read()
-        except OSError:
+            data = _read(self._path(sig))
+        except (OSError, ValueError):
             return None
         template = Template.loads(data, sig)
         if template is not None and len(self._known) < MOST:
@@ -371,16 +405,19 @@ class Images:
             return False
         try:
             os.makedirs(self.folder, exist_ok=True)
+            if sum(n.endswith(".h5image") for n in os.listdir(self.folder)) >= MOST:
+                return False  # (the folder is full: its size stays bounded)
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - os.stat(claim).st_mtime > CLAIM_S:  # (its maker was killed)
-                    for left in (claim, f"{claim}.0", f"{claim}.1"):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(left)
-            os.close(os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                    os.unlink(claim)
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            ours = os.fstat(fd).st_ino
+            os.close(fd)
         except OSError:
             return False
         try:
-            template = make(sig, write, claim, arrays, attrs, real)
+            # (scratch files of this maker only: a stale claim taken over elsewhere never shares them)
+            template = make(sig, write, f"{claim}.{os.getpid()}.{os.urandom(4).hex()}", arrays, attrs, real)
             self._known[key] = template
             if template is None:
                 with open(refused, "wb"):
@@ -394,4 +431,5 @@ class Images:
             return False
         finally:
             with contextlib.suppress(OSError):
-                os.unlink(claim)
+                if os.stat(claim).st_ino == ours:  # (not a claim another maker took over since)
+                    os.unlink(claim)

@@ -392,6 +392,7 @@ class Zygote:
                                   "deadline": start + timeout if timeout else None,
                                   "log": log, "pipe": rfd, "oom": oom}
             self.send({"ev": "spawned", "id": req["id"], "pid": pid})
+        self.flush()  # (pids sent before this turn reaps: a sandboxed child is found while it lives)
         for _, req, *_ in forked:
             warmup.learn(req)  # (what it makes is inherited by the next children)
 

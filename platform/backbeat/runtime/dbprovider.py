@@ -135,7 +135,7 @@ def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: An
     provider finds beyond the manifest, and the next run's keys hold it: the journal)."""
     from backbeat.runtime.compat import View  # (loaded with the view: install_beat_aliases)
 
-    kind = type(entries[0]) if entries and isinstance(entries, list) else None
+    kind = type(entries[0]) if entries and type(entries) is list else None
     return (kind is not None and kind.__bases__ == (tuple,) and getattr(type(view), "setup", None) is View.setup
             and getattr(kind, "_fields", None) == tuple(sorted(cols)) and not set(vars(kind)) - _NAMEDTUPLE - set(kind._fields)
             and all(c.native for c in cols.values()))

@@ -48,8 +48,8 @@ from typing import Any
 
 #: probes with fewer calls than this run in one process (a fork costs more than it saves)
 PARALLEL_UNITS = 50_000
-#: units of a chunk claimed at once by the job or its copy, on two slots (a multiple of the index
-#: table's window, so that neither makes an entry twice); fewer for small probes (tests)
+#: units of a chunk claimed at once by the job or its copy, on two slots (at most; a 64th of the units
+#: for probes under 64 chunks, so that both processes get a share)
 CHUNK_UNITS = 4096
 
 Calls = Sequence[tuple[str, Sequence[int]]]  # (output, the first entry of each of its units)
