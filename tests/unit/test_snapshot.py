@@ -202,6 +202,12 @@ def _window(fmt, values):
     get.buf.clear()
     for arr in get.arrays.values():
         arr[...] = -7  # (what the view does next: refill)
+    return _both_ways(buf, fmt, values, n)
+
+
+def _both_ways(buf, fmt, values, n):
+    """The batch ``buf`` makes and the one ``Batch.from_values`` makes of frozen copies of ``values``
+    (or the error each raises: the same both ways)."""
     outcomes = []
     for make in (lambda: buf.batch(np.arange(n), np.arange(n)),
                  lambda: Batch.from_values("user/view/1", fmt, [frozen(v) for v in values], np.arange(n), np.arange(n))):
@@ -280,14 +286,7 @@ def _scalar_window(fmt, values):
     refilled.buf.clear()
     for arr in refilled.arrays.values():
         arr[...] = -7  # (what the view does next: refill)
-    n, outcomes = len(values), []
-    for make in (lambda: buf.batch(np.arange(n), np.arange(n)),
-                 lambda: Batch.from_values("user/view/1", fmt, [frozen(v) for v in values], np.arange(n), np.arange(n))):
-        try:
-            outcomes.append(make())
-        except Exception as exc:  # noqa: BLE001 - the same error both ways
-            outcomes.append((type(exc), str(exc)))
-    return outcomes, buf.units()
+    return _both_ways(buf, fmt, values, len(values)), buf.units()
 
 
 SCALARS = {"n": "int32", "x": "float64"}
