@@ -273,7 +273,7 @@ def _scatter(node: Node, cols: dict, n: int, private: bool = False, spare: list 
             return res
         return [object_array(child.cls, shapes[i], elems[off[i]:off[i + 1]]) for i in range(n)]
     out = objects(node.cls, n, spare)
-    for key, sub in node.fields:  # (every field of each object, reused ones too)  # set without the checked __setattr__, by C-level loops
+    for key, sub in node.fields:  # every field of each object (reused ones too), without the checked __setattr__
         deque(map(_SET, out, repeat(key), _scatter(sub, cols, n, private)), maxlen=0)
     return out
 

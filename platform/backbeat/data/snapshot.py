@@ -331,11 +331,11 @@ class ViewValues:
         if self._values is not None or not n:
             return Batch.from_values(self.name, self.expanded, self.units(), starts, ends)
         cols = {node.path: block[:n] for _key, node, block in self._arrays}
-        for _key, node, taken in self._scalars:  # (as Batch.from_values: safe casting over the column)
-            arr = np.asarray(taken)
-            if arr.dtype == object or arr.shape != (n,) or not np.can_cast(arr.dtype, node.dt, "safe"):
+        for _key, node, taken in self._scalars:
+            col = _column(taken, node, n)
+            if col is None:
                 return Batch.from_values(self.name, self.expanded, self.units(), starts, ends)
-            cols[node.path] = np.ascontiguousarray(arr, dtype=node.dt)
+            cols[node.path] = col
         return Batch(self.name, self.expanded, starts, ends, cols, validate=False)._checked_ranges()
 
 
@@ -401,12 +401,21 @@ class ViewScalars:
         if self._odd or not n:
             return Batch.from_values(self.name, self.expanded, self.units(), starts, ends)
         cols = {}
-        for j, node in enumerate(self._nodes):  # (as Batch.from_values: safe casting over the column)
-            arr = np.asarray(rows if len(self._nodes) == 1 else list(map(itemgetter(j), rows)))
-            if arr.dtype == object or arr.shape != (n,) or not np.can_cast(arr.dtype, node.dt, "safe"):
+        for j, node in enumerate(self._nodes):
+            col = _column(rows if len(self._nodes) == 1 else list(map(itemgetter(j), rows)), node, n)
+            if col is None:
                 return Batch.from_values(self.name, self.expanded, self.units(), starts, ends)
-            cols[node.path] = np.ascontiguousarray(arr, dtype=node.dt)
+            cols[node.path] = col
         return Batch(self.name, self.expanded, starts, ends, cols, validate=False)._checked_ranges()
 
 
 _ODD = object()  # (a unit taken by frozen)
+
+
+def _column(values: Any, node: Any, n: int) -> np.ndarray | None:
+    """``values`` as the column of ``node``'s ``n`` rows, cast safely as ``Batch.from_values`` casts a
+    column; None if it cannot be (``Batch.from_values`` then makes the batch, or the error)."""
+    arr = np.asarray(values)
+    if arr.dtype == object or arr.shape != (n,) or not np.can_cast(arr.dtype, node.dt, "safe"):
+        return None
+    return np.ascontiguousarray(arr, dtype=node.dt)

@@ -17,6 +17,13 @@ import numpy as np
 from backbeat.data.batch import Batch
 
 
+def index_lists(starts: np.ndarray, ends: np.ndarray) -> tuple[list, list]:
+    """``starts`` and ``ends`` as lists of ints: one list for both when every unit is of one index
+    (a chain's case: one ``tolist()`` instead of two)."""
+    first = starts.tolist()
+    return first, first if np.array_equal(starts, ends) else ends.tolist()
+
+
 class BatchSource:
     """Random access to the units of one output, fetched window by window.
 
@@ -68,9 +75,7 @@ class BatchSource:
         if self._prefetch is not None and hi < self._n:
             self._prefetch(hi, min(self._n, hi + self._window))
         self.bytes_read += batch.nbytes
-        starts = self._starts[i:hi].tolist()
-        ends = starts if np.array_equal(self._starts[i:hi], self._ends[i:hi]) else self._ends[i:hi].tolist()
-        return hi, (batch.to_values(spare), starts, ends)  # (units of one index: one list of ints for both)
+        return hi, (batch.to_values(spare), *index_lists(self._starts[i:hi], self._ends[i:hi]))
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         k = index - self._lo

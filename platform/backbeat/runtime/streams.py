@@ -63,7 +63,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import zmq
 
 from backbeat.core.errors import IntegrityError, WireError
@@ -71,6 +70,7 @@ from backbeat.data import wire
 from backbeat.data.batch import Batch
 from backbeat.data.contentdigest import ContentDigest
 from backbeat.processes import zmqcontext
+from backbeat.runtime.sources import index_lists
 from backbeat.runtime.spec import StreamTarget
 
 HWM = 4  # at most, messages queued per side before the producer waits
@@ -323,8 +323,7 @@ class StreamSource:
         spare: list | None = None  # the values of the batch before the last one: done with (data.recycling)
         previous: list | None = None
         while batch is not None:
-            values, starts = batch.to_values(spare), batch.starts.tolist()
-            ends = starts if np.array_equal(batch.starts, batch.ends) else batch.ends.tolist()  # (units of one index)
+            values, (starts, ends) = batch.to_values(spare), index_lists(batch.starts, batch.ends)
             spare, previous = previous, values
             self.more = True
             following: Batch | None | bool = False  # (False: the next message is not read yet)
