@@ -491,4 +491,3 @@ class CacheWriter:
             self.abort()
         else:
             self.close()
-

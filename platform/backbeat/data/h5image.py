@@ -52,9 +52,12 @@ def _fingerprint() -> str:
     other code is never used, even at the same :data:`VERSION`."""
     here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for name in ("h5image.py", "h5objects.py", "cachewriter.py"):
-        with open(os.path.join(here, name), "rb") as f:
-            digest.update(f.read())
+    try:
+        for name in ("h5image.py", "h5objects.py", "cachewriter.py"):
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(f.read())
+    except OSError:  # (installed without its sources: nothing is templated, h5py writes every file)
+        return ""
     return digest.hexdigest()[:16]
 
 
@@ -177,7 +180,7 @@ def signature(names: Sequence[str], arrays: Sequence[np.ndarray], attrs: Attrs) 
     """The structure of a small file (see module docstring) as a string; None when it cannot be
     templated (an array of 1 to 7 bytes: its random value would not be found for sure)."""
     parts: list[Any] = [VERSION, FINGERPRINT, h5py.version.version, h5py.version.hdf5_version]
-    if sum(arr.nbytes for arr in arrays) > SMALL:
+    if not FINGERPRINT or sum(arr.nbytes for arr in arrays) > SMALL:
         return None
     for name, arr in zip(names, arrays, strict=True):
         if 0 < arr.nbytes < 8 or arr.dtype.hasobject or not arr.flags.c_contiguous:
