@@ -39,6 +39,7 @@ from typing import Any
 from backbeat.core.errors import ExecutionError, UsageError
 from backbeat.declarations.algorithm import AUTONOMOUS_TYPES, LEGACY
 from backbeat.declarations.algorithm import TYPES as ALGORITHM_TYPES
+from backbeat.runtime.compiled import Slots, native
 from backbeat.runtime.dataloaders import DataLoader, DataLoaderList, mix_data_indices
 from backbeat.runtime.inputs import Input, InputGroup, InputList
 from backbeat.runtime.outputs import Output, OutputList, SynchronizationListener
@@ -268,6 +269,11 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     source = x.data_source
     live = getattr(source, "live", False)  # units still arriving: the count grows as they do
     read = x.nb_data_blocks_read - first  # + position = blocks read
+    if native is not None and isinstance(x, Slots) and isinstance(group, Slots) and (
+            listener is None or isinstance(listener, Slots)):  # (this loop, compiled: runtime.compiled)
+        steps, result = native.drive(x, group, listener, source.iter_chunks(i), process, args, first, read,
+                                     live, source, pacer)
+        return steps, result
     due = pacer.due if pacer is not None else -1
     a, b, c = (*args, None)[:3] if len(args) <= 3 else (None, None, None)
     arity = len(args)

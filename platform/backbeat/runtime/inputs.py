@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from backbeat.core.errors import DataError
+from backbeat.runtime.compiled import Slots
 
 
 @runtime_checkable
@@ -110,7 +111,7 @@ def unit_at(source: Any, data_index: int) -> tuple[Any, int | None, int | None]:
     return (None, None, None)
 
 
-class Input:
+class Input(Slots):  # (per-step attributes in C slots when compiled: runtime.compiled)
     """One input of a block: walks the data units of its data source."""
 
     def __init__(self, name: str, data_format: Any, data_source: Any) -> None:
@@ -166,7 +167,7 @@ class Input:
         self.nb_data_blocks_read += 1
 
 
-class InputGroup:
+class InputGroup(Slots):
     """The inputs of one synchronisation channel, advanced together."""
 
     def __init__(

@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from backbeat.runtime.compiled import Slots, native
+
 WRITE_INDEX_ERROR = (
     "Algorithm logic error on write(): `end_data_index' is not consistent with last written index"
 )
 
 
-class SynchronizationListener:
+class SynchronizationListener(Slots):
     """Remembers the interval of the main input group's current step."""
 
     def __init__(self) -> None:
@@ -50,7 +52,7 @@ def convert_value(value_type: Any, data: dict) -> Any:
     return obj if result is None else result
 
 
-class Output:
+class Output(Slots):
     """One output of a block, writing to a sink in increasing index ranges."""
 
     def __init__(
@@ -90,6 +92,9 @@ class Output:
         vtype, general, output = self.value_type, Output.write, self
         if self._plain is not None:  # (the unit's values taken by C-level calls, no frame of the buffer's)
             append_row, get = self._plain
+            if native is not None and isinstance(listener, Slots):  # (the same, compiled: runtime.compiled)
+                return native.PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold,
+                                         flush, limit)
 
             def write_plain(data: Any, end_data_index: int | None = None) -> None:
                 nonlocal threshold

@@ -1,0 +1,344 @@
+/* The compiled per-unit path of a block (optional: backbeat.runtime.compiled; the pure-Python
+ * path of runtime/driver.py and runtime/outputs.py is the reference and the fallback).
+ *
+ * - Slots: a base of Input, InputGroup, SynchronizationListener and Output whose per-step
+ *   attributes (BEAT's names) are C slots: read by user code through member descriptors (as fast
+ *   as a dict attribute), stored here by pointer instead of a generic attribute store.
+ * - drive(): runtime.driver._drive_single's loop over a source's chunks (same stores, same order).
+ * - PlainWrite: runtime.outputs.Output._direct_write's `write_plain' closure (same checks; anything
+ *   else goes to Output.write, as there).
+ * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+enum { S_DATA, S_DATA_INDEX, S_DATA_INDEX_END, S_NEXT, S_SAME, S_NB_READ, S_FIRST, S_LAST, S_START,
+       S_LAST_WRITTEN, S_NB_WRITTEN, NSLOTS };
+
+typedef struct { PyObject_HEAD PyObject *s[NSLOTS]; } Slots;
+
+#define MEMBER(name, k) {name, T_OBJECT_EX, offsetof(Slots, s) + (k) * sizeof(PyObject *), 0, NULL}
+static PyMemberDef slots_members[] = {
+    MEMBER("data", S_DATA), MEMBER("data_index", S_DATA_INDEX), MEMBER("data_index_end", S_DATA_INDEX_END),
+    MEMBER("next_data_index", S_NEXT), MEMBER("data_same_as_previous", S_SAME),
+    MEMBER("nb_data_blocks_read", S_NB_READ), MEMBER("first_data_index", S_FIRST),
+    MEMBER("last_data_index", S_LAST), MEMBER("data_index_start", S_START),
+    MEMBER("last_written_data_index", S_LAST_WRITTEN), MEMBER("nb_data_blocks_written", S_NB_WRITTEN),
+    {NULL}
+};
+
+static int slots_traverse(Slots *self, visitproc visit, void *arg) {
+    for (int k = 0; k < NSLOTS; k++) Py_VISIT(self->s[k]);
+    return 0;
+}
+static int slots_clear(Slots *self) {
+    for (int k = 0; k < NSLOTS; k++) Py_CLEAR(self->s[k]);
+    return 0;
+}
+static void slots_dealloc(Slots *self) {
+    PyObject_GC_UnTrack(self);
+    slots_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject SlotsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "backbeat.runtime._unitpath.Slots",
+    .tp_doc = "Per-step attributes of BEAT's inputs, groups, listeners and outputs as C slots.",
+    .tp_basicsize = sizeof(Slots),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)slots_traverse,
+    .tp_clear = (inquiry)slots_clear,
+    .tp_dealloc = (destructor)slots_dealloc,
+    .tp_members = slots_members,
+};
+
+/* store v (a new reference taken) into slot k of o; the old value is released last (its
+ * finaliser, if any, sees a consistent object) */
+static inline void set_slot(PyObject *o, int k, PyObject *v) {
+    PyObject *old = ((Slots *)o)->s[k];
+    Py_INCREF(v);
+    ((Slots *)o)->s[k] = v;
+    Py_XDECREF(old);
+}
+
+static PyObject *zip_error(Py_ssize_t n, Py_ssize_t ns, Py_ssize_t ne) {
+    /* zip(values, starts, ends, strict=True)'s own message */
+    int arg = ns != n ? 2 : 3;
+    Py_ssize_t other = ns != n ? ns : ne;
+    PyErr_Format(PyExc_ValueError, "zip() argument %d is %s than argument%s", arg,
+                 other < n ? "shorter" : "longer", arg == 2 ? " 1" : "s 1-2");
+    return NULL;
+}
+
+/* drive(x, group, listener, chunks, process, args, first, read, live, source, pacer) -> (steps, result) */
+static PyObject *drive(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 11) {
+        PyErr_SetString(PyExc_TypeError, "drive() takes 11 arguments");
+        return NULL;
+    }
+    PyObject *x = a[0], *group = a[1], *listener = a[2], *chunks = a[3], *process = a[4], *args = a[5];
+    PyObject *source = a[9], *pacer = a[10];
+    if (!PyObject_TypeCheck(x, &SlotsType) || !PyObject_TypeCheck(group, &SlotsType)
+        || (listener != Py_None && !PyObject_TypeCheck(listener, &SlotsType)) || !PyTuple_Check(args)) {
+        PyErr_SetString(PyExc_TypeError, "drive(): an input, group or listener without slots");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(a[6]), read = PyLong_AsSsize_t(a[7]);
+    int live = PyObject_IsTrue(a[8]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t due = -1;
+    if (pacer != Py_None) {
+        PyObject *d = PyObject_GetAttrString(pacer, "due");
+        if (!d) return NULL;
+        due = PyLong_AsSsize_t(d);
+        Py_DECREF(d);
+        if (due == -1 && PyErr_Occurred()) return NULL;
+    }
+    Py_ssize_t i = first, nargs = PyTuple_GET_SIZE(args);
+    PyObject *const *argv = &PyTuple_GET_ITEM(args, 0);
+    PyObject *result = Py_NewRef(Py_True), *it = PyObject_GetIter(chunks), *chunk = NULL;
+    PyObject *values = NULL, *starts = NULL, *ends = NULL;
+    if (!it) goto fail;
+    while ((chunk = PyIter_Next(it))) {
+        PyObject *triple = PySequence_Fast(chunk, "a chunk must be (values, starts, ends)");
+        Py_DECREF(chunk);
+        if (!triple) goto fail;
+        if (PySequence_Fast_GET_SIZE(triple) != 3) {
+            Py_DECREF(triple);
+            PyErr_SetString(PyExc_ValueError, "a chunk must be (values, starts, ends)");
+            goto fail;
+        }
+        values = PySequence_Fast(PySequence_Fast_GET_ITEM(triple, 0), "values must be a sequence");
+        starts = values ? PySequence_Fast(PySequence_Fast_GET_ITEM(triple, 1), "starts must be a sequence") : NULL;
+        ends = starts ? PySequence_Fast(PySequence_Fast_GET_ITEM(triple, 2), "ends must be a sequence") : NULL;
+        Py_DECREF(triple);
+        if (!ends) goto fail;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(values);
+        Py_ssize_t ns = PySequence_Fast_GET_SIZE(starts), ne = PySequence_Fast_GET_SIZE(ends);
+        if (live) {  /* the input's count: one past the chunk while more follow */
+            PyObject *more = PyObject_GetAttrString(source, "more");
+            int m = more ? PyObject_IsTrue(more) : -1;
+            Py_XDECREF(more);
+            PyObject *count = m < 0 ? NULL : PyLong_FromSsize_t(i + n + m);
+            if (!count) goto fail;
+            int rc = PyObject_SetAttrString(x, "_n", count);
+            Py_DECREF(count);
+            if (rc < 0) goto fail;
+        }
+        Py_ssize_t common = n < ns ? n : ns;
+        common = common < ne ? common : ne;
+        for (Py_ssize_t k = 0; k < common; k++) {
+            PyObject *value = PySequence_Fast_GET_ITEM(values, k);
+            PyObject *start = PySequence_Fast_GET_ITEM(starts, k), *end = PySequence_Fast_GET_ITEM(ends, k);
+            i++;
+            PyObject *next = PyLong_FromSsize_t(i);
+            PyObject *nread = next ? PyLong_FromSsize_t(read + i) : NULL;
+            if (!nread) {
+                Py_XDECREF(next);
+                goto fail;
+            }
+            set_slot(x, S_DATA, value);
+            set_slot(x, S_DATA_INDEX, start);
+            set_slot(x, S_DATA_INDEX_END, end);
+            set_slot(x, S_NEXT, next);
+            set_slot(x, S_SAME, Py_False);
+            set_slot(x, S_NB_READ, nread);
+            Py_DECREF(next);
+            Py_DECREF(nread);
+            set_slot(group, S_DATA_INDEX, start);
+            set_slot(group, S_FIRST, start);
+            set_slot(group, S_DATA_INDEX_END, end);
+            set_slot(group, S_LAST, end);
+            if (listener != Py_None) {
+                set_slot(listener, S_START, start);
+                set_slot(listener, S_DATA_INDEX_END, end);
+            }
+            PyObject *r = PyObject_Vectorcall(process, argv, nargs, NULL);
+            if (!r) goto fail;
+            Py_SETREF(result, r);
+            int truth = PyObject_IsTrue(r);
+            if (truth < 0) goto fail;
+            if (!truth) goto done;
+            if (due > 0 && i - first >= due) {
+                PyObject *t = PyObject_CallMethod(pacer, "tick", "n", i - first);
+                if (!t) goto fail;
+                Py_DECREF(t);
+                PyObject *d = PyObject_GetAttrString(pacer, "due");
+                if (!d) goto fail;
+                due = PyLong_AsSsize_t(d);
+                Py_DECREF(d);
+                if (due == -1 && PyErr_Occurred()) goto fail;
+            }
+        }
+        if (common != n || common != ns || common != ne) {
+            zip_error(n, ns, ne);
+            goto fail;
+        }
+        Py_CLEAR(values);
+        Py_CLEAR(starts);
+        Py_CLEAR(ends);
+    }
+    if (PyErr_Occurred()) goto fail;
+done:
+    Py_XDECREF(values);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_DECREF(it);
+    return Py_BuildValue("(nN)", i - first, result);
+fail:
+    Py_XDECREF(values);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(it);
+    Py_DECREF(result);
+    return NULL;
+}
+
+/* PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold, flush, limit):
+ * Output.write's common case for a format of scalars and strings */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *listener, *vtype, *output, *general, *append_row, *get, *ends, *flush;
+    Py_ssize_t threshold, limit;
+} PlainWrite;
+
+static PyObject *ONE;
+
+static PyObject *plain_general(PlainWrite *self, PyObject *const *a, size_t nargsf, PyObject *kwnames) {
+    /* Output.write(output, *args, **kwargs): every case but the common one, and its errors */
+    Py_ssize_t na = PyVectorcall_NARGS(nargsf), nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8], **all = na + nk + 1 <= 8 ? small : PyMem_New(PyObject *, na + nk + 1);
+    if (!all) return PyErr_NoMemory();
+    all[0] = self->output;
+    for (Py_ssize_t k = 0; k < na + nk; k++) all[k + 1] = a[k];
+    PyObject *r = PyObject_Vectorcall(self->general, all, na + 1, kwnames);
+    if (all != small) PyMem_Free(all);
+    return r;
+}
+
+static PyObject *plain_call(PlainWrite *self, PyObject *const *a, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t na = PyVectorcall_NARGS(nargsf);
+    if (kwnames || na < 1 || na > 2 || (na == 2 && a[1] != Py_None)
+        || Py_TYPE(a[0]) != (PyTypeObject *)self->vtype)
+        return plain_general(self, a, nargsf, kwnames);
+    PyObject *end = ((Slots *)self->listener)->s[S_DATA_INDEX_END];
+    PyObject *last = ((Slots *)self->output)->s[S_LAST_WRITTEN];
+    PyObject *count = ((Slots *)self->output)->s[S_NB_WRITTEN];
+    if (!end || !last || !count || !PyLong_CheckExact(end) || !PyLong_CheckExact(last))
+        return plain_general(self, a, nargsf, kwnames);
+    int overflow = 0;
+    long long e = PyLong_AsLongLongAndOverflow(end, &overflow);
+    long long l = overflow ? 0 : PyLong_AsLongLongAndOverflow(last, &overflow);
+    if (overflow || (e == -1 && PyErr_Occurred()) || !(l < e && e <= self->limit)) {
+        PyErr_Clear();
+        return plain_general(self, a, nargsf, kwnames);
+    }
+    PyObject *row = PyObject_CallOneArg(self->get, a[0]);
+    if (!row) return NULL;
+    PyObject *added = PyObject_CallOneArg(self->append_row, row);
+    Py_DECREF(row);
+    if (!added) return NULL;
+    Py_DECREF(added);
+    if (PyList_Append(self->ends, end) < 0) return NULL;
+    PyObject *count1 = PyNumber_Add(count, ONE);  /* (before any store: as the Python code, which
+                                                      stores the index, then the count) */
+    set_slot(self->output, S_LAST_WRITTEN, end);
+    if (!count1) return NULL;
+    set_slot(self->output, S_NB_WRITTEN, count1);
+    Py_DECREF(count1);
+    if (PyList_GET_SIZE(self->ends) >= self->threshold) {
+        PyObject *t = PyObject_CallNoArgs(self->flush);
+        if (!t) return NULL;
+        Py_ssize_t threshold = PyLong_AsSsize_t(t);
+        Py_DECREF(t);
+        if (threshold == -1 && PyErr_Occurred()) return NULL;
+        self->threshold = threshold;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *plain_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyObject *o[8];
+    Py_ssize_t threshold, limit;
+    if (kw && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "PlainWrite() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOOOO!nOn:PlainWrite", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &PyList_Type, &o[6], &threshold, &o[7], &limit))
+        return NULL;
+    if (!PyObject_TypeCheck(o[0], &SlotsType) || !PyObject_TypeCheck(o[2], &SlotsType) || !PyType_Check(o[1])) {
+        PyErr_SetString(PyExc_TypeError, "PlainWrite(): a listener and an output with slots, a type");
+        return NULL;
+    }
+    PlainWrite *self = (PlainWrite *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->listener = Py_NewRef(o[0]);
+    self->vtype = Py_NewRef(o[1]);
+    self->output = Py_NewRef(o[2]);
+    self->general = Py_NewRef(o[3]);
+    self->append_row = Py_NewRef(o[4]);
+    self->get = Py_NewRef(o[5]);
+    self->ends = Py_NewRef(o[6]);
+    self->flush = Py_NewRef(o[7]);
+    self->threshold = threshold;
+    self->limit = limit;
+    self->vectorcall = (vectorcallfunc)plain_call;
+    return (PyObject *)self;
+}
+
+static int plain_traverse(PlainWrite *s, visitproc visit, void *arg) {
+    Py_VISIT(s->listener); Py_VISIT(s->vtype); Py_VISIT(s->output); Py_VISIT(s->general);
+    Py_VISIT(s->append_row); Py_VISIT(s->get); Py_VISIT(s->ends); Py_VISIT(s->flush);
+    return 0;
+}
+static int plain_clear(PlainWrite *s) {
+    Py_CLEAR(s->listener); Py_CLEAR(s->vtype); Py_CLEAR(s->output); Py_CLEAR(s->general);
+    Py_CLEAR(s->append_row); Py_CLEAR(s->get); Py_CLEAR(s->ends); Py_CLEAR(s->flush);
+    return 0;
+}
+static void plain_dealloc(PlainWrite *s) {
+    PyObject_GC_UnTrack(s);
+    plain_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyTypeObject PlainWriteType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "backbeat.runtime._unitpath.PlainWrite",
+    .tp_doc = "Output.write of one unit of a scalar-and-string format into a cache writer's rows.",
+    .tp_basicsize = sizeof(PlainWrite),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(PlainWrite, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = plain_new,
+    .tp_traverse = (traverseproc)plain_traverse,
+    .tp_clear = (inquiry)plain_clear,
+    .tp_dealloc = (destructor)plain_dealloc,
+};
+
+static PyMethodDef methods[] = {
+    {"drive", (PyCFunction)(void (*)(void))drive, METH_FASTCALL,
+     "drive(x, group, listener, chunks, process, args, first, read, live, source, pacer) -> (steps, result)"},
+    {NULL}
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "backbeat.runtime._unitpath",
+                                    "The compiled per-unit path (see backbeat.runtime.compiled).", -1, methods};
+
+PyMODINIT_FUNC PyInit__unitpath(void) {
+    ONE = PyLong_FromLong(1);
+    if (!ONE || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Slots", (PyObject *)&SlotsType) < 0
+        || PyModule_AddObjectRef(m, "PlainWrite", (PyObject *)&PlainWriteType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
