@@ -109,6 +109,7 @@ class Output(Slots):
                 else:
                     general(output, data, end_data_index)
 
+            write_plain.__qualname__ = "Output.write"  # (a wrong call's TypeError names BEAT's API, as the C one's)
             return write_plain
 
         def write(data: Any, end_data_index: int | None = None) -> None:
@@ -124,6 +125,7 @@ class Output(Slots):
             else:
                 general(output, data, end_data_index)
 
+        write.__qualname__ = "Output.write"
         return write
 
     def __repr__(self) -> str:
