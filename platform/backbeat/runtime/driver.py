@@ -39,7 +39,7 @@ from typing import Any
 from backbeat.core.errors import ExecutionError, UsageError
 from backbeat.declarations.algorithm import AUTONOMOUS_TYPES, LEGACY
 from backbeat.declarations.algorithm import TYPES as ALGORITHM_TYPES
-from backbeat.runtime.compiled import Slots, native
+from backbeat.runtime.compiled import native
 from backbeat.runtime.dataloaders import DataLoader, DataLoaderList, mix_data_indices
 from backbeat.runtime.inputs import Input, InputGroup, InputList
 from backbeat.runtime.outputs import Output, OutputList, SynchronizationListener
@@ -269,8 +269,8 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     source = x.data_source
     live = getattr(source, "live", False)  # units still arriving: the count grows as they do
     read = x.nb_data_blocks_read - first  # + position = blocks read
-    if native is not None and isinstance(x, Slots) and isinstance(group, Slots) and (
-            listener is None or isinstance(listener, Slots)):  # (this loop, compiled: runtime.compiled)
+    if native is not None and type(x) is Input and type(group) is InputGroup:  # (this loop, compiled:
+        # runtime.compiled; exactly our classes: a subclass could make an attribute a property)
         steps, result = native.drive(x, group, listener, source.iter_chunks(i), process, args, first, read,
                                      live, source, pacer)
         return steps, result

@@ -92,7 +92,8 @@ class Output(Slots):
         vtype, general, output = self.value_type, Output.write, self
         if self._plain is not None:  # (the unit's values taken by C-level calls, no frame of the buffer's)
             append_row, get = self._plain
-            if native is not None and isinstance(listener, Slots):  # (the same, compiled: runtime.compiled)
+            if (native is not None and type(listener) is SynchronizationListener
+                    and type(output) is Output):  # (the same, compiled: runtime.compiled)
                 return native.PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold,
                                          flush, limit)
 
