@@ -1,5 +1,5 @@
 """What a block's data path shows and writes, printed as JSON (``python _compiled_probe.py FOLDER``):
-run once with the compiled per-unit path (backbeat.runtime.compiled) and once with
+run once with the compiled per-unit path (backbeat.data.compiled) and once with
 ``BACKBEAT_COMPILED=off`` by test_compiled.py, which compares the two — every cache file's bytes,
 every step as BEAT's API shows it, every error's type and message."""
 
@@ -13,9 +13,10 @@ import sys
 import numpy as np
 from _steploop import EXP, FMT, F, Recorder
 
+from backbeat.data import compiled
 from backbeat.data.cachereader import CacheReader
 from backbeat.data.cachewriter import CacheWriter
-from backbeat.runtime import compiled, streams
+from backbeat.runtime import streams
 from backbeat.runtime.driver import Pacer, build_inputs, build_outputs, run_algorithm
 from backbeat.runtime.sources import BatchSource
 from backbeat.runtime.spec import StreamTarget

@@ -1,13 +1,15 @@
-"""The compiled per-unit path (``backbeat.runtime.compiled``, C): in use wherever it is built, and
+"""The compiled per-unit path (``backbeat.data.compiled``, C): in use wherever it is built, and
 indistinguishable from the Python path — the same cache files to the byte, the same steps as BEAT's
 API shows them, the same errors and messages — through a real ZeroMQ stream and cache files; the
 data path's own tests pass on the Python path too (``BACKBEAT_COMPILED=off``); nothing leaks."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tracemalloc
@@ -17,8 +19,8 @@ import numpy as np
 import pytest
 from _steploop import EXP, FMT, F
 
+from backbeat.data import compiled
 from backbeat.data.cachewriter import CacheWriter
-from backbeat.runtime import compiled
 from backbeat.runtime.driver import build_inputs, build_outputs, run_algorithm
 from backbeat.runtime.inputs import Input, InputGroup
 from backbeat.runtime.outputs import Output, SynchronizationListener
@@ -43,9 +45,9 @@ def test_the_compiled_path_is_in_use_where_it_is_built(tmp_path, monkeypatch):
         assert compiled.native is None and Input.__bases__ == (object,)
         return
     # (the install builds it wherever a C compiler is, as in CI: a build that silently failed fails here)
-    assert compiled.native is not None, "backbeat.runtime._unitpath is not built: `pip install -e .` builds it"
+    assert compiled.native is not None, "backbeat.data._unitpath is not built: `pip install -e .` builds it"
     for cls in (Input, InputGroup, SynchronizationListener, Output):
-        assert cls.__bases__ == (compiled.native.Slots,)
+        assert cls.__bases__ == (compiled.Slots,) and issubclass(cls, compiled.native.Slots)
     calls = []
     drive = compiled.native.drive
     monkeypatch.setattr(compiled.native, "drive", lambda *a: calls.append(1) or drive(*a))
@@ -146,6 +148,13 @@ def test_the_per_step_attributes_behave_as_attributes():
     with pytest.raises(AttributeError, match="'Input' object has no attribute 'data'"):
         _ = x.data
     x.anything = 1  # (other attributes: the instance's dictionary, as before)
+    x.data = F(value=np.float64(2.5))
+    twin = copy.copy(x)  # (copied and pickled as a plain object's attributes are)
+    assert (twin.data, twin.data_index, twin.anything, twin.name) == (x.data, -1, 1, "in")
+    with pytest.raises(AttributeError):
+        _ = Input("in", None, []).__class__.__new__(Input).data
+    again = pickle.loads(pickle.dumps(SynchronizationListener()))
+    assert (again.data_index_start, again.data_index_end) == (-1, -1)
     listener = SynchronizationListener()
     listener.onIntervalChanged(3, 4)
     assert (listener.data_index_start, listener.data_index_end) == (3, 4)

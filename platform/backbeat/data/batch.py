@@ -20,11 +20,10 @@ The rows of the top node are the data units; a ``list`` node's child has one row
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain, repeat
+from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from backbeat.core.errors import DataError
 from backbeat.data.casting import stack_rows
+from backbeat.data.compiled import fill as _fill
 from backbeat.data.recycling import objects
 from backbeat.data.values import (
     NUMERIC,
@@ -274,11 +274,8 @@ def _scatter(node: Node, cols: dict, n: int, private: bool = False, spare: list 
         return [object_array(child.cls, shapes[i], elems[off[i]:off[i + 1]]) for i in range(n)]
     out = objects(node.cls, n, spare)
     for key, sub in node.fields:  # every field of each object (reused ones too), without the checked __setattr__
-        deque(map(_SET, out, repeat(key), _scatter(sub, cols, n, private)), maxlen=0)
+        _fill(out, key, _scatter(sub, cols, n, private))
     return out
-
-
-_SET = object.__setattr__
 
 
 # -- slicing and checks ----------------------------------------------------------------------------

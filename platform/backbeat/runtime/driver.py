@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backbeat.core.errors import ExecutionError, UsageError
+from backbeat.data.compiled import native
 from backbeat.declarations.algorithm import AUTONOMOUS_TYPES, LEGACY
 from backbeat.declarations.algorithm import TYPES as ALGORITHM_TYPES
-from backbeat.runtime.compiled import native
 from backbeat.runtime.dataloaders import DataLoader, DataLoaderList, mix_data_indices
 from backbeat.runtime.inputs import Input, InputGroup, InputList
 from backbeat.runtime.outputs import Output, OutputList, SynchronizationListener
@@ -270,7 +270,7 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     live = getattr(source, "live", False)  # units still arriving: the count grows as they do
     read = x.nb_data_blocks_read - first  # + position = blocks read
     if native is not None and type(x) is Input and type(group) is InputGroup:  # (this loop, compiled:
-        # runtime.compiled; exactly our classes: a subclass could make an attribute a property)
+        # data.compiled; exactly our classes: a subclass could make an attribute a property)
         steps, result = native.drive(x, group, listener, source.iter_chunks(i), process, args, first, read,
                                      live, source, pacer)
         return steps, result

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from backbeat.core.errors import DataError
-from backbeat.runtime.compiled import Slots
+from backbeat.data.compiled import Slots
 
 
 @runtime_checkable
@@ -111,7 +111,7 @@ def unit_at(source: Any, data_index: int) -> tuple[Any, int | None, int | None]:
     return (None, None, None)
 
 
-class Input(Slots):  # (per-step attributes in C slots when compiled: runtime.compiled)
+class Input(Slots):  # (per-step attributes in C slots when compiled: data.compiled)
     """One input of a block: walks the data units of its data source."""
 
     def __init__(self, name: str, data_format: Any, data_source: Any) -> None:

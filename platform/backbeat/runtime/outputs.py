@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from backbeat.runtime.compiled import Slots, native
+from backbeat.data.compiled import Slots, native
 
 WRITE_INDEX_ERROR = (
     "Algorithm logic error on write(): `end_data_index' is not consistent with last written index"
@@ -93,7 +93,7 @@ class Output(Slots):
         if self._plain is not None:  # (the unit's values taken by C-level calls, no frame of the buffer's)
             append_row, get = self._plain
             if (native is not None and type(listener) is SynchronizationListener
-                    and type(output) is Output):  # (the same, compiled: runtime.compiled)
+                    and type(output) is Output):  # (the same, compiled: data.compiled)
                 return native.PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold,
                                          flush, limit)
 

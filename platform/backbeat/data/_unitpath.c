@@ -1,4 +1,4 @@
-/* The compiled per-unit path of a block (optional: backbeat.runtime.compiled; the pure-Python
+/* The compiled per-unit path of a block (optional: backbeat.data.compiled; the pure-Python
  * path of runtime/driver.py and runtime/outputs.py is the reference and the fallback).
  *
  * - Slots: a base of Input, InputGroup, SynchronizationListener and Output whose per-step
@@ -7,6 +7,7 @@
  * - drive(): runtime.driver._drive_single's loop over a source's chunks (same stores, same order).
  * - PlainWrite: runtime.outputs.Output._direct_write's `write_plain' closure (same checks; anything
  *   else goes to Output.write, as there).
+ * - fill(): data.batch._scatter's setting of one field on each of a window's value objects.
  * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
  */
 #define PY_SSIZE_T_CLEAN
@@ -44,7 +45,7 @@ static void slots_dealloc(Slots *self) {
 
 static PyTypeObject SlotsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "backbeat.runtime._unitpath.Slots",
+    .tp_name = "backbeat.data._unitpath.Slots",
     .tp_doc = "Per-step attributes of BEAT's inputs, groups, listeners and outputs as C slots.",
     .tp_basicsize = sizeof(Slots),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
@@ -197,6 +198,25 @@ fail:
     return NULL;
 }
 
+/* fill(objects, key, values): object.__setattr__(obj, key, value) for each pair, as
+ * data.batch._scatter's map over them (to the shorter list's end) */
+static PyObject *fill(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 3 || !PyList_CheckExact(a[0]) || !PyUnicode_CheckExact(a[1]) || !PyList_CheckExact(a[2])) {
+        PyErr_SetString(PyExc_TypeError, "fill(objects: list, key: str, values: list)");
+        return NULL;
+    }
+    PyObject *objs = a[0], *key = a[1], *values = a[2];
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(objs) && k < PyList_GET_SIZE(values); k++) {
+        PyObject *obj = Py_NewRef(PyList_GET_ITEM(objs, k)), *value = Py_NewRef(PyList_GET_ITEM(values, k));
+        int rc = PyObject_GenericSetAttr(obj, key, value);  /* (object.__setattr__: the format's checked
+                                                               __setattr__ bypassed, as in Python) */
+        Py_DECREF(obj);
+        Py_DECREF(value);
+        if (rc < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold, flush, limit):
  * Output.write's common case for a format of scalars and strings */
 typedef struct {
@@ -309,7 +329,7 @@ static void plain_dealloc(PlainWrite *s) {
 
 static PyTypeObject PlainWriteType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "backbeat.runtime._unitpath.PlainWrite",
+    .tp_name = "backbeat.data._unitpath.PlainWrite",
     .tp_doc = "Output.write of one unit of a scalar-and-string format into a cache writer's rows.",
     .tp_basicsize = sizeof(PlainWrite),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
@@ -324,11 +344,13 @@ static PyTypeObject PlainWriteType = {
 static PyMethodDef methods[] = {
     {"drive", (PyCFunction)(void (*)(void))drive, METH_FASTCALL,
      "drive(x, group, listener, chunks, process, args, first, read, live, source, pacer) -> (steps, result)"},
+    {"fill", (PyCFunction)(void (*)(void))fill, METH_FASTCALL,
+     "fill(objects, key, values): object.__setattr__(obj, key, value) for each pair"},
     {NULL}
 };
 
-static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "backbeat.runtime._unitpath",
-                                    "The compiled per-unit path (see backbeat.runtime.compiled).", -1, methods};
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "backbeat.data._unitpath",
+                                    "The compiled per-unit path (see backbeat.data.compiled).", -1, methods};
 
 PyMODINIT_FUNC PyInit__unitpath(void) {
     ONE = PyLong_FromLong(1);
