@@ -248,5 +248,7 @@ def copy_prefix(tmp_path: Path) -> Callable[..., Path]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the Dask tests last: an in-process Dask scheduler leaves threads behind (its offload
     pool) for the rest of the session, and a fork server started in a process with threads
-    falls back to multiprocessing — the tests after them would no longer exercise the zygote."""
+    falls back to multiprocessing — the tests after them would no longer exercise the zygote.  Under
+    pytest-xdist only ``--dist loadfile --no-loadscope-reorder`` keeps this order (by default it hands
+    out the files with the most tests first: Dask would run in the middle of its worker's share)."""
     items.sort(key=lambda item: item.path.name == "test_dask.py")  # (stable: the order stays otherwise)

@@ -4,7 +4,9 @@ the block's own end works with any descriptor number.  Real processes, real Unix
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import socket
 import threading
 import time
@@ -193,3 +195,38 @@ def test_a_progress_message_is_sent_from_a_descriptor_above_1024():
         seen: list = []
         _until(server, lambda: seen and seen[-1].type == "done", seen)
     assert [(m.type, m.data.get("done")) for m in seen] == [("progress", 1), ("progress", 2), ("done", None)]
+
+
+def test_out_of_descriptors_the_listener_pauses_instead_of_spinning_then_accepts():
+    """accept() failing with EMFILE leaves the listener readable: without the pause, every poll would
+    return at once (a busy loop for as long as the process has no descriptor to spare)."""
+    with ControlServer(pid_of=lambda _job: os.getpid()) as server:
+        token = server.register("mine")
+        client = ControlClient(server.address, "mine", token)
+        client._last = 0.0
+        client.progress(1, 3)  # (connected: in the listener's backlog, its frame queued)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers: list[int] = []
+        polls, seen = 0, []
+        try:
+            highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 16, hard))
+            while True:  # (every descriptor below the limit taken: accept() cannot get one)
+                try:
+                    fillers.append(os.dup(0))
+                except OSError as e:
+                    assert e.errno == errno.EMFILE
+                    break
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                seen += server.poll(200)
+                polls += 1
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert not seen
+        assert polls < 100, polls  # (paused 50 ms at a time: ~20 polls in 0.5 s; spinning: thousands)
+        _until(server, lambda: seen, seen)  # descriptors free again: accepted, its message read
+        client.close()
+    assert [(m.type, m.data.get("done")) for m in seen] == [("progress", 1)]

@@ -273,3 +273,59 @@ def test_the_zygote_preloads_the_checked_templates_of_a_cache(tmp_path):
     h5image.Images._listed.clear()
     h5image.Images(images).preload()
     assert len(h5image.Images._known) == 1 and all(h5image.Images._known.values())
+
+
+def _racer(i, images, path, marks, start, done):
+    """A process writing a cache file whose template nobody has made yet; its maker, if it wins the
+    claim, holds it until the other process has written its file (so that both ask at once)."""
+    try:
+        h5image.Images._known.clear()
+        real_make = h5image.make
+
+        def make(*a, **k):
+            (marks / f"made.{i}").touch()
+            done[1 - i].wait(30)  # (the other one asked meanwhile: its file is written)
+            return real_make(*a, **k)
+
+        h5image.make = make
+        start.wait(30)
+        _write(path, _mixed(10, 7), "c" * 64, images)
+        done[i].set()
+        os._exit(0)
+    except BaseException:  # noqa: BLE001 - said, and the exit status tells the test
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+
+
+def test_two_processes_making_the_same_template_at_once_one_makes_it_both_files_right(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    images = str(tmp_path / "images")
+    start, done = ctx.Event(), [ctx.Event(), ctx.Event()]
+    procs = [ctx.Process(target=_racer, args=(i, images, tmp_path / f"r{i}.h5", tmp_path, start, done))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    makers = sorted(tmp_path.glob("made.*"))
+    assert len(makers) == 1, makers  # one claimed it; the other wrote its file with h5py meanwhile
+    left = sorted(os.listdir(images))
+    assert len(left) == 1 and left[0].endswith(".h5image"), left  # no claim, scratch or refusal left
+    os.environ[h5image.SWITCH] = "off"
+    try:
+        _write(tmp_path / "h.h5", _mixed(10, 7), "c" * 64, images)
+    finally:
+        del os.environ[h5image.SWITCH]
+    for i in range(2):
+        assert (tmp_path / f"r{i}.h5").read_bytes() == (tmp_path / "h.h5").read_bytes()
+        with CacheReader(tmp_path / f"r{i}.h5") as r:
+            assert r.verified and r.read_range(0, 100).to_values() == _mixed(10, 7)
+    h5image.Images._known.clear()  # (as a third process: the kept template is read, checked, used)
+    sig = json.loads(open(os.path.join(images, left[0]), "rb").read().split(b"\n")[2])["signature"]
+    assert h5image.Images(images).find(sig) is not None
