@@ -57,6 +57,8 @@ def test_a_failed_fork_is_told_after_the_jobs_forked_before_it(tmp_path):
         events: list[tuple[str, int]] = []
         record = fs._event
         fs._event = lambda ev: (events.append((ev.get("ev"), ev.get("id"))), record(ev))  # type: ignore[method-assign]
+        # (psutil.Process(None) is this process: stopping it would hang the run if the server fell back)
+        assert fs.zygote_pid is not None, "the fork server fell back to multiprocessing: no zygote to stop"
         zygote = psutil.Process(fs.zygote_pid)
         os.kill(zygote.pid, signal.SIGSTOP)  # (both requests are then read at once)
         try:
