@@ -1,7 +1,7 @@
 """The one ZeroMQ context of this process, shared by its sockets and ended with the last of them.
 
-Every ZeroMQ socket backbeat opens (database provider and its clients, streams, loop channels;
-the control channel is a plain Unix socket since wave 12) takes the process's context with :func:`acquire` and gives it back with
+Every ZeroMQ socket backbeat opens (database provider and its clients, loop channels; the
+control channel is a plain Unix socket since wave 12, the streams since wave 14) takes the process's context with :func:`acquire` and gives it back with
 :func:`release` once its socket is closed.  The context is created on first use and
 terminated when the last user releases it, so:
 
