@@ -163,3 +163,82 @@ def test_a_batch_of_requests_read_at_once_is_settled_before_a_kill_and_at_its_en
     for n in (1, 2, 3, 4):
         assert exits[n]["status"] == 0 and exits[n]["pid"] == spawned[n], exits[n]
         assert (tmp_path / f"{n}.log").read_text() == f"hello from {n}\n"
+
+
+def blas_report(payload: dict) -> None:
+    """Job target: what the zygote's import of numpy saw and what OpenBLAS does in a block process."""
+    import ctypes
+
+    import numpy
+
+    a = numpy.ones((600, 600))
+    a @ a  # (a BLAS call: the pool is made again, with its usual number of threads)
+    lib = ctypes.CDLL(next(line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line),
+                      mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    get = next(getattr(lib, n) for n in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                                         "openblas_get_num_threads") if hasattr(lib, n))
+    spy = next(f for f in sys.meta_path if hasattr(f, "seen"))
+    print(json.dumps({"seen": spy.seen, "tasks": len(os.listdir("/proc/self/task")), "blas": get(),
+                      "env": [os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                                          "OMP_NUM_THREADS")]}))
+
+
+#: a fresh zygote preloading numpy, its import of numpy watched; it forks one `blas_report` job
+_BLAS_ZYGOTE = """
+import json, os, socket, sys
+sys.path.insert(0, sys.argv[2])
+class Spy:
+    seen = []
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy._core._multiarray_umath":  # (loads OpenBLAS, which reads its variables then)
+            self.seen.append(os.environ.get("OPENBLAS_NUM_THREADS"))
+sys.meta_path.insert(0, Spy())
+from backbeat.processes.zygote import Zygote
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+ours.sendall(json.dumps({"op": "spawn", "id": 1, "target": "test_processdiet:blas_report", "payload": {},
+                         "log": sys.argv[1]}).encode() + b"\\n")
+pid = os.fork()
+if pid == 0:
+    try:
+        ours.close()
+        Zygote(theirs, ("numpy",), os.getppid()).main()
+    finally:
+        os._exit(1)
+theirs.close()
+buf = b""
+while b'"exit"' not in buf:
+    chunk = ours.recv(1 << 16)
+    assert chunk, buf
+    buf += chunk
+ours.close()
+os.waitpid(pid, 0)
+"""
+
+#: the same job's figures in a process that imported numpy plainly
+_BLAS_PLAIN = """
+import json, os, numpy
+a = numpy.ones((600, 600))
+a @ a
+print(json.dumps({"tasks": len(os.listdir("/proc/self/task"))}))
+"""
+
+
+def test_the_zygote_imports_numpy_with_one_blas_thread_and_its_blocks_get_the_usual_pool(tmp_path):
+    """OpenBLAS's pool would spin through the rest of numpy's import in the zygote (~0.1 s of the
+    other core, each run): the zygote loads it at one thread, then sets its usual number back, so a
+    block's BLAS calls run on as many threads as in any process, and the variable is gone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                                            "OMP_NUM_THREADS")}
+    log = tmp_path / "job.log"
+    subprocess.run([sys.executable, "-c", _BLAS_ZYGOTE, str(log), os.path.dirname(os.path.abspath(__file__))],
+                   env=env, timeout=120, check=True)
+    got = json.loads(log.read_text())
+    plain = json.loads(subprocess.run([sys.executable, "-c", _BLAS_PLAIN], env=env, capture_output=True,
+                                      timeout=60, check=True, text=True).stdout)
+    assert got["seen"] == ["1"]  # (OpenBLAS loaded with one thread: no pool spinning)
+    assert got["env"] == [None, None, None]  # (nothing of it left to the blocks)
+    procs = len(os.sched_getaffinity(0))
+    assert 1 <= got["blas"] <= max(procs, os.cpu_count() or 1)
+    assert got["tasks"] == plain["tasks"]  # (a block's pool: as in a process that imported numpy plainly)
+    if procs > 1:
+        assert got["blas"] > 1 and got["tasks"] > 1

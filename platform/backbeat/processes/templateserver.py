@@ -89,9 +89,8 @@ class Template:
         if any(m.split(".")[0] not in ALLOWED for m in (*self.preload, self.entry, *WARM)):
             raise RuntimeError(f"a template never imports {self.preload} nor runs {self.entry}")
         for name in self.preload:
-            importlib.import_module(name)
+            warmup.preload(name)  # (numpy: its OpenBLAS threads quiet)
             if name == "numpy":
-                warmup.quiet_blas()
                 sys.modules["numpy"].random.seed()  # (numpy's entropy source initialised once, here)
         module, _, func = self.entry.partition(":")
         self.run = getattr(importlib.import_module(module), func)

@@ -2,13 +2,15 @@
 
 It imports its preload modules in order and, between two of them, forks the jobs already
 asked for whose modules are loaded (:func:`can_fork`): a run's first job (indexing a view)
-need not wait for the whole preload.  Right after numpy, :func:`quiet_blas` stops the threads
-OpenBLAS started.  Once it has forked a job, the zygote lets the preloaded modules learn from its
+need not wait for the whole preload.  numpy is imported with OpenBLAS at one thread (its pool would
+spin through the rest of the import) and given its usual number back at once; :func:`quiet_blas` then
+stops the threads that made (:func:`preload`).  Once it has forked a job, the zygote lets the preloaded modules learn from its
 payload (:func:`learn`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -43,6 +45,59 @@ def can_fork(req: dict) -> bool:
         return True
     targets = [req.get("target"), (req.get("payload") or {}).get("target")]
     return all(t.partition(":")[0] in sys.modules for t in targets if isinstance(t, str))
+
+
+#: what OpenBLAS reads for its number of threads as it loads: one set is the user's choice, kept
+BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def preload(name: str) -> None:
+    """Import ``name`` (the zygote's and a template's preload).  numpy: with ``OPENBLAS_NUM_THREADS=1``
+    unless one of :data:`BLAS_THREADS_ENV` is set — OpenBLAS starts its pool as its library loads,
+    early in numpy's import, and the pool's threads spin (~0.1 s of the other core) through the rest
+    of it —, the variable removed right after, OpenBLAS's number of threads set back to what it
+    would have chosen (its count of processors) and :func:`quiet_blas`: a child's first BLAS call makes
+    the pool it always did."""
+    if name != "numpy" or name in sys.modules:
+        importlib.import_module(name)
+        return
+    chosen = any(os.environ.get(v) for v in BLAS_THREADS_ENV)
+    if not chosen:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        importlib.import_module(name)
+    finally:
+        if not chosen:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+            blas_threads_as_usual()
+    quiet_blas()
+
+
+def blas_threads_as_usual() -> int:
+    """Set the loaded OpenBLAS's number of threads to its count of processors (what it chooses with
+    no variable set); the number set, 0 if no OpenBLAS with those functions is loaded."""
+    import ctypes  # (loaded already: numpy imports it)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if "openblas" in line.rsplit("/", 1)[-1]}
+    except (OSError, IndexError):
+        return 0
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", "_64_", ""):
+                procs = getattr(lib, f"{prefix}_get_num_procs{suffix}", None)
+                threads = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if procs is not None and threads is not None:
+                    n = int(procs())
+                    if n > 0:
+                        threads(ctypes.c_int(n))
+                        return n
+    return 0
 
 
 def quiet_blas() -> None:

@@ -1,7 +1,7 @@
 """The one ZeroMQ context of this process, shared by its sockets and ended with the last of them.
 
-Every ZeroMQ socket backbeat opens (database provider and its clients, streams, loop channels;
-the control channel is a plain Unix socket since wave 12) takes the process's context with :func:`acquire` and gives it back with
+Every ZeroMQ socket backbeat opens (database provider and its clients, loop channels; the
+control channel is a plain Unix socket since wave 12, the streams since wave 14) takes the process's context with :func:`acquire` and gives it back with
 :func:`release` once its socket is closed.  The context is created on first use and
 terminated when the last user releases it, so:
 
@@ -28,6 +28,7 @@ _lock = threading.Lock()
 _context: zmq.Context | None = None
 _owner = 0  # pid that created _context
 _users = 0
+_substitute = False  # _context is substitute()'s stand-in
 _inherited: list[zmq.Context] = []  # contexts of a parent, kept referenced: destroying one after fork may hang
 
 
@@ -56,6 +57,13 @@ def release() -> None:
             ctx.term()
 
 
+def substituted() -> Any | None:
+    """The stand-in given to :func:`substitute`, while it is in use in this process; else None (the
+    streams' sockets, which are no ZeroMQ sockets, take it in the zygote's rehearsal)."""
+    with _lock:
+        return _context if _substitute and _context is not None and _owner == os.getpid() else None
+
+
 def users() -> int:
     """How many sockets of this process hold the context (for tests)."""
     return _users if _context is not None and _owner == os.getpid() else 0
@@ -66,13 +74,14 @@ def substitute(context: Any) -> Iterator[None]:
     """Within the block, this process's sockets come from ``context`` (the zygote's rehearsal: an
     in-process stand-in, :mod:`backbeat.runtime.loopback`, since a zygote holds no ZeroMQ context);
     there must be no context before, and none is left after."""
-    global _context, _owner, _users
+    global _context, _owner, _users, _substitute
     with _lock:
         if _context is not None and _owner == os.getpid():
             raise RuntimeError("a ZeroMQ context is in use: it cannot be substituted")
         _context, _owner, _users = context, os.getpid(), 1  # (held: not ended by its last socket)
+        _substitute = True
     try:
         yield
     finally:
         with _lock:
-            _context, _users = None, 0
+            _context, _users, _substitute = None, 0, False

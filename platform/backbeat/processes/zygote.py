@@ -258,11 +258,10 @@ class Zygote:
         warm = set(sys.modules)  # (forked from a warm template: nothing to import nor quiet)
         for name in (m for m in self.preload if m not in warm):
             try:
-                importlib.import_module(name)
+                warmup.preload(name)  # (numpy: its OpenBLAS threads quiet)
             except BaseException as e:  # noqa: BLE001
                 error = error or f"cannot preload `{name}': {e}"
             if name == "numpy":
-                warmup.quiet_blas()
                 _fresh_random_state()  # its first call initialises numpy's entropy source (~20 ms): once, here
             if not error:
                 self.read_requests(preloading=True)

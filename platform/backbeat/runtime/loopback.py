@@ -3,7 +3,8 @@
 The zygote rehearses a streamed block (:func:`backbeat.runtime.rehearsal.rehearse_streamed`): its
 control channel, the stream it reads from its producer, the stream it writes to its consumer.  A
 zygote must hold no ZeroMQ context (a context does not survive ``fork``) and opens no socket, so the
-sockets the block's code asks :mod:`~backbeat.processes.zmqcontext` for are these: a :class:`Hub`
+sockets the block's code asks :mod:`~backbeat.processes.zmqcontext` for (the streams, whose sockets are
+no ZeroMQ ones since wave 14, through its ``substituted()``) are these: a :class:`Hub`
 (the context) makes :class:`LoopSocket`\\ s, paired by address, whose messages go from one in-memory
 queue to the other as :class:`zmq.Frame`\\ s (what ``recv_multipart(copy=False)`` returns; a frame
 needs no context).  A *responder* stands for the other process at an address: it is given each

@@ -6,8 +6,9 @@ of blocks uses one core at a time.  With streaming (the executor decides, see
 file to the consumer, which starts at the same time and processes units as they arrive:
 the chain runs as a pipeline.  The cache files written are the same bytes either way.
 
-State and protocol (one ZeroMQ ``PAIR`` socket per producer output and consumer, over
-``ipc://`` in the run's private directory; the producer binds, the consumer connects):
+State and protocol (one socket per producer output and consumer, a plain Unix stream socket at the
+``ipc://`` path in the run's private directory, :class:`~backbeat.runtime.streamsocket.StreamSocket`:
+ZeroMQ's ``PAIR`` until wave 14; the producer binds, the consumer connects):
 
 * producer → consumer: ``batch`` messages (``b"batch"`` then :func:`backbeat.wire.encode`
   frames), in order (the writer's batches: 1,024 units first, then twice as many each time up
@@ -72,6 +73,7 @@ from backbeat.data.contentdigest import ContentDigest
 from backbeat.processes import zmqcontext
 from backbeat.runtime.sources import index_lists
 from backbeat.runtime.spec import StreamTarget
+from backbeat.runtime.streamsocket import StreamSocket
 
 HWM = 4  # at most, messages queued per side before the producer waits
 QUEUED_BYTES = 4 << 20  # and no more bytes than this per side (fewer messages when batches are large)
@@ -159,6 +161,13 @@ _yielded = 0  # the pid that lowered its priority (a forked child starts from it
 _autogroup_pending = False  # its autogroup still to lower (the kernel said: not now)
 
 
+def _socket() -> Any:
+    """A stream's socket: a :class:`StreamSocket`, or in the zygote's rehearsal the stand-in it
+    substituted for ZeroMQ (:func:`backbeat.processes.zmqcontext.substitute`)."""
+    stand_in = zmqcontext.substituted()
+    return stand_in.socket(zmq.PAIR) if stand_in is not None else StreamSocket()
+
+
 def high_water_mark(batch_bytes: int, batch_units: int = 0) -> int:
     """Messages queued per side for batches of about ``batch_bytes`` and ``batch_units``: memory
     and the consumer's lag stay bounded."""
@@ -173,18 +182,17 @@ class StreamSender:
         """One consumer per target: the ipc address to bind, the cancel file to watch;
         ``batch_bytes``, ``batch_units``: about how large the batches sent are."""
         yield_to_consumers()
-        ctx = zmqcontext.acquire()
-        self._open = True
         self.units = self.bytes = 0  # sent so far
-        self._live: list[tuple[zmq.Socket, str]] = []
+        self._live: list[tuple[Any, str]] = []
         for t in targets:
-            sock = ctx.socket(zmq.PAIR)
+            sock = _socket()
             sock.linger = 0
             sock.sndhwm = high_water_mark(batch_bytes, batch_units)
+            sock.message_bytes = batch_bytes
             sock.bind(t.address)
             self._live.append((sock, t.cancel))
 
-    def _drop(self, sock: zmq.Socket) -> None:
+    def _drop(self, sock: Any) -> None:
         self._live = [(s, c) for s, c in self._live if s is not sock]
         sock.close(0)
 
@@ -242,9 +250,6 @@ class StreamSender:
         for sock, _ in self._live:
             sock.close(0)
         self._live = []
-        if self._open:
-            self._open = False
-            zmqcontext.release()
 
 
 class StreamSource:
@@ -259,7 +264,7 @@ class StreamSource:
     live = True  # the driver updates the input's unit count as units arrive
 
     def __init__(self, address: str, fmt: str, expanded: dict, batch_bytes: int = 0, batch_units: int = 0):
-        self._sock = zmqcontext.acquire().socket(zmq.PAIR)
+        self._sock = _socket()
         self._sock.linger = 0
         self._sock.rcvhwm = high_water_mark(batch_bytes, batch_units)
         self._sock.reconnect_ivl = 10
@@ -282,7 +287,7 @@ class StreamSource:
 
     def _next_batch(self) -> Batch | None:
         frames = self._sock.recv_multipart(copy=False)
-        kind = frames[0].bytes
+        kind = bytes(frames[0])
         if kind == b"batch":
             batch = wire.decode(frames[1:], self._fmt, self._expanded, private=True)  # (from the producer)
             self._received += len(batch)
@@ -294,7 +299,7 @@ class StreamSource:
                     self._content.add(batch)
             return batch
         if kind == b"end":
-            end = json.loads(frames[1].bytes)
+            end = json.loads(bytes(frames[1]))
             self.end = int(end["end"])
             if end.get("committed", True):
                 self._content = None
@@ -410,4 +415,3 @@ class StreamSource:
             self._watcher = None
         if not self._sock.closed:
             self._sock.close(0)
-            zmqcontext.release()

@@ -1,0 +1,183 @@
+"""A stream between two real processes over :class:`backbeat.runtime.streamsocket.StreamSocket`:
+no ZeroMQ context nor thread in either, a consumer started before its producer, large and small
+messages, back-pressure, a producer that dies (docs/performance.md, "Wave 14 (perf-ch)")."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from backbeat.data.batch import Batch
+from backbeat.runtime import streams
+from backbeat.runtime.spec import StreamTarget
+from backbeat.runtime.streamsocket import StreamSocket
+
+FMT = "t/1"
+EXP = {"value": [1000, "float64"]}  # (8 KB a unit: a batch of 300 is a 2.4 MB frame)
+
+
+def _in_child(body) -> tuple[int, int]:
+    """Fork a child running ``body(wfd)``; its pid and the read end of its pipe."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(rfd)
+            body(wfd)
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            os.write(wfd, json.dumps({"error": repr(e)}).encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    return pid, rfd
+
+
+def _read_all(fd: int) -> dict:
+    out = b""
+    while chunk := os.read(fd, 1 << 16):
+        out += chunk
+    os.close(fd)
+    return json.loads(out)
+
+
+def _threads() -> list[str]:
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{t}/comm") as f:
+            names.append(f.read().strip())
+    return names
+
+
+def _batch(first: int, n: int) -> Batch:
+    values = (np.arange(first, first + n, dtype=np.float64)[:, None] + np.zeros(1000)).copy()
+    idx = np.arange(first, first + n, dtype=np.int64)
+    return Batch(FMT, EXP, idx, idx.copy(), {"value": values})
+
+
+def test_a_stream_between_two_processes_runs_without_zeromq_and_a_late_producer_is_waited_for(tmp_path):
+    """The consumer starts first and connects once its producer binds (200 ms later); 1,210 units
+    (a 2.4 MB frame among them) arrive whole and in order; neither process has a ZeroMQ context or
+    thread, and once the stream is settled the consumer's only thread is its own."""
+    address = f"ipc://{tmp_path}/s"
+    sizes = [10, 300, 900]
+
+    def consumer(wfd: int) -> None:
+        source = streams.StreamSource(address, FMT, EXP)
+        got, during = [], []
+        for values, starts, _ends in source.iter_chunks():
+            got += [float(np.asarray(v.value)[0]) for v in values] if hasattr(values[0], "value") else \
+                [float(np.asarray(v["value"])[0]) for v in values]
+            during.append(_threads())
+            assert list(starts) == [int(x) for x in got[-len(starts):]]
+        source.settle()
+        source.close()
+        os.write(wfd, json.dumps({"got": got, "during": during, "after": _threads()}).encode())
+
+    def producer(wfd: int) -> None:
+        time.sleep(0.2)
+        sender = streams.StreamSender([StreamTarget(address, str(tmp_path / "cancel"))], 300 * 8000, 300)
+        first = 0
+        for n in sizes:
+            sender.send(_batch(first, n))
+            first += n
+        sender.finish(first - 1)
+        sender.acks()
+        os.write(wfd, json.dumps({"threads": _threads(), "sent": sender.units}).encode())
+
+    cpid, crfd = _in_child(consumer)
+    ppid, prfd = _in_child(producer)
+    prod, cons = _read_all(prfd), _read_all(crfd)
+    assert os.waitpid(ppid, 0)[1] == 0 and os.waitpid(cpid, 0)[1] == 0, (prod, cons)
+    assert cons["got"] == [float(i) for i in range(sum(sizes))] and prod["sent"] == sum(sizes)
+    assert not any(name.startswith("ZMQbg") for names in [prod["threads"], *cons["during"]] for name in names)
+    assert prod["threads"] == ["python"] or len(prod["threads"]) == 1
+    assert len(cons["after"]) == 1
+
+
+def test_a_full_socket_raises_again_without_blocking_and_drains_once_read(tmp_path):
+    """Back-pressure: a consumer that reads nothing makes a NOBLOCK send raise ``zmq.Again`` once the
+    kernel's buffer and one unwritten message are held — never a blocked producer — and everything
+    arrives, in order, once it reads."""
+    path = str(tmp_path / "p")
+    tx, rx = StreamSocket(), StreamSocket()
+    tx.sndhwm, tx.message_bytes = 1, 1
+    tx.bind(path)
+    rx.connect(path)
+    frame = bytes(range(256)) * 256  # 64 KiB
+    sent = 0
+    try:
+        with pytest.raises(zmq.Again):
+            for _ in range(10_000):
+                t = time.monotonic()
+                tx.send_multipart([b"m", frame, sent.to_bytes(4, "little")], flags=zmq.NOBLOCK)
+                assert time.monotonic() - t < 5
+                sent += 1
+        assert sent < 10_000 and tx.poll(0, zmq.POLLOUT) == 0
+        got = 0
+        while got < sent:
+            assert rx.poll(5000, zmq.POLLIN) == zmq.POLLIN
+            kind, body, n = rx.recv_multipart(copy=False)
+            assert (bytes(kind), bytes(body), int.from_bytes(n, "little")) == (b"m", frame, got)
+            got += 1
+            tx.poll(0, zmq.POLLOUT)  # (the producer's loop: what was held is written as room appears)
+        assert rx.poll(0, zmq.POLLIN) == 0 and tx.poll(1000, zmq.POLLOUT) == zmq.POLLOUT
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_a_consumer_whose_producer_dies_keeps_waiting_as_it_did_with_zeromq(tmp_path):
+    """A producer killed after half a message: the consumer neither fails nor returns the half — it
+    waits (the executor kills it), and a message is never made of two connections' bytes."""
+    path = str(tmp_path / "p")
+
+    def half(wfd: int) -> None:
+        tx = StreamSocket()
+        tx.bind(path)
+        os.write(wfd, b"{}")
+        os.close(wfd)
+        while not tx.poll(50, zmq.POLLOUT):
+            pass
+        tx._conn.sendall((2).to_bytes(4, "little") + (1).to_bytes(4, "little") + b"x")  # (frame 2 never sent)
+        time.sleep(60)
+
+    pid, rfd = _in_child(half)
+    os.read(rfd, 2)
+    rx = StreamSocket()
+    try:
+        rx.connect(path)
+        assert rx.poll(300, zmq.POLLIN) == 0  # (half a message: not a message)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert rx.poll(300, zmq.POLLIN) == 0 and not rx.closed  # (waiting, as a ZeroMQ PAIR did)
+        with pytest.raises(zmq.Again):
+            rx.recv_multipart(flags=zmq.NOBLOCK)
+    finally:
+        rx.close()
+        os.close(rfd)
+
+
+def test_a_malformed_message_is_refused(tmp_path):
+    """A frame count or a frame length past the bounds is an error, not an allocation."""
+    import socket
+
+    path = str(tmp_path / "p")
+    rx_listen = StreamSocket()
+    rx_listen.bind(path)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(path)
+    try:
+        raw.sendall((1 << 20).to_bytes(4, "little"))
+        with pytest.raises(zmq.ZMQError):
+            rx_listen.poll(2000, zmq.POLLIN)
+    finally:
+        raw.close()
+        rx_listen.close()
