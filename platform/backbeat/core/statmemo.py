@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,7 +108,8 @@ class StatMemo:
             self._db = None
         if self._db is not None and not self._registered:  # what is learnt is kept even if nobody flushes
             pid = self._pid = os.getpid()
-            atexit.register(lambda: self.close() if os.getpid() == pid else None)  # (never from a fork)
+            ref = weakref.ref(self)  # (a memo nobody holds is closed by __del__: its descriptors freed)
+            atexit.register(lambda: _close_alive(ref) if os.getpid() == pid else None)  # (never from a fork)
             self._registered = True
         return self._db
 
@@ -254,8 +256,21 @@ class StatMemo:
         self._db = None
         self._opened = False
 
+    def __del__(self) -> None:
+        """A memo dropped unclosed (a store of a long-lived caller) keeps what it learnt and frees its
+        database's descriptors now, not at exit."""
+        if getattr(self, "_db", None) is not None and os.getpid() == self._pid:
+            with contextlib.suppress(Exception):
+                self.close()
+
     def __enter__(self) -> StatMemo:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_alive(ref: weakref.ref[StatMemo]) -> None:
+    memo = ref()
+    if memo is not None:
+        memo.close()
