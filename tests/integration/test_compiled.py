@@ -158,3 +158,156 @@ def test_the_per_step_attributes_behave_as_attributes():
     listener = SynchronizationListener()
     listener.onIntervalChanged(3, 4)
     assert (listener.data_index_start, listener.data_index_end) == (3, 4)
+
+
+# -- the review's cases (wave 14): what user code can do between two C-level steps ---------------------
+
+needs_native = pytest.mark.skipif(compiled.native is None, reason="the compiled module is not built here")
+
+
+def _step_objects() -> tuple[Input, InputGroup, SynchronizationListener]:
+    x = Input("in", None, [])
+    g = InputGroup("c")
+    g.add(x)
+    return x, g, SynchronizationListener()
+
+
+def _zip_message(*lists: list) -> str | None:
+    try:
+        for _ in zip(*lists, strict=True):
+            pass
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@needs_native
+def test_uneven_chunks_raise_zips_own_errors():
+    import itertools
+
+    for n1, n2, n3 in itertools.product((1, 2, 3), repeat=3):
+        if n1 == n2 == n3:
+            continue
+        lists = [list(range(n1)), list(range(n2)), list(range(n3))]
+        x, g, listener = _step_objects()
+        with pytest.raises(ValueError) as caught:
+            compiled.native.drive(x, g, listener, [tuple(lists)], lambda: True, (), 0, 0, False, None, None)
+        assert str(caught.value) == _zip_message(*lists), (n1, n2, n3)
+
+
+@needs_native
+def test_lists_emptied_by_process_end_the_chunk_as_zip_does():
+    values, starts = [object() for _ in range(500)], [10**20 + k for k in range(500)]
+    ends = list(starts)
+
+    def clearing() -> bool:  # (without the lengths read again each step: items read past the end)
+        values.clear(), starts.clear(), ends.clear()
+        [bytearray(64) for _ in range(5000)]
+        return True
+
+    x, g, listener = _step_objects()
+    assert compiled.native.drive(x, g, listener, [(values, starts, ends)], clearing, (), 0, 0, False, None,
+                                 None) == (1, True)
+    assert x.data_index == 10**20
+    values, starts = [1, 2, 3], [0, 1, 2]
+    ends = [0, 1, 2]
+
+    def shortening() -> bool:
+        del ends[1:]
+        return True
+
+    x, g, listener = _step_objects()
+    with pytest.raises(ValueError, match="argument 3 is shorter than arguments 1-2"):
+        compiled.native.drive(x, g, listener, [(values, starts, ends)], shortening, (), 0, 0, False, None, None)
+
+
+@needs_native
+def test_a_write_keeps_the_end_it_read_while_a_collection_replaces_it():
+    from operator import attrgetter
+
+    class V:
+        __slots__ = ("a", "b")
+
+    class Sink:
+        def write(self, *a: object) -> None:
+            raise AssertionError("the common case only")
+
+    listener = SynchronizationListener()
+    out = Output("o", Sink())
+    out.last_written_data_index, out.nb_data_blocks_written = -1, 0
+    rows: list = []
+    ends: list = []
+    write = compiled.native.PlainWrite(listener, V, out, Output.write, rows.append, attrgetter("a", "b"), ends,
+                                       10**9, lambda: 10**9, 2**62)
+    v = V()
+    v.a, v.b = 1, 2
+    armed = []
+
+    def replace_end(phase: str, info: dict) -> None:
+        if phase == "start" and armed:
+            armed.clear()
+            listener.data_index_end = 5  # (frees the int the write read, unless it holds it)
+            [float(k) + 0.5 for k in range(1000)]
+
+    gc.disable()
+    gc.callbacks.append(replace_end)
+    threshold = gc.get_threshold()
+    try:
+        listener.data_index_end = int("1000000000000007")
+        keep = [(k, k) for k in range(5000)]  # noqa: F841 (the tuples' free list full: get allocates)
+        armed.append(1)
+        gc.set_threshold(1)
+        gc.enable()
+        write(v)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(replace_end)
+        gc.enable()
+    assert ends == [10**15 + 7] and out.last_written_data_index == 10**15 + 7
+    assert out.nb_data_blocks_written == 1 and rows == [(1, 2)]
+
+
+def test_a_wrong_call_of_write_reads_the_same_on_both_paths(tmp_path):
+    script = (
+        "import os, sys\n"
+        "from backbeat.data.cachewriter import CacheWriter\n"
+        "from backbeat.runtime.blockrun import _Sink\n"
+        "from backbeat.runtime.outputs import Output, SynchronizationListener\n"
+        f"w = CacheWriter(os.path.join({str(tmp_path)!r}, os.environ['TAG'] + '.data'), 'user/f/1', "
+        "{'value': 'float64'})\n"
+        "listener = SynchronizationListener()\n"
+        "o = Output('o', _Sink(w), listener, 0, value_type=w.type)\n"
+        "v = w.type(); v.value = 1.0\n"
+        "listener.data_index_start = listener.data_index_end = 0\n"
+        "o.write(v)\n"
+        "for args in [(v, 1, 2), ()]:\n"
+        "    try:\n"
+        "        o.write(*args)\n"
+        "    except TypeError as exc:\n"
+        "        print(exc)\n"
+    )
+    said = {}
+    for tag, env in (("c", {}), ("py", {"BACKBEAT_COMPILED": "off"})):
+        done = subprocess.run([sys.executable, "-c", script], env=_env(TAG=tag, **env), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        said[tag] = done.stdout
+    assert said["c"] == said["py"] and "positional argument" in said["c"]
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_an_input_pickles_with_every_protocol(protocol):
+    x, _g, _l = _step_objects()
+    x.data_index, x.data_index_end = 3, 4
+    back = pickle.loads(pickle.dumps(x, protocol))
+    assert (back.name, back.data_index, back.data_index_end) == ("in", 3, 4)
+
+
+@needs_native
+def test_a_build_of_other_source_is_not_used():
+    assert not compiled._stale(compiled.native)
+
+    class Old:
+        SOURCE = "0" * 64
+
+    assert compiled._stale(Old)

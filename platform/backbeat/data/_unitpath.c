@@ -14,6 +14,10 @@
 #include <Python.h>
 #include <structmember.h>
 
+#ifndef UNITPATH_SOURCE  /* setup.py defines it: the sha256 of this file (data/compiled.py compares) */
+#define UNITPATH_SOURCE ""
+#endif
+
 enum { S_DATA, S_DATA_INDEX, S_DATA_INDEX_END, S_NEXT, S_SAME, S_NB_READ, S_FIRST, S_LAST, S_START,
        S_LAST_WRITTEN, S_NB_WRITTEN, NSLOTS };
 
@@ -65,13 +69,20 @@ static inline void set_slot(PyObject *o, int k, PyObject *v) {
     Py_XDECREF(old);
 }
 
-static PyObject *zip_error(Py_ssize_t n, Py_ssize_t ns, Py_ssize_t ne) {
-    /* zip(values, starts, ends, strict=True)'s own message */
-    int arg = ns != n ? 2 : 3;
-    Py_ssize_t other = ns != n ? ns : ne;
-    PyErr_Format(PyExc_ValueError, "zip() argument %d is %s than argument%s", arg,
-                 other < n ? "shorter" : "longer", arg == 2 ? " 1" : "s 1-2");
-    return NULL;
+/* zip(values, starts, ends, strict=True) at round k, the lists as they are now: 1 when every list
+ * ended together (the chunk is done), -1 with zip's own ValueError when one ended first, 0 while all go on */
+static int zip_end(PyObject *values, PyObject *starts, PyObject *ends, Py_ssize_t k) {
+    int more1 = k < PySequence_Fast_GET_SIZE(values), more2 = k < PySequence_Fast_GET_SIZE(starts);
+    int more3 = k < PySequence_Fast_GET_SIZE(ends);
+    if (more1 && more2 && more3) return 0;
+    if (!more1 && !more2 && !more3) return 1;
+    if (!more1)
+        PyErr_Format(PyExc_ValueError, more2 ? "zip() argument 2 is longer than argument 1"
+                                             : "zip() argument 3 is longer than arguments 1-2");
+    else
+        PyErr_Format(PyExc_ValueError, !more2 ? "zip() argument 2 is shorter than argument 1"
+                                              : "zip() argument 3 is shorter than arguments 1-2");
+    return -1;
 }
 
 /* drive(x, group, listener, chunks, process, args, first, read, live, source, pacer) -> (steps, result) */
@@ -87,9 +98,12 @@ static PyObject *drive(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
         PyErr_SetString(PyExc_TypeError, "drive(): an input, group or listener without slots");
         return NULL;
     }
-    Py_ssize_t first = PyLong_AsSsize_t(a[6]), read = PyLong_AsSsize_t(a[7]);
+    Py_ssize_t first = PyLong_AsSsize_t(a[6]);
+    if (first == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t read = PyLong_AsSsize_t(a[7]);
+    if (read == -1 && PyErr_Occurred()) return NULL;
     int live = PyObject_IsTrue(a[8]);
-    if (PyErr_Occurred()) return NULL;
+    if (live < 0) return NULL;
     Py_ssize_t due = -1;
     if (pacer != Py_None) {
         PyObject *d = PyObject_GetAttrString(pacer, "due");
@@ -118,7 +132,6 @@ static PyObject *drive(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
         Py_DECREF(triple);
         if (!ends) goto fail;
         Py_ssize_t n = PySequence_Fast_GET_SIZE(values);
-        Py_ssize_t ns = PySequence_Fast_GET_SIZE(starts), ne = PySequence_Fast_GET_SIZE(ends);
         if (live) {  /* the input's count: one past the chunk while more follow */
             PyObject *more = PyObject_GetAttrString(source, "more");
             int m = more ? PyObject_IsTrue(more) : -1;
@@ -129,16 +142,23 @@ static PyObject *drive(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
             Py_DECREF(count);
             if (rc < 0) goto fail;
         }
-        Py_ssize_t common = n < ns ? n : ns;
-        common = common < ne ? common : ne;
-        for (Py_ssize_t k = 0; k < common; k++) {
-            PyObject *value = PySequence_Fast_GET_ITEM(values, k);
-            PyObject *start = PySequence_Fast_GET_ITEM(starts, k), *end = PySequence_Fast_GET_ITEM(ends, k);
+        for (Py_ssize_t k = 0;; k++) {
+            /* the lists' lengths are read again each round (process, or a finaliser run by a store,
+             * may change them): zip's own end and errors, never an item past the end */
+            int end_of_chunk = zip_end(values, starts, ends, k);
+            if (end_of_chunk < 0) goto fail;
+            if (end_of_chunk) break;
+            PyObject *value = Py_NewRef(PySequence_Fast_GET_ITEM(values, k));
+            PyObject *start = Py_NewRef(PySequence_Fast_GET_ITEM(starts, k));
+            PyObject *end = Py_NewRef(PySequence_Fast_GET_ITEM(ends, k));
             i++;
             PyObject *next = PyLong_FromSsize_t(i);
             PyObject *nread = next ? PyLong_FromSsize_t(read + i) : NULL;
             if (!nread) {
                 Py_XDECREF(next);
+                Py_DECREF(value);
+                Py_DECREF(start);
+                Py_DECREF(end);
                 goto fail;
             }
             set_slot(x, S_DATA, value);
@@ -157,6 +177,9 @@ static PyObject *drive(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
                 set_slot(listener, S_START, start);
                 set_slot(listener, S_DATA_INDEX_END, end);
             }
+            Py_DECREF(value);
+            Py_DECREF(start);
+            Py_DECREF(end);
             PyObject *r = PyObject_Vectorcall(process, argv, nargs, NULL);
             if (!r) goto fail;
             Py_SETREF(result, r);
@@ -173,10 +196,6 @@ static PyObject *drive(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
                 Py_DECREF(d);
                 if (due == -1 && PyErr_Occurred()) goto fail;
             }
-        }
-        if (common != n || common != ns || common != ne) {
-            zip_error(n, ns, ne);
-            goto fail;
         }
         Py_CLEAR(values);
         Py_CLEAR(starts);
@@ -223,21 +242,16 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *listener, *vtype, *output, *general, *append_row, *get, *ends, *flush;
-    Py_ssize_t threshold, limit;
+    Py_ssize_t threshold;
+    long long limit;
 } PlainWrite;
 
 static PyObject *ONE;
 
 static PyObject *plain_general(PlainWrite *self, PyObject *const *a, size_t nargsf, PyObject *kwnames) {
-    /* Output.write(output, *args, **kwargs): every case but the common one, and its errors */
-    Py_ssize_t na = PyVectorcall_NARGS(nargsf), nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *small[8], **all = na + nk + 1 <= 8 ? small : PyMem_New(PyObject *, na + nk + 1);
-    if (!all) return PyErr_NoMemory();
-    all[0] = self->output;
-    for (Py_ssize_t k = 0; k < na + nk; k++) all[k + 1] = a[k];
-    PyObject *r = PyObject_Vectorcall(self->general, all, na + 1, kwnames);
-    if (all != small) PyMem_Free(all);
-    return r;
+    /* every case but the common one: the Python function of write_plain's own signature that calls
+     * Output.write (runtime.outputs), so its checks, errors and a wrong call's TypeError are the same */
+    return PyObject_Vectorcall(self->general, a, nargsf, kwnames);
 }
 
 static PyObject *plain_call(PlainWrite *self, PyObject *const *a, size_t nargsf, PyObject *kwnames) {
@@ -247,8 +261,7 @@ static PyObject *plain_call(PlainWrite *self, PyObject *const *a, size_t nargsf,
         return plain_general(self, a, nargsf, kwnames);
     PyObject *end = ((Slots *)self->listener)->s[S_DATA_INDEX_END];
     PyObject *last = ((Slots *)self->output)->s[S_LAST_WRITTEN];
-    PyObject *count = ((Slots *)self->output)->s[S_NB_WRITTEN];
-    if (!end || !last || !count || !PyLong_CheckExact(end) || !PyLong_CheckExact(last))
+    if (!end || !last || !PyLong_CheckExact(end) || !PyLong_CheckExact(last))
         return plain_general(self, a, nargsf, kwnames);
     int overflow = 0;
     long long e = PyLong_AsLongLongAndOverflow(end, &overflow);
@@ -257,16 +270,26 @@ static PyObject *plain_call(PlainWrite *self, PyObject *const *a, size_t nargsf,
         PyErr_Clear();
         return plain_general(self, a, nargsf, kwnames);
     }
+    /* held from here: get and append_row may run other code (a collection, finalisers) that
+     * replaces the listener's end; the Python closure holds it in a local the same way */
+    Py_INCREF(end);
     PyObject *row = PyObject_CallOneArg(self->get, a[0]);
-    if (!row) return NULL;
-    PyObject *added = PyObject_CallOneArg(self->append_row, row);
-    Py_DECREF(row);
-    if (!added) return NULL;
+    PyObject *added = row ? PyObject_CallOneArg(self->append_row, row) : NULL;
+    Py_XDECREF(row);
+    if (!added || PyList_Append(self->ends, end) < 0) {
+        Py_XDECREF(added);
+        Py_DECREF(end);
+        return NULL;
+    }
     Py_DECREF(added);
-    if (PyList_Append(self->ends, end) < 0) return NULL;
-    PyObject *count1 = PyNumber_Add(count, ONE);  /* (before any store: as the Python code, which
-                                                      stores the index, then the count) */
-    set_slot(self->output, S_LAST_WRITTEN, end);
+    set_slot(self->output, S_LAST_WRITTEN, end);  /* (as the closure: the index, then the count) */
+    Py_DECREF(end);
+    PyObject *count = ((Slots *)self->output)->s[S_NB_WRITTEN];
+    if (!count) {
+        PyErr_SetString(PyExc_AttributeError, "'Output' object has no attribute 'nb_data_blocks_written'");
+        return NULL;
+    }
+    PyObject *count1 = PyNumber_Add(count, ONE);
     if (!count1) return NULL;
     set_slot(self->output, S_NB_WRITTEN, count1);
     Py_DECREF(count1);
@@ -282,15 +305,19 @@ static PyObject *plain_call(PlainWrite *self, PyObject *const *a, size_t nargsf,
 }
 
 static PyObject *plain_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    PyObject *o[8];
-    Py_ssize_t threshold, limit;
+    PyObject *o[8], *limit_obj;
+    Py_ssize_t threshold;
     if (kw && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "PlainWrite() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOOO!nOn:PlainWrite", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
-                          &PyList_Type, &o[6], &threshold, &o[7], &limit))
+    if (!PyArg_ParseTuple(args, "OOOOOOO!nOO:PlainWrite", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &PyList_Type, &o[6], &threshold, &o[7], &limit_obj))
         return NULL;
+    int overflow = 0;  /* (a limit past 2**63 - 1 is no limit for a long long end) */
+    long long limit = PyLong_AsLongLongAndOverflow(limit_obj, &overflow);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (overflow) limit = overflow > 0 ? LLONG_MAX : LLONG_MIN;
     if (!PyObject_TypeCheck(o[0], &SlotsType) || !PyObject_TypeCheck(o[2], &SlotsType) || !PyType_Check(o[1])) {
         PyErr_SetString(PyExc_TypeError, "PlainWrite(): a listener and an output with slots, a type");
         return NULL;
@@ -357,7 +384,8 @@ PyMODINIT_FUNC PyInit__unitpath(void) {
     if (!ONE || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Slots", (PyObject *)&SlotsType) < 0
+    if (PyModule_AddStringConstant(m, "SOURCE", UNITPATH_SOURCE) < 0
+        || PyModule_AddObjectRef(m, "Slots", (PyObject *)&SlotsType) < 0
         || PyModule_AddObjectRef(m, "PlainWrite", (PyObject *)&PlainWriteType) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -13,10 +13,18 @@ It is optional: ``pip install`` builds it when a C compiler is there (setup.py, 
 and the Python code runs otherwise, or when ``BACKBEAT_COMPILED=off`` (read once, at import: the
 classes' base is chosen then).  The Python code is the reference: the tests run the data path
 through both.
+
+What differs, with the module built, for code that looks underneath BEAT's API: the per-step
+attributes are not in ``vars(obj)`` (a ``__dict__`` entry of the same name is shadowed by the
+slot), and ``__class__`` cannot be switched to or from a class without the slots; pickling and
+copying keep every attribute (:class:`Slots`).  A build of other source than the ``_unitpath.c``
+beside it (an editable install not rebuilt) is not used.
 """
 
 from __future__ import annotations
 
+import copyreg
+import hashlib
 import os
 from collections import deque
 from itertools import repeat
@@ -31,6 +39,23 @@ if not SWITCHED_OFF:
         from backbeat.data import _unitpath as native
     except ImportError:  # (not built: no compiler at install, or another interpreter's build)
         native = None
+
+
+def _stale(module: Any) -> bool:
+    """Whether ``module`` was built from other C source than the one beside it (an editable install
+    not rebuilt after the source changed): its build's sha256 of ``_unitpath.c`` (setup.py) against
+    the file's.  Without the source (an installed wheel) the build is the package's own."""
+    source = os.path.join(os.path.dirname(__file__), "_unitpath.c")
+    try:
+        with open(source, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return False
+    return getattr(module, "SOURCE", "") != digest
+
+
+if native is not None and _stale(native):
+    native = None  # (the Python path: a stale build must not run other rules than the source's)
 
 if TYPE_CHECKING:
     class Slots:
@@ -51,6 +76,9 @@ elif native is not None:
         def __setstate__(self, state: dict) -> None:
             for name, value in state.items():
                 object.__setattr__(self, name, value)
+
+        def __reduce_ex__(self, protocol: Any) -> tuple:  # (every protocol, as a plain object's)
+            return copyreg.__newobj__, (type(self),), self.__getstate__()  # type: ignore[attr-defined]
 else:
     Slots = object
 

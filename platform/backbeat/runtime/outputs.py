@@ -94,8 +94,13 @@ class Output(Slots):
             append_row, get = self._plain
             if (native is not None and type(listener) is SynchronizationListener
                     and type(output) is Output):  # (the same, compiled: data.compiled)
-                return native.PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold,
-                                         flush, limit)
+
+                def write_general(data: Any, end_data_index: int | None = None) -> None:
+                    general(output, data, end_data_index)  # (every other case: write_plain's signature)
+
+                write_general.__qualname__ = "Output.write"
+                return native.PlainWrite(listener, vtype, output, write_general, append_row, get, ends,
+                                         threshold, flush, limit)
 
             def write_plain(data: Any, end_data_index: int | None = None) -> None:
                 nonlocal threshold
