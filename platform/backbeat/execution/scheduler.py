@@ -110,6 +110,7 @@ class Scheduler:
         self.ready = [(self.order[n], n) for n, b in self.blockers.items() if not b and self.status[n] in STARTABLE]
         heapq.heapify(self.ready)
         self.promised = 0  # streamed consumers accepted, not yet spawned
+        self.streams = 0  # stream sockets named so far (a name is never reused: its .gone file stays)
         self.window = 0  # at most that many alive (alive_limit)
         self.starved: set[str] = set()  # streamed jobs killed because their producer failed
         self.held: dict[str, float] = {}  # streamed jobs ended before their producer -> when seen ended (_held)
@@ -391,7 +392,7 @@ class Scheduler:
             if not self.run.decisions[cons.name].forced and self.store.committed(cons.output_keys):
                 self._unlock(cons.name)  # another run computed it meanwhile: the main loop reuses it
                 continue
-            n = len(self.feeders) + len(found)  # the run's private directory holds the stream sockets
+            n, self.streams = self.streams, self.streams + 1  # (in the run's private directory)
             found.append((cons, inp, out, StreamTarget(self.group.address(f"stream{n}"),
                                                        os.path.join(self.group.directory, f"stream{n}.gone"))))
         self.promised += len(found)
