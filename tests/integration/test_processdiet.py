@@ -242,3 +242,15 @@ def test_the_zygote_imports_numpy_with_one_blas_thread_and_its_blocks_get_the_us
     assert got["tasks"] == plain["tasks"]  # (a block's pool: as in a process that imported numpy plainly)
     if procs > 1:
         assert got["blas"] > 1 and got["tasks"] > 1
+
+
+def test_a_blas_variable_the_user_set_even_empty_is_left_as_it_was():
+    """``OPENBLAS_NUM_THREADS=""`` is the user's (OpenBLAS then chooses its pool itself): the zygote's
+    preload of numpy neither sets it to one nor removes it from what its blocks inherit."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                                                            "OMP_NUM_THREADS")}
+    code = ("import json, os\nfrom backbeat.processes import warmup\nwarmup.preload('numpy')\n"
+            "print(json.dumps(os.environ.get('OPENBLAS_NUM_THREADS')))")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_NUM_THREADS": ""},
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(out.stdout) == ""

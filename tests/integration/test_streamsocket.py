@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
+import socket
+import struct
 import time
 
 import numpy as np
 import pytest
 import zmq
 
+from backbeat.core.errors import WireError
 from backbeat.data.batch import Batch
-from backbeat.runtime import streams
+from backbeat.runtime import streams, streamsocket
 from backbeat.runtime.spec import StreamTarget
 from backbeat.runtime.streamsocket import StreamSocket
 
@@ -167,8 +171,6 @@ def test_a_consumer_whose_producer_dies_keeps_waiting_as_it_did_with_zeromq(tmp_
 
 def test_a_malformed_message_is_refused(tmp_path):
     """A frame count or a frame length past the bounds is an error, not an allocation."""
-    import socket
-
     path = str(tmp_path / "p")
     rx_listen = StreamSocket()
     rx_listen.bind(path)
@@ -181,3 +183,159 @@ def test_a_malformed_message_is_refused(tmp_path):
     finally:
         raw.close()
         rx_listen.close()
+
+
+def _pair(tmp_path, rcvhwm: int = 0) -> tuple[StreamSocket, StreamSocket]:
+    path = str(tmp_path / "p")
+    tx, rx = StreamSocket(), StreamSocket()
+    tx.sndhwm, tx.message_bytes, rx.rcvhwm = 1, 1, rcvhwm
+    tx.bind(path)
+    rx.connect(path)
+    return tx, rx
+
+
+def _raw_producer(tmp_path) -> tuple[socket.socket, StreamSocket]:
+    """A consumer connected to a raw socket that plays its producer (what goes on the wire is the test's)."""
+    path = str(tmp_path / "raw")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    rx = StreamSocket()
+    rx.connect(path)
+    raw, _ = listener.accept()
+    listener.close()
+    return raw, rx
+
+
+def test_a_consumer_reads_ahead_only_its_high_water_mark_and_holds_a_fast_producer_back(tmp_path):
+    """A consumer that polls but does not receive holds ``rcvhwm`` messages, no more: the rest stays
+    in the kernel's buffers and its producer's NOBLOCK sends soon raise ``zmq.Again`` (before: every
+    message read as it came, the consumer's memory without bound and its producer never held back)."""
+    tx, rx = _pair(tmp_path, rcvhwm=3)
+    sent = 0
+    try:
+        with pytest.raises(zmq.Again):
+            for _ in range(200_000):
+                tx.send_multipart([b"m", sent.to_bytes(4, "little")], flags=zmq.NOBLOCK)
+                sent += 1
+                assert rx.poll(0, zmq.POLLIN) in (0, zmq.POLLIN)
+        assert sent < 200_000 and len(rx._ready) == 3
+        for got in range(sent):  # (and everything arrives, in order, once read)
+            kind, n = rx.recv_multipart()
+            assert (kind, int.from_bytes(n, "little")) == (b"m", got)
+            assert len(rx._ready) <= 3
+            tx.poll(0, zmq.POLLOUT)
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_a_message_of_thousands_of_frames_is_sent_whole(tmp_path):
+    """A dataformat of many columns is a message of many frames: more than one ``sendmsg`` can take
+    (Linux's IOV_MAX), sent in several, received whole."""
+    tx, rx = _pair(tmp_path)
+    frames = [b"batch"] + [i.to_bytes(8, "little") for i in range(3000)]
+    try:
+        tx.send_multipart(frames, flags=zmq.NOBLOCK)
+        assert rx.poll(5000, zmq.POLLIN) == zmq.POLLIN
+        assert rx.recv_multipart() == frames
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_a_large_frame_announced_takes_no_memory_before_its_bytes_arrive(tmp_path):
+    """A header announcing a 3 GiB frame (more than 4-byte lengths could say; beyond the old 2 GiB
+    bound) is not refused, nor does it take 3 GiB at once: memory grows as the bytes arrive."""
+
+    def consumer(wfd: int) -> None:
+        raw, rx = _raw_producer(tmp_path)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        raw.sendall(struct.pack("<IQ", 1, 3 << 30) + b"x" * 60_000)  # (less than the socket buffers: no wait)
+        polled = [rx.poll(200, zmq.POLLIN) for _ in range(3)]
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+        os.write(wfd, json.dumps({"polled": polled, "grown_mb": grown_mb}).encode())
+
+    pid, rfd = _in_child(consumer)
+    got = _read_all(rfd)
+    assert os.waitpid(pid, 0)[1] == 0, got
+    assert got["polled"] == [0, 0, 0] and got["grown_mb"] < 256, got
+
+
+def test_a_frame_past_the_bound_is_refused_by_its_producer_with_a_clear_error(tmp_path, monkeypatch):
+    """The producer names the bound (not a ``struct.error``, nor a consumer's protocol error)."""
+    monkeypatch.setattr(streamsocket, "MAX_FRAME", 1000)
+    tx, rx = _pair(tmp_path)
+    try:
+        tx.send_multipart([b"m", b"x" * 999], flags=zmq.NOBLOCK)
+        with pytest.raises(WireError, match="less than 1000 bytes"):
+            tx.send_multipart([b"m", b"x" * 1000], flags=zmq.NOBLOCK)
+        with pytest.raises(WireError, match="0 frames"):
+            tx.send_multipart([], flags=zmq.NOBLOCK)
+        assert rx.recv_multipart() == [b"m", b"x" * 999]
+    finally:
+        tx.close()
+        rx.close()
+
+
+@pytest.mark.parametrize("header", [struct.pack("<I", 0), struct.pack("<IQ", 1, 1 << 62)],
+                         ids=["no frame", "a frame past the bound"])
+def test_a_message_of_no_frame_or_of_too_large_a_frame_is_refused(tmp_path, header):
+    raw, rx = _raw_producer(tmp_path)
+    try:
+        raw.sendall(header)
+        with pytest.raises(zmq.ZMQError):
+            rx.poll(2000, zmq.POLLIN)
+    finally:
+        raw.close()
+        rx.close()
+
+
+def test_a_stream_works_with_more_than_a_thousand_files_open(tmp_path):
+    """Its sockets' descriptors past 1,024 (a block with many files open): ``select`` could not wait on them."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        tx, rx = _pair(tmp_path)
+        try:
+            assert rx.poll(100, zmq.POLLIN) == 0
+            tx.send_multipart([b"m", b"1"])
+            assert rx.poll(5000, zmq.POLLIN) == zmq.POLLIN and rx.recv_multipart() == [b"m", b"1"]
+        finally:
+            tx.close()
+            rx.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_closed_producer_leaves_no_socket_file_and_a_failed_bind_leaves_nothing_open(tmp_path):
+    """As ZeroMQ's ``ipc://`` listener: the socket file goes with the socket (another bound there since
+    is left alone); a bind that fails closes its socket, and a sender one of whose targets cannot be
+    bound closes (and removes) the ones bound before it."""
+    tx = StreamSocket()
+    tx.bind(str(tmp_path / "a"))
+    assert (tmp_path / "a").exists()
+    tx.close()
+    assert not (tmp_path / "a").exists()
+
+    old, new = StreamSocket(), StreamSocket()
+    old.bind(str(tmp_path / "b"))
+    new.bind(str(tmp_path / "b"))  # (the old one's file replaced: a stale file of nobody)
+    old.close()
+    assert (tmp_path / "b").exists()
+    new.close()
+    assert not (tmp_path / "b").exists()
+
+    before = _fds()
+    with pytest.raises(OSError):
+        StreamSocket().bind(str(tmp_path / "missing" / "c"))
+    assert _fds() == before
+    targets = [StreamTarget(f"ipc://{tmp_path}/d", str(tmp_path / "cancel")),
+               StreamTarget(f"ipc://{tmp_path}/missing/e", str(tmp_path / "cancel"))]
+    with pytest.raises(OSError):
+        streams.StreamSender(targets)
+    assert _fds() == before and not (tmp_path / "d").exists()

@@ -53,7 +53,7 @@ BLAS_THREADS_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS
 
 def preload(name: str) -> None:
     """Import ``name`` (the zygote's and a template's preload).  numpy: with ``OPENBLAS_NUM_THREADS=1``
-    unless one of :data:`BLAS_THREADS_ENV` is set — OpenBLAS starts its pool as its library loads,
+    unless one of :data:`BLAS_THREADS_ENV` is set (even empty) — OpenBLAS starts its pool as its library loads,
     early in numpy's import, and the pool's threads spin (~0.1 s of the other core) through the rest
     of it —, the variable removed right after, OpenBLAS's number of threads set back to what it
     would have chosen (its count of processors) and :func:`quiet_blas`: a child's first BLAS call makes
@@ -61,7 +61,7 @@ def preload(name: str) -> None:
     if name != "numpy" or name in sys.modules:
         importlib.import_module(name)
         return
-    chosen = any(os.environ.get(v) for v in BLAS_THREADS_ENV)
+    chosen = any(v in os.environ for v in BLAS_THREADS_ENV)  # (even empty: the user's, kept)
     if not chosen:
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:

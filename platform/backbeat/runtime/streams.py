@@ -186,10 +186,15 @@ class StreamSender:
         self._live: list[tuple[Any, str]] = []
         for t in targets:
             sock = _socket()
-            sock.linger = 0
-            sock.sndhwm = high_water_mark(batch_bytes, batch_units)
-            sock.message_bytes = batch_bytes
-            sock.bind(t.address)
+            try:
+                sock.linger = 0
+                sock.sndhwm = high_water_mark(batch_bytes, batch_units)
+                sock.message_bytes = batch_bytes
+                sock.bind(t.address)
+            except BaseException:  # (nothing left bound: neither this socket nor the ones before)
+                sock.close(0)
+                self.close()
+                raise
             self._live.append((sock, t.cancel))
 
     def _drop(self, sock: Any) -> None:
