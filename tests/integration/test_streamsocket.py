@@ -339,3 +339,21 @@ def test_a_closed_producer_leaves_no_socket_file_and_a_failed_bind_leaves_nothin
     with pytest.raises(OSError):
         streams.StreamSender(targets)
     assert _fds() == before and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("wire", [struct.pack("<IQ", 1, 2) + b"M1" + struct.pack("<I", 0),
+                                  struct.pack("<IQ", 2, 1) + b"x" + struct.pack("<Q", 1 << 41)],
+                         ids=["a bad header after a whole message", "a bad frame length inside a message"])
+def test_a_malformed_stream_stays_refused_and_nothing_is_parsed_twice(tmp_path, wire):
+    """What was parsed before a malformed header is consumed: asking again raises again, never hands
+    a message twice nor reads a header's bytes as another field."""
+    raw, rx = _raw_producer(tmp_path)
+    try:
+        raw.sendall(wire)
+        for _ in range(3):
+            with pytest.raises(zmq.ZMQError):
+                rx.poll(500, zmq.POLLIN)
+        assert len(rx._ready) <= 1 and rx._big is None
+    finally:
+        raw.close()
+        rx.close()

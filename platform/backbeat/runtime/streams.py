@@ -185,7 +185,11 @@ class StreamSender:
         self.units = self.bytes = 0  # sent so far
         self._live: list[tuple[Any, str]] = []
         for t in targets:
-            sock = _socket()
+            try:
+                sock = _socket()
+            except BaseException:
+                self.close()
+                raise
             try:
                 sock.linger = 0
                 sock.sndhwm = high_water_mark(batch_bytes, batch_units)

@@ -212,39 +212,41 @@ class StreamSocket:
     def _parse(self) -> None:
         """Make whole messages of what was read, until :attr:`rcvhwm` are held."""
         buf, at, hwm = self._buf, 0, self._hwm()
-        while self._big is None and len(self._ready) < hwm:
-            if self._count < 0:
-                if len(buf) - at < _COUNT.size:
+        try:  # (what was parsed is consumed even when a malformed header raises: never parsed twice)
+            while self._big is None and len(self._ready) < hwm:
+                if self._count < 0:
+                    if len(buf) - at < _COUNT.size:
+                        break
+                    (count,) = _COUNT.unpack_from(buf, at)
+                    if not 0 < count <= MAX_FRAMES:
+                        raise zmq.ZMQError(errno.EPROTO, f"a stream message of {count} frames")
+                    self._count = count
+                    at += _COUNT.size
+                if len(self._frames) == self._count:
+                    self._ready.append(self._frames)
+                    self._frames, self._count = [], -1
+                    continue
+                if len(buf) - at < _LEN.size:
                     break
-                (count,) = _COUNT.unpack_from(buf, at)
-                if not 0 < count <= MAX_FRAMES:
-                    raise zmq.ZMQError(errno.EPROTO, f"a stream message of {count} frames")
-                self._count = count
-                at += _COUNT.size
-            if len(self._frames) == self._count:
-                self._ready.append(self._frames)
-                self._frames, self._count = [], -1
-                continue
-            if len(buf) - at < _LEN.size:
-                break
-            (size,) = _LEN.unpack_from(buf, at)
-            if size >= MAX_FRAME:
-                raise zmq.ZMQError(errno.EPROTO, f"a stream frame of {size} bytes")
-            at += _LEN.size
-            if len(buf) - at >= size:
-                self._frames.append(memoryview(bytearray(buf[at:at + size])))
-                at += size
-            else:  # (a large frame: the rest read straight into its own buffer, its pages touched as they fill)
-                try:
-                    big = np.empty(size, np.uint8).data
-                except MemoryError:
-                    raise zmq.ZMQError(errno.ENOMEM, f"a stream frame of {size} bytes: more than "
-                                                     "this process can hold") from None
-                have = len(buf) - at
-                big[:have] = buf[at:]
-                self._big, self._big_at = big, have
-                at = len(buf)
-        del buf[:at]
+                (size,) = _LEN.unpack_from(buf, at)
+                if size >= MAX_FRAME:
+                    raise zmq.ZMQError(errno.EPROTO, f"a stream frame of {size} bytes")
+                body = at + _LEN.size  # (at moves past the header only with its frame: an error leaves it whole)
+                if len(buf) - body >= size:
+                    self._frames.append(memoryview(bytearray(buf[body:body + size])))
+                    at = body + size
+                else:  # (a large frame: the rest read straight into its own buffer, its pages touched as they fill)
+                    try:
+                        big = np.empty(size, np.uint8).data
+                    except MemoryError:
+                        raise zmq.ZMQError(errno.ENOMEM, f"a stream frame of {size} bytes: more than "
+                                                         "this process can hold") from None
+                    have = len(buf) - body
+                    big[:have] = buf[body:]
+                    self._big, self._big_at = big, have
+                    at = len(buf)
+        finally:
+            del buf[:at]
 
     def _receive(self) -> None:
         """Read what is there (never blocks), until :attr:`rcvhwm` whole messages are held: the rest
