@@ -357,3 +357,20 @@ def test_a_malformed_stream_stays_refused_and_nothing_is_parsed_twice(tmp_path, 
     finally:
         raw.close()
         rx.close()
+
+
+def test_messages_read_ahead_are_handed_out_after_their_producer_closed(tmp_path):
+    tx, rx = _pair(tmp_path, rcvhwm=8)
+    try:
+        for k in range(3):
+            tx.send_multipart([b"m%d" % k])
+        assert rx.poll(2000, zmq.POLLIN) and len(rx._ready) == 3  # (all three read ahead)
+        tx.close(0)
+        got = []
+        for _ in range(3):
+            assert rx.poll(500, zmq.POLLIN) == zmq.POLLIN
+            got.append(bytes(rx.recv_multipart()[0]))
+        assert got == [b"m0", b"m1", b"m2"]
+    finally:
+        tx.close(0)
+        rx.close()

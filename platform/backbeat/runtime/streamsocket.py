@@ -282,7 +282,10 @@ class StreamSocket:
         received (``POLLIN``) or a message can be sent (``POLLOUT``); else 0.  Writes what is pending."""
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout / 1000
         while True:
-            if self._connected():
+            if not self._connected():
+                if flags & zmq.POLLIN and self._ready:  # (read ahead: there even once the peer is gone)
+                    return zmq.POLLIN
+            else:
                 self._flush()
                 if flags & zmq.POLLIN:
                     self._receive()
