@@ -257,11 +257,12 @@ class StatMemo:
         self._opened = False
 
     def __del__(self) -> None:
-        """A memo dropped unclosed (a store of a long-lived caller) keeps what it learnt and frees its
-        database's descriptors now, not at exit."""
+        """A memo dropped unclosed (a store of a long-lived caller) keeps what it learnt; its database
+        connection, no longer held by the exit hook, is closed when it is collected (with the memo,
+        unless a caller of ``_conn`` still holds it)."""
         if getattr(self, "_db", None) is not None and os.getpid() == self._pid:
             with contextlib.suppress(Exception):
-                self.close()
+                self.flush()
 
     def __enter__(self) -> StatMemo:
         return self
