@@ -4,6 +4,7 @@ messages, back-pressure, a producer that dies (docs/performance.md, "Wave 14 (pe
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -11,6 +12,7 @@ import signal
 import socket
 import struct
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -371,6 +373,36 @@ def test_messages_read_ahead_are_handed_out_after_their_producer_closed(tmp_path
             assert rx.poll(500, zmq.POLLIN) == zmq.POLLIN
             got.append(bytes(rx.recv_multipart()[0]))
         assert got == [b"m0", b"m1", b"m2"]
+    finally:
+        tx.close(0)
+        rx.close()
+
+
+class _FailingSecondSend:
+    """A connection whose second ``sendmsg`` fails as the kernel may (ENOBUFS), after the first wrote."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn, self.calls = conn, 0
+
+    def sendmsg(self, *args: Any) -> int:
+        self.calls += 1
+        if self.calls == 2:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        return self._conn.sendmsg(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def test_a_send_failing_mid_message_drops_it_with_its_connection_never_sends_its_tail_later(tmp_path):
+    tx, rx = _pair(tmp_path)
+    try:
+        tx.send_multipart([b"first"])
+        assert rx.poll(2000, zmq.POLLIN) and bytes(rx.recv_multipart()[0]) == b"first"
+        tx._conn = _FailingSecondSend(tx._conn)
+        with pytest.raises(OSError):
+            tx.send_multipart([b"x"] * 1500)  # (more buffers than one sendmsg takes: two rounds)
+        assert not tx._pending and tx._conn is None  # (nothing of it kept to be written by a later send)
     finally:
         tx.close(0)
         rx.close()

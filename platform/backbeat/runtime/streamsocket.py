@@ -164,8 +164,8 @@ class StreamSocket:
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as exc:
-                if exc.errno in (errno.EPIPE, errno.ECONNRESET):
-                    self._lost()
+                self._lost()  # (any other error too: a half-sent message is dropped with its connection,
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET):  # never its tail sent after a retry)
                     return False
                 raise
             while n and pending:
