@@ -271,9 +271,8 @@ def _drive_single(group: InputGroup, process: Callable, args: tuple,
     read = x.nb_data_blocks_read - first  # + position = blocks read
     if native is not None and type(x) is Input and type(group) is InputGroup:  # (this loop, compiled:
         # data.compiled; exactly our classes: a subclass could make an attribute a property)
-        steps, result = native.drive(x, group, listener, source.iter_chunks(i), process, args, first, read,
-                                     live, source, pacer)
-        return steps, result
+        return native.drive(x, group, listener, source.iter_chunks(i), process, args, first, read, live, source,
+                            pacer)
     due = pacer.due if pacer is not None else -1
     a, b, c = (*args, None)[:3] if len(args) <= 3 else (None, None, None)
     arity = len(args)
