@@ -49,7 +49,16 @@ def _commit(store: CacheStore, key: str = KEY, n: int = 50) -> Path:
 def _zero_data(path: Path) -> None:
     """A power loss after an unsynced commit: the file's metadata kept, its data lost (zeros)."""
     mode = stat.S_IMODE(path.stat().st_mode)
-    with h5py.File(path, "r+") as f:
+    deadline = time.monotonic() + 30
+    while True:  # (a reader of the run may hold the file's shared lock a moment: the loaded CI saw one)
+        try:
+            f = h5py.File(path, "r+")
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    with f:
         f.visititems(lambda name, obj: obj.__setitem__(Ellipsis, np.zeros(obj.shape, obj.dtype))
                      if isinstance(obj, h5py.Dataset) and name.startswith("columns") else None)
     os.chmod(path, mode)
