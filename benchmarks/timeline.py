@@ -43,6 +43,7 @@ from make_prefix import protocol_name, write_prefix  # noqa: E402
 
 ROWS = {"s10k": ("scalars", 10_000, 5), "s100k": ("scalars", 100_000, 5), "v1k": ("vectors", 1_000, 5),
         "v10k": ("vectors", 10_000, 5), "s1m": ("scalars", 1_000_000, 5),
+        "s1m-pysum": ("scalars", 1_000_000, 5, "pysum"),  # (the plain-Python analyzer: versus_beat.py's row)
         "chain100": ("scalars", 10, 100), "chain500": ("scalars", 10, 500)}
 CHAIN = 5
 
@@ -230,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="only the summaries")
     ap.add_argument("--json", default=None, metavar="FILE")
     args = ap.parse_args(argv)
-    kind, n, chain = ROWS[args.row]
+    kind, n, chain, *analyzer = ROWS[args.row]
     work = Path(tempfile.mkdtemp(prefix="backbeat-timeline-"))
     try:
         name = protocol_name(kind, n)
-        write_prefix(work / "prefix", {name: (kind, n)}, [(chain, name)], force=True)
+        label = "_".join([name, *analyzer])  # ("s1m_pysum": make_prefix's label for the other analyzer)
+        write_prefix(work / "prefix", {name: (kind, n)}, [(chain, label)], force=True)
         backbeat = str(Path(sys.executable).with_name("backbeat"))
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "BACKBEAT_DEBUG")}
         sides = {"A": None, **({"B": args.vs.resolve()} if args.vs else {})}
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(cache, ignore_errors=True)
                 side_env = {**env, "PYTHONPATH": str(tree)} if tree else env
                 r = sample_run([backbeat, "--prefix", str(work / "prefix"), "--cache", str(cache),
-                                "experiments", "run", f"bench/bench/chain{chain}/1/{name}", "--json"], side_env, work,
+                                "experiments", "run", f"bench/bench/chain{chain}/1/{label}", "--json"], side_env, work,
                                chain)
                 if i:
                     results[tag].append(r)
