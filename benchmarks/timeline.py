@@ -15,6 +15,8 @@ children are named in the order they were forked (their pids) (for the chains of
 index job, the provider, each identity block, the analyzer).  The *tail* is how long the last
 block ran alone after the block feeding it stopped computing (``docs/performance.md``, wave 7).
 
+``--sync`` flushes the page cache before each run (untimed, as ``versus_beat.py`` does); ``--wchan``
+samples each thread's state and wait channel: what the run waits on when none of it runs.
 ``--vs DIR`` alternates each run with one of another source tree (``DIR`` holds the
 ``backbeat`` package, e.g. an extracted ``git archive main platform schemas``): A/B pairs on
 the same machine load.  The load (``/proc/loadavg``) is recorded with every run.  CPU figures
@@ -78,7 +80,26 @@ def _own(templates: set[int]) -> set[int]:
     return mine
 
 
-def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> dict:
+def _waits(pid: int) -> list[str]:
+    """``state:wchan`` of each thread of a process (``--wchan``: what it waits on)."""
+    out = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                raw = f.read()
+            with open(f"/proc/{pid}/task/{tid}/wchan", "rb") as f:
+                wchan = f.read().decode() or "-"
+        except OSError:
+            continue
+        out.append(f"{raw[raw.rfind(b')') + 2:].split()[0].decode()}:{wchan}")
+    return out
+
+
+def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN, wchan: bool = False) -> dict:
     """Run ``command`` in ``cwd`` (a folder of its own); the timeline of every process of its tree
     and of the tree of the command a template of this interpreter serves for it (found by that
     folder: other commands the machine's templates serve meanwhile are not this run's)."""
@@ -91,6 +112,9 @@ def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> 
     seen: dict[int, dict] = {}
     grew: dict[int, list[tuple[float, int]]] = {}  # pid -> (time, CPU ticks) whenever its CPU grew
     running: dict[int, int] = {}
+    waits: dict[str, float] = {}  # (--wchan) "pid state:wchan" -> samples in which nothing of the run ran
+    waits_any: dict[str, float] = {}  # (--wchan) the same over every sample
+    series: list[tuple[float, list[int], list[str]]] = []  # (--wchan) each sample: time, running pids, waits
     roots = _own(runner.templates())
     served_now: list[int] = []
     n = 0
@@ -114,6 +138,15 @@ def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> 
                 grew.setdefault(pid, []).append((now, ut + stt))
             e.update(last=now, user=ut, sys=stt)
             busy += state == "R"
+        if wchan:
+            now_waits = [f"{pid} {w}" for pid in pids for w in _waits(pid) if not w.startswith("R:")]
+            for w in now_waits:
+                waits_any[w] = waits_any.get(w, 0) + 1
+                if not busy:
+                    waits[w] = waits.get(w, 0) + 1
+            waits["(samples)"] = waits.get("(samples)", 0) + (not busy)
+            waits_any["(samples)"] = waits_any.get("(samples)", 0) + 1
+            series.append((round(now, 4), [pid for pid in pids if (_stat(pid) or (0, ""))[1] == "R"], now_waits))
         running[busy] = running.get(busy, 0) + 1
         time.sleep(PERIOD)
     wall = time.monotonic() - t0
@@ -137,6 +170,17 @@ def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> 
     for k, pid in enumerate(halves):  # (one copy probing beside the job, or two while it writes the files)
         names[pid] = "probe half" if k == 0 else f"probe half {k + 1}"
     procs = {names.get(p, str(p)): {k: round(v, 3) for k, v in e.items() if k != "ppid"} for p, e in seen.items()}
+    if wchan:  # pids named by their role
+        def named(w: str) -> str:
+            pid, rest = w.split(" ", 1) if " " in w else (w, "")
+            return f"{names.get(int(pid), pid)} {rest}".strip() if pid.isdigit() else w
+
+        def group(d: dict) -> dict:
+            g: dict[str, float] = {}
+            for w, k in d.items():
+                g[named(w)] = g.get(named(w), 0) + k
+            return dict(sorted(g.items(), key=lambda kv: -kv[1]))
+        waits, waits_any = group(waits), group(waits_any)
     out = {"wall": round(wall, 3), "rc": proc.returncode, "load": load, "served": bool(served),
            "cpu": round(sum(e["user"] + e["sys"] for e in seen.values()), 3), "running": running, "procs": procs}
     feeder = f"identity{chain}"
@@ -150,6 +194,9 @@ def sample_run(command: list[str], env: dict, cwd: Path, chain: int = CHAIN) -> 
         out["tail_cpu"] = round(max(0.0, total - (before[-1] / tick if before else 0.0)), 3)
     if chain > CHAIN:
         out["relay"] = relay(procs, chain)
+    if wchan:
+        out["waits_idle"], out["waits"] = waits, waits_any
+        out["series"] = [(t, [names.get(p, str(p)) for p in run], [named(w) for w in ws]) for t, run, ws in series]
     if proc.returncode:
         out["stderr"] = err[-2000:]
     return out
@@ -183,6 +230,11 @@ def print_run(tag: str, r: dict) -> None:
     total = sum(r["running"].values()) or 1
     print("    samples by processes of the run running: "
           + ", ".join(f"{k}: {100 * v / total:.0f}%" for k, v in sorted(r["running"].items())))
+    if "waits_idle" in r:
+        idle = r["waits_idle"].get("(samples)", 0) or 1
+        print(f"    waits in the {idle:.0f} samples where nothing of the run ran (share of those samples): "
+              + ", ".join(f"{w} {100 * k / idle:.0f}%" for w, k in r["waits_idle"].items() if w != "(samples)"
+                          and k / idle >= 0.05))
     if "relay" in r:
         print(f"    relay: step median {1000 * r['relay']['step']:.1f} ms, {r['relay']['late']} blocks spawned after "
               f"their feeder's CPU end, waited {r['relay']['waited']:.3f} s")
@@ -230,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vs", type=Path, default=None, help="another source tree (a folder holding `backbeat')")
     ap.add_argument("--quiet", action="store_true", help="only the summaries")
     ap.add_argument("--json", default=None, metavar="FILE")
+    ap.add_argument("--sync", action="store_true",
+                    help="flush the page cache (os.sync, untimed) before each run, as versus_beat.py does: no run pays "
+                         "for the writeback of the one before")
+    ap.add_argument("--wchan", action="store_true",
+                    help="sample each thread's state and wait channel: what the run waits on when none of it runs")
     args = ap.parse_args(argv)
     kind, n, chain, *analyzer = ROWS[args.row]
     work = Path(tempfile.mkdtemp(prefix="backbeat-timeline-"))
@@ -246,9 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                 cache = work / f"cache-{tag}"
                 shutil.rmtree(cache, ignore_errors=True)
                 side_env = {**env, "PYTHONPATH": str(tree)} if tree else env
+                if args.sync:
+                    os.sync()
                 r = sample_run([backbeat, "--prefix", str(work / "prefix"), "--cache", str(cache),
                                 "experiments", "run", f"bench/bench/chain{chain}/1/{label}", "--json"], side_env, work,
-                               chain)
+                               chain, args.wchan)
                 if i:
                     results[tag].append(r)
                     if not args.quiet:

@@ -105,6 +105,43 @@ def cli_batch(argvs: list[list[str]], timeout: float = 60) -> list[tuple[int, st
     return [tuple(r) for r in json.loads(proc.stdout)]
 
 
+def page_cache(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(pages of a file in the page cache, those of them dirty: nothing started writing them to disk
+    yet), from Linux ``cachestat`` (6.5+); None where there is none."""
+    import ctypes
+
+    class _Range(ctypes.Structure):
+        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+    class _Stat(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+    if os.uname().machine not in ("x86_64", "aarch64"):  # (its number, 451, on these)
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        rng, st = _Range(0, 0), _Stat()
+        if libc.syscall(451, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+            return None
+    finally:
+        os.close(fd)
+    return st.cache, st.dirty
+
+
+def writes_back(folder: str | os.PathLike) -> bool:
+    """Whether dirty pages of files in ``folder`` are seen written back (``page_cache`` works and the
+    file system writes them: tmpfs keeps them dirty)."""
+    probe = Path(folder) / ".writeback-probe"
+    probe.write_bytes(b"x" * 65536)
+    try:
+        os.sync()
+        seen = page_cache(probe)
+    finally:
+        probe.unlink()
+    return seen is not None and seen[0] > 0 and seen[1] == 0
+
+
 def live_processes(marker: str) -> list:
     """Live processes (psutil) whose command line names ``marker`` (a run's processes all carry its
     prefix folder: the fork server and block processes are forks of the command)."""

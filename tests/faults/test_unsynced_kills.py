@@ -19,6 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from harness import (  # noqa: F401 - fixtures
     SEED,
     Scene,
@@ -37,6 +38,7 @@ from backbeat.cache.backends import open_store
 from backbeat.cache.tools import verify_cache
 from backbeat.core import durable
 from backbeat.core.templatekey import LOG_MAX
+from conftest import page_cache, writes_back
 
 
 def _outputs(scene: Scene, reference: dict) -> dict[str, Path]:
@@ -169,6 +171,31 @@ def test_a_served_run_answers_before_durability_and_a_loss_after_its_answer_reru
     report = _recovered(scene, name, reference, outputs, ran={"first", "second"})
     assert {i["block"] for i in report.get("incidents", [])} == {"first", "second"}, report.get("incidents")
     assert scene.leftovers() == []
+
+
+def test_a_served_run_queues_nothing_on_the_disk_before_its_answer(scene, references, templates):
+    """A served command's blocks start no writeback of their outputs, nor does the file system on
+    their behalf (a truncated file written back as it is closed: ext4's ``auto_da_alloc``), and its
+    syncer holds them until after the answer: at the answer every output is marked and all of its
+    pages still dirty — no write of theirs queued in front of the run's own small synced writes
+    before its answer (``docs/performance.md``, wave 15 perf-io)."""
+    if not writes_back(scene.cache.parent):
+        pytest.skip("no cachestat, or dirty pages stay dirty after sync (tmpfs): nothing to see")
+    name = scene.experiment("queued")
+    reference = references.get(scene, name)
+    outputs = _outputs(scene, reference)
+    _env, template, start = served(scene, templates, BACKBEAT_SYNC_DELAY_S="60")
+    os.sync()
+    proc = start(scene.cache, "experiments", "run", name, "--json")
+    out, err = proc.communicate(timeout=50)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["results"] == reference["results"]
+    pages = {o: page_cache(p) for o, p in outputs.items()}
+    assert all(durable.is_unsynced(p.stat()) for p in outputs.values()), "synced before the answer"
+    assert all(cached and dirty == cached for cached, dirty in pages.values()), f"written back before: {pages}"
+    (command,) = template.children()  # (its syncer, held back, makes them durable after its answer)
+    template.kill()
+    assert wait_until(lambda: ended(command))
 
 
 def test_the_next_served_command_finds_what_the_previous_one_synced_after_its_answer(scene, references,

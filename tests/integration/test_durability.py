@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from backbeat.core.errors import IntegrityError
 from backbeat.data.cachewriter import CacheWriter
 from backbeat.execution import executors as executor
 from backbeat.provenance import records
-from conftest import RUN_PREFIX, cli_command
+from conftest import RUN_PREFIX, cli_command, page_cache, wait_until, writes_back
 
 KEY = "0123456789abcdef" * 4
 FMT = {"count": "int64"}
@@ -241,3 +242,51 @@ def test_a_mark_is_cleared_only_on_the_file_that_was_synced(tmp_path, monkeypatc
     assert durable.make_durable([path], synced) == {}
     assert path.read_bytes() == b"new, not synced" and durable.is_unsynced(path.stat())
     assert synced == {str(path): (old.st_dev, old.st_ino)} != {str(path): (path.stat().st_dev, path.stat().st_ino)}
+
+
+# -- wave 15 (perf-io): nothing queued on the disk before a served command's answer
+def test_a_large_output_without_early_writeback_is_left_dirty_for_its_syncer(tmp_path):
+    """``CacheWriter(writeback=False)`` (a block of a served command) starts no writeback of its
+    output, nor does its file system on its behalf (ext4's ``auto_da_alloc`` writes a truncated file
+    back when it is closed: its temporary is created anew, never truncated); a default writer
+    starts it as it writes (``WRITEBACK_BYTES``)."""
+    if not writes_back(tmp_path):
+        pytest.skip(f"{tmp_path}: no cachestat, or dirty pages stay dirty after sync (tmpfs): nothing to see")
+    fmt = {"v": [1000, "float64"]}
+    pages = {}
+    for writeback in (False, True):
+        path = tmp_path / f"out-{writeback}.h5"
+        with CacheWriter(path, "analysis:v", fmt, key=KEY, start=0, end=2999, writeback=writeback) as w:
+            for i in range(3000):  # (24 MB: three times WRITEBACK_BYTES)
+                w.write({"v": np.full(1000, i, dtype=np.float64)}, i)
+        assert durable.is_unsynced(path.stat())
+        pages[writeback] = page_cache(path)
+    cached, dirty = pages[False]
+    assert cached > 5000 and dirty > 0.9 * cached, f"written back before its syncer asked: {pages}"
+    cached, dirty = pages[True]
+    assert dirty < 0.2 * cached, f"no early writeback: {pages}"
+
+
+def test_a_command_that_answers_first_holds_its_outputs_syncing_until_it_waits(tmp_path, monkeypatch):
+    """A command served by a warm template (``exiting.answers_later``) syncs nothing while its run
+    goes on — the syncer's megabytes would be queued on the disk in front of the run's own small
+    synced writes before its answer —: the entries it is given stay marked, no syncer thread runs,
+    until the run waits for them (after its answer); a command that is not served syncs at once."""
+    from backbeat.core import exiting
+
+    store = CacheStore(tmp_path)
+    path = _commit(store)
+    monkeypatch.setattr(exiting, "_after", [])  # (as templateserver's answer_later())
+    assert exiting.answers_later()
+    store.entrust(KEY, "digest-as-reported")
+    time.sleep(0.3)
+    assert durable.is_unsynced(path.stat()) and store.durability.pending
+    assert not [t for t in threading.enumerate() if t.name == "backbeat-syncer"]
+    assert store.durability.wait() == {}
+    assert not durable.is_unsynced(path.stat()) and not store.durability.pending
+    monkeypatch.setattr(exiting, "_after", None)
+    other = _commit(store, "fedcba9876543210" * 4)
+    store.entrust("fedcba9876543210" * 4, "digest-as-reported")
+    assert wait_until(lambda: not durable.is_unsynced(other.stat())), "a command not served syncs at once"
+    assert store.durability.wait() == {}
+

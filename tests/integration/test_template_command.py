@@ -106,6 +106,11 @@ def test_a_served_command_answers_as_a_direct_one(served_env, tmp_path):
                        for d in docs]
             assert outcome[0] == outcome[1] and docs[0]["status"] == "ok"
             results = {h: (r[0], "", r[2], r[3]) for h, r in results.items()}
+        # (the stat memo: a served run remembers nothing before its answer — its outputs are synced after
+        # it, docs/execution.md §3b —, so a cold one may have none; what it has, it has as a direct one)
+        memo = {h: {p: m for p, m in r[3].items() if p.startswith("cache/.memo")} for h, r in results.items()}
+        assert all(memo["here"].get(p) == m for p, m in memo["served"].items()), memo
+        results = {h: (*r[:3], {p: m for p, m in r[3].items() if p not in memo[h]}) for h, r in results.items()}
         modes_diff = {p: (results["here"][3].get(p), results["served"][3].get(p))
                       for p in set(results["here"][3]) ^ set(results["served"][3])
                       | {p for p in results["here"][3] if results["here"][3][p] != results["served"][3].get(p)}}

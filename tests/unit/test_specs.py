@@ -49,7 +49,8 @@ def round_trip(obj):
     return type(obj).from_json(json.loads(json.dumps(obj.to_json())))
 
 
-@pytest.mark.parametrize("spec", [block(), block(range=None, slot=None, loop=None, database=None)])
+@pytest.mark.parametrize("spec", [block(), block(range=None, slot=None, loop=None, database=None),
+                                  block(writeback=False)])
 def test_block_spec_round_trip(spec):
     assert round_trip(spec) == spec
     assert spec.reads_datasets

@@ -11,6 +11,14 @@ after its answer (``docs/execution.md`` §3b): until then the files stay marked,
 trusts a marked file without verifying its content.  ``fsync`` releases the GIL: the thread
 costs the run nothing but the disk's time, overlapped with its blocks.
 
+*Held until the answer.*  A command that answers before its last work
+(:func:`backbeat.core.exiting.answers_later`: served by a warm template) does not sync during
+its run at all: the files it is given are held, and the syncer starts on them when the run
+waits for them (:meth:`Durability.wait` with ``block``) — after its answer.  The disk is one
+queue: the megabytes a syncer (or a writer's early writeback) has in flight are written before
+any small synced write behind them, and the run's own few before its answer (the stat memo's
+database, the provenance record) then waited for all of them (``docs/performance.md``, wave 15).
+
 ``BACKBEAT_SYNC_DELAY_S`` (tests only) holds each batch back for that many seconds: the
 window in which a killed run leaves committed, unsynced files.
 """
@@ -23,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from backbeat.core import durable
+from backbeat.core import durable, exiting
 from backbeat.core.errors import IntegrityError
 from backbeat.core.statmemo import StatMemo
 
@@ -106,6 +114,7 @@ class Durability:
         self._memo = memo
         self._syncer: Syncer | None = None
         self._entrusted: dict[str, tuple[str, str | None]] = {}  # path -> (key, digest or None)
+        self._held: list[Path] = []  # entrusted, not given to the syncer yet (held until the answer)
         #: entries that could not be made durable (path -> why): they stay marked, never trusted unverified
         self.failures: dict[str, OSError] = {}
 
@@ -115,6 +124,9 @@ class Durability:
         if self._syncer is None:
             self._syncer = Syncer()
         self._entrusted[str(path)] = (key, digest)
+        if exiting.answers_later():  # (synced after the answer: see the module docstring)
+            self._held.append(path)
+            return
         self._syncer.submit([path])
         self.settle()
 
@@ -148,6 +160,8 @@ class Durability:
         so far), settle them (``remember``: see :meth:`settle`); those that could not be made
         durable, and why (forgotten here)."""
         if block and self._syncer is not None:
+            held, self._held = self._held, []
+            self._syncer.submit(held)
             self._syncer.wait()
         self.settle(remember)
         failures, self.failures = self.failures, {}

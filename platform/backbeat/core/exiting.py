@@ -45,6 +45,12 @@ def forget() -> None:
     _after = None
 
 
+def answers_later() -> bool:
+    """Whether this process answers before its last work (a command served by a warm template):
+    what it leaves for after its answer does not delay its client."""
+    return _after is not None
+
+
 def after_answer(work: Callable[[], object]) -> bool:
     """Leave ``work`` for after the command's answer; False (nothing left) when this process
     runs none: the caller does it now."""

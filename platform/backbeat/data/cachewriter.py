@@ -52,7 +52,10 @@ BUFFER_BYTES = 2 << 20  # units buffered by a writer before they are written as 
 #: output's batches are small (runtime.streams: consumers stay in step), and every write costs a
 #: resize and a selection per dataset (~0.2 ms: with batches of 4,096 scalars, 0.1 µs a unit)
 COALESCE_BYTES = 1 << 20
-#: a large output starts its writeback every this many bytes written (core.durable.start_writeback)
+#: a large output starts its writeback every this many bytes written (core.durable.start_writeback),
+#: unless its writer is told not to (``writeback=False``: a block of a command that answers before
+#: its outputs are synced, ``docs/execution.md`` §3b — writes queued on the disk would be in the way
+#: of the few small synced writes before its answer)
 WRITEBACK_BYTES = 8 << 20
 def compression_options(compression: str | None) -> dict[str, Any]:
     """h5py's dataset options for ``compression`` (None or "none": none; "gzip", "gzip:1".."gzip:9",
@@ -70,7 +73,7 @@ class CacheWriter:
 
     def __init__(self, path: str | os.PathLike, fmt_name: str, expanded: dict, *, key: str = "",
                  start: int = 0, end: int | None = None, compression: str | None = DEFAULT_COMPRESSION,
-                 buffer_units: int | None = None, images: str | None = None) -> None:
+                 buffer_units: int | None = None, images: str | None = None, writeback: bool = True) -> None:
         self.path = os.fspath(path)
         self.name, self.expanded, self.key = fmt_name, expanded, key
         self.start, self.end = int(start), (None if end is None else int(end))
@@ -109,6 +112,7 @@ class CacheWriter:
         self._direct: dict[str, ChunkAppender] = {}  # their appenders, when unfiltered (chunkwriter)
         self._fd: int | None = None  # a descriptor of the temporary, to start its writeback
         self._unsynced = 0  # bytes written since the writeback was last started
+        self._writeback_bytes = WRITEBACK_BYTES if writeback else 1 << 62  # (never: left to the syncer)
         self._pending: list[list[np.ndarray]] = []  # arrays appended before (small outputs: until close)
         self._pending_bytes = 0
         self._queued: list[list[np.ndarray]] = []  # chunked outputs: arrays not written yet (COALESCE_BYTES)
@@ -278,7 +282,7 @@ class CacheWriter:
         so the file does not depend on how its units were batched."""
         waiting = self._waiting()
         self._ds = {}
-        self._fid = h5objects.create(self.tmp)
+        self._fid = h5objects.create(self._fresh_tmp())
         self._file = h5py.File(self._fid)
         hint = units_within(self.expanded, self.name, 1 << 40, SMALL_BYTES)
         # unfiltered, and one row per unit in every array (no variable-length field): whole chunks are
@@ -339,8 +343,17 @@ class CacheWriter:
                     ds[old:old + n] = arr
                     self._filled[name] = old + n
                     self._unsynced += arr.nbytes
-        if self._unsynced >= WRITEBACK_BYTES:  # (a large output: on disk by the time it is made durable)
+        if self._unsynced >= self._writeback_bytes:  # (a large output: on disk by the time it is made durable)
             self._writeback()
+
+    def _fresh_tmp(self) -> str:
+        """The temporary's name, the empty file there removed, to be created anew by whatever writes it.
+        (Opened with O_TRUNC, an existing file is truncated, and ext4 — ``auto_da_alloc`` — then starts
+        writing all of it to disk as soon as it is closed: megabytes queued on the disk in the way of the
+        few small synced writes after it, before its syncer or its writer's early writeback asked.)"""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+        return self.tmp
 
     def _writeback(self) -> None:
         """Start writing what is in the file so far to disk, without waiting (see :data:`WRITEBACK_BYTES`)."""
@@ -361,14 +374,14 @@ class CacheWriter:
             with contextlib.suppress(ValueError):  # (values that do not fit it: h5py writes the file)
                 image = template.render(arrays, attrs)
         if image is not None:
-            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            fd = os.open(self._fresh_tmp(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
                 if os.write(fd, image) != len(image):
                     raise OSError("short write")
             finally:
                 os.close(fd)
             return
-        h5objects.write_small(self.tmp, arrays, attrs, self._kw, names=self._names)
+        h5objects.write_small(self._fresh_tmp(), arrays, attrs, self._kw, names=self._names)
         if images is not None and sig is not None:
             try:  # (the file is written: failing to read it back only forgoes the template)
                 with open(self.tmp, "rb") as f:

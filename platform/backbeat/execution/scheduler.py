@@ -52,6 +52,7 @@ from collections import deque
 from pathlib import Path
 
 from backbeat.cache.store import EntryLock
+from backbeat.core import exiting
 from backbeat.core.errors import ExecutionError, describe_environmental
 from backbeat.execution import environments
 from backbeat.execution.lingering import Lingering
@@ -301,7 +302,10 @@ class Scheduler:
         return self._provider
 
     def _spec(self, job: Job) -> BlockSpec:
-        return self.specs.block(job, self.fresh)
+        spec = self.specs.block(job, self.fresh)
+        if exiting.answers_later():  # (its outputs are synced after the answer: no writeback queued before it)
+            spec = dataclasses.replace(spec, writeback=False)
+        return spec
 
     def _spawn(self, pid: str, spec: BlockSpec, timed: bool = True) -> None:
         """Start one block process; ``timed=False``: its time limit starts later (a streamed job)."""

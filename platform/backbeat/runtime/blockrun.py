@@ -212,7 +212,8 @@ def run(payload: dict) -> dict:
         for name, out in spec.outputs.items():
             df = out.dataformat
             writer = cachewriter.CacheWriter(out.path, df, formats[df], key=out.key, start=start, end=end,
-                                           compression=spec.compression, images=spec.images)
+                                           compression=spec.compression, images=spec.images,
+                                           writeback=spec.writeback)
             writers[name] = writer
             if out.streams:  # consumers run at the same time: each batch written is also sent to them
                 writer.grow(STREAM_FIRST, min(writer.buffer_units, STREAM_BATCH))  # (batches stay ≤ ~2 MB)

@@ -199,6 +199,9 @@ class BlockSpec:
     loop: LoopSpec | None = None
     compression: str | None = None  # of the cache files written (data.cachewriter.compression_options)
     images: str | None = None  # the cache's folder of small files' templates (data.h5image)
+    #: whether a large output starts its writeback as it is written (data.cachewriter.WRITEBACK_BYTES);
+    #: False: its syncer writes it all, after a served command's answer (docs/execution.md §3b)
+    writeback: bool = True
 
     @property
     def reads_datasets(self) -> bool:
@@ -215,6 +218,7 @@ class BlockSpec:
             "range": list(self.range) if self.range is not None else None, "slot": self.slot,
             "loop": self.loop.to_json() if self.loop is not None else None, "compression": self.compression,
             **({"images": self.images} if self.images is not None else {}),
+            **({} if self.writeback else {"writeback": False}),
         }
 
     @classmethod
@@ -231,7 +235,7 @@ class BlockSpec:
             _get(obj, "formats", dict, what), _opt(obj, "database", str, what), int(obj.get("window") or 4096),
             (int(rng[0]), int(rng[1])) if rng is not None else None, _opt(obj, "slot", int, what),
             LoopSpec.from_json(loop) if loop is not None else None, _opt(obj, "compression", str, what),
-            _opt(obj, "images", str, what),
+            _opt(obj, "images", str, what), obj.get("writeback", True) is not False,
         )
 
 
