@@ -44,7 +44,7 @@ import runner  # noqa: E402
 from make_prefix import protocol_name, write_prefix  # noqa: E402
 
 ROWS = {"s10k": ("scalars", 10_000, 5), "s100k": ("scalars", 100_000, 5), "v1k": ("vectors", 1_000, 5),
-        "v10k": ("vectors", 10_000, 5), "s1m": ("scalars", 1_000_000, 5),
+        "v10k": ("vectors", 10_000, 5), "v50k": ("vectors", 50_000, 5), "s1m": ("scalars", 1_000_000, 5),
         "s1m-pysum": ("scalars", 1_000_000, 5, "pysum"),  # (the plain-Python analyzer: versus_beat.py's row)
         "chain100": ("scalars", 10, 100), "chain500": ("scalars", 10, 500)}
 CHAIN = 5

@@ -98,7 +98,8 @@ class CacheWriter:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             # (the temporary exists, empty, while the output is written: what the store sweeps and a
-            # watcher sees; HDF5 or the template fills it at close, or once the output stops being small)
+            # watcher sees; HDF5 or the template replaces it at close, or once the output stops being
+            # small — created anew, never truncated: see _fresh_tmp)
             os.close(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
         except OSError as exc:
             self._closed = True
