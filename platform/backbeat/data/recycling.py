@@ -26,6 +26,8 @@ from operator import attrgetter
 from typing import Any
 from weakref import getweakrefcount
 
+from backbeat.data.compiled import native
+
 
 def _most_refs(pool: list) -> int:
     """The largest reference count among ``pool``'s objects, seen from here (the list's reference
@@ -68,7 +70,11 @@ ALONE_DICT = _calibrate(dicts=True)
 
 def unreachable(pool: list, cls: type) -> bool:
     """Whether every object of ``pool`` is exactly a ``cls`` that only ``pool`` refers to (strongly
-    or weakly)."""
+    or weakly).  With the compiled module, its one pass over them (``_unitpath.unreachable``)."""
+    if ALONE is not None and ALONE_DICT is not None and pool and native is not None:
+        alone = native.unreachable(pool, cls, len(getattr(cls, "_fields", ())))
+        if alone is not None:  # (None: weak references it cannot see; the checks below)
+            return bool(alone)
     if (ALONE is None or ALONE_DICT is None or not pool or _most_refs(pool) != ALONE
             or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool))):
         return False
@@ -85,8 +91,13 @@ def objects(cls: Any, n: int, spare: list | None = None) -> list:
             out = spare[:n]
             del spare[:]
             if len(out) < n:
-                out += map(cls.__new__, repeat(cls, n - len(out)))
+                out += _new(cls, n - len(out))
             return out
         del spare[:]
-    return list(map(cls.__new__, repeat(cls, n)))
+    return _new(cls, n)
+
+
+def _new(cls: Any, n: int) -> list:
+    """``[cls.__new__(cls) for _ in range(n)]`` (compiled: the type's own constructor called with no arguments)."""
+    return native.make(cls, n, (), ()) if native is not None else list(map(cls.__new__, repeat(cls, n)))
 
