@@ -70,13 +70,20 @@ ALONE_DICT = _calibrate(dicts=True)
 
 def unreachable(pool: list, cls: type) -> bool:
     """Whether every object of ``pool`` is exactly a ``cls`` that only ``pool`` refers to (strongly
-    or weakly).  With the compiled module, its one pass over them (``_unitpath.unreachable``)."""
-    if ALONE is not None and ALONE_DICT is not None and pool and native is not None:
+    or weakly), nor its attribute dictionary.  With the compiled module: the same checks in one pass
+    over the window (``_unitpath.unreachable``; six passes here cost ~0.3 µs a unit, wave 15)."""
+    if ALONE is None or ALONE_DICT is None or not pool:
+        return False
+    if native is not None:
         alone = native.unreachable(pool, cls, len(getattr(cls, "_fields", ())))
         if alone is not None:  # (None: weak references it cannot see; the checks below)
             return bool(alone)
-    if (ALONE is None or ALONE_DICT is None or not pool or _most_refs(pool) != ALONE
-            or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool))):
+    return _unreachable(pool, cls)
+
+
+def _unreachable(pool: list, cls: type) -> bool:
+    """:func:`unreachable`'s checks in Python (the reference)."""
+    if _most_refs(pool) != ALONE or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool)):
         return False
     dicts = list(map(_DICT, pool))  # (nobody holds one, and none holds more than the fields)
     return _most_refs(dicts) == ALONE_DICT and set(map(len, dicts)) == {len(getattr(cls, "_fields", ()))}
