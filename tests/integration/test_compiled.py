@@ -404,3 +404,45 @@ def test_new_value_objects_are_made_as_cls_new_makes_them():
         compiled.native.make(Refused, 2, (), ())
     with pytest.raises(TypeError):  # (a negative count)
         compiled.native.make(F, -1, (), ())
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes() and a.flags.writeable
+
+
+@pytest.mark.parametrize("items", [
+    [], [0, 1, -1, 2**63 - 1, -2**63], list(range(10**12, 10**12 + 5000)), [1, True, 2], [1, np.int64(2)],
+    [1, 2.5], [1, "3"]])
+def test_a_writers_ends_pack_as_numpy_converts_them(items):
+    from backbeat.data.compiled import int64s
+
+    assert _same(int64s(list(items)), np.array(items, dtype="<i8"))
+    if compiled.native is not None:
+        assert (compiled.native.pack(list(items), "q", None) is None) is (not all(type(x) is int for x in items))
+
+
+def test_a_writers_ends_beyond_int64_raise_numpys_error():
+    from backbeat.data.compiled import int64s
+
+    with pytest.raises(OverflowError):
+        int64s([1, 2**63])
+
+
+class _Float(float):
+    pass
+
+
+@pytest.mark.parametrize("items", [
+    [], [0.5, -0.0, float("inf"), float("-inf"), float("nan")], list(np.arange(5000) * 0.25),
+    [np.frombuffer(b"\x01\x00\x00\x00\x00\x00\xf8\x7f", dtype="<f8")[0], 1.0],  # (a NaN's payload kept)
+    [1.0, np.float32(0.1)], [1.0, 2], [1.0, _Float(3.5)], [1.0, True], [np.float64(2.0), np.longdouble(1.5)]])
+def test_a_column_of_floats_packs_as_fromiter_converts_it(items):
+    from backbeat.data.compiled import float64s
+
+    expected = np.fromiter(list(items), dtype="<f8", count=len(items))
+    assert _same(float64s(list(items), np.float64), expected)
+    if compiled.native is not None:
+        exact = all(type(x) in (float, np.float64) for x in items)
+        assert (compiled.native.pack(list(items), "d", np.float64) is None) is (not exact)
+        with pytest.raises(TypeError):
+            compiled.native.pack(list(items), "d", int)

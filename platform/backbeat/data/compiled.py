@@ -87,6 +87,29 @@ def _fill(objects: list, key: str, values: list) -> None:
     deque(map(object.__setattr__, objects, repeat(key), values), maxlen=0)
 
 
+def int64s(items: list) -> Any:
+    """``numpy.array(items, dtype="<i8")`` of a list of ints (a writer's ends): the compiled module packs
+    a list of exact ints that fit in one pass (numpy discovers each item's type: ~45 ns an item)."""
+    import numpy as np
+
+    raw = native.pack(items, "q", None) if native is not None else None
+    if raw is None:
+        return np.array(items, dtype="<i8")
+    return np.frombuffer(raw, dtype=np.int64).astype("<i8", copy=False)
+
+
+def float64s(items: list, exact: type) -> Any:
+    """``numpy.fromiter(items, dtype="<f8", count=len(items))`` of a list of floats or of ``exact``
+    (``numpy.float64``) values: packed in one pass by the compiled module (numpy's ``fromiter`` converts
+    each item through its generic setter: ~40 ns an item)."""
+    import numpy as np
+
+    raw = native.pack(items, "d", exact) if native is not None else None
+    if raw is None:
+        return np.fromiter(items, dtype="<f8", count=len(items))
+    return np.frombuffer(raw, dtype=np.float64).astype("<f8", copy=False)
+
+
 #: ``object.__setattr__(obj, key, value)`` over a window's value objects and their values for one field
 #: (``data.batch``: the format's checked ``__setattr__`` bypassed; to the shorter list's end, as ``map``)
 fill = native.fill if native is not None else _fill
