@@ -35,7 +35,7 @@ import numpy as np
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import cachefile, h5image, h5objects
-from backbeat.data.batch import I64, Batch, layout, row_bytes, tree, units_within
+from backbeat.data.batch import Batch, layout, row_bytes, tree, units_within
 from backbeat.data.chunkwriter import ChunkAppender
 from backbeat.data.compiled import int64s
 from backbeat.data.contentdigest import ContentDigest
