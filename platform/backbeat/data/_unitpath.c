@@ -8,6 +8,9 @@
  * - PlainWrite: runtime.outputs.Output._direct_write's `write_plain' closure (same checks; anything
  *   else goes to Output.write, as there).
  * - fill(): data.batch._scatter's setting of one field on each of a window's value objects.
+ * - unreachable(), make(): data.recycling's checks of a spare window in one pass, and new value
+ *   objects made by their type's constructor (wave 15).
+ * - pack(): a writer's ends and float64 rows as the bytes of their numpy columns (wave 15).
  * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
  */
 #define PY_SSIZE_T_CLEAN

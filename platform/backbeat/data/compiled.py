@@ -8,6 +8,10 @@ exactly what the Python code of :func:`backbeat.runtime.driver._drive_single` an
 attributes of :class:`~backbeat.runtime.inputs.Input`, :class:`~backbeat.runtime.inputs.InputGroup`,
 :class:`~backbeat.runtime.outputs.SynchronizationListener` and :class:`~backbeat.runtime.outputs.Output`
 kept in C slots (:data:`Slots`, their base): user code reads and sets them as before.
+Since wave 15 it also checks whether a spare window's value objects can be made again
+(:func:`backbeat.data.recycling.unreachable`: the same checks in one pass), makes new ones, and
+packs a cache writer's ends and ``float64`` rows into their columns (:func:`int64s`,
+:func:`float64s`; anything else is converted by numpy as before).
 
 It is optional: ``pip install`` builds it when a C compiler is there (setup.py, ``optional=True``)
 and the Python code runs otherwise, or when ``BACKBEAT_COMPILED=off`` (read once, at import: the
