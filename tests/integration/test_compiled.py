@@ -311,3 +311,138 @@ def test_a_build_of_other_source_is_not_used():
         SOURCE = "0" * 64
 
     assert compiled._stale(Old)
+
+
+# -- wave 15: recycling's checks and new value objects, compiled ---------------------------------------
+
+def _window(n: int = 6) -> list:
+    from backbeat.data.batch import Batch
+
+    idx = np.arange(n, dtype=np.int64)
+    return Batch(FMT, EXP, idx, idx.copy(), {"value": idx * 0.5}).to_values()
+
+
+def _pools() -> dict:
+    """Windows some code can or cannot still reach, each made afresh: (pool, what keeps it alive)."""
+    import weakref
+
+    from backbeat.data.values import value_type
+
+    other = value_type("user/g/1", {"value": "float64"})
+    cases: dict = {}
+
+    def case(name, change=None):
+        pool = _window()
+        kept = change(pool) if change else None
+        cases[name] = (pool, kept)
+
+    case("free")
+    case("one held", lambda p: p[3])
+    case("the last held", lambda p: p[-1])
+    case("one twice", lambda p: p.__setitem__(2, p[1]))
+    case("a weak reference", lambda p: weakref.ref(p[4]))
+    case("a dead weak reference", lambda p: weakref.ref(p[4]) and None)
+    case("vars kept", lambda p: vars(p[0]))
+    case("vars read, not kept", lambda p: [vars(v) for v in p] and None)
+    case("a memo", lambda p: object.__setattr__(p[5], "memo", 1))
+    case("a field deleted", lambda p: object.__delattr__(p[1], "value"))
+    case("deleted and a memo", lambda p: (object.__delattr__(p[1], "value"), object.__setattr__(p[1], "m", 1)))
+    case("another class", lambda p: p.__setitem__(2, other(value=np.float64(1))))
+    case("a subclass", lambda p: p.__setitem__(2, type("Sub", (F,), {})(value=np.float64(1))))
+    case("not a value", lambda p: p.__setitem__(0, 1.5))
+    case("a cycle", lambda p: object.__setattr__(p[2], "value", p[2]))
+    cases["empty"] = ([], None)
+    return cases
+
+
+@needs_native
+def test_the_compiled_reachability_checks_agree_with_pythons():
+    from backbeat.data import recycling
+
+    compiled_says = {name: recycling.unreachable(pool, F) for name, (pool, _kept) in _pools().items()}
+    python_says = {name: bool(pool) and recycling._unreachable(pool, F) for name, (pool, _kept) in _pools().items()}
+    assert compiled_says == python_says
+    assert [name for name, alone in compiled_says.items() if alone] == [
+        "free", "a dead weak reference", "vars read, not kept", "deleted and a memo"]  # (the last: as in Python)
+    with pytest.raises(TypeError):
+        compiled.native.unreachable((), F, 1)
+
+
+class _Made:
+    """A class whose ``__new__`` is Python code (counted), as a format's class could become."""
+
+    made = 0
+
+    def __new__(cls):
+        _Made.made += 1
+        return super().__new__(cls)
+
+
+@needs_native
+def test_new_value_objects_are_made_as_cls_new_makes_them():
+    from backbeat.data import recycling
+
+    made = recycling._new(F, 3)
+    assert [type(v) for v in made] == [F] * 3 and all(vars(v) == {} for v in made)
+    objs = compiled.native.make(F, 4, ("value",), ([np.float64(k) for k in range(4)],))
+    assert [v.value for v in objs] == [0.0, 1.0, 2.0, 3.0] and all(type(v.value) is np.float64 for v in objs)
+    _Made.made = 0
+    assert [type(v) for v in compiled.native.make(_Made, 5, (), ())] == [_Made] * 5 and _Made.made == 5
+    assert compiled.native.make(F, 0, (), ()) == []
+    with pytest.raises(ValueError, match="shorter"):
+        compiled.native.make(F, 3, ("value",), ([1.0, 2.0],))
+    with pytest.raises(TypeError):
+        compiled.native.make(F, 3, ("value",), ([1.0, 2.0, 3.0], [1.0]))
+    with pytest.raises(TypeError):
+        compiled.native.make(len, 3, (), ())
+
+    class Refused:
+        def __new__(cls):
+            raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError, match="no"):
+        compiled.native.make(Refused, 2, (), ())
+    with pytest.raises(TypeError):  # (a negative count)
+        compiled.native.make(F, -1, (), ())
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes() and a.flags.writeable
+
+
+@pytest.mark.parametrize("items", [
+    [], [0, 1, -1, 2**63 - 1, -2**63], list(range(10**12, 10**12 + 5000)), [1, True, 2], [1, np.int64(2)],
+    [1, 2.5], [1, "3"]])
+def test_a_writers_ends_pack_as_numpy_converts_them(items):
+    from backbeat.data.compiled import int64s
+
+    assert _same(int64s(list(items)), np.array(items, dtype="<i8"))
+    if compiled.native is not None:
+        assert (compiled.native.pack(list(items), "q", None) is None) is (not all(type(x) is int for x in items))
+
+
+def test_a_writers_ends_beyond_int64_raise_numpys_error():
+    from backbeat.data.compiled import int64s
+
+    with pytest.raises(OverflowError):
+        int64s([1, 2**63])
+
+
+class _Float(float):
+    pass
+
+
+@pytest.mark.parametrize("items", [
+    [], [0.5, -0.0, float("inf"), float("-inf"), float("nan")], list(np.arange(5000) * 0.25),
+    [np.frombuffer(b"\x01\x00\x00\x00\x00\x00\xf8\x7f", dtype="<f8")[0], 1.0],  # (a NaN's payload kept)
+    [1.0, np.float32(0.1)], [1.0, 2], [1.0, _Float(3.5)], [1.0, True], [np.float64(2.0), np.longdouble(1.5)]])
+def test_a_column_of_floats_packs_as_fromiter_converts_it(items):
+    from backbeat.data.compiled import float64s
+
+    expected = np.fromiter(list(items), dtype="<f8", count=len(items))
+    assert _same(float64s(list(items), np.float64), expected)
+    if compiled.native is not None:
+        exact = all(type(x) in (float, np.float64) for x in items)
+        assert (compiled.native.pack(list(items), "d", np.float64) is None) is (not exact)
+        with pytest.raises(TypeError):
+            compiled.native.pack(list(items), "d", int)

@@ -8,6 +8,9 @@
  * - PlainWrite: runtime.outputs.Output._direct_write's `write_plain' closure (same checks; anything
  *   else goes to Output.write, as there).
  * - fill(): data.batch._scatter's setting of one field on each of a window's value objects.
+ * - unreachable(), make(): data.recycling's checks of a spare window in one pass, and new value
+ *   objects made by their type's constructor (wave 15).
+ * - pack(): a writer's ends and float64 rows as the bytes of their numpy columns (wave 15).
  * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
  */
 #define PY_SSIZE_T_CLEAN
@@ -236,6 +239,148 @@ static PyObject *fill(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
     Py_RETURN_NONE;
 }
 
+
+/* make(cls, n, keys, columns) -> list: n objects made as cls.__new__(cls) (the type's tp_new with no
+ * arguments: what that call does), field keys[j] of object i set to columns[j][i] as
+ * object.__setattr__ does (data.batch._scatter: the format's checked __setattr__ bypassed).  The
+ * objects are held in a C array until all are made, then handed out in a new list: no Python code
+ * ever sees a list with empty places.  Every column must hold n values (checked again after each
+ * call that may run Python code: a type's __new__, a finaliser). */
+static PyObject *EMPTY;
+
+static PyObject *make(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 4 || !PyType_Check(a[0]) || !PyTuple_CheckExact(a[2]) || !PyTuple_CheckExact(a[3])
+        || PyTuple_GET_SIZE(a[2]) != PyTuple_GET_SIZE(a[3])) {
+        PyErr_SetString(PyExc_TypeError, "make(cls: type, n: int, keys: tuple, columns: tuple)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)a[0];
+    PyObject *keys = a[2], *columns = a[3];
+    Py_ssize_t n = PyLong_AsSsize_t(a[1]), nkeys = PyTuple_GET_SIZE(keys);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || !cls->tp_new) {
+        PyErr_SetString(PyExc_TypeError, "make(): a count >= 0 and a type that makes instances");
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < nkeys; j++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(keys, j)) || !PyList_CheckExact(PyTuple_GET_ITEM(columns, j))) {
+            PyErr_SetString(PyExc_TypeError, "make(): keys must be str and columns lists");
+            return NULL;
+        }
+    PyObject **made = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
+    if (!made) return PyErr_NoMemory();
+    Py_ssize_t k = 0;
+    PyObject *out = NULL;
+    Py_INCREF(cls);
+    for (; k < n; k++) {
+        PyObject *obj = cls->tp_new(cls, EMPTY, NULL);
+        if (!obj) goto done;
+        made[k] = obj;
+        for (Py_ssize_t j = 0; j < nkeys; j++) {
+            PyObject *col = PyTuple_GET_ITEM(columns, j);  /* (the tuple holds it) */
+            if (k >= PyList_GET_SIZE(col)) {
+                PyErr_SetString(PyExc_ValueError, "make(): a column shorter than the count");
+                goto done;
+            }
+            PyObject *value = Py_NewRef(PyList_GET_ITEM(col, k));
+            int rc = PyObject_GenericSetAttr(obj, PyTuple_GET_ITEM(keys, j), value);
+            Py_DECREF(value);
+            if (rc < 0) goto done;
+        }
+    }
+    out = PyList_New(n);
+    if (out)
+        for (Py_ssize_t i = 0; i < n; i++) {  /* (no allocation, no Python code from here) */
+            PyList_SET_ITEM(out, i, made[i]);
+            made[i] = NULL;
+        }
+done:
+    for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(made[i]);
+    PyMem_Free(made);
+    Py_DECREF(cls);
+    return out;
+}
+
+
+/* unreachable(pool, cls, nfields) -> bool: data.recycling.unreachable's checks in one pass, for an
+ * interpreter whose counts it calibrated (the caller checks that): every object of pool exactly a
+ * cls that only the list refers to (its count 1), no weak reference to it, and its attribute
+ * dictionary (made by reading it, as obj.__dict__ does) referred to by the object alone and
+ * holding nfields entries.  None when this cannot tell (weak references this build cannot see):
+ * the caller then runs the Python checks. */
+static PyObject *unreachable(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 3 || !PyList_CheckExact(a[0]) || !PyType_Check(a[1])) {
+        PyErr_SetString(PyExc_TypeError, "unreachable(pool: list, cls: type, nfields: int)");
+        return NULL;
+    }
+    PyObject *pool = a[0];
+    PyTypeObject *cls = (PyTypeObject *)a[1];
+    Py_ssize_t nfields = PyLong_AsSsize_t(a[2]);
+    if (nfields == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t weak = cls->tp_weaklistoffset;
+    if (weak < 0) Py_RETURN_NONE;  /* (a managed weak-reference list: not read here) */
+    if (!PyList_GET_SIZE(pool)) Py_RETURN_FALSE;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(pool); k++) {  /* (the size read again: see below) */
+        PyObject *obj = PyList_GET_ITEM(pool, k);
+        if (Py_TYPE(obj) != cls || Py_REFCNT(obj) != 1) Py_RETURN_FALSE;
+        if (weak > 0 && *(PyObject **)((char *)obj + weak) != NULL) Py_RETURN_FALSE;
+        Py_INCREF(obj);  /* (held while its dictionary is made: that may collect, run finalisers) */
+        PyObject *dict = PyObject_GenericGetDict(obj, NULL);
+        int alone = dict && PyDict_CheckExact(dict) && Py_REFCNT(dict) == 2 && PyDict_GET_SIZE(dict) == nfields;
+        Py_XDECREF(dict);
+        Py_DECREF(obj);
+        if (!dict) return NULL;
+        if (!alone) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+
+/* pack(items, code, exact) -> bytearray | None: a list's numbers as native int64 ('q': every item
+ * exactly an int that fits) or float64 ('d': every item exactly a float or of type `exact', a float
+ * subclass such as numpy.float64, read as the float it is), for numpy.frombuffer; None for anything
+ * else (the caller then converts the list as before, with its errors). */
+static PyObject *pack(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 3 || !PyList_CheckExact(a[0]) || !PyUnicode_Check(a[1])
+        || (a[2] != Py_None && !(PyType_Check(a[2]) && PyType_IsSubtype((PyTypeObject *)a[2], &PyFloat_Type)))) {
+        PyErr_SetString(PyExc_TypeError, "pack(items: list, code: 'q' | 'd', exact: a float type | None)");
+        return NULL;
+    }
+    PyObject *items = a[0];
+    int doubles = PyUnicode_CompareWithASCIIString(a[1], "d") == 0;
+    if (!doubles && PyUnicode_CompareWithASCIIString(a[1], "q") != 0) {
+        PyErr_SetString(PyExc_ValueError, "pack(): code 'q' or 'd'");
+        return NULL;
+    }
+    PyTypeObject *exact = a[2] == Py_None ? &PyFloat_Type : (PyTypeObject *)a[2];
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * 8);
+    if (!out) return NULL;
+    if (PyList_GET_SIZE(items) != n) goto none;  /* (the allocation may have collected: changed) */
+    char *buf = PyByteArray_AS_STRING(out);
+    for (Py_ssize_t k = 0; k < n; k++) {  /* (no Python code runs in this loop) */
+        PyObject *item = PyList_GET_ITEM(items, k);
+        if (doubles) {
+            if (!PyFloat_CheckExact(item) && Py_TYPE(item) != exact) goto none;
+            double d = PyFloat_AS_DOUBLE(item);
+            memcpy(buf + 8 * k, &d, 8);
+        } else {
+            if (!PyLong_CheckExact(item)) goto none;
+            int overflow = 0;
+            long long q = PyLong_AsLongLongAndOverflow(item, &overflow);
+            if (overflow || (q == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                goto none;
+            }
+            memcpy(buf + 8 * k, &q, 8);
+        }
+    }
+    return out;
+none:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
 /* PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold, flush, limit):
  * Output.write's common case for a format of scalars and strings */
 typedef struct {
@@ -371,6 +516,12 @@ static PyTypeObject PlainWriteType = {
 static PyMethodDef methods[] = {
     {"drive", (PyCFunction)(void (*)(void))drive, METH_FASTCALL,
      "drive(x, group, listener, chunks, process, args, first, read, live, source, pacer) -> (steps, result)"},
+    {"make", (PyCFunction)(void (*)(void))make, METH_FASTCALL,
+     "make(cls, n, keys, columns) -> list of n objects of cls, key j of object i set to columns[j][i]"},
+    {"unreachable", (PyCFunction)(void (*)(void))unreachable, METH_FASTCALL,
+     "unreachable(pool, cls, nfields) -> whether only the list refers to each object (None: cannot tell)"},
+    {"pack", (PyCFunction)(void (*)(void))pack, METH_FASTCALL,
+     "pack(items, code, exact) -> the items as native int64 ('q') or float64 ('d') bytes, or None"},
     {"fill", (PyCFunction)(void (*)(void))fill, METH_FASTCALL,
      "fill(objects, key, values): object.__setattr__(obj, key, value) for each pair"},
     {NULL}
@@ -381,7 +532,8 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "backbeat.data._unitp
 
 PyMODINIT_FUNC PyInit__unitpath(void) {
     ONE = PyLong_FromLong(1);
-    if (!ONE || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0) return NULL;
+    EMPTY = PyTuple_New(0);
+    if (!ONE || !EMPTY || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     if (PyModule_AddStringConstant(m, "SOURCE", UNITPATH_SOURCE) < 0

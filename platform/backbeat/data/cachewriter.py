@@ -35,8 +35,9 @@ import numpy as np
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import cachefile, h5image, h5objects
-from backbeat.data.batch import I64, Batch, layout, row_bytes, tree, units_within
+from backbeat.data.batch import Batch, layout, row_bytes, tree, units_within
 from backbeat.data.chunkwriter import ChunkAppender
+from backbeat.data.compiled import int64s
 from backbeat.data.contentdigest import ContentDigest
 from backbeat.data.snapshot import UnitBuffer
 from backbeat.data.values import canonical, value_type
@@ -216,7 +217,7 @@ class CacheWriter:
             return self.buffer_units
         if self._sealed:  # (a producer appending to buffer()'s lists after seal())
             raise DataError(f"units written to `{self.path}' after its digest was taken")
-        ends = np.array(self._ends, dtype=I64)
+        ends = int64s(self._ends)  # (np.array(self._ends, dtype=I64), packed by the compiled module)
         starts = np.empty_like(ends)
         starts[0] = self._next
         starts[1:] = ends[:-1] + 1

@@ -26,6 +26,8 @@ from operator import attrgetter
 from typing import Any
 from weakref import getweakrefcount
 
+from backbeat.data.compiled import native
+
 
 def _most_refs(pool: list) -> int:
     """The largest reference count among ``pool``'s objects, seen from here (the list's reference
@@ -68,9 +70,20 @@ ALONE_DICT = _calibrate(dicts=True)
 
 def unreachable(pool: list, cls: type) -> bool:
     """Whether every object of ``pool`` is exactly a ``cls`` that only ``pool`` refers to (strongly
-    or weakly)."""
-    if (ALONE is None or ALONE_DICT is None or not pool or _most_refs(pool) != ALONE
-            or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool))):
+    or weakly), nor its attribute dictionary.  With the compiled module: the same checks in one pass
+    over the window (``_unitpath.unreachable``; six passes here cost ~0.3 µs a unit, wave 15)."""
+    if ALONE is None or ALONE_DICT is None or not pool:
+        return False
+    if native is not None:
+        alone = native.unreachable(pool, cls, len(getattr(cls, "_fields", ())))
+        if alone is not None:  # (None: weak references it cannot see; the checks below)
+            return bool(alone)
+    return _unreachable(pool, cls)
+
+
+def _unreachable(pool: list, cls: type) -> bool:
+    """:func:`unreachable`'s checks in Python (the reference)."""
+    if _most_refs(pool) != ALONE or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool)):
         return False
     dicts = list(map(_DICT, pool))  # (nobody holds one, and none holds more than the fields)
     return _most_refs(dicts) == ALONE_DICT and set(map(len, dicts)) == {len(getattr(cls, "_fields", ()))}
@@ -85,8 +98,13 @@ def objects(cls: Any, n: int, spare: list | None = None) -> list:
             out = spare[:n]
             del spare[:]
             if len(out) < n:
-                out += map(cls.__new__, repeat(cls, n - len(out)))
+                out += _new(cls, n - len(out))
             return out
         del spare[:]
-    return list(map(cls.__new__, repeat(cls, n)))
+    return _new(cls, n)
+
+
+def _new(cls: Any, n: int) -> list:
+    """``[cls.__new__(cls) for _ in range(n)]`` (compiled: the type's own constructor called with no arguments)."""
+    return native.make(cls, n, (), ()) if native is not None else list(map(cls.__new__, repeat(cls, n)))
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from backbeat.core.errors import DataError
 from backbeat.data.batch import I64, Batch, Node, _encode_strings, _gather, tree
+from backbeat.data.compiled import float64s
 from backbeat.data.values import as_value, value_type
 
 
@@ -139,7 +140,8 @@ class UnitBuffer:
                 block = blocks[j]
                 cols[node.path] = _kept(block, n) if block is not None else np.empty((0, *node.dims), dtype=node.dt)
             elif node.kind == "num":
-                cols[node.path] = np.fromiter(column, dtype=node.dt, count=n)
+                cols[node.path] = (float64s(column, np.float64) if node.dt == F64
+                                   else np.fromiter(column, dtype=node.dt, count=n))
             elif node.kind == "str":
                 _encode_strings(column, node.path, cols)
             else:
@@ -149,6 +151,8 @@ class UnitBuffer:
         self._listed = [[] for _ in self._lists]
         return Batch(self.name, self.expanded, starts, ends, cols, validate=False)._checked_ranges()
 
+
+F64 = np.dtype("<f8")
 
 #: unused rows of a column block up to this size stay with the batch (see :func:`_kept`)
 SLACK_BYTES = 64 << 10
