@@ -49,7 +49,7 @@ from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
 from backbeat.data.snapshot import Uncopyable, ViewScalars, ViewValues, frozen
-from backbeat.processes import zmqcontext
+from backbeat.processes import control, zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
 from backbeat.runtime.codeloader import load_module
@@ -77,12 +77,17 @@ def build_index(payload: dict) -> dict:
     of the index, "entries", "probe"}`` (``probe``: ``complete`` or why reading every unit
     stopped).  The collector runs less often meanwhile: ``index()`` makes an object or two per
     entry, all alive until the end, and each ``get`` a dict (examined again and again with
-    CPython's default threshold: a third of ``index()``'s time for 100k entries, half for 1M)."""
+    CPython's default threshold: a third of ``index()``'s time for 100k entries, half for 1M).
+
+    In a job process (:func:`backbeat.processes.control.job_main`, which reports ``done`` and
+    leaves through ``os._exit``) what the job made (the view, its entries, the table) is kept,
+    never freed: freeing 1M entries one object at a time cost 0.1-0.25 s between the probe's end
+    and ``done``, which the keys wait for; the kernel frees the pages at once when it exits."""
     with collecting_less():
-        return _build_index(DatasetSpec.from_json(payload["spec"]))
+        return _build_index(DatasetSpec.from_json(payload["spec"]), _KEPT if control.client() is not None else None)
 
 
-def _build_index(spec: DatasetSpec) -> dict:
+def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
     recorder = OpenRecorder(spec.folders)
     view = load_view(spec)
     with recorder.watch("index"):
@@ -110,9 +115,13 @@ def _build_index(spec: DatasetSpec) -> dict:
     elif table is None:  # (fields that are no attribute names: the files now, nothing to probe meanwhile)
         write()
     view_sees = entries if table is not None and found is not None and _as_read(entries, found[1], view) else None
+    if keep is not None:
+        keep += [view, view_sees, table, found]  # (a job process: never freed, see build_index)
     del entries  # (1M entries: ~150 MB the probe, reading the table, no longer needs — unless it probes over them)
     try:  # errors of get() are the blocks' to report, when they read the unit
         dataset = _Dataset(spec, recorder, indextable.Entries(table) if table is not None else None, view_sees)
+        if keep is not None:  # (a job process: never freed, see build_index)
+            keep.append(dataset)
         del view_sees
         probe = dataset.probe(write if not written else None)  # (the files written meanwhile)
     except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
@@ -142,7 +151,7 @@ def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: An
 
 
 _NAMEDTUPLE = set(vars(namedtuple("Entry", ["a"]))) - {"a"}  # what namedtuple() gives a class (its fields aside)
-_KEPT: list = []  # (in a probing copy: the job's entries, never freed)
+_KEPT: list = []  # (in an indexing job's process and its probing copy: what they made, never freed)
 
 
 class _Blame(Exception):
@@ -281,7 +290,7 @@ class _Dataset:
         """Call ``get`` for every data unit of every output, values discarded (indexing):
         ``complete`` or why it stopped (:mod:`backbeat.runtime.probe`, on two cores, ``meanwhile``
         done while it runs)."""
-        calls = [(output, self.output_units(output)[0].tolist()) for output in self.spec.outputs]
+        calls = [(output, self.output_units(output)[0]) for output in self.spec.outputs]  # (ints made a range at a time)
         return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile,
                            in_copy=self._table_in_copy if self._own else None)
 

@@ -52,7 +52,9 @@ PARALLEL_UNITS = 50_000
 #: for probes under 64 chunks, so that both processes get a share)
 CHUNK_UNITS = 4096
 
-Calls = Sequence[tuple[str, Sequence[int]]]  # (output, the first entry of each of its units)
+#: (output, the first entry of each of its units: a sequence of ints, or a numpy array of them, made into
+#: ints a range at a time — a process probing a range never touches, so never copies, ints made for others)
+Calls = Sequence[tuple[str, Any]]
 
 
 def _stopped(exc: BaseException) -> str:
@@ -66,7 +68,8 @@ def _run(get: Callable[[str, int], Any], calls: Calls, lo: int, hi: int) -> None
         if at >= hi:  # (a negative end would slice from the end: the units of outputs after hi probed)
             break
         a, b = max(lo - at, 0), min(hi - at, len(starts))
-        for s in starts[a:b]:
+        part = starts[a:b]
+        for s in part.tolist() if hasattr(part, "tolist") else part:
             get(output, s)
         at += len(starts)
 
