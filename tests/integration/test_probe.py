@@ -245,29 +245,35 @@ def test_an_indexing_job_probes_on_two_cores_only_with_two_slots(copy_prefix, tm
 
 def test_units_given_as_an_array_reach_get_as_ints_in_both_processes(tmp_path):
     """The units' first entries may be a numpy array (the job's: ints are made a range at a time, so a
-    copy never touches ints made for the job): ``get`` receives ``int`` in the job and in its copy,
-    and the probe records what it records from a list."""
+    copy never touches ints made for the job): ``get`` receives ``int`` in one process probing them
+    all and in a forked copy, and the probe records what it records from a list."""
     import numpy as np
 
     found = {}
     for kind in ("list", "array"):
-        root = tmp_path / kind
-        root.mkdir()
-        get, calls = _view(root)
-        types = tmp_path / f"{kind}.types"
+        for parallel in (False, True):
+            root = tmp_path / f"{kind}-{parallel}"
+            root.mkdir()
+            get, calls = _view(root)
+            types = tmp_path / f"{kind}-{parallel}.types"
 
-        def watched(output, start, get=get, types=types):
-            with open(types, "a") as f:
-                f.write(f"{os.getpid()} {type(start).__name__}\n")
-            return get(output, start)
+            def watched(output, start, get=get, types=types):
+                with open(types, "a") as f:
+                    f.write(f"{os.getpid()} {type(start).__name__}\n")
+                return get(output, start)
 
-        given = [(o, np.array(s, dtype=np.int64)) for o, s in calls] if kind == "array" else calls
-        recorder = OpenRecorder({"root": str(root)})
-        assert probe(watched, given, recorder, parallel=True, cores=2, meanwhile=lambda: None) == "complete"
-        lines = types.read_text().split("\n")[:-1]
-        found[kind] = sorted(recorder.seen), {line.split()[1] for line in lines}, len({line.split()[0] for line in lines})
-    assert found["array"] == found["list"] == ([f"root/{k}.txt" for k in sorted(
-        map(str, (*range(0, 12, 2), *range(20, 32, 2))))], {"int"}, found["list"][2])
+            def work(types=types):  # (the job's work: until its copy has probed a unit, up to 20 s)
+                wait_until(lambda: types.exists() and types.read_text().strip() != "", timeout=20)
+
+            given = [(o, np.array(s, dtype=np.int64)) for o, s in calls] if kind == "array" else calls
+            recorder = OpenRecorder({"root": str(root)})
+            assert probe(watched, given, recorder, parallel=parallel, cores=2,
+                         meanwhile=work if parallel else None) == "complete"
+            lines = [line.split() for line in types.read_text().splitlines()]
+            assert parallel == any(pid != str(os.getpid()) for pid, _ in lines)  # (a copy probed)
+            found[kind, parallel] = sorted(recorder.seen), {t for _, t in lines}
+    expected = sorted(f"root/{k}.txt" for k in (*range(0, 12, 2), *range(20, 32, 2))), {"int"}
+    assert list(found.values()) == [expected] * 4
 
 
 FREED_VIEW = MARKS_VIEW.replace("class Marks(View):\n", '''class Marks(View):

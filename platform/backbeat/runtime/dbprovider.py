@@ -151,7 +151,7 @@ def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: An
 
 
 _NAMEDTUPLE = set(vars(namedtuple("Entry", ["a"]))) - {"a"}  # what namedtuple() gives a class (its fields aside)
-_KEPT: list = []  # (in an indexing job's process and its probing copy: what they made, never freed)
+_KEPT: list = []  # (in an indexing job's process: what it made, never freed)
 
 
 class _Blame(Exception):
@@ -291,16 +291,10 @@ class _Dataset:
         ``complete`` or why it stopped (:mod:`backbeat.runtime.probe`, on two cores, ``meanwhile``
         done while it runs)."""
         calls = [(output, self.output_units(output)[0]) for output in self.spec.outputs]  # (ints made a range at a time)
-        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile,
-                           in_copy=self._table_in_copy if self._own else None)
-
-    def _table_in_copy(self) -> None:
-        """In a probing copy: the view reads the table's entries, as BEAT's ``setup`` over them would
-        keep them, not the job's list (reading it, the copy would write every entry's reference
-        count, and so copy the pages they are on: ~90 MB at 1M).  The list is kept, never freed:
-        freeing it would write them all too (the copy leaves through ``os._exit``)."""
-        _KEPT.append(self.view.objs)
-        self.view.objs = self.objs[0:len(self.objs)]
+        # (a probing copy reads what the job's view reads, the view's own entries when it has them: it
+        # writes the reference counts of those it reads, so copies their pages, ~40 MB at 1M, but the
+        # table's entries cost it twice the CPU a unit — wave 15)
+        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile)
 
     def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
         """The first value ``get`` returned that does not fit the output's dataformat, blamed on
