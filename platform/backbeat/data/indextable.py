@@ -241,11 +241,11 @@ def _table_bytes(source: str, n: int, cols: dict[str, Column]) -> tuple[bytes, b
 
 
 def write_table(index_path: str | os.PathLike, source: str, n: int, cols: dict[str, Column],
-                path: str | None = None) -> str:
-    """Write the table of an index (atomically: temporary name, fsync, rename) beside it, or at
-    ``path``; its path."""
+                path: str | None = None, later: durable.Later | None = None) -> str:
+    """Write the table of an index (atomically: temporary name, fsync, rename; ``later``: the last
+    two left to it) beside it, or at ``path``; its path."""
     path = path or table_path(index_path)
-    durable.write_atomic(path, _table_bytes(source, n, cols))
+    durable.write_atomic(path, _table_bytes(source, n, cols), later=later)
     return path
 
 
@@ -258,13 +258,17 @@ def memory_table(index_path: str | os.PathLike, n: int, cols: dict[str, Column])
     return IndexTable(index_path, b"".join(_table_bytes("", n, cols)))
 
 
-def write_columns(index_path: str | os.PathLike, fields: list[str], cols: dict[str, Column], n: int) -> dict:
+def write_columns(index_path: str | os.PathLike, fields: list[str], cols: dict[str, Column], n: int,
+                  later: durable.Later | None = None) -> dict:
     """Write the index of ``n`` entries given by their columns (:func:`columns`): BEAT's JSON file
-    and its table; ``{"digest": index digest, "entries": n}``."""
-    return _with_table(index_path, dbindex.write_index(index_path, to_json(fields, cols, n)), n, lambda: cols)
+    and its table; ``{"digest": index digest, "entries": n}``.  ``later``: the files only written
+    under their temporary names, their fsync and rename left to it (an earlier table removed now)."""
+    return _with_table(index_path, dbindex.write_index(index_path, to_json(fields, cols, n), later), n,
+                       lambda: cols, later)
 
 
-def _with_table(index_path: str | os.PathLike, digest: str, n: int, cols: Callable[[], dict[str, Column]]) -> dict:
+def _with_table(index_path: str | os.PathLike, digest: str, n: int, cols: Callable[[], dict[str, Column]],
+                later: durable.Later | None = None) -> dict:
     """The table of the index just written (``digest``, ``n`` entries, columns ``cols()``) written
     beside it, an earlier one removed; ``{"digest": digest, "entries": n}``."""
     with contextlib.suppress(FileNotFoundError):
@@ -274,7 +278,7 @@ def _with_table(index_path: str | os.PathLike, digest: str, n: int, cols: Callab
         _check_names(sorted(found), os.fspath(index_path))
     except DataError:  # an index BEAT cannot reload either: reading it says why (in the provider)
         return {"digest": digest, "entries": n}
-    write_table(index_path, digest, n, found)
+    write_table(index_path, digest, n, found, later=later)
     return {"digest": digest, "entries": n}
 
 

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 from collections import namedtuple
 from functools import partial
 from typing import Any
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from backbeat.core import durable
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
@@ -105,10 +107,14 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
     except DataError:  # (fields that are no attribute names: the provider will say so)
         table = None
     written: dict = {}
+    committing: list = []  # (while the probe runs: the files made durable and renamed, in a thread)
 
-    def write() -> None:  # BEAT's JSON file and its table, from the columns
+    def write(later: bool = False) -> None:  # BEAT's JSON file and its table, from the columns
         assert found is not None
-        written.update(indextable.write_columns(spec.index_path, *found, n))
+        files = durable.Later() if later else None
+        written.update(indextable.write_columns(spec.index_path, *found, n, later=files))
+        if files is not None:
+            committing.append(_in_background(files.commit))
 
     if found is None:  # (entries of several shapes: simplejson writes them, the table is read back)
         written.update(indextable.write_index(spec.index_path, entries))
@@ -123,15 +129,40 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
         if keep is not None:  # (a job process: never freed, see build_index)
             keep.append(dataset)
         del view_sees
-        probe = dataset.probe(write if not written else None)  # (the files written meanwhile)
+        probe = dataset.probe(partial(write, True) if not written else None)  # (the files written meanwhile)
     except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
         probe = f"stopped: {type(exc).__name__}: {exc}"
+    for done in committing:  # (the files durable and named before the job reports: what it raised, raised)
+        done()
     if not written:  # (the view could not be set up, or the writing failed: it fails here)
         write()
     if spec.deps is not None:
         with open(spec.deps, "w", encoding="utf-8") as f:
             json.dump({"seen": recorder.seen, "probe": probe}, f)
     return {**written, "probe": probe}
+
+
+def _in_background(fn: Any) -> Any:
+    """Call ``fn`` in a thread (the index files' fsyncs and renames: waits, the GIL released, while the
+    job probes — started after the probing copies are forked); a callable that waits for it and
+    raises what it raised."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - raised in the job, by the callable returned
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="backbeat-index-files", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    return wait
 
 
 def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: Any) -> bool:

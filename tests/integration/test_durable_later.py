@@ -1,0 +1,64 @@
+"""Atomic writes whose fsync and rename wait (:class:`backbeat.core.durable.Later`): real files, a real
+thread committing them, and the audit hook of :class:`~backbeat.runtime.dependencies.OpenRecorder`
+watching what the committing thread opens (an indexing job commits its index files while its view's
+``get`` is watched)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from backbeat.core import durable
+from backbeat.runtime.dependencies import OpenRecorder
+
+
+def test_files_get_their_names_only_when_committed_in_order_and_the_commit_opens_nothing(tmp_path):
+    later = durable.Later()
+    durable.write_atomic(tmp_path / "a.sha256", b"digest", later=later)
+    durable.write_atomic(tmp_path / "a", [b"con", b"tent"], sync_folder=True, later=later)
+    durable.write_atomic(tmp_path / "a.table", "table", later=later)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" not in p.name) == []  # (nothing named yet)
+    assert len(list(tmp_path.iterdir())) == 3
+    recorder = OpenRecorder({"root": str(tmp_path)})
+    renamed: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst):  # (the order of the renames)
+        renamed.append(os.path.basename(dst))
+        real_replace(src, dst)
+
+    os.replace = replace
+    try:
+        with recorder.watch("get"):  # (what the committing thread opens would be recorded as read by a view)
+            thread = threading.Thread(target=later.commit)
+            thread.start()
+            thread.join()
+    finally:
+        os.replace = real_replace
+    assert recorder.seen == {}
+    assert renamed == ["a.sha256", "a", "a.table"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {
+        "a.sha256": b"digest", "a": b"content", "a.table": b"table"}
+    assert later.files == []
+
+
+def test_a_commit_that_fails_names_the_file_and_leaves_no_temporary(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    later = durable.Later()
+    durable.write_atomic(folder / "a", b"1", later=later)
+    durable.write_atomic(folder / "b", b"2", later=later)
+    os.unlink(next(p for p in folder.iterdir() if p.name.startswith("b.tmp-")))  # (b's temporary gone)
+    with pytest.raises(OSError) as info:
+        later.commit()
+    assert "b.tmp-" in str(info.value.filename)
+    assert [p.name for p in folder.iterdir()] == ["a"]  # (a committed before; nothing else left)
+
+
+def test_discarded_writes_leave_nothing(tmp_path):
+    later = durable.Later()
+    durable.write_atomic(tmp_path / "a", b"1", sync_folder=True, later=later)
+    later.discard()
+    assert list(tmp_path.iterdir()) == [] and later.files == []
