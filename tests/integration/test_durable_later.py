@@ -6,7 +6,6 @@ watching what the committing thread opens (an indexing job commits its index fil
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
@@ -32,9 +31,7 @@ def test_files_get_their_names_only_when_committed_in_order_and_the_commit_opens
     os.replace = replace
     try:
         with recorder.watch("get"):  # (what the committing thread opens would be recorded as read by a view)
-            thread = threading.Thread(target=later.commit)
-            thread.start()
-            thread.join()
+            later.commit_meanwhile()()  # (a thread commits; waited for)
     finally:
         os.replace = real_replace
     assert recorder.seen == {}
@@ -55,6 +52,15 @@ def test_a_commit_that_fails_names_the_file_and_leaves_no_temporary(tmp_path):
         later.commit()
     assert "b.tmp-" in str(info.value.filename)
     assert [p.name for p in folder.iterdir()] == ["a"]  # (a committed before; nothing else left)
+
+
+def test_a_commit_failing_in_its_thread_is_raised_by_the_wait(tmp_path):
+    later = durable.Later()
+    durable.write_atomic(tmp_path / "a", b"1", later=later)
+    os.unlink(later.files[0][1])
+    wait = later.commit_meanwhile()
+    with pytest.raises(FileNotFoundError):
+        wait()
 
 
 def test_discarded_writes_leave_nothing(tmp_path):

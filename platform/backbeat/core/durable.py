@@ -27,7 +27,8 @@ import functools
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 #: the mode bit of a committed file whose data may not be on disk yet
@@ -281,6 +282,27 @@ class Later:
             if exc.filename is None:
                 raise OSError(exc.errno, exc.strerror, path) from exc
             raise
+
+    def commit_meanwhile(self) -> Callable[[], None]:
+        """:meth:`commit` in a thread (its waits release the GIL: the writer computes meanwhile; a
+        process forking must do so before); a callable that waits for it and raises what it raised."""
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.commit()
+            except BaseException as exc:  # noqa: BLE001 - raised in the writer, by the callable returned
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name="backbeat-commit", daemon=True)
+        thread.start()
+
+        def wait() -> None:
+            thread.join()
+            if failed:
+                raise failed[0]
+
+        return wait
 
     def discard(self) -> None:
         """Close and remove the temporaries not renamed yet."""

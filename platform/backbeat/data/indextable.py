@@ -51,7 +51,7 @@ from simplejson.encoder import encode_basestring_ascii
 
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
-from backbeat.data import dbindex
+from backbeat.data import dbindex, decimals
 from backbeat.data.indexfiles import TABLE as SUFFIX
 
 MAGIC = b"backbeat-index-table/1\n"
@@ -170,7 +170,10 @@ def to_json(fields: list[str], cols: dict[str, Column], n: int) -> bytes:
     only = cols[fields[0]] if len(fields) == 1 else None
     for a in range(0, n, CHUNK):  # by chunks: the pieces of one chunk at a time are objects
         m = min(CHUNK, n - a)
-        if only is not None and only.kind in ("int", "float"):  # one number a entry: its list's repr, ", " replaced
+        if only is not None and only.kind == "int":  # one int a entry: the digits made in numpy
+            out.append(decimals.texts(only.values[a:a + m], seps[-1].encode()))
+            continue
+        if only is not None and only.kind == "float":  # one float a entry: its list's repr, ", " replaced
             out.append((repr(only.values[a:a + m].tolist())[1:-1].replace(", ", seps[-1]) + seps[-1]).encode())
             continue
         parts: list = [None] * (step * m)  # each field's text then what follows it, entry by entry (slices: C code)

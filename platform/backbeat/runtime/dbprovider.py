@@ -38,7 +38,6 @@ import dataclasses
 import json
 import os
 import sys
-import threading
 from collections import namedtuple
 from functools import partial
 from typing import Any
@@ -114,7 +113,7 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
         files = durable.Later() if later else None
         written.update(indextable.write_columns(spec.index_path, *found, n, later=files))
         if files is not None:
-            committing.append(_in_background(files.commit))
+            committing.append(files.commit_meanwhile())
 
     if found is None:  # (entries of several shapes: simplejson writes them, the table is read back)
         written.update(indextable.write_index(spec.index_path, entries))
@@ -140,29 +139,6 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
         with open(spec.deps, "w", encoding="utf-8") as f:
             json.dump({"seen": recorder.seen, "probe": probe}, f)
     return {**written, "probe": probe}
-
-
-def _in_background(fn: Any) -> Any:
-    """Call ``fn`` in a thread (the index files' fsyncs and renames: waits, the GIL released, while the
-    job probes — started after the probing copies are forked); a callable that waits for it and
-    raises what it raised."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - raised in the job, by the callable returned
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="backbeat-index-files", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if failed:
-            raise failed[0]
-
-    return wait
 
 
 def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: Any) -> bool:
