@@ -95,12 +95,13 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
         entries = view.index(spec.root_folder, spec.parameters)
         if not isinstance(entries, (list, tuple)):
             entries = list(entries)
-    odd = {t for t in set(map(type, entries)) if not (issubclass(t, dict) or hasattr(t, "_asdict"))}  # (by type)
+    types = set(map(type, entries))
+    odd = {t for t in types if not (issubclass(t, dict) or hasattr(t, "_asdict"))}  # (by type)
     bad = next((o for o in entries if type(o) in odd and not hasattr(o, "_asdict")), None) if odd else None
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
     n = len(entries)
-    found = indextable.index_columns(entries)
+    found = indextable.index_columns(entries, types)
     try:  # the table, in memory, to probe from while the files are written
         table = indextable.memory_table(spec.index_path, n, found[1]) if found is not None else None
     except DataError:  # (fields that are no attribute names: the provider will say so)
