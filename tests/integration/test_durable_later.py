@@ -68,3 +68,48 @@ def test_discarded_writes_leave_nothing(tmp_path):
     durable.write_atomic(tmp_path / "a", b"1", sync_folder=True, later=later)
     later.discard()
     assert list(tmp_path.iterdir()) == [] and later.files == []
+
+
+def test_an_indexing_job_whose_files_cannot_all_be_written_leaves_no_temporary(tmp_path, monkeypatch):
+    """The index files are written under temporary names while the job probes (their commit waits):
+    if writing one fails (a full disk: here the third file), those written so far are removed; the
+    probe stops and the job writes its files again after it, at once, as it did."""
+    import hashlib
+
+    from backbeat.cache.blobs import Blobs
+    from backbeat.runtime import dbprovider
+    from backbeat.runtime.probe import PARALLEL_UNITS
+    from backbeat.runtime.spec import CodeFile, DatasetSpec
+
+    code = b'''import collections
+from beat.backend.python.database import View
+
+Entry = collections.namedtuple("Entry", ["value"])
+
+
+class V(View):
+    def index(self, root_folder, parameters):
+        return [Entry(i) for i in range(parameters["n"])]
+
+    def get(self, output, index):
+        return {"value": self.objs[index].value}
+'''
+    blobs = Blobs(tmp_path / "code")
+    snapshot = CodeFile(str(blobs.path(blobs.put(code))), hashlib.sha256(code).hexdigest(), str(tmp_path / "1.py"))
+    index = tmp_path / "index"
+    index.mkdir()
+    spec = DatasetSpec("t/1", snapshot, "V", str(tmp_path), {"n": PARALLEL_UNITS}, str(index / "i.db"),
+                       {"value": ("t/int/1", {"value": "int32"})}, cores=2)
+    real, calls = durable.Later.write, []
+
+    def write(self, *args):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(durable.Later, "write", write)
+    result = dbprovider.build_index({"spec": spec.to_json()})
+    assert result["probe"].startswith("stopped: OSError: [Errno 28]")  # (as main: the writing stops the probe)
+    assert len(calls) == 3  # (then written again, at once, after the probe)
+    assert sorted(p.name for p in index.iterdir()) == ["i.db", "i.db.sha256", "i.db.table"]  # (no temporary)

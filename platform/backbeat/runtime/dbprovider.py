@@ -112,7 +112,12 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
     def write(later: bool = False) -> None:  # BEAT's JSON file and its table, from the columns
         assert found is not None
         files = durable.Later() if later else None
-        written.update(indextable.write_columns(spec.index_path, *found, n, later=files))
+        try:
+            written.update(indextable.write_columns(spec.index_path, *found, n, later=files))
+        except BaseException:
+            if files is not None:  # (the temporaries written so far)
+                files.discard()
+            raise
         if files is not None:
             committing.append(files.commit_meanwhile())
 
