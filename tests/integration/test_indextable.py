@@ -17,6 +17,7 @@ from backbeat.data import dbindex, indextable
 from backbeat.runtime import dbprovider
 
 E = collections.namedtuple("E", ["z", "a", "m"])
+Ix = collections.namedtuple("Ix", ["index"])
 CASES = {
     "scalars": [E(i, "s%d" % i, i * 0.5) for i in range(10)],
     "numpy scalars, odd strings": [E(np.int64(i), np.str_("é\ud800x%s"), np.float32(i / 3)) for i in range(5)],
@@ -31,6 +32,12 @@ CASES = {
     # (over several of the chunks non-numeric columns are grouped by, which the test makes 4,096
     # values long: the runs of equal strings, 3 long, straddle their boundaries)
     "long": [E(i % 7, "v%d" % (i // 3), i / 7) for i in range(15_000)],
+    # one int a entry (a view's common index): its digits made in numpy (backbeat.data.decimals)
+    "one int a entry": [Ix(i) for i in range(9_000)] + [Ix(v) for v in (
+        0, -1, 1, 9, 10, -9, -10, 99, 100, 4294967295, 4294967296, -4294967296, 10**18 - 1, 10**18, -(10**18),
+        2**63 - 1, -(2**63), -(2**63) + 1, np.int64(-7), 12345678901234567)],
+    "one small int a entry, negative": [Ix(-i) for i in range(5_000)],
+    "one int a entry, zeros": [Ix(0)] * 3,
 }
 
 

@@ -241,3 +241,84 @@ def test_an_indexing_job_probes_on_two_cores_only_with_two_slots(copy_prefix, tm
             run.end()
         assert not run.state.dataset_errors, run.state.dataset_errors
         assert len(list(tmp_path.glob("[0-9]*"))) == jobs
+
+
+def test_units_given_as_an_array_reach_get_as_ints_in_both_processes(tmp_path):
+    """The units' first entries may be a numpy array (the job's: ints are made a range at a time, so a
+    copy never touches ints made for the job): ``get`` receives ``int`` in one process probing them
+    all and in a forked copy, and the probe records what it records from a list."""
+    import numpy as np
+
+    found = {}
+    for kind in ("list", "array"):
+        for parallel in (False, True):
+            root = tmp_path / f"{kind}-{parallel}"
+            root.mkdir()
+            get, calls = _view(root)
+            types = tmp_path / f"{kind}-{parallel}.types"
+
+            def watched(output, start, get=get, types=types):
+                with open(types, "a") as f:
+                    f.write(f"{os.getpid()} {type(start).__name__}\n")
+                return get(output, start)
+
+            def work(types=types):  # (the job's work: until its copy has probed a unit, up to 20 s)
+                wait_until(lambda: types.exists() and types.read_text().strip() != "", timeout=20)
+
+            given = [(o, np.array(s, dtype=np.int64)) for o, s in calls] if kind == "array" else calls
+            recorder = OpenRecorder({"root": str(root)})
+            assert probe(watched, given, recorder, parallel=parallel, cores=2,
+                         meanwhile=work if parallel else None) == "complete"
+            lines = [line.split() for line in types.read_text().splitlines()]
+            assert parallel == any(pid != str(os.getpid()) for pid, _ in lines)  # (a copy probed)
+            found[kind, parallel] = sorted(recorder.seen), {t for _, t in lines}
+    expected = sorted(f"root/{k}.txt" for k in (*range(0, 12, 2), *range(20, 32, 2))), {"int"}
+    assert list(found.values()) == [expected] * 4
+
+
+FREED_VIEW = MARKS_VIEW.replace("class Marks(View):\n", '''class Marks(View):
+    def __del__(self):  # (a view freed: its process says so)
+        with open(os.path.join(self.parameters["marks"], f"freed-{os.getpid()}"), "a") as f:
+            f.write("freed\\n")
+
+''').replace("    def index(self, root_folder, parameters):\n", '''    def index(self, root_folder, parameters):
+        self.parameters = parameters
+''')
+
+
+def test_an_indexing_job_process_leaves_without_freeing_what_it_made(copy_prefix, tmp_path):
+    """A job process (``job_main``: it reports ``done``, then leaves through ``os._exit``) keeps its
+    view, its entries and its table: freeing 1M entries one by one cost 0.1-0.25 s that the keys
+    waited for.  Called in a process that lives on, the job frees them as it returns."""
+    from backbeat.execution.datasets import _datasets
+    from backbeat.execution.state import Run, local_group
+    from backbeat.execution.views import index_datasets
+    from backbeat.execution.workspace import Workspace
+    from backbeat.planning.selection import Options
+    from conftest import FIXTURES
+
+    prefix = copy_prefix(FIXTURES / "parallel" / "prefix")
+    (prefix / "databases" / "marks").mkdir()
+    (prefix / "databases" / "marks" / "1.py").write_text(FREED_VIEW)
+    (prefix / "databases" / "marks" / "1.json").write_text(json.dumps({
+        "schema_version": 2, "root_folder": str(tmp_path), "protocols": [{
+            "name": "p", "template": "par_sets/1",
+            "views": {"items": {"view": "Marks", "parameters": {"n": 100, "marks": str(tmp_path)}}}}]}))
+    workspace = Workspace.open(prefix, tmp_path / "cache")
+    run = Run(_datasets(workspace, "marks/1"), workspace, Options(jobs=1, force=True), local_group(workspace.user_root))
+    try:
+        index_datasets(run)
+    finally:
+        run.close()
+        run.end()
+    assert not run.state.dataset_errors, run.state.dataset_errors
+    probed = [p.name for p in tmp_path.glob("[0-9]*")]
+    assert len(probed) == 1 and int(probed[0]) != os.getpid()  # (indexed, by a job process)
+    assert not list(tmp_path.glob("freed-*"))
+
+    from backbeat.execution.specs import SpecBuilder
+    from backbeat.runtime import dbprovider
+
+    spec = SpecBuilder(run.plan, workspace).dataset(next(iter(run.plan.datasets)), str(tmp_path / "deps.json"))
+    assert dbprovider.build_index({"spec": spec.to_json()})["probe"] == "complete"  # (in this process: freed)
+    assert (tmp_path / f"freed-{os.getpid()}").read_text() == "freed\n" * 2  # (the view index() ran on, get's)

@@ -27,7 +27,8 @@ import functools
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 #: the mode bit of a committed file whose data may not be on disk yet
@@ -228,15 +229,104 @@ def temporary_name(path: str | os.PathLike) -> str:
     return f"{os.fspath(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+class Later:
+    """Atomic writes (:func:`write_atomic` given ``later``) whose fsync and rename wait: each file is
+    written now under its temporary name and the kernel asked to start writing it to disk
+    (:func:`start_writeback`); :meth:`commit` (from another thread, while the writer computes)
+    fsyncs and renames them, in the order they were written, exactly as :func:`write_atomic` would
+    have (synced before its rename, the folder after it when asked): only the waits move off the
+    writer's path.  Until then nothing has its name.  Every file (and folder) is opened by the
+    writer, none by :meth:`commit`: a thread opening nothing, which a process watching what it
+    opens (:class:`backbeat.runtime.dependencies.OpenRecorder`) does not see.  :meth:`discard`
+    closes and removes the temporaries."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[int, str, str, bool, int | None]] = []  # (fd, temporary, path, sync, folder's fd)
+
+    def write(self, tmp: str, path: str, pieces: Iterable[bytes], sync: bool, sync_folder: bool) -> None:
+        """Write ``tmp`` (its descriptor kept), to be renamed to ``path`` by :meth:`commit`."""
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        folder = None
+        try:
+            with open(fd, "wb", closefd=False) as f:
+                for piece in pieces:
+                    f.write(piece)
+            if sync:
+                start_writeback(fd)
+            if sync_folder:
+                folder = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.files.append((fd, tmp, path, sync, folder))
+
+    def commit(self) -> None:
+        """fsync and rename every file, in order (an OSError is given the file's name; the
+        temporaries not renamed are removed)."""
+        path = ""
+        try:
+            while self.files:
+                fd, tmp, path, sync, folder = self.files[0]
+                if sync:
+                    os.fsync(fd)
+                os.replace(tmp, path)
+                self.files.pop(0)
+                os.close(fd)
+                if folder is not None:
+                    try:
+                        os.fsync(folder)
+                    finally:
+                        os.close(folder)
+        except OSError as exc:
+            self.discard()
+            if exc.filename is None:
+                raise OSError(exc.errno, exc.strerror, path) from exc
+            raise
+
+    def commit_meanwhile(self) -> Callable[[], None]:
+        """:meth:`commit` in a thread (its waits release the GIL: the writer computes meanwhile; a
+        process forking must do so before); a callable that waits for it and raises what it raised."""
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.commit()
+            except BaseException as exc:  # noqa: BLE001 - raised in the writer, by the callable returned
+                failed.append(exc)
+
+        thread = threading.Thread(target=run, name="backbeat-commit", daemon=True)
+        thread.start()
+
+        def wait() -> None:
+            thread.join()
+            if failed:
+                raise failed[0]
+
+        return wait
+
+    def discard(self) -> None:
+        """Close and remove the temporaries not renamed yet."""
+        for fd, tmp, _path, _sync, folder in self.files:
+            for each in (fd, folder):
+                if each is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(each)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self.files.clear()
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes], *, sync: bool = True,
-                 sync_folder: bool = False, mkdir: bool = False, tmp: str | None = None) -> None:
+                 sync_folder: bool = False, mkdir: bool = False, tmp: str | None = None,
+                 later: Later | None = None) -> None:
     """Write ``data`` (bytes, text in UTF-8, or pieces of bytes) to ``path`` atomically.
 
     ``sync``: fsync the file before its rename (it is durable once it has its name);
     ``sync_folder``: fsync the folder after it (the name is durable too); ``mkdir``: create
-    the folder; ``tmp``: the temporary name (default :func:`temporary_name`).  Nothing is left
-    if it fails; an ``OSError`` without a file name (a full disk found by ``write``) is given
-    ``path``'s.
+    the folder; ``tmp``: the temporary name (default :func:`temporary_name`); ``later``: only
+    the temporary written now, its fsync and rename left to ``later`` (:class:`Later`).  Nothing
+    is left if it fails; an ``OSError`` without a file name (a full disk found by ``write``) is
+    given ``path``'s.
     """
     path = os.fspath(path)
     if mkdir:
@@ -244,6 +334,9 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Iterable[bytes], *
     tmp = tmp or temporary_name(path)
     pieces = [data.encode("utf-8") if isinstance(data, str) else data] if isinstance(data, (bytes, str)) else data
     try:
+        if later is not None:
+            later.write(tmp, path, pieces, sync, sync_folder)
+            return
         with open(tmp, "wb") as f:
             for piece in pieces:
                 f.write(piece)

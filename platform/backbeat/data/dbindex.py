@@ -47,13 +47,14 @@ def dumps_index(entries: Sequence[Any]) -> bytes:
     return simplejson.dumps(list(entries), cls=Encoder).encode("utf-8")
 
 
-def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes) -> str:
+def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes, later: durable.Later | None = None) -> str:
     """Write ``entries`` (dicts or namedtuples) as a JSON array, atomically.
 
     BEAT's format (a JSON array of objects), plus ``<path>.sha256``: the digest of the
     content, written first, so that a damaged index is recognised (:func:`verified_digest`).
     ``entries`` may also be the file's bytes, already serialised (:mod:`backbeat.data.indextable`).
-    Returns that digest.
+    Returns that digest.  ``later``: both files only written under their temporary names, their
+    fsync and rename (in that order) left to it (:class:`backbeat.core.durable.Later`).
     """
     if isinstance(entries, bytes):
         data = entries
@@ -70,8 +71,8 @@ def write_index(path: str | os.PathLike, entries: Sequence[Any] | bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
     # the digest first: an index never lacks it (its temporary is named after the index's, so that
     # what a killed writer leaves of either is found as the index's temporaries)
-    durable.write_atomic(f"{path}.sha256", digest.encode(), tmp=f"{tmp}.sha256")
-    durable.write_atomic(path, data, tmp=tmp, sync_folder=True)
+    durable.write_atomic(f"{path}.sha256", digest.encode(), tmp=f"{tmp}.sha256", later=later)
+    durable.write_atomic(path, data, tmp=tmp, sync_folder=True, later=later)
     return digest
 
 

@@ -45,11 +45,12 @@ from typing import Any
 import numpy as np
 import zmq
 
+from backbeat.core import durable
 from backbeat.core.errors import DataError, UserCodeError, WireError
 from backbeat.data import dbindex, indextable, wire
 from backbeat.data.batch import Batch
 from backbeat.data.snapshot import Uncopyable, ViewScalars, ViewValues, frozen
-from backbeat.processes import zmqcontext
+from backbeat.processes import control, zmqcontext
 from backbeat.processes.outcome import Outcome, pointing_at, user_error
 from backbeat.runtime.allocator import reuse_batch_memory
 from backbeat.runtime.codeloader import load_module
@@ -77,46 +78,67 @@ def build_index(payload: dict) -> dict:
     of the index, "entries", "probe"}`` (``probe``: ``complete`` or why reading every unit
     stopped).  The collector runs less often meanwhile: ``index()`` makes an object or two per
     entry, all alive until the end, and each ``get`` a dict (examined again and again with
-    CPython's default threshold: a third of ``index()``'s time for 100k entries, half for 1M)."""
+    CPython's default threshold: a third of ``index()``'s time for 100k entries, half for 1M).
+
+    In a job process (:func:`backbeat.processes.control.job_main`, which reports ``done`` and
+    leaves through ``os._exit``) what the job made (the view, its entries, the table) is kept,
+    never freed: freeing 1M entries one object at a time cost 0.1-0.25 s between the probe's end
+    and ``done``, which the keys wait for; the kernel frees the pages at once when it exits."""
     with collecting_less():
-        return _build_index(DatasetSpec.from_json(payload["spec"]))
+        return _build_index(DatasetSpec.from_json(payload["spec"]), _KEPT if control.client() is not None else None)
 
 
-def _build_index(spec: DatasetSpec) -> dict:
+def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
     recorder = OpenRecorder(spec.folders)
     view = load_view(spec)
     with recorder.watch("index"):
         entries = view.index(spec.root_folder, spec.parameters)
         if not isinstance(entries, (list, tuple)):
             entries = list(entries)
-    odd = {t for t in set(map(type, entries)) if not (issubclass(t, dict) or hasattr(t, "_asdict"))}  # (by type)
+    types = set(map(type, entries))
+    odd = {t for t in types if not (issubclass(t, dict) or hasattr(t, "_asdict"))}  # (by type)
     bad = next((o for o in entries if type(o) in odd and not hasattr(o, "_asdict")), None) if odd else None
     if bad is not None:  # BEAT stores each entry as a JSON object
         raise TypeError(f"view index entries must be namedtuples or dicts, not {type(bad).__name__}")
     n = len(entries)
-    found = indextable.index_columns(entries)
+    found = indextable.index_columns(entries, types)
     try:  # the table, in memory, to probe from while the files are written
         table = indextable.memory_table(spec.index_path, n, found[1]) if found is not None else None
     except DataError:  # (fields that are no attribute names: the provider will say so)
         table = None
     written: dict = {}
+    committing: list = []  # (while the probe runs: the files made durable and renamed, in a thread)
 
-    def write() -> None:  # BEAT's JSON file and its table, from the columns
+    def write(later: bool = False) -> None:  # BEAT's JSON file and its table, from the columns
         assert found is not None
-        written.update(indextable.write_columns(spec.index_path, *found, n))
+        files = durable.Later() if later else None
+        try:
+            written.update(indextable.write_columns(spec.index_path, *found, n, later=files))
+        except BaseException:
+            if files is not None:  # (the temporaries written so far)
+                files.discard()
+            raise
+        if files is not None:
+            committing.append(files.commit_meanwhile())
 
     if found is None:  # (entries of several shapes: simplejson writes them, the table is read back)
         written.update(indextable.write_index(spec.index_path, entries))
     elif table is None:  # (fields that are no attribute names: the files now, nothing to probe meanwhile)
         write()
     view_sees = entries if table is not None and found is not None and _as_read(entries, found[1], view) else None
+    if keep is not None:
+        keep += [view, view_sees, table, found]  # (a job process: never freed, see build_index)
     del entries  # (1M entries: ~150 MB the probe, reading the table, no longer needs — unless it probes over them)
     try:  # errors of get() are the blocks' to report, when they read the unit
         dataset = _Dataset(spec, recorder, indextable.Entries(table) if table is not None else None, view_sees)
+        if keep is not None:  # (a job process: never freed, see build_index)
+            keep.append(dataset)
         del view_sees
-        probe = dataset.probe(write if not written else None)  # (the files written meanwhile)
+        probe = dataset.probe(partial(write, True) if not written else None)  # (the files written meanwhile)
     except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
         probe = f"stopped: {type(exc).__name__}: {exc}"
+    for done in committing:  # (the files durable and named before the job reports: what it raised, raised)
+        done()
     if not written:  # (the view could not be set up, or the writing failed: it fails here)
         write()
     if spec.deps is not None:
@@ -142,7 +164,7 @@ def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: An
 
 
 _NAMEDTUPLE = set(vars(namedtuple("Entry", ["a"]))) - {"a"}  # what namedtuple() gives a class (its fields aside)
-_KEPT: list = []  # (in a probing copy: the job's entries, never freed)
+_KEPT: list = []  # (in an indexing job's process: what it made, never freed)
 
 
 class _Blame(Exception):
@@ -281,17 +303,11 @@ class _Dataset:
         """Call ``get`` for every data unit of every output, values discarded (indexing):
         ``complete`` or why it stopped (:mod:`backbeat.runtime.probe`, on two cores, ``meanwhile``
         done while it runs)."""
-        calls = [(output, self.output_units(output)[0].tolist()) for output in self.spec.outputs]
-        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile,
-                           in_copy=self._table_in_copy if self._own else None)
-
-    def _table_in_copy(self) -> None:
-        """In a probing copy: the view reads the table's entries, as BEAT's ``setup`` over them would
-        keep them, not the job's list (reading it, the copy would write every entry's reference
-        count, and so copy the pages they are on: ~90 MB at 1M).  The list is kept, never freed:
-        freeing it would write them all too (the copy leaves through ``os._exit``)."""
-        _KEPT.append(self.view.objs)
-        self.view.objs = self.objs[0:len(self.objs)]
+        calls = [(output, self.output_units(output)[0]) for output in self.spec.outputs]  # (ints made a range at a time)
+        # (a probing copy reads what the job's view reads, the view's own entries when it has them: it
+        # writes the reference counts of those it reads, so copies their pages, ~40 MB at 1M, but the
+        # table's entries cost it twice the CPU a unit — wave 15)
+        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile)
 
     def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
         """The first value ``get`` returned that does not fit the output's dataformat, blamed on
