@@ -230,7 +230,11 @@ static PyObject *fill(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
     PyObject *objs = a[0], *key = a[1], *values = a[2];
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(objs) && k < PyList_GET_SIZE(values); k++) {
         PyObject *obj = Py_NewRef(PyList_GET_ITEM(objs, k)), *value = Py_NewRef(PyList_GET_ITEM(values, k));
-        int rc = PyObject_GenericSetAttr(obj, key, value);  /* (object.__setattr__: the format's checked
+        int rc = -1;
+        if (PyType_Check(obj))  /* (object.__setattr__ refuses a type's attributes: a type's cache) */
+            PyErr_SetString(PyExc_TypeError, "fill(): can't apply this __setattr__ to type object");
+        else
+            rc = PyObject_GenericSetAttr(obj, key, value);  /* (object.__setattr__: the format's checked
                                                                __setattr__ bypassed, as in Python) */
         Py_DECREF(obj);
         Py_DECREF(value);
@@ -276,6 +280,10 @@ static PyObject *make(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
         PyObject *obj = cls->tp_new(cls, EMPTY, NULL);
         if (!obj) goto done;
         made[k] = obj;
+        if (nkeys && (PyType_Check(obj) || !PyObject_TypeCheck(obj, cls))) {  /* (object.__setattr__'s refusal) */
+            PyErr_SetString(PyExc_TypeError, "make(): the type's constructor made no instance of it");
+            goto done;
+        }
         for (Py_ssize_t j = 0; j < nkeys; j++) {
             PyObject *col = PyTuple_GET_ITEM(columns, j);  /* (the tuple holds it) */
             if (k >= PyList_GET_SIZE(col)) {
@@ -302,37 +310,66 @@ done:
 }
 
 
-/* unreachable(pool, cls, nfields) -> bool: data.recycling.unreachable's checks in one pass, for an
+/* unreachable(pool, cls, fields) -> bool: data.recycling.unreachable's checks in one pass, for an
  * interpreter whose counts it calibrated (the caller checks that): every object of pool exactly a
  * cls that only the list refers to (its count 1), no weak reference to it, and its attribute
  * dictionary (made by reading it, as obj.__dict__ does) referred to by the object alone and
- * holding nfields entries.  None when this cannot tell (weak references this build cannot see):
- * the caller then runs the Python checks. */
+ * holding exactly the keys of the tuple `fields' (exact str), nothing else.  The collector is kept
+ * off for the pass: making a dictionary may collect, and a finaliser run then could take a
+ * reference to an object already checked; nothing else here runs Python code (the keys compared
+ * as exact str, in C).  None when this cannot tell (weak references this build cannot see): the
+ * caller then runs the Python checks. */
+static int only_fields(PyObject *dict, PyObject *fields) {
+    Py_ssize_t nf = PyTuple_GET_SIZE(fields), pos = 0;
+    PyObject *key, *value;
+    if (PyDict_GET_SIZE(dict) != nf) return 0;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) return 0;
+        int found = 0;
+        for (Py_ssize_t j = 0; j < nf && !found; j++)
+            found = PyUnicode_Compare(key, PyTuple_GET_ITEM(fields, j)) == 0;  /* (exact str: no Python code) */
+        if (!found) return 0;
+    }
+    return 1;
+}
+
 static PyObject *unreachable(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
-    if (na != 3 || !PyList_CheckExact(a[0]) || !PyType_Check(a[1])) {
-        PyErr_SetString(PyExc_TypeError, "unreachable(pool: list, cls: type, nfields: int)");
+    if (na != 3 || !PyList_CheckExact(a[0]) || !PyType_Check(a[1]) || !PyTuple_CheckExact(a[2])) {
+        PyErr_SetString(PyExc_TypeError, "unreachable(pool: list, cls: type, fields: tuple)");
         return NULL;
     }
-    PyObject *pool = a[0];
+    PyObject *pool = a[0], *fields = a[2];
     PyTypeObject *cls = (PyTypeObject *)a[1];
-    Py_ssize_t nfields = PyLong_AsSsize_t(a[2]);
-    if (nfields == -1 && PyErr_Occurred()) return NULL;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(fields, j))) Py_RETURN_NONE;
     Py_ssize_t weak = cls->tp_weaklistoffset;
     if (weak < 0) Py_RETURN_NONE;  /* (a managed weak-reference list: not read here) */
     if (!PyList_GET_SIZE(pool)) Py_RETURN_FALSE;
+    int was = PyGC_Disable();
+    PyObject *answer = Py_True;
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(pool); k++) {  /* (the size read again: see below) */
         PyObject *obj = PyList_GET_ITEM(pool, k);
-        if (Py_TYPE(obj) != cls || Py_REFCNT(obj) != 1) Py_RETURN_FALSE;
-        if (weak > 0 && *(PyObject **)((char *)obj + weak) != NULL) Py_RETURN_FALSE;
-        Py_INCREF(obj);  /* (held while its dictionary is made: that may collect, run finalisers) */
+        if (Py_TYPE(obj) != cls || Py_REFCNT(obj) != 1
+            || (weak > 0 && *(PyObject **)((char *)obj + weak) != NULL)) {
+            answer = Py_False;
+            break;
+        }
+        Py_INCREF(obj);  /* (held while its dictionary is made) */
         PyObject *dict = PyObject_GenericGetDict(obj, NULL);
-        int alone = dict && PyDict_CheckExact(dict) && Py_REFCNT(dict) == 2 && PyDict_GET_SIZE(dict) == nfields;
+        int alone = dict && PyDict_CheckExact(dict) && Py_REFCNT(dict) == 2 && only_fields(dict, fields);
         Py_XDECREF(dict);
         Py_DECREF(obj);
-        if (!dict) return NULL;
-        if (!alone) Py_RETURN_FALSE;
+        if (!dict) {
+            answer = NULL;
+            break;
+        }
+        if (!alone) {
+            answer = Py_False;
+            break;
+        }
     }
-    Py_RETURN_TRUE;
+    if (was) PyGC_Enable();
+    return answer ? Py_NewRef(answer) : NULL;
 }
 
 
@@ -353,6 +390,8 @@ static PyObject *pack(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
         return NULL;
     }
     PyTypeObject *exact = a[2] == Py_None ? &PyFloat_Type : (PyTypeObject *)a[2];
+    if (exact->tp_flags & Py_TPFLAGS_HEAPTYPE) Py_RETURN_NONE;  /* (a class of Python code may override
+                                                                   __float__, which numpy would call) */
     Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *out = PyByteArray_FromStringAndSize(NULL, n * 8);
     if (!out) return NULL;
@@ -519,7 +558,7 @@ static PyMethodDef methods[] = {
     {"make", (PyCFunction)(void (*)(void))make, METH_FASTCALL,
      "make(cls, n, keys, columns) -> list of n objects of cls, key j of object i set to columns[j][i]"},
     {"unreachable", (PyCFunction)(void (*)(void))unreachable, METH_FASTCALL,
-     "unreachable(pool, cls, nfields) -> whether only the list refers to each object (None: cannot tell)"},
+     "unreachable(pool, cls, fields) -> whether only the list refers to each object (None: cannot tell)"},
     {"pack", (PyCFunction)(void (*)(void))pack, METH_FASTCALL,
      "pack(items, code, exact) -> the items as native int64 ('q') or float64 ('d') bytes, or None"},
     {"fill", (PyCFunction)(void (*)(void))fill, METH_FASTCALL,

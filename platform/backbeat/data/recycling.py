@@ -20,6 +20,7 @@ reference counts seen from one thread prove nothing: objects are never reused th
 
 from __future__ import annotations
 
+import gc
 import sys
 from itertools import repeat
 from operator import attrgetter
@@ -75,18 +76,28 @@ def unreachable(pool: list, cls: type) -> bool:
     if ALONE is None or ALONE_DICT is None or not pool:
         return False
     if native is not None:
-        alone = native.unreachable(pool, cls, len(getattr(cls, "_fields", ())))
+        alone = native.unreachable(pool, cls, tuple(getattr(cls, "_fields", ())))
         if alone is not None:  # (None: weak references it cannot see; the checks below)
             return bool(alone)
     return _unreachable(pool, cls)
 
 
 def _unreachable(pool: list, cls: type) -> bool:
-    """:func:`unreachable`'s checks in Python (the reference)."""
-    if _most_refs(pool) != ALONE or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool)):
-        return False
-    dicts = list(map(_DICT, pool))  # (nobody holds one, and none holds more than the fields)
-    return _most_refs(dicts) == ALONE_DICT and set(map(len, dicts)) == {len(getattr(cls, "_fields", ()))}
+    """:func:`unreachable`'s checks in Python (the reference), the collector off meanwhile: making
+    a dictionary may collect, and a finaliser run then could take a reference to an object already
+    checked."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        if _most_refs(pool) != ALONE or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool)):
+            return False
+        dicts = list(map(_DICT, pool))  # (nobody holds one, and none holds anything but the fields)
+        fields = set(getattr(cls, "_fields", ()))
+        return (_most_refs(dicts) == ALONE_DICT and all(type(k) is str for d in dicts for k in d)
+                and all(d.keys() == fields for d in dicts))
+    finally:
+        if was:
+            gc.enable()
 
 
 def objects(cls: Any, n: int, spare: list | None = None) -> list:
