@@ -70,18 +70,50 @@ def test_discarded_writes_leave_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == [] and later.files == []
 
 
-def test_an_indexing_job_whose_files_cannot_all_be_written_leaves_no_temporary(tmp_path, monkeypatch):
-    """The index files are written under temporary names while the job probes (their commit waits):
-    if writing one fails (a full disk: here the third file), those written so far are removed; the
-    probe stops and the job writes its files again after it, at once, as it did."""
-    import hashlib
+def test_a_commit_whose_file_cannot_be_closed_closes_its_folder(tmp_path, monkeypatch):
+    """Closing a renamed file fails (an I/O error reported by close): the folder's descriptor, kept
+    to sync the rename, is closed all the same (no descriptor leaks) and the error raised."""
+    later = durable.Later()
+    durable.write_atomic(tmp_path / "a", b"1", sync_folder=True, later=later)
+    fd, folder = later.files[0][0], later.files[0][4]
+    real_close = os.close
 
-    from backbeat.cache.blobs import Blobs
-    from backbeat.runtime import dbprovider
-    from backbeat.runtime.probe import PARALLEL_UNITS
-    from backbeat.runtime.spec import CodeFile, DatasetSpec
+    def close(each):
+        real_close(each)
+        if each == fd:
+            raise OSError(5, "Input/output error")
 
-    code = b'''import collections
+    monkeypatch.setattr(os, "close", close)
+    with pytest.raises(OSError, match="Input/output error"):
+        later.commit()
+    monkeypatch.undo()
+    with pytest.raises(OSError):  # (EBADF: closed)
+        os.fstat(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_a_commit_with_no_thread_to_run_in_is_done_at_once(tmp_path, monkeypatch):
+    """No thread can be started (``can't start new thread``, e.g. under a job's address space limit):
+    the files are committed before ``commit_meanwhile`` returns, never left under temporary names."""
+    import threading
+
+    later = durable.Later()
+    durable.write_atomic(tmp_path / "a", b"1", later=later)
+    monkeypatch.setattr(threading.Thread, "start", _no_commit_thread(threading.Thread.start))
+    wait = later.commit_meanwhile()
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and later.files == []
+    wait()
+
+
+def _no_commit_thread(real):
+    def start(self):
+        if self.name == "backbeat-commit":
+            raise RuntimeError("can't start new thread")
+        return real(self)
+    return start
+
+
+VIEW = b'''import collections, os
 from beat.backend.python.database import View
 
 Entry = collections.namedtuple("Entry", ["value"])
@@ -92,14 +124,36 @@ class V(View):
         return [Entry(i) for i in range(parameters["n"])]
 
     def get(self, output, index):
+        if self.parameters.get("exit"):
+            raise SystemExit(3)
         return {"value": self.objs[index].value}
 '''
+
+
+def _index_spec(tmp_path, n, **parameters):
+    import hashlib
+
+    from backbeat.cache.blobs import Blobs
+    from backbeat.runtime.spec import CodeFile, DatasetSpec
+
     blobs = Blobs(tmp_path / "code")
-    snapshot = CodeFile(str(blobs.path(blobs.put(code))), hashlib.sha256(code).hexdigest(), str(tmp_path / "1.py"))
+    snapshot = CodeFile(str(blobs.path(blobs.put(VIEW))), hashlib.sha256(VIEW).hexdigest(), str(tmp_path / "1.py"))
     index = tmp_path / "index"
     index.mkdir()
-    spec = DatasetSpec("t/1", snapshot, "V", str(tmp_path), {"n": PARALLEL_UNITS}, str(index / "i.db"),
-                       {"value": ("t/int/1", {"value": "int32"})}, cores=2)
+    return DatasetSpec("t/1", snapshot, "V", str(tmp_path), {"n": n, **parameters}, str(index / "i.db"),
+                       {"value": ("t/int/1", {"value": "int32"})}, cores=2), index
+
+
+@pytest.mark.parametrize("units", ["one process", "two"])
+def test_an_indexing_job_whose_files_cannot_all_be_written_fails_and_leaves_no_temporary(tmp_path, monkeypatch, units):
+    """The index files are written under temporary names while the job probes (their commit waits):
+    if writing one fails (a full disk: here the third file), those written so far are removed and
+    the job fails — never a manifest from a probe that did not run to its end (on one process,
+    the files are written before any unit is probed)."""
+    from backbeat.runtime import dbprovider
+    from backbeat.runtime.probe import PARALLEL_UNITS
+
+    spec, index = _index_spec(tmp_path, PARALLEL_UNITS if units == "two" else 5)
     real, calls = durable.Later.write, []
 
     def write(self, *args):
@@ -109,7 +163,45 @@ class V(View):
         return real(self, *args)
 
     monkeypatch.setattr(durable.Later, "write", write)
+    with pytest.raises(OSError, match="No space left on device"):
+        dbprovider.build_index({"spec": spec.to_json()})
+    assert len(calls) == 3  # (not written again after the probe)
+    assert list(index.iterdir()) == []  # (no temporary, no file)
+
+
+def test_an_indexing_job_with_no_thread_to_commit_in_reports_files_in_place(tmp_path, monkeypatch):
+    """No thread can be started to commit the index files (``can't start new thread``, under the
+    job's address space limit): they are committed at once, and the digest the job reports is that
+    of the index in place — never a digest of files left under temporary names."""
+    import threading
+
+    from backbeat.data import dbindex
+    from backbeat.runtime import dbprovider
+
+    spec, index = _index_spec(tmp_path, 5)
+    monkeypatch.setattr(threading.Thread, "start", _no_commit_thread(threading.Thread.start))
     result = dbprovider.build_index({"spec": spec.to_json()})
-    assert result["probe"].startswith("stopped: OSError: [Errno 28]")  # (as main: the writing stops the probe)
-    assert len(calls) == 3  # (then written again, at once, after the probe)
-    assert sorted(p.name for p in index.iterdir()) == ["i.db", "i.db.sha256", "i.db.table"]  # (no temporary)
+    assert result["probe"] == "complete"
+    assert sorted(p.name for p in index.iterdir()) == ["i.db", "i.db.sha256", "i.db.table"]
+    assert dbindex.index_digest(spec.index_path) == result["digest"] == (index / "i.db.sha256").read_text().strip()
+
+
+def test_an_indexing_job_left_through_a_system_exit_names_its_files_first(tmp_path, monkeypatch):
+    """A view's ``get`` raising SystemExit (no Exception: it escapes the probe) while the index files
+    are committed in a thread: the job waits for the thread before it leaves — the files are named
+    (durable), no temporary is left behind by a process exiting mid-commit."""
+    import time
+
+    from backbeat.runtime import dbprovider
+
+    spec, index = _index_spec(tmp_path, 5, exit=True)
+    real = durable.Later.commit
+
+    def slow(self):  # (the commit still running when get raises)
+        time.sleep(0.5)
+        real(self)
+
+    monkeypatch.setattr(durable.Later, "commit", slow)
+    with pytest.raises(SystemExit):
+        dbprovider.build_index({"spec": spec.to_json()})
+    assert sorted(p.name for p in index.iterdir()) == ["i.db", "i.db.sha256", "i.db.table"]

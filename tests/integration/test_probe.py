@@ -138,6 +138,24 @@ def test_a_job_with_work_of_its_own_keeps_to_its_two_slots(tmp_path):
     assert outcome == "complete" and copies == [1]
 
 
+@pytest.mark.parametrize("cores", [2, 3])
+def test_in_copy_runs_in_each_probing_copy_only(tmp_path, cores):
+    """``in_copy`` (an indexing job: its view then reads the table's entries, not the job's list) is
+    called in each forked copy before it probes, never in the job; the result is unchanged."""
+    get, calls = _view(tmp_path)
+    marks = tmp_path / "marks"
+
+    def in_copy():
+        with open(marks, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+    outcome = probe(get, calls, OpenRecorder({"root": str(tmp_path)}), parallel=True, cores=cores,
+                    meanwhile=lambda: None, in_copy=in_copy)
+    assert outcome == "complete"
+    pids = marks.read_text().split()
+    assert str(os.getpid()) not in pids and len(set(pids)) == len(pids) >= 1
+
+
 def test_a_second_half_that_dies_stops_the_probe(tmp_path):
     get, calls = _view(tmp_path)
     parent = os.getpid()

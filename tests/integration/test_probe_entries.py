@@ -91,10 +91,13 @@ def test_the_probe_reads_the_views_own_entries_only_when_they_are_what_the_table
 
 
 LARGE = HEAD + '''
+Number = collections.namedtuple("Number", ["value", "weight"])
+Triple = collections.namedtuple("Triple", ["name", "value", "weight"])
+
 
 class V(View):
     def index(self, root_folder, parameters):
-        return [Entry("x", k) for k in range(parameters["n"])]
+        return [%s for k in range(parameters["n"])]
 
     def get(self, output, index):
         mark = os.path.join(self.parameters["marks"], str(os.getpid()))  # each probing process, once
@@ -103,20 +106,28 @@ class V(View):
                 f.write(type(self.objs).__name__)
         return {"value": numpy.int32(self.objs[index].value)}
 '''
+LARGE_ENTRIES = {  # what index() makes, and what a probing copy then reads
+    "a name and an int": ('Entry("x", k)', "Entries"),
+    "an int and a float": ("Number(k, 0.5)", "list"),
+    "three fields": ('Triple("x", k, 1.5)', "Entries"),
+}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable core: the probe never forks")
-def test_a_probing_copy_reads_the_jobs_list_as_the_job_does(tmp_path):
-    """On two slots the job and its forked copy both read the view's own entries (wave 15: reading
-    them the copy writes their reference counts, a copy of their pages, ~40 MB at 1M; the table's
-    entries cost it twice the CPU a unit, on the path the keys wait for)."""
+@pytest.mark.parametrize("label", list(LARGE_ENTRIES))
+def test_a_probing_copy_reads_the_jobs_list_only_when_its_entries_are_small_numbers(tmp_path, label):
+    """On two slots the job reads its view's own entries; its forked copy too when they are small numeric
+    tuples (at most 2 fields, int/float/bool: it writes their reference counts, a copy of their pages,
+    ~40 MB at 1M, the table's entries costing it twice the CPU a unit), else the table's (1M entries
+    with a path, 3 fields: ~230 MB the copy would copy)."""
+    made, copy_reads = LARGE_ENTRIES[label]
     marks = tmp_path / "marks"
     marks.mkdir()
-    code = LARGE.encode()
+    code = (LARGE % made).encode()
     blobs = Blobs(tmp_path / "code")
     snapshot = CodeFile(str(blobs.path(blobs.put(code))), hashlib.sha256(code).hexdigest(), str(tmp_path / "1.py"))
     spec = DatasetSpec("t/1", snapshot, "V", str(tmp_path), {"marks": str(marks), "n": PARALLEL_UNITS},
                        str(tmp_path / "i.db"), {"value": ("t/int/1", {"value": "int32"})}, cores=2)
     assert dbprovider.build_index({"spec": spec.to_json()})["probe"] == "complete"
     seen = {int(m.name): m.read_text() for m in marks.iterdir()}
-    assert seen.pop(os.getpid()) == "list" and list(seen.values()) == ["list"]
+    assert seen.pop(os.getpid()) == "list" and list(seen.values()) == [copy_reads]

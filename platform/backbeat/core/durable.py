@@ -271,11 +271,12 @@ class Later:
                     os.fsync(fd)
                 os.replace(tmp, path)
                 self.files.pop(0)
-                os.close(fd)
-                if folder is not None:
-                    try:
+                try:  # (the folder closed even if closing the file fails: no descriptor leaks)
+                    os.close(fd)
+                    if folder is not None:
                         os.fsync(folder)
-                    finally:
+                finally:
+                    if folder is not None:
                         os.close(folder)
         except OSError as exc:
             self.discard()
@@ -285,7 +286,9 @@ class Later:
 
     def commit_meanwhile(self) -> Callable[[], None]:
         """:meth:`commit` in a thread (its waits release the GIL: the writer computes meanwhile; a
-        process forking must do so before); a callable that waits for it and raises what it raised."""
+        process forking must do so before); a callable that waits for it and raises what it raised.  If no
+        thread can be started (``RuntimeError``: e.g. under an address space limit), :meth:`commit` runs
+        here and now (what it raises, raised)."""
         failed: list[BaseException] = []
 
         def run() -> None:
@@ -295,7 +298,11 @@ class Later:
                 failed.append(exc)
 
         thread = threading.Thread(target=run, name="backbeat-commit", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # ("can't start new thread": never a digest reported for files never named)
+            self.commit()
+            return lambda: None
 
         def wait() -> None:
             thread.join()

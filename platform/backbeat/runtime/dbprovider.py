@@ -108,18 +108,21 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
         table = None
     written: dict = {}
     committing: list = []  # (while the probe runs: the files made durable and renamed, in a thread)
+    failed: list = []  # (what writing the files during the probe raised: the job fails, never probes half)
 
     def write(later: bool = False) -> None:  # BEAT's JSON file and its table, from the columns
         assert found is not None
         files = durable.Later() if later else None
         try:
-            written.update(indextable.write_columns(spec.index_path, *found, n, later=files))
-        except BaseException:
+            result = indextable.write_columns(spec.index_path, *found, n, later=files)
+            if files is not None:  # (in a thread; here and now if none can be started, RLIMIT_AS)
+                committing.append(files.commit_meanwhile())
+        except BaseException as exc:
             if files is not None:  # (the temporaries written so far)
                 files.discard()
+                failed.append(exc)
             raise
-        if files is not None:
-            committing.append(files.commit_meanwhile())
+        written.update(result)  # (only once the files are named, or being named by the thread joined below)
 
     if found is None:  # (entries of several shapes: simplejson writes them, the table is read back)
         written.update(indextable.write_index(spec.index_path, entries))
@@ -129,17 +132,21 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
     if keep is not None:
         keep += [view, view_sees, table, found]  # (a job process: never freed, see build_index)
     del entries  # (1M entries: ~150 MB the probe, reading the table, no longer needs — unless it probes over them)
-    try:  # errors of get() are the blocks' to report, when they read the unit
-        dataset = _Dataset(spec, recorder, indextable.Entries(table) if table is not None else None, view_sees)
-        if keep is not None:  # (a job process: never freed, see build_index)
-            keep.append(dataset)
-        del view_sees
-        probe = dataset.probe(partial(write, True) if not written else None)  # (the files written meanwhile)
-    except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
-        probe = f"stopped: {type(exc).__name__}: {exc}"
-    for done in committing:  # (the files durable and named before the job reports: what it raised, raised)
-        done()
-    if not written:  # (the view could not be set up, or the writing failed: it fails here)
+    try:
+        try:  # errors of get() are the blocks' to report, when they read the unit
+            dataset = _Dataset(spec, recorder, indextable.Entries(table) if table is not None else None, view_sees)
+            if keep is not None:  # (a job process: never freed, see build_index)
+                keep.append(dataset)
+            del view_sees
+            probe = dataset.probe(partial(write, True) if not written else None)  # (the files written meanwhile)
+        except Exception as exc:  # noqa: BLE001 - the files opened until then are recorded
+            probe = f"stopped: {type(exc).__name__}: {exc}"
+    finally:  # (the files durable and named, or removed, before the job reports or exits — even on a SystemExit)
+        for done in committing:
+            done()
+    if failed:  # (the files could not be written: the probe did not run, or not to its end)
+        raise failed[0]
+    if not written:  # (the view could not be set up: it fails here)
         write()
     if spec.deps is not None:
         with open(spec.deps, "w", encoding="utf-8") as f:
@@ -164,7 +171,7 @@ def _as_read(entries: list | tuple, cols: dict[str, indextable.Column], view: An
 
 
 _NAMEDTUPLE = set(vars(namedtuple("Entry", ["a"]))) - {"a"}  # what namedtuple() gives a class (its fields aside)
-_KEPT: list = []  # (in an indexing job's process: what it made, never freed)
+_KEPT: list = []  # (in an indexing job's process and its probing copy: what they made, never freed)
 
 
 class _Blame(Exception):
@@ -298,16 +305,22 @@ class _Dataset:
                 del self.recent[next(iter(self.recent))]
         return batch
 
-
     def probe(self, meanwhile: Any = None) -> str:
         """Call ``get`` for every data unit of every output, values discarded (indexing):
         ``complete`` or why it stopped (:mod:`backbeat.runtime.probe`, on two cores, ``meanwhile``
         done while it runs)."""
         calls = [(output, self.output_units(output)[0]) for output in self.spec.outputs]  # (ints made a range at a time)
-        # (a probing copy reads what the job's view reads, the view's own entries when it has them: it
-        # writes the reference counts of those it reads, so copies their pages, ~40 MB at 1M, but the
-        # table's entries cost it twice the CPU a unit — wave 15)
-        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile)
+        kinds = self.objs.table.kinds if self._own else {}  # (a copy reads the job's list if its entries are small:
+        small = len(kinds) <= 2 and set(kinds.values()) <= set(indextable.NUMERIC)  # ~40 MB at 1M, the table 2x CPU)
+        return probe_units(self.view.get, calls, self.recorder, cores=self.spec.cores, meanwhile=meanwhile,
+                           in_copy=self._table_in_copy if self._own and not small else None)
+
+    def _table_in_copy(self) -> None:
+        """In a probing copy (entries not small numeric tuples, :meth:`probe`): the view reads the table's
+        entries, not the job's list (reading it writes every entry's reference count, so copies its pages:
+        1M with a path, 3 fields, ~230 MB).  The list is kept, never freed (freeing writes them too)."""
+        _KEPT.append(self.view.objs)
+        self.view.objs = self.objs[0:len(self.objs)]
 
     def _bad_value(self, output: str, entries: list[int], values: list) -> _Blame | None:
         """The first value ``get`` returned that does not fit the output's dataformat, blamed on

@@ -75,10 +75,12 @@ def _run(get: Callable[[str, int], Any], calls: Calls, lo: int, hi: int) -> None
 
 
 def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel: bool | None = None,
-          cores: int = 0, meanwhile: Callable[[], Any] | None = None) -> str:
+          cores: int = 0, meanwhile: Callable[[], Any] | None = None,
+          in_copy: Callable[[], Any] | None = None) -> str:
     """Call ``get`` for every unit of ``calls`` while ``recorder`` watches (phase ``get``):
     ``"complete"``, or ``"stopped: <exception>"`` at the first call that raised.  ``cores``:
-    how many cores the job may use (its ``-j`` slots; 0: those it may run on).  ``meanwhile``:
+    how many cores the job may use (its ``-j`` slots; 0: those it may run on).  ``in_copy``: called
+    in each forked copy before it probes (errors: the copy's result).  ``meanwhile``:
     called once, before the probe in one process, or while the copies probe (what it raises is
     raised, the copies killed and reaped)."""
     total = sum(len(starts) for _, starts in calls)
@@ -96,12 +98,12 @@ def probe(get: Callable[[str, int], Any], calls: Calls, recorder: Any, parallel:
             return _stopped(exc)
         return "complete"
     if meanwhile is None or slots < 3:  # (the job's work, if any, then its chunks: two busy processes)
-        return _shared(get, calls, recorder, total, meanwhile)
+        return _shared(get, calls, recorder, total, meanwhile, in_copy)
     mid = total // 2
     halves: list[tuple[int, Any, str]] = []
     try:
-        halves.append((*_fork(get, calls, recorder, 0, mid), "first"))
-        halves.append((*_fork(get, calls, recorder, mid, total), "second"))
+        halves.append((*_fork(get, calls, recorder, 0, mid, in_copy=in_copy), "first"))
+        halves.append((*_fork(get, calls, recorder, mid, total, in_copy=in_copy), "second"))
         meanwhile()
         result = "complete"
         while halves and result == "complete":  # in order: a half's files count if those before completed
@@ -148,7 +150,7 @@ class _Claims:
 
 
 def _shared(get: Callable[[str, int], Any], calls: Calls, recorder: Any, total: int,
-            meanwhile: Callable[[], Any] | None) -> str:
+            meanwhile: Callable[[], Any] | None, in_copy: Callable[[], Any] | None = None) -> str:
     """The probe on two slots: a copy takes chunks from the last one back at once, the job from the
     first on after its work (see the module docstring)."""
     size = max(1, min(CHUNK_UNITS, total // 64))
@@ -156,7 +158,7 @@ def _shared(get: Callable[[str, int], Any], calls: Calls, recorder: Any, total: 
     claims = _Claims(n)
     copy: tuple[int, Any] | None = None
     try:
-        copy = _fork(get, calls, recorder, 0, total, claims, size)
+        copy = _fork(get, calls, recorder, 0, total, claims, size, in_copy)
         if meanwhile is not None:
             meanwhile()
         try:
@@ -191,9 +193,9 @@ def _shared(get: Callable[[str, int], Any], calls: Calls, recorder: Any, total: 
 
 
 def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, hi: int,
-          claims: _Claims | None = None, size: int = 0) -> tuple[int, Any]:
+          claims: _Claims | None = None, size: int = 0, in_copy: Callable[[], Any] | None = None) -> tuple[int, Any]:
     """A copy of this process probing calls ``lo .. hi-1`` (or, given ``claims``, the chunks of
-    ``size`` calls it claims from the last one back): its pid and
+    ``size`` calls it claims from the last one back; ``in_copy`` called in it first): its pid and
     the pipe it answers on."""
     read, write = os.pipe()
     gc.freeze()  # the copy's collector never walks (and so never copies) the objects it inherits
@@ -210,6 +212,8 @@ def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, 
             os.close(read)
             result, at = "complete", lo
             try:
+                if in_copy is not None:
+                    in_copy()
                 with recorder.watch("get"):
                     if claims is None:
                         _run(get, calls, lo, hi)
