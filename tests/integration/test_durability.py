@@ -11,7 +11,6 @@ import os
 import shutil
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -267,26 +266,97 @@ def test_a_large_output_without_early_writeback_is_left_dirty_for_its_syncer(tmp
     assert dirty < 0.2 * cached, f"no early writeback: {pages}"
 
 
-def test_a_command_that_answers_first_holds_its_outputs_syncing_until_it_waits(tmp_path, monkeypatch):
-    """A command served by a warm template (``exiting.answers_later``) syncs nothing while its run
-    goes on — the syncer's megabytes would be queued on the disk in front of the run's own small
-    synced writes before its answer —: the entries it is given stay marked, no syncer thread runs,
-    until the run waits for them (after its answer); a command that is not served syncs at once."""
+def test_a_command_that_answers_first_holds_its_large_outputs_syncing_until_it_waits(tmp_path, monkeypatch):
+    """A command served by a warm template (``exiting.answers_later``) syncs none of its large
+    outputs (``HOLD_BYTES`` or more) while its run goes on — their megabytes would be queued on the
+    disk in front of the run's own small synced writes before its answer —: they stay marked until
+    the run waits for them (after its answer).  Its small outputs are synced at once, as a command
+    not served syncs them all (review mend: a cached re-run right after a served K=500 chain found
+    its 500 small files all marked, and waited for them)."""
+    from backbeat.cache import durability
     from backbeat.core import exiting
 
     store = CacheStore(tmp_path)
-    path = _commit(store)
+    large_key = "fedcba9876543210" * 4
+    large = store.output_path(large_key)
+    with CacheWriter(large, "analysis:v", {"v": [1000, "float64"]}, key=large_key, start=0, end=599) as w:
+        for i in range(600):  # (4.8 MB)
+            w.write({"v": np.full(1000, i, dtype=np.float64)}, i)
+    assert large.stat().st_size >= durability.HOLD_BYTES
+    small = _commit(store)
     monkeypatch.setattr(exiting, "_after", [])  # (as templateserver's answer_later())
     assert exiting.answers_later()
+    store.entrust(large_key, "digest-as-reported")
     store.entrust(KEY, "digest-as-reported")
+    assert wait_until(lambda: not durable.is_unsynced(small.stat())), "a small output is synced at once"
     time.sleep(0.3)
-    assert durable.is_unsynced(path.stat()) and store.durability.pending
-    assert not [t for t in threading.enumerate() if t.name == "backbeat-syncer"]
+    assert durable.is_unsynced(large.stat()) and store.durability.pending
     assert store.durability.wait() == {}
-    assert not durable.is_unsynced(path.stat()) and not store.durability.pending
+    assert not durable.is_unsynced(large.stat()) and not store.durability.pending
     monkeypatch.setattr(exiting, "_after", None)
-    other = _commit(store, "fedcba9876543210" * 4)
-    store.entrust("fedcba9876543210" * 4, "digest-as-reported")
+    other_key = "00112233445566778899aabbccddeeff" * 2
+    other = _commit(store, other_key)
+    store.entrust(other_key, "digest-as-reported")
     assert wait_until(lambda: not durable.is_unsynced(other.stat())), "a command not served syncs at once"
     assert store.durability.wait() == {}
 
+
+def _served_outputs(rep: dict, cache: Path) -> list[Path]:
+    store = open_store(cache)
+    return [store.output_path(k) for b in rep["blocks"].values() for k in (b.get("outputs") or {}).values()]
+
+
+def test_a_served_run_that_fails_still_makes_its_held_outputs_durable_after_its_answer(tmp_path, monkeypatch):
+    """An exception escaping a served run's execution (not an interruption) does not leave the
+    outputs it committed and held unsynced for good: their syncing is still left for after the
+    answer (review mend: it was skipped, the files stayed marked)."""
+    from backbeat.cache import durability
+    from backbeat.core import exiting
+
+    shutil.copytree(RUN_PREFIX, tmp_path / "prefix", ignore=shutil.ignore_patterns("cache", "__pycache__"))
+    monkeypatch.setattr(durability, "HOLD_BYTES", 0)  # (every output held, as a large one is)
+    monkeypatch.setattr(exiting, "_after", [])
+    local = executor.executor("local")
+    committed: list[Path] = []
+
+    def execute_then_fail(run):
+        type(local).execute(local, run)
+        committed.extend(run.store.output_path(o.key) for j in run.plan.jobs for o in j.outputs.values())
+        raise RuntimeError("a defect after the blocks ran")
+
+    monkeypatch.setattr(local, "execute", execute_then_fail)
+    with pytest.raises(RuntimeError, match="a defect"):
+        local.run(tmp_path / "prefix", tmp_path / "cache", NAME, executor.Options(jobs=2))
+    assert committed and all(durable.is_unsynced(p.stat()) for p in committed)
+    assert exiting.pending(), "no syncing left for after the answer"
+    exiting.run_after_answer()
+    assert not [p for p in committed if durable.is_unsynced(p.stat())]
+
+
+def test_a_served_commands_split_block_is_assembled_without_early_writeback(tmp_path, monkeypatch):
+    """The assembly of a split block's slot files (in the command itself) starts no early writeback
+    in a served command, as its blocks do not (review mend: it still did); elsewhere it does."""
+    if not writes_back(tmp_path):
+        pytest.skip(f"{tmp_path}: no cachestat, or dirty pages stay dirty after sync (tmpfs): nothing to see")
+    from backbeat.core import exiting
+    from backbeat.execution.splitting import assemble
+
+    fmt = {"v": [1000, "float64"]}
+    pages = {}
+    for served in (True, False):
+        monkeypatch.setattr(exiting, "_after", [] if served else None)
+        parts = []
+        for k, (start, end) in enumerate([(0, 1499), (1500, 2999)]):  # (24 MB in all: three times WRITEBACK_BYTES)
+            part = tmp_path / f"part-{served}-{k}.h5"
+            with CacheWriter(part, "analysis:v", fmt, key=KEY, start=start, end=end) as w:
+                for i in range(start, end + 1):
+                    w.write({"v": np.full(1000, i, dtype=np.float64)}, i)
+            parts.append(str(part))
+        os.sync()
+        final = tmp_path / f"out-{served}.h5"
+        assemble(parts, final, "analysis:v", fmt, KEY, 0, 2999)
+        pages[served] = page_cache(final)
+    cached, dirty = pages[True]
+    assert cached > 5000 and dirty > 0.9 * cached, f"written back before its syncer asked: {pages}"
+    cached, dirty = pages[False]
+    assert dirty < 0.2 * cached, f"no early writeback: {pages}"

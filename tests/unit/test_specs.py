@@ -72,6 +72,8 @@ def test_dataset_and_provider_specs_round_trip():
     (lambda j: j["inputs"]["a"].update(source="ftp"), "unknown source"),
     (lambda j: j["loop"].update(role="judge"), "unknown role"),
     (lambda j: j["outputs"]["out"].update(key=None), "`key'"),
+    (lambda j: j.update(writeback="no"), "`writeback'"),
+    (lambda j: j.update(writeback=0), "`writeback'"),
 ])
 def test_malformed_block_spec_is_refused(mutate, message):
     obj = block().to_json()

@@ -12,9 +12,12 @@ trusts a marked file without verifying its content.  ``fsync`` releases the GIL:
 costs the run nothing but the disk's time, overlapped with its blocks.
 
 *Held until the answer.*  A command that answers before its last work
-(:func:`backbeat.core.exiting.answers_later`: served by a warm template) does not sync during
-its run at all: the files it is given are held, and the syncer starts on them when the run
-waits for them (:meth:`Durability.wait` with ``block``) — after its answer.  The disk is one
+(:func:`backbeat.core.exiting.answers_later`: served by a warm template) does not sync its large
+outputs (:data:`HOLD_BYTES` or more) during its run: they are held, and the syncer starts on
+them when the run waits for them (:meth:`Durability.wait` with ``block``) — after its answer.
+Its small outputs are synced at once, as anywhere else: their fsyncs are short, and a cached
+re-run right after it would otherwise find them all still marked (and wait for them, then
+verify each: a K=500 chain's 500 small files).  The disk is one
 queue: the megabytes a syncer (or a writer's early writeback) has in flight are written before
 any small synced write behind them, and the run's own few before its answer (the stat memo's
 database, the provenance record) then waited for all of them (``docs/performance.md``, wave 15).
@@ -34,6 +37,11 @@ from pathlib import Path
 from backbeat.core import durable, exiting
 from backbeat.core.errors import IntegrityError
 from backbeat.core.statmemo import StatMemo
+
+#: an output of a served command this large or larger is held until its answer (the megabytes its
+#: fsync writes would be queued on the disk before the command's own small synced writes); smaller
+#: ones are synced at once (``docs/execution.md`` §3b)
+HOLD_BYTES = 4 << 20
 
 
 class Syncer:
@@ -124,11 +132,17 @@ class Durability:
         if self._syncer is None:
             self._syncer = Syncer()
         self._entrusted[str(path)] = (key, digest)
-        if exiting.answers_later():  # (synced after the answer: see the module docstring)
+        if exiting.answers_later() and _large(path):  # (synced after the answer: see the module docstring)
             self._held.append(path)
             return
         self._syncer.submit([path])
         self.settle()
+
+    def release(self) -> None:
+        """Give the held entries to the syncer now, without waiting for them."""
+        if self._syncer is not None and self._held:
+            held, self._held = self._held, []
+            self._syncer.submit(held)
 
     def settle(self, remember: bool = True) -> None:
         """Remember the identity of the entrusted entries made durable so far (``remember``
@@ -160,8 +174,7 @@ class Durability:
         so far), settle them (``remember``: see :meth:`settle`); those that could not be made
         durable, and why (forgotten here)."""
         if block and self._syncer is not None:
-            held, self._held = self._held, []
-            self._syncer.submit(held)
+            self.release()
             self._syncer.wait()
         self.settle(remember)
         failures, self.failures = self.failures, {}
@@ -194,3 +207,11 @@ class Durability:
             raise IntegrityError(f"cache file `{path}' cannot be opened (corrupted?): {exc}") from None
         self._memo().remember("h5-identity", path, self.sync_verified(path, before), f"{stored} {digest}")
         return stored, digest
+
+
+def _large(path: Path) -> bool:
+    """Whether the file at ``path`` has :data:`HOLD_BYTES` or more (False if it cannot be told)."""
+    try:
+        return os.stat(path).st_size >= HOLD_BYTES
+    except OSError:
+        return False

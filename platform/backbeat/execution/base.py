@@ -345,8 +345,10 @@ class Executor(ABC):
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: stop, then say what was done
             stopped = exc
         finally:
-            run.close()
-        verified_before_trusted(run)
+            try:
+                run.close()
+            finally:  # (whatever escaped: what was committed is made durable, held files included)
+                verified_before_trusted(run)
         finish(run)
         rep = report(run)
         if stopped is not None:

@@ -301,12 +301,6 @@ class Scheduler:
             self._provider = start_provider(self.group, specs, provider_log(self.run))
         return self._provider
 
-    def _spec(self, job: Job) -> BlockSpec:
-        spec = self.specs.block(job, self.fresh)
-        if exiting.answers_later():  # (its outputs are synced after the answer: no writeback queued before it)
-            spec = dataclasses.replace(spec, writeback=False)
-        return spec
-
     def _spawn(self, pid: str, spec: BlockSpec, timed: bool = True) -> None:
         """Start one block process; ``timed=False``: its time limit starts later (a streamed job)."""
         if spec.reads_datasets and spec.database is None:
@@ -354,7 +348,7 @@ class Scheduler:
         self.store.drop_partial(job.output_keys)  # temporaries left by a writer killed with an earlier run
         if job.kind == "loop":
             return self._start_loop(job), []
-        spec = self._spec(job)
+        spec = _served(self.specs.block(job, self.fresh))
         if fed:
             spec = streamed(spec, fed)
         if job.nb_slots > 1 and job.kind == "block" and not fed and self.specs.splittable(job):
@@ -405,7 +399,7 @@ class Scheduler:
     def _start_loop(self, job: Job) -> list[str]:
         """Spawn a loop's evaluator (``#0``, binds the loop channel) and processor (``#1``)."""
         address = self.group.address(f"loop{self.order[job.name]}")
-        return self._spawn_all(job, self.specs.loop_sides(job, address, self.fresh))
+        return self._spawn_all(job, [_served(s) for s in self.specs.loop_sides(job, address, self.fresh)])
 
     def _spawn_all(self, job: Job, specs: list[BlockSpec]) -> list[str]:
         """Spawn ``job#0``, ``job#1``… (a split block's slots, a loop's sides): all or none — if one
@@ -518,3 +512,8 @@ class Scheduler:
         reported = [reported_digests(o.statistics) for o in outcomes]  # (out of the statistics, sandboxed or not)
         refused = staging.publish_job(ids, reported) if staging is not None else None
         return Outcome("system", refused) if refused is not None else None
+
+
+def _served(spec: BlockSpec) -> BlockSpec:
+    """A served command's blocks start no early writeback (``cache/durability.py``; ``splitting.assemble``)."""
+    return dataclasses.replace(spec, writeback=False) if exiting.answers_later() else spec

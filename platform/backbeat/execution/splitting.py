@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backbeat.core import exiting
 from backbeat.core.errors import UsageError
 from backbeat.runtime.spec import BlockSpec
 
@@ -109,7 +110,8 @@ def assemble(parts: Sequence[str], final: str | os.PathLike, fmt: str, expanded:
     ``final`` covering ``[start, end]``; the parts are removed once it is committed."""
     from backbeat.data import cachereader, cachewriter
 
-    writer = cachewriter.CacheWriter(final, fmt, expanded, key=key, start=start, end=end, compression=compression)
+    writer = cachewriter.CacheWriter(final, fmt, expanded, key=key, start=start, end=end, compression=compression,
+                                     writeback=not exiting.answers_later())  # (as its blocks: scheduler._spec)
     try:
         for part in parts:
             with cachereader.CacheReader(part, verify=True, key=key) as reader:

@@ -235,7 +235,7 @@ class BlockSpec:
             _get(obj, "formats", dict, what), _opt(obj, "database", str, what), int(obj.get("window") or 4096),
             (int(rng[0]), int(rng[1])) if rng is not None else None, _opt(obj, "slot", int, what),
             LoopSpec.from_json(loop) if loop is not None else None, _opt(obj, "compression", str, what),
-            _opt(obj, "images", str, what), obj.get("writeback", True) is not False,
+            _opt(obj, "images", str, what), _opt(obj, "writeback", bool, what) is not False,
         )
 
 
