@@ -379,7 +379,8 @@ class _Grabs:
         self.pool, self.kept, self.me = pool, kept, self
 
     def __del__(self):
-        self.kept.append(self.pool[0])
+        if self.pool:  # (emptied once given up)
+            self.kept.append(self.pool[0])
 
 
 @pytest.mark.parametrize("checks", ["compiled", "python"])
@@ -505,3 +506,22 @@ def test_a_column_of_floats_packs_as_fromiter_converts_it(items):
         assert (compiled.native.pack(list(items), "d", np.float64) is None) is (not exact)
         with pytest.raises(TypeError):
             compiled.native.pack(list(items), "d", int)
+
+
+def test_a_finaliser_run_while_a_window_is_taken_back_cannot_keep_an_object_reused():
+    """The same, through :func:`recycling.objects`: the collector stays off until the spare list
+    has let its objects go (a collection between the check and that could run a finaliser taking one)."""
+    from backbeat.data import recycling
+
+    pool, kept = _window(), []
+    gc.collect()
+    _Grabs(pool, kept)
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        out = recycling.objects(F, 6, pool)
+        taken = list(kept)
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    assert not any(o is t for o in out for t in taken), "an object a finaliser took was handed out again"

@@ -76,7 +76,7 @@ def unreachable(pool: list, cls: type) -> bool:
     if ALONE is None or ALONE_DICT is None or not pool:
         return False
     if native is not None:
-        alone = native.unreachable(pool, cls, tuple(getattr(cls, "_fields", ())))
+        alone = native.unreachable(pool, cls, _fields(cls))
         if alone is not None:  # (None: weak references it cannot see; the checks below)
             return bool(alone)
     return _unreachable(pool, cls)
@@ -86,13 +86,13 @@ def _unreachable(pool: list, cls: type) -> bool:
     """:func:`unreachable`'s checks in Python (the reference), the collector off meanwhile: making
     a dictionary may collect, and a finaliser run then could take a reference to an object already
     checked."""
+    fields = set(_fields(cls))  # (before the checks: a class's attribute may run code)
     was = gc.isenabled()
     gc.disable()
     try:
         if _most_refs(pool) != ALONE or set(map(type, pool)) != {cls} or any(map(getweakrefcount, pool)):
             return False
         dicts = list(map(_DICT, pool))  # (nobody holds one, and none holds anything but the fields)
-        fields = set(getattr(cls, "_fields", ()))
         return (_most_refs(dicts) == ALONE_DICT and all(type(k) is str for d in dicts for k in d)
                 and all(d.keys() == fields for d in dicts))
     finally:
@@ -100,18 +100,28 @@ def _unreachable(pool: list, cls: type) -> bool:
             gc.enable()
 
 
+def _fields(cls: type) -> tuple:
+    """The format's field names, each once."""
+    return tuple(dict.fromkeys(getattr(cls, "_fields", ())))
+
+
 def objects(cls: Any, n: int, spare: list | None = None) -> list:
     """``n`` objects of ``cls`` (made by ``cls.__new__``, no field set): those of ``spare`` first when
     nothing else can reach any of them (:func:`unreachable`).  ``spare`` is emptied either way: the
     caller gives it up."""
     if spare:
-        if unreachable(spare, cls):
-            out = spare[:n]
+        was = gc.isenabled()
+        gc.disable()  # (until the list lets them go: a finaliser run by a collection could take one)
+        try:
+            out = spare[:n] if unreachable(spare, cls) else None
             del spare[:]
+        finally:
+            if was:
+                gc.enable()
+        if out is not None:
             if len(out) < n:
                 out += _new(cls, n - len(out))
             return out
-        del spare[:]
     return _new(cls, n)
 
 

@@ -213,7 +213,10 @@ def _fork(get: Callable[[str, int], Any], calls: Calls, recorder: Any, lo: int, 
             result, at = "complete", lo
             try:
                 if in_copy is not None:
-                    in_copy()
+                    try:
+                        in_copy()
+                    except Exception:  # noqa: BLE001, S110 - only a saving: the view's own entries kept
+                        pass
                 with recorder.watch("get"):
                     if claims is None:
                         _run(get, calls, lo, hi)
