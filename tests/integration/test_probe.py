@@ -230,6 +230,20 @@ class Marks(View):
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one usable core: the probe never forks")
+def _marks_prefix(copy_prefix, tmp_path: Path, view: str, n: int) -> Path:
+    """The parallel fixture's prefix with a database ``marks/1`` of ``n`` units served by ``view``'s code."""
+    from conftest import FIXTURES
+
+    prefix = copy_prefix(FIXTURES / "parallel" / "prefix")
+    (prefix / "databases" / "marks").mkdir()
+    (prefix / "databases" / "marks" / "1.py").write_text(view)
+    (prefix / "databases" / "marks" / "1.json").write_text(json.dumps({
+        "schema_version": 2, "root_folder": str(tmp_path), "protocols": [{
+            "name": "p", "template": "par_sets/1",
+            "views": {"items": {"view": "Marks", "parameters": {"n": n, "marks": str(tmp_path)}}}}]}))
+    return prefix
+
+
 def test_an_indexing_job_probes_on_two_cores_only_with_two_slots(copy_prefix, tmp_path):
     """A dataset indexed alone with ``-j 1`` is probed by one process; with ``-j 2`` by two."""
     from backbeat.execution.datasets import _datasets
@@ -237,15 +251,8 @@ def test_an_indexing_job_probes_on_two_cores_only_with_two_slots(copy_prefix, tm
     from backbeat.execution.views import index_datasets
     from backbeat.execution.workspace import Workspace
     from backbeat.planning.selection import Options
-    from conftest import FIXTURES
 
-    prefix = copy_prefix(FIXTURES / "parallel" / "prefix")
-    (prefix / "databases" / "marks").mkdir()
-    (prefix / "databases" / "marks" / "1.py").write_text(MARKS_VIEW)
-    (prefix / "databases" / "marks" / "1.json").write_text(json.dumps({
-        "schema_version": 2, "root_folder": str(tmp_path), "protocols": [{
-            "name": "p", "template": "par_sets/1",
-            "views": {"items": {"view": "Marks", "parameters": {"n": PARALLEL_UNITS, "marks": str(tmp_path)}}}}]}))
+    prefix = _marks_prefix(copy_prefix, tmp_path, MARKS_VIEW, PARALLEL_UNITS)
     workspace = Workspace.open(prefix, tmp_path / "cache")
     for jobs in (1, 2):
         for mark in tmp_path.glob("[0-9]*"):
@@ -313,15 +320,8 @@ def test_an_indexing_job_process_leaves_without_freeing_what_it_made(copy_prefix
     from backbeat.execution.views import index_datasets
     from backbeat.execution.workspace import Workspace
     from backbeat.planning.selection import Options
-    from conftest import FIXTURES
 
-    prefix = copy_prefix(FIXTURES / "parallel" / "prefix")
-    (prefix / "databases" / "marks").mkdir()
-    (prefix / "databases" / "marks" / "1.py").write_text(FREED_VIEW)
-    (prefix / "databases" / "marks" / "1.json").write_text(json.dumps({
-        "schema_version": 2, "root_folder": str(tmp_path), "protocols": [{
-            "name": "p", "template": "par_sets/1",
-            "views": {"items": {"view": "Marks", "parameters": {"n": 100, "marks": str(tmp_path)}}}}]}))
+    prefix = _marks_prefix(copy_prefix, tmp_path, FREED_VIEW, 100)
     workspace = Workspace.open(prefix, tmp_path / "cache")
     run = Run(_datasets(workspace, "marks/1"), workspace, Options(jobs=1, force=True), local_group(workspace.user_root))
     try:
