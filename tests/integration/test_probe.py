@@ -244,27 +244,33 @@ def _marks_prefix(copy_prefix, tmp_path: Path, view: str, n: int) -> Path:
     return prefix
 
 
-def test_an_indexing_job_probes_on_two_cores_only_with_two_slots(copy_prefix, tmp_path):
-    """A dataset indexed alone with ``-j 1`` is probed by one process; with ``-j 2`` by two."""
+def _index(workspace, jobs: int):
+    """Index the database ``marks/1`` of ``workspace`` as a run with ``jobs`` slots does; the run (ended)."""
     from backbeat.execution.datasets import _datasets
     from backbeat.execution.state import Run, local_group
     from backbeat.execution.views import index_datasets
-    from backbeat.execution.workspace import Workspace
     from backbeat.planning.selection import Options
+
+    run = Run(_datasets(workspace, "marks/1"), workspace, Options(jobs=jobs, force=True), local_group(workspace.user_root))
+    try:
+        index_datasets(run)
+    finally:
+        run.close()
+        run.end()
+    assert not run.state.dataset_errors, run.state.dataset_errors
+    return run
+
+
+def test_an_indexing_job_probes_on_two_cores_only_with_two_slots(copy_prefix, tmp_path):
+    """A dataset indexed alone with ``-j 1`` is probed by one process; with ``-j 2`` by two."""
+    from backbeat.execution.workspace import Workspace
 
     prefix = _marks_prefix(copy_prefix, tmp_path, MARKS_VIEW, PARALLEL_UNITS)
     workspace = Workspace.open(prefix, tmp_path / "cache")
     for jobs in (1, 2):
         for mark in tmp_path.glob("[0-9]*"):
             mark.unlink()
-        run = Run(_datasets(workspace, "marks/1"), workspace, Options(jobs=jobs, force=True),
-                  local_group(workspace.user_root))
-        try:
-            index_datasets(run)
-        finally:
-            run.close()
-            run.end()
-        assert not run.state.dataset_errors, run.state.dataset_errors
+        _index(workspace, jobs)
         assert len(list(tmp_path.glob("[0-9]*"))) == jobs
 
 
@@ -315,21 +321,11 @@ def test_an_indexing_job_process_leaves_without_freeing_what_it_made(copy_prefix
     """A job process (``job_main``: it reports ``done``, then leaves through ``os._exit``) keeps its
     view, its entries and its table: freeing 1M entries one by one cost 0.1-0.25 s that the keys
     waited for.  Called in a process that lives on, the job frees them as it returns."""
-    from backbeat.execution.datasets import _datasets
-    from backbeat.execution.state import Run, local_group
-    from backbeat.execution.views import index_datasets
     from backbeat.execution.workspace import Workspace
-    from backbeat.planning.selection import Options
 
     prefix = _marks_prefix(copy_prefix, tmp_path, FREED_VIEW, 100)
     workspace = Workspace.open(prefix, tmp_path / "cache")
-    run = Run(_datasets(workspace, "marks/1"), workspace, Options(jobs=1, force=True), local_group(workspace.user_root))
-    try:
-        index_datasets(run)
-    finally:
-        run.close()
-        run.end()
-    assert not run.state.dataset_errors, run.state.dataset_errors
+    run = _index(workspace, 1)
     probed = [p.name for p in tmp_path.glob("[0-9]*")]
     assert len(probed) == 1 and int(probed[0]) != os.getpid()  # (indexed, by a job process)
     assert not list(tmp_path.glob("freed-*"))
