@@ -247,6 +247,25 @@ def served_cpu(pids: set[int]) -> float:
     return total / CLK_TCK
 
 
+def _served_settled(warm: set[int], cwd: str, before: set[int], patience: float) -> float:
+    """Wait (at most ``patience`` seconds) until the commands templates ``warm`` serve for this run
+    (:func:`served_commands`: working in ``cwd``, not in ``before``) are gone, i.e. reaped: a served
+    command answers its client before its last work (the syncing of its large outputs,
+    :func:`backbeat.core.exiting.after_answer`), and its tree's CPU reaches the template's ``cutime``
+    only when the template reaps it — read before that, the run's CPU was counted as other programs'
+    (the "others" column of served 1M rows, 1-2 cores).  When that happened (``perf_counter``); the
+    run's wall time is still its client's."""
+    deadline = time.perf_counter() + patience
+    ours: set[int] = set()
+    while warm and time.perf_counter() < deadline:
+        ours |= set(served_commands(cwd, warm, before))  # (an ended command, a zombie, has no folder)
+        ours = {pid for pid in ours if os.path.exists(f"/proc/{pid}")}  # (gone once reaped, not ended)
+        if not ours:
+            break
+        time.sleep(0.01)
+    return time.perf_counter()
+
+
 def kill_tree(exclude: set[int]) -> int:
     """SIGKILL every descendant of this process outside ``exclude``; how many there were."""
     me = os.getpid()
@@ -273,13 +292,15 @@ def run(command: list[str], *, cwd: str | Path | None = None, env: dict | None =
     cpu0, self0, busy0 = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF), _busy_seconds()
     warm = templates()
     served0 = served_cpu(warm)
+    before = served(warm)  # (commands served before the run: not this run's)
+    folder = os.path.realpath(cwd or os.getcwd())
     t0 = time.perf_counter()
     try:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
     except OSError as exc:
         return Measured(command, 0.0, 127, "", f"cannot start {command[0]}: {exc}")
-    sampler = _Sampler(me, exclude, interval, os.path.realpath(cwd or os.getcwd())) if memory else None
+    sampler = _Sampler(me, exclude, interval, folder) if memory else None
     if sampler is not None:
         sampler.start()
     try:
@@ -294,9 +315,11 @@ def run(command: list[str], *, cwd: str | Path | None = None, env: dict | None =
         sampler.stop.set()
         sampler.join()
     leftovers = kill_tree(exclude | templates())
+    settled = _served_settled(warm, folder, before, 60.0 if timeout is None else timeout)
     cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu0 + served_cpu(warm) - served0  # (a served command: its template's child)
     mine = cpu + _cpu(resource.RUSAGE_SELF) - self0  # the tree, and this process (its sampler)
-    others = max(0.0, (_busy_seconds() - busy0) - mine) / wall if wall > 0 else 0.0
+    span = settled - t0  # (the run's CPU counted until its served tree is reaped: the others' too)
+    others = max(0.0, (_busy_seconds() - busy0) - mine) / span if span > 0 else 0.0
     result = Measured(command, wall, code, out, err, cpu, others, leftovers=leftovers, started=t0)
     if sampler is not None:
         result.peak_pss_mb, result.peak_rss_mb = sampler.pss / 1024, sampler.rss / 1024

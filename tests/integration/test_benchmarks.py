@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,55 @@ def test_schedgaps_follows_the_run_and_replays_it_on_idle_cores(tmp_path):
     assert r["by_role"]["command"] >= 0.15 and r["by_role"]["its children (zygote…)"] >= 0.15
     one, two = r["replayed"]["1"], r["replayed"]["2"]
     assert one >= 0.4 and two < 0.8 * one, r["replayed"]
+
+
+_FAKE_TEMPLATE = r'''
+import os, sys, time
+fifo = sys.argv[1]
+while True:
+    with open(fifo) as f:  # one line a command: the client's folder
+        folder = f.readline().strip()
+    if not folder:
+        break
+    if os.fork() == 0:  # the served command: it answers its client, then works on
+        os.chdir(folder)
+        with open(fifo + ".answer", "w") as f:
+            f.write("done\n")
+        end = time.process_time() + 0.6
+        while time.process_time() < end:
+            pass
+        os._exit(0)
+    os.wait()
+'''
+
+
+def test_runner_counts_the_cpu_a_served_command_spends_after_its_answer(tmp_path):
+    """A served command answers before its last work (the syncing of its large outputs): its CPU
+    reaches the template's only when the template reaps it, so the harness waits for the commands
+    served in the run's folder to end before reading it — it used to count that CPU as other
+    programs' (the 'others' column of served 1M rows read 1-2 cores on an idle machine)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import runner
+    finally:
+        sys.path.remove(str(BENCH))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    os.mkfifo(f"{fifo}.answer")
+    mark = runner.TEMPLATE_MARKS[0].decode()  # (found as a warm template by its command line)
+    template = subprocess.Popen([sys.executable, "-c", _FAKE_TEMPLATE, str(fifo), mark])
+    try:
+        for _ in range(1000):  # (its command line reads empty for a moment after the exec)
+            if template.pid in runner.templates():
+                break
+            time.sleep(0.01)
+        client = [sys.executable, "-c", f"open({str(fifo)!r}, 'w').write({str(tmp_path)!r} + '\\n'); "
+                  f"assert open({str(fifo) + '.answer'!r}).read() == 'done\\n'"]
+        m = runner.run(client, cwd=tmp_path, timeout=30)
+        assert m.returncode == 0, m.stderr
+        assert m.cpu_s >= 0.5, m  # the served command's 0.6 s of CPU after the client's exit
+        assert not runner.served_commands(os.path.realpath(tmp_path), {template.pid})  # reaped before reading
+    finally:
+        with open(fifo, "w") as f:
+            f.write("\n")
+        template.wait(timeout=10)
