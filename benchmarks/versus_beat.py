@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,6 +79,7 @@ class Row:
     goals: tuple[Goal, ...] = ()
     heavy: bool = False  # BEAT takes minutes: one capped run
     analyzer: str = ""  # "pysum": a plain-Python analyzer instead of numpy.sum per item
+    floor: bool = False  # also time the analyzer's own per-item code alone, between the runs (FLOOR_CODE)
 
     @property
     def protocol(self) -> str:
@@ -95,7 +97,7 @@ class Row:
         """The same row at smoke-test size (a few items, at most 3 blocks)."""
         n = min(self.n, 12 if self.kind == "scalars" else 3)
         return Row(self.id, self.title, self.kind, n, min(self.k, 3), self.mode, self.goals, self.heavy,
-                   self.analyzer)
+                   self.analyzer, self.floor)
 
 
 def _faster(x: float) -> Goal:
@@ -119,13 +121,26 @@ ROWS = (
     Row("chain500-cached", "chain K=500, 10 scalars, cached", "scalars", 10, 500, "cached",
         (Goal("time", "under", 1.0),)),
     Row("s1m", "1M scalars, 5 blocks, cold", "scalars", 1_000_000, 5, "cold",
-        (Goal("time", "under", 8.0), Goal("memory", "under", 400)), heavy=True),
+        (Goal("time", "under", 8.0), Goal("memory", "under", 400)), heavy=True, floor=True),
     Row("v50k", "50k x 1,000 float64, 5 blocks, cold", "vectors", 50_000, 5, "cold",
         (Goal("memory", "under", 400),), heavy=True),
     Row("s1m-pysum", "1M scalars, 5 blocks, plain-Python analyzer, cold", "scalars", 1_000_000, 5, "cold",
-        heavy=True, analyzer="pysum"),
+        (Goal("time", "under", 8.0),), heavy=True, analyzer="pysum"),
     Row("check1000", "check of a 1,000-block toolchain", "scalars", 10, 1000, "check", (Goal("time", "under", 0.5),)),
 )
+#: the summing analyzer's own work for ``n`` items (make_prefix's SUM_CODE ``process`` without the platform's
+#: inputs: the same values, one ``numpy.sum`` each), timed alone in a fresh interpreter: the least time any
+#: platform needs to run that analyzer over them, as it is one process taking every item in order
+FLOOR_CODE = """
+import sys, time, numpy
+values = [numpy.float64(i * 0.001) for i in range(int(sys.argv[1]))]
+total, count = numpy.float64(0.0), 0
+t = time.perf_counter()
+for value in values:
+    total += numpy.sum(value, dtype=numpy.float64)
+    count += 1
+print(time.perf_counter() - t)
+"""
 QUICK = ("trivial", "s10k-cached", "s10k", "chain100", "chain100-cached", "check1000")
 
 
@@ -141,11 +156,13 @@ class ToolRows:
     results: list[tuple] = field(default_factory=list)
     memory: dict | None = None
     cache: dict | None = None
+    floor: list[float] = field(default_factory=list)  # the analyzer's own code alone (Row.floor), seconds
 
     def to_json(self) -> dict:
         return {"time": runner.spread(self.times), "times": self.times, "capped": self.capped,
                 "others_cores": self.others, "failures": self.failures, "notes": self.notes,
-                "results": [list(r) for r in self.results], "memory": self.memory, "cache": self.cache}
+                "results": [list(r) for r in self.results], "memory": self.memory, "cache": self.cache,
+                "floor": self.floor}
 
 
 class Bench:
@@ -244,6 +261,8 @@ class Bench:
                     continue
                 self.once(tool, row, out[tool], caches.get(tool), expect,
                           memory=tool == "beat" and heavy_beat)
+            if row.floor:
+                self.floor(row, out["backbeat"])
         if self.wants_memory(row):
             for tool in tools:
                 if (tool == "beat" and heavy_beat) or (row.mode == "cached" and out[tool].failures):
@@ -257,6 +276,15 @@ class Bench:
         for cache in caches.values():
             shutil.rmtree(cache, ignore_errors=True)
         return out
+
+    def floor(self, row: Row, acc: ToolRows) -> None:
+        """Time :data:`FLOOR_CODE` over the row's items with the measured backbeat's Python."""
+        proc = subprocess.run([self.args.python, "-c", FLOOR_CODE, str(row.n)], capture_output=True, text=True,
+                              env=self.env, timeout=self.args.timeout, check=False)
+        try:
+            acc.floor.append(float(proc.stdout.strip()))
+        except ValueError:
+            acc.notes.append(f"floor not measured: {proc.stderr.strip()[-200:]}")
 
     def wants_memory(self, row: Row) -> bool:
         if self.args.memory == "none" or row.mode == "check":
@@ -354,6 +382,13 @@ def metrics(row: Row, res: dict[str, ToolRows]) -> list[dict]:
                   "ratio_value": ratio, "goal": goals["time"].text() if "time" in goals else "",
                   "status": verdict(goals.get("time"), ratio, tb, capped),
                   "others": sum(others) / len(others) if others else None})
+    if bb.floor:  # (the analyzer's own code alone: what no platform can run under)
+        floor = runner.spread(bb.floor)
+        lines.append({"metric": "floor", "beat": "-", "backbeat": f"{floor['median']:.2f} s "
+                      f"[{floor['min']:.2f}-{floor['max']:.2f}]", "ratio": "-", "ratio_value": None, "goal": "",
+                      "status": "the analyzer's own numpy.sum per item, alone in one process", "others": None})
+        if lines[0]["status"] == "missed" and "time" in goals and floor["median"] >= goals["time"].value:
+            lines[0]["status"] = "missed: the analyzer's own code alone is slower (floor)"
     if bb.memory or (beat and beat.memory):
         mB = beat.memory["peak_pss_mb"] if beat and beat.memory else None
         mb = bb.memory["peak_pss_mb"] if bb.memory else None

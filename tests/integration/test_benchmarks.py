@@ -45,6 +45,20 @@ def test_versus_beat_measures_backbeat_rows():
     assert rows["check1000"]["tools"]["backbeat"]["time"]["n"] == 1
 
 
+def test_versus_beat_times_the_summing_analyzers_own_code_alone_on_the_1m_row():
+    """The 1M row's analyzer calls numpy.sum once per item: its own code alone, timed between the runs
+    with the same Python, is printed as the row's floor (no platform runs that analyzer faster)."""
+    proc = _run("versus_beat.py", "--tiny", "--no-beat", "--repeat", "2", "--memory", "none",
+                "--rows", "s1m,s1m-pysum", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["id"]: r for r in json.loads(proc.stdout)["rows"]}
+    floor = rows["s1m"]["tools"]["backbeat"]["floor"]
+    assert len(floor) == 2 and all(f > 0 for f in floor), floor
+    assert [m["metric"] for m in rows["s1m"]["metrics"]] == ["time", "floor", "cache"]
+    assert rows["s1m-pysum"]["tools"]["backbeat"]["floor"] == []  # (its analyzer adds floats: no floor)
+    assert [g["value"] for g in rows["s1m-pysum"]["goals"]] == [8.0]
+
+
 def test_versus_beat_reports_a_failing_tool(tmp_path):
     proc = _run("versus_beat.py", "--tiny", "--no-beat", "--repeat", "1", "--memory", "none",
                 "--rows", "trivial", "--backbeat", "false")
