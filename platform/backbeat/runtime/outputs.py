@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from backbeat.data.compiled import Slots, native
+from backbeat.data.compiled import Slots, dict_subscript, native
 
 WRITE_INDEX_ERROR = (
     "Algorithm logic error on write(): `end_data_index' is not consistent with last written index"
@@ -198,6 +198,7 @@ class Output(Slots):
             closer()
 
 
+@dict_subscript  # (`inputs["in"]`, `outputs["out"]` at every unit: dict's C subscript when compiled)
 class OutputList(dict):
     """The outputs of a block, by name or position.
 
