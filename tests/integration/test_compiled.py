@@ -581,3 +581,43 @@ def test_dicts_own_subscript_only_for_a_dict_subclass_that_does_not_override_get
     Plain.__getitem__ = lambda self, key: "assigned later"  # (CPython sets the slot again, as always)
     assert not compiled.native.has_dict_subscript(Plain)
     assert Plain(a=1)["a"] == "assigned later" and Child(a=1)["a"] == "assigned later"
+
+
+def _one_unit_writer(tmp_path, fmt, exp, name):
+    """An Output over a real CacheWriter, its listener at unit 0 (as the driver leaves it)."""
+    from backbeat.data.values import value_type
+
+    vtype = value_type(fmt, exp)
+    x = Input("in", None, [])
+    g = InputGroup("c")
+    g.add(x)
+    writer = CacheWriter(tmp_path / name, fmt, exp, end=0)
+    sink = type("Sink", (), {})()
+    sink.write, sink.writer = writer.put, writer  # type: ignore[attr-defined]
+    listener = SynchronizationListener()
+    listener.onIntervalChanged(0, 0)
+    return Output("out", sink, listener, value_type=vtype), writer, vtype
+
+
+@needs_native
+def test_a_one_field_write_reads_and_appends_its_field_in_c_what_the_buffers_calls_do(tmp_path):
+    one, writer1, vtype1 = _one_unit_writer(tmp_path, FMT, EXP, "one.h5")
+    two, writer2, _ = _one_unit_writer(tmp_path, "user/g/1", {"a": "float64", "b": "int32"}, "two.h5")
+    assert type(one.write) is compiled.native.PlainWrite and one.write.field == "value"
+    assert type(two.write) is compiled.native.PlainWrite and two.write.field is None  # (a tuple of fields)
+    # a value whose field was deleted: the same AttributeError as attrgetter's, nothing written
+    broken = vtype1(value=np.float64(1.5))
+    del broken.__dict__["value"]
+    with pytest.raises(AttributeError, match="value"):
+        one.write(broken)
+    assert one.last_written_data_index == -1 and one.nb_data_blocks_written == 0
+    one.write(vtype1(value=np.float64(2.5)))
+    assert one.last_written_data_index == 0 and one.nb_data_blocks_written == 1
+    writer1.close()
+    writer2.abort()
+    from backbeat.data.cachereader import CacheReader
+
+    with CacheReader(tmp_path / "one.h5") as reader:
+        assert [float(v.value) for v, _s, _e in reader] == [2.5]
+    with pytest.raises(TypeError, match="together"):
+        compiled.native.PlainWrite(one.write, vtype1, one, len, len, len, [], 1, len, 0, "value", None)
