@@ -442,7 +442,8 @@ static PyObject *dict_subscript(PyObject *mod, PyObject *cls_obj) {
     if (!(cls->tp_flags & Py_TPFLAGS_HEAPTYPE) || !PyType_IsSubtype(cls, &PyDict_Type) || cls == &PyDict_Type
         || cls->tp_as_mapping != &((PyHeapTypeObject *)cls)->as_mapping)
         Py_RETURN_FALSE;
-    PyObject *own = PyDict_GetItemString(PyDict_Type.tp_dict, "__getitem__");  /* (borrowed) */
+    PyObject *own = _PyType_Lookup(&PyDict_Type, GETITEM);  /* (borrowed; not tp_dict: NULL for a static
+                                                                 builtin type since Python 3.12) */
     PyObject *found = _PyType_Lookup(cls, GETITEM);  /* (borrowed; the MRO's first) */
     if (!own || found != own) Py_RETURN_FALSE;
     cls->tp_as_mapping->mp_subscript = PyDict_Type.tp_as_mapping->mp_subscript;
