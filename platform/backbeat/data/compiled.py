@@ -11,7 +11,9 @@ kept in C slots (:data:`Slots`, their base): user code reads and sets them as be
 Since wave 15 it also checks whether a spare window's value objects can be made again
 (:func:`backbeat.data.recycling.unreachable`: the same checks in one pass), makes new ones, and
 packs a cache writer's ends and ``float64`` rows into their columns (:func:`int64s`,
-:func:`float64s`; anything else is converted by numpy as before).
+:func:`float64s`; anything else is converted by numpy as before).  Since wave 16 ``InputList`` and
+``OutputList`` subscript through ``dict``'s own C function (:func:`dict_subscript`), and a one-field
+format's write reads its field and appends its row itself.
 
 It is optional: ``pip install`` builds it when a C compiler is there (setup.py, ``optional=True``)
 and the Python code runs otherwise, or when ``BACKBEAT_COMPILED=off`` (read once, at import: the
