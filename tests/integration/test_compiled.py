@@ -525,3 +525,99 @@ def test_a_finaliser_run_while_a_window_is_taken_back_cannot_keep_an_object_reus
         gc.set_threshold(*threshold)
     gc.collect()
     assert not any(o is t for o in out for t in taken), "an object a finaliser took was handed out again"
+
+
+# -- wave 16: `inputs["in"]` and `outputs["out"]` through dict's own C subscript -------------------------
+
+
+def test_inputs_and_outputs_subscript_as_before_through_dicts_own_slot(tmp_path):
+    from backbeat.runtime.inputs import InputList
+    from backbeat.runtime.outputs import OutputList
+
+    if compiled.native is not None:  # (where built, the generic slot that calls `__getitem__` is replaced)
+        assert compiled.native.has_dict_subscript(InputList) and compiled.native.has_dict_subscript(OutputList)
+    idx = np.arange(0, 10, dtype=np.int64)
+    from backbeat.data.batch import Batch
+    batch = Batch(FMT, EXP, idx, idx.copy(), {"value": idx + 0.5})
+    source = BatchSource(batch.starts, batch.ends, lambda a, b: batch.slice(a, b), window=4)
+    inputs, _loaders = build_inputs("sequential", "ch", {"in": ("ch", source, FMT)})
+    writer = CacheWriter(tmp_path / "out.h5", FMT, EXP)
+    sink = type("Sink", (), {})()
+    sink.write, sink.writer = writer.put, writer  # type: ignore[attr-defined]
+    outputs = build_outputs({"out": (sink, F)}, inputs)
+    x, out = inputs["in"], outputs["out"]
+    assert type(inputs) is InputList and type(outputs) is OutputList
+    # names, positions (`__missing__`), and what BEAT gives for anything else: None
+    assert x is inputs[0] and x.name == "in" and out is outputs[0] and out is outputs["out"]
+    for missing in ("nope", 1, -1, True, False, 2.0, None):
+        assert inputs[missing] is None and outputs[missing] is None
+    with pytest.raises(TypeError, match="unhashable"):
+        _ = inputs[[0]]
+    writer.abort()
+
+
+@needs_native
+def test_dicts_own_subscript_only_for_a_dict_subclass_that_does_not_override_getitem():
+    class Plain(dict):
+        def __missing__(self, key):
+            return ("missing", key)
+
+    class Own(dict):
+        def __getitem__(self, key):
+            return "own"
+
+    class Child(Plain):
+        pass
+
+    assert not compiled.native.has_dict_subscript(Plain)  # (CPython's generic slot)
+    assert compiled.native.dict_subscript(Plain) is True and compiled.native.has_dict_subscript(Plain)
+    assert Plain(a=1)["a"] == 1 and Plain()["b"] == ("missing", "b")  # (dict's C function calls __missing__)
+    assert compiled.native.dict_subscript(Own) is False and Own(a=1)["a"] == "own"
+    for other in (dict, list, int, type("NotADict", (), {})):
+        assert compiled.native.dict_subscript(other) is False
+    with pytest.raises(TypeError):
+        compiled.native.dict_subscript(Plain())
+    assert Child()["c"] == ("missing", "c")
+    Plain.__getitem__ = lambda self, key: "assigned later"  # (CPython sets the slot again, as always)
+    assert not compiled.native.has_dict_subscript(Plain)
+    assert Plain(a=1)["a"] == "assigned later" and Child(a=1)["a"] == "assigned later"
+
+
+def _one_unit_writer(tmp_path, fmt, exp, name):
+    """An Output over a real CacheWriter, its listener at unit 0 (as the driver leaves it)."""
+    from backbeat.data.values import value_type
+
+    vtype = value_type(fmt, exp)
+    x = Input("in", None, [])
+    g = InputGroup("c")
+    g.add(x)
+    writer = CacheWriter(tmp_path / name, fmt, exp, end=0)
+    sink = type("Sink", (), {})()
+    sink.write, sink.writer = writer.put, writer  # type: ignore[attr-defined]
+    listener = SynchronizationListener()
+    listener.onIntervalChanged(0, 0)
+    return Output("out", sink, listener, value_type=vtype), writer, vtype
+
+
+@needs_native
+def test_a_one_field_write_reads_and_appends_its_field_in_c_what_the_buffers_calls_do(tmp_path):
+    one, writer1, vtype1 = _one_unit_writer(tmp_path, FMT, EXP, "one.h5")
+    two, writer2, _ = _one_unit_writer(tmp_path, "user/g/1", {"a": "float64", "b": "int32"}, "two.h5")
+    assert type(one.write) is compiled.native.PlainWrite and one.write.field == "value"
+    assert type(two.write) is compiled.native.PlainWrite and two.write.field is None  # (a tuple of fields)
+    # a value whose field was deleted: the same AttributeError as attrgetter's, nothing written
+    broken = vtype1(value=np.float64(1.5))
+    del broken.__dict__["value"]
+    with pytest.raises(AttributeError, match="value"):
+        one.write(broken)
+    assert one.last_written_data_index == -1 and one.nb_data_blocks_written == 0
+    one.write(vtype1(value=np.float64(2.5)))
+    assert one.last_written_data_index == 0 and one.nb_data_blocks_written == 1
+    writer1.close()
+    writer2.abort()
+    from backbeat.data.cachereader import CacheReader
+
+    with CacheReader(tmp_path / "one.h5") as reader:
+        assert [float(v.value) for v, _s, _e in reader] == [2.5]
+    with pytest.raises(TypeError, match="together"):
+        compiled.native.PlainWrite(one.write, vtype1, one, len, len, len, [], 1, len, 0, "value", None)

@@ -6,11 +6,14 @@
  *   as a dict attribute), stored here by pointer instead of a generic attribute store.
  * - drive(): runtime.driver._drive_single's loop over a source's chunks (same stores, same order).
  * - PlainWrite: runtime.outputs.Output._direct_write's `write_plain' closure (same checks; anything
- *   else goes to Output.write, as there).
+ *   else goes to Output.write, as there); since wave 16 a one-field format's getattr and the rows'
+ *   append done in it.
  * - fill(): data.batch._scatter's setting of one field on each of a window's value objects.
  * - unreachable(), make(): data.recycling's checks of a spare window in one pass, and new value
  *   objects made by their type's constructor (wave 15).
  * - pack(): a writer's ends and float64 rows as the bytes of their numpy columns (wave 15).
+ * - dict_subscript(): dict's own C subscript as the mapping slot of a dict subclass that does not
+ *   override __getitem__ (InputList, OutputList: `inputs["in"]' at every unit; wave 16).
  * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
  */
 #define PY_SSIZE_T_CLEAN
@@ -420,12 +423,53 @@ none:
     Py_RETURN_NONE;
 }
 
-/* PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold, flush, limit):
- * Output.write's common case for a format of scalars and strings */
+/* dict_subscript(cls) -> bool: a class of Python code deriving from dict whose `__getitem__' is
+ * dict's own gets dict's C subscript as its mapping slot, and True; anything else is left as it is
+ * (False).  CPython gives such a class a generic slot that looks `__getitem__' up on the type and
+ * calls it (dict's `__getitem__' is a method that coexists with the slot, so the slot is not
+ * inherited): the same function, dict_subscript, reached through a type lookup and a method call
+ * (~50 ns a subscript; `inputs["in"]' is written at every unit).  dict_subscript itself calls a
+ * subclass's `__missing__', as the method does.  Assigning `__getitem__' on the class or a subclass
+ * later sets its slot again as CPython does. */
+static PyObject *GETITEM;
+
+static PyObject *dict_subscript(PyObject *mod, PyObject *cls_obj) {
+    if (!PyType_Check(cls_obj)) {
+        PyErr_SetString(PyExc_TypeError, "dict_subscript(cls: type)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)cls_obj;
+    if (!(cls->tp_flags & Py_TPFLAGS_HEAPTYPE) || !PyType_IsSubtype(cls, &PyDict_Type) || cls == &PyDict_Type
+        || cls->tp_as_mapping != &((PyHeapTypeObject *)cls)->as_mapping)
+        Py_RETURN_FALSE;
+    PyObject *own = _PyType_Lookup(&PyDict_Type, GETITEM);  /* (borrowed; not tp_dict: NULL for a static
+                                                                 builtin type since Python 3.12) */
+    PyObject *found = _PyType_Lookup(cls, GETITEM);  /* (borrowed; the MRO's first) */
+    if (!own || found != own) Py_RETURN_FALSE;
+    cls->tp_as_mapping->mp_subscript = PyDict_Type.tp_as_mapping->mp_subscript;
+    Py_RETURN_TRUE;
+}
+
+/* whether cls's mapping slot is dict's C subscript (for the tests) */
+static PyObject *has_dict_subscript(PyObject *mod, PyObject *cls_obj) {
+    if (!PyType_Check(cls_obj)) {
+        PyErr_SetString(PyExc_TypeError, "has_dict_subscript(cls: type)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)cls_obj;
+    return PyBool_FromLong(cls->tp_as_mapping
+                           && cls->tp_as_mapping->mp_subscript == PyDict_Type.tp_as_mapping->mp_subscript);
+}
+
+/* PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold, flush, limit[, name, rows]):
+ * Output.write's common case for a format of scalars and strings.  With `name' (a str) and `rows' (a
+ * list) — given when `get' is attrgetter(name) and `append_row' is rows.append (runtime.outputs checks) —
+ * the unit's value is read by getattr(value, name) and appended to rows here: what those two calls do,
+ * without calling them (wave 16). */
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *listener, *vtype, *output, *general, *append_row, *get, *ends, *flush;
+    PyObject *listener, *vtype, *output, *general, *append_row, *get, *ends, *flush, *name, *rows;
     Py_ssize_t threshold;
     long long limit;
 } PlainWrite;
@@ -457,8 +501,14 @@ static PyObject *plain_call(PlainWrite *self, PyObject *const *a, size_t nargsf,
     /* held from here: get and append_row may run other code (a collection, finalisers) that
      * replaces the listener's end; the Python closure holds it in a local the same way */
     Py_INCREF(end);
-    PyObject *row = PyObject_CallOneArg(self->get, a[0]);
-    PyObject *added = row ? PyObject_CallOneArg(self->append_row, row) : NULL;
+    PyObject *row, *added;
+    if (self->name) {  /* (attrgetter(name) and list.append, done here) */
+        row = PyObject_GetAttr(a[0], self->name);
+        added = row && PyList_Append(self->rows, row) == 0 ? Py_NewRef(Py_None) : NULL;
+    } else {
+        row = PyObject_CallOneArg(self->get, a[0]);
+        added = row ? PyObject_CallOneArg(self->append_row, row) : NULL;
+    }
     Py_XDECREF(row);
     if (!added || PyList_Append(self->ends, end) < 0) {
         Py_XDECREF(added);
@@ -489,15 +539,20 @@ static PyObject *plain_call(PlainWrite *self, PyObject *const *a, size_t nargsf,
 }
 
 static PyObject *plain_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    PyObject *o[8], *limit_obj;
+    PyObject *o[8], *limit_obj, *name = Py_None, *rows = Py_None;
     Py_ssize_t threshold;
     if (kw && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "PlainWrite() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOOO!nOO:PlainWrite", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
-                          &PyList_Type, &o[6], &threshold, &o[7], &limit_obj))
+    if (!PyArg_ParseTuple(args, "OOOOOOO!nOO|OO:PlainWrite", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                          &PyList_Type, &o[6], &threshold, &o[7], &limit_obj, &name, &rows))
         return NULL;
+    if ((name == Py_None) != (rows == Py_None)
+        || (name != Py_None && (!PyUnicode_CheckExact(name) || !PyList_CheckExact(rows)))) {
+        PyErr_SetString(PyExc_TypeError, "PlainWrite(): name (a str) and rows (a list) together, or neither");
+        return NULL;
+    }
     int overflow = 0;  /* (a limit past 2**63 - 1 is no limit for a long long end) */
     long long limit = PyLong_AsLongLongAndOverflow(limit_obj, &overflow);
     if (limit == -1 && PyErr_Occurred()) return NULL;
@@ -516,6 +571,8 @@ static PyObject *plain_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     self->get = Py_NewRef(o[5]);
     self->ends = Py_NewRef(o[6]);
     self->flush = Py_NewRef(o[7]);
+    self->name = name == Py_None ? NULL : Py_NewRef(name);
+    self->rows = rows == Py_None ? NULL : Py_NewRef(rows);
     self->threshold = threshold;
     self->limit = limit;
     self->vectorcall = (vectorcallfunc)plain_call;
@@ -524,12 +581,14 @@ static PyObject *plain_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static int plain_traverse(PlainWrite *s, visitproc visit, void *arg) {
     Py_VISIT(s->listener); Py_VISIT(s->vtype); Py_VISIT(s->output); Py_VISIT(s->general);
-    Py_VISIT(s->append_row); Py_VISIT(s->get); Py_VISIT(s->ends); Py_VISIT(s->flush);
+    Py_VISIT(s->append_row); Py_VISIT(s->get); Py_VISIT(s->ends); Py_VISIT(s->flush); Py_VISIT(s->name);
+    Py_VISIT(s->rows);
     return 0;
 }
 static int plain_clear(PlainWrite *s) {
     Py_CLEAR(s->listener); Py_CLEAR(s->vtype); Py_CLEAR(s->output); Py_CLEAR(s->general);
-    Py_CLEAR(s->append_row); Py_CLEAR(s->get); Py_CLEAR(s->ends); Py_CLEAR(s->flush);
+    Py_CLEAR(s->append_row); Py_CLEAR(s->get); Py_CLEAR(s->ends); Py_CLEAR(s->flush); Py_CLEAR(s->name);
+    Py_CLEAR(s->rows);
     return 0;
 }
 static void plain_dealloc(PlainWrite *s) {
@@ -537,6 +596,12 @@ static void plain_dealloc(PlainWrite *s) {
     plain_clear(s);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
+
+static PyMemberDef plain_members[] = {
+    {"field", T_OBJECT, offsetof(PlainWrite, name), READONLY,
+     "the one field read and appended here (None: the buffer's get and append are called)"},
+    {NULL}
+};
 
 static PyTypeObject PlainWriteType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -547,6 +612,7 @@ static PyTypeObject PlainWriteType = {
     .tp_vectorcall_offset = offsetof(PlainWrite, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_new = plain_new,
+    .tp_members = plain_members,
     .tp_traverse = (traverseproc)plain_traverse,
     .tp_clear = (inquiry)plain_clear,
     .tp_dealloc = (destructor)plain_dealloc,
@@ -561,6 +627,9 @@ static PyMethodDef methods[] = {
      "unreachable(pool, cls, fields) -> whether only the list refers to each object (None: cannot tell)"},
     {"pack", (PyCFunction)(void (*)(void))pack, METH_FASTCALL,
      "pack(items, code, exact) -> the items as native int64 ('q') or float64 ('d') bytes, or None"},
+    {"dict_subscript", dict_subscript, METH_O,
+     "dict_subscript(cls) -> whether cls (a dict subclass not overriding __getitem__) now has dict's C subscript"},
+    {"has_dict_subscript", has_dict_subscript, METH_O, "has_dict_subscript(cls) -> whether cls's subscript is dict's"},
     {"fill", (PyCFunction)(void (*)(void))fill, METH_FASTCALL,
      "fill(objects, key, values): object.__setattr__(obj, key, value) for each pair"},
     {NULL}
@@ -572,7 +641,8 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "backbeat.data._unitp
 PyMODINIT_FUNC PyInit__unitpath(void) {
     ONE = PyLong_FromLong(1);
     EMPTY = PyTuple_New(0);
-    if (!ONE || !EMPTY || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0) return NULL;
+    GETITEM = PyUnicode_InternFromString("__getitem__");
+    if (!ONE || !EMPTY || !GETITEM || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     if (PyModule_AddStringConstant(m, "SOURCE", UNITPATH_SOURCE) < 0

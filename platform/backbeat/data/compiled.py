@@ -11,7 +11,9 @@ kept in C slots (:data:`Slots`, their base): user code reads and sets them as be
 Since wave 15 it also checks whether a spare window's value objects can be made again
 (:func:`backbeat.data.recycling.unreachable`: the same checks in one pass), makes new ones, and
 packs a cache writer's ends and ``float64`` rows into their columns (:func:`int64s`,
-:func:`float64s`; anything else is converted by numpy as before).
+:func:`float64s`; anything else is converted by numpy as before).  Since wave 16 ``InputList`` and
+``OutputList`` subscript through ``dict``'s own C function (:func:`dict_subscript`), and a one-field
+format's write reads its field and appends its row itself.
 
 It is optional: ``pip install`` builds it when a C compiler is there (setup.py, ``optional=True``)
 and the Python code runs otherwise, or when ``BACKBEAT_COMPILED=off`` (read once, at import: the
@@ -112,6 +114,18 @@ def float64s(items: list, exact: type) -> Any:
     if raw is None:
         return np.fromiter(items, dtype="<f8", count=len(items))
     return np.frombuffer(raw, dtype=np.float64).astype("<f8", copy=False)
+
+
+def dict_subscript(cls: type) -> type:
+    """A class decorator for a ``dict`` subclass that does not override ``__getitem__`` (``InputList``,
+    ``OutputList``: ``inputs["in"]`` at every unit): the compiled module gives it ``dict``'s C subscript
+    as its mapping slot.  CPython gives such a class a generic slot that looks ``__getitem__`` up on the
+    type and calls it — the same C function (``__missing__`` included), reached through a type lookup
+    and a method call, ~50 ns a subscript.  Without the module the class is left as it is: the Python
+    path is the reference, and it is the same function."""
+    if native is not None:
+        native.dict_subscript(cls)
+    return cls
 
 
 #: ``object.__setattr__(obj, key, value)`` over a window's value objects and their values for one field

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from backbeat.core.errors import DataError
-from backbeat.data.compiled import Slots
+from backbeat.data.compiled import Slots, dict_subscript
 
 
 @runtime_checkable
@@ -259,6 +259,7 @@ class InputGroup(Slots):
         self._advance()
 
 
+@dict_subscript  # (`inputs["in"]`, `outputs["out"]` at every unit: dict's C subscript when compiled)
 class InputList(dict):
     """All groups of a block; ``main_group`` is the first restricted group added.
 

@@ -16,9 +16,10 @@ index: the driver checks it after the algorithm finished.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from typing import Any
 
-from backbeat.data.compiled import Slots, native
+from backbeat.data.compiled import Slots, dict_subscript, native
 
 WRITE_INDEX_ERROR = (
     "Algorithm logic error on write(): `end_data_index' is not consistent with last written index"
@@ -100,7 +101,7 @@ class Output(Slots):
 
                 write_general.__qualname__ = "Output.write"
                 return native.PlainWrite(listener, vtype, output, write_general, append_row, get, ends,
-                                         threshold, flush, limit)
+                                         threshold, flush, limit, *_one_field(get, append_row))
 
             def write_plain(data: Any, end_data_index: int | None = None) -> None:
                 nonlocal threshold
@@ -198,6 +199,20 @@ class Output(Slots):
             closer()
 
 
+def _one_field(get: Any, append_row: Any) -> tuple[str, list] | tuple[()]:
+    """``(name, rows)`` when ``get`` is ``operator.attrgetter(name)`` of one plain name and ``append_row``
+    is a list's ``append`` (a one-field format's buffer, data.snapshot): the compiled write then does
+    ``rows.append(getattr(value, name))`` itself, what those two calls do (wave 16); else ``()``."""
+    rows = getattr(append_row, "__self__", None)
+    if type(get) is not attrgetter or type(rows) is not list or append_row != rows.append:
+        return ()
+    names = get.__reduce__()[1]
+    if len(names) != 1 or type(names[0]) is not str or "." in names[0]:
+        return ()
+    return names[0], rows
+
+
+@dict_subscript  # (`inputs["in"]`, `outputs["out"]` at every unit: dict's C subscript when compiled)
 class OutputList(dict):
     """The outputs of a block, by name or position.
 
