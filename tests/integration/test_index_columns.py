@@ -19,6 +19,7 @@ needs_native = pytest.mark.skipif(compiled.native is None, reason="the compiled 
 E = collections.namedtuple("E", ["a", "b"])
 Ix = collections.namedtuple("Ix", ["index"])
 Other = collections.namedtuple("Other", ["a", "b"])
+Other1 = collections.namedtuple("Other1", ["index"])
 No = collections.namedtuple("No", [])
 
 
@@ -130,13 +131,16 @@ class _Changes:
     """Garbage (a cycle) whose finaliser empties, then refills with entries of another class, a list
     of entries: run by a collection the compiled module's allocation of a column may start."""
 
-    def __init__(self, entries: list):
-        self.entries, self.me = entries, self
+    def __init__(self, entries: list, other: type):
+        self.entries, self.other, self.me = entries, other, self
+
+    ran = False
 
     def __del__(self):
+        _Changes.ran = True
         n = len(self.entries)
         self.entries.clear()
-        self.entries.extend(Other(k, k) for k in range(n))
+        self.entries.extend(self.other(*[k] * len(self.other._fields)) for k in range(n))
 
 
 @needs_native
@@ -145,17 +149,22 @@ def test_a_finaliser_changing_the_entries_while_their_columns_are_made_is_never_
     """Making a column's list may start a collection whose finalisers run user code: one changing the
     entries must give None (the Python code then makes the columns) or columns of the entries as they
     are at the end — never a list with empty places, nor a value of an entry gone."""
-    entries = [E(k, -k) for k in range(5000)]
+    kind, other = (Ix, Other1) if m == 1 else (E, Other)
+    entries = [kind(*range(k, k + m)) for k in range(5000)]
+    enabled, threshold = gc.isenabled(), gc.get_threshold()
+    gc.enable()  # (an earlier test's recycling may have left it off in this process)
     gc.collect()
-    _Changes(entries)  # (garbage now: collected at the next collection)
-    threshold = gc.get_threshold()
+    _Changes.ran = False
+    _Changes(entries, other)  # (garbage now: collected at the next collection)
     gc.set_threshold(1)
     try:
-        got = compiled.native.fields(entries, E, m)
+        got = compiled.native.fields(entries, kind, m)
+        ran = _Changes.ran
     finally:
         gc.set_threshold(*threshold)
-    gc.collect()
-    assert all(type(e) is Other for e in entries)  # (the finaliser ran while the columns were made)
+        if not enabled:
+            gc.disable()
+    assert ran and all(type(e) is other for e in entries)  # (the finaliser ran while the columns were made)
     assert got is None
 
 
