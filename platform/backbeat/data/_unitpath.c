@@ -14,6 +14,8 @@
  * - pack(): a writer's ends and float64 rows as the bytes of their numpy columns (wave 15).
  * - dict_subscript(): dict's own C subscript as the mapping slot of a dict subclass that does not
  *   override __getitem__ (InputList, OutputList: `inputs["in"]' at every unit; wave 16).
+ * - fields(): a view index's namedtuples made columns, pack() their ints or floats (wave 16: the
+ *   indexing job's work before its probe starts).
  * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
  */
 #define PY_SSIZE_T_CLEAN
@@ -461,6 +463,59 @@ static PyObject *has_dict_subscript(PyObject *mod, PyObject *cls_obj) {
                            && cls->tp_as_mapping->mp_subscript == PyDict_Type.tp_as_mapping->mp_subscript);
 }
 
+/* fields(entries, kind, m) -> list | None: for a list whose items are all exactly of class `kind' (a
+ * tuple subclass: a view index's namedtuples), m >= 1: the m lists of their items 0 .. m-1 (every item
+ * of exactly m items: what [list(map(itemgetter(j), entries)) for j in range(m)] gives); m == 0: []
+ * (the type checked only).  None if an item is of another class (or size).  Each column is filled, in a
+ * pass that allocates nothing (so runs no Python code), right after its list is allocated, and the
+ * entries checked again in each pass: no list with empty places is ever seen by Python code. */
+static PyObject *fields(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 3 || !PyList_CheckExact(a[0]) || !PyType_Check(a[1]) || !PyLong_CheckExact(a[2])) {
+        PyErr_SetString(PyExc_TypeError, "fields(entries: list, kind: type, m: int)");
+        return NULL;
+    }
+    PyObject *entries = a[0];
+    PyTypeObject *kind = (PyTypeObject *)a[1];
+    Py_ssize_t m = PyLong_AsSsize_t(a[2]);
+    if (m < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "fields(): m >= 0");
+        return NULL;
+    }
+    if (!PyType_IsSubtype(kind, &PyTuple_Type)) Py_RETURN_NONE;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(entries); k++) {
+        PyObject *item = PyList_GET_ITEM(entries, k);
+        if (Py_TYPE(item) != kind || (m && PyTuple_GET_SIZE(item) != m)) Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        Py_ssize_t n = PyList_GET_SIZE(entries);
+        PyObject *col = PyList_New(n);  /* (may collect: a finaliser may change the entries, checked below) */
+        if (!col) goto fail;
+        for (Py_ssize_t k = 0; k < n; k++) {  /* (no Python code runs in this loop) */
+            PyObject *item = PyList_GET_SIZE(entries) == n ? PyList_GET_ITEM(entries, k) : NULL;
+            if (!item || Py_TYPE(item) != kind || PyTuple_GET_SIZE(item) != m) {
+                Py_DECREF(col);  /* (its empty places: list_dealloc skips them) */
+                Py_DECREF(out);
+                Py_RETURN_NONE;
+            }
+            PyList_SET_ITEM(col, k, Py_NewRef(PyTuple_GET_ITEM(item, j)));
+        }
+        int rc = PyList_Append(out, col);
+        Py_DECREF(col);
+        if (rc < 0) goto fail;
+    }
+    for (Py_ssize_t j = 0; j < m; j++)  /* (the entries as the last column saw them: every column of n) */
+        if (PyList_GET_SIZE(PyList_GET_ITEM(out, j)) != PyList_GET_SIZE(entries)) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 /* PlainWrite(listener, vtype, output, general, append_row, get, ends, threshold, flush, limit[, name, rows]):
  * Output.write's common case for a format of scalars and strings.  With `name' (a str) and `rows' (a
  * list) — given when `get' is attrgetter(name) and `append_row' is rows.append (runtime.outputs checks) —
@@ -630,6 +685,8 @@ static PyMethodDef methods[] = {
     {"dict_subscript", dict_subscript, METH_O,
      "dict_subscript(cls) -> whether cls (a dict subclass not overriding __getitem__) now has dict's C subscript"},
     {"has_dict_subscript", has_dict_subscript, METH_O, "has_dict_subscript(cls) -> whether cls's subscript is dict's"},
+    {"fields", (PyCFunction)(void (*)(void))fields, METH_FASTCALL,
+     "fields(entries, kind, m) -> the m lists of items 0..m-1 of entries all exactly of class kind, or None"},
     {"fill", (PyCFunction)(void (*)(void))fill, METH_FASTCALL,
      "fill(objects, key, values): object.__setattr__(obj, key, value) for each pair"},
     {NULL}

@@ -47,7 +47,7 @@ import zmq
 
 from backbeat.core import durable
 from backbeat.core.errors import DataError, UserCodeError, WireError
-from backbeat.data import dbindex, indextable, wire
+from backbeat.data import compiled, dbindex, indextable, wire
 from backbeat.data.batch import Batch
 from backbeat.data.snapshot import Uncopyable, ViewScalars, ViewValues, frozen
 from backbeat.processes import control, zmqcontext
@@ -95,7 +95,7 @@ def _build_index(spec: DatasetSpec, keep: list | None = None) -> dict:
         entries = view.index(spec.root_folder, spec.parameters)
         if not isinstance(entries, (list, tuple)):
             entries = list(entries)
-    types = set(map(type, entries))
+    types = compiled.types_of(entries)  # (one pass of C code for one namedtuple class)
     odd = {t for t in types if not (issubclass(t, dict) or hasattr(t, "_asdict"))}  # (by type)
     bad = next((o for o in entries if type(o) in odd and not hasattr(o, "_asdict")), None) if odd else None
     if bad is not None:  # BEAT stores each entry as a JSON object
