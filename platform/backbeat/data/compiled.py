@@ -11,7 +11,10 @@ kept in C slots (:data:`Slots`, their base): user code reads and sets them as be
 Since wave 15 it also checks whether a spare window's value objects can be made again
 (:func:`backbeat.data.recycling.unreachable`: the same checks in one pass), makes new ones, and
 packs a cache writer's ends and ``float64`` rows into their columns (:func:`int64s`,
-:func:`float64s`; anything else is converted by numpy as before).
+:func:`float64s`; anything else is converted by numpy as before).  Since wave 16 it also does a
+database provider's per-unit work: a view's index entries made (:data:`tuples`) and indexed
+(:data:`Windowed`, :mod:`backbeat.data.entries`), and the scalar values of its ``get`` taken
+(:data:`take`, :class:`backbeat.data.snapshot.ViewScalars`).
 
 It is optional: ``pip install`` builds it when a C compiler is there (setup.py, ``optional=True``)
 and the Python code runs otherwise, or when ``BACKBEAT_COMPILED=off`` (read once, at import: the
@@ -113,6 +116,19 @@ def float64s(items: list, exact: type) -> Any:
         return np.fromiter(items, dtype="<f8", count=len(items))
     return np.frombuffer(raw, dtype=np.float64).astype("<f8", copy=False)
 
+
+#: (wave 16, a database provider's per-unit work) ``tuples(cls, columns)``: a view's index entries made
+#: (``IndexTable.entries``); ``take(...)``: ``ViewScalars.take``'s loop over the view's ``get``; None
+#: when not built (the Python code runs).  ``Windowed``: the base of ``Entries`` (empty if not built)
+tuples: Any = native.tuples if native is not None else None
+take: Any = native.take if native is not None else None
+if TYPE_CHECKING or native is None:
+    class Windowed:
+        """(Not built: ``Entries``' window is in its own attributes, its ``__getitem__`` the Python code.)"""
+
+        __slots__ = ()
+else:
+    Windowed = native.Windowed
 
 #: ``object.__setattr__(obj, key, value)`` over a window's value objects and their values for one field
 #: (``data.batch``: the format's checked ``__setattr__`` bypassed; to the shorter list's end, as ``map``)
