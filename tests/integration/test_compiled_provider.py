@@ -264,7 +264,7 @@ def test_a_provider_serves_the_same_bytes_with_the_module_and_without(tmp_path):
                              cwd=ROOT, timeout=300)
         assert out.returncode == 0, out.stderr
         served.append(json.loads(out.stdout))
-    assert served[1]["native"] is False and served[0]["native"] is (compiled.native is not None)
+    assert served[1]["native"] is False and (served[0]["native"] or compiled.native is None)
     assert served[0]["value"] == served[1]["value"] and served[0]["pair"] == served[1]["pair"]
     assert served[0]["value"][0] == 4096 + 4 and served[0]["pair"][0] == 4096 + 4
     ds = dbprovider._Dataset(dataclasses.replace(spec, deps=None, index_digest=None))
