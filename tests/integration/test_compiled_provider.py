@@ -8,6 +8,7 @@ a fresh interpreter)."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import subprocess
@@ -56,6 +57,31 @@ def test_entries_of_anything_else_are_left_to_the_python_code():
     assert tuples(Entry, ([1, 2], [3])) is None and tuples(Entry, ((1, 2), (3, 4))) is None
     with pytest.raises(TypeError):
         tuples(Entry, [[1], [2]])
+
+
+@needs_native
+def test_columns_changed_by_a_finaliser_while_entries_are_made_leave_them_to_the_python_code():
+    """Making an entry may collect, and a finaliser run then may change the columns: the C code reads
+    nothing beyond them, hands out no list with empty places, and leaves the rest to the Python code."""
+    col = list(range(1000))
+
+    class Clears:
+        def __del__(self):
+            col.clear()
+
+    def garbage() -> None:
+        a = Clears()
+        a.me = a  # (a cycle: freed by the collector only)
+
+    one, columns, threshold = namedtuple("One", ["a"]), (col,), gc.get_threshold()
+    gc.collect()
+    garbage()
+    gc.set_threshold(1)
+    try:
+        got = compiled.native.tuples(one, columns)
+    finally:
+        gc.set_threshold(*threshold)
+    assert got is None and col == []
 
 
 def _entries(tmp_path: Path, n: int) -> Entries:

@@ -12,7 +12,7 @@
  *   objects made by their type's constructor (wave 15).
  * - pack(): a writer's ends and float64 rows as the bytes of their numpy columns (wave 15).
  * - tuples(), Windowed, take(): a database provider's view entries made, indexed, and its get's
- *   scalar values taken (data.indextable.Entries, data.snapshot.ViewScalars; wave 16).
+ *   scalar values taken (data.entries.Entries, data.snapshot.ViewScalars; wave 16).
  * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
  */
 #define PY_SSIZE_T_CLEAN
@@ -578,25 +578,44 @@ static PyObject *tuples(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
         if (!PyList_CheckExact(col) || (n >= 0 && PyList_GET_SIZE(col) != n)) Py_RETURN_NONE;
         n = PyList_GET_SIZE(col);
     }
-    PyObject *out = PyList_New(n);
-    if (!out) return NULL;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *row = cls->tp_alloc(cls, width);  /* (tracked by the collector, as tuple.__new__'s) */
-        if (!row) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        for (Py_ssize_t j = 0; j < width; j++) {  /* (the columns' lists: no Python code runs since their check) */
+    PyObject **made = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
+    if (!made) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    Py_INCREF(cls);
+    Py_INCREF(columns);
+    Py_ssize_t k = 0;
+    for (; k < n; k++) {
+        PyObject *row = cls->tp_alloc(cls, width);  /* (tracked by the collector, as tuple.__new__'s: it may
+                                                       collect, and a finaliser run Python code) */
+        if (!row) goto done;
+        made[k] = row;
+        for (Py_ssize_t j = 0; j < width; j++) {
             PyObject *col = PyTuple_GET_ITEM(columns, j);
+            if (k >= PyList_GET_SIZE(col)) {  /* (changed by such code: the caller's Python code then runs) */
+                for (Py_ssize_t i = 0; i <= k; i++) Py_CLEAR(made[i]);
+                Py_INCREF(Py_None);
+                out = Py_None;
+                goto done;
+            }
             PyTuple_SET_ITEM(row, j, Py_NewRef(PyList_GET_ITEM(col, k)));
         }
-        PyList_SET_ITEM(out, k, row);
     }
+    out = PyList_New(n);  /* (the entries handed out at once: no Python code sees a list with empty places) */
+    if (out)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyList_SET_ITEM(out, i, made[i]);
+            made[i] = NULL;
+        }
+done:
+    for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(made[i]);
+    PyMem_Free(made);
+    Py_DECREF(columns);
+    Py_DECREF(cls);
     return out;
 }
 
 
-/* Windowed: the base of data.indextable.Entries when built, whose `_window', `_at', `_wn' are
+/* Windowed: the base of data.entries.Entries when built, whose `_window', `_at', `_wn' are
  * its members; indexing by an exact int within the window is answered here (what Entries._item
  * does first), anything else by Entries._item, the Python code. */
 typedef struct { PyObject_HEAD PyObject *window; Py_ssize_t at, wn; } Windowed;
