@@ -31,7 +31,8 @@ ROOT = HERE.parent.parent
 #: the tests of the data path the compiled code replaces a part of (run again on the Python path)
 DATA_PATH_TESTS = ["tests/integration/test_recycling.py", "tests/integration/test_snapshots.py",
                    "tests/integration/test_fastpaths.py", "tests/integration/test_chunkloop.py",
-                   "tests/unit/test_driver.py", "tests/unit/test_inputs.py", "tests/unit/test_batch.py"]
+                   "tests/unit/test_driver.py", "tests/unit/test_inputs.py", "tests/unit/test_batch.py",
+                   "tests/integration/test_compiled_provider.py", "tests/integration/test_indextable.py"]
 
 
 def _env(**extra: str) -> dict:

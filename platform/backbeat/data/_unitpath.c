@@ -16,6 +16,8 @@
  *   override __getitem__ (InputList, OutputList: `inputs["in"]' at every unit; wave 16).
  * - fields(): a view index's namedtuples made columns, pack() their ints or floats (wave 16: the
  *   indexing job's work before its probe starts).
+ * - tuples(), Windowed, take(): a database provider's view entries made, indexed, and its get's
+ *   scalar values taken (data.entries.Entries, data.snapshot.ViewScalars; wave 16).
  * Every rule is that of the Python code: this file only saves the interpreter's work per unit.
  */
 #define PY_SSIZE_T_CLEAN
@@ -673,6 +675,205 @@ static PyTypeObject PlainWriteType = {
     .tp_dealloc = (destructor)plain_dealloc,
 };
 
+/* A database provider's per-unit work (wave 16): the view's entries and its get's values.
+ *
+ * tuples(cls, columns) -> list | None: entries made as data.indextable.IndexTable.entries makes
+ * them, tuple.__new__(cls, row) for each row of zip(*columns) (the type's allocator, the row's
+ * items stored: what tuple.__new__ does for a subclass); None unless cls is a tuple subclass
+ * allocated by the generic allocator and the columns are lists of one length (the caller then
+ * runs its Python code). */
+static PyObject *tuples(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 2 || !PyType_Check(a[0]) || !PyTuple_CheckExact(a[1])) {
+        PyErr_SetString(PyExc_TypeError, "tuples(cls: type, columns: tuple)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)a[0];
+    PyObject *columns = a[1];
+    Py_ssize_t width = PyTuple_GET_SIZE(columns);
+    if (!width || cls == &PyTuple_Type || !PyType_IsSubtype(cls, &PyTuple_Type)
+        || cls->tp_alloc != PyType_GenericAlloc || !PyType_IS_GC(cls))
+        Py_RETURN_NONE;
+    Py_ssize_t n = -1;
+    for (Py_ssize_t j = 0; j < width; j++) {
+        PyObject *col = PyTuple_GET_ITEM(columns, j);
+        if (!PyList_CheckExact(col) || (n >= 0 && PyList_GET_SIZE(col) != n)) Py_RETURN_NONE;
+        n = PyList_GET_SIZE(col);
+    }
+    PyObject **made = PyMem_Calloc(n ? n : 1, sizeof(PyObject *));
+    if (!made) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    Py_INCREF(cls);
+    Py_INCREF(columns);
+    Py_ssize_t k = 0;
+    for (; k < n; k++) {
+        PyObject *row = cls->tp_alloc(cls, width);  /* (tracked by the collector, as tuple.__new__'s: it may
+                                                       collect, and a finaliser run Python code) */
+        if (!row) goto done;
+        made[k] = row;
+        for (Py_ssize_t j = 0; j < width; j++) {
+            PyObject *col = PyTuple_GET_ITEM(columns, j);
+            if (k >= PyList_GET_SIZE(col)) {  /* (changed by such code: the caller's Python code then runs) */
+                for (Py_ssize_t i = 0; i <= k; i++) Py_CLEAR(made[i]);
+                Py_INCREF(Py_None);
+                out = Py_None;
+                goto done;
+            }
+            PyTuple_SET_ITEM(row, j, Py_NewRef(PyList_GET_ITEM(col, k)));
+        }
+    }
+    out = PyList_New(n);  /* (the entries handed out at once: no Python code sees a list with empty places) */
+    if (out)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyList_SET_ITEM(out, i, made[i]);
+            made[i] = NULL;
+        }
+done:
+    for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(made[i]);
+    PyMem_Free(made);
+    Py_DECREF(columns);
+    Py_DECREF(cls);
+    return out;
+}
+
+
+/* Windowed: the base of data.entries.Entries when built, whose `_window', `_at', `_wn' are
+ * its members; indexing by an exact int within the window is answered here (what Entries._item
+ * does first), anything else by Entries._item, the Python code. */
+typedef struct { PyObject_HEAD PyObject *window; Py_ssize_t at, wn; } Windowed;
+
+static PyMemberDef windowed_members[] = {
+    {"_window", T_OBJECT, offsetof(Windowed, window), 0, NULL},
+    {"_at", T_PYSSIZET, offsetof(Windowed, at), 0, NULL},
+    {"_wn", T_PYSSIZET, offsetof(Windowed, wn), 0, NULL},
+    {NULL}
+};
+
+static PyObject *ITEM;
+
+static PyObject *windowed_subscript(Windowed *self, PyObject *key) {
+    if (PyLong_CheckExact(key) && self->window && PyList_CheckExact(self->window)) {
+        Py_ssize_t i = PyLong_AsSsize_t(key);
+        if (i == -1 && PyErr_Occurred())
+            PyErr_Clear();  /* (beyond any window: the Python code says so) */
+        else if (i >= self->at) {
+            Py_ssize_t k = i - self->at;
+            if (k < self->wn && k < PyList_GET_SIZE(self->window))
+                return Py_NewRef(PyList_GET_ITEM(self->window, k));
+        }
+    }
+    return PyObject_CallMethodOneArg((PyObject *)self, ITEM, key);
+}
+
+static int windowed_traverse(Windowed *self, visitproc visit, void *arg) {
+    Py_VISIT(self->window);
+    return 0;
+}
+static int windowed_clear(Windowed *self) {
+    Py_CLEAR(self->window);
+    return 0;
+}
+static void windowed_dealloc(Windowed *self) {
+    PyObject_GC_UnTrack(self);
+    windowed_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMappingMethods windowed_mapping = {.mp_subscript = (binaryfunc)windowed_subscript};
+
+static PyTypeObject WindowedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "backbeat.data._unitpath.Windowed",
+    .tp_doc = "The window of a view's entries (data.indextable.Entries) as C members, indexed in C.",
+    .tp_basicsize = sizeof(Windowed),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)windowed_traverse,
+    .tp_clear = (inquiry)windowed_clear,
+    .tp_dealloc = (destructor)windowed_dealloc,
+    .tp_members = windowed_members,
+    .tp_as_mapping = &windowed_mapping,
+};
+
+
+/* take(get, output, entries, keys, immutable, rows, odd, frozen, mark): data.snapshot.ViewScalars.take's
+ * loop, the same calls in the same order: get(output, s) for each s of the list `entries'; a value
+ * that is exactly a dict of len(keys) items is picked (value[key] for each key, as itemgetter: a
+ * missing key, KeyError, makes it odd; any other error is raised) and, if the type of each picked
+ * item is in the frozenset `immutable', appended to `rows' (the item for one key, the tuple for
+ * several); any other value is `frozen(value)' put in the dict `odd' at its row and `mark' appended. */
+static PyObject *take(PyObject *mod, PyObject *const *a, Py_ssize_t na) {
+    if (na != 9 || !PyList_CheckExact(a[2]) || !PyTuple_CheckExact(a[3]) || !PyFrozenSet_CheckExact(a[4])
+        || !PyList_CheckExact(a[5]) || !PyDict_CheckExact(a[6]) || PyTuple_GET_SIZE(a[3]) < 1) {
+        PyErr_SetString(PyExc_TypeError, "take(get, output, entries: list, keys: tuple, immutable: frozenset, "
+                                         "rows: list, odd: dict, frozen, mark)");
+        return NULL;
+    }
+    PyObject *get = a[0], *output = a[1], *entries = a[2], *keys = a[3], *immutable = a[4];
+    PyObject *rows = a[5], *odd = a[6], *frozen = a[7], *mark = a[8];
+    Py_ssize_t width = PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(entries); k++) {  /* (the size read again: get may change it) */
+        PyObject *args[2] = {output, PyList_GET_ITEM(entries, k)};
+        Py_INCREF(args[1]);
+        PyObject *value = PyObject_Vectorcall(get, args, 2, NULL);
+        Py_DECREF(args[1]);
+        if (!value) return NULL;
+        PyObject *row = NULL;
+        if (PyDict_CheckExact(value) && PyDict_GET_SIZE(value) == width) {
+            PyObject *picked = width == 1 ? NULL : PyTuple_New(width);
+            int ok = width == 1 || picked != NULL;
+            for (Py_ssize_t j = 0; ok && j < width; j++) {
+                PyObject *item = PyDict_GetItemWithError(value, PyTuple_GET_ITEM(keys, j));  /* (borrowed) */
+                if (!item) {
+                    ok = 0;
+                    if (PyErr_Occurred()) {
+                        Py_XDECREF(picked);
+                        Py_DECREF(value);
+                        return NULL;
+                    }
+                    break;
+                }
+                if (width == 1) picked = Py_NewRef(item);
+                else PyTuple_SET_ITEM(picked, j, Py_NewRef(item));
+            }
+            if (!ok && picked == NULL && width != 1) {  /* (PyTuple_New failed) */
+                Py_DECREF(value);
+                return NULL;
+            }
+            if (ok) {
+                int all = 1;
+                for (Py_ssize_t j = 0; all && j < width; j++) {
+                    PyObject *item = width == 1 ? picked : PyTuple_GET_ITEM(picked, j);
+                    all = PySet_Contains(immutable, (PyObject *)Py_TYPE(item));
+                }
+                if (all < 0) {
+                    Py_DECREF(picked);
+                    Py_DECREF(value);
+                    return NULL;
+                }
+                if (all) row = picked;
+                else Py_DECREF(picked);
+            } else
+                Py_XDECREF(picked);
+        }
+        if (row) {
+            Py_DECREF(value);
+            int rc = PyList_Append(rows, row);
+            Py_DECREF(row);
+            if (rc < 0) return NULL;
+            continue;
+        }
+        PyObject *snap = PyObject_CallOneArg(frozen, value);
+        Py_DECREF(value);
+        if (!snap) return NULL;
+        PyObject *at = PyLong_FromSsize_t(PyList_GET_SIZE(rows));
+        int rc = at ? PyDict_SetItem(odd, at, snap) : -1;
+        Py_XDECREF(at);
+        Py_DECREF(snap);
+        if (rc < 0 || PyList_Append(rows, mark) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"drive", (PyCFunction)(void (*)(void))drive, METH_FASTCALL,
      "drive(x, group, listener, chunks, process, args, first, read, live, source, pacer) -> (steps, result)"},
@@ -689,6 +890,10 @@ static PyMethodDef methods[] = {
      "fields(entries, kind, m) -> the m lists of items 0..m-1 of entries all exactly of class kind, or None"},
     {"fill", (PyCFunction)(void (*)(void))fill, METH_FASTCALL,
      "fill(objects, key, values): object.__setattr__(obj, key, value) for each pair"},
+    {"tuples", (PyCFunction)(void (*)(void))tuples, METH_FASTCALL,
+     "tuples(cls, columns) -> [tuple.__new__(cls, row) for row in zip(*columns)], or None"},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
+     "take(get, output, entries, keys, immutable, rows, odd, frozen, mark): ViewScalars.take's loop"},
     {NULL}
 };
 
@@ -699,12 +904,15 @@ PyMODINIT_FUNC PyInit__unitpath(void) {
     ONE = PyLong_FromLong(1);
     EMPTY = PyTuple_New(0);
     GETITEM = PyUnicode_InternFromString("__getitem__");
-    if (!ONE || !EMPTY || !GETITEM || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0) return NULL;
+    ITEM = PyUnicode_InternFromString("_item");
+    if (!ONE || !EMPTY || !GETITEM || !ITEM || PyType_Ready(&SlotsType) < 0 || PyType_Ready(&PlainWriteType) < 0
+        || PyType_Ready(&WindowedType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
     if (PyModule_AddStringConstant(m, "SOURCE", UNITPATH_SOURCE) < 0
         || PyModule_AddObjectRef(m, "Slots", (PyObject *)&SlotsType) < 0
-        || PyModule_AddObjectRef(m, "PlainWrite", (PyObject *)&PlainWriteType) < 0) {
+        || PyModule_AddObjectRef(m, "PlainWrite", (PyObject *)&PlainWriteType) < 0
+        || PyModule_AddObjectRef(m, "Windowed", (PyObject *)&WindowedType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

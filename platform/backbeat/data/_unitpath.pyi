@@ -13,3 +13,13 @@ def drive(x: Any, group: Any, listener: Any, chunks: Any, process: Any, args: tu
 def fill(objects: list, key: str, values: list) -> None: ...
 
 def fields(entries: list, kind: type, m: int) -> list[list] | None: ...
+
+def tuples(cls: type, columns: tuple) -> list | None: ...
+
+def take(get: Any, output: str, entries: list, keys: tuple, immutable: frozenset, rows: list, odd: dict,
+         frozen: Any, mark: Any) -> None: ...
+
+class Windowed:
+    _window: list
+    _at: int
+    _wn: int

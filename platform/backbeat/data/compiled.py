@@ -15,7 +15,10 @@ packs a cache writer's ends and ``float64`` rows into their columns (:func:`int6
 ``OutputList`` subscript through ``dict``'s own C function (:func:`dict_subscript`), and a one-field
 format's write reads its field and appends its row itself; it also makes a view
 index's columns (:func:`types_of`, :func:`fields`, :func:`exact_numbers`: the indexing job's work
-before its probe can start).
+before its probe can start), and it does a
+database provider's per-unit work: a view's index entries made (:data:`tuples`) and indexed
+(:data:`Windowed`, :mod:`backbeat.data.entries`), and the scalar values of its ``get`` taken
+(:data:`take`, :class:`backbeat.data.snapshot.ViewScalars`).
 
 It is optional: ``pip install`` builds it when a C compiler is there (setup.py, ``optional=True``)
 and the Python code runs otherwise, or when ``BACKBEAT_COMPILED=off`` (read once, at import: the
@@ -159,6 +162,19 @@ def exact_numbers(values: list) -> tuple[str, Any] | None:
     raw = native.pack(values, "q" if kind == "int" else "d", None)
     return None if raw is None else (kind, np.frombuffer(raw, dtype=np.int64 if kind == "int" else np.float64))
 
+
+#: (wave 16, a database provider's per-unit work) ``tuples(cls, columns)``: a view's index entries made
+#: (``IndexTable.entries``); ``take(...)``: ``ViewScalars.take``'s loop over the view's ``get``; None
+#: when not built (the Python code runs).  ``Windowed``: the base of ``Entries`` (empty if not built)
+tuples: Any = native.tuples if native is not None else None
+take: Any = native.take if native is not None else None
+if TYPE_CHECKING or native is None:
+    class Windowed:
+        """(Not built: ``Entries``' window is in its own attributes, its ``__getitem__`` the Python code.)"""
+
+        __slots__ = ()
+else:
+    Windowed = native.Windowed
 
 #: ``object.__setattr__(obj, key, value)`` over a window's value objects and their values for one field
 #: (``data.batch``: the format's checked ``__setattr__`` bypassed; to the shorter list's end, as ``map``)

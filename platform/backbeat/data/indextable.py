@@ -35,12 +35,11 @@ import hashlib
 import json
 import math
 import mmap
-import operator
 import os
 import shutil
 import tempfile
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from operator import itemgetter
 from typing import Any
@@ -52,10 +51,11 @@ from simplejson.encoder import encode_basestring_ascii
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import compiled, dbindex, decimals
+from backbeat.data.compiled import tuples
+from backbeat.data.entries import Entries
 from backbeat.data.indexfiles import TABLE as SUFFIX
 
 MAGIC = b"backbeat-index-table/1\n"
-WINDOW = 1024  # entries made at once by Entries
 CHUNK = 65536  # values compared at once when grouping non-numeric columns
 NUMERIC = {"int": np.dtype("<i8"), "float": np.dtype("<f8"), "bool": np.dtype("?")}
 _NULL = type(None)
@@ -398,7 +398,8 @@ class IndexTable:
         if not self.fields:
             return [self.entry() for _ in range(a, b)]
         cols = [self.values(f, a, b) for f in self.fields]
-        return list(map(self._make, zip(*cols, strict=True)))
+        made = tuples(self.entry, tuple(cols)) if tuples is not None else None  # (compiled: the same tuples)
+        return made if made is not None else list(map(self._make, zip(*cols, strict=True)))
 
     def units(self, field: str) -> tuple[np.ndarray, np.ndarray]:
         """The data units of an output whose values are ``field`` (:func:`dbindex.group_units`)."""
@@ -422,55 +423,6 @@ class IndexTable:
             with contextlib.suppress(BufferError):  # arrays still viewing the map keep it alive
                 self._map.close()
             self._map = None
-
-
-class Entries(Sequence):
-    """Entries ``lo .. hi-1`` of a table as a read-only sequence of ``Entry`` namedtuples, made a
-    window at a time: what a view's ``setup`` receives as ``objs`` (slices are lazy too)."""
-
-    def __init__(self, table: IndexTable, lo: int = 0, hi: int | None = None):
-        self.table = table
-        self.lo, self.hi = lo, table.n if hi is None else hi
-        self._at = self._wn = 0
-        self._window: list = []
-
-    def __len__(self) -> int:
-        return self.hi - self.lo
-
-    def __getitem__(self, i: Any) -> Any:
-        if type(i) is int:  # the common case (a view's get): within the current window
-            k = i - self._at
-            if 0 <= k < self._wn:
-                return self._window[k]
-        elif isinstance(i, slice):
-            a, b, step = i.indices(len(self))
-            if step == 1:
-                return Entries(self.table, self.lo + a, self.lo + max(a, b))
-            return [self[k] for k in range(a, b, step)]
-        return self._load(operator.index(i))
-
-    def _load(self, i: int) -> Any:
-        n = self.hi - self.lo
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("view index entry out of range")
-        self._at = i - i % WINDOW
-        self._window = self.table.entries(self.lo + self._at, self.lo + min(n, self._at + WINDOW))
-        self._wn = len(self._window)
-        return self._window[i - self._at]
-
-    def __iter__(self) -> Iterator:
-        for a in range(self.lo, self.hi, WINDOW):
-            yield from self.table.entries(a, min(self.hi, a + WINDOW))
-
-    def __repr__(self) -> str:
-        return f"<view index entries {self.lo}..{self.hi} of `{self.table.path}'>"
-    def units(self, field: str) -> tuple[np.ndarray, np.ndarray]:
-        """Data units of an output over these entries (grouped from the column, no entry made)."""
-        if self.lo == 0 and self.hi == self.table.n:
-            return self.table.units(field)
-        return dbindex.group_units(self.table.values(field, self.lo, self.hi))
 
 
 def load_entries(index_path: str | os.PathLike, digest: str | None = None) -> Entries:
