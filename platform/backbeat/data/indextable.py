@@ -150,7 +150,7 @@ def columns(entries: Sequence[Any], types: set[type] | None = None) -> tuple[lis
         cols = [list(map(itemgetter(k), entries)) for k in fields]
     elif isinstance(first, tuple) and hasattr(first, "_fields"):
         fields = list(first._fields)
-        if types != {kind}:
+        if types != {kind} or not _plain_namedtuple(kind):
             return None
         cols = compiled.fields(entries, kind, len(fields)) or [list(map(itemgetter(k), entries)) for k in range(len(fields))]
     else:
@@ -162,6 +162,24 @@ def columns(entries: Sequence[Any], types: set[type] | None = None) -> tuple[lis
             return None
         out[name] = col
     return fields, out
+
+
+#: what simplejson's writing of a namedtuple goes through (``_asdict``, which zips ``_fields`` with the
+#: tuple's iteration): a class below namedtuple's that defines one of these may print otherwise
+_PRINTING = frozenset({"_asdict", "_fields", "__iter__", "__getitem__", "__len__"})
+
+
+def _plain_namedtuple(kind: type) -> bool:
+    """Whether entries of class ``kind`` print as simplejson prints namedtuple()'s own classes: the
+    class namedtuple() made is in its MRO and no class below it defines what that printing goes through
+    (a subclass overriding ``__getitem__`` made the columns differ from BEAT's bytes)."""
+    for cls in kind.__mro__:
+        own = vars(cls)
+        if "_make" in own and "_fields" in own:  # (namedtuple()'s class)
+            return True
+        if _PRINTING & own.keys():
+            return False
+    return False
 
 
 def to_json(fields: list[str], cols: dict[str, Column], n: int) -> bytes:
@@ -298,7 +316,7 @@ def index_columns(entries: Sequence[Any], types: set[type] | None = None) -> tup
         raise DataError(f"a view index must be a list, not {type(entries).__name__}")
     try:
         return columns(entries, types)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):  # (IndexError: entries shorter than their _fields)
         return None
 
 
