@@ -247,23 +247,41 @@ def served_cpu(pids: set[int]) -> float:
     return total / CLK_TCK
 
 
-def _served_settled(warm: set[int], cwd: str, before: set[int], patience: float) -> float:
+def _state(pid: int) -> str:
+    """A process's state letter (``Z``: ended, not reaped yet); "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _served_settled(warm: set[int], cwd: str, before: set[int], patience: float) -> tuple[float, bool]:
     """Wait (at most ``patience`` seconds) until the commands templates ``warm`` serve for this run
-    (:func:`served_commands`: working in ``cwd``, not in ``before``) are gone, i.e. reaped: a served
-    command answers its client before its last work (the syncing of its large outputs,
+    (their children since it started, working in ``cwd``, or ended already) are reaped: a served command
+    answers its client before its last work (the syncing of its large outputs,
     :func:`backbeat.core.exiting.after_answer`), and its tree's CPU reaches the template's ``cutime``
     only when the template reaps it — read before that, the run's CPU was counted as other programs'
-    (the "others" column of served 1M rows, 1-2 cores).  When that happened (``perf_counter``); the
-    run's wall time is still its client's."""
+    (the "others" column of served 1M rows, 1-2 cores).  When that happened (``perf_counter``), and
+    whether the patience ran out; the run's wall time is still its client's."""
     deadline = time.perf_counter() + patience
     ours: set[int] = set()
-    while warm and time.perf_counter() < deadline:
-        ours |= set(served_commands(cwd, warm, before))  # (an ended command, a zombie, has no folder)
-        ours = {pid for pid in ours if os.path.exists(f"/proc/{pid}")}  # (gone once reaped, not ended)
+    while warm:
+        kids = served(warm) - before  # (a template's children include those ended, not reaped yet)
+        for pid in kids - ours:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/cwd") == cwd:
+                    ours.add(pid)
+                    continue
+            if _state(pid) == "Z":  # (an ended command has no folder to read: a zombie of the run's time)
+                ours.add(pid)
+        ours &= kids  # (reaped: no longer a template's child, whatever took its pid since)
         if not ours:
             break
+        if time.perf_counter() >= deadline:
+            return time.perf_counter(), True
         time.sleep(0.01)
-    return time.perf_counter()
+    return time.perf_counter(), False
 
 
 def kill_tree(exclude: set[int]) -> int:
@@ -315,12 +333,14 @@ def run(command: list[str], *, cwd: str | Path | None = None, env: dict | None =
         sampler.stop.set()
         sampler.join()
     leftovers = kill_tree(exclude | templates())
-    settled = _served_settled(warm, folder, before, 60.0 if timeout is None else timeout)
+    settled, unsettled = _served_settled(warm, folder, before, 60.0 if timeout is None else timeout)
     cpu = _cpu(resource.RUSAGE_CHILDREN) - cpu0 + served_cpu(warm) - served0  # (a served command: its template's child)
     mine = cpu + _cpu(resource.RUSAGE_SELF) - self0  # the tree, and this process (its sampler)
     span = settled - t0  # (the run's CPU counted until its served tree is reaped: the others' too)
     others = max(0.0, (_busy_seconds() - busy0) - mine) / span if span > 0 else 0.0
     result = Measured(command, wall, code, out, err, cpu, others, leftovers=leftovers, started=t0)
+    if unsettled:  # (a served command of the run still alive after the patience: its CPU not all counted)
+        result.extra["served_unsettled"] = True
     if sampler is not None:
         result.peak_pss_mb, result.peak_rss_mb = sampler.pss / 1024, sampler.rss / 1024
         result.peak_processes, result.samples = sampler.procs, sampler.samples

@@ -279,8 +279,12 @@ class Bench:
 
     def floor(self, row: Row, acc: ToolRows) -> None:
         """Time :data:`FLOOR_CODE` over the row's items with the measured backbeat's Python."""
-        proc = subprocess.run([self.args.python, "-c", FLOOR_CODE, str(row.n)], capture_output=True, text=True,
-                              env=self.env, timeout=self.args.timeout, check=False)
+        try:
+            proc = subprocess.run([self.args.python, "-c", FLOOR_CODE, str(row.n)], capture_output=True, text=True,
+                                  env=self.env, timeout=self.args.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            acc.notes.append(f"floor not measured: over {self.args.timeout} s")
+            return
         try:
             acc.floor.append(float(proc.stdout.strip()))
         except ValueError:
@@ -330,6 +334,8 @@ class Bench:
                 acc.cache = runner.folder_bytes(used)
         if m.leftovers:
             acc.notes.append(f"{m.leftovers} process(es) still alive after the run (killed)")
+        if m.extra.get("served_unsettled"):
+            acc.notes.append("the served command still ran after the time cap: its CPU not all counted")
         self.drop(used, cache)
 
 

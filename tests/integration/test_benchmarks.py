@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -235,41 +234,68 @@ while True:
         os.chdir(folder)
         with open(fifo + ".answer", "w") as f:
             f.write("done\n")
-        end = time.process_time() + 0.6
+        end = time.process_time() + float(sys.argv[3])
         while time.process_time() < end:
             pass
         os._exit(0)
     os.wait()
 '''
 
-
-def test_runner_counts_the_cpu_a_served_command_spends_after_its_answer(tmp_path):
-    """A served command answers before its last work (the syncing of its large outputs): its CPU
-    reaches the template's only when the template reaps it, so the harness waits for the commands
-    served in the run's folder to end before reading it — it used to count that CPU as other
-    programs' (the 'others' column of served 1M rows read 1-2 cores on an idle machine)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        import runner
-    finally:
-        sys.path.remove(str(BENCH))
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    os.mkfifo(f"{fifo}.answer")
-    mark = runner.TEMPLATE_MARKS[0].decode()  # (found as a warm template by its command line)
-    template = subprocess.Popen([sys.executable, "-c", _FAKE_TEMPLATE, str(fifo), mark])
-    try:
-        for _ in range(1000):  # (its command line reads empty for a moment after the exec)
-            if template.pid in runner.templates():
+_HARNESS = r'''
+import json, os, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+import runner
+work, fake, busy = sys.argv[2], sys.argv[3], sys.argv[4]
+fifo = os.path.join(work, "fifo")
+os.mkfifo(fifo)
+os.mkfifo(fifo + ".answer")
+template = subprocess.Popen([sys.executable, "-c", fake, fifo, runner.TEMPLATE_MARKS[0].decode(), busy],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # (never holding our pipes)
+try:
+    for _ in range(1000):  # (its command line reads empty for a moment after the exec)
+        if template.pid in runner.templates():
+            break
+        time.sleep(0.01)
+    client = [sys.executable, "-c", f"open({fifo!r}, 'w').write({work!r} + '\\n'); "
+              f"assert open({fifo + '.answer'!r}).read() == 'done\\n'"]
+    m = runner.run(client, cwd=work, timeout=30)
+    left = runner.served_commands(os.path.realpath(work), {template.pid})
+    print(json.dumps({"code": m.returncode, "err": m.stderr, "cpu": m.cpu_s, "left": left, "extra": m.extra}))
+finally:
+    for _ in range(500):  # (the template opens the fifo again after reaping its command: ENXIO until then)
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            if template.poll() is not None:
                 break
             time.sleep(0.01)
-        client = [sys.executable, "-c", f"open({str(fifo)!r}, 'w').write({str(tmp_path)!r} + '\\n'); "
-                  f"assert open({str(fifo) + '.answer'!r}).read() == 'done\\n'"]
-        m = runner.run(client, cwd=tmp_path, timeout=30)
-        assert m.returncode == 0, m.stderr
-        assert m.cpu_s >= 0.5, m  # the served command's 0.6 s of CPU after the client's exit
-        assert not runner.served_commands(os.path.realpath(tmp_path), {template.pid})  # reaped before reading
-    finally:
-        with open(fifo, "w") as f:
-            f.write("\n")
+            continue
+        os.write(fd, b"\n")
+        os.close(fd)
+        break
+    try:
         template.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        template.kill()
+        template.wait()
+'''
+
+
+@pytest.mark.parametrize("busy", ["0.6", "0"])
+def test_runner_counts_the_cpu_a_served_command_spends_after_its_answer(tmp_path, busy):
+    """A served command answers before its last work (the syncing of its large outputs): its CPU
+    reaches the template's only when the template reaps it, so the harness waits for the commands
+    served in the run's folder to be reaped before reading it — it used to count that CPU as other
+    programs' (the 'others' column of served 1M rows read 1-2 cores on an idle machine).  Busy 0:
+    the command has ended (a zombie, no folder to read) before the harness looks.  (The harness runs
+    in a process of its own: it kills and reaps what its runs leave, which a test worker's other
+    children must not be.)"""
+    proc = subprocess.run([sys.executable, "-c", _HARNESS, str(BENCH), str(tmp_path), _FAKE_TEMPLATE, busy],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["code"] == 0, got["err"]
+    assert got["cpu"] >= 0.5 * float(busy), got  # the served command's CPU after the client's exit
+    assert got["left"] == [] and got["extra"] == {}, got  # reaped before the CPU was read
+
+
