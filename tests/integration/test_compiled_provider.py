@@ -48,6 +48,9 @@ def test_entries_are_made_as_tuple_new_makes_them(columns):
     assert got == want and all(type(g) is Entry for g in got)
     assert all(x is y for g, w in zip(got, want, strict=True) for x, y in zip(g, w, strict=True))
     assert [g.a for g in got] == list(columns[0]) and [g._asdict() for g in got] == [w._asdict() for w in want]
+    hashable = [w for w in want if all(isinstance(v, (int, float, str, type(None))) for v in w)]
+    assert [hash(g) for g in got if g in hashable] == [hash(w) for w in hashable]  # (a hash cached right)
+    assert all({tuple(w): 1}[g] == 1 for g, w in zip(got, want, strict=True) if w in hashable)
 
 
 @needs_native
@@ -60,6 +63,8 @@ def test_entries_of_anything_else_are_left_to_the_python_code():
 
 
 @needs_native
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="since 3.12 a collection an allocation starts runs at the "
+                    "next eval-breaker check, after the call returns: no finaliser can run inside tuples()")
 def test_columns_changed_by_a_finaliser_while_entries_are_made_leave_them_to_the_python_code():
     """Making an entry may collect, and a finaliser run then may change the columns: the C code reads
     nothing beyond them, hands out no list with empty places, and leaves the rest to the Python code."""
@@ -125,6 +130,37 @@ class _Key(str):
         raise RuntimeError("compared")
 
 
+class _KeyErrorKey(_Key):
+    """A key whose comparison raises KeyError: a missing key to itemgetter (the value odd), not an error."""
+
+    def __eq__(self, other):
+        raise KeyError("compared")
+
+    __hash__ = _Key.__hash__
+
+
+def test_entries_whose_window_could_not_be_made_keep_the_window_they_had(tmp_path):
+    """A table failing to make a window (an OS error, memory) leaves the entries' window as it was: the
+    next index within it is that window's entry, never another window's entry at the same place."""
+    objs = _entries(tmp_path, 3 * WINDOW)
+    assert objs[3] == (3, "n3")
+    table, calls = objs.table, []
+
+    class Failing:
+        n, path = table.n, table.path
+
+        def entries(self, a, b):
+            calls.append((a, b))
+            if len(calls) == 1:
+                raise OSError("cannot read the table")
+            return table.entries(a, b)
+
+    objs.table = Failing()
+    with pytest.raises(OSError):
+        objs[2 * WINDOW]
+    assert objs[WINDOW * 2 + 2] == (2 * WINDOW + 2, f"n{2 * WINDOW + 2}") and objs[3] == (3, "n3")
+
+
 class _Stubborn:
     def __deepcopy__(self, memo):
         raise TypeError("cannot copy me")
@@ -138,6 +174,7 @@ WINDOWS = [  # (format, what get returns for entries 0, 1, ...)
     (ONE, [{"value": 1.0}, {"value": [2.0]}, {"value": "one"}, {"value": None}, "not a dict", None]),
     (ONE, [{"value": 1.0, "extra": 1}, {"other": 1.0}, {}, {"value": np.float64("nan")}, {"value": -0.0}]),
     (ONE, [{_Key("x"): 1.0}]),  # (the lookup's error raised, as itemgetter raises it)
+    (ONE, [{"value": 1.0}, {_KeyErrorKey("x"): 1.0}, {"value": 2.0}]),  # (a KeyError in the lookup: missing)
     (ONE, [{"value": 1.0}, {"value": _Stubborn()}]),
     (TWO, [{"n": np.int32(k), "x": np.float64(k / 2)} for k in range(4)]),
     (TWO, [{"x": 0.5, "n": 3}, {"n": np.int32(1), "x": np.array(0.5)}, {"n": 1}, {"n": 1, "x": 2, "y": 3}]),

@@ -63,7 +63,8 @@ class Entries(Windowed, Sequence):
         if not 0 <= i < n:
             raise IndexError("view index entry out of range")
         at = i - i % WINDOW
-        window = self.table.entries(self.lo + at, self.lo + min(n, at + WINDOW))
+        window = self.table.entries(self.lo + at, self.lo + min(n, at + WINDOW))  # (a failure: the window kept)
+        self._wn = 0  # (no mixed window between the stores, for another thread)
         self._at, self._window, self._wn = at, window, len(window)
         return window[i - at]
 
@@ -72,7 +73,7 @@ class Entries(Windowed, Sequence):
             yield from self.table.entries(a, min(self.hi, a + WINDOW))
 
     def __reduce__(self) -> tuple:  # (copy.copy: the same entries of the same table, whichever base)
-        return Entries, (self.table, self.lo, self.hi)
+        return type(self), (self.table, self.lo, self.hi)
 
     def __repr__(self) -> str:
         return f"<view index entries {self.lo}..{self.hi} of `{self.table.path}'>"
