@@ -41,6 +41,20 @@ def _env(**extra: str) -> dict:
     return env
 
 
+def _wired(tmp_path: Path, n: int, window: int) -> tuple:
+    """A sequential block's inputs (``n`` units of ``value`` i + 0.5, read ``window`` at a time), loaders,
+    and outputs writing to a real cache writer (its file in ``tmp_path``), as the block runner wires them."""
+    idx = np.arange(0, n, dtype=np.int64)
+    from backbeat.data.batch import Batch
+    batch = Batch(FMT, EXP, idx, idx.copy(), {"value": idx + 0.5})
+    source = BatchSource(batch.starts, batch.ends, lambda a, b: batch.slice(a, b), window=window)
+    inputs, loaders = build_inputs("sequential", "ch", {"in": ("ch", source, FMT)})
+    writer = CacheWriter(tmp_path / "out.h5", FMT, EXP)
+    sink = type("Sink", (), {})()
+    sink.write, sink.writer = writer.put, writer  # type: ignore[attr-defined]
+    return inputs, loaders, build_outputs({"out": (sink, F)}, inputs), writer
+
+
 def test_the_compiled_path_is_in_use_where_it_is_built(tmp_path, monkeypatch):
     if compiled.SWITCHED_OFF:
         assert compiled.native is None and Input.__bases__ == (object,)
@@ -52,15 +66,7 @@ def test_the_compiled_path_is_in_use_where_it_is_built(tmp_path, monkeypatch):
     calls = []
     drive = compiled.native.drive
     monkeypatch.setattr(compiled.native, "drive", lambda *a: calls.append(1) or drive(*a))
-    idx = np.arange(0, 100, dtype=np.int64)
-    from backbeat.data.batch import Batch
-    batch = Batch(FMT, EXP, idx, idx.copy(), {"value": idx + 0.5})
-    source = BatchSource(batch.starts, batch.ends, lambda a, b: batch.slice(a, b), window=30)
-    inputs, loaders = build_inputs("sequential", "ch", {"in": ("ch", source, FMT)})
-    writer = CacheWriter(tmp_path / "out.h5", FMT, EXP)
-    sink = type("Sink", (), {})()
-    sink.write, sink.writer = writer.put, writer  # type: ignore[attr-defined]
-    outputs = build_outputs({"out": (sink, F)}, inputs)
+    inputs, loaders, outputs, writer = _wired(tmp_path, 100, 30)
     assert type(outputs["out"].write) is compiled.native.PlainWrite
 
     class Identity:
@@ -537,15 +543,7 @@ def test_inputs_and_outputs_subscript_as_before_through_dicts_own_slot(tmp_path)
 
     if compiled.native is not None:  # (where built, the generic slot that calls `__getitem__` is replaced)
         assert compiled.native.has_dict_subscript(InputList) and compiled.native.has_dict_subscript(OutputList)
-    idx = np.arange(0, 10, dtype=np.int64)
-    from backbeat.data.batch import Batch
-    batch = Batch(FMT, EXP, idx, idx.copy(), {"value": idx + 0.5})
-    source = BatchSource(batch.starts, batch.ends, lambda a, b: batch.slice(a, b), window=4)
-    inputs, _loaders = build_inputs("sequential", "ch", {"in": ("ch", source, FMT)})
-    writer = CacheWriter(tmp_path / "out.h5", FMT, EXP)
-    sink = type("Sink", (), {})()
-    sink.write, sink.writer = writer.put, writer  # type: ignore[attr-defined]
-    outputs = build_outputs({"out": (sink, F)}, inputs)
+    inputs, _loaders, outputs, writer = _wired(tmp_path, 10, 4)
     x, out = inputs["in"], outputs["out"]
     assert type(inputs) is InputList and type(outputs) is OutputList
     # names, positions (`__missing__`), and what BEAT gives for anything else: None
