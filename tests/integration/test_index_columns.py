@@ -9,6 +9,7 @@ import gc
 import hashlib
 import json
 import sys
+import typing
 
 import numpy as np
 import pytest
@@ -53,6 +54,45 @@ class MoreFields(E):
     _fields = ("a", "b", "c")
 
 
+class Slotted(E):
+    """No instance dictionary, nothing of the printing changed: its columns are taken."""
+
+    __slots__ = ()
+
+
+class Typed(typing.NamedTuple):
+    a: int
+    b: int
+
+
+class TypedIter(typing.NamedTuple):
+    a: int
+    b: int
+
+    def __iter__(self):  # (copied into namedtuple()'s own class by typing)
+        return reversed(tuple(tuple.__iter__(self)))
+
+
+class RevMix(tuple):
+    __slots__ = ()
+
+    def __iter__(self):
+        return reversed(tuple(tuple.__iter__(self)))
+
+
+class Below(E, RevMix):  # (the mixin's iteration after namedtuple()'s class in the MRO)
+    __slots__ = ()
+
+
+class Looked(E):
+    __slots__ = ()
+
+    def __getattribute__(self, name):
+        if name == "_asdict":
+            return lambda: {"b": tuple.__getitem__(self, 1)}
+        return super().__getattribute__(name)
+
+
 class FloatLike(float):
     pass
 
@@ -83,6 +123,11 @@ CASES = {
     "a subclass with its own _asdict": [OwnDict(i, i + 1) for i in range(10)],
     "a subclass iterating otherwise": [Backwards(i, i + 1) for i in range(10)],
     "a subclass with more _fields than items": [MoreFields(i, i + 1) for i in range(10)],
+    "a subclass without a dict": [Slotted(i, i + 1) for i in range(10)],
+    "a typing.NamedTuple": [Typed(i, i + 1) for i in range(10)],
+    "a typing.NamedTuple iterating otherwise": [TypedIter(i, i + 1) for i in range(10)],
+    "a tuple mixin iterating otherwise": [Below(i, i + 1) for i in range(10)],
+    "a subclass looking _asdict up otherwise": [Looked(i, i + 1) for i in range(10)],
 }
 
 
@@ -126,6 +171,8 @@ def test_the_compiled_columns_are_what_the_python_code_makes_and_write_beats_byt
     assert _same_columns(native, python), (native, python)
     if isinstance(written[0], bytes):
         assert written[0] == dbindex.dumps_index(entries)
+    if name in ("ints", "two fields", "a subclass without a dict", "a typing.NamedTuple"):  # (taken as columns)
+        assert native is not None and not isinstance(native, type)
 
 
 def _write(path, entries) -> tuple:

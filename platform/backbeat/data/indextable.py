@@ -164,19 +164,27 @@ def columns(entries: Sequence[Any], types: set[type] | None = None) -> tuple[lis
     return fields, out
 
 
-#: what simplejson's writing of a namedtuple goes through (``_asdict``, which zips ``_fields`` with the
-#: tuple's iteration): a class below namedtuple's that defines one of these may print otherwise
-_PRINTING = frozenset({"_asdict", "_fields", "__iter__", "__getitem__", "__len__"})
+#: what simplejson's writing of a namedtuple goes through (``getattr(o, "_asdict")()``, which zips ``_fields``
+#: with the tuple's iteration): a class that defines one of these may print otherwise than its columns
+_PRINTING = frozenset({"_asdict", "_fields", "__iter__", "__getitem__", "__len__", "__getattribute__"})
+_ASDICT = namedtuple("_N", "a")._asdict.__code__  # (namedtuple()'s own)
 
 
 def _plain_namedtuple(kind: type) -> bool:
-    """Whether entries of class ``kind`` print as simplejson prints namedtuple()'s own classes: the
-    class namedtuple() made is in its MRO and no class below it defines what that printing goes through
-    (a subclass overriding ``__getitem__`` made the columns differ from BEAT's bytes)."""
-    for cls in kind.__mro__:
+    """Whether entries of class ``kind`` print as simplejson prints namedtuple()'s own classes, so that
+    their columns give its bytes: no instance dictionary (an entry's own ``_asdict`` would print), the
+    class namedtuple() made found with its own ``_asdict`` and nothing between it and ``tuple`` (a
+    mixin's iteration), and no class below it defining what the printing goes through (a subclass
+    overriding ``__getitem__`` made the columns differ from BEAT's bytes; a ``typing.NamedTuple``'s
+    methods are namedtuple()'s class's own).  False only costs speed: simplejson writes the file."""
+    if kind.__dictoffset__:
+        return False
+    for i, cls in enumerate(kind.__mro__):
         own = vars(cls)
         if "_make" in own and "_fields" in own:  # (namedtuple()'s class)
-            return True
+            return (kind.__mro__[i + 1:] == (tuple, object)
+                    and getattr(own.get("_asdict"), "__code__", None) is _ASDICT
+                    and not (_PRINTING - {"_asdict", "_fields"}) & own.keys())
         if _PRINTING & own.keys():
             return False
     return False
