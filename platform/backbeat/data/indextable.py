@@ -167,7 +167,7 @@ def columns(entries: Sequence[Any], types: set[type] | None = None) -> tuple[lis
 #: what simplejson's writing of a namedtuple goes through (``getattr(o, "_asdict")()``, which zips ``_fields``
 #: with the tuple's iteration): a class that defines one of these may print otherwise than its columns
 _PRINTING = frozenset({"_asdict", "_fields", "__iter__", "__getitem__", "__len__", "__getattribute__"})
-_ASDICT = namedtuple("_N", "a")._asdict.__code__  # (namedtuple()'s own)
+_ASDICT = vars(namedtuple("_N", "a"))["_asdict"].__code__  # (namedtuple()'s own)
 
 
 def _plain_namedtuple(kind: type) -> bool:
