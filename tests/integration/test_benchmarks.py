@@ -4,9 +4,11 @@ failing run instead of crashing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -234,10 +236,11 @@ while True:
         os.chdir(folder)
         with open(fifo + ".answer", "w") as f:
             f.write("done\n")
-        end = time.process_time() + float(sys.argv[3])
+        end = time.process_time() + 0.6
         while time.process_time() < end:
             pass
         os._exit(0)
+    time.sleep(float(sys.argv[3]))  # (late: the command a zombie meanwhile, once it has ended)
     os.wait()
 '''
 
@@ -245,11 +248,11 @@ _HARNESS = r'''
 import json, os, subprocess, sys, time
 sys.path.insert(0, sys.argv[1])
 import runner
-work, fake, busy = sys.argv[2], sys.argv[3], sys.argv[4]
+work, fake, late, after = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 fifo = os.path.join(work, "fifo")
 os.mkfifo(fifo)
 os.mkfifo(fifo + ".answer")
-template = subprocess.Popen([sys.executable, "-c", fake, fifo, runner.TEMPLATE_MARKS[0].decode(), busy],
+template = subprocess.Popen([sys.executable, "-c", fake, fifo, runner.TEMPLATE_MARKS[0].decode(), late],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # (never holding our pipes)
 try:
     for _ in range(1000):  # (its command line reads empty for a moment after the exec)
@@ -257,8 +260,8 @@ try:
             break
         time.sleep(0.01)
     client = [sys.executable, "-c", f"open({fifo!r}, 'w').write({work!r} + '\\n'); "
-              f"assert open({fifo + '.answer'!r}).read() == 'done\\n'"]
-    m = runner.run(client, cwd=work, timeout=30)
+              f"assert open({fifo + '.answer'!r}).read() == 'done\\n'; import time; time.sleep({after})"]
+    m = runner.run(client, cwd=work, timeout=15)
     left = runner.served_commands(os.path.realpath(work), {template.pid})
     print(json.dumps({"code": m.returncode, "err": m.stderr, "cpu": m.cpu_s, "left": left, "extra": m.extra}))
 finally:
@@ -281,21 +284,28 @@ finally:
 '''
 
 
-@pytest.mark.parametrize("busy", ["0.6", "0"])
-def test_runner_counts_the_cpu_a_served_command_spends_after_its_answer(tmp_path, busy):
+@pytest.mark.parametrize("late, after", [("0", "0"), ("1.5", "1.0")])
+def test_runner_counts_the_cpu_a_served_command_spends_after_its_answer(tmp_path, late, after):
     """A served command answers before its last work (the syncing of its large outputs): its CPU
     reaches the template's only when the template reaps it, so the harness waits for the commands
     served in the run's folder to be reaped before reading it — it used to count that CPU as other
-    programs' (the 'others' column of served 1M rows read 1-2 cores on an idle machine).  Busy 0:
-    the command has ended (a zombie, no folder to read) before the harness looks.  (The harness runs
-    in a process of its own: it kills and reaps what its runs leave, which a test worker's other
-    children must not be.)"""
-    proc = subprocess.run([sys.executable, "-c", _HARNESS, str(BENCH), str(tmp_path), _FAKE_TEMPLATE, busy],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    got = json.loads(proc.stdout)
+    programs' (the 'others' column of served 1M rows read 1-2 cores on an idle machine).  Late: the
+    command has ended (its 0.6 s of CPU spent while its client lingered) and the template reaps it later,
+    so the harness first finds a zombie, which has no folder to read.  (The harness runs in a process of
+    its own, in a session of its own killed at the end: it kills and reaps what its runs leave, which a
+    test worker's other children must not be, and no fake template outlives the test.)"""
+    proc = subprocess.Popen([sys.executable, "-c", _HARNESS, str(BENCH), str(tmp_path), _FAKE_TEMPLATE, late, after],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 0, err
+    got = json.loads(out)
     assert got["code"] == 0, got["err"]
-    assert got["cpu"] >= 0.5 * float(busy), got  # the served command's CPU after the client's exit
+    assert got["cpu"] >= 0.5, got  # the served command's CPU, spent after its answer
     assert got["left"] == [] and got["extra"] == {}, got  # reaped before the CPU was read
 
 
