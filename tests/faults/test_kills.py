@@ -11,6 +11,7 @@ fails with a clear message (no traceback) and leaves nothing behind.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from harness import (  # noqa: F401 - fixtures
@@ -23,6 +24,8 @@ from harness import (  # noqa: F401 - fixtures
     wait_until,
     written,
 )
+
+from backbeat.data import indexfiles
 
 SLOW = {"delay": 0.1}  # `first' takes ~0.6 s
 
@@ -102,3 +105,21 @@ def test_kill_9_of_a_block_process_at_a_random_moment(scene, references, attempt
     if proc.returncode != 0:
         assert proc.returncode == 1 and ("SIGKILL" in err or "could not be indexed" in err), f"seed {SEED}: {err}"
     scene.check_recovered(name, reference)
+
+
+def test_the_temporaries_of_a_killed_indexing_job_are_removed_by_the_next_indexing(scene, references):
+    """An indexing job killed while its files were under their temporary names (its table's, committed in
+    a thread) leaves them: the run reports the dataset as not indexed — a killed job is a system failure,
+    which discards no index — and the next run indexing that view removes them (a writer found dead),
+    as it does any entry's (the CI's random kill of a block process once met the table's)."""
+    name = scene.experiment("slow", first=SLOW)
+    reference = references.get(scene, name)
+    assert scene.run("experiments", "run", name).returncode == 0
+    index = next(scene.cache.rglob("*.db"))
+    for path in indexfiles.files(index):  # (indexed again by the next run)
+        path.unlink(missing_ok=True)
+    left = [Path(f"{index}.table.tmp-4194305-k1ll3d00"), Path(f"{index}.tmp-4194305-k1ll3d01")]  # (a pid above
+    for path in left:                                                                             # any pid_max)
+        path.write_bytes(b"half written")
+    scene.check_recovered(name, reference)
+    assert not any(path.exists() for path in left)

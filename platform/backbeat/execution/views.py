@@ -120,6 +120,8 @@ def begin_index(run: Run, name: str, builder: SpecBuilder | None = None,
     ds = run.plan.datasets[name]
     index = store.index_path(ds.index_key)
     run.intend(paths=indexfiles.files(index))  # (its temporaries, the deps file's among them)
+    for path in indexfiles.files(index):  # (an earlier job's, killed while its files had temporary names: a
+        store.drop_temporaries(path)      # killed job discards no index, its run went on; live writers' kept)
     deps = Path(f"{index}.tmp-{os.getpid()}-deps")
     try:
         index.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +199,8 @@ def record_index(run: Run, name: str, out: Outcome, deps: Path) -> bool:
                        else f"the files its view read are unknown: {exc}")
     deps.unlink(missing_ok=True)
     if ds.data_digest is None:
+        for path in indexfiles.files(index):  # (what the job left under temporary names: it has ended)
+            store.drop_temporaries(path)
         if not environment:
             store.discard_index(ds.index_key)
         hint = "" if not ds.root_folder or os.path.isdir(ds.root_folder) or environment else (
