@@ -51,7 +51,6 @@ from simplejson.encoder import encode_basestring_ascii
 from backbeat.core import durable
 from backbeat.core.errors import DataError, IntegrityError
 from backbeat.data import compiled, dbindex, decimals
-from backbeat.data.compiled import tuples
 from backbeat.data.entries import Entries
 from backbeat.data.indexfiles import TABLE as SUFFIX
 
@@ -424,7 +423,7 @@ class IndexTable:
         if not self.fields:
             return [self.entry() for _ in range(a, b)]
         cols = [self.values(f, a, b) for f in self.fields]
-        made = tuples(self.entry, tuple(cols)) if tuples is not None else None  # (compiled: the same tuples)
+        made = compiled.tuples(self.entry, tuple(cols)) if compiled.tuples is not None else None  # (the same tuples)
         return made if made is not None else list(map(self._make, zip(*cols, strict=True)))
 
     def units(self, field: str) -> tuple[np.ndarray, np.ndarray]:
